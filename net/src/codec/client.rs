@@ -1,0 +1,192 @@
+//! Bodies of the client request and response frames. Every request body opens
+//! with [`RequestHead`]; a write's command and a read's query are the tail, so
+//! they travel and decode without a copy.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use engine::NODE_NONE;
+use zerocopy::little_endian::U64;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::BodyReader;
+use crate::client::{AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus};
+use crate::error::DecodeError;
+use crate::frame::FrameKind;
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct RequestHead {
+    request_id: U64,
+    client_id: U64,
+    sequence: U64,
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct ReadBody {
+    consistency: u8,
+    reserved: [u8; 7],
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct AdminBody {
+    operation: u8,
+    reserved: [u8; 7],
+    node_id: U64,
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct ResponseHead {
+    request_id: U64,
+    status: u8,
+    reserved: [u8; 7],
+    leader_id: U64,
+}
+
+const _: () = assert!(size_of::<RequestHead>() == 24);
+const _: () = assert!(size_of::<ReadBody>() == 8);
+const _: () = assert!(size_of::<AdminBody>() == 16);
+const _: () = assert!(size_of::<ResponseHead>() == 24);
+
+pub(crate) fn request_kind(request: &ClientRequest) -> FrameKind {
+    match request.body {
+        RequestBody::Write { .. } => FrameKind::ClientWrite,
+        RequestBody::Read { .. } => FrameKind::ClientRead,
+        RequestBody::Admin(_) => FrameKind::ClientAdmin,
+        RequestBody::Status => FrameKind::ClientStatus,
+    }
+}
+
+pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -> Bytes {
+    let head = RequestHead {
+        request_id: U64::new(request.request_id),
+        client_id: U64::new(request.client_id),
+        sequence: U64::new(request.sequence),
+    };
+    out.put_slice(head.as_bytes());
+    match &request.body {
+        RequestBody::Write { command } => command.clone(),
+        RequestBody::Read { query, consistency } => {
+            out.put_slice(ReadBody { consistency: *consistency as u8, reserved: [0; 7] }.as_bytes());
+            query.clone()
+        }
+        RequestBody::Admin(admin) => {
+            let node_id = match admin {
+                AdminRequest::AddLearner { id, .. }
+                | AdminRequest::Promote { id }
+                | AdminRequest::Remove { id }
+                | AdminRequest::TransferLeader { id } => *id,
+                AdminRequest::TakeSnapshot | AdminRequest::Stats => NODE_NONE,
+            };
+            out.put_slice(
+                AdminBody { operation: admin.code(), reserved: [0; 7], node_id: U64::new(node_id) }.as_bytes(),
+            );
+            if let AdminRequest::AddLearner { addr, .. } = admin {
+                out.put_slice(addr.as_bytes());
+            }
+            Bytes::new()
+        }
+        RequestBody::Status => Bytes::new(),
+    }
+}
+
+pub(crate) fn decode_request(kind: FrameKind, body: &Bytes) -> Result<ClientRequest, DecodeError> {
+    let mut reader = BodyReader::new(kind, body);
+    let head = reader.fixed::<RequestHead>()?;
+    let request_body = match kind {
+        FrameKind::ClientWrite => RequestBody::Write { command: reader.rest() },
+        FrameKind::ClientRead => {
+            let fixed = reader.fixed::<ReadBody>()?;
+            reader.reserved(&fixed.reserved)?;
+            let consistency = ReadConsistency::from_u8(fixed.consistency)
+                .ok_or_else(|| reader.bad("consistency", "unknown read consistency"))?;
+            RequestBody::Read { query: reader.rest(), consistency }
+        }
+        FrameKind::ClientAdmin => {
+            let fixed = reader.fixed::<AdminBody>()?;
+            reader.reserved(&fixed.reserved)?;
+            let id = fixed.node_id.get();
+            let admin = match fixed.operation {
+                1 => AdminRequest::AddLearner { id, addr: reader.rest_utf8("address")? },
+                2 => AdminRequest::Promote { id },
+                3 => AdminRequest::Remove { id },
+                4 => AdminRequest::TransferLeader { id },
+                5 => AdminRequest::TakeSnapshot,
+                6 => AdminRequest::Stats,
+                _ => return Err(reader.bad("operation", "unknown admin operation")),
+            };
+            if !matches!(admin, AdminRequest::AddLearner { .. } | AdminRequest::TakeSnapshot | AdminRequest::Stats)
+                && id == NODE_NONE
+            {
+                return Err(reader.bad("node_id", "the operation needs a node id"));
+            }
+            if matches!(admin, AdminRequest::TakeSnapshot | AdminRequest::Stats) && id != NODE_NONE {
+                return Err(reader.bad("node_id", "the operation takes no node id"));
+            }
+            RequestBody::Admin(admin)
+        }
+        FrameKind::ClientStatus => RequestBody::Status,
+        other => unreachable!("{other:?} is not a client request kind"),
+    };
+    reader.finish()?;
+    Ok(ClientRequest {
+        request_id: head.request_id.get(),
+        client_id: head.client_id.get(),
+        sequence: head.sequence.get(),
+        body: request_body,
+    })
+}
+
+pub(crate) fn encode_response_body(response: &ClientResponse, out: &mut BytesMut) -> Bytes {
+    let leader_id = match &response.status {
+        ResponseStatus::NotLeader { leader_id, .. } => leader_id.unwrap_or(NODE_NONE),
+        _ => NODE_NONE,
+    };
+    let head = ResponseHead {
+        request_id: U64::new(response.request_id),
+        status: response.status.code(),
+        reserved: [0; 7],
+        leader_id: U64::new(leader_id),
+    };
+    out.put_slice(head.as_bytes());
+    match &response.status {
+        ResponseStatus::Ok(result) => result.clone(),
+        ResponseStatus::NotLeader { leader_addr, .. } => {
+            out.put_slice(leader_addr.as_deref().unwrap_or("").as_bytes());
+            Bytes::new()
+        }
+        ResponseStatus::BadRequest(reason) => {
+            out.put_slice(reason.as_bytes());
+            Bytes::new()
+        }
+        ResponseStatus::Busy | ResponseStatus::TimedOut | ResponseStatus::SessionExpired => Bytes::new(),
+    }
+}
+
+pub(crate) fn decode_response(body: &Bytes) -> Result<ClientResponse, DecodeError> {
+    let mut reader = BodyReader::new(FrameKind::ClientResponse, body);
+    let head = reader.fixed::<ResponseHead>()?;
+    reader.reserved(&head.reserved)?;
+    let leader_id = head.leader_id.get();
+    if head.status != 1 && leader_id != NODE_NONE {
+        return Err(reader.bad("leader_id", "set on a status other than NotLeader"));
+    }
+    let status = match head.status {
+        0 => ResponseStatus::Ok(reader.rest()),
+        1 => {
+            let addr = reader.rest_utf8("leader_addr")?;
+            ResponseStatus::NotLeader {
+                leader_id: (leader_id != NODE_NONE).then_some(leader_id),
+                leader_addr: (!addr.is_empty()).then_some(addr),
+            }
+        }
+        2 => ResponseStatus::Busy,
+        3 => ResponseStatus::TimedOut,
+        4 => ResponseStatus::SessionExpired,
+        5 => ResponseStatus::BadRequest(reader.rest_utf8("reason")?),
+        _ => return Err(reader.bad("status", "unknown response status")),
+    };
+    reader.finish()?;
+    Ok(ClientResponse { request_id: head.request_id.get(), status })
+}

@@ -1,0 +1,313 @@
+//! The handshake: the first frame on every connection says who is calling
+//! (cluster, node, role, protocol version) and proves it knows the cluster's
+//! shared secret. The acceptor answers with an accept frame, or with a typed
+//! refusal and a close, so a misconfigured node learns why it was turned away.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use engine::NodeId;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::codec::BodyReader;
+use crate::error::DecodeError;
+use crate::frame::{FrameKind, PROTOCOL_VERSION};
+
+/// The longest authentication token accepted. Tokens are shared secrets from
+/// configuration; the bound keeps a hostile handshake small.
+pub const TOKEN_SIZE_MAX: usize = 1024;
+
+/// Who opens a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Role {
+    /// Another node of the cluster: the connection carries Raft messages.
+    Peer = 1,
+    /// A client: the connection carries requests and their responses.
+    Client = 2,
+}
+
+/// The first frame a connecting side sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub cluster_id: u64,
+    /// The caller's node id (peers) or 0 (clients).
+    pub node_id: NodeId,
+    pub role: Role,
+    pub protocol_version: u16,
+    /// The cluster's shared secret.
+    pub token: Bytes,
+}
+
+/// The acceptor's positive answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeAccept {
+    /// The acceptor's node id, so a client learns whom it reached.
+    pub node_id: NodeId,
+    pub protocol_version: u16,
+}
+
+/// Why a handshake was refused. The numeric values are the wire format's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RefusalReason {
+    /// The caller belongs to another cluster.
+    ClusterMismatch = 1,
+    /// The caller speaks a protocol version this node does not.
+    VersionUnsupported = 2,
+    /// The token is wrong.
+    BadToken = 3,
+    /// The listener does not take connections of the caller's role.
+    RoleNotAccepted = 4,
+    /// The first frame was not a well-formed handshake.
+    Malformed = 5,
+}
+
+impl RefusalReason {
+    pub fn from_u8(value: u8) -> Option<RefusalReason> {
+        match value {
+            1 => Some(RefusalReason::ClusterMismatch),
+            2 => Some(RefusalReason::VersionUnsupported),
+            3 => Some(RefusalReason::BadToken),
+            4 => Some(RefusalReason::RoleNotAccepted),
+            5 => Some(RefusalReason::Malformed),
+            _ => None,
+        }
+    }
+}
+
+/// The acceptor's negative answer; the connection closes after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeRefusal {
+    pub reason: RefusalReason,
+    /// A human-readable explanation for the caller's log.
+    pub message: String,
+}
+
+/// A handshake that failed, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("handshake refused by the remote end ({reason:?}): {message}")]
+    Refused { reason: RefusalReason, message: String },
+    #[error("handshake rejected ({reason:?}): {message}")]
+    Rejected { reason: RefusalReason, message: String },
+    #[error("the remote end sent {found:?} where a handshake frame was expected")]
+    UnexpectedFrame { found: FrameKind },
+    #[error("bad handshake frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error("handshake timed out")]
+    TimedOut,
+    #[error("I/O error during the handshake: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct HandshakeBody {
+    cluster_id: U64,
+    node_id: U64,
+    protocol_version: U16,
+    role: u8,
+    reserved: u8,
+    token_length: U32,
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct AcceptBody {
+    node_id: U64,
+    protocol_version: U16,
+    reserved: [u8; 6],
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct RefuseBody {
+    reason: u8,
+    reserved: [u8; 7],
+}
+
+const _: () = assert!(size_of::<HandshakeBody>() == 24);
+const _: () = assert!(size_of::<AcceptBody>() == 16);
+const _: () = assert!(size_of::<RefuseBody>() == 8);
+
+impl Handshake {
+    pub(crate) fn encode_body(&self, out: &mut BytesMut) {
+        assert!(self.token.len() <= TOKEN_SIZE_MAX, "token longer than TOKEN_SIZE_MAX");
+        let body = HandshakeBody {
+            cluster_id: U64::new(self.cluster_id),
+            node_id: U64::new(self.node_id),
+            protocol_version: U16::new(self.protocol_version),
+            role: self.role as u8,
+            reserved: 0,
+            token_length: U32::new(self.token.len() as u32),
+        };
+        out.put_slice(body.as_bytes());
+        out.put_slice(&self.token);
+    }
+
+    pub(crate) fn decode_body(body: &Bytes) -> Result<Handshake, DecodeError> {
+        let mut reader = BodyReader::new(FrameKind::Handshake, body);
+        let fixed = reader.fixed::<HandshakeBody>()?;
+        reader.reserved(&[fixed.reserved])?;
+        let role = match fixed.role {
+            1 => Role::Peer,
+            2 => Role::Client,
+            _ => return Err(reader.bad("role", "unknown role")),
+        };
+        let token_length = fixed.token_length.get() as usize;
+        if token_length > TOKEN_SIZE_MAX {
+            return Err(reader.bad("token_length", "over TOKEN_SIZE_MAX"));
+        }
+        let token = reader.bytes(token_length)?;
+        reader.finish()?;
+        Ok(Handshake {
+            cluster_id: fixed.cluster_id.get(),
+            node_id: fixed.node_id.get(),
+            role,
+            protocol_version: fixed.protocol_version.get(),
+            token,
+        })
+    }
+}
+
+impl HandshakeAccept {
+    pub(crate) fn encode_body(&self, out: &mut BytesMut) {
+        let body = AcceptBody {
+            node_id: U64::new(self.node_id),
+            protocol_version: U16::new(self.protocol_version),
+            reserved: [0; 6],
+        };
+        out.put_slice(body.as_bytes());
+    }
+
+    pub(crate) fn decode_body(body: &Bytes) -> Result<HandshakeAccept, DecodeError> {
+        let mut reader = BodyReader::new(FrameKind::HandshakeAccept, body);
+        let fixed = reader.fixed::<AcceptBody>()?;
+        reader.reserved(&fixed.reserved)?;
+        reader.finish()?;
+        Ok(HandshakeAccept { node_id: fixed.node_id.get(), protocol_version: fixed.protocol_version.get() })
+    }
+}
+
+impl HandshakeRefusal {
+    pub(crate) fn encode_body(&self, out: &mut BytesMut) {
+        out.put_slice(RefuseBody { reason: self.reason as u8, reserved: [0; 7] }.as_bytes());
+        out.put_slice(self.message.as_bytes());
+    }
+
+    pub(crate) fn decode_body(body: &Bytes) -> Result<HandshakeRefusal, DecodeError> {
+        let mut reader = BodyReader::new(FrameKind::HandshakeRefuse, body);
+        let fixed = reader.fixed::<RefuseBody>()?;
+        reader.reserved(&fixed.reserved)?;
+        let reason = RefusalReason::from_u8(fixed.reason).ok_or_else(|| reader.bad("reason", "unknown reason"))?;
+        let message = reader.rest_utf8("message")?;
+        Ok(HandshakeRefusal { reason, message })
+    }
+}
+
+/// What an acceptor expects of a caller.
+#[derive(Clone, Debug)]
+pub struct HandshakePolicy {
+    pub cluster_id: u64,
+    /// This node's id, sent back in the accept frame.
+    pub node_id: NodeId,
+    /// The shared secret callers must present.
+    pub token: Bytes,
+    pub accept_peers: bool,
+    pub accept_clients: bool,
+}
+
+impl HandshakePolicy {
+    /// Checks a caller's handshake. The token comparison takes the same time
+    /// whatever the position of the first differing byte, so a caller cannot
+    /// guess the secret byte by byte from response times.
+    pub fn check(&self, handshake: &Handshake) -> Result<(), HandshakeRefusal> {
+        let refuse = |reason, message: String| Err(HandshakeRefusal { reason, message });
+        if handshake.protocol_version != u16::from(PROTOCOL_VERSION) {
+            return refuse(
+                RefusalReason::VersionUnsupported,
+                format!(
+                    "protocol version {} unsupported, this node speaks {PROTOCOL_VERSION}",
+                    handshake.protocol_version
+                ),
+            );
+        }
+        if handshake.cluster_id != self.cluster_id {
+            return refuse(
+                RefusalReason::ClusterMismatch,
+                format!("cluster id {} does not match this node's {}", handshake.cluster_id, self.cluster_id),
+            );
+        }
+        if !constant_time_eq(&handshake.token, &self.token) {
+            return refuse(RefusalReason::BadToken, "authentication token does not match".to_string());
+        }
+        let accepted = match handshake.role {
+            Role::Peer => self.accept_peers,
+            Role::Client => self.accept_clients,
+        };
+        if !accepted {
+            return refuse(
+                RefusalReason::RoleNotAccepted,
+                format!("{:?} connections are not accepted here", handshake.role),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut difference = u8::from(presented.len() != expected.len());
+    for (index, byte) in expected.iter().enumerate() {
+        // Reading index modulo keeps the loop length fixed to `expected`.
+        let other = if presented.is_empty() { 0 } else { presented[index % presented.len()] };
+        difference |= byte ^ other;
+    }
+    std::hint::black_box(difference) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_agrees_with_eq() {
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"", b""),
+            (b"a", b""),
+            (b"", b"a"),
+            (b"secret", b"secret"),
+            (b"secreT", b"secret"),
+            (b"secretsecret", b"secret"),
+        ];
+        for (a, b) in cases {
+            assert_eq!(constant_time_eq(a, b), a == b, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn policy_refuses_each_mismatch_with_its_reason() {
+        let policy = HandshakePolicy {
+            cluster_id: 9,
+            node_id: 1,
+            token: Bytes::from_static(b"s3cret"),
+            accept_peers: true,
+            accept_clients: false,
+        };
+        let good = Handshake {
+            cluster_id: 9,
+            node_id: 2,
+            role: Role::Peer,
+            protocol_version: u16::from(PROTOCOL_VERSION),
+            token: Bytes::from_static(b"s3cret"),
+        };
+        assert_eq!(policy.check(&good), Ok(()));
+        let reason = |handshake: Handshake| policy.check(&handshake).unwrap_err().reason;
+        assert_eq!(reason(Handshake { cluster_id: 8, ..good.clone() }), RefusalReason::ClusterMismatch);
+        assert_eq!(reason(Handshake { token: Bytes::from_static(b"s3creT"), ..good.clone() }), RefusalReason::BadToken);
+        assert_eq!(reason(Handshake { protocol_version: 2, ..good.clone() }), RefusalReason::VersionUnsupported);
+        assert_eq!(reason(Handshake { role: Role::Client, ..good }), RefusalReason::RoleNotAccepted);
+    }
+}
