@@ -1,1 +1,48 @@
-//! Placeholder: see the crate's issue.
+//! Whole-system tests of the replicated key-value node: the evidence that the
+//! cluster never loses an acknowledged write and never returns a wrong answer.
+//!
+//! # Checking a client history for linearizability
+//!
+//! [`linearizability`] decides whether what the clients saw could have come
+//! from a single copy of the store, each operation taking effect at one moment
+//! between its call and its return. Record every request as it is sent and
+//! every answer as it arrives, then check the history against a model:
+//!
+//! ```
+//! use tests::linearizability::{check, CheckOptions, HistoryRecorder, NodeKvInput, NodeKvModel, NodeKvOutput};
+//!
+//! let mut history = HistoryRecorder::new();
+//! let put = history.invoke(1, NodeKvInput::Put { key: "k", value: 1 }, 0);
+//! let get = history.invoke(2, NodeKvInput::Get { key: "k" }, 1);
+//! history.complete(put, NodeKvOutput::Done, 2);
+//! history.complete(get, NodeKvOutput::Value(Some(1)), 3);
+//! // A request that timed out is left open: it may or may not have applied.
+//! history.invoke(3, NodeKvInput::Delete { key: "k" }, 4);
+//!
+//! let verdict = check(&NodeKvModel::new(), &history.into_operations(), &CheckOptions::default());
+//! assert!(verdict.is_linearizable(), "{verdict}");
+//! ```
+//!
+//! - Times are any clock all clients share (the simulator's logical time, or
+//!   nanoseconds of one `Instant` in a real-process test); only their order
+//!   matters, and equal times count as overlapping.
+//! - Complete an operation only when the answer says what happened. Discard
+//!   ([`HistoryRecorder::discard`]) one that surely did not happen (refused
+//!   before it was proposed); leave everything else open (timeouts, crashes,
+//!   lost connections): an open operation has an unknown outcome, so the
+//!   checker lets it take effect at any moment after its call, or never.
+//! - A [`Verdict::NotLinearizable`](linearizability::Verdict) carries a
+//!   [`Violation`](linearizability::Violation): the longest linearizable
+//!   prefix, the state it leaves, and the operation that could not take
+//!   effect in time. Print it with the seed that replays the run.
+//! - [`CheckOptions`](linearizability::CheckOptions) bounds the search in time
+//!   or steps; running out gives `Verdict::Unknown`, which a test should treat
+//!   as a failure to investigate, not as a pass.
+//! - Models split a history into independent parts (per key for the key-value
+//!   models), which keeps the search fast: keep histories to a few hundred
+//!   concurrent operations per key. A new model implements
+//!   [`Model`](linearizability::Model): an initial state, a `step` that
+//!   accepts or rejects an (input, output) pair in a state, and optionally
+//!   `partition`.
+
+pub mod linearizability;
