@@ -165,10 +165,8 @@ impl EntryBatch {
     }
 
     fn decode_inner(buf: &Bytes, limit: usize, verify_crc: bool) -> Result<EntryBatch, BatchError> {
-        let (header, _) = BatchHeader::ref_from_prefix(buf.as_ref()).map_err(|_| BatchError::Truncated {
-            needed: BATCH_HEADER_SIZE,
-            available: buf.len(),
-        })?;
+        let (header, _) = BatchHeader::ref_from_prefix(buf.as_ref())
+            .map_err(|_| BatchError::Truncated { needed: BATCH_HEADER_SIZE, available: buf.len() })?;
         let length = check_header_fields(header, limit)?;
         if buf.len() < length {
             return Err(BatchError::Truncated { needed: length, available: buf.len() });

@@ -17,3 +17,14 @@ pub use message::{AppendRequest, AppendResponse, Message, MessageBody, SnapshotC
 pub use state_machine::{RestoreError, StateMachine};
 pub use storage::{MemStorage, Recovered, StorageError};
 pub use types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term, NODE_NONE};
+
+pub mod config;
+pub mod log;
+pub mod membership;
+pub mod progress;
+pub mod raft;
+pub mod testing;
+
+pub use config::{Config, ConfigError};
+pub use membership::{ConfChange, ConfChangeOp};
+pub use raft::{Ignored, ProposeError, Raft, ReadMode, ReadState, Ready, Role, SoftState, Status};

@@ -22,31 +22,50 @@ pub struct Message {
 pub enum MessageBody {
     /// "Would you vote for me?" without disturbing anyone's term (Raft thesis 9.6).
     PreVote(VoteRequest),
-    PreVoteResponse { granted: bool },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// RequestVote (Raft paper 5.2).
     Vote(VoteRequest),
-    VoteResponse { granted: bool },
+    VoteResponse {
+        granted: bool,
+    },
     /// AppendEntries with entries (Raft paper 5.3). An empty `entries` is a probe.
     Append(AppendRequest),
     AppendResponse(AppendResponse),
     /// A leader's heartbeat. `commit` is at most the follower's known match, so
     /// a follower never commits past what it holds; `read_context` names the
     /// ReadIndex round it confirms (0 for none).
-    Heartbeat { commit: Index, read_context: u64 },
-    HeartbeatResponse { read_context: u64 },
+    Heartbeat {
+        commit: Index,
+        read_context: u64,
+    },
+    HeartbeatResponse {
+        read_context: u64,
+    },
     /// One chunk of a snapshot (Raft paper 7).
     InstallSnapshot(SnapshotChunk),
     /// Acknowledges snapshot chunks: the follower holds `next_offset` bytes of
     /// the snapshot at `index`/`term`. `rejected` means "start over" (for
     /// example a chunk arrived for a different snapshot or out of order).
-    InstallSnapshotResponse { index: Index, term: Term, next_offset: u64, rejected: bool },
+    InstallSnapshotResponse {
+        index: Index,
+        term: Term,
+        next_offset: u64,
+        rejected: bool,
+    },
     /// Leader transfer: "start an election now, skipping pre-vote" (Raft thesis 3.10).
     TimeoutNow,
     /// A follower asks the leader for a read index on behalf of its client.
-    ReadIndex { context: u64 },
+    ReadIndex {
+        context: u64,
+    },
     /// The leader's answer: reads at `index` are linearizable once the follower
     /// has applied it. `index` is 0 when the leader could not serve the read.
-    ReadIndexResponse { context: u64, index: Index },
+    ReadIndexResponse {
+        context: u64,
+        index: Index,
+    },
 }
 
 /// The fields shared by vote and pre-vote requests.

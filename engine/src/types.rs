@@ -118,13 +118,8 @@ impl ConfState {
 
     /// Every member, voters and learners, once each, sorted.
     pub fn members(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self
-            .voters
-            .iter()
-            .chain(&self.voters_outgoing)
-            .chain(&self.learners)
-            .copied()
-            .collect();
+        let mut all: Vec<NodeId> =
+            self.voters.iter().chain(&self.voters_outgoing).chain(&self.learners).copied().collect();
         all.sort_unstable();
         all.dedup();
         all

@@ -1,0 +1,142 @@
+//! The engine's configuration: membership at bootstrap, timing in ticks, flow
+//! control bounds, feature switches and the RNG seed.
+
+use crate::types::NodeId;
+
+/// Everything that shapes one engine. Times are in ticks: the shell decides
+/// how long a tick is (the node uses 10 ms by default).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Voters at bootstrap. Ignored once the log or a snapshot holds a
+    /// configuration.
+    pub voters: Vec<NodeId>,
+    /// Learners at bootstrap.
+    pub learners: Vec<NodeId>,
+    /// A follower starts an election after a random timeout in
+    /// `[election_ticks_min, election_ticks_max)`.
+    pub election_ticks_min: u32,
+    pub election_ticks_max: u32,
+    /// A leader sends heartbeats every `heartbeat_ticks`.
+    pub heartbeat_ticks: u32,
+    /// AppendEntries messages in flight per follower, at most.
+    pub inflight_batches_max: usize,
+    /// Bytes of entries in flight per follower, at most (one batch is always
+    /// allowed, so a single large entry still moves).
+    pub inflight_bytes_max: usize,
+    /// Entries per encoded batch are capped at this many bytes (one entry
+    /// always fits, however large).
+    pub batch_bytes_max: usize,
+    /// Proposed but uncommitted payload bytes a leader accepts before it
+    /// answers `Busy`: bounds memory when followers or the disk fall behind.
+    pub uncommitted_bytes_max: usize,
+    /// Committed entries handed to the shell per `Ready`, in bytes.
+    pub apply_bytes_max: usize,
+    /// Pre-vote (Raft thesis 9.6): a node that cannot win does not disturb the
+    /// cluster's term.
+    pub pre_vote: bool,
+    /// Check-quorum: a leader that has not heard from a quorum within an
+    /// election timeout steps down, and followers that heard from a leader
+    /// recently refuse votes. Lease reads require it.
+    pub check_quorum: bool,
+    /// Lease reads are served for `election_ticks_min - lease_drift_ticks`
+    /// after a heartbeat round that a quorum acknowledged. The clock
+    /// assumption: no node's tick runs more than `lease_drift_ticks` per
+    /// election timeout slower than the leader's.
+    pub lease_drift_ticks: u32,
+    /// A learner is promoted only if its log is within this many entries of
+    /// the leader's.
+    pub promotion_lag_max: u64,
+    /// Seed of the engine's own RNG (election timeouts): a run is reproducible
+    /// from its seeds.
+    pub seed: u64,
+}
+
+impl Config {
+    /// Sensible defaults for a member `id` of a cluster of `voters`.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            voters,
+            learners: Vec::new(),
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 1,
+            inflight_batches_max: 256,
+            inflight_bytes_max: 32 << 20,
+            batch_bytes_max: 1 << 20,
+            uncommitted_bytes_max: 256 << 20,
+            apply_bytes_max: 16 << 20,
+            pre_vote: true,
+            check_quorum: true,
+            lease_drift_ticks: 2,
+            promotion_lag_max: 1000,
+            seed: id,
+        }
+    }
+
+    /// Refuses a configuration the engine cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == crate::types::NODE_NONE {
+            return Err(ConfigError("node id 0 is reserved for \"nobody\"".into()));
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(ConfigError("heartbeat_ticks must be at least 1".into()));
+        }
+        if self.election_ticks_min <= self.heartbeat_ticks {
+            return Err(ConfigError(format!(
+                "election_ticks_min ({}) must exceed heartbeat_ticks ({})",
+                self.election_ticks_min, self.heartbeat_ticks
+            )));
+        }
+        if self.election_ticks_max <= self.election_ticks_min {
+            return Err(ConfigError(format!(
+                "election_ticks_max ({}) must exceed election_ticks_min ({})",
+                self.election_ticks_max, self.election_ticks_min
+            )));
+        }
+        if self.lease_drift_ticks >= self.election_ticks_min {
+            return Err(ConfigError("lease_drift_ticks must be below election_ticks_min".into()));
+        }
+        if self.inflight_batches_max == 0 || self.inflight_bytes_max == 0 || self.batch_bytes_max == 0 {
+            return Err(ConfigError("in-flight window and batch size must be positive".into()));
+        }
+        if self.voters.contains(&crate::types::NODE_NONE) || self.learners.contains(&crate::types::NODE_NONE) {
+            return Err(ConfigError("node id 0 cannot be a member".into()));
+        }
+        if self.voters.iter().any(|v| self.learners.contains(v)) {
+            return Err(ConfigError("a node cannot be both voter and learner".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration the engine refuses, with what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid engine configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The engine's private, seeded random number generator (SplitMix64): no
+/// global randomness, so a test replays exactly from its seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `[low, high)`; `high > low`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        debug_assert!(high > low);
+        low + self.next_u64() % (high - low)
+    }
+}

@@ -1,0 +1,217 @@
+//! Membership changes by joint consensus (Raft thesis 4.3).
+//!
+//! Every change goes through a joint configuration: the entry that enters it
+//! lists the operations; once it commits, the leader appends an empty
+//! "leave joint" entry. A configuration takes effect on each node as soon as
+//! its entry is appended to that node's log (thesis 4.1), so a truncated
+//! configuration entry reverts the membership, which is why the engine keeps
+//! the history of configurations since the last snapshot.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::raft::{ProposeError, Raft, Role};
+use crate::types::{ConfState, EntryKind, Index, NodeId};
+
+/// One membership operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfChangeOp {
+    /// Add a voter, or promote a learner to voter.
+    AddVoter(NodeId),
+    /// Add a learner (a non-voting member that receives the log).
+    AddLearner(NodeId),
+    /// Remove a voter or learner.
+    Remove(NodeId),
+}
+
+/// The payload of a configuration entry: the operations that enter a joint
+/// configuration, or none to leave it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfChange {
+    pub ops: Vec<ConfChangeOp>,
+}
+
+/// A configuration entry that cannot be decoded or applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad configuration change: {0}")]
+pub struct ConfChangeError(pub String);
+
+impl ConfChange {
+    /// Encoding: a u32 count, then per operation one kind byte (1 add voter,
+    /// 2 add learner, 3 remove) and a u64 node id, all little-endian.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(4 + self.ops.len() * 9);
+        buf.put_u32_le(self.ops.len() as u32);
+        for op in &self.ops {
+            let (kind, id) = match *op {
+                ConfChangeOp::AddVoter(id) => (1u8, id),
+                ConfChangeOp::AddLearner(id) => (2, id),
+                ConfChangeOp::Remove(id) => (3, id),
+            };
+            buf.put_u8(kind);
+            buf.put_u64_le(id);
+        }
+        buf.freeze()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<ConfChange, ConfChangeError> {
+        let count = data
+            .get(..4)
+            .map(|raw| u32::from_le_bytes(raw.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| ConfChangeError("truncated count".into()))?;
+        if data.len() != 4 + count.saturating_mul(9) {
+            return Err(ConfChangeError(format!("{} bytes do not hold {count} operations", data.len())));
+        }
+        let ops = data[4..]
+            .chunks_exact(9)
+            .map(|raw| {
+                let id = u64::from_le_bytes(raw[1..9].try_into().expect("8 bytes"));
+                match raw[0] {
+                    1 => Ok(ConfChangeOp::AddVoter(id)),
+                    2 => Ok(ConfChangeOp::AddLearner(id)),
+                    3 => Ok(ConfChangeOp::Remove(id)),
+                    kind => Err(ConfChangeError(format!("unknown operation kind {kind}"))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ConfChange { ops })
+    }
+
+    /// Whether this entry leaves a joint configuration.
+    pub fn is_leave_joint(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The configuration after this change takes effect on `conf`.
+    pub fn apply_to(&self, conf: &ConfState) -> Result<ConfState, ConfChangeError> {
+        if self.is_leave_joint() {
+            if !conf.is_joint() {
+                return Err(ConfChangeError("leave-joint outside a joint configuration".into()));
+            }
+            return Ok(ConfState {
+                voters: conf.voters.clone(),
+                voters_outgoing: Vec::new(),
+                learners: conf.learners.clone(),
+            });
+        }
+        if conf.is_joint() {
+            return Err(ConfChangeError("a change while a joint configuration is in force".into()));
+        }
+        let mut voters = conf.voters.clone();
+        let mut learners = conf.learners.clone();
+        for op in &self.ops {
+            match *op {
+                ConfChangeOp::AddVoter(id) => {
+                    if id == crate::types::NODE_NONE {
+                        return Err(ConfChangeError("node id 0 cannot be a member".into()));
+                    }
+                    learners.retain(|&l| l != id);
+                    voters.push(id);
+                }
+                ConfChangeOp::AddLearner(id) => {
+                    if id == crate::types::NODE_NONE {
+                        return Err(ConfChangeError("node id 0 cannot be a member".into()));
+                    }
+                    if voters.contains(&id) {
+                        return Err(ConfChangeError(format!("node {id} is a voter; demotion is not supported")));
+                    }
+                    learners.push(id);
+                }
+                ConfChangeOp::Remove(id) => {
+                    voters.retain(|&v| v != id);
+                    learners.retain(|&l| l != id);
+                }
+            }
+        }
+        let mut next = ConfState { voters, voters_outgoing: conf.voters.clone(), learners };
+        next.normalize();
+        if next.voters.is_empty() {
+            return Err(ConfChangeError("the change would remove the last voter".into()));
+        }
+        Ok(next)
+    }
+}
+
+impl Raft {
+    /// Proposes a membership change (leader only). Refused while another
+    /// change is in progress, for a learner that lags too far to be promoted,
+    /// and for a change that would leave no voter.
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<(Index, u64), ProposeError> {
+        if self.role() != Role::Leader {
+            let leader = self.leader();
+            return Err(ProposeError::NotLeader { leader: (leader != crate::NODE_NONE).then_some(leader) });
+        }
+        if change.is_leave_joint() {
+            return Err(ProposeError::InvalidChange("an empty change is only proposed by the engine".into()));
+        }
+        if self.pending_conf_index > self.applied() || self.conf().is_joint() {
+            return Err(ProposeError::ChangeInProgress(self.pending_conf_index.max(self.applied())));
+        }
+        change.apply_to(self.conf()).map_err(|error| ProposeError::InvalidChange(error.0))?;
+        let last = self.last_index();
+        for op in &change.ops {
+            if let ConfChangeOp::AddVoter(id) = *op {
+                if self.conf().is_learner(id) {
+                    let matched = self.progress().get(&id).map_or(0, |pr| pr.match_index);
+                    if matched + self.config().promotion_lag_max < last {
+                        return Err(ProposeError::InvalidChange(format!(
+                            "learner {id} is {} entries behind (at most {} allowed for promotion)",
+                            last - matched,
+                            self.config().promotion_lag_max
+                        )));
+                    }
+                }
+            }
+        }
+        let (index, term) = self.propose_entry(EntryKind::Config, change.encode())?;
+        Ok((index, term))
+    }
+}
+
+/// Recomputes the membership after the log changed at or after `from`: the
+/// latest configuration entry in the log is in force.
+pub(crate) fn conf_after_append(raft: &mut Raft, first: Index) {
+    let mut conf = raft.conf_at(first.saturating_sub(1));
+    let mut index = first;
+    let mut recorded = Vec::new();
+    while let Some(entry) = raft.entry(index) {
+        if entry.kind == EntryKind::Config {
+            // A configuration entry that does not apply is ignored on every
+            // node alike, so all agree on the membership.
+            if let Ok(next) = ConfChange::decode(&entry.data).and_then(|change| change.apply_to(&conf)) {
+                conf = next;
+                recorded.push((index, conf.clone()));
+            }
+        }
+        index += 1;
+    }
+    for (index, conf) in recorded {
+        raft.record_conf(index, conf);
+    }
+    raft.install_conf(conf);
+}
+
+/// Called when the commit index moves from `old` to `new`: a committed joint
+/// configuration is left by an automatic entry; a committed final
+/// configuration that removed the leader makes it step down.
+pub(crate) fn on_commit(raft: &mut Raft, old: Index, new: Index) {
+    if raft.role() != Role::Leader {
+        return;
+    }
+    let mut index = old + 1;
+    while index <= new {
+        let is_config = raft.entry(index).is_some_and(|entry| entry.kind == EntryKind::Config);
+        if is_config {
+            let change = raft.entry(index).map(|entry| ConfChange::decode(&entry.data));
+            if let Some(Ok(change)) = change {
+                if !change.is_leave_joint() && raft.conf().is_joint() && raft.last_conf_index() == index {
+                    // Thesis 4.3: once C_old,new commits, append C_new.
+                    raft.propose_entry_internal(EntryKind::Config, ConfChange::default().encode());
+                } else if change.is_leave_joint() && !raft.conf().is_voter(raft.id()) {
+                    raft.step_down_removed();
+                    return;
+                }
+            }
+        }
+        index += 1;
+    }
+}

@@ -1,0 +1,195 @@
+//! What a leader knows about each follower's log, and the in-flight window
+//! that bounds how far ahead of acknowledgements it sends.
+
+use std::collections::VecDeque;
+
+use crate::types::Index;
+
+/// How the leader currently replicates to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// The leader does not know where the follower's log matches: one probe in
+    /// flight at a time, backing off on rejection.
+    Probe,
+    /// The follower's log matches up to `match_index`: send optimistically,
+    /// bounded by the window.
+    Replicate,
+    /// The follower needs a snapshot; appends pause until it is installed.
+    Snapshot,
+}
+
+/// A leader's view of one peer.
+///
+/// Invariant: `match_index < next_index`.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub match_index: Index,
+    pub next_index: Index,
+    pub state: ProgressState,
+    /// In `Probe`, an append is outstanding: wait for its answer or the next
+    /// heartbeat before sending another.
+    pub probe_sent: bool,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// The latest heartbeat round this peer acknowledged (ReadIndex, leases).
+    pub acked_round: u64,
+    /// In `Snapshot`, the index of the snapshot being sent.
+    pub pending_snapshot: Index,
+    /// The highest commit index sent to this peer, so a commit advance is
+    /// announced once rather than with every acknowledgement.
+    pub commit_sent: Index,
+    pub inflight: Inflight,
+}
+
+impl Progress {
+    pub fn new(next_index: Index) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            recent_active: false,
+            acked_round: 0,
+            pending_snapshot: 0,
+            commit_sent: 0,
+            inflight: Inflight::default(),
+        }
+    }
+
+    pub fn become_probe(&mut self) {
+        if self.state == ProgressState::Snapshot {
+            self.next_index = self.match_index.max(self.pending_snapshot) + 1;
+            self.pending_snapshot = 0;
+        } else {
+            self.next_index = self.match_index + 1;
+        }
+        self.state = ProgressState::Probe;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    pub fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+        self.pending_snapshot = 0;
+        self.inflight.clear();
+    }
+
+    pub fn become_snapshot(&mut self, snapshot_index: Index) {
+        self.state = ProgressState::Snapshot;
+        self.pending_snapshot = snapshot_index;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Records an acknowledgement up to `index`; returns whether it was new.
+    pub fn maybe_update(&mut self, index: Index) -> bool {
+        let updated = index > self.match_index;
+        if updated {
+            self.match_index = index;
+            self.probe_sent = false;
+        }
+        self.next_index = self.next_index.max(index + 1);
+        self.inflight.free_to(index);
+        updated
+    }
+
+    /// Backs `next_index` off after a rejection of an append at `rejected`
+    /// (the follower's mismatching `prev_index`) given the back-tracking
+    /// `hint`. Returns false for a stale rejection that changes nothing.
+    pub fn maybe_decrease_to(&mut self, rejected: Index, hint: Index) -> bool {
+        if self.state == ProgressState::Replicate {
+            // Only a rejection of something sent after the match point counts.
+            if rejected <= self.match_index {
+                return false;
+            }
+            self.next_index = self.match_index + 1;
+            return true;
+        }
+        // In probe, only the answer to the latest probe (prev = next - 1) counts.
+        if self.next_index == 0 || self.next_index - 1 != rejected {
+            return false;
+        }
+        self.next_index = (hint + 1).min(rejected).max(self.match_index + 1);
+        self.probe_sent = false;
+        true
+    }
+
+    /// Whether no more appends may be sent now.
+    pub fn is_paused(&self, batches_max: usize, bytes_max: usize) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflight.is_full(batches_max, bytes_max),
+            ProgressState::Snapshot => true,
+        }
+    }
+
+    /// Records that an append ending at `last_index` with `bytes` left.
+    pub fn sent(&mut self, last_index: Index, bytes: usize) {
+        match self.state {
+            ProgressState::Replicate => {
+                self.next_index = last_index + 1;
+                self.inflight.add(last_index, bytes);
+            }
+            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => {}
+        }
+    }
+}
+
+/// The append messages sent to one follower and not yet acknowledged, by
+/// their last index, with their byte sizes.
+///
+/// Invariant: last indices strictly increase; `bytes` is their sum.
+#[derive(Clone, Debug, Default)]
+pub struct Inflight {
+    batches: VecDeque<(Index, usize)>,
+    bytes: usize,
+}
+
+impl Inflight {
+    pub fn add(&mut self, last_index: Index, bytes: usize) {
+        if let Some(&(back, _)) = self.batches.back() {
+            debug_assert!(last_index > back, "in-flight batches must advance");
+        }
+        self.batches.push_back((last_index, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Frees every batch acknowledged by a match up to `index`.
+    pub fn free_to(&mut self, index: Index) {
+        while let Some(&(last, bytes)) = self.batches.front() {
+            if last > index {
+                break;
+            }
+            self.batches.pop_front();
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Frees the oldest batch: a heartbeat answer proves the follower is
+    /// reachable, so one slot is released to keep a lossy link moving.
+    pub fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.batches.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes = 0;
+    }
+
+    pub fn count(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_full(&self, batches_max: usize, bytes_max: usize) -> bool {
+        self.batches.len() >= batches_max || (self.bytes >= bytes_max && !self.batches.is_empty())
+    }
+}

@@ -1,0 +1,1510 @@
+//! The Raft state machine: a value the shell drives with `tick`, `step`,
+//! `propose`, `read_index` and `transfer_leader`, then drains with `ready` and
+//! hands back with `advance`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::batch::EntryBatch;
+use crate::config::{Config, ConfigError, Rng};
+use crate::log::RaftLog;
+use crate::message::{AppendRequest, AppendResponse, Message, MessageBody, VoteRequest};
+use crate::progress::{Progress, ProgressState};
+use crate::storage::Recovered;
+use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, Term, NODE_NONE};
+
+/// A node's role in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    /// Collecting pre-votes, term unchanged (Raft thesis 9.6).
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// How a read is made linearizable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex (Raft thesis 6.4): the leader confirms with one heartbeat
+    /// round that it still leads, then the read is served at the commit index
+    /// it had when the read arrived.
+    ReadIndex,
+    /// Lease read (Raft thesis 6.4.1): served at once while the leader's lease
+    /// holds, relying on bounded clock drift (see `Config::lease_drift_ticks`).
+    /// Falls back to ReadIndex when the lease has lapsed.
+    Lease,
+}
+
+/// A read that is now safe: serve it from the state machine once it has
+/// applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub context: u64,
+    pub index: Index,
+}
+
+/// Why a proposal (or admin request) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("leadership is being transferred to {target}")]
+    TransferInProgress { target: NodeId },
+    #[error("too many uncommitted bytes ({uncommitted} of at most {limit}); retry later")]
+    Busy { uncommitted: usize, limit: usize },
+    #[error("node {0} is not a voter")]
+    NotVoter(NodeId),
+    #[error("a membership change is already in progress (at index {0})")]
+    ChangeInProgress(Index),
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
+}
+
+/// Why a message was ignored. Ignoring is normal operation (stale terms,
+/// duplicates, reordered answers); the reason helps logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("message ignored: {0}")]
+pub struct Ignored(pub &'static str);
+
+/// Role and leader, for the shell to see changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub leader: NodeId,
+}
+
+/// The work the shell must do, in this order: persist `hard_state` and
+/// `entries`; send `messages` at once (they may leave before the local write
+/// is durable — this is how the leader writes its disk in parallel with
+/// replication); send `messages_after_persist` only after `hard_state` and
+/// `entries` are durable; apply `committed_entries`; serve `read_states`;
+/// then call `advance`.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// The hard state to persist, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Whether the term or vote changed (not just the commit index): the hard
+    /// state must then be synced before `messages_after_persist` leave; a
+    /// commit-only change may be written lazily.
+    pub hard_state_must_sync: bool,
+    /// Batches to append, in order. A batch whose first index is at or below
+    /// the stored last index replaces the stored suffix from that index.
+    pub entries: Vec<EntryBatch>,
+    pub messages: Vec<Message>,
+    pub messages_after_persist: Vec<Message>,
+    /// Entries to apply, in index order.
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Read contexts that cannot be served here (leadership lost, no leader):
+    /// the shell answers their clients with an error so they retry.
+    pub dropped_reads: Vec<u64>,
+    /// Set when the role or the known leader changed.
+    pub soft_state: Option<SoftState>,
+}
+
+impl Ready {
+    /// The index and term of the last entry this Ready asks to persist, for
+    /// reporting durability back with [`Raft::persisted`].
+    pub fn last_entry(&self) -> Option<(Index, Term)> {
+        self.entries.last().map(|batch| (batch.last_index(), batch.last_term()))
+    }
+}
+
+/// A leader's pending ReadIndex request.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    /// The heartbeat round that must be acknowledged by a quorum.
+    round: u64,
+    index: Index,
+    context: u64,
+    /// Who asked: this node or a follower that forwarded it.
+    from: NodeId,
+}
+
+/// A snapshot of the engine's state for admin status.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub vote: NodeId,
+    pub leader: NodeId,
+    pub commit: Index,
+    pub applied: Index,
+    pub persisted: Index,
+    pub first_index: Index,
+    pub last_index: Index,
+    pub conf: ConfState,
+    /// The leader's view of each member (empty on non-leaders).
+    pub progress: Vec<PeerStatus>,
+}
+
+/// The leader's view of one member.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub match_index: Index,
+    pub next_index: Index,
+    pub state: ProgressState,
+    pub inflight_batches: usize,
+    pub recent_active: bool,
+    pub learner: bool,
+}
+
+/// Encoded batches a leader keeps so that followers at the same point receive
+/// the very bytes it persists; bounded by this many bytes.
+const BATCH_CACHE_BYTES_MAX: usize = 64 << 20;
+/// Heartbeat rounds remembered for lease timing.
+const ROUNDS_REMEMBERED_MAX: usize = 1024;
+/// ReadIndex requests a leader holds at once; more are dropped for retry.
+const PENDING_READS_MAX: usize = 65_536;
+
+/// The Raft engine of one node in one group.
+pub struct Raft {
+    config: Config,
+    id: NodeId,
+    term: Term,
+    /// The candidate voted for in `term`, or none.
+    vote: NodeId,
+    leader: NodeId,
+    role: Role,
+    log: RaftLog,
+    conf: ConfState,
+    /// The leader's view of every member, itself included. Empty otherwise.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Votes received in the current (pre-)election.
+    votes: BTreeMap<NodeId, bool>,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    election_timeout: u32,
+    /// Ticks since this engine was created: the leader's lease clock.
+    now: u64,
+    rng: Rng,
+    transfer_target: NodeId,
+    /// Entries up to this index are encoded into batches (leader only).
+    /// Invariant: `encoded_last <= log.last_index()`.
+    encoded_last: Index,
+    batch_cache: VecDeque<EntryBatch>,
+    batch_cache_bytes: usize,
+    /// Batches to hand to the shell in the next Ready.
+    unstable_batches: Vec<EntryBatch>,
+    messages: Vec<Message>,
+    messages_after_persist: Vec<Message>,
+    /// Heartbeat rounds: the latest round sent, and when each was sent.
+    round: u64,
+    round_ticks: VecDeque<(u64, u64)>,
+    read_round_needed: bool,
+    pending_reads: VecDeque<PendingRead>,
+    /// Reads that arrived before the leader committed an entry of its term.
+    reads_waiting_commit: Vec<(u64, NodeId)>,
+    /// Reads forwarded to the leader, awaiting its answer (follower only).
+    forwarded_reads: Vec<u64>,
+    read_states: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
+    /// Payload bytes proposed by this leader and not yet committed.
+    uncommitted_bytes: usize,
+    /// Index of the latest configuration entry not yet applied.
+    pub(crate) pending_conf_index: Index,
+    /// The configuration after each configuration entry still in the log,
+    /// led by the one in force at the log's start (the snapshot's).
+    /// Invariant: indices increase; the last one is `conf`.
+    conf_history: Vec<(Index, ConfState)>,
+    persisted_hard_state: HardState,
+    previous_soft_state: SoftState,
+    /// Set between `ready` and `advance`: the last index handed to apply.
+    applying: Option<Index>,
+}
+
+impl Raft {
+    /// Builds an engine from what the node recovered from its storage.
+    pub fn new(config: Config, recovered: Recovered) -> Result<Raft, ConfigError> {
+        config.validate()?;
+        let Recovered { hard_state, snapshot, entries } = recovered;
+        let (offset_index, offset_term, conf) = match &snapshot {
+            Some(meta) => (meta.index, meta.term, meta.conf.clone()),
+            None => (0, 0, ConfState::new(config.voters.iter().copied(), config.learners.iter().copied())),
+        };
+        let mut log = RaftLog::new(offset_index, offset_term, entries);
+        // A commit index persisted ahead of the entries it covers is clamped:
+        // the entries were not durable, and the leader will resend them.
+        log.committed = hard_state.commit.clamp(offset_index, log.last_index());
+        let rng = Rng::new(config.seed);
+        let id = config.id;
+        let mut raft = Raft {
+            id,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: NODE_NONE,
+            role: Role::Follower,
+            log,
+            conf: conf.clone(),
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            election_timeout: config.election_ticks_min,
+            now: 0,
+            rng,
+            transfer_target: NODE_NONE,
+            encoded_last: 0,
+            batch_cache: VecDeque::new(),
+            batch_cache_bytes: 0,
+            unstable_batches: Vec::new(),
+            messages: Vec::new(),
+            messages_after_persist: Vec::new(),
+            round: 0,
+            round_ticks: VecDeque::new(),
+            read_round_needed: false,
+            pending_reads: VecDeque::new(),
+            reads_waiting_commit: Vec::new(),
+            forwarded_reads: Vec::new(),
+            read_states: Vec::new(),
+            dropped_reads: Vec::new(),
+            uncommitted_bytes: 0,
+            pending_conf_index: 0,
+            conf_history: vec![(offset_index, conf.clone())],
+            persisted_hard_state: hard_state,
+            previous_soft_state: SoftState { role: Role::Follower, leader: NODE_NONE },
+            applying: None,
+            config,
+        };
+        raft.encoded_last = raft.log.last_index();
+        raft.reset_election_timeout();
+        // The latest configuration entry in the log is in force (thesis 4.1).
+        crate::membership::conf_after_append(&mut raft, offset_index + 1);
+        Ok(raft)
+    }
+
+    // ----- accessors -----
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> Term {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The leader this node knows of, or [`NODE_NONE`].
+    pub fn leader(&self) -> NodeId {
+        self.leader
+    }
+    pub fn vote(&self) -> NodeId {
+        self.vote
+    }
+    pub fn conf(&self) -> &ConfState {
+        &self.conf
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn committed(&self) -> Index {
+        self.log.committed
+    }
+    pub fn applied(&self) -> Index {
+        self.log.applied
+    }
+    pub fn persisted_index(&self) -> Index {
+        self.log.persisted
+    }
+    pub fn last_index(&self) -> Index {
+        self.log.last_index()
+    }
+    pub fn first_index(&self) -> Index {
+        self.log.first_index()
+    }
+    /// The term of the entry at `index`, if the in-memory log holds it.
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        self.log.term(index)
+    }
+    /// The entry at `index`, if the in-memory log holds it.
+    pub fn entry(&self, index: Index) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+    }
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        (self.transfer_target != NODE_NONE).then_some(self.transfer_target)
+    }
+    /// The configuration in force at `index` (as far as the log remembers).
+    pub(crate) fn conf_at(&self, index: Index) -> ConfState {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .or(self.conf_history.first())
+            .map(|(_, conf)| conf.clone())
+            .expect("the history always holds the base configuration")
+    }
+
+    /// The index of the latest configuration entry (or of the base).
+    pub(crate) fn last_conf_index(&self) -> Index {
+        self.conf_history.last().map_or(0, |(index, _)| *index)
+    }
+
+    pub(crate) fn record_conf(&mut self, index: Index, conf: ConfState) {
+        self.conf_history.retain(|(at, _)| *at < index);
+        self.conf_history.push((index, conf));
+    }
+
+    /// Forgets configurations of entries at or after `first` (they were
+    /// truncated or are about to be re-read), keeping the base.
+    pub(crate) fn forget_confs_from(&mut self, first: Index) {
+        let base = self.conf_history[0].clone();
+        self.conf_history.retain(|(at, _)| *at < first);
+        if self.conf_history.is_empty() {
+            self.conf_history.push(base);
+        }
+    }
+
+    /// Puts a configuration in force; a leader starts or stops tracking
+    /// members accordingly.
+    pub(crate) fn install_conf(&mut self, conf: ConfState) {
+        self.conf = conf;
+        if self.role != Role::Leader {
+            return;
+        }
+        let members = self.conf.members();
+        let next = self.log.last_index() + 1;
+        for &id in &members {
+            self.progress.entry(id).or_insert_with(|| Progress::new(next));
+        }
+        let me = self.id;
+        self.progress.retain(|id, _| *id == me || members.contains(id));
+        if self.transfer_target != NODE_NONE && !self.conf.is_voter(self.transfer_target) {
+            self.transfer_target = NODE_NONE;
+        }
+    }
+
+    /// A leader whose removal committed hands over by stepping down; it is no
+    /// longer a voter, so it will not campaign.
+    pub(crate) fn step_down_removed(&mut self) {
+        self.become_follower(self.term, NODE_NONE);
+    }
+
+    /// Appends an entry on the engine's own behalf (leave-joint), bypassing
+    /// the client-facing checks.
+    pub(crate) fn propose_entry_internal(&mut self, kind: EntryKind, data: Bytes) -> Index {
+        let index = self.log.last_index() + 1;
+        self.log.push(Entry { index, term: self.term, kind, data });
+        if kind == EntryKind::Config {
+            self.pending_conf_index = index;
+            crate::membership::conf_after_append(self, index);
+        }
+        index
+    }
+    pub(crate) fn progress(&self) -> &BTreeMap<NodeId, Progress> {
+        &self.progress
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.committed,
+            applied: self.log.applied,
+            persisted: self.log.persisted,
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            conf: self.conf.clone(),
+            progress: self
+                .progress
+                .iter()
+                .map(|(&id, pr)| PeerStatus {
+                    id,
+                    match_index: pr.match_index,
+                    next_index: pr.next_index,
+                    state: pr.state,
+                    inflight_batches: pr.inflight.count(),
+                    recent_active: pr.recent_active,
+                    learner: self.conf.is_learner(id),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether this node may become leader: it is a voter of the current
+    /// configuration.
+    fn promotable(&self) -> bool {
+        self.conf.is_voter(self.id)
+    }
+
+    fn sole_voter(&self) -> bool {
+        !self.conf.is_joint() && self.conf.voters.len() == 1 && self.conf.voters[0] == self.id
+    }
+
+    // ----- driving API -----
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        // Single-node bootstrap: nobody else can win, so do not wait.
+        if self.sole_voter() || (self.promotable() && self.election_elapsed >= self.election_timeout) {
+            self.election_elapsed = 0;
+            self.hup(false);
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks_min {
+            self.election_elapsed = 0;
+            if self.config.check_quorum {
+                let active = self.quorum_active();
+                for (&id, pr) in self.progress.iter_mut() {
+                    if id != self.id {
+                        pr.recent_active = false;
+                    }
+                }
+                if !active {
+                    // Raft thesis 6.2: a leader cut off from a quorum steps down.
+                    self.become_follower(self.term, NODE_NONE);
+                    return;
+                }
+            }
+            if self.transfer_target != NODE_NONE {
+                // Thesis 3.10: abort a transfer that did not finish in an
+                // election timeout, so the cluster is not left without writes.
+                self.transfer_target = NODE_NONE;
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Starts an election now (tests and admin "campaign").
+    pub fn campaign(&mut self) {
+        self.hup(false);
+    }
+
+    fn hup(&mut self, transfer: bool) {
+        if self.role == Role::Leader || !self.promotable() {
+            return;
+        }
+        if self.config.pre_vote && !transfer {
+            self.become_pre_candidate();
+            self.run_election(true, false);
+        } else {
+            self.become_candidate();
+            self.run_election(false, transfer);
+        }
+    }
+
+    fn run_election(&mut self, pre: bool, transfer: bool) {
+        let term = if pre { self.term + 1 } else { self.term };
+        let request =
+            VoteRequest { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), transfer };
+        let voters: Vec<NodeId> = self.voter_ids();
+        if self.poll(self.id, true) == VoteResult::Won {
+            if pre {
+                self.become_candidate();
+                self.run_election(false, transfer);
+            } else {
+                self.become_leader();
+            }
+            return;
+        }
+        let me = self.id;
+        for to in voters.into_iter().filter(|&to| to != me) {
+            let body = if pre { MessageBody::PreVote(request) } else { MessageBody::Vote(request) };
+            self.send(Message { from: self.id, to, term, body });
+        }
+    }
+
+    /// Proposes a command. On success returns the index and term it was
+    /// appended at; the command is committed once that entry is (an entry at
+    /// that index with a different term means it was lost and must be retried).
+    pub fn propose(&mut self, command: Bytes) -> Result<(Index, Term), ProposeError> {
+        self.propose_entry(EntryKind::Normal, command)
+    }
+
+    pub(crate) fn propose_entry(&mut self, kind: EntryKind, data: Bytes) -> Result<(Index, Term), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: (self.leader != NODE_NONE).then_some(self.leader) });
+        }
+        if self.transfer_target != NODE_NONE {
+            return Err(ProposeError::TransferInProgress { target: self.transfer_target });
+        }
+        let limit = self.config.uncommitted_bytes_max;
+        if self.uncommitted_bytes > 0 && self.uncommitted_bytes + data.len() > limit {
+            return Err(ProposeError::Busy { uncommitted: self.uncommitted_bytes, limit });
+        }
+        self.uncommitted_bytes += data.len();
+        let index = self.propose_entry_internal(kind, data);
+        if self.sole_voter() && self.log.persisted == self.log.last_index() {
+            self.maybe_commit();
+        }
+        Ok((index, self.term))
+    }
+
+    /// Asks for a linearizable read. `context` is the shell's name for it; the
+    /// answer comes back as a [`ReadState`] (or in `dropped_reads`).
+    pub fn read_index(&mut self, context: u64, mode: ReadMode) -> Result<(), ProposeError> {
+        match self.role {
+            Role::Leader => {
+                self.leader_read(context, self.id, mode);
+                Ok(())
+            }
+            _ if self.leader != NODE_NONE => {
+                self.forwarded_reads.push(context);
+                self.send(Message {
+                    from: self.id,
+                    to: self.leader,
+                    term: self.term,
+                    body: MessageBody::ReadIndex { context },
+                });
+                Ok(())
+            }
+            _ => Err(ProposeError::NotLeader { leader: None }),
+        }
+    }
+
+    fn leader_read(&mut self, context: u64, from: NodeId, mode: ReadMode) {
+        // Thesis 6.4: until the leader commits an entry of its own term it
+        // does not know the latest commit index.
+        if self.log.term(self.log.committed) != Some(self.term) {
+            if self.reads_waiting_commit.len() >= PENDING_READS_MAX {
+                self.drop_read(context, from);
+            } else {
+                self.reads_waiting_commit.push((context, from));
+            }
+            return;
+        }
+        let index = self.log.committed;
+        if self.sole_voter() || (mode == ReadMode::Lease && self.lease_valid()) {
+            self.serve_read(context, from, index);
+            return;
+        }
+        if self.pending_reads.len() >= PENDING_READS_MAX {
+            self.drop_read(context, from);
+            return;
+        }
+        self.pending_reads.push_back(PendingRead { round: self.round + 1, index, context, from });
+        self.read_round_needed = true;
+    }
+
+    fn serve_read(&mut self, context: u64, from: NodeId, index: Index) {
+        if from == self.id {
+            self.read_states.push(ReadState { context, index });
+        } else {
+            let term = self.term;
+            self.send(Message {
+                from: self.id,
+                to: from,
+                term,
+                body: MessageBody::ReadIndexResponse { context, index },
+            });
+        }
+    }
+
+    fn drop_read(&mut self, context: u64, from: NodeId) {
+        if from == self.id {
+            self.dropped_reads.push(context);
+        } else {
+            let term = self.term;
+            self.send(Message {
+                from: self.id,
+                to: from,
+                term,
+                body: MessageBody::ReadIndexResponse { context, index: 0 },
+            });
+        }
+    }
+
+    /// Whether the leader's lease holds now: a quorum acknowledged a heartbeat
+    /// round sent less than `election_ticks_min - lease_drift_ticks` ago, and
+    /// no leader transfer (which tells voters to ignore the lease) is running.
+    pub fn lease_valid(&self) -> bool {
+        if self.role != Role::Leader || !self.config.check_quorum || self.transfer_target != NODE_NONE {
+            return false;
+        }
+        if self.sole_voter() {
+            return true;
+        }
+        let acked = self.quorum_acked_round();
+        let Some(&(_, sent)) = self.round_ticks.iter().find(|(round, _)| *round == acked) else {
+            return false;
+        };
+        let lease = u64::from(self.config.election_ticks_min - self.config.lease_drift_ticks);
+        self.now < sent + lease
+    }
+
+    /// Hands leadership to `target` (Raft thesis 3.10): proposals are refused
+    /// while the target is caught up and told to campaign at once.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: (self.leader != NODE_NONE).then_some(self.leader) });
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        if !self.conf.is_voter(target) || !self.progress.contains_key(&target) {
+            return Err(ProposeError::NotVoter(target));
+        }
+        if self.transfer_target == target {
+            return Ok(());
+        }
+        self.transfer_target = target;
+        self.election_elapsed = 0;
+        if self.progress[&target].match_index == self.log.last_index() {
+            self.send_timeout_now(target);
+        } else {
+            self.send_append(target);
+        }
+        Ok(())
+    }
+
+    fn send_timeout_now(&mut self, to: NodeId) {
+        self.send(Message { from: self.id, to, term: self.term, body: MessageBody::TimeoutNow });
+    }
+
+    /// Reports that every entry up to `index` (whose term is `term`) is
+    /// durable. A report for entries that were since replaced is ignored.
+    pub fn persisted(&mut self, index: Index, term: Term) {
+        if index > self.log.handed || index <= self.log.persisted || self.log.term(index) != Some(term) {
+            return;
+        }
+        self.log.persisted = index;
+        if self.role == Role::Leader {
+            if let Some(pr) = self.progress.get_mut(&self.id) {
+                pr.maybe_update(index);
+            }
+            self.maybe_commit();
+        }
+    }
+
+    /// Whether a `ready` call would return any work.
+    pub fn has_ready(&self) -> bool {
+        self.log.last_index() > self.log.handed
+            || !self.unstable_batches.is_empty()
+            || !self.messages.is_empty()
+            || !self.messages_after_persist.is_empty()
+            || self.log.committed > self.log.applied
+            || !self.read_states.is_empty()
+            || !self.dropped_reads.is_empty()
+            || self.read_round_needed
+            || self.hard_state() != self.persisted_hard_state
+            || self.soft_state() != self.previous_soft_state
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState { role: self.role, leader: self.leader }
+    }
+
+    /// Takes the pending work. Must be followed by [`Raft::advance`] before
+    /// the next call.
+    pub fn ready(&mut self) -> Ready {
+        assert!(self.applying.is_none(), "ready() called twice without advance()");
+        if self.role == Role::Leader {
+            self.flush_proposals();
+            if self.read_round_needed {
+                self.broadcast_heartbeat();
+            }
+        }
+        self.read_round_needed = false;
+        let mut ready = Ready { entries: std::mem::take(&mut self.unstable_batches), ..Ready::default() };
+        if let Some(batch) = ready.entries.last() {
+            debug_assert_eq!(batch.last_index(), self.log.last_index());
+            self.log.handed = batch.last_index();
+        }
+        let hard_state = self.hard_state();
+        if hard_state != self.persisted_hard_state {
+            ready.hard_state_must_sync =
+                hard_state.term != self.persisted_hard_state.term || hard_state.vote != self.persisted_hard_state.vote;
+            ready.hard_state = Some(hard_state);
+            self.persisted_hard_state = hard_state;
+        }
+        let soft_state = self.soft_state();
+        if soft_state != self.previous_soft_state {
+            ready.soft_state = Some(soft_state);
+            self.previous_soft_state = soft_state;
+        }
+        ready.messages = std::mem::take(&mut self.messages);
+        ready.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
+        if self.log.committed > self.log.applied {
+            ready.committed_entries =
+                self.log.slice(self.log.applied + 1, self.log.committed, self.config.apply_bytes_max);
+        }
+        self.applying = Some(ready.committed_entries.last().map_or(self.log.applied, |entry| entry.index));
+        ready.read_states = std::mem::take(&mut self.read_states);
+        ready.dropped_reads = std::mem::take(&mut self.dropped_reads);
+        ready
+    }
+
+    /// Acknowledges a [`Ready`]: its committed entries count as applied.
+    pub fn advance(&mut self, ready: Ready) {
+        let applying = self.applying.take().expect("advance() without ready()");
+        debug_assert_eq!(ready.committed_entries.last().map_or(applying, |entry| entry.index), applying);
+        self.advance_applied(applying);
+    }
+
+    fn advance_applied(&mut self, applied: Index) {
+        if applied <= self.log.applied {
+            return;
+        }
+        self.log.applied = applied;
+        if self.pending_conf_index != 0 && applied >= self.pending_conf_index {
+            self.pending_conf_index = 0;
+        }
+    }
+
+    /// Encodes the leader's new proposals into batches (once), queues them
+    /// for the local write and sends them to every follower that is caught up.
+    fn flush_proposals(&mut self) {
+        self.encode_proposals();
+        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        for id in peers {
+            self.send_append(id);
+            self.send_commit(id);
+        }
+    }
+
+    /// Tells a caught-up follower about a commit advance with an empty append
+    /// (at most one per Ready), so followers apply without waiting for the
+    /// next heartbeat.
+    fn send_commit(&mut self, to: NodeId) {
+        let committed = self.log.committed;
+        let Some(pr) = self.progress.get(&to) else { return };
+        if pr.state != ProgressState::Replicate || pr.commit_sent >= committed || pr.match_index < committed {
+            return;
+        }
+        let prev_index = pr.next_index - 1;
+        let Some(prev_term) = self.log.term(prev_index) else { return };
+        self.send(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body: MessageBody::Append(AppendRequest { prev_index, prev_term, commit: committed, entries: None }),
+        });
+        self.progress.get_mut(&to).expect("present").commit_sent = committed;
+    }
+
+    fn encode_proposals(&mut self) {
+        let last = self.log.last_index();
+        while self.encoded_last < last {
+            let entries = self.log.slice(self.encoded_last + 1, last, self.config.batch_bytes_max);
+            let batch = EntryBatch::encode(&entries);
+            self.log.share_payloads(&batch);
+            self.encoded_last = batch.last_index();
+            self.batch_cache_bytes += batch.len_bytes();
+            self.batch_cache.push_back(batch.clone());
+            while self.batch_cache_bytes > BATCH_CACHE_BYTES_MAX && self.batch_cache.len() > 1 {
+                let old = self.batch_cache.pop_front().expect("non-empty");
+                self.batch_cache_bytes -= old.len_bytes();
+            }
+            self.unstable_batches.push(batch);
+        }
+    }
+
+    /// The batch to send a follower whose next index is `next`: a cached one
+    /// when it starts there (no re-encoding), otherwise a fresh encoding that
+    /// stops where the cache picks up again.
+    fn batch_from(&self, next: Index) -> Option<EntryBatch> {
+        if next > self.encoded_last {
+            return None;
+        }
+        let position = self.batch_cache.partition_point(|batch| batch.first_index() < next);
+        if let Some(batch) = self.batch_cache.get(position) {
+            if batch.first_index() == next {
+                return Some(batch.clone());
+            }
+        }
+        let stop = self.batch_cache.get(position).map_or(self.encoded_last, |batch| batch.first_index() - 1);
+        let entries = self.log.slice(next, stop.min(self.encoded_last), self.config.batch_bytes_max);
+        (!entries.is_empty()).then(|| EntryBatch::encode(&entries))
+    }
+
+    /// Sends appends to `to` while its window allows (one probe in Probe).
+    fn send_append(&mut self, to: NodeId) {
+        loop {
+            let Some(pr) = self.progress.get(&to) else { return };
+            if pr.is_paused(self.config.inflight_batches_max, self.config.inflight_bytes_max) {
+                return;
+            }
+            let state = pr.state;
+            let next = pr.next_index;
+            let prev_index = next - 1;
+            let Some(prev_term) = self.log.term(prev_index) else {
+                // The follower needs entries that were compacted. The log is
+                // not compacted yet (snapshots are the next step), so this
+                // cannot happen; wait rather than send something wrong.
+                return;
+            };
+            let batch = self.batch_from(next);
+            if batch.is_none() && state == ProgressState::Replicate {
+                return;
+            }
+            let (last, bytes) = batch.as_ref().map_or((prev_index, 0), |b| (b.last_index(), b.len_bytes()));
+            let commit = self.log.committed;
+            self.send(Message {
+                from: self.id,
+                to,
+                term: self.term,
+                body: MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: batch }),
+            });
+            let pr = self.progress.get_mut(&to).expect("present");
+            pr.sent(last, bytes);
+            pr.commit_sent = pr.commit_sent.max(commit.min(last));
+            if state != ProgressState::Replicate {
+                return;
+            }
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        self.round += 1;
+        self.round_ticks.push_back((self.round, self.now));
+        while self.round_ticks.len() > ROUNDS_REMEMBERED_MAX {
+            self.round_ticks.pop_front();
+        }
+        if let Some(pr) = self.progress.get_mut(&self.id) {
+            pr.acked_round = self.round;
+        }
+        let peers: Vec<(NodeId, Index)> =
+            self.progress.iter().filter(|(&id, _)| id != self.id).map(|(&id, pr)| (id, pr.match_index)).collect();
+        for (to, match_index) in peers {
+            let commit = match_index.min(self.log.committed);
+            self.send(Message {
+                from: self.id,
+                to,
+                term: self.term,
+                body: MessageBody::Heartbeat { commit, read_context: self.round },
+            });
+        }
+        // A lone voter's round is acknowledged by itself.
+        self.release_reads();
+    }
+
+    /// Queues a message in the right group: votes and acknowledgements must
+    /// wait for the local write; everything else may leave at once.
+    fn send(&mut self, message: Message) {
+        debug_assert_ne!(message.to, self.id, "no messages to self");
+        let after_persist = match &message.body {
+            MessageBody::Vote(_) | MessageBody::VoteResponse { .. } => true,
+            MessageBody::AppendResponse(response) => !response.reject,
+            MessageBody::InstallSnapshotResponse { .. } => true,
+            _ => false,
+        };
+        if after_persist {
+            self.messages_after_persist.push(message);
+        } else {
+            self.messages.push(message);
+        }
+    }
+
+    // ----- role changes -----
+
+    fn reset(&mut self, term: Term) {
+        if self.role == Role::Leader {
+            // Proposals not yet encoded are still log entries that must reach
+            // the disk in order; a new leader may replace them later.
+            self.encode_proposals();
+        }
+        if term != self.term {
+            self.term = term;
+            self.vote = NODE_NONE;
+        }
+        self.leader = NODE_NONE;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_election_timeout();
+        self.votes.clear();
+        self.transfer_target = NODE_NONE;
+        self.progress.clear();
+        self.batch_cache.clear();
+        self.batch_cache_bytes = 0;
+        self.uncommitted_bytes = 0;
+        self.read_round_needed = false;
+        let pending: Vec<PendingRead> = self.pending_reads.drain(..).collect();
+        for read in pending {
+            self.drop_read(read.context, read.from);
+        }
+        for (context, from) in std::mem::take(&mut self.reads_waiting_commit) {
+            self.drop_read(context, from);
+        }
+        self.dropped_reads.append(&mut self.forwarded_reads);
+    }
+
+    fn reset_election_timeout(&mut self) {
+        self.election_timeout =
+            self.rng.range(u64::from(self.config.election_ticks_min), u64::from(self.config.election_ticks_max)) as u32;
+    }
+
+    fn become_follower(&mut self, term: Term, leader: NodeId) {
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+    }
+
+    fn become_pre_candidate(&mut self) {
+        // The term does not change: pre-vote must not disturb anyone.
+        self.reset(self.term);
+        self.role = Role::PreCandidate;
+    }
+
+    fn become_candidate(&mut self) {
+        self.reset(self.term + 1);
+        self.vote = self.id;
+        self.role = Role::Candidate;
+    }
+
+    fn become_leader(&mut self) {
+        assert_ne!(self.role, Role::Follower, "a follower cannot become leader directly");
+        self.reset(self.term);
+        self.role = Role::Leader;
+        self.leader = self.id;
+        let last = self.log.last_index();
+        for id in self.conf.members() {
+            let mut pr = Progress::new(last + 1);
+            if id == self.id {
+                pr.match_index = self.log.persisted;
+                pr.recent_active = true;
+                pr.become_replicate();
+                pr.next_index = last + 1;
+            }
+            self.progress.insert(id, pr);
+        }
+        self.encoded_last = last;
+        // A configuration entry not yet applied may still be pending.
+        self.pending_conf_index = self.log.committed.max(self.log.applied);
+        let mut index = self.log.applied + 1;
+        while index <= last {
+            if self.log.entry(index).is_some_and(|entry| entry.kind == EntryKind::Config) {
+                self.pending_conf_index = index;
+            }
+            index += 1;
+        }
+        // Raft thesis 6.4 / paper 5.4.2: commit an entry of the new term.
+        self.log.push(Entry { index: last + 1, term: self.term, kind: EntryKind::Noop, data: Bytes::new() });
+        if self.sole_voter() && self.log.persisted == last {
+            self.maybe_commit();
+        }
+    }
+
+    // ----- quorums -----
+
+    fn voter_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.conf.voters.iter().chain(&self.conf.voters_outgoing).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The largest value that a majority of `voters` has reached.
+    fn majority_value(voters: &[NodeId], value: impl Fn(NodeId) -> u64) -> u64 {
+        if voters.is_empty() {
+            return u64::MAX; // An empty half agrees with anything.
+        }
+        let mut values: Vec<u64> = voters.iter().map(|&id| value(id)).collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values[voters.len() / 2]
+    }
+
+    /// A value reached by a majority of the configuration (both halves during
+    /// a joint change).
+    fn quorum_value(&self, value: impl Fn(NodeId) -> u64) -> u64 {
+        let incoming = Self::majority_value(&self.conf.voters, &value);
+        let outgoing = Self::majority_value(&self.conf.voters_outgoing, &value);
+        let result = incoming.min(outgoing);
+        if result == u64::MAX {
+            0
+        } else {
+            result
+        }
+    }
+
+    fn quorum_acked_round(&self) -> u64 {
+        self.quorum_value(|id| self.progress.get(&id).map_or(0, |pr| pr.acked_round))
+    }
+
+    fn quorum_active(&self) -> bool {
+        self.quorum_value(|id| u64::from(id == self.id || self.progress.get(&id).is_some_and(|pr| pr.recent_active)))
+            == 1
+    }
+
+    fn poll(&mut self, from: NodeId, granted: bool) -> VoteResult {
+        self.votes.entry(from).or_insert(granted);
+        let granted_count = |voters: &[NodeId], votes: &BTreeMap<NodeId, bool>| {
+            voters.iter().filter(|id| votes.get(id) == Some(&true)).count()
+        };
+        let rejected_count = |voters: &[NodeId], votes: &BTreeMap<NodeId, bool>| {
+            voters.iter().filter(|id| votes.get(id) == Some(&false)).count()
+        };
+        let mut result = VoteResult::Won;
+        for half in [&self.conf.voters, &self.conf.voters_outgoing] {
+            if half.is_empty() {
+                continue;
+            }
+            let majority = half.len() / 2 + 1;
+            if granted_count(half, &self.votes) >= majority {
+                continue;
+            }
+            if half.len() - rejected_count(half, &self.votes) < majority {
+                return VoteResult::Lost;
+            }
+            result = VoteResult::Pending;
+        }
+        result
+    }
+
+    /// Advances the commit index to what a quorum has durably matched, but
+    /// only by counting entries of the current term (Raft paper 5.4.2).
+    fn maybe_commit(&mut self) -> bool {
+        let index = self.quorum_value(|id| self.progress.get(&id).map_or(0, |pr| pr.match_index));
+        if index <= self.log.committed || self.log.term(index) != Some(self.term) {
+            return false;
+        }
+        let old = self.log.committed;
+        self.log.commit_to(index);
+        let committed_bytes = self.log.bytes_between(old, index);
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(committed_bytes);
+        if old < index && !self.reads_waiting_commit.is_empty() && self.log.term(index) == Some(self.term) {
+            for (context, from) in std::mem::take(&mut self.reads_waiting_commit) {
+                self.leader_read(context, from, ReadMode::ReadIndex);
+            }
+        }
+        self.after_commit(old, index);
+        true
+    }
+
+    /// Hook for membership changes that take effect on commit.
+    fn after_commit(&mut self, old: Index, new: Index) {
+        crate::membership::on_commit(self, old, new);
+    }
+
+    fn release_reads(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let acked = self.quorum_acked_round();
+        while let Some(read) = self.pending_reads.front().copied() {
+            if read.round > acked {
+                break;
+            }
+            self.pending_reads.pop_front();
+            self.serve_read(read.context, read.from, read.index);
+        }
+    }
+
+    // ----- step -----
+
+    /// Processes one message from a peer. An ignored message is not an error
+    /// of the node; the reason says why it was ignored.
+    pub fn step(&mut self, message: Message) -> Result<(), Ignored> {
+        if message.to != self.id {
+            return Err(Ignored("addressed to another node"));
+        }
+        if message.from == self.id || message.from == NODE_NONE {
+            return Err(Ignored("bad sender"));
+        }
+        self.step_term(&message)?;
+        let from = message.from;
+        match message.body {
+            MessageBody::PreVote(request) => self.handle_vote_request(from, message.term, request, true),
+            MessageBody::Vote(request) => self.handle_vote_request(from, message.term, request, false),
+            MessageBody::PreVoteResponse { granted } => self.handle_vote_response(from, granted, true),
+            MessageBody::VoteResponse { granted } => self.handle_vote_response(from, granted, false),
+            MessageBody::Append(request) => {
+                self.accept_leader(from)?;
+                self.handle_append(from, request)
+            }
+            MessageBody::Heartbeat { commit, read_context } => {
+                self.accept_leader(from)?;
+                self.log.commit_to(commit.min(self.log.last_index()));
+                let term = self.term;
+                self.send(Message {
+                    from: self.id,
+                    to: from,
+                    term,
+                    body: MessageBody::HeartbeatResponse { read_context },
+                });
+                Ok(())
+            }
+            MessageBody::AppendResponse(response) => self.handle_append_response(from, response),
+            MessageBody::HeartbeatResponse { read_context } => self.handle_heartbeat_response(from, read_context),
+            MessageBody::TimeoutNow => {
+                if self.role == Role::Leader || from != self.leader {
+                    return Err(Ignored("timeout-now not from the current leader"));
+                }
+                if !self.promotable() {
+                    return Err(Ignored("timeout-now to a non-voter"));
+                }
+                self.hup(true);
+                Ok(())
+            }
+            MessageBody::ReadIndex { context } => {
+                if self.role != Role::Leader {
+                    let term = self.term;
+                    self.send(Message {
+                        from: self.id,
+                        to: from,
+                        term,
+                        body: MessageBody::ReadIndexResponse { context, index: 0 },
+                    });
+                    return Err(Ignored("read index asked of a non-leader"));
+                }
+                if !self.conf.members().contains(&from) {
+                    return Err(Ignored("read index from a non-member"));
+                }
+                self.leader_read(context, from, ReadMode::ReadIndex);
+                Ok(())
+            }
+            MessageBody::ReadIndexResponse { context, index } => {
+                let Some(position) = self.forwarded_reads.iter().position(|&c| c == context) else {
+                    return Err(Ignored("answer to an unknown read"));
+                };
+                self.forwarded_reads.swap_remove(position);
+                if index == 0 {
+                    self.dropped_reads.push(context);
+                } else {
+                    self.read_states.push(ReadState { context, index });
+                }
+                Ok(())
+            }
+            MessageBody::InstallSnapshot(_) => {
+                self.accept_leader(from)?;
+                Err(Ignored("snapshot installation is not supported yet"))
+            }
+            MessageBody::InstallSnapshotResponse { .. } => Err(Ignored("snapshot installation is not supported yet")),
+        }
+    }
+
+    /// The term rules of Raft paper 5.1 and thesis 9.6 (pre-vote) and 6.2
+    /// (leases): adopt a newer term, reject a stale one.
+    fn step_term(&mut self, message: &Message) -> Result<(), Ignored> {
+        use MessageBody as B;
+        if message.term > self.term {
+            let is_vote_request = matches!(message.body, B::PreVote(_) | B::Vote(_));
+            if is_vote_request {
+                let transfer = matches!(message.body, B::PreVote(r) | B::Vote(r) if r.transfer);
+                let in_lease = self.config.check_quorum
+                    && self.leader != NODE_NONE
+                    && self.election_elapsed < self.config.election_ticks_min;
+                if in_lease && !transfer {
+                    // Thesis 4.2.3: a node that heard from a leader recently
+                    // does not help depose it.
+                    return Err(Ignored("vote request while a leader's lease holds"));
+                }
+            }
+            match &message.body {
+                B::PreVote(_) => {}
+                B::PreVoteResponse { granted: true } => {}
+                B::Append(_) | B::Heartbeat { .. } | B::InstallSnapshot(_) => {
+                    self.become_follower(message.term, message.from);
+                }
+                _ => self.become_follower(message.term, NODE_NONE),
+            }
+        } else if message.term < self.term {
+            match &message.body {
+                B::Append(_) | B::Heartbeat { .. } if self.config.check_quorum || self.config.pre_vote => {
+                    // A stale leader learns our term from this and steps down;
+                    // without it a partitioned leader with check-quorum could
+                    // keep disrupting after the partition heals.
+                    let term = self.term;
+                    self.send(Message {
+                        from: self.id,
+                        to: message.from,
+                        term,
+                        body: MessageBody::AppendResponse(AppendResponse {
+                            index: 0,
+                            reject: true,
+                            hint_index: 0,
+                            hint_term: 0,
+                        }),
+                    });
+                }
+                B::PreVote(_) => {
+                    let term = self.term;
+                    self.send(Message {
+                        from: self.id,
+                        to: message.from,
+                        term,
+                        body: MessageBody::PreVoteResponse { granted: false },
+                    });
+                }
+                _ => {}
+            }
+            return Err(Ignored("stale term"));
+        }
+        Ok(())
+    }
+
+    /// A leader's message in our term: it is the leader (a candidate of the
+    /// same term lost, Raft paper 5.2).
+    fn accept_leader(&mut self, from: NodeId) -> Result<(), Ignored> {
+        match self.role {
+            Role::Leader => Err(Ignored("another leader in my term")),
+            Role::Candidate | Role::PreCandidate => {
+                self.become_follower(self.term, from);
+                Ok(())
+            }
+            Role::Follower => {
+                if self.leader == NODE_NONE {
+                    self.leader = from;
+                } else if self.leader != from {
+                    return Err(Ignored("a second leader in one term"));
+                }
+                self.election_elapsed = 0;
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        request: VoteRequest,
+        pre: bool,
+    ) -> Result<(), Ignored> {
+        // Raft paper 5.2 and 5.4.1: one vote per term, only for a log at
+        // least as up to date as ours.
+        let can_vote =
+            self.vote == from || (self.vote == NODE_NONE && self.leader == NODE_NONE) || (pre && term > self.term);
+        let granted = can_vote && self.log.is_up_to_date(request.last_log_index, request.last_log_term);
+        let response_term = if pre && granted { term } else { self.term };
+        if granted && !pre {
+            self.vote = from;
+            self.election_elapsed = 0;
+        }
+        let body = if pre { MessageBody::PreVoteResponse { granted } } else { MessageBody::VoteResponse { granted } };
+        self.send(Message { from: self.id, to: from, term: response_term, body });
+        Ok(())
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, granted: bool, pre: bool) -> Result<(), Ignored> {
+        let expected = if pre { Role::PreCandidate } else { Role::Candidate };
+        if self.role != expected {
+            return Err(Ignored("vote response while not campaigning"));
+        }
+        if !self.conf.is_voter(from) {
+            return Err(Ignored("vote from a non-voter"));
+        }
+        match self.poll(from, granted) {
+            VoteResult::Won if pre => {
+                self.become_candidate();
+                self.run_election(false, false);
+            }
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, NODE_NONE),
+            VoteResult::Pending => {}
+        }
+        Ok(())
+    }
+
+    fn handle_append(&mut self, from: NodeId, request: AppendRequest) -> Result<(), Ignored> {
+        let AppendRequest { prev_index, prev_term, commit, entries: batch } = request;
+        if let Some(batch) = &batch {
+            if batch.first_index() != prev_index + 1 {
+                return Err(Ignored("append entries do not follow prev_index"));
+            }
+            if batch.first_term() < prev_term {
+                return Err(Ignored("append entries have a term below prev_term"));
+            }
+        }
+        let last_new = prev_index + batch.as_ref().map_or(0, |batch| u64::from(batch.count()));
+        // Entries at or below our commit index are known to match (Log
+        // Matching): start the comparison after them instead of rejecting.
+        let committed = self.log.committed;
+        let (check_index, check_term) = if prev_index < committed {
+            if last_new <= committed {
+                self.send_append_ack(from, committed);
+                return Ok(());
+            }
+            (committed, self.log.term(committed).expect("the committed index is in the log or the snapshot"))
+        } else {
+            (prev_index, prev_term)
+        };
+        if !self.log.matches(check_index, check_term) {
+            let (hint_index, hint_term) =
+                self.log.find_conflict_by_term(check_index.min(self.log.last_index()), check_term);
+            let term = self.term;
+            self.send(Message {
+                from: self.id,
+                to: from,
+                term,
+                body: MessageBody::AppendResponse(AppendResponse {
+                    index: check_index,
+                    reject: true,
+                    hint_index,
+                    hint_term,
+                }),
+            });
+            return Ok(());
+        }
+        if let Some(batch) = batch {
+            // Raft paper 5.3: skip entries we already hold, truncate at the
+            // first conflict, append the rest.
+            let conflict = batch
+                .entries()
+                .find(|entry| entry.index > check_index && !self.log.matches(entry.index, entry.term))
+                .map(|entry| (entry.index, entry.term));
+            if let Some((first, first_term)) = conflict {
+                if first <= self.log.committed {
+                    return Err(Ignored("append conflicts with a committed entry"));
+                }
+                if self.log.term(first - 1).is_some_and(|term| term > first_term) {
+                    return Err(Ignored("append would make log terms decrease"));
+                }
+                self.log.truncate_from(first);
+                let truncated_conf = self.last_conf_index() >= first;
+                // The common case keeps the received bytes as they are, so
+                // the follower persists exactly what the leader encoded.
+                let batch = if first == batch.first_index() {
+                    batch
+                } else {
+                    let rest: Vec<Entry> = batch.entries().filter(|entry| entry.index >= first).collect();
+                    EntryBatch::encode(&rest)
+                };
+                let mut has_conf = truncated_conf;
+                for entry in batch.entries() {
+                    has_conf |= entry.kind == EntryKind::Config;
+                    self.log.push(entry);
+                }
+                self.unstable_batches.push(batch);
+                if has_conf {
+                    self.forget_confs_from(first);
+                    crate::membership::conf_after_append(self, first);
+                }
+            }
+        }
+        if commit > self.log.committed {
+            self.log.commit_to(commit.min(last_new));
+        }
+        self.send_append_ack(from, last_new);
+        Ok(())
+    }
+
+    fn send_append_ack(&mut self, to: NodeId, index: Index) {
+        let term = self.term;
+        self.send(Message {
+            from: self.id,
+            to,
+            term,
+            body: MessageBody::AppendResponse(AppendResponse { index, reject: false, hint_index: 0, hint_term: 0 }),
+        });
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) -> Result<(), Ignored> {
+        if self.role != Role::Leader {
+            return Err(Ignored("append response while not leader"));
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Err(Ignored("append response from a non-member"));
+        };
+        pr.recent_active = true;
+        if response.reject {
+            let next_probe = if response.hint_term > 0 {
+                self.log.find_conflict_by_term(response.hint_index, response.hint_term).0
+            } else {
+                response.hint_index
+            };
+            let pr = self.progress.get_mut(&from).expect("present");
+            if pr.maybe_decrease_to(response.index, next_probe) {
+                if pr.state == ProgressState::Replicate {
+                    pr.become_probe();
+                }
+                self.send_append(from);
+                return Ok(());
+            }
+            return Err(Ignored("stale rejection"));
+        }
+        if response.index > self.log.last_index() {
+            return Err(Ignored("acknowledges entries the leader never had"));
+        }
+        let pr = self.progress.get_mut(&from).expect("present");
+        if pr.maybe_update(response.index) {
+            match pr.state {
+                ProgressState::Probe => pr.become_replicate(),
+                ProgressState::Snapshot if pr.match_index >= pr.pending_snapshot => pr.become_replicate(),
+                _ => {}
+            }
+            self.maybe_commit();
+            if from == self.transfer_target && self.progress[&from].match_index == self.log.last_index() {
+                self.send_timeout_now(from);
+            }
+        }
+        self.send_append(from);
+        Ok(())
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) -> Result<(), Ignored> {
+        if self.role != Role::Leader {
+            return Err(Ignored("heartbeat response while not leader"));
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Err(Ignored("heartbeat response from a non-member"));
+        };
+        pr.recent_active = true;
+        pr.probe_sent = false;
+        if round > self.round {
+            return Err(Ignored("acknowledges a round never sent"));
+        }
+        pr.acked_round = pr.acked_round.max(round);
+        if pr.state == ProgressState::Replicate
+            && pr.inflight.is_full(self.config.inflight_batches_max, self.config.inflight_bytes_max)
+        {
+            pr.inflight.free_first();
+        }
+        if pr.match_index < self.log.last_index() {
+            self.send_append(from);
+        }
+        self.release_reads();
+        Ok(())
+    }
+
+    /// Checks the engine's invariants; a failure is a bug. Tests and the
+    /// simulator call this after every step.
+    pub fn check_invariants(&self) {
+        let log = &self.log;
+        assert!(log.applied <= log.committed, "applied {} > committed {}", log.applied, log.committed);
+        assert!(log.committed <= log.last_index(), "committed {} > last {}", log.committed, log.last_index());
+        assert!(log.persisted <= log.handed, "persisted {} > handed {}", log.persisted, log.handed);
+        assert!(log.handed <= log.last_index(), "handed {} > last {}", log.handed, log.last_index());
+        assert!(self.encoded_last <= log.last_index() || self.role != Role::Leader);
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, self.id, "a leader knows it leads");
+                assert_eq!(self.vote, self.id, "a leader voted for itself");
+                let own = &self.progress[&self.id];
+                assert!(own.match_index <= log.persisted, "leader counts undurable entries");
+                for (id, pr) in &self.progress {
+                    assert!(
+                        pr.match_index < pr.next_index,
+                        "peer {id}: match {} >= next {}",
+                        pr.match_index,
+                        pr.next_index
+                    );
+                    assert!(pr.match_index <= log.last_index(), "peer {id}: match past the leader's log");
+                }
+            }
+            Role::Candidate => assert_eq!(self.vote, self.id, "a candidate voted for itself"),
+            Role::PreCandidate | Role::Follower => assert!(self.progress.is_empty()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VoteResult {
+    Won,
+    Lost,
+    Pending,
+}

@@ -1,0 +1,277 @@
+//! An in-memory cluster of engines for tests, golden scripts and benchmarks.
+//!
+//! Each node has a [`MemStorage`] as its disk. A `Ready`'s writes may be held
+//! back ("in flight to disk") and its `messages_after_persist` with them, so
+//! tests can check that nothing depends on a write before it is durable; a
+//! crash loses exactly the writes that were not yet durable.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::batch::EntryBatch;
+use crate::config::Config;
+use crate::message::Message;
+use crate::raft::{Raft, ReadState, Ready, Role};
+use crate::storage::MemStorage;
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
+
+/// One Ready's local writes, waiting to become durable, and the messages that
+/// must wait with them.
+#[derive(Debug)]
+pub struct PendingWrite {
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<EntryBatch>,
+    pub last: Option<(Index, Term)>,
+    pub messages_after_persist: Vec<Message>,
+}
+
+/// A node of the test cluster.
+pub struct TestNode {
+    pub raft: Raft,
+    pub config: Config,
+    /// The durable state: what survives a crash.
+    pub storage: MemStorage,
+    /// The state machine: every applied entry, in order (normal entries and
+    /// no-ops alike), since the last restart.
+    pub applied: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    pub dropped_reads: Vec<u64>,
+    pub pending_writes: VecDeque<PendingWrite>,
+}
+
+impl TestNode {
+    fn new(config: Config, storage: MemStorage) -> TestNode {
+        let raft = Raft::new(config.clone(), storage.recovered()).expect("valid test config");
+        TestNode {
+            raft,
+            config,
+            storage,
+            applied: Vec::new(),
+            read_states: Vec::new(),
+            dropped_reads: Vec::new(),
+            pending_writes: VecDeque::new(),
+        }
+    }
+
+    /// The payloads of applied normal entries, for state comparisons.
+    pub fn applied_commands(&self) -> Vec<Bytes> {
+        self.applied.iter().filter(|entry| entry.kind == EntryKind::Normal).map(|entry| entry.data.clone()).collect()
+    }
+}
+
+/// A cluster wired by an in-memory network that the test controls.
+pub struct Cluster {
+    pub nodes: BTreeMap<NodeId, TestNode>,
+    /// Messages sent and not yet delivered, in send order.
+    pub network: Vec<Message>,
+    /// Links (from, to) that drop everything.
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes that are down: they neither send nor receive.
+    pub down: BTreeSet<NodeId>,
+    /// Whether a Ready's writes become durable at once when it is processed.
+    pub sync_writes: bool,
+}
+
+impl Cluster {
+    /// A cluster whose members get `make_config(id)`; `ids` are the members.
+    pub fn new(ids: &[NodeId], make_config: impl Fn(NodeId) -> Config) -> Cluster {
+        let nodes = ids.iter().map(|&id| (id, TestNode::new(make_config(id), MemStorage::new()))).collect();
+        Cluster { nodes, network: Vec::new(), cut: BTreeSet::new(), down: BTreeSet::new(), sync_writes: true }
+    }
+
+    /// A cluster of voters `1..=count` with default settings and the given seed.
+    pub fn with_voters(count: u64, seed: u64) -> Cluster {
+        let ids: Vec<NodeId> = (1..=count).collect();
+        let voters = ids.clone();
+        Cluster::new(&ids, |id| {
+            let mut config = Config::new(id, voters.clone());
+            config.seed = seed.wrapping_mul(31).wrapping_add(id);
+            config
+        })
+    }
+
+    /// Adds a node that starts empty (not yet a member until a change adds it).
+    pub fn add_node(&mut self, config: Config) {
+        let id = config.id;
+        self.nodes.insert(id, TestNode::new(config, MemStorage::new()));
+    }
+
+    pub fn node(&self, id: NodeId) -> &TestNode {
+        &self.nodes[&id]
+    }
+
+    pub fn raft(&mut self, id: NodeId) -> &mut Raft {
+        &mut self.nodes.get_mut(&id).expect("known node").raft
+    }
+
+    /// The node that believes it leads in the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(id, node)| !self.down.contains(id) && node.raft.role() == Role::Leader)
+            .max_by_key(|(_, node)| node.raft.term())
+            .map(|(&id, _)| id)
+    }
+
+    /// Processes one node's Ready: queues its messages, records its writes
+    /// (durable at once when `sync_writes`), applies committed entries.
+    /// Returns the Ready for inspection.
+    pub fn process_ready(&mut self, id: NodeId) -> Option<Ready> {
+        if self.down.contains(&id) {
+            return None;
+        }
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !node.raft.has_ready() {
+            return None;
+        }
+        let mut ready = node.raft.ready();
+        self.network.extend(ready.messages.iter().cloned());
+        node.pending_writes.push_back(PendingWrite {
+            hard_state: ready.hard_state,
+            entries: ready.entries.clone(),
+            last: ready.last_entry(),
+            messages_after_persist: std::mem::take(&mut ready.messages_after_persist),
+        });
+        node.applied.extend(ready.committed_entries.iter().cloned());
+        node.read_states.extend(ready.read_states.iter().copied());
+        node.dropped_reads.extend(ready.dropped_reads.iter().copied());
+        let shown = Ready {
+            hard_state: ready.hard_state,
+            hard_state_must_sync: ready.hard_state_must_sync,
+            entries: ready.entries.clone(),
+            messages: std::mem::take(&mut ready.messages),
+            messages_after_persist: node
+                .pending_writes
+                .back()
+                .map(|w| w.messages_after_persist.clone())
+                .unwrap_or_default(),
+            committed_entries: ready.committed_entries.clone(),
+            read_states: ready.read_states.clone(),
+            dropped_reads: ready.dropped_reads.clone(),
+            soft_state: ready.soft_state,
+        };
+        node.raft.advance(ready);
+        if self.sync_writes {
+            self.persist(id, usize::MAX);
+        }
+        Some(shown)
+    }
+
+    /// Makes up to `count` of a node's pending writes durable, in order, and
+    /// releases the messages that waited for them.
+    pub fn persist(&mut self, id: NodeId, count: usize) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        for _ in 0..count {
+            let Some(write) = node.pending_writes.pop_front() else { break };
+            if let Some(hard_state) = write.hard_state {
+                node.storage.set_hard_state(hard_state);
+            }
+            for batch in &write.entries {
+                node.storage.append(batch).expect("engine hands contiguous batches");
+            }
+            if let Some((index, term)) = write.last {
+                node.raft.persisted(index, term);
+            }
+            self.network.extend(write.messages_after_persist);
+        }
+    }
+
+    /// Delivers one message (if its link and nodes are up); returns whether
+    /// it reached its node.
+    pub fn deliver(&mut self, message: Message) -> bool {
+        if self.down.contains(&message.from)
+            || self.down.contains(&message.to)
+            || self.cut.contains(&(message.from, message.to))
+        {
+            return false;
+        }
+        let Some(node) = self.nodes.get_mut(&message.to) else { return false };
+        let _ = node.raft.step(message);
+        node.raft.check_invariants();
+        true
+    }
+
+    /// Delivers every message in flight (and only those), in order.
+    pub fn deliver_all(&mut self) -> usize {
+        let messages = std::mem::take(&mut self.network);
+        let count = messages.len();
+        for message in messages {
+            self.deliver(message);
+        }
+        count
+    }
+
+    /// Runs Ready processing and delivery until nothing moves.
+    pub fn stabilize(&mut self) {
+        for _ in 0..10_000 {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            let mut moved = false;
+            for id in ids {
+                moved |= self.process_ready(id).is_some();
+                if !self.nodes[&id].pending_writes.is_empty() && !self.down.contains(&id) {
+                    self.persist(id, usize::MAX);
+                    moved = true;
+                }
+            }
+            moved |= self.deliver_all() > 0;
+            if !moved {
+                return;
+            }
+        }
+        panic!("cluster did not stabilize");
+    }
+
+    /// Ticks every live node once.
+    pub fn tick_all(&mut self) {
+        for (id, node) in self.nodes.iter_mut() {
+            if !self.down.contains(id) {
+                node.raft.tick();
+            }
+        }
+    }
+
+    /// Cuts both directions between every node of `a` and every node of `b`.
+    pub fn partition(&mut self, a: &[NodeId], b: &[NodeId]) {
+        for &x in a {
+            for &y in b {
+                self.cut.insert((x, y));
+                self.cut.insert((y, x));
+            }
+        }
+    }
+
+    /// Cuts `id` off from everyone.
+    pub fn isolate(&mut self, id: NodeId) {
+        let others: Vec<NodeId> = self.nodes.keys().copied().filter(|&other| other != id).collect();
+        self.partition(&[id], &others);
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Crashes a node: its undurable writes and in-memory state are lost.
+    pub fn crash(&mut self, id: NodeId) {
+        self.down.insert(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.pending_writes.clear();
+        self.network.retain(|message| message.from != id && message.to != id);
+    }
+
+    /// Restarts a crashed node from its durable storage.
+    pub fn restart(&mut self, id: NodeId) {
+        self.down.remove(&id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let storage = std::mem::take(&mut node.storage);
+        let config = node.config.clone();
+        *node = TestNode::new(config, storage);
+    }
+
+    /// Elects `id`: campaigns and stabilizes. Panics if it did not win.
+    pub fn elect(&mut self, id: NodeId) {
+        self.raft(id).campaign();
+        self.stabilize();
+        assert_eq!(self.nodes[&id].raft.role(), Role::Leader, "node {id} failed to win the election");
+    }
+}
