@@ -25,3 +25,13 @@ pub use frame::{
 pub use handshake::{
     Handshake, HandshakeAccept, HandshakeError, HandshakePolicy, HandshakeRefusal, RefusalReason, Role,
 };
+pub mod client_conn;
+pub mod conn;
+pub mod link;
+pub mod listener;
+mod queue;
+
+pub use client_conn::{ClientConfig, ClientConnection, ClientError, ClientReceiver, ClientSender};
+pub use conn::{Coalescer, ConnError, FrameReader};
+pub use link::{Link, LinkConfig, LinkStats, SendError};
+pub use listener::{Inbound, ListenError, Listener, ListenerConfig, ListenerHandle, ReplyError, ReplyTo};

@@ -1,0 +1,325 @@
+//! A per-peer link: the outgoing side of the connection to one peer. It
+//! connects, does the handshake, sends queued Raft messages with coalesced
+//! writes, and reconnects with exponential backoff and jitter when the
+//! connection fails. Raft tolerates lost messages, so a full queue drops the
+//! new message (and counts it) instead of blocking the engine's driver.
+//!
+//! Messages from the peer arrive on the peer's own link to this node, through
+//! this node's [`Listener`](crate::Listener): each direction has its own
+//! connection, so neither side's writes wait for the other's reads.
+
+use std::cell::{Cell, RefCell};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use engine::{Message, NodeId};
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::conn::{connect, initiate_handshake, ConnError, FrameReader};
+use crate::frame::{Limits, PROTOCOL_VERSION};
+use crate::handshake::{Handshake, HandshakeError, Role};
+use crate::listener::write_loop;
+use crate::queue::{OutQueue, Outgoing};
+
+/// How a link connects and queues.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub cluster_id: u64,
+    /// This node's id, sent in the handshake.
+    pub node_id: NodeId,
+    /// The cluster's shared secret.
+    pub token: Bytes,
+    pub peer_id: NodeId,
+    pub peer_addr: SocketAddr,
+    /// Bound of the outgoing queue. A message sent while it is full is
+    /// dropped and counted in [`LinkStats::dropped_queue_full`].
+    pub queue_frames_max: usize,
+    /// The first reconnect delay; it doubles after each failure.
+    pub backoff_min: Duration,
+    /// The longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Bound on connect plus handshake.
+    pub connect_timeout: Duration,
+    /// The most bytes one coalesced write carries.
+    pub write_bytes_max: usize,
+    pub limits: Limits,
+}
+
+impl LinkConfig {
+    /// Defaults for everything but the identities and the address.
+    pub fn new(cluster_id: u64, node_id: NodeId, token: Bytes, peer_id: NodeId, peer_addr: SocketAddr) -> LinkConfig {
+        LinkConfig {
+            cluster_id,
+            node_id,
+            token,
+            peer_id,
+            peer_addr,
+            queue_frames_max: 4096,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            write_bytes_max: 1 << 20,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A link's counters, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Frames waiting in the queue now.
+    pub queued: usize,
+    /// Frames handed to the kernel.
+    pub sent_frames: u64,
+    /// Messages refused because the queue was full.
+    pub dropped_queue_full: u64,
+    /// Frames lost because the connection failed while writing them, or
+    /// discarded when the link closed.
+    pub lost_on_disconnect: u64,
+    /// Successful connections (handshake accepted).
+    pub connects: u64,
+    /// Handshakes the peer refused (a configuration error: logged as a warning).
+    pub handshake_refusals: u64,
+    /// Whether a connection is up now.
+    pub connected: bool,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the link's queue is full; the message was dropped")]
+    QueueFull,
+    #[error("the link is closed")]
+    Closed,
+}
+
+/// Why one connection attempt or session ended (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("the peer closed the connection")]
+    PeerClosed,
+}
+
+struct LinkShared {
+    config: LinkConfig,
+    queue: OutQueue,
+    stats: Cell<LinkStats>,
+    closed: Cell<bool>,
+    wake: Notify,
+    current: RefCell<Option<Rc<TcpStream>>>,
+}
+
+impl LinkShared {
+    fn update(&self, change: impl FnOnce(&mut LinkStats)) {
+        let mut stats = self.stats.get();
+        change(&mut stats);
+        self.stats.set(stats);
+    }
+
+    fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.queue.close();
+        self.wake.notify_waiters();
+        if let Some(stream) = self.current.borrow().as_ref() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Closes the link when the last [`Link`] clone is dropped.
+struct LinkOwner {
+    shared: Rc<LinkShared>,
+}
+
+impl Drop for LinkOwner {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// The handle to a link; clones share it. `!Send`: use it on the runtime
+/// thread that spawned it.
+#[derive(Clone)]
+pub struct Link {
+    owner: Rc<LinkOwner>,
+}
+
+impl Link {
+    /// Starts the link's task on the current tokio-uring runtime. It connects
+    /// at once and keeps reconnecting until the link is closed or dropped.
+    pub fn spawn(config: LinkConfig) -> Link {
+        let shared = Rc::new(LinkShared {
+            queue: OutQueue::new(config.queue_frames_max),
+            config,
+            stats: Cell::new(LinkStats::default()),
+            closed: Cell::new(false),
+            wake: Notify::new(),
+            current: RefCell::new(None),
+        });
+        tokio_uring::spawn(run(shared.clone()));
+        Link { owner: Rc::new(LinkOwner { shared }) }
+    }
+
+    /// Queues `message` for the peer. Never waits: when the queue is full the
+    /// message is dropped and counted, and Raft's retries recover.
+    pub fn send(&self, shard_id: u32, message: Message) -> Result<(), SendError> {
+        let shared = &self.owner.shared;
+        if shared.closed.get() {
+            return Err(SendError::Closed);
+        }
+        shared.queue.try_push(Outgoing::Raft { shard_id, message }).map_err(|_| {
+            shared.update(|stats| stats.dropped_queue_full += 1);
+            SendError::QueueFull
+        })
+    }
+
+    pub fn peer_id(&self) -> NodeId {
+        self.owner.shared.config.peer_id
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        let shared = &self.owner.shared;
+        LinkStats { queued: shared.queue.len(), ..shared.stats.get() }
+    }
+
+    /// Stops the link: queued frames are written if the connection is up, and
+    /// no reconnect follows.
+    pub fn close(&self) {
+        self.owner.shared.close();
+    }
+}
+
+/// The reconnect loop.
+async fn run(shared: Rc<LinkShared>) {
+    let config = &shared.config;
+    let mut rng = Jitter::seeded(config.node_id, config.peer_id);
+    let mut backoff = config.backoff_min;
+    while !shared.closed.get() {
+        let connects_before = shared.stats.get().connects;
+        match session(&shared).await {
+            Ok(()) => {}
+            Err(LinkError::Handshake(HandshakeError::Refused { reason, message })) => {
+                shared.update(|stats| stats.handshake_refusals += 1);
+                warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
+            }
+            Err(error) => debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down"),
+        }
+        if shared.closed.get() {
+            break;
+        }
+        if shared.stats.get().connects != connects_before {
+            backoff = config.backoff_min;
+        }
+        let delay = rng.jittered(backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.wake.notified() => {}
+        }
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+    let lost = shared.queue.drain() as u64;
+    shared.update(|stats| stats.lost_on_disconnect += lost);
+}
+
+/// One connection: connect, handshake, then write until something fails.
+async fn session(shared: &LinkShared) -> Result<(), LinkError> {
+    let config = &shared.config;
+    let handshake = Handshake {
+        cluster_id: config.cluster_id,
+        node_id: config.node_id,
+        role: Role::Peer,
+        protocol_version: u16::from(PROTOCOL_VERSION),
+        token: config.token.clone(),
+    };
+    let mut reader = FrameReader::new(config.limits);
+    let stream = connect(config.peer_addr, config.connect_timeout).await.map_err(LinkError::Connect)?;
+    let stream = Rc::new(stream);
+    initiate_handshake(&stream, &mut reader, handshake, config.connect_timeout).await?;
+    if shared.closed.get() {
+        let _ = stream.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    *shared.current.borrow_mut() = Some(stream.clone());
+    shared.update(|stats| {
+        stats.connects += 1;
+        stats.connected = true;
+    });
+    debug!(peer = config.peer_id, addr = %config.peer_addr, "link up");
+    let written = |frames: usize| shared.update(|stats| stats.sent_frames += frames as u64);
+    let result = tokio::select! {
+        result = write_loop(&stream, &shared.queue, config.cluster_id, config.write_bytes_max, written) => {
+            result.map_err(|(error, lost)| {
+                shared.update(|stats| stats.lost_on_disconnect += lost as u64);
+                LinkError::Conn(ConnError::Io(error))
+            })
+        }
+        result = watch(&stream, &mut reader) => result,
+    };
+    shared.update(|stats| stats.connected = false);
+    *shared.current.borrow_mut() = None;
+    // Completes any read or write still in flight, so the descriptor closes.
+    let _ = stream.shutdown(Shutdown::Both);
+    result
+}
+
+/// Reads from a link's connection only to notice that the peer went away:
+/// the acceptor never sends after its handshake answer.
+async fn watch(stream: &TcpStream, reader: &mut FrameReader) -> Result<(), LinkError> {
+    match reader.next(stream).await? {
+        None => Err(LinkError::PeerClosed),
+        Some(frame) => Err(LinkError::Conn(ConnError::UnexpectedKind { kind: frame.kind })),
+    }
+}
+
+/// A small xorshift generator for backoff jitter. Jitter keeps nodes that lost
+/// a peer at the same moment from reconnecting in lockstep; it needs no
+/// cryptographic quality, and the engine's reproducibility does not depend on it.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded(node_id: NodeId, peer_id: NodeId) -> Jitter {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        Jitter((nanos ^ node_id.rotate_left(32) ^ peer_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A delay uniformly drawn from [backoff/2, backoff].
+    fn jittered(&mut self, backoff: Duration) -> Duration {
+        let half = backoff.as_micros() as u64 / 2;
+        Duration::from_micros(half + self.next() % (half + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full_backoff() {
+        let mut jitter = Jitter::seeded(1, 2);
+        let backoff = Duration::from_millis(100);
+        for _ in 0..1000 {
+            let delay = jitter.jittered(backoff);
+            assert!(delay >= backoff / 2, "{delay:?}");
+            assert!(delay <= backoff, "{delay:?}");
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The listener: accepts connections, runs the acceptor's side of the
+//! handshake, and delivers each connection's decoded frames to the owner as
+//! [`Inbound`] events on a bounded channel (a full channel stops the reads of
+//! that connection: back-pressure reaches the remote end through TCP).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use engine::{Message, NodeId};
+use tokio::sync::mpsc;
+use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::client::{ClientRequest, ClientResponse};
+use crate::codec::{Frame, Payload};
+use crate::conn::{write_frame, Coalescer, ConnError, FrameReader};
+use crate::frame::{Limits, PROTOCOL_VERSION};
+use crate::handshake::{HandshakeAccept, HandshakePolicy, HandshakeRefusal, RefusalReason, Role};
+use crate::queue::{OutQueue, Outgoing};
+
+/// How the listener is set up.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// Who may connect and with which secret.
+    pub policy: HandshakePolicy,
+    pub limits: Limits,
+    /// A caller that has not completed its handshake by then is dropped.
+    pub handshake_timeout: Duration,
+    /// Bound of each client connection's response queue; a full queue makes
+    /// [`ReplyTo::send`] wait.
+    pub response_queue_frames_max: usize,
+    /// The most bytes one coalesced write carries.
+    pub write_bytes_max: usize,
+}
+
+impl ListenerConfig {
+    /// Defaults for everything but the address and the policy.
+    pub fn new(addr: SocketAddr, policy: HandshakePolicy) -> ListenerConfig {
+        ListenerConfig {
+            addr,
+            policy,
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(5),
+            response_queue_frames_max: 1024,
+            write_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// Why the listener could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("address {addr} is already in use: is another node running on this port?")]
+    AddrInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("accept failed: {0}")]
+    Accept(io::Error),
+}
+
+/// What a connection delivers to the owner of the listener.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A Raft message from the peer `from_node` (as named in its handshake).
+    Raft { from_node: NodeId, shard_id: u32, message: Message },
+    /// A client request; answer it through `reply`, in any order.
+    Request { shard_id: u32, request: ClientRequest, reply: ReplyTo },
+}
+
+/// Where the answer to one client request goes: the response queue of the
+/// connection it arrived on. `!Send`: answer on the thread that received it.
+#[derive(Clone)]
+pub struct ReplyTo {
+    queue: Rc<OutQueue>,
+    shard_id: u32,
+    remote: SocketAddr,
+}
+
+impl std::fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplyTo({}, shard {})", self.remote, self.shard_id)
+    }
+}
+
+/// A response that could not be queued; it is handed back, never dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the client connection is closed")]
+    Closed(ClientResponse),
+    #[error("the client connection's response queue is full")]
+    Full(ClientResponse),
+}
+
+impl ReplyTo {
+    /// Queues `response`, waiting while the connection's queue is full.
+    pub async fn send(&self, response: ClientResponse) -> Result<(), ReplyError> {
+        let item = Outgoing::Response { shard_id: self.shard_id, response };
+        self.queue.push(item).await.map_err(|back| ReplyError::Closed(into_response(back)))
+    }
+
+    /// Queues `response` if there is room now.
+    pub fn try_send(&self, response: ClientResponse) -> Result<(), ReplyError> {
+        let item = Outgoing::Response { shard_id: self.shard_id, response };
+        self.queue.try_push(item).map_err(|back| {
+            if self.queue.is_closed() {
+                ReplyError::Closed(into_response(back))
+            } else {
+                ReplyError::Full(into_response(back))
+            }
+        })
+    }
+
+    /// The client's address, for logs.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+fn into_response(item: Outgoing) -> ClientResponse {
+    match item {
+        Outgoing::Response { response, .. } => response,
+        _ => unreachable!("a reply queue holds only responses"),
+    }
+}
+
+/// State shared by the accept loop, its connections and the handle.
+struct Shared {
+    config: ListenerConfig,
+    listener_fd: RawFd,
+    closed: Cell<bool>,
+    next_connection: Cell<u64>,
+    /// Live connections, so `shutdown` can close them (a restart in tests, a
+    /// node leaving the cluster).
+    connections: RefCell<HashMap<u64, Rc<TcpStream>>>,
+}
+
+/// A bound listening socket, not yet accepting.
+pub struct Listener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Rc<Shared>,
+}
+
+/// Controls a running listener.
+#[derive(Clone)]
+pub struct ListenerHandle {
+    shared: Rc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `config.addr`. The socket is bound by the standard library,
+    /// without `SO_REUSEPORT` (which tokio-uring's own `bind` sets and with
+    /// which a second process on the same port would silently share it), so a
+    /// port already in use is a clear [`ListenError::AddrInUse`] and no other
+    /// socket can later share this port either. Must run inside a tokio-uring
+    /// runtime.
+    pub fn bind(config: ListenerConfig) -> Result<Listener, ListenError> {
+        let addr = config.addr;
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|source| match source.kind() {
+            io::ErrorKind::AddrInUse => ListenError::AddrInUse { addr },
+            _ => ListenError::Bind { addr, source },
+        })?;
+        std_listener.set_nonblocking(true).map_err(|source| ListenError::Bind { addr, source })?;
+        let local_addr = std_listener.local_addr().map_err(|source| ListenError::Bind { addr, source })?;
+        let listener_fd = std_listener.as_raw_fd();
+        let listener = TcpListener::from_std(std_listener);
+        let shared = Rc::new(Shared {
+            config,
+            listener_fd,
+            closed: Cell::new(false),
+            next_connection: Cell::new(0),
+            connections: RefCell::new(HashMap::new()),
+        });
+        Ok(Listener { listener, local_addr, shared })
+    }
+
+    /// The bound address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Spawns the accept loop on the current tokio-uring runtime; each
+    /// accepted connection gets a task of its own.
+    pub fn spawn(self, inbound: mpsc::Sender<Inbound>) -> ListenerHandle {
+        let handle = ListenerHandle { shared: self.shared.clone(), local_addr: self.local_addr };
+        tokio_uring::spawn(async move {
+            if let Err(error) = self.run(inbound).await {
+                warn!(%error, "listener stopped");
+            }
+        });
+        handle
+    }
+
+    /// Accepts until [`ListenerHandle::shutdown`].
+    pub async fn run(self, inbound: mpsc::Sender<Inbound>) -> Result<(), ListenError> {
+        loop {
+            let accepted = self.listener.accept().await;
+            if self.shared.closed.get() {
+                return Ok(());
+            }
+            let (stream, remote) = match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors or a connection reset before accept: the
+                // listener itself is fine; back off a little and go on.
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let id = self.shared.next_connection.get();
+            self.shared.next_connection.set(id + 1);
+            let stream = Rc::new(stream);
+            self.shared.connections.borrow_mut().insert(id, stream.clone());
+            let shared = self.shared.clone();
+            let inbound = inbound.clone();
+            tokio_uring::spawn(async move {
+                if let Err(error) = serve(&shared, stream.clone(), remote, inbound).await {
+                    warn!(%remote, %error, "connection closed");
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+                shared.connections.borrow_mut().remove(&id);
+            });
+        }
+    }
+}
+
+impl ListenerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Live connections (handshaking or serving).
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.borrow().len()
+    }
+
+    /// Stops accepting and closes every connection. The port is free again
+    /// once the accept loop has seen the shutdown.
+    pub fn shutdown(&self) {
+        self.shared.closed.set(true);
+        // SAFETY: shutdown(2) on a descriptor this listener owns; it wakes the
+        // in-flight accept (which then sees `closed`) and stops listening.
+        unsafe { libc::shutdown(self.shared.listener_fd, libc::SHUT_RDWR) };
+        for stream in self.shared.connections.borrow().values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// One accepted connection: handshake, then the role's read loop.
+async fn serve(
+    shared: &Shared,
+    stream: Rc<TcpStream>,
+    remote: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let config = &shared.config;
+    let cluster_id = config.policy.cluster_id;
+    let mut reader = FrameReader::new(config.limits);
+    let first = match tokio::time::timeout(config.handshake_timeout, reader.next(&stream)).await {
+        Ok(first) => first,
+        Err(_) => {
+            warn!(%remote, "no handshake in time; closing");
+            return Ok(());
+        }
+    };
+    let refuse = |reason, message: String| HandshakeRefusal { reason, message };
+    let verdict = match first {
+        Ok(None) => return Ok(()),
+        Ok(Some(raw)) => match Frame::decode(raw) {
+            Ok(Frame { payload: Payload::Handshake(handshake), .. }) => {
+                config.policy.check(&handshake).map(|()| (handshake.role, handshake.node_id))
+            }
+            Ok(other) => {
+                Err(refuse(RefusalReason::Malformed, format!("expected a handshake, got {:?}", other.payload.kind())))
+            }
+            Err(error) => Err(refuse(RefusalReason::Malformed, error.to_string())),
+        },
+        Err(ConnError::Decode(error)) => Err(refuse(RefusalReason::Malformed, error.to_string())),
+        Err(error) => return Err(error),
+    };
+    let (role, remote_node) = match verdict {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            warn!(%remote, reason = ?refusal.reason, message = %refusal.message, "handshake refused");
+            let frame = Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeRefuse(refusal) };
+            write_frame(&stream, &frame).await?;
+            return Ok(());
+        }
+    };
+    let accept = HandshakeAccept { node_id: config.policy.node_id, protocol_version: u16::from(PROTOCOL_VERSION) };
+    write_frame(&stream, &Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeAccept(accept) }).await?;
+    debug!(%remote, ?role, remote_node, "connection accepted");
+    match role {
+        Role::Peer => serve_peer(cluster_id, &stream, &mut reader, remote_node, &inbound).await,
+        Role::Client => serve_client(shared, stream, &mut reader, remote, &inbound).await,
+    }
+}
+
+fn check_cluster(expected: u64, found: u64) -> Result<(), ConnError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(ConnError::ClusterMismatch { expected, found })
+    }
+}
+
+async fn serve_peer(
+    cluster_id: u64,
+    stream: &TcpStream,
+    reader: &mut FrameReader,
+    from_node: NodeId,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Result<(), ConnError> {
+    while let Some(raw) = reader.next(stream).await? {
+        check_cluster(cluster_id, raw.cluster_id)?;
+        if !raw.kind.is_raft() {
+            return Err(ConnError::UnexpectedKind { kind: raw.kind });
+        }
+        let shard_id = raw.shard_id;
+        let Payload::Raft(message) = Frame::decode(raw)?.payload else {
+            unreachable!("a Raft kind decodes to a Raft payload")
+        };
+        if inbound.send(Inbound::Raft { from_node, shard_id, message }).await.is_err() {
+            return Ok(()); // The owner is gone: nothing left to serve.
+        }
+    }
+    Ok(())
+}
+
+async fn serve_client(
+    shared: &Shared,
+    stream: Rc<TcpStream>,
+    reader: &mut FrameReader,
+    remote: SocketAddr,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Result<(), ConnError> {
+    let config = &shared.config;
+    let queue = Rc::new(OutQueue::new(config.response_queue_frames_max));
+    let writer = {
+        let (stream, queue) = (stream.clone(), queue.clone());
+        let (cluster_id, write_bytes_max) = (config.policy.cluster_id, config.write_bytes_max);
+        tokio_uring::spawn(async move {
+            if let Err((error, _)) = write_loop(&stream, &queue, cluster_id, write_bytes_max, |_| {}).await {
+                // Stop the reader too: a client whose answers cannot be
+                // written must see its connection close, not hang.
+                warn!(%remote, %error, "client connection write failed");
+                queue.close();
+                let lost = queue.drain();
+                warn!(%remote, lost, "responses lost with the connection");
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        })
+    };
+    let result = async {
+        while let Some(raw) = reader.next(&stream).await? {
+            check_cluster(config.policy.cluster_id, raw.cluster_id)?;
+            if !raw.kind.is_client_request() {
+                return Err(ConnError::UnexpectedKind { kind: raw.kind });
+            }
+            let shard_id = raw.shard_id;
+            let Payload::Request(request) = Frame::decode(raw)?.payload else {
+                unreachable!("a request kind decodes to a request payload")
+            };
+            let reply = ReplyTo { queue: queue.clone(), shard_id, remote };
+            if inbound.send(Inbound::Request { shard_id, request, reply }).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_ok() {
+        // The client closed its side: let the writer finish the answers that
+        // are already queued; answers arriving later get `ReplyError::Closed`.
+        queue.close();
+        let _ = writer.await;
+    } else {
+        queue.close();
+        let lost = queue.drain();
+        if lost > 0 {
+            warn!(%remote, lost, "client connection failed with responses still queued");
+        }
+    }
+    result
+}
+
+/// Sends queued frames until the queue is closed and empty, coalescing
+/// everything queued at the moment the socket becomes free into one write.
+/// `on_written` hears how many frames each write carried; frames popped for a
+/// write that fails are lost with the connection and are the caller's to count
+/// (`Err` carries how many).
+pub(crate) async fn write_loop(
+    stream: &TcpStream,
+    queue: &OutQueue,
+    cluster_id: u64,
+    write_bytes_max: usize,
+    mut on_written: impl FnMut(usize),
+) -> Result<(), (std::io::Error, usize)> {
+    let mut coalescer = Coalescer::new();
+    while queue.wait_ready().await {
+        while coalescer.len_bytes() < write_bytes_max && !coalescer.segments_full() {
+            let Some(item) = queue.pop() else { break };
+            coalescer.push(|out| item.encode(cluster_id, out));
+        }
+        let frames = coalescer.len_frames();
+        coalescer.flush(stream).await.map_err(|error| (error, frames))?;
+        on_written(frames);
+    }
+    Ok(())
+}
