@@ -53,7 +53,7 @@ fn etcd_verdicts(readme: &str) -> BTreeMap<String, bool> {
 }
 
 fn options() -> CheckOptions {
-    CheckOptions { time_budget: Some(HISTORY_TIME_BUDGET), steps_max: None }
+    CheckOptions { time_budget: Some(HISTORY_TIME_BUDGET), ..CheckOptions::default() }
 }
 
 /// Checks one history file and returns a failure message if the verdict is

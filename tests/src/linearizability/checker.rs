@@ -86,13 +86,17 @@ pub struct CheckOptions {
     /// check; `None` for no limit. Unlike time, steps make an `Unknown`
     /// reproducible.
     pub steps_max: Option<u64>,
+    /// Memoized (linearized set, state) pairs for the whole check; `None`
+    /// for no limit. The memo is the checker's memory: this bounds it.
+    pub memo_entries_max: Option<usize>,
 }
 
 impl Default for CheckOptions {
-    /// Thirty seconds and no step limit: histories from tests should take
-    /// milliseconds, so hitting this means something is wrong.
+    /// Thirty seconds, no step limit, and ten million memo entries (about a
+    /// gigabyte for a few hundred operations per partition): histories from
+    /// tests take milliseconds, so hitting a bound means something is wrong.
     fn default() -> Self {
-        Self { time_budget: Some(Duration::from_secs(30)), steps_max: None }
+        Self { time_budget: Some(Duration::from_secs(30)), steps_max: None, memo_entries_max: Some(10_000_000) }
     }
 }
 
@@ -188,11 +192,11 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>], op
                     searches.remove(index);
                 }
                 Progress::Stuck(violation) => return Verdict::NotLinearizable(violation),
-                Progress::Paused if budget.exhausted => {
+                Progress::Paused if budget.exhausted.is_some() => {
                     let largest = searches.iter().max_by_key(|search| search.partition.len()).expect("not empty");
                     return Verdict::Unknown {
                         reason: format!(
-                            "{} exhausted with {} of {} partitions unfinished; the largest has {} operations, \
+                            "{}, with {} of {} partitions unfinished; the largest has {} operations, \
                              of which the longest linearizable prefix found has {}",
                             budget.describe(),
                             searches.len(),
@@ -228,51 +232,76 @@ pub fn partition_by_key<I, O, K: Hash + Eq>(history: &[Operation<I, O>], key: im
     parts
 }
 
-/// The shared step and time allowance of one [`check`].
+const _: () = assert!(Budget::CLOCK_INTERVAL_STEPS.is_power_of_two());
+
+/// The shared allowance of one [`check`]: time, steps and memo size.
 struct Budget {
     deadline: Option<Instant>,
-    time_budget: Option<Duration>,
-    steps_max: Option<u64>,
-    /// Invariant: `steps <= steps_max` while the budget is not exhausted.
+    options: CheckOptions,
+    /// Invariant: `steps <= steps_max` unless `exhausted` says so.
     steps: u64,
-    exhausted: bool,
+    /// Entries in the memos of all partitions. Invariant: `memo_entries <=
+    /// memo_entries_max` unless `exhausted` says so.
+    memo_entries: usize,
+    exhausted: Option<Exhausted>,
+}
+
+/// Which bound of [`CheckOptions`] ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exhausted {
+    Time,
+    Steps,
+    Memo,
 }
 
 impl Budget {
     /// Reading the clock costs about as much as a search step, so it is read
-    /// once per this many steps.
+    /// once per this many steps. A power of two, so the test is a mask.
     const CLOCK_INTERVAL_STEPS: u64 = 1024;
 
     fn new(options: &CheckOptions) -> Self {
         Self {
             deadline: options.time_budget.map(|budget| Instant::now() + budget),
-            time_budget: options.time_budget,
-            steps_max: options.steps_max,
+            options: *options,
             steps: 0,
-            exhausted: false,
+            memo_entries: 0,
+            exhausted: None,
         }
     }
 
-    /// Counts one step; false once the budget is spent.
+    /// Counts one step; false once any bound is spent.
     fn step(&mut self) -> bool {
-        if self.exhausted {
+        if self.exhausted.is_some() {
             return false;
         }
         self.steps += 1;
-        if self.steps_max.is_some_and(|steps_max| self.steps > steps_max) {
-            self.exhausted = true;
-        } else if self.steps % Self::CLOCK_INTERVAL_STEPS == 0 {
-            self.exhausted = self.deadline.is_some_and(|deadline| Instant::now() >= deadline);
+        if self.options.steps_max.is_some_and(|steps_max| self.steps > steps_max) {
+            self.exhausted = Some(Exhausted::Steps);
+        } else if self.steps & (Self::CLOCK_INTERVAL_STEPS - 1) == 0
+            && self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            self.exhausted = Some(Exhausted::Time);
         }
-        !self.exhausted
+        self.exhausted.is_none()
+    }
+
+    /// Counts one memo entry; the next step fails once there are too many.
+    fn memo_entry(&mut self) {
+        self.memo_entries += 1;
+        if self.options.memo_entries_max.is_some_and(|memo_entries_max| self.memo_entries > memo_entries_max) {
+            self.exhausted.get_or_insert(Exhausted::Memo);
+        }
     }
 
     fn describe(&self) -> String {
-        match (self.steps_max, self.time_budget) {
-            (Some(steps_max), _) if self.steps > steps_max => format!("step budget of {steps_max}"),
-            (_, Some(time_budget)) => format!("time budget of {time_budget:?} (after {} steps)", self.steps),
-            _ => "budget".to_string(),
-        }
+        let CheckOptions { time_budget, steps_max, memo_entries_max } = self.options;
+        let bound = match self.exhausted {
+            Some(Exhausted::Time) => format!("time budget of {:?}", time_budget.unwrap_or_default()),
+            Some(Exhausted::Steps) => format!("step budget of {}", steps_max.unwrap_or_default()),
+            Some(Exhausted::Memo) => format!("memo bound of {} entries", memo_entries_max.unwrap_or_default()),
+            None => "no bound".to_string(),
+        };
+        format!("{bound} exhausted after {} steps and {} memo entries", self.steps, self.memo_entries)
     }
 }
 
@@ -482,7 +511,7 @@ impl<'a, M: Model> Search<'a, M> {
             if !budget.step() {
                 return Progress::Paused;
             }
-            if let Some(violation) = self.step() {
+            if let Some(violation) = self.step(budget) {
                 return Progress::Stuck(Box::new(violation));
             }
         }
@@ -491,7 +520,7 @@ impl<'a, M: Model> Search<'a, M> {
 
     /// Tries one candidate or backtracks once; a violation once there is
     /// nothing left to backtrack.
-    fn step(&mut self) -> Option<Violation> {
+    fn step(&mut self, budget: &mut Budget) -> Option<Violation> {
         let entry = self.entry;
         assert!(entry != NIL, "the walk ran off the list: a return entry must end it");
         if self.list.is_call(entry) {
@@ -500,6 +529,7 @@ impl<'a, M: Model> Search<'a, M> {
             if let Some(next_state) = self.model.step(&self.state, &operation.input, operation.output()) {
                 self.linearized.set(position);
                 if self.memo.insert(&self.linearized, &next_state) {
+                    budget.memo_entry();
                     self.stack.push((entry, std::mem::replace(&mut self.state, next_state)));
                     self.list.lift(entry);
                     self.entry = self.list.first();
@@ -578,8 +608,8 @@ fn violation<M: Model>(
     };
     let mut description = format!(
         "no linearization of {} operations; the longest linearizable prefix has {} operations and leaves state {}; \
-         then operation {} must take effect before it returns, but none of the {} operations that could go next is \
-         legal in that state.",
+         then operation {} must take effect before it returns, but none of the {} candidates to go next is legal \
+         there.",
         partition.len(),
         deepest.prefix.len(),
         deepest.state,
@@ -602,5 +632,206 @@ fn violation<M: Model>(
         stuck: deepest.stuck,
         candidates: deepest.candidates,
         description,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linearizability::models::{
+        NodeKvInput, NodeKvModel, NodeKvOutput, RegisterInput, RegisterModel, RegisterOutput,
+    };
+
+    type RegisterOperation = Operation<RegisterInput, RegisterOutput>;
+
+    fn write(client_id: u64, value: i64, call: u64, ret: u64) -> RegisterOperation {
+        Operation::completed(client_id, RegisterInput::Write(value), call, RegisterOutput::Written, ret)
+    }
+
+    fn read(client_id: u64, value: Option<i64>, call: u64, ret: u64) -> RegisterOperation {
+        Operation::completed(client_id, RegisterInput::Read, call, RegisterOutput::Read(value), ret)
+    }
+
+    fn cas(client_id: u64, expected: i64, new: i64, swapped: bool, call: u64, ret: u64) -> RegisterOperation {
+        let input = RegisterInput::Cas { expected, new };
+        Operation::completed(client_id, input, call, RegisterOutput::Cas { swapped }, ret)
+    }
+
+    fn check_register(history: &[RegisterOperation]) -> Verdict {
+        check(&RegisterModel, history, &CheckOptions::default())
+    }
+
+    fn violation_of(verdict: Verdict) -> Violation {
+        match verdict {
+            Verdict::NotLinearizable(violation) => *violation,
+            other => panic!("expected a violation, got {other}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_history_is_linearizable() {
+        assert_eq!(check_register(&[]), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn sequential_history_that_follows_the_model_is_linearizable() {
+        let history = [read(0, None, 0, 1), write(0, 1, 2, 3), read(1, Some(1), 4, 5), cas(0, 1, 2, true, 6, 7)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_stale_read_after_a_completed_write_is_caught() {
+        // The write of 2 returned before the read was called, so the read
+        // must see 2 (or something later), never the old 1.
+        let history = [write(0, 1, 0, 1), write(0, 2, 2, 3), read(1, Some(1), 4, 5)];
+        let violation = violation_of(check_register(&history));
+        assert_eq!(violation.stuck, 2, "the stale read is the operation that cannot take effect");
+        assert_eq!(violation.longest_prefix, vec![0, 1]);
+        assert_eq!(violation.candidates, vec![2]);
+        assert!(violation.description.contains("leaves state 2"), "{}", violation.description);
+        assert!(violation.description.contains("#2 (client 1, called 4, returned 5)"), "{}", violation.description);
+    }
+
+    #[test]
+    fn reads_overlapping_a_write_may_see_either_value() {
+        // The write spans both reads: it may take effect between them.
+        let history = [write(0, 1, 0, 10), read(1, None, 1, 2), read(2, Some(1), 3, 4)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+        // Reads overlapping each other and the write, in either order.
+        let history = [write(0, 1, 0, 10), read(1, Some(1), 1, 8), read(2, None, 2, 9)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_new_value_then_an_old_one_is_caught_even_under_an_overlapping_write() {
+        // Once a read has seen the new value, a later read may not see the
+        // old one, though both overlap the write.
+        let history = [write(0, 1, 0, 10), read(1, Some(1), 1, 2), read(2, None, 3, 4)];
+        let violation = violation_of(check_register(&history));
+        assert_eq!(violation.stuck, 2);
+    }
+
+    #[test]
+    fn operations_touching_at_the_same_instant_count_as_overlapping() {
+        let history = [read(0, Some(1), 0, 5), write(1, 1, 5, 6)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+        let history = [read(0, Some(1), 0, 4), write(1, 1, 5, 6)];
+        assert!(check_register(&history).is_violation());
+    }
+
+    #[test]
+    fn an_unknown_outcome_write_may_take_effect_late_or_never() {
+        let unknown_write = Operation::unknown(0, RegisterInput::Write(1), 0);
+        // Never: later reads see nothing.
+        let history = [unknown_write.clone(), read(1, None, 5, 6), read(1, None, 7, 8)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+        // Late: long after its client gave up.
+        let history = [unknown_write.clone(), read(1, None, 5, 6), read(1, Some(1), 100, 101)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+        // But only once: the value cannot come back after being overwritten.
+        let history = [unknown_write, read(1, Some(1), 5, 6), write(1, 2, 7, 8), read(1, Some(1), 9, 10)];
+        assert!(check_register(&history).is_violation());
+    }
+
+    #[test]
+    fn an_unknown_outcome_write_cannot_take_effect_before_its_call() {
+        let history = [read(0, Some(1), 0, 1), Operation::unknown(1, RegisterInput::Write(1), 2)];
+        let violation = violation_of(check_register(&history));
+        assert_eq!(violation.stuck, 0);
+        assert!(violation.description.contains("returned never") || violation.description.contains("#0"));
+    }
+
+    #[test]
+    fn an_unknown_outcome_cas_applies_only_if_the_value_matches() {
+        let history = [
+            write(0, 1, 0, 1),
+            Operation::unknown(1, RegisterInput::Cas { expected: 7, new: 2 }, 2),
+            read(0, Some(2), 3, 4),
+        ];
+        assert!(check_register(&history).is_violation());
+        let history = [
+            write(0, 1, 0, 1),
+            Operation::unknown(1, RegisterInput::Cas { expected: 1, new: 2 }, 2),
+            read(0, Some(1), 3, 4),
+            read(0, Some(2), 5, 6),
+        ];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_failed_cas_is_an_observation() {
+        // The register held 1, so a CAS expecting 1 cannot have failed.
+        let history = [write(0, 1, 0, 1), cas(1, 1, 2, false, 2, 3)];
+        assert!(check_register(&history).is_violation());
+        let history = [write(0, 1, 0, 1), cas(1, 3, 2, false, 2, 3), read(0, Some(1), 4, 5)];
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn many_concurrent_writes_are_checked_quickly_thanks_to_the_memo() {
+        // Twelve overlapping writes then a read of one of them: 12! orders,
+        // but few (set, state) pairs.
+        let mut history: Vec<RegisterOperation> = (0..12).map(|value| write(value as u64, value, 0, 100)).collect();
+        history.push(read(99, Some(5), 101, 102));
+        let options = CheckOptions { steps_max: Some(1_000_000), ..CheckOptions::default() };
+        assert_eq!(check(&RegisterModel, &history, &options), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn an_exhausted_step_budget_gives_unknown() {
+        let history = [write(0, 1, 0, 10), write(1, 2, 1, 11), read(2, Some(1), 13, 14), read(2, Some(2), 15, 16)];
+        let verdict = check(&RegisterModel, &history, &CheckOptions { steps_max: Some(3), ..CheckOptions::default() });
+        match verdict {
+            Verdict::Unknown { reason } => assert!(reason.contains("step budget of 3 exhausted"), "{reason}"),
+            other => panic!("expected unknown, got {other}"),
+        }
+        assert!(check_register(&history).is_violation(), "with enough budget it is decided");
+
+        let verdict =
+            check(&RegisterModel, &history, &CheckOptions { memo_entries_max: Some(2), ..CheckOptions::default() });
+        match verdict {
+            Verdict::Unknown { reason } => assert!(reason.contains("memo bound of 2 entries exhausted"), "{reason}"),
+            other => panic!("expected unknown, got {other}"),
+        }
+    }
+
+    #[test]
+    fn partitions_are_checked_independently_and_the_failing_one_is_named() {
+        type Input = NodeKvInput<&'static str, u32>;
+        let put = |client_id, key, value, call, ret| {
+            Operation::completed(client_id, Input::Put { key, value }, call, NodeKvOutput::Done, ret)
+        };
+        let get = |client_id, key, value, call, ret| {
+            Operation::completed(client_id, Input::Get { key }, call, NodeKvOutput::Value(value), ret)
+        };
+        let history = [
+            put(0, "a", 1, 0, 1),
+            put(1, "b", 1, 2, 3),
+            get(2, "a", Some(1), 4, 5),
+            get(2, "b", None, 6, 7),
+            get(0, "a", Some(1), 8, 9),
+        ];
+        // Without partitioning a register of key "b" alone would start at
+        // `None` too; the point is which operations the violation names.
+        let violation = violation_of(check(&NodeKvModel::new(), &history, &CheckOptions::default()));
+        assert_eq!(violation.partition, vec![1, 3]);
+        assert_eq!(violation.stuck, 3);
+        let fixed = [history[0].clone(), history[1].clone(), history[2].clone(), get(2, "b", Some(1), 6, 7)];
+        assert_eq!(check(&NodeKvModel::new(), &fixed, &CheckOptions::default()), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn partition_by_key_keeps_first_appearance_order() {
+        let history: Vec<Operation<(char, u8), ()>> =
+            [('b', 0), ('a', 1), ('b', 2), ('c', 3)].map(|input| Operation::unknown(0, input, 0)).to_vec();
+        assert_eq!(partition_by_key(&history, |(key, _)| key), vec![vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[test]
+    #[should_panic(expected = "returns before it is called")]
+    fn a_return_before_the_call_is_a_bug_in_the_recorder() {
+        let mut operation = write(0, 1, 5, 6);
+        operation.returned.as_mut().unwrap().time = 4;
+        check_register(&[operation]);
     }
 }

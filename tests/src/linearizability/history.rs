@@ -127,3 +127,32 @@ impl<I, O> HistoryRecorder<I, O> {
         self.slots.into_iter().flatten().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_operations_become_unknown_and_discarded_ones_vanish() {
+        let mut recorder = HistoryRecorder::new();
+        let done = recorder.invoke(1, "put", 10);
+        let refused = recorder.invoke(2, "put", 11);
+        let timed_out = recorder.invoke(3, "get", 12);
+        recorder.complete(done, "ok", 13);
+        recorder.discard(refused);
+        assert_eq!(recorder.len(), 2);
+        let operations = recorder.into_operations();
+        assert_eq!(operations[0], Operation::completed(1, "put", 10, "ok", 13));
+        assert_eq!(operations[1], Operation::unknown(3, "get", 12));
+        let _ = timed_out;
+    }
+
+    #[test]
+    #[should_panic(expected = "completed twice")]
+    fn completing_twice_is_a_bug() {
+        let mut recorder = HistoryRecorder::new();
+        let id = recorder.invoke(1, (), 0);
+        recorder.complete(id, (), 1);
+        recorder.complete(id, (), 2);
+    }
+}

@@ -268,3 +268,75 @@ where
         partition_by_key(history, NodeKvInput::key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_cas_applies_only_on_a_match_and_a_failure_needs_a_mismatch() {
+        let model = RegisterModel;
+        let cas = RegisterInput::Cas { expected: 1, new: 2 };
+        let swapped = |swapped| Some(RegisterOutput::Cas { swapped });
+        assert_eq!(model.step(&Some(1), &cas, swapped(true).as_ref()), Some(Some(2)));
+        assert_eq!(model.step(&Some(3), &cas, swapped(true).as_ref()), None);
+        assert_eq!(model.step(&Some(3), &cas, swapped(false).as_ref()), Some(Some(3)));
+        assert_eq!(model.step(&Some(1), &cas, swapped(false).as_ref()), None);
+        assert_eq!(model.step(&None, &cas, swapped(false).as_ref()), Some(None));
+        assert_eq!(model.step(&Some(1), &cas, None), Some(Some(2)), "unknown outcome, value matches");
+        assert_eq!(model.step(&Some(3), &cas, None), Some(Some(3)), "unknown outcome, value differs");
+    }
+
+    #[test]
+    fn register_reads_must_see_the_state() {
+        let model = RegisterModel;
+        let read = |value| Some(RegisterOutput::Read(value));
+        assert_eq!(model.step(&None, &RegisterInput::Read, read(None).as_ref()), Some(None));
+        assert_eq!(model.step(&None, &RegisterInput::Read, read(Some(0)).as_ref()), None);
+        assert_eq!(model.step(&Some(4), &RegisterInput::Read, read(Some(4)).as_ref()), Some(Some(4)));
+    }
+
+    #[test]
+    #[should_panic(expected = "does not answer")]
+    fn an_output_of_the_wrong_kind_is_a_recorder_bug() {
+        RegisterModel.step(&None, &RegisterInput::Write(1), Some(&RegisterOutput::Read(None)));
+    }
+
+    #[test]
+    fn kv_appends_concatenate_and_missing_keys_read_empty() {
+        let model = KvModel;
+        let key = "k".to_string();
+        let get = KvInput::Get { key: key.clone() };
+        let append = KvInput::Append { key: key.clone(), value: "x".to_string() };
+        let put = KvInput::Put { key, value: "p".to_string() };
+        assert_eq!(model.step(&model.init(), &get, Some(&KvOutput::Value(String::new()))), Some(String::new()));
+        assert_eq!(model.step(&"ab".to_string(), &append, Some(&KvOutput::Done)), Some("abx".to_string()));
+        assert_eq!(model.step(&"ab".to_string(), &put, None), Some("p".to_string()));
+        assert_eq!(model.step(&"ab".to_string(), &get, Some(&KvOutput::Value("a".to_string()))), None);
+    }
+
+    #[test]
+    fn node_kv_supports_delete_and_cas_on_absent_keys() {
+        let model = NodeKvModel::<u8, u8>::new();
+        let create = NodeKvInput::Cas { key: 1, expected: None, new: 5 };
+        let swapped = |swapped| Some(NodeKvOutput::Cas { swapped });
+        assert_eq!(model.step(&None, &create, swapped(true).as_ref()), Some(Some(5)));
+        assert_eq!(model.step(&Some(5), &create, swapped(true).as_ref()), None);
+        assert_eq!(model.step(&Some(5), &create, swapped(false).as_ref()), Some(Some(5)));
+        let delete = NodeKvInput::Delete { key: 1 };
+        assert_eq!(model.step(&Some(5), &delete, Some(&NodeKvOutput::Done)), Some(None));
+        let get = NodeKvInput::Get { key: 1 };
+        assert_eq!(model.step(&None, &get, Some(&NodeKvOutput::Value(None))), Some(None));
+        assert_eq!(model.step(&None, &get, Some(&NodeKvOutput::Value(Some(5)))), None);
+    }
+
+    #[test]
+    fn node_kv_partitions_by_key() {
+        let history: Vec<Operation<NodeKvInput<u8, u8>, NodeKvOutput<u8>>> = vec![
+            Operation::unknown(0, NodeKvInput::Put { key: 2, value: 1 }, 0),
+            Operation::unknown(1, NodeKvInput::Get { key: 1 }, 1),
+            Operation::unknown(2, NodeKvInput::Delete { key: 2 }, 2),
+        ];
+        assert_eq!(NodeKvModel::new().partition(&history), vec![vec![0, 2], vec![1]]);
+    }
+}

@@ -360,3 +360,112 @@ fn parse_edn_value(text: &str) -> Result<(EdnValue, &str), String> {
     };
     Ok((value, rest))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_log_with_tabs_spaces_noise_and_every_event_kind() {
+        let log = "\
+INFO  jepsen.util - 0\t:invoke\t:write\t3
+some noise from the test harness
+INFO  jepsen.util - 1   :invoke :cas    [3 4]
+INFO  jepsen.util - 2\t:invoke\t:read\tnil
+INFO  jepsen.util - 0\t:ok\t:write\t3
+INFO  jepsen.util - 1   :fail   :cas    [3 4]
+INFO  jepsen.util - 2\t:ok\t:read\t3
+INFO  jepsen.util - 3\t:invoke\t:read\tnil
+INFO  jepsen.util - 3\t:fail\t:read\t:timed-out
+INFO  jepsen.util - 4\t:invoke\t:write\t1
+INFO  jepsen.util - 4\t:info\t:write\t:timed-out
+INFO  jepsen.util - :nemesis\t:info\t:start\tnil
+INFO  jepsen.util - 5\t:invoke\t:read\tnil
+";
+        let history = parse_etcd_log(log).unwrap();
+        assert_eq!(
+            history,
+            vec![
+                Operation::completed(0, RegisterInput::Write(3), 1, RegisterOutput::Written, 5),
+                Operation::completed(
+                    1,
+                    RegisterInput::Cas { expected: 3, new: 4 },
+                    3,
+                    RegisterOutput::Cas { swapped: false },
+                    6
+                ),
+                Operation::completed(2, RegisterInput::Read, 4, RegisterOutput::Read(Some(3)), 7),
+                Operation::unknown(4, RegisterInput::Write(1), 10),
+            ]
+        );
+    }
+
+    #[test]
+    fn etcd_errors_name_the_line_and_the_problem() {
+        let error = parse_etcd_log("noise\nINFO  jepsen.util - 0\t:invoke\t:cas\t[1]\n").unwrap_err();
+        assert!(matches!(error, ParseError::Malformed { line: 2, .. }), "{error}");
+        assert!(error.to_string().contains("bad cas value"), "{error}");
+
+        let error = parse_etcd_log("INFO  jepsen.util - 0\t:ok\t:write\t3\n").unwrap_err();
+        assert_eq!(error, ParseError::CompletionWithoutInvoke { line: 1, process: 0 });
+
+        let log = "INFO  jepsen.util - 0\t:invoke\t:write\t3\nINFO  jepsen.util - 0\t:ok\t:write\t4\n";
+        let error = parse_etcd_log(log).unwrap_err();
+        assert!(matches!(error, ParseError::MismatchedCompletion { line: 2, invoke_line: 1, .. }), "{error}");
+
+        let log = "INFO  jepsen.util - 0\t:invoke\t:read\tnil\nINFO  jepsen.util - 0\t:invoke\t:read\tnil\n";
+        let error = parse_etcd_log(log).unwrap_err();
+        assert_eq!(error, ParseError::InvokeWhilePending { line: 2, process: 0, pending_line: 1 });
+
+        let error = parse_etcd_log("INFO  jepsen.util - x\t:invoke\t:read\tnil\n").unwrap_err();
+        assert!(error.to_string().contains("process is not a number"), "{error}");
+        let error = parse_etcd_log("INFO  jepsen.util - 0\t:invoke\n").unwrap_err();
+        assert!(error.to_string().contains("expected PROCESS TYPE F VALUE"), "{error}");
+    }
+
+    #[test]
+    fn kv_history_lines_are_edn_maps() {
+        let text = r#"{:process 0, :type :invoke, :f :append, :key "0", :value "x 0 0 y"}
+{:process 1, :type :invoke, :f :get, :key "0", :value nil}
+{:process 0, :type :ok, :f :append, :key "0", :value "x 0 0 y"}
+{:process 1, :type :ok, :f :get, :key "0", :value "x, \"q\""}
+
+{:process 2, :type :invoke, :f :put, :key "1", :value "v"}
+{:process 3, :type :invoke, :f :get, :key "1", :value nil}
+{:process 3, :type :ok, :f :get, :key "1", :value nil}
+"#;
+        let history = parse_kv_history(text).unwrap();
+        let key = |key: &str| key.to_string();
+        assert_eq!(
+            history,
+            vec![
+                Operation::completed(
+                    0,
+                    KvInput::Append { key: key("0"), value: "x 0 0 y".into() },
+                    1,
+                    KvOutput::Done,
+                    3
+                ),
+                Operation::completed(1, KvInput::Get { key: key("0") }, 2, KvOutput::Value("x, \"q\"".into()), 4),
+                Operation::unknown(2, KvInput::Put { key: key("1"), value: "v".into() }, 6),
+                Operation::completed(3, KvInput::Get { key: key("1") }, 7, KvOutput::Value(String::new()), 8),
+            ]
+        );
+    }
+
+    #[test]
+    fn kv_errors_name_the_line_and_the_problem() {
+        let error = parse_kv_history(r#"{:process 0, :type :invoke, :f :get, :value nil}"#).unwrap_err();
+        assert!(error.to_string().contains("missing or bad :key"), "{error}");
+        let error = parse_kv_history(r#"{:process 0, :type :invoke, :f :get, :key "k, :value nil}"#).unwrap_err();
+        assert!(error.to_string().contains("unterminated string"), "{error}");
+        let error = parse_kv_history(":process 0").unwrap_err();
+        assert!(error.to_string().contains("expected a map in braces"), "{error}");
+        let error = parse_kv_history(r#"{:process 0, :type :invoke, :f :cas, :key "k", :value "v"}"#).unwrap_err();
+        assert!(error.to_string().contains("missing or bad :f"), "{error}");
+        let text = r#"{:process 0, :type :invoke, :f :put, :key "k", :value "v"}
+{:process 0, :type :ok, :f :put, :key "k", :value "w"}"#;
+        let error = parse_kv_history(text).unwrap_err();
+        assert!(matches!(error, ParseError::MismatchedCompletion { line: 2, invoke_line: 1, .. }), "{error}");
+    }
+}
