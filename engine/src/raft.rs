@@ -667,7 +667,7 @@ impl Raft {
         if self.progress[&target].match_index == self.log.last_index() {
             self.send_timeout_now(target);
         } else {
-            self.send_append(target);
+            self.send_append_or_empty(target);
         }
         Ok(())
     }
@@ -834,6 +834,18 @@ impl Raft {
 
     /// Sends appends to `to` while its window allows (one probe in Probe).
     fn send_append(&mut self, to: NodeId) {
+        self.send_append_inner(to, false);
+    }
+
+    /// Like `send_append`, but in Replicate sends an empty append when there
+    /// is nothing new: if an earlier append was lost, the follower rejects it
+    /// and the leader backs off to probing, which resends what was lost.
+    fn send_append_or_empty(&mut self, to: NodeId) {
+        self.send_append_inner(to, true);
+    }
+
+    fn send_append_inner(&mut self, to: NodeId, send_if_empty: bool) {
+        let mut sent_any = false;
         loop {
             let Some(pr) = self.progress.get(&to) else { return };
             if pr.is_paused(self.config.inflight_batches_max, self.config.inflight_bytes_max) {
@@ -850,8 +862,18 @@ impl Raft {
             };
             let batch = self.batch_from(next);
             if batch.is_none() && state == ProgressState::Replicate {
+                if send_if_empty && !sent_any {
+                    let commit = self.log.committed;
+                    self.send(Message {
+                        from: self.id,
+                        to,
+                        term: self.term,
+                        body: MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: None }),
+                    });
+                }
                 return;
             }
+            sent_any = true;
             let (last, bytes) = batch.as_ref().map_or((prev_index, 0), |b| (b.last_index(), b.len_bytes()));
             let commit = self.log.committed;
             self.send(Message {
@@ -1465,7 +1487,7 @@ impl Raft {
             pr.inflight.free_first();
         }
         if pr.match_index < self.log.last_index() {
-            self.send_append(from);
+            self.send_append_or_empty(from);
         }
         self.release_reads();
         Ok(())
