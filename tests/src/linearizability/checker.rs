@@ -166,10 +166,14 @@ impl fmt::Display for Violation {
 
 /// Checks whether `history` is linearizable with respect to `model`.
 ///
-/// Each partition of the model is searched separately; the first one that is
-/// not linearizable decides the verdict. If a budget runs out, the remaining
-/// partitions are still looked at only while budget remains, and the verdict
-/// is `Unknown` unless some partition is proven not linearizable.
+/// The partitions of the model are searched in turns, with step slices that
+/// double each round, so the first partition proven not linearizable decides
+/// the verdict even when another one's search is long. When a bound of
+/// `options` runs out first, the verdict is `Unknown`.
+///
+/// Panics on a history no client could have produced (an operation returning
+/// before its call) and on a partition that loses or repeats an operation:
+/// both are bugs of the caller, and a verdict about them would mislead.
 pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>], options: &CheckOptions) -> Verdict {
     for (index, operation) in history.iter().enumerate() {
         if let Some(return_time) = operation.return_time() {
@@ -178,6 +182,16 @@ pub fn check<M: Model>(model: &M, history: &[Operation<M::Input, M::Output>], op
     }
     let mut budget = Budget::new(options);
     let partitions = model.partition(history);
+    let mut partition_of = vec![None; history.len()];
+    for (number, partition) in partitions.iter().enumerate() {
+        for &index in partition {
+            assert!(index < history.len(), "partition {number} names operation {index}, past the history's end");
+            let previous = partition_of[index].replace(number);
+            assert!(previous.is_none(), "operation {index} is in partitions {previous:?} and {number}");
+        }
+    }
+    let lost = partition_of.iter().position(Option::is_none);
+    assert!(lost.is_none(), "operation {lost:?} is in no partition");
     let mut searches: Vec<Search<'_, M>> =
         partitions.iter().map(|partition| Search::new(model, history, partition)).collect();
     // Round-robin with doubling slices, the deterministic version of
@@ -825,6 +839,118 @@ mod tests {
         let history: Vec<Operation<(char, u8), ()>> =
             [('b', 0), ('a', 1), ('b', 2), ('c', 3)].map(|input| Operation::unknown(0, input, 0)).to_vec();
         assert_eq!(partition_by_key(&history, |(key, _)| key), vec![vec![0, 2], vec![1], vec![3]]);
+    }
+
+    /// A small deterministic generator, so the crate needs no `rand`.
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % bound
+        }
+    }
+
+    fn random_register_history(seed: u64) -> Vec<RegisterOperation> {
+        let mut random = SplitMix64(seed);
+        let operations_count = 1 + random.below(6);
+        (0..operations_count)
+            .map(|client_id| {
+                let call = random.below(12);
+                let value = |random: &mut SplitMix64| random.below(3) as i64;
+                let (input, output) = match random.below(3) {
+                    0 => {
+                        let read = if random.below(4) == 0 { None } else { Some(value(&mut random)) };
+                        (RegisterInput::Read, RegisterOutput::Read(read))
+                    }
+                    1 => (RegisterInput::Write(value(&mut random)), RegisterOutput::Written),
+                    _ => {
+                        let input = RegisterInput::Cas { expected: value(&mut random), new: value(&mut random) };
+                        (input, RegisterOutput::Cas { swapped: random.below(2) == 0 })
+                    }
+                };
+                if random.below(5) == 0 {
+                    Operation::unknown(client_id, input, call)
+                } else {
+                    Operation::completed(client_id, input, call, output, call + random.below(6))
+                }
+            })
+            .collect()
+    }
+
+    /// The definition, by brute force: some order that respects real time
+    /// (an operation that returned before another was called goes first) is
+    /// a legal sequential execution.
+    fn linearizable_by_brute_force(history: &[RegisterOperation]) -> bool {
+        fn extend(history: &[RegisterOperation], used: &mut Vec<bool>, state: Option<i64>) -> bool {
+            if used.iter().all(|&used| used) {
+                return true;
+            }
+            for next in 0..history.len() {
+                let must_wait = (0..history.len()).any(|other| {
+                    !used[other]
+                        && other != next
+                        && history[other].return_time().is_some_and(|time| time < history[next].call)
+                });
+                if used[next] || must_wait {
+                    continue;
+                }
+                if let Some(after) = RegisterModel.step(&state, &history[next].input, history[next].output()) {
+                    used[next] = true;
+                    let found = extend(history, used, after);
+                    used[next] = false;
+                    if found {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+        extend(history, &mut vec![false; history.len()], None)
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_random_small_histories() {
+        let seeds = 5_000;
+        let mut violations = 0;
+        for seed in 0..seeds {
+            let history = random_register_history(seed);
+            let expected = linearizable_by_brute_force(&history);
+            let verdict = check_register(&history);
+            assert_eq!(
+                verdict.is_linearizable(),
+                expected,
+                "seed {seed}: brute force says {expected}, checker says {verdict}; history {history:#?}\n\
+                 replay: cargo test -p tests agrees_with_brute_force"
+            );
+            assert!(!matches!(verdict, Verdict::Unknown { .. }), "seed {seed}: {verdict}");
+            violations += u64::from(!expected);
+        }
+        // Both answers must be well represented, or the test proves little.
+        assert!(violations > seeds / 10 && violations < seeds * 9 / 10, "{violations} violations of {seeds}");
+    }
+
+    #[test]
+    #[should_panic(expected = "is in no partition")]
+    fn a_partition_that_loses_an_operation_is_a_bug_in_the_model() {
+        struct Lossy;
+        impl Model for Lossy {
+            type State = ();
+            type Input = ();
+            type Output = ();
+            fn init(&self) {}
+            fn step(&self, _: &(), _: &(), _: Option<&()>) -> Option<()> {
+                Some(())
+            }
+            fn partition(&self, _: &[Operation<(), ()>]) -> Vec<Vec<usize>> {
+                vec![vec![0]]
+            }
+        }
+        let history = [Operation::unknown(0, (), 0), Operation::unknown(1, (), 1)];
+        check(&Lossy, &history, &CheckOptions::default());
     }
 
     #[test]

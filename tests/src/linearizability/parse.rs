@@ -92,8 +92,9 @@ struct Open<I> {
 /// - `:fail :cas` completes the CAS with `swapped: false` (an observation).
 /// - `:fail :read` and `:fail :write` are dropped: they tell nothing / did not
 ///   happen.
-/// - `:info` on a write or CAS leaves the outcome unknown; on a read it is
-///   dropped, as is an invocation still open at the end of the log.
+/// - `:info` on a write or CAS leaves the outcome unknown; an `:info` read is
+///   dropped. An invocation still open at the end of the log counts as
+///   `:info`.
 /// - Lines without `jepsen.util` and nemesis events are noise.
 pub fn parse_etcd_log(text: &str) -> Result<Vec<Operation<RegisterInput, RegisterOutput>>, ParseError> {
     const MARKER: &str = "jepsen.util - ";
@@ -113,7 +114,8 @@ pub fn parse_etcd_log(text: &str) -> Result<Vec<Operation<RegisterInput, Registe
         }
         let value = fields.collect::<Vec<_>>().join(" ");
         let process: u64 = process.parse().map_err(|_| malformed("the process is not a number"))?;
-        let event_type = EventType::parse(event_type).ok_or_else(|| malformed("unknown type"))?;
+        let event_type =
+            EventType::parse(event_type).ok_or_else(|| malformed("unknown type, want :invoke, :ok, :fail or :info"))?;
         let time = line as u64;
 
         if event_type == EventType::Invoke {
@@ -198,8 +200,8 @@ pub fn parse_etcd_log(text: &str) -> Result<Vec<Operation<RegisterInput, Registe
 /// [`KvModel`](super::models::KvModel): one EDN map per line.
 ///
 /// `:fail` drops the operation (it did not happen); `:info` leaves a put or
-/// append with an unknown outcome and drops a get, as does an invocation still
-/// open at the end. A get's `nil` result reads as the empty string.
+/// append with an unknown outcome and drops a get; an invocation still open at
+/// the end counts as `:info`. A get's `nil` result reads as the empty string.
 pub fn parse_kv_history(text: &str) -> Result<Vec<Operation<KvInput, KvOutput>>, ParseError> {
     let mut recorder = HistoryRecorder::new();
     let mut open: HashMap<u64, Open<KvInput>> = HashMap::new();
