@@ -24,25 +24,31 @@
 //! ```
 //!
 //! - Times are any clock all clients share (the simulator's logical time, or
-//!   nanoseconds of one `Instant` in a real-process test); only their order
-//!   matters, and equal times count as overlapping.
-//! - Complete an operation only when the answer says what happened. Discard
-//!   ([`HistoryRecorder::discard`]) one that surely did not happen (refused
-//!   before it was proposed); leave everything else open (timeouts, crashes,
-//!   lost connections): an open operation has an unknown outcome, so the
-//!   checker lets it take effect at any moment after its call, or never.
+//!   nanoseconds since one `Instant` in a real-process test); only their
+//!   order matters, and equal times count as overlapping. Clients on several
+//!   threads share one recorder behind a mutex.
+//! - Complete an operation only when the answer says what happened.
+//!   [`discard`](linearizability::HistoryRecorder::discard) one that surely
+//!   did not happen (refused before it was proposed). Leave everything else
+//!   open (timeouts, crashes, lost connections): an open operation has an
+//!   unknown outcome, so the checker lets it take effect at any moment after
+//!   its call, or never.
 //! - A [`Verdict::NotLinearizable`](linearizability::Verdict) carries a
 //!   [`Violation`](linearizability::Violation): the longest linearizable
 //!   prefix, the state it leaves, and the operation that could not take
 //!   effect in time. Print it with the seed that replays the run.
-//! - [`CheckOptions`](linearizability::CheckOptions) bounds the search in time
-//!   or steps; running out gives `Verdict::Unknown`, which a test should treat
-//!   as a failure to investigate, not as a pass.
-//! - Models split a history into independent parts (per key for the key-value
-//!   models), which keeps the search fast: keep histories to a few hundred
-//!   concurrent operations per key. A new model implements
+//! - [`CheckOptions`](linearizability::CheckOptions) bounds the search in
+//!   time, steps and memo size; running out gives `Verdict::Unknown`, which a
+//!   test should treat as a failure to investigate, never as a pass.
+//! - The key-value models split a history by key and search the keys in
+//!   turns, which keeps the check fast: a few hundred operations per key take
+//!   tens of milliseconds. A new model implements
 //!   [`Model`](linearizability::Model): an initial state, a `step` that
 //!   accepts or rejects an (input, output) pair in a state, and optionally
 //!   `partition`.
+//! - [`parse`](linearizability::parse) reads the Jepsen and Porcupine
+//!   histories of `shared/testdata/linearizability`, which
+//!   `tests/t85_linearizability_checker.rs` checks against their known
+//!   verdicts.
 
 pub mod linearizability;
