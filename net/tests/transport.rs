@@ -1,0 +1,335 @@
+//! The transport on loopback: client requests answered out of order, Raft
+//! messages over links, reconnect after the peer restarts, back-pressure when
+//! the peer stops reading, handshake refusals, a port already in use, and a
+//! garbage-sending connection that is closed without disturbing the others.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::{AppendRequest, Entry, EntryBatch, EntryKind, Message, MessageBody};
+use net::frame::decode_raw;
+use net::{
+    ClientConfig, ClientConnection, ClientError, ClientRequest, ClientResponse, Frame, HandshakeAccept,
+    HandshakeError, HandshakePolicy, Inbound, Limits, Link, LinkConfig, ListenError, Listener, ListenerConfig,
+    ListenerHandle, Payload, RefusalReason, RequestBody, ResponseStatus, FRAME_HEADER_SIZE,
+};
+use tokio::sync::mpsc;
+
+const CLUSTER: u64 = 42;
+const TOKEN: &[u8] = b"correct horse battery staple";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn policy(node_id: u64) -> HandshakePolicy {
+    HandshakePolicy {
+        cluster_id: CLUSTER,
+        node_id,
+        token: Bytes::from_static(TOKEN),
+        accept_peers: true,
+        accept_clients: true,
+    }
+}
+
+fn start_listener(addr: SocketAddr, node_id: u64) -> (ListenerHandle, mpsc::Receiver<Inbound>) {
+    let listener = Listener::bind(ListenerConfig::new(addr, policy(node_id))).expect("bind");
+    let (sender, receiver) = mpsc::channel(1024);
+    (listener.spawn(sender), receiver)
+}
+
+fn link_to(addr: SocketAddr, configure: impl FnOnce(&mut LinkConfig)) -> Link {
+    let mut config = LinkConfig::new(CLUSTER, 1, Bytes::from_static(TOKEN), 2, addr);
+    config.backoff_min = Duration::from_millis(5);
+    config.backoff_max = Duration::from_millis(50);
+    configure(&mut config);
+    Link::spawn(config)
+}
+
+fn heartbeat(read_context: u64) -> Message {
+    Message { from: 1, to: 2, term: 5, body: MessageBody::Heartbeat { commit: 3, read_context } }
+}
+
+/// Runs a test body on a fresh tokio-uring runtime with an overall deadline,
+/// so a hang fails the test instead of stalling the suite.
+fn run(test: impl std::future::Future<Output = ()>) {
+    tokio_uring::start(async {
+        tokio::time::timeout(Duration::from_secs(30), test).await.expect("test timed out");
+    });
+}
+
+async fn next_inbound(receiver: &mut mpsc::Receiver<Inbound>) -> Inbound {
+    tokio::time::timeout(WAIT, receiver.recv()).await.expect("no inbound event in time").expect("channel closed")
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn pipelined_client_requests_are_answered_out_of_order() {
+    run(async {
+        let (handle, mut inbound) = start_listener(loopback(), 7);
+        let mut client =
+            ClientConnection::connect(handle.local_addr(), &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN)))
+                .await
+                .unwrap();
+        assert_eq!(client.server_node_id(), 7);
+        let count = 100u64;
+        for request_id in 0..count {
+            let command = Bytes::from(format!("put k{request_id}"));
+            let request = ClientRequest { request_id, client_id: 9, sequence: request_id + 1, body: RequestBody::Write { command } };
+            client.queue(3, &request);
+        }
+        client.flush().await.unwrap();
+
+        let mut pending = Vec::new();
+        for _ in 0..count {
+            match next_inbound(&mut inbound).await {
+                Inbound::Request { shard_id, request, reply } => {
+                    assert_eq!(shard_id, 3);
+                    pending.push((request, reply));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Answer newest first.
+        for (request, reply) in pending.into_iter().rev() {
+            let RequestBody::Write { command } = request.body else { panic!("not a write") };
+            reply.send(ClientResponse { request_id: request.request_id, status: ResponseStatus::Ok(command) }).await.unwrap();
+        }
+        let mut seen = vec![false; count as usize];
+        for expected in (0..count).rev() {
+            let response = client.recv().await.unwrap();
+            assert_eq!(response.request_id, expected);
+            assert_eq!(response.status, ResponseStatus::Ok(Bytes::from(format!("put k{expected}"))));
+            seen[expected as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+        handle.shutdown();
+    });
+}
+
+#[test]
+fn link_reconnects_after_the_peer_restarts() {
+    run(async {
+        let (first, mut inbound) = start_listener(loopback(), 2);
+        let addr = first.local_addr();
+        let link = link_to(addr, |_| {});
+        link.send(0, heartbeat(1)).unwrap();
+        match next_inbound(&mut inbound).await {
+            Inbound::Raft { from_node, shard_id, message } => {
+                assert_eq!((from_node, shard_id), (1, 0));
+                assert_eq!(message, heartbeat(1));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(link.stats().connects, 1);
+
+        // The peer goes away...
+        first.shutdown();
+        wait_until("the link notices", || !link.stats().connected).await;
+
+        // ...and comes back on the same port.
+        let deadline = Instant::now() + WAIT;
+        let (second, mut inbound) = loop {
+            match Listener::bind(ListenerConfig::new(addr, policy(2))) {
+                Ok(listener) => {
+                    let (sender, receiver) = mpsc::channel(1024);
+                    break (listener.spawn(sender), receiver);
+                }
+                Err(ListenError::AddrInUse { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(error) => panic!("rebind failed: {error}"),
+            }
+        };
+        // Messages sent while the link reconnects may be lost (Raft retries),
+        // so keep sending until one arrives.
+        let mut context = 100;
+        let received = loop {
+            context += 1;
+            let _ = link.send(0, heartbeat(context));
+            match tokio::time::timeout(Duration::from_millis(20), inbound.recv()).await {
+                Ok(Some(Inbound::Raft { message, .. })) => break message,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => assert!(context < 100 + 500, "no message after the restart"),
+            }
+        };
+        assert!(matches!(received.body, MessageBody::Heartbeat { read_context, .. } if read_context > 100));
+        assert!(link.stats().connects >= 2, "{:?}", link.stats());
+        link.close();
+        second.shutdown();
+    });
+}
+
+fn big_append(index: u64) -> Message {
+    let entries = [Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![7u8; 64 << 10]) }];
+    let batch = EntryBatch::encode(&entries);
+    Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::Append(AppendRequest { prev_index: index - 1, prev_term: 1, commit: 0, entries: Some(batch) }),
+    }
+}
+
+/// A peer that accepts the handshake and then never reads again.
+fn spawn_stalled_peer() -> (SocketAddr, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind(loopback()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut header = [0u8; FRAME_HEADER_SIZE];
+        socket.read_exact(&mut header).unwrap();
+        let body_length = u32::from_le_bytes(header[20..24].try_into().unwrap()) as usize;
+        let mut frame = header.to_vec();
+        frame.resize(FRAME_HEADER_SIZE + body_length, 0);
+        socket.read_exact(&mut frame[FRAME_HEADER_SIZE..]).unwrap();
+        let (raw, _) = decode_raw(&Bytes::from(frame), &Limits::default()).unwrap();
+        assert!(matches!(Frame::decode(raw).unwrap().payload, Payload::Handshake(_)));
+        let accept = Frame {
+            cluster_id: CLUSTER,
+            shard_id: 0,
+            payload: Payload::HandshakeAccept(HandshakeAccept { node_id: 2, protocol_version: 1 }),
+        };
+        socket.write_all(&accept.to_bytes()).unwrap();
+        let _ = stopped.recv_timeout(Duration::from_secs(30));
+    });
+    (addr, stop, thread)
+}
+
+#[test]
+fn a_peer_that_stops_reading_fills_the_bounded_queue_and_messages_are_dropped_and_counted() {
+    let (addr, stop, thread) = spawn_stalled_peer();
+    run(async {
+        let queue_frames_max = 16;
+        let link = link_to(addr, |config| config.queue_frames_max = queue_frames_max);
+        wait_until("connected", || link.stats().connected).await;
+        let mut refused = 0u64;
+        let mut sent = 0u64;
+        // Each message is 64 KiB: the socket buffers fill after some megabytes.
+        while refused < 10 {
+            sent += 1;
+            assert!(sent < 5000, "the queue never filled: {:?}", link.stats());
+            match link.send(0, big_append(sent)) {
+                Ok(()) => {}
+                Err(net::SendError::QueueFull) => refused += 1,
+                Err(error) => panic!("{error}"),
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let stats = link.stats();
+        assert_eq!(stats.dropped_queue_full, refused, "{stats:?}");
+        assert_eq!(stats.queued, queue_frames_max, "{stats:?}");
+        assert!(stats.connected, "back-pressure is not a disconnect: {stats:?}");
+        assert!(stats.sent_frames + (queue_frames_max as u64) + refused <= sent, "{stats:?}");
+        link.close();
+    });
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+}
+
+#[test]
+fn handshakes_with_a_wrong_cluster_or_token_are_refused_with_a_reason() {
+    run(async {
+        let (handle, _inbound) = start_listener(loopback(), 7);
+        let addr = handle.local_addr();
+
+        let wrong_cluster = ClientConfig::new(CLUSTER + 1, Bytes::from_static(TOKEN));
+        match ClientConnection::connect(addr, &wrong_cluster).await {
+            Err(ClientError::Handshake(HandshakeError::Refused { reason, .. })) => {
+                assert_eq!(reason, RefusalReason::ClusterMismatch)
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a wrong cluster id was accepted"),
+        }
+        let wrong_token = ClientConfig::new(CLUSTER, Bytes::from_static(b"correct horse battery stapler"));
+        match ClientConnection::connect(addr, &wrong_token).await {
+            Err(ClientError::Handshake(HandshakeError::Refused { reason, .. })) => {
+                assert_eq!(reason, RefusalReason::BadToken)
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a wrong token was accepted"),
+        }
+
+        // A link with the wrong token keeps being refused and never connects.
+        let link = link_to(addr, |config| config.token = Bytes::from_static(b"nope"));
+        wait_until("two refusals", || link.stats().handshake_refusals >= 2).await;
+        assert_eq!(link.stats().connects, 0);
+        link.close();
+        // The refused connections are closed by the listener.
+        wait_until("refused connections closed", || handle.connection_count() == 0).await;
+        handle.shutdown();
+    });
+}
+
+#[test]
+fn binding_a_port_in_use_is_a_clear_error() {
+    run(async {
+        let (handle, _inbound) = start_listener(loopback(), 1);
+        match Listener::bind(ListenerConfig::new(handle.local_addr(), policy(1))) {
+            Err(ListenError::AddrInUse { addr }) => assert_eq!(addr, handle.local_addr()),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a second listener bound the same port"),
+        }
+        handle.shutdown();
+
+        // Also when the port's holder is a tokio-uring listener, which sets
+        // SO_REUSEPORT (with which a plain second bind would succeed).
+        let holder = tokio_uring::net::TcpListener::bind(loopback()).unwrap();
+        let addr = holder.local_addr().unwrap();
+        let error = Listener::bind(ListenerConfig::new(addr, policy(1))).err().expect("bind must fail");
+        assert!(matches!(error, ListenError::AddrInUse { .. }), "{error}");
+        assert!(error.to_string().contains("already in use"), "{error}");
+    });
+}
+
+#[test]
+fn a_connection_sending_garbage_is_closed_and_others_are_served() {
+    run(async {
+        let (handle, mut inbound) = start_listener(loopback(), 7);
+        let addr = handle.local_addr();
+        // Not this protocol at all.
+        let mut garbage = std::net::TcpStream::connect(addr).unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxxxxxx").unwrap();
+        garbage.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+
+        let mut client = ClientConnection::connect(addr, &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN))).await.unwrap();
+        let request = ClientRequest { request_id: 1, client_id: 1, sequence: 1, body: RequestBody::Status };
+        client.send(0, &request).await.unwrap();
+        let Inbound::Request { request, reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
+        assert_eq!(request.body, RequestBody::Status);
+        reply.send(ClientResponse { request_id: 1, status: ResponseStatus::Ok(Bytes::from_static(b"{}")) }).await.unwrap();
+        assert_eq!(client.recv().await.unwrap().request_id, 1);
+
+        // The garbage connection got a refusal frame and then end of stream.
+        let mut answer = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut chunk = [0u8; 256];
+            match garbage.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "garbage connection never closed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        let (raw, _) = decode_raw(&Bytes::from(answer), &Limits::default()).unwrap();
+        match Frame::decode(raw).unwrap().payload {
+            Payload::HandshakeRefuse(refusal) => assert_eq!(refusal.reason, RefusalReason::Malformed),
+            other => panic!("unexpected {other:?}"),
+        }
+        handle.shutdown();
+    });
+}
