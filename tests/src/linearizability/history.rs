@@ -67,7 +67,8 @@ pub struct OperationId(usize);
 /// refused it before proposing it, e.g. "not leader") is [`discard`]ed: keeping
 /// it would only slow the check. Anything else left open at the end (timeouts,
 /// crashed clients) becomes an operation with an unknown outcome, which is
-/// what it is: the request may have been applied.
+/// what it is: the request may have been applied. A read whose answer never
+/// came constrains nothing and only widens the search: discard it too.
 ///
 /// [`discard`]: Self::discard
 #[derive(Debug, Clone)]
