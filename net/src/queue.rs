@@ -67,6 +67,9 @@ impl OutQueue {
     }
 
     /// Enqueues `item` unless the queue is full or closed; gives it back then.
+    // The item is returned by value on purpose: boxing it would allocate per
+    // message on the hot path, and the caller needs it back (never dropped).
+    #[allow(clippy::result_large_err)]
     pub(crate) fn try_push(&self, item: Outgoing) -> Result<(), Outgoing> {
         if self.closed.get() {
             return Err(item);

@@ -15,7 +15,8 @@ use proptest::test_runner::TestRunner;
 
 fn round_trip(frame: &Frame) -> Result<(), TestCaseError> {
     let bytes = frame.to_bytes();
-    let (decoded, length) = Frame::decode_bytes(&bytes, &Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let (decoded, length) =
+        Frame::decode_bytes(&bytes, &Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(length, bytes.len());
     prop_assert_eq!(&decoded, frame);
 
@@ -77,13 +78,20 @@ fn append_entries_carry_the_batch_unchanged_and_borrow_payloads() {
         from: 1,
         to: 2,
         term: 3,
-        body: MessageBody::Append(AppendRequest { prev_index: 9, prev_term: 3, commit: 9, entries: Some(batch.clone()) }),
+        body: MessageBody::Append(AppendRequest {
+            prev_index: 9,
+            prev_term: 3,
+            commit: 9,
+            entries: Some(batch.clone()),
+        }),
     };
     let bytes = Frame { cluster_id: 1, shard_id: 0, payload: Payload::Raft(message) }.to_bytes();
     // The batch bytes appear unchanged at the end of the frame.
     assert_eq!(&bytes[bytes.len() - batch.len_bytes()..], &batch.as_bytes()[..]);
     let (frame, _) = Frame::decode_bytes(&bytes, &Limits::default()).unwrap();
-    let Payload::Raft(Message { body: MessageBody::Append(append), .. }) = frame.payload else { panic!("not an append") };
+    let Payload::Raft(Message { body: MessageBody::Append(append), .. }) = frame.payload else {
+        panic!("not an append")
+    };
     let received = append.entries.unwrap();
     assert_eq!(received.as_bytes(), batch.as_bytes());
     let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use engine::{AppendRequest, Entry, EntryBatch, EntryKind, Message, MessageBody};
 use net::frame::decode_raw;
 use net::{
-    ClientConfig, ClientConnection, ClientError, ClientRequest, ClientResponse, Frame, HandshakeAccept,
-    HandshakeError, HandshakePolicy, Inbound, Limits, Link, LinkConfig, ListenError, Listener, ListenerConfig,
-    ListenerHandle, Payload, RefusalReason, RequestBody, ResponseStatus, FRAME_HEADER_SIZE,
+    ClientConfig, ClientConnection, ClientError, ClientRequest, ClientResponse, Frame, HandshakeAccept, HandshakeError,
+    HandshakePolicy, Inbound, Limits, Link, LinkConfig, ListenError, Listener, ListenerConfig, ListenerHandle, Payload,
+    RefusalReason, RequestBody, ResponseStatus, FRAME_HEADER_SIZE,
 };
 use tokio::sync::mpsc;
 
@@ -85,7 +85,12 @@ fn pipelined_client_requests_are_answered_out_of_order() {
         let count = 100u64;
         for request_id in 0..count {
             let command = Bytes::from(format!("put k{request_id}"));
-            let request = ClientRequest { request_id, client_id: 9, sequence: request_id + 1, body: RequestBody::Write { command } };
+            let request = ClientRequest {
+                request_id,
+                client_id: 9,
+                sequence: request_id + 1,
+                body: RequestBody::Write { command },
+            };
             client.queue(3, &request);
         }
         client.flush().await.unwrap();
@@ -103,7 +108,10 @@ fn pipelined_client_requests_are_answered_out_of_order() {
         // Answer newest first.
         for (request, reply) in pending.into_iter().rev() {
             let RequestBody::Write { command } = request.body else { panic!("not a write") };
-            reply.send(ClientResponse { request_id: request.request_id, status: ResponseStatus::Ok(command) }).await.unwrap();
+            reply
+                .send(ClientResponse { request_id: request.request_id, status: ResponseStatus::Ok(command) })
+                .await
+                .unwrap();
         }
         let mut seen = vec![false; count as usize];
         for expected in (0..count).rev() {
@@ -177,7 +185,12 @@ fn big_append(index: u64) -> Message {
         from: 1,
         to: 2,
         term: 1,
-        body: MessageBody::Append(AppendRequest { prev_index: index - 1, prev_term: 1, commit: 0, entries: Some(batch) }),
+        body: MessageBody::Append(AppendRequest {
+            prev_index: index - 1,
+            prev_term: 1,
+            commit: 0,
+            entries: Some(batch),
+        }),
     }
 }
 
@@ -303,12 +316,16 @@ fn a_connection_sending_garbage_is_closed_and_others_are_served() {
         garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxxxxxx").unwrap();
         garbage.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
 
-        let mut client = ClientConnection::connect(addr, &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN))).await.unwrap();
+        let mut client =
+            ClientConnection::connect(addr, &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN))).await.unwrap();
         let request = ClientRequest { request_id: 1, client_id: 1, sequence: 1, body: RequestBody::Status };
         client.send(0, &request).await.unwrap();
         let Inbound::Request { request, reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
         assert_eq!(request.body, RequestBody::Status);
-        reply.send(ClientResponse { request_id: 1, status: ResponseStatus::Ok(Bytes::from_static(b"{}")) }).await.unwrap();
+        reply
+            .send(ClientResponse { request_id: 1, status: ResponseStatus::Ok(Bytes::from_static(b"{}")) })
+            .await
+            .unwrap();
         assert_eq!(client.recv().await.unwrap().request_id, 1);
 
         // The garbage connection got a refusal frame and then end of stream.

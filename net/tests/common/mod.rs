@@ -123,8 +123,11 @@ pub fn request() -> impl Strategy<Value = ClientRequest> {
         admin().prop_map(RequestBody::Admin),
         Just(RequestBody::Status),
     ];
-    (any::<u64>(), any::<u64>(), any::<u64>(), body).prop_map(|(request_id, client_id, sequence, body)| {
-        ClientRequest { request_id, client_id, sequence, body }
+    (any::<u64>(), any::<u64>(), any::<u64>(), body).prop_map(|(request_id, client_id, sequence, body)| ClientRequest {
+        request_id,
+        client_id,
+        sequence,
+        body,
     })
 }
 
