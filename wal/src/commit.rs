@@ -1,0 +1,305 @@
+//! Group commit with pipelined write and `fdatasync`.
+//!
+//! Two tasks share the log's state:
+//!
+//! - The writer takes every queued append it may (up to `write_bytes_max`,
+//!   [`WRITE_RECORDS_MAX`] records and the segment's end) as one group and
+//!   writes it with one vectored write, then goes back for more. Appends that
+//!   arrive while a write or sync is in flight simply wait in the queue and
+//!   form the next group: nothing ever waits on a timer.
+//! - The syncer, whenever a write has completed past the durable point, issues
+//!   one `fdatasync` and, when it completes, declares durable everything whose
+//!   write had completed before that sync was submitted. io_uring does not order
+//!   separate submissions, so the syncer only covers writes it has seen
+//!   complete.
+//!
+//! So the next group's write runs while the previous group's sync is in
+//! flight, and durability still advances strictly in submission order.
+//!
+//! The writer keeps at most `2 * write_bytes_max` bytes written but not yet
+//! durable (the torn-tail window recovery relies on) and drains the pipeline
+//! before it switches segments, so unsynced bytes only ever sit in the newest
+//! segment. Any I/O error stops the log: nothing after it is reported durable.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::{EntryBatch, Index};
+use tokio::sync::Notify;
+
+use crate::config::{WalConfig, WRITE_RECORDS_MAX};
+use crate::error::WalError;
+use crate::segment::{self, SegmentMeta, Spare};
+use crate::snapshot::StoredSnapshot;
+use crate::terms::TermLog;
+
+/// An append waiting for the writer.
+pub(crate) struct Queued {
+    pub sequence: u64,
+    pub batch: EntryBatch,
+}
+
+/// A point in the append stream: the sequence, the log's last index after it,
+/// and the cumulative record bytes up to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub sequence: u64,
+    pub index: Index,
+    pub bytes: u64,
+}
+
+/// The segment being written.
+pub(crate) struct Active {
+    pub file: Rc<tokio_uring::fs::File>,
+    /// Where the next group goes.
+    pub offset: u64,
+}
+
+/// State shared by the API, the writer and the syncer.
+///
+/// Invariants: `durable <= written <= started` component-wise;
+/// `started.bytes - durable.bytes <= 2 * write_bytes_max`; every queued
+/// sequence is greater than `started.sequence`.
+pub(crate) struct State {
+    pub queue: VecDeque<Queued>,
+    /// The last submitted append.
+    pub submitted: Mark,
+    /// The last append handed to a write.
+    pub started: Mark,
+    /// The last append whose write completed, and the file it went to.
+    pub written: Mark,
+    pub written_file: Option<Rc<tokio_uring::fs::File>>,
+    /// The last append known durable.
+    pub durable: Mark,
+    pub log: TermLog,
+    pub snapshot: Option<StoredSnapshot>,
+    /// Live segments in sequence order; the last one is `active` when set.
+    pub segments: Vec<SegmentMeta>,
+    pub active: Option<Active>,
+    /// Set when the active segment was voided: the next group opens a new one.
+    pub force_switch: bool,
+    /// While set, the writer takes no append with a higher sequence (a
+    /// snapshot is being stored).
+    pub write_limit: Option<u64>,
+    /// The sequence the next spare segment gets.
+    pub sequence_next: u64,
+    pub failed: Option<WalError>,
+    pub closing: bool,
+}
+
+/// The shared core of a [`crate::Wal`].
+pub(crate) struct Shared {
+    pub config: WalConfig,
+    pub state: RefCell<State>,
+    /// Durability advanced or the log failed; wakes every `wait_durable`.
+    pub progress: Notify,
+    /// Something the writer may act on changed.
+    pub writer_wake: Notify,
+    /// A write completed, or the log is closing.
+    pub syncer_wake: Notify,
+}
+
+impl Shared {
+    /// Stops the log: records the first error and wakes everyone.
+    pub(crate) fn fail(&self, error: WalError) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.failed.is_none() {
+                state.failed = Some(error);
+            }
+        }
+        self.wake_all();
+    }
+
+    pub(crate) fn wake_all(&self) {
+        self.progress.notify_waiters();
+        self.writer_wake.notify_one();
+        self.syncer_wake.notify_one();
+    }
+}
+
+/// What the writer does next.
+enum Plan {
+    Wait,
+    Exit,
+    Switch { first_index: Index },
+    Write { file: Rc<tokio_uring::fs::File>, offset: u64, buffers: Vec<Bytes>, length: u64, end: Mark },
+}
+
+fn plan(state: &mut State, config: &WalConfig) -> Plan {
+    if state.failed.is_some() {
+        return Plan::Exit;
+    }
+    let Some(front) = state.queue.front() else {
+        return if state.closing { Plan::Exit } else { Plan::Wait };
+    };
+    if state.write_limit.is_some_and(|limit| front.sequence > limit) {
+        return Plan::Wait;
+    }
+    let unsynced = state.started.bytes - state.durable.bytes;
+    let front_length = front.batch.len_bytes() as u64;
+    let room = match &state.active {
+        Some(active) if !state.force_switch => config.segment_bytes.saturating_sub(active.offset),
+        _ => 0,
+    };
+    if front_length > room {
+        // Drain before switching, so unsynced bytes never span two segments.
+        return if unsynced == 0 { Plan::Switch { first_index: front.batch.first_index() } } else { Plan::Wait };
+    }
+    let window = config.tail_window_bytes();
+    if unsynced + front_length > window {
+        return Plan::Wait;
+    }
+    let group_bytes_max = (config.write_bytes_max as u64).min(window - unsynced).min(room);
+    let mut buffers = Vec::new();
+    let mut group_bytes = 0;
+    let mut end = state.started;
+    let mut index_max = 0;
+    while let Some(next) = state.queue.front() {
+        let length = next.batch.len_bytes() as u64;
+        if buffers.len() == WRITE_RECORDS_MAX
+            || group_bytes + length > group_bytes_max
+            || state.write_limit.is_some_and(|limit| next.sequence > limit)
+        {
+            break;
+        }
+        let next = state.queue.pop_front().expect("front exists");
+        group_bytes += length;
+        index_max = index_max.max(next.batch.last_index());
+        end = Mark { sequence: next.sequence, index: next.batch.last_index(), bytes: end.bytes + length };
+        buffers.push(next.batch.into_bytes());
+    }
+    assert!(!buffers.is_empty(), "the front append fits, so a group is never empty");
+    let active = state.active.as_mut().expect("room > 0 implies an active segment");
+    let offset = active.offset;
+    active.offset += group_bytes;
+    let file = active.file.clone();
+    let segment = state.segments.last_mut().expect("an active segment is listed");
+    segment.index_max = segment.index_max.max(index_max);
+    state.started = end;
+    assert!(state.started.bytes - state.durable.bytes <= window, "unsynced bytes exceed the torn-tail window");
+    Plan::Write { file, offset, buffers, length: group_bytes, end }
+}
+
+/// The writer task: groups queued appends into writes and switches segments.
+pub(crate) async fn run_writer(shared: Rc<Shared>, mut spare: Option<tokio::task::JoinHandle<Result<Spare, WalError>>>) {
+    loop {
+        let next = plan(&mut shared.state.borrow_mut(), &shared.config);
+        match next {
+            Plan::Exit => break,
+            Plan::Wait => shared.writer_wake.notified().await,
+            Plan::Switch { first_index } => {
+                if let Err(error) = switch_segment(&shared, &mut spare, first_index).await {
+                    shared.fail(error);
+                    break;
+                }
+            }
+            Plan::Write { file, offset, buffers, length: expected, end } => {
+                let (result, _) = file.writev_at_all(buffers, Some(offset)).await;
+                let path = shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
+                match result {
+                    Ok(written) if written as u64 == expected => {
+                        let mut state = shared.state.borrow_mut();
+                        assert!(end.sequence > state.written.sequence, "writes complete in order");
+                        state.written = end;
+                        state.written_file = Some(file);
+                        drop(state);
+                        shared.syncer_wake.notify_one();
+                    }
+                    Ok(written) => {
+                        let error = std::io::Error::other(format!("short write: {written} of {expected} bytes"));
+                        shared.fail(WalError::io("writing", &path, error));
+                        break;
+                    }
+                    Err(error) => {
+                        shared.fail(WalError::io("writing", &path, error));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Let a preallocation in flight finish, so no operation outlives the log;
+    // the spare file is removed on the next open.
+    if let Some(handle) = spare {
+        let _ = handle.await;
+    }
+    shared.syncer_wake.notify_one();
+}
+
+/// Turns the spare into the active segment and starts preallocating the next.
+async fn switch_segment(
+    shared: &Rc<Shared>,
+    spare: &mut Option<tokio::task::JoinHandle<Result<Spare, WalError>>>,
+    first_index: Index,
+) -> Result<(), WalError> {
+    let config = &shared.config;
+    let ready = match spare.take() {
+        Some(handle) => handle.await.map_err(|error| WalError::Io {
+            op: "preallocating a segment in",
+            path: config.dir.clone(),
+            source: std::sync::Arc::new(std::io::Error::other(error.to_string())),
+        })??,
+        None => {
+            let sequence = take_sequence(shared);
+            segment::create_spare(config.dir.clone(), sequence, config.segment_bytes).await?
+        }
+    };
+    let (meta, file) = segment::activate(&config.dir, ready, first_index).await?;
+    let next_sequence = take_sequence(shared);
+    *spare = Some(tokio_uring::spawn(segment::create_spare(config.dir.clone(), next_sequence, config.segment_bytes)));
+    let mut state = shared.state.borrow_mut();
+    assert_eq!(state.started.bytes, state.durable.bytes, "switch only with nothing unsynced");
+    state.segments.push(meta);
+    state.active = Some(Active { file: Rc::new(file), offset: 0 });
+    state.force_switch = false;
+    Ok(())
+}
+
+fn take_sequence(shared: &Shared) -> u64 {
+    let mut state = shared.state.borrow_mut();
+    let sequence = state.sequence_next;
+    state.sequence_next += 1;
+    sequence
+}
+
+/// The syncer task: one `fdatasync` per round covers every completed write.
+pub(crate) async fn run_syncer(shared: Rc<Shared>) {
+    loop {
+        let target = {
+            let state = shared.state.borrow();
+            if state.failed.is_some() {
+                break;
+            }
+            if state.written.sequence > state.durable.sequence {
+                Some((state.written, state.written_file.clone().expect("a completed write names its file")))
+            } else if state.closing && state.durable.sequence == state.submitted.sequence {
+                break;
+            } else {
+                None
+            }
+        };
+        let Some((target, file)) = target else {
+            shared.syncer_wake.notified().await;
+            continue;
+        };
+        if let Err(error) = file.sync_data().await {
+            let path = shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
+            shared.fail(WalError::io("syncing", &path, error));
+            break;
+        }
+        {
+            let mut state = shared.state.borrow_mut();
+            if state.failed.is_some() {
+                break;
+            }
+            assert!(target.sequence > state.durable.sequence, "durability only advances");
+            state.durable = target;
+        }
+        shared.progress.notify_waiters();
+        shared.writer_wake.notify_one();
+    }
+    shared.progress.notify_waiters();
+}

@@ -1,0 +1,92 @@
+//! The WAL's configuration: where it lives, whose it is, and its named bounds.
+
+use std::path::PathBuf;
+
+use crate::error::WalError;
+
+/// The most records one write carries: one iovec each, and Linux caps a
+/// `writev` at `IOV_MAX` (1024) iovecs.
+pub const WRITE_RECORDS_MAX: usize = 512;
+
+/// The largest `write_bytes_max` accepted. Recovery treats up to twice the
+/// configured `write_bytes_max` after a damaged record as a possibly torn tail,
+/// so this keeps that window small.
+pub const WRITE_BYTES_MAX_LIMIT: usize = 16 << 20;
+
+/// How to open a WAL directory.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// The data directory. It must exist; the WAL initializes it when empty.
+    pub dir: PathBuf,
+    /// The cluster this log belongs to; checked against the IDENTITY file.
+    pub cluster_id: u64,
+    /// This node's id; checked against the IDENTITY file.
+    pub node_id: u64,
+    /// Size of each preallocated segment file.
+    pub segment_bytes: u64,
+    /// The most bytes one group write carries. Together with pipelining this
+    /// bounds the bytes written but not yet synced to `2 * write_bytes_max`,
+    /// which is the torn-tail window recovery tolerates. Lowering it after an
+    /// unclean shutdown can make recovery refuse a tail it would have cut.
+    pub write_bytes_max: usize,
+    /// The most bytes submitted but not yet durable; beyond it `append` returns
+    /// [`WalError::QueueFull`] (back-pressure for the driver).
+    pub queued_bytes_max: usize,
+    /// The largest single batch `append` accepts.
+    pub batch_bytes_max: usize,
+    /// The largest snapshot file `load_snapshot` reads.
+    pub snapshot_bytes_max: u64,
+}
+
+impl WalConfig {
+    /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
+    /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots.
+    pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
+        WalConfig {
+            dir: dir.into(),
+            cluster_id,
+            node_id,
+            segment_bytes: 64 << 20,
+            write_bytes_max: 1 << 20,
+            queued_bytes_max: 64 << 20,
+            batch_bytes_max: 1 << 20,
+            snapshot_bytes_max: 4 << 30,
+        }
+    }
+
+    /// The bytes after a damaged record in the last segment within which valid
+    /// records may still be a torn tail: at most two group writes are ever
+    /// unsynced at once (one syncing, one being written).
+    pub(crate) fn tail_window_bytes(&self) -> u64 {
+        2 * self.write_bytes_max as u64
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), WalError> {
+        let fail = |reason: String| Err(WalError::Config { reason });
+        if self.write_bytes_max == 0 || self.write_bytes_max > WRITE_BYTES_MAX_LIMIT {
+            return fail(format!("write_bytes_max {} outside [1, {WRITE_BYTES_MAX_LIMIT}]", self.write_bytes_max));
+        }
+        if self.batch_bytes_max > self.write_bytes_max {
+            return fail(format!(
+                "batch_bytes_max {} exceeds write_bytes_max {}: one batch must fit one write",
+                self.batch_bytes_max, self.write_bytes_max
+            ));
+        }
+        if self.batch_bytes_max > engine::batch::BATCH_BYTES_LIMIT {
+            return fail(format!("batch_bytes_max {} exceeds the batch format's limit", self.batch_bytes_max));
+        }
+        if self.segment_bytes < self.batch_bytes_max as u64 {
+            return fail(format!(
+                "segment_bytes {} is smaller than batch_bytes_max {}: a batch must fit one segment",
+                self.segment_bytes, self.batch_bytes_max
+            ));
+        }
+        if self.queued_bytes_max < self.batch_bytes_max {
+            return fail(format!(
+                "queued_bytes_max {} is smaller than batch_bytes_max {}",
+                self.queued_bytes_max, self.batch_bytes_max
+            ));
+        }
+        Ok(())
+    }
+}

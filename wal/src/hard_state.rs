@@ -1,0 +1,219 @@
+//! The hard state (term, vote, commit) in two checksummed slots written
+//! alternately.
+//!
+//! A save overwrites the older slot with a higher sequence number and
+//! `fdatasync`s. A crash during the write can damage only that slot, and the
+//! other still holds the previous value, so a reader always finds the old or the
+//! new hard state. The cost is one small write and one `fdatasync`, with no
+//! rename or directory sync on the path that gates vote replies.
+//!
+//! A slot with a bad checksum next to a good one is read as the torn write it
+//! most likely is; the price is that a bit flip in the newer slot falls back to
+//! the previous value (both slots damaged is refused).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use engine::HardState;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::error::WalError;
+
+/// The hard-state file's name.
+pub const HARD_STATE_FILE: &str = "HARDSTATE";
+/// Bytes per slot: one sector, so that on most devices a slot write is atomic
+/// and a torn write never spans both slots.
+pub const SLOT_SIZE: usize = 512;
+/// Slots in the file.
+pub const SLOT_COUNT: usize = 2;
+
+const SLOT_MAGIC: [u8; 8] = *b"RAFTHARD";
+
+/// One slot's layout; the rest of the slot is zero.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct SlotRecord {
+    /// crc32c over bytes 4..SLOT_RECORD_SIZE.
+    crc: U32,
+    reserved: U32,
+    magic: [u8; 8],
+    /// Which save wrote this slot; the higher valid one wins.
+    sequence: U64,
+    term: U64,
+    vote: U64,
+    commit: U64,
+}
+
+const SLOT_RECORD_SIZE: usize = 48;
+const _: () = assert!(size_of::<SlotRecord>() == SLOT_RECORD_SIZE);
+const _: () = assert!(SLOT_RECORD_SIZE <= SLOT_SIZE);
+
+/// What a slot holds.
+#[derive(Debug)]
+enum Slot {
+    Empty,
+    Valid { sequence: u64, hard_state: HardState },
+    Damaged { reason: String },
+}
+
+impl Slot {
+    fn describe(&self) -> String {
+        match self {
+            Slot::Empty => "empty".into(),
+            Slot::Valid { sequence, .. } => format!("valid, sequence {sequence}"),
+            Slot::Damaged { reason } => format!("damaged ({reason})"),
+        }
+    }
+}
+
+fn decode_slot(raw: &[u8]) -> Slot {
+    debug_assert_eq!(raw.len(), SLOT_SIZE);
+    if raw.iter().all(|&byte| byte == 0) {
+        return Slot::Empty;
+    }
+    let (record, _) = SlotRecord::ref_from_prefix(raw).expect("a slot holds a record");
+    let computed = crc32c::crc32c(&raw[4..SLOT_RECORD_SIZE]);
+    if record.crc.get() != computed {
+        return Slot::Damaged { reason: format!("crc32c {:#010x} != stored {:#010x}", computed, record.crc.get()) };
+    }
+    if record.magic != SLOT_MAGIC {
+        return Slot::Damaged { reason: "bad magic".into() };
+    }
+    if raw[SLOT_RECORD_SIZE..].iter().any(|&byte| byte != 0) {
+        return Slot::Damaged { reason: "padding is not zero".into() };
+    }
+    Slot::Valid {
+        sequence: record.sequence.get(),
+        hard_state: HardState { term: record.term.get(), vote: record.vote.get(), commit: record.commit.get() },
+    }
+}
+
+fn encode_slot(sequence: u64, hard_state: HardState) -> Vec<u8> {
+    let mut record = SlotRecord {
+        crc: U32::new(0),
+        reserved: U32::new(0),
+        magic: SLOT_MAGIC,
+        sequence: U64::new(sequence),
+        term: U64::new(hard_state.term),
+        vote: U64::new(hard_state.vote),
+        commit: U64::new(hard_state.commit),
+    };
+    record.crc = U32::new(crc32c::crc32c(&record.as_bytes()[4..]));
+    let mut slot = vec![0u8; SLOT_SIZE];
+    slot[..SLOT_RECORD_SIZE].copy_from_slice(record.as_bytes());
+    slot
+}
+
+/// Creates the hard-state file holding the default hard state. Blocking; part
+/// of directory initialization.
+pub(crate) fn initialize(dir: &Path) -> Result<(), WalError> {
+    let mut raw = encode_slot(1, HardState::default());
+    raw.resize(SLOT_SIZE * SLOT_COUNT, 0);
+    crate::dir::write_file_atomically(dir, HARD_STATE_FILE, &raw)
+}
+
+/// Reads the newest valid hard state and its sequence number. Blocking; used
+/// on open.
+pub(crate) fn load(dir: &Path) -> Result<(HardState, u64), WalError> {
+    let path = dir.join(HARD_STATE_FILE);
+    let raw = fs::read(&path).map_err(|error| WalError::io("reading", &path, error))?;
+    decode_file(&path, &raw)
+}
+
+fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64), WalError> {
+    if raw.len() != SLOT_SIZE * SLOT_COUNT {
+        return Err(WalError::corrupt(
+            path,
+            0,
+            format!("a file of {} bytes", SLOT_SIZE * SLOT_COUNT),
+            format!("{} bytes", raw.len()),
+        ));
+    }
+    let slots: Vec<Slot> = raw.chunks_exact(SLOT_SIZE).map(decode_slot).collect();
+    let best = slots
+        .iter()
+        .filter_map(|slot| match slot {
+            Slot::Valid { sequence, hard_state } => Some((*sequence, *hard_state)),
+            _ => None,
+        })
+        .max_by_key(|(sequence, _)| *sequence);
+    match best {
+        Some((sequence, hard_state)) => Ok((hard_state, sequence)),
+        None => Err(WalError::corrupt(
+            path,
+            0,
+            "at least one valid hard-state slot",
+            format!("slot 0 (offset 0) {}; slot 1 (offset {SLOT_SIZE}) {}", slots[0].describe(), slots[1].describe()),
+        )),
+    }
+}
+
+/// Writes hard states into the slots in turn.
+///
+/// Invariant: `sequence` is the highest sequence on disk, held by slot
+/// `sequence % 2`; the next save goes to the other slot.
+pub(crate) struct HardStateWriter {
+    file: tokio_uring::fs::File,
+    path: PathBuf,
+    sequence: u64,
+}
+
+impl HardStateWriter {
+    pub(crate) fn open(dir: &Path, sequence: u64) -> Result<HardStateWriter, WalError> {
+        let path = dir.join(HARD_STATE_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|error| WalError::io("opening", &path, error))?;
+        Ok(HardStateWriter { file: tokio_uring::fs::File::from_std(file), path, sequence })
+    }
+
+    /// Durably replaces the hard state: write the older slot, then
+    /// `fdatasync`. On error the caller must stop using the log: which slot
+    /// holds what is then unknown until the next open reads it back.
+    pub(crate) async fn save(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        let sequence = self.sequence + 1;
+        let slot = (sequence % SLOT_COUNT as u64) as usize;
+        let (result, _) = self.file.write_all_at(encode_slot(sequence, hard_state), (slot * SLOT_SIZE) as u64).await;
+        result.map_err(|error| WalError::io("writing", &self.path, error))?;
+        self.file.sync_data().await.map_err(|error| WalError::io("syncing", &self.path, error))?;
+        self.sequence = sequence;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(slots: [Option<(u64, HardState)>; 2]) -> Vec<u8> {
+        let mut raw = vec![0u8; SLOT_SIZE * SLOT_COUNT];
+        for (index, slot) in slots.iter().enumerate() {
+            if let Some((sequence, hard_state)) = slot {
+                raw[index * SLOT_SIZE..(index + 1) * SLOT_SIZE].copy_from_slice(&encode_slot(*sequence, *hard_state));
+            }
+        }
+        raw
+    }
+
+    #[test]
+    fn newest_valid_slot_wins_and_a_torn_newer_slot_falls_back() {
+        let old = HardState { term: 3, vote: 1, commit: 7 };
+        let new = HardState { term: 4, vote: 2, commit: 9 };
+        let mut raw = file_with([Some((2, new)), Some((1, old))]);
+        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 2));
+        raw[20] ^= 0x10;
+        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (old, 1));
+        raw[SLOT_SIZE + 20] ^= 0x10;
+        let error = decode_file(Path::new("h"), &raw).unwrap_err();
+        assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
+    }
+
+    #[test]
+    fn wrong_size_and_all_zero_files_are_refused() {
+        assert!(decode_file(Path::new("h"), &[0u8; 100]).is_err());
+        assert!(decode_file(Path::new("h"), &[0u8; SLOT_SIZE * SLOT_COUNT]).is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! Recovery on open: read every segment, verify every record, cut a torn tail,
+//! refuse corruption anywhere else, and replay the records into the log the
+//! engine restarts from.
+//!
+//! # What counts as a torn tail
+//!
+//! The writer keeps at most `2 * write_bytes_max` bytes written but not yet
+//! synced, all of them in the newest segment: it drains the pipeline before it
+//! switches segments. After a crash, any of those bytes may be missing, so a
+//! damaged record can be followed by intact ones that were never reported
+//! durable. Recovery therefore reads a damaged record (or a non-zero byte in the
+//! zeroed space after the last record) in the newest segment as a torn tail when
+//! no valid record starts more than that window after it, and cuts the log
+//! there, zeroing the rest of the segment durably so that stale bytes never
+//! come back. Damage anywhere else, or with a valid record beyond the window,
+//! is refused with [`WalError::Corrupt`] naming the file and offset.
+//!
+//! Damage to durable records inside the window is indistinguishable from a
+//! torn write; like every write-ahead log that trusts its tail, this one cuts
+//! it.
+//!
+//! # Replay
+//!
+//! Records are applied in segment-sequence order. A record whose first index is
+//! at or below the current last index replaces the suffix from there (a Raft
+//! conflict truncation is just such a record, so it is durable exactly when the
+//! record is). Entries at or below the snapshot index are dropped.
+
+use std::fs;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use engine::batch::{peek_batch_length, BATCH_HEADER_SIZE, BATCH_MAGIC, BATCH_VERSION};
+use engine::{Entry, EntryBatch, Index};
+
+use crate::config::WalConfig;
+use crate::dir::{list_with_suffix, sync_dir_blocking};
+use crate::error::WalError;
+use crate::segment::{parse_segment_name, SegmentMeta, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
+use crate::snapshot::StoredSnapshot;
+
+/// Where a record lies in a segment buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordSpan {
+    pub offset: usize,
+    pub length: usize,
+}
+
+/// The outcome of scanning one segment's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Verified records, in file order.
+    pub records: Vec<RecordSpan>,
+    /// Where the records end: the next write position.
+    pub end: usize,
+    /// Whether bytes after `end` are not zero and must be zeroed (a cut tail).
+    pub torn: bool,
+}
+
+/// Scans a segment's bytes. `is_newest` selects the torn-tail rule (see the
+/// module documentation); `window` is the unsynced-bytes bound.
+pub(crate) fn scan(path: &Path, buf: &Bytes, is_newest: bool, window: usize, batch_limit: usize) -> Result<Scan, WalError> {
+    let mut records = Vec::new();
+    let mut position = 0;
+    let (expected, found) = loop {
+        let rest = &buf[position..];
+        let header_length = rest.len().min(BATCH_HEADER_SIZE);
+        if rest[..header_length].iter().all(|&byte| byte == 0) {
+            // Preallocated space: the records end here, and so must every
+            // non-zero byte.
+            match rest.iter().position(|&byte| byte != 0) {
+                None => return Ok(Scan { records, end: position, torn: false }),
+                Some(at) => break ("only zeros after the last record".to_string(), format!("a non-zero byte at offset {}", position + at)),
+            }
+        }
+        let length = match peek_batch_length(rest, batch_limit) {
+            Ok(Some(length)) => length,
+            Ok(None) => break ("a batch header".to_string(), format!("{} bytes before the end of the file", rest.len())),
+            Err(error) => break ("a batch header".to_string(), error.to_string()),
+        };
+        if length > rest.len() {
+            break (format!("a batch of {length} bytes"), format!("the file ends after {} bytes", rest.len()));
+        }
+        if let Err(error) = EntryBatch::decode(&buf.slice(position..position + length), batch_limit) {
+            break (format!("a valid batch of {length} bytes"), error.to_string());
+        }
+        records.push(RecordSpan { offset: position, length });
+        position += length;
+    };
+    if !is_newest {
+        return Err(WalError::corrupt(path, position as u64, expected, found));
+    }
+    if let Some(valid) = find_valid_batch(buf, position.saturating_add(window).saturating_add(1), batch_limit) {
+        return Err(WalError::corrupt(
+            path,
+            position as u64,
+            expected,
+            format!("{found}, and a valid record at offset {valid}, beyond the {window}-byte torn-tail window"),
+        ));
+    }
+    Ok(Scan { records, end: position, torn: true })
+}
+
+/// The first offset at or after `from` where a whole valid batch starts.
+fn find_valid_batch(buf: &Bytes, from: usize, batch_limit: usize) -> Option<usize> {
+    let magic = BATCH_MAGIC.to_le_bytes();
+    let last_start = buf.len().checked_sub(BATCH_HEADER_SIZE)?;
+    (from..=last_start).find(|&at| {
+        buf[at + 36..at + 38] == magic
+            && buf[at + 38] == BATCH_VERSION
+            && matches!(peek_batch_length(&buf[at..], batch_limit), Ok(Some(length)) if at + length <= buf.len()
+                && EntryBatch::decode(&buf.slice(at..at + length), batch_limit).is_ok())
+    })
+}
+
+/// The log being rebuilt from records.
+///
+/// Invariant: `entries[i].index == snapshot_index + 1 + i`.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    pub snapshot_index: Index,
+    pub entries: Vec<Entry>,
+}
+
+impl Replay {
+    pub(crate) fn last_index(&self) -> Index {
+        self.snapshot_index + self.entries.len() as u64
+    }
+
+    /// Applies one record: truncate from its first index, then append what
+    /// lies after the snapshot.
+    pub(crate) fn apply(&mut self, batch: &EntryBatch, path: &Path, offset: usize) -> Result<(), WalError> {
+        let first = batch.first_index();
+        let last = self.last_index();
+        if first > last + 1 {
+            return Err(WalError::corrupt(
+                path,
+                offset as u64,
+                format!("a batch starting at or before index {}", last + 1),
+                format!("a batch starting at index {first} (a gap: a record is missing)"),
+            ));
+        }
+        let keep = first.max(self.snapshot_index + 1) - self.snapshot_index - 1;
+        self.entries.truncate(keep as usize);
+        let snapshot_index = self.snapshot_index;
+        self.entries.extend(batch.entries().filter(|entry| entry.index > snapshot_index));
+        debug_assert!(self.entries.first().is_none_or(|entry| entry.index == self.snapshot_index + 1));
+        Ok(())
+    }
+}
+
+/// Everything open needs to resume writing.
+pub(crate) struct RecoveredLog {
+    pub entries: Vec<Entry>,
+    /// Live segments in sequence order; the last is where writing resumes.
+    pub segments: Vec<SegmentMeta>,
+    /// The write position in the last segment.
+    pub tail_offset: u64,
+    /// The sequence the next segment gets.
+    pub sequence_next: u64,
+}
+
+/// Recovers the log in `config.dir` on top of the stored snapshot. Blocking:
+/// this is start-up work, done before the shard serves.
+pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> Result<RecoveredLog, WalError> {
+    let dir = &config.dir;
+    let mut directory_changed = false;
+    // Spares and temporaries from an earlier run are never part of the log.
+    for leftover in list_with_suffix(dir, PREALLOC_SUFFIX)?.into_iter().chain(list_with_suffix(dir, ".tmp")?) {
+        fs::remove_file(&leftover).map_err(|error| WalError::io("removing", &leftover, error))?;
+        directory_changed = true;
+    }
+    let mut segments = Vec::new();
+    let mut sequence_seen = 0;
+    for path in list_with_suffix(dir, SEGMENT_SUFFIX)? {
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        let Some((sequence, first_index)) = parse_segment_name(name) else {
+            return Err(WalError::corrupt(&path, 0, "a segment name SEQUENCE-FIRSTINDEX.wal", name.to_string()));
+        };
+        sequence_seen = sequence_seen.max(sequence);
+        if snapshot.is_some_and(|stored| sequence < stored.segment_sequence_min) {
+            // Voided by a snapshot that disagreed with the log; its removal was
+            // interrupted.
+            fs::remove_file(&path).map_err(|error| WalError::io("removing", &path, error))?;
+            directory_changed = true;
+            continue;
+        }
+        segments.push(SegmentMeta { sequence, first_index, path, index_max: 0 });
+    }
+    if directory_changed {
+        sync_dir_blocking(dir)?;
+    }
+    let sequence_floor = snapshot.map_or(1, |stored| stored.segment_sequence_min);
+    let mut replay = Replay { snapshot_index: snapshot.map_or(0, |stored| stored.meta.index), entries: Vec::new() };
+    let mut tail_offset = 0;
+    let segment_count = segments.len();
+    for (position, segment) in segments.iter_mut().enumerate() {
+        let is_newest = position + 1 == segment_count;
+        let raw = fs::read(&segment.path).map_err(|error| WalError::io("reading", &segment.path, error))?;
+        let raw = Bytes::from(raw);
+        let scan = scan(&segment.path, &raw, is_newest, config.tail_window_bytes() as usize, config.batch_bytes_max)?;
+        if scan.torn {
+            zero_tail(&segment.path, scan.end as u64, raw.len() as u64)?;
+        }
+        // Entries borrow this buffer for as long as the engine holds them;
+        // keep only the records, not the preallocated zeros after them.
+        let bytes = if scan.end < raw.len() { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw };
+        for (number, span) in scan.records.iter().enumerate() {
+            let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), config.batch_bytes_max)
+                .map_err(|error| WalError::corrupt(&segment.path, span.offset as u64, "a valid batch", error.to_string()))?;
+            if number == 0 && batch.first_index() != segment.first_index {
+                return Err(WalError::corrupt(
+                    &segment.path,
+                    0,
+                    format!("a first record at index {} (the file's name)", segment.first_index),
+                    format!("index {}", batch.first_index()),
+                ));
+            }
+            segment.index_max = segment.index_max.max(batch.last_index());
+            replay.apply(&batch, &segment.path, span.offset)?;
+        }
+        tail_offset = scan.end as u64;
+    }
+    Ok(RecoveredLog {
+        entries: replay.entries,
+        segments,
+        tail_offset,
+        sequence_next: (sequence_seen + 1).max(sequence_floor),
+    })
+}
+
+/// Zeroes `[from, to)` of a segment and syncs it, so a cut tail stays cut.
+fn zero_tail(path: &PathBuf, from: u64, to: u64) -> Result<(), WalError> {
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(|error| WalError::io("opening", path, error))?;
+    if to > from {
+        // SAFETY: fallocate on a valid, owned descriptor has no memory-safety
+        // preconditions.
+        let result =
+            unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, from as libc::off_t, (to - from) as libc::off_t) };
+        if result != 0 {
+            // Not every file system zeroes ranges; write the zeros instead.
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; (to - from) as usize];
+            file.write_all_at(&zeros, from).map_err(|error| WalError::io("zeroing the torn tail of", path, error))?;
+        }
+    }
+    file.sync_data().map_err(|error| WalError::io("syncing", path, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::EntryKind;
+
+    fn batch(first: Index, count: u64, term: u64) -> Vec<u8> {
+        let entries: Vec<Entry> = (first..first + count)
+            .map(|index| Entry { index, term, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; 20]) })
+            .collect();
+        EntryBatch::encode(&entries).as_bytes().to_vec()
+    }
+
+    fn segment(batches: &[Vec<u8>], size: usize) -> Vec<u8> {
+        let mut raw: Vec<u8> = batches.concat();
+        raw.resize(size, 0);
+        raw
+    }
+
+    const LIMIT: usize = 1 << 20;
+
+    #[test]
+    fn clean_segment_ends_at_zeros() {
+        let raw = segment(&[batch(1, 3, 1), batch(4, 2, 1)], 1000);
+        let scan = scan(Path::new("s"), &Bytes::from(raw), false, 64, LIMIT).unwrap();
+        assert_eq!(scan.records.len(), 2);
+        assert!(!scan.torn);
+    }
+
+    #[test]
+    fn torn_newest_tail_is_cut_but_the_same_damage_in_an_older_segment_is_refused() {
+        let first = batch(1, 3, 1);
+        let mut raw = segment(&[first.clone(), batch(4, 2, 1)], 1000);
+        raw[first.len() + 50] ^= 0xff;
+        let raw = Bytes::from(raw);
+        let scan_newest = scan(Path::new("s"), &raw, true, 4096, LIMIT).unwrap();
+        assert_eq!((scan_newest.records.len(), scan_newest.end, scan_newest.torn), (1, first.len(), true));
+        let error = scan(Path::new("s"), &raw, false, 4096, LIMIT).unwrap_err();
+        assert!(matches!(error, WalError::Corrupt { offset, .. } if offset == first.len() as u64), "{error}");
+    }
+
+    #[test]
+    fn valid_record_beyond_the_window_is_corruption() {
+        let records: Vec<Vec<u8>> = (0..20).map(|i| batch(1 + 3 * i, 3, 1)).collect();
+        let mut raw = segment(&records, 8000);
+        raw[10] ^= 0x01;
+        let raw = Bytes::from(raw);
+        let error = scan(Path::new("s"), &raw, true, 256, LIMIT).unwrap_err();
+        assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
+        // With a window that covers every later record it is a torn tail.
+        assert!(scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap().torn);
+    }
+
+    #[test]
+    fn replay_truncates_conflicting_suffix_and_skips_snapshot() {
+        let mut replay = Replay { snapshot_index: 2, entries: Vec::new() };
+        let decode = |raw: Vec<u8>| EntryBatch::decode(&Bytes::from(raw), LIMIT).unwrap();
+        replay.apply(&decode(batch(1, 5, 1)), Path::new("s"), 0).unwrap();
+        assert_eq!(replay.last_index(), 5);
+        replay.apply(&decode(batch(4, 1, 2)), Path::new("s"), 0).unwrap();
+        assert_eq!(replay.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(3, 1), (4, 2)]);
+        assert!(replay.apply(&decode(batch(6, 1, 2)), Path::new("s"), 0).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! The storage seam between the node and its durable log.
+//!
+//! The node's driver is one task on a single-threaded runtime. It submits
+//! appends in log order without awaiting each one ([`LogStore::append`] queues
+//! synchronously and returns a ticket at once), keeps stepping the engine, and
+//! learns of durability through [`LogStore::durable_sequence`] or
+//! [`LogStore::wait_durable`]. Durability is reported strictly in submission
+//! order: when ticket *n* is durable, so is every ticket before it.
+
+use bytes::Bytes;
+use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta, Term};
+
+use crate::error::WalError;
+
+/// The receipt for a submitted append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendTicket {
+    /// Submission order since open, from 1. Durable tickets form a prefix.
+    pub sequence: u64,
+    pub first_index: Index,
+    /// The log's last index once this append is applied (an append replaces
+    /// any suffix from its first index, so this is the batch's last index).
+    pub last_index: Index,
+    pub last_term: Term,
+}
+
+/// A durable Raft log: entries, hard state and the latest snapshot.
+///
+/// Semantics every implementation shares (the conformance suite in
+/// [`crate::testing`] checks them):
+/// - `append` of a batch whose first index is at or below the last index
+///   replaces the log from that index (a conflict truncation); the truncation
+///   is durable no later than the append itself.
+/// - `save_snapshot` waits until every submitted append is durable, then stores
+///   the snapshot. Entries it covers are dropped; entries after it are kept only
+///   if the log holds the snapshot's index with the snapshot's term (Raft paper
+///   section 7), otherwise the whole log is discarded and the next append must
+///   start right after the snapshot.
+/// - `compact(index)` frees log space up to `index`, which the stored snapshot
+///   must cover; it never changes what `open` recovers.
+/// - `save_hard_state` is not ordered with appends; a node that needs
+///   `commit <= last durable index` after a crash saves the hard state after
+///   the entries are durable.
+#[allow(async_fn_in_trait)] // Single-threaded by design: no `Send` bound wanted.
+pub trait LogStore: Sized {
+    /// What `open` needs to find (and, when new, create) the store.
+    type Options;
+
+    /// Opens the store and recovers what it holds.
+    async fn open(options: Self::Options) -> Result<(Self, Recovered), WalError>;
+
+    /// Queues `batch` for durable append and returns at once. Errors leave the
+    /// log unchanged: a bad position ([`WalError::Gap`],
+    /// [`WalError::BeforeSnapshot`]), back-pressure ([`WalError::QueueFull`]:
+    /// wait for durability and retry), or a stopped log.
+    fn append(&self, batch: EntryBatch) -> Result<AppendTicket, WalError>;
+
+    /// The sequence of the last durable append (0 before any).
+    fn durable_sequence(&self) -> u64;
+
+    /// The log's last index as of the last durable append (or as recovered).
+    fn durable_index(&self) -> Index;
+
+    /// The log's last index as of the last submitted append.
+    fn last_index(&self) -> Index;
+
+    /// Resolves once the append with `sequence` (and all before it) is
+    /// durable, or with the error that stopped the log.
+    async fn wait_durable(&self, sequence: u64) -> Result<(), WalError>;
+
+    /// Durably replaces the hard state (atomically: a crash leaves the old or
+    /// the new value).
+    async fn save_hard_state(&self, hard_state: HardState) -> Result<(), WalError>;
+
+    /// Durably stores a snapshot, replacing the previous one (see the trait
+    /// documentation for what happens to the log).
+    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError>;
+
+    /// The latest stored snapshot and its bytes.
+    async fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Bytes)>, WalError>;
+
+    /// Frees log space up to `index` (at most the snapshot's index).
+    async fn compact(&self, index: Index) -> Result<(), WalError>;
+
+    /// Waits for every submitted append to be durable and releases the store.
+    async fn close(self) -> Result<(), WalError>;
+}

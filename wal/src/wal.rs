@@ -1,0 +1,351 @@
+//! [`Wal`]: the io_uring log store, tying the directory, recovery, the commit
+//! pipeline, the hard state and snapshots together.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta};
+use tokio::sync::{Mutex, Notify};
+
+use crate::commit::{run_syncer, run_writer, Active, Mark, Queued, Shared, State};
+use crate::config::WalConfig;
+use crate::error::WalError;
+use crate::hard_state::{self, HardStateWriter, HARD_STATE_FILE};
+use crate::segment::{self, SEGMENT_SUFFIX};
+use crate::snapshot::{self, StoredSnapshot, SNAPSHOT_FILE};
+use crate::store::{AppendTicket, LogStore};
+use crate::terms::TermLog;
+use crate::{dir, recovery};
+
+/// The write-ahead log of one shard on io_uring. Single-threaded (`!Send`):
+/// open it, and use it, on the shard's tokio-uring runtime.
+pub struct Wal {
+    shared: Rc<Shared>,
+    hard_state: Mutex<HardStateWriter>,
+    /// Serializes snapshot, compaction and close with each other.
+    exclusive: Mutex<()>,
+    tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// Holds the directory's `flock` for as long as the log is open.
+    _lock: std::fs::File,
+}
+
+impl Wal {
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &WalConfig {
+        &self.shared.config
+    }
+
+    /// Bytes submitted but not yet durable (what `queued_bytes_max` bounds).
+    pub fn queued_bytes(&self) -> usize {
+        let state = self.shared.state.borrow();
+        (state.submitted.bytes - state.durable.bytes) as usize
+    }
+
+    fn check_usable(state: &State) -> Result<(), WalError> {
+        if let Some(cause) = &state.failed {
+            return Err(WalError::Stopped { cause: Box::new(cause.clone()) });
+        }
+        if state.closing {
+            return Err(WalError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Pauses the writer after the current submissions and waits until they
+    /// are durable; the caller must clear `write_limit` afterwards.
+    async fn drain(&self) -> Result<(), WalError> {
+        let target = {
+            let mut state = self.shared.state.borrow_mut();
+            state.write_limit = Some(state.submitted.sequence);
+            state.submitted.sequence
+        };
+        self.wait_durable(target).await
+    }
+
+    fn resume(&self) {
+        self.shared.state.borrow_mut().write_limit = None;
+        self.shared.writer_wake.notify_one();
+    }
+
+    async fn store_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+        let config = &self.shared.config;
+        let (stored, voided) = {
+            let state = self.shared.state.borrow();
+            let keep = state.log.term(meta.index) == Some(meta.term);
+            let sequence_min = if keep {
+                state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min)
+            } else {
+                // Void every segment there is; the next one starts the log anew.
+                state.segments.iter().map(|segment| segment.sequence + 1).max().unwrap_or(0).max(
+                    state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min),
+                )
+            };
+            (StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }, !keep)
+        };
+        snapshot::save(&config.dir, &stored, &data).await?;
+        let removed = {
+            let mut state = self.shared.state.borrow_mut();
+            state.log.install_snapshot(meta.index, meta.term, !voided);
+            state.snapshot = Some(stored);
+            if voided {
+                assert_eq!(state.started, state.durable, "voiding only a drained log");
+                state.active = None;
+                state.written_file = None;
+                state.force_switch = true;
+                let last = state.log.last_index;
+                state.durable.index = last;
+                state.written.index = last;
+                state.started.index = last;
+                state.submitted.index = last;
+                state.segments.drain(..).map(|segment| segment.path).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        segment::remove(&config.dir, &removed).await
+    }
+}
+
+impl LogStore for Wal {
+    type Options = WalConfig;
+
+    /// Opens (initializing when empty) the data directory, recovers the log,
+    /// and starts the commit pipeline. Must run inside a tokio-uring runtime;
+    /// check [`crate::io_uring_available`] before starting one.
+    async fn open(config: WalConfig) -> Result<(Wal, Recovered), WalError> {
+        config.validate()?;
+        let lock = dir::lock_dir(&config.dir)?;
+        if !dir::check_identity(&config.dir, config.cluster_id, config.node_id)? {
+            let leftovers = [SEGMENT_SUFFIX, HARD_STATE_FILE, SNAPSHOT_FILE]
+                .iter()
+                .map(|suffix| dir::list_with_suffix(&config.dir, suffix).map(|paths| paths.len()))
+                .sum::<Result<usize, WalError>>()?;
+            if leftovers > 0 {
+                return Err(WalError::MissingIdentity { path: config.dir.clone() });
+            }
+            hard_state::initialize(&config.dir)?;
+            dir::write_identity(&config.dir, config.cluster_id, config.node_id)?;
+        }
+        let (hard_state, hard_state_sequence) = hard_state::load(&config.dir)?;
+        let stored = snapshot::load_blocking(&config.dir)?.map(|(stored, _)| stored);
+        let recovered = recovery::recover(&config, stored.as_ref())?;
+
+        let mut log = stored.as_ref().map_or_else(TermLog::default, |s| TermLog::new(s.meta.index, s.meta.term));
+        for entry in &recovered.entries {
+            log.append_entry(entry.index, entry.term);
+        }
+        let active = match recovered.segments.last() {
+            Some(last) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(|error| WalError::io("opening", &last.path, error))?;
+                Some(Active { file: Rc::new(tokio_uring::fs::File::from_std(file)), offset: recovered.tail_offset })
+            }
+            None => None,
+        };
+        let start = Mark { sequence: 0, index: log.last_index, bytes: 0 };
+        let state = State {
+            queue: VecDeque::new(),
+            submitted: start,
+            started: start,
+            written: start,
+            written_file: None,
+            durable: start,
+            log,
+            snapshot: stored.clone(),
+            segments: recovered.segments,
+            active,
+            force_switch: false,
+            write_limit: None,
+            sequence_next: recovered.sequence_next + 1,
+            failed: None,
+            closing: false,
+        };
+        let hard_state_writer = HardStateWriter::open(&config.dir, hard_state_sequence)?;
+        // Preallocate the next segment now, ahead of need.
+        let spare = tokio_uring::spawn(segment::create_spare(
+            config.dir.clone(),
+            recovered.sequence_next,
+            config.segment_bytes,
+        ));
+        let shared = Rc::new(Shared {
+            config,
+            state: RefCell::new(state),
+            progress: Notify::new(),
+            writer_wake: Notify::new(),
+            syncer_wake: Notify::new(),
+        });
+        let tasks = vec![
+            tokio_uring::spawn(run_writer(shared.clone(), Some(spare))),
+            tokio_uring::spawn(run_syncer(shared.clone())),
+        ];
+        let wal = Wal {
+            shared,
+            hard_state: Mutex::new(hard_state_writer),
+            exclusive: Mutex::new(()),
+            tasks: RefCell::new(tasks),
+            _lock: lock,
+        };
+        let recovered = Recovered { hard_state, snapshot: stored.map(|stored| stored.meta), entries: recovered.entries };
+        Ok((wal, recovered))
+    }
+
+    fn append(&self, batch: EntryBatch) -> Result<AppendTicket, WalError> {
+        let config = &self.shared.config;
+        let mut state = self.shared.state.borrow_mut();
+        Self::check_usable(&state)?;
+        let length = batch.len_bytes();
+        if length > config.batch_bytes_max {
+            return Err(WalError::BatchTooLarge { length, batch_bytes_max: config.batch_bytes_max });
+        }
+        let first = batch.first_index();
+        if first <= state.log.snapshot_index {
+            return Err(WalError::BeforeSnapshot { first, snapshot: state.log.snapshot_index });
+        }
+        if first > state.log.last_index + 1 {
+            return Err(WalError::Gap { first, last: state.log.last_index });
+        }
+        if state.write_limit.is_some() {
+            // A snapshot is being stored; its outcome decides where the log
+            // continues, so appends wait for it.
+            return Err(WalError::SnapshotInProgress);
+        }
+        let queued_bytes = (state.submitted.bytes - state.durable.bytes) as usize;
+        if queued_bytes + length > config.queued_bytes_max {
+            return Err(WalError::QueueFull { queued_bytes, queued_bytes_max: config.queued_bytes_max });
+        }
+        state.log.append(&batch);
+        let sequence = state.submitted.sequence + 1;
+        state.submitted =
+            Mark { sequence, index: batch.last_index(), bytes: state.submitted.bytes + length as u64 };
+        let ticket = AppendTicket {
+            sequence,
+            first_index: first,
+            last_index: batch.last_index(),
+            last_term: batch.last_term(),
+        };
+        state.queue.push_back(Queued { sequence, batch });
+        drop(state);
+        self.shared.writer_wake.notify_one();
+        Ok(ticket)
+    }
+
+    fn durable_sequence(&self) -> u64 {
+        self.shared.state.borrow().durable.sequence
+    }
+
+    fn durable_index(&self) -> Index {
+        self.shared.state.borrow().durable.index
+    }
+
+    fn last_index(&self) -> Index {
+        self.shared.state.borrow().log.last_index
+    }
+
+    async fn wait_durable(&self, sequence: u64) -> Result<(), WalError> {
+        loop {
+            let mut notified = pin!(self.shared.progress.notified());
+            notified.as_mut().enable();
+            {
+                let state = self.shared.state.borrow();
+                assert!(sequence <= state.submitted.sequence, "waiting for append {sequence}, never submitted");
+                if state.durable.sequence >= sequence {
+                    return Ok(());
+                }
+                if let Some(cause) = &state.failed {
+                    return Err(WalError::Stopped { cause: Box::new(cause.clone()) });
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn save_hard_state(&self, hard_state: HardState) -> Result<(), WalError> {
+        let mut writer = self.hard_state.lock().await;
+        Self::check_usable(&self.shared.state.borrow())?;
+        let result = writer.save(hard_state).await;
+        if let Err(error) = &result {
+            self.shared.fail(error.clone());
+        }
+        result
+    }
+
+    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+        let _exclusive = self.exclusive.lock().await;
+        {
+            let state = self.shared.state.borrow();
+            Self::check_usable(&state)?;
+            if meta.index < state.log.snapshot_index {
+                return Err(WalError::SnapshotStale { index: meta.index, current: state.log.snapshot_index });
+            }
+        }
+        let result = match self.drain().await {
+            Ok(()) => self.store_snapshot(meta, data).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            if error.is_fatal() {
+                self.shared.fail(error.clone());
+            }
+        }
+        self.resume();
+        result
+    }
+
+    async fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Bytes)>, WalError> {
+        let config = &self.shared.config;
+        let loaded = snapshot::load(&config.dir, config.snapshot_bytes_max).await?;
+        Ok(loaded.map(|(stored, data)| (stored.meta, data)))
+    }
+
+    async fn compact(&self, index: Index) -> Result<(), WalError> {
+        let _exclusive = self.exclusive.lock().await;
+        let removed: Vec<std::path::PathBuf> = {
+            let mut state = self.shared.state.borrow_mut();
+            Self::check_usable(&state)?;
+            if index > state.log.snapshot_index {
+                return Err(WalError::CompactBeyondSnapshot { index, snapshot: state.log.snapshot_index });
+            }
+            // Only a prefix of whole segments, never the one being written:
+            // what stays must still replay without a gap.
+            let candidates = state.segments.len().saturating_sub(1);
+            let count = state.segments[..candidates].iter().take_while(|segment| segment.index_max <= index).count();
+            state.segments.drain(..count).map(|segment| segment.path).collect()
+        };
+        let result = segment::remove(&self.shared.config.dir, &removed).await;
+        if let Err(error) = &result {
+            self.shared.fail(error.clone());
+        }
+        result
+    }
+
+    async fn close(self) -> Result<(), WalError> {
+        let _exclusive = self.exclusive.lock().await;
+        let target = {
+            let mut state = self.shared.state.borrow_mut();
+            state.closing = true;
+            state.submitted.sequence
+        };
+        self.shared.wake_all();
+        let result = self.wait_durable(target).await;
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        for task in tasks {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+impl Drop for Wal {
+    /// A log dropped without `close` finishes writing what was submitted (its
+    /// tasks run until the queue is empty) but reports nothing further.
+    fn drop(&mut self) {
+        self.shared.state.borrow_mut().closing = true;
+        self.shared.wake_all();
+    }
+}
