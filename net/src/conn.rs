@@ -37,6 +37,8 @@ pub enum ConnError {
     UnexpectedEof { buffered: usize },
     #[error("frame for cluster {found} on a connection of cluster {expected}")]
     ClusterMismatch { expected: u64, found: u64 },
+    #[error("a message from node {message} on the connection of node {handshake}")]
+    WrongSender { handshake: u64, message: u64 },
     #[error("{kind:?} frames are not allowed on this connection")]
     UnexpectedKind { kind: FrameKind },
 }

@@ -330,6 +330,11 @@ async fn serve_peer(
         let Payload::Raft(message) = Frame::decode(raw)?.payload else {
             unreachable!("a Raft kind decodes to a Raft payload")
         };
+        // A peer speaks only for itself: a message claiming another sender is
+        // a misrouted or forged frame.
+        if message.from != from_node {
+            return Err(ConnError::WrongSender { handshake: from_node, message: message.from });
+        }
         if inbound.send(Inbound::Raft { from_node, shard_id, message }).await.is_err() {
             return Ok(()); // The owner is gone: nothing left to serve.
         }

@@ -138,3 +138,64 @@ impl OutQueue {
         count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::client::ResponseStatus;
+
+    fn response(request_id: u64) -> Outgoing {
+        Outgoing::Response {
+            shard_id: 0,
+            response: ClientResponse { request_id, status: ResponseStatus::Ok(Bytes::new()) },
+        }
+    }
+
+    fn request_id(item: &Outgoing) -> u64 {
+        match item {
+            Outgoing::Response { response, .. } => response.request_id,
+            Outgoing::Raft { .. } => panic!("not a response"),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_makes_push_wait_instead_of_dropping() {
+        tokio_uring::start(async {
+            let queue = Rc::new(OutQueue::new(1));
+            queue.try_push(response(1)).unwrap();
+            assert_eq!(request_id(&queue.try_push(response(2)).unwrap_err()), 2);
+            let waiting = tokio_uring::spawn({
+                let queue = queue.clone();
+                async move { queue.push(response(3)).await.is_ok() }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiting.is_finished(), "push returned while the queue was full");
+            assert_eq!(queue.pop().map(|item| request_id(&item)), Some(1));
+            assert!(waiting.await.unwrap(), "push failed after space was freed");
+            assert_eq!(queue.pop().map(|item| request_id(&item)), Some(3));
+        });
+    }
+
+    #[test]
+    fn closing_gives_a_waiting_push_its_item_back() {
+        tokio_uring::start(async {
+            let queue = Rc::new(OutQueue::new(1));
+            queue.try_push(response(1)).unwrap();
+            let waiting = tokio_uring::spawn({
+                let queue = queue.clone();
+                async move { queue.push(response(2)).await.map_err(|item| request_id(&item)) }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            queue.close();
+            assert_eq!(waiting.await.unwrap(), Err(2));
+            assert!(queue.wait_ready().await, "queued frames are still written after close");
+            assert_eq!(queue.drain(), 1);
+            assert!(!queue.wait_ready().await);
+        });
+    }
+}

@@ -100,3 +100,21 @@ fn append_entries_carry_the_batch_unchanged_and_borrow_payloads() {
         assert!(range.contains(&(entry.data.as_ptr() as usize)), "entry {} was copied", entry.index);
     }
 }
+
+/// The worked example and the crc check value in PROTOCOL.md match the code.
+#[test]
+fn protocol_md_example_is_what_the_code_writes() {
+    assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    let message = Message { from: 1, to: 2, term: 5, body: MessageBody::Heartbeat { commit: 3, read_context: 0 } };
+    let bytes = Frame { cluster_id: 42, shard_id: 0, payload: Payload::Raft(message) }.to_bytes();
+    let header_prefix: [u8; 24] =
+        [0x52, 0x4e, 0x45, 0x54, 0x01, 0x16, 0x00, 0x00, 0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x28, 0, 0, 0];
+    assert_eq!(&bytes[..24], &header_prefix);
+    let mut body = Vec::new();
+    for value in [1u64, 2, 5, 3, 0] {
+        body.extend_from_slice(&value.to_le_bytes());
+    }
+    assert_eq!(&bytes[32..], &body[..]);
+    assert_eq!(&bytes[24..28], &crc32c::crc32c(&body).to_le_bytes());
+    assert_eq!(&bytes[28..32], &crc32c::crc32c(&bytes[..28]).to_le_bytes());
+}
