@@ -1137,6 +1137,9 @@ impl Raft {
         if message.from == self.id || message.from == NODE_NONE {
             return Err(Ignored("bad sender"));
         }
+        if !fields_in_range(&message) {
+            return Err(Ignored("a term or index beyond any real cluster's (forged or corrupt)"));
+        }
         self.step_term(&message)?;
         let from = message.from;
         match message.body {
@@ -1522,6 +1525,30 @@ impl Raft {
             Role::PreCandidate | Role::Follower => assert!(self.progress.is_empty()),
         }
     }
+}
+
+/// Terms and indices at or above this are refused on input: no real cluster
+/// reaches them, and refusing them keeps every `+ 1` in the engine exact.
+pub const TERM_INDEX_LIMIT: u64 = 1 << 62;
+
+fn fields_in_range(message: &Message) -> bool {
+    let ok = |value: u64| value < TERM_INDEX_LIMIT;
+    ok(message.term)
+        && match &message.body {
+            MessageBody::PreVote(r) | MessageBody::Vote(r) => ok(r.last_log_index) && ok(r.last_log_term),
+            MessageBody::Append(r) => {
+                ok(r.prev_index)
+                    && ok(r.prev_term)
+                    && ok(r.commit)
+                    && r.entries.as_ref().is_none_or(|b| ok(b.last_index()) && ok(b.last_term()))
+            }
+            MessageBody::AppendResponse(r) => ok(r.index) && ok(r.hint_index) && ok(r.hint_term),
+            MessageBody::Heartbeat { commit, .. } => ok(*commit),
+            MessageBody::ReadIndexResponse { index, .. } => ok(*index),
+            MessageBody::InstallSnapshot(chunk) => ok(chunk.meta.index) && ok(chunk.meta.term),
+            MessageBody::InstallSnapshotResponse { index, term, .. } => ok(*index) && ok(*term),
+            _ => true,
+        }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

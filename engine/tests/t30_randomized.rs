@@ -1,0 +1,313 @@
+//! Randomized in-memory clusters (3 and 5 nodes) under message loss,
+//! duplication, reordering, partitions that heal, delayed disk writes and
+//! crashes that lose them. After every step the four safety properties of
+//! Raft paper Figure 3 are checked; after the faults heal, liveness.
+//!
+//! `ENGINE_SEEDS=N` runs N seeds per cluster size (default 1000);
+//! `ENGINE_SEED=S` replays one seed. A failure prints the command that
+//! replays it.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+use engine::config::Rng;
+use engine::testing::Cluster;
+use engine::{Config, EntryKind, Index, NodeId, ReadMode, Role, Term};
+
+/// What the whole cluster has observed, for the cross-node properties.
+#[derive(Default)]
+struct Observed {
+    /// Election safety: the leader seen in each term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Every index any node has seen committed, with its term and payload.
+    committed: BTreeMap<Index, (Term, Bytes)>,
+    /// For each committed index, the lowest term in which a node saw it
+    /// committed: at least the term of the leader that committed it, so every
+    /// leader of a later term must hold it (leader completeness).
+    committed_by_term: BTreeMap<Index, Term>,
+    /// Every index any node has applied, with its term and payload.
+    applied: BTreeMap<Index, (Term, Bytes)>,
+    /// Per node, how many of its applied entries were checked (reset on restart).
+    applied_checked: BTreeMap<NodeId, usize>,
+}
+
+fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
+    for (&id, node) in &cluster.nodes {
+        let raft = &node.raft;
+        raft.check_invariants();
+        if cluster.down.contains(&id) {
+            continue;
+        }
+        // Election safety: at most one leader per term.
+        if raft.role() == Role::Leader {
+            let previous = observed.leaders.entry(raft.term()).or_insert(id);
+            assert_eq!(*previous, id, "step {step}: two leaders in term {}", raft.term());
+            // Leader completeness: a leader holds every entry committed in
+            // an earlier term.
+            for (&index, (term, data)) in &observed.committed {
+                if observed.committed_by_term[&index] >= raft.term() {
+                    continue;
+                }
+                let entry = raft.entry(index);
+                assert!(
+                    entry.is_some_and(|e| e.term == *term && e.data == *data),
+                    "step {step}: leader {id} of term {} lacks committed entry {index}/{term}",
+                    raft.term()
+                );
+            }
+        }
+        // Record what this node says is committed; it must agree with
+        // everything recorded before.
+        for index in raft.first_index()..=raft.committed() {
+            let Some(entry) = raft.entry(index) else { continue };
+            let recorded = observed.committed.entry(index).or_insert((entry.term, entry.data.clone()));
+            assert_eq!(
+                (recorded.0, &recorded.1),
+                (entry.term, &entry.data),
+                "step {step}: node {id} committed a different entry at {index}"
+            );
+            let by_term = observed.committed_by_term.entry(index).or_insert(raft.term());
+            *by_term = (*by_term).min(raft.term());
+        }
+        // State machine safety: every node applies the same entry at an index.
+        let checked = observed.applied_checked.entry(id).or_insert(0);
+        for entry in &node.applied[*checked..] {
+            let recorded = observed.applied.entry(entry.index).or_insert((entry.term, entry.data.clone()));
+            assert_eq!(
+                (recorded.0, &recorded.1),
+                (entry.term, &entry.data),
+                "step {step}: node {id} applied a different entry at {}",
+                entry.index
+            );
+        }
+        *checked = node.applied.len();
+        // Applied entries are in index order without gaps.
+        for pair in node.applied.windows(2) {
+            assert_eq!(pair[1].index, pair[0].index + 1, "step {step}: node {id} applied out of order");
+        }
+    }
+    // Log matching: if two logs hold an entry with the same index and term,
+    // the logs are identical up to it.
+    let live: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    for (position, &a) in live.iter().enumerate() {
+        for &b in &live[position + 1..] {
+            let (ra, rb) = (&cluster.nodes[&a].raft, &cluster.nodes[&b].raft);
+            let low = ra.first_index().max(rb.first_index());
+            let high = ra.last_index().min(rb.last_index());
+            let Some(matching) = (low..=high).rev().find(|&i| ra.term_at(i) == rb.term_at(i)) else { continue };
+            for index in low..=matching {
+                assert_eq!(
+                    ra.entry(index),
+                    rb.entry(index),
+                    "step {step}: logs of {a} and {b} match at {matching} but differ at {index}"
+                );
+            }
+        }
+    }
+}
+
+fn run_seed(nodes: u64, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let ids: Vec<NodeId> = (1..=nodes).collect();
+    let voters = ids.clone();
+    let pre_vote = rng.range(0, 2) == 1;
+    let check_quorum = rng.range(0, 2) == 1;
+    let mut cluster = Cluster::new(&ids, |id| {
+        let mut config = Config::new(id, voters.clone());
+        config.seed = seed.wrapping_mul(1_000_003).wrapping_add(id);
+        config.pre_vote = pre_vote;
+        config.check_quorum = check_quorum;
+        config.inflight_batches_max = 4;
+        config.batch_bytes_max = 256;
+        config
+    });
+    cluster.sync_writes = false;
+    let mut observed = Observed::default();
+    let mut proposals = 0u64;
+    let steps = 1500;
+    for step in 0..steps {
+        let pick = |rng: &mut Rng| ids[rng.range(0, ids.len() as u64) as usize];
+        match rng.range(0, 100) {
+            0..=4 => {
+                let id = pick(&mut rng);
+                if !cluster.down.contains(&id) {
+                    cluster.raft(id).tick();
+                }
+            }
+            5..=6 => cluster.tick_all(),
+            7..=19 => {
+                if let Some(leader) = cluster.leader() {
+                    proposals += 1;
+                    let _ = cluster.raft(leader).propose(Bytes::from(format!("{seed}:{proposals}")));
+                }
+            }
+            20..=54 => {
+                if !cluster.network.is_empty() {
+                    let position = rng.range(0, cluster.network.len() as u64) as usize;
+                    let message = cluster.network.swap_remove(position);
+                    match rng.range(0, 20) {
+                        0 => {} // dropped
+                        1 => {
+                            cluster.deliver(message.clone());
+                            cluster.network.push(message); // duplicated
+                        }
+                        _ => {
+                            cluster.deliver(message);
+                        }
+                    }
+                }
+            }
+            55..=69 => {
+                let id = pick(&mut rng);
+                cluster.process_ready(id);
+            }
+            70..=81 => {
+                let id = pick(&mut rng);
+                if !cluster.down.contains(&id) {
+                    let count = rng.range(1, 3) as usize;
+                    cluster.persist(id, count);
+                }
+            }
+            82..=84 => {
+                let id = pick(&mut rng);
+                if !cluster.down.contains(&id) {
+                    let _ = cluster.raft(id).read_index(step as u64, ReadMode::ReadIndex);
+                }
+            }
+            85 => {
+                // A random partition (healed below, at random).
+                let split = rng.range(1, nodes) as usize;
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = rng.range(0, i as u64 + 1) as usize;
+                    shuffled.swap(i, j);
+                }
+                let (a, b) = shuffled.split_at(split);
+                cluster.partition(a, b);
+            }
+            86 => cluster.heal(),
+            87 => {
+                let id = pick(&mut rng);
+                if !cluster.down.contains(&id) && cluster.down.len() < (nodes as usize - 1) / 2 {
+                    cluster.crash(id);
+                }
+            }
+            88 => {
+                // A leader transfer to a random voter.
+                if let Some(leader) = cluster.leader() {
+                    let target = pick(&mut rng);
+                    let _ = cluster.raft(leader).transfer_leader(target);
+                }
+            }
+            _ => {
+                // Every node processes its Ready and some of its writes land.
+                for &id in &ids {
+                    cluster.process_ready(id);
+                    if !cluster.down.contains(&id) && rng.range(0, 2) == 0 {
+                        cluster.persist(id, usize::MAX);
+                    }
+                }
+            }
+        }
+        // Crashed nodes come back after a while.
+        if !cluster.down.is_empty() && rng.range(0, 40) == 0 {
+            let id = *cluster.down.iter().next().expect("non-empty");
+            cluster.restart(id);
+            observed.applied_checked.insert(id, 0);
+        }
+        check_safety(&cluster, &mut observed, step);
+    }
+    if std::env::var_os("ENGINE_VERBOSE").is_some() {
+        let roles: Vec<String> = cluster
+            .nodes
+            .values()
+            .map(|n| format!("{:?}/t{}/c{}", n.raft.role(), n.raft.term(), n.raft.committed()))
+            .collect();
+        eprintln!(
+            "seed {seed} after chaos: {roles:?} network={} cut={} down={:?}",
+            cluster.network.len(),
+            cluster.cut.len(),
+            cluster.down
+        );
+    }
+    // Liveness: once every fault heals, a leader emerges and commits.
+    cluster.heal();
+    for id in ids.clone() {
+        if cluster.down.contains(&id) {
+            cluster.restart(id);
+            observed.applied_checked.insert(id, 0);
+        }
+    }
+    cluster.sync_writes = true;
+    for id in ids.clone() {
+        cluster.persist(id, usize::MAX);
+    }
+    let mut committed_at = None;
+    for round in 0..400 {
+        cluster.tick_all();
+        cluster.stabilize();
+        check_safety(&cluster, &mut observed, steps + round);
+        if let Some(leader) = cluster.leader() {
+            let payload = Bytes::from(format!("{seed}:final"));
+            if let Ok((index, term)) = cluster.raft(leader).propose(payload) {
+                cluster.stabilize();
+                if ids.iter().all(|&id| cluster.node(id).raft.term_at(index) == Some(term)) {
+                    committed_at = Some(round);
+                    break;
+                }
+            }
+        }
+    }
+    assert!(committed_at.is_some(), "no leader committed a proposal within 400 rounds after healing");
+    // Every node converges on the same applied sequence.
+    cluster.stabilize();
+    for _ in 0..30 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    check_safety(&cluster, &mut observed, usize::MAX);
+    if std::env::var_os("ENGINE_VERBOSE").is_some() {
+        eprintln!(
+            "seed {seed}: {} terms with a leader, {} committed, {} proposals, applied to {:?}",
+            observed.leaders.len(),
+            observed.committed.len(),
+            proposals,
+            cluster.node(1).applied.last().map(|e| e.index)
+        );
+    }
+    let reference = cluster.node(1).applied.last().map(|e| e.index);
+    for &id in &ids {
+        assert_eq!(cluster.node(id).applied.last().map(|e| e.index), reference, "node {id} did not converge");
+        assert!(cluster.node(id).applied.iter().all(|e| e.kind != EntryKind::Config));
+    }
+}
+
+fn run_many(nodes: u64) {
+    if let Ok(seed) = std::env::var("ENGINE_SEED") {
+        run_seed(nodes, seed.parse().expect("ENGINE_SEED is a number"));
+        return;
+    }
+    let seeds: u64 = std::env::var("ENGINE_SEEDS").map_or(1000, |s| s.parse().expect("ENGINE_SEEDS is a number"));
+    for seed in 0..seeds {
+        let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, seed)));
+        if let Err(panic) = result {
+            eprintln!(
+                "\nrandomized cluster test failed: {nodes} nodes, seed {seed}\n\
+                 replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {} --nocapture\n",
+                if nodes == 3 { "three_nodes" } else { "five_nodes" }
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+#[test]
+fn three_nodes() {
+    run_many(3);
+}
+
+#[test]
+fn five_nodes() {
+    run_many(5);
+}
