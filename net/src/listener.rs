@@ -245,7 +245,11 @@ impl ListenerHandle {
     /// Stops accepting and closes every connection. The port is free again
     /// once the accept loop has seen the shutdown.
     pub fn shutdown(&self) {
-        self.shared.closed.set(true);
+        // Only once: after the accept loop ends the descriptor is closed and
+        // its number may belong to another socket.
+        if self.shared.closed.replace(true) {
+            return;
+        }
         // SAFETY: shutdown(2) on a descriptor this listener owns; it wakes the
         // in-flight accept (which then sees `closed`) and stops listening.
         unsafe { libc::shutdown(self.shared.listener_fd, libc::SHUT_RDWR) };
