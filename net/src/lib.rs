@@ -1,14 +1,40 @@
 //! The wire protocol and the io_uring TCP transport of the Raft node.
 //!
 //! Protocol: every frame is a fixed 32-byte [`FrameHeader`] (read in place
-//! with `zerocopy`) and a body; see `PROTOCOL.md` for the byte-level layout.
-//! Decoding borrows: payloads are `Bytes` slices of the receive buffer.
+//! with `zerocopy`) and a body; `PROTOCOL.md` has the byte-level layout.
+//! Decoding borrows: payloads (entry batches, snapshot chunks, commands) are
+//! `Bytes` slices of the receive buffer. Bad input is a typed [`DecodeError`],
+//! never a panic, and no memory is reserved for a claimed length before it
+//! passed [`Limits::frame_size_max`].
 //!
-//! Transport (tokio-uring, `!Send`, one runtime per thread): a [`Listener`]
-//! accepts peers and clients and delivers decoded frames as [`Inbound`]
-//! events; a [`Link`] per peer connects, reconnects with backoff and sends
-//! Raft messages from a bounded queue with coalesced writes; a
-//! [`ClientConnection`] is the client side used by the load generator and CLI.
+//! Transport (tokio-uring: everything is `!Send`, one runtime per thread):
+//! - a [`Listener`] accepts peers and clients, runs the handshake, and delivers
+//!   decoded frames as [`Inbound`] events on a bounded channel; a client
+//!   request comes with a [`ReplyTo`] that answers on its connection;
+//! - a [`Link`] per peer connects, reconnects with backoff and jitter, and
+//!   sends Raft messages from a bounded queue with coalesced writes;
+//! - a [`ClientConnection`] is the client side (load generator, CLI).
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use net::{inbound_channel, HandshakePolicy, Inbound, Link, LinkConfig, Listener, ListenerConfig};
+//!
+//! tokio_uring::start(async {
+//!     let token = Bytes::from_static(b"shared secret");
+//!     let policy = HandshakePolicy { cluster_id: 1, node_id: 1, token: token.clone(), accept_peers: true, accept_clients: true };
+//!     let listener = Listener::bind(ListenerConfig::new("127.0.0.1:7001".parse().unwrap(), policy)).unwrap();
+//!     let (sender, mut inbound) = inbound_channel(1024);
+//!     let _listener = listener.spawn(sender);
+//!     let link = Link::spawn(LinkConfig::new(1, 1, token, 2, "127.0.0.1:7002".parse().unwrap()));
+//!     while let Some(event) = inbound.recv().await {
+//!         match event {
+//!             Inbound::Raft { shard_id, message, .. } => { /* engine.step(message) */ let _ = (shard_id, message); }
+//!             Inbound::Request { request, reply, .. } => { /* propose, later reply.send(response).await */ let _ = (request, reply); }
+//!         }
+//!     }
+//!     drop(link);
+//! });
+//! ```
 
 pub mod client;
 pub mod codec;
@@ -34,4 +60,7 @@ mod queue;
 pub use client_conn::{ClientConfig, ClientConnection, ClientError, ClientReceiver, ClientSender};
 pub use conn::{Coalescer, ConnError, FrameReader};
 pub use link::{Link, LinkConfig, LinkStats, SendError};
-pub use listener::{Inbound, ListenError, Listener, ListenerConfig, ListenerHandle, ReplyError, ReplyTo};
+pub use listener::{
+    inbound_channel, Inbound, InboundReceiver, InboundSender, ListenError, Listener, ListenerConfig, ListenerHandle,
+    ReplyError, ReplyTo,
+};

@@ -64,6 +64,17 @@ pub enum ListenError {
     Accept(io::Error),
 }
 
+/// The sending side of the inbound channel, given to [`Listener::spawn`].
+pub type InboundSender = mpsc::Sender<Inbound>;
+/// The owner's side of the inbound channel.
+pub type InboundReceiver = mpsc::Receiver<Inbound>;
+
+/// A bounded inbound channel. When it is full, connections stop reading, so
+/// a slow owner slows its senders down through TCP instead of growing memory.
+pub fn inbound_channel(capacity: usize) -> (InboundSender, InboundReceiver) {
+    mpsc::channel(capacity)
+}
+
 /// What a connection delivers to the owner of the listener.
 #[derive(Debug)]
 pub enum Inbound {
