@@ -108,8 +108,10 @@ fn encode_slot(sequence: u64, hard_state: HardState) -> Vec<u8> {
 /// Creates the hard-state file holding the default hard state. Blocking; part
 /// of directory initialization.
 pub(crate) fn initialize(dir: &Path) -> Result<(), WalError> {
-    let mut raw = encode_slot(1, HardState::default());
-    raw.resize(SLOT_SIZE * SLOT_COUNT, 0);
+    // Sequence 1 lives in slot 1, as the writer's invariant says, so the first
+    // save goes to the empty slot 0 and never overwrites the only valid one.
+    let mut raw = vec![0u8; SLOT_SIZE];
+    raw.extend_from_slice(&encode_slot(1, HardState::default()));
     crate::dir::write_file_atomically(dir, HARD_STATE_FILE, &raw)
 }
 

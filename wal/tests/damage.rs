@@ -1,0 +1,309 @@
+//! Torn writes, bit flips and random damage on the files of a closed log, and
+//! the start-up errors of a wrong or missing directory.
+//!
+//! `WAL_DAMAGE_ITERATIONS` (default 40) sets the randomized rounds and
+//! `WAL_DAMAGE_SEED` replays them.
+
+use std::path::{Path, PathBuf};
+
+use engine::{HardState, Index, Recovered, Term};
+use rand::{Rng, SeedableRng};
+use wal::testing::{batch, shape};
+use wal::{LogStore, Wal, WalConfig, WalError};
+
+fn scratch(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let dir = std::env::temp_dir().join(format!("wal-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// 16 KiB segments, 1 KiB writes: a torn-tail window of 2 KiB.
+fn config(dir: &Path) -> WalConfig {
+    let mut config = WalConfig::new(dir, 5, 2);
+    config.segment_bytes = 16 << 10;
+    config.write_bytes_max = 1 << 10;
+    config.batch_bytes_max = 1 << 10;
+    config
+}
+
+fn open(dir: &Path) -> Result<Recovered, WalError> {
+    tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(dir)).await?;
+        wal.close().await?;
+        Ok(recovered)
+    })
+}
+
+/// Writes `batches` batches of 3 entries, each awaited (one record per write),
+/// plus two hard-state saves; returns the log's `(index, term)` list.
+fn build(dir: &Path, batches: u64) -> Vec<(Index, Term)> {
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(dir)).await.unwrap();
+        for number in 0..batches {
+            let ticket = wal.append(batch(1 + number * 3, &[1 + number / 50; 3])).unwrap();
+            wal.wait_durable(ticket.sequence).await.unwrap();
+        }
+        wal.save_hard_state(HardState { term: 1, vote: 2, commit: 3 }).await.unwrap();
+        wal.save_hard_state(HardState { term: 2, vote: 2, commit: 4 }).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    (0..batches).flat_map(|number| (0..3).map(move |k| (1 + number * 3 + k, 1 + number / 50))).collect()
+}
+
+/// Segment files in sequence order.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Record offsets in a segment (from the length field of each header).
+fn record_offsets(raw: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    while at + 40 <= raw.len() && raw[at..at + 40].iter().any(|&byte| byte != 0) {
+        offsets.push(at);
+        at += u32::from_le_bytes(raw[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    offsets.push(at);
+    offsets
+}
+
+fn flip(path: &Path, at: usize) {
+    let mut raw = std::fs::read(path).unwrap();
+    raw[at] ^= 0x20;
+    std::fs::write(path, raw).unwrap();
+}
+
+#[test]
+fn log_spans_segments_named_by_first_index_with_a_spare_ready() {
+    let dir = scratch("layout");
+    build(&dir, 300);
+    let names: Vec<String> =
+        segments(&dir).iter().map(|path| path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.len() >= 3, "{names:?}");
+    assert!(names[0].ends_with("-00000000000000000001.wal"), "{names:?}");
+    for path in segments(&dir) {
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 10, "preallocated to segment_bytes");
+    }
+    let (_, first_index) = names[1].trim_end_matches(".wal").split_once('-').unwrap();
+    let raw = std::fs::read(segments(&dir)[1].clone()).unwrap();
+    let stored_first = u64::from_le_bytes(raw[8..16].try_into().unwrap());
+    assert_eq!(first_index.parse::<u64>().unwrap(), stored_first, "name carries the first record's index");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn torn_tail_is_cut_and_the_log_continues() {
+    let dir = scratch("torn");
+    let expected = build(&dir, 100);
+    let newest = segments(&dir).pop().unwrap();
+    let raw = std::fs::read(&newest).unwrap();
+    let offsets = record_offsets(&raw);
+    let (last_start, end) = (offsets[offsets.len() - 2], offsets[offsets.len() - 1]);
+    // A torn write: the second half of the last record never reached the disk.
+    let mut torn = raw.clone();
+    torn[(last_start + end) / 2..end].fill(0);
+    std::fs::write(&newest, &torn).unwrap();
+    let recovered = open(&dir).unwrap();
+    assert_eq!(shape(&recovered.entries), expected[..expected.len() - 3]);
+    assert_eq!(recovered.hard_state, HardState { term: 2, vote: 2, commit: 4 });
+    // The cut is durable and the log goes on from it.
+    let after = std::fs::read(&newest).unwrap();
+    assert!(after[last_start..].iter().all(|&byte| byte == 0), "cut tail zeroed");
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let ticket = wal.append(batch(expected.len() as u64 - 2, &[9])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let recovered = open(&dir).unwrap();
+    assert_eq!(recovered.entries.last().map(|entry| (entry.index, entry.term)), Some((expected.len() as u64 - 2, 9)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn garbage_in_preallocated_space_after_the_tail_is_cut() {
+    let dir = scratch("garbage");
+    let expected = build(&dir, 20);
+    let newest = segments(&dir).pop().unwrap();
+    let mut raw = std::fs::read(&newest).unwrap();
+    let end = *record_offsets(&raw).last().unwrap();
+    raw[end + 100..end + 300].fill(0xab);
+    std::fs::write(&newest, &raw).unwrap();
+    let recovered = open(&dir).unwrap();
+    assert_eq!(shape(&recovered.entries), expected);
+    assert!(std::fs::read(&newest).unwrap()[end..].iter().all(|&byte| byte == 0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bit_flip_in_an_older_segment_is_refused_with_file_and_offset() {
+    let dir = scratch("flip-old");
+    build(&dir, 300);
+    let first = segments(&dir)[0].clone();
+    let raw = std::fs::read(&first).unwrap();
+    let offsets = record_offsets(&raw);
+    let record = offsets[offsets.len() / 2];
+    flip(&first, record + 50);
+    match open(&dir) {
+        Err(WalError::Corrupt { file, offset, .. }) => {
+            assert_eq!((file, offset), (first, record as u64));
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bit_flip_far_before_the_newest_tail_is_refused() {
+    let dir = scratch("flip-newest");
+    // About 15 KiB: one segment, far more than the 2 KiB window.
+    build(&dir, 90);
+    let newest = segments(&dir).pop().unwrap();
+    let raw = std::fs::read(&newest).unwrap();
+    let offsets = record_offsets(&raw);
+    let end = *offsets.last().unwrap();
+    assert!(end > 4 << 10, "the newest segment holds more than twice the 2 KiB window: {end}");
+    flip(&newest, offsets[1] + 45);
+    match open(&dir) {
+        Err(error @ WalError::Corrupt { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains(&newest.display().to_string()) && text.contains("torn-tail window"), "{text}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hard_state_damage_falls_back_to_the_older_slot_or_is_refused() {
+    let dir = scratch("hard");
+    build(&dir, 2);
+    let path = dir.join(wal::hard_state::HARD_STATE_FILE);
+    // Three saves in all (sequence 1 at initialization, 2 and 3 in build):
+    // the newest (term 2) is in slot 1, the previous (term 1) in slot 0.
+    flip(&path, wal::hard_state::SLOT_SIZE + 30);
+    assert_eq!(open(&dir).unwrap().hard_state, HardState { term: 1, vote: 2, commit: 3 });
+    flip(&path, 30);
+    match open(&dir) {
+        Err(WalError::Corrupt { file, .. }) => assert_eq!(file, path),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wrong_missing_or_busy_directories_are_clear_errors() {
+    let missing = std::env::temp_dir().join("wal-does-not-exist-here");
+    assert!(matches!(open(&missing), Err(WalError::DirMissing { .. })));
+
+    let dir = scratch("identity");
+    build(&dir, 1);
+    let result = tokio_uring::start(async {
+        let mut other = config(&dir);
+        other.node_id = 99;
+        Wal::open(other).await.map(|_| ())
+    });
+    assert!(matches!(result, Err(WalError::WrongIdentity { found_node: 2, expected_node: 99, .. })), "{result:?}");
+
+    let result = tokio_uring::start(async {
+        let (_wal, _) = Wal::open(config(&dir)).await.unwrap();
+        Wal::open(config(&dir)).await.map(|_| ())
+    });
+    assert!(matches!(result, Err(WalError::DirLocked { .. })), "{result:?}");
+
+    std::fs::remove_file(dir.join(wal::dir::IDENTITY_FILE)).unwrap();
+    assert!(matches!(open(&dir), Err(WalError::MissingIdentity { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn full_queue_pushes_back_and_a_closed_log_refuses() {
+    let dir = scratch("queue");
+    tokio_uring::start(async {
+        let mut small = config(&dir);
+        small.queued_bytes_max = 4 << 10;
+        let (wal, _) = Wal::open(small).await.unwrap();
+        let mut next = 1;
+        let error = loop {
+            match wal.append(batch(next, &[1; 10])) {
+                Ok(ticket) => next = ticket.last_index + 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, WalError::QueueFull { queued_bytes_max: 4096, .. }), "{error}");
+        assert!(wal.queued_bytes() <= 4096);
+        // Durability frees the queue.
+        wal.wait_durable(wal.durable_sequence() + 1).await.unwrap();
+        wal.append(batch(next, &[1])).unwrap();
+        wal.close().await.unwrap();
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Random damage to random files never panics, and whatever is recovered was
+/// written (no invented entries).
+#[test]
+fn randomized_damage_never_panics() {
+    let iterations: u32 = std::env::var("WAL_DAMAGE_ITERATIONS").ok().and_then(|value| value.parse().ok()).unwrap_or(40);
+    let seed: u64 = std::env::var("WAL_DAMAGE_SEED").ok().and_then(|value| value.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    println!("damage seed {seed}; replay with WAL_DAMAGE_SEED={seed} cargo test -p wal --release --test damage");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let pristine = scratch("damage-pristine");
+    let written = build(&pristine, 200);
+    let (mut refused, mut opened) = (0, 0);
+    for iteration in 0..iterations {
+        let dir = scratch("damage");
+        for item in std::fs::read_dir(&pristine).unwrap() {
+            let path = item.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+        let mut files: Vec<PathBuf> = segments(&dir);
+        files.push(dir.join(wal::hard_state::HARD_STATE_FILE));
+        files.push(dir.join(wal::dir::IDENTITY_FILE));
+        for _ in 0..rng.random_range(1..=3) {
+            let path = &files[rng.random_range(0..files.len())];
+            let mut raw = std::fs::read(path).unwrap();
+            if raw.is_empty() {
+                continue;
+            }
+            let at = rng.random_range(0..raw.len());
+            match rng.random_range(0..4) {
+                0 => raw[at] ^= 1 << rng.random_range(0..8),
+                1 => {
+                    let end = (at + rng.random_range(1..600)).min(raw.len());
+                    raw[at..end].fill(0);
+                }
+                2 => raw.truncate(at),
+                _ => {
+                    let end = (at + rng.random_range(1..600)).min(raw.len());
+                    rng.fill(&mut raw[at..end]);
+                }
+            }
+            std::fs::write(path, raw).unwrap();
+        }
+        match open(&dir) {
+            Ok(recovered) => {
+                opened += 1;
+                for pair in shape(&recovered.entries) {
+                    assert!(written.binary_search(&pair).is_ok(), "seed {seed} iteration {iteration}: invented {pair:?}");
+                }
+            }
+            Err(error) => {
+                refused += 1;
+                assert!(!error.to_string().is_empty());
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    println!("{opened} damaged logs opened (torn tails cut), {refused} refused");
+    std::fs::remove_dir_all(&pristine).unwrap();
+}
