@@ -87,6 +87,19 @@ pub(crate) struct State {
     pub sequence_next: u64,
     pub failed: Option<WalError>,
     pub closing: bool,
+    pub stats: WalStats,
+}
+
+/// Counters of the commit pipeline, for benchmarks and diagnostics: appends
+/// per sync is the group-commit factor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Group writes completed.
+    pub writes: u64,
+    /// `fdatasync`s completed.
+    pub syncs: u64,
+    /// Segment switches.
+    pub segment_switches: u64,
 }
 
 /// The shared core of a [`crate::Wal`].
@@ -184,7 +197,10 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
 }
 
 /// The writer task: groups queued appends into writes and switches segments.
-pub(crate) async fn run_writer(shared: Rc<Shared>, mut spare: Option<tokio::task::JoinHandle<Result<Spare, WalError>>>) {
+pub(crate) async fn run_writer(
+    shared: Rc<Shared>,
+    mut spare: Option<tokio::task::JoinHandle<Result<Spare, WalError>>>,
+) {
     loop {
         let next = plan(&mut shared.state.borrow_mut(), &shared.config);
         match next {
@@ -198,13 +214,15 @@ pub(crate) async fn run_writer(shared: Rc<Shared>, mut spare: Option<tokio::task
             }
             Plan::Write { file, offset, buffers, length: expected, end } => {
                 let (result, _) = file.writev_at_all(buffers, Some(offset)).await;
-                let path = shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
+                let path =
+                    shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
                 match result {
                     Ok(written) if written as u64 == expected => {
                         let mut state = shared.state.borrow_mut();
                         assert!(end.sequence > state.written.sequence, "writes complete in order");
                         state.written = end;
                         state.written_file = Some(file);
+                        state.stats.writes += 1;
                         drop(state);
                         shared.syncer_wake.notify_one();
                     }
@@ -255,6 +273,7 @@ async fn switch_segment(
     state.segments.push(meta);
     state.active = Some(Active { file: Rc::new(file), offset: 0 });
     state.force_switch = false;
+    state.stats.segment_switches += 1;
     Ok(())
 }
 
@@ -297,6 +316,7 @@ pub(crate) async fn run_syncer(shared: Rc<Shared>) {
             }
             assert!(target.sequence > state.durable.sequence, "durability only advances");
             state.durable = target;
+            state.stats.syncs += 1;
         }
         shared.progress.notify_waiters();
         shared.writer_wake.notify_one();

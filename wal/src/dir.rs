@@ -54,14 +54,15 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, WalError> {
         Err(error) => return Err(WalError::io("reading the metadata of", dir, error)),
     }
     let path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|error| {
-        match error.raw_os_error() {
-            Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
-                WalError::DirUnwritable { path: dir.to_path_buf(), source: Arc::new(error) }
-            }
-            _ => WalError::io("creating", &path, error),
-        }
-    })?;
+    let lock =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(
+            |error| match error.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+                    WalError::DirUnwritable { path: dir.to_path_buf(), source: Arc::new(error) }
+                }
+                _ => WalError::io("creating", &path, error),
+            },
+        )?;
     // SAFETY: flock on a valid, owned descriptor has no memory-safety
     // preconditions.
     let result = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

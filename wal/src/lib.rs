@@ -31,6 +31,7 @@ mod terms;
 pub mod testing;
 pub mod wal;
 
+pub use commit::WalStats;
 pub use config::WalConfig;
 pub use error::WalError;
 pub use mem::{MemDisk, MemLog};

@@ -60,7 +60,13 @@ pub(crate) struct Scan {
 
 /// Scans a segment's bytes. `is_newest` selects the torn-tail rule (see the
 /// module documentation); `window` is the unsynced-bytes bound.
-pub(crate) fn scan(path: &Path, buf: &Bytes, is_newest: bool, window: usize, batch_limit: usize) -> Result<Scan, WalError> {
+pub(crate) fn scan(
+    path: &Path,
+    buf: &Bytes,
+    is_newest: bool,
+    window: usize,
+    batch_limit: usize,
+) -> Result<Scan, WalError> {
     let mut records = Vec::new();
     let mut position = 0;
     let (expected, found) = loop {
@@ -71,12 +77,19 @@ pub(crate) fn scan(path: &Path, buf: &Bytes, is_newest: bool, window: usize, bat
             // non-zero byte.
             match rest.iter().position(|&byte| byte != 0) {
                 None => return Ok(Scan { records, end: position, torn: false }),
-                Some(at) => break ("only zeros after the last record".to_string(), format!("a non-zero byte at offset {}", position + at)),
+                Some(at) => {
+                    break (
+                        "only zeros after the last record".to_string(),
+                        format!("a non-zero byte at offset {}", position + at),
+                    )
+                }
             }
         }
         let length = match peek_batch_length(rest, batch_limit) {
             Ok(Some(length)) => length,
-            Ok(None) => break ("a batch header".to_string(), format!("{} bytes before the end of the file", rest.len())),
+            Ok(None) => {
+                break ("a batch header".to_string(), format!("{} bytes before the end of the file", rest.len()))
+            }
             Err(error) => break ("a batch header".to_string(), error.to_string()),
         };
         if length > rest.len() {
@@ -208,7 +221,9 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         let bytes = if scan.end < raw.len() { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw };
         for (number, span) in scan.records.iter().enumerate() {
             let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), config.batch_bytes_max)
-                .map_err(|error| WalError::corrupt(&segment.path, span.offset as u64, "a valid batch", error.to_string()))?;
+                .map_err(|error| {
+                WalError::corrupt(&segment.path, span.offset as u64, "a valid batch", error.to_string())
+            })?;
             if number == 0 && batch.first_index() != segment.first_index {
                 return Err(WalError::corrupt(
                     &segment.path,
@@ -236,8 +251,14 @@ fn zero_tail(path: &PathBuf, from: u64, to: u64) -> Result<(), WalError> {
     if to > from {
         // SAFETY: fallocate on a valid, owned descriptor has no memory-safety
         // preconditions.
-        let result =
-            unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, from as libc::off_t, (to - from) as libc::off_t) };
+        let result = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_ZERO_RANGE,
+                from as libc::off_t,
+                (to - from) as libc::off_t,
+            )
+        };
         if result != 0 {
             // Not every file system zeroes ranges; write the zeros instead.
             use std::os::unix::fs::FileExt;

@@ -79,7 +79,11 @@ pub(crate) async fn create_spare(dir: PathBuf, sequence: u64, segment_bytes: u64
 
 /// Turns a spare into the live segment starting at `first_index`: rename, then
 /// directory sync, both before any record is written into it.
-pub(crate) async fn activate(dir: &Path, spare: Spare, first_index: Index) -> Result<(SegmentMeta, tokio_uring::fs::File), WalError> {
+pub(crate) async fn activate(
+    dir: &Path,
+    spare: Spare,
+    first_index: Index,
+) -> Result<(SegmentMeta, tokio_uring::fs::File), WalError> {
     let path = dir.join(segment_file_name(spare.sequence, first_index));
     tokio_uring::fs::rename(&spare.path, &path).await.map_err(|error| WalError::io("renaming", &spare.path, error))?;
     crate::dir::sync_dir(dir).await?;

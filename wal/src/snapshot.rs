@@ -95,10 +95,20 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
     }
     let computed = crc32c::crc32c(&raw[4..]);
     if header.crc.get() != computed {
-        return Err(WalError::corrupt(path, 0, format!("crc32c {computed:#010x}"), format!("{:#010x}", header.crc.get())));
+        return Err(WalError::corrupt(
+            path,
+            0,
+            format!("crc32c {computed:#010x}"),
+            format!("{:#010x}", header.crc.get()),
+        ));
     }
     if header.version.get() != SNAPSHOT_VERSION {
-        return Err(WalError::corrupt(path, 4, format!("version {SNAPSHOT_VERSION}"), header.version.get().to_string()));
+        return Err(WalError::corrupt(
+            path,
+            4,
+            format!("version {SNAPSHOT_VERSION}"),
+            header.version.get().to_string(),
+        ));
     }
     let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get()];
     if counts.iter().any(|&count| count > MEMBERS_MAX) {

@@ -166,7 +166,10 @@ pub async fn bad_positions_are_refused<S: LogStore>(open: Opener<'_, S>) {
     assert!(matches!(store.append(batch(2, &[1])), Err(WalError::Gap { first: 2, last: 0 })));
     store.append(batch(1, &[1, 1, 1])).expect("append");
     assert!(matches!(store.append(batch(5, &[1])), Err(WalError::Gap { first: 5, last: 3 })));
-    store.save_snapshot(SnapshotMeta { index: 2, term: 1, conf: ConfState::default() }, Bytes::new()).await.expect("snapshot");
+    store
+        .save_snapshot(SnapshotMeta { index: 2, term: 1, conf: ConfState::default() }, Bytes::new())
+        .await
+        .expect("snapshot");
     assert!(matches!(store.append(batch(2, &[2])), Err(WalError::BeforeSnapshot { first: 2, snapshot: 2 })));
     assert!(matches!(
         store.save_snapshot(SnapshotMeta { index: 1, term: 1, conf: ConfState::default() }, Bytes::new()).await,
@@ -225,7 +228,10 @@ pub async fn snapshot_that_disagrees_discards_the_log<S: LogStore>(open: Opener<
 pub async fn snapshot_past_the_end_restarts_the_log<S: LogStore>(open: Opener<'_, S>) {
     let (store, _) = S::open(open("past")).await.expect("open");
     store.append(batch(1, &[1; 5])).expect("append");
-    store.save_snapshot(SnapshotMeta { index: 100, term: 4, conf: ConfState::default() }, Bytes::new()).await.expect("snapshot");
+    store
+        .save_snapshot(SnapshotMeta { index: 100, term: 4, conf: ConfState::default() }, Bytes::new())
+        .await
+        .expect("snapshot");
     assert_eq!(store.last_index(), 100);
     store.append(batch(101, &[4])).expect("append");
     let (_, recovered) = reopen(open, "past", store).await;
@@ -240,7 +246,10 @@ pub async fn compaction_does_not_change_recovery<S: LogStore>(open: Opener<'_, S
         next = ticket.last_index + 1;
     }
     let last = next - 1;
-    store.save_snapshot(SnapshotMeta { index: 2000, term: 2, conf: ConfState::default() }, Bytes::new()).await.expect("snapshot");
+    store
+        .save_snapshot(SnapshotMeta { index: 2000, term: 2, conf: ConfState::default() }, Bytes::new())
+        .await
+        .expect("snapshot");
     store.compact(2000).await.expect("compact");
     store.compact(1000).await.expect("compacting less is a no-op");
     let (store, recovered) = reopen(open, "compact", store).await;
@@ -248,7 +257,10 @@ pub async fn compaction_does_not_change_recovery<S: LogStore>(open: Opener<'_, S
     // The log keeps working after compaction, and a second round compacts more.
     let ticket = store.append(batch(last + 1, &[3])).expect("append");
     store.wait_durable(ticket.sequence).await.expect("durable");
-    store.save_snapshot(SnapshotMeta { index: 2900, term: 3, conf: ConfState::default() }, Bytes::new()).await.expect("snapshot");
+    store
+        .save_snapshot(SnapshotMeta { index: 2900, term: 3, conf: ConfState::default() }, Bytes::new())
+        .await
+        .expect("snapshot");
     store.compact(2900).await.expect("compact");
     let (_, recovered) = reopen(open, "compact", store).await;
     assert_eq!(shape(&recovered.entries), range(2901, last + 1, 3));

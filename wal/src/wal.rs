@@ -10,7 +10,7 @@ use bytes::Bytes;
 use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta};
 use tokio::sync::{Mutex, Notify};
 
-use crate::commit::{run_syncer, run_writer, Active, Mark, Queued, Shared, State};
+use crate::commit::{run_syncer, run_writer, Active, Mark, Queued, Shared, State, WalStats};
 use crate::config::WalConfig;
 use crate::error::WalError;
 use crate::hard_state::{self, HardStateWriter, HARD_STATE_FILE};
@@ -42,6 +42,11 @@ impl Wal {
     pub fn queued_bytes(&self) -> usize {
         let state = self.shared.state.borrow();
         (state.submitted.bytes - state.durable.bytes) as usize
+    }
+
+    /// Counters of the commit pipeline since open.
+    pub fn stats(&self) -> WalStats {
+        self.shared.state.borrow().stats
     }
 
     fn check_usable(state: &State) -> Result<(), WalError> {
@@ -79,9 +84,13 @@ impl Wal {
                 state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min)
             } else {
                 // Void every segment there is; the next one starts the log anew.
-                state.segments.iter().map(|segment| segment.sequence + 1).max().unwrap_or(0).max(
-                    state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min),
-                )
+                state
+                    .segments
+                    .iter()
+                    .map(|segment| segment.sequence + 1)
+                    .max()
+                    .unwrap_or(0)
+                    .max(state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min))
             };
             (StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }, !keep)
         };
@@ -165,6 +174,7 @@ impl LogStore for Wal {
             sequence_next: recovered.sequence_next + 1,
             failed: None,
             closing: false,
+            stats: WalStats::default(),
         };
         let hard_state_writer = HardStateWriter::open(&config.dir, hard_state_sequence)?;
         // Preallocate the next segment now, ahead of need.
@@ -191,7 +201,8 @@ impl LogStore for Wal {
             tasks: RefCell::new(tasks),
             _lock: lock,
         };
-        let recovered = Recovered { hard_state, snapshot: stored.map(|stored| stored.meta), entries: recovered.entries };
+        let recovered =
+            Recovered { hard_state, snapshot: stored.map(|stored| stored.meta), entries: recovered.entries };
         Ok((wal, recovered))
     }
 
@@ -221,14 +232,9 @@ impl LogStore for Wal {
         }
         state.log.append(&batch);
         let sequence = state.submitted.sequence + 1;
-        state.submitted =
-            Mark { sequence, index: batch.last_index(), bytes: state.submitted.bytes + length as u64 };
-        let ticket = AppendTicket {
-            sequence,
-            first_index: first,
-            last_index: batch.last_index(),
-            last_term: batch.last_term(),
-        };
+        state.submitted = Mark { sequence, index: batch.last_index(), bytes: state.submitted.bytes + length as u64 };
+        let ticket =
+            AppendTicket { sequence, first_index: first, last_index: batch.last_index(), last_term: batch.last_term() };
         state.queue.push_back(Queued { sequence, batch });
         drop(state);
         self.shared.writer_wake.notify_one();

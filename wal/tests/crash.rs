@@ -226,10 +226,8 @@ fn crash_test_kills_and_recovers() {
             wal.close().await.unwrap();
             (recovered, entries)
         });
-        let found = Model {
-            snapshot: recovered.snapshot.as_ref().map_or((0, 0), |meta| (meta.index, meta.term)),
-            entries,
-        };
+        let found =
+            Model { snapshot: recovered.snapshot.as_ref().map_or((0, 0), |meta| (meta.index, meta.term)), entries };
         let term = recovered.hard_state.term;
         assert!(
             (hard_term_durable..=hard_term_attempted).contains(&term),

@@ -251,7 +251,8 @@ fn full_queue_pushes_back_and_a_closed_log_refuses() {
 /// written (no invented entries).
 #[test]
 fn randomized_damage_never_panics() {
-    let iterations: u32 = std::env::var("WAL_DAMAGE_ITERATIONS").ok().and_then(|value| value.parse().ok()).unwrap_or(40);
+    let iterations: u32 =
+        std::env::var("WAL_DAMAGE_ITERATIONS").ok().and_then(|value| value.parse().ok()).unwrap_or(40);
     let seed: u64 = std::env::var("WAL_DAMAGE_SEED").ok().and_then(|value| value.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
@@ -294,7 +295,10 @@ fn randomized_damage_never_panics() {
             Ok(recovered) => {
                 opened += 1;
                 for pair in shape(&recovered.entries) {
-                    assert!(written.binary_search(&pair).is_ok(), "seed {seed} iteration {iteration}: invented {pair:?}");
+                    assert!(
+                        written.binary_search(&pair).is_ok(),
+                        "seed {seed} iteration {iteration}: invented {pair:?}"
+                    );
                 }
             }
             Err(error) => {

@@ -1,0 +1,207 @@
+//! The WAL benchmark in runnable form: the raw `write` + `fdatasync` floor of
+//! the same sizes on the same disk, then 256-byte appends from 1, 16, 64 and
+//! 256 concurrent appenders (durable appends per second, p50/p99 latency from
+//! submission to durability).
+//!
+//! ```text
+//! cargo run --release -p wal --example walbench -- [--dir DIR] [--seconds S] [--appenders 1,16,64,256]
+//! ```
+//!
+//! The directory defaults to `./walbench-data` (the disk under test: keep it
+//! off tmpfs); it is removed afterwards.
+
+use std::cell::{Cell, RefCell};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::batch::{BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE};
+use engine::{Entry, EntryBatch, EntryKind};
+use hdrhistogram::Histogram;
+use wal::{LogStore, Wal, WalConfig};
+
+/// The payload of every benchmark append.
+const PAYLOAD_BYTES: usize = 256;
+/// One append's record on disk: batch header, entry header, payload.
+const RECORD_BYTES: usize = BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE + PAYLOAD_BYTES;
+
+struct Args {
+    dir: PathBuf,
+    seconds: f64,
+    appenders: Vec<usize>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { dir: PathBuf::from("walbench-data"), seconds: 3.0, appenders: vec![1, 16, 64, 256] };
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        let value = iter.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--dir" => args.dir = PathBuf::from(value),
+            "--seconds" => args.seconds = value.parse().expect("--seconds takes a number"),
+            "--appenders" => {
+                args.appenders =
+                    value.split(',').map(|count| count.parse().expect("--appenders takes 1,16,...")).collect()
+            }
+            other => panic!("unknown flag {other}; flags: --dir, --seconds, --appenders"),
+        }
+    }
+    args
+}
+
+struct Summary {
+    operations: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+impl Summary {
+    fn per_second(&self) -> f64 {
+        self.operations as f64 / self.elapsed.as_secs_f64()
+    }
+    fn p50(&self) -> u64 {
+        self.histogram.value_at_quantile(0.50)
+    }
+    fn p99(&self) -> u64 {
+        self.histogram.value_at_quantile(0.99)
+    }
+}
+
+/// Sequential `pwrite` + `fdatasync` of `size` bytes into a preallocated file,
+/// exactly as the WAL lays records into a segment: the floor.
+fn raw_floor(dir: &Path, size: usize, duration: Duration) -> Summary {
+    let path = dir.join("floor.dat");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let span = 256u64 << 20;
+    // SAFETY: fallocate on an owned descriptor.
+    let result = unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&file), 0, 0, span as libc::off_t) };
+    assert_eq!(result, 0, "fallocate failed");
+    file.sync_all().unwrap();
+    let buffer = vec![0x5au8; size];
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let mut offset = 0u64;
+    let started = Instant::now();
+    let mut operations = 0;
+    while started.elapsed() < duration {
+        let begin = Instant::now();
+        file.write_all_at(&buffer, offset).unwrap();
+        file.sync_data().unwrap();
+        histogram.record(begin.elapsed().as_micros() as u64).unwrap();
+        offset = (offset + size as u64) % (span - size as u64);
+        operations += 1;
+    }
+    let elapsed = started.elapsed();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    Summary { operations, elapsed, histogram }
+}
+
+fn append_batch(index: u64) -> EntryBatch {
+    EntryBatch::encode(&[Entry {
+        index,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: Bytes::from(vec![0xa5; PAYLOAD_BYTES]),
+    }])
+}
+
+/// `appenders` tasks, each appending and awaiting durability in a loop.
+async fn wal_run(dir: &Path, appenders: usize, warmup: Duration, duration: Duration) -> (Summary, wal::WalStats) {
+    let (wal, _) = Wal::open(WalConfig::new(dir, 1, 1)).await.expect("open");
+    let wal = Rc::new(wal);
+    let next_index = Rc::new(Cell::new(1u64));
+    let histogram = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
+    let operations = Rc::new(Cell::new(0u64));
+    let measuring = Rc::new(Cell::new(false));
+    let stop = Rc::new(Cell::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..appenders {
+        let (wal, next_index, histogram, operations, measuring, stop) =
+            (wal.clone(), next_index.clone(), histogram.clone(), operations.clone(), measuring.clone(), stop.clone());
+        tasks.push(tokio_uring::spawn(async move {
+            while !stop.get() {
+                let index = next_index.get();
+                next_index.set(index + 1);
+                let begin = Instant::now();
+                let ticket = wal.append(append_batch(index)).expect("append");
+                wal.wait_durable(ticket.sequence).await.expect("durable");
+                if measuring.get() {
+                    histogram.borrow_mut().record(begin.elapsed().as_micros() as u64).unwrap();
+                    operations.set(operations.get() + 1);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let stats_before = wal.stats();
+    measuring.set(true);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.set(false);
+    let elapsed = started.elapsed();
+    let stats_after = wal.stats();
+    stop.set(true);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Rc::try_unwrap(wal).unwrap_or_else(|_| panic!("tasks done")).close().await.expect("close");
+    let stats = wal::WalStats {
+        writes: stats_after.writes - stats_before.writes,
+        syncs: stats_after.syncs - stats_before.syncs,
+        segment_switches: stats_after.segment_switches - stats_before.segment_switches,
+    };
+    let histogram = Rc::try_unwrap(histogram).unwrap_or_else(|_| panic!("tasks done")).into_inner();
+    (Summary { operations: operations.get(), elapsed, histogram }, stats)
+}
+
+fn main() {
+    let args = parse_args();
+    if let Err(error) = wal::io_uring_available() {
+        eprintln!("walbench: {error}");
+        std::process::exit(2);
+    }
+    std::fs::create_dir_all(&args.dir).expect("create the benchmark directory");
+    let duration = Duration::from_secs_f64(args.seconds);
+    println!(
+        "walbench: dir {}, {} s per case, {PAYLOAD_BYTES}-byte payloads ({RECORD_BYTES}-byte records)",
+        args.dir.display(),
+        args.seconds
+    );
+
+    let floor = raw_floor(&args.dir, RECORD_BYTES, duration);
+    println!(
+        "floor  pwrite+fdatasync {RECORD_BYTES:>6} B      : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
+        floor.per_second(),
+        floor.p50(),
+        floor.p99()
+    );
+    let group = 256 * RECORD_BYTES;
+    let floor_group = raw_floor(&args.dir, group, duration);
+    println!(
+        "floor  pwrite+fdatasync {group:>6} B      : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  ({:.0} records/s)",
+        floor_group.per_second(),
+        floor_group.p50(),
+        floor_group.p99(),
+        floor_group.per_second() * 256.0
+    );
+    for &appenders in &args.appenders {
+        let dir = args.dir.join(format!("wal-{appenders}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (summary, stats) =
+            tokio_uring::start(wal_run(&dir, appenders, Duration::from_millis(500).min(duration), duration));
+        std::fs::remove_dir_all(&dir).unwrap();
+        println!(
+            "wal    {appenders:>3} appender(s)            : {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us  (p50 {:.2}x floor; {:.1} appends/sync, {} writes, {} syncs)",
+            summary.per_second(),
+            summary.p50(),
+            summary.p99(),
+            summary.p50() as f64 / floor.p50().max(1) as f64,
+            summary.operations as f64 / stats.syncs.max(1) as f64,
+            stats.writes,
+            stats.syncs,
+        );
+    }
+    let _ = std::fs::remove_dir(&args.dir);
+}
