@@ -156,6 +156,10 @@ pub struct RawFrame {
     pub cluster_id: u64,
     pub shard_id: u32,
     pub body: Bytes,
+    /// The body's crc32c, verified against the body's bytes. Lets a body
+    /// parser check an embedded checksum (an entry batch's) without a second
+    /// pass over the bytes.
+    pub body_crc: u32,
 }
 
 /// Validates the header at the start of `buf` and returns it with the whole
@@ -209,7 +213,7 @@ pub fn split_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RawFram
     }
     let mut frame = buf.split_to(frame_length).freeze();
     let body = frame.split_off(FRAME_HEADER_SIZE);
-    Ok(Some(RawFrame { kind, cluster_id, shard_id, body }))
+    Ok(Some(RawFrame { kind, cluster_id, shard_id, body, body_crc: stored }))
 }
 
 /// Like [`split_frame`] for a contiguous, immutable buffer: decodes the frame
@@ -232,6 +236,7 @@ pub fn decode_raw(buf: &Bytes, limits: &Limits) -> Result<(RawFrame, usize), Dec
         cluster_id: header.cluster_id.get(),
         shard_id: header.shard_id.get(),
         body: buf.slice(FRAME_HEADER_SIZE..frame_length),
+        body_crc: stored,
     };
     Ok((frame, frame_length))
 }
@@ -257,11 +262,23 @@ impl FrameWriter {
     /// Completes the header. The body is the bytes appended to `out` since
     /// [`FrameWriter::begin`] followed by `tail`, which the caller sends right
     /// after `out`'s bytes without copying it.
-    pub(crate) fn finish(self, out: &mut BytesMut, tail: &[u8]) {
+    ///
+    /// `tail_crc`, when given, is the crc32c of `tail`, already known (an
+    /// entry batch carries one): the body crc is then combined from it in
+    /// time logarithmic in the tail's length instead of reading the tail, so
+    /// encoding an AppendEntries does not grow with its payload.
+    pub(crate) fn finish(self, out: &mut BytesMut, tail: &[u8], tail_crc: Option<u32>) {
         let head = &out[self.start + FRAME_HEADER_SIZE..];
         let body_length = head.len() + tail.len();
         assert!(body_length <= u32::MAX as usize, "frame body of {body_length} bytes does not fit the format");
-        let body_crc = crc32c::crc32c_append(crc32c::crc32c(head), tail);
+        let head_crc = crc32c::crc32c(head);
+        let body_crc = match tail_crc {
+            Some(tail_crc) => {
+                debug_assert_eq!(tail_crc, crc32c::crc32c(tail), "stale tail crc");
+                crc32c::crc32c_combine(head_crc, tail_crc, tail.len())
+            }
+            None => crc32c::crc32c_append(head_crc, tail),
+        };
         let mut header = FrameHeader {
             magic: U32::new(FRAME_MAGIC),
             version: PROTOCOL_VERSION,
@@ -285,7 +302,7 @@ mod tests {
     fn empty_frame(kind: FrameKind) -> BytesMut {
         let mut out = BytesMut::new();
         let writer = FrameWriter::begin(&mut out, kind, 7, 3);
-        writer.finish(&mut out, &[]);
+        writer.finish(&mut out, &[], None);
         out
     }
 
@@ -310,7 +327,7 @@ mod tests {
         let mut out = BytesMut::new();
         let writer = FrameWriter::begin(&mut out, FrameKind::ClientWrite, 1, 0);
         out.put_slice(&[9; 40]);
-        writer.finish(&mut out, &[]);
+        writer.finish(&mut out, &[], None);
         let whole = out.clone();
         let mut partial = BytesMut::from(&whole[..20]);
         assert_eq!(split_frame(&mut partial, &Limits::default()).unwrap(), None);
@@ -327,7 +344,7 @@ mod tests {
         let mut out = BytesMut::new();
         let writer = FrameWriter::begin(&mut out, FrameKind::ClientWrite, 1, 0);
         out.put_slice(&[0; 100]);
-        writer.finish(&mut out, &[]);
+        writer.finish(&mut out, &[], None);
         // Only the header is present: the verdict must not need the body.
         let mut header_only = BytesMut::from(&out[..FRAME_HEADER_SIZE]);
         let limits = Limits { frame_size_max: 64 };

@@ -118,3 +118,31 @@ fn protocol_md_example_is_what_the_code_writes() {
     assert_eq!(&bytes[24..28], &crc32c::crc32c(&body).to_le_bytes());
     assert_eq!(&bytes[28..32], &crc32c::crc32c(&bytes[..28]).to_le_bytes());
 }
+
+/// A batch whose stored crc is wrong is refused even when the frame's crc is
+/// right (the batch crc goes to disk; the frame crc does not).
+#[test]
+fn a_batch_with_a_wrong_stored_crc_is_refused_inside_a_valid_frame() {
+    let entries = [Entry { index: 1, term: 1, kind: EntryKind::Normal, data: Bytes::from_static(b"payload") }];
+    let batch = EntryBatch::encode(&entries);
+    let message = Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::Append(AppendRequest {
+            prev_index: 0,
+            prev_term: 0,
+            commit: 0,
+            entries: Some(batch.clone()),
+        }),
+    };
+    let mut raw = Frame { cluster_id: 1, shard_id: 0, payload: Payload::Raft(message) }.to_bytes().to_vec();
+    let batch_start = raw.len() - batch.len_bytes();
+    raw[batch_start] ^= 0x01; // the batch's stored crc
+    let body_crc = crc32c::crc32c(&raw[32..]);
+    raw[24..28].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&raw[..28]);
+    raw[28..32].copy_from_slice(&header_crc.to_le_bytes());
+    let err = Frame::decode_bytes(&Bytes::from(raw), &Limits::default()).unwrap_err();
+    assert!(matches!(err, net::DecodeError::BadField { field: "entries", .. }), "{err}");
+}

@@ -140,6 +140,17 @@ fn put_list(out: &mut BytesMut, list: &[u64]) {
     }
 }
 
+/// The crc32c of the message's tail when it is known without reading the
+/// tail: an entry batch stores the crc of its bytes 4.., so the crc of the
+/// whole batch is that combined with the crc of its first four bytes.
+pub(crate) fn tail_crc(message: &Message) -> Option<u32> {
+    let MessageBody::Append(AppendRequest { entries: Some(batch), .. }) = &message.body else {
+        return None;
+    };
+    let bytes = batch.as_bytes();
+    Some(crc32c::crc32c_combine(crc32c::crc32c(&bytes[..4]), batch.crc(), bytes.len() - 4))
+}
+
 /// Writes the body's head into `out` and returns its zero-copy tail.
 pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
     let head = MessageHead { from: U64::new(message.from), to: U64::new(message.to), term: U64::new(message.term) };
@@ -246,8 +257,9 @@ fn decode_grant(reader: &mut BodyReader<'_>) -> Result<bool, DecodeError> {
     reader.flag(body.granted, "granted")
 }
 
-/// Parses a Raft message body of `kind` (one of the Raft kinds).
-pub(crate) fn decode(kind: FrameKind, body: &Bytes) -> Result<Message, DecodeError> {
+/// Parses a Raft message body of `kind` (one of the Raft kinds) whose
+/// verified crc32c is `body_crc`.
+pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Message, DecodeError> {
     let mut reader = BodyReader::new(kind, body);
     let head = reader.fixed::<MessageHead>()?;
     let message_body = match kind {
@@ -266,6 +278,21 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes) -> Result<Message, DecodeErr
                 let batch = EntryBatch::decode_checksummed_elsewhere(&rest, rest.len())?;
                 if batch.len_bytes() != rest.len() {
                     return Err(DecodeError::TrailingBytes { kind, count: rest.len() - batch.len_bytes() });
+                }
+                // The batch's own crc goes to disk with it, so it must be
+                // right too. The body crc, already verified over these bytes,
+                // pins it down: crc(body) = combine(crc(head + first four
+                // batch bytes), crc(batch[4..]), length - 4), and combine is
+                // one-to-one in its second argument. No second pass needed.
+                let head_length = body.len() - rest.len() + 4;
+                let expected =
+                    crc32c::crc32c_combine(crc32c::crc32c(&body[..head_length]), batch.crc(), batch.len_bytes() - 4);
+                if expected != body_crc {
+                    return Err(DecodeError::BadField {
+                        kind,
+                        field: "entries",
+                        reason: "the batch's stored crc32c does not match its bytes",
+                    });
                 }
                 Some(batch)
             };

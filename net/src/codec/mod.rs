@@ -63,19 +63,19 @@ impl Frame {
             Payload::Handshake(handshake) => {
                 let writer = FrameWriter::begin(out, FrameKind::Handshake, self.cluster_id, self.shard_id);
                 handshake.encode_body(out);
-                writer.finish(out, &[]);
+                writer.finish(out, &[], None);
                 Bytes::new()
             }
             Payload::HandshakeAccept(accept) => {
                 let writer = FrameWriter::begin(out, FrameKind::HandshakeAccept, self.cluster_id, self.shard_id);
                 accept.encode_body(out);
-                writer.finish(out, &[]);
+                writer.finish(out, &[], None);
                 Bytes::new()
             }
             Payload::HandshakeRefuse(refusal) => {
                 let writer = FrameWriter::begin(out, FrameKind::HandshakeRefuse, self.cluster_id, self.shard_id);
                 refusal.encode_body(out);
-                writer.finish(out, &[]);
+                writer.finish(out, &[], None);
                 Bytes::new()
             }
         }
@@ -98,7 +98,7 @@ impl Frame {
             FrameKind::HandshakeAccept => Payload::HandshakeAccept(HandshakeAccept::decode_body(&raw.body)?),
             FrameKind::HandshakeRefuse => Payload::HandshakeRefuse(HandshakeRefusal::decode_body(&raw.body)?),
             FrameKind::ClientResponse => Payload::Response(client::decode_response(&raw.body)?),
-            kind if kind.is_raft() => Payload::Raft(message::decode(kind, &raw.body)?),
+            kind if kind.is_raft() => Payload::Raft(message::decode(kind, &raw.body, raw.body_crc)?),
             kind => {
                 debug_assert!(kind.is_client_request());
                 Payload::Request(client::decode_request(kind, &raw.body)?)
@@ -120,7 +120,7 @@ impl Frame {
 pub fn encode_message(cluster_id: u64, shard_id: u32, message: &Message, out: &mut BytesMut) -> Bytes {
     let writer = FrameWriter::begin(out, message::kind_of(message), cluster_id, shard_id);
     let tail = message::encode_body(message, out);
-    writer.finish(out, &tail);
+    writer.finish(out, &tail, message::tail_crc(message));
     tail
 }
 
@@ -128,7 +128,7 @@ pub fn encode_message(cluster_id: u64, shard_id: u32, message: &Message, out: &m
 pub fn encode_request(cluster_id: u64, shard_id: u32, request: &ClientRequest, out: &mut BytesMut) -> Bytes {
     let writer = FrameWriter::begin(out, client::request_kind(request), cluster_id, shard_id);
     let tail = client::encode_request_body(request, out);
-    writer.finish(out, &tail);
+    writer.finish(out, &tail, None);
     tail
 }
 
@@ -136,7 +136,7 @@ pub fn encode_request(cluster_id: u64, shard_id: u32, request: &ClientRequest, o
 pub fn encode_response(cluster_id: u64, shard_id: u32, response: &ClientResponse, out: &mut BytesMut) -> Bytes {
     let writer = FrameWriter::begin(out, FrameKind::ClientResponse, cluster_id, shard_id);
     let tail = client::encode_response_body(response, out);
-    writer.finish(out, &tail);
+    writer.finish(out, &tail, None);
     tail
 }
 
