@@ -1,0 +1,141 @@
+//! Small helpers for the node's compact little-endian byte formats (session
+//! envelopes, key-value commands and responses, snapshots).
+//!
+//! Decoding borrows: every byte string read is a `Bytes` slice of the input,
+//! and no allocation is ever sized by a length read from the input before that
+//! length was checked against the bytes actually present.
+
+use bytes::{BufMut, Bytes};
+
+/// Bytes that do not decode as the format they claim to be. Commands and
+/// queries come from clients, so a bad one is a typed error, never a panic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended early: `what` needed more bytes than were left.
+    #[error("truncated {what}: needed {needed} bytes, {remaining} left")]
+    Truncated { what: &'static str, needed: usize, remaining: usize },
+    /// A tag byte has no meaning in this format version.
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    /// A field is longer than its named bound.
+    #[error("{what} is {size} bytes, more than the maximum of {max}")]
+    TooLarge { what: &'static str, size: usize, max: usize },
+    /// Bytes were left after a complete value; formats are exact so that one
+    /// value has one encoding.
+    #[error("{count} unexpected bytes after the end of the {what}")]
+    TrailingBytes { what: &'static str, count: usize },
+    /// A field holds a value the format forbids.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: &'static str },
+}
+
+/// A cursor over an input buffer.
+pub(crate) struct Reader<'a> {
+    input: &'a Bytes,
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(input: &'a Bytes) -> Reader<'a> {
+        Reader { input, position: 0 }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.input.len() - self.position
+    }
+
+    fn take(&mut self, what: &'static str, size: usize) -> Result<&'a [u8], DecodeError> {
+        let remaining = self.remaining();
+        if size > remaining {
+            return Err(DecodeError::Truncated { what, needed: size, remaining });
+        }
+        let start = self.position;
+        self.position += size;
+        Ok(&self.input[start..self.position])
+    }
+
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(what, 1)?[0])
+    }
+
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        let bytes = self.take(what, 4)?;
+        Ok(u32::from_le_bytes(bytes.try_into().expect("take returned 4 bytes")))
+    }
+
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let bytes = self.take(what, 8)?;
+        Ok(u64::from_le_bytes(bytes.try_into().expect("take returned 8 bytes")))
+    }
+
+    /// A `u8` that must be 0 or 1.
+    pub(crate) fn flag(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid { what, reason: "a flag must be 0 or 1" }),
+        }
+    }
+
+    /// A `u32` length followed by that many bytes, at most `size_max`.
+    pub(crate) fn bytes(&mut self, what: &'static str, size_max: usize) -> Result<Bytes, DecodeError> {
+        let size = self.u32(what)? as usize;
+        if size > size_max {
+            return Err(DecodeError::TooLarge { what, size, max: size_max });
+        }
+        let remaining = self.remaining();
+        if size > remaining {
+            return Err(DecodeError::Truncated { what, needed: size, remaining });
+        }
+        let start = self.position;
+        self.position += size;
+        Ok(self.input.slice(start..self.position))
+    }
+
+    /// An optional byte string: flag 0 for absent, or flag 1 and [`Reader::bytes`].
+    pub(crate) fn optional_bytes(&mut self, what: &'static str, size_max: usize) -> Result<Option<Bytes>, DecodeError> {
+        if self.flag(what)? {
+            Ok(Some(self.bytes(what, size_max)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Everything that is left.
+    pub(crate) fn rest(&mut self) -> Bytes {
+        let start = self.position;
+        self.position = self.input.len();
+        self.input.slice(start..)
+    }
+
+    /// Fails if bytes are left over.
+    pub(crate) fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            count => Err(DecodeError::TrailingBytes { what, count }),
+        }
+    }
+}
+
+/// Appends a `u32` length and the bytes.
+pub(crate) fn put_bytes(out: &mut impl BufMut, bytes: &[u8]) {
+    let size = u32::try_from(bytes.len()).expect("byte strings are bounded far below 4 GiB");
+    out.put_u32_le(size);
+    out.put_slice(bytes);
+}
+
+/// Appends an optional byte string (see [`Reader::optional_bytes`]).
+pub(crate) fn put_optional_bytes(out: &mut impl BufMut, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.put_u8(0),
+        Some(bytes) => {
+            out.put_u8(1);
+            put_bytes(out, bytes);
+        }
+    }
+}
+
+/// Encoded size of an optional byte string.
+pub(crate) fn optional_bytes_size(bytes: Option<&[u8]>) -> usize {
+    1 + bytes.map_or(0, |bytes| 4 + bytes.len())
+}

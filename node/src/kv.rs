@@ -1,0 +1,486 @@
+//! The key-value state machine the `node` binary replicates: put, get, delete
+//! and compare-and-swap over a sorted map, with exactly-once client sessions
+//! ([`crate::session`]).
+//!
+//! # Commands and queries ([`KvOp`]), little-endian
+//!
+//! A write's log payload is a session [`Envelope`](crate::session::Envelope)
+//! around one encoded op; a query (served by [`KvStateMachine::query`], not
+//! through the log) is an encoded op alone. A byte string `bytes` is a `u32`
+//! length and the bytes; an optional one `opt` is `0` (absent) or `1` and a
+//! byte string.
+//!
+//! | tag | op | then |
+//! |---|---|---|
+//! | 1 | `Get` | key: bytes |
+//! | 2 | `Put` | key: bytes, value: bytes |
+//! | 3 | `Delete` | key: bytes |
+//! | 4 | `Cas` | key: bytes, expected: opt, new: opt |
+//!
+//! `Cas` replaces the key's value with `new` (absent: deletes it) only if the
+//! current value equals `expected` (absent: the key must not exist). Keys are
+//! 1 to [`KEY_SIZE_MAX`] bytes, values at most [`VALUE_SIZE_MAX`]. A `Get` may
+//! also go through the log (a read ordered with the writes).
+//!
+//! # Responses ([`KvResponse`]), inside [`Reply::Applied`](crate::session::Reply)
+//!
+//! | tag | response | then |
+//! |---|---|---|
+//! | 1 | `Value` | value: opt |
+//! | 2 | `Written` | nothing |
+//! | 3 | `Deleted` | existed: `u8` 0 or 1 |
+//! | 4 | `CasSucceeded` | nothing |
+//! | 5 | `CasFailed` | current value: opt |
+//!
+//! # Snapshot, little-endian
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | magic `b"KVSN"` |
+//! | 2 | format version, [`SNAPSHOT_VERSION`] |
+//! | 2 | reserved, 0 |
+//! | 8 | applied index |
+//! | 8 | `sessions_max` |
+//! | 8 | pair count, then each pair: key: bytes, value: bytes, keys strictly increasing |
+//! | 8 | session count, then each: client id u64, last sequence u64, last index u64, reply: bytes, client ids strictly increasing |
+//! | 4 | crc32c of everything before it |
+//!
+//! Both maps are written in sorted order, so equal states give equal bytes.
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use engine::{Index, RestoreError, StateMachine};
+
+use crate::codec::{optional_bytes_size, put_bytes, put_optional_bytes, DecodeError, Reader};
+use crate::fsm::QueryStateMachine;
+use crate::session::{Admission, Envelope, Reply, Session, SessionTable, SESSIONS_MAX_DEFAULT};
+
+/// The largest key, in bytes.
+pub const KEY_SIZE_MAX: usize = 64 * 1024;
+/// The largest value, in bytes.
+pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
+/// The snapshot format this code writes and reads.
+pub const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_MAGIC: &[u8; 4] = b"KVSN";
+const SNAPSHOT_HEADER_SIZE: usize = 4 + 2 + 2 + 8 + 8;
+const SNAPSHOT_CHECKSUM_SIZE: usize = 4;
+/// A reply cached in a session is at most a `CasFailed` with a full value.
+const REPLY_SIZE_MAX: usize = 1 + 1 + 1 + 4 + VALUE_SIZE_MAX;
+
+/// One key-value operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    Get { key: Bytes },
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+    Cas { key: Bytes, expected: Option<Bytes>, new: Option<Bytes> },
+}
+
+impl KvOp {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => key,
+        }
+    }
+
+    /// Whether the op changes state (and so must go through the log).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, KvOp::Get { .. })
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let key = self.key();
+        let size = 1
+            + 4
+            + key.len()
+            + match self {
+                KvOp::Get { .. } | KvOp::Delete { .. } => 0,
+                KvOp::Put { value, .. } => 4 + value.len(),
+                KvOp::Cas { expected, new, .. } => {
+                    optional_bytes_size(expected.as_deref()) + optional_bytes_size(new.as_deref())
+                }
+            };
+        let mut out = BytesMut::with_capacity(size);
+        match self {
+            KvOp::Get { key } => {
+                out.put_u8(1);
+                put_bytes(&mut out, key);
+            }
+            KvOp::Put { key, value } => {
+                out.put_u8(2);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            KvOp::Delete { key } => {
+                out.put_u8(3);
+                put_bytes(&mut out, key);
+            }
+            KvOp::Cas { key, expected, new } => {
+                out.put_u8(4);
+                put_bytes(&mut out, key);
+                put_optional_bytes(&mut out, expected.as_deref());
+                put_optional_bytes(&mut out, new.as_deref());
+            }
+        }
+        debug_assert_eq!(out.len(), size);
+        out.freeze()
+    }
+
+    /// Reads an op; keys and values borrow `bytes`.
+    pub fn decode(bytes: &Bytes) -> Result<KvOp, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let tag = reader.u8("op tag")?;
+        let key = reader.bytes("key", KEY_SIZE_MAX)?;
+        if key.is_empty() {
+            return Err(DecodeError::Invalid { what: "key", reason: "keys are not empty" });
+        }
+        let op = match tag {
+            1 => KvOp::Get { key },
+            2 => KvOp::Put { key, value: reader.bytes("value", VALUE_SIZE_MAX)? },
+            3 => KvOp::Delete { key },
+            4 => KvOp::Cas {
+                key,
+                expected: reader.optional_bytes("expected value", VALUE_SIZE_MAX)?,
+                new: reader.optional_bytes("new value", VALUE_SIZE_MAX)?,
+            },
+            tag => return Err(DecodeError::UnknownTag { what: "op", tag }),
+        };
+        reader.finish("op")?;
+        Ok(op)
+    }
+}
+
+/// The outcome of one op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvResponse {
+    /// A `Get`: the value, or `None` if the key is absent.
+    Value(Option<Bytes>),
+    /// A `Put` stored its value.
+    Written,
+    /// A `Delete`; `existed` tells whether the key was there.
+    Deleted { existed: bool },
+    /// A `Cas` found the expected value and made the change.
+    CasSucceeded,
+    /// A `Cas` found `current` instead of the expected value; nothing changed.
+    CasFailed { current: Option<Bytes> },
+}
+
+impl KvResponse {
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    fn encode_into(&self, out: &mut BytesMut) {
+        match self {
+            KvResponse::Value(value) => {
+                out.put_u8(1);
+                put_optional_bytes(out, value.as_deref());
+            }
+            KvResponse::Written => out.put_u8(2),
+            KvResponse::Deleted { existed } => {
+                out.put_u8(3);
+                out.put_u8(u8::from(*existed));
+            }
+            KvResponse::CasSucceeded => out.put_u8(4),
+            KvResponse::CasFailed { current } => {
+                out.put_u8(5);
+                put_optional_bytes(out, current.as_deref());
+            }
+        }
+    }
+
+    pub fn decode(bytes: &Bytes) -> Result<KvResponse, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let response = match reader.u8("response tag")? {
+            1 => KvResponse::Value(reader.optional_bytes("value", VALUE_SIZE_MAX)?),
+            2 => KvResponse::Written,
+            3 => KvResponse::Deleted { existed: reader.flag("existed")? },
+            4 => KvResponse::CasSucceeded,
+            5 => KvResponse::CasFailed { current: reader.optional_bytes("current value", VALUE_SIZE_MAX)? },
+            tag => return Err(DecodeError::UnknownTag { what: "response", tag }),
+        };
+        reader.finish("response")?;
+        Ok(response)
+    }
+
+    /// The encoded [`Reply::Applied`] carrying this response.
+    fn into_reply(self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(0);
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+}
+
+/// Decodes a state machine's answer (to a write or a query) into the
+/// response, for clients: `Err` holds the reply that was not
+/// [`Reply::Applied`], or says the bytes did not decode.
+pub fn decode_answer(bytes: &Bytes) -> Result<KvResponse, AnswerError> {
+    match Reply::decode(bytes)? {
+        Reply::Applied(response) => Ok(KvResponse::decode(&response)?),
+        other => Err(AnswerError::NotApplied(other)),
+    }
+}
+
+/// An answer that holds no [`KvResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the request was not applied: {0:?}")]
+    NotApplied(Reply),
+    #[error("the answer does not decode: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// A snapshot that [`KvStateMachine::restore`] refuses; turned into the
+/// engine's [`RestoreError`] with this message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is {size} bytes, shorter than its header and checksum")]
+    TooShort { size: usize },
+    #[error("snapshot does not start with the key-value magic bytes (not a key-value snapshot)")]
+    BadMagic,
+    #[error("snapshot format version {found} is not supported (this node reads version {SNAPSHOT_VERSION})")]
+    UnsupportedVersion { found: u16 },
+    #[error("snapshot checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (the snapshot is damaged)")]
+    Checksum { stored: u32, computed: u32 },
+    #[error(
+        "snapshot was taken with sessions_max = {snapshot}, this node has {configured}; \
+         the setting must be equal on every node"
+    )]
+    SessionsMaxMismatch { snapshot: u64, configured: usize },
+    #[error("snapshot content is invalid: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("snapshot content is invalid: {0}")]
+    Invalid(&'static str),
+}
+
+impl From<SnapshotError> for RestoreError {
+    fn from(error: SnapshotError) -> RestoreError {
+        RestoreError(error.to_string())
+    }
+}
+
+/// The key-value state machine.
+///
+/// Keys and values are copied out of the log entries they arrive in, so a
+/// small stored value does not keep a large receive buffer alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvStateMachine {
+    data: BTreeMap<Bytes, Bytes>,
+    sessions: SessionTable,
+    /// The index of the last applied command. Invariant: every session's
+    /// `last_index` is at most this.
+    applied_index: Index,
+}
+
+impl Default for KvStateMachine {
+    fn default() -> KvStateMachine {
+        KvStateMachine::new(SESSIONS_MAX_DEFAULT)
+    }
+}
+
+impl KvStateMachine {
+    /// An empty store keeping at most `sessions_max` client sessions; see
+    /// [`crate::session`] for why that bound must match across the cluster.
+    pub fn new(sessions_max: usize) -> KvStateMachine {
+        KvStateMachine { data: BTreeMap::new(), sessions: SessionTable::new(sessions_max), applied_index: 0 }
+    }
+
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.data.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    /// Serves a read (`Get`) from the applied state, without the log; the
+    /// caller decides how fresh that state must be (ReadIndex, lease, stale).
+    /// Answers with an encoded [`Reply`]: `Applied` with a [`KvResponse`], or
+    /// `Malformed`.
+    pub fn query(&self, query: &Bytes) -> Bytes {
+        match KvOp::decode(query) {
+            Ok(KvOp::Get { key }) => KvResponse::Value(self.data.get(&key).cloned()).into_reply(),
+            Ok(_) => Reply::Malformed("a query must be a get; writes go through the log".into()).encode(),
+            Err(error) => Reply::Malformed(format!("bad query: {error}")).encode(),
+        }
+    }
+
+    /// Applies one op to the map.
+    fn execute(&mut self, op: KvOp) -> KvResponse {
+        match op {
+            KvOp::Get { key } => KvResponse::Value(self.data.get(&key).cloned()),
+            KvOp::Put { key, value } => {
+                self.data.insert(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&value));
+                KvResponse::Written
+            }
+            KvOp::Delete { key } => KvResponse::Deleted { existed: self.data.remove(&key).is_some() },
+            KvOp::Cas { key, expected, new } => {
+                let current = self.data.get(&key);
+                if current != expected.as_ref() {
+                    return KvResponse::CasFailed { current: current.cloned() };
+                }
+                match new {
+                    Some(new) => {
+                        self.data.insert(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&new));
+                    }
+                    None => {
+                        self.data.remove(&key);
+                    }
+                }
+                KvResponse::CasSucceeded
+            }
+        }
+    }
+
+    fn decode_snapshot(&self, snapshot: &Bytes) -> Result<KvStateMachine, SnapshotError> {
+        let size = snapshot.len();
+        if size < SNAPSHOT_HEADER_SIZE + 8 + 8 + SNAPSHOT_CHECKSUM_SIZE {
+            return Err(SnapshotError::TooShort { size });
+        }
+        if &snapshot[..4] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let body_size = size - SNAPSHOT_CHECKSUM_SIZE;
+        let stored = u32::from_le_bytes(snapshot[body_size..].try_into().expect("4 checksum bytes"));
+        let computed = crc32c::crc32c(&snapshot[..body_size]);
+        if stored != computed {
+            return Err(SnapshotError::Checksum { stored, computed });
+        }
+        let body = snapshot.slice(4..body_size);
+        let mut reader = Reader::new(&body);
+        let version = u16::from(reader.u8("version")?) | u16::from(reader.u8("version")?) << 8;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion { found: version });
+        }
+        if reader.u8("reserved")? != 0 || reader.u8("reserved")? != 0 {
+            return Err(SnapshotError::Invalid("reserved header bytes are not zero"));
+        }
+        let applied_index = reader.u64("applied index")?;
+        let sessions_max = reader.u64("sessions_max")?;
+        if sessions_max != self.sessions.sessions_max() as u64 {
+            return Err(SnapshotError::SessionsMaxMismatch {
+                snapshot: sessions_max,
+                configured: self.sessions.sessions_max(),
+            });
+        }
+        let mut restored = KvStateMachine::new(self.sessions.sessions_max());
+        restored.applied_index = applied_index;
+        let pairs_count = reader.u64("pair count")?;
+        for _ in 0..pairs_count {
+            let key = reader.bytes("key", KEY_SIZE_MAX)?;
+            let value = reader.bytes("value", VALUE_SIZE_MAX)?;
+            if key.is_empty() {
+                return Err(SnapshotError::Invalid("an empty key"));
+            }
+            if restored.data.last_key_value().is_some_and(|(last, _)| *last >= key) {
+                return Err(SnapshotError::Invalid("keys are not strictly increasing"));
+            }
+            restored.data.insert(key, value);
+        }
+        let sessions_count = reader.u64("session count")?;
+        let mut client_id_last = None;
+        for _ in 0..sessions_count {
+            let client_id = reader.u64("client id")?;
+            let last_sequence = reader.u64("last sequence")?;
+            let last_index = reader.u64("last index")?;
+            let reply = reader.bytes("cached reply", REPLY_SIZE_MAX)?;
+            if client_id_last.is_some_and(|last| last >= client_id) {
+                return Err(SnapshotError::Invalid("client ids are not strictly increasing"));
+            }
+            client_id_last = Some(client_id);
+            if last_index > applied_index {
+                return Err(SnapshotError::Invalid("a session is newer than the applied index"));
+            }
+            restored
+                .sessions
+                .insert_restored(client_id, Session { last_sequence, last_index, reply })
+                .map_err(SnapshotError::Invalid)?;
+        }
+        reader.finish("snapshot").map_err(SnapshotError::Decode)?;
+        Ok(restored)
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    /// Applies an [`Envelope`] around a [`KvOp`] and answers with an encoded
+    /// [`Reply`]. A malformed command is answered, not applied: every replica
+    /// decodes the same bytes the same way, so they all agree.
+    fn apply(&mut self, index: Index, command: &Bytes) -> Bytes {
+        assert!(index > self.applied_index, "apply at index {index} after {}", self.applied_index);
+        self.applied_index = index;
+        let envelope = match Envelope::decode(command) {
+            Ok(envelope) => envelope,
+            Err(error) => return Reply::Malformed(format!("bad envelope: {error}")).encode(),
+        };
+        let op = match KvOp::decode(&envelope.command) {
+            Ok(op) => op,
+            Err(error) => return Reply::Malformed(format!("bad command: {error}")).encode(),
+        };
+        match self.sessions.admit(envelope.client_id, envelope.sequence, index) {
+            Admission::Apply => {
+                let reply = self.execute(op).into_reply();
+                self.sessions.record(envelope.client_id, envelope.sequence, index, reply.clone());
+                reply
+            }
+            Admission::Duplicate(reply) => reply,
+            Admission::Reject(reply) => reply.encode(),
+        }
+    }
+
+    fn snapshot(&self) -> Bytes {
+        let pairs_size: usize = self.data.iter().map(|(key, value)| 8 + key.len() + value.len()).sum();
+        let sessions_size: usize = self.sessions.iter().map(|(_, session)| 28 + session.reply.len()).sum();
+        let size = SNAPSHOT_HEADER_SIZE + 8 + pairs_size + 8 + sessions_size + SNAPSHOT_CHECKSUM_SIZE;
+        let mut out = BytesMut::with_capacity(size);
+        out.put_slice(SNAPSHOT_MAGIC);
+        out.put_u16_le(SNAPSHOT_VERSION);
+        out.put_u16_le(0);
+        out.put_u64_le(self.applied_index);
+        out.put_u64_le(self.sessions.sessions_max() as u64);
+        out.put_u64_le(self.data.len() as u64);
+        for (key, value) in &self.data {
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, value);
+        }
+        out.put_u64_le(self.sessions.len() as u64);
+        for (client_id, session) in self.sessions.iter() {
+            out.put_u64_le(client_id);
+            out.put_u64_le(session.last_sequence);
+            out.put_u64_le(session.last_index);
+            put_bytes(&mut out, &session.reply);
+        }
+        let checksum = crc32c::crc32c(&out);
+        out.put_u32_le(checksum);
+        debug_assert_eq!(out.len(), size);
+        out.freeze()
+    }
+
+    /// Replaces the state with the snapshot's, or leaves it untouched and
+    /// says what is wrong with the snapshot.
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
+        *self = self.decode_snapshot(snapshot)?;
+        Ok(())
+    }
+}
+
+impl QueryStateMachine for KvStateMachine {
+    fn query(&self, query: &Bytes) -> Bytes {
+        KvStateMachine::query(self, query)
+    }
+}

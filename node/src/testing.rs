@@ -1,0 +1,193 @@
+//! The conformance suite every [`StateMachine`] passes, and a workload
+//! generator for the key-value state machine.
+//!
+//! Each check is a plain function taking `make`, a factory of fresh, empty
+//! instances, and a workload of commands (log payloads) applied at indices
+//! 1, 2, 3, ...; it panics with a message naming the broken property.
+//! [`state_machine_suite`] runs them all:
+//!
+//! ```
+//! use node::kv::KvStateMachine;
+//! node::testing::state_machine_suite(|| KvStateMachine::new(8), &node::testing::kv_workload(7, 200));
+//! ```
+
+use bytes::Bytes;
+use engine::{Index, StateMachine};
+
+use crate::kv::KvOp;
+use crate::session::encode_envelope;
+
+/// Runs every check of the suite.
+pub fn state_machine_suite<S: StateMachine, F: Fn() -> S>(make: F, workload: &[Bytes]) {
+    check_determinism(&make, workload);
+    check_snapshot_round_trip(&make, workload);
+    check_restore_rejects_corruption(&make, workload);
+}
+
+/// Applies `commands` at consecutive indices from `first_index`, returning
+/// the responses.
+pub fn apply_all<S: StateMachine>(machine: &mut S, first_index: Index, commands: &[Bytes]) -> Vec<Bytes> {
+    commands.iter().zip(first_index..).map(|(command, index)| machine.apply(index, command)).collect()
+}
+
+/// Two instances given the same commands give the same responses and the same
+/// snapshot bytes after every command, and taking a snapshot changes nothing.
+pub fn check_determinism<S: StateMachine, F: Fn() -> S>(make: &F, workload: &[Bytes]) {
+    let mut first = make();
+    let mut second = make();
+    assert_eq!(first.snapshot(), second.snapshot(), "two fresh instances have different snapshots");
+    for (index, command) in (1..).zip(workload) {
+        let response_first = first.apply(index, command);
+        let response_second = second.apply(index, command);
+        assert_eq!(response_first, response_second, "responses differ at index {index}");
+        let snapshot = first.snapshot();
+        assert_eq!(snapshot, first.snapshot(), "two snapshots in a row differ at index {index}");
+        assert_eq!(snapshot, second.snapshot(), "snapshots differ at index {index}");
+    }
+}
+
+/// A snapshot taken at any point and restored into a fresh instance, or into
+/// one with other state, gives the same snapshot bytes and the same responses
+/// to the rest of the workload.
+pub fn check_snapshot_round_trip<S: StateMachine, F: Fn() -> S>(make: &F, workload: &[Bytes]) {
+    let cuts = cut_points(workload.len());
+    for cut in cuts {
+        let mut original = make();
+        apply_all(&mut original, 1, &workload[..cut]);
+        let snapshot = original.snapshot();
+
+        let mut fresh = make();
+        fresh.restore(&snapshot).unwrap_or_else(|error| panic!("restore of a snapshot at {cut} failed: {error}"));
+        assert_eq!(fresh.snapshot(), snapshot, "restored state differs from the snapshot at {cut}");
+
+        // An instance with other state: the restore must replace, not merge.
+        let mut dirty = make();
+        apply_all(&mut dirty, 1, &workload[cut..]);
+        dirty.restore(&snapshot).unwrap_or_else(|error| panic!("restore over state at {cut} failed: {error}"));
+        assert_eq!(dirty.snapshot(), snapshot, "restore over existing state merged instead of replacing at {cut}");
+
+        let rest = &workload[cut..];
+        let first_index = cut as Index + 1;
+        let expected = apply_all(&mut original, first_index, rest);
+        assert_eq!(
+            apply_all(&mut fresh, first_index, rest),
+            expected,
+            "restored instance answers differently after {cut}"
+        );
+        assert_eq!(
+            apply_all(&mut dirty, first_index, rest),
+            expected,
+            "restored instance answers differently after {cut}"
+        );
+        assert_eq!(fresh.snapshot(), original.snapshot(), "restored instance diverged after {cut}");
+        assert_eq!(dirty.snapshot(), original.snapshot(), "restored instance diverged after {cut}");
+    }
+}
+
+/// Truncated, extended, empty and bit-flipped snapshots are refused, and a
+/// refused restore leaves the state as it was.
+pub fn check_restore_rejects_corruption<S: StateMachine, F: Fn() -> S>(make: &F, workload: &[Bytes]) {
+    let mut source = make();
+    apply_all(&mut source, 1, workload);
+    let snapshot = source.snapshot();
+    let mut target = make();
+    apply_all(&mut target, 1, &workload[..workload.len() / 2]);
+    let before = target.snapshot();
+
+    let mut damaged: Vec<(String, Bytes)> = vec![("empty".into(), Bytes::new())];
+    for size in cut_points(snapshot.len()).into_iter().filter(|&size| size < snapshot.len()) {
+        damaged.push((format!("truncated to {size} bytes"), snapshot.slice(..size)));
+    }
+    let mut extended = snapshot.to_vec();
+    extended.push(0);
+    damaged.push(("one byte appended".into(), Bytes::from(extended)));
+    // Every byte for small snapshots; a spread of positions for large ones.
+    let step = (snapshot.len() / 512).max(1);
+    for position in (0..snapshot.len()).step_by(step) {
+        for bit in [0, 7] {
+            let mut flipped = snapshot.to_vec();
+            flipped[position] ^= 1 << bit;
+            damaged.push((format!("bit {bit} of byte {position} flipped"), Bytes::from(flipped)));
+        }
+    }
+    for (what, bytes) in damaged {
+        assert!(target.restore(&bytes).is_err(), "restore accepted a snapshot with {what}");
+        assert_eq!(target.snapshot(), before, "a refused restore ({what}) changed the state");
+    }
+    target.restore(&snapshot).expect("the undamaged snapshot restores");
+}
+
+/// Where to cut a sequence of `len`: both ends, a few in between.
+fn cut_points(len: usize) -> Vec<usize> {
+    let mut cuts = vec![0, 1, len / 3, len / 2, len.saturating_sub(1), len];
+    cuts.retain(|&cut| cut <= len);
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// A deterministic key-value workload of `count` log payloads from `seed`:
+/// puts, deletes, compare-and-swaps and logged gets over a few keys, from a
+/// few clients that retry, skip ahead (expired sessions), open new sessions,
+/// send writes outside a session, and a few malformed commands. Use a small
+/// `sessions_max` (such as 8) so that eviction happens too.
+pub fn kv_workload(seed: u64, count: usize) -> Vec<Bytes> {
+    /// Clients in the workload; more than a small `sessions_max`.
+    const CLIENTS_COUNT: u64 = 12;
+    let mut random = SplitMix64(seed);
+    let mut next_sequence = [1u64; CLIENTS_COUNT as usize];
+    let mut last: Vec<Option<Bytes>> = vec![None; CLIENTS_COUNT as usize];
+    let mut workload = Vec::with_capacity(count);
+    while workload.len() < count {
+        let client = (random.next() % CLIENTS_COUNT) as usize;
+        let choice = random.next() % 100;
+        if choice < 8 {
+            if let Some(retry) = &last[client] {
+                workload.push(retry.clone());
+                continue;
+            }
+        }
+        if choice < 10 {
+            workload.push(Bytes::from_static(b"\x01garbage"));
+            continue;
+        }
+        let key = Bytes::from(format!("key-{}", random.next() % 6));
+        let value = |random: &mut SplitMix64| Bytes::from(format!("value-{}", random.next() % 4));
+        let op = match random.next() % 5 {
+            0 => KvOp::Get { key },
+            1 | 2 => KvOp::Put { key, value: value(&mut random) },
+            3 => KvOp::Delete { key },
+            _ => {
+                let expected = (random.next() % 3 != 0).then(|| value(&mut random));
+                let new = (random.next() % 4 != 0).then(|| value(&mut random));
+                KvOp::Cas { key, expected, new }
+            }
+        };
+        let client_id = client as u64 + 1;
+        let command = match choice {
+            10..=14 => encode_envelope(0, 0, &op.encode()),
+            15..=17 => encode_envelope(client_id, next_sequence[client] + 5, &op.encode()),
+            _ => {
+                let sequence = next_sequence[client];
+                next_sequence[client] += 1;
+                encode_envelope(client_id, sequence, &op.encode())
+            }
+        };
+        last[client] = Some(command.clone());
+        workload.push(command);
+    }
+    workload
+}
+
+/// A tiny seeded generator, so the workload needs no RNG dependency.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
