@@ -12,11 +12,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use engine::{Message, NodeId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::client::{ClientRequest, ClientResponse};
+use crate::client::{ClientRequest, ClientResponse, ResponseStatus};
 use crate::codec::{Frame, Payload};
 use crate::conn::{write_frame, Coalescer, ConnError, FrameReader};
 use crate::frame::{Limits, PROTOCOL_VERSION};
@@ -84,58 +84,120 @@ pub enum Inbound {
     Request { shard_id: u32, request: ClientRequest, reply: ReplyTo },
 }
 
-/// Where the answer to one client request goes: the response queue of the
-/// connection it arrived on. `!Send`: answer on the thread that received it.
-#[derive(Clone)]
-pub struct ReplyTo {
-    queue: Rc<OutQueue>,
-    shard_id: u32,
+/// The response side of one client connection, shared by the [`ReplyTo`]s
+/// of its requests.
+struct ClientSide {
+    queue: OutQueue,
+    /// Requests delivered to the owner and not yet answered (or dropped).
+    outstanding: Cell<usize>,
+    /// Woken when `outstanding` drops to zero.
+    idle: Notify,
     remote: SocketAddr,
+}
+
+impl ClientSide {
+    fn finish_one(&self) {
+        let outstanding = self.outstanding.get();
+        assert!(outstanding > 0, "more answers than requests");
+        self.outstanding.set(outstanding - 1);
+        if outstanding == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        while self.outstanding.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
+
+/// Where the answer to one client request goes: the response queue of the
+/// connection it arrived on. Answer exactly once; dropping it unanswered is
+/// logged as a warning. `!Send`: answer on the thread that received it.
+pub struct ReplyTo {
+    side: Rc<ClientSide>,
+    shard_id: u32,
+    request_id: u64,
+    answered: Cell<bool>,
 }
 
 impl std::fmt::Debug for ReplyTo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReplyTo({}, shard {})", self.remote, self.shard_id)
+        write!(f, "ReplyTo({}, shard {}, request {})", self.side.remote, self.shard_id, self.request_id)
     }
 }
 
-/// A response that could not be queued; it is handed back, never dropped.
+/// A response that could not be queued; its status is handed back, never
+/// dropped silently.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     #[error("the client connection is closed")]
-    Closed(ClientResponse),
+    Closed(ResponseStatus),
     #[error("the client connection's response queue is full")]
-    Full(ClientResponse),
+    Full(ResponseStatus),
 }
 
 impl ReplyTo {
-    /// Queues `response`, waiting while the connection's queue is full.
-    pub async fn send(&self, response: ClientResponse) -> Result<(), ReplyError> {
-        let item = Outgoing::Response { shard_id: self.shard_id, response };
-        self.queue.push(item).await.map_err(|back| ReplyError::Closed(into_response(back)))
+    fn item(&self, status: ResponseStatus) -> Outgoing {
+        assert!(!self.answered.get(), "request {} answered twice", self.request_id);
+        let response = ClientResponse { request_id: self.request_id, status };
+        Outgoing::Response { shard_id: self.shard_id, response }
     }
 
-    /// Queues `response` if there is room now.
-    pub fn try_send(&self, response: ClientResponse) -> Result<(), ReplyError> {
-        let item = Outgoing::Response { shard_id: self.shard_id, response };
-        self.queue.try_push(item).map_err(|back| {
-            if self.queue.is_closed() {
-                ReplyError::Closed(into_response(back))
-            } else {
-                ReplyError::Full(into_response(back))
+    fn mark_answered(&self) {
+        self.answered.set(true);
+        self.side.finish_one();
+    }
+
+    /// Queues the answer, waiting while the connection's queue is full.
+    pub async fn send(&self, status: ResponseStatus) -> Result<(), ReplyError> {
+        match self.side.queue.push(self.item(status)).await {
+            Ok(()) => {
+                self.mark_answered();
+                Ok(())
             }
-        })
+            Err(back) => Err(ReplyError::Closed(into_status(back))),
+        }
+    }
+
+    /// Queues the answer if there is room now.
+    pub fn try_send(&self, status: ResponseStatus) -> Result<(), ReplyError> {
+        match self.side.queue.try_push(self.item(status)) {
+            Ok(()) => {
+                self.mark_answered();
+                Ok(())
+            }
+            Err(back) if self.side.queue.is_closed() => Err(ReplyError::Closed(into_status(back))),
+            Err(back) => Err(ReplyError::Full(into_status(back))),
+        }
+    }
+
+    /// The request this answers.
+    pub fn request_id(&self) -> u64 {
+        self.request_id
     }
 
     /// The client's address, for logs.
     pub fn remote_addr(&self) -> SocketAddr {
-        self.remote
+        self.side.remote
     }
 }
 
-fn into_response(item: Outgoing) -> ClientResponse {
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if !self.answered.get() {
+            if !self.side.queue.is_closed() {
+                warn!(remote = %self.side.remote, request_id = self.request_id, "client request dropped without an answer");
+            }
+            self.side.finish_one();
+        }
+    }
+}
+
+fn into_status(item: Outgoing) -> ResponseStatus {
     match item {
-        Outgoing::Response { response, .. } => response,
+        Outgoing::Response { response, .. } => response.status,
         _ => unreachable!("a reply queue holds only responses"),
     }
 }
@@ -365,18 +427,22 @@ async fn serve_client(
     inbound: &mpsc::Sender<Inbound>,
 ) -> Result<(), ConnError> {
     let config = &shared.config;
-    let queue = Rc::new(OutQueue::new(config.response_queue_frames_max));
+    let side = Rc::new(ClientSide {
+        queue: OutQueue::new(config.response_queue_frames_max),
+        outstanding: Cell::new(0),
+        idle: Notify::new(),
+        remote,
+    });
     let writer = {
-        let (stream, queue) = (stream.clone(), queue.clone());
+        let (stream, side) = (stream.clone(), side.clone());
         let (cluster_id, write_bytes_max) = (config.policy.cluster_id, config.write_bytes_max);
         tokio_uring::spawn(async move {
-            if let Err((error, _)) = write_loop(&stream, &queue, cluster_id, write_bytes_max, |_| {}).await {
+            if let Err((error, lost)) = write_loop(&stream, &side.queue, cluster_id, write_bytes_max, |_| {}).await {
                 // Stop the reader too: a client whose answers cannot be
                 // written must see its connection close, not hang.
-                warn!(%remote, %error, "client connection write failed");
-                queue.close();
-                let lost = queue.drain();
-                warn!(%remote, lost, "responses lost with the connection");
+                side.queue.close();
+                let lost = lost + side.queue.drain();
+                warn!(%remote, %error, lost, "client connection write failed; responses lost with it");
                 let _ = stream.shutdown(Shutdown::Both);
             }
         })
@@ -391,22 +457,26 @@ async fn serve_client(
             let Payload::Request(request) = Frame::decode(raw)?.payload else {
                 unreachable!("a request kind decodes to a request payload")
             };
-            let reply = ReplyTo { queue: queue.clone(), shard_id, remote };
+            side.outstanding.set(side.outstanding.get() + 1);
+            let reply =
+                ReplyTo { side: side.clone(), shard_id, request_id: request.request_id, answered: Cell::new(false) };
             if inbound.send(Inbound::Request { shard_id, request, reply }).await.is_err() {
-                return Ok(());
+                return Ok(()); // The owner is gone: nothing left to serve.
             }
         }
         Ok(())
     }
     .await;
     if result.is_ok() {
-        // The client closed its side: let the writer finish the answers that
-        // are already queued; answers arriving later get `ReplyError::Closed`.
-        queue.close();
+        // The client finished sending (a half-close): answer what it already
+        // asked, then close. Answers arriving later get `ReplyError::Closed`.
+        side.wait_idle().await;
+    }
+    side.queue.close();
+    if result.is_ok() {
         let _ = writer.await;
     } else {
-        queue.close();
-        let lost = queue.drain();
+        let lost = side.queue.drain();
         if lost > 0 {
             warn!(%remote, lost, "client connection failed with responses still queued");
         }

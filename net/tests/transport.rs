@@ -11,7 +11,7 @@ use bytes::Bytes;
 use engine::{AppendRequest, Entry, EntryBatch, EntryKind, Message, MessageBody};
 use net::frame::decode_raw;
 use net::{
-    ClientConfig, ClientConnection, ClientError, ClientRequest, ClientResponse, Frame, HandshakeAccept, HandshakeError,
+    ClientConfig, ClientConnection, ClientError, ClientRequest, Frame, HandshakeAccept, HandshakeError,
     HandshakePolicy, Inbound, Limits, Link, LinkConfig, ListenError, Listener, ListenerConfig, ListenerHandle, Payload,
     RefusalReason, RequestBody, ResponseStatus, FRAME_HEADER_SIZE,
 };
@@ -108,10 +108,8 @@ fn pipelined_client_requests_are_answered_out_of_order() {
         // Answer newest first.
         for (request, reply) in pending.into_iter().rev() {
             let RequestBody::Write { command } = request.body else { panic!("not a write") };
-            reply
-                .send(ClientResponse { request_id: request.request_id, status: ResponseStatus::Ok(command) })
-                .await
-                .unwrap();
+            assert_eq!(reply.request_id(), request.request_id);
+            reply.send(ResponseStatus::Ok(command)).await.unwrap();
         }
         let mut seen = vec![false; count as usize];
         for expected in (0..count).rev() {
@@ -121,6 +119,40 @@ fn pipelined_client_requests_are_answered_out_of_order() {
             seen[expected as usize] = true;
         }
         assert!(seen.iter().all(|s| *s));
+        handle.shutdown();
+    });
+}
+
+#[test]
+fn a_client_that_finished_sending_still_gets_every_answer() {
+    run(async {
+        let (handle, mut inbound) = start_listener(loopback(), 7);
+        let client =
+            ClientConnection::connect(handle.local_addr(), &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN)))
+                .await
+                .unwrap();
+        let (mut sender, mut receiver) = client.split();
+        for request_id in 0..10 {
+            sender.queue(0, &ClientRequest { request_id, client_id: 0, sequence: 0, body: RequestBody::Status });
+        }
+        sender.flush().await.unwrap();
+        sender.finish().unwrap();
+        let mut replies = Vec::new();
+        for _ in 0..10 {
+            let Inbound::Request { reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
+            replies.push(reply);
+        }
+        // Answer after the client's half-close has surely been seen.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for reply in &replies {
+            reply.send(ResponseStatus::Busy).await.unwrap();
+        }
+        for request_id in 0..10 {
+            let response = receiver.recv().await.unwrap();
+            assert_eq!((response.request_id, response.status), (request_id, ResponseStatus::Busy));
+        }
+        // Every question answered: the node closes the connection.
+        assert!(matches!(receiver.recv().await, Err(ClientError::Closed)));
         handle.shutdown();
     });
 }
@@ -322,10 +354,7 @@ fn a_connection_sending_garbage_is_closed_and_others_are_served() {
         client.send(0, &request).await.unwrap();
         let Inbound::Request { request, reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
         assert_eq!(request.body, RequestBody::Status);
-        reply
-            .send(ClientResponse { request_id: 1, status: ResponseStatus::Ok(Bytes::from_static(b"{}")) })
-            .await
-            .unwrap();
+        reply.send(ResponseStatus::Ok(Bytes::from_static(b"{}"))).await.unwrap();
         assert_eq!(client.recv().await.unwrap().request_id, 1);
 
         // The garbage connection got a refusal frame and then end of stream.
