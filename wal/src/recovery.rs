@@ -207,6 +207,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     let sequence_floor = snapshot.map_or(1, |stored| stored.segment_sequence_min);
     let mut replay = Replay { snapshot_index: snapshot.map_or(0, |stored| stored.meta.index), entries: Vec::new() };
     let mut tail_offset = 0;
+    let mut previous_tail_offset = 0;
     let segment_count = segments.len();
     for (position, segment) in segments.iter_mut().enumerate() {
         let is_newest = position + 1 == segment_count;
@@ -235,7 +236,19 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
             segment.index_max = segment.index_max.max(batch.last_index());
             replay.apply(&batch, &segment.path, span.offset)?;
         }
+        previous_tail_offset = tail_offset;
         tail_offset = scan.end as u64;
+    }
+    // A segment without records (renamed into place, then a crash before its
+    // first record) would name a first index the next append may not have.
+    // It holds nothing, so it goes; the next append opens a fresh segment.
+    // Only the newest segment can be empty (every other one received the
+    // record that made the writer switch to it).
+    if segments.last().is_some_and(|segment| segment.index_max == 0) {
+        let empty = segments.pop().expect("checked").path;
+        fs::remove_file(&empty).map_err(|error| WalError::io("removing", &empty, error))?;
+        sync_dir_blocking(dir)?;
+        tail_offset = previous_tail_offset;
     }
     Ok(RecoveredLog {
         entries: replay.entries,

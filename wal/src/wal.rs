@@ -128,11 +128,16 @@ impl LogStore for Wal {
         config.validate()?;
         let lock = dir::lock_dir(&config.dir)?;
         if !dir::check_identity(&config.dir, config.cluster_id, config.node_id)? {
-            let leftovers = [SEGMENT_SUFFIX, HARD_STATE_FILE, SNAPSHOT_FILE]
+            // No identity: a new directory, or an initialization that crashed
+            // before its last step. Anything that may hold a node's durable
+            // state means someone else's (or a damaged) directory.
+            let log_files = [SEGMENT_SUFFIX, SNAPSHOT_FILE]
                 .iter()
                 .map(|suffix| dir::list_with_suffix(&config.dir, suffix).map(|paths| paths.len()))
                 .sum::<Result<usize, WalError>>()?;
-            if leftovers > 0 {
+            let hard_state_saved = config.dir.join(HARD_STATE_FILE).exists()
+                && hard_state::load(&config.dir).map_or(true, |(saved, _)| saved != HardState::default());
+            if log_files > 0 || hard_state_saved {
                 return Err(WalError::MissingIdentity { path: config.dir.clone() });
             }
             hard_state::initialize(&config.dir)?;

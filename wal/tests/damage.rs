@@ -311,3 +311,52 @@ fn randomized_damage_never_panics() {
     println!("{opened} damaged logs opened (torn tails cut), {refused} refused");
     std::fs::remove_dir_all(&pristine).unwrap();
 }
+
+/// A crash right after a segment switch renamed the spare leaves an empty
+/// newest segment whose name claims an index the next append may not have.
+#[test]
+fn empty_newest_segment_from_a_crash_during_a_switch_is_dropped() {
+    let dir = scratch("empty-newest");
+    let expected = build(&dir, 10);
+    let empty = dir.join(wal::segment::segment_file_name(900, expected.len() as u64 + 1));
+    std::fs::write(&empty, vec![0u8; 16 << 10]).unwrap();
+    tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
+        assert_eq!(shape(&recovered.entries), expected);
+        // A conflicting append at a lower index than the empty file's name.
+        let ticket = wal.append(batch(5, &[7])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    assert!(!empty.exists());
+    let recovered = open(&dir).unwrap();
+    assert_eq!(recovered.entries.last().map(|entry| (entry.index, entry.term)), Some((5, 7)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An initialization that crashed before writing IDENTITY is finished on the
+/// next open; one with a saved vote is not someone's fresh directory.
+#[test]
+fn interrupted_initialization_is_completed() {
+    let dir = scratch("init");
+    build(&dir, 1);
+    for item in std::fs::read_dir(&dir).unwrap() {
+        let path = item.unwrap().path();
+        if path.file_name().unwrap() != wal::hard_state::HARD_STATE_FILE {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(matches!(open(&dir), Err(WalError::MissingIdentity { .. })), "a saved vote is kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let dir = scratch("init-default");
+    open(&dir).unwrap();
+    for item in std::fs::read_dir(&dir).unwrap() {
+        let path = item.unwrap().path();
+        if path.file_name().unwrap() == wal::dir::IDENTITY_FILE {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    assert!(dir.join(wal::hard_state::HARD_STATE_FILE).exists(), "the default hard state stays");
+    assert_eq!(open(&dir).unwrap(), Recovered::default());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
