@@ -29,7 +29,7 @@
 //!     while let Some(event) = inbound.recv().await {
 //!         match event {
 //!             Inbound::Raft { shard_id, message, .. } => { /* engine.step(message) */ let _ = (shard_id, message); }
-//!             Inbound::Request { request, reply, .. } => { /* propose, later reply.send(response).await */ let _ = (request, reply); }
+//!             Inbound::Request { request, reply, .. } => { /* propose; later reply.send(status).await */ let _ = (request, reply); }
 //!         }
 //!     }
 //!     drop(link);
