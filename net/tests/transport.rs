@@ -168,15 +168,17 @@ fn a_link_delivers_mixed_frames_in_order_and_intact() {
         let link = link_to(handle.local_addr(), |config| config.queue_frames_max = queue_frames_max);
         let count = 600u64;
         let message = |i: u64| {
-            if i % 3 == 0 {
+            // Every third frame is an append, the others heartbeats.
+            if i % 3 != 0 {
+                return heartbeat(i);
+            }
+            {
                 // Sizes from tiny to 300 KiB, with contents tied to `i`.
                 let size = ((i * 7919) % 300_000) as usize;
                 let data = Bytes::from((0..size).map(|b| (b as u64 ^ i) as u8).collect::<Vec<u8>>());
                 let batch = EntryBatch::encode(&[Entry { index: i + 1, term: 1, kind: EntryKind::Normal, data }]);
                 let append = AppendRequest { prev_index: i, prev_term: 1, commit: i, entries: Some(batch) };
                 Message { from: 1, to: 2, term: 1, body: MessageBody::Append(append) }
-            } else {
-                heartbeat(i)
             }
         };
         let (mut sent, mut received) = (0u64, 0u64);
