@@ -169,7 +169,7 @@ fn a_link_delivers_mixed_frames_in_order_and_intact() {
         let count = 600u64;
         let message = |i: u64| {
             // Every third frame is an append, the others heartbeats.
-            if i % 3 != 0 {
+            if !i.is_multiple_of(3) {
                 return heartbeat(i);
             }
             {
