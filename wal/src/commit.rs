@@ -100,6 +100,10 @@ pub struct WalStats {
     pub syncs: u64,
     /// Segment switches.
     pub segment_switches: u64,
+    /// Time spent in group writes, submission to completion.
+    pub write_micros: u64,
+    /// Time spent in `fdatasync`s, submission to completion.
+    pub sync_micros: u64,
 }
 
 /// The shared core of a [`crate::Wal`].
@@ -213,7 +217,9 @@ pub(crate) async fn run_writer(
                 }
             }
             Plan::Write { file, offset, buffers, length: expected, end } => {
+                let begin = std::time::Instant::now();
                 let (result, _) = file.writev_at_all(buffers, Some(offset)).await;
+                let micros = begin.elapsed().as_micros() as u64;
                 let path =
                     shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
                 match result {
@@ -223,6 +229,7 @@ pub(crate) async fn run_writer(
                         state.written = end;
                         state.written_file = Some(file);
                         state.stats.writes += 1;
+                        state.stats.write_micros += micros;
                         drop(state);
                         shared.syncer_wake.notify_one();
                     }
@@ -304,6 +311,7 @@ pub(crate) async fn run_syncer(shared: Rc<Shared>) {
             shared.syncer_wake.notified().await;
             continue;
         };
+        let begin = std::time::Instant::now();
         if let Err(error) = file.sync_data().await {
             let path = shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
             shared.fail(WalError::io("syncing", &path, error));
@@ -317,6 +325,7 @@ pub(crate) async fn run_syncer(shared: Rc<Shared>) {
             assert!(target.sequence > state.durable.sequence, "durability only advances");
             state.durable = target;
             state.stats.syncs += 1;
+            state.stats.sync_micros += begin.elapsed().as_micros() as u64;
         }
         shared.progress.notify_waiters();
         shared.writer_wake.notify_one();
