@@ -6,6 +6,7 @@
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -237,4 +238,67 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out")))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Makes a connection to a host that vanished without a FIN or RST (power
+/// loss, a partition) fail within about `dead_peer_timeout`, instead of after
+/// TCP's default retransmission timeout of many minutes: unacknowledged
+/// writes give up after `TCP_USER_TIMEOUT`, and keepalive probes notice a
+/// silent peer on a connection that only reads.
+pub(crate) fn detect_dead_peer(stream: &TcpStream, dead_peer_timeout: Duration) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let seconds = dead_peer_timeout.as_secs().clamp(3, i32::MAX as u64) as libc::c_int;
+    let millis = dead_peer_timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_uint;
+    set_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, seconds / 3)?;
+    set_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, (seconds / 6).max(1))?;
+    set_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)?;
+    set_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis as libc::c_int)
+}
+
+fn set_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut length = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `length` bytes into a live local.
+        let result = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut length) };
+        assert_eq!(result, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    fn dead_peer_detection_sets_user_timeout_and_keepalive() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio_uring::start(async {
+            let stream = connect(addr, Duration::from_secs(5)).await.unwrap();
+            detect_dead_peer(&stream, Duration::from_secs(15)).unwrap();
+            let fd = stream.as_raw_fd();
+            assert_eq!(get_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 15_000);
+            assert_eq!(get_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+            assert_eq!(get_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 5);
+            assert_eq!(get_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+        });
+    }
 }

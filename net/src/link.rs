@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::conn::{connect, initiate_handshake, ConnError, FrameReader};
+use crate::conn::{connect, detect_dead_peer, initiate_handshake, ConnError, FrameReader};
 use crate::frame::{Limits, PROTOCOL_VERSION};
 use crate::handshake::{Handshake, HandshakeError, Role};
 use crate::listener::write_loop;
@@ -46,6 +46,8 @@ pub struct LinkConfig {
     pub connect_timeout: Duration,
     /// The most bytes one coalesced write carries.
     pub write_bytes_max: usize,
+    /// How long a silent peer (no FIN, no RST) takes to be declared dead.
+    pub dead_peer_timeout: Duration,
     pub limits: Limits,
 }
 
@@ -63,6 +65,7 @@ impl LinkConfig {
             backoff_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             write_bytes_max: 1 << 20,
+            dead_peer_timeout: Duration::from_secs(15),
             limits: Limits::default(),
         }
     }
@@ -245,6 +248,7 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
     };
     let mut reader = FrameReader::new(config.limits);
     let stream = connect(config.peer_addr, config.connect_timeout).await.map_err(LinkError::Connect)?;
+    detect_dead_peer(&stream, config.dead_peer_timeout).map_err(LinkError::Connect)?;
     let stream = Rc::new(stream);
     initiate_handshake(&stream, &mut reader, handshake, config.connect_timeout).await?;
     if shared.closed.get() {

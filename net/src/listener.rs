@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::client::{ClientRequest, ClientResponse, ResponseStatus};
 use crate::codec::{Frame, Payload};
-use crate::conn::{write_frame, Coalescer, ConnError, FrameReader};
+use crate::conn::{detect_dead_peer, write_frame, Coalescer, ConnError, FrameReader};
 use crate::frame::{Limits, PROTOCOL_VERSION};
 use crate::handshake::{HandshakeAccept, HandshakePolicy, HandshakeRefusal, RefusalReason, Role};
 use crate::queue::{OutQueue, Outgoing};
@@ -37,6 +37,9 @@ pub struct ListenerConfig {
     pub response_queue_frames_max: usize,
     /// The most bytes one coalesced write carries.
     pub write_bytes_max: usize,
+    /// How long a silent remote end (no FIN, no RST) takes to be declared
+    /// dead, so its connection and task do not linger.
+    pub dead_peer_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -49,6 +52,7 @@ impl ListenerConfig {
             handshake_timeout: Duration::from_secs(5),
             response_queue_frames_max: 1024,
             write_bytes_max: 1 << 20,
+            dead_peer_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -339,8 +343,9 @@ async fn serve(
     remote: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
 ) -> Result<(), ConnError> {
-    stream.set_nodelay(true)?;
     let config = &shared.config;
+    stream.set_nodelay(true)?;
+    detect_dead_peer(&stream, config.dead_peer_timeout)?;
     let cluster_id = config.policy.cluster_id;
     let mut reader = FrameReader::new(config.limits);
     let first = match tokio::time::timeout(config.handshake_timeout, reader.next(&stream)).await {
