@@ -3,7 +3,10 @@
 //! and peer discovery. An application embeds it with its own
 //! [`QueryStateMachine`](fsm::QueryStateMachine).
 
+pub mod cli;
 pub mod codec;
+pub mod config;
+pub mod discovery;
 pub mod fsm;
 pub mod kv;
 pub mod session;

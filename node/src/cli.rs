@@ -1,0 +1,315 @@
+//! The `node` command line (clap derive). This module only describes and
+//! parses the arguments; [`crate::config`] validates them into typed
+//! configurations, merging the optional TOML file given with `--config`.
+//!
+//! Every `serve` option is an `Option` so that "not given on the command line"
+//! can fall back to the file, and the file's keys are the flags' long names
+//! without the dashes in front (`node-id = 1`, `peers = "1=..."`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// A replicated, durable key-value store on Raft.
+#[derive(Debug, Parser)]
+#[command(name = "node", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run a node of a cluster.
+    Serve(ServeArgs),
+    /// Read and write keys on a running cluster.
+    Kv(KvArgs),
+    /// Inspect and change a running cluster.
+    Admin(AdminArgs),
+    /// Start a local three-node cluster on loopback with temporary data
+    /// directories, for trying the node out.
+    Dev(DevArgs),
+}
+
+/// `node serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the options below, keyed by their long names
+    /// (`node-id = 1`, `data-dir = "/var/lib/node"`). Flags and environment
+    /// variables override the file.
+    #[arg(long, value_name = "PATH", env = "NODE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+/// The options of `node serve`, from flags or the configuration file.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServeOptions {
+    /// This node's id: a positive integer, unique in the cluster and never
+    /// reused for another node. Required.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+
+    /// The cluster's id: every node of one cluster has the same, and a node
+    /// refuses peers and data directories of another cluster. [default: 1]
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<u64>,
+
+    /// Address to listen on for other nodes (Raft traffic), as IP:PORT.
+    /// Required.
+    #[arg(long, value_name = "IP:PORT")]
+    pub peer_addr: Option<String>,
+
+    /// Address to listen on for clients (reads, writes, admin), as IP:PORT.
+    /// Required.
+    #[arg(long, value_name = "IP:PORT")]
+    pub client_addr: Option<String>,
+
+    /// The cluster's members as a static list `ID=HOST:PORT,...` of peer
+    /// addresses, this node included. Host names are resolved at start.
+    /// Give this or --discovery-dns.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+
+    /// Find the members by DNS instead of --peers: a comma-separated list of
+    /// names. Each name is looked up as SRV records (at `_raft._tcp.NAME`
+    /// unless it starts with `_`); a name without SRV records is looked up as
+    /// A/AAAA records with --discovery-port. A node's id is the number at the
+    /// end of the first label of its host name (`node-3.db.local` is node 3),
+    /// or given as `ID@NAME`.
+    #[arg(long, value_name = "NAME,...")]
+    pub discovery_dns: Option<String>,
+
+    /// The peer port for names found by A/AAAA records (--discovery-dns).
+    #[arg(long, value_name = "PORT")]
+    pub discovery_port: Option<u16>,
+
+    /// The DNS server for --discovery-dns, as IP:PORT. [default: the system's
+    /// resolver configuration]
+    #[arg(long, value_name = "IP:PORT")]
+    pub discovery_nameserver: Option<String>,
+
+    /// How long one DNS query may take, such as `2s` or `500ms`. [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    pub discovery_timeout: Option<String>,
+
+    /// The directory for this node's logs, snapshots and metadata; created if
+    /// missing (its parent must exist). Required.
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The number of shards (independent Raft groups) the key space is split
+    /// into; equal on every node. [default: 1]
+    #[arg(long, value_name = "COUNT")]
+    pub shards: Option<u32>,
+
+    /// The cluster's shared secret, which peers and clients present in the
+    /// handshake. Prefer --token-file or the environment: a flag is visible
+    /// to other users in the process list.
+    #[arg(long, value_name = "SECRET", env = "NODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// A file holding the cluster's shared secret (trailing newlines are
+    /// ignored). Give either this or --token.
+    #[arg(long, value_name = "PATH", env = "NODE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Bytes of entries in one replication batch, at most. [default: 1 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub batch_bytes_max: Option<usize>,
+
+    /// Replication batches in flight to one follower, at most (the window).
+    /// [default: 256]
+    #[arg(long, value_name = "COUNT")]
+    pub inflight_batches_max: Option<usize>,
+
+    /// Bytes in flight to one follower, at most. [default: 32 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub inflight_bytes_max: Option<usize>,
+
+    /// Proposed but uncommitted bytes a leader accepts before it answers
+    /// Busy. [default: 256 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub uncommitted_bytes_max: Option<usize>,
+
+    /// Client sessions remembered for exactly-once writes; the least recently
+    /// written is forgotten first. Must be equal on every node. [default: 4096]
+    #[arg(long, value_name = "COUNT")]
+    pub sessions_max: Option<usize>,
+
+    /// Election timeout, lower bound, in ticks. [default: 10]
+    #[arg(long, value_name = "TICKS")]
+    pub election_ticks_min: Option<u32>,
+
+    /// Election timeout, upper bound (exclusive), in ticks. [default: 20]
+    #[arg(long, value_name = "TICKS")]
+    pub election_ticks_max: Option<u32>,
+
+    /// A leader's heartbeat period, in ticks; less than the election
+    /// timeout. [default: 1]
+    #[arg(long, value_name = "TICKS")]
+    pub heartbeat_ticks: Option<u32>,
+
+    /// The length of a tick, such as `10ms`. [default: 10ms]
+    #[arg(long, value_name = "DURATION")]
+    pub tick_interval: Option<String>,
+
+    /// The consistency of reads whose request does not choose one.
+    /// [default: linearizable]
+    #[arg(long, value_name = "MODE")]
+    pub read_consistency: Option<ReadConsistencyArg>,
+
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `tracing` directives such as `info,node=debug`. [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadConsistencyArg {
+    /// Confirm leadership with a quorum (ReadIndex), then read: always
+    /// up to date.
+    Linearizable,
+    /// Read at the leader under its lease: no round trip, assumes bounded
+    /// clock drift.
+    Lease,
+    /// Read whatever the contacted node has applied: may be out of date.
+    Stale,
+}
+
+/// How a command-line client reaches the cluster.
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// A node's client address, HOST:PORT; repeat or separate with commas to
+    /// give several (the client tries them in turn).
+    #[arg(
+        long = "addr",
+        value_name = "HOST:PORT",
+        env = "NODE_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101"
+    )]
+    pub addrs: Vec<String>,
+
+    /// The cluster's id.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub cluster_id: u64,
+
+    /// The cluster's shared secret.
+    #[arg(long, value_name = "SECRET", env = "NODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// A file holding the cluster's shared secret.
+    #[arg(long, value_name = "PATH", env = "NODE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// How long to wait for an answer, such as `5s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub timeout: String,
+
+    /// The shard to talk to.
+    #[arg(long, value_name = "SHARD", default_value_t = 0)]
+    pub shard: u32,
+}
+
+/// `node kv`.
+#[derive(Debug, Args)]
+pub struct KvArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub op: KvOpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvOpArgs {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print KEY's value.
+    Get {
+        key: String,
+        /// How fresh the value must be. [default: the node's default]
+        #[arg(long, value_name = "MODE")]
+        consistency: Option<ReadConsistencyArg>,
+    },
+    /// Remove KEY.
+    Delete { key: String },
+    /// Compare-and-swap: change KEY only if its value is the expected one.
+    Cas {
+        key: String,
+        /// The value KEY must have.
+        #[arg(long, value_name = "VALUE", required_unless_present = "expect_absent", conflicts_with = "expect_absent")]
+        expected: Option<String>,
+        /// KEY must not exist.
+        #[arg(long)]
+        expect_absent: bool,
+        /// The value to set.
+        #[arg(long, value_name = "VALUE", required_unless_present = "delete", conflicts_with = "delete")]
+        new: Option<String>,
+        /// Remove KEY instead of setting it.
+        #[arg(long)]
+        delete: bool,
+    },
+}
+
+/// `node admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: AdminActionArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminActionArgs {
+    /// Role, term, commit and applied index per shard, and each peer's
+    /// progress.
+    Status,
+    /// Add node ID, reachable by peers at PEER_ADDR, as a non-voting learner.
+    AddLearner {
+        id: u64,
+        #[arg(value_name = "PEER_ADDR")]
+        peer_addr: String,
+    },
+    /// Make learner ID a voter.
+    Promote { id: u64 },
+    /// Remove node ID from the cluster.
+    Remove { id: u64 },
+    /// Hand leadership to node ID.
+    TransferLeader { id: u64 },
+    /// Take a snapshot now and compact the log.
+    Snapshot,
+    /// Counters and per-stage latency histograms.
+    Stats,
+}
+
+/// `node dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Nodes to start (odd, so a majority survives a failure).
+    #[arg(long, value_name = "COUNT", default_value_t = 3)]
+    pub nodes: u32,
+    /// Node N listens for peers on BASE_PORT + 2N - 2 and for clients on
+    /// BASE_PORT + 2N - 1 (node 1: 7100 and 7101).
+    #[arg(long, value_name = "PORT", default_value_t = 7100)]
+    pub base_port: u16,
+    /// Where the nodes' data directories go. [default: a new temporary
+    /// directory]
+    #[arg(long, value_name = "PATH")]
+    pub data_root: Option<PathBuf>,
+    /// Keep the data directories on exit.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Shards per node.
+    #[arg(long, value_name = "COUNT", default_value_t = 1)]
+    pub shards: u32,
+    /// Log filter, as for `serve`.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+}

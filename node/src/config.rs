@@ -1,0 +1,707 @@
+//! Typed, validated configurations for each subcommand, built from the parsed
+//! command line ([`crate::cli`]) and, for `serve`, the optional TOML file.
+//!
+//! Validation happens here, before anything starts, so that a mistake is one
+//! clear error and a non-zero exit rather than a half-started node. Checks
+//! that need the network (DNS discovery) or the data directory's contents
+//! happen later, at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use engine::NodeId;
+use net::{AdminRequest, ReadConsistency, RequestBody};
+
+use crate::cli::{
+    AdminActionArgs, AdminArgs, Cli, CliCommand, ClientArgs, DevArgs, KvArgs, KvOpArgs, ReadConsistencyArg, ServeArgs,
+    ServeOptions,
+};
+use crate::discovery::{DnsDiscovery, DnsName, HostPort, PeerSource, PeerSpecError, StaticPeer};
+use crate::kv::KvOp;
+
+/// Shards per node, at most; each shard is a Raft group with its own WAL.
+pub const SHARDS_MAX: u32 = 1024;
+/// Nodes `node dev` starts, at most.
+pub const DEV_NODES_MAX: u32 = 9;
+
+/// A configuration that cannot be used; each variant says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    ConfigFileUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("the configuration file {path} is invalid: {source}")]
+    ConfigFileInvalid { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("--{option} is required (as a flag or as `{option}` in the configuration file)")]
+    Missing { option: &'static str },
+    #[error("--{option} must not be {value}: {reason}")]
+    OutOfRange { option: &'static str, value: String, reason: &'static str },
+    #[error("--{option} {value:?} is not a valid address: {reason}")]
+    BadAddress { option: &'static str, value: String, reason: String },
+    #[error("--{option} {value:?} is not a duration such as 500ms, 2s or 1m")]
+    BadDuration { option: &'static str, value: String },
+    #[error("--{option}: {source}")]
+    Peers { option: &'static str, source: PeerSpecError },
+    #[error("give the members with either --peers or --discovery-dns, not both")]
+    PeersAndDiscovery,
+    #[error("give the members with --peers ID=HOST:PORT,... or --discovery-dns NAME")]
+    NoPeers,
+    #[error("--peers does not include this node's id {node_id}: list every member, this node too")]
+    SelfNotInPeers { node_id: NodeId },
+    #[error("--discovery-port is required: without it, names found only by A/AAAA records have no port")]
+    DiscoveryPortMissing,
+    #[error("the data directory {path} cannot be created: its parent directory {parent} does not exist")]
+    DataDirParentMissing { path: PathBuf, parent: PathBuf },
+    #[error("the data directory {path} exists and is not a directory")]
+    DataDirNotDirectory { path: PathBuf },
+    #[error("give the token once: either --token (or NODE_TOKEN) or --token-file (or NODE_TOKEN_FILE)")]
+    TokenTwice,
+    #[error("a token is required: --token, the NODE_TOKEN environment variable, or --token-file")]
+    TokenMissing,
+    #[error("the token is empty")]
+    TokenEmpty,
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFileUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("election timeout ticks: min {min} must be at least 2 and less than max {max}")]
+    ElectionTicks { min: u32, max: u32 },
+    #[error("--heartbeat-ticks {heartbeat} must be at least 1 and less than --election-ticks-min {election_min}")]
+    HeartbeatTicks { heartbeat: u32, election_min: u32 },
+    #[error("--log-level {value:?} is not a level (error, warn, info, debug, trace) or a directive list")]
+    BadLogLevel { value: String },
+}
+
+/// The shared secret presented in handshakes. `Debug` does not print it, so
+/// that a logged configuration leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub Bytes);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Token(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Replication flow control, named as in [`engine::Config`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLimits {
+    pub batch_bytes_max: usize,
+    pub inflight_batches_max: usize,
+    pub inflight_bytes_max: usize,
+    pub uncommitted_bytes_max: usize,
+}
+
+impl Default for FlowLimits {
+    fn default() -> FlowLimits {
+        FlowLimits {
+            batch_bytes_max: 1 << 20,
+            inflight_batches_max: 256,
+            inflight_bytes_max: 32 << 20,
+            uncommitted_bytes_max: 256 << 20,
+        }
+    }
+}
+
+/// Raft timing: ticks and the length of one tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub election_ticks_min: u32,
+    pub election_ticks_max: u32,
+    pub heartbeat_ticks: u32,
+    pub tick_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 1,
+            tick_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Everything `node serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub node_id: NodeId,
+    pub cluster_id: u64,
+    pub peer_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    /// Where the members' peer addresses come from; resolve with
+    /// [`crate::discovery::discover`], then check with
+    /// [`crate::discovery::check_members`].
+    pub peers: PeerSource,
+    pub data_dir: PathBuf,
+    /// Invariant: `1..=SHARDS_MAX`.
+    pub shards: u32,
+    pub token: Token,
+    pub limits: FlowLimits,
+    pub timing: Timing,
+    pub sessions_max: usize,
+    pub read_consistency: ReadConsistency,
+    pub log_level: String,
+}
+
+impl ServeConfig {
+    /// The engine configuration for one shard of this node, given the voters
+    /// found by discovery.
+    pub fn engine_config(&self, voters: Vec<NodeId>) -> engine::Config {
+        let mut config = engine::Config::new(self.node_id, voters);
+        config.election_ticks_min = self.timing.election_ticks_min;
+        config.election_ticks_max = self.timing.election_ticks_max;
+        config.heartbeat_ticks = self.timing.heartbeat_ticks;
+        config.batch_bytes_max = self.limits.batch_bytes_max;
+        config.inflight_batches_max = self.limits.inflight_batches_max;
+        config.inflight_bytes_max = self.limits.inflight_bytes_max;
+        config.uncommitted_bytes_max = self.limits.uncommitted_bytes_max;
+        config
+    }
+}
+
+/// How a command-line client reaches the cluster.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Invariant: not empty.
+    pub addrs: Vec<HostPort>,
+    pub cluster_id: u64,
+    pub token: Token,
+    pub timeout: Duration,
+    pub shard: u32,
+}
+
+/// `node kv ...`: one operation.
+#[derive(Clone, Debug)]
+pub struct KvCommand {
+    pub client: ClientConfig,
+    pub op: KvOp,
+    /// For a `Get`: the consistency asked for, or `None` for the node's
+    /// default.
+    pub consistency: Option<ReadConsistency>,
+}
+
+/// `node admin ...`: one request.
+#[derive(Clone, Debug)]
+pub struct AdminCommand {
+    pub client: ClientConfig,
+    /// [`RequestBody::Status`] or [`RequestBody::Admin`].
+    pub body: RequestBody,
+}
+
+/// `node dev`: a local cluster on loopback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevConfig {
+    pub nodes: u32,
+    pub base_port: u16,
+    /// `None`: make a temporary directory.
+    pub data_root: Option<PathBuf>,
+    pub keep_data: bool,
+    pub shards: u32,
+    pub log_level: String,
+}
+
+/// The token every `node dev` cluster uses: it only listens on loopback.
+pub const DEV_TOKEN: &[u8] = b"dev-cluster-token";
+
+impl DevConfig {
+    /// Node `id`'s peer and client ports (see `node dev --help`).
+    pub fn ports(&self, id: NodeId) -> (u16, u16) {
+        let peer = u32::from(self.base_port) + 2 * (id as u32 - 1);
+        (peer as u16, (peer + 1) as u16)
+    }
+
+    /// The `serve` configuration of each node, with data directories
+    /// `root/node-N`.
+    pub fn serve_configs(&self, root: &Path) -> Vec<ServeConfig> {
+        let members: Vec<StaticPeer> = (1..=u64::from(self.nodes))
+            .map(|id| StaticPeer { id, addr: HostPort { host: "127.0.0.1".into(), port: self.ports(id).0 } })
+            .collect();
+        (1..=u64::from(self.nodes))
+            .map(|id| {
+                let (peer, client) = self.ports(id);
+                ServeConfig {
+                    node_id: id,
+                    cluster_id: 1,
+                    peer_addr: SocketAddr::from(([127, 0, 0, 1], peer)),
+                    client_addr: SocketAddr::from(([127, 0, 0, 1], client)),
+                    peers: PeerSource::Static(members.clone()),
+                    data_dir: root.join(format!("node-{id}")),
+                    shards: self.shards,
+                    token: Token(Bytes::from_static(DEV_TOKEN)),
+                    limits: FlowLimits::default(),
+                    timing: Timing::default(),
+                    sessions_max: crate::session::SESSIONS_MAX_DEFAULT,
+                    read_consistency: ReadConsistency::Linearizable,
+                    log_level: self.log_level.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A subcommand, ready to run.
+#[derive(Clone, Debug)]
+pub enum NodeCommand {
+    Serve(Box<ServeConfig>),
+    Kv(KvCommand),
+    Admin(AdminCommand),
+    Dev(DevConfig),
+}
+
+/// Why the command line was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Includes `--help` and `--version`: print it with `error.exit()`.
+    #[error(transparent)]
+    Parse(#[from] clap::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Parses and validates a command line (the program name first).
+pub fn parse_from<I, T>(args: I) -> Result<NodeCommand, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    Ok(NodeCommand::try_from(cli.command)?)
+}
+
+impl TryFrom<CliCommand> for NodeCommand {
+    type Error = ConfigError;
+
+    fn try_from(command: CliCommand) -> Result<NodeCommand, ConfigError> {
+        Ok(match command {
+            CliCommand::Serve(args) => NodeCommand::Serve(Box::new(ServeConfig::from_args(args)?)),
+            CliCommand::Kv(args) => NodeCommand::Kv(KvCommand::from_args(args)?),
+            CliCommand::Admin(args) => NodeCommand::Admin(AdminCommand::from_args(args)?),
+            CliCommand::Dev(args) => NodeCommand::Dev(DevConfig::from_args(args)?),
+        })
+    }
+}
+
+/// Reads a `serve` configuration file.
+pub fn read_config_file(path: &Path) -> Result<ServeOptions, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::ConfigFileUnreadable { path: path.to_owned(), source })?;
+    toml::from_str(&text)
+        .map_err(|source| ConfigError::ConfigFileInvalid { path: path.to_owned(), source: Box::new(source) })
+}
+
+impl ServeOptions {
+    /// These options, with the ones not given taken from `file`.
+    pub fn or(self, file: ServeOptions) -> ServeOptions {
+        macro_rules! merge {
+            ($($field:ident),* $(,)?) => {
+                ServeOptions { $($field: self.$field.or(file.$field)),* }
+            };
+        }
+        merge!(
+            node_id,
+            cluster_id,
+            peer_addr,
+            client_addr,
+            peers,
+            discovery_dns,
+            discovery_port,
+            discovery_nameserver,
+            discovery_timeout,
+            data_dir,
+            shards,
+            token,
+            token_file,
+            batch_bytes_max,
+            inflight_batches_max,
+            inflight_bytes_max,
+            uncommitted_bytes_max,
+            sessions_max,
+            election_ticks_min,
+            election_ticks_max,
+            heartbeat_ticks,
+            tick_interval,
+            read_consistency,
+            log_level,
+        )
+    }
+}
+
+impl ServeConfig {
+    /// Merges the file (if any) under the flags and validates the result.
+    pub fn from_args(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
+        let options = match &args.config {
+            Some(path) => {
+                let file = read_config_file(path)?;
+                // A token in the file and a token file from the flags (or the
+                // reverse) would be two tokens: the flags' source wins whole.
+                let file = if args.options.token.is_some() || args.options.token_file.is_some() {
+                    ServeOptions { token: None, token_file: None, ..file }
+                } else {
+                    file
+                };
+                args.options.or(file)
+            }
+            None => args.options,
+        };
+        ServeConfig::from_options(options)
+    }
+
+    /// Validates complete options.
+    pub fn from_options(options: ServeOptions) -> Result<ServeConfig, ConfigError> {
+        let node_id = options.node_id.ok_or(ConfigError::Missing { option: "node-id" })?;
+        positive("node-id", node_id)?;
+        let cluster_id = options.cluster_id.unwrap_or(1);
+        positive("cluster-id", cluster_id)?;
+        let peer_addr = socket_addr("peer-addr", options.peer_addr.as_deref())?;
+        let client_addr = socket_addr("client-addr", options.client_addr.as_deref())?;
+        if peer_addr == client_addr {
+            return Err(ConfigError::BadAddress {
+                option: "client-addr",
+                value: client_addr.to_string(),
+                reason: "it is also the --peer-addr".into(),
+            });
+        }
+        let peers = peer_source(node_id, &options)?;
+        let timing = timing(&options)?;
+        let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
+        check_data_dir(&data_dir)?;
+        let shards = options.shards.unwrap_or(1);
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(ConfigError::OutOfRange {
+                option: "shards",
+                value: shards.to_string(),
+                reason: "the number of shards is 1 to 1024",
+            });
+        }
+        let token = token(options.token, options.token_file)?;
+        let defaults = FlowLimits::default();
+        let limits = FlowLimits {
+            batch_bytes_max: positive("batch-bytes-max", options.batch_bytes_max.unwrap_or(defaults.batch_bytes_max))?,
+            inflight_batches_max: positive(
+                "inflight-batches-max",
+                options.inflight_batches_max.unwrap_or(defaults.inflight_batches_max),
+            )?,
+            inflight_bytes_max: positive(
+                "inflight-bytes-max",
+                options.inflight_bytes_max.unwrap_or(defaults.inflight_bytes_max),
+            )?,
+            uncommitted_bytes_max: positive(
+                "uncommitted-bytes-max",
+                options.uncommitted_bytes_max.unwrap_or(defaults.uncommitted_bytes_max),
+            )?,
+        };
+        let sessions_max =
+            positive("sessions-max", options.sessions_max.unwrap_or(crate::session::SESSIONS_MAX_DEFAULT))?;
+        let read_consistency = options.read_consistency.unwrap_or(ReadConsistencyArg::Linearizable).into();
+        let log_level = options.log_level.unwrap_or_else(|| "info".into());
+        check_log_level(&log_level)?;
+        Ok(ServeConfig {
+            node_id,
+            cluster_id,
+            peer_addr,
+            client_addr,
+            peers,
+            data_dir,
+            shards,
+            token,
+            limits,
+            timing,
+            sessions_max,
+            read_consistency,
+            log_level,
+        })
+    }
+}
+
+impl From<ReadConsistencyArg> for ReadConsistency {
+    fn from(arg: ReadConsistencyArg) -> ReadConsistency {
+        match arg {
+            ReadConsistencyArg::Linearizable => ReadConsistency::Linearizable,
+            ReadConsistencyArg::Lease => ReadConsistency::Lease,
+            ReadConsistencyArg::Stale => ReadConsistency::Stale,
+        }
+    }
+}
+
+fn positive<T: PartialEq + Default + ToString>(option: &'static str, value: T) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(ConfigError::OutOfRange { option, value: value.to_string(), reason: "it must be positive" });
+    }
+    Ok(value)
+}
+
+fn socket_addr(option: &'static str, value: Option<&str>) -> Result<SocketAddr, ConfigError> {
+    let value = value.ok_or(ConfigError::Missing { option })?;
+    let addr: SocketAddr = value.parse().map_err(|_| ConfigError::BadAddress {
+        option,
+        value: value.into(),
+        reason: "expected IP:PORT, such as 0.0.0.0:7100 or [::1]:7100".into(),
+    })?;
+    if addr.port() == 0 {
+        return Err(ConfigError::BadAddress { option, value: value.into(), reason: "the port must not be 0".into() });
+    }
+    Ok(addr)
+}
+
+fn peer_source(node_id: NodeId, options: &ServeOptions) -> Result<PeerSource, ConfigError> {
+    match (&options.peers, &options.discovery_dns) {
+        (Some(_), Some(_)) => Err(ConfigError::PeersAndDiscovery),
+        (None, None) => Err(ConfigError::NoPeers),
+        (Some(list), None) => {
+            let peers = crate::discovery::parse_static_peers(list)
+                .map_err(|source| ConfigError::Peers { option: "peers", source })?;
+            if !peers.iter().any(|peer| peer.id == node_id) {
+                return Err(ConfigError::SelfNotInPeers { node_id });
+            }
+            Ok(PeerSource::Static(peers))
+        }
+        (None, Some(names)) => {
+            let names: Vec<DnsName> = crate::discovery::parse_dns_names(names)
+                .map_err(|source| ConfigError::Peers { option: "discovery-dns", source })?;
+            let nameserver = match &options.discovery_nameserver {
+                None => None,
+                Some(value) => Some(socket_addr("discovery-nameserver", Some(value))?),
+            };
+            let timeout = match &options.discovery_timeout {
+                None => Duration::from_secs(2),
+                Some(value) => duration("discovery-timeout", value)?,
+            };
+            if let Some(port) = options.discovery_port {
+                positive("discovery-port", port)?;
+            }
+            Ok(PeerSource::Dns(DnsDiscovery { names, port: options.discovery_port, nameserver, timeout }))
+        }
+    }
+}
+
+fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
+    if path.exists() {
+        if !path.is_dir() {
+            return Err(ConfigError::DataDirNotDirectory { path: path.to_owned() });
+        }
+        return Ok(());
+    }
+    let parent = match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+        Some(parent) => parent,
+        None => return Ok(()),
+    };
+    if !parent.is_dir() {
+        return Err(ConfigError::DataDirParentMissing { path: path.to_owned(), parent: parent.to_owned() });
+    }
+    Ok(())
+}
+
+/// The token from exactly one of its sources.
+fn token(token: Option<String>, token_file: Option<PathBuf>) -> Result<Token, ConfigError> {
+    let bytes = match (token, token_file) {
+        (Some(_), Some(_)) => return Err(ConfigError::TokenTwice),
+        (None, None) => return Err(ConfigError::TokenMissing),
+        (Some(token), None) => Bytes::from(token),
+        (None, Some(path)) => {
+            let mut contents =
+                std::fs::read(&path).map_err(|source| ConfigError::TokenFileUnreadable { path, source })?;
+            while contents.last().is_some_and(|&byte| byte == b'\n' || byte == b'\r') {
+                contents.pop();
+            }
+            Bytes::from(contents)
+        }
+    };
+    if bytes.is_empty() {
+        return Err(ConfigError::TokenEmpty);
+    }
+    Ok(Token(bytes))
+}
+
+fn timing(options: &ServeOptions) -> Result<Timing, ConfigError> {
+    let defaults = Timing::default();
+    let election_ticks_min = options.election_ticks_min.unwrap_or(defaults.election_ticks_min);
+    let election_ticks_max =
+        options.election_ticks_max.unwrap_or(defaults.election_ticks_max.max(election_ticks_min + 1));
+    if election_ticks_min < 2 || election_ticks_min >= election_ticks_max {
+        return Err(ConfigError::ElectionTicks { min: election_ticks_min, max: election_ticks_max });
+    }
+    let heartbeat_ticks = options.heartbeat_ticks.unwrap_or(defaults.heartbeat_ticks);
+    if heartbeat_ticks == 0 || heartbeat_ticks >= election_ticks_min {
+        return Err(ConfigError::HeartbeatTicks { heartbeat: heartbeat_ticks, election_min: election_ticks_min });
+    }
+    let tick_interval = match &options.tick_interval {
+        None => defaults.tick_interval,
+        Some(value) => duration("tick-interval", value)?,
+    };
+    if tick_interval.is_zero() {
+        return Err(ConfigError::OutOfRange {
+            option: "tick-interval",
+            value: "0".into(),
+            reason: "it must be positive",
+        });
+    }
+    Ok(Timing { election_ticks_min, election_ticks_max, heartbeat_ticks, tick_interval })
+}
+
+/// Parses `250us`, `10ms`, `2s`, `1m`.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "us" => Some(Duration::from_micros(number)),
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+fn duration(option: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).ok_or_else(|| ConfigError::BadDuration { option, value: value.into() })
+}
+
+fn check_log_level(value: &str) -> Result<(), ConfigError> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let valid = !value.is_empty()
+        && value.split(',').all(|directive| {
+            let level = directive.rsplit_once('=').map_or(
+                directive,
+                |(target, level)| {
+                    if target.is_empty() {
+                        ""
+                    } else {
+                        level
+                    }
+                },
+            );
+            // A bare target (`node`) is a valid directive too.
+            LEVELS.contains(&level.to_ascii_lowercase().as_str())
+                || (!directive.contains('=')
+                    && !directive.is_empty()
+                    && directive.chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':'))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::BadLogLevel { value: value.into() })
+    }
+}
+
+impl ClientConfig {
+    pub fn from_args(args: ClientArgs) -> Result<ClientConfig, ConfigError> {
+        let addrs = args
+            .addrs
+            .iter()
+            .map(|value| {
+                value.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
+                    option: "addr",
+                    value: value.clone(),
+                    reason: error.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err(ConfigError::Missing { option: "addr" });
+        }
+        positive("cluster-id", args.cluster_id)?;
+        let token = token(args.token, args.token_file)?;
+        let timeout = duration("timeout", &args.timeout)?;
+        Ok(ClientConfig { addrs, cluster_id: args.cluster_id, token, timeout, shard: args.shard })
+    }
+}
+
+impl KvCommand {
+    pub fn from_args(args: KvArgs) -> Result<KvCommand, ConfigError> {
+        let client = ClientConfig::from_args(args.client)?;
+        let key = |key: String| -> Result<Bytes, ConfigError> {
+            if key.is_empty() || key.len() > crate::kv::KEY_SIZE_MAX {
+                return Err(ConfigError::OutOfRange {
+                    option: "key",
+                    value: format!("{} bytes long", key.len()),
+                    reason: "a key is 1 to 65536 bytes",
+                });
+            }
+            Ok(Bytes::from(key))
+        };
+        let mut consistency = None;
+        let op = match args.op {
+            KvOpArgs::Put { key: name, value } => KvOp::Put { key: key(name)?, value: Bytes::from(value) },
+            KvOpArgs::Get { key: name, consistency: asked } => {
+                consistency = asked.map(ReadConsistency::from);
+                KvOp::Get { key: key(name)? }
+            }
+            KvOpArgs::Delete { key: name } => KvOp::Delete { key: key(name)? },
+            KvOpArgs::Cas { key: name, expected, expect_absent, new, delete } => {
+                debug_assert!(expected.is_some() != expect_absent, "clap enforces one of --expected, --expect-absent");
+                debug_assert!(new.is_some() != delete, "clap enforces one of --new, --delete");
+                KvOp::Cas { key: key(name)?, expected: expected.map(Bytes::from), new: new.map(Bytes::from) }
+            }
+        };
+        Ok(KvCommand { client, op, consistency })
+    }
+}
+
+impl AdminCommand {
+    pub fn from_args(args: AdminArgs) -> Result<AdminCommand, ConfigError> {
+        let client = ClientConfig::from_args(args.client)?;
+        let body = match args.action {
+            AdminActionArgs::Status => RequestBody::Status,
+            AdminActionArgs::AddLearner { id, peer_addr } => {
+                positive("id", id)?;
+                peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
+                    option: "peer-addr",
+                    value: peer_addr.clone(),
+                    reason: error.to_string(),
+                })?;
+                RequestBody::Admin(AdminRequest::AddLearner { id, addr: peer_addr })
+            }
+            AdminActionArgs::Promote { id } => RequestBody::Admin(AdminRequest::Promote { id: positive("id", id)? }),
+            AdminActionArgs::Remove { id } => RequestBody::Admin(AdminRequest::Remove { id: positive("id", id)? }),
+            AdminActionArgs::TransferLeader { id } => {
+                RequestBody::Admin(AdminRequest::TransferLeader { id: positive("id", id)? })
+            }
+            AdminActionArgs::Snapshot => RequestBody::Admin(AdminRequest::TakeSnapshot),
+            AdminActionArgs::Stats => RequestBody::Admin(AdminRequest::Stats),
+        };
+        Ok(AdminCommand { client, body })
+    }
+}
+
+impl DevConfig {
+    pub fn from_args(args: DevArgs) -> Result<DevConfig, ConfigError> {
+        if args.nodes == 0 || args.nodes > DEV_NODES_MAX || args.nodes % 2 == 0 {
+            return Err(ConfigError::OutOfRange {
+                option: "nodes",
+                value: args.nodes.to_string(),
+                reason: "a dev cluster has 1, 3, 5, 7 or 9 nodes",
+            });
+        }
+        let last_port = u32::from(args.base_port) + 2 * args.nodes - 1;
+        if args.base_port < 1024 || last_port > u32::from(u16::MAX) {
+            return Err(ConfigError::OutOfRange {
+                option: "base-port",
+                value: args.base_port.to_string(),
+                reason: "the dev ports must lie between 1024 and 65535",
+            });
+        }
+        if args.shards == 0 || args.shards > SHARDS_MAX {
+            return Err(ConfigError::OutOfRange {
+                option: "shards",
+                value: args.shards.to_string(),
+                reason: "the number of shards is 1 to 1024",
+            });
+        }
+        if let Some(root) = &args.data_root {
+            check_data_dir(root)?;
+        }
+        check_log_level(&args.log_level)?;
+        Ok(DevConfig {
+            nodes: args.nodes,
+            base_port: args.base_port,
+            data_root: args.data_root,
+            keep_data: args.keep_data,
+            shards: args.shards,
+            log_level: args.log_level,
+        })
+    }
+}
