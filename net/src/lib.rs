@@ -62,5 +62,5 @@ pub use conn::{Coalescer, ConnError, FrameReader};
 pub use link::{Link, LinkConfig, LinkStats, SendError};
 pub use listener::{
     inbound_channel, Inbound, InboundReceiver, InboundSender, ListenError, Listener, ListenerConfig, ListenerHandle,
-    ReplyError, ReplyTo,
+    ListenerStats, ReplyError, ReplyTo,
 };

@@ -206,15 +206,37 @@ fn into_status(item: Outgoing) -> ResponseStatus {
     }
 }
 
+/// A listener's counters, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Connections accepted by the kernel.
+    pub accepted: u64,
+    /// Handshakes refused (wrong cluster, token, version, role, or garbage).
+    pub refused: u64,
+    /// Connections closed for an I/O error or a bad frame after the handshake.
+    pub failed: u64,
+    /// Connections open now.
+    pub open: usize,
+}
+
 /// State shared by the accept loop, its connections and the handle.
 struct Shared {
     config: ListenerConfig,
     listener_fd: RawFd,
     closed: Cell<bool>,
     next_connection: Cell<u64>,
+    stats: Cell<ListenerStats>,
     /// Live connections, so `shutdown` can close them (a restart in tests, a
     /// node leaving the cluster).
     connections: RefCell<HashMap<u64, Rc<TcpStream>>>,
+}
+
+impl Shared {
+    fn update(&self, change: impl FnOnce(&mut ListenerStats)) {
+        let mut stats = self.stats.get();
+        change(&mut stats);
+        self.stats.set(stats);
+    }
 }
 
 /// A bound listening socket, not yet accepting.
@@ -253,6 +275,7 @@ impl Listener {
             listener_fd,
             closed: Cell::new(false),
             next_connection: Cell::new(0),
+            stats: Cell::new(ListenerStats::default()),
             connections: RefCell::new(HashMap::new()),
         });
         Ok(Listener { listener, local_addr, shared })
@@ -292,6 +315,7 @@ impl Listener {
                     continue;
                 }
             };
+            self.shared.update(|stats| stats.accepted += 1);
             let id = self.shared.next_connection.get();
             self.shared.next_connection.set(id + 1);
             let stream = Rc::new(stream);
@@ -300,6 +324,7 @@ impl Listener {
             let inbound = inbound.clone();
             tokio_uring::spawn(async move {
                 if let Err(error) = serve(&shared, stream.clone(), remote, inbound).await {
+                    shared.update(|stats| stats.failed += 1);
                     warn!(%remote, %error, "connection closed");
                 }
                 let _ = stream.shutdown(Shutdown::Both);
@@ -317,6 +342,10 @@ impl ListenerHandle {
     /// Live connections (handshaking or serving).
     pub fn connection_count(&self) -> usize {
         self.shared.connections.borrow().len()
+    }
+
+    pub fn stats(&self) -> ListenerStats {
+        ListenerStats { open: self.connection_count(), ..self.shared.stats.get() }
     }
 
     /// Stops accepting and closes every connection. The port is free again
@@ -373,6 +402,7 @@ async fn serve(
     let (role, remote_node) = match verdict {
         Ok(accepted) => accepted,
         Err(refusal) => {
+            shared.update(|stats| stats.refused += 1);
             warn!(%remote, reason = ?refusal.reason, message = %refusal.message, "handshake refused");
             let frame = Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeRefuse(refusal) };
             write_frame(&stream, &frame).await?;

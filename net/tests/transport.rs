@@ -361,8 +361,11 @@ fn handshakes_with_a_wrong_cluster_or_token_are_refused_with_a_reason() {
         wait_until("two refusals", || link.stats().handshake_refusals >= 2).await;
         assert_eq!(link.stats().connects, 0);
         link.close();
-        // The refused connections are closed by the listener.
+        // The refused connections are closed by the listener and counted.
         wait_until("refused connections closed", || handle.connection_count() == 0).await;
+        let stats = handle.stats();
+        assert_eq!(stats.accepted, stats.refused, "{stats:?}");
+        assert!(stats.refused >= 4, "{stats:?}");
         handle.shutdown();
     });
 }
