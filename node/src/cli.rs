@@ -162,8 +162,9 @@ pub struct ServeOptions {
     #[arg(long, value_name = "MODE")]
     pub read_consistency: Option<ReadConsistencyArg>,
 
-    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
-    /// `tracing` directives such as `info,node=debug`. [default: info]
+    /// Log filter: a level (`off`, `error`, `warn`, `info`, `debug`, `trace`)
+    /// or a list of levels and `target=level` directives such as
+    /// `info,node=debug`. [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 }

@@ -560,26 +560,19 @@ fn duration(option: &'static str, value: &str) -> Result<Duration, ConfigError> 
     parse_duration(value).ok_or_else(|| ConfigError::BadDuration { option, value: value.into() })
 }
 
+/// Accepts a level or a list of `level` and `target=level` directives (a
+/// subset of `tracing_subscriber::EnvFilter` syntax, strict so that a typo is
+/// an error rather than a filter that matches nothing).
 fn check_log_level(value: &str) -> Result<(), ConfigError> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let valid = !value.is_empty()
-        && value.split(',').all(|directive| {
-            let level = directive.rsplit_once('=').map_or(
-                directive,
-                |(target, level)| {
-                    if target.is_empty() {
-                        ""
-                    } else {
-                        level
-                    }
-                },
-            );
-            // A bare target (`node`) is a valid directive too.
-            LEVELS.contains(&level.to_ascii_lowercase().as_str())
-                || (!directive.contains('=')
-                    && !directive.is_empty()
-                    && directive.chars().all(|c| c.is_alphanumeric() || c == '_' || c == ':'))
-        });
+    let is_level = |text: &str| LEVELS.contains(&text.to_ascii_lowercase().as_str());
+    let is_target = |text: &str| {
+        !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
+    let valid = value.split(',').all(|directive| match directive.split_once('=') {
+        Some((target, level)) => is_target(target) && is_level(level),
+        None => is_level(directive),
+    });
     if valid {
         Ok(())
     } else {

@@ -1,0 +1,340 @@
+//! The command line and the configuration file: what is accepted, and the
+//! error for each kind of mistake.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::CommandFactory;
+use node::cli::Cli;
+use node::config::{parse_from, CliError, ConfigError, NodeCommand, ServeConfig};
+use node::discovery::{DnsName, PeerSource, PeerSpecError};
+use node::kv::KvOp;
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("node-t20-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `node serve` with a valid set of flags, where `extra` (flag, value pairs)
+/// replaces or adds flags.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> Result<ServeConfig, CliError> {
+    let data_dir = dir.join("data").to_string_lossy().into_owned();
+    let mut flags: Vec<(String, String)> = [
+        ("--node-id", "2"),
+        ("--peer-addr", "127.0.0.1:7102"),
+        ("--client-addr", "127.0.0.1:7103"),
+        ("--token", "secret"),
+        ("--data-dir", data_dir.as_str()),
+        ("--peers", "1=127.0.0.1:7100,2=127.0.0.1:7102,3=node-3.local:7104"),
+    ]
+    .iter()
+    .map(|(flag, value)| (flag.to_string(), value.to_string()))
+    .collect();
+    if extra.contains(&"--discovery-dns") {
+        flags.retain(|(flag, _)| flag != "--peers");
+    }
+    for pair in extra.chunks(2) {
+        let (flag, value) = (pair[0].to_string(), pair[1].to_string());
+        match flags.iter_mut().find(|(existing, _)| *existing == flag) {
+            Some(existing) if flag != "--peers" || !extra.contains(&"--discovery-dns") => existing.1 = value,
+            _ => flags.push((flag, value)),
+        }
+    }
+    let args = ["node".to_string(), "serve".to_string()]
+        .into_iter()
+        .chain(flags.into_iter().flat_map(|(flag, value)| [flag, value]));
+    match parse_from(args)? {
+        NodeCommand::Serve(config) => Ok(*config),
+        other => panic!("parsed as {other:?}"),
+    }
+}
+
+fn config_error(result: Result<ServeConfig, CliError>) -> ConfigError {
+    match result {
+        Err(CliError::Config(error)) => error,
+        Err(CliError::Parse(error)) => panic!("clap refused it: {error}"),
+        Ok(config) => panic!("accepted {config:?}"),
+    }
+}
+
+#[test]
+fn help_documents_every_option() {
+    Cli::command().debug_assert();
+    let mut command = Cli::command();
+    let serve = command.find_subcommand_mut("serve").unwrap();
+    for argument in serve.get_arguments() {
+        assert!(argument.get_help().is_some(), "--{} has no help", argument.get_id());
+    }
+    let help = serve.render_long_help().to_string();
+    for option in ["--node-id", "--peers", "--discovery-dns", "--token-file", "--read-consistency", "--config"] {
+        assert!(help.contains(option), "serve --help lacks {option}");
+    }
+}
+
+#[test]
+fn a_full_serve_command_line() {
+    let dir = scratch("full");
+    let config = serve(
+        &dir,
+        &[
+            "--shards",
+            "4",
+            "--cluster-id",
+            "9",
+            "--tick-interval",
+            "5ms",
+            "--election-ticks-min",
+            "20",
+            "--election-ticks-max",
+            "40",
+            "--heartbeat-ticks",
+            "3",
+            "--read-consistency",
+            "lease",
+            "--inflight-batches-max",
+            "64",
+            "--log-level",
+            "info,node=debug",
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.node_id, 2);
+    assert_eq!(config.cluster_id, 9);
+    assert_eq!(config.shards, 4);
+    assert_eq!(config.timing.tick_interval, Duration::from_millis(5));
+    assert_eq!(config.timing.election_ticks_min, 20);
+    assert_eq!(config.limits.inflight_batches_max, 64);
+    assert_eq!(config.read_consistency, net::ReadConsistency::Lease);
+    let PeerSource::Static(peers) = &config.peers else { panic!("static peers expected") };
+    assert_eq!(peers.iter().map(|peer| peer.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(peers[2].addr.to_string(), "node-3.local:7104");
+    assert_eq!(config.token.0, "secret");
+    assert!(!format!("{config:?}").contains("secret"), "Debug must not print the token");
+    let engine = config.engine_config(vec![1, 2, 3]);
+    assert_eq!(engine.heartbeat_ticks, 3);
+    engine.validate().unwrap();
+}
+
+#[test]
+fn peer_list_mistakes() {
+    let dir = scratch("peers");
+    assert!(matches!(
+        config_error(serve(&dir, &["--peers", "1=127.0.0.1:7100,3=127.0.0.1:7104"])),
+        ConfigError::SelfNotInPeers { node_id: 2 }
+    ));
+    assert!(matches!(
+        config_error(serve(&dir, &["--peers", "1=127.0.0.1:7100,2=127.0.0.1:7102,1=127.0.0.1:7104"])),
+        ConfigError::Peers { source: PeerSpecError::DuplicateId { id: 1 }, .. }
+    ));
+    for bad in ["2=127.0.0.1", "2=127.0.0.1:0", "2=127.0.0.1:99999", "2=bad host:1", "2=:7000", "2=a..b:1"] {
+        assert!(
+            matches!(
+                config_error(serve(&dir, &["--peers", bad])),
+                ConfigError::Peers { source: PeerSpecError::BadAddress { .. }, .. }
+            ),
+            "{bad}"
+        );
+    }
+    for bad in ["0=127.0.0.1:1", "x=127.0.0.1:1"] {
+        assert!(matches!(
+            config_error(serve(&dir, &["--peers", bad])),
+            ConfigError::Peers { source: PeerSpecError::BadId { .. }, .. }
+        ));
+    }
+    assert!(matches!(
+        config_error(serve(&dir, &["--peers", "127.0.0.1:7100"])),
+        ConfigError::Peers { source: PeerSpecError::BadEntry { .. }, .. }
+    ));
+    assert!(matches!(
+        config_error(serve(&dir, &["--peers", "2=127.0.0.1:7102", "--discovery-dns", "db.local"])),
+        ConfigError::PeersAndDiscovery
+    ));
+}
+
+#[test]
+fn dns_discovery_options() {
+    let dir = scratch("dns");
+    let config = serve(
+        &dir,
+        &[
+            "--discovery-dns",
+            "cluster.local,7@db-a.local",
+            "--discovery-port",
+            "7100",
+            "--discovery-nameserver",
+            "127.0.0.1:5353",
+            "--discovery-timeout",
+            "300ms",
+        ],
+    )
+    .unwrap();
+    let PeerSource::Dns(dns) = config.peers else { panic!("DNS discovery expected") };
+    assert_eq!(
+        dns.names,
+        [DnsName { id: None, name: "cluster.local".into() }, DnsName { id: Some(7), name: "db-a.local".into() }]
+    );
+    assert_eq!(dns.port, Some(7100));
+    assert_eq!(dns.nameserver, Some("127.0.0.1:5353".parse().unwrap()));
+    assert_eq!(dns.timeout, Duration::from_millis(300));
+    assert!(matches!(
+        config_error(serve(&dir, &["--discovery-dns", "cluster.local", "--discovery-nameserver", "localhost"])),
+        ConfigError::BadAddress { option: "discovery-nameserver", .. }
+    ));
+    assert!(matches!(config_error(serve(&dir, &["--discovery-dns", "bad name"])), ConfigError::Peers { .. }));
+}
+
+#[test]
+fn other_serve_mistakes() {
+    let dir = scratch("mistakes");
+    assert!(matches!(config_error(serve(&dir, &["--shards", "0"])), ConfigError::OutOfRange { option: "shards", .. }));
+    assert!(matches!(
+        config_error(serve(&dir, &["--node-id", "0"])),
+        ConfigError::OutOfRange { option: "node-id", .. }
+    ));
+    assert!(matches!(
+        config_error(serve(&dir, &["--peer-addr", "localhost:7000"])),
+        ConfigError::BadAddress { option: "peer-addr", .. }
+    ));
+    assert!(matches!(
+        config_error(serve(&dir, &["--client-addr", "127.0.0.1:7102"])),
+        ConfigError::BadAddress { option: "client-addr", .. }
+    ));
+    assert!(matches!(
+        config_error(serve(&dir, &["--data-dir", "/nonexistent-parent-dir/data"])),
+        ConfigError::DataDirParentMissing { .. }
+    ));
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    let file = dir.join("file").to_string_lossy().into_owned();
+    assert!(matches!(config_error(serve(&dir, &["--data-dir", &file])), ConfigError::DataDirNotDirectory { .. }));
+    assert!(matches!(
+        config_error(serve(&dir, &["--heartbeat-ticks", "10"])),
+        ConfigError::HeartbeatTicks { heartbeat: 10, election_min: 10 }
+    ));
+    assert!(matches!(
+        config_error(serve(&dir, &["--election-ticks-min", "30", "--election-ticks-max", "20"])),
+        ConfigError::ElectionTicks { .. }
+    ));
+    assert!(matches!(config_error(serve(&dir, &["--tick-interval", "10"])), ConfigError::BadDuration { .. }));
+    assert!(matches!(config_error(serve(&dir, &["--log-level", "loud"])), ConfigError::BadLogLevel { .. }));
+    assert!(matches!(config_error(serve(&dir, &["--batch-bytes-max", "0"])), ConfigError::OutOfRange { .. }));
+    assert!(matches!(config_error(serve(&dir, &["--token", ""])), ConfigError::TokenEmpty));
+    let missing = dir.join("no-token").to_string_lossy().into_owned();
+    assert!(matches!(config_error(serve(&dir, &["--token-file", &missing])), ConfigError::TokenTwice));
+    // clap refuses unknown values of enumerations itself.
+    assert!(matches!(serve(&dir, &["--read-consistency", "eventual"]), Err(CliError::Parse(_))));
+}
+
+#[test]
+fn token_file_and_config_file() {
+    let dir = scratch("file");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, b"from-file\n").unwrap();
+    let config_file = dir.join("node.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "node-id = 3\npeer-addr = \"127.0.0.1:7104\"\nclient-addr = \"127.0.0.1:7105\"\n\
+             peers = \"1=127.0.0.1:7100,3=127.0.0.1:7104\"\ndata-dir = {:?}\ntoken-file = {:?}\n\
+             shards = 2\nread-consistency = \"stale\"\n",
+            dir.join("data"),
+            token_file
+        ),
+    )
+    .unwrap();
+    let path = config_file.to_string_lossy().into_owned();
+    let NodeCommand::Serve(config) = parse_from(["node", "serve", "--config", &path]).unwrap() else { panic!() };
+    assert_eq!((config.node_id, config.shards), (3, 2));
+    assert_eq!(config.token.0, "from-file");
+    assert_eq!(config.read_consistency, net::ReadConsistency::Stale);
+    // Flags override the file, a token flag replaces the file's token file.
+    let NodeCommand::Serve(config) =
+        parse_from(["node", "serve", "--config", &path, "--shards", "5", "--token", "flag"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((config.shards, config.token.0.as_ref()), (5, b"flag".as_ref()));
+
+    std::fs::write(&config_file, "node-id = 3\nshard = 2\n").unwrap();
+    let error = parse_from(["node", "serve", "--config", &path]).unwrap_err();
+    assert!(error.to_string().contains("unknown field"), "{error}");
+    let missing = dir.join("missing.toml").to_string_lossy().into_owned();
+    assert!(matches!(
+        parse_from(["node", "serve", "--config", &missing]),
+        Err(CliError::Config(ConfigError::ConfigFileUnreadable { .. }))
+    ));
+    let unreadable = dir.join("missing-token").to_string_lossy().into_owned();
+    let error = config_error(
+        parse_from([
+            "node",
+            "serve",
+            "--node-id",
+            "1",
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--client-addr",
+            "127.0.0.1:2",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--data-dir",
+            &dir.join("data").to_string_lossy(),
+            "--token-file",
+            &unreadable,
+        ])
+        .map(|command| match command {
+            NodeCommand::Serve(config) => *config,
+            _ => unreachable!(),
+        }),
+    );
+    assert!(matches!(error, ConfigError::TokenFileUnreadable { .. }), "{error}");
+}
+
+#[test]
+fn kv_admin_and_dev_commands() {
+    let NodeCommand::Kv(kv) =
+        parse_from(["node", "kv", "--token", "t", "--addr", "a.local:1,127.0.0.1:2", "put", "k", "v"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(kv.op, KvOp::Put { key: "k".into(), value: "v".into() });
+    assert_eq!(kv.client.addrs.len(), 2);
+    let NodeCommand::Kv(kv) =
+        parse_from(["node", "kv", "--token", "t", "cas", "k", "--expect-absent", "--new", "v"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(kv.op, KvOp::Cas { key: "k".into(), expected: None, new: Some("v".into()) });
+    let NodeCommand::Kv(kv) = parse_from(["node", "kv", "--token", "t", "get", "k", "--consistency", "stale"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(kv.consistency, Some(net::ReadConsistency::Stale));
+    assert!(matches!(
+        parse_from(["node", "kv", "--token", "t", "cas", "k", "--expected", "a", "--expect-absent", "--new", "b"]),
+        Err(CliError::Parse(_))
+    ));
+    assert!(matches!(parse_from(["node", "kv", "--token", "t", "cas", "k", "--new", "b"]), Err(CliError::Parse(_))));
+    assert!(matches!(parse_from(["node", "kv", "--token", "t", "get", ""]), Err(CliError::Config(_))));
+
+    let NodeCommand::Admin(admin) =
+        parse_from(["node", "admin", "--token", "t", "add-learner", "4", "127.0.0.1:7106"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        admin.body,
+        net::RequestBody::Admin(net::AdminRequest::AddLearner { id: 4, addr: "127.0.0.1:7106".into() })
+    );
+    let NodeCommand::Admin(admin) = parse_from(["node", "admin", "--token", "t", "status"]).unwrap() else { panic!() };
+    assert_eq!(admin.body, net::RequestBody::Status);
+    assert!(matches!(parse_from(["node", "admin", "--token", "t", "remove", "0"]), Err(CliError::Config(_))));
+
+    let NodeCommand::Dev(dev) = parse_from(["node", "dev"]).unwrap() else { panic!() };
+    let configs = dev.serve_configs(std::path::Path::new("/tmp/dev"));
+    assert_eq!(configs.len(), 3);
+    assert_eq!(configs[2].peer_addr, "127.0.0.1:7104".parse().unwrap());
+    assert_eq!(configs[2].client_addr, "127.0.0.1:7105".parse().unwrap());
+    assert!(matches!(parse_from(["node", "dev", "--nodes", "2"]), Err(CliError::Config(_))));
+}
