@@ -59,6 +59,12 @@ impl FrameReader {
         FrameReader { buf: BytesMut::with_capacity(READ_SIZE_DEFAULT), limits, read_size: READ_SIZE_DEFAULT }
     }
 
+    /// Changes the limits for the frames that follow (the handshake is read
+    /// under tighter limits than an authenticated connection's frames).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// The next frame, checksums verified; `Ok(None)` on a clean close at a
     /// frame boundary.
     pub async fn next(&mut self, stream: &TcpStream) -> Result<Option<RawFrame>, ConnError> {

@@ -16,6 +16,11 @@ use crate::frame::{FrameKind, PROTOCOL_VERSION};
 /// configuration; the bound keeps a hostile handshake small.
 pub const TOKEN_SIZE_MAX: usize = 1024;
 
+/// The largest frame read before a caller has been authenticated: a
+/// handshake with the longest token fits easily, and a stranger cannot make
+/// the acceptor reserve more than this.
+pub const HANDSHAKE_FRAME_SIZE_MAX: usize = 4 << 10;
+
 /// Who opens a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -309,5 +314,24 @@ mod tests {
         assert_eq!(reason(Handshake { token: Bytes::from_static(b"s3creT"), ..good.clone() }), RefusalReason::BadToken);
         assert_eq!(reason(Handshake { protocol_version: 2, ..good.clone() }), RefusalReason::VersionUnsupported);
         assert_eq!(reason(Handshake { role: Role::Client, ..good }), RefusalReason::RoleNotAccepted);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use crate::codec::{Frame, Payload};
+
+    #[test]
+    fn the_largest_handshake_fits_the_pre_authentication_limit() {
+        let handshake = Handshake {
+            cluster_id: u64::MAX,
+            node_id: u64::MAX,
+            role: Role::Peer,
+            protocol_version: u16::from(PROTOCOL_VERSION),
+            token: Bytes::from(vec![0xAB; TOKEN_SIZE_MAX]),
+        };
+        let frame = Frame { cluster_id: u64::MAX, shard_id: 0, payload: Payload::Handshake(handshake) };
+        assert!(frame.to_bytes().len() <= HANDSHAKE_FRAME_SIZE_MAX);
     }
 }

@@ -50,6 +50,7 @@ pub use frame::{
 };
 pub use handshake::{
     Handshake, HandshakeAccept, HandshakeError, HandshakePolicy, HandshakeRefusal, RefusalReason, Role,
+    HANDSHAKE_FRAME_SIZE_MAX, TOKEN_SIZE_MAX,
 };
 pub mod client_conn;
 pub mod conn;

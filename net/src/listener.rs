@@ -20,7 +20,9 @@ use crate::client::{ClientRequest, ClientResponse, ResponseStatus};
 use crate::codec::{Frame, Payload};
 use crate::conn::{detect_dead_peer, write_frame, Coalescer, ConnError, FrameReader};
 use crate::frame::{Limits, PROTOCOL_VERSION};
-use crate::handshake::{HandshakeAccept, HandshakePolicy, HandshakeRefusal, RefusalReason, Role};
+use crate::handshake::{
+    HandshakeAccept, HandshakePolicy, HandshakeRefusal, RefusalReason, Role, HANDSHAKE_FRAME_SIZE_MAX,
+};
 use crate::queue::{OutQueue, Outgoing};
 
 /// How the listener is set up.
@@ -376,7 +378,7 @@ async fn serve(
     stream.set_nodelay(true)?;
     detect_dead_peer(&stream, config.dead_peer_timeout)?;
     let cluster_id = config.policy.cluster_id;
-    let mut reader = FrameReader::new(config.limits);
+    let mut reader = FrameReader::new(Limits { frame_size_max: HANDSHAKE_FRAME_SIZE_MAX });
     let first = match tokio::time::timeout(config.handshake_timeout, reader.next(&stream)).await {
         Ok(first) => first,
         Err(_) => {
@@ -411,6 +413,7 @@ async fn serve(
     };
     let accept = HandshakeAccept { node_id: config.policy.node_id, protocol_version: u16::from(PROTOCOL_VERSION) };
     write_frame(&stream, &Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeAccept(accept) }).await?;
+    reader.set_limits(config.limits);
     debug!(%remote, ?role, remote_node, "connection accepted");
     match role {
         Role::Peer => serve_peer(cluster_id, &stream, &mut reader, remote_node, &inbound).await,
