@@ -47,6 +47,16 @@ pub struct Config {
     /// A learner is promoted only if its log is within this many entries of
     /// the leader's.
     pub promotion_lag_max: u64,
+    /// The shell is asked for a snapshot once this many entries were applied
+    /// since the last one; this bounds the in-memory log and the WAL.
+    pub snapshot_entries: u64,
+    /// Entries kept in the log below a new snapshot, so a follower that is
+    /// only a little behind catches up from the log instead of a snapshot.
+    pub compaction_tail: u64,
+    /// Bytes per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: u64,
+    /// InstallSnapshot chunks in flight per follower, at most.
+    pub snapshot_chunks_inflight_max: u64,
     /// Seed of the engine's own RNG (election timeouts): a run is reproducible
     /// from its seeds.
     pub seed: u64,
@@ -71,6 +81,10 @@ impl Config {
             check_quorum: true,
             lease_drift_ticks: 2,
             promotion_lag_max: 1000,
+            snapshot_entries: 100_000,
+            compaction_tail: 5_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_inflight_max: 4,
             seed: id,
         }
     }
@@ -97,6 +111,9 @@ impl Config {
         }
         if self.lease_drift_ticks >= self.election_ticks_min {
             return Err(ConfigError("lease_drift_ticks must be below election_ticks_min".into()));
+        }
+        if self.snapshot_entries == 0 || self.snapshot_chunk_bytes == 0 || self.snapshot_chunks_inflight_max == 0 {
+            return Err(ConfigError("snapshot interval, chunk size and chunk window must be positive".into()));
         }
         if self.inflight_batches_max == 0 || self.inflight_bytes_max == 0 || self.batch_bytes_max == 0 {
             return Err(ConfigError("in-flight window and batch size must be positive".into()));

@@ -124,6 +124,11 @@ impl ConfChange {
         }
         let mut next = ConfState { voters, voters_outgoing: conf.voters.clone(), learners };
         next.normalize();
+        if next.voters == next.voters_outgoing {
+            // The voters did not change (learners only, or the bootstrap
+            // entry restating the membership): no joint phase is needed.
+            next.voters_outgoing.clear();
+        }
         if next.voters.is_empty() {
             return Err(ConfChangeError("the change would remove the last voter".into()));
         }

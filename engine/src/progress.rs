@@ -35,6 +35,13 @@ pub struct Progress {
     pub acked_round: u64,
     /// In `Snapshot`, the index of the snapshot being sent.
     pub pending_snapshot: Index,
+    /// Snapshot sending (in `Snapshot`): the snapshot's size, the next offset
+    /// to read for it, the offset the follower acknowledged, and heartbeat
+    /// rounds without progress (a stall makes the leader resend).
+    pub snapshot_size: u64,
+    pub snapshot_read_offset: u64,
+    pub snapshot_acked: u64,
+    pub snapshot_stalled_rounds: u32,
     /// The highest commit index sent to this peer, so a commit advance is
     /// announced once rather than with every acknowledgement.
     pub commit_sent: Index,
@@ -52,6 +59,10 @@ impl Progress {
             acked_round: 0,
             pending_snapshot: 0,
             commit_sent: 0,
+            snapshot_size: 0,
+            snapshot_read_offset: 0,
+            snapshot_acked: 0,
+            snapshot_stalled_rounds: 0,
             inflight: Inflight::default(),
         }
     }
@@ -76,9 +87,13 @@ impl Progress {
         self.inflight.clear();
     }
 
-    pub fn become_snapshot(&mut self, snapshot_index: Index) {
+    pub fn become_snapshot(&mut self, snapshot_index: Index, size: u64) {
         self.state = ProgressState::Snapshot;
         self.pending_snapshot = snapshot_index;
+        self.snapshot_size = size;
+        self.snapshot_read_offset = 0;
+        self.snapshot_acked = 0;
+        self.snapshot_stalled_rounds = 0;
         self.probe_sent = false;
         self.inflight.clear();
     }

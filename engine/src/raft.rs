@@ -9,10 +9,14 @@ use bytes::Bytes;
 use crate::batch::EntryBatch;
 use crate::config::{Config, ConfigError, Rng};
 use crate::log::RaftLog;
+use crate::membership::{ConfChange, ConfChangeOp};
 use crate::message::{AppendRequest, AppendResponse, Message, MessageBody, VoteRequest};
 use crate::progress::{Progress, ProgressState};
 use crate::storage::Recovered;
-use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, Term, NODE_NONE};
+use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term, NODE_NONE};
+
+mod snapshot;
+pub use snapshot::{SnapshotRead, SnapshotWrite};
 
 /// A node's role in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +106,22 @@ pub struct Ready {
     pub dropped_reads: Vec<u64>,
     /// Set when the role or the known leader changed.
     pub soft_state: Option<SoftState>,
+    /// A snapshot finished arriving from the leader: before anything else in
+    /// this Ready, the shell installs it in storage (entries it covers are
+    /// dropped, later ones kept only if they agree) and restores the state
+    /// machine from it.
+    pub snapshot_install: Option<SnapshotMeta>,
+    /// Chunks of an incoming snapshot to write, in order (offset 0 starts a
+    /// new one). They are durable writes like `entries`.
+    pub snapshot_writes: Vec<SnapshotWrite>,
+    /// Chunks of the local snapshot to read and hand back with
+    /// [`Raft::snapshot_chunk`], for followers that need it.
+    pub snapshot_reads: Vec<SnapshotRead>,
+    /// Time for a snapshot: take one of the state machine at the applied
+    /// index and report it with [`Raft::snapshot_created`].
+    pub snapshot_due: bool,
+    /// Storage may drop entries up to and including this index.
+    pub compact_to: Option<Index>,
 }
 
 impl Ready {
@@ -215,6 +235,18 @@ pub struct Raft {
     previous_soft_state: SoftState,
     /// Set between `ready` and `advance`: the last index handed to apply.
     applying: Option<Index>,
+    /// The latest local snapshot and its size in bytes (0 when unknown).
+    snapshot: SnapshotMeta,
+    snapshot_size: u64,
+    /// A snapshot was asked of the shell and not yet reported.
+    snapshot_requested: bool,
+    snapshot_due: bool,
+    /// The snapshot being received from the leader, and how much of it.
+    incoming: Option<(SnapshotMeta, u64)>,
+    snapshot_install: Option<SnapshotMeta>,
+    snapshot_writes: Vec<SnapshotWrite>,
+    snapshot_reads: Vec<SnapshotRead>,
+    compact_to: Option<Index>,
 }
 
 impl Raft {
@@ -268,6 +300,15 @@ impl Raft {
             persisted_hard_state: hard_state,
             previous_soft_state: SoftState { role: Role::Follower, leader: NODE_NONE },
             applying: None,
+            snapshot: snapshot.clone().unwrap_or_default(),
+            snapshot_size: 0,
+            snapshot_requested: false,
+            snapshot_due: false,
+            incoming: None,
+            snapshot_install: None,
+            snapshot_writes: Vec::new(),
+            snapshot_reads: Vec::new(),
+            compact_to: None,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -430,10 +471,13 @@ impl Raft {
         }
     }
 
-    /// Whether this node may become leader: it is a voter of the current
-    /// configuration.
+    /// Whether this node may campaign: it votes in its latest configuration,
+    /// or in the one in force at its commit index. The second case matters
+    /// when an uncommitted entry removes this node: the remaining voters may
+    /// need it to finish the change (its log is the most up to date), and
+    /// votes are still counted under its latest configuration.
     fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id)
+        self.conf.is_voter(self.id) || self.conf_at(self.log.committed).is_voter(self.id)
     }
 
     fn sole_voter(&self) -> bool {
@@ -703,6 +747,11 @@ impl Raft {
             || self.read_round_needed
             || self.hard_state() != self.persisted_hard_state
             || self.soft_state() != self.previous_soft_state
+            || self.snapshot_due
+            || self.snapshot_install.is_some()
+            || !self.snapshot_writes.is_empty()
+            || !self.snapshot_reads.is_empty()
+            || self.compact_to.is_some()
     }
 
     fn soft_state(&self) -> SoftState {
@@ -746,6 +795,15 @@ impl Raft {
         self.applying = Some(ready.committed_entries.last().map_or(self.log.applied, |entry| entry.index));
         ready.read_states = std::mem::take(&mut self.read_states);
         ready.dropped_reads = std::mem::take(&mut self.dropped_reads);
+        ready.snapshot_install = self.snapshot_install.take();
+        ready.snapshot_writes = std::mem::take(&mut self.snapshot_writes);
+        ready.snapshot_reads = std::mem::take(&mut self.snapshot_reads);
+        ready.compact_to = self.compact_to.take();
+        if self.snapshot_due {
+            self.snapshot_due = false;
+            self.snapshot_requested = true;
+            ready.snapshot_due = true;
+        }
         ready
     }
 
@@ -761,6 +819,9 @@ impl Raft {
             return;
         }
         self.log.applied = applied;
+        if !self.snapshot_requested && applied >= self.snapshot.index + self.config.snapshot_entries {
+            self.snapshot_due = true;
+        }
         if self.pending_conf_index != 0 && applied >= self.pending_conf_index {
             self.pending_conf_index = 0;
         }
@@ -855,9 +916,9 @@ impl Raft {
             let next = pr.next_index;
             let prev_index = next - 1;
             let Some(prev_term) = self.log.term(prev_index) else {
-                // The follower needs entries that were compacted. The log is
-                // not compacted yet (snapshots are the next step), so this
-                // cannot happen; wait rather than send something wrong.
+                // The follower needs entries that were compacted: it gets
+                // the snapshot instead.
+                self.start_snapshot(to);
                 return;
             };
             let batch = self.batch_from(next);
@@ -994,7 +1055,13 @@ impl Raft {
         self.role = Role::Leader;
         self.leader = self.id;
         let last = self.log.last_index();
-        for id in self.conf.members() {
+        let mut members = self.conf.members();
+        if !members.contains(&self.id) {
+            // A leader finishing its own removal tracks itself, but is not
+            // counted in quorums.
+            members.push(self.id);
+        }
+        for id in members {
             let mut pr = Progress::new(last + 1);
             if id == self.id {
                 pr.match_index = self.log.persisted;
@@ -1014,8 +1081,19 @@ impl Raft {
             }
             index += 1;
         }
-        // Raft thesis 6.4 / paper 5.4.2: commit an entry of the new term.
-        self.log.push(Entry { index: last + 1, term: self.term, kind: EntryKind::Noop, data: Bytes::new() });
+        // Raft thesis 6.4 / paper 5.4.2: commit an entry of the new term. The
+        // first leader of a new cluster makes it the bootstrap membership,
+        // so a node that joins later learns the whole history from the log.
+        if last == 0 {
+            let mut ops: Vec<ConfChangeOp> = self.conf.voters.iter().map(|&id| ConfChangeOp::AddVoter(id)).collect();
+            ops.extend(self.conf.learners.iter().map(|&id| ConfChangeOp::AddLearner(id)));
+            let data = ConfChange { ops }.encode();
+            self.log.push(Entry { index: 1, term: self.term, kind: EntryKind::Config, data });
+            self.pending_conf_index = 1;
+            crate::membership::conf_after_append(self, 1);
+        } else {
+            self.log.push(Entry { index: last + 1, term: self.term, kind: EntryKind::Noop, data: Bytes::new() });
+        }
         if self.sole_voter() && self.log.persisted == last {
             self.maybe_commit();
         }
@@ -1204,11 +1282,13 @@ impl Raft {
                 }
                 Ok(())
             }
-            MessageBody::InstallSnapshot(_) => {
+            MessageBody::InstallSnapshot(chunk) => {
                 self.accept_leader(from)?;
-                Err(Ignored("snapshot installation is not supported yet"))
+                self.handle_snapshot_chunk(from, chunk)
             }
-            MessageBody::InstallSnapshotResponse { .. } => Err(Ignored("snapshot installation is not supported yet")),
+            MessageBody::InstallSnapshotResponse { index, term, next_offset, rejected } => {
+                self.handle_snapshot_response(from, index, term, next_offset, rejected)
+            }
         }
     }
 
@@ -1484,6 +1564,12 @@ impl Raft {
             return Err(Ignored("acknowledges a round never sent"));
         }
         pr.acked_round = pr.acked_round.max(round);
+        if pr.state == ProgressState::Snapshot {
+            self.snapshot_heartbeat(from);
+            self.release_reads();
+            return Ok(());
+        }
+        let pr = self.progress.get_mut(&from).expect("present");
         if pr.state == ProgressState::Replicate
             && pr.inflight.is_full(self.config.inflight_batches_max, self.config.inflight_bytes_max)
         {

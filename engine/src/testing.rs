@@ -7,14 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::batch::EntryBatch;
 use crate::config::Config;
 use crate::message::Message;
 use crate::raft::{Raft, ReadState, Ready, Role};
 use crate::storage::MemStorage;
-use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// One Ready's local writes, waiting to become durable, and the messages that
 /// must wait with them.
@@ -22,6 +22,8 @@ use crate::types::{Entry, EntryKind, HardState, Index, NodeId, Term};
 pub struct PendingWrite {
     pub hard_state: Option<HardState>,
     pub entries: Vec<EntryBatch>,
+    /// A received snapshot to install before the entries.
+    pub snapshot: Option<(SnapshotMeta, Bytes)>,
     pub last: Option<(Index, Term)>,
     pub messages_after_persist: Vec<Message>,
 }
@@ -38,16 +40,69 @@ pub struct TestNode {
     pub read_states: Vec<ReadState>,
     pub dropped_reads: Vec<u64>,
     pub pending_writes: VecDeque<PendingWrite>,
+    /// Bytes of a snapshot being received.
+    incoming_snapshot: Vec<u8>,
+    /// How many times the state machine was replaced by a snapshot.
+    pub restores: u64,
+}
+
+/// The test state machine's snapshot: its applied entries, each as index,
+/// term, kind, payload length and payload.
+pub fn encode_state(applied: &[Entry]) -> Bytes {
+    let mut buf = BytesMut::new();
+    for entry in applied {
+        buf.put_u64_le(entry.index);
+        buf.put_u64_le(entry.term);
+        buf.put_u8(entry.kind as u8);
+        buf.put_u32_le(entry.data.len() as u32);
+        buf.put_slice(&entry.data);
+    }
+    buf.freeze()
+}
+
+/// Reads a state written by [`encode_state`].
+pub fn decode_state(mut data: Bytes) -> Vec<Entry> {
+    let mut applied = Vec::new();
+    while data.has_remaining() {
+        let index = data.get_u64_le();
+        let term = data.get_u64_le();
+        let kind = EntryKind::from_u8(data.get_u8()).expect("test snapshot kind");
+        let len = data.get_u32_le() as usize;
+        applied.push(Entry { index, term, kind, data: data.split_to(len) });
+    }
+    applied
+}
+
+/// Appends a batch to storage, skipping the part a stored snapshot covers
+/// (a snapshot may be taken of applied entries not yet durable locally).
+fn append_after_snapshot(storage: &mut MemStorage, batch: &EntryBatch) {
+    let covered = storage.snapshot_meta().index;
+    if batch.last_index() <= covered {
+        return;
+    }
+    if batch.first_index() > covered {
+        storage.append(batch).expect("engine hands contiguous batches");
+    } else {
+        let rest: Vec<Entry> = batch.entries().filter(|entry| entry.index > covered).collect();
+        storage.append(&EntryBatch::encode(&rest)).expect("engine hands contiguous batches");
+    }
 }
 
 impl TestNode {
     fn new(config: Config, storage: MemStorage) -> TestNode {
-        let raft = Raft::new(config.clone(), storage.recovered()).expect("valid test config");
+        let mut raft = Raft::new(config.clone(), storage.recovered()).expect("valid test config");
+        let mut applied = Vec::new();
+        if storage.snapshot_meta().index > 0 {
+            applied = decode_state(storage.snapshot_data().clone());
+            raft.snapshot_created(storage.snapshot_meta().clone(), storage.snapshot_data().len() as u64);
+        }
         TestNode {
             raft,
             config,
             storage,
-            applied: Vec::new(),
+            applied,
+            incoming_snapshot: Vec::new(),
+            restores: 0,
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
             pending_writes: VecDeque::new(),
@@ -127,9 +182,24 @@ impl Cluster {
         }
         let mut ready = node.raft.ready();
         self.network.extend(ready.messages.iter().cloned());
+        for write in &ready.snapshot_writes {
+            if write.offset == 0 {
+                node.incoming_snapshot.clear();
+            }
+            assert_eq!(write.offset as usize, node.incoming_snapshot.len(), "snapshot chunks arrive in order");
+            node.incoming_snapshot.extend_from_slice(&write.data);
+        }
+        let mut snapshot = None;
+        if let Some(meta) = &ready.snapshot_install {
+            let data = Bytes::from(std::mem::take(&mut node.incoming_snapshot));
+            node.applied = decode_state(data.clone());
+            node.restores += 1;
+            snapshot = Some((meta.clone(), data));
+        }
         node.pending_writes.push_back(PendingWrite {
             hard_state: ready.hard_state,
             entries: ready.entries.clone(),
+            snapshot,
             last: ready.last_entry(),
             messages_after_persist: std::mem::take(&mut ready.messages_after_persist),
         });
@@ -150,8 +220,34 @@ impl Cluster {
             read_states: ready.read_states.clone(),
             dropped_reads: ready.dropped_reads.clone(),
             soft_state: ready.soft_state,
+            snapshot_install: ready.snapshot_install.clone(),
+            snapshot_writes: ready.snapshot_writes.clone(),
+            snapshot_reads: ready.snapshot_reads.clone(),
+            snapshot_due: ready.snapshot_due,
+            compact_to: ready.compact_to,
         };
+        let reads = std::mem::take(&mut ready.snapshot_reads);
+        let snapshot_due = ready.snapshot_due;
         node.raft.advance(ready);
+        if snapshot_due {
+            let index = node.applied.last().map_or(0, |entry| entry.index);
+            if let Some(meta) = node.raft.snapshot_meta_at(index) {
+                let data = encode_state(&node.applied);
+                let size = data.len() as u64;
+                node.storage.apply_snapshot(meta.clone(), data);
+                node.raft.snapshot_created(meta, size);
+            }
+        }
+        for read in reads {
+            if node.storage.snapshot_meta().index == read.index {
+                let data = node.storage.snapshot_data();
+                let end = (read.offset + read.len).min(data.len() as u64) as usize;
+                let chunk = data.slice((read.offset as usize).min(end)..end);
+                node.raft.snapshot_chunk(read.to, read.index, read.offset, chunk);
+            } else {
+                node.raft.snapshot_unavailable(read.to);
+            }
+        }
         if self.sync_writes {
             self.persist(id, usize::MAX);
         }
@@ -167,8 +263,13 @@ impl Cluster {
             if let Some(hard_state) = write.hard_state {
                 node.storage.set_hard_state(hard_state);
             }
+            if let Some((meta, data)) = write.snapshot {
+                if meta.index > node.storage.snapshot_meta().index {
+                    node.storage.apply_snapshot(meta, data);
+                }
+            }
             for batch in &write.entries {
-                node.storage.append(batch).expect("engine hands contiguous batches");
+                append_after_snapshot(&mut node.storage, batch);
             }
             if let Some((index, term)) = write.last {
                 node.raft.persisted(index, term);

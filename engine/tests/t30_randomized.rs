@@ -3,7 +3,7 @@
 //! crashes that lose them. After every step the four safety properties of
 //! Raft paper Figure 3 are checked; after the faults heal, liveness.
 //!
-//! `ENGINE_SEEDS=N` runs N seeds per cluster size (default 1000);
+//! `ENGINE_SEEDS=N` runs N seeds per cluster size (default 2000);
 //! `ENGINE_SEED=S` replays one seed. A failure prints the command that
 //! replays it.
 
@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use bytes::Bytes;
 use engine::config::Rng;
 use engine::testing::Cluster;
-use engine::{Config, EntryKind, Index, NodeId, ReadMode, Role, Term};
+use engine::{ConfChange, ConfChangeOp, Config, EntryKind, Index, NodeId, ReadMode, Role, Term};
 
 /// What the whole cluster has observed, for the cross-node properties.
 #[derive(Default)]
@@ -28,8 +28,9 @@ struct Observed {
     committed_by_term: BTreeMap<Index, Term>,
     /// Every index any node has applied, with its term and payload.
     applied: BTreeMap<Index, (Term, Bytes)>,
-    /// Per node, how many of its applied entries were checked (reset on restart).
-    applied_checked: BTreeMap<NodeId, usize>,
+    /// Per node, how many of its applied entries were checked (reset on
+    /// restart and when a snapshot replaced its state).
+    applied_checked: BTreeMap<NodeId, (u64, usize)>,
 }
 
 fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
@@ -42,11 +43,26 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
         // Election safety: at most one leader per term.
         if raft.role() == Role::Leader {
             let previous = observed.leaders.entry(raft.term()).or_insert(id);
-            assert_eq!(*previous, id, "step {step}: two leaders in term {}", raft.term());
+            assert_eq!(
+                *previous,
+                id,
+                "step {step}: two leaders in term {}; confs: {:?}",
+                raft.term(),
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|(i, n)| (*i, n.raft.role(), n.raft.term(), n.raft.conf().clone()))
+                    .collect::<Vec<_>>()
+            );
             // Leader completeness: a leader holds every entry committed in
             // an earlier term.
             for (&index, (term, data)) in &observed.committed {
                 if observed.committed_by_term[&index] >= raft.term() {
+                    continue;
+                }
+                if index < raft.first_index() {
+                    // Compacted: held through the snapshot that covers it.
+                    assert!(raft.snapshot().index >= index, "step {step}: leader {id} lost entry {index}");
                     continue;
                 }
                 let entry = raft.entry(index);
@@ -71,8 +87,11 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
             *by_term = (*by_term).min(raft.term());
         }
         // State machine safety: every node applies the same entry at an index.
-        let checked = observed.applied_checked.entry(id).or_insert(0);
-        for entry in &node.applied[*checked..] {
+        let checked = observed.applied_checked.entry(id).or_insert((node.restores, 0));
+        if checked.0 != node.restores || checked.1 > node.applied.len() {
+            *checked = (node.restores, 0);
+        }
+        for entry in &node.applied[checked.1..] {
             let recorded = observed.applied.entry(entry.index).or_insert((entry.term, entry.data.clone()));
             assert_eq!(
                 (recorded.0, &recorded.1),
@@ -81,7 +100,7 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
                 entry.index
             );
         }
-        *checked = node.applied.len();
+        checked.1 = node.applied.len();
         // Applied entries are in index order without gaps.
         for pair in node.applied.windows(2) {
             assert_eq!(pair[1].index, pair[0].index + 1, "step {step}: node {id} applied out of order");
@@ -109,12 +128,20 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
 
 fn run_seed(nodes: u64, seed: u64) {
     let mut rng = Rng::new(seed);
-    let ids: Vec<NodeId> = (1..=nodes).collect();
-    let voters = ids.clone();
+    // One spare node starts outside the cluster; membership changes may add it.
+    let ids: Vec<NodeId> = (1..=nodes + 1).collect();
+    let voters: Vec<NodeId> = (1..=nodes).collect();
     let pre_vote = rng.range(0, 2) == 1;
     let check_quorum = rng.range(0, 2) == 1;
+    let snapshot_entries = rng.range(4, 40);
     let mut cluster = Cluster::new(&ids, |id| {
-        let mut config = Config::new(id, voters.clone());
+        let members = if id <= nodes { voters.clone() } else { Vec::new() };
+        let mut config = Config::new(id, members);
+        config.snapshot_entries = snapshot_entries;
+        config.compaction_tail = snapshot_entries / 4;
+        config.snapshot_chunk_bytes = 64;
+        config.snapshot_chunks_inflight_max = 2;
+        config.promotion_lag_max = 5;
         config.seed = seed.wrapping_mul(1_000_003).wrapping_add(id);
         config.pre_vote = pre_vote;
         config.check_quorum = check_quorum;
@@ -193,6 +220,23 @@ fn run_seed(nodes: u64, seed: u64) {
                     cluster.crash(id);
                 }
             }
+            88 if rng.range(0, 3) == 0 => {
+                // A membership change: add a learner, promote, or remove.
+                if let Some(leader) = cluster.leader() {
+                    let target = pick(&mut rng);
+                    let conf = cluster.node(leader).raft.conf().clone();
+                    let op = if conf.is_learner(target) {
+                        ConfChangeOp::AddVoter(target)
+                    } else if conf.is_voter(target) {
+                        ConfChangeOp::Remove(target)
+                    } else if rng.range(0, 2) == 0 {
+                        ConfChangeOp::AddLearner(target)
+                    } else {
+                        ConfChangeOp::AddVoter(target)
+                    };
+                    let _ = cluster.raft(leader).propose_conf_change(ConfChange { ops: vec![op] });
+                }
+            }
             88 => {
                 // A leader transfer to a random voter.
                 if let Some(leader) = cluster.leader() {
@@ -201,11 +245,17 @@ fn run_seed(nodes: u64, seed: u64) {
                 }
             }
             _ => {
-                // Every node processes its Ready and some of its writes land.
+                // A round of normal operation: every node processes its Ready,
+                // some writes land, and what is in flight is delivered.
                 for &id in &ids {
                     cluster.process_ready(id);
                     if !cluster.down.contains(&id) && rng.range(0, 2) == 0 {
                         cluster.persist(id, usize::MAX);
+                    }
+                }
+                for message in std::mem::take(&mut cluster.network) {
+                    if rng.range(0, 50) != 0 {
+                        cluster.deliver(message);
                     }
                 }
             }
@@ -214,7 +264,7 @@ fn run_seed(nodes: u64, seed: u64) {
         if !cluster.down.is_empty() && rng.range(0, 40) == 0 {
             let id = *cluster.down.iter().next().expect("non-empty");
             cluster.restart(id);
-            observed.applied_checked.insert(id, 0);
+            observed.applied_checked.remove(&id);
         }
         check_safety(&cluster, &mut observed, step);
     }
@@ -236,7 +286,7 @@ fn run_seed(nodes: u64, seed: u64) {
     for id in ids.clone() {
         if cluster.down.contains(&id) {
             cluster.restart(id);
-            observed.applied_checked.insert(id, 0);
+            observed.applied_checked.remove(&id);
         }
     }
     cluster.sync_writes = true;
@@ -252,34 +302,76 @@ fn run_seed(nodes: u64, seed: u64) {
             let payload = Bytes::from(format!("{seed}:final"));
             if let Ok((index, term)) = cluster.raft(leader).propose(payload) {
                 cluster.stabilize();
-                if ids.iter().all(|&id| cluster.node(id).raft.term_at(index) == Some(term)) {
+                let members = cluster.node(leader).raft.conf().members();
+                if members.iter().all(|&id| cluster.node(id).raft.term_at(index) == Some(term)) {
                     committed_at = Some(round);
                     break;
                 }
             }
         }
     }
-    assert!(committed_at.is_some(), "no leader committed a proposal within 400 rounds after healing");
-    // Every node converges on the same applied sequence.
-    cluster.stabilize();
-    for _ in 0..30 {
+    if committed_at.is_none() {
+        let states: Vec<_> = cluster
+            .nodes
+            .iter()
+            .map(|(i, n)| {
+                format!(
+                    "{i}: {:?} t{} leader={} commit={} last={} snap={} conf={:?} status={:?}",
+                    n.raft.role(),
+                    n.raft.term(),
+                    n.raft.leader(),
+                    n.raft.committed(),
+                    n.raft.last_index(),
+                    n.raft.snapshot().index,
+                    n.raft.conf(),
+                    n.raft
+                        .status()
+                        .progress
+                        .iter()
+                        .map(|p| (p.id, p.state, p.match_index, p.next_index))
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        panic!("no leader committed a proposal within 400 rounds after healing:\n{}", states.join("\n"));
+    }
+    // Every member converges on the same applied sequence (a removed leader
+    // steps down, so give the rest time to elect a new one).
+    for _ in 0..400 {
         cluster.tick_all();
         cluster.stabilize();
+        if let Some(leader) = cluster.leader() {
+            let raft = &cluster.node(leader).raft;
+            let members = raft.conf().members();
+            let done = raft.committed() == raft.last_index()
+                && members.iter().all(|&id| cluster.node(id).raft.applied() == raft.committed());
+            if done {
+                break;
+            }
+        }
     }
     check_safety(&cluster, &mut observed, usize::MAX);
     if std::env::var_os("ENGINE_VERBOSE").is_some() {
+        let restores: u64 = cluster.nodes.values().map(|n| n.restores).sum();
         eprintln!(
-            "seed {seed}: {} terms with a leader, {} committed, {} proposals, applied to {:?}",
+            "seed {seed}: {} terms with a leader, {} committed, {proposals} proposals, {restores} snapshot installs",
             observed.leaders.len(),
             observed.committed.len(),
-            proposals,
-            cluster.node(1).applied.last().map(|e| e.index)
         );
     }
-    let reference = cluster.node(1).applied.last().map(|e| e.index);
-    for &id in &ids {
+    let Some(leader) = cluster.leader() else {
+        let states: Vec<_> = cluster
+            .nodes
+            .iter()
+            .map(|(i, n)| (*i, n.raft.role(), n.raft.term(), n.raft.leader(), n.raft.conf().clone()))
+            .collect();
+        panic!("no leader after healing: {states:?}");
+    };
+    let members = cluster.node(leader).raft.conf().members();
+    let reference = cluster.node(leader).applied.last().map(|e| e.index);
+    for &id in &members {
         assert_eq!(cluster.node(id).applied.last().map(|e| e.index), reference, "node {id} did not converge");
-        assert!(cluster.node(id).applied.iter().all(|e| e.kind != EntryKind::Config));
+        let _ = EntryKind::Config;
     }
 }
 
@@ -288,7 +380,7 @@ fn run_many(nodes: u64) {
         run_seed(nodes, seed.parse().expect("ENGINE_SEED is a number"));
         return;
     }
-    let seeds: u64 = std::env::var("ENGINE_SEEDS").map_or(1000, |s| s.parse().expect("ENGINE_SEEDS is a number"));
+    let seeds: u64 = std::env::var("ENGINE_SEEDS").map_or(2000, |s| s.parse().expect("ENGINE_SEEDS is a number"));
     for seed in 0..seeds {
         let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, seed)));
         if let Err(panic) = result {

@@ -1,0 +1,298 @@
+//! Snapshots and log compaction (Raft paper 7), without I/O.
+//!
+//! Taking one: when `snapshot_entries` entries were applied since the last
+//! snapshot, a Ready sets `snapshot_due`; the shell snapshots its state
+//! machine at its applied index (metadata from [`Raft::snapshot_meta_at`]),
+//! stores it, and reports it with [`Raft::snapshot_created`]; the engine then
+//! compacts its log, keeping `compaction_tail` entries for followers that are
+//! only a little behind, and tells the shell how far storage may compact.
+//!
+//! Sending one: a follower whose next entry was compacted moves to the
+//! `Snapshot` state. The leader asks the shell (through `snapshot_reads`) to
+//! read at most `snapshot_chunks_inflight_max` chunks ahead of the follower's
+//! acknowledgements and sends each chunk it gets back. A rejection names the
+//! offset to resume from; a stall (heartbeats answered, chunks not) rewinds to
+//! the last acknowledged offset.
+//!
+//! Receiving one: chunks must arrive in order for one snapshot at a time.
+//! A duplicate is re-acknowledged, a gap is answered with the offset to
+//! resume from, a chunk of an unknown snapshot that does not start at offset
+//! 0 is refused. The last chunk installs the snapshot (`snapshot_install`).
+
+use bytes::Bytes;
+
+use super::{Ignored, Raft, Role};
+use crate::batch::EntryBatch;
+use crate::message::{Message, MessageBody, SnapshotChunk};
+use crate::progress::ProgressState;
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
+
+/// A chunk of the local snapshot the shell must read and hand back with
+/// [`Raft::snapshot_chunk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRead {
+    pub to: NodeId,
+    /// The snapshot's index: if the shell's current snapshot differs, it
+    /// calls [`Raft::snapshot_unavailable`] instead.
+    pub index: Index,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A chunk of an incoming snapshot to write at `offset` (0 starts a new file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    pub meta: SnapshotMeta,
+    pub offset: u64,
+    pub data: Bytes,
+    /// The last chunk: the file is complete.
+    pub done: bool,
+}
+
+/// `next_offset` in a response meaning "I already hold everything this
+/// snapshot covers".
+const COMPLETE: u64 = u64::MAX;
+/// Heartbeat rounds without an acknowledgement before chunks are resent.
+const SNAPSHOT_STALL_ROUNDS: u32 = 3;
+
+impl Raft {
+    /// The metadata a snapshot of the state machine at `index` must carry:
+    /// the term there and the configuration in force. `None` if `index` is
+    /// not applied or no longer in the log.
+    pub fn snapshot_meta_at(&self, index: Index) -> Option<SnapshotMeta> {
+        if index > self.log.applied.max(self.applying.unwrap_or(0)) || index < self.snapshot.index {
+            return None;
+        }
+        let term = self.log.term(index)?;
+        Some(SnapshotMeta { index, term, conf: self.conf_at(index) })
+    }
+
+    /// The latest snapshot the engine knows of.
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// Reports a snapshot the shell stored (`size` bytes). Also call this at
+    /// start-up for the snapshot loaded from storage, so the engine can send
+    /// it to followers. The log is compacted below it, keeping a tail.
+    pub fn snapshot_created(&mut self, meta: SnapshotMeta, size: u64) {
+        self.snapshot_requested = false;
+        if meta.index < self.snapshot.index || (meta.index == self.snapshot.index && self.snapshot_size != 0) {
+            return;
+        }
+        self.snapshot = meta;
+        self.snapshot_size = size;
+        let (offset, _) = self.log.offset();
+        let compact = self.snapshot.index.saturating_sub(self.config.compaction_tail).min(self.log.applied);
+        if compact > offset {
+            if let Some(term) = self.log.term(compact) {
+                self.log.compact_to(compact, term);
+                let base = self.conf_at(compact);
+                self.conf_history.retain(|(at, _)| *at > compact);
+                self.conf_history.insert(0, (compact, base));
+                self.compact_to = Some(compact);
+            }
+        }
+    }
+
+    /// Hands back a chunk read for a [`SnapshotRead`].
+    pub fn snapshot_chunk(&mut self, to: NodeId, index: Index, offset: u64, data: Bytes) {
+        if self.role != Role::Leader || index != self.snapshot.index {
+            return;
+        }
+        let Some(pr) = self.progress.get(&to) else { return };
+        if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index {
+            return;
+        }
+        let done = offset + data.len() as u64 >= pr.snapshot_size;
+        let chunk = SnapshotChunk { meta: self.snapshot.clone(), offset, data, done };
+        self.send(Message { from: self.id, to, term: self.term, body: MessageBody::InstallSnapshot(chunk) });
+    }
+
+    /// The shell could not read the snapshot a [`SnapshotRead`] named (a
+    /// newer one replaced it): the follower starts over with the latest.
+    pub fn snapshot_unavailable(&mut self, to: NodeId) {
+        if let Some(pr) = self.progress.get_mut(&to) {
+            if pr.state == ProgressState::Snapshot {
+                pr.become_probe();
+                pr.next_index = pr.match_index + 1;
+            }
+        }
+        if self.snapshot_size == 0 && !self.snapshot_requested {
+            self.snapshot_due = true;
+        }
+    }
+
+    pub(super) fn start_snapshot(&mut self, to: NodeId) {
+        if self.snapshot.index == 0 || self.snapshot_size == 0 {
+            // Compacted entries are always covered by a snapshot, but its
+            // size is unknown after a restart until the shell reports it:
+            // ask for a fresh one.
+            if !self.snapshot_requested {
+                self.snapshot_due = true;
+            }
+            return;
+        }
+        let (index, size) = (self.snapshot.index, self.snapshot_size);
+        let Some(pr) = self.progress.get_mut(&to) else { return };
+        pr.become_snapshot(index, size);
+        self.request_snapshot_reads(to);
+    }
+
+    /// Asks the shell for chunks up to the window ahead of the acknowledged
+    /// offset.
+    fn request_snapshot_reads(&mut self, to: NodeId) {
+        let chunk = self.config.snapshot_chunk_bytes;
+        let window = chunk * self.config.snapshot_chunks_inflight_max;
+        let Some(pr) = self.progress.get_mut(&to) else { return };
+        while pr.snapshot_read_offset < pr.snapshot_size && pr.snapshot_read_offset - pr.snapshot_acked < window {
+            let len = chunk.min(pr.snapshot_size - pr.snapshot_read_offset);
+            self.snapshot_reads.push(SnapshotRead {
+                to,
+                index: pr.pending_snapshot,
+                offset: pr.snapshot_read_offset,
+                len,
+            });
+            pr.snapshot_read_offset += len;
+        }
+    }
+
+    /// A heartbeat answer from a follower in `Snapshot`: if chunks stopped
+    /// being acknowledged for a few rounds, resend from the last ack.
+    pub(super) fn snapshot_heartbeat(&mut self, from: NodeId) {
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        if pr.snapshot_read_offset <= pr.snapshot_acked {
+            return;
+        }
+        pr.snapshot_stalled_rounds += 1;
+        if pr.snapshot_stalled_rounds >= SNAPSHOT_STALL_ROUNDS {
+            pr.snapshot_stalled_rounds = 0;
+            pr.snapshot_read_offset = pr.snapshot_acked;
+            self.request_snapshot_reads(from);
+        }
+    }
+
+    pub(super) fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        index: Index,
+        term: Term,
+        next_offset: u64,
+        rejected: bool,
+    ) -> Result<(), Ignored> {
+        if self.role != Role::Leader {
+            return Err(Ignored("snapshot response while not leader"));
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Err(Ignored("snapshot response from a non-member"));
+        };
+        pr.recent_active = true;
+        if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index || self.snapshot.term != term {
+            return Err(Ignored("response about a snapshot no longer being sent"));
+        }
+        pr.snapshot_stalled_rounds = 0;
+        if next_offset >= pr.snapshot_size && !rejected {
+            // Installed (or already covered): replicate from after it.
+            pr.match_index = pr.match_index.max(index);
+            pr.become_probe();
+            self.maybe_commit();
+            self.send_append(from);
+            return Ok(());
+        }
+        if rejected {
+            // Resume where the follower says it is.
+            pr.snapshot_acked = next_offset.min(pr.snapshot_size);
+            pr.snapshot_read_offset = pr.snapshot_acked;
+        } else if next_offset > pr.snapshot_acked {
+            pr.snapshot_acked = next_offset.min(pr.snapshot_read_offset);
+        } else {
+            return Err(Ignored("stale snapshot acknowledgement"));
+        }
+        self.request_snapshot_reads(from);
+        Ok(())
+    }
+
+    fn respond_snapshot(&mut self, to: NodeId, meta: &SnapshotMeta, next_offset: u64, rejected: bool) {
+        let term = self.term;
+        self.send(Message {
+            from: self.id,
+            to,
+            term,
+            body: MessageBody::InstallSnapshotResponse { index: meta.index, term: meta.term, next_offset, rejected },
+        });
+    }
+
+    pub(super) fn handle_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Result<(), Ignored> {
+        let SnapshotChunk { meta, offset, data, done } = chunk;
+        if meta.index <= self.log.committed {
+            // Everything it covers is already committed here.
+            self.incoming = None;
+            self.respond_snapshot(from, &meta, COMPLETE, false);
+            return Ok(());
+        }
+        if meta.conf.voters.is_empty() {
+            return Err(Ignored("snapshot without voters"));
+        }
+        let expected = match &self.incoming {
+            Some((current, received)) if current.index == meta.index && current.term == meta.term => *received,
+            _ => {
+                if offset != 0 {
+                    self.respond_snapshot(from, &meta, 0, true);
+                    return Err(Ignored("chunk of a snapshot not being received (start over)"));
+                }
+                self.incoming = Some((meta.clone(), 0));
+                0
+            }
+        };
+        if offset < expected {
+            self.respond_snapshot(from, &meta, expected, false);
+            return Err(Ignored("duplicate snapshot chunk"));
+        }
+        if offset > expected {
+            self.respond_snapshot(from, &meta, expected, true);
+            return Err(Ignored("snapshot chunk out of order"));
+        }
+        let end = expected + data.len() as u64;
+        self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset, data, done });
+        if done {
+            self.incoming = None;
+            self.install_snapshot(meta.clone(), end);
+        } else {
+            self.incoming = Some((meta.clone(), end));
+        }
+        self.respond_snapshot(from, &meta, end, false);
+        Ok(())
+    }
+
+    /// Replaces the log's prefix with a received snapshot (Raft paper 7):
+    /// entries after it survive only if the log agrees at its index.
+    fn install_snapshot(&mut self, meta: SnapshotMeta, size: u64) {
+        let index = meta.index;
+        self.log.restore(index, meta.term);
+        // Batches not yet handed to the shell that the snapshot covers are
+        // dropped; a batch straddling it keeps only the entries after it.
+        let batches = std::mem::take(&mut self.unstable_batches);
+        for batch in batches {
+            if batch.last_index() <= index || self.log.entry(batch.last_index()).is_none() {
+                continue;
+            }
+            if batch.first_index() > index {
+                self.unstable_batches.push(batch);
+            } else {
+                let rest: Vec<Entry> = batch.entries().filter(|entry| entry.index > index).collect();
+                self.unstable_batches.push(EntryBatch::encode(&rest));
+            }
+        }
+        if self.unstable_batches.is_empty() {
+            self.log.handed = self.log.last_index();
+        } else {
+            self.log.handed = self.log.handed.min(self.unstable_batches[0].first_index() - 1).max(index);
+        }
+        self.conf_history = vec![(index, meta.conf.clone())];
+        self.conf = meta.conf.clone();
+        crate::membership::conf_after_append(self, index + 1);
+        self.snapshot = meta.clone();
+        self.snapshot_size = size;
+        self.snapshot_install = Some(meta);
+    }
+}
