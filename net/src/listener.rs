@@ -59,15 +59,13 @@ impl ListenerConfig {
     }
 }
 
-/// Why the listener could not start or stopped.
+/// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("address {addr} is already in use: is another node running on this port?")]
     AddrInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error("accept failed: {0}")]
-    Accept(io::Error),
 }
 
 /// The sending side of the inbound channel, given to [`Listener::spawn`].
@@ -291,21 +289,25 @@ impl Listener {
     /// Spawns the accept loop on the current tokio-uring runtime; each
     /// accepted connection gets a task of its own.
     pub fn spawn(self, inbound: mpsc::Sender<Inbound>) -> ListenerHandle {
-        let handle = ListenerHandle { shared: self.shared.clone(), local_addr: self.local_addr };
-        tokio_uring::spawn(async move {
-            if let Err(error) = self.run(inbound).await {
-                warn!(%error, "listener stopped");
-            }
-        });
+        let handle = self.handle();
+        tokio_uring::spawn(self.run(inbound));
         handle
     }
 
-    /// Accepts until [`ListenerHandle::shutdown`].
-    pub async fn run(self, inbound: mpsc::Sender<Inbound>) -> Result<(), ListenError> {
+    /// A handle to stop the listener and read its counters, for callers that
+    /// drive [`Listener::run`] themselves.
+    pub fn handle(&self) -> ListenerHandle {
+        ListenerHandle { shared: self.shared.clone(), local_addr: self.local_addr }
+    }
+
+    /// Accepts until [`ListenerHandle::shutdown`]. Accept errors (out of
+    /// descriptors, a connection reset before it was accepted) are logged and
+    /// retried: they do not stop the listener.
+    pub async fn run(self, inbound: mpsc::Sender<Inbound>) {
         loop {
             let accepted = self.listener.accept().await;
             if self.shared.closed.get() {
-                return Ok(());
+                return;
             }
             let (stream, remote) = match accepted {
                 Ok(accepted) => accepted,
