@@ -12,7 +12,11 @@ pub trait StateMachine {
     /// for the client that proposed it.
     fn apply(&mut self, index: Index, command: &Bytes) -> Bytes;
 
-    /// Serializes the whole state as of the last applied index.
+    /// Serializes the whole state as of the last applied index. The bytes
+    /// must be a deterministic function of the state (sorted maps, no
+    /// timestamps): replicas snapshot independently, and a follower that
+    /// received part of one leader's snapshot resumes it from another leader
+    /// at the same index and term.
     fn snapshot(&self) -> Bytes;
 
     /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`].

@@ -154,6 +154,31 @@ fn fmt_ready(id: NodeId, ready: &Ready, out: &mut String) {
     for read in &ready.read_states {
         writeln!(out, "  read ready: ctx={} index={}", read.context, read.index).unwrap();
     }
+    if ready.snapshot_due {
+        writeln!(out, "  take snapshot").unwrap();
+    }
+    if let Some(index) = ready.compact_to {
+        writeln!(out, "  compact storage to {index}").unwrap();
+    }
+    for read in &ready.snapshot_reads {
+        writeln!(out, "  read snapshot {} for {}: offset={} len={}", read.index, read.to, read.offset, read.len)
+            .unwrap();
+    }
+    for write in &ready.snapshot_writes {
+        writeln!(
+            out,
+            "  write snapshot {}/{}: offset={} len={}{}",
+            write.meta.index,
+            write.meta.term,
+            write.offset,
+            write.data.len(),
+            if write.done { " done" } else { "" }
+        )
+        .unwrap();
+    }
+    if let Some(meta) = &ready.snapshot_install {
+        writeln!(out, "  install snapshot {}/{} voters={:?}", meta.index, meta.term, meta.conf.voters).unwrap();
+    }
     for context in &ready.dropped_reads {
         writeln!(out, "  read dropped: ctx={context}").unwrap();
     }
@@ -174,6 +199,18 @@ impl Script {
         config.election_ticks_max = 20;
         if let Some(bytes) = self.options.get("batch-bytes") {
             config.batch_bytes_max = bytes.parse().unwrap();
+        }
+        if let Some(entries) = self.options.get("snapshot-entries") {
+            config.snapshot_entries = entries.parse().unwrap();
+        }
+        if let Some(tail) = self.options.get("compaction-tail") {
+            config.compaction_tail = tail.parse().unwrap();
+        }
+        if let Some(bytes) = self.options.get("chunk-bytes") {
+            config.snapshot_chunk_bytes = bytes.parse().unwrap();
+        }
+        if let Some(lag) = self.options.get("promotion-lag") {
+            config.promotion_lag_max = lag.parse().unwrap();
         }
         if let Some(window) = self.options.get("inflight") {
             config.inflight_batches_max = window.parse().unwrap();
@@ -259,9 +296,16 @@ impl Script {
             }
             "deliver-msgs" => {
                 let targets: Vec<NodeId> = positional.iter().map(|p| p.parse().unwrap()).collect();
-                let (chosen, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.cluster.network)
-                    .into_iter()
-                    .partition(|m| targets.is_empty() || targets.contains(&m.to));
+                let limit: usize = kv.get("limit").map_or(usize::MAX, |n| n.parse().unwrap());
+                let mut chosen = Vec::new();
+                let mut rest = Vec::new();
+                for message in std::mem::take(&mut self.cluster.network) {
+                    if (targets.is_empty() || targets.contains(&message.to)) && chosen.len() < limit {
+                        chosen.push(message);
+                    } else {
+                        rest.push(message);
+                    }
+                }
                 self.cluster.network = rest;
                 if chosen.is_empty() {
                     writeln!(out, "no messages").unwrap();
@@ -364,6 +408,26 @@ impl Script {
                     (raft.first_index()..=raft.last_index()).filter_map(|i| raft.entry(i)).map(fmt_entry).collect();
                 writeln!(out, "{}", if entries.is_empty() { "(empty)".to_string() } else { entries.join("\n") })
                     .unwrap();
+            }
+            "snapshot" => {
+                let raft = &self.cluster.node(id(0)).raft;
+                writeln!(
+                    out,
+                    "snapshot={}/{} first={} last={} applied={}",
+                    raft.snapshot().index,
+                    raft.snapshot().term,
+                    raft.first_index(),
+                    raft.last_index(),
+                    raft.applied()
+                )
+                .unwrap();
+            }
+            "propose-n" => {
+                let count: u32 = positional[1].parse().unwrap();
+                for i in 0..count {
+                    self.cluster.raft(id(0)).propose(Bytes::from(format!("v{i}"))).unwrap();
+                }
+                writeln!(out, "ok").unwrap();
             }
             "status" => {
                 let status = self.cluster.node(id(0)).raft.status();
