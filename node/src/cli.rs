@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run a node of a cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read and write keys on a running cluster.
     Kv(KvArgs),
     /// Inspect and change a running cluster.

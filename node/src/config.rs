@@ -275,7 +275,7 @@ impl TryFrom<CliCommand> for NodeCommand {
 
     fn try_from(command: CliCommand) -> Result<NodeCommand, ConfigError> {
         Ok(match command {
-            CliCommand::Serve(args) => NodeCommand::Serve(Box::new(ServeConfig::from_args(args)?)),
+            CliCommand::Serve(args) => NodeCommand::Serve(Box::new(ServeConfig::from_args(*args)?)),
             CliCommand::Kv(args) => NodeCommand::Kv(KvCommand::from_args(args)?),
             CliCommand::Admin(args) => NodeCommand::Admin(AdminCommand::from_args(args)?),
             CliCommand::Dev(args) => NodeCommand::Dev(DevConfig::from_args(args)?),
@@ -662,7 +662,7 @@ impl AdminCommand {
 
 impl DevConfig {
     pub fn from_args(args: DevArgs) -> Result<DevConfig, ConfigError> {
-        if args.nodes == 0 || args.nodes > DEV_NODES_MAX || args.nodes % 2 == 0 {
+        if args.nodes == 0 || args.nodes > DEV_NODES_MAX || args.nodes.is_multiple_of(2) {
             return Err(ConfigError::OutOfRange {
                 option: "nodes",
                 value: args.nodes.to_string(),

@@ -257,7 +257,7 @@ pub async fn discover(source: &PeerSource) -> Result<Vec<Peer>, DiscoveryError> 
                             resolver = Some(build_resolver(None, Duration::from_secs(2))?);
                         }
                         let resolver = resolver.as_ref().expect("just built");
-                        SocketAddr::new(lookup_ip(resolver, &peer.addr.host).await?, peer.addr.port)
+                        SocketAddr::new(lookup_ip(resolver, None, &peer.addr.host).await?, peer.addr.port)
                     }
                 };
                 found.push((peer.id, addr, peer.addr.to_string()));
@@ -321,19 +321,26 @@ fn absolute(name: &str) -> String {
     }
 }
 
-fn unresolvable(name: &str, error: &ResolveError) -> DiscoveryError {
+/// Names the failure and the server that was asked, so that "the server did
+/// not answer" reads differently from "the name does not exist".
+fn unresolvable(name: &str, error: &ResolveError, nameserver: Option<SocketAddr>) -> DiscoveryError {
+    let server = nameserver.map_or_else(|| "the system's DNS servers".to_string(), |addr| format!("DNS server {addr}"));
     let reason = if error.is_nx_domain() {
-        "no such name (NXDOMAIN)".into()
+        format!("no such name (NXDOMAIN from {server})")
     } else if error.is_no_records_found() {
-        "no records".into()
+        format!("no records (asked {server})")
     } else {
-        error.to_string()
+        format!("{error} (asked {server})")
     };
     DiscoveryError::Unresolvable { name: name.into(), reason }
 }
 
-async fn lookup_ip(resolver: &TokioResolver, host: &str) -> Result<IpAddr, DiscoveryError> {
-    let lookup = resolver.lookup_ip(absolute(host)).await.map_err(|error| unresolvable(host, &error))?;
+async fn lookup_ip(
+    resolver: &TokioResolver,
+    nameserver: Option<SocketAddr>,
+    host: &str,
+) -> Result<IpAddr, DiscoveryError> {
+    let lookup = resolver.lookup_ip(absolute(host)).await.map_err(|error| unresolvable(host, &error, nameserver))?;
     // The lowest address, so that every node picks the same one.
     lookup.iter().min().ok_or_else(|| DiscoveryError::Unresolvable { name: host.into(), reason: "no addresses".into() })
 }
@@ -347,16 +354,16 @@ async fn discover_dns(dns: &DnsDiscovery) -> Result<Vec<(NodeId, SocketAddr, Str
         let srv = match resolver.srv_lookup(absolute(&srv_name)).await {
             Ok(lookup) => lookup.iter().map(|record| (record.target().to_utf8(), record.port())).collect(),
             Err(error) if error.is_no_records_found() || error.is_nx_domain() => Vec::new(),
-            Err(error) => return Err(unresolvable(&srv_name, &error)),
+            Err(error) => return Err(unresolvable(&srv_name, &error, dns.nameserver)),
         };
         if srv.is_empty() && name.name.starts_with('_') {
             return Err(DiscoveryError::Unresolvable { name: srv_name, reason: "no SRV records".into() });
         }
         if srv.is_empty() {
             let port = dns.port.ok_or_else(|| DiscoveryError::PortMissing { name: name.name.clone() })?;
+            let ip = lookup_ip(&resolver, dns.nameserver, &name.name).await?;
             let id = name.id.or_else(|| id_from_host(&name.name));
             let id = id.ok_or_else(|| DiscoveryError::NoIdInName { host: name.name.clone() })?;
-            let ip = lookup_ip(&resolver, &name.name).await?;
             found.push((id, SocketAddr::new(ip, port), name.name.clone()));
             continue;
         }
@@ -365,7 +372,7 @@ async fn discover_dns(dns: &DnsDiscovery) -> Result<Vec<(NodeId, SocketAddr, Str
         for (target, port) in targets {
             let target = target.trim_end_matches('.').to_string();
             let id = id_from_host(&target).ok_or_else(|| DiscoveryError::NoIdInName { host: target.clone() })?;
-            let ip = lookup_ip(&resolver, &target).await?;
+            let ip = lookup_ip(&resolver, dns.nameserver, &target).await?;
             found.push((id, SocketAddr::new(ip, port), format!("{target} (SRV {srv_name})")));
         }
     }

@@ -158,8 +158,8 @@ pub fn kv_workload(seed: u64, count: usize) -> Vec<Bytes> {
             1 | 2 => KvOp::Put { key, value: value(&mut random) },
             3 => KvOp::Delete { key },
             _ => {
-                let expected = (random.next() % 3 != 0).then(|| value(&mut random));
-                let new = (random.next() % 4 != 0).then(|| value(&mut random));
+                let expected = (!random.next().is_multiple_of(3)).then(|| value(&mut random));
+                let new = (!random.next().is_multiple_of(4)).then(|| value(&mut random));
                 KvOp::Cas { key, expected, new }
             }
         };
