@@ -332,3 +332,116 @@ pub(crate) async fn run_syncer(shared: Rc<Shared>) {
     }
     shared.progress.notify_waiters();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::batch;
+
+    fn state(dir: &std::path::Path) -> State {
+        let file = std::fs::File::create(dir.join("segment")).unwrap();
+        let file = Rc::new(tokio_uring::fs::File::from_std(file));
+        State {
+            queue: VecDeque::new(),
+            submitted: Mark::default(),
+            started: Mark::default(),
+            written: Mark::default(),
+            written_file: None,
+            durable: Mark::default(),
+            log: TermLog::default(),
+            snapshot: None,
+            segments: vec![SegmentMeta { sequence: 1, first_index: 1, path: dir.join("segment"), index_max: 0 }],
+            active: Some(Active { file, offset: 0 }),
+            force_switch: false,
+            write_limit: None,
+            sequence_next: 2,
+            failed: None,
+            closing: false,
+            stats: WalStats::default(),
+        }
+    }
+
+    fn submit(state: &mut State, count: u64) {
+        for _ in 0..count {
+            let index = state.submitted.index + 1;
+            let batch = batch(index, &[1]);
+            let length = batch.len_bytes() as u64;
+            let sequence = state.submitted.sequence + 1;
+            state.submitted = Mark { sequence, index, bytes: state.submitted.bytes + length };
+            state.queue.push_back(Queued { sequence, batch });
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> WalConfig {
+        let mut config = WalConfig::new(dir, 1, 1);
+        config.segment_bytes = 64 << 10;
+        config.write_bytes_max = 4 << 10;
+        config.batch_bytes_max = 4 << 10;
+        config
+    }
+
+    /// Marks everything started as written (the write completed).
+    fn complete_write(state: &mut State) {
+        state.written = state.started;
+    }
+
+    #[test]
+    fn next_group_is_written_while_the_previous_sync_runs() {
+        let dir = std::env::temp_dir().join(format!("wal-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        tokio_uring::start(async {
+            let config = config(&dir);
+            let mut state = state(&dir);
+            submit(&mut state, 3);
+            let Plan::Write { buffers, offset: 0, end, .. } = plan(&mut state, &config) else {
+                panic!("expected a write")
+            };
+            assert_eq!((buffers.len(), end.sequence), (3, 3), "everything queued forms one group");
+            complete_write(&mut state);
+            // Group 1 is written, its sync in flight (nothing durable yet):
+            // new appends are written at once, not held for the sync.
+            submit(&mut state, 2);
+            let Plan::Write { buffers, offset, .. } = plan(&mut state, &config) else {
+                panic!("expected a pipelined write")
+            };
+            assert_eq!((buffers.len(), offset), (2, state.written.bytes));
+            complete_write(&mut state);
+            // Beyond twice write_bytes_max unsynced, the writer waits.
+            submit(&mut state, 200);
+            let mut groups = 0;
+            while let Plan::Write { .. } = plan(&mut state, &config) {
+                complete_write(&mut state);
+                groups += 1;
+            }
+            assert!(groups >= 1);
+            assert!(state.started.bytes - state.durable.bytes <= config.tail_window_bytes());
+            assert!(!state.queue.is_empty(), "the bound held appends back");
+            // The sync completes: writing resumes.
+            state.durable = state.written;
+            assert!(matches!(plan(&mut state, &config), Plan::Write { .. }));
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_segment_switch_waits_for_the_pipeline_to_drain_and_limits_hold_appends() {
+        let dir = std::env::temp_dir().join(format!("wal-plan-switch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        tokio_uring::start(async {
+            let config = config(&dir);
+            let mut state = state(&dir);
+            submit(&mut state, 1);
+            assert!(matches!(plan(&mut state, &config), Plan::Write { .. }));
+            complete_write(&mut state);
+            state.active.as_mut().unwrap().offset = config.segment_bytes - 10;
+            submit(&mut state, 1);
+            assert!(matches!(plan(&mut state, &config), Plan::Wait), "unsynced bytes in the old segment");
+            state.durable = state.written;
+            assert!(matches!(plan(&mut state, &config), Plan::Switch { first_index: 2 }));
+            // A snapshot in progress holds later appends back.
+            state.write_limit = Some(1);
+            assert!(matches!(plan(&mut state, &config), Plan::Wait));
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
