@@ -265,8 +265,9 @@ impl From<SnapshotError> for RestoreError {
 
 /// The key-value state machine.
 ///
-/// Keys and values are copied out of the log entries they arrive in, so a
-/// small stored value does not keep a large receive buffer alive.
+/// Keys and values are copied out of the log entries (and snapshots) they
+/// arrive in, so a small stored value does not keep a large receive buffer
+/// alive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStateMachine {
     data: BTreeMap<Bytes, Bytes>,
@@ -391,7 +392,9 @@ impl KvStateMachine {
             if restored.data.last_key_value().is_some_and(|(last, _)| *last >= key) {
                 return Err(SnapshotError::Invalid("keys are not strictly increasing"));
             }
-            restored.data.insert(key, value);
+            // Copied, so that the map does not pin the whole snapshot buffer
+            // until the last restored value is overwritten.
+            restored.data.insert(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&value));
         }
         let sessions_count = reader.u64("session count")?;
         let mut client_id_last = None;
@@ -409,10 +412,14 @@ impl KvStateMachine {
             }
             restored
                 .sessions
-                .insert_restored(client_id, Session { last_sequence, last_index, reply })
+                .insert_restored(
+                    client_id,
+                    Session { last_sequence, last_index, reply: Bytes::copy_from_slice(&reply) },
+                )
                 .map_err(SnapshotError::Invalid)?;
         }
         reader.finish("snapshot").map_err(SnapshotError::Decode)?;
+        restored.sessions.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(restored)
     }
 }

@@ -279,7 +279,29 @@ impl SessionTable {
             self.sessions.insert(client_id, Session { last_sequence: sequence, last_index: index, reply });
         }
         self.by_index.insert((index, client_id));
-        debug_assert_eq!(self.by_index.len(), self.sessions.len());
+        debug_assert!(self.check_invariants().is_ok(), "{:?}", self.check_invariants());
+    }
+
+    /// Checks the table's invariants; tests and the simulator call it after
+    /// every step. Returns the first broken one.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        if self.sessions.len() > self.sessions_max {
+            return Err("more sessions than sessions_max");
+        }
+        if self.by_index.len() != self.sessions.len() {
+            return Err("the eviction order and the sessions differ in size");
+        }
+        for &(index, client_id) in &self.by_index {
+            match self.sessions.get(&client_id) {
+                None => return Err("the eviction order names a missing session"),
+                Some(session) if session.last_index != index => {
+                    return Err("the eviction order has a stale index for a session")
+                }
+                Some(session) if session.last_sequence == 0 => return Err("a session has sequence 0"),
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Adds a session read from a snapshot; the caller checks the order.

@@ -242,6 +242,7 @@ proptest! {
                 prop_assert_eq!(twice.apply(index_twice, &command), reply, "the retry gets the cached reply");
             }
             prop_assert_eq!(value_map(&once), value_map(&twice));
+            prop_assert_eq!(twice.sessions().check_invariants(), Ok(()));
         }
     }
 }
@@ -253,4 +254,29 @@ fn value_map(kv: &KvStateMachine) -> Vec<(Bytes, Option<Bytes>)> {
             (key.clone(), kv.get(&key).cloned())
         })
         .collect()
+}
+
+proptest! {
+    /// Whatever the writes, the session table stays within its bound and
+    /// consistent, and a session that is present answers a retry of its last
+    /// write from the cache.
+    #[test]
+    fn session_table_invariants(
+        writes in proptest::collection::vec((1u64..6, 1u64..4), 1..60),
+        sessions_max in 1usize..4,
+    ) {
+        let mut kv = KvStateMachine::new(sessions_max);
+        for (index, (client_id, sequence)) in (1..).zip(writes) {
+            let reply = kv.apply(index, &encode_envelope(client_id, sequence, &put("k", &index.to_string())));
+            prop_assert_eq!(kv.sessions().check_invariants(), Ok(()));
+            prop_assert!(kv.sessions().len() <= sessions_max);
+            if let Some(session) = kv.sessions().get(client_id) {
+                if session.last_sequence == sequence {
+                    prop_assert_eq!(&session.reply, &reply);
+                }
+            } else {
+                prop_assert!(sequence > 1, "a first write opens a session");
+            }
+        }
+    }
 }
