@@ -230,18 +230,28 @@ pub struct KvArgs {
 #[derive(Debug, Subcommand)]
 pub enum KvOpArgs {
     /// Set KEY to VALUE.
-    Put { key: String, value: String },
+    Put {
+        /// The key (1 to 65536 bytes).
+        key: String,
+        /// The value to store.
+        value: String,
+    },
     /// Print KEY's value.
     Get {
+        /// The key to read.
         key: String,
         /// How fresh the value must be. [default: the node's default]
         #[arg(long, value_name = "MODE")]
         consistency: Option<ReadConsistencyArg>,
     },
     /// Remove KEY.
-    Delete { key: String },
+    Delete {
+        /// The key to remove.
+        key: String,
+    },
     /// Compare-and-swap: change KEY only if its value is the expected one.
     Cas {
+        /// The key to change.
         key: String,
         /// The value KEY must have.
         #[arg(long, value_name = "VALUE", required_unless_present = "expect_absent", conflicts_with = "expect_absent")]
@@ -274,16 +284,27 @@ pub enum AdminActionArgs {
     Status,
     /// Add node ID, reachable by peers at PEER_ADDR, as a non-voting learner.
     AddLearner {
+        /// The new node's id, never used before in this cluster.
         id: u64,
+        /// The new node's peer address, HOST:PORT.
         #[arg(value_name = "PEER_ADDR")]
         peer_addr: String,
     },
     /// Make learner ID a voter.
-    Promote { id: u64 },
+    Promote {
+        /// The learner's node id.
+        id: u64,
+    },
     /// Remove node ID from the cluster.
-    Remove { id: u64 },
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
     /// Hand leadership to node ID.
-    TransferLeader { id: u64 },
+    TransferLeader {
+        /// The voter to become leader.
+        id: u64,
+    },
     /// Take a snapshot now and compact the log.
     Snapshot,
     /// Counters and per-stage latency histograms.

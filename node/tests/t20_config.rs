@@ -63,11 +63,18 @@ fn config_error(result: Result<ServeConfig, CliError>) -> ConfigError {
 #[test]
 fn help_documents_every_option() {
     Cli::command().debug_assert();
+    fn check(command: &clap::Command, path: &str) {
+        for argument in command.get_arguments() {
+            assert!(argument.get_help().is_some(), "{path}: {} has no help", argument.get_id());
+        }
+        for subcommand in command.get_subcommands() {
+            assert!(subcommand.get_about().is_some(), "{path} {} has no help", subcommand.get_name());
+            check(subcommand, &format!("{path} {}", subcommand.get_name()));
+        }
+    }
+    check(&Cli::command(), "node");
     let mut command = Cli::command();
     let serve = command.find_subcommand_mut("serve").unwrap();
-    for argument in serve.get_arguments() {
-        assert!(argument.get_help().is_some(), "--{} has no help", argument.get_id());
-    }
     let help = serve.render_long_help().to_string();
     for option in ["--node-id", "--peers", "--discovery-dns", "--token-file", "--read-consistency", "--config"] {
         assert!(help.contains(option), "serve --help lacks {option}");
