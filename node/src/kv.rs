@@ -4,7 +4,7 @@
 //!
 //! # Commands and queries ([`KvOp`]), little-endian
 //!
-//! A write's log payload is a session [`Envelope`](crate::session::Envelope)
+//! A write's log payload is a session [`Envelope`]
 //! around one encoded op; a query (served by [`KvStateMachine::query`], not
 //! through the log) is an encoded op alone. A byte string `bytes` is a `u32`
 //! length and the bytes; an optional one `opt` is `0` (absent) or `1` and a

@@ -1,7 +1,7 @@
 //! The Raft key-value node as a library: the key-value state machine with
 //! exactly-once client sessions, the command line and configuration file,
 //! and peer discovery. An application embeds it with its own
-//! [`QueryStateMachine`](fsm::QueryStateMachine).
+//! [`QueryStateMachine`].
 //!
 //! How a shard's driver uses these pieces:
 //! - a client write (`net::RequestBody::Write`) is proposed as
