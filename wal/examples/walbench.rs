@@ -67,6 +67,9 @@ impl Summary {
     fn p99(&self) -> u64 {
         self.histogram.value_at_quantile(0.99)
     }
+    fn mean(&self) -> f64 {
+        self.histogram.mean()
+    }
 }
 
 /// Sequential `pwrite` + `fdatasync` of `size` bytes into a preallocated file,
@@ -174,18 +177,20 @@ fn main() {
 
     let floor = raw_floor(&args.dir, RECORD_BYTES, duration);
     println!(
-        "floor  pwrite+fdatasync {RECORD_BYTES:>6} B      : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
+        "floor  pwrite+fdatasync {RECORD_BYTES:>6} B      : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us",
         floor.per_second(),
         floor.p50(),
-        floor.p99()
+        floor.p99(),
+        floor.mean()
     );
     let group = 256 * RECORD_BYTES;
     let floor_group = raw_floor(&args.dir, group, duration);
     println!(
-        "floor  pwrite+fdatasync {group:>6} B      : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  ({:.0} records/s)",
+        "floor  pwrite+fdatasync {group:>6} B      : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us  ({:.0} records/s)",
         floor_group.per_second(),
         floor_group.p50(),
         floor_group.p99(),
+        floor_group.mean(),
         floor_group.per_second() * 256.0
     );
     for &appenders in &args.appenders {
@@ -195,10 +200,11 @@ fn main() {
             tokio_uring::start(wal_run(&dir, appenders, Duration::from_millis(500).min(duration), duration));
         std::fs::remove_dir_all(&dir).unwrap();
         println!(
-            "wal    {appenders:>3} appender(s)            : {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us  (p50 {:.2}x floor; {:.1} appends/sync, {} writes of {:.0} us, {} syncs of {:.0} us)",
+            "wal    {appenders:>3} appender(s)            : {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us  (p50 {:.2}x floor; {:.1} appends/sync, {} writes of {:.0} us, {} syncs of {:.0} us)",
             summary.per_second(),
             summary.p50(),
             summary.p99(),
+            summary.mean(),
             summary.p50() as f64 / floor.p50().max(1) as f64,
             summary.operations as f64 / stats.syncs.max(1) as f64,
             stats.writes,
