@@ -275,7 +275,7 @@ impl FrameWriter {
         let body_crc = match tail_crc {
             Some(tail_crc) => {
                 debug_assert_eq!(tail_crc, crc32c::crc32c(tail), "stale tail crc");
-                crc32c::crc32c_combine(head_crc, tail_crc, tail.len())
+                crate::crc::combine(head_crc, tail_crc, tail.len())
             }
             None => crc32c::crc32c_append(head_crc, tail),
         };

@@ -38,6 +38,7 @@
 
 pub mod client;
 pub mod codec;
+mod crc;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -148,7 +148,7 @@ pub(crate) fn tail_crc(message: &Message) -> Option<u32> {
         return None;
     };
     let bytes = batch.as_bytes();
-    Some(crc32c::crc32c_combine(crc32c::crc32c(&bytes[..4]), batch.crc(), bytes.len() - 4))
+    Some(crate::crc::combine(crc32c::crc32c(&bytes[..4]), batch.crc(), bytes.len() - 4))
 }
 
 /// Writes the body's head into `out` and returns its zero-copy tail.
@@ -286,7 +286,7 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
                 // one-to-one in its second argument. No second pass needed.
                 let head_length = body.len() - rest.len() + 4;
                 let expected =
-                    crc32c::crc32c_combine(crc32c::crc32c(&body[..head_length]), batch.crc(), batch.len_bytes() - 4);
+                    crate::crc::combine(crc32c::crc32c(&body[..head_length]), batch.crc(), batch.len_bytes() - 4);
                 if expected != body_crc {
                     return Err(DecodeError::BadField {
                         kind,
