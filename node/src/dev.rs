@@ -1,0 +1,114 @@
+//! `node dev`: a local cluster on loopback with temporary data directories,
+//! for trying the node out. Each member is this same binary running `serve`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{DevConfig, ServeConfig, DEV_TOKEN};
+use crate::discovery::PeerSource;
+
+/// Why the dev cluster could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("cannot create the data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("cannot start node {0}: {1}")]
+    Spawn(u64, std::io::Error),
+    #[error("node {0} exited early with {1}; see its log above")]
+    Exited(u64, std::process::ExitStatus),
+    #[error("cannot install the signal handler: {0}")]
+    Signal(String),
+}
+
+/// The `serve` arguments that reproduce `config`.
+pub fn serve_args(config: &ServeConfig) -> Vec<String> {
+    let peers = match &config.peers {
+        PeerSource::Static(peers) => {
+            peers.iter().map(|peer| format!("{}={}", peer.id, peer.addr)).collect::<Vec<_>>().join(",")
+        }
+        other => panic!("dev clusters use static peers, not {other:?}"),
+    };
+    vec![
+        "serve".into(),
+        "--node-id".into(),
+        config.node_id.to_string(),
+        "--cluster-id".into(),
+        config.cluster_id.to_string(),
+        "--peer-addr".into(),
+        config.peer_addr.to_string(),
+        "--client-addr".into(),
+        config.client_addr.to_string(),
+        "--peers".into(),
+        peers,
+        "--data-dir".into(),
+        config.data_dir.display().to_string(),
+        "--shards".into(),
+        config.shards.to_string(),
+        "--log-level".into(),
+        config.log_level.clone(),
+    ]
+}
+
+/// Starts the members, waits for Ctrl-C, stops them and removes the data
+/// (unless asked to keep it).
+pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
+    let root = config
+        .data_root
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("raft-node-dev-{}", std::process::id())));
+    std::fs::create_dir_all(&root).map_err(|error| DevError::DataDir(root.clone(), error))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).map_err(|e| DevError::Signal(e.to_string()))?;
+    }
+    let exe = std::env::current_exe().map_err(|error| DevError::Spawn(0, error))?;
+    let token = String::from_utf8_lossy(DEV_TOKEN).to_string();
+    let mut children: Vec<(u64, Child)> = Vec::new();
+    let mut result = Ok(());
+    for serve in config.serve_configs(&root) {
+        match Command::new(&exe).args(serve_args(&serve)).env("NODE_TOKEN", &token).spawn() {
+            Ok(child) => children.push((serve.node_id, child)),
+            Err(error) => {
+                result = Err(DevError::Spawn(serve.node_id, error));
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        let first_client = config.ports(1).1;
+        println!("dev cluster: {} nodes on 127.0.0.1, data in {}", config.nodes, root.display());
+        for id in 1..=u64::from(config.nodes) {
+            let (peer, client) = config.ports(id);
+            println!("  node {id}: peers 127.0.0.1:{peer}, clients 127.0.0.1:{client}");
+        }
+        println!("try:  NODE_TOKEN={token} node kv --addr 127.0.0.1:{first_client} put hello world");
+        println!("      NODE_TOKEN={token} node admin --addr 127.0.0.1:{first_client} status");
+        println!("Ctrl-C stops the cluster.");
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+            if let Some((id, status)) =
+                children.iter_mut().find_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s)))
+            {
+                result = Err(DevError::Exited(id, status));
+                break;
+            }
+        }
+    }
+    for (_, child) in &mut children {
+        // SAFETY: sending a signal to a child we started.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+    }
+    for (_, child) in &mut children {
+        let _ = child.wait();
+    }
+    if !config.keep_data {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    result
+}

@@ -1,0 +1,41 @@
+//! The `node` binary: the key-value node, its client, and a local dev cluster.
+
+use std::process::ExitCode;
+
+use node::config::{parse_from, CliError, NodeCommand};
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let command = match parse_from(std::env::args_os()) {
+        Ok(command) => command,
+        Err(CliError::Parse(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: Result<(), String> = match command {
+        NodeCommand::Serve(config) => {
+            init_logging(&config.log_level);
+            let sessions_max = config.sessions_max;
+            node::server::serve(*config, move |_| node::KvStateMachine::new(sessions_max)).map_err(|e| e.to_string())
+        }
+        NodeCommand::Kv(command) => node::client_cmd::run_kv(command).map_err(|e| e.to_string()),
+        NodeCommand::Admin(command) => node::client_cmd::run_admin(command).map_err(|e| e.to_string()),
+        NodeCommand::Dev(config) => {
+            init_logging(&config.log_level);
+            node::dev::run_dev(config).map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-stage latency histograms of one shard, shown by `node admin stats`.
+//!
+//! The stages of a write on the leader, each measured where it happens:
+//! - `queued`: from the request's arrival to its proposal to the engine;
+//! - `wal_write_sync`: from handing a batch to the WAL to its durability
+//!   (write and fdatasync, including waiting behind earlier batches);
+//! - `replication`: from the proposal to the entry being committed (the
+//!   round trip to a quorum, with the local write in parallel);
+//! - `apply`: applying the entry to the state machine;
+//! - `total`: from arrival to the answer being queued to the client.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// Highest latency recorded without clamping: one minute.
+const LATENCY_MAX_MICROS: u64 = 60_000_000;
+
+/// One latency histogram in microseconds.
+pub struct Stage {
+    histogram: Histogram<u64>,
+}
+
+impl Stage {
+    fn new() -> Stage {
+        Stage { histogram: Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3).expect("valid histogram bounds") }
+    }
+
+    pub fn record(&mut self, elapsed: Duration) {
+        let micros = (elapsed.as_micros() as u64).clamp(1, LATENCY_MAX_MICROS);
+        self.histogram.record(micros).expect("clamped into range");
+    }
+
+    pub fn record_since(&mut self, start: Instant) {
+        self.record(start.elapsed());
+    }
+
+    fn summary(&self) -> Value {
+        let h = &self.histogram;
+        if h.is_empty() {
+            return json!({ "count": 0 });
+        }
+        json!({
+            "count": h.len(),
+            "p50_us": h.value_at_quantile(0.5),
+            "p90_us": h.value_at_quantile(0.9),
+            "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+            "max_us": h.max(),
+            "mean_us": (h.mean() * 10.0).round() / 10.0,
+        })
+    }
+}
+
+/// The histograms and counters of one shard.
+pub struct ShardStats {
+    pub queued: Stage,
+    pub wal_write_sync: Stage,
+    pub replication: Stage,
+    pub apply: Stage,
+    pub total: Stage,
+    pub reads: Stage,
+    pub writes_applied: u64,
+    pub reads_served: u64,
+    pub not_leader: u64,
+    pub busy: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    started: Instant,
+}
+
+impl Default for ShardStats {
+    fn default() -> ShardStats {
+        ShardStats {
+            queued: Stage::new(),
+            wal_write_sync: Stage::new(),
+            replication: Stage::new(),
+            apply: Stage::new(),
+            total: Stage::new(),
+            reads: Stage::new(),
+            writes_applied: 0,
+            reads_served: 0,
+            not_leader: 0,
+            busy: 0,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl ShardStats {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "stages": {
+                "queued": self.queued.summary(),
+                "wal_write_sync": self.wal_write_sync.summary(),
+                "replication": self.replication.summary(),
+                "apply": self.apply.summary(),
+                "total": self.total.summary(),
+                "read": self.reads.summary(),
+            },
+            "writes_applied": self.writes_applied,
+            "reads_served": self.reads_served,
+            "not_leader": self.not_leader,
+            "busy": self.busy,
+            "snapshots_taken": self.snapshots_taken,
+            "snapshots_installed": self.snapshots_installed,
+        })
+    }
+}
