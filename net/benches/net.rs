@@ -7,8 +7,11 @@
 //!   time must not grow with payload size.
 //! - `decode_full/append`: header crc + body crc + parse: the crc is the only
 //!   part linear in the payload (hardware crc32c).
-//! - `loopback/*`: frames per second through one loopback connection, from a
-//!   [`Link`] (coalesced writes) to a [`Listener`] delivering decoded frames.
+//! - `loopback/frames/*`: frames per second through one loopback connection,
+//!   from a [`Link`] (coalesced writes) to a [`Listener`] delivering decoded
+//!   frames.
+//! - `loopback/client_requests/*`: requests per second, answered, through one
+//!   client connection with 256 requests in flight.
 //!
 //! Run: `cargo bench -p net --bench net`.
 
@@ -18,7 +21,10 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::{AppendRequest, Entry, EntryBatch, EntryKind, Message, MessageBody};
 use net::frame::decode_raw;
-use net::{encode_message, Frame, HandshakePolicy, Inbound, Limits, Link, LinkConfig, Listener, ListenerConfig};
+use net::{
+    encode_message, ClientConfig, ClientConnection, ClientRequest, Frame, HandshakePolicy, Inbound, Limits, Link,
+    LinkConfig, Listener, ListenerConfig, RequestBody, ResponseStatus,
+};
 use tokio::sync::mpsc;
 
 fn append(entry_size: usize) -> Message {
@@ -91,6 +97,34 @@ async fn pump(link: &Link, inbound: &mut mpsc::Receiver<Inbound>, message: &Mess
 }
 
 const QUEUE_FRAMES_MAX: usize = 1024;
+const PIPELINE_DEPTH: u64 = 256;
+
+/// Sends `count` 64-byte writes with up to `PIPELINE_DEPTH` in flight (sent
+/// in batches of half that, each batch one coalesced write) and waits for
+/// every answer.
+async fn pipeline(client: &mut ClientConnection, count: u64) -> Duration {
+    let command = Bytes::from_static(&[7; 64]);
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    while received < count {
+        while sent < count && sent - received < PIPELINE_DEPTH {
+            let body = RequestBody::Write { command: command.clone() };
+            client.queue(0, &ClientRequest { request_id: sent, client_id: 1, sequence: sent + 1, body });
+            sent += 1;
+        }
+        client.flush().await.unwrap();
+        // Refill in batches: take answers until half the window is free.
+        loop {
+            let response = client.recv().await.unwrap();
+            assert!(matches!(response.status, ResponseStatus::Ok(_)));
+            received += 1;
+            if sent - received <= PIPELINE_DEPTH / 2 {
+                break;
+            }
+        }
+    }
+    start.elapsed()
+}
 
 fn loopback(c: &mut Criterion) {
     let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).expect("io_uring available");
@@ -125,6 +159,37 @@ fn loopback(c: &mut Criterion) {
     let small_append = append(256);
     group.bench_function("frames/append_64x256B", |b| {
         b.iter_custom(|iters| runtime.block_on(pump(&link, &mut inbound, &small_append, iters)))
+    });
+    group.finish();
+
+    // Client requests through a listener whose owner answers each at once:
+    // a pipelined client keeps `PIPELINE_DEPTH` requests in flight.
+    let mut client = runtime.block_on(async {
+        let policy = HandshakePolicy {
+            cluster_id: 1,
+            node_id: 3,
+            token: Bytes::from_static(b"bench"),
+            accept_peers: false,
+            accept_clients: true,
+        };
+        let listener = Listener::bind(ListenerConfig::new("127.0.0.1:0".parse().unwrap(), policy)).unwrap();
+        let addr = listener.local_addr();
+        let (sender, mut requests) = mpsc::channel(4096);
+        listener.spawn(sender);
+        tokio_uring::spawn(async move {
+            while let Some(event) = requests.recv().await {
+                if let Inbound::Request { request, reply, .. } = event {
+                    let RequestBody::Write { command } = request.body else { continue };
+                    reply.send(ResponseStatus::Ok(command)).await.expect("client connected");
+                }
+            }
+        });
+        ClientConnection::connect(addr, &ClientConfig::new(1, Bytes::from_static(b"bench"))).await.unwrap()
+    });
+    let mut group = c.benchmark_group("loopback");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("client_requests/pipelined_64B", |b| {
+        b.iter_custom(|iters| runtime.block_on(pipeline(&mut client, iters)))
     });
     group.finish();
     let stats = link.stats();
