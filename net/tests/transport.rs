@@ -432,3 +432,71 @@ fn a_connection_sending_garbage_is_closed_and_others_are_served() {
         handle.shutdown();
     });
 }
+
+/// Reads from a blocking socket until end of stream, within the test deadline.
+fn read_to_end_within(socket: &mut std::net::TcpStream, deadline: Duration) -> Vec<u8> {
+    socket.set_read_timeout(Some(deadline)).unwrap();
+    let mut received = Vec::new();
+    socket.read_to_end(&mut received).expect("the listener should close the connection in time");
+    received
+}
+
+#[test]
+fn a_caller_that_never_sends_its_handshake_is_dropped() {
+    run(async {
+        let mut config = ListenerConfig::new(loopback(), policy(7));
+        config.handshake_timeout = Duration::from_millis(100);
+        let listener = Listener::bind(config).unwrap();
+        let (sender, _inbound) = mpsc::channel(16);
+        let handle = listener.spawn(sender);
+        let addr = handle.local_addr();
+        let waiter = std::thread::spawn(move || {
+            let mut silent = std::net::TcpStream::connect(addr).unwrap();
+            read_to_end_within(&mut silent, WAIT)
+        });
+        wait_until("the silent caller is dropped", || waiter.is_finished()).await;
+        assert!(waiter.join().unwrap().is_empty(), "a silent caller gets no frame");
+        handle.shutdown();
+    });
+}
+
+#[test]
+fn a_peer_frame_for_another_cluster_closes_the_connection() {
+    run(async {
+        let (handle, mut inbound) = start_listener(loopback(), 2);
+        let addr = handle.local_addr();
+        let sender = std::thread::spawn(move || {
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            let handshake = net::Handshake {
+                cluster_id: CLUSTER,
+                node_id: 1,
+                role: net::Role::Peer,
+                protocol_version: 1,
+                token: Bytes::from_static(TOKEN),
+            };
+            let frames = [
+                Frame { cluster_id: CLUSTER, shard_id: 0, payload: Payload::Handshake(handshake) },
+                Frame { cluster_id: CLUSTER, shard_id: 0, payload: Payload::Raft(heartbeat(1)) },
+                Frame { cluster_id: CLUSTER + 1, shard_id: 0, payload: Payload::Raft(heartbeat(2)) },
+                Frame { cluster_id: CLUSTER, shard_id: 0, payload: Payload::Raft(heartbeat(3)) },
+            ];
+            for frame in &frames {
+                socket.write_all(&frame.to_bytes()).unwrap();
+            }
+            read_to_end_within(&mut socket, WAIT)
+        });
+        // The good frame before the bad one is delivered; nothing after it.
+        match next_inbound(&mut inbound).await {
+            Inbound::Raft { message, .. } => assert_eq!(message, heartbeat(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        wait_until("the connection is closed", || sender.is_finished()).await;
+        let answer = sender.join().unwrap();
+        let (raw, used) = decode_raw(&Bytes::from(answer.clone()), &Limits::default()).unwrap();
+        assert!(matches!(Frame::decode(raw).unwrap().payload, Payload::HandshakeAccept(_)));
+        assert_eq!(used, answer.len(), "nothing but the accept frame was sent");
+        assert!(tokio::time::timeout(Duration::from_millis(50), inbound.recv()).await.is_err());
+        assert_eq!(handle.stats().failed, 1, "{:?}", handle.stats());
+        handle.shutdown();
+    });
+}
