@@ -167,6 +167,13 @@ pub struct ServeOptions {
     /// `info,node=debug`. [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Join an existing cluster instead of bootstrapping one: the node starts
+    /// as a non-member and learns the membership from the leader's log once
+    /// `node admin add-learner` adds it. Ignored when the data directory
+    /// already holds a log.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub join: Option<bool>,
 }
 
 /// How fresh a read must be.

@@ -38,6 +38,17 @@ fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
 
 /// Sends `body` until a node other than a follower answers, or time runs out.
 pub fn call(client: &ClientConfig, client_id: u64, body: RequestBody) -> Result<ResponseStatus, ClientCmdError> {
+    call_in_session(client, client_id, 1, body)
+}
+
+/// Like [`call`], as write `sequence` of session `client_id` (retrying the
+/// same sequence is applied once).
+pub fn call_in_session(
+    client: &ClientConfig,
+    client_id: u64,
+    sequence: u64,
+    body: RequestBody,
+) -> Result<ResponseStatus, ClientCmdError> {
     let addrs = resolve(client)?;
     wal::io_uring_available().map_err(|error| ClientCmdError::IoUring(error.to_string()))?;
     let config = NetClientConfig::new(client.cluster_id, client.token.0.clone());
@@ -51,7 +62,7 @@ pub fn call(client: &ClientConfig, client_id: u64, body: RequestBody) -> Result<
         while Instant::now() < deadline {
             let addr = candidates[attempt % candidates.len()];
             attempt += 1;
-            let request = ClientRequest { request_id: attempt as u64, client_id, sequence: 1, body: body.clone() };
+            let request = ClientRequest { request_id: attempt as u64, client_id, sequence, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = tokio::time::timeout(remaining, async {
                 let mut connection = ClientConnection::connect(addr, &config).await?;

@@ -143,6 +143,8 @@ pub struct ServeConfig {
     pub sessions_max: usize,
     pub read_consistency: ReadConsistency,
     pub log_level: String,
+    /// Start as a non-member of an existing cluster (no bootstrap voters).
+    pub join: bool,
 }
 
 impl ServeConfig {
@@ -235,6 +237,7 @@ impl DevConfig {
                     sessions_max: crate::session::SESSIONS_MAX_DEFAULT,
                     read_consistency: ReadConsistency::Linearizable,
                     log_level: self.log_level.clone(),
+                    join: false,
                 }
             })
             .collect()
@@ -324,6 +327,7 @@ impl ServeOptions {
             tick_interval,
             read_consistency,
             log_level,
+            join,
         )
     }
 }
@@ -411,6 +415,7 @@ impl ServeConfig {
             sessions_max,
             read_consistency,
             log_level,
+            join: options.join.unwrap_or(false),
         })
     }
 }

@@ -74,10 +74,7 @@ where
     for core in 0..cores {
         for base in [config.peer_addr, config.client_addr] {
             let addr = SocketAddr::new(base.ip(), base.port().wrapping_add(core as u16));
-            // tokio-uring's listener sets SO_REUSEPORT, so a port in use would
-            // not fail its bind: probe with a plain listener first.
-            std::net::TcpListener::bind(addr)
-                .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+            probe_port(addr)?;
         }
     }
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -129,6 +126,31 @@ where
         None => Ok(()),
     }
 }
+
+/// Fails clearly if another process listens on `addr`. After a node is
+/// killed, the kernel tears its io_uring down asynchronously and its
+/// listening socket can outlive the process by a moment, so a conflict is
+/// retried for [`PORT_WAIT`] before it is reported.
+fn probe_port(addr: SocketAddr) -> Result<(), ServeError> {
+    let deadline = Instant::now() + PORT_WAIT;
+    let mut warned = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(%addr, "address in use; waiting up to {PORT_WAIT:?} in case a previous run is still closing");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => return Err(ServeError::Listen { addr, reason: error.to_string() }),
+        }
+    }
+}
+
+/// How long a port conflict at start is retried.
+const PORT_WAIT: Duration = Duration::from_secs(5);
 
 fn pin_to_cpu(core: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
@@ -191,7 +213,9 @@ where
     for member in &members {
         peers.ensure(member.id, member.addr);
     }
-    let voters: Vec<u64> = members.iter().map(|member| member.id).collect();
+    // A joining node bootstraps nothing: it learns the membership from the
+    // leader's log (the first entry records the bootstrap membership).
+    let voters: Vec<u64> = if config.join { Vec::new() } else { members.iter().map(|member| member.id).collect() };
     let mut inboxes: HashMap<u32, mpsc::Sender<ShardEvent>> = HashMap::new();
     let mut tasks = Vec::new();
     for shard_id in (0..config.shards).filter(|shard| *shard as usize % cores == core) {

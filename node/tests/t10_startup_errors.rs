@@ -1,0 +1,131 @@
+//! Bad starts end with a clear error and a non-zero exit: a peer list without
+//! this node, a port in use, a data directory of another cluster or node, an
+//! unresolvable DNS name, invalid flags.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn node(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(args)
+        .env("NODE_TOKEN", "t")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn serve_args<'a>(
+    id: &'a str,
+    peer: &'a str,
+    client: &'a str,
+    peers: &'a str,
+    dir: &'a str,
+    cluster: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "serve",
+        "--node-id",
+        id,
+        "--cluster-id",
+        cluster,
+        "--peer-addr",
+        peer,
+        "--client-addr",
+        client,
+        "--peers",
+        peers,
+        "--data-dir",
+        dir,
+        "--log-level",
+        "error",
+    ]
+}
+
+#[test]
+fn peer_list_without_this_node_is_refused() {
+    let dir = std::env::temp_dir().join(format!("node-start-{}-a", std::process::id()));
+    let output =
+        node(&serve_args("4", "127.0.0.1:22500", "127.0.0.1:22501", "1=127.0.0.1:22502", dir.to_str().unwrap(), "1"));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains('4'), "{}", stderr(&output));
+}
+
+#[test]
+fn port_in_use_is_refused() {
+    let _taken = std::net::TcpListener::bind("127.0.0.1:22510").unwrap();
+    let dir = std::env::temp_dir().join(format!("node-start-{}-b", std::process::id()));
+    let output =
+        node(&serve_args("1", "127.0.0.1:22510", "127.0.0.1:22511", "1=127.0.0.1:22510", dir.to_str().unwrap(), "1"));
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("127.0.0.1:22510") && text.contains("in use"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn data_directory_of_another_cluster_is_refused() {
+    let dir = std::env::temp_dir().join(format!("node-start-{}-c", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.to_str().unwrap().to_string();
+    // A single-node cluster 1 initializes the directory, then stops.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(serve_args("1", "127.0.0.1:22520", "127.0.0.1:22521", "1=127.0.0.1:22520", &dir_text, "1"))
+        .env("NODE_TOKEN", "t")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let status = first.wait().unwrap();
+    assert!(status.success(), "a clean shutdown exits 0, got {status}");
+    let output = node(&serve_args("1", "127.0.0.1:22520", "127.0.0.1:22521", "1=127.0.0.1:22520", &dir_text, "2"));
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("cluster"), "{text}");
+    let output = node(&serve_args("2", "127.0.0.1:22520", "127.0.0.1:22521", "2=127.0.0.1:22520", &dir_text, "1"));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("node"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unresolvable_dns_name_is_refused() {
+    let dir = std::env::temp_dir().join(format!("node-start-{}-d", std::process::id()));
+    let output = node(&[
+        "serve",
+        "--node-id",
+        "1",
+        "--cluster-id",
+        "1",
+        "--peer-addr",
+        "127.0.0.1:22530",
+        "--client-addr",
+        "127.0.0.1:22531",
+        "--discovery-dns",
+        "node-1.invalid",
+        "--discovery-port",
+        "22530",
+        "--discovery-nameserver",
+        "127.0.0.1:22539",
+        "--discovery-timeout",
+        "300ms",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("node-1.invalid"), "{}", stderr(&output));
+}
+
+#[test]
+fn invalid_flags_are_refused_with_usage() {
+    let output = node(&["serve", "--node-id", "0"]);
+    assert!(!output.status.success());
+    assert!(!stderr(&output).is_empty());
+    let help = node(&["serve", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--data-dir"));
+}

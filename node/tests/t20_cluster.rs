@@ -1,0 +1,289 @@
+//! Multi-process tests with the real `node` binary on loopback: three- and
+//! five-node clusters elect a leader, replicate, serve linearizable reads,
+//! survive the leader being killed, change membership, transfer leadership,
+//! and restart from their data directories with every acknowledged write.
+//! Each test uses its own port range so the tests can run in parallel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
+use node::client_cmd::{call, call_in_session};
+use node::config::{ClientConfig, Token};
+use node::discovery::HostPort;
+use node::kv::{KvOp, KvResponse};
+
+const TOKEN: &str = "test-cluster-token";
+
+struct TestCluster {
+    dir: PathBuf,
+    base_port: u16,
+    /// Members listed in `--peers` (joiners add themselves).
+    peers: Vec<u64>,
+    nodes: BTreeMap<u64, Child>,
+}
+
+impl TestCluster {
+    fn start(count: u64, base_port: u16) -> TestCluster {
+        let dir = std::env::temp_dir().join(format!("node-test-{}-{base_port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = TestCluster { dir, base_port, peers: (1..=count).collect(), nodes: BTreeMap::new() };
+        for id in 1..=count {
+            cluster.spawn(id, false);
+        }
+        cluster
+    }
+
+    fn peer_port(&self, id: u64) -> u16 {
+        self.base_port + 2 * (id as u16 - 1)
+    }
+
+    fn client_port(&self, id: u64) -> u16 {
+        self.peer_port(id) + 1
+    }
+
+    fn spawn(&mut self, id: u64, join: bool) {
+        let mut peers: Vec<u64> = self.peers.clone();
+        if !peers.contains(&id) {
+            peers.push(id);
+        }
+        let list: Vec<String> = peers.iter().map(|p| format!("{p}=127.0.0.1:{}", self.peer_port(*p))).collect();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
+        command
+            .args(["serve", "--node-id", &id.to_string(), "--cluster-id", "9"])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(id))])
+            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(id))])
+            .args(["--peers", &list.join(",")])
+            .args(["--data-dir", &self.dir.join(format!("node-{id}")).display().to_string()])
+            .args(["--log-level", "warn"])
+            .env("NODE_TOKEN", TOKEN)
+            .stdout(Stdio::null());
+        if join {
+            command.arg("--join");
+        }
+        let child = command.spawn().expect("start node");
+        self.nodes.insert(id, child);
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.remove(&id) {
+            let _ = child.kill(); // SIGKILL: no clean shutdown
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, ids: &[u64]) -> ClientConfig {
+        ClientConfig {
+            addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
+            cluster_id: 9,
+            token: Token(Bytes::from_static(TOKEN.as_bytes())),
+            timeout: Duration::from_secs(15),
+            shard: 0,
+        }
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn status(&self, id: u64) -> Option<serde_json::Value> {
+        let mut client = self.client(&[id]);
+        client.timeout = Duration::from_secs(2);
+        match call(&client, 0, RequestBody::Status) {
+            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// Waits until a live node reports itself leader and returns it.
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for id in self.live() {
+                if let Some(status) = self.status(id) {
+                    if status["role"] == "Leader" {
+                        return id;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader within 30 s");
+    }
+
+    fn put(&self, session: u64, sequence: u64, key: &str, value: &str) {
+        let op = KvOp::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()) };
+        let status =
+            call_in_session(&self.client(&self.live()), session, sequence, RequestBody::Write { command: op.encode() })
+                .expect("write answered");
+        assert_eq!(status, ResponseStatus::Ok(KvResponse::Written.encode()), "put {key}");
+    }
+
+    fn get(&self, via: &[u64], key: &str, consistency: ReadConsistency) -> Option<Bytes> {
+        let op = KvOp::Get { key: Bytes::from(key.to_string()) };
+        let status =
+            call(&self.client(via), 0, RequestBody::Read { query: op.encode(), consistency }).expect("read answered");
+        match status {
+            ResponseStatus::Ok(bytes) => match KvResponse::decode(&bytes).expect("decodes") {
+                KvResponse::Value(value) => value,
+                other => panic!("unexpected answer {other:?}"),
+            },
+            other => panic!("read {key}: {other:?}"),
+        }
+    }
+
+    fn admin(&self, request: AdminRequest) -> ResponseStatus {
+        call(&self.client(&self.live()), 0, RequestBody::Admin(request)).expect("admin answered")
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    fn wait_applied(&self, id: u64, index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.status(id).is_some_and(|s| s["applied"].as_u64().unwrap_or(0) >= index) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node {id} did not apply index {index} within 30 s");
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.live();
+        for id in ids {
+            self.kill(id);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn three_nodes_replicate_read_and_survive_leader_kill() {
+    let mut cluster = TestCluster::start(3, 21100);
+    let leader = cluster.leader();
+    for i in 1..=30 {
+        cluster.put(7, i, &format!("k{i}"), &format!("v{i}"));
+    }
+    for i in 1..=30 {
+        let value = cluster.get(&[leader], &format!("k{i}"), ReadConsistency::Linearizable);
+        assert_eq!(value, Some(Bytes::from(format!("v{i}"))));
+    }
+    // A linearizable read through a follower goes through the leader.
+    let follower = cluster.live().into_iter().find(|&id| id != leader).unwrap();
+    assert_eq!(cluster.get(&[follower], "k30", ReadConsistency::Linearizable), Some(Bytes::from("v30")));
+
+    cluster.kill(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader);
+    for i in 31..=60 {
+        cluster.put(7, i, &format!("k{i}"), &format!("v{i}"));
+    }
+    // A retried write (same session and sequence) is applied once: the
+    // state machine answers from the session table.
+    cluster.put(7, 60, "k60", "v60");
+    for i in 1..=60 {
+        assert_eq!(
+            cluster.get(&cluster.live(), &format!("k{i}"), ReadConsistency::Linearizable),
+            Some(Bytes::from(format!("v{i}")))
+        );
+    }
+    // The killed node restarts from its data directory and catches up.
+    cluster.spawn(leader, false);
+    let commit = cluster.status(new_leader).unwrap()["commit"].as_u64().unwrap();
+    cluster.wait_applied(leader, commit);
+    for i in [1, 30, 31, 60] {
+        assert_eq!(
+            cluster.get(&[leader], &format!("k{i}"), ReadConsistency::Stale),
+            Some(Bytes::from(format!("v{i}")))
+        );
+    }
+}
+
+#[test]
+fn five_nodes_survive_two_failures() {
+    let mut cluster = TestCluster::start(5, 21200);
+    let leader = cluster.leader();
+    for i in 1..=20 {
+        cluster.put(3, i, &format!("a{i}"), "x");
+    }
+    let others: Vec<u64> = cluster.live().into_iter().filter(|&id| id != leader).collect();
+    cluster.kill(leader);
+    cluster.kill(others[0]);
+    cluster.leader();
+    for i in 21..=40 {
+        cluster.put(3, i, &format!("a{i}"), "y");
+    }
+    for i in [1, 20, 21, 40] {
+        assert!(cluster.get(&cluster.live(), &format!("a{i}"), ReadConsistency::Linearizable).is_some());
+    }
+}
+
+#[test]
+fn all_nodes_killed_and_restarted_keep_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, 21300);
+    cluster.leader();
+    for i in 1..=100 {
+        cluster.put(11, i, &format!("d{i}"), &format!("{i}"));
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id, false);
+    }
+    cluster.leader();
+    for i in 1..=100 {
+        assert_eq!(
+            cluster.get(&cluster.live(), &format!("d{i}"), ReadConsistency::Linearizable),
+            Some(Bytes::from(format!("{i}"))),
+            "acknowledged write d{i} lost"
+        );
+    }
+}
+
+#[test]
+fn membership_changes_and_leader_transfer() {
+    let mut cluster = TestCluster::start(3, 21400);
+    cluster.leader();
+    cluster.put(5, 1, "before", "join");
+    // Node 4 joins: started empty with --join, added as a learner, promoted.
+    cluster.spawn(4, true);
+    let addr = format!("127.0.0.1:{}", cluster.peer_port(4));
+    assert_eq!(cluster.admin(AdminRequest::AddLearner { id: 4, addr }), ResponseStatus::Ok(Bytes::new()));
+    let leader = cluster.leader();
+    let commit = cluster.status(leader).unwrap()["commit"].as_u64().unwrap();
+    cluster.wait_applied(4, commit);
+    assert_eq!(cluster.get(&[4], "before", ReadConsistency::Stale), Some(Bytes::from("join")));
+    assert_eq!(cluster.admin(AdminRequest::Promote { id: 4 }), ResponseStatus::Ok(Bytes::new()));
+    let status = cluster.status(leader).unwrap();
+    let voters: Vec<u64> = status["voters"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+
+    // Hand leadership to node 4, then remove the old leader.
+    assert_eq!(cluster.admin(AdminRequest::TransferLeader { id: 4 }), ResponseStatus::Ok(Bytes::new()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.leader() != 4 {
+        assert!(Instant::now() < deadline, "leadership did not move to node 4");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster.admin(AdminRequest::Remove { id: leader }), ResponseStatus::Ok(Bytes::new()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cluster.status(4).unwrap();
+        let voters: Vec<u64> = status["voters"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        if !voters.contains(&leader) && status["voters_outgoing"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node {leader} was not removed: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill(leader);
+    cluster.put(5, 2, "after", "remove");
+    assert_eq!(cluster.get(&cluster.live(), "after", ReadConsistency::Linearizable), Some(Bytes::from("remove")));
+}
