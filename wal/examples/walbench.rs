@@ -101,6 +101,36 @@ fn raw_floor(dir: &Path, size: usize, duration: Duration) -> Summary {
     Summary { operations, elapsed, histogram }
 }
 
+/// The same through tokio-uring (`write_at` then `sync_data`, each awaited):
+/// what any io_uring log pays before its own logic.
+async fn uring_floor(dir: &Path, size: usize, duration: Duration) -> Summary {
+    let path = dir.join("floor-uring.dat");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let span = 256u64 << 20;
+    let file = tokio_uring::fs::File::from_std(file);
+    file.fallocate(0, span, 0).await.unwrap();
+    file.sync_all().await.unwrap();
+    let mut buffer = vec![0x5au8; size];
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let mut offset = 0u64;
+    let started = Instant::now();
+    let mut operations = 0;
+    while started.elapsed() < duration {
+        let begin = Instant::now();
+        let (result, returned) = file.write_all_at(buffer, offset).await;
+        result.unwrap();
+        buffer = returned;
+        file.sync_data().await.unwrap();
+        histogram.record(begin.elapsed().as_micros() as u64).unwrap();
+        offset = (offset + size as u64) % (span - size as u64);
+        operations += 1;
+    }
+    let elapsed = started.elapsed();
+    file.close().await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    Summary { operations, elapsed, histogram }
+}
+
 fn append_batch(index: u64) -> EntryBatch {
     EntryBatch::encode(&[Entry {
         index,
@@ -182,6 +212,14 @@ fn main() {
         floor.p50(),
         floor.p99(),
         floor.mean()
+    );
+    let uring = tokio_uring::start(uring_floor(&args.dir, RECORD_BYTES, duration));
+    println!(
+        "floor  io_uring write+fdatasync {RECORD_BYTES:>6} B: {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us",
+        uring.per_second(),
+        uring.p50(),
+        uring.p99(),
+        uring.mean()
     );
     let group = 256 * RECORD_BYTES;
     let floor_group = raw_floor(&args.dir, group, duration);
