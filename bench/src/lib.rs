@@ -1,1 +1,27 @@
-//! Placeholder: see the crate's issue.
+//! The load generator of the Raft key-value node and its tools.
+//!
+//! - [`runner`] drives load against a cluster over the client protocol
+//!   (`net::ClientConnection`), closed loop or open loop, and records HDR
+//!   histograms ([`stats`]) per operation type.
+//! - [`result`] is the JSON result file: the full configuration, throughput,
+//!   percentiles and the serialized histograms, so runs can be compared later
+//!   without losing resolution.
+//! - [`compare`] prints side-by-side tables and draws percentile-distribution
+//!   plots ([`plot`]) of several result files.
+//! - [`cluster`] starts a local cluster of `node serve` processes for `sweep`,
+//!   `demo` and the integration test, and always cleans it up.
+//!
+//! The `bench` binary (`src/main.rs`) puts these behind `run`, `compare`,
+//! `sweep` and `demo` subcommands.
+
+pub mod cluster;
+pub mod compare;
+pub mod plot;
+pub mod progress;
+pub mod result;
+pub mod runner;
+pub mod schedule;
+pub mod signal;
+pub mod stats;
+pub mod sweep;
+pub mod workload;

@@ -1,0 +1,344 @@
+//! A local cluster of `node serve` processes on loopback, for `sweep`,
+//! `demo` and the integration test.
+//!
+//! The cluster owns its processes and its temporary directory (data and
+//! logs): dropping it stops the nodes (SIGTERM, then SIGKILL after a grace
+//! period) and removes the directory, on success, on error and after a
+//! Ctrl-C alike. The nodes run in their own process group so a terminal's
+//! Ctrl-C reaches only the bench, which then stops them in order; and each
+//! node gets SIGTERM if the bench dies without cleaning up
+//! (`PR_SET_PDEATHSIG`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::{ClientConfig, ClientConnection, ClientRequest, RequestBody, ResponseStatus};
+use node::KvOp;
+use rand::Rng;
+
+/// The token of clusters the bench starts (they listen on loopback only).
+pub const LOCAL_TOKEN: &str = "bench-local-cluster";
+/// The cluster id of clusters the bench starts.
+pub const LOCAL_CLUSTER_ID: u64 = 1;
+/// How long a node gets to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a local cluster could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "the node binary was not found (looked at {looked}); build it with `cargo build --release -p node`, \
+         or give --node-bin PATH (or BENCH_NODE_BIN)"
+    )]
+    NodeBinaryMissing { looked: String },
+    #[error("building the node binary failed ({0}); see cargo's output above")]
+    Build(String),
+    #[error("cannot create a temporary directory: {0}")]
+    TempDir(std::io::Error),
+    #[error("no free block of loopback ports found")]
+    NoPorts,
+    #[error("cannot start {binary}: {source}")]
+    Spawn { binary: PathBuf, source: std::io::Error },
+    #[error("node {id} exited with {status}; the end of its log ({log}):\n{tail}")]
+    NodeExited { id: u64, status: std::process::ExitStatus, log: PathBuf, tail: String },
+    #[error("no leader answered a write on shard {shard} within {waited:?} (last: {last}); node logs are in {dir}")]
+    NoLeader { shard: u32, waited: Duration, last: String, dir: PathBuf },
+    #[error("stopped by a signal")]
+    Interrupted,
+}
+
+/// What cluster to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub node_binary: PathBuf,
+    pub nodes: u32,
+    pub shards: u32,
+    /// Extra `node serve` arguments (for example `--batch-bytes-max 65536`).
+    pub extra_args: Vec<String>,
+    /// The nodes' `--log-level`.
+    pub log_level: String,
+    /// Keep the data and log directory instead of removing it.
+    pub keep: bool,
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    children: Vec<(u64, Child)>,
+    client_addrs: Vec<SocketAddr>,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    spec: ClusterSpec,
+}
+
+impl LocalCluster {
+    /// Starts the nodes; see [`LocalCluster::wait_ready`] for when they serve.
+    pub fn start(spec: ClusterSpec) -> Result<LocalCluster, ClusterError> {
+        let dir = tempfile::Builder::new().prefix("raft-bench-").tempdir().map_err(ClusterError::TempDir)?;
+        let path = dir.path().to_path_buf();
+        let cores = spec.shards.min(std::thread::available_parallelism().map_or(1, |n| n.get() as u32)).max(1);
+        // Each node listens on its peer and client ports plus each core.
+        let stride = u16::try_from(cores).expect("at most 1024 shards");
+        let ports = free_port_block(2 * spec.nodes as u16 * stride).ok_or(ClusterError::NoPorts)?;
+        let peer_port = |id: u64| ports + (2 * (id as u16 - 1)) * stride;
+        let client_port = |id: u64| ports + (2 * (id as u16 - 1) + 1) * stride;
+        let peers = (1..=u64::from(spec.nodes))
+            .map(|id| format!("{id}=127.0.0.1:{}", peer_port(id)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = LocalCluster {
+            children: Vec::new(),
+            client_addrs: (1..=u64::from(spec.nodes))
+                .map(|id| SocketAddr::from(([127, 0, 0, 1], client_port(id))))
+                .collect(),
+            dir: Some(dir),
+            path,
+            spec: spec.clone(),
+        };
+        for id in 1..=u64::from(spec.nodes) {
+            let data_dir = cluster.path.join(format!("node-{id}"));
+            let log_path = cluster.log_path(id);
+            let log = std::fs::File::create(&log_path).map_err(ClusterError::TempDir)?;
+            let log_err = log.try_clone().map_err(ClusterError::TempDir)?;
+            let mut command = Command::new(&spec.node_binary);
+            command
+                .arg("serve")
+                .args(["--node-id", &id.to_string()])
+                .args(["--cluster-id", &LOCAL_CLUSTER_ID.to_string()])
+                .args(["--peer-addr", &format!("127.0.0.1:{}", peer_port(id))])
+                .args(["--client-addr", &format!("127.0.0.1:{}", client_port(id))])
+                .args(["--peers", &peers])
+                .args(["--data-dir", &data_dir.display().to_string()])
+                .args(["--shards", &spec.shards.to_string()])
+                .args(["--log-level", &spec.log_level])
+                .args(&spec.extra_args)
+                .env("NODE_TOKEN", LOCAL_TOKEN)
+                .env_remove("NODE_TOKEN_FILE")
+                .env_remove("NODE_CONFIG")
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                .process_group(0);
+            // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child =
+                command.spawn().map_err(|source| ClusterError::Spawn { binary: spec.node_binary.clone(), source })?;
+            cluster.children.push((id, child));
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' client addresses (core 0's, where every shard is reachable).
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    /// Where data and logs are.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.path.join(format!("node-{id}.log"))
+    }
+
+    /// Fails if a node has exited.
+    pub fn check_alive(&mut self) -> Result<(), ClusterError> {
+        for index in 0..self.children.len() {
+            let (id, child) = &mut self.children[index];
+            let id = *id;
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = self.log_path(id);
+                let tail = log_tail(&log, 20);
+                return Err(ClusterError::NodeExited { id, status, log, tail });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every shard has a leader that commits a write (a `Put`
+    /// of an empty value under `bench/ready`), following `NotLeader`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        let start = Instant::now();
+        for shard in 0..self.spec.shards {
+            loop {
+                self.check_alive()?;
+                if crate::signal::stop_requested() {
+                    return Err(ClusterError::Interrupted);
+                }
+                let last = match probe_write(&self.client_addrs, shard, Duration::from_millis(1_500)) {
+                    Ok(()) => break,
+                    Err(reason) => reason,
+                };
+                if start.elapsed() >= timeout {
+                    return Err(ClusterError::NoLeader { shard, waited: timeout, last, dir: self.path.clone() });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the nodes and removes the directory (unless kept); also what
+    /// dropping does.
+    pub fn stop(&mut self) {
+        for (_, child) in &mut self.children {
+            // SAFETY: signalling a child of ours that has not been reaped.
+            if matches!(child.try_wait(), Ok(None)) {
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for (_, child) in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.children.clear();
+        if let Some(dir) = self.dir.take() {
+            if self.spec.keep {
+                eprintln!("kept the cluster's data and logs in {}", dir.keep().display());
+            } else if let Err(error) = dir.close() {
+                eprintln!("warning: cannot remove {}: {error}", self.path.display());
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One write through the leader of `shard`, starting at any node.
+fn probe_write(addrs: &[SocketAddr], shard: u32, timeout: Duration) -> Result<(), String> {
+    let config = ClientConfig::new(LOCAL_CLUSTER_ID, Bytes::from_static(LOCAL_TOKEN.as_bytes()));
+    let command = KvOp::Put { key: Bytes::from_static(b"bench/ready"), value: Bytes::new() }.encode();
+    let addrs = addrs.to_vec();
+    tokio_uring::start(async move {
+        let attempt = async {
+            let mut addr = addrs[0];
+            let mut last = String::new();
+            for hop in 0..(addrs.len() * 2) {
+                let mut connection = match ClientConnection::connect(addr, &config).await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        last = format!("{addr}: {error}");
+                        addr = addrs[(hop + 1) % addrs.len()];
+                        continue;
+                    }
+                };
+                let request = ClientRequest {
+                    request_id: 1,
+                    client_id: rand::rng().random_range(1..=u64::MAX),
+                    sequence: 1,
+                    body: RequestBody::Write { command: command.clone() },
+                };
+                match connection.call(shard, &request).await.map(|response| response.status) {
+                    Ok(ResponseStatus::Ok(_)) => return Ok(()),
+                    Ok(ResponseStatus::NotLeader { leader_addr: Some(leader), .. }) => {
+                        last = format!("{addr}: not the leader, which is {leader}");
+                        match leader.parse() {
+                            Ok(leader) => addr = leader,
+                            Err(_) => return Err(format!("{addr} named a leader at {leader:?}, not an address")),
+                        }
+                    }
+                    Ok(status) => return Err(format!("{addr}: {status:?}")),
+                    Err(error) => {
+                        last = format!("{addr}: {error}");
+                        addr = addrs[(hop + 1) % addrs.len()];
+                    }
+                }
+            }
+            Err(last)
+        };
+        tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err("no answer in time".into()))
+    })
+}
+
+/// The first of `count` consecutive loopback ports that are all free now.
+fn free_port_block(count: u16) -> Option<u16> {
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let base: u16 = rng.random_range(20_000..(60_000 - count));
+        let listeners: Result<Vec<TcpListener>, _> =
+            (0..count).map(|offset| TcpListener::bind(("127.0.0.1", base + offset))).collect();
+        if listeners.is_ok() {
+            return Some(base);
+        }
+    }
+    None
+}
+
+/// The last `lines` lines of a log file.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Finds the `node` binary: `explicit` if given; else next to this
+/// executable (the same cargo target directory, or its parent for test
+/// binaries in `deps/`); else, if `build` and this process runs under cargo
+/// (`cargo run`), builds it with the same profile and looks again.
+pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf, ClusterError> {
+    if let Some(path) = explicit {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(ClusterError::NodeBinaryMissing { looked: path.display().to_string() })
+        };
+    }
+    let exe = std::env::current_exe()
+        .map_err(|error| ClusterError::Spawn { binary: PathBuf::from("bench"), source: error })?;
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("node"));
+        if dir.file_name().is_some_and(|name| name == "deps") {
+            if let Some(parent) = dir.parent() {
+                candidates.push(parent.join("node"));
+            }
+        }
+    }
+    if let Some(found) = candidates.iter().find(|candidate| candidate.is_file()) {
+        return Ok(found.clone());
+    }
+    if build {
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let release = exe.parent().and_then(Path::file_name).is_some_and(|name| name == "release");
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            eprintln!("building the node binary (cargo build{} -p node) ...", if release { " --release" } else { "" });
+            let mut command = Command::new(cargo);
+            command.args(["build", "-p", "node", "--bin", "node", "--manifest-path"]).arg(&manifest);
+            if release {
+                command.arg("--release");
+            }
+            let status = command.status().map_err(|error| ClusterError::Build(error.to_string()))?;
+            if !status.success() {
+                return Err(ClusterError::Build(status.to_string()));
+            }
+            if let Some(found) = candidates.iter().find(|candidate| candidate.is_file()) {
+                return Ok(found.clone());
+            }
+        }
+    }
+    let looked = candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
+    Err(ClusterError::NodeBinaryMissing { looked })
+}

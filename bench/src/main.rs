@@ -1,0 +1,459 @@
+//! `bench`: the load generator of the Raft key-value node.
+//!
+//! - `bench run`: load against a running cluster, a result file and a
+//!   percentile table;
+//! - `bench compare A.json B.json ...`: a side-by-side table and an SVG plot;
+//! - `bench sweep`: a matrix of settings against a local cluster it starts;
+//! - `bench demo`: a local three-node cluster, a short load, the table.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bench::cluster::{find_node_binary, ClusterSpec};
+use bench::compare::compare_files;
+use bench::progress::ProgressStyleKind;
+use bench::runner::{run, Consistency, LoadMode, RunOptions, RunSettings};
+use bench::sweep::{default_out_dir, file_stem, sweep, SweepPlan};
+use bench::workload::{Distribution, WorkloadConfig};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load generator for the Raft key-value node: latency percentiles and
+/// throughput, result files, comparisons and plots.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive load against a running cluster and write a result file.
+    Run(RunArgs),
+    /// Compare result files: a side-by-side table and an SVG percentile plot.
+    Compare(CompareArgs),
+    /// Run a matrix of settings against a local cluster started for it.
+    Sweep(SweepArgs),
+    /// Start a local three-node cluster, run a short load, print the
+    /// percentiles, clean up.
+    Demo(DemoArgs),
+}
+
+/// Settings of the load that every subcommand shares.
+#[derive(Clone, Debug, Args)]
+struct LoadArgs {
+    /// Connections, spread over the worker threads (at most the number of
+    /// in-flight requests in a closed loop).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Worker threads, each with its own io_uring runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Keys in the key space.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// How keys are drawn.
+    #[arg(long, value_enum, default_value_t = DistributionArg::Uniform)]
+    distribution: DistributionArg,
+    /// The zipfian exponent, in (0, 1).
+    #[arg(long, default_value_t = 0.99)]
+    zipf_theta: f64,
+    /// Share of reads, 0 to 1 (0: writes only).
+    #[arg(long, default_value_t = 0.0)]
+    read_fraction: f64,
+    /// How fresh reads must be.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
+    /// Length of the measured window, such as `10s` or `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the measured window, not recorded.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// The shards to send to, such as `0` or `0,1,2,3` (round robin over
+    /// connections).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    shards: Vec<u32>,
+    /// Drop a connection whose requests get no answer for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Seed of the key and operation draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DistributionArg {
+    Uniform,
+    Zipfian,
+}
+
+impl LoadArgs {
+    fn settings(&self, addrs: Vec<String>, cluster_id: u64, load: LoadMode, value_size: usize) -> RunSettings {
+        RunSettings {
+            addrs,
+            cluster_id,
+            connections: self.connections,
+            threads: self.threads,
+            load,
+            workload: WorkloadConfig {
+                keys: self.keys,
+                distribution: match self.distribution {
+                    DistributionArg::Uniform => Distribution::Uniform,
+                    DistributionArg::Zipfian => Distribution::Zipfian { theta: self.zipf_theta },
+                },
+                read_fraction: self.read_fraction,
+                value_size,
+            },
+            consistency: self.consistency,
+            duration_s: self.duration.as_secs_f64(),
+            warmup_s: self.warmup.as_secs_f64(),
+            shards: self.shards.clone(),
+            request_timeout_s: self.request_timeout.as_secs_f64(),
+            seed: self.seed,
+        }
+    }
+
+    fn progress(&self) -> ProgressStyleKind {
+        ProgressStyleKind::detect(self.quiet)
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Client addresses of the cluster's nodes (any node: the bench follows
+    /// the leader); repeat or separate with commas. The default is
+    /// `node dev`'s cluster.
+    #[arg(
+        long = "addr",
+        env = "NODE_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101,127.0.0.1:7103,127.0.0.1:7105"
+    )]
+    addrs: Vec<String>,
+    /// The cluster's id.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// The cluster's shared secret (default: `node dev`'s).
+    #[arg(long, env = "NODE_TOKEN", hide_env_values = true, default_value = "dev-cluster-token")]
+    token: String,
+    /// A file holding the shared secret (trailing newlines ignored);
+    /// overrides --token.
+    #[arg(long, env = "NODE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Requests in flight over all connections (closed loop).
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Target requests per second: an open loop instead of a closed one,
+    /// latency measured from each request's intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: requests in flight at most; beyond it sending waits (and
+    /// the wait counts in the latency).
+    #[arg(long, default_value_t = 4_096)]
+    inflight_max: usize,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The run's name in tables and plots. [default: from the settings]
+    #[arg(long)]
+    label: Option<String>,
+    /// The result file. [default: bench-results/LABEL-TIME.json]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not ask the nodes for their status for the result file.
+    #[arg(long)]
+    no_status: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Result files written by `bench run` or `bench sweep`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Which operations: all, write or read.
+    #[arg(long, default_value = "all")]
+    op: String,
+    /// Where to write the SVG plot.
+    #[arg(long, default_value = "compare.svg")]
+    svg: PathBuf,
+    /// Only the table.
+    #[arg(long)]
+    no_plot: bool,
+}
+
+/// How the bench starts a local cluster.
+#[derive(Clone, Debug, Args)]
+struct ClusterArgs {
+    /// The `node` binary. [default: next to this binary, built by cargo if
+    /// missing and run through `cargo run`]
+    #[arg(long, env = "BENCH_NODE_BIN")]
+    node_bin: Option<PathBuf>,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Shards per node (`node serve --shards`).
+    #[arg(long = "node-shards", default_value_t = 1)]
+    node_shards: u32,
+    /// The nodes' log filter.
+    #[arg(long, default_value = "warn")]
+    node_log_level: String,
+    /// Keep the cluster's data and logs.
+    #[arg(long)]
+    keep_cluster: bool,
+    /// Do not build the node binary if it is missing.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl ClusterArgs {
+    fn spec(&self) -> Result<ClusterSpec, String> {
+        let node_binary = find_node_binary(self.node_bin.as_deref(), !self.no_build).map_err(|e| e.to_string())?;
+        Ok(ClusterSpec {
+            node_binary,
+            nodes: self.nodes,
+            shards: self.node_shards,
+            extra_args: Vec::new(),
+            log_level: self.node_log_level.clone(),
+            keep: self.keep_cluster,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// In-flight request counts to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    inflight: Vec<usize>,
+    /// Value sizes to try, in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "256")]
+    value_size: Vec<usize>,
+    /// Extra `node serve` arguments, one cluster each; repeat to compare
+    /// node settings, such as `--node-option "" --node-option
+    /// "--batch-bytes-max 65536"`. [default: one cluster with defaults]
+    #[arg(long, allow_hyphen_values = true)]
+    node_option: Vec<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Where result files, compare.txt and compare.svg go.
+    /// [default: bench-results/sweep-TIME]
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// In-flight request counts to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    inflight: Vec<usize>,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Measured seconds per setting.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up per setting.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Keep the result files and plot here. [default: a temporary directory,
+    /// removed at the end]
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s`, or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(number) = text.strip_suffix("ms") {
+        (number, 1e-3)
+    } else if let Some(number) = text.strip_suffix("us") {
+        (number, 1e-6)
+    } else if let Some(number) = text.strip_suffix('s') {
+        (number, 1.0)
+    } else if let Some(number) = text.strip_suffix('m') {
+        (number, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a duration such as 10s or 500ms"))?;
+    if !(value >= 0.0 && value.is_finite()) {
+        return Err(format!("{text:?} is not a duration such as 10s or 500ms"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    bench::signal::install();
+    let outcome = match cli.command {
+        Command::Run(args) => command_run(args),
+        Command::Compare(args) => command_compare(args),
+        Command::Sweep(args) => command_sweep(args),
+        Command::Demo(args) => command_demo(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn command_run(args: RunArgs) -> Result<(), String> {
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            let end = text.iter().rposition(|&byte| byte != b'\n' && byte != b'\r').map_or(0, |last| last + 1);
+            Bytes::from(text[..end].to_vec())
+        }
+        None => Bytes::from(args.token.clone()),
+    };
+    let load = match args.rate {
+        Some(rate) => LoadMode::Open { rate, inflight_max: args.inflight_max },
+        None => LoadMode::Closed { inflight: args.inflight },
+    };
+    let settings = args.load.settings(args.addrs.clone(), args.cluster_id, load, args.value_size);
+    let label = args.label.clone().unwrap_or_else(|| match load {
+        LoadMode::Closed { inflight } => format!("inflight={inflight} value={}B", args.value_size),
+        LoadMode::Open { rate, .. } => format!("rate={rate} value={}B", args.value_size),
+    });
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stamp = bench::result::rfc3339(std::time::SystemTime::now()).replace([':', '-'], "");
+        Path::new("bench-results").join(format!("{}-{stamp}.json", file_stem(&label)))
+    });
+    let options = RunOptions {
+        settings,
+        token,
+        label: label.clone(),
+        progress: args.load.progress(),
+        fetch_status: !args.no_status,
+    };
+    let result = run(&options).map_err(|error| error.to_string())?;
+    result.save(&out).map_err(|error| error.to_string())?;
+    if bench::signal::stop_requested() {
+        eprintln!("stopped early by a signal: the measured window is {:.1}s", result.measured_seconds);
+    }
+    println!(
+        "{label}: {} ops/s over {:.1}s",
+        bench::stats::format_rate(result.throughput_per_second),
+        result.measured_seconds
+    );
+    print!("{}", result.percentile_table());
+    println!("result file: {}", out.display());
+    Ok(())
+}
+
+fn command_compare(args: CompareArgs) -> Result<(), String> {
+    let svg = (!args.no_plot).then_some(args.svg.as_path());
+    let table = compare_files(&args.files, &args.op, svg).map_err(|error| error.to_string())?;
+    print!("{table}");
+    if let Some(svg) = svg {
+        println!("plot: {}", svg.display());
+    }
+    Ok(())
+}
+
+fn command_sweep(args: SweepArgs) -> Result<(), String> {
+    let spec = args.cluster.spec()?;
+    let node_options = if args.node_option.is_empty() {
+        vec![Vec::new()]
+    } else {
+        args.node_option.iter().map(|option| option.split_whitespace().map(String::from).collect()).collect()
+    };
+    let value_size = args.value_size.first().copied().unwrap_or(256);
+    let plan = SweepPlan {
+        base: args.load.settings(Vec::new(), 1, LoadMode::Closed { inflight: 1 }, value_size),
+        inflight: args.inflight.clone(),
+        value_sizes: args.value_size.clone(),
+        node_options,
+        cluster: spec,
+        out_dir: args.out_dir.clone().unwrap_or_else(|| default_out_dir(Path::new("bench-results"), "sweep")),
+        progress: args.load.progress(),
+        print_each: false,
+    };
+    let outcome = sweep(&plan).map_err(|error| error.to_string())?;
+    println!();
+    print!("{}", outcome.table);
+    println!("results: {}", plan.out_dir.display());
+    if let Some(plot) = outcome.plot {
+        println!("plot: {}", plot.display());
+    }
+    Ok(())
+}
+
+fn command_demo(args: DemoArgs) -> Result<(), String> {
+    let spec = args.cluster.spec()?;
+    let temporary = match &args.out_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("raft-bench-demo-").tempdir().map_err(|e| e.to_string())?),
+    };
+    let out_dir = args.out_dir.clone().unwrap_or_else(|| temporary.as_ref().expect("made above").path().to_path_buf());
+    let load = LoadArgs {
+        connections: 4,
+        threads: 1,
+        keys: 100_000,
+        distribution: DistributionArg::Uniform,
+        zipf_theta: 0.99,
+        read_fraction: 0.0,
+        consistency: Consistency::Linearizable,
+        duration: args.duration,
+        warmup: args.warmup,
+        shards: vec![0],
+        request_timeout: Duration::from_secs(10),
+        seed: 1,
+        quiet: args.quiet,
+    };
+    let plan = SweepPlan {
+        base: load.settings(Vec::new(), 1, LoadMode::Closed { inflight: 1 }, args.value_size),
+        inflight: args.inflight.clone(),
+        value_sizes: vec![args.value_size],
+        node_options: vec![Vec::new()],
+        cluster: spec,
+        out_dir: out_dir.clone(),
+        progress: load.progress(),
+        print_each: true,
+    };
+    let outcome = sweep(&plan).map_err(|error| error.to_string())?;
+    println!("\nsummary ({} nodes on loopback, {}-byte values, writes):", plan.cluster.nodes, args.value_size);
+    print!("{}", outcome.table);
+    if temporary.is_none() {
+        println!("results and plot: {}", out_dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1_500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

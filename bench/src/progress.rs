@@ -1,0 +1,159 @@
+//! The live view of a run: throughput and latency of the last interval, as
+//! a progress bar on a terminal and as plain lines otherwise (so logs of CI
+//! or `| tee` stay readable).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::stats::{format_micros, format_rate, new_histogram};
+
+/// Counters the workers update and the display reads. Shared across worker
+/// threads; the histogram lock is taken once per answer, which costs far
+/// less than the answer's system calls.
+pub struct Live {
+    /// Successful answers, warm-up included.
+    pub completed: AtomicU64,
+    /// Failed requests, warm-up included.
+    pub errors: AtomicU64,
+    interval: Mutex<Histogram<u64>>,
+}
+
+impl Default for Live {
+    fn default() -> Live {
+        Live { completed: AtomicU64::new(0), errors: AtomicU64::new(0), interval: Mutex::new(new_histogram()) }
+    }
+}
+
+impl Live {
+    pub fn record(&self, latency_nanos: u64) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.interval.lock().expect("no worker panics holding the lock").saturating_record(latency_nanos);
+    }
+
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latencies since the last call.
+    fn take_interval(&self) -> Histogram<u64> {
+        let mut interval = self.interval.lock().expect("no worker panics holding the lock");
+        let taken = interval.clone();
+        interval.reset();
+        taken
+    }
+}
+
+/// How the display looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressStyleKind {
+    /// A bar that redraws in place (stderr is a terminal).
+    Bar,
+    /// One line per second.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+impl ProgressStyleKind {
+    /// A bar on a terminal, lines otherwise, nothing if `quiet`.
+    pub fn detect(quiet: bool) -> ProgressStyleKind {
+        if quiet {
+            ProgressStyleKind::Quiet
+        } else if std::io::stderr().is_terminal() {
+            ProgressStyleKind::Bar
+        } else {
+            ProgressStyleKind::Lines
+        }
+    }
+}
+
+/// Shows the progress of a run until `done()` is true.
+pub fn watch(
+    live: &Live,
+    kind: ProgressStyleKind,
+    label: &str,
+    start: Instant,
+    warmup: Duration,
+    duration: Duration,
+    done: impl Fn() -> bool,
+) {
+    let total = warmup + duration;
+    let bar = (kind == ProgressStyleKind::Bar).then(|| {
+        let bar = ProgressBar::new(total.as_millis() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:.bold} [{bar:30.cyan/blue}] {elapsed:>3}/{len_s} {msg}")
+                .expect("a valid template")
+                .with_key("len_s", |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{}s", state.len().unwrap_or(0) / 1_000);
+                })
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        bar
+    });
+    let tick = if kind == ProgressStyleKind::Bar { Duration::from_millis(250) } else { Duration::from_secs(1) };
+    let mut last = Instant::now();
+    let mut last_completed = 0u64;
+    let mut last_line = Instant::now();
+    let mut line_completed = 0u64;
+    let mut line_histogram = new_histogram();
+    while !done() {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() < tick && !done() {
+            continue;
+        }
+        let now = Instant::now();
+        let completed = live.completed.load(Ordering::Relaxed);
+        let interval = live.take_interval();
+        let phase = if now.duration_since(start) < warmup { "warm-up" } else { "measure" };
+        match kind {
+            ProgressStyleKind::Bar => {
+                let rate = (completed - last_completed) as f64 / now.duration_since(last).as_secs_f64();
+                let bar = bar.as_ref().expect("a bar in bar mode");
+                bar.set_position((now.duration_since(start).as_millis() as u64).min(total.as_millis() as u64));
+                bar.set_message(format!(
+                    "{phase} {} ops/s  p50 {}  p99 {}  errors {}",
+                    format_rate(rate),
+                    percentile(&interval, 0.5),
+                    percentile(&interval, 0.99),
+                    live.errors.load(Ordering::Relaxed)
+                ));
+            }
+            ProgressStyleKind::Lines => {
+                line_histogram.add(&interval).expect("equal bounds");
+                if now.duration_since(last_line) >= Duration::from_secs(1) {
+                    let rate = (completed - line_completed) as f64 / now.duration_since(last_line).as_secs_f64();
+                    eprintln!(
+                        "{label}: {:>5.1}s {phase} {} ops/s  p50 {}  p99 {}  errors {}",
+                        now.duration_since(start).as_secs_f64(),
+                        format_rate(rate),
+                        percentile(&line_histogram, 0.5),
+                        percentile(&line_histogram, 0.99),
+                        live.errors.load(Ordering::Relaxed)
+                    );
+                    line_histogram.reset();
+                    line_completed = completed;
+                    last_line = now;
+                }
+            }
+            ProgressStyleKind::Quiet => {}
+        }
+        last = now;
+        last_completed = completed;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn percentile(histogram: &Histogram<u64>, quantile: f64) -> String {
+    if histogram.is_empty() {
+        return "-".to_string();
+    }
+    format_micros(histogram.value_at_quantile(quantile) as f64 / 1_000.0)
+}

@@ -1,0 +1,851 @@
+//! The load driver: connections to the cluster, the closed and open loops,
+//! leader discovery, client sessions and recording.
+//!
+//! Each worker thread runs one tokio-uring runtime (everything there is
+//! `!Send`) and a share of the connections. A connection targets one shard;
+//! it starts at any node and follows `NotLeader` answers to the leader that
+//! they name. Each connection is two tasks, a sender and a receiver, so that
+//! many requests are in flight at once (pipelining, matched by request id):
+//!
+//! - closed loop: a connection keeps its share of the in-flight requests
+//!   outstanding; a new request goes out when an answer comes back;
+//! - open loop: requests go out on a fixed schedule ([`crate::schedule`])
+//!   whatever the answers do, and latency is measured from each request's
+//!   intended send time.
+//!
+//! Writes carry a client session (a random client id and sequence numbers
+//! from 1), as the node's exactly-once sessions require; reads carry none.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use net::{ClientConfig, ClientConnection, ClientReceiver, ClientRequest, ClientSender, RequestBody, ResponseStatus};
+use node::kv::{decode_answer, AnswerError};
+use node::{KvResponse, Reply};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::progress::{watch, Live, ProgressStyleKind};
+use crate::result::ResultFile;
+use crate::schedule::Schedule;
+use crate::signal;
+use crate::stats::{duration_nanos, HistogramError, OpKind, Recorder};
+use crate::workload::{Distribution, KeyChooser, Workload, WorkloadConfig, WorkloadError};
+
+/// Requests encoded into one write at most: enough to amortize the system
+/// call, small enough that the first request of a batch is not held back.
+const SEND_BATCH_MAX: usize = 64;
+/// How long the last answers may take after the measured window ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before reconnecting after a failure, doubled up to the maximum.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// How fresh reads must be (the wire's [`net::ReadConsistency`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// ReadIndex at the leader.
+    Linearizable,
+    /// The leader's lease.
+    Lease,
+    /// Whatever the contacted node has applied.
+    Stale,
+}
+
+impl From<Consistency> for net::ReadConsistency {
+    fn from(consistency: Consistency) -> net::ReadConsistency {
+        match consistency {
+            Consistency::Linearizable => net::ReadConsistency::Linearizable,
+            Consistency::Lease => net::ReadConsistency::Lease,
+            Consistency::Stale => net::ReadConsistency::Stale,
+        }
+    }
+}
+
+/// How requests are paced.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum LoadMode {
+    /// `inflight` requests outstanding at all times, over all connections.
+    Closed { inflight: usize },
+    /// `rate` requests per second over all connections, at most
+    /// `inflight_max` outstanding (beyond it, sending waits, and the wait
+    /// counts in the latency).
+    Open { rate: f64, inflight_max: usize },
+}
+
+/// Everything that defines a run, as recorded in its result file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Client addresses of the nodes to start from (`host:port`).
+    pub addrs: Vec<String>,
+    pub cluster_id: u64,
+    pub connections: usize,
+    pub threads: usize,
+    pub load: LoadMode,
+    pub workload: WorkloadConfig,
+    pub consistency: Consistency,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    /// The shards the connections target, round robin.
+    pub shards: Vec<u32>,
+    /// A connection with requests in flight and no answer for this long is
+    /// dropped and its requests counted as `timeout`.
+    pub request_timeout_s: f64,
+    pub seed: u64,
+}
+
+impl RunSettings {
+    /// A small valid configuration, for tests and as a template.
+    pub fn example() -> RunSettings {
+        RunSettings {
+            addrs: vec!["127.0.0.1:7101".into()],
+            cluster_id: 1,
+            connections: 4,
+            threads: 1,
+            load: LoadMode::Closed { inflight: 16 },
+            workload: WorkloadConfig {
+                keys: 100_000,
+                distribution: Distribution::Uniform,
+                read_fraction: 0.0,
+                value_size: 256,
+            },
+            consistency: Consistency::Linearizable,
+            duration_s: 5.0,
+            warmup_s: 1.0,
+            shards: vec![0],
+            request_timeout_s: 10.0,
+            seed: 1,
+        }
+    }
+
+    /// Checks the settings and fixes up what has one obvious meaning (fewer
+    /// in-flight requests than connections: fewer connections).
+    pub fn validate(&mut self) -> Result<(), RunError> {
+        self.workload.validate()?;
+        let bad = |reason: &str| Err(RunError::Settings(reason.to_string()));
+        if self.addrs.is_empty() {
+            return bad("give at least one node address");
+        }
+        if self.shards.is_empty() {
+            return bad("give at least one shard");
+        }
+        if self.connections == 0 || self.threads == 0 {
+            return bad("connections and threads must be at least 1");
+        }
+        if !(self.duration_s > 0.0 && self.duration_s.is_finite()) || !(self.warmup_s >= 0.0) {
+            return bad("the duration must be positive and the warm-up not negative");
+        }
+        if !(self.request_timeout_s > 0.0) {
+            return bad("the request timeout must be positive");
+        }
+        match self.load {
+            LoadMode::Closed { inflight } if inflight == 0 => return bad("in-flight requests must be at least 1"),
+            LoadMode::Closed { inflight } => self.connections = self.connections.min(inflight),
+            LoadMode::Open { rate, .. } if !(rate > 0.0 && rate.is_finite()) => {
+                return bad("the rate must be positive")
+            }
+            LoadMode::Open { inflight_max, .. } if inflight_max < self.connections => {
+                return bad("--inflight-max must be at least the number of connections")
+            }
+            LoadMode::Open { .. } => {}
+        }
+        self.threads = self.threads.min(self.connections);
+        Ok(())
+    }
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("bad settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error("cannot resolve the node address {addr}: {reason}")]
+    Resolve { addr: String, reason: String },
+    #[error("io_uring is not available here ({0}); the client needs it (a container's seccomp profile may block it)")]
+    IoUringUnavailable(std::io::Error),
+    #[error("a worker thread panicked; see the message above")]
+    WorkerPanicked,
+    #[error(transparent)]
+    Histogram(#[from] HistogramError),
+}
+
+/// A run to make.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub settings: RunSettings,
+    pub token: Bytes,
+    /// The run's name in tables and plots.
+    pub label: String,
+    pub progress: ProgressStyleKind,
+    /// Ask each node for its status and keep the answers in the result.
+    pub fetch_status: bool,
+}
+
+/// Resolves `host:port`.
+pub fn resolve(addr: &str) -> Result<SocketAddr, RunError> {
+    if let Ok(parsed) = addr.parse() {
+        return Ok(parsed);
+    }
+    let resolve_error = |reason: String| RunError::Resolve { addr: addr.to_string(), reason };
+    addr.to_socket_addrs()
+        .map_err(|error| resolve_error(error.to_string()))?
+        .next()
+        .ok_or_else(|| resolve_error("no address found".into()))
+}
+
+/// Checks that this process may use io_uring, since `tokio_uring::start`
+/// panics without it.
+pub fn check_io_uring() -> Result<(), RunError> {
+    // struct io_uring_params is 120 bytes; zeroed means "defaults".
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) bytes
+    // into params, which is that large.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(RunError::IoUringUnavailable(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is the ring we just opened and nothing else holds it.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// Makes one run and returns its result (also when stopped early by a
+/// signal: the measured window is then shorter).
+pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
+    let mut settings = options.settings.clone();
+    settings.validate()?;
+    check_io_uring()?;
+    let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
+    let mut client_config = ClientConfig::new(settings.cluster_id, options.token.clone());
+    client_config.connect_timeout = Duration::from_secs(2);
+    let cluster =
+        options.fetch_status.then(|| fetch_status(&settings.addrs, &addrs, &client_config, Duration::from_secs(2)));
+    let keys = KeyChooser::new(settings.workload.keys, settings.workload.distribution)?;
+
+    let start = Instant::now() + Duration::from_millis(20);
+    let warmup = Duration::from_secs_f64(settings.warmup_s);
+    let duration = Duration::from_secs_f64(settings.duration_s);
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        client_config,
+        addrs,
+        keys,
+        start,
+        warmup_end: start + warmup,
+        end: start + warmup + duration,
+        live: Live::default(),
+        leaders: Mutex::new(HashMap::new()),
+    });
+    let plans = plan_connections(&settings);
+    let mut per_thread: Vec<Vec<ConnectionPlan>> = vec![Vec::new(); settings.threads];
+    for plan in plans {
+        per_thread[plan.index % settings.threads].push(plan);
+    }
+    let workers: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(thread, plans)| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("bench-worker-{thread}"))
+                .spawn(move || tokio_uring::start(worker(shared, plans)))
+                .expect("spawn a worker thread")
+        })
+        .collect();
+    let started_at = SystemTime::now() + warmup;
+    watch(&shared.live, options.progress, &options.label, start, warmup, duration, || {
+        workers.iter().all(|worker| worker.is_finished())
+    });
+    let stopped = Instant::now().min(shared.end);
+    let mut recorder = Recorder::default();
+    for worker in workers {
+        recorder.merge(worker.join().map_err(|_| RunError::WorkerPanicked)?);
+    }
+    let measured = stopped.saturating_duration_since(shared.warmup_end).max(Duration::from_millis(1));
+    Ok(ResultFile::new(options.label.clone(), settings, cluster, &recorder, measured, started_at)?)
+}
+
+/// What every worker thread reads.
+struct Shared {
+    settings: RunSettings,
+    client_config: ClientConfig,
+    addrs: Vec<SocketAddr>,
+    keys: KeyChooser,
+    start: Instant,
+    /// Answers to requests intended before this are warm-up.
+    warmup_end: Instant,
+    /// No request is intended at or after this.
+    end: Instant,
+    live: Live,
+    /// The leader each shard is believed to have, learnt from `NotLeader`.
+    leaders: Mutex<HashMap<u32, SocketAddr>>,
+}
+
+impl Shared {
+    fn leader(&self, shard: u32) -> Option<SocketAddr> {
+        self.leaders.lock().expect("not poisoned").get(&shard).copied()
+    }
+
+    fn set_leader(&self, shard: u32, leader: Option<SocketAddr>) {
+        let mut leaders = self.leaders.lock().expect("not poisoned");
+        match leader {
+            Some(leader) => leaders.insert(shard, leader),
+            None => leaders.remove(&shard),
+        };
+    }
+
+    fn stopping(&self) -> bool {
+        signal::stop_requested() || Instant::now() >= self.end
+    }
+}
+
+/// One connection's part of the load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionPlan {
+    pub index: usize,
+    pub shard: u32,
+    /// Requests this connection keeps in flight (closed) or at most (open).
+    pub inflight: usize,
+    /// The open loop's schedule.
+    pub schedule: Option<Schedule>,
+}
+
+/// Splits the load over the connections: in-flight requests as evenly as
+/// possible, shards round robin, the open loop's rate interleaved.
+pub fn plan_connections(settings: &RunSettings) -> Vec<ConnectionPlan> {
+    let connections = settings.connections;
+    let share = |total: usize, index: usize| total / connections + usize::from(index < total % connections);
+    (0..connections)
+        .map(|index| {
+            let (inflight, schedule) = match settings.load {
+                LoadMode::Closed { inflight } => (share(inflight, index), None),
+                LoadMode::Open { rate, inflight_max } => {
+                    (share(inflight_max, index), Some(Schedule::new(rate, connections, index)))
+                }
+            };
+            ConnectionPlan { index, shard: settings.shards[index % settings.shards.len()], inflight, schedule }
+        })
+        .collect()
+}
+
+async fn worker(shared: Arc<Shared>, plans: Vec<ConnectionPlan>) -> Recorder {
+    let recorder = Rc::new(RefCell::new(Recorder::default()));
+    let tasks: Vec<_> =
+        plans.into_iter().map(|plan| tokio_uring::spawn(connection(shared.clone(), plan, recorder.clone()))).collect();
+    for task in tasks {
+        task.await.expect("connection tasks do not panic");
+    }
+    Rc::try_unwrap(recorder).map(RefCell::into_inner).unwrap_or_else(|shared| shared.borrow().clone())
+}
+
+/// A client session for exactly-once writes.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    client_id: u64,
+    next_sequence: u64,
+    /// A write of this session was applied, so the node knows the session:
+    /// until then, a session whose first write went to a follower must
+    /// start over at sequence 1 with the leader.
+    opened: bool,
+}
+
+impl Session {
+    fn fresh(rng: &mut StdRng) -> Session {
+        Session { client_id: rng.random_range(1..=u64::MAX), next_sequence: 1, opened: false }
+    }
+}
+
+/// A request waiting for its answer.
+struct Pending {
+    op: OpKind,
+    intended: Instant,
+    sent: Instant,
+    client_id: u64,
+}
+
+/// Why a connection's drive ended.
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    /// The run is over.
+    Finished,
+    /// The node named another leader.
+    Redirect(SocketAddr),
+    /// The node knows no leader (an election is going on).
+    LeaderUnknown,
+    /// The connection broke or stopped answering.
+    Broken,
+}
+
+/// State shared by one connection's sender and receiver.
+struct Conn {
+    inflight: HashMap<u64, Pending>,
+    next_request_id: u64,
+    /// Set when the connection must stop sending.
+    outcome: Option<Outcome>,
+    sender_done: bool,
+}
+
+/// What lives across reconnections of one connection slot.
+struct Slot {
+    workload: Workload,
+    rng: StdRng,
+    session: Session,
+    /// The open loop's next request number.
+    next_scheduled: u64,
+}
+
+async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefCell<Recorder>>) {
+    let seed = shared.settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(plan.index as u64);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED);
+    let session = Session::fresh(&mut rng);
+    let slot = Rc::new(RefCell::new(Slot {
+        workload: Workload::new(&shared.settings.workload, shared.keys.clone(), seed),
+        rng,
+        session,
+        next_scheduled: 0,
+    }));
+    let mut next_addr = plan.index % shared.addrs.len();
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    while !shared.stopping() {
+        let addr = shared.leader(plan.shard).unwrap_or(shared.addrs[next_addr]);
+        let connection = match ClientConnection::connect(addr, &shared.client_config).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                record_error(&shared, &recorder, Instant::now(), "connect", || format!("{addr}: {error}"));
+                shared.set_leader(plan.shard, None);
+                next_addr = (next_addr + 1) % shared.addrs.len();
+                pause(&shared, backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        {
+            let mut slot = slot.borrow_mut();
+            if !slot.session.opened {
+                let Slot { rng, session, .. } = &mut *slot;
+                *session = Session::fresh(rng);
+            }
+        }
+        match drive(&shared, &plan, &slot, &recorder, connection).await {
+            Outcome::Finished => break,
+            Outcome::Redirect(leader) => {
+                backoff = RECONNECT_BACKOFF_MIN;
+                if leader == addr {
+                    // The node names itself yet refused: give it a moment.
+                    pause(&shared, RECONNECT_BACKOFF_MIN).await;
+                }
+                shared.set_leader(plan.shard, Some(leader));
+            }
+            Outcome::LeaderUnknown => {
+                shared.set_leader(plan.shard, None);
+                next_addr = (next_addr + 1) % shared.addrs.len();
+                pause(&shared, Duration::from_millis(20)).await;
+            }
+            Outcome::Broken => {
+                shared.set_leader(plan.shard, None);
+                next_addr = (next_addr + 1) % shared.addrs.len();
+                pause(&shared, backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Sleeps for `pause`, but not past the end of the run.
+async fn pause(shared: &Shared, pause: Duration) {
+    let until = (Instant::now() + pause).min(shared.end);
+    tokio::time::sleep_until(until.into()).await;
+}
+
+/// Counts an error of a request intended at `intended`, if it falls in the
+/// measured window.
+fn record_error(
+    shared: &Shared,
+    recorder: &RefCell<Recorder>,
+    intended: Instant,
+    kind: &str,
+    example: impl FnOnce() -> String,
+) {
+    shared.live.error();
+    if intended >= shared.warmup_end {
+        recorder.borrow_mut().error(kind, example);
+    }
+}
+
+/// Runs the load over one connection until the run ends or the connection
+/// must be replaced.
+async fn drive(
+    shared: &Arc<Shared>,
+    plan: &ConnectionPlan,
+    slot: &Rc<RefCell<Slot>>,
+    recorder: &Rc<RefCell<Recorder>>,
+    connection: ClientConnection,
+) -> Outcome {
+    let (sender, receiver) = connection.split();
+    let conn = Rc::new(RefCell::new(Conn {
+        inflight: HashMap::with_capacity(plan.inflight),
+        next_request_id: 1,
+        outcome: None,
+        sender_done: false,
+    }));
+    let permits = Rc::new(Semaphore::new(plan.inflight));
+    let wake_sender = Rc::new(Notify::new());
+    let wake_receiver = Rc::new(Notify::new());
+    let send_task = tokio_uring::spawn(send_loop(
+        shared.clone(),
+        plan.clone(),
+        slot.clone(),
+        conn.clone(),
+        sender,
+        permits.clone(),
+        wake_sender.clone(),
+        wake_receiver.clone(),
+        recorder.clone(),
+    ));
+    receive_loop(shared, slot, &conn, receiver, &permits, &wake_sender, &wake_receiver, recorder).await;
+    wake_sender.notify_one();
+    let _sender = send_task.await.expect("the send loop does not panic");
+    // Whatever is still in flight will not be answered on this connection.
+    let mut conn = conn.borrow_mut();
+    let outcome = conn.outcome.clone().unwrap_or(Outcome::Finished);
+    let kind = if outcome == Outcome::Finished { "unanswered" } else { "connection_lost" };
+    for (_, pending) in conn.inflight.drain() {
+        record_error(shared, recorder, pending.intended, kind, || format!("no answer before {outcome:?}"));
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    shared: Arc<Shared>,
+    plan: ConnectionPlan,
+    slot: Rc<RefCell<Slot>>,
+    conn: Rc<RefCell<Conn>>,
+    mut sender: ClientSender,
+    permits: Rc<Semaphore>,
+    wake_sender: Rc<Notify>,
+    wake_receiver: Rc<Notify>,
+    recorder: Rc<RefCell<Recorder>>,
+) -> ClientSender {
+    let consistency = net::ReadConsistency::from(shared.settings.consistency);
+    let stop = |conn: &RefCell<Conn>| conn.borrow().outcome.is_some() || signal::stop_requested();
+    'run: loop {
+        if stop(&conn) {
+            break;
+        }
+        // Queue every request that is due and has a permit.
+        let now = Instant::now();
+        let mut next_due = None;
+        while sender.queued() < SEND_BATCH_MAX {
+            let intended = match plan.schedule {
+                None => now,
+                Some(schedule) => shared.start + schedule.due(slot.borrow().next_scheduled),
+            };
+            if intended >= shared.end || (plan.schedule.is_none() && now >= shared.end) {
+                break 'run;
+            }
+            if intended > now {
+                next_due = Some(intended);
+                break;
+            }
+            let Ok(permit) = permits.try_acquire() else { break };
+            permit.forget();
+            let mut slot = slot.borrow_mut();
+            let (op, payload) = slot.workload.next_op();
+            let (client_id, sequence, body) = match op {
+                OpKind::Write => {
+                    let session = &mut slot.session;
+                    let sequence = session.next_sequence;
+                    session.next_sequence += 1;
+                    (session.client_id, sequence, RequestBody::Write { command: payload })
+                }
+                OpKind::Read => (0, 0, RequestBody::Read { query: payload, consistency }),
+            };
+            if plan.schedule.is_some() {
+                slot.next_scheduled += 1;
+            }
+            let mut conn = conn.borrow_mut();
+            let request_id = conn.next_request_id;
+            conn.next_request_id += 1;
+            sender.queue(plan.shard, &ClientRequest { request_id, client_id, sequence, body });
+            conn.inflight.insert(request_id, Pending { op, intended, sent: Instant::now(), client_id });
+        }
+        if sender.queued() > 0 {
+            let flushed = sender.flush().await;
+            wake_receiver.notify_one();
+            if let Err(error) = flushed {
+                record_error(&shared, &recorder, Instant::now(), "send", || error.to_string());
+                conn.borrow_mut().outcome.get_or_insert(Outcome::Broken);
+                break;
+            }
+            continue;
+        }
+        // Nothing to send now: wait for the next due time or a free slot.
+        match next_due {
+            Some(due) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = wake_sender.notified() => {}
+                }
+            }
+            None => {
+                let until = shared.end;
+                tokio::select! {
+                    permit = permits.acquire() => drop(permit),
+                    _ = wake_sender.notified() => {}
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
+        }
+    }
+    if sender.queued() > 0 {
+        let _ = sender.flush().await;
+    }
+    conn.borrow_mut().sender_done = true;
+    wake_receiver.notify_one();
+    sender
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_loop(
+    shared: &Arc<Shared>,
+    slot: &Rc<RefCell<Slot>>,
+    conn: &Rc<RefCell<Conn>>,
+    mut receiver: ClientReceiver,
+    permits: &Semaphore,
+    wake_sender: &Notify,
+    wake_receiver: &Notify,
+    recorder: &Rc<RefCell<Recorder>>,
+) {
+    let request_timeout = Duration::from_secs_f64(shared.settings.request_timeout_s);
+    loop {
+        let (empty, sender_done) = {
+            let conn = conn.borrow();
+            (conn.inflight.is_empty(), conn.sender_done)
+        };
+        if empty {
+            if sender_done {
+                return;
+            }
+            wake_receiver.notified().await;
+            continue;
+        }
+        let drain_deadline = shared.end + DRAIN_TIMEOUT;
+        let deadline = (Instant::now() + request_timeout).min(drain_deadline);
+        let response = match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                record_error(shared, recorder, Instant::now(), "connection", || error.to_string());
+                conn.borrow_mut().outcome.get_or_insert(Outcome::Broken);
+                return;
+            }
+            Err(_elapsed) => {
+                let mut conn = conn.borrow_mut();
+                let past_end = Instant::now() >= shared.end;
+                let kind = if past_end { "unanswered" } else { "timeout" };
+                let pending: Vec<Pending> = conn.inflight.drain().map(|(_, pending)| pending).collect();
+                for pending in pending {
+                    record_error(shared, recorder, pending.intended, kind, || {
+                        format!("no answer within {:?}", deadline.saturating_duration_since(pending.sent))
+                    });
+                }
+                conn.outcome.get_or_insert(if past_end { Outcome::Finished } else { Outcome::Broken });
+                return;
+            }
+        };
+        let now = Instant::now();
+        let Some(pending) = conn.borrow_mut().inflight.remove(&response.request_id) else {
+            record_error(shared, recorder, now, "unknown_request_id", || {
+                format!("an answer to request {} that is not in flight", response.request_id)
+            });
+            continue;
+        };
+        permits.add_permits(1);
+        let mut failure: Option<(&str, String)> = None;
+        match response.status {
+            ResponseStatus::Ok(answer) => match check_answer(pending.op, &answer) {
+                Answer::Done => {
+                    if pending.op == OpKind::Write {
+                        let mut slot = slot.borrow_mut();
+                        if slot.session.client_id == pending.client_id {
+                            slot.session.opened = true;
+                        }
+                    }
+                    shared.live.record(duration_nanos(now - pending.intended));
+                    let mut recorder = recorder.borrow_mut();
+                    if pending.intended >= shared.warmup_end {
+                        recorder.record(pending.op, now - pending.intended, now - pending.sent);
+                    } else {
+                        recorder.warmup_completed += 1;
+                    }
+                }
+                Answer::SessionExpired => {
+                    expire_session(slot, pending.client_id);
+                    failure = Some(("session_expired", "the state machine did not know the session".into()));
+                }
+                Answer::Unexpected(reason) => failure = Some(("unexpected_answer", reason)),
+            },
+            ResponseStatus::NotLeader { leader_id, leader_addr } => {
+                let target = leader_addr.as_deref().filter(|addr| !addr.is_empty()).and_then(|addr| resolve(addr).ok());
+                let outcome = target.map_or(Outcome::LeaderUnknown, Outcome::Redirect);
+                failure = Some(("not_leader", format!("leader {leader_id:?} at {leader_addr:?}")));
+                conn.borrow_mut().outcome.get_or_insert(outcome);
+                wake_sender.notify_one();
+            }
+            ResponseStatus::Busy => failure = Some(("busy", "the node is overloaded".into())),
+            ResponseStatus::TimedOut => failure = Some(("timed_out", "the node timed the request out".into())),
+            ResponseStatus::SessionExpired => {
+                expire_session(slot, pending.client_id);
+                failure = Some(("session_expired", "the node did not know the session".into()));
+            }
+            ResponseStatus::BadRequest(reason) => failure = Some(("bad_request", reason)),
+        }
+        if let Some((kind, reason)) = failure {
+            record_error(shared, recorder, pending.intended, kind, || reason);
+        }
+    }
+}
+
+/// Starts a new session if `client_id` is still the current one.
+fn expire_session(slot: &RefCell<Slot>, client_id: u64) {
+    let mut slot = slot.borrow_mut();
+    if slot.session.client_id == client_id {
+        let Slot { rng, session, .. } = &mut *slot;
+        *session = Session::fresh(rng);
+    }
+}
+
+/// What an `Ok` answer's bytes say.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    Done,
+    SessionExpired,
+    Unexpected(String),
+}
+
+/// Checks the state machine's answer to an operation. The node may send the
+/// bare [`KvResponse`] or the session [`Reply`] around it; both are read.
+pub fn check_answer(op: OpKind, answer: &Bytes) -> Answer {
+    let expected = |response: &KvResponse| match op {
+        OpKind::Write => matches!(response, KvResponse::Written),
+        OpKind::Read => matches!(response, KvResponse::Value(_)),
+    };
+    if let Ok(response) = KvResponse::decode(answer) {
+        if expected(&response) {
+            return Answer::Done;
+        }
+    }
+    match decode_answer(answer) {
+        Ok(response) if expected(&response) => Answer::Done,
+        Ok(response) => Answer::Unexpected(format!("a {op} was answered with {response:?}")),
+        Err(AnswerError::NotApplied(Reply::SessionExpired)) => Answer::SessionExpired,
+        Err(error) => Answer::Unexpected(format!("a {op} was answered with {error}")),
+    }
+}
+
+/// Asks every node for its status (JSON); answers by address, `null` where
+/// a node did not answer in time.
+pub fn fetch_status(
+    names: &[String],
+    addrs: &[SocketAddr],
+    config: &ClientConfig,
+    timeout: Duration,
+) -> serde_json::Value {
+    let answers = tokio_uring::start(async {
+        let mut answers = BTreeMap::new();
+        for (name, &addr) in names.iter().zip(addrs) {
+            let answer = tokio::time::timeout(timeout, status_of(addr, config)).await;
+            let value = match answer {
+                Ok(Ok(value)) => value,
+                Ok(Err(reason)) => serde_json::json!({ "error": reason }),
+                Err(_) => serde_json::json!({ "error": "no answer in time" }),
+            };
+            answers.insert(name.clone(), value);
+        }
+        answers
+    });
+    serde_json::to_value(answers).expect("JSON values serialize")
+}
+
+async fn status_of(addr: SocketAddr, config: &ClientConfig) -> Result<serde_json::Value, String> {
+    let mut connection = ClientConnection::connect(addr, config).await.map_err(|error| error.to_string())?;
+    let request = ClientRequest { request_id: 1, client_id: 0, sequence: 0, body: RequestBody::Status };
+    let response = connection.call(0, &request).await.map_err(|error| error.to_string())?;
+    match response.status {
+        ResponseStatus::Ok(json) => serde_json::from_slice(&json)
+            .or_else(|_| Ok(serde_json::Value::String(String::from_utf8_lossy(&json).into_owned()))),
+        other => Err(format!("status answered {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_loop_spreads_inflight_and_shards() {
+        let mut settings = RunSettings::example();
+        settings.connections = 3;
+        settings.shards = vec![0, 1];
+        settings.load = LoadMode::Closed { inflight: 16 };
+        settings.validate().unwrap();
+        let plans = plan_connections(&settings);
+        assert_eq!(plans.iter().map(|plan| plan.inflight).collect::<Vec<_>>(), vec![6, 5, 5]);
+        assert_eq!(plans.iter().map(|plan| plan.shard).collect::<Vec<_>>(), vec![0, 1, 0]);
+        assert!(plans.iter().all(|plan| plan.schedule.is_none()));
+    }
+
+    #[test]
+    fn fewer_inflight_than_connections_means_fewer_connections() {
+        let mut settings = RunSettings::example();
+        settings.connections = 8;
+        settings.threads = 4;
+        settings.load = LoadMode::Closed { inflight: 1 };
+        settings.validate().unwrap();
+        assert_eq!((settings.connections, settings.threads), (1, 1));
+    }
+
+    #[test]
+    fn open_loop_plans_interleave() {
+        let mut settings = RunSettings::example();
+        settings.connections = 2;
+        settings.load = LoadMode::Open { rate: 1_000.0, inflight_max: 64 };
+        settings.validate().unwrap();
+        let plans = plan_connections(&settings);
+        assert_eq!(plans[0].schedule.unwrap().due(1), Duration::from_millis(2));
+        assert_eq!(plans[1].schedule.unwrap().due(0), Duration::from_millis(1));
+        assert_eq!(plans[1].inflight, 32);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut settings = RunSettings::example();
+        settings.addrs.clear();
+        assert!(matches!(settings.validate(), Err(RunError::Settings(_))));
+        let mut settings = RunSettings::example();
+        settings.load = LoadMode::Open { rate: 0.0, inflight_max: 8 };
+        assert!(matches!(settings.validate(), Err(RunError::Settings(_))));
+    }
+
+    #[test]
+    fn answers_bare_or_wrapped() {
+        assert_eq!(check_answer(OpKind::Write, &KvResponse::Written.encode()), Answer::Done);
+        assert_eq!(check_answer(OpKind::Read, &KvResponse::Value(None).encode()), Answer::Done);
+        let wrapped = Reply::Applied(KvResponse::Written.encode()).encode();
+        assert_eq!(check_answer(OpKind::Write, &wrapped), Answer::Done);
+        assert_eq!(check_answer(OpKind::Write, &Reply::SessionExpired.encode()), Answer::SessionExpired);
+        assert!(matches!(check_answer(OpKind::Read, &KvResponse::Written.encode()), Answer::Unexpected(_)));
+        assert!(matches!(check_answer(OpKind::Write, &Bytes::from_static(b"\xff")), Answer::Unexpected(_)));
+    }
+}

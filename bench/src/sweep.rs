@@ -1,0 +1,163 @@
+//! `bench sweep` and `bench demo`: runs over a matrix of settings against a
+//! local cluster the bench starts itself, ending in a comparison.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cluster::{ClusterError, ClusterSpec, LocalCluster, LOCAL_CLUSTER_ID, LOCAL_TOKEN};
+use crate::compare::{compare_table, plot_results, CompareError};
+use crate::progress::ProgressStyleKind;
+use crate::result::{ResultFile, ResultFileError};
+use crate::runner::{run, LoadMode, RunError, RunOptions, RunSettings};
+use crate::signal;
+
+/// Why a sweep stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Result(#[from] ResultFileError),
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+    #[error("stopped by a signal after {0} runs")]
+    Interrupted(usize),
+}
+
+/// The matrix: every in-flight count × value size × node option.
+#[derive(Clone, Debug)]
+pub struct SweepPlan {
+    /// Settings shared by every run; `addrs`, `load` and the value size are
+    /// set per run.
+    pub base: RunSettings,
+    pub inflight: Vec<usize>,
+    pub value_sizes: Vec<usize>,
+    /// Extra `node serve` arguments, one cluster per entry (empty: defaults).
+    pub node_options: Vec<Vec<String>>,
+    pub cluster: ClusterSpec,
+    /// Where result files, the comparison and the plot go.
+    pub out_dir: PathBuf,
+    pub progress: ProgressStyleKind,
+    /// Print each run's percentile table as it ends.
+    pub print_each: bool,
+}
+
+/// What a sweep produced.
+pub struct SweepOutcome {
+    pub results: Vec<ResultFile>,
+    pub table: String,
+    pub plot: Option<PathBuf>,
+}
+
+/// Runs the matrix: for each node option a fresh cluster, then every
+/// in-flight count and value size against it.
+pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
+    std::fs::create_dir_all(&plan.out_dir)
+        .map_err(|source| ResultFileError::Write { path: plan.out_dir.clone(), source })?;
+    let mut results = Vec::new();
+    for (option_index, node_option) in plan.node_options.iter().enumerate() {
+        let spec = ClusterSpec { extra_args: node_option.clone(), ..plan.cluster.clone() };
+        eprintln!(
+            "starting a {}-node cluster{} ...",
+            spec.nodes,
+            if node_option.is_empty() { String::new() } else { format!(" with `{}`", node_option.join(" ")) }
+        );
+        let mut cluster = LocalCluster::start(spec)?;
+        cluster.wait_ready(Duration::from_secs(30))?;
+        eprintln!("cluster ready: {:?} (data and logs in {})", cluster.client_addrs(), cluster.path().display());
+        for &value_size in &plan.value_sizes {
+            for &inflight in &plan.inflight {
+                if signal::stop_requested() {
+                    return Err(SweepError::Interrupted(results.len()));
+                }
+                let mut settings = plan.base.clone();
+                settings.addrs = cluster.client_addrs().iter().map(ToString::to_string).collect();
+                settings.cluster_id = LOCAL_CLUSTER_ID;
+                settings.workload.value_size = value_size;
+                settings.load = LoadMode::Closed { inflight };
+                settings.connections = plan.base.connections.min(inflight);
+                let mut label = format!("inflight={inflight} value={value_size}B");
+                if plan.node_options.len() > 1 {
+                    let option = if node_option.is_empty() { "defaults".to_string() } else { node_option.join(" ") };
+                    label.push_str(&format!(" node[{option}]"));
+                }
+                let options = RunOptions {
+                    settings,
+                    token: Bytes::from_static(LOCAL_TOKEN.as_bytes()),
+                    label: label.clone(),
+                    progress: plan.progress,
+                    fetch_status: true,
+                };
+                let mut result = run(&options)?;
+                cluster.check_alive()?;
+                result.local_cluster = Some(serde_json::json!({
+                    "nodes": plan.cluster.nodes,
+                    "shards": plan.cluster.shards,
+                    "node_serve_extra_args": node_option,
+                    "node_binary": plan.cluster.node_binary,
+                }));
+                let file = plan.out_dir.join(format!("{:02}-{}.json", results.len() + 1, file_stem(&label)));
+                result.save(&file)?;
+                if plan.print_each {
+                    println!("\n{label}  ({})\n{}", file.display(), result.percentile_table());
+                } else {
+                    eprintln!(
+                        "{label}: {} ops/s, p50 {}, p99 {}",
+                        crate::stats::format_rate(result.throughput_per_second),
+                        crate::stats::format_micros(result.total.latency_us.p50),
+                        crate::stats::format_micros(result.total.latency_us.p99),
+                    );
+                }
+                results.push(result);
+                if signal::stop_requested() {
+                    return Err(SweepError::Interrupted(results.len()));
+                }
+            }
+        }
+        let _ = option_index;
+        cluster.stop();
+    }
+    let table = compare_table(&results, "all");
+    let svg = plan.out_dir.join("compare.svg");
+    let plot = match plot_results(&results, "all", &svg) {
+        Ok(()) => Some(svg),
+        Err(error) => {
+            eprintln!("warning: no plot: {error}");
+            None
+        }
+    };
+    std::fs::write(plan.out_dir.join("compare.txt"), &table)
+        .map_err(|source| ResultFileError::Write { path: plan.out_dir.join("compare.txt"), source })?;
+    Ok(SweepOutcome { results, table, plot })
+}
+
+/// A label as a file name: letters, digits, `-`, `_`, `.` and `=` kept.
+pub fn file_stem(label: &str) -> String {
+    let stem: String =
+        label.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=".contains(c) { c } else { '_' }).collect();
+    stem.chars().take(80).collect()
+}
+
+/// A directory of its own for a sweep's files, under `parent`.
+pub fn default_out_dir(parent: &Path, kind: &str) -> PathBuf {
+    let stamp = crate::result::rfc3339(std::time::SystemTime::now()).replace([':', '-'], "");
+    parent.join(format!("{kind}-{stamp}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_stems_are_safe() {
+        assert_eq!(
+            file_stem("inflight=16 value=256B node[--batch-bytes-max 4096]"),
+            "inflight=16_value=256B_node_--batch-bytes-max_4096_"
+        );
+        assert_eq!(file_stem("../etc/passwd"), ".._etc_passwd");
+    }
+}
