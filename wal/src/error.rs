@@ -50,8 +50,6 @@ pub enum WalError {
     SnapshotStale { index: Index, current: Index },
     #[error("snapshot of {length} bytes exceeds snapshot_bytes_max {snapshot_bytes_max}")]
     SnapshotTooLarge { length: u64, snapshot_bytes_max: u64 },
-    #[error("a snapshot is being stored; append after save_snapshot returns")]
-    SnapshotInProgress,
     #[error("invalid WAL configuration: {reason}")]
     Config { reason: String },
     #[error("the log is closed")]

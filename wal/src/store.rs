@@ -31,11 +31,13 @@ pub struct AppendTicket {
 /// - `append` of a batch whose first index is at or below the last index
 ///   replaces the log from that index (a conflict truncation); the truncation
 ///   is durable no later than the append itself.
-/// - `save_snapshot` waits until every submitted append is durable, then stores
-///   the snapshot. Entries it covers are dropped; entries after it are kept only
-///   if the log holds the snapshot's index with the snapshot's term (Raft paper
-///   section 7), otherwise the whole log is discarded and the next append must
-///   start right after the snapshot.
+/// - `save_snapshot` takes its place in the append order when it is called:
+///   appends submitted before it are durable before it is stored, and appends
+///   submitted while it runs come after it (so it may run in a spawned task
+///   while the driver keeps appending). Entries it covers are dropped; entries
+///   after it are kept only if the log holds the snapshot's index with the
+///   snapshot's term (Raft paper section 7), otherwise the whole log is
+///   discarded and the next append must start right after the snapshot.
 /// - `compact(index)` frees log space up to `index`, which the stored snapshot
 ///   must cover; it never changes what `open` recovers.
 /// - `save_hard_state` is not ordered with appends; a node that needs

@@ -88,6 +88,58 @@ pub async fn suite<S: LogStore>(open: Opener<'_, S>) {
     snapshot_that_disagrees_discards_the_log::<S>(open).await;
     snapshot_past_the_end_restarts_the_log::<S>(open).await;
     compaction_does_not_change_recovery::<S>(open).await;
+    appends_continue_while_a_snapshot_is_stored::<S>(open).await;
+}
+
+/// Polls a future once, so that it starts; `Some` if it already finished.
+pub fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// A node stores snapshots off its driver's path: appends go on while one is
+/// being stored and are checked against the log as the snapshot leaves it.
+pub async fn appends_continue_while_a_snapshot_is_stored<S: LogStore>(open: Opener<'_, S>) {
+    let (store, _) = S::open(open("concurrent")).await.expect("open");
+    store.append(batch(1, &[1; 10])).expect("append");
+    let agreeing = SnapshotMeta { index: 5, term: 1, conf: ConfState::default() };
+    let early;
+    let result = {
+        let mut save = pin!(store.save_snapshot(agreeing.clone(), Bytes::from_static(b"five")));
+        early = poll_once(save.as_mut());
+        assert!(matches!(store.append(batch(5, &[2])), Err(WalError::BeforeSnapshot { first: 5, snapshot: 5 })));
+        let ticket = store.append(batch(11, &[1; 5])).expect("append while the snapshot is stored");
+        let result = match early {
+            Some(result) => result,
+            None => save.await,
+        };
+        store.wait_durable(ticket.sequence).await.expect("durable");
+        result
+    };
+    result.expect("snapshot");
+    // A disagreeing snapshot: appends during it continue right after it.
+    let disagreeing = SnapshotMeta { index: 20, term: 3, conf: ConfState::default() };
+    let result = {
+        let mut save = pin!(store.save_snapshot(disagreeing.clone(), Bytes::from_static(b"twenty")));
+        let early = poll_once(save.as_mut());
+        assert!(matches!(store.append(batch(23, &[3])), Err(WalError::Gap { first: 23, last: 20 })));
+        let ticket = store.append(batch(21, &[3, 3])).expect("append after the new snapshot point");
+        let result = match early {
+            Some(result) => result,
+            None => save.await,
+        };
+        store.wait_durable(ticket.sequence).await.expect("durable");
+        result
+    };
+    result.expect("snapshot");
+    let (store, recovered) = reopen(open, "concurrent", store).await;
+    assert_eq!(recovered.snapshot, Some(disagreeing));
+    assert_eq!(shape(&recovered.entries), range(21, 22, 3));
+    let (_, data) = store.load_snapshot().await.expect("load").expect("stored");
+    assert_eq!(&data[..], b"twenty");
+    store.close().await.expect("close");
 }
 
 pub async fn empty_store_recovers_nothing<S: LogStore>(open: Opener<'_, S>) {

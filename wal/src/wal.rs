@@ -59,59 +59,47 @@ impl Wal {
         Ok(())
     }
 
-    /// Pauses the writer after the current submissions and waits until they
-    /// are durable; the caller must clear `write_limit` afterwards.
-    async fn drain(&self) -> Result<(), WalError> {
-        let target = {
-            let mut state = self.shared.state.borrow_mut();
-            state.write_limit = Some(state.submitted.sequence);
-            state.submitted.sequence
-        };
-        self.wait_durable(target).await
-    }
-
     fn resume(&self) {
         self.shared.state.borrow_mut().write_limit = None;
         self.shared.writer_wake.notify_one();
     }
 
-    async fn store_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+    /// Stores a snapshot whose effect on the log was decided (and applied to
+    /// the submitted log) when `save_snapshot` was called; the writer is held
+    /// at `limit`, the last append submitted before that call.
+    async fn store_snapshot(&self, meta: SnapshotMeta, data: Bytes, keep: bool, limit: u64) -> Result<(), WalError> {
         let config = &self.shared.config;
-        let (stored, voided) = {
+        // Every append from before the call is durable before the snapshot is
+        // stored; later ones wait behind it.
+        self.wait_durable(limit).await?;
+        let stored = {
             let state = self.shared.state.borrow();
-            let keep = state.log.term(meta.index) == Some(meta.term);
+            assert_eq!(state.started.sequence, limit, "the writer holds at the limit");
+            assert_eq!(state.durable.sequence, limit, "everything before the snapshot is durable");
+            let previous_minimum = state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min);
             let sequence_min = if keep {
-                state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min)
+                previous_minimum
             } else {
                 // Void every segment there is; the next one starts the log anew.
-                state
-                    .segments
-                    .iter()
-                    .map(|segment| segment.sequence + 1)
-                    .max()
-                    .unwrap_or(0)
-                    .max(state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min))
+                state.segments.iter().map(|segment| segment.sequence + 1).max().unwrap_or(0).max(previous_minimum)
             };
-            (StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }, !keep)
+            StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }
         };
         snapshot::save(&config.dir, &stored, &data).await?;
         let removed = {
             let mut state = self.shared.state.borrow_mut();
-            state.log.install_snapshot(meta.index, meta.term, !voided);
             state.snapshot = Some(stored);
-            if voided {
-                assert_eq!(state.started, state.durable, "voiding only a drained log");
+            if keep {
+                Vec::new()
+            } else {
                 state.active = None;
                 state.written_file = None;
                 state.force_switch = true;
-                let last = state.log.last_index;
-                state.durable.index = last;
-                state.written.index = last;
-                state.started.index = last;
-                state.submitted.index = last;
+                // The durable log now ends at the snapshot.
+                state.durable.index = meta.index;
+                state.written.index = meta.index;
+                state.started.index = meta.index;
                 state.segments.drain(..).map(|segment| segment.path).collect()
-            } else {
-                Vec::new()
             }
         };
         segment::remove(&config.dir, &removed).await
@@ -226,11 +214,6 @@ impl LogStore for Wal {
         if first > state.log.last_index + 1 {
             return Err(WalError::Gap { first, last: state.log.last_index });
         }
-        if state.write_limit.is_some() {
-            // A snapshot is being stored; its outcome decides where the log
-            // continues, so appends wait for it.
-            return Err(WalError::SnapshotInProgress);
-        }
         let queued_bytes = (state.submitted.bytes - state.durable.bytes) as usize;
         if queued_bytes + length > config.queued_bytes_max {
             return Err(WalError::QueueFull { queued_bytes, queued_bytes_max: config.queued_bytes_max });
@@ -288,21 +271,27 @@ impl LogStore for Wal {
 
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
         let _exclusive = self.exclusive.lock().await;
-        {
-            let state = self.shared.state.borrow();
+        // Decide now, against the log as submitted so far, and apply the
+        // decision to the submitted log at once: appends made while the
+        // snapshot is stored are checked against the log it leaves, and the
+        // writer holds them until it is durable.
+        let (keep, limit) = {
+            let mut state = self.shared.state.borrow_mut();
             Self::check_usable(&state)?;
             if meta.index < state.log.snapshot_index {
                 return Err(WalError::SnapshotStale { index: meta.index, current: state.log.snapshot_index });
             }
-        }
-        let result = match self.drain().await {
-            Ok(()) => self.store_snapshot(meta, data).await,
-            Err(error) => Err(error),
+            let keep = state.log.term(meta.index) == Some(meta.term);
+            state.log.install_snapshot(meta.index, meta.term, keep);
+            let limit = state.submitted.sequence;
+            state.write_limit = Some(limit);
+            (keep, limit)
         };
+        let result = self.store_snapshot(meta, data, keep, limit).await;
         if let Err(error) = &result {
-            if error.is_fatal() {
-                self.shared.fail(error.clone());
-            }
+            // The submitted log already reflects the snapshot: a failure here
+            // must stop the log rather than leave the two disagreeing.
+            self.shared.fail(error.clone());
         }
         self.resume();
         result

@@ -76,6 +76,49 @@ enum Op {
     Snapshot { index: Index, term: Term },
 }
 
+/// The child's state: its model of the log and the appends in flight.
+struct Child<'a> {
+    wal: &'a Wal,
+    model: Model,
+    rng: rand::rngs::StdRng,
+    out: std::io::StdoutLock<'static>,
+    /// `(ticket sequence, op number)` of appends not yet seen durable.
+    inflight: std::collections::VecDeque<(u64, u64)>,
+    op_number: u64,
+}
+
+impl Child<'_> {
+    /// Prints, then submits, one append: usually the next index, sometimes a
+    /// conflicting one with a new term.
+    fn append_one(&mut self) {
+        let (last, last_term) = self.model.last();
+        let conflict = self.rng.random_bool(0.03) && last > self.model.snapshot.0 + 1;
+        let (first, term) = if conflict {
+            (self.rng.random_range(self.model.snapshot.0 + 1..=last), last_term + 1)
+        } else {
+            (last + 1, last_term.max(1))
+        };
+        let count = self.rng.random_range(1..=8u64);
+        self.op_number += 1;
+        writeln!(self.out, "@A {} {first} {count} {term}", self.op_number).unwrap();
+        let ticket = self.wal.append(batch(first, &vec![term; count as usize])).expect("append");
+        self.model.append(first, count, term);
+        self.inflight.push_back((ticket.sequence, self.op_number));
+    }
+
+    /// Reports every op whose durability the log has confirmed.
+    fn report_durable(&mut self, at_least_op: u64) {
+        let durable = self.wal.durable_sequence();
+        let mut reported = at_least_op;
+        while self.inflight.front().is_some_and(|&(sequence, _)| sequence <= durable) {
+            reported = reported.max(self.inflight.pop_front().unwrap().1);
+        }
+        if reported > 0 {
+            writeln!(self.out, "@D {reported}").unwrap();
+        }
+    }
+}
+
 /// The child: runs until killed.
 #[test]
 #[ignore = "run by crash_test_kills_and_recovers as a child process"]
@@ -85,64 +128,59 @@ fn crash_child() {
     };
     let seed: u64 = std::env::var(CHILD_SEED_VAR).unwrap().parse().unwrap();
     tokio_uring::start(async move {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (wal, recovered) = Wal::open(config(PathBuf::from(dir))).await.expect("child open");
-        let mut model = Model {
-            snapshot: recovered.snapshot.as_ref().map_or((0, 0), |meta| (meta.index, meta.term)),
-            entries: shape(&recovered.entries),
-        };
         let mut hard_term = recovered.hard_state.term;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "@R").unwrap();
-        let mut inflight = std::collections::VecDeque::new();
-        let mut op_number = 0u64;
+        let mut child = Child {
+            wal: &wal,
+            model: Model {
+                snapshot: recovered.snapshot.as_ref().map_or((0, 0), |meta| (meta.index, meta.term)),
+                entries: shape(&recovered.entries),
+            },
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            out: std::io::stdout().lock(),
+            inflight: std::collections::VecDeque::new(),
+            op_number: 0,
+        };
+        writeln!(child.out, "@R").unwrap();
         loop {
-            while inflight.len() < INFLIGHT_APPENDS_MAX {
-                let (last, last_term) = model.last();
-                let conflict = rng.random_bool(0.03) && last > model.snapshot.0 + 1;
-                let (first, term) = if conflict {
-                    (rng.random_range(model.snapshot.0 + 1..=last), last_term + 1)
-                } else {
-                    (last + 1, last_term.max(1))
-                };
-                let count = rng.random_range(1..=8u64);
-                op_number += 1;
-                writeln!(out, "@A {op_number} {first} {count} {term}").unwrap();
-                let ticket = wal.append(batch(first, &vec![term; count as usize])).expect("append");
-                model.append(first, count, term);
-                inflight.push_back((ticket.sequence, op_number));
+            while child.inflight.len() < INFLIGHT_APPENDS_MAX {
+                child.append_one();
             }
-            let (sequence, _) = *inflight.front().unwrap();
+            let (sequence, _) = *child.inflight.front().unwrap();
             wal.wait_durable(sequence).await.expect("durable");
-            let durable = wal.durable_sequence();
-            let mut reported = 0;
-            while inflight.front().is_some_and(|&(sequence, _)| sequence <= durable) {
-                reported = inflight.pop_front().unwrap().1;
-            }
-            writeln!(out, "@D {reported}").unwrap();
-            if rng.random_bool(0.05) {
+            child.report_durable(0);
+            if child.rng.random_bool(0.05) {
                 hard_term += 1;
-                writeln!(out, "@h {hard_term}").unwrap();
+                writeln!(child.out, "@h {hard_term}").unwrap();
                 wal.save_hard_state(HardState { term: hard_term, vote: 1, commit: 0 }).await.expect("hard state");
-                writeln!(out, "@H {hard_term}").unwrap();
+                writeln!(child.out, "@H {hard_term}").unwrap();
             }
-            if rng.random_bool(0.02) {
-                // A snapshot behind the durable end, usually agreeing with the
-                // log, sometimes not (which voids every segment).
-                let (last, _) = model.last();
-                if last > model.snapshot.0 + 20 {
-                    let index = rng.random_range(model.snapshot.0 + 1..last - 10);
-                    let agree = rng.random_bool(0.8);
-                    let term = if agree { model.term(index).unwrap() } else { model.last().1 + 1 };
-                    op_number += 1;
-                    writeln!(out, "@S {op_number} {index} {term}").unwrap();
-                    let meta = SnapshotMeta { index, term, conf: ConfState::new([1, 2, 3], []) };
-                    wal.save_snapshot(meta, Bytes::from(vec![7u8; 1000])).await.expect("snapshot");
-                    model.snapshot(index, term);
-                    inflight.clear();
-                    writeln!(out, "@D {op_number}").unwrap();
-                    wal.compact(index).await.expect("compact");
+            let (last, _) = child.model.last();
+            if child.rng.random_bool(0.02) && last > child.model.snapshot.0 + 20 {
+                // A snapshot behind the end, usually agreeing with the log,
+                // sometimes not (which voids every segment), with appends
+                // submitted while it is being stored, as a node does.
+                let index = child.rng.random_range(child.model.snapshot.0 + 1..last - 10);
+                let agree = child.rng.random_bool(0.8);
+                let term = if agree { child.model.term(index).unwrap() } else { child.model.last().1 + 1 };
+                child.op_number += 1;
+                let snapshot_op = child.op_number;
+                writeln!(child.out, "@S {snapshot_op} {index} {term}").unwrap();
+                let meta = SnapshotMeta { index, term, conf: ConfState::new([1, 2, 3], []) };
+                let mut save = Box::pin(wal.save_snapshot(meta, Bytes::from(vec![7u8; 1000])));
+                let early = wal::testing::poll_once(save.as_mut());
+                child.model.snapshot(index, term);
+                child.inflight.retain(|&(_, op)| op > snapshot_op);
+                for _ in 0..child.rng.random_range(0..6) {
+                    child.append_one();
                 }
+                let result = match early {
+                    Some(result) => result,
+                    None => save.await,
+                };
+                result.expect("snapshot");
+                child.report_durable(snapshot_op);
+                wal.compact(index).await.expect("compact");
             }
         }
     });
