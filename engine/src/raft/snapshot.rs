@@ -223,7 +223,10 @@ impl Raft {
     }
 
     pub(super) fn handle_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Result<(), Ignored> {
-        let SnapshotChunk { meta, offset, data, done } = chunk;
+        let SnapshotChunk { mut meta, offset, data, done } = chunk;
+        // The membership arrives from the network: put it in canonical form
+        // so it compares equal to the same membership built locally.
+        meta.conf.normalize();
         if meta.index <= self.log.committed {
             // Everything it covers is already committed here.
             self.incoming = None;
