@@ -106,6 +106,9 @@ pub struct ResultFile {
     pub error_examples: BTreeMap<String, String>,
     /// Requests answered during the warm-up (not in the histograms).
     pub warmup_completed: u64,
+    /// Failed requests by type during the warm-up.
+    #[serde(default)]
+    pub warmup_errors: BTreeMap<String, u64>,
     /// Latency unit of the histograms.
     pub histogram_unit: String,
 }
@@ -139,6 +142,7 @@ impl ResultFile {
             errors: recorder.errors.clone(),
             error_examples: recorder.error_examples.clone(),
             warmup_completed: recorder.warmup_completed,
+            warmup_errors: recorder.warmup_errors.clone(),
             histogram_unit: "ns".to_string(),
         })
     }
@@ -205,6 +209,13 @@ impl ResultFile {
             for (kind, example) in &self.error_examples {
                 let _ = writeln!(out, "  {kind}: {example}");
             }
+        }
+        if !self.warmup_errors.is_empty() {
+            let _ = write!(out, "during warm-up (not counted):");
+            for (kind, count) in &self.warmup_errors {
+                let _ = write!(out, " {kind}={count}");
+            }
+            out.push('\n');
         }
         out
     }

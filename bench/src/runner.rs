@@ -141,14 +141,15 @@ impl RunSettings {
         if self.connections == 0 || self.threads == 0 {
             return bad("connections and threads must be at least 1");
         }
-        if !(self.duration_s > 0.0 && self.duration_s.is_finite()) || !(self.warmup_s >= 0.0) {
+        let positive = |seconds: f64| seconds > 0.0 && seconds.is_finite();
+        if !positive(self.duration_s) || !(positive(self.warmup_s) || self.warmup_s == 0.0) {
             return bad("the duration must be positive and the warm-up not negative");
         }
-        if !(self.request_timeout_s > 0.0) {
+        if !positive(self.request_timeout_s) {
             return bad("the request timeout must be positive");
         }
         match self.load {
-            LoadMode::Closed { inflight } if inflight == 0 => return bad("in-flight requests must be at least 1"),
+            LoadMode::Closed { inflight: 0 } => return bad("in-flight requests must be at least 1"),
             LoadMode::Closed { inflight } => self.connections = self.connections.min(inflight),
             LoadMode::Open { rate, .. } if !(rate > 0.0 && rate.is_finite()) => {
                 return bad("the rate must be positive")
@@ -407,7 +408,9 @@ struct Slot {
 
 async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefCell<Recorder>>) {
     let seed = shared.settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(plan.index as u64);
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED);
+    // Client ids must differ from every earlier run's (the cluster remembers
+    // their sessions), so they come from the OS, not from the run's seed.
+    let mut rng = StdRng::from_os_rng();
     let session = Session::fresh(&mut rng);
     let slot = Rc::new(RefCell::new(Slot {
         workload: Workload::new(&shared.settings.workload, shared.keys.clone(), seed),
@@ -478,8 +481,11 @@ fn record_error(
     example: impl FnOnce() -> String,
 ) {
     shared.live.error();
+    let mut recorder = recorder.borrow_mut();
     if intended >= shared.warmup_end {
-        recorder.borrow_mut().error(kind, example);
+        recorder.error(kind, example);
+    } else {
+        *recorder.warmup_errors.entry(kind.to_string()).or_default() += 1;
     }
 }
 

@@ -132,7 +132,7 @@ pub fn format_rate(per_second: f64) -> String {
     let digits = whole.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (position, digit) in digits.chars().enumerate() {
-        if position > 0 && (digits.len() - position) % 3 == 0 {
+        if position > 0 && (digits.len() - position).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -170,6 +170,9 @@ pub struct Recorder {
     pub error_examples: BTreeMap<String, String>,
     /// Requests answered during the warm-up, not in the histograms.
     pub warmup_completed: u64,
+    /// Failed requests by type during the warm-up (leader discovery shows
+    /// here as `not_leader`), not in `errors`.
+    pub warmup_errors: BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -212,6 +215,9 @@ impl Recorder {
             self.error_examples.entry(kind).or_insert(example);
         }
         self.warmup_completed += other.warmup_completed;
+        for (kind, count) in other.warmup_errors {
+            *self.warmup_errors.entry(kind).or_default() += count;
+        }
     }
 
     /// Every operation type's latencies in one histogram.

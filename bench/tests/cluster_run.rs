@@ -1,0 +1,95 @@
+//! `bench run` against a real local three-node cluster of `node serve`
+//! processes on loopback: a closed loop with reads and writes, then an open
+//! loop, each checked through its result file.
+//!
+//! The node binary comes from the same target directory (or
+//! `BENCH_NODE_BIN`); when it is missing or does not serve, the test says so
+//! and passes, so the bench can be tested before the server is ready.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use bench::cluster::{ClusterSpec, LocalCluster, LOCAL_TOKEN};
+use bench::result::ResultFile;
+
+fn node_binary(bench: &std::path::Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("BENCH_NODE_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let candidate = bench.parent()?.join("node");
+    candidate.is_file().then_some(candidate)
+}
+
+fn run_bench(bench: &std::path::Path, cluster: &LocalCluster, out: &std::path::Path, extra: &[&str]) -> ResultFile {
+    let addrs = cluster.client_addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let output = Command::new(bench)
+        .args(["run", "--addr", &addrs, "--token", LOCAL_TOKEN, "--quiet", "--out"])
+        .arg(out)
+        .args(["--duration", "1s", "--warmup", "500ms", "--value-size", "64", "--keys", "1000"])
+        .args(extra)
+        .env_remove("NODE_TOKEN_FILE")
+        .output()
+        .expect("run the bench binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench run failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(stdout.contains("p99.99") && stdout.contains("result file:"), "no percentile table:\n{stdout}");
+    ResultFile::load(out).expect("a readable result file")
+}
+
+#[test]
+fn bench_run_against_a_local_three_node_cluster() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(node) = node_binary(&bench) else {
+        eprintln!(
+            "SKIPPED: no node binary next to {} (build it with `cargo build -p node`, or set BENCH_NODE_BIN)",
+            bench.display()
+        );
+        return;
+    };
+    let spec = ClusterSpec {
+        node_binary: node,
+        nodes: 3,
+        shards: 1,
+        extra_args: Vec::new(),
+        log_level: "warn".into(),
+        keep: false,
+    };
+    let mut cluster = LocalCluster::start(spec).expect("start the node processes");
+    if let Err(error) = cluster.wait_ready(Duration::from_secs(20)) {
+        eprintln!("SKIPPED: the node binary does not serve a three-node cluster yet: {error}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+
+    // Closed loop, a read/write mix over a zipfian key space.
+    let closed = run_bench(
+        &bench,
+        &cluster,
+        &dir.path().join("closed.json"),
+        &["--inflight", "8", "--connections", "2", "--read-fraction", "0.3", "--distribution", "zipfian"],
+    );
+    let writes = &closed.operations["write"];
+    let reads = &closed.operations["read"];
+    assert!(writes.count > 0 && reads.count > 0, "writes {} reads {}", writes.count, reads.count);
+    assert_eq!(closed.total.count, writes.count + reads.count);
+    assert!(closed.total.latency_us.p50 > 0.0 && closed.total.latency_us.p50 <= closed.total.latency_us.max);
+    let errors: u64 = closed.errors.values().sum();
+    assert!(errors * 100 <= closed.total.count, "too many errors: {:?} {:?}", closed.errors, closed.error_examples);
+    let status = closed.cluster.as_ref().expect("status was asked for");
+    assert_eq!(status.as_object().map(|nodes| nodes.len()), Some(3), "{status}");
+    assert_eq!(closed.operations["write"].latency_histogram().unwrap().len(), writes.count);
+
+    // Open loop at 200 requests/s for one second: about 200 answers.
+    let open = run_bench(&bench, &cluster, &dir.path().join("open.json"), &["--rate", "200", "--connections", "2"]);
+    assert!(
+        (150..=210).contains(&open.total.count),
+        "{} answers at 200/s for 1s; errors {:?} {:?}, warm-up errors {:?}",
+        open.total.count,
+        open.errors,
+        open.error_examples,
+        open.warmup_errors
+    );
+    assert!(open.errors.is_empty(), "{:?} {:?}", open.errors, open.error_examples);
+}
