@@ -51,7 +51,15 @@ pub fn compare_table(results: &[ResultFile], op: &str) -> String {
 
 /// Loads `paths`, and gives the table and, if `svg` is set, writes the plot.
 pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>) -> Result<String, CompareError> {
-    let results = paths.iter().map(|path| ResultFile::load(path)).collect::<Result<Vec<_>, _>>()?;
+    let mut results = paths.iter().map(|path| ResultFile::load(path)).collect::<Result<Vec<_>, _>>()?;
+    // Runs with equal labels are told apart by their file names.
+    let labels: Vec<String> = results.iter().map(|result| result.label.clone()).collect();
+    for (path, result) in paths.iter().zip(&mut results) {
+        if labels.iter().filter(|label| **label == result.label).count() > 1 {
+            let stem = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+            result.label = format!("{} ({stem})", result.label);
+        }
+    }
     for (path, result) in paths.iter().zip(&results) {
         if op_result(result, op).is_none() {
             let available = result.operations.keys().cloned().collect::<Vec<_>>().join(", ");

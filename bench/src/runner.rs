@@ -247,6 +247,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
         end: start + warmup + duration,
         live: Live::default(),
         leaders: Mutex::new(HashMap::new()),
+        node_addrs: Mutex::new(HashMap::new()),
     });
     let plans = plan_connections(&settings);
     let mut per_thread: Vec<Vec<ConnectionPlan>> = vec![Vec::new(); settings.threads];
@@ -291,6 +292,10 @@ struct Shared {
     live: Live,
     /// The leader each shard is believed to have, learnt from `NotLeader`.
     leaders: Mutex<HashMap<u32, SocketAddr>>,
+    /// Node ids, from handshakes, to the addresses they answered on: a
+    /// `NotLeader` that names the leader's id but not its address still
+    /// leads somewhere.
+    node_addrs: Mutex<HashMap<engine::NodeId, SocketAddr>>,
 }
 
 impl Shared {
@@ -298,12 +303,21 @@ impl Shared {
         self.leaders.lock().expect("not poisoned").get(&shard).copied()
     }
 
-    fn set_leader(&self, shard: u32, leader: Option<SocketAddr>) {
+    fn set_leader(&self, shard: u32, leader: SocketAddr) {
+        self.leaders.lock().expect("not poisoned").insert(shard, leader);
+    }
+
+    /// Forgets the leader of `shard` if it is still believed to be at
+    /// `addr` (another connection may have learnt better meanwhile).
+    fn forget_leader(&self, shard: u32, addr: SocketAddr) {
         let mut leaders = self.leaders.lock().expect("not poisoned");
-        match leader {
-            Some(leader) => leaders.insert(shard, leader),
-            None => leaders.remove(&shard),
-        };
+        if leaders.get(&shard) == Some(&addr) {
+            leaders.remove(&shard);
+        }
+    }
+
+    fn node_addr(&self, id: engine::NodeId) -> Option<SocketAddr> {
+        self.node_addrs.lock().expect("not poisoned").get(&id).copied()
     }
 
     fn stopping(&self) -> bool {
@@ -426,13 +440,14 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
             Ok(connection) => connection,
             Err(error) => {
                 record_error(&shared, &recorder, Instant::now(), "connect", || format!("{addr}: {error}"));
-                shared.set_leader(plan.shard, None);
+                shared.forget_leader(plan.shard, addr);
                 next_addr = (next_addr + 1) % shared.addrs.len();
                 pause(&shared, backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 continue;
             }
         };
+        shared.node_addrs.lock().expect("not poisoned").entry(connection.server_node_id()).or_insert(addr);
         {
             let mut slot = slot.borrow_mut();
             if !slot.session.opened {
@@ -448,15 +463,15 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
                     // The node names itself yet refused: give it a moment.
                     pause(&shared, RECONNECT_BACKOFF_MIN).await;
                 }
-                shared.set_leader(plan.shard, Some(leader));
+                shared.set_leader(plan.shard, leader);
             }
             Outcome::LeaderUnknown => {
-                shared.set_leader(plan.shard, None);
+                shared.forget_leader(plan.shard, addr);
                 next_addr = (next_addr + 1) % shared.addrs.len();
                 pause(&shared, Duration::from_millis(20)).await;
             }
             Outcome::Broken => {
-                shared.set_leader(plan.shard, None);
+                shared.forget_leader(plan.shard, addr);
                 next_addr = (next_addr + 1) % shared.addrs.len();
                 pause(&shared, backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
@@ -703,7 +718,11 @@ async fn receive_loop(
                 Answer::Unexpected(reason) => failure = Some(("unexpected_answer", reason)),
             },
             ResponseStatus::NotLeader { leader_id, leader_addr } => {
-                let target = leader_addr.as_deref().filter(|addr| !addr.is_empty()).and_then(|addr| resolve(addr).ok());
+                let target = leader_addr
+                    .as_deref()
+                    .filter(|addr| !addr.is_empty())
+                    .and_then(|addr| resolve(addr).ok())
+                    .or_else(|| leader_id.and_then(|id| shared.node_addr(id)));
                 let outcome = target.map_or(Outcome::LeaderUnknown, Outcome::Redirect);
                 failure = Some(("not_leader", format!("leader {leader_id:?} at {leader_addr:?}")));
                 conn.borrow_mut().outcome.get_or_insert(outcome);
