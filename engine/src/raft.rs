@@ -1508,14 +1508,19 @@ impl Raft {
         });
     }
 
-    fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) -> Result<(), Ignored> {
+    /// The progress of `from` for an answer that only a leader expects; the
+    /// answer proves the peer is alive, which check-quorum counts.
+    pub(super) fn answering_peer(&mut self, from: NodeId) -> Result<&mut Progress, Ignored> {
         if self.role != Role::Leader {
-            return Err(Ignored("append response while not leader"));
+            return Err(Ignored("an answer to a leader while not leader"));
         }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return Err(Ignored("append response from a non-member"));
-        };
+        let pr = self.progress.get_mut(&from).ok_or(Ignored("an answer from a non-member"))?;
         pr.recent_active = true;
+        Ok(pr)
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) -> Result<(), Ignored> {
+        self.answering_peer(from)?;
         if response.reject {
             let next_probe = if response.hint_term > 0 {
                 self.log.find_conflict_by_term(response.hint_index, response.hint_term).0
@@ -1552,15 +1557,10 @@ impl Raft {
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) -> Result<(), Ignored> {
-        if self.role != Role::Leader {
-            return Err(Ignored("heartbeat response while not leader"));
-        }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return Err(Ignored("heartbeat response from a non-member"));
-        };
-        pr.recent_active = true;
+        let sent_round = self.round;
+        let pr = self.answering_peer(from)?;
         pr.probe_sent = false;
-        if round > self.round {
+        if round > sent_round {
             return Err(Ignored("acknowledges a round never sent"));
         }
         pr.acked_round = pr.acked_round.max(round);

@@ -156,16 +156,7 @@ impl MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::EntryKind;
-
-    fn batch(first: Index, terms: &[Term]) -> EntryBatch {
-        let entries: Vec<Entry> = terms
-            .iter()
-            .enumerate()
-            .map(|(i, &term)| Entry { index: first + i as u64, term, kind: EntryKind::Normal, data: Bytes::new() })
-            .collect();
-        EntryBatch::encode(&entries)
-    }
+    use crate::testing::batch_of_terms as batch;
 
     #[test]
     fn append_replaces_conflicting_suffix() {

@@ -46,6 +46,17 @@ pub struct TestNode {
     pub restores: u64,
 }
 
+/// A batch of empty normal entries from `first`, one per term in `terms`
+/// (non-decreasing): the shape tests of logs care about.
+pub fn batch_of_terms(first: Index, terms: &[Term]) -> EntryBatch {
+    let entries: Vec<Entry> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &term)| Entry { index: first + i as u64, term, kind: EntryKind::Normal, data: Bytes::new() })
+        .collect();
+    EntryBatch::encode(&entries)
+}
+
 /// The test state machine's snapshot: its applied entries, each as index,
 /// term, kind, payload length and payload.
 pub fn encode_state(applied: &[Entry]) -> Bytes {

@@ -3,8 +3,9 @@
 
 use bytes::Bytes;
 use engine::message::{AppendRequest, AppendResponse, MessageBody, VoteRequest};
+use engine::testing::batch_of_terms as batch;
 use engine::testing::Cluster;
-use engine::{Config, Entry, EntryBatch, EntryKind, MemStorage, Message, NodeId, Raft, Recovered, Role, Term};
+use engine::{Config, MemStorage, Message, NodeId, Raft, Recovered, Role, Term};
 
 fn raft(id: NodeId, voters: &[NodeId]) -> Raft {
     let mut config = Config::new(id, voters.to_vec());
@@ -23,15 +24,6 @@ fn raft_with_log(id: NodeId, voters: &[NodeId], terms: &[Term], current_term: Te
     config.pre_vote = false;
     config.check_quorum = false;
     Raft::new(config, storage.recovered()).unwrap()
-}
-
-fn batch(first: u64, terms: &[Term]) -> EntryBatch {
-    let entries: Vec<Entry> = terms
-        .iter()
-        .enumerate()
-        .map(|(i, &term)| Entry { index: first + i as u64, term, kind: EntryKind::Normal, data: Bytes::new() })
-        .collect();
-    EntryBatch::encode(&entries)
 }
 
 fn vote(from: NodeId, to: NodeId, term: Term, last_index: u64, last_term: Term) -> Message {

@@ -180,14 +180,9 @@ impl Raft {
         next_offset: u64,
         rejected: bool,
     ) -> Result<(), Ignored> {
-        if self.role != Role::Leader {
-            return Err(Ignored("snapshot response while not leader"));
-        }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return Err(Ignored("snapshot response from a non-member"));
-        };
-        pr.recent_active = true;
-        if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index || self.snapshot.term != term {
+        let snapshot_term = self.snapshot.term;
+        let pr = self.answering_peer(from)?;
+        if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index || snapshot_term != term {
             return Err(Ignored("response about a snapshot no longer being sent"));
         }
         pr.snapshot_stalled_rounds = 0;
