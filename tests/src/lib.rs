@@ -52,3 +52,4 @@
 //!   verdicts.
 
 pub mod linearizability;
+pub mod sim;

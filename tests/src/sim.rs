@@ -1,0 +1,443 @@
+//! Deterministic simulation of a replicated key-value cluster.
+//!
+//! Every replica is the real engine (`engine::Raft`) with the real node-side
+//! state machine (`node::replicated::NodeStateMachine<node::KvStateMachine>`),
+//! driven the way `node::shard::Shard` drives them, over a simulated disk
+//! ([`disk`]) with the WAL's ordering guarantees and a simulated network
+//! ([`network`]) that delays, drops, duplicates, reorders and partitions.
+//! Nodes crash (losing unsynced writes, sometimes keeping a torn prefix) and
+//! restart; membership changes, leader transfers and snapshots happen; and
+//! clients ([`client`]) issue put, get, delete and compare-and-swap with
+//! exactly-once sessions, retrying after timeouts and redirects.
+//!
+//! One seed decides everything, so a failure replays exactly. After every
+//! event the Raft safety properties are checked ([`checks`]); at the end the
+//! faults heal and the cluster must elect a leader, finish every client
+//! operation and converge; then the client history is checked for
+//! linearizability, key by key.
+
+pub mod checks;
+pub mod client;
+pub mod disk;
+pub mod network;
+pub mod node;
+
+use std::collections::BTreeMap;
+
+use engine::config::Rng;
+use engine::raft::ReadMode;
+use engine::{ConfChange, ConfChangeOp, Config, NodeId, StateMachine};
+
+use crate::linearizability::{check, CheckOptions, NodeKvModel, Verdict};
+use checks::Observer;
+use client::{SimClient, SimHistory};
+use network::{Endpoint, NetworkFaults, Packet, Payload, SimNetwork};
+use node::{Output, Response, SimNode};
+
+/// Time units per engine tick: network delays are a fraction of a tick to a
+/// few ticks, like loopback or a LAN against a 10 ms tick.
+pub const TICK: u64 = 10;
+/// How long faults are injected.
+const CHAOS_TIME: u64 = 6_000;
+/// How long the healed cluster has to elect, finish and converge.
+const HEAL_TIME_MAX: u64 = 12_000;
+/// Operations each client must complete after the faults heal.
+const OPERATIONS_AFTER_HEAL: u64 = 2;
+
+/// What one run did, for the summary line and for tests that want to know
+/// the simulator exercised what it claims.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub seed: u64,
+    pub voters: u64,
+    pub operations: usize,
+    pub completed: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub membership_changes: u64,
+    pub snapshots_installed: u64,
+    pub terms_with_leader: usize,
+    pub committed: usize,
+    pub lease_reads: bool,
+}
+
+/// The whole simulated world.
+struct World {
+    rng: Rng,
+    now: u64,
+    nodes: BTreeMap<NodeId, SimNode>,
+    ids: Vec<NodeId>,
+    network: SimNetwork,
+    clients: Vec<SimClient>,
+    history: SimHistory,
+    observer: Observer,
+    keys: u8,
+    /// Out of 100, the chance per time unit that a node's disk finishes work.
+    disk_speed: u64,
+    summary: Summary,
+}
+
+/// Runs one seed with `voters` initial voters (plus one spare node that
+/// membership changes may add). Panics, with a description, when a property
+/// is broken.
+pub fn run(seed: u64, voters: u64) -> Summary {
+    let mut rng = Rng::new(seed ^ voters.wrapping_mul(0xA24B_AED4_963E_E407));
+    let ids: Vec<NodeId> = (1..=voters + 1).collect();
+    let members: Vec<NodeId> = (1..=voters).collect();
+    let lease_reads = rng.range(0, 3) == 0;
+    let pre_vote = rng.range(0, 4) != 0;
+    let check_quorum = lease_reads || rng.range(0, 4) != 0;
+    let snapshot_entries = rng.range(4, 40);
+    let chunk_bytes = rng.range(32, 512);
+    let nodes = ids
+        .iter()
+        .map(|&id| {
+            let mut config = Config::new(id, if id <= voters { members.clone() } else { Vec::new() });
+            config.snapshot_entries = snapshot_entries;
+            config.compaction_tail = snapshot_entries / 4;
+            config.snapshot_chunk_bytes = chunk_bytes;
+            config.snapshot_chunks_inflight_max = 2;
+            config.promotion_lag_max = 5;
+            config.pre_vote = pre_vote;
+            config.check_quorum = check_quorum;
+            config.inflight_batches_max = 4;
+            config.batch_bytes_max = 512;
+            config.seed = seed.wrapping_mul(1_000_003).wrapping_add(id);
+            (id, SimNode::new(config))
+        })
+        .collect();
+    let faults = NetworkFaults {
+        drop_per_mille: rng.range(0, 120),
+        duplicate_per_mille: rng.range(0, 60),
+        delay_max: rng.range(1, 2 * TICK),
+        long_delay_per_mille: rng.range(0, 30),
+        long_delay_max: rng.range(1, 40 * TICK),
+    };
+    let read_mode = if lease_reads { ReadMode::Lease } else { ReadMode::ReadIndex };
+    let client_count = rng.range(2, 6) as usize;
+    let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_mode)).collect();
+    let keys = rng.range(1, 5) as u8;
+    let disk_speed = rng.range(20, 100);
+    let mut world = World {
+        rng,
+        now: 0,
+        nodes,
+        ids,
+        network: SimNetwork::new(faults),
+        clients,
+        history: SimHistory::new(),
+        observer: Observer::default(),
+        keys,
+        disk_speed,
+        summary: Summary { seed, voters, lease_reads, ..Summary::default() },
+    };
+    world.chaos(voters);
+    world.heal_and_converge();
+    world.check_history();
+    world.summary
+}
+
+impl World {
+    fn send_all(&mut self, from: NodeId, output: Output) {
+        for message in output.messages {
+            let to = message.to;
+            let packet = Packet { from: Endpoint::Node(from), to: Endpoint::Node(to), payload: Payload::Raft(message) };
+            self.network.send(&mut self.rng, self.now, packet);
+        }
+        for (waiter, status) in output.responses {
+            let response = Response { operation: waiter.operation, attempt: waiter.attempt, status };
+            let packet =
+                Packet { from: Endpoint::Node(from), to: Endpoint::Client(waiter.client), payload: Payload::Response(response) };
+            self.network.send(&mut self.rng, self.now, packet);
+        }
+    }
+
+    /// One time unit: deliveries, ticks, disks, Readies, clients.
+    fn step(&mut self, clients_may_start: bool, disk_speed: u64) {
+        while let Some(packet) = self.network.next_due(self.now) {
+            match (packet.to, packet.payload) {
+                (Endpoint::Node(id), Payload::Raft(message)) => {
+                    if let Some(node) = self.nodes.get_mut(&id).filter(|node| node.up) {
+                        node.step(message);
+                    }
+                }
+                (Endpoint::Node(id), Payload::Request(request)) => {
+                    let Endpoint::Client(client) = packet.from else { unreachable!("requests come from clients") };
+                    let mut output = Output::default();
+                    if let Some(node) = self.nodes.get_mut(&id).filter(|node| node.up) {
+                        node.handle_request(client, request, &mut output);
+                    }
+                    self.send_all(id, output);
+                }
+                (Endpoint::Client(index), Payload::Response(response)) => {
+                    let Endpoint::Node(from) = packet.from else { unreachable!("responses come from nodes") };
+                    self.clients[index].on_response(
+                        self.now,
+                        response.operation,
+                        response.attempt,
+                        response.status,
+                        from,
+                        &mut self.history,
+                        &mut self.rng,
+                    );
+                }
+                (to, payload) => unreachable!("misrouted packet to {to:?}: {payload:?}"),
+            }
+        }
+        let tick = self.now % TICK == 0;
+        for id in self.ids.clone() {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            if !node.up {
+                continue;
+            }
+            if tick {
+                node.raft.tick();
+            }
+            if self.rng.range(0, 100) < disk_speed {
+                let count = self.rng.range(1, 4) as usize;
+                let hard_state = self.rng.range(0, 2) == 0;
+                node.disk_progress(count, hard_state);
+            }
+            let mut output = Output::default();
+            node.process(&mut output);
+            self.send_all(id, output);
+        }
+        for index in 0..self.clients.len() {
+            let request = self.clients[index].poll(
+                &mut self.rng,
+                self.now,
+                &self.ids,
+                self.keys,
+                clients_may_start,
+                &mut self.history,
+            );
+            if let Some((target, request)) = request {
+                let packet =
+                    Packet { from: Endpoint::Client(index), to: Endpoint::Node(target), payload: Payload::Request(request) };
+                self.network.send(&mut self.rng, self.now, packet);
+            }
+        }
+        self.observer.check(&mut self.nodes, self.now);
+        self.now += 1;
+    }
+
+    fn down_count(&self) -> usize {
+        self.nodes.values().filter(|node| !node.up).count()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes.values().filter(|node| node.is_leader()).max_by_key(|node| node.raft.term()).map(|node| node.id)
+    }
+
+    fn pick(&mut self) -> NodeId {
+        self.ids[self.rng.range(0, self.ids.len() as u64) as usize]
+    }
+
+    /// The fault phase: normal operation with faults injected at random.
+    fn chaos(&mut self, voters: u64) {
+        while self.now < CHAOS_TIME {
+            match self.rng.range(0, 1000) {
+                0..=1 => {
+                    // A symmetric partition into two random groups.
+                    let mut shuffled = self.ids.clone();
+                    for i in (1..shuffled.len()).rev() {
+                        let j = self.rng.range(0, i as u64 + 1) as usize;
+                        shuffled.swap(i, j);
+                    }
+                    let split = self.rng.range(1, shuffled.len() as u64) as usize;
+                    let (a, b) = shuffled.split_at(split);
+                    for &x in a {
+                        for &y in b {
+                            self.network.cut.insert((x, y));
+                            self.network.cut.insert((y, x));
+                        }
+                    }
+                    self.summary.partitions += 1;
+                }
+                2 => {
+                    // An asymmetric cut: one node hears nobody, or nobody hears it.
+                    let id = self.pick();
+                    let inbound = self.rng.range(0, 2) == 0;
+                    for &other in &self.ids {
+                        if other != id {
+                            self.network.cut.insert(if inbound { (other, id) } else { (id, other) });
+                        }
+                    }
+                    self.summary.partitions += 1;
+                }
+                3 => {
+                    // A single one-way link failure.
+                    let (a, b) = (self.pick(), self.pick());
+                    if a != b {
+                        self.network.cut.insert((a, b));
+                    }
+                }
+                4..=6 => self.network.cut.clear(),
+                7..=8 => {
+                    let id = self.pick();
+                    let limit = ((voters as usize) - 1) / 2;
+                    if self.nodes[&id].up && self.down_count() < limit.max(1) {
+                        let node = self.nodes.get_mut(&id).expect("known node");
+                        node.crash(&mut self.rng);
+                        self.network.forget(id);
+                        self.summary.crashes += 1;
+                    }
+                }
+                9 => {
+                    // The leader crashes: the most disruptive crash.
+                    if let Some(id) = self.leader() {
+                        if self.down_count() < ((voters as usize - 1) / 2).max(1) {
+                            let node = self.nodes.get_mut(&id).expect("known node");
+                            node.crash(&mut self.rng);
+                            self.network.forget(id);
+                            self.summary.crashes += 1;
+                        }
+                    }
+                }
+                10 => self.membership_change(),
+                11 => {
+                    if let Some(leader) = self.leader() {
+                        let target = self.pick();
+                        let _ = self.nodes.get_mut(&leader).expect("known node").raft.transfer_leader(target);
+                    }
+                }
+                _ => {}
+            }
+            if self.down_count() > 0 && self.rng.range(0, 300) == 0 {
+                let down: Vec<NodeId> = self.nodes.values().filter(|node| !node.up).map(|node| node.id).collect();
+                let id = down[self.rng.range(0, down.len() as u64) as usize];
+                self.nodes.get_mut(&id).expect("known node").restart();
+            }
+            self.step(true, self.disk_speed);
+        }
+    }
+
+    /// Adds a learner, promotes one, adds or removes a voter, through the
+    /// leader, as the admin commands do.
+    fn membership_change(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let target = self.pick();
+        let conf = self.nodes[&leader].raft.conf().clone();
+        let op = if conf.is_learner(target) {
+            ConfChangeOp::AddVoter(target)
+        } else if conf.is_voter(target) {
+            // Keep at least three voters so the cluster stays interesting.
+            if conf.voters.len() <= 3 {
+                return;
+            }
+            ConfChangeOp::Remove(target)
+        } else if self.rng.range(0, 2) == 0 {
+            ConfChangeOp::AddLearner(target)
+        } else {
+            ConfChangeOp::AddVoter(target)
+        };
+        let raft = &mut self.nodes.get_mut(&leader).expect("known node").raft;
+        if raft.propose_conf_change(ConfChange { ops: vec![op] }).is_ok() {
+            self.summary.membership_changes += 1;
+        }
+    }
+
+    /// Heals every fault and demands progress: a leader, every client
+    /// operation finished plus a few more, and every member converged to the
+    /// same state machine.
+    fn heal_and_converge(&mut self) {
+        self.network.cut.clear();
+        self.network.faults = NetworkFaults::calm();
+        for node in self.nodes.values_mut() {
+            if !node.up {
+                node.restart();
+            }
+        }
+        let healed_at = self.now;
+        let baseline: Vec<u64> = self.clients.iter().map(|client| client.completed).collect();
+        let deadline = healed_at + HEAL_TIME_MAX;
+        // Clients keep working until each has finished a few operations
+        // after the heal; then they stop starting new ones.
+        loop {
+            let done = self
+                .clients
+                .iter()
+                .zip(&baseline)
+                .all(|(client, before)| client.completed >= before + OPERATIONS_AFTER_HEAL && client.is_idle());
+            if done {
+                break;
+            }
+            if self.now >= deadline {
+                panic!("liveness: {} time units after healing, clients are stuck\n{}", self.now - healed_at, self.describe());
+            }
+            let may_start = self
+                .clients
+                .iter()
+                .zip(&baseline)
+                .any(|(client, before)| client.completed < before + OPERATIONS_AFTER_HEAL);
+            self.step(may_start, 100);
+        }
+        // Convergence: every member applies everything the leader committed,
+        // and their state machines are byte-for-byte equal.
+        loop {
+            if let Some(leader) = self.leader() {
+                let raft = &self.nodes[&leader].raft;
+                let commit = raft.committed();
+                let members = raft.conf().members();
+                let converged = raft.last_index() == commit
+                    && members.iter().all(|id| self.nodes[id].up && self.nodes[id].raft.applied() == commit);
+                if converged {
+                    let reference = self.nodes[&leader].fsm.snapshot();
+                    for id in &members {
+                        let snapshot = self.nodes[id].fsm.snapshot();
+                        assert!(
+                            snapshot == reference,
+                            "state machine safety: node {id}'s state differs from leader {leader}'s at index {commit}"
+                        );
+                    }
+                    break;
+                }
+            }
+            if self.now >= deadline {
+                panic!("liveness: members did not converge after healing\n{}", self.describe());
+            }
+            self.step(false, 100);
+        }
+        self.summary.terms_with_leader = self.observer.terms_with_leader();
+        self.summary.committed = self.observer.committed_len();
+        self.summary.completed = self.clients.iter().map(|client| client.completed).sum();
+        self.summary.snapshots_installed = self.nodes.values().map(|node| node.generation).sum();
+    }
+
+    fn describe(&self) -> String {
+        let mut lines = Vec::new();
+        for node in self.nodes.values() {
+            let raft = &node.raft;
+            lines.push(format!(
+                "node {}: up={} {:?} term={} leader={} commit={} applied={} last={} snapshot={} conf={:?} pending_disk={}",
+                node.id,
+                node.up,
+                raft.role(),
+                raft.term(),
+                raft.leader(),
+                raft.committed(),
+                raft.applied(),
+                raft.last_index(),
+                raft.snapshot().index,
+                raft.conf(),
+                node.disk.pending_len(),
+            ));
+        }
+        lines.push(format!("network: {} in flight, cut {:?}", self.network.len(), self.network.cut));
+        lines.join("\n")
+    }
+
+    fn check_history(&mut self) {
+        for client in &mut self.clients {
+            client.finish(&mut self.history);
+        }
+        let history = std::mem::take(&mut self.history);
+        self.summary.operations = history.len();
+        let operations = history.into_operations();
+        let verdict = check(&NodeKvModel::new(), &operations, &CheckOptions::default());
+        match verdict {
+            Verdict::Linearizable => {}
+            other => panic!("the client history is not linearizable: {other}"),
+        }
+    }
+}
