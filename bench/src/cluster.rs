@@ -296,8 +296,9 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 /// Finds the `node` binary: `explicit` if given; else next to this
 /// executable (the same cargo target directory, or its parent for test
-/// binaries in `deps/`); else, if `build` and this process runs under cargo
-/// (`cargo run`), builds it with the same profile and looks again.
+/// binaries in `deps/`). If `build` and this process runs under cargo
+/// (`cargo run` sets `CARGO`), it first builds the node binary with the same
+/// profile, so a changed node is never measured stale.
 pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf, ClusterError> {
     if let Some(path) = explicit {
         return if path.is_file() {
@@ -317,27 +318,22 @@ pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf,
             }
         }
     }
+    if let (true, Some(cargo)) = (build, std::env::var_os("CARGO")) {
+        let release = exe.parent().and_then(Path::file_name).is_some_and(|name| name == "release");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        eprintln!("building the node binary (cargo build{} -p node) ...", if release { " --release" } else { "" });
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "node", "--bin", "node", "--manifest-path"]).arg(&manifest);
+        if release {
+            command.arg("--release");
+        }
+        let status = command.status().map_err(|error| ClusterError::Build(error.to_string()))?;
+        if !status.success() {
+            return Err(ClusterError::Build(status.to_string()));
+        }
+    }
     if let Some(found) = candidates.iter().find(|candidate| candidate.is_file()) {
         return Ok(found.clone());
-    }
-    if build {
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            let release = exe.parent().and_then(Path::file_name).is_some_and(|name| name == "release");
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-            eprintln!("building the node binary (cargo build{} -p node) ...", if release { " --release" } else { "" });
-            let mut command = Command::new(cargo);
-            command.args(["build", "-p", "node", "--bin", "node", "--manifest-path"]).arg(&manifest);
-            if release {
-                command.arg("--release");
-            }
-            let status = command.status().map_err(|error| ClusterError::Build(error.to_string()))?;
-            if !status.success() {
-                return Err(ClusterError::Build(status.to_string()));
-            }
-            if let Some(found) = candidates.iter().find(|candidate| candidate.is_file()) {
-                return Ok(found.clone());
-            }
-        }
     }
     let looked = candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
     Err(ClusterError::NodeBinaryMissing { looked })

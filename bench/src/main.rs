@@ -192,8 +192,8 @@ struct CompareArgs {
 /// How the bench starts a local cluster.
 #[derive(Clone, Debug, Args)]
 struct ClusterArgs {
-    /// The `node` binary. [default: next to this binary, built by cargo if
-    /// missing and run through `cargo run`]
+    /// The `node` binary. [default: the one next to this binary; under
+    /// `cargo run`, built (or brought up to date) first with the same profile]
     #[arg(long, env = "BENCH_NODE_BIN")]
     node_bin: Option<PathBuf>,
     /// Nodes in the cluster.
@@ -208,7 +208,7 @@ struct ClusterArgs {
     /// Keep the cluster's data and logs.
     #[arg(long)]
     keep_cluster: bool,
-    /// Do not build the node binary if it is missing.
+    /// Under `cargo run`, use the node binary as it is instead of building it.
     #[arg(long)]
     no_build: bool,
 }

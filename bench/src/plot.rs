@@ -82,6 +82,7 @@ pub fn plot_percentiles(series: &[Series], title: &str, path: &Path) -> Result<(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
+        .margin_right(48)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d((1.0..x_max).log_scale(), 0.0..y_max * 1.05)
