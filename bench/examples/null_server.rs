@@ -1,0 +1,47 @@
+//! A server that speaks the client protocol and answers every write or read
+//! at once, without Raft, disk or state machine: `bench run` against it
+//! measures the load generator's own floor (client, loopback TCP and the
+//! net crate's listener) that every cluster figure includes.
+//!
+//! ```sh
+//! cargo run --release -p bench --example null_server -- 127.0.0.1:7401 &
+//! cargo run --release -p bench -- run --addr 127.0.0.1:7401 --inflight 1 --no-status
+//! ```
+//!
+//! It accepts `node dev`'s token and cluster id 1.
+
+use bytes::Bytes;
+use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, RequestBody, ResponseStatus};
+use node::KvResponse;
+
+fn main() {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7401".to_string());
+    let addr = addr.parse().unwrap_or_else(|_| panic!("{addr} is not IP:PORT"));
+    tokio_uring::start(async move {
+        let policy = HandshakePolicy {
+            cluster_id: 1,
+            node_id: 1,
+            token: Bytes::from_static(b"dev-cluster-token"),
+            accept_peers: false,
+            accept_clients: true,
+        };
+        let listener = Listener::bind(ListenerConfig::new(addr, policy)).expect("bind the address");
+        let (sender, mut inbound) = inbound_channel(4_096);
+        let _listener = listener.spawn(sender);
+        eprintln!("null server on {addr}");
+        let written = KvResponse::Written.encode();
+        let absent = KvResponse::Value(None).encode();
+        while let Some(event) = inbound.recv().await {
+            let Inbound::Request { request, reply, .. } = event else { continue };
+            let status = match request.body {
+                RequestBody::Write { .. } => ResponseStatus::Ok(written.clone()),
+                RequestBody::Read { .. } => ResponseStatus::Ok(absent.clone()),
+                RequestBody::Status => ResponseStatus::Ok(Bytes::from_static(b"{\"null_server\":true}")),
+                RequestBody::Admin(_) => ResponseStatus::BadRequest("the null server has no admin".into()),
+            };
+            if reply.try_send(status.clone()).is_err() {
+                let _ = reply.send(status).await;
+            }
+        }
+    });
+}
