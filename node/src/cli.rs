@@ -153,6 +153,12 @@ pub struct ServeOptions {
     #[arg(long, value_name = "TICKS")]
     pub heartbeat_ticks: Option<u32>,
 
+    /// Take a snapshot after this many applied entries, and keep a quarter
+    /// of that below it when compacting the log (small values let tests
+    /// exercise catch-up by snapshot). [default: 100000, keeping 5000]
+    #[arg(long, value_name = "COUNT")]
+    pub snapshot_entries: Option<u64>,
+
     /// The length of a tick, such as `10ms`. [default: 10ms]
     #[arg(long, value_name = "DURATION")]
     pub tick_interval: Option<String>,

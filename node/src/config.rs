@@ -145,6 +145,9 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Start as a non-member of an existing cluster (no bootstrap voters).
     pub join: bool,
+    /// Applied entries between snapshots; `None` keeps the engine default.
+    /// Invariant: positive.
+    pub snapshot_entries: Option<u64>,
 }
 
 impl ServeConfig {
@@ -159,6 +162,10 @@ impl ServeConfig {
         config.inflight_batches_max = self.limits.inflight_batches_max;
         config.inflight_bytes_max = self.limits.inflight_bytes_max;
         config.uncommitted_bytes_max = self.limits.uncommitted_bytes_max;
+        if let Some(entries) = self.snapshot_entries {
+            config.snapshot_entries = entries;
+            config.compaction_tail = config.compaction_tail.min(entries / 4);
+        }
         config
     }
 }
@@ -238,6 +245,7 @@ impl DevConfig {
                     read_consistency: ReadConsistency::Linearizable,
                     log_level: self.log_level.clone(),
                     join: false,
+                    snapshot_entries: None,
                 }
             })
             .collect()
@@ -325,6 +333,7 @@ impl ServeOptions {
             election_ticks_max,
             heartbeat_ticks,
             tick_interval,
+            snapshot_entries,
             read_consistency,
             log_level,
             join,
@@ -416,6 +425,7 @@ impl ServeConfig {
             read_consistency,
             log_level,
             join: options.join.unwrap_or(false),
+            snapshot_entries: options.snapshot_entries.map(|entries| positive("snapshot-entries", entries)).transpose()?,
         })
     }
 }

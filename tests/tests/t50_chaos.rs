@@ -1,0 +1,644 @@
+//! Real-process chaos: clusters of the real `node` binary on loopback under
+//! client load, with the leader SIGKILLed again and again, a WAL whose last
+//! batch is torn while its node is down, a minority partitioned with
+//! iptables (it must not commit, its stale leader must not serve
+//! linearizable reads), and a follower whose data directory is wiped (it
+//! rejoins through a snapshot). Every run records the client history and
+//! checks it for linearizability, and reads back every acknowledged write.
+//!
+//! The binary is not built by this test: run `cargo build --release -p node`
+//! (or the debug equivalent) first; the test looks for `target/<profile>/node`
+//! next to its own executable and skips with a message when it is missing.
+//! `CHAOS_SECONDS=N` lengthens the fault phase of each test (default 12).
+//! Ports 24000-24199.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::{ClientConfig as NetClientConfig, ClientConnection, ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
+use node::client_cmd::{call, call_in_session};
+use node::config::{ClientConfig, Token};
+use node::discovery::HostPort;
+use node::kv::{KvOp, KvResponse};
+use tests::linearizability::{check, CheckOptions, HistoryRecorder, NodeKvInput, NodeKvModel, NodeKvOutput, Verdict};
+
+const TOKEN: &str = "chaos-cluster-token";
+const CLUSTER_ID: u64 = 24;
+/// Keys the linearizability history is about (few, so operations collide).
+const KEYS: u8 = 4;
+
+type History = HistoryRecorder<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
+
+/// The `node` binary next to this test's executable (`target/<profile>/deps/t50_chaos-*`).
+fn node_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let binary = profile_dir.join("node");
+    binary.is_file().then_some(binary)
+}
+
+fn chaos_duration() -> Duration {
+    Duration::from_secs(std::env::var("CHAOS_SECONDS").map_or(12, |s| s.parse().expect("CHAOS_SECONDS is a number")))
+}
+
+/// A cluster of node processes. Node `id` runs as uid `UID_BASE + id` when
+/// the test is root, so that an iptables owner rule can cut one node's
+/// outgoing traffic without touching the others.
+struct Cluster {
+    binary: PathBuf,
+    dir: PathBuf,
+    base_port: u16,
+    count: u64,
+    snapshot_entries: Option<u64>,
+    nodes: BTreeMap<u64, Child>,
+    separate_uids: bool,
+    /// iptables rules to delete when the cluster goes away.
+    rules: Vec<Vec<String>>,
+}
+
+const UID_BASE: u32 = 62_000;
+
+impl Cluster {
+    fn start(binary: PathBuf, count: u64, base_port: u16, snapshot_entries: Option<u64>) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("chaos-{}-{base_port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let separate_uids = unsafe { libc::geteuid() } == 0;
+        let mut cluster = Cluster {
+            binary,
+            dir,
+            base_port,
+            count,
+            snapshot_entries,
+            nodes: BTreeMap::new(),
+            separate_uids,
+            rules: Vec::new(),
+        };
+        for id in 1..=count {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn peer_port(&self, id: u64) -> u16 {
+        self.base_port + 2 * (id as u16 - 1)
+    }
+
+    fn client_port(&self, id: u64) -> u16 {
+        self.peer_port(id) + 1
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    /// Node `id`'s stderr, appended across restarts, printed when a check fails.
+    fn log_file(&self, id: u64) -> std::fs::File {
+        let path = self.dir.join(format!("node-{id}.log"));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the node's log file")
+    }
+
+    /// The tail of every node's log and its status, for a failure message.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for id in self.all() {
+            let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            out += &format!("--- node {id}: running={} status={:?}\n{}\n", self.nodes.contains_key(&id), self.status(id), tail.join("\n"));
+        }
+        out
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let list: Vec<String> = (1..=self.count).map(|p| format!("{p}=127.0.0.1:{}", self.peer_port(p))).collect();
+        let data_dir = self.data_dir(id);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["serve", "--node-id", &id.to_string(), "--cluster-id", &CLUSTER_ID.to_string()])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(id))])
+            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(id))])
+            .args(["--peers", &list.join(",")])
+            .args(["--data-dir", &data_dir.display().to_string()])
+            .args(["--log-level", "warn"])
+            .env("NODE_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(self.log_file(id));
+        if let Some(entries) = self.snapshot_entries {
+            command.args(["--snapshot-entries", &entries.to_string()]);
+        }
+        if self.separate_uids {
+            let uid = UID_BASE + id as u32;
+            chown_recursive(&data_dir, uid);
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().expect("start node");
+        self.nodes.insert(id, child);
+    }
+
+    /// SIGKILL: no clean shutdown.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, ids: &[u64], timeout: Duration) -> ClientConfig {
+        ClientConfig {
+            addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
+            cluster_id: CLUSTER_ID,
+            token: Token(Bytes::from_static(TOKEN.as_bytes())),
+            timeout,
+            shard: 0,
+        }
+    }
+
+    fn all(&self) -> Vec<u64> {
+        (1..=self.count).collect()
+    }
+
+    fn status(&self, id: u64) -> Option<serde_json::Value> {
+        match call(&self.client(&[id], Duration::from_secs(2)), 0, RequestBody::Status) {
+            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        }
+    }
+
+    fn stats(&self, id: u64) -> Option<serde_json::Value> {
+        let body = RequestBody::Admin(net::AdminRequest::Stats);
+        match call(&self.client(&[id], Duration::from_secs(2)), 0, body) {
+            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// A live node that reports itself leader, among `among`.
+    fn leader_among(&self, among: &[u64], wait: Duration) -> Option<u64> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            for &id in among {
+                if self.nodes.contains_key(&id) && self.status(id).is_some_and(|s| s["role"] == "Leader") {
+                    return Some(id);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn leader(&self) -> u64 {
+        self.leader_among(&self.all(), Duration::from_secs(30)).expect("a leader within 30 s")
+    }
+
+    /// Waits until every live node applied at least the leader's commit index.
+    fn converge(&self) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let leader = self.leader();
+            let commit = self.status(leader).and_then(|s| s["commit"].as_u64()).unwrap_or(0);
+            let behind: Vec<u64> = self
+                .nodes
+                .keys()
+                .copied()
+                .filter(|&id| self.status(id).and_then(|s| s["applied"].as_u64()).unwrap_or(0) < commit)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {behind:?} did not apply the leader's commit index {commit}\n{}",
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Cuts node `id` off from its peers: nothing reaches its peer port, and
+    /// nothing it sends leaves except answers from its client port (so a
+    /// client can still ask it, and see it refuse).
+    fn isolate(&mut self, id: u64) {
+        let uid = (UID_BASE + id as u32).to_string();
+        let client_port = self.client_port(id).to_string();
+        let peer_port = self.peer_port(id).to_string();
+        let output = vec![
+            "OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", &uid, "!", "--sport", &client_port, "-j", "DROP",
+        ];
+        let input = vec!["INPUT", "-p", "tcp", "--dport", &peer_port, "-j", "DROP"];
+        for rule in [output, input] {
+            let rule: Vec<String> = rule.into_iter().map(String::from).collect();
+            let status = Command::new("iptables").arg("-I").args(&rule).status().expect("run iptables");
+            assert!(status.success(), "iptables -I {rule:?} failed");
+            self.rules.push(rule);
+        }
+    }
+
+    fn heal(&mut self) {
+        for rule in self.rules.drain(..) {
+            let _ = Command::new("iptables").arg("-D").args(&rule).status();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.heal();
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.kill(id);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn chown_recursive(path: &Path, uid: u32) {
+    let status = Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(path).status().expect("run chown");
+    assert!(status.success(), "chown {path:?}");
+}
+
+/// Whether iptables can be used here (root, the tool installed and working).
+fn iptables_usable() -> Result<(), String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".into());
+    }
+    match Command::new("iptables").args(["-L", "-n"]).stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("iptables -L failed: {status}")),
+        Err(error) => Err(format!("iptables unavailable: {error}")),
+    }
+}
+
+fn key_bytes(key: u8) -> Bytes {
+    Bytes::from(format!("k{key}"))
+}
+
+fn value_bytes(value: u64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_le_bytes())
+}
+
+fn value_of(bytes: &Bytes) -> u64 {
+    u64::from_le_bytes(bytes.as_ref().try_into().expect("8-byte values"))
+}
+
+/// What the load shares: the history, the write-once keys acknowledged, and
+/// anything a client saw that no correct cluster may say.
+struct Shared {
+    started: Instant,
+    history: Mutex<History>,
+    acknowledged: Mutex<Vec<(String, u64)>>,
+    anomalies: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}
+
+/// One client thread: its own session, sequences 1, 2, 3, ...; every call
+/// retries (same sequence) until its timeout, following redirects.
+fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
+    let session = (u64::from(std::process::id()) << 20) ^ (index + 1) * 0x9E37_79B9;
+    let mut sequence = 0u64;
+    let mut operation = 0u64;
+    let mut rng = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        operation += 1;
+        let value = index << 32 | operation;
+        let choice = next(10);
+        if choice == 9 {
+            // A write-once key, read back at the end if acknowledged.
+            sequence += 1;
+            let key = format!("once-{index}-{operation}");
+            let op = KvOp::Put { key: Bytes::from(key.clone()), value: value_bytes(value) };
+            let result = call_in_session(&config, session, sequence, RequestBody::Write { command: op.encode() });
+            match result {
+                Ok(ResponseStatus::Ok(_)) => shared.acknowledged.lock().unwrap().push((key, value)),
+                Ok(ResponseStatus::SessionExpired) | Ok(ResponseStatus::BadRequest(_)) => {
+                    shared.anomalies.lock().unwrap().push(format!("write-once {key}: {result:?}"))
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let key = next(u64::from(KEYS)) as u8;
+        let input = match choice {
+            0..=3 => NodeKvInput::Get { key },
+            4..=6 => NodeKvInput::Put { key, value },
+            7 => NodeKvInput::Delete { key },
+            _ => NodeKvInput::Cas { key, expected: (next(2) == 0).then(|| next(3) << 32 | (next(operation) + 1)), new: value },
+        };
+        let id = shared.history.lock().unwrap().invoke(index, input.clone(), shared.now());
+        let result = match &input {
+            NodeKvInput::Get { key } => {
+                let body = RequestBody::Read {
+                    query: KvOp::Get { key: key_bytes(*key) }.encode(),
+                    consistency: ReadConsistency::Linearizable,
+                };
+                call(&config, 0, body)
+            }
+            other => {
+                let op = match other {
+                    NodeKvInput::Put { key, value } => KvOp::Put { key: key_bytes(*key), value: value_bytes(*value) },
+                    NodeKvInput::Delete { key } => KvOp::Delete { key: key_bytes(*key) },
+                    NodeKvInput::Cas { key, expected, new } => KvOp::Cas {
+                        key: key_bytes(*key),
+                        expected: expected.map(value_bytes),
+                        new: Some(value_bytes(*new)),
+                    },
+                    NodeKvInput::Get { .. } => unreachable!(),
+                };
+                sequence += 1;
+                call_in_session(&config, session, sequence, RequestBody::Write { command: op.encode() })
+            }
+        };
+        let returned = shared.now();
+        let mut history = shared.history.lock().unwrap();
+        match result {
+            Ok(ResponseStatus::Ok(bytes)) => {
+                let response = KvResponse::decode(&bytes).expect("a key-value response");
+                let output = match (&input, response) {
+                    (NodeKvInput::Get { .. }, KvResponse::Value(value)) => NodeKvOutput::Value(value.as_ref().map(value_of)),
+                    (NodeKvInput::Put { .. }, KvResponse::Written) => NodeKvOutput::Done,
+                    (NodeKvInput::Delete { .. }, KvResponse::Deleted { .. }) => NodeKvOutput::Done,
+                    (NodeKvInput::Cas { .. }, KvResponse::CasSucceeded) => NodeKvOutput::Cas { swapped: true },
+                    (NodeKvInput::Cas { .. }, KvResponse::CasFailed { .. }) => NodeKvOutput::Cas { swapped: false },
+                    (input, response) => panic!("{input:?} answered with {response:?}"),
+                };
+                history.complete(id, output, returned);
+            }
+            Ok(ResponseStatus::SessionExpired) | Ok(ResponseStatus::BadRequest(_)) => {
+                shared.anomalies.lock().unwrap().push(format!("client {index} {input:?}: {result:?}"));
+                if matches!(input, NodeKvInput::Get { .. }) {
+                    history.discard(id);
+                }
+            }
+            _ => {
+                // Timed out or unreachable: a write's outcome is unknown (it
+                // stays open); an unanswered read constrains nothing.
+                if matches!(input, NodeKvInput::Get { .. }) {
+                    history.discard(id);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `clients` client threads against the cluster until `stop`.
+fn start_load(cluster: &Cluster, clients: u64) -> (Arc<Shared>, Vec<std::thread::JoinHandle<()>>) {
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        history: Mutex::new(History::new()),
+        acknowledged: Mutex::new(Vec::new()),
+        anomalies: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let handles = (0..clients)
+        .map(|index| {
+            let shared = shared.clone();
+            let config = cluster.client(&cluster.all(), Duration::from_secs(5));
+            std::thread::spawn(move || client_loop(shared, config, index))
+        })
+        .collect();
+    (shared, handles)
+}
+
+/// Stops the load, reads every key once more (into the history) and every
+/// acknowledged write-once key, and checks the history.
+fn finish_and_check(cluster: &Cluster, shared: Arc<Shared>, handles: Vec<std::thread::JoinHandle<()>>, name: &str) {
+    shared.stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        handle.join().expect("client thread");
+    }
+    cluster.converge();
+    let config = cluster.client(&cluster.all(), Duration::from_secs(15));
+    for key in 0..KEYS {
+        let id = shared.history.lock().unwrap().invoke(u64::MAX, NodeKvInput::Get { key }, shared.now());
+        let body = RequestBody::Read {
+            query: KvOp::Get { key: key_bytes(key) }.encode(),
+            consistency: ReadConsistency::Linearizable,
+        };
+        let status = call(&config, 0, body).expect("a final read is answered");
+        let ResponseStatus::Ok(bytes) = status else { panic!("final read of k{key}: {status:?}") };
+        let KvResponse::Value(value) = KvResponse::decode(&bytes).expect("decodes") else { panic!("not a value") };
+        shared.history.lock().unwrap().complete(id, NodeKvOutput::Value(value.as_ref().map(value_of)), shared.now());
+    }
+    let acknowledged = shared.acknowledged.lock().unwrap().clone();
+    for (key, value) in &acknowledged {
+        let body = RequestBody::Read {
+            query: KvOp::Get { key: Bytes::from(key.clone()) }.encode(),
+            consistency: ReadConsistency::Linearizable,
+        };
+        let status = call(&config, 0, body).expect("a read-back is answered");
+        let expected = ResponseStatus::Ok(KvResponse::Value(Some(value_bytes(*value))).encode());
+        assert_eq!(status, expected, "{name}: acknowledged write of {key} lost");
+    }
+    let anomalies = shared.anomalies.lock().unwrap().clone();
+    assert!(anomalies.is_empty(), "{name}: clients saw answers a correct cluster never gives: {anomalies:?}");
+    let history = std::mem::take(&mut *shared.history.lock().unwrap());
+    let operations = history.into_operations();
+    let completed = operations.iter().filter(|operation| operation.returned.is_some()).count();
+    assert!(completed > 20, "{name}: only {completed} operations completed: the load made no progress");
+    let verdict = check(&NodeKvModel::new(), &operations, &CheckOptions::default());
+    eprintln!(
+        "{name}: {} operations ({completed} completed), {} write-once keys read back: {verdict}",
+        operations.len(),
+        acknowledged.len()
+    );
+    assert!(matches!(verdict, Verdict::Linearizable), "{name}: {verdict}");
+}
+
+/// One request to one node, no redirects; `None` if no answer in `wait`.
+fn single_call(port: u16, request: ClientRequest, wait: Duration) -> Option<ResponseStatus> {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = NetClientConfig::new(CLUSTER_ID, Bytes::from_static(TOKEN.as_bytes()));
+    tokio_uring::start(async move {
+        let attempt = async {
+            let mut connection = ClientConnection::connect(addr, &config).await.ok()?;
+            connection.call(0, &request).await.ok().map(|response| response.status)
+        };
+        tokio::time::timeout(wait, attempt).await.ok().flatten()
+    })
+}
+
+/// Tears the last batch of the newest WAL segment: the last few written
+/// bytes are zeroed, as if the machine lost power mid-write.
+fn tear_last_batch(dir: &Path) -> Option<(PathBuf, u64)> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|ext| ext == "wal") {
+                found.push(path);
+            }
+        }
+    }
+    let mut segments = Vec::new();
+    walk(dir, &mut segments);
+    let newest = segments.into_iter().max_by_key(|path| {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        wal::segment::parse_segment_name(&name).map_or(0, |(sequence, _)| sequence)
+    })?;
+    let mut bytes = std::fs::read(&newest).ok()?;
+    let end = bytes.iter().rposition(|&byte| byte != 0)? + 1;
+    let start = end.saturating_sub(7);
+    bytes[start..end].fill(0);
+    std::fs::write(&newest, &bytes).ok()?;
+    Some((newest, end as u64))
+}
+
+fn io_uring_or_skip() -> Option<PathBuf> {
+    let Some(binary) = node_binary() else {
+        eprintln!(
+            "SKIPPED: no node binary next to {:?}; build it first (cargo build --release -p node)",
+            std::env::current_exe().ok()
+        );
+        return None;
+    };
+    if let Err(error) = wal::io_uring_available() {
+        eprintln!("SKIPPED: io_uring is unavailable: {error}");
+        return None;
+    }
+    Some(binary)
+}
+
+#[test]
+fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
+    let Some(binary) = io_uring_or_skip() else { return };
+    let mut cluster = Cluster::start(binary, 3, 24_000, None);
+    cluster.leader();
+    let (shared, handles) = start_load(&cluster, 3);
+    let end = Instant::now() + chaos_duration();
+    let mut kills = 0;
+    let mut torn = 0;
+    while Instant::now() < end {
+        let leader = cluster.leader();
+        cluster.kill(leader);
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(700));
+        if kills % 2 == 0 {
+            // While it is down, tear the last batch of its WAL.
+            if tear_last_batch(&cluster.data_dir(leader)).is_some() {
+                torn += 1;
+            }
+        }
+        cluster.spawn(leader);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // A follower restarted with its last batch torn.
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill(follower);
+    if tear_last_batch(&cluster.data_dir(follower)).is_some() {
+        torn += 1;
+    }
+    cluster.spawn(follower);
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!("three nodes: {kills} leader kills, {torn} torn WAL tails");
+    assert!(kills >= 2 && torn >= 1, "the fault schedule did not run");
+    finish_and_check(&cluster, shared, handles, "three nodes, leader kills and torn WAL");
+}
+
+#[test]
+fn five_nodes_partitioned_minority_and_wiped_follower() {
+    let Some(binary) = io_uring_or_skip() else { return };
+    let mut cluster = Cluster::start(binary, 5, 24_100, Some(40));
+    cluster.leader();
+    let (shared, handles) = start_load(&cluster, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    match iptables_usable() {
+        Err(reason) => eprintln!("SKIPPED the partition case: {reason}"),
+        Ok(()) => {
+            // Partition the leader away: it is the minority, and for a while
+            // it may still believe it leads.
+            let isolated = cluster.leader();
+            cluster.isolate(isolated);
+            let others: Vec<u64> = (1..=5).filter(|&id| id != isolated).collect();
+            // It cannot commit: a write sent to it alone is never acknowledged.
+            let write = ClientRequest {
+                request_id: 1,
+                client_id: 0xC0FFEE,
+                sequence: 1,
+                body: RequestBody::Write {
+                    command: KvOp::Put { key: Bytes::from_static(b"minority"), value: Bytes::from_static(b"x") }
+                        .encode(),
+                },
+            };
+            let answer = single_call(cluster.client_port(isolated), write, Duration::from_secs(3));
+            assert!(
+                !matches!(answer, Some(ResponseStatus::Ok(_))),
+                "the isolated node {isolated} acknowledged a write: {answer:?}"
+            );
+            // The majority elects a new leader and goes on; a value written
+            // there must never be missed by a linearizable read anywhere.
+            let new_leader = cluster.leader_among(&others, Duration::from_secs(20)).expect("the majority elects a leader");
+            let put = KvOp::Put { key: Bytes::from_static(b"fresh"), value: Bytes::from_static(b"new") };
+            let status = call_in_session(
+                &cluster.client(&others, Duration::from_secs(10)),
+                0xFEED,
+                1,
+                RequestBody::Write { command: put.encode() },
+            )
+            .expect("the majority commits");
+            assert_eq!(status, ResponseStatus::Ok(KvResponse::Written.encode()));
+            let read = ClientRequest {
+                request_id: 2,
+                client_id: 0,
+                sequence: 0,
+                body: RequestBody::Read {
+                    query: KvOp::Get { key: Bytes::from_static(b"fresh") }.encode(),
+                    consistency: ReadConsistency::Linearizable,
+                },
+            };
+            let answer = single_call(cluster.client_port(isolated), read, Duration::from_secs(3));
+            assert!(
+                !matches!(&answer, Some(ResponseStatus::Ok(bytes)) if *bytes != KvResponse::Value(Some(Bytes::from_static(b"new"))).encode()),
+                "the isolated stale leader {isolated} served a stale linearizable read: {answer:?}"
+            );
+            eprintln!("five nodes: isolated {isolated}, new leader {new_leader}, isolated answered {answer:?}");
+            std::thread::sleep(Duration::from_secs(2));
+            cluster.heal();
+            cluster.converge();
+        }
+    }
+    // Wipe a follower's data directory: it must rejoin through a snapshot.
+    let leader = cluster.leader();
+    let follower = (1..=5).find(|&id| id != leader).unwrap();
+    std::thread::sleep(chaos_duration() / 2);
+    cluster.kill(follower);
+    std::fs::remove_dir_all(cluster.data_dir(follower)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.spawn(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let installed = cluster.stats(follower).and_then(|stats| stats["stats"]["snapshots_installed"].as_u64());
+        if installed.is_some_and(|count| count >= 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the wiped follower {follower} did not install a snapshot: {installed:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And the leader is killed under load once more.
+    std::thread::sleep(chaos_duration() / 2);
+    let leader = cluster.leader();
+    cluster.kill(leader);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.spawn(leader);
+    finish_and_check(&cluster, shared, handles, "five nodes, partition and wiped follower");
+}
