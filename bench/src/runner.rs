@@ -576,6 +576,17 @@ async fn send_loop(
             if intended >= shared.end || (plan.schedule.is_none() && now >= shared.end) {
                 break 'run;
             }
+            if let (Some(schedule), true) = (plan.schedule, now >= shared.end + DRAIN_TIMEOUT) {
+                // Too far behind the schedule to catch up: what was never
+                // sent failed, at least as late as now.
+                let due = schedule.count_before(shared.end - shared.start);
+                let unsent = due.saturating_sub(slot.borrow().next_scheduled);
+                shared.live.errors.fetch_add(unsent, std::sync::atomic::Ordering::Relaxed);
+                recorder.borrow_mut().errors_n("unsent", unsent, || {
+                    format!("the open loop fell more than {DRAIN_TIMEOUT:?} behind its schedule")
+                });
+                break 'run;
+            }
             if intended > now {
                 next_due = Some(intended);
                 break;
