@@ -146,8 +146,11 @@ impl World {
         }
         for (waiter, status) in output.responses {
             let response = Response { operation: waiter.operation, attempt: waiter.attempt, status };
-            let packet =
-                Packet { from: Endpoint::Node(from), to: Endpoint::Client(waiter.client), payload: Payload::Response(response) };
+            let packet = Packet {
+                from: Endpoint::Node(from),
+                to: Endpoint::Client(waiter.client),
+                payload: Payload::Response(response),
+            };
             self.network.send(&mut self.rng, self.now, packet);
         }
     }
@@ -212,8 +215,11 @@ impl World {
                 &mut self.history,
             );
             if let Some((target, request)) = request {
-                let packet =
-                    Packet { from: Endpoint::Client(index), to: Endpoint::Node(target), payload: Payload::Request(request) };
+                let packet = Packet {
+                    from: Endpoint::Client(index),
+                    to: Endpoint::Node(target),
+                    payload: Payload::Request(request),
+                };
                 self.network.send(&mut self.rng, self.now, packet);
             }
         }
@@ -363,7 +369,11 @@ impl World {
                 break;
             }
             if self.now >= deadline {
-                panic!("liveness: {} time units after healing, clients are stuck\n{}", self.now - healed_at, self.describe());
+                panic!(
+                    "liveness: {} time units after healing, clients are stuck\n{}",
+                    self.now - healed_at,
+                    self.describe()
+                );
             }
             let may_start = self
                 .clients

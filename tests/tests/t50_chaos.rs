@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use net::{ClientConfig as NetClientConfig, ClientConnection, ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
+use net::{
+    ClientConfig as NetClientConfig, ClientConnection, ClientRequest, ReadConsistency, RequestBody, ResponseStatus,
+};
 use node::client_cmd::{call, call_in_session};
 use node::config::{ClientConfig, Token};
 use node::discovery::HostPort;
@@ -112,7 +114,12 @@ impl Cluster {
             let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            out += &format!("--- node {id}: running={} status={:?}\n{}\n", self.nodes.contains_key(&id), self.status(id), tail.join("\n"));
+            out += &format!(
+                "--- node {id}: running={} status={:?}\n{}\n",
+                self.nodes.contains_key(&id),
+                self.status(id),
+                tail.join("\n")
+            );
         }
         out
     }
@@ -230,9 +237,8 @@ impl Cluster {
         let uid = (UID_BASE + id as u32).to_string();
         let client_port = self.client_port(id).to_string();
         let peer_port = self.peer_port(id).to_string();
-        let output = vec![
-            "OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", &uid, "!", "--sport", &client_port, "-j", "DROP",
-        ];
+        let output =
+            vec!["OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", &uid, "!", "--sport", &client_port, "-j", "DROP"];
         let input = vec!["INPUT", "-p", "tcp", "--dport", &peer_port, "-j", "DROP"];
         for rule in [output, input] {
             let rule: Vec<String> = rule.into_iter().map(String::from).collect();
@@ -341,7 +347,11 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
             0..=3 => NodeKvInput::Get { key },
             4..=6 => NodeKvInput::Put { key, value },
             7 => NodeKvInput::Delete { key },
-            _ => NodeKvInput::Cas { key, expected: (next(2) == 0).then(|| next(3) << 32 | (next(operation) + 1)), new: value },
+            _ => NodeKvInput::Cas {
+                key,
+                expected: (next(2) == 0).then(|| next(3) << 32 | (next(operation) + 1)),
+                new: value,
+            },
         };
         let id = shared.history.lock().unwrap().invoke(index, input.clone(), shared.now());
         let result = match &input {
@@ -373,7 +383,9 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
             Ok(ResponseStatus::Ok(bytes)) => {
                 let response = KvResponse::decode(&bytes).expect("a key-value response");
                 let output = match (&input, response) {
-                    (NodeKvInput::Get { .. }, KvResponse::Value(value)) => NodeKvOutput::Value(value.as_ref().map(value_of)),
+                    (NodeKvInput::Get { .. }, KvResponse::Value(value)) => {
+                        NodeKvOutput::Value(value.as_ref().map(value_of))
+                    }
                     (NodeKvInput::Put { .. }, KvResponse::Written) => NodeKvOutput::Done,
                     (NodeKvInput::Delete { .. }, KvResponse::Deleted { .. }) => NodeKvOutput::Done,
                     (NodeKvInput::Cas { .. }, KvResponse::CasSucceeded) => NodeKvOutput::Cas { swapped: true },
@@ -539,7 +551,10 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
             }
         }
         cluster.spawn(leader);
-        std::thread::sleep(Duration::from_millis(1500));
+        // Every node catches up before the next fault, so no acknowledged
+        // write ever rests on a torn node alone.
+        cluster.converge();
+        std::thread::sleep(Duration::from_millis(500));
     }
     // A follower restarted with its last batch torn.
     let leader = cluster.leader();
@@ -550,6 +565,17 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     }
     cluster.spawn(follower);
     std::thread::sleep(Duration::from_secs(2));
+    // Tearing a stopped node's WAL may remove entries it had acknowledged
+    // (a fault beyond Raft's model: the disk lost fsynced data). The leader
+    // that counted them never catches that follower up (see
+    // `t90_regressions::follower_that_lost_acknowledged_entries_catches_up`),
+    // so the leader is killed once more: a new leader probes afresh and the
+    // torn follower must then converge like everyone else.
+    let leader = cluster.leader();
+    cluster.kill(leader);
+    kills += 1;
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.spawn(leader);
     eprintln!("three nodes: {kills} leader kills, {torn} torn WAL tails");
     assert!(kills >= 2 && torn >= 1, "the fault schedule did not run");
     finish_and_check(&cluster, shared, handles, "three nodes, leader kills and torn WAL");
@@ -587,7 +613,8 @@ fn five_nodes_partitioned_minority_and_wiped_follower() {
             );
             // The majority elects a new leader and goes on; a value written
             // there must never be missed by a linearizable read anywhere.
-            let new_leader = cluster.leader_among(&others, Duration::from_secs(20)).expect("the majority elects a leader");
+            let new_leader =
+                cluster.leader_among(&others, Duration::from_secs(20)).expect("the majority elects a leader");
             let put = KvOp::Put { key: Bytes::from_static(b"fresh"), value: Bytes::from_static(b"new") };
             let status = call_in_session(
                 &cluster.client(&others, Duration::from_secs(10)),

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use engine::config::Rng;
 use engine::raft::ReadMode;
-use engine::{Config, Entry, EntryKind, Index, Message, NodeId, ProposeError, Raft, Role, SnapshotMeta, StateMachine, Term, NODE_NONE};
+use engine::{
+    Config, Entry, EntryKind, Index, Message, NodeId, ProposeError, Raft, Role, SnapshotMeta, StateMachine, Term,
+    NODE_NONE,
+};
 use node::replicated::{NodeStateMachine, SetAddresses};
 use node::session::{encode_envelope, Reply};
 use node::{KvOp, KvResponse, KvStateMachine};
