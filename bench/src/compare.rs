@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::plot::{plot_percentiles, PlotError, Series};
+use crate::plot::{plot_percentiles, PlotError, Series, YScale};
 use crate::result::{render_table, OpResult, ResultFile, ResultFileError};
 use crate::stats::{format_micros, format_rate, PERCENTILE_NAMES};
 
@@ -50,7 +50,7 @@ pub fn compare_table(results: &[ResultFile], op: &str) -> String {
 }
 
 /// Loads `paths`, and gives the table and, if `svg` is set, writes the plot.
-pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>) -> Result<String, CompareError> {
+pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>, y_scale: YScale) -> Result<String, CompareError> {
     let mut results = paths.iter().map(|path| ResultFile::load(path)).collect::<Result<Vec<_>, _>>()?;
     // Runs with equal labels are told apart by their file names.
     let labels: Vec<String> = results.iter().map(|result| result.label.clone()).collect();
@@ -67,13 +67,13 @@ pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>) -> Result<
         }
     }
     if let Some(svg) = svg {
-        plot_results(&results, op, svg)?;
+        plot_results(&results, op, y_scale, svg)?;
     }
     Ok(compare_table(&results, op))
 }
 
 /// Writes the percentile-distribution plot of `results` to `svg`.
-pub fn plot_results(results: &[ResultFile], op: &str, svg: &Path) -> Result<(), CompareError> {
+pub fn plot_results(results: &[ResultFile], op: &str, y_scale: YScale, svg: &Path) -> Result<(), CompareError> {
     let mut series = Vec::new();
     for result in results {
         let Some(op_result) = op_result(result, op) else { continue };
@@ -84,13 +84,14 @@ pub fn plot_results(results: &[ResultFile], op: &str, svg: &Path) -> Result<(), 
         })?;
         series.push(Series::from_histogram(&result.label, &histogram));
     }
-    plot_percentiles(&series, &format!("Latency by percentile ({op})"), svg)?;
+    plot_percentiles(&series, &format!("Latency by percentile ({op})"), y_scale, svg)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plot::YScale;
     use crate::result::tests::sample_result;
 
     #[test]
@@ -123,10 +124,10 @@ mod tests {
             })
             .collect();
         let svg = dir.path().join("plot.svg");
-        let table = compare_files(&paths, "write", Some(&svg)).unwrap();
+        let table = compare_files(&paths, "write", Some(&svg), YScale::Linear).unwrap();
         assert_eq!(table.lines().count(), 4);
         let drawing = std::fs::read_to_string(&svg).unwrap();
         assert!(drawing.starts_with("<svg") && drawing.contains("99.9%") && drawing.contains("\nb\n"), "{drawing}");
-        assert!(matches!(compare_files(&paths, "read", None), Err(CompareError::MissingOp { .. })));
+        assert!(matches!(compare_files(&paths, "read", None, YScale::Auto), Err(CompareError::MissingOp { .. })));
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bench::cluster::{find_node_binary, ClusterSpec};
 use bench::compare::compare_files;
+use bench::plot::YScale;
 use bench::progress::ProgressStyleKind;
 use bench::runner::{run, Consistency, LoadMode, RunOptions, RunSettings};
 use bench::sweep::{default_out_dir, file_stem, sweep, SweepPlan};
@@ -187,6 +188,9 @@ struct CompareArgs {
     /// Only the table.
     #[arg(long)]
     no_plot: bool,
+    /// The latency axis of the plot.
+    #[arg(long, value_enum, default_value_t = YScale::Auto)]
+    y_scale: YScale,
 }
 
 /// How the bench starts a local cluster.
@@ -360,7 +364,7 @@ fn command_run(args: RunArgs) -> Result<(), String> {
 
 fn command_compare(args: CompareArgs) -> Result<(), String> {
     let svg = (!args.no_plot).then_some(args.svg.as_path());
-    let table = compare_files(&args.files, &args.op, svg).map_err(|error| error.to_string())?;
+    let table = compare_files(&args.files, &args.op, svg, args.y_scale).map_err(|error| error.to_string())?;
     print!("{table}");
     if let Some(svg) = svg {
         println!("plot: {}", svg.display());

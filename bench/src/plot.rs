@@ -66,40 +66,81 @@ pub fn percentile_label(x: f64) -> String {
     format!("{percent:.decimals$}%")
 }
 
+/// How the latency axis is scaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum YScale {
+    /// Linear, as HdrHistogram's plotter draws it.
+    Linear,
+    /// Logarithmic: runs whose tails differ a hundredfold stay readable.
+    Log,
+    /// Logarithmic when the highest latency is over 50 times the lowest
+    /// median, linear otherwise.
+    Auto,
+}
+
 /// Draws `series` to an SVG file.
-pub fn plot_percentiles(series: &[Series], title: &str, path: &Path) -> Result<(), PlotError> {
+pub fn plot_percentiles(series: &[Series], title: &str, y_scale: YScale, path: &Path) -> Result<(), PlotError> {
     let draw_error =
         |error: &dyn std::fmt::Display| PlotError::Draw { path: path.to_path_buf(), message: error.to_string() };
-    let y_max = series.iter().flat_map(|line| line.points.iter().map(|&(_, y)| y)).fold(0.0f64, f64::max);
+    let ys = || series.iter().flat_map(|line| line.points.iter().map(|&(_, y)| y));
+    let y_max = ys().fold(0.0f64, f64::max);
     if y_max <= 0.0 {
         return Err(PlotError::Empty);
     }
+    let y_min = ys().filter(|&y| y > 0.0).fold(f64::INFINITY, f64::min);
     let x_max = series.iter().flat_map(|line| line.points.last().map(|&(x, _)| x)).fold(10.0f64, f64::max);
     // Round the x range up to a power of ten so the axis ends on a label.
     let x_max = 10f64.powf(x_max.log10().ceil()).min(X_MAX);
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|error| draw_error(&error))?;
-    let mut chart = ChartBuilder::on(&root)
+    let log = match y_scale {
+        YScale::Linear => false,
+        YScale::Log => true,
+        YScale::Auto => y_max > 50.0 * y_min,
+    };
+    let result = if log {
+        let low = 10f64.powf(y_min.log10().floor());
+        let high = 10f64.powf(y_max.log10().ceil());
+        draw(&root, series, title, x_max, (low..high).log_scale())
+    } else {
+        draw(&root, series, title, x_max, 0.0..y_max * 1.05)
+    };
+    result.map_err(|error| draw_error(&error))?;
+    root.present().map_err(|error| draw_error(&error))?;
+    Ok(())
+}
+
+type DrawResult = Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
+
+fn draw<Y>(
+    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    series: &[Series],
+    title: &str,
+    x_max: f64,
+    y_range: Y,
+) -> DrawResult
+where
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .margin_right(48)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((1.0..x_max).log_scale(), 0.0..y_max * 1.05)
-        .map_err(|error| draw_error(&error))?;
+        .build_cartesian_2d((1.0..x_max).log_scale(), y_range)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (ms)")
         .x_label_formatter(&|x| percentile_label(*x))
-        .y_label_formatter(&|y| format!("{y:.2}"))
-        .draw()
-        .map_err(|error| draw_error(&error))?;
+        .y_label_formatter(&|y| if *y >= 10.0 { format!("{y:.0}") } else { format!("{y:.2}") })
+        .draw()?;
     for (index, line) in series.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
         chart
-            .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
-            .map_err(|error| draw_error(&error))?
+            .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))?
             .label(line.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
@@ -108,9 +149,7 @@ pub fn plot_percentiles(series: &[Series], title: &str, path: &Path) -> Result<(
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .draw()
-        .map_err(|error| draw_error(&error))?;
-    root.present().map_err(|error| draw_error(&error))?;
+        .draw()?;
     Ok(())
 }
 

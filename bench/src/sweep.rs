@@ -123,7 +123,7 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
     }
     let table = compare_table(&results, "all");
     let svg = plan.out_dir.join("compare.svg");
-    let plot = match plot_results(&results, "all", &svg) {
+    let plot = match plot_results(&results, "all", crate::plot::YScale::Auto, &svg) {
         Ok(()) => Some(svg),
         Err(error) => {
             eprintln!("warning: no plot: {error}");
