@@ -169,7 +169,8 @@ struct RunArgs {
     /// The result file. [default: bench-results/LABEL-TIME.json]
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Do not ask the nodes for their status for the result file.
+    /// Do not ask the nodes for their status (before) and stats (after)
+    /// for the result file.
     #[arg(long)]
     no_status: bool,
 }

@@ -88,6 +88,10 @@ pub struct ResultFile {
     /// The cluster's answers to the status request, by node client address
     /// (`null` where a node did not answer), or `null` if none was asked.
     pub cluster: Option<serde_json::Value>,
+    /// The nodes' answers to the admin stats request after the run
+    /// (counters, per-stage latency histograms), by address.
+    #[serde(default)]
+    pub cluster_stats: Option<serde_json::Value>,
     /// Settings of the cluster the bench started itself (`sweep`, `demo`):
     /// node count and the extra `node serve` options.
     #[serde(default)]
@@ -134,6 +138,7 @@ impl ResultFile {
             started_at: rfc3339(started_at),
             bench,
             cluster,
+            cluster_stats: None,
             local_cluster: None,
             measured_seconds: measured.as_secs_f64(),
             throughput_per_second: total.throughput_per_second,

@@ -189,7 +189,8 @@ pub struct RunOptions {
     /// The run's name in tables and plots.
     pub label: String,
     pub progress: ProgressStyleKind,
-    /// Ask each node for its status and keep the answers in the result.
+    /// Ask each node for its status before the run and its stats after it,
+    /// and keep the answers in the result.
     pub fetch_status: bool,
 }
 
@@ -230,8 +231,12 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
     let mut client_config = ClientConfig::new(settings.cluster_id, options.token.clone());
     client_config.connect_timeout = Duration::from_secs(2);
-    let cluster =
-        options.fetch_status.then(|| fetch_status(&settings.addrs, &addrs, &client_config, Duration::from_secs(2)));
+    let ask = {
+        let (names, addrs, shards, config) =
+            (settings.addrs.clone(), addrs.clone(), settings.shards.clone(), client_config.clone());
+        move |body: RequestBody| fetch_json(&names, &addrs, &shards, &config, body, Duration::from_secs(2))
+    };
+    let cluster = options.fetch_status.then(|| ask(RequestBody::Status));
     let keys = KeyChooser::new(settings.workload.keys, settings.workload.distribution)?;
 
     let start = Instant::now() + Duration::from_millis(20);
@@ -275,7 +280,11 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
         recorder.merge(worker.join().map_err(|_| RunError::WorkerPanicked)?);
     }
     let measured = stopped.saturating_duration_since(shared.warmup_end).max(Duration::from_millis(1));
-    Ok(ResultFile::new(options.label.clone(), settings, cluster, &recorder, measured, started_at)?)
+    let mut result = ResultFile::new(options.label.clone(), settings, cluster, &recorder, measured, started_at)?;
+    // The nodes' own counters and per-stage latencies, which explain where
+    // the time of this run (and those before it on the same cluster) went.
+    result.cluster_stats = options.fetch_status.then(|| ask(RequestBody::Admin(net::AdminRequest::Stats)));
+    Ok(result)
 }
 
 /// What every worker thread reads.
@@ -790,38 +799,49 @@ pub fn check_answer(op: OpKind, answer: &Bytes) -> Answer {
     }
 }
 
-/// Asks every node for its status (JSON); answers by address, `null` where
-/// a node did not answer in time.
-pub fn fetch_status(
+/// Asks every node, for every shard in `shards`, the JSON request `body`
+/// (status or stats); answers keyed `ADDRESS` (one shard) or
+/// `ADDRESS/shard-N`, with `{"error": ...}` where a node did not answer.
+pub fn fetch_json(
     names: &[String],
     addrs: &[SocketAddr],
+    shards: &[u32],
     config: &ClientConfig,
+    body: RequestBody,
     timeout: Duration,
 ) -> serde_json::Value {
     let answers = tokio_uring::start(async {
         let mut answers = BTreeMap::new();
         for (name, &addr) in names.iter().zip(addrs) {
-            let answer = tokio::time::timeout(timeout, status_of(addr, config)).await;
-            let value = match answer {
-                Ok(Ok(value)) => value,
-                Ok(Err(reason)) => serde_json::json!({ "error": reason }),
-                Err(_) => serde_json::json!({ "error": "no answer in time" }),
-            };
-            answers.insert(name.clone(), value);
+            for &shard in shards {
+                let answer = tokio::time::timeout(timeout, json_of(addr, shard, config, body.clone())).await;
+                let value = match answer {
+                    Ok(Ok(value)) => value,
+                    Ok(Err(reason)) => serde_json::json!({ "error": reason }),
+                    Err(_) => serde_json::json!({ "error": "no answer in time" }),
+                };
+                let key = if shards.len() == 1 { name.clone() } else { format!("{name}/shard-{shard}") };
+                answers.insert(key, value);
+            }
         }
         answers
     });
     serde_json::to_value(answers).expect("JSON values serialize")
 }
 
-async fn status_of(addr: SocketAddr, config: &ClientConfig) -> Result<serde_json::Value, String> {
+async fn json_of(
+    addr: SocketAddr,
+    shard: u32,
+    config: &ClientConfig,
+    body: RequestBody,
+) -> Result<serde_json::Value, String> {
     let mut connection = ClientConnection::connect(addr, config).await.map_err(|error| error.to_string())?;
-    let request = ClientRequest { request_id: 1, client_id: 0, sequence: 0, body: RequestBody::Status };
-    let response = connection.call(0, &request).await.map_err(|error| error.to_string())?;
+    let request = ClientRequest { request_id: 1, client_id: 0, sequence: 0, body };
+    let response = connection.call(shard, &request).await.map_err(|error| error.to_string())?;
     match response.status {
         ResponseStatus::Ok(json) => serde_json::from_slice(&json)
             .or_else(|_| Ok(serde_json::Value::String(String::from_utf8_lossy(&json).into_owned()))),
-        other => Err(format!("status answered {other:?}")),
+        other => Err(format!("answered {other:?}")),
     }
 }
 
