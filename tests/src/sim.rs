@@ -174,20 +174,12 @@ impl World {
                 }
                 (Endpoint::Client(index), Payload::Response(response)) => {
                     let Endpoint::Node(from) = packet.from else { unreachable!("responses come from nodes") };
-                    self.clients[index].on_response(
-                        self.now,
-                        response.operation,
-                        response.attempt,
-                        response.status,
-                        from,
-                        &mut self.history,
-                        &mut self.rng,
-                    );
+                    self.clients[index].on_response(self.now, response, from, &mut self.history, &mut self.rng);
                 }
                 (to, payload) => unreachable!("misrouted packet to {to:?}: {payload:?}"),
             }
         }
-        let tick = self.now % TICK == 0;
+        let tick = self.now.is_multiple_of(TICK);
         for id in self.ids.clone() {
             let node = self.nodes.get_mut(&id).expect("known node");
             if !node.up {

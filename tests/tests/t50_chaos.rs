@@ -313,7 +313,7 @@ impl Shared {
 /// One client thread: its own session, sequences 1, 2, 3, ...; every call
 /// retries (same sequence) until its timeout, following redirects.
 fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
-    let session = (u64::from(std::process::id()) << 20) ^ (index + 1) * 0x9E37_79B9;
+    let session = (u64::from(std::process::id()) << 20) ^ ((index + 1) * 0x9E37_79B9);
     let mut sequence = 0u64;
     let mut operation = 0u64;
     let mut rng = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

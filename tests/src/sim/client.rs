@@ -10,7 +10,7 @@ use node::KvOp;
 
 use crate::linearizability::{HistoryRecorder, NodeKvInput, NodeKvOutput, OperationId};
 
-use super::node::{Request, RequestBody, Status};
+use super::node::{Request, RequestBody, Response, Status};
 
 /// The history type the simulator records: small integer keys and values.
 pub type SimHistory = HistoryRecorder<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
@@ -179,16 +179,8 @@ impl SimClient {
     /// operation settles it (all attempts of a write are one session
     /// sequence, applied once; every attempt of a read lies inside the
     /// operation's interval); a redirect only matters for the latest attempt.
-    pub fn on_response(
-        &mut self,
-        now: u64,
-        operation: u64,
-        attempt: u32,
-        status: Status,
-        from: NodeId,
-        history: &mut SimHistory,
-        rng: &mut Rng,
-    ) {
+    pub fn on_response(&mut self, now: u64, response: Response, from: NodeId, history: &mut SimHistory, rng: &mut Rng) {
+        let Response { operation, attempt, status } = response;
         let Some(current) = &mut self.current else { return };
         if current.operation != operation {
             return;
