@@ -72,7 +72,8 @@ impl ProgressStyleKind {
     }
 }
 
-/// Shows the progress of a run until `done()` is true.
+/// Shows the progress of a run until `done()` is true, and returns its
+/// timeline (one point per second, whatever the display).
 pub fn watch(
     live: &Live,
     kind: ProgressStyleKind,
@@ -81,7 +82,7 @@ pub fn watch(
     warmup: Duration,
     duration: Duration,
     done: impl Fn() -> bool,
-) {
+) -> Vec<TimelinePoint> {
     let total = warmup + duration;
     let bar = (kind == ProgressStyleKind::Bar).then(|| {
         let bar = ProgressBar::new(total.as_millis() as u64);
@@ -96,59 +97,97 @@ pub fn watch(
         bar.set_prefix(label.to_string());
         bar
     });
-    let tick = if kind == ProgressStyleKind::Bar { Duration::from_millis(250) } else { Duration::from_secs(1) };
+    let tick = Duration::from_millis(250);
+    let mut timeline = Vec::new();
     let mut last = Instant::now();
     let mut last_completed = 0u64;
-    let mut last_line = Instant::now();
-    let mut line_completed = 0u64;
-    let mut line_histogram = new_histogram();
-    while !done() {
-        std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() < tick && !done() {
-            continue;
+    let mut second_start = Instant::now();
+    let mut second_completed = 0u64;
+    let mut second_errors = 0u64;
+    let mut second_histogram = new_histogram();
+    loop {
+        let finished = done();
+        if !finished {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() < tick {
+                continue;
+            }
         }
         let now = Instant::now();
         let completed = live.completed.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
         let interval = live.take_interval();
+        second_histogram.add(&interval).expect("equal bounds");
         let phase = if now.duration_since(start) < warmup { "warm-up" } else { "measure" };
-        match kind {
-            ProgressStyleKind::Bar => {
-                let rate = (completed - last_completed) as f64 / now.duration_since(last).as_secs_f64();
-                let bar = bar.as_ref().expect("a bar in bar mode");
-                bar.set_position((now.duration_since(start).as_millis() as u64).min(total.as_millis() as u64));
-                bar.set_message(format!(
-                    "{phase} {} ops/s  p50 {}  p99 {}  errors {}",
-                    format_rate(rate),
-                    percentile(&interval, 0.5),
-                    percentile(&interval, 0.99),
-                    live.errors.load(Ordering::Relaxed)
-                ));
+        if let Some(bar) = &bar {
+            let rate = (completed - last_completed) as f64 / now.duration_since(last).as_secs_f64();
+            bar.set_position((now.duration_since(start).as_millis() as u64).min(total.as_millis() as u64));
+            bar.set_message(format!(
+                "{phase} {} ops/s  p50 {}  p99 {}  errors {errors}",
+                format_rate(rate),
+                percentile(&interval, 0.5),
+                percentile(&interval, 0.99),
+            ));
+        }
+        let second = now.duration_since(second_start);
+        // A last partial second is kept only if long enough for its rate to mean something.
+        let last_partial = finished && !second_histogram.is_empty() && second >= Duration::from_millis(500);
+        if second >= Duration::from_secs(1) || last_partial {
+            let point = TimelinePoint {
+                end_s: now.saturating_duration_since(start).as_secs_f64(),
+                ops_per_second: (completed - second_completed) as f64 / second.as_secs_f64(),
+                errors: errors - second_errors,
+                p50_us: quantile_micros(&second_histogram, 0.5),
+                p99_us: quantile_micros(&second_histogram, 0.99),
+                max_us: second_histogram.max() as f64 / 1_000.0,
+            };
+            if kind == ProgressStyleKind::Lines {
+                eprintln!(
+                    "{label}: {:>5.1}s {phase} {} ops/s  p50 {}  p99 {}  max {}  errors {errors}",
+                    point.end_s,
+                    format_rate(point.ops_per_second),
+                    percentile(&second_histogram, 0.5),
+                    percentile(&second_histogram, 0.99),
+                    percentile(&second_histogram, 1.0),
+                );
             }
-            ProgressStyleKind::Lines => {
-                line_histogram.add(&interval).expect("equal bounds");
-                if now.duration_since(last_line) >= Duration::from_secs(1) {
-                    let rate = (completed - line_completed) as f64 / now.duration_since(last_line).as_secs_f64();
-                    eprintln!(
-                        "{label}: {:>5.1}s {phase} {} ops/s  p50 {}  p99 {}  errors {}",
-                        now.duration_since(start).as_secs_f64(),
-                        format_rate(rate),
-                        percentile(&line_histogram, 0.5),
-                        percentile(&line_histogram, 0.99),
-                        live.errors.load(Ordering::Relaxed)
-                    );
-                    line_histogram.reset();
-                    line_completed = completed;
-                    last_line = now;
-                }
-            }
-            ProgressStyleKind::Quiet => {}
+            timeline.push(point);
+            second_histogram.reset();
+            second_completed = completed;
+            second_errors = errors;
+            second_start = now;
         }
         last = now;
         last_completed = completed;
+        if finished {
+            break;
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    timeline
+}
+
+/// One second of a run, as the live display saw it: answers by completion
+/// time (warm-up included), so stalls and leader changes show where they
+/// happened.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the start (warm-up included) at the end of the interval.
+    pub end_s: f64,
+    pub ops_per_second: f64,
+    pub errors: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+fn quantile_micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    histogram.value_at_quantile(quantile) as f64 / 1_000.0
 }
 
 fn percentile(histogram: &Histogram<u64>, quantile: f64) -> String {

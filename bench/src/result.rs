@@ -113,6 +113,9 @@ pub struct ResultFile {
     /// Failed requests by type during the warm-up.
     #[serde(default)]
     pub warmup_errors: BTreeMap<String, u64>,
+    /// Throughput and latency second by second (warm-up included).
+    #[serde(default)]
+    pub timeline: Vec<crate::progress::TimelinePoint>,
     /// Latency unit of the histograms.
     pub histogram_unit: String,
 }
@@ -148,6 +151,7 @@ impl ResultFile {
             error_examples: recorder.error_examples.clone(),
             warmup_completed: recorder.warmup_completed,
             warmup_errors: recorder.warmup_errors.clone(),
+            timeline: Vec::new(),
             histogram_unit: "ns".to_string(),
         })
     }

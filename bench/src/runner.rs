@@ -271,7 +271,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
         })
         .collect();
     let started_at = SystemTime::now() + warmup;
-    watch(&shared.live, options.progress, &options.label, start, warmup, duration, || {
+    let timeline = watch(&shared.live, options.progress, &options.label, start, warmup, duration, || {
         workers.iter().all(|worker| worker.is_finished())
     });
     let stopped = Instant::now().min(shared.end);
@@ -283,6 +283,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     let mut result = ResultFile::new(options.label.clone(), settings, cluster, &recorder, measured, started_at)?;
     // The nodes' own counters and per-stage latencies, which explain where
     // the time of this run (and those before it on the same cluster) went.
+    result.timeline = timeline;
     result.cluster_stats = options.fetch_status.then(|| ask(RequestBody::Admin(net::AdminRequest::Stats)));
     Ok(result)
 }
