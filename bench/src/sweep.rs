@@ -59,7 +59,7 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|source| ResultFileError::Write { path: plan.out_dir.clone(), source })?;
     let mut results = Vec::new();
-    for (option_index, node_option) in plan.node_options.iter().enumerate() {
+    for node_option in &plan.node_options {
         let spec = ClusterSpec { extra_args: node_option.clone(), ..plan.cluster.clone() };
         eprintln!(
             "starting a {}-node cluster{} ...",
@@ -118,7 +118,6 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                 }
             }
         }
-        let _ = option_index;
         cluster.stop();
     }
     let table = compare_table(&results, "all");
