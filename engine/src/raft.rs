@@ -365,8 +365,14 @@ impl Raft {
     pub fn entry(&self, index: Index) -> Option<&Entry> {
         self.log.entry(index)
     }
+    /// The state to persist. Its commit index never exceeds the durable log
+    /// (`persisted`): a shell may write the hard state before, and apart
+    /// from, the entry appends of the same Ready, and a crash in between
+    /// must not leave a commit index covering entries that are not on disk,
+    /// or stale entries a pending append was about to replace (on restart
+    /// they would be applied as committed).
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed.min(self.log.persisted) }
     }
     pub fn transfer_target(&self) -> Option<NodeId> {
         (self.transfer_target != NODE_NONE).then_some(self.transfer_target)

@@ -55,6 +55,7 @@ pub struct Summary {
     pub crashes: u64,
     pub partitions: u64,
     pub membership_changes: u64,
+    pub disk_stalls: u64,
     pub snapshots_installed: u64,
     pub terms_with_leader: usize,
     pub committed: usize,
@@ -74,6 +75,10 @@ struct World {
     keys: u8,
     /// Out of 100, the chance per time unit that a node's disk finishes work.
     disk_speed: u64,
+    /// Per node, the time until which its log device is stalled: appends
+    /// and snapshots wait, while the small hard-state file (a separate
+    /// fdatasync, unordered with the appends) may still land.
+    stalled_until: BTreeMap<NodeId, u64>,
     summary: Summary,
 }
 
@@ -129,6 +134,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
         observer: Observer::default(),
         keys,
         disk_speed,
+        stalled_until: BTreeMap::new(),
         summary: Summary { seed, voters, lease_reads, ..Summary::default() },
     };
     world.chaos(voters);
@@ -188,7 +194,11 @@ impl World {
             if tick {
                 node.raft.tick();
             }
-            if self.rng.range(0, 100) < disk_speed {
+            if self.stalled_until.get(&id).is_some_and(|&until| self.now < until) {
+                if self.rng.range(0, 20) == 0 {
+                    node.disk_progress(0, true);
+                }
+            } else if self.rng.range(0, 100) < disk_speed {
                 let count = self.rng.range(1, 4) as usize;
                 let hard_state = self.rng.range(0, 2) == 0;
                 node.disk_progress(count, hard_state);
@@ -293,6 +303,12 @@ impl World {
                     }
                 }
                 10 => self.membership_change(),
+                12..=13 => {
+                    let id = self.pick();
+                    let until = self.now + self.rng.range(50, 1500);
+                    self.stalled_until.insert(id, until);
+                    self.summary.disk_stalls += 1;
+                }
                 11 => {
                     if let Some(leader) = self.leader() {
                         let target = self.pick();
@@ -341,6 +357,7 @@ impl World {
     fn heal_and_converge(&mut self) {
         self.network.cut.clear();
         self.network.faults = NetworkFaults::calm();
+        self.stalled_until.clear();
         for node in self.nodes.values_mut() {
             if !node.up {
                 node.restart();

@@ -5,6 +5,55 @@ use bytes::Bytes;
 use engine::batch::EntryBatch;
 use engine::storage::MemStorage;
 use engine::testing::Cluster;
+use engine::{AppendRequest, Config, Entry, EntryKind, HardState, Message, MessageBody, Raft, Recovered};
+
+/// Found by `t10_simulation` (seed 26, three nodes, with disk stalls): a
+/// follower held an uncommitted entry of an old term at index 2; the new
+/// leader replaced it and told the follower the commit index 2 in the same
+/// append. The engine handed the shell a hard state with commit 2 alongside
+/// the not yet durable replacement; the node's shard writes the hard state
+/// on its own (synchronously for a new term or vote, lazily otherwise),
+/// unordered with the WAL append, so a crash in between left commit 2 over
+/// the stale entry on disk, and the restarted node applied it as committed:
+/// two state machines applied different commands at one index.
+///
+/// Fixed in engine/src/raft.rs `Raft::hard_state`: the commit index it
+/// reports never exceeds the durable log (`min(committed, persisted)`).
+#[test]
+fn hard_state_commit_never_covers_entries_not_yet_durable() {
+    let entry = |index, term, data: &'static [u8]| Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        data: Bytes::from_static(data),
+    };
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: 1, commit: 1 },
+        snapshot: None,
+        entries: vec![entry(1, 1, b"a"), entry(2, 1, b"stale")],
+    };
+    let mut follower = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
+    let append = AppendRequest {
+        prev_index: 1,
+        prev_term: 1,
+        commit: 2,
+        entries: Some(EntryBatch::encode(&[entry(2, 2, b"new")])),
+    };
+    follower.step(Message { from: 2, to: 1, term: 2, body: MessageBody::Append(append) }).expect("accepted");
+    let ready = follower.ready();
+    assert_eq!(ready.last_entry(), Some((2, 2)), "the replacement is handed to the shell to persist");
+    let hard_state = ready.hard_state.expect("the term changed");
+    assert!(
+        hard_state.commit <= 1,
+        "the hard state's commit {} covers index 2, whose durable entry is still the stale one",
+        hard_state.commit
+    );
+    follower.advance(ready);
+    // Once the replacement is durable, the commit index may cover it.
+    follower.persisted(2, 2);
+    let ready = follower.ready();
+    assert_eq!(ready.hard_state.map(|hard_state| hard_state.commit), Some(2));
+}
 
 /// Found by `t50_chaos` (a follower restarted with the last batch of its WAL
 /// torn): a follower that comes back with fewer entries than it had

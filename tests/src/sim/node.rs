@@ -149,6 +149,21 @@ impl SimNode {
 
     /// The process starts again from its disk.
     pub fn restart(&mut self) {
+        if std::env::var_os("SIM_TRACE").is_some() {
+            let durable = &self.disk.durable;
+            let hard_state = durable.hard_state();
+            eprintln!(
+                "restart node {}: durable hard state {:?}, log {}..={} (terms at the end: {:?}), snapshot {}",
+                self.id,
+                hard_state,
+                durable.first_index(),
+                durable.last_index(),
+                (durable.last_index().saturating_sub(3).max(durable.first_index())..=durable.last_index())
+                    .map(|index| (index, durable.term(index).ok()))
+                    .collect::<Vec<_>>(),
+                durable.snapshot_meta().index
+            );
+        }
         let disk = std::mem::take(&mut self.disk);
         *self = SimNode::recover(self.config.clone(), disk, self.generation + 1);
     }
