@@ -1,0 +1,125 @@
+//! The load driver against fake nodes that speak the client protocol, so
+//! leader following and session handling are tested without the node
+//! binary: a follower answers `NotLeader` (with the leader's address, or
+//! with only its id), the leader answers every request at once and checks
+//! that each session starts at sequence 1 and never goes backwards.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bench::progress::ProgressStyleKind;
+use bench::runner::{run, LoadMode, RunOptions, RunSettings};
+use bytes::Bytes;
+use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, RequestBody, ResponseStatus};
+use node::KvResponse;
+
+const TOKEN: &[u8] = b"fake-cluster";
+
+#[derive(Clone, Copy)]
+enum Role {
+    Leader,
+    /// Names the leader by address.
+    FollowerWithAddress,
+    /// Names only the leader's node id (1).
+    FollowerWithId,
+}
+
+/// Starts a fake node on its own thread and returns its address.
+fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> SocketAddr {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        tokio_uring::start(async move {
+            let policy = HandshakePolicy {
+                cluster_id: 1,
+                node_id,
+                token: Bytes::from_static(TOKEN),
+                accept_peers: false,
+                accept_clients: true,
+            };
+            let listener = Listener::bind(ListenerConfig::new("127.0.0.1:0".parse().unwrap(), policy)).unwrap();
+            sender.send(listener.local_addr()).unwrap();
+            let (inbound_sender, mut inbound) = inbound_channel(1_024);
+            let _listener = listener.spawn(inbound_sender);
+            let mut sessions: HashMap<u64, u64> = HashMap::new();
+            while let Some(event) = inbound.recv().await {
+                let Inbound::Request { request, reply, .. } = event else { continue };
+                let status = match (role, &request.body) {
+                    (Role::FollowerWithAddress, _) => {
+                        ResponseStatus::NotLeader { leader_id: Some(1), leader_addr: leader.map(|a| a.to_string()) }
+                    }
+                    (Role::FollowerWithId, _) => ResponseStatus::NotLeader { leader_id: Some(1), leader_addr: None },
+                    (Role::Leader, RequestBody::Write { .. }) => {
+                        let last = sessions.get(&request.client_id).copied();
+                        match last {
+                            None if request.sequence != 1 => ResponseStatus::SessionExpired,
+                            Some(last) if request.sequence <= last => {
+                                ResponseStatus::BadRequest(format!("sequence {} after {last}", request.sequence))
+                            }
+                            _ => {
+                                sessions.insert(request.client_id, request.sequence);
+                                ResponseStatus::Ok(KvResponse::Written.encode())
+                            }
+                        }
+                    }
+                    (Role::Leader, RequestBody::Read { .. }) => ResponseStatus::Ok(KvResponse::Value(None).encode()),
+                    (Role::Leader, _) => ResponseStatus::Ok(Bytes::from_static(b"{\"fake\":true}")),
+                };
+                let _ = reply.send(status).await;
+            }
+        });
+    });
+    receiver.recv_timeout(Duration::from_secs(5)).expect("the fake node starts")
+}
+
+fn settings(addrs: Vec<SocketAddr>, load: LoadMode) -> RunSettings {
+    let mut settings = RunSettings::example();
+    settings.addrs = addrs.iter().map(ToString::to_string).collect();
+    settings.connections = 4;
+    settings.load = load;
+    settings.duration_s = 0.5;
+    settings.warmup_s = 0.2;
+    settings.workload.read_fraction = 0.2;
+    settings
+}
+
+fn options(settings: RunSettings) -> RunOptions {
+    RunOptions {
+        settings,
+        token: Bytes::from_static(TOKEN),
+        label: "fake".into(),
+        progress: ProgressStyleKind::Quiet,
+        fetch_status: true,
+    }
+}
+
+#[test]
+fn follows_not_leader_to_the_leader_with_valid_sessions() {
+    let leader = spawn_node(1, Role::Leader, None);
+    let by_address = spawn_node(2, Role::FollowerWithAddress, Some(leader));
+    let by_id = spawn_node(3, Role::FollowerWithId, None);
+    // Connections start at every node; the leader is listed last so that
+    // the id-only follower's answer is resolved through handshakes.
+    let result = run(&options(settings(vec![by_address, by_id, leader], LoadMode::Closed { inflight: 32 }))).unwrap();
+    assert!(result.operations["write"].count > 100, "{:?}", result.operations["write"].count);
+    assert!(result.operations["read"].count > 10);
+    // Redirects happen at the start, in the warm-up; none after it, and no
+    // session was ever refused (sequence 1 first, never backwards).
+    assert!(result.errors.is_empty(), "{:?} {:?}", result.errors, result.error_examples);
+    assert!(result.warmup_errors.get("not_leader").is_some_and(|&count| count > 0), "{:?}", result.warmup_errors);
+    assert!(!result.warmup_errors.contains_key("session_expired"), "{:?}", result.warmup_errors);
+    assert!(!result.warmup_errors.contains_key("bad_request"), "{:?}", result.warmup_errors);
+    let status = result.cluster.unwrap();
+    assert_eq!(status[leader.to_string()]["fake"], true, "{status}");
+}
+
+#[test]
+fn open_loop_sends_on_schedule() {
+    let leader = spawn_node(1, Role::Leader, None);
+    let result = run(&options(settings(vec![leader], LoadMode::Open { rate: 2_000.0, inflight_max: 64 }))).unwrap();
+    // 0.5 s at 2,000/s: 1,000 requests due in the measured window.
+    assert_eq!(result.total.count, 1_000, "{:?}", result.errors);
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
+    assert!((result.throughput_per_second - 2_000.0).abs() < 100.0, "{}", result.throughput_per_second);
+}
