@@ -425,7 +425,10 @@ impl ServeConfig {
             read_consistency,
             log_level,
             join: options.join.unwrap_or(false),
-            snapshot_entries: options.snapshot_entries.map(|entries| positive("snapshot-entries", entries)).transpose()?,
+            snapshot_entries: options
+                .snapshot_entries
+                .map(|entries| positive("snapshot-entries", entries))
+                .transpose()?,
         })
     }
 }
