@@ -140,16 +140,16 @@ pub struct ServeOptions {
     #[arg(long, value_name = "COUNT")]
     pub sessions_max: Option<usize>,
 
-    /// Election timeout, lower bound, in ticks. [default: 10]
+    /// Election timeout, lower bound, in ticks. [default: 50]
     #[arg(long, value_name = "TICKS")]
     pub election_ticks_min: Option<u32>,
 
-    /// Election timeout, upper bound (exclusive), in ticks. [default: 20]
+    /// Election timeout, upper bound (exclusive), in ticks. [default: 100]
     #[arg(long, value_name = "TICKS")]
     pub election_ticks_max: Option<u32>,
 
     /// A leader's heartbeat period, in ticks; less than the election
-    /// timeout. [default: 1]
+    /// timeout. [default: 5]
     #[arg(long, value_name = "TICKS")]
     pub heartbeat_ticks: Option<u32>,
 

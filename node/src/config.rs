@@ -115,9 +115,13 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Timing {
         Timing {
-            election_ticks_min: 10,
-            election_ticks_max: 20,
-            heartbeat_ticks: 1,
+            // etcd's proportions (heartbeat 1/10 of the election timeout):
+            // a 50 ms heartbeat, a 0.5-1 s election timeout. Shorter timeouts
+            // turn a loaded machine's scheduling delays and fdatasync stalls
+            // into needless elections.
+            election_ticks_min: 50,
+            election_ticks_max: 100,
+            heartbeat_ticks: 5,
             tick_interval: Duration::from_millis(10),
         }
     }

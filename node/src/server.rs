@@ -1,7 +1,7 @@
 //! `node serve`: one pinned io_uring runtime per core, shards assigned to
 //! cores, nothing mutable shared between cores.
 //!
-//! Core `k` listens on the peer and client ports plus `k`, and talks to core
+//! Core `k` listens on the peer and client ports plus `1000 * k`, and talks to core
 //! `k` of the other nodes; shard `s` lives on core `s % cores`. Every node of
 //! a cluster must therefore run the same number of shards and cores (cores =
 //! min(shards, available CPUs)). A client request that arrives on the wrong
@@ -24,6 +24,17 @@ use crate::discovery::{self, Peer};
 use crate::fsm::QueryStateMachine;
 use crate::shard::{Peers, Replier, Shard, ShardContext, ShardEvent, SHARD_INBOX_MAX};
 use crate::stats::ShardStats;
+
+/// Core `k` listens on the configured peer and client ports plus
+/// `k * CORE_PORT_STRIDE`, far enough apart that the ports of nodes placed on
+/// neighbouring ports (as `node dev` does) never collide.
+pub const CORE_PORT_STRIDE: u16 = 1000;
+
+/// The address core `core` uses for `base`, or `None` past the last port.
+pub fn core_addr(base: SocketAddr, core: u16) -> Option<SocketAddr> {
+    let port = core.checked_mul(CORE_PORT_STRIDE).and_then(|offset| base.port().checked_add(offset))?;
+    Some(SocketAddr::new(base.ip(), port))
+}
 
 /// Requests forwarded between cores, at most, per core.
 const FORWARD_QUEUE_MAX: usize = 4096;
@@ -73,7 +84,14 @@ where
     let cores = (config.shards as usize).min(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     for core in 0..cores {
         for base in [config.peer_addr, config.client_addr] {
-            let addr = SocketAddr::new(base.ip(), base.port().wrapping_add(core as u16));
+            let addr = core_addr(base, core as u16).ok_or_else(|| ServeError::Listen {
+                addr: base,
+                reason: format!(
+                    "core {core} needs port {} + {}, past the last port",
+                    base.port(),
+                    core as u16 * CORE_PORT_STRIDE
+                ),
+            })?;
             probe_port(addr)?;
         }
     }
@@ -203,7 +221,7 @@ where
     let (inbound_sender, mut inbound) = inbound_channel(INBOUND_QUEUE_MAX);
     let mut listeners = Vec::new();
     for base in [config.peer_addr, config.client_addr] {
-        let addr = SocketAddr::new(base.ip(), base.port().wrapping_add(offset));
+        let addr = core_addr(base, offset).expect("checked at start");
         let listener = Listener::bind(ListenerConfig::new(addr, policy.clone()))
             .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
         listeners.push(listener.spawn(inbound_sender.clone()));

@@ -101,7 +101,10 @@ impl Peers {
         if id == self.node_id {
             return;
         }
-        let addr = SocketAddr::new(base.ip(), base.port().wrapping_add(self.core));
+        let Some(addr) = crate::server::core_addr(base, self.core) else {
+            tracing::warn!(peer = id, %base, core = self.core, "no port for this core at the peer");
+            return;
+        };
         let mut links = self.links.borrow_mut();
         if links.get(&id).is_some_and(|(known, _)| *known == addr) {
             return;
@@ -335,7 +338,7 @@ impl<S: QueryStateMachine> Shard<S> {
         }
         let addr = self.fsm.addresses(leader).and_then(|a| a.client.clone()).and_then(|base| {
             let base: SocketAddr = base.parse().ok()?;
-            Some(SocketAddr::new(base.ip(), base.port().wrapping_add(self.ctx.core)).to_string())
+            crate::server::core_addr(base, self.ctx.core).map(|addr| addr.to_string())
         });
         ResponseStatus::NotLeader { leader_id: Some(leader), leader_addr: addr }
     }

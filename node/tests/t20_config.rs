@@ -217,8 +217,8 @@ fn other_serve_mistakes() {
     let file = dir.join("file").to_string_lossy().into_owned();
     assert!(matches!(config_error(serve(&dir, &["--data-dir", &file])), ConfigError::DataDirNotDirectory { .. }));
     assert!(matches!(
-        config_error(serve(&dir, &["--heartbeat-ticks", "10"])),
-        ConfigError::HeartbeatTicks { heartbeat: 10, election_min: 10 }
+        config_error(serve(&dir, &["--heartbeat-ticks", "50"])),
+        ConfigError::HeartbeatTicks { heartbeat: 50, election_min: 50 }
     ));
     assert!(matches!(
         config_error(serve(&dir, &["--election-ticks-min", "30", "--election-ticks-max", "20"])),
