@@ -51,5 +51,29 @@
 //!   `tests/t85_linearizability_checker.rs` checks against their known
 //!   verdicts.
 
+//!
+//! # The tests of this crate
+//!
+//! | test | what | how long |
+//! |---|---|---|
+//! | `t10_simulation` | [`sim`]: 2,000 seeded runs of 3- and 5-node clusters of real engines and state machines over a simulated disk and network with every fault; Raft safety after every event, liveness after healing, linearizability of the client history | about 20 s in release on 2 cores |
+//! | `t50_chaos` | real `node` processes: repeated leader SIGKILLs, torn WAL tails, an iptables minority partition, a wiped follower rejoining by snapshot; history checked, acknowledged writes read back | about 30 s |
+//! | `t60_hostile_clients` | random bytes, oversized frames, a wrong token, connections that never read, against a real node serving a good client | about 12 s |
+//! | `t85_linearizability_checker` | the checker against histories with known verdicts | seconds |
+//! | `t90_regressions` | the smallest reproductions of what the simulator and the chaos tests found | instant |
+//!
+//! ```text
+//! cargo build --release -p node            # t50 and t60 use target/release/node
+//! cargo test --release -p tests
+//! SIM_SEEDS=20000 cargo test --release -p tests --test t10_simulation     # more seeds
+//! SIM_SEED=26 cargo test --release -p tests --test t10_simulation -- three_nodes --exact --nocapture
+//! CHAOS_SECONDS=300 cargo test --release -p tests --test t50_chaos -- --nocapture
+//! ```
+//!
+//! The chaos test partitions with iptables owner rules and runs each node
+//! as its own uid, so that case needs root; without root or iptables it is
+//! skipped with a message, and without the `node` binary the real-process
+//! tests skip too.
+
 pub mod linearizability;
 pub mod sim;

@@ -5,7 +5,8 @@
 //! `tests::sim`).
 //!
 //! `SIM_SEEDS=N` runs N seeds per cluster size (default 1000, so 2000 runs
-//! in all); `SIM_SEED=S` replays one seed. A failure prints the seed and the
+//! in all), starting at `SIM_SEED_START` (default 0); `SIM_SEED=S` replays
+//! one seed (`SIM_TRACE=1` adds what each restarting node found on disk). A failure prints the seed and the
 //! command that replays it. Run it in release: the debug build is about ten
 //! times slower.
 
@@ -22,9 +23,10 @@ fn run_many(voters: u64, test_name: &str) {
         return;
     }
     let seeds: u64 = std::env::var("SIM_SEEDS").map_or(1000, |s| s.parse().expect("SIM_SEEDS is a number"));
+    let first: u64 = std::env::var("SIM_SEED_START").map_or(0, |s| s.parse().expect("SIM_SEED_START is a number"));
     let started = Instant::now();
     let mut total = Summary::default();
-    for seed in 0..seeds {
+    for seed in first..first + seeds {
         let result = catch_unwind(AssertUnwindSafe(|| run(seed, voters)));
         match result {
             Ok(summary) => {
