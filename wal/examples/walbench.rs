@@ -131,6 +131,74 @@ async fn uring_floor(dir: &Path, size: usize, duration: Duration) -> Summary {
     Summary { operations, elapsed, histogram }
 }
 
+/// One appender against both floors, interleaved in short slices so that a
+/// shared disk's drifting load hits all three alike: `rounds` times, `slice`
+/// of `pwrite` + `fdatasync`, of tokio-uring write + `fdatasync`, and of WAL
+/// appends awaited one at a time.
+async fn interleaved_one_appender(dir: &Path, rounds: u32, slice: Duration) -> [Summary; 3] {
+    let span = 64u64 << 20;
+    let std_path = dir.join("floor-interleaved.dat");
+    let std_file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&std_path).unwrap();
+    // SAFETY: fallocate on an owned descriptor.
+    let result =
+        unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&std_file), 0, 0, span as libc::off_t) };
+    assert_eq!(result, 0, "fallocate failed");
+    std_file.sync_all().unwrap();
+    let uring_path = dir.join("floor-interleaved-uring.dat");
+    let uring_file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&uring_path).unwrap();
+    let uring_file = tokio_uring::fs::File::from_std(uring_file);
+    uring_file.fallocate(0, span, 0).await.unwrap();
+    uring_file.sync_all().await.unwrap();
+    let wal_dir = dir.join("wal-interleaved");
+    std::fs::create_dir_all(&wal_dir).unwrap();
+    let (wal, _) = Wal::open(WalConfig::new(&wal_dir, 1, 1)).await.expect("open");
+    let buffer = vec![0x5au8; RECORD_BYTES];
+    let mut uring_buffer = buffer.clone();
+    let new_summary =
+        || Summary { operations: 0, elapsed: Duration::ZERO, histogram: Histogram::<u64>::new(3).unwrap() };
+    let mut summaries = [new_summary(), new_summary(), new_summary()];
+    let (mut std_offset, mut uring_offset, mut next_index) = (0u64, 0u64, 1u64);
+    for _ in 0..rounds {
+        for (kind, summary) in summaries.iter_mut().enumerate() {
+            let started = Instant::now();
+            while started.elapsed() < slice {
+                let begin = Instant::now();
+                match kind {
+                    0 => {
+                        std_file.write_all_at(&buffer, std_offset).unwrap();
+                        std_file.sync_data().unwrap();
+                        std_offset = (std_offset + RECORD_BYTES as u64) % (span - RECORD_BYTES as u64);
+                    }
+                    1 => {
+                        let (result, returned) = uring_file.write_all_at(uring_buffer, uring_offset).await;
+                        result.unwrap();
+                        uring_buffer = returned;
+                        uring_file.sync_data().await.unwrap();
+                        uring_offset = (uring_offset + RECORD_BYTES as u64) % (span - RECORD_BYTES as u64);
+                    }
+                    _ => {
+                        let ticket = wal.append(append_batch(next_index)).expect("append");
+                        next_index += 1;
+                        wal.wait_durable(ticket.sequence).await.expect("durable");
+                    }
+                }
+                summary.histogram.record(begin.elapsed().as_micros() as u64).unwrap();
+                summary.operations += 1;
+            }
+            summary.elapsed += started.elapsed();
+        }
+    }
+    wal.close().await.expect("close");
+    uring_file.close().await.unwrap();
+    drop(std_file);
+    std::fs::remove_file(&std_path).unwrap();
+    std::fs::remove_file(&uring_path).unwrap();
+    std::fs::remove_dir_all(&wal_dir).unwrap();
+    summaries
+}
+
 fn append_batch(index: u64) -> EntryBatch {
     EntryBatch::encode(&[Entry {
         index,
@@ -230,6 +298,28 @@ fn main() {
         floor_group.p99(),
         floor_group.mean(),
         floor_group.per_second() * 256.0
+    );
+    let rounds = (args.seconds * 3.0).ceil().max(1.0) as u32;
+    let [floor_std, floor_uring, one] =
+        tokio_uring::start(interleaved_one_appender(&args.dir, rounds, Duration::from_millis(300)));
+    println!("interleaved, {rounds} rounds of 300 ms each:");
+    for (name, summary) in [
+        ("floor  pwrite+fdatasync", &floor_std),
+        ("floor  io_uring write+fdatasync", &floor_uring),
+        ("wal    1 appender", &one),
+    ] {
+        println!(
+            "  {name:<32}: {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us",
+            summary.per_second(),
+            summary.p50(),
+            summary.p99(),
+            summary.mean()
+        );
+    }
+    println!(
+        "  wal 1 appender p50 = {:.2}x the pwrite floor, {:.2}x the io_uring floor",
+        one.p50() as f64 / floor_std.p50().max(1) as f64,
+        one.p50() as f64 / floor_uring.p50().max(1) as f64
     );
     for &appenders in &args.appenders {
         // The disk may be shared: measure the floor again right before each
