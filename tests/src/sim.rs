@@ -79,6 +79,11 @@ struct World {
     /// and snapshots wait, while the small hard-state file (a separate
     /// fdatasync, unordered with the appends) may still land.
     stalled_until: BTreeMap<NodeId, u64>,
+    /// Per node, its tick period and phase: clocks neither agree nor run at
+    /// quite the same rate. The periods differ by at most 10%, within the
+    /// drift the engine's lease reads assume (`lease_drift_ticks` of 2 per
+    /// election timeout of at least 10 ticks).
+    clocks: BTreeMap<NodeId, (u64, u64)>,
     summary: Summary,
 }
 
@@ -123,6 +128,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
     let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_mode)).collect();
     let keys = rng.range(1, 5) as u8;
     let disk_speed = rng.range(20, 100);
+    let clocks = ids.iter().map(|&id| (id, (TICK + rng.range(0, 2), rng.range(0, TICK)))).collect();
     let mut world = World {
         rng,
         now: 0,
@@ -135,6 +141,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
         keys,
         disk_speed,
         stalled_until: BTreeMap::new(),
+        clocks,
         summary: Summary { seed, voters, lease_reads, ..Summary::default() },
     };
     world.chaos(voters);
@@ -185,8 +192,9 @@ impl World {
                 (to, payload) => unreachable!("misrouted packet to {to:?}: {payload:?}"),
             }
         }
-        let tick = self.now.is_multiple_of(TICK);
         for id in self.ids.clone() {
+            let (period, phase) = self.clocks[&id];
+            let tick = (self.now + phase).is_multiple_of(period);
             let node = self.nodes.get_mut(&id).expect("known node");
             if !node.up {
                 continue;
