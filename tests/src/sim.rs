@@ -56,6 +56,8 @@ pub struct Summary {
     pub partitions: u64,
     pub membership_changes: u64,
     pub disk_stalls: u64,
+    /// Restarts plus snapshot installs: each rebuilds a state machine.
+    pub state_machine_rebuilds: u64,
     pub snapshots_installed: u64,
     pub terms_with_leader: usize,
     pub committed: usize,
@@ -428,7 +430,8 @@ impl World {
         self.summary.terms_with_leader = self.observer.terms_with_leader();
         self.summary.committed = self.observer.committed_len();
         self.summary.completed = self.clients.iter().map(|client| client.completed).sum();
-        self.summary.snapshots_installed = self.nodes.values().map(|node| node.generation).sum();
+        self.summary.state_machine_rebuilds = self.nodes.values().map(|node| node.generation).sum();
+        self.summary.snapshots_installed = self.nodes.values().map(|node| node.snapshots_installed).sum();
     }
 
     fn describe(&self) -> String {

@@ -36,6 +36,9 @@ fn run_many(voters: u64, test_name: &str) {
                 total.partitions += summary.partitions;
                 total.membership_changes += summary.membership_changes;
                 total.snapshots_installed += summary.snapshots_installed;
+                total.state_machine_rebuilds += summary.state_machine_rebuilds;
+                total.disk_stalls += summary.disk_stalls;
+                total.lease_reads |= summary.lease_reads;
                 total.terms_with_leader += summary.terms_with_leader;
                 total.committed += summary.committed;
             }
@@ -50,14 +53,17 @@ fn run_many(voters: u64, test_name: &str) {
     }
     eprintln!(
         "{seeds} seeds with {voters} voters in {:.1?}: {} operations checked ({} completed), {} crashes, {} partitions, \
-         {} membership changes, {} state machine restores, {} terms with a leader, {} entries committed",
+         {} membership changes, {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
+         {} entries committed",
         started.elapsed(),
         total.operations,
         total.completed,
         total.crashes,
         total.partitions,
         total.membership_changes,
+        total.disk_stalls,
         total.snapshots_installed,
+        total.state_machine_rebuilds,
         total.terms_with_leader,
         total.committed
     );
@@ -65,7 +71,9 @@ fn run_many(voters: u64, test_name: &str) {
     if seeds >= 50 {
         assert!(total.crashes > 0 && total.partitions > 0, "no crashes or partitions injected");
         assert!(total.membership_changes > 0, "no membership changes");
-        assert!(total.snapshots_installed > 0, "no state machine was rebuilt from a snapshot or restart");
+        assert!(total.snapshots_installed > 0, "no snapshot was ever sent to a follower");
+        assert!(total.disk_stalls > 0, "no disk stalls");
+        assert!(total.lease_reads, "no run used lease reads");
         assert!(total.completed > seeds, "clients completed almost nothing");
     }
 }

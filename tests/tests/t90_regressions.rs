@@ -116,3 +116,47 @@ fn run_rounds(cluster: &mut Cluster, rounds: usize) {
         cluster.deliver_all();
     }
 }
+
+/// Found by `t10_simulation` (seed 11991, three nodes): a follower received
+/// the last chunk of snapshot 22 and, before the shell took the Ready, the
+/// first chunk of the leader's newer snapshot 33. The Ready then held both
+/// writes and the install of snapshot 22; the shell (node/src/shard.rs
+/// `process_ready` does the same) writes the chunks in order, offset 0
+/// starting a new file, and installs what it holds: the first bytes of
+/// snapshot 33 under the name of snapshot 22. The key-value snapshot's
+/// checksum refused it, which stops the shard.
+///
+/// Fixed in engine/src/raft/snapshot.rs `handle_snapshot_chunk`: while an
+/// install waits for the shell, further chunks are ignored (the leader
+/// resends them after its stall timeout).
+#[test]
+fn no_snapshot_chunk_follows_a_pending_install_in_one_ready() {
+    use engine::{ConfState, SnapshotChunk, SnapshotMeta};
+    let mut follower = Raft::new(Config::new(3, vec![1, 2, 3]), Recovered::default()).expect("valid config");
+    let meta = |index| SnapshotMeta { index, term: 1, conf: ConfState::new([1, 2, 3], []) };
+    let chunk = |index, data: &'static [u8], done| Message {
+        from: 1,
+        to: 3,
+        term: 1,
+        body: MessageBody::InstallSnapshot(SnapshotChunk {
+            meta: meta(index),
+            offset: 0,
+            data: Bytes::from_static(data),
+            done,
+        }),
+    };
+    let _ = follower.step(chunk(5, b"first snapshot", true));
+    let _ = follower.step(chunk(8, b"second", false));
+    let ready = follower.ready();
+    let installed = ready.snapshot_install.clone().expect("the first snapshot is complete");
+    // Assemble the file the way a shell does: offset 0 starts a new one.
+    let mut file = Vec::new();
+    for write in &ready.snapshot_writes {
+        if write.offset == 0 {
+            file.clear();
+        }
+        file.extend_from_slice(&write.data);
+    }
+    assert_eq!(installed.index, 5);
+    assert_eq!(file, b"first snapshot", "the shell would install other bytes than snapshot 5's");
+}

@@ -231,6 +231,13 @@ impl Raft {
         if meta.conf.voters.is_empty() {
             return Err(Ignored("snapshot without voters"));
         }
+        if self.snapshot_install.is_some() {
+            // The shell has not yet taken the install of a completed
+            // snapshot: a chunk of another one written in the same Ready
+            // would replace the file it is about to install. The leader
+            // resends after its stall timeout.
+            return Err(Ignored("a received snapshot waits to be installed"));
+        }
         let expected = match &self.incoming {
             Some((current, received)) if current.index == meta.index && current.term == meta.term => *received,
             _ => {

@@ -90,6 +90,8 @@ pub struct SimNode {
     /// Incremented whenever the state machine is replaced wholesale (restart,
     /// snapshot install), so the observer restarts its contiguity check.
     pub generation: u64,
+    /// Snapshots received from a leader and installed, over all restarts.
+    pub snapshots_installed: u64,
 }
 
 /// Everything a `process_ready` produced for the outside world.
@@ -137,6 +139,7 @@ impl SimNode {
             applied_unchecked: Vec::new(),
             apply_next,
             generation,
+            snapshots_installed: 0,
         }
     }
 
@@ -165,7 +168,9 @@ impl SimNode {
             );
         }
         let disk = std::mem::take(&mut self.disk);
+        let installed = self.snapshots_installed;
         *self = SimNode::recover(self.config.clone(), disk, self.generation + 1);
+        self.snapshots_installed = installed;
     }
 
     /// The disk finishes up to `count` queued writes; the lazy hard state
@@ -259,18 +264,40 @@ impl SimNode {
                 if write.offset == 0 {
                     self.incoming_snapshot.clear();
                 }
+                if std::env::var_os("SIM_TRACE").is_some() {
+                    eprintln!(
+                        "node {} receives snapshot {}/{} chunk at {} of {} bytes (crc {:08x}), done={}",
+                        self.id,
+                        write.meta.index,
+                        write.meta.term,
+                        write.offset,
+                        write.data.len(),
+                        crc32c::crc32c(&write.data),
+                        write.done
+                    );
+                }
                 assert_eq!(write.offset as usize, self.incoming_snapshot.len(), "snapshot chunks arrive in order");
                 self.incoming_snapshot.extend_from_slice(&write.data);
             }
             if let Some(meta) = ready.snapshot_install.take() {
                 // The shard awaits the store (ordered behind earlier appends).
                 let data = self.incoming_snapshot.split().freeze();
+                if std::env::var_os("SIM_TRACE").is_some() {
+                    eprintln!(
+                        "node {} installs snapshot {}/{} of {} bytes",
+                        self.id,
+                        meta.index,
+                        meta.term,
+                        data.len()
+                    );
+                }
                 self.disk.submit(DiskWrite::Snapshot { meta: meta.clone(), data: data.clone(), local: false });
                 let done = self.disk.complete(usize::MAX);
                 self.completions.extend(done);
                 self.fsm.restore(&data).expect("a received snapshot restores");
                 self.snapshot = Some((meta.clone(), data));
                 self.generation += 1;
+                self.snapshots_installed += 1;
                 self.apply_next = meta.index + 1;
             }
             let entries = std::mem::take(&mut ready.entries);
@@ -316,6 +343,18 @@ impl SimNode {
             for read in snapshot_reads {
                 match &self.snapshot {
                     Some((meta, data)) if meta.index == read.index => {
+                        if std::env::var_os("SIM_TRACE").is_some() {
+                            eprintln!(
+                                "node {} reads snapshot {}/{} ({} bytes) at {}+{} for node {}",
+                                self.id,
+                                meta.index,
+                                meta.term,
+                                data.len(),
+                                read.offset,
+                                read.len,
+                                read.to
+                            );
+                        }
                         let start = (read.offset as usize).min(data.len());
                         let end = (read.offset + read.len).min(data.len() as u64) as usize;
                         self.raft.snapshot_chunk(read.to, read.index, read.offset, data.slice(start..end));
@@ -336,6 +375,16 @@ impl SimNode {
         let index = self.fsm.applied();
         let Some(meta) = self.raft.snapshot_meta_at(index) else { return };
         let data = self.fsm.snapshot();
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!(
+                "node {} takes snapshot {}/{}: {} bytes, crc {:08x}",
+                self.id,
+                meta.index,
+                meta.term,
+                data.len(),
+                crc32c::crc32c(&data)
+            );
+        }
         self.disk.submit(DiskWrite::Snapshot { meta, data, local: true });
         self.snapshot_pending = true;
     }
