@@ -41,6 +41,9 @@ pub enum RequestBody {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ReadConsistency {
+    /// Whatever the serving node is configured to use by default
+    /// (`node serve --read-consistency`).
+    NodeDefault = 0,
     /// ReadIndex: confirmed leadership, then read at the commit index.
     Linearizable = 1,
     /// The leader's lease: no round trip, relies on bounded clock drift.
@@ -52,6 +55,7 @@ pub enum ReadConsistency {
 impl ReadConsistency {
     pub fn from_u8(value: u8) -> Option<ReadConsistency> {
         match value {
+            0 => Some(ReadConsistency::NodeDefault),
             1 => Some(ReadConsistency::Linearizable),
             2 => Some(ReadConsistency::Lease),
             3 => Some(ReadConsistency::Stale),

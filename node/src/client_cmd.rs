@@ -104,7 +104,7 @@ pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
     } else {
         RequestBody::Read {
             query: command.op.encode(),
-            consistency: command.consistency.unwrap_or(net::ReadConsistency::Linearizable),
+            consistency: command.consistency.unwrap_or(net::ReadConsistency::NodeDefault),
         }
     };
     // A fresh session per command: sequence 1 opens it.

@@ -409,6 +409,10 @@ impl<S: QueryStateMachine> Shard<S> {
     }
 
     fn read(&mut self, query: Bytes, consistency: ReadConsistency, reply: Replier, arrived: Instant) {
+        let consistency = match consistency {
+            ReadConsistency::NodeDefault => self.ctx.read_consistency_default,
+            chosen => chosen,
+        };
         let mode = match consistency {
             ReadConsistency::Stale => {
                 let answer = self.fsm.query(&query);
@@ -416,7 +420,7 @@ impl<S: QueryStateMachine> Shard<S> {
                 return;
             }
             ReadConsistency::Lease => ReadMode::Lease,
-            ReadConsistency::Linearizable => ReadMode::ReadIndex,
+            ReadConsistency::Linearizable | ReadConsistency::NodeDefault => ReadMode::ReadIndex,
         };
         let context = self.next_read_context;
         self.next_read_context += 1;

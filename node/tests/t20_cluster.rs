@@ -287,3 +287,12 @@ fn membership_changes_and_leader_transfer() {
     cluster.put(5, 2, "after", "remove");
     assert_eq!(cluster.get(&cluster.live(), "after", ReadConsistency::Linearizable), Some(Bytes::from("remove")));
 }
+
+#[test]
+fn a_read_without_a_consistency_uses_the_node_default() {
+    let cluster = TestCluster::start(3, 21500);
+    cluster.leader();
+    cluster.put(13, 1, "k", "v");
+    // NodeDefault is linearizable unless the node is configured otherwise.
+    assert_eq!(cluster.get(&cluster.live(), "k", ReadConsistency::NodeDefault), Some(Bytes::from("v")));
+}

@@ -102,7 +102,12 @@ pub fn message() -> impl Strategy<Value = Message> {
 }
 
 fn consistency() -> impl Strategy<Value = ReadConsistency> {
-    prop_oneof![Just(ReadConsistency::Linearizable), Just(ReadConsistency::Lease), Just(ReadConsistency::Stale)]
+    prop_oneof![
+        Just(ReadConsistency::NodeDefault),
+        Just(ReadConsistency::Linearizable),
+        Just(ReadConsistency::Lease),
+        Just(ReadConsistency::Stale)
+    ]
 }
 
 fn admin() -> impl Strategy<Value = AdminRequest> {
