@@ -114,6 +114,9 @@ impl LocalCluster {
                 .args(["--data-dir", &data_dir.display().to_string()])
                 .args(["--shards", &spec.shards.to_string()])
                 .args(["--log-level", &spec.log_level])
+                // Three nodes share this machine: pinning would put every
+                // node's first thread on CPU 0.
+                .args(["--pin-cores", "false"])
                 .args(&spec.extra_args)
                 .env("NODE_TOKEN", LOCAL_TOKEN)
                 .env_remove("NODE_TOKEN_FILE")

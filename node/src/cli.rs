@@ -180,6 +180,12 @@ pub struct ServeOptions {
     /// already holds a log.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub join: Option<bool>,
+
+    /// Pin core k's thread to CPU k (thread-per-core). Turn it off when
+    /// several nodes share one machine (a local test cluster): they would all
+    /// pin their first thread to CPU 0. [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub pin_cores: Option<bool>,
 }
 
 /// How fresh a read must be.

@@ -149,6 +149,8 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Start as a non-member of an existing cluster (no bootstrap voters).
     pub join: bool,
+    /// Pin core k's thread to CPU k.
+    pub pin_cores: bool,
     /// Applied entries between snapshots; `None` keeps the engine default.
     /// Invariant: positive.
     pub snapshot_entries: Option<u64>,
@@ -249,6 +251,8 @@ impl DevConfig {
                     read_consistency: ReadConsistency::Linearizable,
                     log_level: self.log_level.clone(),
                     join: false,
+                    // Several nodes on one machine: let the scheduler place them.
+                    pin_cores: false,
                     snapshot_entries: None,
                 }
             })
@@ -341,6 +345,7 @@ impl ServeOptions {
             read_consistency,
             log_level,
             join,
+            pin_cores,
         )
     }
 }
@@ -429,6 +434,7 @@ impl ServeConfig {
             read_consistency,
             log_level,
             join: options.join.unwrap_or(false),
+            pin_cores: options.pin_cores.unwrap_or(true),
             snapshot_entries: options
                 .snapshot_entries
                 .map(|entries| positive("snapshot-entries", entries))

@@ -49,6 +49,8 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         config.shards.to_string(),
         "--log-level".into(),
         config.log_level.clone(),
+        "--pin-cores".into(),
+        config.pin_cores.to_string(),
     ]
 }
 

@@ -121,10 +121,13 @@ where
         let receiver = receiver.take().expect("one receiver per core");
         let (config, members, senders, shutdown, make_app) =
             (config.clone(), members.clone(), senders.clone(), shutdown.clone(), make_app.clone());
+        let pin = config.pin_cores;
         let thread = std::thread::Builder::new()
             .name(format!("core-{core}"))
             .spawn(move || {
-                pin_to_cpu(core);
+                if pin {
+                    pin_to_cpu(core);
+                }
                 tokio_uring::start(run_core(core, cores, config, members, senders, receiver, shutdown, make_app))
             })
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;

@@ -59,7 +59,7 @@ impl TestCluster {
             .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(id))])
             .args(["--peers", &list.join(",")])
             .args(["--data-dir", &self.dir.join(format!("node-{id}")).display().to_string()])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn", "--pin-cores", "false"])
             .env("NODE_TOKEN", TOKEN)
             .stdout(Stdio::null());
         if join {
