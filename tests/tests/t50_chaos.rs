@@ -135,7 +135,7 @@ impl Cluster {
             .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(id))])
             .args(["--peers", &list.join(",")])
             .args(["--data-dir", &data_dir.display().to_string()])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn", "--pin-cores", "false"])
             .env("NODE_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .stderr(self.log_file(id));

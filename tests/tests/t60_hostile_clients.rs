@@ -55,7 +55,7 @@ impl Node {
             .args(["--client-addr", &format!("127.0.0.1:{CLIENT_PORT}")])
             .args(["--peers", &format!("1=127.0.0.1:{PEER_PORT}")])
             .args(["--data-dir", &dir.join("node-1").display().to_string()])
-            .args(["--log-level", "error"])
+            .args(["--log-level", "error", "--pin-cores", "false"])
             .env("NODE_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
