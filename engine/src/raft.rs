@@ -240,6 +240,10 @@ pub struct Raft {
     snapshot_size: u64,
     /// A snapshot was asked of the shell and not yet reported.
     snapshot_requested: bool,
+    /// The applied index when the snapshot was last asked for: a shell that
+    /// skipped it (it may not be able to take one at that moment) is asked
+    /// again an interval later, so the log never grows without bound.
+    snapshot_requested_at: Index,
     snapshot_due: bool,
     /// The snapshot being received from the leader, and how much of it.
     incoming: Option<(SnapshotMeta, u64)>,
@@ -303,6 +307,7 @@ impl Raft {
             snapshot: snapshot.clone().unwrap_or_default(),
             snapshot_size: 0,
             snapshot_requested: false,
+            snapshot_requested_at: 0,
             snapshot_due: false,
             incoming: None,
             snapshot_install: None,
@@ -808,6 +813,7 @@ impl Raft {
         if self.snapshot_due {
             self.snapshot_due = false;
             self.snapshot_requested = true;
+            self.snapshot_requested_at = self.log.applied.max(self.applying.unwrap_or(0));
             ready.snapshot_due = true;
         }
         ready
@@ -825,7 +831,13 @@ impl Raft {
             return;
         }
         self.log.applied = applied;
-        if !self.snapshot_requested && applied >= self.snapshot.index + self.config.snapshot_entries {
+        let interval = self.config.snapshot_entries;
+        let due = if self.snapshot_requested {
+            applied >= self.snapshot_requested_at + interval
+        } else {
+            applied >= self.snapshot.index + interval
+        };
+        if due {
             self.snapshot_due = true;
         }
         if self.pending_conf_index != 0 && applied >= self.pending_conf_index {
