@@ -178,7 +178,9 @@ pub struct PeerStatus {
 const BATCH_CACHE_BYTES_MAX: usize = 64 << 20;
 /// Heartbeat rounds remembered for lease timing.
 const ROUNDS_REMEMBERED_MAX: usize = 1024;
-/// ReadIndex requests a leader holds at once; more are dropped for retry.
+/// ReadIndex requests a leader holds at once (more are dropped for retry),
+/// and reads a follower has forwarded and not heard back about (more are
+/// refused with `Busy`).
 const PENDING_READS_MAX: usize = 65_536;
 
 /// The Raft engine of one node in one group.
@@ -619,6 +621,12 @@ impl Raft {
                 Ok(())
             }
             _ if self.leader != NODE_NONE => {
+                if self.forwarded_reads.len() >= PENDING_READS_MAX {
+                    return Err(ProposeError::Busy {
+                        uncommitted: self.forwarded_reads.len(),
+                        limit: PENDING_READS_MAX,
+                    });
+                }
                 self.forwarded_reads.push(context);
                 self.send(Message {
                     from: self.id,
