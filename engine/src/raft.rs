@@ -58,6 +58,8 @@ pub enum ProposeError {
     TransferInProgress { target: NodeId },
     #[error("too many uncommitted bytes ({uncommitted} of at most {limit}); retry later")]
     Busy { uncommitted: usize, limit: usize },
+    #[error("too many reads waiting for the leader ({pending} of at most {limit}); retry later")]
+    TooManyReads { pending: usize, limit: usize },
     #[error("node {0} is not a voter")]
     NotVoter(NodeId),
     #[error("a membership change is already in progress (at index {0})")]
@@ -622,8 +624,8 @@ impl Raft {
             }
             _ if self.leader != NODE_NONE => {
                 if self.forwarded_reads.len() >= PENDING_READS_MAX {
-                    return Err(ProposeError::Busy {
-                        uncommitted: self.forwarded_reads.len(),
+                    return Err(ProposeError::TooManyReads {
+                        pending: self.forwarded_reads.len(),
                         limit: PENDING_READS_MAX,
                     });
                 }

@@ -396,7 +396,7 @@ impl<S: QueryStateMachine> Shard<S> {
                 drop(stats);
                 self.leader_redirect()
             }
-            ProposeError::Busy { .. } | ProposeError::TransferInProgress { .. } => {
+            ProposeError::Busy { .. } | ProposeError::TooManyReads { .. } | ProposeError::TransferInProgress { .. } => {
                 stats.busy += 1;
                 ResponseStatus::Busy
             }
