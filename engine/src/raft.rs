@@ -1445,6 +1445,12 @@ impl Raft {
 
     fn handle_append(&mut self, from: NodeId, request: AppendRequest) -> Result<(), Ignored> {
         let AppendRequest { prev_index, prev_term, commit, entries: batch } = request;
+        // A leader of term T holds only entries of terms up to T (the message
+        // term is ours now): a later term is forged or corrupt, and accepting
+        // it would let this node later lead a term below its own last entry.
+        if prev_term > self.term || batch.as_ref().is_some_and(|batch| batch.last_term() > self.term) {
+            return Err(Ignored("append carries entries from a term after the sender's"));
+        }
         if let Some(batch) = &batch {
             if batch.first_index() != prev_index + 1 {
                 return Err(Ignored("append entries do not follow prev_index"));

@@ -44,6 +44,8 @@ pub struct TestNode {
     incoming_snapshot: Vec<u8>,
     /// How many times the state machine was replaced by a snapshot.
     pub restores: u64,
+    /// Snapshots whose bytes the state machine refused (forged ones).
+    pub restore_failures: u64,
 }
 
 /// A batch of empty normal entries from `first`, one per term in `terms`
@@ -71,17 +73,25 @@ pub fn encode_state(applied: &[Entry]) -> Bytes {
     buf.freeze()
 }
 
-/// Reads a state written by [`encode_state`].
-pub fn decode_state(mut data: Bytes) -> Vec<Entry> {
+/// Reads a state written by [`encode_state`]; `None` for bytes that are not
+/// one (a forged snapshot in a bad-input test), as a real state machine's
+/// restore would refuse them.
+pub fn decode_state(mut data: Bytes) -> Option<Vec<Entry>> {
     let mut applied = Vec::new();
     while data.has_remaining() {
+        if data.remaining() < 21 {
+            return None;
+        }
         let index = data.get_u64_le();
         let term = data.get_u64_le();
-        let kind = EntryKind::from_u8(data.get_u8()).expect("test snapshot kind");
+        let kind = EntryKind::from_u8(data.get_u8())?;
         let len = data.get_u32_le() as usize;
+        if data.remaining() < len {
+            return None;
+        }
         applied.push(Entry { index, term, kind, data: data.split_to(len) });
     }
-    applied
+    Some(applied)
 }
 
 /// Appends a batch to storage, skipping the part a stored snapshot covers
@@ -104,7 +114,7 @@ impl TestNode {
         let mut raft = Raft::new(config.clone(), storage.recovered()).expect("valid test config");
         let mut applied = Vec::new();
         if storage.snapshot_meta().index > 0 {
-            applied = decode_state(storage.snapshot_data().clone());
+            applied = decode_state(storage.snapshot_data().clone()).unwrap_or_default();
             raft.snapshot_created(storage.snapshot_meta().clone(), storage.snapshot_data().len() as u64);
         }
         TestNode {
@@ -114,6 +124,7 @@ impl TestNode {
             applied,
             incoming_snapshot: Vec::new(),
             restores: 0,
+            restore_failures: 0,
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
             pending_writes: VecDeque::new(),
@@ -203,8 +214,13 @@ impl Cluster {
         let mut snapshot = None;
         if let Some(meta) = &ready.snapshot_install {
             let data = Bytes::from(std::mem::take(&mut node.incoming_snapshot));
-            node.applied = decode_state(data.clone());
-            node.restores += 1;
+            match decode_state(data.clone()) {
+                Some(applied) => {
+                    node.applied = applied;
+                    node.restores += 1;
+                }
+                None => node.restore_failures += 1,
+            }
             snapshot = Some((meta.clone(), data));
         }
         node.pending_writes.push_back(PendingWrite {

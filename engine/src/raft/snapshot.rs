@@ -231,6 +231,9 @@ impl Raft {
         if meta.conf.voters.is_empty() {
             return Err(Ignored("snapshot without voters"));
         }
+        if meta.term > self.term {
+            return Err(Ignored("snapshot from a term after the sender's"));
+        }
         if self.snapshot_install.is_some() {
             // The shell has not yet taken the install of a completed
             // snapshot: a chunk of another one written in the same Ready
