@@ -680,17 +680,13 @@ impl Raft {
         }
     }
 
+    /// A read that cannot be served here: the local shell learns it through
+    /// `dropped_reads`; a follower that forwarded it gets index 0 ("retry").
     fn drop_read(&mut self, context: u64, from: NodeId) {
         if from == self.id {
             self.dropped_reads.push(context);
         } else {
-            let term = self.term;
-            self.send(Message {
-                from: self.id,
-                to: from,
-                term,
-                body: MessageBody::ReadIndexResponse { context, index: 0 },
-            });
+            self.serve_read(context, from, 0);
         }
     }
 

@@ -89,17 +89,7 @@ impl TermLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use engine::{Entry, EntryKind};
-
-    fn batch(first: Index, terms: &[Term]) -> EntryBatch {
-        let entries: Vec<Entry> = terms
-            .iter()
-            .enumerate()
-            .map(|(i, &term)| Entry { index: first + i as u64, term, kind: EntryKind::Normal, data: Bytes::new() })
-            .collect();
-        EntryBatch::encode(&entries)
-    }
+    use crate::testing::batch;
 
     #[test]
     fn terms_follow_appends_truncations_and_snapshots() {
