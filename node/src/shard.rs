@@ -291,13 +291,13 @@ impl<S: QueryStateMachine> Shard<S> {
                         break Ok(());
                     }
                     self.sweep_timeouts();
+                    self.save_commit_lazily();
                 }
             }
             self.on_durable();
             if let Err(error) = self.process_ready().await {
                 break Err(error);
             }
-            self.save_hard_state_lazily();
         };
         self.stop(result).await
     }
@@ -814,8 +814,10 @@ impl<S: QueryStateMachine> Shard<S> {
     }
 
     /// The commit index is not needed for safety, so a commit-only hard state
-    /// is written in the background, one write at a time.
-    fn save_hard_state_lazily(&mut self) {
+    /// is written in the background, without `fdatasync`, at most once a tick
+    /// and one write at a time: after a crash the node may restart with an
+    /// older commit index and learn the rest from the leader.
+    fn save_commit_lazily(&mut self) {
         if self.hard_state_saving.get() {
             return;
         }
@@ -824,7 +826,7 @@ impl<S: QueryStateMachine> Shard<S> {
         let wal = self.wal.clone();
         let saving = self.hard_state_saving.clone();
         tokio_uring::spawn(async move {
-            if let Err(error) = wal.save_hard_state(hard_state).await {
+            if let Err(error) = wal.save_commit(hard_state).await {
                 tracing::error!(%error, "saving the hard state failed");
             }
             saving.set(false);

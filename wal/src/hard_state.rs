@@ -108,22 +108,22 @@ fn encode_slot(sequence: u64, hard_state: HardState) -> Vec<u8> {
 /// Creates the hard-state file holding the default hard state. Blocking; part
 /// of directory initialization.
 pub(crate) fn initialize(dir: &Path) -> Result<(), WalError> {
-    // Sequence 1 lives in slot 1, as the writer's invariant says, so the first
-    // save goes to the empty slot 0 and never overwrites the only valid one.
+    // Sequence 1 lives in slot 1, the durable one, so the first save goes to
+    // the empty slot 0 and never overwrites the only valid one.
     let mut raw = vec![0u8; SLOT_SIZE];
     raw.extend_from_slice(&encode_slot(1, HardState::default()));
     crate::dir::write_file_atomically(dir, HARD_STATE_FILE, &raw)
 }
 
-/// Reads the newest valid hard state and its sequence number. Blocking; used
-/// on open.
-pub(crate) fn load(dir: &Path) -> Result<(HardState, u64), WalError> {
+/// Reads the newest valid hard state, its sequence number and its slot.
+/// Blocking; used on open.
+pub(crate) fn load(dir: &Path) -> Result<(HardState, u64, usize), WalError> {
     let path = dir.join(HARD_STATE_FILE);
     let raw = fs::read(&path).map_err(|error| WalError::io("reading", &path, error))?;
     decode_file(&path, &raw)
 }
 
-fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64), WalError> {
+fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64, usize), WalError> {
     if raw.len() != SLOT_SIZE * SLOT_COUNT {
         return Err(WalError::corrupt(
             path,
@@ -135,13 +135,14 @@ fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64), WalError> {
     let slots: Vec<Slot> = raw.chunks_exact(SLOT_SIZE).map(decode_slot).collect();
     let best = slots
         .iter()
-        .filter_map(|slot| match slot {
-            Slot::Valid { sequence, hard_state } => Some((*sequence, *hard_state)),
+        .enumerate()
+        .filter_map(|(index, slot)| match slot {
+            Slot::Valid { sequence, hard_state } => Some((*sequence, *hard_state, index)),
             _ => None,
         })
-        .max_by_key(|(sequence, _)| *sequence);
+        .max_by_key(|(sequence, _, _)| *sequence);
     match best {
-        Some((sequence, hard_state)) => Ok((hard_state, sequence)),
+        Some((sequence, hard_state, slot)) => Ok((hard_state, sequence, slot)),
         None => Err(WalError::corrupt(
             path,
             0,
@@ -151,37 +152,80 @@ fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64), WalError> {
     }
 }
 
-/// Writes hard states into the slots in turn.
+/// Whether a commit-only save carries a term or vote older than `durable`'s:
+/// a background save that a durable one overtook, which must not undo it.
+pub fn is_overtaken(hard_state: HardState, durable: HardState) -> bool {
+    hard_state.term < durable.term
+        || (hard_state.term == durable.term && durable.vote != 0 && hard_state.vote != durable.vote)
+}
+
+/// Writes hard states into the slots.
 ///
-/// Invariant: `sequence` is the highest sequence on disk, held by slot
-/// `sequence % 2`; the next save goes to the other slot.
+/// Invariant: `synced_slot` holds the newest hard state known durable, and
+/// every save, durable or not, goes to the other slot. So a save left in the
+/// page cache (a commit-only change, see [`HardStateWriter::save`]) can be
+/// lost or torn by a crash without ever damaging the durable one, and the
+/// newest valid slot on disk is never older than the last durable save.
 pub(crate) struct HardStateWriter {
     file: tokio_uring::fs::File,
     path: PathBuf,
+    /// The highest sequence written.
     sequence: u64,
+    synced_slot: usize,
+    /// The newest durable hard state.
+    synced: HardState,
 }
 
 impl HardStateWriter {
-    pub(crate) fn open(dir: &Path, sequence: u64) -> Result<HardStateWriter, WalError> {
+    /// Opens the file whose newest valid slot, `slot`, holds `hard_state`
+    /// with `sequence`, and makes that slot durable: a process crash can
+    /// leave a save that was never synced in the page cache, and it must not
+    /// be taken for a durable one.
+    pub(crate) fn open(
+        dir: &Path,
+        hard_state: HardState,
+        sequence: u64,
+        slot: usize,
+    ) -> Result<HardStateWriter, WalError> {
         let path = dir.join(HARD_STATE_FILE);
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(|error| WalError::io("opening", &path, error))?;
-        Ok(HardStateWriter { file: tokio_uring::fs::File::from_std(file), path, sequence })
+        file.sync_data().map_err(|error| WalError::io("syncing", &path, error))?;
+        Ok(HardStateWriter {
+            file: tokio_uring::fs::File::from_std(file),
+            path,
+            sequence,
+            synced_slot: slot,
+            synced: hard_state,
+        })
     }
 
-    /// Durably replaces the hard state: write the older slot, then
-    /// `fdatasync`. On error the caller must stop using the log: which slot
-    /// holds what is then unknown until the next open reads it back.
-    pub(crate) async fn save(&mut self, hard_state: HardState) -> Result<(), WalError> {
+    /// Replaces the hard state: writes the slot that does not hold the
+    /// durable one, then, when `sync`, `fdatasync`s and makes it the durable
+    /// one. Without `sync` a crash may lose the save, so it is taken only for
+    /// a change of the commit index alone (which may lag after a restart); a
+    /// newer term or vote is synced anyway, and an older one (a background
+    /// save overtaken by a durable one) is dropped. On error the caller must stop
+    /// using the log: which slot holds what is then unknown until the next
+    /// open reads it back.
+    pub(crate) async fn save(&mut self, hard_state: HardState, sync: bool) -> Result<(), WalError> {
+        if !sync && is_overtaken(hard_state, self.synced) {
+            return Ok(());
+        }
+        let sync = sync || hard_state.term != self.synced.term || hard_state.vote != self.synced.vote;
         let sequence = self.sequence + 1;
-        let slot = (sequence % SLOT_COUNT as u64) as usize;
+        let slot = 1 - self.synced_slot;
         let (result, _) = self.file.write_all_at(encode_slot(sequence, hard_state), (slot * SLOT_SIZE) as u64).await;
         result.map_err(|error| WalError::io("writing", &self.path, error))?;
-        self.file.sync_data().await.map_err(|error| WalError::io("syncing", &self.path, error))?;
         self.sequence = sequence;
+        if sync {
+            self.file.sync_data().await.map_err(|error| WalError::io("syncing", &self.path, error))?;
+            self.synced_slot = slot;
+            self.synced = hard_state;
+        }
         Ok(())
     }
 }
@@ -205,12 +249,50 @@ mod tests {
         let old = HardState { term: 3, vote: 1, commit: 7 };
         let new = HardState { term: 4, vote: 2, commit: 9 };
         let mut raw = file_with([Some((2, new)), Some((1, old))]);
-        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 2));
+        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 2, 0));
         raw[20] ^= 0x10;
-        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (old, 1));
+        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (old, 1, 1));
         raw[SLOT_SIZE + 20] ^= 0x10;
         let error = decode_file(Path::new("h"), &raw).unwrap_err();
         assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
+    }
+
+    /// A crash can lose or tear any save that was not synced; what `load`
+    /// finds must then be the last durable hard state or newer.
+    #[test]
+    fn unsynced_saves_never_overwrite_the_durable_slot() {
+        let dir = std::env::temp_dir().join(format!("wal-hard-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        initialize(&dir).unwrap();
+        let voted = HardState { term: 2, vote: 3, commit: 5 };
+        let new_term = HardState { term: 3, vote: 0, commit: 9 };
+        tokio_uring::start(async {
+            let (hard_state, sequence, slot) = load(&dir).unwrap();
+            let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot).unwrap();
+            writer.save(voted, true).await.unwrap();
+            let durable_slot = load(&dir).unwrap().2;
+            for commit in 6..=8 {
+                writer.save(HardState { commit, ..voted }, false).await.unwrap();
+                let raw = std::fs::read(dir.join(HARD_STATE_FILE)).unwrap();
+                let durable = decode_slot(&raw[durable_slot * SLOT_SIZE..][..SLOT_SIZE]);
+                assert!(matches!(durable, Slot::Valid { hard_state, .. } if hard_state == voted), "{durable:?}");
+                assert_eq!(decode_file(Path::new("h"), &raw).unwrap().0.commit, commit);
+                // Tearing the unsynced slot falls back to the durable one.
+                let mut torn = raw.clone();
+                torn[(1 - durable_slot) * SLOT_SIZE + 30] ^= 0xff;
+                assert_eq!(decode_file(Path::new("h"), &torn).unwrap().0, voted);
+            }
+            // A new term is synced even when asked not to: later commit-only
+            // saves leave it alone.
+            writer.save(new_term, false).await.unwrap();
+            writer.save(HardState { commit: 10, ..new_term }, false).await.unwrap();
+            let raw = std::fs::read(dir.join(HARD_STATE_FILE)).unwrap();
+            let mut torn = raw.clone();
+            let (_, _, newest) = decode_file(Path::new("h"), &raw).unwrap();
+            torn[newest * SLOT_SIZE + 30] ^= 0xff;
+            assert_eq!(decode_file(Path::new("h"), &torn).unwrap().0, new_term);
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -88,6 +88,15 @@ impl LogStore for MemLog {
         Ok(())
     }
 
+    async fn save_commit(&self, hard_state: HardState) -> Result<(), WalError> {
+        self.check_open()?;
+        let mut storage = self.disk.0.borrow_mut();
+        if !crate::hard_state::is_overtaken(hard_state, storage.hard_state()) {
+            storage.set_hard_state(hard_state);
+        }
+        Ok(())
+    }
+
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
         self.check_open()?;
         let mut storage = self.disk.0.borrow_mut();

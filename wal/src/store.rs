@@ -74,6 +74,15 @@ pub trait LogStore: Sized {
     /// the new value).
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), WalError>;
 
+    /// Records a hard state that differs from the last saved one only in its
+    /// commit index, without waiting for it to be durable: the commit index
+    /// may lag after a crash (it is only a hint; the leader tells it again),
+    /// but `open` never finds a hard state older than the last durable save.
+    /// A newer term or vote is saved durably, as by `save_hard_state`; an
+    /// older one (a background save overtaken by a durable save) is ignored.
+    /// This keeps a second `fdatasync` per commit off the disk.
+    async fn save_commit(&self, hard_state: HardState) -> Result<(), WalError>;
+
     /// Durably stores a snapshot, replacing the previous one (see the trait
     /// documentation for what happens to the log).
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError>;

@@ -49,6 +49,16 @@ impl Wal {
         self.shared.state.borrow().stats
     }
 
+    async fn write_hard_state(&self, hard_state: HardState, sync: bool) -> Result<(), WalError> {
+        let mut writer = self.hard_state.lock().await;
+        Self::check_usable(&self.shared.state.borrow())?;
+        let result = writer.save(hard_state, sync).await;
+        if let Err(error) = &result {
+            self.shared.fail(error.clone());
+        }
+        result
+    }
+
     fn check_usable(state: &State) -> Result<(), WalError> {
         if let Some(cause) = &state.failed {
             return Err(WalError::Stopped { cause: Box::new(cause.clone()) });
@@ -124,14 +134,14 @@ impl LogStore for Wal {
                 .map(|suffix| dir::list_with_suffix(&config.dir, suffix).map(|paths| paths.len()))
                 .sum::<Result<usize, WalError>>()?;
             let hard_state_saved = config.dir.join(HARD_STATE_FILE).exists()
-                && hard_state::load(&config.dir).map_or(true, |(saved, _)| saved != HardState::default());
+                && hard_state::load(&config.dir).map_or(true, |(saved, _, _)| saved != HardState::default());
             if log_files > 0 || hard_state_saved {
                 return Err(WalError::MissingIdentity { path: config.dir.clone() });
             }
             hard_state::initialize(&config.dir)?;
             dir::write_identity(&config.dir, config.cluster_id, config.node_id)?;
         }
-        let (hard_state, hard_state_sequence) = hard_state::load(&config.dir)?;
+        let (hard_state, hard_state_sequence, hard_state_slot) = hard_state::load(&config.dir)?;
         let stored = snapshot::load_blocking(&config.dir)?.map(|(stored, _)| stored);
         let recovered = recovery::recover(&config, stored.as_ref())?;
 
@@ -169,7 +179,7 @@ impl LogStore for Wal {
             closing: false,
             stats: WalStats::default(),
         };
-        let hard_state_writer = HardStateWriter::open(&config.dir, hard_state_sequence)?;
+        let hard_state_writer = HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot)?;
         // Preallocate the next segment now, ahead of need.
         let spare = tokio_uring::spawn(segment::create_spare(
             config.dir.clone(),
@@ -260,13 +270,11 @@ impl LogStore for Wal {
     }
 
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), WalError> {
-        let mut writer = self.hard_state.lock().await;
-        Self::check_usable(&self.shared.state.borrow())?;
-        let result = writer.save(hard_state).await;
-        if let Err(error) = &result {
-            self.shared.fail(error.clone());
-        }
-        result
+        self.write_hard_state(hard_state, true).await
+    }
+
+    async fn save_commit(&self, hard_state: HardState) -> Result<(), WalError> {
+        self.write_hard_state(hard_state, false).await
     }
 
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {

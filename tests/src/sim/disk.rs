@@ -97,10 +97,10 @@ impl SimDisk {
     /// The background hard-state write finishes.
     pub fn finish_lazy_hard_state(&mut self) {
         if let Some(hard_state) = self.lazy_hard_state.take() {
-            // A synchronous save of a newer term may have happened since;
-            // the lazy one only ever carries the latest commit of its term.
+            // A synchronous save of a newer term or vote may have happened
+            // since; the WAL drops a lazy save it overtook.
             let durable = self.durable.hard_state();
-            if hard_state.term >= durable.term {
+            if !wal::hard_state::is_overtaken(hard_state, durable) {
                 self.durable.set_hard_state(hard_state);
             }
         }
