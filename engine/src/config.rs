@@ -50,6 +50,15 @@ pub struct Config {
     /// The shell is asked for a snapshot once this many entries were applied
     /// since the last one; this bounds the in-memory log and the WAL.
     pub snapshot_entries: u64,
+    /// Up to this many entries more before a snapshot, drawn per snapshot
+    /// from the seed: replicas that apply the same entries would otherwise
+    /// all serialize and write their state at the same moment. 0: none.
+    pub snapshot_entries_jitter: u64,
+    /// A snapshot is due only once the entries applied since the last one
+    /// hold at least this many times the last snapshot's size in bytes, so
+    /// with a large state and small writes, snapshots do not rewrite the
+    /// whole state more often than the log grows by that much. 0: off.
+    pub snapshot_log_factor: u64,
     /// Entries kept in the log below a new snapshot, so a follower that is
     /// only a little behind catches up from the log instead of a snapshot.
     pub compaction_tail: u64,
@@ -82,6 +91,8 @@ impl Config {
             lease_drift_ticks: 2,
             promotion_lag_max: 1000,
             snapshot_entries: 100_000,
+            snapshot_entries_jitter: 0,
+            snapshot_log_factor: 0,
             compaction_tail: 5_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_inflight_max: 4,

@@ -248,6 +248,9 @@ pub struct Raft {
     /// skipped it (it may not be able to take one at that moment) is asked
     /// again an interval later, so the log never grows without bound.
     snapshot_requested_at: Index,
+    /// Bytes of the entries handed to apply since a snapshot was last asked
+    /// for (see `Config::snapshot_log_factor`).
+    applied_bytes_since_snapshot: u64,
     snapshot_due: bool,
     /// The snapshot being received from the leader, and how much of it.
     incoming: Option<(SnapshotMeta, u64)>,
@@ -312,6 +315,7 @@ impl Raft {
             snapshot_size: 0,
             snapshot_requested: false,
             snapshot_requested_at: 0,
+            applied_bytes_since_snapshot: 0,
             snapshot_due: false,
             incoming: None,
             snapshot_install: None,
@@ -808,6 +812,8 @@ impl Raft {
         if self.log.committed > self.log.applied {
             ready.committed_entries =
                 self.log.slice(self.log.applied + 1, self.log.committed, self.config.apply_bytes_max);
+            let bytes: usize = ready.committed_entries.iter().map(|entry| entry.data.len()).sum();
+            self.applied_bytes_since_snapshot += bytes as u64;
         }
         self.applying = Some(ready.committed_entries.last().map_or(self.log.applied, |entry| entry.index));
         ready.read_states = std::mem::take(&mut self.read_states);
@@ -820,6 +826,7 @@ impl Raft {
             self.snapshot_due = false;
             self.snapshot_requested = true;
             self.snapshot_requested_at = self.log.applied.max(self.applying.unwrap_or(0));
+            self.applied_bytes_since_snapshot = 0;
             ready.snapshot_due = true;
         }
         ready
@@ -841,7 +848,9 @@ impl Raft {
         let due = if self.snapshot_requested {
             applied >= self.snapshot_requested_at + interval
         } else {
-            applied >= self.snapshot.index + interval
+            let factor = self.config.snapshot_log_factor;
+            applied >= self.snapshot.index + interval + self.snapshot_jitter()
+                && (factor == 0 || self.applied_bytes_since_snapshot >= factor.saturating_mul(self.snapshot_size))
         };
         if due {
             self.snapshot_due = true;
@@ -849,6 +858,17 @@ impl Raft {
         if self.pending_conf_index != 0 && applied >= self.pending_conf_index {
             self.pending_conf_index = 0;
         }
+    }
+
+    /// The extra entries before the next snapshot: a function of the seed
+    /// and the last snapshot, so it stays put between calls and differs
+    /// between replicas.
+    fn snapshot_jitter(&self) -> u64 {
+        let jitter = self.config.snapshot_entries_jitter;
+        if jitter == 0 {
+            return 0;
+        }
+        Rng::new(self.config.seed ^ self.snapshot.index.wrapping_mul(0x9e37_79b9_7f4a_7c15)).range(0, jitter + 1)
     }
 
     /// Encodes the leader's new proposals into batches (once), queues them

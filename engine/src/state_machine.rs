@@ -1,6 +1,6 @@
 //! The seam between Raft and the application: a deterministic state machine.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::types::Index;
 
@@ -21,6 +21,34 @@ pub trait StateMachine {
 
     /// Replaces the whole state with a snapshot made by [`StateMachine::snapshot`].
     fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError>;
+
+    /// Captures the state for a snapshot whose bytes are produced later,
+    /// possibly on another thread, while `apply` goes on (Dragonboat's
+    /// concurrent snapshots). Serializing a large state takes tens of
+    /// milliseconds; a state machine that can capture it cheaply (shared
+    /// copy-on-write structures) keeps that off the apply path. The image's
+    /// bytes must equal what `snapshot` returns at the moment of capture.
+    /// The default serializes at once.
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+        Box::new(SerializedImage(self.snapshot()))
+    }
+}
+
+/// A state captured by [`StateMachine::snapshot_image`], to be serialized
+/// later, possibly on another thread.
+pub trait SnapshotImage: Send {
+    /// Appends the snapshot's bytes to `out`.
+    fn serialize_into(self: Box<Self>, out: &mut BytesMut);
+}
+
+/// An image already serialized: the default for state machines that do not
+/// capture cheaply.
+pub struct SerializedImage(pub Bytes);
+
+impl SnapshotImage for SerializedImage {
+    fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
+        out.extend_from_slice(&self.0);
+    }
 }
 
 /// A snapshot that the state machine cannot read.

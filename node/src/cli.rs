@@ -159,6 +159,14 @@ pub struct ServeOptions {
     #[arg(long, value_name = "COUNT")]
     pub snapshot_entries: Option<u64>,
 
+    /// Take a snapshot only once the entries applied since the last one hold
+    /// this many times its size in bytes (0: every `snapshot-entries`
+    /// alone). Bounds the bytes snapshots write to a fraction of the log's,
+    /// whatever the state's size; the in-memory log then grows to about this
+    /// multiple of the state. [default: 2]
+    #[arg(long, value_name = "FACTOR")]
+    pub snapshot_log_factor: Option<u64>,
+
     /// The length of a tick, such as `10ms`. [default: 10ms]
     #[arg(long, value_name = "DURATION")]
     pub tick_interval: Option<String>,

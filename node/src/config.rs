@@ -154,7 +154,13 @@ pub struct ServeConfig {
     /// Applied entries between snapshots; `None` keeps the engine default.
     /// Invariant: positive.
     pub snapshot_entries: Option<u64>,
+    /// A snapshot waits until the entries applied since the last one hold
+    /// this many times its bytes (0: off).
+    pub snapshot_log_factor: u64,
 }
+
+/// The default of `--snapshot-log-factor`.
+pub const SNAPSHOT_LOG_FACTOR_DEFAULT: u64 = 2;
 
 impl ServeConfig {
     /// The engine configuration for one shard of this node, given the voters
@@ -172,6 +178,10 @@ impl ServeConfig {
             config.snapshot_entries = entries;
             config.compaction_tail = config.compaction_tail.min(entries / 4);
         }
+        // Replicas snapshot at different points (every 1 to 1.5 intervals),
+        // so their serializing and writing do not all land at once.
+        config.snapshot_entries_jitter = config.snapshot_entries / 2;
+        config.snapshot_log_factor = self.snapshot_log_factor;
         config
     }
 }
@@ -254,6 +264,7 @@ impl DevConfig {
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
                     snapshot_entries: None,
+                    snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
                 }
             })
             .collect()
@@ -342,6 +353,7 @@ impl ServeOptions {
             heartbeat_ticks,
             tick_interval,
             snapshot_entries,
+            snapshot_log_factor,
             read_consistency,
             log_level,
             join,
@@ -439,6 +451,7 @@ impl ServeConfig {
                 .snapshot_entries
                 .map(|entries| positive("snapshot-entries", entries))
                 .transpose()?,
+            snapshot_log_factor: options.snapshot_log_factor.unwrap_or(SNAPSHOT_LOG_FACTOR_DEFAULT),
         })
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use engine::{Index, NodeId, RestoreError, StateMachine};
+use engine::{Index, NodeId, RestoreError, SnapshotImage, StateMachine};
 
 use crate::fsm::QueryStateMachine;
 
@@ -19,6 +19,20 @@ pub const NODE_COMMAND_FORMAT: u8 = 0x80;
 /// The longest address accepted in the address book.
 pub const ADDRESS_LEN_MAX: usize = 255;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NDSN";
+
+/// A [`NodeStateMachine`] captured for a snapshot: the encoded address book
+/// and the application's image.
+struct NodeImage {
+    head: Bytes,
+    app: Box<dyn SnapshotImage>,
+}
+
+impl SnapshotImage for NodeImage {
+    fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
+        out.extend_from_slice(&self.head);
+        self.app.serialize_into(out);
+    }
+}
 
 /// Where a member can be reached.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,17 +156,24 @@ impl<S: QueryStateMachine> StateMachine for NodeStateMachine<S> {
     /// (the rest). Deterministic: the address book is sorted.
     fn snapshot(&self) -> Bytes {
         let mut out = BytesMut::new();
-        out.put_slice(SNAPSHOT_MAGIC);
-        out.put_u64_le(self.applied);
-        out.put_u32_le(self.addresses.len() as u32);
+        self.snapshot_image().serialize_into(&mut out);
+        out.freeze()
+    }
+
+    /// The address book is small and encoded at once; the application's
+    /// image is serialized later with it.
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+        let mut head = BytesMut::new();
+        head.put_slice(SNAPSHOT_MAGIC);
+        head.put_u64_le(self.applied);
+        head.put_u32_le(self.addresses.len() as u32);
         for (id, addresses) in &self.addresses {
             let set = SetAddresses { id: *id, peer: addresses.peer.clone(), client: addresses.client.clone() };
             let encoded = set.encode();
-            out.put_u16_le(encoded.len() as u16);
-            out.put_slice(&encoded);
+            head.put_u16_le(encoded.len() as u16);
+            head.put_slice(&encoded);
         }
-        out.put_slice(&self.app.snapshot());
-        out.freeze()
+        Box::new(NodeImage { head: head.freeze(), app: self.app.snapshot_image() })
     }
 
     fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {

@@ -161,7 +161,9 @@ struct PendingWrite {
     proposed: Instant,
 }
 
-type PendingSnapshot = (SnapshotMeta, Bytes, u64, oneshot::Receiver<Result<(), WalError>>);
+/// A snapshot being serialized and stored: its metadata and, once stored,
+/// its bytes.
+type PendingSnapshot = (SnapshotMeta, oneshot::Receiver<Result<Bytes, WalError>>);
 
 struct PendingRead {
     query: Bytes,
@@ -507,23 +509,30 @@ impl<S: QueryStateMachine> Shard<S> {
         }
         let index = self.fsm.applied();
         let meta = self.raft.snapshot_meta_at(index).ok_or("nothing applied since the last snapshot")?;
-        let data = self.fsm.snapshot();
+        // Only the capture runs on the driver; the bytes are produced on a
+        // helper thread while the shard goes on applying.
+        let started = Instant::now();
+        let image = self.fsm.snapshot_image();
+        self.stats.borrow_mut().snapshot_capture.record_since(started);
+        let serialized = serialize_in_background(image);
         let wal = self.wal.clone();
         let stats = self.stats.clone();
-        let size = data.len() as u64;
         // Storing waits for queued appends; do it off the driver's path and
         // report it once durable.
         let (done_sender, done) = oneshot::channel();
         let meta_for_store = meta.clone();
-        let data_for_store = data.clone();
         tokio_uring::spawn(async move {
-            let result = wal.save_snapshot(meta_for_store, data_for_store).await;
+            let Ok((data, serialize_time)) = serialized.await else {
+                return; // The helper thread panicked: dropping the sender reports it.
+            };
+            stats.borrow_mut().snapshot_serialize.record(serialize_time);
+            let result = wal.save_snapshot(meta_for_store, data.clone()).await;
             if result.is_ok() {
                 stats.borrow_mut().snapshots_taken += 1;
             }
-            let _ = done_sender.send(result);
+            let _ = done_sender.send(result.map(|()| data));
         });
-        self.pending_snapshot = Some((meta, data, size, done));
+        self.pending_snapshot = Some((meta, done));
         Ok(index)
     }
 
@@ -674,7 +683,16 @@ impl<S: QueryStateMachine> Shard<S> {
                 }
             }
             if let Some(index) = compact_to {
-                self.wal.compact(index).await.map_err(|source| self.fail(source))?;
+                // Removing segment files and syncing the directory takes tens
+                // of milliseconds: in the background. A failure stops the
+                // log, and the next append reports it.
+                let wal = self.wal.clone();
+                let shard = self.ctx.shard_id;
+                tokio_uring::spawn(async move {
+                    if let Err(error) = wal.compact(index).await {
+                        tracing::error!(shard, %error, "compacting the log failed");
+                    }
+                });
             }
             self.serve_reads();
             self.on_durable();
@@ -684,15 +702,18 @@ impl<S: QueryStateMachine> Shard<S> {
 
     /// Reports a snapshot to the engine once the WAL stored it.
     fn finish_pending_snapshot(&mut self) {
-        let Some((_, _, _, done)) = &mut self.pending_snapshot else { return };
+        let Some((_, done)) = &mut self.pending_snapshot else { return };
         match done.try_recv() {
             Err(oneshot::error::TryRecvError::Empty) => {}
-            Err(oneshot::error::TryRecvError::Closed) => self.pending_snapshot = None,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                tracing::error!(shard = self.ctx.shard_id, "serializing a snapshot failed");
+                self.pending_snapshot = None;
+            }
             Ok(result) => {
-                let (meta, data, size, _) = self.pending_snapshot.take().expect("present");
+                let (meta, _) = self.pending_snapshot.take().expect("present");
                 match result {
-                    Ok(()) => {
-                        self.raft.snapshot_created(meta.clone(), size);
+                    Ok(data) => {
+                        self.raft.snapshot_created(meta.clone(), data.len() as u64);
                         self.snapshot = Some((meta, data));
                     }
                     Err(error) => tracing::error!(shard = self.ctx.shard_id, %error, "storing a snapshot failed"),
@@ -832,4 +853,25 @@ impl<S: QueryStateMachine> Shard<S> {
             saving.set(false);
         });
     }
+}
+
+/// Serializes a snapshot image on a thread of its own, allowed on every CPU
+/// (a thread inherits its creator's pinning, and the driver's core is the
+/// one that should not carry this work) and at a lower priority than the
+/// drivers, and hands back the bytes with the time it took.
+fn serialize_in_background(image: Box<dyn engine::SnapshotImage>) -> oneshot::Receiver<(Bytes, Duration)> {
+    let (sender, receiver) = oneshot::channel();
+    let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+        crate::server::unpin_thread();
+        crate::server::lower_thread_priority();
+        let started = Instant::now();
+        let mut out = BytesMut::new();
+        image.serialize_into(&mut out);
+        let _ = sender.send((out.freeze(), started.elapsed()));
+    });
+    if let Err(error) = spawned {
+        // The sender went with the closure: the receiver reports the failure.
+        tracing::error!(%error, "could not start a snapshot thread");
+    }
+    receiver
 }

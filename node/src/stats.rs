@@ -61,6 +61,10 @@ pub struct ShardStats {
     pub apply: Stage,
     pub total: Stage,
     pub reads: Stage,
+    /// Capturing the state machine for a snapshot, on the driver's thread.
+    pub snapshot_capture: Stage,
+    /// Serializing a captured snapshot, on a helper thread.
+    pub snapshot_serialize: Stage,
     pub writes_applied: u64,
     pub reads_served: u64,
     pub not_leader: u64,
@@ -79,6 +83,8 @@ impl Default for ShardStats {
             apply: Stage::new(),
             total: Stage::new(),
             reads: Stage::new(),
+            snapshot_capture: Stage::new(),
+            snapshot_serialize: Stage::new(),
             writes_applied: 0,
             reads_served: 0,
             not_leader: 0,
@@ -101,6 +107,8 @@ impl ShardStats {
                 "apply": self.apply.summary(),
                 "total": self.total.summary(),
                 "read": self.reads.summary(),
+                "snapshot_capture": self.snapshot_capture.summary(),
+                "snapshot_serialize": self.snapshot_serialize.summary(),
             },
             "writes_applied": self.writes_applied,
             "reads_served": self.reads_served,

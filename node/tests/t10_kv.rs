@@ -163,6 +163,28 @@ fn restore_errors_are_clear() {
     assert!(error.to_string().contains("magic"), "{error}");
 }
 
+/// Pairs out of the canonical order would make equal states give different
+/// bytes; restore refuses them even under a valid checksum.
+#[test]
+fn restore_refuses_pairs_out_of_snapshot_order() {
+    let mut kv = KvStateMachine::new(4);
+    kv.apply(1, &encode_envelope(7, 1, &put("a", "1")));
+    kv.apply(2, &encode_envelope(7, 2, &put("b", "2")));
+    let snapshot = kv.snapshot();
+    KvStateMachine::new(4).restore(&snapshot).expect("a snapshot restores");
+    // Header (24 bytes), the pair count, then two pairs of 10 bytes each.
+    let mut swapped = snapshot.to_vec();
+    let pairs = 24 + 8;
+    let (first, second) = (swapped[pairs..pairs + 10].to_vec(), swapped[pairs + 10..pairs + 20].to_vec());
+    swapped[pairs..pairs + 10].copy_from_slice(&second);
+    swapped[pairs + 10..pairs + 20].copy_from_slice(&first);
+    let end = swapped.len() - 4;
+    let checksum = crc32c::crc32c(&swapped[..end]);
+    swapped[end..].copy_from_slice(&checksum.to_le_bytes());
+    let error = KvStateMachine::new(4).restore(&Bytes::from(swapped)).unwrap_err();
+    assert!(error.to_string().contains("snapshot order"), "{error}");
+}
+
 fn bytes_strategy(size_max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..size_max).prop_map(Bytes::from)
 }

@@ -140,7 +140,9 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(self.log_file(id));
         if let Some(entries) = self.snapshot_entries {
-            command.args(["--snapshot-entries", &entries.to_string()]);
+            // Snapshots every `entries`, whatever the state's size, so a
+            // wiped follower must catch up through one.
+            command.args(["--snapshot-entries", &entries.to_string(), "--snapshot-log-factor", "0"]);
         }
         if self.separate_uids {
             let uid = UID_BASE + id as u32;

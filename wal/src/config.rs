@@ -36,11 +36,18 @@ pub struct WalConfig {
     pub batch_bytes_max: usize,
     /// The largest snapshot file `load_snapshot` reads.
     pub snapshot_bytes_max: u64,
+    /// Bytes per second at most for writing a snapshot the log agrees with
+    /// (a local one; it holds nothing back, so it can take its time). Written
+    /// at disk speed, tens of megabytes sit in front of every log sync for
+    /// as long as they take. A received snapshot is written at full speed:
+    /// the follower waits for it. 0: no limit.
+    pub snapshot_write_rate: u64,
 }
 
 impl WalConfig {
     /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
-    /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots.
+    /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots written at
+    /// 64 MiB/s.
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
         WalConfig {
             dir: dir.into(),
@@ -51,6 +58,7 @@ impl WalConfig {
             queued_bytes_max: 64 << 20,
             batch_bytes_max: 1 << 20,
             snapshot_bytes_max: 4 << 30,
+            snapshot_write_rate: 64 << 20,
         }
     }
 

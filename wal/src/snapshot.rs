@@ -53,10 +53,12 @@ pub(crate) struct StoredSnapshot {
     pub segment_sequence_min: u64,
 }
 
-fn encode(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> Vec<u8> {
+/// The header and membership list; the crc32c field is left zero for
+/// [`seal_head`].
+fn encode_head(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> Vec<u8> {
     let conf = &meta.conf;
     let members = conf.voters.len() + conf.voters_outgoing.len() + conf.learners.len();
-    let mut raw = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + members * 8 + data.len());
+    let mut raw = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + members * 8);
     let header = SnapshotHeader {
         crc: U32::new(0),
         version: U32::new(SNAPSHOT_VERSION),
@@ -74,9 +76,22 @@ fn encode(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> Vec<u8
     for id in conf.voters.iter().chain(&conf.voters_outgoing).chain(&conf.learners) {
         raw.extend_from_slice(&id.to_le_bytes());
     }
+    raw
+}
+
+/// Writes into the head the crc32c of everything after the field: the rest
+/// of the head, then the data, whose crc32c continued from the head's is
+/// `crc`.
+fn seal_head(head: &mut [u8], crc: u32) {
+    head[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[cfg(test)]
+fn encode(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> Vec<u8> {
+    let mut raw = encode_head(meta, segment_sequence_min, data);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&raw[4..]), data);
+    seal_head(&mut raw, crc);
     raw.extend_from_slice(data);
-    let crc = crc32c::crc32c(&raw[4..]);
-    raw[0..4].copy_from_slice(&crc.to_le_bytes());
     raw
 }
 
@@ -165,14 +180,49 @@ pub(crate) async fn load(dir: &Path, length_max: u64) -> Result<Option<(StoredSn
     decode(&path, &Bytes::from(raw)).map(Some)
 }
 
-/// Durably replaces the snapshot file.
-pub(crate) async fn save(dir: &Path, stored: &StoredSnapshot, data: &[u8]) -> Result<(), WalError> {
+/// Bytes written between two syncs of a snapshot file. A snapshot is tens of
+/// megabytes; synced in one piece it would occupy the device for a hundred
+/// milliseconds, and every WAL `fdatasync` queued behind it would wait as
+/// long. In pieces, log syncs interleave with it.
+const SAVE_CHUNK_BYTES: usize = 256 << 10;
+
+/// Durably replaces the snapshot file, writing and syncing it in pieces of
+/// [`SAVE_CHUNK_BYTES`], at most `rate` bytes per second (0: no limit), so
+/// the log's syncs are not held behind it. The checksum is computed piece by
+/// piece too, between the writes, so the runtime thread (the shard driver's)
+/// is never held for the whole state.
+pub(crate) async fn save(dir: &Path, stored: &StoredSnapshot, data: &Bytes, rate: u64) -> Result<(), WalError> {
+    let started = std::time::Instant::now();
     let temp: PathBuf = dir.join(SNAPSHOT_TEMP_FILE);
     let target = dir.join(SNAPSHOT_FILE);
-    let raw = encode(&stored.meta, stored.segment_sequence_min, data);
+    let mut head = encode_head(&stored.meta, stored.segment_sequence_min, data);
+    let mut crc = crc32c::crc32c(&head[4..]);
     let file = std::fs::File::create(&temp).map_err(|error| WalError::io("creating", &temp, error))?;
     let file = tokio_uring::fs::File::from_std(file);
-    let (result, _) = file.write_all_at(raw, 0).await;
+    let mut offset = head.len() as u64;
+    let mut chunk_start = 0;
+    while chunk_start < data.len() {
+        let chunk = data.slice(chunk_start..(chunk_start + SAVE_CHUNK_BYTES).min(data.len()));
+        let length = chunk.len();
+        crc = crc32c::crc32c_append(crc, &chunk);
+        let (result, _) = file.write_all_at(chunk, offset).await;
+        result.map_err(|error| WalError::io("writing", &temp, error))?;
+        offset += length as u64;
+        chunk_start += length;
+        if chunk_start < data.len() {
+            file.sync_data().await.map_err(|error| WalError::io("syncing", &temp, error))?;
+            if rate > 0 {
+                let due = std::time::Duration::from_secs_f64(chunk_start as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
+        }
+    }
+    // The head last, sealed with the checksum of everything; the file is
+    // only renamed into place after the final sync, so order does not matter.
+    seal_head(&mut head, crc);
+    let (result, _) = file.write_all_at(head, 0).await;
     result.map_err(|error| WalError::io("writing", &temp, error))?;
     file.sync_all().await.map_err(|error| WalError::io("syncing", &temp, error))?;
     file.close().await.map_err(|error| WalError::io("closing", &temp, error))?;
@@ -197,5 +247,21 @@ mod tests {
             assert!(decode(Path::new("s"), &Bytes::from(damaged)).is_err(), "flip at {at} accepted");
         }
         assert!(decode(Path::new("s"), &raw.slice(..raw.len() - 1)).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_saved_in_many_pieces_loads_whole() {
+        let dir = std::env::temp_dir().join(format!("wal-snapshot-pieces-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SnapshotMeta { index: 90, term: 4, conf: ConfState::new([1, 2, 3], []) };
+        let stored = StoredSnapshot { meta, segment_sequence_min: 2 };
+        let data: Bytes = (0..SAVE_CHUNK_BYTES * 3 + 12_345).map(|at| (at % 251) as u8).collect::<Vec<u8>>().into();
+        tokio_uring::start(async {
+            save(&dir, &stored, &data, 0).await.unwrap();
+            let (loaded, loaded_data) = load(&dir, u64::MAX).await.unwrap().expect("saved");
+            assert_eq!(loaded, stored);
+            assert_eq!(loaded_data, data);
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

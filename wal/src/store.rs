@@ -34,7 +34,10 @@ pub struct AppendTicket {
 /// - `save_snapshot` takes its place in the append order when it is called:
 ///   appends submitted before it are durable before it is stored, and appends
 ///   submitted while it runs come after it (so it may run in a spawned task
-///   while the driver keeps appending). Entries it covers are dropped; entries
+///   while the driver keeps appending). For a snapshot the log agrees with
+///   (a local one) those later appends may become durable before the snapshot
+///   does, so a crash may recover them with the previous snapshot and the
+///   whole log since it; for one that voids the log they wait for it. Entries it covers are dropped; entries
 ///   after it are kept only if the log holds the snapshot's index with the
 ///   snapshot's term (Raft paper section 7), otherwise the whole log is
 ///   discarded and the next append must start right after the snapshot.

@@ -75,17 +75,20 @@ impl Wal {
     }
 
     /// Stores a snapshot whose effect on the log was decided (and applied to
-    /// the submitted log) when `save_snapshot` was called; the writer is held
-    /// at `limit`, the last append submitted before that call.
+    /// the submitted log) when `save_snapshot` was called; `limit` is the last
+    /// append submitted before that call, where the writer is held when the
+    /// snapshot voids the log (`keep` false).
     async fn store_snapshot(&self, meta: SnapshotMeta, data: Bytes, keep: bool, limit: u64) -> Result<(), WalError> {
         let config = &self.shared.config;
         // Every append from before the call is durable before the snapshot is
-        // stored; later ones wait behind it.
+        // stored; when the log is voided, later ones wait behind it.
         self.wait_durable(limit).await?;
         let stored = {
             let state = self.shared.state.borrow();
-            assert_eq!(state.started.sequence, limit, "the writer holds at the limit");
-            assert_eq!(state.durable.sequence, limit, "everything before the snapshot is durable");
+            if !keep {
+                assert_eq!(state.started.sequence, limit, "the writer holds at the limit");
+                assert_eq!(state.durable.sequence, limit, "everything before the snapshot is durable");
+            }
             let previous_minimum = state.snapshot.as_ref().map_or(0, |stored| stored.segment_sequence_min);
             let sequence_min = if keep {
                 previous_minimum
@@ -95,7 +98,9 @@ impl Wal {
             };
             StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }
         };
-        snapshot::save(&config.dir, &stored, &data).await?;
+        // A snapshot the log agrees with holds no append back: pace it.
+        let rate = if keep { config.snapshot_write_rate } else { 0 };
+        snapshot::save(&config.dir, &stored, &data, rate).await?;
         let removed = {
             let mut state = self.shared.state.borrow_mut();
             state.snapshot = Some(stored);
@@ -112,7 +117,7 @@ impl Wal {
                 state.segments.drain(..).map(|segment| segment.path).collect()
             }
         };
-        segment::remove(&config.dir, &removed).await
+        segment::remove(&config.dir, &removed, false).await
     }
 }
 
@@ -292,7 +297,13 @@ impl LogStore for Wal {
             let keep = state.log.term(meta.index) == Some(meta.term);
             state.log.install_snapshot(meta.index, meta.term, keep);
             let limit = state.submitted.sequence;
-            state.write_limit = Some(limit);
+            if !keep {
+                // Later appends go into a log that starts after the snapshot:
+                // they wait until it is stored. A snapshot the log agrees
+                // with (every local one) changes no segment, so appends keep
+                // flowing while its file is written.
+                state.write_limit = Some(limit);
+            }
             (keep, limit)
         };
         let result = self.store_snapshot(meta, data, keep, limit).await;
@@ -325,7 +336,7 @@ impl LogStore for Wal {
             let count = state.segments[..candidates].iter().take_while(|segment| segment.index_max <= index).count();
             state.segments.drain(..count).map(|segment| segment.path).collect()
         };
-        let result = segment::remove(&self.shared.config.dir, &removed).await;
+        let result = segment::remove(&self.shared.config.dir, &removed, true).await;
         if let Err(error) = &result {
             self.shared.fail(error.clone());
         }

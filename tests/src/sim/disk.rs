@@ -3,12 +3,14 @@
 //! The shard hands entry batches to the WAL without waiting, saves a hard
 //! state whose term or vote changed synchronously, saves a commit-only hard
 //! state lazily in the background (not ordered with the appends), and stores
-//! snapshots "ordered at the call" (appends submitted later wait for it).
+//! snapshots "ordered at the call" (appends submitted earlier are durable
+//! first; for a received snapshot, appends submitted later wait for it).
 //! This disk reproduces exactly those guarantees and no more: appends and
 //! snapshots become durable in submission order, the lazy hard state at any
 //! moment, and a crash loses whatever was not durable, except that a prefix
 //! of the unsynced appends may have reached the platter, the last of them
-//! torn (a suffix of its entries missing).
+//! torn (a suffix of its entries missing), and a local snapshot in that
+//! prefix may be missing (later appends can land before its file).
 
 use std::collections::VecDeque;
 
@@ -158,7 +160,13 @@ impl SimDisk {
         let landed = rng.range(0, pending.len() as u64 + 1) as usize;
         for (position, write) in pending.into_iter().enumerate() {
             if position < landed {
-                self.make_durable(write);
+                // A local snapshot agrees with the log, so the WAL lets later
+                // appends land before its file does: it may be missing from
+                // a landed prefix.
+                let overtaken = matches!(write, DiskWrite::Snapshot { local: true, .. }) && rng.range(0, 2) == 0;
+                if !overtaken {
+                    self.make_durable(write);
+                }
                 continue;
             }
             // The first write that did not fully land is torn: a prefix of
