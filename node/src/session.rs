@@ -88,6 +88,26 @@ impl Envelope {
 
 /// Wraps a client's command with its session, the way the node proposes it
 /// (from `net::ClientRequest`'s `client_id` and `sequence`).
+/// Bytes of each buffer [`encode_envelope_in`] carves envelopes from.
+pub const ENVELOPE_ARENA_BYTES: usize = 64 << 10;
+
+/// Encodes an envelope into `arena` and splits it off. Envelopes carved from
+/// one buffer are shared slices of it, so the log's clones of an entry cost no
+/// allocation; a `Bytes` of its own is promoted, with an allocation, on its
+/// first clone (a few percent of a leader's CPU in profiles). A buffer is
+/// freed once every envelope in it is.
+pub fn encode_envelope_in(arena: &mut BytesMut, client_id: u64, sequence: u64, command: &[u8]) -> Bytes {
+    let size = ENVELOPE_HEADER_SIZE + command.len();
+    if arena.capacity() - arena.len() < size {
+        *arena = BytesMut::with_capacity(ENVELOPE_ARENA_BYTES.max(size));
+    }
+    arena.put_u8(ENVELOPE_FORMAT);
+    arena.put_u64_le(client_id);
+    arena.put_u64_le(sequence);
+    arena.put_slice(command);
+    arena.split().freeze()
+}
+
 pub fn encode_envelope(client_id: u64, sequence: u64, command: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(ENVELOPE_HEADER_SIZE + command.len());
     out.put_u8(ENVELOPE_FORMAT);

@@ -35,7 +35,7 @@ use wal::{AppendTicket, LogStore, Wal, WalError};
 
 use crate::fsm::QueryStateMachine;
 use crate::replicated::{NodeStateMachine, SetAddresses};
-use crate::session::{encode_envelope, Reply};
+use crate::session::{encode_envelope_in, Reply};
 use crate::stats::ShardStats;
 
 /// Events a shard's inbox carries, bounded by [`SHARD_INBOX_MAX`].
@@ -198,6 +198,8 @@ pub struct Shard<S: QueryStateMachine> {
     announced_term: Term,
     stats: Rc<RefCell<ShardStats>>,
     last_sweep: Instant,
+    /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
+    envelope_arena: BytesMut,
 }
 
 impl<S: QueryStateMachine> Shard<S> {
@@ -256,6 +258,7 @@ impl<S: QueryStateMachine> Shard<S> {
             announced_term: 0,
             stats,
             last_sweep: Instant::now(),
+            envelope_arena: BytesMut::new(),
         })
     }
 
@@ -367,7 +370,7 @@ impl<S: QueryStateMachine> Shard<S> {
                     )));
                     return;
                 }
-                let data = encode_envelope(request.client_id, request.sequence, &command);
+                let data = encode_envelope_in(&mut self.envelope_arena, request.client_id, request.sequence, &command);
                 self.propose(data, reply, arrived);
             }
             RequestBody::Read { query, consistency } => self.read(query, consistency, reply, arrived),

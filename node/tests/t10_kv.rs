@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use engine::StateMachine;
 use node::kv::{decode_answer, AnswerError, KvOp, KvResponse, KvStateMachine};
-use node::session::{encode_envelope, Envelope, Reply};
+use node::session::{encode_envelope, encode_envelope_in, Envelope, Reply, ENVELOPE_ARENA_BYTES};
 use node::testing::{kv_workload, state_machine_suite};
 use proptest::prelude::*;
 
@@ -300,5 +300,23 @@ proptest! {
                 prop_assert!(sequence > 1, "a first write opens a session");
             }
         }
+    }
+}
+
+#[test]
+fn envelopes_carved_from_an_arena_equal_standalone_ones() {
+    let mut arena = bytes::BytesMut::new();
+    let mut kept = Vec::new();
+    for round in 0..2_000u64 {
+        let command = vec![round as u8; (round as usize * 37) % 700];
+        let carved = encode_envelope_in(&mut arena, round, round + 1, &command);
+        assert_eq!(carved, encode_envelope(round, round + 1, &command));
+        kept.push((carved, command));
+    }
+    let huge = vec![9u8; ENVELOPE_ARENA_BYTES * 2];
+    assert_eq!(encode_envelope_in(&mut arena, 1, 2, &huge), encode_envelope(1, 2, &huge));
+    // Later envelopes never overwrote earlier ones.
+    for (round, (carved, command)) in kept.iter().enumerate() {
+        assert_eq!(*carved, encode_envelope(round as u64, round as u64 + 1, command));
     }
 }
