@@ -55,3 +55,56 @@ fn a_skipped_snapshot_is_asked_for_again() {
     assert!(raft.applied() >= 40);
     assert!(asked >= 6, "asked {asked} times over 40 applied entries with an interval of 5");
 }
+
+/// Drives a single-node engine through `count` proposals of `size` bytes,
+/// taking every snapshot it asks for (reported with `snapshot_size` bytes),
+/// and returns the applied indexes at which it asked.
+fn snapshot_points(config: engine::Config, count: u32, size: usize, snapshot_size: u64) -> Vec<u64> {
+    let mut raft = engine::Raft::new(config, engine::Recovered::default()).unwrap();
+    raft.tick();
+    let mut points = Vec::new();
+    for _ in 0..count {
+        if raft.role() == Role::Leader {
+            raft.propose(Bytes::from(vec![7u8; size])).unwrap();
+        }
+        while raft.has_ready() {
+            let ready = raft.ready();
+            if let Some((index, term)) = ready.last_entry() {
+                raft.persisted(index, term);
+            }
+            let due = ready.snapshot_due;
+            raft.advance(ready);
+            if due {
+                let applied = raft.applied();
+                points.push(applied);
+                let meta = raft.snapshot_meta_at(applied).expect("applied entries");
+                raft.snapshot_created(meta, snapshot_size);
+            }
+        }
+    }
+    points
+}
+
+#[test]
+fn snapshots_wait_for_the_log_to_outgrow_the_state_and_are_jittered() {
+    let mut config = engine::Config::new(1, vec![1]);
+    config.snapshot_entries = 10;
+    config.compaction_tail = 2;
+    // Without a factor: every 10 entries.
+    let plain = snapshot_points(config.clone(), 100, 100, 5_000);
+    assert!(plain.windows(2).all(|pair| pair[1] - pair[0] == 10), "{plain:?}");
+    // Twice a 5,000-byte state: 100 entries of 100 bytes between snapshots.
+    config.snapshot_log_factor = 2;
+    let factored = snapshot_points(config.clone(), 400, 100, 5_000);
+    assert!(factored.len() >= 2, "{factored:?}");
+    assert!(factored.windows(2).all(|pair| (100..=110).contains(&(pair[1] - pair[0]))), "{factored:?}");
+    // Jitter: intervals between 10 and 15 entries, not all equal, the same
+    // for the same seed.
+    config.snapshot_log_factor = 0;
+    config.snapshot_entries_jitter = 5;
+    let jittered = snapshot_points(config.clone(), 200, 10, 100);
+    let gaps: Vec<u64> = jittered.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert!(gaps.iter().all(|gap| (10..=15).contains(gap)), "{gaps:?}");
+    assert!(gaps.iter().any(|&gap| gap != gaps[0]), "{gaps:?}");
+    assert_eq!(jittered, snapshot_points(config, 200, 10, 100));
+}

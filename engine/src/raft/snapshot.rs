@@ -1,7 +1,9 @@
 //! Snapshots and log compaction (Raft paper 7), without I/O.
 //!
-//! Taking one: when `snapshot_entries` entries were applied since the last
-//! snapshot, a Ready sets `snapshot_due`; the shell snapshots its state
+//! Taking one: when `snapshot_entries` entries (plus this replica's jitter,
+//! `snapshot_entries_jitter`) were applied since the last snapshot, and,
+//! with `snapshot_log_factor`, they hold that many times the last snapshot's
+//! bytes, a Ready sets `snapshot_due`; the shell snapshots its state
 //! machine at its applied index (metadata from [`Raft::snapshot_meta_at`]),
 //! stores it, and reports it with [`Raft::snapshot_created`]; the engine then
 //! compacts its log, keeping `compaction_tail` entries for followers that are
