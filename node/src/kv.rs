@@ -58,7 +58,65 @@ use rustc_hash::FxHasher;
 /// dozen key comparisons: the B-tree cost a quarter of a node's CPU under
 /// load), with a fixed, seedless hasher. Iteration order never reaches the
 /// outside: the snapshot sorts the keys (see [`snapshot_order_code`]).
-type DataMap = HashMap<Bytes, Bytes, BuildHasherDefault<FxHasher>>;
+type DataMap = HashMap<Key, Bytes, BuildHasherDefault<FxHasher>>;
+
+/// The longest key stored inside the table itself.
+const KEY_INLINE_MAX: usize = 30;
+
+/// A stored key: short ones (most) live in the hash table's slot, so a
+/// lookup compares bytes already in cache instead of chasing a pointer to
+/// them, and copying a bucket for copy-on-write allocates nothing for them.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; KEY_INLINE_MAX] },
+    Heap(Bytes),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        if key.len() <= KEY_INLINE_MAX {
+            let mut bytes = [0; KEY_INLINE_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline { len: key.len() as u8, bytes }
+        } else {
+            Key::Heap(Bytes::copy_from_slice(key))
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// Hashes as the byte slice does, as `Borrow<[u8]>` requires.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_slice())
+    }
+}
 
 /// log2 of the number of buckets.
 const BUCKET_BITS: u32 = 10;
@@ -96,7 +154,7 @@ impl Data {
         match bucket.get_mut(key) {
             Some(stored) => *stored = Bytes::copy_from_slice(value),
             None => {
-                bucket.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                bucket.insert(Key::new(key), Bytes::copy_from_slice(value));
                 self.len += 1;
             }
         }
@@ -567,8 +625,12 @@ struct KvImage {
 
 impl SnapshotImage for KvImage {
     fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
-        let pairs_size: usize =
-            self.buckets.iter().flat_map(|bucket| bucket.iter()).map(|(key, value)| 8 + key.len() + value.len()).sum();
+        let pairs_size: usize = self
+            .buckets
+            .iter()
+            .flat_map(|bucket| bucket.iter())
+            .map(|(key, value)| 8 + key.as_slice().len() + value.len())
+            .sum();
         let sessions_size: usize = self.sessions.iter().map(|(_, session)| 28 + session.reply.len()).sum();
         let size = SNAPSHOT_HEADER_SIZE + 8 + pairs_size + 8 + sessions_size + SNAPSHOT_CHECKSUM_SIZE;
         out.reserve(size);
@@ -589,8 +651,10 @@ impl SnapshotImage for KvImage {
         // holds a bucket, the next write to it copies it.
         let KvImage { buckets, sessions, .. } = *self;
         for bucket in buckets {
-            let mut pairs: Vec<(u32, &Bytes, &Bytes)> =
-                bucket.iter().map(|(key, value)| (snapshot_order_code(key), key, value)).collect();
+            let mut pairs: Vec<(u32, &[u8], &Bytes)> = bucket
+                .iter()
+                .map(|(key, value)| (snapshot_order_code(key.as_slice()), key.as_slice(), value))
+                .collect();
             pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             for (_, key, value) in &pairs {
                 put_bytes(out, key);

@@ -172,7 +172,11 @@ pub fn kv_workload(seed: u64, count: usize) -> Vec<Bytes> {
             workload.push(Bytes::from_static(b"\x01garbage"));
             continue;
         }
-        let key = Bytes::from(format!("key-{}", random.next() % 6));
+        // Mostly short keys, some longer than the ones the map stores inline.
+        let key = match random.next() % 8 {
+            0 => Bytes::from(format!("a-key-long-enough-not-to-fit-inline-{}", random.next() % 3)),
+            _ => Bytes::from(format!("key-{}", random.next() % 6)),
+        };
         let value = |random: &mut SplitMix64| Bytes::from(format!("value-{}", random.next() % 4));
         let op = match random.next() % 5 {
             0 => KvOp::Get { key },

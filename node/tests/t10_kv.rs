@@ -64,6 +64,40 @@ fn put_get_delete_cas() {
     assert_eq!(answer(&mut kv, 8, 8, KvOp::Get { key: "k".into() }), KvResponse::Value(None), "a get in the log");
 }
 
+/// Keys of every length around the size the map keeps inline are found,
+/// overwritten, counted and deleted alike, and survive a snapshot.
+#[test]
+fn short_and_long_keys_behave_alike() {
+    let mut kv = KvStateMachine::default();
+    let keys: Vec<String> = (1..=64).map(|len| "x".repeat(len)).collect();
+    let mut index = 0;
+    let mut apply = |kv: &mut KvStateMachine, op: KvOp| {
+        index += 1;
+        decode_answer(&kv.apply(index, &encode_envelope(1, index, &op.encode()))).unwrap()
+    };
+    for (round, value_text) in ["first", "second"].iter().enumerate() {
+        for key in &keys {
+            let op = KvOp::Put { key: Bytes::from(key.clone()), value: Bytes::from(format!("{value_text}-{key}")) };
+            assert_eq!(apply(&mut kv, op), KvResponse::Written);
+        }
+        assert_eq!(kv.len(), keys.len(), "round {round}: overwrites add no keys");
+    }
+    let mut restored = KvStateMachine::default();
+    restored.restore(&kv.snapshot()).unwrap();
+    for key in &keys {
+        let expected = Some(Bytes::from(format!("second-{key}")));
+        assert_eq!(value(&kv, key), expected, "key of {} bytes", key.len());
+        assert_eq!(value(&restored, key), expected, "restored key of {} bytes", key.len());
+    }
+    for key in &keys {
+        assert_eq!(
+            apply(&mut kv, KvOp::Delete { key: Bytes::from(key.clone()) }),
+            KvResponse::Deleted { existed: true }
+        );
+    }
+    assert!(kv.is_empty());
+}
+
 #[test]
 fn retried_write_returns_cached_reply_and_is_not_applied_twice() {
     let mut kv = KvStateMachine::default();
