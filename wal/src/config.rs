@@ -13,6 +13,11 @@ pub const WRITE_RECORDS_MAX: usize = 512;
 /// so this keeps that window small.
 pub const WRITE_BYTES_MAX_LIMIT: usize = 16 << 20;
 
+/// The longest a paced snapshot write may take: a larger snapshot is written
+/// faster than `snapshot_write_rate`, so the log it lets the node compact
+/// does not grow for minutes meanwhile.
+pub const SNAPSHOT_WRITE_SECONDS_MAX: u64 = 4;
+
 /// How to open a WAL directory.
 #[derive(Clone, Debug)]
 pub struct WalConfig {
@@ -37,17 +42,18 @@ pub struct WalConfig {
     /// The largest snapshot file `load_snapshot` reads.
     pub snapshot_bytes_max: u64,
     /// Bytes per second at most for writing a snapshot the log agrees with
-    /// (a local one; it holds nothing back, so it can take its time). Written
-    /// at disk speed, tens of megabytes sit in front of every log sync for
-    /// as long as they take. A received snapshot is written at full speed:
-    /// the follower waits for it. 0: no limit.
+    /// (a local one; it holds nothing back, so it can take its time), unless
+    /// that would take longer than [`SNAPSHOT_WRITE_SECONDS_MAX`]. Written at
+    /// disk speed, tens of megabytes sit in front of every log sync for as
+    /// long as they take. A received snapshot is written at full speed: the
+    /// follower waits for it. 0: no limit.
     pub snapshot_write_rate: u64,
 }
 
 impl WalConfig {
     /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
     /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots written at
-    /// 64 MiB/s.
+    /// 8 MiB/s (or in 4 s, for a larger one).
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
         WalConfig {
             dir: dir.into(),
@@ -58,7 +64,7 @@ impl WalConfig {
             queued_bytes_max: 64 << 20,
             batch_bytes_max: 1 << 20,
             snapshot_bytes_max: 4 << 30,
-            snapshot_write_rate: 64 << 20,
+            snapshot_write_rate: 8 << 20,
         }
     }
 

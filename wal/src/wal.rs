@@ -99,7 +99,11 @@ impl Wal {
             StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }
         };
         // A snapshot the log agrees with holds no append back: pace it.
-        let rate = if keep { config.snapshot_write_rate } else { 0 };
+        let rate = if keep && config.snapshot_write_rate > 0 {
+            config.snapshot_write_rate.max(data.len() as u64 / crate::config::SNAPSHOT_WRITE_SECONDS_MAX)
+        } else {
+            0
+        };
         snapshot::save(&config.dir, &stored, &data, rate).await?;
         let removed = {
             let mut state = self.shared.state.borrow_mut();
