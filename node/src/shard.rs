@@ -11,6 +11,11 @@
 //! engine asks; and hands the Ready back. Durability reports from the WAL
 //! (strictly in order) release the waiting messages and tell the engine,
 //! which then counts the leader's own log in the commit quorum.
+//!
+//! Nothing slow runs on the driver: a snapshot is only captured here and is
+//! serialized on a helper thread and stored by a background task; log
+//! compaction and the commit-only hard state (saved without `fdatasync`, at
+//! most once a tick) are background tasks too.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
