@@ -167,6 +167,12 @@ pub struct ServeOptions {
     #[arg(long, value_name = "FACTOR")]
     pub snapshot_log_factor: Option<u64>,
 
+    /// Write a local snapshot at most this many bytes per second (unless
+    /// that takes over 4 s; 0: at disk speed). Paced, its writes stay out of
+    /// the way of the log's fdatasyncs. [default: 8388608, 8 MiB/s]
+    #[arg(long, value_name = "BYTES")]
+    pub snapshot_write_rate: Option<u64>,
+
     /// The length of a tick, such as `10ms`. [default: 10ms]
     #[arg(long, value_name = "DURATION")]
     pub tick_interval: Option<String>,

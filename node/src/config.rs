@@ -157,10 +157,14 @@ pub struct ServeConfig {
     /// A snapshot waits until the entries applied since the last one hold
     /// this many times its bytes (0: off).
     pub snapshot_log_factor: u64,
+    /// Bytes per second for writing a local snapshot (0: no pacing).
+    pub snapshot_write_rate: u64,
 }
 
 /// The default of `--snapshot-log-factor`.
 pub const SNAPSHOT_LOG_FACTOR_DEFAULT: u64 = 2;
+/// The default of `--snapshot-write-rate`: the WAL's own default.
+pub const SNAPSHOT_WRITE_RATE_DEFAULT: u64 = 8 << 20;
 
 impl ServeConfig {
     /// The engine configuration for one shard of this node, given the voters
@@ -265,6 +269,7 @@ impl DevConfig {
                     pin_cores: false,
                     snapshot_entries: None,
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
+                    snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
                 }
             })
             .collect()
@@ -354,6 +359,7 @@ impl ServeOptions {
             tick_interval,
             snapshot_entries,
             snapshot_log_factor,
+            snapshot_write_rate,
             read_consistency,
             log_level,
             join,
@@ -452,6 +458,7 @@ impl ServeConfig {
                 .map(|entries| positive("snapshot-entries", entries))
                 .transpose()?,
             snapshot_log_factor: options.snapshot_log_factor.unwrap_or(SNAPSHOT_LOG_FACTOR_DEFAULT),
+            snapshot_write_rate: options.snapshot_write_rate.unwrap_or(SNAPSHOT_WRITE_RATE_DEFAULT),
         })
     }
 }

@@ -273,6 +273,7 @@ where
             wal::WalConfig::new(config.data_dir.join(format!("shard-{shard_id}")), config.cluster_id, config.node_id);
         let batch_limit = config.limits.batch_bytes_max + WAL_BATCH_HEADROOM;
         wal_config.batch_bytes_max = batch_limit;
+        wal_config.snapshot_write_rate = config.snapshot_write_rate;
         wal_config.write_bytes_max = wal_config.write_bytes_max.max(batch_limit);
         let mut engine_config = config.engine_config(voters.clone());
         engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id);

@@ -105,6 +105,12 @@ fn a_full_serve_command_line() {
             "64",
             "--log-level",
             "info,node=debug",
+            "--snapshot-entries",
+            "5000",
+            "--snapshot-log-factor",
+            "3",
+            "--snapshot-write-rate",
+            "1048576",
         ],
     )
     .unwrap();
@@ -120,8 +126,11 @@ fn a_full_serve_command_line() {
     assert_eq!(peers[2].addr.to_string(), "node-3.local:7104");
     assert_eq!(config.token.0, "secret");
     assert!(!format!("{config:?}").contains("secret"), "Debug must not print the token");
+    assert_eq!(config.snapshot_write_rate, 1 << 20);
     let engine = config.engine_config(vec![1, 2, 3]);
     assert_eq!(engine.heartbeat_ticks, 3);
+    assert_eq!((engine.snapshot_entries, engine.snapshot_log_factor), (5000, 3));
+    assert_eq!(engine.snapshot_entries_jitter, 2500, "replicas spread their snapshots over half an interval");
     engine.validate().unwrap();
 }
 
