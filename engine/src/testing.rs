@@ -137,6 +137,75 @@ impl TestNode {
     }
 }
 
+/// What a cluster has committed so far, for the safety properties of Raft
+/// paper Figure 3: every index any node saw committed, with its term and
+/// payload, and the lowest term in which a node saw it committed (every
+/// leader of a later term must hold it). Shared by the randomized engine test
+/// and the whole-node simulator.
+#[derive(Default)]
+pub struct CommittedLog {
+    pub entries: BTreeMap<Index, (Term, Bytes)>,
+    pub by_term: BTreeMap<Index, Term>,
+}
+
+impl CommittedLog {
+    /// Records what `raft` says is committed; panics, naming `at`, if it
+    /// disagrees with anything recorded before (state machine safety).
+    pub fn record(&mut self, id: NodeId, raft: &Raft, at: &str) {
+        for index in raft.first_index()..=raft.committed() {
+            let Some(entry) = raft.entry(index) else { continue };
+            let recorded = self.entries.entry(index).or_insert_with(|| (entry.term, entry.data.clone()));
+            assert_eq!(
+                (recorded.0, &recorded.1),
+                (entry.term, &entry.data),
+                "{at}: node {id} committed a different entry at {index}"
+            );
+            let by_term = self.by_term.entry(index).or_insert(raft.term());
+            *by_term = (*by_term).min(raft.term());
+        }
+    }
+
+    /// Leader completeness: leader `id` holds every entry from `from` on that
+    /// was committed in an earlier term than its own (in its log, or under
+    /// its snapshot).
+    pub fn check_leader_holds(&self, id: NodeId, raft: &Raft, from: Index, at: &str) {
+        for (&index, (term, data)) in self.entries.range(from..) {
+            if self.by_term[&index] >= raft.term() {
+                continue;
+            }
+            if index < raft.first_index() {
+                assert!(raft.snapshot().index >= index, "{at}: leader {id} lost entry {index}");
+                continue;
+            }
+            let entry = raft.entry(index);
+            assert!(
+                entry.is_some_and(|e| e.term == *term && e.data == *data),
+                "{at}: leader {id} of term {} lacks committed entry {index} of term {term}",
+                raft.term()
+            );
+        }
+    }
+}
+
+/// Log matching: two logs that hold an entry with the same index and term
+/// are identical up to it. Panics, naming `at`, when they are not.
+pub fn check_log_matching(rafts: &[(NodeId, &Raft)], at: &str) {
+    for (position, &(a, ra)) in rafts.iter().enumerate() {
+        for &(b, rb) in &rafts[position + 1..] {
+            let low = ra.first_index().max(rb.first_index());
+            let high = ra.last_index().min(rb.last_index());
+            let Some(matching) = (low..=high).rev().find(|&i| ra.term_at(i) == rb.term_at(i)) else { continue };
+            for index in low..=matching {
+                assert_eq!(
+                    ra.entry(index),
+                    rb.entry(index),
+                    "{at}: logs of {a} and {b} match at {matching} but differ at {index}"
+                );
+            }
+        }
+    }
+}
+
 /// A cluster wired by an in-memory network that the test controls.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, TestNode>,

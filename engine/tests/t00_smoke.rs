@@ -108,3 +108,43 @@ fn snapshots_wait_for_the_log_to_outgrow_the_state_and_are_jittered() {
     assert!(gaps.iter().any(|&gap| gap != gaps[0]), "{gaps:?}");
     assert_eq!(jittered, snapshot_points(config, 200, 10, 100));
 }
+
+/// Two single-node clusters that each committed a different entry at the same
+/// index and term: what the shared safety checks must refuse.
+fn diverged_pair() -> (engine::Raft, engine::Raft) {
+    let make = |payload: &'static [u8]| {
+        let mut raft = engine::Raft::new(engine::Config::new(1, vec![1]), engine::Recovered::default()).unwrap();
+        raft.tick();
+        for _ in 0..3 {
+            while raft.has_ready() {
+                let ready = raft.ready();
+                if let Some((index, term)) = ready.last_entry() {
+                    raft.persisted(index, term);
+                }
+                raft.advance(ready);
+            }
+            if raft.role() == Role::Leader && raft.last_index() < 3 {
+                raft.propose(Bytes::from_static(payload)).unwrap();
+            }
+        }
+        raft
+    };
+    (make(b"left"), make(b"right"))
+}
+
+#[test]
+#[should_panic(expected = "committed a different entry")]
+fn the_committed_log_refuses_a_different_committed_entry() {
+    let (left, right) = diverged_pair();
+    assert_eq!(left.committed(), right.committed());
+    let mut log = engine::testing::CommittedLog::default();
+    log.record(1, &left, "test");
+    log.record(2, &right, "test");
+}
+
+#[test]
+#[should_panic(expected = "differ at")]
+fn log_matching_refuses_logs_that_match_at_an_index_but_differ_below() {
+    let (left, right) = diverged_pair();
+    engine::testing::check_log_matching(&[(1, &left), (2, &right)], "test");
+}

@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 use engine::config::Rng;
-use engine::testing::Cluster;
+use engine::testing::{check_log_matching, Cluster, CommittedLog};
 use engine::{ConfChange, ConfChangeOp, Config, EntryKind, Index, NodeId, ReadMode, Role, Term};
 
 /// What the whole cluster has observed, for the cross-node properties.
@@ -20,12 +20,8 @@ use engine::{ConfChange, ConfChangeOp, Config, EntryKind, Index, NodeId, ReadMod
 struct Observed {
     /// Election safety: the leader seen in each term.
     leaders: BTreeMap<Term, NodeId>,
-    /// Every index any node has seen committed, with its term and payload.
-    committed: BTreeMap<Index, (Term, Bytes)>,
-    /// For each committed index, the lowest term in which a node saw it
-    /// committed: at least the term of the leader that committed it, so every
-    /// leader of a later term must hold it (leader completeness).
-    committed_by_term: BTreeMap<Index, Term>,
+    /// Every index any node has seen committed, and in which lowest term.
+    committed: CommittedLog,
     /// Every index any node has applied, with its term and payload.
     applied: BTreeMap<Index, (Term, Bytes)>,
     /// Per node, how many of its applied entries were checked (reset on
@@ -34,6 +30,7 @@ struct Observed {
 }
 
 fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
+    let at = format!("step {step}");
     for (&id, node) in &cluster.nodes {
         let raft = &node.raft;
         raft.check_invariants();
@@ -56,36 +53,11 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
             );
             // Leader completeness: a leader holds every entry committed in
             // an earlier term.
-            for (&index, (term, data)) in &observed.committed {
-                if observed.committed_by_term[&index] >= raft.term() {
-                    continue;
-                }
-                if index < raft.first_index() {
-                    // Compacted: held through the snapshot that covers it.
-                    assert!(raft.snapshot().index >= index, "step {step}: leader {id} lost entry {index}");
-                    continue;
-                }
-                let entry = raft.entry(index);
-                assert!(
-                    entry.is_some_and(|e| e.term == *term && e.data == *data),
-                    "step {step}: leader {id} of term {} lacks committed entry {index}/{term}",
-                    raft.term()
-                );
-            }
+            observed.committed.check_leader_holds(id, raft, 0, &at);
         }
         // Record what this node says is committed; it must agree with
         // everything recorded before.
-        for index in raft.first_index()..=raft.committed() {
-            let Some(entry) = raft.entry(index) else { continue };
-            let recorded = observed.committed.entry(index).or_insert((entry.term, entry.data.clone()));
-            assert_eq!(
-                (recorded.0, &recorded.1),
-                (entry.term, &entry.data),
-                "step {step}: node {id} committed a different entry at {index}"
-            );
-            let by_term = observed.committed_by_term.entry(index).or_insert(raft.term());
-            *by_term = (*by_term).min(raft.term());
-        }
+        observed.committed.record(id, raft, &at);
         // State machine safety: every node applies the same entry at an index.
         let checked = observed.applied_checked.entry(id).or_insert((node.restores, 0));
         if checked.0 != node.restores || checked.1 > node.applied.len() {
@@ -108,22 +80,8 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
     }
     // Log matching: if two logs hold an entry with the same index and term,
     // the logs are identical up to it.
-    let live: Vec<NodeId> = cluster.nodes.keys().copied().collect();
-    for (position, &a) in live.iter().enumerate() {
-        for &b in &live[position + 1..] {
-            let (ra, rb) = (&cluster.nodes[&a].raft, &cluster.nodes[&b].raft);
-            let low = ra.first_index().max(rb.first_index());
-            let high = ra.last_index().min(rb.last_index());
-            let Some(matching) = (low..=high).rev().find(|&i| ra.term_at(i) == rb.term_at(i)) else { continue };
-            for index in low..=matching {
-                assert_eq!(
-                    ra.entry(index),
-                    rb.entry(index),
-                    "step {step}: logs of {a} and {b} match at {matching} but differ at {index}"
-                );
-            }
-        }
-    }
+    let rafts: Vec<(NodeId, &engine::Raft)> = cluster.nodes.iter().map(|(&id, node)| (id, &node.raft)).collect();
+    check_log_matching(&rafts, &at);
 }
 
 fn run_seed(nodes: u64, seed: u64) {
@@ -356,7 +314,7 @@ fn run_seed(nodes: u64, seed: u64) {
         eprintln!(
             "seed {seed}: {} terms with a leader, {} committed, {proposals} proposals, {restores} snapshot installs",
             observed.leaders.len(),
-            observed.committed.len(),
+            observed.committed.entries.len(),
         );
     }
     let Some(leader) = cluster.leader() else {

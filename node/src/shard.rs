@@ -803,16 +803,7 @@ impl<S: QueryStateMachine> Shard<S> {
         if self.reads_waiting.is_empty() {
             return;
         }
-        let applied = self.fsm.applied();
-        let mut ready = Vec::new();
-        self.reads_waiting.retain(|&(index, context)| {
-            let safe = index <= applied;
-            if safe {
-                ready.push(context);
-            }
-            !safe
-        });
-        for context in ready {
+        for context in take_safe_reads(&mut self.reads_waiting, self.fsm.applied()) {
             if let Some(read) = self.reads.remove(&context) {
                 let answer = self.fsm.query(&read.query);
                 self.finish_read(answer, read.reply, read.arrived);
@@ -882,4 +873,18 @@ fn serialize_in_background(image: Box<dyn engine::SnapshotImage>) -> oneshot::Re
         tracing::error!(%error, "could not start a snapshot thread");
     }
     receiver
+}
+
+/// Removes from `waiting` (read index, context) the reads the state machine
+/// has caught up with, and returns their contexts in order.
+pub fn take_safe_reads(waiting: &mut Vec<(Index, u64)>, applied: Index) -> Vec<u64> {
+    let mut safe = Vec::new();
+    waiting.retain(|&(index, context)| {
+        if index <= applied {
+            safe.push(context);
+            return false;
+        }
+        true
+    });
+    safe
 }

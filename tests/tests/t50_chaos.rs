@@ -30,6 +30,7 @@ use node::config::{ClientConfig, Token};
 use node::discovery::HostPort;
 use node::kv::{KvOp, KvResponse};
 use tests::linearizability::{check, CheckOptions, HistoryRecorder, NodeKvInput, NodeKvModel, NodeKvOutput, Verdict};
+use tests::sim::client::{key_bytes, value_bytes, value_of, write_op};
 
 const TOKEN: &str = "chaos-cluster-token";
 const CLUSTER_ID: u64 = 24;
@@ -284,18 +285,6 @@ fn iptables_usable() -> Result<(), String> {
     }
 }
 
-fn key_bytes(key: u8) -> Bytes {
-    Bytes::from(format!("k{key}"))
-}
-
-fn value_bytes(value: u64) -> Bytes {
-    Bytes::copy_from_slice(&value.to_le_bytes())
-}
-
-fn value_of(bytes: &Bytes) -> u64 {
-    u64::from_le_bytes(bytes.as_ref().try_into().expect("8-byte values"))
-}
-
 /// What the load shares: the history, the write-once keys acknowledged, and
 /// anything a client saw that no correct cluster may say.
 struct Shared {
@@ -364,17 +353,8 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
                 };
                 call(&config, 0, body)
             }
-            other => {
-                let op = match other {
-                    NodeKvInput::Put { key, value } => KvOp::Put { key: key_bytes(*key), value: value_bytes(*value) },
-                    NodeKvInput::Delete { key } => KvOp::Delete { key: key_bytes(*key) },
-                    NodeKvInput::Cas { key, expected, new } => KvOp::Cas {
-                        key: key_bytes(*key),
-                        expected: expected.map(value_bytes),
-                        new: Some(value_bytes(*new)),
-                    },
-                    NodeKvInput::Get { .. } => unreachable!(),
-                };
+            write => {
+                let op = write_op(write).expect("not a read");
                 sequence += 1;
                 call_in_session(&config, session, sequence, RequestBody::Write { command: op.encode() })
             }

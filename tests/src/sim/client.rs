@@ -62,7 +62,19 @@ pub fn value_bytes(value: u64) -> Bytes {
     Bytes::copy_from_slice(&value.to_le_bytes())
 }
 
-fn value_of(bytes: &Bytes) -> u64 {
+/// The key-value write an input stands for; `None` for a read.
+pub fn write_op(input: &NodeKvInput<u8, u64>) -> Option<KvOp> {
+    Some(match input {
+        NodeKvInput::Put { key, value } => KvOp::Put { key: key_bytes(*key), value: value_bytes(*value) },
+        NodeKvInput::Delete { key } => KvOp::Delete { key: key_bytes(*key) },
+        NodeKvInput::Cas { key, expected, new } => {
+            KvOp::Cas { key: key_bytes(*key), expected: expected.map(value_bytes), new: Some(value_bytes(*new)) }
+        }
+        NodeKvInput::Get { .. } => return None,
+    })
+}
+
+pub fn value_of(bytes: &Bytes) -> u64 {
     u64::from_le_bytes(bytes.as_ref().try_into().expect("simulator values are 8 bytes"))
 }
 
@@ -158,16 +170,7 @@ impl SimClient {
         let body = match (&current.input, current.sequence) {
             (NodeKvInput::Get { key }, _) => RequestBody::Read { key: key_bytes(*key), mode: self.read_mode },
             (input, Some(sequence)) => {
-                let op = match input {
-                    NodeKvInput::Put { key, value } => KvOp::Put { key: key_bytes(*key), value: value_bytes(*value) },
-                    NodeKvInput::Delete { key } => KvOp::Delete { key: key_bytes(*key) },
-                    NodeKvInput::Cas { key, expected, new } => KvOp::Cas {
-                        key: key_bytes(*key),
-                        expected: expected.map(value_bytes),
-                        new: Some(value_bytes(*new)),
-                    },
-                    NodeKvInput::Get { .. } => unreachable!("reads have no sequence"),
-                };
+                let op = write_op(input).expect("reads have no sequence");
                 RequestBody::Write { client_id: self.session, sequence, op }
             }
             (_, None) => unreachable!("writes have a sequence"),

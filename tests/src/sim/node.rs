@@ -439,16 +439,7 @@ impl SimNode {
         if self.reads_waiting.is_empty() {
             return;
         }
-        let applied = self.fsm.applied();
-        let mut ready = Vec::new();
-        self.reads_waiting.retain(|&(index, context)| {
-            let safe = index <= applied;
-            if safe {
-                ready.push(context);
-            }
-            !safe
-        });
-        for context in ready {
+        for context in node::shard::take_safe_reads(&mut self.reads_waiting, self.fsm.applied()) {
             if let Some((query, waiter)) = self.reads.remove(&context) {
                 let answer = self.fsm.query(&query);
                 let status = match Reply::decode(&answer).expect("the state machine's reply decodes") {
