@@ -9,9 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::{Entry, EntryBatch, EntryKind};
+use engine::EntryBatch;
 use wal::{LogStore, Wal, WalConfig};
 
 const PAYLOAD_BYTES: usize = 256;
@@ -24,12 +23,7 @@ fn bench_dir(tag: &str) -> PathBuf {
 }
 
 fn append_batch(index: u64) -> EntryBatch {
-    EntryBatch::encode(&[Entry {
-        index,
-        term: 1,
-        kind: EntryKind::Normal,
-        data: Bytes::from(vec![0xa5; PAYLOAD_BYTES]),
-    }])
+    wal::testing::bench_batch(index, PAYLOAD_BYTES)
 }
 
 fn record_bytes() -> usize {

@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use engine::batch::{BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE};
-use engine::{Entry, EntryBatch, EntryKind};
+use engine::EntryBatch;
 use hdrhistogram::Histogram;
 use wal::{LogStore, Wal, WalConfig};
 
@@ -200,12 +199,7 @@ async fn interleaved_one_appender(dir: &Path, rounds: u32, slice: Duration) -> [
 }
 
 fn append_batch(index: u64) -> EntryBatch {
-    EntryBatch::encode(&[Entry {
-        index,
-        term: 1,
-        kind: EntryKind::Normal,
-        data: Bytes::from(vec![0xa5; PAYLOAD_BYTES]),
-    }])
+    wal::testing::bench_batch(index, PAYLOAD_BYTES)
 }
 
 /// `appenders` tasks, each appending and awaiting durability in a loop.

@@ -47,6 +47,17 @@ pub fn payload(index: Index, term: Term) -> Bytes {
 
 /// A batch of entries starting at `first` with the given terms and
 /// [`payload`]s.
+/// One entry of term 1 at `index` carrying `payload_bytes` bytes: the record
+/// the WAL's benchmarks append.
+pub fn bench_batch(index: Index, payload_bytes: usize) -> EntryBatch {
+    EntryBatch::encode(&[Entry {
+        index,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: Bytes::from(vec![0xa5; payload_bytes]),
+    }])
+}
+
 pub fn batch(first: Index, terms: &[Term]) -> EntryBatch {
     let entries: Vec<Entry> = terms
         .iter()
