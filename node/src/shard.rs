@@ -55,6 +55,8 @@ pub const SHARD_INBOX_MAX: usize = 8192;
 /// Events handled per wake-up before the driver processes a Ready, so one busy
 /// connection cannot starve ticks and durability reports.
 const EVENTS_PER_WAKE_MAX: usize = 4096;
+/// How long shutdown waits for background work on the log to end.
+const SHUTDOWN_BACKGROUND_WAIT: Duration = Duration::from_secs(5);
 /// A request not answered within this time gets `TimedOut` (a write may
 /// still be applied: the client retries with the same sequence number).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -325,6 +327,12 @@ impl<S: QueryStateMachine> Shard<S> {
             let hard_state = self.raft.hard_state();
             if let Err(error) = self.wal.save_hard_state(hard_state).await {
                 tracing::warn!(shard = self.ctx.shard_id, %error, "saving the hard state at shutdown failed");
+            }
+            // Background work (a paced compaction, a snapshot being stored)
+            // holds the log for a moment; let it finish so the log closes.
+            let deadline = Instant::now() + SHUTDOWN_BACKGROUND_WAIT;
+            while Rc::strong_count(&self.wal) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             match Rc::try_unwrap(self.wal) {
                 Ok(wal) => {
