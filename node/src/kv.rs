@@ -52,7 +52,13 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use engine::{Index, RestoreError, SnapshotImage, StateMachine};
 use rustc_hash::FxHasher;
+
+use crate::codec::{optional_bytes_size, put_bytes, put_optional_bytes, DecodeError, Reader};
+use crate::fsm::QueryStateMachine;
+use crate::session::{Admission, Envelope, Reply, Session, SessionTable, SESSIONS_MAX_DEFAULT};
 
 /// One bucket of the key-value map: a hash map (an insert is one hash, not a
 /// dozen key comparisons: the B-tree cost a quarter of a node's CPU under
@@ -169,13 +175,6 @@ impl Data {
         Arc::make_mut(bucket).remove(key)
     }
 }
-
-use bytes::{BufMut, Bytes, BytesMut};
-use engine::{Index, RestoreError, SnapshotImage, StateMachine};
-
-use crate::codec::{optional_bytes_size, put_bytes, put_optional_bytes, DecodeError, Reader};
-use crate::fsm::QueryStateMachine;
-use crate::session::{Admission, Envelope, Reply, Session, SessionTable, SESSIONS_MAX_DEFAULT};
 
 /// A key's place in a snapshot, before ties are broken by the key's bytes: a
 /// fixed function (crc32c), so every replica and every version agrees on it.
