@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::types::Index;
+use crate::types::{Entry, Index};
 
 /// The application that Raft replicates. Every replica applies the same
 /// commands in the same order, so `apply` must be deterministic: the same
@@ -11,6 +11,17 @@ pub trait StateMachine {
     /// Applies a committed command at `index` and returns the response bytes
     /// for the client that proposed it.
     fn apply(&mut self, index: Index, command: &Bytes) -> Bytes;
+
+    /// A hint given with a batch of committed entries before any of them is
+    /// applied: start loading what applying their commands will touch. A
+    /// large state lives mostly outside the CPU's caches, and each lookup is
+    /// a chain of dependent cache misses; started for the whole batch first,
+    /// those chains overlap instead of running one after another. The
+    /// entries include no-op and configuration entries, which `apply` never
+    /// sees. Must not change the state. The default does nothing.
+    fn prefetch(&self, entries: &[Entry]) {
+        let _ = entries;
+    }
 
     /// Serializes the whole state as of the last applied index. The bytes
     /// must be a deterministic function of the state (sorted maps, no

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use engine::{Index, NodeId, RestoreError, SnapshotImage, StateMachine};
+use engine::{Entry, Index, NodeId, RestoreError, SnapshotImage, StateMachine};
 
 use crate::fsm::QueryStateMachine;
 
@@ -149,6 +149,10 @@ impl<S: QueryStateMachine> StateMachine for NodeStateMachine<S> {
             return Bytes::new();
         }
         self.app.apply(index, command)
+    }
+
+    fn prefetch(&self, entries: &[Entry]) {
+        self.app.prefetch(entries);
     }
 
     /// Layout: magic, u64 applied index, u32 address count, each address

@@ -668,6 +668,7 @@ impl<S: QueryStateMachine> Shard<S> {
                     }
                 }
             }
+            self.fsm.prefetch(&ready.committed_entries);
             for entry in std::mem::take(&mut ready.committed_entries) {
                 self.apply(entry);
             }

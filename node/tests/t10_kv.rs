@@ -307,7 +307,7 @@ fn value_map(kv: &KvStateMachine) -> Vec<(Bytes, Option<Bytes>)> {
     (0..16u8)
         .map(|byte| {
             let key = Bytes::from(vec![byte]);
-            (key.clone(), kv.get(&key).cloned())
+            (key.clone(), kv.get(&key).map(Bytes::copy_from_slice))
         })
         .collect()
 }
