@@ -66,6 +66,16 @@ pub enum MessageBody {
         context: u64,
         index: Index,
     },
+    /// A command a client gave a follower, forwarded to the leader, which
+    /// proposes it as its own (raft-rs's proposal forwarding). There is no
+    /// answer: the follower learns the outcome by applying the log like every
+    /// replica, so the command must say who it is for (the node's client
+    /// sessions do). A leader that cannot take it (busy, transferring, no
+    /// longer leader) drops it, and the client's retry is safe for the same
+    /// reason.
+    Propose {
+        command: Bytes,
+    },
 }
 
 /// The fields shared by vote and pre-vote requests.

@@ -646,6 +646,27 @@ impl Raft {
         }
     }
 
+    /// Proposes `command` through the leader: on the leader it is
+    /// [`Raft::propose`]; on a follower or learner that knows the leader it
+    /// sends the command there ([`MessageBody::Propose`]) and the caller
+    /// watches the applied entries for it. A forwarded command may be lost
+    /// (the leader changes, or is busy) and gets no answer either way.
+    pub fn forward_proposal(&mut self, command: Bytes) -> Result<(), ProposeError> {
+        match self.role {
+            Role::Leader => self.propose(command).map(|_| ()),
+            _ if self.leader != NODE_NONE => {
+                self.send(Message {
+                    from: self.id,
+                    to: self.leader,
+                    term: self.term,
+                    body: MessageBody::Propose { command },
+                });
+                Ok(())
+            }
+            _ => Err(ProposeError::NotLeader { leader: None }),
+        }
+    }
+
     fn leader_read(&mut self, context: u64, from: NodeId, mode: ReadMode) {
         // Thesis 6.4: until the leader commits an entry of its own term it
         // does not know the latest commit index.
@@ -1313,6 +1334,17 @@ impl Raft {
                 }
                 self.leader_read(context, from, ReadMode::ReadIndex);
                 Ok(())
+            }
+            MessageBody::Propose { command } => {
+                if self.role != Role::Leader {
+                    return Err(Ignored("proposal forwarded to a non-leader"));
+                }
+                if !self.conf.members().contains(&from) {
+                    return Err(Ignored("proposal forwarded by a non-member"));
+                }
+                self.propose(command)
+                    .map(|_| ())
+                    .map_err(|_| Ignored("forwarded proposal refused (busy or transferring)"))
             }
             MessageBody::ReadIndexResponse { context, index } => {
                 let Some(position) = self.forwarded_reads.iter().position(|&c| c == context) else {

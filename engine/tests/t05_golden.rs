@@ -126,6 +126,7 @@ fn fmt_message(message: &Message) -> String {
         MessageBody::ReadIndexResponse { context, index } => {
             format!("{head} ReadIndexResponse ctx={context} index={index}")
         }
+        MessageBody::Propose { command } => format!("{head} Propose len={}", command.len()),
     }
 }
 

@@ -315,3 +315,39 @@ fn follower_proposal_is_refused_with_leader_hint() {
     let error = cluster.raft(1).propose(Bytes::from_static(b"x")).unwrap_err();
     assert_eq!(error, engine::ProposeError::NotLeader { leader: Some(2) });
 }
+
+#[test]
+fn a_forwarded_proposal_is_committed_and_applied_everywhere() {
+    let mut cluster = Cluster::with_voters(3, 5);
+    cluster.elect(2);
+    cluster.raft(1).forward_proposal(Bytes::from_static(b"from-follower")).unwrap();
+    cluster.stabilize();
+    for id in 1..=3 {
+        let applied = cluster.node(id).applied_commands();
+        assert_eq!(applied.iter().filter(|command| &command[..] == b"from-follower").count(), 1, "node {id}");
+    }
+    // On the leader, forwarding is proposing.
+    cluster.raft(2).forward_proposal(Bytes::from_static(b"on-leader")).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(3).applied_commands().iter().any(|command| &command[..] == b"on-leader"));
+}
+
+#[test]
+fn a_forwarded_proposal_needs_a_known_leader_and_a_leader_to_take_it() {
+    let mut cluster = Cluster::with_voters(3, 5);
+    let error = cluster.raft(1).forward_proposal(Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(error, engine::ProposeError::NotLeader { leader: None });
+
+    // A proposal that reaches a node that is no longer (or not) the leader is
+    // dropped, not re-forwarded: the client's retry covers it.
+    cluster.elect(2);
+    let to_follower = Message {
+        from: 1,
+        to: 3,
+        term: cluster.raft(3).term(),
+        body: MessageBody::Propose { command: Bytes::from_static(b"x") },
+    };
+    let last = cluster.raft(3).last_index();
+    assert!(cluster.raft(3).step(to_follower).is_err());
+    assert_eq!(cluster.raft(3).last_index(), last);
+}

@@ -60,6 +60,7 @@ fn any_body() -> impl Strategy<Value = MessageBody> {
         Just(MessageBody::TimeoutNow),
         (0u64..5).prop_map(|context| MessageBody::ReadIndex { context }),
         (0u64..5, index.clone()).prop_map(|(context, index)| MessageBody::ReadIndexResponse { context, index }),
+        Just(MessageBody::Propose { command: Bytes::from_static(b"forwarded") }),
         (index.clone(), term.clone(), 0u64..100, any::<bool>()).prop_map(|(i, t, offset, done)| {
             MessageBody::InstallSnapshot(SnapshotChunk {
                 meta: SnapshotMeta { index: i, term: t, conf: ConfState::new([1, 2, 3], []) },

@@ -78,6 +78,7 @@ pub enum FrameKind {
     TimeoutNow = 26,
     ReadIndex = 27,
     ReadIndexResponse = 28,
+    Propose = 29,
     ClientWrite = 64,
     ClientRead = 65,
     ClientAdmin = 66,
@@ -87,7 +88,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [FrameKind; 21] = [
+    pub const ALL: [FrameKind; 22] = [
         FrameKind::Handshake,
         FrameKind::HandshakeAccept,
         FrameKind::HandshakeRefuse,
@@ -104,6 +105,7 @@ impl FrameKind {
         FrameKind::TimeoutNow,
         FrameKind::ReadIndex,
         FrameKind::ReadIndexResponse,
+        FrameKind::Propose,
         FrameKind::ClientWrite,
         FrameKind::ClientRead,
         FrameKind::ClientAdmin,

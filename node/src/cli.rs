@@ -200,6 +200,14 @@ pub struct ServeOptions {
     /// pin their first thread to CPU 0. [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub pin_cores: Option<bool>,
+
+    /// Forward writes that reach a follower to the leader, and answer them
+    /// once applied here, instead of answering `NotLeader` with the leader's
+    /// address. For clients that talk to one node only; clients that follow
+    /// redirects (the bench, `node kv`) save a hop without it. Writes without
+    /// a client session are always redirected. [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub forward_writes: Option<bool>,
 }
 
 /// How fresh a read must be.

@@ -151,6 +151,9 @@ pub struct ServeConfig {
     pub join: bool,
     /// Pin core k's thread to CPU k.
     pub pin_cores: bool,
+    /// Followers forward session writes to the leader instead of
+    /// redirecting the client.
+    pub forward_writes: bool,
     /// Applied entries between snapshots; `None` keeps the engine default.
     /// Invariant: positive.
     pub snapshot_entries: Option<u64>,
@@ -267,6 +270,7 @@ impl DevConfig {
                     join: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
+                    forward_writes: false,
                     snapshot_entries: None,
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
                     snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
@@ -364,6 +368,7 @@ impl ServeOptions {
             log_level,
             join,
             pin_cores,
+            forward_writes,
         )
     }
 }
@@ -453,6 +458,7 @@ impl ServeConfig {
             log_level,
             join: options.join.unwrap_or(false),
             pin_cores: options.pin_cores.unwrap_or(true),
+            forward_writes: options.forward_writes.unwrap_or(false),
             snapshot_entries: options
                 .snapshot_entries
                 .map(|entries| positive("snapshot-entries", entries))

@@ -51,6 +51,8 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         config.log_level.clone(),
         "--pin-cores".into(),
         config.pin_cores.to_string(),
+        "--forward-writes".into(),
+        config.forward_writes.to_string(),
     ]
 }
 

@@ -285,6 +285,7 @@ where
             client_addr: config.client_addr,
             tick_interval: config.timing.tick_interval,
             read_consistency_default: config.read_consistency,
+            forward_writes: config.forward_writes,
             command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
             shutdown: shutdown.clone(),
         };

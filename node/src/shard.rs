@@ -40,7 +40,7 @@ use wal::{AppendTicket, LogStore, Wal, WalError};
 
 use crate::fsm::QueryStateMachine;
 use crate::replicated::{NodeStateMachine, SetAddresses};
-use crate::session::{encode_envelope_in, Reply};
+use crate::session::{encode_envelope_in, Envelope, Reply, CLIENT_ID_NONE};
 use crate::stats::ShardStats;
 
 /// Events a shard's inbox carries, bounded by [`SHARD_INBOX_MAX`].
@@ -147,6 +147,8 @@ pub struct ShardContext {
     pub client_addr: SocketAddr,
     pub tick_interval: Duration,
     pub read_consistency_default: ReadConsistency,
+    /// Forward session writes that reach a follower to the leader.
+    pub forward_writes: bool,
     /// Largest command accepted: a batch must fit the WAL's batch limit.
     pub command_bytes_max: usize,
     pub shutdown: Arc<AtomicBool>,
@@ -168,6 +170,19 @@ struct PendingWrite {
     proposed: Instant,
 }
 
+/// A session write this follower forwarded to the leader, answered when an
+/// entry with its client id and sequence is applied here.
+struct ForwardedWrite {
+    reply: Replier,
+    arrived: Instant,
+}
+
+/// Forwarded writes waiting at once; more are answered `Busy`.
+const FORWARDED_MAX: usize = 4096;
+/// A forwarded write not applied within this long is answered `TimedOut`:
+/// the leader drops what it cannot take and sends no answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A snapshot being serialized and stored: its metadata and, once stored,
 /// its bytes.
 type PendingSnapshot = (SnapshotMeta, oneshot::Receiver<Result<Bytes, WalError>>);
@@ -187,6 +202,10 @@ pub struct Shard<S: QueryStateMachine> {
     peers: Rc<Peers>,
     inbox: mpsc::Receiver<ShardEvent>,
     writes: HashMap<Index, PendingWrite>,
+    /// Writes forwarded to the leader, by client id and sequence, and the
+    /// term they were forwarded in.
+    forwarded: HashMap<(u64, u64), ForwardedWrite>,
+    forwarded_term: Term,
     reads: HashMap<u64, PendingRead>,
     /// Reads whose index is known, waiting for the state machine to reach it.
     reads_waiting: Vec<(Index, u64)>,
@@ -252,6 +271,8 @@ impl<S: QueryStateMachine> Shard<S> {
             peers,
             inbox,
             writes: HashMap::new(),
+            forwarded: HashMap::new(),
+            forwarded_term: 0,
             reads: HashMap::new(),
             reads_waiting: Vec::new(),
             next_read_context: 1,
@@ -384,7 +405,7 @@ impl<S: QueryStateMachine> Shard<S> {
                     return;
                 }
                 let data = encode_envelope_in(&mut self.envelope_arena, request.client_id, request.sequence, &command);
-                self.propose(data, reply, arrived);
+                self.propose(data, (request.client_id, request.sequence), reply, arrived);
             }
             RequestBody::Read { query, consistency } => self.read(query, consistency, reply, arrived),
             RequestBody::Status => {
@@ -395,14 +416,55 @@ impl<S: QueryStateMachine> Shard<S> {
         }
     }
 
-    fn propose(&mut self, data: Bytes, reply: Replier, arrived: Instant) {
-        match self.raft.propose(data) {
+    fn propose(&mut self, data: Bytes, session: (u64, u64), reply: Replier, arrived: Instant) {
+        match self.raft.propose(data.clone()) {
             Ok((index, term)) => {
                 let now = Instant::now();
                 self.stats.borrow_mut().queued.record(now - arrived);
                 self.writes.insert(index, PendingWrite { term, reply, arrived, proposed: now });
             }
+            Err(ProposeError::NotLeader { leader: Some(_) })
+                if self.ctx.forward_writes && session.0 != CLIENT_ID_NONE =>
+            {
+                self.forward(data, session, reply, arrived)
+            }
             Err(error) => reply.send(self.refusal(error)),
+        }
+    }
+
+    /// Sends a session write to the leader; the entry's client id and
+    /// sequence find the client again when it is applied here. A retry of a
+    /// write still waiting replaces the first wait (the session applies the
+    /// write once, and the retry gets its answer).
+    fn forward(&mut self, data: Bytes, session: (u64, u64), reply: Replier, arrived: Instant) {
+        self.drop_stale_forwards();
+        if self.forwarded.len() >= FORWARDED_MAX {
+            self.stats.borrow_mut().busy += 1;
+            reply.send(ResponseStatus::Busy);
+            return;
+        }
+        match self.raft.forward_proposal(data) {
+            Ok(()) => {
+                self.forwarded_term = self.raft.term();
+                self.stats.borrow_mut().writes_forwarded += 1;
+                if let Some(earlier) = self.forwarded.insert(session, ForwardedWrite { reply, arrived }) {
+                    earlier.reply.send(ResponseStatus::TimedOut);
+                }
+            }
+            Err(error) => reply.send(self.refusal(error)),
+        }
+    }
+
+    /// Forwarded writes of an earlier term may never be applied (the leader
+    /// that took them lost its place): their clients are sent to the current
+    /// leader, and their retries (same sequence) take effect once.
+    fn drop_stale_forwards(&mut self) {
+        if self.forwarded.is_empty() || self.forwarded_term == self.raft.term() {
+            return;
+        }
+        let redirect = self.leader_redirect();
+        for (_, write) in self.forwarded.drain() {
+            write.reply.send(redirect.clone());
         }
     }
 
@@ -575,6 +637,8 @@ impl<S: QueryStateMachine> Shard<S> {
                 "active": p.recent_active, "learner": p.learner,
             })).collect::<Vec<_>>(),
             "pending_writes": self.writes.len(),
+            "forwarded_writes_waiting": self.forwarded.len(),
+            "writes_forwarded": self.stats.borrow().writes_forwarded,
             "pending_reads": self.reads.len(),
         })
     }
@@ -611,6 +675,7 @@ impl<S: QueryStateMachine> Shard<S> {
             let mut ready = self.raft.ready();
             if let Some(soft) = ready.soft_state {
                 self.on_role_change(soft.role);
+                self.drop_stale_forwards();
             }
             // A received snapshot: store it, then restore the state machine,
             // before the entries that follow it are appended or applied.
@@ -786,6 +851,9 @@ impl<S: QueryStateMachine> Shard<S> {
                 None
             }
         };
+        if !self.forwarded.is_empty() && entry.kind == EntryKind::Normal {
+            self.answer_forwarded(&entry.data, response.as_ref());
+        }
         let mut stats = self.stats.borrow_mut();
         stats.apply.record_since(started);
         let Some(write) = self.writes.remove(&index) else { return };
@@ -798,14 +866,17 @@ impl<S: QueryStateMachine> Shard<S> {
         stats.replication.record(started - write.proposed);
         stats.total.record_since(write.arrived);
         stats.writes_applied += 1;
-        let status = match response {
-            Some(bytes) => match Reply::decode(&bytes) {
-                Ok(reply) => reply.into_status(),
-                Err(_) => ResponseStatus::Ok(bytes),
-            },
-            None => ResponseStatus::Ok(Bytes::new()),
-        };
-        write.reply.send(status);
+        write.reply.send(applied_status(response));
+    }
+
+    /// Answers the forwarded write this applied entry carries, if any.
+    fn answer_forwarded(&mut self, data: &Bytes, response: Option<&Bytes>) {
+        let Ok(envelope) = Envelope::decode(data) else { return };
+        let Some(write) = self.forwarded.remove(&(envelope.client_id, envelope.sequence)) else { return };
+        let mut stats = self.stats.borrow_mut();
+        stats.total.record_since(write.arrived);
+        stats.writes_applied += 1;
+        write.reply.send(applied_status(response.cloned()));
     }
 
     fn serve_reads(&mut self) {
@@ -829,6 +900,18 @@ impl<S: QueryStateMachine> Shard<S> {
             self.writes.iter().filter(|(_, w)| w.arrived.elapsed() > REQUEST_TIMEOUT).map(|(&i, _)| i).collect();
         for index in expired {
             if let Some(write) = self.writes.remove(&index) {
+                write.reply.send(ResponseStatus::TimedOut);
+            }
+        }
+        self.drop_stale_forwards();
+        let expired: Vec<(u64, u64)> = self
+            .forwarded
+            .iter()
+            .filter(|(_, write)| write.arrived.elapsed() > FORWARD_TIMEOUT)
+            .map(|(&session, _)| session)
+            .collect();
+        for session in expired {
+            if let Some(write) = self.forwarded.remove(&session) {
                 write.reply.send(ResponseStatus::TimedOut);
             }
         }
@@ -860,6 +943,18 @@ impl<S: QueryStateMachine> Shard<S> {
             }
             saving.set(false);
         });
+    }
+}
+
+/// The client's answer for an applied write: the state machine's reply, or
+/// an empty `Ok` for an entry the state machine does not see.
+fn applied_status(response: Option<Bytes>) -> ResponseStatus {
+    match response {
+        Some(bytes) => match Reply::decode(&bytes) {
+            Ok(reply) => reply.into_status(),
+            Err(_) => ResponseStatus::Ok(bytes),
+        },
+        None => ResponseStatus::Ok(Bytes::new()),
     }
 }
 

@@ -66,6 +66,8 @@ pub struct ShardStats {
     /// Serializing a captured snapshot, on a helper thread.
     pub snapshot_serialize: Stage,
     pub writes_applied: u64,
+    /// Session writes this follower forwarded to the leader.
+    pub writes_forwarded: u64,
     pub reads_served: u64,
     pub not_leader: u64,
     pub busy: u64,
@@ -86,6 +88,7 @@ impl Default for ShardStats {
             snapshot_capture: Stage::new(),
             snapshot_serialize: Stage::new(),
             writes_applied: 0,
+            writes_forwarded: 0,
             reads_served: 0,
             not_leader: 0,
             busy: 0,
@@ -111,6 +114,7 @@ impl ShardStats {
                 "snapshot_serialize": self.snapshot_serialize.summary(),
             },
             "writes_applied": self.writes_applied,
+            "writes_forwarded": self.writes_forwarded,
             "reads_served": self.reads_served,
             "not_leader": self.not_leader,
             "busy": self.busy,

@@ -24,14 +24,26 @@ struct TestCluster {
     /// Members listed in `--peers` (joiners add themselves).
     peers: Vec<u64>,
     nodes: BTreeMap<u64, Child>,
+    /// More `node serve` arguments for every node.
+    extra_args: Vec<&'static str>,
 }
 
 impl TestCluster {
     fn start(count: u64, base_port: u16) -> TestCluster {
+        TestCluster::start_with(count, base_port, &[])
+    }
+
+    fn start_with(count: u64, base_port: u16, extra_args: &[&'static str]) -> TestCluster {
         let dir = std::env::temp_dir().join(format!("node-test-{}-{base_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cluster = TestCluster { dir, base_port, peers: (1..=count).collect(), nodes: BTreeMap::new() };
+        let mut cluster = TestCluster {
+            dir,
+            base_port,
+            peers: (1..=count).collect(),
+            nodes: BTreeMap::new(),
+            extra_args: extra_args.to_vec(),
+        };
         for id in 1..=count {
             cluster.spawn(id, false);
         }
@@ -60,6 +72,7 @@ impl TestCluster {
             .args(["--peers", &list.join(",")])
             .args(["--data-dir", &self.dir.join(format!("node-{id}")).display().to_string()])
             .args(["--log-level", "warn", "--pin-cores", "false"])
+            .args(&self.extra_args)
             .env("NODE_TOKEN", TOKEN)
             .stdout(Stdio::null());
         if join {
@@ -295,4 +308,35 @@ fn a_read_without_a_consistency_uses_the_node_default() {
     cluster.put(13, 1, "k", "v");
     // NodeDefault is linearizable unless the node is configured otherwise.
     assert_eq!(cluster.get(&cluster.live(), "k", ReadConsistency::NodeDefault), Some(Bytes::from("v")));
+}
+
+#[test]
+fn a_follower_forwards_session_writes_to_the_leader_when_asked() {
+    let cluster = TestCluster::start_with(3, 21600, &["--forward-writes"]);
+    let leader = cluster.leader();
+    let follower = cluster.live().into_iter().find(|&id| id != leader).expect("a follower");
+    let put = |sequence: u64, value: &str| {
+        let op = KvOp::Put { key: Bytes::from_static(b"forwarded"), value: Bytes::from(value.to_string()) };
+        call_in_session(&cluster.client(&[follower]), 31, sequence, RequestBody::Write { command: op.encode() })
+            .expect("write answered")
+    };
+    // The follower answers the write itself (a redirect would have sent this
+    // client elsewhere, and the follower would count no forwarded write).
+    assert_eq!(put(1, "first"), ResponseStatus::Ok(KvResponse::Written.encode()));
+    let status = cluster.status(follower).expect("status");
+    assert!(status["writes_forwarded"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["forwarded_writes_waiting"], 0, "{status}");
+    // A retry of the same sequence is answered from the session and not
+    // applied again; the next sequence is.
+    assert_eq!(put(1, "retry with another value"), ResponseStatus::Ok(KvResponse::Written.encode()));
+    assert_eq!(cluster.get(&[leader], "forwarded", ReadConsistency::Linearizable), Some(Bytes::from("first")));
+    assert_eq!(put(2, "second"), ResponseStatus::Ok(KvResponse::Written.encode()));
+    assert_eq!(cluster.get(&[follower], "forwarded", ReadConsistency::Linearizable), Some(Bytes::from("second")));
+    // Without a session a write cannot be matched when applied: the follower
+    // redirects it (the client follows) and forwards nothing.
+    let forwarded = cluster.status(follower).expect("status")["writes_forwarded"].clone();
+    let op = KvOp::Put { key: Bytes::from_static(b"plain"), value: Bytes::from_static(b"v") };
+    let answer = call(&cluster.client(&[follower]), 0, RequestBody::Write { command: op.encode() });
+    assert_eq!(answer.expect("write answered"), ResponseStatus::Ok(KvResponse::Written.encode()));
+    assert_eq!(cluster.status(follower).expect("status")["writes_forwarded"], forwarded);
 }

@@ -9,6 +9,8 @@
 //! The binary is not built by this test: run `cargo build --release -p node`
 //! (or the debug equivalent) first; the test looks for `target/<profile>/node`
 //! next to its own executable and skips with a message when it is missing.
+//! The three-node test runs with `--forward-writes` (clients start at any
+//! node, so followers forward their writes); the five-node test redirects.
 //! `CHAOS_SECONDS=N` lengthens the fault phase of each test (default 12).
 //! Ports 24000-24199.
 
@@ -60,6 +62,8 @@ struct Cluster {
     base_port: u16,
     count: u64,
     snapshot_entries: Option<u64>,
+    /// Followers forward session writes to the leader (`--forward-writes`).
+    forward_writes: bool,
     nodes: BTreeMap<u64, Child>,
     separate_uids: bool,
     /// iptables rules to delete when the cluster goes away.
@@ -69,7 +73,13 @@ struct Cluster {
 const UID_BASE: u32 = 62_000;
 
 impl Cluster {
-    fn start(binary: PathBuf, count: u64, base_port: u16, snapshot_entries: Option<u64>) -> Cluster {
+    fn start(
+        binary: PathBuf,
+        count: u64,
+        base_port: u16,
+        snapshot_entries: Option<u64>,
+        forward_writes: bool,
+    ) -> Cluster {
         let dir = std::env::temp_dir().join(format!("chaos-{}-{base_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -80,6 +90,7 @@ impl Cluster {
             base_port,
             count,
             snapshot_entries,
+            forward_writes,
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
@@ -144,6 +155,9 @@ impl Cluster {
             // Snapshots every `entries`, whatever the state's size, so a
             // wiped follower must catch up through one.
             command.args(["--snapshot-entries", &entries.to_string(), "--snapshot-log-factor", "0"]);
+        }
+        if self.forward_writes {
+            command.arg("--forward-writes");
         }
         if self.separate_uids {
             let uid = UID_BASE + id as u32;
@@ -515,7 +529,9 @@ fn io_uring_or_skip() -> Option<PathBuf> {
 #[test]
 fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     let Some(binary) = io_uring_or_skip() else { return };
-    let mut cluster = Cluster::start(binary, 3, 24_000, None);
+    // Clients start at any node: followers forward their writes, so forwarded
+    // writes meet the leader's deaths too.
+    let mut cluster = Cluster::start(binary, 3, 24_000, None, true);
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     let end = Instant::now() + chaos_duration();
@@ -566,7 +582,7 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
 #[test]
 fn five_nodes_partitioned_minority_and_wiped_follower() {
     let Some(binary) = io_uring_or_skip() else { return };
-    let mut cluster = Cluster::start(binary, 5, 24_100, Some(40));
+    let mut cluster = Cluster::start(binary, 5, 24_100, Some(40), false);
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     std::thread::sleep(Duration::from_secs(2));

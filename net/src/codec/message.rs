@@ -127,6 +127,7 @@ pub(crate) fn kind_of(message: &Message) -> FrameKind {
         MessageBody::TimeoutNow => FrameKind::TimeoutNow,
         MessageBody::ReadIndex { .. } => FrameKind::ReadIndex,
         MessageBody::ReadIndexResponse { .. } => FrameKind::ReadIndexResponse,
+        MessageBody::Propose { .. } => FrameKind::Propose,
     }
 }
 
@@ -238,6 +239,7 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
             out.put_slice(body.as_bytes());
             Bytes::new()
         }
+        MessageBody::Propose { command } => command.clone(),
     }
 }
 
@@ -351,6 +353,7 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
             let fixed = reader.fixed::<ReadIndexResponseBody>()?;
             MessageBody::ReadIndexResponse { context: fixed.context.get(), index: fixed.index.get() }
         }
+        FrameKind::Propose => MessageBody::Propose { command: reader.rest() },
         other => unreachable!("{other:?} is not a Raft message kind"),
     };
     reader.finish()?;

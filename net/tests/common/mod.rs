@@ -89,6 +89,7 @@ pub fn message_body() -> impl Strategy<Value = MessageBody> {
         Just(MessageBody::TimeoutNow),
         any::<u64>().prop_map(|context| MessageBody::ReadIndex { context }),
         (any::<u64>(), any::<u64>()).prop_map(|(context, index)| MessageBody::ReadIndexResponse { context, index }),
+        bytes(600).prop_map(|command| MessageBody::Propose { command }),
     ]
 }
 
