@@ -7,14 +7,18 @@
 //!   writes it with one vectored write, then goes back for more. Appends that
 //!   arrive while a write or sync is in flight simply wait in the queue and
 //!   form the next group: nothing ever waits on a timer.
-//! - The syncer, whenever a write has completed past the durable point, issues
-//!   one `fdatasync` and, when it completes, declares durable everything whose
-//!   write had completed before that sync was submitted. io_uring does not order
-//!   separate submissions, so the syncer only covers writes it has seen
-//!   complete.
+//! - The syncers (two tasks), whenever a write has completed past what any
+//!   sync started so far covers, issue one `fdatasync` and, when it
+//!   completes, declare durable everything whose write had completed before
+//!   that sync was submitted. io_uring does not order separate submissions,
+//!   so a sync only covers writes seen complete. Two syncs may be in flight,
+//!   and the later one may finish first: it covers the earlier one's writes
+//!   too, and the earlier one then changes nothing.
 //!
 //! So the next group's write runs while the previous group's sync is in
-//! flight, and durability still advances strictly in submission order.
+//! flight, its own sync starts as soon as its write completes (not after the
+//! previous sync), and durability still advances strictly in submission
+//! order.
 //!
 //! The writer keeps at most `2 * write_bytes_max` bytes written but not yet
 //! durable (the torn-tail window recovery relies on) and drains the pipeline
@@ -73,6 +77,9 @@ pub(crate) struct State {
     pub written_file: Option<Rc<tokio_uring::fs::File>>,
     /// The last append known durable.
     pub durable: Mark,
+    /// The last append a sync in flight (or done) covers: a syncer starts a
+    /// new sync only for writes past it.
+    pub sync_started: Mark,
     pub log: TermLog,
     pub snapshot: Option<StoredSnapshot>,
     /// Live segments in sequence order; the last one is `active` when set.
@@ -133,7 +140,7 @@ impl Shared {
     pub(crate) fn wake_all(&self) {
         self.progress.notify_waiters();
         self.writer_wake.notify_one();
-        self.syncer_wake.notify_one();
+        self.syncer_wake.notify_waiters();
     }
 }
 
@@ -251,7 +258,7 @@ pub(crate) async fn run_writer(
     if let Some(handle) = spare {
         let _ = handle.await;
     }
-    shared.syncer_wake.notify_one();
+    shared.syncer_wake.notify_waiters();
 }
 
 /// Turns the spare into the active segment and starts preallocating the next.
@@ -291,15 +298,17 @@ fn take_sequence(shared: &Shared) -> u64 {
     sequence
 }
 
-/// The syncer task: one `fdatasync` per round covers every completed write.
+/// A syncer task: one `fdatasync` per round covers every write completed
+/// when it starts; several run at once (`SYNCS_IN_FLIGHT`).
 pub(crate) async fn run_syncer(shared: Rc<Shared>) {
     loop {
         let target = {
-            let state = shared.state.borrow();
+            let mut state = shared.state.borrow_mut();
             if state.failed.is_some() {
                 break;
             }
-            if state.written.sequence > state.durable.sequence {
+            if state.written.sequence > state.sync_started.sequence {
+                state.sync_started = state.written;
                 Some((state.written, state.written_file.clone().expect("a completed write names its file")))
             } else if state.closing && state.durable.sequence == state.submitted.sequence {
                 break;
@@ -322,8 +331,11 @@ pub(crate) async fn run_syncer(shared: Rc<Shared>) {
             if state.failed.is_some() {
                 break;
             }
-            assert!(target.sequence > state.durable.sequence, "durability only advances");
-            state.durable = target;
+            // With several syncs in flight, a later one may have finished
+            // first and covered this one's writes already.
+            if target.sequence > state.durable.sequence {
+                state.durable = target;
+            }
             state.stats.syncs += 1;
             state.stats.sync_micros += begin.elapsed().as_micros() as u64;
         }
@@ -331,6 +343,8 @@ pub(crate) async fn run_syncer(shared: Rc<Shared>) {
         shared.writer_wake.notify_one();
     }
     shared.progress.notify_waiters();
+    // The other syncers may be waiting for a write that will not come.
+    shared.syncer_wake.notify_waiters();
 }
 
 #[cfg(test)]
@@ -348,6 +362,7 @@ mod tests {
             written: Mark::default(),
             written_file: None,
             durable: Mark::default(),
+            sync_started: Mark::default(),
             log: TermLog::default(),
             snapshot: None,
             segments: vec![SegmentMeta { sequence: 1, first_index: 1, path: dir.join("segment"), index_max: 0 }],

@@ -12,6 +12,13 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::commit::{run_syncer, run_writer, Active, Mark, Queued, Shared, State, WalStats};
 use crate::config::WalConfig;
+
+/// `fdatasync`s in flight at once. With one, a group whose write completes
+/// just after a sync started waits for that sync and then its own; with two,
+/// its sync starts as soon as its write completes. A sync that finishes
+/// covers every write that completed before it started, whichever sync
+/// finishes first.
+const SYNCS_IN_FLIGHT: usize = 2;
 use crate::error::WalError;
 use crate::hard_state::{self, HardStateWriter, HARD_STATE_FILE};
 use crate::segment::{self, SEGMENT_SUFFIX};
@@ -177,6 +184,7 @@ impl LogStore for Wal {
             written: start,
             written_file: None,
             durable: start,
+            sync_started: start,
             log,
             snapshot: stored.clone(),
             segments: recovered.segments,
@@ -202,10 +210,10 @@ impl LogStore for Wal {
             writer_wake: Notify::new(),
             syncer_wake: Notify::new(),
         });
-        let tasks = vec![
-            tokio_uring::spawn(run_writer(shared.clone(), Some(spare))),
-            tokio_uring::spawn(run_syncer(shared.clone())),
-        ];
+        let mut tasks = vec![tokio_uring::spawn(run_writer(shared.clone(), Some(spare)))];
+        for _ in 0..SYNCS_IN_FLIGHT {
+            tasks.push(tokio_uring::spawn(run_syncer(shared.clone())));
+        }
         let wal = Wal {
             shared,
             hard_state: Mutex::new(hard_state_writer),
