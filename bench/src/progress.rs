@@ -104,6 +104,7 @@ pub fn watch(
     let mut second_start = Instant::now();
     let mut second_completed = 0u64;
     let mut second_errors = 0u64;
+    let mut errors_at_measure: Option<u64> = None;
     let mut second_histogram = new_histogram();
     loop {
         let finished = done();
@@ -115,10 +116,18 @@ pub fn watch(
         }
         let now = Instant::now();
         let completed = live.completed.load(Ordering::Relaxed);
-        let errors = live.errors.load(Ordering::Relaxed);
+        let errors_total = live.errors.load(Ordering::Relaxed);
         let interval = live.take_interval();
         second_histogram.add(&interval).expect("equal bounds");
-        let phase = if now.duration_since(start) < warmup { "warm-up" } else { "measure" };
+        let measuring = now.duration_since(start) >= warmup;
+        let phase = if measuring { "measure" } else { "warm-up" };
+        // The errors shown are the phase's own: those of the warm-up (such as
+        // the `NotLeader` answers that find the leader) are not the run's,
+        // and the result file keeps them apart too.
+        if measuring && errors_at_measure.is_none() {
+            errors_at_measure = Some(errors_total);
+        }
+        let errors = errors_total - errors_at_measure.unwrap_or(0);
         if let Some(bar) = &bar {
             let rate = (completed - last_completed) as f64 / now.duration_since(last).as_secs_f64();
             bar.set_position((now.duration_since(start).as_millis() as u64).min(total.as_millis() as u64));
@@ -136,7 +145,7 @@ pub fn watch(
             let point = TimelinePoint {
                 end_s: now.saturating_duration_since(start).as_secs_f64(),
                 ops_per_second: (completed - second_completed) as f64 / second.as_secs_f64(),
-                errors: errors - second_errors,
+                errors: errors_total - second_errors,
                 p50_us: quantile_micros(&second_histogram, 0.5),
                 p99_us: quantile_micros(&second_histogram, 0.99),
                 max_us: second_histogram.max() as f64 / 1_000.0,
@@ -154,7 +163,7 @@ pub fn watch(
             timeline.push(point);
             second_histogram.reset();
             second_completed = completed;
-            second_errors = errors;
+            second_errors = errors_total;
             second_start = now;
         }
         last = now;

@@ -375,4 +375,7 @@ pub struct DevArgs {
     /// Log filter, as for `serve`.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
+    /// Followers forward session writes to the leader, as for `serve`.
+    #[arg(long)]
+    pub forward_writes: bool,
 }

@@ -232,6 +232,7 @@ pub struct DevConfig {
     pub keep_data: bool,
     pub shards: u32,
     pub log_level: String,
+    pub forward_writes: bool,
 }
 
 /// The token every `node dev` cluster uses: it only listens on loopback.
@@ -270,7 +271,7 @@ impl DevConfig {
                     join: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
-                    forward_writes: false,
+                    forward_writes: self.forward_writes,
                     snapshot_entries: None,
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
                     snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
@@ -749,6 +750,7 @@ impl DevConfig {
             keep_data: args.keep_data,
             shards: args.shards,
             log_level: args.log_level,
+            forward_writes: args.forward_writes,
         })
     }
 }
