@@ -417,18 +417,19 @@ impl<S: QueryStateMachine> Shard<S> {
     }
 
     fn propose(&mut self, data: Bytes, session: (u64, u64), reply: Replier, arrived: Instant) {
-        match self.raft.propose(data.clone()) {
-            Ok((index, term)) => {
+        // Kept for forwarding only when the node forwards and the write can be
+        // found again when applied (it has a session).
+        let forwardable = (self.ctx.forward_writes && session.0 != CLIENT_ID_NONE).then(|| data.clone());
+        match (self.raft.propose(data), forwardable) {
+            (Ok((index, term)), _) => {
                 let now = Instant::now();
                 self.stats.borrow_mut().queued.record(now - arrived);
                 self.writes.insert(index, PendingWrite { term, reply, arrived, proposed: now });
             }
-            Err(ProposeError::NotLeader { leader: Some(_) })
-                if self.ctx.forward_writes && session.0 != CLIENT_ID_NONE =>
-            {
+            (Err(ProposeError::NotLeader { leader: Some(_) }), Some(data)) => {
                 self.forward(data, session, reply, arrived)
             }
-            Err(error) => reply.send(self.refusal(error)),
+            (Err(error), _) => reply.send(self.refusal(error)),
         }
     }
 
