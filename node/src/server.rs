@@ -176,7 +176,7 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Runs `future` on a new io_uring runtime on this thread, as every core
 /// of the node (and the bench's workers) does. The ring is set up with
 /// `IORING_SETUP_COOP_TASKRUN`: a completion from an io-wq worker (every WAL
-/// write and `fdatasync`) then no longer interrupts the running thread with
+/// write) then no longer interrupts the running thread with
 /// an inter-processor interrupt; its task work runs at the thread's next
 /// system call, and a sleeping thread is still woken at once. Measured at
 /// 256 in flight: +5% throughput (and 1 in flight no slower). Kernels

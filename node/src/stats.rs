@@ -3,7 +3,7 @@
 //! The stages of a write on the leader, each measured where it happens:
 //! - `queued`: from the request's arrival to its proposal to the engine;
 //! - `wal_write_sync`: from handing a batch to the WAL to its durability
-//!   (write and fdatasync, including waiting behind earlier batches);
+//!   (the synced write, including waiting behind earlier batches);
 //! - `replication`: from the proposal to the entry being committed (the
 //!   round trip to a quorum, with the local write in parallel);
 //! - `apply`: applying the entry to the state machine;

@@ -1,29 +1,29 @@
-//! Group commit with pipelined write and `fdatasync`.
+//! Group commit with pipelined, self-syncing writes.
 //!
-//! Two tasks share the log's state:
+//! Segment files are opened with `O_DSYNC`, so a group write completes only
+//! once its bytes (and the metadata needed to read them back) are on stable
+//! storage: the write is its own `fdatasync`. One io_uring operation per
+//! group instead of a write and a separate sync halves the hand-offs to the
+//! kernel's io-wq workers (ext4 cannot take a buffered write without
+//! blocking, so every write and sync runs on a worker thread).
 //!
-//! - The writer takes every queued append it may (up to `write_bytes_max`,
-//!   [`WRITE_RECORDS_MAX`] records and the segment's end) as one group and
-//!   writes it with one vectored write, then goes back for more. Appends that
-//!   arrive while a write or sync is in flight simply wait in the queue and
-//!   form the next group: nothing ever waits on a timer.
-//! - The syncers (two tasks), whenever a write has completed past what any
-//!   sync started so far covers, issue one `fdatasync` and, when it
-//!   completes, declare durable everything whose write had completed before
-//!   that sync was submitted. io_uring does not order separate submissions,
-//!   so a sync only covers writes seen complete. Two syncs may be in flight,
-//!   and the later one may finish first: it covers the earlier one's writes
-//!   too, and the earlier one then changes nothing.
+//! The writer task takes every queued append it may (up to
+//! `write_bytes_max`, [`WRITE_RECORDS_MAX`] records and the segment's end) as
+//! one group and starts its vectored write, then goes back for more: up to
+//! [`WRITES_IN_FLIGHT`] groups are in flight at once, so a group's write (and
+//! sync) starts while the previous one is still syncing. Appends that arrive
+//! meanwhile simply wait in the queue and form the next group: nothing ever
+//! waits on a timer.
 //!
-//! So the next group's write runs while the previous group's sync is in
-//! flight, its own sync starts as soon as its write completes (not after the
-//! previous sync), and durability still advances strictly in submission
-//! order.
+//! Writes may complete out of order, and a completed write says nothing of
+//! the bytes before it. So durability advances over the completed prefix
+//! only: a group is durable once it and every group before it completed.
 //!
 //! The writer keeps at most `2 * write_bytes_max` bytes written but not yet
-//! durable (the torn-tail window recovery relies on) and drains the pipeline
-//! before it switches segments, so unsynced bytes only ever sit in the newest
-//! segment. Any I/O error stops the log: nothing after it is reported durable.
+//! durable (the torn-tail window recovery relies on: a crash may keep a later
+//! group and lose an earlier one) and drains the pipeline before it switches
+//! segments, so such bytes only ever sit in the newest segment. Any I/O error
+//! stops the log: nothing after it is reported durable.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -34,6 +34,12 @@ use engine::{EntryBatch, Index};
 use tokio::sync::Notify;
 
 use crate::config::{WalConfig, WRITE_RECORDS_MAX};
+
+/// Group writes in flight at once. With one, a group whose append arrives
+/// just after a write started waits for that write's sync and then its own;
+/// with two, its write starts at once (the second write's copy into the page
+/// cache waits for the first's, but not for its sync).
+pub(crate) const WRITES_IN_FLIGHT: usize = 2;
 use crate::error::WalError;
 use crate::segment::{self, SegmentMeta, Spare};
 use crate::snapshot::StoredSnapshot;
@@ -61,9 +67,10 @@ pub(crate) struct Active {
     pub offset: u64,
 }
 
-/// State shared by the API, the writer and the syncer.
+/// State shared by the API, the writer and the write tasks.
 ///
-/// Invariants: `durable <= written <= started` component-wise;
+/// Invariants: `durable <= started` component-wise; `in_flight` holds the
+/// groups after `durable` up to `started`, at most [`WRITES_IN_FLIGHT`];
 /// `started.bytes - durable.bytes <= 2 * write_bytes_max`; every queued
 /// sequence is greater than `started.sequence`.
 pub(crate) struct State {
@@ -72,14 +79,12 @@ pub(crate) struct State {
     pub submitted: Mark,
     /// The last append handed to a write.
     pub started: Mark,
-    /// The last append whose write completed, and the file it went to.
-    pub written: Mark,
-    pub written_file: Option<Rc<tokio_uring::fs::File>>,
-    /// The last append known durable.
+    /// Group writes started and not yet part of the durable prefix, oldest
+    /// first: each one's end and whether it completed.
+    pub in_flight: VecDeque<(Mark, bool)>,
+    /// The last append known durable: it and everything before it were
+    /// written by completed (self-syncing) writes.
     pub durable: Mark,
-    /// The last append a sync in flight (or done) covers: a syncer starts a
-    /// new sync only for writes past it.
-    pub sync_started: Mark,
     pub log: TermLog,
     pub snapshot: Option<StoredSnapshot>,
     /// Live segments in sequence order; the last one is `active` when set.
@@ -98,19 +103,16 @@ pub(crate) struct State {
 }
 
 /// Counters of the commit pipeline, for benchmarks and diagnostics: appends
-/// per sync is the group-commit factor.
+/// per write is the group-commit factor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
-    /// Group writes completed.
+    /// Group writes completed, each synced (`O_DSYNC`).
     pub writes: u64,
-    /// `fdatasync`s completed.
-    pub syncs: u64,
     /// Segment switches.
     pub segment_switches: u64,
-    /// Time spent in group writes, submission to completion.
+    /// Time spent in group writes, submission to completion (the sync
+    /// included).
     pub write_micros: u64,
-    /// Time spent in `fdatasync`s, submission to completion.
-    pub sync_micros: u64,
 }
 
 /// The shared core of a [`crate::Wal`].
@@ -121,8 +123,6 @@ pub(crate) struct Shared {
     pub progress: Notify,
     /// Something the writer may act on changed.
     pub writer_wake: Notify,
-    /// A write completed, or the log is closing.
-    pub syncer_wake: Notify,
 }
 
 impl Shared {
@@ -140,7 +140,6 @@ impl Shared {
     pub(crate) fn wake_all(&self) {
         self.progress.notify_waiters();
         self.writer_wake.notify_one();
-        self.syncer_wake.notify_waiters();
     }
 }
 
@@ -159,6 +158,9 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
     let Some(front) = state.queue.front() else {
         return if state.closing { Plan::Exit } else { Plan::Wait };
     };
+    if state.in_flight.len() >= WRITES_IN_FLIGHT {
+        return Plan::Wait;
+    }
     if state.write_limit.is_some_and(|limit| front.sequence > limit) {
         return Plan::Wait;
     }
@@ -203,6 +205,7 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
     let segment = state.segments.last_mut().expect("an active segment is listed");
     segment.index_max = segment.index_max.max(index_max);
     state.started = end;
+    state.in_flight.push_back((end, false));
     assert!(state.started.bytes - state.durable.bytes <= window, "unsynced bytes exceed the torn-tail window");
     Plan::Write { file, offset, buffers, length: group_bytes, end }
 }
@@ -223,33 +226,8 @@ pub(crate) async fn run_writer(
                     break;
                 }
             }
-            Plan::Write { file, offset, buffers, length: expected, end } => {
-                let begin = std::time::Instant::now();
-                let (result, _) = file.writev_at_all(buffers, Some(offset)).await;
-                let micros = begin.elapsed().as_micros() as u64;
-                let path =
-                    shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
-                match result {
-                    Ok(written) if written as u64 == expected => {
-                        let mut state = shared.state.borrow_mut();
-                        assert!(end.sequence > state.written.sequence, "writes complete in order");
-                        state.written = end;
-                        state.written_file = Some(file);
-                        state.stats.writes += 1;
-                        state.stats.write_micros += micros;
-                        drop(state);
-                        shared.syncer_wake.notify_one();
-                    }
-                    Ok(written) => {
-                        let error = std::io::Error::other(format!("short write: {written} of {expected} bytes"));
-                        shared.fail(WalError::io("writing", &path, error));
-                        break;
-                    }
-                    Err(error) => {
-                        shared.fail(WalError::io("writing", &path, error));
-                        break;
-                    }
-                }
+            Plan::Write { file, offset, buffers, length, end } => {
+                tokio_uring::spawn(write_group(shared.clone(), file, offset, buffers, length, end));
             }
         }
     }
@@ -258,7 +236,48 @@ pub(crate) async fn run_writer(
     if let Some(handle) = spare {
         let _ = handle.await;
     }
-    shared.syncer_wake.notify_waiters();
+}
+
+/// Writes one group (durable on completion: `O_DSYNC`) and advances
+/// durability over the prefix of completed groups.
+async fn write_group(
+    shared: Rc<Shared>,
+    file: Rc<tokio_uring::fs::File>,
+    offset: u64,
+    buffers: Vec<Bytes>,
+    expected: u64,
+    end: Mark,
+) {
+    let begin = std::time::Instant::now();
+    let (result, _) = file.writev_at_all(buffers, Some(offset)).await;
+    let micros = begin.elapsed().as_micros() as u64;
+    let error = match result {
+        Ok(written) if written as u64 == expected => None,
+        Ok(written) => Some(std::io::Error::other(format!("short write: {written} of {expected} bytes"))),
+        Err(error) => Some(error),
+    };
+    if let Some(error) = error {
+        let path = shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
+        shared.fail(WalError::io("writing", &path, error));
+        return;
+    }
+    {
+        let mut state = shared.state.borrow_mut();
+        if state.failed.is_some() {
+            return;
+        }
+        let group = state.in_flight.iter_mut().find(|(group_end, _)| *group_end == end).expect("a started group");
+        group.1 = true;
+        while let Some(&(group_end, true)) = state.in_flight.front() {
+            state.in_flight.pop_front();
+            assert!(group_end.sequence > state.durable.sequence, "durability only advances");
+            state.durable = group_end;
+        }
+        state.stats.writes += 1;
+        state.stats.write_micros += micros;
+    }
+    shared.progress.notify_waiters();
+    shared.writer_wake.notify_one();
 }
 
 /// Turns the spare into the active segment and starts preallocating the next.
@@ -298,55 +317,6 @@ fn take_sequence(shared: &Shared) -> u64 {
     sequence
 }
 
-/// A syncer task: one `fdatasync` per round covers every write completed
-/// when it starts; several run at once (`SYNCS_IN_FLIGHT`).
-pub(crate) async fn run_syncer(shared: Rc<Shared>) {
-    loop {
-        let target = {
-            let mut state = shared.state.borrow_mut();
-            if state.failed.is_some() {
-                break;
-            }
-            if state.written.sequence > state.sync_started.sequence {
-                state.sync_started = state.written;
-                Some((state.written, state.written_file.clone().expect("a completed write names its file")))
-            } else if state.closing && state.durable.sequence == state.submitted.sequence {
-                break;
-            } else {
-                None
-            }
-        };
-        let Some((target, file)) = target else {
-            shared.syncer_wake.notified().await;
-            continue;
-        };
-        let begin = std::time::Instant::now();
-        if let Err(error) = file.sync_data().await {
-            let path = shared.state.borrow().segments.last().map(|segment| segment.path.clone()).unwrap_or_default();
-            shared.fail(WalError::io("syncing", &path, error));
-            break;
-        }
-        {
-            let mut state = shared.state.borrow_mut();
-            if state.failed.is_some() {
-                break;
-            }
-            // With several syncs in flight, a later one may have finished
-            // first and covered this one's writes already.
-            if target.sequence > state.durable.sequence {
-                state.durable = target;
-            }
-            state.stats.syncs += 1;
-            state.stats.sync_micros += begin.elapsed().as_micros() as u64;
-        }
-        shared.progress.notify_waiters();
-        shared.writer_wake.notify_one();
-    }
-    shared.progress.notify_waiters();
-    // The other syncers may be waiting for a write that will not come.
-    shared.syncer_wake.notify_waiters();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,10 +329,8 @@ mod tests {
             queue: VecDeque::new(),
             submitted: Mark::default(),
             started: Mark::default(),
-            written: Mark::default(),
-            written_file: None,
+            in_flight: VecDeque::new(),
             durable: Mark::default(),
-            sync_started: Mark::default(),
             log: TermLog::default(),
             snapshot: None,
             segments: vec![SegmentMeta { sequence: 1, first_index: 1, path: dir.join("segment"), index_max: 0 }],
@@ -395,13 +363,14 @@ mod tests {
         config
     }
 
-    /// Marks everything started as written (the write completed).
-    fn complete_write(state: &mut State) {
-        state.written = state.started;
+    /// Completes the oldest group in flight (its write, and so its sync).
+    fn complete_oldest(state: &mut State) {
+        let (end, _) = state.in_flight.pop_front().expect("a group in flight");
+        state.durable = end;
     }
 
     #[test]
-    fn next_group_is_written_while_the_previous_sync_runs() {
+    fn the_next_group_is_written_while_the_previous_one_syncs() {
         let dir = std::env::temp_dir().join(format!("wal-plan-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         tokio_uring::start(async {
@@ -412,27 +381,29 @@ mod tests {
                 panic!("expected a write")
             };
             assert_eq!((buffers.len(), end.sequence), (3, 3), "everything queued forms one group");
-            complete_write(&mut state);
-            // Group 1 is written, its sync in flight (nothing durable yet):
-            // new appends are written at once, not held for the sync.
+            // Group 1 is in flight (written and syncing, nothing durable
+            // yet): new appends are written at once, not held for it.
             submit(&mut state, 2);
+            let before = state.started.bytes;
             let Plan::Write { buffers, offset, .. } = plan(&mut state, &config) else {
                 panic!("expected a pipelined write")
             };
-            assert_eq!((buffers.len(), offset), (2, state.written.bytes));
-            complete_write(&mut state);
-            // Beyond twice write_bytes_max unsynced, the writer waits.
+            assert_eq!((buffers.len(), offset), (2, before));
+            // Two groups in flight: the next waits for one to complete.
+            submit(&mut state, 1);
+            assert!(matches!(plan(&mut state, &config), Plan::Wait));
+            complete_oldest(&mut state);
+            assert_eq!(state.durable.sequence, 3);
+            assert!(matches!(plan(&mut state, &config), Plan::Write { .. }));
+            complete_oldest(&mut state);
+            complete_oldest(&mut state);
+            // Beyond twice write_bytes_max not yet durable, the writer waits.
             submit(&mut state, 200);
-            let mut groups = 0;
-            while let Plan::Write { .. } = plan(&mut state, &config) {
-                complete_write(&mut state);
-                groups += 1;
-            }
-            assert!(groups >= 1);
+            while let Plan::Write { .. } = plan(&mut state, &config) {}
             assert!(state.started.bytes - state.durable.bytes <= config.tail_window_bytes());
-            assert!(!state.queue.is_empty(), "the bound held appends back");
-            // The sync completes: writing resumes.
-            state.durable = state.written;
+            assert!(!state.queue.is_empty(), "the bounds held appends back");
+            // A group completes: writing resumes.
+            complete_oldest(&mut state);
             assert!(matches!(plan(&mut state, &config), Plan::Write { .. }));
         });
         std::fs::remove_dir_all(&dir).unwrap();
@@ -447,11 +418,10 @@ mod tests {
             let mut state = state(&dir);
             submit(&mut state, 1);
             assert!(matches!(plan(&mut state, &config), Plan::Write { .. }));
-            complete_write(&mut state);
             state.active.as_mut().unwrap().offset = config.segment_bytes - 10;
             submit(&mut state, 1);
-            assert!(matches!(plan(&mut state, &config), Plan::Wait), "unsynced bytes in the old segment");
-            state.durable = state.written;
+            assert!(matches!(plan(&mut state, &config), Plan::Wait), "a write still in flight in the old segment");
+            complete_oldest(&mut state);
             assert!(matches!(plan(&mut state, &config), Plan::Switch { first_index: 2 }));
             // A snapshot in progress holds later appends back.
             state.write_limit = Some(1);

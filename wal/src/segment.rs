@@ -13,6 +13,7 @@
 //! before the first record goes in, so a record can never sit in a file whose
 //! name a crash could lose.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use engine::Index;
@@ -68,6 +69,8 @@ pub(crate) async fn create_spare(dir: PathBuf, sequence: u64, segment_bytes: u64
         .write(true)
         .create(true)
         .truncate(true)
+        // Every write through this descriptor is synced (see `commit`).
+        .custom_flags(libc::O_DSYNC)
         .open(&path)
         .map_err(|error| WalError::io("creating", &path, error))?;
     let file = tokio_uring::fs::File::from_std(file);

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::os::unix::fs::OpenOptionsExt;
 use std::pin::pin;
 use std::rc::Rc;
 
@@ -10,15 +11,8 @@ use bytes::Bytes;
 use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta};
 use tokio::sync::{Mutex, Notify};
 
-use crate::commit::{run_syncer, run_writer, Active, Mark, Queued, Shared, State, WalStats};
+use crate::commit::{run_writer, Active, Mark, Queued, Shared, State, WalStats};
 use crate::config::WalConfig;
-
-/// `fdatasync`s in flight at once. With one, a group whose write completes
-/// just after a sync started waits for that sync and then its own; with two,
-/// its sync starts as soon as its write completes. A sync that finishes
-/// covers every write that completed before it started, whichever sync
-/// finishes first.
-const SYNCS_IN_FLIGHT: usize = 2;
 use crate::error::WalError;
 use crate::hard_state::{self, HardStateWriter, HARD_STATE_FILE};
 use crate::segment::{self, SEGMENT_SUFFIX};
@@ -119,11 +113,9 @@ impl Wal {
                 Vec::new()
             } else {
                 state.active = None;
-                state.written_file = None;
                 state.force_switch = true;
                 // The durable log now ends at the snapshot.
                 state.durable.index = meta.index;
-                state.written.index = meta.index;
                 state.started.index = meta.index;
                 state.segments.drain(..).map(|segment| segment.path).collect()
             }
@@ -170,6 +162,7 @@ impl LogStore for Wal {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
+                    .custom_flags(libc::O_DSYNC)
                     .open(&last.path)
                     .map_err(|error| WalError::io("opening", &last.path, error))?;
                 Some(Active { file: Rc::new(tokio_uring::fs::File::from_std(file)), offset: recovered.tail_offset })
@@ -181,10 +174,8 @@ impl LogStore for Wal {
             queue: VecDeque::new(),
             submitted: start,
             started: start,
-            written: start,
-            written_file: None,
+            in_flight: VecDeque::new(),
             durable: start,
-            sync_started: start,
             log,
             snapshot: stored.clone(),
             segments: recovered.segments,
@@ -203,17 +194,9 @@ impl LogStore for Wal {
             recovered.sequence_next,
             config.segment_bytes,
         ));
-        let shared = Rc::new(Shared {
-            config,
-            state: RefCell::new(state),
-            progress: Notify::new(),
-            writer_wake: Notify::new(),
-            syncer_wake: Notify::new(),
-        });
-        let mut tasks = vec![tokio_uring::spawn(run_writer(shared.clone(), Some(spare)))];
-        for _ in 0..SYNCS_IN_FLIGHT {
-            tasks.push(tokio_uring::spawn(run_syncer(shared.clone())));
-        }
+        let shared =
+            Rc::new(Shared { config, state: RefCell::new(state), progress: Notify::new(), writer_wake: Notify::new() });
+        let tasks = vec![tokio_uring::spawn(run_writer(shared.clone(), Some(spare)))];
         let wal = Wal {
             shared,
             hard_state: Mutex::new(hard_state_writer),
