@@ -897,31 +897,15 @@ impl<S: QueryStateMachine> Shard<S> {
             return;
         }
         self.last_sweep = Instant::now();
-        let expired: Vec<Index> =
-            self.writes.iter().filter(|(_, w)| w.arrived.elapsed() > REQUEST_TIMEOUT).map(|(&i, _)| i).collect();
-        for index in expired {
-            if let Some(write) = self.writes.remove(&index) {
-                write.reply.send(ResponseStatus::TimedOut);
-            }
+        for (_, write) in take_expired(&mut self.writes, REQUEST_TIMEOUT, |write| write.arrived) {
+            write.reply.send(ResponseStatus::TimedOut);
         }
         self.drop_stale_forwards();
-        let expired: Vec<(u64, u64)> = self
-            .forwarded
-            .iter()
-            .filter(|(_, write)| write.arrived.elapsed() > FORWARD_TIMEOUT)
-            .map(|(&session, _)| session)
-            .collect();
-        for session in expired {
-            if let Some(write) = self.forwarded.remove(&session) {
-                write.reply.send(ResponseStatus::TimedOut);
-            }
+        for (_, write) in take_expired(&mut self.forwarded, FORWARD_TIMEOUT, |write| write.arrived) {
+            write.reply.send(ResponseStatus::TimedOut);
         }
-        let expired: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.arrived.elapsed() > REQUEST_TIMEOUT).map(|(&c, _)| c).collect();
-        for context in expired {
-            if let Some(read) = self.reads.remove(&context) {
-                read.reply.send(ResponseStatus::TimedOut);
-            }
+        for (context, read) in take_expired(&mut self.reads, REQUEST_TIMEOUT, |read| read.arrived) {
+            read.reply.send(ResponseStatus::TimedOut);
             self.reads_waiting.retain(|&(_, c)| c != context);
         }
     }
@@ -945,6 +929,17 @@ impl<S: QueryStateMachine> Shard<S> {
             saving.set(false);
         });
     }
+}
+
+/// Removes and returns the requests that arrived more than `timeout` ago.
+fn take_expired<K: Copy + Eq + std::hash::Hash, V>(
+    waiting: &mut HashMap<K, V>,
+    timeout: Duration,
+    arrived: impl Fn(&V) -> Instant,
+) -> Vec<(K, V)> {
+    let expired: Vec<K> =
+        waiting.iter().filter(|(_, value)| arrived(value).elapsed() > timeout).map(|(&key, _)| key).collect();
+    expired.into_iter().filter_map(|key| waiting.remove(&key).map(|value| (key, value))).collect()
 }
 
 /// The client's answer for an applied write: the state machine's reply, or
