@@ -27,7 +27,7 @@ pub struct WalConfig {
     pub cluster_id: u64,
     /// This node's id; checked against the IDENTITY file.
     pub node_id: u64,
-    /// Size of each preallocated segment file.
+    /// Size of each preallocated segment file: a multiple of 4 KiB.
     pub segment_bytes: u64,
     /// The most bytes one group write carries. Together with pipelining this
     /// bounds the bytes written but not yet synced to `2 * write_bytes_max`,
@@ -88,6 +88,10 @@ impl WalConfig {
         }
         if self.batch_bytes_max > engine::batch::BATCH_BYTES_LIMIT {
             return fail(format!("batch_bytes_max {} exceeds the batch format's limit", self.batch_bytes_max));
+        }
+        let align = crate::segment::DIRECT_IO_ALIGN as u64;
+        if self.segment_bytes == 0 || self.segment_bytes % align != 0 {
+            return fail(format!("segment_bytes {} is not a positive multiple of {align}", self.segment_bytes));
         }
         if self.segment_bytes < self.batch_bytes_max as u64 {
             return fail(format!(

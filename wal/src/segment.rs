@@ -7,11 +7,19 @@
 //! batches laid end to end from offset 0; preallocated space after the last
 //! record reads as zeros.
 //!
-//! The next segment is created, preallocated with `fallocate` and made durable
-//! (file and directory) ahead of need as `{sequence:010}.prealloc`, because its
-//! first index is not known yet. The switch renames it and syncs the directory
-//! before the first record goes in, so a record can never sit in a file whose
-//! name a crash could lose.
+//! The next segment is created, preallocated with `fallocate`, filled with
+//! zeros and made durable (file and directory) ahead of need as
+//! `{sequence:010}.prealloc`, because its first index is not known yet. The
+//! switch renames it and syncs the directory before the first record goes in,
+//! so a record can never sit in a file whose name a crash could lose.
+//!
+//! Why write the zeros: `fallocate` leaves its extents *unwritten*, and every
+//! synced write into an unwritten extent must also commit the extent's
+//! conversion to the file system journal. On this project's dev machine (ext4
+//! on a virtio disk) a 4 KiB `O_DSYNC` write took 540 us into fallocated space
+//! and 300 us into written space, and twice the CPU (fio, io_uring, 2 in
+//! flight). Writing 64 MiB of zeros once per segment, in the background, is
+//! far cheaper than paying the conversion on every group write.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -75,9 +83,58 @@ pub(crate) async fn create_spare(dir: PathBuf, sequence: u64, segment_bytes: u64
         .map_err(|error| WalError::io("creating", &path, error))?;
     let file = tokio_uring::fs::File::from_std(file);
     file.fallocate(0, segment_bytes, 0).await.map_err(|error| WalError::io("preallocating", &path, error))?;
+    write_zeros(&path, segment_bytes).await?;
     file.sync_all().await.map_err(|error| WalError::io("syncing", &path, error))?;
     crate::dir::sync_dir(&dir).await?;
     Ok(Spare { sequence, path, file })
+}
+
+/// Alignment of direct I/O buffers, offsets and lengths: a multiple of every
+/// common logical block size.
+pub const DIRECT_IO_ALIGN: usize = 4096;
+/// Bytes per write when a spare is filled with zeros. The writes go one at a
+/// time, so a log write never queues behind more than one chunk (about
+/// 0.2 ms of this machine's disk), and a 64 MiB spare still takes only
+/// about 50 ms.
+const ZERO_CHUNK_BYTES: usize = 256 << 10;
+
+/// A zeroed buffer of `length` bytes whose first byte is aligned for direct
+/// I/O: the vector and the offset of that byte in it.
+pub(crate) fn aligned_zeros(length: usize) -> (Vec<u8>, usize) {
+    let buffer = vec![0u8; length + DIRECT_IO_ALIGN];
+    let start = buffer.as_ptr().align_offset(DIRECT_IO_ALIGN);
+    (buffer, start)
+}
+
+/// Opens `path` for writing with `O_DIRECT` added to `flags` where the file
+/// system supports it (tmpfs does not), and says whether it did.
+pub(crate) fn open_direct(path: &Path, flags: libc::c_int) -> std::io::Result<(std::fs::File, bool)> {
+    let open = |flags| std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
+    match open(flags | libc::O_DIRECT) {
+        Ok(file) => Ok((file, true)),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok((open(flags)?, false)),
+        Err(error) => Err(error),
+    }
+}
+
+/// Writes zeros over the whole (preallocated) file, bypassing the page cache
+/// where possible, so its extents are written ones; the caller syncs.
+async fn write_zeros(path: &Path, length: u64) -> Result<(), WalError> {
+    let (file, _) = open_direct(path, 0).map_err(|error| WalError::io("opening", path, error))?;
+    let file = tokio_uring::fs::File::from_std(file);
+    let (mut buffer, start) = aligned_zeros(ZERO_CHUNK_BYTES);
+    let mut offset = 0;
+    while offset < length {
+        // A segment size that is not a multiple of the chunk ends in a
+        // shorter (still aligned, when the size is) write.
+        let chunk = (length - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let slice = tokio_uring::buf::BoundedBuf::slice(buffer, start..start + chunk);
+        let (result, slice) = file.write_all_at(slice, offset).await;
+        buffer = slice.into_inner();
+        result.map_err(|error| WalError::io("zero-filling", path, error))?;
+        offset += chunk as u64;
+    }
+    file.close().await.map_err(|error| WalError::io("closing", path, error))
 }
 
 /// Turns a spare into the live segment starting at `first_index`: rename, then
