@@ -1,5 +1,6 @@
 //! The WAL benchmark in runnable form: the raw `write` + `fdatasync` floor of
-//! the same sizes on the same disk, then 256-byte appends from 1, 16, 64 and
+//! the same sizes on the same disk (and the direct-I/O floor of the log's
+//! own writes), then 256-byte appends from 1, 16, 64 and
 //! 256 concurrent appenders (durable appends per second, p50/p99 latency from
 //! submission to durability).
 //!
@@ -98,6 +99,42 @@ fn raw_floor(dir: &Path, size: usize, duration: Duration) -> Summary {
     drop(file);
     std::fs::remove_file(&path).unwrap();
     Summary { operations, elapsed, histogram }
+}
+
+/// Sequential 4 KiB `pwrite`s through an `O_DIRECT | O_DSYNC` descriptor
+/// into a zero-filled file: the floor of the log's own writes when the file
+/// system supports direct I/O (each group is padded to 4 KiB). `None` where
+/// it does not.
+fn direct_floor(dir: &Path, duration: Duration) -> Option<Summary> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const BLOCK: usize = 4096;
+    let path = dir.join("floor-direct.dat");
+    let span = 64u64 << 20;
+    std::fs::write(&path, vec![0u8; span as usize]).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    let opened = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_DSYNC).open(&path);
+    let Ok(file) = opened else {
+        std::fs::remove_file(&path).unwrap();
+        return None;
+    };
+    let mut memory = vec![0x5au8; 2 * BLOCK];
+    let start = (BLOCK - memory.as_ptr() as usize % BLOCK) % BLOCK;
+    let buffer = &mut memory[start..start + BLOCK];
+    let mut histogram = Histogram::<u64>::new(3).unwrap();
+    let mut offset = 0u64;
+    let started = Instant::now();
+    let mut operations = 0;
+    while started.elapsed() < duration {
+        let begin = Instant::now();
+        file.write_all_at(buffer, offset).unwrap();
+        histogram.record(begin.elapsed().as_micros() as u64).unwrap();
+        offset = (offset + BLOCK as u64) % span;
+        operations += 1;
+    }
+    let elapsed = started.elapsed();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    Some(Summary { operations, elapsed, histogram })
 }
 
 /// The same through tokio-uring (`write_at` then `sync_data`, each awaited):
@@ -246,6 +283,8 @@ async fn wal_run(dir: &Path, appenders: usize, warmup: Duration, duration: Durat
         writes: stats_after.writes - stats_before.writes,
         segment_switches: stats_after.segment_switches - stats_before.segment_switches,
         write_micros: stats_after.write_micros - stats_before.write_micros,
+        write_bytes: stats_after.write_bytes - stats_before.write_bytes,
+        direct_io: stats_after.direct_io,
     };
     let histogram = Rc::try_unwrap(histogram).unwrap_or_else(|_| panic!("tasks done")).into_inner();
     (Summary { operations: operations.get(), elapsed, histogram }, stats)
@@ -281,6 +320,16 @@ fn main() {
         uring.p99(),
         uring.mean()
     );
+    match direct_floor(&args.dir, duration) {
+        Some(direct) => println!(
+            "floor  O_DIRECT|O_DSYNC pwrite   4096 B : {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us",
+            direct.per_second(),
+            direct.p50(),
+            direct.p99(),
+            direct.mean()
+        ),
+        None => println!("floor  O_DIRECT|O_DSYNC pwrite: not supported by this file system"),
+    }
     let group = 256 * RECORD_BYTES;
     let floor_group = raw_floor(&args.dir, group, duration);
     println!(
@@ -330,7 +379,7 @@ fn main() {
             tokio_uring::start(wal_run(&dir, appenders, Duration::from_millis(500).min(duration), duration));
         std::fs::remove_dir_all(&dir).unwrap();
         println!(
-            "wal    {appenders:>3} appender(s)            : {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us  (p50 {:.2}x the floor just before; {:.1} appends/write, {} synced writes of {:.0} us)",
+            "wal    {appenders:>3} appender(s)            : {:>9.0} appends/s  p50 {:>6} us  p99 {:>6} us  mean {:>6.0} us  (p50 {:.2}x the floor just before; {:.1} appends/write, {} synced writes of {:.0} us, direct I/O {})",
             summary.per_second(),
             summary.p50(),
             summary.p99(),
@@ -339,6 +388,7 @@ fn main() {
             summary.operations as f64 / stats.writes.max(1) as f64,
             stats.writes,
             stats.write_micros as f64 / stats.writes.max(1) as f64,
+            if stats.direct_io { "on" } else { "off" },
         );
     }
     let _ = std::fs::remove_dir(&args.dir);

@@ -4,10 +4,6 @@ use std::path::PathBuf;
 
 use crate::error::WalError;
 
-/// The most records one write carries: one iovec each, and Linux caps a
-/// `writev` at `IOV_MAX` (1024) iovecs.
-pub const WRITE_RECORDS_MAX: usize = 512;
-
 /// The largest `write_bytes_max` accepted. Recovery treats up to twice the
 /// configured `write_bytes_max` after a damaged record as a possibly torn tail,
 /// so this keeps that window small.
@@ -29,9 +25,10 @@ pub struct WalConfig {
     pub node_id: u64,
     /// Size of each preallocated segment file: a multiple of 4 KiB.
     pub segment_bytes: u64,
-    /// The most bytes one group write carries. Together with pipelining this
-    /// bounds the bytes written but not yet synced to `2 * write_bytes_max`,
-    /// which is the torn-tail window recovery tolerates. Lowering it after an
+    /// The most record bytes one group write carries. Together with
+    /// pipelining this bounds the bytes written but not yet synced to
+    /// `2 * write_bytes_max` (plus the padding of two groups to 4 KiB), which
+    /// is the torn-tail window recovery tolerates. Lowering it after an
     /// unclean shutdown can make recovery refuse a tail it would have cut.
     pub write_bytes_max: usize,
     /// The most bytes submitted but not yet durable; beyond it `append` returns
@@ -68,11 +65,17 @@ impl WalConfig {
         }
     }
 
-    /// The bytes after a damaged record in the last segment within which valid
-    /// records may still be a torn tail: at most two group writes are ever
-    /// unsynced at once (one syncing, one being written).
-    pub(crate) fn tail_window_bytes(&self) -> u64 {
+    /// The most record bytes written but not yet durable: at most two group
+    /// writes are ever unsynced at once (one syncing, one being written).
+    pub(crate) fn unsynced_bytes_max(&self) -> u64 {
         2 * self.write_bytes_max as u64
+    }
+
+    /// The bytes after a damaged record in the last segment within which valid
+    /// records may still be a torn tail: the unsynced record bytes plus each
+    /// of those two groups' padding to the direct I/O alignment.
+    pub(crate) fn tail_window_bytes(&self) -> u64 {
+        self.unsynced_bytes_max() + 2 * crate::segment::DIRECT_IO_ALIGN as u64
     }
 
     pub(crate) fn validate(&self) -> Result<(), WalError> {
@@ -90,7 +93,7 @@ impl WalConfig {
             return fail(format!("batch_bytes_max {} exceeds the batch format's limit", self.batch_bytes_max));
         }
         let align = crate::segment::DIRECT_IO_ALIGN as u64;
-        if self.segment_bytes == 0 || self.segment_bytes % align != 0 {
+        if self.segment_bytes == 0 || self.segment_bytes & (align - 1) != 0 {
             return fail(format!("segment_bytes {} is not a positive multiple of {align}", self.segment_bytes));
         }
         if self.segment_bytes < self.batch_bytes_max as u64 {

@@ -5,7 +5,8 @@
 //!   carries its own crc32c.
 //! - Segment files of a configured size, preallocated, the next one prepared
 //!   ahead of need ([`segment`]).
-//! - Group commit with pipelined, self-syncing (`O_DSYNC`) writes, durability reported in
+//! - Group commit with pipelined, self-syncing (`O_DSYNC`), direct (`O_DIRECT`,
+//!   4 KiB-aligned) writes, durability reported in
 //!   submission order, a bounded queue (`commit.rs`).
 //! - Recovery that cuts a torn tail and refuses corruption elsewhere, naming
 //!   the file and offset (`recovery.rs`).

@@ -2,11 +2,19 @@
 //! refuse corruption anywhere else, and replay the records into the log the
 //! engine restarts from.
 //!
+//! # Padding
+//!
+//! The writer pads each group of records with zeros to the next 4 KiB
+//! boundary (direct I/O needs aligned writes). Zeros from the end of a record
+//! to the next boundary, where no valid record starts, are such padding: the
+//! next group, if any, starts at the boundary. A zero header at a boundary
+//! ends the records.
+//!
 //! # What counts as a torn tail
 //!
-//! The writer keeps at most `2 * write_bytes_max` bytes written but not yet
-//! synced, all of them in the newest segment: it drains the pipeline before it
-//! switches segments. After a crash, any of those bytes may be missing, so a
+//! The writer keeps at most `2 * write_bytes_max` record bytes (in two
+//! groups, each padded) written but not yet synced, all of them in the newest
+//! segment: it drains the pipeline before it switches segments. After a crash, any of those bytes may be missing, so a
 //! damaged record can be followed by intact ones that were never reported
 //! durable. Recovery therefore reads a damaged record (or a non-zero byte in the
 //! zeroed space after the last record) in the newest segment as a torn tail when
@@ -27,7 +35,6 @@
 //! record is). Entries at or below the snapshot index are dropped.
 
 use std::fs;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -37,7 +44,7 @@ use engine::{Entry, EntryBatch, Index};
 use crate::config::WalConfig;
 use crate::dir::{list_with_suffix, sync_dir_blocking};
 use crate::error::WalError;
-use crate::segment::{parse_segment_name, SegmentMeta, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
+use crate::segment::{self, parse_segment_name, SegmentMeta, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
 use crate::snapshot::StoredSnapshot;
 
 /// Where a record lies in a segment buffer.
@@ -70,6 +77,19 @@ pub(crate) fn scan(
     let mut records = Vec::new();
     let mut position = 0;
     let (expected, found) = loop {
+        // Zeros up to the next aligned offset, where no record starts: the
+        // padding after a group (the next group, if any, starts aligned).
+        // The padding can be shorter than a record header, so the check
+        // looks at those bytes only, and a record is tried first: one that
+        // happens to begin with a few zero bytes must still be read.
+        let aligned = (segment::align_up(position as u64) as usize).min(buf.len());
+        if aligned > position
+            && buf[position..aligned].iter().all(|&byte| byte == 0)
+            && valid_batch_length(buf, position, batch_limit).is_none()
+        {
+            position = aligned;
+            continue;
+        }
         let rest = &buf[position..];
         let header_length = rest.len().min(BATCH_HEADER_SIZE);
         if rest[..header_length].iter().all(|&byte| byte == 0) {
@@ -122,9 +142,18 @@ fn find_valid_batch(buf: &Bytes, from: usize, batch_limit: usize) -> Option<usiz
     (from..=last_start).find(|&at| {
         buf[at + 36..at + 38] == magic
             && buf[at + 38] == BATCH_VERSION
-            && matches!(peek_batch_length(&buf[at..], batch_limit), Ok(Some(length)) if at + length <= buf.len()
-                && EntryBatch::decode(&buf.slice(at..at + length), batch_limit).is_ok())
+            && valid_batch_length(buf, at, batch_limit).is_some()
     })
+}
+
+/// The length of the whole valid batch starting at `at`, if one does.
+fn valid_batch_length(buf: &Bytes, at: usize, batch_limit: usize) -> Option<usize> {
+    match peek_batch_length(&buf[at..], batch_limit) {
+        Ok(Some(length)) if at + length <= buf.len() => {
+            EntryBatch::decode(&buf.slice(at..at + length), batch_limit).is_ok().then_some(length)
+        }
+        _ => None,
+    }
 }
 
 /// The log being rebuilt from records.
@@ -211,7 +240,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     let segment_count = segments.len();
     for (position, segment) in segments.iter_mut().enumerate() {
         let is_newest = position + 1 == segment_count;
-        let raw = fs::read(&segment.path).map_err(|error| WalError::io("reading", &segment.path, error))?;
+        let raw = read_segment(&segment.path)?;
         let raw = Bytes::from(raw);
         let scan = scan(&segment.path, &raw, is_newest, config.tail_window_bytes() as usize, config.batch_bytes_max)?;
         if scan.torn {
@@ -258,26 +287,34 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     })
 }
 
+/// Reads a whole segment once no dead process's write to it is still in
+/// flight (see [`segment::lock_segment`]).
+fn read_segment(path: &Path) -> Result<Vec<u8>, WalError> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(|error| WalError::io("opening", path, error))?;
+    segment::lock_segment(&file, path, libc::LOCK_SH)?;
+    let mut raw = Vec::new();
+    file.read_to_end(&mut raw).map_err(|error| WalError::io("reading", path, error))?;
+    Ok(raw)
+}
+
 /// Zeroes `[from, to)` of a segment and syncs it, so a cut tail stays cut.
+///
+/// It writes the zeros rather than punching them with
+/// `FALLOC_FL_ZERO_RANGE`: that would leave unwritten extents, and every
+/// later synced write into them would also have to commit their conversion
+/// (see [`segment`]).
 fn zero_tail(path: &PathBuf, from: u64, to: u64) -> Result<(), WalError> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
     let file = fs::OpenOptions::new().write(true).open(path).map_err(|error| WalError::io("opening", path, error))?;
-    if to > from {
-        // SAFETY: fallocate on a valid, owned descriptor has no memory-safety
-        // preconditions.
-        let result = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_ZERO_RANGE,
-                from as libc::off_t,
-                (to - from) as libc::off_t,
-            )
-        };
-        if result != 0 {
-            // Not every file system zeroes ranges; write the zeros instead.
-            use std::os::unix::fs::FileExt;
-            let zeros = vec![0u8; (to - from) as usize];
-            file.write_all_at(&zeros, from).map_err(|error| WalError::io("zeroing the torn tail of", path, error))?;
-        }
+    let zeros = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let length = (to - at).min(CHUNK) as usize;
+        file.write_all_at(&zeros[..length], at)
+            .map_err(|error| WalError::io("zeroing the torn tail of", path, error))?;
+        at += length as u64;
     }
     file.sync_data().map_err(|error| WalError::io("syncing", path, error))
 }
@@ -332,6 +369,80 @@ mod tests {
         assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
         // With a window that covers every later record it is a torn tail.
         assert!(scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap().torn);
+    }
+
+    /// Groups as the writer lays them: each from an aligned offset, padded
+    /// with zeros to the next.
+    fn padded(groups: &[Vec<u8>], size: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for group in groups {
+            raw.extend_from_slice(group);
+            raw.resize(raw.len().next_multiple_of(segment::DIRECT_IO_ALIGN), 0);
+        }
+        raw.resize(size, 0);
+        raw
+    }
+
+    #[test]
+    fn padding_after_each_group_is_skipped_even_when_shorter_than_a_header() {
+        let align = segment::DIRECT_IO_ALIGN;
+        let first = [batch(1, 3, 1), batch(4, 2, 1)].concat();
+        // A group whose last record ends 10 bytes before the boundary: the
+        // next group's header lies within a header's length of the padding.
+        let mut second = batch(6, 1, 1);
+        let filler = batch(7, 1, 1).len();
+        let mut index = 7;
+        while second.len() + filler < align - 10 - 200 {
+            second.extend_from_slice(&batch(index, 1, 1));
+            index += 1;
+        }
+        let last_length = align - 10 - second.len();
+        // One more record sized so the group ends exactly 10 bytes short.
+        let entry = Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::new() };
+        let empty = EntryBatch::encode(&[entry]).as_bytes().len();
+        let data = Bytes::from(vec![7u8; last_length - empty]);
+        let entry = Entry { index, term: 1, kind: EntryKind::Normal, data };
+        second.extend_from_slice(EntryBatch::encode(&[entry]).as_bytes());
+        assert_eq!(second.len(), align - 10);
+        let third = batch(index + 1, 2, 1);
+        let raw = Bytes::from(padded(&[first, second, third], 6 * align));
+        let scan = scan(Path::new("s"), &raw, false, 64, LIMIT).unwrap();
+        let offsets: Vec<usize> = scan.records.iter().map(|span| span.offset).collect();
+        assert_eq!(offsets.len(), 2 + (index as usize - 6 + 1) + 1, "{offsets:?}");
+        assert_eq!((offsets[2], *offsets.last().unwrap()), (align, 2 * align), "groups start aligned");
+        assert_eq!((scan.end, scan.torn), (3 * align, false), "the log ends after the last group's padding");
+        // A non-zero byte in a group's padding is damage, not padding.
+        let mut damaged = raw.to_vec();
+        damaged[2 * align - 5] = 1;
+        let error = scan_error(&damaged);
+        assert!(matches!(error, WalError::Corrupt { offset, .. } if offset == 2 * align as u64 - 10), "{error}");
+    }
+
+    /// A record one byte of payload long per `size`, for exact layouts.
+    fn record(index: Index, size: usize, fill: u8) -> Vec<u8> {
+        let empty = EntryBatch::encode(&[Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::new() }]);
+        let data = Bytes::from(vec![fill; size - empty.as_bytes().len()]);
+        EntryBatch::encode(&[Entry { index, term: 1, kind: EntryKind::Normal, data }]).as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_record_starting_with_zero_bytes_just_before_a_boundary_is_not_padding() {
+        let align = segment::DIRECT_IO_ALIGN;
+        // Within one group: a record ending 2 bytes before a boundary, then a
+        // record whose crc begins with two zero bytes (found by search).
+        let first = record(1, align - 2, 1);
+        let second = (0..=u8::MAX)
+            .flat_map(|fill| (100..1100).map(move |size| record(2, size, fill)))
+            .find(|bytes| bytes[..2] == [0, 0])
+            .expect("some payload gives a crc with two low zero bytes");
+        let raw = Bytes::from(padded(&[[first, second].concat()], 3 * align));
+        let scan = scan(Path::new("s"), &raw, false, 64, LIMIT).unwrap();
+        let offsets: Vec<usize> = scan.records.iter().map(|span| span.offset).collect();
+        assert_eq!(offsets, vec![0, align - 2], "the second record is read, not skipped as padding");
+    }
+
+    fn scan_error(raw: &[u8]) -> WalError {
+        scan(Path::new("s"), &Bytes::copy_from_slice(raw), false, 64, LIMIT).unwrap_err()
     }
 
     #[test]

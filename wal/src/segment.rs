@@ -4,8 +4,9 @@
 //! orders segments (a truncation can make a later segment start at a lower
 //! index than an earlier one, so the first index alone cannot), and the first
 //! index says where the segment's first record starts. The records are entry
-//! batches laid end to end from offset 0; preallocated space after the last
-//! record reads as zeros.
+//! batches, written in groups: each group's records lie end to end from a
+//! [`DIRECT_IO_ALIGN`]-aligned offset, and zeros pad the group to the next
+//! one (see `commit`). Space after the last group reads as zeros.
 //!
 //! The next segment is created, preallocated with `fallocate`, filled with
 //! zeros and made durable (file and directory) ahead of need as
@@ -67,26 +68,81 @@ pub(crate) struct Spare {
     pub sequence: u64,
     pub path: PathBuf,
     pub file: tokio_uring::fs::File,
+    /// Whether `file` was opened `O_DIRECT`.
+    pub direct: bool,
 }
 
-/// Creates, preallocates and durably records the spare segment `sequence`.
+/// Creates, preallocates, zero-fills and durably records the spare segment
+/// `sequence`, and opens it for the log's writes.
 pub(crate) async fn create_spare(dir: PathBuf, sequence: u64, segment_bytes: u64) -> Result<Spare, WalError> {
     let path = dir.join(format!("{sequence:010}{PREALLOC_SUFFIX}"));
     let file = std::fs::OpenOptions::new()
-        .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        // Every write through this descriptor is synced (see `commit`).
-        .custom_flags(libc::O_DSYNC)
         .open(&path)
         .map_err(|error| WalError::io("creating", &path, error))?;
     let file = tokio_uring::fs::File::from_std(file);
     file.fallocate(0, segment_bytes, 0).await.map_err(|error| WalError::io("preallocating", &path, error))?;
     write_zeros(&path, segment_bytes).await?;
     file.sync_all().await.map_err(|error| WalError::io("syncing", &path, error))?;
+    file.close().await.map_err(|error| WalError::io("closing", &path, error))?;
     crate::dir::sync_dir(&dir).await?;
-    Ok(Spare { sequence, path, file })
+    let (file, direct) = open_log_file(&path)?;
+    Ok(Spare { sequence, path, file, direct })
+}
+
+/// Opens a segment for the log's writes: `O_DSYNC`, so every write is its
+/// own sync (see `commit`), and `O_DIRECT` where the file system allows it,
+/// so the write skips the page cache and, landing in written extents of a
+/// file it does not extend, completes without an io-wq worker. The
+/// descriptor holds an exclusive `flock` (see [`lock_segment`]).
+pub(crate) fn open_log_file(path: &Path) -> Result<(tokio_uring::fs::File, bool), WalError> {
+    let (file, direct) = open_direct(path, libc::O_DSYNC).map_err(|error| WalError::io("opening", path, error))?;
+    lock_segment(&file, path, libc::LOCK_EX)?;
+    Ok((tokio_uring::fs::File::from_std(file), direct))
+}
+
+/// How long [`lock_segment`] waits for a dead writer's last writes.
+const SEGMENT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes a `flock` on a segment, waiting (up to [`SEGMENT_LOCK_WAIT`]) while
+/// another open file description holds a conflicting one.
+///
+/// Why: a direct write in flight when its process dies is not cancelled. It
+/// lands when the device completes it, possibly after the process is gone
+/// and a restarted node has already read the segment, cut its tail and
+/// written there. Each io_uring write holds a reference to the descriptor's
+/// open file description until it completes, and a `flock` lives exactly as
+/// long as that description: so the writer's exclusive lock outlives the
+/// process until its last write has landed, and recovery (shared lock) and
+/// the next writer (exclusive) wait for it. The data directory's own lock
+/// already excludes live processes, so a wait here is short.
+pub(crate) fn lock_segment(file: &std::fs::File, path: &Path, mode: libc::c_int) -> Result<(), WalError> {
+    use std::os::unix::io::AsRawFd;
+    let deadline = std::time::Instant::now() + SEGMENT_LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a valid, owned descriptor has no memory-safety
+        // preconditions.
+        if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(WalError::io("locking", path, error));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(WalError::io(
+                "locking",
+                path,
+                std::io::Error::other(format!(
+                    "another open descriptor of this segment still holds its lock after {SEGMENT_LOCK_WAIT:?} \
+                     (writes of a process that exited still in flight?)"
+                )),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Alignment of direct I/O buffers, offsets and lengths: a multiple of every
@@ -98,11 +154,23 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 /// about 50 ms.
 const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
+/// Rounds `length` up to a multiple of [`DIRECT_IO_ALIGN`].
+pub(crate) fn align_up(length: u64) -> u64 {
+    length.next_multiple_of(DIRECT_IO_ALIGN as u64)
+}
+
+/// Where the first [`DIRECT_IO_ALIGN`]-aligned byte of `buffer`'s allocation
+/// lies, as an offset into it.
+pub(crate) fn aligned_start(buffer: &[u8]) -> usize {
+    let address = buffer.as_ptr() as usize;
+    (DIRECT_IO_ALIGN - address % DIRECT_IO_ALIGN) % DIRECT_IO_ALIGN
+}
+
 /// A zeroed buffer of `length` bytes whose first byte is aligned for direct
 /// I/O: the vector and the offset of that byte in it.
 pub(crate) fn aligned_zeros(length: usize) -> (Vec<u8>, usize) {
     let buffer = vec![0u8; length + DIRECT_IO_ALIGN];
-    let start = buffer.as_ptr().align_offset(DIRECT_IO_ALIGN);
+    let start = aligned_start(&buffer);
     (buffer, start)
 }
 
@@ -143,12 +211,12 @@ pub(crate) async fn activate(
     dir: &Path,
     spare: Spare,
     first_index: Index,
-) -> Result<(SegmentMeta, tokio_uring::fs::File), WalError> {
+) -> Result<(SegmentMeta, tokio_uring::fs::File, bool), WalError> {
     let path = dir.join(segment_file_name(spare.sequence, first_index));
     tokio_uring::fs::rename(&spare.path, &path).await.map_err(|error| WalError::io("renaming", &spare.path, error))?;
     crate::dir::sync_dir(dir).await?;
     let meta = SegmentMeta { sequence: spare.sequence, first_index, path, index_max: 0 };
-    Ok((meta, spare.file))
+    Ok((meta, spare.file, spare.direct))
 }
 
 /// Bytes a paced removal frees per step.

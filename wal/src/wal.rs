@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::unix::fs::OpenOptionsExt;
 use std::pin::pin;
 use std::rc::Rc;
 
@@ -157,15 +156,14 @@ impl LogStore for Wal {
         for entry in &recovered.entries {
             log.append_entry(entry.index, entry.term);
         }
+        let mut stats = WalStats::default();
         let active = match recovered.segments.last() {
             Some(last) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_DSYNC)
-                    .open(&last.path)
-                    .map_err(|error| WalError::io("opening", &last.path, error))?;
-                Some(Active { file: Rc::new(tokio_uring::fs::File::from_std(file)), offset: recovered.tail_offset })
+                let (file, direct) = segment::open_log_file(&last.path)?;
+                stats.direct_io = direct;
+                // Groups start aligned; recovery checked that the bytes up to
+                // there are zeros (or zeroed a cut tail).
+                Some(Active { file: Rc::new(file), offset: segment::align_up(recovered.tail_offset) })
             }
             None => None,
         };
@@ -185,7 +183,8 @@ impl LogStore for Wal {
             sequence_next: recovered.sequence_next + 1,
             failed: None,
             closing: false,
-            stats: WalStats::default(),
+            stats,
+            buffers: Vec::new(),
         };
         let hard_state_writer = HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot)?;
         // Preallocate the next segment now, ahead of need.

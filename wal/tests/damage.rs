@@ -18,10 +18,12 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-/// 16 KiB segments, 1 KiB writes: a torn-tail window of 2 KiB.
+/// 512 KiB segments, 1 KiB writes: a torn-tail window of 10 KiB (2 KiB of
+/// records and the padding of two groups to 4 KiB). Each awaited append is
+/// its own group, so a segment holds 128 of them.
 fn config(dir: &Path) -> WalConfig {
     let mut config = WalConfig::new(dir, 5, 2);
-    config.segment_bytes = 16 << 10;
+    config.segment_bytes = 512 << 10;
     config.write_bytes_max = 1 << 10;
     config.batch_bytes_max = 1 << 10;
     config
@@ -62,13 +64,25 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
-/// Record offsets in a segment (from the length field of each header).
+/// Record offsets in a segment (from the length field of each header,
+/// skipping the zero padding after each group to the next 4 KiB), then the
+/// end of the last record.
 fn record_offsets(raw: &[u8]) -> Vec<usize> {
+    let nonzero = |range: std::ops::Range<usize>| raw[range].iter().any(|&byte| byte != 0);
     let mut offsets = Vec::new();
     let mut at = 0;
-    while at + 40 <= raw.len() && raw[at..at + 40].iter().any(|&byte| byte != 0) {
-        offsets.push(at);
-        at += u32::from_le_bytes(raw[at + 4..at + 8].try_into().unwrap()) as usize;
+    loop {
+        if at + 40 <= raw.len() && nonzero(at..at + 40) {
+            offsets.push(at);
+            at += u32::from_le_bytes(raw[at + 4..at + 8].try_into().unwrap()) as usize;
+            continue;
+        }
+        let next = at.next_multiple_of(4096);
+        if next > at && next + 40 <= raw.len() && !nonzero(at..next) && nonzero(next..next + 40) {
+            at = next;
+            continue;
+        }
+        break;
     }
     offsets.push(at);
     offsets
@@ -89,7 +103,7 @@ fn log_spans_segments_named_by_first_index_with_a_spare_ready() {
     assert!(names.len() >= 3, "{names:?}");
     assert!(names[0].ends_with("-00000000000000000001.wal"), "{names:?}");
     for path in segments(&dir) {
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 10, "preallocated to segment_bytes");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 512 << 10, "preallocated to segment_bytes");
     }
     let (_, first_index) = names[1].trim_end_matches(".wal").split_once('-').unwrap();
     let raw = std::fs::read(segments(&dir)[1].clone()).unwrap();
@@ -163,13 +177,13 @@ fn bit_flip_in_an_older_segment_is_refused_with_file_and_offset() {
 #[test]
 fn bit_flip_far_before_the_newest_tail_is_refused() {
     let dir = scratch("flip-newest");
-    // About 15 KiB: one segment, far more than the 2 KiB window.
+    // 90 groups of 4 KiB: one segment, far more than the 10 KiB window.
     build(&dir, 90);
     let newest = segments(&dir).pop().unwrap();
     let raw = std::fs::read(&newest).unwrap();
     let offsets = record_offsets(&raw);
     let end = *offsets.last().unwrap();
-    assert!(end > 4 << 10, "the newest segment holds more than twice the 2 KiB window: {end}");
+    assert!(end > 20 << 10, "the newest segment holds more than twice the 10 KiB window: {end}");
     flip(&newest, offsets[1] + 45);
     match open(&dir) {
         Err(error @ WalError::Corrupt { .. }) => {
@@ -319,7 +333,7 @@ fn empty_newest_segment_from_a_crash_during_a_switch_is_dropped() {
     let dir = scratch("empty-newest");
     let expected = build(&dir, 10);
     let empty = dir.join(wal::segment::segment_file_name(900, expected.len() as u64 + 1));
-    std::fs::write(&empty, vec![0u8; 16 << 10]).unwrap();
+    std::fs::write(&empty, vec![0u8; 512 << 10]).unwrap();
     tokio_uring::start(async {
         let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
         assert_eq!(shape(&recovered.entries), expected);
