@@ -1,11 +1,17 @@
 //! Small helpers for the node's compact little-endian byte formats (session
 //! envelopes, key-value commands and responses, snapshots).
 //!
-//! Decoding borrows: every byte string read is a `Bytes` slice of the input,
-//! and no allocation is ever sized by a length read from the input before that
-//! length was checked against the bytes actually present.
+//! Decoding borrows: every byte string read is a slice of the input (a
+//! caller that keeps one makes it a `Bytes` with `Bytes::slice_ref`, without
+//! copying), and no allocation is ever sized by a length read from the input
+//! before that length was checked against the bytes actually present.
+//!
+//! Why plain slices: applying a committed entry decodes its envelope and
+//! command. Each `Bytes` slice taken and dropped there is an atomic increment
+//! and decrement of the receive buffer's reference count, whose cache line is
+//! cold by then: 7% of a node's time in a profile at 150,000 writes/s.
 
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 
 /// Bytes that do not decode as the format they claim to be. Commands and
 /// queries come from clients, so a bad one is a typed error, never a panic.
@@ -31,12 +37,12 @@ pub enum DecodeError {
 
 /// A cursor over an input buffer.
 pub(crate) struct Reader<'a> {
-    input: &'a Bytes,
+    input: &'a [u8],
     position: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(input: &'a Bytes) -> Reader<'a> {
+    pub(crate) fn new(input: &'a [u8]) -> Reader<'a> {
         Reader { input, position: 0 }
     }
 
@@ -78,22 +84,20 @@ impl<'a> Reader<'a> {
     }
 
     /// A `u32` length followed by that many bytes, at most `size_max`.
-    pub(crate) fn bytes(&mut self, what: &'static str, size_max: usize) -> Result<Bytes, DecodeError> {
+    pub(crate) fn bytes(&mut self, what: &'static str, size_max: usize) -> Result<&'a [u8], DecodeError> {
         let size = self.u32(what)? as usize;
         if size > size_max {
             return Err(DecodeError::TooLarge { what, size, max: size_max });
         }
-        let remaining = self.remaining();
-        if size > remaining {
-            return Err(DecodeError::Truncated { what, needed: size, remaining });
-        }
-        let start = self.position;
-        self.position += size;
-        Ok(self.input.slice(start..self.position))
+        self.take(what, size)
     }
 
     /// An optional byte string: flag 0 for absent, or flag 1 and [`Reader::bytes`].
-    pub(crate) fn optional_bytes(&mut self, what: &'static str, size_max: usize) -> Result<Option<Bytes>, DecodeError> {
+    pub(crate) fn optional_bytes(
+        &mut self,
+        what: &'static str,
+        size_max: usize,
+    ) -> Result<Option<&'a [u8]>, DecodeError> {
         if self.flag(what)? {
             Ok(Some(self.bytes(what, size_max)?))
         } else {
@@ -102,10 +106,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Everything that is left.
-    pub(crate) fn rest(&mut self) -> Bytes {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         let start = self.position;
         self.position = self.input.len();
-        self.input.slice(start..)
+        &self.input[start..]
     }
 
     /// Fails if bytes are left over.

@@ -59,7 +59,7 @@ use rustc_hash::FxHasher;
 use crate::codec::{optional_bytes_size, put_bytes, put_optional_bytes, DecodeError, Reader};
 use crate::fsm::QueryStateMachine;
 use crate::session::{
-    Admission, Envelope, Reply, Session, SessionTable, ENVELOPE_FORMAT, ENVELOPE_HEADER_SIZE, SESSIONS_MAX_DEFAULT,
+    Admission, EnvelopeRef, Reply, Session, SessionTable, ENVELOPE_FORMAT, ENVELOPE_HEADER_SIZE, SESSIONS_MAX_DEFAULT,
 };
 
 /// One bucket of the key-value map: a hash map (an insert is one hash, not a
@@ -303,8 +303,32 @@ impl KvOp {
         out.freeze()
     }
 
-    /// Reads an op; keys and values borrow `bytes`.
+    /// Reads an op; keys and values are slices of `bytes` (no copy).
     pub fn decode(bytes: &Bytes) -> Result<KvOp, DecodeError> {
+        let owned = |slice: &[u8]| bytes.slice_ref(slice);
+        Ok(match KvOpRef::decode(bytes)? {
+            KvOpRef::Get { key } => KvOp::Get { key: owned(key) },
+            KvOpRef::Put { key, value } => KvOp::Put { key: owned(key), value: owned(value) },
+            KvOpRef::Delete { key } => KvOp::Delete { key: owned(key) },
+            KvOpRef::Cas { key, expected, new } => {
+                KvOp::Cas { key: owned(key), expected: expected.map(owned), new: new.map(owned) }
+            }
+        })
+    }
+}
+
+/// A [`KvOp`] borrowing the bytes it was decoded from: what apply and query
+/// work on, so that they touch no reference count (see `codec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KvOpRef<'a> {
+    Get { key: &'a [u8] },
+    Put { key: &'a [u8], value: &'a [u8] },
+    Delete { key: &'a [u8] },
+    Cas { key: &'a [u8], expected: Option<&'a [u8]>, new: Option<&'a [u8]> },
+}
+
+impl<'a> KvOpRef<'a> {
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<KvOpRef<'a>, DecodeError> {
         let mut reader = Reader::new(bytes);
         let tag = reader.u8("op tag")?;
         let key = reader.bytes("key", KEY_SIZE_MAX)?;
@@ -312,10 +336,10 @@ impl KvOp {
             return Err(DecodeError::Invalid { what: "key", reason: "keys are not empty" });
         }
         let op = match tag {
-            1 => KvOp::Get { key },
-            2 => KvOp::Put { key, value: reader.bytes("value", VALUE_SIZE_MAX)? },
-            3 => KvOp::Delete { key },
-            4 => KvOp::Cas {
+            1 => KvOpRef::Get { key },
+            2 => KvOpRef::Put { key, value: reader.bytes("value", VALUE_SIZE_MAX)? },
+            3 => KvOpRef::Delete { key },
+            4 => KvOpRef::Cas {
                 key,
                 expected: reader.optional_bytes("expected value", VALUE_SIZE_MAX)?,
                 new: reader.optional_bytes("new value", VALUE_SIZE_MAX)?,
@@ -370,12 +394,13 @@ impl KvResponse {
 
     pub fn decode(bytes: &Bytes) -> Result<KvResponse, DecodeError> {
         let mut reader = Reader::new(bytes);
+        let owned = |slice: Option<&[u8]>| slice.map(|slice| bytes.slice_ref(slice));
         let response = match reader.u8("response tag")? {
-            1 => KvResponse::Value(reader.optional_bytes("value", VALUE_SIZE_MAX)?),
+            1 => KvResponse::Value(owned(reader.optional_bytes("value", VALUE_SIZE_MAX)?)),
             2 => KvResponse::Written,
             3 => KvResponse::Deleted { existed: reader.flag("existed")? },
             4 => KvResponse::CasSucceeded,
-            5 => KvResponse::CasFailed { current: reader.optional_bytes("current value", VALUE_SIZE_MAX)? },
+            5 => KvResponse::CasFailed { current: owned(reader.optional_bytes("current value", VALUE_SIZE_MAX)?) },
             tag => return Err(DecodeError::UnknownTag { what: "response", tag }),
         };
         reader.finish("response")?;
@@ -499,33 +524,33 @@ impl KvStateMachine {
     /// Answers with an encoded [`Reply`]: `Applied` with a [`KvResponse`], or
     /// `Malformed`.
     pub fn query(&self, query: &Bytes) -> Bytes {
-        match KvOp::decode(query) {
-            Ok(KvOp::Get { key }) => KvResponse::Value(self.data.get(&key).map(Bytes::copy_from_slice)).into_reply(),
+        match KvOpRef::decode(query) {
+            Ok(KvOpRef::Get { key }) => KvResponse::Value(self.data.get(key).map(Bytes::copy_from_slice)).into_reply(),
             Ok(_) => Reply::Malformed("a query must be a get; writes go through the log".into()).encode(),
             Err(error) => Reply::Malformed(format!("bad query: {error}")).encode(),
         }
     }
 
     /// Applies one op to the map.
-    fn execute(&mut self, op: KvOp) -> KvResponse {
+    fn execute(&mut self, op: KvOpRef<'_>) -> KvResponse {
         match op {
-            KvOp::Get { key } => KvResponse::Value(self.data.get(&key).map(Bytes::copy_from_slice)),
-            KvOp::Put { key, value } => {
-                self.data.insert(&key, &value);
+            KvOpRef::Get { key } => KvResponse::Value(self.data.get(key).map(Bytes::copy_from_slice)),
+            KvOpRef::Put { key, value } => {
+                self.data.insert(key, value);
                 KvResponse::Written
             }
-            KvOp::Delete { key } => KvResponse::Deleted { existed: self.data.remove(&key).is_some() },
-            KvOp::Cas { key, expected, new } => {
-                let current = self.data.get(&key);
-                if current != expected.as_deref() {
+            KvOpRef::Delete { key } => KvResponse::Deleted { existed: self.data.remove(key).is_some() },
+            KvOpRef::Cas { key, expected, new } => {
+                let current = self.data.get(key);
+                if current != expected {
                     return KvResponse::CasFailed { current: current.map(Bytes::copy_from_slice) };
                 }
                 match new {
                     Some(new) => {
-                        self.data.insert(&key, &new);
+                        self.data.insert(key, new);
                     }
                     None => {
-                        self.data.remove(&key);
+                        self.data.remove(key);
                     }
                 }
                 KvResponse::CasSucceeded
@@ -567,22 +592,21 @@ impl KvStateMachine {
         let mut restored = KvStateMachine::new(self.sessions.sessions_max());
         restored.applied_index = applied_index;
         let pairs_count = reader.u64("pair count")?;
-        let mut last_key: Option<(u32, Bytes)> = None;
+        let mut last_key: Option<(u32, &[u8])> = None;
         for _ in 0..pairs_count {
             let key = reader.bytes("key", KEY_SIZE_MAX)?;
             let value = reader.bytes("value", VALUE_SIZE_MAX)?;
             if key.is_empty() {
                 return Err(SnapshotError::Invalid("an empty key"));
             }
-            let ordered = (snapshot_order_code(&key), key);
-            if last_key.as_ref().is_some_and(|last| *last >= ordered) {
+            let ordered = (snapshot_order_code(key), key);
+            if last_key.is_some_and(|last| last >= ordered) {
                 return Err(SnapshotError::Invalid("keys are not in strictly increasing snapshot order"));
             }
-            let key = ordered.1.clone();
             last_key = Some(ordered);
             // Copied, so that the map does not pin the whole snapshot buffer
             // until the last restored value is overwritten.
-            restored.data.insert(&key, &value);
+            restored.data.insert(key, value);
         }
         let sessions_count = reader.u64("session count")?;
         let mut client_id_last = None;
@@ -602,7 +626,7 @@ impl KvStateMachine {
                 .sessions
                 .insert_restored(
                     client_id,
-                    Session { last_sequence, last_index, reply: Bytes::copy_from_slice(&reply) },
+                    Session { last_sequence, last_index, reply: Bytes::copy_from_slice(reply) },
                 )
                 .map_err(SnapshotError::Invalid)?;
         }
@@ -619,11 +643,11 @@ impl StateMachine for KvStateMachine {
     fn apply(&mut self, index: Index, command: &Bytes) -> Bytes {
         assert!(index > self.applied_index, "apply at index {index} after {}", self.applied_index);
         self.applied_index = index;
-        let envelope = match Envelope::decode(command) {
+        let envelope = match EnvelopeRef::decode(command) {
             Ok(envelope) => envelope,
             Err(error) => return Reply::Malformed(format!("bad envelope: {error}")).encode(),
         };
-        let op = match KvOp::decode(&envelope.command) {
+        let op = match KvOpRef::decode(envelope.command) {
             Ok(op) => op,
             Err(error) => return Reply::Malformed(format!("bad command: {error}")).encode(),
         };

@@ -70,8 +70,28 @@ impl Envelope {
         encode_envelope(self.client_id, self.sequence, &self.command)
     }
 
-    /// Reads an envelope; `command` borrows `bytes`.
+    /// Reads an envelope; `command` is a slice of `bytes` (no copy).
     pub fn decode(bytes: &Bytes) -> Result<Envelope, DecodeError> {
+        let envelope = EnvelopeRef::decode(bytes)?;
+        Ok(Envelope {
+            client_id: envelope.client_id,
+            sequence: envelope.sequence,
+            command: bytes.slice_ref(envelope.command),
+        })
+    }
+}
+
+/// An [`Envelope`] borrowing the bytes it was decoded from: what apply reads,
+/// touching no reference count (see `codec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EnvelopeRef<'a> {
+    pub client_id: u64,
+    pub sequence: u64,
+    pub command: &'a [u8],
+}
+
+impl<'a> EnvelopeRef<'a> {
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<EnvelopeRef<'a>, DecodeError> {
         let mut reader = Reader::new(bytes);
         let format = reader.u8("envelope format")?;
         if format != ENVELOPE_FORMAT {
@@ -82,7 +102,7 @@ impl Envelope {
         if client_id != CLIENT_ID_NONE && sequence == 0 {
             return Err(DecodeError::Invalid { what: "envelope sequence", reason: "sequences start at 1" });
         }
-        Ok(Envelope { client_id, sequence, command: reader.rest() })
+        Ok(EnvelopeRef { client_id, sequence, command: reader.rest() })
     }
 }
 
@@ -161,12 +181,11 @@ impl Reply {
     pub fn decode(bytes: &Bytes) -> Result<Reply, DecodeError> {
         let mut reader = Reader::new(bytes);
         let reply = match reader.u8("reply tag")? {
-            0 => Reply::Applied(reader.rest()),
+            0 => Reply::Applied(bytes.slice_ref(reader.rest())),
             1 => Reply::SessionExpired,
             2 => Reply::SequenceStale { last_sequence: reader.u64("reply last sequence")? },
             3 => {
-                let reason = reader.rest();
-                let reason = std::str::from_utf8(&reason)
+                let reason = std::str::from_utf8(reader.rest())
                     .map_err(|_| DecodeError::Invalid { what: "reply reason", reason: "not UTF-8" })?;
                 Reply::Malformed(reason.to_string())
             }

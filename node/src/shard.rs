@@ -40,7 +40,7 @@ use wal::{AppendTicket, LogStore, Wal, WalError};
 
 use crate::fsm::QueryStateMachine;
 use crate::replicated::{NodeStateMachine, SetAddresses};
-use crate::session::{encode_envelope_in, Envelope, Reply, CLIENT_ID_NONE};
+use crate::session::{encode_envelope_in, EnvelopeRef, Reply, CLIENT_ID_NONE};
 use crate::stats::ShardStats;
 
 /// Events a shard's inbox carries, bounded by [`SHARD_INBOX_MAX`].
@@ -872,7 +872,7 @@ impl<S: QueryStateMachine> Shard<S> {
 
     /// Answers the forwarded write this applied entry carries, if any.
     fn answer_forwarded(&mut self, data: &Bytes, response: Option<&Bytes>) {
-        let Ok(envelope) = Envelope::decode(data) else { return };
+        let Ok(envelope) = EnvelopeRef::decode(data) else { return };
         let Some(write) = self.forwarded.remove(&(envelope.client_id, envelope.sequence)) else { return };
         let mut stats = self.stats.borrow_mut();
         stats.total.record_since(write.arrived);
