@@ -624,10 +624,7 @@ impl KvStateMachine {
             }
             restored
                 .sessions
-                .insert_restored(
-                    client_id,
-                    Session { last_sequence, last_index, reply: Bytes::copy_from_slice(reply) },
-                )
+                .insert_restored(client_id, Session { last_sequence, last_index, reply: Bytes::copy_from_slice(reply) })
                 .map_err(SnapshotError::Invalid)?;
         }
         reader.finish("snapshot").map_err(SnapshotError::Decode)?;

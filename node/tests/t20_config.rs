@@ -10,12 +10,29 @@ use node::config::{parse_from, CliError, ConfigError, NodeCommand, ServeConfig};
 use node::discovery::{DnsName, PeerSource, PeerSpecError};
 use node::kv::KvOp;
 
-/// A scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
+/// A scratch directory for one test, removed when the test ends (passing or
+/// not), so runs do not pile directories up in the temporary directory.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("node-t20-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// `node serve` with a valid set of flags, where `extra` (flag, value pairs)
