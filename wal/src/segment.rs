@@ -175,14 +175,59 @@ pub(crate) fn aligned_zeros(length: usize) -> (Vec<u8>, usize) {
 }
 
 /// Opens `path` for writing with `O_DIRECT` added to `flags` where the file
-/// system supports it (tmpfs does not), and says whether it did.
+/// system supports it with [`DIRECT_IO_ALIGN`] alignment (tmpfs before Linux
+/// 6.6 refuses `O_DIRECT`; a device with larger blocks would need larger
+/// alignment), and says whether it did.
 pub(crate) fn open_direct(path: &Path, flags: libc::c_int) -> std::io::Result<(std::fs::File, bool)> {
     let open = |flags| std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
     match open(flags | libc::O_DIRECT) {
-        Ok(file) => Ok((file, true)),
+        Ok(file) if direct_io_alignment_fits(&file) => Ok((file, true)),
+        Ok(_) => Ok((open(flags)?, false)),
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok((open(flags)?, false)),
         Err(error) => Err(error),
     }
+}
+
+/// Whether direct I/O on `file` accepts [`DIRECT_IO_ALIGN`]-aligned memory,
+/// offsets and lengths (see [`alignment_fits`]).
+fn direct_io_alignment_fits(file: &std::fs::File) -> bool {
+    alignment_fits(direct_io_alignment(file))
+}
+
+/// Whether [`DIRECT_IO_ALIGN`] satisfies the reported direct I/O alignment
+/// (memory, offset). A kernel or file system that does not report it is
+/// assumed to accept 4 KiB, a multiple of every common logical block size;
+/// 0 means the file cannot do direct I/O at all.
+fn alignment_fits(reported: Option<(u32, u32)>) -> bool {
+    let fits = |align: u32| align.is_power_of_two() && align <= DIRECT_IO_ALIGN as u32;
+    reported.is_none_or(|(memory, offset)| fits(memory) && fits(offset))
+}
+
+/// The direct I/O alignment of `file` (memory, offset) from
+/// `statx(STATX_DIOALIGN)` (Linux 6.1), if the kernel reports it.
+fn direct_io_alignment(file: &std::fs::File) -> Option<(u32, u32)> {
+    use std::os::unix::io::AsRawFd;
+    const STATX_DIOALIGN: libc::c_uint = 0x2000;
+    /// `struct statx` is 256 bytes; `stx_mask` is at 0, `stx_dio_mem_align`
+    /// and `stx_dio_offset_align` at 0x98 and 0x9c.
+    #[repr(C, align(8))]
+    struct Statx([u8; 256]);
+    let mut buffer = Statx([0; 256]);
+    // SAFETY: statx writes at most 256 bytes into the buffer, which is that
+    // large and outlives the call; the path is a valid empty C string and
+    // AT_EMPTY_PATH makes the call read the descriptor.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_DIOALIGN,
+            buffer.0.as_mut_ptr(),
+        )
+    };
+    let field = |at: usize| u32::from_ne_bytes(buffer.0[at..at + 4].try_into().expect("4 bytes"));
+    (result == 0 && field(0) & STATX_DIOALIGN != 0).then(|| (field(0x98), field(0x9c)))
 }
 
 /// Writes zeros over the whole (preallocated) file, bypassing the page cache
@@ -279,6 +324,25 @@ async fn shrink_gradually(path: &Path) -> Result<(), WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_io_is_used_only_where_4_kib_alignment_fits() {
+        assert!(alignment_fits(None), "not reported: assumed to fit");
+        assert!(alignment_fits(Some((512, 512))) && alignment_fits(Some((4, 4096))));
+        assert!(!alignment_fits(Some((512, 8192))), "a 8 KiB-block device needs larger writes");
+        assert!(!alignment_fits(Some((8192, 512))));
+        assert!(!alignment_fits(Some((0, 0))), "0: this file cannot do direct I/O");
+        // Where the kernel reports it (Linux 6.1 and later, ext4 or XFS),
+        // the value read is a plausible one: statx was called and parsed.
+        let path = std::env::temp_dir().join(format!("wal-dio-align-{}", std::process::id()));
+        let (file, direct) = open_direct(&path, libc::O_CREAT).unwrap();
+        if let Some((memory, offset)) = direct_io_alignment(&file) {
+            assert!(offset.is_power_of_two() && memory.is_power_of_two(), "{memory} {offset}");
+            assert_eq!(direct, alignment_fits(Some((memory, offset))));
+        }
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn names_round_trip_and_sort_by_sequence() {
