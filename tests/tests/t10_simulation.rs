@@ -41,6 +41,8 @@ fn run_many(voters: u64, test_name: &str) {
                 total.lease_reads |= summary.lease_reads;
                 total.terms_with_leader += summary.terms_with_leader;
                 total.committed += summary.committed;
+                total.forward_writes |= summary.forward_writes;
+                total.forwarded_answered += summary.forwarded_answered;
             }
             Err(panic) => {
                 eprintln!(
@@ -54,7 +56,7 @@ fn run_many(voters: u64, test_name: &str) {
     eprintln!(
         "{seeds} seeds with {voters} voters in {:.1?}: {} operations checked ({} completed), {} crashes, {} partitions, \
          {} membership changes, {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
-         {} entries committed",
+         {} entries committed, {} forwarded writes answered",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -65,7 +67,8 @@ fn run_many(voters: u64, test_name: &str) {
         total.snapshots_installed,
         total.state_machine_rebuilds,
         total.terms_with_leader,
-        total.committed
+        total.committed,
+        total.forwarded_answered
     );
     // The simulator must actually exercise the faults it claims to.
     if seeds >= 50 {
@@ -73,6 +76,7 @@ fn run_many(voters: u64, test_name: &str) {
         assert!(total.membership_changes > 0, "no membership changes");
         assert!(total.snapshots_installed > 0, "no snapshot was ever sent to a follower");
         assert!(total.disk_stalls > 0, "no disk stalls");
+        assert!(total.forwarded_answered > 0, "no follower forwarded a write that was then answered");
         assert!(total.lease_reads, "no run used lease reads");
         assert!(total.completed > seeds, "clients completed almost nothing");
     }

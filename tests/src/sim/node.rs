@@ -12,7 +12,7 @@ use engine::{
     NODE_NONE,
 };
 use node::replicated::{NodeStateMachine, SetAddresses};
-use node::session::{encode_envelope, Reply};
+use node::session::{encode_envelope, Envelope, Reply, CLIENT_ID_NONE};
 use node::{KvOp, KvResponse, KvStateMachine};
 
 use super::disk::{Completion, DiskWrite, SimDisk};
@@ -92,6 +92,15 @@ pub struct SimNode {
     pub generation: u64,
     /// Snapshots received from a leader and installed, over all restarts.
     pub snapshots_installed: u64,
+    /// The node's `--forward-writes`: a follower sends session writes to the
+    /// leader (`Raft::forward_proposal`) instead of redirecting the client.
+    pub forward_writes: bool,
+    /// Forwarded writes waiting to be applied here, by (client id,
+    /// sequence), all forwarded in `forwarded_term`.
+    forwarded: HashMap<(u64, u64), Waiter>,
+    forwarded_term: Term,
+    /// Forwarded writes answered when applied, over all restarts.
+    pub forwarded_answered: u64,
 }
 
 /// Everything a `process_ready` produced for the outside world.
@@ -140,6 +149,10 @@ impl SimNode {
             apply_next,
             generation,
             snapshots_installed: 0,
+            forward_writes: false,
+            forwarded: HashMap::new(),
+            forwarded_term: 0,
+            forwarded_answered: 0,
         }
     }
 
@@ -168,9 +181,12 @@ impl SimNode {
             );
         }
         let disk = std::mem::take(&mut self.disk);
-        let installed = self.snapshots_installed;
+        let (installed, forward_writes, answered) =
+            (self.snapshots_installed, self.forward_writes, self.forwarded_answered);
         *self = SimNode::recover(self.config.clone(), disk, self.generation + 1);
         self.snapshots_installed = installed;
+        self.forward_writes = forward_writes;
+        self.forwarded_answered = answered;
     }
 
     /// The disk finishes up to `count` queued writes; the lazy hard state
@@ -225,9 +241,12 @@ impl SimNode {
         match request.body {
             RequestBody::Write { client_id, sequence, op } => {
                 let data = encode_envelope(client_id, sequence, &op.encode());
-                match self.raft.propose(data) {
+                match self.raft.propose(data.clone()) {
                     Ok((index, term)) => {
                         self.writes.insert(index, (term, waiter));
+                    }
+                    Err(ProposeError::NotLeader { .. }) if self.forward_writes && client_id != CLIENT_ID_NONE => {
+                        self.forward(data, (client_id, sequence), waiter, output);
                     }
                     Err(error) => output.responses.push((waiter, self.refusal(error))),
                 }
@@ -245,6 +264,34 @@ impl SimNode {
         }
     }
 
+    /// The shard's `forward`: send the write to the leader and find the
+    /// client again by its session when the entry is applied here. A retry
+    /// of a write still waiting replaces the first wait.
+    fn forward(&mut self, data: Bytes, session: (u64, u64), waiter: Waiter, output: &mut Output) {
+        self.drop_stale_forwards(output);
+        match self.raft.forward_proposal(data) {
+            Ok(()) => {
+                self.forwarded_term = self.raft.term();
+                if let Some(earlier) = self.forwarded.insert(session, waiter) {
+                    output.responses.push((earlier, Status::Busy));
+                }
+            }
+            Err(error) => output.responses.push((waiter, self.refusal(error))),
+        }
+    }
+
+    /// The shard's `drop_stale_forwards`: writes forwarded in an earlier
+    /// term may never be applied; their clients are sent to the leader.
+    fn drop_stale_forwards(&mut self, output: &mut Output) {
+        if self.forwarded.is_empty() || self.forwarded_term == self.raft.term() {
+            return;
+        }
+        let hint = self.leader_hint();
+        for (_, waiter) in self.forwarded.drain() {
+            output.responses.push((waiter, hint.clone()));
+        }
+    }
+
     /// A Raft message arrives.
     pub fn step(&mut self, message: Message) {
         let _ = self.raft.step(message);
@@ -259,6 +306,7 @@ impl SimNode {
             let mut ready = self.raft.ready();
             if let Some(soft) = ready.soft_state {
                 self.on_role_change(soft.role, output);
+                self.drop_stale_forwards(output);
             }
             for write in std::mem::take(&mut ready.snapshot_writes) {
                 if write.offset == 0 {
@@ -420,6 +468,14 @@ impl SimNode {
             }
         };
         self.fsm.app.sessions().check_invariants().expect("session table invariants");
+        if !self.forwarded.is_empty() && entry.kind == EntryKind::Normal {
+            let session = Envelope::decode(&entry.data).map(|envelope| (envelope.client_id, envelope.sequence));
+            if let Some(waiter) = session.ok().and_then(|session| self.forwarded.remove(&session)) {
+                let response = response.as_ref().expect("a normal entry has a response");
+                output.responses.push((waiter, applied_status(response)));
+                self.forwarded_answered += 1;
+            }
+        }
         let term = entry.term;
         self.applied_unchecked.push(entry);
         let Some((proposed_term, waiter)) = self.writes.remove(&index) else { return };
@@ -428,11 +484,7 @@ impl SimNode {
             return;
         }
         let response = response.expect("a client write is a normal entry");
-        let status = match Reply::decode(&response).expect("the state machine's reply decodes") {
-            Reply::Applied(bytes) => Status::Applied(KvResponse::decode(&bytes).expect("a key-value response")),
-            other => Status::Rejected(other),
-        };
-        output.responses.push((waiter, status));
+        output.responses.push((waiter, applied_status(&response)));
     }
 
     fn serve_reads(&mut self, output: &mut Output) {
@@ -442,11 +494,7 @@ impl SimNode {
         for context in node::shard::take_safe_reads(&mut self.reads_waiting, self.fsm.applied()) {
             if let Some((query, waiter)) = self.reads.remove(&context) {
                 let answer = self.fsm.query(&query);
-                let status = match Reply::decode(&answer).expect("the state machine's reply decodes") {
-                    Reply::Applied(bytes) => Status::Applied(KvResponse::decode(&bytes).expect("a key-value response")),
-                    other => Status::Rejected(other),
-                };
-                output.responses.push((waiter, status));
+                output.responses.push((waiter, applied_status(&answer)));
             }
         }
     }
@@ -454,5 +502,13 @@ impl SimNode {
     /// Whether this node believes it leads.
     pub fn is_leader(&self) -> bool {
         self.up && self.raft.role() == Role::Leader
+    }
+}
+
+/// The client's status for an encoded [`Reply`] of the state machine.
+fn applied_status(reply: &Bytes) -> Status {
+    match Reply::decode(reply).expect("the state machine's reply decodes") {
+        Reply::Applied(bytes) => Status::Applied(KvResponse::decode(&bytes).expect("a key-value response")),
+        other => Status::Rejected(other),
     }
 }
