@@ -239,27 +239,24 @@ impl EntryBatch {
     /// Encodes `entries` (contiguous indices, non-decreasing terms, at least
     /// one) into a new batch. Payloads are copied once, here.
     pub fn encode(entries: &[Entry]) -> EntryBatch {
-        assert!(!entries.is_empty(), "a batch holds at least one entry");
-        let length: usize = BATCH_HEADER_SIZE + entries.iter().map(Entry::encoded_size).sum::<usize>();
+        EntryBatch::encode_from(entries.iter())
+    }
+
+    /// [`EntryBatch::encode`] from borrowed entries, such as a range of the
+    /// leader's log: no vector of cloned entries (an allocation and two
+    /// reference-count updates per entry) on the way.
+    pub fn encode_from<'a>(entries: impl ExactSizeIterator<Item = &'a Entry> + Clone) -> EntryBatch {
+        let count = entries.len();
+        assert!(count > 0, "a batch holds at least one entry");
+        let length: usize = BATCH_HEADER_SIZE + entries.clone().map(Entry::encoded_size).sum::<usize>();
         assert!(length <= u32::MAX as usize, "batch of {length} bytes does not fit the format");
-        let first = &entries[0];
-        let last = &entries[entries.len() - 1];
+        let first = entries.clone().next().expect("count > 0");
+        let (first_index, first_term) = (first.index, first.term);
         let mut buf = BytesMut::with_capacity(length);
-        let header = BatchHeader {
-            crc: U32::new(0),
-            length: U32::new(length as u32),
-            first_index: U64::new(first.index),
-            first_term: U64::new(first.term),
-            last_term: U64::new(last.term),
-            count: U32::new(entries.len() as u32),
-            magic: U16::new(BATCH_MAGIC),
-            version: BATCH_VERSION,
-            flags: 0,
-        };
-        buf.put_slice(header.as_bytes());
-        let mut previous_term = first.term;
-        for (position, entry) in entries.iter().enumerate() {
-            assert_eq!(entry.index, first.index + position as u64, "batch entries must be contiguous");
+        buf.put_bytes(0, BATCH_HEADER_SIZE);
+        let mut previous_term = first_term;
+        for (position, entry) in entries.enumerate() {
+            assert_eq!(entry.index, first_index + position as u64, "batch entries must be contiguous");
             assert!(entry.term >= previous_term, "batch entry terms must not decrease");
             previous_term = entry.term;
             let entry_header = EntryHeader {
@@ -272,16 +269,23 @@ impl EntryBatch {
             buf.put_slice(entry_header.as_bytes());
             buf.put_slice(&entry.data);
         }
+        let last_term = previous_term;
+        let header = BatchHeader {
+            crc: U32::new(0),
+            length: U32::new(length as u32),
+            first_index: U64::new(first_index),
+            first_term: U64::new(first_term),
+            last_term: U64::new(last_term),
+            count: U32::new(count as u32),
+            magic: U16::new(BATCH_MAGIC),
+            version: BATCH_VERSION,
+            flags: 0,
+        };
+        buf[..BATCH_HEADER_SIZE].copy_from_slice(header.as_bytes());
         debug_assert_eq!(buf.len(), length);
         let crc = crc32c::crc32c(&buf[4..]);
         buf[0..4].copy_from_slice(&crc.to_le_bytes());
-        EntryBatch {
-            bytes: buf.freeze(),
-            first_index: first.index,
-            count: entries.len() as u32,
-            first_term: first.term,
-            last_term: last.term,
-        }
+        EntryBatch { bytes: buf.freeze(), first_index, count: count as u32, first_term, last_term }
     }
 
     /// The encoded bytes, exactly one batch long.

@@ -91,6 +91,26 @@ impl RaftLog {
         Some(&self.entries[(index - self.offset_index - 1) as usize])
     }
 
+    /// Borrowed entries in `[low, high]`, capped at `bytes_max` (at least one
+    /// entry when `low` is held), as [`RaftLog::slice`] selects them.
+    pub fn range(&self, low: Index, high: Index, bytes_max: usize) -> std::collections::vec_deque::Iter<'_, Entry> {
+        if low <= self.offset_index || low > high.min(self.last_index()) {
+            return self.entries.range(0..0);
+        }
+        let start = (low - self.offset_index - 1) as usize;
+        let available = (high.min(self.last_index()) - low + 1) as usize;
+        let mut bytes = 0;
+        let mut count = 0;
+        for entry in self.entries.range(start..start + available) {
+            bytes += entry.encoded_size();
+            if bytes > bytes_max && count > 0 {
+                break;
+            }
+            count += 1;
+        }
+        self.entries.range(start..start + count)
+    }
+
     /// Entries in `[low, high]`, capped at `bytes_max` (at least one entry).
     pub fn slice(&self, low: Index, high: Index, bytes_max: usize) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -200,5 +220,36 @@ impl RaftLog {
     /// Payload bytes of entries in `(from, to]`.
     pub fn bytes_between(&self, from: Index, to: Index) -> usize {
         ((from + 1)..=to).filter_map(|index| self.entry(index)).map(|entry| entry.data.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::EntryKind;
+
+    /// `range` selects exactly the entries `slice` clones, for every window
+    /// and byte cap, including windows outside the log.
+    #[test]
+    fn range_borrows_what_slice_clones() {
+        let entries: Vec<Entry> = (11..=30)
+            .map(|index| Entry {
+                index,
+                term: 2 + index / 10,
+                kind: EntryKind::Normal,
+                data: Bytes::from(vec![index as u8; (index as usize * 7) % 50]),
+            })
+            .collect();
+        let log = RaftLog::new(10, 2, entries);
+        for low in 8..=32u64 {
+            for high in low.saturating_sub(1)..=33 {
+                for bytes_max in [0, 1, 60, 200, 1000, usize::MAX] {
+                    let borrowed: Vec<Entry> = log.range(low, high, bytes_max).cloned().collect();
+                    assert_eq!(borrowed, log.slice(low, high, bytes_max), "[{low}, {high}] capped at {bytes_max}");
+                }
+            }
+        }
     }
 }

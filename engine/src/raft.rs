@@ -926,8 +926,8 @@ impl Raft {
     fn encode_proposals(&mut self) {
         let last = self.log.last_index();
         while self.encoded_last < last {
-            let entries = self.log.slice(self.encoded_last + 1, last, self.config.batch_bytes_max);
-            let batch = EntryBatch::encode(&entries);
+            let batch =
+                EntryBatch::encode_from(self.log.range(self.encoded_last + 1, last, self.config.batch_bytes_max));
             self.log.share_payloads(&batch);
             self.encoded_last = batch.last_index();
             self.batch_cache_bytes += batch.len_bytes();
@@ -954,8 +954,8 @@ impl Raft {
             }
         }
         let stop = self.batch_cache.get(position).map_or(self.encoded_last, |batch| batch.first_index() - 1);
-        let entries = self.log.slice(next, stop.min(self.encoded_last), self.config.batch_bytes_max);
-        (!entries.is_empty()).then(|| EntryBatch::encode(&entries))
+        let entries = self.log.range(next, stop.min(self.encoded_last), self.config.batch_bytes_max);
+        (entries.len() > 0).then(|| EntryBatch::encode_from(entries))
     }
 
     /// Sends appends to `to` while its window allows (one probe in Probe).
