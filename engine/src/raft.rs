@@ -634,12 +634,7 @@ impl Raft {
                     });
                 }
                 self.forwarded_reads.push(context);
-                self.send(Message {
-                    from: self.id,
-                    to: self.leader,
-                    term: self.term,
-                    body: MessageBody::ReadIndex { context },
-                });
+                self.send_to(self.leader, MessageBody::ReadIndex { context });
                 Ok(())
             }
             _ => Err(ProposeError::NotLeader { leader: None }),
@@ -655,12 +650,7 @@ impl Raft {
         match self.role {
             Role::Leader => self.propose(command).map(|_| ()),
             _ if self.leader != NODE_NONE => {
-                self.send(Message {
-                    from: self.id,
-                    to: self.leader,
-                    term: self.term,
-                    body: MessageBody::Propose { command },
-                });
+                self.send_to(self.leader, MessageBody::Propose { command });
                 Ok(())
             }
             _ => Err(ProposeError::NotLeader { leader: None }),
@@ -759,7 +749,7 @@ impl Raft {
     }
 
     fn send_timeout_now(&mut self, to: NodeId) {
-        self.send(Message { from: self.id, to, term: self.term, body: MessageBody::TimeoutNow });
+        self.send_to(to, MessageBody::TimeoutNow);
     }
 
     /// Reports that every entry up to `index` (whose term is `term`) is
@@ -914,12 +904,10 @@ impl Raft {
         }
         let prev_index = pr.next_index - 1;
         let Some(prev_term) = self.log.term(prev_index) else { return };
-        self.send(Message {
-            from: self.id,
+        self.send_to(
             to,
-            term: self.term,
-            body: MessageBody::Append(AppendRequest { prev_index, prev_term, commit: committed, entries: None }),
-        });
+            MessageBody::Append(AppendRequest { prev_index, prev_term, commit: committed, entries: None }),
+        );
         self.progress.get_mut(&to).expect("present").commit_sent = committed;
     }
 
@@ -990,24 +978,17 @@ impl Raft {
             if batch.is_none() && state == ProgressState::Replicate {
                 if send_if_empty && !sent_any {
                     let commit = self.log.committed;
-                    self.send(Message {
-                        from: self.id,
+                    self.send_to(
                         to,
-                        term: self.term,
-                        body: MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: None }),
-                    });
+                        MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: None }),
+                    );
                 }
                 return;
             }
             sent_any = true;
             let (last, bytes) = batch.as_ref().map_or((prev_index, 0), |b| (b.last_index(), b.len_bytes()));
             let commit = self.log.committed;
-            self.send(Message {
-                from: self.id,
-                to,
-                term: self.term,
-                body: MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: batch }),
-            });
+            self.send_to(to, MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: batch }));
             let pr = self.progress.get_mut(&to).expect("present");
             pr.sent(last, bytes);
             pr.commit_sent = pr.commit_sent.max(commit.min(last));
@@ -1030,12 +1011,7 @@ impl Raft {
             self.progress.iter().filter(|(&id, _)| id != self.id).map(|(&id, pr)| (id, pr.match_index)).collect();
         for (to, match_index) in peers {
             let commit = match_index.min(self.log.committed);
-            self.send(Message {
-                from: self.id,
-                to,
-                term: self.term,
-                body: MessageBody::Heartbeat { commit, read_context: self.round },
-            });
+            self.send_to(to, MessageBody::Heartbeat { commit, read_context: self.round });
         }
         // A lone voter's round is acknowledged by itself.
         self.release_reads();
@@ -1043,6 +1019,11 @@ impl Raft {
 
     /// Queues a message in the right group: votes and acknowledgements must
     /// wait for the local write; everything else may leave at once.
+    /// Sends `body` to `to` in the current term.
+    fn send_to(&mut self, to: NodeId, body: MessageBody) {
+        self.send(Message { from: self.id, to, term: self.term, body });
+    }
+
     fn send(&mut self, message: Message) {
         debug_assert_ne!(message.to, self.id, "no messages to self");
         let after_persist = match &message.body {
