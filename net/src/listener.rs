@@ -124,6 +124,7 @@ pub struct ReplyTo {
     shard_id: u32,
     request_id: u64,
     answered: Cell<bool>,
+    received: std::time::Instant,
 }
 
 impl std::fmt::Debug for ReplyTo {
@@ -185,6 +186,12 @@ impl ReplyTo {
     /// The client's address, for logs.
     pub fn remote_addr(&self) -> SocketAddr {
         self.side.remote
+    }
+
+    /// When the connection decoded the request: where a server's latency
+    /// stages should start, so that they include its own queues.
+    pub fn received(&self) -> std::time::Instant {
+        self.received
     }
 }
 
@@ -498,8 +505,13 @@ async fn serve_client(
                 unreachable!("a request kind decodes to a request payload")
             };
             side.outstanding.set(side.outstanding.get() + 1);
-            let reply =
-                ReplyTo { side: side.clone(), shard_id, request_id: request.request_id, answered: Cell::new(false) };
+            let reply = ReplyTo {
+                side: side.clone(),
+                shard_id,
+                request_id: request.request_id,
+                answered: Cell::new(false),
+                received: std::time::Instant::now(),
+            };
             if inbound.send(Inbound::Request { shard_id, request, reply }).await.is_err() {
                 return Ok(()); // The owner is gone: nothing left to serve.
             }

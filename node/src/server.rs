@@ -364,7 +364,7 @@ fn route(
             }
         }
         Inbound::Request { shard_id, request, reply } => {
-            let arrived = Instant::now();
+            let arrived = reply.received();
             if inboxes.contains_key(&shard_id) {
                 deliver(inboxes, shard_id, request, Replier::Local(reply), arrived);
                 return;

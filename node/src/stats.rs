@@ -1,7 +1,9 @@
 //! Per-stage latency histograms of one shard, shown by `node admin stats`.
 //!
 //! The stages of a write on the leader, each measured where it happens:
-//! - `queued`: from the request's arrival to its proposal to the engine;
+//! - `queued`: from the request's arrival (decoded on its client
+//!   connection, before the hops to the core's router and the shard) to its
+//!   proposal to the engine;
 //! - `wal_write_sync`: from handing a batch to the WAL to its durability
 //!   (the synced write, including waiting behind earlier batches);
 //! - `replication`: from the proposal to the entry being committed (the
