@@ -441,6 +441,39 @@ mod tests {
         assert_eq!(offsets, vec![0, align - 2], "the second record is read, not skipped as padding");
     }
 
+    /// A writer that died with a direct write in flight still holds its
+    /// segment's lock until the write lands: recovery reads after it.
+    #[test]
+    fn recovery_reads_a_segment_only_after_its_last_writer_lets_go() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("wal-fence-{}", std::process::id()));
+        std::fs::write(&path, b"early").unwrap();
+        let (locked, lock_taken) = std::sync::mpsc::channel();
+        let holder = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+                segment::lock_segment(&file, &path, libc::LOCK_EX).unwrap();
+                locked.send(()).unwrap();
+                // The "in-flight write" lands a while later, then the
+                // description (and its lock) goes.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                file.write_all(b"-late").unwrap();
+                drop(file);
+            })
+        };
+        lock_taken.recv().unwrap();
+        let read = read_segment(&path).unwrap();
+        holder.join().unwrap();
+        assert_eq!(read, b"early-late", "read before the last write landed");
+        // Not held: no wait, and a shared lock does not exclude another.
+        let other = std::fs::File::open(&path).unwrap();
+        segment::lock_segment(&other, &path, libc::LOCK_SH).unwrap();
+        assert_eq!(read_segment(&path).unwrap(), b"early-late");
+        drop(other);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     fn scan_error(raw: &[u8]) -> WalError {
         scan(Path::new("s"), &Bytes::copy_from_slice(raw), false, 64, LIMIT).unwrap_err()
     }
