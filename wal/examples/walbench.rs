@@ -83,21 +83,30 @@ fn raw_floor(dir: &Path, size: usize, duration: Duration) -> Summary {
     assert_eq!(result, 0, "fallocate failed");
     file.sync_all().unwrap();
     let buffer = vec![0x5au8; size];
+    timed_writes(&path, file, &buffer, span - size as u64, true, duration)
+}
+
+/// Writes `buffer` at successive offsets (wrapping at `span`) for
+/// `duration`, each followed by `fdatasync` when `sync` is set, timing each;
+/// then removes the file.
+fn timed_writes(path: &Path, file: std::fs::File, buffer: &[u8], span: u64, sync: bool, duration: Duration) -> Summary {
     let mut histogram = Histogram::<u64>::new(3).unwrap();
     let mut offset = 0u64;
     let started = Instant::now();
     let mut operations = 0;
     while started.elapsed() < duration {
         let begin = Instant::now();
-        file.write_all_at(&buffer, offset).unwrap();
-        file.sync_data().unwrap();
+        file.write_all_at(buffer, offset).unwrap();
+        if sync {
+            file.sync_data().unwrap();
+        }
         histogram.record(begin.elapsed().as_micros() as u64).unwrap();
-        offset = (offset + size as u64) % (span - size as u64);
+        offset = (offset + buffer.len() as u64) % span;
         operations += 1;
     }
     let elapsed = started.elapsed();
     drop(file);
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(path).unwrap();
     Summary { operations, elapsed, histogram }
 }
 
@@ -117,24 +126,10 @@ fn direct_floor(dir: &Path, duration: Duration) -> Option<Summary> {
         std::fs::remove_file(&path).unwrap();
         return None;
     };
-    let mut memory = vec![0x5au8; 2 * BLOCK];
+    let memory = vec![0x5au8; 2 * BLOCK];
     let start = (BLOCK - memory.as_ptr() as usize % BLOCK) % BLOCK;
-    let buffer = &mut memory[start..start + BLOCK];
-    let mut histogram = Histogram::<u64>::new(3).unwrap();
-    let mut offset = 0u64;
-    let started = Instant::now();
-    let mut operations = 0;
-    while started.elapsed() < duration {
-        let begin = Instant::now();
-        file.write_all_at(buffer, offset).unwrap();
-        histogram.record(begin.elapsed().as_micros() as u64).unwrap();
-        offset = (offset + BLOCK as u64) % span;
-        operations += 1;
-    }
-    let elapsed = started.elapsed();
-    drop(file);
-    std::fs::remove_file(&path).unwrap();
-    Some(Summary { operations, elapsed, histogram })
+    // O_DSYNC: each write is its own sync, as in the log.
+    Some(timed_writes(&path, file, &memory[start..start + BLOCK], span, false, duration))
 }
 
 /// The same through tokio-uring (`write_at` then `sync_data`, each awaited):
