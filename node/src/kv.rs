@@ -58,9 +58,7 @@ use rustc_hash::FxHasher;
 
 use crate::codec::{optional_bytes_size, put_bytes, put_optional_bytes, DecodeError, Reader};
 use crate::fsm::QueryStateMachine;
-use crate::session::{
-    Admission, EnvelopeRef, Reply, Session, SessionTable, ENVELOPE_FORMAT, ENVELOPE_HEADER_SIZE, SESSIONS_MAX_DEFAULT,
-};
+use crate::session::{Admission, EnvelopeRef, Reply, Session, SessionTable, SESSIONS_MAX_DEFAULT};
 
 /// One bucket of the key-value map: a hash map (an insert is one hash, not a
 /// dozen key comparisons: the B-tree cost a quarter of a node's CPU under
@@ -214,16 +212,12 @@ fn prefetch_line(address: *const u8) {
     let _ = address;
 }
 
-/// The key of the op inside an envelope, read in place without decoding
-/// either (for [`StateMachine::prefetch`]); `None` when the bytes are not an
-/// envelope around an op with a key.
+/// The key of the op inside an envelope, borrowed (for
+/// [`StateMachine::prefetch`]); `None` when the bytes are not an envelope
+/// around a valid op.
 fn enveloped_key(command: &[u8]) -> Option<&[u8]> {
-    if command.first() != Some(&ENVELOPE_FORMAT) {
-        return None;
-    }
-    let op = command.get(ENVELOPE_HEADER_SIZE..)?;
-    let size = u32::from_le_bytes(op.get(1..5)?.try_into().ok()?);
-    op.get(5..5 + usize::try_from(size).ok()?)
+    let envelope = EnvelopeRef::decode(command).ok()?;
+    Some(KvOpRef::decode(envelope.command).ok()?.key())
 }
 
 /// A key's place in a snapshot, before ties are broken by the key's bytes: a
@@ -328,6 +322,12 @@ pub(crate) enum KvOpRef<'a> {
 }
 
 impl<'a> KvOpRef<'a> {
+    fn key(&self) -> &'a [u8] {
+        match *self {
+            KvOpRef::Get { key } | KvOpRef::Put { key, .. } | KvOpRef::Delete { key } | KvOpRef::Cas { key, .. } => key,
+        }
+    }
+
     pub(crate) fn decode(bytes: &'a [u8]) -> Result<KvOpRef<'a>, DecodeError> {
         let mut reader = Reader::new(bytes);
         let tag = reader.u8("op tag")?;
@@ -793,7 +793,7 @@ mod tests {
             assert_eq!(enveloped_key(&command), Some(&key[..]), "{op:?}");
             // A command cut anywhere before the key's end has no key (and
             // never panics).
-            let key_end = ENVELOPE_HEADER_SIZE + 5 + key.len();
+            let key_end = crate::session::ENVELOPE_HEADER_SIZE + 5 + key.len();
             for cut in 0..key_end {
                 assert_eq!(enveloped_key(&command[..cut]), None, "{op:?} cut at {cut}");
             }
