@@ -417,19 +417,22 @@ impl<S: QueryStateMachine> Shard<S> {
     }
 
     fn propose(&mut self, data: Bytes, session: (u64, u64), reply: Replier, arrived: Instant) {
-        // Kept for forwarding only when the node forwards and the write can be
-        // found again when applied (it has a session).
-        let forwardable = (self.ctx.forward_writes && session.0 != CLIENT_ID_NONE).then(|| data.clone());
-        match (self.raft.propose(data), forwardable) {
-            (Ok((index, term)), _) => {
+        // A follower that knows the leader forwards when the node forwards and
+        // the write can be found again when applied (it has a session).
+        if self.ctx.forward_writes
+            && session.0 != CLIENT_ID_NONE
+            && self.raft.role() != Role::Leader
+            && self.raft.leader() != engine::NODE_NONE
+        {
+            return self.forward(data, session, reply, arrived);
+        }
+        match self.raft.propose(data) {
+            Ok((index, term)) => {
                 let now = Instant::now();
                 self.stats.borrow_mut().queued.record(now - arrived);
                 self.writes.insert(index, PendingWrite { term, reply, arrived, proposed: now });
             }
-            (Err(ProposeError::NotLeader { leader: Some(_) }), Some(data)) => {
-                self.forward(data, session, reply, arrived)
-            }
-            (Err(error), _) => reply.send(self.refusal(error)),
+            Err(error) => reply.send(self.refusal(error)),
         }
     }
 

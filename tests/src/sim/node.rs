@@ -241,12 +241,16 @@ impl SimNode {
         match request.body {
             RequestBody::Write { client_id, sequence, op } => {
                 let data = encode_envelope(client_id, sequence, &op.encode());
-                match self.raft.propose(data.clone()) {
+                if self.forward_writes
+                    && client_id != CLIENT_ID_NONE
+                    && self.raft.role() != Role::Leader
+                    && self.raft.leader() != NODE_NONE
+                {
+                    return self.forward(data, (client_id, sequence), waiter, output);
+                }
+                match self.raft.propose(data) {
                     Ok((index, term)) => {
                         self.writes.insert(index, (term, waiter));
-                    }
-                    Err(ProposeError::NotLeader { .. }) if self.forward_writes && client_id != CLIENT_ID_NONE => {
-                        self.forward(data, (client_id, sequence), waiter, output);
                     }
                     Err(error) => output.responses.push((waiter, self.refusal(error))),
                 }
