@@ -107,8 +107,12 @@ pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
             consistency: command.consistency.unwrap_or(net::ReadConsistency::NodeDefault),
         }
     };
-    // A fresh session per command: sequence 1 opens it.
-    let client_id = (std::process::id() as u64) << 32 | (Instant::now().elapsed().subsec_nanos() as u64 | 1);
+    // A fresh session per command: sequence 1 opens it. The id is 64 random
+    // bits from the operating system: an id derived from the process id
+    // repeats in every fresh pid namespace (each `docker exec`), and a
+    // repeated id had the write answered from another command's session
+    // without being applied.
+    let client_id = rand::random::<u64>() | 1;
     let client_id = if command.op.is_write() { client_id } else { 0 };
     match call(&command.client, client_id, body)? {
         ResponseStatus::Ok(bytes) => {
