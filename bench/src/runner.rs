@@ -266,7 +266,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("bench-worker-{thread}"))
-                .spawn(move || node::server::start_runtime(worker(shared, plans)))
+                .spawn(move || node::runtime::threads::start_runtime(worker(shared, plans)))
                 .expect("spawn a worker thread")
         })
         .collect();

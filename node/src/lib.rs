@@ -30,6 +30,7 @@ pub use session::{Envelope, Reply, SessionTable};
 pub mod client_cmd;
 pub mod dev;
 pub mod replicated;
-pub mod server;
+pub mod runtime;
 pub mod shard;
 pub mod stats;
+pub mod topology;

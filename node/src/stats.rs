@@ -36,10 +36,6 @@ impl Stage {
         self.histogram.record(micros).expect("clamped into range");
     }
 
-    pub fn record_since(&mut self, start: Instant) {
-        self.record(start.elapsed());
-    }
-
     /// Records `elapsed` `count` times.
     pub fn record_n(&mut self, elapsed: Duration, count: u64) {
         let micros = (elapsed.as_micros() as u64).clamp(1, LATENCY_MAX_MICROS);
@@ -78,6 +74,8 @@ pub struct ShardStats {
     pub writes_applied: u64,
     /// Session writes this follower forwarded to the leader.
     pub writes_forwarded: u64,
+    /// Forwarded writes answered here when their entry was applied.
+    pub forwarded_answered: u64,
     pub reads_served: u64,
     pub not_leader: u64,
     pub busy: u64,
@@ -86,8 +84,9 @@ pub struct ShardStats {
     started: Instant,
 }
 
-impl Default for ShardStats {
-    fn default() -> ShardStats {
+impl ShardStats {
+    /// Empty histograms and counters, counting uptime from `now`.
+    pub fn new(now: Instant) -> ShardStats {
         ShardStats {
             queued: Stage::new(),
             wal_write_sync: Stage::new(),
@@ -99,20 +98,19 @@ impl Default for ShardStats {
             snapshot_serialize: Stage::new(),
             writes_applied: 0,
             writes_forwarded: 0,
+            forwarded_answered: 0,
             reads_served: 0,
             not_leader: 0,
             busy: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
-            started: Instant::now(),
+            started: now,
         }
     }
-}
 
-impl ShardStats {
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(&self, now: Instant) -> Value {
         json!({
-            "uptime_s": self.started.elapsed().as_secs(),
+            "uptime_s": now.saturating_duration_since(self.started).as_secs(),
             "stages": {
                 "queued": self.queued.summary(),
                 "wal_write_sync": self.wal_write_sync.summary(),
@@ -125,6 +123,7 @@ impl ShardStats {
             },
             "writes_applied": self.writes_applied,
             "writes_forwarded": self.writes_forwarded,
+            "forwarded_answered": self.forwarded_answered,
             "reads_served": self.reads_served,
             "not_leader": self.not_leader,
             "busy": self.busy,

@@ -1,10 +1,11 @@
 //! Deterministic simulation of a replicated key-value cluster.
 //!
-//! Every replica is the real engine (`engine::Raft`) with the real node-side
-//! state machine (`node::replicated::NodeStateMachine<node::KvStateMachine>`),
-//! driven the way `node::shard::Shard` drives them, over a simulated disk
-//! ([`disk`]) with the WAL's ordering guarantees and a simulated network
-//! ([`network`]) that delays, drops, duplicates, reorders and partitions.
+//! Every replica is the node's real shard driver (`node::shard::Shard`: the
+//! real engine, the real node-side state machine around the real key-value
+//! store, the real request, Ready and snapshot handling), over a simulated
+//! disk ([`disk`]) with the WAL's ordering guarantees, a simulated clock, and
+//! a simulated network ([`network`]) that delays, drops, duplicates,
+//! reorders and partitions.
 //! Nodes crash (losing unsynced writes, sometimes keeping a torn prefix) and
 //! restart; membership changes, leader transfers and snapshots happen; and
 //! clients ([`client`]) issue put, get, delete and compare-and-swap with
@@ -24,17 +25,20 @@ pub mod disk;
 pub mod network;
 pub mod node;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
 
 use engine::config::Rng;
-use engine::raft::ReadMode;
 use engine::{ConfChange, ConfChangeOp, Config, NodeId, StateMachine};
+use net::ReadConsistency;
 
 use crate::linearizability::{check, CheckOptions, NodeKvModel, Verdict};
 use checks::Observer;
 use client::{SimClient, SimHistory};
 use network::{Endpoint, NetworkFaults, Packet, Payload, SimNetwork};
-use node::{Output, Response, SimNode};
+use node::{Outbox, SimNode};
 
 /// Time units per engine tick: network delays are a fraction of a tick to a
 /// few ticks, like loopback or a LAN against a 10 ms tick.
@@ -73,6 +77,8 @@ pub struct Summary {
 /// The whole simulated world.
 struct World {
     rng: Rng,
+    /// The time, shared with every node's clock.
+    clock: Rc<Cell<u64>>,
     now: u64,
     nodes: BTreeMap<NodeId, SimNode>,
     ids: Vec<NodeId>,
@@ -110,6 +116,8 @@ pub fn run(seed: u64, voters: u64) -> Summary {
     // Drawn from its own stream, so that every other choice of a seed (and
     // the seeds recorded in t90_regressions) stays what it was.
     let forward_writes = Rng::new(seed ^ 0x5EED_F0E2_A2D5).range(0, 2) == 0;
+    let clock = Rc::new(Cell::new(0));
+    let base = Instant::now();
     let nodes = ids
         .iter()
         .map(|&id| {
@@ -124,9 +132,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
             config.inflight_batches_max = 4;
             config.batch_bytes_max = 512;
             config.seed = seed.wrapping_mul(1_000_003).wrapping_add(id);
-            let mut node = SimNode::new(config);
-            node.forward_writes = forward_writes;
-            (id, node)
+            (id, SimNode::new(config, clock.clone(), base, forward_writes))
         })
         .collect();
     let faults = NetworkFaults {
@@ -136,14 +142,15 @@ pub fn run(seed: u64, voters: u64) -> Summary {
         long_delay_per_mille: rng.range(0, 30),
         long_delay_max: rng.range(1, 40 * TICK),
     };
-    let read_mode = if lease_reads { ReadMode::Lease } else { ReadMode::ReadIndex };
+    let read_consistency = if lease_reads { ReadConsistency::Lease } else { ReadConsistency::Linearizable };
     let client_count = rng.range(2, 6) as usize;
-    let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_mode)).collect();
+    let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_consistency)).collect();
     let keys = rng.range(1, 5) as u8;
     let disk_speed = rng.range(20, 100);
     let clocks = ids.iter().map(|&id| (id, (TICK + rng.range(0, 2), rng.range(0, TICK)))).collect();
     let mut world = World {
         rng,
+        clock,
         now: 0,
         nodes,
         ids,
@@ -164,17 +171,16 @@ pub fn run(seed: u64, voters: u64) -> Summary {
 }
 
 impl World {
-    fn send_all(&mut self, from: NodeId, output: Output) {
+    fn send_all(&mut self, from: NodeId, output: Outbox) {
         for message in output.messages {
             let to = message.to;
             let packet = Packet { from: Endpoint::Node(from), to: Endpoint::Node(to), payload: Payload::Raft(message) };
             self.network.send(&mut self.rng, self.now, packet);
         }
-        for (waiter, status) in output.responses {
-            let response = Response { operation: waiter.operation, attempt: waiter.attempt, status };
+        for response in output.responses {
             let packet = Packet {
                 from: Endpoint::Node(from),
-                to: Endpoint::Client(waiter.client),
+                to: Endpoint::Client(response.waiter.client),
                 payload: Payload::Response(response),
             };
             self.network.send(&mut self.rng, self.now, packet);
@@ -183,6 +189,7 @@ impl World {
 
     /// One time unit: deliveries, ticks, disks, Readies, clients.
     fn step(&mut self, clients_may_start: bool, disk_speed: u64) {
+        self.clock.set(self.now);
         while let Some(packet) = self.network.next_due(self.now) {
             match (packet.to, packet.payload) {
                 (Endpoint::Node(id), Payload::Raft(message)) => {
@@ -191,12 +198,9 @@ impl World {
                     }
                 }
                 (Endpoint::Node(id), Payload::Request(request)) => {
-                    let Endpoint::Client(client) = packet.from else { unreachable!("requests come from clients") };
-                    let mut output = Output::default();
                     if let Some(node) = self.nodes.get_mut(&id).filter(|node| node.up) {
-                        node.handle_request(client, request, &mut output);
+                        node.request(request);
                     }
-                    self.send_all(id, output);
                 }
                 (Endpoint::Client(index), Payload::Response(response)) => {
                     let Endpoint::Node(from) = packet.from else { unreachable!("responses come from nodes") };
@@ -213,7 +217,7 @@ impl World {
                 continue;
             }
             if tick {
-                node.raft.tick();
+                node.tick();
             }
             if self.stalled_until.get(&id).is_some_and(|&until| self.now < until) {
                 if self.rng.range(0, 20) == 0 {
@@ -224,8 +228,7 @@ impl World {
                 let hard_state = self.rng.range(0, 2) == 0;
                 node.disk_progress(count, hard_state);
             }
-            let mut output = Output::default();
-            node.process(&mut output);
+            let output = node.process();
             self.send_all(id, output);
         }
         for index in 0..self.clients.len() {
@@ -255,7 +258,11 @@ impl World {
     }
 
     fn leader(&self) -> Option<NodeId> {
-        self.nodes.values().filter(|node| node.is_leader()).max_by_key(|node| node.raft.term()).map(|node| node.id)
+        self.nodes
+            .values()
+            .filter(|node| node.is_leader())
+            .max_by_key(|node| node.shard.raft().term())
+            .map(|node| node.id)
     }
 
     fn pick(&mut self) -> NodeId {
@@ -333,7 +340,8 @@ impl World {
                 11 => {
                     if let Some(leader) = self.leader() {
                         let target = self.pick();
-                        let _ = self.nodes.get_mut(&leader).expect("known node").raft.transfer_leader(target);
+                        let _ =
+                            self.nodes.get_mut(&leader).expect("known node").shard.raft_mut().transfer_leader(target);
                     }
                 }
                 _ => {}
@@ -352,7 +360,7 @@ impl World {
     fn membership_change(&mut self) {
         let Some(leader) = self.leader() else { return };
         let target = self.pick();
-        let conf = self.nodes[&leader].raft.conf().clone();
+        let conf = self.nodes[&leader].shard.raft().conf().clone();
         let op = if conf.is_learner(target) {
             ConfChangeOp::AddVoter(target)
         } else if conf.is_voter(target) {
@@ -366,7 +374,7 @@ impl World {
         } else {
             ConfChangeOp::AddVoter(target)
         };
-        let raft = &mut self.nodes.get_mut(&leader).expect("known node").raft;
+        let raft = self.nodes.get_mut(&leader).expect("known node").shard.raft_mut();
         if raft.propose_conf_change(ConfChange { ops: vec![op] }).is_ok() {
             self.summary.membership_changes += 1;
         }
@@ -416,15 +424,15 @@ impl World {
         // and their state machines are byte-for-byte equal.
         loop {
             if let Some(leader) = self.leader() {
-                let raft = &self.nodes[&leader].raft;
+                let raft = self.nodes[&leader].shard.raft();
                 let commit = raft.committed();
                 let members = raft.conf().members();
                 let converged = raft.last_index() == commit
-                    && members.iter().all(|id| self.nodes[id].up && self.nodes[id].raft.applied() == commit);
+                    && members.iter().all(|id| self.nodes[id].up && self.nodes[id].shard.applied() == commit);
                 if converged {
-                    let reference = self.nodes[&leader].fsm.snapshot();
+                    let reference = self.nodes[&leader].shard.state_machine().snapshot();
                     for id in &members {
-                        let snapshot = self.nodes[id].fsm.snapshot();
+                        let snapshot = self.nodes[id].shard.state_machine().snapshot();
                         assert!(
                             snapshot == reference,
                             "state machine safety: node {id}'s state differs from leader {leader}'s at index {commit}"
@@ -442,14 +450,14 @@ impl World {
         self.summary.committed = self.observer.committed_len();
         self.summary.completed = self.clients.iter().map(|client| client.completed).sum();
         self.summary.state_machine_rebuilds = self.nodes.values().map(|node| node.generation).sum();
-        self.summary.snapshots_installed = self.nodes.values().map(|node| node.snapshots_installed).sum();
-        self.summary.forwarded_answered = self.nodes.values().map(|node| node.forwarded_answered).sum();
+        self.summary.snapshots_installed = self.nodes.values().map(|node| node.snapshots_installed()).sum();
+        self.summary.forwarded_answered = self.nodes.values().map(|node| node.forwarded_answered()).sum();
     }
 
     fn describe(&self) -> String {
         let mut lines = Vec::new();
         for node in self.nodes.values() {
-            let raft = &node.raft;
+            let raft = node.shard.raft();
             lines.push(format!(
                 "node {}: up={} {:?} term={} leader={} commit={} applied={} last={} snapshot={} conf={:?} pending_disk={}",
                 node.id,
@@ -462,7 +470,7 @@ impl World {
                 raft.last_index(),
                 raft.snapshot().index,
                 raft.conf(),
-                node.disk.pending_len(),
+                node.disk.borrow().pending_len(),
             ));
         }
         lines.push(format!("network: {} in flight, cut {:?}", self.network.len(), self.network.cut));

@@ -28,7 +28,7 @@ impl Observer {
     pub fn check(&mut self, nodes: &mut BTreeMap<NodeId, SimNode>, time: u64) {
         let at = format!("time {time}");
         for (&id, node) in nodes.iter_mut() {
-            node.raft.check_invariants();
+            node.shard.raft().check_invariants();
             // State machine safety: every state machine applies the same
             // entry at an index.
             for entry in node.applied_unchecked.drain(..) {
@@ -43,7 +43,7 @@ impl Observer {
             if !node.up {
                 continue;
             }
-            let raft = &node.raft;
+            let raft = node.shard.raft();
             if raft.role() == Role::Leader {
                 let previous = self.leaders.entry(raft.term()).or_insert(id);
                 assert_eq!(*previous, id, "time {time}: two leaders in term {}", raft.term());
@@ -61,7 +61,7 @@ impl Observer {
         }
         // Log matching: two logs that hold an entry with the same index and
         // term are identical up to it.
-        let rafts: Vec<(NodeId, &engine::Raft)> = nodes.iter().map(|(&id, node)| (id, &node.raft)).collect();
+        let rafts: Vec<(NodeId, &engine::Raft)> = nodes.iter().map(|(&id, node)| (id, node.shard.raft())).collect();
         check_log_matching(&rafts, &at);
     }
 

@@ -4,13 +4,13 @@
 
 use bytes::Bytes;
 use engine::config::Rng;
-use engine::raft::ReadMode;
 use engine::NodeId;
-use node::KvOp;
+use net::{ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
+use node::{KvOp, KvResponse};
 
 use crate::linearizability::{HistoryRecorder, NodeKvInput, NodeKvOutput, OperationId};
 
-use super::node::{Request, RequestBody, Response, Status};
+use super::node::{Request, Response, Waiter};
 
 /// The history type the simulator records: small integer keys and values.
 pub type SimHistory = HistoryRecorder<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
@@ -45,7 +45,8 @@ pub struct SimClient {
     idle_until: u64,
     /// Operations completed, for the liveness check.
     pub completed: u64,
-    pub read_mode: ReadMode,
+    /// Linearizable (ReadIndex) or the leader's lease.
+    pub read_consistency: ReadConsistency,
 }
 
 /// How long a client waits for an answer before retrying elsewhere.
@@ -79,7 +80,7 @@ pub fn value_of(bytes: &Bytes) -> u64 {
 }
 
 impl SimClient {
-    pub fn new(index: usize, rng: &mut Rng, read_mode: ReadMode) -> SimClient {
+    pub fn new(index: usize, rng: &mut Rng, read_consistency: ReadConsistency) -> SimClient {
         SimClient {
             index,
             session: rng.next_u64() | 1,
@@ -90,7 +91,7 @@ impl SimClient {
             current: None,
             idle_until: 0,
             completed: 0,
-            read_mode,
+            read_consistency,
         }
     }
 
@@ -167,39 +168,44 @@ impl SimClient {
 
     fn request(&self) -> Request {
         let current = self.current.as_ref().expect("an operation in progress");
-        let body = match (&current.input, current.sequence) {
-            (NodeKvInput::Get { key }, _) => RequestBody::Read { key: key_bytes(*key), mode: self.read_mode },
+        let (client_id, sequence, body) = match (&current.input, current.sequence) {
+            (NodeKvInput::Get { key }, _) => {
+                let query = KvOp::Get { key: key_bytes(*key) }.encode();
+                (0, 0, RequestBody::Read { query, consistency: self.read_consistency })
+            }
             (input, Some(sequence)) => {
                 let op = write_op(input).expect("reads have no sequence");
-                RequestBody::Write { client_id: self.session, sequence, op }
+                (self.session, sequence, RequestBody::Write { command: op.encode() })
             }
             (_, None) => unreachable!("writes have a sequence"),
         };
-        Request { operation: current.operation, attempt: current.attempt, body }
+        let waiter = Waiter { client: self.index, operation: current.operation, attempt: current.attempt };
+        let request_id = current.operation << 16 | u64::from(current.attempt);
+        Request { waiter, request: ClientRequest { request_id, client_id, sequence, body } }
     }
 
-    /// An answer arrives. An `Applied` answer to any attempt of the current
+    /// An answer arrives. An `Ok` answer to any attempt of the current
     /// operation settles it (all attempts of a write are one session
     /// sequence, applied once; every attempt of a read lies inside the
     /// operation's interval); a redirect only matters for the latest attempt.
     pub fn on_response(&mut self, now: u64, response: Response, from: NodeId, history: &mut SimHistory, rng: &mut Rng) {
-        let Response { operation, attempt, status } = response;
+        let Response { waiter, status } = response;
         let Some(current) = &mut self.current else { return };
-        if current.operation != operation {
+        if current.operation != waiter.operation {
             return;
         }
+        let latest = waiter.attempt == current.attempt && current.resend_at.is_none();
         match status {
-            Status::Applied(response) => {
+            ResponseStatus::Ok(bytes) => {
+                let response = KvResponse::decode(&bytes).expect("a key-value response");
                 let output = match (&current.input, response) {
-                    (NodeKvInput::Get { .. }, node::KvResponse::Value(value)) => {
+                    (NodeKvInput::Get { .. }, KvResponse::Value(value)) => {
                         NodeKvOutput::Value(value.as_ref().map(value_of))
                     }
-                    (NodeKvInput::Put { .. }, node::KvResponse::Written) => NodeKvOutput::Done,
-                    (NodeKvInput::Delete { .. }, node::KvResponse::Deleted { .. }) => NodeKvOutput::Done,
-                    (NodeKvInput::Cas { .. }, node::KvResponse::CasSucceeded) => NodeKvOutput::Cas { swapped: true },
-                    (NodeKvInput::Cas { .. }, node::KvResponse::CasFailed { .. }) => {
-                        NodeKvOutput::Cas { swapped: false }
-                    }
+                    (NodeKvInput::Put { .. }, KvResponse::Written) => NodeKvOutput::Done,
+                    (NodeKvInput::Delete { .. }, KvResponse::Deleted { .. }) => NodeKvOutput::Done,
+                    (NodeKvInput::Cas { .. }, KvResponse::CasSucceeded) => NodeKvOutput::Cas { swapped: true },
+                    (NodeKvInput::Cas { .. }, KvResponse::CasFailed { .. }) => NodeKvOutput::Cas { swapped: false },
                     (input, response) => panic!("client {}: {input:?} answered with {response:?}", self.index),
                 };
                 history.complete(current.history, output, now);
@@ -208,24 +214,24 @@ impl SimClient {
                 self.completed += 1;
                 self.idle_until = now + rng.range(0, 30);
             }
-            Status::Rejected(reply) => {
+            ResponseStatus::SessionExpired | ResponseStatus::BadRequest(_) => {
                 panic!(
-                    "client {} (session {:x}) operation {:?} sequence {:?} was refused by the session layer: {reply:?}",
+                    "client {} (session {:x}) operation {:?} sequence {:?} was refused: {status:?}",
                     self.index, self.session, current.input, current.sequence
                 )
             }
-            Status::NotLeader { leader } => {
-                if attempt != current.attempt || current.resend_at.is_some() {
+            ResponseStatus::NotLeader { leader_id, .. } => {
+                if !latest {
                     return;
                 }
-                match leader {
+                match leader_id {
                     Some(leader) => self.target = leader,
                     None => self.target_random = true,
                 }
                 current.resend_at = Some(now + RETRY_BACKOFF);
             }
-            Status::Busy => {
-                if attempt == current.attempt && current.resend_at.is_none() {
+            ResponseStatus::Busy | ResponseStatus::TimedOut => {
+                if latest {
                     current.resend_at = Some(now + RETRY_BACKOFF);
                 }
             }

@@ -1,4 +1,5 @@
-//! A simulated disk with the write ordering of the node's WAL.
+//! A simulated disk with the write ordering of the node's WAL, and the
+//! shard driver's storage seam over it ([`SimStorage`]).
 //!
 //! The shard hands entry batches to the WAL without waiting, saves a hard
 //! state whose term or vote changed synchronously, saves a commit-only hard
@@ -12,31 +13,34 @@
 //! torn (a suffix of its entries missing), and a local snapshot in that
 //! prefix may be missing (later appends can land before its file).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use engine::batch::EntryBatch;
 use engine::config::Rng;
 use engine::storage::MemStorage;
-use engine::{Entry, HardState, Index, Message, SnapshotMeta, Term};
+use engine::{Entry, HardState, Index, SnapshotImage, SnapshotMeta};
+use node::shard::{ShardStorage, StoredSnapshot};
+use wal::{AppendTicket, WalError};
 
 /// One write in the ordered queue.
 #[derive(Debug)]
 pub enum DiskWrite {
-    /// Entry batches of one Ready; `last` is reported to the engine once
-    /// durable, and `messages` (the Ready's `messages_after_persist`) leave
-    /// then.
-    Entries { batches: Vec<EntryBatch>, last: Option<(Index, Term)>, messages: Vec<Message> },
-    /// A snapshot, either taken locally (`local`: reported to the engine with
-    /// `snapshot_created` once durable) or received from a leader.
+    /// One append; `sequence` is its ticket's, reported durable in order.
+    Entries { batch: EntryBatch, sequence: u64 },
+    /// A snapshot, either taken locally (`local`: reported to the shard with
+    /// `snapshot_stored` once durable) or received from a leader.
     Snapshot { meta: SnapshotMeta, data: Bytes, local: bool },
 }
 
-/// What became durable, for the node to act on at its next durability point.
+/// A local snapshot that became durable, for the shard to hear of.
 #[derive(Debug)]
-pub enum Completion {
-    Persisted { last: Option<(Index, Term)>, messages: Vec<Message> },
-    SnapshotStored { meta: SnapshotMeta, data: Bytes },
+pub struct SnapshotStored {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
 }
 
 /// The durable state of one node and the writes on their way to it.
@@ -48,6 +52,10 @@ pub struct SimDisk {
     pending: VecDeque<DiskWrite>,
     /// A commit-only hard state being saved in the background.
     lazy_hard_state: Option<HardState>,
+    /// The sequence of the last durable append since the last restart.
+    durable_sequence: u64,
+    /// Local snapshots that became durable, for the shard to hear of.
+    stored: Vec<SnapshotStored>,
 }
 
 /// Appends a batch to storage, skipping the part a stored snapshot covers (a
@@ -66,23 +74,6 @@ impl SimDisk {
     /// Queues a write behind the ones already submitted.
     pub fn submit(&mut self, write: DiskWrite) {
         self.pending.push_back(write);
-    }
-
-    /// Whether an append is still on its way: messages that must wait for
-    /// durability attach to the latest one, as in the shard.
-    pub fn has_pending_entries(&self) -> bool {
-        self.pending.iter().any(|write| matches!(write, DiskWrite::Entries { .. }))
-    }
-
-    /// Attaches messages to the newest pending append.
-    pub fn attach_messages(&mut self, more: Vec<Message>) {
-        for write in self.pending.iter_mut().rev() {
-            if let DiskWrite::Entries { messages, .. } = write {
-                messages.extend(more);
-                return;
-            }
-        }
-        panic!("attach_messages without a pending append");
     }
 
     /// A term or vote change: durable before the call returns.
@@ -109,13 +100,18 @@ impl SimDisk {
     }
 
     /// Makes up to `count` queued writes durable, in order.
-    pub fn complete(&mut self, count: usize) -> Vec<Completion> {
-        let mut done = Vec::new();
+    pub fn complete(&mut self, count: usize) {
         for _ in 0..count {
             let Some(write) = self.pending.pop_front() else { break };
-            done.push(self.make_durable(write));
+            if let Some(stored) = self.make_durable(write) {
+                self.stored.push(stored);
+            }
         }
-        done
+    }
+
+    /// The local snapshots that became durable since the last call.
+    pub fn take_stored(&mut self) -> Vec<SnapshotStored> {
+        std::mem::take(&mut self.stored)
     }
 
     /// How many writes are queued.
@@ -123,24 +119,19 @@ impl SimDisk {
         self.pending.len()
     }
 
-    fn make_durable(&mut self, write: DiskWrite) -> Completion {
+    fn make_durable(&mut self, write: DiskWrite) -> Option<SnapshotStored> {
         match write {
-            DiskWrite::Entries { batches, last, messages } => {
-                for batch in &batches {
-                    let entries: Vec<Entry> = batch.entries().collect();
-                    append_after_snapshot(&mut self.durable, &entries);
-                }
-                Completion::Persisted { last, messages }
+            DiskWrite::Entries { batch, sequence } => {
+                let entries: Vec<Entry> = batch.entries().collect();
+                append_after_snapshot(&mut self.durable, &entries);
+                self.durable_sequence = sequence;
+                None
             }
             DiskWrite::Snapshot { meta, data, local } => {
                 if meta.index > self.durable.snapshot_meta().index {
                     self.durable.apply_snapshot(meta.clone(), data.clone());
                 }
-                if local {
-                    Completion::SnapshotStored { meta, data }
-                } else {
-                    Completion::Persisted { last: None, messages: Vec::new() }
-                }
+                local.then_some(SnapshotStored { meta, data })
             }
         }
     }
@@ -149,6 +140,14 @@ impl SimDisk {
     /// have reached the disk, the last one torn. Nothing is reported: the
     /// process that would have heard about it is gone.
     pub fn crash(&mut self, rng: &mut Rng) {
+        self.lose_unsynced(rng);
+        // The sequences of a store's appends count from its opening, and
+        // the process that would hear of a stored snapshot is gone.
+        self.durable_sequence = 0;
+        self.stored.clear();
+    }
+
+    fn lose_unsynced(&mut self, rng: &mut Rng) {
         if rng.range(0, 2) == 0 {
             self.finish_lazy_hard_state();
         }
@@ -172,20 +171,102 @@ impl SimDisk {
             // The first write that did not fully land is torn: a prefix of
             // its entries made it (a WAL that cuts a torn batch whole is the
             // special case of an empty prefix).
-            if let DiskWrite::Entries { batches, .. } = write {
-                let total: u64 = batches.iter().map(|batch| u64::from(batch.count())).sum();
-                let mut kept = rng.range(0, total + 1) as usize;
-                for batch in &batches {
-                    if kept == 0 {
-                        break;
-                    }
-                    // A batch replacing a suffix of the log truncates first.
-                    let entries: Vec<Entry> = batch.entries().take(kept).collect();
-                    kept -= entries.len();
+            if let DiskWrite::Entries { batch, .. } = write {
+                let kept = rng.range(0, u64::from(batch.count()) + 1) as usize;
+                // A batch replacing a suffix of the log truncates first.
+                let entries: Vec<Entry> = batch.entries().take(kept).collect();
+                if !entries.is_empty() {
                     append_after_snapshot(&mut self.durable, &entries);
                 }
             }
             break;
         }
     }
+}
+
+/// The shard driver's storage over a [`SimDisk`] shared with the world,
+/// which decides when writes become durable and when the node crashes.
+/// Every operation completes at once: the futures are ready on first poll.
+pub struct SimStorage {
+    pub disk: Rc<RefCell<SimDisk>>,
+    /// Appends submitted since this store was opened (the last ticket's
+    /// sequence).
+    submitted: u64,
+    /// The node's id, for traces.
+    id: u64,
+}
+
+impl SimStorage {
+    pub fn new(disk: Rc<RefCell<SimDisk>>, id: u64) -> SimStorage {
+        SimStorage { disk, submitted: 0, id }
+    }
+}
+
+fn trace() -> bool {
+    std::env::var_os("SIM_TRACE").is_some()
+}
+
+impl ShardStorage for SimStorage {
+    async fn append(&mut self, batch: EntryBatch) -> Result<AppendTicket, WalError> {
+        self.submitted += 1;
+        let ticket = AppendTicket {
+            sequence: self.submitted,
+            first_index: batch.first_index(),
+            last_index: batch.last_index(),
+            last_term: batch.last_term(),
+        };
+        self.disk.borrow_mut().submit(DiskWrite::Entries { batch, sequence: self.submitted });
+        Ok(ticket)
+    }
+
+    fn durable_sequence(&self) -> u64 {
+        self.disk.borrow().durable_sequence
+    }
+
+    async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        self.disk.borrow_mut().save_hard_state_sync(hard_state);
+        Ok(())
+    }
+
+    fn save_commit(&mut self, hard_state: HardState) {
+        self.disk.borrow_mut().save_hard_state_lazily(hard_state);
+    }
+
+    /// The shard awaits the store, ordered behind earlier appends: the whole
+    /// queue completes.
+    async fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+        if trace() {
+            eprintln!("node {} installs snapshot {}/{} of {} bytes", self.id, meta.index, meta.term, data.len());
+        }
+        let mut disk = self.disk.borrow_mut();
+        disk.submit(DiskWrite::Snapshot { meta, data, local: false });
+        disk.complete(usize::MAX);
+        Ok(())
+    }
+
+    fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>) {
+        let mut out = BytesMut::new();
+        image.serialize_into(&mut out);
+        let data = out.freeze();
+        if trace() {
+            eprintln!(
+                "node {} takes snapshot {}/{}: {} bytes, crc {:08x}",
+                self.id,
+                meta.index,
+                meta.term,
+                data.len(),
+                crc32c::crc32c(&data)
+            );
+        }
+        self.disk.borrow_mut().submit(DiskWrite::Snapshot { meta, data, local: true });
+    }
+
+    fn compact(&mut self, index: Index) {
+        self.disk.borrow_mut().durable.compact(index).expect("compaction stays below the stored snapshot");
+    }
+}
+
+/// A stored local snapshot, as the shard hears of it.
+pub fn stored(done: SnapshotStored) -> StoredSnapshot {
+    StoredSnapshot { meta: done.meta, data: done.data, serialize_time: Duration::ZERO }
 }

@@ -1,61 +1,28 @@
-//! One simulated replica: the real engine and the real node-side state
-//! machine (`NodeStateMachine<KvStateMachine>`), driven the way
-//! `node::shard::Shard` drives them, over a [`SimDisk`].
+//! One simulated replica: the node's real shard driver (`node::shard::Shard`)
+//! with the real key-value state machine, over a simulated disk
+//! ([`SimStorage`]), network and clock. This file holds only the fakes the
+//! driver runs on and the fault injection (crash, restart); everything the
+//! node does with a `Ready` is the node's own code.
 
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use engine::config::Rng;
-use engine::raft::ReadMode;
-use engine::{
-    Config, Entry, EntryKind, Index, Message, NodeId, ProposeError, Raft, Role, SnapshotMeta, StateMachine, Term,
-    NODE_NONE,
-};
-use node::replicated::{NodeStateMachine, SetAddresses};
-use node::session::{encode_envelope, Envelope, Reply, CLIENT_ID_NONE};
-use node::{KvOp, KvResponse, KvStateMachine};
+use engine::{Config, Entry, Message, NodeId, Role};
+use net::{ClientRequest, ReadConsistency, ResponseStatus};
+use node::replicated::Addresses;
+use node::shard::{Clock, RecoveredShard, Shard, ShardContext, ShardTransport};
+use node::KvStateMachine;
 
-use super::disk::{Completion, DiskWrite, SimDisk};
+use super::disk::{stored, SimDisk, SimStorage};
 
-/// A client request as the node receives it.
-#[derive(Clone, Debug)]
-pub struct Request {
-    /// The client's operation number and attempt, echoed in the response.
-    pub operation: u64,
-    pub attempt: u32,
-    pub body: RequestBody,
-}
-
-#[derive(Clone, Debug)]
-pub enum RequestBody {
-    /// A write in the client's session.
-    Write { client_id: u64, sequence: u64, op: KvOp },
-    /// A linearizable read of one key.
-    Read { key: Bytes, mode: ReadMode },
-}
-
-/// The node's answer.
-#[derive(Clone, Debug)]
-pub struct Response {
-    pub operation: u64,
-    pub attempt: u32,
-    pub status: Status,
-}
-
-#[derive(Clone, Debug)]
-pub enum Status {
-    /// Applied (a write, possibly earlier for a retry) or read.
-    Applied(KvResponse),
-    /// Not the leader, or leadership was lost before the outcome was known:
-    /// the outcome of a write is unknown, retry with the same sequence.
-    NotLeader { leader: Option<NodeId> },
-    /// The leader refused for now (busy, leadership transfer).
-    Busy,
-    /// The session layer refused: a bug for a well-behaved client.
-    Rejected(Reply),
-}
-
-/// Who waits for an answer.
+/// Who waits for an answer: a client, and which attempt of which of its
+/// operations.
 #[derive(Clone, Copy, Debug)]
 pub struct Waiter {
     pub client: usize,
@@ -63,456 +30,286 @@ pub struct Waiter {
     pub attempt: u32,
 }
 
-/// A replica. After a crash only `disk.durable` and the configuration
-/// survive; [`SimNode::restart`] rebuilds everything else from them.
+/// A client request as it travels to a node.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub waiter: Waiter,
+    pub request: ClientRequest,
+}
+
+/// A node's answer as it travels to a client.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub waiter: Waiter,
+    pub status: ResponseStatus,
+}
+
+/// What the driver sent since the world last collected it.
+#[derive(Default)]
+pub struct Outbox {
+    pub messages: Vec<Message>,
+    pub responses: Vec<Response>,
+}
+
+/// The driver's transport: everything goes to the outbox, and the world
+/// puts it on the simulated network.
+pub struct SimTransport {
+    outbox: Rc<RefCell<Outbox>>,
+}
+
+impl ShardTransport for SimTransport {
+    type Reply = Waiter;
+
+    fn send(&mut self, message: Message) {
+        self.outbox.borrow_mut().messages.push(message);
+    }
+
+    fn reply(&mut self, waiter: Waiter, status: ResponseStatus) {
+        self.outbox.borrow_mut().responses.push(Response { waiter, status });
+    }
+
+    fn member_addresses(&mut self, _: NodeId, _: &Addresses) {}
+}
+
+/// The driver's clock: the world's time, one unit a millisecond.
+pub struct SimClock {
+    base: Instant,
+    now: Rc<Cell<u64>>,
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.now.get())
+    }
+}
+
+pub type SimShard = Shard<KvStateMachine, SimStorage, SimTransport, SimClock>;
+
+/// Runs a future of the driver to completion. The simulated storage never
+/// makes the driver wait, so one poll finishes it.
+pub fn run_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the simulated storage never makes the driver wait"),
+    }
+}
+
+/// A replica. After a crash only the disk's durable state and the
+/// configuration survive; [`SimNode::restart`] rebuilds the driver from them.
 pub struct SimNode {
     pub id: NodeId,
     pub config: Config,
     pub up: bool,
-    pub raft: Raft,
-    pub fsm: NodeStateMachine<KvStateMachine>,
-    pub disk: SimDisk,
-    /// The latest durable local snapshot, served to followers in chunks.
-    snapshot: Option<(SnapshotMeta, Bytes)>,
-    snapshot_pending: bool,
-    incoming_snapshot: BytesMut,
-    writes: HashMap<Index, (Term, Waiter)>,
-    reads: HashMap<u64, (Bytes, Waiter)>,
-    reads_waiting: Vec<(Index, u64)>,
-    next_read_context: u64,
-    announced_term: Term,
-    /// Durability reports waiting for the next durability point.
-    completions: Vec<Completion>,
+    /// The driver; after a crash, the dead process's (its engine is still
+    /// checked against the others, as it was at the crash).
+    pub shard: SimShard,
+    pub disk: Rc<RefCell<SimDisk>>,
+    outbox: Rc<RefCell<Outbox>>,
+    clock: Rc<Cell<u64>>,
+    base: Instant,
+    /// The node's `--forward-writes`.
+    pub forward_writes: bool,
     /// Entries applied since the observer last looked, for state machine
     /// safety; and the index the next applied entry must have.
     pub applied_unchecked: Vec<Entry>,
-    pub apply_next: Index,
+    apply_next: engine::Index,
+    /// Snapshots installed by the current driver when the observer last
+    /// looked (an install moves the next applied index).
+    installs_seen: u64,
     /// Incremented whenever the state machine is replaced wholesale (restart,
-    /// snapshot install), so the observer restarts its contiguity check.
+    /// snapshot install).
     pub generation: u64,
-    /// Snapshots received from a leader and installed, over all restarts.
-    pub snapshots_installed: u64,
-    /// The node's `--forward-writes`: a follower sends session writes to the
-    /// leader (`Raft::forward_proposal`) instead of redirecting the client.
-    pub forward_writes: bool,
-    /// Forwarded writes waiting to be applied here, by (client id,
-    /// sequence), all forwarded in `forwarded_term`.
-    forwarded: HashMap<(u64, u64), Waiter>,
-    forwarded_term: Term,
-    /// Forwarded writes answered when applied, over all restarts.
-    pub forwarded_answered: u64,
+    /// Snapshots received from a leader and installed, and forwarded writes
+    /// answered when applied, by the drivers that ended (crashes).
+    snapshots_installed_before: u64,
+    forwarded_answered_before: u64,
 }
 
-/// Everything a `process_ready` produced for the outside world.
-#[derive(Default)]
-pub struct Output {
-    pub messages: Vec<Message>,
-    pub responses: Vec<(Waiter, Status)>,
+fn shard_context(id: NodeId, forward_writes: bool) -> ShardContext {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+    ShardContext {
+        shard_id: 0,
+        node_id: id,
+        core: 0,
+        peer_addr: SocketAddr::new(ip, 10_000 + id as u16),
+        client_addr: SocketAddr::new(ip, 20_000 + id as u16),
+        read_consistency_default: ReadConsistency::Linearizable,
+        forward_writes,
+        command_bytes_max: 1 << 20,
+    }
 }
 
 impl SimNode {
-    pub fn new(config: Config) -> SimNode {
-        SimNode::recover(config, SimDisk::default(), 0)
-    }
-
-    fn recover(config: Config, disk: SimDisk, generation: u64) -> SimNode {
-        let mut fsm = NodeStateMachine::new(KvStateMachine::default());
-        let mut snapshot = None;
-        let snapshot_meta = disk.durable.snapshot_meta().clone();
-        if snapshot_meta.index > 0 {
-            let data = disk.durable.snapshot_data().clone();
-            fsm.restore(&data).expect("a stored snapshot restores");
-            snapshot = Some((snapshot_meta, data));
-        }
-        let mut raft = Raft::new(config.clone(), disk.durable.recovered()).expect("valid simulation config");
-        if let Some((meta, data)) = &snapshot {
-            raft.snapshot_created(meta.clone(), data.len() as u64);
-        }
-        let apply_next = raft.applied() + 1;
+    pub fn new(config: Config, clock: Rc<Cell<u64>>, base: Instant, forward_writes: bool) -> SimNode {
+        let disk = Rc::new(RefCell::new(SimDisk::default()));
+        let outbox = Rc::new(RefCell::new(Outbox::default()));
+        let shard = SimNode::open(&config, &disk, &outbox, &clock, base, forward_writes);
         SimNode {
             id: config.id,
             config,
             up: true,
-            raft,
-            fsm,
+            shard,
             disk,
-            snapshot,
-            snapshot_pending: false,
-            incoming_snapshot: BytesMut::new(),
-            writes: HashMap::new(),
-            reads: HashMap::new(),
-            reads_waiting: Vec::new(),
-            next_read_context: 1,
-            announced_term: 0,
-            completions: Vec::new(),
+            outbox,
+            clock,
+            base,
+            forward_writes,
             applied_unchecked: Vec::new(),
-            apply_next,
-            generation,
-            snapshots_installed: 0,
-            forward_writes: false,
-            forwarded: HashMap::new(),
-            forwarded_term: 0,
-            forwarded_answered: 0,
+            apply_next: 1,
+            installs_seen: 0,
+            generation: 0,
+            snapshots_installed_before: 0,
+            forwarded_answered_before: 0,
         }
+    }
+
+    /// A driver over what the disk holds durably, as the node's start does.
+    fn open(
+        config: &Config,
+        disk: &Rc<RefCell<SimDisk>>,
+        outbox: &Rc<RefCell<Outbox>>,
+        clock: &Rc<Cell<u64>>,
+        base: Instant,
+        forward_writes: bool,
+    ) -> SimShard {
+        let (recovered, snapshot) = {
+            let disk = disk.borrow();
+            let meta = disk.durable.snapshot_meta().clone();
+            let snapshot = (meta.index > 0).then(|| (meta, disk.durable.snapshot_data().clone()));
+            (disk.durable.recovered(), snapshot)
+        };
+        let mut shard = Shard::new(
+            shard_context(config.id, forward_writes),
+            config.clone(),
+            RecoveredShard { recovered, snapshot },
+            KvStateMachine::default(),
+            SimStorage::new(disk.clone(), config.id),
+            SimTransport { outbox: outbox.clone() },
+            SimClock { base, now: clock.clone() },
+        )
+        .expect("a simulated disk always recovers");
+        shard.trace_applied();
+        shard
     }
 
     /// The process dies: memory is lost, the disk keeps what was durable
     /// (and maybe a torn prefix of what was not).
     pub fn crash(&mut self, rng: &mut Rng) {
         self.up = false;
-        self.disk.crash(rng);
+        self.disk.borrow_mut().crash(rng);
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.messages.clear();
+        outbox.responses.clear();
     }
 
     /// The process starts again from its disk.
     pub fn restart(&mut self) {
         if std::env::var_os("SIM_TRACE").is_some() {
-            let durable = &self.disk.durable;
-            let hard_state = durable.hard_state();
+            let disk = self.disk.borrow();
+            let durable = &disk.durable;
             eprintln!(
-                "restart node {}: durable hard state {:?}, log {}..={} (terms at the end: {:?}), snapshot {}",
+                "restart node {}: durable hard state {:?}, log {}..={}, snapshot {}",
                 self.id,
-                hard_state,
+                durable.hard_state(),
                 durable.first_index(),
                 durable.last_index(),
-                (durable.last_index().saturating_sub(3).max(durable.first_index())..=durable.last_index())
-                    .map(|index| (index, durable.term(index).ok()))
-                    .collect::<Vec<_>>(),
                 durable.snapshot_meta().index
             );
         }
-        let disk = std::mem::take(&mut self.disk);
-        let (installed, forward_writes, answered) =
-            (self.snapshots_installed, self.forward_writes, self.forwarded_answered);
-        *self = SimNode::recover(self.config.clone(), disk, self.generation + 1);
-        self.snapshots_installed = installed;
-        self.forward_writes = forward_writes;
-        self.forwarded_answered = answered;
+        self.snapshots_installed_before += self.shard.stats().snapshots_installed;
+        self.forwarded_answered_before += self.shard.stats().forwarded_answered;
+        self.shard = SimNode::open(&self.config, &self.disk, &self.outbox, &self.clock, self.base, self.forward_writes);
+        self.up = true;
+        self.generation += 1;
+        self.installs_seen = 0;
+        self.apply_next = self.shard.applied() + 1;
     }
 
     /// The disk finishes up to `count` queued writes; the lazy hard state
     /// lands when `hard_state` is set.
     pub fn disk_progress(&mut self, count: usize, hard_state: bool) {
+        let mut disk = self.disk.borrow_mut();
         if hard_state {
-            self.disk.finish_lazy_hard_state();
+            disk.finish_lazy_hard_state();
         }
-        let done = self.disk.complete(count);
-        self.completions.extend(done);
-    }
-
-    /// The shard's `on_durable`: report durability to the engine, release
-    /// the messages that waited for it, report stored snapshots.
-    fn on_durable(&mut self, output: &mut Output) {
-        let mut last = None;
-        for completion in std::mem::take(&mut self.completions) {
-            match completion {
-                Completion::Persisted { last: persisted, messages } => {
-                    if persisted.is_some() {
-                        last = persisted;
-                    }
-                    output.messages.extend(messages);
-                }
-                Completion::SnapshotStored { meta, data } => {
-                    self.raft.snapshot_created(meta.clone(), data.len() as u64);
-                    self.snapshot = Some((meta, data));
-                    self.snapshot_pending = false;
-                }
-            }
-        }
-        if let Some((index, term)) = last {
-            self.raft.persisted(index, term);
-        }
-    }
-
-    fn leader_hint(&self) -> Status {
-        let leader = self.raft.leader();
-        Status::NotLeader { leader: (leader != NODE_NONE).then_some(leader) }
-    }
-
-    fn refusal(&self, error: ProposeError) -> Status {
-        match error {
-            ProposeError::NotLeader { .. } => self.leader_hint(),
-            _ => Status::Busy,
-        }
-    }
-
-    /// A client request arrives.
-    pub fn handle_request(&mut self, client: usize, request: Request, output: &mut Output) {
-        let waiter = Waiter { client, operation: request.operation, attempt: request.attempt };
-        match request.body {
-            RequestBody::Write { client_id, sequence, op } => {
-                let data = encode_envelope(client_id, sequence, &op.encode());
-                if self.forward_writes
-                    && client_id != CLIENT_ID_NONE
-                    && self.raft.role() != Role::Leader
-                    && self.raft.leader() != NODE_NONE
-                {
-                    return self.forward(data, (client_id, sequence), waiter, output);
-                }
-                match self.raft.propose(data) {
-                    Ok((index, term)) => {
-                        self.writes.insert(index, (term, waiter));
-                    }
-                    Err(error) => output.responses.push((waiter, self.refusal(error))),
-                }
-            }
-            RequestBody::Read { key, mode } => {
-                let context = self.next_read_context;
-                self.next_read_context += 1;
-                match self.raft.read_index(context, mode) {
-                    Ok(()) => {
-                        self.reads.insert(context, (KvOp::Get { key }.encode(), waiter));
-                    }
-                    Err(error) => output.responses.push((waiter, self.refusal(error))),
-                }
-            }
-        }
-    }
-
-    /// The shard's `forward`: send the write to the leader and find the
-    /// client again by its session when the entry is applied here. A retry
-    /// of a write still waiting replaces the first wait.
-    fn forward(&mut self, data: Bytes, session: (u64, u64), waiter: Waiter, output: &mut Output) {
-        self.drop_stale_forwards(output);
-        match self.raft.forward_proposal(data) {
-            Ok(()) => {
-                self.forwarded_term = self.raft.term();
-                if let Some(earlier) = self.forwarded.insert(session, waiter) {
-                    output.responses.push((earlier, Status::Busy));
-                }
-            }
-            Err(error) => output.responses.push((waiter, self.refusal(error))),
-        }
-    }
-
-    /// The shard's `drop_stale_forwards`: writes forwarded in an earlier
-    /// term may never be applied; their clients are sent to the leader.
-    fn drop_stale_forwards(&mut self, output: &mut Output) {
-        if self.forwarded.is_empty() || self.forwarded_term == self.raft.term() {
-            return;
-        }
-        let hint = self.leader_hint();
-        for (_, waiter) in self.forwarded.drain() {
-            output.responses.push((waiter, hint.clone()));
-        }
+        disk.complete(count);
     }
 
     /// A Raft message arrives.
     pub fn step(&mut self, message: Message) {
-        let _ = self.raft.step(message);
-        self.raft.check_invariants();
+        self.shard.step(message);
     }
 
-    /// One pass of the shard's loop after an event: durability reports, then
-    /// every Ready.
-    pub fn process(&mut self, output: &mut Output) {
-        self.on_durable(output);
-        while self.raft.has_ready() {
-            let mut ready = self.raft.ready();
-            if let Some(soft) = ready.soft_state {
-                self.on_role_change(soft.role, output);
-                self.drop_stale_forwards(output);
-            }
-            for write in std::mem::take(&mut ready.snapshot_writes) {
-                if write.offset == 0 {
-                    self.incoming_snapshot.clear();
-                }
-                if std::env::var_os("SIM_TRACE").is_some() {
-                    eprintln!(
-                        "node {} receives snapshot {}/{} chunk at {} of {} bytes (crc {:08x}), done={}",
-                        self.id,
-                        write.meta.index,
-                        write.meta.term,
-                        write.offset,
-                        write.data.len(),
-                        crc32c::crc32c(&write.data),
-                        write.done
-                    );
-                }
-                assert_eq!(write.offset as usize, self.incoming_snapshot.len(), "snapshot chunks arrive in order");
-                self.incoming_snapshot.extend_from_slice(&write.data);
-            }
-            if let Some(meta) = ready.snapshot_install.take() {
-                // The shard awaits the store (ordered behind earlier appends).
-                let data = self.incoming_snapshot.split().freeze();
-                if std::env::var_os("SIM_TRACE").is_some() {
-                    eprintln!(
-                        "node {} installs snapshot {}/{} of {} bytes",
-                        self.id,
-                        meta.index,
-                        meta.term,
-                        data.len()
-                    );
-                }
-                self.disk.submit(DiskWrite::Snapshot { meta: meta.clone(), data: data.clone(), local: false });
-                let done = self.disk.complete(usize::MAX);
-                self.completions.extend(done);
-                self.fsm.restore(&data).expect("a received snapshot restores");
-                self.snapshot = Some((meta.clone(), data));
-                self.generation += 1;
-                self.snapshots_installed += 1;
-                self.apply_next = meta.index + 1;
-            }
-            let entries = std::mem::take(&mut ready.entries);
-            let last = entries.last().map(|batch| (batch.last_index(), batch.last_term()));
-            let had_entries = !entries.is_empty();
-            if had_entries {
-                self.disk.submit(DiskWrite::Entries { batches: entries, last, messages: Vec::new() });
-            }
-            if let Some(hard_state) = ready.hard_state {
-                if ready.hard_state_must_sync {
-                    self.disk.save_hard_state_sync(hard_state);
-                } else {
-                    self.disk.save_hard_state_lazily(hard_state);
-                }
-            }
-            output.messages.extend(std::mem::take(&mut ready.messages));
-            let waiting = std::mem::take(&mut ready.messages_after_persist);
-            if !waiting.is_empty() {
-                if self.disk.has_pending_entries() {
-                    self.disk.attach_messages(waiting);
-                } else {
-                    output.messages.extend(waiting);
-                }
-            }
-            for entry in std::mem::take(&mut ready.committed_entries) {
-                self.apply(entry, output);
-            }
-            for read in std::mem::take(&mut ready.read_states) {
-                self.reads_waiting.push((read.index, read.context));
-            }
-            for context in std::mem::take(&mut ready.dropped_reads) {
-                if let Some((_, waiter)) = self.reads.remove(&context) {
-                    output.responses.push((waiter, self.leader_hint()));
-                }
-            }
-            let snapshot_due = ready.snapshot_due;
-            let snapshot_reads = std::mem::take(&mut ready.snapshot_reads);
-            let compact_to = ready.compact_to;
-            self.raft.advance(ready);
-            if snapshot_due && !self.snapshot_pending {
-                self.take_snapshot();
-            }
-            for read in snapshot_reads {
-                match &self.snapshot {
-                    Some((meta, data)) if meta.index == read.index => {
-                        if std::env::var_os("SIM_TRACE").is_some() {
-                            eprintln!(
-                                "node {} reads snapshot {}/{} ({} bytes) at {}+{} for node {}",
-                                self.id,
-                                meta.index,
-                                meta.term,
-                                data.len(),
-                                read.offset,
-                                read.len,
-                                read.to
-                            );
-                        }
-                        let start = (read.offset as usize).min(data.len());
-                        let end = (read.offset + read.len).min(data.len() as u64) as usize;
-                        self.raft.snapshot_chunk(read.to, read.index, read.offset, data.slice(start..end));
-                    }
-                    _ => self.raft.snapshot_unavailable(read.to),
-                }
-            }
-            if let Some(index) = compact_to {
-                self.disk.durable.compact(index).expect("compaction stays below the stored snapshot");
-            }
-            self.serve_reads(output);
-            self.on_durable(output);
-            self.raft.check_invariants();
+    /// A client request arrives.
+    pub fn request(&mut self, request: Request) {
+        let arrived = self.shard_now();
+        self.shard.request(request.request, request.waiter, arrived);
+    }
+
+    fn shard_now(&self) -> Instant {
+        self.base + Duration::from_millis(self.clock.get())
+    }
+
+    /// One tick of the node's timer.
+    pub fn tick(&mut self) {
+        self.shard.tick();
+    }
+
+    /// The driver's pass after events: stored snapshots reported, then
+    /// `process`; returns what it sent.
+    pub fn process(&mut self) -> Outbox {
+        for done in self.disk.borrow_mut().take_stored() {
+            self.shard.snapshot_stored(Ok(stored(done)));
         }
-    }
-
-    fn take_snapshot(&mut self) {
-        let index = self.fsm.applied();
-        let Some(meta) = self.raft.snapshot_meta_at(index) else { return };
-        let data = self.fsm.snapshot();
-        if std::env::var_os("SIM_TRACE").is_some() {
-            eprintln!(
-                "node {} takes snapshot {}/{}: {} bytes, crc {:08x}",
-                self.id,
-                meta.index,
-                meta.term,
-                data.len(),
-                crc32c::crc32c(&data)
-            );
+        if let Err(error) = run_now(self.shard.process()) {
+            panic!("node {}: the shard stopped: {error}", self.id);
         }
-        self.disk.submit(DiskWrite::Snapshot { meta, data, local: true });
-        self.snapshot_pending = true;
+        if let Err(broken) = self.shard.check_invariants() {
+            panic!("node {}: shard invariant broken: {broken}", self.id);
+        }
+        self.collect_applied();
+        std::mem::take(&mut *self.outbox.borrow_mut())
     }
 
-    fn on_role_change(&mut self, role: Role, output: &mut Output) {
-        if role != Role::Leader {
-            let hint = self.leader_hint();
-            for (_, (_, waiter)) in self.writes.drain() {
-                output.responses.push((waiter, hint.clone()));
+    /// Moves the entries the driver applied to `applied_unchecked`, checking
+    /// that they follow each other (or follow an installed snapshot).
+    fn collect_applied(&mut self) {
+        let installs = self.shard.stats().snapshots_installed;
+        if installs != self.installs_seen {
+            self.installs_seen = installs;
+            self.generation += 1;
+            self.apply_next = self.shard.raft().snapshot().index + 1;
+            // Entries applied before the install in this pass are checked
+            // against the others but not for contiguity.
+            let applied = self.shard.take_applied();
+            let after: Vec<&Entry> = applied.iter().filter(|entry| entry.index >= self.apply_next).collect();
+            for entry in after {
+                assert_eq!(entry.index, self.apply_next, "node {} applies out of order", self.id);
+                self.apply_next += 1;
             }
+            self.applied_unchecked.extend(applied);
             return;
         }
-        if self.announced_term != self.raft.term() {
-            self.announced_term = self.raft.term();
-            let set = SetAddresses {
-                id: self.id,
-                peer: Some(format!("sim:{}:peer", self.id)),
-                client: Some(format!("sim:{}:client", self.id)),
-            };
-            let _ = self.raft.propose(set.encode());
-        }
-    }
-
-    fn apply(&mut self, entry: Entry, output: &mut Output) {
-        assert_eq!(entry.index, self.apply_next, "node {} applies out of order", self.id);
-        self.apply_next = entry.index + 1;
-        let index = entry.index;
-        let response = match entry.kind {
-            EntryKind::Normal => Some(self.fsm.apply(index, &entry.data)),
-            EntryKind::Noop | EntryKind::Config => {
-                self.fsm.skip(index);
-                None
-            }
-        };
-        self.fsm.app.sessions().check_invariants().expect("session table invariants");
-        if !self.forwarded.is_empty() && entry.kind == EntryKind::Normal {
-            let session = Envelope::decode(&entry.data).map(|envelope| (envelope.client_id, envelope.sequence));
-            if let Some(waiter) = session.ok().and_then(|session| self.forwarded.remove(&session)) {
-                let response = response.as_ref().expect("a normal entry has a response");
-                output.responses.push((waiter, applied_status(response)));
-                self.forwarded_answered += 1;
-            }
-        }
-        let term = entry.term;
-        self.applied_unchecked.push(entry);
-        let Some((proposed_term, waiter)) = self.writes.remove(&index) else { return };
-        if proposed_term != term {
-            output.responses.push((waiter, self.leader_hint()));
-            return;
-        }
-        let response = response.expect("a client write is a normal entry");
-        output.responses.push((waiter, applied_status(&response)));
-    }
-
-    fn serve_reads(&mut self, output: &mut Output) {
-        if self.reads_waiting.is_empty() {
-            return;
-        }
-        for context in node::shard::take_safe_reads(&mut self.reads_waiting, self.fsm.applied()) {
-            if let Some((query, waiter)) = self.reads.remove(&context) {
-                let answer = self.fsm.query(&query);
-                output.responses.push((waiter, applied_status(&answer)));
-            }
+        for entry in self.shard.take_applied() {
+            assert_eq!(entry.index, self.apply_next, "node {} applies out of order", self.id);
+            self.apply_next = entry.index + 1;
+            self.applied_unchecked.push(entry);
         }
     }
 
     /// Whether this node believes it leads.
     pub fn is_leader(&self) -> bool {
-        self.up && self.raft.role() == Role::Leader
+        self.up && self.shard.raft().role() == Role::Leader
     }
-}
 
-/// The client's status for an encoded [`Reply`] of the state machine.
-fn applied_status(reply: &Bytes) -> Status {
-    match Reply::decode(reply).expect("the state machine's reply decodes") {
-        Reply::Applied(bytes) => Status::Applied(KvResponse::decode(&bytes).expect("a key-value response")),
-        other => Status::Rejected(other),
+    /// Snapshots installed over all restarts.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed_before + self.shard.stats().snapshots_installed
+    }
+
+    /// Forwarded writes answered when applied, over all restarts.
+    pub fn forwarded_answered(&self) -> u64 {
+        self.forwarded_answered_before + self.shard.stats().forwarded_answered
     }
 }

@@ -1,5 +1,6 @@
-//! `node serve`: one pinned io_uring runtime per core, shards assigned to
-//! cores, nothing mutable shared between cores.
+//! The io_uring runtime around the shard drivers: `node serve` runs one
+//! pinned io_uring runtime per core, shards assigned to cores, nothing
+//! mutable shared between cores.
 //!
 //! Core `k` listens on the peer and client ports plus `1000 * k`, and talks to core
 //! `k` of the other nodes; shard `s` lives on core `s % cores`. Every node of
@@ -7,7 +8,6 @@
 //! min(shards, available CPUs)). A client request that arrives on the wrong
 //! core is forwarded over a bounded channel to the core that owns its shard.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,23 +18,22 @@ use std::time::{Duration, Instant};
 
 use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, ResponseStatus};
 use tokio::sync::{mpsc, oneshot};
+use wal::LogStore;
 
 use crate::config::ServeConfig;
 use crate::discovery::{self, Peer};
 use crate::fsm::QueryStateMachine;
-use crate::shard::{Peers, Replier, Shard, ShardContext, ShardEvent, SHARD_INBOX_MAX};
-use crate::stats::ShardStats;
+use crate::shard::{RecoveredShard, Shard, ShardContext, SystemClock};
+use crate::topology::{core_addr, CORE_PORT_STRIDE};
+use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
+use peers::{Peers, Replier, TcpTransport};
+use storage::LogStorage;
+use threads::{pin_to_cpu, start_runtime};
 
-/// Core `k` listens on the configured peer and client ports plus
-/// `k * CORE_PORT_STRIDE`, far enough apart that the ports of nodes placed on
-/// neighbouring ports (as `node dev` does) never collide.
-pub const CORE_PORT_STRIDE: u16 = 1000;
-
-/// The address core `core` uses for `base`, or `None` past the last port.
-pub fn core_addr(base: SocketAddr, core: u16) -> Option<SocketAddr> {
-    let port = core.checked_mul(CORE_PORT_STRIDE).and_then(|offset| base.port().checked_add(offset))?;
-    Some(SocketAddr::new(base.ip(), port))
-}
+pub mod driver;
+pub mod peers;
+pub mod storage;
+pub mod threads;
 
 /// Requests forwarded between cores, at most, per core.
 const FORWARD_QUEUE_MAX: usize = 4096;
@@ -173,62 +172,6 @@ fn probe_port(addr: SocketAddr) -> Result<(), ServeError> {
 /// How long a port conflict at start is retried.
 const PORT_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs `future` on a new io_uring runtime on this thread, as every core
-/// of the node (and the bench's workers) does. The ring is set up with
-/// `IORING_SETUP_COOP_TASKRUN`: a completion from an io-wq worker (every WAL
-/// write) then no longer interrupts the running thread with
-/// an inter-processor interrupt; its task work runs at the thread's next
-/// system call, and a sleeping thread is still woken at once. Measured at
-/// 256 in flight: +5% throughput (and 1 in flight no slower). Kernels
-/// before 5.19 lack the flag and get a plain ring.
-pub fn start_runtime<F: std::future::Future>(future: F) -> F::Output {
-    static COOP_TASKRUN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let coop = *COOP_TASKRUN.get_or_init(|| tokio_uring::uring_builder().setup_coop_taskrun().build(8).is_ok());
-    let mut ring = tokio_uring::uring_builder();
-    if coop {
-        ring.setup_coop_taskrun();
-    }
-    tokio_uring::builder().uring_builder(&ring).start(future)
-}
-
-/// Lets the calling thread run on any CPU the process may use: a helper
-/// thread started by a pinned runtime thread would otherwise share its core.
-pub(crate) fn unpin_thread() {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it and
-    // sched_setaffinity only reads it. The kernel keeps the CPUs of the set
-    // the process may use.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::debug!("could not widen a helper thread's CPU set; it stays where it was started");
-        }
-    }
-}
-
-/// Gives the calling thread a lower scheduling priority (nice 10), for
-/// background work that must not take CPU time from the shard drivers.
-pub(crate) fn lower_thread_priority() {
-    // SAFETY: plain syscall; on Linux PRIO_PROCESS with 0 names the calling
-    // thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
-        tracing::debug!("could not lower a helper thread's priority");
-    }
-}
-
-fn pin_to_cpu(core: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core % libc::CPU_SETSIZE as usize, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::warn!(core, "could not pin the thread to its CPU; continuing unpinned");
-        }
-    }
-}
-
 fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     let fail = |reason: String| ServeError::DataDir { path: dir.display().to_string(), reason };
     std::fs::create_dir_all(dir).map_err(|error| fail(format!("cannot create it: {error}")))?;
@@ -301,16 +244,30 @@ where
             core: offset,
             peer_addr: config.peer_addr,
             client_addr: config.client_addr,
-            tick_interval: config.timing.tick_interval,
             read_consistency_default: config.read_consistency,
             forward_writes: config.forward_writes,
             command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
-            shutdown: shutdown.clone(),
         };
-        let stats = Rc::new(RefCell::new(ShardStats::default()));
-        let shard =
-            Shard::open(ctx, wal_config, engine_config, make_app(shard_id), peers.clone(), receiver, stats).await?;
-        tasks.push(tokio_uring::spawn(shard.run()));
+        let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
+        let (wal, recovered) = wal::Wal::open(wal_config).await.map_err(fail)?;
+        let snapshot = match recovered.snapshot {
+            Some(_) => wal.load_snapshot().await.map_err(fail)?,
+            None => None,
+        };
+        let (snapshot_sender, snapshot_receiver) = mpsc::unbounded_channel();
+        let storage = LogStorage::new(Rc::new(wal), shard_id, snapshot_sender);
+        let transport = TcpTransport { shard_id, peers: peers.clone() };
+        let shard = Shard::new(
+            ctx,
+            engine_config,
+            RecoveredShard { recovered, snapshot },
+            make_app(shard_id),
+            storage,
+            transport,
+            SystemClock,
+        )?;
+        let tick = config.timing.tick_interval;
+        tasks.push(tokio_uring::spawn(run_shard(shard, receiver, snapshot_receiver, tick, shutdown.clone())));
     }
     tracing::info!(core, shards = ?inboxes.keys().collect::<Vec<_>>(), "core serving");
     let mut ticker = tokio::time::interval(Duration::from_millis(50));

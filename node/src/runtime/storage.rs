@@ -1,0 +1,151 @@
+//! [`LogStorage`]: the shard driver's storage seam over any
+//! `wal::LogStore` (the io_uring WAL, or the in-memory `MemLog`), on a
+//! tokio-uring runtime. Background work (the commit-only hard state, local
+//! snapshots, compaction) runs in tasks of the shard's core; a snapshot is
+//! serialized on a helper thread so that the core keeps applying.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use engine::{EntryBatch, HardState, Index, SnapshotImage, SnapshotMeta};
+use tokio::sync::{mpsc, oneshot};
+use wal::{AppendTicket, LogStore, WalError};
+
+use crate::shard::{ShardStorage, StoredSnapshot};
+
+/// The outcome of a local snapshot, sent back to the shard's driver loop.
+pub type SnapshotDone = Result<StoredSnapshot, WalError>;
+
+/// A [`ShardStorage`] over a shared log store.
+pub struct LogStorage<L> {
+    log: Rc<L>,
+    shard: u32,
+    /// Where local snapshots report back (the driver loop hands the result
+    /// to `Shard::snapshot_stored`).
+    snapshot_done: mpsc::UnboundedSender<SnapshotDone>,
+    /// A commit-only hard state save is in flight.
+    commit_saving: Rc<Cell<bool>>,
+    /// The newest commit-only hard state waiting for the one in flight.
+    commit_next: Rc<RefCell<Option<HardState>>>,
+}
+
+impl<L: LogStore + 'static> LogStorage<L> {
+    pub fn new(log: Rc<L>, shard: u32, snapshot_done: mpsc::UnboundedSender<SnapshotDone>) -> LogStorage<L> {
+        LogStorage {
+            log,
+            shard,
+            snapshot_done,
+            commit_saving: Rc::new(Cell::new(false)),
+            commit_next: Rc::new(RefCell::new(None)),
+        }
+    }
+
+    /// The log store, for the driver loop's durability waits and shutdown.
+    pub fn log(&self) -> &Rc<L> {
+        &self.log
+    }
+}
+
+impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
+    async fn append(&mut self, batch: EntryBatch) -> Result<AppendTicket, WalError> {
+        loop {
+            match self.log.append(batch.clone()) {
+                Err(WalError::QueueFull { .. }) => {
+                    // Back-pressure: wait for the oldest write, then retry.
+                    let oldest = self.log.durable_sequence() + 1;
+                    self.log.wait_durable(oldest).await?;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn durable_sequence(&self) -> u64 {
+        self.log.durable_sequence()
+    }
+
+    async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        self.log.save_hard_state(hard_state).await
+    }
+
+    fn save_commit(&mut self, hard_state: HardState) {
+        if self.commit_saving.get() {
+            *self.commit_next.borrow_mut() = Some(hard_state);
+            return;
+        }
+        self.commit_saving.set(true);
+        let (log, saving, next, shard) =
+            (self.log.clone(), self.commit_saving.clone(), self.commit_next.clone(), self.shard);
+        tokio_uring::spawn(async move {
+            let mut hard_state = hard_state;
+            loop {
+                if let Err(error) = log.save_commit(hard_state).await {
+                    tracing::error!(shard, %error, "saving the hard state failed");
+                }
+                let Some(newer) = next.borrow_mut().take() else { break };
+                hard_state = newer;
+            }
+            saving.set(false);
+        });
+    }
+
+    async fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+        self.log.save_snapshot(meta, data).await
+    }
+
+    fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>) {
+        let serialized = serialize_in_background(image);
+        let (log, done) = (self.log.clone(), self.snapshot_done.clone());
+        // Storing waits for queued appends; it runs off the driver's path and
+        // is reported once durable.
+        tokio_uring::spawn(async move {
+            let result = match serialized.await {
+                Ok((data, serialize_time)) => log
+                    .save_snapshot(meta.clone(), data.clone())
+                    .await
+                    .map(|()| StoredSnapshot { meta, data, serialize_time }),
+                Err(_) => Err(WalError::Io {
+                    op: "serializing a snapshot of",
+                    path: Default::default(),
+                    source: std::sync::Arc::new(std::io::Error::other("the snapshot thread failed")),
+                }),
+            };
+            let _ = done.send(result);
+        });
+    }
+
+    fn compact(&mut self, index: Index) {
+        // Removing segment files and syncing the directory takes tens of
+        // milliseconds: in the background. A failure stops the log, and the
+        // next append reports it.
+        let (log, shard) = (self.log.clone(), self.shard);
+        tokio_uring::spawn(async move {
+            if let Err(error) = log.compact(index).await {
+                tracing::error!(shard, %error, "compacting the log failed");
+            }
+        });
+    }
+}
+
+/// Serializes a snapshot image on a thread of its own, allowed on every CPU
+/// (a thread inherits its creator's pinning, and the driver's core is the
+/// one that should not carry this work) and at a lower priority than the
+/// drivers, and hands back the bytes with the time it took.
+fn serialize_in_background(image: Box<dyn SnapshotImage>) -> oneshot::Receiver<(Bytes, std::time::Duration)> {
+    let (sender, receiver) = oneshot::channel();
+    let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+        super::threads::unpin_thread();
+        super::threads::lower_thread_priority();
+        let started = Instant::now();
+        let mut out = BytesMut::new();
+        image.serialize_into(&mut out);
+        let _ = sender.send((out.freeze(), started.elapsed()));
+    });
+    if let Err(error) = spawned {
+        // The sender went with the closure: the receiver reports the failure.
+        tracing::error!(%error, "could not start a snapshot thread");
+    }
+    receiver
+}

@@ -1,0 +1,107 @@
+//! What a shard's driver needs from the world, as three small seams: the
+//! durable log ([`ShardStorage`]), the network and the clients
+//! ([`ShardTransport`]), and time ([`Clock`]).
+//!
+//! The io_uring runtime implements them over the WAL and TCP
+//! (`crate::runtime`); the deterministic simulator in `tests/` implements
+//! them over a simulated disk, network and clock. The driver decides *what*
+//! happens and in which order (persist before send, snapshot before the
+//! entries after it, durability reported in order); an implementation only
+//! carries it out. That is what lets the simulator test the order the node
+//! really uses.
+//!
+//! Every method returns at once except the three `async` ones, which the
+//! driver awaits before it does anything else, exactly as their contract
+//! requires: an append that must wait for room in the log's queue, a hard
+//! state whose term or vote changed (it must be durable before any message
+//! that depends on it leaves), and a snapshot received from the leader
+//! (stored in the append order before the entries that follow it). An
+//! implementation whose operations complete at once (the simulator's, the
+//! in-memory store's) returns futures that are ready on their first poll.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::{EntryBatch, HardState, Index, Message, NodeId, SnapshotImage, SnapshotMeta};
+use net::ResponseStatus;
+use wal::{AppendTicket, WalError};
+
+use crate::replicated::Addresses;
+
+/// The durable log of one shard, as its driver uses it. Durability is
+/// reported strictly in submission order (see `wal::LogStore`).
+#[allow(async_fn_in_trait)] // Single-threaded by design: no `Send` bound wanted.
+pub trait ShardStorage {
+    /// Queues `batch` for a durable append and returns its ticket; waits only
+    /// while the log's queue is full (back-pressure), never for durability.
+    async fn append(&mut self, batch: EntryBatch) -> Result<AppendTicket, WalError>;
+
+    /// The sequence of the last durable append (0 before any).
+    fn durable_sequence(&self) -> u64;
+
+    /// Durably replaces the hard state; resolves once it is synced.
+    async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError>;
+
+    /// Saves a hard state that differs from the durable one only in its
+    /// commit index, in the background and without `fdatasync`: after a
+    /// crash the node may find an older commit index (a hint the leader
+    /// repeats). An implementation keeps at most one such save in flight and
+    /// drops all but the newest waiting one.
+    fn save_commit(&mut self, hard_state: HardState);
+
+    /// Durably stores a snapshot received from the leader, replacing the log
+    /// as `wal::LogStore::save_snapshot` describes; resolves once stored.
+    async fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError>;
+
+    /// Serializes a captured local snapshot and stores it, in the background
+    /// (serializing a large state takes tens of milliseconds). The outcome
+    /// must come back through [`crate::shard::Shard::snapshot_stored`].
+    fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>);
+
+    /// Frees log space up to `index` (covered by the stored snapshot), in the
+    /// background. A failure stops the log; the next append reports it.
+    fn compact(&mut self, index: Index);
+}
+
+/// A local snapshot serialized and stored by [`ShardStorage::store_snapshot`].
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+    /// How long serializing the image took (a latency stage).
+    pub serialize_time: Duration,
+}
+
+/// Peers and clients, as a shard's driver reaches them.
+pub trait ShardTransport {
+    /// Where an answer to a client goes (a connection, a request forwarded
+    /// from another core, a simulated client).
+    type Reply;
+
+    /// Sends a Raft message of this shard to `message.to`. Delivery is best
+    /// effort: a full queue or a down link drops it, and Raft resends.
+    fn send(&mut self, message: Message);
+
+    /// Answers a client. Must never drop the answer silently while the
+    /// client is connected.
+    fn reply(&mut self, to: Self::Reply, status: ResponseStatus);
+
+    /// The replicated address book learned where member `id` is: make sure
+    /// its Raft traffic can reach it.
+    fn member_addresses(&mut self, id: NodeId, addresses: &Addresses);
+}
+
+/// The driver's only source of time: latencies, request timeouts and the
+/// periodic sweeps read it. Engine time is logical (`Raft::tick`).
+pub trait Clock {
+    fn now(&self) -> Instant;
+}
+
+/// The operating system's monotonic clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}

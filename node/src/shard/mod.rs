@@ -1,0 +1,278 @@
+//! The driver of one shard: the one place outside the engine that turns the
+//! engine's `Ready` into disk writes, messages, applies and answers.
+//!
+//! [`Shard`] is deterministic and generic over its storage, transport and
+//! clock ([`io`]). The io_uring runtime (`crate::runtime`) runs it over the
+//! WAL and TCP; the simulator in `tests/` runs the same code over a
+//! simulated disk, network and clock, so what the simulator checks is what
+//! users run.
+//!
+//! The shell feeds it events ([`Shard::step`], [`Shard::request`],
+//! [`Shard::tick`], [`Shard::snapshot_stored`]) and then awaits
+//! [`Shard::process`], which reports durability to the engine and executes
+//! every `Ready`. For each `Ready` the driver, in this order: installs a
+//! received snapshot; hands the entry batches to storage without waiting for
+//! them; syncs the hard state when the term or vote changed; sends the
+//! messages that may leave at once (the leader's appends: its own disk write
+//! runs in parallel with replication); queues the messages that must wait
+//! until storage reports this Ready's writes durable; applies committed
+//! entries and answers the clients waiting for them; serves reads that
+//! became safe; takes a snapshot when the engine asks; and hands the Ready
+//! back. Durability reports (strictly in order) release the waiting messages
+//! and tell the engine, which then counts the leader's own log in the commit
+//! quorum.
+//!
+//! The code is split by concern: [`requests`] (client writes, reads, admin,
+//! forwarding, timeouts), [`ready`] (Ready execution and durability),
+//! [`snapshots`] (taking, storing, serving and installing snapshots).
+
+pub mod io;
+mod ready;
+mod requests;
+mod snapshots;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use engine::{Entry, Index, Message, NodeId, Raft, Recovered, SnapshotMeta, StateMachine, Term};
+use net::{ClientRequest, ReadConsistency, ResponseStatus};
+use wal::WalError;
+
+pub use io::{Clock, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
+
+use crate::fsm::QueryStateMachine;
+use crate::replicated::NodeStateMachine;
+use crate::stats::ShardStats;
+use ready::Persistence;
+use requests::Requests;
+use snapshots::Snapshots;
+
+/// A request not answered within this time gets `TimedOut` (a write may
+/// still be applied: the client retries with the same sequence number).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often waiting requests are checked for timeouts.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a shard needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct ShardContext {
+    pub shard_id: u32,
+    pub node_id: NodeId,
+    /// The core the shard runs on: its peers and clients use the node's
+    /// base ports plus `core * CORE_PORT_STRIDE` (see [`crate::topology`]).
+    pub core: u16,
+    /// This node's base peer and client addresses (core 0).
+    pub peer_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    pub read_consistency_default: ReadConsistency,
+    /// Forward session writes that reach a follower to the leader.
+    pub forward_writes: bool,
+    /// Largest command accepted: a batch must fit storage's batch limit.
+    pub command_bytes_max: usize,
+}
+
+/// Why a shard stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {shard}: the write-ahead log failed, the shard stopped: {source}")]
+    Wal { shard: u32, source: WalError },
+    #[error("shard {shard}: the state machine cannot restore a snapshot: {reason}")]
+    Restore { shard: u32, reason: String },
+}
+
+/// What a shard recovers from storage at start: the engine's durable state
+/// and the latest stored snapshot with its bytes.
+pub struct RecoveredShard {
+    pub recovered: Recovered,
+    pub snapshot: Option<(SnapshotMeta, Bytes)>,
+}
+
+/// One shard's driver; see the module documentation.
+pub struct Shard<S, D, T: ShardTransport, C> {
+    ctx: ShardContext,
+    raft: Raft,
+    fsm: NodeStateMachine<S>,
+    storage: D,
+    transport: T,
+    clock: C,
+    /// Clients waiting for writes, forwarded writes and reads.
+    requests: Requests<T::Reply>,
+    /// Appends on their way to the disk and the messages waiting for them.
+    persist: Persistence,
+    snapshots: Snapshots,
+    /// The term in which this node, as leader, last announced its addresses.
+    announced_term: Term,
+    stats: ShardStats,
+    last_sweep: Instant,
+    /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
+    envelope_arena: BytesMut,
+    /// Entries applied since the last [`Shard::take_applied`], when tracing
+    /// is on (the simulator's state machine safety check).
+    applied_trace: Option<Vec<Entry>>,
+}
+
+impl<S, D, T, C> Shard<S, D, T, C>
+where
+    S: QueryStateMachine,
+    D: ShardStorage,
+    T: ShardTransport,
+    C: Clock,
+{
+    /// Rebuilds the engine and the state machine from what storage recovered
+    /// and returns the driver, ready for events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: ShardContext,
+        engine_config: engine::Config,
+        recovered: RecoveredShard,
+        app: S,
+        storage: D,
+        transport: T,
+        clock: C,
+    ) -> Result<Self, ShardError> {
+        let shard = ctx.shard_id;
+        let mut fsm = NodeStateMachine::new(app);
+        if let Some((_, data)) = &recovered.snapshot {
+            fsm.restore(data).map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
+        }
+        let mut raft = Raft::new(engine_config, recovered.recovered)
+            .map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
+        if let Some((meta, data)) = &recovered.snapshot {
+            raft.snapshot_created(meta.clone(), data.len() as u64);
+        }
+        tracing::info!(
+            shard,
+            term = raft.term(),
+            last_index = raft.last_index(),
+            commit = raft.committed(),
+            "shard recovered"
+        );
+        let now = clock.now();
+        Ok(Shard {
+            ctx,
+            raft,
+            fsm,
+            storage,
+            transport,
+            clock,
+            requests: Requests::new(),
+            persist: Persistence::default(),
+            snapshots: Snapshots::new(recovered.snapshot),
+            announced_term: 0,
+            stats: ShardStats::new(now),
+            last_sweep: now,
+            envelope_arena: BytesMut::new(),
+            applied_trace: None,
+        })
+    }
+
+    /// A Raft message from a peer.
+    pub fn step(&mut self, message: Message) {
+        if let Err(ignored) = self.raft.step(message) {
+            tracing::trace!(shard = self.ctx.shard_id, %ignored);
+        }
+    }
+
+    /// A client request; `arrived` is when its connection decoded it (the
+    /// start of its latency stages).
+    pub fn request(&mut self, request: ClientRequest, reply: T::Reply, arrived: Instant) {
+        self.handle_request(request, reply, arrived);
+    }
+
+    /// One tick of logical time: the engine's timers, and every second the
+    /// requests that waited too long; also saves a commit-only hard state
+    /// (at most once a tick).
+    pub fn tick(&mut self) {
+        self.raft.tick();
+        let now = self.clock.now();
+        if now.saturating_duration_since(self.last_sweep) >= SWEEP_INTERVAL {
+            self.last_sweep = now;
+            self.sweep_timeouts(now);
+        }
+        if let Some(hard_state) = self.persist.hard_state_pending.take() {
+            self.storage.save_commit(hard_state);
+        }
+    }
+
+    /// The sequence of the oldest append not yet durable, for a shell that
+    /// waits for storage's progress.
+    pub fn oldest_pending_append(&self) -> Option<u64> {
+        self.persist.oldest_pending()
+    }
+
+    /// Answers every waiting client with `TimedOut` (their writes may still
+    /// be applied; a retry with the same sequence takes effect once), for a
+    /// shell that stops the shard.
+    pub fn abandon_requests(&mut self) {
+        for reply in self.requests.drain_all() {
+            self.transport.reply(reply, ResponseStatus::TimedOut);
+        }
+    }
+
+    pub fn context(&self) -> &ShardContext {
+        &self.ctx
+    }
+
+    /// The engine, read-only (status, tests and the simulator's checks).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The engine, for admin calls a test makes directly (leader transfer,
+    /// membership changes).
+    pub fn raft_mut(&mut self) -> &mut Raft {
+        &mut self.raft
+    }
+
+    pub fn state_machine(&self) -> &NodeStateMachine<S> {
+        &self.fsm
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    pub fn storage(&self) -> &D {
+        &self.storage
+    }
+
+    pub fn storage_mut(&mut self) -> &mut D {
+        &mut self.storage
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Records every applied entry until [`Shard::take_applied`] collects
+    /// them (the simulator compares what every replica applied).
+    pub fn trace_applied(&mut self) {
+        self.applied_trace.get_or_insert_with(Vec::new);
+    }
+
+    /// The entries applied since the last call, when tracing is on.
+    pub fn take_applied(&mut self) -> Vec<Entry> {
+        self.applied_trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Checks the driver's invariants; returns the first broken one. The
+    /// simulator calls it after every event, debug builds after every
+    /// `process`.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let applied = self.fsm.applied();
+        let committed = self.raft.committed();
+        if applied > committed {
+            return Err(format!("applied {applied} is beyond committed {committed}"));
+        }
+        self.requests.check_invariants(applied)?;
+        self.persist.check_invariants(self.storage.durable_sequence())?;
+        self.snapshots.check_invariants(applied)?;
+        Ok(())
+    }
+
+    /// The last index applied to the state machine.
+    pub fn applied(&self) -> Index {
+        self.fsm.applied()
+    }
+}
