@@ -1,7 +1,7 @@
 //! The client codec, as the load generator and the node use it per request:
 //!
 //! - `kv/encode_put` and `kv/encode_get`: the key-value command or query
-//!   (`node::KvOp`) a request carries;
+//!   (`net::kv::KvOp`) a request carries;
 //! - `request/encode/*`: a client request frame into a reused buffer
 //!   (header, crc32c of the body);
 //! - `request/decode/*`: header and body checks (both crcs) and parsing of
@@ -14,11 +14,11 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use net::kv::{KvOp, KvResponse};
 use net::{
     encode_request, encode_response, ClientRequest, ClientResponse, Frame, Limits, ReadConsistency, RequestBody,
     ResponseStatus,
 };
-use node::{KvOp, KvResponse};
 
 fn key() -> Bytes {
     bench::workload::key_name(123_456)
@@ -34,6 +34,7 @@ fn requests() -> Vec<(String, ClientRequest)> {
                 request_id: 42,
                 client_id: 0xDEAD_BEEF,
                 sequence: 17,
+                ack: 15,
                 body: RequestBody::Write { command },
             },
         ));
@@ -45,6 +46,7 @@ fn requests() -> Vec<(String, ClientRequest)> {
             request_id: 43,
             client_id: 0,
             sequence: 0,
+            ack: 0,
             body: RequestBody::Read { query, consistency: ReadConsistency::Linearizable },
         },
     ));

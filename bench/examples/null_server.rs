@@ -11,8 +11,8 @@
 //! It accepts `node dev`'s token and cluster id 1.
 
 use bytes::Bytes;
+use net::kv::KvResponse;
 use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, RequestBody, ResponseStatus};
-use node::KvResponse;
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7401".to_string());
@@ -38,6 +38,10 @@ fn main() {
                 RequestBody::Read { .. } => ResponseStatus::Ok(absent.clone()),
                 RequestBody::Status => ResponseStatus::Ok(Bytes::from_static(b"{\"null_server\":true}")),
                 RequestBody::Admin(_) => ResponseStatus::BadRequest("the null server has no admin".into()),
+                RequestBody::OpenSession => ResponseStatus::Ok(
+                    net::session::OpenedSession { client_id: 1, timeout_ms: 60_000, window: 1024 }.encode(),
+                ),
+                RequestBody::CloseSession => ResponseStatus::Ok(Bytes::new()),
             };
             if reply.try_send(status.clone()).is_err() {
                 let _ = reply.send(status).await;

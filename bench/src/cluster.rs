@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use net::{ClientConfig, ClientConnection, ClientRequest, RequestBody, ResponseStatus};
-use node::KvOp;
+use net::kv::KvOp;
+use net::ClientConfig;
 use rand::Rng;
 
 /// The token of clusters the bench starts (they listen on loopback only).
@@ -230,49 +230,14 @@ impl Drop for LocalCluster {
     }
 }
 
-/// One write through the leader of `shard`, starting at any node.
+/// One write through the leader of `shard`, starting at any node (outside
+/// a session: it is idempotent).
 fn probe_write(addrs: &[SocketAddr], shard: u32, timeout: Duration) -> Result<(), String> {
     let config = ClientConfig::new(LOCAL_CLUSTER_ID, Bytes::from_static(LOCAL_TOKEN.as_bytes()));
     let command = KvOp::Put { key: Bytes::from_static(b"bench/ready"), value: Bytes::new() }.encode();
-    let addrs = addrs.to_vec();
+    let mut client = net::Client::new(addrs.to_vec(), config, shard, timeout);
     tokio_uring::start(async move {
-        let attempt = async {
-            let mut addr = addrs[0];
-            let mut last = String::new();
-            for hop in 0..(addrs.len() * 2) {
-                let mut connection = match ClientConnection::connect(addr, &config).await {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        last = format!("{addr}: {error}");
-                        addr = addrs[(hop + 1) % addrs.len()];
-                        continue;
-                    }
-                };
-                let request = ClientRequest {
-                    request_id: 1,
-                    client_id: rand::rng().random_range(1..=u64::MAX),
-                    sequence: 1,
-                    body: RequestBody::Write { command: command.clone() },
-                };
-                match connection.call(shard, &request).await.map(|response| response.status) {
-                    Ok(ResponseStatus::Ok(_)) => return Ok(()),
-                    Ok(ResponseStatus::NotLeader { leader_addr: Some(leader), .. }) => {
-                        last = format!("{addr}: not the leader, which is {leader}");
-                        match leader.parse() {
-                            Ok(leader) => addr = leader,
-                            Err(_) => return Err(format!("{addr} named a leader at {leader:?}, not an address")),
-                        }
-                    }
-                    Ok(status) => return Err(format!("{addr}: {status:?}")),
-                    Err(error) => {
-                        last = format!("{addr}: {error}");
-                        addr = addrs[(hop + 1) % addrs.len()];
-                    }
-                }
-            }
-            Err(last)
-        };
-        tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err("no answer in time".into()))
+        client.write_at_least_once(command).await.map(|_| ()).map_err(|error| error.to_string())
     })
 }
 

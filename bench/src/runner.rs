@@ -13,8 +13,11 @@
 //!   whatever the answers do, and latency is measured from each request's
 //!   intended send time.
 //!
-//! Writes carry a client session (a random client id and sequence numbers
-//! from 1), as the node's exactly-once sessions require; reads carry none.
+//! Writes are exactly-once: each connection slot opens a session through the
+//! log (the cluster assigns its id) and pipelines its writes in it, each
+//! with the next sequence and the lowest sequence still awaited as its
+//! acknowledgement (`net::session`); the session outlives reconnections and
+//! leader changes, and is closed when the run ends. Reads carry none.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -24,11 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use net::kv::KvResponse;
+use net::session::{OpenedSession, Session};
 use net::{ClientConfig, ClientConnection, ClientReceiver, ClientRequest, ClientSender, RequestBody, ResponseStatus};
-use node::kv::{decode_answer, AnswerError};
-use node::{KvResponse, Reply};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
@@ -266,7 +267,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("bench-worker-{thread}"))
-                .spawn(move || node::runtime::threads::start_runtime(worker(shared, plans)))
+                .spawn(move || net::runtime::start_runtime(worker(shared, plans)))
                 .expect("spawn a worker thread")
         })
         .collect();
@@ -374,29 +375,13 @@ async fn worker(shared: Arc<Shared>, plans: Vec<ConnectionPlan>) -> Recorder {
     Rc::try_unwrap(recorder).map(RefCell::into_inner).unwrap_or_else(|shared| shared.borrow().clone())
 }
 
-/// A client session for exactly-once writes.
-#[derive(Clone, Copy, Debug)]
-struct Session {
-    client_id: u64,
-    next_sequence: u64,
-    /// A write of this session was applied, so the node knows the session:
-    /// until then, a session whose first write went to a follower must
-    /// start over at sequence 1 with the leader.
-    opened: bool,
-}
-
-impl Session {
-    fn fresh(rng: &mut StdRng) -> Session {
-        Session { client_id: rng.random_range(1..=u64::MAX), next_sequence: 1, opened: false }
-    }
-}
-
 /// A request waiting for its answer.
 struct Pending {
     op: OpKind,
     intended: Instant,
     sent: Instant,
-    client_id: u64,
+    /// A write's session and sequence.
+    write: Option<(u64, u64)>,
 }
 
 /// Why a connection's drive ended.
@@ -410,6 +395,8 @@ enum Outcome {
     LeaderUnknown,
     /// The connection broke or stopped answering.
     Broken,
+    /// The slot's session expired: open another on the next connection.
+    SessionLost,
 }
 
 /// State shared by one connection's sender and receiver.
@@ -424,29 +411,35 @@ struct Conn {
 /// What lives across reconnections of one connection slot.
 struct Slot {
     workload: Workload,
-    rng: StdRng,
-    session: Session,
+    /// The slot's exactly-once session, once opened.
+    session: Option<Session>,
     /// The open loop's next request number.
     next_scheduled: u64,
 }
 
+impl Slot {
+    /// Write `sequence` of session `client_id` got its answer, or will get
+    /// none (a lost connection: it is never retried, so its answer need
+    /// not be kept).
+    fn finish(&mut self, client_id: u64, sequence: u64) {
+        if let Some(session) = self.session.as_mut().filter(|session| session.client_id() == client_id) {
+            session.finish(sequence);
+        }
+    }
+}
+
 async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefCell<Recorder>>) {
     let seed = shared.settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(plan.index as u64);
-    // Client ids must differ from every earlier run's (the cluster remembers
-    // their sessions), so they come from the OS, not from the run's seed.
-    let mut rng = StdRng::from_os_rng();
-    let session = Session::fresh(&mut rng);
     let slot = Rc::new(RefCell::new(Slot {
         workload: Workload::new(&shared.settings.workload, shared.keys.clone(), seed),
-        rng,
-        session,
+        session: None,
         next_scheduled: 0,
     }));
     let mut next_addr = plan.index % shared.addrs.len();
     let mut backoff = RECONNECT_BACKOFF_MIN;
     while !shared.stopping() {
         let addr = shared.leader(plan.shard).unwrap_or(shared.addrs[next_addr]);
-        let connection = match ClientConnection::connect(addr, &shared.client_config).await {
+        let mut connection = match ClientConnection::connect(addr, &shared.client_config).await {
             Ok(connection) => connection,
             Err(error) => {
                 record_error(&shared, &recorder, Instant::now(), "connect", || format!("{addr}: {error}"));
@@ -458,11 +451,21 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
             }
         };
         shared.node_addrs.lock().expect("not poisoned").entry(connection.server_node_id()).or_insert(addr);
-        {
-            let mut slot = slot.borrow_mut();
-            if !slot.session.opened {
-                let Slot { rng, session, .. } = &mut *slot;
-                *session = Session::fresh(rng);
+        if slot.borrow().session.is_none() && shared.settings.workload.read_fraction < 1.0 {
+            match open_session(&shared, &plan, &mut connection).await {
+                Ok(session) => slot.borrow_mut().session = Some(session),
+                Err(outcome) => {
+                    match outcome {
+                        Outcome::Redirect(leader) => shared.set_leader(plan.shard, leader),
+                        _ => {
+                            shared.forget_leader(plan.shard, addr);
+                            next_addr = (next_addr + 1) % shared.addrs.len();
+                        }
+                    }
+                    pause(&shared, backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                    continue;
+                }
             }
         }
         match drive(&shared, &plan, &slot, &recorder, connection).await {
@@ -486,8 +489,56 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
                 pause(&shared, backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
+            Outcome::SessionLost => slot.borrow_mut().session = None,
         }
     }
+    let session = slot.borrow_mut().session.take();
+    if let Some(session) = session {
+        close_session(&shared, &plan, session).await;
+    }
+}
+
+/// How long opening or closing a session may take.
+const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the slot's session through the leader this connection reached.
+async fn open_session(
+    shared: &Shared,
+    plan: &ConnectionPlan,
+    connection: &mut ClientConnection,
+) -> Result<Session, Outcome> {
+    let request = ClientRequest::plain(0, RequestBody::OpenSession);
+    let answer = tokio::time::timeout(SESSION_CALL_TIMEOUT, connection.call(plan.shard, &request)).await;
+    match answer {
+        Ok(Ok(response)) => match response.status {
+            ResponseStatus::Ok(bytes) => OpenedSession::decode(&bytes).map(Session::new).map_err(|_| Outcome::Broken),
+            ResponseStatus::NotLeader { leader_id, leader_addr } => Err(leader_addr
+                .as_deref()
+                .and_then(|addr| resolve(addr).ok())
+                .or_else(|| leader_id.and_then(|id| shared.node_addr(id)))
+                .map_or(Outcome::LeaderUnknown, Outcome::Redirect)),
+            _ => Err(Outcome::Broken),
+        },
+        _ => Err(Outcome::Broken),
+    }
+}
+
+/// Closes a session at the end of the run, so the cluster forgets it now
+/// instead of at its timeout (best effort: the leader if known).
+async fn close_session(shared: &Shared, plan: &ConnectionPlan, session: Session) {
+    let addr = shared.leader(plan.shard).unwrap_or(shared.addrs[plan.index % shared.addrs.len()]);
+    let close = async {
+        let mut connection = ClientConnection::connect(addr, &shared.client_config).await.ok()?;
+        let request = ClientRequest {
+            request_id: 0,
+            client_id: session.client_id(),
+            sequence: 0,
+            ack: 0,
+            body: RequestBody::CloseSession,
+        };
+        connection.call(plan.shard, &request).await.ok()
+    };
+    let _ = tokio::time::timeout(SESSION_CALL_TIMEOUT, close).await;
 }
 
 /// Sleeps for `pause`, but not past the end of the run.
@@ -552,6 +603,9 @@ async fn drive(
     let outcome = conn.outcome.clone().unwrap_or(Outcome::Finished);
     let kind = if outcome == Outcome::Finished { "unanswered" } else { "connection_lost" };
     for (_, pending) in conn.inflight.drain() {
+        if let Some((client_id, sequence)) = pending.write {
+            slot.borrow_mut().finish(client_id, sequence);
+        }
         record_error(shared, recorder, pending.intended, kind, || format!("no answer before {outcome:?}"));
     }
     outcome
@@ -571,6 +625,7 @@ async fn send_loop(
 ) -> ClientSender {
     let consistency = net::ReadConsistency::from(shared.settings.consistency);
     let stop = |conn: &RefCell<Conn>| conn.borrow().outcome.is_some() || signal::stop_requested();
+    let mut window_full = false;
     'run: loop {
         if stop(&conn) {
             break;
@@ -601,18 +656,26 @@ async fn send_loop(
                 next_due = Some(intended);
                 break;
             }
+            if slot.borrow().session.as_ref().is_some_and(|session| !session.can_start()) {
+                // The session's window is full (more writes unanswered than
+                // the cluster keeps answers for): wait for the lowest one.
+                window_full = true;
+                break;
+            }
             let Ok(permit) = permits.try_acquire() else { break };
             permit.forget();
             let mut slot = slot.borrow_mut();
             let (op, payload) = slot.workload.next_op();
-            let (client_id, sequence, body) = match op {
+            let (client_id, sequence, ack, body) = match op {
                 OpKind::Write => {
-                    let session = &mut slot.session;
-                    let sequence = session.next_sequence;
-                    session.next_sequence += 1;
-                    (session.client_id, sequence, RequestBody::Write { command: payload })
+                    let Some(session) = slot.session.as_mut() else {
+                        conn.borrow_mut().outcome.get_or_insert(Outcome::SessionLost);
+                        break 'run;
+                    };
+                    let sequence = session.start();
+                    (session.client_id(), sequence, session.ack(), RequestBody::Write { command: payload })
                 }
-                OpKind::Read => (0, 0, RequestBody::Read { query: payload, consistency }),
+                OpKind::Read => (0, 0, 0, RequestBody::Read { query: payload, consistency }),
             };
             if plan.schedule.is_some() {
                 slot.next_scheduled += 1;
@@ -620,8 +683,9 @@ async fn send_loop(
             let mut conn = conn.borrow_mut();
             let request_id = conn.next_request_id;
             conn.next_request_id += 1;
-            sender.queue(plan.shard, &ClientRequest { request_id, client_id, sequence, body });
-            conn.inflight.insert(request_id, Pending { op, intended, sent: Instant::now(), client_id });
+            sender.queue(plan.shard, &ClientRequest { request_id, client_id, sequence, ack, body });
+            let write = (op == OpKind::Write).then_some((client_id, sequence));
+            conn.inflight.insert(request_id, Pending { op, intended, sent: Instant::now(), write });
         }
         if sender.queued() > 0 {
             let flushed = sender.flush().await;
@@ -634,6 +698,15 @@ async fn send_loop(
             continue;
         }
         // Nothing to send now: wait for the next due time or a free slot.
+        if window_full {
+            window_full = false;
+            let until = shared.end;
+            tokio::select! {
+                _ = wake_sender.notified() => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            continue;
+        }
         match next_due {
             Some(due) => {
                 tokio::select! {
@@ -698,6 +771,9 @@ async fn receive_loop(
                 let kind = if past_end { "unanswered" } else { "timeout" };
                 let pending: Vec<Pending> = conn.inflight.drain().map(|(_, pending)| pending).collect();
                 for pending in pending {
+                    if let Some((client_id, sequence)) = pending.write {
+                        slot.borrow_mut().finish(client_id, sequence);
+                    }
                     record_error(shared, recorder, pending.intended, kind, || {
                         format!("no answer within {:?}", deadline.saturating_duration_since(pending.sent))
                     });
@@ -714,16 +790,16 @@ async fn receive_loop(
             continue;
         };
         permits.add_permits(1);
+        if let Some((client_id, sequence)) = pending.write {
+            // Answered (or refused): never retried, its answer not needed;
+            // the window may have room again.
+            slot.borrow_mut().finish(client_id, sequence);
+            wake_sender.notify_one();
+        }
         let mut failure: Option<(&str, String)> = None;
         match response.status {
             ResponseStatus::Ok(answer) => match check_answer(pending.op, &answer) {
                 Answer::Done => {
-                    if pending.op == OpKind::Write {
-                        let mut slot = slot.borrow_mut();
-                        if slot.session.client_id == pending.client_id {
-                            slot.session.opened = true;
-                        }
-                    }
                     shared.live.record(duration_nanos(now - pending.intended));
                     let mut recorder = recorder.borrow_mut();
                     if pending.intended >= shared.warmup_end {
@@ -731,10 +807,6 @@ async fn receive_loop(
                     } else {
                         recorder.warmup_completed += 1;
                     }
-                }
-                Answer::SessionExpired => {
-                    expire_session(slot, pending.client_id);
-                    failure = Some(("session_expired", "the state machine did not know the session".into()));
                 }
                 Answer::Unexpected(reason) => failure = Some(("unexpected_answer", reason)),
             },
@@ -752,9 +824,11 @@ async fn receive_loop(
             ResponseStatus::Busy => failure = Some(("busy", "the node is overloaded".into())),
             ResponseStatus::TimedOut => failure = Some(("timed_out", "the node timed the request out".into())),
             ResponseStatus::SessionExpired => {
-                expire_session(slot, pending.client_id);
-                failure = Some(("session_expired", "the node did not know the session".into()));
+                conn.borrow_mut().outcome.get_or_insert(Outcome::SessionLost);
+                wake_sender.notify_one();
+                failure = Some(("session_expired", "the cluster no longer knows the session".into()));
             }
+            ResponseStatus::SessionFull(reason) => failure = Some(("session_full", reason)),
             ResponseStatus::BadRequest(reason) => failure = Some(("bad_request", reason)),
         }
         if let Some((kind, reason)) = failure {
@@ -763,40 +837,20 @@ async fn receive_loop(
     }
 }
 
-/// Starts a new session if `client_id` is still the current one.
-fn expire_session(slot: &RefCell<Slot>, client_id: u64) {
-    let mut slot = slot.borrow_mut();
-    if slot.session.client_id == client_id {
-        let Slot { rng, session, .. } = &mut *slot;
-        *session = Session::fresh(rng);
-    }
-}
-
 /// What an `Ok` answer's bytes say.
 #[derive(Debug, PartialEq)]
 pub enum Answer {
     Done,
-    SessionExpired,
     Unexpected(String),
 }
 
-/// Checks the state machine's answer to an operation. The node may send the
-/// bare [`KvResponse`] or the session [`Reply`] around it; both are read.
+/// Checks the state machine's answer ([`KvResponse`]) to an operation.
 pub fn check_answer(op: OpKind, answer: &Bytes) -> Answer {
-    let expected = |response: &KvResponse| match op {
-        OpKind::Write => matches!(response, KvResponse::Written),
-        OpKind::Read => matches!(response, KvResponse::Value(_)),
-    };
-    if let Ok(response) = KvResponse::decode(answer) {
-        if expected(&response) {
-            return Answer::Done;
-        }
-    }
-    match decode_answer(answer) {
-        Ok(response) if expected(&response) => Answer::Done,
+    match KvResponse::decode(answer) {
+        Ok(KvResponse::Written) if op == OpKind::Write => Answer::Done,
+        Ok(KvResponse::Value(_)) if op == OpKind::Read => Answer::Done,
         Ok(response) => Answer::Unexpected(format!("a {op} was answered with {response:?}")),
-        Err(AnswerError::NotApplied(Reply::SessionExpired)) => Answer::SessionExpired,
-        Err(error) => Answer::Unexpected(format!("a {op} was answered with {error}")),
+        Err(error) => Answer::Unexpected(format!("a {op} was answered with bytes that do not decode: {error}")),
     }
 }
 
@@ -837,7 +891,7 @@ async fn json_of(
     body: RequestBody,
 ) -> Result<serde_json::Value, String> {
     let mut connection = ClientConnection::connect(addr, config).await.map_err(|error| error.to_string())?;
-    let request = ClientRequest { request_id: 1, client_id: 0, sequence: 0, body };
+    let request = ClientRequest::plain(1, body);
     let response = connection.call(shard, &request).await.map_err(|error| error.to_string())?;
     match response.status {
         ResponseStatus::Ok(json) => serde_json::from_slice(&json)
@@ -896,12 +950,10 @@ mod tests {
     }
 
     #[test]
-    fn answers_bare_or_wrapped() {
+    fn answers_are_checked_against_the_operation() {
         assert_eq!(check_answer(OpKind::Write, &KvResponse::Written.encode()), Answer::Done);
         assert_eq!(check_answer(OpKind::Read, &KvResponse::Value(None).encode()), Answer::Done);
-        let wrapped = Reply::Applied(KvResponse::Written.encode()).encode();
-        assert_eq!(check_answer(OpKind::Write, &wrapped), Answer::Done);
-        assert_eq!(check_answer(OpKind::Write, &Reply::SessionExpired.encode()), Answer::SessionExpired);
+        assert!(matches!(check_answer(OpKind::Write, &KvResponse::CasSucceeded.encode()), Answer::Unexpected(_)));
         assert!(matches!(check_answer(OpKind::Read, &KvResponse::Written.encode()), Answer::Unexpected(_)));
         assert!(matches!(check_answer(OpKind::Write, &Bytes::from_static(b"\xff")), Answer::Unexpected(_)));
     }

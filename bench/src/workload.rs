@@ -4,7 +4,7 @@
 //! operations is reproducible from its seed.
 
 use bytes::Bytes;
-use node::KvOp;
+use net::kv::KvOp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -133,8 +133,8 @@ impl WorkloadConfig {
         if !(0.0..=1.0).contains(&self.read_fraction) {
             return Err(WorkloadError::ReadFraction(self.read_fraction));
         }
-        if self.value_size > node::kv::VALUE_SIZE_MAX {
-            return Err(WorkloadError::ValueSize { size: self.value_size, max: node::kv::VALUE_SIZE_MAX });
+        if self.value_size > net::kv::VALUE_SIZE_MAX {
+            return Err(WorkloadError::ValueSize { size: self.value_size, max: net::kv::VALUE_SIZE_MAX });
         }
         KeyChooser::new(self.keys, self.distribution).map(|_| ())
     }
@@ -160,7 +160,7 @@ impl Workload {
     }
 
     /// The next operation: its kind and its encoded key-value command (a
-    /// `Put`) or query (a `Get`), as `node::kv` defines them.
+    /// `Put`) or query (a `Get`), as `net::kv` defines them.
     pub fn next_op(&mut self) -> (OpKind, Bytes) {
         let is_read = self.read_fraction > 0.0 && self.rng.random::<f64>() < self.read_fraction;
         let key = key_name(self.keys.sample(&mut self.rng));

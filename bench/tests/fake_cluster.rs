@@ -1,19 +1,23 @@
 //! The load driver against fake nodes that speak the client protocol, so
 //! leader following and session handling are tested without the node
 //! binary: a follower answers `NotLeader` (with the leader's address, or
-//! with only its id), the leader answers every request at once and checks
-//! that each session starts at sequence 1 and never goes backwards.
+//! with only its id), the leader answers every request at once, opens
+//! sessions with ids it assigns, and checks that every write names an open
+//! session, a sequence never used before in it, and an acknowledgement that
+//! never goes backwards nor past the sequence.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bench::progress::ProgressStyleKind;
 use bench::runner::{run, LoadMode, RunOptions, RunSettings};
 use bytes::Bytes;
+use net::kv::KvResponse;
+use net::session::OpenedSession;
 use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, RequestBody, ResponseStatus};
-use node::KvResponse;
 
 const TOKEN: &[u8] = b"fake-cluster";
 
@@ -26,9 +30,12 @@ enum Role {
     FollowerWithId,
 }
 
-/// Starts a fake node on its own thread and returns its address.
-fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> SocketAddr {
+/// Starts a fake node on its own thread and returns its address and the
+/// count of requests it answered.
+fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> (SocketAddr, Arc<AtomicU64>) {
     let (sender, receiver) = mpsc::channel();
+    let answered = Arc::new(AtomicU64::new(0));
+    let counter = answered.clone();
     std::thread::spawn(move || {
         tokio_uring::start(async move {
             let policy = HandshakePolicy {
@@ -42,27 +49,41 @@ fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> SocketAdd
             sender.send(listener.local_addr()).unwrap();
             let (inbound_sender, mut inbound) = inbound_channel(1_024);
             let _listener = listener.spawn(inbound_sender);
-            let mut sessions: HashMap<u64, u64> = HashMap::new();
+            // Per open session: the highest ack seen and the sequences used.
+            let mut sessions: HashMap<u64, (u64, BTreeSet<u64>)> = HashMap::new();
+            let mut next_session = 100;
             while let Some(event) = inbound.recv().await {
                 let Inbound::Request { request, reply, .. } = event else { continue };
+                counter.fetch_add(1, Ordering::Relaxed);
                 let status = match (role, &request.body) {
                     (Role::FollowerWithAddress, _) => {
                         ResponseStatus::NotLeader { leader_id: Some(1), leader_addr: leader.map(|a| a.to_string()) }
                     }
                     (Role::FollowerWithId, _) => ResponseStatus::NotLeader { leader_id: Some(1), leader_addr: None },
-                    (Role::Leader, RequestBody::Write { .. }) => {
-                        let last = sessions.get(&request.client_id).copied();
-                        match last {
-                            None if request.sequence != 1 => ResponseStatus::SessionExpired,
-                            Some(last) if request.sequence <= last => {
-                                ResponseStatus::BadRequest(format!("sequence {} after {last}", request.sequence))
-                            }
-                            _ => {
-                                sessions.insert(request.client_id, request.sequence);
+                    (Role::Leader, RequestBody::OpenSession) => {
+                        next_session += 1;
+                        sessions.insert(next_session, (1, BTreeSet::new()));
+                        ResponseStatus::Ok(
+                            OpenedSession { client_id: next_session, timeout_ms: 60_000, window: 1024 }.encode(),
+                        )
+                    }
+                    (Role::Leader, RequestBody::CloseSession) => {
+                        sessions.remove(&request.client_id);
+                        ResponseStatus::Ok(Bytes::new())
+                    }
+                    (Role::Leader, RequestBody::Write { .. }) => match sessions.get_mut(&request.client_id) {
+                        None => ResponseStatus::SessionExpired,
+                        Some((floor, used)) => {
+                            if request.ack < *floor || request.ack > request.sequence || request.ack == 0 {
+                                ResponseStatus::BadRequest(format!("ack {} (floor {floor})", request.ack))
+                            } else if !used.insert(request.sequence) {
+                                ResponseStatus::BadRequest(format!("sequence {} used twice", request.sequence))
+                            } else {
+                                *floor = request.ack;
                                 ResponseStatus::Ok(KvResponse::Written.encode())
                             }
                         }
-                    }
+                    },
                     (Role::Leader, RequestBody::Read { .. }) => ResponseStatus::Ok(KvResponse::Value(None).encode()),
                     (Role::Leader, _) => ResponseStatus::Ok(Bytes::from_static(b"{\"fake\":true}")),
                 };
@@ -70,7 +91,7 @@ fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> SocketAdd
             }
         });
     });
-    receiver.recv_timeout(Duration::from_secs(5)).expect("the fake node starts")
+    (receiver.recv_timeout(Duration::from_secs(5)).expect("the fake node starts"), answered)
 }
 
 fn settings(addrs: Vec<SocketAddr>, load: LoadMode) -> RunSettings {
@@ -96,18 +117,23 @@ fn options(settings: RunSettings) -> RunOptions {
 
 #[test]
 fn follows_not_leader_to_the_leader_with_valid_sessions() {
-    let leader = spawn_node(1, Role::Leader, None);
-    let by_address = spawn_node(2, Role::FollowerWithAddress, Some(leader));
-    let by_id = spawn_node(3, Role::FollowerWithId, None);
+    let (leader, _) = spawn_node(1, Role::Leader, None);
+    let (by_address, redirected_by_address) = spawn_node(2, Role::FollowerWithAddress, Some(leader));
+    let (by_id, redirected_by_id) = spawn_node(3, Role::FollowerWithId, None);
     // Connections start at every node; the leader is listed last so that
     // the id-only follower's answer is resolved through handshakes.
     let result = run(&options(settings(vec![by_address, by_id, leader], LoadMode::Closed { inflight: 32 }))).unwrap();
     assert!(result.operations["write"].count > 100, "{:?}", result.operations["write"].count);
     assert!(result.operations["read"].count > 10);
-    // Redirects happen at the start, in the warm-up; none after it, and no
-    // session was ever refused (sequence 1 first, never backwards).
+    // Redirects happen at the start, when connections open their sessions;
+    // none after it, and no write was ever refused (open sessions, new
+    // sequences, acknowledgements that never go backwards).
     assert!(result.errors.is_empty(), "{:?} {:?}", result.errors, result.error_examples);
-    assert!(result.warmup_errors.get("not_leader").is_some_and(|&count| count > 0), "{:?}", result.warmup_errors);
+    assert!(
+        redirected_by_address.load(Ordering::Relaxed) > 0,
+        "no connection started at the follower naming an address"
+    );
+    assert!(redirected_by_id.load(Ordering::Relaxed) > 0, "no connection started at the follower naming an id");
     assert!(!result.warmup_errors.contains_key("session_expired"), "{:?}", result.warmup_errors);
     assert!(!result.warmup_errors.contains_key("bad_request"), "{:?}", result.warmup_errors);
     let status = result.cluster.unwrap();
@@ -116,7 +142,7 @@ fn follows_not_leader_to_the_leader_with_valid_sessions() {
 
 #[test]
 fn open_loop_sends_on_schedule() {
-    let leader = spawn_node(1, Role::Leader, None);
+    let (leader, _) = spawn_node(1, Role::Leader, None);
     let result = run(&options(settings(vec![leader], LoadMode::Open { rate: 2_000.0, inflight_max: 64 }))).unwrap();
     // 0.5 s at 2,000/s: 1,000 requests due in the measured window.
     assert_eq!(result.total.count, 1_000, "{:?}", result.errors);

@@ -8,13 +8,11 @@
 
 pub mod batch;
 pub mod message;
-pub mod state_machine;
 pub mod storage;
 pub mod types;
 
 pub use batch::{BatchError, EntryBatch};
 pub use message::{AppendRequest, AppendResponse, Message, MessageBody, SnapshotChunk, VoteRequest};
-pub use state_machine::{RestoreError, SerializedImage, SnapshotImage, StateMachine};
 pub use storage::{MemStorage, Recovered, StorageError};
 pub use types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term, NODE_NONE};
 

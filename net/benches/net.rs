@@ -109,7 +109,7 @@ async fn pipeline(client: &mut ClientConnection, count: u64) -> Duration {
     while received < count {
         while sent < count && sent - received < PIPELINE_DEPTH {
             let body = RequestBody::Write { command: command.clone() };
-            client.queue(0, &ClientRequest { request_id: sent, client_id: 1, sequence: sent + 1, body });
+            client.queue(0, &ClientRequest { request_id: sent, client_id: 1, sequence: sent + 1, ack: 1, body });
             sent += 1;
         }
         client.flush().await.unwrap();

@@ -4,8 +4,11 @@
 //! Commands, queries and results are opaque bytes here: the node's state
 //! machine gives them meaning. Each request carries a `request_id` chosen by
 //! the client so that many requests can be in flight on one connection and be
-//! answered in any order, and a `(client_id, sequence)` pair so a retried write
-//! is applied once (exactly-once sessions).
+//! answered in any order, and a write carries its session: the `client_id`
+//! the cluster assigned when the session was opened, its `sequence` in the
+//! session, and `ack`, the lowest sequence whose answer the client has not
+//! yet received (so the cluster may forget the answers below it). A retried
+//! write is applied once ([`crate::session`]).
 
 use bytes::Bytes;
 use engine::NodeId;
@@ -16,12 +19,27 @@ pub struct ClientRequest {
     /// Chosen by the client, echoed in the response; unique among the
     /// client's in-flight requests on one connection.
     pub request_id: u64,
-    /// The client's session; 0 for requests outside a session (reads, admin).
+    /// The client's session, as the cluster assigned it when it was opened;
+    /// 0 for requests outside a session (reads, admin, and writes the client
+    /// explicitly sends at least once).
     pub client_id: u64,
-    /// The write's position in the client's session; a node applies each
-    /// `(client_id, sequence)` at most once.
+    /// The write's position in the client's session, from 1; a node applies
+    /// each `(client_id, sequence)` at most once. 0 outside a session.
     pub sequence: u64,
+    /// The lowest sequence of the session whose answer the client has not
+    /// received yet (at most `sequence`): the cluster may forget the answers
+    /// to every sequence below it, and refuses retries of them. 0 outside a
+    /// session.
+    pub ack: u64,
     pub body: RequestBody,
+}
+
+impl ClientRequest {
+    /// A request outside any session (a read, an admin request, the status,
+    /// opening a session, or a write sent at least once).
+    pub fn plain(request_id: u64, body: RequestBody) -> ClientRequest {
+        ClientRequest { request_id, client_id: 0, sequence: 0, ack: 0, body }
+    }
 }
 
 /// What a client asks for.
@@ -35,6 +53,12 @@ pub enum RequestBody {
     Admin(AdminRequest),
     /// The node's status (role, term, indices), answered as JSON bytes.
     Status,
+    /// Open an exactly-once session: the cluster assigns its id through the
+    /// log and answers with an [`crate::session::OpenedSession`].
+    OpenSession,
+    /// Close the request's session (`client_id`): the cluster forgets it and
+    /// its cached answers. Later writes in it get `SessionExpired`.
+    CloseSession,
 }
 
 /// How fresh a read must be. The numeric values are the wire format's.
@@ -79,6 +103,29 @@ pub enum AdminRequest {
     TakeSnapshot,
     /// Counters and gauges, answered as JSON bytes.
     Stats,
+    /// Change the replicated session settings (through the log, so every
+    /// replica applies the same); a zero field keeps the current value.
+    SessionSettings(SessionSettings),
+}
+
+/// The cluster's session settings: part of the replicated state, never a
+/// per-node option, so that every replica expires and bounds sessions alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionSettings {
+    /// Sessions the cluster keeps at most. Opening one more evicts the least
+    /// recently active session whose answers were all acknowledged, or is
+    /// refused with `SessionFull` when there is none.
+    pub sessions_max: u32,
+    /// A session without a write for this long (in the log's time, which the
+    /// leader advances) expires: later writes in it get `SessionExpired`.
+    pub timeout_ms: u64,
+    /// Answers a session keeps that its client has not acknowledged, at most;
+    /// a write beyond it is refused with `SessionFull` and not applied.
+    pub replies_max: u32,
+    /// Bytes of such answers a session keeps, at most (the write that crosses
+    /// it is still kept; later ones are refused until the client
+    /// acknowledges).
+    pub reply_bytes_max: u32,
 }
 
 impl AdminRequest {
@@ -91,6 +138,7 @@ impl AdminRequest {
             AdminRequest::TransferLeader { .. } => 4,
             AdminRequest::TakeSnapshot => 5,
             AdminRequest::Stats => 6,
+            AdminRequest::SessionSettings(_) => 7,
         }
     }
 }
@@ -117,10 +165,18 @@ pub enum ResponseStatus {
     /// The request did not complete in time; a write may still be applied,
     /// so retry it with the same sequence number.
     TimedOut,
-    /// The client's session is unknown or was evicted: start a new one.
+    /// The client's session is unknown, expired or closed: the write was
+    /// not applied now. Open a new session and send the command again (see
+    /// [`crate::session`] for when an earlier attempt may have applied).
     SessionExpired,
-    /// The request was malformed; the reason says how.
+    /// The request was malformed or refused by the state machine; the reason
+    /// says how. Nothing was applied.
     BadRequest(String),
+    /// The session keeps as many unacknowledged answers as the cluster
+    /// allows, or the cluster holds as many sessions as it allows (opening
+    /// one): not applied. Receive the answers already on their way (the next
+    /// request acknowledges them) and retry with the same sequence.
+    SessionFull(String),
 }
 
 impl ResponseStatus {
@@ -133,6 +189,7 @@ impl ResponseStatus {
             ResponseStatus::TimedOut => 3,
             ResponseStatus::SessionExpired => 4,
             ResponseStatus::BadRequest(_) => 5,
+            ResponseStatus::SessionFull(_) => 6,
         }
     }
 }

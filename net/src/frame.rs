@@ -19,7 +19,7 @@ use crate::error::DecodeError;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"RNET");
 /// The protocol version this build speaks. A peer with another version is
 /// refused during the handshake with a typed refusal.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of [`FrameHeader`] in bytes.
 pub const FRAME_HEADER_SIZE: usize = 32;
 /// The default bound on a whole frame (header and body). Large enough for an
@@ -83,12 +83,14 @@ pub enum FrameKind {
     ClientRead = 65,
     ClientAdmin = 66,
     ClientStatus = 67,
+    ClientOpenSession = 68,
+    ClientCloseSession = 69,
     ClientResponse = 80,
 }
 
 impl FrameKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [FrameKind; 22] = [
+    pub const ALL: [FrameKind; 24] = [
         FrameKind::Handshake,
         FrameKind::HandshakeAccept,
         FrameKind::HandshakeRefuse,
@@ -110,6 +112,8 @@ impl FrameKind {
         FrameKind::ClientRead,
         FrameKind::ClientAdmin,
         FrameKind::ClientStatus,
+        FrameKind::ClientOpenSession,
+        FrameKind::ClientCloseSession,
         FrameKind::ClientResponse,
     ];
 

@@ -312,7 +312,7 @@ mod tests {
         let reason = |handshake: Handshake| policy.check(&handshake).unwrap_err().reason;
         assert_eq!(reason(Handshake { cluster_id: 8, ..good.clone() }), RefusalReason::ClusterMismatch);
         assert_eq!(reason(Handshake { token: Bytes::from_static(b"s3creT"), ..good.clone() }), RefusalReason::BadToken);
-        assert_eq!(reason(Handshake { protocol_version: 2, ..good.clone() }), RefusalReason::VersionUnsupported);
+        assert_eq!(reason(Handshake { protocol_version: 1, ..good.clone() }), RefusalReason::VersionUnsupported);
         assert_eq!(reason(Handshake { role: Role::Client, ..good }), RefusalReason::RoleNotAccepted);
     }
 }

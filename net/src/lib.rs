@@ -38,12 +38,19 @@
 
 pub mod client;
 pub mod codec;
+pub mod compact;
 mod crc;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod kv;
+pub mod runtime;
+pub mod session;
+pub mod session_client;
 
-pub use client::{AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus};
+pub use client::{
+    AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus, SessionSettings,
+};
 pub use codec::{encode_message, encode_request, encode_response, Frame, Payload};
 pub use error::DecodeError;
 pub use frame::{
@@ -66,3 +73,4 @@ pub use listener::{
     inbound_channel, Inbound, InboundReceiver, InboundSender, ListenError, Listener, ListenerConfig, ListenerHandle,
     ListenerStats, ReplyError, ReplyTo,
 };
+pub use session_client::{CallError, Client};

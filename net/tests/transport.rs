@@ -89,6 +89,7 @@ fn pipelined_client_requests_are_answered_out_of_order() {
                 request_id,
                 client_id: 9,
                 sequence: request_id + 1,
+                ack: 1,
                 body: RequestBody::Write { command },
             };
             client.queue(3, &request);
@@ -133,7 +134,7 @@ fn a_client_that_finished_sending_still_gets_every_answer() {
                 .unwrap();
         let (mut sender, mut receiver) = client.split();
         for request_id in 0..10 {
-            sender.queue(0, &ClientRequest { request_id, client_id: 0, sequence: 0, body: RequestBody::Status });
+            sender.queue(0, &ClientRequest::plain(request_id, RequestBody::Status));
         }
         sender.flush().await.unwrap();
         sender.finish().unwrap();
@@ -403,7 +404,7 @@ fn a_connection_sending_garbage_is_closed_and_others_are_served() {
 
         let mut client =
             ClientConnection::connect(addr, &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN))).await.unwrap();
-        let request = ClientRequest { request_id: 1, client_id: 1, sequence: 1, body: RequestBody::Status };
+        let request = ClientRequest { request_id: 1, client_id: 1, sequence: 1, ack: 1, body: RequestBody::Status };
         client.send(0, &request).await.unwrap();
         let Inbound::Request { request, reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
         assert_eq!(request.body, RequestBody::Status);
@@ -471,7 +472,7 @@ fn a_peer_frame_for_another_cluster_closes_the_connection() {
                 cluster_id: CLUSTER,
                 node_id: 1,
                 role: net::Role::Peer,
-                protocol_version: 1,
+                protocol_version: u16::from(net::PROTOCOL_VERSION),
                 token: Bytes::from_static(TOKEN),
             };
             let frames = [

@@ -135,9 +135,9 @@ pub struct ServeOptions {
     #[arg(long, value_name = "BYTES")]
     pub uncommitted_bytes_max: Option<usize>,
 
-    /// Client sessions remembered for exactly-once writes; the least recently
-    /// written is forgotten first. Must be equal on every node. [default: 4096]
-    #[arg(long, value_name = "COUNT")]
+    /// Removed: session settings are part of the replicated state, so that
+    /// no node can disagree; change them with `node admin sessions`.
+    #[arg(long, value_name = "COUNT", hide = true)]
     pub sessions_max: Option<usize>,
 
     /// Election timeout, lower bound, in ticks. [default: 50]
@@ -264,6 +264,11 @@ pub struct ClientArgs {
 pub struct KvArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Send a write outside any session: one request, but a retry after a
+    /// lost answer may apply it twice. By default a write opens a session of
+    /// its own (assigned by the cluster), so it is applied exactly once.
+    #[arg(long)]
+    pub at_least_once: bool,
     #[command(subcommand)]
     pub op: KvOpArgs,
 }
@@ -350,6 +355,25 @@ pub enum AdminActionArgs {
     Snapshot,
     /// Counters and per-stage latency histograms.
     Stats,
+    /// Change the cluster's client session settings (replicated: every
+    /// node applies the same); options not given stay as they are. `admin
+    /// status` shows the current ones.
+    Sessions {
+        /// Sessions kept at most. [default: 4096]
+        #[arg(long, value_name = "COUNT")]
+        max: Option<u32>,
+        /// A session without writes for this long expires, such as `10m`.
+        /// [default: 10m]
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Answers a session keeps that its client has not acknowledged.
+        /// [default: 1024]
+        #[arg(long, value_name = "COUNT")]
+        replies_max: Option<u32>,
+        /// Bytes of such answers a session keeps. [default: 262144]
+        #[arg(long, value_name = "BYTES")]
+        reply_bytes_max: Option<u32>,
+    },
 }
 
 /// `node dev`.

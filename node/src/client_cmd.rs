@@ -1,11 +1,18 @@
-//! `node kv ...` and `node admin ...`: one request to the cluster, following
-//! the leader's address when a follower answers `NotLeader`.
+//! `node kv ...` and `node admin ...`, and [`BlockingClient`]: the cluster's
+//! client library (`net::Client`) for callers that are not on an io_uring
+//! runtime (the CLI, tests, an application's main thread).
+//!
+//! `node kv put`/`delete`/`cas` open an exactly-once session (its id is
+//! assigned by the cluster, so no two commands can share one, whatever
+//! process or container runs them), write once in it, and close it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use net::{ClientConfig as NetClientConfig, ClientConnection, ClientRequest, RequestBody, ResponseStatus};
+use net::session::Session;
+use net::{
+    AdminRequest, CallError, Client, ClientConfig as NetClientConfig, ReadConsistency, RequestBody, ResponseStatus,
+};
 
 use crate::config::{AdminCommand, ClientConfig, KvCommand};
 use crate::kv::{KvOp, KvResponse};
@@ -15,10 +22,8 @@ use crate::kv::{KvOp, KvResponse};
 pub enum ClientCmdError {
     #[error("cannot resolve {0}")]
     Resolve(String),
-    #[error("no node answered within {0:?}: {1}")]
-    Unreachable(Duration, String),
-    #[error("the cluster refused the request: {0}")]
-    Refused(String),
+    #[error(transparent)]
+    Call(#[from] CallError),
     #[error("io_uring is unavailable: {0}")]
     IoUring(String),
 }
@@ -36,91 +41,98 @@ fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
     Ok(addrs)
 }
 
-/// Sends `body` until a node other than a follower answers, or time runs out.
-pub fn call(client: &ClientConfig, client_id: u64, body: RequestBody) -> Result<ResponseStatus, ClientCmdError> {
-    call_in_session(client, client_id, 1, body)
+/// The cluster's client on a runtime of its own: every call blocks the
+/// calling thread until it has an outcome or gives up.
+pub struct BlockingClient {
+    runtime: tokio_uring::Runtime,
+    client: Client,
 }
 
-/// Like [`call`], as write `sequence` of session `client_id` (retrying the
-/// same sequence is applied once).
-pub fn call_in_session(
-    client: &ClientConfig,
-    client_id: u64,
-    sequence: u64,
-    body: RequestBody,
-) -> Result<ResponseStatus, ClientCmdError> {
-    let addrs = resolve(client)?;
-    wal::io_uring_available().map_err(|error| ClientCmdError::IoUring(error.to_string()))?;
-    let config = NetClientConfig::new(client.cluster_id, client.token.0.clone());
-    let timeout = client.timeout;
-    let shard = client.shard;
-    tokio_uring::start(async move {
-        let deadline = Instant::now() + timeout;
-        let mut candidates: Vec<SocketAddr> = addrs.clone();
-        let mut last_error = String::from("no attempt");
-        let mut attempt = 0usize;
-        while Instant::now() < deadline {
-            let addr = candidates[attempt % candidates.len()];
-            attempt += 1;
-            let request = ClientRequest { request_id: attempt as u64, client_id, sequence, body: body.clone() };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let result = tokio::time::timeout(remaining, async {
-                let mut connection = ClientConnection::connect(addr, &config).await?;
-                connection.call(shard, &request).await
-            })
-            .await;
-            match result {
-                Ok(Ok(response)) => match response.status {
-                    ResponseStatus::NotLeader { leader_addr: Some(leader), .. } => {
-                        if let Ok(leader) = leader.parse::<SocketAddr>() {
-                            candidates = vec![leader];
-                            attempt = 0;
-                            continue;
-                        }
-                        last_error = format!("{addr} is not the leader");
-                    }
-                    ResponseStatus::NotLeader { .. } | ResponseStatus::Busy => {
-                        last_error = format!("{addr}: {:?}", response.status);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        candidates = addrs.clone();
-                    }
-                    status => return Ok(status),
-                },
-                Ok(Err(error)) => {
-                    last_error = format!("{addr}: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => last_error = format!("{addr}: timed out"),
-            }
-        }
-        Err(ClientCmdError::Unreachable(timeout, last_error))
-    })
+impl BlockingClient {
+    /// A client of the shard and nodes `client` names.
+    pub fn new(client: &ClientConfig) -> Result<BlockingClient, ClientCmdError> {
+        let addrs = resolve(client)?;
+        wal::io_uring_available().map_err(|error| ClientCmdError::IoUring(error.to_string()))?;
+        let runtime = tokio_uring::Runtime::new(&tokio_uring::builder())
+            .map_err(|error| ClientCmdError::IoUring(error.to_string()))?;
+        let config = NetClientConfig::new(client.cluster_id, client.token.0.clone());
+        Ok(BlockingClient { runtime, client: Client::new(addrs, config, client.shard, client.timeout) })
+    }
+
+    /// Sends a request outside any session until a node answers with an
+    /// outcome (see `net::Client::call`).
+    pub fn call(&mut self, body: RequestBody) -> Result<ResponseStatus, CallError> {
+        self.runtime.block_on(self.client.call(0, 0, 0, body))
+    }
+
+    /// Sends a request with explicit session fields (tests of the session
+    /// layer: retries, stale sequences, acknowledgements).
+    pub fn call_in_session(
+        &mut self,
+        client_id: u64,
+        sequence: u64,
+        ack: u64,
+        body: RequestBody,
+    ) -> Result<ResponseStatus, CallError> {
+        self.runtime.block_on(self.client.call(client_id, sequence, ack, body))
+    }
+
+    pub fn open_session(&mut self) -> Result<Session, CallError> {
+        self.runtime.block_on(self.client.open_session())
+    }
+
+    pub fn write(&mut self, session: &mut Session, command: Bytes) -> Result<Bytes, CallError> {
+        self.runtime.block_on(self.client.write(session, command))
+    }
+
+    pub fn write_again(&mut self, session: &mut Session, sequence: u64, command: Bytes) -> Result<Bytes, CallError> {
+        self.runtime.block_on(self.client.write_again(session, sequence, command))
+    }
+
+    pub fn write_at_least_once(&mut self, command: Bytes) -> Result<Bytes, CallError> {
+        self.runtime.block_on(self.client.write_at_least_once(command))
+    }
+
+    pub fn close_session(&mut self, session: Session) -> Result<(), CallError> {
+        self.runtime.block_on(self.client.close_session(session))
+    }
+
+    pub fn read(&mut self, query: Bytes, consistency: ReadConsistency) -> Result<Bytes, CallError> {
+        self.runtime.block_on(self.client.read(query, consistency))
+    }
+
+    pub fn admin(&mut self, request: AdminRequest) -> Result<Bytes, CallError> {
+        self.runtime.block_on(self.client.admin(request))
+    }
+}
+
+/// Sends `body` outside any session until a node other than a follower
+/// answers, or time runs out.
+pub fn call(client: &ClientConfig, body: RequestBody) -> Result<ResponseStatus, ClientCmdError> {
+    Ok(BlockingClient::new(client)?.call(body)?)
 }
 
 /// Runs `node kv ...` and prints the outcome.
 pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
-    let body = if command.op.is_write() {
-        RequestBody::Write { command: command.op.encode() }
+    let mut client = BlockingClient::new(&command.client)?;
+    let answer = if !command.op.is_write() {
+        let consistency = command.consistency.unwrap_or(ReadConsistency::NodeDefault);
+        client.read(command.op.encode(), consistency)?
+    } else if command.at_least_once {
+        client.write_at_least_once(command.op.encode())?
     } else {
-        RequestBody::Read {
-            query: command.op.encode(),
-            consistency: command.consistency.unwrap_or(net::ReadConsistency::NodeDefault),
+        // A session of its own, opened through the log: nothing another
+        // command does can answer this write in its place.
+        let mut session = client.open_session()?;
+        let answer = client.write(&mut session, command.op.encode())?;
+        if let Err(error) = client.close_session(session) {
+            // The write is done; an unclosed session expires on its own.
+            eprintln!("warning: closing the session failed: {error}");
         }
+        answer
     };
-    // A fresh session per command: sequence 1 opens it. The id is 64 random
-    // bits from the operating system: an id derived from the process id
-    // repeats in every fresh pid namespace (each `docker exec`), and a
-    // repeated id had the write answered from another command's session
-    // without being applied.
-    let client_id = rand::random::<u64>() | 1;
-    let client_id = if command.op.is_write() { client_id } else { 0 };
-    match call(&command.client, client_id, body)? {
-        ResponseStatus::Ok(bytes) => {
-            print_kv(&command.op, &bytes);
-            Ok(())
-        }
-        other => Err(ClientCmdError::Refused(format!("{other:?}"))),
-    }
+    print_kv(&command.op, &answer);
+    Ok(())
 }
 
 fn show(value: &Bytes) -> String {
@@ -130,8 +142,6 @@ fn show(value: &Bytes) -> String {
     }
 }
 
-/// `Ok` carries the state machine's bare response: the node already turned
-/// session outcomes (expired, stale) into typed statuses.
 fn print_kv(op: &KvOp, bytes: &Bytes) {
     match KvResponse::decode(bytes) {
         Ok(KvResponse::Value(Some(value))) => println!("{}", show(&value)),
@@ -148,7 +158,7 @@ fn print_kv(op: &KvOp, bytes: &Bytes) {
 
 /// Runs `node admin ...` and prints the JSON answer.
 pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
-    match call(&command.client, 0, command.body)? {
+    match BlockingClient::new(&command.client)?.call(command.body)? {
         ResponseStatus::Ok(bytes) if bytes.is_empty() => {
             println!("OK");
             Ok(())
@@ -160,6 +170,6 @@ pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
             }
             Ok(())
         }
-        other => Err(ClientCmdError::Refused(format!("{other:?}"))),
+        other => Err(ClientCmdError::Call(CallError::Refused(other))),
     }
 }

@@ -70,6 +70,8 @@ pub enum ConfigError {
     HeartbeatTicks { heartbeat: u32, election_min: u32 },
     #[error("--log-level {value:?} is not a level (error, warn, info, debug, trace) or a directive list")]
     BadLogLevel { value: String },
+    #[error("--{option} (or `{option}` in the configuration file) is no longer an option: {instead}")]
+    Removed { option: &'static str, instead: &'static str },
 }
 
 /// The shared secret presented in handshakes. `Debug` does not print it, so
@@ -144,7 +146,6 @@ pub struct ServeConfig {
     pub token: Token,
     pub limits: FlowLimits,
     pub timing: Timing,
-    pub sessions_max: usize,
     pub read_consistency: ReadConsistency,
     pub log_level: String,
     /// Start as a non-member of an existing cluster (no bootstrap voters).
@@ -209,6 +210,8 @@ pub struct ClientConfig {
 pub struct KvCommand {
     pub client: ClientConfig,
     pub op: KvOp,
+    /// Write outside any session (`--at-least-once`).
+    pub at_least_once: bool,
     /// For a `Get`: the consistency asked for, or `None` for the node's
     /// default.
     pub consistency: Option<ReadConsistency>,
@@ -265,7 +268,6 @@ impl DevConfig {
                     token: Token(Bytes::from_static(DEV_TOKEN)),
                     limits: FlowLimits::default(),
                     timing: Timing::default(),
-                    sessions_max: crate::session::SESSIONS_MAX_DEFAULT,
                     read_consistency: ReadConsistency::Linearizable,
                     log_level: self.log_level.clone(),
                     join: false,
@@ -438,8 +440,13 @@ impl ServeConfig {
                 options.uncommitted_bytes_max.unwrap_or(defaults.uncommitted_bytes_max),
             )?,
         };
-        let sessions_max =
-            positive("sessions-max", options.sessions_max.unwrap_or(crate::session::SESSIONS_MAX_DEFAULT))?;
+        if options.sessions_max.is_some() {
+            return Err(ConfigError::Removed {
+                option: "sessions-max",
+                instead: "session settings are replicated so that no node can disagree: \
+                          `node admin sessions --max N` changes them for the whole cluster",
+            });
+        }
         let read_consistency = options.read_consistency.unwrap_or(ReadConsistencyArg::Linearizable).into();
         let log_level = options.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level)?;
@@ -454,7 +461,6 @@ impl ServeConfig {
             token,
             limits,
             timing,
-            sessions_max,
             read_consistency,
             log_level,
             join: options.join.unwrap_or(false),
@@ -685,7 +691,7 @@ impl KvCommand {
                 KvOp::Cas { key: key(name)?, expected: expected.map(Bytes::from), new: new.map(Bytes::from) }
             }
         };
-        Ok(KvCommand { client, op, consistency })
+        Ok(KvCommand { client, op, consistency, at_least_once: args.at_least_once })
     }
 }
 
@@ -710,6 +716,32 @@ impl AdminCommand {
             }
             AdminActionArgs::Snapshot => RequestBody::Admin(AdminRequest::TakeSnapshot),
             AdminActionArgs::Stats => RequestBody::Admin(AdminRequest::Stats),
+            AdminActionArgs::Sessions { max, timeout, replies_max, reply_bytes_max } => {
+                let timeout_ms = match timeout {
+                    Some(text) => {
+                        let timeout = duration("timeout", &text)?;
+                        if timeout.as_millis() < u128::from(crate::session::TIMEOUT_MS_MIN) {
+                            return Err(ConfigError::OutOfRange {
+                                option: "timeout",
+                                value: text,
+                                reason: "a session timeout is at least 1s",
+                            });
+                        }
+                        timeout.as_millis() as u64
+                    }
+                    None => 0,
+                };
+                let settings = net::SessionSettings {
+                    sessions_max: max.map(|max| positive("max", max)).transpose()?.unwrap_or(0),
+                    timeout_ms,
+                    replies_max: replies_max.map(|max| positive("replies-max", max)).transpose()?.unwrap_or(0),
+                    reply_bytes_max: reply_bytes_max
+                        .map(|max| positive("reply-bytes-max", max))
+                        .transpose()?
+                        .unwrap_or(0),
+                };
+                RequestBody::Admin(AdminRequest::SessionSettings(settings))
+            }
         };
         Ok(AdminCommand { client, body })
     }

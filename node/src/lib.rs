@@ -1,32 +1,30 @@
-//! The Raft key-value node as a library: the key-value state machine with
-//! exactly-once client sessions, the command line and configuration file,
-//! and peer discovery. An application embeds it with its own
-//! [`QueryStateMachine`].
+//! The replicated storage node as a library: the shard driver that joins the
+//! Raft engine, a log store, a transport and an application's state machine;
+//! exactly-once client sessions for any state machine; the io_uring runtime
+//! with the WAL and TCP; the key-value state machine; the command line and
+//! configuration file; peer discovery.
 //!
-//! How a shard's driver uses these pieces:
-//! - a client write (`net::RequestBody::Write`) is proposed as
-//!   [`session::encode_envelope`]`(request.client_id, request.sequence, &command)`;
-//! - the bytes `StateMachine::apply` returns for it, and the bytes
-//!   [`QueryStateMachine::query`] returns for a read, decode with
-//!   [`Reply::decode`], and [`Reply::into_status`] gives the client's
-//!   `net::ResponseStatus`;
+//! - An application implements [`StateMachine`] (commands and queries as
+//!   bytes; sessions, clocks and addresses are the node's,
+//!   [`replicated`]).
+//! - [`shard::Shard`] is the one driver of the engine, generic over
+//!   storage, transport and clock; [`runtime`] runs it on io_uring over the
+//!   WAL and TCP, and the simulator in `tests/` runs it over fakes.
 //! - [`config::parse_from`] turns the command line into a
 //!   [`config::NodeCommand`]; `serve` then resolves its members with
 //!   [`discovery::discover`] and checks them with [`discovery::check_members`].
 
+pub mod app;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod discovery;
-pub mod fsm;
 pub mod kv;
 pub mod session;
 pub mod testing;
 
-pub use codec::DecodeError;
-pub use fsm::QueryStateMachine;
+pub use app::{Rejection, RestoreError, SerializedImage, SnapshotImage, StateMachine};
 pub use kv::{KvOp, KvResponse, KvStateMachine};
-pub use session::{Envelope, Reply, SessionTable};
+pub use session::SessionTable;
 pub mod client_cmd;
 pub mod dev;
 pub mod replicated;

@@ -21,8 +21,7 @@ fn main() -> ExitCode {
     let result: Result<(), String> = match command {
         NodeCommand::Serve(config) => {
             init_logging(&config.log_level);
-            let sessions_max = config.sessions_max;
-            node::runtime::serve(*config, move |_| node::KvStateMachine::new(sessions_max)).map_err(|e| e.to_string())
+            node::runtime::serve(*config, |_| node::KvStateMachine::new()).map_err(|e| e.to_string())
         }
         NodeCommand::Kv(command) => node::client_cmd::run_kv(command).map_err(|e| e.to_string()),
         NodeCommand::Admin(command) => node::client_cmd::run_admin(command).map_err(|e| e.to_string()),

@@ -1,209 +1,81 @@
-//! Exactly-once client sessions, independent of what the state machine does.
+//! Exactly-once client sessions, kept by the node for any state machine
+//! (Raft thesis section 6.3; the client's side is `net::session`).
 //!
-//! A client opens a session by choosing a fresh random 64-bit `client_id` and
-//! numbers its writes 1, 2, 3, ... (`sequence`). The node wraps each write's
-//! command in an [`Envelope`] carrying both before proposing it, so every
-//! replica sees them in the log. The state machine keeps a [`SessionTable`]
-//! (client id → last applied sequence and that write's cached reply) as part of
-//! its state and snapshots: a retried write, proposed again after a timeout or
-//! a leader change, is answered from the cache instead of being applied twice.
+//! - **Opening** goes through the log: the session's id is the index of the
+//!   entry that opened it, so ids are unique by construction (no two
+//!   committed entries share an index) and never reused.
+//! - **Writes** carry `(client_id, sequence, ack)`. The table applies each
+//!   sequence at most once and keeps the answer of every applied sequence at
+//!   or above the session's *floor* (the highest `ack` seen): a retry of any
+//!   of them gets the original answer, however many are in flight. Answers
+//!   below the floor are dropped (the client said it has them), and a retry
+//!   of one is refused as stale, never applied again.
+//! - **The window.** A sequence must lie in `[floor, floor + window)`, the
+//!   window being the session's `replies_max`: so a session keeps at most
+//!   `window` answers, and the lowest write its client still awaits always
+//!   fits (were the bound a plain count, answers to later writes could fill
+//!   it and lock out the earlier write they wait behind). A byte bound,
+//!   `reply_bytes_max`, refuses writes that would extend the session past
+//!   its highest kept answer once its answers hold that many bytes; a write
+//!   that fills a gap below it is always taken, for the same reason.
+//! - **Time** is the log's: the leader proposes clock entries (milliseconds
+//!   of its monotonic clock since it took office, added to the log time it
+//!   found), and every replica advances the table's time when it applies
+//!   one. A session without a write for its timeout of log time expires.
+//!   Nothing here reads a local clock, so every replica expires the same
+//!   sessions at the same index.
+//! - **Bounds**, all part of the replicated settings (`net::SessionSettings`,
+//!   changed only through the log, never a per-node option): at most
+//!   `sessions_max` sessions; opening one more evicts the least recently
+//!   active session that holds no unacknowledged answer, or is refused when
+//!   every session holds one. A session keeps the timeout and window it was
+//!   opened with (its client was told them), so a change of the settings
+//!   applies to sessions opened after it. So the table holds at most
+//!   `sessions_max * window` answers, and about `sessions_max *
+//!   reply_bytes_max` bytes of them (each session may exceed its byte bound
+//!   by the answers that fill its gaps).
 //!
-//! # Envelope (the log entry's payload), little-endian
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 1 | format, [`ENVELOPE_FORMAT`] |
-//! | 8 | `client_id`; 0 means "no session": applied every time it is committed |
-//! | 8 | `sequence`; at least 1 inside a session |
-//! | rest | the application command |
-//!
-//! # Reply (every byte string the key-value state machine answers with)
-//!
-//! | tag | meaning | then |
-//! |---|---|---|
-//! | 0 | [`Reply::Applied`] | the application's response, to the end |
-//! | 1 | [`Reply::SessionExpired`] | nothing |
-//! | 2 | [`Reply::SequenceStale`] | `last_sequence` as u64 |
-//! | 3 | [`Reply::Malformed`] | a UTF-8 reason, to the end |
-//!
-//! # Expiry
-//!
-//! The table holds at most `sessions_max` sessions. Opening one more evicts the
-//! session whose last write has the lowest log index (least recently used in
-//! log order). This depends only on the applied log, never on a clock, so every
-//! replica evicts the same sessions. `sessions_max` must therefore be the same
-//! on every node; snapshots record it and a restore refuses a mismatch.
-//!
-//! Only the reply to a session's latest write is cached. A client that
-//! pipelines several writes of one session and retries an older one after a
-//! newer one was applied gets [`Reply::SequenceStale`]: the write was applied,
-//! its reply is gone.
+//! Why eviction spares sessions with unacknowledged answers: such a session
+//! may have a retry on its way whose write was applied; evicting it would
+//! turn that retry's `SessionExpired` into a lie ("not applied"). A session
+//! whose answers were all acknowledged has no applied write its client is
+//! still unsure of, so any later write in it is truly new and truly not
+//! applied when refused. The same holds for expiry as long as the client
+//! retries a write for at most half the timeout (`net::session`), since log
+//! time runs no faster than real time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use engine::Index;
+use net::compact::{put_bytes, FormatError, Reader};
+use net::session::OpenedSession;
+use net::SessionSettings;
 
-use crate::codec::{DecodeError, Reader};
+/// The settings every cluster starts with, until an admin request changes
+/// them through the log.
+pub const SETTINGS_DEFAULT: SessionSettings =
+    SessionSettings { sessions_max: 4096, timeout_ms: 10 * 60 * 1000, replies_max: 1024, reply_bytes_max: 256 << 10 };
+/// Bounds on the settings an admin may choose.
+pub const SESSIONS_MAX_LIMIT: u32 = 1 << 20;
+pub const TIMEOUT_MS_MIN: u64 = 1000;
+pub const REPLIES_MAX_LIMIT: u32 = 1 << 16;
+/// The largest answer a session caches (the largest a state machine may give
+/// for a write that is to be cached).
+pub const REPLY_SIZE_MAX: usize = 64 << 20;
 
-/// The format byte that opens every [`Envelope`].
-pub const ENVELOPE_FORMAT: u8 = 1;
-/// Bytes of an envelope before the application command.
-pub const ENVELOPE_HEADER_SIZE: usize = 17;
-/// The `client_id` of writes outside any session.
-pub const CLIENT_ID_NONE: u64 = 0;
-/// Default bound on the session table (see [`SessionTable::new`]).
-pub const SESSIONS_MAX_DEFAULT: usize = 4096;
-
-/// A write as it travels through the log: the client's session and the
-/// application's command.
+/// What a session keeps of an applied write: the state machine's answer or
+/// its refusal.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
-    pub client_id: u64,
-    pub sequence: u64,
-    pub command: Bytes,
-}
-
-impl Envelope {
-    /// The log entry payload for this write.
-    pub fn encode(&self) -> Bytes {
-        encode_envelope(self.client_id, self.sequence, &self.command)
-    }
-
-    /// Reads an envelope; `command` is a slice of `bytes` (no copy).
-    pub fn decode(bytes: &Bytes) -> Result<Envelope, DecodeError> {
-        let envelope = EnvelopeRef::decode(bytes)?;
-        Ok(Envelope {
-            client_id: envelope.client_id,
-            sequence: envelope.sequence,
-            command: bytes.slice_ref(envelope.command),
-        })
-    }
-}
-
-/// An [`Envelope`] borrowing the bytes it was decoded from: what apply reads,
-/// touching no reference count (see `codec`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct EnvelopeRef<'a> {
-    pub client_id: u64,
-    pub sequence: u64,
-    pub command: &'a [u8],
-}
-
-impl<'a> EnvelopeRef<'a> {
-    pub(crate) fn decode(bytes: &'a [u8]) -> Result<EnvelopeRef<'a>, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        let format = reader.u8("envelope format")?;
-        if format != ENVELOPE_FORMAT {
-            return Err(DecodeError::UnknownTag { what: "envelope format", tag: format });
-        }
-        let client_id = reader.u64("envelope client id")?;
-        let sequence = reader.u64("envelope sequence")?;
-        if client_id != CLIENT_ID_NONE && sequence == 0 {
-            return Err(DecodeError::Invalid { what: "envelope sequence", reason: "sequences start at 1" });
-        }
-        Ok(EnvelopeRef { client_id, sequence, command: reader.rest() })
-    }
-}
-
-/// Wraps a client's command with its session, the way the node proposes it
-/// (from `net::ClientRequest`'s `client_id` and `sequence`).
-/// Bytes of each buffer [`encode_envelope_in`] carves envelopes from.
-pub const ENVELOPE_ARENA_BYTES: usize = 64 << 10;
-
-/// Encodes an envelope into `arena` and splits it off. Envelopes carved from
-/// one buffer are shared slices of it, so the log's clones of an entry cost no
-/// allocation; a `Bytes` of its own is promoted, with an allocation, on its
-/// first clone (a few percent of a leader's CPU in profiles). A buffer is
-/// freed once every envelope in it is.
-pub fn encode_envelope_in(arena: &mut BytesMut, client_id: u64, sequence: u64, command: &[u8]) -> Bytes {
-    let size = ENVELOPE_HEADER_SIZE + command.len();
-    if arena.capacity() - arena.len() < size {
-        *arena = BytesMut::with_capacity(ENVELOPE_ARENA_BYTES.max(size));
-    }
-    arena.put_u8(ENVELOPE_FORMAT);
-    arena.put_u64_le(client_id);
-    arena.put_u64_le(sequence);
-    arena.put_slice(command);
-    arena.split().freeze()
-}
-
-pub fn encode_envelope(client_id: u64, sequence: u64, command: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(ENVELOPE_HEADER_SIZE + command.len());
-    out.put_u8(ENVELOPE_FORMAT);
-    out.put_u64_le(client_id);
-    out.put_u64_le(sequence);
-    out.put_slice(command);
-    out.freeze()
-}
-
-/// What a state machine with sessions answers, in a form the node can turn
-/// into a `net::ResponseStatus` without knowing the application.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// Applied (now or, for a retry, earlier): the application's response.
+pub enum Cached {
     Applied(Bytes),
-    /// The client's session is unknown (evicted, or never opened with
-    /// sequence 1): nothing was applied; start a new session.
-    SessionExpired,
-    /// This sequence was applied before, but its reply is no longer cached
-    /// because a later write of the session replaced it.
-    SequenceStale { last_sequence: u64 },
-    /// The command or query did not decode; nothing was applied.
-    Malformed(String),
+    Refused(String),
 }
 
-impl Reply {
-    pub fn encode(&self) -> Bytes {
+impl Cached {
+    fn size(&self) -> usize {
         match self {
-            Reply::Applied(response) => {
-                let mut out = BytesMut::with_capacity(1 + response.len());
-                out.put_u8(0);
-                out.put_slice(response);
-                out.freeze()
-            }
-            Reply::SessionExpired => Bytes::from_static(&[1]),
-            Reply::SequenceStale { last_sequence } => {
-                let mut out = BytesMut::with_capacity(9);
-                out.put_u8(2);
-                out.put_u64_le(*last_sequence);
-                out.freeze()
-            }
-            Reply::Malformed(reason) => {
-                let mut out = BytesMut::with_capacity(1 + reason.len());
-                out.put_u8(3);
-                out.put_slice(reason.as_bytes());
-                out.freeze()
-            }
-        }
-    }
-
-    pub fn decode(bytes: &Bytes) -> Result<Reply, DecodeError> {
-        let mut reader = Reader::new(bytes);
-        let reply = match reader.u8("reply tag")? {
-            0 => Reply::Applied(bytes.slice_ref(reader.rest())),
-            1 => Reply::SessionExpired,
-            2 => Reply::SequenceStale { last_sequence: reader.u64("reply last sequence")? },
-            3 => {
-                let reason = std::str::from_utf8(reader.rest())
-                    .map_err(|_| DecodeError::Invalid { what: "reply reason", reason: "not UTF-8" })?;
-                Reply::Malformed(reason.to_string())
-            }
-            tag => return Err(DecodeError::UnknownTag { what: "reply", tag }),
-        };
-        reader.finish("reply")?;
-        Ok(reply)
-    }
-
-    /// The status a client sees for this reply.
-    pub fn into_status(self) -> net::ResponseStatus {
-        match self {
-            Reply::Applied(response) => net::ResponseStatus::Ok(response),
-            Reply::SessionExpired => net::ResponseStatus::SessionExpired,
-            Reply::SequenceStale { last_sequence } => net::ResponseStatus::BadRequest(format!(
-                "sequence already applied and its reply is no longer cached (the session's last sequence is {last_sequence})"
-            )),
-            Reply::Malformed(reason) => net::ResponseStatus::BadRequest(reason),
+            Cached::Applied(bytes) => bytes.len(),
+            Cached::Refused(reason) => reason.len(),
         }
     }
 }
@@ -211,49 +83,91 @@ impl Reply {
 /// One client's session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
-    /// The highest sequence applied. Invariant: at least 1.
-    pub last_sequence: u64,
-    /// The log index of the session's last write (or retry of it); the
-    /// eviction order. Invariant: at most the state machine's applied index.
-    pub last_index: Index,
-    /// The encoded [`Reply`] to `last_sequence`, returned again on a retry.
-    pub reply: Bytes,
+    /// The log time of its last write (or of its opening).
+    pub last_active: u64,
+    /// How long it lives without writes, and its window: the settings in
+    /// force when it was opened.
+    pub timeout_ms: u64,
+    pub window: u32,
+    /// The highest `ack` seen: the client has the answers below it.
+    /// Invariant: every key of `replies` is in `[floor, floor + window)`.
+    pub floor: u64,
+    /// The answers of applied writes at or above the floor.
+    pub replies: BTreeMap<u64, Cached>,
+    /// Invariant: the sum of the sizes of `replies`.
+    pub reply_bytes: usize,
+}
+
+impl Session {
+    fn expires_at(&self) -> u64 {
+        self.last_active.saturating_add(self.timeout_ms)
+    }
 }
 
 /// What to do with a write, decided by [`SessionTable::admit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// New: apply it, then [`SessionTable::record`] the reply.
+    /// New: apply it, then [`SessionTable::record`] the answer.
     Apply,
-    /// A retry of the session's last write: answer with this cached encoded
-    /// reply and do not apply.
-    Duplicate(Bytes),
-    /// Do not apply; answer with this reply.
-    Reject(Reply),
+    /// Applied before: answer with this and do not apply.
+    Duplicate(Cached),
+    /// Not applied: answer with this refusal.
+    Refuse(Refusal),
 }
 
-/// The sessions of a state machine: bounded, deterministic, part of its state.
+/// Why a write in a session is not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The session is unknown: expired, evicted, closed, or never opened.
+    Expired,
+    /// The client acknowledged this sequence's answer already (`floor` is
+    /// the session's lowest kept sequence): a client bug.
+    Stale { floor: u64 },
+    /// Beyond the session's window, or past its byte bound.
+    Full(String),
+}
+
+/// The sessions of a shard: bounded, deterministic, part of its replicated
+/// state and snapshots.
 ///
-/// Invariant: `by_index` holds exactly one `(last_index, client_id)` pair per
-/// session, and `sessions.len() <= sessions_max`.
+/// Invariants: `by_expiry` holds exactly one `(expires_at, id)` per session;
+/// `evictable` holds exactly one `(last_active, id)` per session without
+/// answers; `time` never decreases; every session's `last_active` is at most
+/// `time`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionTable {
+    settings: SessionSettings,
+    /// The log's time in milliseconds, from the last clock entry applied.
+    time: u64,
     sessions: BTreeMap<u64, Session>,
-    by_index: BTreeSet<(Index, u64)>,
-    sessions_max: usize,
+    by_expiry: BTreeSet<(u64, u64)>,
+    evictable: BTreeSet<(u64, u64)>,
+}
+
+impl Default for SessionTable {
+    fn default() -> SessionTable {
+        SessionTable::new(SETTINGS_DEFAULT)
+    }
 }
 
 impl SessionTable {
-    /// An empty table holding at most `sessions_max` sessions (at least 1).
-    /// The bound must be equal on every replica, since eviction is part of
-    /// the replicated state.
-    pub fn new(sessions_max: usize) -> SessionTable {
-        assert!(sessions_max > 0, "sessions_max must be at least 1");
-        SessionTable { sessions: BTreeMap::new(), by_index: BTreeSet::new(), sessions_max }
+    pub fn new(settings: SessionSettings) -> SessionTable {
+        SessionTable {
+            settings,
+            time: 0,
+            sessions: BTreeMap::new(),
+            by_expiry: BTreeSet::new(),
+            evictable: BTreeSet::new(),
+        }
     }
 
-    pub fn sessions_max(&self) -> usize {
-        self.sessions_max
+    pub fn settings(&self) -> SessionSettings {
+        self.settings
+    }
+
+    /// The log's time, in milliseconds.
+    pub fn time(&self) -> u64 {
+        self.time
     }
 
     pub fn len(&self) -> usize {
@@ -268,97 +182,315 @@ impl SessionTable {
         self.sessions.get(&client_id)
     }
 
-    /// The sessions in client id order (the snapshot order).
+    /// The sessions in id order (the snapshot order).
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Session)> {
         self.sessions.iter().map(|(&id, session)| (id, session))
     }
 
-    /// Decides whether write `(client_id, sequence)` must be applied, and for a
-    /// duplicate refreshes the session's place in the eviction order to
-    /// `index` (a retrying client is alive). Writes outside a session
-    /// ([`CLIENT_ID_NONE`]) are always applied.
-    pub fn admit(&mut self, client_id: u64, sequence: u64, index: Index) -> Admission {
-        if client_id == CLIENT_ID_NONE {
-            return Admission::Apply;
+    /// Opens session `client_id` (the index of the entry opening it) at the
+    /// current log time with the current timeout and window, evicting an
+    /// idle session if the table is full.
+    pub fn open(&mut self, client_id: u64) -> Result<OpenedSession, String> {
+        assert!(client_id != 0 && !self.sessions.contains_key(&client_id), "session ids are unique log indexes");
+        if self.sessions.len() >= self.settings.sessions_max as usize {
+            let Some(&(_, victim)) = self.evictable.first() else {
+                return Err(format!(
+                    "the cluster holds {} sessions (its limit), each with answers its client has not acknowledged; \
+                     retry once one closes or expires, or raise the limit (`node admin sessions --max`)",
+                    self.sessions.len()
+                ));
+            };
+            self.remove(victim);
         }
-        debug_assert!(sequence >= 1, "Envelope::decode refuses sequence 0 in a session");
-        match self.sessions.get_mut(&client_id) {
-            None if sequence == 1 => Admission::Apply,
-            None => Admission::Reject(Reply::SessionExpired),
-            Some(session) if sequence > session.last_sequence => Admission::Apply,
-            Some(session) if sequence == session.last_sequence => {
-                let reply = session.reply.clone();
-                let removed = self.by_index.remove(&(session.last_index, client_id));
-                assert!(removed, "session {client_id} missing from the eviction order");
-                session.last_index = index;
-                self.by_index.insert((index, client_id));
-                Admission::Duplicate(reply)
-            }
-            Some(session) => Admission::Reject(Reply::SequenceStale { last_sequence: session.last_sequence }),
-        }
-    }
-
-    /// Records the encoded `reply` to an applied write at log `index`, opening
-    /// the session if it is new; a new session beyond `sessions_max` evicts
-    /// the least recently written one.
-    pub fn record(&mut self, client_id: u64, sequence: u64, index: Index, reply: Bytes) {
-        if client_id == CLIENT_ID_NONE {
-            return;
-        }
-        if let Some(session) = self.sessions.get_mut(&client_id) {
-            assert!(sequence > session.last_sequence, "record of a write that admit did not allow");
-            let removed = self.by_index.remove(&(session.last_index, client_id));
-            assert!(removed, "session {client_id} missing from the eviction order");
-            *session = Session { last_sequence: sequence, last_index: index, reply };
-        } else {
-            if self.sessions.len() == self.sessions_max {
-                let (_, evicted) = self.by_index.pop_first().expect("a full table has an eviction order");
-                self.sessions.remove(&evicted).expect("the eviction order names live sessions");
-            }
-            self.sessions.insert(client_id, Session { last_sequence: sequence, last_index: index, reply });
-        }
-        self.by_index.insert((index, client_id));
-        debug_assert!(self.check_invariants().is_ok(), "{:?}", self.check_invariants());
-    }
-
-    /// Checks the table's invariants; tests and the simulator call it after
-    /// every step. Returns the first broken one.
-    pub fn check_invariants(&self) -> Result<(), &'static str> {
-        if self.sessions.len() > self.sessions_max {
-            return Err("more sessions than sessions_max");
-        }
-        if self.by_index.len() != self.sessions.len() {
-            return Err("the eviction order and the sessions differ in size");
-        }
-        for &(index, client_id) in &self.by_index {
-            match self.sessions.get(&client_id) {
-                None => return Err("the eviction order names a missing session"),
-                Some(session) if session.last_index != index => {
-                    return Err("the eviction order has a stale index for a session")
-                }
-                Some(session) if session.last_sequence == 0 => return Err("a session has sequence 0"),
-                Some(_) => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds a session read from a snapshot; the caller checks the order.
-    pub(crate) fn insert_restored(&mut self, client_id: u64, session: Session) -> Result<(), &'static str> {
-        if client_id == CLIENT_ID_NONE {
-            return Err("a session has client id 0");
-        }
-        if session.last_sequence == 0 {
-            return Err("a session has sequence 0");
-        }
-        if self.sessions.len() == self.sessions_max {
-            return Err("more sessions than sessions_max");
-        }
-        if self.sessions.contains_key(&client_id) {
-            return Err("a client id appears twice");
-        }
-        self.by_index.insert((session.last_index, client_id));
+        let session = Session {
+            last_active: self.time,
+            timeout_ms: self.settings.timeout_ms,
+            window: self.settings.replies_max,
+            floor: 1,
+            replies: BTreeMap::new(),
+            reply_bytes: 0,
+        };
+        self.by_expiry.insert((session.expires_at(), client_id));
+        self.evictable.insert((self.time, client_id));
+        let opened = OpenedSession { client_id, timeout_ms: session.timeout_ms, window: session.window };
         self.sessions.insert(client_id, session);
+        Ok(opened)
+    }
+
+    /// Forgets a session; `false` if it was not there.
+    pub fn close(&mut self, client_id: u64) -> bool {
+        self.remove(client_id)
+    }
+
+    fn remove(&mut self, client_id: u64) -> bool {
+        let Some(session) = self.sessions.remove(&client_id) else { return false };
+        assert!(
+            self.by_expiry.remove(&(session.expires_at(), client_id)),
+            "session {client_id} not in the expiry order"
+        );
+        self.evictable.remove(&(session.last_active, client_id));
+        true
+    }
+
+    /// Decides whether write `sequence` of session `client_id`, sent with
+    /// `ack` (at most `sequence`), must be applied. Any write in a live
+    /// session marks it active and drops the answers below `ack`.
+    pub fn admit(&mut self, client_id: u64, sequence: u64, ack: u64) -> Admission {
+        debug_assert!(sequence >= 1 && ack >= 1 && ack <= sequence, "the envelope's decoder checks these");
+        let time = self.time;
+        let reply_bytes_max = self.settings.reply_bytes_max as usize;
+        let Some(session) = self.sessions.get_mut(&client_id) else {
+            return Admission::Refuse(Refusal::Expired);
+        };
+        let before = (session.expires_at(), session.last_active, session.replies.is_empty());
+        session.last_active = time;
+        if ack > session.floor {
+            // Removed one by one: splitting the map would allocate per write.
+            while let Some(entry) = session.replies.first_entry() {
+                if *entry.key() >= ack {
+                    break;
+                }
+                session.reply_bytes -= entry.remove().size();
+            }
+            session.floor = ack;
+        }
+        let highest = session.replies.last_key_value().map(|(&sequence, _)| sequence);
+        let admission = if sequence < session.floor {
+            Admission::Refuse(Refusal::Stale { floor: session.floor })
+        } else if let Some(cached) = session.replies.get(&sequence) {
+            Admission::Duplicate(cached.clone())
+        } else if sequence - session.floor >= u64::from(session.window) {
+            Admission::Refuse(Refusal::Full(format!(
+                "sequence {sequence} is beyond the session's window: at most {} writes above the lowest one \
+                 awaited ({}); receive its answer, then retry",
+                session.window, session.floor
+            )))
+        } else if highest.is_none_or(|highest| sequence > highest) && session.reply_bytes >= reply_bytes_max {
+            Admission::Refuse(Refusal::Full(format!(
+                "the session holds {} bytes of answers its client has not acknowledged (the limit is \
+                 {reply_bytes_max}); receive them, then retry sequence {sequence}",
+                session.reply_bytes
+            )))
+        } else {
+            Admission::Apply
+        };
+        let after = (session.expires_at(), session.last_active, session.replies.is_empty());
+        // Most writes change neither the session's time (clock entries come
+        // about once a second) nor whether it is idle: no reindexing then.
+        if before != after {
+            self.reindex(client_id, before, after);
+        }
+        admission
+    }
+
+    /// Keeps the answer to write `sequence`, which [`SessionTable::admit`]
+    /// allowed.
+    pub fn record(&mut self, client_id: u64, sequence: u64, answer: Cached) {
+        let session = self.sessions.get_mut(&client_id).expect("admit allowed a write of a live session");
+        assert!(sequence >= session.floor, "record of a write below the floor");
+        let before = (session.expires_at(), session.last_active, session.replies.is_empty());
+        session.reply_bytes += answer.size();
+        let previous = session.replies.insert(sequence, answer);
+        assert!(previous.is_none(), "sequence {sequence} of session {client_id} applied twice");
+        let after = (session.expires_at(), session.last_active, false);
+        self.reindex(client_id, before, after);
+    }
+
+    /// Moves a session in the expiry and eviction orders from its `before`
+    /// place (expires at, last active, idle) to its `after` one.
+    fn reindex(&mut self, client_id: u64, before: (u64, u64, bool), after: (u64, u64, bool)) {
+        assert!(self.by_expiry.remove(&(before.0, client_id)), "session {client_id} not in the expiry order");
+        self.by_expiry.insert((after.0, client_id));
+        if before.2 {
+            self.evictable.remove(&(before.1, client_id));
+        }
+        if after.2 {
+            self.evictable.insert((after.1, client_id));
+        }
+    }
+
+    /// Advances the log's time to `time` (a clock entry; an older time
+    /// changes nothing) and expires the sessions idle for their timeout.
+    /// Returns how many expired.
+    pub fn advance(&mut self, time: u64) -> usize {
+        self.time = self.time.max(time);
+        let mut expired = 0;
+        while let Some(&(expires_at, client_id)) = self.by_expiry.first() {
+            if expires_at > self.time {
+                break;
+            }
+            self.remove(client_id);
+            expired += 1;
+        }
+        expired
+    }
+
+    /// Replaces the settings (validated by the caller) for sessions opened
+    /// from now on. A lower `sessions_max` evicts idle sessions down to it;
+    /// sessions with unacknowledged answers stay until they expire, and no
+    /// session opens while the table is over the bound.
+    pub fn set_settings(&mut self, settings: SessionSettings) {
+        self.settings = settings;
+        while self.sessions.len() > settings.sessions_max as usize {
+            let Some(&(_, victim)) = self.evictable.first() else { break };
+            self.remove(victim);
+        }
+    }
+
+    /// Checks the table's invariants; returns the first broken one.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.by_expiry.len() != self.sessions.len() {
+            return Err("the expiry order and the sessions differ in size".into());
+        }
+        let idle = self.sessions.values().filter(|session| session.replies.is_empty()).count();
+        if self.evictable.len() != idle {
+            return Err(format!("{} sessions in the eviction order, {idle} without answers", self.evictable.len()));
+        }
+        for (&client_id, session) in &self.sessions {
+            if !self.by_expiry.contains(&(session.expires_at(), client_id)) {
+                return Err(format!("session {client_id} is not in the expiry order at its place"));
+            }
+            if session.replies.is_empty() && !self.evictable.contains(&(session.last_active, client_id)) {
+                return Err(format!("idle session {client_id} is not in the eviction order at its place"));
+            }
+            if session.last_active > self.time {
+                return Err(format!("session {client_id} was active at {}, after the log time", session.last_active));
+            }
+            if session.expires_at() <= self.time {
+                return Err(format!("session {client_id} outlived its timeout"));
+            }
+            let keys = session.replies.keys();
+            if keys.clone().next().is_some_and(|&lowest| lowest < session.floor) {
+                return Err(format!("session {client_id} keeps an answer below its floor"));
+            }
+            if keys.last().is_some_and(|&highest| highest - session.floor >= u64::from(session.window)) {
+                return Err(format!("session {client_id} keeps an answer beyond its window"));
+            }
+            if session.replies.values().map(Cached::size).sum::<usize>() != session.reply_bytes {
+                return Err(format!("session {client_id} counts its answers' bytes wrong"));
+            }
+        }
         Ok(())
+    }
+
+    /// Appends the table to a snapshot: settings, time, then each session
+    /// in id order with its answers in sequence order.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let settings = self.settings;
+        out.put_u32_le(settings.sessions_max);
+        out.put_u64_le(settings.timeout_ms);
+        out.put_u32_le(settings.replies_max);
+        out.put_u32_le(settings.reply_bytes_max);
+        out.put_u64_le(self.time);
+        out.put_u64_le(self.sessions.len() as u64);
+        for (&client_id, session) in &self.sessions {
+            out.put_u64_le(client_id);
+            out.put_u64_le(session.last_active);
+            out.put_u64_le(session.timeout_ms);
+            out.put_u32_le(session.window);
+            out.put_u64_le(session.floor);
+            out.put_u32_le(session.replies.len() as u32);
+            for (&sequence, answer) in &session.replies {
+                out.put_u64_le(sequence);
+                match answer {
+                    Cached::Applied(bytes) => {
+                        out.put_u8(0);
+                        put_bytes(out, bytes);
+                    }
+                    Cached::Refused(reason) => {
+                        out.put_u8(1);
+                        put_bytes(out, reason.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads a table written by [`SessionTable::encode`], checking every
+    /// bound and invariant (a snapshot may come from another node).
+    pub fn decode(reader: &mut Reader<'_>, snapshot: &Bytes) -> Result<SessionTable, FormatError> {
+        let invalid = |reason| FormatError::Invalid { what: "session table", reason };
+        let settings = SessionSettings {
+            sessions_max: reader.u32("sessions_max")?,
+            timeout_ms: reader.u64("session timeout")?,
+            replies_max: reader.u32("replies_max")?,
+            reply_bytes_max: reader.u32("reply_bytes_max")?,
+        };
+        validate_settings(&settings).map_err(|_| invalid("settings out of range"))?;
+        let mut table = SessionTable::new(settings);
+        table.time = reader.u64("log time")?;
+        let count = reader.u64("session count")?;
+        let mut previous = 0;
+        for _ in 0..count {
+            let client_id = reader.u64("session id")?;
+            if client_id <= previous {
+                return Err(invalid("session ids are not strictly increasing"));
+            }
+            previous = client_id;
+            let mut session = Session {
+                last_active: reader.u64("last active")?,
+                timeout_ms: reader.u64("timeout")?,
+                window: reader.u32("window")?,
+                floor: reader.u64("floor")?,
+                replies: BTreeMap::new(),
+                reply_bytes: 0,
+            };
+            let replies_count = reader.u32("answer count")?;
+            if replies_count > session.window || session.window == 0 || session.floor == 0 {
+                return Err(invalid("a session's window or floor is out of range"));
+            }
+            for _ in 0..replies_count {
+                let sequence = reader.u64("sequence")?;
+                let answer = match reader.u8("answer tag")? {
+                    0 => Cached::Applied(snapshot.slice_ref(reader.bytes("answer", REPLY_SIZE_MAX)?)),
+                    1 => {
+                        let reason = std::str::from_utf8(reader.bytes("refusal", REPLY_SIZE_MAX)?)
+                            .map_err(|_| invalid("a refusal is not UTF-8"))?;
+                        Cached::Refused(reason.to_string())
+                    }
+                    tag => return Err(FormatError::UnknownTag { what: "cached answer", tag }),
+                };
+                session.reply_bytes += answer.size();
+                if session.replies.insert(sequence, answer).is_some() {
+                    return Err(invalid("an answer appears twice"));
+                }
+            }
+            table.by_expiry.insert((session.expires_at(), client_id));
+            if session.replies.is_empty() {
+                table.evictable.insert((session.last_active, client_id));
+            }
+            table.sessions.insert(client_id, session);
+        }
+        table.check_invariants().map_err(|_| invalid("the table's invariants do not hold"))?;
+        Ok(table)
+    }
+}
+
+/// Checks settings an admin asks for (or a snapshot carries).
+pub fn validate_settings(settings: &SessionSettings) -> Result<(), String> {
+    if settings.sessions_max == 0 || settings.sessions_max > SESSIONS_MAX_LIMIT {
+        return Err(format!("sessions_max must be 1 to {SESSIONS_MAX_LIMIT}"));
+    }
+    if settings.timeout_ms < TIMEOUT_MS_MIN {
+        return Err(format!("the session timeout must be at least {TIMEOUT_MS_MIN} ms"));
+    }
+    if settings.replies_max == 0 || settings.replies_max > REPLIES_MAX_LIMIT {
+        return Err(format!("replies_max must be 1 to {REPLIES_MAX_LIMIT}"));
+    }
+    if settings.reply_bytes_max == 0 {
+        return Err("reply_bytes_max must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// `requested` with its zero fields taken from `current` (an admin request
+/// changes only what it names).
+pub fn merge_settings(current: SessionSettings, requested: SessionSettings) -> SessionSettings {
+    let pick32 = |new: u32, old: u32| if new == 0 { old } else { new };
+    SessionSettings {
+        sessions_max: pick32(requested.sessions_max, current.sessions_max),
+        timeout_ms: if requested.timeout_ms == 0 { current.timeout_ms } else { requested.timeout_ms },
+        replies_max: pick32(requested.replies_max, current.replies_max),
+        reply_bytes_max: pick32(requested.reply_bytes_max, current.reply_bytes_max),
     }
 }

@@ -8,14 +8,14 @@
 //!
 //! ```
 //! use node::kv::KvStateMachine;
-//! node::testing::state_machine_suite(|| KvStateMachine::new(8), &node::testing::kv_workload(7, 200));
+//! node::testing::state_machine_suite(KvStateMachine::new, &node::testing::kv_workload(7, 200));
 //! ```
 
 use bytes::Bytes;
-use engine::{Index, StateMachine};
+use engine::Index;
 
+use crate::app::{Rejection, StateMachine};
 use crate::kv::KvOp;
-use crate::session::encode_envelope;
 
 /// Runs every check of the suite.
 pub fn state_machine_suite<S: StateMachine, F: Fn() -> S>(make: F, workload: &[Bytes]) {
@@ -47,7 +47,11 @@ pub fn check_snapshot_image<S: StateMachine, F: Fn() -> S>(make: &F, workload: &
 
 /// Applies `commands` at consecutive indices from `first_index`, returning
 /// the responses.
-pub fn apply_all<S: StateMachine>(machine: &mut S, first_index: Index, commands: &[Bytes]) -> Vec<Bytes> {
+pub fn apply_all<S: StateMachine>(
+    machine: &mut S,
+    first_index: Index,
+    commands: &[Bytes],
+) -> Vec<Result<Bytes, Rejection>> {
     commands.iter().zip(first_index..).map(|(command, index)| machine.apply(index, command)).collect()
 }
 
@@ -147,29 +151,16 @@ fn cut_points(len: usize) -> Vec<usize> {
     cuts
 }
 
-/// A deterministic key-value workload of `count` log payloads from `seed`:
-/// puts, deletes, compare-and-swaps and logged gets over a few keys, from a
-/// few clients that retry, skip ahead (expired sessions), open new sessions,
-/// send writes outside a session, and a few malformed commands. Use a small
-/// `sessions_max` (such as 8) so that eviction happens too.
+/// A deterministic key-value workload of `count` commands from `seed`:
+/// puts, deletes, compare-and-swaps and logged gets over a few keys, with
+/// keys short enough to be stored inline and longer ones, and a few
+/// malformed commands.
 pub fn kv_workload(seed: u64, count: usize) -> Vec<Bytes> {
-    /// Clients in the workload; more than a small `sessions_max`.
-    const CLIENTS_COUNT: u64 = 12;
     let mut random = SplitMix64(seed);
-    let mut next_sequence = [1u64; CLIENTS_COUNT as usize];
-    let mut last: Vec<Option<Bytes>> = vec![None; CLIENTS_COUNT as usize];
     let mut workload = Vec::with_capacity(count);
     while workload.len() < count {
-        let client = (random.next() % CLIENTS_COUNT) as usize;
-        let choice = random.next() % 100;
-        if choice < 8 {
-            if let Some(retry) = &last[client] {
-                workload.push(retry.clone());
-                continue;
-            }
-        }
-        if choice < 10 {
-            workload.push(Bytes::from_static(b"\x01garbage"));
+        if random.next() % 100 < 3 {
+            workload.push(Bytes::from_static(b"\x09garbage"));
             continue;
         }
         // Mostly short keys, some longer than the ones the map stores inline.
@@ -188,18 +179,7 @@ pub fn kv_workload(seed: u64, count: usize) -> Vec<Bytes> {
                 KvOp::Cas { key, expected, new }
             }
         };
-        let client_id = client as u64 + 1;
-        let command = match choice {
-            10..=14 => encode_envelope(0, 0, &op.encode()),
-            15..=17 => encode_envelope(client_id, next_sequence[client] + 5, &op.encode()),
-            _ => {
-                let sequence = next_sequence[client];
-                next_sequence[client] += 1;
-                encode_envelope(client_id, sequence, &op.encode())
-            }
-        };
-        last[client] = Some(command.clone());
-        workload.push(command);
+        workload.push(op.encode());
     }
     workload
 }

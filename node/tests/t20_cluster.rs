@@ -10,8 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use net::session::Session;
 use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
-use node::client_cmd::{call, call_in_session};
+use node::client_cmd::{call, BlockingClient};
 use node::config::{ClientConfig, Token};
 use node::discovery::HostPort;
 use node::kv::{KvOp, KvResponse};
@@ -106,7 +107,7 @@ impl TestCluster {
     fn status(&self, id: u64) -> Option<serde_json::Value> {
         let mut client = self.client(&[id]);
         client.timeout = Duration::from_secs(2);
-        match call(&client, 0, RequestBody::Status) {
+        match call(&client, RequestBody::Status) {
             Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
             _ => None,
         }
@@ -128,18 +129,17 @@ impl TestCluster {
         panic!("no leader within 30 s");
     }
 
-    fn put(&self, session: u64, sequence: u64, key: &str, value: &str) {
-        let op = KvOp::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()) };
-        let status =
-            call_in_session(&self.client(&self.live()), session, sequence, RequestBody::Write { command: op.encode() })
-                .expect("write answered");
-        assert_eq!(status, ResponseStatus::Ok(KvResponse::Written.encode()), "put {key}");
+    /// A client of the live nodes with a session of its own.
+    fn writer(&self) -> Writer {
+        let mut client = BlockingClient::new(&self.client(&self.live())).expect("a client");
+        let session = client.open_session().expect("a session opens");
+        Writer { client, session, last: None }
     }
 
     fn get(&self, via: &[u64], key: &str, consistency: ReadConsistency) -> Option<Bytes> {
         let op = KvOp::Get { key: Bytes::from(key.to_string()) };
         let status =
-            call(&self.client(via), 0, RequestBody::Read { query: op.encode(), consistency }).expect("read answered");
+            call(&self.client(via), RequestBody::Read { query: op.encode(), consistency }).expect("read answered");
         match status {
             ResponseStatus::Ok(bytes) => match KvResponse::decode(&bytes).expect("decodes") {
                 KvResponse::Value(value) => value,
@@ -150,7 +150,7 @@ impl TestCluster {
     }
 
     fn admin(&self, request: AdminRequest) -> ResponseStatus {
-        call(&self.client(&self.live()), 0, RequestBody::Admin(request)).expect("admin answered")
+        call(&self.client(&self.live()), RequestBody::Admin(request)).expect("admin answered")
     }
 
     /// Waits until node `id` has applied at least `index`.
@@ -163,6 +163,33 @@ impl TestCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("node {id} did not apply index {index} within 30 s");
+    }
+}
+
+/// A client writing in one exactly-once session.
+struct Writer {
+    client: BlockingClient,
+    session: Session,
+    /// The last write's sequence and command, to send it again.
+    last: Option<(u64, Bytes)>,
+}
+
+impl Writer {
+    fn put(&mut self, key: &str, value: &str) {
+        let op = KvOp::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()) };
+        let sequence = self.session.start();
+        self.last = Some((sequence, op.encode()));
+        let answer = self.client.write_again(&mut self.session, sequence, op.encode()).expect("write answered");
+        assert_eq!(answer, KvResponse::Written.encode(), "put {key}");
+    }
+
+    /// Sends the last write again with its sequence, as a client that lost
+    /// the answer does (acknowledging nothing new).
+    fn retry_last(&mut self) -> ResponseStatus {
+        let (sequence, command) = self.last.clone().expect("a write before");
+        self.client
+            .call_in_session(self.session.client_id(), sequence, sequence, RequestBody::Write { command })
+            .expect("retry answered")
     }
 }
 
@@ -180,8 +207,9 @@ impl Drop for TestCluster {
 fn three_nodes_replicate_read_and_survive_leader_kill() {
     let mut cluster = TestCluster::start(3, 21100);
     let leader = cluster.leader();
+    let mut writer = cluster.writer();
     for i in 1..=30 {
-        cluster.put(7, i, &format!("k{i}"), &format!("v{i}"));
+        writer.put(&format!("k{i}"), &format!("v{i}"));
     }
     for i in 1..=30 {
         let value = cluster.get(&[leader], &format!("k{i}"), ReadConsistency::Linearizable);
@@ -195,11 +223,11 @@ fn three_nodes_replicate_read_and_survive_leader_kill() {
     let new_leader = cluster.leader();
     assert_ne!(new_leader, leader);
     for i in 31..=60 {
-        cluster.put(7, i, &format!("k{i}"), &format!("v{i}"));
+        writer.put(&format!("k{i}"), &format!("v{i}"));
     }
     // A retried write (same session and sequence) is applied once: the
-    // state machine answers from the session table.
-    cluster.put(7, 60, "k60", "v60");
+    // node answers from the session table, which survived the failover.
+    assert_eq!(writer.retry_last(), ResponseStatus::Ok(KvResponse::Written.encode()));
     for i in 1..=60 {
         assert_eq!(
             cluster.get(&cluster.live(), &format!("k{i}"), ReadConsistency::Linearizable),
@@ -222,15 +250,16 @@ fn three_nodes_replicate_read_and_survive_leader_kill() {
 fn five_nodes_survive_two_failures() {
     let mut cluster = TestCluster::start(5, 21200);
     let leader = cluster.leader();
+    let mut writer = cluster.writer();
     for i in 1..=20 {
-        cluster.put(3, i, &format!("a{i}"), "x");
+        writer.put(&format!("a{i}"), "x");
     }
     let others: Vec<u64> = cluster.live().into_iter().filter(|&id| id != leader).collect();
     cluster.kill(leader);
     cluster.kill(others[0]);
     cluster.leader();
     for i in 21..=40 {
-        cluster.put(3, i, &format!("a{i}"), "y");
+        writer.put(&format!("a{i}"), "y");
     }
     for i in [1, 20, 21, 40] {
         assert!(cluster.get(&cluster.live(), &format!("a{i}"), ReadConsistency::Linearizable).is_some());
@@ -241,9 +270,11 @@ fn five_nodes_survive_two_failures() {
 fn all_nodes_killed_and_restarted_keep_every_acknowledged_write() {
     let mut cluster = TestCluster::start(3, 21300);
     cluster.leader();
+    let mut writer = cluster.writer();
     for i in 1..=100 {
-        cluster.put(11, i, &format!("d{i}"), &format!("{i}"));
+        writer.put(&format!("d{i}"), &format!("{i}"));
     }
+    drop(writer);
     for id in 1..=3 {
         cluster.kill(id);
     }
@@ -264,7 +295,8 @@ fn all_nodes_killed_and_restarted_keep_every_acknowledged_write() {
 fn membership_changes_and_leader_transfer() {
     let mut cluster = TestCluster::start(3, 21400);
     cluster.leader();
-    cluster.put(5, 1, "before", "join");
+    let mut writer = cluster.writer();
+    writer.put("before", "join");
     // Node 4 joins: started empty with --join, added as a learner, promoted.
     cluster.spawn(4, true);
     let addr = format!("127.0.0.1:{}", cluster.peer_port(4));
@@ -297,7 +329,8 @@ fn membership_changes_and_leader_transfer() {
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.kill(leader);
-    cluster.put(5, 2, "after", "remove");
+    let mut writer = cluster.writer();
+    writer.put("after", "remove");
     assert_eq!(cluster.get(&cluster.live(), "after", ReadConsistency::Linearizable), Some(Bytes::from("remove")));
 }
 
@@ -305,7 +338,7 @@ fn membership_changes_and_leader_transfer() {
 fn a_read_without_a_consistency_uses_the_node_default() {
     let cluster = TestCluster::start(3, 21500);
     cluster.leader();
-    cluster.put(13, 1, "k", "v");
+    cluster.writer().put("k", "v");
     // NodeDefault is linearizable unless the node is configured otherwise.
     assert_eq!(cluster.get(&cluster.live(), "k", ReadConsistency::NodeDefault), Some(Bytes::from("v")));
 }
@@ -315,9 +348,14 @@ fn a_follower_forwards_session_writes_to_the_leader_when_asked() {
     let cluster = TestCluster::start_with(3, 21600, &["--forward-writes"]);
     let leader = cluster.leader();
     let follower = cluster.live().into_iter().find(|&id| id != leader).expect("a follower");
-    let put = |sequence: u64, value: &str| {
+    // The session is opened through the follower too (forwarded, and
+    // answered when the follower applies the opening).
+    let mut client = BlockingClient::new(&cluster.client(&[follower])).expect("a client");
+    let session = client.open_session().expect("a session opens through a follower").client_id();
+    let mut put = |sequence: u64, value: &str| {
         let op = KvOp::Put { key: Bytes::from_static(b"forwarded"), value: Bytes::from(value.to_string()) };
-        call_in_session(&cluster.client(&[follower]), 31, sequence, RequestBody::Write { command: op.encode() })
+        client
+            .call_in_session(session, sequence, sequence, RequestBody::Write { command: op.encode() })
             .expect("write answered")
     };
     // The follower answers the write itself (a redirect would have sent this
@@ -336,7 +374,7 @@ fn a_follower_forwards_session_writes_to_the_leader_when_asked() {
     // redirects it (the client follows) and forwards nothing.
     let forwarded = cluster.status(follower).expect("status")["writes_forwarded"].clone();
     let op = KvOp::Put { key: Bytes::from_static(b"plain"), value: Bytes::from_static(b"v") };
-    let answer = call(&cluster.client(&[follower]), 0, RequestBody::Write { command: op.encode() });
+    let answer = call(&cluster.client(&[follower]), RequestBody::Write { command: op.encode() });
     assert_eq!(answer.expect("write answered"), ResponseStatus::Ok(KvResponse::Written.encode()));
     assert_eq!(cluster.status(follower).expect("status")["writes_forwarded"], forwarded);
 }

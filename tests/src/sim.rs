@@ -31,14 +31,17 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use engine::config::Rng;
-use engine::{ConfChange, ConfChangeOp, Config, NodeId, StateMachine};
-use net::ReadConsistency;
+use engine::{ConfChange, ConfChangeOp, Config, NodeId};
+use net::{ClientRequest, ReadConsistency, RequestBody, SessionSettings};
 
 use crate::linearizability::{check, CheckOptions, NodeKvModel, Verdict};
 use checks::Observer;
 use client::{SimClient, SimHistory};
 use network::{Endpoint, NetworkFaults, Packet, Payload, SimNetwork};
-use node::{Outbox, SimNode};
+use node::{Outbox, Request, SimNode, Waiter};
+
+/// The client index of the operator's admin requests (answers are dropped).
+const OPERATOR: usize = usize::MAX;
 
 /// Time units per engine tick: network delays are a fraction of a tick to a
 /// few ticks, like loopback or a LAN against a 10 ms tick.
@@ -72,6 +75,13 @@ pub struct Summary {
     /// many forwarded writes were answered when applied.
     pub forward_writes: bool,
     pub forwarded_answered: u64,
+    /// Sessions clients opened, found expired (or evicted), and were
+    /// refused a session because the table was full of sessions with
+    /// answers in doubt; writes given up past the retry window.
+    pub sessions_opened: u64,
+    pub sessions_expired: u64,
+    pub sessions_refused: u64,
+    pub writes_given_up: u64,
 }
 
 /// The whole simulated world.
@@ -99,6 +109,8 @@ struct World {
     /// election timeout of at least 10 ticks).
     clocks: BTreeMap<NodeId, (u64, u64)>,
     summary: Summary,
+    /// The session settings the run uses, until the cluster applied them.
+    settings: Option<SessionSettings>,
 }
 
 /// Runs one seed with `voters` initial voters (plus one spare node that
@@ -145,6 +157,14 @@ pub fn run(seed: u64, voters: u64) -> Summary {
     let read_consistency = if lease_reads { ReadConsistency::Lease } else { ReadConsistency::Linearizable };
     let client_count = rng.range(2, 6) as usize;
     let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_consistency)).collect();
+    // Small session settings, so that sessions expire, fill the table and
+    // are evicted or refused, and writes find their session full.
+    let settings = SessionSettings {
+        sessions_max: client_count as u32 + rng.range(0, 3) as u32,
+        timeout_ms: rng.range(1_000, 3_000),
+        replies_max: rng.range(2, 7) as u32,
+        reply_bytes_max: 1 << 20,
+    };
     let keys = rng.range(1, 5) as u8;
     let disk_speed = rng.range(20, 100);
     let clocks = ids.iter().map(|&id| (id, (TICK + rng.range(0, 2), rng.range(0, TICK)))).collect();
@@ -163,6 +183,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
         stalled_until: BTreeMap::new(),
         clocks,
         summary: Summary { seed, voters, lease_reads, forward_writes, ..Summary::default() },
+        settings: Some(settings),
     };
     world.chaos(voters);
     world.heal_and_converge();
@@ -178,6 +199,9 @@ impl World {
             self.network.send(&mut self.rng, self.now, packet);
         }
         for response in output.responses {
+            if response.waiter.client == OPERATOR {
+                continue;
+            }
             let packet = Packet {
                 from: Endpoint::Node(from),
                 to: Endpoint::Client(response.waiter.client),
@@ -240,7 +264,7 @@ impl World {
                 clients_may_start,
                 &mut self.history,
             );
-            if let Some((target, request)) = request {
+            for (target, request) in request {
                 let packet = Packet {
                     from: Endpoint::Client(index),
                     to: Endpoint::Node(target),
@@ -249,8 +273,27 @@ impl World {
                 self.network.send(&mut self.rng, self.now, packet);
             }
         }
+        self.configure_sessions();
         self.observer.check(&mut self.nodes, self.now);
         self.now += 1;
+    }
+
+    /// The operator sets the run's session settings through the leader (an
+    /// admin request), until the leader has applied them.
+    fn configure_sessions(&mut self) {
+        let Some(settings) = self.settings else { return };
+        let Some(leader) = self.leader() else { return };
+        let node = self.nodes.get_mut(&leader).expect("known node");
+        if node.shard.state_machine().sessions().settings() == settings {
+            self.settings = None;
+            return;
+        }
+        if !self.now.is_multiple_of(50) {
+            return;
+        }
+        let body = RequestBody::Admin(net::AdminRequest::SessionSettings(settings));
+        let waiter = Waiter { client: OPERATOR, operation: 0, attempt: 0 };
+        node.request(Request { waiter, request: ClientRequest::plain(0, body) });
     }
 
     fn down_count(&self) -> usize {
@@ -452,6 +495,12 @@ impl World {
         self.summary.state_machine_rebuilds = self.nodes.values().map(|node| node.generation).sum();
         self.summary.snapshots_installed = self.nodes.values().map(|node| node.snapshots_installed()).sum();
         self.summary.forwarded_answered = self.nodes.values().map(|node| node.forwarded_answered()).sum();
+        for client in &self.clients {
+            self.summary.sessions_opened += client.counts.sessions_opened;
+            self.summary.sessions_expired += client.counts.sessions_expired;
+            self.summary.sessions_refused += client.counts.sessions_refused;
+            self.summary.writes_given_up += client.counts.writes_given_up;
+        }
     }
 
     fn describe(&self) -> String {
@@ -459,7 +508,7 @@ impl World {
         for node in self.nodes.values() {
             let raft = node.shard.raft();
             lines.push(format!(
-                "node {}: up={} {:?} term={} leader={} commit={} applied={} last={} snapshot={} conf={:?} pending_disk={}",
+                "node {}: up={} {:?} term={} leader={} commit={} applied={} persisted={} last={} snapshot={} conf={:?} pending_disk={} oldest_pending_append={:?} progress={:?}",
                 node.id,
                 node.up,
                 raft.role(),
@@ -467,13 +516,31 @@ impl World {
                 raft.leader(),
                 raft.committed(),
                 raft.applied(),
+                raft.persisted_index(),
                 raft.last_index(),
                 raft.snapshot().index,
                 raft.conf(),
                 node.disk.borrow().pending_len(),
+                node.shard.oldest_pending_append(),
+                raft.status().progress.iter().map(|p| (p.id, p.match_index, p.next_index, format!("{:?}", p.state), p.inflight_batches)).collect::<Vec<_>>(),
             ));
         }
         lines.push(format!("network: {} in flight, cut {:?}", self.network.len(), self.network.cut));
+        for client in &self.clients {
+            lines.push(format!("client {}: {}", client.index, client.describe()));
+        }
+        if let Some(leader) = self.leader() {
+            let sessions = self.nodes[&leader].shard.state_machine().sessions();
+            lines.push(format!(
+                "leader's sessions at log time {}: {:?} {:?}",
+                sessions.time(),
+                sessions.settings(),
+                sessions
+                    .iter()
+                    .map(|(id, s)| (id, s.last_active, s.floor, s.replies.keys().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>()
+            ));
+        }
         lines.join("\n")
     }
 

@@ -24,10 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use net::CallError;
 use net::{
     ClientConfig as NetClientConfig, ClientConnection, ClientRequest, ReadConsistency, RequestBody, ResponseStatus,
 };
-use node::client_cmd::{call, call_in_session};
+use node::client_cmd::{call, BlockingClient};
 use node::config::{ClientConfig, Token};
 use node::discovery::HostPort;
 use node::kv::{KvOp, KvResponse};
@@ -191,7 +192,7 @@ impl Cluster {
     }
 
     fn status(&self, id: u64) -> Option<serde_json::Value> {
-        match call(&self.client(&[id], Duration::from_secs(2)), 0, RequestBody::Status) {
+        match call(&self.client(&[id], Duration::from_secs(2)), RequestBody::Status) {
             Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
             _ => None,
         }
@@ -199,7 +200,7 @@ impl Cluster {
 
     fn stats(&self, id: u64) -> Option<serde_json::Value> {
         let body = RequestBody::Admin(net::AdminRequest::Stats);
-        match call(&self.client(&[id], Duration::from_secs(2)), 0, body) {
+        match call(&self.client(&[id], Duration::from_secs(2)), body) {
             Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
             _ => None,
         }
@@ -315,11 +316,19 @@ impl Shared {
     }
 }
 
-/// One client thread: its own session, sequences 1, 2, 3, ...; every call
-/// retries (same sequence) until its timeout, following redirects.
+/// One client thread: its own exactly-once session, opened through the
+/// cluster; every write retries (same sequence) until its timeout,
+/// following redirects; a write that times out is given up, its outcome
+/// unknown.
 fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
-    let session = (u64::from(std::process::id()) << 20) ^ ((index + 1) * 0x9E37_79B9);
-    let mut sequence = 0u64;
+    let mut client = BlockingClient::new(&config).expect("a client");
+    let mut session = loop {
+        match client.open_session() {
+            Ok(session) => break session,
+            Err(error) if shared.stop.load(Ordering::Relaxed) => panic!("no session before the end: {error}"),
+            Err(_) => continue,
+        }
+    };
     let mut operation = 0u64;
     let mut rng = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = move |bound: u64| {
@@ -334,16 +343,13 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
         let choice = next(10);
         if choice == 9 {
             // A write-once key, read back at the end if acknowledged.
-            sequence += 1;
             let key = format!("once-{index}-{operation}");
             let op = KvOp::Put { key: Bytes::from(key.clone()), value: value_bytes(value) };
-            let result = call_in_session(&config, session, sequence, RequestBody::Write { command: op.encode() });
+            let result = client.write(&mut session, op.encode());
             match result {
-                Ok(ResponseStatus::Ok(_)) => shared.acknowledged.lock().unwrap().push((key, value)),
-                Ok(ResponseStatus::SessionExpired) | Ok(ResponseStatus::BadRequest(_)) => {
-                    shared.anomalies.lock().unwrap().push(format!("write-once {key}: {result:?}"))
-                }
-                _ => {}
+                Ok(_) => shared.acknowledged.lock().unwrap().push((key, value)),
+                Err(CallError::Unreachable { .. }) => {}
+                Err(error) => shared.anomalies.lock().unwrap().push(format!("write-once {key}: {error}")),
             }
             continue;
         }
@@ -365,18 +371,21 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
                     query: KvOp::Get { key: key_bytes(*key) }.encode(),
                     consistency: ReadConsistency::Linearizable,
                 };
-                call(&config, 0, body)
+                match client.call(body) {
+                    Ok(ResponseStatus::Ok(bytes)) => Ok(bytes),
+                    Ok(other) => Err(CallError::Refused(other)),
+                    Err(error) => Err(error),
+                }
             }
             write => {
                 let op = write_op(write).expect("not a read");
-                sequence += 1;
-                call_in_session(&config, session, sequence, RequestBody::Write { command: op.encode() })
+                client.write(&mut session, op.encode())
             }
         };
         let returned = shared.now();
         let mut history = shared.history.lock().unwrap();
         match result {
-            Ok(ResponseStatus::Ok(bytes)) => {
+            Ok(bytes) => {
                 let response = KvResponse::decode(&bytes).expect("a key-value response");
                 let output = match (&input, response) {
                     (NodeKvInput::Get { .. }, KvResponse::Value(value)) => {
@@ -390,15 +399,17 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
                 };
                 history.complete(id, output, returned);
             }
-            Ok(ResponseStatus::SessionExpired) | Ok(ResponseStatus::BadRequest(_)) => {
-                shared.anomalies.lock().unwrap().push(format!("client {index} {input:?}: {result:?}"));
+            Err(CallError::Unreachable { .. }) => {
+                // Timed out or unreachable: a write's outcome is unknown (it
+                // stays open); an unanswered read constrains nothing.
                 if matches!(input, NodeKvInput::Get { .. }) {
                     history.discard(id);
                 }
             }
-            _ => {
-                // Timed out or unreachable: a write's outcome is unknown (it
-                // stays open); an unanswered read constrains nothing.
+            Err(error) => {
+                // A session that expired or a refused request: no correct
+                // cluster says so to this client.
+                shared.anomalies.lock().unwrap().push(format!("client {index} {input:?}: {error}"));
                 if matches!(input, NodeKvInput::Get { .. }) {
                     history.discard(id);
                 }
@@ -441,7 +452,7 @@ fn finish_and_check(cluster: &Cluster, shared: Arc<Shared>, handles: Vec<std::th
             query: KvOp::Get { key: key_bytes(key) }.encode(),
             consistency: ReadConsistency::Linearizable,
         };
-        let status = call(&config, 0, body).expect("a final read is answered");
+        let status = call(&config, body).expect("a final read is answered");
         let ResponseStatus::Ok(bytes) = status else { panic!("final read of k{key}: {status:?}") };
         let KvResponse::Value(value) = KvResponse::decode(&bytes).expect("decodes") else { panic!("not a value") };
         shared.history.lock().unwrap().complete(id, NodeKvOutput::Value(value.as_ref().map(value_of)), shared.now());
@@ -452,7 +463,7 @@ fn finish_and_check(cluster: &Cluster, shared: Arc<Shared>, handles: Vec<std::th
             query: KvOp::Get { key: Bytes::from(key.clone()) }.encode(),
             consistency: ReadConsistency::Linearizable,
         };
-        let status = call(&config, 0, body).expect("a read-back is answered");
+        let status = call(&config, body).expect("a read-back is answered");
         let expected = ResponseStatus::Ok(KvResponse::Value(Some(value_bytes(*value))).encode());
         assert_eq!(status, expected, "{name}: acknowledged write of {key} lost");
     }
@@ -619,7 +630,7 @@ fn five_nodes_partitioned_minority_and_wiped_follower() {
                             consistency: ReadConsistency::Linearizable,
                         }
                     };
-                    let request = ClientRequest { request_id, client_id: 0xC0FFEE, sequence: request_id, body };
+                    let request = ClientRequest::plain(request_id, body);
                     let sent = Instant::now();
                     let answer = single_call(client_port, request, Duration::from_secs(1));
                     answers.push((request_id % 2 == 0, sent, answer));
@@ -631,14 +642,11 @@ fn five_nodes_partitioned_minority_and_wiped_follower() {
             let new_leader =
                 cluster.leader_among(&others, Duration::from_secs(20)).expect("the majority elects a leader");
             let put = KvOp::Put { key: Bytes::from_static(b"fresh"), value: Bytes::from_static(b"new") };
-            let status = call_in_session(
-                &cluster.client(&others, Duration::from_secs(10)),
-                0xFEED,
-                1,
-                RequestBody::Write { command: put.encode() },
-            )
-            .expect("the majority commits");
-            assert_eq!(status, ResponseStatus::Ok(KvResponse::Written.encode()));
+            let mut majority =
+                BlockingClient::new(&cluster.client(&others, Duration::from_secs(10))).expect("a client");
+            let mut session = majority.open_session().expect("the majority opens a session");
+            let answer = majority.write(&mut session, put.encode()).expect("the majority commits");
+            assert_eq!(answer, KvResponse::Written.encode());
             let acknowledged_at = Instant::now();
             let answers = prober.join().expect("prober thread");
             let new_value = KvResponse::Value(Some(Bytes::from_static(b"new"))).encode();

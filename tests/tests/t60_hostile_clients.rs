@@ -22,7 +22,7 @@ use net::{
     ClientConfig as NetClientConfig, ClientConnection, ClientRequest, Frame, Handshake, Payload, ReadConsistency,
     RequestBody, ResponseStatus, Role, PROTOCOL_VERSION,
 };
-use node::client_cmd::{call, call_in_session};
+use node::client_cmd::{call, BlockingClient};
 use node::config::{ClientConfig, Token};
 use node::discovery::HostPort;
 use node::kv::{KvOp, KvResponse};
@@ -146,19 +146,20 @@ fn closed_by_node(stream: &mut TcpStream) -> bool {
 /// told to stop; any failure is recorded.
 fn good_client(stop: Arc<AtomicBool>, done: Arc<AtomicU64>, failures: Arc<std::sync::Mutex<Vec<String>>>) {
     let config = client(Duration::from_secs(10));
-    let session = 0x600D_0000_0000 | u64::from(std::process::id());
+    let mut good = BlockingClient::new(&config).expect("a client");
+    let mut session = good.open_session().expect("a session opens");
     let mut sequence = 0;
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
         let key = Bytes::from(format!("good-{}", sequence % 16));
         let value = Bytes::from(format!("value-{sequence}"));
         let put = KvOp::Put { key: key.clone(), value: value.clone() };
-        match call_in_session(&config, session, sequence, RequestBody::Write { command: put.encode() }) {
-            Ok(ResponseStatus::Ok(bytes)) if bytes == KvResponse::Written.encode() => {}
+        match good.write(&mut session, put.encode()) {
+            Ok(bytes) if bytes == KvResponse::Written.encode() => {}
             other => failures.lock().unwrap().push(format!("put {sequence}: {other:?}")),
         }
         let get = RequestBody::Read { query: KvOp::Get { key }.encode(), consistency: ReadConsistency::Linearizable };
-        match call(&config, 0, get) {
+        match good.call(get) {
             Ok(ResponseStatus::Ok(bytes)) if bytes == KvResponse::Value(Some(value)).encode() => {}
             other => failures.lock().unwrap().push(format!("get {sequence}: {other:?}")),
         }
@@ -181,7 +182,7 @@ fn node_survives_hostile_clients_and_keeps_serving() {
     let mut node = Node::start(&binary);
     // Wait until the node serves.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(call(&client(Duration::from_secs(1)), 0, RequestBody::Status), Ok(ResponseStatus::Ok(_))) {
+    while !matches!(call(&client(Duration::from_secs(1)), RequestBody::Status), Ok(ResponseStatus::Ok(_))) {
         assert!(Instant::now() < deadline, "the node did not start serving");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -252,7 +253,7 @@ fn node_survives_hostile_clients_and_keeps_serving() {
             for index in 0..40u64 {
                 let Ok(mut connection) = ClientConnection::connect(addr, &config).await else { continue };
                 for request_id in 0..2000u64 {
-                    let request = ClientRequest { request_id, client_id: 0, sequence: 0, body: RequestBody::Status };
+                    let request = ClientRequest::plain(request_id, RequestBody::Status);
                     connection.queue(0, &request);
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(2), connection.flush()).await;

@@ -4,11 +4,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use engine::NODE_NONE;
-use zerocopy::little_endian::U64;
+use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::BodyReader;
-use crate::client::{AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus};
+use crate::client::{
+    AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus, SessionSettings,
+};
 use crate::error::DecodeError;
 use crate::frame::FrameKind;
 
@@ -18,6 +20,7 @@ struct RequestHead {
     request_id: U64,
     client_id: U64,
     sequence: U64,
+    ack: U64,
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -35,6 +38,17 @@ struct AdminBody {
     node_id: U64,
 }
 
+/// The tail of a `SessionSettings` admin request (operation 7).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct SessionSettingsBody {
+    sessions_max: U32,
+    replies_max: U32,
+    reply_bytes_max: U32,
+    reserved: [u8; 4],
+    timeout_ms: U64,
+}
+
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct ResponseHead {
@@ -44,7 +58,8 @@ struct ResponseHead {
     leader_id: U64,
 }
 
-const _: () = assert!(size_of::<RequestHead>() == 24);
+const _: () = assert!(size_of::<RequestHead>() == 32);
+const _: () = assert!(size_of::<SessionSettingsBody>() == 24);
 const _: () = assert!(size_of::<ReadBody>() == 8);
 const _: () = assert!(size_of::<AdminBody>() == 16);
 const _: () = assert!(size_of::<ResponseHead>() == 24);
@@ -55,6 +70,8 @@ pub(crate) fn request_kind(request: &ClientRequest) -> FrameKind {
         RequestBody::Read { .. } => FrameKind::ClientRead,
         RequestBody::Admin(_) => FrameKind::ClientAdmin,
         RequestBody::Status => FrameKind::ClientStatus,
+        RequestBody::OpenSession => FrameKind::ClientOpenSession,
+        RequestBody::CloseSession => FrameKind::ClientCloseSession,
     }
 }
 
@@ -63,6 +80,7 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
         request_id: U64::new(request.request_id),
         client_id: U64::new(request.client_id),
         sequence: U64::new(request.sequence),
+        ack: U64::new(request.ack),
     };
     out.put_slice(head.as_bytes());
     match &request.body {
@@ -77,17 +95,28 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
                 | AdminRequest::Promote { id }
                 | AdminRequest::Remove { id }
                 | AdminRequest::TransferLeader { id } => *id,
-                AdminRequest::TakeSnapshot | AdminRequest::Stats => NODE_NONE,
+                AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_) => NODE_NONE,
             };
             out.put_slice(
                 AdminBody { operation: admin.code(), reserved: [0; 7], node_id: U64::new(node_id) }.as_bytes(),
             );
-            if let AdminRequest::AddLearner { addr, .. } = admin {
-                out.put_slice(addr.as_bytes());
+            match admin {
+                AdminRequest::AddLearner { addr, .. } => out.put_slice(addr.as_bytes()),
+                AdminRequest::SessionSettings(settings) => {
+                    let body = SessionSettingsBody {
+                        sessions_max: U32::new(settings.sessions_max),
+                        replies_max: U32::new(settings.replies_max),
+                        reply_bytes_max: U32::new(settings.reply_bytes_max),
+                        reserved: [0; 4],
+                        timeout_ms: U64::new(settings.timeout_ms),
+                    };
+                    out.put_slice(body.as_bytes());
+                }
+                _ => {}
             }
             Bytes::new()
         }
-        RequestBody::Status => Bytes::new(),
+        RequestBody::Status | RequestBody::OpenSession | RequestBody::CloseSession => Bytes::new(),
     }
 }
 
@@ -114,19 +143,38 @@ pub(crate) fn decode_request(kind: FrameKind, body: &Bytes) -> Result<ClientRequ
                 4 => AdminRequest::TransferLeader { id },
                 5 => AdminRequest::TakeSnapshot,
                 6 => AdminRequest::Stats,
+                7 => {
+                    let body = reader.fixed::<SessionSettingsBody>()?;
+                    reader.reserved(&body.reserved)?;
+                    AdminRequest::SessionSettings(SessionSettings {
+                        sessions_max: body.sessions_max.get(),
+                        replies_max: body.replies_max.get(),
+                        reply_bytes_max: body.reply_bytes_max.get(),
+                        timeout_ms: body.timeout_ms.get(),
+                    })
+                }
                 _ => return Err(reader.bad("operation", "unknown admin operation")),
             };
-            if !matches!(admin, AdminRequest::AddLearner { .. } | AdminRequest::TakeSnapshot | AdminRequest::Stats)
-                && id == NODE_NONE
+            if !matches!(
+                admin,
+                AdminRequest::AddLearner { .. }
+                    | AdminRequest::TakeSnapshot
+                    | AdminRequest::Stats
+                    | AdminRequest::SessionSettings(_)
+            ) && id == NODE_NONE
             {
                 return Err(reader.bad("node_id", "the operation needs a node id"));
             }
-            if matches!(admin, AdminRequest::TakeSnapshot | AdminRequest::Stats) && id != NODE_NONE {
+            if matches!(admin, AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_))
+                && id != NODE_NONE
+            {
                 return Err(reader.bad("node_id", "the operation takes no node id"));
             }
             RequestBody::Admin(admin)
         }
         FrameKind::ClientStatus => RequestBody::Status,
+        FrameKind::ClientOpenSession => RequestBody::OpenSession,
+        FrameKind::ClientCloseSession => RequestBody::CloseSession,
         other => unreachable!("{other:?} is not a client request kind"),
     };
     reader.finish()?;
@@ -134,6 +182,7 @@ pub(crate) fn decode_request(kind: FrameKind, body: &Bytes) -> Result<ClientRequ
         request_id: head.request_id.get(),
         client_id: head.client_id.get(),
         sequence: head.sequence.get(),
+        ack: head.ack.get(),
         body: request_body,
     })
 }
@@ -156,7 +205,7 @@ pub(crate) fn encode_response_body(response: &ClientResponse, out: &mut BytesMut
             out.put_slice(leader_addr.as_deref().unwrap_or("").as_bytes());
             Bytes::new()
         }
-        ResponseStatus::BadRequest(reason) => {
+        ResponseStatus::BadRequest(reason) | ResponseStatus::SessionFull(reason) => {
             out.put_slice(reason.as_bytes());
             Bytes::new()
         }
@@ -185,6 +234,7 @@ pub(crate) fn decode_response(body: &Bytes) -> Result<ClientResponse, DecodeErro
         3 => ResponseStatus::TimedOut,
         4 => ResponseStatus::SessionExpired,
         5 => ResponseStatus::BadRequest(reader.rest_utf8("reason")?),
+        6 => ResponseStatus::SessionFull(reader.rest_utf8("reason")?),
         _ => return Err(reader.bad("status", "unknown response status")),
     };
     reader.finish()?;

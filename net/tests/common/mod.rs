@@ -119,6 +119,16 @@ fn admin() -> impl Strategy<Value = AdminRequest> {
         (1u64..).prop_map(|id| AdminRequest::TransferLeader { id }),
         Just(AdminRequest::TakeSnapshot),
         Just(AdminRequest::Stats),
+        (any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+            |(sessions_max, timeout_ms, replies_max, reply_bytes_max)| {
+                AdminRequest::SessionSettings(net::SessionSettings {
+                    sessions_max,
+                    timeout_ms,
+                    replies_max,
+                    reply_bytes_max,
+                })
+            }
+        ),
     ]
 }
 
@@ -128,13 +138,12 @@ pub fn request() -> impl Strategy<Value = ClientRequest> {
         (bytes(100), consistency()).prop_map(|(query, consistency)| RequestBody::Read { query, consistency }),
         admin().prop_map(RequestBody::Admin),
         Just(RequestBody::Status),
+        Just(RequestBody::OpenSession),
+        Just(RequestBody::CloseSession),
     ];
-    (any::<u64>(), any::<u64>(), any::<u64>(), body).prop_map(|(request_id, client_id, sequence, body)| ClientRequest {
-        request_id,
-        client_id,
-        sequence,
-        body,
-    })
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), body).prop_map(
+        |(request_id, client_id, sequence, ack, body)| ClientRequest { request_id, client_id, sequence, ack, body },
+    )
 }
 
 pub fn response() -> impl Strategy<Value = ClientResponse> {
@@ -147,6 +156,7 @@ pub fn response() -> impl Strategy<Value = ClientResponse> {
         Just(ResponseStatus::TimedOut),
         Just(ResponseStatus::SessionExpired),
         text(60).prop_map(ResponseStatus::BadRequest),
+        text(60).prop_map(ResponseStatus::SessionFull),
     ];
     (any::<u64>(), status).prop_map(|(request_id, status)| ClientResponse { request_id, status })
 }

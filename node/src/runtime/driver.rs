@@ -16,7 +16,7 @@ use wal::LogStore;
 
 use super::peers::Replier;
 use super::storage::{LogStorage, SnapshotDone};
-use crate::fsm::QueryStateMachine;
+use crate::app::StateMachine;
 use crate::shard::{Shard, ShardError, ShardTransport, SystemClock};
 
 /// Events a shard's inbox carries, bounded by [`SHARD_INBOX_MAX`].
@@ -50,7 +50,7 @@ pub async fn run_shard<S, L, T>(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), ShardError>
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     L: LogStore + 'static,
     T: ShardTransport,
 {
@@ -92,7 +92,7 @@ where
 
 fn handle<S, L, T>(shard: &mut RuntimeShard<S, L, T>, event: ShardEvent<T::Reply>)
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     L: LogStore + 'static,
     T: ShardTransport,
 {
@@ -106,7 +106,7 @@ where
 /// why the shard stopped.
 async fn stop<S, L, T>(mut shard: RuntimeShard<S, L, T>, result: Result<(), ShardError>) -> Result<(), ShardError>
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     L: LogStore + 'static,
     T: ShardTransport,
 {

@@ -20,9 +20,9 @@ use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, R
 use tokio::sync::{mpsc, oneshot};
 use wal::LogStore;
 
+use crate::app::StateMachine;
 use crate::config::ServeConfig;
 use crate::discovery::{self, Peer};
-use crate::fsm::QueryStateMachine;
 use crate::shard::{RecoveredShard, Shard, ShardContext, SystemClock};
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
@@ -73,7 +73,7 @@ struct Forwarded {
 /// shard's state machine.
 pub fn serve<S, F>(config: ServeConfig, make_app: F) -> Result<(), ServeError>
 where
-    S: QueryStateMachine + 'static,
+    S: StateMachine + 'static,
     F: Fn(u32) -> S + Send + Sync + 'static,
 {
     wal::io_uring_available().map_err(|error| ServeError::IoUring(error.to_string()))?;
@@ -197,7 +197,7 @@ async fn run_core<S, F>(
     make_app: Arc<F>,
 ) -> Result<(), ServeError>
 where
-    S: QueryStateMachine + 'static,
+    S: StateMachine + 'static,
     F: Fn(u32) -> S,
 {
     let offset = core as u16;
@@ -247,6 +247,7 @@ where
             read_consistency_default: config.read_consistency,
             forward_writes: config.forward_writes,
             command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
+            nonce_salt: rand::random(),
         };
         let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
         let (wal, recovered) = wal::Wal::open(wal_config).await.map_err(fail)?;

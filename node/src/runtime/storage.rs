@@ -9,10 +9,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use engine::{EntryBatch, HardState, Index, SnapshotImage, SnapshotMeta};
+use engine::{EntryBatch, HardState, Index, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot};
 use wal::{AppendTicket, LogStore, WalError};
 
+use crate::app::SnapshotImage;
 use crate::shard::{ShardStorage, StoredSnapshot};
 
 /// The outcome of a local snapshot, sent back to the shard's driver loop.

@@ -22,10 +22,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use engine::{EntryBatch, HardState, Index, Message, NodeId, SnapshotImage, SnapshotMeta};
+use engine::{EntryBatch, HardState, Index, Message, NodeId, SnapshotMeta};
 use net::ResponseStatus;
 use wal::{AppendTicket, WalError};
 
+use crate::app::SnapshotImage;
 use crate::replicated::Addresses;
 
 /// The durable log of one shard, as its driver uses it. Durability is

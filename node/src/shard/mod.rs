@@ -35,14 +35,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use engine::{Entry, Index, Message, NodeId, Raft, Recovered, SnapshotMeta, StateMachine, Term};
+use engine::{Entry, Index, Message, NodeId, Raft, Recovered, SnapshotMeta, Term};
 use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use wal::WalError;
 
 pub use io::{Clock, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
 
-use crate::fsm::QueryStateMachine;
-use crate::replicated::NodeStateMachine;
+use crate::app::StateMachine;
+use crate::replicated::{NodeCommand, NodeStateMachine};
 use crate::stats::ShardStats;
 use ready::Persistence;
 use requests::Requests;
@@ -70,6 +70,10 @@ pub struct ShardContext {
     pub forward_writes: bool,
     /// Largest command accepted: a batch must fit storage's batch limit.
     pub command_bytes_max: usize,
+    /// Where this shard's session-opening nonces start: random per start,
+    /// so an opening proposed before a crash never answers a client of the
+    /// restarted node (determined by the seed in the simulator).
+    pub nonce_salt: u64,
 }
 
 /// Why a shard stopped.
@@ -110,11 +114,32 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     /// Entries applied since the last [`Shard::take_applied`], when tracing
     /// is on (the simulator's state machine safety check).
     applied_trace: Option<Vec<Entry>>,
+    /// The log's clock as this node, when leader, advances it.
+    log_clock: LogClock,
 }
+
+/// How a leader advances the log's time: it proposes clock entries carrying
+/// the log time it found on taking office plus the time its monotonic clock
+/// has run since. Log time therefore never runs faster than the leader's
+/// clock, and pauses across elections: sessions can only live longer than
+/// their timeout, never shorter.
+#[derive(Default)]
+struct LogClock {
+    /// When this node became leader, and the log time it had applied then.
+    office: Option<(Instant, u64)>,
+    /// When it last proposed a clock entry.
+    last_proposed: Option<Instant>,
+}
+
+/// Clock entries are proposed this often at most (a tenth of the session
+/// timeout, when shorter): a session's idle time is measured to within it.
+const CLOCK_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// ... and this often at least.
+const CLOCK_INTERVAL_MIN: Duration = Duration::from_millis(10);
 
 impl<S, D, T, C> Shard<S, D, T, C>
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     D: ShardStorage,
     T: ShardTransport,
     C: Clock,
@@ -132,6 +157,7 @@ where
         clock: C,
     ) -> Result<Self, ShardError> {
         let shard = ctx.shard_id;
+        let nonce_salt = ctx.nonce_salt;
         let mut fsm = NodeStateMachine::new(app);
         if let Some((_, data)) = &recovered.snapshot {
             fsm.restore(data).map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
@@ -156,7 +182,7 @@ where
             storage,
             transport,
             clock,
-            requests: Requests::new(),
+            requests: Requests::new(nonce_salt),
             persist: Persistence::default(),
             snapshots: Snapshots::new(recovered.snapshot),
             announced_term: 0,
@@ -164,6 +190,7 @@ where
             last_sweep: now,
             envelope_arena: BytesMut::new(),
             applied_trace: None,
+            log_clock: LogClock::default(),
         })
     }
 
@@ -192,6 +219,35 @@ where
         }
         if let Some(hard_state) = self.persist.hard_state_pending.take() {
             self.storage.save_commit(hard_state);
+        }
+        self.advance_log_clock(now);
+    }
+
+    /// As leader, proposes a clock entry when sessions exist (only they need
+    /// time) and the last one is an interval old.
+    fn advance_log_clock(&mut self, now: Instant) {
+        let Some((since, base)) = self.log_clock.office else { return };
+        let sessions = self.fsm.sessions();
+        if sessions.is_empty() {
+            return;
+        }
+        let interval =
+            Duration::from_millis(sessions.settings().timeout_ms / 10).clamp(CLOCK_INTERVAL_MIN, CLOCK_INTERVAL_MAX);
+        if self.log_clock.last_proposed.is_some_and(|last| now.saturating_duration_since(last) < interval) {
+            return;
+        }
+        let millis = base + now.saturating_duration_since(since).as_millis() as u64;
+        if self.raft.propose(NodeCommand::Clock { millis }.encode()).is_ok() {
+            self.log_clock.last_proposed = Some(now);
+        }
+    }
+
+    /// Leadership changed: a new leader's log clock starts from the log time
+    /// it has applied.
+    fn log_clock_on_role(&mut self, leader: bool) {
+        self.log_clock = LogClock::default();
+        if leader {
+            self.log_clock.office = Some((self.clock.now(), self.fsm.sessions().time()));
         }
     }
 
@@ -266,6 +322,7 @@ where
             return Err(format!("applied {applied} is beyond committed {committed}"));
         }
         self.requests.check_invariants(applied)?;
+        self.fsm.check_invariants()?;
         self.persist.check_invariants(self.storage.durable_sequence())?;
         self.snapshots.check_invariants(applied)?;
         Ok(())

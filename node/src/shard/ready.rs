@@ -7,12 +7,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use engine::{EntryKind, HardState, Message, Role, StateMachine};
+use engine::{EntryKind, HardState, Message, Role};
 use wal::AppendTicket;
 
 use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport};
-use crate::fsm::QueryStateMachine;
-use crate::replicated::SetAddresses;
+use crate::app::StateMachine;
+use crate::replicated::{Applied, SetAddresses};
 
 /// Appends on their way to the disk and what waits for them.
 #[derive(Default)]
@@ -57,7 +57,7 @@ impl Persistence {
 
 impl<S, D, T, C> Shard<S, D, T, C>
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     D: ShardStorage,
     T: ShardTransport,
     C: Clock,
@@ -183,6 +183,7 @@ where
             leader = self.raft.leader(),
             "role changed"
         );
+        self.log_clock_on_role(role == Role::Leader);
         if role != Role::Leader {
             self.redirect_writes();
             return;
@@ -217,28 +218,21 @@ where
     /// `committed`, and answers its writer.
     fn apply(&mut self, entry: engine::Entry, committed: Instant) {
         let index = entry.index;
-        let response = match entry.kind {
-            EntryKind::Normal => {
-                let response = self.fsm.apply(index, &entry.data);
-                if let Some(set) = SetAddresses::decode(&entry.data) {
-                    if let Some(addresses) = self.fsm.addresses(set.id) {
-                        let addresses = addresses.clone();
-                        if addresses.peer.as_deref().is_some_and(|peer| peer.parse::<SocketAddr>().is_ok()) {
-                            self.transport.member_addresses(set.id, &addresses);
-                        }
-                    }
-                }
-                Some(response)
-            }
+        let applied = match entry.kind {
+            EntryKind::Normal => Some(self.fsm.apply(index, &entry.data)),
             EntryKind::Noop | EntryKind::Config => {
                 self.fsm.skip(index);
                 None
             }
         };
-        if entry.kind == EntryKind::Normal {
-            self.answer_forwarded(&entry.data, response.as_ref());
+        if let Some(Applied::AddressesSet { id }) = applied {
+            if let Some(addresses) = self.fsm.addresses(id).cloned() {
+                if addresses.peer.as_deref().is_some_and(|peer| peer.parse::<SocketAddr>().is_ok()) {
+                    self.transport.member_addresses(id, &addresses);
+                }
+            }
         }
-        self.answer_write(index, entry.term, response.as_ref(), committed);
+        self.answer_applied(index, entry.term, applied.as_ref(), committed);
         if let Some(trace) = &mut self.applied_trace {
             trace.push(entry);
         }

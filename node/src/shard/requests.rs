@@ -2,23 +2,27 @@
 //! the asked consistency, admin requests, redirects and timeouts; and the
 //! answers when an entry is applied or a read becomes safe.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engine::raft::ReadMode;
 use engine::{ConfChange, ConfChangeOp, Index, ProposeError, Role, Term};
-use net::{AdminRequest, ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
+use net::{AdminRequest, ClientRequest, ReadConsistency, RequestBody, ResponseStatus, SessionSettings};
+use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
 
 use super::{Clock, Shard, ShardStorage, ShardTransport, REQUEST_TIMEOUT};
-use crate::fsm::QueryStateMachine;
-use crate::replicated::SetAddresses;
-use crate::session::{encode_envelope_in, EnvelopeRef, Reply, CLIENT_ID_NONE};
+use crate::app::{Rejection, StateMachine};
+use crate::replicated::{encode_write_in, Applied, NodeCommand, Outcome, SetAddresses, Write};
+use crate::session::{merge_settings, validate_settings, Cached, Refusal};
 
-/// Forwarded writes waiting at once; more are answered `Busy`.
+/// Forwarded writes (and session openings) waiting at once; more are
+/// answered `Busy`.
 pub(super) const FORWARDED_MAX: usize = 4096;
+/// The `sequence` a forwarded session close is found by (writes use 1 and
+/// up).
+const CLOSE_SEQUENCE: u64 = 0;
 /// A forwarded write not applied within this long is answered `TimedOut`:
 /// the leader drops what it cannot take and sends no answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,8 +35,9 @@ struct PendingWrite<R> {
     proposed: Instant,
 }
 
-/// A session write this follower forwarded to the leader, answered when an
-/// entry with its client id and sequence is applied here.
+/// A session write this follower forwarded to the leader (or a session
+/// opening proposed or forwarded from here), answered when its entry is
+/// applied here.
 struct ForwardedWrite<R> {
     reply: R,
     arrived: Instant,
@@ -44,15 +49,24 @@ struct PendingRead<R> {
     arrived: Instant,
 }
 
-/// The clients a shard owes an answer.
+/// The clients a shard owes an answer. The maps hash with a fixed hasher,
+/// so that their order (the order in which clients are answered when many
+/// are at once) is the same in every run: the simulator replays a seed
+/// exactly.
 pub(super) struct Requests<R> {
     /// Writes this leader proposed, by log index. Invariant: every index is
     /// above the applied index (an applied write is answered and removed).
     writes: HashMap<Index, PendingWrite<R>>,
-    /// Writes forwarded to the leader, by client id and sequence, all
-    /// forwarded in `forwarded_term`.
+    /// Writes forwarded to the leader, by client id and sequence (a session
+    /// close by its id and [`CLOSE_SEQUENCE`]), all forwarded in
+    /// `forwarded_term`.
     forwarded: HashMap<(u64, u64), ForwardedWrite<R>>,
+    /// Session openings this node proposed or forwarded, by nonce, all in
+    /// `forwarded_term`.
+    openings: HashMap<u64, ForwardedWrite<R>>,
     forwarded_term: Term,
+    /// The next session-opening nonce.
+    nonce_next: u64,
     /// Reads by context, waiting for the engine or the state machine.
     reads: HashMap<u64, PendingRead<R>>,
     /// Reads whose index is known, waiting for the state machine to reach
@@ -62,12 +76,14 @@ pub(super) struct Requests<R> {
 }
 
 impl<R> Requests<R> {
-    pub(super) fn new() -> Requests<R> {
+    pub(super) fn new(nonce_salt: u64) -> Requests<R> {
         Requests {
-            writes: HashMap::new(),
-            forwarded: HashMap::new(),
+            writes: HashMap::default(),
+            forwarded: HashMap::default(),
+            openings: HashMap::default(),
             forwarded_term: 0,
-            reads: HashMap::new(),
+            nonce_next: nonce_salt,
+            reads: HashMap::default(),
             reads_waiting: Vec::new(),
             next_read_context: 1,
         }
@@ -78,8 +94,9 @@ impl<R> Requests<R> {
         self.reads_waiting.clear();
         let writes = self.writes.drain().map(|(_, write)| write.reply);
         let forwarded = self.forwarded.drain().map(|(_, write)| write.reply);
+        let openings = self.openings.drain().map(|(_, write)| write.reply);
         let reads = self.reads.drain().map(|(_, read)| read.reply);
-        writes.chain(forwarded).chain(reads).collect()
+        writes.chain(forwarded).chain(openings).chain(reads).collect()
     }
 
     pub(super) fn check_invariants(&self, applied: Index) -> Result<(), String> {
@@ -89,8 +106,12 @@ impl<R> Requests<R> {
         if let Some((_, context)) = self.reads_waiting.iter().find(|(_, context)| !self.reads.contains_key(context)) {
             return Err(format!("read context {context} waits for its index but has no client"));
         }
-        if self.forwarded.len() > FORWARDED_MAX {
-            return Err(format!("{} forwarded writes wait, more than {FORWARDED_MAX}", self.forwarded.len()));
+        if self.forwarded.len() + self.openings.len() > FORWARDED_MAX {
+            return Err(format!(
+                "{} forwarded writes and {} openings wait, more than {FORWARDED_MAX}",
+                self.forwarded.len(),
+                self.openings.len()
+            ));
         }
         Ok(())
     }
@@ -98,7 +119,7 @@ impl<R> Requests<R> {
 
 impl<S, D, T, C> Shard<S, D, T, C>
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     D: ShardStorage,
     T: ShardTransport,
     C: Clock,
@@ -115,7 +136,17 @@ where
                     self.transport.reply(reply, status);
                     return;
                 }
-                let data = encode_envelope_in(&mut self.envelope_arena, request.client_id, request.sequence, &command);
+                let write = Write {
+                    client_id: request.client_id,
+                    sequence: request.sequence,
+                    ack: request.ack,
+                    command: &command,
+                };
+                if let Err(reason) = write.check() {
+                    self.transport.reply(reply, ResponseStatus::BadRequest(reason.into()));
+                    return;
+                }
+                let data = encode_write_in(&mut self.envelope_arena, &write);
                 self.propose(data, (request.client_id, request.sequence), reply, arrived);
             }
             RequestBody::Read { query, consistency } => self.read(query, consistency, reply, arrived),
@@ -124,6 +155,48 @@ where
                 self.transport.reply(reply, ResponseStatus::Ok(Bytes::from(status.to_string())));
             }
             RequestBody::Admin(admin) => self.admin(admin, reply, arrived),
+            RequestBody::OpenSession => self.open_session(reply, arrived),
+            RequestBody::CloseSession => {
+                if request.client_id == 0 {
+                    let status = ResponseStatus::BadRequest("closing a session needs its client id".into());
+                    self.transport.reply(reply, status);
+                    return;
+                }
+                let data = NodeCommand::CloseSession { client_id: request.client_id }.encode();
+                self.propose(data, (request.client_id, CLOSE_SEQUENCE), reply, arrived);
+            }
+        }
+    }
+
+    /// Proposes a session opening (forwarding it from a follower when the
+    /// node forwards); the applied entry's index is the session's id, and
+    /// the nonce finds this client again when it is applied here.
+    fn open_session(&mut self, reply: T::Reply, arrived: Instant) {
+        let leader = self.raft.role() == Role::Leader;
+        let forwards = self.ctx.forward_writes && self.raft.leader() != engine::NODE_NONE;
+        if !(leader || forwards) {
+            let redirect = self.leader_redirect();
+            self.transport.reply(reply, redirect);
+            return;
+        }
+        self.drop_stale_forwards();
+        if self.requests.forwarded.len() + self.requests.openings.len() >= FORWARDED_MAX {
+            self.stats.busy += 1;
+            self.transport.reply(reply, ResponseStatus::Busy);
+            return;
+        }
+        let nonce = self.requests.nonce_next;
+        self.requests.nonce_next = nonce.wrapping_add(1);
+        let data = NodeCommand::OpenSession { proposer: self.ctx.node_id, nonce }.encode();
+        match self.raft.forward_proposal(data) {
+            Ok(()) => {
+                self.requests.forwarded_term = self.raft.term();
+                self.requests.openings.insert(nonce, ForwardedWrite { reply, arrived });
+            }
+            Err(error) => {
+                let status = self.refusal(error);
+                self.transport.reply(reply, status);
+            }
         }
     }
 
@@ -145,7 +218,7 @@ where
         // A follower that knows the leader forwards when the node forwards and
         // the write can be found again when applied (it has a session).
         if self.ctx.forward_writes
-            && session.0 != CLIENT_ID_NONE
+            && session.0 != 0
             && self.raft.role() != Role::Leader
             && self.raft.leader() != engine::NODE_NONE
         {
@@ -194,11 +267,21 @@ where
     /// that took them lost its place): their clients are sent to the current
     /// leader, and their retries (same sequence) take effect once.
     pub(super) fn drop_stale_forwards(&mut self) {
-        if self.requests.forwarded.is_empty() || self.requests.forwarded_term == self.raft.term() {
+        let waiting = !self.requests.forwarded.is_empty() || !self.requests.openings.is_empty();
+        if !waiting || self.requests.forwarded_term == self.raft.term() {
             return;
         }
+        // A session opening of an earlier term may still be applied; it is
+        // then a session nobody uses, which expires (or is evicted: it holds
+        // no answers).
         let redirect = self.leader_redirect();
-        for (_, write) in self.requests.forwarded.drain() {
+        let stale = self
+            .requests
+            .forwarded
+            .drain()
+            .map(|(_, write)| write)
+            .chain(self.requests.openings.drain().map(|(_, write)| write));
+        for write in stale.collect::<Vec<_>>() {
             self.transport.reply(write.reply, redirect.clone());
         }
     }
@@ -258,10 +341,10 @@ where
         }
     }
 
-    fn finish_read(&mut self, answer: Bytes, reply: T::Reply, arrived: Instant) {
-        let status = match Reply::decode(&answer) {
-            Ok(reply) => reply.into_status(),
-            Err(_) => ResponseStatus::Ok(answer),
+    fn finish_read(&mut self, answer: Result<Bytes, Rejection>, reply: T::Reply, arrived: Instant) {
+        let status = match answer {
+            Ok(answer) => ResponseStatus::Ok(answer),
+            Err(refusal) => ResponseStatus::BadRequest(refusal.0),
         };
         self.transport.reply(reply, status);
         self.stats.reads.record(self.clock.now().saturating_duration_since(arrived));
@@ -294,10 +377,33 @@ where
         }
     }
 
-    /// Answers the client waiting for the entry at `index` (term `term`),
-    /// applied with `response`, whose batch was handed over at `committed`.
-    pub(super) fn answer_write(&mut self, index: Index, term: Term, response: Option<&Bytes>, committed: Instant) {
-        let Some(write) = self.requests.writes.remove(&index) else { return };
+    /// Answers the clients waiting for the entry at `index` (term `term`):
+    /// the leader's writer by index, a forwarded write by its session, a
+    /// session opening by its nonce. `applied` is what applying it did
+    /// (`None` for a no-op or configuration entry); `committed` is when its
+    /// batch was handed over.
+    pub(super) fn answer_applied(&mut self, index: Index, term: Term, applied: Option<&Applied>, committed: Instant) {
+        let forwarded = match applied {
+            Some(Applied::Write { session: Some(key), .. }) => self.requests.forwarded.remove(key),
+            Some(Applied::SessionClosed { client_id }) => self.requests.forwarded.remove(&(*client_id, CLOSE_SEQUENCE)),
+            Some(Applied::SessionOpened { proposer, nonce, .. }) if *proposer == self.ctx.node_id => {
+                self.requests.openings.remove(nonce)
+            }
+            _ => None,
+        };
+        let write = self.requests.writes.remove(&index);
+        if forwarded.is_none() && write.is_none() {
+            return;
+        }
+        let status = self.applied_status(applied);
+        let now = self.clock.now();
+        if let Some(forwarded) = forwarded {
+            self.stats.total.record(now.saturating_duration_since(forwarded.arrived));
+            self.stats.writes_applied += 1;
+            self.stats.forwarded_answered += 1;
+            self.transport.reply(forwarded.reply, status.clone());
+        }
+        let Some(write) = write else { return };
         if write.term != term {
             // Another leader's entry replaced ours at this index.
             let redirect = self.leader_redirect();
@@ -305,22 +411,35 @@ where
             return;
         }
         self.stats.replication.record(committed.saturating_duration_since(write.proposed));
-        self.stats.total.record(self.clock.now().saturating_duration_since(write.arrived));
+        self.stats.total.record(now.saturating_duration_since(write.arrived));
         self.stats.writes_applied += 1;
-        self.transport.reply(write.reply, applied_status(response.cloned()));
+        self.transport.reply(write.reply, status);
     }
 
-    /// Answers the forwarded write this applied entry carries, if any.
-    pub(super) fn answer_forwarded(&mut self, data: &Bytes, response: Option<&Bytes>) {
-        if self.requests.forwarded.is_empty() {
-            return;
+    /// The client's answer for an applied entry.
+    fn applied_status(&self, applied: Option<&Applied>) -> ResponseStatus {
+        let Some(applied) = applied else { return ResponseStatus::Ok(Bytes::new()) };
+        match applied {
+            Applied::Write { session, outcome } => match outcome {
+                Outcome::Done(Cached::Applied(answer)) => ResponseStatus::Ok(answer.clone()),
+                Outcome::Done(Cached::Refused(reason)) => ResponseStatus::BadRequest(reason.clone()),
+                Outcome::Refused(Refusal::Expired) => ResponseStatus::SessionExpired,
+                Outcome::Refused(Refusal::Stale { floor }) => ResponseStatus::BadRequest(format!(
+                    "sequence {} of session {} was acknowledged (the session keeps answers from sequence {floor}); \
+                     it is not applied again",
+                    session.map_or(0, |(_, sequence)| sequence),
+                    session.map_or(0, |(client_id, _)| client_id),
+                )),
+                Outcome::Refused(Refusal::Full(reason)) => ResponseStatus::SessionFull(reason.clone()),
+                Outcome::Malformed(reason) => ResponseStatus::BadRequest(reason.clone()),
+            },
+            Applied::SessionOpened { result: Ok(opened), .. } => ResponseStatus::Ok(opened.encode()),
+            Applied::SessionOpened { result: Err(reason), .. } => ResponseStatus::SessionFull(reason.clone()),
+            Applied::SessionClosed { .. } | Applied::AddressesSet { .. } | Applied::Node(Ok(())) => {
+                ResponseStatus::Ok(Bytes::new())
+            }
+            Applied::Node(Err(reason)) => ResponseStatus::BadRequest(reason.clone()),
         }
-        let Ok(envelope) = EnvelopeRef::decode(data) else { return };
-        let Some(write) = self.requests.forwarded.remove(&(envelope.client_id, envelope.sequence)) else { return };
-        self.stats.total.record(self.clock.now().saturating_duration_since(write.arrived));
-        self.stats.writes_applied += 1;
-        self.stats.forwarded_answered += 1;
-        self.transport.reply(write.reply, applied_status(response.cloned()));
     }
 
     /// Answers the requests that waited too long.
@@ -331,6 +450,9 @@ where
         self.drop_stale_forwards();
         for (_, write) in take_expired(&mut self.requests.forwarded, now, FORWARD_TIMEOUT, |write| write.arrived) {
             self.transport.reply(write.reply, ResponseStatus::TimedOut);
+        }
+        for (_, opening) in take_expired(&mut self.requests.openings, now, FORWARD_TIMEOUT, |write| write.arrived) {
+            self.transport.reply(opening.reply, ResponseStatus::TimedOut);
         }
         for (context, read) in take_expired(&mut self.requests.reads, now, REQUEST_TIMEOUT, |read| read.arrived) {
             self.transport.reply(read.reply, ResponseStatus::TimedOut);
@@ -386,6 +508,14 @@ where
                 self.transport.reply(reply, ResponseStatus::Ok(Bytes::from(body.to_string())));
                 return;
             }
+            AdminRequest::SessionSettings(requested) => {
+                let settings = merge_settings(self.fsm.sessions().settings(), requested);
+                if let Err(reason) = validate_settings(&settings) {
+                    self.transport.reply(reply, ResponseStatus::BadRequest(reason));
+                    return;
+                }
+                self.raft.propose(NodeCommand::SessionSettings(settings).encode())
+            }
         };
         match result {
             Ok((index, term)) => {
@@ -421,6 +551,7 @@ where
                 "state": format!("{:?}", p.state), "inflight": p.inflight_batches,
                 "active": p.recent_active, "learner": p.learner,
             })).collect::<Vec<_>>(),
+            "sessions": sessions_json(self.fsm.sessions().len(), self.fsm.sessions().settings(), self.fsm.sessions().time()),
             "pending_writes": self.requests.writes.len(),
             "forwarded_writes_waiting": self.requests.forwarded.len(),
             "writes_forwarded": self.stats.writes_forwarded,
@@ -445,16 +576,16 @@ fn take_expired<K: Copy + Eq + std::hash::Hash, V>(
     expired.into_iter().filter_map(|key| waiting.remove(&key).map(|value| (key, value))).collect()
 }
 
-/// The client's answer for an applied write: the state machine's reply, or
-/// an empty `Ok` for an entry the state machine does not see.
-fn applied_status(response: Option<Bytes>) -> ResponseStatus {
-    match response {
-        Some(bytes) => match Reply::decode(&bytes) {
-            Ok(reply) => reply.into_status(),
-            Err(_) => ResponseStatus::Ok(bytes),
-        },
-        None => ResponseStatus::Ok(Bytes::new()),
-    }
+/// The sessions' part of the status document.
+fn sessions_json(count: usize, settings: SessionSettings, log_time_ms: u64) -> serde_json::Value {
+    json!({
+        "count": count,
+        "log_time_ms": log_time_ms,
+        "sessions_max": settings.sessions_max,
+        "timeout_ms": settings.timeout_ms,
+        "replies_max": settings.replies_max,
+        "reply_bytes_max": settings.reply_bytes_max,
+    })
 }
 
 /// Removes from `waiting` (read index, context) the reads the state machine

@@ -5,11 +5,11 @@
 
 use bytes::{Bytes, BytesMut};
 use engine::raft::{SnapshotRead, SnapshotWrite};
-use engine::{Index, SnapshotMeta, StateMachine};
+use engine::{Index, SnapshotMeta};
 use wal::WalError;
 
 use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport, StoredSnapshot};
-use crate::fsm::QueryStateMachine;
+use crate::app::StateMachine;
 
 pub(super) struct Snapshots {
     /// The latest stored snapshot and its bytes, served to followers.
@@ -47,7 +47,7 @@ impl Snapshots {
 
 impl<S, D, T, C> Shard<S, D, T, C>
 where
-    S: QueryStateMachine,
+    S: StateMachine,
     D: ShardStorage,
     T: ShardTransport,
     C: Clock,

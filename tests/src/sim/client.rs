@@ -1,10 +1,20 @@
-//! Simulated clients: each runs one operation at a time in its own
-//! exactly-once session, retries a write with the same sequence number after
-//! a timeout or a redirect (so it is applied once), and records what it saw.
+//! Simulated clients. Each opens an exactly-once session through the
+//! cluster (the id is the opening entry's index) and runs one to three
+//! operations at once in it (pipelined writes, each with the lowest
+//! sequence still awaited as its acknowledgement); each slot is a process
+//! of the history. A write is retried with the same sequence after a
+//! timeout or a redirect, within the session's retry window; past it the
+//! client gives up (the outcome stays unknown in the history). A
+//! `SessionExpired` answer counts as "certainly not applied": the operation
+//! is dropped from the history, and the linearizability checker would catch
+//! a write that was in fact applied. Clients also pause long enough for
+//! their sessions to expire, abandon sessions without closing them (so the
+//! table fills and evicts), and close them.
 
 use bytes::Bytes;
 use engine::config::Rng;
 use engine::NodeId;
+use net::session::{OpenedSession, Session};
 use net::{ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
 use node::{KvOp, KvResponse};
 
@@ -15,44 +25,14 @@ use super::node::{Request, Response, Waiter};
 /// The history type the simulator records: small integer keys and values.
 pub type SimHistory = HistoryRecorder<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
 
-/// The operation a client is working on.
-#[derive(Clone, Debug)]
-struct Outstanding {
-    operation: u64,
-    input: NodeKvInput<u8, u64>,
-    /// The session sequence of a write; `None` for a read.
-    sequence: Option<u64>,
-    history: OperationId,
-    attempt: u32,
-    /// When the current attempt gives up waiting.
-    deadline: u64,
-    /// When to send the next attempt, if it is waiting to be sent.
-    resend_at: Option<u64>,
-}
-
-/// One client.
-pub struct SimClient {
-    pub index: usize,
-    /// The session's client id: random, never 0.
-    session: u64,
-    next_sequence: u64,
-    next_operation: u64,
-    /// The node the client believes leads.
-    target: NodeId,
-    /// The last redirect named no leader: pick a node at random.
-    target_random: bool,
-    current: Option<Outstanding>,
-    idle_until: u64,
-    /// Operations completed, for the liveness check.
-    pub completed: u64,
-    /// Linearizable (ReadIndex) or the leader's lease.
-    pub read_consistency: ReadConsistency,
-}
-
 /// How long a client waits for an answer before retrying elsewhere.
 pub const REQUEST_TIMEOUT: u64 = 400;
 /// How long it waits after a redirect or `Busy` before retrying.
 const RETRY_BACKOFF: u64 = 20;
+/// The `operation` of a client's session-opening requests.
+const OPENING: u64 = u64::MAX;
+/// Operation slots a client has at most (its pipelining depth).
+pub const SLOTS_MAX: u64 = 3;
 
 /// The key-value encoding of the simulator's integers.
 pub fn key_bytes(key: u8) -> Bytes {
@@ -79,28 +59,95 @@ pub fn value_of(bytes: &Bytes) -> u64 {
     u64::from_le_bytes(bytes.as_ref().try_into().expect("simulator values are 8 bytes"))
 }
 
+/// An operation a slot is working on.
+#[derive(Clone, Debug)]
+struct Outstanding {
+    operation: u64,
+    input: NodeKvInput<u8, u64>,
+    /// A write's session and sequence; `None` for a read.
+    write: Option<(u64, u64)>,
+    history: OperationId,
+    attempt: u32,
+    /// When it was first sent, for the retry window.
+    first_sent: u64,
+    /// When the current attempt gives up waiting.
+    deadline: u64,
+    /// When to send the next attempt, if it is waiting to be sent.
+    resend_at: Option<u64>,
+}
+
+/// Opening a session: waiting for the answer, or to send again.
+#[derive(Clone, Copy, Debug)]
+struct Opening {
+    attempt: u32,
+    deadline: u64,
+    resend_at: Option<u64>,
+}
+
+/// What a client did, for the run's summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientCounts {
+    pub sessions_opened: u64,
+    pub sessions_expired: u64,
+    pub sessions_refused: u64,
+    pub writes_given_up: u64,
+}
+
+/// One client.
+pub struct SimClient {
+    pub index: usize,
+    slots: Vec<Option<Outstanding>>,
+    session: Option<Session>,
+    opening: Option<Opening>,
+    next_operation: u64,
+    /// The node the client believes leads.
+    target: NodeId,
+    /// The last redirect named no leader: pick a node at random.
+    target_random: bool,
+    idle_until: u64,
+    /// Operations completed, for the liveness check.
+    pub completed: u64,
+    /// Linearizable (ReadIndex) or the leader's lease.
+    pub read_consistency: ReadConsistency,
+    pub counts: ClientCounts,
+}
+
 impl SimClient {
     pub fn new(index: usize, rng: &mut Rng, read_consistency: ReadConsistency) -> SimClient {
+        let slots = rng.range(1, SLOTS_MAX + 1) as usize;
         SimClient {
             index,
-            session: rng.next_u64() | 1,
-            next_sequence: 1,
+            slots: vec![None; slots],
+            session: None,
+            opening: None,
             next_operation: 1,
             target: 1,
             target_random: false,
-            current: None,
             idle_until: 0,
             completed: 0,
             read_consistency,
+            counts: ClientCounts::default(),
         }
     }
 
     pub fn is_idle(&self) -> bool {
-        self.current.is_none()
+        self.slots.iter().all(Option::is_none)
     }
 
-    /// Starts a new operation if the client is idle and `allowed`; retries
-    /// the current one when its deadline passed. Returns a request to send.
+    /// The history process of a slot.
+    fn process(&self, slot: usize) -> u64 {
+        self.index as u64 * SLOTS_MAX + slot as u64
+    }
+
+    fn pick_target(&mut self, rng: &mut Rng, nodes: &[NodeId], timed_out: bool) {
+        if timed_out || self.target_random {
+            self.target = nodes[rng.range(0, nodes.len() as u64) as usize];
+            self.target_random = false;
+        }
+    }
+
+    /// Sends what is due: a session opening, retries, new operations (when
+    /// `allowed`). Returns the requests to send.
     pub fn poll(
         &mut self,
         rng: &mut Rng,
@@ -109,8 +156,56 @@ impl SimClient {
         keys: u8,
         allowed: bool,
         history: &mut SimHistory,
+    ) -> Vec<(NodeId, Request)> {
+        let mut out = Vec::new();
+        if let Some(request) = self.poll_opening(rng, now, nodes) {
+            out.push(request);
+        }
+        for slot in 0..self.slots.len() {
+            if let Some(request) = self.poll_slot(slot, rng, now, nodes, keys, allowed, history) {
+                out.push(request);
+            }
+        }
+        out
+    }
+
+    fn poll_opening(&mut self, rng: &mut Rng, now: u64, nodes: &[NodeId]) -> Option<(NodeId, Request)> {
+        let opening = self.opening.as_mut()?;
+        let due = match opening.resend_at {
+            Some(at) => now >= at,
+            None => now >= opening.deadline,
+        };
+        if !due {
+            return None;
+        }
+        let timed_out = opening.resend_at.is_none();
+        opening.resend_at = None;
+        opening.attempt += 1;
+        opening.deadline = now + REQUEST_TIMEOUT;
+        let attempt = opening.attempt;
+        self.pick_target(rng, nodes, timed_out);
+        let waiter = Waiter { client: self.index, operation: OPENING, attempt };
+        Some((self.target, Request { waiter, request: ClientRequest::plain(0, RequestBody::OpenSession) }))
+    }
+
+    fn start_opening(&mut self, now: u64) {
+        if self.opening.is_none() && self.session.is_none() {
+            self.opening = Some(Opening { attempt: 0, deadline: now, resend_at: Some(now) });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn poll_slot(
+        &mut self,
+        slot: usize,
+        rng: &mut Rng,
+        now: u64,
+        nodes: &[NodeId],
+        keys: u8,
+        allowed: bool,
+        history: &mut SimHistory,
     ) -> Option<(NodeId, Request)> {
-        if let Some(current) = &mut self.current {
+        if let Some(current) = &mut self.slots[slot] {
             let due = match current.resend_at {
                 Some(at) => now >= at,
                 None => now >= current.deadline,
@@ -118,17 +213,36 @@ impl SimClient {
             if !due {
                 return None;
             }
-            if current.resend_at.is_none() || self.target_random {
-                // Timed out, or nobody knows the leader: try another node.
-                self.target = nodes[rng.range(0, nodes.len() as u64) as usize];
-                self.target_random = false;
+            if let Some((client_id, sequence)) = current.write {
+                // The retry window of the session the write was sent in
+                // (the client may have opened another since: then the
+                // write's session is gone and so is any use in retrying).
+                let session = self.session.as_mut().filter(|session| session.client_id() == client_id);
+                let window = session.as_ref().map_or(0, |session| session.retry_window().as_millis() as u64);
+                if now.saturating_sub(current.first_sent) > window {
+                    // Past the retry window a SessionExpired answer would no
+                    // longer prove anything: give up; the outcome stays
+                    // unknown in the history.
+                    if let Some(session) = session {
+                        session.finish(sequence);
+                    }
+                    self.slots[slot] = None;
+                    self.counts.writes_given_up += 1;
+                    return None;
+                }
             }
+            let timed_out = current.resend_at.is_none();
             current.resend_at = None;
             current.attempt += 1;
             current.deadline = now + REQUEST_TIMEOUT;
-            return Some((self.target, self.request()));
+            self.pick_target(rng, nodes, timed_out);
+            return Some((self.target, self.request(slot)));
         }
         if !allowed || now < self.idle_until {
+            return None;
+        }
+        if self.session.as_ref().is_some_and(|session| !session.can_start()) {
+            // The window is full: wait for the lowest write's answer.
             return None;
         }
         let key = rng.range(0, u64::from(keys)) as u8;
@@ -146,54 +260,68 @@ impl SimClient {
                 NodeKvInput::Cas { key, expected, new: value }
             }
         };
-        let sequence = if matches!(input, NodeKvInput::Get { .. }) {
+        let write = if matches!(input, NodeKvInput::Get { .. }) {
             None
         } else {
-            self.next_sequence += 1;
-            Some(self.next_sequence - 1)
+            let Some(session) = &mut self.session else {
+                self.start_opening(now);
+                return None;
+            };
+            Some((session.client_id(), session.start()))
         };
-        let id = history.invoke(self.index as u64, input.clone(), now);
-        self.current = Some(Outstanding {
+        let id = history.invoke(self.process(slot), input.clone(), now);
+        self.slots[slot] = Some(Outstanding {
             operation: self.next_operation,
             input,
-            sequence,
+            write,
             history: id,
             attempt: 0,
+            first_sent: now,
             deadline: now + REQUEST_TIMEOUT,
             resend_at: None,
         });
         self.next_operation += 1;
-        Some((self.target, self.request()))
+        Some((self.target, self.request(slot)))
     }
 
-    fn request(&self) -> Request {
-        let current = self.current.as_ref().expect("an operation in progress");
-        let (client_id, sequence, body) = match (&current.input, current.sequence) {
+    fn request(&self, slot: usize) -> Request {
+        let current = self.slots[slot].as_ref().expect("an operation in progress");
+        let (client_id, sequence, ack, body) = match (&current.input, current.write) {
             (NodeKvInput::Get { key }, _) => {
                 let query = KvOp::Get { key: key_bytes(*key) }.encode();
-                (0, 0, RequestBody::Read { query, consistency: self.read_consistency })
+                (0, 0, 0, RequestBody::Read { query, consistency: self.read_consistency })
             }
-            (input, Some(sequence)) => {
+            (input, Some((client_id, sequence))) => {
                 let op = write_op(input).expect("reads have no sequence");
-                (self.session, sequence, RequestBody::Write { command: op.encode() })
+                // The ack of the session it was sent in: the current one,
+                // unless the client moved on to another session since.
+                let ack = match &self.session {
+                    Some(session) if session.client_id() == client_id => session.ack(),
+                    _ => sequence,
+                };
+                (client_id, sequence, ack, RequestBody::Write { command: op.encode() })
             }
             (_, None) => unreachable!("writes have a sequence"),
         };
         let waiter = Waiter { client: self.index, operation: current.operation, attempt: current.attempt };
         let request_id = current.operation << 16 | u64::from(current.attempt);
-        Request { waiter, request: ClientRequest { request_id, client_id, sequence, body } }
+        Request { waiter, request: ClientRequest { request_id, client_id, sequence, ack, body } }
     }
 
-    /// An answer arrives. An `Ok` answer to any attempt of the current
-    /// operation settles it (all attempts of a write are one session
-    /// sequence, applied once; every attempt of a read lies inside the
-    /// operation's interval); a redirect only matters for the latest attempt.
+    /// An answer arrives. An `Ok` answer to any attempt of an operation
+    /// settles it (all attempts of a write are one session sequence, applied
+    /// once; every attempt of a read lies inside the operation's interval);
+    /// a redirect only matters for the latest attempt.
     pub fn on_response(&mut self, now: u64, response: Response, from: NodeId, history: &mut SimHistory, rng: &mut Rng) {
         let Response { waiter, status } = response;
-        let Some(current) = &mut self.current else { return };
-        if current.operation != waiter.operation {
-            return;
+        if waiter.operation == OPENING {
+            return self.on_opening_answer(now, waiter.attempt, status, from);
         }
+        let Some(slot) = self.slots.iter().position(|s| s.as_ref().is_some_and(|c| c.operation == waiter.operation))
+        else {
+            return;
+        };
+        let current = self.slots[slot].as_mut().expect("found");
         let latest = waiter.attempt == current.attempt && current.resend_at.is_none();
         match status {
             ResponseStatus::Ok(bytes) => {
@@ -209,41 +337,146 @@ impl SimClient {
                     (input, response) => panic!("client {}: {input:?} answered with {response:?}", self.index),
                 };
                 history.complete(current.history, output, now);
+                self.finish_write(slot);
                 self.target = from;
-                self.current = None;
                 self.completed += 1;
-                self.idle_until = now + rng.range(0, 30);
+                self.after_operation(now, rng);
             }
-            ResponseStatus::SessionExpired | ResponseStatus::BadRequest(_) => {
-                panic!(
-                    "client {} (session {:x}) operation {:?} sequence {:?} was refused: {status:?}",
-                    self.index, self.session, current.input, current.sequence
-                )
-            }
-            ResponseStatus::NotLeader { leader_id, .. } => {
-                if !latest {
-                    return;
+            ResponseStatus::SessionExpired => {
+                // Certainly not applied: within its retry window a write's
+                // session can expire only if the write never was.
+                let history_id = current.history;
+                let write = current.write;
+                history.discard(history_id);
+                self.slots[slot] = None;
+                if let (Some((client_id, _)), Some(session)) = (write, &self.session) {
+                    if session.client_id() == client_id {
+                        self.session = None;
+                        self.counts.sessions_expired += 1;
+                    }
                 }
-                match leader_id {
-                    Some(leader) => self.target = leader,
-                    None => self.target_random = true,
-                }
-                current.resend_at = Some(now + RETRY_BACKOFF);
+                self.start_opening(now);
             }
-            ResponseStatus::Busy | ResponseStatus::TimedOut => {
+            ResponseStatus::SessionFull(_) => {
+                // Not applied: retry the same sequence once earlier answers
+                // arrive (their slots' next requests acknowledge them).
                 if latest {
                     current.resend_at = Some(now + RETRY_BACKOFF);
+                }
+            }
+            ResponseStatus::BadRequest(reason) => {
+                let (input, write) = (current.input.clone(), current.write);
+                panic!(
+                    "client {} operation {:?} (session and sequence {:?}) was refused: {reason}\n{}",
+                    self.index,
+                    input,
+                    write,
+                    self.describe()
+                )
+            }
+            ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
+                if latest {
+                    current.resend_at = Some(now + RETRY_BACKOFF);
+                    self.note_leader(&status);
                 }
             }
         }
     }
 
+    /// Aims the next attempt at the leader a `NotLeader` answer named, or at
+    /// a node picked at random when it named none.
+    fn note_leader(&mut self, status: &ResponseStatus) {
+        if let ResponseStatus::NotLeader { leader_id, .. } = status {
+            match leader_id {
+                Some(leader) => self.target = *leader,
+                None => self.target_random = true,
+            }
+        }
+    }
+
+    /// A write's answer arrived: its sequence is no longer awaited.
+    fn finish_write(&mut self, slot: usize) {
+        let current = self.slots[slot].take().expect("an operation in progress");
+        if let (Some((client_id, sequence)), Some(session)) = (current.write, &mut self.session) {
+            if session.client_id() == client_id {
+                session.finish(sequence);
+            }
+        }
+    }
+
+    /// Between operations a client sometimes pauses long enough for its
+    /// session to expire, abandons its session without closing it, or
+    /// closes it (sent and forgotten).
+    fn after_operation(&mut self, now: u64, rng: &mut Rng) {
+        self.idle_until = now + rng.range(0, 30);
+        if !self.is_idle() {
+            return;
+        }
+        match rng.range(0, 200) {
+            0 => self.idle_until = now + rng.range(1_000, 4_000),
+            1 | 2 => self.session = None,
+            _ => {}
+        }
+    }
+
+    fn on_opening_answer(&mut self, now: u64, attempt: u32, status: ResponseStatus, from: NodeId) {
+        let Some(opening) = &mut self.opening else { return };
+        let latest = attempt == opening.attempt && opening.resend_at.is_none();
+        match status {
+            ResponseStatus::Ok(bytes) => {
+                let opened = OpenedSession::decode(&bytes).expect("an opened session");
+                self.session = Some(Session::new(opened));
+                self.opening = None;
+                self.target = from;
+                self.counts.sessions_opened += 1;
+            }
+            ResponseStatus::SessionFull(_) => {
+                // Every session holds answers in doubt: wait for expiry.
+                self.counts.sessions_refused += 1;
+                if latest {
+                    opening.resend_at = Some(now + 10 * RETRY_BACKOFF);
+                }
+            }
+            ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
+                if latest {
+                    opening.resend_at = Some(now + RETRY_BACKOFF);
+                    self.note_leader(&status);
+                }
+            }
+            other => panic!("client {}: opening a session answered {other:?}", self.index),
+        }
+    }
+
+    /// The client's state, for a failure's description.
+    pub fn describe(&self) -> String {
+        format!(
+            "session {:?} (ack {:?}), opening {:?}, slots {:?}, idle until {}",
+            self.session.as_ref().map(Session::client_id),
+            self.session.as_ref().map(Session::ack),
+            self.opening,
+            self.slots
+                .iter()
+                .map(|slot| slot.as_ref().map(|s| (
+                    s.operation,
+                    s.write,
+                    s.attempt,
+                    s.first_sent,
+                    s.resend_at,
+                    s.deadline
+                )))
+                .collect::<Vec<_>>(),
+            self.idle_until
+        )
+    }
+
     /// At the end of the run: a read still waiting constrains nothing and is
     /// dropped; a write still waiting stays open (its outcome is unknown).
     pub fn finish(&mut self, history: &mut SimHistory) {
-        if let Some(current) = self.current.take() {
-            if current.sequence.is_none() {
-                history.discard(current.history);
+        for slot in &mut self.slots {
+            if let Some(current) = slot.take() {
+                if current.write.is_none() {
+                    history.discard(current.history);
+                }
             }
         }
     }

@@ -22,8 +22,9 @@ use bytes::{Bytes, BytesMut};
 use engine::batch::EntryBatch;
 use engine::config::Rng;
 use engine::storage::MemStorage;
-use engine::{Entry, HardState, Index, SnapshotImage, SnapshotMeta};
+use engine::{Entry, HardState, Index, SnapshotMeta};
 use node::shard::{ShardStorage, StoredSnapshot};
+use node::SnapshotImage;
 use wal::{AppendTicket, WalError};
 
 /// One write in the ordered queue.

@@ -126,7 +126,7 @@ pub struct SimNode {
     forwarded_answered_before: u64,
 }
 
-fn shard_context(id: NodeId, forward_writes: bool) -> ShardContext {
+fn shard_context(id: NodeId, forward_writes: bool, nonce_salt: u64) -> ShardContext {
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
     ShardContext {
         shard_id: 0,
@@ -137,6 +137,7 @@ fn shard_context(id: NodeId, forward_writes: bool) -> ShardContext {
         read_consistency_default: ReadConsistency::Linearizable,
         forward_writes,
         command_bytes_max: 1 << 20,
+        nonce_salt,
     }
 }
 
@@ -144,7 +145,7 @@ impl SimNode {
     pub fn new(config: Config, clock: Rc<Cell<u64>>, base: Instant, forward_writes: bool) -> SimNode {
         let disk = Rc::new(RefCell::new(SimDisk::default()));
         let outbox = Rc::new(RefCell::new(Outbox::default()));
-        let shard = SimNode::open(&config, &disk, &outbox, &clock, base, forward_writes);
+        let shard = SimNode::open(&config, &disk, &outbox, &clock, base, forward_writes, 0);
         SimNode {
             id: config.id,
             config,
@@ -172,6 +173,7 @@ impl SimNode {
         clock: &Rc<Cell<u64>>,
         base: Instant,
         forward_writes: bool,
+        generation: u64,
     ) -> SimShard {
         let (recovered, snapshot) = {
             let disk = disk.borrow();
@@ -180,7 +182,9 @@ impl SimNode {
             (disk.durable.recovered(), snapshot)
         };
         let mut shard = Shard::new(
-            shard_context(config.id, forward_writes),
+            // Each start of the node its own nonces, as the real node's
+            // random salt gives it.
+            shard_context(config.id, forward_writes, config.seed.rotate_left(17) ^ generation << 48),
             config.clone(),
             RecoveredShard { recovered, snapshot },
             KvStateMachine::default(),
@@ -219,9 +223,18 @@ impl SimNode {
         }
         self.snapshots_installed_before += self.shard.stats().snapshots_installed;
         self.forwarded_answered_before += self.shard.stats().forwarded_answered;
-        self.shard = SimNode::open(&self.config, &self.disk, &self.outbox, &self.clock, self.base, self.forward_writes);
-        self.up = true;
         self.generation += 1;
+        let generation = self.generation;
+        self.shard = SimNode::open(
+            &self.config,
+            &self.disk,
+            &self.outbox,
+            &self.clock,
+            self.base,
+            self.forward_writes,
+            generation,
+        );
+        self.up = true;
         self.installs_seen = 0;
         self.apply_next = self.shard.applied() + 1;
     }

@@ -1,5 +1,6 @@
-//! Small helpers for the node's compact little-endian byte formats (session
-//! envelopes, key-value commands and responses, snapshots).
+//! Small helpers for compact little-endian byte formats (the key-value
+//! commands and responses of [`crate::kv`], the node's session envelopes and
+//! snapshots).
 //!
 //! Decoding borrows: every byte string read is a slice of the input (a
 //! caller that keeps one makes it a `Bytes` with `Bytes::slice_ref`, without
@@ -16,7 +17,7 @@ use bytes::BufMut;
 /// Bytes that do not decode as the format they claim to be. Commands and
 /// queries come from clients, so a bad one is a typed error, never a panic.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub enum FormatError {
     /// The input ended early: `what` needed more bytes than were left.
     #[error("truncated {what}: needed {needed} bytes, {remaining} left")]
     Truncated { what: &'static str, needed: usize, remaining: usize },
@@ -36,68 +37,70 @@ pub enum DecodeError {
 }
 
 /// A cursor over an input buffer.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     input: &'a [u8],
     position: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(input: &'a [u8]) -> Reader<'a> {
+    pub fn new(input: &'a [u8]) -> Reader<'a> {
         Reader { input, position: 0 }
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.input.len() - self.position
     }
 
-    fn take(&mut self, what: &'static str, size: usize) -> Result<&'a [u8], DecodeError> {
+    /// The next `size` bytes.
+    pub fn take_exact(&mut self, what: &'static str, size: usize) -> Result<&'a [u8], FormatError> {
         let remaining = self.remaining();
         if size > remaining {
-            return Err(DecodeError::Truncated { what, needed: size, remaining });
+            return Err(FormatError::Truncated { what, needed: size, remaining });
         }
         let start = self.position;
         self.position += size;
         Ok(&self.input[start..self.position])
     }
 
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.take(what, 1)?[0])
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, FormatError> {
+        Ok(self.take_exact(what, 1)?[0])
     }
 
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        let bytes = self.take(what, 4)?;
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, FormatError> {
+        let bytes = self.take_exact(what, 2)?;
+        Ok(u16::from_le_bytes(bytes.try_into().expect("take returned 2 bytes")))
+    }
+
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, FormatError> {
+        let bytes = self.take_exact(what, 4)?;
         Ok(u32::from_le_bytes(bytes.try_into().expect("take returned 4 bytes")))
     }
 
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        let bytes = self.take(what, 8)?;
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, FormatError> {
+        let bytes = self.take_exact(what, 8)?;
         Ok(u64::from_le_bytes(bytes.try_into().expect("take returned 8 bytes")))
     }
 
     /// A `u8` that must be 0 or 1.
-    pub(crate) fn flag(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+    pub fn flag(&mut self, what: &'static str) -> Result<bool, FormatError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
-            _ => Err(DecodeError::Invalid { what, reason: "a flag must be 0 or 1" }),
+            _ => Err(FormatError::Invalid { what, reason: "a flag must be 0 or 1" }),
         }
     }
 
     /// A `u32` length followed by that many bytes, at most `size_max`.
-    pub(crate) fn bytes(&mut self, what: &'static str, size_max: usize) -> Result<&'a [u8], DecodeError> {
+    pub fn bytes(&mut self, what: &'static str, size_max: usize) -> Result<&'a [u8], FormatError> {
         let size = self.u32(what)? as usize;
         if size > size_max {
-            return Err(DecodeError::TooLarge { what, size, max: size_max });
+            return Err(FormatError::TooLarge { what, size, max: size_max });
         }
-        self.take(what, size)
+        self.take_exact(what, size)
     }
 
     /// An optional byte string: flag 0 for absent, or flag 1 and [`Reader::bytes`].
-    pub(crate) fn optional_bytes(
-        &mut self,
-        what: &'static str,
-        size_max: usize,
-    ) -> Result<Option<&'a [u8]>, DecodeError> {
+    pub fn optional_bytes(&mut self, what: &'static str, size_max: usize) -> Result<Option<&'a [u8]>, FormatError> {
         if self.flag(what)? {
             Ok(Some(self.bytes(what, size_max)?))
         } else {
@@ -106,30 +109,30 @@ impl<'a> Reader<'a> {
     }
 
     /// Everything that is left.
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
+    pub fn rest(&mut self) -> &'a [u8] {
         let start = self.position;
         self.position = self.input.len();
         &self.input[start..]
     }
 
     /// Fails if bytes are left over.
-    pub(crate) fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
+    pub fn finish(&self, what: &'static str) -> Result<(), FormatError> {
         match self.remaining() {
             0 => Ok(()),
-            count => Err(DecodeError::TrailingBytes { what, count }),
+            count => Err(FormatError::TrailingBytes { what, count }),
         }
     }
 }
 
 /// Appends a `u32` length and the bytes.
-pub(crate) fn put_bytes(out: &mut impl BufMut, bytes: &[u8]) {
+pub fn put_bytes(out: &mut impl BufMut, bytes: &[u8]) {
     let size = u32::try_from(bytes.len()).expect("byte strings are bounded far below 4 GiB");
     out.put_u32_le(size);
     out.put_slice(bytes);
 }
 
 /// Appends an optional byte string (see [`Reader::optional_bytes`]).
-pub(crate) fn put_optional_bytes(out: &mut impl BufMut, bytes: Option<&[u8]>) {
+pub fn put_optional_bytes(out: &mut impl BufMut, bytes: Option<&[u8]>) {
     match bytes {
         None => out.put_u8(0),
         Some(bytes) => {
@@ -140,6 +143,6 @@ pub(crate) fn put_optional_bytes(out: &mut impl BufMut, bytes: Option<&[u8]>) {
 }
 
 /// Encoded size of an optional byte string.
-pub(crate) fn optional_bytes_size(bytes: Option<&[u8]>) -> usize {
+pub fn optional_bytes_size(bytes: Option<&[u8]>) -> usize {
     1 + bytes.map_or(0, |bytes| 4 + bytes.len())
 }

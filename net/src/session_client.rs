@@ -1,0 +1,226 @@
+//! [`Client`]: the client library of the cluster, one request at a time on
+//! tokio-uring. It follows `NotLeader` answers to the leader, retries what
+//! is safe to retry (a read; a write in its session with the same sequence)
+//! until its deadline, and runs exactly-once sessions ([`crate::session`]):
+//! open, write, close. The CLI and the tests use it; the load generator
+//! pipelines on [`crate::ClientConnection`] directly with the same
+//! [`Session`] bookkeeping.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::client::{AdminRequest, ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
+use crate::client_conn::{ClientConfig, ClientConnection};
+use crate::session::{OpenedSession, Session};
+
+/// Pause after `Busy` or an unknown leader before trying again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Pause after a failed connection before trying the next node.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why a call gave up or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No node answered with an outcome within the deadline. For a write in
+    /// a session the outcome is unknown: retry the same sequence
+    /// ([`Client::write_again`]) or give it up ([`Session::finish`]).
+    #[error("no node answered within {timeout:?}: {last}")]
+    Unreachable { timeout: Duration, last: String },
+    /// The session is unknown, expired or closed: the write was not applied
+    /// by this attempt. Open a new session and send the command there.
+    #[error("the session expired (or was closed); the write was not applied now")]
+    SessionExpired,
+    /// A definitive refusal (`BadRequest`, `SessionFull`): nothing applied.
+    #[error("refused: {0:?}")]
+    Refused(ResponseStatus),
+    /// The answer did not have the expected form.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// A client of one shard of a cluster.
+pub struct Client {
+    /// Every address given, tried in turn when no leader is known.
+    addrs: Vec<SocketAddr>,
+    config: ClientConfig,
+    shard: u32,
+    /// How long a call keeps retrying.
+    timeout: Duration,
+    /// Where to send next: the leader, once a node named it.
+    target: Option<SocketAddr>,
+    attempt: usize,
+    connection: Option<(SocketAddr, ClientConnection)>,
+    next_request_id: u64,
+}
+
+impl Client {
+    /// A client of shard `shard`, given any nodes' client addresses (at
+    /// least one), that gives up on a call after `timeout`.
+    pub fn new(addrs: Vec<SocketAddr>, config: ClientConfig, shard: u32, timeout: Duration) -> Client {
+        assert!(!addrs.is_empty(), "a client needs at least one address");
+        Client { addrs, config, shard, timeout, target: None, attempt: 0, connection: None, next_request_id: 1 }
+    }
+
+    /// Sends `body` in `session` context (`client_id`, `sequence`, `ack` as
+    /// given) until a node answers with an outcome: follows redirects, and
+    /// retries `Busy`, `TimedOut`, an unknown leader and lost connections
+    /// until the deadline.
+    pub async fn call(
+        &mut self,
+        client_id: u64,
+        sequence: u64,
+        ack: u64,
+        body: RequestBody,
+    ) -> Result<ResponseStatus, CallError> {
+        self.call_until(Instant::now() + self.timeout, client_id, sequence, ack, body).await
+    }
+
+    async fn call_until(
+        &mut self,
+        deadline: Instant,
+        client_id: u64,
+        sequence: u64,
+        ack: u64,
+        body: RequestBody,
+    ) -> Result<ResponseStatus, CallError> {
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let addr = self.next_addr();
+            let request_id = self.next_request_id;
+            self.next_request_id += 1;
+            let request = ClientRequest { request_id, client_id, sequence, ack, body: body.clone() };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let answer = tokio::time::timeout(remaining, self.exchange(addr, &request)).await;
+            let status = match answer {
+                Ok(Ok(status)) => status,
+                Ok(Err(error)) => {
+                    last = format!("{addr}: {error}");
+                    self.connection = None;
+                    self.target = None;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
+                Err(_) => {
+                    self.connection = None;
+                    last = format!("{addr}: no answer");
+                    break;
+                }
+            };
+            match status {
+                ResponseStatus::NotLeader { leader_addr: Some(leader), .. } if leader.parse::<SocketAddr>().is_ok() => {
+                    self.target = leader.parse().ok();
+                    last = format!("{addr} is not the leader");
+                }
+                ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
+                    last = format!("{addr}: {status:?}");
+                    self.target = None;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                status => return Ok(status),
+            }
+        }
+        Err(CallError::Unreachable { timeout: self.timeout, last })
+    }
+
+    /// The leader if known, else the next given address in turn.
+    fn next_addr(&mut self) -> SocketAddr {
+        if let Some(target) = self.target {
+            return target;
+        }
+        let addr = self.addrs[self.attempt % self.addrs.len()];
+        self.attempt += 1;
+        addr
+    }
+
+    async fn exchange(&mut self, addr: SocketAddr, request: &ClientRequest) -> Result<ResponseStatus, String> {
+        if self.connection.as_ref().is_none_or(|(connected, _)| *connected != addr) {
+            let connection = ClientConnection::connect(addr, &self.config).await.map_err(|error| error.to_string())?;
+            self.connection = Some((addr, connection));
+        }
+        let (_, connection) = self.connection.as_mut().expect("connected above");
+        let response = connection.call(self.shard, request).await.map_err(|error| error.to_string())?;
+        if response.request_id != request.request_id {
+            return Err(format!("answer to request {} instead of {}", response.request_id, request.request_id));
+        }
+        Ok(response.status)
+    }
+
+    /// Opens an exactly-once session (its id is assigned by the cluster).
+    pub async fn open_session(&mut self) -> Result<Session, CallError> {
+        match self.call(0, 0, 0, RequestBody::OpenSession).await? {
+            ResponseStatus::Ok(bytes) => OpenedSession::decode(&bytes)
+                .map(Session::new)
+                .map_err(|error| CallError::Unexpected(format!("session opening answer: {error}"))),
+            other => Err(CallError::Refused(other)),
+        }
+    }
+
+    /// Writes `command` once in `session`: a new sequence, retried (the same
+    /// sequence) until an outcome arrives or the deadline (at most the
+    /// session's retry window) passes. On `Unreachable` the outcome is
+    /// unknown and the sequence is given up (never sent again); a caller
+    /// that wants to retry it later starts it itself ([`Session::start`])
+    /// and sends it with [`Client::write_again`].
+    pub async fn write(&mut self, session: &mut Session, command: Bytes) -> Result<Bytes, CallError> {
+        let sequence = session.start();
+        let result = self.write_again(session, sequence, command).await;
+        session.finish(sequence);
+        result
+    }
+
+    /// Sends write `sequence` of `session` (started with [`Session::start`])
+    /// with `command`, again after an `Unreachable`: the same sequence and
+    /// command, so it is applied at most once. On `Unreachable` the sequence
+    /// stays awaited (the cluster keeps its answer) until the caller retries
+    /// or gives it up with [`Session::finish`].
+    pub async fn write_again(
+        &mut self,
+        session: &mut Session,
+        sequence: u64,
+        command: Bytes,
+    ) -> Result<Bytes, CallError> {
+        let deadline = Instant::now() + self.timeout.min(session.retry_window());
+        let body = RequestBody::Write { command };
+        let status = self.call_until(deadline, session.client_id(), sequence, session.ack(), body).await?;
+        session.finish(sequence);
+        match status {
+            ResponseStatus::Ok(answer) => Ok(answer),
+            ResponseStatus::SessionExpired => Err(CallError::SessionExpired),
+            other => Err(CallError::Refused(other)),
+        }
+    }
+
+    /// Writes `command` outside any session: a retry may apply it again.
+    pub async fn write_at_least_once(&mut self, command: Bytes) -> Result<Bytes, CallError> {
+        match self.call(0, 0, 0, RequestBody::Write { command }).await? {
+            ResponseStatus::Ok(answer) => Ok(answer),
+            other => Err(CallError::Refused(other)),
+        }
+    }
+
+    /// Closes `session`: the cluster forgets it and its answers.
+    pub async fn close_session(&mut self, session: Session) -> Result<(), CallError> {
+        match self.call(session.client_id(), 0, 0, RequestBody::CloseSession).await? {
+            ResponseStatus::Ok(_) => Ok(()),
+            other => Err(CallError::Refused(other)),
+        }
+    }
+
+    /// Reads with `query` at `consistency`.
+    pub async fn read(&mut self, query: Bytes, consistency: ReadConsistency) -> Result<Bytes, CallError> {
+        match self.call(0, 0, 0, RequestBody::Read { query, consistency }).await? {
+            ResponseStatus::Ok(answer) => Ok(answer),
+            other => Err(CallError::Refused(other)),
+        }
+    }
+
+    /// An admin request; the answer's bytes (JSON or empty).
+    pub async fn admin(&mut self, request: AdminRequest) -> Result<Bytes, CallError> {
+        match self.call(0, 0, 0, RequestBody::Admin(request)).await? {
+            ResponseStatus::Ok(answer) => Ok(answer),
+            other => Err(CallError::Refused(other)),
+        }
+    }
+}

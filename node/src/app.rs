@@ -1,0 +1,89 @@
+//! The seam between the node and an application: a deterministic state
+//! machine that the node replicates.
+//!
+//! The application sees only its own commands and queries. Everything else
+//! that travels in the log is the node's: exactly-once client sessions (a
+//! retried write reaches `apply` once), the address book, the log's clock,
+//! no-op and configuration entries. So an application gets exactly-once
+//! writes without knowing about sessions.
+
+use bytes::{Bytes, BytesMut};
+use engine::Index;
+
+/// An application's replicated state machine. Every replica applies the same
+/// commands in the same order, so `apply` must be deterministic: the same
+/// state and command give the same new state and answer on every node (no
+/// clocks, no randomness, no iteration order of a randomly seeded hash map).
+pub trait StateMachine {
+    /// Applies a committed command at log `index` and returns the answer for
+    /// the client that wrote it. `Err` refuses the command: the state must
+    /// be unchanged, and the client gets `BadRequest` with the reason (every
+    /// replica refuses it alike).
+    fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection>;
+
+    /// Answers a read-only `query` from the applied state, without the log.
+    /// The node calls it once the read is safe at the asked consistency
+    /// (after the ReadIndex is applied, under a lease, or at once for stale
+    /// reads). Must not change the state.
+    fn query(&self, query: &[u8]) -> Result<Bytes, Rejection>;
+
+    /// A hint given with a batch of committed commands before any of them is
+    /// applied: start loading what applying them will touch. A large state
+    /// lives mostly outside the CPU's caches, and each lookup is a chain of
+    /// dependent cache misses; started for the whole batch first, those
+    /// chains overlap instead of running one after another. Must not change
+    /// the state. The default does nothing.
+    fn prefetch(&self, commands: &[&[u8]]) {
+        let _ = commands;
+    }
+
+    /// Captures the state for a snapshot whose bytes are produced later,
+    /// possibly on another thread, while `apply` goes on (Dragonboat's
+    /// concurrent snapshots). Serializing a large state takes tens of
+    /// milliseconds; a state machine that can capture it cheaply (shared
+    /// copy-on-write structures) keeps that off the apply path. The bytes
+    /// must be a deterministic function of the state (sorted, no
+    /// timestamps): replicas snapshot independently, and a follower that
+    /// received part of one leader's snapshot resumes it from another leader
+    /// at the same index.
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage>;
+
+    /// The snapshot's bytes now.
+    fn snapshot(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.snapshot_image().serialize_into(&mut out);
+        out.freeze()
+    }
+
+    /// Replaces the whole state with a snapshot made by `snapshot_image`,
+    /// or leaves it untouched and says what is wrong with the bytes.
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError>;
+}
+
+/// A command or query the state machine refuses; the client gets
+/// `BadRequest` with this reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+/// A state captured by [`StateMachine::snapshot_image`], to be serialized
+/// later, possibly on another thread.
+pub trait SnapshotImage: Send {
+    /// Appends the snapshot's bytes to `out`.
+    fn serialize_into(self: Box<Self>, out: &mut BytesMut);
+}
+
+/// An image already serialized: for state machines that do not capture
+/// cheaply.
+pub struct SerializedImage(pub Bytes);
+
+impl SnapshotImage for SerializedImage {
+    fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
+        out.extend_from_slice(&self.0);
+    }
+}
+
+/// A snapshot that the state machine cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot restore the state machine from the snapshot: {0}")]
+pub struct RestoreError(pub String);

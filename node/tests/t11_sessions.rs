@@ -1,0 +1,543 @@
+//! Exactly-once client sessions (`node::session`, kept by the node's
+//! replicated state machine for any application): opening through the log,
+//! pipelined writes with acknowledgements, retries answered from the cache,
+//! expiry by the log's clock, eviction that never lies, bounds, replicated
+//! settings, snapshots; and a property test of the table against a model.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Bytes, BytesMut};
+use net::SessionSettings;
+use node::kv::{KvOp, KvResponse, KvStateMachine};
+use node::replicated::{encode_write_in, Applied, NodeCommand, NodeStateMachine, Outcome, Write, WRITE_ARENA_BYTES};
+use node::session::{Admission, Cached, Refusal, SessionTable, SETTINGS_DEFAULT};
+use proptest::prelude::*;
+
+/// A node state machine with its next log index.
+struct Replica {
+    machine: NodeStateMachine<KvStateMachine>,
+    index: u64,
+}
+
+impl Replica {
+    fn new() -> Replica {
+        Replica { machine: NodeStateMachine::new(KvStateMachine::new()), index: 0 }
+    }
+
+    fn apply(&mut self, data: &[u8]) -> Applied {
+        self.index += 1;
+        self.machine.apply(self.index, data)
+    }
+
+    fn open(&mut self) -> u64 {
+        match self.apply(&NodeCommand::OpenSession { proposer: 1, nonce: self.index }.encode()) {
+            Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
+            other => panic!("opening a session: {other:?}"),
+        }
+    }
+
+    fn write(&mut self, client_id: u64, sequence: u64, ack: u64, op: &KvOp) -> Outcome {
+        let command = op.encode();
+        match self.apply(&Write { client_id, sequence, ack, command: &command }.encode()) {
+            Applied::Write { outcome, .. } => outcome,
+            other => panic!("a write applied as {other:?}"),
+        }
+    }
+
+    fn clock(&mut self, millis: u64) {
+        self.apply(&NodeCommand::Clock { millis }.encode());
+    }
+
+    fn value(&self, key: &str) -> Option<Bytes> {
+        let query = KvOp::Get { key: Bytes::copy_from_slice(key.as_bytes()) }.encode();
+        match KvResponse::decode(&self.machine.query(&query).unwrap()).unwrap() {
+            KvResponse::Value(value) => value,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn put(key: &str, value: &str) -> KvOp {
+    KvOp::Put { key: Bytes::copy_from_slice(key.as_bytes()), value: Bytes::copy_from_slice(value.as_bytes()) }
+}
+
+fn done(response: KvResponse) -> Outcome {
+    Outcome::Done(Cached::Applied(response.encode()))
+}
+
+#[test]
+fn session_ids_are_the_indexes_of_their_openings() {
+    let mut replica = Replica::new();
+    replica.apply(&Write { client_id: 0, sequence: 0, ack: 0, command: &put("k", "v").encode() }.encode());
+    let first = replica.open();
+    let second = replica.open();
+    assert_eq!((first, second), (2, 3));
+    assert_eq!(replica.machine.sessions().len(), 2);
+}
+
+#[test]
+fn a_retry_is_answered_from_the_cache_and_not_applied_again() {
+    let mut replica = Replica::new();
+    let session = replica.open();
+    let cas = KvOp::Cas { key: "k".into(), expected: None, new: Some("first".into()) };
+    assert_eq!(replica.write(session, 1, 1, &cas), done(KvResponse::CasSucceeded));
+    // Another client changes the key; the retry must not see or touch it.
+    let other = replica.open();
+    replica.write(other, 1, 1, &put("k", "other"));
+    assert_eq!(replica.write(session, 1, 1, &cas), done(KvResponse::CasSucceeded), "the first answer");
+    assert_eq!(replica.value("k"), Some(Bytes::from("other")));
+}
+
+#[test]
+fn pipelined_writes_keep_every_unacknowledged_answer() {
+    let mut replica = Replica::new();
+    let session = replica.open();
+    // Five writes in flight (ack 1), applied out of order after a failover.
+    for sequence in [2, 1, 4, 3, 5] {
+        assert_eq!(replica.write(session, sequence, 1, &put(&format!("k{sequence}"), "1")), done(KvResponse::Written));
+    }
+    // Retries of any of them, in any order, get their answers, applied once.
+    for sequence in [5, 1, 3] {
+        assert_eq!(replica.write(session, sequence, 1, &put(&format!("k{sequence}"), "2")), done(KvResponse::Written));
+        assert_eq!(replica.value(&format!("k{sequence}")), Some(Bytes::from("1")), "sequence {sequence} applied twice");
+    }
+    // The client received 1 to 3: the next write says so, and the table
+    // forgets those answers; a retry of one is refused, not applied.
+    assert_eq!(replica.write(session, 6, 4, &put("k6", "1")), done(KvResponse::Written));
+    let kept: Vec<u64> = replica.machine.sessions().get(session).unwrap().replies.keys().copied().collect();
+    assert_eq!(kept, vec![4, 5, 6]);
+    // A delayed copy of write 2 (sent with ack 1) arrives now.
+    assert_eq!(replica.write(session, 2, 1, &put("k2", "3")), Outcome::Refused(Refusal::Stale { floor: 4 }));
+    assert_eq!(replica.value("k2"), Some(Bytes::from("1")));
+}
+
+#[test]
+fn a_write_in_an_unknown_session_is_refused_and_not_applied() {
+    let mut replica = Replica::new();
+    assert_eq!(replica.write(77, 1, 1, &put("k", "v")), Outcome::Refused(Refusal::Expired));
+    assert_eq!(replica.value("k"), None);
+    let session = replica.open();
+    replica.apply(&NodeCommand::CloseSession { client_id: session }.encode());
+    assert_eq!(replica.write(session, 1, 1, &put("k", "v")), Outcome::Refused(Refusal::Expired));
+    assert_eq!(replica.value("k"), None);
+}
+
+#[test]
+fn sessions_expire_by_the_log_clock_only() {
+    let mut replica = Replica::new();
+    let timeout = SETTINGS_DEFAULT.timeout_ms;
+    let idle = replica.open();
+    let busy = replica.open();
+    replica.clock(timeout / 2);
+    replica.write(busy, 1, 1, &put("b", "1"));
+    replica.clock(timeout - 1);
+    assert_eq!(replica.machine.sessions().len(), 2, "not idle for the timeout yet");
+    replica.clock(timeout);
+    assert!(replica.machine.sessions().get(idle).is_none(), "idle for the timeout: expired");
+    assert!(replica.machine.sessions().get(busy).is_some());
+    // An older clock entry (from a leader whose clock lags) changes nothing.
+    replica.clock(1);
+    assert_eq!(replica.machine.sessions().time(), timeout);
+    replica.clock(timeout / 2 + timeout);
+    assert!(replica.machine.sessions().is_empty());
+}
+
+#[test]
+fn eviction_takes_only_sessions_whose_answers_were_all_acknowledged() {
+    let mut replica = Replica::new();
+    let settings = SessionSettings { sessions_max: 2, ..SETTINGS_DEFAULT };
+    replica.apply(&NodeCommand::SessionSettings(settings).encode());
+    let a = replica.open();
+    let b = replica.open();
+    replica.write(a, 1, 1, &put("a", "1")); // an answer a has not acknowledged
+                                            // b holds no answer in doubt: opening a third session evicts it.
+    let c = replica.open();
+    assert!(replica.machine.sessions().get(b).is_none(), "b was evicted");
+    assert!(replica.machine.sessions().get(a).is_some(), "a, with an answer in doubt, was not");
+    replica.write(c, 1, 1, &put("c", "1"));
+    // Both now hold an unacknowledged answer: a fourth session is refused.
+    match replica.apply(&NodeCommand::OpenSession { proposer: 1, nonce: 9 }.encode()) {
+        Applied::SessionOpened { result: Err(reason), .. } => assert!(reason.contains("2 sessions"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(replica.write(b, 1, 1, &put("b", "1")), Outcome::Refused(Refusal::Expired));
+    // Closing one makes room.
+    replica.apply(&NodeCommand::CloseSession { client_id: c }.encode());
+    replica.open();
+}
+
+#[test]
+fn the_window_never_locks_out_the_write_the_others_wait_behind() {
+    let mut replica = Replica::new();
+    let settings = SessionSettings { replies_max: 3, ..SETTINGS_DEFAULT };
+    replica.apply(&NodeCommand::SessionSettings(settings).encode());
+    let session = replica.open();
+    // Writes 1 to 3 in flight; 2 and 3 are applied first (1 was lost on the
+    // way to a leader that failed), filling two of the three places.
+    assert_eq!(replica.write(session, 2, 1, &put("b", "2")), done(KvResponse::Written));
+    assert_eq!(replica.write(session, 3, 1, &put("c", "3")), done(KvResponse::Written));
+    // 4 is beyond the window above the lowest awaited write (1): refused.
+    assert!(matches!(replica.write(session, 4, 1, &put("d", "4")), Outcome::Refused(Refusal::Full(_))));
+    assert_eq!(replica.value("d"), None);
+    // 1, the write the others wait behind, still fits and is applied.
+    assert_eq!(replica.write(session, 1, 1, &put("a", "1")), done(KvResponse::Written));
+    // With 1 to 3 answered, 4 fits.
+    assert_eq!(replica.write(session, 4, 4, &put("d", "4")), done(KvResponse::Written));
+    // The byte bound refuses extending the session, never filling its gaps.
+    let tight = SessionSettings { reply_bytes_max: 1, replies_max: 4, ..SETTINGS_DEFAULT };
+    replica.apply(&NodeCommand::SessionSettings(tight).encode());
+    let small = replica.open();
+    assert_eq!(replica.write(small, 2, 1, &put("x", "2")), done(KvResponse::Written));
+    assert!(
+        matches!(replica.write(small, 3, 1, &put("y", "3")), Outcome::Refused(Refusal::Full(_))),
+        "extends past the byte bound"
+    );
+    assert_eq!(replica.write(small, 1, 1, &put("z", "1")), done(KvResponse::Written), "fills the gap below 2");
+}
+
+#[test]
+fn a_session_keeps_the_timeout_and_window_it_was_opened_with() {
+    let mut replica = Replica::new();
+    let old = replica.open();
+    let settings = SessionSettings { timeout_ms: 2_000, replies_max: 2, ..SETTINGS_DEFAULT };
+    replica.apply(&NodeCommand::SessionSettings(settings).encode());
+    let new = replica.open();
+    replica.clock(2_000);
+    assert!(replica.machine.sessions().get(new).is_none(), "the new session has the new timeout");
+    assert!(replica.machine.sessions().get(old).is_some(), "the old one keeps the timeout its client was told");
+    for sequence in 1..=3 {
+        assert_eq!(replica.write(old, sequence, 1, &put("k", "v")), done(KvResponse::Written), "the old window");
+    }
+}
+
+#[test]
+fn per_session_bounds_refuse_writes_without_applying_them() {
+    let mut replica = Replica::new();
+    let settings = SessionSettings { replies_max: 3, ..SETTINGS_DEFAULT };
+    replica.apply(&NodeCommand::SessionSettings(settings).encode());
+    let session = replica.open();
+    for sequence in 1..=3 {
+        assert_eq!(replica.write(session, sequence, 1, &put("k", &sequence.to_string())), done(KvResponse::Written));
+    }
+    let refused = replica.write(session, 4, 1, &put("k", "4"));
+    assert!(matches!(refused, Outcome::Refused(Refusal::Full(_))), "{refused:?}");
+    assert_eq!(replica.value("k"), Some(Bytes::from("3")));
+    // Once the client acknowledges, the same sequence is applied.
+    assert_eq!(replica.write(session, 4, 3, &put("k", "4")), done(KvResponse::Written));
+    assert_eq!(replica.value("k"), Some(Bytes::from("4")));
+}
+
+#[test]
+fn settings_travel_in_the_log_and_in_snapshots() {
+    // Two replicas configured differently on their command lines would have
+    // diverged before; now there is nothing local to configure: a replica
+    // restored from another's snapshot has its settings, sessions and clock.
+    let mut leader = Replica::new();
+    let settings = SessionSettings { sessions_max: 5, timeout_ms: 30_000, replies_max: 7, reply_bytes_max: 900 };
+    leader.apply(&NodeCommand::SessionSettings(settings).encode());
+    let session = leader.open();
+    leader.clock(1_234);
+    leader.write(session, 1, 1, &put("k", "v"));
+    leader.write(session, 2, 1, &KvOp::Cas { key: "k".into(), expected: Some("x".into()), new: None });
+    let snapshot = leader.machine.snapshot();
+    let mut follower = Replica::new();
+    follower.machine.restore(&snapshot).unwrap();
+    assert_eq!(follower.machine.sessions(), leader.machine.sessions());
+    assert_eq!(follower.machine.sessions().settings(), settings);
+    assert_eq!(follower.machine.snapshot(), snapshot, "snapshots are deterministic");
+    // The follower answers a retry exactly as the leader would.
+    follower.index = leader.index;
+    assert_eq!(
+        follower.write(session, 2, 1, &KvOp::Put { key: "k".into(), value: "other".into() }),
+        done(KvResponse::CasFailed { current: Some("v".into()) })
+    );
+    // Out-of-range settings are refused identically everywhere.
+    let bad = SessionSettings { sessions_max: 0, ..settings };
+    assert!(matches!(leader.apply(&NodeCommand::SessionSettings(bad).encode()), Applied::Node(Err(_))));
+    assert_eq!(leader.machine.sessions().settings(), settings);
+}
+
+#[test]
+fn malformed_entries_are_answered_identically_and_change_nothing() {
+    let mut replica = Replica::new();
+    let before = replica.machine.snapshot();
+    for bad in [
+        &b""[..],
+        b"\x01old format",
+        b"\x80",
+        b"\x80\x09",
+        &Write { client_id: 5, sequence: 0, ack: 0, command: b"x" }.encode(),
+        &Write { client_id: 5, sequence: 2, ack: 3, command: b"x" }.encode(),
+        &Write { client_id: 0, sequence: 1, ack: 0, command: b"x" }.encode(),
+    ] {
+        let applied = replica.apply(bad);
+        assert!(
+            matches!(applied, Applied::Write { outcome: Outcome::Malformed(_), .. } | Applied::Node(Err(_))),
+            "{bad:?}: {applied:?}"
+        );
+    }
+    // Only the applied index moved.
+    let mut fresh = Replica::new();
+    fresh.machine.restore(&before).unwrap();
+    assert_eq!(replica.machine.sessions(), fresh.machine.sessions());
+}
+
+#[test]
+fn snapshot_restore_refuses_damage_and_leaves_the_state() {
+    let mut replica = Replica::new();
+    let session = replica.open();
+    replica.write(session, 1, 1, &put("k", "v"));
+    let snapshot = replica.machine.snapshot();
+    let mut target = Replica::new();
+    let before = target.machine.snapshot();
+    for cut in [0, 3, 10, 40, snapshot.len() - 1] {
+        assert!(target.machine.restore(&snapshot.slice(..cut)).is_err(), "cut at {cut}");
+        assert_eq!(target.machine.snapshot(), before);
+    }
+    target.machine.restore(&snapshot).unwrap();
+    assert_eq!(target.machine.snapshot(), snapshot);
+}
+
+#[test]
+fn writes_carved_from_an_arena_equal_standalone_ones() {
+    let mut arena = BytesMut::new();
+    let mut kept = Vec::new();
+    for round in 0..2_000u64 {
+        let command = vec![round as u8; (round as usize * 37) % 700];
+        let write = Write { client_id: round + 1, sequence: round + 2, ack: 1, command: &command };
+        let carved = encode_write_in(&mut arena, &write);
+        assert_eq!(carved, write.encode());
+        kept.push((carved, command));
+    }
+    let huge = vec![9u8; WRITE_ARENA_BYTES * 2];
+    let write = Write { client_id: 1, sequence: 2, ack: 2, command: &huge };
+    assert_eq!(encode_write_in(&mut arena, &write), write.encode());
+    // Later envelopes never overwrote earlier ones.
+    for (round, (carved, command)) in kept.iter().enumerate() {
+        let round = round as u64;
+        assert_eq!(*carved, Write { client_id: round + 1, sequence: round + 2, ack: 1, command }.encode());
+    }
+}
+
+proptest! {
+    #[test]
+    fn write_envelopes_and_node_commands_round_trip(
+        client_id in 1u64.., sequence in 1u64.., ack_back in 0u64..5, command in proptest::collection::vec(any::<u8>(), 0..40),
+        millis in any::<u64>(), nonce in any::<u64>(),
+    ) {
+        let ack = sequence.saturating_sub(ack_back).max(1);
+        let write = Write { client_id, sequence, ack, command: &command };
+        let encoded = write.encode();
+        prop_assert_eq!(Write::decode(&encoded), Ok(write));
+        for node_command in [
+            NodeCommand::Clock { millis },
+            NodeCommand::OpenSession { proposer: 3, nonce },
+            NodeCommand::CloseSession { client_id },
+        ] {
+            prop_assert_eq!(NodeCommand::decode(&node_command.encode()), Some(node_command));
+        }
+    }
+
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let _ = Write::decode(&bytes);
+        let _ = NodeCommand::decode(&bytes);
+        let mut replica = Replica::new();
+        let _ = replica.apply(&bytes);
+        let _ = replica.machine.restore(&Bytes::from(bytes.clone()));
+        prop_assert_eq!(replica.machine.check_invariants(), Ok(()));
+    }
+}
+
+/// One step of the property test's client behaviour.
+#[derive(Clone, Debug)]
+enum Step {
+    Open,
+    /// Write of session `slot` (modulo the open ones) with `sequence`
+    /// (relative to the session's next) and an ack `ack_back` below it.
+    Write {
+        slot: usize,
+        sequence_back: u64,
+        ack_back: u64,
+        size: usize,
+    },
+    Close {
+        slot: usize,
+    },
+    Clock {
+        advance: u64,
+    },
+    Settings {
+        sessions_max: u32,
+        replies_max: u32,
+        reply_bytes_max: u32,
+    },
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => Just(Step::Open),
+        10 => (0usize..8, 0u64..4, 0u64..4, 0usize..40).prop_map(|(slot, sequence_back, ack_back, size)| Step::Write { slot, sequence_back, ack_back, size }),
+        1 => (0usize..8).prop_map(|slot| Step::Close { slot }),
+        2 => (0u64..700).prop_map(|advance| Step::Clock { advance }),
+        1 => (1u32..5, 1u32..5, 1u32..120).prop_map(|(sessions_max, replies_max, reply_bytes_max)| Step::Settings { sessions_max, replies_max, reply_bytes_max }),
+    ]
+}
+
+/// What the model remembers of a session: everything, forever.
+#[derive(Default, Clone)]
+struct ModelSession {
+    /// Every sequence ever applied, with its answer.
+    applied: BTreeMap<u64, Cached>,
+    /// The highest ack seen.
+    floor: u64,
+    last_active: u64,
+    next: u64,
+    /// The timeout and window it was opened with.
+    timeout_ms: u64,
+    window: u64,
+}
+
+impl ModelSession {
+    /// Applied answers the client has not acknowledged.
+    fn unacknowledged(&self) -> impl Iterator<Item = (&u64, &Cached)> {
+        self.applied.range(self.floor..)
+    }
+}
+
+fn size(answer: &Cached) -> usize {
+    match answer {
+        Cached::Applied(bytes) => bytes.len(),
+        Cached::Refused(reason) => reason.len(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The session table against a model that never forgets: a write is
+    /// applied only if its sequence never was; a duplicate gets exactly the
+    /// first answer; every refusal has its reason (unknown session, stale,
+    /// beyond the window or the byte bound) and nothing is refused without
+    /// one; a session disappears only when closed, idle for its timeout, or
+    /// evicted while it held no unacknowledged answer; and it keeps exactly
+    /// the unacknowledged answers.
+    #[test]
+    fn session_table_matches_a_model_that_never_forgets(steps in proptest::collection::vec(step_strategy(), 1..120)) {
+        let initial = SessionSettings { sessions_max: 3, timeout_ms: 1_000, replies_max: 3, reply_bytes_max: 60 };
+        let mut table = SessionTable::new(initial);
+        let mut model: BTreeMap<u64, ModelSession> = BTreeMap::new();
+        let mut gone: BTreeSet<u64> = BTreeSet::new();
+        let mut time = 0u64;
+        let mut next_id = 1u64;
+        for step in steps {
+            let settings = table.settings();
+            match step {
+                Step::Open => {
+                    let id = next_id;
+                    next_id += 1;
+                    let full = model.len() >= settings.sessions_max as usize;
+                    match table.open(id) {
+                        Ok(opened) => {
+                            prop_assert_eq!(opened.client_id, id);
+                            prop_assert_eq!(opened.window, settings.replies_max);
+                            prop_assert_eq!(opened.timeout_ms, settings.timeout_ms);
+                            model.insert(id, ModelSession {
+                                floor: 1,
+                                last_active: time,
+                                next: 1,
+                                timeout_ms: settings.timeout_ms,
+                                window: u64::from(settings.replies_max),
+                                ..ModelSession::default()
+                            });
+                        }
+                        Err(_) => {
+                            prop_assert!(full, "an opening refused with room for it");
+                            prop_assert!(model.values().all(|s| s.unacknowledged().next().is_some()), "refused while an idle session could be evicted");
+                        }
+                    }
+                }
+                Step::Write { slot, sequence_back, ack_back, size: answer_size } => {
+                    let ids: Vec<u64> = model.keys().copied().chain(gone.iter().copied()).collect();
+                    if ids.is_empty() { continue; }
+                    let id = ids[slot % ids.len()];
+                    let next = model.get(&id).map_or(1, |s| s.next);
+                    let sequence = next.saturating_sub(sequence_back).max(1);
+                    let ack = sequence.saturating_sub(ack_back).max(1);
+                    let admission = table.admit(id, sequence, ack);
+                    let Some(session) = model.get_mut(&id) else {
+                        prop_assert_eq!(admission, Admission::Refuse(Refusal::Expired));
+                        continue;
+                    };
+                    session.last_active = time;
+                    session.floor = session.floor.max(ack);
+                    let unacked_bytes: usize = session.unacknowledged().map(|(_, answer)| size(answer)).sum();
+                    let highest = session.unacknowledged().map(|(sequence, _)| *sequence).last();
+                    let extends = highest.is_none_or(|highest| sequence > highest);
+                    let beyond_window = sequence >= session.floor && sequence - session.floor >= session.window;
+                    let over_bytes = extends && unacked_bytes >= settings.reply_bytes_max as usize;
+                    match admission {
+                        Admission::Apply => {
+                            prop_assert!(!session.applied.contains_key(&sequence), "sequence {} applied twice", sequence);
+                            prop_assert!(sequence >= session.floor, "a stale sequence applied");
+                            prop_assert!(!beyond_window && !over_bytes, "applied beyond a bound");
+                            let answer = Cached::Applied(Bytes::from(vec![sequence as u8; answer_size]));
+                            table.record(id, sequence, answer.clone());
+                            session.applied.insert(sequence, answer);
+                            session.next = session.next.max(sequence + 1);
+                        }
+                        Admission::Duplicate(answer) => {
+                            prop_assert_eq!(Some(&answer), session.applied.get(&sequence), "a duplicate with another answer");
+                            prop_assert!(sequence >= session.floor);
+                        }
+                        Admission::Refuse(Refusal::Stale { floor }) => {
+                            prop_assert_eq!(floor, session.floor);
+                            prop_assert!(sequence < session.floor);
+                        }
+                        Admission::Refuse(Refusal::Full(_)) => {
+                            prop_assert!(!session.applied.contains_key(&sequence) && sequence >= session.floor);
+                            prop_assert!(beyond_window || over_bytes, "refused as full without being full");
+                        }
+                        Admission::Refuse(Refusal::Expired) => prop_assert!(false, "a live session refused as expired"),
+                    }
+                }
+                Step::Close { slot } => {
+                    let ids: Vec<u64> = model.keys().copied().collect();
+                    if ids.is_empty() { continue; }
+                    let id = ids[slot % ids.len()];
+                    prop_assert!(table.close(id));
+                    model.remove(&id);
+                    gone.insert(id);
+                }
+                Step::Clock { advance } => {
+                    time += advance;
+                    table.advance(time);
+                }
+                Step::Settings { sessions_max, replies_max, reply_bytes_max } => {
+                    table.set_settings(SessionSettings { sessions_max, replies_max, reply_bytes_max, timeout_ms: 1_000 + u64::from(replies_max) * 100 });
+                }
+            }
+            // Sessions that vanished must have had a right to.
+            let live: Vec<u64> = model.keys().copied().collect();
+            for id in live {
+                if table.get(id).is_some() {
+                    let session = &model[&id];
+                    prop_assert!(session.last_active + session.timeout_ms > time, "session {} outlived its timeout", id);
+                    continue;
+                }
+                let session = model.remove(&id).expect("listed");
+                let expired = session.last_active + session.timeout_ms <= time;
+                let idle = session.unacknowledged().next().is_none();
+                prop_assert!(expired || idle, "session {} with answers in doubt vanished before its timeout", id);
+                gone.insert(id);
+            }
+            prop_assert_eq!(table.len(), model.len(), "the table keeps a session the model lost");
+            prop_assert_eq!(table.check_invariants(), Ok(()));
+            for (id, session) in &model {
+                let kept = &table.get(*id).expect("live").replies;
+                let expected: BTreeMap<u64, Cached> = session.unacknowledged().map(|(s, a)| (*s, a.clone())).collect();
+                prop_assert_eq!(kept, &expected, "session {} keeps other answers than the unacknowledged ones", id);
+            }
+        }
+    }
+}
