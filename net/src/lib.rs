@@ -15,6 +15,10 @@
 //!   sends Raft messages from a bounded queue with coalesced writes;
 //! - a [`ClientConnection`] is the client side (load generator, CLI).
 //!
+//! [`resp`] is the codec of the Redis protocol (RESP2 and RESP3): the
+//! command parser and reply encoder of a Redis front door, and the command
+//! encoder and reply parser of a Redis client.
+//!
 //! ```no_run
 //! use bytes::Bytes;
 //! use net::{inbound_channel, HandshakePolicy, Inbound, Link, LinkConfig, Listener, ListenerConfig};
@@ -42,6 +46,7 @@ mod crc;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod resp;
 
 pub use client::{AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus};
 pub use codec::{encode_message, encode_request, encode_response, Frame, Payload};
