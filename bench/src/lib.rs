@@ -10,6 +10,8 @@
 //!   plots ([`plot`]) of several result files.
 //! - [`cluster`] starts a local cluster of `node serve` processes for `sweep`,
 //!   `demo` and the integration test, and always cleans it up.
+//! - [`resp_runner`] drives a Redis-protocol server (`redis-server`, the
+//!   node's RESP front door) with the same workload and loops.
 //!
 //! The `bench` binary (`src/main.rs`) puts these behind `run`, `compare`,
 //! `sweep` and `demo` subcommands.
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod compare;
 pub mod plot;
 pub mod progress;
+pub mod resp_runner;
 pub mod result;
 pub mod runner;
 pub mod schedule;

@@ -42,6 +42,16 @@ enum Command {
     Demo(DemoArgs),
 }
 
+/// The wire protocol of `bench run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// The node's own client protocol (`net/PROTOCOL.md`).
+    Native,
+    /// The Redis protocol: `SET key value` and `GET key`, against
+    /// `redis-server` or the node's RESP front door.
+    Resp,
+}
+
 /// Settings of the load that every subcommand shares.
 #[derive(Clone, Debug, Args)]
 struct LoadArgs {
@@ -173,6 +183,10 @@ struct RunArgs {
     /// for the result file.
     #[arg(long)]
     no_status: bool,
+    /// The wire protocol: the node's own, or RESP (Redis) for comparing
+    /// with `redis-server`.
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    protocol: Protocol,
 }
 
 #[derive(Debug, Args)]
@@ -333,9 +347,12 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         None => LoadMode::Closed { inflight: args.inflight },
     };
     let settings = args.load.settings(args.addrs.clone(), args.cluster_id, load, args.value_size);
-    let label = args.label.clone().unwrap_or_else(|| match load {
-        LoadMode::Closed { inflight } => format!("inflight={inflight} value={}B", args.value_size),
-        LoadMode::Open { rate, .. } => format!("rate={rate} value={}B", args.value_size),
+    let label = args.label.clone().unwrap_or_else(|| {
+        let protocol = if args.protocol == Protocol::Resp { " resp" } else { "" };
+        match load {
+            LoadMode::Closed { inflight } => format!("inflight={inflight} value={}B{protocol}", args.value_size),
+            LoadMode::Open { rate, .. } => format!("rate={rate} value={}B{protocol}", args.value_size),
+        }
     });
     let out = args.out.clone().unwrap_or_else(|| {
         let stamp = bench::result::rfc3339(std::time::SystemTime::now()).replace([':', '-'], "");
@@ -348,7 +365,11 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         progress: args.load.progress(),
         fetch_status: !args.no_status,
     };
-    let result = run(&options).map_err(|error| error.to_string())?;
+    let result = match args.protocol {
+        Protocol::Native => run(&options),
+        Protocol::Resp => bench::resp_runner::run_resp(&options),
+    }
+    .map_err(|error| error.to_string())?;
     result.save(&out).map_err(|error| error.to_string())?;
     if bench::signal::stop_requested() {
         eprintln!("stopped early by a signal: the measured window is {:.1}s", result.measured_seconds);

@@ -118,6 +118,10 @@ pub struct ResultFile {
     pub timeline: Vec<crate::progress::TimelinePoint>,
     /// Latency unit of the histograms.
     pub histogram_unit: String,
+    /// The wire protocol: `resp` for `bench run --protocol resp`; absent
+    /// (the native protocol) otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 impl ResultFile {
@@ -153,6 +157,7 @@ impl ResultFile {
             warmup_errors: recorder.warmup_errors.clone(),
             timeline: Vec::new(),
             histogram_unit: "ns".to_string(),
+            protocol: None,
         })
     }
 
