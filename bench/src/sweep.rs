@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cluster::{ClusterError, ClusterSpec, LocalCluster, LOCAL_CLUSTER_ID, LOCAL_TOKEN};
-use crate::compare::{compare_table, plot_results, CompareError};
+use crate::compare::{compare_table, floor_table, plot_results, CompareError};
+use crate::cpu::WindowSampler;
+use crate::floor::Floor;
 use crate::progress::ProgressStyleKind;
 use crate::result::{ResultFile, ResultFileError};
 use crate::runner::{run, LoadMode, RunError, RunOptions, RunSettings};
@@ -44,6 +46,9 @@ pub struct SweepPlan {
     pub progress: ProgressStyleKind,
     /// Print each run's percentile table as it ends.
     pub print_each: bool,
+    /// The machine's floor, recorded in every result and saved as
+    /// `floor.json` beside them.
+    pub floor: Option<Floor>,
 }
 
 /// What a sweep produced.
@@ -92,8 +97,15 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                     progress: plan.progress,
                     fetch_status: true,
                 };
+                let sampler = WindowSampler::for_run(cluster.pids(), "local cluster", &options.settings);
                 let mut result = run(&options)?;
                 cluster.check_alive()?;
+                result.floor = plan.floor.clone();
+                let writes = result.operations.get("write").map_or(0, |writes| writes.count);
+                match sampler.finish(writes) {
+                    Ok(cpu) => result.cpu = Some(cpu),
+                    Err(error) => eprintln!("warning: no CPU accounting for {label}: {error}"),
+                }
                 result.local_cluster = Some(serde_json::json!({
                     "nodes": plan.cluster.nodes,
                     "shards": plan.cluster.shards,
@@ -120,7 +132,13 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
         }
         cluster.stop();
     }
-    let table = compare_table(&results, "all");
+    let mut table = compare_table(&results, "all");
+    if let Some(floors) = floor_table(&results) {
+        table.push_str(
+            "\nagainst the machine's floor (x floor: latency over the floor; of floor: share of the bandwidth):\n",
+        );
+        table.push_str(&floors);
+    }
     let svg = plan.out_dir.join("compare.svg");
     let plot = match plot_results(&results, "all", crate::plot::YScale::Auto, &svg) {
         Ok(()) => Some(svg),
@@ -131,6 +149,11 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
     };
     std::fs::write(plan.out_dir.join("compare.txt"), &table)
         .map_err(|source| ResultFileError::Write { path: plan.out_dir.join("compare.txt"), source })?;
+    if let Some(floor) = &plan.floor {
+        if let Err(error) = floor.save(&plan.out_dir.join("floor.json")) {
+            eprintln!("warning: {error}");
+        }
+    }
     Ok(SweepOutcome { results, table, plot })
 }
 

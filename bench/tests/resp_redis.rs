@@ -65,16 +65,16 @@ fn start_redis(binary: &Path) -> Redis {
 fn bench_run(redis: &Redis, out: &Path, extra: &[&str]) -> ResultFile {
     let bench = env!("CARGO_BIN_EXE_bench");
     let output = Command::new(bench)
-        .args(["run", "--protocol", "resp", "--addr", &redis.addr.to_string(), "--quiet", "--out"])
+        .args(["run", "--protocol", "resp", "--addr", &redis.addr.to_string(), "--quiet", "--no-floor", "--out"])
         .arg(out)
-        .args(["--keys", "1000", "--value-size", "100", "--connections", "2"])
+        .args(["--keys", "1000", "--value-size", "100", "--connections", "2", "--node-pids", "auto"])
         .args(extra)
         .output()
         .expect("run the bench binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench run failed ({}):\n{stdout}\n{stderr}", output.status);
-    assert!(stdout.contains("p99.99"), "no table:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("p99.99") && stdout.contains("server CPU:"), "no table or CPU line:\n{stdout}\n{stderr}");
     ResultFile::load(out).expect("a readable result file")
 }
 
@@ -117,6 +117,11 @@ fn bench_run_resp_against_redis_server() {
     assert_eq!(calls(&stats[redis.addr.to_string()], "set"), 500, "{stats}");
     let status = open.cluster.as_ref().expect("INFO server before the run");
     assert_eq!(status[redis.addr.to_string()]["process_id"], redis.child.id().to_string(), "{status}");
+    // The server's CPU, found by its port.
+    let cpu = open.cpu.as_ref().expect("CPU accounting");
+    assert_eq!(cpu.pids, vec![redis.child.id()]);
+    assert_eq!(cpu.writes, 400);
+    assert!(cpu.window_seconds > 0.9 && cpu.window_seconds < 1.5, "{cpu:?}");
 
     // Closed loop, half reads: every request sent was answered (none in
     // error), so the server's GET and SET counts are the run's.
