@@ -15,9 +15,10 @@
 //!   comparisons divide by; [`cpu`] accounts the servers' CPU per write.
 //! - [`resp_runner`] drives a Redis-protocol server (`redis-server`, the
 //!   node's RESP front door) with the same workload and loops.
+//! - [`report`] writes a results directory as one self-contained HTML page.
 //!
 //! The `bench` binary (`src/main.rs`) puts these behind `run`, `compare`,
-//! `sweep`, `demo` and `floor` subcommands.
+//! `sweep`, `demo`, `floor` and `report` subcommands.
 
 pub mod cluster;
 pub mod compare;
@@ -25,6 +26,7 @@ pub mod cpu;
 pub mod floor;
 pub mod plot;
 pub mod progress;
+pub mod report;
 pub mod resp_runner;
 pub mod result;
 pub mod runner;

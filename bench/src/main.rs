@@ -6,7 +6,8 @@
 //! - `bench sweep`: a matrix of settings against a local cluster it starts;
 //! - `bench demo`: a local three-node cluster, a short load, the table;
 //! - `bench floor`: this machine's limits (synced writes, disk bandwidth,
-//!   loopback round trip), which runs record and comparisons divide by.
+//!   loopback round trip), which runs record and comparisons divide by;
+//! - `bench report DIR`: a results directory as one self-contained HTML page.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +49,9 @@ enum Command {
     /// writers), synced sequential write and direct read bandwidth, the
     /// loopback round trip.
     Floor(FloorArgs),
+    /// Write a results directory as one self-contained HTML page (tables and
+    /// charts).
+    Report(ReportArgs),
 }
 
 /// Whether and how a run records the machine's floor.
@@ -118,6 +122,16 @@ struct FloorArgs {
     #[arg(long, default_value_t = 0.6)]
     case_seconds: f64,
     /// The floor file. [default: bench-results/floor-TIME.json]
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A directory of result files (`bench sweep --out-dir`, or `bench run
+    /// --out` files gathered in one place), with an optional floor file.
+    dir: PathBuf,
+    /// The HTML file. [default: DIR/report.html]
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -342,7 +356,7 @@ struct SweepArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     load: LoadArgs,
-    /// Where result files, floor.json, compare.txt and compare.svg go.
+    /// Where result files, compare.txt, the charts and report.html go.
     /// [default: bench-results/sweep-TIME]
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -407,6 +421,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => command_sweep(args),
         Command::Demo(args) => command_demo(args),
         Command::Floor(args) => command_floor(args),
+        Command::Report(args) => command_report(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -529,8 +544,9 @@ fn command_sweep(args: SweepArgs) -> Result<(), String> {
     print!("{}", outcome.table);
     println!("results: {}", plan.out_dir.display());
     if let Some(plot) = outcome.plot {
-        println!("plot: {}", plot.display());
+        println!("plots: {} (and throughput-latency.svg, timeline.svg)", plot.display());
     }
+    println!("report: {}", outcome.report.display());
     Ok(())
 }
 
@@ -571,7 +587,7 @@ fn command_demo(args: DemoArgs) -> Result<(), String> {
     println!("\nsummary ({} nodes on loopback, {}-byte values, writes):", plan.cluster.nodes, args.value_size);
     print!("{}", outcome.table);
     if temporary.is_none() {
-        println!("results and plot: {}", out_dir.display());
+        println!("results, plots and report.html: {}", out_dir.display());
     }
     Ok(())
 }
@@ -586,6 +602,13 @@ fn command_floor(args: FloorArgs) -> Result<(), String> {
     floor.save(&out).map_err(|error| error.to_string())?;
     print!("{}", floor.table());
     println!("measured in {:.1}s; floor file: {}", floor.seconds, out.display());
+    Ok(())
+}
+
+fn command_report(args: ReportArgs) -> Result<(), String> {
+    let out = args.out.unwrap_or_else(|| args.dir.join(bench::report::REPORT_HTML));
+    let runs = bench::report::write_report(&args.dir, &out).map_err(|error| error.to_string())?;
+    println!("report of {runs} runs: {}", out.display());
     Ok(())
 }
 

@@ -10,7 +10,9 @@ use crate::cluster::{ClusterError, ClusterSpec, LocalCluster, LOCAL_CLUSTER_ID, 
 use crate::compare::{compare_table, floor_table, plot_results, CompareError};
 use crate::cpu::WindowSampler;
 use crate::floor::Floor;
+use crate::plot::write_svg;
 use crate::progress::ProgressStyleKind;
+use crate::report::{charts, render, REPORT_HTML, THROUGHPUT_LATENCY_SVG, TIMELINE_SVG};
 use crate::result::{ResultFile, ResultFileError};
 use crate::runner::{run, LoadMode, RunError, RunOptions, RunSettings};
 use crate::signal;
@@ -26,6 +28,8 @@ pub enum SweepError {
     Result(#[from] ResultFileError),
     #[error(transparent)]
     Compare(#[from] CompareError),
+    #[error(transparent)]
+    Report(Box<crate::report::ReportError>),
     #[error("stopped by a signal after {0} runs")]
     Interrupted(usize),
 }
@@ -56,6 +60,8 @@ pub struct SweepOutcome {
     pub results: Vec<ResultFile>,
     pub table: String,
     pub plot: Option<PathBuf>,
+    /// The HTML report of the sweep (`bench report` of its directory).
+    pub report: PathBuf,
 }
 
 /// Runs the matrix: for each node option a fresh cluster, then every
@@ -154,7 +160,17 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
             eprintln!("warning: {error}");
         }
     }
-    Ok(SweepOutcome { results, table, plot })
+    let charts = charts(&results, "all")?;
+    for (name, svg) in [(THROUGHPUT_LATENCY_SVG, &charts.throughput_latency), (TIMELINE_SVG, &charts.timeline)] {
+        if let Some(svg) = svg {
+            write_svg(&plan.out_dir.join(name), svg).map_err(CompareError::from)?;
+        }
+    }
+    let report = plan.out_dir.join(REPORT_HTML);
+    let html = render(&plan.out_dir.display().to_string(), &results, plan.floor.as_ref())
+        .map_err(|error| SweepError::Report(Box::new(error)))?;
+    std::fs::write(&report, html).map_err(|source| ResultFileError::Write { path: report.clone(), source })?;
+    Ok(SweepOutcome { results, table, plot, report })
 }
 
 /// A label as a file name: letters, digits, `-`, `_`, `.` and `=` kept.
