@@ -27,7 +27,13 @@ fn commands(parser: &CommandParser, chunks: &[&[u8]]) -> (Vec<Vec<bytes::Bytes>>
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, data)) = data.split_first() else { return };
-    let limits = RespLimits { arguments_max: 16, bulk_length_max: 4096, inline_length_max: 1024, command_bytes_max: 8192, depth_max: 8 };
+    let limits = RespLimits {
+        arguments_max: 16,
+        bulk_length_max: 4096,
+        inline_length_max: 1024,
+        command_bytes_max: 8192,
+        depth_max: 8,
+    };
     let parser = CommandParser::new(limits);
     let (whole, whole_failed) = commands(&parser, &[data]);
     let at = usize::from(cut).min(data.len());
