@@ -144,6 +144,11 @@ impl LocalCluster {
         &self.client_addrs
     }
 
+    /// The process ids of the running nodes, for CPU accounting.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, child)| child.id()).collect()
+    }
+
     /// Where data and logs are.
     pub fn path(&self) -> &Path {
         &self.path

@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::floor::format_bandwidth;
 use crate::plot::{plot_percentiles, PlotError, Series, YScale};
-use crate::result::{render_table, OpResult, ResultFile, ResultFileError};
+use crate::result::{format_percent, render_table, OpResult, ResultFile, ResultFileError};
 use crate::stats::{format_micros, format_rate, PERCENTILE_NAMES};
 
 /// Why a comparison could not be made.
@@ -30,6 +31,11 @@ pub fn op_result<'a>(result: &'a ResultFile, op: &str) -> Option<&'a OpResult> {
 /// The side-by-side table: one row per run, throughput and percentiles of
 /// operation `op` in columns.
 pub fn compare_table(results: &[ResultFile], op: &str) -> String {
+    render_table(&compare_rows(results, op))
+}
+
+/// The rows of [`compare_table`], header first.
+pub fn compare_rows(results: &[ResultFile], op: &str) -> Vec<Vec<String>> {
     let mut header: Vec<String> = vec!["run".into(), "ops/s".into()];
     header.extend(PERCENTILE_NAMES.iter().map(|name| name.to_string()));
     header.push("errors".into());
@@ -46,7 +52,107 @@ pub fn compare_table(results: &[ResultFile], op: &str) -> String {
         row.push(result.errors.values().sum::<u64>().to_string());
         rows.push(row);
     }
-    render_table(&rows)
+    rows
+}
+
+/// A run's figures as ratios to the machine's floor recorded with it
+/// (`bench/README.md`, "Ratios to the floor", has the formulas).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FloorRatios {
+    /// Synced write with the cluster's writers on the disk plus two loopback
+    /// round trips, p50 and p99.
+    pub p50_floor_us: f64,
+    pub p99_floor_us: f64,
+    /// The run's write latency over the floor: 1 is the floor itself.
+    pub p50_ratio: f64,
+    pub p99_ratio: f64,
+    /// Payload bytes written per second: writes/s times the value size.
+    pub write_bytes_per_second: f64,
+    /// The disk's synced write bandwidth over the replicas sharing it.
+    pub bandwidth_floor: f64,
+    /// The share of the bandwidth floor the run used: 1 is all of it.
+    pub bandwidth_ratio: f64,
+}
+
+impl FloorRatios {
+    /// The ratios of `result`'s writes (all operations if it has none), if
+    /// it recorded a floor.
+    pub fn of(result: &ResultFile) -> Option<FloorRatios> {
+        let floor = result.floor.as_ref()?;
+        let writes = result.operations.get("write").unwrap_or(&result.total);
+        if writes.count == 0 {
+            return None;
+        }
+        let (p50_floor_us, p99_floor_us) = floor.write_latency_us();
+        let write_bytes_per_second = writes.throughput_per_second * result.bench.workload.value_size as f64;
+        let bandwidth_floor = floor.write_bandwidth_share();
+        let ratio = |value: f64, floor: f64| if floor > 0.0 { value / floor } else { f64::NAN };
+        Some(FloorRatios {
+            p50_floor_us,
+            p99_floor_us,
+            p50_ratio: ratio(writes.latency_us.p50, p50_floor_us),
+            p99_ratio: ratio(writes.latency_us.p99, p99_floor_us),
+            write_bytes_per_second,
+            bandwidth_floor,
+            bandwidth_ratio: ratio(write_bytes_per_second, bandwidth_floor),
+        })
+    }
+}
+
+/// The runs against their floors and their servers' CPU per write: one row
+/// per run; `None` if no run recorded a floor or CPU time.
+pub fn floor_table(results: &[ResultFile]) -> Option<String> {
+    floor_rows(results).map(|rows| render_table(&rows))
+}
+
+/// The rows of [`floor_table`], header first.
+pub fn floor_rows(results: &[ResultFile]) -> Option<Vec<Vec<String>>> {
+    if results.iter().all(|result| result.floor.is_none() && result.cpu.is_none()) {
+        return None;
+    }
+    let header = [
+        "run",
+        "write p50",
+        "floor",
+        "x floor",
+        "write p99",
+        "floor",
+        "x floor",
+        "payload",
+        "floor/replica",
+        "of floor",
+        "CPU/write",
+    ];
+    let mut rows = vec![header.iter().map(|name| name.to_string()).collect::<Vec<_>>()];
+    for result in results {
+        let mut row = vec![result.label.clone()];
+        match FloorRatios::of(result) {
+            Some(ratios) => {
+                let writes = result.operations.get("write").unwrap_or(&result.total);
+                row.extend([
+                    format_micros(writes.latency_us.p50),
+                    format_micros(ratios.p50_floor_us),
+                    format!("{:.2}", ratios.p50_ratio),
+                    format_micros(writes.latency_us.p99),
+                    format_micros(ratios.p99_floor_us),
+                    format!("{:.2}", ratios.p99_ratio),
+                    format_bandwidth(ratios.write_bytes_per_second),
+                    format_bandwidth(ratios.bandwidth_floor),
+                    format_percent(ratios.bandwidth_ratio),
+                ]);
+            }
+            None => row.extend(std::iter::repeat_n("-".to_string(), 9)),
+        }
+        row.push(
+            result
+                .cpu
+                .as_ref()
+                .and_then(|cpu| cpu.cpu_us_per_write)
+                .map_or("-".to_string(), |micros| format!("{micros:.1}us")),
+        );
+        rows.push(row);
+    }
+    Some(rows)
 }
 
 /// Loads `paths`, and gives the table and, if `svg` is set, writes the plot.
@@ -69,7 +175,14 @@ pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>, y_scale: Y
     if let Some(svg) = svg {
         plot_results(&results, op, y_scale, svg)?;
     }
-    Ok(compare_table(&results, op))
+    let mut table = compare_table(&results, op);
+    if let Some(floors) = floor_table(&results) {
+        table.push_str(
+            "\nagainst the machine's floor (x floor: latency over the floor; of floor: share of the bandwidth):\n",
+        );
+        table.push_str(&floors);
+    }
+    Ok(table)
 }
 
 /// Writes the percentile-distribution plot of `results` to `svg`.
@@ -109,6 +222,39 @@ mod tests {
         assert_eq!(lines[0].len(), lines[3].len(), "{table}");
         let reads = compare_table(&results, "read");
         assert!(reads.lines().nth(2).unwrap().contains(" - "), "{reads}");
+    }
+
+    #[test]
+    fn floor_ratios_follow_the_documented_formulas() {
+        use crate::floor::{Floor, LatencyFloor, FLOOR_FORMAT};
+        let latency = |p50_us, p99_us| LatencyFloor { count: 1, ops_per_second: 1.0, p50_us, p99_us, mean_us: p50_us };
+        let mut result = sample_result("in-flight 1", 1);
+        assert_eq!(FloorRatios::of(&result), None);
+        assert_eq!(floor_table(std::slice::from_ref(&result)), None);
+        result.floor = Some(Floor {
+            format: FLOOR_FORMAT.into(),
+            measured_at: String::new(),
+            dir: PathBuf::new(),
+            direct_io: true,
+            notes: Vec::new(),
+            synced_write_1: latency(130.0, 400.0),
+            synced_write_n: latency(300.0, 800.0),
+            writers: 3,
+            write_bytes_per_second: 3e6,
+            read_bytes_per_second: 6e6,
+            loopback_round_trip: latency(50.0, 100.0),
+            seconds: 3.0,
+        });
+        // 1,000 writes of 1..=1000 us over 2 s, 256-byte values.
+        let ratios = FloorRatios::of(&result).unwrap();
+        assert_eq!((ratios.p50_floor_us, ratios.p99_floor_us), (400.0, 1_000.0));
+        assert!((ratios.p50_ratio - 500.0 / 400.0).abs() < 0.01, "{ratios:?}");
+        assert!((ratios.p99_ratio - 0.99).abs() < 0.01, "{ratios:?}");
+        assert_eq!(ratios.write_bytes_per_second, 500.0 * 256.0);
+        assert_eq!(ratios.bandwidth_floor, 1e6);
+        assert!((ratios.bandwidth_ratio - 0.128).abs() < 1e-9);
+        let table = floor_table(&[result]).unwrap();
+        assert!(table.lines().nth(2).unwrap().contains("1.25") && table.contains("12.8%"), "{table}");
     }
 
     #[test]

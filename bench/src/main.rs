@@ -4,7 +4,10 @@
 //!   percentile table;
 //! - `bench compare A.json B.json ...`: a side-by-side table and an SVG plot;
 //! - `bench sweep`: a matrix of settings against a local cluster it starts;
-//! - `bench demo`: a local three-node cluster, a short load, the table.
+//! - `bench demo`: a local three-node cluster, a short load, the table;
+//! - `bench floor`: this machine's limits (synced writes, disk bandwidth,
+//!   loopback round trip), which runs record and comparisons divide by;
+//! - `bench report DIR`: a results directory as one self-contained HTML page.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +15,8 @@ use std::time::Duration;
 
 use bench::cluster::{find_node_binary, ClusterSpec};
 use bench::compare::compare_files;
+use bench::cpu::{pids_for_addrs, WindowSampler};
+use bench::floor::{measure, Floor, FloorOptions};
 use bench::plot::YScale;
 use bench::progress::ProgressStyleKind;
 use bench::runner::{run, Consistency, LoadMode, RunOptions, RunSettings};
@@ -40,6 +45,95 @@ enum Command {
     /// Start a local three-node cluster, run a short load, print the
     /// percentiles, clean up.
     Demo(DemoArgs),
+    /// Measure this machine's floor: synced 4 KiB direct writes (1 and N
+    /// writers), synced sequential write and direct read bandwidth, the
+    /// loopback round trip.
+    Floor(FloorArgs),
+    /// Write a results directory as one self-contained HTML page (tables and
+    /// charts).
+    Report(ReportArgs),
+}
+
+/// Whether and how a run records the machine's floor.
+#[derive(Clone, Debug, Args)]
+struct FloorChoice {
+    /// Use this floor file (from `bench floor --out`) instead of measuring
+    /// the floor at the start.
+    #[arg(long, conflicts_with = "no_floor")]
+    floor: Option<PathBuf>,
+    /// Record no floor (saves the 3-4 s it takes to measure).
+    #[arg(long)]
+    no_floor: bool,
+    /// Where to measure the floor: a directory on the disk the servers
+    /// write to. [default: the system's temporary directory, where the
+    /// bench's local clusters keep their data]
+    #[arg(long)]
+    floor_dir: Option<PathBuf>,
+}
+
+impl FloorChoice {
+    /// The floor to record: loaded, measured (with `writers` concurrent
+    /// writers) or none.
+    fn obtain(&self, writers: usize) -> Result<Option<Floor>, String> {
+        if self.no_floor {
+            return Ok(None);
+        }
+        if let Some(path) = &self.floor {
+            let floor = Floor::load(path).map_err(|error| error.to_string())?;
+            let age = std::fs::metadata(path).and_then(|meta| meta.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age > Duration::from_secs(3_600)) {
+                eprintln!(
+                    "warning: the floor in {} was measured over an hour ago ({}); a shared machine's disk moves by 2x \
+                     from hour to hour",
+                    path.display(),
+                    floor.measured_at
+                );
+            }
+            return Ok(Some(floor));
+        }
+        eprintln!("measuring this machine's floor (3-4 s; --floor FILE reuses one, --no-floor skips it) ...");
+        let options = FloorOptions { dir: self.floor_dir.clone(), writers, ..FloorOptions::default() };
+        let floor = measure(&options).map_err(|error| error.to_string())?;
+        eprint!("{}", floor.table());
+        Ok(Some(floor))
+    }
+}
+
+/// The wire protocol of `bench run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// The node's own client protocol (`net/PROTOCOL.md`).
+    Native,
+    /// The Redis protocol: `SET key value` and `GET key`, against
+    /// `redis-server` or the node's RESP front door.
+    Resp,
+}
+
+#[derive(Debug, Args)]
+struct FloorArgs {
+    /// A directory on the file system to measure. [default: the system's
+    /// temporary directory]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Concurrent writers of the second case: the nodes sharing the disk.
+    #[arg(long, default_value_t = 3)]
+    writers: usize,
+    /// Seconds of each of the five timed cases.
+    #[arg(long, default_value_t = 0.6)]
+    case_seconds: f64,
+    /// The floor file. [default: bench-results/floor-TIME.json]
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A directory of result files (`bench sweep --out-dir`, or `bench run
+    /// --out` files gathered in one place), with an optional floor file.
+    dir: PathBuf,
+    /// The HTML file. [default: DIR/report.html]
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// Settings of the load that every subcommand shares.
@@ -173,6 +267,19 @@ struct RunArgs {
     /// for the result file.
     #[arg(long)]
     no_status: bool,
+    /// The wire protocol: the node's own, or RESP (Redis) for comparing
+    /// with `redis-server`.
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    protocol: Protocol,
+    #[command(flatten)]
+    floor: FloorChoice,
+    /// Nodes sharing the disk, for a floor measured at the start.
+    #[arg(long, default_value_t = 3)]
+    floor_writers: usize,
+    /// The servers' process ids, for CPU time per write; `auto` finds the
+    /// processes listening on the --addr ports (servers on this machine).
+    #[arg(long, value_delimiter = ',')]
+    node_pids: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -249,10 +356,12 @@ struct SweepArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     load: LoadArgs,
-    /// Where result files, compare.txt and compare.svg go.
+    /// Where result files, compare.txt, the charts and report.html go.
     /// [default: bench-results/sweep-TIME]
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    floor: FloorChoice,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +387,8 @@ struct DemoArgs {
     /// No progress display.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    floor: FloorChoice,
 }
 
 /// `10s`, `500ms`, `2m`, `1.5s`, or a plain number of seconds.
@@ -309,6 +420,8 @@ fn main() -> ExitCode {
         Command::Compare(args) => command_compare(args),
         Command::Sweep(args) => command_sweep(args),
         Command::Demo(args) => command_demo(args),
+        Command::Floor(args) => command_floor(args),
+        Command::Report(args) => command_report(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -333,14 +446,34 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         None => LoadMode::Closed { inflight: args.inflight },
     };
     let settings = args.load.settings(args.addrs.clone(), args.cluster_id, load, args.value_size);
-    let label = args.label.clone().unwrap_or_else(|| match load {
-        LoadMode::Closed { inflight } => format!("inflight={inflight} value={}B", args.value_size),
-        LoadMode::Open { rate, .. } => format!("rate={rate} value={}B", args.value_size),
+    let label = args.label.clone().unwrap_or_else(|| {
+        let protocol = if args.protocol == Protocol::Resp { " resp" } else { "" };
+        match load {
+            LoadMode::Closed { inflight } => format!("inflight={inflight} value={}B{protocol}", args.value_size),
+            LoadMode::Open { rate, .. } => format!("rate={rate} value={}B{protocol}", args.value_size),
+        }
     });
     let out = args.out.clone().unwrap_or_else(|| {
         let stamp = bench::result::rfc3339(std::time::SystemTime::now()).replace([':', '-'], "");
         Path::new("bench-results").join(format!("{}-{stamp}.json", file_stem(&label)))
     });
+    let floor = args.floor.obtain(args.floor_writers)?;
+    let cpu_pids = match args.node_pids.as_slice() {
+        [] => None,
+        [auto] if auto == "auto" => match pids_for_addrs(&settings.addrs) {
+            Ok(pids) => Some((pids, "auto (ports)")),
+            Err(error) => {
+                eprintln!("warning: no CPU accounting: {error}");
+                None
+            }
+        },
+        pids => Some((
+            pids.iter()
+                .map(|pid| pid.trim().parse::<u32>().map_err(|_| format!("--node-pids: {pid:?} is not a process id")))
+                .collect::<Result<Vec<_>, _>>()?,
+            "--node-pids",
+        )),
+    };
     let options = RunOptions {
         settings,
         token,
@@ -348,7 +481,20 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         progress: args.load.progress(),
         fetch_status: !args.no_status,
     };
-    let result = run(&options).map_err(|error| error.to_string())?;
+    let sampler = cpu_pids.map(|(pids, source)| WindowSampler::for_run(pids, source, &options.settings));
+    let mut result = match args.protocol {
+        Protocol::Native => run(&options),
+        Protocol::Resp => bench::resp_runner::run_resp(&options),
+    }
+    .map_err(|error| error.to_string())?;
+    result.floor = floor;
+    if let Some(sampler) = sampler {
+        let writes = result.operations.get("write").map_or(0, |writes| writes.count);
+        match sampler.finish(writes) {
+            Ok(cpu) => result.cpu = Some(cpu),
+            Err(error) => eprintln!("warning: no CPU accounting: {error}"),
+        }
+    }
     result.save(&out).map_err(|error| error.to_string())?;
     if bench::signal::stop_requested() {
         eprintln!("stopped early by a signal: the measured window is {:.1}s", result.measured_seconds);
@@ -381,6 +527,7 @@ fn command_sweep(args: SweepArgs) -> Result<(), String> {
         args.node_option.iter().map(|option| option.split_whitespace().map(String::from).collect()).collect()
     };
     let value_size = args.value_size.first().copied().unwrap_or(256);
+    let floor = args.floor.obtain(args.cluster.nodes as usize)?;
     let plan = SweepPlan {
         base: args.load.settings(Vec::new(), 1, LoadMode::Closed { inflight: 1 }, value_size),
         inflight: args.inflight.clone(),
@@ -390,14 +537,16 @@ fn command_sweep(args: SweepArgs) -> Result<(), String> {
         out_dir: args.out_dir.clone().unwrap_or_else(|| default_out_dir(Path::new("bench-results"), "sweep")),
         progress: args.load.progress(),
         print_each: false,
+        floor,
     };
     let outcome = sweep(&plan).map_err(|error| error.to_string())?;
     println!();
     print!("{}", outcome.table);
     println!("results: {}", plan.out_dir.display());
     if let Some(plot) = outcome.plot {
-        println!("plot: {}", plot.display());
+        println!("plots: {} (and throughput-latency.svg, timeline.svg)", plot.display());
     }
+    println!("report: {}", outcome.report.display());
     Ok(())
 }
 
@@ -432,13 +581,34 @@ fn command_demo(args: DemoArgs) -> Result<(), String> {
         out_dir: out_dir.clone(),
         progress: load.progress(),
         print_each: true,
+        floor: args.floor.obtain(args.cluster.nodes as usize)?,
     };
     let outcome = sweep(&plan).map_err(|error| error.to_string())?;
     println!("\nsummary ({} nodes on loopback, {}-byte values, writes):", plan.cluster.nodes, args.value_size);
     print!("{}", outcome.table);
     if temporary.is_none() {
-        println!("results and plot: {}", out_dir.display());
+        println!("results, plots and report.html: {}", out_dir.display());
     }
+    Ok(())
+}
+
+fn command_floor(args: FloorArgs) -> Result<(), String> {
+    let options = FloorOptions { dir: args.dir, writers: args.writers, case_seconds: args.case_seconds };
+    let floor = measure(&options).map_err(|error| error.to_string())?;
+    let out = args.out.unwrap_or_else(|| {
+        let stamp = bench::result::rfc3339(std::time::SystemTime::now()).replace([':', '-'], "");
+        Path::new("bench-results").join(format!("floor-{stamp}.json"))
+    });
+    floor.save(&out).map_err(|error| error.to_string())?;
+    print!("{}", floor.table());
+    println!("measured in {:.1}s; floor file: {}", floor.seconds, out.display());
+    Ok(())
+}
+
+fn command_report(args: ReportArgs) -> Result<(), String> {
+    let out = args.out.unwrap_or_else(|| args.dir.join(bench::report::REPORT_HTML));
+    let runs = bench::report::write_report(&args.dir, &out).map_err(|error| error.to_string())?;
+    println!("report of {runs} runs: {}", out.display());
     Ok(())
 }
 

@@ -80,8 +80,22 @@ pub enum YScale {
 
 /// Draws `series` to an SVG file.
 pub fn plot_percentiles(series: &[Series], title: &str, y_scale: YScale, path: &Path) -> Result<(), PlotError> {
-    let draw_error =
-        |error: &dyn std::fmt::Display| PlotError::Draw { path: path.to_path_buf(), message: error.to_string() };
+    let svg = percentiles_svg(series, title, y_scale)?;
+    write_svg(path, &svg)
+}
+
+/// Writes a drawing to `path`.
+pub fn write_svg(path: &Path, svg: &str) -> Result<(), PlotError> {
+    std::fs::write(path, svg).map_err(|error| PlotError::Draw { path: path.to_path_buf(), message: error.to_string() })
+}
+
+/// The error of a drawing made in memory.
+fn draw_error(error: &dyn std::fmt::Display) -> PlotError {
+    PlotError::Draw { path: PathBuf::from("(in memory)"), message: error.to_string() }
+}
+
+/// The percentile-distribution plot of `series` as an SVG document.
+pub fn percentiles_svg(series: &[Series], title: &str, y_scale: YScale) -> Result<String, PlotError> {
     let ys = || series.iter().flat_map(|line| line.points.iter().map(|&(_, y)| y));
     let y_max = ys().fold(0.0f64, f64::max);
     if y_max <= 0.0 {
@@ -91,34 +105,41 @@ pub fn plot_percentiles(series: &[Series], title: &str, y_scale: YScale, path: &
     let x_max = series.iter().flat_map(|line| line.points.last().map(|&(x, _)| x)).fold(10.0f64, f64::max);
     // Round the x range up to a power of ten so the axis ends on a label.
     let x_max = 10f64.powf(x_max.log10().ceil()).min(X_MAX);
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|error| draw_error(&error))?;
-    let log = match y_scale {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|error| draw_error(&error))?;
+        let result = if use_log(y_scale, y_min, y_max) {
+            let (low, high) = decades(y_min, y_max);
+            draw(&root, series, title, x_max, (low..high).log_scale())
+        } else {
+            draw(&root, series, title, x_max, 0.0..y_max * 1.05)
+        };
+        result.map_err(|error| draw_error(&error))?;
+        root.present().map_err(|error| draw_error(&error))?;
+    }
+    Ok(svg)
+}
+
+fn use_log(y_scale: YScale, y_min: f64, y_max: f64) -> bool {
+    match y_scale {
         YScale::Linear => false,
         YScale::Log => true,
         YScale::Auto => y_max > 50.0 * y_min,
-    };
-    let result = if log {
-        let low = 10f64.powf(y_min.log10().floor());
-        let high = 10f64.powf(y_max.log10().ceil());
-        draw(&root, series, title, x_max, (low..high).log_scale())
-    } else {
-        draw(&root, series, title, x_max, 0.0..y_max * 1.05)
-    };
-    result.map_err(|error| draw_error(&error))?;
-    root.present().map_err(|error| draw_error(&error))?;
-    Ok(())
+    }
+}
+
+/// The powers of ten around `low..high`.
+fn decades(low: f64, high: f64) -> (f64, f64) {
+    let low = 10f64.powf(low.log10().floor());
+    let high = 10f64.powf(high.log10().ceil());
+    (low, if high > low { high } else { low * 10.0 })
 }
 
 type DrawResult = Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
-fn draw<Y>(
-    root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    series: &[Series],
-    title: &str,
-    x_max: f64,
-    y_range: Y,
-) -> DrawResult
+fn draw<Y>(root: &Area<'_>, series: &[Series], title: &str, x_max: f64, y_range: Y) -> DrawResult
 where
     Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
     Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
@@ -153,6 +174,178 @@ where
     Ok(())
 }
 
+/// One configuration's line of the throughput-latency chart: one point per
+/// in-flight count, `(ops/s, p50 ms, p99 ms)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThroughputLine {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Latency (p50: thick line, filled dots; p99: thin line, hollow dots)
+/// against throughput, one colour per configuration, points joined in
+/// in-flight order: the knee where latency climbs without throughput
+/// following is the configuration's capacity.
+pub fn throughput_latency_svg(lines: &[ThroughputLine], title: &str) -> Result<String, PlotError> {
+    let points = || lines.iter().flat_map(|line| line.points.iter());
+    let x_max = points().map(|&(x, _, _)| x).fold(0.0f64, f64::max);
+    let y_max = points().map(|&(_, p50, p99)| p50.max(p99)).fold(0.0f64, f64::max);
+    if x_max <= 0.0 || y_max <= 0.0 {
+        return Err(PlotError::Empty);
+    }
+    let y_min = points().map(|&(_, p50, p99)| p50.min(p99)).filter(|&y| y > 0.0).fold(f64::INFINITY, f64::min);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|error| draw_error(&error))?;
+        let x_range = 0.0..x_max * 1.08;
+        let result = if use_log(YScale::Auto, y_min, y_max) {
+            let (low, high) = decades(y_min, y_max);
+            draw_throughput(&root, lines, title, x_range, (low..high).log_scale())
+        } else {
+            draw_throughput(&root, lines, title, x_range, 0.0..y_max * 1.08)
+        };
+        result.map_err(|error| draw_error(&error))?;
+        root.present().map_err(|error| draw_error(&error))?;
+    }
+    Ok(svg)
+}
+
+fn draw_throughput<Y>(
+    root: &Area<'_>,
+    lines: &[ThroughputLine],
+    title: &str,
+    x_range: std::ops::Range<f64>,
+    y_range: Y,
+) -> DrawResult
+where
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    Y::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .margin_right(48)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x_range, y_range)?;
+    chart
+        .configure_mesh()
+        .x_desc("throughput (ops/s)")
+        .y_desc("latency (ms)")
+        .x_label_formatter(&|x| crate::stats::format_rate(*x))
+        .y_label_formatter(&|y| if *y >= 10.0 { format!("{y:.0}") } else { format!("{y:.2}") })
+        .draw()?;
+    for (index, line) in lines.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        for (name, width, filled, pick) in
+            [("p50", 3, true, (|point: &(f64, f64, f64)| point.1) as fn(&_) -> f64), ("p99", 1, false, |point| point.2)]
+        {
+            let points: Vec<(f64, f64)> = line.points.iter().map(|point| (point.0, pick(point))).collect();
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(width)))?
+                .label(format!("{} {name}", line.label))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width)));
+            let style = if filled { color.filled() } else { color.stroke_width(1) };
+            chart.draw_series(points.iter().map(|&point| Circle::new(point, 4, style)))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// One run's line of the timeline chart: `(seconds since the start, ops/s,
+/// p99 ms)` per second.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineLine {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Throughput (top) and p99 latency (bottom) second by second, one line per
+/// run, warm-up included: a stall shows as a dip above and a spike below at
+/// the same second.
+pub fn timeline_svg(lines: &[TimelineLine], title: &str) -> Result<String, PlotError> {
+    let points = || lines.iter().flat_map(|line| line.points.iter());
+    let x_max = points().map(|&(x, _, _)| x).fold(0.0f64, f64::max);
+    let ops_max = points().map(|&(_, ops, _)| ops).fold(0.0f64, f64::max);
+    let p99_max = points().map(|&(_, _, p99)| p99).fold(0.0f64, f64::max);
+    if x_max <= 0.0 || (ops_max <= 0.0 && p99_max <= 0.0) {
+        return Err(PlotError::Empty);
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 720)).into_drawing_area();
+        root.fill(&WHITE).map_err(|error| draw_error(&error))?;
+        let root = root.titled(title, ("sans-serif", 22)).map_err(|error| draw_error(&error))?;
+        let (top, bottom) = root.split_vertically(340);
+        let x_range = 0.0..x_max.ceil().max(1.0);
+        draw_timeline_panel(&top, lines, x_range.clone(), ops_max * 1.1, "ops/s", |point| point.1, true)
+            .map_err(|error| draw_error(&error))?;
+        draw_timeline_panel(&bottom, lines, x_range, p99_max.max(1e-3) * 1.1, "p99 (ms)", |point| point.2, false)
+            .map_err(|error| draw_error(&error))?;
+        root.present().map_err(|error| draw_error(&error))?;
+    }
+    Ok(svg)
+}
+
+fn draw_timeline_panel(
+    area: &Area<'_>,
+    lines: &[TimelineLine],
+    x_range: std::ops::Range<f64>,
+    y_max: f64,
+    y_desc: &str,
+    pick: fn(&(f64, f64, f64)) -> f64,
+    legend: bool,
+) -> DrawResult {
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(48)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_range, 0.0..y_max.max(1e-9))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the start (warm-up included)")
+        .y_desc(y_desc)
+        .y_label_formatter(&|y| {
+            if *y >= 1_000.0 {
+                crate::stats::format_rate(*y)
+            } else if *y >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.2}")
+            }
+        })
+        .draw()?;
+    for (index, line) in lines.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        let series = chart.draw_series(LineSeries::new(
+            line.points.iter().map(|point| (point.0, pick(point))),
+            color.stroke_width(2),
+        ))?;
+        if legend {
+            series
+                .label(line.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+    }
+    if legend {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +372,28 @@ mod tests {
         assert_eq!(x, 10_000.0);
         assert!((y - 10.0).abs() < 0.02, "max {y} ms");
         assert!(Series::from_histogram("empty", &new_histogram()).points.is_empty());
+    }
+
+    #[test]
+    fn charts_draw_one_line_per_series_with_its_label() {
+        let lines = vec![
+            ThroughputLine { label: "value=256B".into(), points: vec![(2_400.0, 0.4, 0.9), (60_000.0, 1.1, 2.5)] },
+            ThroughputLine { label: "value=4096B".into(), points: vec![(2_000.0, 0.5, 1.2), (20_000.0, 3.0, 8.0)] },
+        ];
+        let svg = throughput_latency_svg(&lines, "throughput and latency").unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("value=4096B p99") && svg.contains("value=256B p50"));
+        // Four series and their four legend samples (axes and ticks are black).
+        assert_eq!(coloured_polylines(&svg), 8, "{svg}");
+        let timeline = vec![TimelineLine { label: "run".into(), points: vec![(1.0, 100.0, 1.0), (2.0, 0.0, 250.0)] }];
+        let svg = timeline_svg(&timeline, "timeline").unwrap();
+        // The run in both panels, and its legend sample in the top one.
+        assert_eq!(coloured_polylines(&svg), 3, "{svg}");
+        assert!(matches!(throughput_latency_svg(&[], "empty"), Err(PlotError::Empty)));
+        assert!(matches!(timeline_svg(&[], "empty"), Err(PlotError::Empty)));
+    }
+
+    fn coloured_polylines(svg: &str) -> usize {
+        svg.matches("<polyline").count()
+            - svg.matches("<polyline fill=\"none\" opacity=\"1\" stroke=\"#000000\"").count()
     }
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::CpuAccounting;
+use crate::floor::Floor;
 use crate::runner::RunSettings;
 use crate::stats::{
     decode_histogram, encode_histogram, format_micros, format_rate, HistogramError, OpStats, Percentiles, Recorder,
@@ -118,6 +120,18 @@ pub struct ResultFile {
     pub timeline: Vec<crate::progress::TimelinePoint>,
     /// Latency unit of the histograms.
     pub histogram_unit: String,
+    /// The wire protocol: `resp` for `bench run --protocol resp`; absent
+    /// (the native protocol) otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The machine's floor (`bench floor`), measured at the start of the run
+    /// or sweep or loaded with `--floor FILE`; `bench compare` reads the
+    /// run's figures as ratios to it.
+    #[serde(default)]
+    pub floor: Option<Floor>,
+    /// The servers' CPU time over the measured window, per write.
+    #[serde(default)]
+    pub cpu: Option<CpuAccounting>,
 }
 
 impl ResultFile {
@@ -153,6 +167,9 @@ impl ResultFile {
             warmup_errors: recorder.warmup_errors.clone(),
             timeline: Vec::new(),
             histogram_unit: "ns".to_string(),
+            protocol: None,
+            floor: None,
+            cpu: None,
         })
     }
 
@@ -219,6 +236,29 @@ impl ResultFile {
                 let _ = writeln!(out, "  {kind}: {example}");
             }
         }
+        if let Some(cpu) = &self.cpu {
+            let per_write = cpu.cpu_us_per_write.map_or("-".to_string(), |micros| format!("{micros:.1}us"));
+            let _ = writeln!(
+                out,
+                "server CPU: {per_write} per write ({:.2} cores busy, {} process{}, {})",
+                cpu.cores_busy,
+                cpu.pids.len(),
+                if cpu.pids.len() == 1 { "" } else { "es" },
+                cpu.source
+            );
+        }
+        if let Some(ratios) = crate::compare::FloorRatios::of(self) {
+            let _ = writeln!(
+                out,
+                "against the floor: write p50 {:.2}x of {}, p99 {:.2}x of {}; {} of the {} write bandwidth share",
+                ratios.p50_ratio,
+                format_micros(ratios.p50_floor_us),
+                ratios.p99_ratio,
+                format_micros(ratios.p99_floor_us),
+                format_percent(ratios.bandwidth_ratio),
+                crate::floor::format_bandwidth(ratios.bandwidth_floor),
+            );
+        }
         if !self.warmup_errors.is_empty() {
             let _ = write!(out, "during warm-up (not counted):");
             for (kind, count) in &self.warmup_errors {
@@ -228,6 +268,11 @@ impl ResultFile {
         }
         out
     }
+}
+
+/// A share as a percentage with one decimal: `12.5%`.
+pub fn format_percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
 }
 
 /// Renders rows as a plain-text table: the first row is the header, the

@@ -7,8 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::cluster::{ClusterError, ClusterSpec, LocalCluster, LOCAL_CLUSTER_ID, LOCAL_TOKEN};
-use crate::compare::{compare_table, plot_results, CompareError};
+use crate::compare::{compare_table, floor_table, plot_results, CompareError};
+use crate::cpu::WindowSampler;
+use crate::floor::Floor;
+use crate::plot::write_svg;
 use crate::progress::ProgressStyleKind;
+use crate::report::{charts, render, REPORT_HTML, THROUGHPUT_LATENCY_SVG, TIMELINE_SVG};
 use crate::result::{ResultFile, ResultFileError};
 use crate::runner::{run, LoadMode, RunError, RunOptions, RunSettings};
 use crate::signal;
@@ -24,6 +28,8 @@ pub enum SweepError {
     Result(#[from] ResultFileError),
     #[error(transparent)]
     Compare(#[from] CompareError),
+    #[error(transparent)]
+    Report(Box<crate::report::ReportError>),
     #[error("stopped by a signal after {0} runs")]
     Interrupted(usize),
 }
@@ -44,6 +50,9 @@ pub struct SweepPlan {
     pub progress: ProgressStyleKind,
     /// Print each run's percentile table as it ends.
     pub print_each: bool,
+    /// The machine's floor, recorded in every result and saved as
+    /// `floor.json` beside them.
+    pub floor: Option<Floor>,
 }
 
 /// What a sweep produced.
@@ -51,6 +60,8 @@ pub struct SweepOutcome {
     pub results: Vec<ResultFile>,
     pub table: String,
     pub plot: Option<PathBuf>,
+    /// The HTML report of the sweep (`bench report` of its directory).
+    pub report: PathBuf,
 }
 
 /// Runs the matrix: for each node option a fresh cluster, then every
@@ -92,8 +103,15 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                     progress: plan.progress,
                     fetch_status: true,
                 };
+                let sampler = WindowSampler::for_run(cluster.pids(), "local cluster", &options.settings);
                 let mut result = run(&options)?;
                 cluster.check_alive()?;
+                result.floor = plan.floor.clone();
+                let writes = result.operations.get("write").map_or(0, |writes| writes.count);
+                match sampler.finish(writes) {
+                    Ok(cpu) => result.cpu = Some(cpu),
+                    Err(error) => eprintln!("warning: no CPU accounting for {label}: {error}"),
+                }
                 result.local_cluster = Some(serde_json::json!({
                     "nodes": plan.cluster.nodes,
                     "shards": plan.cluster.shards,
@@ -120,7 +138,13 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
         }
         cluster.stop();
     }
-    let table = compare_table(&results, "all");
+    let mut table = compare_table(&results, "all");
+    if let Some(floors) = floor_table(&results) {
+        table.push_str(
+            "\nagainst the machine's floor (x floor: latency over the floor; of floor: share of the bandwidth):\n",
+        );
+        table.push_str(&floors);
+    }
     let svg = plan.out_dir.join("compare.svg");
     let plot = match plot_results(&results, "all", crate::plot::YScale::Auto, &svg) {
         Ok(()) => Some(svg),
@@ -131,7 +155,22 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
     };
     std::fs::write(plan.out_dir.join("compare.txt"), &table)
         .map_err(|source| ResultFileError::Write { path: plan.out_dir.join("compare.txt"), source })?;
-    Ok(SweepOutcome { results, table, plot })
+    if let Some(floor) = &plan.floor {
+        if let Err(error) = floor.save(&plan.out_dir.join("floor.json")) {
+            eprintln!("warning: {error}");
+        }
+    }
+    let charts = charts(&results, "all")?;
+    for (name, svg) in [(THROUGHPUT_LATENCY_SVG, &charts.throughput_latency), (TIMELINE_SVG, &charts.timeline)] {
+        if let Some(svg) = svg {
+            write_svg(&plan.out_dir.join(name), svg).map_err(CompareError::from)?;
+        }
+    }
+    let report = plan.out_dir.join(REPORT_HTML);
+    let html = render(&plan.out_dir.display().to_string(), &results, plan.floor.as_ref())
+        .map_err(|error| SweepError::Report(Box::new(error)))?;
+    std::fs::write(&report, html).map_err(|source| ResultFileError::Write { path: report.clone(), source })?;
+    Ok(SweepOutcome { results, table, plot, report })
 }
 
 /// A label as a file name: letters, digits, `-`, `_`, `.` and `=` kept.

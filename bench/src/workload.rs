@@ -162,12 +162,38 @@ impl Workload {
     /// The next operation: its kind and its encoded key-value command (a
     /// `Put`) or query (a `Get`), as `net::kv` defines them.
     pub fn next_op(&mut self) -> (OpKind, Bytes) {
+        match self.next_key_value() {
+            KeyValueOp::Get { key } => (OpKind::Read, KvOp::Get { key }.encode()),
+            KeyValueOp::Put { key, value } => (OpKind::Write, KvOp::Put { key, value }.encode()),
+        }
+    }
+
+    /// The next operation as a key and a value, for protocols that spell
+    /// commands their own way (RESP's `SET` and `GET`): the same draws, in
+    /// the same order, as [`Workload::next_op`].
+    pub fn next_key_value(&mut self) -> KeyValueOp {
         let is_read = self.read_fraction > 0.0 && self.rng.random::<f64>() < self.read_fraction;
         let key = key_name(self.keys.sample(&mut self.rng));
         if is_read {
-            (OpKind::Read, KvOp::Get { key }.encode())
+            KeyValueOp::Get { key }
         } else {
-            (OpKind::Write, KvOp::Put { key, value: self.value.clone() }.encode())
+            KeyValueOp::Put { key, value: self.value.clone() }
+        }
+    }
+}
+
+/// One drawn operation before any protocol encodes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyValueOp {
+    Get { key: Bytes },
+    Put { key: Bytes, value: Bytes },
+}
+
+impl KeyValueOp {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            KeyValueOp::Get { .. } => OpKind::Read,
+            KeyValueOp::Put { .. } => OpKind::Write,
         }
     }
 }

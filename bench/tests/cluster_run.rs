@@ -63,12 +63,24 @@ fn bench_run_against_a_local_three_node_cluster() {
     }
     let dir = tempfile::tempdir().unwrap();
 
-    // Closed loop, a read/write mix over a zipfian key space.
+    // Closed loop, a read/write mix over a zipfian key space; the floor is
+    // measured at the start and the nodes' CPU found by their ports.
     let closed = run_bench(
         &bench,
         &cluster,
         &dir.path().join("closed.json"),
-        &["--inflight", "8", "--connections", "2", "--read-fraction", "0.3", "--distribution", "zipfian"],
+        &[
+            "--inflight",
+            "8",
+            "--connections",
+            "2",
+            "--read-fraction",
+            "0.3",
+            "--distribution",
+            "zipfian",
+            "--node-pids",
+            "auto",
+        ],
     );
     let writes = &closed.operations["write"];
     let reads = &closed.operations["read"];
@@ -80,11 +92,27 @@ fn bench_run_against_a_local_three_node_cluster() {
     let status = closed.cluster.as_ref().expect("status was asked for");
     assert_eq!(status.as_object().map(|nodes| nodes.len()), Some(3), "{status}");
     assert_eq!(closed.operations["write"].latency_histogram().unwrap().len(), writes.count);
+    let floor = closed.floor.as_ref().expect("the floor measured at the start");
+    assert!(floor.synced_write_n.count > 0 && floor.loopback_round_trip.p50_us > 0.0, "{floor:?}");
+    let cpu = closed.cpu.as_ref().expect("CPU accounting of the nodes");
+    let mut pids = cpu.pids.clone();
+    pids.sort_unstable();
+    let mut node_pids = cluster.pids();
+    node_pids.sort_unstable();
+    assert_eq!(pids, node_pids, "the processes on the client ports are the cluster's nodes");
+    assert_eq!(cpu.writes, writes.count);
+    assert!(cpu.cpu_us_per_write.is_some_and(|micros| micros > 0.0), "{cpu:?}");
 
     // Open loop at 200 requests/s for one second: 200 requests are due, and
     // each is either answered or counted as an error (a leader election on a
     // busy machine may refuse a few).
-    let open = run_bench(&bench, &cluster, &dir.path().join("open.json"), &["--rate", "200", "--connections", "2"]);
+    let open = run_bench(
+        &bench,
+        &cluster,
+        &dir.path().join("open.json"),
+        &["--rate", "200", "--connections", "2", "--no-floor"],
+    );
+    assert!(open.floor.is_none() && open.cpu.is_none());
     let errors: u64 = open.errors.values().sum();
     assert!(
         (195..=205).contains(&(open.total.count + errors)) && open.total.count >= 150,

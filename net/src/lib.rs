@@ -15,6 +15,10 @@
 //!   sends Raft messages from a bounded queue with coalesced writes;
 //! - a [`ClientConnection`] is the client side (load generator, CLI).
 //!
+//! [`resp`] is the codec of the Redis protocol (RESP2 and RESP3): the
+//! command parser and reply encoder of a Redis front door, and the command
+//! encoder and reply parser of a Redis client.
+//!
 //! ```no_run
 //! use bytes::Bytes;
 //! use net::{inbound_channel, HandshakePolicy, Inbound, Link, LinkConfig, Listener, ListenerConfig};
@@ -44,6 +48,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod kv;
+pub mod resp;
 pub mod runtime;
 pub mod session;
 pub mod session_client;

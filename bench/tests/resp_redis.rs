@@ -1,0 +1,140 @@
+//! `bench run --protocol resp` against a real `redis-server` that the test
+//! starts on a free loopback port: an open loop whose request count is
+//! known in advance, then a closed loop of reads and writes; each checked
+//! through its result file and against the server's own command counts
+//! (`INFO commandstats`).
+//!
+//! Needs Debian's `redis-server` (`.ci/run` installs it). Without it the
+//! test fails, unless `BENCH_SKIP_REDIS=1` is set, when it says SKIPPED.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bench::resp_runner::{info_fields, resp_call};
+use bench::result::ResultFile;
+use net::resp::Reply;
+
+/// A `redis-server` child, killed when dropped.
+struct Redis {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|path| path.is_file())
+}
+
+fn start_redis(binary: &Path) -> Redis {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that is free now; redis-server refuses to start if another
+    // process takes it in between, which the wait below reports.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut redis = Redis { child, addr, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Reply::Simple(pong)) = resp_call(addr, &["PING"], Duration::from_millis(500)) {
+            assert_eq!(&pong[..], b"PONG");
+            return redis;
+        }
+        if let Ok(Some(status)) = redis.child.try_wait() {
+            panic!("redis-server exited with {status} before answering on {addr}");
+        }
+        assert!(Instant::now() < deadline, "redis-server does not answer on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bench_run(redis: &Redis, out: &Path, extra: &[&str]) -> ResultFile {
+    let bench = env!("CARGO_BIN_EXE_bench");
+    let output = Command::new(bench)
+        .args(["run", "--protocol", "resp", "--addr", &redis.addr.to_string(), "--quiet", "--no-floor", "--out"])
+        .arg(out)
+        .args(["--keys", "1000", "--value-size", "100", "--connections", "2", "--node-pids", "auto"])
+        .args(extra)
+        .output()
+        .expect("run the bench binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench run failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(stdout.contains("p99.99") && stdout.contains("server CPU:"), "no table or CPU line:\n{stdout}\n{stderr}");
+    ResultFile::load(out).expect("a readable result file")
+}
+
+/// `calls` of one command in `INFO commandstats` (`cmdstat_set:calls=500,...`).
+fn calls(stats: &serde_json::Value, command: &str) -> u64 {
+    let line = stats[format!("cmdstat_{command}")].as_str().unwrap_or("calls=0");
+    line.split(',').find_map(|field| field.strip_prefix("calls=")).and_then(|n| n.parse().ok()).unwrap()
+}
+
+fn command_stats(redis: &Redis) -> serde_json::Value {
+    info_fields(&resp_call(redis.addr, &["INFO", "commandstats"], Duration::from_secs(2)).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_run_resp_against_redis_server() {
+    let Some(binary) = find_on_path("redis-server") else {
+        if std::env::var("BENCH_SKIP_REDIS").is_ok_and(|value| value == "1") {
+            eprintln!("SKIPPED (BENCH_SKIP_REDIS=1): redis-server is not installed; this test did not run");
+            return;
+        }
+        panic!(
+            "redis-server is not on PATH: install it (Debian: apt-get install redis-server redis-tools; .ci/run \
+             does), or set BENCH_SKIP_REDIS=1 to skip this test"
+        );
+    };
+    let redis = start_redis(&binary);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Open loop, 400 writes/s for 1 s after 250 ms of warm-up: exactly 400
+    // requests fall in the measured window, and the server saw 500 SETs.
+    let open =
+        bench_run(&redis, &dir.path().join("open.json"), &["--rate", "400", "--duration", "1s", "--warmup", "250ms"]);
+    assert_eq!(open.protocol.as_deref(), Some("resp"));
+    assert!(open.errors.is_empty(), "{:?} {:?}", open.errors, open.error_examples);
+    assert_eq!(open.operations["write"].count, 400);
+    assert_eq!(open.total.count, 400);
+    assert_eq!(open.operations["write"].latency_histogram().unwrap().len(), 400);
+    assert_eq!(open.warmup_completed, 100);
+    let stats = open.cluster_stats.as_ref().expect("INFO commandstats after the run");
+    assert_eq!(calls(&stats[redis.addr.to_string()], "set"), 500, "{stats}");
+    let status = open.cluster.as_ref().expect("INFO server before the run");
+    assert_eq!(status[redis.addr.to_string()]["process_id"], redis.child.id().to_string(), "{status}");
+    // The server's CPU, found by its port.
+    let cpu = open.cpu.as_ref().expect("CPU accounting");
+    assert_eq!(cpu.pids, vec![redis.child.id()]);
+    assert_eq!(cpu.writes, 400);
+    assert!(cpu.window_seconds > 0.9 && cpu.window_seconds < 1.5, "{cpu:?}");
+
+    // Closed loop, half reads: every request sent was answered (none in
+    // error), so the server's GET and SET counts are the run's.
+    assert_eq!(resp_call(redis.addr, &["CONFIG", "RESETSTAT"], Duration::from_secs(2)), Ok(Reply::ok()));
+    let closed = bench_run(
+        &redis,
+        &dir.path().join("closed.json"),
+        &["--inflight", "8", "--read-fraction", "0.5", "--duration", "1s", "--warmup", "200ms"],
+    );
+    assert!(closed.errors.is_empty(), "{:?} {:?}", closed.errors, closed.error_examples);
+    let (writes, reads) = (closed.operations["write"].count, closed.operations["read"].count);
+    assert!(writes > 0 && reads > 0, "writes {writes}, reads {reads}");
+    assert_eq!(closed.total.count, writes + reads);
+    let stats = command_stats(&redis);
+    assert_eq!(calls(&stats, "set") + calls(&stats, "get"), closed.total.count + closed.warmup_completed, "{stats}");
+}
