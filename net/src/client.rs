@@ -121,6 +121,11 @@ pub enum ResponseStatus {
     SessionExpired,
     /// The request was malformed; the reason says how.
     BadRequest(String),
+    /// The connection's identity lacks the role the request needs (`write`
+    /// for a write, `read` for a read or a status, `admin` for an admin
+    /// operation); the reason names both. Retrying with the same credentials
+    /// will not help.
+    Forbidden(String),
 }
 
 impl ResponseStatus {
@@ -133,6 +138,7 @@ impl ResponseStatus {
             ResponseStatus::TimedOut => 3,
             ResponseStatus::SessionExpired => 4,
             ResponseStatus::BadRequest(_) => 5,
+            ResponseStatus::Forbidden(_) => 6,
         }
     }
 }

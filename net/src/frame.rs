@@ -19,7 +19,7 @@ use crate::error::DecodeError;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"RNET");
 /// The protocol version this build speaks. A peer with another version is
 /// refused during the handshake with a typed refusal.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of [`FrameHeader`] in bytes.
 pub const FRAME_HEADER_SIZE: usize = 32;
 /// The default bound on a whole frame (header and body). Large enough for an
@@ -37,7 +37,7 @@ pub struct FrameHeader {
     pub version: u8,
     /// A [`FrameKind`] value.
     pub kind: u8,
-    /// Reserved; zero in version 1.
+    /// Reserved; zero in versions 1 and 2.
     pub flags: U16,
     /// The cluster this frame belongs to; a frame for another cluster is refused.
     pub cluster_id: U64,

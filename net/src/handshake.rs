@@ -65,9 +65,36 @@ pub enum RefusalReason {
     RoleNotAccepted = 4,
     /// The first frame was not a well-formed handshake.
     Malformed = 5,
+    /// The listener speaks TLS and the caller sent a plaintext handshake.
+    /// Sent in plaintext, before any TLS.
+    TlsRequired = 6,
+    /// The listener speaks plaintext and the caller opened with a TLS
+    /// ClientHello. Sent in plaintext.
+    TlsUnavailable = 7,
+    /// The caller's certificate does not name what its handshake claims:
+    /// another node id, another cluster, or a client certificate on the peer
+    /// listener (and the reverse).
+    IdentityMismatch = 8,
+    /// The listener is at its connection bound (`connections_max`). Sent in
+    /// plaintext right after the accept, before any TLS; retry later or
+    /// elsewhere.
+    Overloaded = 9,
 }
 
 impl RefusalReason {
+    /// Every reason, in wire order.
+    pub const ALL: [RefusalReason; 9] = [
+        RefusalReason::ClusterMismatch,
+        RefusalReason::VersionUnsupported,
+        RefusalReason::BadToken,
+        RefusalReason::RoleNotAccepted,
+        RefusalReason::Malformed,
+        RefusalReason::TlsRequired,
+        RefusalReason::TlsUnavailable,
+        RefusalReason::IdentityMismatch,
+        RefusalReason::Overloaded,
+    ];
+
     pub fn from_u8(value: u8) -> Option<RefusalReason> {
         match value {
             1 => Some(RefusalReason::ClusterMismatch),
@@ -75,6 +102,10 @@ impl RefusalReason {
             3 => Some(RefusalReason::BadToken),
             4 => Some(RefusalReason::RoleNotAccepted),
             5 => Some(RefusalReason::Malformed),
+            6 => Some(RefusalReason::TlsRequired),
+            7 => Some(RefusalReason::TlsUnavailable),
+            8 => Some(RefusalReason::IdentityMismatch),
+            9 => Some(RefusalReason::Overloaded),
             _ => None,
         }
     }
@@ -312,7 +343,7 @@ mod tests {
         let reason = |handshake: Handshake| policy.check(&handshake).unwrap_err().reason;
         assert_eq!(reason(Handshake { cluster_id: 8, ..good.clone() }), RefusalReason::ClusterMismatch);
         assert_eq!(reason(Handshake { token: Bytes::from_static(b"s3creT"), ..good.clone() }), RefusalReason::BadToken);
-        assert_eq!(reason(Handshake { protocol_version: 2, ..good.clone() }), RefusalReason::VersionUnsupported);
+        assert_eq!(reason(Handshake { protocol_version: 1, ..good.clone() }), RefusalReason::VersionUnsupported);
         assert_eq!(reason(Handshake { role: Role::Client, ..good }), RefusalReason::RoleNotAccepted);
     }
 }

@@ -108,7 +108,7 @@ fn protocol_md_example_is_what_the_code_writes() {
     let message = Message { from: 1, to: 2, term: 5, body: MessageBody::Heartbeat { commit: 3, read_context: 0 } };
     let bytes = Frame { cluster_id: 42, shard_id: 0, payload: Payload::Raft(message) }.to_bytes();
     let header_prefix: [u8; 24] =
-        [0x52, 0x4e, 0x45, 0x54, 0x01, 0x16, 0x00, 0x00, 0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x28, 0, 0, 0];
+        [0x52, 0x4e, 0x45, 0x54, 0x02, 0x16, 0x00, 0x00, 0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x28, 0, 0, 0];
     assert_eq!(&bytes[..24], &header_prefix);
     let mut body = Vec::new();
     for value in [1u64, 2, 5, 3, 0] {

@@ -294,7 +294,10 @@ fn spawn_stalled_peer() -> (SocketAddr, std::sync::mpsc::Sender<()>, std::thread
         let accept = Frame {
             cluster_id: CLUSTER,
             shard_id: 0,
-            payload: Payload::HandshakeAccept(HandshakeAccept { node_id: 2, protocol_version: 1 }),
+            payload: Payload::HandshakeAccept(HandshakeAccept {
+                node_id: 2,
+                protocol_version: u16::from(net::PROTOCOL_VERSION),
+            }),
         };
         socket.write_all(&accept.to_bytes()).unwrap();
         let _ = stopped.recv_timeout(Duration::from_secs(30));
@@ -471,7 +474,7 @@ fn a_peer_frame_for_another_cluster_closes_the_connection() {
                 cluster_id: CLUSTER,
                 node_id: 1,
                 role: net::Role::Peer,
-                protocol_version: 1,
+                protocol_version: u16::from(net::PROTOCOL_VERSION),
                 token: Bytes::from_static(TOKEN),
             };
             let frames = [

@@ -156,7 +156,7 @@ pub(crate) fn encode_response_body(response: &ClientResponse, out: &mut BytesMut
             out.put_slice(leader_addr.as_deref().unwrap_or("").as_bytes());
             Bytes::new()
         }
-        ResponseStatus::BadRequest(reason) => {
+        ResponseStatus::BadRequest(reason) | ResponseStatus::Forbidden(reason) => {
             out.put_slice(reason.as_bytes());
             Bytes::new()
         }
@@ -185,6 +185,7 @@ pub(crate) fn decode_response(body: &Bytes) -> Result<ClientResponse, DecodeErro
         3 => ResponseStatus::TimedOut,
         4 => ResponseStatus::SessionExpired,
         5 => ResponseStatus::BadRequest(reader.rest_utf8("reason")?),
+        6 => ResponseStatus::Forbidden(reader.rest_utf8("reason")?),
         _ => return Err(reader.bad("status", "unknown response status")),
     };
     reader.finish()?;
