@@ -264,6 +264,10 @@ impl NodeSecurity {
     /// Plaintext development mode with one token for peers and clients (all
     /// roles): what every node did before TLS. Its warnings say why not to
     /// use it beyond a laptop.
+    ///
+    /// # Panics
+    ///
+    /// If `token` is empty (a configuration bug the caller checks first).
     pub fn plaintext(cluster_id: u64, node_id: NodeId, token: Bytes) -> NodeSecurity {
         let config = NodeSecurityConfig {
             cluster_id,

@@ -137,6 +137,39 @@ fn small_and_large_frames_cross_tls_intact_and_in_order() {
     });
 }
 
+/// A TLS client that closes its sending side (no close_notify, just the TCP
+/// end of stream) still gets the answers to what it asked.
+#[test]
+fn a_tls_client_that_finished_sending_still_gets_every_answer() {
+    let credentials = Credentials::new("half-close");
+    run(async {
+        let (clients, mut inbound) = listener(ListenerRole::Clients, credentials.node(2));
+        let client = ClientConnection::connect(clients.local_addr(), &credentials.client("ops")).await.unwrap();
+        let (mut sender, mut receiver) = client.split();
+        for request_id in 0..5 {
+            sender.queue(0, &status_request(request_id));
+        }
+        sender.flush().await.unwrap();
+        sender.finish().unwrap();
+        let mut replies = Vec::new();
+        for _ in 0..5 {
+            let Inbound::Request { reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
+            replies.push(reply);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for reply in replies {
+            reply.send(ResponseStatus::Busy).unwrap();
+        }
+        for request_id in 0..5 {
+            let response = receiver.recv().await.unwrap();
+            assert_eq!((response.request_id, response.status), (request_id, ResponseStatus::Busy));
+        }
+        assert!(matches!(receiver.recv().await, Err(ClientError::Closed)));
+        assert_eq!(clients.stats().failed, 0, "{:?}", clients.stats());
+        clients.shutdown();
+    });
+}
+
 #[test]
 fn a_peer_certificate_claiming_another_node_id_is_refused() {
     let credentials = Credentials::new("claim");
