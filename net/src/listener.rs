@@ -118,9 +118,11 @@ pub struct ListenerConfig {
     pub authorize_requests: bool,
     /// The most bytes one coalesced write carries.
     pub write_bytes_max: usize,
-    /// How long a silent remote end (no FIN, no RST, or a client that stopped
-    /// reading its answers) takes to be declared dead, so its connection and
-    /// task do not linger: `TCP_USER_TIMEOUT` and keepalive.
+    /// How long a silent remote end (no FIN, no RST) takes to be declared
+    /// dead, so its connection and task do not linger: `TCP_USER_TIMEOUT`
+    /// and keepalive. (Whether the kernel also applies it to a client that
+    /// keeps acknowledging but stops reading, a zero window, is not relied
+    /// on: such a client is held at its bound instead.)
     pub dead_peer_timeout: Duration,
 }
 
