@@ -12,20 +12,14 @@
 
 use bytes::Bytes;
 use net::kv::KvResponse;
-use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, RequestBody, ResponseStatus};
+use net::{inbound_channel, Inbound, Listener, ListenerConfig, NodeSecurity, RequestBody, ResponseStatus};
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7401".to_string());
     let addr = addr.parse().unwrap_or_else(|_| panic!("{addr} is not IP:PORT"));
     tokio_uring::start(async move {
-        let policy = HandshakePolicy {
-            cluster_id: 1,
-            node_id: 1,
-            token: Bytes::from_static(b"dev-cluster-token"),
-            accept_peers: false,
-            accept_clients: true,
-        };
-        let listener = Listener::bind(ListenerConfig::new(addr, policy)).expect("bind the address");
+        let security = NodeSecurity::plaintext(1, 1, Bytes::from_static(b"dev-cluster-token"));
+        let listener = Listener::bind(ListenerConfig::clients(addr, security)).expect("bind the address");
         let (sender, mut inbound) = inbound_channel(4_096);
         let _listener = listener.spawn(sender);
         eprintln!("null server on {addr}");
@@ -43,9 +37,7 @@ fn main() {
                 ),
                 RequestBody::CloseSession => ResponseStatus::Ok(Bytes::new()),
             };
-            if reply.try_send(status.clone()).is_err() {
-                let _ = reply.send(status).await;
-            }
+            let _ = reply.send(status);
         }
     });
 }

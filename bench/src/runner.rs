@@ -830,6 +830,7 @@ async fn receive_loop(
             }
             ResponseStatus::SessionFull(reason) => failure = Some(("session_full", reason)),
             ResponseStatus::BadRequest(reason) => failure = Some(("bad_request", reason)),
+            ResponseStatus::Forbidden(reason) => failure = Some(("forbidden", reason)),
         }
         if let Some((kind, reason)) = failure {
             record_error(shared, recorder, pending.intended, kind, || reason);

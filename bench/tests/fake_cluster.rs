@@ -17,7 +17,7 @@ use bench::runner::{run, LoadMode, RunOptions, RunSettings};
 use bytes::Bytes;
 use net::kv::KvResponse;
 use net::session::OpenedSession;
-use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, RequestBody, ResponseStatus};
+use net::{inbound_channel, Inbound, Listener, ListenerConfig, NodeSecurity, RequestBody, ResponseStatus};
 
 const TOKEN: &[u8] = b"fake-cluster";
 
@@ -38,14 +38,8 @@ fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> (SocketAd
     let counter = answered.clone();
     std::thread::spawn(move || {
         tokio_uring::start(async move {
-            let policy = HandshakePolicy {
-                cluster_id: 1,
-                node_id,
-                token: Bytes::from_static(TOKEN),
-                accept_peers: false,
-                accept_clients: true,
-            };
-            let listener = Listener::bind(ListenerConfig::new("127.0.0.1:0".parse().unwrap(), policy)).unwrap();
+            let security = NodeSecurity::plaintext(1, node_id, Bytes::from_static(TOKEN));
+            let listener = Listener::bind(ListenerConfig::clients("127.0.0.1:0".parse().unwrap(), security)).unwrap();
             sender.send(listener.local_addr()).unwrap();
             let (inbound_sender, mut inbound) = inbound_channel(1_024);
             let _listener = listener.spawn(inbound_sender);
@@ -87,7 +81,7 @@ fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> (SocketAd
                     (Role::Leader, RequestBody::Read { .. }) => ResponseStatus::Ok(KvResponse::Value(None).encode()),
                     (Role::Leader, _) => ResponseStatus::Ok(Bytes::from_static(b"{\"fake\":true}")),
                 };
-                let _ = reply.send(status).await;
+                let _ = reply.send(status);
             }
         });
     });

@@ -9,11 +9,15 @@
 //!   part linear in the payload (hardware crc32c).
 //! - `loopback/frames/*`: frames per second through one loopback connection,
 //!   from a [`Link`] (coalesced writes) to a [`Listener`] delivering decoded
-//!   frames.
+//!   frames; `loopback_tls/frames/*` the same over mutual TLS 1.3 (throwaway
+//!   certificates from `net::tls::dev_certificates`), so the two lines give
+//!   the cost of TLS on a link.
 //! - `loopback/client_requests/*`: requests per second, answered, through one
-//!   client connection with 256 requests in flight.
+//!   client connection with 256 requests in flight; `loopback_tls/...` the
+//!   same over TLS with a client certificate.
 //!
-//! Run: `cargo bench -p net --bench net`.
+//! Run: `cargo bench -p net --bench net` (`-- loopback` for the transport
+//! cases only).
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +26,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use engine::{AppendRequest, Entry, EntryBatch, EntryKind, Message, MessageBody};
 use net::frame::decode_raw;
 use net::{
-    encode_message, ClientConfig, ClientConnection, ClientRequest, Frame, HandshakePolicy, Inbound, Limits, Link,
-    LinkConfig, Listener, ListenerConfig, RequestBody, ResponseStatus,
+    encode_message, ClientConfig, ClientConnection, ClientRequest, ClientTls, ClientTokens, Frame, Inbound, Limits,
+    Link, LinkConfig, Listener, ListenerConfig, NodeSecurity, NodeSecurityConfig, RequestBody, ResponseStatus, Roles,
 };
 use tokio::sync::mpsc;
 
@@ -126,23 +130,60 @@ async fn pipeline(client: &mut ClientConnection, count: u64) -> Duration {
     start.elapsed()
 }
 
-fn loopback(c: &mut Criterion) {
-    let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).expect("io_uring available");
-    let (link, mut inbound) = runtime.block_on(async {
-        let policy = HandshakePolicy {
-            cluster_id: 1,
-            node_id: 2,
-            token: Bytes::from_static(b"bench"),
-            accept_peers: true,
-            accept_clients: false,
+/// The credentials of both ends: plaintext with a token, or TLS from
+/// throwaway certificates.
+struct Ends {
+    listener: NodeSecurity,
+    link: NodeSecurity,
+    client: ClientConfig,
+}
+
+fn ends(tls: bool) -> Ends {
+    if !tls {
+        let token = Bytes::from_static(b"bench");
+        return Ends {
+            listener: NodeSecurity::plaintext(1, 2, token.clone()),
+            link: NodeSecurity::plaintext(1, 1, token.clone()),
+            client: ClientConfig::new(1, token),
         };
-        let mut config = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), policy);
+    }
+    let dir = std::env::temp_dir().join(format!("net-bench-certs-{}", std::process::id()));
+    let certificates = net::tls::dev_certificates(&dir, 1, &[1, 2], &[("bench", Roles::ALL)]).expect("certificates");
+    let node = |node_id| {
+        NodeSecurity::load(NodeSecurityConfig {
+            cluster_id: 1,
+            node_id,
+            tls: certificates.node_tls(node_id),
+            peer_token: None,
+            client_tokens: ClientTokens::None,
+        })
+        .expect("node credentials")
+    };
+    let client_tls = ClientTls::load(1, &certificates.client_tls("bench").unwrap()).expect("client credentials");
+    let ends = Ends { listener: node(2), link: node(1), client: ClientConfig::with_tls(1, client_tls, Bytes::new()) };
+    let _ = std::fs::remove_dir_all(&dir);
+    ends
+}
+
+fn loopback_plain(c: &mut Criterion) {
+    loopback(c, "loopback", false);
+}
+
+fn loopback_tls(c: &mut Criterion) {
+    loopback(c, "loopback_tls", true);
+}
+
+fn loopback(c: &mut Criterion, group_name: &str, tls: bool) {
+    let runtime = tokio_uring::Runtime::new(&tokio_uring::builder()).expect("io_uring available");
+    let Ends { listener: listener_security, link: link_security, client: client_config } = ends(tls);
+    let (link, mut inbound) = runtime.block_on(async {
+        let mut config = ListenerConfig::peers("127.0.0.1:0".parse().unwrap(), listener_security.clone());
         config.limits = Limits { frame_size_max: 64 << 20 };
         let listener = Listener::bind(config).unwrap();
         let addr = listener.local_addr();
         let (sender, receiver) = mpsc::channel(4096);
         listener.spawn(sender);
-        let mut link_config = LinkConfig::new(1, 1, Bytes::from_static(b"bench"), 2, addr);
+        let mut link_config = LinkConfig::new(link_security, 2, addr);
         link_config.queue_frames_max = QUEUE_FRAMES_MAX;
         let link = Link::spawn(link_config);
         while !link.stats().connected {
@@ -151,7 +192,7 @@ fn loopback(c: &mut Criterion) {
         (link, receiver)
     });
     let heartbeat = Message { from: 1, to: 2, term: 7, body: MessageBody::Heartbeat { commit: 5, read_context: 0 } };
-    let mut group = c.benchmark_group("loopback");
+    let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Elements(1));
     group.bench_function("frames/heartbeat", |b| {
         b.iter_custom(|iters| runtime.block_on(pump(&link, &mut inbound, &heartbeat, iters)))
@@ -165,14 +206,8 @@ fn loopback(c: &mut Criterion) {
     // Client requests through a listener whose owner answers each at once:
     // a pipelined client keeps `PIPELINE_DEPTH` requests in flight.
     let mut client = runtime.block_on(async {
-        let policy = HandshakePolicy {
-            cluster_id: 1,
-            node_id: 3,
-            token: Bytes::from_static(b"bench"),
-            accept_peers: false,
-            accept_clients: true,
-        };
-        let listener = Listener::bind(ListenerConfig::new("127.0.0.1:0".parse().unwrap(), policy)).unwrap();
+        let listener =
+            Listener::bind(ListenerConfig::clients("127.0.0.1:0".parse().unwrap(), listener_security)).unwrap();
         let addr = listener.local_addr();
         let (sender, mut requests) = mpsc::channel(4096);
         listener.spawn(sender);
@@ -180,26 +215,27 @@ fn loopback(c: &mut Criterion) {
             while let Some(event) = requests.recv().await {
                 if let Inbound::Request { request, reply, .. } = event {
                     let RequestBody::Write { command } = request.body else { continue };
-                    reply.send(ResponseStatus::Ok(command)).await.expect("client connected");
+                    reply.send(ResponseStatus::Ok(command)).expect("client connected");
                 }
             }
         });
-        ClientConnection::connect(addr, &ClientConfig::new(1, Bytes::from_static(b"bench"))).await.unwrap()
+        ClientConnection::connect(addr, &client_config).await.unwrap()
     });
-    let mut group = c.benchmark_group("loopback");
+    assert_eq!(client.is_tls(), tls);
+    let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Elements(1));
     group.bench_function("client_requests/pipelined_64B", |b| {
         b.iter_custom(|iters| runtime.block_on(pipeline(&mut client, iters)))
     });
     group.finish();
     let stats = link.stats();
-    eprintln!("link after the loopback benches: {stats:?}");
+    eprintln!("link after the {group_name} benches: {stats:?}");
     assert_eq!(stats.dropped_queue_full, 0, "the pump must not overflow the queue");
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = codec, loopback
+    targets = codec, loopback_plain, loopback_tls
 }
 criterion_main!(benches);

@@ -172,10 +172,16 @@ pub enum ResponseStatus {
     /// The request was malformed or refused by the state machine; the reason
     /// says how. Nothing was applied.
     BadRequest(String),
-    /// The session keeps as many unacknowledged answers as the cluster
-    /// allows, or the cluster holds as many sessions as it allows (opening
-    /// one): not applied. Receive the answers already on their way (the next
-    /// request acknowledges them) and retry with the same sequence.
+    /// The connection's identity lacks the role the request needs (`write`
+    /// for a write, `read` for a read or a status, `admin` for an admin
+    /// operation); the reason names both. Retrying with the same credentials
+    /// will not help.
+    Forbidden(String),
+    /// The session's window is full (more writes unanswered than the
+    /// cluster keeps answers for), or the cluster holds as many sessions as
+    /// it allows (opening one): not applied. Receive the answers already on
+    /// their way (the next request acknowledges them) and retry with the
+    /// same sequence.
     SessionFull(String),
 }
 
@@ -189,7 +195,8 @@ impl ResponseStatus {
             ResponseStatus::TimedOut => 3,
             ResponseStatus::SessionExpired => 4,
             ResponseStatus::BadRequest(_) => 5,
-            ResponseStatus::SessionFull(_) => 6,
+            ResponseStatus::Forbidden(_) => 6,
+            ResponseStatus::SessionFull(_) => 7,
         }
     }
 }

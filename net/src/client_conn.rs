@@ -1,6 +1,8 @@
-//! The client side of the client protocol: connect, handshake as a client,
-//! send pipelined requests, receive responses in whatever order the node
-//! answers them. Used by the load generator and the CLI; async on tokio-uring.
+//! The client side of the client protocol: connect (with TLS when
+//! configured, verifying that the node's certificate names a node of the
+//! cluster), handshake as a client, send pipelined requests, receive
+//! responses in whatever order the node answers them. Used by the load
+//! generator and the CLI; async on tokio-uring.
 //!
 //! For one request at a time, [`ClientConnection::call`]. For pipelining,
 //! [`ClientConnection::queue`] many requests then [`ClientConnection::flush`]
@@ -13,28 +15,51 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use engine::NodeId;
-use tokio_uring::net::TcpStream;
 
 use crate::client::{ClientRequest, ClientResponse};
 use crate::codec::{encode_request, Payload};
-use crate::conn::{connect, initiate_handshake, Coalescer, ConnError, FrameReader};
+use crate::conn::{call, CallError, CallerTls, Coalescer, ConnError, FrameReader};
 use crate::frame::{FrameKind, Limits, PROTOCOL_VERSION};
 use crate::handshake::{Handshake, HandshakeError, Role};
+use crate::security::ClientTls;
+use crate::stream::Stream;
 
 /// How a client connects.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub cluster_id: u64,
-    /// The cluster's shared secret.
+    /// The client's token (a per-user token, or the shared token of a
+    /// plaintext development cluster); empty when a client certificate
+    /// authenticates it.
     pub token: Bytes,
-    /// Bound on connect plus handshake.
+    /// TLS settings; `None` connects in plaintext.
+    pub tls: Option<ClientTls>,
+    /// The node the client means to reach, if it knows it: the connection
+    /// fails with [`HandshakeError::WrongNode`] if another node answers. With
+    /// TLS the node's certificate must name it too.
+    pub expected_node: Option<NodeId>,
+    /// Bound on connect, and separately on TLS plus the handshake.
     pub connect_timeout: Duration,
     pub limits: Limits,
 }
 
 impl ClientConfig {
+    /// A plaintext client with a token.
     pub fn new(cluster_id: u64, token: Bytes) -> ClientConfig {
-        ClientConfig { cluster_id, token, connect_timeout: Duration::from_secs(5), limits: Limits::default() }
+        ClientConfig {
+            cluster_id,
+            token,
+            tls: None,
+            expected_node: None,
+            connect_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        }
+    }
+
+    /// A TLS client: with a client certificate in `tls`, `token` may be
+    /// empty.
+    pub fn with_tls(cluster_id: u64, tls: ClientTls, token: Bytes) -> ClientConfig {
+        ClientConfig { tls: Some(tls), ..ClientConfig::new(cluster_id, token) }
     }
 }
 
@@ -61,14 +86,14 @@ pub struct ClientConnection {
 /// The sending half: encodes requests into a reusable buffer and writes them
 /// coalesced.
 pub struct ClientSender {
-    stream: Rc<TcpStream>,
+    stream: Rc<Stream>,
     cluster_id: u64,
     coalescer: Coalescer,
 }
 
 /// The receiving half: reads responses from a reusable buffer.
 pub struct ClientReceiver {
-    stream: Rc<TcpStream>,
+    stream: Rc<Stream>,
     cluster_id: u64,
     reader: FrameReader,
 }
@@ -76,9 +101,6 @@ pub struct ClientReceiver {
 impl ClientConnection {
     /// Connects to `addr` and completes the client handshake.
     pub async fn connect(addr: SocketAddr, config: &ClientConfig) -> Result<ClientConnection, ClientError> {
-        let stream =
-            connect(addr, config.connect_timeout).await.map_err(|source| ClientError::Connect { addr, source })?;
-        let mut reader = FrameReader::new(config.limits);
         let handshake = Handshake {
             cluster_id: config.cluster_id,
             node_id: 0,
@@ -86,7 +108,17 @@ impl ClientConnection {
             protocol_version: u16::from(PROTOCOL_VERSION),
             token: config.token.clone(),
         };
-        let accept = initiate_handshake(&stream, &mut reader, handshake, config.connect_timeout).await?;
+        let tls = config.tls.as_ref().map(|tls| CallerTls {
+            config: tls.config.clone(),
+            server_name: crate::tls::server_name(config.cluster_id, config.expected_node),
+        });
+        let (stream, reader, accept) =
+            call(addr, tls, handshake, config.expected_node, config.limits, config.connect_timeout, None)
+                .await
+                .map_err(|error| match error {
+                    CallError::Connect(source) => ClientError::Connect { addr, source },
+                    CallError::Handshake(error) => ClientError::Handshake(error),
+                })?;
         let stream = Rc::new(stream);
         Ok(ClientConnection {
             sender: ClientSender { stream: stream.clone(), cluster_id: config.cluster_id, coalescer: Coalescer::new() },
@@ -98,6 +130,11 @@ impl ClientConnection {
     /// The node id the server announced in its handshake answer.
     pub fn server_node_id(&self) -> NodeId {
         self.server_node_id
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.sender.stream.is_tls()
     }
 
     /// Encodes `request` for the next [`ClientConnection::flush`].
@@ -147,7 +184,7 @@ impl ClientSender {
 
     /// Writes every queued request in as few writes as possible.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        self.coalescer.flush(&self.stream).await.map_err(ConnError::Io)?;
+        self.coalescer.flush(&*self.stream).await.map_err(ConnError::from)?;
         Ok(())
     }
 
@@ -158,7 +195,9 @@ impl ClientSender {
     }
 
     /// Closes the write direction: the node sees the end of the requests and
-    /// still sends the answers to those in flight.
+    /// still sends the answers to those in flight. (With TLS no close_notify
+    /// is sent: the node takes the end of the TCP stream as the end, which
+    /// is safe because frames delimit themselves.)
     pub fn finish(&self) -> Result<(), ClientError> {
         self.stream.shutdown(Shutdown::Write).map_err(ConnError::Io)?;
         Ok(())
@@ -168,7 +207,7 @@ impl ClientSender {
 impl ClientReceiver {
     /// The next response.
     pub async fn recv(&mut self) -> Result<ClientResponse, ClientError> {
-        let Some(raw) = self.reader.next(&self.stream).await? else {
+        let Some(raw) = self.reader.next(&*self.stream).await? else {
             return Err(ClientError::Closed);
         };
         if raw.cluster_id != self.cluster_id {

@@ -1,7 +1,8 @@
 //! A framed connection's two halves: a reader that splits frames out of a
 //! reusable receive buffer, and a coalescing writer that turns many queued
 //! frames into one (vectored) write. Both keep tokio-uring's ownership shape:
-//! buffers move into each operation and come back with its result.
+//! buffers move into each operation and come back with its result. Both work
+//! over any [`FrameIo`]: a plain socket or TLS (`crate::stream`).
 
 use std::io;
 use std::mem;
@@ -9,14 +10,19 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio_uring::buf::BoundedBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use engine::NodeId;
+use rustls::pki_types::ServerName;
 use tokio_uring::net::TcpStream;
 
 use crate::codec::{Frame, Payload};
 use crate::error::DecodeError;
 use crate::frame::{check_header, split_frame, FrameKind, Limits, RawFrame, FRAME_HEADER_SIZE};
-use crate::handshake::{Handshake, HandshakeAccept, HandshakeError};
+use crate::handshake::{Handshake, HandshakeAccept, HandshakeError, HANDSHAKE_FRAME_SIZE_MAX};
+use crate::stream::{tls_error, FrameIo, Stream, TlsHandshakeError, TlsStream};
+use crate::tls::verify::ServerIdentityError;
 
 /// Bytes asked of the kernel per read when no larger frame is pending.
 pub const READ_SIZE_DEFAULT: usize = 64 << 10;
@@ -31,7 +37,11 @@ pub const WRITE_SEGMENTS_MAX: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// TLS failed after the handshake (a bad record, an alert from the
+    /// remote end).
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
     #[error("bad frame: {0}")]
     Decode(#[from] DecodeError),
     #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
@@ -42,6 +52,17 @@ pub enum ConnError {
     WrongSender { handshake: u64, message: u64 },
     #[error("{kind:?} frames are not allowed on this connection")]
     UnexpectedKind { kind: FrameKind },
+}
+
+impl From<io::Error> for ConnError {
+    /// Recovers the TLS error a [`crate::stream::TlsStream`] wrapped into an
+    /// I/O error, so it stays typed.
+    fn from(error: io::Error) -> ConnError {
+        match tls_error(&error) {
+            Some(tls) => ConnError::Tls(tls),
+            None => ConnError::Io(error),
+        }
+    }
 }
 
 /// Reads frames from a stream into one reusable buffer. Each frame's body is
@@ -59,6 +80,18 @@ impl FrameReader {
         FrameReader { buf: BytesMut::with_capacity(READ_SIZE_DEFAULT), limits, read_size: READ_SIZE_DEFAULT }
     }
 
+    /// A reader whose first bytes were already received by someone else.
+    pub(crate) fn with_received(limits: Limits, received: &[u8]) -> FrameReader {
+        let mut reader = FrameReader::new(limits);
+        reader.buf.extend_from_slice(received);
+        reader
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Changes the limits for the frames that follow (the handshake is read
     /// under tighter limits than an authenticated connection's frames).
     pub fn set_limits(&mut self, limits: Limits) {
@@ -67,7 +100,7 @@ impl FrameReader {
 
     /// The next frame, checksums verified; `Ok(None)` on a clean close at a
     /// frame boundary.
-    pub async fn next(&mut self, stream: &TcpStream) -> Result<Option<RawFrame>, ConnError> {
+    pub async fn next<S: FrameIo + ?Sized>(&mut self, stream: &S) -> Result<Option<RawFrame>, ConnError> {
         loop {
             if let Some(frame) = split_frame(&mut self.buf, &self.limits)? {
                 return Ok(Some(frame));
@@ -79,11 +112,8 @@ impl FrameReader {
                 None => FRAME_HEADER_SIZE,
             };
             self.buf.reserve(wanted.saturating_sub(self.buf.len()).max(self.read_size));
-            let start = self.buf.len();
-            let end = self.buf.capacity();
-            let buf = mem::take(&mut self.buf);
-            let (result, slice) = stream.read(buf.slice(start..end)).await;
-            self.buf = slice.into_inner();
+            let (result, buf) = stream.read_append(mem::take(&mut self.buf)).await;
+            self.buf = buf;
             match result? {
                 0 if self.buf.is_empty() => return Ok(None),
                 0 => return Err(ConnError::UnexpectedEof { buffered: self.buf.len() }),
@@ -93,7 +123,7 @@ impl FrameReader {
     }
 
     /// The next frame, decoded.
-    pub async fn next_frame(&mut self, stream: &TcpStream) -> Result<Option<Frame>, ConnError> {
+    pub async fn next_frame<S: FrameIo + ?Sized>(&mut self, stream: &S) -> Result<Option<Frame>, ConnError> {
         match self.next(stream).await? {
             Some(raw) => Ok(Some(Frame::decode(raw)?)),
             None => Ok(None),
@@ -160,12 +190,11 @@ impl Coalescer {
 
     /// Writes everything accumulated, in order, with as few system calls as
     /// the kernel allows. Returns the frames written.
-    pub async fn flush(&mut self, stream: &TcpStream) -> io::Result<usize> {
+    pub async fn flush<S: FrameIo + ?Sized>(&mut self, stream: &S) -> io::Result<usize> {
         if !self.buf.is_empty() {
             self.segments.push(self.buf.split().freeze());
         }
-        let mut segments = mem::take(&mut self.segments);
-        let result = write_all_segments(stream, &mut segments).await;
+        let (result, mut segments) = stream.write_segments(mem::take(&mut self.segments)).await;
         segments.clear();
         self.segments = segments;
         // Reclaims the buffer's storage once the frozen segments are gone.
@@ -176,40 +205,16 @@ impl Coalescer {
     }
 }
 
-/// Writes every segment in order, resuming after partial writes.
-async fn write_all_segments(stream: &TcpStream, segments: &mut Vec<Bytes>) -> io::Result<()> {
-    while !segments.is_empty() {
-        let (result, back) = stream.writev(mem::take(segments)).await;
-        *segments = back;
-        let mut written = result?;
-        if written == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket accepted no bytes"));
-        }
-        let mut consumed = 0;
-        for segment in segments.iter_mut() {
-            if written >= segment.len() {
-                written -= segment.len();
-                consumed += 1;
-            } else {
-                segment.advance(written);
-                break;
-            }
-        }
-        segments.drain(..consumed);
-    }
-    Ok(())
-}
-
 /// Writes one frame (cold paths: handshakes, refusals).
-pub(crate) async fn write_frame(stream: &TcpStream, frame: &Frame) -> io::Result<()> {
-    let (result, _) = stream.write_all(frame.to_bytes()).await;
+pub(crate) async fn write_frame<S: FrameIo + ?Sized>(stream: &S, frame: &Frame) -> io::Result<()> {
+    let (result, _) = stream.write_segments(vec![frame.to_bytes()]).await;
     result
 }
 
 /// The calling side of the handshake: sends `handshake`, waits for the
 /// acceptor's answer within `timeout`.
-pub(crate) async fn initiate_handshake(
-    stream: &TcpStream,
+pub(crate) async fn initiate_handshake<S: FrameIo + ?Sized>(
+    stream: &S,
     reader: &mut FrameReader,
     handshake: Handshake,
     timeout: Duration,
@@ -222,6 +227,7 @@ pub(crate) async fn initiate_handshake(
             Ok(Some(raw)) => raw,
             Ok(None) | Err(ConnError::UnexpectedEof { .. }) => return Err(HandshakeError::Closed),
             Err(ConnError::Io(error)) => return Err(HandshakeError::Io(error)),
+            Err(ConnError::Tls(error)) => return Err(HandshakeError::Tls(error)),
             Err(ConnError::Decode(error)) => return Err(HandshakeError::Decode(error)),
             Err(other) => return Err(HandshakeError::Io(io::Error::other(other.to_string()))),
         };
@@ -234,6 +240,103 @@ pub(crate) async fn initiate_handshake(
         }
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| HandshakeError::TimedOut)?
+}
+
+/// How a caller protects its connection: TLS with this configuration, the
+/// expected identity travelling in the server name (`crate::tls`).
+#[derive(Clone)]
+pub(crate) struct CallerTls {
+    pub(crate) config: Arc<rustls::ClientConfig>,
+    pub(crate) server_name: ServerName<'static>,
+}
+
+/// Why a call did not produce an accepted connection.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    Connect(io::Error),
+    Handshake(HandshakeError),
+}
+
+/// The calling side of a connection: connect, TLS if asked, then the
+/// handshake exchange; checks that the acceptor is `expected_node` when one
+/// is given (by its certificate with TLS, and by its accept frame always).
+/// `timeout` bounds the connect and, separately, TLS plus the handshake.
+pub(crate) async fn call(
+    addr: SocketAddr,
+    tls: Option<CallerTls>,
+    handshake: Handshake,
+    expected_node: Option<NodeId>,
+    limits: Limits,
+    timeout: Duration,
+    dead_peer_timeout: Option<Duration>,
+) -> Result<(Stream, FrameReader, HandshakeAccept), CallError> {
+    let tcp = connect(addr, timeout).await.map_err(CallError::Connect)?;
+    if let Some(dead_peer_timeout) = dead_peer_timeout {
+        detect_dead_peer(&tcp, dead_peer_timeout).map_err(CallError::Connect)?;
+    }
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(CallerTls { config, server_name }) => {
+            let session = rustls::ClientConnection::new(config, server_name)
+                .map_err(|error| CallError::Handshake(HandshakeError::Tls(error)))?;
+            Stream::Tls(Box::new(TlsStream::new(tcp, rustls::Connection::Client(session))))
+        }
+    };
+    // The stream lives outside the timed exchange, so that a timeout can
+    // shut it down: a read left in flight would otherwise hold the socket
+    // open until the kernel gave up on it.
+    let exchange = async {
+        if let Stream::Tls(tls) = &stream {
+            match tls.handshake().await {
+                Ok(()) => {}
+                Err(TlsHandshakeError::PlaintextAnswer) => return Err(plaintext_answer(tls).await),
+                Err(TlsHandshakeError::Tls(error)) => {
+                    return Err(match crate::tls::verify::server_identity_error(&error) {
+                        Some(ServerIdentityError::WrongNode { expected, found }) => {
+                            HandshakeError::WrongNode { expected: *expected, found: *found }
+                        }
+                        _ => HandshakeError::Tls(error),
+                    })
+                }
+                Err(TlsHandshakeError::Closed) => return Err(HandshakeError::Closed),
+                Err(TlsHandshakeError::Io(error)) => return Err(HandshakeError::from(error)),
+                Err(TlsHandshakeError::PlaintextCaller) => unreachable!("a caller is not asked for TLS"),
+            }
+        }
+        let mut reader = FrameReader::new(limits);
+        let accept = initiate_handshake(&stream, &mut reader, handshake, timeout).await?;
+        if let Some(expected) = expected_node.filter(|expected| *expected != accept.node_id) {
+            return Err(HandshakeError::WrongNode { expected, found: accept.node_id });
+        }
+        Ok((reader, accept))
+    };
+    let result = tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(HandshakeError::TimedOut));
+    match result {
+        Ok((reader, accept)) => Ok((stream, reader, accept)),
+        Err(error) => {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            Err(CallError::Handshake(error))
+        }
+    }
+}
+
+/// The acceptor answered our ClientHello with a plaintext frame: its
+/// refusal (a plaintext listener, or one at its connection bound).
+async fn plaintext_answer(stream: &TlsStream) -> HandshakeError {
+    let received = stream.take_received();
+    let mut reader = FrameReader::with_received(Limits { frame_size_max: HANDSHAKE_FRAME_SIZE_MAX }, &received);
+    match reader.next(stream.tcp()).await {
+        Ok(Some(raw)) => match Frame::decode(raw) {
+            Ok(Frame { payload: Payload::HandshakeRefuse(refusal), .. }) => {
+                HandshakeError::Refused { reason: refusal.reason, message: refusal.message }
+            }
+            Ok(other) => HandshakeError::UnexpectedFrame { found: other.payload.kind() },
+            Err(error) => HandshakeError::Decode(error),
+        },
+        Ok(None) | Err(ConnError::UnexpectedEof { .. }) => HandshakeError::Closed,
+        Err(ConnError::Decode(error)) => HandshakeError::Decode(error),
+        Err(error) => HandshakeError::Io(io::Error::other(error.to_string())),
+    }
 }
 
 /// Connects with a deadline and sets `TCP_NODELAY`: frames are already

@@ -37,7 +37,7 @@ pub struct FrameHeader {
     pub version: u8,
     /// A [`FrameKind`] value.
     pub kind: u8,
-    /// Reserved; zero in version 1.
+    /// Reserved; zero in versions 1 and 2.
     pub flags: U16,
     /// The cluster this frame belongs to; a frame for another cluster is refused.
     pub cluster_id: U64,

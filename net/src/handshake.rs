@@ -1,7 +1,9 @@
-//! The handshake: the first frame on every connection says who is calling
-//! (cluster, node, role, protocol version) and proves it knows the cluster's
-//! shared secret. The acceptor answers with an accept frame, or with a typed
-//! refusal and a close, so a misconfigured node learns why it was turned away.
+//! The handshake: the first frame on every connection (inside TLS when the
+//! listener speaks TLS) says who is calling (cluster, node, role, protocol
+//! version) and may carry a token. The acceptor checks it against the
+//! caller's certificate and its credentials (`crate::auth`) and answers with
+//! an accept frame, or with a typed refusal and a close, so a misconfigured
+//! node learns why it was turned away.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use engine::NodeId;
@@ -10,10 +12,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::codec::BodyReader;
 use crate::error::DecodeError;
-use crate::frame::{FrameKind, PROTOCOL_VERSION};
+use crate::frame::FrameKind;
 
-/// The longest authentication token accepted. Tokens are shared secrets from
-/// configuration; the bound keeps a hostile handshake small.
+/// The longest authentication token accepted. Tokens are secrets from
+/// configuration (a peer token, or a client's per-user token); the bound keeps
+/// a hostile handshake small.
 pub const TOKEN_SIZE_MAX: usize = 1024;
 
 /// The largest frame read before a caller has been authenticated: a
@@ -39,7 +42,9 @@ pub struct Handshake {
     pub node_id: NodeId,
     pub role: Role,
     pub protocol_version: u16,
-    /// The cluster's shared secret.
+    /// A secret: the peer token (peers without TLS, or with TLS when the
+    /// node also asks for one), a client's per-user token, or empty when a
+    /// certificate alone authenticates the caller.
     pub token: Bytes,
 }
 
@@ -65,9 +70,36 @@ pub enum RefusalReason {
     RoleNotAccepted = 4,
     /// The first frame was not a well-formed handshake.
     Malformed = 5,
+    /// The listener speaks TLS and the caller sent a plaintext handshake.
+    /// Sent in plaintext, before any TLS.
+    TlsRequired = 6,
+    /// The listener speaks plaintext and the caller opened with a TLS
+    /// ClientHello. Sent in plaintext.
+    TlsUnavailable = 7,
+    /// The caller's certificate does not name what its handshake claims:
+    /// another node id, another cluster, or a client certificate on the peer
+    /// listener (and the reverse).
+    IdentityMismatch = 8,
+    /// The listener is at its connection bound (`connections_max`). Sent in
+    /// plaintext right after the accept, before any TLS; retry later or
+    /// elsewhere.
+    Overloaded = 9,
 }
 
 impl RefusalReason {
+    /// Every reason, in wire order.
+    pub const ALL: [RefusalReason; 9] = [
+        RefusalReason::ClusterMismatch,
+        RefusalReason::VersionUnsupported,
+        RefusalReason::BadToken,
+        RefusalReason::RoleNotAccepted,
+        RefusalReason::Malformed,
+        RefusalReason::TlsRequired,
+        RefusalReason::TlsUnavailable,
+        RefusalReason::IdentityMismatch,
+        RefusalReason::Overloaded,
+    ];
+
     pub fn from_u8(value: u8) -> Option<RefusalReason> {
         match value {
             1 => Some(RefusalReason::ClusterMismatch),
@@ -75,6 +107,10 @@ impl RefusalReason {
             3 => Some(RefusalReason::BadToken),
             4 => Some(RefusalReason::RoleNotAccepted),
             5 => Some(RefusalReason::Malformed),
+            6 => Some(RefusalReason::TlsRequired),
+            7 => Some(RefusalReason::TlsUnavailable),
+            8 => Some(RefusalReason::IdentityMismatch),
+            9 => Some(RefusalReason::Overloaded),
             _ => None,
         }
     }
@@ -103,8 +139,26 @@ pub enum HandshakeError {
     Closed,
     #[error("handshake timed out")]
     TimedOut,
+    /// The TLS handshake failed, or the remote end sent a TLS alert (an
+    /// untrusted, expired or wrongly named certificate on either side).
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    /// The remote end authenticated as another node than the one dialled
+    /// (its certificate, or without TLS its accept frame, names `found`).
+    #[error("reached node {found} where node {expected} was dialled")]
+    WrongNode { expected: NodeId, found: NodeId },
     #[error("I/O error during the handshake: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for HandshakeError {
+    /// Keeps a TLS error that travelled inside an I/O error typed.
+    fn from(error: std::io::Error) -> HandshakeError {
+        match crate::stream::tls_error(&error) {
+            Some(tls) => HandshakeError::Tls(tls),
+            None => HandshakeError::Io(error),
+        }
+    }
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -212,115 +266,11 @@ impl HandshakeRefusal {
     }
 }
 
-/// What an acceptor expects of a caller.
-#[derive(Clone, Debug)]
-pub struct HandshakePolicy {
-    pub cluster_id: u64,
-    /// This node's id, sent back in the accept frame.
-    pub node_id: NodeId,
-    /// The shared secret callers must present.
-    pub token: Bytes,
-    pub accept_peers: bool,
-    pub accept_clients: bool,
-}
-
-impl HandshakePolicy {
-    /// Checks a caller's handshake. The token comparison takes the same time
-    /// whatever the position of the first differing byte, so a caller cannot
-    /// guess the secret byte by byte from response times.
-    pub fn check(&self, handshake: &Handshake) -> Result<(), HandshakeRefusal> {
-        let refuse = |reason, message: String| Err(HandshakeRefusal { reason, message });
-        if handshake.protocol_version != u16::from(PROTOCOL_VERSION) {
-            return refuse(
-                RefusalReason::VersionUnsupported,
-                format!(
-                    "protocol version {} unsupported, this node speaks {PROTOCOL_VERSION}",
-                    handshake.protocol_version
-                ),
-            );
-        }
-        if handshake.cluster_id != self.cluster_id {
-            return refuse(
-                RefusalReason::ClusterMismatch,
-                format!("cluster id {} does not match this node's {}", handshake.cluster_id, self.cluster_id),
-            );
-        }
-        if !constant_time_eq(&handshake.token, &self.token) {
-            return refuse(RefusalReason::BadToken, "authentication token does not match".to_string());
-        }
-        let accepted = match handshake.role {
-            Role::Peer => self.accept_peers,
-            Role::Client => self.accept_clients,
-        };
-        if !accepted {
-            return refuse(
-                RefusalReason::RoleNotAccepted,
-                format!("{:?} connections are not accepted here", handshake.role),
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
-    let mut difference = u8::from(presented.len() != expected.len());
-    for (index, byte) in expected.iter().enumerate() {
-        // Reading index modulo keeps the loop length fixed to `expected`.
-        let other = if presented.is_empty() { 0 } else { presented[index % presented.len()] };
-        difference |= byte ^ other;
-    }
-    std::hint::black_box(difference) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_eq_agrees_with_eq() {
-        let cases: [(&[u8], &[u8]); 6] = [
-            (b"", b""),
-            (b"a", b""),
-            (b"", b"a"),
-            (b"secret", b"secret"),
-            (b"secreT", b"secret"),
-            (b"secretsecret", b"secret"),
-        ];
-        for (a, b) in cases {
-            assert_eq!(constant_time_eq(a, b), a == b, "{a:?} vs {b:?}");
-        }
-    }
-
-    #[test]
-    fn policy_refuses_each_mismatch_with_its_reason() {
-        let policy = HandshakePolicy {
-            cluster_id: 9,
-            node_id: 1,
-            token: Bytes::from_static(b"s3cret"),
-            accept_peers: true,
-            accept_clients: false,
-        };
-        let good = Handshake {
-            cluster_id: 9,
-            node_id: 2,
-            role: Role::Peer,
-            protocol_version: u16::from(PROTOCOL_VERSION),
-            token: Bytes::from_static(b"s3cret"),
-        };
-        assert_eq!(policy.check(&good), Ok(()));
-        let reason = |handshake: Handshake| policy.check(&handshake).unwrap_err().reason;
-        assert_eq!(reason(Handshake { cluster_id: 8, ..good.clone() }), RefusalReason::ClusterMismatch);
-        assert_eq!(reason(Handshake { token: Bytes::from_static(b"s3creT"), ..good.clone() }), RefusalReason::BadToken);
-        assert_eq!(reason(Handshake { protocol_version: 1, ..good.clone() }), RefusalReason::VersionUnsupported);
-        assert_eq!(reason(Handshake { role: Role::Client, ..good }), RefusalReason::RoleNotAccepted);
-    }
-}
-
 #[cfg(test)]
 mod size_tests {
     use super::*;
     use crate::codec::{Frame, Payload};
+    use crate::frame::PROTOCOL_VERSION;
 
     #[test]
     fn the_largest_handshake_fits_the_pre_authentication_limit() {

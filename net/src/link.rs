@@ -1,7 +1,10 @@
 //! A per-peer link: the outgoing side of the connection to one peer. It
-//! connects, does the handshake, sends queued Raft messages with coalesced
-//! writes, and reconnects with exponential backoff and jitter when the
-//! connection fails. Raft tolerates lost messages, so a full queue drops the
+//! connects (with TLS when the node's credentials have it, checking that the
+//! peer's certificate names the node dialled), does the handshake, sends
+//! queued Raft messages with coalesced writes, and reconnects with
+//! exponential backoff and jitter when the connection fails. Each connect
+//! reads the node's current credentials, so a reload applies from the next
+//! reconnect on. Raft tolerates lost messages, so a full queue drops the
 //! new message (and counts it) instead of blocking the engine's driver.
 //!
 //! Messages from the peer arrive on the peer's own link to this node, through
@@ -13,26 +16,24 @@ use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use engine::{Message, NodeId};
 use tokio::sync::Notify;
-use tokio_uring::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::conn::{connect, detect_dead_peer, initiate_handshake, ConnError, FrameReader};
+use crate::conn::{call, CallError, CallerTls, ConnError, FrameReader};
 use crate::frame::{Limits, PROTOCOL_VERSION};
 use crate::handshake::{Handshake, HandshakeError, Role};
 use crate::listener::write_loop;
 use crate::queue::{OutQueue, Outgoing};
+use crate::security::NodeSecurity;
+use crate::stream::Stream;
 
 /// How a link connects and queues.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
-    pub cluster_id: u64,
-    /// This node's id, sent in the handshake.
-    pub node_id: NodeId,
-    /// The cluster's shared secret.
-    pub token: Bytes,
+    /// This node's identity and credentials (its id and cluster, TLS files
+    /// or the peer token), read anew at each connect.
+    pub security: NodeSecurity,
     pub peer_id: NodeId,
     pub peer_addr: SocketAddr,
     /// Bound of the outgoing queue. A message sent while it is full is
@@ -52,12 +53,10 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    /// Defaults for everything but the identities and the address.
-    pub fn new(cluster_id: u64, node_id: NodeId, token: Bytes, peer_id: NodeId, peer_addr: SocketAddr) -> LinkConfig {
+    /// Defaults for everything but the credentials and the peer.
+    pub fn new(security: NodeSecurity, peer_id: NodeId, peer_addr: SocketAddr) -> LinkConfig {
         LinkConfig {
-            cluster_id,
-            node_id,
-            token,
+            security,
             peer_id,
             peer_addr,
             queue_frames_max: 4096,
@@ -85,7 +84,9 @@ pub struct LinkStats {
     pub lost_on_disconnect: u64,
     /// Successful connections (handshake accepted).
     pub connects: u64,
-    /// Handshakes the peer refused (a configuration error: logged as a warning).
+    /// Handshakes the peer refused, or TLS handshakes that failed, or a peer
+    /// that turned out to be another node (a configuration error or an
+    /// impostor: logged as a warning).
     pub handshake_refusals: u64,
     /// Whether a connection is up now.
     pub connected: bool,
@@ -119,7 +120,7 @@ struct LinkShared {
     stats: Cell<LinkStats>,
     closed: Cell<bool>,
     wake: Notify,
-    current: RefCell<Option<Rc<TcpStream>>>,
+    current: RefCell<Option<Rc<Stream>>>,
 }
 
 impl LinkShared {
@@ -207,7 +208,7 @@ impl Link {
 /// The reconnect loop.
 async fn run(shared: Rc<LinkShared>) {
     let config = &shared.config;
-    let mut rng = Jitter::seeded(config.node_id, config.peer_id);
+    let mut rng = Jitter::seeded(config.security.node_id(), config.peer_id);
     let mut backoff = config.backoff_min;
     while !shared.closed.get() {
         let connects_before = shared.stats.get().connects;
@@ -216,6 +217,12 @@ async fn run(shared: Rc<LinkShared>) {
             Err(LinkError::Handshake(HandshakeError::Refused { reason, message })) => {
                 shared.update(|stats| stats.handshake_refusals += 1);
                 warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
+            }
+            Err(LinkError::Handshake(
+                error @ (HandshakeError::Tls(_) | HandshakeError::WrongNode { .. } | HandshakeError::Decode(_)),
+            )) => {
+                shared.update(|stats| stats.handshake_refusals += 1);
+                warn!(peer = config.peer_id, addr = %config.peer_addr, %error, "could not authenticate with the peer");
             }
             Err(error) => debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down"),
         }
@@ -236,21 +243,37 @@ async fn run(shared: Rc<LinkShared>) {
     shared.update(|stats| stats.lost_on_disconnect += lost);
 }
 
-/// One connection: connect, handshake, then write until something fails.
+/// One connection: connect, TLS and handshake, then write until something
+/// fails.
 async fn session(shared: &LinkShared) -> Result<(), LinkError> {
     let config = &shared.config;
+    let credentials = config.security.current();
     let handshake = Handshake {
-        cluster_id: config.cluster_id,
-        node_id: config.node_id,
+        cluster_id: credentials.cluster_id,
+        node_id: credentials.node_id,
         role: Role::Peer,
         protocol_version: u16::from(PROTOCOL_VERSION),
-        token: config.token.clone(),
+        token: credentials.peer_token.clone().unwrap_or_default(),
     };
-    let mut reader = FrameReader::new(config.limits);
-    let stream = connect(config.peer_addr, config.connect_timeout).await.map_err(LinkError::Connect)?;
-    detect_dead_peer(&stream, config.dead_peer_timeout).map_err(LinkError::Connect)?;
+    let tls = credentials.tls.as_ref().map(|tls| CallerTls {
+        config: tls.link_caller.clone(),
+        server_name: crate::tls::server_name(credentials.cluster_id, Some(config.peer_id)),
+    });
+    let (stream, mut reader, _) = call(
+        config.peer_addr,
+        tls,
+        handshake,
+        Some(config.peer_id),
+        config.limits,
+        config.connect_timeout,
+        Some(config.dead_peer_timeout),
+    )
+    .await
+    .map_err(|error| match error {
+        CallError::Connect(error) => LinkError::Connect(error),
+        CallError::Handshake(error) => LinkError::Handshake(error),
+    })?;
     let stream = Rc::new(stream);
-    initiate_handshake(&stream, &mut reader, handshake, config.connect_timeout).await?;
     if shared.closed.get() {
         let _ = stream.shutdown(Shutdown::Both);
         return Ok(());
@@ -260,13 +283,13 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
         stats.connects += 1;
         stats.connected = true;
     });
-    debug!(peer = config.peer_id, addr = %config.peer_addr, "link up");
+    debug!(peer = config.peer_id, addr = %config.peer_addr, tls = stream.is_tls(), "link up");
     let written = |frames: usize| shared.update(|stats| stats.sent_frames += frames as u64);
     let result = tokio::select! {
-        result = write_loop(&stream, &shared.queue, config.cluster_id, config.write_bytes_max, written) => {
+        result = write_loop(&*stream, &shared.queue, credentials.cluster_id, config.write_bytes_max, written) => {
             result.map_err(|(error, lost)| {
                 shared.update(|stats| stats.lost_on_disconnect += lost as u64);
-                LinkError::Conn(ConnError::Io(error))
+                LinkError::Conn(ConnError::from(error))
             })
         }
         result = watch(&stream, &mut reader) => result,
@@ -280,7 +303,7 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
 
 /// Reads from a link's connection only to notice that the peer went away:
 /// the acceptor never sends after its handshake answer.
-async fn watch(stream: &TcpStream, reader: &mut FrameReader) -> Result<(), LinkError> {
+async fn watch(stream: &Stream, reader: &mut FrameReader) -> Result<(), LinkError> {
     match reader.next(stream).await? {
         None => Err(LinkError::PeerClosed),
         Some(frame) => Err(LinkError::Conn(ConnError::UnexpectedKind { kind: frame.kind })),

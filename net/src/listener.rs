@@ -1,61 +1,181 @@
-//! The listener: accepts connections, runs the acceptor's side of the
-//! handshake, and delivers each connection's decoded frames to the owner as
-//! [`Inbound`] events on a bounded channel (a full channel stops the reads of
-//! that connection: back-pressure reaches the remote end through TCP).
+//! The listener: accepts connections of one role (peers or clients), runs
+//! the acceptor's side of TLS and of the handshake, and delivers each
+//! connection's decoded frames to the owner as [`Inbound`] events on a bounded
+//! channel.
+//!
+//! Every resource a remote end can make the listener hold has a bound:
+//!
+//! - connections: [`ListenerConfig::connections_max`]; one more is refused
+//!   with [`RefusalReason::Overloaded`] at once, before any TLS;
+//! - time to authenticate: [`ListenerConfig::handshake_timeout`], TLS
+//!   included; frames read before that are at most
+//!   [`HANDSHAKE_FRAME_SIZE_MAX`] bytes;
+//! - time doing nothing: [`ListenerConfig::idle_timeout`] (a connection with
+//!   requests outstanding is never idle);
+//! - a client connection's requests: at most
+//!   [`ListenerConfig::requests_outstanding_max`] requests delivered and not
+//!   yet answered *or* answered and not yet written, and at most
+//!   [`ListenerConfig::request_bytes_outstanding_max`] bytes of them. At the
+//!   bound the connection is not read: the client's writes stop when the
+//!   socket buffers fill (back-pressure through TCP), and no task or queue
+//!   grows. Each request read reserves its answer's place in the
+//!   connection's response queue, so [`ReplyTo::send`] never waits and never
+//!   finds the queue full;
+//! - the owner's pace: a full inbound channel stops the reads of every
+//!   connection that has something to deliver.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::{Message, NodeId};
 use tokio::sync::{mpsc, Notify};
 use tokio_uring::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::auth::{authenticate, Authenticated};
 use crate::client::{ClientRequest, ClientResponse, ResponseStatus};
 use crate::codec::{Frame, Payload};
 use crate::conn::{detect_dead_peer, write_frame, Coalescer, ConnError, FrameReader};
-use crate::frame::{Limits, PROTOCOL_VERSION};
-use crate::handshake::{
-    HandshakeAccept, HandshakePolicy, HandshakeRefusal, RefusalReason, Role, HANDSHAKE_FRAME_SIZE_MAX,
-};
+use crate::error::DecodeError;
+use crate::frame::{Limits, RawFrame, FRAME_HEADER_SIZE, PROTOCOL_VERSION};
+use crate::handshake::{HandshakeAccept, HandshakeRefusal, RefusalReason, HANDSHAKE_FRAME_SIZE_MAX};
+use crate::identity::{certificate_identity, Identity};
 use crate::queue::{OutQueue, Outgoing};
+use crate::security::{Credentials, NodeSecurity};
+use crate::stream::{FrameIo, Stream, TlsHandshakeError, TlsStream, TLS_READ_SIZE, TLS_WRITE_CHUNK_BYTES};
+
+/// Which connections a listener takes. A node runs one listener of each:
+/// peers and clients never share a port or credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListenerRole {
+    /// Other nodes of the cluster (Raft messages).
+    Peers,
+    /// Clients (requests and responses).
+    Clients,
+}
+
+/// A caller that has not authenticated within this time is dropped.
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// A client connection with nothing outstanding that sends no complete frame
+/// for this long is closed. Peers have no idle timeout by default: a link
+/// between two followers may carry nothing for as long as the leader lives.
+pub const CLIENT_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+/// Connections a peer listener holds: each other node opens one link per
+/// core to its counterpart, plus a reconnect or two in flight.
+pub const PEER_CONNECTIONS_MAX_DEFAULT: usize = 64;
+/// Connections a client listener holds.
+pub const CLIENT_CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Requests one client connection may have outstanding (delivered and not
+/// answered, or answered and not yet written). The load generator keeps up
+/// to 256 in flight per connection.
+pub const REQUESTS_OUTSTANDING_MAX_DEFAULT: usize = 256;
+/// Bytes of request frames one client connection may have outstanding. One
+/// request of any size up to `frame_size_max` is always read when nothing is
+/// outstanding.
+pub const REQUEST_BYTES_OUTSTANDING_MAX_DEFAULT: usize = 4 << 20;
+/// Refusals kept for [`ListenerHandle::recent_refusals`].
+pub const RECENT_REFUSALS_MAX: usize = 32;
+/// After refusing a caller, the listener reads and discards what it still
+/// sends for at most this long before closing, so that the refusal (a
+/// frame, or a TLS alert) is not destroyed by the reset a close with unread
+/// data would send.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Bytes discarded while lingering after a refusal, at most.
+pub const REFUSAL_LINGER_BYTES_MAX: usize = 64 << 10;
+/// Refusals of over-the-bound connections lingering at once; beyond this a
+/// connection over the bound is closed at once without a refusal frame.
+pub const OVERLOAD_REFUSALS_IN_FLIGHT_MAX: usize = 64;
 
 /// How the listener is set up.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
-    /// Who may connect and with which secret.
-    pub policy: HandshakePolicy,
+    pub role: ListenerRole,
+    /// The node's identity and credentials (TLS or plaintext), read anew for
+    /// each accepted connection so that a reload applies to new ones.
+    pub security: NodeSecurity,
+    /// Bounds on frames after the handshake.
     pub limits: Limits,
-    /// A caller that has not completed its handshake by then is dropped.
+    /// Bound on TLS plus the handshake frame exchange.
     pub handshake_timeout: Duration,
-    /// Bound of each client connection's response queue; a full queue makes
-    /// [`ReplyTo::send`] wait.
-    pub response_queue_frames_max: usize,
+    /// `None`: never close a connection for being idle.
+    pub idle_timeout: Option<Duration>,
+    pub connections_max: usize,
+    /// Client connections only (see the module documentation).
+    pub requests_outstanding_max: usize,
+    /// Client connections only (see the module documentation).
+    pub request_bytes_outstanding_max: usize,
+    /// Whether the listener itself answers [`ResponseStatus::Forbidden`] to a
+    /// request the connection's identity has no role for (instead of
+    /// delivering it). On by default; an owner with finer rules turns it off
+    /// and calls [`Identity::authorize`] itself.
+    pub authorize_requests: bool,
     /// The most bytes one coalesced write carries.
     pub write_bytes_max: usize,
     /// How long a silent remote end (no FIN, no RST) takes to be declared
-    /// dead, so its connection and task do not linger.
+    /// dead, so its connection and task do not linger: `TCP_USER_TIMEOUT`
+    /// and keepalive. (Whether the kernel also applies it to a client that
+    /// keeps acknowledging but stops reading, a zero window, is not relied
+    /// on: such a client is held at its bound instead.)
     pub dead_peer_timeout: Duration,
 }
 
 impl ListenerConfig {
-    /// Defaults for everything but the address and the policy.
-    pub fn new(addr: SocketAddr, policy: HandshakePolicy) -> ListenerConfig {
+    /// Defaults for everything but the address, the role and the security.
+    pub fn new(addr: SocketAddr, role: ListenerRole, security: NodeSecurity) -> ListenerConfig {
+        let (connections_max, idle_timeout) = match role {
+            ListenerRole::Peers => (PEER_CONNECTIONS_MAX_DEFAULT, None),
+            ListenerRole::Clients => (CLIENT_CONNECTIONS_MAX_DEFAULT, Some(CLIENT_IDLE_TIMEOUT_DEFAULT)),
+        };
         ListenerConfig {
             addr,
-            policy,
+            role,
+            security,
             limits: Limits::default(),
-            handshake_timeout: Duration::from_secs(5),
-            response_queue_frames_max: 1024,
+            handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
+            idle_timeout,
+            connections_max,
+            requests_outstanding_max: REQUESTS_OUTSTANDING_MAX_DEFAULT,
+            request_bytes_outstanding_max: REQUEST_BYTES_OUTSTANDING_MAX_DEFAULT,
+            authorize_requests: true,
             write_bytes_max: 1 << 20,
             dead_peer_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// A listener for the other nodes.
+    pub fn peers(addr: SocketAddr, security: NodeSecurity) -> ListenerConfig {
+        ListenerConfig::new(addr, ListenerRole::Peers, security)
+    }
+
+    /// A listener for clients.
+    pub fn clients(addr: SocketAddr, security: NodeSecurity) -> ListenerConfig {
+        ListenerConfig::new(addr, ListenerRole::Clients, security)
+    }
+
+    /// An upper bound on the memory one client connection can make the
+    /// listener hold, in bytes, not counting the answers' own bytes (which
+    /// the owner produces; at most `requests_outstanding_max` of them):
+    /// - the receive buffer: one frame and one read;
+    /// - outstanding requests: their bytes, counted up to the bound plus the
+    ///   one frame that crosses it; each pins the receive buffer it was read
+    ///   into, which can double that;
+    /// - with TLS, rustls's buffers and the stream's (a read, a write chunk,
+    ///   64 KiB of handshake and 16 KiB of plaintext inside rustls).
+    ///
+    /// Times `connections_max` it bounds a listener.
+    pub fn connection_bytes_max(&self) -> usize {
+        let frame = self.limits.frame_size_max;
+        let receive = frame + crate::conn::READ_SIZE_DEFAULT;
+        let requests = 2 * (self.request_bytes_outstanding_max + frame);
+        let tls = TLS_READ_SIZE + 2 * TLS_WRITE_CHUNK_BYTES + (64 << 10) + (16 << 10);
+        receive + requests + tls
     }
 }
 
@@ -66,6 +186,8 @@ pub enum ListenError {
     AddrInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("listener configuration: {0}")]
+    Config(&'static str),
 }
 
 /// The sending side of the inbound channel, given to [`Listener::spawn`].
@@ -82,28 +204,59 @@ pub fn inbound_channel(capacity: usize) -> (InboundSender, InboundReceiver) {
 /// What a connection delivers to the owner of the listener.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A Raft message from the peer `from_node` (as named in its handshake).
+    /// A Raft message from the peer `from_node` (authenticated: with TLS its
+    /// certificate names that node).
     Raft { from_node: NodeId, shard_id: u32, message: Message },
-    /// A client request; answer it through `reply`, in any order.
-    Request { shard_id: u32, request: ClientRequest, reply: ReplyTo },
+    /// A client request, with the identity of the connection it came on;
+    /// answer it through `reply` (once, in any order).
+    Request { shard_id: u32, request: ClientRequest, identity: Identity, reply: ReplyTo },
 }
 
 /// The response side of one client connection, shared by the [`ReplyTo`]s
 /// of its requests.
+///
+/// Invariant: `outstanding + queue.len() <= requests_outstanding_max`, the
+/// queue's capacity; so an answer always finds its place.
 struct ClientSide {
     queue: OutQueue,
-    /// Requests delivered to the owner and not yet answered (or dropped).
+    /// Requests delivered to the owner (or being delivered) and not answered.
     outstanding: Cell<usize>,
+    /// Frame bytes of those requests.
+    request_bytes: Cell<usize>,
+    requests_outstanding_max: usize,
+    request_bytes_outstanding_max: usize,
+    /// Whether the reader is waiting for room (for stats).
+    paused: Cell<bool>,
+    /// Woken when an answer is given or written: room may have appeared.
+    room: Notify,
     /// Woken when `outstanding` drops to zero.
     idle: Notify,
+    identity: Identity,
     remote: SocketAddr,
 }
 
 impl ClientSide {
-    fn finish_one(&self) {
+    fn in_flight(&self) -> usize {
+        self.outstanding.get() + self.queue.len()
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight() < self.requests_outstanding_max
+            && self.request_bytes.get() < self.request_bytes_outstanding_max
+    }
+
+    fn reserve(&self, bytes: usize) {
+        assert!(self.in_flight() < self.requests_outstanding_max, "a request read without a reserved slot");
+        self.outstanding.set(self.outstanding.get() + 1);
+        self.request_bytes.set(self.request_bytes.get() + bytes);
+    }
+
+    fn release(&self, bytes: usize) {
         let outstanding = self.outstanding.get();
         assert!(outstanding > 0, "more answers than requests");
         self.outstanding.set(outstanding - 1);
+        self.request_bytes.set(self.request_bytes.get() - bytes);
+        self.room.notify_waiters();
         if outstanding == 1 {
             self.idle.notify_waiters();
         }
@@ -117,14 +270,21 @@ impl ClientSide {
 }
 
 /// Where the answer to one client request goes: the response queue of the
-/// connection it arrived on. Answer exactly once; dropping it unanswered is
-/// logged as a warning. `!Send`: answer on the thread that received it.
+/// connection it arrived on. `!Send`: answer on the thread that received it.
+///
+/// Its place in the queue was reserved when the request was read, so
+/// [`ReplyTo::send`] is synchronous and cannot find the queue full. Dropping
+/// it unanswered answers [`ResponseStatus::TimedOut`] (logged as a warning):
+/// the client is never left without an answer, and `TimedOut` is the status
+/// under which it retries safely (a write may or may not have been applied).
 pub struct ReplyTo {
     side: Rc<ClientSide>,
     shard_id: u32,
     request_id: u64,
-    answered: Cell<bool>,
-    received: std::time::Instant,
+    /// The request frame's bytes, counted against the connection's bound.
+    request_bytes: usize,
+    answered: bool,
+    received: Instant,
 }
 
 impl std::fmt::Debug for ReplyTo {
@@ -133,49 +293,31 @@ impl std::fmt::Debug for ReplyTo {
     }
 }
 
-/// A response that could not be queued; its status is handed back, never
-/// dropped silently.
+/// A response that could not be queued because its connection is gone; its
+/// status is handed back, never dropped silently.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     #[error("the client connection is closed")]
     Closed(ResponseStatus),
-    #[error("the client connection's response queue is full")]
-    Full(ResponseStatus),
 }
 
 impl ReplyTo {
-    fn item(&self, status: ResponseStatus) -> Outgoing {
-        assert!(!self.answered.get(), "request {} answered twice", self.request_id);
+    /// Queues the answer for the connection's writer. Never waits.
+    pub fn send(mut self, status: ResponseStatus) -> Result<(), ReplyError> {
+        self.answer(status)
+    }
+
+    fn answer(&mut self, status: ResponseStatus) -> Result<(), ReplyError> {
+        assert!(!self.answered, "request {} answered twice", self.request_id);
+        self.answered = true;
         let response = ClientResponse { request_id: self.request_id, status };
-        Outgoing::Response { shard_id: self.shard_id, response }
-    }
-
-    fn mark_answered(&self) {
-        self.answered.set(true);
-        self.side.finish_one();
-    }
-
-    /// Queues the answer, waiting while the connection's queue is full.
-    pub async fn send(&self, status: ResponseStatus) -> Result<(), ReplyError> {
-        match self.side.queue.push(self.item(status)).await {
-            Ok(()) => {
-                self.mark_answered();
-                Ok(())
-            }
-            Err(back) => Err(ReplyError::Closed(into_status(back))),
-        }
-    }
-
-    /// Queues the answer if there is room now.
-    pub fn try_send(&self, status: ResponseStatus) -> Result<(), ReplyError> {
-        match self.side.queue.try_push(self.item(status)) {
-            Ok(()) => {
-                self.mark_answered();
-                Ok(())
-            }
+        let result = match self.side.queue.try_push(Outgoing::Response { shard_id: self.shard_id, response }) {
+            Ok(()) => Ok(()),
             Err(back) if self.side.queue.is_closed() => Err(ReplyError::Closed(into_status(back))),
-            Err(back) => Err(ReplyError::Full(into_status(back))),
-        }
+            Err(_) => unreachable!("the reply slot of request {} was not reserved", self.request_id),
+        };
+        self.side.release(self.request_bytes);
+        result
     }
 
     /// The request this answers.
@@ -188,20 +330,26 @@ impl ReplyTo {
         self.side.remote
     }
 
+    /// Who sent the request (the same as `Inbound::Request::identity`), for
+    /// a request that is handed on without its envelope.
+    pub fn identity(&self) -> &Identity {
+        &self.side.identity
+    }
+
     /// When the connection decoded the request: where a server's latency
     /// stages should start, so that they include its own queues.
-    pub fn received(&self) -> std::time::Instant {
+    pub fn received(&self) -> Instant {
         self.received
     }
 }
 
 impl Drop for ReplyTo {
     fn drop(&mut self) {
-        if !self.answered.get() {
+        if !self.answered {
             if !self.side.queue.is_closed() {
-                warn!(remote = %self.side.remote, request_id = self.request_id, "client request dropped without an answer");
+                warn!(remote = %self.side.remote, request_id = self.request_id, "client request dropped without an answer; answering TimedOut");
             }
-            self.side.finish_one();
+            let _ = self.answer(ResponseStatus::TimedOut);
         }
     }
 }
@@ -213,17 +361,104 @@ fn into_status(item: Outgoing) -> ResponseStatus {
     }
 }
 
-/// A listener's counters, for metrics and tests.
+/// Why a TLS handshake failed, as the acceptor saw it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TlsFailure {
+    #[error("the certificate is not signed by a trusted CA")]
+    UnknownIssuer,
+    #[error("the certificate has expired")]
+    Expired,
+    #[error("the certificate is not valid yet")]
+    NotValidYet,
+    #[error("no certificate was presented")]
+    NoCertificate,
+    #[error("the certificate was refused: {0}")]
+    BadCertificate(String),
+    #[error("the caller refused this node's certificate: {0}")]
+    RemoteRefused(String),
+    #[error("TLS protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<&rustls::Error> for TlsFailure {
+    fn from(error: &rustls::Error) -> TlsFailure {
+        use rustls::CertificateError as Certificate;
+        match error {
+            rustls::Error::InvalidCertificate(Certificate::UnknownIssuer) => TlsFailure::UnknownIssuer,
+            rustls::Error::InvalidCertificate(Certificate::Expired | Certificate::ExpiredContext { .. }) => {
+                TlsFailure::Expired
+            }
+            rustls::Error::InvalidCertificate(Certificate::NotValidYet | Certificate::NotValidYetContext { .. }) => {
+                TlsFailure::NotValidYet
+            }
+            rustls::Error::NoCertificatesPresented => TlsFailure::NoCertificate,
+            rustls::Error::InvalidCertificate(other) => TlsFailure::BadCertificate(format!("{other:?}")),
+            rustls::Error::AlertReceived(alert) => TlsFailure::RemoteRefused(format!("{alert:?}")),
+            other => TlsFailure::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Why the listener turned a caller away. Each is counted
+/// ([`ListenerStats`]), kept among the recent refusals, and logged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A refusal frame was sent (inside TLS when TLS was up).
+    #[error("handshake refused ({reason:?}): {message}")]
+    Handshake { reason: RefusalReason, message: String },
+    /// The TLS handshake failed; the caller got a TLS alert.
+    #[error("TLS handshake failed: {0}")]
+    Tls(TlsFailure),
+    /// The caller did not complete TLS and its handshake in time.
+    #[error("no handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// One refused caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalRecord {
+    pub remote: SocketAddr,
+    pub refusal: Refusal,
+    pub at: Instant,
+}
+
+/// A listener's counters and gauges, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenerStats {
     /// Connections accepted by the kernel.
     pub accepted: u64,
-    /// Handshakes refused (wrong cluster, token, version, role, or garbage).
+    /// Callers refused, for any reason (the sum of the three below).
     pub refused: u64,
+    /// Refusal frames sent, by [`RefusalReason`] (index: the reason's wire
+    /// value minus one; see [`ListenerStats::refused_for`]).
+    pub refused_by_reason: [u64; RefusalReason::ALL.len()],
+    /// TLS handshakes that failed.
+    pub tls_failures: u64,
+    /// Callers dropped for not authenticating in time.
+    pub handshake_timeouts: u64,
+    /// Connections closed for being idle.
+    pub idle_closed: u64,
+    /// Requests answered `Forbidden` by the listener.
+    pub forbidden: u64,
     /// Connections closed for an I/O error or a bad frame after the handshake.
     pub failed: u64,
-    /// Connections open now.
+    /// Connections open now (handshaking or serving).
     pub open: usize,
+    /// Client requests delivered and not answered, now.
+    pub requests_outstanding: usize,
+    /// Client answers queued and not yet written, now.
+    pub responses_queued: usize,
+    /// Bytes of the outstanding client requests, now.
+    pub request_bytes_outstanding: usize,
+    /// Client connections not being read because they are at their bound.
+    pub connections_paused: usize,
+}
+
+impl ListenerStats {
+    /// Refusal frames sent for `reason`.
+    pub fn refused_for(&self, reason: RefusalReason) -> u64 {
+        self.refused_by_reason[reason as usize - 1]
+    }
 }
 
 /// State shared by the accept loop, its connections and the handle.
@@ -233,9 +468,16 @@ struct Shared {
     closed: Cell<bool>,
     next_connection: Cell<u64>,
     stats: Cell<ListenerStats>,
-    /// Live connections, so `shutdown` can close them (a restart in tests, a
-    /// node leaving the cluster).
-    connections: RefCell<HashMap<u64, Rc<TcpStream>>>,
+    /// Live connections' sockets, so `shutdown` can close them. An entry is
+    /// removed before its socket is closed.
+    connections: RefCell<HashMap<u64, RawFd>>,
+    /// Client connections' response sides, for the gauges.
+    clients: RefCell<HashMap<u64, Rc<ClientSide>>>,
+    recent_refusals: RefCell<VecDeque<RefusalRecord>>,
+    /// Over-the-bound connections being refused now.
+    overload_refusals: Cell<usize>,
+    /// The refusal frame sent to a caller over the connection bound.
+    overloaded_frame: bytes::Bytes,
 }
 
 impl Shared {
@@ -243,6 +485,24 @@ impl Shared {
         let mut stats = self.stats.get();
         change(&mut stats);
         self.stats.set(stats);
+    }
+
+    /// Counts, remembers and logs a refusal.
+    fn refused(&self, remote: SocketAddr, refusal: Refusal) {
+        self.update(|stats| {
+            stats.refused += 1;
+            match &refusal {
+                Refusal::Handshake { reason, .. } => stats.refused_by_reason[*reason as usize - 1] += 1,
+                Refusal::Tls(_) => stats.tls_failures += 1,
+                Refusal::HandshakeTimeout(_) => stats.handshake_timeouts += 1,
+            }
+        });
+        warn!(%remote, role = ?self.config.role, %refusal, "caller refused");
+        let mut recent = self.recent_refusals.borrow_mut();
+        if recent.len() == RECENT_REFUSALS_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(RefusalRecord { remote, refusal, at: Instant::now() });
     }
 }
 
@@ -268,6 +528,14 @@ impl Listener {
     /// socket can later share this port either. Must run inside a tokio-uring
     /// runtime.
     pub fn bind(config: ListenerConfig) -> Result<Listener, ListenError> {
+        if config.connections_max == 0 {
+            return Err(ListenError::Config("connections_max must be at least 1"));
+        }
+        if config.requests_outstanding_max == 0 || config.request_bytes_outstanding_max == 0 {
+            return Err(ListenError::Config(
+                "requests_outstanding_max and request_bytes_outstanding_max must be at least 1",
+            ));
+        }
         let addr = config.addr;
         let std_listener = std::net::TcpListener::bind(addr).map_err(|source| match source.kind() {
             io::ErrorKind::AddrInUse => ListenError::AddrInUse { addr },
@@ -277,6 +545,12 @@ impl Listener {
         let local_addr = std_listener.local_addr().map_err(|source| ListenError::Bind { addr, source })?;
         let listener_fd = std_listener.as_raw_fd();
         let listener = TcpListener::from_std(std_listener);
+        let refusal = HandshakeRefusal {
+            reason: RefusalReason::Overloaded,
+            message: format!("this listener is at its bound of {} connections; retry later", config.connections_max),
+        };
+        let cluster_id = config.security.cluster_id();
+        let overloaded_frame = Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeRefuse(refusal) }.to_bytes();
         let shared = Rc::new(Shared {
             config,
             listener_fd,
@@ -284,6 +558,10 @@ impl Listener {
             next_connection: Cell::new(0),
             stats: Cell::new(ListenerStats::default()),
             connections: RefCell::new(HashMap::new()),
+            clients: RefCell::new(HashMap::new()),
+            recent_refusals: RefCell::new(VecDeque::with_capacity(RECENT_REFUSALS_MAX)),
+            overload_refusals: Cell::new(0),
+            overloaded_frame,
         });
         Ok(Listener { listener, local_addr, shared })
     }
@@ -327,22 +605,66 @@ impl Listener {
                 }
             };
             self.shared.update(|stats| stats.accepted += 1);
+            if self.shared.connections.borrow().len() >= self.shared.config.connections_max {
+                refuse_overloaded(&self.shared, stream, remote);
+                continue;
+            }
             let id = self.shared.next_connection.get();
             self.shared.next_connection.set(id + 1);
-            let stream = Rc::new(stream);
-            self.shared.connections.borrow_mut().insert(id, stream.clone());
+            self.shared.connections.borrow_mut().insert(id, stream.as_raw_fd());
             let shared = self.shared.clone();
             let inbound = inbound.clone();
             tokio_uring::spawn(async move {
-                if let Err(error) = serve(&shared, stream.clone(), remote, inbound).await {
+                if let Err(error) = serve(&shared, id, stream, remote, inbound).await {
                     shared.update(|stats| stats.failed += 1);
                     warn!(%remote, %error, "connection closed");
                 }
-                let _ = stream.shutdown(Shutdown::Both);
+                // `serve` closed (or dropped) the socket with no await since:
+                // no other task reused its descriptor number in between.
                 shared.connections.borrow_mut().remove(&id);
+                shared.clients.borrow_mut().remove(&id);
             });
         }
     }
+}
+
+/// Turns away a caller over the connection bound, before TLS: a plaintext
+/// refusal frame (a TLS caller of this crate recognises it), then a short
+/// linger so the frame is not lost to a reset.
+fn refuse_overloaded(shared: &Rc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    let message = format!("over the bound of {} connections", shared.config.connections_max);
+    shared.refused(remote, Refusal::Handshake { reason: RefusalReason::Overloaded, message });
+    if shared.overload_refusals.get() >= OVERLOAD_REFUSALS_IN_FLIGHT_MAX {
+        return; // Dropping the stream closes it.
+    }
+    shared.overload_refusals.set(shared.overload_refusals.get() + 1);
+    let shared = shared.clone();
+    tokio_uring::spawn(async move {
+        let _ = stream.write_segments(vec![shared.overloaded_frame.clone()]).await;
+        linger(&stream).await;
+        shared.overload_refusals.set(shared.overload_refusals.get() - 1);
+    });
+}
+
+/// Closes the sending side and discards what the remote end still sends, for
+/// at most [`REFUSAL_LINGER`] and [`REFUSAL_LINGER_BYTES_MAX`]: a socket
+/// closed with unread data sends a reset, which can destroy the refusal
+/// before the caller reads it.
+async fn linger(tcp: &TcpStream) {
+    let _ = tcp.shutdown(Shutdown::Write);
+    let discard = async {
+        let mut discarded = 0;
+        let mut buf = vec![0u8; 4096];
+        while discarded < REFUSAL_LINGER_BYTES_MAX {
+            let (result, back) = tcp.read(buf).await;
+            buf = back;
+            match result {
+                Ok(0) | Err(_) => return,
+                Ok(read) => discarded += read,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, discard).await;
 }
 
 impl ListenerHandle {
@@ -356,7 +678,19 @@ impl ListenerHandle {
     }
 
     pub fn stats(&self) -> ListenerStats {
-        ListenerStats { open: self.connection_count(), ..self.shared.stats.get() }
+        let mut stats = ListenerStats { open: self.connection_count(), ..self.shared.stats.get() };
+        for side in self.shared.clients.borrow().values() {
+            stats.requests_outstanding += side.outstanding.get();
+            stats.responses_queued += side.queue.len();
+            stats.request_bytes_outstanding += side.request_bytes.get();
+            stats.connections_paused += usize::from(side.paused.get());
+        }
+        stats
+    }
+
+    /// The last [`RECENT_REFUSALS_MAX`] refusals, oldest first.
+    pub fn recent_refusals(&self) -> Vec<RefusalRecord> {
+        self.shared.recent_refusals.borrow().iter().cloned().collect()
     }
 
     /// Stops accepting and closes every connection. The port is free again
@@ -370,64 +704,164 @@ impl ListenerHandle {
         // SAFETY: shutdown(2) on a descriptor this listener owns; it wakes the
         // in-flight accept (which then sees `closed`) and stops listening.
         unsafe { libc::shutdown(self.shared.listener_fd, libc::SHUT_RDWR) };
-        for stream in self.shared.connections.borrow().values() {
-            let _ = stream.shutdown(Shutdown::Both);
+        for fd in self.shared.connections.borrow().values() {
+            // SAFETY: every descriptor in the map belongs to a live
+            // connection (entries leave the map before their socket closes);
+            // shutdown(2) wakes its reads and writes, and the connection's
+            // task then closes it.
+            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
         }
     }
 }
 
-/// One accepted connection: handshake, then the role's read loop.
+/// How the handshake phase of a connection ended.
+enum Established {
+    Accepted {
+        reader: FrameReader,
+        caller: Authenticated,
+    },
+    /// Refused (counted and logged): linger on the socket, then close.
+    Refused,
+    /// The caller left, or the owner is gone.
+    Closed,
+}
+
+/// One accepted connection: TLS and handshake, then the role's read loop.
 async fn serve(
-    shared: &Shared,
-    stream: Rc<TcpStream>,
+    shared: &Rc<Shared>,
+    id: u64,
+    tcp: TcpStream,
     remote: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
 ) -> Result<(), ConnError> {
     let config = &shared.config;
-    stream.set_nodelay(true)?;
-    detect_dead_peer(&stream, config.dead_peer_timeout)?;
-    let cluster_id = config.policy.cluster_id;
-    let mut reader = FrameReader::new(Limits { frame_size_max: HANDSHAKE_FRAME_SIZE_MAX });
-    let first = match tokio::time::timeout(config.handshake_timeout, reader.next(&stream)).await {
-        Ok(first) => first,
+    tcp.set_nodelay(true)?;
+    detect_dead_peer(&tcp, config.dead_peer_timeout)?;
+    // The credentials of this connection: a reload changes the next ones.
+    let credentials = config.security.current();
+    let stream = match &credentials.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let acceptor = match config.role {
+                ListenerRole::Peers => tls.peer_acceptor.clone(),
+                ListenerRole::Clients => tls.client_acceptor.clone(),
+            };
+            let session = rustls::ServerConnection::new(acceptor).map_err(ConnError::Tls)?;
+            Stream::Tls(Box::new(TlsStream::new(tcp, rustls::Connection::Server(session))))
+        }
+    };
+    // The stream lives outside the timed handshake so that a timeout can
+    // shut it down: that ends the read left in flight, which would
+    // otherwise keep the socket open as long as the caller stays silent.
+    let established =
+        tokio::time::timeout(config.handshake_timeout, establish(shared, &stream, remote, &credentials)).await;
+    let (mut reader, caller) = match established {
+        Ok(Ok(Established::Accepted { reader, caller })) => (reader, caller),
+        Ok(Ok(Established::Refused)) => {
+            linger(stream.tcp()).await;
+            let _ = stream.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        Ok(Ok(Established::Closed)) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        Ok(Err(error)) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Err(error);
+        }
         Err(_) => {
-            warn!(%remote, "no handshake in time; closing");
+            let _ = stream.shutdown(Shutdown::Both);
+            shared.refused(remote, Refusal::HandshakeTimeout(config.handshake_timeout));
             return Ok(());
         }
     };
-    let refuse = |reason, message: String| HandshakeRefusal { reason, message };
-    let verdict = match first {
-        Ok(None) => return Ok(()),
+    debug!(%remote, ?caller, tls = stream.is_tls(), "connection accepted");
+    let stream = Rc::new(stream);
+    let result = match caller {
+        Authenticated::Peer { node_id } => serve_peer(shared, &stream, &mut reader, node_id, &inbound).await,
+        Authenticated::Client { identity } => {
+            serve_client(shared, id, stream.clone(), &mut reader, remote, identity, &inbound).await
+        }
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    result
+}
+
+/// Runs TLS (if the stream is TLS) and the handshake exchange.
+async fn establish(
+    shared: &Shared,
+    stream: &Stream,
+    remote: SocketAddr,
+    credentials: &Credentials,
+) -> Result<Established, ConnError> {
+    let config = &shared.config;
+    let cluster_id = credentials.cluster_id;
+    let refusal_frame =
+        |refusal: HandshakeRefusal| Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeRefuse(refusal) };
+    if let Stream::Tls(tls) = stream {
+        match tls.handshake().await {
+            Ok(()) => {}
+            Err(TlsHandshakeError::PlaintextCaller) => {
+                let refusal = HandshakeRefusal {
+                    reason: RefusalReason::TlsRequired,
+                    message: "this listener speaks TLS 1.3; configure the caller's TLS files".into(),
+                };
+                shared.refused(remote, Refusal::Handshake { reason: refusal.reason, message: refusal.message.clone() });
+                write_frame(tls.tcp(), &refusal_frame(refusal)).await?;
+                return Ok(Established::Refused);
+            }
+            Err(TlsHandshakeError::Tls(error)) => {
+                shared.refused(remote, Refusal::Tls(TlsFailure::from(&error)));
+                return Ok(Established::Refused);
+            }
+            Err(TlsHandshakeError::Closed) => return Ok(Established::Closed),
+            Err(TlsHandshakeError::Io(error)) => return Err(error.into()),
+            Err(TlsHandshakeError::PlaintextAnswer) => unreachable!("an acceptor gets no answer"),
+        }
+    }
+    let mut reader = FrameReader::new(Limits { frame_size_max: HANDSHAKE_FRAME_SIZE_MAX });
+    let refusal = |reason, message: String| HandshakeRefusal { reason, message };
+    let verdict = match reader.next(stream).await {
+        Ok(None) => return Ok(Established::Closed),
         Ok(Some(raw)) => match Frame::decode(raw) {
             Ok(Frame { payload: Payload::Handshake(handshake), .. }) => {
-                config.policy.check(&handshake).map(|()| (handshake.role, handshake.node_id))
+                let certificate = stream.peer_certificate().map(|certificate| certificate_identity(&certificate));
+                authenticate(&handshake, config.role, certificate, credentials)
             }
             Ok(other) => {
-                Err(refuse(RefusalReason::Malformed, format!("expected a handshake, got {:?}", other.payload.kind())))
+                Err(refusal(RefusalReason::Malformed, format!("expected a handshake, got {:?}", other.payload.kind())))
             }
-            Err(error) => Err(refuse(RefusalReason::Malformed, error.to_string())),
+            Err(error) => Err(refusal(RefusalReason::Malformed, error.to_string())),
         },
-        Err(ConnError::Decode(error)) => Err(refuse(RefusalReason::Malformed, error.to_string())),
+        Err(ConnError::Decode(DecodeError::BadMagic { found })) if looks_like_tls(found) => Err(refusal(
+            RefusalReason::TlsUnavailable,
+            "this listener speaks plaintext; the caller opened with TLS".into(),
+        )),
+        Err(ConnError::Decode(error)) => Err(refusal(RefusalReason::Malformed, error.to_string())),
         Err(error) => return Err(error),
     };
-    let (role, remote_node) = match verdict {
-        Ok(accepted) => accepted,
-        Err(refusal) => {
-            shared.update(|stats| stats.refused += 1);
-            warn!(%remote, reason = ?refusal.reason, message = %refusal.message, "handshake refused");
-            let frame = Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeRefuse(refusal) };
-            write_frame(&stream, &frame).await?;
-            return Ok(());
+    match verdict {
+        Ok(caller) => {
+            let accept =
+                HandshakeAccept { node_id: credentials.node_id, protocol_version: u16::from(PROTOCOL_VERSION) };
+            write_frame(stream, &Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeAccept(accept) }).await?;
+            reader.set_limits(config.limits);
+            Ok(Established::Accepted { reader, caller })
         }
-    };
-    let accept = HandshakeAccept { node_id: config.policy.node_id, protocol_version: u16::from(PROTOCOL_VERSION) };
-    write_frame(&stream, &Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeAccept(accept) }).await?;
-    reader.set_limits(config.limits);
-    debug!(%remote, ?role, remote_node, "connection accepted");
-    match role {
-        Role::Peer => serve_peer(cluster_id, &stream, &mut reader, remote_node, &inbound).await,
-        Role::Client => serve_client(shared, stream, &mut reader, remote, &inbound).await,
+        Err(refusal) => {
+            shared.refused(remote, Refusal::Handshake { reason: refusal.reason, message: refusal.message.clone() });
+            write_frame(stream, &refusal_frame(refusal)).await?;
+            Ok(Established::Refused)
+        }
     }
+}
+
+/// Whether a stream's first four bytes (as the frame magic reads them) start
+/// a TLS handshake record: content type 22, then major version 3.
+fn looks_like_tls(magic: u32) -> bool {
+    let bytes = magic.to_le_bytes();
+    bytes[0] == 0x16 && bytes[1] == 0x03
 }
 
 fn check_cluster(expected: u64, found: u64) -> Result<(), ConnError> {
@@ -438,14 +872,57 @@ fn check_cluster(expected: u64, found: u64) -> Result<(), ConnError> {
     }
 }
 
+/// What waiting for the next frame gave.
+enum Next {
+    Frame(RawFrame),
+    End,
+    Idle,
+}
+
+/// The next frame, or `Idle` when the idle timeout passes while `is_idle`
+/// holds. The read stays in flight across timer ticks (a cancelled read
+/// would lose the bytes it received), and is dropped only when the
+/// connection is being closed for idleness.
+async fn next_or_idle(
+    reader: &mut FrameReader,
+    stream: &Stream,
+    idle_timeout: Option<Duration>,
+    is_idle: impl Fn() -> bool,
+) -> Result<Next, ConnError> {
+    let mut read = pin!(reader.next(stream));
+    let Some(idle_timeout) = idle_timeout else {
+        return Ok(read.await?.map_or(Next::End, Next::Frame));
+    };
+    loop {
+        tokio::select! {
+            result = &mut read => return Ok(result?.map_or(Next::End, Next::Frame)),
+            _ = tokio::time::sleep(idle_timeout) => {
+                if is_idle() {
+                    return Ok(Next::Idle);
+                }
+            }
+        }
+    }
+}
+
 async fn serve_peer(
-    cluster_id: u64,
-    stream: &TcpStream,
+    shared: &Shared,
+    stream: &Stream,
     reader: &mut FrameReader,
     from_node: NodeId,
     inbound: &mpsc::Sender<Inbound>,
 ) -> Result<(), ConnError> {
-    while let Some(raw) = reader.next(stream).await? {
+    let cluster_id = shared.config.security.cluster_id();
+    loop {
+        let raw = match next_or_idle(reader, stream, shared.config.idle_timeout, || true).await? {
+            Next::Frame(raw) => raw,
+            Next::End => return Ok(()),
+            Next::Idle => {
+                shared.update(|stats| stats.idle_closed += 1);
+                info!(peer = from_node, "idle peer connection closed");
+                return Ok(());
+            }
+        };
         check_cluster(cluster_id, raw.cluster_id)?;
         if !raw.kind.is_raft() {
             return Err(ConnError::UnexpectedKind { kind: raw.kind });
@@ -463,31 +940,42 @@ async fn serve_peer(
             return Ok(()); // The owner is gone: nothing left to serve.
         }
     }
-    Ok(())
 }
 
 async fn serve_client(
     shared: &Shared,
-    stream: Rc<TcpStream>,
+    id: u64,
+    stream: Rc<Stream>,
     reader: &mut FrameReader,
     remote: SocketAddr,
+    identity: Identity,
     inbound: &mpsc::Sender<Inbound>,
 ) -> Result<(), ConnError> {
     let config = &shared.config;
+    let cluster_id = config.security.cluster_id();
     let side = Rc::new(ClientSide {
-        queue: OutQueue::new(config.response_queue_frames_max),
+        queue: OutQueue::new(config.requests_outstanding_max),
         outstanding: Cell::new(0),
+        request_bytes: Cell::new(0),
+        requests_outstanding_max: config.requests_outstanding_max,
+        request_bytes_outstanding_max: config.request_bytes_outstanding_max,
+        paused: Cell::new(false),
+        room: Notify::new(),
         idle: Notify::new(),
+        identity,
         remote,
     });
+    shared.clients.borrow_mut().insert(id, side.clone());
     let writer = {
         let (stream, side) = (stream.clone(), side.clone());
-        let (cluster_id, write_bytes_max) = (config.policy.cluster_id, config.write_bytes_max);
+        let write_bytes_max = config.write_bytes_max;
         tokio_uring::spawn(async move {
-            if let Err((error, lost)) = write_loop(&stream, &side.queue, cluster_id, write_bytes_max, |_| {}).await {
+            let written = |_| side.room.notify_waiters();
+            if let Err((error, lost)) = write_loop(&*stream, &side.queue, cluster_id, write_bytes_max, written).await {
                 // Stop the reader too: a client whose answers cannot be
                 // written must see its connection close, not hang.
                 side.queue.close();
+                side.room.notify_waiters();
                 let lost = lost + side.queue.drain();
                 warn!(%remote, %error, lost, "client connection write failed; responses lost with it");
                 let _ = stream.shutdown(Shutdown::Both);
@@ -495,33 +983,63 @@ async fn serve_client(
         })
     };
     let result = async {
-        while let Some(raw) = reader.next(&stream).await? {
-            check_cluster(config.policy.cluster_id, raw.cluster_id)?;
+        loop {
+            // At the bound, stop reading: TCP pushes back on the client.
+            while !side.has_room() && !side.queue.is_closed() {
+                side.paused.set(true);
+                side.room.notified().await;
+            }
+            side.paused.set(false);
+            if side.queue.is_closed() {
+                return Ok(()); // The writer failed; it logged why.
+            }
+            let raw = match next_or_idle(reader, &stream, config.idle_timeout, || side.in_flight() == 0).await? {
+                Next::Frame(raw) => raw,
+                Next::End => return Ok(()),
+                Next::Idle => {
+                    shared.update(|stats| stats.idle_closed += 1);
+                    info!(%remote, user = %side.identity.user, "idle client connection closed");
+                    return Ok(());
+                }
+            };
+            check_cluster(cluster_id, raw.cluster_id)?;
             if !raw.kind.is_client_request() {
                 return Err(ConnError::UnexpectedKind { kind: raw.kind });
             }
             let shard_id = raw.shard_id;
+            let request_bytes = FRAME_HEADER_SIZE + raw.body.len();
             let Payload::Request(request) = Frame::decode(raw)?.payload else {
                 unreachable!("a request kind decodes to a request payload")
             };
-            side.outstanding.set(side.outstanding.get() + 1);
+            side.reserve(request_bytes);
             let reply = ReplyTo {
                 side: side.clone(),
                 shard_id,
                 request_id: request.request_id,
-                answered: Cell::new(false),
-                received: std::time::Instant::now(),
+                request_bytes,
+                answered: false,
+                received: Instant::now(),
             };
-            if inbound.send(Inbound::Request { shard_id, request, reply }).await.is_err() {
+            if config.authorize_requests {
+                if let Err(forbidden) = side.identity.authorize(&request.body) {
+                    shared.update(|stats| stats.forbidden += 1);
+                    debug!(%remote, %forbidden, request_id = request.request_id, "request forbidden");
+                    let _ = reply.send(forbidden.status());
+                    continue;
+                }
+            }
+            let identity = side.identity.clone();
+            if inbound.send(Inbound::Request { shard_id, request, identity, reply }).await.is_err() {
                 return Ok(()); // The owner is gone: nothing left to serve.
             }
         }
-        Ok(())
     }
     .await;
+    side.paused.set(false);
     if result.is_ok() {
-        // The client finished sending (a half-close): answer what it already
-        // asked, then close. Answers arriving later get `ReplyError::Closed`.
+        // The client finished sending (a half-close) or went idle: answer
+        // what it already asked, then close. Answers given later get
+        // `ReplyError::Closed`.
         side.wait_idle().await;
     }
     side.queue.close();
@@ -541,8 +1059,8 @@ async fn serve_client(
 /// `on_written` hears how many frames each write carried; frames popped for a
 /// write that fails are lost with the connection and are the caller's to count
 /// (`Err` carries how many).
-pub(crate) async fn write_loop(
-    stream: &TcpStream,
+pub(crate) async fn write_loop<S: FrameIo + ?Sized>(
+    stream: &S,
     queue: &OutQueue,
     cluster_id: u64,
     write_bytes_max: usize,

@@ -1,11 +1,11 @@
 //! The bounded queue of frames waiting for a connection's writer.
 //!
 //! Producers and the writer live on one thread (tokio-uring is `!Send`), so
-//! the queue is a `RefCell<VecDeque>` with two `Notify`s: one wakes the writer
-//! when frames arrive, one wakes producers waiting for space. The bound is
-//! `frames_max`; what happens at the bound is the producer's choice: Raft
-//! messages are dropped and counted ([`OutQueue::try_push`]), client
-//! responses wait for space ([`OutQueue::push`]).
+//! the queue is a `RefCell<VecDeque>` with a `Notify` that wakes the writer
+//! when frames arrive. The bound is `frames_max`, and a push never waits:
+//! Raft messages at the bound are dropped and counted, and client responses
+//! never meet it, because a client connection reserves each answer's place
+//! when it reads the request (`crate::listener`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -42,7 +42,6 @@ pub(crate) struct OutQueue {
     items: RefCell<VecDeque<Outgoing>>,
     frames_max: usize,
     writer_wake: Notify,
-    space: Notify,
     closed: Cell<bool>,
 }
 
@@ -53,7 +52,6 @@ impl OutQueue {
             items: RefCell::new(VecDeque::with_capacity(frames_max)),
             frames_max,
             writer_wake: Notify::new(),
-            space: Notify::new(),
             closed: Cell::new(false),
         }
     }
@@ -84,28 +82,9 @@ impl OutQueue {
         Ok(())
     }
 
-    /// Enqueues `item`, waiting while the queue is full. Gives the item back
-    /// if the queue is (or becomes) closed, so the caller knows it was not sent.
-    pub(crate) async fn push(&self, mut item: Outgoing) -> Result<(), Outgoing> {
-        loop {
-            // Single-threaded: nothing runs between this check and the
-            // registration of the waiter inside `notified().await`.
-            match self.try_push(item) {
-                Ok(()) => return Ok(()),
-                Err(back) if self.closed.get() => return Err(back),
-                Err(back) => item = back,
-            }
-            self.space.notified().await;
-        }
-    }
-
-    /// The oldest frame, if any; wakes producers waiting for space.
+    /// The oldest frame, if any.
     pub(crate) fn pop(&self) -> Option<Outgoing> {
-        let item = self.items.borrow_mut().pop_front();
-        if item.is_some() {
-            self.space.notify_waiters();
-        }
-        item
+        self.items.borrow_mut().pop_front()
     }
 
     /// Waits until a frame is queued or the queue is closed; returns whether
@@ -127,23 +106,18 @@ impl OutQueue {
     pub(crate) fn close(&self) {
         self.closed.set(true);
         self.writer_wake.notify_one();
-        self.space.notify_waiters();
     }
 
     /// Removes every queued frame, returning how many there were.
     pub(crate) fn drain(&self) -> usize {
         let count = self.items.borrow().len();
         self.items.borrow_mut().clear();
-        self.space.notify_waiters();
         count
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::rc::Rc;
-    use std::time::Duration;
-
     use bytes::Bytes;
 
     use super::*;
@@ -164,35 +138,23 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_makes_push_wait_instead_of_dropping() {
-        tokio_uring::start(async {
-            let queue = Rc::new(OutQueue::new(1));
-            queue.try_push(response(1)).unwrap();
-            assert_eq!(request_id(&queue.try_push(response(2)).unwrap_err()), 2);
-            let waiting = tokio_uring::spawn({
-                let queue = queue.clone();
-                async move { queue.push(response(3)).await.is_ok() }
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert!(!waiting.is_finished(), "push returned while the queue was full");
-            assert_eq!(queue.pop().map(|item| request_id(&item)), Some(1));
-            assert!(waiting.await.unwrap(), "push failed after space was freed");
-            assert_eq!(queue.pop().map(|item| request_id(&item)), Some(3));
-        });
+    fn a_full_queue_hands_the_item_back_instead_of_growing() {
+        let queue = OutQueue::new(1);
+        queue.try_push(response(1)).unwrap();
+        assert_eq!(request_id(&queue.try_push(response(2)).unwrap_err()), 2);
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.pop().map(|item| request_id(&item)), Some(1));
+        queue.try_push(response(3)).unwrap();
+        assert_eq!(queue.pop().map(|item| request_id(&item)), Some(3));
     }
 
     #[test]
-    fn closing_gives_a_waiting_push_its_item_back() {
+    fn closing_refuses_new_items_and_queued_ones_are_still_written() {
         tokio_uring::start(async {
-            let queue = Rc::new(OutQueue::new(1));
+            let queue = OutQueue::new(2);
             queue.try_push(response(1)).unwrap();
-            let waiting = tokio_uring::spawn({
-                let queue = queue.clone();
-                async move { queue.push(response(2)).await.map_err(|item| request_id(&item)) }
-            });
-            tokio::time::sleep(Duration::from_millis(20)).await;
             queue.close();
-            assert_eq!(waiting.await.unwrap(), Err(2));
+            assert_eq!(request_id(&queue.try_push(response(2)).unwrap_err()), 2);
             assert!(queue.wait_ready().await, "queued frames are still written after close");
             assert_eq!(queue.drain(), 1);
             assert!(!queue.wait_ready().await);

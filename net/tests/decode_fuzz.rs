@@ -117,3 +117,56 @@ fn a_huge_claimed_length_is_refused_before_any_allocation() {
     assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
     assert_eq!(stream.capacity(), capacity_before);
 }
+
+/// Any URI-ish text: mostly near-misses of the identity forms, some noise.
+fn identity_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("raft-node://".to_string()),
+        Just("raft-client://".to_string()),
+        Just("/".to_string()),
+        Just("?roles=".to_string()),
+        Just("read".to_string()),
+        Just("write,admin".to_string()),
+        Just(",".to_string()),
+        "[0-9]{1,21}",
+        "[a-z._-]{0,8}",
+        any::<char>().prop_map(String::from),
+    ];
+    proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases() / 4))]
+
+    /// Identity URIs come from certificates: parsing never panics, and a name
+    /// that parses prints back to exactly the text it came from (one
+    /// spelling per identity).
+    #[test]
+    fn identity_uris_parse_without_panics_and_only_in_canonical_form(text in identity_text()) {
+        if let Ok(name) = net::NodeName::parse_uri(&text) {
+            prop_assert_eq!(name.uri(), text.clone());
+        }
+        if let Ok(name) = net::ClientName::parse_uri(&text) {
+            prop_assert_eq!(name.uri(), text);
+        }
+    }
+
+    /// A token file is configuration, but a mangled one must give a line
+    /// number, never a panic; a file that parses authenticates each of its
+    /// tokens as its own user.
+    #[test]
+    fn token_files_parse_without_panics(
+        lines in proptest::collection::vec(("[a-z]{0,6}", "(read|write|admin|read,write|x)?", "[!-~]{0,24}"), 0..6),
+        noise in "[ -~\n]{0,40}",
+    ) {
+        let mut text: String = lines.iter().map(|(name, roles, token)| format!("{name}:{roles}:{token}\n")).collect();
+        text.push_str(&noise);
+        if let Ok(tokens) = net::tokens::UserTokens::parse(&text) {
+            for (name, _, token) in &lines {
+                if let Some(identity) = tokens.authenticate(token.as_bytes()) {
+                    prop_assert_eq!(&*identity.user, name.as_str());
+                }
+            }
+        }
+    }
+}

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use engine::{AppendRequest, Entry, EntryBatch, EntryKind, Message, MessageBody};
 use net::frame::decode_raw;
 use net::{
-    ClientConfig, ClientConnection, ClientError, ClientRequest, Frame, HandshakeAccept, HandshakeError,
-    HandshakePolicy, Inbound, Limits, Link, LinkConfig, ListenError, Listener, ListenerConfig, ListenerHandle, Payload,
-    RefusalReason, RequestBody, ResponseStatus, FRAME_HEADER_SIZE,
+    ClientConfig, ClientConnection, ClientError, ClientRequest, Frame, HandshakeAccept, HandshakeError, Inbound,
+    Limits, Link, LinkConfig, ListenError, Listener, ListenerConfig, ListenerHandle, ListenerRole, NodeSecurity,
+    Payload, RefusalReason, RequestBody, ResponseStatus, FRAME_HEADER_SIZE, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 
@@ -25,24 +25,19 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-fn policy(node_id: u64) -> HandshakePolicy {
-    HandshakePolicy {
-        cluster_id: CLUSTER,
-        node_id,
-        token: Bytes::from_static(TOKEN),
-        accept_peers: true,
-        accept_clients: true,
-    }
+/// Plaintext with one token for peers and clients (development mode).
+fn security(node_id: u64) -> NodeSecurity {
+    NodeSecurity::plaintext(CLUSTER, node_id, Bytes::from_static(TOKEN))
 }
 
-fn start_listener(addr: SocketAddr, node_id: u64) -> (ListenerHandle, mpsc::Receiver<Inbound>) {
-    let listener = Listener::bind(ListenerConfig::new(addr, policy(node_id))).expect("bind");
+fn start_listener(addr: SocketAddr, node_id: u64, role: ListenerRole) -> (ListenerHandle, mpsc::Receiver<Inbound>) {
+    let listener = Listener::bind(ListenerConfig::new(addr, role, security(node_id))).expect("bind");
     let (sender, receiver) = mpsc::channel(1024);
     (listener.spawn(sender), receiver)
 }
 
 fn link_to(addr: SocketAddr, configure: impl FnOnce(&mut LinkConfig)) -> Link {
-    let mut config = LinkConfig::new(CLUSTER, 1, Bytes::from_static(TOKEN), 2, addr);
+    let mut config = LinkConfig::new(security(1), 2, addr);
     config.backoff_min = Duration::from_millis(5);
     config.backoff_max = Duration::from_millis(50);
     configure(&mut config);
@@ -76,7 +71,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 #[test]
 fn pipelined_client_requests_are_answered_out_of_order() {
     run(async {
-        let (handle, mut inbound) = start_listener(loopback(), 7);
+        let (handle, mut inbound) = start_listener(loopback(), 7, ListenerRole::Clients);
         let mut client =
             ClientConnection::connect(handle.local_addr(), &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN)))
                 .await
@@ -99,7 +94,7 @@ fn pipelined_client_requests_are_answered_out_of_order() {
         let mut pending = Vec::new();
         for _ in 0..count {
             match next_inbound(&mut inbound).await {
-                Inbound::Request { shard_id, request, reply } => {
+                Inbound::Request { shard_id, request, reply, .. } => {
                     assert_eq!(shard_id, 3);
                     pending.push((request, reply));
                 }
@@ -110,7 +105,7 @@ fn pipelined_client_requests_are_answered_out_of_order() {
         for (request, reply) in pending.into_iter().rev() {
             let RequestBody::Write { command } = request.body else { panic!("not a write") };
             assert_eq!(reply.request_id(), request.request_id);
-            reply.send(ResponseStatus::Ok(command)).await.unwrap();
+            reply.send(ResponseStatus::Ok(command)).unwrap();
         }
         let mut seen = vec![false; count as usize];
         for expected in (0..count).rev() {
@@ -127,7 +122,7 @@ fn pipelined_client_requests_are_answered_out_of_order() {
 #[test]
 fn a_client_that_finished_sending_still_gets_every_answer() {
     run(async {
-        let (handle, mut inbound) = start_listener(loopback(), 7);
+        let (handle, mut inbound) = start_listener(loopback(), 7, ListenerRole::Clients);
         let client =
             ClientConnection::connect(handle.local_addr(), &ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN)))
                 .await
@@ -145,8 +140,8 @@ fn a_client_that_finished_sending_still_gets_every_answer() {
         }
         // Answer after the client's half-close has surely been seen.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        for reply in &replies {
-            reply.send(ResponseStatus::Busy).await.unwrap();
+        for reply in replies {
+            reply.send(ResponseStatus::Busy).unwrap();
         }
         for request_id in 0..10 {
             let response = receiver.recv().await.unwrap();
@@ -164,7 +159,7 @@ fn a_client_that_finished_sending_still_gets_every_answer() {
 #[test]
 fn a_link_delivers_mixed_frames_in_order_and_intact() {
     run(async {
-        let (handle, mut inbound) = start_listener(loopback(), 2);
+        let (handle, mut inbound) = start_listener(loopback(), 2, ListenerRole::Peers);
         let queue_frames_max = 64;
         let link = link_to(handle.local_addr(), |config| config.queue_frames_max = queue_frames_max);
         let count = 600u64;
@@ -211,7 +206,7 @@ fn a_link_delivers_mixed_frames_in_order_and_intact() {
 #[test]
 fn link_reconnects_after_the_peer_restarts() {
     run(async {
-        let (first, mut inbound) = start_listener(loopback(), 2);
+        let (first, mut inbound) = start_listener(loopback(), 2, ListenerRole::Peers);
         let addr = first.local_addr();
         let link = link_to(addr, |_| {});
         link.send(0, heartbeat(1)).unwrap();
@@ -231,7 +226,7 @@ fn link_reconnects_after_the_peer_restarts() {
         // ...and comes back on the same port.
         let deadline = Instant::now() + WAIT;
         let (second, mut inbound) = loop {
-            match Listener::bind(ListenerConfig::new(addr, policy(2))) {
+            match Listener::bind(ListenerConfig::peers(addr, security(2))) {
                 Ok(listener) => {
                     let (sender, receiver) = mpsc::channel(1024);
                     break (listener.spawn(sender), receiver);
@@ -295,7 +290,10 @@ fn spawn_stalled_peer() -> (SocketAddr, std::sync::mpsc::Sender<()>, std::thread
         let accept = Frame {
             cluster_id: CLUSTER,
             shard_id: 0,
-            payload: Payload::HandshakeAccept(HandshakeAccept { node_id: 2, protocol_version: 1 }),
+            payload: Payload::HandshakeAccept(HandshakeAccept {
+                node_id: 2,
+                protocol_version: u16::from(PROTOCOL_VERSION),
+            }),
         };
         socket.write_all(&accept.to_bytes()).unwrap();
         let _ = stopped.recv_timeout(Duration::from_secs(30));
@@ -337,7 +335,7 @@ fn a_peer_that_stops_reading_fills_the_bounded_queue_and_messages_are_dropped_an
 #[test]
 fn handshakes_with_a_wrong_cluster_or_token_are_refused_with_a_reason() {
     run(async {
-        let (handle, _inbound) = start_listener(loopback(), 7);
+        let (handle, _inbound) = start_listener(loopback(), 7, ListenerRole::Clients);
         let addr = handle.local_addr();
 
         let wrong_cluster = ClientConfig::new(CLUSTER + 1, Bytes::from_static(TOKEN));
@@ -357,25 +355,34 @@ fn handshakes_with_a_wrong_cluster_or_token_are_refused_with_a_reason() {
             Ok(_) => panic!("a wrong token was accepted"),
         }
 
+        wait_until("refused connections closed", || handle.connection_count() == 0).await;
+        let stats = handle.stats();
+        assert_eq!((stats.accepted, stats.refused), (2, 2), "{stats:?}");
+        assert_eq!(stats.refused_for(RefusalReason::ClusterMismatch), 1, "{stats:?}");
+        assert_eq!(stats.refused_for(RefusalReason::BadToken), 1, "{stats:?}");
+        handle.shutdown();
+
         // A link with the wrong token keeps being refused and never connects.
-        let link = link_to(addr, |config| config.token = Bytes::from_static(b"nope"));
+        let (peers, _inbound) = start_listener(loopback(), 2, ListenerRole::Peers);
+        let wrong = NodeSecurity::plaintext(CLUSTER, 1, Bytes::from_static(b"nope"));
+        let link = link_to(peers.local_addr(), |config| config.security = wrong);
         wait_until("two refusals", || link.stats().handshake_refusals >= 2).await;
         assert_eq!(link.stats().connects, 0);
         link.close();
         // The refused connections are closed by the listener and counted.
-        wait_until("refused connections closed", || handle.connection_count() == 0).await;
-        let stats = handle.stats();
+        wait_until("refused connections closed", || peers.connection_count() == 0).await;
+        let stats = peers.stats();
         assert_eq!(stats.accepted, stats.refused, "{stats:?}");
-        assert!(stats.refused >= 4, "{stats:?}");
-        handle.shutdown();
+        assert_eq!(stats.refused_for(RefusalReason::BadToken), stats.refused, "{stats:?}");
+        peers.shutdown();
     });
 }
 
 #[test]
 fn binding_a_port_in_use_is_a_clear_error() {
     run(async {
-        let (handle, _inbound) = start_listener(loopback(), 1);
-        match Listener::bind(ListenerConfig::new(handle.local_addr(), policy(1))) {
+        let (handle, _inbound) = start_listener(loopback(), 1, ListenerRole::Clients);
+        match Listener::bind(ListenerConfig::clients(handle.local_addr(), security(1))) {
             Err(ListenError::AddrInUse { addr }) => assert_eq!(addr, handle.local_addr()),
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("a second listener bound the same port"),
@@ -386,7 +393,7 @@ fn binding_a_port_in_use_is_a_clear_error() {
         // SO_REUSEPORT (with which a plain second bind would succeed).
         let holder = tokio_uring::net::TcpListener::bind(loopback()).unwrap();
         let addr = holder.local_addr().unwrap();
-        let error = Listener::bind(ListenerConfig::new(addr, policy(1))).err().expect("bind must fail");
+        let error = Listener::bind(ListenerConfig::peers(addr, security(1))).err().expect("bind must fail");
         assert!(matches!(error, ListenError::AddrInUse { .. }), "{error}");
         assert!(error.to_string().contains("already in use"), "{error}");
     });
@@ -395,7 +402,7 @@ fn binding_a_port_in_use_is_a_clear_error() {
 #[test]
 fn a_connection_sending_garbage_is_closed_and_others_are_served() {
     run(async {
-        let (handle, mut inbound) = start_listener(loopback(), 7);
+        let (handle, mut inbound) = start_listener(loopback(), 7, ListenerRole::Clients);
         let addr = handle.local_addr();
         // Not this protocol at all.
         let mut garbage = std::net::TcpStream::connect(addr).unwrap();
@@ -408,7 +415,7 @@ fn a_connection_sending_garbage_is_closed_and_others_are_served() {
         client.send(0, &request).await.unwrap();
         let Inbound::Request { request, reply, .. } = next_inbound(&mut inbound).await else { panic!("not a request") };
         assert_eq!(request.body, RequestBody::Status);
-        reply.send(ResponseStatus::Ok(Bytes::from_static(b"{}"))).await.unwrap();
+        reply.send(ResponseStatus::Ok(Bytes::from_static(b"{}"))).unwrap();
         assert_eq!(client.recv().await.unwrap().request_id, 1);
 
         // The garbage connection got a refusal frame and then end of stream.
@@ -445,7 +452,7 @@ fn read_to_end_within(socket: &mut std::net::TcpStream, deadline: Duration) -> V
 #[test]
 fn a_caller_that_never_sends_its_handshake_is_dropped() {
     run(async {
-        let mut config = ListenerConfig::new(loopback(), policy(7));
+        let mut config = ListenerConfig::clients(loopback(), security(7));
         config.handshake_timeout = Duration::from_millis(100);
         let listener = Listener::bind(config).unwrap();
         let (sender, _inbound) = mpsc::channel(16);
@@ -457,6 +464,12 @@ fn a_caller_that_never_sends_its_handshake_is_dropped() {
         });
         wait_until("the silent caller is dropped", || waiter.is_finished()).await;
         assert!(waiter.join().unwrap().is_empty(), "a silent caller gets no frame");
+        assert_eq!(handle.stats().handshake_timeouts, 1, "{:?}", handle.stats());
+        let refusals = handle.recent_refusals();
+        assert!(
+            matches!(refusals[..], [net::RefusalRecord { refusal: net::Refusal::HandshakeTimeout(_), .. }]),
+            "{refusals:?}"
+        );
         handle.shutdown();
     });
 }
@@ -464,7 +477,7 @@ fn a_caller_that_never_sends_its_handshake_is_dropped() {
 #[test]
 fn a_peer_frame_for_another_cluster_closes_the_connection() {
     run(async {
-        let (handle, mut inbound) = start_listener(loopback(), 2);
+        let (handle, mut inbound) = start_listener(loopback(), 2, ListenerRole::Peers);
         let addr = handle.local_addr();
         let sender = std::thread::spawn(move || {
             let mut socket = std::net::TcpStream::connect(addr).unwrap();
@@ -472,7 +485,7 @@ fn a_peer_frame_for_another_cluster_closes_the_connection() {
                 cluster_id: CLUSTER,
                 node_id: 1,
                 role: net::Role::Peer,
-                protocol_version: u16::from(net::PROTOCOL_VERSION),
+                protocol_version: u16::from(PROTOCOL_VERSION),
                 token: Bytes::from_static(TOKEN),
             };
             let frames = [

@@ -205,7 +205,9 @@ pub(crate) fn encode_response_body(response: &ClientResponse, out: &mut BytesMut
             out.put_slice(leader_addr.as_deref().unwrap_or("").as_bytes());
             Bytes::new()
         }
-        ResponseStatus::BadRequest(reason) | ResponseStatus::SessionFull(reason) => {
+        ResponseStatus::BadRequest(reason)
+        | ResponseStatus::Forbidden(reason)
+        | ResponseStatus::SessionFull(reason) => {
             out.put_slice(reason.as_bytes());
             Bytes::new()
         }
@@ -234,7 +236,8 @@ pub(crate) fn decode_response(body: &Bytes) -> Result<ClientResponse, DecodeErro
         3 => ResponseStatus::TimedOut,
         4 => ResponseStatus::SessionExpired,
         5 => ResponseStatus::BadRequest(reader.rest_utf8("reason")?),
-        6 => ResponseStatus::SessionFull(reader.rest_utf8("reason")?),
+        6 => ResponseStatus::Forbidden(reader.rest_utf8("reason")?),
+        7 => ResponseStatus::SessionFull(reader.rest_utf8("reason")?),
         _ => return Err(reader.bad("status", "unknown response status")),
     };
     reader.finish()?;

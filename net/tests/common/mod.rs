@@ -157,6 +157,7 @@ pub fn response() -> impl Strategy<Value = ClientResponse> {
         Just(ResponseStatus::SessionExpired),
         text(60).prop_map(ResponseStatus::BadRequest),
         text(60).prop_map(ResponseStatus::SessionFull),
+        text(60).prop_map(ResponseStatus::Forbidden),
     ];
     (any::<u64>(), status).prop_map(|(request_id, status)| ClientResponse { request_id, status })
 }
@@ -168,6 +169,10 @@ fn refusal_reason() -> impl Strategy<Value = RefusalReason> {
         Just(RefusalReason::BadToken),
         Just(RefusalReason::RoleNotAccepted),
         Just(RefusalReason::Malformed),
+        Just(RefusalReason::TlsRequired),
+        Just(RefusalReason::TlsUnavailable),
+        Just(RefusalReason::IdentityMismatch),
+        Just(RefusalReason::Overloaded),
     ]
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net::{inbound_channel, HandshakePolicy, Inbound, Listener, ListenerConfig, ResponseStatus};
+use net::{inbound_channel, Inbound, Listener, ListenerConfig, ListenerRole, NodeSecurity, ResponseStatus};
 use tokio::sync::{mpsc, oneshot};
 use wal::LogStore;
 
@@ -105,6 +105,12 @@ where
         })
         .map_err(|error| ServeError::Core { core: 0, reason: format!("cannot install the signal handler: {error}") })?;
     }
+    // One set of credentials for the whole process: every core's listeners
+    // and links share it.
+    let security = NodeSecurity::plaintext(config.cluster_id, config.node_id, config.token.0.clone());
+    for warning in security.warnings() {
+        tracing::warn!(%warning, "security");
+    }
     tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
     let config = Arc::new(config);
     let make_app = Arc::new(make_app);
@@ -120,6 +126,7 @@ where
         let receiver = receiver.take().expect("one receiver per core");
         let (config, members, senders, shutdown, make_app) =
             (config.clone(), members.clone(), senders.clone(), shutdown.clone(), make_app.clone());
+        let security = security.clone();
         let pin = config.pin_cores;
         let thread = std::thread::Builder::new()
             .name(format!("core-{core}"))
@@ -127,7 +134,7 @@ where
                 if pin {
                     pin_to_cpu(core);
                 }
-                start_runtime(run_core(core, cores, config, members, senders, receiver, shutdown, make_app))
+                start_runtime(run_core(core, cores, config, members, senders, receiver, shutdown, make_app, security))
             })
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
         threads.push(thread);
@@ -195,30 +202,24 @@ async fn run_core<S, F>(
     mut forwarded: mpsc::Receiver<Forwarded>,
     shutdown: Arc<AtomicBool>,
     make_app: Arc<F>,
+    security: NodeSecurity,
 ) -> Result<(), ServeError>
 where
     S: StateMachine + 'static,
     F: Fn(u32) -> S,
 {
     let offset = core as u16;
-    let token = config.token.0.clone();
-    let policy = HandshakePolicy {
-        cluster_id: config.cluster_id,
-        node_id: config.node_id,
-        token: token.clone(),
-        accept_peers: true,
-        accept_clients: true,
-    };
     let (inbound_sender, mut inbound) = inbound_channel(INBOUND_QUEUE_MAX);
     let mut listeners = Vec::new();
-    for base in [config.peer_addr, config.client_addr] {
+    // The peer listener takes only peers, the client listener only clients.
+    for (base, role) in [(config.peer_addr, ListenerRole::Peers), (config.client_addr, ListenerRole::Clients)] {
         let addr = core_addr(base, offset).expect("checked at start");
-        let listener = Listener::bind(ListenerConfig::new(addr, policy.clone()))
+        let listener = Listener::bind(ListenerConfig::new(addr, role, security.clone()))
             .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
         listeners.push(listener.spawn(inbound_sender.clone()));
     }
     drop(inbound_sender);
-    let peers = Rc::new(Peers::new(config.node_id, config.cluster_id, token, offset));
+    let peers = Rc::new(Peers::new(security, offset));
     for member in &members {
         peers.ensure(member.id, member.addr);
     }
@@ -321,7 +322,7 @@ fn route(
                 let _ = inbox.try_send(ShardEvent::Raft(message));
             }
         }
-        Inbound::Request { shard_id, request, reply } => {
+        Inbound::Request { shard_id, request, reply, .. } => {
             let arrived = reply.received();
             if inboxes.contains_key(&shard_id) {
                 deliver(inboxes, shard_id, request, Replier::Local(reply), arrived);

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use engine::{Message, NodeId};
-use net::{Link, LinkConfig, ReplyError, ReplyTo, ResponseStatus};
+use net::{Link, LinkConfig, NodeSecurity, ReplyTo, ResponseStatus};
 use tokio::sync::oneshot;
 
 use crate::replicated::Addresses;
@@ -23,18 +22,14 @@ pub enum Replier {
 }
 
 impl Replier {
-    /// Answers, never dropping the response silently: a full connection
-    /// queue is waited on by a task of its own.
+    /// Answers. A connection reserved the answer's place in its queue when
+    /// it read the request (it stops reading at its bound), so this never
+    /// waits; an answer to a connection that closed is dropped.
     pub fn send(self, status: ResponseStatus) {
         match self {
-            Replier::Local(reply) => match reply.try_send(status) {
-                Ok(()) | Err(ReplyError::Closed(_)) => {}
-                Err(ReplyError::Full(status)) => {
-                    tokio_uring::spawn(async move {
-                        let _ = reply.send(status).await;
-                    });
-                }
-            },
+            Replier::Local(reply) => {
+                let _ = reply.send(status);
+            }
             Replier::Forwarded(sender) => {
                 let _ = sender.send(status);
             }
@@ -46,15 +41,15 @@ impl Replier {
 /// node talks to core `k` of the others.
 pub struct Peers {
     node_id: NodeId,
-    cluster_id: u64,
-    token: Bytes,
+    /// The node's credentials, shared by every link.
+    security: NodeSecurity,
     core: u16,
     links: RefCell<HashMap<NodeId, (SocketAddr, Link)>>,
 }
 
 impl Peers {
-    pub fn new(node_id: NodeId, cluster_id: u64, token: Bytes, core: u16) -> Peers {
-        Peers { node_id, cluster_id, token, core, links: RefCell::new(HashMap::new()) }
+    pub fn new(security: NodeSecurity, core: u16) -> Peers {
+        Peers { node_id: security.node_id(), security, core, links: RefCell::new(HashMap::new()) }
     }
 
     /// Makes sure a link to `id` exists, given its base peer address (core 0).
@@ -73,7 +68,7 @@ impl Peers {
         if let Some((_, old)) = links.remove(&id) {
             old.close();
         }
-        let link = Link::spawn(LinkConfig::new(self.cluster_id, self.node_id, self.token.clone(), id, addr));
+        let link = Link::spawn(LinkConfig::new(self.security.clone(), id, addr));
         links.insert(id, (addr, link));
     }
 

@@ -364,7 +364,7 @@ impl SimClient {
                     current.resend_at = Some(now + RETRY_BACKOFF);
                 }
             }
-            ResponseStatus::BadRequest(reason) => {
+            ResponseStatus::BadRequest(reason) | ResponseStatus::Forbidden(reason) => {
                 let (input, write) = (current.input.clone(), current.write);
                 panic!(
                     "client {} operation {:?} (session and sequence {:?}) was refused: {reason}\n{}",
