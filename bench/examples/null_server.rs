@@ -14,9 +14,17 @@ use bytes::Bytes;
 use net::kv::KvResponse;
 use net::{inbound_channel, Inbound, Listener, ListenerConfig, NodeSecurity, RequestBody, ResponseStatus};
 
+/// Answers every request at once: the load generator's own floor.
+#[derive(clap::Parser)]
+#[command(name = "null_server")]
+struct Args {
+    /// Where to listen for clients.
+    #[arg(default_value = "127.0.0.1:7401")]
+    addr: std::net::SocketAddr,
+}
+
 fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7401".to_string());
-    let addr = addr.parse().unwrap_or_else(|_| panic!("{addr} is not IP:PORT"));
+    let addr = <Args as clap::Parser>::parse().addr;
     tokio_uring::start(async move {
         let security = NodeSecurity::plaintext(1, 1, Bytes::from_static(b"dev-cluster-token"));
         let listener = Listener::bind(ListenerConfig::clients(addr, security)).expect("bind the address");

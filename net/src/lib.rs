@@ -105,4 +105,4 @@ pub use listener::{
     inbound_channel, Inbound, InboundReceiver, InboundSender, ListenError, Listener, ListenerConfig, ListenerHandle,
     ListenerRole, ListenerStats, Refusal, RefusalRecord, ReplyError, ReplyTo, TlsFailure,
 };
-pub use session_client::{CallError, Client};
+pub use session_client::{CallError, Client, Connector, TcpConnector};

@@ -5,6 +5,10 @@
 //! open, write, close. The CLI and the tests use it; the load generator
 //! pipelines on [`crate::ClientConnection`] directly with the same
 //! [`Session`] bookkeeping.
+//!
+//! How it reaches a node is a [`Connector`]: [`TcpConnector`] over the
+//! client protocol, or an embedding application's own (the node library
+//! reaches the nodes of an in-process cluster through channels).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -40,27 +44,104 @@ pub enum CallError {
     Unexpected(String),
 }
 
-/// A client of one shard of a cluster.
-pub struct Client {
-    /// Every address given, tried in turn when no leader is known.
-    addrs: Vec<SocketAddr>,
+/// How a [`Client`] reaches the nodes of a cluster.
+#[allow(async_fn_in_trait)] // Single-threaded by design (tokio-uring).
+pub trait Connector {
+    /// How a node is named: an address, or an in-process node's id.
+    type Address: Clone + Eq + std::fmt::Display;
+
+    /// Sends `request` to shard `shard` of the node at `addr` and returns
+    /// its answer, or why there is none (the client then tries another).
+    async fn exchange(
+        &mut self,
+        addr: &Self::Address,
+        shard: u32,
+        request: &ClientRequest,
+    ) -> Result<ResponseStatus, String>;
+
+    /// Where a `NotLeader` answer says the leader is, if it says.
+    fn leader(&self, status: &ResponseStatus) -> Option<Self::Address>;
+
+    /// Forgets what it holds for `addr` (a connection that failed).
+    fn forget(&mut self, addr: &Self::Address);
+}
+
+/// The client protocol over TCP: one connection at a time, to the node last
+/// talked to.
+pub struct TcpConnector {
     config: ClientConfig,
+    connection: Option<(SocketAddr, ClientConnection)>,
+}
+
+impl TcpConnector {
+    pub fn new(config: ClientConfig) -> TcpConnector {
+        TcpConnector { config, connection: None }
+    }
+}
+
+impl Connector for TcpConnector {
+    type Address = SocketAddr;
+
+    async fn exchange(
+        &mut self,
+        addr: &SocketAddr,
+        shard: u32,
+        request: &ClientRequest,
+    ) -> Result<ResponseStatus, String> {
+        if self.connection.as_ref().is_none_or(|(connected, _)| connected != addr) {
+            let connection = ClientConnection::connect(*addr, &self.config).await.map_err(|error| error.to_string())?;
+            self.connection = Some((*addr, connection));
+        }
+        let (_, connection) = self.connection.as_mut().expect("connected above");
+        let response = connection.call(shard, request).await.map_err(|error| error.to_string())?;
+        if response.request_id != request.request_id {
+            return Err(format!("answer to request {} instead of {}", response.request_id, request.request_id));
+        }
+        Ok(response.status)
+    }
+
+    fn leader(&self, status: &ResponseStatus) -> Option<SocketAddr> {
+        match status {
+            ResponseStatus::NotLeader { leader_addr: Some(leader), .. } => leader.parse().ok(),
+            _ => None,
+        }
+    }
+
+    fn forget(&mut self, addr: &SocketAddr) {
+        if self.connection.as_ref().is_some_and(|(connected, _)| connected == addr) {
+            self.connection = None;
+        }
+    }
+}
+
+/// A client of one shard of a cluster.
+pub struct Client<C: Connector = TcpConnector> {
+    connector: C,
+    /// Every node given, tried in turn when no leader is known.
+    addrs: Vec<C::Address>,
     shard: u32,
     /// How long a call keeps retrying.
     timeout: Duration,
     /// Where to send next: the leader, once a node named it.
-    target: Option<SocketAddr>,
+    target: Option<C::Address>,
     attempt: usize,
-    connection: Option<(SocketAddr, ClientConnection)>,
     next_request_id: u64,
 }
 
-impl Client {
-    /// A client of shard `shard`, given any nodes' client addresses (at
-    /// least one), that gives up on a call after `timeout`.
-    pub fn new(addrs: Vec<SocketAddr>, config: ClientConfig, shard: u32, timeout: Duration) -> Client {
-        assert!(!addrs.is_empty(), "a client needs at least one address");
-        Client { addrs, config, shard, timeout, target: None, attempt: 0, connection: None, next_request_id: 1 }
+impl Client<TcpConnector> {
+    /// A client of shard `shard` over TCP, given any nodes' client addresses
+    /// (at least one), that gives up on a call after `timeout`.
+    pub fn new(addrs: Vec<SocketAddr>, config: ClientConfig, shard: u32, timeout: Duration) -> Client<TcpConnector> {
+        Client::with_connector(TcpConnector::new(config), addrs, shard, timeout)
+    }
+}
+
+impl<C: Connector> Client<C> {
+    /// A client reaching the nodes `addrs` (at least one) through
+    /// `connector`.
+    pub fn with_connector(connector: C, addrs: Vec<C::Address>, shard: u32, timeout: Duration) -> Client<C> {
+        assert!(!addrs.is_empty(), "a client needs at least one node");
+        Client { connector, addrs, shard, timeout, target: None, attempt: 0, next_request_id: 1 }
     }
 
     /// Sends `body` in `session` context (`client_id`, `sequence`, `ack` as
@@ -92,27 +173,28 @@ impl Client {
             self.next_request_id += 1;
             let request = ClientRequest { request_id, client_id, sequence, ack, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let answer = tokio::time::timeout(remaining, self.exchange(addr, &request)).await;
+            let answer = tokio::time::timeout(remaining, self.connector.exchange(&addr, self.shard, &request)).await;
             let status = match answer {
                 Ok(Ok(status)) => status,
                 Ok(Err(error)) => {
                     last = format!("{addr}: {error}");
-                    self.connection = None;
+                    self.connector.forget(&addr);
                     self.target = None;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
                 }
                 Err(_) => {
-                    self.connection = None;
+                    self.connector.forget(&addr);
                     last = format!("{addr}: no answer");
                     break;
                 }
             };
+            if let Some(leader) = self.connector.leader(&status) {
+                self.target = Some(leader);
+                last = format!("{addr} is not the leader");
+                continue;
+            }
             match status {
-                ResponseStatus::NotLeader { leader_addr: Some(leader), .. } if leader.parse::<SocketAddr>().is_ok() => {
-                    self.target = leader.parse().ok();
-                    last = format!("{addr} is not the leader");
-                }
                 ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
                     last = format!("{addr}: {status:?}");
                     self.target = None;
@@ -124,27 +206,14 @@ impl Client {
         Err(CallError::Unreachable { timeout: self.timeout, last })
     }
 
-    /// The leader if known, else the next given address in turn.
-    fn next_addr(&mut self) -> SocketAddr {
-        if let Some(target) = self.target {
-            return target;
+    /// The leader if known, else the next given node in turn.
+    fn next_addr(&mut self) -> C::Address {
+        if let Some(target) = &self.target {
+            return target.clone();
         }
-        let addr = self.addrs[self.attempt % self.addrs.len()];
+        let addr = self.addrs[self.attempt % self.addrs.len()].clone();
         self.attempt += 1;
         addr
-    }
-
-    async fn exchange(&mut self, addr: SocketAddr, request: &ClientRequest) -> Result<ResponseStatus, String> {
-        if self.connection.as_ref().is_none_or(|(connected, _)| *connected != addr) {
-            let connection = ClientConnection::connect(addr, &self.config).await.map_err(|error| error.to_string())?;
-            self.connection = Some((addr, connection));
-        }
-        let (_, connection) = self.connection.as_mut().expect("connected above");
-        let response = connection.call(self.shard, request).await.map_err(|error| error.to_string())?;
-        if response.request_id != request.request_id {
-            return Err(format!("answer to request {} instead of {}", response.request_id, request.request_id));
-        }
-        Ok(response.status)
     }
 
     /// Opens an exactly-once session (its id is assigned by the cluster).

@@ -11,7 +11,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use bytes::Bytes;
 use net::session::Session;
 use net::{
-    AdminRequest, CallError, Client, ClientConfig as NetClientConfig, ReadConsistency, RequestBody, ResponseStatus,
+    AdminRequest, CallError, Client, ClientConfig as NetClientConfig, Connector, ReadConsistency, RequestBody,
+    ResponseStatus, TcpConnector,
 };
 
 use crate::config::{AdminCommand, ClientConfig, KvCommand};
@@ -42,21 +43,36 @@ fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
 }
 
 /// The cluster's client on a runtime of its own: every call blocks the
-/// calling thread until it has an outcome or gives up.
-pub struct BlockingClient {
+/// calling thread until it has an outcome or gives up. Over TCP by default;
+/// an in-process cluster's client reaches its nodes through channels
+/// (`crate::embed::LocalConnector`).
+pub struct BlockingClient<C: Connector = TcpConnector> {
     runtime: tokio_uring::Runtime,
-    client: Client,
+    client: Client<C>,
 }
 
-impl BlockingClient {
-    /// A client of the shard and nodes `client` names.
+impl BlockingClient<TcpConnector> {
+    /// A client of the shard and nodes `client` names, over TCP.
     pub fn new(client: &ClientConfig) -> Result<BlockingClient, ClientCmdError> {
         let addrs = resolve(client)?;
+        let config = NetClientConfig::new(client.cluster_id, client.token.0.clone());
+        BlockingClient::with_connector(TcpConnector::new(config), addrs, client.shard, client.timeout)
+    }
+}
+
+impl<C: Connector> BlockingClient<C> {
+    /// A client of shard `shard` reaching the nodes `addrs` through
+    /// `connector`, giving up on a call after `timeout`.
+    pub fn with_connector(
+        connector: C,
+        addrs: Vec<C::Address>,
+        shard: u32,
+        timeout: std::time::Duration,
+    ) -> Result<BlockingClient<C>, ClientCmdError> {
         wal::io_uring_available().map_err(|error| ClientCmdError::IoUring(error.to_string()))?;
         let runtime = tokio_uring::Runtime::new(&tokio_uring::builder())
             .map_err(|error| ClientCmdError::IoUring(error.to_string()))?;
-        let config = NetClientConfig::new(client.cluster_id, client.token.0.clone());
-        Ok(BlockingClient { runtime, client: Client::new(addrs, config, client.shard, client.timeout) })
+        Ok(BlockingClient { runtime, client: Client::with_connector(connector, addrs, shard, timeout) })
     }
 
     /// Sends a request outside any session until a node answers with an

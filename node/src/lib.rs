@@ -27,6 +27,7 @@ pub use kv::{KvOp, KvResponse, KvStateMachine};
 pub use session::SessionTable;
 pub mod client_cmd;
 pub mod dev;
+pub mod embed;
 pub mod replicated;
 pub mod runtime;
 pub mod shard;

@@ -27,28 +27,24 @@ const PAYLOAD_BYTES: usize = 256;
 /// One append's record on disk: batch header, entry header, payload.
 const RECORD_BYTES: usize = BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE + PAYLOAD_BYTES;
 
+/// Benchmarks the WAL against the raw synced-write floor of the same disk.
+#[derive(clap::Parser)]
+#[command(name = "walbench")]
 struct Args {
+    /// The directory on the disk under test (keep it off tmpfs); removed
+    /// afterwards.
+    #[arg(long, default_value = "walbench-data")]
     dir: PathBuf,
+    /// Seconds per case.
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Concurrent appenders, one case each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     appenders: Vec<usize>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { dir: PathBuf::from("walbench-data"), seconds: 3.0, appenders: vec![1, 16, 64, 256] };
-    let mut iter = std::env::args().skip(1);
-    while let Some(flag) = iter.next() {
-        let value = iter.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--dir" => args.dir = PathBuf::from(value),
-            "--seconds" => args.seconds = value.parse().expect("--seconds takes a number"),
-            "--appenders" => {
-                args.appenders =
-                    value.split(',').map(|count| count.parse().expect("--appenders takes 1,16,...")).collect()
-            }
-            other => panic!("unknown flag {other}; flags: --dir, --seconds, --appenders"),
-        }
-    }
-    args
+    <Args as clap::Parser>::parse()
 }
 
 struct Summary {

@@ -113,6 +113,44 @@ pub(crate) struct State {
     pub buffers: Vec<Vec<u8>>,
 }
 
+impl State {
+    /// Checks the commit pipeline's invariants; returns the first broken
+    /// one. Debug builds check after every append and every completed write.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let (durable, started, submitted) = (self.durable, self.started, self.submitted);
+        if durable.sequence > started.sequence || started.sequence > submitted.sequence {
+            return Err(format!(
+                "sequences out of order: durable {} started {} submitted {}",
+                durable.sequence, started.sequence, submitted.sequence
+            ));
+        }
+        if durable.bytes > started.bytes || started.bytes > submitted.bytes {
+            return Err("byte counts out of order between durable, started and submitted".into());
+        }
+        let mut previous = durable.sequence;
+        for (end, _) in &self.in_flight {
+            if end.sequence <= previous {
+                return Err(format!("a group in flight ends at {} after {previous}", end.sequence));
+            }
+            previous = end.sequence;
+        }
+        if previous != started.sequence {
+            return Err(format!("the groups in flight end at {previous}, the started mark is {}", started.sequence));
+        }
+        let mut expected = started.sequence + 1;
+        for queued in &self.queue {
+            if queued.sequence != expected {
+                return Err(format!("queued append {} where {expected} was next", queued.sequence));
+            }
+            expected += 1;
+        }
+        if expected != submitted.sequence + 1 {
+            return Err(format!("the queue ends at {}, submitted is {}", expected - 1, submitted.sequence));
+        }
+        Ok(())
+    }
+}
+
 /// Counters of the commit pipeline, for benchmarks and diagnostics: appends
 /// per write is the group-commit factor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -298,6 +336,10 @@ async fn write_group(shared: Rc<Shared>, group: GroupWrite) {
             state.in_flight.pop_front();
             assert!(group_end.sequence > state.durable.sequence, "durability only advances");
             state.durable = group_end;
+        }
+        #[cfg(debug_assertions)]
+        if let Err(broken) = state.check_invariants() {
+            panic!("WAL commit state: {broken}");
         }
         state.stats.writes += 1;
         state.stats.write_micros += micros;

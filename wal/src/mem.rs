@@ -2,8 +2,8 @@
 //! moment a call returns. It is the reference the conformance suite holds the
 //! io_uring WAL to, and the disk of simulations and tests.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::cell::Cell;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use engine::{EntryBatch, HardState, Index, MemStorage, Recovered, SnapshotMeta, StorageError};
@@ -13,13 +13,19 @@ use crate::store::{AppendTicket, LogStore};
 
 /// The "disk" a [`MemLog`] lives on: it outlives the log, so closing and
 /// reopening a `MemLog` on the same disk recovers what was stored, like a
-/// directory does for the WAL. Clones share the disk.
+/// directory does for the WAL. Clones share the disk; it may move between
+/// threads (an in-process cluster restarts a node on a new thread), but one
+/// log uses it at a time.
 #[derive(Clone, Debug, Default)]
-pub struct MemDisk(Rc<RefCell<MemStorage>>);
+pub struct MemDisk(Arc<Mutex<MemStorage>>);
 
 impl MemDisk {
     pub fn new() -> MemDisk {
         MemDisk::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemStorage> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -44,13 +50,13 @@ impl LogStore for MemLog {
     type Options = MemDisk;
 
     async fn open(disk: MemDisk) -> Result<(MemLog, Recovered), WalError> {
-        let recovered = disk.0.borrow().recovered();
+        let recovered = disk.lock().recovered();
         Ok((MemLog { disk, sequence: Cell::new(0), closed: Cell::new(false) }, recovered))
     }
 
     fn append(&self, batch: EntryBatch) -> Result<AppendTicket, WalError> {
         self.check_open()?;
-        self.disk.0.borrow_mut().append(&batch).map_err(|error| match error {
+        self.disk.lock().append(&batch).map_err(|error| match error {
             StorageError::Gap { first, last } => WalError::Gap { first, last },
             StorageError::BeforeSnapshot { first, snapshot } => WalError::BeforeSnapshot { first, snapshot },
             other => unreachable!("append reports only position errors, got {other}"),
@@ -70,11 +76,11 @@ impl LogStore for MemLog {
     }
 
     fn durable_index(&self) -> Index {
-        self.disk.0.borrow().last_index()
+        self.disk.lock().last_index()
     }
 
     fn last_index(&self) -> Index {
-        self.disk.0.borrow().last_index()
+        self.disk.lock().last_index()
     }
 
     async fn wait_durable(&self, sequence: u64) -> Result<(), WalError> {
@@ -84,13 +90,13 @@ impl LogStore for MemLog {
 
     async fn save_hard_state(&self, hard_state: HardState) -> Result<(), WalError> {
         self.check_open()?;
-        self.disk.0.borrow_mut().set_hard_state(hard_state);
+        self.disk.lock().set_hard_state(hard_state);
         Ok(())
     }
 
     async fn save_commit(&self, hard_state: HardState) -> Result<(), WalError> {
         self.check_open()?;
-        let mut storage = self.disk.0.borrow_mut();
+        let mut storage = self.disk.lock();
         if !crate::hard_state::is_overtaken(hard_state, storage.hard_state()) {
             storage.set_hard_state(hard_state);
         }
@@ -99,7 +105,7 @@ impl LogStore for MemLog {
 
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
         self.check_open()?;
-        let mut storage = self.disk.0.borrow_mut();
+        let mut storage = self.disk.lock();
         let current = storage.snapshot_meta().index;
         if meta.index < current {
             return Err(WalError::SnapshotStale { index: meta.index, current });
@@ -109,14 +115,14 @@ impl LogStore for MemLog {
     }
 
     async fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Bytes)>, WalError> {
-        let storage = self.disk.0.borrow();
+        let storage = self.disk.lock();
         let meta = storage.snapshot_meta();
         Ok((meta.index > 0).then(|| (meta.clone(), storage.snapshot_data().clone())))
     }
 
     async fn compact(&self, index: Index) -> Result<(), WalError> {
         self.check_open()?;
-        let snapshot = self.disk.0.borrow().snapshot_meta().index;
+        let snapshot = self.disk.lock().snapshot_meta().index;
         if index > snapshot {
             return Err(WalError::CompactBeyondSnapshot { index, snapshot });
         }

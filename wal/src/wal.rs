@@ -233,6 +233,10 @@ impl LogStore for Wal {
         let ticket =
             AppendTicket { sequence, first_index: first, last_index: batch.last_index(), last_term: batch.last_term() };
         state.queue.push_back(Queued { sequence, batch });
+        #[cfg(debug_assertions)]
+        if let Err(broken) = state.check_invariants() {
+            panic!("WAL commit state: {broken}");
+        }
         drop(state);
         self.shared.writer_wake.notify_one();
         Ok(ticket)

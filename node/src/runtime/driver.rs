@@ -87,6 +87,8 @@ where
             break Err(error);
         }
     };
+    // The log closes only once nothing else holds it.
+    drop(log);
     stop(shard, result).await
 }
 

@@ -1,12 +1,17 @@
-//! The io_uring runtime around the shard drivers: `node serve` runs one
-//! pinned io_uring runtime per core, shards assigned to cores, nothing
-//! mutable shared between cores.
+//! The io_uring runtime around the shard drivers: a node runs one pinned
+//! io_uring runtime per core, shards assigned to cores, nothing mutable
+//! shared between cores.
 //!
 //! Core `k` listens on the peer and client ports plus `1000 * k`, and talks to core
 //! `k` of the other nodes; shard `s` lives on core `s % cores`. Every node of
 //! a cluster must therefore run the same number of shards and cores (cores =
 //! min(shards, available CPUs)). A client request that arrives on the wrong
 //! core is forwarded over a bounded channel to the core that owns its shard.
+//!
+//! [`start`] runs a node with any state machine, on the WAL or in memory
+//! ([`Storage`]), over TCP or an in-process [`Hub`] ([`Network`]), and
+//! returns a [`RunningNode`] with a [`NodeHandle`] for in-process clients;
+//! [`serve`] is the `node serve` binary's way: the WAL, TCP, until a signal.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,21 +21,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net::{inbound_channel, Inbound, Listener, ListenerConfig, ListenerRole, NodeSecurity, ResponseStatus};
+use engine::{Message, NodeId};
+use net::{
+    inbound_channel, Inbound, InboundReceiver, Listener, ListenerConfig, ListenerHandle, ListenerRole, NodeSecurity,
+    ResponseStatus,
+};
 use tokio::sync::{mpsc, oneshot};
 use wal::LogStore;
 
 use crate::app::StateMachine;
 use crate::config::ServeConfig;
 use crate::discovery::{self, Peer};
-use crate::shard::{RecoveredShard, Shard, ShardContext, SystemClock};
+use crate::replicated::Addresses;
+use crate::shard::{RecoveredShard, Shard, ShardContext, ShardTransport, SystemClock};
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
-use peers::{Peers, Replier, TcpTransport};
+pub use local::{Forwarded, Hub, HubMessage, NodeHandle};
+pub use log::{LogOptions, MemDisks, NodeLog};
+use peers::{Peers, Replier};
 use storage::LogStorage;
 use threads::{pin_to_cpu, start_runtime};
 
 pub mod driver;
+pub mod local;
+pub mod log;
 pub mod peers;
 pub mod storage;
 pub mod threads;
@@ -42,9 +56,11 @@ const INBOUND_QUEUE_MAX: usize = 16_384;
 /// WAL batches may exceed the engine's batch limit by the batch header and
 /// one entry header; the WAL is configured with this much headroom.
 const WAL_BATCH_HEADROOM: usize = 64 << 10;
+/// How often a core's dispatcher looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
-/// Why `node serve` could not start or stopped with an error. Each variant
-/// says what the operator can do.
+/// Why a node could not start or stopped with an error. Each variant says
+/// what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("io_uring is unavailable ({0}); this node needs Linux 5.10+ with io_uring allowed (containers: permit the io_uring syscalls in the seccomp profile)")]
@@ -61,17 +77,115 @@ pub enum ServeError {
     Core { core: usize, reason: String },
 }
 
-/// A client request forwarded from the core it arrived on.
-struct Forwarded {
-    shard_id: u32,
-    request: net::ClientRequest,
-    reply: oneshot::Sender<ResponseStatus>,
-    arrived: Instant,
+/// Where a node's shards keep their logs.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// The io_uring WAL, in `shard-N` directories of the data directory.
+    Wal,
+    /// Memory that outlives the node (an in-process cluster's disks).
+    Memory(MemDisks),
 }
 
-/// Runs the node until SIGINT or SIGTERM, with `make_app` building each
-/// shard's state machine.
+/// How a node reaches its peers.
+#[derive(Clone)]
+pub enum Network {
+    /// TCP on the configured peer and client addresses.
+    Tcp,
+    /// Channels to the other nodes of this process; no sockets (clients use
+    /// [`NodeHandle`]s).
+    InProcess(Hub),
+}
+
+/// A node started by [`start`]: its cores run on threads of their own.
+pub struct RunningNode {
+    node_id: NodeId,
+    handle: NodeHandle,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningNode {
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// A handle for sending client requests from this process.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The flag that stops the node when set (what a signal handler sets).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Stops the node cleanly: waiting clients are answered, the hard state
+    /// saved, the logs closed.
+    pub fn stop(self) -> Result<(), ServeError> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.wait()
+    }
+
+    /// Waits until the node stops (its shutdown flag, or a core failing,
+    /// which stops the others too) and reports the first failure.
+    pub fn wait(self) -> Result<(), ServeError> {
+        let mut first_error = None;
+        for (core, thread) in self.threads.into_iter().enumerate() {
+            let result = thread.join().unwrap_or_else(|_| Err(ServeError::Core { core, reason: "panicked".into() }));
+            if let Err(error) = result {
+                self.shutdown.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM: the `node serve` binary, with
+/// `make_app` building each shard's state machine, on the WAL and TCP.
 pub fn serve<S, F>(config: ServeConfig, make_app: F) -> Result<(), ServeError>
+where
+    S: StateMachine + 'static,
+    F: Fn(u32) -> S + Send + Sync + 'static,
+{
+    let node = start(config, Storage::Wal, Network::Tcp, make_app)?;
+    let shutdown = node.shutdown_flag();
+    ctrlc::set_handler(move || {
+        if shutdown.swap(true, Ordering::SeqCst) {
+            // A second signal: stop now.
+            std::process::exit(130);
+        }
+    })
+    .map_err(|error| ServeError::Core { core: 0, reason: format!("cannot install the signal handler: {error}") })?;
+    node.wait()
+}
+
+/// What every core of a node shares.
+struct NodeSetup<F> {
+    config: ServeConfig,
+    members: Vec<Peer>,
+    cores: usize,
+    storage: Storage,
+    network: Network,
+    security: NodeSecurity,
+    make_app: F,
+    /// The cores' queues of requests from outside them.
+    forward: Vec<mpsc::Sender<Forwarded>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Starts a node: checks its configuration and ports, then runs one thread
+/// per core with the shards it owns, each with a state machine from
+/// `make_app`.
+pub fn start<S, F>(
+    config: ServeConfig,
+    storage: Storage,
+    network: Network,
+    make_app: F,
+) -> Result<RunningNode, ServeError>
 where
     S: StateMachine + 'static,
     F: Fn(u32) -> S + Send + Sync + 'static,
@@ -79,8 +193,63 @@ where
     wal::io_uring_available().map_err(|error| ServeError::IoUring(error.to_string()))?;
     let members = discovery::discover_blocking(&config.peers)?;
     discovery::check_members(config.node_id, &members)?;
-    prepare_data_dir(&config.data_dir, config.shards)?;
+    if matches!(storage, Storage::Wal) {
+        prepare_data_dir(&config.data_dir, config.shards)?;
+    }
     let cores = (config.shards as usize).min(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    if matches!(network, Network::Tcp) {
+        check_ports(&config, cores)?;
+    }
+    // One set of credentials for the whole process: every core's listeners
+    // and links share it.
+    let security = NodeSecurity::plaintext(config.cluster_id, config.node_id, config.token.0.clone());
+    if matches!(network, Network::Tcp) {
+        for warning in security.warnings() {
+            tracing::warn!(%warning, "security");
+        }
+    }
+    tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
+    let mut forward = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..cores {
+        let (sender, receiver) = mpsc::channel::<Forwarded>(FORWARD_QUEUE_MAX);
+        forward.push(sender);
+        receivers.push(receiver);
+    }
+    let node_id = config.node_id;
+    let pin = config.pin_cores;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let handle = NodeHandle::new(node_id, forward.clone());
+    let setup = Arc::new(NodeSetup {
+        config,
+        members,
+        cores,
+        storage,
+        network,
+        security,
+        make_app,
+        forward,
+        shutdown: shutdown.clone(),
+    });
+    let mut threads = Vec::new();
+    for (core, receiver) in receivers.into_iter().enumerate() {
+        let setup = setup.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("node-{node_id}-core-{core}"))
+            .spawn(move || {
+                if pin {
+                    pin_to_cpu(core);
+                }
+                start_runtime(run_core(core, setup, receiver))
+            })
+            .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
+        threads.push(thread);
+    }
+    Ok(RunningNode { node_id, handle, shutdown, threads })
+}
+
+/// Fails clearly if a port a core needs does not exist or is taken.
+fn check_ports(config: &ServeConfig, cores: usize) -> Result<(), ServeError> {
     for core in 0..cores {
         for base in [config.peer_addr, config.client_addr] {
             let addr = core_addr(base, core as u16).ok_or_else(|| ServeError::Listen {
@@ -94,64 +263,7 @@ where
             probe_port(addr)?;
         }
     }
-    let shutdown = Arc::new(AtomicBool::new(false));
-    {
-        let shutdown = shutdown.clone();
-        ctrlc::set_handler(move || {
-            if shutdown.swap(true, Ordering::SeqCst) {
-                // A second signal: stop now.
-                std::process::exit(130);
-            }
-        })
-        .map_err(|error| ServeError::Core { core: 0, reason: format!("cannot install the signal handler: {error}") })?;
-    }
-    // One set of credentials for the whole process: every core's listeners
-    // and links share it.
-    let security = NodeSecurity::plaintext(config.cluster_id, config.node_id, config.token.0.clone());
-    for warning in security.warnings() {
-        tracing::warn!(%warning, "security");
-    }
-    tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
-    let config = Arc::new(config);
-    let make_app = Arc::new(make_app);
-    let mut senders = Vec::new();
-    let mut receivers = Vec::new();
-    for _ in 0..cores {
-        let (sender, receiver) = mpsc::channel::<Forwarded>(FORWARD_QUEUE_MAX);
-        senders.push(sender);
-        receivers.push(Some(receiver));
-    }
-    let mut threads = Vec::new();
-    for (core, receiver) in receivers.iter_mut().enumerate() {
-        let receiver = receiver.take().expect("one receiver per core");
-        let (config, members, senders, shutdown, make_app) =
-            (config.clone(), members.clone(), senders.clone(), shutdown.clone(), make_app.clone());
-        let security = security.clone();
-        let pin = config.pin_cores;
-        let thread = std::thread::Builder::new()
-            .name(format!("core-{core}"))
-            .spawn(move || {
-                if pin {
-                    pin_to_cpu(core);
-                }
-                start_runtime(run_core(core, cores, config, members, senders, receiver, shutdown, make_app, security))
-            })
-            .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
-        threads.push(thread);
-    }
-    let mut first_error = None;
-    for (core, thread) in threads.into_iter().enumerate() {
-        let result = thread.join().unwrap_or_else(|_| Err(ServeError::Core { core, reason: "panicked".into() }));
-        if let Err(error) = result {
-            // One core failing stops the node: the others shut down too.
-            shutdown.store(true, Ordering::SeqCst);
-            first_error.get_or_insert(error);
-        }
-    }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Fails clearly if another process listens on `addr`. After a node is
@@ -192,106 +304,87 @@ fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a core's shards reach their peers: TCP links, or the hub.
+#[derive(Clone)]
+enum PeerNet {
+    Tcp(Rc<Peers>),
+    Local { hub: Hub, core: u16 },
+}
+
+/// A shard's transport: Raft messages over its core's [`PeerNet`], answers
+/// to whoever asked.
+pub struct NodeTransport {
+    shard_id: u32,
+    peers: PeerNet,
+}
+
+impl ShardTransport for NodeTransport {
+    type Reply = Replier;
+
+    fn send(&mut self, message: Message) {
+        match &self.peers {
+            PeerNet::Tcp(peers) => peers.send(self.shard_id, message),
+            PeerNet::Local { hub, core } => hub.send(*core, self.shard_id, message),
+        }
+    }
+
+    fn reply(&mut self, to: Replier, status: ResponseStatus) {
+        to.send(status);
+    }
+
+    fn member_addresses(&mut self, id: NodeId, addresses: &Addresses) {
+        if let PeerNet::Tcp(peers) = &self.peers {
+            if let Some(addr) = addresses.peer.as_deref().and_then(|addr| addr.parse::<SocketAddr>().ok()) {
+                peers.ensure(id, addr);
+            }
+        }
+    }
+}
+
+/// One core: its network, its shards, and the dispatcher that routes what
+/// arrives to them until shutdown.
 async fn run_core<S, F>(
     core: usize,
-    cores: usize,
-    config: Arc<ServeConfig>,
-    members: Vec<Peer>,
-    forward: Vec<mpsc::Sender<Forwarded>>,
+    setup: Arc<NodeSetup<F>>,
     mut forwarded: mpsc::Receiver<Forwarded>,
-    shutdown: Arc<AtomicBool>,
-    make_app: Arc<F>,
-    security: NodeSecurity,
 ) -> Result<(), ServeError>
 where
     S: StateMachine + 'static,
     F: Fn(u32) -> S,
 {
+    let config = &setup.config;
     let offset = core as u16;
     let (inbound_sender, mut inbound) = inbound_channel(INBOUND_QUEUE_MAX);
-    let mut listeners = Vec::new();
-    // The peer listener takes only peers, the client listener only clients.
-    for (base, role) in [(config.peer_addr, ListenerRole::Peers), (config.client_addr, ListenerRole::Clients)] {
-        let addr = core_addr(base, offset).expect("checked at start");
-        let listener = Listener::bind(ListenerConfig::new(addr, role, security.clone()))
-            .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
-        listeners.push(listener.spawn(inbound_sender.clone()));
-    }
+    let (peers, listeners) = match &setup.network {
+        Network::Tcp => {
+            let listeners = listen(config, offset, &setup.security, &inbound_sender)?;
+            let peers = Rc::new(Peers::new(setup.security.clone(), offset));
+            for member in &setup.members {
+                peers.ensure(member.id, member.addr);
+            }
+            (PeerNet::Tcp(peers), listeners)
+        }
+        Network::InProcess(hub) => (PeerNet::Local { hub: hub.clone(), core: offset }, Vec::new()),
+    };
+    let mut from_hub = match &setup.network {
+        Network::InProcess(hub) => Some(hub.register(config.node_id, offset)),
+        Network::Tcp => None,
+    };
     drop(inbound_sender);
-    let peers = Rc::new(Peers::new(security, offset));
-    for member in &members {
-        peers.ensure(member.id, member.addr);
-    }
-    // A joining node bootstraps nothing: it learns the membership from the
-    // leader's log (the first entry records the bootstrap membership).
-    let voters: Vec<u64> = if config.join { Vec::new() } else { members.iter().map(|member| member.id).collect() };
     let mut inboxes: HashMap<u32, mpsc::Sender<ShardEvent>> = HashMap::new();
     let mut tasks = Vec::new();
-    for shard_id in (0..config.shards).filter(|shard| *shard as usize % cores == core) {
+    for shard_id in (0..config.shards).filter(|shard| *shard as usize % setup.cores == core) {
         let (sender, receiver) = mpsc::channel(SHARD_INBOX_MAX);
         inboxes.insert(shard_id, sender);
-        let mut wal_config =
-            wal::WalConfig::new(config.data_dir.join(format!("shard-{shard_id}")), config.cluster_id, config.node_id);
-        let batch_limit = config.limits.batch_bytes_max + WAL_BATCH_HEADROOM;
-        wal_config.batch_bytes_max = batch_limit;
-        wal_config.snapshot_write_rate = config.snapshot_write_rate;
-        wal_config.write_bytes_max = wal_config.write_bytes_max.max(batch_limit);
-        let mut engine_config = config.engine_config(voters.clone());
-        engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id);
-        let ctx = ShardContext {
-            shard_id,
-            node_id: config.node_id,
-            core: offset,
-            peer_addr: config.peer_addr,
-            client_addr: config.client_addr,
-            read_consistency_default: config.read_consistency,
-            forward_writes: config.forward_writes,
-            command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
-            nonce_salt: rand::random(),
-        };
-        let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
-        let (wal, recovered) = wal::Wal::open(wal_config).await.map_err(fail)?;
-        let snapshot = match recovered.snapshot {
-            Some(_) => wal.load_snapshot().await.map_err(fail)?,
-            None => None,
-        };
-        let (snapshot_sender, snapshot_receiver) = mpsc::unbounded_channel();
-        let storage = LogStorage::new(Rc::new(wal), shard_id, snapshot_sender);
-        let transport = TcpTransport { shard_id, peers: peers.clone() };
-        let shard = Shard::new(
-            ctx,
-            engine_config,
-            RecoveredShard { recovered, snapshot },
-            make_app(shard_id),
-            storage,
-            transport,
-            SystemClock,
-        )?;
-        let tick = config.timing.tick_interval;
-        tasks.push(tokio_uring::spawn(run_shard(shard, receiver, snapshot_receiver, tick, shutdown.clone())));
+        tasks.push(open_shard(&setup, offset, shard_id, peers.clone(), receiver).await?);
     }
     tracing::info!(core, shards = ?inboxes.keys().collect::<Vec<_>>(), "core serving");
-    let mut ticker = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tokio::select! {
-            event = inbound.recv() => {
-                let Some(event) = event else { break };
-                route(event, cores, &inboxes, &forward);
-            }
-            request = forwarded.recv() => {
-                let Some(Forwarded { shard_id, request, reply, arrived }) = request else { continue };
-                deliver(&inboxes, shard_id, request, Replier::Forwarded(reply), arrived);
-            }
-            _ = ticker.tick() => {
-                if shutdown.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-        }
-    }
+    dispatch(&setup, &mut inbound, &mut forwarded, from_hub.as_mut(), &inboxes).await;
     for listener in &listeners {
         listener.shutdown();
+    }
+    if let Network::InProcess(hub) = &setup.network {
+        hub.unregister(config.node_id, offset);
     }
     drop(inboxes);
     let mut result = Ok(());
@@ -299,14 +392,140 @@ where
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                shutdown.store(true, Ordering::SeqCst);
+                setup.shutdown.store(true, Ordering::SeqCst);
                 result = Err(ServeError::Shard(error));
             }
             Err(error) => result = Err(ServeError::Core { core, reason: format!("shard task failed: {error}") }),
         }
     }
-    peers.close_all();
+    if let PeerNet::Tcp(peers) = peers {
+        peers.close_all();
+    }
     result
+}
+
+/// Binds core `core`'s peer and client listeners: the peer listener takes
+/// only peers, the client listener only clients.
+fn listen(
+    config: &ServeConfig,
+    core: u16,
+    security: &NodeSecurity,
+    inbound: &net::InboundSender,
+) -> Result<Vec<ListenerHandle>, ServeError> {
+    let mut listeners = Vec::new();
+    for (base, role) in [(config.peer_addr, ListenerRole::Peers), (config.client_addr, ListenerRole::Clients)] {
+        let addr = core_addr(base, core).expect("checked at start");
+        let listener = Listener::bind(ListenerConfig::new(addr, role, security.clone()))
+            .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+        listeners.push(listener.spawn(inbound.clone()));
+    }
+    Ok(listeners)
+}
+
+/// Opens shard `shard_id`'s log, rebuilds its driver, and spawns it.
+async fn open_shard<S, F>(
+    setup: &NodeSetup<F>,
+    core: u16,
+    shard_id: u32,
+    peers: PeerNet,
+    inbox: mpsc::Receiver<ShardEvent>,
+) -> Result<tokio::task::JoinHandle<Result<(), crate::shard::ShardError>>, ServeError>
+where
+    S: StateMachine + 'static,
+    F: Fn(u32) -> S,
+{
+    let config = &setup.config;
+    let options = match &setup.storage {
+        Storage::Wal => {
+            let dir = config.data_dir.join(format!("shard-{shard_id}"));
+            let mut wal_config = wal::WalConfig::new(dir, config.cluster_id, config.node_id);
+            let batch_limit = config.limits.batch_bytes_max + WAL_BATCH_HEADROOM;
+            wal_config.batch_bytes_max = batch_limit;
+            wal_config.snapshot_write_rate = config.snapshot_write_rate;
+            wal_config.write_bytes_max = wal_config.write_bytes_max.max(batch_limit);
+            LogOptions::Wal(Box::new(wal_config))
+        }
+        Storage::Memory(disks) => LogOptions::Memory(disks.disk(config.node_id, shard_id)),
+    };
+    // A joining node bootstraps nothing: it learns the membership from the
+    // leader's log (the first entry records the bootstrap membership).
+    let voters: Vec<u64> =
+        if config.join { Vec::new() } else { setup.members.iter().map(|member| member.id).collect() };
+    let mut engine_config = config.engine_config(voters);
+    engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
+    let ctx = ShardContext {
+        shard_id,
+        node_id: config.node_id,
+        core,
+        peer_addr: config.peer_addr,
+        client_addr: config.client_addr,
+        read_consistency_default: config.read_consistency,
+        forward_writes: config.forward_writes,
+        command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
+        nonce_salt: rand::random(),
+    };
+    let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
+    let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;
+    let snapshot = match recovered.snapshot {
+        Some(_) => log.load_snapshot().await.map_err(fail)?,
+        None => None,
+    };
+    let (snapshot_sender, snapshot_receiver) = mpsc::unbounded_channel();
+    let storage = LogStorage::new(Rc::new(log), shard_id, snapshot_sender);
+    let transport = NodeTransport { shard_id, peers };
+    let recovered = RecoveredShard { recovered, snapshot };
+    let app = (setup.make_app)(shard_id);
+    let shard = Shard::new(ctx, engine_config, recovered, app, storage, transport, SystemClock)?;
+    let tick = config.timing.tick_interval;
+    Ok(tokio_uring::spawn(run_shard(shard, inbox, snapshot_receiver, tick, setup.shutdown.clone())))
+}
+
+/// Routes what arrives at a core to its shards until shutdown: Raft
+/// messages and client requests from the network, requests from other
+/// cores and from handles.
+async fn dispatch<F>(
+    setup: &NodeSetup<F>,
+    inbound: &mut InboundReceiver,
+    forwarded: &mut mpsc::Receiver<Forwarded>,
+    mut from_hub: Option<&mut mpsc::Receiver<HubMessage>>,
+    inboxes: &HashMap<u32, mpsc::Sender<ShardEvent>>,
+) {
+    let mut ticker = tokio::time::interval(SHUTDOWN_POLL);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            event = inbound.recv(), if listening => {
+                match event {
+                    Some(event) => route(event, setup.cores, inboxes, &setup.forward),
+                    // No listeners (an in-process node): only the hub.
+                    None => listening = false,
+                }
+            }
+            Some(HubMessage { shard_id, message }) = recv_hub(&mut from_hub) => {
+                if let Some(inbox) = inboxes.get(&shard_id) {
+                    // A full inbox drops the message: Raft resends.
+                    let _ = inbox.try_send(ShardEvent::Raft(message));
+                }
+            }
+            request = forwarded.recv() => {
+                let Some(Forwarded { shard_id, request, reply, arrived }) = request else { continue };
+                deliver(inboxes, shard_id, request, Replier::Forwarded(reply), arrived);
+            }
+            _ = ticker.tick() => {
+                if setup.shutdown.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The next message from the hub, or never when the core has no hub.
+async fn recv_hub(from_hub: &mut Option<&mut mpsc::Receiver<HubMessage>>) -> Option<HubMessage> {
+    match from_hub {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn route(
