@@ -81,6 +81,12 @@ pub struct ShardStats {
     pub busy: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshots installed while reads waited for the state machine (they
+    /// are then served from the installed state).
+    pub installs_with_reads_waiting: u64,
+    /// Forwarded writes and session openings whose clients were sent to the
+    /// new leader because the term changed before they were applied.
+    pub forwards_redirected: u64,
     started: Instant,
 }
 
@@ -104,6 +110,8 @@ impl ShardStats {
             busy: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            installs_with_reads_waiting: 0,
+            forwards_redirected: 0,
             started: now,
         }
     }
@@ -129,6 +137,8 @@ impl ShardStats {
             "busy": self.busy,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,
+            "installs_with_reads_waiting": self.installs_with_reads_waiting,
+            "forwards_redirected": self.forwards_redirected,
         })
     }
 }

@@ -194,3 +194,46 @@ fn a_ledger_cluster_of_three_processes_survives_its_leader_killed() {
     });
     workload::check(&summaries, ACCOUNTS, INITIAL, seen).unwrap_or_else(|error| panic!("{error}: {summaries:?}"));
 }
+
+/// The README's "Embedding" example, as written there (keep the two equal).
+#[test]
+fn the_readme_embedding_example_runs() -> Result<(), Box<dyn std::error::Error>> {
+    use node::{Rejection, RestoreError, SerializedImage, SnapshotImage, StateMachine};
+
+    struct Counter(u64);
+
+    impl StateMachine for Counter {
+        fn apply(&mut self, _index: u64, command: &[u8]) -> Result<bytes::Bytes, Rejection> {
+            self.0 += u64::from(*command.first().ok_or_else(|| Rejection("empty".into()))?);
+            Ok(bytes::Bytes::copy_from_slice(&self.0.to_le_bytes()))
+        }
+        fn query(&self, _query: &[u8]) -> Result<bytes::Bytes, Rejection> {
+            Ok(bytes::Bytes::copy_from_slice(&self.0.to_le_bytes()))
+        }
+        fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+            Box::new(SerializedImage(bytes::Bytes::copy_from_slice(&self.0.to_le_bytes())))
+        }
+        fn restore(&mut self, snapshot: &bytes::Bytes) -> Result<(), RestoreError> {
+            let bytes: [u8; 8] = snapshot.as_ref().try_into().map_err(|_| RestoreError("8 bytes".into()))?;
+            self.0 = u64::from_le_bytes(bytes);
+            Ok(())
+        }
+    }
+
+    // Three replicas in this process (memory, channels), with a client that
+    // follows the leader and writes exactly once:
+    let mut cluster = node::embed::LocalCluster::start(3, |_shard| Counter(0))?;
+    let mut client = cluster.client();
+    let mut session = client.open_session()?;
+    client.write(&mut session, bytes::Bytes::from_static(&[5]))?;
+    let leader = cluster.wait_for_leader(0, Duration::from_secs(10)).unwrap();
+    cluster.stop(leader)?; // the others elect a new leader
+    client.write(&mut session, bytes::Bytes::from_static(&[1]))?;
+    cluster.restart(leader)?; // it recovers from its memory disks
+
+    // Beyond the README: both writes applied once.
+    let total = client.read(bytes::Bytes::new(), ReadConsistency::Linearizable)?;
+    assert_eq!(total.as_ref(), &6u64.to_le_bytes());
+    cluster.shutdown()?;
+    Ok(())
+}

@@ -78,6 +78,11 @@ pub struct Summary {
     /// Sessions clients opened, found expired (or evicted), and were
     /// refused a session because the table was full of sessions with
     /// answers in doubt; writes given up past the retry window.
+    /// Shell events: snapshots installed while reads waited, forwarded
+    /// writes redirected by a term change, clean stops.
+    pub installs_with_reads_waiting: u64,
+    pub forwards_redirected: u64,
+    pub clean_stops: u64,
     pub sessions_opened: u64,
     pub sessions_expired: u64,
     pub sessions_refused: u64,
@@ -161,7 +166,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
     // are evicted or refused, and writes find their session full.
     let settings = SessionSettings {
         sessions_max: client_count as u32 + rng.range(0, 3) as u32,
-        timeout_ms: rng.range(1_000, 3_000),
+        timeout_ms: rng.range(2_000, 6_000),
         replies_max: rng.range(2, 7) as u32,
         reply_bytes_max: 1 << 20,
     };
@@ -245,12 +250,13 @@ impl World {
             }
             if self.stalled_until.get(&id).is_some_and(|&until| self.now < until) {
                 if self.rng.range(0, 20) == 0 {
-                    node.disk_progress(0, true);
+                    node.disk_progress(0, true, false);
                 }
             } else if self.rng.range(0, 100) < disk_speed {
                 let count = self.rng.range(1, 4) as usize;
                 let hard_state = self.rng.range(0, 2) == 0;
-                node.disk_progress(count, hard_state);
+                let overtake = self.rng.range(0, 3) == 0;
+                node.disk_progress(count, hard_state, overtake);
             }
             let output = node.process();
             self.send_all(id, output);
@@ -380,6 +386,17 @@ impl World {
                     self.stalled_until.insert(id, until);
                     self.summary.disk_stalls += 1;
                 }
+                14 => {
+                    // A clean stop (SIGTERM) with clients waiting: they are
+                    // answered, the hard state saved, the log closed.
+                    let id = self.pick();
+                    let limit = ((voters as usize) - 1) / 2;
+                    if self.nodes[&id].up && self.down_count() < limit.max(1) {
+                        let output = self.nodes.get_mut(&id).expect("known node").shut_down();
+                        self.send_all(id, output);
+                        self.network.forget(id);
+                    }
+                }
                 11 => {
                     if let Some(leader) = self.leader() {
                         let target = self.pick();
@@ -495,6 +512,10 @@ impl World {
         self.summary.state_machine_rebuilds = self.nodes.values().map(|node| node.generation).sum();
         self.summary.snapshots_installed = self.nodes.values().map(|node| node.snapshots_installed()).sum();
         self.summary.forwarded_answered = self.nodes.values().map(|node| node.forwarded_answered()).sum();
+        self.summary.installs_with_reads_waiting =
+            self.nodes.values().map(|node| node.installs_with_reads_waiting()).sum();
+        self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
+        self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
         for client in &self.clients {
             self.summary.sessions_opened += client.counts.sessions_opened;
             self.summary.sessions_expired += client.counts.sessions_expired;

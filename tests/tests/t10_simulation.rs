@@ -44,6 +44,9 @@ fn run_many(voters: u64, test_name: &str) {
                 total.forward_writes |= summary.forward_writes;
                 total.forwarded_answered += summary.forwarded_answered;
                 total.sessions_opened += summary.sessions_opened;
+                total.installs_with_reads_waiting += summary.installs_with_reads_waiting;
+                total.forwards_redirected += summary.forwards_redirected;
+                total.clean_stops += summary.clean_stops;
                 total.sessions_expired += summary.sessions_expired;
                 total.sessions_refused += summary.sessions_refused;
                 total.writes_given_up += summary.writes_given_up;
@@ -61,7 +64,8 @@ fn run_many(voters: u64, test_name: &str) {
         "{seeds} seeds with {voters} voters in {:.1?}: {} operations checked ({} completed), {} crashes, {} partitions, \
          {} membership changes, {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
          {} entries committed, {} forwarded writes answered; sessions: {} opened, {} found expired or evicted, \
-         {} openings refused (table full), {} writes given up past the retry window ({:.0} seeds/s)",
+         {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
+         while reads waited, {} forwarded writes redirected by a term change, {} clean stops ({:.0} seeds/s)",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -78,6 +82,9 @@ fn run_many(voters: u64, test_name: &str) {
         total.sessions_expired,
         total.sessions_refused,
         total.writes_given_up,
+        total.installs_with_reads_waiting,
+        total.forwards_redirected,
+        total.clean_stops,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
     // The simulator must actually exercise the faults it claims to.
@@ -90,6 +97,9 @@ fn run_many(voters: u64, test_name: &str) {
         assert!(total.lease_reads, "no run used lease reads");
         assert!(total.sessions_expired > 0, "no session ever expired or was evicted under a client");
         assert!(total.sessions_refused > 0, "no session opening was ever refused for a full table");
+        assert!(total.installs_with_reads_waiting > 0, "no snapshot was installed while reads waited");
+        assert!(total.forwards_redirected > 0, "no forwarded write crossed a term change");
+        assert!(total.clean_stops > 0, "no node was stopped cleanly");
         assert!(total.completed > seeds, "clients completed almost nothing");
     }
 }

@@ -113,14 +113,12 @@ where
     T: ShardTransport,
 {
     let shard_id = shard.context().shard_id;
-    shard.abandon_requests();
     let Err(error) = &result else {
-        let log = shard.storage().log().clone();
-        let hard_state = shard.raft().hard_state();
-        drop(shard);
-        if let Err(error) = log.save_hard_state(hard_state).await {
+        if let Err(error) = shard.shut_down().await {
             tracing::warn!(shard = shard_id, %error, "saving the hard state at shutdown failed");
         }
+        let log = shard.storage().log().clone();
+        drop(shard);
         // Background work (a paced compaction, a snapshot being stored)
         // holds the log for a moment; let it finish so the log closes.
         let deadline = Instant::now() + SHUTDOWN_BACKGROUND_WAIT;
@@ -138,6 +136,7 @@ where
         tracing::info!(shard = shard_id, "shard stopped cleanly");
         return result;
     };
+    shard.abandon_requests();
     tracing::error!(shard = shard_id, %error, "shard stopped");
     result
 }

@@ -266,6 +266,18 @@ where
         }
     }
 
+    /// The clean stop: answers every waiting client (`TimedOut`) and saves
+    /// the hard state, its commit index no further than what this node's
+    /// log holds durably (a commit index beyond the durable log would be
+    /// wrong after a crash before the log closes). The shell then closes the
+    /// log, which waits for the appends still on their way.
+    pub async fn shut_down(&mut self) -> Result<(), ShardError> {
+        self.abandon_requests();
+        let mut hard_state = self.raft.hard_state();
+        hard_state.commit = hard_state.commit.min(self.raft.persisted_index());
+        self.storage.save_hard_state(hard_state).await.map_err(|source| self.storage_error(source))
+    }
+
     pub fn context(&self) -> &ShardContext {
         &self.ctx
     }

@@ -89,6 +89,11 @@ impl<R> Requests<R> {
         }
     }
 
+    /// Whether reads wait for the state machine to reach their index.
+    pub(super) fn reads_waiting(&self) -> bool {
+        !self.reads_waiting.is_empty()
+    }
+
     /// Every waiting client, removed.
     pub(super) fn drain_all(&mut self) -> Vec<R> {
         self.reads_waiting.clear();
@@ -282,6 +287,7 @@ where
             .map(|(_, write)| write)
             .chain(self.requests.openings.drain().map(|(_, write)| write));
         for write in stale.collect::<Vec<_>>() {
+            self.stats.forwards_redirected += 1;
             self.transport.reply(write.reply, redirect.clone());
         }
     }

@@ -117,6 +117,9 @@ where
         self.fsm.restore(&data).map_err(|error| ShardError::Restore { shard: self.ctx.shard_id, reason: error.0 })?;
         self.snapshots.current = Some((meta, data));
         self.stats.snapshots_installed += 1;
+        if self.requests.reads_waiting() {
+            self.stats.installs_with_reads_waiting += 1;
+        }
         Ok(())
     }
 }

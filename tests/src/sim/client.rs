@@ -413,7 +413,7 @@ impl SimClient {
             return;
         }
         match rng.range(0, 200) {
-            0 => self.idle_until = now + rng.range(1_000, 4_000),
+            0 => self.idle_until = now + rng.range(2_000, 8_000),
             1 | 2 => self.session = None,
             _ => {}
         }

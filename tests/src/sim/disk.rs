@@ -102,12 +102,38 @@ impl SimDisk {
 
     /// Makes up to `count` queued writes durable, in order.
     pub fn complete(&mut self, count: usize) {
+        self.complete_overtaking(count, false);
+    }
+
+    /// Makes up to `count` queued writes durable; with `overtake`, an
+    /// append queued behind a local snapshot completes before it (the WAL
+    /// lets later appends land while a snapshot the log agrees with is
+    /// still being written, so durability can be reported for appends
+    /// submitted after a snapshot the shard has not heard of).
+    pub fn complete_overtaking(&mut self, count: usize, overtake: bool) {
         for _ in 0..count {
-            let Some(write) = self.pending.pop_front() else { break };
+            let local_snapshot_first = matches!(self.pending.front(), Some(DiskWrite::Snapshot { local: true, .. }));
+            let append_next = matches!(self.pending.get(1), Some(DiskWrite::Entries { .. }));
+            let write = if overtake && local_snapshot_first && append_next {
+                self.pending.remove(1)
+            } else {
+                self.pending.pop_front()
+            };
+            let Some(write) = write else { break };
             if let Some(stored) = self.make_durable(write) {
                 self.stored.push(stored);
             }
         }
+    }
+
+    /// The log closes cleanly (a node's clean stop): every queued write
+    /// lands, and the next store opened on this disk counts its appends
+    /// from 1 again.
+    pub fn close(&mut self) {
+        self.complete(usize::MAX);
+        self.finish_lazy_hard_state();
+        self.durable_sequence = 0;
+        self.stored.clear();
     }
 
     /// The local snapshots that became durable since the last call.

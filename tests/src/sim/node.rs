@@ -124,6 +124,10 @@ pub struct SimNode {
     /// answered when applied, by the drivers that ended (crashes).
     snapshots_installed_before: u64,
     forwarded_answered_before: u64,
+    installs_with_reads_waiting_before: u64,
+    forwards_redirected_before: u64,
+    /// Clean stops (with clients waiting or not).
+    pub clean_stops: u64,
 }
 
 fn shard_context(id: NodeId, forward_writes: bool, nonce_salt: u64) -> ShardContext {
@@ -162,6 +166,9 @@ impl SimNode {
             generation: 0,
             snapshots_installed_before: 0,
             forwarded_answered_before: 0,
+            installs_with_reads_waiting_before: 0,
+            forwards_redirected_before: 0,
+            clean_stops: 0,
         }
     }
 
@@ -221,8 +228,11 @@ impl SimNode {
                 durable.snapshot_meta().index
             );
         }
-        self.snapshots_installed_before += self.shard.stats().snapshots_installed;
-        self.forwarded_answered_before += self.shard.stats().forwarded_answered;
+        let stats = self.shard.stats();
+        self.snapshots_installed_before += stats.snapshots_installed;
+        self.forwarded_answered_before += stats.forwarded_answered;
+        self.installs_with_reads_waiting_before += stats.installs_with_reads_waiting;
+        self.forwards_redirected_before += stats.forwards_redirected;
         self.generation += 1;
         let generation = self.generation;
         self.shard = SimNode::open(
@@ -241,12 +251,25 @@ impl SimNode {
 
     /// The disk finishes up to `count` queued writes; the lazy hard state
     /// lands when `hard_state` is set.
-    pub fn disk_progress(&mut self, count: usize, hard_state: bool) {
+    pub fn disk_progress(&mut self, count: usize, hard_state: bool, overtake: bool) {
         let mut disk = self.disk.borrow_mut();
         if hard_state {
             disk.finish_lazy_hard_state();
         }
-        disk.complete(count);
+        disk.complete_overtaking(count, overtake);
+    }
+
+    /// A clean stop, as on SIGTERM: the driver answers its waiting clients
+    /// and saves the hard state, then the log closes (every queued write
+    /// lands). Returns what the driver sent.
+    pub fn shut_down(&mut self) -> Outbox {
+        if let Err(error) = run_now(self.shard.shut_down()) {
+            panic!("node {}: a clean stop failed: {error}", self.id);
+        }
+        self.disk.borrow_mut().close();
+        self.up = false;
+        self.clean_stops += 1;
+        std::mem::take(&mut *self.outbox.borrow_mut())
     }
 
     /// A Raft message arrives.
@@ -324,5 +347,15 @@ impl SimNode {
     /// Forwarded writes answered when applied, over all restarts.
     pub fn forwarded_answered(&self) -> u64 {
         self.forwarded_answered_before + self.shard.stats().forwarded_answered
+    }
+
+    /// Snapshots installed while reads waited, over all restarts.
+    pub fn installs_with_reads_waiting(&self) -> u64 {
+        self.installs_with_reads_waiting_before + self.shard.stats().installs_with_reads_waiting
+    }
+
+    /// Forwarded writes redirected by a term change, over all restarts.
+    pub fn forwards_redirected(&self) -> u64 {
+        self.forwards_redirected_before + self.shard.stats().forwards_redirected
     }
 }
