@@ -167,9 +167,10 @@ struct LoadArgs {
     /// Load before the measured window, not recorded.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
-    /// The shards to send to, such as `0` or `0,1,2,3` (round robin over
-    /// connections).
-    #[arg(long, value_delimiter = ',', default_value = "0")]
+    /// The shards to send to, such as `0` or `0,2` (round robin over
+    /// connections; each connection sends only its shard's keys). [default:
+    /// every shard of the cluster]
+    #[arg(long, value_delimiter = ',')]
     shards: Vec<u32>,
     /// Drop a connection whose requests get no answer for this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -567,7 +568,7 @@ fn command_demo(args: DemoArgs) -> Result<(), String> {
         consistency: Consistency::Linearizable,
         duration: args.duration,
         warmup: args.warmup,
-        shards: vec![0],
+        shards: Vec::new(),
         request_timeout: Duration::from_secs(10),
         seed: 1,
         quiet: args.quiet,

@@ -96,7 +96,9 @@ pub struct RunSettings {
     pub consistency: Consistency,
     pub duration_s: f64,
     pub warmup_s: f64,
-    /// The shards the connections target, round robin.
+    /// The shards the connections target, round robin; empty: every shard
+    /// of the cluster (its count is learnt from the nodes). Each connection
+    /// sends only keys its shard owns (`net::kv::shard_for_key`).
     pub shards: Vec<u32>,
     /// A connection with requests in flight and no answer for this long is
     /// dropped and its requests counted as `timeout`.
@@ -122,7 +124,7 @@ impl RunSettings {
             consistency: Consistency::Linearizable,
             duration_s: 5.0,
             warmup_s: 1.0,
-            shards: vec![0],
+            shards: Vec::new(),
             request_timeout_s: 10.0,
             seed: 1,
         }
@@ -135,9 +137,6 @@ impl RunSettings {
         let bad = |reason: &str| Err(RunError::Settings(reason.to_string()));
         if self.addrs.is_empty() {
             return bad("give at least one node address");
-        }
-        if self.shards.is_empty() {
-            return bad("give at least one shard");
         }
         if self.connections == 0 || self.threads == 0 {
             return bad("connections and threads must be at least 1");
@@ -232,6 +231,13 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
     let mut client_config = ClientConfig::new(settings.cluster_id, options.token.clone());
     client_config.connect_timeout = Duration::from_secs(2);
+    let total_shards = cluster_shards(&addrs, &client_config)?;
+    if settings.shards.is_empty() {
+        settings.shards = (0..total_shards).collect();
+    }
+    if let Some(shard) = settings.shards.iter().find(|&&shard| shard >= total_shards) {
+        return Err(RunError::Settings(format!("shard {shard} does not exist: the cluster has {total_shards}")));
+    }
     let ask = {
         let (names, addrs, shards, config) =
             (settings.addrs.clone(), addrs.clone(), settings.shards.clone(), client_config.clone());
@@ -245,6 +251,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     let duration = Duration::from_secs_f64(settings.duration_s);
     let shared = Arc::new(Shared {
         settings: settings.clone(),
+        total_shards,
         client_config,
         addrs,
         keys,
@@ -292,6 +299,8 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
 /// What every worker thread reads.
 struct Shared {
     settings: RunSettings,
+    /// The cluster's shard count.
+    total_shards: u32,
     client_config: ClientConfig,
     addrs: Vec<SocketAddr>,
     keys: KeyChooser,
@@ -360,7 +369,11 @@ pub fn plan_connections(settings: &RunSettings) -> Vec<ConnectionPlan> {
                     (share(inflight_max, index), Some(Schedule::new(rate, connections, index)))
                 }
             };
-            ConnectionPlan { index, shard: settings.shards[index % settings.shards.len()], inflight, schedule }
+            let shard = match settings.shards.len() {
+                0 => 0,
+                count => settings.shards[index % count],
+            };
+            ConnectionPlan { index, shard, inflight, schedule }
         })
         .collect()
 }
@@ -431,7 +444,8 @@ impl Slot {
 async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefCell<Recorder>>) {
     let seed = shared.settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(plan.index as u64);
     let slot = Rc::new(RefCell::new(Slot {
-        workload: Workload::new(&shared.settings.workload, shared.keys.clone(), seed),
+        workload: Workload::new(&shared.settings.workload, shared.keys.clone(), seed)
+            .routed(plan.shard, shared.total_shards),
         session: None,
         next_scheduled: 0,
     }));
@@ -853,6 +867,25 @@ pub fn check_answer(op: OpKind, answer: &Bytes) -> Answer {
         Ok(response) => Answer::Unexpected(format!("a {op} was answered with {response:?}")),
         Err(error) => Answer::Unexpected(format!("a {op} was answered with bytes that do not decode: {error}")),
     }
+}
+
+/// The cluster's shard count, as the first node that answers tells it in
+/// the handshake (1 when it does not say: an older node).
+fn cluster_shards(addrs: &[SocketAddr], config: &ClientConfig) -> Result<u32, RunError> {
+    let (addrs, config) = (addrs.to_vec(), config.clone());
+    let told = tokio_uring::start(async move {
+        let mut last = String::new();
+        for addr in addrs {
+            match ClientConnection::connect(addr, &config).await {
+                Ok(connection) => return Ok(connection.server_shards().max(1)),
+                Err(error) => last = format!("{addr}: {error}"),
+            }
+        }
+        Err(last)
+    });
+    told.map_err(|reason| {
+        RunError::Settings(format!("no node answered to say how many shards the cluster has: {reason}"))
+    })
 }
 
 /// Asks every node, for every shard in `shards`, the JSON request `body`

@@ -149,6 +149,8 @@ pub struct Workload {
     /// not matter, and generating them per request would cost client CPU
     /// that belongs to the server on a shared machine.
     value: Bytes,
+    /// Only keys of this shard (of this many) are drawn.
+    route: Option<(u32, u32)>,
 }
 
 impl Workload {
@@ -156,7 +158,15 @@ impl Workload {
     pub fn new(config: &WorkloadConfig, keys: KeyChooser, seed: u64) -> Workload {
         let mut rng = StdRng::seed_from_u64(seed);
         let value: Vec<u8> = (0..config.value_size).map(|_| rng.random()).collect();
-        Workload { rng, keys, read_fraction: config.read_fraction, value: Bytes::from(value) }
+        Workload { rng, keys, read_fraction: config.read_fraction, value: Bytes::from(value), route: None }
+    }
+
+    /// Draws only keys that shard `shard` of `shards` owns
+    /// (`net::kv::shard_for_key`): a key drawn for another shard is drawn
+    /// again, so each shard sees the key distribution restricted to its keys.
+    pub fn routed(mut self, shard: u32, shards: u32) -> Workload {
+        self.route = (shards > 1).then_some((shard, shards));
+        self
     }
 
     /// The next operation: its kind and its encoded key-value command (a
@@ -173,7 +183,12 @@ impl Workload {
     /// the same order, as [`Workload::next_op`].
     pub fn next_key_value(&mut self) -> KeyValueOp {
         let is_read = self.read_fraction > 0.0 && self.rng.random::<f64>() < self.read_fraction;
-        let key = key_name(self.keys.sample(&mut self.rng));
+        let mut key = key_name(self.keys.sample(&mut self.rng));
+        if let Some((shard, shards)) = self.route {
+            while net::kv::shard_for_key(&key, shards) != shard {
+                key = key_name(self.keys.sample(&mut self.rng));
+            }
+        }
         if is_read {
             KeyValueOp::Get { key }
         } else {

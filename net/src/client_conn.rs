@@ -81,6 +81,7 @@ pub struct ClientConnection {
     sender: ClientSender,
     receiver: ClientReceiver,
     server_node_id: NodeId,
+    server_shards: u32,
 }
 
 /// The sending half: encodes requests into a reusable buffer and writes them
@@ -124,12 +125,18 @@ impl ClientConnection {
             sender: ClientSender { stream: stream.clone(), cluster_id: config.cluster_id, coalescer: Coalescer::new() },
             receiver: ClientReceiver { stream, cluster_id: config.cluster_id, reader },
             server_node_id: accept.node_id,
+            server_shards: accept.shards,
         })
     }
 
     /// The node id the server announced in its handshake answer.
     pub fn server_node_id(&self) -> NodeId {
         self.server_node_id
+    }
+
+    /// The shard count the server announced (0: not said).
+    pub fn server_shards(&self) -> u32 {
+        self.server_shards
     }
 
     /// Whether the connection runs over TLS.

@@ -54,6 +54,9 @@ pub struct HandshakeAccept {
     /// The acceptor's node id, so a client learns whom it reached.
     pub node_id: NodeId,
     pub protocol_version: u16,
+    /// The acceptor's shard count (0: not said), so a client can route a
+    /// key to its shard (`crate::kv::shard_for_key`).
+    pub shards: u32,
 }
 
 /// Why a handshake was refused. The numeric values are the wire format's.
@@ -177,7 +180,8 @@ struct HandshakeBody {
 struct AcceptBody {
     node_id: U64,
     protocol_version: U16,
-    reserved: [u8; 6],
+    reserved: [u8; 2],
+    shards: U32,
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -236,7 +240,8 @@ impl HandshakeAccept {
         let body = AcceptBody {
             node_id: U64::new(self.node_id),
             protocol_version: U16::new(self.protocol_version),
-            reserved: [0; 6],
+            reserved: [0; 2],
+            shards: U32::new(self.shards),
         };
         out.put_slice(body.as_bytes());
     }
@@ -246,7 +251,11 @@ impl HandshakeAccept {
         let fixed = reader.fixed::<AcceptBody>()?;
         reader.reserved(&fixed.reserved)?;
         reader.finish()?;
-        Ok(HandshakeAccept { node_id: fixed.node_id.get(), protocol_version: fixed.protocol_version.get() })
+        Ok(HandshakeAccept {
+            node_id: fixed.node_id.get(),
+            protocol_version: fixed.protocol_version.get(),
+            shards: fixed.shards.get(),
+        })
     }
 }
 

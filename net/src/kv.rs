@@ -35,6 +35,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::compact::{optional_bytes_size, put_bytes, put_optional_bytes, FormatError, Reader};
 
+/// The seed of the key hash that picks a shard: any fixed value other than
+/// crc32c's own initial value, so that the shard hash is independent of
+/// the plain crc32c the key-value store uses to spread keys over its
+/// buckets (a shard's keys still use every bucket).
+pub const SHARD_HASH_SEED: u32 = 0x5EED_5A2D;
+
+/// The shard that owns `key` in a cluster of `shards` shards: hash
+/// partitioning, `(crc32c_append(SHARD_HASH_SEED, key) * shards) >> 32`
+/// (the hash scaled to the shard count, Lemire's range reduction). Every
+/// client and node computes the same; a node refuses a keyed request sent
+/// to another shard, naming the right one.
+pub fn shard_for_key(key: &[u8], shards: u32) -> u32 {
+    assert!(shards > 0, "a cluster has at least one shard");
+    let hash = crc32c::crc32c_append(SHARD_HASH_SEED, key);
+    ((u64::from(hash) * u64::from(shards)) >> 32) as u32
+}
+
 /// The largest key, in bytes.
 pub const KEY_SIZE_MAX: usize = 64 * 1024;
 /// The largest value, in bytes.
@@ -50,6 +67,11 @@ pub enum KvOp {
 }
 
 impl KvOp {
+    /// The shard that owns this op's key in a cluster of `shards` shards.
+    pub fn shard(&self, shards: u32) -> u32 {
+        shard_for_key(self.key(), shards)
+    }
+
     pub fn key(&self) -> &Bytes {
         match self {
             KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => key,
@@ -219,5 +241,36 @@ impl KvResponse {
             KvResponse::CasSucceeded => Bytes::from_static(&[4]),
             _ => self.encode(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spread_evenly_over_shards_and_one_shard_takes_all() {
+        for shards in [1u32, 2, 3, 4, 7] {
+            let mut counts = vec![0u32; shards as usize];
+            for index in 0..40_000u32 {
+                counts[shard_for_key(format!("key-{index:012}").as_bytes(), shards) as usize] += 1;
+            }
+            let expected = 40_000 / shards;
+            for (shard, count) in counts.iter().enumerate() {
+                assert!(count.abs_diff(expected) < expected / 10, "{shards} shards: shard {shard} got {count}");
+            }
+        }
+        assert_eq!(shard_for_key(b"anything", 1), 0);
+    }
+
+    /// The function is part of the protocol: clients and nodes of every
+    /// version must agree, so its values are pinned.
+    #[test]
+    fn the_shard_function_is_fixed() {
+        assert_eq!(crc32c::crc32c_append(SHARD_HASH_SEED, b"hello"), 0x0dca_db0b);
+        assert_eq!(shard_for_key(b"hello", 4), 0);
+        assert_eq!(shard_for_key(b"key-000000000001", 4), 1);
+        assert_eq!(shard_for_key(b"a", 4), 1);
+        assert_eq!(shard_for_key(b"hello", 1_000), ((0x0dca_db0bu64 * 1_000) >> 32) as u32);
     }
 }

@@ -124,6 +124,9 @@ pub struct ListenerConfig {
     /// keeps acknowledging but stops reading, a zero window, is not relied
     /// on: such a client is held at its bound instead.)
     pub dead_peer_timeout: Duration,
+    /// The node's shard count, told to every caller in the handshake's
+    /// answer (0: not said).
+    pub shards: u32,
 }
 
 impl ListenerConfig {
@@ -146,6 +149,7 @@ impl ListenerConfig {
             authorize_requests: true,
             write_bytes_max: 1 << 20,
             dead_peer_timeout: Duration::from_secs(15),
+            shards: 0,
         }
     }
 
@@ -843,8 +847,11 @@ async fn establish(
     };
     match verdict {
         Ok(caller) => {
-            let accept =
-                HandshakeAccept { node_id: credentials.node_id, protocol_version: u16::from(PROTOCOL_VERSION) };
+            let accept = HandshakeAccept {
+                node_id: credentials.node_id,
+                protocol_version: u16::from(PROTOCOL_VERSION),
+                shards: config.shards,
+            };
             write_frame(stream, &Frame { cluster_id, shard_id: 0, payload: Payload::HandshakeAccept(accept) }).await?;
             reader.set_limits(config.limits);
             Ok(Established::Accepted { reader, caller })

@@ -64,6 +64,9 @@ pub trait Connector {
 
     /// Forgets what it holds for `addr` (a connection that failed).
     fn forget(&mut self, addr: &Self::Address);
+
+    /// The shard count of the node at `addr` (0 if it does not say).
+    async fn shards(&mut self, addr: &Self::Address) -> Result<u32, String>;
 }
 
 /// The client protocol over TCP: one connection at a time, to the node last
@@ -112,6 +115,15 @@ impl Connector for TcpConnector {
             self.connection = None;
         }
     }
+
+    /// Told in the handshake's answer.
+    async fn shards(&mut self, addr: &SocketAddr) -> Result<u32, String> {
+        if self.connection.as_ref().is_none_or(|(connected, _)| connected != addr) {
+            let connection = ClientConnection::connect(*addr, &self.config).await.map_err(|error| error.to_string())?;
+            self.connection = Some((*addr, connection));
+        }
+        Ok(self.connection.as_ref().expect("connected above").1.server_shards())
+    }
 }
 
 /// A client of one shard of a cluster.
@@ -126,6 +138,8 @@ pub struct Client<C: Connector = TcpConnector> {
     target: Option<C::Address>,
     attempt: usize,
     next_request_id: u64,
+    /// The cluster's shard count, once a node told it.
+    shards: Option<u32>,
 }
 
 impl Client<TcpConnector> {
@@ -141,7 +155,50 @@ impl<C: Connector> Client<C> {
     /// `connector`.
     pub fn with_connector(connector: C, addrs: Vec<C::Address>, shard: u32, timeout: Duration) -> Client<C> {
         assert!(!addrs.is_empty(), "a client needs at least one node");
-        Client { connector, addrs, shard, timeout, target: None, attempt: 0, next_request_id: 1 }
+        Client { connector, addrs, shard, timeout, target: None, attempt: 0, next_request_id: 1, shards: None }
+    }
+
+    /// The shard later calls go to.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Sends later calls to shard `shard` (a session belongs to one shard:
+    /// open it on the shard it will write to).
+    pub fn set_shard(&mut self, shard: u32) {
+        if shard != self.shard {
+            self.shard = shard;
+            self.target = None;
+        }
+    }
+
+    /// The cluster's shard count, asked of the nodes once (a node tells it
+    /// when a connection opens).
+    pub async fn shards(&mut self) -> Result<u32, CallError> {
+        if let Some(shards) = self.shards {
+            return Ok(shards);
+        }
+        let mut last = String::from("no node");
+        for addr in self.addrs.clone() {
+            match self.connector.shards(&addr).await {
+                Ok(0) => last = format!("{addr} did not say how many shards it has"),
+                Ok(shards) => {
+                    self.shards = Some(shards);
+                    return Ok(shards);
+                }
+                Err(error) => last = format!("{addr}: {error}"),
+            }
+        }
+        Err(CallError::Unreachable { timeout: self.timeout, last })
+    }
+
+    /// Sends later calls to the shard that owns `key`
+    /// ([`crate::kv::shard_for_key`]); returns it.
+    pub async fn route_to_key(&mut self, key: &[u8]) -> Result<u32, CallError> {
+        let shards = self.shards().await?;
+        let shard = crate::kv::shard_for_key(key, shards);
+        self.set_shard(shard);
+        Ok(shard)
     }
 
     /// Sends `body` in `session` context (`client_id`, `sequence`, `ack` as

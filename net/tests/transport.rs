@@ -293,6 +293,7 @@ fn spawn_stalled_peer() -> (SocketAddr, std::sync::mpsc::Sender<()>, std::thread
             payload: Payload::HandshakeAccept(HandshakeAccept {
                 node_id: 2,
                 protocol_version: u16::from(PROTOCOL_VERSION),
+                shards: 1,
             }),
         };
         socket.write_all(&accept.to_bytes()).unwrap();

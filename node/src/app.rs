@@ -27,6 +27,19 @@ pub trait StateMachine {
     /// reads). Must not change the state.
     fn query(&self, query: &[u8]) -> Result<Bytes, Rejection>;
 
+    /// The key a command or query is about, if the state machine's data is
+    /// keyed: a node with several shards refuses a keyed request sent to a
+    /// shard that does not own its key (`net::kv::shard_for_key`), naming
+    /// the right one, so no shard ever serves another's keys. The default
+    /// (no key) lets any shard take any command.
+    fn routing_key(command: &[u8]) -> Option<&[u8]>
+    where
+        Self: Sized,
+    {
+        let _ = command;
+        None
+    }
+
     /// A hint given with a batch of committed commands before any of them is
     /// applied: start loading what applying them will touch. A large state
     /// lives mostly outside the CPU's caches, and each lookup is a chain of

@@ -254,7 +254,8 @@ pub struct ClientArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub timeout: String,
 
-    /// The shard to talk to.
+    /// The shard an admin request is for (`node kv` finds its key's shard
+    /// itself: keys map to shards by `net::kv::shard_for_key`).
     #[arg(long, value_name = "SHARD", default_value_t = 0)]
     pub shard: u32,
 }

@@ -93,6 +93,21 @@ impl<C: Connector> BlockingClient<C> {
         self.runtime.block_on(self.client.call(client_id, sequence, ack, body))
     }
 
+    /// Sends later calls to the shard that owns `key`; returns it.
+    pub fn route_to_key(&mut self, key: &[u8]) -> Result<u32, CallError> {
+        self.runtime.block_on(self.client.route_to_key(key))
+    }
+
+    /// Sends later calls to shard `shard`.
+    pub fn set_shard(&mut self, shard: u32) {
+        self.client.set_shard(shard);
+    }
+
+    /// The cluster's shard count.
+    pub fn shards(&mut self) -> Result<u32, CallError> {
+        self.runtime.block_on(self.client.shards())
+    }
+
     pub fn open_session(&mut self) -> Result<Session, CallError> {
         self.runtime.block_on(self.client.open_session())
     }
@@ -131,6 +146,8 @@ pub fn call(client: &ClientConfig, body: RequestBody) -> Result<ResponseStatus, 
 /// Runs `node kv ...` and prints the outcome.
 pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
     let mut client = BlockingClient::new(&command.client)?;
+    // The key's shard: the cluster says how many there are.
+    client.route_to_key(command.op.key())?;
     let answer = if !command.op.is_write() {
         let consistency = command.consistency.unwrap_or(ReadConsistency::NodeDefault);
         client.read(command.op.encode(), consistency)?
@@ -172,9 +189,28 @@ fn print_kv(op: &KvOp, bytes: &Bytes) {
     }
 }
 
-/// Runs `node admin ...` and prints the JSON answer.
+/// Runs `node admin ...` and prints the JSON answer. `node admin status`
+/// shows every shard (each its own Raft group with its own leader).
 pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
-    match BlockingClient::new(&command.client)?.call(command.body)? {
+    let mut client = BlockingClient::new(&command.client)?;
+    if command.body == RequestBody::Status {
+        let shards = client.shards()?;
+        if shards > 1 {
+            let mut statuses = Vec::new();
+            for shard in 0..shards {
+                client.set_shard(shard);
+                match client.call(RequestBody::Status)? {
+                    ResponseStatus::Ok(bytes) => {
+                        statuses.push(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
+                    }
+                    other => return Err(ClientCmdError::Call(CallError::Refused(other))),
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
+            return Ok(());
+        }
+    }
+    match client.call(command.body)? {
         ResponseStatus::Ok(bytes) if bytes.is_empty() => {
             println!("OK");
             Ok(())

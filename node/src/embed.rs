@@ -71,6 +71,11 @@ impl Connector for LocalConnector {
     }
 
     fn forget(&mut self, _: &NodeId) {}
+
+    async fn shards(&mut self, node: &NodeId) -> Result<u32, String> {
+        let handles = self.handles.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        handles.get(node).map(NodeHandle::shards).ok_or_else(|| format!("node {node} is not running"))
+    }
 }
 
 /// A cluster of nodes inside this process: each node's shards keep their

@@ -352,6 +352,11 @@ impl StateMachine for KvStateMachine {
         }
     }
 
+    /// Every op is about one key.
+    fn routing_key(command: &[u8]) -> Option<&[u8]> {
+        KvOpRef::decode(command).ok().map(|op| op.key())
+    }
+
     /// Starts loading each key's value into the cache before the batch is
     /// applied.
     fn prefetch(&self, commands: &[&[u8]]) {

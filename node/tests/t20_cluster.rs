@@ -476,3 +476,82 @@ fn sigterm_stops_the_node_cleanly_and_closes_its_logs() {
     assert_eq!(stderr.matches("shard stopped cleanly").count(), 2, "{stderr}");
     assert!(!stderr.contains("not closed"), "{stderr}");
 }
+
+/// Issue 20: on a four-shard cluster `node kv` puts each key on the shard
+/// that owns it (`net::kv::shard_for_key`; the cluster tells clients how
+/// many shards it has), every key reads back through any node, and a keyed
+/// request sent to the wrong shard is refused with the right one named.
+#[test]
+fn keys_spread_over_four_shards_and_read_back_through_any_node() {
+    let cluster = TestCluster::start_with(3, 21900, &["--shards", "4"]);
+    let node = env!("CARGO_BIN_EXE_node");
+    let cli = |via: u64, args: &[&str]| -> String {
+        let output = Command::new(node)
+            .arg("kv")
+            .args(["--addr", &format!("127.0.0.1:{}", cluster.client_port(via)), "--cluster-id", "9"])
+            .args(args)
+            .env("NODE_TOKEN", TOKEN)
+            .output()
+            .expect("run the CLI");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    // Wait until every shard has a leader (the CLI retries for 5 s anyway).
+    for shard in 0..4 {
+        let mut config = cluster.client(&cluster.live());
+        config.shard = shard;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = call(&config, RequestBody::Status).expect("status");
+            let ResponseStatus::Ok(json) = status else { panic!("status answered {status:?}") };
+            let status: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            if status["leader"].as_u64().unwrap_or(0) != 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "shard {shard} has no leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut per_shard = [0u32; 4];
+    for i in 0..40 {
+        let key = format!("user-{i}");
+        per_shard[net::kv::shard_for_key(key.as_bytes(), 4) as usize] += 1;
+        assert_eq!(cli(1 + i % 3, &["put", &key, &format!("v{i}")]), "OK");
+    }
+    assert!(per_shard.iter().all(|&count| count > 0), "the keys spread over every shard: {per_shard:?}");
+    for i in 0..40 {
+        for via in 1..=3 {
+            assert_eq!(cli(via, &["get", &format!("user-{i}")]), format!("v{i}"), "user-{i} through node {via}");
+        }
+    }
+    // Each shard applied exactly its keys' writes.
+    for (shard, &expected) in per_shard.iter().enumerate() {
+        let mut config = cluster.client(&cluster.live());
+        config.shard = shard as u32;
+        let status = call(&config, RequestBody::Status).expect("status");
+        let ResponseStatus::Ok(json) = status else { panic!("{status:?}") };
+        let status: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(status["shards"], 4);
+        let leader = status["leader"].as_u64().unwrap();
+        let mut stats_config = cluster.client(&[leader]);
+        stats_config.shard = shard as u32;
+        let stats = call(&stats_config, RequestBody::Admin(AdminRequest::Stats)).expect("stats");
+        let ResponseStatus::Ok(json) = stats else { panic!("{stats:?}") };
+        let stats: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        // Each put is a session opening, the write and the close: three.
+        let applied = stats["stats"]["writes_applied"].as_u64().unwrap();
+        assert!(applied >= u64::from(expected) * 3, "shard {shard}: {applied} writes for {expected} keys: {stats}");
+    }
+    // A key sent to a shard that does not own it is refused, naming its own.
+    let key = "user-0";
+    let owner = net::kv::shard_for_key(key.as_bytes(), 4);
+    let mut config = cluster.client(&cluster.live());
+    config.shard = (owner + 1) % 4;
+    let op = KvOp::Get { key: Bytes::from(key) };
+    let status = call(&config, RequestBody::Read { query: op.encode(), consistency: ReadConsistency::Linearizable })
+        .expect("answered");
+    match status {
+        ResponseStatus::BadRequest(reason) => assert!(reason.contains(&format!("shard {owner} of 4")), "{reason}"),
+        other => panic!("a misrouted read answered {other:?}"),
+    }
+}

@@ -116,6 +116,7 @@ pub(crate) struct State {
 impl State {
     /// Checks the commit pipeline's invariants; returns the first broken
     /// one. Debug builds check after every append and every completed write.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         let (durable, started, submitted) = (self.durable, self.started, self.submitted);
         if durable.sequence > started.sequence || started.sequence > submitted.sequence {

@@ -186,8 +186,9 @@ pub fn payload() -> impl Strategy<Value = Payload> {
                 protocol_version,
                 token
             })),
-        1 => (any::<u64>(), any::<u16>())
-            .prop_map(|(node_id, protocol_version)| Payload::HandshakeAccept(HandshakeAccept { node_id, protocol_version })),
+        1 => (any::<u64>(), any::<u16>(), any::<u32>()).prop_map(|(node_id, protocol_version, shards)| {
+            Payload::HandshakeAccept(HandshakeAccept { node_id, protocol_version, shards })
+        }),
         1 => (refusal_reason(), text(60)).prop_map(|(reason, message)| Payload::HandshakeRefuse(HandshakeRefusal {
             reason,
             message

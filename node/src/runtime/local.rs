@@ -81,17 +81,23 @@ impl Hub {
 #[derive(Clone)]
 pub struct NodeHandle {
     node_id: NodeId,
+    shards: u32,
     /// One per core: shard `s` lives on core `s % cores.len()`.
     cores: Vec<mpsc::Sender<Forwarded>>,
 }
 
 impl NodeHandle {
-    pub(crate) fn new(node_id: NodeId, cores: Vec<mpsc::Sender<Forwarded>>) -> NodeHandle {
-        NodeHandle { node_id, cores }
+    pub(crate) fn new(node_id: NodeId, shards: u32, cores: Vec<mpsc::Sender<Forwarded>>) -> NodeHandle {
+        NodeHandle { node_id, shards, cores }
     }
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The node's shard count.
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
     /// Sends `request` to shard `shard_id`; the answer arrives on the

@@ -219,7 +219,7 @@ where
     let node_id = config.node_id;
     let pin = config.pin_cores;
     let shutdown = Arc::new(AtomicBool::new(false));
-    let handle = NodeHandle::new(node_id, forward.clone());
+    let handle = NodeHandle::new(node_id, config.shards, forward.clone());
     let setup = Arc::new(NodeSetup {
         config,
         members,
@@ -415,8 +415,10 @@ fn listen(
     let mut listeners = Vec::new();
     for (base, role) in [(config.peer_addr, ListenerRole::Peers), (config.client_addr, ListenerRole::Clients)] {
         let addr = core_addr(base, core).expect("checked at start");
-        let listener = Listener::bind(ListenerConfig::new(addr, role, security.clone()))
-            .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+        let mut listener_config = ListenerConfig::new(addr, role, security.clone());
+        listener_config.shards = config.shards;
+        let listener =
+            Listener::bind(listener_config).map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
         listeners.push(listener.spawn(inbound.clone()));
     }
     Ok(listeners)
@@ -455,6 +457,7 @@ where
     engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
     let ctx = ShardContext {
         shard_id,
+        shards: config.shards,
         node_id: config.node_id,
         core,
         peer_addr: config.peer_addr,
@@ -462,6 +465,7 @@ where
         read_consistency_default: config.read_consistency,
         forward_writes: config.forward_writes,
         command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
+        balance_leaders: config.shards > 1,
         nonce_salt: rand::random(),
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });

@@ -58,6 +58,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub struct ShardContext {
     pub shard_id: u32,
+    /// The node's shard count: a keyed request belongs to shard
+    /// `net::kv::shard_for_key(key, shards)`.
+    pub shards: u32,
     pub node_id: NodeId,
     /// The core the shard runs on: its peers and clients use the node's
     /// base ports plus `core * CORE_PORT_STRIDE` (see [`crate::topology`]).
@@ -70,6 +73,10 @@ pub struct ShardContext {
     pub forward_writes: bool,
     /// Largest command accepted: a batch must fit storage's batch limit.
     pub command_bytes_max: usize,
+    /// Hand leadership to the shard's preferred leader when it is healthy,
+    /// so that a node's shards do not all lead from one node (on when the
+    /// node runs several shards).
+    pub balance_leaders: bool,
     /// Where this shard's session-opening nonces start: random per start,
     /// so an opening proposed before a crash never answers a client of the
     /// restarted node (determined by the seed in the simulator).
@@ -116,7 +123,16 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     applied_trace: Option<Vec<Entry>>,
     /// The log's clock as this node, when leader, advances it.
     log_clock: LogClock,
+    /// When this node last tried to hand leadership to the preferred leader.
+    balanced_at: Option<Instant>,
 }
+
+/// A new leader keeps leadership at least this long before handing it to
+/// the preferred leader: after a failure and recovery the cluster settles
+/// first, and a flapping preferred node never ping-pongs leadership.
+const BALANCE_HOLD: Duration = Duration::from_secs(5);
+/// A hand-over that did not happen is tried again after this long.
+const BALANCE_RETRY: Duration = Duration::from_secs(10);
 
 /// How a leader advances the log's time: it proposes clock entries carrying
 /// the log time it found on taking office plus the time its monotonic clock
@@ -191,6 +207,7 @@ where
             envelope_arena: BytesMut::new(),
             applied_trace: None,
             log_clock: LogClock::default(),
+            balanced_at: None,
         })
     }
 
@@ -221,6 +238,48 @@ where
             self.storage.save_commit(hard_state);
         }
         self.advance_log_clock(now);
+        self.balance_leadership(now);
+    }
+
+    /// The node that should lead this shard when it is up: the voters in id
+    /// order, shard `s` preferring the `s mod n`-th. Every node computes the
+    /// same from the replicated configuration, so leaders spread evenly over
+    /// the voters (for as many shards as voters, one each) with no
+    /// coordination between shards.
+    pub fn preferred_leader(&self) -> Option<NodeId> {
+        let voters = &self.raft.conf().voters;
+        (!voters.is_empty()).then(|| voters[self.ctx.shard_id as usize % voters.len()])
+    }
+
+    /// As a leader that is not the preferred one, hands leadership to the
+    /// preferred leader once it has led for [`BALANCE_HOLD`] and the
+    /// preferred node is active and holds the whole log (at most one try
+    /// per [`BALANCE_RETRY`]).
+    fn balance_leadership(&mut self, now: Instant) {
+        if !self.ctx.balance_leaders || self.raft.role() != engine::Role::Leader {
+            return;
+        }
+        let Some(preferred) = self.preferred_leader().filter(|&id| id != self.ctx.node_id) else { return };
+        let Some((since, _)) = self.log_clock.office else { return };
+        if now.saturating_duration_since(since) < BALANCE_HOLD
+            || self.balanced_at.is_some_and(|at| now.saturating_duration_since(at) < BALANCE_RETRY)
+        {
+            return;
+        }
+        let last = self.raft.last_index();
+        let ready = self
+            .raft
+            .status()
+            .progress
+            .iter()
+            .any(|peer| peer.id == preferred && !peer.learner && peer.recent_active && peer.match_index == last);
+        if ready {
+            self.balanced_at = Some(now);
+            tracing::info!(shard = self.ctx.shard_id, to = preferred, "handing leadership to the preferred leader");
+            if let Err(error) = self.raft.transfer_leader(preferred) {
+                tracing::debug!(shard = self.ctx.shard_id, %error, "leadership hand-over refused");
+            }
+        }
     }
 
     /// As leader, proposes a clock entry when sessions exist (only they need

@@ -130,6 +130,14 @@ where
     C: Clock,
 {
     pub(super) fn handle_request(&mut self, request: ClientRequest, reply: T::Reply, arrived: Instant) {
+        if let Some(owner) = self.misrouted(&request.body) {
+            let status = ResponseStatus::BadRequest(format!(
+                "the key belongs to shard {owner} of {} (net::kv::shard_for_key), not to shard {}",
+                self.ctx.shards, self.ctx.shard_id
+            ));
+            self.transport.reply(reply, status);
+            return;
+        }
         match request.body {
             RequestBody::Write { command } => {
                 if command.len() > self.ctx.command_bytes_max {
@@ -203,6 +211,21 @@ where
                 self.transport.reply(reply, status);
             }
         }
+    }
+
+    /// The shard that owns a keyed request's key, when it is not this one.
+    fn misrouted(&self, body: &RequestBody) -> Option<u32> {
+        if self.ctx.shards <= 1 {
+            return None;
+        }
+        let bytes = match body {
+            RequestBody::Write { command } => command,
+            RequestBody::Read { query, .. } => query,
+            _ => return None,
+        };
+        let key = S::routing_key(bytes)?;
+        let owner = net::kv::shard_for_key(key, self.ctx.shards);
+        (owner != self.ctx.shard_id).then_some(owner)
     }
 
     /// Where clients find the leader: its id and, from the replicated address
@@ -540,6 +563,8 @@ where
         json!({
             "node": self.ctx.node_id,
             "shard": self.ctx.shard_id,
+            "shards": self.ctx.shards,
+            "preferred_leader": self.preferred_leader(),
             "role": format!("{:?}", status.role),
             "term": status.term,
             "leader": status.leader,

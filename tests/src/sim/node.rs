@@ -134,6 +134,7 @@ fn shard_context(id: NodeId, forward_writes: bool, nonce_salt: u64) -> ShardCont
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
     ShardContext {
         shard_id: 0,
+        shards: 1,
         node_id: id,
         core: 0,
         peer_addr: SocketAddr::new(ip, 10_000 + id as u16),
@@ -141,6 +142,7 @@ fn shard_context(id: NodeId, forward_writes: bool, nonce_salt: u64) -> ShardCont
         read_consistency_default: ReadConsistency::Linearizable,
         forward_writes,
         command_bytes_max: 1 << 20,
+        balance_leaders: false,
         nonce_salt,
     }
 }
