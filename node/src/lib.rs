@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod kv;
+pub mod metrics;
 pub mod session;
 pub mod testing;
 
