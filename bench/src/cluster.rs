@@ -177,7 +177,8 @@ impl LocalCluster {
     }
 
     /// Waits until every shard has a leader that commits a write (a `Put`
-    /// of an empty value under `bench/ready`), following `NotLeader`.
+    /// of an empty value under a `bench/ready/N` key of that shard, see
+    /// [`ready_key`]), following `NotLeader`.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), ClusterError> {
         let start = Instant::now();
         for shard in 0..self.spec.shards {
@@ -186,7 +187,8 @@ impl LocalCluster {
                 if crate::signal::stop_requested() {
                     return Err(ClusterError::Interrupted);
                 }
-                let last = match probe_write(&self.client_addrs, shard, Duration::from_millis(1_500)) {
+                let last = match probe_write(&self.client_addrs, shard, self.spec.shards, Duration::from_millis(1_500))
+                {
                     Ok(()) => break,
                     Err(reason) => reason,
                 };
@@ -235,11 +237,21 @@ impl Drop for LocalCluster {
     }
 }
 
+/// The first key `bench/ready/N` that belongs to `shard` of `shards`: a
+/// node refuses a key of another shard, so each shard's probe needs one of
+/// its own.
+pub fn ready_key(shard: u32, shards: u32) -> Bytes {
+    (0u32..)
+        .map(|n| Bytes::from(format!("bench/ready/{n}")))
+        .find(|key| net::kv::shard_for_key(key, shards) == shard)
+        .expect("every shard owns some key")
+}
+
 /// One write through the leader of `shard`, starting at any node (outside
 /// a session: it is idempotent).
-fn probe_write(addrs: &[SocketAddr], shard: u32, timeout: Duration) -> Result<(), String> {
+fn probe_write(addrs: &[SocketAddr], shard: u32, shards: u32, timeout: Duration) -> Result<(), String> {
     let config = ClientConfig::new(LOCAL_CLUSTER_ID, Bytes::from_static(LOCAL_TOKEN.as_bytes()));
-    let command = KvOp::Put { key: Bytes::from_static(b"bench/ready"), value: Bytes::new() }.encode();
+    let command = KvOp::Put { key: ready_key(shard, shards), value: Bytes::new() }.encode();
     let mut client = net::Client::new(addrs.to_vec(), config, shard, timeout);
     tokio_uring::start(async move {
         client.write_at_least_once(command).await.map(|_| ()).map_err(|error| error.to_string())

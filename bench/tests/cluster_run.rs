@@ -122,3 +122,30 @@ fn bench_run_against_a_local_three_node_cluster() {
         open.error_examples
     );
 }
+
+/// A cluster of four shards becomes ready: each shard's probe write uses a
+/// key of that shard (with one shared key, every shard but the key's owner
+/// refused it, and `bench sweep --node-shards 2` gave up after 30 s).
+#[test]
+fn a_four_shard_cluster_becomes_ready() {
+    for shards in [1, 2, 4, 16] {
+        for shard in 0..shards {
+            assert_eq!(net::kv::shard_for_key(&bench::cluster::ready_key(shard, shards), shards), shard);
+        }
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(node) = node_binary(&bench) else {
+        eprintln!("SKIPPED: no node binary next to {} (cargo build -p node, or BENCH_NODE_BIN)", bench.display());
+        return;
+    };
+    let spec = ClusterSpec {
+        node_binary: node,
+        nodes: 3,
+        shards: 4,
+        extra_args: Vec::new(),
+        log_level: "warn".into(),
+        keep: false,
+    };
+    let mut cluster = LocalCluster::start(spec).expect("start the node processes");
+    cluster.wait_ready(Duration::from_secs(30)).expect("every shard commits a write");
+}
