@@ -113,7 +113,7 @@ fn serve_one(
     match path.split('?').next().unwrap_or_default() {
         "/metrics" => {
             let views = gather(waiter, handle);
-            let body = encode(handle.node_id(), views, handle.connections());
+            let body = encode(handle.node_id(), views);
             respond(&mut stream, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", &body)
         }
         "/livez" => respond(&mut stream, 200, "text/plain", "ok\n"),
@@ -194,13 +194,11 @@ const STAGES: [&str; 5] = ["queued", "wal_write_sync", "replication", "apply", "
 struct Scrape {
     node: u64,
     views: Vec<ShardView>,
-    /// Open (peer, client) connections.
-    connections: (usize, usize),
 }
 
-fn encode(node: u64, views: Vec<ShardView>, connections: (usize, usize)) -> String {
+fn encode(node: u64, views: Vec<ShardView>) -> String {
     let mut registry = Registry::with_prefix("raft_node");
-    registry.register_collector(Box::new(Scrape { node, views, connections }));
+    registry.register_collector(Box::new(Scrape { node, views }));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -310,11 +308,6 @@ impl Collector for Scrape {
             gauge,
             status_u64("pending_writes"),
         )?;
-        let mut connections =
-            encoder.encode_descriptor("connections", "Open connections per listener role.", None, MetricType::Gauge)?;
-        for (role, count) in [("peer", self.connections.0), ("client", self.connections.1)] {
-            connections.encode_family(&[("role", role)])?.encode_gauge(&(count as i64))?;
-        }
         for (name, key, help) in [
             ("leader_changes", "leader_changes", "Times this replica learned of a new leader."),
             ("writes_applied", "writes_applied", "Client writes applied here that this replica answered."),
@@ -381,10 +374,9 @@ mod tests {
 
     #[test]
     fn scrape_encodes_gauges_counters_and_histograms_in_seconds() {
-        let text = encode(2, vec![view(0, 2, 10, 10), view(1, 3, 5, 5)], (4, 7));
+        let text = encode(2, vec![view(0, 2, 10, 10), view(1, 3, 5, 5)]);
         let samples = parse_samples(&text);
         assert_eq!(sample(&samples, "raft_node_node_id"), Some(2.0), "{text}");
-        assert_eq!(sample(&samples, "raft_node_connections{role=\"client\"}"), Some(7.0), "{text}");
         assert_eq!(sample(&samples, "raft_node_commit_index{shard=\"1\"}"), Some(5.0), "{text}");
         assert_eq!(sample(&samples, "raft_node_writes_applied_total{shard=\"0\"}"), Some(9.0), "{text}");
         // 2 of 3 writes took at most 500 us; all 3 at most 2.5 ms.

@@ -9,7 +9,6 @@
 //! from another core takes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -85,54 +84,11 @@ pub struct NodeHandle {
     shards: u32,
     /// One per core: shard `s` lives on core `s % cores.len()`.
     cores: Vec<mpsc::Sender<Forwarded>>,
-    connections: Arc<ConnectionGauges>,
-}
-
-/// Open connections per listener role, summed over the cores: each core
-/// stores its own listeners' counts about once a second (the listeners are
-/// core-local), and readers outside the cores (the metrics endpoint) add
-/// them up.
-#[derive(Debug, Default)]
-pub struct ConnectionGauges {
-    /// Per core: (peer connections, client connections).
-    per_core: Vec<(AtomicUsize, AtomicUsize)>,
-}
-
-impl ConnectionGauges {
-    pub fn new(cores: usize) -> ConnectionGauges {
-        ConnectionGauges { per_core: (0..cores).map(|_| Default::default()).collect() }
-    }
-
-    /// Core `core`'s current counts.
-    pub fn store(&self, core: usize, peers: usize, clients: usize) {
-        if let Some((peer_count, client_count)) = self.per_core.get(core) {
-            peer_count.store(peers, Ordering::Relaxed);
-            client_count.store(clients, Ordering::Relaxed);
-        }
-    }
-
-    /// (peer connections, client connections) over every core.
-    pub fn totals(&self) -> (usize, usize) {
-        self.per_core.iter().fold((0, 0), |(peers, clients), (p, c)| {
-            (peers + p.load(Ordering::Relaxed), clients + c.load(Ordering::Relaxed))
-        })
-    }
 }
 
 impl NodeHandle {
-    pub(crate) fn new(
-        node_id: NodeId,
-        shards: u32,
-        cores: Vec<mpsc::Sender<Forwarded>>,
-        connections: Arc<ConnectionGauges>,
-    ) -> NodeHandle {
-        NodeHandle { node_id, shards, cores, connections }
-    }
-
-    /// Open (peer, client) connections of the node's listeners, as of the
-    /// cores' last count (about a second old at most; zero in process).
-    pub fn connections(&self) -> (usize, usize) {
-        self.connections.totals()
+    pub(crate) fn new(node_id: NodeId, shards: u32, cores: Vec<mpsc::Sender<Forwarded>>) -> NodeHandle {
+        NodeHandle { node_id, shards, cores }
     }
 
     pub fn node_id(&self) -> NodeId {

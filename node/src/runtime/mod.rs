@@ -36,7 +36,7 @@ use crate::replicated::Addresses;
 use crate::shard::{RecoveredShard, Shard, ShardContext, ShardTransport, SystemClock};
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
-pub use local::{ConnectionGauges, Forwarded, Hub, HubMessage, NodeHandle};
+pub use local::{Forwarded, Hub, HubMessage, NodeHandle};
 pub use log::{LogOptions, MemDisks, NodeLog};
 use peers::{Peers, Replier};
 use storage::LogStorage;
@@ -175,8 +175,6 @@ struct NodeSetup<F> {
     /// The cores' queues of requests from outside them.
     forward: Vec<mpsc::Sender<Forwarded>>,
     shutdown: Arc<AtomicBool>,
-    /// Each core's listeners' open connections, for the metrics endpoint.
-    connections: Arc<ConnectionGauges>,
 }
 
 /// Starts a node: checks its configuration and ports, then runs one thread
@@ -228,8 +226,7 @@ where
     let node_id = config.node_id;
     let pin = config.pin_cores;
     let shutdown = Arc::new(AtomicBool::new(false));
-    let connections = Arc::new(ConnectionGauges::new(cores));
-    let handle = NodeHandle::new(node_id, config.shards, forward.clone(), connections.clone());
+    let handle = NodeHandle::new(node_id, config.shards, forward.clone());
     let setup = Arc::new(NodeSetup {
         config,
         members,
@@ -240,7 +237,6 @@ where
         make_app,
         forward,
         shutdown: shutdown.clone(),
-        connections,
     });
     let mut threads = Vec::new();
     for (core, receiver) in receivers.into_iter().enumerate() {
@@ -390,14 +386,6 @@ where
         Network::Tcp => None,
     };
     drop(inbound_sender);
-    if !listeners.is_empty() {
-        tokio_uring::spawn(count_connections(
-            core,
-            listeners.clone(),
-            setup.connections.clone(),
-            setup.shutdown.clone(),
-        ));
-    }
     let mut inboxes: HashMap<u32, mpsc::Sender<ShardEvent>> = HashMap::new();
     let mut tasks = Vec::new();
     for shard_id in (0..config.shards).filter(|shard| *shard as usize % setup.cores == core) {
@@ -429,26 +417,6 @@ where
         peers.close_all();
     }
     result
-}
-
-/// How often a core stores its listeners' connection counts.
-const CONNECTION_COUNT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Stores core `core`'s open peer and client connections in `gauges` about
-/// once a second until shutdown (the listeners are core-local; the gauges
-/// are read from other threads).
-async fn count_connections(
-    core: usize,
-    listeners: Vec<ListenerHandle>,
-    gauges: Arc<ConnectionGauges>,
-    shutdown: Arc<AtomicBool>,
-) {
-    while !shutdown.load(Ordering::Relaxed) {
-        let count = |index: usize| listeners.get(index).map_or(0, ListenerHandle::connection_count);
-        // `listen` returns the peer listener first, then the client one.
-        gauges.store(core, count(0), count(1));
-        tokio::time::sleep(CONNECTION_COUNT_INTERVAL).await;
-    }
 }
 
 /// Binds core `core`'s peer and client listeners: the peer listener takes
