@@ -208,13 +208,6 @@ pub struct ServeOptions {
     /// a client session are always redirected. [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub forward_writes: Option<bool>,
-
-    /// Serve Prometheus metrics (`/metrics`) and health checks (`/livez`,
-    /// `/readyz`) over HTTP on this address, as IP:PORT. Unauthenticated and
-    /// read-only: bind it to an address only your monitoring reaches.
-    /// [default: off]
-    #[arg(long, value_name = "IP:PORT")]
-    pub metrics_addr: Option<String>,
 }
 
 /// How fresh a read must be.
@@ -391,8 +384,7 @@ pub struct DevArgs {
     #[arg(long, value_name = "COUNT", default_value_t = 3)]
     pub nodes: u32,
     /// Node N listens for peers on BASE_PORT + 2N - 2 and for clients on
-    /// BASE_PORT + 2N - 1 (node 1: 7100 and 7101); node N's metrics and
-    /// health endpoints on BASE_PORT + 199 + N (node 1: 7300).
+    /// BASE_PORT + 2N - 1 (node 1: 7100 and 7101).
     #[arg(long, value_name = "PORT", default_value_t = 7100)]
     pub base_port: u16,
     /// Where the nodes' data directories go. [default: a new temporary

@@ -155,8 +155,6 @@ pub struct ServeConfig {
     /// Followers forward session writes to the leader instead of
     /// redirecting the client.
     pub forward_writes: bool,
-    /// Where `/metrics`, `/livez` and `/readyz` are served (`crate::metrics`).
-    pub metrics_addr: Option<SocketAddr>,
     /// Applied entries between snapshots; `None` keeps the engine default.
     /// Invariant: positive.
     pub snapshot_entries: Option<u64>,
@@ -244,12 +242,6 @@ pub struct DevConfig {
 pub const DEV_TOKEN: &[u8] = b"dev-cluster-token";
 
 impl DevConfig {
-    /// Node `id`'s metrics port: the base port plus 200 plus `id - 1`
-    /// (7300, 7301, ... by default), clear of the peer and client ports.
-    pub fn metrics_port(&self, id: NodeId) -> u16 {
-        (u32::from(self.base_port) + 200 + (id as u32 - 1)) as u16
-    }
-
     /// Node `id`'s peer and client ports (see `node dev --help`).
     pub fn ports(&self, id: NodeId) -> (u16, u16) {
         let peer = u32::from(self.base_port) + 2 * (id as u32 - 1);
@@ -282,7 +274,6 @@ impl DevConfig {
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
                     forward_writes: self.forward_writes,
-                    metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], self.metrics_port(id)))),
                     snapshot_entries: None,
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
                     snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
@@ -381,7 +372,6 @@ impl ServeOptions {
             join,
             pin_cores,
             forward_writes,
-            metrics_addr,
         )
     }
 }
@@ -414,17 +404,6 @@ impl ServeConfig {
         positive("cluster-id", cluster_id)?;
         let peer_addr = socket_addr("peer-addr", options.peer_addr.as_deref())?;
         let client_addr = socket_addr("client-addr", options.client_addr.as_deref())?;
-        let metrics_addr = match options.metrics_addr.as_deref() {
-            Some(text) => Some(socket_addr("metrics-addr", Some(text))?),
-            None => None,
-        };
-        if let Some(metrics) = metrics_addr.filter(|metrics| *metrics == peer_addr || *metrics == client_addr) {
-            return Err(ConfigError::BadAddress {
-                option: "metrics-addr",
-                value: metrics.to_string(),
-                reason: "the metrics address must differ from the peer and client addresses".into(),
-            });
-        }
         if peer_addr == client_addr {
             return Err(ConfigError::BadAddress {
                 option: "client-addr",
@@ -487,7 +466,6 @@ impl ServeConfig {
             join: options.join.unwrap_or(false),
             pin_cores: options.pin_cores.unwrap_or(true),
             forward_writes: options.forward_writes.unwrap_or(false),
-            metrics_addr,
             snapshot_entries: options
                 .snapshot_entries
                 .map(|entries| positive("snapshot-entries", entries))
@@ -778,8 +756,7 @@ impl DevConfig {
                 reason: "a dev cluster has 1, 3, 5, 7 or 9 nodes",
             });
         }
-        // The metrics ports come last (see `DevConfig::metrics_port`).
-        let last_port = u32::from(args.base_port) + 200 + args.nodes - 1;
+        let last_port = u32::from(args.base_port) + 2 * args.nodes - 1;
         if args.base_port < 1024 || last_port > u32::from(u16::MAX) {
             return Err(ConfigError::OutOfRange {
                 option: "base-port",

@@ -31,7 +31,7 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         }
         other => panic!("dev clusters use static peers, not {other:?}"),
     };
-    let mut args: Vec<String> = vec![
+    vec![
         "serve".into(),
         "--node-id".into(),
         config.node_id.to_string(),
@@ -53,11 +53,7 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         config.pin_cores.to_string(),
         "--forward-writes".into(),
         config.forward_writes.to_string(),
-    ];
-    if let Some(metrics) = config.metrics_addr {
-        args.extend(["--metrics-addr".into(), metrics.to_string()]);
-    }
-    args
+    ]
 }
 
 /// Starts the members, waits for Ctrl-C, stops them and removes the data
@@ -91,12 +87,10 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
         println!("dev cluster: {} nodes on 127.0.0.1, data in {}", config.nodes, root.display());
         for id in 1..=u64::from(config.nodes) {
             let (peer, client) = config.ports(id);
-            let metrics = config.metrics_port(id);
-            println!("  node {id}: peers 127.0.0.1:{peer}, clients 127.0.0.1:{client}, metrics http://127.0.0.1:{metrics}/metrics");
+            println!("  node {id}: peers 127.0.0.1:{peer}, clients 127.0.0.1:{client}");
         }
         println!("try:  NODE_TOKEN={token} node kv --addr 127.0.0.1:{first_client} put hello world");
         println!("      NODE_TOKEN={token} node admin --addr 127.0.0.1:{first_client} status");
-        println!("      curl -s 127.0.0.1:{}/readyz", config.metrics_port(1));
         println!("Ctrl-C stops the cluster.");
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));

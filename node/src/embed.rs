@@ -259,7 +259,6 @@ impl ServeConfig {
             join: false,
             pin_cores: false,
             forward_writes: false,
-            metrics_addr: None,
             snapshot_entries: None,
             snapshot_log_factor: crate::config::SNAPSHOT_LOG_FACTOR_DEFAULT,
             snapshot_write_rate: 0,

@@ -19,7 +19,6 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod kv;
-pub mod metrics;
 pub mod session;
 pub mod testing;
 

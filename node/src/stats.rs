@@ -21,15 +21,6 @@ use serde_json::{json, Value};
 /// Highest latency recorded without clamping: one minute.
 const LATENCY_MAX_MICROS: u64 = 60_000_000;
 
-/// Upper bounds (microseconds) of the cumulative buckets each stage reports
-/// for Prometheus (`le`, converted to seconds by `crate::metrics`): about
-/// three per decade from 25 us to 10 s, so both a 150 us synced write and a
-/// multi-second stall land in a bucket that tells them apart.
-pub const BUCKET_BOUNDS_MICROS: [u64; 18] = [
-    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
-];
-
 /// One latency histogram in microseconds.
 pub struct Stage {
     histogram: Histogram<u64>,
@@ -51,21 +42,12 @@ impl Stage {
         self.histogram.record_n(micros, count).expect("clamped into range");
     }
 
-    /// How many recorded values are at most each of [`BUCKET_BOUNDS_MICROS`]
-    /// (cumulative, as Prometheus buckets are), within the histogram's
-    /// three significant digits.
-    fn cumulative_buckets(&self) -> Vec<u64> {
-        BUCKET_BOUNDS_MICROS.iter().map(|&bound| self.histogram.count_between(0, bound)).collect()
-    }
-
     fn summary(&self) -> Value {
         let h = &self.histogram;
         if h.is_empty() {
-            return json!({ "count": 0, "sum_us": 0, "buckets": vec![0; BUCKET_BOUNDS_MICROS.len()] });
+            return json!({ "count": 0 });
         }
         json!({
-            "sum_us": (h.mean() * h.len() as f64).round() as u64,
-            "buckets": self.cumulative_buckets(),
             "count": h.len(),
             "p50_us": h.value_at_quantile(0.5),
             "p90_us": h.value_at_quantile(0.9),
@@ -102,11 +84,6 @@ pub struct ShardStats {
     /// Snapshots installed while reads waited for the state machine (they
     /// are then served from the installed state).
     pub installs_with_reads_waiting: u64,
-    /// Times this replica learned of a new leader (an election anywhere in
-    /// the group, seen here).
-    pub leader_changes: u64,
-    /// The leader it knew last (0: none yet).
-    pub leader_seen: engine::NodeId,
     /// Forwarded writes and session openings whose clients were sent to the
     /// new leader because the term changed before they were applied.
     pub forwards_redirected: u64,
@@ -134,8 +111,6 @@ impl ShardStats {
             snapshots_taken: 0,
             snapshots_installed: 0,
             installs_with_reads_waiting: 0,
-            leader_changes: 0,
-            leader_seen: 0,
             forwards_redirected: 0,
             started: now,
         }
@@ -163,7 +138,6 @@ impl ShardStats {
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,
             "installs_with_reads_waiting": self.installs_with_reads_waiting,
-            "leader_changes": self.leader_changes,
             "forwards_redirected": self.forwards_redirected,
         })
     }

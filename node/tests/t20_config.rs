@@ -258,17 +258,6 @@ fn other_serve_mistakes() {
     assert!(matches!(config_error(serve(&dir, &["--token-file", &missing])), ConfigError::TokenTwice));
     // clap refuses unknown values of enumerations itself.
     assert!(matches!(serve(&dir, &["--read-consistency", "eventual"]), Err(CliError::Parse(_))));
-    assert!(matches!(
-        config_error(serve(&dir, &["--metrics-addr", "127.0.0.1:7103"])),
-        ConfigError::BadAddress { option: "metrics-addr", reason, .. } if reason.contains("must differ")
-    ));
-    assert!(matches!(
-        config_error(serve(&dir, &["--metrics-addr", "metrics:9100"])),
-        ConfigError::BadAddress { option: "metrics-addr", .. }
-    ));
-    let config = serve(&dir, &["--metrics-addr", "127.0.0.1:9100"]).unwrap();
-    assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
-    assert_eq!(serve(&dir, &[]).unwrap().metrics_addr, None, "off unless asked for");
 }
 
 #[test]
@@ -282,7 +271,7 @@ fn token_file_and_config_file() {
         format!(
             "node-id = 3\npeer-addr = \"127.0.0.1:7104\"\nclient-addr = \"127.0.0.1:7105\"\n\
              peers = \"1=127.0.0.1:7100,3=127.0.0.1:7104\"\ndata-dir = {:?}\ntoken-file = {:?}\n\
-             shards = 2\nread-consistency = \"stale\"\nmetrics-addr = \"127.0.0.1:9101\"\n",
+             shards = 2\nread-consistency = \"stale\"\n",
             dir.join("data"),
             token_file
         ),
@@ -293,7 +282,6 @@ fn token_file_and_config_file() {
     assert_eq!((config.node_id, config.shards), (3, 2));
     assert_eq!(config.token.0, "from-file");
     assert_eq!(config.read_consistency, net::ReadConsistency::Stale);
-    assert_eq!(config.metrics_addr, Some("127.0.0.1:9101".parse().unwrap()));
     // Flags override the file, a token flag replaces the file's token file.
     let NodeCommand::Serve(config) =
         parse_from(["node", "serve", "--config", &path, "--shards", "5", "--token", "flag"]).unwrap()

@@ -208,13 +208,6 @@ where
             tracing::warn!(%warning, "security");
         }
     }
-    // Bound before the cores start, so a taken port fails the start.
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => {
-            Some(crate::metrics::bind(addr).map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?)
-        }
-        None => None,
-    };
     tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
     let mut forward = Vec::new();
     let mut receivers = Vec::new();
@@ -251,14 +244,6 @@ where
             })
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
         threads.push(thread);
-    }
-    if let Some(listener) = metrics_listener {
-        let addr = listener.local_addr().ok();
-        crate::metrics::spawn(listener, handle.clone()).map_err(|error| ServeError::Core {
-            core: 0,
-            reason: format!("cannot start the metrics thread: {error}"),
-        })?;
-        tracing::info!(?addr, "serving /metrics, /livez and /readyz");
     }
     Ok(RunningNode { node_id, handle, shutdown, threads })
 }

@@ -70,10 +70,6 @@ where
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
             if let Some(soft) = ready.soft_state {
-                if soft.leader != 0 && soft.leader != self.stats.leader_seen {
-                    self.stats.leader_seen = soft.leader;
-                    self.stats.leader_changes += 1;
-                }
                 self.on_role_change(soft.role);
                 self.drop_stale_forwards();
             }
