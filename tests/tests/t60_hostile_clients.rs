@@ -81,7 +81,8 @@ fn client(timeout: Duration) -> ClientConfig {
     ClientConfig {
         addrs: vec![HostPort { host: "127.0.0.1".into(), port: CLIENT_PORT }],
         cluster_id: CLUSTER_ID,
-        token: Token(Bytes::from_static(TOKEN.as_bytes())),
+        token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+        tls: None,
         timeout,
         shard: 0,
     }
