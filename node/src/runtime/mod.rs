@@ -234,16 +234,7 @@ where
     }
     // One set of credentials for the whole process: every core's listeners
     // and links share it.
-    if config.token.is_none() && config.security.tls.is_none() {
-        return Err(ServeError::NoCredentials);
-    }
-    let security =
-        NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
-    if matches!(network, Network::Tcp) {
-        for warning in security.warnings() {
-            tracing::warn!(%warning, "security");
-        }
-    }
+    let security = load_security(&config, &network)?;
     tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
     let mut forward = Vec::new();
     let mut receivers = Vec::new();
@@ -283,6 +274,22 @@ where
         threads.push(thread);
     }
     Ok(RunningNode { node_id, handle, shutdown, security, threads })
+}
+
+/// One set of credentials for the whole process: every core's listeners and
+/// links share it. Over TCP its warnings (plaintext above all) are logged.
+fn load_security(config: &ServeConfig, network: &Network) -> Result<NodeSecurity, ServeError> {
+    if config.token.is_none() && config.security.tls.is_none() {
+        return Err(ServeError::NoCredentials);
+    }
+    let security =
+        NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
+    if matches!(network, Network::Tcp) {
+        for warning in security.warnings() {
+            tracing::warn!(%warning, "security");
+        }
+    }
+    Ok(security)
 }
 
 /// Fails clearly if a port a core needs does not exist or is taken.
