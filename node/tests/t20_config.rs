@@ -428,6 +428,14 @@ fn tls_options() {
     assert!(config.token.is_none());
     assert!(matches!(without_token(&[]), Err(CliError::Config(ConfigError::TokenMissing))));
 
+    // The same options as keys of the configuration file.
+    let config_file = dir.join("node.toml");
+    std::fs::write(&config_file, format!("tls-dir = {certs_arg:?}\nclient-tokens = \"/etc/tokens\"\n")).unwrap();
+    let config_arg = config_file.to_string_lossy().into_owned();
+    let config = serve(&dir, &["--config", &config_arg, "--tls-cert", &key, "--tls-key", &key]).unwrap();
+    assert_eq!(config.security.tls.unwrap().node_ca, certs.join("node-ca.pem"));
+    assert_eq!(config.security.client_tokens, Some(PathBuf::from("/etc/tokens")));
+
     // Clients: a certificate replaces the token; a certificate without its
     // key is refused by the parser.
     let NodeCommand::Kv(kv) =
