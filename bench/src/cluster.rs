@@ -17,11 +17,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use net::kv::KvOp;
-use net::ClientConfig;
+use net::{ClientConfig, ClientTls, ClientTlsFiles, Roles};
 use rand::Rng;
 
 /// The token of clusters the bench starts (they listen on loopback only).
 pub const LOCAL_TOKEN: &str = "bench-local-cluster";
+/// The user a TLS local cluster's client certificate names (every role:
+/// the bench writes, reads and asks for stats).
+pub const BENCH_USER: &str = "bench";
 /// The cluster id of clusters the bench starts.
 pub const LOCAL_CLUSTER_ID: u64 = 1;
 /// How long a node gets to stop after SIGTERM before SIGKILL.
@@ -49,6 +52,10 @@ pub enum ClusterError {
     NoLeader { shard: u32, waited: Duration, last: String, dir: PathBuf },
     #[error("stopped by a signal")]
     Interrupted,
+    #[error("cannot write the cluster's TLS credentials: {0}")]
+    Credentials(#[from] net::tls::DevCertError),
+    #[error("cannot load the bench's TLS credentials: {0}")]
+    ClientCredentials(#[from] net::CredentialsError),
 }
 
 /// What cluster to start.
@@ -63,6 +70,10 @@ pub struct ClusterSpec {
     pub log_level: String,
     /// Keep the data and log directory instead of removing it.
     pub keep: bool,
+    /// Run the nodes with TLS (mutual TLS between nodes, a client
+    /// certificate for the bench), from throwaway credentials written into
+    /// the cluster's directory (`node certs`' files, `--tls-dir`).
+    pub tls: bool,
 }
 
 /// A running local cluster.
@@ -72,6 +83,8 @@ pub struct LocalCluster {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     spec: ClusterSpec,
+    /// The bench's client credentials when the cluster runs TLS.
+    client_tls: Option<ClientTlsFiles>,
 }
 
 impl LocalCluster {
@@ -89,6 +102,17 @@ impl LocalCluster {
             .map(|id| format!("{id}=127.0.0.1:{}", peer_port(id)))
             .collect::<Vec<_>>()
             .join(",");
+        let mut tls_args = Vec::new();
+        let client_tls = if spec.tls {
+            let tls_dir = path.join("tls");
+            let node_ids: Vec<u64> = (1..=u64::from(spec.nodes)).collect();
+            let written =
+                net::tls::dev_certificates(&tls_dir, LOCAL_CLUSTER_ID, &node_ids, &[(BENCH_USER, Roles::ALL)])?;
+            tls_args = vec!["--tls-dir".to_string(), tls_dir.display().to_string()];
+            written.client_tls(BENCH_USER)
+        } else {
+            None
+        };
         let mut cluster = LocalCluster {
             children: Vec::new(),
             client_addrs: (1..=u64::from(spec.nodes))
@@ -97,6 +121,7 @@ impl LocalCluster {
             dir: Some(dir),
             path,
             spec: spec.clone(),
+            client_tls,
         };
         for id in 1..=u64::from(spec.nodes) {
             let data_dir = cluster.path.join(format!("node-{id}"));
@@ -117,6 +142,7 @@ impl LocalCluster {
                 // Three nodes share this machine: pinning would put every
                 // node's first thread on CPU 0.
                 .args(["--pin-cores", "false"])
+                .args(&tls_args)
                 .args(&spec.extra_args)
                 .env("NODE_TOKEN", LOCAL_TOKEN)
                 .env_remove("NODE_TOKEN_FILE")
@@ -154,6 +180,23 @@ impl LocalCluster {
         &self.path
     }
 
+    /// The bench's TLS files (the node CA and its client certificate) when
+    /// the cluster runs TLS.
+    pub fn client_tls(&self) -> Option<&ClientTlsFiles> {
+        self.client_tls.as_ref()
+    }
+
+    /// How a client of this cluster connects: its certificate with TLS, the
+    /// shared token without.
+    pub fn client_config(&self) -> Result<ClientConfig, ClusterError> {
+        Ok(match &self.client_tls {
+            Some(files) => {
+                ClientConfig::with_tls(LOCAL_CLUSTER_ID, ClientTls::load(LOCAL_CLUSTER_ID, files)?, Bytes::new())
+            }
+            None => ClientConfig::new(LOCAL_CLUSTER_ID, Bytes::from_static(LOCAL_TOKEN.as_bytes())),
+        })
+    }
+
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
     }
@@ -187,8 +230,14 @@ impl LocalCluster {
                 if crate::signal::stop_requested() {
                     return Err(ClusterError::Interrupted);
                 }
-                let last = match probe_write(&self.client_addrs, shard, self.spec.shards, Duration::from_millis(1_500))
-                {
+                let probe = probe_write(
+                    &self.client_addrs,
+                    self.client_config()?,
+                    shard,
+                    self.spec.shards,
+                    Duration::from_millis(1_500),
+                );
+                let last = match probe {
                     Ok(()) => break,
                     Err(reason) => reason,
                 };
@@ -249,8 +298,13 @@ pub fn ready_key(shard: u32, shards: u32) -> Bytes {
 
 /// One write through the leader of `shard`, starting at any node (outside
 /// a session: it is idempotent).
-fn probe_write(addrs: &[SocketAddr], shard: u32, shards: u32, timeout: Duration) -> Result<(), String> {
-    let config = ClientConfig::new(LOCAL_CLUSTER_ID, Bytes::from_static(LOCAL_TOKEN.as_bytes()));
+fn probe_write(
+    addrs: &[SocketAddr],
+    config: ClientConfig,
+    shard: u32,
+    shards: u32,
+    timeout: Duration,
+) -> Result<(), String> {
     let command = KvOp::Put { key: ready_key(shard, shards), value: Bytes::new() }.encode();
     let mut client = net::Client::new(addrs.to_vec(), config, shard, timeout);
     tokio_uring::start(async move {

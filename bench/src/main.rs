@@ -236,12 +236,23 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     cluster_id: u64,
     /// The cluster's shared secret (default: `node dev`'s).
-    #[arg(long, env = "NODE_TOKEN", hide_env_values = true, default_value = "dev-cluster-token")]
+    #[arg(long, env = "NODE_TOKEN", hide_env_values = true, default_value = DEFAULT_TOKEN)]
     token: String,
     /// A file holding the shared secret (trailing newlines ignored);
     /// overrides --token.
     #[arg(long, env = "NODE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Connect with TLS, checking the nodes' certificates against this CA
+    /// (the node CA, PEM); authenticate with --tls-cert and --tls-key or a
+    /// per-user --token.
+    #[arg(long, env = "NODE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) naming `raft-client://CLUSTER/USER?roles=...`.
+    #[arg(long, env = "NODE_TLS_CERT", requires = "tls_ca", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "NODE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Requests in flight over all connections (closed loop).
     #[arg(long, default_value_t = 64)]
     inflight: usize,
@@ -336,8 +347,22 @@ impl ClusterArgs {
             extra_args: Vec::new(),
             log_level: self.node_log_level.clone(),
             keep: self.keep_cluster,
+            tls: false,
         })
     }
+}
+
+/// `node dev`'s shared token, the default of `bench run --token`.
+const DEFAULT_TOKEN: &str = "dev-cluster-token";
+
+/// Whether a sweep's cluster runs TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TlsMode {
+    /// Plaintext with the shared token.
+    Off,
+    /// Mutual TLS between nodes and a client certificate for the bench,
+    /// from throwaway credentials.
+    On,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +378,10 @@ struct SweepArgs {
     /// "--batch-bytes-max 65536"`. [default: one cluster with defaults]
     #[arg(long, allow_hyphen_values = true)]
     node_option: Vec<String>,
+    /// TLS modes to try, one cluster each per node option: `off`, `on`, or
+    /// `off,on` to measure what TLS costs in one run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+    tls: Vec<TlsMode>,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -475,9 +504,21 @@ fn command_run(args: RunArgs) -> Result<(), String> {
             "--node-pids",
         )),
     };
+    let tls = args.tls_ca.clone().map(|node_ca| net::ClientTlsFiles {
+        node_ca,
+        certificate: args.tls_cert.clone(),
+        private_key: args.tls_key.clone(),
+    });
     let options = RunOptions {
         settings,
-        token,
+        // A client certificate authenticates alone unless a token is given
+        // explicitly (the default token is `node dev`'s shared one).
+        token: if args.tls_cert.is_some() && args.token_file.is_none() && args.token == DEFAULT_TOKEN {
+            Bytes::new()
+        } else {
+            token
+        },
+        tls,
         label: label.clone(),
         progress: args.load.progress(),
         fetch_status: !args.no_status,
@@ -534,6 +575,7 @@ fn command_sweep(args: SweepArgs) -> Result<(), String> {
         inflight: args.inflight.clone(),
         value_sizes: args.value_size.clone(),
         node_options,
+        tls_modes: args.tls.iter().map(|mode| *mode == TlsMode::On).collect(),
         cluster: spec,
         out_dir: args.out_dir.clone().unwrap_or_else(|| default_out_dir(Path::new("bench-results"), "sweep")),
         progress: args.load.progress(),
@@ -578,6 +620,7 @@ fn command_demo(args: DemoArgs) -> Result<(), String> {
         inflight: args.inflight.clone(),
         value_sizes: vec![args.value_size],
         node_options: vec![Vec::new()],
+        tls_modes: vec![false],
         cluster: spec,
         out_dir: out_dir.clone(),
         progress: load.progress(),

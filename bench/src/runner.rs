@@ -29,7 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use net::kv::KvResponse;
 use net::session::{OpenedSession, Session};
-use net::{ClientConfig, ClientConnection, ClientReceiver, ClientRequest, ClientSender, RequestBody, ResponseStatus};
+use net::{
+    ClientConfig, ClientConnection, ClientReceiver, ClientRequest, ClientSender, ClientTls, ClientTlsFiles,
+    RequestBody, ResponseStatus,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
@@ -169,6 +172,8 @@ impl RunSettings {
 pub enum RunError {
     #[error("bad settings: {0}")]
     Settings(String),
+    #[error("TLS credentials: {0}")]
+    Tls(String),
     #[error(transparent)]
     Workload(#[from] WorkloadError),
     #[error("cannot resolve the node address {addr}: {reason}")]
@@ -185,7 +190,12 @@ pub enum RunError {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub settings: RunSettings,
+    /// A per-user or shared token; empty when a client certificate
+    /// authenticates.
     pub token: Bytes,
+    /// Connect with TLS: the node CA, and a client certificate unless the
+    /// token authenticates.
+    pub tls: Option<ClientTlsFiles>,
     /// The run's name in tables and plots.
     pub label: String,
     pub progress: ProgressStyleKind,
@@ -229,7 +239,13 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     settings.validate()?;
     check_io_uring()?;
     let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
-    let mut client_config = ClientConfig::new(settings.cluster_id, options.token.clone());
+    let mut client_config = match &options.tls {
+        Some(files) => {
+            let tls = ClientTls::load(settings.cluster_id, files).map_err(|error| RunError::Tls(error.to_string()))?;
+            ClientConfig::with_tls(settings.cluster_id, tls, options.token.clone())
+        }
+        None => ClientConfig::new(settings.cluster_id, options.token.clone()),
+    };
     client_config.connect_timeout = Duration::from_secs(2);
     let total_shards = cluster_shards(&addrs, &client_config)?;
     if settings.shards.is_empty() {

@@ -44,6 +44,9 @@ pub struct SweepPlan {
     pub value_sizes: Vec<usize>,
     /// Extra `node serve` arguments, one cluster per entry (empty: defaults).
     pub node_options: Vec<Vec<String>>,
+    /// Whether each cluster runs TLS: one cluster per node option and mode
+    /// (`[false, true]` measures what TLS costs in one run).
+    pub tls_modes: Vec<bool>,
     pub cluster: ClusterSpec,
     /// Where result files, the comparison and the plot go.
     pub out_dir: PathBuf,
@@ -70,11 +73,13 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|source| ResultFileError::Write { path: plan.out_dir.clone(), source })?;
     let mut results = Vec::new();
-    for node_option in &plan.node_options {
-        let spec = ClusterSpec { extra_args: node_option.clone(), ..plan.cluster.clone() };
+    let clusters = plan.node_options.iter().flat_map(|option| plan.tls_modes.iter().map(move |&tls| (option, tls)));
+    for (node_option, tls) in clusters {
+        let spec = ClusterSpec { extra_args: node_option.clone(), tls, ..plan.cluster.clone() };
         eprintln!(
-            "starting a {}-node cluster{} ...",
+            "starting a {}-node {} cluster{} ...",
             spec.nodes,
+            if tls { "TLS" } else { "plaintext" },
             if node_option.is_empty() { String::new() } else { format!(" with `{}`", node_option.join(" ")) }
         );
         let mut cluster = LocalCluster::start(spec)?;
@@ -96,9 +101,14 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                     let option = if node_option.is_empty() { "defaults".to_string() } else { node_option.join(" ") };
                     label.push_str(&format!(" node[{option}]"));
                 }
+                if plan.tls_modes.len() > 1 {
+                    label.push_str(if tls { " tls=on" } else { " tls=off" });
+                }
                 let options = RunOptions {
                     settings,
-                    token: Bytes::from_static(LOCAL_TOKEN.as_bytes()),
+                    // With TLS the bench's certificate authenticates it.
+                    token: if tls { Bytes::new() } else { Bytes::from_static(LOCAL_TOKEN.as_bytes()) },
+                    tls: cluster.client_tls().cloned(),
                     label: label.clone(),
                     progress: plan.progress,
                     fetch_status: true,
@@ -116,6 +126,7 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                     "nodes": plan.cluster.nodes,
                     "shards": plan.cluster.shards,
                     "node_serve_extra_args": node_option,
+                    "tls": tls,
                     "node_binary": plan.cluster.node_binary,
                 }));
                 let file = plan.out_dir.join(format!("{:02}-{}.json", results.len() + 1, file_stem(&label)));

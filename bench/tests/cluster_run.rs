@@ -55,6 +55,7 @@ fn bench_run_against_a_local_three_node_cluster() {
         extra_args: Vec::new(),
         log_level: "warn".into(),
         keep: false,
+        tls: false,
     };
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     if let Err(error) = cluster.wait_ready(Duration::from_secs(20)) {
@@ -145,6 +146,7 @@ fn a_four_shard_cluster_becomes_ready() {
         extra_args: Vec::new(),
         log_level: "warn".into(),
         keep: false,
+        tls: false,
     };
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     cluster.wait_ready(Duration::from_secs(30)).expect("every shard commits a write");

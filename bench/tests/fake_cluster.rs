@@ -103,6 +103,7 @@ fn options(settings: RunSettings) -> RunOptions {
     RunOptions {
         settings,
         token: Bytes::from_static(TOKEN),
+        tls: None,
         label: "fake".into(),
         progress: ProgressStyleKind::Quiet,
         fetch_status: true,

@@ -66,6 +66,7 @@ fn the_write_path_is_not_grossly_slower_than_the_machine_floor() {
         extra_args: Vec::new(),
         log_level: "warn".into(),
         keep: false,
+        tls: false,
     };
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     cluster.wait_ready(Duration::from_secs(30)).expect("a three-node cluster serves");

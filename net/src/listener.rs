@@ -1030,7 +1030,10 @@ async fn serve_client(
             if config.authorize_requests {
                 if let Err(forbidden) = side.identity.authorize(&request.body) {
                     shared.update(|stats| stats.forbidden += 1);
-                    debug!(%remote, %forbidden, request_id = request.request_id, "request forbidden");
+                    // Logged at info, not debug: an operator needs to see
+                    // who was refused what, and why, without a debug build
+                    // of the filter.
+                    info!(%remote, %forbidden, request_id = request.request_id, "request forbidden");
                     let _ = reply.send(forbidden.status());
                     continue;
                 }

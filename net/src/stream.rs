@@ -412,24 +412,37 @@ impl TlsStream {
 
     async fn write_segments(&self, mut segments: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
         let mut out = self.write_gate.lock().await;
-        for segment in &segments {
-            let mut data = &segment[..];
-            while !data.is_empty() {
-                let accepted = match self.session.borrow_mut().writer().write(data) {
+        // Every segment goes to rustls in one vectored call, so it packs
+        // them into full-size records: a call per segment made at least one
+        // record (an AEAD operation and 22 bytes) per segment, and a
+        // coalesced write is often a small head and a long tail per frame.
+        let (mut index, mut offset) = (0, 0);
+        while index < segments.len() {
+            let accepted = {
+                let slices: Vec<io::IoSlice<'_>> = std::iter::once(&segments[index][offset..])
+                    .chain(segments[index + 1..].iter().map(|segment| &segment[..]))
+                    .map(io::IoSlice::new)
+                    .collect();
+                match self.session.borrow_mut().writer().write_vectored(&slices) {
                     Ok(accepted) => accepted,
                     Err(error) => return (Err(error), segments),
-                };
-                data = &data[accepted..];
-                if !data.is_empty() {
-                    // rustls's send buffer is at its limit: write it out.
-                    match self.drain(&mut out).await {
-                        Ok(0) if accepted == 0 => {
-                            let error = io::Error::new(io::ErrorKind::WriteZero, "TLS accepted no plaintext");
-                            return (Err(error), segments);
-                        }
-                        Ok(_) => {}
-                        Err(error) => return (Err(error), segments),
+                }
+            };
+            let mut left = accepted;
+            while index < segments.len() && offset + left >= segments[index].len() {
+                left -= segments[index].len() - offset;
+                (index, offset) = (index + 1, 0);
+            }
+            offset += left;
+            if index < segments.len() {
+                // rustls's send buffer is at its limit: write it out.
+                match self.drain(&mut out).await {
+                    Ok(0) if accepted == 0 => {
+                        let error = io::Error::new(io::ErrorKind::WriteZero, "TLS accepted no plaintext");
+                        return (Err(error), segments);
                     }
+                    Ok(_) => {}
+                    Err(error) => return (Err(error), segments),
                 }
             }
         }

@@ -30,6 +30,34 @@ pub enum CliCommand {
     /// Start a local three-node cluster on loopback with temporary data
     /// directories, for trying the node out.
     Dev(DevArgs),
+    /// Write a throwaway CA and node and client certificates (and a client
+    /// token file) to a directory, for a development or test cluster with
+    /// TLS: then `node serve --tls-dir DIR`. The CA keys are written next to
+    /// the certificates: not for production (see net/README.md).
+    Certs(CertsArgs),
+}
+
+/// `node certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Where to write the files (created if missing; files of the same
+    /// names are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The cluster's id, named in every certificate.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub cluster_id: u64,
+    /// The node ids to issue certificates for, such as `1,2,3`.
+    #[arg(long, value_name = "ID,...", value_delimiter = ',', default_value = "1,2,3")]
+    pub node_ids: Vec<u64>,
+    /// Client users as `NAME=ROLES` (roles `read`, `write`, `admin`, joined
+    /// by `+` or `,` inside quotes); each gets a certificate and a token.
+    #[arg(
+        long = "user",
+        value_name = "NAME=ROLES",
+        default_values = ["admin=read+write+admin", "writer=read+write", "reader=read"]
+    )]
+    pub users: Vec<String>,
 }
 
 /// `node serve`.
@@ -116,6 +144,42 @@ pub struct ServeOptions {
     /// ignored). Give either this or --token.
     #[arg(long, value_name = "PATH", env = "NODE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Run TLS with the files `node certs --dir DIR` wrote: DIR/node-ca.pem,
+    /// DIR/node-ID.pem and DIR/node-ID.key, plus DIR/client-ca.pem and
+    /// DIR/client-tokens when present. The --tls-* and --client-tokens
+    /// options override single files.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// TLS 1.3 with mutual authentication on both listeners: the CA that
+    /// signs node certificates (PEM). Peers must present a certificate it
+    /// signed naming `raft-node://CLUSTER_ID/NODE_ID`. Without TLS the node
+    /// runs plaintext and says so in a warning at start.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM, leaf first), signed by --tls-ca
+    /// and naming this node: presented on both listeners and on links.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The client listener's CA (PEM): clients may present certificates it
+    /// signed, naming `raft-client://CLUSTER_ID/USER?roles=...`. Without it,
+    /// clients authenticate with tokens only.
+    #[arg(long, value_name = "PATH")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Per-user client tokens and roles, one `name:roles:token` per line
+    /// (roles `read`, `write`, `admin`). With it, the shared --token is the
+    /// peers' secret only and no longer a client credential. Re-read on
+    /// SIGHUP, as are every TLS file.
+    #[arg(long, value_name = "PATH")]
+    pub client_tokens: Option<PathBuf>,
 
     /// Bytes of entries in one replication batch, at most. [default: 1 MiB]
     #[arg(long, value_name = "BYTES")]
@@ -249,6 +313,21 @@ pub struct ClientArgs {
     /// A file holding the cluster's shared secret.
     #[arg(long, value_name = "PATH", env = "NODE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Connect with TLS, checking the node's certificate against this CA
+    /// (the node CA, PEM). Authenticate with --tls-cert and --tls-key, or
+    /// with a per-user token (--token).
+    #[arg(long, value_name = "PATH", env = "NODE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) naming `raft-client://CLUSTER_ID/USER?roles=...`;
+    /// needs --tls-ca and --tls-key.
+    #[arg(long, value_name = "PATH", env = "NODE_TLS_CERT", requires = "tls_ca", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "PATH", env = "NODE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// How long to wait for an answer, such as `5s`.
     #[arg(long, value_name = "DURATION", default_value = "5s")]

@@ -11,8 +11,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use bytes::Bytes;
 use net::session::Session;
 use net::{
-    AdminRequest, CallError, Client, ClientConfig as NetClientConfig, Connector, ReadConsistency, RequestBody,
-    ResponseStatus, TcpConnector,
+    AdminRequest, CallError, Client, ClientConfig as NetClientConfig, ClientTls, Connector, ReadConsistency,
+    RequestBody, ResponseStatus, TcpConnector,
 };
 
 use crate::config::{AdminCommand, ClientConfig, KvCommand};
@@ -27,6 +27,8 @@ pub enum ClientCmdError {
     Call(#[from] CallError),
     #[error("io_uring is unavailable: {0}")]
     IoUring(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] net::CredentialsError),
 }
 
 fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
@@ -55,7 +57,13 @@ impl BlockingClient<TcpConnector> {
     /// A client of the shard and nodes `client` names, over TCP.
     pub fn new(client: &ClientConfig) -> Result<BlockingClient, ClientCmdError> {
         let addrs = resolve(client)?;
-        let config = NetClientConfig::new(client.cluster_id, client.token.0.clone());
+        let token = client.token.as_ref().map(|token| token.0.clone()).unwrap_or_default();
+        let config = match &client.tls {
+            Some(files) => {
+                NetClientConfig::with_tls(client.cluster_id, ClientTls::load(client.cluster_id, files)?, token)
+            }
+            None => NetClientConfig::new(client.cluster_id, token),
+        };
         BlockingClient::with_connector(TcpConnector::new(config), addrs, client.shard, client.timeout)
     }
 }

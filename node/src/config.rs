@@ -16,8 +16,8 @@ use engine::NodeId;
 use net::{AdminRequest, ReadConsistency, RequestBody};
 
 use crate::cli::{
-    AdminActionArgs, AdminArgs, Cli, CliCommand, ClientArgs, DevArgs, KvArgs, KvOpArgs, ReadConsistencyArg, ServeArgs,
-    ServeOptions,
+    AdminActionArgs, AdminArgs, CertsArgs, Cli, CliCommand, ClientArgs, DevArgs, KvArgs, KvOpArgs, ReadConsistencyArg,
+    ServeArgs, ServeOptions,
 };
 use crate::discovery::{DnsDiscovery, DnsName, HostPort, PeerSource, PeerSpecError, StaticPeer};
 use crate::kv::KvOp;
@@ -72,6 +72,12 @@ pub enum ConfigError {
     BadLogLevel { value: String },
     #[error("--{option} (or `{option}` in the configuration file) is no longer an option: {instead}")]
     Removed { option: &'static str, instead: &'static str },
+    #[error("TLS needs --tls-ca, --tls-cert and --tls-key (or --tls-dir); {missing} is missing")]
+    TlsIncomplete { missing: &'static str },
+    #[error("--tls-dir {dir}: {file} is missing (write the files with `node certs --dir {dir}`)")]
+    TlsDirIncomplete { dir: PathBuf, file: PathBuf },
+    #[error("--user {value:?}: {reason}")]
+    BadUser { value: String, reason: String },
 }
 
 /// The shared secret presented in handshakes. `Debug` does not print it, so
@@ -129,6 +135,35 @@ impl Default for Timing {
     }
 }
 
+/// How a node proves who it is and checks who calls it, beyond the shared
+/// token. The default is plaintext, which the node warns about at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// TLS on both listeners and on links; `None`: plaintext.
+    pub tls: Option<net::NodeTlsFiles>,
+    /// Per-user client tokens with roles (`net::tokens`); `None`: clients
+    /// use the shared token (every role) or a client certificate.
+    pub client_tokens: Option<PathBuf>,
+}
+
+impl SecurityConfig {
+    /// The credentials the node loads (and reloads on SIGHUP).
+    pub fn node_security(&self, cluster_id: u64, node_id: NodeId, token: Option<&Token>) -> net::NodeSecurityConfig {
+        let client_tokens = match (&self.client_tokens, token) {
+            (Some(path), _) => net::ClientTokens::File(path.clone()),
+            (None, Some(token)) => net::ClientTokens::Shared(token.0.clone()),
+            (None, None) => net::ClientTokens::None,
+        };
+        net::NodeSecurityConfig {
+            cluster_id,
+            node_id,
+            tls: self.tls.clone(),
+            peer_token: token.map(|token| token.0.clone()),
+            client_tokens,
+        }
+    }
+}
+
 /// Everything `node serve` needs, validated.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -143,7 +178,12 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Invariant: `1..=SHARDS_MAX`.
     pub shards: u32,
-    pub token: Token,
+    /// The shared secret: the peers' credential without TLS (then
+    /// required), checked in addition to certificates with TLS, and the
+    /// clients' credential unless [`SecurityConfig::client_tokens`] names a
+    /// token file.
+    pub token: Option<Token>,
+    pub security: SecurityConfig,
     pub limits: FlowLimits,
     pub timing: Timing,
     pub read_consistency: ReadConsistency,
@@ -200,7 +240,11 @@ pub struct ClientConfig {
     /// Invariant: not empty.
     pub addrs: Vec<HostPort>,
     pub cluster_id: u64,
-    pub token: Token,
+    /// A per-user or shared token; `None` when a client certificate
+    /// authenticates instead.
+    pub token: Option<Token>,
+    /// Connect with TLS (`--tls-ca`, optionally a client certificate).
+    pub tls: Option<net::ClientTlsFiles>,
     pub timeout: Duration,
     pub shard: u32,
 }
@@ -265,7 +309,8 @@ impl DevConfig {
                     peers: PeerSource::Static(members.clone()),
                     data_dir: root.join(format!("node-{id}")),
                     shards: self.shards,
-                    token: Token(Bytes::from_static(DEV_TOKEN)),
+                    token: Some(Token(Bytes::from_static(DEV_TOKEN))),
+                    security: SecurityConfig::default(),
                     limits: FlowLimits::default(),
                     timing: Timing::default(),
                     read_consistency: ReadConsistency::Linearizable,
@@ -283,6 +328,40 @@ impl DevConfig {
     }
 }
 
+/// `node certs`: throwaway TLS credentials for a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertsConfig {
+    pub dir: PathBuf,
+    pub cluster_id: u64,
+    /// Invariant: not empty, no 0.
+    pub node_ids: Vec<NodeId>,
+    pub users: Vec<(String, net::Roles)>,
+}
+
+impl CertsConfig {
+    pub fn from_args(args: CertsArgs) -> Result<CertsConfig, ConfigError> {
+        positive("cluster-id", args.cluster_id)?;
+        if args.node_ids.is_empty() {
+            return Err(ConfigError::Missing { option: "node-ids" });
+        }
+        for &id in &args.node_ids {
+            positive("node-ids", id)?;
+        }
+        let users = args
+            .users
+            .iter()
+            .map(|spec| {
+                let bad = |reason: String| ConfigError::BadUser { value: spec.clone(), reason };
+                let (name, roles) = spec.split_once('=').ok_or_else(|| bad("expected NAME=ROLES".into()))?;
+                net::identity::check_user_name(name).map_err(|error| bad(error.to_string()))?;
+                let roles = net::Roles::parse(&roles.replace('+', ",")).map_err(|error| bad(error.to_string()))?;
+                Ok((name.to_string(), roles))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CertsConfig { dir: args.dir, cluster_id: args.cluster_id, node_ids: args.node_ids, users })
+    }
+}
+
 /// A subcommand, ready to run.
 #[derive(Clone, Debug)]
 pub enum NodeCommand {
@@ -290,6 +369,7 @@ pub enum NodeCommand {
     Kv(KvCommand),
     Admin(AdminCommand),
     Dev(DevConfig),
+    Certs(CertsConfig),
 }
 
 /// Why the command line was not accepted.
@@ -321,6 +401,7 @@ impl TryFrom<CliCommand> for NodeCommand {
             CliCommand::Kv(args) => NodeCommand::Kv(KvCommand::from_args(args)?),
             CliCommand::Admin(args) => NodeCommand::Admin(AdminCommand::from_args(args)?),
             CliCommand::Dev(args) => NodeCommand::Dev(DevConfig::from_args(args)?),
+            CliCommand::Certs(args) => NodeCommand::Certs(CertsConfig::from_args(args)?),
         })
     }
 }
@@ -355,6 +436,12 @@ impl ServeOptions {
             shards,
             token,
             token_file,
+            tls_dir,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            client_tokens,
             batch_bytes_max,
             inflight_batches_max,
             inflight_bytes_max,
@@ -413,6 +500,7 @@ impl ServeConfig {
         }
         let peers = peer_source(node_id, &options)?;
         let timing = timing(&options)?;
+        let security = security(node_id, &options)?;
         let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
         check_data_dir(&data_dir)?;
         let shards = options.shards.unwrap_or(1);
@@ -423,7 +511,11 @@ impl ServeConfig {
                 reason: "the number of shards is 1 to 1024",
             });
         }
-        let token = token(options.token, options.token_file)?;
+        let token = match token(options.token, options.token_file) {
+            // With TLS, certificates authenticate peers: the token is optional.
+            Err(ConfigError::TokenMissing) if security.tls.is_some() => None,
+            other => Some(other?),
+        };
         let defaults = FlowLimits::default();
         let limits = FlowLimits {
             batch_bytes_max: positive("batch-bytes-max", options.batch_bytes_max.unwrap_or(defaults.batch_bytes_max))?,
@@ -459,6 +551,7 @@ impl ServeConfig {
             data_dir,
             shards,
             token,
+            security,
             limits,
             timing,
             read_consistency,
@@ -553,6 +646,41 @@ fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
         return Err(ConfigError::DataDirParentMissing { path: path.to_owned(), parent: parent.to_owned() });
     }
     Ok(())
+}
+
+/// The TLS files and the client token file: single options over the files
+/// of `--tls-dir`.
+fn security(node_id: NodeId, options: &ServeOptions) -> Result<SecurityConfig, ConfigError> {
+    let from_dir = |name: String, required: bool| -> Result<Option<PathBuf>, ConfigError> {
+        let Some(dir) = &options.tls_dir else { return Ok(None) };
+        let file = dir.join(name);
+        if file.is_file() {
+            Ok(Some(file))
+        } else if required {
+            Err(ConfigError::TlsDirIncomplete { dir: dir.clone(), file })
+        } else {
+            Ok(None)
+        }
+    };
+    let pick = |given: &Option<PathBuf>, name: String, required: bool| match given {
+        Some(path) => Ok(Some(path.clone())),
+        None => from_dir(name, required),
+    };
+    let ca = pick(&options.tls_ca, "node-ca.pem".into(), true)?;
+    let certificate = pick(&options.tls_cert, format!("node-{node_id}.pem"), true)?;
+    let private_key = pick(&options.tls_key, format!("node-{node_id}.key"), true)?;
+    let client_ca = pick(&options.tls_client_ca, "client-ca.pem".into(), false)?;
+    let client_tokens = pick(&options.client_tokens, "client-tokens".into(), false)?;
+    let tls = match (ca, certificate, private_key) {
+        (None, None, None) if client_ca.is_none() => None,
+        (Some(node_ca), Some(certificate), Some(private_key)) => {
+            Some(net::NodeTlsFiles { node_ca, client_ca, certificate, private_key })
+        }
+        (None, _, _) => return Err(ConfigError::TlsIncomplete { missing: "--tls-ca" }),
+        (_, None, _) => return Err(ConfigError::TlsIncomplete { missing: "--tls-cert" }),
+        (_, _, None) => return Err(ConfigError::TlsIncomplete { missing: "--tls-key" }),
+    };
+    Ok(SecurityConfig { tls, client_tokens })
 }
 
 /// The token from exactly one of its sources.
@@ -658,9 +786,18 @@ impl ClientConfig {
             return Err(ConfigError::Missing { option: "addr" });
         }
         positive("cluster-id", args.cluster_id)?;
-        let token = token(args.token, args.token_file)?;
+        let token = match token(args.token, args.token_file) {
+            // A client certificate is a credential of its own.
+            Err(ConfigError::TokenMissing) if args.tls_cert.is_some() => None,
+            other => Some(other?),
+        };
+        let tls = args.tls_ca.map(|node_ca| net::ClientTlsFiles {
+            node_ca,
+            certificate: args.tls_cert,
+            private_key: args.tls_key,
+        });
         let timeout = duration("timeout", &args.timeout)?;
-        Ok(ClientConfig { addrs, cluster_id: args.cluster_id, token, timeout, shard: args.shard })
+        Ok(ClientConfig { addrs, cluster_id: args.cluster_id, token, tls, timeout, shard: args.shard })
     }
 }
 

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         }
         NodeCommand::Kv(command) => node::client_cmd::run_kv(command).map_err(|e| e.to_string()),
         NodeCommand::Admin(command) => node::client_cmd::run_admin(command).map_err(|e| e.to_string()),
+        NodeCommand::Certs(config) => node::certs::run_certs(&config).map_err(|e| e.to_string()),
         NodeCommand::Dev(config) => {
             init_logging(&config.log_level);
             node::dev::run_dev(config).map_err(|e| e.to_string())

@@ -94,7 +94,8 @@ impl TestCluster {
         ClientConfig {
             addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
             cluster_id: 9,
-            token: Token(Bytes::from_static(TOKEN.as_bytes())),
+            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+            tls: None,
             timeout: Duration::from_secs(15),
             shard: 0,
         }
@@ -455,7 +456,8 @@ fn sigterm_stops_the_node_cleanly_and_closes_its_logs() {
     let config = ClientConfig {
         addrs: vec![HostPort { host: "127.0.0.1".into(), port: 21801 }],
         cluster_id: 9,
-        token: Token(Bytes::from_static(TOKEN.as_bytes())),
+        token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+        tls: None,
         timeout: Duration::from_secs(15),
         shard: 0,
     };

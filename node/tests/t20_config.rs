@@ -141,7 +141,7 @@ fn a_full_serve_command_line() {
     let PeerSource::Static(peers) = &config.peers else { panic!("static peers expected") };
     assert_eq!(peers.iter().map(|peer| peer.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(peers[2].addr.to_string(), "node-3.local:7104");
-    assert_eq!(config.token.0, "secret");
+    assert_eq!(config.token.as_ref().unwrap().0, "secret");
     assert!(!format!("{config:?}").contains("secret"), "Debug must not print the token");
     assert_eq!(config.snapshot_write_rate, 1 << 20);
     let engine = config.engine_config(vec![1, 2, 3]);
@@ -280,7 +280,7 @@ fn token_file_and_config_file() {
     let path = config_file.to_string_lossy().into_owned();
     let NodeCommand::Serve(config) = parse_from(["node", "serve", "--config", &path]).unwrap() else { panic!() };
     assert_eq!((config.node_id, config.shards), (3, 2));
-    assert_eq!(config.token.0, "from-file");
+    assert_eq!(config.token.as_ref().unwrap().0, "from-file");
     assert_eq!(config.read_consistency, net::ReadConsistency::Stale);
     // Flags override the file, a token flag replaces the file's token file.
     let NodeCommand::Serve(config) =
@@ -288,7 +288,7 @@ fn token_file_and_config_file() {
     else {
         panic!()
     };
-    assert_eq!((config.shards, config.token.0.as_ref()), (5, b"flag".as_ref()));
+    assert_eq!((config.shards, config.token.as_ref().unwrap().0.as_ref()), (5, b"flag".as_ref()));
 
     std::fs::write(&config_file, "node-id = 3\nshard = 2\n").unwrap();
     let error = parse_from(["node", "serve", "--config", &path]).unwrap_err();
@@ -370,4 +370,103 @@ fn kv_admin_and_dev_commands() {
     assert_eq!(configs[2].peer_addr, "127.0.0.1:7104".parse().unwrap());
     assert_eq!(configs[2].client_addr, "127.0.0.1:7105".parse().unwrap());
     assert!(matches!(parse_from(["node", "dev", "--nodes", "2"]), Err(CliError::Config(_))));
+}
+
+/// `node serve` with TLS: `--tls-dir` names the files `node certs` writes,
+/// single options override them, a partial set is refused naming what is
+/// missing, and the shared token becomes optional (certificates authenticate
+/// peers) but stays required without TLS.
+#[test]
+fn tls_options() {
+    let dir = scratch("tls");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    for name in ["node-ca.pem", "node-2.pem", "node-2.key", "client-tokens"] {
+        std::fs::write(certs.join(name), "x").unwrap();
+    }
+    let certs_arg = certs.to_string_lossy().into_owned();
+    let config = serve(&dir, &["--tls-dir", &certs_arg]).unwrap();
+    let tls = config.security.tls.clone().expect("TLS on");
+    assert_eq!(
+        (tls.node_ca, tls.certificate, tls.private_key),
+        (certs.join("node-ca.pem"), certs.join("node-2.pem"), certs.join("node-2.key"))
+    );
+    assert_eq!(tls.client_ca, None, "no client-ca.pem in the directory: clients use tokens");
+    assert_eq!(config.security.client_tokens, Some(certs.join("client-tokens")));
+    let other_key = dir.join("other.key").to_string_lossy().into_owned();
+    let config = serve(&dir, &["--tls-dir", &certs_arg, "--tls-key", &other_key]).unwrap();
+    assert_eq!(config.security.tls.unwrap().private_key, dir.join("other.key"));
+    assert!(serve(&dir, &[]).unwrap().security.tls.is_none(), "plaintext by default");
+
+    std::fs::remove_file(certs.join("node-2.key")).unwrap();
+    assert!(matches!(
+        config_error(serve(&dir, &["--tls-dir", &certs_arg])),
+        ConfigError::TlsDirIncomplete { file, .. } if file == certs.join("node-2.key")
+    ));
+    let ca = certs.join("node-ca.pem").to_string_lossy().into_owned();
+    assert!(matches!(
+        config_error(serve(&dir, &["--tls-ca", &ca])),
+        ConfigError::TlsIncomplete { missing: "--tls-cert" }
+    ));
+
+    let data_dir = dir.join("data").to_string_lossy().into_owned();
+    let base = ["node", "serve", "--node-id", "2", "--peer-addr", "127.0.0.1:7102", "--client-addr", "127.0.0.1:7103"];
+    let without_token = |extra: &[&str]| {
+        let args: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain(["--data-dir", &data_dir, "--peers", "2=127.0.0.1:7102"])
+            .chain(extra.iter().copied())
+            .collect();
+        parse_from(args)
+    };
+    let key = certs.join("node-2.pem").to_string_lossy().into_owned();
+    let Ok(NodeCommand::Serve(config)) = without_token(&["--tls-ca", &ca, "--tls-cert", &key, "--tls-key", &key])
+    else {
+        panic!("TLS without a token was refused")
+    };
+    assert!(config.token.is_none());
+    assert!(matches!(without_token(&[]), Err(CliError::Config(ConfigError::TokenMissing))));
+
+    // The same options as keys of the configuration file.
+    let config_file = dir.join("node.toml");
+    std::fs::write(&config_file, format!("tls-dir = {certs_arg:?}\nclient-tokens = \"/etc/tokens\"\n")).unwrap();
+    let config_arg = config_file.to_string_lossy().into_owned();
+    let config = serve(&dir, &["--config", &config_arg, "--tls-cert", &key, "--tls-key", &key]).unwrap();
+    assert_eq!(config.security.tls.unwrap().node_ca, certs.join("node-ca.pem"));
+    assert_eq!(config.security.client_tokens, Some(PathBuf::from("/etc/tokens")));
+
+    // Clients: a certificate replaces the token; a certificate without its
+    // key is refused by the parser.
+    let NodeCommand::Kv(kv) =
+        parse_from(["node", "kv", "--tls-ca", &ca, "--tls-cert", &key, "--tls-key", &key, "get", "k"]).unwrap()
+    else {
+        panic!()
+    };
+    assert!(kv.client.token.is_none());
+    assert_eq!(kv.client.tls.unwrap().certificate, Some(certs.join("node-2.pem")));
+    assert!(matches!(
+        parse_from(["node", "kv", "--tls-ca", &ca, "--tls-cert", &key, "get", "k"]),
+        Err(CliError::Parse(_))
+    ));
+    assert!(matches!(
+        parse_from(["node", "kv", "--tls-ca", &ca, "get", "k"]),
+        Err(CliError::Config(ConfigError::TokenMissing))
+    ));
+}
+
+/// `node certs` parses users as NAME=ROLES and refuses unknown roles.
+#[test]
+fn certs_command() {
+    let NodeCommand::Certs(certs) =
+        parse_from(["node", "certs", "--dir", "/tmp/x", "--user", "ops=read+admin"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(certs.users, vec![("ops".to_string(), net::Roles::READ | net::Roles::ADMIN)]);
+    assert_eq!(certs.node_ids, vec![1, 2, 3]);
+    assert!(matches!(
+        parse_from(["node", "certs", "--dir", "/tmp/x", "--user", "ops=root"]),
+        Err(CliError::Config(ConfigError::BadUser { .. }))
+    ));
 }

@@ -137,7 +137,8 @@ impl Processes {
                 .map(|&id| HostPort { host: "127.0.0.1".into(), port: Processes::peer_port(id) + 1 })
                 .collect(),
             cluster_id: 5,
-            token: Token(Bytes::from_static(TOKEN.as_bytes())),
+            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+            tls: None,
             timeout: Duration::from_secs(15),
             shard: 0,
         }

@@ -195,7 +195,8 @@ impl Cluster {
         ClientConfig {
             addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
             cluster_id: CLUSTER_ID,
-            token: Token(Bytes::from_static(TOKEN.as_bytes())),
+            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+            tls: None,
             timeout,
             shard,
         }

@@ -5,6 +5,9 @@
 //! well-behaved client keeps writing and reading through the same node, and
 //! every one of its requests must succeed; at the end the node is still up.
 //!
+//! A second test holds the node's resident memory (VmRSS) under a bound
+//! while many connections pipeline requests and never read the answers.
+//!
 //! Like `t50_chaos`, it needs the `node` binary built first
 //! (`cargo build --release -p node`) and skips with a message without it.
 //! Ports 24200-24299.
@@ -31,11 +34,29 @@ const TOKEN: &str = "hostile-test-token";
 const CLUSTER_ID: u64 = 60;
 const PEER_PORT: u16 = 24_200;
 const CLIENT_PORT: u16 = 24_201;
+/// The memory test's node, so that both tests can run at once.
+const MEMORY_PEER_PORT: u16 = 24_210;
+const MEMORY_CLIENT_PORT: u16 = 24_211;
 
 fn node_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let binary = exe.parent()?.parent()?.join("node");
     binary.is_file().then_some(binary)
+}
+
+/// The node binary, or `None` after saying why the test skips.
+fn runnable_node_binary() -> Option<PathBuf> {
+    let Some(binary) = node_binary() else {
+        eprintln!(
+            "SKIPPED: no node binary next to the test executable; build it first (cargo build --release -p node)"
+        );
+        return None;
+    };
+    if let Err(error) = wal::io_uring_available() {
+        eprintln!("SKIPPED: io_uring is unavailable: {error}");
+        return None;
+    }
+    Some(binary)
 }
 
 /// A one-node cluster, killed when dropped.
@@ -46,14 +67,18 @@ struct Node {
 
 impl Node {
     fn start(binary: &PathBuf) -> Node {
-        let dir = std::env::temp_dir().join(format!("hostile-{}", std::process::id()));
+        Node::start_on(binary, PEER_PORT, CLIENT_PORT)
+    }
+
+    fn start_on(binary: &PathBuf, peer_port: u16, client_port: u16) -> Node {
+        let dir = std::env::temp_dir().join(format!("hostile-{}-{peer_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let child = Command::new(binary)
             .args(["serve", "--node-id", "1", "--cluster-id", &CLUSTER_ID.to_string()])
-            .args(["--peer-addr", &format!("127.0.0.1:{PEER_PORT}")])
-            .args(["--client-addr", &format!("127.0.0.1:{CLIENT_PORT}")])
-            .args(["--peers", &format!("1=127.0.0.1:{PEER_PORT}")])
+            .args(["--peer-addr", &format!("127.0.0.1:{peer_port}")])
+            .args(["--client-addr", &format!("127.0.0.1:{client_port}")])
+            .args(["--peers", &format!("1=127.0.0.1:{peer_port}")])
             .args(["--data-dir", &dir.join("node-1").display().to_string()])
             .args(["--log-level", "error", "--pin-cores", "false"])
             .env("NODE_TOKEN", TOKEN)
@@ -78,10 +103,15 @@ impl Drop for Node {
 }
 
 fn client(timeout: Duration) -> ClientConfig {
+    client_of(CLIENT_PORT, timeout)
+}
+
+fn client_of(port: u16, timeout: Duration) -> ClientConfig {
     ClientConfig {
-        addrs: vec![HostPort { host: "127.0.0.1".into(), port: CLIENT_PORT }],
+        addrs: vec![HostPort { host: "127.0.0.1".into(), port }],
         cluster_id: CLUSTER_ID,
-        token: Token(Bytes::from_static(TOKEN.as_bytes())),
+        token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+        tls: None,
         timeout,
         shard: 0,
     }
@@ -116,7 +146,11 @@ fn handshake_frame(token: &str) -> Bytes {
 }
 
 fn connect() -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", CLIENT_PORT)).expect("connect");
+    connect_to(CLIENT_PORT)
+}
+
+fn connect_to(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     stream
@@ -169,16 +203,7 @@ fn good_client(stop: Arc<AtomicBool>, done: Arc<AtomicU64>, failures: Arc<std::s
 
 #[test]
 fn node_survives_hostile_clients_and_keeps_serving() {
-    let Some(binary) = node_binary() else {
-        eprintln!(
-            "SKIPPED: no node binary next to the test executable; build it first (cargo build --release -p node)"
-        );
-        return;
-    };
-    if let Err(error) = wal::io_uring_available() {
-        eprintln!("SKIPPED: io_uring is unavailable: {error}");
-        return;
-    }
+    let Some(binary) = runnable_node_binary() else { return };
     let mut node = Node::start(&binary);
     // Wait until the node serves.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -287,4 +312,144 @@ fn node_survives_hostile_clients_and_keeps_serving() {
     );
     assert!(failures.is_empty(), "the well-behaved client saw failures: {failures:?}");
     assert!(completed >= 10, "the well-behaved client made almost no progress: {completed}");
+}
+
+/// A process's resident memory in bytes, from `/proc/PID/status`.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|field| field.parse().ok()).expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// Connections that pipeline status requests and never read.
+const FLOOD_CONNECTIONS: usize = 64;
+/// Connections that finish the handshake and then say nothing.
+const SILENT_CONNECTIONS: usize = 400;
+/// What one flooding connection may make the node hold, at most: the
+/// listener reads no further once `REQUESTS_OUTSTANDING_MAX_DEFAULT` (256)
+/// requests are unanswered, so it holds at most 256 requests and their 256
+/// answers (a status answer is under 4 KiB: 1 MiB), its receive buffer
+/// (`READ_SIZE_DEFAULT`, 64 KiB) and one coalesced write being sent
+/// (`ListenerConfig::write_bytes_max`, 1 MiB): 2 MiB with slack to spare
+/// for the allocator. A silent connection holds its receive buffer and its
+/// task: 128 KiB.
+const FLOOD_CONNECTION_BYTES_MAX: u64 = 2 << 20;
+const SILENT_CONNECTION_BYTES_MAX: u64 = 128 << 10;
+/// Allocator and runtime slack over the whole run (arenas grown by other
+/// threads, the status answers' JSON buffers).
+const MEMORY_SLACK_BYTES: u64 = 32 << 20;
+
+/// The documented bound: a node holding every connection at its limit
+/// stays under its resident memory at rest plus
+/// `FLOOD_CONNECTIONS * 2 MiB + SILENT_CONNECTIONS * 128 KiB + 32 MiB`
+/// (here 210 MiB). A node that kept reading a client that does not read
+/// (a task or a queued answer per request) grows by the answers to
+/// everything the flood sends, which the test checks is far more.
+#[test]
+fn resident_memory_stays_bounded_while_clients_pipeline_and_never_read() {
+    let Some(binary) = runnable_node_binary() else { return };
+    let mut node = Node::start_on(&binary, MEMORY_PEER_PORT, MEMORY_CLIENT_PORT);
+    let status_client = client_of(MEMORY_CLIENT_PORT, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer_bytes = loop {
+        if let Ok(ResponseStatus::Ok(answer)) =
+            call(&client_of(MEMORY_CLIENT_PORT, Duration::from_secs(1)), RequestBody::Status)
+        {
+            break answer.len() as u64;
+        }
+        assert!(Instant::now() < deadline, "the node did not start serving");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer_bytes < 4096, "a status answer is {answer_bytes} bytes: the per-connection bound assumes < 4 KiB");
+    // Warm up what a served client allocates once, then take the baseline.
+    for _ in 0..20 {
+        assert!(matches!(call(&status_client, RequestBody::Status), Ok(ResponseStatus::Ok(_))));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = node.child.id();
+    let baseline = resident_bytes(pid);
+    let bound = baseline
+        + FLOOD_CONNECTIONS as u64 * FLOOD_CONNECTION_BYTES_MAX
+        + SILENT_CONNECTIONS as u64 * SILENT_CONNECTION_BYTES_MAX
+        + MEMORY_SLACK_BYTES;
+
+    let silent: Vec<TcpStream> = (0..SILENT_CONNECTIONS)
+        .map(|_| {
+            let mut stream = connect_to(MEMORY_CLIENT_PORT);
+            stream.write_all(&handshake_frame(TOKEN)).unwrap();
+            stream
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            tokio_uring::start(async move {
+                let config = NetClientConfig::new(CLUSTER_ID, Bytes::from_static(TOKEN.as_bytes()));
+                let addr = format!("127.0.0.1:{MEMORY_CLIENT_PORT}").parse().unwrap();
+                let mut connections = Vec::new();
+                for _ in 0..FLOOD_CONNECTIONS {
+                    connections.push(ClientConnection::connect(addr, &config).await.expect("a flood connection"));
+                }
+                // Round after round, every connection gets 1,000 more
+                // requests until its socket stops taking them: the node has
+                // stopped reading it.
+                let mut stuck = vec![false; connections.len()];
+                let mut request_id = 0u64;
+                while !stop.load(Ordering::Relaxed) && stuck.iter().any(|stuck| !stuck) {
+                    for (connection, stuck) in connections.iter_mut().zip(stuck.iter_mut()).filter(|(_, s)| !**s) {
+                        for _ in 0..1000 {
+                            request_id += 1;
+                            connection.queue(0, &ClientRequest::plain(request_id, RequestBody::Status));
+                        }
+                        match tokio::time::timeout(Duration::from_millis(200), connection.flush()).await {
+                            Ok(Ok(())) => {
+                                sent.fetch_add(1000, Ordering::Relaxed);
+                            }
+                            _ => *stuck = true,
+                        }
+                    }
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                drop(connections);
+            })
+        })
+    };
+    let mut peak = baseline;
+    let started = Instant::now();
+    let mut served_during = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        peak = peak.max(resident_bytes(pid));
+        if started.elapsed() > Duration::from_secs(2) && served_during < 5 {
+            if let Ok(ResponseStatus::Ok(_)) = call(&status_client, RequestBody::Status) {
+                served_during += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent_total = sent.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().expect("flood thread");
+    drop(silent);
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    eprintln!(
+        "resident memory: {:.1} MiB at rest, peak {:.1} MiB under {FLOOD_CONNECTIONS} flooding and {SILENT_CONNECTIONS} \
+         silent connections (bound {:.1} MiB); the flood sent {sent_total} requests ({:.0} MiB of answers had they all \
+         been queued)",
+        mib(baseline),
+        mib(peak),
+        mib(bound),
+        mib(sent_total * answer_bytes),
+    );
+    assert!(node.alive(), "the node died under the flood");
+    assert!(served_during >= 5, "a well-behaved client was not served during the flood");
+    assert!(
+        sent_total * answer_bytes > 4 * (bound - baseline),
+        "the flood sent too little ({sent_total} requests) to tell a bounded node from an unbounded one"
+    );
+    assert!(peak <= bound, "resident memory peaked at {:.1} MiB, over the bound of {:.1} MiB", mib(peak), mib(bound));
 }

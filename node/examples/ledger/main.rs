@@ -181,7 +181,8 @@ fn run_tcp(addr: Vec<String>, token: String, cluster_id: u64, workload: Workload
     let config = |addrs: Vec<HostPort>| ClientConfig {
         addrs,
         cluster_id,
-        token: Token(bytes::Bytes::from(token.clone())),
+        token: Some(Token(bytes::Bytes::from(token.clone()))),
+        tls: None,
         timeout: Duration::from_secs(10),
         shard: 0,
     };

@@ -34,6 +34,7 @@ use crate::config::ServeConfig;
 use crate::discovery::{self, Peer};
 use crate::replicated::Addresses;
 use crate::shard::{RecoveredShard, Shard, ShardContext, ShardTransport, SystemClock};
+use crate::signals::Signal;
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
 pub use local::{Forwarded, Hub, HubMessage, NodeHandle};
@@ -75,6 +76,10 @@ pub enum ServeError {
     Shard(#[from] crate::shard::ShardError),
     #[error("core {core} failed: {reason}")]
     Core { core: usize, reason: String },
+    #[error("credentials: {0}")]
+    Credentials(#[from] net::CredentialsError),
+    #[error("a token is required without TLS: --token, NODE_TOKEN or --token-file")]
+    NoCredentials,
 }
 
 /// Where a node's shards keep their logs.
@@ -101,6 +106,7 @@ pub struct RunningNode {
     node_id: NodeId,
     handle: NodeHandle,
     shutdown: Arc<AtomicBool>,
+    security: NodeSecurity,
     threads: Vec<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
 
@@ -117,6 +123,12 @@ impl RunningNode {
     /// The flag that stops the node when set (what a signal handler sets).
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()
+    }
+
+    /// The node's credentials, shared by every core's listeners and links:
+    /// [`NodeSecurity::reload`] on it is what SIGHUP does.
+    pub fn security(&self) -> NodeSecurity {
+        self.security.clone()
     }
 
     /// Stops the node cleanly: waiting clients are answered, the hard state
@@ -144,8 +156,9 @@ impl RunningNode {
     }
 }
 
-/// Runs the node until SIGINT or SIGTERM: the `node serve` binary, with
-/// `make_app` building each shard's state machine, on the WAL and TCP.
+/// Runs the node until SIGINT or SIGTERM, reloading its credentials on
+/// SIGHUP: the `node serve` binary, with `make_app` building each shard's
+/// state machine, on the WAL and TCP.
 pub fn serve<S, F>(config: ServeConfig, make_app: F) -> Result<(), ServeError>
 where
     S: StateMachine + 'static,
@@ -153,14 +166,33 @@ where
 {
     let node = start(config, Storage::Wal, Network::Tcp, make_app)?;
     let shutdown = node.shutdown_flag();
-    ctrlc::set_handler(move || {
-        if shutdown.swap(true, Ordering::SeqCst) {
-            // A second signal: stop now.
-            std::process::exit(130);
+    let security = node.security();
+    crate::signals::spawn_handler(move |signal| match signal {
+        Signal::Stop => {
+            if shutdown.swap(true, Ordering::SeqCst) {
+                // A second signal: stop now.
+                std::process::exit(130);
+            }
         }
+        Signal::Reload => reload_credentials(&security),
     })
     .map_err(|error| ServeError::Core { core: 0, reason: format!("cannot install the signal handler: {error}") })?;
     node.wait()
+}
+
+/// Reads the credentials' files again. Established connections, peer links
+/// included, keep what they negotiated, so the cluster stays connected; a
+/// file that fails to load leaves the current credentials in place.
+fn reload_credentials(security: &NodeSecurity) {
+    match security.reload() {
+        Ok(generation) => {
+            tracing::info!(generation, "credentials reloaded: new connections use them");
+            for warning in security.warnings() {
+                tracing::warn!(%warning, "security");
+            }
+        }
+        Err(error) => tracing::error!(%error, "credentials not reloaded; keeping the current ones"),
+    }
 }
 
 /// What every core of a node shares.
@@ -202,12 +234,7 @@ where
     }
     // One set of credentials for the whole process: every core's listeners
     // and links share it.
-    let security = NodeSecurity::plaintext(config.cluster_id, config.node_id, config.token.0.clone());
-    if matches!(network, Network::Tcp) {
-        for warning in security.warnings() {
-            tracing::warn!(%warning, "security");
-        }
-    }
+    let security = load_security(&config, &network)?;
     tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
     let mut forward = Vec::new();
     let mut receivers = Vec::new();
@@ -231,6 +258,7 @@ where
         forward,
         shutdown: shutdown.clone(),
     });
+    let security = setup.security.clone();
     let mut threads = Vec::new();
     for (core, receiver) in receivers.into_iter().enumerate() {
         let setup = setup.clone();
@@ -245,7 +273,23 @@ where
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
         threads.push(thread);
     }
-    Ok(RunningNode { node_id, handle, shutdown, threads })
+    Ok(RunningNode { node_id, handle, shutdown, security, threads })
+}
+
+/// One set of credentials for the whole process: every core's listeners and
+/// links share it. Over TCP its warnings (plaintext above all) are logged.
+fn load_security(config: &ServeConfig, network: &Network) -> Result<NodeSecurity, ServeError> {
+    if config.token.is_none() && config.security.tls.is_none() {
+        return Err(ServeError::NoCredentials);
+    }
+    let security =
+        NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
+    if matches!(network, Network::Tcp) {
+        for warning in security.warnings() {
+            tracing::warn!(%warning, "security");
+        }
+    }
+    Ok(security)
 }
 
 /// Fails clearly if a port a core needs does not exist or is taken.

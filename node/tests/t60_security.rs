@@ -1,0 +1,391 @@
+//! Security of the real `node` binary: a three-node cluster with mutual TLS
+//! serves writes; callers that must be refused are refused, each with a
+//! reason in the node's log, while the cluster keeps serving; credentials
+//! reload on SIGHUP without dropping the cluster.
+//!
+//! The listener-level cases (every refusal reason, reloads, bounds) are
+//! tested in `net/tests/tls_auth.rs` and `net/tests/bounds.rs`; these check
+//! that the node wires them: its options, its listeners' roles, its client
+//! roles and its signal handling. Ports 26000-26009.
+
+#[path = "../../net/tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::identity::ClientName;
+use net::tls::CertificateAuthority;
+use net::{
+    AdminRequest, ClientConfig as NetClientConfig, ClientConnection, ClientError, ClientTls, ClientTlsFiles, Handshake,
+    HandshakeError, Payload, ReadConsistency, RefusalReason, RequestBody, ResponseStatus, Role, Roles,
+};
+use node::client_cmd::{call, BlockingClient};
+use node::config::{ClientConfig, NodeCommand, Token};
+use node::discovery::HostPort;
+use node::kv::{KvOp, KvResponse};
+use support::{expired, hostile_tls_call, peer_handshake, Credentials, HostileOutcome, CLUSTER};
+
+/// The first test's nodes use 26000-26005, the reload test's 26006-26011.
+const BASE_PORT: u16 = 26_000;
+const RELOAD_BASE_PORT: u16 = 26_006;
+
+fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A TLS cluster of real processes, killed when dropped; each node logs to
+/// `node-N.log` in the credentials' directory.
+struct TlsCluster {
+    credentials: Credentials,
+    base_port: u16,
+    nodes: BTreeMap<u64, Child>,
+}
+
+impl TlsCluster {
+    fn start(credentials: Credentials, base_port: u16) -> TlsCluster {
+        let peer_port = |id: u64| base_port + 2 * (id as u16 - 1);
+        let peers: Vec<String> = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", peer_port(id))).collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            let dir = &credentials.dir;
+            let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_node"))
+                .args(["serve", "--node-id", &id.to_string(), "--cluster-id", &CLUSTER.to_string()])
+                .args(["--peer-addr", &loopback(peer_port(id)).to_string()])
+                .args(["--client-addr", &loopback(peer_port(id) + 1).to_string()])
+                .args(["--peers", &peers.join(",")])
+                .args(["--data-dir", &dir.join(format!("data-{id}")).display().to_string()])
+                // The files `node certs` writes; no shared token at all.
+                .args(["--tls-dir", &dir.display().to_string()])
+                .args(["--log-level", "info", "--pin-cores", "false"])
+                .env_remove("NODE_TOKEN")
+                .env_remove("NODE_TOKEN_FILE")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start node");
+            nodes.insert(id, child);
+        }
+        TlsCluster { credentials, base_port, nodes }
+    }
+
+    /// A cluster with fresh credentials once it has a leader, or `None`
+    /// after saying why the test skips.
+    fn start_with_leader(name: &str, base_port: u16) -> Option<TlsCluster> {
+        if let Err(error) = wal::io_uring_available() {
+            eprintln!("SKIPPED: io_uring is unavailable: {error}");
+            return None;
+        }
+        let cluster = TlsCluster::start(Credentials::new(name), base_port);
+        cluster.wait_for_leader();
+        Some(cluster)
+    }
+
+    fn peer_port(&self, id: u64) -> u16 {
+        self.base_port + 2 * (id as u16 - 1)
+    }
+
+    fn client_port(&self, id: u64) -> u16 {
+        self.peer_port(id) + 1
+    }
+
+    /// [`TlsCluster::client`] of node `id` alone.
+    fn client_of(&self, user: &str, id: u64) -> ClientConfig {
+        ClientConfig {
+            addrs: vec![HostPort { host: "127.0.0.1".into(), port: self.client_port(id) }],
+            ..self.client(user)
+        }
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.credentials.dir.join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until node `id`'s log contains `text`.
+    fn wait_for_log(&self, id: u64, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log(id).contains(text) {
+            assert!(Instant::now() < deadline, "node {id} never logged {text:?}; its log:\n{}", self.log(id));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn all_alive(&mut self) -> bool {
+        self.nodes.values_mut().all(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// A command-line client configuration presenting `user`'s certificate.
+    fn client(&self, user: &str) -> ClientConfig {
+        ClientConfig {
+            addrs: (1..=3).map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(id) }).collect(),
+            cluster_id: CLUSTER,
+            token: None,
+            tls: self.credentials.certificates.client_tls(user),
+            timeout: Duration::from_secs(15),
+            shard: 0,
+        }
+    }
+
+    /// The same, presenting a token instead of a certificate.
+    fn token_client(&self, token: &str) -> ClientConfig {
+        ClientConfig {
+            token: Some(Token(Bytes::from(token.to_string()))),
+            tls: Some(self.credentials.certificates.client_tls_without_certificate()),
+            ..self.client("ops")
+        }
+    }
+
+    fn wait_for_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leaders = (1..=3)
+                .filter(|id| {
+                    let config = ClientConfig { timeout: Duration::from_secs(2), ..self.client_of("ops", *id) };
+                    matches!(call(&config, RequestBody::Status), Ok(ResponseStatus::Ok(answer))
+                        if serde_json::from_slice::<serde_json::Value>(&answer).is_ok_and(|s| s["role"] == "Leader"))
+                })
+                .count();
+            if leaders == 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Writes `key` = `value` in a session of `user`'s and reads it back
+    /// as `reader`.
+    fn write_and_read(&self, user: &str, key: &str, value: &str) {
+        let mut client = BlockingClient::new(&self.client(user)).expect("a client");
+        let mut session = client.open_session().expect("a session opens");
+        let put = KvOp::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()) };
+        assert_eq!(client.write(&mut session, put.encode()).unwrap(), KvResponse::Written.encode());
+        let get = RequestBody::Read {
+            query: KvOp::Get { key: Bytes::from(key.to_string()) }.encode(),
+            consistency: ReadConsistency::Linearizable,
+        };
+        let answer = call(&self.client("reader"), get).unwrap();
+        assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(Bytes::from(value.to_string()))).encode()));
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for child in self.nodes.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn client_handshake() -> Handshake {
+    Handshake { role: Role::Client, ..peer_handshake(0) }
+}
+
+fn tls_failure(result: Result<ClientConnection, ClientError>) -> String {
+    match result {
+        Err(ClientError::Handshake(HandshakeError::Tls(error))) => error.to_string(),
+        Err(other) => panic!("expected a TLS failure, got {other}"),
+        Ok(_) => panic!("the connection was accepted"),
+    }
+}
+
+fn forbidden(status: ResponseStatus) -> String {
+    match status {
+        ResponseStatus::Forbidden(reason) => reason,
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_mutual_tls_cluster_serves_writes_and_refuses_what_it_must_with_logged_reasons() {
+    let Some(mut cluster) = TlsCluster::start_with_leader("node-t60", BASE_PORT) else { return };
+    cluster.write_and_read("writer", "before", "1");
+    let writer_token = cluster.credentials.certificates.tokens["writer"].clone();
+    let mut token_client = BlockingClient::new(&cluster.token_client(&writer_token)).unwrap();
+    let mut session = token_client.open_session().expect("a token client opens a session");
+    let put = KvOp::Put { key: Bytes::from_static(b"by-token"), value: Bytes::from_static(b"2") };
+    assert_eq!(token_client.write(&mut session, put.encode()).unwrap(), KvResponse::Written.encode());
+    for id in 1..=3 {
+        assert!(!cluster.log(id).contains("TLS is off"), "node {id} warned of plaintext with TLS on");
+    }
+
+    let credentials = &cluster.credentials;
+    let strangers = Credentials::new("node-t60-strangers");
+    let client_authority = CertificateAuthority::load(
+        &credentials.certificates.client_ca.certificate,
+        &credentials.certificates.client_ca.private_key,
+    )
+    .unwrap();
+    let late = ClientName { cluster_id: CLUSTER, user: "late".into(), roles: Roles::ALL };
+    let (expired_certificate, expired_key) =
+        credentials.write("client-expired", &client_authority.issue_client(&late, expired()).unwrap());
+    let node3 = credentials.certificates.nodes[&3].clone();
+    let (peer_addr, client_addr) = (loopback(cluster.peer_port(1)), loopback(cluster.client_port(1)));
+
+    // A client handshake on the peer port, even from a caller whose
+    // certificate the peer port trusts: refused for its role.
+    let (certificate, key) = (node3.certificate.clone(), node3.private_key.clone());
+    match std::thread::spawn(move || hostile_tls_call(peer_addr, &certificate, &key, client_handshake()))
+        .join()
+        .unwrap()
+    {
+        HostileOutcome::Answer(Payload::HandshakeRefuse(refusal)) => {
+            assert_eq!(refusal.reason, RefusalReason::RoleNotAccepted)
+        }
+        other => panic!("a client handshake on the peer port got {other:?}"),
+    }
+    // Node 3's genuine certificate with a handshake claiming node 2.
+    let (certificate, key) = (node3.certificate.clone(), node3.private_key.clone());
+    match std::thread::spawn(move || hostile_tls_call(peer_addr, &certificate, &key, peer_handshake(2))).join().unwrap()
+    {
+        HostileOutcome::Answer(Payload::HandshakeRefuse(refusal)) => {
+            assert_eq!(refusal.reason, RefusalReason::IdentityMismatch)
+        }
+        other => panic!("a peer claiming another node's id got {other:?}"),
+    }
+    let expired_client = ClientTls::load(
+        CLUSTER,
+        &ClientTlsFiles {
+            node_ca: credentials.certificates.node_ca.certificate.clone(),
+            certificate: Some(expired_certificate),
+            private_key: Some(expired_key),
+        },
+    )
+    .unwrap();
+    tokio_uring::start(async {
+        // A client certificate on the peer port: the peer port trusts only
+        // the node CA.
+        tls_failure(ClientConnection::connect(peer_addr, &credentials.client("ops")).await);
+        // A client certificate from another CA.
+        tls_failure(ClientConnection::connect(client_addr, &strangers.client("ops")).await);
+        // A client that trusts our node CA but whose certificate another
+        // client CA signed.
+        let foreign = ClientTlsFiles {
+            node_ca: credentials.certificates.node_ca.certificate.clone(),
+            ..strangers.certificates.client_tls("ops").unwrap()
+        };
+        let foreign = NetClientConfig::with_tls(CLUSTER, ClientTls::load(CLUSTER, &foreign).unwrap(), Bytes::new());
+        tls_failure(ClientConnection::connect(client_addr, &foreign).await);
+        // An expired client certificate from the right CA.
+        tls_failure(
+            ClientConnection::connect(client_addr, &NetClientConfig::with_tls(CLUSTER, expired_client, Bytes::new()))
+                .await,
+        );
+        // Plaintext to the TLS port.
+        let plaintext = NetClientConfig::new(CLUSTER, Bytes::from(writer_token.clone()));
+        match ClientConnection::connect(client_addr, &plaintext).await {
+            Err(ClientError::Handshake(HandshakeError::Refused { reason, .. })) => {
+                assert_eq!(reason, RefusalReason::TlsRequired)
+            }
+            Err(other) => panic!("plaintext to a TLS port: {other}"),
+            Ok(_) => panic!("plaintext to a TLS port was accepted"),
+        }
+    });
+    // A write with a read-only identity, and an admin request without admin.
+    let reader_at_node_1 = cluster.client_of("reader", 1);
+    let write = RequestBody::Write {
+        command: KvOp::Put { key: Bytes::from_static(b"x"), value: Bytes::from_static(b"y") }.encode(),
+    };
+    let reason = forbidden(call(&reader_at_node_1, write).unwrap());
+    assert!(reason.contains("needs write"), "{reason}");
+    let writer_at_node_1 = cluster.client_of("writer", 1);
+    let reason = forbidden(call(&writer_at_node_1, RequestBody::Admin(AdminRequest::Stats)).unwrap());
+    assert!(reason.contains("needs admin"), "{reason}");
+
+    // Each refusal is in node 1's log with its reason.
+    for text in [
+        "role=Peers refusal=handshake refused (RoleNotAccepted)",
+        "role=Peers refusal=handshake refused (IdentityMismatch): the handshake claims node 2 but the certificate names raft-node://42/3",
+        "role=Peers refusal=TLS handshake failed: the certificate is not signed by a trusted CA",
+        // The stranger's client trusts another node CA: it refuses ours.
+        "role=Clients refusal=TLS handshake failed: the caller refused this node's certificate",
+        "role=Clients refusal=TLS handshake failed: the certificate is not signed by a trusted CA",
+        "role=Clients refusal=TLS handshake failed: the certificate has expired",
+        "role=Clients refusal=handshake refused (TlsRequired)",
+        "forbidden=user reader has roles read; this request needs write",
+        "forbidden=user writer has roles read,write; this request needs admin",
+    ] {
+        cluster.wait_for_log(1, text);
+    }
+    // And the cluster serves on.
+    assert!(cluster.all_alive(), "a node died");
+    cluster.write_and_read("ops", "after", "3");
+    drop(strangers);
+}
+
+/// SIGHUP re-reads the token file: a user added to it gets in without a
+/// restart, and the cluster keeps its peer links (it still commits writes).
+#[test]
+fn sighup_reloads_credentials_without_dropping_the_cluster() {
+    let Some(mut cluster) = TlsCluster::start_with_leader("node-t60-reload", RELOAD_BASE_PORT) else { return };
+    let token = "late-user-token-0123456789abcdef";
+    let late = |cluster: &TlsCluster| {
+        let mut config = cluster.token_client(token);
+        config.timeout = Duration::from_secs(2);
+        call(&config, RequestBody::Status)
+    };
+    assert!(late(&cluster).is_err(), "an unknown token was accepted");
+    let token_file = cluster.credentials.certificates.token_file.clone();
+    let mut tokens = std::fs::read_to_string(&token_file).unwrap();
+    tokens.push_str(&format!("late:read:{token}\n"));
+    std::fs::write(&token_file, tokens).unwrap();
+    for (id, child) in &cluster.nodes {
+        // SAFETY: signalling a child this test started.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0, "SIGHUP to node {id}");
+    }
+    for id in 1..=3 {
+        cluster.wait_for_log(id, "credentials reloaded");
+    }
+    assert!(matches!(late(&cluster), Ok(ResponseStatus::Ok(_))), "the reloaded token was refused");
+    assert!(cluster.all_alive(), "SIGHUP stopped a node");
+    cluster.write_and_read("writer", "after-reload", "4");
+}
+
+/// `node certs` writes the files `node serve --tls-dir` reads.
+#[test]
+fn node_certs_writes_what_serve_tls_dir_reads() {
+    let dir = std::env::temp_dir().join(format!("node-t60-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(["certs", "--dir", &dir.display().to_string(), "--cluster-id", "7", "--node-ids", "1,2"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let NodeCommand::Serve(config) = node::config::parse_from([
+        "node",
+        "serve",
+        "--node-id",
+        "2",
+        "--cluster-id",
+        "7",
+        "--peer-addr",
+        "127.0.0.1:1",
+        "--client-addr",
+        "127.0.0.1:2",
+        "--peers",
+        "2=127.0.0.1:1",
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--tls-dir",
+        &dir.display().to_string(),
+    ])
+    .unwrap() else {
+        panic!()
+    };
+    let security = config.security.node_security(7, 2, None);
+    let loaded = net::NodeSecurity::load(security).expect("the written credentials load");
+    assert!(!loaded.is_plaintext());
+    assert!(loaded.warnings().is_empty(), "{:?}", loaded.warnings());
+    let client = ClientTlsFiles {
+        node_ca: dir.join("node-ca.pem"),
+        certificate: Some(dir.join("client-admin.pem")),
+        private_key: Some(dir.join("client-admin.key")),
+    };
+    ClientTls::load(7, &client).expect("the admin client's files load");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
