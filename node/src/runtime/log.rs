@@ -111,6 +111,10 @@ impl LogStore for NodeLog {
         delegate!(self, log => log.compact(index).await)
     }
 
+    fn recovery_damage(&self) -> Option<&WalError> {
+        delegate!(self, log => log.recovery_damage())
+    }
+
     async fn close(self) -> Result<(), WalError> {
         delegate!(self, log => log.close().await)
     }

@@ -190,6 +190,14 @@ where
             commit = raft.committed(),
             "shard recovered"
         );
+        if let Some(target) = raft.repair_target() {
+            tracing::warn!(
+                shard,
+                last_index = raft.last_index(),
+                acknowledged = target,
+                "the log lacks entries this replica may have acknowledged: it votes again once a leader resent them"
+            );
+        }
         let now = clock.now();
         Ok(Shard {
             ctx,

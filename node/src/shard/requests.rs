@@ -573,6 +573,9 @@ where
             "first_index": status.first_index,
             "last_index": status.last_index,
             "persisted": status.persisted,
+            // While the replica refetches entries its storage lost: the index
+            // it must reach before it votes again (null when whole).
+            "repair_target": status.repair_target,
             "snapshot_index": self.raft.snapshot().index,
             "voters": status.conf.voters,
             "voters_outgoing": status.conf.voters_outgoing,
