@@ -22,10 +22,11 @@
 pub mod checks;
 pub mod client;
 pub mod disk;
+pub mod effects;
 pub mod network;
 pub mod node;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
@@ -37,6 +38,7 @@ use net::{ClientRequest, ReadConsistency, RequestBody, SessionSettings};
 use crate::linearizability::{check, CheckOptions, NodeKvModel, Verdict};
 use checks::Observer;
 use client::{SimClient, SimHistory};
+use effects::{resolve_unknown, WriteEffects};
 use network::{Endpoint, NetworkFaults, Packet, Payload, SimNetwork};
 use node::{Outbox, Request, SimNode, Waiter};
 
@@ -59,6 +61,7 @@ const OPERATIONS_AFTER_HEAL: u64 = 2;
 pub struct Summary {
     pub seed: u64,
     pub voters: u64,
+    pub shards: u32,
     pub operations: usize,
     pub completed: u64,
     pub crashes: u64,
@@ -87,6 +90,13 @@ pub struct Summary {
     pub sessions_expired: u64,
     pub sessions_refused: u64,
     pub writes_given_up: u64,
+    /// Operations whose client never learned the outcome, settled by what
+    /// the state machines stored (`effects`): writes placed at the moment
+    /// their value was first stored, writes never stored and reads dropped,
+    /// and the rest left unknown for the checker.
+    pub unknown_placed: u64,
+    pub unknown_dropped: u64,
+    pub unknown_left: u64,
 }
 
 /// The whole simulated world.
@@ -100,7 +110,9 @@ struct World {
     network: SimNetwork,
     clients: Vec<SimClient>,
     history: SimHistory,
-    observer: Observer,
+    /// One observer per shard (Raft group).
+    observers: Vec<Observer>,
+    shards: u32,
     keys: u8,
     /// Out of 100, the chance per time unit that a node's disk finishes work.
     disk_speed: u64,
@@ -114,6 +126,8 @@ struct World {
     /// election timeout of at least 10 ticks).
     clocks: BTreeMap<NodeId, (u64, u64)>,
     summary: Summary,
+    /// When each written value was first stored (see `effects`).
+    effects: Rc<RefCell<WriteEffects>>,
     /// The session settings the run uses, until the cluster applied them.
     settings: Option<SessionSettings>,
 }
@@ -133,8 +147,16 @@ pub fn run(seed: u64, voters: u64) -> Summary {
     // Drawn from its own stream, so that every other choice of a seed (and
     // the seeds recorded in t90_regressions) stays what it was.
     let forward_writes = Rng::new(seed ^ 0x5EED_F0E2_A2D5).range(0, 2) == 0;
+    // A quarter of the seeds run two or three shards per node, sharing each
+    // node's transport, with leaders moving to their preferred nodes.
+    let shards = match Rng::new(seed ^ 0x5A2D_5EED).range(0, 8) {
+        0 => 2,
+        1 => 3,
+        _ => 1,
+    };
     let clock = Rc::new(Cell::new(0));
     let base = Instant::now();
+    let effects = Rc::new(RefCell::new(WriteEffects::default()));
     let nodes = ids
         .iter()
         .map(|&id| {
@@ -149,7 +171,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
             config.inflight_batches_max = 4;
             config.batch_bytes_max = 512;
             config.seed = seed.wrapping_mul(1_000_003).wrapping_add(id);
-            (id, SimNode::new(config, clock.clone(), base, forward_writes))
+            (id, SimNode::new(config, shards, clock.clone(), base, forward_writes, effects.clone()))
         })
         .collect();
     let faults = NetworkFaults {
@@ -161,7 +183,7 @@ pub fn run(seed: u64, voters: u64) -> Summary {
     };
     let read_consistency = if lease_reads { ReadConsistency::Lease } else { ReadConsistency::Linearizable };
     let client_count = rng.range(2, 6) as usize;
-    let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_consistency)).collect();
+    let clients = (0..client_count).map(|index| SimClient::new(index, &mut rng, read_consistency, shards)).collect();
     // Small session settings, so that sessions expire, fill the table and
     // are evicted or refused, and writes find their session full.
     let settings = SessionSettings {
@@ -182,12 +204,14 @@ pub fn run(seed: u64, voters: u64) -> Summary {
         network: SimNetwork::new(faults),
         clients,
         history: SimHistory::new(),
-        observer: Observer::default(),
+        observers: (0..shards).map(|_| Observer::default()).collect(),
+        shards,
         keys,
         disk_speed,
         stalled_until: BTreeMap::new(),
         clocks,
-        summary: Summary { seed, voters, lease_reads, forward_writes, ..Summary::default() },
+        summary: Summary { seed, voters, shards, lease_reads, forward_writes, ..Summary::default() },
+        effects,
         settings: Some(settings),
     };
     world.chaos(voters);
@@ -198,9 +222,10 @@ pub fn run(seed: u64, voters: u64) -> Summary {
 
 impl World {
     fn send_all(&mut self, from: NodeId, output: Outbox) {
-        for message in output.messages {
+        for (shard, message) in output.messages {
             let to = message.to;
-            let packet = Packet { from: Endpoint::Node(from), to: Endpoint::Node(to), payload: Payload::Raft(message) };
+            let payload = Payload::Raft(shard, message);
+            let packet = Packet { from: Endpoint::Node(from), to: Endpoint::Node(to), payload };
             self.network.send(&mut self.rng, self.now, packet);
         }
         for response in output.responses {
@@ -221,9 +246,9 @@ impl World {
         self.clock.set(self.now);
         while let Some(packet) = self.network.next_due(self.now) {
             match (packet.to, packet.payload) {
-                (Endpoint::Node(id), Payload::Raft(message)) => {
+                (Endpoint::Node(id), Payload::Raft(shard, message)) => {
                     if let Some(node) = self.nodes.get_mut(&id).filter(|node| node.up) {
-                        node.step(message);
+                        node.step(shard, message);
                     }
                 }
                 (Endpoint::Node(id), Payload::Request(request)) => {
@@ -248,15 +273,17 @@ impl World {
             if tick {
                 node.tick();
             }
-            if self.stalled_until.get(&id).is_some_and(|&until| self.now < until) {
-                if self.rng.range(0, 20) == 0 {
-                    node.disk_progress(0, true, false);
+            for shard in 0..self.shards {
+                if self.stalled_until.get(&id).is_some_and(|&until| self.now < until) {
+                    if self.rng.range(0, 20) == 0 {
+                        node.disk_progress(shard, 0, true, false);
+                    }
+                } else if self.rng.range(0, 100) < disk_speed {
+                    let count = self.rng.range(1, 4) as usize;
+                    let hard_state = self.rng.range(0, 2) == 0;
+                    let overtake = self.rng.range(0, 3) == 0;
+                    node.disk_progress(shard, count, hard_state, overtake);
                 }
-            } else if self.rng.range(0, 100) < disk_speed {
-                let count = self.rng.range(1, 4) as usize;
-                let hard_state = self.rng.range(0, 2) == 0;
-                let overtake = self.rng.range(0, 3) == 0;
-                node.disk_progress(count, hard_state, overtake);
             }
             let output = node.process();
             self.send_all(id, output);
@@ -280,7 +307,9 @@ impl World {
             }
         }
         self.configure_sessions();
-        self.observer.check(&mut self.nodes, self.now);
+        for shard in 0..self.shards {
+            self.observers[shard as usize].check(&mut self.nodes, shard, self.now);
+        }
         self.now += 1;
     }
 
@@ -288,30 +317,43 @@ impl World {
     /// admin request), until the leader has applied them.
     fn configure_sessions(&mut self) {
         let Some(settings) = self.settings else { return };
-        let Some(leader) = self.leader() else { return };
-        let node = self.nodes.get_mut(&leader).expect("known node");
-        if node.shard.state_machine().sessions().settings() == settings {
+        let mut configured = true;
+        for shard in 0..self.shards {
+            let Some(leader) = self.leader(shard) else {
+                configured = false;
+                continue;
+            };
+            let node = self.nodes.get_mut(&leader).expect("known node");
+            if node.replicas[shard as usize].shard.state_machine().sessions().settings() == settings {
+                continue;
+            }
+            configured = false;
+            if self.now.is_multiple_of(50) {
+                let body = RequestBody::Admin(net::AdminRequest::SessionSettings(settings));
+                let waiter = Waiter { client: OPERATOR, operation: 0, attempt: 0 };
+                node.request(Request { waiter, shard, request: ClientRequest::plain(0, body) });
+            }
+        }
+        if configured {
             self.settings = None;
-            return;
         }
-        if !self.now.is_multiple_of(50) {
-            return;
-        }
-        let body = RequestBody::Admin(net::AdminRequest::SessionSettings(settings));
-        let waiter = Waiter { client: OPERATOR, operation: 0, attempt: 0 };
-        node.request(Request { waiter, request: ClientRequest::plain(0, body) });
     }
 
     fn down_count(&self) -> usize {
         self.nodes.values().filter(|node| !node.up).count()
     }
 
-    fn leader(&self) -> Option<NodeId> {
+    /// The node that leads `shard` in the highest term, if any.
+    fn leader(&self, shard: u32) -> Option<NodeId> {
         self.nodes
             .values()
-            .filter(|node| node.is_leader())
-            .max_by_key(|node| node.shard.raft().term())
+            .filter(|node| node.is_leader(shard))
+            .max_by_key(|node| node.raft(shard).term())
             .map(|node| node.id)
+    }
+
+    fn pick_shard(&mut self) -> u32 {
+        self.rng.range(0, u64::from(self.shards)) as u32
     }
 
     fn pick(&mut self) -> NodeId {
@@ -370,7 +412,8 @@ impl World {
                 }
                 9 => {
                     // The leader crashes: the most disruptive crash.
-                    if let Some(id) = self.leader() {
+                    let shard = self.pick_shard();
+                    if let Some(id) = self.leader(shard) {
                         if self.down_count() < ((voters as usize - 1) / 2).max(1) {
                             let node = self.nodes.get_mut(&id).expect("known node");
                             node.crash(&mut self.rng);
@@ -398,10 +441,11 @@ impl World {
                     }
                 }
                 11 => {
-                    if let Some(leader) = self.leader() {
+                    let shard = self.pick_shard();
+                    if let Some(leader) = self.leader(shard) {
                         let target = self.pick();
-                        let _ =
-                            self.nodes.get_mut(&leader).expect("known node").shard.raft_mut().transfer_leader(target);
+                        let node = self.nodes.get_mut(&leader).expect("known node");
+                        let _ = node.replicas[shard as usize].shard.raft_mut().transfer_leader(target);
                     }
                 }
                 _ => {}
@@ -418,9 +462,10 @@ impl World {
     /// Adds a learner, promotes one, adds or removes a voter, through the
     /// leader, as the admin commands do.
     fn membership_change(&mut self) {
-        let Some(leader) = self.leader() else { return };
+        let shard = self.pick_shard();
+        let Some(leader) = self.leader(shard) else { return };
         let target = self.pick();
-        let conf = self.nodes[&leader].shard.raft().conf().clone();
+        let conf = self.nodes[&leader].raft(shard).conf().clone();
         let op = if conf.is_learner(target) {
             ConfChangeOp::AddVoter(target)
         } else if conf.is_voter(target) {
@@ -434,7 +479,7 @@ impl World {
         } else {
             ConfChangeOp::AddVoter(target)
         };
-        let raft = self.nodes.get_mut(&leader).expect("known node").shard.raft_mut();
+        let raft = self.nodes.get_mut(&leader).expect("known node").replicas[shard as usize].shard.raft_mut();
         if raft.propose_conf_change(ConfChange { ops: vec![op] }).is_ok() {
             self.summary.membership_changes += 1;
         }
@@ -480,34 +525,21 @@ impl World {
                 .any(|(client, before)| client.completed < before + OPERATIONS_AFTER_HEAL);
             self.step(may_start, 100);
         }
-        // Convergence: every member applies everything the leader committed,
-        // and their state machines are byte-for-byte equal.
-        loop {
-            if let Some(leader) = self.leader() {
-                let raft = self.nodes[&leader].shard.raft();
-                let commit = raft.committed();
-                let members = raft.conf().members();
-                let converged = raft.last_index() == commit
-                    && members.iter().all(|id| self.nodes[id].up && self.nodes[id].shard.applied() == commit);
-                if converged {
-                    let reference = self.nodes[&leader].shard.state_machine().snapshot();
-                    for id in &members {
-                        let snapshot = self.nodes[id].shard.state_machine().snapshot();
-                        assert!(
-                            snapshot == reference,
-                            "state machine safety: node {id}'s state differs from leader {leader}'s at index {commit}"
-                        );
-                    }
+        // Convergence: in every shard, every member applies everything the
+        // leader committed, and their state machines are byte-for-byte equal.
+        for shard in 0..self.shards {
+            loop {
+                if self.converged(shard) {
                     break;
                 }
+                if self.now >= deadline {
+                    panic!("liveness: shard {shard}'s members did not converge after healing\n{}", self.describe());
+                }
+                self.step(false, 100);
             }
-            if self.now >= deadline {
-                panic!("liveness: members did not converge after healing\n{}", self.describe());
-            }
-            self.step(false, 100);
         }
-        self.summary.terms_with_leader = self.observer.terms_with_leader();
-        self.summary.committed = self.observer.committed_len();
+        self.summary.terms_with_leader = self.observers.iter().map(Observer::terms_with_leader).sum();
+        self.summary.committed = self.observers.iter().map(Observer::committed_len).sum();
         self.summary.completed = self.clients.iter().map(|client| client.completed).sum();
         self.summary.state_machine_rebuilds = self.nodes.values().map(|node| node.generation).sum();
         self.summary.snapshots_installed = self.nodes.values().map(|node| node.snapshots_installed()).sum();
@@ -524,12 +556,36 @@ impl World {
         }
     }
 
+    /// Whether `shard`'s members have all applied everything its leader
+    /// committed (and then checks their states are equal).
+    fn converged(&self, shard: u32) -> bool {
+        let Some(leader) = self.leader(shard) else { return false };
+        let raft = self.nodes[&leader].raft(shard);
+        let commit = raft.committed();
+        let members = raft.conf().members();
+        let replica = |id: &NodeId| &self.nodes[id].replicas[shard as usize];
+        let converged = raft.last_index() == commit
+            && members.iter().all(|id| self.nodes[id].up && replica(id).shard.applied() == commit);
+        if converged {
+            let reference = replica(&leader).shard.state_machine().snapshot();
+            for id in &members {
+                let snapshot = replica(id).shard.state_machine().snapshot();
+                assert!(
+                    snapshot == reference,
+                    "state machine safety: shard {shard}: node {id}'s state differs from leader {leader}'s at index {commit}"
+                );
+            }
+        }
+        converged
+    }
+
     fn describe(&self) -> String {
         let mut lines = Vec::new();
-        for node in self.nodes.values() {
-            let raft = node.shard.raft();
+        for (node, shard) in self.nodes.values().flat_map(|node| (0..self.shards).map(move |shard| (node, shard))) {
+            let replica = &node.replicas[shard as usize];
+            let raft = replica.shard.raft();
             lines.push(format!(
-                "node {}: up={} {:?} term={} leader={} commit={} applied={} persisted={} last={} snapshot={} conf={:?} pending_disk={} oldest_pending_append={:?} progress={:?}",
+                "node {} shard {shard}: up={} {:?} term={} leader={} commit={} applied={} persisted={} last={} snapshot={} conf={:?} pending_disk={} oldest_pending_append={:?} progress={:?}",
                 node.id,
                 node.up,
                 raft.role(),
@@ -541,8 +597,8 @@ impl World {
                 raft.last_index(),
                 raft.snapshot().index,
                 raft.conf(),
-                node.disk.borrow().pending_len(),
-                node.shard.oldest_pending_append(),
+                replica.disk.borrow().pending_len(),
+                replica.shard.oldest_pending_append(),
                 raft.status().progress.iter().map(|p| (p.id, p.match_index, p.next_index, format!("{:?}", p.state), p.inflight_batches)).collect::<Vec<_>>(),
             ));
         }
@@ -550,10 +606,10 @@ impl World {
         for client in &self.clients {
             lines.push(format!("client {}: {}", client.index, client.describe()));
         }
-        if let Some(leader) = self.leader() {
-            let sessions = self.nodes[&leader].shard.state_machine().sessions();
+        if let Some(leader) = self.leader(0) {
+            let sessions = self.nodes[&leader].replicas[0].shard.state_machine().sessions();
             lines.push(format!(
-                "leader's sessions at log time {}: {:?} {:?}",
+                "shard 0 leader's sessions at log time {}: {:?} {:?}",
                 sessions.time(),
                 sessions.settings(),
                 sessions
@@ -571,11 +627,30 @@ impl World {
         }
         let history = std::mem::take(&mut self.history);
         self.summary.operations = history.len();
-        let operations = history.into_operations();
-        let verdict = check(&NodeKvModel::new(), &operations, &CheckOptions::default());
+        let (operations, resolved) = resolve_unknown(history.into_operations(), &self.effects.borrow());
+        self.summary.unknown_placed = resolved.placed;
+        self.summary.unknown_dropped = resolved.dropped;
+        self.summary.unknown_left = resolved.left;
+        if std::env::var_os("SIM_DUMP").is_some() {
+            let mut sorted: Vec<_> = operations.iter().collect();
+            sorted.sort_by_key(|operation| operation.call);
+            for operation in sorted {
+                let returned = operation.returned.as_ref().map(|r| (r.time, &r.output));
+                eprintln!("p{} {:?} at {} -> {:?}", operation.client_id, operation.input, operation.call, returned);
+            }
+        }
+        let mut options = CheckOptions::default();
+        if let Ok(seconds) = std::env::var("SIM_CHECK_SECONDS") {
+            // Replaying an `Unknown`: give the checker the time (and memory)
+            // to decide.
+            let seconds: u64 = seconds.parse().expect("SIM_CHECK_SECONDS is a number");
+            options.time_budget = Some(std::time::Duration::from_secs(seconds));
+            options.memo_entries_max = None;
+        }
+        let verdict = check(&NodeKvModel::new(), &operations, &options);
         match verdict {
             Verdict::Linearizable => {}
-            other => panic!("the client history is not linearizable: {other}"),
+            other => panic!("the client history is not linearizable: {other}\n{} keys; {:?}", self.keys, self.summary),
         }
     }
 }

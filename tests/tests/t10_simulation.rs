@@ -26,6 +26,7 @@ fn run_many(voters: u64, test_name: &str) {
     let first: u64 = std::env::var("SIM_SEED_START").map_or(0, |s| s.parse().expect("SIM_SEED_START is a number"));
     let started = Instant::now();
     let mut total = Summary::default();
+    let mut multi_shard_seeds = 0;
     for seed in first..first + seeds {
         let result = catch_unwind(AssertUnwindSafe(|| run(seed, voters)));
         match result {
@@ -50,6 +51,10 @@ fn run_many(voters: u64, test_name: &str) {
                 total.sessions_expired += summary.sessions_expired;
                 total.sessions_refused += summary.sessions_refused;
                 total.writes_given_up += summary.writes_given_up;
+                total.unknown_placed += summary.unknown_placed;
+                total.unknown_dropped += summary.unknown_dropped;
+                total.unknown_left += summary.unknown_left;
+                multi_shard_seeds += u64::from(summary.shards > 1);
             }
             Err(panic) => {
                 eprintln!(
@@ -65,7 +70,9 @@ fn run_many(voters: u64, test_name: &str) {
          {} membership changes, {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
          {} entries committed, {} forwarded writes answered; sessions: {} opened, {} found expired or evicted, \
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
-         while reads waited, {} forwarded writes redirected by a term change, {} clean stops ({:.0} seeds/s)",
+         while reads waited, {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
+         placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
+         {} seeds with several shards ({:.0} seeds/s)",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -85,6 +92,10 @@ fn run_many(voters: u64, test_name: &str) {
         total.installs_with_reads_waiting,
         total.forwards_redirected,
         total.clean_stops,
+        total.unknown_placed,
+        total.unknown_dropped,
+        total.unknown_left,
+        multi_shard_seeds,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
     // The simulator must actually exercise the faults it claims to.
@@ -101,6 +112,7 @@ fn run_many(voters: u64, test_name: &str) {
         assert!(total.forwards_redirected > 0, "no forwarded write crossed a term change");
         assert!(total.clean_stops > 0, "no node was stopped cleanly");
         assert!(total.completed > seeds, "clients completed almost nothing");
+        assert!(multi_shard_seeds > 0, "no seed ran several shards per node");
     }
 }
 

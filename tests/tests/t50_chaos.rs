@@ -12,9 +12,10 @@
 //! The three-node test runs with `--forward-writes` (clients start at any
 //! node, so followers forward their writes); the five-node test redirects.
 //! `CHAOS_SECONDS=N` lengthens the fault phase of each test (default 12).
-//! Ports 24000-24199.
+//! The four-shard test routes every key to its shard (`--shards 4`). Ports
+//! 24000-24199 and 24300-24399.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use net::kv::shard_for_key;
+use net::session::Session;
 use net::CallError;
 use net::{
     ClientConfig as NetClientConfig, ClientConnection, ClientRequest, ReadConsistency, RequestBody, ResponseStatus,
@@ -65,6 +68,8 @@ struct Cluster {
     snapshot_entries: Option<u64>,
     /// Followers forward session writes to the leader (`--forward-writes`).
     forward_writes: bool,
+    /// Raft groups per node (`--shards`); keys are routed to them.
+    shards: u32,
     nodes: BTreeMap<u64, Child>,
     separate_uids: bool,
     /// iptables rules to delete when the cluster goes away.
@@ -80,6 +85,7 @@ impl Cluster {
         base_port: u16,
         snapshot_entries: Option<u64>,
         forward_writes: bool,
+        shards: u32,
     ) -> Cluster {
         let dir = std::env::temp_dir().join(format!("chaos-{}-{base_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -92,6 +98,7 @@ impl Cluster {
             count,
             snapshot_entries,
             forward_writes,
+            shards,
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
@@ -160,6 +167,9 @@ impl Cluster {
         if self.forward_writes {
             command.arg("--forward-writes");
         }
+        if self.shards > 1 {
+            command.args(["--shards", &self.shards.to_string()]);
+        }
         if self.separate_uids {
             let uid = UID_BASE + id as u32;
             chown_recursive(&data_dir, uid);
@@ -178,12 +188,16 @@ impl Cluster {
     }
 
     fn client(&self, ids: &[u64], timeout: Duration) -> ClientConfig {
+        self.shard_client(ids, timeout, 0)
+    }
+
+    fn shard_client(&self, ids: &[u64], timeout: Duration, shard: u32) -> ClientConfig {
         ClientConfig {
             addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
             cluster_id: CLUSTER_ID,
             token: Token(Bytes::from_static(TOKEN.as_bytes())),
             timeout,
-            shard: 0,
+            shard,
         }
     }
 
@@ -192,7 +206,12 @@ impl Cluster {
     }
 
     fn status(&self, id: u64) -> Option<serde_json::Value> {
-        match call(&self.client(&[id], Duration::from_secs(2)), RequestBody::Status) {
+        self.shard_status(id, 0)
+    }
+
+    /// Node `id`'s view of shard `shard`.
+    fn shard_status(&self, id: u64, shard: u32) -> Option<serde_json::Value> {
+        match call(&self.shard_client(&[id], Duration::from_secs(2), shard), RequestBody::Status) {
             Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
             _ => None,
         }
@@ -206,12 +225,16 @@ impl Cluster {
         }
     }
 
-    /// A live node that reports itself leader, among `among`.
+    /// A live node that reports itself leader (of shard 0), among `among`.
     fn leader_among(&self, among: &[u64], wait: Duration) -> Option<u64> {
+        self.shard_leader_among(among, wait, 0)
+    }
+
+    fn shard_leader_among(&self, among: &[u64], wait: Duration, shard: u32) -> Option<u64> {
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             for &id in among {
-                if self.nodes.contains_key(&id) && self.status(id).is_some_and(|s| s["role"] == "Leader") {
+                if self.nodes.contains_key(&id) && self.shard_status(id, shard).is_some_and(|s| s["role"] == "Leader") {
                     return Some(id);
                 }
             }
@@ -221,30 +244,34 @@ impl Cluster {
     }
 
     fn leader(&self) -> u64 {
-        self.leader_among(&self.all(), Duration::from_secs(30)).expect("a leader within 30 s")
+        self.shard_leader(0)
     }
 
-    /// Waits until every live node applied at least the leader's commit index.
+    fn shard_leader(&self, shard: u32) -> u64 {
+        self.shard_leader_among(&self.all(), Duration::from_secs(30), shard)
+            .unwrap_or_else(|| panic!("a leader of shard {shard} within 30 s\n{}", self.describe()))
+    }
+
+    /// Waits until, in every shard, every live node applied at least the
+    /// leader's commit index.
     fn converge(&self) {
         let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            let leader = self.leader();
-            let commit = self.status(leader).and_then(|s| s["commit"].as_u64()).unwrap_or(0);
-            let behind: Vec<u64> = self
-                .nodes
-                .keys()
-                .copied()
-                .filter(|&id| self.status(id).and_then(|s| s["applied"].as_u64()).unwrap_or(0) < commit)
-                .collect();
-            if behind.is_empty() {
-                return;
+        for shard in 0..self.shards {
+            loop {
+                let leader = self.shard_leader(shard);
+                let commit = self.shard_status(leader, shard).and_then(|s| s["commit"].as_u64()).unwrap_or(0);
+                let applied = |id| self.shard_status(id, shard).and_then(|s| s["applied"].as_u64()).unwrap_or(0);
+                let behind: Vec<u64> = self.nodes.keys().copied().filter(|&id| applied(id) < commit).collect();
+                if behind.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nodes {behind:?} did not apply shard {shard}'s commit index {commit}\n{}",
+                    self.describe()
+                );
+                std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(
-                Instant::now() < deadline,
-                "nodes {behind:?} did not apply the leader's commit index {commit}\n{}",
-                self.describe()
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -322,13 +349,8 @@ impl Shared {
 /// unknown.
 fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
     let mut client = BlockingClient::new(&config).expect("a client");
-    let mut session = loop {
-        match client.open_session() {
-            Ok(session) => break session,
-            Err(error) if shared.stop.load(Ordering::Relaxed) => panic!("no session before the end: {error}"),
-            Err(_) => continue,
-        }
-    };
+    // Each shard keeps its own sessions: one per shard, opened on first use.
+    let mut sessions: BTreeMap<u32, Session> = BTreeMap::new();
     let mut operation = 0u64;
     let mut rng = index.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = move |bound: u64| {
@@ -344,8 +366,9 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
         if choice == 9 {
             // A write-once key, read back at the end if acknowledged.
             let key = format!("once-{index}-{operation}");
+            let Some(session) = route(&mut client, &mut sessions, key.as_bytes(), &shared) else { break };
             let op = KvOp::Put { key: Bytes::from(key.clone()), value: value_bytes(value) };
-            let result = client.write(&mut session, op.encode());
+            let result = client.write(session, op.encode());
             match result {
                 Ok(_) => shared.acknowledged.lock().unwrap().push((key, value)),
                 Err(CallError::Unreachable { .. }) => {}
@@ -364,6 +387,7 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
                 new: value,
             },
         };
+        let Some(session) = route(&mut client, &mut sessions, &key_bytes(key), &shared) else { break };
         let id = shared.history.lock().unwrap().invoke(index, input.clone(), shared.now());
         let result = match &input {
             NodeKvInput::Get { key } => {
@@ -379,7 +403,7 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
             }
             write => {
                 let op = write_op(write).expect("not a read");
-                client.write(&mut session, op.encode())
+                client.write(session, op.encode())
             }
         };
         let returned = shared.now();
@@ -418,6 +442,30 @@ fn client_loop(shared: Arc<Shared>, config: ClientConfig, index: u64) {
     }
 }
 
+/// Sends the client's next calls to the shard that owns `key` and returns
+/// that shard's session, opened through the cluster on first use; `None` if
+/// the load stopped before the cluster answered.
+fn route<'a>(
+    client: &mut BlockingClient,
+    sessions: &'a mut BTreeMap<u32, Session>,
+    key: &[u8],
+    shared: &Shared,
+) -> Option<&'a mut Session> {
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let Ok(shard) = client.route_to_key(key) else { continue };
+        if let std::collections::btree_map::Entry::Vacant(vacant) = sessions.entry(shard) {
+            match client.open_session() {
+                Ok(session) => vacant.insert(session),
+                Err(_) => continue,
+            };
+        }
+        return sessions.get_mut(&shard);
+    }
+}
+
 /// Runs `clients` client threads against the cluster until `stop`.
 fn start_load(cluster: &Cluster, clients: u64) -> (Arc<Shared>, Vec<std::thread::JoinHandle<()>>) {
     let shared = Arc::new(Shared {
@@ -446,24 +494,25 @@ fn finish_and_check(cluster: &Cluster, shared: Arc<Shared>, handles: Vec<std::th
     }
     cluster.converge();
     let config = cluster.client(&cluster.all(), Duration::from_secs(15));
-    for key in 0..KEYS {
-        let id = shared.history.lock().unwrap().invoke(u64::MAX, NodeKvInput::Get { key }, shared.now());
+    let mut reader = BlockingClient::new(&config).expect("a client");
+    let mut read_back = |key: &[u8]| {
+        reader.route_to_key(key).expect("the cluster tells its shard count");
         let body = RequestBody::Read {
-            query: KvOp::Get { key: key_bytes(key) }.encode(),
+            query: KvOp::Get { key: Bytes::copy_from_slice(key) }.encode(),
             consistency: ReadConsistency::Linearizable,
         };
-        let status = call(&config, body).expect("a final read is answered");
+        reader.call(body).expect("a final read is answered")
+    };
+    for key in 0..KEYS {
+        let id = shared.history.lock().unwrap().invoke(u64::MAX, NodeKvInput::Get { key }, shared.now());
+        let status = read_back(&key_bytes(key));
         let ResponseStatus::Ok(bytes) = status else { panic!("final read of k{key}: {status:?}") };
         let KvResponse::Value(value) = KvResponse::decode(&bytes).expect("decodes") else { panic!("not a value") };
         shared.history.lock().unwrap().complete(id, NodeKvOutput::Value(value.as_ref().map(value_of)), shared.now());
     }
     let acknowledged = shared.acknowledged.lock().unwrap().clone();
     for (key, value) in &acknowledged {
-        let body = RequestBody::Read {
-            query: KvOp::Get { key: Bytes::from(key.clone()) }.encode(),
-            consistency: ReadConsistency::Linearizable,
-        };
-        let status = call(&config, body).expect("a read-back is answered");
+        let status = read_back(key.as_bytes());
         let expected = ResponseStatus::Ok(KvResponse::Value(Some(value_bytes(*value))).encode());
         assert_eq!(status, expected, "{name}: acknowledged write of {key} lost");
     }
@@ -542,7 +591,7 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     let Some(binary) = io_uring_or_skip() else { return };
     // Clients start at any node: followers forward their writes, so forwarded
     // writes meet the leader's deaths too.
-    let mut cluster = Cluster::start(binary, 3, 24_000, None, true);
+    let mut cluster = Cluster::start(binary, 3, 24_000, None, true, 1);
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     let end = Instant::now() + chaos_duration();
@@ -593,7 +642,7 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
 #[test]
 fn five_nodes_partitioned_minority_and_wiped_follower() {
     let Some(binary) = io_uring_or_skip() else { return };
-    let mut cluster = Cluster::start(binary, 5, 24_100, Some(40), false);
+    let mut cluster = Cluster::start(binary, 5, 24_100, Some(40), false, 1);
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     std::thread::sleep(Duration::from_secs(2));
@@ -700,4 +749,36 @@ fn five_nodes_partitioned_minority_and_wiped_follower() {
     std::thread::sleep(Duration::from_secs(1));
     cluster.spawn(leader);
     finish_and_check(&cluster, shared, handles, "five nodes, partition and wiped follower");
+}
+
+/// Four shards per node (issue 20): each key goes to its shard, the shards'
+/// leaders spread over the nodes, and the node leading shard 0, 1, 2, 3 in
+/// turn is killed under load. Every shard converges after every fault, the
+/// history (on keys of at least two shards) is linearizable and every
+/// acknowledged write-once key (spread over all four) reads back.
+#[test]
+fn three_nodes_four_shards_leaders_killed_in_turn() {
+    let Some(binary) = io_uring_or_skip() else { return };
+    const SHARDS: u32 = 4;
+    let key_shards: BTreeSet<u32> = (0..KEYS).map(|key| shard_for_key(&key_bytes(key), SHARDS)).collect();
+    assert!(key_shards.len() >= 2, "the history's keys all map to one shard: {key_shards:?}");
+    let mut cluster = Cluster::start(binary, 3, 24_300, None, true, SHARDS);
+    let leaders: BTreeSet<u64> = (0..SHARDS).map(|shard| cluster.shard_leader(shard)).collect();
+    eprintln!("four shards: leaders on nodes {leaders:?} at the start");
+    let (shared, handles) = start_load(&cluster, 4);
+    let end = Instant::now() + chaos_duration();
+    let mut kills = 0;
+    while Instant::now() < end {
+        let shard = kills % SHARDS;
+        let leader = cluster.shard_leader(shard);
+        cluster.kill(leader);
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(700));
+        cluster.spawn(leader);
+        cluster.converge();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("four shards: {kills} leader kills");
+    assert!(kills >= 2, "the fault schedule did not run");
+    finish_and_check(&cluster, shared, handles, "three nodes, four shards, leaders killed in turn");
 }

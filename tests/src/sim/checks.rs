@@ -1,5 +1,5 @@
 //! The Raft safety properties (paper Figure 3), checked across the whole
-//! simulated cluster after every event.
+//! simulated cluster after every event, one shard (Raft group) at a time.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,7 @@ use engine::{Index, NodeId, Role, Term};
 
 use super::node::SimNode;
 
-/// What the cluster has shown so far.
+/// What one shard of the cluster has shown so far.
 #[derive(Default)]
 pub struct Observer {
     /// Election safety: the one leader seen in each term.
@@ -25,28 +25,30 @@ pub struct Observer {
 impl Observer {
     /// Checks every property against the current state; panics with a
     /// description when one is broken.
-    pub fn check(&mut self, nodes: &mut BTreeMap<NodeId, SimNode>, time: u64) {
-        let at = format!("time {time}");
+    pub fn check(&mut self, nodes: &mut BTreeMap<NodeId, SimNode>, shard: u32, time: u64) {
+        let at = format!("time {time}, shard {shard}");
         for (&id, node) in nodes.iter_mut() {
-            node.shard.raft().check_invariants();
+            let up = node.up;
+            let replica = &mut node.replicas[shard as usize];
+            replica.shard.raft().check_invariants();
             // State machine safety: every state machine applies the same
             // entry at an index.
-            for entry in node.applied_unchecked.drain(..) {
+            for entry in replica.applied_unchecked.drain(..) {
                 let recorded = self.applied.entry(entry.index).or_insert((entry.term, entry.data.clone()));
                 assert_eq!(
                     (recorded.0, &recorded.1),
                     (entry.term, &entry.data),
-                    "time {time}: node {id} applied a different entry at {}",
+                    "{at}: node {id} applied a different entry at {}",
                     entry.index
                 );
             }
-            if !node.up {
+            if !up {
                 continue;
             }
-            let raft = node.shard.raft();
+            let raft = replica.shard.raft();
             if raft.role() == Role::Leader {
                 let previous = self.leaders.entry(raft.term()).or_insert(id);
-                assert_eq!(*previous, id, "time {time}: two leaders in term {}", raft.term());
+                assert_eq!(*previous, id, "{at}: two leaders in term {}", raft.term());
                 // Leader completeness: a leader holds every entry committed
                 // in an earlier term (checked when it is first seen, and for
                 // entries committed since).
@@ -61,7 +63,7 @@ impl Observer {
         }
         // Log matching: two logs that hold an entry with the same index and
         // term are identical up to it.
-        let rafts: Vec<(NodeId, &engine::Raft)> = nodes.iter().map(|(&id, node)| (id, node.shard.raft())).collect();
+        let rafts: Vec<(NodeId, &engine::Raft)> = nodes.iter().map(|(&id, node)| (id, node.raft(shard))).collect();
         check_log_matching(&rafts, &at);
     }
 

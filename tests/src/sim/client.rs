@@ -10,6 +10,10 @@
 //! a write that was in fact applied. Clients also pause long enough for
 //! their sessions to expire, abandon sessions without closing them (so the
 //! table fills and evicts), and close them.
+//!
+//! With several shards a client routes each key to its shard
+//! ([`net::kv::shard_for_key`]) and keeps one session and one idea of the
+//! leader per shard, as the real client does.
 
 use bytes::Bytes;
 use engine::config::Rng;
@@ -29,14 +33,23 @@ pub type SimHistory = HistoryRecorder<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
 pub const REQUEST_TIMEOUT: u64 = 400;
 /// How long it waits after a redirect or `Busy` before retrying.
 const RETRY_BACKOFF: u64 = 20;
-/// The `operation` of a client's session-opening requests.
+/// The `operation` of a client's session-opening requests: `OPENING - shard`
+/// (far above any real operation number).
 const OPENING: u64 = u64::MAX;
+/// Shards a simulated cluster has at most (opening operations stay apart
+/// from real ones).
+const SHARDS_MAX: u32 = 1 << 16;
 /// Operation slots a client has at most (its pipelining depth).
 pub const SLOTS_MAX: u64 = 3;
 
 /// The key-value encoding of the simulator's integers.
 pub fn key_bytes(key: u8) -> Bytes {
     Bytes::from(vec![b'k', key])
+}
+
+/// The shard a simulator key lives in.
+pub fn shard_of(key: u8, shards: u32) -> u32 {
+    net::kv::shard_for_key(&key_bytes(key), shards)
 }
 
 pub fn value_bytes(value: u64) -> Bytes {
@@ -64,6 +77,8 @@ pub fn value_of(bytes: &Bytes) -> u64 {
 struct Outstanding {
     operation: u64,
     input: NodeKvInput<u8, u64>,
+    /// The shard its key lives in.
+    shard: u32,
     /// A write's session and sequence; `None` for a read.
     write: Option<(u64, u64)>,
     history: OperationId,
@@ -93,17 +108,55 @@ pub struct ClientCounts {
     pub writes_given_up: u64,
 }
 
+/// What a client knows of one shard.
+#[derive(Debug)]
+struct ShardView {
+    session: Option<Session>,
+    opening: Option<Opening>,
+    /// The node the client believes leads the shard.
+    target: NodeId,
+    /// The last redirect named no leader: pick a node at random.
+    target_random: bool,
+}
+
+impl ShardView {
+    fn pick_target(&mut self, rng: &mut Rng, nodes: &[NodeId], timed_out: bool) {
+        if timed_out || self.target_random {
+            self.target = nodes[rng.range(0, nodes.len() as u64) as usize];
+            self.target_random = false;
+        }
+    }
+
+    /// Aims the next attempt at the leader a `NotLeader` answer named, or at
+    /// a node picked at random when it named none.
+    fn note_leader(&mut self, status: &ResponseStatus) {
+        if let ResponseStatus::NotLeader { leader_id, .. } = status {
+            match leader_id {
+                Some(leader) => self.target = *leader,
+                None => self.target_random = true,
+            }
+        }
+    }
+
+    fn start_opening(&mut self, now: u64) {
+        if self.opening.is_none() && self.session.is_none() {
+            self.opening = Some(Opening { attempt: 0, deadline: now, resend_at: Some(now) });
+        }
+    }
+
+    /// The session a write was sent in, if it is still the current one.
+    fn session_of(&mut self, client_id: u64) -> Option<&mut Session> {
+        self.session.as_mut().filter(|session| session.client_id() == client_id)
+    }
+}
+
 /// One client.
 pub struct SimClient {
     pub index: usize,
     slots: Vec<Option<Outstanding>>,
-    session: Option<Session>,
-    opening: Option<Opening>,
+    /// Per shard: its session and leader.
+    shards: Vec<ShardView>,
     next_operation: u64,
-    /// The node the client believes leads.
-    target: NodeId,
-    /// The last redirect named no leader: pick a node at random.
-    target_random: bool,
     idle_until: u64,
     /// Operations completed, for the liveness check.
     pub completed: u64,
@@ -113,16 +166,16 @@ pub struct SimClient {
 }
 
 impl SimClient {
-    pub fn new(index: usize, rng: &mut Rng, read_consistency: ReadConsistency) -> SimClient {
+    pub fn new(index: usize, rng: &mut Rng, read_consistency: ReadConsistency, shards: u32) -> SimClient {
+        assert!((1..=SHARDS_MAX).contains(&shards), "{shards} shards");
         let slots = rng.range(1, SLOTS_MAX + 1) as usize;
+        let views =
+            (0..shards).map(|_| ShardView { session: None, opening: None, target: 1, target_random: false }).collect();
         SimClient {
             index,
             slots: vec![None; slots],
-            session: None,
-            opening: None,
+            shards: views,
             next_operation: 1,
-            target: 1,
-            target_random: false,
             idle_until: 0,
             completed: 0,
             read_consistency,
@@ -139,13 +192,6 @@ impl SimClient {
         self.index as u64 * SLOTS_MAX + slot as u64
     }
 
-    fn pick_target(&mut self, rng: &mut Rng, nodes: &[NodeId], timed_out: bool) {
-        if timed_out || self.target_random {
-            self.target = nodes[rng.range(0, nodes.len() as u64) as usize];
-            self.target_random = false;
-        }
-    }
-
     /// Sends what is due: a session opening, retries, new operations (when
     /// `allowed`). Returns the requests to send.
     pub fn poll(
@@ -158,8 +204,10 @@ impl SimClient {
         history: &mut SimHistory,
     ) -> Vec<(NodeId, Request)> {
         let mut out = Vec::new();
-        if let Some(request) = self.poll_opening(rng, now, nodes) {
-            out.push(request);
+        for shard in 0..self.shards.len() as u32 {
+            if let Some(request) = self.poll_opening(shard, rng, now, nodes) {
+                out.push(request);
+            }
         }
         for slot in 0..self.slots.len() {
             if let Some(request) = self.poll_slot(slot, rng, now, nodes, keys, allowed, history) {
@@ -169,8 +217,9 @@ impl SimClient {
         out
     }
 
-    fn poll_opening(&mut self, rng: &mut Rng, now: u64, nodes: &[NodeId]) -> Option<(NodeId, Request)> {
-        let opening = self.opening.as_mut()?;
+    fn poll_opening(&mut self, shard: u32, rng: &mut Rng, now: u64, nodes: &[NodeId]) -> Option<(NodeId, Request)> {
+        let view = &mut self.shards[shard as usize];
+        let opening = view.opening.as_mut()?;
         let due = match opening.resend_at {
             Some(at) => now >= at,
             None => now >= opening.deadline,
@@ -183,15 +232,10 @@ impl SimClient {
         opening.attempt += 1;
         opening.deadline = now + REQUEST_TIMEOUT;
         let attempt = opening.attempt;
-        self.pick_target(rng, nodes, timed_out);
-        let waiter = Waiter { client: self.index, operation: OPENING, attempt };
-        Some((self.target, Request { waiter, request: ClientRequest::plain(0, RequestBody::OpenSession) }))
-    }
-
-    fn start_opening(&mut self, now: u64) {
-        if self.opening.is_none() && self.session.is_none() {
-            self.opening = Some(Opening { attempt: 0, deadline: now, resend_at: Some(now) });
-        }
+        view.pick_target(rng, nodes, timed_out);
+        let waiter = Waiter { client: self.index, operation: OPENING - u64::from(shard), attempt };
+        let request = ClientRequest::plain(0, RequestBody::OpenSession);
+        Some((view.target, Request { waiter, shard, request }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -213,11 +257,12 @@ impl SimClient {
             if !due {
                 return None;
             }
+            let view = &mut self.shards[current.shard as usize];
             if let Some((client_id, sequence)) = current.write {
                 // The retry window of the session the write was sent in
                 // (the client may have opened another since: then the
                 // write's session is gone and so is any use in retrying).
-                let session = self.session.as_mut().filter(|session| session.client_id() == client_id);
+                let session = view.session_of(client_id);
                 let window = session.as_ref().map_or(0, |session| session.retry_window().as_millis() as u64);
                 if now.saturating_sub(current.first_sent) > window {
                     // Past the retry window a SessionExpired answer would no
@@ -235,17 +280,20 @@ impl SimClient {
             current.resend_at = None;
             current.attempt += 1;
             current.deadline = now + REQUEST_TIMEOUT;
-            self.pick_target(rng, nodes, timed_out);
-            return Some((self.target, self.request(slot)));
+            view.pick_target(rng, nodes, timed_out);
+            let target = view.target;
+            return Some((target, self.request(slot)));
         }
         if !allowed || now < self.idle_until {
             return None;
         }
-        if self.session.as_ref().is_some_and(|session| !session.can_start()) {
+        let key = rng.range(0, u64::from(keys)) as u8;
+        let shard = shard_of(key, self.shards.len() as u32);
+        let view = &mut self.shards[shard as usize];
+        if view.session.as_ref().is_some_and(|session| !session.can_start()) {
             // The window is full: wait for the lowest write's answer.
             return None;
         }
-        let key = rng.range(0, u64::from(keys)) as u8;
         let value = (self.index as u64) << 32 | self.next_operation;
         let input = match rng.range(0, 10) {
             0..=3 => NodeKvInput::Get { key },
@@ -263,16 +311,18 @@ impl SimClient {
         let write = if matches!(input, NodeKvInput::Get { .. }) {
             None
         } else {
-            let Some(session) = &mut self.session else {
-                self.start_opening(now);
+            let Some(session) = &mut view.session else {
+                view.start_opening(now);
                 return None;
             };
             Some((session.client_id(), session.start()))
         };
+        let target = view.target;
         let id = history.invoke(self.process(slot), input.clone(), now);
         self.slots[slot] = Some(Outstanding {
             operation: self.next_operation,
             input,
+            shard,
             write,
             history: id,
             attempt: 0,
@@ -281,7 +331,7 @@ impl SimClient {
             resend_at: None,
         });
         self.next_operation += 1;
-        Some((self.target, self.request(slot)))
+        Some((target, self.request(slot)))
     }
 
     fn request(&self, slot: usize) -> Request {
@@ -295,7 +345,7 @@ impl SimClient {
                 let op = write_op(input).expect("reads have no sequence");
                 // The ack of the session it was sent in: the current one,
                 // unless the client moved on to another session since.
-                let ack = match &self.session {
+                let ack = match &self.shards[current.shard as usize].session {
                     Some(session) if session.client_id() == client_id => session.ack(),
                     _ => sequence,
                 };
@@ -305,7 +355,8 @@ impl SimClient {
         };
         let waiter = Waiter { client: self.index, operation: current.operation, attempt: current.attempt };
         let request_id = current.operation << 16 | u64::from(current.attempt);
-        Request { waiter, request: ClientRequest { request_id, client_id, sequence, ack, body } }
+        let request = ClientRequest { request_id, client_id, sequence, ack, body };
+        Request { waiter, shard: current.shard, request }
     }
 
     /// An answer arrives. An `Ok` answer to any attempt of an operation
@@ -314,14 +365,16 @@ impl SimClient {
     /// a redirect only matters for the latest attempt.
     pub fn on_response(&mut self, now: u64, response: Response, from: NodeId, history: &mut SimHistory, rng: &mut Rng) {
         let Response { waiter, status } = response;
-        if waiter.operation == OPENING {
-            return self.on_opening_answer(now, waiter.attempt, status, from);
+        if waiter.operation > OPENING - u64::from(SHARDS_MAX) {
+            let shard = (OPENING - waiter.operation) as u32;
+            return self.on_opening_answer(shard, now, waiter.attempt, status, from);
         }
         let Some(slot) = self.slots.iter().position(|s| s.as_ref().is_some_and(|c| c.operation == waiter.operation))
         else {
             return;
         };
         let current = self.slots[slot].as_mut().expect("found");
+        let view = &mut self.shards[current.shard as usize];
         let latest = waiter.attempt == current.attempt && current.resend_at.is_none();
         match status {
             ResponseStatus::Ok(bytes) => {
@@ -337,8 +390,8 @@ impl SimClient {
                     (input, response) => panic!("client {}: {input:?} answered with {response:?}", self.index),
                 };
                 history.complete(current.history, output, now);
+                view.target = from;
                 self.finish_write(slot);
-                self.target = from;
                 self.completed += 1;
                 self.after_operation(now, rng);
             }
@@ -348,14 +401,14 @@ impl SimClient {
                 let history_id = current.history;
                 let write = current.write;
                 history.discard(history_id);
-                self.slots[slot] = None;
-                if let (Some((client_id, _)), Some(session)) = (write, &self.session) {
-                    if session.client_id() == client_id {
-                        self.session = None;
+                if let Some((client_id, _)) = write {
+                    if view.session_of(client_id).is_some() {
+                        view.session = None;
                         self.counts.sessions_expired += 1;
                     }
                 }
-                self.start_opening(now);
+                view.start_opening(now);
+                self.slots[slot] = None;
             }
             ResponseStatus::SessionFull(_) => {
                 // Not applied: retry the same sequence once earlier answers
@@ -377,19 +430,8 @@ impl SimClient {
             ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
                 if latest {
                     current.resend_at = Some(now + RETRY_BACKOFF);
-                    self.note_leader(&status);
+                    view.note_leader(&status);
                 }
-            }
-        }
-    }
-
-    /// Aims the next attempt at the leader a `NotLeader` answer named, or at
-    /// a node picked at random when it named none.
-    fn note_leader(&mut self, status: &ResponseStatus) {
-        if let ResponseStatus::NotLeader { leader_id, .. } = status {
-            match leader_id {
-                Some(leader) => self.target = *leader,
-                None => self.target_random = true,
             }
         }
     }
@@ -397,8 +439,8 @@ impl SimClient {
     /// A write's answer arrived: its sequence is no longer awaited.
     fn finish_write(&mut self, slot: usize) {
         let current = self.slots[slot].take().expect("an operation in progress");
-        if let (Some((client_id, sequence)), Some(session)) = (current.write, &mut self.session) {
-            if session.client_id() == client_id {
+        if let Some((client_id, sequence)) = current.write {
+            if let Some(session) = self.shards[current.shard as usize].session_of(client_id) {
                 session.finish(sequence);
             }
         }
@@ -414,20 +456,29 @@ impl SimClient {
         }
         match rng.range(0, 200) {
             0 => self.idle_until = now + rng.range(2_000, 8_000),
-            1 | 2 => self.session = None,
+            1 | 2 => {
+                // One shard draws nothing, so single-shard seeds replay the
+                // runs they had before shards (t90_regressions names some).
+                let shard = match self.shards.len() {
+                    1 => 0,
+                    shards => rng.range(0, shards as u64) as usize,
+                };
+                self.shards[shard].session = None;
+            }
             _ => {}
         }
     }
 
-    fn on_opening_answer(&mut self, now: u64, attempt: u32, status: ResponseStatus, from: NodeId) {
-        let Some(opening) = &mut self.opening else { return };
+    fn on_opening_answer(&mut self, shard: u32, now: u64, attempt: u32, status: ResponseStatus, from: NodeId) {
+        let view = &mut self.shards[shard as usize];
+        let Some(opening) = &mut view.opening else { return };
         let latest = attempt == opening.attempt && opening.resend_at.is_none();
         match status {
             ResponseStatus::Ok(bytes) => {
                 let opened = OpenedSession::decode(&bytes).expect("an opened session");
-                self.session = Some(Session::new(opened));
-                self.opening = None;
-                self.target = from;
+                view.session = Some(Session::new(opened));
+                view.opening = None;
+                view.target = from;
                 self.counts.sessions_opened += 1;
             }
             ResponseStatus::SessionFull(_) => {
@@ -440,23 +491,36 @@ impl SimClient {
             ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
                 if latest {
                     opening.resend_at = Some(now + RETRY_BACKOFF);
-                    self.note_leader(&status);
+                    view.note_leader(&status);
                 }
             }
-            other => panic!("client {}: opening a session answered {other:?}", self.index),
+            other => panic!("client {}: opening a session in shard {shard} answered {other:?}", self.index),
         }
     }
 
     /// The client's state, for a failure's description.
     pub fn describe(&self) -> String {
+        let shards: Vec<String> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(shard, view)| {
+                format!(
+                    "shard {shard}: session {:?} (ack {:?}), opening {:?}, target {}",
+                    view.session.as_ref().map(Session::client_id),
+                    view.session.as_ref().map(Session::ack),
+                    view.opening,
+                    view.target
+                )
+            })
+            .collect();
         format!(
-            "session {:?} (ack {:?}), opening {:?}, slots {:?}, idle until {}",
-            self.session.as_ref().map(Session::client_id),
-            self.session.as_ref().map(Session::ack),
-            self.opening,
+            "{}; slots {:?}, idle until {}",
+            shards.join("; "),
             self.slots
                 .iter()
                 .map(|slot| slot.as_ref().map(|s| (
+                    s.shard,
                     s.operation,
                     s.write,
                     s.attempt,

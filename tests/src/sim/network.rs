@@ -20,7 +20,8 @@ pub enum Endpoint {
 /// What travels.
 #[derive(Clone, Debug)]
 pub enum Payload {
-    Raft(Message),
+    /// A Raft message of a shard.
+    Raft(u32, Message),
     Request(Request),
     Response(Response),
 }

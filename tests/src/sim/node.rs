@@ -17,9 +17,9 @@ use engine::{Config, Entry, Message, NodeId, Role};
 use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use node::replicated::Addresses;
 use node::shard::{Clock, RecoveredShard, Shard, ShardContext, ShardTransport};
-use node::KvStateMachine;
 
 use super::disk::{stored, SimDisk, SimStorage};
+use super::effects::{ObservedKv, WriteEffects};
 
 /// Who waits for an answer: a client, and which attempt of which of its
 /// operations.
@@ -30,10 +30,11 @@ pub struct Waiter {
     pub attempt: u32,
 }
 
-/// A client request as it travels to a node.
+/// A client request as it travels to a node: for one shard.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub waiter: Waiter,
+    pub shard: u32,
     pub request: ClientRequest,
 }
 
@@ -44,16 +45,19 @@ pub struct Response {
     pub status: ResponseStatus,
 }
 
-/// What the driver sent since the world last collected it.
+/// What the drivers of a node sent since the world last collected it: Raft
+/// messages tagged with their shard (one transport for every shard of the
+/// node, as a core's links are shared), and answers.
 #[derive(Default)]
 pub struct Outbox {
-    pub messages: Vec<Message>,
+    pub messages: Vec<(u32, Message)>,
     pub responses: Vec<Response>,
 }
 
-/// The driver's transport: everything goes to the outbox, and the world
-/// puts it on the simulated network.
+/// A shard driver's transport: everything goes to the node's outbox, and
+/// the world puts it on the simulated network.
 pub struct SimTransport {
+    shard_id: u32,
     outbox: Rc<RefCell<Outbox>>,
 }
 
@@ -61,7 +65,7 @@ impl ShardTransport for SimTransport {
     type Reply = Waiter;
 
     fn send(&mut self, message: Message) {
-        self.outbox.borrow_mut().messages.push(message);
+        self.outbox.borrow_mut().messages.push((self.shard_id, message));
     }
 
     fn reply(&mut self, waiter: Waiter, status: ResponseStatus) {
@@ -83,7 +87,7 @@ impl Clock for SimClock {
     }
 }
 
-pub type SimShard = Shard<KvStateMachine, SimStorage, SimTransport, SimClock>;
+pub type SimShard = Shard<ObservedKv, SimStorage, SimTransport, SimClock>;
 
 /// Runs a future of the driver to completion. The simulated storage never
 /// makes the driver wait, so one poll finishes it.
@@ -95,21 +99,32 @@ pub fn run_now<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// A replica. After a crash only the disk's durable state and the
-/// configuration survive; [`SimNode::restart`] rebuilds the driver from them.
-pub struct SimNode {
-    pub id: NodeId,
-    pub config: Config,
-    pub up: bool,
+/// What the drivers that ended (crashes, stops) counted, kept for the
+/// run's totals.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    snapshots_installed: u64,
+    forwarded_answered: u64,
+    installs_with_reads_waiting: u64,
+    forwards_redirected: u64,
+}
+
+impl Counts {
+    fn add(&mut self, stats: &node::stats::ShardStats) {
+        self.snapshots_installed += stats.snapshots_installed;
+        self.forwarded_answered += stats.forwarded_answered;
+        self.installs_with_reads_waiting += stats.installs_with_reads_waiting;
+        self.forwards_redirected += stats.forwards_redirected;
+    }
+}
+
+/// One shard of a node: its driver, its disk, and what the observer has
+/// not looked at yet.
+pub struct SimReplica {
     /// The driver; after a crash, the dead process's (its engine is still
     /// checked against the others, as it was at the crash).
     pub shard: SimShard,
     pub disk: Rc<RefCell<SimDisk>>,
-    outbox: Rc<RefCell<Outbox>>,
-    clock: Rc<Cell<u64>>,
-    base: Instant,
-    /// The node's `--forward-writes`.
-    pub forward_writes: bool,
     /// Entries applied since the observer last looked, for state machine
     /// safety; and the index the next applied entry must have.
     pub applied_unchecked: Vec<Entry>,
@@ -117,24 +132,72 @@ pub struct SimNode {
     /// Snapshots installed by the current driver when the observer last
     /// looked (an install moves the next applied index).
     installs_seen: u64,
-    /// Incremented whenever the state machine is replaced wholesale (restart,
-    /// snapshot install).
+    before: Counts,
+}
+
+impl SimReplica {
+    /// Moves the entries the driver applied to `applied_unchecked`, checking
+    /// that they follow each other (or follow an installed snapshot).
+    /// Returns whether a snapshot replaced the state machine.
+    fn collect_applied(&mut self, id: NodeId) -> bool {
+        let installs = self.shard.stats().snapshots_installed;
+        if installs != self.installs_seen {
+            self.installs_seen = installs;
+            self.apply_next = self.shard.raft().snapshot().index + 1;
+            // Entries applied before the install in this pass are checked
+            // against the others but not for contiguity.
+            let applied = self.shard.take_applied();
+            let after: Vec<&Entry> = applied.iter().filter(|entry| entry.index >= self.apply_next).collect();
+            for entry in after {
+                assert_eq!(entry.index, self.apply_next, "node {id} applies out of order");
+                self.apply_next += 1;
+            }
+            self.applied_unchecked.extend(applied);
+            return true;
+        }
+        for entry in self.shard.take_applied() {
+            assert_eq!(entry.index, self.apply_next, "node {id} applies out of order");
+            self.apply_next = entry.index + 1;
+            self.applied_unchecked.push(entry);
+        }
+        false
+    }
+
+    fn counts(&self) -> Counts {
+        let mut counts = self.before;
+        counts.add(self.shard.stats());
+        counts
+    }
+}
+
+/// A node: one replica per shard, sharing the node's transport. After a
+/// crash only the disks' durable state and the configuration survive;
+/// [`SimNode::restart`] rebuilds the drivers from them.
+pub struct SimNode {
+    pub id: NodeId,
+    /// The engine configuration of shard 0 (each shard's seed differs).
+    pub config: Config,
+    pub up: bool,
+    pub replicas: Vec<SimReplica>,
+    outbox: Rc<RefCell<Outbox>>,
+    clock: Rc<Cell<u64>>,
+    base: Instant,
+    /// Where the state machines record when each value is first stored.
+    effects: Rc<RefCell<WriteEffects>>,
+    /// The node's `--forward-writes`.
+    pub forward_writes: bool,
+    /// Incremented whenever a state machine is replaced wholesale
+    /// (restart, snapshot install).
     pub generation: u64,
-    /// Snapshots received from a leader and installed, and forwarded writes
-    /// answered when applied, by the drivers that ended (crashes).
-    snapshots_installed_before: u64,
-    forwarded_answered_before: u64,
-    installs_with_reads_waiting_before: u64,
-    forwards_redirected_before: u64,
     /// Clean stops (with clients waiting or not).
     pub clean_stops: u64,
 }
 
-fn shard_context(id: NodeId, forward_writes: bool, nonce_salt: u64) -> ShardContext {
+fn shard_context(id: NodeId, shard_id: u32, shards: u32, forward_writes: bool, nonce_salt: u64) -> ShardContext {
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
     ShardContext {
-        shard_id: 0,
-        shards: 1,
+        shard_id,
+        shards,
         node_id: id,
         core: 0,
         peer_addr: SocketAddr::new(ip, 10_000 + id as u16),
@@ -142,222 +205,226 @@ fn shard_context(id: NodeId, forward_writes: bool, nonce_salt: u64) -> ShardCont
         read_consistency_default: ReadConsistency::Linearizable,
         forward_writes,
         command_bytes_max: 1 << 20,
-        balance_leaders: false,
+        // With several shards, leaders move to their preferred nodes: more
+        // leadership transfers for the simulator to check.
+        balance_leaders: shards > 1,
         nonce_salt,
     }
 }
 
 impl SimNode {
-    pub fn new(config: Config, clock: Rc<Cell<u64>>, base: Instant, forward_writes: bool) -> SimNode {
-        let disk = Rc::new(RefCell::new(SimDisk::default()));
+    pub fn new(
+        config: Config,
+        shards: u32,
+        clock: Rc<Cell<u64>>,
+        base: Instant,
+        forward_writes: bool,
+        effects: Rc<RefCell<WriteEffects>>,
+    ) -> SimNode {
         let outbox = Rc::new(RefCell::new(Outbox::default()));
-        let shard = SimNode::open(&config, &disk, &outbox, &clock, base, forward_writes, 0);
-        SimNode {
+        let mut node = SimNode {
             id: config.id,
             config,
             up: true,
-            shard,
-            disk,
+            replicas: Vec::new(),
             outbox,
             clock,
             base,
+            effects,
             forward_writes,
-            applied_unchecked: Vec::new(),
-            apply_next: 1,
-            installs_seen: 0,
             generation: 0,
-            snapshots_installed_before: 0,
-            forwarded_answered_before: 0,
-            installs_with_reads_waiting_before: 0,
-            forwards_redirected_before: 0,
             clean_stops: 0,
+        };
+        for shard_id in 0..shards {
+            let disk = Rc::new(RefCell::new(SimDisk::default()));
+            let shard = node.open(shard_id, shards, &disk);
+            node.replicas.push(SimReplica {
+                shard,
+                disk,
+                applied_unchecked: Vec::new(),
+                apply_next: 1,
+                installs_seen: 0,
+                before: Counts::default(),
+            });
         }
+        node
     }
 
-    /// A driver over what the disk holds durably, as the node's start does.
-    fn open(
-        config: &Config,
-        disk: &Rc<RefCell<SimDisk>>,
-        outbox: &Rc<RefCell<Outbox>>,
-        clock: &Rc<Cell<u64>>,
-        base: Instant,
-        forward_writes: bool,
-        generation: u64,
-    ) -> SimShard {
+    fn shards(&self) -> u32 {
+        self.replicas.len().max(1) as u32
+    }
+
+    /// A driver of shard `shard_id` over what its disk holds durably, as the
+    /// node's start does.
+    fn open(&self, shard_id: u32, shards: u32, disk: &Rc<RefCell<SimDisk>>) -> SimShard {
         let (recovered, snapshot) = {
             let disk = disk.borrow();
             let meta = disk.durable.snapshot_meta().clone();
             let snapshot = (meta.index > 0).then(|| (meta, disk.durable.snapshot_data().clone()));
             (disk.durable.recovered(), snapshot)
         };
+        let mut config = self.config.clone();
+        config.seed = config.seed.wrapping_add(u64::from(shard_id).wrapping_mul(0x9E37_79B9));
+        // Each start of the node its own nonces, as the real node's random
+        // salt gives it.
+        let salt = config.seed.rotate_left(17) ^ self.generation << 48;
         let mut shard = Shard::new(
-            // Each start of the node its own nonces, as the real node's
-            // random salt gives it.
-            shard_context(config.id, forward_writes, config.seed.rotate_left(17) ^ generation << 48),
-            config.clone(),
+            shard_context(self.id, shard_id, shards, self.forward_writes, salt),
+            config,
             RecoveredShard { recovered, snapshot },
-            KvStateMachine::default(),
-            SimStorage::new(disk.clone(), config.id),
-            SimTransport { outbox: outbox.clone() },
-            SimClock { base, now: clock.clone() },
+            ObservedKv::new(self.effects.clone(), self.clock.clone()),
+            SimStorage::new(disk.clone(), self.id),
+            SimTransport { shard_id, outbox: self.outbox.clone() },
+            SimClock { base: self.base, now: self.clock.clone() },
         )
         .expect("a simulated disk always recovers");
         shard.trace_applied();
         shard
     }
 
-    /// The process dies: memory is lost, the disk keeps what was durable
+    /// Shard `shard`'s engine.
+    pub fn raft(&self, shard: u32) -> &engine::Raft {
+        self.replicas[shard as usize].shard.raft()
+    }
+
+    /// The process dies: memory is lost, the disks keep what was durable
     /// (and maybe a torn prefix of what was not).
     pub fn crash(&mut self, rng: &mut Rng) {
         self.up = false;
-        self.disk.borrow_mut().crash(rng);
+        for replica in &self.replicas {
+            replica.disk.borrow_mut().crash(rng);
+        }
         let mut outbox = self.outbox.borrow_mut();
         outbox.messages.clear();
         outbox.responses.clear();
     }
 
-    /// The process starts again from its disk.
+    /// The process starts again from its disks.
     pub fn restart(&mut self) {
-        if std::env::var_os("SIM_TRACE").is_some() {
-            let disk = self.disk.borrow();
-            let durable = &disk.durable;
-            eprintln!(
-                "restart node {}: durable hard state {:?}, log {}..={}, snapshot {}",
-                self.id,
-                durable.hard_state(),
-                durable.first_index(),
-                durable.last_index(),
-                durable.snapshot_meta().index
-            );
-        }
-        let stats = self.shard.stats();
-        self.snapshots_installed_before += stats.snapshots_installed;
-        self.forwarded_answered_before += stats.forwarded_answered;
-        self.installs_with_reads_waiting_before += stats.installs_with_reads_waiting;
-        self.forwards_redirected_before += stats.forwards_redirected;
         self.generation += 1;
-        let generation = self.generation;
-        self.shard = SimNode::open(
-            &self.config,
-            &self.disk,
-            &self.outbox,
-            &self.clock,
-            self.base,
-            self.forward_writes,
-            generation,
-        );
+        let shards = self.shards();
+        for shard_id in 0..shards {
+            let disk = self.replicas[shard_id as usize].disk.clone();
+            if std::env::var_os("SIM_TRACE").is_some() {
+                let disk = disk.borrow();
+                let durable = &disk.durable;
+                eprintln!(
+                    "restart node {} shard {shard_id}: durable hard state {:?}, log {}..={}, snapshot {}",
+                    self.id,
+                    durable.hard_state(),
+                    durable.first_index(),
+                    durable.last_index(),
+                    durable.snapshot_meta().index
+                );
+            }
+            let shard = self.open(shard_id, shards, &disk);
+            let replica = &mut self.replicas[shard_id as usize];
+            replica.before.add(replica.shard.stats());
+            replica.shard = shard;
+            replica.installs_seen = 0;
+            replica.apply_next = replica.shard.applied() + 1;
+        }
         self.up = true;
-        self.installs_seen = 0;
-        self.apply_next = self.shard.applied() + 1;
     }
 
-    /// The disk finishes up to `count` queued writes; the lazy hard state
-    /// lands when `hard_state` is set.
-    pub fn disk_progress(&mut self, count: usize, hard_state: bool, overtake: bool) {
-        let mut disk = self.disk.borrow_mut();
+    /// Shard `shard`'s disk finishes up to `count` queued writes; the lazy
+    /// hard state lands when `hard_state` is set.
+    pub fn disk_progress(&mut self, shard: u32, count: usize, hard_state: bool, overtake: bool) {
+        let mut disk = self.replicas[shard as usize].disk.borrow_mut();
         if hard_state {
             disk.finish_lazy_hard_state();
         }
         disk.complete_overtaking(count, overtake);
     }
 
-    /// A clean stop, as on SIGTERM: the driver answers its waiting clients
-    /// and saves the hard state, then the log closes (every queued write
-    /// lands). Returns what the driver sent.
+    /// A clean stop, as on SIGTERM: each driver answers its waiting clients
+    /// and saves the hard state, then the logs close (every queued write
+    /// lands). Returns what the drivers sent.
     pub fn shut_down(&mut self) -> Outbox {
-        if let Err(error) = run_now(self.shard.shut_down()) {
-            panic!("node {}: a clean stop failed: {error}", self.id);
+        for replica in &mut self.replicas {
+            if let Err(error) = run_now(replica.shard.shut_down()) {
+                panic!("node {}: a clean stop failed: {error}", self.id);
+            }
+            replica.disk.borrow_mut().close();
         }
-        self.disk.borrow_mut().close();
         self.up = false;
         self.clean_stops += 1;
         std::mem::take(&mut *self.outbox.borrow_mut())
     }
 
-    /// A Raft message arrives.
-    pub fn step(&mut self, message: Message) {
-        self.shard.step(message);
+    /// A Raft message of shard `shard` arrives.
+    pub fn step(&mut self, shard: u32, message: Message) {
+        self.replicas[shard as usize].shard.step(message);
     }
 
     /// A client request arrives.
     pub fn request(&mut self, request: Request) {
-        let arrived = self.shard_now();
-        self.shard.request(request.request, request.waiter, arrived);
+        let arrived = self.base + Duration::from_millis(self.clock.get());
+        let replica = &mut self.replicas[request.shard as usize];
+        replica.shard.request(request.request, request.waiter, arrived);
     }
 
-    fn shard_now(&self) -> Instant {
-        self.base + Duration::from_millis(self.clock.get())
-    }
-
-    /// One tick of the node's timer.
+    /// One tick of the node's timer, for every shard.
     pub fn tick(&mut self) {
-        self.shard.tick();
+        for replica in &mut self.replicas {
+            replica.shard.tick();
+        }
     }
 
-    /// The driver's pass after events: stored snapshots reported, then
-    /// `process`; returns what it sent.
+    /// The drivers' pass after events: stored snapshots reported, then
+    /// `process`; returns what they sent.
     pub fn process(&mut self) -> Outbox {
-        for done in self.disk.borrow_mut().take_stored() {
-            self.shard.snapshot_stored(Ok(stored(done)));
+        for replica in &mut self.replicas {
+            for done in replica.disk.borrow_mut().take_stored() {
+                replica.shard.snapshot_stored(Ok(stored(done)));
+            }
+            if let Err(error) = run_now(replica.shard.process()) {
+                panic!("node {}: the shard stopped: {error}", self.id);
+            }
+            if let Err(broken) = replica.shard.check_invariants() {
+                panic!("node {}: shard invariant broken: {broken}", self.id);
+            }
+            if replica.collect_applied(self.id) {
+                self.generation += 1;
+            }
         }
-        if let Err(error) = run_now(self.shard.process()) {
-            panic!("node {}: the shard stopped: {error}", self.id);
-        }
-        if let Err(broken) = self.shard.check_invariants() {
-            panic!("node {}: shard invariant broken: {broken}", self.id);
-        }
-        self.collect_applied();
         std::mem::take(&mut *self.outbox.borrow_mut())
     }
 
-    /// Moves the entries the driver applied to `applied_unchecked`, checking
-    /// that they follow each other (or follow an installed snapshot).
-    fn collect_applied(&mut self) {
-        let installs = self.shard.stats().snapshots_installed;
-        if installs != self.installs_seen {
-            self.installs_seen = installs;
-            self.generation += 1;
-            self.apply_next = self.shard.raft().snapshot().index + 1;
-            // Entries applied before the install in this pass are checked
-            // against the others but not for contiguity.
-            let applied = self.shard.take_applied();
-            let after: Vec<&Entry> = applied.iter().filter(|entry| entry.index >= self.apply_next).collect();
-            for entry in after {
-                assert_eq!(entry.index, self.apply_next, "node {} applies out of order", self.id);
-                self.apply_next += 1;
-            }
-            self.applied_unchecked.extend(applied);
-            return;
-        }
-        for entry in self.shard.take_applied() {
-            assert_eq!(entry.index, self.apply_next, "node {} applies out of order", self.id);
-            self.apply_next = entry.index + 1;
-            self.applied_unchecked.push(entry);
-        }
+    /// Whether this node believes it leads shard `shard`.
+    pub fn is_leader(&self, shard: u32) -> bool {
+        self.up && self.raft(shard).role() == Role::Leader
     }
 
-    /// Whether this node believes it leads.
-    pub fn is_leader(&self) -> bool {
-        self.up && self.shard.raft().role() == Role::Leader
+    fn counts(&self) -> Counts {
+        let mut total = Counts::default();
+        for replica in &self.replicas {
+            let counts = replica.counts();
+            total.snapshots_installed += counts.snapshots_installed;
+            total.forwarded_answered += counts.forwarded_answered;
+            total.installs_with_reads_waiting += counts.installs_with_reads_waiting;
+            total.forwards_redirected += counts.forwards_redirected;
+        }
+        total
     }
 
     /// Snapshots installed over all restarts.
     pub fn snapshots_installed(&self) -> u64 {
-        self.snapshots_installed_before + self.shard.stats().snapshots_installed
+        self.counts().snapshots_installed
     }
 
     /// Forwarded writes answered when applied, over all restarts.
     pub fn forwarded_answered(&self) -> u64 {
-        self.forwarded_answered_before + self.shard.stats().forwarded_answered
+        self.counts().forwarded_answered
     }
 
     /// Snapshots installed while reads waited, over all restarts.
     pub fn installs_with_reads_waiting(&self) -> u64 {
-        self.installs_with_reads_waiting_before + self.shard.stats().installs_with_reads_waiting
+        self.counts().installs_with_reads_waiting
     }
 
     /// Forwarded writes redirected by a term change, over all restarts.
     pub fn forwards_redirected(&self) -> u64 {
-        self.forwards_redirected_before + self.shard.stats().forwards_redirected
+        self.counts().forwards_redirected
     }
 }

@@ -1,0 +1,144 @@
+//! What the writes whose clients never learned the outcome actually did.
+//!
+//! A write that times out, or whose client gives up after a crash, enters
+//! the history with an unknown outcome: the checker must consider every
+//! moment after its call for its effect, and also its absence. A few dozen
+//! of them on one key make the search exponential, and the checker gives
+//! up (`Unknown`) on histories that are fine.
+//!
+//! The simulator can see what happened. Every value a client writes is
+//! unique (its client and operation number), so the first moment any
+//! replica's state machine stored a value is when that write took effect at
+//! the latest: it was committed before any replica applied it, and it was
+//! proposed after the client sent it. [`resolve_unknown`] gives each
+//! unknown write that return time (and drops one that never stored its
+//! value: it had no effect by the end of the run, which a pending operation
+//! may always have). This narrows the history, so a linearizable verdict on
+//! the narrowed history holds for the original one; the reverse is not
+//! claimed, and a narrowed history that is not linearizable still fails the
+//! run (the actual order of effects contradicted what clients saw).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use engine::Index;
+use net::kv::{KvOpRef, KvResponse};
+use node::{KvStateMachine, Rejection, RestoreError, SnapshotImage, StateMachine};
+
+use crate::linearizability::{NodeKvInput, NodeKvOutput, Operation, Returned};
+
+/// The first simulated time (milliseconds) each written value was stored by
+/// any replica.
+#[derive(Default)]
+pub struct WriteEffects {
+    first_stored: HashMap<u64, u64>,
+}
+
+impl WriteEffects {
+    fn stored(&mut self, value: &[u8], now: u64) {
+        if let Ok(bytes) = <[u8; 8]>::try_from(value) {
+            self.first_stored.entry(u64::from_le_bytes(bytes)).or_insert(now);
+        }
+    }
+}
+
+/// The real key-value state machine, telling [`WriteEffects`] when each
+/// value is first stored. Everything else is the inner machine's.
+pub struct ObservedKv {
+    inner: KvStateMachine,
+    effects: Rc<RefCell<WriteEffects>>,
+    clock: Rc<Cell<u64>>,
+}
+
+impl ObservedKv {
+    pub fn new(effects: Rc<RefCell<WriteEffects>>, clock: Rc<Cell<u64>>) -> ObservedKv {
+        ObservedKv { inner: KvStateMachine::default(), effects, clock }
+    }
+}
+
+impl StateMachine for ObservedKv {
+    fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection> {
+        let answer = self.inner.apply(index, command)?;
+        let stored = match KvOpRef::decode(command) {
+            Ok(KvOpRef::Put { value, .. }) => Some(value),
+            Ok(KvOpRef::Cas { new: Some(new), .. }) => {
+                matches!(KvResponse::decode(&answer), Ok(KvResponse::CasSucceeded)).then_some(new)
+            }
+            _ => None,
+        };
+        if let Some(value) = stored {
+            self.effects.borrow_mut().stored(value, self.clock.get());
+        }
+        Ok(answer)
+    }
+
+    fn query(&self, query: &[u8]) -> Result<Bytes, Rejection> {
+        self.inner.query(query)
+    }
+
+    fn routing_key(command: &[u8]) -> Option<&[u8]> {
+        KvStateMachine::routing_key(command)
+    }
+
+    fn prefetch(&self, commands: &[&[u8]]) {
+        self.inner.prefetch(commands)
+    }
+
+    fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
+        self.inner.snapshot_image()
+    }
+
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
+        self.inner.restore(snapshot)
+    }
+}
+
+type SimOperation = Operation<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
+
+/// How many unknown outcomes [`resolve_unknown`] settled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Writes given the time their value was first stored.
+    pub placed: u64,
+    /// Writes whose value was never stored, and reads, dropped.
+    pub dropped: u64,
+    /// Unknown outcomes left for the checker (deletes, deleting swaps).
+    pub left: u64,
+}
+
+/// Narrows `operations` by what the state machines saw (module docs).
+pub fn resolve_unknown(operations: Vec<SimOperation>, effects: &WriteEffects) -> (Vec<SimOperation>, Resolved) {
+    let mut resolved = Resolved::default();
+    let mut out = Vec::with_capacity(operations.len());
+    for mut operation in operations {
+        if operation.returned.is_some() {
+            out.push(operation);
+            continue;
+        }
+        let (value, output) = match operation.input {
+            NodeKvInput::Put { value, .. } => (value, NodeKvOutput::Done),
+            NodeKvInput::Cas { new, .. } => (new, NodeKvOutput::Cas { swapped: true }),
+            NodeKvInput::Get { .. } => {
+                resolved.dropped += 1;
+                continue;
+            }
+            NodeKvInput::Delete { .. } => {
+                resolved.left += 1;
+                out.push(operation);
+                continue;
+            }
+        };
+        match effects.first_stored.get(&value) {
+            Some(&stored) => {
+                assert!(stored >= operation.call, "value {value} stored at {stored}, before its write was sent");
+                resolved.placed += 1;
+                operation.returned = Some(Returned { time: stored, output });
+                out.push(operation);
+            }
+            None => resolved.dropped += 1,
+        }
+    }
+    (out, resolved)
+}
