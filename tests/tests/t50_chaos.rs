@@ -79,7 +79,8 @@ struct Cluster {
 const UID_BASE: u32 = 62_000;
 
 impl Cluster {
-    fn start(
+    /// A cluster whose directory is ready and whose nodes are not started.
+    fn stopped(
         binary: PathBuf,
         count: u64,
         base_port: u16,
@@ -91,7 +92,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let separate_uids = unsafe { libc::geteuid() } == 0;
-        let mut cluster = Cluster {
+        Cluster {
             binary,
             dir,
             base_port,
@@ -102,11 +103,15 @@ impl Cluster {
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
-        };
-        for id in 1..=count {
-            cluster.spawn(id);
         }
-        cluster
+    }
+
+    /// Starts every node.
+    fn started(mut self) -> Cluster {
+        for id in 1..=self.count {
+            self.spawn(id);
+        }
+        self
     }
 
     fn peer_port(&self, id: u64) -> u16 {
@@ -613,7 +618,7 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     let Some(binary) = io_uring_or_skip() else { return };
     // Clients start at any node: followers forward their writes, so forwarded
     // writes meet the leader's deaths too.
-    let mut cluster = Cluster::start(binary, 3, 24_000, None, true, 1);
+    let mut cluster = Cluster::stopped(binary, 3, 24_000, None, true, 1).started();
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     let end = Instant::now() + chaos_duration();
@@ -666,7 +671,7 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
 #[test]
 fn three_nodes_follower_with_a_flipped_wal_byte_repairs_itself() {
     let Some(binary) = io_uring_or_skip() else { return };
-    let mut cluster = Cluster::start(binary, 3, 24_400, None, false, 1);
+    let mut cluster = Cluster::stopped(binary, 3, 24_400, None, false, 1).started();
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     const REPAIR_WARNING: &str = "may have acknowledged";
@@ -695,10 +700,123 @@ fn three_nodes_follower_with_a_flipped_wal_byte_repairs_itself() {
     finish_and_check(&cluster, shared, handles, "three nodes, follower WAL bytes flipped");
 }
 
+/// A tmpfs mounted for a test, unmounted when dropped (after the nodes
+/// that use it are gone).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let options = format!("size={size}");
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(at).status().ok()?;
+        status.success().then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let options = format!("remount,size={size}");
+        let status = Command::new("mount").args(["-o", &options]).arg(&self.0).status().expect("run mount");
+        assert!(status.success(), "remount {:?}", self.0);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Issue 16: three nodes, the leader on a 100 MiB file system, under
+/// writes of 512 KiB values. Before, every shard stopped on "disk full while
+/// preallocating" and the node answered `Busy` to everything until
+/// restarted. Now the spare segment that does not fit is given up (the
+/// active one still has room), and once the active segment is full the
+/// leader answers writes `NoSpace`, keeps serving reads, shows
+/// `disk_full` in its status, and takes writes again by itself once the
+/// file systems grow; every acknowledged write is kept.
+#[test]
+fn disk_full_refuses_writes_serves_reads_and_resumes() {
+    let Some(binary) = io_uring_or_skip() else { return };
+    // Declared first, so the file systems go after the nodes using them.
+    let mut mounts = Vec::new();
+    let mut cluster = Cluster::stopped(binary, 3, 24_500, None, false, 1);
+    for id in cluster.all() {
+        match Tmpfs::mount(&cluster.data_dir(id), "100m") {
+            Some(mount) => mounts.push(mount),
+            None => {
+                eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+                return;
+            }
+        }
+    }
+    for id in cluster.all() {
+        cluster.spawn(id);
+    }
+    let leader = cluster.leader();
+    // Only the leader's disk stays small: a follower with a full disk
+    // cannot tell the leader, whose writes then time out instead (see the
+    // README's storage faults section).
+    for (id, mount) in cluster.all().into_iter().zip(&mounts) {
+        if id != leader {
+            mount.resize("400m");
+        }
+    }
+    let mut client = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
+    let value = |number: u32| Bytes::from(vec![number as u8; 512 << 10]);
+    let put = |number: u32| RequestBody::Write {
+        command: KvOp::Put { key: Bytes::from(format!("big-{number}")), value: value(number) }.encode(),
+    };
+    let get = |number: u32| RequestBody::Read {
+        query: KvOp::Get { key: Bytes::from(format!("big-{number}")) }.encode(),
+        consistency: ReadConsistency::Linearizable,
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut written = 0;
+    loop {
+        assert!(Instant::now() < deadline, "the disks never filled after {written} writes\n{}", cluster.describe());
+        match client.call(put(written)) {
+            Ok(ResponseStatus::Ok(_)) => written += 1,
+            Ok(ResponseStatus::NoSpace) => break,
+            other => panic!("write {written}: {other:?} (expected Ok, then NoSpace)\n{}", cluster.describe()),
+        }
+    }
+    assert!(written > 50, "only {written} writes before the disk was full: the spare filled it");
+    // Full: reads go on, writes are refused with the typed status, and the
+    // status says why.
+    for number in [0, written / 2, written - 1] {
+        let answer = client.call(get(number)).expect("a read is answered");
+        assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(value(number))).encode()), "read {number}");
+    }
+    assert_eq!(client.call(put(written)).expect("answered"), ResponseStatus::NoSpace);
+    let status = cluster.status(leader).expect("the full leader answers its status");
+    assert_eq!(status["disk_full"], serde_json::Value::Bool(true), "{status}");
+    // Space comes back: writes resume without a restart.
+    for mount in &mounts {
+        mount.resize("400m");
+    }
+    let resume_deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.call(put(written)) {
+            Ok(ResponseStatus::Ok(_)) => break,
+            Ok(ResponseStatus::NoSpace) if Instant::now() < resume_deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("after space returned: {other:?}\n{}", cluster.describe()),
+        }
+    }
+    for number in 0..=written {
+        let answer = client.call(get(number)).expect("a read is answered");
+        assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(value(number))).encode()), "read {number}");
+    }
+    let status = cluster.status(leader).expect("status");
+    assert_eq!(status["disk_full"], serde_json::Value::Bool(false), "{status}");
+    drop(cluster);
+    drop(mounts);
+}
+
 #[test]
 fn five_nodes_partitioned_minority_and_wiped_follower() {
     let Some(binary) = io_uring_or_skip() else { return };
-    let mut cluster = Cluster::start(binary, 5, 24_100, Some(40), false, 1);
+    let mut cluster = Cluster::stopped(binary, 5, 24_100, Some(40), false, 1).started();
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     std::thread::sleep(Duration::from_secs(2));
@@ -818,7 +936,7 @@ fn three_nodes_four_shards_leaders_killed_in_turn() {
     const SHARDS: u32 = 4;
     let key_shards: BTreeSet<u32> = (0..KEYS).map(|key| shard_for_key(&key_bytes(key), SHARDS)).collect();
     assert!(key_shards.len() >= 2, "the history's keys all map to one shard: {key_shards:?}");
-    let mut cluster = Cluster::start(binary, 3, 24_300, None, true, SHARDS);
+    let mut cluster = Cluster::stopped(binary, 3, 24_300, None, true, SHARDS).started();
     let leaders: BTreeSet<u64> = (0..SHARDS).map(|shard| cluster.shard_leader(shard)).collect();
     eprintln!("four shards: leaders on nodes {leaders:?} at the start");
     let (shared, handles) = start_load(&cluster, 4);

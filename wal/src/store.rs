@@ -105,5 +105,12 @@ pub trait LogStore: Sized {
         None
     }
 
+    /// Whether the disk is full: appends are kept queued (up to the queue's
+    /// bound) and become durable once space is freed, so the caller should
+    /// refuse new writes meanwhile rather than fill the queue.
+    fn no_space(&self) -> bool {
+        false
+    }
+
     async fn close(self) -> Result<(), WalError>;
 }

@@ -191,6 +191,7 @@ impl LogStore for Wal {
             write_limit: None,
             sequence_next: recovered.sequence_next + 1,
             failed: None,
+            no_space: None,
             closing: false,
             stats,
             buffers: Vec::new(),
@@ -353,6 +354,10 @@ impl LogStore for Wal {
             self.shared.fail(error.clone());
         }
         result
+    }
+
+    fn no_space(&self) -> bool {
+        self.shared.state.borrow().no_space.is_some()
     }
 
     fn recovery_damage(&self) -> Option<&WalError> {

@@ -246,6 +246,10 @@ where
             self.storage.save_commit(hard_state);
         }
         self.advance_log_clock(now);
+        if self.stats.disk_full && !self.storage.no_space() {
+            tracing::warn!(shard = self.ctx.shard_id, "disk space available again: writes resume");
+            self.stats.disk_full = false;
+        }
         self.balance_leadership(now);
     }
 
