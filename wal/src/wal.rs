@@ -196,7 +196,9 @@ impl LogStore for Wal {
             stats,
             buffers: Vec::new(),
         };
-        let hard_state_writer = HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot)?;
+        let acknowledged = acknowledged.max(damage_floor);
+        let hard_state_writer =
+            HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot, acknowledged)?;
         // Preallocate the next segment now, ahead of need.
         let spare = tokio_uring::spawn(segment::create_spare(
             config.dir.clone(),
@@ -218,7 +220,7 @@ impl LogStore for Wal {
             hard_state,
             snapshot: stored.map(|stored| stored.meta),
             entries: recovered.entries,
-            acknowledged: acknowledged.max(damage_floor),
+            acknowledged,
         };
         Ok((wal, recovered))
     }

@@ -195,9 +195,13 @@ fn bit_flip_in_an_older_segment_cuts_the_log_before_it_and_reports_it() {
         let (wal, _) = Wal::open(config(&dir)).await.unwrap();
         let ticket = wal.append(batch(damaged as u64 * 3 + 1, &[7])).unwrap();
         wal.wait_durable(ticket.sequence).await.unwrap();
+        // A save while still short of what it acknowledged keeps the claim.
+        wal.save_hard_state(HardState { term: 7, vote: 0, commit: 0 }).await.unwrap();
         wal.close().await.unwrap();
     });
-    assert_eq!(open(&dir).unwrap().entries.len(), damaged * 3 + 1);
+    let recovered = open(&dir).unwrap();
+    assert_eq!(recovered.entries.len(), damaged * 3 + 1);
+    assert_eq!(recovered.acknowledged, expected.len() as u64, "a replica in repair never forgets what it lacks");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
