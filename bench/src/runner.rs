@@ -852,6 +852,7 @@ async fn receive_loop(
                 wake_sender.notify_one();
             }
             ResponseStatus::Busy => failure = Some(("busy", "the node is overloaded".into())),
+            ResponseStatus::NoSpace => failure = Some(("no_space", "the node's disk is full".into())),
             ResponseStatus::TimedOut => failure = Some(("timed_out", "the node timed the request out".into())),
             ResponseStatus::SessionExpired => {
                 conn.borrow_mut().outcome.get_or_insert(Outcome::SessionLost);

@@ -111,6 +111,11 @@ pub struct AppendResponse {
     /// whose term is at most `hint_term`.
     pub hint_index: Index,
     pub hint_term: Term,
+    /// On rejection: the follower does not hold `index` at all (its log ends
+    /// before it). A leader that recorded `index` as matched learns from this
+    /// that the follower lost acknowledged entries (a damaged disk) and
+    /// forgets its match instead of discarding the answer as stale.
+    pub missing: bool,
 }
 
 /// One chunk of a snapshot; chunks are sent in order by byte offset.

@@ -131,6 +131,18 @@ impl Progress {
         true
     }
 
+    /// Forgets what the follower matched after it reported lacking an entry
+    /// at or below `match_index` (its storage lost acknowledged entries):
+    /// probe again from after `hint`, its last entry that may match.
+    pub fn forget_match(&mut self, hint: Index) {
+        self.match_index = 0;
+        self.state = ProgressState::Probe;
+        self.next_index = hint + 1;
+        self.pending_snapshot = 0;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
     /// Whether no more appends may be sent now.
     pub fn is_paused(&self, batches_max: usize, bytes_max: usize) -> bool {
         match self.state {

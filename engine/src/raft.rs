@@ -159,6 +159,8 @@ pub struct Status {
     pub first_index: Index,
     pub last_index: Index,
     pub conf: ConfState,
+    /// While this replica repairs a damaged log: the index it must reach.
+    pub repair_target: Option<Index>,
     /// The leader's view of each member (empty on non-leaders).
     pub progress: Vec<PeerStatus>,
 }
@@ -258,21 +260,40 @@ pub struct Raft {
     snapshot_writes: Vec<SnapshotWrite>,
     snapshot_reads: Vec<SnapshotRead>,
     compact_to: Option<Index>,
+    /// Set while this replica's log lacks entries it may have acknowledged
+    /// (its storage lost or damaged them): the index its log must reach,
+    /// verified by a leader, before it is a full voter again. Until then it
+    /// grants no votes, starts no elections, and takes commit indexes only
+    /// from appends whose entries it has just verified (Protocol-Aware
+    /// Recovery, FAST'18: a replica that forgot what it acknowledged could
+    /// otherwise help elect a leader that lacks a committed entry).
+    /// Invariant: `Some(target)` implies `target > log.committed`.
+    repair: Option<Index>,
 }
 
 impl Raft {
     /// Builds an engine from what the node recovered from its storage.
     pub fn new(config: Config, recovered: Recovered) -> Result<Raft, ConfigError> {
         config.validate()?;
-        let Recovered { hard_state, snapshot, entries } = recovered;
+        let Recovered { hard_state, snapshot, entries, acknowledged } = recovered;
         let (offset_index, offset_term, conf) = match &snapshot {
             Some(meta) => (meta.index, meta.term, meta.conf.clone()),
             None => (0, 0, ConfState::new(config.voters.iter().copied(), config.learners.iter().copied())),
         };
         let mut log = RaftLog::new(offset_index, offset_term, entries);
-        // A commit index persisted ahead of the entries it covers is clamped:
-        // the entries were not durable, and the leader will resend them.
-        log.committed = hard_state.commit.clamp(offset_index, log.last_index());
+        // The hard state's commit index never covers entries that were not
+        // durable (see `Raft::hard_state`), so a log that ends before it, or
+        // before what the store says this replica acknowledged, lost durable
+        // entries: repair. What survived may then even be a stale prefix (a
+        // lost record may have replaced entries below the saved commit), so
+        // nothing past the snapshot counts as committed until a leader
+        // verifies it.
+        let repair_target = acknowledged.max(hard_state.commit);
+        let repair = (repair_target > log.last_index()).then_some(repair_target);
+        log.committed = match repair {
+            Some(_) => offset_index,
+            None => hard_state.commit.clamp(offset_index, log.last_index()),
+        };
         let rng = Rng::new(config.seed);
         let id = config.id;
         let mut raft = Raft {
@@ -322,6 +343,7 @@ impl Raft {
             snapshot_writes: Vec::new(),
             snapshot_reads: Vec::new(),
             compact_to: None,
+            repair,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -387,6 +409,13 @@ impl Raft {
     pub fn hard_state(&self) -> HardState {
         HardState { term: self.term, vote: self.vote, commit: self.log.committed.min(self.log.persisted) }
     }
+    /// The index this replica's log must reach, verified by a leader, before
+    /// it votes again; `None` when it holds everything it acknowledged. Set
+    /// on start when the storage lost or damaged acknowledged entries.
+    pub fn repair_target(&self) -> Option<Index> {
+        self.repair
+    }
+
     pub fn transfer_target(&self) -> Option<NodeId> {
         (self.transfer_target != NODE_NONE).then_some(self.transfer_target)
     }
@@ -474,6 +503,7 @@ impl Raft {
             first_index: self.log.first_index(),
             last_index: self.log.last_index(),
             conf: self.conf.clone(),
+            repair_target: self.repair,
             progress: self
                 .progress
                 .iter()
@@ -496,6 +526,9 @@ impl Raft {
     /// need it to finish the change (its log is the most up to date), and
     /// votes are still counted under its latest configuration.
     fn promotable(&self) -> bool {
+        if self.repair.is_some() {
+            return false;
+        }
         self.conf.is_voter(self.id) || self.conf_at(self.log.committed).is_voter(self.id)
     }
 
@@ -1277,7 +1310,11 @@ impl Raft {
             }
             MessageBody::Heartbeat { commit, read_context } => {
                 self.accept_leader(from)?;
-                self.log.commit_to(commit.min(self.log.last_index()));
+                // A repairing replica's log may hold a stale suffix that the
+                // leader's match index (learned before the damage) covers.
+                if self.repair.is_none() {
+                    self.log.commit_to(commit.min(self.log.last_index()));
+                }
                 let term = self.term;
                 self.send(Message {
                     from: self.id,
@@ -1390,6 +1427,7 @@ impl Raft {
                             reject: true,
                             hint_index: 0,
                             hint_term: 0,
+                            missing: false,
                         }),
                     });
                 }
@@ -1439,8 +1477,10 @@ impl Raft {
     ) -> Result<(), Ignored> {
         // Raft paper 5.2 and 5.4.1: one vote per term, only for a log at
         // least as up to date as ours.
-        let can_vote =
-            self.vote == from || (self.vote == NODE_NONE && self.leader == NODE_NONE) || (pre && term > self.term);
+        // A replica in repair may have forgotten entries it acknowledged, so
+        // its "up to date" check could pass a candidate lacking them.
+        let can_vote = self.repair.is_none()
+            && (self.vote == from || (self.vote == NODE_NONE && self.leader == NODE_NONE) || (pre && term > self.term));
         let granted = can_vote && self.log.is_up_to_date(request.last_log_index, request.last_log_term);
         let response_term = if pre && granted { term } else { self.term };
         if granted && !pre {
@@ -1514,6 +1554,7 @@ impl Raft {
                     reject: true,
                     hint_index,
                     hint_term,
+                    missing: check_index > self.log.last_index(),
                 }),
             });
             return Ok(());
@@ -1557,6 +1598,10 @@ impl Raft {
         if commit > self.log.committed {
             self.log.commit_to(commit.min(last_new));
         }
+        // The log now matches the leader's through `last_new`.
+        if self.repair.is_some_and(|target| last_new >= target) {
+            self.repair = None;
+        }
         self.send_append_ack(from, last_new);
         Ok(())
     }
@@ -1567,7 +1612,13 @@ impl Raft {
             from: self.id,
             to,
             term,
-            body: MessageBody::AppendResponse(AppendResponse { index, reject: false, hint_index: 0, hint_term: 0 }),
+            body: MessageBody::AppendResponse(AppendResponse {
+                index,
+                reject: false,
+                hint_index: 0,
+                hint_term: 0,
+                missing: false,
+            }),
         });
     }
 
@@ -1591,6 +1642,14 @@ impl Raft {
                 response.hint_index
             };
             let pr = self.progress.get_mut(&from).expect("present");
+            if response.missing && response.index <= pr.match_index {
+                // The follower lost entries it had acknowledged: what it
+                // holds is no longer known, so it counts for nothing until it
+                // acknowledges again (or this is a stale answer, and it will).
+                pr.forget_match(next_probe);
+                self.send_append(from);
+                return Ok(());
+            }
             if pr.maybe_decrease_to(response.index, next_probe) {
                 if pr.state == ProgressState::Replicate {
                     pr.become_probe();
@@ -1654,6 +1713,10 @@ impl Raft {
         assert!(log.persisted <= log.handed, "persisted {} > handed {}", log.persisted, log.handed);
         assert!(log.handed <= log.last_index(), "handed {} > last {}", log.handed, log.last_index());
         assert!(self.encoded_last <= log.last_index() || self.role != Role::Leader);
+        if let Some(target) = self.repair {
+            assert!(target > log.committed, "repair target {target} <= committed {}", log.committed);
+            assert_ne!(self.role, Role::Leader, "a replica in repair never leads");
+        }
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader, self.id, "a leader knows it leads");

@@ -18,6 +18,14 @@ pub struct Recovered {
     pub snapshot: Option<SnapshotMeta>,
     /// Contiguous entries after the snapshot (or from index 1).
     pub entries: Vec<Entry>,
+    /// The highest index this replica may have acknowledged to a leader, as
+    /// far as its storage knows (0 when it knows nothing beyond the hard
+    /// state). A store that found damage reports at least the index after
+    /// the last entry it could read. When this, or the hard state's commit
+    /// index, lies beyond `entries`, the replica lost entries it may have
+    /// been counted for, and the engine starts in repair (see
+    /// [`crate::Raft::repair_target`]).
+    pub acknowledged: Index,
 }
 
 /// Why a log operation cannot be done. These are caller errors against the
@@ -149,6 +157,7 @@ impl MemStorage {
             hard_state: self.hard_state,
             snapshot: (self.snapshot_meta.index > 0).then(|| self.snapshot_meta.clone()),
             entries: self.entries.clone(),
+            acknowledged: 0,
         }
     }
 }

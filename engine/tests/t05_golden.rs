@@ -103,7 +103,7 @@ fn fmt_message(message: &Message) -> String {
         MessageBody::AppendResponse(AppendResponse { index, reject: false, .. }) => {
             format!("{head} AppendResponse index={index}")
         }
-        MessageBody::AppendResponse(AppendResponse { index, reject: true, hint_index, hint_term }) => {
+        MessageBody::AppendResponse(AppendResponse { index, reject: true, hint_index, hint_term, .. }) => {
             format!("{head} AppendResponse reject index={index} hint={hint_index}/{hint_term}")
         }
         MessageBody::Heartbeat { commit, read_context } => {

@@ -244,7 +244,13 @@ fn leader_is_append_only() {
         from: 2,
         to: 1,
         term,
-        body: MessageBody::AppendResponse(AppendResponse { index: 2, reject: true, hint_index: 0, hint_term: 0 }),
+        body: MessageBody::AppendResponse(AppendResponse {
+            index: 2,
+            reject: true,
+            hint_index: 0,
+            hint_term: 0,
+            missing: false,
+        }),
     });
     let after: Vec<_> =
         (1..=cluster.node(1).raft.last_index()).map(|i| cluster.node(1).raft.entry(i).cloned()).collect();
@@ -264,22 +270,10 @@ fn previous_term_entry_not_committed_by_counting() {
     let (last, last_term) = ready.last_entry().unwrap();
     node.advance(ready);
     // Follower 2 acknowledges only the old entries (index 2, term 1).
-    node.step(Message {
-        from: 2,
-        to: 1,
-        term,
-        body: MessageBody::AppendResponse(AppendResponse { index: 2, reject: false, hint_index: 0, hint_term: 0 }),
-    })
-    .unwrap();
+    node.step(Message { from: 2, to: 1, term, body: accepted(2) }).unwrap();
     node.persisted(last, last_term);
     assert_eq!(node.committed(), 0, "index 2 (term 1) is on a majority but must not commit by counting");
-    node.step(Message {
-        from: 2,
-        to: 1,
-        term,
-        body: MessageBody::AppendResponse(AppendResponse { index: last, reject: false, hint_index: 0, hint_term: 0 }),
-    })
-    .unwrap();
+    node.step(Message { from: 2, to: 1, term, body: accepted(last) }).unwrap();
     assert_eq!(node.committed(), last, "the current term's no-op commits, and everything before it");
 }
 
@@ -295,13 +289,7 @@ fn leader_counts_itself_only_once_durable() {
     assert!(ready.messages.iter().any(|m| matches!(m.body, MessageBody::Append(_))), "appends leave before the write");
     let (last, last_term) = ready.last_entry().unwrap();
     node.advance(ready);
-    node.step(Message {
-        from: 2,
-        to: 1,
-        term,
-        body: MessageBody::AppendResponse(AppendResponse { index: last, reject: false, hint_index: 0, hint_term: 0 }),
-    })
-    .unwrap();
+    node.step(Message { from: 2, to: 1, term, body: accepted(last) }).unwrap();
     // Leader + follower 2 is a majority of 3, but the leader's copy is not durable.
     assert_eq!(node.committed(), 0);
     node.persisted(last, last_term);
@@ -350,4 +338,9 @@ fn a_forwarded_proposal_needs_a_known_leader_and_a_leader_to_take_it() {
     let last = cluster.raft(3).last_index();
     assert!(cluster.raft(3).step(to_follower).is_err());
     assert_eq!(cluster.raft(3).last_index(), last);
+}
+
+/// A follower's plain acknowledgement of entries up to `index`.
+fn accepted(index: u64) -> MessageBody {
+    MessageBody::AppendResponse(AppendResponse { index, reject: false, hint_index: 0, hint_term: 0, missing: false })
 }

@@ -183,6 +183,11 @@ pub enum ResponseStatus {
     /// their way (the next request acknowledges them) and retry with the
     /// same sequence.
     SessionFull(String),
+    /// The node's disk is full: the write was not taken (nothing applied).
+    /// Reads are still served; writes resume by themselves once space is
+    /// freed, so retry later (or at another node if this one is a leader
+    /// that stays full).
+    NoSpace,
 }
 
 impl ResponseStatus {
@@ -197,6 +202,7 @@ impl ResponseStatus {
             ResponseStatus::BadRequest(_) => 5,
             ResponseStatus::Forbidden(_) => 6,
             ResponseStatus::SessionFull(_) => 7,
+            ResponseStatus::NoSpace => 8,
         }
     }
 }

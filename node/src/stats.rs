@@ -79,6 +79,11 @@ pub struct ShardStats {
     pub reads_served: u64,
     pub not_leader: u64,
     pub busy: u64,
+    /// Writes refused because the disk was full.
+    pub no_space: u64,
+    /// A write was refused for a full disk and the disk has not been seen
+    /// with room since (logged once per episode).
+    pub disk_full: bool,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
     /// Snapshots installed while reads waited for the state machine (they
@@ -108,6 +113,8 @@ impl ShardStats {
             reads_served: 0,
             not_leader: 0,
             busy: 0,
+            no_space: 0,
+            disk_full: false,
             snapshots_taken: 0,
             snapshots_installed: 0,
             installs_with_reads_waiting: 0,
@@ -135,6 +142,7 @@ impl ShardStats {
             "reads_served": self.reads_served,
             "not_leader": self.not_leader,
             "busy": self.busy,
+            "no_space": self.no_space,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,
             "installs_with_reads_waiting": self.installs_with_reads_waiting,

@@ -31,6 +31,7 @@ fn hard_state_commit_never_covers_entries_not_yet_durable() {
         hard_state: HardState { term: 1, vote: 1, commit: 1 },
         snapshot: None,
         entries: vec![entry(1, 1, b"a"), entry(2, 1, b"stale")],
+        acknowledged: 0,
     };
     let mut follower = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     let append = AppendRequest {
@@ -64,12 +65,11 @@ fn hard_state_commit_never_covers_entries_not_yet_durable() {
 /// `Progress::maybe_decrease_to`), so the follower stays behind until the
 /// leadership changes.
 ///
-/// Losing an acknowledged, fsynced write is outside Raft's fault model (a
-/// disk that lies), so this is a robustness problem rather than a safety
-/// bug: safety holds, but one replica silently stops replicating. Ignored
-/// until the engine handles it; run with `--ignored` to see it fail.
+/// Fixed (issue 16): the restarted follower's commit index lies beyond its
+/// log, so it starts in repair (no votes until a leader verified its log
+/// again) and answers the probe with `missing`; the leader then forgets the
+/// old match instead of discarding the rejection.
 #[test]
-#[ignore = "known engine limitation: a follower that lost acknowledged entries is not caught up (see doc comment)"]
 fn follower_that_lost_acknowledged_entries_catches_up() {
     let mut cluster = Cluster::with_voters(3, 7);
     cluster.elect(1);
@@ -89,6 +89,7 @@ fn follower_that_lost_acknowledged_entries_catches_up() {
     cluster.nodes.get_mut(&3).expect("node 3").storage = torn;
     cluster.restart(3);
     assert_eq!(cluster.node(3).raft.last_index(), last - 1);
+    assert_eq!(cluster.node(3).raft.repair_target(), Some(last), "it knows it lost an acknowledged entry");
     // The same leader goes on; node 3 must catch up.
     for round in 0..50u8 {
         let _ = cluster.raft(1).propose(Bytes::from(vec![100 + round]));
@@ -102,6 +103,7 @@ fn follower_that_lost_acknowledged_entries_catches_up() {
         "follower 3 never caught up: the leader's status: {:?}",
         cluster.node(1).raft.status().progress
     );
+    assert_eq!(cluster.node(3).raft.repair_target(), None, "repaired, it votes again");
 }
 
 /// Ready processing and delivery for a bounded number of rounds (the
@@ -159,4 +161,43 @@ fn no_snapshot_chunk_follows_a_pending_install_in_one_ready() {
     }
     assert_eq!(installed.index, 5);
     assert_eq!(file, b"first snapshot", "the shell would install other bytes than snapshot 5's");
+}
+
+/// Protocol-Aware Recovery (FAST'18): a replica whose storage lost entries
+/// it acknowledged must not vote, or a candidate lacking a committed entry
+/// could win with its vote. Node 1 restarts with commit 5 saved but only
+/// entries 1..3 readable; node 2 asks for its vote with a log ending at 3.
+#[test]
+fn replica_that_lost_acknowledged_entries_grants_no_vote() {
+    use engine::VoteRequest;
+    let entries = (1..=3)
+        .map(|index| Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from_static(b"x") })
+        .collect();
+    let recovered =
+        Recovered { hard_state: HardState { term: 1, vote: 1, commit: 5 }, snapshot: None, entries, acknowledged: 0 };
+    let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
+    assert_eq!(replica.repair_target(), Some(5));
+    assert_eq!(replica.committed(), 0, "a possibly stale prefix is not committed until a leader verifies it");
+    let request = VoteRequest { last_log_index: 3, last_log_term: 1, transfer: false };
+    for (body, pre) in [(MessageBody::PreVote(request), true), (MessageBody::Vote(request), false)] {
+        replica.step(Message { from: 2, to: 1, term: 2, body }).expect("handled");
+        let ready = replica.ready();
+        let granted: Vec<bool> = ready
+            .messages
+            .iter()
+            .chain(&ready.messages_after_persist)
+            .filter_map(|message| match message.body {
+                MessageBody::PreVoteResponse { granted } if pre => Some(granted),
+                MessageBody::VoteResponse { granted } if !pre => Some(granted),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(granted, vec![false], "pre-vote {pre}: a replica in repair grants nothing");
+        replica.advance(ready);
+    }
+    // Ticking never makes it campaign either.
+    for _ in 0..100 {
+        replica.tick();
+    }
+    assert_eq!(replica.role(), engine::Role::Follower);
 }

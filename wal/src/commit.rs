@@ -106,6 +106,10 @@ pub(crate) struct State {
     /// The sequence the next spare segment gets.
     pub sequence_next: u64,
     pub failed: Option<WalError>,
+    /// Set while the disk is full: the writer could not open the next
+    /// segment and tries again every [`NO_SPACE_RETRY`]; appends stay queued
+    /// (bounded by `queued_bytes_max`) and become durable once it can.
+    pub no_space: Option<WalError>,
     pub closing: bool,
     pub stats: WalStats,
     /// Aligned write buffers not in use, for the next groups (at most
@@ -283,6 +287,10 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
     Plan::Write(GroupWrite { file, offset, buffer, start, length, end })
 }
 
+/// How long the writer waits before trying again to open the next segment
+/// on a full disk.
+pub(crate) const NO_SPACE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The writer task: groups queued appends into writes and switches segments.
 pub(crate) async fn run_writer(
     shared: Rc<Shared>,
@@ -293,12 +301,21 @@ pub(crate) async fn run_writer(
         match next {
             Plan::Exit => break,
             Plan::Wait => shared.writer_wake.notified().await,
-            Plan::Switch { first_index } => {
-                if let Err(error) = switch_segment(&shared, &mut spare, first_index).await {
+            Plan::Switch { first_index } => match switch_segment(&shared, &mut spare, first_index).await {
+                Ok(()) => shared.state.borrow_mut().no_space = None,
+                Err(error @ WalError::NoSpace { .. }) if !shared.state.borrow().closing => {
+                    // A full disk is an operating condition, not a broken
+                    // log: nothing is lost by waiting, and writes resume by
+                    // themselves once space is freed (issue 16). Closing
+                    // cannot wait, so it fails the log instead.
+                    shared.state.borrow_mut().no_space = Some(error);
+                    tokio::time::sleep(NO_SPACE_RETRY).await;
+                }
+                Err(error) => {
                     shared.fail(error);
                     break;
                 }
-            }
+            },
             Plan::Write(group) => {
                 tokio_uring::spawn(write_group(shared.clone(), group));
             }
@@ -410,6 +427,7 @@ mod tests {
             write_limit: None,
             sequence_next: 2,
             failed: None,
+            no_space: None,
             closing: false,
             stats: WalStats::default(),
             buffers: Vec::new(),

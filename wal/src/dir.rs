@@ -22,8 +22,10 @@ use crate::error::WalError;
 pub const IDENTITY_FILE: &str = "IDENTITY";
 /// The lock file's name; an exclusive `flock` on it marks the directory in use.
 pub const LOCK_FILE: &str = "LOCK";
-/// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes and reads. Version 2: each
+/// hard-state slot also records the durable log's last index at the save
+/// (issue 16), which changes the slot's checksummed length.
+pub const FORMAT_VERSION: u32 = 2;
 
 const IDENTITY_MAGIC: [u8; 8] = *b"RAFTWAL\0";
 

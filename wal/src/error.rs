@@ -28,7 +28,7 @@ pub enum WalError {
     UnsupportedFormat { path: PathBuf, found: u32, expected: u32 },
     #[error("data directory {path} holds log files but no IDENTITY file; refusing to guess whose log it is")]
     MissingIdentity { path: PathBuf },
-    #[error("corrupt {file} at offset {offset}: expected {expected}, found {found}; the log cannot be opened without losing durable data")]
+    #[error("corrupt {file} at offset {offset}: expected {expected}, found {found}")]
     Corrupt { file: PathBuf, offset: u64, expected: String, found: String },
     #[error("disk full while {op} {path}; free space, then restart the node")]
     NoSpace { op: &'static str, path: PathBuf },

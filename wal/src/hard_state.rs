@@ -1,5 +1,8 @@
 //! The hard state (term, vote, commit) in two checksummed slots written
-//! alternately.
+//! alternately, each with the durable log's last index at the time of the
+//! save (`acknowledged`): every entry up to it was durable, so this replica
+//! may have acknowledged it, and a recovered log that ends before it lost
+//! entries to damage rather than to a torn write (issue 16).
 //!
 //! A save overwrites the older slot with a higher sequence number and
 //! `fdatasync`s. A crash during the write can damage only that slot, and the
@@ -14,7 +17,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use engine::HardState;
+use engine::{HardState, Index};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -43,9 +46,11 @@ struct SlotRecord {
     term: U64,
     vote: U64,
     commit: U64,
+    /// The durable log's last index when this slot was written.
+    acknowledged: U64,
 }
 
-const SLOT_RECORD_SIZE: usize = 48;
+const SLOT_RECORD_SIZE: usize = 56;
 const _: () = assert!(size_of::<SlotRecord>() == SLOT_RECORD_SIZE);
 const _: () = assert!(SLOT_RECORD_SIZE <= SLOT_SIZE);
 
@@ -53,7 +58,7 @@ const _: () = assert!(SLOT_RECORD_SIZE <= SLOT_SIZE);
 #[derive(Debug)]
 enum Slot {
     Empty,
-    Valid { sequence: u64, hard_state: HardState },
+    Valid { sequence: u64, hard_state: HardState, acknowledged: Index },
     Damaged { reason: String },
 }
 
@@ -86,10 +91,11 @@ fn decode_slot(raw: &[u8]) -> Slot {
     Slot::Valid {
         sequence: record.sequence.get(),
         hard_state: HardState { term: record.term.get(), vote: record.vote.get(), commit: record.commit.get() },
+        acknowledged: record.acknowledged.get(),
     }
 }
 
-fn encode_slot(sequence: u64, hard_state: HardState) -> Vec<u8> {
+fn encode_slot(sequence: u64, hard_state: HardState, acknowledged: Index) -> Vec<u8> {
     let mut record = SlotRecord {
         crc: U32::new(0),
         reserved: U32::new(0),
@@ -98,6 +104,7 @@ fn encode_slot(sequence: u64, hard_state: HardState) -> Vec<u8> {
         term: U64::new(hard_state.term),
         vote: U64::new(hard_state.vote),
         commit: U64::new(hard_state.commit),
+        acknowledged: U64::new(acknowledged),
     };
     record.crc = U32::new(crc32c::crc32c(&record.as_bytes()[4..]));
     let mut slot = vec![0u8; SLOT_SIZE];
@@ -111,19 +118,23 @@ pub(crate) fn initialize(dir: &Path) -> Result<(), WalError> {
     // Sequence 1 lives in slot 1, the durable one, so the first save goes to
     // the empty slot 0 and never overwrites the only valid one.
     let mut raw = vec![0u8; SLOT_SIZE];
-    raw.extend_from_slice(&encode_slot(1, HardState::default()));
+    raw.extend_from_slice(&encode_slot(1, HardState::default(), 0));
     crate::dir::write_file_atomically(dir, HARD_STATE_FILE, &raw)
 }
 
-/// Reads the newest valid hard state, its sequence number and its slot.
-/// Blocking; used on open.
-pub(crate) fn load(dir: &Path) -> Result<(HardState, u64, usize), WalError> {
+/// The newest valid slot: its hard state, acknowledged index, sequence
+/// number and slot number.
+pub(crate) type Loaded = (HardState, Index, u64, usize);
+
+/// Reads the newest valid hard state, its acknowledged index, its sequence
+/// number and its slot. Blocking; used on open.
+pub(crate) fn load(dir: &Path) -> Result<Loaded, WalError> {
     let path = dir.join(HARD_STATE_FILE);
     let raw = fs::read(&path).map_err(|error| WalError::io("reading", &path, error))?;
     decode_file(&path, &raw)
 }
 
-fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64, usize), WalError> {
+fn decode_file(path: &Path, raw: &[u8]) -> Result<Loaded, WalError> {
     if raw.len() != SLOT_SIZE * SLOT_COUNT {
         return Err(WalError::corrupt(
             path,
@@ -137,12 +148,12 @@ fn decode_file(path: &Path, raw: &[u8]) -> Result<(HardState, u64, usize), WalEr
         .iter()
         .enumerate()
         .filter_map(|(index, slot)| match slot {
-            Slot::Valid { sequence, hard_state } => Some((*sequence, *hard_state, index)),
+            Slot::Valid { sequence, hard_state, acknowledged } => Some((*sequence, *hard_state, *acknowledged, index)),
             _ => None,
         })
-        .max_by_key(|(sequence, _, _)| *sequence);
+        .max_by_key(|(sequence, _, _, _)| *sequence);
     match best {
-        Some((sequence, hard_state, slot)) => Ok((hard_state, sequence, slot)),
+        Some((sequence, hard_state, acknowledged, slot)) => Ok((hard_state, acknowledged, sequence, slot)),
         None => Err(WalError::corrupt(
             path,
             0,
@@ -174,6 +185,10 @@ pub(crate) struct HardStateWriter {
     synced_slot: usize,
     /// The newest durable hard state.
     synced: HardState,
+    /// The highest index this replica may have acknowledged: it never goes
+    /// down, so a replica that restarts in repair and saves a hard state
+    /// before it caught up still knows what it lacks at the next start.
+    acknowledged: Index,
 }
 
 impl HardStateWriter {
@@ -186,6 +201,7 @@ impl HardStateWriter {
         hard_state: HardState,
         sequence: u64,
         slot: usize,
+        acknowledged: Index,
     ) -> Result<HardStateWriter, WalError> {
         let path = dir.join(HARD_STATE_FILE);
         let file = fs::OpenOptions::new()
@@ -200,6 +216,7 @@ impl HardStateWriter {
             sequence,
             synced_slot: slot,
             synced: hard_state,
+            acknowledged,
         })
     }
 
@@ -211,14 +228,17 @@ impl HardStateWriter {
     /// save overtaken by a durable one) is dropped. On error the caller must stop
     /// using the log: which slot holds what is then unknown until the next
     /// open reads it back.
-    pub(crate) async fn save(&mut self, hard_state: HardState, sync: bool) -> Result<(), WalError> {
+    pub(crate) async fn save(&mut self, hard_state: HardState, durable: Index, sync: bool) -> Result<(), WalError> {
         if !sync && is_overtaken(hard_state, self.synced) {
             return Ok(());
         }
+        self.acknowledged = self.acknowledged.max(durable);
+        let acknowledged = self.acknowledged;
         let sync = sync || hard_state.term != self.synced.term || hard_state.vote != self.synced.vote;
         let sequence = self.sequence + 1;
         let slot = 1 - self.synced_slot;
-        let (result, _) = self.file.write_all_at(encode_slot(sequence, hard_state), (slot * SLOT_SIZE) as u64).await;
+        let (result, _) =
+            self.file.write_all_at(encode_slot(sequence, hard_state, acknowledged), (slot * SLOT_SIZE) as u64).await;
         result.map_err(|error| WalError::io("writing", &self.path, error))?;
         self.sequence = sequence;
         if sync {
@@ -238,7 +258,11 @@ mod tests {
         let mut raw = vec![0u8; SLOT_SIZE * SLOT_COUNT];
         for (index, slot) in slots.iter().enumerate() {
             if let Some((sequence, hard_state)) = slot {
-                raw[index * SLOT_SIZE..(index + 1) * SLOT_SIZE].copy_from_slice(&encode_slot(*sequence, *hard_state));
+                raw[index * SLOT_SIZE..(index + 1) * SLOT_SIZE].copy_from_slice(&encode_slot(
+                    *sequence,
+                    *hard_state,
+                    0,
+                ));
             }
         }
         raw
@@ -249,9 +273,9 @@ mod tests {
         let old = HardState { term: 3, vote: 1, commit: 7 };
         let new = HardState { term: 4, vote: 2, commit: 9 };
         let mut raw = file_with([Some((2, new)), Some((1, old))]);
-        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 2, 0));
+        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 0, 2, 0));
         raw[20] ^= 0x10;
-        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (old, 1, 1));
+        assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (old, 0, 1, 1));
         raw[SLOT_SIZE + 20] ^= 0x10;
         let error = decode_file(Path::new("h"), &raw).unwrap_err();
         assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
@@ -267,12 +291,12 @@ mod tests {
         let voted = HardState { term: 2, vote: 3, commit: 5 };
         let new_term = HardState { term: 3, vote: 0, commit: 9 };
         tokio_uring::start(async {
-            let (hard_state, sequence, slot) = load(&dir).unwrap();
-            let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot).unwrap();
-            writer.save(voted, true).await.unwrap();
-            let durable_slot = load(&dir).unwrap().2;
+            let (hard_state, _, sequence, slot) = load(&dir).unwrap();
+            let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot, 0).unwrap();
+            writer.save(voted, 0, true).await.unwrap();
+            let durable_slot = load(&dir).unwrap().3;
             for commit in 6..=8 {
-                writer.save(HardState { commit, ..voted }, false).await.unwrap();
+                writer.save(HardState { commit, ..voted }, 0, false).await.unwrap();
                 let raw = std::fs::read(dir.join(HARD_STATE_FILE)).unwrap();
                 let durable = decode_slot(&raw[durable_slot * SLOT_SIZE..][..SLOT_SIZE]);
                 assert!(matches!(durable, Slot::Valid { hard_state, .. } if hard_state == voted), "{durable:?}");
@@ -284,11 +308,11 @@ mod tests {
             }
             // A new term is synced even when asked not to: later commit-only
             // saves leave it alone.
-            writer.save(new_term, false).await.unwrap();
-            writer.save(HardState { commit: 10, ..new_term }, false).await.unwrap();
+            writer.save(new_term, 0, false).await.unwrap();
+            writer.save(HardState { commit: 10, ..new_term }, 0, false).await.unwrap();
             let raw = std::fs::read(dir.join(HARD_STATE_FILE)).unwrap();
             let mut torn = raw.clone();
-            let (_, _, newest) = decode_file(Path::new("h"), &raw).unwrap();
+            let (_, _, _, newest) = decode_file(Path::new("h"), &raw).unwrap();
             torn[newest * SLOT_SIZE + 30] ^= 0xff;
             assert_eq!(decode_file(Path::new("h"), &torn).unwrap().0, new_term);
         });

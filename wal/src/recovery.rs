@@ -1,6 +1,6 @@
 //! Recovery on open: read every segment, verify every record, cut a torn tail,
-//! refuse corruption anywhere else, and replay the records into the log the
-//! engine restarts from.
+//! cut before corruption anywhere else (reporting it), and replay the records
+//! into the log the engine restarts from.
 //!
 //! # Padding
 //!
@@ -10,7 +10,7 @@
 //! next group, if any, starts at the boundary. A zero header at a boundary
 //! ends the records.
 //!
-//! # What counts as a torn tail
+//! # Torn tail or corruption
 //!
 //! The writer keeps at most `2 * write_bytes_max` record bytes (in two
 //! groups, each padded) written but not yet synced, all of them in the newest
@@ -20,13 +20,19 @@
 //! zeroed space after the last record) in the newest segment as a torn tail when
 //! no valid record starts more than that window after it, and cuts the log
 //! there, zeroing the rest of the segment durably so that stale bytes never
-//! come back. Damage anywhere else, or with a valid record beyond the window,
-//! is refused with [`WalError::Corrupt`] naming the file and offset.
+//! come back.
 //!
-//! Damage to durable records inside the window is indistinguishable from a
-//! torn write; like every write-ahead log that trusts its tail, this one cuts
-//! it.
-//!
+//! Damage anywhere else, or with a valid record beyond the window, is
+//! corruption: the log is cut the same way before the damaged record, later
+//! segments are removed, and the damage (file and offset) is reported with
+//! the recovered log, which then claims to have acknowledged at least the
+//! index after its last entry. Damage to durable records inside the window
+//! looks like a torn write; the hard state's `acknowledged` index (the
+//! durable log's end at the latest hard-state save) tells the engine when
+//! such a cut removed entries this replica may have acknowledged. Either way
+//! the engine starts in repair and fetches the lost range from its peers
+//! (see `engine::Raft::repair_target`).
+
 //! # Replay
 //!
 //! Records are applied in segment-sequence order. A record whose first index is
@@ -55,7 +61,7 @@ pub(crate) struct RecordSpan {
 }
 
 /// The outcome of scanning one segment's bytes.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Scan {
     /// Verified records, in file order.
     pub records: Vec<RecordSpan>,
@@ -63,6 +69,9 @@ pub(crate) struct Scan {
     pub end: usize,
     /// Whether bytes after `end` are not zero and must be zeroed (a cut tail).
     pub torn: bool,
+    /// Damage that cannot be a torn write (see the module documentation):
+    /// the records up to `end` are good, and what lay after them is lost.
+    pub damage: Option<WalError>,
 }
 
 /// Scans a segment's bytes. `is_newest` selects the torn-tail rule (see the
@@ -96,7 +105,7 @@ pub(crate) fn scan(
             // Preallocated space: the records end here, and so must every
             // non-zero byte.
             match rest.iter().position(|&byte| byte != 0) {
-                None => return Ok(Scan { records, end: position, torn: false }),
+                None => return Ok(Scan { records, end: position, torn: false, damage: None }),
                 Some(at) => {
                     break (
                         "only zeros after the last record".to_string(),
@@ -121,18 +130,19 @@ pub(crate) fn scan(
         records.push(RecordSpan { offset: position, length });
         position += length;
     };
-    if !is_newest {
-        return Err(WalError::corrupt(path, position as u64, expected, found));
-    }
-    if let Some(valid) = find_valid_batch(buf, position.saturating_add(window).saturating_add(1), batch_limit) {
-        return Err(WalError::corrupt(
-            path,
-            position as u64,
-            expected,
-            format!("{found}, and a valid record at offset {valid}, beyond the {window}-byte torn-tail window"),
-        ));
-    }
-    Ok(Scan { records, end: position, torn: true })
+    let damage = if !is_newest {
+        Some(WalError::corrupt(path, position as u64, expected, found))
+    } else {
+        find_valid_batch(buf, position.saturating_add(window).saturating_add(1), batch_limit).map(|valid| {
+            WalError::corrupt(
+                path,
+                position as u64,
+                expected,
+                format!("{found}, and a valid record at offset {valid}, beyond the {window}-byte torn-tail window"),
+            )
+        })
+    };
+    Ok(Scan { records, end: position, torn: true, damage })
 }
 
 /// The first offset at or after `from` where a whole valid batch starts.
@@ -194,6 +204,8 @@ impl Replay {
 
 /// Everything open needs to resume writing.
 pub(crate) struct RecoveredLog {
+    /// Damage found below the log's tail (the log was cut before it).
+    pub damage: Option<WalError>,
     pub entries: Vec<Entry>,
     /// Live segments in sequence order; the last is where writing resumes.
     pub segments: Vec<SegmentMeta>,
@@ -237,6 +249,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     let mut replay = Replay { snapshot_index: snapshot.map_or(0, |stored| stored.meta.index), entries: Vec::new() };
     let mut tail_offset = 0;
     let mut previous_tail_offset = 0;
+    let mut damage = None;
     let segment_count = segments.len();
     for (position, segment) in segments.iter_mut().enumerate() {
         let is_newest = position + 1 == segment_count;
@@ -267,6 +280,20 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         }
         previous_tail_offset = tail_offset;
         tail_offset = scan.end as u64;
+        if scan.damage.is_some() {
+            damage = scan.damage.map(|error| (error, position));
+            break;
+        }
+    }
+    // Damage that is not a torn tail: the log keeps its good prefix, up to
+    // the damaged record, and the rest (later segments included) goes; the
+    // replica fetches it again from its peers. Refusing to start instead
+    // would need an operator to wipe the replica (issue 16).
+    if let Some((_, position)) = &damage {
+        for later in segments.drain(position + 1..) {
+            fs::remove_file(&later.path).map_err(|error| WalError::io("removing", &later.path, error))?;
+        }
+        sync_dir_blocking(dir)?;
     }
     // A segment without records (renamed into place, then a crash before its
     // first record) would name a first index the next append may not have.
@@ -280,6 +307,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         tail_offset = previous_tail_offset;
     }
     Ok(RecoveredLog {
+        damage: damage.map(|(error, _)| error),
         entries: replay.entries,
         segments,
         tail_offset,
@@ -355,7 +383,9 @@ mod tests {
         let raw = Bytes::from(raw);
         let scan_newest = scan(Path::new("s"), &raw, true, 4096, LIMIT).unwrap();
         assert_eq!((scan_newest.records.len(), scan_newest.end, scan_newest.torn), (1, first.len(), true));
-        let error = scan(Path::new("s"), &raw, false, 4096, LIMIT).unwrap_err();
+        let older = scan(Path::new("s"), &raw, false, 4096, LIMIT).unwrap();
+        assert_eq!((older.records.len(), older.end), (1, first.len()), "the good prefix is kept");
+        let error = older.damage.expect("damage in an older segment is never a torn write");
         assert!(matches!(error, WalError::Corrupt { offset, .. } if offset == first.len() as u64), "{error}");
     }
 
@@ -365,10 +395,11 @@ mod tests {
         let mut raw = segment(&records, 8000);
         raw[10] ^= 0x01;
         let raw = Bytes::from(raw);
-        let error = scan(Path::new("s"), &raw, true, 256, LIMIT).unwrap_err();
+        let error = scan(Path::new("s"), &raw, true, 256, LIMIT).unwrap().damage.expect("corruption");
         assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
         // With a window that covers every later record it is a torn tail.
-        assert!(scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap().torn);
+        let torn = scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap();
+        assert!(torn.torn && torn.damage.is_none());
     }
 
     /// Groups as the writer lays them: each from an aligned offset, padded
@@ -475,7 +506,7 @@ mod tests {
     }
 
     fn scan_error(raw: &[u8]) -> WalError {
-        scan(Path::new("s"), &Bytes::copy_from_slice(raw), false, 64, LIMIT).unwrap_err()
+        scan(Path::new("s"), &Bytes::copy_from_slice(raw), false, 64, LIMIT).unwrap().damage.expect("damage")
     }
 
     #[test]

@@ -77,20 +77,30 @@ pub(crate) struct Spare {
 /// `sequence`, and opens it for the log's writes.
 pub(crate) async fn create_spare(dir: PathBuf, sequence: u64, segment_bytes: u64) -> Result<Spare, WalError> {
     let path = dir.join(format!("{sequence:010}{PREALLOC_SUFFIX}"));
+    if let Err(error) = fill_spare(&dir, &path, segment_bytes).await {
+        // A spare that could not be filled (a full disk) must not keep the
+        // space it got: the active segment may still have room for the log.
+        let _ = std::fs::remove_file(&path);
+        return Err(error);
+    }
+    let (file, direct) = open_log_file(&path)?;
+    Ok(Spare { sequence, path, file, direct })
+}
+
+/// Creates, preallocates, zero-fills and syncs a spare segment file.
+async fn fill_spare(dir: &Path, path: &Path, segment_bytes: u64) -> Result<(), WalError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&path)
-        .map_err(|error| WalError::io("creating", &path, error))?;
+        .open(path)
+        .map_err(|error| WalError::io("creating", path, error))?;
     let file = tokio_uring::fs::File::from_std(file);
-    file.fallocate(0, segment_bytes, 0).await.map_err(|error| WalError::io("preallocating", &path, error))?;
-    write_zeros(&path, segment_bytes).await?;
-    file.sync_all().await.map_err(|error| WalError::io("syncing", &path, error))?;
-    file.close().await.map_err(|error| WalError::io("closing", &path, error))?;
-    crate::dir::sync_dir(&dir).await?;
-    let (file, direct) = open_log_file(&path)?;
-    Ok(Spare { sequence, path, file, direct })
+    file.fallocate(0, segment_bytes, 0).await.map_err(|error| WalError::io("preallocating", path, error))?;
+    write_zeros(path, segment_bytes).await?;
+    file.sync_all().await.map_err(|error| WalError::io("syncing", path, error))?;
+    file.close().await.map_err(|error| WalError::io("closing", path, error))?;
+    crate::dir::sync_dir(dir).await
 }
 
 /// Opens a segment for the log's writes: `O_DSYNC`, so every write is its

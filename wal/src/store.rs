@@ -97,5 +97,20 @@ pub trait LogStore: Sized {
     async fn compact(&self, index: Index) -> Result<(), WalError>;
 
     /// Waits for every submitted append to be durable and releases the store.
+    /// Damage that recovery found below the log's tail and cut the log
+    /// before, if any: the log holds only the good prefix, and the
+    /// [`Recovered`] it gave back claims the lost range as acknowledged, so
+    /// the engine repairs it from the peers.
+    fn recovery_damage(&self) -> Option<&WalError> {
+        None
+    }
+
+    /// Whether the disk is full: appends are kept queued (up to the queue's
+    /// bound) and become durable once space is freed, so the caller should
+    /// refuse new writes meanwhile rather than fill the queue.
+    fn no_space(&self) -> bool {
+        false
+    }
+
     async fn close(self) -> Result<(), WalError>;
 }

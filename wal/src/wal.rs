@@ -28,6 +28,9 @@ pub struct Wal {
     /// Serializes snapshot, compaction and close with each other.
     exclusive: Mutex<()>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// Damage below the tail that recovery cut the log before (the replica
+    /// repairs from its peers), for the node to report.
+    damage: Option<Box<WalError>>,
     /// Holds the directory's `flock` for as long as the log is open.
     _lock: std::fs::File,
 }
@@ -52,7 +55,9 @@ impl Wal {
     async fn write_hard_state(&self, hard_state: HardState, sync: bool) -> Result<(), WalError> {
         let mut writer = self.hard_state.lock().await;
         Self::check_usable(&self.shared.state.borrow())?;
-        let result = writer.save(hard_state, sync).await;
+        // Everything durable now may be acknowledged once this returns.
+        let acknowledged = self.shared.state.borrow().durable.index;
+        let result = writer.save(hard_state, acknowledged, sync).await;
         if let Err(error) = &result {
             self.shared.fail(error.clone());
         }
@@ -141,14 +146,14 @@ impl LogStore for Wal {
                 .map(|suffix| dir::list_with_suffix(&config.dir, suffix).map(|paths| paths.len()))
                 .sum::<Result<usize, WalError>>()?;
             let hard_state_saved = config.dir.join(HARD_STATE_FILE).exists()
-                && hard_state::load(&config.dir).map_or(true, |(saved, _, _)| saved != HardState::default());
+                && hard_state::load(&config.dir).map_or(true, |(saved, _, _, _)| saved != HardState::default());
             if log_files > 0 || hard_state_saved {
                 return Err(WalError::MissingIdentity { path: config.dir.clone() });
             }
             hard_state::initialize(&config.dir)?;
             dir::write_identity(&config.dir, config.cluster_id, config.node_id)?;
         }
-        let (hard_state, hard_state_sequence, hard_state_slot) = hard_state::load(&config.dir)?;
+        let (hard_state, acknowledged, hard_state_sequence, hard_state_slot) = hard_state::load(&config.dir)?;
         let stored = snapshot::load_blocking(&config.dir)?.map(|(stored, _)| stored);
         let recovered = recovery::recover(&config, stored.as_ref())?;
 
@@ -156,6 +161,10 @@ impl LogStore for Wal {
         for entry in &recovered.entries {
             log.append_entry(entry.index, entry.term);
         }
+        // Damage below the tail lost at least the entry after the good
+        // prefix, which this replica may have acknowledged.
+        let damage_floor = if recovered.damage.is_some() { log.last_index + 1 } else { 0 };
+        let damage = recovered.damage.clone().map(Box::new);
         let mut stats = WalStats::default();
         let active = match recovered.segments.last() {
             Some(last) => {
@@ -182,11 +191,14 @@ impl LogStore for Wal {
             write_limit: None,
             sequence_next: recovered.sequence_next + 1,
             failed: None,
+            no_space: None,
             closing: false,
             stats,
             buffers: Vec::new(),
         };
-        let hard_state_writer = HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot)?;
+        let acknowledged = acknowledged.max(damage_floor);
+        let hard_state_writer =
+            HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot, acknowledged)?;
         // Preallocate the next segment now, ahead of need.
         let spare = tokio_uring::spawn(segment::create_spare(
             config.dir.clone(),
@@ -201,10 +213,15 @@ impl LogStore for Wal {
             hard_state: Mutex::new(hard_state_writer),
             exclusive: Mutex::new(()),
             tasks: RefCell::new(tasks),
+            damage,
             _lock: lock,
         };
-        let recovered =
-            Recovered { hard_state, snapshot: stored.map(|stored| stored.meta), entries: recovered.entries };
+        let recovered = Recovered {
+            hard_state,
+            snapshot: stored.map(|stored| stored.meta),
+            entries: recovered.entries,
+            acknowledged,
+        };
         Ok((wal, recovered))
     }
 
@@ -339,6 +356,14 @@ impl LogStore for Wal {
             self.shared.fail(error.clone());
         }
         result
+    }
+
+    fn no_space(&self) -> bool {
+        self.shared.state.borrow().no_space.is_some()
+    }
+
+    fn recovery_damage(&self) -> Option<&WalError> {
+        self.damage.as_deref()
     }
 
     async fn close(self) -> Result<(), WalError> {

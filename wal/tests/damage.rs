@@ -30,10 +30,16 @@ fn config(dir: &Path) -> WalConfig {
 }
 
 fn open(dir: &Path) -> Result<Recovered, WalError> {
+    open_reporting(dir).map(|(recovered, _)| recovered)
+}
+
+/// Opens and closes the log; also returns the damage recovery reported.
+fn open_reporting(dir: &Path) -> Result<(Recovered, Option<WalError>), WalError> {
     tokio_uring::start(async {
         let (wal, recovered) = Wal::open(config(dir)).await?;
+        let damage = wal.recovery_damage().cloned();
         wal.close().await?;
-        Ok(recovered)
+        Ok((recovered, damage))
     })
 }
 
@@ -156,42 +162,101 @@ fn garbage_in_preallocated_space_after_the_tail_is_cut() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Issue 16: a flipped bit in an older segment is corruption, not a torn
+/// write. The log is cut before the damaged record (later segments go), the
+/// damage is reported with file and offset, and the recovered log claims at
+/// least what the hard state's last save saw durable, so the engine starts
+/// in repair instead of the node refusing to start.
 #[test]
-fn bit_flip_in_an_older_segment_is_refused_with_file_and_offset() {
+fn bit_flip_in_an_older_segment_cuts_the_log_before_it_and_reports_it() {
     let dir = scratch("flip-old");
-    build(&dir, 300);
+    let expected = build(&dir, 300);
     let first = segments(&dir)[0].clone();
     let raw = std::fs::read(&first).unwrap();
     let offsets = record_offsets(&raw);
-    let record = offsets[offsets.len() / 2];
-    flip(&first, record + 50);
-    match open(&dir) {
-        Err(WalError::Corrupt { file, offset, .. }) => {
-            assert_eq!((file, offset), (first, record as u64));
+    let damaged = offsets.len() / 2;
+    flip(&first, offsets[damaged] + 50);
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    match damage {
+        Some(WalError::Corrupt { file, offset, .. }) => {
+            assert_eq!((file, offset), (first.clone(), offsets[damaged] as u64))
         }
-        other => panic!("expected corruption, got {other:?}"),
+        other => panic!("expected reported corruption, got {other:?}"),
     }
+    assert_eq!(shape(&recovered.entries), expected[..damaged * 3], "the good prefix survives");
+    assert_eq!(recovered.acknowledged, expected.len() as u64, "the last hard-state save saw the whole log durable");
+    assert_eq!(segments(&dir), vec![first.clone()], "segments after the damage are gone");
+    // The cut is durable: the next open finds a clean log that still lacks
+    // what this replica acknowledged, and the log goes on from the cut.
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    assert!(damage.is_none(), "{damage:?}");
+    assert_eq!((recovered.entries.len(), recovered.acknowledged), (damaged * 3, expected.len() as u64));
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let ticket = wal.append(batch(damaged as u64 * 3 + 1, &[7])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        // A save while still short of what it acknowledged keeps the claim.
+        wal.save_hard_state(HardState { term: 7, vote: 0, commit: 0 }).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let recovered = open(&dir).unwrap();
+    assert_eq!(recovered.entries.len(), damaged * 3 + 1);
+    assert_eq!(recovered.acknowledged, expected.len() as u64, "a replica in repair never forgets what it lacks");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Issue 16: damage far before the newest segment's tail (valid records
+/// beyond the torn-tail window) is corruption: cut and reported, not refused.
 #[test]
-fn bit_flip_far_before_the_newest_tail_is_refused() {
+fn bit_flip_far_before_the_newest_tail_cuts_the_log_and_reports_it() {
     let dir = scratch("flip-newest");
     // 90 groups of 4 KiB: one segment, far more than the 10 KiB window.
-    build(&dir, 90);
+    let expected = build(&dir, 90);
     let newest = segments(&dir).pop().unwrap();
     let raw = std::fs::read(&newest).unwrap();
     let offsets = record_offsets(&raw);
     let end = *offsets.last().unwrap();
     assert!(end > 20 << 10, "the newest segment holds more than twice the 10 KiB window: {end}");
     flip(&newest, offsets[1] + 45);
-    match open(&dir) {
-        Err(error @ WalError::Corrupt { .. }) => {
-            let text = error.to_string();
-            assert!(text.contains(&newest.display().to_string()) && text.contains("torn-tail window"), "{text}");
-        }
-        other => panic!("expected corruption, got {other:?}"),
-    }
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    let text = damage.expect("corruption is reported").to_string();
+    assert!(text.contains(&newest.display().to_string()) && text.contains("torn-tail window"), "{text}");
+    assert_eq!(shape(&recovered.entries), expected[..3]);
+    assert_eq!(recovered.acknowledged, expected.len() as u64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 16: a torn-looking tail is a torn write only when it holds nothing
+/// this replica may have acknowledged. The hard state's `acknowledged`
+/// (the durable end of the log at its last save) tells the two apart.
+#[test]
+fn a_cut_tail_below_the_acknowledged_index_is_reported_as_lost() {
+    let dir = scratch("torn-acked");
+    let expected = build(&dir, 100);
+    let last = expected.len() as u64;
+    // One more record, durable, but no hard-state save after it.
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let ticket = wal.append(batch(last + 1, &[3, 3])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let tear_last_record = |dir: &Path| {
+        let newest = segments(dir).pop().unwrap();
+        let mut raw = std::fs::read(&newest).unwrap();
+        let offsets = record_offsets(&raw);
+        let (start, end) = (offsets[offsets.len() - 2], offsets[offsets.len() - 1]);
+        raw[(start + end) / 2..end].fill(0);
+        std::fs::write(&newest, &raw).unwrap();
+    };
+    tear_last_record(&dir);
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    assert!(damage.is_none(), "a torn tail is not reported: {damage:?}");
+    assert_eq!((recovered.entries.len() as u64, recovered.acknowledged), (last, last), "nothing acknowledged lost");
+    tear_last_record(&dir);
+    let (recovered, _) = open_reporting(&dir).unwrap();
+    assert_eq!(recovered.entries.len() as u64, last - 3);
+    assert_eq!(recovered.acknowledged, last, "the same cut now lost entries the hard state saw durable");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -279,6 +279,10 @@ impl Raft {
     fn install_snapshot(&mut self, meta: SnapshotMeta, size: u64) {
         let index = meta.index;
         self.log.restore(index, meta.term);
+        // The leader's snapshot is verified state up to its index.
+        if self.repair.is_some_and(|target| target <= index) {
+            self.repair = None;
+        }
         // Batches not yet handed to the shell that the snapshot covers are
         // dropped; a batch straddling it keeps only the entries after it.
         let batches = std::mem::take(&mut self.unstable_batches);

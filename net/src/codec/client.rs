@@ -211,7 +211,9 @@ pub(crate) fn encode_response_body(response: &ClientResponse, out: &mut BytesMut
             out.put_slice(reason.as_bytes());
             Bytes::new()
         }
-        ResponseStatus::Busy | ResponseStatus::TimedOut | ResponseStatus::SessionExpired => Bytes::new(),
+        ResponseStatus::Busy | ResponseStatus::TimedOut | ResponseStatus::SessionExpired | ResponseStatus::NoSpace => {
+            Bytes::new()
+        }
     }
 }
 
@@ -238,6 +240,7 @@ pub(crate) fn decode_response(body: &Bytes) -> Result<ClientResponse, DecodeErro
         5 => ResponseStatus::BadRequest(reader.rest_utf8("reason")?),
         6 => ResponseStatus::Forbidden(reader.rest_utf8("reason")?),
         7 => ResponseStatus::SessionFull(reader.rest_utf8("reason")?),
+        8 => ResponseStatus::NoSpace,
         _ => return Err(reader.bad("status", "unknown response status")),
     };
     reader.finish()?;

@@ -54,7 +54,8 @@ struct AppendResponseBody {
     hint_index: U64,
     hint_term: U64,
     reject: u8,
-    reserved: [u8; 7],
+    missing: u8,
+    reserved: [u8; 6],
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -186,7 +187,8 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
                 hint_index: U64::new(response.hint_index),
                 hint_term: U64::new(response.hint_term),
                 reject: u8::from(response.reject),
-                reserved: [0; 7],
+                missing: u8::from(response.missing),
+                reserved: [0; 6],
             };
             out.put_slice(body.as_bytes());
             Bytes::new()
@@ -313,6 +315,7 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
                 reject: reader.flag(fixed.reject, "reject")?,
                 hint_index: fixed.hint_index.get(),
                 hint_term: fixed.hint_term.get(),
+                missing: reader.flag(fixed.missing, "missing")?,
             })
         }
         FrameKind::Heartbeat => {

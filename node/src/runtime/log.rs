@@ -111,6 +111,14 @@ impl LogStore for NodeLog {
         delegate!(self, log => log.compact(index).await)
     }
 
+    fn no_space(&self) -> bool {
+        delegate!(self, log => log.no_space())
+    }
+
+    fn recovery_damage(&self) -> Option<&WalError> {
+        delegate!(self, log => log.recovery_damage())
+    }
+
     async fn close(self) -> Result<(), WalError> {
         delegate!(self, log => log.close().await)
     }

@@ -67,6 +67,10 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
         self.log.durable_sequence()
     }
 
+    fn no_space(&self) -> bool {
+        self.log.no_space()
+    }
+
     async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
         self.log.save_hard_state(hard_state).await
     }

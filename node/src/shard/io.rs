@@ -40,6 +40,12 @@ pub trait ShardStorage {
     /// The sequence of the last durable append (0 before any).
     fn durable_sequence(&self) -> u64;
 
+    /// Whether the disk is full (see `wal::LogStore::no_space`): new writes
+    /// are refused with `NoSpace` until it is not.
+    fn no_space(&self) -> bool {
+        false
+    }
+
     /// Durably replaces the hard state; resolves once it is synced.
     async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError>;
 

@@ -190,6 +190,14 @@ where
             commit = raft.committed(),
             "shard recovered"
         );
+        if let Some(target) = raft.repair_target() {
+            tracing::warn!(
+                shard,
+                last_index = raft.last_index(),
+                acknowledged = target,
+                "the log lacks entries this replica may have acknowledged: it votes again once a leader resent them"
+            );
+        }
         let now = clock.now();
         Ok(Shard {
             ctx,
@@ -238,6 +246,10 @@ where
             self.storage.save_commit(hard_state);
         }
         self.advance_log_clock(now);
+        if self.stats.disk_full && !self.storage.no_space() {
+            tracing::warn!(shard = self.ctx.shard_id, "disk space available again: writes resume");
+            self.stats.disk_full = false;
+        }
         self.balance_leadership(now);
     }
 

@@ -198,6 +198,10 @@ where
             self.transport.reply(reply, ResponseStatus::Busy);
             return;
         }
+        if leader && self.refuse_for_no_space() {
+            self.transport.reply(reply, ResponseStatus::NoSpace);
+            return;
+        }
         let nonce = self.requests.nonce_next;
         self.requests.nonce_next = nonce.wrapping_add(1);
         let data = NodeCommand::OpenSession { proposer: self.ctx.node_id, nonce }.encode();
@@ -251,6 +255,10 @@ where
             && self.raft.leader() != engine::NODE_NONE
         {
             return self.forward(data, session, reply, arrived);
+        }
+        if self.raft.role() == Role::Leader && self.refuse_for_no_space() {
+            self.transport.reply(reply, ResponseStatus::NoSpace);
+            return;
         }
         match self.raft.propose(data) {
             Ok((index, term)) => {
@@ -558,6 +566,24 @@ where
         }
     }
 
+    /// Whether a new write must be refused because the disk is full; counts
+    /// the refusal and logs the first of each episode (the tick logs its
+    /// end). Reads go on: they need no disk.
+    fn refuse_for_no_space(&mut self) -> bool {
+        if !self.storage.no_space() {
+            return false;
+        }
+        if !self.stats.disk_full {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                "disk full: writes are refused with NoSpace until space is freed"
+            );
+            self.stats.disk_full = true;
+        }
+        self.stats.no_space += 1;
+        true
+    }
+
     pub(super) fn status_json(&self) -> serde_json::Value {
         let status = self.raft.status();
         json!({
@@ -573,6 +599,10 @@ where
             "first_index": status.first_index,
             "last_index": status.last_index,
             "persisted": status.persisted,
+            // While the replica refetches entries its storage lost: the index
+            // it must reach before it votes again (null when whole).
+            "repair_target": status.repair_target,
+            "disk_full": self.storage.no_space(),
             "snapshot_index": self.raft.snapshot().index,
             "voters": status.conf.voters,
             "voters_outgoing": status.conf.voters_outgoing,

@@ -427,7 +427,10 @@ impl SimClient {
                     self.describe()
                 )
             }
-            ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
+            ResponseStatus::NotLeader { .. }
+            | ResponseStatus::Busy
+            | ResponseStatus::TimedOut
+            | ResponseStatus::NoSpace => {
                 if latest {
                     current.resend_at = Some(now + RETRY_BACKOFF);
                     view.note_leader(&status);
@@ -488,7 +491,10 @@ impl SimClient {
                     opening.resend_at = Some(now + 10 * RETRY_BACKOFF);
                 }
             }
-            ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
+            ResponseStatus::NotLeader { .. }
+            | ResponseStatus::Busy
+            | ResponseStatus::TimedOut
+            | ResponseStatus::NoSpace => {
                 if latest {
                     opening.resend_at = Some(now + RETRY_BACKOFF);
                     view.note_leader(&status);
