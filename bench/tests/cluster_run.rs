@@ -23,9 +23,25 @@ fn node_binary(bench: &std::path::Path) -> Option<PathBuf> {
 
 fn run_bench(bench: &std::path::Path, cluster: &LocalCluster, out: &std::path::Path, extra: &[&str]) -> ResultFile {
     let addrs = cluster.client_addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    // A TLS cluster's client certificate, or the shared token.
+    let auth: Vec<String> = match cluster.client_tls() {
+        Some(tls) => {
+            let path = |path: Option<&PathBuf>| path.expect("a client certificate").display().to_string();
+            vec![
+                "--tls-ca".into(),
+                tls.node_ca.display().to_string(),
+                "--tls-cert".into(),
+                path(tls.certificate.as_ref()),
+                "--tls-key".into(),
+                path(tls.private_key.as_ref()),
+            ]
+        }
+        None => vec!["--token".into(), LOCAL_TOKEN.into()],
+    };
     let output = Command::new(bench)
-        .args(["run", "--addr", &addrs, "--token", LOCAL_TOKEN, "--quiet", "--out"])
+        .args(["run", "--addr", &addrs, "--quiet", "--out"])
         .arg(out)
+        .args(&auth)
         .args(["--duration", "1s", "--warmup", "500ms", "--value-size", "64", "--keys", "1000"])
         .args(extra)
         .env_remove("NODE_TOKEN_FILE")
@@ -38,25 +54,31 @@ fn run_bench(bench: &std::path::Path, cluster: &LocalCluster, out: &std::path::P
     ResultFile::load(out).expect("a readable result file")
 }
 
-#[test]
-fn bench_run_against_a_local_three_node_cluster() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
-    let Some(node) = node_binary(&bench) else {
+/// A three-node cluster of the node binary, or `None` after saying why the
+/// test skips.
+fn three_nodes(bench: &std::path::Path, tls: bool) -> Option<ClusterSpec> {
+    let Some(node) = node_binary(bench) else {
         eprintln!(
             "SKIPPED: no node binary next to {} (build it with `cargo build -p node`, or set BENCH_NODE_BIN)",
             bench.display()
         );
-        return;
+        return None;
     };
-    let spec = ClusterSpec {
+    Some(ClusterSpec {
         node_binary: node,
         nodes: 3,
         shards: 1,
         extra_args: Vec::new(),
         log_level: "warn".into(),
         keep: false,
-        tls: false,
-    };
+        tls,
+    })
+}
+
+#[test]
+fn bench_run_against_a_local_three_node_cluster() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(spec) = three_nodes(&bench, false) else { return };
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     if let Err(error) = cluster.wait_ready(Duration::from_secs(20)) {
         eprintln!("SKIPPED: the node binary does not serve a three-node cluster yet: {error}");
@@ -135,19 +157,27 @@ fn a_four_shard_cluster_becomes_ready() {
         }
     }
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
-    let Some(node) = node_binary(&bench) else {
-        eprintln!("SKIPPED: no node binary next to {} (cargo build -p node, or BENCH_NODE_BIN)", bench.display());
-        return;
-    };
-    let spec = ClusterSpec {
-        node_binary: node,
-        nodes: 3,
-        shards: 4,
-        extra_args: Vec::new(),
-        log_level: "warn".into(),
-        keep: false,
-        tls: false,
-    };
+    let Some(mut spec) = three_nodes(&bench, false) else { return };
+    spec.shards = 4;
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     cluster.wait_ready(Duration::from_secs(30)).expect("every shard commits a write");
+}
+
+/// `bench run` against a cluster with mutual TLS between its nodes,
+/// authenticating with a client certificate (what `bench sweep --tls on`
+/// measures).
+#[test]
+fn bench_run_against_a_tls_cluster() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(spec) = three_nodes(&bench, true) else { return };
+    let mut cluster = LocalCluster::start(spec).expect("start the node processes");
+    cluster.wait_ready(Duration::from_secs(20)).expect("the TLS cluster serves");
+    assert!(cluster.client_tls().is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let result = run_bench(&bench, &cluster, &dir.path().join("tls.json"), &["--inflight", "8", "--no-floor"]);
+    let writes = &result.operations["write"];
+    assert!(writes.count > 0, "no writes over TLS");
+    let errors: u64 = result.errors.values().sum();
+    assert_eq!(errors, 0, "{:?} {:?}", result.errors, result.error_examples);
+    assert_eq!(result.cluster.as_ref().and_then(|status| status.as_object().map(|nodes| nodes.len())), Some(3));
 }
