@@ -68,6 +68,13 @@ pub struct ServeOptions {
     #[arg(long, value_name = "IP:PORT")]
     pub client_addr: Option<String>,
 
+    /// Address for the Redis front door (RESP2/RESP3: `redis-cli`,
+    /// `redis-benchmark`, Redis client libraries), as IP:PORT. Clients
+    /// authenticate with `AUTH <token>`. It turns on --forward-writes, so
+    /// that a follower takes writes too. [default: none]
+    #[arg(long, value_name = "IP:PORT")]
+    pub resp_addr: Option<String>,
+
     /// The cluster's members as a static list `ID=HOST:PORT,...` of peer
     /// addresses, this node included. Host names are resolved at start.
     /// Give this or --discovery-dns.
@@ -403,4 +410,8 @@ pub struct DevArgs {
     /// Followers forward session writes to the leader, as for `serve`.
     #[arg(long)]
     pub forward_writes: bool,
+    /// Open no Redis front door (by default node N serves RESP on BASE_PORT
+    /// + 100 + N - 1: node 1 on 7200).
+    #[arg(long)]
+    pub no_resp: bool,
 }

@@ -29,6 +29,7 @@ pub mod client_cmd;
 pub mod dev;
 pub mod embed;
 pub mod replicated;
+pub mod resp;
 pub mod runtime;
 pub mod shard;
 pub mod stats;

@@ -174,6 +174,8 @@ struct NodeSetup<F> {
     make_app: F,
     /// The cores' queues of requests from outside them.
     forward: Vec<mpsc::Sender<Forwarded>>,
+    /// How the front doors on core 0 reach every shard.
+    handle: NodeHandle,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -229,6 +231,7 @@ where
         security,
         make_app,
         forward,
+        handle: handle.clone(),
         shutdown: shutdown.clone(),
     });
     let mut threads = Vec::new();
@@ -262,6 +265,9 @@ fn check_ports(config: &ServeConfig, cores: usize) -> Result<(), ServeError> {
             })?;
             probe_port(addr)?;
         }
+    }
+    if let Some(addr) = config.resp_addr {
+        probe_port(addr)?;
     }
     Ok(())
 }
@@ -378,6 +384,17 @@ where
         inboxes.insert(shard_id, sender);
         tasks.push(open_shard(&setup, offset, shard_id, peers.clone(), receiver).await?);
     }
+    if core == 0 && matches!(setup.network, Network::Tcp) {
+        if let Some(addr) = config.resp_addr {
+            let resp = crate::resp::RespConfig {
+                addr,
+                token: config.token.0.clone(),
+                command_bytes_max: command_bytes_max(config),
+            };
+            crate::resp::spawn(resp, setup.handle.clone())
+                .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+        }
+    }
     tracing::info!(core, shards = ?inboxes.keys().collect::<Vec<_>>(), "core serving");
     dispatch(&setup, &mut inbound, &mut forwarded, from_hub.as_mut(), &inboxes).await;
     for listener in &listeners {
@@ -424,6 +441,12 @@ fn listen(
     Ok(listeners)
 }
 
+/// The largest write command a shard accepts: what fits one replication
+/// batch with room for the entry and session envelopes.
+fn command_bytes_max(config: &ServeConfig) -> usize {
+    config.limits.batch_bytes_max.saturating_sub(4096).max(1024)
+}
+
 /// Opens shard `shard_id`'s log, rebuilds its driver, and spawns it.
 async fn open_shard<S, F>(
     setup: &NodeSetup<F>,
@@ -464,7 +487,7 @@ where
         client_addr: config.client_addr,
         read_consistency_default: config.read_consistency,
         forward_writes: config.forward_writes,
-        command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
+        command_bytes_max: command_bytes_max(config),
         balance_leaders: config.shards > 1,
         nonce_salt: rand::random(),
     };
