@@ -75,6 +75,12 @@ pub struct ServeOptions {
     #[arg(long, value_name = "IP:PORT")]
     pub resp_addr: Option<String>,
 
+    /// Address for the Prometheus endpoint (HTTP: `/metrics`, `/livez`,
+    /// `/readyz`), as IP:PORT. It needs no token: bind it where only your
+    /// monitoring reaches. [default: none]
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// The cluster's members as a static list `ID=HOST:PORT,...` of peer
     /// addresses, this node included. Host names are resolved at start.
     /// Give this or --discovery-dns.
@@ -414,4 +420,8 @@ pub struct DevArgs {
     /// + 100 + N - 1: node 1 on 7200).
     #[arg(long)]
     pub no_resp: bool,
+    /// Open no Prometheus endpoint (by default node N serves metrics on
+    /// BASE_PORT + 200 + N - 1: node 1 on 7300).
+    #[arg(long)]
+    pub no_metrics: bool,
 }

@@ -138,6 +138,8 @@ pub struct ServeConfig {
     pub client_addr: SocketAddr,
     /// The Redis front door's address ([`crate::resp`]), if it has one.
     pub resp_addr: Option<SocketAddr>,
+    /// The Prometheus endpoint's address ([`crate::metrics`]), if it has one.
+    pub metrics_addr: Option<SocketAddr>,
     /// Where the members' peer addresses come from; resolve with
     /// [`crate::discovery::discover`], then check with
     /// [`crate::discovery::check_members`].
@@ -240,6 +242,8 @@ pub struct DevConfig {
     pub forward_writes: bool,
     /// Each node opens a Redis front door ([`DevConfig::resp_port`]).
     pub resp: bool,
+    /// Each node opens a Prometheus endpoint ([`DevConfig::metrics_port`]).
+    pub metrics: bool,
 }
 
 /// The token every `node dev` cluster uses: it only listens on loopback.
@@ -257,6 +261,11 @@ impl DevConfig {
         self.resp.then(|| (u32::from(self.base_port) + 100 + id as u32 - 1) as u16)
     }
 
+    /// Node `id`'s Prometheus endpoint port: `base_port + 200 + id - 1`.
+    pub fn metrics_port(&self, id: NodeId) -> Option<u16> {
+        self.metrics.then(|| (u32::from(self.base_port) + 200 + id as u32 - 1) as u16)
+    }
+
     /// The `serve` configuration of each node, with data directories
     /// `root/node-N`.
     pub fn serve_configs(&self, root: &Path) -> Vec<ServeConfig> {
@@ -272,6 +281,7 @@ impl DevConfig {
                     peer_addr: SocketAddr::from(([127, 0, 0, 1], peer)),
                     client_addr: SocketAddr::from(([127, 0, 0, 1], client)),
                     resp_addr: self.resp_port(id).map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+                    metrics_addr: self.metrics_port(id).map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
                     peers: PeerSource::Static(members.clone()),
                     data_dir: root.join(format!("node-{id}")),
                     shards: self.shards,
@@ -357,6 +367,7 @@ impl ServeOptions {
             peer_addr,
             client_addr,
             resp_addr,
+            metrics_addr,
             peers,
             discovery_dns,
             discovery_port,
@@ -430,6 +441,17 @@ impl ServeConfig {
                 reason: "it is also the --peer-addr or --client-addr".into(),
             });
         }
+        let metrics_addr =
+            options.metrics_addr.as_deref().map(|addr| socket_addr("metrics-addr", Some(addr))).transpose()?;
+        if let Some(addr) =
+            metrics_addr.filter(|addr| [Some(peer_addr), Some(client_addr), resp_addr].contains(&Some(*addr)))
+        {
+            return Err(ConfigError::BadAddress {
+                option: "metrics-addr",
+                value: addr.to_string(),
+                reason: "it is also the --peer-addr, --client-addr or --resp-addr".into(),
+            });
+        }
         let peers = peer_source(node_id, &options)?;
         let timing = timing(&options)?;
         let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
@@ -475,6 +497,7 @@ impl ServeConfig {
             peer_addr,
             client_addr,
             resp_addr,
+            metrics_addr,
             peers,
             data_dir,
             shards,
@@ -778,7 +801,7 @@ impl DevConfig {
                 reason: "a dev cluster has 1, 3, 5, 7 or 9 nodes",
             });
         }
-        let last_port = u32::from(args.base_port) + 100 + args.nodes - 1;
+        let last_port = u32::from(args.base_port) + 200 + args.nodes - 1;
         if args.base_port < 1024 || last_port > u32::from(u16::MAX) {
             return Err(ConfigError::OutOfRange {
                 option: "base-port",
@@ -806,6 +829,7 @@ impl DevConfig {
             log_level: args.log_level,
             forward_writes: args.forward_writes,
             resp: !args.no_resp,
+            metrics: !args.no_metrics,
         })
     }
 }

@@ -249,6 +249,7 @@ impl ServeConfig {
             peer_addr,
             client_addr,
             resp_addr: None,
+            metrics_addr: None,
             peers: PeerSource::Static(peers),
             data_dir: std::env::temp_dir(),
             shards: 1,

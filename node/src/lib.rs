@@ -19,6 +19,8 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod kv;
+pub mod local;
+pub mod metrics;
 pub mod session;
 pub mod testing;
 

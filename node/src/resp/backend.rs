@@ -20,7 +20,7 @@ use net::session::{OpenedSession, Session};
 use net::{ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
 
 use crate::kv::KvResponse;
-use crate::runtime::NodeHandle;
+use crate::local::NodeHandle;
 
 /// Sessions the front door keeps per shard, at most. A session's window
 /// (1,024 writes by default) bounds the writes it has in flight; four hold

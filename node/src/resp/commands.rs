@@ -132,6 +132,15 @@ pub fn plan(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
             return Classified::Now(reply);
         }
     }
+    match name {
+        "get" | "strlen" | "mget" | "exists" | "dbsize" => plan_read(backend, name, args),
+        "mset" => plan_mset(backend, args),
+        "incr" | "decr" | "incrby" | "decrby" => plan_increment(backend, name, args),
+        _ => plan_write(backend, name, args),
+    }
+}
+
+fn plan_read(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
     let key = || args[1].clone();
     match name {
         "get" => read_one(backend, key(), |response| match response {
@@ -169,6 +178,13 @@ pub fn plan(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
                 Reply::Integer(total)
             })
         }
+        other => unreachable!("{other} is not a read"),
+    }
+}
+
+fn plan_write(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
+    let key = || args[1].clone();
+    match name {
         "set" => plan_set(backend, args),
         "setnx" => {
             let op = KvOp::Set { key: key(), value: args[2].clone(), condition: SetCondition::IfAbsent, get: false };
@@ -189,36 +205,6 @@ pub fn plan(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
             });
             sum_integers(writes)
         }
-        "mset" => {
-            if args.len().is_multiple_of(2) {
-                return Classified::Now(wrong_arity("mset"));
-            }
-            let puts: Vec<_> =
-                args[1..].chunks(2).map(|pair| KvOp::Put { key: pair[0].clone(), value: pair[1].clone() }).collect();
-            if let Some(reply) = puts.iter().find_map(check_value) {
-                return Classified::Now(reply);
-            }
-            let writes = write_many(backend, puts, |response| match response {
-                KvResponse::Written => Reply::ok(),
-                other => unexpected(other),
-            });
-            all_ok(writes)
-        }
-        "incr" | "decr" | "incrby" | "decrby" => {
-            let delta = match name {
-                "incr" => 1,
-                "decr" => -1,
-                _ => match parse_integer(&args[2]) {
-                    Some(delta) if name == "incrby" => delta,
-                    Some(delta) => match delta.checked_neg() {
-                        Some(delta) => delta,
-                        None => return Classified::Now(Reply::error("ERR decrement would overflow")),
-                    },
-                    None => return Classified::Now(not_an_integer()),
-                },
-            };
-            write_one(backend, KvOp::Increment { key: key(), delta }, integer_answer)
-        }
         "append" => {
             let op = KvOp::Append { key: key(), value: args[2].clone() };
             if let Some(reply) = check_value(&op) {
@@ -228,6 +214,49 @@ pub fn plan(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
         }
         other => unreachable!("{other} is not a keyed command"),
     }
+}
+
+/// `MSET`: one put per key, concurrently. A key given twice is written
+/// once, with its last value (what Redis leaves): the puts race otherwise.
+fn plan_mset(backend: &Rc<Backend>, args: &[Bytes]) -> Classified {
+    if args.len().is_multiple_of(2) {
+        return Classified::Now(wrong_arity("mset"));
+    }
+    let mut last_of_key = std::collections::HashMap::new();
+    for (position, pair) in args[1..].chunks(2).enumerate() {
+        last_of_key.insert(&pair[0], position);
+    }
+    let puts: Vec<_> = args[1..]
+        .chunks(2)
+        .enumerate()
+        .filter(|(position, pair)| last_of_key[&pair[0]] == *position)
+        .map(|(_, pair)| KvOp::Put { key: pair[0].clone(), value: pair[1].clone() })
+        .collect();
+    if let Some(reply) = puts.iter().find_map(check_value) {
+        return Classified::Now(reply);
+    }
+    let writes = write_many(backend, puts, |response| match response {
+        KvResponse::Written => Reply::ok(),
+        other => unexpected(other),
+    });
+    all_ok(writes)
+}
+
+/// `INCR`, `DECR`, `INCRBY`, `DECRBY`: one `Increment` op.
+fn plan_increment(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
+    let delta = match name {
+        "incr" => 1,
+        "decr" => -1,
+        _ => match parse_integer(&args[2]) {
+            Some(delta) if name == "incrby" => delta,
+            Some(delta) => match delta.checked_neg() {
+                Some(delta) => delta,
+                None => return Classified::Now(Reply::error("ERR decrement would overflow")),
+            },
+            None => return Classified::Now(not_an_integer()),
+        },
+    };
+    write_one(backend, KvOp::Increment { key: args[1].clone(), delta }, integer_answer)
 }
 
 /// The keys a keyed command names.

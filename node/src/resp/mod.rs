@@ -4,7 +4,7 @@
 //!
 //! It runs on core 0's io_uring runtime, one task per connection, and
 //! reaches every shard through the node's in-process request path
-//! ([`crate::runtime::NodeHandle`], what a request that arrived at the wrong
+//! ([`crate::local::NodeHandle`], what a request that arrived at the wrong
 //! core takes): no extra network hop, and the shards stay on their cores.
 //! The codec is `net::resp`. Commands are in [`commands`]; how writes go
 //! through exactly-once sessions is in [`backend`].
@@ -45,7 +45,7 @@ use futures_util::future::join_all;
 use net::resp::{Command, CommandParser, Reply, RespLimits, Version};
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::runtime::NodeHandle;
+use crate::local::NodeHandle;
 use backend::Backend;
 use commands::{Access, Classified, Planned, ReplyFuture};
 
@@ -72,12 +72,25 @@ pub struct RespConfig {
     pub command_bytes_max: usize,
 }
 
+/// The front door's figures for the metrics endpoint (same core).
+#[derive(Clone, Default)]
+pub struct RespStats {
+    connections: Rc<Cell<usize>>,
+}
+
+impl RespStats {
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.get()
+    }
+}
+
 /// The front door's shared state, on one core.
 struct Server {
     config: RespConfig,
     backend: Rc<Backend>,
     limits: RespLimits,
-    connections: Cell<usize>,
+    connections: Rc<Cell<usize>>,
     connections_total: Cell<u64>,
     next_client_id: Cell<u64>,
     started: Instant,
@@ -86,23 +99,24 @@ struct Server {
 /// Binds the listener and spawns the accept loop on the current tokio-uring
 /// runtime. The caller checked that the port is free (tokio-uring binds
 /// with `SO_REUSEPORT`, so a taken port would not fail here).
-pub fn spawn(config: RespConfig, handle: NodeHandle) -> std::io::Result<()> {
+pub fn spawn(config: RespConfig, handle: NodeHandle) -> std::io::Result<RespStats> {
     let listener = TcpListener::bind(config.addr)?;
     let bulk_length_max = config.command_bytes_max + 1024;
     let limits =
         RespLimits { bulk_length_max, command_bytes_max: 2 * bulk_length_max + (64 << 10), ..RespLimits::default() };
+    let stats = RespStats::default();
     let server = Rc::new(Server {
         config,
         backend: Rc::new(Backend::new(handle)),
         limits,
-        connections: Cell::new(0),
+        connections: stats.connections.clone(),
         connections_total: Cell::new(0),
         next_client_id: Cell::new(1),
         started: Instant::now(),
     });
     tracing::info!(addr = %server.config.addr, "RESP front door listening");
     tokio_uring::spawn(accept_loop(listener, server));
-    Ok(())
+    Ok(stats)
 }
 
 async fn accept_loop(listener: TcpListener, server: Rc<Server>) {

@@ -32,18 +32,19 @@ use wal::LogStore;
 use crate::app::StateMachine;
 use crate::config::ServeConfig;
 use crate::discovery::{self, Peer};
+pub use crate::local::{Forwarded, Hub, HubMessage, NodeHandle};
+use crate::metrics::MetricsSources;
 use crate::replicated::Addresses;
+use crate::resp::RespConfig;
 use crate::shard::{RecoveredShard, Shard, ShardContext, ShardTransport, SystemClock};
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
-pub use local::{Forwarded, Hub, HubMessage, NodeHandle};
 pub use log::{LogOptions, MemDisks, NodeLog};
 use peers::{Peers, Replier};
 use storage::LogStorage;
 use threads::{pin_to_cpu, start_runtime};
 
 pub mod driver;
-pub mod local;
 pub mod log;
 pub mod peers;
 pub mod storage;
@@ -266,7 +267,7 @@ fn check_ports(config: &ServeConfig, cores: usize) -> Result<(), ServeError> {
             probe_port(addr)?;
         }
     }
-    if let Some(addr) = config.resp_addr {
+    for addr in [config.resp_addr, config.metrics_addr].into_iter().flatten() {
         probe_port(addr)?;
     }
     Ok(())
@@ -385,15 +386,7 @@ where
         tasks.push(open_shard(&setup, offset, shard_id, peers.clone(), receiver).await?);
     }
     if core == 0 && matches!(setup.network, Network::Tcp) {
-        if let Some(addr) = config.resp_addr {
-            let resp = crate::resp::RespConfig {
-                addr,
-                token: config.token.0.clone(),
-                command_bytes_max: command_bytes_max(config),
-            };
-            crate::resp::spawn(resp, setup.handle.clone())
-                .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
-        }
+        start_front_doors(&setup, &listeners)?;
     }
     tracing::info!(core, shards = ?inboxes.keys().collect::<Vec<_>>(), "core serving");
     dispatch(&setup, &mut inbound, &mut forwarded, from_hub.as_mut(), &inboxes).await;
@@ -419,6 +412,30 @@ where
         peers.close_all();
     }
     result
+}
+
+/// Starts the RESP front door and the metrics endpoint, when configured, on
+/// core 0: both reach every shard through the node's handle.
+fn start_front_doors<F>(setup: &NodeSetup<F>, listeners: &[ListenerHandle]) -> Result<(), ServeError> {
+    let config = &setup.config;
+    let mut resp_stats = None;
+    if let Some(addr) = config.resp_addr {
+        let resp = RespConfig { addr, token: config.token.0.clone(), command_bytes_max: command_bytes_max(config) };
+        let stats = crate::resp::spawn(resp, setup.handle.clone())
+            .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+        resp_stats = Some(stats);
+    }
+    if let Some(addr) = config.metrics_addr {
+        // `listen` binds the peer listener first, then the client one.
+        let names = ["peer", "client"];
+        let sources = MetricsSources {
+            handle: setup.handle.clone(),
+            listeners: names.into_iter().zip(listeners.iter().cloned()).collect(),
+            resp: resp_stats,
+        };
+        crate::metrics::spawn(addr, sources).map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+    }
+    Ok(())
 }
 
 /// Binds core `core`'s peer and client listeners: the peer listener takes

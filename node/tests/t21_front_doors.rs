@@ -1,10 +1,16 @@
-//! The Redis front door (`node serve --resp-addr`) against real three-node
-//! clusters of the `node` binary, driven by a maintained Redis client (the
-//! `redis` crate) as an outside application would: every command, through
-//! the leader and the followers, two shards so that multi-key commands span
-//! shards, pipelines, errors, a malformed stream, a leader killed while a
-//! client writes through a follower, and `redis-benchmark` (skipped, with a
-//! message, when it is not installed; CI installs it).
+//! The front doors of real three-node clusters of the `node` binary.
+//!
+//! The Redis front door (`node serve --resp-addr`), driven by a maintained
+//! Redis client (the `redis` crate) as an outside application would: every
+//! command, through the leader and the followers, two shards so that
+//! multi-key commands span shards, pipelines, errors, a malformed stream, a
+//! leader killed while a client writes through a follower, and
+//! `redis-benchmark` (skipped, with a message, when it is not installed; CI
+//! installs it).
+//!
+//! The Prometheus endpoint (`--metrics-addr`): `/metrics` scraped and
+//! parsed on every node, `/livez`, and `/readyz` before and after the
+//! cluster has a leader.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,16 +35,19 @@ impl RespCluster {
         let dir = std::env::temp_dir().join(format!("node-resp-{}-{base_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cluster = RespCluster { dir, base_port, shards, nodes: Vec::new() };
+        let mut cluster = RespCluster { dir, base_port, shards, nodes: vec![None, None, None] };
         for id in 1..=3 {
-            let child = cluster.spawn(id);
-            cluster.nodes.push(Some(child));
+            cluster.nodes[id as usize - 1] = Some(cluster.spawn(id));
         }
         cluster
     }
 
     fn resp_port(&self, id: u64) -> u16 {
         self.base_port + 50 + id as u16
+    }
+
+    fn metrics_port(&self, id: u64) -> u16 {
+        self.base_port + 60 + id as u16
     }
 
     fn spawn(&self, id: u64) -> Child {
@@ -49,6 +58,7 @@ impl RespCluster {
             .args(["--peer-addr", &format!("127.0.0.1:{}", port(id, 0))])
             .args(["--client-addr", &format!("127.0.0.1:{}", port(id, 1))])
             .args(["--resp-addr", &format!("127.0.0.1:{}", self.resp_port(id))])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.metrics_port(id))])
             .args(["--peers", &peers.join(",")])
             .args(["--data-dir", &self.dir.join(format!("node-{id}")).display().to_string()])
             .args(["--log-level", "error", "--pin-cores", "false"])
@@ -191,6 +201,12 @@ fn every_command_through_every_node() {
         let mut expected: Vec<Option<String>> = pairs.iter().map(|(_, v)| Some(v.clone())).collect();
         expected.push(None);
         assert_eq!(got, expected);
+        // A key given twice keeps its last value, as in Redis.
+        let _: () =
+            redis::cmd("MSET").arg(key("twice")).arg("first").arg(key("twice")).arg("last").query(&mut c).unwrap();
+        let twice: String = redis::cmd("GET").arg(key("twice")).query(&mut c).unwrap();
+        assert_eq!(twice, "last");
+        let _: i64 = redis::cmd("DEL").arg(key("twice")).query(&mut c).unwrap();
         let exists: i64 = redis::cmd("EXISTS").arg(&keys[..3]).arg(key("absent")).query(&mut c).unwrap();
         assert_eq!(exists, 3);
         let deleted: i64 = redis::cmd("DEL").arg(&keys[..5]).arg(key("absent")).query(&mut c).unwrap();
@@ -380,4 +396,147 @@ fn redis_benchmark_runs_clean() {
     }
     let counter: i64 = redis::cmd("GET").arg("counter:__rand_int__").query(&mut cluster.connect(leader)).unwrap();
     assert_eq!(counter, requests, "every INCR once");
+}
+
+/// A plain HTTP/1.1 `GET`: the status code and the body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8(answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// One sample of an exposition: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of an OpenMetrics text exposition.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let rest = rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let labels = rest
+                    .split(',')
+                    .map(|pair| {
+                        let (key, value) = pair.split_once('=').unwrap_or_else(|| panic!("bad label: {line}"));
+                        (key.to_string(), value.trim_matches('"').to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels)
+            }
+        };
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(found, found_labels, _)| {
+            found == name && labels.iter().all(|(key, value)| found_labels.iter().any(|(k, v)| k == key && v == value))
+        })
+        .map(|(_, _, value)| *value)
+}
+
+/// `/readyz` is 503 while a node knows no leader and 200 once it does and
+/// has caught up; `/metrics` parses and shows one leader, agreeing terms,
+/// the stage histograms in seconds and the front door's connections.
+#[test]
+fn metrics_and_health_endpoints() {
+    let mut cluster = RespCluster::start(24_500, 2);
+    // Node 1 alone first: it answers /livez but is not ready.
+    cluster.kill(2);
+    cluster.kill(3);
+    let port = cluster.metrics_port(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        if let Some(answer) = http_get(port, "/livez") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no /livez answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(live.0, 200);
+    let (code, reason) = http_get(port, "/readyz").unwrap();
+    assert_eq!(code, 503, "alone, node 1 knows no leader: {reason}");
+    assert!(reason.contains("knows no leader"), "{reason}");
+    assert_eq!(http_get(port, "/nothing-here").unwrap().0, 404);
+    for id in 2..=3 {
+        cluster.nodes[id as usize - 1] = Some(cluster.spawn(id));
+    }
+    cluster.wait_ready();
+    for id in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(cluster.metrics_port(id), "/readyz").map(|answer| answer.0) != Some(200) {
+            assert!(Instant::now() < deadline, "node {id} never ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _resp_client = cluster.connect(2);
+    let scrapes: Vec<_> = (1..=3)
+        .map(|id| {
+            let (code, text) = http_get(cluster.metrics_port(id), "/metrics").unwrap();
+            assert_eq!(code, 200);
+            parse_exposition(&text)
+        })
+        .collect();
+    for shard in ["0", "1"] {
+        let leaders = scrapes
+            .iter()
+            .filter(|samples| sample(samples, "raft_node_role", &[("shard", shard), ("role", "leader")]) == Some(1.0))
+            .count();
+        assert_eq!(leaders, 1, "shard {shard} has one leader");
+        let terms: Vec<_> =
+            scrapes.iter().map(|samples| sample(samples, "raft_node_term", &[("shard", shard)]).unwrap()).collect();
+        assert!(terms.iter().all(|term| *term == terms[0] && *term >= 1.0), "{terms:?}");
+        for samples in &scrapes {
+            let applied = sample(samples, "raft_node_applied_index", &[("shard", shard)]).unwrap();
+            assert!(applied >= 1.0);
+            assert!(sample(samples, "raft_node_leader_changes_total", &[("shard", shard)]).unwrap() >= 1.0);
+        }
+    }
+    // Node 2 took the ready-2 write through its front door: its total stage
+    // histogram on the key's shard counts it, buckets rise to +Inf = count.
+    let samples = &scrapes[1];
+    assert!(sample(samples, "raft_node_connections", &[("listener", "resp")]).unwrap() >= 1.0);
+    let mut checked = 0;
+    for shard in ["0", "1"] {
+        let count = sample(samples, "raft_node_stage_duration_seconds_count", &[("shard", shard), ("stage", "apply")]);
+        let Some(count) = count.filter(|count| *count > 0.0) else { continue };
+        let buckets: Vec<f64> = samples
+            .iter()
+            .filter(|(name, labels, _)| {
+                name == "raft_node_stage_duration_seconds_bucket"
+                    && labels.contains(&("shard".to_string(), shard.to_string()))
+                    && labels.contains(&("stage".to_string(), "apply".to_string()))
+            })
+            .map(|(_, _, value)| *value)
+            .collect();
+        assert_eq!(buckets.len(), 18, "17 bounds and +Inf");
+        assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "cumulative: {buckets:?}");
+        assert_eq!(*buckets.last().unwrap(), count);
+        let le = |bound: &str| {
+            sample(
+                samples,
+                "raft_node_stage_duration_seconds_bucket",
+                &[("shard", shard), ("stage", "apply"), ("le", bound)],
+            )
+        };
+        assert_eq!(le("+Inf"), Some(count));
+        assert!(le("0.001").is_some(), "bounds in seconds");
+        checked += 1;
+    }
+    assert!(checked > 0, "some shard applied entries on node 2");
+    assert!(sample(samples, "raft_node_log_bytes_written_total", &[("shard", "0")]).unwrap() > 0.0);
 }
