@@ -23,10 +23,11 @@ use crate::kv::KvResponse;
 use crate::local::NodeHandle;
 
 /// Sessions the front door keeps per shard, at most. A session's window
-/// (1,024 writes by default) bounds the writes it has in flight; four hold
-/// more than the front door's connections can have outstanding at once
-/// ([`super::CONNECTIONS_MAX`] times [`super::PIPELINE_MAX`] is more, but
-/// a write waits for room rather than failing).
+/// (1,024 writes by default) bounds the writes it has in flight, so four
+/// allow 4,096 writes in flight per shard; a write beyond that waits for
+/// room (up to [`CALL_TIMEOUT`]) rather than failing. Each session is one
+/// place in the cluster's session table, which every node's front door
+/// shares with all other clients.
 pub const SESSIONS_PER_SHARD_MAX: usize = 4;
 /// How long a command keeps retrying (no leader, busy, leadership moving)
 /// before it answers `TRYAGAIN`. Below the session's retry window (half
