@@ -15,6 +15,22 @@
 //! | 2 | `Put` | key: bytes, value: bytes |
 //! | 3 | `Delete` | key: bytes |
 //! | 4 | `Cas` | key: bytes, expected: opt, new: opt |
+//! | 5 | `Increment` | key: bytes, delta: `i64` |
+//! | 6 | `Append` | key: bytes, value: bytes |
+//! | 7 | `Set` | key: bytes, value: bytes, condition: `u8` (0 always, 1 only if absent, 2 only if present), get: `u8` 0 or 1 |
+//! | 8 | `Count` | nothing (a query only: no key, so no shard refuses it) |
+//!
+//! Tags 5 to 7 are the read-modify-write commands of the RESP front door
+//! (`INCR`, `APPEND`, `SET NX/XX/GET`, `SETNX`, `GETSET`): each is applied as
+//! one step of the state machine, so two clients incrementing the same key
+//! never both read the old value, and a retried one (same session sequence)
+//! is applied once like any write. Tags 1 to 4 keep their encodings.
+//!
+//! `Increment` treats an absent key as 0 and a present value as a decimal
+//! `i64` (an optional `-`, no `+`, no leading zeros, as Redis's `INCR`);
+//! anything else, or a result beyond `i64`, is refused with
+//! [`KvRefusal`] and changes nothing. `Append` refuses a result longer than
+//! [`VALUE_SIZE_MAX`].
 //!
 //! `Cas` replaces the key's value with `new` (absent: deletes it) only if the
 //! current value equals `expected` (absent: the key must not exist). Keys are
@@ -30,6 +46,10 @@
 //! | 3 | `Deleted` | existed: `u8` 0 or 1 |
 //! | 4 | `CasSucceeded` | nothing |
 //! | 5 | `CasFailed` | current value: opt |
+//! | 6 | `Integer` | `i64`: an `Increment`'s new value, an `Append`'s new length |
+//! | 7 | `Refused` | reason: `u8`, a [`KvRefusal`] code; nothing changed |
+//! | 8 | `SetDone` | written: `u8` 0 or 1, previous value: opt (only when `get` was asked) |
+//! | 9 | `Count` | `u64`: keys in the shard |
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -57,6 +77,53 @@ pub const KEY_SIZE_MAX: usize = 64 * 1024;
 /// The largest value, in bytes.
 pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
 
+/// The query that counts a shard's keys (op tag 8, `Count`): it has no
+/// key, so it is not a [`KvOp`]; send it to every shard and add the answers.
+pub const COUNT_QUERY: &[u8] = &[8];
+
+/// When a [`KvOp::Set`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetCondition {
+    Always = 0,
+    /// Only if the key is absent (`NX`).
+    IfAbsent = 1,
+    /// Only if the key is present (`XX`).
+    IfPresent = 2,
+}
+
+impl SetCondition {
+    fn from_u8(code: u8) -> Option<SetCondition> {
+        match code {
+            0 => Some(SetCondition::Always),
+            1 => Some(SetCondition::IfAbsent),
+            2 => Some(SetCondition::IfPresent),
+            _ => None,
+        }
+    }
+}
+
+/// Why a read-modify-write op changed nothing ([`KvResponse::Refused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvRefusal {
+    /// `Increment` on a value that is not a decimal `i64`.
+    NotAnInteger = 1,
+    /// `Increment` past `i64::MAX` or below `i64::MIN`.
+    Overflow = 2,
+    /// `Append` would make a value longer than [`VALUE_SIZE_MAX`].
+    TooLarge = 3,
+}
+
+impl KvRefusal {
+    fn from_u8(code: u8) -> Option<KvRefusal> {
+        match code {
+            1 => Some(KvRefusal::NotAnInteger),
+            2 => Some(KvRefusal::Overflow),
+            3 => Some(KvRefusal::TooLarge),
+            _ => None,
+        }
+    }
+}
+
 /// One key-value operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvOp {
@@ -64,6 +131,9 @@ pub enum KvOp {
     Put { key: Bytes, value: Bytes },
     Delete { key: Bytes },
     Cas { key: Bytes, expected: Option<Bytes>, new: Option<Bytes> },
+    Increment { key: Bytes, delta: i64 },
+    Append { key: Bytes, value: Bytes },
+    Set { key: Bytes, value: Bytes, condition: SetCondition, get: bool },
 }
 
 impl KvOp {
@@ -74,7 +144,13 @@ impl KvOp {
 
     pub fn key(&self) -> &Bytes {
         match self {
-            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Cas { key, .. } => key,
+            KvOp::Get { key }
+            | KvOp::Put { key, .. }
+            | KvOp::Delete { key }
+            | KvOp::Cas { key, .. }
+            | KvOp::Increment { key, .. }
+            | KvOp::Append { key, .. }
+            | KvOp::Set { key, .. } => key,
         }
     }
 
@@ -90,7 +166,9 @@ impl KvOp {
             + key.len()
             + match self {
                 KvOp::Get { .. } | KvOp::Delete { .. } => 0,
-                KvOp::Put { value, .. } => 4 + value.len(),
+                KvOp::Put { value, .. } | KvOp::Append { value, .. } => 4 + value.len(),
+                KvOp::Increment { .. } => 8,
+                KvOp::Set { value, .. } => 4 + value.len() + 2,
                 KvOp::Cas { expected, new, .. } => {
                     optional_bytes_size(expected.as_deref()) + optional_bytes_size(new.as_deref())
                 }
@@ -116,6 +194,23 @@ impl KvOp {
                 put_optional_bytes(&mut out, expected.as_deref());
                 put_optional_bytes(&mut out, new.as_deref());
             }
+            KvOp::Increment { key, delta } => {
+                out.put_u8(5);
+                put_bytes(&mut out, key);
+                out.put_i64_le(*delta);
+            }
+            KvOp::Append { key, value } => {
+                out.put_u8(6);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+            }
+            KvOp::Set { key, value, condition, get } => {
+                out.put_u8(7);
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+                out.put_u8(*condition as u8);
+                out.put_u8(u8::from(*get));
+            }
         }
         debug_assert_eq!(out.len(), size);
         out.freeze()
@@ -131,6 +226,11 @@ impl KvOp {
             KvOpRef::Cas { key, expected, new } => {
                 KvOp::Cas { key: owned(key), expected: expected.map(owned), new: new.map(owned) }
             }
+            KvOpRef::Increment { key, delta } => KvOp::Increment { key: owned(key), delta },
+            KvOpRef::Append { key, value } => KvOp::Append { key: owned(key), value: owned(value) },
+            KvOpRef::Set { key, value, condition, get } => {
+                KvOp::Set { key: owned(key), value: owned(value), condition, get }
+            }
         })
     }
 }
@@ -143,12 +243,21 @@ pub enum KvOpRef<'a> {
     Put { key: &'a [u8], value: &'a [u8] },
     Delete { key: &'a [u8] },
     Cas { key: &'a [u8], expected: Option<&'a [u8]>, new: Option<&'a [u8]> },
+    Increment { key: &'a [u8], delta: i64 },
+    Append { key: &'a [u8], value: &'a [u8] },
+    Set { key: &'a [u8], value: &'a [u8], condition: SetCondition, get: bool },
 }
 
 impl<'a> KvOpRef<'a> {
     pub fn key(&self) -> &'a [u8] {
         match *self {
-            KvOpRef::Get { key } | KvOpRef::Put { key, .. } | KvOpRef::Delete { key } | KvOpRef::Cas { key, .. } => key,
+            KvOpRef::Get { key }
+            | KvOpRef::Put { key, .. }
+            | KvOpRef::Delete { key }
+            | KvOpRef::Cas { key, .. }
+            | KvOpRef::Increment { key, .. }
+            | KvOpRef::Append { key, .. }
+            | KvOpRef::Set { key, .. } => key,
         }
     }
 
@@ -168,6 +277,14 @@ impl<'a> KvOpRef<'a> {
                 expected: reader.optional_bytes("expected value", VALUE_SIZE_MAX)?,
                 new: reader.optional_bytes("new value", VALUE_SIZE_MAX)?,
             },
+            5 => KvOpRef::Increment { key, delta: reader.u64("delta")? as i64 },
+            6 => KvOpRef::Append { key, value: reader.bytes("value", VALUE_SIZE_MAX)? },
+            7 => {
+                let value = reader.bytes("value", VALUE_SIZE_MAX)?;
+                let condition = SetCondition::from_u8(reader.u8("set condition")?)
+                    .ok_or(FormatError::Invalid { what: "set condition", reason: "not 0, 1 or 2" })?;
+                KvOpRef::Set { key, value, condition, get: reader.flag("get")? }
+            }
             tag => return Err(FormatError::UnknownTag { what: "op", tag }),
         };
         reader.finish("op")?;
@@ -188,6 +305,15 @@ pub enum KvResponse {
     CasSucceeded,
     /// A `Cas` found `current` instead of the expected value; nothing changed.
     CasFailed { current: Option<Bytes> },
+    /// An `Increment`'s new value, or an `Append`'s new length.
+    Integer(i64),
+    /// A read-modify-write op changed nothing, for this reason.
+    Refused(KvRefusal),
+    /// A `Set`: whether it wrote, and the value before it (only when it
+    /// asked for it with `get`; `None` also when the key was absent).
+    SetDone { written: bool, previous: Option<Bytes> },
+    /// The `Count` query: keys in the shard.
+    Count(u64),
 }
 
 impl KvResponse {
@@ -213,6 +339,23 @@ impl KvResponse {
                 out.put_u8(5);
                 put_optional_bytes(out, current.as_deref());
             }
+            KvResponse::Integer(value) => {
+                out.put_u8(6);
+                out.put_i64_le(*value);
+            }
+            KvResponse::Refused(reason) => {
+                out.put_u8(7);
+                out.put_u8(*reason as u8);
+            }
+            KvResponse::SetDone { written, previous } => {
+                out.put_u8(8);
+                out.put_u8(u8::from(*written));
+                put_optional_bytes(out, previous.as_deref());
+            }
+            KvResponse::Count(count) => {
+                out.put_u8(9);
+                out.put_u64_le(*count);
+            }
         }
     }
 
@@ -225,6 +368,16 @@ impl KvResponse {
             3 => KvResponse::Deleted { existed: reader.flag("existed")? },
             4 => KvResponse::CasSucceeded,
             5 => KvResponse::CasFailed { current: owned(reader.optional_bytes("current value", VALUE_SIZE_MAX)?) },
+            6 => KvResponse::Integer(reader.u64("integer")? as i64),
+            7 => KvResponse::Refused(
+                KvRefusal::from_u8(reader.u8("refusal")?)
+                    .ok_or(FormatError::Invalid { what: "refusal", reason: "unknown code" })?,
+            ),
+            8 => KvResponse::SetDone {
+                written: reader.flag("written")?,
+                previous: owned(reader.optional_bytes("previous value", VALUE_SIZE_MAX)?),
+            },
+            9 => KvResponse::Count(reader.u64("count")?),
             tag => return Err(FormatError::UnknownTag { what: "response", tag }),
         };
         reader.finish("response")?;
@@ -272,5 +425,50 @@ mod tests {
         assert_eq!(shard_for_key(b"key-000000000001", 4), 1);
         assert_eq!(shard_for_key(b"a", 4), 1);
         assert_eq!(shard_for_key(b"hello", 1_000), ((0x0dca_db0bu64 * 1_000) >> 32) as u32);
+    }
+
+    /// Data directories and clients of earlier versions hold ops 1 to 4 in
+    /// these bytes: adding op kinds must not change how they decode.
+    #[test]
+    fn earlier_encodings_still_decode() {
+        let put = [2, 1, 0, 0, 0, b'k', 1, 0, 0, 0, b'v'];
+        assert_eq!(
+            KvOp::decode(&Bytes::copy_from_slice(&put)),
+            Ok(KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") })
+        );
+        let cas = [4, 1, 0, 0, 0, b'k', 0, 1, 1, 0, 0, 0, b'n'];
+        assert_eq!(
+            KvOp::decode(&Bytes::copy_from_slice(&cas)),
+            Ok(KvOp::Cas { key: Bytes::from_static(b"k"), expected: None, new: Some(Bytes::from_static(b"n")) })
+        );
+        assert_eq!(KvResponse::decode(&Bytes::from_static(&[3, 1])), Ok(KvResponse::Deleted { existed: true }));
+    }
+
+    #[test]
+    fn new_ops_and_answers_round_trip() {
+        let key = Bytes::from_static(b"counter");
+        let ops = [
+            KvOp::Increment { key: key.clone(), delta: -7 },
+            KvOp::Append { key: key.clone(), value: Bytes::from_static(b"tail") },
+            KvOp::Set {
+                key: key.clone(),
+                value: Bytes::from_static(b"v"),
+                condition: SetCondition::IfPresent,
+                get: true,
+            },
+        ];
+        for op in ops {
+            assert_eq!(KvOp::decode(&op.encode()), Ok(op.clone()), "{op:?}");
+        }
+        let responses = [
+            KvResponse::Integer(i64::MIN),
+            KvResponse::Refused(KvRefusal::Overflow),
+            KvResponse::SetDone { written: false, previous: Some(Bytes::from_static(b"old")) },
+            KvResponse::Count(12),
+        ];
+        for response in responses {
+            assert_eq!(KvResponse::decode(&response.encode()), Ok(response.clone()), "{response:?}");
+        }
+        assert!(KvOp::decode(&Bytes::from_static(COUNT_QUERY)).is_err(), "a count is no keyed op");
     }
 }

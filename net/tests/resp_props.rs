@@ -194,6 +194,44 @@ proptest! {
         let mut buf = BytesMut::from(&wire[..]);
         let _ = CommandParser::default().next(&mut buf);
     }
+
+    /// A malformed stream is an error, never silently skipped or taken as a
+    /// shorter command: an argument whose `$` is replaced by another byte,
+    /// or whose bytes are not followed by CRLF, is refused whatever follows
+    /// (the node's RESP front door closes such a connection).
+    #[test]
+    fn a_malformed_command_stream_is_an_error(
+        args in command_args(),
+        which in any::<prop::sample::Index>(),
+        byte in any::<u8>().prop_filter("not '$'", |byte| *byte != b'$'),
+        damage_crlf in any::<bool>(),
+        tail in proptest::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let mut wire = BytesMut::new();
+        encode_command(&args, &mut wire);
+        let mut wire = wire.to_vec();
+        // The `$` of each argument: after the array header and each earlier
+        // argument's `$len\r\n` + bytes + `\r\n`.
+        let mut starts = Vec::new();
+        let mut at = wire.iter().position(|b| *b == b'\n').unwrap() + 1;
+        for arg in &args {
+            starts.push(at);
+            let header = format!("${}\r\n", arg.len()).len();
+            at += header + arg.len() + 2;
+        }
+        let start = starts[which.index(starts.len())];
+        let arg_len = args[which.index(starts.len())].len();
+        if damage_crlf {
+            let header = format!("${arg_len}\r\n").len();
+            wire[start + header + arg_len] = b'x';
+        } else {
+            wire[start] = byte;
+        }
+        wire.extend_from_slice(&tail);
+        let mut buf = BytesMut::from(&wire[..]);
+        let outcome = CommandParser::default().next(&mut buf);
+        prop_assert!(outcome.is_err(), "damaged {:?} parsed as {:?}", wire, outcome);
+    }
 }
 
 fn only_resp2_types(reply: &Reply) -> bool {

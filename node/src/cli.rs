@@ -96,6 +96,19 @@ pub struct ServeOptions {
     #[arg(long, value_name = "IP:PORT")]
     pub client_addr: Option<String>,
 
+    /// Address for the Redis front door (RESP2/RESP3: `redis-cli`,
+    /// `redis-benchmark`, Redis client libraries), as IP:PORT. Clients
+    /// authenticate with `AUTH <token>`. It turns on --forward-writes, so
+    /// that a follower takes writes too. [default: none]
+    #[arg(long, value_name = "IP:PORT")]
+    pub resp_addr: Option<String>,
+
+    /// Address for the Prometheus endpoint (HTTP: `/metrics`, `/livez`,
+    /// `/readyz`), as IP:PORT. It needs no token: bind it where only your
+    /// monitoring reaches. [default: none]
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// The cluster's members as a static list `ID=HOST:PORT,...` of peer
     /// addresses, this node included. Host names are resolved at start.
     /// Give this or --discovery-dns.
@@ -482,4 +495,12 @@ pub struct DevArgs {
     /// Followers forward session writes to the leader, as for `serve`.
     #[arg(long)]
     pub forward_writes: bool,
+    /// Open no Redis front door (by default node N serves RESP on BASE_PORT
+    /// + 100 + N - 1: node 1 on 7200).
+    #[arg(long)]
+    pub no_resp: bool,
+    /// Open no Prometheus endpoint (by default node N serves metrics on
+    /// BASE_PORT + 200 + N - 1: node 1 on 7300).
+    #[arg(long)]
+    pub no_metrics: bool,
 }

@@ -193,6 +193,9 @@ fn print_kv(op: &KvOp, bytes: &Bytes) {
         Ok(KvResponse::CasFailed { current }) => {
             println!("not swapped; current value: {}", current.as_ref().map_or("(absent)".to_string(), show))
         }
+        // The CLI sends none of the RESP front door's ops; a newer node's
+        // answer is still shown.
+        Ok(other) => println!("{other:?}"),
         Err(error) => println!("{op:?}: undecodable answer: {error}"),
     }
 }

@@ -171,6 +171,10 @@ pub struct ServeConfig {
     pub cluster_id: u64,
     pub peer_addr: SocketAddr,
     pub client_addr: SocketAddr,
+    /// The Redis front door's address ([`crate::resp`]), if it has one.
+    pub resp_addr: Option<SocketAddr>,
+    /// The Prometheus endpoint's address ([`crate::metrics`]), if it has one.
+    pub metrics_addr: Option<SocketAddr>,
     /// Where the members' peer addresses come from; resolve with
     /// [`crate::discovery::discover`], then check with
     /// [`crate::discovery::check_members`].
@@ -280,6 +284,10 @@ pub struct DevConfig {
     pub shards: u32,
     pub log_level: String,
     pub forward_writes: bool,
+    /// Each node opens a Redis front door ([`DevConfig::resp_port`]).
+    pub resp: bool,
+    /// Each node opens a Prometheus endpoint ([`DevConfig::metrics_port`]).
+    pub metrics: bool,
 }
 
 /// The token every `node dev` cluster uses: it only listens on loopback.
@@ -290,6 +298,16 @@ impl DevConfig {
     pub fn ports(&self, id: NodeId) -> (u16, u16) {
         let peer = u32::from(self.base_port) + 2 * (id as u32 - 1);
         (peer as u16, (peer + 1) as u16)
+    }
+
+    /// Node `id`'s Redis front door port: `base_port + 100 + id - 1`.
+    pub fn resp_port(&self, id: NodeId) -> Option<u16> {
+        self.resp.then(|| (u32::from(self.base_port) + 100 + id as u32 - 1) as u16)
+    }
+
+    /// Node `id`'s Prometheus endpoint port: `base_port + 200 + id - 1`.
+    pub fn metrics_port(&self, id: NodeId) -> Option<u16> {
+        self.metrics.then(|| (u32::from(self.base_port) + 200 + id as u32 - 1) as u16)
     }
 
     /// The `serve` configuration of each node, with data directories
@@ -306,6 +324,8 @@ impl DevConfig {
                     cluster_id: 1,
                     peer_addr: SocketAddr::from(([127, 0, 0, 1], peer)),
                     client_addr: SocketAddr::from(([127, 0, 0, 1], client)),
+                    resp_addr: self.resp_port(id).map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+                    metrics_addr: self.metrics_port(id).map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
                     peers: PeerSource::Static(members.clone()),
                     data_dir: root.join(format!("node-{id}")),
                     shards: self.shards,
@@ -318,7 +338,7 @@ impl DevConfig {
                     join: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
-                    forward_writes: self.forward_writes,
+                    forward_writes: self.forward_writes || self.resp,
                     snapshot_entries: None,
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
                     snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
@@ -427,6 +447,8 @@ impl ServeOptions {
             cluster_id,
             peer_addr,
             client_addr,
+            resp_addr,
+            metrics_addr,
             peers,
             discovery_dns,
             discovery_port,
@@ -498,6 +520,25 @@ impl ServeConfig {
                 reason: "it is also the --peer-addr".into(),
             });
         }
+        let resp_addr = options.resp_addr.as_deref().map(|addr| socket_addr("resp-addr", Some(addr))).transpose()?;
+        if let Some(addr) = resp_addr.filter(|addr| *addr == peer_addr || *addr == client_addr) {
+            return Err(ConfigError::BadAddress {
+                option: "resp-addr",
+                value: addr.to_string(),
+                reason: "it is also the --peer-addr or --client-addr".into(),
+            });
+        }
+        let metrics_addr =
+            options.metrics_addr.as_deref().map(|addr| socket_addr("metrics-addr", Some(addr))).transpose()?;
+        if let Some(addr) =
+            metrics_addr.filter(|addr| [Some(peer_addr), Some(client_addr), resp_addr].contains(&Some(*addr)))
+        {
+            return Err(ConfigError::BadAddress {
+                option: "metrics-addr",
+                value: addr.to_string(),
+                reason: "it is also the --peer-addr, --client-addr or --resp-addr".into(),
+            });
+        }
         let peers = peer_source(node_id, &options)?;
         let timing = timing(&options)?;
         let security = security(node_id, &options)?;
@@ -547,6 +588,8 @@ impl ServeConfig {
             cluster_id,
             peer_addr,
             client_addr,
+            resp_addr,
+            metrics_addr,
             peers,
             data_dir,
             shards,
@@ -558,7 +601,9 @@ impl ServeConfig {
             log_level,
             join: options.join.unwrap_or(false),
             pin_cores: options.pin_cores.unwrap_or(true),
-            forward_writes: options.forward_writes.unwrap_or(false),
+            // The RESP front door's clients talk to one node: a follower
+            // must take their writes (see `crate::resp::backend`).
+            forward_writes: options.forward_writes.unwrap_or(false) || resp_addr.is_some(),
             snapshot_entries: options
                 .snapshot_entries
                 .map(|entries| positive("snapshot-entries", entries))
@@ -893,7 +938,7 @@ impl DevConfig {
                 reason: "a dev cluster has 1, 3, 5, 7 or 9 nodes",
             });
         }
-        let last_port = u32::from(args.base_port) + 2 * args.nodes - 1;
+        let last_port = u32::from(args.base_port) + 200 + args.nodes - 1;
         if args.base_port < 1024 || last_port > u32::from(u16::MAX) {
             return Err(ConfigError::OutOfRange {
                 option: "base-port",
@@ -920,6 +965,8 @@ impl DevConfig {
             shards: args.shards,
             log_level: args.log_level,
             forward_writes: args.forward_writes,
+            resp: !args.no_resp,
+            metrics: !args.no_metrics,
         })
     }
 }

@@ -31,7 +31,7 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         }
         other => panic!("dev clusters use static peers, not {other:?}"),
     };
-    vec![
+    let mut args: Vec<String> = vec![
         "serve".into(),
         "--node-id".into(),
         config.node_id.to_string(),
@@ -53,7 +53,14 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         config.pin_cores.to_string(),
         "--forward-writes".into(),
         config.forward_writes.to_string(),
-    ]
+    ];
+    if let Some(addr) = config.resp_addr {
+        args.extend(["--resp-addr".into(), addr.to_string()]);
+    }
+    if let Some(addr) = config.metrics_addr {
+        args.extend(["--metrics-addr".into(), addr.to_string()]);
+    }
+    args
 }
 
 /// Starts the members, waits for Ctrl-C, stops them and removes the data
@@ -87,7 +94,18 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
         println!("dev cluster: {} nodes on 127.0.0.1, data in {}", config.nodes, root.display());
         for id in 1..=u64::from(config.nodes) {
             let (peer, client) = config.ports(id);
-            println!("  node {id}: peers 127.0.0.1:{peer}, clients 127.0.0.1:{client}");
+            let resp = config.resp_port(id).map(|port| format!(", redis 127.0.0.1:{port}")).unwrap_or_default();
+            let metrics = config
+                .metrics_port(id)
+                .map(|port| format!(", metrics http://127.0.0.1:{port}/metrics"))
+                .unwrap_or_default();
+            println!("  node {id}: peers 127.0.0.1:{peer}, clients 127.0.0.1:{client}{resp}{metrics}");
+        }
+        if let Some(port) = config.resp_port(1) {
+            println!("redis: redis-cli -p {port} -a {token} set hello world");
+        }
+        if let Some(port) = config.metrics_port(1) {
+            println!("metrics: curl -s http://127.0.0.1:{port}/metrics; curl -i http://127.0.0.1:{port}/readyz");
         }
         println!("try:  NODE_TOKEN={token} node kv --addr 127.0.0.1:{first_client} put hello world");
         println!("      NODE_TOKEN={token} node admin --addr 127.0.0.1:{first_client} status");

@@ -248,6 +248,8 @@ impl ServeConfig {
             cluster_id,
             peer_addr,
             client_addr,
+            resp_addr: None,
+            metrics_addr: None,
             peers: PeerSource::Static(peers),
             data_dir: std::env::temp_dir(),
             shards: 1,

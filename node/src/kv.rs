@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use engine::Index;
 use net::compact::{put_bytes, FormatError, Reader};
-pub use net::kv::{KvOp, KvOpRef, KvResponse, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+pub use net::kv::{KvOp, KvOpRef, KvRefusal, KvResponse, SetCondition, COUNT_QUERY, KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use rustc_hash::FxHasher;
 
 use crate::app::{Rejection, RestoreError, SnapshotImage, StateMachine};
@@ -281,6 +281,47 @@ impl KvStateMachine {
                 }
                 KvResponse::CasSucceeded
             }
+            KvOpRef::Increment { key, delta } => {
+                let current = match self.data.get(key) {
+                    None => 0,
+                    Some(value) => match parse_redis_integer(value) {
+                        Some(current) => current,
+                        None => return KvResponse::Refused(KvRefusal::NotAnInteger),
+                    },
+                };
+                let Some(new) = current.checked_add(delta) else {
+                    return KvResponse::Refused(KvRefusal::Overflow);
+                };
+                self.data.insert(key, new.to_string().as_bytes());
+                KvResponse::Integer(new)
+            }
+            KvOpRef::Append { key, value } => {
+                let current = self.data.get(key).unwrap_or_default();
+                if current.len() + value.len() > VALUE_SIZE_MAX {
+                    return KvResponse::Refused(KvRefusal::TooLarge);
+                }
+                if value.is_empty() && self.data.get(key).is_some() {
+                    return KvResponse::Integer(current.len() as i64);
+                }
+                let mut joined = Vec::with_capacity(current.len() + value.len());
+                joined.extend_from_slice(current);
+                joined.extend_from_slice(value);
+                self.data.insert(key, &joined);
+                KvResponse::Integer(joined.len() as i64)
+            }
+            KvOpRef::Set { key, value, condition, get } => {
+                let current = self.data.get(key);
+                let write = match condition {
+                    SetCondition::Always => true,
+                    SetCondition::IfAbsent => current.is_none(),
+                    SetCondition::IfPresent => current.is_some(),
+                };
+                let previous = if get { current.map(Bytes::copy_from_slice) } else { None };
+                if write {
+                    self.data.insert(key, value);
+                }
+                KvResponse::SetDone { written: write, previous }
+            }
         }
     }
 
@@ -345,6 +386,9 @@ impl StateMachine for KvStateMachine {
     /// Serves a read (`Get`) from the applied state, without the log; the
     /// caller decides how fresh that state must be (ReadIndex, lease, stale).
     fn query(&self, query: &[u8]) -> Result<Bytes, Rejection> {
+        if query == COUNT_QUERY {
+            return Ok(KvResponse::Count(self.data.len as u64).encode());
+        }
         match KvOpRef::decode(query) {
             Ok(KvOpRef::Get { key }) => Ok(KvResponse::Value(self.data.get(key).map(Bytes::copy_from_slice)).encode()),
             Ok(_) => Err(Rejection("a query must be a get; writes go through the log".into())),
@@ -374,6 +418,22 @@ impl StateMachine for KvStateMachine {
         *self = KvStateMachine::decode_snapshot(snapshot)?;
         Ok(())
     }
+}
+
+/// A stored value as `INCR` reads it, as strictly as Redis (`string2ll`):
+/// an optional `-`, then decimal digits without a leading zero (except `0`
+/// itself), within `i64`. So `INCR` on `"007"` or `" 1"` is refused on every
+/// replica alike, as it is by Redis.
+pub fn parse_redis_integer(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 1 && digits.starts_with('0') || text == "-0" {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// The store as of one applied index: the bucket pointers, serialized on
@@ -429,6 +489,16 @@ impl SnapshotImage for KvImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_parse_as_redis_does() {
+        assert_eq!(parse_redis_integer(b"0"), Some(0));
+        assert_eq!(parse_redis_integer(b"-12"), Some(-12));
+        assert_eq!(parse_redis_integer(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [&b""[..], b"-", b"007", b"-0", b"+1", b" 1", b"1.5", b"9223372036854775808", b"\xff"] {
+            assert_eq!(parse_redis_integer(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn fixed_answers_equal_their_encoding() {

@@ -19,6 +19,8 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod kv;
+pub mod local;
+pub mod metrics;
 pub mod session;
 pub mod testing;
 
@@ -30,6 +32,7 @@ pub mod client_cmd;
 pub mod dev;
 pub mod embed;
 pub mod replicated;
+pub mod resp;
 pub mod runtime;
 pub mod shard;
 pub mod signals;

@@ -2,7 +2,7 @@
 //! snapshots, and the codecs of its vocabulary (`net::kv`).
 
 use bytes::Bytes;
-use node::kv::{KvOp, KvResponse, KvStateMachine};
+use node::kv::{KvOp, KvRefusal, KvResponse, KvStateMachine, SetCondition, COUNT_QUERY, VALUE_SIZE_MAX};
 use node::testing::{kv_workload, state_machine_suite};
 use node::StateMachine;
 use proptest::prelude::*;
@@ -57,6 +57,52 @@ fn put_get_delete_cas() {
     assert_eq!(answer(&mut kv, 6, KvOp::Delete { key: key.clone() }), KvResponse::Deleted { existed: true });
     assert_eq!(answer(&mut kv, 7, KvOp::Delete { key }), KvResponse::Deleted { existed: false });
     assert_eq!(answer(&mut kv, 8, KvOp::Get { key: "k".into() }), KvResponse::Value(None), "a get in the log");
+}
+
+/// The read-modify-write ops of the RESP front door, each one step of the
+/// state machine (as Redis's INCR, APPEND, SET NX/XX/GET).
+#[test]
+fn increment_append_and_conditional_set() {
+    let mut kv = KvStateMachine::new();
+    let increment = |delta| KvOp::Increment { key: "n".into(), delta };
+    assert_eq!(answer(&mut kv, 1, increment(1)), KvResponse::Integer(1), "absent counts as 0");
+    assert_eq!(answer(&mut kv, 2, increment(-5)), KvResponse::Integer(-4));
+    assert_eq!(value(&kv, "n"), Some(Bytes::from("-4")), "stored as decimal text");
+    assert_eq!(answer(&mut kv, 3, increment(i64::MIN)), KvResponse::Refused(KvRefusal::Overflow));
+    assert_eq!(value(&kv, "n"), Some(Bytes::from("-4")), "a refused increment changes nothing");
+    assert_eq!(answer(&mut kv, 4, KvOp::Put { key: "s".into(), value: "abc".into() }), KvResponse::Written);
+    assert_eq!(
+        answer(&mut kv, 5, KvOp::Increment { key: "s".into(), delta: 1 }),
+        KvResponse::Refused(KvRefusal::NotAnInteger)
+    );
+    assert_eq!(answer(&mut kv, 6, KvOp::Append { key: "s".into(), value: "de".into() }), KvResponse::Integer(5));
+    assert_eq!(answer(&mut kv, 7, KvOp::Append { key: "new".into(), value: "x".into() }), KvResponse::Integer(1));
+    assert_eq!(value(&kv, "s"), Some(Bytes::from("abcde")));
+    let big = Bytes::from(vec![b'x'; VALUE_SIZE_MAX]);
+    assert_eq!(
+        answer(&mut kv, 8, KvOp::Append { key: "s".into(), value: big }),
+        KvResponse::Refused(KvRefusal::TooLarge)
+    );
+    let set = |condition, get| KvOp::Set { key: "c".into(), value: "v1".into(), condition, get };
+    assert_eq!(
+        answer(&mut kv, 9, set(SetCondition::IfPresent, false)),
+        KvResponse::SetDone { written: false, previous: None }
+    );
+    assert_eq!(value(&kv, "c"), None, "XX on an absent key writes nothing");
+    assert_eq!(
+        answer(&mut kv, 10, set(SetCondition::IfAbsent, true)),
+        KvResponse::SetDone { written: true, previous: None }
+    );
+    assert_eq!(
+        answer(&mut kv, 11, set(SetCondition::IfAbsent, true)),
+        KvResponse::SetDone { written: false, previous: Some("v1".into()) }
+    );
+    let getset = KvOp::Set { key: "c".into(), value: "v2".into(), condition: SetCondition::Always, get: true };
+    assert_eq!(answer(&mut kv, 12, getset), KvResponse::SetDone { written: true, previous: Some("v1".into()) });
+    assert_eq!(value(&kv, "c"), Some(Bytes::from("v2")));
+    let count = KvResponse::decode(&kv.query(COUNT_QUERY).expect("a count answers")).expect("decodes");
+    assert_eq!(count, KvResponse::Count(4), "n, s, new and c");
+    assert!(kv.query(&KvOp::Increment { key: "n".into(), delta: 1 }.encode()).is_err(), "writes are no queries");
 }
 
 /// Keys of every length around the size the map keeps inline are found,
@@ -159,8 +205,16 @@ pub fn op_strategy() -> impl Strategy<Value = KvOp> {
         key.clone().prop_map(|key| KvOp::Get { key }),
         (key.clone(), bytes_strategy(32)).prop_map(|(key, value)| KvOp::Put { key, value }),
         key.clone().prop_map(|key| KvOp::Delete { key }),
-        (key, proptest::option::of(bytes_strategy(8)), proptest::option::of(bytes_strategy(8)))
+        (key.clone(), proptest::option::of(bytes_strategy(8)), proptest::option::of(bytes_strategy(8)))
             .prop_map(|(key, expected, new)| KvOp::Cas { key, expected, new }),
+        (key.clone(), any::<i64>()).prop_map(|(key, delta)| KvOp::Increment { key, delta }),
+        (key.clone(), bytes_strategy(8)).prop_map(|(key, value)| KvOp::Append { key, value }),
+        (key, bytes_strategy(8), 0..3u8, any::<bool>()).prop_map(|(key, value, condition, get)| KvOp::Set {
+            key,
+            value,
+            condition: [SetCondition::Always, SetCondition::IfAbsent, SetCondition::IfPresent][condition as usize],
+            get
+        }),
     ]
 }
 
@@ -171,6 +225,12 @@ fn response_strategy() -> impl Strategy<Value = KvResponse> {
         any::<bool>().prop_map(|existed| KvResponse::Deleted { existed }),
         Just(KvResponse::CasSucceeded),
         proptest::option::of(bytes_strategy(16)).prop_map(|current| KvResponse::CasFailed { current }),
+        any::<i64>().prop_map(KvResponse::Integer),
+        prop_oneof![Just(KvRefusal::NotAnInteger), Just(KvRefusal::Overflow), Just(KvRefusal::TooLarge)]
+            .prop_map(KvResponse::Refused),
+        (any::<bool>(), proptest::option::of(bytes_strategy(16)))
+            .prop_map(|(written, previous)| KvResponse::SetDone { written, previous }),
+        any::<u64>().prop_map(KvResponse::Count),
     ]
 }
 

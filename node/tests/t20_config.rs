@@ -271,7 +271,8 @@ fn token_file_and_config_file() {
         format!(
             "node-id = 3\npeer-addr = \"127.0.0.1:7104\"\nclient-addr = \"127.0.0.1:7105\"\n\
              peers = \"1=127.0.0.1:7100,3=127.0.0.1:7104\"\ndata-dir = {:?}\ntoken-file = {:?}\n\
-             shards = 2\nread-consistency = \"stale\"\n",
+             shards = 2\nread-consistency = \"stale\"\nresp-addr = \"127.0.0.1:7204\"\n\
+             metrics-addr = \"127.0.0.1:7304\"\n",
             dir.join("data"),
             token_file
         ),
@@ -282,6 +283,13 @@ fn token_file_and_config_file() {
     assert_eq!((config.node_id, config.shards), (3, 2));
     assert_eq!(config.token.as_ref().unwrap().0, "from-file");
     assert_eq!(config.read_consistency, net::ReadConsistency::Stale);
+    assert_eq!(config.resp_addr, Some("127.0.0.1:7204".parse().unwrap()));
+    assert_eq!(config.metrics_addr, Some("127.0.0.1:7304".parse().unwrap()));
+    assert!(config.forward_writes, "the RESP front door's followers forward writes");
+    let clash = parse_from(["node", "serve", "--config", &path, "--resp-addr", "127.0.0.1:7105"]);
+    assert!(matches!(clash, Err(CliError::Config(ConfigError::BadAddress { option: "resp-addr", .. }))));
+    let clash = parse_from(["node", "serve", "--config", &path, "--metrics-addr", "127.0.0.1:7204"]);
+    assert!(matches!(clash, Err(CliError::Config(ConfigError::BadAddress { option: "metrics-addr", .. }))));
     // Flags override the file, a token flag replaces the file's token file.
     let NodeCommand::Serve(config) =
         parse_from(["node", "serve", "--config", &path, "--shards", "5", "--token", "flag"]).unwrap()

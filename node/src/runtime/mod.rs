@@ -32,19 +32,20 @@ use wal::LogStore;
 use crate::app::StateMachine;
 use crate::config::ServeConfig;
 use crate::discovery::{self, Peer};
+pub use crate::local::{Forwarded, Hub, HubMessage, NodeHandle};
+use crate::metrics::MetricsSources;
 use crate::replicated::Addresses;
+use crate::resp::RespConfig;
 use crate::shard::{RecoveredShard, Shard, ShardContext, ShardTransport, SystemClock};
 use crate::signals::Signal;
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
-pub use local::{Forwarded, Hub, HubMessage, NodeHandle};
 pub use log::{LogOptions, MemDisks, NodeLog};
 use peers::{Peers, Replier};
 use storage::LogStorage;
 use threads::{pin_to_cpu, start_runtime};
 
 pub mod driver;
-pub mod local;
 pub mod log;
 pub mod peers;
 pub mod storage;
@@ -80,6 +81,11 @@ pub enum ServeError {
     Credentials(#[from] net::CredentialsError),
     #[error("a token is required without TLS: --token, NODE_TOKEN or --token-file")]
     NoCredentials,
+    /// The RESP front door authenticates with the cluster token (`AUTH`),
+    /// and has no TLS: a cluster run on certificates alone has no token to
+    /// check.
+    #[error("--resp-addr needs a cluster token (--token, NODE_TOKEN or --token-file): RESP clients AUTH with it")]
+    RespWithoutToken,
 }
 
 /// Where a node's shards keep their logs.
@@ -206,6 +212,8 @@ struct NodeSetup<F> {
     make_app: F,
     /// The cores' queues of requests from outside them.
     forward: Vec<mpsc::Sender<Forwarded>>,
+    /// How the front doors on core 0 reach every shard.
+    handle: NodeHandle,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -256,6 +264,7 @@ where
         security,
         make_app,
         forward,
+        handle: handle.clone(),
         shutdown: shutdown.clone(),
     });
     let security = setup.security.clone();
@@ -282,6 +291,9 @@ fn load_security(config: &ServeConfig, network: &Network) -> Result<NodeSecurity
     if config.token.is_none() && config.security.tls.is_none() {
         return Err(ServeError::NoCredentials);
     }
+    if config.resp_addr.is_some() && config.token.is_none() {
+        return Err(ServeError::RespWithoutToken);
+    }
     let security =
         NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
     if matches!(network, Network::Tcp) {
@@ -306,6 +318,9 @@ fn check_ports(config: &ServeConfig, cores: usize) -> Result<(), ServeError> {
             })?;
             probe_port(addr)?;
         }
+    }
+    for addr in [config.resp_addr, config.metrics_addr].into_iter().flatten() {
+        probe_port(addr)?;
     }
     Ok(())
 }
@@ -422,6 +437,9 @@ where
         inboxes.insert(shard_id, sender);
         tasks.push(open_shard(&setup, offset, shard_id, peers.clone(), receiver).await?);
     }
+    if core == 0 && matches!(setup.network, Network::Tcp) {
+        start_front_doors(&setup, &listeners)?;
+    }
     tracing::info!(core, shards = ?inboxes.keys().collect::<Vec<_>>(), "core serving");
     dispatch(&setup, &mut inbound, &mut forwarded, from_hub.as_mut(), &inboxes).await;
     for listener in &listeners {
@@ -448,6 +466,31 @@ where
     result
 }
 
+/// Starts the RESP front door and the metrics endpoint, when configured, on
+/// core 0: both reach every shard through the node's handle.
+fn start_front_doors<F>(setup: &NodeSetup<F>, listeners: &[ListenerHandle]) -> Result<(), ServeError> {
+    let config = &setup.config;
+    let mut resp_stats = None;
+    if let Some(addr) = config.resp_addr {
+        let token = config.token.as_ref().ok_or(ServeError::RespWithoutToken)?.0.clone();
+        let resp = RespConfig { addr, token, command_bytes_max: command_bytes_max(config) };
+        let stats = crate::resp::spawn(resp, setup.handle.clone())
+            .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+        resp_stats = Some(stats);
+    }
+    if let Some(addr) = config.metrics_addr {
+        // `listen` binds the peer listener first, then the client one.
+        let names = ["peer", "client"];
+        let sources = MetricsSources {
+            handle: setup.handle.clone(),
+            listeners: names.into_iter().zip(listeners.iter().cloned()).collect(),
+            resp: resp_stats,
+        };
+        crate::metrics::spawn(addr, sources).map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
+    }
+    Ok(())
+}
+
 /// Binds core `core`'s peer and client listeners: the peer listener takes
 /// only peers, the client listener only clients.
 fn listen(
@@ -466,6 +509,12 @@ fn listen(
         listeners.push(listener.spawn(inbound.clone()));
     }
     Ok(listeners)
+}
+
+/// The largest write command a shard accepts: what fits one replication
+/// batch with room for the entry and session envelopes.
+fn command_bytes_max(config: &ServeConfig) -> usize {
+    config.limits.batch_bytes_max.saturating_sub(4096).max(1024)
 }
 
 /// Opens shard `shard_id`'s log, rebuilds its driver, and spawns it.
@@ -508,7 +557,7 @@ where
         client_addr: config.client_addr,
         read_consistency_default: config.read_consistency,
         forward_writes: config.forward_writes,
-        command_bytes_max: config.limits.batch_bytes_max.saturating_sub(4096).max(1024),
+        command_bytes_max: command_bytes_max(config),
         balance_leaders: config.shards > 1,
         nonce_salt: rand::random(),
     };

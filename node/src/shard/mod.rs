@@ -114,6 +114,8 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     snapshots: Snapshots,
     /// The term in which this node, as leader, last announced its addresses.
     announced_term: Term,
+    /// The leader this shard last knew of, for counting leader changes.
+    leader_seen: NodeId,
     stats: ShardStats,
     last_sweep: Instant,
     /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
@@ -210,6 +212,7 @@ where
             persist: Persistence::default(),
             snapshots: Snapshots::new(recovered.snapshot),
             announced_term: 0,
+            leader_seen: engine::NODE_NONE,
             stats: ShardStats::new(now),
             last_sweep: now,
             envelope_arena: BytesMut::new(),

@@ -73,6 +73,11 @@ where
                 self.on_role_change(soft.role);
                 self.drop_stale_forwards();
             }
+            let leader = self.raft.leader();
+            if leader != self.leader_seen {
+                self.leader_seen = leader;
+                self.stats.leader_changes += u64::from(leader != engine::NODE_NONE);
+            }
             // A received snapshot: stored, then the state machine restored,
             // before the entries that follow it are appended or applied.
             for write in std::mem::take(&mut ready.snapshot_writes) {
@@ -82,6 +87,7 @@ where
                 self.install_snapshot(meta).await?;
             }
             for batch in std::mem::take(&mut ready.entries) {
+                self.stats.log_bytes_appended += batch.len_bytes() as u64;
                 let ticket = self.storage.append(batch).await.map_err(|source| self.storage_error(source))?;
                 self.persist.tickets.push_back((ticket, self.clock.now()));
             }

@@ -1,0 +1,409 @@
+//! The Prometheus endpoint (`node serve --metrics-addr`): `/metrics` in the
+//! OpenMetrics text format (`prometheus-client`'s encoder), `/livez` and
+//! `/readyz`.
+//!
+//! # Why a small HTTP server of our own
+//!
+//! The node's cores are single-threaded tokio-uring runtimes that share
+//! nothing. The usual Rust HTTP servers (hyper, axum) run on tokio's
+//! epoll reactor and want `Send` futures on a multi-threaded executor:
+//! using one would mean a second runtime and thread beside the cores, and
+//! every scrape crossing threads to reach the shards' figures. A scrape is
+//! one short `GET` every few seconds, so this module serves HTTP/1.1 itself
+//! on core 0's own ring: one task per connection, one request per
+//! connection (`Connection: close`), a bounded request head, a bounded
+//! number of connections. The figures come from the shards the same way
+//! `node admin status` and `stats` get them (the in-process request path),
+//! so a scrape never touches a shard's state from another thread.
+//!
+//! # What it exports
+//!
+//! Per shard (label `shard`): the role (`raft_node_role{role=...} 1`), term,
+//! commit and applied indexes, the leader's id, leader changes, log bytes
+//! appended, snapshots taken and installed, sessions, writes and reads
+//! served, and the per-stage latency histograms of `crate::stats` as
+//! `raft_node_stage_duration_seconds{stage=...}`. Per node: connections of
+//! core 0's client and peer listeners and of the RESP front door.
+//!
+//! `/livez` answers 200 whenever the process serves HTTP. `/readyz` answers
+//! 200 once every shard knows a leader and has applied at least what was
+//! committed when the node started (so a restarted node is not sent
+//! traffic while it replays its log), 503 with the reason otherwise.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use net::{AdminRequest, ClientRequest, ListenerHandle, RequestBody, ResponseStatus};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::Value;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use crate::local::NodeHandle;
+use crate::resp::RespStats;
+use crate::stats::BUCKET_BOUNDS_US;
+
+/// Scrapes served at once; more connections are closed unanswered.
+pub const CONNECTIONS_MAX: usize = 16;
+/// The longest request head read; a longer one is answered 431.
+const REQUEST_HEAD_MAX: usize = 8 << 10;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shard may take to answer a scrape's questions.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The stages of `crate::stats`, in its JSON's names.
+const STAGES: [&str; 8] =
+    ["queued", "wal_write_sync", "replication", "apply", "total", "read", "snapshot_capture", "snapshot_serialize"];
+
+/// What the endpoint reads besides the shards.
+pub struct MetricsSources {
+    pub handle: NodeHandle,
+    /// Core 0's listeners: (`client` or `peer`, handle).
+    pub listeners: Vec<(&'static str, ListenerHandle)>,
+    pub resp: Option<RespStats>,
+}
+
+struct Server {
+    sources: MetricsSources,
+    /// Each shard's commit index when the node started, once known.
+    commit_at_start: RefCell<Vec<Option<u64>>>,
+    connections: std::cell::Cell<usize>,
+}
+
+/// Binds `addr` and serves on the current tokio-uring runtime. The caller
+/// checked that the port is free.
+pub fn spawn(addr: SocketAddr, sources: MetricsSources) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    let shards = sources.handle.shards() as usize;
+    let server =
+        Rc::new(Server { sources, commit_at_start: RefCell::new(vec![None; shards]), connections: Default::default() });
+    tracing::info!(%addr, "metrics endpoint listening");
+    // Learn the commit indexes the node started with as soon as the shards
+    // answer, not at the first probe.
+    let early = server.clone();
+    tokio_uring::spawn(async move {
+        for _ in 0..100 {
+            if early.learn_start_commits().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio_uring::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            if server.connections.get() >= CONNECTIONS_MAX {
+                continue;
+            }
+            server.connections.set(server.connections.get() + 1);
+            let server = server.clone();
+            tokio_uring::spawn(async move {
+                if let Ok(Ok(path)) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await {
+                    let response = server.respond(&path).await;
+                    let _ = stream.write_all(response).await;
+                }
+                server.connections.set(server.connections.get() - 1);
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Reads a request head and returns its path (`GET` only).
+async fn read_request(stream: &TcpStream) -> Result<Result<String, Vec<u8>>, std::io::Error> {
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        let buf = vec![0u8; 1024];
+        let (read, buf) = stream.read(buf).await;
+        let read = read?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&buf[..read]);
+        if head.windows(4).any(|window| window == b"\r\n\r\n") {
+            break;
+        }
+        if head.len() > REQUEST_HEAD_MAX {
+            return Ok(Err(response(431, "text/plain", "request head too large\n")));
+        }
+    }
+    let line = head.split(|byte| *byte == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => Ok(Ok(path.to_string())),
+        _ => Ok(Err(response(405, "text/plain", "only GET is served\n"))),
+    }
+}
+
+fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl Server {
+    async fn respond(&self, request: &Result<String, Vec<u8>>) -> Vec<u8> {
+        let path = match request {
+            Ok(path) => path.split('?').next().unwrap_or_default(),
+            Err(refusal) => return refusal.clone(),
+        };
+        match path {
+            "/livez" => response(200, "text/plain", "ok\n"),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => response(200, "text/plain", "ready\n"),
+                Err(reason) => response(503, "text/plain", &format!("not ready: {reason}\n")),
+            },
+            "/metrics" => {
+                let text = self.metrics().await;
+                response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", &text)
+            }
+            _ => response(404, "text/plain", "try /metrics, /livez or /readyz\n"),
+        }
+    }
+
+    async fn ask(&self, shard: u32, body: RequestBody) -> Option<Value> {
+        let request = ClientRequest { request_id: 0, client_id: 0, sequence: 0, ack: 0, body };
+        let answer = tokio::time::timeout(SHARD_TIMEOUT, self.sources.handle.call(shard, request)).await;
+        match answer {
+            Ok(Ok(ResponseStatus::Ok(bytes))) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// Records each shard's commit index the first time it answers; true
+    /// once every shard has.
+    async fn learn_start_commits(&self) -> bool {
+        for shard in 0..self.sources.handle.shards() {
+            if self.commit_at_start.borrow()[shard as usize].is_some() {
+                continue;
+            }
+            if let Some(status) = self.ask(shard, RequestBody::Status).await {
+                self.commit_at_start.borrow_mut()[shard as usize] = status["commit"].as_u64();
+            }
+        }
+        self.commit_at_start.borrow().iter().all(Option::is_some)
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        self.learn_start_commits().await;
+        for shard in 0..self.sources.handle.shards() {
+            let status = self.ask(shard, RequestBody::Status).await.ok_or(format!("shard {shard} does not answer"))?;
+            if status["leader"].as_u64().unwrap_or(0) == engine::NODE_NONE {
+                return Err(format!("shard {shard} knows no leader"));
+            }
+            let start = self.commit_at_start.borrow()[shard as usize]
+                .ok_or(format!("shard {shard}'s commit index at start is not known yet"))?;
+            let applied = status["applied"].as_u64().unwrap_or(0);
+            if applied < start {
+                return Err(format!("shard {shard} applied {applied} of the {start} committed at start"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn metrics(&self) -> String {
+        let mut shards = Vec::new();
+        for shard in 0..self.sources.handle.shards() {
+            let status = self.ask(shard, RequestBody::Status).await;
+            let stats = self.ask(shard, RequestBody::Admin(AdminRequest::Stats)).await;
+            shards.push(ShardSample { shard, status, stats: stats.map(|stats| stats["stats"].clone()) });
+        }
+        let mut connections: Vec<(&'static str, u64)> =
+            self.sources.listeners.iter().map(|(name, listener)| (*name, listener.connection_count() as u64)).collect();
+        if let Some(resp) = &self.sources.resp {
+            connections.push(("resp", resp.connections() as u64));
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Sample { shards, connections }));
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            text = "# the metrics could not be encoded\n".into();
+        }
+        text
+    }
+}
+
+/// One shard's answers to a scrape (absent when it did not answer).
+#[derive(Debug)]
+struct ShardSample {
+    shard: u32,
+    status: Option<Value>,
+    stats: Option<Value>,
+}
+
+/// Everything one scrape reports, encoded by `prometheus-client`.
+#[derive(Debug)]
+struct Sample {
+    shards: Vec<ShardSample>,
+    connections: Vec<(&'static str, u64)>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A histogram whose buckets were counted elsewhere (`crate::stats`'s HDR
+/// histograms), in seconds.
+struct CountedHistogram {
+    sum_seconds: f64,
+    count: u64,
+    /// Per-bucket (not cumulative) counts, the last bound `+Inf`.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl CountedHistogram {
+    /// From a stage's JSON: `count`, `sum_us`, cumulative `buckets` at
+    /// [`BUCKET_BOUNDS_US`].
+    fn from_stage(stage: &Value) -> Option<CountedHistogram> {
+        let count = stage["count"].as_u64()?;
+        let cumulative: Vec<u64> = stage["buckets"].as_array()?.iter().filter_map(Value::as_u64).collect();
+        if cumulative.len() != BUCKET_BOUNDS_US.len() {
+            return None;
+        }
+        let mut buckets = Vec::with_capacity(cumulative.len() + 1);
+        let mut below = 0;
+        for (bound, at_or_below) in BUCKET_BOUNDS_US.iter().zip(&cumulative) {
+            buckets.push((*bound as f64 / 1e6, at_or_below.saturating_sub(below)));
+            below = (*at_or_below).max(below);
+        }
+        buckets.push((f64::INFINITY, count.saturating_sub(below)));
+        Some(CountedHistogram { sum_seconds: stage["sum_us"].as_u64().unwrap_or(0) as f64 / 1e6, count, buckets })
+    }
+}
+
+impl Sample {
+    fn gauge(&self, encoder: &mut DescriptorEncoder, name: &str, help: &str, field: &str) -> std::fmt::Result {
+        self.per_shard(encoder, name, help, MetricType::Gauge, |sample| sample.status.as_ref()?[field].as_i64())
+    }
+
+    fn counter(&self, encoder: &mut DescriptorEncoder, name: &str, help: &str, field: &str) -> std::fmt::Result {
+        self.per_shard(encoder, name, help, MetricType::Counter, |sample| sample.stats.as_ref()?[field].as_i64())
+    }
+
+    fn per_shard(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        value: impl Fn(&ShardSample) -> Option<i64>,
+    ) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for sample in &self.shards {
+            let Some(value) = value(sample) else { continue };
+            let labels: Labels = vec![("shard", sample.shard.to_string())];
+            let mut metric = family.encode_family(&labels)?;
+            if kind == MetricType::Counter {
+                metric.encode_counter::<Labels, _, u64>(&(value.max(0) as u64), None)?;
+            } else {
+                metric.encode_gauge(&value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Sample {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.encode_state(&mut encoder)?;
+        self.encode_counters(&mut encoder)?;
+        self.encode_stages(&mut encoder)
+    }
+}
+
+impl Sample {
+    /// Role, term, indexes, leader, sessions: each shard's state now.
+    fn encode_state(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut roles = encoder.encode_descriptor(
+            "raft_node_role",
+            "The shard's Raft role on this node (1 for the role it has).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &self.shards {
+            let Some(role) = sample.status.as_ref().and_then(|status| status["role"].as_str()) else { continue };
+            let labels: Labels = vec![("shard", sample.shard.to_string()), ("role", role.to_ascii_lowercase())];
+            roles.encode_family(&labels)?.encode_gauge(&1i64)?;
+        }
+        self.gauge(encoder, "raft_node_term", "The shard's current Raft term.", "term")?;
+        self.gauge(encoder, "raft_node_commit_index", "The shard's commit index as this node knows it.", "commit")?;
+        self.gauge(encoder, "raft_node_applied_index", "The shard's applied index on this node.", "applied")?;
+        self.gauge(encoder, "raft_node_leader_id", "The shard's leader as this node knows it (0: none).", "leader")?;
+        self.per_shard(
+            encoder,
+            "raft_node_sessions",
+            "Exactly-once client sessions the shard keeps.",
+            MetricType::Gauge,
+            |sample| sample.status.as_ref()?["sessions"]["count"].as_i64(),
+        )
+    }
+
+    /// Counters per shard, and the connections per listener.
+    fn encode_counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let counters = [
+            ("raft_node_leader_changes", "Leaders this shard learned of.", "leader_changes"),
+            ("raft_node_log_bytes_written", "Entry batch bytes appended to the shard's log.", "log_bytes_appended"),
+            ("raft_node_snapshots_taken", "Snapshots this shard took of its state.", "snapshots_taken"),
+            ("raft_node_snapshots_installed", "Snapshots this shard installed from a leader.", "snapshots_installed"),
+            ("raft_node_writes_applied", "Client writes applied by this shard.", "writes_applied"),
+            ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
+            ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),
+            ("raft_node_not_leader", "Requests answered NotLeader.", "not_leader"),
+            ("raft_node_busy", "Requests answered Busy (a bound was reached).", "busy"),
+        ];
+        for (name, help, field) in counters {
+            self.counter(encoder, name, help, field)?;
+        }
+        let mut connections = encoder.encode_descriptor(
+            "raft_node_connections",
+            "Open connections, by listener (core 0's client and peer listeners, the RESP front door).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (listener, count) in &self.connections {
+            let labels: Labels = vec![("listener", listener.to_string())];
+            connections.encode_family(&labels)?.encode_gauge(&(*count as i64))?;
+        }
+        Ok(())
+    }
+
+    /// The per-stage latency histograms, in seconds.
+    fn encode_stages(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut stages = encoder.encode_descriptor(
+            "raft_node_stage_duration",
+            "Latency of each stage of a request (see node::stats): queued, wal_write_sync, replication, apply, \
+             total, read, snapshot_capture, snapshot_serialize.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for sample in &self.shards {
+            let Some(stats) = &sample.stats else { continue };
+            for stage in STAGES {
+                let Some(histogram) = CountedHistogram::from_stage(&stats["stages"][stage]) else { continue };
+                let labels: Labels = vec![("shard", sample.shard.to_string()), ("stage", stage.to_string())];
+                stages.encode_family(&labels)?.encode_histogram::<Labels>(
+                    histogram.sum_seconds,
+                    histogram.count,
+                    &histogram.buckets,
+                    None,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! How the RESP front door reaches the key-value state machine: the same
+//! in-process path as a request forwarded between cores ([`NodeHandle`]),
+//! with the node's exactly-once sessions for every write.
+//!
+//! The front door is one client of the cluster per node: it opens a few
+//! sessions per shard (through the log, as any client does) and shares them
+//! among its connections, so a Redis connection costs no session of its own
+//! and `redis-benchmark -c 50` does not open fifty. Each write takes the
+//! next sequence of a session with room in its window and is retried with
+//! that same sequence until it has an outcome, so a write retried after a
+//! leader change is applied once. A follower forwards the write to the
+//! leader (the binary protocol's `--forward-writes` path, which the RESP
+//! front door turns on).
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::session::{OpenedSession, Session};
+use net::{ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
+
+use crate::kv::KvResponse;
+use crate::local::NodeHandle;
+
+/// Sessions the front door keeps per shard, at most. A session's window
+/// (1,024 writes by default) bounds the writes it has in flight, so four
+/// allow 4,096 writes in flight per shard; a write beyond that waits for
+/// room (up to [`CALL_TIMEOUT`]) rather than failing. Each session is one
+/// place in the cluster's session table, which every node's front door
+/// shares with all other clients.
+pub const SESSIONS_PER_SHARD_MAX: usize = 4;
+/// How long a command keeps retrying (no leader, busy, leadership moving)
+/// before it answers `TRYAGAIN`. Below the session's retry window (half
+/// the 10-minute default timeout), so `SessionExpired` always means "not
+/// applied".
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before a retry.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Why a command got no result: the text of its RESP error reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallFailed(pub String);
+
+impl CallFailed {
+    fn timed_out(last: &str) -> CallFailed {
+        CallFailed(format!(
+            "TRYAGAIN no outcome within {CALL_TIMEOUT:?} ({last}); a write may or may not have been applied"
+        ))
+    }
+}
+
+/// One shard's sessions.
+#[derive(Default)]
+struct ShardSessions {
+    sessions: Vec<Session>,
+    /// A session is being opened: others wait for it instead of opening
+    /// their own.
+    opening: bool,
+}
+
+/// The node's side of every RESP connection. It lives on one core's
+/// runtime (`Rc`, never shared between threads).
+pub struct Backend {
+    handle: NodeHandle,
+    shards: Vec<RefCell<ShardSessions>>,
+    next_request_id: Cell<u64>,
+}
+
+impl Backend {
+    pub fn new(handle: NodeHandle) -> Backend {
+        let shards = (0..handle.shards()).map(|_| RefCell::new(ShardSessions::default())).collect();
+        Backend { handle, shards, next_request_id: Cell::new(1) }
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.handle.shards()
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.handle.node_id()
+    }
+
+    /// Sends one request to `shard` and waits for its status; a node that
+    /// is stopping answers `TimedOut`.
+    async fn call(&self, shard: u32, client_id: u64, sequence: u64, ack: u64, body: RequestBody) -> ResponseStatus {
+        let request_id = self.next_request_id.get();
+        self.next_request_id.set(request_id + 1);
+        let request = ClientRequest { request_id, client_id, sequence, ack, body };
+        self.handle.call(shard, request).await.unwrap_or(ResponseStatus::TimedOut)
+    }
+
+    /// Reads with `query` at the node's configured consistency, retrying
+    /// while no leader is known or the shard is busy.
+    pub async fn read(&self, shard: u32, query: Bytes) -> Result<KvResponse, CallFailed> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            let body = RequestBody::Read { query: query.clone(), consistency: ReadConsistency::NodeDefault };
+            match self.call(shard, 0, 0, 0, body).await {
+                ResponseStatus::Ok(bytes) => return decode(&bytes),
+                status => retry_or_fail(status, deadline).await?,
+            }
+        }
+    }
+
+    /// The shard's status (`node admin status`'s JSON).
+    pub async fn status(&self, shard: u32) -> Result<serde_json::Value, CallFailed> {
+        match self.call(shard, 0, 0, 0, RequestBody::Status).await {
+            ResponseStatus::Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|error| CallFailed(format!("ERR undecodable status of shard {shard}: {error}"))),
+            other => Err(CallFailed(format!("ERR shard {shard} status: {other:?}"))),
+        }
+    }
+
+    /// Writes `command` once through a session of `shard`: a sequence of a
+    /// session with room, retried with the same sequence until an outcome;
+    /// a session that expired is replaced and the write sent there as new
+    /// (it was not applied).
+    pub async fn write(&self, shard: u32, command: Bytes) -> Result<KvResponse, CallFailed> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            let (client_id, sequence) = self.start_write(shard, deadline).await?;
+            let outcome = self.write_in(shard, client_id, sequence, &command, deadline).await;
+            self.finish_write(shard, client_id, sequence);
+            match outcome {
+                WriteOutcome::Done(result) => return result,
+                WriteOutcome::SessionExpired => self.forget_session(shard, client_id),
+            }
+        }
+    }
+
+    async fn write_in(
+        &self,
+        shard: u32,
+        client_id: u64,
+        sequence: u64,
+        command: &Bytes,
+        deadline: Instant,
+    ) -> WriteOutcome {
+        loop {
+            let ack = self.ack(shard, client_id).unwrap_or(sequence);
+            let body = RequestBody::Write { command: command.clone() };
+            let status = self.call(shard, client_id, sequence, ack, body).await;
+            match status {
+                ResponseStatus::Ok(bytes) => return WriteOutcome::Done(decode(&bytes)),
+                ResponseStatus::SessionExpired => return WriteOutcome::SessionExpired,
+                status => {
+                    if let Err(failed) = retry_or_fail(status, deadline).await {
+                        return WriteOutcome::Done(Err(failed));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A session of `shard` with room for one more write, and the write's
+    /// sequence: an open one, or a new one when all are full and there are
+    /// fewer than [`SESSIONS_PER_SHARD_MAX`].
+    async fn start_write(&self, shard: u32, deadline: Instant) -> Result<(u64, u64), CallFailed> {
+        loop {
+            let open_one = {
+                let mut sessions = self.shards[shard as usize].borrow_mut();
+                if let Some(session) = sessions.sessions.iter_mut().find(|session| session.can_start()) {
+                    return Ok((session.client_id(), session.start()));
+                }
+                let may_open = !sessions.opening && sessions.sessions.len() < SESSIONS_PER_SHARD_MAX;
+                sessions.opening |= may_open;
+                may_open
+            };
+            if open_one {
+                let opened = self.open_session(shard, deadline).await;
+                let mut sessions = self.shards[shard as usize].borrow_mut();
+                sessions.opening = false;
+                sessions.sessions.push(Session::new(opened?));
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(CallFailed::timed_out("every session of the shard is full"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn open_session(&self, shard: u32, deadline: Instant) -> Result<OpenedSession, CallFailed> {
+        loop {
+            match self.call(shard, 0, 0, 0, RequestBody::OpenSession).await {
+                ResponseStatus::Ok(bytes) => {
+                    return OpenedSession::decode(&bytes)
+                        .map_err(|error| CallFailed(format!("ERR undecodable session opening: {error}")))
+                }
+                status => retry_or_fail(status, deadline).await?,
+            }
+        }
+    }
+
+    fn ack(&self, shard: u32, client_id: u64) -> Option<u64> {
+        let sessions = self.shards[shard as usize].borrow();
+        sessions.sessions.iter().find(|session| session.client_id() == client_id).map(Session::ack)
+    }
+
+    fn finish_write(&self, shard: u32, client_id: u64, sequence: u64) {
+        let mut sessions = self.shards[shard as usize].borrow_mut();
+        if let Some(session) = sessions.sessions.iter_mut().find(|session| session.client_id() == client_id) {
+            session.finish(sequence);
+        }
+    }
+
+    fn forget_session(&self, shard: u32, client_id: u64) {
+        self.shards[shard as usize].borrow_mut().sessions.retain(|session| session.client_id() != client_id);
+    }
+
+    /// Sessions open now, over every shard (for `INFO`).
+    pub fn sessions_open(&self) -> usize {
+        self.shards.iter().map(|shard| shard.borrow().sessions.len()).sum()
+    }
+}
+
+enum WriteOutcome {
+    Done(Result<KvResponse, CallFailed>),
+    SessionExpired,
+}
+
+fn decode(bytes: &Bytes) -> Result<KvResponse, CallFailed> {
+    KvResponse::decode(bytes).map_err(|error| CallFailed(format!("ERR undecodable answer: {error}")))
+}
+
+/// Waits before a retry of a request that got `status`, or fails with
+/// what it means for the client: statuses that may change (no leader yet,
+/// busy, timed out, leadership moving) are retried until `deadline`; a
+/// refusal is final.
+async fn retry_or_fail(status: ResponseStatus, deadline: Instant) -> Result<(), CallFailed> {
+    let last = match status {
+        ResponseStatus::BadRequest(reason) => return Err(CallFailed(format!("ERR {reason}"))),
+        ResponseStatus::Forbidden(reason) => return Err(CallFailed(format!("NOPERM {reason}"))),
+        ResponseStatus::Ok(_) => unreachable!("an outcome is not retried"),
+        ResponseStatus::NotLeader { leader_id: None, .. } => "no leader is known".to_string(),
+        other => format!("{other:?}"),
+    };
+    if Instant::now() + RETRY_PAUSE >= deadline {
+        return Err(CallFailed::timed_out(&last));
+    }
+    tokio::time::sleep(RETRY_PAUSE).await;
+    Ok(())
+}
