@@ -214,6 +214,9 @@ pub struct Raft {
     encoded_last: Index,
     batch_cache: VecDeque<EntryBatch>,
     batch_cache_bytes: usize,
+    /// A follower acknowledged entries up to the commit index but has not
+    /// been sent it: the next Ready sends it (see `send_commit`).
+    commit_owed: bool,
     /// Batches to hand to the shell in the next Ready.
     unstable_batches: Vec<EntryBatch>,
     messages: Vec<Message>,
@@ -315,6 +318,7 @@ impl Raft {
             encoded_last: 0,
             batch_cache: VecDeque::new(),
             batch_cache_bytes: 0,
+            commit_owed: false,
             unstable_batches: Vec::new(),
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
@@ -807,6 +811,7 @@ impl Raft {
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
             || self.log.committed > self.log.applied
+            || self.commit_owed
             || !self.read_states.is_empty()
             || !self.dropped_reads.is_empty()
             || self.read_round_needed
@@ -827,6 +832,9 @@ impl Raft {
     /// the next call.
     pub fn ready(&mut self) -> Ready {
         assert!(self.applying.is_none(), "ready() called twice without advance()");
+        // Owed commit indexes are sent below, by a leader; anyone else owes
+        // nothing any more.
+        self.commit_owed = false;
         if self.role == Role::Leader {
             self.flush_proposals();
             if self.read_round_needed {
@@ -1675,6 +1683,17 @@ impl Raft {
             }
         }
         self.send_append(from);
+        // A follower whose acknowledgement came after the commit advanced is
+        // owed the commit index: the next Ready tells it (`send_commit`, or
+        // the entries proposed meanwhile, which carry it). Without this
+        // nothing may make a Ready before the next heartbeat, up to
+        // `heartbeat_ticks` later, and a follower that forwarded a write
+        // answers its client only when it applies it.
+        self.commit_owed |= self.progress.get(&from).is_some_and(|pr| {
+            pr.state == ProgressState::Replicate
+                && pr.commit_sent < self.log.committed
+                && pr.match_index >= self.log.committed
+        });
         Ok(())
     }
 

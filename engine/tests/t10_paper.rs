@@ -344,3 +344,45 @@ fn a_forwarded_proposal_needs_a_known_leader_and_a_leader_to_take_it() {
 fn accepted(index: u64) -> MessageBody {
     MessageBody::AppendResponse(AppendResponse { index, reject: false, hint_index: 0, hint_term: 0, missing: false })
 }
+
+/// Raft paper 5.3: followers learn the commit index from the leader's
+/// AppendEntries. A follower whose acknowledgement arrives after the commit
+/// advanced (its ack was not needed for the quorum) is told at the next
+/// Ready, not at the next heartbeat: a follower that forwarded a client's
+/// write answers it only once it applies it. (Before, nothing made a Ready
+/// and the follower waited up to a heartbeat interval, 50 ms by default.)
+#[test]
+fn a_late_acknowledgement_is_answered_with_the_commit_index() {
+    let mut cluster = Cluster::with_voters(3, 7);
+    cluster.elect(1);
+    let index = cluster.raft(1).propose(Bytes::from_static(b"x")).unwrap().0;
+    cluster.process_ready(1);
+    // Both followers store the entry; only 2's acknowledgement arrives.
+    for message in std::mem::take(&mut cluster.network) {
+        cluster.deliver(message);
+    }
+    cluster.process_ready(2);
+    cluster.process_ready(3);
+    let (late, early): (Vec<Message>, Vec<Message>) =
+        std::mem::take(&mut cluster.network).into_iter().partition(|message| message.from == 3);
+    for message in early {
+        cluster.deliver(message);
+    }
+    cluster.process_ready(1);
+    assert_eq!(cluster.raft(1).committed(), index);
+    cluster.network.clear();
+    // 3's acknowledgement arrives after the commit: the leader owes it the
+    // commit index, with no tick and no new proposal.
+    for message in late {
+        cluster.deliver(message);
+    }
+    assert!(cluster.raft(1).has_ready(), "the leader has the commit index to send");
+    cluster.process_ready(1);
+    let to_3: Vec<&Message> = cluster.network.iter().filter(|message| message.to == 3).collect();
+    assert!(
+        to_3.iter().any(
+            |message| matches!(&message.body, MessageBody::Append(AppendRequest { commit, .. }) if *commit == index)
+        ),
+        "{to_3:?}"
+    );
+}
