@@ -266,12 +266,17 @@ pub struct Raft {
     /// Set while this replica's log lacks entries it may have acknowledged
     /// (its storage lost or damaged them): the index its log must reach,
     /// verified by a leader, before it is a full voter again. Until then it
-    /// grants no votes, starts no elections, and takes commit indexes only
-    /// from appends whose entries it has just verified (Protocol-Aware
-    /// Recovery, FAST'18: a replica that forgot what it acknowledged could
-    /// otherwise help elect a leader that lacks a committed entry).
+    /// starts no elections, takes commit indexes only from appends whose
+    /// entries it has just verified, and votes only for a candidate that
+    /// surely holds what it acknowledged (see `repair_vote_allowed`):
+    /// Protocol-Aware Recovery, FAST'18, shows that a replica that forgot
+    /// what it acknowledged can otherwise help elect a leader that lacks a
+    /// committed entry.
     /// Invariant: `Some(target)` implies `target > log.committed`.
     repair: Option<Index>,
+    /// While `repair` is set: the term this replica had when it started,
+    /// at least every term in which it acknowledged anything.
+    repair_term: Term,
 }
 
 impl Raft {
@@ -348,6 +353,7 @@ impl Raft {
             snapshot_reads: Vec::new(),
             compact_to: None,
             repair,
+            repair_term: hard_state.term,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -1320,8 +1326,13 @@ impl Raft {
                 self.accept_leader(from)?;
                 // A repairing replica's log may hold a stale suffix that the
                 // leader's match index (learned before the damage) covers.
+                // It tells the leader what it lacks instead: a leader with
+                // nothing new to send would otherwise never probe it.
                 if self.repair.is_none() {
                     self.log.commit_to(commit.min(self.log.last_index()));
+                } else {
+                    let last = self.log.last_index();
+                    self.send_append_reject(from, last + 1, (last, self.log.term(last).unwrap_or(0)));
                 }
                 let term = self.term;
                 self.send(Message {
@@ -1487,7 +1498,7 @@ impl Raft {
         // least as up to date as ours.
         // A replica in repair may have forgotten entries it acknowledged, so
         // its "up to date" check could pass a candidate lacking them.
-        let can_vote = self.repair.is_none()
+        let can_vote = self.repair_vote_allowed(request)
             && (self.vote == from || (self.vote == NODE_NONE && self.leader == NODE_NONE) || (pre && term > self.term));
         let granted = can_vote && self.log.is_up_to_date(request.last_log_index, request.last_log_term);
         let response_term = if pre && granted { term } else { self.term };
@@ -1498,6 +1509,20 @@ impl Raft {
         let body = if pre { MessageBody::PreVoteResponse { granted } } else { MessageBody::VoteResponse { granted } };
         self.send(Message { from: self.id, to: from, term: response_term, body });
         Ok(())
+    }
+
+    /// Whether a replica in repair may vote for a candidate with this log
+    /// (always true when not in repair). Only for one whose last entry has
+    /// a term at or above `repair_term` and an index at or above the
+    /// target: that entry came from the leader of its term, which held
+    /// every entry committed before (Leader Completeness), and Log Matching
+    /// gives the candidate that leader's log up to there, so it holds
+    /// everything this replica acknowledged. Without this, a replica that
+    /// repairs after a false alarm (a log legitimately shortened by a new
+    /// leader, then a crash) could leave a group with no majority to elect
+    /// anyone.
+    fn repair_vote_allowed(&self, request: VoteRequest) -> bool {
+        self.repair.is_none_or(|target| request.last_log_term >= self.repair_term && request.last_log_index >= target)
     }
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool, pre: bool) -> Result<(), Ignored> {
@@ -1550,21 +1575,8 @@ impl Raft {
             (prev_index, prev_term)
         };
         if !self.log.matches(check_index, check_term) {
-            let (hint_index, hint_term) =
-                self.log.find_conflict_by_term(check_index.min(self.log.last_index()), check_term);
-            let term = self.term;
-            self.send(Message {
-                from: self.id,
-                to: from,
-                term,
-                body: MessageBody::AppendResponse(AppendResponse {
-                    index: check_index,
-                    reject: true,
-                    hint_index,
-                    hint_term,
-                    missing: check_index > self.log.last_index(),
-                }),
-            });
+            let hint = self.log.find_conflict_by_term(check_index.min(self.log.last_index()), check_term);
+            self.send_append_reject(from, check_index, hint);
             return Ok(());
         }
         if let Some(batch) = batch {
@@ -1612,6 +1624,19 @@ impl Raft {
         }
         self.send_append_ack(from, last_new);
         Ok(())
+    }
+
+    /// Rejects an append at `index` (its `prev_index`) with the back-tracking
+    /// hint; `missing` when this log ends before `index`.
+    fn send_append_reject(&mut self, to: NodeId, index: Index, (hint_index, hint_term): (Index, Term)) {
+        let term = self.term;
+        let missing = index > self.log.last_index();
+        self.send(Message {
+            from: self.id,
+            to,
+            term,
+            body: MessageBody::AppendResponse(AppendResponse { index, reject: true, hint_index, hint_term, missing }),
+        });
     }
 
     fn send_append_ack(&mut self, to: NodeId, index: Index) {

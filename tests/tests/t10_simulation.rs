@@ -5,7 +5,7 @@
 //! `tests::sim`).
 //!
 //! `SIM_SEEDS=N` runs N seeds per cluster size (default 1000, so 2000 runs
-//! in all), starting at `SIM_SEED_START` (default 0); `SIM_SEED=S` replays
+//! in all; `SIM_FAULT_SEEDS=N`, default 150, for the storage-fault tests), starting at `SIM_SEED_START` (default 0); `SIM_SEED=S` replays
 //! one seed (`SIM_TRACE=1` adds what each restarting node found on disk). A failure prints the seed and the
 //! command that replays it. Run it in release: the debug build is about ten
 //! times slower.
@@ -13,16 +13,24 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use tests::sim::{run, Summary};
+use tests::sim::{run, run_with, Summary};
 
 fn run_many(voters: u64, test_name: &str) {
+    run_many_with(voters, test_name, false);
+}
+
+/// Runs the seeds; with `storage_faults`, `SIM_FAULT_SEEDS` (default 150)
+/// sets their number instead of `SIM_SEEDS`.
+fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
+    let run = |seed, voters| run_with(seed, voters, storage_faults);
     if let Ok(seed) = std::env::var("SIM_SEED") {
         let seed: u64 = seed.parse().expect("SIM_SEED is a number");
         let summary = run(seed, voters);
         eprintln!("{summary:?}");
         return;
     }
-    let seeds: u64 = std::env::var("SIM_SEEDS").map_or(1000, |s| s.parse().expect("SIM_SEEDS is a number"));
+    let (variable, default) = if storage_faults { ("SIM_FAULT_SEEDS", 150) } else { ("SIM_SEEDS", 1000) };
+    let seeds: u64 = std::env::var(variable).map_or(default, |s| s.parse().expect("the seed count is a number"));
     let first: u64 = std::env::var("SIM_SEED_START").map_or(0, |s| s.parse().expect("SIM_SEED_START is a number"));
     let started = Instant::now();
     let mut total = Summary::default();
@@ -54,6 +62,7 @@ fn run_many(voters: u64, test_name: &str) {
                 total.unknown_placed += summary.unknown_placed;
                 total.unknown_dropped += summary.unknown_dropped;
                 total.unknown_left += summary.unknown_left;
+                total.storage_faults += summary.storage_faults;
                 multi_shard_seeds += u64::from(summary.shards > 1);
             }
             Err(panic) => {
@@ -72,7 +81,7 @@ fn run_many(voters: u64, test_name: &str) {
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
          while reads waited, {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
-         {} seeds with several shards ({:.0} seeds/s)",
+         {} seeds with several shards, {} crashes that lost durable entries ({:.0} seeds/s)",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -96,9 +105,13 @@ fn run_many(voters: u64, test_name: &str) {
         total.unknown_dropped,
         total.unknown_left,
         multi_shard_seeds,
+        total.storage_faults,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
     // The simulator must actually exercise the faults it claims to.
+    if storage_faults && seeds >= 50 {
+        assert!(total.storage_faults > 0, "no disk lost a durable entry");
+    }
     if seeds >= 50 {
         assert!(total.crashes > 0 && total.partitions > 0, "no crashes or partitions injected");
         assert!(total.membership_changes > 0, "no membership changes");
@@ -124,6 +137,20 @@ fn three_nodes() {
 #[test]
 fn five_nodes() {
     run_many(5, "five_nodes");
+}
+
+/// Issue 16: a minority of replicas per seed lose durable entries when they
+/// crash (damaged records cut by recovery, lost durable suffixes), and must
+/// repair themselves from their peers; the safety and linearizability
+/// checks hold throughout.
+#[test]
+fn three_nodes_with_storage_faults() {
+    run_many_with(3, "three_nodes_with_storage_faults", true);
+}
+
+#[test]
+fn five_nodes_with_storage_faults() {
+    run_many_with(5, "five_nodes_with_storage_faults", true);
 }
 
 /// A seed replays exactly: the same faults, the same operations, the same

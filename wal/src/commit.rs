@@ -110,6 +110,15 @@ pub(crate) struct State {
     /// segment and tries again every [`NO_SPACE_RETRY`]; appends stay queued
     /// (bounded by `queued_bytes_max`) and become durable once it can.
     pub no_space: Option<WalError>,
+    /// Appends submitted and maybe not yet durable that replace a suffix of
+    /// the log: their sequence and the index before their first. Entries
+    /// past that were never committed (a leader replaces them), so they no
+    /// longer count as acknowledged in a hard-state save.
+    pub truncations: VecDeque<(u64, Index)>,
+    /// While recovery found the log short of what this replica may have
+    /// acknowledged: that index, kept in every hard-state save until the
+    /// durable log reaches it (0 otherwise).
+    pub repair_floor: Index,
     pub closing: bool,
     pub stats: WalStats,
     /// Aligned write buffers not in use, for the next groups (at most
@@ -118,6 +127,22 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The highest index this replica may have acknowledged, for a
+    /// hard-state save: the durable log's end, short of any suffix a
+    /// submitted append replaces, and at least the repair floor while the
+    /// log has not reached it.
+    pub(crate) fn acknowledged(&mut self) -> Index {
+        let durable = self.durable;
+        while self.truncations.front().is_some_and(|&(sequence, _)| sequence <= durable.sequence) {
+            self.truncations.pop_front();
+        }
+        if durable.index >= self.repair_floor {
+            self.repair_floor = 0;
+        }
+        let kept = self.truncations.iter().map(|&(_, cut)| cut).min().unwrap_or(Index::MAX);
+        durable.index.min(kept).max(self.repair_floor)
+    }
+
     /// Checks the commit pipeline's invariants; returns the first broken
     /// one. Debug builds check after every append and every completed write.
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
@@ -428,6 +453,8 @@ mod tests {
             sequence_next: 2,
             failed: None,
             no_space: None,
+            truncations: VecDeque::new(),
+            repair_floor: 0,
             closing: false,
             stats: WalStats::default(),
             buffers: Vec::new(),

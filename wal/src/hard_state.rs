@@ -185,10 +185,6 @@ pub(crate) struct HardStateWriter {
     synced_slot: usize,
     /// The newest durable hard state.
     synced: HardState,
-    /// The highest index this replica may have acknowledged: it never goes
-    /// down, so a replica that restarts in repair and saves a hard state
-    /// before it caught up still knows what it lacks at the next start.
-    acknowledged: Index,
 }
 
 impl HardStateWriter {
@@ -201,7 +197,6 @@ impl HardStateWriter {
         hard_state: HardState,
         sequence: u64,
         slot: usize,
-        acknowledged: Index,
     ) -> Result<HardStateWriter, WalError> {
         let path = dir.join(HARD_STATE_FILE);
         let file = fs::OpenOptions::new()
@@ -216,7 +211,6 @@ impl HardStateWriter {
             sequence,
             synced_slot: slot,
             synced: hard_state,
-            acknowledged,
         })
     }
 
@@ -228,12 +222,15 @@ impl HardStateWriter {
     /// save overtaken by a durable one) is dropped. On error the caller must stop
     /// using the log: which slot holds what is then unknown until the next
     /// open reads it back.
-    pub(crate) async fn save(&mut self, hard_state: HardState, durable: Index, sync: bool) -> Result<(), WalError> {
+    pub(crate) async fn save(
+        &mut self,
+        hard_state: HardState,
+        acknowledged: Index,
+        sync: bool,
+    ) -> Result<(), WalError> {
         if !sync && is_overtaken(hard_state, self.synced) {
             return Ok(());
         }
-        self.acknowledged = self.acknowledged.max(durable);
-        let acknowledged = self.acknowledged;
         let sync = sync || hard_state.term != self.synced.term || hard_state.vote != self.synced.vote;
         let sequence = self.sequence + 1;
         let slot = 1 - self.synced_slot;
@@ -292,7 +289,7 @@ mod tests {
         let new_term = HardState { term: 3, vote: 0, commit: 9 };
         tokio_uring::start(async {
             let (hard_state, _, sequence, slot) = load(&dir).unwrap();
-            let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot, 0).unwrap();
+            let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot).unwrap();
             writer.save(voted, 0, true).await.unwrap();
             let durable_slot = load(&dir).unwrap().3;
             for commit in 6..=8 {

@@ -72,6 +72,8 @@ pub(crate) struct Scan {
     /// Damage that cannot be a torn write (see the module documentation):
     /// the records up to `end` are good, and what lay after them is lost.
     pub damage: Option<WalError>,
+    /// The highest index in valid records after the damage, if any.
+    pub index_after_damage: Option<Index>,
 }
 
 /// Scans a segment's bytes. `is_newest` selects the torn-tail rule (see the
@@ -105,7 +107,9 @@ pub(crate) fn scan(
             // Preallocated space: the records end here, and so must every
             // non-zero byte.
             match rest.iter().position(|&byte| byte != 0) {
-                None => return Ok(Scan { records, end: position, torn: false, damage: None }),
+                None => {
+                    return Ok(Scan { records, end: position, torn: false, damage: None, index_after_damage: None })
+                }
                 Some(at) => {
                     break (
                         "only zeros after the last record".to_string(),
@@ -130,19 +134,42 @@ pub(crate) fn scan(
         records.push(RecordSpan { offset: position, length });
         position += length;
     };
+    // Valid records after the damage were written after it and may have
+    // been acknowledged, so the cut loses them too: a torn write leaves none.
+    let index_after_damage = last_index_after(buf, position + 1, batch_limit);
     let damage = if !is_newest {
         Some(WalError::corrupt(path, position as u64, expected, found))
+    } else if let Some(valid) = find_valid_batch(buf, position.saturating_add(window).saturating_add(1), batch_limit) {
+        Some(WalError::corrupt(
+            path,
+            position as u64,
+            expected,
+            format!("{found}, and a valid record at offset {valid}, beyond the {window}-byte torn-tail window"),
+        ))
     } else {
-        find_valid_batch(buf, position.saturating_add(window).saturating_add(1), batch_limit).map(|valid| {
+        index_after_damage.map(|index| {
             WalError::corrupt(
                 path,
                 position as u64,
                 expected,
-                format!("{found}, and a valid record at offset {valid}, beyond the {window}-byte torn-tail window"),
+                format!("{found}, and valid records after it (up to index {index}): damage, not a torn write"),
             )
         })
     };
-    Ok(Scan { records, end: position, torn: true, damage })
+    Ok(Scan { records, end: position, torn: true, damage, index_after_damage })
+}
+
+/// The highest last index of the valid batches found at or after `from`
+/// (byte by byte, skipping each one found): what a cut before `from` loses.
+pub(crate) fn last_index_after(buf: &Bytes, mut from: usize, batch_limit: usize) -> Option<Index> {
+    let mut highest = None;
+    while let Some(at) = find_valid_batch(buf, from, batch_limit) {
+        let length = valid_batch_length(buf, at, batch_limit).expect("found valid");
+        let batch = EntryBatch::decode(&buf.slice(at..at + length), batch_limit).expect("found valid");
+        highest = highest.max(Some(batch.last_index()));
+        from = at + length;
+    }
+    highest
 }
 
 /// The first offset at or after `from` where a whole valid batch starts.
@@ -206,6 +233,8 @@ impl Replay {
 pub(crate) struct RecoveredLog {
     /// Damage found below the log's tail (the log was cut before it).
     pub damage: Option<WalError>,
+    /// The highest index of the valid records the cut removed (0 if none).
+    pub damage_index_max: Index,
     pub entries: Vec<Entry>,
     /// Live segments in sequence order; the last is where writing resumes.
     pub segments: Vec<SegmentMeta>,
@@ -250,6 +279,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     let mut tail_offset = 0;
     let mut previous_tail_offset = 0;
     let mut damage = None;
+    let mut damage_index_max = 0;
     let segment_count = segments.len();
     for (position, segment) in segments.iter_mut().enumerate() {
         let is_newest = position + 1 == segment_count;
@@ -281,6 +311,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         previous_tail_offset = tail_offset;
         tail_offset = scan.end as u64;
         if scan.damage.is_some() {
+            damage_index_max = damage_index_max.max(scan.index_after_damage.unwrap_or(0));
             damage = scan.damage.map(|error| (error, position));
             break;
         }
@@ -291,6 +322,10 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     // would need an operator to wipe the replica (issue 16).
     if let Some((_, position)) = &damage {
         for later in segments.drain(position + 1..) {
+            // What the cut loses from later segments counts as possibly
+            // acknowledged too.
+            let raw = Bytes::from(read_segment(&later.path)?);
+            damage_index_max = damage_index_max.max(last_index_after(&raw, 0, config.batch_bytes_max).unwrap_or(0));
             fs::remove_file(&later.path).map_err(|error| WalError::io("removing", &later.path, error))?;
         }
         sync_dir_blocking(dir)?;
@@ -308,6 +343,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     }
     Ok(RecoveredLog {
         damage: damage.map(|(error, _)| error),
+        damage_index_max,
         entries: replay.entries,
         segments,
         tail_offset,
@@ -397,9 +433,11 @@ mod tests {
         let raw = Bytes::from(raw);
         let error = scan(Path::new("s"), &raw, true, 256, LIMIT).unwrap().damage.expect("corruption");
         assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
-        // With a window that covers every later record it is a torn tail.
-        let torn = scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap();
-        assert!(torn.torn && torn.damage.is_none());
+        // Even within the window, valid records after the damage make it
+        // damage, not a torn write, and say what the cut loses.
+        let within = scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap();
+        assert!(within.damage.is_some());
+        assert_eq!(within.index_after_damage, Some(60));
     }
 
     /// Groups as the writer lays them: each from an aligned offset, padded

@@ -55,8 +55,7 @@ impl Wal {
     async fn write_hard_state(&self, hard_state: HardState, sync: bool) -> Result<(), WalError> {
         let mut writer = self.hard_state.lock().await;
         Self::check_usable(&self.shared.state.borrow())?;
-        // Everything durable now may be acknowledged once this returns.
-        let acknowledged = self.shared.state.borrow().durable.index;
+        let acknowledged = self.shared.state.borrow_mut().acknowledged();
         let result = writer.save(hard_state, acknowledged, sync).await;
         if let Err(error) = &result {
             self.shared.fail(error.clone());
@@ -163,8 +162,11 @@ impl LogStore for Wal {
         }
         // Damage below the tail lost at least the entry after the good
         // prefix, which this replica may have acknowledged.
-        let damage_floor = if recovered.damage.is_some() { log.last_index + 1 } else { 0 };
+        let damage_floor =
+            if recovered.damage.is_some() { (log.last_index + 1).max(recovered.damage_index_max) } else { 0 };
         let damage = recovered.damage.clone().map(Box::new);
+        let acknowledged = acknowledged.max(damage_floor);
+        let log_last = log.last_index;
         let mut stats = WalStats::default();
         let active = match recovered.segments.last() {
             Some(last) => {
@@ -192,13 +194,13 @@ impl LogStore for Wal {
             sequence_next: recovered.sequence_next + 1,
             failed: None,
             no_space: None,
+            truncations: VecDeque::new(),
+            repair_floor: if acknowledged > log_last { acknowledged } else { 0 },
             closing: false,
             stats,
             buffers: Vec::new(),
         };
-        let acknowledged = acknowledged.max(damage_floor);
-        let hard_state_writer =
-            HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot, acknowledged)?;
+        let hard_state_writer = HardStateWriter::open(&config.dir, hard_state, hard_state_sequence, hard_state_slot)?;
         // Preallocate the next segment now, ahead of need.
         let spare = tokio_uring::spawn(segment::create_spare(
             config.dir.clone(),
@@ -244,8 +246,11 @@ impl LogStore for Wal {
         if queued_bytes + length > config.queued_bytes_max {
             return Err(WalError::QueueFull { queued_bytes, queued_bytes_max: config.queued_bytes_max });
         }
-        state.log.append(&batch);
         let sequence = state.submitted.sequence + 1;
+        if first <= state.log.last_index {
+            state.truncations.push_back((sequence, first - 1));
+        }
+        state.log.append(&batch);
         state.submitted = Mark { sequence, index: batch.last_index(), bytes: state.submitted.bytes + length as u64 };
         let ticket =
             AppendTicket { sequence, first_index: first, last_index: batch.last_index(), last_term: batch.last_term() };

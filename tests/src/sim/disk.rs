@@ -12,6 +12,16 @@
 //! of the unsynced appends may have reached the platter, the last of them
 //! torn (a suffix of its entries missing), and a local snapshot in that
 //! prefix may be missing (later appends can land before its file).
+//!
+//! In the storage-fault mode ([`SimDisk::damage`]) a stopped node's disk
+//! also loses durable entries, as the WAL's recovery reports them (issue 16):
+//! damage to any written record (a flipped bit, a latent sector error, a
+//! misdirected write, a torn write of any length) cuts the log before it and
+//! claims everything the valid records after it held as acknowledged; a lost
+//! durable suffix (a lost fsync) is detected only through the hard state's
+//! acknowledged index, so it strikes here only when that index covers the
+//! whole log (losing entries beyond it is undetectable, and no replica can
+//! vote safely after it).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -57,6 +67,13 @@ pub struct SimDisk {
     durable_sequence: u64,
     /// Local snapshots that became durable, for the shard to hear of.
     stored: Vec<SnapshotStored>,
+    /// The highest index this replica may have acknowledged, as the WAL's
+    /// hard state records it at each save (`wal::commit::State::acknowledged`):
+    /// the durable log's end short of suffixes that queued appends replace,
+    /// at least `repair_floor`; raised by reported damage.
+    acknowledged: Index,
+    /// What the log must reach after a start that found it short.
+    repair_floor: Index,
 }
 
 /// Appends a batch to storage, skipping the part a stored snapshot covers (a
@@ -81,6 +98,25 @@ impl SimDisk {
     pub fn save_hard_state_sync(&mut self, hard_state: HardState) {
         self.durable.set_hard_state(hard_state);
         self.lazy_hard_state = None;
+        self.record_acknowledged();
+    }
+
+    /// What a hard-state save records as acknowledged, as the WAL computes it.
+    fn record_acknowledged(&mut self) {
+        let mut running_last = self.durable.last_index();
+        let mut kept = running_last;
+        for write in &self.pending {
+            if let DiskWrite::Entries { batch, .. } = write {
+                if batch.first_index() <= running_last {
+                    kept = kept.min(batch.first_index() - 1);
+                }
+                running_last = batch.last_index();
+            }
+        }
+        if self.durable.last_index() >= self.repair_floor {
+            self.repair_floor = 0;
+        }
+        self.acknowledged = kept.max(self.repair_floor);
     }
 
     /// A commit-only change: saved in the background, unordered with appends.
@@ -96,6 +132,7 @@ impl SimDisk {
             let durable = self.durable.hard_state();
             if !wal::hard_state::is_overtaken(hard_state, durable) {
                 self.durable.set_hard_state(hard_state);
+                self.record_acknowledged();
             }
         }
     }
@@ -139,6 +176,41 @@ impl SimDisk {
     /// The local snapshots that became durable since the last call.
     pub fn take_stored(&mut self) -> Vec<SnapshotStored> {
         std::mem::take(&mut self.stored)
+    }
+
+    /// What a restarting node recovers from this disk.
+    pub fn recovered(&mut self) -> engine::Recovered {
+        if self.acknowledged > self.durable.last_index() {
+            self.repair_floor = self.acknowledged;
+        }
+        engine::Recovered { acknowledged: self.acknowledged, ..self.durable.recovered() }
+    }
+
+    /// A storage fault while the node is stopped (see the module
+    /// documentation); returns whether any entry was lost.
+    pub fn damage(&mut self, rng: &mut Rng) -> bool {
+        let (first, last) = (self.durable.first_index(), self.durable.last_index());
+        let detected_by_checksum = rng.range(0, 2) == 0;
+        if first > last || (!detected_by_checksum && self.acknowledged < last) {
+            return false;
+        }
+        let cut = rng.range(first, last + 1);
+        let kept = self.durable.entries(first, cut).expect("a range of the log");
+        let mut damaged = MemStorage::new();
+        damaged.set_hard_state(self.durable.hard_state());
+        let meta = self.durable.snapshot_meta().clone();
+        if meta.index > 0 {
+            damaged.apply_snapshot(meta, self.durable.snapshot_data().clone());
+        }
+        if !kept.is_empty() {
+            damaged.append(&EntryBatch::encode(&kept)).expect("a contiguous prefix");
+        }
+        self.durable = damaged;
+        if detected_by_checksum {
+            // Recovery reads the valid records after the damage: up to `last`.
+            self.acknowledged = self.acknowledged.max(last);
+        }
+        true
     }
 
     /// How many writes are queued.

@@ -258,10 +258,10 @@ impl SimNode {
     /// node's start does.
     fn open(&self, shard_id: u32, shards: u32, disk: &Rc<RefCell<SimDisk>>) -> SimShard {
         let (recovered, snapshot) = {
-            let disk = disk.borrow();
+            let mut disk = disk.borrow_mut();
             let meta = disk.durable.snapshot_meta().clone();
             let snapshot = (meta.index > 0).then(|| (meta, disk.durable.snapshot_data().clone()));
-            (disk.durable.recovered(), snapshot)
+            (disk.recovered(), snapshot)
         };
         let mut config = self.config.clone();
         config.seed = config.seed.wrapping_add(u64::from(shard_id).wrapping_mul(0x9E37_79B9));
@@ -297,6 +297,17 @@ impl SimNode {
         let mut outbox = self.outbox.borrow_mut();
         outbox.messages.clear();
         outbox.responses.clear();
+    }
+
+    /// Storage faults on a stopped node's disks (see [`SimDisk::damage`]);
+    /// returns whether any disk lost entries.
+    pub fn damage(&mut self, rng: &mut Rng) -> bool {
+        assert!(!self.up, "damage strikes a stopped node's disk");
+        let mut lost = false;
+        for replica in &self.replicas {
+            lost |= replica.disk.borrow_mut().damage(rng);
+        }
+        lost
     }
 
     /// The process starts again from its disks.
