@@ -599,6 +599,17 @@ fn flip_wal_byte(dir: &Path, back: Option<usize>) -> Option<(PathBuf, usize, usi
     Some((newest, at, end))
 }
 
+/// The chaos tests run one at a time: each is a cluster of real processes
+/// whose timing (elections, stalls) is part of what it checks, and five at
+/// once on a 2-core machine turned CPU starvation into faults none of them
+/// meant to inject (in CI a disk-full leader stalled long enough to lose an
+/// election, and was then stuck as a pre-candidate: an open bug, see the
+/// README's limits).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn io_uring_or_skip() -> Option<PathBuf> {
     let Some(binary) = node_binary() else {
         eprintln!(
@@ -616,6 +627,7 @@ fn io_uring_or_skip() -> Option<PathBuf> {
 
 #[test]
 fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
+    let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     // Clients start at any node: followers forward their writes, so forwarded
     // writes meet the leader's deaths too.
@@ -671,6 +683,7 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
 /// stays linearizable with every acknowledged write present.
 #[test]
 fn three_nodes_follower_with_a_flipped_wal_byte_repairs_itself() {
+    let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     let mut cluster = Cluster::stopped(binary, 3, 24_400, None, false, 1).started();
     cluster.leader();
@@ -736,6 +749,7 @@ impl Drop for Tmpfs {
 /// file systems grow; every acknowledged write is kept.
 #[test]
 fn disk_full_refuses_writes_serves_reads_and_resumes() {
+    let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     // Declared first, so the file systems go after the nodes using them.
     let mut mounts = Vec::new();
@@ -816,6 +830,7 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
 
 #[test]
 fn five_nodes_partitioned_minority_and_wiped_follower() {
+    let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     let mut cluster = Cluster::stopped(binary, 5, 24_100, Some(40), false, 1).started();
     cluster.leader();
@@ -933,6 +948,7 @@ fn five_nodes_partitioned_minority_and_wiped_follower() {
 /// acknowledged write-once key (spread over all four) reads back.
 #[test]
 fn three_nodes_four_shards_leaders_killed_in_turn() {
+    let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     const SHARDS: u32 = 4;
     let key_shards: BTreeSet<u32> = (0..KEYS).map(|key| shard_for_key(&key_bytes(key), SHARDS)).collect();
