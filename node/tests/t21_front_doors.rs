@@ -379,15 +379,20 @@ fn leader_killed_under_pipelined_writes() {
     let leader = cluster.wait_ready();
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let writers: Vec<_> = followers
         .iter()
         .map(|id| {
             let mut connection = cluster.connect(*id);
-            let killed = killed.clone();
+            let (killed, rounds) = (killed.clone(), rounds.clone());
             std::thread::spawn(move || {
+                // Writes until ten pipelines after the kill have been
+                // answered: the kill then surely lands mid-stream, however
+                // fast the writes go (a bound of rounds keeps a stuck
+                // cluster from looping forever).
                 let (mut values, mut unknown, mut rounds_after_kill) = (Vec::new(), 0u64, 0);
-                for _ in 0..30 {
-                    rounds_after_kill += u32::from(killed.load(std::sync::atomic::Ordering::SeqCst));
+                for _ in 0..5_000 {
+                    let after_kill = killed.load(std::sync::atomic::Ordering::SeqCst);
                     let mut pipe = redis::pipe();
                     for _ in 0..20 {
                         pipe.cmd("INCR").arg("pipelined-ledger");
@@ -399,12 +404,23 @@ fn leader_killed_under_pipelined_writes() {
                             unknown += 20;
                         }
                     }
+                    rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if after_kill {
+                        rounds_after_kill += 1;
+                        if rounds_after_kill == 10 {
+                            break;
+                        }
+                    }
                 }
                 (values, unknown, rounds_after_kill)
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed once both writers are well under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rounds.load(std::sync::atomic::Ordering::SeqCst) < 10 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     cluster.kill(leader);
     killed.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut values = Vec::new();
