@@ -6,9 +6,9 @@ use engine::NodeId;
 
 use crate::frame::PROTOCOL_VERSION;
 use crate::handshake::{Handshake, HandshakeRefusal, RefusalReason, Role};
-use crate::identity::{AuthMethod, CertIdentity, Identity, IdentityError, Roles, SHARED_TOKEN_USER};
+use crate::identity::{CertIdentity, Identity, IdentityError};
 use crate::listener::ListenerRole;
-use crate::security::{ClientAuth, Credentials};
+use crate::security::Credentials;
 use crate::tokens::token_matches;
 
 /// Who the caller turned out to be.
@@ -111,21 +111,10 @@ fn authenticate_client(
             format!("a node certificate ({}) cannot connect as a client", name.uri()),
         ),
         Some(Err(error)) => refuse(RefusalReason::IdentityMismatch, error.to_string()),
-        None => {
-            let identity = match &credentials.client_auth {
-                ClientAuth::None => None,
-                ClientAuth::Shared(expected) => token_matches(&handshake.token, expected).then(|| Identity {
-                    user: SHARED_TOKEN_USER.into(),
-                    roles: Roles::ALL,
-                    method: AuthMethod::SharedToken,
-                }),
-                ClientAuth::Users(users) => users.authenticate(&handshake.token),
-            };
-            match identity {
-                Some(identity) => Ok(Authenticated::Client { identity }),
-                None => refuse(RefusalReason::BadToken, "no client certificate and no valid token".into()),
-            }
-        }
+        None => match credentials.client_auth.identity(&handshake.token) {
+            Some(identity) => Ok(Authenticated::Client { identity }),
+            None => refuse(RefusalReason::BadToken, "no client certificate and no valid token".into()),
+        },
     }
 }
 
@@ -134,8 +123,9 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::identity::{AuthMethod, Roles};
     use crate::identity::{ClientName, NodeName};
-    use crate::security::{ClientTokens, NodeSecurity, NodeSecurityConfig};
+    use crate::security::{ClientAuth, ClientTokens, NodeSecurity, NodeSecurityConfig};
     use crate::tokens::UserTokens;
 
     const TOKEN: &[u8] = b"peer-secret-peer-secret";

@@ -19,12 +19,21 @@
 //! | 6 | `Append` | key: bytes, value: bytes |
 //! | 7 | `Set` | key: bytes, value: bytes, condition: `u8` (0 always, 1 only if absent, 2 only if present), get: `u8` 0 or 1 |
 //! | 8 | `Count` | nothing (a query only: no key, so no shard refuses it) |
+//! | 9 | batch | count: `u32` (1 to [`BATCH_OPS_MAX`]), then each op (tags 1 to 7) as bytes |
 //!
 //! Tags 5 to 7 are the read-modify-write commands of the RESP front door
 //! (`INCR`, `APPEND`, `SET NX/XX/GET`, `SETNX`, `GETSET`): each is applied as
 //! one step of the state machine, so two clients incrementing the same key
 //! never both read the old value, and a retried one (same session sequence)
 //! is applied once like any write. Tags 1 to 4 keep their encodings.
+//!
+//! A batch (a write's command only, built by [`encode_batch`]) is applied as
+//! one step: its ops in their order, each seeing the ones before it, and
+//! answered with one [`KvResponse::Batch`] of their answers in the same
+//! order. The RESP front door sends a pipeline's writes to a shard as one
+//! batch, which keeps writes of one key in the client's order and costs the
+//! log one entry instead of one per command. A node with several shards
+//! refuses a batch holding a key of another shard.
 //!
 //! `Increment` treats an absent key as 0 and a present value as a decimal
 //! `i64` (an optional `-`, no `+`, no leading zeros, as Redis's `INCR`);
@@ -50,6 +59,7 @@
 //! | 7 | `Refused` | reason: `u8`, a [`KvRefusal`] code; nothing changed |
 //! | 8 | `SetDone` | written: `u8` 0 or 1, previous value: opt (only when `get` was asked) |
 //! | 9 | `Count` | `u64`: keys in the shard |
+//! | 10 | `Batch` | count: `u32`, then each answer as bytes (a batch's answers, in its ops' order) |
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -80,6 +90,55 @@ pub const VALUE_SIZE_MAX: usize = 16 * 1024 * 1024;
 /// The query that counts a shard's keys (op tag 8, `Count`): it has no
 /// key, so it is not a [`KvOp`]; send it to every shard and add the answers.
 pub const COUNT_QUERY: &[u8] = &[8];
+
+/// The tag of a batch of ops (see the module doc).
+pub const BATCH_TAG: u8 = 9;
+/// The most ops in one batch.
+pub const BATCH_OPS_MAX: usize = 4096;
+
+/// Encodes `ops` as one batch command (see the module doc).
+///
+/// # Panics
+///
+/// If `ops` is empty or longer than [`BATCH_OPS_MAX`].
+pub fn encode_batch(ops: &[KvOp]) -> Bytes {
+    assert!(!ops.is_empty() && ops.len() <= BATCH_OPS_MAX, "a batch holds 1 to {BATCH_OPS_MAX} ops");
+    let encoded: Vec<Bytes> = ops.iter().map(KvOp::encode).collect();
+    let mut out = BytesMut::with_capacity(5 + encoded.iter().map(|op| 4 + op.len()).sum::<usize>());
+    out.put_u8(BATCH_TAG);
+    out.put_u32_le(ops.len() as u32);
+    for op in &encoded {
+        put_bytes(&mut out, op);
+    }
+    out.freeze()
+}
+
+/// The encoded size of one op inside a batch, for callers that keep a
+/// batch under a size limit.
+pub fn batch_op_size(op: &KvOp) -> usize {
+    4 + op.encode_len()
+}
+
+/// The ops of a batch command, or `None` when `bytes` is not a batch.
+/// Nested batches are refused.
+pub fn decode_batch(bytes: &[u8]) -> Option<Result<Vec<KvOpRef<'_>>, FormatError>> {
+    if bytes.first() != Some(&BATCH_TAG) {
+        return None;
+    }
+    Some((|| {
+        let mut reader = Reader::new(&bytes[1..]);
+        let count = reader.u32("batch count")? as usize;
+        if count == 0 || count > BATCH_OPS_MAX {
+            return Err(FormatError::Invalid { what: "batch count", reason: "not between 1 and BATCH_OPS_MAX" });
+        }
+        let mut ops = Vec::with_capacity(count);
+        for _ in 0..count {
+            ops.push(KvOpRef::decode(reader.bytes("batched op", usize::MAX)?)?);
+        }
+        reader.finish("batch")?;
+        Ok(ops)
+    })())
+}
 
 /// When a [`KvOp::Set`] writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,11 +218,10 @@ impl KvOp {
         !matches!(self, KvOp::Get { .. })
     }
 
-    pub fn encode(&self) -> Bytes {
-        let key = self.key();
-        let size = 1
-            + 4
-            + key.len()
+    /// The length of [`KvOp::encode`]'s output.
+    pub fn encode_len(&self) -> usize {
+        1 + 4
+            + self.key().len()
             + match self {
                 KvOp::Get { .. } | KvOp::Delete { .. } => 0,
                 KvOp::Put { value, .. } | KvOp::Append { value, .. } => 4 + value.len(),
@@ -172,7 +230,11 @@ impl KvOp {
                 KvOp::Cas { expected, new, .. } => {
                     optional_bytes_size(expected.as_deref()) + optional_bytes_size(new.as_deref())
                 }
-            };
+            }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let size = self.encode_len();
         let mut out = BytesMut::with_capacity(size);
         match self {
             KvOp::Get { key } => {
@@ -314,6 +376,8 @@ pub enum KvResponse {
     SetDone { written: bool, previous: Option<Bytes> },
     /// The `Count` query: keys in the shard.
     Count(u64),
+    /// A batch's answers, in its ops' order.
+    Batch(Vec<KvResponse>),
 }
 
 impl KvResponse {
@@ -356,6 +420,16 @@ impl KvResponse {
                 out.put_u8(9);
                 out.put_u64_le(*count);
             }
+            KvResponse::Batch(answers) => {
+                out.put_u8(10);
+                out.put_u32_le(u32::try_from(answers.len()).expect("a batch holds at most BATCH_OPS_MAX ops"));
+                let mut answer = BytesMut::new();
+                for each in answers {
+                    answer.clear();
+                    each.encode_into(&mut answer);
+                    put_bytes(out, &answer);
+                }
+            }
         }
     }
 
@@ -378,6 +452,21 @@ impl KvResponse {
                 previous: owned(reader.optional_bytes("previous value", VALUE_SIZE_MAX)?),
             },
             9 => KvResponse::Count(reader.u64("count")?),
+            10 => {
+                let count = reader.u32("batch count")? as usize;
+                if count > BATCH_OPS_MAX {
+                    return Err(FormatError::Invalid { what: "batch count", reason: "above BATCH_OPS_MAX" });
+                }
+                let mut answers = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let answer = reader.bytes("batched answer", usize::MAX)?;
+                    if answer.first() == Some(&10) {
+                        return Err(FormatError::Invalid { what: "batched answer", reason: "batches do not nest" });
+                    }
+                    answers.push(KvResponse::decode(&bytes.slice_ref(answer))?);
+                }
+                KvResponse::Batch(answers)
+            }
             tag => return Err(FormatError::UnknownTag { what: "response", tag }),
         };
         reader.finish("response")?;
@@ -470,5 +559,41 @@ mod tests {
             assert_eq!(KvResponse::decode(&response.encode()), Ok(response.clone()), "{response:?}");
         }
         assert!(KvOp::decode(&Bytes::from_static(COUNT_QUERY)).is_err(), "a count is no keyed op");
+    }
+
+    #[test]
+    fn batches_round_trip_and_do_not_nest() {
+        let ops = [
+            KvOp::Put { key: Bytes::from_static(b"a"), value: Bytes::from_static(b"1") },
+            KvOp::Increment { key: Bytes::from_static(b"a"), delta: 2 },
+            KvOp::Delete { key: Bytes::from_static(b"b") },
+        ];
+        let batch = encode_batch(&ops);
+        assert_eq!(batch.len(), 5 + ops.iter().map(batch_op_size).sum::<usize>());
+        let decoded = decode_batch(&batch).expect("a batch").expect("well formed");
+        let encoded: Vec<Bytes> = ops.iter().map(KvOp::encode).collect();
+        assert_eq!(decoded, encoded.iter().map(|op| KvOpRef::decode(op).unwrap()).collect::<Vec<_>>());
+        assert!(decode_batch(&ops[0].encode()).is_none(), "a single op is not a batch");
+        assert!(KvOp::decode(&batch).is_err(), "a batch is not a single op");
+
+        let mut nested = BytesMut::new();
+        nested.put_u8(BATCH_TAG);
+        nested.put_u32_le(1);
+        put_bytes(&mut nested, &batch);
+        assert!(decode_batch(&nested).unwrap().is_err(), "batches do not nest");
+        let mut empty = BytesMut::new();
+        empty.put_u8(BATCH_TAG);
+        empty.put_u32_le(0);
+        assert!(decode_batch(&empty).unwrap().is_err(), "an empty batch is refused");
+        let truncated = &batch[..batch.len() - 1];
+        assert!(decode_batch(truncated).unwrap().is_err());
+
+        let answers = KvResponse::Batch(vec![
+            KvResponse::Written,
+            KvResponse::Integer(3),
+            KvResponse::Deleted { existed: false },
+            KvResponse::Value(Some(Bytes::from_static(b"v"))),
+        ]);
+        assert_eq!(KvResponse::decode(&answers.encode()), Ok(answers));
     }
 }

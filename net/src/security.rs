@@ -20,7 +20,7 @@ use bytes::Bytes;
 use engine::NodeId;
 use rustls::pki_types::pem;
 
-use crate::identity::{certificate_identity, CertIdentity, NodeName};
+use crate::identity::{certificate_identity, AuthMethod, CertIdentity, Identity, NodeName, Roles, SHARED_TOKEN_USER};
 use crate::tls;
 use crate::tokens::{token_matches, TokenFileError, UserTokens};
 
@@ -136,6 +136,22 @@ pub(crate) enum ClientAuth {
     None,
     Shared(Bytes),
     Users(UserTokens),
+}
+
+impl ClientAuth {
+    /// The identity a client token stands for, if any: the shared token's
+    /// user with every role, or the token file's user with its roles.
+    pub(crate) fn identity(&self, token: &[u8]) -> Option<Identity> {
+        match self {
+            ClientAuth::None => None,
+            ClientAuth::Shared(expected) => token_matches(token, expected).then(|| Identity {
+                user: SHARED_TOKEN_USER.into(),
+                roles: Roles::ALL,
+                method: AuthMethod::SharedToken,
+            }),
+            ClientAuth::Users(users) => users.authenticate(token),
+        }
+    }
 }
 
 /// One loaded generation of credentials. Immutable: a reload builds a new one.
@@ -296,6 +312,19 @@ impl NodeSecurity {
     /// The credentials new connections use now.
     pub(crate) fn current(&self) -> Arc<Credentials> {
         self.inner.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The identity a client token stands for under the current
+    /// credentials (the shared token or the token file), if any: for
+    /// front doors whose clients present a token in their own protocol
+    /// (the RESP front door's `AUTH`).
+    pub fn authenticate_token(&self, token: &[u8]) -> Option<Identity> {
+        self.current().client_auth.identity(token)
+    }
+
+    /// Whether clients can authenticate with a token at all.
+    pub fn accepts_client_tokens(&self) -> bool {
+        !matches!(self.current().client_auth, ClientAuth::None)
     }
 
     /// Whether connections run without TLS.

@@ -27,17 +27,18 @@ pub trait StateMachine {
     /// reads). Must not change the state.
     fn query(&self, query: &[u8]) -> Result<Bytes, Rejection>;
 
-    /// The key a command or query is about, if the state machine's data is
-    /// keyed: a node with several shards refuses a keyed request sent to a
-    /// shard that does not own its key (`net::kv::shard_for_key`), naming
-    /// the right one, so no shard ever serves another's keys. The default
-    /// (no key) lets any shard take any command.
-    fn routing_key(command: &[u8]) -> Option<&[u8]>
+    /// Calls `key` with each key a command or query is about, if the state
+    /// machine's data is keyed: a node with several shards refuses a keyed
+    /// request sent to a shard that does not own every one of its keys
+    /// (`net::kv::shard_for_key`), naming the right one, so no shard ever
+    /// serves another's keys. The default (no key) lets any shard take any
+    /// command. (A callback rather than a returned list: it runs for every
+    /// request of a multi-shard node, and a list would allocate.)
+    fn routing_keys(command: &[u8], key: &mut dyn FnMut(&[u8]))
     where
         Self: Sized,
     {
-        let _ = command;
-        None
+        let _ = (command, key);
     }
 
     /// A hint given with a batch of committed commands before any of them is

@@ -152,11 +152,9 @@ impl Data {
     /// no lookup depends on another, so the CPU overlaps several keys'
     /// misses; the later writes then find everything in cache. (Prefetching
     /// each key's bucket in a first pass gained nothing more.)
-    fn prefetch<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) {
-        for key in keys {
-            if let Some(value) = self.get(key) {
-                prefetch_line(value.as_ptr());
-            }
+    fn prefetch(&self, key: &[u8]) {
+        if let Some(value) = self.get(key) {
+            prefetch_line(value.as_ptr());
         }
     }
 
@@ -167,6 +165,20 @@ impl Data {
         }
         self.len -= 1;
         Arc::make_mut(bucket).remove(key)
+    }
+}
+
+/// Calls `key` with the key of a command's op, or of each op of a batch;
+/// with nothing for a command that does not decode (apply refuses it).
+fn for_each_key(command: &[u8], key: &mut dyn FnMut(&[u8])) {
+    match net::kv::decode_batch(command) {
+        Some(Ok(ops)) => ops.iter().for_each(|op| key(op.key())),
+        Some(Err(_)) => {}
+        None => {
+            if let Ok(op) = KvOpRef::decode(command) {
+                key(op.key());
+            }
+        }
     }
 }
 
@@ -379,6 +391,11 @@ impl StateMachine for KvStateMachine {
     fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection> {
         assert!(index > self.applied_index, "apply at index {index} after {}", self.applied_index);
         self.applied_index = index;
+        if let Some(batch) = net::kv::decode_batch(command) {
+            let ops = batch.map_err(|error| Rejection(format!("bad batch: {error}")))?;
+            let answers = ops.into_iter().map(|op| self.execute(op)).collect();
+            return Ok(KvResponse::Batch(answers).encode());
+        }
         let op = KvOpRef::decode(command).map_err(|error| Rejection(format!("bad command: {error}")))?;
         Ok(self.execute(op).to_bytes())
     }
@@ -396,16 +413,17 @@ impl StateMachine for KvStateMachine {
         }
     }
 
-    /// Every op is about one key.
-    fn routing_key(command: &[u8]) -> Option<&[u8]> {
-        KvOpRef::decode(command).ok().map(|op| op.key())
+    /// Every op is about one key; a batch about each of its ops' keys.
+    fn routing_keys(command: &[u8], key: &mut dyn FnMut(&[u8])) {
+        for_each_key(command, key);
     }
 
     /// Starts loading each key's value into the cache before the batch is
     /// applied.
     fn prefetch(&self, commands: &[&[u8]]) {
-        let keys = commands.iter().filter_map(|command| KvOpRef::decode(command).ok().map(|op| op.key()));
-        self.data.prefetch(keys);
+        for command in commands {
+            for_each_key(command, &mut |key| self.data.prefetch(key));
+        }
     }
 
     fn snapshot_image(&self) -> Box<dyn SnapshotImage> {

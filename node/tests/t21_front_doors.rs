@@ -28,14 +28,30 @@ struct RespCluster {
     base_port: u16,
     shards: u32,
     nodes: Vec<Option<Child>>,
+    /// What `connect` logs in with: `user:token`, or `:token`.
+    login: String,
+    /// More `node serve` arguments.
+    extra: Vec<String>,
 }
 
 impl RespCluster {
     fn start(base_port: u16, shards: u32) -> RespCluster {
+        RespCluster::start_with(base_port, shards, format!(":{TOKEN}"), |_| Vec::new())
+    }
+
+    /// A cluster with `extra(dir)` more arguments to every node, whose
+    /// `connect` logs in as `login`.
+    fn start_with(
+        base_port: u16,
+        shards: u32,
+        login: String,
+        extra: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> RespCluster {
         let dir = std::env::temp_dir().join(format!("node-resp-{}-{base_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cluster = RespCluster { dir, base_port, shards, nodes: vec![None, None, None] };
+        let extra = extra(&dir);
+        let mut cluster = RespCluster { dir, base_port, shards, nodes: vec![None, None, None], login, extra };
         for id in 1..=3 {
             cluster.nodes[id as usize - 1] = Some(cluster.spawn(id));
         }
@@ -62,6 +78,7 @@ impl RespCluster {
             .args(["--peers", &peers.join(",")])
             .args(["--data-dir", &self.dir.join(format!("node-{id}")).display().to_string()])
             .args(["--log-level", "error", "--pin-cores", "false"])
+            .args(&self.extra)
             .env("NODE_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .spawn()
@@ -78,7 +95,7 @@ impl RespCluster {
     /// An authenticated connection to node `id`'s front door, once it
     /// accepts one.
     fn connect(&self, id: u64) -> Connection {
-        let url = format!("redis://:{TOKEN}@127.0.0.1:{}/", self.resp_port(id));
+        let url = format!("redis://{}@127.0.0.1:{}/", self.login, self.resp_port(id));
         let client = redis::Client::open(url).expect("a valid URL");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -329,6 +346,101 @@ fn auth_pipelines_atomicity_and_bad_input() {
     assert!(String::from_utf8_lossy(&answer).contains("invalid bulk length"));
     let still: i64 = redis::cmd("GET").arg("shared").query(&mut c).unwrap();
     assert_eq!(still, 900, "the other connection still works");
+}
+
+/// A pipeline's writes of one key keep their order and go to the log as
+/// one batch: 200 APPENDs through a follower answer 1..=200 in order and
+/// leave the letters in the pipeline's order, in far fewer log entries than
+/// writes (one per command before batching). A key given twice in an MSET
+/// keeps its last value, and writes of several shards in one pipeline each
+/// land on their own shard.
+#[test]
+fn pipelined_writes_are_batched_in_order() {
+    let cluster = RespCluster::start(24_900, 2);
+    let leader = cluster.wait_ready();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut c = cluster.connect(follower);
+    let letters: Vec<u8> = (0..200).map(|n| b'a' + (n % 26) as u8).collect();
+    let shard_of_key = net::kv::shard_for_key(b"ordered", 2);
+    let commit = |c: &mut Connection| -> u64 {
+        let info: String = redis::cmd("INFO").query(c).unwrap();
+        let line = info.lines().find(|line| line.starts_with(&format!("shard{shard_of_key}:"))).unwrap().to_string();
+        line.split(',').find_map(|part| part.strip_prefix("commit=")).unwrap().parse().unwrap()
+    };
+    let before = commit(&mut c);
+    let mut pipe = redis::pipe();
+    for letter in &letters {
+        pipe.cmd("APPEND").arg("ordered").arg(&[*letter][..]);
+    }
+    let lengths: Vec<i64> = pipe.query(&mut c).unwrap();
+    assert_eq!(lengths, (1..=200).collect::<Vec<i64>>(), "each APPEND sees the ones before it");
+    let after = commit(&mut c);
+    let value: Vec<u8> = redis::cmd("GET").arg("ordered").query(&mut c).unwrap();
+    assert_eq!(value, letters, "the pipeline's order");
+    eprintln!("200 pipelined APPENDs took {} log entries", after - before);
+    assert!(after - before < 50, "200 pipelined writes took {} log entries: not batched", after - before);
+
+    let _: () = redis::cmd("MSET")
+        .arg("twice")
+        .arg("first")
+        .arg("other")
+        .arg("x")
+        .arg("twice")
+        .arg("last")
+        .query(&mut c)
+        .unwrap();
+    let twice: String = redis::cmd("GET").arg("twice").query(&mut c).unwrap();
+    assert_eq!(twice, "last");
+    let mut pipe = redis::pipe();
+    for n in 0..64 {
+        pipe.cmd("SET").arg(format!("spread-{n}")).arg(n);
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    for n in 0..64 {
+        let stored: i64 = redis::cmd("GET").arg(format!("spread-{n}")).query(&mut cluster.connect(leader)).unwrap();
+        assert_eq!(stored, n);
+    }
+}
+
+/// Per-user tokens (`--client-tokens`) on the front door: `AUTH user
+/// token` logs in as that user, whose roles decide what it may run (a
+/// reader's `SET` gets `NOPERM`); a token under another user's name, and
+/// the cluster token (no longer a client credential once a token file is
+/// given), get `WRONGPASS`.
+#[test]
+fn per_user_tokens_and_roles() {
+    const WRITER: &str = "writer-token-0123456789";
+    const READER: &str = "reader-token-0123456789";
+    let cluster = RespCluster::start_with(25_000, 1, format!("writer:{WRITER}"), |dir| {
+        let file = dir.join("client-tokens");
+        std::fs::write(&file, format!("writer:read,write:{WRITER}\nreader:read:{READER}\n")).unwrap();
+        vec!["--client-tokens".into(), file.display().to_string()]
+    });
+    cluster.wait_ready();
+    let mut writer = cluster.connect(1);
+    let _: () = redis::cmd("SET").arg("owned").arg("by-writer").query(&mut writer).unwrap();
+
+    let port = cluster.resp_port(2);
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap().get_connection().unwrap();
+    for (user, token) in [("reader", WRITER), ("default", TOKEN), ("writer", READER)] {
+        let refused = error_text(redis::cmd("AUTH").arg(user).arg(token).query::<()>(&mut c));
+        assert!(refused.contains("WRONGPASS"), "{user}: {refused}");
+    }
+    assert!(error_text(redis::cmd("AUTH").arg(TOKEN).query::<()>(&mut c)).contains("WRONGPASS"));
+    let _: () = redis::cmd("AUTH").arg("reader").arg(READER).query(&mut c).unwrap();
+    let value: String = redis::cmd("GET").arg("owned").query(&mut c).unwrap();
+    assert_eq!(value, "by-writer");
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    assert!(info.contains("raft_role:"), "{info}");
+    let refused = error_text(redis::cmd("SET").arg("owned").arg("by-reader").query::<()>(&mut c));
+    assert!(refused.to_uppercase().contains("NOPERM") && refused.contains("reader"), "{refused}");
+    let refused = error_text(redis::cmd("INCR").arg("counter").query::<()>(&mut c));
+    assert!(refused.to_uppercase().contains("NOPERM"), "{refused}");
+    // A token alone names its user.
+    let _: () = redis::cmd("AUTH").arg(WRITER).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET").arg("owned").arg("again").query(&mut c).unwrap();
+    let value: String = redis::cmd("GET").arg("owned").query(&mut writer).unwrap();
+    assert_eq!(value, "again");
 }
 
 /// A client writes through a follower while the leader is killed: writes

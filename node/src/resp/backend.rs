@@ -16,6 +16,8 @@ use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::join_all;
+use net::kv::{batch_op_size, encode_batch, shard_for_key, KvOp, BATCH_OPS_MAX};
 use net::session::{OpenedSession, Session};
 use net::{ClientRequest, ReadConsistency, RequestBody, ResponseStatus};
 
@@ -64,12 +66,14 @@ pub struct Backend {
     handle: NodeHandle,
     shards: Vec<RefCell<ShardSessions>>,
     next_request_id: Cell<u64>,
+    /// The largest command a shard accepts: a batch is split below it.
+    command_bytes_max: usize,
 }
 
 impl Backend {
-    pub fn new(handle: NodeHandle) -> Backend {
+    pub fn new(handle: NodeHandle, command_bytes_max: usize) -> Backend {
         let shards = (0..handle.shards()).map(|_| RefCell::new(ShardSessions::default())).collect();
-        Backend { handle, shards, next_request_id: Cell::new(1) }
+        Backend { handle, shards, next_request_id: Cell::new(1), command_bytes_max }
     }
 
     pub fn shard_count(&self) -> u32 {
@@ -126,6 +130,76 @@ impl Backend {
                 WriteOutcome::SessionExpired => self.forget_session(shard, client_id),
             }
         }
+    }
+
+    /// Writes `ops` (a pipeline's writes, in its order) and returns their
+    /// outcomes in the same order: the ops of each shard go as one batch
+    /// (several when they exceed the shard's command or op-count limit),
+    /// applied in order in one step; the shards run concurrently.
+    pub async fn write_ops(&self, ops: Vec<KvOp>) -> Vec<Result<KvResponse, CallFailed>> {
+        let shards = self.shard_count();
+        let mut per_shard: Vec<(Vec<usize>, Vec<KvOp>)> = (0..shards).map(|_| Default::default()).collect();
+        let count = ops.len();
+        for (position, op) in ops.into_iter().enumerate() {
+            let shard = &mut per_shard[shard_for_key(op.key(), shards) as usize];
+            shard.0.push(position);
+            shard.1.push(op);
+        }
+        let runs = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (positions, _))| !positions.is_empty())
+            .map(|(shard, (positions, ops))| async move { (positions, self.write_shard(shard as u32, ops).await) });
+        let mut outcomes: Vec<Option<Result<KvResponse, CallFailed>>> = (0..count).map(|_| None).collect();
+        for (positions, results) in join_all(runs).await {
+            for (position, result) in positions.into_iter().zip(results) {
+                outcomes[position] = Some(result);
+            }
+        }
+        outcomes.into_iter().map(|outcome| outcome.expect("every op has an outcome")).collect()
+    }
+
+    /// Writes one shard's ops in order, in batches under the shard's limits.
+    /// Once a batch has no outcome, the later ones are not sent: they could
+    /// otherwise be applied before it, out of the pipeline's order.
+    async fn write_shard(&self, shard: u32, ops: Vec<KvOp>) -> Vec<Result<KvResponse, CallFailed>> {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut rest = &ops[..];
+        while !rest.is_empty() {
+            let mut take = 0;
+            let mut size = 5;
+            while take < rest.len() && take < BATCH_OPS_MAX {
+                size += batch_op_size(&rest[take]);
+                if take > 0 && size > self.command_bytes_max {
+                    break;
+                }
+                take += 1;
+            }
+            let (batch, later) = rest.split_at(take);
+            rest = later;
+            match batch {
+                [op] => outcomes.push(self.write(shard, op.encode()).await),
+                _ => match self.write(shard, encode_batch(batch)).await {
+                    Ok(KvResponse::Batch(answers)) if answers.len() == batch.len() => {
+                        outcomes.extend(answers.into_iter().map(Ok))
+                    }
+                    Ok(other) => {
+                        let failed = CallFailed(format!("ERR unexpected answer to a batch: {other:?}"));
+                        outcomes.extend(batch.iter().map(|_| Err(failed.clone())));
+                    }
+                    Err(failed) => outcomes.extend(batch.iter().map(|_| Err(failed.clone()))),
+                },
+            }
+            if let Some(Err(failed)) = outcomes.last() {
+                let unsent = CallFailed(format!(
+                    "TRYAGAIN not sent: an earlier write of this pipeline to the same shard failed ({})",
+                    failed.0
+                ));
+                outcomes.extend(rest.iter().map(|_| Err(unsent.clone())));
+                break;
+            }
+        }
+        outcomes
     }
 
     async fn write_in(

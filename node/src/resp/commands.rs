@@ -1,14 +1,15 @@
 //! The Redis commands the front door serves, as key-value ops (`net::kv`).
 //!
-//! [`classify`] looks at a command once: commands about the connection or
-//! the server are answered at once, keyed commands become [`Planned`] reads
-//! or writes with the keys they touch (which the connection uses to keep a
-//! pipeline's order, see [`super`]) and a future that runs them.
+//! [`plan`] looks at a keyed command once: it becomes a read (a future that
+//! runs it) or a [`PlannedWrite`] (its ops, which the connection sends with
+//! the pipeline's other writes, see [`super`]), or an error reply for bad
+//! arguments.
 //!
 //! Multi-key commands (`MGET`, `MSET`, `DEL`, `EXISTS` with several keys)
-//! run one op per key, each on its key's shard, concurrently: they are not
-//! atomic (another client may see some of an `MSET`'s keys written and not
-//! others), as in Redis Cluster across slots. Read-modify-write commands
+//! run one op per key, each on its key's shard: they are atomic within a
+//! shard (one batch) but not across shards (another client may see some of
+//! an `MSET`'s keys written and not others), as in Redis Cluster across
+//! slots. Read-modify-write commands
 //! (`INCR`, `APPEND`, `SET NX/XX/GET`, `SETNX`, `GETSET`) are single ops
 //! that the state machine applies in one step.
 
@@ -27,19 +28,15 @@ use crate::kv::{KvOp, KvRefusal, KvResponse, SetCondition, COUNT_QUERY, KEY_SIZE
 /// A reply that will be ready later.
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply>>>;
 
-/// What a keyed command does to the store, for ordering a pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
+/// The outcomes of a command's ops, in their order, made into its reply.
+pub type Finish = Box<dyn FnOnce(Vec<Result<KvResponse, CallFailed>>) -> Reply>;
 
-/// A command that goes to the cluster.
-pub struct Planned {
-    pub access: Access,
-    /// The keys it writes (empty for reads).
-    pub keys: Vec<Bytes>,
-    pub reply: ReplyFuture,
+/// A command's writes: ops that go to the cluster with the other writes of
+/// the pipeline (one batch per shard, in the pipeline's order: see
+/// [`super`]), and what makes its reply of their outcomes.
+pub struct PlannedWrite {
+    pub ops: Vec<KvOp>,
+    pub finish: Finish,
 }
 
 /// What a command is, for the connection.
@@ -49,7 +46,10 @@ pub enum Classified {
     /// Needs the connection's state (authentication, protocol, name) and
     /// everything before it answered first.
     Connection,
-    Cluster(Planned),
+    /// Reads the store (or the node's state).
+    Read(ReplyFuture),
+    /// Writes the store.
+    Write(PlannedWrite),
 }
 
 /// Arity per command: positive is exact, negative is a minimum (Redis's
@@ -134,9 +134,9 @@ pub fn plan(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
     }
     match name {
         "get" | "strlen" | "mget" | "exists" | "dbsize" => plan_read(backend, name, args),
-        "mset" => plan_mset(backend, args),
-        "incr" | "decr" | "incrby" | "decrby" => plan_increment(backend, name, args),
-        _ => plan_write(backend, name, args),
+        "mset" => plan_mset(args),
+        "incr" | "decr" | "incrby" | "decrby" => plan_increment(name, args),
+        _ => plan_write(name, args),
     }
 }
 
@@ -163,7 +163,7 @@ fn plan_read(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
         }
         "dbsize" => {
             let backend = backend.clone();
-            cluster(Access::Read, Vec::new(), async move {
+            read(async move {
                 let counts = (0..backend.shard_count())
                     .map(|shard| backend.read(shard, Bytes::from_static(COUNT_QUERY)))
                     .collect::<Vec<_>>();
@@ -182,24 +182,24 @@ fn plan_read(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
     }
 }
 
-fn plan_write(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
+fn plan_write(name: &str, args: &[Bytes]) -> Classified {
     let key = || args[1].clone();
     match name {
-        "set" => plan_set(backend, args),
+        "set" => plan_set(args),
         "setnx" => {
             let op = KvOp::Set { key: key(), value: args[2].clone(), condition: SetCondition::IfAbsent, get: false };
-            write_one(backend, op, |response| match response {
+            write_one(op, |response| match response {
                 KvResponse::SetDone { written, .. } => Reply::Integer(i64::from(written)),
                 other => unexpected(other),
             })
         }
         "getset" => {
             let op = KvOp::Set { key: key(), value: args[2].clone(), condition: SetCondition::Always, get: true };
-            write_one(backend, op, previous_value)
+            write_one(op, previous_value)
         }
         "del" => {
             let deletes: Vec<_> = args[1..].iter().map(|key| KvOp::Delete { key: key.clone() }).collect();
-            let writes = write_many(backend, deletes, |response| match response {
+            let writes = write_many(deletes, |response| match response {
                 KvResponse::Deleted { existed } => Reply::Integer(i64::from(existed)),
                 other => unexpected(other),
             });
@@ -210,32 +210,24 @@ fn plan_write(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
             if let Some(reply) = check_value(&op) {
                 return Classified::Now(reply);
             }
-            write_one(backend, op, integer_answer)
+            write_one(op, integer_answer)
         }
         other => unreachable!("{other} is not a keyed command"),
     }
 }
 
-/// `MSET`: one put per key, concurrently. A key given twice is written
-/// once, with its last value (what Redis leaves): the puts race otherwise.
-fn plan_mset(backend: &Rc<Backend>, args: &[Bytes]) -> Classified {
+/// `MSET`: one put per key, in order (a key given twice keeps its last
+/// value, as in Redis: the puts of one shard are one batch).
+fn plan_mset(args: &[Bytes]) -> Classified {
     if args.len().is_multiple_of(2) {
         return Classified::Now(wrong_arity("mset"));
     }
-    let mut last_of_key = std::collections::HashMap::new();
-    for (position, pair) in args[1..].chunks(2).enumerate() {
-        last_of_key.insert(&pair[0], position);
-    }
-    let puts: Vec<_> = args[1..]
-        .chunks(2)
-        .enumerate()
-        .filter(|(position, pair)| last_of_key[&pair[0]] == *position)
-        .map(|(_, pair)| KvOp::Put { key: pair[0].clone(), value: pair[1].clone() })
-        .collect();
+    let puts: Vec<_> =
+        args[1..].chunks(2).map(|pair| KvOp::Put { key: pair[0].clone(), value: pair[1].clone() }).collect();
     if let Some(reply) = puts.iter().find_map(check_value) {
         return Classified::Now(reply);
     }
-    let writes = write_many(backend, puts, |response| match response {
+    let writes = write_many(puts, |response| match response {
         KvResponse::Written => Reply::ok(),
         other => unexpected(other),
     });
@@ -243,7 +235,7 @@ fn plan_mset(backend: &Rc<Backend>, args: &[Bytes]) -> Classified {
 }
 
 /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: one `Increment` op.
-fn plan_increment(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
+fn plan_increment(name: &str, args: &[Bytes]) -> Classified {
     let delta = match name {
         "incr" => 1,
         "decr" => -1,
@@ -256,7 +248,7 @@ fn plan_increment(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classifi
             None => return Classified::Now(not_an_integer()),
         },
     };
-    write_one(backend, KvOp::Increment { key: args[1].clone(), delta }, integer_answer)
+    write_one(KvOp::Increment { key: args[1].clone(), delta }, integer_answer)
 }
 
 /// The keys a keyed command names.
@@ -291,7 +283,7 @@ fn check_value(op: &KvOp) -> Option<Reply> {
 
 /// `SET key value [NX | XX] [GET]`; expiry options are refused (this
 /// store keeps no expiry times).
-fn plan_set(backend: &Rc<Backend>, args: &[Bytes]) -> Classified {
+fn plan_set(args: &[Bytes]) -> Classified {
     let (mut condition, mut get) = (SetCondition::Always, false);
     for option in &args[3..] {
         match option.to_ascii_uppercase().as_slice() {
@@ -312,7 +304,7 @@ fn plan_set(backend: &Rc<Backend>, args: &[Bytes]) -> Classified {
         if let Some(reply) = check_value(&op) {
             return Classified::Now(reply);
         }
-        return write_one(backend, op, |response| match response {
+        return write_one(op, |response| match response {
             KvResponse::Written => Reply::ok(),
             other => unexpected(other),
         });
@@ -321,7 +313,7 @@ fn plan_set(backend: &Rc<Backend>, args: &[Bytes]) -> Classified {
     if let Some(reply) = check_value(&op) {
         return Classified::Now(reply);
     }
-    write_one(backend, op, move |response| match response {
+    write_one(op, move |response| match response {
         KvResponse::SetDone { previous, .. } if get => previous.map_or(Reply::Null, Reply::Bulk),
         KvResponse::SetDone { written: true, .. } => Reply::ok(),
         KvResponse::SetDone { written: false, .. } => Reply::Null,
@@ -364,13 +356,13 @@ pub fn parse_integer(bytes: &[u8]) -> Option<i64> {
     crate::kv::parse_redis_integer(bytes)
 }
 
-fn cluster(access: Access, keys: Vec<Bytes>, reply: impl Future<Output = Reply> + 'static) -> Classified {
-    Classified::Cluster(Planned { access, keys, reply: Box::pin(reply) })
+fn read(reply: impl Future<Output = Reply> + 'static) -> Classified {
+    Classified::Read(Box::pin(reply))
 }
 
 fn read_one(backend: &Rc<Backend>, key: Bytes, answer: fn(KvResponse) -> Reply) -> Classified {
     let backend = backend.clone();
-    cluster(Access::Read, Vec::new(), async move {
+    read(async move {
         let shard = shard_for_key(&key, backend.shard_count());
         match backend.read(shard, KvOp::Get { key }.encode()).await {
             Ok(response) => answer(response),
@@ -384,7 +376,7 @@ fn read_one(backend: &Rc<Backend>, key: Bytes, answer: fn(KvResponse) -> Reply) 
 fn read_many(backend: &Rc<Backend>, keys: &[Bytes], answer: fn(KvResponse) -> Reply) -> Classified {
     let backend = backend.clone();
     let keys = keys.to_vec();
-    cluster(Access::Read, Vec::new(), async move {
+    read(async move {
         let reads = keys.into_iter().map(|key| {
             let backend = backend.clone();
             async move {
@@ -396,30 +388,20 @@ fn read_many(backend: &Rc<Backend>, keys: &[Bytes], answer: fn(KvResponse) -> Re
     })
 }
 
-fn write_one(backend: &Rc<Backend>, op: KvOp, answer: impl Fn(KvResponse) -> Reply + 'static) -> Classified {
-    let backend = backend.clone();
-    let keys = vec![op.key().clone()];
-    cluster(Access::Write, keys, async move {
-        let shard = op.shard(backend.shard_count());
-        match backend.write(shard, op.encode()).await {
+fn write_one(op: KvOp, answer: impl FnOnce(KvResponse) -> Reply + 'static) -> Classified {
+    Classified::Write(PlannedWrite {
+        ops: vec![op],
+        finish: Box::new(move |mut outcomes| match outcomes.pop().expect("one outcome per op") {
             Ok(response) => answer(response),
             Err(failed) => failed_reply(failed),
-        }
+        }),
     })
 }
 
-/// Writes several ops, each on its key's shard, concurrently (not
-/// atomically); an array of answers in the ops' order.
-fn write_many(backend: &Rc<Backend>, ops: Vec<KvOp>, answer: fn(KvResponse) -> Reply) -> Classified {
-    let backend = backend.clone();
-    let keys = ops.iter().map(|op| op.key().clone()).collect();
-    cluster(Access::Write, keys, async move {
-        let writes = ops.into_iter().map(|op| {
-            let backend = backend.clone();
-            async move { backend.write(op.shard(backend.shard_count()), op.encode()).await }
-        });
-        collect(join_all(writes).await, answer)
-    })
+/// Writes several ops, each on its key's shard (not atomically across
+/// shards); an array of answers in the ops' order.
+fn write_many(ops: Vec<KvOp>, answer: fn(KvResponse) -> Reply) -> Classified {
+    Classified::Write(PlannedWrite { ops, finish: Box::new(move |outcomes| collect(outcomes, answer)) })
 }
 
 /// The answers as an array, or the first failure.
@@ -461,7 +443,10 @@ fn all_ok(classified: Classified) -> Classified {
 
 fn map_reply(classified: Classified, map: fn(Reply) -> Reply) -> Classified {
     match classified {
-        Classified::Cluster(Planned { access, keys, reply }) => cluster(access, keys, async move { map(reply.await) }),
+        Classified::Read(reply) => read(async move { map(reply.await) }),
+        Classified::Write(PlannedWrite { ops, finish }) => {
+            Classified::Write(PlannedWrite { ops, finish: Box::new(move |outcomes| map(finish(outcomes))) })
+        }
         other => other,
     }
 }

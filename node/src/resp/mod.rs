@@ -18,10 +18,14 @@
 //! of the commands. So that a pipeline means what it means to Redis, a
 //! command waits for the commands before it to be answered when it would
 //! otherwise race one of them: a read after a write, a write after a read,
-//! a write of a key an earlier write in flight also writes, and anything
-//! that changes the connection (`AUTH`, `HELLO`, `CLIENT SETNAME`,
-//! `SELECT`, `QUIT`). Runs of reads, and runs of writes to distinct keys,
-//! go to the cluster together.
+//! and anything that changes the connection (`AUTH`, `HELLO`,
+//! `CLIENT SETNAME`, `SELECT`, `QUIT`). Runs of reads go to the cluster
+//! together. A run of writes, of any keys, goes as one batch per shard
+//! (`net::kv` op 9): the state machine applies a batch's ops in their order
+//! in one step, so writes of one key keep the pipeline's order, and the
+//! log takes one entry (one session sequence) per batch instead of one per
+//! command. That is how `redis-benchmark -P 16` writing one key gets more
+//! than one write in flight per connection.
 //!
 //! # Bounds
 //!
@@ -35,7 +39,6 @@ pub mod backend;
 pub mod commands;
 
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -47,7 +50,7 @@ use tokio_uring::net::{TcpListener, TcpStream};
 
 use crate::local::NodeHandle;
 use backend::Backend;
-use commands::{Access, Classified, Planned, ReplyFuture};
+use commands::{Classified, Finish, PlannedWrite, ReplyFuture};
 
 /// Connections the front door serves at once; more are refused with an
 /// error reply.
@@ -65,8 +68,9 @@ const OUTPUT_FLUSH_BYTES: usize = 256 << 10;
 #[derive(Clone, Debug)]
 pub struct RespConfig {
     pub addr: SocketAddr,
-    /// The cluster token, which `AUTH` must present.
-    pub token: Bytes,
+    /// The node's credentials: `AUTH` presents a client token (the cluster
+    /// token, or a user's from `--client-tokens`), reloaded with them.
+    pub security: net::NodeSecurity,
     /// The largest command a shard accepts, in bytes: a bulk string beyond
     /// it is refused by the codec before it is buffered.
     pub command_bytes_max: usize,
@@ -101,13 +105,14 @@ struct Server {
 /// with `SO_REUSEPORT`, so a taken port would not fail here).
 pub fn spawn(config: RespConfig, handle: NodeHandle) -> std::io::Result<RespStats> {
     let listener = TcpListener::bind(config.addr)?;
-    let bulk_length_max = config.command_bytes_max + 1024;
+    let command_bytes_max = config.command_bytes_max;
+    let bulk_length_max = command_bytes_max + 1024;
     let limits =
         RespLimits { bulk_length_max, command_bytes_max: 2 * bulk_length_max + (64 << 10), ..RespLimits::default() };
     let stats = RespStats::default();
     let server = Rc::new(Server {
         config,
-        backend: Rc::new(Backend::new(handle)),
+        backend: Rc::new(Backend::new(handle, command_bytes_max)),
         limits,
         connections: stats.connections.clone(),
         connections_total: Cell::new(0),
@@ -157,14 +162,25 @@ struct Connection {
     server: Rc<Server>,
     id: u64,
     version: Version,
-    authenticated: bool,
+    /// Who `AUTH` said the client is; `None` before it.
+    identity: Option<net::Identity>,
     name: Option<Bytes>,
     quit: bool,
-    /// Replies in command order, running.
-    inflight: Vec<ReplyFuture>,
-    /// What the commands in flight do: reads, or writes of these keys.
-    inflight_access: Option<(Access, HashSet<Bytes>)>,
+    /// The commands in flight, in order.
+    inflight: Vec<Slot>,
+    /// The ops of the writes in flight, in order: sent at the next drain.
+    writes: Vec<net::kv::KvOp>,
+    /// Whether the commands in flight read (`false`) or write (`true`).
+    writing: Option<bool>,
     output: BytesMut,
+}
+
+/// A command in flight.
+enum Slot {
+    /// A reply that will be ready (reads, and replies known at once).
+    Reply(ReplyFuture),
+    /// A write: the next `count` ops of the connection's writes.
+    Write { count: usize, finish: Finish },
 }
 
 impl Connection {
@@ -173,11 +189,12 @@ impl Connection {
             server,
             id,
             version: Version::Resp2,
-            authenticated: false,
+            identity: None,
             name: None,
             quit: false,
             inflight: Vec::new(),
-            inflight_access: None,
+            writes: Vec::new(),
+            writing: None,
             output: BytesMut::new(),
         }
     }
@@ -225,16 +242,44 @@ impl Connection {
         }
     }
 
-    /// Waits for every reply in flight and encodes them in order.
+    /// Sends the writes in flight, waits for every reply in flight and
+    /// encodes them in order.
     async fn drain(&mut self) {
         if self.inflight.is_empty() {
             return;
         }
-        let replies = join_all(self.inflight.drain(..)).await;
-        for reply in replies {
+        let mut futures = Vec::new();
+        // In command order: `None` for the next future's reply, or a write's
+        // op count and what makes its reply.
+        let mut order = Vec::with_capacity(self.inflight.len());
+        for slot in self.inflight.drain(..) {
+            match slot {
+                Slot::Reply(reply) => {
+                    futures.push(reply);
+                    order.push(None);
+                }
+                Slot::Write { count, finish } => order.push(Some((count, finish))),
+            }
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let backend = self.server.backend.clone();
+        let written = async move {
+            if writes.is_empty() {
+                Vec::new()
+            } else {
+                backend.write_ops(writes).await
+            }
+        };
+        let (replies, outcomes) = futures_util::future::join(join_all(futures), written).await;
+        let (mut replies, mut outcomes) = (replies.into_iter(), outcomes.into_iter());
+        for item in order {
+            let reply = match item {
+                None => replies.next().expect("a reply per future"),
+                Some((count, finish)) => finish(outcomes.by_ref().take(count).collect()),
+            };
             reply.encode(self.version, &mut self.output);
         }
-        self.inflight_access = None;
+        self.writing = None;
     }
 
     async fn flush(&mut self, stream: &TcpStream) -> Result<(), String> {
@@ -247,7 +292,7 @@ impl Connection {
     }
 
     fn push_now(&mut self, reply: Reply) {
-        self.inflight.push(Box::pin(std::future::ready(reply)));
+        self.inflight.push(Slot::Reply(Box::pin(std::future::ready(reply))));
     }
 
     async fn handle(&mut self, command: Command) {
@@ -259,37 +304,55 @@ impl Connection {
             self.push_now(commands::wrong_arity(name));
             return;
         }
-        if !self.authenticated && !matches!(name, "auth" | "hello" | "quit") {
+        if self.identity.is_none() && !matches!(name, "auth" | "hello" | "quit") {
             self.push_now(Reply::error("NOAUTH Authentication required."));
             return;
         }
-        match self.classify(name, &command.args) {
+        let classified = self.classify(name, &command.args);
+        if let Some(refusal) = self.forbidden(name, &classified) {
+            self.push_now(refusal);
+            return;
+        }
+        match classified {
             Classified::Now(reply) => self.push_now(reply),
             Classified::Connection => {
                 self.drain().await;
                 let reply = self.connection_command(name, &command.args);
                 self.push_now(reply);
             }
-            Classified::Cluster(planned) => {
-                if self.conflicts(&planned) {
+            Classified::Read(reply) => {
+                if self.writing == Some(true) {
                     self.drain().await;
                 }
-                let Planned { access, keys, reply } = planned;
-                let (_, written) = self.inflight_access.get_or_insert_with(|| (access, HashSet::new()));
-                written.extend(keys);
-                self.inflight.push(reply);
+                self.writing = Some(false);
+                self.inflight.push(Slot::Reply(reply));
+            }
+            Classified::Write(PlannedWrite { ops, finish }) => {
+                if self.writing == Some(false) {
+                    self.drain().await;
+                }
+                self.writing = Some(true);
+                self.inflight.push(Slot::Write { count: ops.len(), finish });
+                self.writes.extend(ops);
             }
         }
     }
 
-    /// Whether `planned` must wait for the commands in flight (see the
-    /// module doc).
-    fn conflicts(&self, planned: &Planned) -> bool {
-        match &self.inflight_access {
-            None => false,
-            Some((access, _)) if *access != planned.access => true,
-            Some((_, written)) => planned.keys.iter().any(|key| written.contains(key)),
-        }
+    /// Redis's `NOPERM` error when the client's roles do not allow the
+    /// command: reads (`GET`, `INFO`, ...) need `read`, writes `write`.
+    fn forbidden(&self, name: &str, classified: &Classified) -> Option<Reply> {
+        let needed = match classified {
+            Classified::Read(_) => net::Roles::READ,
+            Classified::Write(_) => net::Roles::WRITE,
+            Classified::Now(_) | Classified::Connection => return None,
+        };
+        let identity = self.identity.as_ref()?;
+        (!identity.roles.contains(needed)).then(|| {
+            Reply::error(format!(
+                "NOPERM User {} has no permissions to run the '{name}' command (it has roles {}; this needs {needed})",
+                identity.user, identity.roles
+            ))
+        })
     }
 
     fn classify(&self, name: &str, args: &[Bytes]) -> Classified {
@@ -307,11 +370,7 @@ impl Connection {
             "config" => Classified::Now(info::config(args)),
             "info" => {
                 let server = self.server.clone();
-                Classified::Cluster(Planned {
-                    access: Access::Read,
-                    keys: Vec::new(),
-                    reply: Box::pin(async move { info::info(&server).await }),
-                })
+                Classified::Read(Box::pin(async move { info::info(&server).await }))
             }
             keyed => commands::plan(&self.server.backend, keyed, args),
         }
@@ -351,15 +410,21 @@ impl Connection {
         }
     }
 
-    /// `AUTH [user] token`: the cluster token, for the `default` user (the
-    /// node has no per-user identities on its client port yet).
+    /// `AUTH [user] token`: a client token of the node's credentials (the
+    /// cluster token, user `default`, or a user's own token from
+    /// `--client-tokens`, whose name must then match when given).
     fn authenticate(&mut self, user: Option<&Bytes>, token: &[u8]) -> Reply {
-        let user_ok = user.is_none_or(|user| user.as_ref() == b"default");
-        if user_ok && net::tokens::token_matches(token, &self.server.config.token) {
-            self.authenticated = true;
-            Reply::ok()
-        } else {
-            Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
+        let identity = self.server.config.security.authenticate_token(token).filter(|identity| match user {
+            None => true,
+            Some(user) if identity.method == net::AuthMethod::SharedToken => user.as_ref() == b"default",
+            Some(user) => user.as_ref() == identity.user.as_bytes(),
+        });
+        match identity {
+            Some(identity) => {
+                self.identity = Some(identity);
+                Reply::ok()
+            }
+            None => Reply::error("WRONGPASS invalid username-password pair or user is disabled."),
         }
     }
 
@@ -392,7 +457,7 @@ impl Connection {
                 _ => return Reply::error("ERR Syntax error in HELLO option"),
             }
         }
-        if !self.authenticated {
+        if self.identity.is_none() {
             return Reply::error(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> \
                  AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol \

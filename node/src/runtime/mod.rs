@@ -81,10 +81,12 @@ pub enum ServeError {
     Credentials(#[from] net::CredentialsError),
     #[error("a token is required without TLS: --token, NODE_TOKEN or --token-file")]
     NoCredentials,
-    /// The RESP front door authenticates with the cluster token (`AUTH`),
-    /// and has no TLS: a cluster run on certificates alone has no token to
-    /// check.
-    #[error("--resp-addr needs a cluster token (--token, NODE_TOKEN or --token-file): RESP clients AUTH with it")]
+    /// The RESP front door authenticates with tokens (`AUTH`), and has no
+    /// TLS: a cluster run on certificates alone has no token to check.
+    #[error(
+        "--resp-addr needs client tokens for RESP's AUTH: the cluster token (--token, NODE_TOKEN or --token-file) \
+         or per-user tokens (--client-tokens)"
+    )]
     RespWithoutToken,
 }
 
@@ -291,11 +293,11 @@ fn load_security(config: &ServeConfig, network: &Network) -> Result<NodeSecurity
     if config.token.is_none() && config.security.tls.is_none() {
         return Err(ServeError::NoCredentials);
     }
-    if config.resp_addr.is_some() && config.token.is_none() {
-        return Err(ServeError::RespWithoutToken);
-    }
     let security =
         NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
+    if config.resp_addr.is_some() && !security.accepts_client_tokens() {
+        return Err(ServeError::RespWithoutToken);
+    }
     if matches!(network, Network::Tcp) {
         for warning in security.warnings() {
             tracing::warn!(%warning, "security");
@@ -472,8 +474,7 @@ fn start_front_doors<F>(setup: &NodeSetup<F>, listeners: &[ListenerHandle]) -> R
     let config = &setup.config;
     let mut resp_stats = None;
     if let Some(addr) = config.resp_addr {
-        let token = config.token.as_ref().ok_or(ServeError::RespWithoutToken)?.0.clone();
-        let resp = RespConfig { addr, token, command_bytes_max: command_bytes_max(config) };
+        let resp = RespConfig { addr, security: setup.security.clone(), command_bytes_max: command_bytes_max(config) };
         let stats = crate::resp::spawn(resp, setup.handle.clone())
             .map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
         resp_stats = Some(stats);

@@ -227,9 +227,15 @@ where
             RequestBody::Read { query, .. } => query,
             _ => return None,
         };
-        let key = S::routing_key(bytes)?;
-        let owner = net::kv::shard_for_key(key, self.ctx.shards);
-        (owner != self.ctx.shard_id).then_some(owner)
+        let (shards, shard_id) = (self.ctx.shards, self.ctx.shard_id);
+        let mut elsewhere = None;
+        S::routing_keys(bytes, &mut |key| {
+            let owner = net::kv::shard_for_key(key, shards);
+            if owner != shard_id && elsewhere.is_none() {
+                elsewhere = Some(owner);
+            }
+        });
+        elsewhere
     }
 
     /// Where clients find the leader: its id and, from the replicated address

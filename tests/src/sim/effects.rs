@@ -78,8 +78,8 @@ impl StateMachine for ObservedKv {
         self.inner.query(query)
     }
 
-    fn routing_key(command: &[u8]) -> Option<&[u8]> {
-        KvStateMachine::routing_key(command)
+    fn routing_keys(command: &[u8], key: &mut dyn FnMut(&[u8])) {
+        KvStateMachine::routing_keys(command, key)
     }
 
     fn prefetch(&self, commands: &[&[u8]]) {
