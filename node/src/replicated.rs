@@ -53,6 +53,9 @@ pub const ADDRESS_LEN_MAX: usize = 254;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NDSN";
 /// The node snapshot format this code writes and reads.
 pub const SNAPSHOT_VERSION: u16 = 3;
+/// The format before snapshots were streamed (no node section length),
+/// still read.
+const SNAPSHOT_VERSION_WHOLE: u16 = 2;
 /// The largest node section (sessions and address book) a snapshot may
 /// claim, checked before it is read into memory.
 const SNAPSHOT_NODE_SECTION_MAX: u64 = 1 << 30;
@@ -458,6 +461,8 @@ impl<S: StateMachine> NodeStateMachine<S> {
 
     /// Replaces the whole state with a snapshot's, read piece by piece from
     /// `snapshot`, or leaves it untouched and says what is wrong with it.
+    /// Reads the current format and version 2 (before snapshots were
+    /// streamed; read whole, as it was written).
     pub fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
         let bad = |what: String| RestoreError(format!("node snapshot: {what}"));
         let mut fixed = [0u8; 24];
@@ -467,13 +472,26 @@ impl<S: StateMachine> NodeStateMachine<S> {
         }
         let mut reader = Reader::new(&fixed[4..]);
         let version = reader.u16("version").map_err(|error| bad(error.to_string()))?;
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WHOLE {
             return Err(bad(format!("format version {version}; this node reads version {SNAPSHOT_VERSION}")));
         }
         if reader.u16("reserved").map_err(|error| bad(error.to_string()))? != 0 {
             return Err(bad("reserved header bytes are not zero".into()));
         }
         let applied = reader.u64("applied index").map_err(|error| bad(error.to_string()))?;
+        if version == SNAPSHOT_VERSION_WHOLE {
+            let mut rest = fixed[16..].to_vec();
+            snapshot.read_to_end(&mut rest)?;
+            let rest = Bytes::from(rest);
+            let mut reader = Reader::new(&rest);
+            let (sessions, addresses) = decode_node_section(&mut reader, &rest).map_err(bad)?;
+            let app = rest.slice(rest.len() - reader.remaining()..);
+            self.app.restore_from(&mut &app[..])?;
+            self.sessions = sessions;
+            self.addresses = addresses;
+            self.applied = applied;
+            return Ok(());
+        }
         let section_len = reader.u64("node section length").map_err(|error| bad(error.to_string()))?;
         if section_len > SNAPSHOT_NODE_SECTION_MAX {
             return Err(bad(format!("a node section of {section_len} bytes")));
@@ -488,17 +506,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
         }
         let section = Bytes::from(section);
         let mut reader = Reader::new(&section);
-        let sessions = SessionTable::decode(&mut reader, &section).map_err(|error| bad(error.to_string()))?;
-        let count = reader.u32("address count").map_err(|error| bad(error.to_string()))?;
-        let mut addresses = BTreeMap::new();
-        for _ in 0..count {
-            let len = reader.u16("address length").map_err(|error| bad(error.to_string()))?;
-            let encoded = reader.take_exact("address", usize::from(len)).map_err(|error| bad(error.to_string()))?;
-            let Some(NodeCommand::SetAddresses(set)) = NodeCommand::decode(encoded) else {
-                return Err(bad("malformed address".into()));
-            };
-            addresses.insert(set.id, Addresses { peer: set.peer, client: set.client });
-        }
+        let (sessions, addresses) = decode_node_section(&mut reader, &section).map_err(bad)?;
         reader.finish("node section").map_err(|error| bad(error.to_string()))?;
         self.app.restore_from(snapshot)?;
         self.sessions = sessions;
@@ -518,6 +526,25 @@ impl<S: StateMachine> NodeStateMachine<S> {
 struct NodeImage {
     head: Bytes,
     app: Box<dyn SnapshotImage>,
+}
+
+/// The session table and address book of a node snapshot.
+fn decode_node_section(
+    reader: &mut Reader<'_>,
+    bytes: &Bytes,
+) -> Result<(SessionTable, BTreeMap<NodeId, Addresses>), String> {
+    let sessions = SessionTable::decode(reader, bytes).map_err(|error| error.to_string())?;
+    let count = reader.u32("address count").map_err(|error| error.to_string())?;
+    let mut addresses = BTreeMap::new();
+    for _ in 0..count {
+        let len = reader.u16("address length").map_err(|error| error.to_string())?;
+        let encoded = reader.take_exact("address", usize::from(len)).map_err(|error| error.to_string())?;
+        let Some(NodeCommand::SetAddresses(set)) = NodeCommand::decode(encoded) else {
+            return Err("malformed address".into());
+        };
+        addresses.insert(set.id, Addresses { peer: set.peer, client: set.client });
+    }
+    Ok((sessions, addresses))
 }
 
 impl SnapshotImage for NodeImage {
