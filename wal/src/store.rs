@@ -32,7 +32,8 @@ pub struct AppendTicket {
 /// - `append` of a batch whose first index is at or below the last index
 ///   replaces the log from that index (a conflict truncation); the truncation
 ///   is durable no later than the append itself.
-/// - `save_snapshot` takes its place in the append order when it is called:
+/// - `save_snapshot_draft` (and `save_snapshot`) takes its place in the
+///   append order when it is called (the draft's bytes are written before):
 ///   appends submitted before it are durable before it is stored, and appends
 ///   submitted while it runs come after it (so it may run in a spawned task
 ///   while the driver keeps appending). For a snapshot the log agrees with
