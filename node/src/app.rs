@@ -7,7 +7,9 @@
 //! no-op and configuration entries. So an application gets exactly-once
 //! writes without knowing about sessions.
 
-use bytes::{Bytes, BytesMut};
+use std::io::{Read, Write};
+
+use bytes::Bytes;
 use engine::Index;
 
 /// An application's replicated state machine. Every replica applies the same
@@ -60,18 +62,27 @@ pub trait StateMachine {
     /// timestamps): replicas snapshot independently, and a follower that
     /// received part of one leader's snapshot resumes it from another leader
     /// at the same index.
+    ///
+    /// The node streams the image into the snapshot file
+    /// ([`SnapshotImage::write_to`]) and never holds the whole snapshot in
+    /// memory; a state machine that writes its state piece by piece keeps
+    /// the snapshot's memory bounded too.
     fn snapshot_image(&self) -> Box<dyn SnapshotImage>;
 
-    /// The snapshot's bytes now.
+    /// The snapshot's bytes now, in memory (tests, small states).
     fn snapshot(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        self.snapshot_image().serialize_into(&mut out);
-        out.freeze()
+        let mut out = Vec::new();
+        self.snapshot_image().write_to(&mut out).expect("writing to memory cannot fail");
+        out.into()
     }
 
     /// Replaces the whole state with a snapshot made by `snapshot_image`,
-    /// or leaves it untouched and says what is wrong with the bytes.
-    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError>;
+    /// read from `snapshot` (a buffered reader of the node's snapshot file,
+    /// at its end exactly when the snapshot's bytes end), or leaves the state
+    /// untouched and says what is wrong with the bytes. Read it piece by
+    /// piece: the snapshot may be much larger than memory allows twice.
+    /// (For an in-memory snapshot, `restore_from(&mut &bytes[..])`.)
+    fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError>;
 }
 
 /// A command or query the state machine refuses; the client gets
@@ -83,8 +94,9 @@ pub struct Rejection(pub String);
 /// A state captured by [`StateMachine::snapshot_image`], to be serialized
 /// later, possibly on another thread.
 pub trait SnapshotImage: Send {
-    /// Appends the snapshot's bytes to `out`.
-    fn serialize_into(self: Box<Self>, out: &mut BytesMut);
+    /// Writes the snapshot's bytes to `out` (the node's snapshot file,
+    /// buffered; or memory). An error from `out` is passed on.
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()>;
 }
 
 /// An image already serialized: for state machines that do not capture
@@ -92,8 +104,8 @@ pub trait SnapshotImage: Send {
 pub struct SerializedImage(pub Bytes);
 
 impl SnapshotImage for SerializedImage {
-    fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
-        out.extend_from_slice(&self.0);
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(&self.0)
     }
 }
 
@@ -101,3 +113,13 @@ impl SnapshotImage for SerializedImage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot restore the state machine from the snapshot: {0}")]
 pub struct RestoreError(pub String);
+
+impl From<std::io::Error> for RestoreError {
+    /// Reading the snapshot failed (or it ended early).
+    fn from(error: std::io::Error) -> RestoreError {
+        if error.kind() == std::io::ErrorKind::UnexpectedEof {
+            return RestoreError("the snapshot ends early (truncated)".into());
+        }
+        RestoreError(format!("reading the snapshot failed: {error}"))
+    }
+}

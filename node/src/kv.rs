@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -222,6 +223,17 @@ pub enum SnapshotError {
     Decode(#[from] FormatError),
     #[error("snapshot content is invalid: {0}")]
     Invalid(&'static str),
+    #[error("reading the snapshot failed: {0}")]
+    Read(String),
+}
+
+impl SnapshotError {
+    fn read(error: std::io::Error) -> SnapshotError {
+        if error.kind() == std::io::ErrorKind::UnexpectedEof {
+            return SnapshotError::Read("it ends early (truncated)".into());
+        }
+        SnapshotError::Read(error.to_string())
+    }
 }
 
 impl From<SnapshotError> for RestoreError {
@@ -337,22 +349,44 @@ impl KvStateMachine {
         }
     }
 
-    fn decode_snapshot(snapshot: &Bytes) -> Result<KvStateMachine, SnapshotError> {
-        let size = snapshot.len();
-        if size < SNAPSHOT_HEADER_SIZE + 8 + SNAPSHOT_CHECKSUM_SIZE {
-            return Err(SnapshotError::TooShort { size });
+    /// Reads a snapshot piece by piece into a new store. The checksum is
+    /// checked as the bytes go by; a snapshot that fails to decode is read
+    /// to its end, so that damage anywhere is reported as a checksum
+    /// mismatch rather than as whatever the damaged bytes decoded to.
+    fn decode_snapshot(snapshot: &mut dyn Read) -> Result<KvStateMachine, SnapshotError> {
+        let mut tracked = CrcTail::new(snapshot);
+        let mut input = BufReader::with_capacity(RESTORE_BUFFER_BYTES, &mut tracked);
+        let decoded = KvStateMachine::decode_pairs(&mut input);
+        // What follows the pairs is the checksum: exactly its four bytes.
+        let trailing = std::io::copy(&mut input, &mut std::io::sink()).map_err(SnapshotError::read);
+        drop(input);
+        let size = tracked.count;
+        if size < (SNAPSHOT_HEADER_SIZE + 8 + SNAPSHOT_CHECKSUM_SIZE) as u64 {
+            return Err(SnapshotError::TooShort { size: size as usize });
         }
-        if &snapshot[..4] != SNAPSHOT_MAGIC {
-            return Err(SnapshotError::BadMagic);
+        if matches!(decoded, Err(SnapshotError::BadMagic)) {
+            return decoded;
         }
-        let body_size = size - SNAPSHOT_CHECKSUM_SIZE;
-        let stored = u32::from_le_bytes(snapshot[body_size..].try_into().expect("4 checksum bytes"));
-        let computed = crc32c::crc32c(&snapshot[..body_size]);
+        let (stored, computed) = (u32::from_le_bytes(tracked.tail), tracked.crc);
         if stored != computed {
             return Err(SnapshotError::Checksum { stored, computed });
         }
-        let body = snapshot.slice(4..body_size);
-        let mut reader = Reader::new(&body);
+        let restored = decoded?;
+        match trailing? {
+            4 => Ok(restored),
+            _ => Err(SnapshotError::Invalid("bytes after the last pair")),
+        }
+    }
+
+    /// The header and pairs of a snapshot (the checksum is checked by the
+    /// caller).
+    fn decode_pairs(input: &mut impl Read) -> Result<KvStateMachine, SnapshotError> {
+        let mut header = [0; SNAPSHOT_HEADER_SIZE + 8];
+        input.read_exact(&mut header).map_err(SnapshotError::read)?;
+        if &header[..4] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let mut reader = Reader::new(&header[4..]);
         let version = reader.u16("version")?;
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion { found: version });
@@ -363,24 +397,96 @@ impl KvStateMachine {
         let mut restored = KvStateMachine::new();
         restored.applied_index = reader.u64("applied index")?;
         let pairs_count = reader.u64("pair count")?;
-        let mut last_key: Option<(u32, &[u8])> = None;
+        let mut last_key: Option<(u32, Vec<u8>)> = None;
+        let (mut key, mut value) = (Vec::new(), Vec::new());
         for _ in 0..pairs_count {
-            let key = reader.bytes("key", KEY_SIZE_MAX)?;
-            let value = reader.bytes("value", VALUE_SIZE_MAX)?;
+            read_bytes(input, &mut key, KEY_SIZE_MAX, "key")?;
+            read_bytes(input, &mut value, VALUE_SIZE_MAX, "value")?;
             if key.is_empty() {
                 return Err(SnapshotError::Invalid("an empty key"));
             }
-            let ordered = (snapshot_order_code(key), key);
-            if last_key.is_some_and(|last| last >= ordered) {
+            let code = snapshot_order_code(&key);
+            if last_key.as_ref().is_some_and(|(last_code, last)| (*last_code, last.as_slice()) >= (code, &key[..])) {
                 return Err(SnapshotError::Invalid("keys are not in strictly increasing snapshot order"));
             }
-            last_key = Some(ordered);
-            // Copied, so that the map does not pin the whole snapshot buffer
-            // until the last restored value is overwritten.
-            restored.data.insert(key, value);
+            restored.data.insert(&key, &value);
+            match &mut last_key {
+                Some((last_code, last)) => {
+                    *last_code = code;
+                    last.clear();
+                    last.extend_from_slice(&key);
+                }
+                None => last_key = Some((code, key.clone())),
+            }
         }
-        reader.finish("snapshot").map_err(SnapshotError::Decode)?;
         Ok(restored)
+    }
+}
+
+/// The read buffer of a restore.
+const RESTORE_BUFFER_BYTES: usize = 256 << 10;
+
+/// Reads a length-prefixed byte string (see `net::compact::put_bytes`) into
+/// `out`, refusing one longer than `size_max` before reading it.
+fn read_bytes(
+    input: &mut impl Read,
+    out: &mut Vec<u8>,
+    size_max: usize,
+    what: &'static str,
+) -> Result<(), SnapshotError> {
+    let mut size = [0; 4];
+    input.read_exact(&mut size).map_err(SnapshotError::read)?;
+    let size = u32::from_le_bytes(size) as usize;
+    if size > size_max {
+        return Err(SnapshotError::Decode(FormatError::TooLarge { what, size, max: size_max }));
+    }
+    out.resize(size, 0);
+    input.read_exact(out).map_err(SnapshotError::read)
+}
+
+/// A reader that computes the crc32c of everything it passed on except the
+/// last four bytes, and keeps those (a checksum trailer).
+struct CrcTail<'a> {
+    inner: &'a mut dyn Read,
+    crc: u32,
+    tail: [u8; 4],
+    count: u64,
+}
+
+impl<'a> CrcTail<'a> {
+    fn new(inner: &'a mut dyn Read) -> CrcTail<'a> {
+        CrcTail { inner, crc: 0, tail: [0; 4], count: 0 }
+    }
+}
+
+impl Read for CrcTail<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        let data = &buf[..read];
+        // The tail holds the last min(count, 4) bytes; bytes pushed out of
+        // it join the checksum.
+        let held = self.count.min(4) as usize;
+        if data.len() >= 4 {
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail[4 - held..]);
+            self.crc = crc32c::crc32c_append(self.crc, &data[..data.len() - 4]);
+            self.tail.copy_from_slice(&data[data.len() - 4..]);
+        } else {
+            let mut held = held;
+            for &byte in data {
+                if held == 4 {
+                    self.crc = crc32c::crc32c_append(self.crc, &self.tail[..1]);
+                    self.tail.copy_within(1.., 0);
+                    self.tail[3] = byte;
+                } else {
+                    // Fewer than four so far: they sit at the tail's end.
+                    self.tail.copy_within(4 - held.., 3 - held);
+                    self.tail[3] = byte;
+                    held += 1;
+                }
+            }
+        }
+        self.count += read as u64;
+        Ok(read)
     }
 }
 
@@ -432,7 +538,7 @@ impl StateMachine for KvStateMachine {
 
     /// Replaces the state with the snapshot's, or leaves it untouched and
     /// says what is wrong with the snapshot.
-    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
+    fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
         *self = KvStateMachine::decode_snapshot(snapshot)?;
         Ok(())
     }
@@ -463,21 +569,13 @@ struct KvImage {
 }
 
 impl SnapshotImage for KvImage {
-    fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
-        let pairs_size: usize = self
-            .buckets
-            .iter()
-            .flat_map(|bucket| bucket.iter())
-            .map(|(key, value)| 8 + key.as_slice().len() + value.len())
-            .sum();
-        let size = SNAPSHOT_HEADER_SIZE + 8 + pairs_size + SNAPSHOT_CHECKSUM_SIZE;
-        out.reserve(size);
-        let start = out.len();
-        out.put_slice(SNAPSHOT_MAGIC);
-        out.put_u16_le(SNAPSHOT_VERSION);
-        out.put_u16_le(0);
-        out.put_u64_le(self.applied_index);
-        out.put_u64_le(self.len as u64);
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut writer = CrcWriter { out, crc: 0, buffer: BytesMut::with_capacity(WRITE_BUFFER_BYTES) };
+        writer.buffer.put_slice(SNAPSHOT_MAGIC);
+        writer.buffer.put_u16_le(SNAPSHOT_VERSION);
+        writer.buffer.put_u16_le(0);
+        writer.buffer.put_u64_le(self.applied_index);
+        writer.buffer.put_u64_le(self.len as u64);
         // In snapshot order, so equal states give equal bytes on every
         // replica: buckets hold consecutive ranges of the order code, so
         // sorting each bucket by (code, key) sorts the whole. Comparing codes
@@ -494,13 +592,35 @@ impl SnapshotImage for KvImage {
                 .collect();
             pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             for (_, key, value) in &pairs {
-                put_bytes(out, key);
-                put_bytes(out, value);
+                put_bytes(&mut writer.buffer, key);
+                put_bytes(&mut writer.buffer, value);
+                if writer.buffer.len() >= WRITE_BUFFER_BYTES {
+                    writer.flush_buffer()?;
+                }
             }
         }
-        let checksum = crc32c::crc32c(&out[start..]);
-        out.put_u32_le(checksum);
-        debug_assert_eq!(out.len() - start, size);
+        writer.flush_buffer()?;
+        let checksum = writer.crc;
+        writer.out.write_all(&checksum.to_le_bytes())
+    }
+}
+
+/// How much of a snapshot is gathered before it is written out.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+/// Writes through a buffer, keeping the crc32c of what it wrote.
+struct CrcWriter<'a> {
+    out: &'a mut dyn Write,
+    crc: u32,
+    buffer: BytesMut,
+}
+
+impl CrcWriter<'_> {
+    fn flush_buffer(&mut self) -> std::io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, &self.buffer);
+        self.out.write_all(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
     }
 }
 

@@ -56,8 +56,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shard may take to answer a scrape's questions.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The stages of `crate::stats`, in its JSON's names.
-const STAGES: [&str; 8] =
-    ["queued", "wal_write_sync", "replication", "apply", "total", "read", "snapshot_capture", "snapshot_serialize"];
+const STAGES: [&str; 9] = [
+    "queued",
+    "wal_write_sync",
+    "replication",
+    "apply",
+    "total",
+    "read",
+    "snapshot_capture",
+    "snapshot_serialize",
+    "snapshot_restore",
+];
 
 /// What the endpoint reads besides the shards.
 pub struct MetricsSources {
@@ -387,7 +396,7 @@ impl Sample {
         let mut stages = encoder.encode_descriptor(
             "raft_node_stage_duration",
             "Latency of each stage of a request (see node::stats): queued, wal_write_sync, replication, apply, \
-             total, read, snapshot_capture, snapshot_serialize.",
+             total, read, snapshot_capture, snapshot_serialize, snapshot_restore.",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;

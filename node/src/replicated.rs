@@ -31,8 +31,9 @@
 //! Node commands never reach the application.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use engine::{Index, NodeId};
 use net::compact::{FormatError, Reader};
 use net::session::OpenedSession;
@@ -51,7 +52,13 @@ pub const NODE_COMMAND_FORMAT: u8 = 0x80;
 pub const ADDRESS_LEN_MAX: usize = 254;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NDSN";
 /// The node snapshot format this code writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 2;
+pub const SNAPSHOT_VERSION: u16 = 3;
+/// The format before snapshots were streamed (no node section length),
+/// still read.
+const SNAPSHOT_VERSION_WHOLE: u16 = 2;
+/// The largest node section (sessions and address book) a snapshot may
+/// claim, checked before it is read into memory.
+const SNAPSHOT_NODE_SECTION_MAX: u64 = 1 << 30;
 
 const KIND_SET_ADDRESSES: u8 = 1;
 const KIND_OPEN_SESSION: u8 = 2;
@@ -418,65 +425,90 @@ impl<S: StateMachine> NodeStateMachine<S> {
     }
 
     /// Captures the whole replicated state for a snapshot. Layout: magic,
-    /// u16 version, u16 reserved, u64 applied index, the session table
+    /// u16 version, u16 reserved, u64 applied index, u64 length of the node
+    /// section, the node section: the session table
     /// ([`SessionTable::encode`]), u32 address count and each address as a
-    /// u16 length and a set-addresses command, then the application's
-    /// snapshot (the rest). Deterministic: everything is sorted.
+    /// u16 length and a set-addresses command; then the application's
+    /// snapshot (the rest). Deterministic: everything is sorted. The length
+    /// lets a restore read the (small) node section whole and stream the
+    /// application's part.
     pub fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
-        let mut head = BytesMut::new();
+        let mut section = BytesMut::new();
+        self.sessions.encode(&mut section);
+        section.put_u32_le(self.addresses.len() as u32);
+        for (id, addresses) in &self.addresses {
+            let set = SetAddresses { id: *id, peer: addresses.peer.clone(), client: addresses.client.clone() };
+            let encoded = set.encode();
+            section.put_u16_le(encoded.len() as u16);
+            section.put_slice(&encoded);
+        }
+        let mut head = BytesMut::with_capacity(24 + section.len());
         head.put_slice(SNAPSHOT_MAGIC);
         head.put_u16_le(SNAPSHOT_VERSION);
         head.put_u16_le(0);
         head.put_u64_le(self.applied);
-        self.sessions.encode(&mut head);
-        head.put_u32_le(self.addresses.len() as u32);
-        for (id, addresses) in &self.addresses {
-            let set = SetAddresses { id: *id, peer: addresses.peer.clone(), client: addresses.client.clone() };
-            let encoded = set.encode();
-            head.put_u16_le(encoded.len() as u16);
-            head.put_slice(&encoded);
-        }
+        head.put_u64_le(section.len() as u64);
+        head.put_slice(&section);
         Box::new(NodeImage { head: head.freeze(), app: self.app.snapshot_image() })
     }
 
-    /// The snapshot's bytes now.
+    /// The snapshot's bytes now, in memory (tests and checks).
     pub fn snapshot(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        self.snapshot_image().serialize_into(&mut out);
-        out.freeze()
+        let mut out = Vec::new();
+        self.snapshot_image().write_to(&mut out).expect("writing to memory cannot fail");
+        out.into()
     }
 
-    /// Replaces the whole state with a snapshot's, or leaves it untouched
-    /// and says what is wrong with it.
-    pub fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
+    /// Replaces the whole state with a snapshot's, read piece by piece from
+    /// `snapshot`, or leaves it untouched and says what is wrong with it.
+    /// Reads the current format and version 2 (before snapshots were
+    /// streamed; read whole, as it was written).
+    pub fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
         let bad = |what: String| RestoreError(format!("node snapshot: {what}"));
-        if snapshot.len() < 16 || &snapshot[..4] != SNAPSHOT_MAGIC {
+        let mut fixed = [0u8; 24];
+        snapshot.read_exact(&mut fixed).map_err(|_| bad("missing header (not a node snapshot)".into()))?;
+        if &fixed[..4] != SNAPSHOT_MAGIC {
             return Err(bad("missing header (not a node snapshot)".into()));
         }
-        let mut reader = Reader::new(&snapshot[4..]);
+        let mut reader = Reader::new(&fixed[4..]);
         let version = reader.u16("version").map_err(|error| bad(error.to_string()))?;
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WHOLE {
             return Err(bad(format!("format version {version}; this node reads version {SNAPSHOT_VERSION}")));
         }
         if reader.u16("reserved").map_err(|error| bad(error.to_string()))? != 0 {
             return Err(bad("reserved header bytes are not zero".into()));
         }
         let applied = reader.u64("applied index").map_err(|error| bad(error.to_string()))?;
-        let sessions = SessionTable::decode(&mut reader, snapshot).map_err(|error| bad(error.to_string()))?;
-        let count = reader.u32("address count").map_err(|error| bad(error.to_string()))?;
-        let mut addresses = BTreeMap::new();
-        for _ in 0..count {
-            let len = reader.u16("address length").map_err(|error| bad(error.to_string()))?;
-            let encoded = reader.take_exact("address", usize::from(len)).map_err(|error| bad(error.to_string()))?;
-            let Some(NodeCommand::SetAddresses(set)) = NodeCommand::decode(encoded) else {
-                return Err(bad("malformed address".into()));
-            };
-            addresses.insert(set.id, Addresses { peer: set.peer, client: set.client });
+        if version == SNAPSHOT_VERSION_WHOLE {
+            let mut rest = fixed[16..].to_vec();
+            snapshot.read_to_end(&mut rest)?;
+            let rest = Bytes::from(rest);
+            let mut reader = Reader::new(&rest);
+            let (sessions, addresses) = decode_node_section(&mut reader, &rest).map_err(bad)?;
+            let app = rest.slice(rest.len() - reader.remaining()..);
+            self.app.restore_from(&mut &app[..])?;
+            self.sessions = sessions;
+            self.addresses = addresses;
+            self.applied = applied;
+            return Ok(());
         }
-        let consumed = snapshot.len() - reader.remaining();
-        let mut app_bytes = snapshot.clone();
-        app_bytes.advance(consumed);
-        self.app.restore(&app_bytes)?;
+        let section_len = reader.u64("node section length").map_err(|error| bad(error.to_string()))?;
+        if section_len > SNAPSHOT_NODE_SECTION_MAX {
+            return Err(bad(format!("a node section of {section_len} bytes")));
+        }
+        let mut section = Vec::new();
+        snapshot
+            .take(section_len)
+            .read_to_end(&mut section)
+            .map_err(|error| bad(format!("reading the node section: {error}")))?;
+        if section.len() as u64 != section_len {
+            return Err(bad("the node section ends early (truncated)".into()));
+        }
+        let section = Bytes::from(section);
+        let mut reader = Reader::new(&section);
+        let (sessions, addresses) = decode_node_section(&mut reader, &section).map_err(bad)?;
+        reader.finish("node section").map_err(|error| bad(error.to_string()))?;
+        self.app.restore_from(snapshot)?;
         self.sessions = sessions;
         self.addresses = addresses;
         self.applied = applied;
@@ -496,9 +528,28 @@ struct NodeImage {
     app: Box<dyn SnapshotImage>,
 }
 
+/// The session table and address book of a node snapshot.
+fn decode_node_section(
+    reader: &mut Reader<'_>,
+    bytes: &Bytes,
+) -> Result<(SessionTable, BTreeMap<NodeId, Addresses>), String> {
+    let sessions = SessionTable::decode(reader, bytes).map_err(|error| error.to_string())?;
+    let count = reader.u32("address count").map_err(|error| error.to_string())?;
+    let mut addresses = BTreeMap::new();
+    for _ in 0..count {
+        let len = reader.u16("address length").map_err(|error| error.to_string())?;
+        let encoded = reader.take_exact("address", usize::from(len)).map_err(|error| error.to_string())?;
+        let Some(NodeCommand::SetAddresses(set)) = NodeCommand::decode(encoded) else {
+            return Err("malformed address".into());
+        };
+        addresses.insert(set.id, Addresses { peer: set.peer, client: set.client });
+    }
+    Ok((sessions, addresses))
+}
+
 impl SnapshotImage for NodeImage {
-    fn serialize_into(self: Box<Self>, out: &mut BytesMut) {
-        out.extend_from_slice(&self.head);
-        self.app.serialize_into(out);
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.head)?;
+        self.app.write_to(out)
     }
 }

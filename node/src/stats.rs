@@ -90,6 +90,9 @@ pub struct ShardStats {
     pub snapshot_capture: Stage,
     /// Serializing a captured snapshot, on a helper thread.
     pub snapshot_serialize: Stage,
+    /// Restoring the state machine from a snapshot file (start, install),
+    /// on the driver.
+    pub snapshot_restore: Stage,
     pub writes_applied: u64,
     /// Session writes this follower forwarded to the leader.
     pub writes_forwarded: u64,
@@ -105,6 +108,8 @@ pub struct ShardStats {
     pub disk_full: bool,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Snapshot chunks read from the stored snapshot and sent to followers.
+    pub snapshot_chunks_sent: u64,
     /// Snapshots installed while reads waited for the state machine (they
     /// are then served from the installed state).
     pub installs_with_reads_waiting: u64,
@@ -131,6 +136,7 @@ impl ShardStats {
             reads: Stage::new(),
             snapshot_capture: Stage::new(),
             snapshot_serialize: Stage::new(),
+            snapshot_restore: Stage::new(),
             writes_applied: 0,
             writes_forwarded: 0,
             forwarded_answered: 0,
@@ -141,6 +147,7 @@ impl ShardStats {
             disk_full: false,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            snapshot_chunks_sent: 0,
             installs_with_reads_waiting: 0,
             forwards_redirected: 0,
             leader_changes: 0,
@@ -161,6 +168,7 @@ impl ShardStats {
                 "read": self.reads.summary(),
                 "snapshot_capture": self.snapshot_capture.summary(),
                 "snapshot_serialize": self.snapshot_serialize.summary(),
+                "snapshot_restore": self.snapshot_restore.summary(),
             },
             "writes_applied": self.writes_applied,
             "writes_forwarded": self.writes_forwarded,
@@ -171,6 +179,7 @@ impl ShardStats {
             "no_space": self.no_space,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,
+            "snapshot_chunks_sent": self.snapshot_chunks_sent,
             "installs_with_reads_waiting": self.installs_with_reads_waiting,
             "forwards_redirected": self.forwards_redirected,
             "leader_changes": self.leader_changes,

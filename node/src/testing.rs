@@ -36,12 +36,12 @@ pub fn check_snapshot_image<S: StateMachine, F: Fn() -> S>(make: &F, workload: &
         let image = machine.snapshot_image();
         let second = machine.snapshot_image();
         apply_all(&mut machine, cut as Index + 1, &workload[cut..]);
-        let mut out = bytes::BytesMut::new();
-        image.serialize_into(&mut out);
-        assert_eq!(out.freeze(), expected, "an image captured at {cut} changed with later writes");
-        let mut out = bytes::BytesMut::new();
-        second.serialize_into(&mut out);
-        assert_eq!(out.freeze(), expected, "a second image captured at {cut} changed with later writes");
+        let mut out = Vec::new();
+        image.write_to(&mut out).expect("writing to memory");
+        assert_eq!(Bytes::from(out), expected, "an image captured at {cut} changed with later writes");
+        let mut out = Vec::new();
+        second.write_to(&mut out).expect("writing to memory");
+        assert_eq!(Bytes::from(out), expected, "a second image captured at {cut} changed with later writes");
     }
 }
 
@@ -82,13 +82,17 @@ pub fn check_snapshot_round_trip<S: StateMachine, F: Fn() -> S>(make: &F, worklo
         let snapshot = original.snapshot();
 
         let mut fresh = make();
-        fresh.restore(&snapshot).unwrap_or_else(|error| panic!("restore of a snapshot at {cut} failed: {error}"));
+        fresh
+            .restore_from(&mut &snapshot[..])
+            .unwrap_or_else(|error| panic!("restore of a snapshot at {cut} failed: {error}"));
         assert_eq!(fresh.snapshot(), snapshot, "restored state differs from the snapshot at {cut}");
 
         // An instance with other state: the restore must replace, not merge.
         let mut dirty = make();
         apply_all(&mut dirty, 1, &workload[cut..]);
-        dirty.restore(&snapshot).unwrap_or_else(|error| panic!("restore over state at {cut} failed: {error}"));
+        dirty
+            .restore_from(&mut &snapshot[..])
+            .unwrap_or_else(|error| panic!("restore over state at {cut} failed: {error}"));
         assert_eq!(dirty.snapshot(), snapshot, "restore over existing state merged instead of replacing at {cut}");
 
         let rest = &workload[cut..];
@@ -136,10 +140,10 @@ pub fn check_restore_rejects_corruption<S: StateMachine, F: Fn() -> S>(make: &F,
         }
     }
     for (what, bytes) in damaged {
-        assert!(target.restore(&bytes).is_err(), "restore accepted a snapshot with {what}");
+        assert!(target.restore_from(&mut &bytes[..]).is_err(), "restore accepted a snapshot with {what}");
         assert_eq!(target.snapshot(), before, "a refused restore ({what}) changed the state");
     }
-    target.restore(&snapshot).expect("the undamaged snapshot restores");
+    target.restore_from(&mut &snapshot[..]).expect("the undamaged snapshot restores");
 }
 
 /// Where to cut a sequence of `len`: both ends, a few in between.

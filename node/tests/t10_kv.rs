@@ -124,7 +124,7 @@ fn short_and_long_keys_behave_alike() {
         assert_eq!(kv.len(), keys.len(), "round {round}: overwrites add no keys");
     }
     let mut restored = KvStateMachine::new();
-    restored.restore(&kv.snapshot()).unwrap();
+    restored.restore_from(&mut &kv.snapshot()[..]).unwrap();
     for key in &keys {
         let expected = Some(Bytes::from(format!("second-{key}")));
         assert_eq!(value(&kv, key), expected, "key of {} bytes", key.len());
@@ -165,10 +165,10 @@ fn restore_errors_are_clear() {
     let snapshot = kv.snapshot();
     let mut damaged = snapshot.to_vec();
     damaged[20] ^= 1;
-    let error = KvStateMachine::new().restore(&Bytes::from(damaged)).unwrap_err();
+    let error = KvStateMachine::new().restore_from(&mut &Bytes::from(damaged)[..]).unwrap_err();
     assert!(error.to_string().contains("checksum"), "{error}");
     let error = KvStateMachine::new()
-        .restore(&Bytes::from_static(b"this is not a snapshot at all, but long enough to have a header"))
+        .restore_from(&mut &Bytes::from_static(b"this is not a snapshot at all, but long enough to have a header")[..])
         .unwrap_err();
     assert!(error.to_string().contains("magic"), "{error}");
 }
@@ -181,7 +181,7 @@ fn restore_refuses_pairs_out_of_snapshot_order() {
     kv.apply(1, &put("a", "1")).unwrap();
     kv.apply(2, &put("b", "2")).unwrap();
     let snapshot = kv.snapshot();
-    KvStateMachine::new().restore(&snapshot).expect("a snapshot restores");
+    KvStateMachine::new().restore_from(&mut &snapshot[..]).expect("a snapshot restores");
     // Header (16 bytes), the pair count, then two pairs of 10 bytes each.
     let mut swapped = snapshot.to_vec();
     let pairs = 16 + 8;
@@ -191,7 +191,7 @@ fn restore_refuses_pairs_out_of_snapshot_order() {
     let end = swapped.len() - 4;
     let checksum = crc32c::crc32c(&swapped[..end]);
     swapped[end..].copy_from_slice(&checksum.to_le_bytes());
-    let error = KvStateMachine::new().restore(&Bytes::from(swapped)).unwrap_err();
+    let error = KvStateMachine::new().restore_from(&mut &Bytes::from(swapped)[..]).unwrap_err();
     assert!(error.to_string().contains("snapshot order"), "{error}");
 }
 
@@ -250,7 +250,7 @@ proptest! {
     fn decoders_never_panic(bytes in bytes_strategy(64)) {
         let _ = KvOp::decode(&bytes);
         let _ = KvResponse::decode(&bytes);
-        let _ = KvStateMachine::new().restore(&bytes);
+        let _ = KvStateMachine::new().restore_from(&mut &bytes[..]);
         let _ = KvStateMachine::new().apply(1, &bytes);
         let _ = KvStateMachine::new().query(&bytes);
     }

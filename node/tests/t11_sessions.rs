@@ -241,10 +241,19 @@ fn settings_travel_in_the_log_and_in_snapshots() {
     leader.write(session, 2, 1, &KvOp::Cas { key: "k".into(), expected: Some("x".into()), new: None });
     let snapshot = leader.machine.snapshot();
     let mut follower = Replica::new();
-    follower.machine.restore(&snapshot).unwrap();
+    follower.machine.restore_from(&mut &snapshot[..]).unwrap();
     assert_eq!(follower.machine.sessions(), leader.machine.sessions());
     assert_eq!(follower.machine.sessions().settings(), settings);
     assert_eq!(follower.machine.snapshot(), snapshot, "snapshots are deterministic");
+    // The format before streamed snapshots (version 2: no node section
+    // length) still restores.
+    let mut version_2 = snapshot[..24].to_vec();
+    version_2[4..6].copy_from_slice(&2u16.to_le_bytes());
+    version_2.truncate(16);
+    version_2.extend_from_slice(&snapshot[24..]);
+    let mut upgraded = Replica::new();
+    upgraded.machine.restore_from(&mut &version_2[..]).unwrap();
+    assert_eq!(upgraded.machine.snapshot(), snapshot, "a version 2 snapshot restores the same state");
     // The follower answers a retry exactly as the leader would.
     follower.index = leader.index;
     assert_eq!(
@@ -278,7 +287,7 @@ fn malformed_entries_are_answered_identically_and_change_nothing() {
     }
     // Only the applied index moved.
     let mut fresh = Replica::new();
-    fresh.machine.restore(&before).unwrap();
+    fresh.machine.restore_from(&mut &before[..]).unwrap();
     assert_eq!(replica.machine.sessions(), fresh.machine.sessions());
 }
 
@@ -291,10 +300,10 @@ fn snapshot_restore_refuses_damage_and_leaves_the_state() {
     let mut target = Replica::new();
     let before = target.machine.snapshot();
     for cut in [0, 3, 10, 40, snapshot.len() - 1] {
-        assert!(target.machine.restore(&snapshot.slice(..cut)).is_err(), "cut at {cut}");
+        assert!(target.machine.restore_from(&mut &snapshot.slice(..cut)[..]).is_err(), "cut at {cut}");
         assert_eq!(target.machine.snapshot(), before);
     }
-    target.machine.restore(&snapshot).unwrap();
+    target.machine.restore_from(&mut &snapshot[..]).unwrap();
     assert_eq!(target.machine.snapshot(), snapshot);
 }
 
@@ -344,7 +353,7 @@ proptest! {
         let _ = NodeCommand::decode(&bytes);
         let mut replica = Replica::new();
         let _ = replica.apply(&bytes);
-        let _ = replica.machine.restore(&Bytes::from(bytes.clone()));
+        let _ = replica.machine.restore_from(&mut &bytes[..]);
         prop_assert_eq!(replica.machine.check_invariants(), Ok(()));
     }
 }

@@ -214,8 +214,12 @@ fn the_readme_embedding_example_runs() -> Result<(), Box<dyn std::error::Error>>
         fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
             Box::new(SerializedImage(bytes::Bytes::copy_from_slice(&self.0.to_le_bytes())))
         }
-        fn restore(&mut self, snapshot: &bytes::Bytes) -> Result<(), RestoreError> {
-            let bytes: [u8; 8] = snapshot.as_ref().try_into().map_err(|_| RestoreError("8 bytes".into()))?;
+        fn restore_from(&mut self, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+            let mut bytes = [0; 8];
+            snapshot.read_exact(&mut bytes)?;
+            if snapshot.read(&mut [0])? != 0 {
+                return Err(RestoreError("not 8 bytes".into()));
+            }
             self.0 = u64::from_le_bytes(bytes);
             Ok(())
         }

@@ -40,7 +40,9 @@ pub struct WalConfig {
     pub snapshot_bytes_max: u64,
     /// Bytes per second at most for writing a snapshot the log agrees with
     /// (a local one; it holds nothing back, so it can take its time), unless
-    /// that would take longer than [`SNAPSHOT_WRITE_SECONDS_MAX`]. Written at
+    /// a snapshot as large as the stored one would then take longer than
+    /// [`SNAPSHOT_WRITE_SECONDS_MAX`] (it is streamed: its size is known
+    /// only at its end). Written at
     /// disk speed, tens of megabytes sit in front of every log sync for as
     /// long as they take. A received snapshot is written at full speed: the
     /// follower waits for it. 0: no limit.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use engine::{EntryBatch, HardState, Index, MemStorage, Recovered, SnapshotMeta, StorageError};
 
 use crate::error::WalError;
+use crate::snapshot::{SnapshotDraft, SnapshotReader};
 use crate::store::{AppendTicket, LogStore};
 
 /// The "disk" a [`MemLog`] lives on: it outlives the log, so closing and
@@ -103,7 +104,14 @@ impl LogStore for MemLog {
         Ok(())
     }
 
-    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+    fn snapshot_draft(&self, meta: SnapshotMeta, _received: bool) -> Result<SnapshotDraft, WalError> {
+        self.check_open()?;
+        Ok(SnapshotDraft::memory(meta))
+    }
+
+    /// The in-memory store keeps the snapshot's bytes in memory.
+    async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError> {
+        let (meta, data) = draft.into_memory().expect("a MemLog draft is in memory");
         self.check_open()?;
         let mut storage = self.disk.lock();
         let current = storage.snapshot_meta().index;
@@ -118,6 +126,28 @@ impl LogStore for MemLog {
         let storage = self.disk.lock();
         let meta = storage.snapshot_meta();
         Ok((meta.index > 0).then(|| (meta.clone(), storage.snapshot_data().clone())))
+    }
+
+    async fn read_snapshot(&self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError> {
+        let storage = self.disk.lock();
+        if storage.snapshot_meta().index != index || index == 0 {
+            return Ok(None);
+        }
+        let data = storage.snapshot_data();
+        let start = (offset as usize).min(data.len());
+        let end = (offset.saturating_add(len)).min(data.len() as u64) as usize;
+        Ok(Some(data.slice(start..end)))
+    }
+
+    fn open_snapshot(&self, _verify: bool) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+        use bytes::Buf;
+        let storage = self.disk.lock();
+        let meta = storage.snapshot_meta();
+        if meta.index == 0 {
+            return Ok(None);
+        }
+        let data = storage.snapshot_data().clone();
+        Ok(Some((meta.clone(), data.len() as u64, Box::new(data.reader()))))
     }
 
     async fn compact(&self, index: Index) -> Result<(), WalError> {

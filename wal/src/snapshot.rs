@@ -2,6 +2,14 @@
 //! one crc32c, written under a temporary name, synced, renamed and made durable
 //! with a directory sync, so a crash leaves the old snapshot or the new one.
 //!
+//! A snapshot is never held whole in memory: its data is written into a
+//! temporary file as it is produced ([`SnapshotDraft`]: streamed by a
+//! serializer thread, or chunk by chunk, each durably, as it arrives from the
+//! leader), verified against the checksum computed on the way in, sealed with
+//! its header and renamed into place; followers are served one chunk at a
+//! time by position ([`read_chunk`]), and a restore reads it as a stream
+//! ([`open_reader`]).
+//!
 //! The header also carries `segment_sequence_min`: segments with a lower
 //! sequence are void. A snapshot that disagrees with the log (or lies past its
 //! end) discards every entry, and this field makes that discard durable in the
@@ -18,7 +26,10 @@ use crate::error::WalError;
 
 /// The snapshot file's name.
 pub const SNAPSHOT_FILE: &str = "SNAPSHOT";
+/// Where a local snapshot is written before it is sealed and renamed.
 const SNAPSHOT_TEMP_FILE: &str = "SNAPSHOT.tmp";
+/// Where a snapshot arriving from the leader is written.
+const SNAPSHOT_RECEIVED_FILE: &str = "SNAPSHOT.recv";
 const SNAPSHOT_MAGIC: [u8; 8] = *b"RAFTSNAP";
 const SNAPSHOT_VERSION: u32 = 1;
 /// The most members a stored configuration may list, checked before anything
@@ -55,7 +66,7 @@ pub(crate) struct StoredSnapshot {
 
 /// The header and membership list; the crc32c field is left zero for
 /// [`seal_head`].
-fn encode_head(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> Vec<u8> {
+fn encode_head(meta: &SnapshotMeta, segment_sequence_min: u64, data_length: u64) -> Vec<u8> {
     let conf = &meta.conf;
     let members = conf.voters.len() + conf.voters_outgoing.len() + conf.learners.len();
     let mut raw = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + members * 8);
@@ -66,7 +77,7 @@ fn encode_head(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> V
         index: U64::new(meta.index),
         term: U64::new(meta.term),
         segment_sequence_min: U64::new(segment_sequence_min),
-        data_length: U64::new(data.len() as u64),
+        data_length: U64::new(data_length),
         voters: U32::new(conf.voters.len() as u32),
         voters_outgoing: U32::new(conf.voters_outgoing.len() as u32),
         learners: U32::new(conf.learners.len() as u32),
@@ -88,7 +99,7 @@ fn seal_head(head: &mut [u8], crc: u32) {
 
 #[cfg(test)]
 fn encode(meta: &SnapshotMeta, segment_sequence_min: u64, data: &[u8]) -> Vec<u8> {
-    let mut raw = encode_head(meta, segment_sequence_min, data);
+    let mut raw = encode_head(meta, segment_sequence_min, data.len() as u64);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&raw[4..]), data);
     seal_head(&mut raw, crc);
     raw.extend_from_slice(data);
@@ -150,18 +161,8 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
     Ok((stored, raw.slice(data_start..)))
 }
 
-/// Reads the snapshot file, if any. Blocking; used on open.
-pub(crate) fn load_blocking(dir: &Path) -> Result<Option<(StoredSnapshot, Bytes)>, WalError> {
-    let path = dir.join(SNAPSHOT_FILE);
-    match std::fs::read(&path) {
-        Ok(raw) => decode(&path, &Bytes::from(raw)).map(Some),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(WalError::io("reading", &path, error)),
-    }
-}
-
-/// Reads the snapshot file on the io_uring runtime, refusing files over
-/// `length_max` before allocating.
+/// Reads the whole snapshot file on the io_uring runtime, refusing files
+/// over `length_max` before allocating (tests; the node streams it).
 pub(crate) async fn load(dir: &Path, length_max: u64) -> Result<Option<(StoredSnapshot, Bytes)>, WalError> {
     let path = dir.join(SNAPSHOT_FILE);
     let file = match std::fs::File::open(&path) {
@@ -180,54 +181,338 @@ pub(crate) async fn load(dir: &Path, length_max: u64) -> Result<Option<(StoredSn
     decode(&path, &Bytes::from(raw)).map(Some)
 }
 
-/// Bytes written between two syncs of a snapshot file. A snapshot is tens of
-/// megabytes; synced in one piece it would occupy the device for a hundred
+/// Bytes written between two syncs of a snapshot file, and the size of
+/// the pieces it is verified and read in. A snapshot is tens of megabytes;
+/// synced in one piece it would occupy the device for a hundred
 /// milliseconds, and every WAL `fdatasync` queued behind it would wait as
 /// long. In pieces, log syncs interleave with it.
-const SAVE_CHUNK_BYTES: usize = 256 << 10;
+pub const SAVE_CHUNK_BYTES: usize = 256 << 10;
 
-/// Durably replaces the snapshot file, writing and syncing it in pieces of
-/// [`SAVE_CHUNK_BYTES`], at most `rate` bytes per second (0: no limit), so
-/// the log's syncs are not held behind it. The checksum is computed piece by
-/// piece too, between the writes, so the runtime thread (the shard driver's)
-/// is never held for the whole state.
-pub(crate) async fn save(dir: &Path, stored: &StoredSnapshot, data: &Bytes, rate: u64) -> Result<(), WalError> {
-    let started = std::time::Instant::now();
-    let temp: PathBuf = dir.join(SNAPSHOT_TEMP_FILE);
-    let target = dir.join(SNAPSHOT_FILE);
-    let mut head = encode_head(&stored.meta, stored.segment_sequence_min, data);
-    let mut crc = crc32c::crc32c(&head[4..]);
-    let file = std::fs::File::create(&temp).map_err(|error| WalError::io("creating", &temp, error))?;
-    let file = tokio_uring::fs::File::from_std(file);
-    let mut offset = head.len() as u64;
-    let mut chunk_start = 0;
-    while chunk_start < data.len() {
-        let chunk = data.slice(chunk_start..(chunk_start + SAVE_CHUNK_BYTES).min(data.len()));
-        let length = chunk.len();
-        crc = crc32c::crc32c_append(crc, &chunk);
-        let (result, _) = file.write_all_at(chunk, offset).await;
-        result.map_err(|error| WalError::io("writing", &temp, error))?;
-        offset += length as u64;
-        chunk_start += length;
-        if chunk_start < data.len() {
-            file.sync_data().await.map_err(|error| WalError::io("syncing", &temp, error))?;
-            if rate > 0 {
-                let due = std::time::Duration::from_secs_f64(chunk_start as f64 / rate as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(ahead).await;
+/// A snapshot's bytes on their way into a store, before
+/// `LogStore::save_snapshot_draft` seals and installs them: a temporary file
+/// in the log's directory (or memory, for the in-memory store), with the
+/// crc32c and length of what was written so far. Written in order, either
+/// through [`std::io::Write`] (blocking, paced, synced every
+/// [`SAVE_CHUNK_BYTES`]: for a serializer thread) or with
+/// [`SnapshotDraft::append_durable`] (on the io_uring runtime, durable when
+/// it returns: for chunks arriving from the leader).
+pub struct SnapshotDraft {
+    meta: SnapshotMeta,
+    length: u64,
+    /// crc32c of the data written so far.
+    crc: u32,
+    sink: Sink,
+}
+
+enum Sink {
+    File(FileSink),
+    Memory(Vec<u8>),
+}
+
+struct FileSink {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Where the data starts: the header and membership come first.
+    data_start: u64,
+    /// Bytes per second at most for blocking writes (0: no limit).
+    rate: u64,
+    started: std::time::Instant,
+    unsynced: usize,
+}
+
+impl SnapshotDraft {
+    /// A draft in a temporary file of `dir` (a received snapshot has its own,
+    /// so that it never overwrites a local one being written).
+    pub(crate) fn create(dir: &Path, meta: SnapshotMeta, received: bool, rate: u64) -> Result<SnapshotDraft, WalError> {
+        let path = dir.join(if received { SNAPSHOT_RECEIVED_FILE } else { SNAPSHOT_TEMP_FILE });
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|error| WalError::io("creating", &path, error))?;
+        let data_start = encode_head(&meta, 0, 0).len() as u64;
+        let sink = FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0 };
+        Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink) })
+    }
+
+    /// A draft in memory.
+    pub(crate) fn memory(meta: SnapshotMeta) -> SnapshotDraft {
+        SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::Memory(Vec::new()) }
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Bytes written so far.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Appends `data` and makes it durable (`fdatasync`) before returning.
+    /// Must run on a tokio-uring runtime for a file draft.
+    pub async fn append_durable(&mut self, data: Bytes) -> Result<(), WalError> {
+        let length = data.len() as u64;
+        let crc = crc32c::crc32c_append(self.crc, &data);
+        match &mut self.sink {
+            Sink::Memory(buffer) => buffer.extend_from_slice(&data),
+            Sink::File(sink) => {
+                let path = &sink.path;
+                let file = sink.file.try_clone().map_err(|error| WalError::io("opening", path, error))?;
+                let file = tokio_uring::fs::File::from_std(file);
+                let (result, _) = file.write_all_at(data, sink.data_start + self.length).await;
+                result.map_err(|error| WalError::io("writing", path, error))?;
+                file.sync_data().await.map_err(|error| WalError::io("syncing", path, error))?;
+                file.close().await.map_err(|error| WalError::io("closing", path, error))?;
+            }
+        }
+        self.length += length;
+        self.crc = crc;
+        Ok(())
+    }
+
+    /// The bytes of an in-memory draft (the whole snapshot: the in-memory
+    /// store keeps it so).
+    pub(crate) fn into_memory(self) -> Option<(SnapshotMeta, Bytes)> {
+        match self.sink {
+            Sink::Memory(buffer) => Some((self.meta, buffer.into())),
+            Sink::File(_) => None,
+        }
+    }
+}
+
+impl std::io::Write for SnapshotDraft {
+    /// Blocking: for a serializer thread. Syncs every [`SAVE_CHUNK_BYTES`]
+    /// and sleeps to keep to the draft's rate.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        match &mut self.sink {
+            Sink::Memory(buffer) => buffer.extend_from_slice(buf),
+            Sink::File(sink) => {
+                sink.file.write_all_at(buf, sink.data_start + self.length)?;
+                sink.unsynced += buf.len();
+                if sink.unsynced >= SAVE_CHUNK_BYTES {
+                    sink.unsynced = 0;
+                    sink.file.sync_data()?;
+                    if sink.rate > 0 {
+                        let written = self.length + buf.len() as u64;
+                        let due = std::time::Duration::from_secs_f64(written as f64 / sink.rate as f64);
+                        if let Some(ahead) = due.checked_sub(sink.started.elapsed()) {
+                            std::thread::sleep(ahead);
+                        }
+                    }
                 }
             }
         }
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.length += buf.len() as u64;
+        Ok(buf.len())
     }
-    // The head last, sealed with the checksum of everything; the file is
-    // only renamed into place after the final sync, so order does not matter.
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Durably replaces the snapshot file with a file draft: reads the draft's
+/// data back in pieces and checks it against the crc32c computed as it was
+/// written, writes the header (its crc32c combined from the header's and
+/// the data's), syncs, renames into place and syncs the directory. The
+/// pieces are read on the io_uring runtime and checksummed between reads, so
+/// the runtime thread (the shard driver's) is never held for the whole
+/// state.
+pub(crate) async fn seal(dir: &Path, stored: &StoredSnapshot, draft: SnapshotDraft) -> Result<u64, WalError> {
+    let SnapshotDraft { meta, length, crc: data_crc, sink } = draft;
+    debug_assert_eq!(meta, stored.meta);
+    let Sink::File(sink) = sink else {
+        panic!("an in-memory snapshot draft given to the WAL");
+    };
+    let temp = sink.path;
+    let target = dir.join(SNAPSHOT_FILE);
+    let file = tokio_uring::fs::File::from_std(sink.file);
+    let mut verified = 0;
+    let mut offset = 0;
+    while offset < length {
+        let piece = (length - offset).min(SAVE_CHUNK_BYTES as u64) as usize;
+        let (result, buffer) = file.read_exact_at(Vec::with_capacity(piece), sink.data_start + offset).await;
+        result.map_err(|error| WalError::io("reading back", &temp, error))?;
+        verified = crc32c::crc32c_append(verified, &buffer);
+        offset += piece as u64;
+    }
+    if verified != data_crc {
+        return Err(WalError::corrupt(
+            &temp,
+            sink.data_start,
+            format!("snapshot data with crc32c {data_crc:#010x} as written"),
+            format!("crc32c {verified:#010x} read back"),
+        ));
+    }
+    let mut head = encode_head(&stored.meta, stored.segment_sequence_min, length);
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&head[4..]), data_crc, length as usize);
     seal_head(&mut head, crc);
     let (result, _) = file.write_all_at(head, 0).await;
     result.map_err(|error| WalError::io("writing", &temp, error))?;
     file.sync_all().await.map_err(|error| WalError::io("syncing", &temp, error))?;
     file.close().await.map_err(|error| WalError::io("closing", &temp, error))?;
     tokio_uring::fs::rename(&temp, &target).await.map_err(|error| WalError::io("renaming", &temp, error))?;
-    crate::dir::sync_dir(dir).await
+    crate::dir::sync_dir(dir).await?;
+    Ok(length)
+}
+
+/// The stored snapshot file's header, parsed, and where its data lies.
+pub(crate) struct SnapshotFileHead {
+    pub stored: StoredSnapshot,
+    pub crc: u32,
+    pub data_start: u64,
+    pub data_length: u64,
+}
+
+/// Reads and checks the header of the snapshot file open as `file` (not its
+/// checksum: see [`verify_blocking`]). Blocking; a few hundred bytes.
+pub(crate) fn read_head(path: &Path, file: &std::fs::File) -> Result<SnapshotFileHead, WalError> {
+    use std::os::unix::fs::FileExt;
+    let file_length = file.metadata().map_err(|error| WalError::io("reading the metadata of", path, error))?.len();
+    let mut raw = [0u8; SNAPSHOT_HEADER_SIZE];
+    file.read_exact_at(&mut raw, 0).map_err(|error| WalError::io("reading", path, error))?;
+    let header = SnapshotHeader::read_from_bytes(&raw).expect("the header's size");
+    if header.magic != SNAPSHOT_MAGIC {
+        return Err(WalError::corrupt(path, 8, "magic RAFTSNAP", format!("{:?}", header.magic)));
+    }
+    if header.version.get() != SNAPSHOT_VERSION {
+        return Err(WalError::corrupt(
+            path,
+            4,
+            format!("version {SNAPSHOT_VERSION}"),
+            header.version.get().to_string(),
+        ));
+    }
+    let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get()];
+    if counts.iter().any(|&count| count > MEMBERS_MAX) {
+        return Err(WalError::corrupt(path, 40, format!("at most {MEMBERS_MAX} members"), format!("{counts:?}")));
+    }
+    let members: usize = counts.iter().map(|&count| count as usize).sum();
+    let data_start = (SNAPSHOT_HEADER_SIZE + members * 8) as u64;
+    let expected_length = data_start.checked_add(header.data_length.get());
+    if expected_length != Some(file_length) {
+        return Err(WalError::corrupt(
+            path,
+            0,
+            format!("a file of {expected_length:?} bytes"),
+            format!("{file_length} bytes"),
+        ));
+    }
+    let mut ids_raw = vec![0u8; members * 8];
+    file.read_exact_at(&mut ids_raw, SNAPSHOT_HEADER_SIZE as u64)
+        .map_err(|error| WalError::io("reading", path, error))?;
+    let mut ids = ids_raw.chunks_exact(8).map(|chunk| NodeId::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
+    let mut take = |count: u32| -> Vec<NodeId> { ids.by_ref().take(count as usize).collect() };
+    let conf = ConfState { voters: take(counts[0]), voters_outgoing: take(counts[1]), learners: take(counts[2]) };
+    let meta = SnapshotMeta { index: header.index.get(), term: header.term.get(), conf };
+    Ok(SnapshotFileHead {
+        stored: StoredSnapshot { meta, segment_sequence_min: header.segment_sequence_min.get() },
+        crc: header.crc.get(),
+        data_start,
+        data_length: header.data_length.get(),
+    })
+}
+
+/// Checks the whole file against its header's crc32c, reading it in pieces.
+/// Blocking.
+pub(crate) fn verify_blocking(path: &Path, file: &std::fs::File, head: &SnapshotFileHead) -> Result<(), WalError> {
+    use std::os::unix::fs::FileExt;
+    let end = head.data_start + head.data_length;
+    let mut buffer = vec![0u8; SAVE_CHUNK_BYTES];
+    let mut computed = 0;
+    let mut offset = 4;
+    while offset < end {
+        let piece = (end - offset).min(SAVE_CHUNK_BYTES as u64) as usize;
+        file.read_exact_at(&mut buffer[..piece], offset).map_err(|error| WalError::io("reading", path, error))?;
+        computed = crc32c::crc32c_append(computed, &buffer[..piece]);
+        offset += piece as u64;
+    }
+    if computed != head.crc {
+        return Err(WalError::corrupt(path, 0, format!("crc32c {computed:#010x}"), format!("{:#010x}", head.crc)));
+    }
+    Ok(())
+}
+
+/// The snapshot file's header, checked whole against its crc32c (read in
+/// pieces), if there is a snapshot. Blocking; used on open.
+pub(crate) fn load_head_blocking(dir: &Path) -> Result<Option<SnapshotFileHead>, WalError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(WalError::io("opening", &path, error)),
+    };
+    let head = read_head(&path, &file)?;
+    verify_blocking(&path, &file, &head)?;
+    Ok(Some(head))
+}
+
+/// A reader of a stored snapshot's data, from its first byte to its last.
+pub type SnapshotReader = Box<dyn std::io::Read + Send>;
+
+/// Opens the stored snapshot for a streaming read of its data, checking the
+/// whole file against its checksum first when `verify`. Blocking.
+pub(crate) fn open_reader(dir: &Path, verify: bool) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+    use std::io::{Read, Seek};
+    let path = dir.join(SNAPSHOT_FILE);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(WalError::io("opening", &path, error)),
+    };
+    let head = read_head(&path, &file)?;
+    if verify {
+        verify_blocking(&path, &file, &head)?;
+    }
+    file.seek(std::io::SeekFrom::Start(head.data_start)).map_err(|error| WalError::io("seeking", &path, error))?;
+    let reader = std::io::BufReader::with_capacity(SAVE_CHUNK_BYTES, file.take(head.data_length));
+    Ok(Some((head.stored.meta, head.data_length, Box::new(reader))))
+}
+
+/// The stored snapshot file, open for serving chunks to followers.
+pub(crate) struct OpenSnapshot {
+    pub index: engine::Index,
+    data_start: u64,
+    data_length: u64,
+    file: std::rc::Rc<tokio_uring::fs::File>,
+}
+
+impl OpenSnapshot {
+    /// Opens the stored snapshot file (its header is checked; the whole was
+    /// checked when it was stored or loaded).
+    pub(crate) fn open(dir: &Path) -> Result<Option<OpenSnapshot>, WalError> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(WalError::io("opening", &path, error)),
+        };
+        let head = read_head(&path, &file)?;
+        Ok(Some(OpenSnapshot {
+            index: head.stored.meta.index,
+            data_start: head.data_start,
+            data_length: head.data_length,
+            file: std::rc::Rc::new(tokio_uring::fs::File::from_std(file)),
+        }))
+    }
+
+    /// Reads `len` bytes of data at `offset` (fewer at the end) with one
+    /// positioned read on the io_uring runtime.
+    pub(crate) async fn read_chunk(&self, dir: &Path, offset: u64, len: u64) -> Result<Bytes, WalError> {
+        let len = len.min(self.data_length.saturating_sub(offset)) as usize;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let file = self.file.clone();
+        let (result, buffer) = file.read_exact_at(Vec::with_capacity(len), self.data_start + offset).await;
+        result.map_err(|error| WalError::io("reading", &dir.join(SNAPSHOT_FILE), error))?;
+        Ok(Bytes::from(buffer))
+    }
 }
 
 #[cfg(test)]
@@ -250,17 +535,59 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_saved_in_many_pieces_loads_whole() {
+    fn a_draft_written_in_many_pieces_seals_and_loads_whole() {
+        use std::io::{Read, Write};
         let dir = std::env::temp_dir().join(format!("wal-snapshot-pieces-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let meta = SnapshotMeta { index: 90, term: 4, conf: ConfState::new([1, 2, 3], []) };
-        let stored = StoredSnapshot { meta, segment_sequence_min: 2 };
+        let stored = StoredSnapshot { meta: meta.clone(), segment_sequence_min: 2 };
         let data: Bytes = (0..SAVE_CHUNK_BYTES * 3 + 12_345).map(|at| (at % 251) as u8).collect::<Vec<u8>>().into();
         tokio_uring::start(async {
-            save(&dir, &stored, &data, 0).await.unwrap();
+            // Streamed by a writer, then appended durably (as received).
+            let mut draft = SnapshotDraft::create(&dir, meta.clone(), false, 0).unwrap();
+            draft.write_all(&data).unwrap();
+            seal(&dir, &stored, draft).await.unwrap();
             let (loaded, loaded_data) = load(&dir, u64::MAX).await.unwrap().expect("saved");
             assert_eq!(loaded, stored);
             assert_eq!(loaded_data, data);
+            let mut draft = SnapshotDraft::create(&dir, meta.clone(), true, 0).unwrap();
+            for piece in data.chunks(100_000) {
+                draft.append_durable(Bytes::copy_from_slice(piece)).await.unwrap();
+            }
+            seal(&dir, &stored, draft).await.unwrap();
+            let head = load_head_blocking(&dir).unwrap().expect("saved");
+            assert_eq!(head.stored, stored);
+            let (_, length, mut reader) = open_reader(&dir, true).unwrap().expect("saved");
+            let mut read = Vec::new();
+            reader.read_to_end(&mut read).unwrap();
+            assert_eq!((length, &read[..]), (data.len() as u64, &data[..]));
+            let open = OpenSnapshot::open(&dir).unwrap().expect("saved");
+            let chunk = open.read_chunk(&dir, 1000, 5000).await.unwrap();
+            assert_eq!(chunk, data.slice(1000..6000));
+            let last = open.read_chunk(&dir, data.len() as u64 - 10, 5000).await.unwrap();
+            assert_eq!(last, data.slice(data.len() - 10..));
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_draft_damaged_on_disk_is_refused() {
+        use std::os::unix::fs::FileExt;
+        let dir = std::env::temp_dir().join(format!("wal-snapshot-damaged-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SnapshotMeta { index: 9, term: 1, conf: ConfState::new([1], []) };
+        let stored = StoredSnapshot { meta: meta.clone(), segment_sequence_min: 0 };
+        tokio_uring::start(async {
+            let mut draft = SnapshotDraft::create(&dir, meta.clone(), true, 0).unwrap();
+            draft.append_durable(Bytes::from_static(b"some state")).await.unwrap();
+            // The disk returns other bytes than were written.
+            let temp = dir.join(SNAPSHOT_RECEIVED_FILE);
+            let file = std::fs::OpenOptions::new().write(true).open(&temp).unwrap();
+            let data_start = encode_head(&meta, 0, 0).len() as u64;
+            file.write_all_at(b"X", data_start + 3).unwrap();
+            let error = seal(&dir, &stored, draft).await.unwrap_err();
+            assert!(matches!(error, WalError::Corrupt { .. }), "{error}");
+            assert!(!dir.join(SNAPSHOT_FILE).exists(), "a damaged draft was installed");
         });
         std::fs::remove_dir_all(&dir).unwrap();
     }

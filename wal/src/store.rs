@@ -11,6 +11,7 @@ use bytes::Bytes;
 use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta, Term};
 
 use crate::error::WalError;
+use crate::snapshot::{SnapshotDraft, SnapshotReader};
 
 /// The receipt for a submitted append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,8 @@ pub struct AppendTicket {
 /// - `append` of a batch whose first index is at or below the last index
 ///   replaces the log from that index (a conflict truncation); the truncation
 ///   is durable no later than the append itself.
-/// - `save_snapshot` takes its place in the append order when it is called:
+/// - `save_snapshot_draft` (and `save_snapshot`) takes its place in the
+///   append order when it is called (the draft's bytes are written before):
 ///   appends submitted before it are durable before it is stored, and appends
 ///   submitted while it runs come after it (so it may run in a spawned task
 ///   while the driver keeps appending). For a snapshot the log agrees with
@@ -86,12 +88,43 @@ pub trait LogStore: Sized {
     /// This keeps a second `fdatasync` per commit off the disk.
     async fn save_commit(&self, hard_state: HardState) -> Result<(), WalError>;
 
-    /// Durably stores a snapshot, replacing the previous one (see the trait
-    /// documentation for what happens to the log).
-    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError>;
+    /// Starts a snapshot: its bytes are written into the draft (a temporary
+    /// file, never whole in memory) and then stored with
+    /// [`LogStore::save_snapshot_draft`]. `received`: it arrives from the
+    /// leader (it has its own temporary file, so that it never overwrites a
+    /// local one being written).
+    fn snapshot_draft(&self, meta: SnapshotMeta, received: bool) -> Result<SnapshotDraft, WalError>;
 
-    /// The latest stored snapshot and its bytes.
+    /// Checks a finished draft against the checksum computed as it was
+    /// written and durably stores it (a rename), replacing the previous
+    /// snapshot (see the trait documentation for what happens to the log).
+    async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError>;
+
+    /// Durably stores a snapshot held in memory (tests, small states). Its
+    /// bytes are written into the draft before the first await, so that it
+    /// takes its place in the append order when it is called.
+    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+        let mut draft = self.snapshot_draft(meta, false)?;
+        std::io::Write::write_all(&mut draft, &data).map_err(|error| WalError::Io {
+            op: "writing a snapshot draft",
+            path: Default::default(),
+            source: std::sync::Arc::new(error),
+        })?;
+        self.save_snapshot_draft(draft).await
+    }
+
+    /// The latest stored snapshot and its bytes, whole in memory (tests).
     async fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Bytes)>, WalError>;
+
+    /// `len` bytes (fewer at its end) of the stored snapshot's data from
+    /// `offset`, or `None` when the stored snapshot is not the one at
+    /// `index` (a newer one replaced it).
+    async fn read_snapshot(&self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError>;
+
+    /// The stored snapshot's metadata and data length, with a reader of its
+    /// data (a stream: never whole in memory); with `verify`, the whole is
+    /// checked against its checksum first. Blocking.
+    fn open_snapshot(&self, verify: bool) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError>;
 
     /// Frees log space up to `index` (at most the snapshot's index).
     async fn compact(&self, index: Index) -> Result<(), WalError>;

@@ -15,7 +15,7 @@ use crate::config::WalConfig;
 use crate::error::WalError;
 use crate::hard_state::{self, HardStateWriter, HARD_STATE_FILE};
 use crate::segment::{self, SEGMENT_SUFFIX};
-use crate::snapshot::{self, StoredSnapshot, SNAPSHOT_FILE};
+use crate::snapshot::{self, OpenSnapshot, SnapshotDraft, SnapshotReader, StoredSnapshot, SNAPSHOT_FILE};
 use crate::store::{AppendTicket, LogStore};
 use crate::terms::TermLog;
 use crate::{dir, recovery};
@@ -31,6 +31,12 @@ pub struct Wal {
     /// Damage below the tail that recovery cut the log before (the replica
     /// repairs from its peers), for the node to report.
     damage: Option<Box<WalError>>,
+    /// The stored snapshot's file, open for serving chunks (opened at the
+    /// first read; dropped when a new snapshot replaces it).
+    snapshot_open: RefCell<Option<Rc<OpenSnapshot>>>,
+    /// The stored snapshot's data length (the next local one is paced as if
+    /// it were as large).
+    snapshot_length: std::cell::Cell<u64>,
     /// Holds the directory's `flock` for as long as the log is open.
     _lock: std::fs::File,
 }
@@ -82,8 +88,9 @@ impl Wal {
     /// the submitted log) when `save_snapshot` was called; `limit` is the last
     /// append submitted before that call, where the writer is held when the
     /// snapshot voids the log (`keep` false).
-    async fn store_snapshot(&self, meta: SnapshotMeta, data: Bytes, keep: bool, limit: u64) -> Result<(), WalError> {
+    async fn store_snapshot(&self, draft: SnapshotDraft, keep: bool, limit: u64) -> Result<(), WalError> {
         let config = &self.shared.config;
+        let meta = draft.meta().clone();
         // Every append from before the call is durable before the snapshot is
         // stored; when the log is voided, later ones wait behind it.
         self.wait_durable(limit).await?;
@@ -102,13 +109,9 @@ impl Wal {
             };
             StoredSnapshot { meta: meta.clone(), segment_sequence_min: sequence_min }
         };
-        // A snapshot the log agrees with holds no append back: pace it.
-        let rate = if keep && config.snapshot_write_rate > 0 {
-            config.snapshot_write_rate.max(data.len() as u64 / crate::config::SNAPSHOT_WRITE_SECONDS_MAX)
-        } else {
-            0
-        };
-        snapshot::save(&config.dir, &stored, &data, rate).await?;
+        let length = snapshot::seal(&config.dir, &stored, draft).await?;
+        self.snapshot_length.set(length);
+        *self.snapshot_open.borrow_mut() = None;
         let removed = {
             let mut state = self.shared.state.borrow_mut();
             state.snapshot = Some(stored);
@@ -153,7 +156,9 @@ impl LogStore for Wal {
             dir::write_identity(&config.dir, config.cluster_id, config.node_id)?;
         }
         let (hard_state, acknowledged, hard_state_sequence, hard_state_slot) = hard_state::load(&config.dir)?;
-        let stored = snapshot::load_blocking(&config.dir)?.map(|(stored, _)| stored);
+        let head = snapshot::load_head_blocking(&config.dir)?;
+        let snapshot_length = head.as_ref().map_or(0, |head| head.data_length);
+        let stored = head.map(|head| head.stored);
         let recovered = recovery::recover(&config, stored.as_ref())?;
 
         let mut log = stored.as_ref().map_or_else(TermLog::default, |s| TermLog::new(s.meta.index, s.meta.term));
@@ -216,6 +221,8 @@ impl LogStore for Wal {
             exclusive: Mutex::new(()),
             tasks: RefCell::new(tasks),
             damage,
+            snapshot_open: RefCell::new(None),
+            snapshot_length: std::cell::Cell::new(snapshot_length),
             _lock: lock,
         };
         let recovered = Recovered {
@@ -302,7 +309,24 @@ impl LogStore for Wal {
         self.write_hard_state(hard_state, false).await
     }
 
-    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+    /// A draft in the log's directory. A local snapshot (one the log agrees
+    /// with) holds no append back, so it is paced at `snapshot_write_rate`,
+    /// unless a snapshot as large as the stored one would then take longer
+    /// than `SNAPSHOT_WRITE_SECONDS_MAX`; a received one is written at full
+    /// speed (the follower waits for it).
+    fn snapshot_draft(&self, meta: SnapshotMeta, received: bool) -> Result<SnapshotDraft, WalError> {
+        let config = &self.shared.config;
+        Self::check_usable(&self.shared.state.borrow())?;
+        let rate = if !received && config.snapshot_write_rate > 0 {
+            config.snapshot_write_rate.max(self.snapshot_length.get() / crate::config::SNAPSHOT_WRITE_SECONDS_MAX)
+        } else {
+            0
+        };
+        SnapshotDraft::create(&config.dir, meta, received, rate)
+    }
+
+    async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError> {
+        let meta = draft.meta().clone();
         let _exclusive = self.exclusive.lock().await;
         // Decide now, against the log as submitted so far, and apply the
         // decision to the submitted log at once: appends made while the
@@ -326,7 +350,7 @@ impl LogStore for Wal {
             }
             (keep, limit)
         };
-        let result = self.store_snapshot(meta, data, keep, limit).await;
+        let result = self.store_snapshot(draft, keep, limit).await;
         if let Err(error) = &result {
             // The submitted log already reflects the snapshot: a failure here
             // must stop the log rather than leave the two disagreeing.
@@ -340,6 +364,28 @@ impl LogStore for Wal {
         let config = &self.shared.config;
         let loaded = snapshot::load(&config.dir, config.snapshot_bytes_max).await?;
         Ok(loaded.map(|(stored, data)| (stored.meta, data)))
+    }
+
+    async fn read_snapshot(&self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError> {
+        let dir = &self.shared.config.dir;
+        let cached = self.snapshot_open.borrow().clone();
+        let open = match cached {
+            Some(open) if open.index == index => open,
+            _ => {
+                let Some(open) = OpenSnapshot::open(dir)? else { return Ok(None) };
+                let open = Rc::new(open);
+                *self.snapshot_open.borrow_mut() = Some(open.clone());
+                open
+            }
+        };
+        if open.index != index {
+            return Ok(None);
+        }
+        open.read_chunk(dir, offset, len).await.map(Some)
+    }
+
+    fn open_snapshot(&self, verify: bool) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+        snapshot::open_reader(&self.shared.config.dir, verify)
     }
 
     async fn compact(&self, index: Index) -> Result<(), WalError> {

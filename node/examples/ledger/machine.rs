@@ -165,9 +165,12 @@ impl StateMachine for Ledger {
         Box::new(SerializedImage(out.freeze()))
     }
 
-    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
+    /// Small states are read whole.
+    fn restore_from(&mut self, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
         let bad = || RestoreError("not a ledger snapshot".into());
-        let mut data = snapshot.clone();
+        let mut raw = Vec::new();
+        snapshot.read_to_end(&mut raw)?;
+        let mut data = Bytes::from(raw);
         if data.len() < 16 {
             return Err(bad());
         }

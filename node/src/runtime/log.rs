@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use engine::{EntryBatch, HardState, Index, NodeId, Recovered, SnapshotMeta};
-use wal::{AppendTicket, LogStore, MemDisk, MemLog, Wal, WalConfig, WalError};
+use wal::{AppendTicket, LogStore, MemDisk, MemLog, SnapshotDraft, SnapshotReader, Wal, WalConfig, WalError};
 
 /// The disks of an in-process cluster's nodes, by node and shard. They
 /// outlive the nodes, so a node stopped and started again recovers what it
@@ -40,6 +40,7 @@ pub enum LogOptions {
 }
 
 /// A shard's log store: the WAL or memory.
+#[allow(clippy::large_enum_variant)] // One per shard, made once: no copies to save.
 pub enum NodeLog {
     Wal(Wal),
     Memory(MemLog),
@@ -99,8 +100,20 @@ impl LogStore for NodeLog {
         delegate!(self, log => log.save_commit(hard_state).await)
     }
 
-    async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
-        delegate!(self, log => log.save_snapshot(meta, data).await)
+    fn snapshot_draft(&self, meta: SnapshotMeta, received: bool) -> Result<SnapshotDraft, WalError> {
+        delegate!(self, log => log.snapshot_draft(meta, received))
+    }
+
+    async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError> {
+        delegate!(self, log => log.save_snapshot_draft(draft).await)
+    }
+
+    async fn read_snapshot(&self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError> {
+        delegate!(self, log => log.read_snapshot(index, offset, len).await)
+    }
+
+    fn open_snapshot(&self, verify: bool) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+        delegate!(self, log => log.open_snapshot(verify))
     }
 
     async fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Bytes)>, WalError> {

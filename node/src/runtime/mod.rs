@@ -567,14 +567,10 @@ where
     if let Some(damage) = log.recovery_damage() {
         tracing::warn!(shard = shard_id, %damage, "the log was cut before damage; repairing from the peers");
     }
-    let snapshot = match recovered.snapshot {
-        Some(_) => log.load_snapshot().await.map_err(fail)?,
-        None => None,
-    };
     let (snapshot_sender, snapshot_receiver) = mpsc::unbounded_channel();
     let storage = LogStorage::new(Rc::new(log), shard_id, snapshot_sender);
     let transport = NodeTransport { shard_id, peers };
-    let recovered = RecoveredShard { recovered, snapshot };
+    let recovered = RecoveredShard { recovered };
     let app = (setup.make_app)(shard_id);
     let shard = Shard::new(ctx, engine_config, recovered, app, storage, transport, SystemClock)?;
     let tick = config.timing.tick_interval;

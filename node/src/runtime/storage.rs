@@ -2,16 +2,18 @@
 //! `wal::LogStore` (the io_uring WAL, or the in-memory `MemLog`), on a
 //! tokio-uring runtime. Background work (the commit-only hard state, local
 //! snapshots, compaction) runs in tasks of the shard's core; a snapshot is
-//! serialized on a helper thread so that the core keeps applying.
+//! serialized into its file on a helper thread so that the core keeps
+//! applying.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use engine::raft::SnapshotWrite;
 use engine::{EntryBatch, HardState, Index, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot};
-use wal::{AppendTicket, LogStore, WalError};
+use wal::{AppendTicket, LogStore, SnapshotDraft, SnapshotReader, WalError};
 
 use crate::app::SnapshotImage;
 use crate::shard::{ShardStorage, StoredSnapshot};
@@ -30,6 +32,8 @@ pub struct LogStorage<L> {
     commit_saving: Rc<Cell<bool>>,
     /// The newest commit-only hard state waiting for the one in flight.
     commit_next: Rc<RefCell<Option<HardState>>>,
+    /// The snapshot arriving from the leader, written chunk by chunk.
+    receiving: Option<SnapshotDraft>,
 }
 
 impl<L: LogStore + 'static> LogStorage<L> {
@@ -40,6 +44,7 @@ impl<L: LogStore + 'static> LogStorage<L> {
             snapshot_done,
             commit_saving: Rc::new(Cell::new(false)),
             commit_next: Rc::new(RefCell::new(None)),
+            receiving: None,
         }
     }
 
@@ -96,21 +101,59 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
         });
     }
 
-    async fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
-        self.log.save_snapshot(meta, data).await
+    async fn write_snapshot_chunk(&mut self, write: SnapshotWrite) -> Result<(), WalError> {
+        if write.offset == 0 {
+            self.receiving = None;
+            self.receiving = Some(self.log.snapshot_draft(write.meta.clone(), true)?);
+        }
+        let draft = match &mut self.receiving {
+            Some(draft) if *draft.meta() == write.meta && draft.length() == write.offset => draft,
+            _ => {
+                // The engine hands chunks in order from offset 0.
+                self.receiving = None;
+                return Err(out_of_order(&write));
+            }
+        };
+        draft.append_durable(write.data).await
+    }
+
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), WalError> {
+        match self.receiving.take() {
+            Some(draft) if *draft.meta() == meta => self.log.save_snapshot_draft(draft).await,
+            _ => Err(WalError::Io {
+                op: "installing a received snapshot",
+                path: Default::default(),
+                source: std::sync::Arc::new(std::io::Error::other(format!(
+                    "the snapshot at {}/{} was not received",
+                    meta.index, meta.term
+                ))),
+            }),
+        }
     }
 
     fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>) {
-        let serialized = serialize_in_background(image);
         let (log, done) = (self.log.clone(), self.snapshot_done.clone());
+        let draft = match log.snapshot_draft(meta.clone(), false) {
+            Ok(draft) => draft,
+            Err(error) => {
+                let _ = done.send(Err(error));
+                return;
+            }
+        };
+        let serialized = serialize_in_background(image, draft);
         // Storing waits for queued appends; it runs off the driver's path and
         // is reported once durable.
         tokio_uring::spawn(async move {
             let result = match serialized.await {
-                Ok((data, serialize_time)) => log
-                    .save_snapshot(meta.clone(), data.clone())
-                    .await
-                    .map(|()| StoredSnapshot { meta, data, serialize_time }),
+                Ok(Ok((draft, serialize_time))) => {
+                    let size = draft.length();
+                    log.save_snapshot_draft(draft).await.map(|()| StoredSnapshot { meta, size, serialize_time })
+                }
+                Ok(Err(error)) => Err(WalError::Io {
+                    op: "serializing a snapshot into",
+                    path: Default::default(),
+                    source: std::sync::Arc::new(error),
+                }),
                 Err(_) => Err(WalError::Io {
                     op: "serializing a snapshot of",
                     path: Default::default(),
@@ -119,6 +162,15 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
             };
             let _ = done.send(result);
         });
+    }
+
+    async fn read_snapshot(&mut self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError> {
+        self.log.read_snapshot(index, offset, len).await
+    }
+
+    /// The WAL checked the stored file whole when it opened or stored it.
+    fn open_snapshot(&mut self) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+        self.log.open_snapshot(false)
     }
 
     fn compact(&mut self, index: Index) {
@@ -134,19 +186,42 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
     }
 }
 
-/// Serializes a snapshot image on a thread of its own, allowed on every CPU
-/// (a thread inherits its creator's pinning, and the driver's core is the
-/// one that should not carry this work) and at a lower priority than the
-/// drivers, and hands back the bytes with the time it took.
-fn serialize_in_background(image: Box<dyn SnapshotImage>) -> oneshot::Receiver<(Bytes, std::time::Duration)> {
+/// A received chunk that does not continue the snapshot being received.
+fn out_of_order(write: &SnapshotWrite) -> WalError {
+    WalError::Io {
+        op: "writing a received snapshot chunk",
+        path: Default::default(),
+        source: std::sync::Arc::new(std::io::Error::other(format!(
+            "a chunk at offset {} of the snapshot at {}/{} continues no snapshot being received",
+            write.offset, write.meta.index, write.meta.term
+        ))),
+    }
+}
+
+/// What a snapshot thread hands back: the written draft and how long it
+/// took, or the write's error.
+type Serialized = std::io::Result<(SnapshotDraft, std::time::Duration)>;
+
+/// How much a snapshot thread gathers before each write into the draft.
+const SERIALIZE_BUFFER_BYTES: usize = 256 << 10;
+
+/// Serializes a snapshot image into its draft on a thread of its own,
+/// allowed on every CPU (a thread inherits its creator's pinning, and the
+/// driver's core is the one that should not carry this work) and at a lower
+/// priority than the drivers, and hands back the draft with the time it
+/// took. The draft's writes are blocking, paced and synced in pieces.
+fn serialize_in_background(image: Box<dyn SnapshotImage>, draft: SnapshotDraft) -> oneshot::Receiver<Serialized> {
     let (sender, receiver) = oneshot::channel();
     let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
         super::threads::unpin_thread();
         super::threads::lower_thread_priority();
         let started = Instant::now();
-        let mut out = BytesMut::new();
-        image.serialize_into(&mut out);
-        let _ = sender.send((out.freeze(), started.elapsed()));
+        let mut out = std::io::BufWriter::with_capacity(SERIALIZE_BUFFER_BYTES, draft);
+        let result = image
+            .write_to(&mut out)
+            .and_then(|()| out.into_inner().map_err(|error| error.into_error()))
+            .map(|draft| (draft, started.elapsed()));
+        let _ = sender.send(result);
     });
     if let Err(error) = spawned {
         // The sender went with the closure: the receiver reports the failure.

@@ -10,21 +10,29 @@
 //! carries it out. That is what lets the simulator test the order the node
 //! really uses.
 //!
-//! Every method returns at once except the three `async` ones, which the
-//! driver awaits before it does anything else, exactly as their contract
-//! requires: an append that must wait for room in the log's queue, a hard
-//! state whose term or vote changed (it must be durable before any message
-//! that depends on it leaves), and a snapshot received from the leader
-//! (stored in the append order before the entries that follow it). An
-//! implementation whose operations complete at once (the simulator's, the
-//! in-memory store's) returns futures that are ready on their first poll.
+//! Every method returns at once except the `async` ones, which the driver
+//! awaits before it does anything else, exactly as their contract requires:
+//! an append that must wait for room in the log's queue, a hard state whose
+//! term or vote changed (it must be durable before any message that depends
+//! on it leaves), a chunk of a snapshot received from the leader (durable
+//! before its acknowledgement leaves, like entries), the received snapshot's
+//! install (stored in the append order before the entries that follow it),
+//! and a chunk of the local snapshot read for a follower. An implementation
+//! whose operations complete at once (the simulator's, the in-memory
+//! store's) returns futures that are ready on their first poll.
+//!
+//! Snapshots go through storage, never whole through memory: the driver
+//! hands over a captured image to be streamed into a file, reads one chunk
+//! at a time to send, writes each received chunk as it arrives, and
+//! restores the state machine from a reader of the stored file.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use engine::raft::SnapshotWrite;
 use engine::{EntryBatch, HardState, Index, Message, NodeId, SnapshotMeta};
 use net::ResponseStatus;
-use wal::{AppendTicket, WalError};
+use wal::{AppendTicket, SnapshotReader, WalError};
 
 use crate::app::SnapshotImage;
 use crate::replicated::Addresses;
@@ -56,14 +64,32 @@ pub trait ShardStorage {
     /// drops all but the newest waiting one.
     fn save_commit(&mut self, hard_state: HardState);
 
-    /// Durably stores a snapshot received from the leader, replacing the log
-    /// as `wal::LogStore::save_snapshot` describes; resolves once stored.
-    async fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError>;
+    /// Writes a chunk of a snapshot arriving from the leader into a
+    /// temporary file, durably: resolves once it is synced (the engine
+    /// acknowledges it to the leader). Chunks come in order; offset 0 starts
+    /// a new snapshot, replacing a partial one.
+    async fn write_snapshot_chunk(&mut self, write: SnapshotWrite) -> Result<(), WalError>;
 
-    /// Serializes a captured local snapshot and stores it, in the background
-    /// (serializing a large state takes tens of milliseconds). The outcome
-    /// must come back through [`crate::shard::Shard::snapshot_stored`].
+    /// Verifies the received snapshot whose last chunk was written (against
+    /// the checksum computed as its chunks arrived) and durably stores it,
+    /// replacing the log as `wal::LogStore::save_snapshot_draft` describes;
+    /// resolves once stored.
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), WalError>;
+
+    /// Serializes a captured local snapshot into a file and stores it, in
+    /// the background (serializing a large state takes tens of
+    /// milliseconds). The outcome must come back through
+    /// [`crate::shard::Shard::snapshot_stored`].
     fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>);
+
+    /// `len` bytes (fewer at its end) of the stored snapshot's data from
+    /// `offset`, for a follower; `None` when the stored snapshot is no
+    /// longer the one at `index`.
+    async fn read_snapshot(&mut self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError>;
+
+    /// The stored snapshot's metadata and size, with a reader of its data,
+    /// for restoring the state machine (at start, after an install).
+    fn open_snapshot(&mut self) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError>;
 
     /// Frees log space up to `index` (covered by the stored snapshot), in the
     /// background. A failure stops the log; the next append reports it.
@@ -73,7 +99,8 @@ pub trait ShardStorage {
 /// A local snapshot serialized and stored by [`ShardStorage::store_snapshot`].
 pub struct StoredSnapshot {
     pub meta: SnapshotMeta,
-    pub data: Bytes,
+    /// The snapshot's size in bytes.
+    pub size: u64,
     /// How long serializing the image took (a latency stage).
     pub serialize_time: Duration,
 }

@@ -34,8 +34,8 @@ mod snapshots;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use engine::{Entry, Index, Message, NodeId, Raft, Recovered, SnapshotMeta, Term};
+use bytes::BytesMut;
+use engine::{Entry, Index, Message, NodeId, Raft, Recovered, Term};
 use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use wal::WalError;
 
@@ -93,10 +93,9 @@ pub enum ShardError {
 }
 
 /// What a shard recovers from storage at start: the engine's durable state
-/// and the latest stored snapshot with its bytes.
+/// (the stored snapshot, if any, is read from storage).
 pub struct RecoveredShard {
     pub recovered: Recovered,
-    pub snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
 /// One shard's driver; see the module documentation.
@@ -176,15 +175,10 @@ where
     ) -> Result<Self, ShardError> {
         let shard = ctx.shard_id;
         let nonce_salt = ctx.nonce_salt;
-        let mut fsm = NodeStateMachine::new(app);
-        if let Some((_, data)) = &recovered.snapshot {
-            fsm.restore(data).map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
-        }
-        let mut raft = Raft::new(engine_config, recovered.recovered)
+        let fsm = NodeStateMachine::new(app);
+        let snapshot = recovered.recovered.snapshot.clone();
+        let raft = Raft::new(engine_config, recovered.recovered)
             .map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
-        if let Some((meta, data)) = &recovered.snapshot {
-            raft.snapshot_created(meta.clone(), data.len() as u64);
-        }
         tracing::info!(
             shard,
             term = raft.term(),
@@ -201,7 +195,7 @@ where
             );
         }
         let now = clock.now();
-        Ok(Shard {
+        let mut driver = Shard {
             ctx,
             raft,
             fsm,
@@ -210,7 +204,7 @@ where
             clock,
             requests: Requests::new(nonce_salt),
             persist: Persistence::default(),
-            snapshots: Snapshots::new(recovered.snapshot),
+            snapshots: Snapshots::new(None),
             announced_term: 0,
             leader_seen: engine::NODE_NONE,
             stats: ShardStats::new(now),
@@ -219,7 +213,14 @@ where
             applied_trace: None,
             log_clock: LogClock::default(),
             balanced_at: None,
-        })
+        };
+        // The state machine streams the stored snapshot from its file.
+        if let Some(meta) = snapshot {
+            let size = driver.restore_stored(&meta)?;
+            driver.raft.snapshot_created(meta.clone(), size);
+            driver.snapshots = Snapshots::new(Some((meta, size)));
+        }
+        Ok(driver)
     }
 
     /// A Raft message from a peer.

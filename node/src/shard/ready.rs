@@ -78,10 +78,12 @@ where
                 self.leader_seen = leader;
                 self.stats.leader_changes += u64::from(leader != engine::NODE_NONE);
             }
-            // A received snapshot: stored, then the state machine restored,
-            // before the entries that follow it are appended or applied.
+            // A received snapshot: each chunk durable as it arrives (its
+            // acknowledgement waits in `messages_after_persist`); the last
+            // one installed and the state machine restored, before the
+            // entries that follow it are appended or applied.
             for write in std::mem::take(&mut ready.snapshot_writes) {
-                self.snapshots.receive_chunk(&write);
+                self.storage.write_snapshot_chunk(write).await.map_err(|source| self.storage_error(source))?;
             }
             if let Some(meta) = ready.snapshot_install.take() {
                 self.install_snapshot(meta).await?;
@@ -134,7 +136,7 @@ where
                     tracing::debug!(shard = self.ctx.shard_id, reason, "snapshot skipped");
                 }
             }
-            self.serve_snapshot_reads(reads);
+            self.serve_snapshot_reads(reads).await;
             if let Some(index) = compact_to {
                 self.storage.compact(index);
             }

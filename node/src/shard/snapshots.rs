@@ -1,10 +1,15 @@
 //! The snapshot lifecycle of a shard: capturing the state machine (on the
-//! driver, cheaply) and having storage serialize and store it (in the
-//! background); serving chunks of the stored snapshot to followers that
-//! need it; and receiving, storing and installing a leader's snapshot.
+//! driver, cheaply) and having storage serialize it into a file and store
+//! it (in the background); serving chunks of the stored file to followers
+//! that need it, one positioned read each; and receiving a leader's
+//! snapshot chunk by chunk into a file (each durable as it arrives),
+//! installing it by rename and restoring the state machine from the file.
+//! No step holds the whole snapshot in memory.
 
-use bytes::{Bytes, BytesMut};
-use engine::raft::{SnapshotRead, SnapshotWrite};
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use engine::raft::SnapshotRead;
 use engine::{Index, SnapshotMeta};
 use wal::WalError;
 
@@ -12,27 +17,40 @@ use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport, StoredSnapsh
 use crate::app::StateMachine;
 
 pub(super) struct Snapshots {
-    /// The latest stored snapshot and its bytes, served to followers.
+    /// The latest stored snapshot and its size, served to followers.
     /// Invariant: its index is at most the applied index.
-    current: Option<(SnapshotMeta, Bytes)>,
+    current: Option<(SnapshotMeta, u64)>,
     /// A local snapshot being serialized and stored.
     storing: Option<SnapshotMeta>,
-    /// The chunks of a snapshot arriving from the leader, in order.
-    incoming: BytesMut,
+    /// The chunks read last (snapshot index, offset, length, bytes), newest
+    /// last. The engine asks for a chunk again when a follower's
+    /// acknowledgements stall (often because the link to it is busy, the
+    /// first copy still queued): the same bytes are handed out again instead
+    /// of a second copy, so the chunks a leader holds stay bounded by this
+    /// and the engine's window, whatever the resends.
+    recent: VecDeque<(Index, u64, u64, Bytes)>,
 }
 
+/// Chunks kept for resends: twice the engine's default window.
+const RECENT_CHUNKS_MAX: usize = 8;
+
 impl Snapshots {
-    pub(super) fn new(current: Option<(SnapshotMeta, Bytes)>) -> Snapshots {
-        Snapshots { current, storing: None, incoming: BytesMut::new() }
+    pub(super) fn new(current: Option<(SnapshotMeta, u64)>) -> Snapshots {
+        Snapshots { current, storing: None, recent: VecDeque::new() }
     }
 
-    /// Collects a chunk of an incoming snapshot (offset 0 starts a new one).
-    pub(super) fn receive_chunk(&mut self, write: &SnapshotWrite) {
-        if write.offset == 0 {
-            self.incoming.clear();
+    fn recent_chunk(&self, read: &SnapshotRead) -> Option<Bytes> {
+        self.recent
+            .iter()
+            .find(|(index, offset, len, _)| (*index, *offset, *len) == (read.index, read.offset, read.len))
+            .map(|(_, _, _, data)| data.clone())
+    }
+
+    fn remember_chunk(&mut self, read: &SnapshotRead, data: &Bytes) {
+        if self.recent.len() == RECENT_CHUNKS_MAX {
+            self.recent.pop_front();
         }
-        debug_assert_eq!(write.offset as usize, self.incoming.len(), "snapshot chunks arrive in order");
-        self.incoming.extend_from_slice(&write.data);
+        self.recent.push_back((read.index, read.offset, read.len, data.clone()));
     }
 
     pub(super) fn check_invariants(&self, applied: Index) -> Result<(), String> {
@@ -84,42 +102,89 @@ where
                 assert_eq!(stored.meta, meta, "storage reported another snapshot than it was given");
                 self.stats.snapshot_serialize.record(stored.serialize_time);
                 self.stats.snapshots_taken += 1;
-                self.raft.snapshot_created(meta.clone(), stored.data.len() as u64);
+                self.raft.snapshot_created(meta.clone(), stored.size);
                 // A snapshot received from the leader while this one was
                 // being stored may be newer: keep serving the newest.
                 if self.snapshots.current.as_ref().is_none_or(|(current, _)| current.index <= meta.index) {
-                    self.snapshots.current = Some((meta, stored.data));
+                    self.snapshots.current = Some((meta, stored.size));
+                    self.snapshots.recent.clear();
                 }
             }
             Err(error) => tracing::error!(shard = self.ctx.shard_id, %error, "storing a snapshot failed"),
         }
     }
 
-    /// Hands followers the chunks of the stored snapshot the engine asked for.
-    pub(super) fn serve_snapshot_reads(&mut self, reads: Vec<SnapshotRead>) {
+    /// Hands followers the chunks of the stored snapshot the engine asked
+    /// for, each read from the file when it is sent (the engine asks for a
+    /// few chunks ahead of each follower's acknowledgements, no more).
+    pub(super) async fn serve_snapshot_reads(&mut self, reads: Vec<SnapshotRead>) {
         for read in reads {
-            match &self.snapshots.current {
-                Some((meta, data)) if meta.index == read.index => {
-                    let start = (read.offset as usize).min(data.len());
-                    let end = (read.offset + read.len).min(data.len() as u64) as usize;
-                    self.raft.snapshot_chunk(read.to, read.index, read.offset, data.slice(start..end));
+            let current = self.snapshots.current.as_ref().is_some_and(|(meta, _)| meta.index == read.index);
+            let chunk = if !current {
+                None
+            } else if let Some(data) = self.snapshots.recent_chunk(&read) {
+                Some(data)
+            } else {
+                match self.storage.read_snapshot(read.index, read.offset, read.len).await {
+                    Ok(chunk) => {
+                        if let Some(data) = &chunk {
+                            self.snapshots.remember_chunk(&read, data);
+                        }
+                        chunk
+                    }
+                    Err(error) => {
+                        tracing::error!(shard = self.ctx.shard_id, %error, "reading the snapshot for a follower failed");
+                        None
+                    }
                 }
-                _ => self.raft.snapshot_unavailable(read.to),
+            };
+            match chunk {
+                Some(data) => {
+                    self.stats.snapshot_chunks_sent += 1;
+                    self.raft.snapshot_chunk(read.to, read.index, read.offset, data);
+                }
+                None => self.raft.snapshot_unavailable(read.to),
             }
         }
     }
 
-    /// Stores the snapshot that finished arriving and restores the state
-    /// machine from it.
+    /// Stores the snapshot whose chunks all arrived (verified, then renamed
+    /// into place) and restores the state machine from it, streaming the
+    /// file. The restore runs on the driver: see README, "Snapshots".
     pub(super) async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), ShardError> {
-        let data = self.snapshots.incoming.split().freeze();
-        self.storage.install_snapshot(meta.clone(), data.clone()).await.map_err(|source| self.storage_error(source))?;
-        self.fsm.restore(&data).map_err(|error| ShardError::Restore { shard: self.ctx.shard_id, reason: error.0 })?;
-        self.snapshots.current = Some((meta, data));
+        self.storage.install_snapshot(meta.clone()).await.map_err(|source| self.storage_error(source))?;
+        let size = self.restore_stored(&meta)?;
+        self.snapshots.current = Some((meta, size));
+        self.snapshots.recent.clear();
         self.stats.snapshots_installed += 1;
         if self.requests.reads_waiting() {
             self.stats.installs_with_reads_waiting += 1;
         }
         Ok(())
+    }
+
+    /// Restores the state machine from the stored snapshot, which must be
+    /// the one described by `meta`; returns its size.
+    pub(super) fn restore_stored(&mut self, meta: &SnapshotMeta) -> Result<u64, ShardError> {
+        let shard = self.ctx.shard_id;
+        let opened = self.storage.open_snapshot().map_err(|source| ShardError::Wal { shard, source })?;
+        let Some((stored, size, mut reader)) = opened else {
+            return Err(ShardError::Restore { shard, reason: format!("the snapshot at {} is not stored", meta.index) });
+        };
+        if stored.index != meta.index || stored.term != meta.term {
+            return Err(ShardError::Restore {
+                shard,
+                reason: format!(
+                    "storage holds the snapshot at {}/{}, not {}/{}",
+                    stored.index, stored.term, meta.index, meta.term
+                ),
+            });
+        }
+        let started = self.clock.now();
+        self.fsm.restore_from(&mut reader).map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
+        let took = self.clock.now().saturating_duration_since(started);
+        self.stats.snapshot_restore.record(took);
+        tracing::info!(shard, index = meta.index, size, ?took, "state machine restored from the snapshot");
+        Ok(size)
     }
 }

@@ -6,6 +6,13 @@
 //! state lazily in the background (not ordered with the appends), and stores
 //! snapshots "ordered at the call" (appends submitted earlier are durable
 //! first; for a received snapshot, appends submitted later wait for it).
+//! Snapshots travel as the node's files do: a local one is streamed into its
+//! file, a follower is served one chunk at a time read from the stored
+//! snapshot (unavailable once a newer one replaced it), a received one is
+//! written chunk by chunk into a temporary file (each chunk durable when the
+//! write returns; the temporary file means nothing to a restarted node, so
+//! it lives in [`SimStorage`]), checked against the checksum of its chunks
+//! and installed, and a restore reads the stored snapshot as a stream.
 //! This disk reproduces exactly those guarantees and no more: appends and
 //! snapshots become durable in submission order, the lazy hard state at any
 //! moment, and a crash loses whatever was not durable, except that a prefix
@@ -28,14 +35,15 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use engine::batch::EntryBatch;
 use engine::config::Rng;
+use engine::raft::SnapshotWrite;
 use engine::storage::MemStorage;
 use engine::{Entry, HardState, Index, SnapshotMeta};
 use node::shard::{ShardStorage, StoredSnapshot};
 use node::SnapshotImage;
-use wal::{AppendTicket, WalError};
+use wal::{AppendTicket, SnapshotReader, WalError};
 
 /// One write in the ordered queue.
 #[derive(Debug)]
@@ -293,11 +301,23 @@ pub struct SimStorage {
     submitted: u64,
     /// The node's id, for traces.
     id: u64,
+    /// The snapshot arriving from the leader (its temporary file) and the
+    /// crc32c of its chunks.
+    receiving: Option<(SnapshotMeta, BytesMut, u32)>,
 }
 
 impl SimStorage {
     pub fn new(disk: Rc<RefCell<SimDisk>>, id: u64) -> SimStorage {
-        SimStorage { disk, submitted: 0, id }
+        SimStorage { disk, submitted: 0, id, receiving: None }
+    }
+}
+
+/// A storage error of the simulated disk (a broken driver contract).
+fn sim_error(what: String) -> WalError {
+    WalError::Io {
+        op: "simulated snapshot",
+        path: Default::default(),
+        source: std::sync::Arc::new(std::io::Error::other(what)),
     }
 }
 
@@ -331,9 +351,34 @@ impl ShardStorage for SimStorage {
         self.disk.borrow_mut().save_hard_state_lazily(hard_state);
     }
 
+    /// Durable at once (the driver awaits it); chunks must continue the
+    /// snapshot being received, from offset 0.
+    async fn write_snapshot_chunk(&mut self, write: SnapshotWrite) -> Result<(), WalError> {
+        if write.offset == 0 {
+            self.receiving = Some((write.meta.clone(), BytesMut::new(), 0));
+        }
+        match &mut self.receiving {
+            Some((meta, data, crc)) if *meta == write.meta && data.len() as u64 == write.offset => {
+                *crc = crc32c::crc32c_append(*crc, &write.data);
+                data.extend_from_slice(&write.data);
+                Ok(())
+            }
+            _ => {
+                Err(sim_error(format!("chunk at {} of snapshot {} continues nothing", write.offset, write.meta.index)))
+            }
+        }
+    }
+
     /// The shard awaits the store, ordered behind earlier appends: the whole
     /// queue completes.
-    async fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), WalError> {
+        let Some((received, data, crc)) = self.receiving.take() else {
+            return Err(sim_error(format!("install of snapshot {} that was not received", meta.index)));
+        };
+        if received != meta || crc32c::crc32c(&data) != crc {
+            return Err(sim_error(format!("install of snapshot {} that does not match what was received", meta.index)));
+        }
+        let data = data.freeze();
         if trace() {
             eprintln!("node {} installs snapshot {}/{} of {} bytes", self.id, meta.index, meta.term, data.len());
         }
@@ -344,9 +389,9 @@ impl ShardStorage for SimStorage {
     }
 
     fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>) {
-        let mut out = BytesMut::new();
-        image.serialize_into(&mut out);
-        let data = out.freeze();
+        let mut out = Vec::new();
+        image.write_to(&mut out).expect("writing to memory");
+        let data = Bytes::from(out);
         if trace() {
             eprintln!(
                 "node {} takes snapshot {}/{}: {} bytes, crc {:08x}",
@@ -360,6 +405,28 @@ impl ShardStorage for SimStorage {
         self.disk.borrow_mut().submit(DiskWrite::Snapshot { meta, data, local: true });
     }
 
+    /// A chunk of the durable snapshot, if it is still the one at `index`.
+    async fn read_snapshot(&mut self, index: Index, offset: u64, len: u64) -> Result<Option<Bytes>, WalError> {
+        let disk = self.disk.borrow();
+        if disk.durable.snapshot_meta().index != index || index == 0 {
+            return Ok(None);
+        }
+        let data = disk.durable.snapshot_data();
+        let start = (offset as usize).min(data.len());
+        let end = offset.saturating_add(len).min(data.len() as u64) as usize;
+        Ok(Some(data.slice(start..end)))
+    }
+
+    fn open_snapshot(&mut self) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+        let disk = self.disk.borrow();
+        let meta = disk.durable.snapshot_meta();
+        if meta.index == 0 {
+            return Ok(None);
+        }
+        let data = disk.durable.snapshot_data().clone();
+        Ok(Some((meta.clone(), data.len() as u64, Box::new(data.reader()))))
+    }
+
     fn compact(&mut self, index: Index) {
         self.disk.borrow_mut().durable.compact(index).expect("compaction stays below the stored snapshot");
     }
@@ -367,5 +434,5 @@ impl ShardStorage for SimStorage {
 
 /// A stored local snapshot, as the shard hears of it.
 pub fn stored(done: SnapshotStored) -> StoredSnapshot {
-    StoredSnapshot { meta: done.meta, data: done.data, serialize_time: Duration::ZERO }
+    StoredSnapshot { meta: done.meta, size: done.data.len() as u64, serialize_time: Duration::ZERO }
 }

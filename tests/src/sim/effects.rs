@@ -90,8 +90,8 @@ impl StateMachine for ObservedKv {
         self.inner.snapshot_image()
     }
 
-    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
-        self.inner.restore(snapshot)
+    fn restore_from(&mut self, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        self.inner.restore_from(snapshot)
     }
 }
 

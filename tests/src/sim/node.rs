@@ -257,12 +257,7 @@ impl SimNode {
     /// A driver of shard `shard_id` over what its disk holds durably, as the
     /// node's start does.
     fn open(&self, shard_id: u32, shards: u32, disk: &Rc<RefCell<SimDisk>>) -> SimShard {
-        let (recovered, snapshot) = {
-            let mut disk = disk.borrow_mut();
-            let meta = disk.durable.snapshot_meta().clone();
-            let snapshot = (meta.index > 0).then(|| (meta, disk.durable.snapshot_data().clone()));
-            (disk.recovered(), snapshot)
-        };
+        let recovered = disk.borrow_mut().recovered();
         let mut config = self.config.clone();
         config.seed = config.seed.wrapping_add(u64::from(shard_id).wrapping_mul(0x9E37_79B9));
         // Each start of the node its own nonces, as the real node's random
@@ -271,7 +266,7 @@ impl SimNode {
         let mut shard = Shard::new(
             shard_context(self.id, shard_id, shards, self.forward_writes, salt),
             config,
-            RecoveredShard { recovered, snapshot },
+            RecoveredShard { recovered },
             ObservedKv::new(self.effects.clone(), self.clock.clone()),
             SimStorage::new(disk.clone(), self.id),
             SimTransport { shard_id, outbox: self.outbox.clone() },
