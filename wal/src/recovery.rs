@@ -281,41 +281,58 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     let mut damage = None;
     let mut damage_index_max = 0;
     let segment_count = segments.len();
-    for (position, segment) in segments.iter_mut().enumerate() {
-        let is_newest = position + 1 == segment_count;
-        let raw = read_segment(&segment.path)?;
-        let raw = Bytes::from(raw);
-        let scan = scan(&segment.path, &raw, is_newest, config.tail_window_bytes() as usize, config.batch_bytes_max)?;
-        if scan.torn {
-            zero_tail(&segment.path, scan.end as u64, raw.len() as u64)?;
-        }
-        // Entries borrow this buffer for as long as the engine holds them;
-        // keep only the records, not the preallocated zeros after them.
-        let bytes = if scan.end < raw.len() { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw };
-        for (number, span) in scan.records.iter().enumerate() {
-            let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), config.batch_bytes_max)
-                .map_err(|error| {
-                WalError::corrupt(&segment.path, span.offset as u64, "a valid batch", error.to_string())
-            })?;
-            if number == 0 && batch.first_index() != segment.first_index {
-                return Err(WalError::corrupt(
-                    &segment.path,
-                    0,
-                    format!("a first record at index {} (the file's name)", segment.first_index),
-                    format!("index {}", batch.first_index()),
-                ));
+    // A thread reads the next segment while this one is checked and
+    // decoded: reading and checking overlap instead of taking turns.
+    let paths: Vec<PathBuf> = segments.iter().map(|segment| segment.path.clone()).collect();
+    std::thread::scope(|scope| -> Result<(), WalError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for path in paths {
+                if sender.send(read_segment_bytes(&path)).is_err() {
+                    break;
+                }
             }
-            segment.index_max = segment.index_max.max(batch.last_index());
-            replay.apply(&batch, &segment.path, span.offset)?;
+        });
+        for (position, segment) in segments.iter_mut().enumerate() {
+            let is_newest = position + 1 == segment_count;
+            let raw = receiver.recv().expect("the reader sends one result per segment")?;
+            let scan =
+                scan(&segment.path, &raw, is_newest, config.tail_window_bytes() as usize, config.batch_bytes_max)?;
+            if scan.torn {
+                zero_tail(&segment.path, scan.end as u64, raw.len() as u64)?;
+            }
+            // Entries borrow this buffer for as long as the engine holds them;
+            // when most of it is preallocated zeros after the records (the
+            // newest segment), keep a copy of the records only.
+            let bytes =
+                if scan.end < raw.len() / 2 { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw.slice(..scan.end) };
+            for (number, span) in scan.records.iter().enumerate() {
+                let batch =
+                    EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), config.batch_bytes_max)
+                        .map_err(|error| {
+                            WalError::corrupt(&segment.path, span.offset as u64, "a valid batch", error.to_string())
+                        })?;
+                if number == 0 && batch.first_index() != segment.first_index {
+                    return Err(WalError::corrupt(
+                        &segment.path,
+                        0,
+                        format!("a first record at index {} (the file's name)", segment.first_index),
+                        format!("index {}", batch.first_index()),
+                    ));
+                }
+                segment.index_max = segment.index_max.max(batch.last_index());
+                replay.apply(&batch, &segment.path, span.offset)?;
+            }
+            previous_tail_offset = tail_offset;
+            tail_offset = scan.end as u64;
+            if scan.damage.is_some() {
+                damage_index_max = damage_index_max.max(scan.index_after_damage.unwrap_or(0));
+                damage = scan.damage.map(|error| (error, position));
+                break;
+            }
         }
-        previous_tail_offset = tail_offset;
-        tail_offset = scan.end as u64;
-        if scan.damage.is_some() {
-            damage_index_max = damage_index_max.max(scan.index_after_damage.unwrap_or(0));
-            damage = scan.damage.map(|error| (error, position));
-            break;
-        }
-    }
+        Ok(())
+    })?;
     // Damage that is not a torn tail: the log keeps its good prefix, up to
     // the damaged record, and the rest (later segments included) goes; the
     // replica fetches it again from its peers. Refusing to start instead
@@ -349,6 +366,86 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         tail_offset,
         sequence_next: (sequence_seen + 1).max(sequence_floor),
     })
+}
+
+/// Bytes per read of a segment with `O_DIRECT`.
+const READ_CHUNK: usize = 8 << 20;
+
+/// A segment's bytes, read with `O_DIRECT` into page-aligned memory that
+/// the recovered entries then borrow (through [`Bytes::from_owner`]).
+struct AlignedBytes {
+    pointer: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+    /// Bytes read, at most `layout.size()`.
+    len: usize,
+}
+
+// SAFETY: the buffer is owned and never aliased mutably once built.
+unsafe impl Send for AlignedBytes {}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were written by `pread`.
+        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `read_segment_bytes` with this layout.
+        unsafe { std::alloc::dealloc(self.pointer.as_ptr(), self.layout) };
+    }
+}
+
+/// Reads a whole segment, as [`read_segment`] does, but with `O_DIRECT`
+/// where the file system allows it: the disk writes straight into the
+/// buffer instead of the page cache and a copy (the copy was a quarter of
+/// recovery's CPU), in large reads. Falls back to a buffered read.
+fn read_segment_bytes(path: &Path) -> Result<Bytes, WalError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(file) => file,
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return read_segment(path).map(Bytes::from),
+        Err(error) => return Err(WalError::io("opening", path, error)),
+    };
+    segment::lock_segment(&file, path, libc::LOCK_SH)?;
+    let size = file.metadata().map_err(|error| WalError::io("reading", path, error))?.len() as usize;
+    if size == 0 {
+        return Ok(Bytes::new());
+    }
+    let capacity = segment::align_up(size as u64) as usize;
+    let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN).expect("a valid layout");
+    // SAFETY: the layout's size is not zero.
+    let pointer = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+    let mut buffer = AlignedBytes { pointer, layout, len: 0 };
+    while buffer.len < capacity {
+        let want = READ_CHUNK.min(capacity - buffer.len);
+        // SAFETY: the destination lies inside the allocation; `pread` writes
+        // at most `want` bytes there.
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buffer.pointer.as_ptr().add(buffer.len).cast(),
+                want,
+                buffer.len as libc::off_t,
+            )
+        };
+        if read < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(WalError::io("reading", path, error));
+        }
+        buffer.len += read as usize;
+        if (read as usize) < want {
+            break;
+        }
+    }
+    buffer.len = buffer.len.min(size);
+    Ok(Bytes::from_owner(buffer))
 }
 
 /// Reads a whole segment once no dead process's write to it is still in
