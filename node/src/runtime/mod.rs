@@ -84,6 +84,8 @@ pub enum ServeError {
     /// The RESP front door authenticates with the cluster token (`AUTH`),
     /// and has no TLS: a cluster run on certificates alone has no token to
     /// check.
+    #[error("{0}")]
+    Join(String),
     #[error("--resp-addr needs a cluster token (--token, NODE_TOKEN or --token-file): RESP clients AUTH with it")]
     RespWithoutToken,
 }
@@ -114,6 +116,8 @@ pub struct RunningNode {
     shutdown: Arc<AtomicBool>,
     security: NodeSecurity,
     threads: Vec<std::thread::JoinHandle<Result<(), ServeError>>>,
+    /// Why the membership driver stopped the node, if it did.
+    fatal: crate::membership::Fatal,
 }
 
 impl RunningNode {
@@ -154,6 +158,9 @@ impl RunningNode {
                 self.shutdown.store(true, Ordering::SeqCst);
                 first_error.get_or_insert(error);
             }
+        }
+        if let Some(reason) = self.fatal.lock().expect("not poisoned").take() {
+            return Err(ServeError::Join(reason));
         }
         match first_error {
             Some(error) => Err(error),
@@ -231,8 +238,21 @@ where
     F: Fn(u32) -> S + Send + Sync + 'static,
 {
     wal::io_uring_available().map_err(|error| ServeError::IoUring(error.to_string()))?;
-    let members = discovery::discover_blocking(&config.peers)?;
-    discovery::check_members(config.node_id, &members)?;
+    let mut config = config;
+    let members = if config.join_through.is_empty() {
+        let members = discovery::discover_blocking(&config.peers)?;
+        discovery::check_members(config.node_id, &members)?;
+        members
+    } else {
+        // Joining through members: the id from the data directory or the
+        // cluster, the members from the cluster (see `crate::membership`).
+        let mut members = crate::membership::resolve_identity(&mut config)?;
+        members.extend(discovery::discover_blocking(&config.peers)?);
+        members.retain(|member| member.id != config.node_id);
+        members.sort();
+        members.dedup_by_key(|member| member.id);
+        members
+    };
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
     }
@@ -282,7 +302,11 @@ where
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
         threads.push(thread);
     }
-    Ok(RunningNode { node_id, handle, shutdown, security, threads })
+    let fatal = crate::membership::Fatal::default();
+    if !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
+        crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
+    }
+    Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
 }
 
 /// One set of credentials for the whole process: every core's listeners and

@@ -127,7 +127,15 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     log_clock: LogClock,
     /// When this node last tried to hand leadership to the preferred leader.
     balanced_at: Option<Instant>,
+    /// Whether this node's removal was logged.
+    removed_reported: bool,
+    /// When this node last sent its addresses to the leader.
+    announced_at: Option<Instant>,
 }
+
+/// A member whose addresses in the replicated address book are not its own
+/// sends them to the leader at most this often until they are.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(2);
 
 /// A new leader keeps leadership at least this long before handing it to
 /// the preferred leader: after a failure and recovery the cluster settles
@@ -184,6 +192,7 @@ where
             .map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
         if let Some((meta, data)) = &recovered.snapshot {
             raft.snapshot_created(meta.clone(), data.len() as u64);
+            fsm.note_members(&meta.conf.members());
         }
         tracing::info!(
             shard,
@@ -219,7 +228,28 @@ where
             applied_trace: None,
             log_clock: LogClock::default(),
             balanced_at: None,
+            removed_reported: false,
+            announced_at: None,
         })
+        .map(|mut shard| {
+            shard.links_from_address_book();
+            shard
+        })
+    }
+
+    /// Tells the transport every address the replicated address book holds
+    /// (after a snapshot replaced the state machine: its entries are not
+    /// applied one by one).
+    pub(crate) fn links_from_address_book(&mut self) {
+        let book: Vec<(NodeId, crate::replicated::Addresses)> =
+            self.fsm.address_book().iter().map(|(id, addresses)| (*id, addresses.clone())).collect();
+        for (id, addresses) in book {
+            if !self.fsm.is_removed(id)
+                && addresses.peer.as_deref().is_some_and(|peer| peer.parse::<SocketAddr>().is_ok())
+            {
+                self.transport.member_addresses(id, &addresses);
+            }
+        }
     }
 
     /// A Raft message from a peer.
@@ -254,6 +284,32 @@ where
             self.stats.disk_full = false;
         }
         self.balance_leadership(now);
+        self.announce_addresses(now);
+    }
+
+    /// A member whose replicated addresses are missing or not its own (it
+    /// never led, or restarted on a new address) sends them through the
+    /// leader, so that every member and client learns where it is.
+    fn announce_addresses(&mut self, now: Instant) {
+        let me = self.ctx.node_id;
+        if self.raft.leader() == engine::NODE_NONE
+            || !self.raft.conf().members().contains(&me)
+            || self.fsm.is_removed(me)
+            || self.announced_at.is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_RETRY)
+        {
+            return;
+        }
+        let peer = self.ctx.peer_addr.to_string();
+        let client = self.ctx.client_addr.to_string();
+        let known = self.fsm.addresses(me);
+        if known.is_some_and(|known| known.peer.as_deref() == Some(&peer) && known.client.as_deref() == Some(&client)) {
+            return;
+        }
+        self.announced_at = Some(now);
+        let set = crate::replicated::SetAddresses { id: me, peer: Some(peer), client: Some(client) };
+        if let Err(error) = self.raft.forward_proposal(set.encode()) {
+            tracing::debug!(shard = self.ctx.shard_id, %error, "address announcement not sent");
+        }
     }
 
     /// The node that should lead this shard when it is up: the voters in id

@@ -115,6 +115,8 @@ where
         let data = self.snapshots.incoming.split().freeze();
         self.storage.install_snapshot(meta.clone(), data.clone()).await.map_err(|source| self.storage_error(source))?;
         self.fsm.restore(&data).map_err(|error| ShardError::Restore { shard: self.ctx.shard_id, reason: error.0 })?;
+        self.fsm.note_members(&meta.conf.members());
+        self.links_from_address_book();
         self.snapshots.current = Some((meta, data));
         self.stats.snapshots_installed += 1;
         if self.requests.reads_waiting() {
