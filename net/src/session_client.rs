@@ -170,6 +170,11 @@ pub struct Client<C: Connector = TcpConnector> {
     shards: Option<u32>,
     /// Whether the members were asked for since the last failed connection.
     learned: bool,
+    /// How many of `addrs` were given; the rest were learned, and are tried
+    /// once a connection failed (until then the client behaves as if it
+    /// knew the given nodes only).
+    given: usize,
+    widened: bool,
 }
 
 impl Client<TcpConnector> {
@@ -185,6 +190,7 @@ impl<C: Connector> Client<C> {
     /// `connector`.
     pub fn with_connector(connector: C, addrs: Vec<C::Address>, shard: u32, timeout: Duration) -> Client<C> {
         assert!(!addrs.is_empty(), "a client needs at least one node");
+        let addrs_len = addrs.len();
         Client {
             connector,
             addrs,
@@ -195,6 +201,8 @@ impl<C: Connector> Client<C> {
             next_request_id: 1,
             shards: None,
             learned: false,
+            given: addrs_len,
+            widened: false,
         }
     }
 
@@ -277,8 +285,10 @@ impl<C: Connector> Client<C> {
                     last = format!("{addr}: {error}");
                     self.connector.forget(&addr);
                     self.target = None;
-                    // Ask the next node that answers who the members are now.
+                    // Ask the next node that answers who the members are now,
+                    // and try the learned ones too.
                     self.learned = false;
+                    self.widened = true;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
                 }
@@ -337,7 +347,8 @@ impl<C: Connector> Client<C> {
         if let Some(target) = &self.target {
             return target.clone();
         }
-        let addr = self.addrs[self.attempt % self.addrs.len()].clone();
+        let pool = if self.widened { self.addrs.len() } else { self.given };
+        let addr = self.addrs[self.attempt % pool].clone();
         self.attempt += 1;
         addr
     }

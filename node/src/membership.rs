@@ -36,7 +36,12 @@ use net::{AdminRequest, CallError, JoinRequest, RequestBody, ResponseStatus};
 
 use crate::config::{ClientConfig, ServeConfig};
 use crate::discovery::{HostPort, Peer};
-use crate::runtime::ServeError;
+
+/// Why the node cannot take its place in the cluster; the reason says what
+/// to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JoinError(pub String);
 
 /// The file in the data directory that holds the node's identity.
 pub const IDENTITY_FILE: &str = "node-identity";
@@ -80,12 +85,12 @@ fn identity_path(dir: &Path) -> PathBuf {
     dir.join(IDENTITY_FILE)
 }
 
-fn data_dir_error(dir: &Path, reason: String) -> ServeError {
-    ServeError::DataDir { path: dir.display().to_string(), reason }
+fn data_dir_error(dir: &Path, reason: String) -> JoinError {
+    JoinError(format!("data directory {}: {reason}", dir.display()))
 }
 
 /// The identity the data directory holds, if any.
-pub fn read_identity(dir: &Path) -> Result<Option<Identity>, ServeError> {
+pub fn read_identity(dir: &Path) -> Result<Option<Identity>, JoinError> {
     let path = identity_path(dir);
     match std::fs::read_to_string(&path) {
         Ok(text) => Identity::decode(&text)
@@ -98,7 +103,7 @@ pub fn read_identity(dir: &Path) -> Result<Option<Identity>, ServeError> {
 
 /// Writes the identity durably (a temporary file, synced, renamed, and the
 /// directory synced).
-pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), ServeError> {
+pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), JoinError> {
     let fail = |error: std::io::Error| data_dir_error(dir, format!("cannot write {IDENTITY_FILE}: {error}"));
     std::fs::create_dir_all(dir).map_err(fail)?;
     let temporary = dir.join(format!("{IDENTITY_FILE}.tmp"));
@@ -134,9 +139,9 @@ fn client_config(config: &ServeConfig, via_self: bool, timeout: Duration) -> Cli
 }
 
 /// Why asking the cluster failed, in words for the operator.
-fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> ServeError {
+fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> JoinError {
     let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
-    ServeError::Join(format!(
+    JoinError(format!(
         "cannot join through {}: {error} (check that these are members' client addresses, that --cluster-id {} is \
          the cluster's, and that the token is the cluster's)",
         through.join(","),
@@ -148,7 +153,7 @@ fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> ServeError 
 /// asking the cluster (see the module documentation). Only for a node with
 /// `join_through`; returns the members' peer addresses the cluster told
 /// (to connect to at once; the log tells them too).
-pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeError> {
+pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError> {
     if config.join_through.is_empty() {
         return Ok(Vec::new());
     }
@@ -156,7 +161,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeErro
     let mut identity = match read_identity(&dir)? {
         Some(identity) => {
             if identity.cluster_id != config.cluster_id {
-                return Err(ServeError::Join(format!(
+                return Err(JoinError(format!(
                     "the data directory {} belongs to cluster {}, not to --cluster-id {}: this node is a member of \
                      another cluster (use another --data-dir to join this one)",
                     dir.display(),
@@ -165,7 +170,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeErro
                 )));
             }
             if identity.node_id != 0 && config.node_id != 0 && identity.node_id != config.node_id {
-                return Err(ServeError::Join(format!(
+                return Err(JoinError(format!(
                     "the data directory {} holds node {}, not --node-id {}",
                     dir.display(),
                     identity.node_id,
@@ -176,7 +181,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeErro
         }
         None => {
             if holds_a_log(&dir) && config.node_id == 0 {
-                return Err(ServeError::Join(format!(
+                return Err(JoinError(format!(
                     "the data directory {} holds a log but no {IDENTITY_FILE}: it belongs to a node started without \
                      --join; start it as it was, or join with an empty data directory",
                     dir.display()
@@ -201,7 +206,7 @@ fn nonzero_random() -> u64 {
 }
 
 /// Asks the members for an id (admin `Join` with id 0 on shard 0).
-fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, ServeError> {
+fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
     // A refused handshake (another cluster, a wrong token) is final: say so
     // at once instead of retrying until the deadline.
     let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(3)))
@@ -223,10 +228,10 @@ fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, ServeError> {
     let answer = match client.admin(AdminRequest::Join(request)) {
         Ok(answer) => answer,
         Err(CallError::Refused(ResponseStatus::BadRequest(reason))) => {
-            return Err(ServeError::Join(format!("the cluster refused this node: {reason}")))
+            return Err(JoinError(format!("the cluster refused this node: {reason}")))
         }
         Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
-            return Err(ServeError::Join(format!("the cluster refused this node's credentials: {reason}")))
+            return Err(JoinError(format!("the cluster refused this node's credentials: {reason}")))
         }
         Err(error) => return Err(ask_error(config, error)),
     };

@@ -239,20 +239,7 @@ where
 {
     wal::io_uring_available().map_err(|error| ServeError::IoUring(error.to_string()))?;
     let mut config = config;
-    let members = if config.join_through.is_empty() {
-        let members = discovery::discover_blocking(&config.peers)?;
-        discovery::check_members(config.node_id, &members)?;
-        members
-    } else {
-        // Joining through members: the id from the data directory or the
-        // cluster, the members from the cluster (see `crate::membership`).
-        let mut members = crate::membership::resolve_identity(&mut config)?;
-        members.extend(discovery::discover_blocking(&config.peers)?);
-        members.retain(|member| member.id != config.node_id);
-        members.sort();
-        members.dedup_by_key(|member| member.id);
-        members
-    };
+    let members = resolve_members(&mut config)?;
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
     }
@@ -307,6 +294,27 @@ where
         crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
     }
     Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
+}
+
+/// The members to connect to at start: from `--peers` or DNS; when
+/// joining through members, also this node's id (from the data directory or
+/// the cluster) and the members the cluster reports.
+fn resolve_members(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeError> {
+    let members = if config.join_through.is_empty() {
+        let members = discovery::discover_blocking(&config.peers)?;
+        discovery::check_members(config.node_id, &members)?;
+        members
+    } else {
+        // Joining through members: the id from the data directory or the
+        // cluster, the members from the cluster (see `crate::membership`).
+        let mut members = crate::membership::resolve_identity(config).map_err(|error| ServeError::Join(error.0))?;
+        members.extend(discovery::discover_blocking(&config.peers)?);
+        members.retain(|member| member.id != config.node_id);
+        members.sort();
+        members.dedup_by_key(|member| member.id);
+        members
+    };
+    Ok(members)
 }
 
 /// One set of credentials for the whole process: every core's listeners and

@@ -503,51 +503,17 @@ where
 
     fn admin(&mut self, admin: AdminRequest, reply: T::Reply, arrived: Instant) {
         let change = |op| ConfChange { ops: vec![op] };
-        if let AdminRequest::AddLearner { id, .. } | AdminRequest::Promote { id } = admin {
-            if self.fsm.is_removed(id) {
-                self.transport.reply(reply, ResponseStatus::BadRequest(removed_reason(id)));
-                return;
-            }
+        if let Some(status) = self.membership_answer(&admin) {
+            self.transport.reply(reply, status);
+            return;
         }
         let result = match admin {
             AdminRequest::Join(join) => {
                 self.join(join, reply, arrived);
                 return;
             }
-            AdminRequest::Remove { id } if id == self.ctx.node_id && self.raft.role() == Role::Leader => {
-                // The leader is not removed while it leads: it hands
-                // leadership to the most caught-up voter first, and the
-                // client's retry reaches the new leader.
-                let status = self.hand_over_for_removal();
-                self.transport.reply(reply, status);
-                return;
-            }
             AdminRequest::AddLearner { id, addr } => {
-                if addr.parse::<SocketAddr>().is_err() {
-                    self.transport
-                        .reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
-                    return;
-                }
-                if self.raft.role() != Role::Leader {
-                    let redirect = self.leader_redirect();
-                    self.transport.reply(reply, redirect);
-                    return;
-                }
-                // The address goes through the log first, so every member
-                // can reach the learner (and any later leader knows it).
-                let set = SetAddresses { id, peer: Some(addr), client: None };
-                if let Err(error) = self.raft.propose(set.encode()) {
-                    let status = self.refusal(error);
-                    self.transport.reply(reply, status);
-                    return;
-                }
-                self.raft.propose_conf_change(change(ConfChangeOp::AddLearner(id)))
-            }
-            AdminRequest::Promote { id }
-                if self.raft.role() == Role::Leader && self.raft.conf().voters.contains(&id) =>
-            {
-                // Promoting a voter again (a joining node that restarted) is done.
-                self.transport.reply(reply, ResponseStatus::Ok(Bytes::new()));
+                self.add_learner(id, addr, reply, arrived);
                 return;
             }
             AdminRequest::Promote { id } => self.raft.propose_conf_change(change(ConfChangeOp::AddVoter(id))),
@@ -593,6 +559,50 @@ where
                 self.transport.reply(reply, status);
             }
         }
+    }
+
+    /// The answer to a membership request that needs no entry: a removed
+    /// node is never added or promoted again (ids are not reused); the
+    /// leader asked to remove itself hands leadership to the most caught-up
+    /// voter first (the client's retry reaches the new leader); promoting a
+    /// voter (a joining node that restarted) is done.
+    fn membership_answer(&mut self, admin: &AdminRequest) -> Option<ResponseStatus> {
+        let leader = self.raft.role() == Role::Leader;
+        match *admin {
+            AdminRequest::AddLearner { id, .. } | AdminRequest::Promote { id } if self.fsm.is_removed(id) => {
+                Some(ResponseStatus::BadRequest(removed_reason(id)))
+            }
+            AdminRequest::Remove { id } if id == self.ctx.node_id && leader => Some(self.hand_over_for_removal()),
+            AdminRequest::Promote { id } if leader && self.raft.conf().voters.contains(&id) => {
+                Some(ResponseStatus::Ok(Bytes::new()))
+            }
+            _ => None,
+        }
+    }
+
+    /// `node admin add-learner ID ADDR`: the address through the log, then
+    /// the learner.
+    fn add_learner(&mut self, id: engine::NodeId, addr: String, reply: T::Reply, arrived: Instant) {
+        let change = |op| ConfChange { ops: vec![op] };
+        if addr.parse::<SocketAddr>().is_err() {
+            self.transport.reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            let redirect = self.leader_redirect();
+            self.transport.reply(reply, redirect);
+            return;
+        }
+        // The address goes through the log first, so every member
+        // can reach the learner (and any later leader knows it).
+        let set = SetAddresses { id, peer: Some(addr), client: None };
+        if let Err(error) = self.raft.propose(set.encode()) {
+            let status = self.refusal(error);
+            self.transport.reply(reply, status);
+            return;
+        }
+        let result = self.raft.propose_conf_change(change(ConfChangeOp::AddLearner(id)));
+        self.answer_when_applied(result, reply, arrived);
     }
 
     /// A node asks to be a member (`node serve --join`): with id 0, a fresh
