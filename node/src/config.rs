@@ -76,8 +76,8 @@ pub enum ConfigError {
     TlsIncomplete { missing: &'static str },
     #[error("--tls-dir {dir}: {file} is missing (write the files with `node certs --dir {dir}`)")]
     TlsDirIncomplete { dir: PathBuf, file: PathBuf },
-    #[error("with TLS, --join needs --node-id: node certificates name their node, so the id cannot be assigned at start (issue the certificate for a new id and give it)")]
-    JoinTlsNeedsId,
+    #[error("--join HOST:PORT,... does not work with TLS yet (node certificates name their node, and the joining node's requests would need a client certificate): add the node the manual way, with --node-id, --peers, --join and `node admin add-learner`")]
+    JoinWithTls,
     #[error("--user {value:?}: {reason}")]
     BadUser { value: String, reason: String },
 }
@@ -584,8 +584,8 @@ impl ServeConfig {
         };
         let timing = timing(&options)?;
         let security = security(node_id, &options)?;
-        if security.tls.is_some() && node_id == 0 {
-            return Err(ConfigError::JoinTlsNeedsId);
+        if security.tls.is_some() && !join_through.is_empty() {
+            return Err(ConfigError::JoinWithTls);
         }
         let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
         check_data_dir(&data_dir)?;
