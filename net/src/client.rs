@@ -106,6 +106,27 @@ pub enum AdminRequest {
     /// Change the replicated session settings (through the log, so every
     /// replica applies the same); a zero field keeps the current value.
     SessionSettings(SessionSettings),
+    /// A node asks to be a member. With `id` 0 (shard 0 only) the cluster
+    /// assigns it a fresh id through the log (never used before, never
+    /// reused) and answers `{"node_id": N}`; a retry with the same `nonce`
+    /// gets the same id. With an id: the node's addresses are recorded
+    /// through the log if they changed, and it is added as a learner unless
+    /// it is a member; a removed node is refused. Sent by `node serve
+    /// --join`.
+    Join(JoinRequest),
+}
+
+/// What a joining (or restarting) node tells the cluster about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// 0: assign one.
+    pub id: NodeId,
+    /// Finds the assignment again when the node retries.
+    pub nonce: u64,
+    /// Its peer address, IP:PORT.
+    pub peer_addr: String,
+    /// Its client address, IP:PORT.
+    pub client_addr: String,
 }
 
 /// The cluster's session settings: part of the replicated state, never a
@@ -139,6 +160,7 @@ impl AdminRequest {
             AdminRequest::TakeSnapshot => 5,
             AdminRequest::Stats => 6,
             AdminRequest::SessionSettings(_) => 7,
+            AdminRequest::Join(_) => 8,
         }
     }
 }

@@ -75,7 +75,8 @@ pub mod tls;
 pub mod tokens;
 
 pub use client::{
-    AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus, SessionSettings,
+    AdminRequest, ClientRequest, ClientResponse, JoinRequest, ReadConsistency, RequestBody, ResponseStatus,
+    SessionSettings,
 };
 pub use codec::{encode_message, encode_request, encode_response, Frame, Payload};
 pub use error::DecodeError;

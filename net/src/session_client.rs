@@ -67,6 +67,25 @@ pub trait Connector {
 
     /// The shard count of the node at `addr` (0 if it does not say).
     async fn shards(&mut self, addr: &Self::Address) -> Result<u32, String>;
+
+    /// The cluster's members as the node at `addr` knows them (from the
+    /// replicated membership), so that a client given one node can go on
+    /// when that node fails. None by default.
+    async fn members(&mut self, addr: &Self::Address) -> Result<Vec<Self::Address>, String> {
+        let _ = addr;
+        Ok(Vec::new())
+    }
+}
+
+/// The members' client addresses in a status document's `members` list.
+pub fn member_client_addrs(status: &[u8]) -> Vec<SocketAddr> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(status) else { return Vec::new() };
+    value["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|member| member["client_addr"].as_str()?.parse().ok())
+        .collect()
 }
 
 /// The client protocol over TCP: one connection at a time, to the node last
@@ -124,6 +143,15 @@ impl Connector for TcpConnector {
         }
         Ok(self.connection.as_ref().expect("connected above").1.server_shards())
     }
+
+    /// Asked with a status request (shard 0, every node has one).
+    async fn members(&mut self, addr: &SocketAddr) -> Result<Vec<SocketAddr>, String> {
+        let request = ClientRequest::plain(u64::MAX, RequestBody::Status);
+        match self.exchange(addr, 0, &request).await? {
+            ResponseStatus::Ok(bytes) => Ok(member_client_addrs(&bytes)),
+            other => Err(format!("status refused: {other:?}")),
+        }
+    }
 }
 
 /// A client of one shard of a cluster.
@@ -140,6 +168,13 @@ pub struct Client<C: Connector = TcpConnector> {
     next_request_id: u64,
     /// The cluster's shard count, once a node told it.
     shards: Option<u32>,
+    /// Whether the members were asked for since the last failed connection.
+    learned: bool,
+    /// How many of `addrs` were given; the rest were learned, and are tried
+    /// once a connection failed (until then the client behaves as if it
+    /// knew the given nodes only).
+    given: usize,
+    widened: bool,
 }
 
 impl Client<TcpConnector> {
@@ -155,7 +190,20 @@ impl<C: Connector> Client<C> {
     /// `connector`.
     pub fn with_connector(connector: C, addrs: Vec<C::Address>, shard: u32, timeout: Duration) -> Client<C> {
         assert!(!addrs.is_empty(), "a client needs at least one node");
-        Client { connector, addrs, shard, timeout, target: None, attempt: 0, next_request_id: 1, shards: None }
+        let addrs_len = addrs.len();
+        Client {
+            connector,
+            addrs,
+            shard,
+            timeout,
+            target: None,
+            attempt: 0,
+            next_request_id: 1,
+            shards: None,
+            learned: false,
+            given: addrs_len,
+            widened: false,
+        }
     }
 
     /// The shard later calls go to.
@@ -237,6 +285,10 @@ impl<C: Connector> Client<C> {
                     last = format!("{addr}: {error}");
                     self.connector.forget(&addr);
                     self.target = None;
+                    // Ask the next node that answers who the members are now,
+                    // and try the learned ones too.
+                    self.learned = false;
+                    self.widened = true;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
                 }
@@ -246,7 +298,13 @@ impl<C: Connector> Client<C> {
                     break;
                 }
             };
+            if !self.learned {
+                self.learn_members(&addr).await;
+            }
             if let Some(leader) = self.connector.leader(&status) {
+                if !self.addrs.contains(&leader) {
+                    self.addrs.push(leader.clone());
+                }
                 self.target = Some(leader);
                 last = format!("{addr} is not the leader");
                 continue;
@@ -263,12 +321,34 @@ impl<C: Connector> Client<C> {
         Err(CallError::Unreachable { timeout: self.timeout, last })
     }
 
+    /// Adds the members the node at `addr` knows to the nodes this client
+    /// tries, so that it goes on when the nodes it was given fail.
+    async fn learn_members(&mut self, addr: &C::Address) {
+        self.learned = true;
+        match self.connector.members(addr).await {
+            Ok(members) => {
+                for member in members {
+                    if !self.addrs.contains(&member) {
+                        self.addrs.push(member);
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%addr, %error, "members not learned"),
+        }
+    }
+
+    /// The nodes this client tries: those it was given and those it learned.
+    pub fn known_nodes(&self) -> &[C::Address] {
+        &self.addrs
+    }
+
     /// The leader if known, else the next given node in turn.
     fn next_addr(&mut self) -> C::Address {
         if let Some(target) = &self.target {
             return target.clone();
         }
-        let addr = self.addrs[self.attempt % self.addrs.len()].clone();
+        let pool = if self.widened { self.addrs.len() } else { self.given };
+        let addr = self.addrs[self.attempt % pool].clone();
         self.attempt += 1;
         addr
     }

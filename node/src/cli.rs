@@ -60,6 +60,23 @@ pub struct CertsArgs {
     pub users: Vec<String>,
 }
 
+/// `--join`: a flag (the manual flow) or members' addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum JoinArg {
+    Flag(bool),
+    Members(String),
+}
+
+fn parse_join(value: &str) -> Result<JoinArg, String> {
+    Ok(match value {
+        "true" => JoinArg::Flag(true),
+        "false" => JoinArg::Flag(false),
+        "" => return Err("expected HOST:PORT,... or nothing".into()),
+        members => JoinArg::Members(members.to_string()),
+    })
+}
+
 /// `node serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -265,12 +282,22 @@ pub struct ServeOptions {
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
-    /// Join an existing cluster instead of bootstrapping one: the node starts
-    /// as a non-member and learns the membership from the leader's log once
-    /// `node admin add-learner` adds it. Ignored when the data directory
-    /// already holds a log.
+    /// Join an existing cluster instead of bootstrapping one. Given members'
+    /// client addresses (`--join HOST:PORT,...`, any one member is enough),
+    /// the node asks the cluster for an id (kept in the data directory: a
+    /// restart needs the same command only), is added as a learner, catches
+    /// up and is promoted to voter (unless --learner); no --node-id or
+    /// --peers needed. Without addresses (`--join`), the old manual way: the
+    /// node starts as a non-member with --node-id and --peers and waits for
+    /// `node admin add-learner`.
+    #[arg(long, value_name = "HOST:PORT,...", num_args = 0..=1, default_missing_value = "true",
+          value_parser = parse_join)]
+    pub join: Option<JoinArg>,
+
+    /// With --join: stay a non-voting learner (a read replica) instead of
+    /// being promoted to voter once caught up. [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub join: Option<bool>,
+    pub learner: Option<bool>,
 
     /// Pin core k's thread to CPU k (thread-per-core). Turn it off when
     /// several nodes share one machine (a local test cluster): they would all

@@ -16,8 +16,8 @@ use engine::NodeId;
 use net::{AdminRequest, ReadConsistency, RequestBody};
 
 use crate::cli::{
-    AdminActionArgs, AdminArgs, CertsArgs, Cli, CliCommand, ClientArgs, DevArgs, KvArgs, KvOpArgs, ReadConsistencyArg,
-    ServeArgs, ServeOptions,
+    AdminActionArgs, AdminArgs, CertsArgs, Cli, CliCommand, ClientArgs, DevArgs, JoinArg, KvArgs, KvOpArgs,
+    ReadConsistencyArg, ServeArgs, ServeOptions,
 };
 use crate::discovery::{DnsDiscovery, DnsName, HostPort, PeerSource, PeerSpecError, StaticPeer};
 use crate::kv::KvOp;
@@ -76,6 +76,8 @@ pub enum ConfigError {
     TlsIncomplete { missing: &'static str },
     #[error("--tls-dir {dir}: {file} is missing (write the files with `node certs --dir {dir}`)")]
     TlsDirIncomplete { dir: PathBuf, file: PathBuf },
+    #[error("--join HOST:PORT,... does not work with TLS yet (node certificates name their node, and the joining node's requests would need a client certificate): add the node the manual way, with --node-id, --peers, --join and `node admin add-learner`")]
+    JoinWithTls,
     #[error("--user {value:?}: {reason}")]
     BadUser { value: String, reason: String },
 }
@@ -194,6 +196,12 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Start as a non-member of an existing cluster (no bootstrap voters).
     pub join: bool,
+    /// Members' client addresses to join through (`--join HOST:PORT,...`):
+    /// the node gets its id from the cluster (when `node_id` is 0), asks to
+    /// be added, and is promoted once caught up (see [`crate::membership`]).
+    pub join_through: Vec<HostPort>,
+    /// With `join_through`: stay a learner.
+    pub learner: bool,
     /// Pin core k's thread to CPU k.
     pub pin_cores: bool,
     /// Followers forward session writes to the leader instead of
@@ -336,6 +344,8 @@ impl DevConfig {
                     read_consistency: ReadConsistency::Linearizable,
                     log_level: self.log_level.clone(),
                     join: false,
+                    join_through: Vec::new(),
+                    learner: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
                     forward_writes: self.forward_writes || self.resp,
@@ -479,6 +489,7 @@ impl ServeOptions {
             read_consistency,
             log_level,
             join,
+            learner,
             pin_cores,
             forward_writes,
         )
@@ -507,8 +518,34 @@ impl ServeConfig {
 
     /// Validates complete options.
     pub fn from_options(options: ServeOptions) -> Result<ServeConfig, ConfigError> {
-        let node_id = options.node_id.ok_or(ConfigError::Missing { option: "node-id" })?;
-        positive("node-id", node_id)?;
+        let (join, join_through) = match &options.join {
+            None | Some(JoinArg::Flag(false)) => (false, Vec::new()),
+            Some(JoinArg::Flag(true)) => (true, Vec::new()),
+            Some(JoinArg::Members(list)) => {
+                let members = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|member| !member.is_empty())
+                    .map(|member| {
+                        member.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
+                            option: "join",
+                            value: member.into(),
+                            reason: error.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if members.is_empty() {
+                    return Err(ConfigError::Missing { option: "join" });
+                }
+                (true, members)
+            }
+        };
+        // Joining through members, the cluster assigns the id (0 until then).
+        let node_id = match options.node_id {
+            Some(id) => positive("node-id", id)?,
+            None if !join_through.is_empty() => 0,
+            None => return Err(ConfigError::Missing { option: "node-id" }),
+        };
         let cluster_id = options.cluster_id.unwrap_or(1);
         positive("cluster-id", cluster_id)?;
         let peer_addr = socket_addr("peer-addr", options.peer_addr.as_deref())?;
@@ -539,9 +576,17 @@ impl ServeConfig {
                 reason: "it is also the --peer-addr, --client-addr or --resp-addr".into(),
             });
         }
-        let peers = peer_source(node_id, &options)?;
+        let peers = if join_through.is_empty() || options.peers.is_some() || options.discovery_dns.is_some() {
+            peer_source(node_id, &options)?
+        } else {
+            // The members come from the cluster's address book.
+            PeerSource::Static(Vec::new())
+        };
         let timing = timing(&options)?;
         let security = security(node_id, &options)?;
+        if security.tls.is_some() && !join_through.is_empty() {
+            return Err(ConfigError::JoinWithTls);
+        }
         let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
         check_data_dir(&data_dir)?;
         let shards = options.shards.unwrap_or(1);
@@ -599,7 +644,9 @@ impl ServeConfig {
             timing,
             read_consistency,
             log_level,
-            join: options.join.unwrap_or(false),
+            join,
+            join_through,
+            learner: options.learner.unwrap_or(false),
             pin_cores: options.pin_cores.unwrap_or(true),
             // The RESP front door's clients talk to one node: a follower
             // must take their writes (see `crate::resp::backend`).

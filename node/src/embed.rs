@@ -260,6 +260,8 @@ impl ServeConfig {
             read_consistency: net::ReadConsistency::Linearizable,
             log_level: "warn".into(),
             join: false,
+            join_through: Vec::new(),
+            learner: false,
             pin_cores: false,
             forward_writes: false,
             snapshot_entries: None,

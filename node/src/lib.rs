@@ -20,6 +20,7 @@ pub mod config;
 pub mod discovery;
 pub mod kv;
 pub mod local;
+pub mod membership;
 pub mod metrics;
 pub mod session;
 pub mod testing;

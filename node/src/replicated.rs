@@ -26,11 +26,17 @@
 //! | 3 | close a session | client id u64 |
 //! | 4 | the log's clock | milliseconds u64 |
 //! | 5 | session settings | sessions_max u32, timeout_ms u64, replies_max u32, reply_bytes_max u32 |
+//! | 6 | assign a joining node an id | nonce u64, peer and client addresses as in kind 1 (both present) |
+//!
+//! Configuration entries are applied too ([`NodeStateMachine::apply_conf`]):
+//! the state machine keeps the highest node id any configuration named and
+//! the ids removed, so that id assignment (kind 6) never hands out an id
+//! that was used, and a removed node is refused when it comes back.
 //!
 //! Anything else is answered as malformed, identically on every replica.
 //! Node commands never reach the application.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -53,11 +59,12 @@ pub const ADDRESS_LEN_MAX: usize = 254;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NDSN";
 /// The node snapshot format this code writes and reads.
 pub const SNAPSHOT_VERSION: u16 = 3;
-/// The format before snapshots were streamed (no node section length),
-/// still read.
+/// The format before snapshots were streamed (no node section length) and
+/// before membership bookkeeping (the id counter then starts above the
+/// address book's ids), still read.
 const SNAPSHOT_VERSION_WHOLE: u16 = 2;
-/// The largest node section (sessions and address book) a snapshot may
-/// claim, checked before it is read into memory.
+/// The largest node section (sessions, address book and member ids) a
+/// snapshot may claim, checked before it is read into memory.
 const SNAPSHOT_NODE_SECTION_MAX: u64 = 1 << 30;
 
 const KIND_SET_ADDRESSES: u8 = 1;
@@ -65,6 +72,7 @@ const KIND_OPEN_SESSION: u8 = 2;
 const KIND_CLOSE_SESSION: u8 = 3;
 const KIND_CLOCK: u8 = 4;
 const KIND_SESSION_SETTINGS: u8 = 5;
+const KIND_ASSIGN_ID: u8 = 6;
 
 /// A write as it travels through the log: its session and the
 /// application's command (borrowed from the entry).
@@ -158,6 +166,12 @@ pub enum NodeCommand {
         millis: u64,
     },
     SessionSettings(SessionSettings),
+    /// Give a joining node a fresh id (see [`NodeStateMachine`]).
+    AssignId {
+        nonce: u64,
+        peer: String,
+        client: String,
+    },
 }
 
 /// A member's addresses, as a node command.
@@ -178,20 +192,26 @@ impl NodeCommand {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
         out.put_u8(NODE_COMMAND_FORMAT);
+        let put_address = |out: &mut BytesMut, value: Option<&String>| match value {
+            Some(text) => {
+                let text = &text.as_bytes()[..text.len().min(ADDRESS_LEN_MAX)];
+                out.put_u8(text.len() as u8);
+                out.put_slice(text);
+            }
+            None => out.put_u8(0xFF),
+        };
         match self {
             NodeCommand::SetAddresses(set) => {
                 out.put_u8(KIND_SET_ADDRESSES);
                 out.put_u64_le(set.id);
-                for value in [&set.peer, &set.client] {
-                    match value {
-                        Some(text) => {
-                            let text = &text.as_bytes()[..text.len().min(ADDRESS_LEN_MAX)];
-                            out.put_u8(text.len() as u8);
-                            out.put_slice(text);
-                        }
-                        None => out.put_u8(0xFF),
-                    }
-                }
+                put_address(&mut out, set.peer.as_ref());
+                put_address(&mut out, set.client.as_ref());
+            }
+            NodeCommand::AssignId { nonce, peer, client } => {
+                out.put_u8(KIND_ASSIGN_ID);
+                out.put_u64_le(*nonce);
+                put_address(&mut out, Some(peer));
+                put_address(&mut out, Some(client));
             }
             NodeCommand::OpenSession { proposer, nonce } => {
                 out.put_u8(KIND_OPEN_SESSION);
@@ -223,20 +243,26 @@ impl NodeCommand {
         if reader.u8("format").ok()? != NODE_COMMAND_FORMAT {
             return None;
         }
+        fn read_address(reader: &mut Reader<'_>) -> Option<Option<String>> {
+            let len = reader.u8("address length").ok()?;
+            if len == 0xFF {
+                return Some(None);
+            }
+            let text = reader.take_exact("address", usize::from(len)).ok()?;
+            Some(Some(std::str::from_utf8(text).ok()?.to_string()))
+        }
         let command = match reader.u8("kind").ok()? {
             KIND_SET_ADDRESSES => {
                 let id = reader.u64("id").ok()?;
-                let mut read = || -> Option<Option<String>> {
-                    let len = reader.u8("address length").ok()?;
-                    if len == 0xFF {
-                        return Some(None);
-                    }
-                    let text = reader.take_exact("address", usize::from(len)).ok()?;
-                    Some(Some(std::str::from_utf8(text).ok()?.to_string()))
-                };
-                let peer = read()?;
-                let client = read()?;
+                let peer = read_address(&mut reader)?;
+                let client = read_address(&mut reader)?;
                 NodeCommand::SetAddresses(SetAddresses { id, peer, client })
+            }
+            KIND_ASSIGN_ID => {
+                let nonce = reader.u64("nonce").ok()?;
+                let peer = read_address(&mut reader)??;
+                let client = read_address(&mut reader)??;
+                NodeCommand::AssignId { nonce, peer, client }
             }
             KIND_OPEN_SESSION => {
                 NodeCommand::OpenSession { proposer: reader.u64("proposer").ok()?, nonce: reader.u64("nonce").ok()? }
@@ -277,6 +303,8 @@ pub enum Applied {
     SessionClosed { client_id: u64 },
     /// Member `id`'s addresses changed.
     AddressesSet { id: NodeId },
+    /// A joining node was given an id (or refused one).
+    IdAssigned { result: Result<NodeId, String> },
     /// Another node command (or a malformed entry): nothing for a client
     /// beyond an empty `Ok`, or the refusal.
     Node(Result<(), String>),
@@ -299,6 +327,9 @@ pub struct NodeStateMachine<S> {
     pub app: S,
     sessions: SessionTable,
     addresses: BTreeMap<NodeId, Addresses>,
+    /// Membership bookkeeping, from applied configuration entries and id
+    /// assignments.
+    ids: MemberIds,
     /// The last index applied (application or node command, no-op or
     /// configuration). Invariant: never decreases, except by a restore.
     applied: Index,
@@ -306,7 +337,56 @@ pub struct NodeStateMachine<S> {
 
 impl<S: StateMachine> NodeStateMachine<S> {
     pub fn new(app: S) -> NodeStateMachine<S> {
-        NodeStateMachine { app, sessions: SessionTable::default(), addresses: BTreeMap::new(), applied: 0 }
+        NodeStateMachine {
+            app,
+            sessions: SessionTable::default(),
+            addresses: BTreeMap::new(),
+            ids: MemberIds::default(),
+            applied: 0,
+        }
+    }
+
+    /// Whether node `id` was removed from the cluster (it is never a member
+    /// again: ids are not reused).
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.ids.removed.contains(&id)
+    }
+
+    /// The ids removed from the cluster.
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.ids.removed
+    }
+
+    /// The id the next joining node gets (the highest id ever used, plus one).
+    pub fn next_id(&self) -> NodeId {
+        self.ids.next_id(&self.addresses)
+    }
+
+    /// Applies a committed configuration entry at `index`: records the ids
+    /// it names and the ids it removes.
+    pub fn apply_conf(&mut self, index: Index, data: &[u8]) {
+        self.skip(index);
+        let Ok(change) = engine::ConfChange::decode(data) else { return };
+        for op in change.ops {
+            match op {
+                engine::ConfChangeOp::AddVoter(id) | engine::ConfChangeOp::AddLearner(id) => {
+                    self.ids.high = self.ids.high.max(id);
+                }
+                engine::ConfChangeOp::Remove(id) => {
+                    self.ids.high = self.ids.high.max(id);
+                    self.ids.removed.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Notes the members of a configuration this state machine did not
+    /// apply entry by entry (a snapshot's), so that their ids are never
+    /// assigned.
+    pub fn note_members(&mut self, members: &[NodeId]) {
+        if let Some(&high) = members.iter().max() {
+            self.ids.high = self.ids.high.max(high);
+        }
     }
 
     pub fn addresses(&self, id: NodeId) -> Option<&Addresses> {
@@ -408,7 +488,35 @@ impl<S: StateMachine> NodeStateMachine<S> {
                 }
                 Err(reason) => Applied::Node(Err(reason)),
             },
+            NodeCommand::AssignId { nonce, peer, client } => {
+                Applied::IdAssigned { result: self.assign_id(nonce, peer, client) }
+            }
         }
+    }
+
+    /// A fresh id for a joining node: above every id any configuration, the
+    /// address book or an earlier assignment used. The same nonce gets the
+    /// same id (a retry); a peer address that a node not removed already has
+    /// is refused (that node joined already).
+    fn assign_id(&mut self, nonce: u64, peer: String, client: String) -> Result<NodeId, String> {
+        if let Some(&id) = self.ids.joins.get(&nonce) {
+            return Ok(id);
+        }
+        let holder = self
+            .addresses
+            .iter()
+            .find(|(id, addresses)| addresses.peer.as_deref() == Some(peer.as_str()) && !self.ids.removed.contains(id));
+        if let Some((&id, _)) = holder {
+            return Err(format!(
+                "peer address {peer} already belongs to node {id}: that node has joined already (restart it with \
+                 its own data directory, which keeps its id), or remove node {id} first"
+            ));
+        }
+        let id = self.ids.next_id(&self.addresses);
+        self.ids.high = id;
+        self.ids.joins.insert(nonce, id);
+        self.addresses.insert(id, Addresses { peer: Some(peer), client: Some(client) });
+        Ok(id)
     }
 
     /// Hands the application the commands of a committed batch (see
@@ -442,6 +550,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
             section.put_u16_le(encoded.len() as u16);
             section.put_slice(&encoded);
         }
+        self.ids.encode(&mut section);
         let mut head = BytesMut::with_capacity(24 + section.len());
         head.put_slice(SNAPSHOT_MAGIC);
         head.put_u16_le(SNAPSHOT_VERSION);
@@ -473,7 +582,9 @@ impl<S: StateMachine> NodeStateMachine<S> {
         let mut reader = Reader::new(&fixed[4..]);
         let version = reader.u16("version").map_err(|error| bad(error.to_string()))?;
         if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WHOLE {
-            return Err(bad(format!("format version {version}; this node reads version {SNAPSHOT_VERSION}")));
+            return Err(bad(format!(
+                "format version {version}; this node reads versions {SNAPSHOT_VERSION_WHOLE} and {SNAPSHOT_VERSION}"
+            )));
         }
         if reader.u16("reserved").map_err(|error| bad(error.to_string()))? != 0 {
             return Err(bad("reserved header bytes are not zero".into()));
@@ -489,6 +600,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
             self.app.restore_from(&mut &app[..])?;
             self.sessions = sessions;
             self.addresses = addresses;
+            self.ids = MemberIds::default();
             self.applied = applied;
             return Ok(());
         }
@@ -507,10 +619,12 @@ impl<S: StateMachine> NodeStateMachine<S> {
         let section = Bytes::from(section);
         let mut reader = Reader::new(&section);
         let (sessions, addresses) = decode_node_section(&mut reader, &section).map_err(bad)?;
+        let ids = MemberIds::decode(&mut reader).map_err(|error| bad(error.to_string()))?;
         reader.finish("node section").map_err(|error| bad(error.to_string()))?;
         self.app.restore_from(snapshot)?;
         self.sessions = sessions;
         self.addresses = addresses;
+        self.ids = ids;
         self.applied = applied;
         Ok(())
     }
@@ -518,6 +632,54 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// Checks the sessions' invariants; returns the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.sessions.check_invariants()
+    }
+}
+
+/// What the replicated state knows of node ids beyond the address book.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct MemberIds {
+    /// The highest id any applied configuration or assignment used.
+    high: NodeId,
+    /// Ids removed by an applied configuration: never members again.
+    removed: BTreeSet<NodeId>,
+    /// Assignments by the joining node's nonce, so that a retry gets the
+    /// same id.
+    joins: BTreeMap<u64, NodeId>,
+}
+
+impl MemberIds {
+    fn next_id(&self, addresses: &BTreeMap<NodeId, Addresses>) -> NodeId {
+        let book = addresses.keys().next_back().copied().unwrap_or(0);
+        self.high.max(book) + 1
+    }
+
+    /// u64 high, u32 count and the removed ids, u32 count and (nonce, id)
+    /// pairs, all little-endian and sorted.
+    fn encode(&self, out: &mut BytesMut) {
+        out.put_u64_le(self.high);
+        out.put_u32_le(self.removed.len() as u32);
+        for id in &self.removed {
+            out.put_u64_le(*id);
+        }
+        out.put_u32_le(self.joins.len() as u32);
+        for (nonce, id) in &self.joins {
+            out.put_u64_le(*nonce);
+            out.put_u64_le(*id);
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>) -> Result<MemberIds, FormatError> {
+        let high = reader.u64("highest id")?;
+        let mut removed = BTreeSet::new();
+        for _ in 0..reader.u32("removed count")? {
+            removed.insert(reader.u64("removed id")?);
+        }
+        let mut joins = BTreeMap::new();
+        for _ in 0..reader.u32("join count")? {
+            let nonce = reader.u64("join nonce")?;
+            joins.insert(nonce, reader.u64("joined id")?);
+        }
+        Ok(MemberIds { high, removed, joins })
     }
 }
 

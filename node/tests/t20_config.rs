@@ -478,3 +478,41 @@ fn certs_command() {
         Err(CliError::Config(ConfigError::BadUser { .. }))
     ));
 }
+
+#[test]
+fn join_through_members() {
+    let dir = scratch("join");
+    let data_dir = dir.join("data").to_string_lossy().into_owned();
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["node", "serve", "--peer-addr", "127.0.0.1:7108", "--client-addr", "127.0.0.1:7109"];
+        args.extend(["--token", "secret", "--data-dir", data_dir.as_str()]);
+        args.extend(extra);
+        match parse_from(args) {
+            Ok(NodeCommand::Serve(config)) => Ok(*config),
+            Ok(other) => panic!("not serve: {other:?}"),
+            Err(error) => Err(error),
+        }
+    };
+    // Any member's address, nothing else about the cluster: the id comes
+    // from the cluster (0 until then), no --peers needed.
+    let config = parse(&["--join", "10.0.0.1:7001,node-2.local:7001"]).unwrap();
+    assert_eq!(config.node_id, 0);
+    assert!(config.join && !config.learner);
+    assert_eq!(config.join_through.len(), 2);
+    assert_eq!(config.peers, PeerSource::Static(Vec::new()));
+    assert!(parse(&["--join", "10.0.0.1:7001", "--learner"]).unwrap().learner);
+    // The manual flow: --join without addresses still needs --node-id.
+    assert!(matches!(config_error(parse(&["--join"])), ConfigError::Missing { option: "node-id" }));
+    assert!(matches!(
+        config_error(parse(&["--join", "not an address"])),
+        ConfigError::BadAddress { option: "join", .. }
+    ));
+    // Not with TLS yet.
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for file in ["node-ca.pem", "node-0.pem", "node-0.key"] {
+        std::fs::write(tls.join(file), "x").unwrap();
+    }
+    let error = config_error(parse(&["--join", "10.0.0.1:7001", "--tls-dir", tls.to_str().unwrap()]));
+    assert!(matches!(error, ConfigError::JoinWithTls), "{error}");
+}

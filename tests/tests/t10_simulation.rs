@@ -44,6 +44,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.crashes += summary.crashes;
                 total.partitions += summary.partitions;
                 total.membership_changes += summary.membership_changes;
+                total.admin_membership_requests += summary.admin_membership_requests;
                 total.snapshots_installed += summary.snapshots_installed;
                 total.state_machine_rebuilds += summary.state_machine_rebuilds;
                 total.disk_stalls += summary.disk_stalls;
@@ -76,7 +77,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
     }
     eprintln!(
         "{seeds} seeds with {voters} voters in {:.1?}: {} operations checked ({} completed), {} crashes, {} partitions, \
-         {} membership changes, {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
+         {} membership changes ({} more asked through the admin path), {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
          {} entries committed, {} forwarded writes answered; sessions: {} opened, {} found expired or evicted, \
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
          while reads waited, {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
@@ -88,6 +89,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.crashes,
         total.partitions,
         total.membership_changes,
+        total.admin_membership_requests,
         total.disk_stalls,
         total.snapshots_installed,
         total.state_machine_rebuilds,
@@ -115,6 +117,9 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
     if seeds >= 50 {
         assert!(total.crashes > 0 && total.partitions > 0, "no crashes or partitions injected");
         assert!(total.membership_changes > 0, "no membership changes");
+        if !storage_faults {
+            assert!(total.admin_membership_requests > 0, "no membership change through the admin path");
+        }
         assert!(total.snapshots_installed > 0, "no snapshot was ever sent to a follower");
         assert!(total.disk_stalls > 0, "no disk stalls");
         assert!(total.forwarded_answered > 0, "no follower forwarded a write that was then answered");

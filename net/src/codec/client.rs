@@ -9,7 +9,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::BodyReader;
 use crate::client::{
-    AdminRequest, ClientRequest, ClientResponse, ReadConsistency, RequestBody, ResponseStatus, SessionSettings,
+    AdminRequest, ClientRequest, ClientResponse, JoinRequest, ReadConsistency, RequestBody, ResponseStatus,
+    SessionSettings,
 };
 use crate::error::DecodeError;
 use crate::frame::FrameKind;
@@ -95,6 +96,7 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
                 | AdminRequest::Promote { id }
                 | AdminRequest::Remove { id }
                 | AdminRequest::TransferLeader { id } => *id,
+                AdminRequest::Join(join) => join.id,
                 AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_) => NODE_NONE,
             };
             out.put_slice(
@@ -102,6 +104,12 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
             );
             match admin {
                 AdminRequest::AddLearner { addr, .. } => out.put_slice(addr.as_bytes()),
+                AdminRequest::Join(join) => {
+                    out.put_u64_le(join.nonce);
+                    out.put_slice(join.peer_addr.as_bytes());
+                    out.put_u8(b' ');
+                    out.put_slice(join.client_addr.as_bytes());
+                }
                 AdminRequest::SessionSettings(settings) => {
                     let body = SessionSettingsBody {
                         sessions_max: U32::new(settings.sessions_max),
@@ -120,6 +128,61 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
     }
 }
 
+/// An admin request's body: the operation, its node id and its tail.
+fn decode_admin(reader: &mut BodyReader<'_>) -> Result<AdminRequest, DecodeError> {
+    let fixed = reader.fixed::<AdminBody>()?;
+    reader.reserved(&fixed.reserved)?;
+    let id = fixed.node_id.get();
+    let admin = match fixed.operation {
+        1 => AdminRequest::AddLearner { id, addr: reader.rest_utf8("address")? },
+        2 => AdminRequest::Promote { id },
+        3 => AdminRequest::Remove { id },
+        4 => AdminRequest::TransferLeader { id },
+        5 => AdminRequest::TakeSnapshot,
+        6 => AdminRequest::Stats,
+        7 => {
+            let body = reader.fixed::<SessionSettingsBody>()?;
+            reader.reserved(&body.reserved)?;
+            AdminRequest::SessionSettings(SessionSettings {
+                sessions_max: body.sessions_max.get(),
+                replies_max: body.replies_max.get(),
+                reply_bytes_max: body.reply_bytes_max.get(),
+                timeout_ms: body.timeout_ms.get(),
+            })
+        }
+        8 => {
+            let nonce = reader.fixed::<U64>()?.get();
+            let text = reader.rest_utf8("addresses")?;
+            let (peer_addr, client_addr) =
+                text.split_once(' ').ok_or_else(|| reader.bad("addresses", "expected PEER_ADDR CLIENT_ADDR"))?;
+            AdminRequest::Join(JoinRequest {
+                id,
+                nonce,
+                peer_addr: peer_addr.to_string(),
+                client_addr: client_addr.to_string(),
+            })
+        }
+        _ => return Err(reader.bad("operation", "unknown admin operation")),
+    };
+    if !matches!(
+        admin,
+        AdminRequest::AddLearner { .. }
+            | AdminRequest::Join(_)
+            | AdminRequest::TakeSnapshot
+            | AdminRequest::Stats
+            | AdminRequest::SessionSettings(_)
+    ) && id == NODE_NONE
+    {
+        return Err(reader.bad("node_id", "the operation needs a node id"));
+    }
+    if matches!(admin, AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_))
+        && id != NODE_NONE
+    {
+        return Err(reader.bad("node_id", "the operation takes no node id"));
+    }
+    Ok(admin)
+}
+
 pub(crate) fn decode_request(kind: FrameKind, body: &Bytes) -> Result<ClientRequest, DecodeError> {
     let mut reader = BodyReader::new(kind, body);
     let head = reader.fixed::<RequestHead>()?;
@@ -132,46 +195,7 @@ pub(crate) fn decode_request(kind: FrameKind, body: &Bytes) -> Result<ClientRequ
                 .ok_or_else(|| reader.bad("consistency", "unknown read consistency"))?;
             RequestBody::Read { query: reader.rest(), consistency }
         }
-        FrameKind::ClientAdmin => {
-            let fixed = reader.fixed::<AdminBody>()?;
-            reader.reserved(&fixed.reserved)?;
-            let id = fixed.node_id.get();
-            let admin = match fixed.operation {
-                1 => AdminRequest::AddLearner { id, addr: reader.rest_utf8("address")? },
-                2 => AdminRequest::Promote { id },
-                3 => AdminRequest::Remove { id },
-                4 => AdminRequest::TransferLeader { id },
-                5 => AdminRequest::TakeSnapshot,
-                6 => AdminRequest::Stats,
-                7 => {
-                    let body = reader.fixed::<SessionSettingsBody>()?;
-                    reader.reserved(&body.reserved)?;
-                    AdminRequest::SessionSettings(SessionSettings {
-                        sessions_max: body.sessions_max.get(),
-                        replies_max: body.replies_max.get(),
-                        reply_bytes_max: body.reply_bytes_max.get(),
-                        timeout_ms: body.timeout_ms.get(),
-                    })
-                }
-                _ => return Err(reader.bad("operation", "unknown admin operation")),
-            };
-            if !matches!(
-                admin,
-                AdminRequest::AddLearner { .. }
-                    | AdminRequest::TakeSnapshot
-                    | AdminRequest::Stats
-                    | AdminRequest::SessionSettings(_)
-            ) && id == NODE_NONE
-            {
-                return Err(reader.bad("node_id", "the operation needs a node id"));
-            }
-            if matches!(admin, AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_))
-                && id != NODE_NONE
-            {
-                return Err(reader.bad("node_id", "the operation takes no node id"));
-            }
-            RequestBody::Admin(admin)
-        }
+        FrameKind::ClientAdmin => RequestBody::Admin(decode_admin(&mut reader)?),
         FrameKind::ClientStatus => RequestBody::Status,
         FrameKind::ClientOpenSession => RequestBody::OpenSession,
         FrameKind::ClientCloseSession => RequestBody::CloseSession,

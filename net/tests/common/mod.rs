@@ -121,6 +121,11 @@ fn admin() -> impl Strategy<Value = AdminRequest> {
         (1u64..).prop_map(|id| AdminRequest::TransferLeader { id }),
         Just(AdminRequest::TakeSnapshot),
         Just(AdminRequest::Stats),
+        (any::<u64>(), any::<u64>(), "[0-9.:]{1,21}", "[0-9.:]{1,21}").prop_map(
+            |(id, nonce, peer_addr, client_addr)| {
+                AdminRequest::Join(net::JoinRequest { id, nonce, peer_addr, client_addr })
+            }
+        ),
         (any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
             |(sessions_max, timeout_ms, replies_max, reply_bytes_max)| {
                 AdminRequest::SessionSettings(net::SessionSettings {

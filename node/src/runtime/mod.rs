@@ -81,6 +81,9 @@ pub enum ServeError {
     Credentials(#[from] net::CredentialsError),
     #[error("a token is required without TLS: --token, NODE_TOKEN or --token-file")]
     NoCredentials,
+    /// Joining the cluster (`--join`) failed; the text says why.
+    #[error("{0}")]
+    Join(String),
     /// The RESP front door authenticates with tokens (`AUTH`), and has no
     /// TLS: a cluster run on certificates alone has no token to check.
     #[error(
@@ -116,6 +119,8 @@ pub struct RunningNode {
     shutdown: Arc<AtomicBool>,
     security: NodeSecurity,
     threads: Vec<std::thread::JoinHandle<Result<(), ServeError>>>,
+    /// Why the membership driver stopped the node, if it did.
+    fatal: crate::membership::Fatal,
 }
 
 impl RunningNode {
@@ -156,6 +161,9 @@ impl RunningNode {
                 self.shutdown.store(true, Ordering::SeqCst);
                 first_error.get_or_insert(error);
             }
+        }
+        if let Some(reason) = self.fatal.lock().expect("not poisoned").take() {
+            return Err(ServeError::Join(reason));
         }
         match first_error {
             Some(error) => Err(error),
@@ -233,8 +241,8 @@ where
     F: Fn(u32) -> S + Send + Sync + 'static,
 {
     wal::io_uring_available().map_err(|error| ServeError::IoUring(error.to_string()))?;
-    let members = discovery::discover_blocking(&config.peers)?;
-    discovery::check_members(config.node_id, &members)?;
+    let mut config = config;
+    let members = resolve_members(&mut config)?;
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
     }
@@ -284,7 +292,32 @@ where
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
         threads.push(thread);
     }
-    Ok(RunningNode { node_id, handle, shutdown, security, threads })
+    let fatal = crate::membership::Fatal::default();
+    if !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
+        crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
+    }
+    Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
+}
+
+/// The members to connect to at start: from `--peers` or DNS; when
+/// joining through members, also this node's id (from the data directory or
+/// the cluster) and the members the cluster reports.
+fn resolve_members(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeError> {
+    let members = if config.join_through.is_empty() {
+        let members = discovery::discover_blocking(&config.peers)?;
+        discovery::check_members(config.node_id, &members)?;
+        members
+    } else {
+        // Joining through members: the id from the data directory or the
+        // cluster, the members from the cluster (see `crate::membership`).
+        let mut members = crate::membership::resolve_identity(config).map_err(|error| ServeError::Join(error.0))?;
+        members.extend(discovery::discover_blocking(&config.peers)?);
+        members.retain(|member| member.id != config.node_id);
+        members.sort();
+        members.dedup_by_key(|member| member.id);
+        members
+    };
+    Ok(members)
 }
 
 /// One set of credentials for the whole process: every core's listeners and

@@ -126,7 +126,15 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     log_clock: LogClock,
     /// When this node last tried to hand leadership to the preferred leader.
     balanced_at: Option<Instant>,
+    /// Whether this node's removal was logged.
+    removed_reported: bool,
+    /// When this node last sent its addresses to the leader.
+    announced_at: Option<Instant>,
 }
+
+/// A member whose addresses in the replicated address book are not its own
+/// sends them to the leader at most this often until they are.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(2);
 
 /// A new leader keeps leadership at least this long before handing it to
 /// the preferred leader: after a failure and recovery the cluster settles
@@ -213,14 +221,33 @@ where
             applied_trace: None,
             log_clock: LogClock::default(),
             balanced_at: None,
+            removed_reported: false,
+            announced_at: None,
         };
         // The state machine streams the stored snapshot from its file.
         if let Some(meta) = snapshot {
             let size = driver.restore_stored(&meta)?;
             driver.raft.snapshot_created(meta.clone(), size);
+            driver.fsm.note_members(&meta.conf.members());
             driver.snapshots = Snapshots::new(Some((meta, size)));
         }
+        driver.links_from_address_book();
         Ok(driver)
+    }
+
+    /// Tells the transport every address the replicated address book holds
+    /// (after a snapshot replaced the state machine: its entries are not
+    /// applied one by one).
+    pub(crate) fn links_from_address_book(&mut self) {
+        let book: Vec<(NodeId, crate::replicated::Addresses)> =
+            self.fsm.address_book().iter().map(|(id, addresses)| (*id, addresses.clone())).collect();
+        for (id, addresses) in book {
+            if !self.fsm.is_removed(id)
+                && addresses.peer.as_deref().is_some_and(|peer| peer.parse::<SocketAddr>().is_ok())
+            {
+                self.transport.member_addresses(id, &addresses);
+            }
+        }
     }
 
     /// A Raft message from a peer.
@@ -255,6 +282,32 @@ where
             self.stats.disk_full = false;
         }
         self.balance_leadership(now);
+        self.announce_addresses(now);
+    }
+
+    /// A member whose replicated addresses are missing or not its own (it
+    /// never led, or restarted on a new address) sends them through the
+    /// leader, so that every member and client learns where it is.
+    fn announce_addresses(&mut self, now: Instant) {
+        let me = self.ctx.node_id;
+        if self.raft.leader() == engine::NODE_NONE
+            || !self.raft.conf().members().contains(&me)
+            || self.fsm.is_removed(me)
+            || self.announced_at.is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_RETRY)
+        {
+            return;
+        }
+        let peer = self.ctx.peer_addr.to_string();
+        let client = self.ctx.client_addr.to_string();
+        let known = self.fsm.addresses(me);
+        if known.is_some_and(|known| known.peer.as_deref() == Some(&peer) && known.client.as_deref() == Some(&client)) {
+            return;
+        }
+        self.announced_at = Some(now);
+        let set = crate::replicated::SetAddresses { id: me, peer: Some(peer), client: Some(client) };
+        if let Err(error) = self.raft.forward_proposal(set.encode()) {
+            tracing::debug!(shard = self.ctx.shard_id, %error, "address announcement not sent");
+        }
     }
 
     /// The node that should lead this shard when it is up: the voters in id

@@ -228,12 +228,29 @@ where
         let index = entry.index;
         let applied = match entry.kind {
             EntryKind::Normal => Some(self.fsm.apply(index, &entry.data)),
-            EntryKind::Noop | EntryKind::Config => {
+            EntryKind::Noop => {
                 self.fsm.skip(index);
                 None
             }
+            EntryKind::Config => {
+                self.fsm.apply_conf(index, &entry.data);
+                if self.fsm.is_removed(self.ctx.node_id) && !self.removed_reported {
+                    self.removed_reported = true;
+                    tracing::error!(
+                        shard = self.ctx.shard_id,
+                        node = self.ctx.node_id,
+                        "this node was removed from the cluster: it takes no part any more; \
+                         wipe its data directory and start it with --join to add it again (under a new id)"
+                    );
+                }
+                None
+            }
         };
-        if let Some(Applied::AddressesSet { id }) = applied {
+        let addressed = match applied {
+            Some(Applied::AddressesSet { id }) | Some(Applied::IdAssigned { result: Ok(id) }) => Some(id),
+            _ => None,
+        };
+        if let Some(id) = addressed {
             if let Some(addresses) = self.fsm.addresses(id).cloned() {
                 if addresses.peer.as_deref().is_some_and(|peer| peer.parse::<SocketAddr>().is_ok()) {
                     self.transport.member_addresses(id, &addresses);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use engine::raft::ReadMode;
 use engine::{ConfChange, ConfChangeOp, Index, ProposeError, Role, Term};
-use net::{AdminRequest, ClientRequest, ReadConsistency, RequestBody, ResponseStatus, SessionSettings};
+use net::{AdminRequest, ClientRequest, JoinRequest, ReadConsistency, RequestBody, ResponseStatus, SessionSettings};
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
 
@@ -482,6 +482,10 @@ where
                 ResponseStatus::Ok(Bytes::new())
             }
             Applied::Node(Err(reason)) => ResponseStatus::BadRequest(reason.clone()),
+            Applied::IdAssigned { result: Ok(id) } => {
+                ResponseStatus::Ok(Bytes::from(json!({ "node_id": id }).to_string()))
+            }
+            Applied::IdAssigned { result: Err(reason) } => ResponseStatus::BadRequest(reason.clone()),
         }
     }
 
@@ -505,27 +509,18 @@ where
 
     fn admin(&mut self, admin: AdminRequest, reply: T::Reply, arrived: Instant) {
         let change = |op| ConfChange { ops: vec![op] };
+        if let Some(status) = self.membership_answer(&admin) {
+            self.transport.reply(reply, status);
+            return;
+        }
         let result = match admin {
+            AdminRequest::Join(join) => {
+                self.join(join, reply, arrived);
+                return;
+            }
             AdminRequest::AddLearner { id, addr } => {
-                if addr.parse::<SocketAddr>().is_err() {
-                    self.transport
-                        .reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
-                    return;
-                }
-                if self.raft.role() != Role::Leader {
-                    let redirect = self.leader_redirect();
-                    self.transport.reply(reply, redirect);
-                    return;
-                }
-                // The address goes through the log first, so every member
-                // can reach the learner (and any later leader knows it).
-                let set = SetAddresses { id, peer: Some(addr), client: None };
-                if let Err(error) = self.raft.propose(set.encode()) {
-                    let status = self.refusal(error);
-                    self.transport.reply(reply, status);
-                    return;
-                }
-                self.raft.propose_conf_change(change(ConfChangeOp::AddLearner(id)))
+                self.add_learner(id, addr, reply, arrived);
+                return;
             }
             AdminRequest::Promote { id } => self.raft.propose_conf_change(change(ConfChangeOp::AddVoter(id))),
             AdminRequest::Remove { id } => self.raft.propose_conf_change(change(ConfChangeOp::Remove(id))),
@@ -572,6 +567,154 @@ where
         }
     }
 
+    /// The answer to a membership request that needs no entry: a removed
+    /// node is never added or promoted again (ids are not reused); the
+    /// leader asked to remove itself hands leadership to the most caught-up
+    /// voter first (the client's retry reaches the new leader); promoting a
+    /// voter (a joining node that restarted) is done.
+    fn membership_answer(&mut self, admin: &AdminRequest) -> Option<ResponseStatus> {
+        let leader = self.raft.role() == Role::Leader;
+        match *admin {
+            AdminRequest::AddLearner { id, .. } | AdminRequest::Promote { id } if self.fsm.is_removed(id) => {
+                Some(ResponseStatus::BadRequest(removed_reason(id)))
+            }
+            AdminRequest::Remove { id } if id == self.ctx.node_id && leader => Some(self.hand_over_for_removal()),
+            AdminRequest::Promote { id } if leader && self.raft.conf().voters.contains(&id) => {
+                Some(ResponseStatus::Ok(Bytes::new()))
+            }
+            _ => None,
+        }
+    }
+
+    /// `node admin add-learner ID ADDR`: the address through the log, then
+    /// the learner.
+    fn add_learner(&mut self, id: engine::NodeId, addr: String, reply: T::Reply, arrived: Instant) {
+        let change = |op| ConfChange { ops: vec![op] };
+        if addr.parse::<SocketAddr>().is_err() {
+            self.transport.reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
+            return;
+        }
+        if self.raft.role() != Role::Leader {
+            let redirect = self.leader_redirect();
+            self.transport.reply(reply, redirect);
+            return;
+        }
+        // The address goes through the log first, so every member
+        // can reach the learner (and any later leader knows it).
+        let set = SetAddresses { id, peer: Some(addr), client: None };
+        if let Err(error) = self.raft.propose(set.encode()) {
+            let status = self.refusal(error);
+            self.transport.reply(reply, status);
+            return;
+        }
+        let result = self.raft.propose_conf_change(change(ConfChangeOp::AddLearner(id)));
+        self.answer_when_applied(result, reply, arrived);
+    }
+
+    /// A node asks to be a member (`node serve --join`): with id 0, a fresh
+    /// id through the log (shard 0); with its id, its addresses through the
+    /// log when they changed and, unless it is a member, a place as a
+    /// learner. A removed node is refused.
+    fn join(&mut self, join: JoinRequest, reply: T::Reply, arrived: Instant) {
+        for addr in [&join.peer_addr, &join.client_addr] {
+            if addr.parse::<SocketAddr>().is_err() {
+                self.transport.reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
+                return;
+            }
+        }
+        if self.raft.role() != Role::Leader {
+            let redirect = self.leader_redirect();
+            self.transport.reply(reply, redirect);
+            return;
+        }
+        if join.id == engine::NODE_NONE {
+            if self.ctx.shard_id != 0 {
+                let status = ResponseStatus::BadRequest("node ids are assigned by shard 0".into());
+                self.transport.reply(reply, status);
+                return;
+            }
+            let command = NodeCommand::AssignId { nonce: join.nonce, peer: join.peer_addr, client: join.client_addr };
+            let result = self.raft.propose(command.encode());
+            self.answer_when_applied(result, reply, arrived);
+            return;
+        }
+        let id = join.id;
+        if self.fsm.is_removed(id) {
+            self.transport.reply(reply, ResponseStatus::BadRequest(removed_reason(id)));
+            return;
+        }
+        let known = self.fsm.addresses(id);
+        let changed = known.is_none_or(|known| {
+            known.peer.as_deref() != Some(join.peer_addr.as_str())
+                || known.client.as_deref() != Some(join.client_addr.as_str())
+        });
+        let mut last = None;
+        if changed {
+            let set = SetAddresses { id, peer: Some(join.peer_addr), client: Some(join.client_addr) };
+            match self.raft.propose(set.encode()) {
+                Ok(proposed) => last = Some(proposed),
+                Err(error) => {
+                    let status = self.refusal(error);
+                    self.transport.reply(reply, status);
+                    return;
+                }
+            }
+        }
+        if !self.raft.conf().members().contains(&id) {
+            let result = self.raft.propose_conf_change(ConfChange { ops: vec![ConfChangeOp::AddLearner(id)] });
+            self.answer_when_applied(result, reply, arrived);
+            return;
+        }
+        match last {
+            Some(proposed) => self.answer_when_applied(Ok(proposed), reply, arrived),
+            None => self.transport.reply(reply, ResponseStatus::Ok(Bytes::new())),
+        }
+    }
+
+    /// Answers `reply` when the proposed entry is applied, or at once with
+    /// the refusal.
+    fn answer_when_applied(&mut self, result: Result<(Index, Term), ProposeError>, reply: T::Reply, arrived: Instant) {
+        match result {
+            Ok((index, term)) => {
+                let now = self.clock.now();
+                self.requests.writes.insert(index, PendingWrite { term, reply, arrived, proposed: now });
+            }
+            Err(error) => {
+                let status = self.refusal(error);
+                self.transport.reply(reply, status);
+            }
+        }
+    }
+
+    /// The leader is asked to remove itself: it hands leadership to the
+    /// voter with the longest log that is active, and answers `Busy` so the
+    /// client retries (at the new leader). With no such voter it refuses.
+    fn hand_over_for_removal(&mut self) -> ResponseStatus {
+        if self.raft.transfer_target().is_some() {
+            return ResponseStatus::Busy;
+        }
+        let me = self.ctx.node_id;
+        let status = self.raft.status();
+        let target = status
+            .progress
+            .iter()
+            .filter(|peer| {
+                peer.id != me && !peer.learner && peer.recent_active && status.conf.voters.contains(&peer.id)
+            })
+            .max_by_key(|peer| (peer.match_index, std::cmp::Reverse(peer.id)))
+            .map(|peer| peer.id);
+        let Some(target) = target else {
+            return ResponseStatus::BadRequest(format!(
+                "node {me} leads and no other voter is active to take over: it cannot be removed now"
+            ));
+        };
+        tracing::info!(shard = self.ctx.shard_id, to = target, "handing leadership over before this node's removal");
+        match self.raft.transfer_leader(target) {
+            Ok(()) | Err(ProposeError::TransferInProgress { .. }) => ResponseStatus::Busy,
+            Err(error) => self.refusal(error),
+        }
+    }
+
     /// Whether a new write must be refused because the disk is full; counts
     /// the refusal and logs the first of each episode (the tick logs its
     /// end). Reads go on: they need no disk.
@@ -588,6 +731,25 @@ where
         }
         self.stats.no_space += 1;
         true
+    }
+
+    /// The configuration's members with their roles and addresses.
+    fn members_json(&self, conf: &engine::ConfState) -> serde_json::Value {
+        let members: Vec<serde_json::Value> = conf
+            .members()
+            .into_iter()
+            .map(|id| {
+                let addresses = self.fsm.addresses(id);
+                let role = if conf.is_voter(id) { "voter" } else { "learner" };
+                json!({
+                    "id": id,
+                    "role": role,
+                    "peer_addr": addresses.and_then(|a| a.peer.clone()),
+                    "client_addr": addresses.and_then(|a| a.client.clone()),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(members)
     }
 
     pub(super) fn status_json(&self) -> serde_json::Value {
@@ -613,6 +775,11 @@ where
             "voters": status.conf.voters,
             "voters_outgoing": status.conf.voters_outgoing,
             "learners": status.conf.learners,
+            // Every member's addresses from the replicated address book, so
+            // a client given one node learns the others.
+            "members": self.members_json(&status.conf),
+            "removed": self.fsm.removed(),
+            "next_id": self.fsm.next_id(),
             "progress": status.progress.iter().map(|p| json!({
                 "id": p.id, "match": p.match_index, "next": p.next_index,
                 "state": format!("{:?}", p.state), "inflight": p.inflight_batches,
@@ -625,6 +792,14 @@ where
             "pending_reads": self.requests.reads.len(),
         })
     }
+}
+
+/// Why a removed node is refused.
+fn removed_reason(id: engine::NodeId) -> String {
+    format!(
+        "node {id} was removed from the cluster and ids are never reused: wipe its data directory and start it \
+         with --join to add it as a new node"
+    )
 }
 
 /// Removes and returns the requests that arrived more than `timeout` before

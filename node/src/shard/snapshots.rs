@@ -154,6 +154,8 @@ where
     pub(super) async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), ShardError> {
         self.storage.install_snapshot(meta.clone()).await.map_err(|source| self.storage_error(source))?;
         let size = self.restore_stored(&meta)?;
+        self.fsm.note_members(&meta.conf.members());
+        self.links_from_address_book();
         self.snapshots.current = Some((meta, size));
         self.snapshots.recent.clear();
         self.stats.snapshots_installed += 1;

@@ -1,0 +1,362 @@
+//! Joining a cluster through any member (`node serve --join HOST:PORT,...`).
+//!
+//! Before the node starts, [`resolve_identity`] finds its id: from the
+//! identity file in its data directory (a restart), or by asking the
+//! cluster (a first start). The ask is an admin `Join` with id 0 sent to
+//! any member given; a follower answers with the leader's address and the
+//! client library follows it, so the leader proposes an id assignment
+//! through shard 0's log. The replicated state machine hands out one more
+//! than the highest id any configuration, address or earlier assignment
+//! used (`crate::replicated`), so an id is never reused, even after its
+//! node was removed. A nonce kept in the identity file before the ask makes
+//! a retry after a crash get the same id.
+//!
+//! Once the node runs, [`spawn_driver`] makes it a member of every shard:
+//! `Join` with its id (its addresses go through the log if they changed,
+//! which is how a node that restarts with a new address announces it, and
+//! it is added as a learner unless it is a member), then, unless it stays a
+//! learner, `Promote` until the leader finds it caught up. A removed node is
+//! refused, and the node stops with that error.
+//!
+//! Membership news then spreads with Raft itself: addresses and members
+//! are entries of the log, so every replica (and a node catching up from a
+//! snapshot, which carries the address book) learns them in log order, and
+//! a node that missed changes learns them when the leader catches it up.
+//! A node that is not a member yet learns them by asking a member
+//! (`node admin status` lists every member's addresses).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine::NodeId;
+use net::{AdminRequest, CallError, JoinRequest, RequestBody, ResponseStatus};
+
+use crate::config::{ClientConfig, ServeConfig};
+use crate::discovery::{HostPort, Peer};
+
+/// Why the node cannot take its place in the cluster; the reason says what
+/// to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JoinError(pub String);
+
+/// The file in the data directory that holds the node's identity.
+pub const IDENTITY_FILE: &str = "node-identity";
+/// How long a joining node keeps asking for its id.
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between the driver's attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// What the data directory records of the node's place in its cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    /// 0 while the id is being asked for.
+    pub node_id: NodeId,
+    /// Finds the assignment again when the ask is retried.
+    pub nonce: u64,
+}
+
+impl Identity {
+    fn encode(&self) -> String {
+        format!("cluster_id={}\nnode_id={}\njoin_nonce={}\n", self.cluster_id, self.node_id, self.nonce)
+    }
+
+    fn decode(text: &str) -> Option<Identity> {
+        let mut identity = Identity { cluster_id: 0, node_id: 0, nonce: 0 };
+        for line in text.lines().filter(|line| !line.trim().is_empty()) {
+            let (key, value) = line.split_once('=')?;
+            let value: u64 = value.trim().parse().ok()?;
+            match key.trim() {
+                "cluster_id" => identity.cluster_id = value,
+                "node_id" => identity.node_id = value,
+                "join_nonce" => identity.nonce = value,
+                _ => return None,
+            }
+        }
+        (identity.cluster_id != 0).then_some(identity)
+    }
+}
+
+fn identity_path(dir: &Path) -> PathBuf {
+    dir.join(IDENTITY_FILE)
+}
+
+fn data_dir_error(dir: &Path, reason: String) -> JoinError {
+    JoinError(format!("data directory {}: {reason}", dir.display()))
+}
+
+/// The identity the data directory holds, if any.
+pub fn read_identity(dir: &Path) -> Result<Option<Identity>, JoinError> {
+    let path = identity_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Identity::decode(&text)
+            .map(Some)
+            .ok_or_else(|| data_dir_error(dir, format!("{} is damaged: {text:?}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(data_dir_error(dir, format!("cannot read {}: {error}", path.display()))),
+    }
+}
+
+/// Writes the identity durably (a temporary file, synced, renamed, and the
+/// directory synced).
+pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), JoinError> {
+    let fail = |error: std::io::Error| data_dir_error(dir, format!("cannot write {IDENTITY_FILE}: {error}"));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let temporary = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+        file.write_all(identity.encode().as_bytes()).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+    }
+    std::fs::rename(&temporary, identity_path(dir)).map_err(fail)?;
+    std::fs::File::open(dir).and_then(|directory| directory.sync_all()).map_err(fail)?;
+    Ok(())
+}
+
+/// Whether the data directory holds a log already (any shard directory with
+/// files in it).
+fn holds_a_log(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|entry| {
+        entry.file_name().to_string_lossy().starts_with("shard-")
+            && std::fs::read_dir(entry.path()).is_ok_and(|mut files| files.next().is_some())
+    })
+}
+
+/// A client of the members given to `--join` (and, once the node runs,
+/// the node itself).
+fn client_config(config: &ServeConfig, via_self: bool, timeout: Duration) -> ClientConfig {
+    let mut addrs = config.join_through.clone();
+    if via_self {
+        addrs.push(HostPort { host: config.client_addr.ip().to_string(), port: config.client_addr.port() });
+    }
+    ClientConfig { addrs, cluster_id: config.cluster_id, token: config.token.clone(), tls: None, timeout, shard: 0 }
+}
+
+/// Why asking the cluster failed, in words for the operator.
+fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> JoinError {
+    let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
+    JoinError(format!(
+        "cannot join through {}: {error} (check that these are members' client addresses, that --cluster-id {} is \
+         the cluster's, and that the token is the cluster's)",
+        through.join(","),
+        config.cluster_id
+    ))
+}
+
+/// Finds this node's id before it starts: from the data directory, or by
+/// asking the cluster (see the module documentation). Only for a node with
+/// `join_through`; returns the members' peer addresses the cluster told
+/// (to connect to at once; the log tells them too).
+pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError> {
+    if config.join_through.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = config.data_dir.clone();
+    let mut identity = match read_identity(&dir)? {
+        Some(identity) => {
+            if identity.cluster_id != config.cluster_id {
+                return Err(JoinError(format!(
+                    "the data directory {} belongs to cluster {}, not to --cluster-id {}: this node is a member of \
+                     another cluster (use another --data-dir to join this one)",
+                    dir.display(),
+                    identity.cluster_id,
+                    config.cluster_id
+                )));
+            }
+            if identity.node_id != 0 && config.node_id != 0 && identity.node_id != config.node_id {
+                return Err(JoinError(format!(
+                    "the data directory {} holds node {}, not --node-id {}",
+                    dir.display(),
+                    identity.node_id,
+                    config.node_id
+                )));
+            }
+            identity
+        }
+        None => {
+            if holds_a_log(&dir) && config.node_id == 0 {
+                return Err(JoinError(format!(
+                    "the data directory {} holds a log but no {IDENTITY_FILE}: it belongs to a node started without \
+                     --join; start it as it was, or join with an empty data directory",
+                    dir.display()
+                )));
+            }
+            let identity = Identity { cluster_id: config.cluster_id, node_id: config.node_id, nonce: nonzero_random() };
+            write_identity(&dir, &identity)?;
+            identity
+        }
+    };
+    if identity.node_id == 0 {
+        identity.node_id = if config.node_id != 0 { config.node_id } else { ask_for_id(config, identity.nonce)? };
+        write_identity(&dir, &identity)?;
+        tracing::info!(node = identity.node_id, "the cluster assigned this node its id");
+    }
+    config.node_id = identity.node_id;
+    Ok(members_from(config))
+}
+
+fn nonzero_random() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+/// Asks the members for an id (admin `Join` with id 0 on shard 0).
+fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
+    // A refused handshake (another cluster, a wrong token) is final: say so
+    // at once instead of retrying until the deadline.
+    let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(3)))
+        .map_err(|e| ask_error(config, e))?
+        .call(RequestBody::Status);
+    if let Err(CallError::Unreachable { last, .. }) = &probe {
+        if last.contains("handshake refused") {
+            return Err(ask_error(config, last));
+        }
+    }
+    let mut client = crate::client_cmd::BlockingClient::new(&client_config(config, false, ASK_TIMEOUT))
+        .map_err(|e| ask_error(config, e))?;
+    let request = JoinRequest {
+        id: 0,
+        nonce,
+        peer_addr: config.peer_addr.to_string(),
+        client_addr: config.client_addr.to_string(),
+    };
+    let answer = match client.admin(AdminRequest::Join(request)) {
+        Ok(answer) => answer,
+        Err(CallError::Refused(ResponseStatus::BadRequest(reason))) => {
+            return Err(JoinError(format!("the cluster refused this node: {reason}")))
+        }
+        Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
+            return Err(JoinError(format!("the cluster refused this node's credentials: {reason}")))
+        }
+        Err(error) => return Err(ask_error(config, error)),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|error| ask_error(config, format!("unreadable answer: {error}")))?;
+    value["node_id"]
+        .as_u64()
+        .filter(|&id| id != 0)
+        .ok_or_else(|| ask_error(config, format!("answer without an id: {value}")))
+}
+
+/// The members' peer addresses as a member reports them (best effort: the
+/// log tells them too).
+fn members_from(config: &ServeConfig) -> Vec<Peer> {
+    let Ok(mut client) = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(5)))
+    else {
+        return Vec::new();
+    };
+    let Ok(ResponseStatus::Ok(bytes)) = client.call(RequestBody::Status) else { return Vec::new() };
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|member| {
+            let id = member["id"].as_u64()?;
+            let addr: SocketAddr = member["peer_addr"].as_str()?.parse().ok()?;
+            (id != config.node_id).then_some(Peer { id, addr })
+        })
+        .collect()
+}
+
+/// A failure that stops the node (a removed node coming back).
+pub type Fatal = Arc<Mutex<Option<String>>>;
+
+/// Runs the membership driver on a thread of its own (see the module
+/// documentation): every shard gets this node as a member, then as a voter
+/// unless `config.learner`. Stops early when `shutdown` is set; a refusal
+/// that retrying cannot cure is recorded in `fatal` and stops the node.
+pub fn spawn_driver(config: ServeConfig, shutdown: Arc<AtomicBool>, fatal: Fatal) {
+    let spawned = std::thread::Builder::new().name(format!("node-{}-membership", config.node_id)).spawn(move || {
+        if let Err(reason) = drive(&config, &shutdown) {
+            tracing::error!(%reason, "this node cannot be a member; stopping");
+            *fatal.lock().expect("not poisoned") = Some(reason);
+            shutdown.store(true, Ordering::SeqCst);
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the membership thread");
+    }
+}
+
+fn drive(config: &ServeConfig, shutdown: &AtomicBool) -> Result<(), String> {
+    let client_config = client_config(config, true, Duration::from_secs(5));
+    let mut client = loop {
+        match crate::client_cmd::BlockingClient::new(&client_config) {
+            Ok(client) => break client,
+            Err(error) => {
+                tracing::warn!(%error, "membership: no client yet");
+                if pause(shutdown) {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let id = config.node_id;
+    let join = JoinRequest {
+        id,
+        nonce: 0,
+        peer_addr: config.peer_addr.to_string(),
+        client_addr: config.client_addr.to_string(),
+    };
+    let started = Instant::now();
+    for shard in 0..config.shards {
+        client.set_shard(shard);
+        let request = AdminRequest::Join(join.clone());
+        retry(&mut client, shutdown, &request, "joining")?;
+        tracing::info!(shard, node = id, "member of the shard (its addresses are in the log)");
+    }
+    if config.learner {
+        return Ok(());
+    }
+    for shard in 0..config.shards {
+        client.set_shard(shard);
+        retry(&mut client, shutdown, &AdminRequest::Promote { id }, "promotion")?;
+        tracing::info!(shard, node = id, after = ?started.elapsed(), "voter of the shard");
+    }
+    Ok(())
+}
+
+/// Sends `request` until it is done; a removed node's refusal is final,
+/// other refusals (a change in progress, a learner still behind) are
+/// retried.
+fn retry(
+    client: &mut crate::client_cmd::BlockingClient,
+    shutdown: &AtomicBool,
+    request: &AdminRequest,
+    what: &str,
+) -> Result<(), String> {
+    let mut last_logged = Instant::now();
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match client.admin(request.clone()) {
+            Ok(_) => return Ok(()),
+            Err(CallError::Refused(ResponseStatus::BadRequest(reason))) if reason.contains("was removed") => {
+                return Err(reason)
+            }
+            Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => return Err(reason),
+            Err(error) => {
+                if last_logged.elapsed() > Duration::from_secs(5) {
+                    tracing::info!(%error, "membership: {what} not done yet; retrying");
+                    last_logged = Instant::now();
+                }
+            }
+        }
+        if pause(shutdown) {
+            return Ok(());
+        }
+    }
+}
+
+/// Sleeps a retry pause; true when the node is stopping.
+fn pause(shutdown: &AtomicBool) -> bool {
+    std::thread::sleep(RETRY_PAUSE);
+    shutdown.load(Ordering::Relaxed)
+}

@@ -1,0 +1,321 @@
+//! Membership with the real `node` binary on loopback: nodes join a running
+//! cluster given one member's client address only (no --node-id, no
+//! --peers), get ids from the cluster, are promoted once caught up, keep
+//! their id across restarts; the member they joined through dies and
+//! clients and the new members keep working; joining twice, the wrong
+//! cluster or the wrong token are refused clearly; removing the leader hands
+//! leadership over first, a down member can be removed, and a removed node
+//! that comes back is refused. Each test uses its own port range.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
+use node::client_cmd::{call, BlockingClient};
+use node::config::{ClientConfig, Token};
+use node::discovery::HostPort;
+use node::kv::{KvOp, KvResponse};
+
+const TOKEN: &str = "membership-test-token";
+const CLUSTER: u64 = 9;
+
+/// Nodes by slot: slot `s` listens on `base + 2s` (peers) and `base + 2s + 1`
+/// (clients). Slots 1-3 bootstrap with --peers; later slots join.
+struct Cluster {
+    dir: PathBuf,
+    base_port: u16,
+    nodes: BTreeMap<u64, Child>,
+}
+
+impl Cluster {
+    fn new(base_port: u16) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("node-membership-{}-{base_port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cluster { dir, base_port, nodes: BTreeMap::new() }
+    }
+
+    fn peer_port(&self, slot: u64) -> u16 {
+        self.base_port + 2 * (slot as u16 - 1)
+    }
+
+    fn client_port(&self, slot: u64) -> u16 {
+        self.peer_port(slot) + 1
+    }
+
+    fn data_dir(&self, slot: u64) -> PathBuf {
+        self.dir.join(format!("slot-{slot}"))
+    }
+
+    fn command(&self, slot: u64) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
+        command
+            .arg("serve")
+            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(slot))])
+            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(slot))])
+            .args(["--data-dir", &self.data_dir(slot).display().to_string()])
+            .args(["--log-level", "warn", "--pin-cores", "false"])
+            .env("NODE_TOKEN", TOKEN)
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// Slots 1..=count bootstrap a cluster (node id = slot).
+    fn bootstrap(&mut self, count: u64) {
+        let peers: Vec<String> = (1..=count).map(|id| format!("{id}=127.0.0.1:{}", self.peer_port(id))).collect();
+        for id in 1..=count {
+            let mut command = self.command(id);
+            command.args(["--node-id", &id.to_string(), "--cluster-id", &CLUSTER.to_string()]);
+            command.args(["--peers", &peers.join(",")]);
+            self.nodes.insert(id, command.spawn().expect("start node"));
+        }
+    }
+
+    /// Slot `slot` joins through the client addresses of `through`.
+    fn join_command(&self, slot: u64, through: &[u64]) -> Command {
+        self.join_command_in(slot, through, CLUSTER)
+    }
+
+    fn join_command_in(&self, slot: u64, through: &[u64], cluster_id: u64) -> Command {
+        let through: Vec<String> = through.iter().map(|s| format!("127.0.0.1:{}", self.client_port(*s))).collect();
+        let mut command = self.command(slot);
+        command.args(["--join", &through.join(","), "--cluster-id", &cluster_id.to_string()]);
+        command
+    }
+
+    fn join(&mut self, slot: u64, through: &[u64]) {
+        let child = self.join_command(slot, through).spawn().expect("start node");
+        self.nodes.insert(slot, child);
+    }
+
+    fn kill(&mut self, slot: u64) {
+        if let Some(mut child) = self.nodes.remove(&slot) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, slots: &[u64]) -> ClientConfig {
+        ClientConfig {
+            addrs: slots.iter().map(|s| HostPort { host: "127.0.0.1".into(), port: self.client_port(*s) }).collect(),
+            cluster_id: CLUSTER,
+            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+            tls: None,
+            timeout: Duration::from_secs(15),
+            shard: 0,
+        }
+    }
+
+    fn status(&self, slot: u64) -> Option<serde_json::Value> {
+        let mut client = self.client(&[slot]);
+        client.timeout = Duration::from_secs(2);
+        match call(&client, RequestBody::Status) {
+            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// The slot of the node that reports itself leader.
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for &slot in self.nodes.keys() {
+                if self.status(slot).is_some_and(|status| status["role"] == "Leader") {
+                    return slot;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader within 30 s");
+    }
+
+    /// Waits until the status of `slot` satisfies `done`; returns it.
+    fn wait_status(&self, slot: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(status) = self.status(slot) {
+                if done(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: not within 60 s; last status of slot {slot}: {last:?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let slots: Vec<u64> = self.nodes.keys().copied().collect();
+        for slot in slots {
+            self.kill(slot);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u64> {
+    value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
+}
+
+fn put(client: &mut BlockingClient, key: &str, value: &str) {
+    let op = KvOp::Put { key: Bytes::from(key.to_string()), value: Bytes::from(value.to_string()) };
+    let mut session = client.open_session().expect("a session opens");
+    let answer = client.write(&mut session, op.encode()).expect("write answered");
+    assert_eq!(answer, KvResponse::Written.encode(), "put {key}");
+}
+
+fn get(client: &mut BlockingClient, key: &str) -> Option<Bytes> {
+    let op = KvOp::Get { key: Bytes::from(key.to_string()) };
+    let answer = client.read(op.encode(), ReadConsistency::Linearizable).expect("read answered");
+    match KvResponse::decode(&answer).expect("decodes") {
+        KvResponse::Value(value) => value,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// Runs `command` to its end (it must fail) and returns what it printed.
+fn refused(mut command: Command) -> String {
+    let output = command.stderr(Stdio::piped()).output().expect("runs");
+    assert!(!output.status.success(), "the node started: {output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn three_nodes_grow_to_five_through_one_member_which_then_dies() {
+    let mut cluster = Cluster::new(23100);
+    cluster.bootstrap(3);
+    cluster.leader();
+    // A client given node 1 only: it learns the members from it.
+    let mut client = BlockingClient::new(&cluster.client(&[1])).expect("a client");
+    put(&mut client, "before", "growing");
+
+    // Two nodes join given node 1's client address and nothing else.
+    cluster.join(4, &[1]);
+    cluster.join(5, &[1]);
+    let status = cluster.wait_status(1, "five voters", |status| {
+        ids(&status["voters"]).len() == 5 && ids(&status["learners"]).is_empty()
+    });
+    let voters = ids(&status["voters"]);
+    assert_eq!(&voters[..3], &[1, 2, 3], "{status}");
+    let new_ids: Vec<u64> = voters[3..].to_vec();
+    assert!(new_ids.iter().all(|&id| id > 3), "fresh ids above the bootstrap ones: {new_ids:?}");
+    // Every member's addresses are in the replicated membership.
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 5);
+    for member in members {
+        assert!(member["peer_addr"].is_string() && member["client_addr"].is_string(), "{member}");
+    }
+    let id_of_slot_4 = cluster.status(4).unwrap()["node"].as_u64().unwrap();
+    assert!(new_ids.contains(&id_of_slot_4));
+
+    // The member they joined through dies.
+    cluster.kill(1);
+    let leader = cluster.leader();
+    assert_ne!(leader, 1);
+    put(&mut client, "after", "node 1 died");
+    assert_eq!(get(&mut client, "before"), Some(Bytes::from("growing")));
+    // A client given a new member only works too.
+    let mut through_new = BlockingClient::new(&cluster.client(&[5])).expect("a client");
+    assert_eq!(get(&mut through_new, "after"), Some(Bytes::from("node 1 died")));
+    put(&mut through_new, "via", "five");
+
+    // A joined node restarts with the same command: same id, still a voter
+    // (it joins through node 1, which is down: its data directory has all
+    // it needs).
+    cluster.kill(4);
+    cluster.join(4, &[1, 2]);
+    let status = cluster.wait_status(4, "slot 4 back", |status| status["applied"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(status["node"].as_u64(), Some(id_of_slot_4));
+    let status =
+        cluster.wait_status(2, "slot 4 a voter again", |status| ids(&status["voters"]).contains(&id_of_slot_4));
+    assert!(!ids(&status["voters"]).contains(&0));
+    assert_eq!(get(&mut through_new, "via"), Some(Bytes::from("five")));
+}
+
+#[test]
+fn joining_twice_the_wrong_cluster_or_token_is_refused() {
+    let mut cluster = Cluster::new(23200);
+    cluster.bootstrap(3);
+    cluster.leader();
+    // Wrong token.
+    let mut command = cluster.join_command(4, &[2]);
+    command.env("NODE_TOKEN", "not-the-token");
+    let error = refused(command);
+    eprintln!("wrong token: {error}");
+    assert!(error.contains("cannot join through"), "{error}");
+    let _ = std::fs::remove_dir_all(cluster.data_dir(4));
+    // Wrong cluster id.
+    let error = refused(cluster.join_command_in(4, &[2], 77));
+    eprintln!("wrong cluster: {error}");
+    assert!(error.contains("cannot join through"), "{error}");
+    let _ = std::fs::remove_dir_all(cluster.data_dir(4));
+
+    cluster.join(4, &[2]);
+    cluster.wait_status(2, "four voters", |status| ids(&status["voters"]).len() == 4);
+    // The same data directory against another cluster id.
+    cluster.kill(4);
+    let error = refused(cluster.join_command_in(4, &[2], 77));
+    assert!(error.contains("belongs to cluster 9"), "{error}");
+    // The same node (its peer address) joining again with an empty data
+    // directory.
+    let kept = cluster.dir.join("slot-4-kept");
+    std::fs::rename(cluster.data_dir(4), &kept).unwrap();
+    let error = refused(cluster.join_command(4, &[2]));
+    assert!(error.contains("already belongs to node 4"), "{error}");
+    std::fs::remove_dir_all(cluster.data_dir(4)).unwrap();
+    std::fs::rename(&kept, cluster.data_dir(4)).unwrap();
+    cluster.join(4, &[2]);
+    cluster.wait_status(4, "slot 4 back", |status| {
+        status["node"].as_u64() == Some(4) && status["applied"].as_u64() > Some(0)
+    });
+}
+
+#[test]
+fn removing_the_leader_a_down_member_and_a_removed_node_coming_back() {
+    let mut cluster = Cluster::new(23300);
+    cluster.bootstrap(3);
+    cluster.join(4, &[1]);
+    cluster.join(5, &[1]);
+    cluster.wait_status(1, "five voters", |status| ids(&status["voters"]).len() == 5);
+    let admin = |cluster: &Cluster, request: AdminRequest| {
+        let live: Vec<u64> = cluster.nodes.keys().copied().collect();
+        call(&cluster.client(&live), RequestBody::Admin(request)).expect("admin answered")
+    };
+
+    // Removing the leader: leadership moves first, then it is removed.
+    let leader = cluster.leader();
+    let leader_id = cluster.status(leader).unwrap()["node"].as_u64().unwrap();
+    assert_eq!(admin(&cluster, AdminRequest::Remove { id: leader_id }), ResponseStatus::Ok(Bytes::new()));
+    let other = *cluster.nodes.keys().find(|&&slot| slot != leader).unwrap();
+    let status = cluster.wait_status(other, "the leader removed", |status| {
+        !ids(&status["voters"]).contains(&leader_id) && ids(&status["voters_outgoing"]).is_empty()
+    });
+    assert_ne!(status["leader"].as_u64(), Some(leader_id));
+    cluster.kill(leader);
+
+    // Removing a member that is down (one that joined).
+    let down = *cluster.nodes.keys().find(|&&slot| slot >= 4).unwrap();
+    let down_id = cluster.status(down).unwrap()["node"].as_u64().unwrap();
+    cluster.kill(down);
+    cluster.leader();
+    assert_eq!(admin(&cluster, AdminRequest::Remove { id: down_id }), ResponseStatus::Ok(Bytes::new()));
+    let live = *cluster.nodes.keys().next().unwrap();
+    cluster.wait_status(live, "the down member removed", |status| {
+        !ids(&status["voters"]).contains(&down_id) && ids(&status["removed"]).contains(&down_id)
+    });
+    let mut client = BlockingClient::new(&cluster.client(&[live])).expect("a client");
+    put(&mut client, "three", "left");
+
+    // The removed node comes back with its command: refused, and it says so.
+    let error = refused(cluster.join_command(down, &[live]));
+    assert!(error.contains("was removed"), "{error}");
+    // An id is never given out again.
+    let status = cluster.status(live).unwrap();
+    assert!(status["next_id"].as_u64().unwrap() > 5, "{status}");
+}
