@@ -246,11 +246,16 @@ fn settings_travel_in_the_log_and_in_snapshots() {
     assert_eq!(follower.machine.sessions().settings(), settings);
     assert_eq!(follower.machine.snapshot(), snapshot, "snapshots are deterministic");
     // The format before streamed snapshots (version 2: no node section
-    // length) still restores.
-    let mut version_2 = snapshot[..24].to_vec();
+    // length, and no member ids at its end: here the empty ones, a u64 and
+    // two u32 counts of zero) still restores.
+    let section_len = u64::from_le_bytes(snapshot[16..24].try_into().unwrap()) as usize;
+    let (section, app) = snapshot[24..].split_at(section_len);
+    let (node_part, member_ids) = section.split_at(section_len - 16);
+    assert_eq!(member_ids, &[0u8; 16][..], "no member ids in this replica");
+    let mut version_2 = snapshot[..16].to_vec();
     version_2[4..6].copy_from_slice(&2u16.to_le_bytes());
-    version_2.truncate(16);
-    version_2.extend_from_slice(&snapshot[24..]);
+    version_2.extend_from_slice(node_part);
+    version_2.extend_from_slice(app);
     let mut upgraded = Replica::new();
     upgraded.machine.restore_from(&mut &version_2[..]).unwrap();
     assert_eq!(upgraded.machine.snapshot(), snapshot, "a version 2 snapshot restores the same state");
