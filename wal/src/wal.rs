@@ -152,7 +152,8 @@ impl LogStore for Wal {
             hard_state::initialize(&config.dir)?;
             dir::write_identity(&config.dir, config.cluster_id, config.node_id)?;
         }
-        let (hard_state, acknowledged, hard_state_sequence, hard_state_slot) = hard_state::load(&config.dir)?;
+        let ((mut hard_state, acknowledged, hard_state_sequence, hard_state_slot), hard_state_damage) =
+            hard_state::load_or_repair(&config.dir)?;
         let stored = snapshot::load_blocking(&config.dir)?.map(|(stored, _)| stored);
         let recovered = recovery::recover(&config, stored.as_ref())?;
 
@@ -164,8 +165,17 @@ impl LogStore for Wal {
         // prefix, which this replica may have acknowledged.
         let damage_floor =
             if recovered.damage.is_some() { (log.last_index + 1).max(recovered.damage_index_max) } else { 0 };
-        let damage = recovered.damage.clone().map(Box::new);
-        let acknowledged = acknowledged.max(damage_floor);
+        let damage = recovered.damage.clone().or(hard_state_damage.clone()).map(Box::new);
+        let mut acknowledged = acknowledged.max(damage_floor);
+        // A damaged hard state may have lost the newest term and vote and
+        // what was acknowledged: this replica's past is unknown, and it
+        // repairs as a wiped one does (see `engine::REPAIR_UNKNOWN`), from a
+        // term no lower than its log's.
+        if hard_state_damage.is_some() {
+            acknowledged = engine::REPAIR_UNKNOWN;
+            hard_state.term = hard_state.term.max(log.term(log.last_index).unwrap_or(0));
+            hard_state.commit = hard_state.commit.min(log.last_index);
+        }
         let log_last = log.last_index;
         let mut stats = WalStats::default();
         let active = match recovered.segments.last() {
@@ -225,6 +235,10 @@ impl LogStore for Wal {
             acknowledged,
         };
         Ok((wal, recovered))
+    }
+
+    fn set_repair_floor(&self, index: Index) {
+        self.shared.state.borrow_mut().repair_floor = index;
     }
 
     fn append(&self, batch: EntryBatch) -> Result<AppendTicket, WalError> {

@@ -564,7 +564,7 @@ where
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;
     if let Some(damage) = log.recovery_damage() {
-        tracing::warn!(shard = shard_id, %damage, "the log was cut before damage; repairing from the peers");
+        tracing::warn!(shard = shard_id, %damage, "storage damage found (the log cut before it, or the hard state unreadable): repairing from the peers");
     }
     let snapshot = match recovered.snapshot {
         Some(_) => log.load_snapshot().await.map_err(fail)?,
