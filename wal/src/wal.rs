@@ -127,6 +127,21 @@ impl Wal {
     }
 }
 
+/// A snapshot file that fails its checks is kept as `SNAPSHOT.damaged`, and
+/// the log segments (whose entries follow the lost snapshot and cannot be
+/// applied without it) as `*.damaged` too, so that the replica starts empty
+/// and repairs from its peers. The operator may delete them.
+fn set_aside_damaged_snapshot(dir: &std::path::Path) -> Result<(), WalError> {
+    let mut files = dir::list_with_suffix(dir, SEGMENT_SUFFIX)?;
+    files.push(dir.join(SNAPSHOT_FILE));
+    for path in files {
+        let mut aside = path.clone().into_os_string();
+        aside.push(".damaged");
+        std::fs::rename(&path, &aside).map_err(|error| WalError::io("renaming", &path, error))?;
+    }
+    dir::sync_dir_blocking(dir)
+}
+
 impl LogStore for Wal {
     type Options = WalConfig;
 
@@ -154,7 +169,14 @@ impl LogStore for Wal {
         }
         let ((mut hard_state, acknowledged, hard_state_sequence, hard_state_slot), hard_state_damage) =
             hard_state::load_or_repair(&config.dir)?;
-        let stored = snapshot::load_blocking(&config.dir)?.map(|(stored, _)| stored);
+        let (stored, snapshot_damage) = match snapshot::load_blocking(&config.dir) {
+            Ok(stored) => (stored.map(|(stored, _)| stored), None),
+            Err(damage @ WalError::Corrupt { .. }) => {
+                set_aside_damaged_snapshot(&config.dir)?;
+                (None, Some(damage))
+            }
+            Err(error) => return Err(error),
+        };
         let recovered = recovery::recover(&config, stored.as_ref())?;
 
         let mut log = stored.as_ref().map_or_else(TermLog::default, |s| TermLog::new(s.meta.index, s.meta.term));
@@ -165,8 +187,14 @@ impl LogStore for Wal {
         // prefix, which this replica may have acknowledged.
         let damage_floor =
             if recovered.damage.is_some() { (log.last_index + 1).max(recovered.damage_index_max) } else { 0 };
-        let damage = recovered.damage.clone().or(hard_state_damage.clone()).map(Box::new);
+        let damage = recovered.damage.clone().or(hard_state_damage.clone()).or(snapshot_damage.clone()).map(Box::new);
         let mut acknowledged = acknowledged.max(damage_floor);
+        // A damaged snapshot took the state before the log with it: the
+        // replica repairs from the peers (a leader sends a snapshot) up to
+        // what its hard state says it acknowledged.
+        if snapshot_damage.is_some() {
+            acknowledged = acknowledged.max(hard_state.commit);
+        }
         // A damaged hard state may have lost the newest term and vote and
         // what was acknowledged: this replica's past is unknown, and it
         // repairs as a wiped one does (see `engine::REPAIR_UNKNOWN`), from a

@@ -294,6 +294,35 @@ fn hard_state_damage_is_repaired_from_the_peers() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Issue 16: a snapshot file that fails its checksum no longer stops the
+/// node: it is kept as `SNAPSHOT.damaged` with the segments after it (their
+/// entries cannot be applied without the state before them), and the
+/// replica starts empty, in repair up to what its hard state says it
+/// acknowledged, so a leader sends it a snapshot.
+#[test]
+fn damaged_snapshot_is_set_aside_and_repaired_from_the_peers() {
+    let dir = scratch("snapshot");
+    let log = build(&dir, 4);
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let meta = engine::SnapshotMeta { index: 6, term: 1, conf: engine::ConfState::new([1, 2, 3], []) };
+        wal.save_snapshot(meta, bytes::Bytes::from(vec![7u8; 4096])).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let path = dir.join(wal::snapshot::SNAPSHOT_FILE);
+    flip(&path, 2000);
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    assert!(matches!(damage, Some(WalError::Corrupt { ref file, .. }) if *file == path), "{damage:?}");
+    assert!(dir.join("SNAPSHOT.damaged").exists(), "the damaged snapshot is kept");
+    assert_eq!(recovered.snapshot, None);
+    assert!(recovered.entries.is_empty(), "the entries after the lost snapshot are set aside");
+    assert!(recovered.acknowledged >= 4, "in repair up to what it acknowledged (log of {})", log.len());
+    // It opens again (the next start finds an empty log).
+    let (again, damage) = open_reporting(&dir).unwrap();
+    assert!(damage.is_none() && again.entries.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn wrong_missing_or_busy_directories_are_clear_errors() {
     let missing = std::env::temp_dir().join("wal-does-not-exist-here");
