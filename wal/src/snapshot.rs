@@ -18,7 +18,7 @@ use crate::error::WalError;
 
 /// The snapshot file's name.
 pub const SNAPSHOT_FILE: &str = "SNAPSHOT";
-const SNAPSHOT_TEMP_FILE: &str = "SNAPSHOT.tmp";
+pub(crate) const SNAPSHOT_TEMP_FILE: &str = "SNAPSHOT.tmp";
 const SNAPSHOT_MAGIC: [u8; 8] = *b"RAFTSNAP";
 const SNAPSHOT_VERSION: u32 = 1;
 /// The most members a stored configuration may list, checked before anything

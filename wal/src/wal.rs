@@ -357,9 +357,9 @@ impl LogStore for Wal {
                 return Err(WalError::SnapshotStale { index: meta.index, current: state.log.snapshot_index });
             }
             let keep = state.log.term(meta.index) == Some(meta.term);
-            state.log.install_snapshot(meta.index, meta.term, keep);
             let limit = state.submitted.sequence;
             if !keep {
+                state.log.install_snapshot(meta.index, meta.term, keep);
                 // Later appends go into a log that starts after the snapshot:
                 // they wait until it is stored. A snapshot the log agrees
                 // with (every local one) changes no segment, so appends keep
@@ -368,11 +368,27 @@ impl LogStore for Wal {
             }
             (keep, limit)
         };
+        let (index, term) = (meta.index, meta.term);
         let result = self.store_snapshot(meta, data, keep, limit).await;
-        if let Err(error) = &result {
-            // The submitted log already reflects the snapshot: a failure here
-            // must stop the log rather than leave the two disagreeing.
-            self.shared.fail(error.clone());
+        match &result {
+            // A snapshot the log agrees with (a local one) changes the log
+            // only once stored: if the disk is full it is given up, its
+            // temporary file removed, and the log goes on (the node takes
+            // another later).
+            Err(WalError::NoSpace { .. }) if keep => {
+                let _ = std::fs::remove_file(self.shared.config.dir.join(snapshot::SNAPSHOT_TEMP_FILE));
+            }
+            // The submitted log already reflects a snapshot that voids it: a
+            // failure here must stop the log rather than leave the two
+            // disagreeing.
+            Err(error) => self.shared.fail(error.clone()),
+            Ok(()) if keep => {
+                let mut state = self.shared.state.borrow_mut();
+                if index > state.log.snapshot_index {
+                    state.log.install_snapshot(index, term, true);
+                }
+            }
+            Ok(()) => {}
         }
         self.resume();
         result
