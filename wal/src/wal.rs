@@ -350,44 +350,42 @@ impl LogStore for Wal {
         // decision to the submitted log at once: appends made while the
         // snapshot is stored are checked against the log it leaves, and the
         // writer holds them until it is durable.
-        let (keep, limit) = {
+        let (keep, limit, previous) = {
             let mut state = self.shared.state.borrow_mut();
             Self::check_usable(&state)?;
             if meta.index < state.log.snapshot_index {
                 return Err(WalError::SnapshotStale { index: meta.index, current: state.log.snapshot_index });
             }
             let keep = state.log.term(meta.index) == Some(meta.term);
+            let previous = keep.then(|| state.log.clone());
+            state.log.install_snapshot(meta.index, meta.term, keep);
             let limit = state.submitted.sequence;
             if !keep {
-                state.log.install_snapshot(meta.index, meta.term, keep);
                 // Later appends go into a log that starts after the snapshot:
                 // they wait until it is stored. A snapshot the log agrees
                 // with (every local one) changes no segment, so appends keep
                 // flowing while its file is written.
                 state.write_limit = Some(limit);
             }
-            (keep, limit)
+            (keep, limit, previous)
         };
-        let (index, term) = (meta.index, meta.term);
+        let index = meta.index;
         let result = self.store_snapshot(meta, data, keep, limit).await;
         match &result {
-            // A snapshot the log agrees with (a local one) changes the log
-            // only once stored: if the disk is full it is given up, its
-            // temporary file removed, and the log goes on (the node takes
-            // another later).
+            // A snapshot the log agrees with (a local one) changes no
+            // segment: if the disk is full it is given up, its temporary
+            // file removed, the log's snapshot point put back, and the log
+            // goes on (the node takes another later).
             Err(WalError::NoSpace { .. }) if keep => {
                 let _ = std::fs::remove_file(self.shared.config.dir.join(snapshot::SNAPSHOT_TEMP_FILE));
+                if let Some(previous) = previous {
+                    self.shared.state.borrow_mut().log.put_back_prefix(previous, index);
+                }
             }
             // The submitted log already reflects a snapshot that voids it: a
             // failure here must stop the log rather than leave the two
             // disagreeing.
             Err(error) => self.shared.fail(error.clone()),
-            Ok(()) if keep => {
-                let mut state = self.shared.state.borrow_mut();
-                if index > state.log.snapshot_index {
-                    state.log.install_snapshot(index, term, true);
-                }
-            }
             Ok(()) => {}
         }
         self.resume();
