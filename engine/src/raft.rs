@@ -289,6 +289,9 @@ pub struct Raft {
     /// each peer reported in its vote or pre-vote requests (see
     /// `unknown_past_vote_allowed`).
     reports: BTreeMap<NodeId, (Term, Index, Term)>,
+    /// How many times this replica started a repair to [`REPAIR_UNKNOWN`]
+    /// (a shell may miss one that started and ended between two Readies).
+    unknown_repairs: u64,
 }
 
 /// The repair target of a replica that cannot know what it acknowledged: it
@@ -381,6 +384,7 @@ impl Raft {
             repair_term: hard_state.term,
             unverified,
             reports: BTreeMap::new(),
+            unknown_repairs: 0,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -457,6 +461,11 @@ impl Raft {
     /// up with a leader since (see [`REPAIR_UNKNOWN`]).
     pub fn past_unknown(&self) -> bool {
         self.unverified || self.repair == Some(REPAIR_UNKNOWN)
+    }
+    /// How many repairs to [`REPAIR_UNKNOWN`] this replica started since it
+    /// was built.
+    pub fn unknown_repairs(&self) -> u64 {
+        self.unknown_repairs
     }
 
     pub fn transfer_target(&self) -> Option<NodeId> {
@@ -1520,6 +1529,7 @@ impl Raft {
         }
         self.repair = Some(REPAIR_UNKNOWN);
         self.repair_term = self.term;
+        self.unknown_repairs += 1;
     }
 
     /// A leader's message in our term: it is the leader (a candidate of the

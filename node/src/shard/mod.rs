@@ -118,6 +118,8 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     leader_seen: NodeId,
     /// The engine's repair target as of the last Ready (see `repair_changed`).
     repair_seen: Option<Index>,
+    /// `Raft::unknown_repairs` as of the last Ready.
+    unknown_repairs_seen: u64,
     /// While repairing: where it started, for `admin status`.
     repair_progress: Option<RepairProgress>,
     stats: ShardStats,
@@ -237,6 +239,7 @@ where
             announced_term: 0,
             leader_seen: engine::NODE_NONE,
             repair_seen,
+            unknown_repairs_seen: 0,
             repair_progress,
             stats: ShardStats::new(now),
             last_sweep: now,

@@ -91,7 +91,8 @@ where
                 let ticket = self.storage.append(batch).await.map_err(|source| self.storage_error(source))?;
                 self.persist.tickets.push_back((ticket, self.clock.now()));
             }
-            if self.raft.repair_target() != self.repair_seen {
+            if self.raft.repair_target() != self.repair_seen || self.raft.unknown_repairs() != self.unknown_repairs_seen
+            {
                 self.repair_changed().await?;
             }
             if let Some(hard_state) = ready.hard_state {
@@ -161,22 +162,30 @@ where
     async fn repair_changed(&mut self) -> Result<(), ShardError> {
         let (before, now) = (self.repair_seen, self.raft.repair_target());
         self.repair_seen = now;
+        let unknown_started = self.raft.unknown_repairs() != self.unknown_repairs_seen;
+        self.unknown_repairs_seen = self.raft.unknown_repairs();
         let shard = self.ctx.shard_id;
         if now.is_some() && before.is_none() {
             self.repair_progress =
                 Some(super::RepairProgress::new(&self.raft, self.clock.now(), self.stats.snapshots_installed));
         }
-        if now == Some(engine::REPAIR_UNKNOWN) {
+        if unknown_started {
             tracing::warn!(
                 shard,
                 leader = self.raft.leader(),
                 "this replica started with an empty log in a cluster that has one (a wiped data directory?): \
                  it does not vote until it holds the leader's log"
             );
-            self.storage.set_repair_floor(engine::REPAIR_UNKNOWN);
-            let hard_state = self.raft.hard_state();
-            self.storage.save_hard_state(hard_state).await.map_err(|source| self.storage_error(source))?;
-        } else if before == Some(engine::REPAIR_UNKNOWN) {
+        }
+        if now == Some(engine::REPAIR_UNKNOWN) {
+            if before != now {
+                self.storage.set_repair_floor(engine::REPAIR_UNKNOWN);
+                let hard_state = self.raft.hard_state();
+                self.storage.save_hard_state(hard_state).await.map_err(|source| self.storage_error(source))?;
+            }
+        } else if before == Some(engine::REPAIR_UNKNOWN) || unknown_started {
+            // Ended (maybe within the Ready it started in): what it holds
+            // now counts as acknowledged until it is durable.
             self.storage.set_repair_floor(self.raft.last_index());
         }
         if now.is_none() {
