@@ -25,4 +25,4 @@ pub mod testing;
 
 pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, ConfChangeOp};
-pub use raft::{Ignored, ProposeError, Raft, ReadMode, ReadState, Ready, Role, SoftState, Status};
+pub use raft::{Ignored, ProposeError, Raft, ReadMode, ReadState, Ready, Role, SoftState, Status, REPAIR_UNKNOWN};

@@ -126,7 +126,15 @@ impl Progress {
         if self.next_index == 0 || self.next_index - 1 != rejected {
             return false;
         }
-        self.next_index = (hint + 1).min(rejected).max(self.match_index + 1);
+        let next = (hint + 1).min(rejected).max(self.match_index + 1);
+        if next == self.next_index {
+            // It rejects an index at or below what it acknowledged (and does
+            // not say it lost entries): nothing to go back to. Resending at
+            // once would loop with it as fast as messages go; the next
+            // heartbeat probes again instead.
+            return false;
+        }
+        self.next_index = next;
         self.probe_sent = false;
         true
     }
@@ -218,5 +226,28 @@ impl Inflight {
 
     pub fn is_full(&self, batches_max: usize, bytes_max: usize) -> bool {
         self.batches.len() >= batches_max || (self.bytes >= bytes_max && !self.batches.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower that rejects the probe right after what it acknowledged
+    /// (a forged or contradictory answer): the leader has nowhere to go
+    /// back to, so the rejection must not trigger an immediate resend of
+    /// the same probe (t40_bad_input found the two looping forever).
+    #[test]
+    fn a_rejection_that_moves_nothing_sends_nothing() {
+        let mut progress = Progress::new(2);
+        progress.match_index = 1;
+        progress.become_probe();
+        assert_eq!(progress.next_index, 2);
+        assert!(!progress.maybe_decrease_to(1, 0), "no progress: wait for the next heartbeat");
+        assert_eq!(progress.next_index, 2);
+        // A rejection that does move the probe back still counts.
+        let mut progress = Progress::new(5);
+        assert!(progress.maybe_decrease_to(4, 2));
+        assert_eq!(progress.next_index, 3);
     }
 }

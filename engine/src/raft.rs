@@ -277,7 +277,30 @@ pub struct Raft {
     /// While `repair` is set: the term this replica had when it started,
     /// at least every term in which it acknowledged anything.
     repair_term: Term,
+    /// Set while this replica, a voter of its starting configuration,
+    /// has an empty log and no snapshot and has not yet heard from a leader:
+    /// either a new cluster is bootstrapping or its data directory was wiped
+    /// (see [`REPAIR_UNKNOWN`]). It votes for an empty log (a new cluster's
+    /// first election needs that) and otherwise only as
+    /// `unknown_past_vote_allowed` says.
+    unverified: bool,
+    /// While `unverified` or repairing to [`REPAIR_UNKNOWN`]: the most up
+    /// to date (last log term, last log index) and the highest current term
+    /// each peer reported in its vote or pre-vote requests (see
+    /// `unknown_past_vote_allowed`).
+    reports: BTreeMap<NodeId, (Term, Index, Term)>,
+    /// How many times this replica started a repair to [`REPAIR_UNKNOWN`]
+    /// (a shell may miss one that started and ended between two Readies).
+    unknown_repairs: u64,
 }
+
+/// The repair target of a replica that cannot know what it acknowledged: it
+/// started with an empty log (its data directory may have been wiped) and
+/// then heard from a leader, so the cluster has a history it may have been
+/// counted for. It repairs until it holds the leader's log up to an entry of
+/// the leader's term and up to the leader's commit index, which then covers
+/// every committed entry (see `Raft::handle_append`).
+pub const REPAIR_UNKNOWN: Index = Index::MAX;
 
 impl Raft {
     /// Builds an engine from what the node recovered from its storage.
@@ -302,6 +325,11 @@ impl Raft {
             Some(_) => offset_index,
             None => hard_state.commit.clamp(offset_index, log.last_index()),
         };
+        // Only a member of its own starting configuration (a node that
+        // bootstraps a cluster, not one started to join it) is presumed to
+        // have been a voter before.
+        let unverified =
+            repair.is_none() && log.last_index() == 0 && snapshot.is_none() && conf.voters.contains(&config.id);
         let rng = Rng::new(config.seed);
         let id = config.id;
         let mut raft = Raft {
@@ -354,6 +382,9 @@ impl Raft {
             compact_to: None,
             repair,
             repair_term: hard_state.term,
+            unverified,
+            reports: BTreeMap::new(),
+            unknown_repairs: 0,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -424,6 +455,17 @@ impl Raft {
     /// on start when the storage lost or damaged acknowledged entries.
     pub fn repair_target(&self) -> Option<Index> {
         self.repair
+    }
+    /// Whether this replica cannot know what it acknowledged or whom it
+    /// voted for: it started with an empty log as a voter and has not caught
+    /// up with a leader since (see [`REPAIR_UNKNOWN`]).
+    pub fn past_unknown(&self) -> bool {
+        self.unverified || self.repair == Some(REPAIR_UNKNOWN)
+    }
+    /// How many repairs to [`REPAIR_UNKNOWN`] this replica started since it
+    /// was built.
+    pub fn unknown_repairs(&self) -> u64 {
+        self.unknown_repairs
     }
 
     pub fn transfer_target(&self) -> Option<NodeId> {
@@ -536,7 +578,10 @@ impl Raft {
     /// need it to finish the change (its log is the most up to date), and
     /// votes are still counted under its latest configuration.
     fn promotable(&self) -> bool {
-        if self.repair.is_some() {
+        // A replica repairing to an unknown target may still campaign with
+        // an empty log: it can win only among empty logs, as in a new
+        // cluster's first election.
+        if self.repair.is_some_and(|target| target != REPAIR_UNKNOWN || self.log.last_index() > 0) {
             return false;
         }
         self.conf.is_voter(self.id) || self.conf_at(self.log.committed).is_voter(self.id)
@@ -1146,6 +1191,10 @@ impl Raft {
         assert_ne!(self.role, Role::Follower, "a follower cannot become leader directly");
         self.reset(self.term);
         self.role = Role::Leader;
+        self.unverified = false;
+        if self.repair == Some(REPAIR_UNKNOWN) {
+            self.repair = None;
+        }
         self.leader = self.id;
         let last = self.log.last_index();
         let mut members = self.conf.members();
@@ -1320,10 +1369,12 @@ impl Raft {
             MessageBody::VoteResponse { granted } => self.handle_vote_response(from, granted, false),
             MessageBody::Append(request) => {
                 self.accept_leader(from)?;
+                self.leader_heard();
                 self.handle_append(from, request)
             }
             MessageBody::Heartbeat { commit, read_context } => {
                 self.accept_leader(from)?;
+                self.leader_heard();
                 // A repairing replica's log may hold a stale suffix that the
                 // leader's match index (learned before the damage) covers.
                 // It tells the leader what it lacks instead: a leader with
@@ -1397,6 +1448,7 @@ impl Raft {
             }
             MessageBody::InstallSnapshot(chunk) => {
                 self.accept_leader(from)?;
+                self.leader_heard();
                 self.handle_snapshot_chunk(from, chunk)
             }
             MessageBody::InstallSnapshotResponse { index, term, next_offset, rejected } => {
@@ -1466,6 +1518,20 @@ impl Raft {
         Ok(())
     }
 
+    /// A leader's message reached a replica that started with an empty log:
+    /// the cluster has a history (a leader always holds an entry of its
+    /// term), which this replica may have acknowledged before its data
+    /// directory was wiped. It repairs, not voting, until it has caught up
+    /// (see [`REPAIR_UNKNOWN`]).
+    fn leader_heard(&mut self) {
+        if !std::mem::take(&mut self.unverified) || self.log.last_index() > 0 {
+            return;
+        }
+        self.repair = Some(REPAIR_UNKNOWN);
+        self.repair_term = self.term;
+        self.unknown_repairs += 1;
+    }
+
     /// A leader's message in our term: it is the leader (a candidate of the
     /// same term lost, Raft paper 5.2).
     fn accept_leader(&mut self, from: NodeId) -> Result<(), Ignored> {
@@ -1498,8 +1564,19 @@ impl Raft {
         // least as up to date as ours.
         // A replica in repair may have forgotten entries it acknowledged, so
         // its "up to date" check could pass a candidate lacking them.
-        let can_vote = self.repair_vote_allowed(request)
-            && (self.vote == from || (self.vote == NODE_NONE && self.leader == NODE_NONE) || (pre && term > self.term));
+        let past_unknown = self.unverified || self.repair == Some(REPAIR_UNKNOWN);
+        if past_unknown {
+            self.note_report(from, term, request);
+        }
+        // A replica with an empty log may be a wiped one: it votes freely
+        // only for an empty log (a cluster's first election).
+        let can_vote = if past_unknown {
+            request.last_log_index == 0 || self.unknown_past_vote_allowed(term, request, pre)
+        } else {
+            self.repair_vote_allowed(request)
+        } && (self.vote == from
+            || (self.vote == NODE_NONE && self.leader == NODE_NONE)
+            || (pre && term > self.term));
         let granted = can_vote && self.log.is_up_to_date(request.last_log_index, request.last_log_term);
         let response_term = if pre && granted { term } else { self.term };
         if granted && !pre {
@@ -1521,6 +1598,44 @@ impl Raft {
     /// repairs after a false alarm (a log legitimately shortened by a new
     /// leader, then a crash) could leave a group with no majority to elect
     /// anyone.
+    /// Records what a candidate's request says of its log and term.
+    fn note_report(&mut self, from: NodeId, term: Term, request: VoteRequest) {
+        let report = self.reports.entry(from).or_insert((0, 0, 0));
+        if (request.last_log_term, request.last_log_index) > (report.0, report.1) {
+            (report.0, report.1) = (request.last_log_term, request.last_log_index);
+        }
+        // A (pre-)vote request for `term` comes from a node whose term was
+        // `term - 1`: at least every term in which it voted before.
+        report.2 = report.2.max(term.saturating_sub(1));
+    }
+
+    /// Whether a replica that does not know what it acknowledged or whom it
+    /// voted for (it started with an empty log: a wiped data directory?)
+    /// may vote for this candidate. Only when, in each half of its
+    /// configuration of `n` voters, it has heard requests from at least
+    /// `n - majority + 1` voters other than itself, and the candidate's log
+    /// is at least as up to date as every log they reported: a committed
+    /// entry is on a majority, so at least one of them held it (even if
+    /// this replica was in that majority), and a log at least as up to date
+    /// as one holding a committed entry holds it (the Leader Completeness
+    /// argument). A vote (not a pre-vote) also needs a term above every
+    /// term they reported, so that among them is one that voted in any
+    /// election this replica may have voted in before, and this replica
+    /// never votes twice in one term.
+    fn unknown_past_vote_allowed(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
+        let halves = [&self.conf.voters, &self.conf.voters_outgoing];
+        for half in halves.into_iter().filter(|half| !half.is_empty()) {
+            let need = half.len() - (half.len() / 2 + 1) + 1;
+            let heard = half.iter().filter(|&&id| id != self.id && self.reports.contains_key(&id)).count();
+            if heard < need {
+                return false;
+            }
+        }
+        self.reports.values().all(|&(last_term, last_index, reported_term)| {
+            (request.last_log_term, request.last_log_index) >= (last_term, last_index) && (pre || term > reported_term)
+        })
+    }
+
     fn repair_vote_allowed(&self, request: VoteRequest) -> bool {
         self.repair.is_none_or(|target| request.last_log_term >= self.repair_term && request.last_log_index >= target)
     }
@@ -1620,6 +1735,15 @@ impl Raft {
         }
         // The log now matches the leader's through `last_new`.
         if self.repair.is_some_and(|target| last_new >= target) {
+            self.repair = None;
+        }
+        // A replica that does not know what it acknowledged (a wiped one) is
+        // whole once it holds the leader's log through an entry of the
+        // leader's term and its commit index: every entry committed in an
+        // earlier term precedes that entry (Leader Completeness), and every
+        // one of this term is at or below the leader's commit index, which
+        // only the leader advances.
+        if self.repair == Some(REPAIR_UNKNOWN) && last_new >= commit && self.log.term(last_new) == Some(self.term) {
             self.repair = None;
         }
         self.send_append_ack(from, last_new);

@@ -102,6 +102,10 @@ pub struct Summary {
     pub unknown_left: u64,
     /// Crashes after which a disk lost durable entries (storage-fault mode).
     pub storage_faults: u64,
+    /// Seeds whose groups stalled after healing with a majority of voters
+    /// that cannot vote safely: repairing, or with an empty log they cannot
+    /// tell from a wiped one (storage-fault mode; see `majority_unsure`).
+    pub stalled_unsure: u64,
 }
 
 /// The whole simulated world.
@@ -575,6 +579,10 @@ impl World {
             if done {
                 break;
             }
+            if self.now >= deadline && self.majority_unsure() {
+                self.summary.stalled_unsure += 1;
+                return;
+            }
             if self.now >= deadline {
                 panic!(
                     "liveness: {} time units after healing, clients are stuck\n{}",
@@ -596,6 +604,10 @@ impl World {
             loop {
                 if self.converged(shard) {
                     break;
+                }
+                if self.now >= deadline && self.majority_unsure() {
+                    self.summary.stalled_unsure += 1;
+                    return;
                 }
                 if self.now >= deadline {
                     panic!("liveness: shard {shard}'s members did not converge after healing\n{}", self.describe());
@@ -643,6 +655,34 @@ impl World {
             }
         }
         converged
+    }
+
+    /// Whether, in the storage-fault mode, some shard's initial voters are
+    /// in a majority in repair or unable to tell their empty log from a
+    /// wiped one: such a group cannot elect a leader safely, by design (the
+    /// README's "Failures and repair"). Happens when a damaged replica's
+    /// peer never received an entry.
+    fn majority_unsure(&self) -> bool {
+        if self.faulty.is_empty() {
+            return false;
+        }
+        (0..self.shards).any(|shard| {
+            let voters: Vec<NodeId> = self
+                .nodes
+                .values()
+                .map(|node| node.raft(shard))
+                .max_by_key(|raft| (raft.term(), raft.last_index()))
+                .map(|raft| raft.conf().voters.clone())
+                .unwrap_or_default();
+            let unsure = voters
+                .iter()
+                .filter(|id| {
+                    let raft = self.nodes[*id].raft(shard);
+                    raft.repair_target().is_some() || raft.past_unknown()
+                })
+                .count();
+            unsure > voters.len() / 2
+        })
     }
 
     fn describe(&self) -> String {

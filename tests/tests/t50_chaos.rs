@@ -932,6 +932,23 @@ fn five_nodes_partitioned_minority_and_wiped_follower() {
         assert!(Instant::now() < deadline, "the wiped follower {follower} did not install a snapshot: {installed:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Issue 16: it knew it may have been wiped (an empty log in a cluster
+    // that has one) and voted for no one until it had caught up.
+    let log = std::fs::read_to_string(cluster.dir.join(format!("node-{follower}.log"))).unwrap_or_default();
+    assert!(
+        log.contains("started with an empty log in a cluster that has one"),
+        "the wiped follower {follower} did not notice it had lost its log\n{}",
+        cluster.describe()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.status(follower).is_none_or(|status| !status["repair_target"].is_null()) {
+        assert!(
+            Instant::now() < deadline,
+            "the wiped follower {follower} never ended its repair\n{}",
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // And the leader is killed under load once more.
     std::thread::sleep(chaos_duration() / 2);
     let leader = cluster.leader();

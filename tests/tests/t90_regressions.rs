@@ -201,3 +201,108 @@ fn replica_that_lost_acknowledged_entries_grants_no_vote() {
     }
     assert_eq!(replica.role(), engine::Role::Follower);
 }
+
+/// Issue 16, item 3: a voter whose data directory was wiped comes back under
+/// its old id with an empty log (and no vote). Node 3 holds only the first
+/// entries; nodes 1 and 2 committed more. Node 2 is wiped and node 1 is
+/// down: before the fix node 2 granted node 3 its vote (an empty log is
+/// never more up to date than anyone's), and node 3 won with a log lacking
+/// committed entries. Now a replica that starts with an empty log votes
+/// only for candidates whose log is empty too (a new cluster's first
+/// election) and, once it hears a leader, repairs without voting until it
+/// holds that leader's log through an entry of its term and its commit.
+#[test]
+fn wiped_voter_grants_no_vote_until_caught_up() {
+    let mut cluster = Cluster::with_voters(3, 11);
+    cluster.elect(1);
+    cluster.raft(1).propose(Bytes::from_static(b"early")).expect("leader accepts");
+    cluster.stabilize();
+    cluster.isolate(3);
+    for value in 0..5u8 {
+        cluster.raft(1).propose(Bytes::from(vec![value])).expect("leader accepts");
+        cluster.stabilize();
+    }
+    let committed = cluster.node(1).raft.committed();
+    assert!(cluster.node(3).raft.last_index() < committed, "node 3 lags");
+    // Node 2 loses its whole data directory; node 1 goes down.
+    cluster.crash(2);
+    cluster.nodes.get_mut(&2).expect("node 2").storage = MemStorage::new();
+    cluster.restart(2);
+    cluster.crash(1);
+    cluster.heal();
+    cluster.raft(3).campaign();
+    cluster.stabilize();
+    assert_ne!(
+        cluster.node(3).raft.role(),
+        engine::Role::Leader,
+        "node 3 won with a log lacking committed entries, with the vote of a wiped node"
+    );
+    // Node 1 returns: it leads again, node 2 repairs from it and only then
+    // votes again.
+    cluster.restart(1);
+    cluster.elect(1);
+    assert_eq!(cluster.node(2).raft.repair_target(), None, "repaired");
+    assert_eq!(cluster.node(2).raft.last_index(), cluster.node(1).raft.last_index());
+    for index in 1..=committed {
+        assert_eq!(cluster.node(2).raft.entry(index), cluster.node(1).raft.entry(index));
+    }
+}
+
+/// A wiped replica that heard a leader is in repair with an unknown target,
+/// and a candidate's log does not talk it out of it.
+#[test]
+fn wiped_voter_in_repair_refuses_votes() {
+    use engine::VoteRequest;
+    let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), Recovered::default()).expect("valid config");
+    replica
+        .step(Message { from: 1, to: 2, term: 4, body: MessageBody::Heartbeat { commit: 0, read_context: 0 } })
+        .expect("accepted");
+    assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
+    let ready = replica.ready();
+    replica.advance(ready);
+    let request = VoteRequest { last_log_index: 1_000, last_log_term: 4, transfer: true };
+    replica.step(Message { from: 3, to: 2, term: 5, body: MessageBody::Vote(request) }).expect("handled");
+    let ready = replica.ready();
+    let granted: Vec<bool> = ready
+        .messages
+        .iter()
+        .chain(&ready.messages_after_persist)
+        .filter_map(|message| match message.body {
+            MessageBody::VoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted, vec![false]);
+}
+
+/// A wiped replica (empty log, no vote remembered) may vote again once it
+/// heard vote requests from enough other voters (2 of 3) that one of them
+/// held every committed entry, for the most up-to-date of them, in a term
+/// above all they reported, so that a cluster with a wiped node and a
+/// lagging one still elects the right leader without its old leader.
+#[test]
+fn wiped_voter_votes_for_the_most_up_to_date_of_a_quorum_of_reports() {
+    use engine::VoteRequest;
+    let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), Recovered::default()).expect("valid config");
+    let ask = |replica: &mut Raft, from, term, last_log_index, pre| {
+        let request = VoteRequest { last_log_index, last_log_term: 2, transfer: false };
+        let body = if pre { MessageBody::PreVote(request) } else { MessageBody::Vote(request) };
+        replica.step(Message { from, to: 2, term, body }).expect("handled");
+        let ready = replica.ready();
+        let granted: Vec<bool> = ready
+            .messages
+            .iter()
+            .chain(&ready.messages_after_persist)
+            .filter_map(|message| match message.body {
+                MessageBody::PreVoteResponse { granted } | MessageBody::VoteResponse { granted } => Some(granted),
+                _ => None,
+            })
+            .collect();
+        replica.advance(ready);
+        granted == vec![true]
+    };
+    assert!(!ask(&mut replica, 3, 3, 5, true), "one report of two needed");
+    assert!(ask(&mut replica, 1, 3, 7, true), "node 1's log is at least node 3's");
+    assert!(ask(&mut replica, 1, 3, 7, false));
+    assert!(!ask(&mut replica, 3, 4, 5, true), "node 3's log lacks what node 1 reported");
+}

@@ -134,6 +134,41 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, WalError> {
     decode_file(&path, &raw)
 }
 
+/// Like [`load`], for a node's open: damage does not stop it (issue 16).
+/// A damaged slot may have held the newest durable term and vote (a bit
+/// flip, not only a torn save), so any damage comes back as the error
+/// describing it (the caller then treats this replica's past votes and
+/// acknowledgements as unknown and repairs from its peers). With no valid
+/// slot, or a file of the wrong size, the file is kept as
+/// `HARDSTATE.damaged` and a new one written; the hard state is then the
+/// default one.
+pub(crate) fn load_or_repair(dir: &Path) -> Result<(Loaded, Option<WalError>), WalError> {
+    let path = dir.join(HARD_STATE_FILE);
+    let raw = fs::read(&path).map_err(|error| WalError::io("reading", &path, error))?;
+    if raw.len() == SLOT_SIZE * SLOT_COUNT {
+        let damaged: Vec<String> = raw
+            .chunks_exact(SLOT_SIZE)
+            .enumerate()
+            .filter_map(|(index, chunk)| match decode_slot(chunk) {
+                slot @ Slot::Damaged { .. } => {
+                    Some(format!("slot {index} (offset {}) {}", index * SLOT_SIZE, slot.describe()))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Ok(loaded) = decode_file(&path, &raw) {
+            let damage = (!damaged.is_empty())
+                .then(|| WalError::corrupt(&path, 0, "two valid or empty hard-state slots", damaged.join("; ")));
+            return Ok((loaded, damage));
+        }
+    }
+    let damage = decode_file(&path, &raw).err().unwrap_or_else(|| WalError::corrupt(&path, 0, "", ""));
+    let aside = dir.join(format!("{HARD_STATE_FILE}.damaged"));
+    fs::rename(&path, &aside).map_err(|error| WalError::io("renaming", &path, error))?;
+    initialize(dir)?;
+    Ok((load(dir)?, Some(damage)))
+}
+
 fn decode_file(path: &Path, raw: &[u8]) -> Result<Loaded, WalError> {
     if raw.len() != SLOT_SIZE * SLOT_COUNT {
         return Err(WalError::corrupt(

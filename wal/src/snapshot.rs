@@ -27,7 +27,7 @@ use crate::error::WalError;
 /// The snapshot file's name.
 pub const SNAPSHOT_FILE: &str = "SNAPSHOT";
 /// Where a local snapshot is written before it is sealed and renamed.
-const SNAPSHOT_TEMP_FILE: &str = "SNAPSHOT.tmp";
+pub(crate) const SNAPSHOT_TEMP_FILE: &str = "SNAPSHOT.tmp";
 /// Where a snapshot arriving from the leader is written.
 const SNAPSHOT_RECEIVED_FILE: &str = "SNAPSHOT.recv";
 const SNAPSHOT_MAGIC: [u8; 8] = *b"RAFTSNAP";

@@ -138,6 +138,13 @@ pub trait LogStore: Sized {
         None
     }
 
+    /// Sets the index the hard state keeps recording as acknowledged until
+    /// the durable log reaches it (the engine's repair target; see
+    /// `engine::REPAIR_UNKNOWN` for a replica that cannot know it, whose
+    /// floor then holds until its repair ends and it sets the floor to its
+    /// log's end). A store that records no acknowledged index ignores it.
+    fn set_repair_floor(&self, _index: Index) {}
+
     /// Whether the disk is full: appends are kept queued (up to the queue's
     /// bound) and become durable once space is freed, so the caller should
     /// refuse new writes meanwhile rather than fill the queue.

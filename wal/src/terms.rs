@@ -63,6 +63,20 @@ impl TermLog {
         Some(self.runs[run - 1].1)
     }
 
+    /// Undoes `install_snapshot(index, _, true)` from `previous`, the log
+    /// before it: appends since then only changed entries after `index`.
+    pub(crate) fn put_back_prefix(&mut self, previous: TermLog, index: Index) {
+        let mut runs: Vec<(Index, Term)> = previous.runs.into_iter().filter(|&(start, _)| start <= index).collect();
+        for (start, term) in self.runs.drain(..) {
+            if runs.last().is_none_or(|&(_, last)| last != term) {
+                runs.push((start, term));
+            }
+        }
+        self.runs = runs;
+        self.snapshot_index = previous.snapshot_index;
+        self.snapshot_term = previous.snapshot_term;
+    }
+
     /// Moves the snapshot point to `index`; keeps the entries after it when
     /// `keep` (the log agrees with the snapshot), else discards them all.
     pub(crate) fn install_snapshot(&mut self, index: Index, term: Term, keep: bool) {
@@ -90,6 +104,19 @@ impl TermLog {
 mod tests {
     use super::*;
     use crate::testing::batch;
+
+    #[test]
+    fn a_snapshot_point_given_up_is_put_back() {
+        let mut log = TermLog::new(0, 0);
+        log.append(&batch(1, &[1, 1, 2, 2, 3]));
+        let previous = log.clone();
+        log.install_snapshot(3, 2, true);
+        log.append(&batch(6, &[3, 4]));
+        log.put_back_prefix(previous, 3);
+        assert_eq!(log.snapshot_index, 0);
+        let terms: Vec<Term> = (1..=7).map(|i| log.term(i).unwrap()).collect();
+        assert_eq!(terms, vec![1, 1, 2, 2, 3, 3, 4]);
+    }
 
     #[test]
     fn terms_follow_appends_truncations_and_snapshots() {

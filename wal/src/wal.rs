@@ -130,6 +130,21 @@ impl Wal {
     }
 }
 
+/// A snapshot file that fails its checks is kept as `SNAPSHOT.damaged`, and
+/// the log segments (whose entries follow the lost snapshot and cannot be
+/// applied without it) as `*.damaged` too, so that the replica starts empty
+/// and repairs from its peers. The operator may delete them.
+fn set_aside_damaged_snapshot(dir: &std::path::Path) -> Result<(), WalError> {
+    let mut files = dir::list_with_suffix(dir, SEGMENT_SUFFIX)?;
+    files.push(dir.join(SNAPSHOT_FILE));
+    for path in files {
+        let mut aside = path.clone().into_os_string();
+        aside.push(".damaged");
+        std::fs::rename(&path, &aside).map_err(|error| WalError::io("renaming", &path, error))?;
+    }
+    dir::sync_dir_blocking(dir)
+}
+
 impl LogStore for Wal {
     type Options = WalConfig;
 
@@ -155,8 +170,16 @@ impl LogStore for Wal {
             hard_state::initialize(&config.dir)?;
             dir::write_identity(&config.dir, config.cluster_id, config.node_id)?;
         }
-        let (hard_state, acknowledged, hard_state_sequence, hard_state_slot) = hard_state::load(&config.dir)?;
-        let head = snapshot::load_head_blocking(&config.dir)?;
+        let ((mut hard_state, acknowledged, hard_state_sequence, hard_state_slot), hard_state_damage) =
+            hard_state::load_or_repair(&config.dir)?;
+        let (head, snapshot_damage) = match snapshot::load_head_blocking(&config.dir) {
+            Ok(head) => (head, None),
+            Err(damage @ WalError::Corrupt { .. }) => {
+                set_aside_damaged_snapshot(&config.dir)?;
+                (None, Some(damage))
+            }
+            Err(error) => return Err(error),
+        };
         let snapshot_length = head.as_ref().map_or(0, |head| head.data_length);
         let stored = head.map(|head| head.stored);
         let recovered = recovery::recover(&config, stored.as_ref())?;
@@ -169,8 +192,23 @@ impl LogStore for Wal {
         // prefix, which this replica may have acknowledged.
         let damage_floor =
             if recovered.damage.is_some() { (log.last_index + 1).max(recovered.damage_index_max) } else { 0 };
-        let damage = recovered.damage.clone().map(Box::new);
-        let acknowledged = acknowledged.max(damage_floor);
+        let damage = recovered.damage.clone().or(hard_state_damage.clone()).or(snapshot_damage.clone()).map(Box::new);
+        let mut acknowledged = acknowledged.max(damage_floor);
+        // A damaged snapshot took the state before the log with it: the
+        // replica repairs from the peers (a leader sends a snapshot) up to
+        // what its hard state says it acknowledged.
+        if snapshot_damage.is_some() {
+            acknowledged = acknowledged.max(hard_state.commit);
+        }
+        // A damaged hard state may have lost the newest term and vote and
+        // what was acknowledged: this replica's past is unknown, and it
+        // repairs as a wiped one does (see `engine::REPAIR_UNKNOWN`), from a
+        // term no lower than its log's.
+        if hard_state_damage.is_some() {
+            acknowledged = engine::REPAIR_UNKNOWN;
+            hard_state.term = hard_state.term.max(log.term(log.last_index).unwrap_or(0));
+            hard_state.commit = hard_state.commit.min(log.last_index);
+        }
         let log_last = log.last_index;
         let mut stats = WalStats::default();
         let active = match recovered.segments.last() {
@@ -232,6 +270,10 @@ impl LogStore for Wal {
             acknowledged,
         };
         Ok((wal, recovered))
+    }
+
+    fn set_repair_floor(&self, index: Index) {
+        self.shared.state.borrow_mut().repair_floor = index;
     }
 
     fn append(&self, batch: EntryBatch) -> Result<AppendTicket, WalError> {
@@ -332,13 +374,14 @@ impl LogStore for Wal {
         // decision to the submitted log at once: appends made while the
         // snapshot is stored are checked against the log it leaves, and the
         // writer holds them until it is durable.
-        let (keep, limit) = {
+        let (keep, limit, previous) = {
             let mut state = self.shared.state.borrow_mut();
             Self::check_usable(&state)?;
             if meta.index < state.log.snapshot_index {
                 return Err(WalError::SnapshotStale { index: meta.index, current: state.log.snapshot_index });
             }
             let keep = state.log.term(meta.index) == Some(meta.term);
+            let previous = keep.then(|| state.log.clone());
             state.log.install_snapshot(meta.index, meta.term, keep);
             let limit = state.submitted.sequence;
             if !keep {
@@ -348,13 +391,26 @@ impl LogStore for Wal {
                 // flowing while its file is written.
                 state.write_limit = Some(limit);
             }
-            (keep, limit)
+            (keep, limit, previous)
         };
+        let index = meta.index;
         let result = self.store_snapshot(draft, keep, limit).await;
-        if let Err(error) = &result {
-            // The submitted log already reflects the snapshot: a failure here
-            // must stop the log rather than leave the two disagreeing.
-            self.shared.fail(error.clone());
+        match &result {
+            // A snapshot the log agrees with (a local one) changes no
+            // segment: if the disk is full it is given up, its temporary
+            // file removed, the log's snapshot point put back, and the log
+            // goes on (the node takes another later).
+            Err(WalError::NoSpace { .. }) if keep => {
+                let _ = std::fs::remove_file(self.shared.config.dir.join(snapshot::SNAPSHOT_TEMP_FILE));
+                if let Some(previous) = previous {
+                    self.shared.state.borrow_mut().log.put_back_prefix(previous, index);
+                }
+            }
+            // The submitted log already reflects a snapshot that voids it: a
+            // failure here must stop the log rather than leave the two
+            // disagreeing.
+            Err(error) => self.shared.fail(error.clone()),
+            Ok(()) => {}
         }
         self.resume();
         result

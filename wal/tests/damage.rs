@@ -260,20 +260,66 @@ fn a_cut_tail_below_the_acknowledged_index_is_reported_as_lost() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Issue 16: a damaged hard-state slot may have held the newest term and
+/// vote (a bit flip, not only a torn save), so any damage is reported and the
+/// replica's past is unknown (`engine::REPAIR_UNKNOWN`: it repairs from its
+/// peers, voting only when that is safe); both slots damaged no longer stop
+/// the node: the file is kept aside and the hard state starts over from the
+/// log's last term.
 #[test]
-fn hard_state_damage_falls_back_to_the_older_slot_or_is_refused() {
+fn hard_state_damage_is_repaired_from_the_peers() {
     let dir = scratch("hard");
-    build(&dir, 2);
+    let log = build(&dir, 2);
     let path = dir.join(wal::hard_state::HARD_STATE_FILE);
     // Three saves in all (sequence 1 at initialization, 2 and 3 in build):
     // the newest (term 2) is in slot 1, the previous (term 1) in slot 0.
     flip(&path, wal::hard_state::SLOT_SIZE + 30);
-    assert_eq!(open(&dir).unwrap().hard_state, HardState { term: 1, vote: 2, commit: 3 });
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    assert_eq!(recovered.hard_state, HardState { term: 1, vote: 2, commit: 3 });
+    assert_eq!(recovered.acknowledged, engine::REPAIR_UNKNOWN, "the lost slot may have held a newer vote");
+    assert!(matches!(damage, Some(WalError::Corrupt { ref file, .. }) if *file == path), "{damage:?}");
     flip(&path, 30);
-    match open(&dir) {
-        Err(WalError::Corrupt { file, .. }) => assert_eq!(file, path),
-        other => panic!("expected corruption, got {other:?}"),
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    match damage {
+        Some(WalError::Corrupt { file, found, .. }) => {
+            assert_eq!(file, path);
+            assert!(found.contains("slot 0") && found.contains("slot 1"), "names both slots: {found}");
+        }
+        other => panic!("expected the damage reported, got {other:?}"),
     }
+    assert!(dir.join("HARDSTATE.damaged").exists(), "the damaged file is kept");
+    assert_eq!(recovered.acknowledged, engine::REPAIR_UNKNOWN);
+    assert_eq!(recovered.hard_state.term, log.last().unwrap().1, "the term starts from the log's");
+    assert_eq!(recovered.entries.len(), log.len(), "the log is kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 16: a snapshot file that fails its checksum no longer stops the
+/// node: it is kept as `SNAPSHOT.damaged` with the segments after it (their
+/// entries cannot be applied without the state before them), and the
+/// replica starts empty, in repair up to what its hard state says it
+/// acknowledged, so a leader sends it a snapshot.
+#[test]
+fn damaged_snapshot_is_set_aside_and_repaired_from_the_peers() {
+    let dir = scratch("snapshot");
+    let log = build(&dir, 4);
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let meta = engine::SnapshotMeta { index: 6, term: 1, conf: engine::ConfState::new([1, 2, 3], []) };
+        wal.save_snapshot(meta, bytes::Bytes::from(vec![7u8; 4096])).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    let path = dir.join(wal::snapshot::SNAPSHOT_FILE);
+    flip(&path, 2000);
+    let (recovered, damage) = open_reporting(&dir).unwrap();
+    assert!(matches!(damage, Some(WalError::Corrupt { ref file, .. }) if *file == path), "{damage:?}");
+    assert!(dir.join("SNAPSHOT.damaged").exists(), "the damaged snapshot is kept");
+    assert_eq!(recovered.snapshot, None);
+    assert!(recovered.entries.is_empty(), "the entries after the lost snapshot are set aside");
+    assert!(recovered.acknowledged >= 4, "in repair up to what it acknowledged (log of {})", log.len());
+    // It opens again (the next start finds an empty log).
+    let (again, damage) = open_reporting(&dir).unwrap();
+    assert!(damage.is_none() && again.entries.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -79,3 +79,50 @@ fn disk_full_waits_for_space_and_resumes_by_itself() {
     drop(mount);
     let _ = std::fs::remove_dir(&dir);
 }
+
+/// Issue 16: a local snapshot that does not fit on a full disk stopped the
+/// log (and the shard with it). Now it is given up, its temporary file
+/// removed, and the log keeps taking appends; once space is freed a
+/// snapshot is stored.
+#[test]
+fn a_snapshot_that_does_not_fit_is_given_up_and_the_log_goes_on() {
+    wal::io_uring_available().expect("these tests need io_uring");
+    let dir = std::env::temp_dir().join(format!("wal-full-snapshot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&dir).status();
+    if !mounted.is_ok_and(|status| status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs at {} (needs root)", dir.display());
+        return;
+    }
+    let mount = Mount(&dir);
+    let ballast = dir.join("ballast");
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let mut config = WalConfig::new(dir.join("log"), 1, 1);
+    config.segment_bytes = 64 << 10;
+    config.write_bytes_max = 16 << 10;
+    config.batch_bytes_max = 16 << 10;
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config.clone()).await.unwrap();
+        let ticket = wal.append(batch(1, &[1; 20])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        std::fs::write(&ballast, vec![1u8; 96 << 10]).unwrap();
+        let meta = engine::SnapshotMeta { index: 10, term: 1, conf: engine::ConfState::new([1], []) };
+        let data = bytes::Bytes::from(vec![5u8; 200 << 10]);
+        match wal.save_snapshot(meta.clone(), data.clone()).await {
+            Err(wal::WalError::NoSpace { .. }) => {}
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        assert!(!dir.join("log").join("SNAPSHOT.tmp").exists(), "the partial snapshot is removed");
+        // The log goes on.
+        let ticket = wal.append(batch(21, &[1; 5])).expect("the log still takes appends");
+        tokio::time::timeout(Duration::from_secs(3), wal.wait_durable(ticket.sequence))
+            .await
+            .expect("durable in time")
+            .expect("the log did not stop");
+        std::fs::remove_file(&ballast).unwrap();
+        wal.save_snapshot(meta, bytes::Bytes::from(vec![5u8; 32 << 10])).await.expect("stored once there is room");
+        wal.close().await.unwrap();
+    });
+    drop(mount);
+    let _ = std::fs::remove_dir(&dir);
+}

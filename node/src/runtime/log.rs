@@ -128,6 +128,10 @@ impl LogStore for NodeLog {
         delegate!(self, log => log.no_space())
     }
 
+    fn set_repair_floor(&self, index: Index) {
+        delegate!(self, log => log.set_repair_floor(index))
+    }
+
     fn recovery_damage(&self) -> Option<&WalError> {
         delegate!(self, log => log.recovery_damage())
     }

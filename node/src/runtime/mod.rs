@@ -598,7 +598,7 @@ where
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;
     if let Some(damage) = log.recovery_damage() {
-        tracing::warn!(shard = shard_id, %damage, "the log was cut before damage; repairing from the peers");
+        tracing::warn!(shard = shard_id, %damage, "storage damage found (the log cut before it, or the hard state unreadable): repairing from the peers");
     }
     let (snapshot_sender, snapshot_receiver) = mpsc::unbounded_channel();
     let storage = LogStorage::new(Rc::new(log), shard_id, snapshot_sender);

@@ -76,6 +76,10 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
         self.log.no_space()
     }
 
+    fn set_repair_floor(&mut self, index: Index) {
+        self.log.set_repair_floor(index);
+    }
+
     async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
         self.log.save_hard_state(hard_state).await
     }

@@ -54,6 +54,13 @@ pub trait ShardStorage {
         false
     }
 
+    /// See `wal::LogStore::set_repair_floor`: called before the hard-state
+    /// save of the Ready in which the engine's repair target became
+    /// `engine::REPAIR_UNKNOWN`, and when such a repair ends.
+    fn set_repair_floor(&mut self, index: Index) {
+        let _ = index;
+    }
+
     /// Durably replaces the hard state; resolves once it is synced.
     async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError>;
 

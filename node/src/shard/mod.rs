@@ -115,6 +115,12 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     announced_term: Term,
     /// The leader this shard last knew of, for counting leader changes.
     leader_seen: NodeId,
+    /// The engine's repair target as of the last Ready (see `repair_changed`).
+    repair_seen: Option<Index>,
+    /// `Raft::unknown_repairs` as of the last Ready.
+    unknown_repairs_seen: u64,
+    /// While repairing: where it started, for `admin status`.
+    repair_progress: Option<RepairProgress>,
     stats: ShardStats,
     last_sweep: Instant,
     /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
@@ -154,6 +160,23 @@ struct LogClock {
     office: Option<(Instant, u64)>,
     /// When it last proposed a clock entry.
     last_proposed: Option<Instant>,
+}
+
+/// Where a repair started, for `admin status` (issue 16).
+pub(crate) struct RepairProgress {
+    pub(crate) since: Instant,
+    /// The log's last index when the repair started: the range after it up
+    /// to the target is what it fetches.
+    pub(crate) start_last: Index,
+    /// Snapshots installed before the repair started (a repair may be done
+    /// by a snapshot).
+    pub(crate) snapshots_before: u64,
+}
+
+impl RepairProgress {
+    pub(crate) fn new(raft: &Raft, now: Instant, snapshots_before: u64) -> RepairProgress {
+        RepairProgress { since: now, start_last: raft.last_index(), snapshots_before }
+    }
 }
 
 /// Clock entries are proposed this often at most (a tenth of the session
@@ -203,6 +226,8 @@ where
             );
         }
         let now = clock.now();
+        let repair_seen = raft.repair_target();
+        let repair_progress = repair_seen.map(|_| RepairProgress::new(&raft, now, 0));
         let mut driver = Shard {
             ctx,
             raft,
@@ -215,6 +240,9 @@ where
             snapshots: Snapshots::new(None),
             announced_term: 0,
             leader_seen: engine::NODE_NONE,
+            repair_seen,
+            unknown_repairs_seen: 0,
+            repair_progress,
             stats: ShardStats::new(now),
             last_sweep: now,
             envelope_arena: BytesMut::new(),

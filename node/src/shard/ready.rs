@@ -93,6 +93,10 @@ where
                 let ticket = self.storage.append(batch).await.map_err(|source| self.storage_error(source))?;
                 self.persist.tickets.push_back((ticket, self.clock.now()));
             }
+            if self.raft.repair_target() != self.repair_seen || self.raft.unknown_repairs() != self.unknown_repairs_seen
+            {
+                self.repair_changed().await?;
+            }
             if let Some(hard_state) = ready.hard_state {
                 if ready.hard_state_must_sync {
                     // A vote or a new term must be durable before any message
@@ -151,6 +155,48 @@ where
     }
 
     /// The error that stops the shard after storage failed.
+    /// The engine's repair target changed. A replica that started with an
+    /// empty log and heard a leader (`engine::REPAIR_UNKNOWN`: its data
+    /// directory may have been wiped) records that durably at once, so a
+    /// crash during its repair cannot bring it back as a whole voter with a
+    /// partial log; when that repair ends, the floor becomes the log's end,
+    /// which the store keeps until it is durable.
+    async fn repair_changed(&mut self) -> Result<(), ShardError> {
+        let (before, now) = (self.repair_seen, self.raft.repair_target());
+        self.repair_seen = now;
+        let unknown_started = self.raft.unknown_repairs() != self.unknown_repairs_seen;
+        self.unknown_repairs_seen = self.raft.unknown_repairs();
+        let shard = self.ctx.shard_id;
+        if now.is_some() && before.is_none() {
+            self.repair_progress =
+                Some(super::RepairProgress::new(&self.raft, self.clock.now(), self.stats.snapshots_installed));
+        }
+        if unknown_started {
+            tracing::warn!(
+                shard,
+                leader = self.raft.leader(),
+                "this replica started with an empty log in a cluster that has one (a wiped data directory?): \
+                 it does not vote until it holds the leader's log"
+            );
+        }
+        if now == Some(engine::REPAIR_UNKNOWN) {
+            if before != now {
+                self.storage.set_repair_floor(engine::REPAIR_UNKNOWN);
+                let hard_state = self.raft.hard_state();
+                self.storage.save_hard_state(hard_state).await.map_err(|source| self.storage_error(source))?;
+            }
+        } else if before == Some(engine::REPAIR_UNKNOWN) || unknown_started {
+            // Ended (maybe within the Ready it started in): what it holds
+            // now counts as acknowledged until it is durable.
+            self.storage.set_repair_floor(self.raft.last_index());
+        }
+        if now.is_none() {
+            self.repair_progress = None;
+            tracing::warn!(shard, last_index = self.raft.last_index(), "repaired: this replica votes again");
+        }
+        Ok(())
+    }
+
     pub fn storage_error(&self, source: wal::WalError) -> ShardError {
         ShardError::Wal { shard: self.ctx.shard_id, source }
     }

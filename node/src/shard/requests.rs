@@ -752,6 +752,30 @@ where
         serde_json::Value::Array(members)
     }
 
+    /// The repair's state and progress (null when whole): the range it
+    /// lacks and how much of it has arrived.
+    fn repair_json(&self, target: Option<Index>, last_index: Index) -> serde_json::Value {
+        let (Some(target), Some(progress)) = (target, &self.repair_progress) else {
+            return serde_json::Value::Null;
+        };
+        let unknown = target == engine::REPAIR_UNKNOWN;
+        json!({
+            "cause": if unknown {
+                "started with an empty log in a cluster that has one (a wiped data directory?): \
+                 repairs to the leader's log through an entry of its term and its commit index"
+            } else {
+                "lost or damaged entries it may have acknowledged"
+            },
+            "missing_from": progress.start_last + 1,
+            "missing_to": if unknown { serde_json::Value::Null } else { json!(target) },
+            "last_index": last_index,
+            "fetched_entries": last_index.saturating_sub(progress.start_last),
+            "remaining_entries": if unknown { serde_json::Value::Null } else { json!(target.saturating_sub(last_index)) },
+            "snapshots_installed": self.stats.snapshots_installed - progress.snapshots_before,
+            "seconds": self.clock.now().saturating_duration_since(progress.since).as_secs_f64(),
+        })
+    }
+
     pub(super) fn status_json(&self) -> serde_json::Value {
         let status = self.raft.status();
         json!({
@@ -768,8 +792,13 @@ where
             "last_index": status.last_index,
             "persisted": status.persisted,
             // While the replica refetches entries its storage lost: the index
-            // it must reach before it votes again (null when whole).
-            "repair_target": status.repair_target,
+            // it must reach before it votes again (null when whole,
+            // "unknown" for a replica that started with an empty log).
+            "repair_target": status.repair_target.map(|target| match target {
+                engine::REPAIR_UNKNOWN => json!("unknown"),
+                target => json!(target),
+            }),
+            "repair": self.repair_json(status.repair_target, status.last_index),
             "disk_full": self.storage.no_space(),
             "snapshot_index": self.raft.snapshot().index,
             "voters": status.conf.voters,

@@ -342,6 +342,10 @@ impl ShardStorage for SimStorage {
         self.disk.borrow().durable_sequence
     }
 
+    fn set_repair_floor(&mut self, index: Index) {
+        self.disk.borrow_mut().repair_floor = index;
+    }
+
     async fn save_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
         self.disk.borrow_mut().save_hard_state_sync(hard_state);
         Ok(())
