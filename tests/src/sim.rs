@@ -657,8 +657,8 @@ impl World {
         converged
     }
 
-    /// Whether, in the storage-fault mode, some shard's initial voters are
-    /// in a majority in repair or unable to tell their empty log from a
+    /// Whether, in the storage-fault mode, too many of some shard's voters
+    /// to leave a majority are in repair or unable to tell their empty log from a
     /// wiped one: such a group cannot elect a leader safely, by design (the
     /// README's "Failures and repair"). Happens when a damaged replica's
     /// peer never received an entry.
@@ -681,7 +681,9 @@ impl World {
                     raft.repair_target().is_some() || raft.past_unknown()
                 })
                 .count();
-            unsure > voters.len() / 2
+            // The others cannot make a majority (with four voters, two
+            // unsure ones are enough).
+            voters.len() - unsure < voters.len() / 2 + 1
         })
     }
 
