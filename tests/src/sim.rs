@@ -521,12 +521,7 @@ impl World {
         } else {
             ConfChangeOp::AddVoter(target)
         };
-        // Not in the storage-fault mode unless SIM_FAULT_ADMIN=1: with it,
-        // seed 14 of three_nodes_with_storage_faults ends with no leader (an
-        // engine liveness gap, see README "Limits": a repairing voter waits
-        // for a candidate holding its lost term, which only a learner has).
-        let admin_path = self.faulty.is_empty() || std::env::var_os("SIM_FAULT_ADMIN").is_some();
-        if admin_path && self.rng.range(0, 2) == 0 {
+        if self.rng.range(0, 2) == 0 {
             // Half the time as a joining node and an operator do it: admin
             // requests to the leader (join with an id, promote, remove; the
             // leader asked to remove itself hands leadership over first; a
