@@ -312,7 +312,12 @@ impl Drop for Cluster {
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
             self.kill(id);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps the nodes' logs and data for a post-mortem.
+        if std::thread::panicking() {
+            eprintln!("the cluster's logs and data directories are kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -154,7 +154,6 @@ where
         Ok(())
     }
 
-    /// The error that stops the shard after storage failed.
     /// The engine's repair target changed. A replica that started with an
     /// empty log and heard a leader (`engine::REPAIR_UNKNOWN`: its data
     /// directory may have been wiped) records that durably at once, so a
@@ -197,6 +196,7 @@ where
         Ok(())
     }
 
+    /// The error that stops the shard after storage failed.
     pub fn storage_error(&self, source: wal::WalError) -> ShardError {
         ShardError::Wal { shard: self.ctx.shard_id, source }
     }
