@@ -35,7 +35,8 @@ pub struct TestNode {
     /// The durable state: what survives a crash.
     pub storage: MemStorage,
     /// The state machine: every applied entry, in order (normal entries and
-    /// no-ops alike), since the last restart.
+    /// no-ops alike), since the last restart. A witness applies nothing but
+    /// configuration entries (see `Ready::committed_entries`).
     pub applied: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     pub dropped_reads: Vec<u64>,
@@ -326,9 +327,12 @@ impl Cluster {
         let snapshot_due = ready.snapshot_due;
         node.raft.advance(ready);
         if snapshot_due {
-            let index = node.applied.last().map_or(0, |entry| entry.index);
+            // A witness has no state machine: its snapshot is the metadata
+            // at its applied index with an empty image.
+            let witness = node.raft.is_witness();
+            let index = if witness { node.raft.applied() } else { node.applied.last().map_or(0, |entry| entry.index) };
             if let Some(meta) = node.raft.snapshot_meta_at(index) {
-                let data = encode_state(&node.applied);
+                let data = if witness { Bytes::new() } else { encode_state(&node.applied) };
                 let size = data.len() as u64;
                 node.storage.apply_snapshot(meta.clone(), data);
                 node.raft.snapshot_created(meta, size);

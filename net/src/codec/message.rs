@@ -332,7 +332,7 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
             let voters = reader.u64_list(fixed.voters_count.get() as usize)?;
             let voters_outgoing = reader.u64_list(fixed.voters_outgoing_count.get() as usize)?;
             let learners = reader.u64_list(fixed.learners_count.get() as usize)?;
-            let conf = ConfState { voters, voters_outgoing, learners };
+            let conf = ConfState { voters, voters_outgoing, learners, witnesses: Vec::new() };
             MessageBody::InstallSnapshot(SnapshotChunk {
                 meta: SnapshotMeta { index: fixed.index.get(), term: fixed.term.get(), conf },
                 offset: fixed.offset.get(),

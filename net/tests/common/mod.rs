@@ -78,7 +78,11 @@ pub fn message_body() -> impl Strategy<Value = MessageBody> {
         (any::<u64>(), any::<u64>(), ids(), ids(), ids(), any::<u64>(), bytes(600), any::<bool>()).prop_map(
             |(index, term, voters, voters_outgoing, learners, offset, data, done)| {
                 MessageBody::InstallSnapshot(SnapshotChunk {
-                    meta: SnapshotMeta { index, term, conf: ConfState { voters, voters_outgoing, learners } },
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        conf: ConfState { voters, voters_outgoing, learners, witnesses: Vec::new() },
+                    },
                     offset,
                     data,
                     done,
