@@ -158,11 +158,11 @@ fn apply_op(op: ConfChangeOp, conf: &ConfState, next: &mut ConfState) -> Result<
             next.voters.push(id);
         }
         ConfChangeOp::AddLearner(id) => {
-            if next.voters.contains(&id) {
-                return Err(ConfChangeError(format!("node {id} is a voter; demotion is not supported")));
-            }
             if was_witness {
                 return Err(ConfChangeError(format!("node {id} is a witness and cannot become a learner")));
+            }
+            if next.voters.contains(&id) {
+                return Err(ConfChangeError(format!("node {id} is a voter; demotion is not supported")));
             }
             next.learners.push(id);
         }
