@@ -410,6 +410,9 @@ impl Raft {
         raft.reset_election_timeout();
         // The latest configuration entry in the log is in force (thesis 4.1).
         crate::membership::conf_after_append(&mut raft, offset_index + 1);
+        // A witness whose removal is in its log is still one: its log has
+        // no payloads whichever configuration is in force.
+        raft.witness |= raft.conf_history.iter().any(|(_, conf)| conf.is_witness(id));
         Ok(raft)
     }
 
@@ -607,7 +610,7 @@ impl Raft {
     /// votes are still counted under its latest configuration.
     fn promotable(&self) -> bool {
         // A witness lacks the payloads a leader must send.
-        if self.witness {
+        if self.witness || self.conf_at(self.log.committed).is_witness(self.id) {
             return false;
         }
         // A replica repairing to an unknown target may still campaign with
@@ -636,6 +639,13 @@ impl Raft {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.witness {
+            if self.election_elapsed >= self.election_timeout {
+                self.election_elapsed = 0;
+                self.witness_report();
+            }
+            return;
+        }
         // Single-node bootstrap: nobody else can win, so do not wait.
         if self.sole_voter() || (self.promotable() && self.election_elapsed >= self.election_timeout) {
             self.election_elapsed = 0;
@@ -670,6 +680,28 @@ impl Raft {
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+        }
+    }
+
+    /// A witness never campaigns, but once per election timeout without a
+    /// leader it tells the other voters its log position in pre-vote
+    /// requests, whose answers it ignores. A voter that cannot know what it
+    /// acknowledged votes only after hearing the logs of enough voters (see
+    /// `unknown_past_vote_allowed`), and hears them only in such requests:
+    /// without these, a configuration that needs that voter's vote (the
+    /// incoming half of a change removing the witness, say) could elect no
+    /// one. A pre-vote changes no term and no vote, so the requests disturb
+    /// nobody.
+    fn witness_report(&mut self) {
+        if !self.conf.is_voter(self.id) {
+            return;
+        }
+        let request =
+            VoteRequest { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), transfer: false };
+        let term = self.term + 1;
+        let me = self.id;
+        for to in self.voter_ids().into_iter().filter(|&to| to != me) {
+            self.send(Message { from: me, to, term, body: MessageBody::PreVote(request) });
         }
     }
 
@@ -897,6 +929,8 @@ impl Raft {
                 pr.maybe_update(index);
             }
             self.maybe_commit();
+            // The witness limit may follow the leader's disk.
+            self.send_witnesses();
         }
     }
 
@@ -1120,7 +1154,10 @@ impl Raft {
                 self.start_snapshot(to);
                 return;
             };
-            let batch = if self.conf.is_witness(to) { self.witness_batch(next) } else { self.batch_from(next) };
+            let batch = match self.witness_since(to) {
+                Some(since) => self.witness_batch(next, since),
+                None => self.batch_from(next),
+            };
             if batch.is_none() && state == ProgressState::Replicate {
                 if send_if_empty && !sent_any {
                     let commit = self.log.committed;
@@ -1416,9 +1453,18 @@ impl Raft {
     /// witness's log never runs ahead of every active full follower's, so
     /// that follower can win the witness's vote if the leader fails.
     ///
-    /// When no other full voter is active, there is no limit: the leader and
-    /// the witnesses keep committing while the other full replicas are down
-    /// (2 full + 1 witness survive the loss of the full follower). The price:
+    /// When no other full voter is active, the limit is what the leader
+    /// holds durably: the leader and the witnesses keep committing while the
+    /// other full replicas are down (2 full + 1 witness survive the loss of
+    /// the full follower). Not further: a witness holding an entry that no
+    /// full replica holds durably (the leader crashed before writing it)
+    /// would refuse its vote to every full voter, forever, since none can
+    /// ever get that entry; the randomized test found this. So every entry
+    /// a witness holds is durable on a full replica that is at least as up
+    /// to date as the witness (or was replaced there by a leader of a later
+    /// term, whose log is then more up to date). The price of the durable
+    /// write first is the leader's disk and the round trip in series. The
+    /// price of committing without a full follower:
     /// entries committed so are on one full replica only. If that leader then
     /// fails too, the witness's log is ahead of every other full voter's, so
     /// none of them can win its vote: the group waits, safely, until a full
@@ -1436,16 +1482,42 @@ impl Raft {
                 && pr.state != ProgressState::Snapshot
                 && pr.heard_at.is_some_and(|at| self.now < at + window)
         });
-        active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(Index::MAX)
+        active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
     }
 
-    /// The metadata-only batch to send witness `to` from `next`, ending at
-    /// the witness limit: configuration entries whole, other payloads empty
-    /// (see [`EntryBatch::encode_metadata_from`]).
-    fn witness_batch(&self, next: Index) -> Option<EntryBatch> {
+    /// The index of the configuration entry from which `id` is a witness
+    /// without a break in the configurations this log holds (the log's
+    /// start if all of them list it), or `None` if it is no witness now.
+    ///
+    /// Only entries after it reach `id` without payloads. `id` receives
+    /// those only after that entry, so it knows it is a witness (and stays
+    /// one, see `Raft::witness`) before it holds any; and if a new leader
+    /// truncates the entry, the stripped entries after it go with it. An
+    /// entry before it, stripped, could outlive the change that made `id`
+    /// a witness, in a log `id` then takes for a full one.
+    pub(crate) fn witness_since(&self, id: NodeId) -> Option<Index> {
+        let mut since = None;
+        for (index, conf) in self.conf_history.iter().rev() {
+            if !conf.is_witness(id) {
+                break;
+            }
+            since = Some(*index);
+        }
+        since
+    }
+
+    /// The batch to send witness `to` from `next`, ending at the witness
+    /// limit: entries after `since` (see [`Raft::witness_since`]) as
+    /// metadata, configuration entries whole and other payloads empty (see
+    /// [`EntryBatch::encode_metadata_from`]); entries up to `since` whole.
+    fn witness_batch(&self, next: Index, since: Index) -> Option<EntryBatch> {
         let last = self.witness_limit().min(self.encoded_last);
         if next > last {
             return None;
+        }
+        if next <= since {
+            let whole = self.log.range(next, last.min(since), self.config.batch_bytes_max);
+            return (whole.len() > 0).then(|| EntryBatch::encode_from(whole));
         }
         // A metadata entry is its header (and a configuration entry its
         // payload too): bound the batch by that, not by payload bytes it

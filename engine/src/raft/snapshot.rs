@@ -126,7 +126,10 @@ impl Raft {
     }
 
     pub(super) fn start_snapshot(&mut self, to: NodeId) {
-        if self.conf.is_witness(to) && self.snapshot.index > 0 {
+        // Only a snapshot whose membership lists it as a witness goes to a
+        // witness without its image: then it knows it is one, and the
+        // change that made it one is committed (see `Raft::witness_since`).
+        if self.conf.is_witness(to) && self.snapshot.index > 0 && self.snapshot.conf.is_witness(to) {
             self.send_witness_snapshot(to);
             return;
         }
@@ -288,10 +291,17 @@ impl Raft {
             return Err(Ignored("snapshot chunk out of order"));
         }
         let end = expected + data.len() as u64;
-        self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset, data, done });
+        if !self.witness {
+            self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset, data, done });
+        } else if done {
+            // A witness keeps no state machine image, not even of a snapshot
+            // that reached it whole (one taken before the change that made
+            // it a witness): it stores the metadata alone, once all arrived.
+            self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset: 0, data: Bytes::new(), done });
+        }
         if done {
             self.incoming = None;
-            self.install_snapshot(meta.clone(), end);
+            self.install_snapshot(meta.clone(), if self.witness { 0 } else { end });
         } else {
             self.incoming = Some((meta.clone(), end));
         }
