@@ -641,7 +641,11 @@ impl Raft {
         self.election_elapsed += 1;
         if self.witness {
             if self.election_elapsed >= self.election_timeout {
+                // The leader is silent: forget it, as a follower that
+                // campaigns would, so the lease no longer makes this
+                // witness ignore the candidates that replace it.
                 self.election_elapsed = 0;
+                self.leader = NODE_NONE;
                 self.witness_report();
             }
             return;
@@ -2047,7 +2051,15 @@ impl Raft {
         if response.index > self.log.last_index() {
             return Err(Ignored("acknowledges entries the leader never had"));
         }
+        let witness = self.conf.is_witness(from);
         let pr = self.progress.get_mut(&from).expect("present");
+        if witness && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
+            // A witness held back by its limit is probed with an empty
+            // append, whose acceptance matches nothing new: it still proves
+            // the logs agree, so replicate, or the witness would wait for the
+            // next heartbeat each time its limit moves.
+            pr.become_replicate();
+        }
         if pr.maybe_update(response.index) {
             match pr.state {
                 ProgressState::Probe => pr.become_replicate(),
