@@ -409,6 +409,21 @@ fn membership_changes_that_would_weaken_witnesses_are_refused() {
     assert!(config.validate().unwrap_err().0.contains("full voter"));
 }
 
+/// A membership read from the network or a disk is made consistent: the
+/// witness list sorted, deduplicated, and holding voters only.
+#[test]
+fn normalize_keeps_only_voting_witnesses() {
+    let mut conf = ConfState {
+        voters: vec![2, 1, 4],
+        voters_outgoing: vec![1, 5],
+        learners: vec![6],
+        witnesses: vec![5, 4, 4, 6, 9],
+    };
+    conf.normalize();
+    assert_eq!(conf.witnesses, vec![4, 5], "6 is a learner and 9 no member");
+    assert!(conf.is_witness(5) && !conf.is_witness(6) && !conf.is_full_voter(4) && conf.is_full_voter(1));
+}
+
 #[test]
 fn add_witness_encodes_as_kind_4_and_old_encodings_decode_unchanged() {
     let change = ConfChange { ops: vec![ConfChangeOp::AddVoter(1), ConfChangeOp::AddWitness(3)] };
