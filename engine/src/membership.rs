@@ -21,11 +21,12 @@ pub enum ConfChangeOp {
     AddLearner(NodeId),
     /// Remove a voter (witness or not) or learner.
     Remove(NodeId),
-    /// Add a witness: a voter that holds only entry metadata and never
-    /// leads. A full voter or learner does not become a witness in place,
-    /// nor a witness a full voter: a witness's log lacks payloads that
-    /// matching terms would make a leader believe it holds, so the node is
-    /// removed, and added back (with its data wiped) by a later change.
+    /// Add a witness, or promote a learner to one: a voter that holds only
+    /// entry metadata and never leads. A full voter does not become a
+    /// witness in place, nor a witness a full voter or learner: a witness's
+    /// log lacks payloads that matching terms would make a leader believe
+    /// it holds, so the node is removed, and added back (with its data
+    /// wiped) by a later change.
     AddWitness(NodeId),
 }
 
@@ -173,11 +174,13 @@ fn apply_op(op: ConfChangeOp, conf: &ConfState, next: &mut ConfState) -> Result<
                      as a witness in a later change"
                 )));
             }
-            if conf.learners.contains(&id) || next.learners.contains(&id) {
-                return Err(ConfChangeError(format!(
-                    "node {id} is a learner and cannot become a witness in place: remove it first"
-                )));
+            if next.learners.contains(&id) && !conf.learners.contains(&id) {
+                return Err(ConfChangeError(format!("node {id} cannot be added as a learner and a witness at once")));
             }
+            // A learner may become a witness (a node joins as a learner,
+            // then is promoted): the payloads it holds are only more than a
+            // witness needs, unlike a witness's log made a full voter's.
+            next.learners.retain(|&l| l != id);
             next.voters.push(id);
             next.witnesses.push(id);
         }
@@ -209,7 +212,7 @@ impl Raft {
         change.apply_to(self.conf()).map_err(|error| ProposeError::InvalidChange(error.0))?;
         let last = self.last_index();
         for op in &change.ops {
-            if let ConfChangeOp::AddVoter(id) = *op {
+            if let ConfChangeOp::AddVoter(id) | ConfChangeOp::AddWitness(id) = *op {
                 if self.conf().is_learner(id) {
                     let matched = self.progress().get(&id).map_or(0, |pr| pr.match_index);
                     if matched + self.config().promotion_lag_max < last {

@@ -228,13 +228,18 @@ fn run_seed(nodes: u64, witnesses: &[NodeId], seed: u64) {
                 if let Some(leader) = cluster.leader() {
                     let target = pick(&mut rng);
                     let conf = cluster.node(leader).raft.conf().clone();
-                    let op = if conf.is_learner(target) {
+                    // A witness joins directly or as a learner first (it
+                    // stores no payloads either way: it was started as one).
+                    let witness = ever_witness.contains(&target);
+                    let op = if conf.is_learner(target) && witness {
+                        ConfChangeOp::AddWitness(target)
+                    } else if conf.is_learner(target) {
                         ConfChangeOp::AddVoter(target)
                     } else if conf.is_voter(target) {
                         ConfChangeOp::Remove(target)
-                    } else if ever_witness.contains(&target) {
+                    } else if witness && rng.range(0, 2) == 0 {
                         ConfChangeOp::AddWitness(target)
-                    } else if rng.range(0, 2) == 0 {
+                    } else if rng.range(0, 2) == 0 || witness {
                         ConfChangeOp::AddLearner(target)
                     } else {
                         ConfChangeOp::AddVoter(target)

@@ -379,9 +379,12 @@ fn membership_changes_that_would_weaken_witnesses_are_refused() {
     assert!(error.contains("full voter and cannot become a witness"), "{error}");
     let error = apply(vec![ConfChangeOp::AddLearner(3)]).unwrap_err();
     assert!(error.contains("witness"), "{error}");
-    let with_learner = ConfState::with_witnesses([1, 2], [3], [5]);
-    let error = ConfChange { ops: vec![ConfChangeOp::AddWitness(5)] }.apply_to(&with_learner).unwrap_err().0;
-    assert!(error.contains("learner"), "{error}");
+    let error = apply(vec![ConfChangeOp::AddLearner(7), ConfChangeOp::AddWitness(7)]).unwrap_err();
+    assert!(error.contains("a learner and a witness at once"), "{error}");
+    // A learner is promoted to a witness (the way a node joins).
+    let with_learner = ConfState::new([1, 2, 3, 4], [5]);
+    let promoted = ConfChange { ops: vec![ConfChangeOp::AddWitness(5)] }.apply_to(&with_learner).unwrap();
+    assert!(promoted.is_witness(5) && promoted.learners.is_empty());
     let error = ConfChange { ops: vec![ConfChangeOp::AddWitness(2)] }.apply_to(&ConfState::new([1], [])).unwrap_err().0;
     assert!(error.contains("full voters must be a majority"), "{error}");
 
