@@ -1466,10 +1466,12 @@ impl Raft {
     /// ever get that entry; the randomized test found this. So every entry
     /// a witness holds is durable on a full replica that is at least as up
     /// to date as the witness (or was replaced there by a leader of a later
-    /// term, whose log is then more up to date). The price of the durable
-    /// write first is the leader's disk and the round trip in series. The
-    /// price of committing without a full follower:
-    /// entries committed so are on one full replica only. If that leader then
+    /// term, whose log is then more up to date). The cost: the leader's disk
+    /// write and the round trip to the witness run in series, not in
+    /// parallel, while the full followers are down.
+    ///
+    /// The price of committing without a full follower: entries committed
+    /// so are on one full replica only. If that leader then
     /// fails too, the witness's log is ahead of every other full voter's, so
     /// none of them can win its vote: the group waits, safely, until a full
     /// replica holding those entries (the old leader) returns. Nothing
@@ -2124,6 +2126,7 @@ impl Raft {
         assert!(log.persisted <= log.handed, "persisted {} > handed {}", log.persisted, log.handed);
         assert!(log.handed <= log.last_index(), "handed {} > last {}", log.handed, log.last_index());
         assert!(self.encoded_last <= log.last_index() || self.role != Role::Leader);
+        assert!(!self.witness || self.role != Role::Leader, "a witness never leads");
         if let Some(target) = self.repair {
             assert!(target > log.committed, "repair target {target} <= committed {}", log.committed);
             assert_ne!(self.role, Role::Leader, "a replica in repair never leads");
