@@ -279,8 +279,9 @@ pub struct Raft {
     /// committed entry.
     /// Invariant: `Some(target)` implies `target > log.committed`.
     repair: Option<Index>,
-    /// While `repair` is set: the term this replica had when it started,
-    /// at least every term in which it acknowledged anything.
+    /// While `repair` is set: the highest term in which this replica
+    /// acknowledged anything (`HardState::ack_term`, or the term in which a
+    /// replica with an unknown past first heard a leader).
     repair_term: Term,
     /// Set while this replica, a voter of its starting configuration,
     /// has an empty log and no snapshot and has not yet heard from a leader:
@@ -302,6 +303,11 @@ pub struct Raft {
     /// lacks payloads, so a later configuration that drops it (a removal,
     /// or a truncated entry) must not make it campaign or apply.
     witness: bool,
+    /// The last empty entry this leader proposed for a replica in repair
+    /// (see `nudge_repair`): the next waits until it is committed.
+    repair_nudge: Index,
+    /// See `HardState::ack_term`.
+    ack_term: Term,
 }
 
 /// The repair target of a replica that cannot know what it acknowledged: it
@@ -399,11 +405,13 @@ impl Raft {
             snapshot_reads: Vec::new(),
             compact_to: None,
             repair,
-            repair_term: hard_state.term,
+            repair_term: hard_state.ack_term,
+            ack_term: hard_state.ack_term,
             unverified,
             reports: BTreeMap::new(),
             unknown_repairs: 0,
             witness: config.witness || conf.is_witness(id),
+            repair_nudge: 0,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -470,7 +478,12 @@ impl Raft {
     /// or stale entries a pending append was about to replace (on restart
     /// they would be applied as committed).
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed.min(self.log.persisted) }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed.min(self.log.persisted),
+            ack_term: self.ack_term,
+        }
     }
     /// The index this replica's log must reach, verified by a leader, before
     /// it votes again; `None` when it holds everything it acknowledged. Set
@@ -983,8 +996,9 @@ impl Raft {
         }
         let hard_state = self.hard_state();
         if hard_state != self.persisted_hard_state {
-            ready.hard_state_must_sync =
-                hard_state.term != self.persisted_hard_state.term || hard_state.vote != self.persisted_hard_state.vote;
+            ready.hard_state_must_sync = hard_state.term != self.persisted_hard_state.term
+                || hard_state.vote != self.persisted_hard_state.vote
+                || hard_state.ack_term != self.persisted_hard_state.ack_term;
             ready.hard_state = Some(hard_state);
             self.persisted_hard_state = hard_state;
         }
@@ -1290,6 +1304,8 @@ impl Raft {
         let answered: Vec<NodeId> = self.votes.keys().copied().collect();
         self.reset(self.term);
         self.role = Role::Leader;
+        // Its own durable entries count toward commitment in this term.
+        self.note_ack();
         self.unverified = false;
         if self.repair == Some(REPAIR_UNKNOWN) {
             self.repair = None;
@@ -1815,16 +1831,6 @@ impl Raft {
         Ok(())
     }
 
-    /// Whether a replica in repair may vote for a candidate with this log
-    /// (always true when not in repair). Only for one whose last entry has
-    /// a term at or above `repair_term` and an index at or above the
-    /// target: that entry came from the leader of its term, which held
-    /// every entry committed before (Leader Completeness), and Log Matching
-    /// gives the candidate that leader's log up to there, so it holds
-    /// everything this replica acknowledged. Without this, a replica that
-    /// repairs after a false alarm (a log legitimately shortened by a new
-    /// leader, then a crash) could leave a group with no majority to elect
-    /// anyone.
     /// Records what a candidate's request says of its log and term.
     fn note_report(&mut self, from: NodeId, term: Term, request: VoteRequest) {
         let report = self.reports.entry(from).or_insert((0, 0, 0));
@@ -1863,6 +1869,17 @@ impl Raft {
         })
     }
 
+    /// Whether a replica in repair may vote for a candidate with this log
+    /// (always true when not in repair). Only for one whose last entry has
+    /// a term at or above `repair_term` (the last term in which it
+    /// acknowledged anything) and an index at or above the
+    /// target: that entry came from the leader of its term, which held
+    /// every entry committed before (Leader Completeness), and Log Matching
+    /// gives the candidate that leader's log up to there, so it holds
+    /// everything this replica acknowledged. Without this, a replica that
+    /// repairs after a false alarm (a log legitimately shortened by a new
+    /// leader, then a crash) could leave a group with no majority to elect
+    /// anyone.
     fn repair_vote_allowed(&self, request: VoteRequest) -> bool {
         self.repair.is_none_or(|target| request.last_log_term >= self.repair_term && request.last_log_index >= target)
     }
@@ -1969,6 +1986,20 @@ impl Raft {
         if self.repair.is_some_and(|target| last_new >= target) {
             self.repair = None;
         }
+        // Or it holds the log of a leader of a later term than any in which
+        // it acknowledged anything, through an entry of that term: whatever
+        // it acknowledged that was committed, was committed in an earlier
+        // term, so that leader's log holds it before its first entry of its
+        // own term (Leader Completeness). The target itself may never come:
+        // what it acknowledged beyond that may never have been committed and
+        // the new leader may not write that far (seed 101000 of
+        // `three_nodes_with_storage_faults` waited forever).
+        if self.repair.is_some_and(|target| target != REPAIR_UNKNOWN)
+            && self.term > self.repair_term
+            && self.log.term(last_new) == Some(self.term)
+        {
+            self.repair = None;
+        }
         // A replica that does not know what it acknowledged (a wiped one) is
         // whole once it holds the leader's log through an entry of the
         // leader's term and its commit index: every entry committed in an
@@ -1996,6 +2027,7 @@ impl Raft {
     }
 
     fn send_append_ack(&mut self, to: NodeId, index: Index) {
+        self.note_ack();
         let term = self.term;
         self.send(Message {
             from: self.id,
@@ -2009,6 +2041,13 @@ impl Raft {
                 missing: false,
             }),
         });
+    }
+
+    /// This replica acknowledges something in the current term (see
+    /// `HardState::ack_term`): the hard state saying so is synced in the
+    /// Ready that carries the acknowledgement, before it leaves.
+    pub(super) fn note_ack(&mut self) {
+        self.ack_term = self.ack_term.max(self.term);
     }
 
     /// The progress of `from` for an answer that only a leader expects; the
@@ -2032,6 +2071,9 @@ impl Raft {
             } else {
                 response.hint_index
             };
+            if response.index > self.log.last_index() {
+                self.nudge_repair();
+            }
             let pr = self.progress.get_mut(&from).expect("present");
             if response.missing && response.index <= pr.match_index {
                 // The follower lost entries it had acknowledged: what it
@@ -2089,6 +2131,23 @@ impl Raft {
                 && pr.match_index >= self.log.committed
         });
         Ok(())
+    }
+
+    /// A follower asks for entries past the end of this leader's log: only
+    /// a replica in repair does (it asks for the entry after its last on
+    /// every heartbeat), when its target lies past this log because what
+    /// it acknowledged there was never committed and a leader of a later
+    /// term replaced it. An empty entry, one at a time, grows the log until
+    /// it reaches the target; without it the replica would stay in repair,
+    /// not voting, until clients wrote that far (seed 101000 of
+    /// `three_nodes_with_storage_faults`).
+    fn nudge_repair(&mut self) {
+        if self.log.committed < self.repair_nudge || self.transfer_target != NODE_NONE {
+            return;
+        }
+        if let Ok((index, _)) = self.propose_entry(EntryKind::Noop, Bytes::new()) {
+            self.repair_nudge = index;
+        }
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, round: u64) -> Result<(), Ignored> {

@@ -66,6 +66,14 @@ pub struct HardState {
     /// The candidate voted for in `term`, or [`NODE_NONE`].
     pub vote: NodeId,
     pub commit: Index,
+    /// The highest term in which this replica acknowledged entries (to a
+    /// leader of that term, or as that leader): durable before the first
+    /// acknowledgement of a term leaves. A replica that lost entries it
+    /// acknowledged knows from it which leaders may have counted them (see
+    /// `Raft::repair_target`); the current term alone may be far higher
+    /// after elections that no one won. 0 for none; a store that predates
+    /// it reports the term.
+    pub ack_term: Term,
 }
 
 /// A cluster membership. Outside a joint change `voters_outgoing` is empty;

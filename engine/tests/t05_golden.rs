@@ -137,7 +137,8 @@ fn fmt_ready(id: NodeId, ready: &Ready, out: &mut String) {
     }
     if let Some(hs) = ready.hard_state {
         let sync = if ready.hard_state_must_sync { " (sync)" } else { "" };
-        writeln!(out, "  hard state: term={} vote={} commit={}{sync}", hs.term, hs.vote, hs.commit).unwrap();
+        let (term, vote, commit, ack) = (hs.term, hs.vote, hs.commit, hs.ack_term);
+        writeln!(out, "  hard state: term={term} vote={vote} commit={commit} ack={ack}{sync}").unwrap();
     }
     for batch in &ready.entries {
         let parts: Vec<String> = batch.entries().map(|e| fmt_entry(&e)).collect();

@@ -521,12 +521,7 @@ impl World {
         } else {
             ConfChangeOp::AddVoter(target)
         };
-        // Not in the storage-fault mode unless SIM_FAULT_ADMIN=1: with it,
-        // seed 14 of three_nodes_with_storage_faults ends with no leader (an
-        // engine liveness gap, see README "Limits": a repairing voter waits
-        // for a candidate holding its lost term, which only a learner has).
-        let admin_path = self.faulty.is_empty() || std::env::var_os("SIM_FAULT_ADMIN").is_some();
-        if admin_path && self.rng.range(0, 2) == 0 {
+        if self.rng.range(0, 2) == 0 {
             // Half the time as a joining node and an operator do it: admin
             // requests to the leader (join with an id, promote, remove; the
             // leader asked to remove itself hands leadership over first; a
@@ -660,8 +655,8 @@ impl World {
         converged
     }
 
-    /// Whether, in the storage-fault mode, some shard's initial voters are
-    /// in a majority in repair or unable to tell their empty log from a
+    /// Whether, in the storage-fault mode, too many of some shard's voters
+    /// to leave a majority are in repair or unable to tell their empty log from a
     /// wiped one: such a group cannot elect a leader safely, by design (the
     /// README's "Failures and repair"). Happens when a damaged replica's
     /// peer never received an entry.
@@ -684,7 +679,9 @@ impl World {
                     raft.repair_target().is_some() || raft.past_unknown()
                 })
                 .count();
-            unsure > voters.len() / 2
+            // The others cannot make a majority (with four voters, two
+            // unsure ones are enough).
+            voters.len() - unsure < voters.len() / 2 + 1
         })
     }
 

@@ -28,7 +28,7 @@ fn hard_state_commit_never_covers_entries_not_yet_durable() {
         data: Bytes::from_static(data),
     };
     let recovered = Recovered {
-        hard_state: HardState { term: 1, vote: 1, commit: 1 },
+        hard_state: HardState { term: 1, vote: 1, commit: 1, ack_term: 1 },
         snapshot: None,
         entries: vec![entry(1, 1, b"a"), entry(2, 1, b"stale")],
         acknowledged: 0,
@@ -119,6 +119,26 @@ fn run_rounds(cluster: &mut Cluster, rounds: usize) {
     }
 }
 
+/// Steps `replica` with a (pre-)vote request from `from` in `term` and
+/// returns its answers (granted or not), advancing past the Ready.
+fn ask_vote(replica: &mut Raft, from: u64, term: u64, request: engine::VoteRequest, pre: bool) -> Vec<bool> {
+    let body = if pre { MessageBody::PreVote(request) } else { MessageBody::Vote(request) };
+    replica.step(Message { from, to: replica.id(), term, body }).expect("handled");
+    let ready = replica.ready();
+    let granted = ready
+        .messages
+        .iter()
+        .chain(&ready.messages_after_persist)
+        .filter_map(|message| match message.body {
+            MessageBody::PreVoteResponse { granted } if pre => Some(granted),
+            MessageBody::VoteResponse { granted } if !pre => Some(granted),
+            _ => None,
+        })
+        .collect();
+    replica.advance(ready);
+    granted
+}
+
 /// Found by `t10_simulation` (seed 11991, three nodes): a follower received
 /// the last chunk of snapshot 22 and, before the shell took the Ready, the
 /// first chunk of the leader's newer snapshot 33. The Ready then held both
@@ -173,27 +193,19 @@ fn replica_that_lost_acknowledged_entries_grants_no_vote() {
     let entries = (1..=3)
         .map(|index| Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from_static(b"x") })
         .collect();
-    let recovered =
-        Recovered { hard_state: HardState { term: 1, vote: 1, commit: 5 }, snapshot: None, entries, acknowledged: 0 };
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: 1, commit: 5, ack_term: 1 },
+        snapshot: None,
+        entries,
+        acknowledged: 0,
+    };
     let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     assert_eq!(replica.repair_target(), Some(5));
     assert_eq!(replica.committed(), 0, "a possibly stale prefix is not committed until a leader verifies it");
     let request = VoteRequest { last_log_index: 3, last_log_term: 1, transfer: false };
-    for (body, pre) in [(MessageBody::PreVote(request), true), (MessageBody::Vote(request), false)] {
-        replica.step(Message { from: 2, to: 1, term: 2, body }).expect("handled");
-        let ready = replica.ready();
-        let granted: Vec<bool> = ready
-            .messages
-            .iter()
-            .chain(&ready.messages_after_persist)
-            .filter_map(|message| match message.body {
-                MessageBody::PreVoteResponse { granted } if pre => Some(granted),
-                MessageBody::VoteResponse { granted } if !pre => Some(granted),
-                _ => None,
-            })
-            .collect();
+    for pre in [true, false] {
+        let granted = ask_vote(&mut replica, 2, 2, request, pre);
         assert_eq!(granted, vec![false], "pre-vote {pre}: a replica in repair grants nothing");
-        replica.advance(ready);
     }
     // Ticking never makes it campaign either.
     for _ in 0..100 {
@@ -261,18 +273,7 @@ fn wiped_voter_in_repair_refuses_votes() {
     let ready = replica.ready();
     replica.advance(ready);
     let request = VoteRequest { last_log_index: 1_000, last_log_term: 4, transfer: true };
-    replica.step(Message { from: 3, to: 2, term: 5, body: MessageBody::Vote(request) }).expect("handled");
-    let ready = replica.ready();
-    let granted: Vec<bool> = ready
-        .messages
-        .iter()
-        .chain(&ready.messages_after_persist)
-        .filter_map(|message| match message.body {
-            MessageBody::VoteResponse { granted } => Some(granted),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(granted, vec![false]);
+    assert_eq!(ask_vote(&mut replica, 3, 5, request, false), vec![false]);
 }
 
 /// A wiped replica (empty log, no vote remembered) may vote again once it
@@ -286,23 +287,117 @@ fn wiped_voter_votes_for_the_most_up_to_date_of_a_quorum_of_reports() {
     let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), Recovered::default()).expect("valid config");
     let ask = |replica: &mut Raft, from, term, last_log_index, pre| {
         let request = VoteRequest { last_log_index, last_log_term: 2, transfer: false };
-        let body = if pre { MessageBody::PreVote(request) } else { MessageBody::Vote(request) };
-        replica.step(Message { from, to: 2, term, body }).expect("handled");
-        let ready = replica.ready();
-        let granted: Vec<bool> = ready
-            .messages
-            .iter()
-            .chain(&ready.messages_after_persist)
-            .filter_map(|message| match message.body {
-                MessageBody::PreVoteResponse { granted } | MessageBody::VoteResponse { granted } => Some(granted),
-                _ => None,
-            })
-            .collect();
-        replica.advance(ready);
-        granted == vec![true]
+        ask_vote(replica, from, term, request, pre) == vec![true]
     };
     assert!(!ask(&mut replica, 3, 3, 5, true), "one report of two needed");
     assert!(ask(&mut replica, 1, 3, 7, true), "node 1's log is at least node 3's");
     assert!(ask(&mut replica, 1, 3, 7, false));
     assert!(!ask(&mut replica, 3, 4, 5, true), "node 3's log lacks what node 1 reported");
+}
+
+/// Found by `t10_simulation` (seed 101000, three nodes with storage faults):
+/// a replica came back short of entries it had acknowledged (repair target
+/// 27) while the new leader, of a later term, held only 24 entries: what the
+/// replica acknowledged past 24 was never committed, and with no new writes
+/// the target never came. The replica stayed in repair (no votes) forever.
+///
+/// Fixed in engine/src/raft.rs `handle_append`: a replica in repair is whole
+/// once it holds the log of a leader of a term later than any in which it
+/// acknowledged anything, through an entry of that term. A leader of the
+/// same term does not end it that way: it may have counted the lost
+/// acknowledgements.
+#[test]
+fn repair_ends_on_a_later_leaders_log_short_of_the_target() {
+    let entry = |index, term| Entry { index, term, kind: EntryKind::Normal, data: Bytes::from_static(b"x") };
+    let repairing = || {
+        let recovered = Recovered {
+            hard_state: HardState { term: 2, vote: 2, commit: 0, ack_term: 2 },
+            snapshot: None,
+            entries: (1..=3).map(|index| entry(index, 1)).collect(),
+            acknowledged: 5,
+        };
+        let replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
+        assert_eq!(replica.repair_target(), Some(5), "it lost acknowledged entries 4 and 5");
+        replica
+    };
+    let append = |term| AppendRequest {
+        prev_index: 3,
+        prev_term: 1,
+        commit: 3,
+        entries: Some(EntryBatch::encode(&[entry(4, term)])),
+    };
+    // The leader of term 2 (in which the replica acknowledged 4 and 5) may
+    // still count them: the repair goes on.
+    let mut replica = repairing();
+    replica.step(Message { from: 2, to: 1, term: 2, body: MessageBody::Append(append(2)) }).expect("accepted");
+    assert_eq!(replica.repair_target(), Some(5), "a leader of the same term does not end the repair short of it");
+    // A leader of term 3 whose log ends at its first entry, 4: whatever was
+    // committed is at or before it.
+    let mut replica = repairing();
+    replica.step(Message { from: 2, to: 1, term: 3, body: MessageBody::Append(append(3)) }).expect("accepted");
+    assert_eq!(replica.repair_target(), None, "it holds the later leader's log through an entry of its term");
+}
+
+/// The same seed, when the leader is of the term in which the replica
+/// acknowledged what it lost: a replica whose repair target lies past the
+/// leader's log (what it acknowledged there was never committed) asks, on
+/// every heartbeat, for the entry after its last. Before the fix nothing
+/// came while clients wrote nothing, and it stayed in repair; now the leader
+/// answers a request past its log with one empty entry at a time until the
+/// replica reaches its target.
+#[test]
+fn leader_grows_its_log_for_a_replica_repairing_past_it() {
+    let mut cluster = Cluster::with_voters(3, 5);
+    cluster.elect(1);
+    for value in 0..3u8 {
+        cluster.raft(1).propose(Bytes::from(vec![value])).expect("leader accepts");
+        cluster.stabilize();
+    }
+    let last = cluster.node(1).raft.last_index();
+    cluster.crash(3);
+    cluster.restart(3);
+    // Its storage says it acknowledged three entries the cluster never
+    // committed (an older leader's tail, say).
+    let node = cluster.nodes.get_mut(&3).expect("node 3");
+    let recovered = Recovered { acknowledged: last + 3, ..node.storage.recovered() };
+    node.raft = Raft::new(node.config.clone(), recovered).expect("valid config");
+    assert_eq!(cluster.node(3).raft.repair_target(), Some(last + 3));
+    for _ in 0..30 {
+        cluster.tick_all();
+        run_rounds(&mut cluster, 10);
+    }
+    assert_eq!(cluster.node(3).raft.repair_target(), None, "still in repair with an idle leader");
+    assert!(cluster.node(1).raft.last_index() >= last + 3);
+    assert_eq!(cluster.node(3).raft.last_index(), cluster.node(1).raft.last_index());
+}
+
+/// Found by `t10_simulation` (seed 50151, three nodes): a replica came back
+/// short of what it had acknowledged (target 2) after many elections that no
+/// one won, so its term (131) was far above the term of every log. A
+/// replica in repair voted only for a candidate whose last entry's term was
+/// at least its own current term: no one's was, no leader could be elected,
+/// and a third replica that started empty could not vote either.
+///
+/// Fixed: the hard state records the last term in which the replica
+/// acknowledged anything (`HardState::ack_term`, synced before the first
+/// acknowledgement of a term leaves), and the repair's vote rule compares
+/// with that term instead.
+#[test]
+fn replica_in_repair_after_failed_elections_votes_for_a_complete_log() {
+    use engine::VoteRequest;
+    let entries = vec![Entry { index: 1, term: 3, kind: EntryKind::Normal, data: Bytes::from_static(b"x") }];
+    let recovered = Recovered {
+        hard_state: HardState { term: 40, vote: 0, commit: 0, ack_term: 3 },
+        snapshot: None,
+        entries,
+        acknowledged: 2,
+    };
+    let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
+    assert_eq!(replica.repair_target(), Some(2));
+    let vote = |replica: &mut Raft, term, last_log_index, last_log_term| {
+        let request = VoteRequest { last_log_index, last_log_term, transfer: false };
+        ask_vote(replica, 2, term, request, false) == vec![true]
+    };
+    assert!(!vote(&mut replica, 41, 1, 3), "a log short of what it acknowledged");
+    assert!(vote(&mut replica, 42, 6, 3), "a log through the target, of the term it acknowledged in");
 }

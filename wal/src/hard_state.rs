@@ -1,4 +1,5 @@
-//! The hard state (term, vote, commit) in two checksummed slots written
+//! The hard state (term, vote, commit, and the last term in which this
+//! replica acknowledged entries) in two checksummed slots written
 //! alternately, each with the durable log's last index at the time of the
 //! save (`acknowledged`): every entry up to it was durable, so this replica
 //! may have acknowledged it, and a recovered log that ends before it lost
@@ -37,9 +38,12 @@ const SLOT_MAGIC: [u8; 8] = *b"RAFTHARD";
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct SlotRecord {
-    /// crc32c over bytes 4..SLOT_RECORD_SIZE.
+    /// crc32c over bytes 4 to the end of the record of the slot's layout
+    /// (56 bytes for layout 0, 64 for layout 1).
     crc: U32,
-    reserved: U32,
+    /// 0: written before `ack_term` existed (the record ends before it,
+    /// and the term stands in for it on load); 1: with `ack_term`.
+    layout: U32,
     magic: [u8; 8],
     /// Which save wrote this slot; the higher valid one wins.
     sequence: U64,
@@ -48,9 +52,14 @@ struct SlotRecord {
     commit: U64,
     /// The durable log's last index when this slot was written.
     acknowledged: U64,
+    /// `HardState::ack_term` (layout 1 only).
+    ack_term: U64,
 }
 
-const SLOT_RECORD_SIZE: usize = 56;
+const SLOT_RECORD_SIZE: usize = 64;
+/// Where a layout-0 record (no `ack_term`) ends.
+const SLOT_RECORD_SIZE_V0: usize = 56;
+const SLOT_LAYOUT: u32 = 1;
 const _: () = assert!(size_of::<SlotRecord>() == SLOT_RECORD_SIZE);
 const _: () = assert!(SLOT_RECORD_SIZE <= SLOT_SIZE);
 
@@ -78,19 +87,32 @@ fn decode_slot(raw: &[u8]) -> Slot {
         return Slot::Empty;
     }
     let (record, _) = SlotRecord::ref_from_prefix(raw).expect("a slot holds a record");
-    let computed = crc32c::crc32c(&raw[4..SLOT_RECORD_SIZE]);
+    let end = match record.layout.get() {
+        0 => SLOT_RECORD_SIZE_V0,
+        SLOT_LAYOUT => SLOT_RECORD_SIZE,
+        other => return Slot::Damaged { reason: format!("unknown layout {other}") },
+    };
+    let computed = crc32c::crc32c(&raw[4..end]);
     if record.crc.get() != computed {
         return Slot::Damaged { reason: format!("crc32c {:#010x} != stored {:#010x}", computed, record.crc.get()) };
     }
     if record.magic != SLOT_MAGIC {
         return Slot::Damaged { reason: "bad magic".into() };
     }
-    if raw[SLOT_RECORD_SIZE..].iter().any(|&byte| byte != 0) {
+    if raw[end..].iter().any(|&byte| byte != 0) {
         return Slot::Damaged { reason: "padding is not zero".into() };
     }
+    // A layout-0 slot: the replica may have acknowledged in any term up to
+    // its current one.
+    let ack_term = if end == SLOT_RECORD_SIZE { record.ack_term.get() } else { record.term.get() };
     Slot::Valid {
         sequence: record.sequence.get(),
-        hard_state: HardState { term: record.term.get(), vote: record.vote.get(), commit: record.commit.get() },
+        hard_state: HardState {
+            term: record.term.get(),
+            vote: record.vote.get(),
+            commit: record.commit.get(),
+            ack_term,
+        },
         acknowledged: record.acknowledged.get(),
     }
 }
@@ -98,13 +120,14 @@ fn decode_slot(raw: &[u8]) -> Slot {
 fn encode_slot(sequence: u64, hard_state: HardState, acknowledged: Index) -> Vec<u8> {
     let mut record = SlotRecord {
         crc: U32::new(0),
-        reserved: U32::new(0),
+        layout: U32::new(SLOT_LAYOUT),
         magic: SLOT_MAGIC,
         sequence: U64::new(sequence),
         term: U64::new(hard_state.term),
         vote: U64::new(hard_state.vote),
         commit: U64::new(hard_state.commit),
         acknowledged: U64::new(acknowledged),
+        ack_term: U64::new(hard_state.ack_term),
     };
     record.crc = U32::new(crc32c::crc32c(&record.as_bytes()[4..]));
     let mut slot = vec![0u8; SLOT_SIZE];
@@ -198,11 +221,13 @@ fn decode_file(path: &Path, raw: &[u8]) -> Result<Loaded, WalError> {
     }
 }
 
-/// Whether a commit-only save carries a term or vote older than `durable`'s:
+/// Whether a commit-only save carries a term, vote or `ack_term` older than
+/// `durable`'s:
 /// a background save that a durable one overtook, which must not undo it.
 pub fn is_overtaken(hard_state: HardState, durable: HardState) -> bool {
     hard_state.term < durable.term
         || (hard_state.term == durable.term && durable.vote != 0 && hard_state.vote != durable.vote)
+        || hard_state.ack_term < durable.ack_term
 }
 
 /// Writes hard states into the slots.
@@ -286,6 +311,35 @@ impl HardStateWriter {
 mod tests {
     use super::*;
 
+    /// A slot written before `ack_term` existed (layout 0: a 56-byte
+    /// record) still reads, with its term standing in for `ack_term`; the
+    /// current layout keeps `ack_term` as saved.
+    #[test]
+    fn a_slot_without_ack_term_reads_with_its_term() {
+        let hard_state = HardState { term: 9, vote: 2, commit: 4, ack_term: 3 };
+        let current = encode_slot(5, hard_state, 4);
+        match decode_slot(&current) {
+            Slot::Valid { hard_state: read, .. } => assert_eq!(read, hard_state),
+            other => panic!("{other:?}"),
+        }
+        let mut old = current.clone();
+        old[4..8].fill(0);
+        old[SLOT_RECORD_SIZE_V0..SLOT_RECORD_SIZE].fill(0);
+        let crc = crc32c::crc32c(&old[4..SLOT_RECORD_SIZE_V0]);
+        old[..4].copy_from_slice(&crc.to_le_bytes());
+        match decode_slot(&old) {
+            Slot::Valid { hard_state: read, acknowledged, .. } => {
+                assert_eq!(read, HardState { ack_term: 9, ..hard_state });
+                assert_eq!(acknowledged, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A layout this build does not know is damage, not a guess.
+        let mut unknown = current;
+        unknown[4..8].copy_from_slice(&7u32.to_le_bytes());
+        assert!(matches!(decode_slot(&unknown), Slot::Damaged { .. }));
+    }
+
     fn file_with(slots: [Option<(u64, HardState)>; 2]) -> Vec<u8> {
         let mut raw = vec![0u8; SLOT_SIZE * SLOT_COUNT];
         for (index, slot) in slots.iter().enumerate() {
@@ -302,8 +356,8 @@ mod tests {
 
     #[test]
     fn newest_valid_slot_wins_and_a_torn_newer_slot_falls_back() {
-        let old = HardState { term: 3, vote: 1, commit: 7 };
-        let new = HardState { term: 4, vote: 2, commit: 9 };
+        let old = HardState { term: 3, vote: 1, commit: 7, ack_term: 0 };
+        let new = HardState { term: 4, vote: 2, commit: 9, ack_term: 0 };
         let mut raw = file_with([Some((2, new)), Some((1, old))]);
         assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 0, 2, 0));
         raw[20] ^= 0x10;
@@ -320,8 +374,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wal-hard-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         initialize(&dir).unwrap();
-        let voted = HardState { term: 2, vote: 3, commit: 5 };
-        let new_term = HardState { term: 3, vote: 0, commit: 9 };
+        let voted = HardState { term: 2, vote: 3, commit: 5, ack_term: 0 };
+        let new_term = HardState { term: 3, vote: 0, commit: 9, ack_term: 0 };
         tokio_uring::start(async {
             let (hard_state, _, sequence, slot) = load(&dir).unwrap();
             let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot).unwrap();

@@ -214,6 +214,21 @@ pub struct SnapshotDraft {
     /// crc32c of the data written so far.
     crc: u32,
     sink: Sink,
+    /// Removes the temporary file of a draft dropped unsealed (a failed
+    /// write, a full disk, a transfer given up): a partial snapshot must
+    /// not hold the space the log needs.
+    discard: Discard,
+}
+
+/// Removes its file when dropped, unless disarmed (see `SnapshotDraft`).
+struct Discard(Option<PathBuf>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 enum Sink {
@@ -245,13 +260,14 @@ impl SnapshotDraft {
             .open(&path)
             .map_err(|error| WalError::io("creating", &path, error))?;
         let data_start = encode_head(&meta, 0, 0).len() as u64;
+        let discard = Discard(Some(path.clone()));
         let sink = FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0 };
-        Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink) })
+        Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink), discard })
     }
 
     /// A draft in memory.
     pub(crate) fn memory(meta: SnapshotMeta) -> SnapshotDraft {
-        SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::Memory(Vec::new()) }
+        SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::Memory(Vec::new()), discard: Discard(None) }
     }
 
     pub fn meta(&self) -> &SnapshotMeta {
@@ -336,7 +352,10 @@ impl std::io::Write for SnapshotDraft {
 /// the runtime thread (the shard driver's) is never held for the whole
 /// state.
 pub(crate) async fn seal(dir: &Path, stored: &StoredSnapshot, draft: SnapshotDraft) -> Result<u64, WalError> {
-    let SnapshotDraft { meta, length, crc: data_crc, sink } = draft;
+    // A seal that fails part way leaves the file to the next draft, which
+    // truncates it.
+    let SnapshotDraft { meta, length, crc: data_crc, sink, mut discard } = draft;
+    discard.0 = None;
     debug_assert_eq!(meta, stored.meta);
     let Sink::File(sink) = sink else {
         panic!("an in-memory snapshot draft given to the WAL");

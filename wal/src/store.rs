@@ -105,11 +105,10 @@ pub trait LogStore: Sized {
     /// takes its place in the append order when it is called.
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), WalError> {
         let mut draft = self.snapshot_draft(meta, false)?;
-        std::io::Write::write_all(&mut draft, &data).map_err(|error| WalError::Io {
-            op: "writing a snapshot draft",
-            path: Default::default(),
-            source: std::sync::Arc::new(error),
-        })?;
+        // `WalError::io` tells a full disk (`NoSpace`, which a caller may
+        // wait out) from other failures.
+        std::io::Write::write_all(&mut draft, &data)
+            .map_err(|error| WalError::io("writing a snapshot draft", std::path::Path::new(""), error))?;
         self.save_snapshot_draft(draft).await
     }
 

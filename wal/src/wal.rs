@@ -207,6 +207,7 @@ impl LogStore for Wal {
         if hard_state_damage.is_some() {
             acknowledged = engine::REPAIR_UNKNOWN;
             hard_state.term = hard_state.term.max(log.term(log.last_index).unwrap_or(0));
+            hard_state.ack_term = hard_state.term;
             hard_state.commit = hard_state.commit.min(log.last_index);
         }
         let log_last = log.last_index;

@@ -152,7 +152,9 @@ fn crash_child() {
             if child.rng.random_bool(0.05) {
                 hard_term += 1;
                 writeln!(child.out, "@h {hard_term}").unwrap();
-                wal.save_hard_state(HardState { term: hard_term, vote: 1, commit: 0 }).await.expect("hard state");
+                wal.save_hard_state(HardState { term: hard_term, vote: 1, commit: 0, ack_term: 0 })
+                    .await
+                    .expect("hard state");
                 writeln!(child.out, "@H {hard_term}").unwrap();
             }
             let (last, _) = child.model.last();

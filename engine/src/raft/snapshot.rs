@@ -238,6 +238,9 @@ impl Raft {
     }
 
     fn respond_snapshot(&mut self, to: NodeId, meta: &SnapshotMeta, next_offset: u64, rejected: bool) {
+        if !rejected {
+            self.note_ack();
+        }
         let term = self.term;
         self.send(Message {
             from: self.id,

@@ -590,15 +590,9 @@ where
     /// the learner.
     fn add_learner(&mut self, id: engine::NodeId, addr: String, reply: T::Reply, arrived: Instant) {
         let change = |op| ConfChange { ops: vec![op] };
-        if addr.parse::<SocketAddr>().is_err() {
-            self.transport.reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
+        let Some(reply) = self.leader_with_addresses(&[&addr], reply) else {
             return;
-        }
-        if self.raft.role() != Role::Leader {
-            let redirect = self.leader_redirect();
-            self.transport.reply(reply, redirect);
-            return;
-        }
+        };
         // The address goes through the log first, so every member
         // can reach the learner (and any later leader knows it).
         let set = SetAddresses { id, peer: Some(addr), client: None };
@@ -616,17 +610,9 @@ where
     /// log when they changed and, unless it is a member, a place as a
     /// learner. A removed node is refused.
     fn join(&mut self, join: JoinRequest, reply: T::Reply, arrived: Instant) {
-        for addr in [&join.peer_addr, &join.client_addr] {
-            if addr.parse::<SocketAddr>().is_err() {
-                self.transport.reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
-                return;
-            }
-        }
-        if self.raft.role() != Role::Leader {
-            let redirect = self.leader_redirect();
-            self.transport.reply(reply, redirect);
+        let Some(reply) = self.leader_with_addresses(&[&join.peer_addr, &join.client_addr], reply) else {
             return;
-        }
+        };
         if join.id == engine::NODE_NONE {
             if self.ctx.shard_id != 0 {
                 let status = ResponseStatus::BadRequest("node ids are assigned by shard 0".into());
@@ -669,6 +655,23 @@ where
             Some(proposed) => self.answer_when_applied(Ok(proposed), reply, arrived),
             None => self.transport.reply(reply, ResponseStatus::Ok(Bytes::new())),
         }
+    }
+
+    /// The common first steps of a membership request that carries
+    /// addresses: each must be an IP:port, and only the leader proposes
+    /// (others answer with where it is). Returns the reply still to be
+    /// answered, or None when it was answered here.
+    fn leader_with_addresses(&mut self, addrs: &[&str], reply: T::Reply) -> Option<T::Reply> {
+        if let Some(addr) = addrs.iter().find(|addr| addr.parse::<SocketAddr>().is_err()) {
+            self.transport.reply(reply, ResponseStatus::BadRequest(format!("{addr:?} is not an IP:port address")));
+            return None;
+        }
+        if self.raft.role() != Role::Leader {
+            let redirect = self.leader_redirect();
+            self.transport.reply(reply, redirect);
+            return None;
+        }
+        Some(reply)
     }
 
     /// Answers `reply` when the proposed entry is applied, or at once with
