@@ -246,9 +246,52 @@ impl EntryBatch {
     /// leader's log: no vector of cloned entries (an allocation and two
     /// reference-count updates per entry) on the way.
     pub fn encode_from<'a>(entries: impl ExactSizeIterator<Item = &'a Entry> + Clone) -> EntryBatch {
+        EntryBatch::encode_filtered(entries, |_| true)
+    }
+
+    /// Encodes the metadata of `entries` for a witness: the same indices,
+    /// terms and kinds, with every payload empty except configuration
+    /// entries', which a witness needs to know the membership. Costs the
+    /// entry headers (and configuration payloads) only, whatever the
+    /// payloads' size.
+    pub fn encode_metadata_from<'a>(entries: impl ExactSizeIterator<Item = &'a Entry> + Clone) -> EntryBatch {
+        EntryBatch::encode_filtered(entries, keeps_payload_for_witness)
+    }
+
+    /// This batch as a witness receives it (see
+    /// [`EntryBatch::encode_metadata_from`]). A batch with no payload to
+    /// strip is shared, not copied.
+    pub fn metadata_only(&self) -> EntryBatch {
+        if self.entries().all(|entry| entry.data.is_empty() || keeps_payload_for_witness(&entry)) {
+            return self.clone();
+        }
+        let entries: Vec<Entry> = self.entries().collect();
+        EntryBatch::encode_metadata_from(entries.iter())
+    }
+
+    /// Whether every payload in the batch is one a witness may hold: a
+    /// batch from a leader to a witness must pass this.
+    pub fn is_metadata_only(&self) -> bool {
+        self.entries().all(|entry| entry.data.is_empty() || keeps_payload_for_witness(&entry))
+    }
+
+    /// [`EntryBatch::encode_from`], writing the payload of an entry only when
+    /// `keep_payload` says so (an empty one otherwise).
+    fn encode_filtered<'a>(
+        entries: impl ExactSizeIterator<Item = &'a Entry> + Clone,
+        keep_payload: impl Fn(&Entry) -> bool,
+    ) -> EntryBatch {
         let count = entries.len();
         assert!(count > 0, "a batch holds at least one entry");
-        let length: usize = BATCH_HEADER_SIZE + entries.clone().map(Entry::encoded_size).sum::<usize>();
+        let payload = |entry: &'a Entry| -> &'a [u8] {
+            if keep_payload(entry) {
+                &entry.data
+            } else {
+                &[]
+            }
+        };
+        let length: usize =
+            BATCH_HEADER_SIZE + entries.clone().map(|entry| ENTRY_HEADER_SIZE + payload(entry).len()).sum::<usize>();
         assert!(length <= u32::MAX as usize, "batch of {length} bytes does not fit the format");
         let first = entries.clone().next().expect("count > 0");
         let (first_index, first_term) = (first.index, first.term);
@@ -262,12 +305,12 @@ impl EntryBatch {
             let entry_header = EntryHeader {
                 index: U64::new(entry.index),
                 term: U64::new(entry.term),
-                length: U32::new(u32::try_from(entry.data.len()).expect("payload over 4 GiB")),
+                length: U32::new(u32::try_from(payload(entry).len()).expect("payload over 4 GiB")),
                 kind: entry.kind as u8,
                 reserved: [0; 3],
             };
             buf.put_slice(entry_header.as_bytes());
-            buf.put_slice(&entry.data);
+            buf.put_slice(payload(entry));
         }
         let last_term = previous_term;
         let header = BatchHeader {
@@ -332,6 +375,12 @@ impl EntryBatch {
     pub fn entries(&self) -> EntryIter<'_> {
         EntryIter { batch: self, offset: BATCH_HEADER_SIZE, remaining: self.count }
     }
+}
+
+/// Whether a witness receives this entry's payload: only a configuration
+/// entry's, because a witness must know the membership to vote and count.
+fn keeps_payload_for_witness(entry: &Entry) -> bool {
+    entry.kind == EntryKind::Config
 }
 
 /// Iterates the entries of a validated batch.
@@ -410,6 +459,26 @@ mod tests {
         let batch = EntryBatch::encode(&[entry(1, 1, &[7; 100])]);
         let err = EntryBatch::decode(batch.as_bytes(), 64).unwrap_err();
         assert!(matches!(err, BatchError::BadLength { .. }), "{err}");
+    }
+
+    /// A witness's batch keeps every index, term and kind and the
+    /// configuration payloads, and drops every other payload byte.
+    #[test]
+    fn metadata_only_strips_normal_payloads() {
+        let config = Entry { index: 6, term: 2, kind: EntryKind::Config, data: Bytes::from_static(b"conf") };
+        let entries = vec![entry(5, 2, b"hello"), config.clone(), entry(7, 3, b"world")];
+        let batch = EntryBatch::encode(&entries);
+        let stripped = batch.metadata_only();
+        let decoded = EntryBatch::decode(stripped.as_bytes(), BATCH_BYTES_LIMIT).unwrap();
+        let back: Vec<Entry> = decoded.entries().collect();
+        assert_eq!(back, vec![entry(5, 2, b""), config, entry(7, 3, b"")]);
+        assert_eq!((decoded.first_index(), decoded.last_index(), decoded.last_term()), (5, 7, 3));
+        assert!(stripped.is_metadata_only());
+        assert!(!batch.is_metadata_only());
+        assert_eq!(stripped.len_bytes(), batch.len_bytes() - b"helloworld".len());
+        // Nothing to strip: the very same bytes are shared.
+        let empty = EntryBatch::encode(&[entry(1, 1, b"")]);
+        assert_eq!(empty.metadata_only().as_bytes().as_ptr(), empty.as_bytes().as_ptr());
     }
 
     proptest! {

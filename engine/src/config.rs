@@ -13,6 +13,17 @@ pub struct Config {
     pub voters: Vec<NodeId>,
     /// Learners at bootstrap.
     pub learners: Vec<NodeId>,
+    /// Voters at bootstrap that are witnesses (each also listed in
+    /// `voters`). Whether this node is a witness is not configured here
+    /// but read from the configuration in force, so that every node agrees.
+    pub witnesses: Vec<NodeId>,
+    /// This node runs as a witness (its data directory holds entry metadata
+    /// and no state machine): it never campaigns and applies nothing, even
+    /// while the configuration does not (yet, or any more) list it as a
+    /// witness. A node is also a witness, without this, from the moment a
+    /// configuration lists it as one; this flag is how a shell keeps that
+    /// across a restart after the node was removed.
+    pub witness: bool,
     /// A follower starts an election after a random timeout in
     /// `[election_ticks_min, election_ticks_max)`.
     pub election_ticks_min: u32,
@@ -78,6 +89,8 @@ impl Config {
             id,
             voters,
             learners: Vec::new(),
+            witnesses: Vec::new(),
+            witness: false,
             election_ticks_min: 10,
             election_ticks_max: 20,
             heartbeat_ticks: 1,
@@ -135,6 +148,22 @@ impl Config {
         if self.voters.iter().any(|v| self.learners.contains(v)) {
             return Err(ConfigError("a node cannot be both voter and learner".into()));
         }
+        if let Some(witness) = self.witnesses.iter().find(|w| !self.voters.contains(w)) {
+            return Err(ConfigError(format!("witness {witness} must also be listed as a voter")));
+        }
+        if self.witness && self.voters.contains(&self.id) && !self.witnesses.contains(&self.id) {
+            return Err(ConfigError(format!(
+                "node {} runs as a witness but the bootstrap membership makes it a full voter",
+                self.id
+            )));
+        }
+        crate::types::ConfState::with_witnesses(
+            self.voters.iter().copied(),
+            self.witnesses.iter().copied(),
+            self.learners.iter().copied(),
+        )
+        .check_witnesses()
+        .map_err(ConfigError)?;
         Ok(())
     }
 }

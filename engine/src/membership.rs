@@ -19,8 +19,15 @@ pub enum ConfChangeOp {
     AddVoter(NodeId),
     /// Add a learner (a non-voting member that receives the log).
     AddLearner(NodeId),
-    /// Remove a voter or learner.
+    /// Remove a voter (witness or not) or learner.
     Remove(NodeId),
+    /// Add a witness, or promote a learner to one: a voter that holds only
+    /// entry metadata and never leads. A full voter does not become a
+    /// witness in place, nor a witness a full voter or learner: a witness's
+    /// log lacks payloads that matching terms would make a leader believe
+    /// it holds, so the node is removed, and added back (with its data
+    /// wiped) by a later change.
+    AddWitness(NodeId),
 }
 
 /// The payload of a configuration entry: the operations that enter a joint
@@ -37,7 +44,10 @@ pub struct ConfChangeError(pub String);
 
 impl ConfChange {
     /// Encoding: a u32 count, then per operation one kind byte (1 add voter,
-    /// 2 add learner, 3 remove) and a u64 node id, all little-endian.
+    /// 2 add learner, 3 remove, 4 add witness) and a u64 node id, all
+    /// little-endian. Kind 4 came later: every older encoding decodes the
+    /// same, but a node built before it ignores a change that adds a witness
+    /// (see `conf_after_append`), so all nodes must be upgraded first.
     pub fn encode(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(4 + self.ops.len() * 9);
         buf.put_u32_le(self.ops.len() as u32);
@@ -46,6 +56,7 @@ impl ConfChange {
                 ConfChangeOp::AddVoter(id) => (1u8, id),
                 ConfChangeOp::AddLearner(id) => (2, id),
                 ConfChangeOp::Remove(id) => (3, id),
+                ConfChangeOp::AddWitness(id) => (4, id),
             };
             buf.put_u8(kind);
             buf.put_u64_le(id);
@@ -69,6 +80,7 @@ impl ConfChange {
                     1 => Ok(ConfChangeOp::AddVoter(id)),
                     2 => Ok(ConfChangeOp::AddLearner(id)),
                     3 => Ok(ConfChangeOp::Remove(id)),
+                    4 => Ok(ConfChangeOp::AddWitness(id)),
                     kind => Err(ConfChangeError(format!("unknown operation kind {kind}"))),
                 }
             })
@@ -87,42 +99,27 @@ impl ConfChange {
             if !conf.is_joint() {
                 return Err(ConfChangeError("leave-joint outside a joint configuration".into()));
             }
-            return Ok(ConfState {
+            let mut next = ConfState {
                 voters: conf.voters.clone(),
                 voters_outgoing: Vec::new(),
                 learners: conf.learners.clone(),
-            });
+                witnesses: conf.witnesses.clone(),
+            };
+            next.normalize();
+            return Ok(next);
         }
         if conf.is_joint() {
             return Err(ConfChangeError("a change while a joint configuration is in force".into()));
         }
-        let mut voters = conf.voters.clone();
-        let mut learners = conf.learners.clone();
+        let mut next = ConfState {
+            voters: conf.voters.clone(),
+            voters_outgoing: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            witnesses: conf.witnesses.clone(),
+        };
         for op in &self.ops {
-            match *op {
-                ConfChangeOp::AddVoter(id) => {
-                    if id == crate::types::NODE_NONE {
-                        return Err(ConfChangeError("node id 0 cannot be a member".into()));
-                    }
-                    learners.retain(|&l| l != id);
-                    voters.push(id);
-                }
-                ConfChangeOp::AddLearner(id) => {
-                    if id == crate::types::NODE_NONE {
-                        return Err(ConfChangeError("node id 0 cannot be a member".into()));
-                    }
-                    if voters.contains(&id) {
-                        return Err(ConfChangeError(format!("node {id} is a voter; demotion is not supported")));
-                    }
-                    learners.push(id);
-                }
-                ConfChangeOp::Remove(id) => {
-                    voters.retain(|&v| v != id);
-                    learners.retain(|&l| l != id);
-                }
-            }
+            apply_op(*op, conf, &mut next)?;
         }
-        let mut next = ConfState { voters, voters_outgoing: conf.voters.clone(), learners };
         next.normalize();
         if next.voters == next.voters_outgoing {
             // The voters did not change (learners only, or the bootstrap
@@ -132,8 +129,69 @@ impl ConfChange {
         if next.voters.is_empty() {
             return Err(ConfChangeError("the change would remove the last voter".into()));
         }
+        next.check_witnesses().map_err(ConfChangeError)?;
         Ok(next)
     }
+}
+
+/// Applies one operation of a change to `next` (its incoming half), checked
+/// against `conf`, the configuration the change starts from: whether a node
+/// is a witness is decided there, so removing and re-adding a node within
+/// one change cannot turn a witness into a full voter or back.
+fn apply_op(op: ConfChangeOp, conf: &ConfState, next: &mut ConfState) -> Result<(), ConfChangeError> {
+    let id = match op {
+        ConfChangeOp::AddVoter(id) | ConfChangeOp::AddLearner(id) | ConfChangeOp::AddWitness(id) => id,
+        ConfChangeOp::Remove(id) => id,
+    };
+    if id == crate::types::NODE_NONE && !matches!(op, ConfChangeOp::Remove(_)) {
+        return Err(ConfChangeError("node id 0 cannot be a member".into()));
+    }
+    let was_witness = conf.witnesses.contains(&id);
+    match op {
+        ConfChangeOp::AddVoter(id) => {
+            if was_witness || next.witnesses.contains(&id) {
+                return Err(ConfChangeError(format!(
+                    "node {id} is a witness and cannot become a full voter in place: remove it, wipe its \
+                     data, then add it again in a later change"
+                )));
+            }
+            next.learners.retain(|&l| l != id);
+            next.voters.push(id);
+        }
+        ConfChangeOp::AddLearner(id) => {
+            if was_witness {
+                return Err(ConfChangeError(format!("node {id} is a witness and cannot become a learner")));
+            }
+            if next.voters.contains(&id) {
+                return Err(ConfChangeError(format!("node {id} is a voter; demotion is not supported")));
+            }
+            next.learners.push(id);
+        }
+        ConfChangeOp::AddWitness(id) => {
+            if conf.is_voter(id) && !was_witness {
+                return Err(ConfChangeError(format!(
+                    "node {id} is a full voter and cannot become a witness in place: remove it, then add it \
+                     as a witness in a later change"
+                )));
+            }
+            if next.learners.contains(&id) && !conf.learners.contains(&id) {
+                return Err(ConfChangeError(format!("node {id} cannot be added as a learner and a witness at once")));
+            }
+            // A learner may become a witness (a node joins as a learner,
+            // then is promoted): the payloads it holds are only more than a
+            // witness needs, unlike a witness's log made a full voter's.
+            next.learners.retain(|&l| l != id);
+            next.voters.push(id);
+            next.witnesses.push(id);
+        }
+        ConfChangeOp::Remove(id) => {
+            next.voters.retain(|&v| v != id);
+            next.learners.retain(|&l| l != id);
+            // A removed witness stays listed while it votes in the outgoing
+            // half; `normalize` drops it once it votes in neither.
+        }
+    }
+    Ok(())
 }
 
 impl Raft {
@@ -154,7 +212,7 @@ impl Raft {
         change.apply_to(self.conf()).map_err(|error| ProposeError::InvalidChange(error.0))?;
         let last = self.last_index();
         for op in &change.ops {
-            if let ConfChangeOp::AddVoter(id) = *op {
+            if let ConfChangeOp::AddVoter(id) | ConfChangeOp::AddWitness(id) = *op {
                 if self.conf().is_learner(id) {
                     let matched = self.progress().get(&id).map_or(0, |pr| pr.match_index);
                     if matched + self.config().promotion_lag_max < last {

@@ -31,6 +31,12 @@ pub struct Progress {
     pub probe_sent: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// The leader's tick when this peer last answered (or voted for it):
+    /// the same notion as `recent_active` over a sliding window, which a
+    /// witness's replication limit needs (see `Raft::witness_limit`): a
+    /// window that restarts empty every election timeout would call a
+    /// healthy follower inactive for the tick after each restart.
+    pub heard_at: Option<u64>,
     /// The latest heartbeat round this peer acknowledged (ReadIndex, leases).
     pub acked_round: u64,
     /// In `Snapshot`, the index of the snapshot being sent.
@@ -56,6 +62,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             recent_active: false,
+            heard_at: None,
             acked_round: 0,
             pending_snapshot: 0,
             commit_sent: 0,

@@ -100,7 +100,11 @@ pub struct Ready {
     pub entries: Vec<EntryBatch>,
     pub messages: Vec<Message>,
     pub messages_after_persist: Vec<Message>,
-    /// Entries to apply, in index order.
+    /// Entries to apply, in index order. On a witness ([`Raft::is_witness`])
+    /// only the configuration entries among them, for the shell to log: a
+    /// witness runs no state machine (its normal entries have no payload)
+    /// and its applied index advances without one. A witness's
+    /// `snapshot_due` asks for a snapshot with an empty image.
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     /// Read contexts that cannot be served here (leadership lost, no leader):
@@ -175,6 +179,7 @@ pub struct PeerStatus {
     pub inflight_batches: usize,
     pub recent_active: bool,
     pub learner: bool,
+    pub witness: bool,
 }
 
 /// Encoded batches a leader keeps so that followers at the same point receive
@@ -293,6 +298,11 @@ pub struct Raft {
     /// How many times this replica started a repair to [`REPAIR_UNKNOWN`]
     /// (a shell may miss one that started and ended between two Readies).
     unknown_repairs: u64,
+    /// This replica is a witness: configured as one, or listed as one by a
+    /// configuration it installed since it started. Sticky: a witness's log
+    /// lacks payloads, so a later configuration that drops it (a removal,
+    /// or a truncated entry) must not make it campaign or apply.
+    witness: bool,
     /// The last empty entry this leader proposed for a replica in repair
     /// (see `nudge_repair`): the next waits until it is committed.
     repair_nudge: Index,
@@ -315,7 +325,15 @@ impl Raft {
         let Recovered { hard_state, snapshot, entries, acknowledged } = recovered;
         let (offset_index, offset_term, conf) = match &snapshot {
             Some(meta) => (meta.index, meta.term, meta.conf.clone()),
-            None => (0, 0, ConfState::new(config.voters.iter().copied(), config.learners.iter().copied())),
+            None => (
+                0,
+                0,
+                ConfState::with_witnesses(
+                    config.voters.iter().copied(),
+                    config.witnesses.iter().copied(),
+                    config.learners.iter().copied(),
+                ),
+            ),
         };
         let mut log = RaftLog::new(offset_index, offset_term, entries);
         // The hard state's commit index never covers entries that were not
@@ -392,6 +410,7 @@ impl Raft {
             unverified,
             reports: BTreeMap::new(),
             unknown_repairs: 0,
+            witness: config.witness || conf.is_witness(id),
             repair_nudge: 0,
             config,
         };
@@ -399,6 +418,9 @@ impl Raft {
         raft.reset_election_timeout();
         // The latest configuration entry in the log is in force (thesis 4.1).
         crate::membership::conf_after_append(&mut raft, offset_index + 1);
+        // A witness whose removal is in its log is still one: its log has
+        // no payloads whichever configuration is in force.
+        raft.witness |= raft.conf_history.iter().any(|(_, conf)| conf.is_witness(id));
         Ok(raft)
     }
 
@@ -481,6 +503,13 @@ impl Raft {
         self.unknown_repairs
     }
 
+    /// Whether this replica is a witness: it holds entry metadata only,
+    /// never leads, and hands out no normal entries to apply (see
+    /// [`Ready::committed_entries`]); its shell runs no state machine.
+    pub fn is_witness(&self) -> bool {
+        self.witness
+    }
+
     pub fn transfer_target(&self) -> Option<NodeId> {
         (self.transfer_target != NODE_NONE).then_some(self.transfer_target)
     }
@@ -518,6 +547,7 @@ impl Raft {
     /// Puts a configuration in force; a leader starts or stops tracking
     /// members accordingly.
     pub(crate) fn install_conf(&mut self, conf: ConfState) {
+        self.witness |= conf.is_witness(self.id);
         self.conf = conf;
         if self.role != Role::Leader {
             return;
@@ -580,6 +610,7 @@ impl Raft {
                     inflight_batches: pr.inflight.count(),
                     recent_active: pr.recent_active,
                     learner: self.conf.is_learner(id),
+                    witness: self.conf.is_witness(id),
                 })
                 .collect(),
         }
@@ -591,6 +622,10 @@ impl Raft {
     /// need it to finish the change (its log is the most up to date), and
     /// votes are still counted under its latest configuration.
     fn promotable(&self) -> bool {
+        // A witness lacks the payloads a leader must send.
+        if self.witness || self.conf_at(self.log.committed).is_witness(self.id) {
+            return false;
+        }
         // A replica repairing to an unknown target may still campaign with
         // an empty log: it can win only among empty logs, as in a new
         // cluster's first election.
@@ -617,6 +652,17 @@ impl Raft {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.witness {
+            if self.election_elapsed >= self.election_timeout {
+                // The leader is silent: forget it, as a follower that
+                // campaigns would, so the lease no longer makes this
+                // witness ignore the candidates that replace it.
+                self.election_elapsed = 0;
+                self.leader = NODE_NONE;
+                self.witness_report();
+            }
+            return;
+        }
         // Single-node bootstrap: nobody else can win, so do not wait.
         if self.sole_voter() || (self.promotable() && self.election_elapsed >= self.election_timeout) {
             self.election_elapsed = 0;
@@ -651,6 +697,28 @@ impl Raft {
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+        }
+    }
+
+    /// A witness never campaigns, but once per election timeout without a
+    /// leader it tells the other voters its log position in pre-vote
+    /// requests, whose answers it ignores. A voter that cannot know what it
+    /// acknowledged votes only after hearing the logs of enough voters (see
+    /// `unknown_past_vote_allowed`), and hears them only in such requests:
+    /// without these, a configuration that needs that voter's vote (the
+    /// incoming half of a change removing the witness, say) could elect no
+    /// one. A pre-vote changes no term and no vote, so the requests disturb
+    /// nobody.
+    fn witness_report(&mut self) {
+        if !self.conf.is_voter(self.id) {
+            return;
+        }
+        let request =
+            VoteRequest { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), transfer: false };
+        let term = self.term + 1;
+        let me = self.id;
+        for to in self.voter_ids().into_iter().filter(|&to| to != me) {
+            self.send(Message { from: me, to, term, body: MessageBody::PreVote(request) });
         }
     }
 
@@ -722,6 +790,11 @@ impl Raft {
     /// Asks for a linearizable read. `context` is the shell's name for it; the
     /// answer comes back as a [`ReadState`] (or in `dropped_reads`).
     pub fn read_index(&mut self, context: u64, mode: ReadMode) -> Result<(), ProposeError> {
+        if self.witness {
+            // No state machine here to serve it from: the client asks the
+            // leader instead.
+            return Err(ProposeError::NotLeader { leader: (self.leader != NODE_NONE).then_some(self.leader) });
+        }
         match self.role {
             Role::Leader => {
                 self.leader_read(context, self.id, mode);
@@ -748,6 +821,11 @@ impl Raft {
     /// watches the applied entries for it. A forwarded command may be lost
     /// (the leader changes, or is busy) and gets no answer either way.
     pub fn forward_proposal(&mut self, command: Bytes) -> Result<(), ProposeError> {
+        if self.witness {
+            // Its caller would wait for the command to apply here, and a
+            // witness applies nothing: the client asks the leader instead.
+            return Err(ProposeError::NotLeader { leader: (self.leader != NODE_NONE).then_some(self.leader) });
+        }
         match self.role {
             Role::Leader => self.propose(command).map(|_| ()),
             _ if self.leader != NODE_NONE => {
@@ -836,6 +914,9 @@ impl Raft {
         if !self.conf.is_voter(target) || !self.progress.contains_key(&target) {
             return Err(ProposeError::NotVoter(target));
         }
+        if self.conf.is_witness(target) {
+            return Err(ProposeError::InvalidChange(format!("node {target} is a witness and never leads")));
+        }
         if self.transfer_target == target {
             return Ok(());
         }
@@ -865,6 +946,8 @@ impl Raft {
                 pr.maybe_update(index);
             }
             self.maybe_commit();
+            // The witness limit may follow the leader's disk.
+            self.send_witnesses();
         }
     }
 
@@ -926,13 +1009,21 @@ impl Raft {
         }
         ready.messages = std::mem::take(&mut self.messages);
         ready.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
+        let mut applying = self.log.applied;
         if self.log.committed > self.log.applied {
             ready.committed_entries =
                 self.log.slice(self.log.applied + 1, self.log.committed, self.config.apply_bytes_max);
             let bytes: usize = ready.committed_entries.iter().map(|entry| entry.data.len()).sum();
             self.applied_bytes_since_snapshot += bytes as u64;
+            applying = ready.committed_entries.last().map_or(applying, |entry| entry.index);
+            if self.witness {
+                // A witness has no state machine: it applies by moving its
+                // applied index (which its metadata snapshots follow), and
+                // shows its shell only the membership changes.
+                ready.committed_entries.retain(|entry| entry.kind == EntryKind::Config);
+            }
         }
-        self.applying = Some(ready.committed_entries.last().map_or(self.log.applied, |entry| entry.index));
+        self.applying = Some(applying);
         ready.read_states = std::mem::take(&mut self.read_states);
         ready.dropped_reads = std::mem::take(&mut self.dropped_reads);
         ready.snapshot_install = self.snapshot_install.take();
@@ -952,7 +1043,8 @@ impl Raft {
     /// Acknowledges a [`Ready`]: its committed entries count as applied.
     pub fn advance(&mut self, ready: Ready) {
         let applying = self.applying.take().expect("advance() without ready()");
-        debug_assert_eq!(ready.committed_entries.last().map_or(applying, |entry| entry.index), applying);
+        debug_assert!(ready.committed_entries.last().is_none_or(|entry| entry.index <= applying));
+        debug_assert!(self.witness || ready.committed_entries.last().map_or(applying, |e| e.index) == applying);
         self.advance_applied(applying);
     }
 
@@ -1080,7 +1172,10 @@ impl Raft {
                 self.start_snapshot(to);
                 return;
             };
-            let batch = self.batch_from(next);
+            let batch = match self.witness_since(to) {
+                Some(since) => self.witness_batch(next, since),
+                None => self.batch_from(next),
+            };
             if batch.is_none() && state == ProgressState::Replicate {
                 if send_if_empty && !sent_any {
                     let commit = self.log.committed;
@@ -1203,6 +1298,10 @@ impl Raft {
 
     fn become_leader(&mut self) {
         assert_ne!(self.role, Role::Follower, "a follower cannot become leader directly");
+        assert!(!self.witness, "a witness never leads");
+        // Voters that answered the election are alive now (a witness's
+        // limit depends on it, see `witness_limit`).
+        let answered: Vec<NodeId> = self.votes.keys().copied().collect();
         self.reset(self.term);
         self.role = Role::Leader;
         // Its own durable entries count toward commitment in this term.
@@ -1221,6 +1320,9 @@ impl Raft {
         }
         for id in members {
             let mut pr = Progress::new(last + 1);
+            if answered.contains(&id) {
+                pr.heard_at = Some(self.now);
+            }
             if id == self.id {
                 pr.match_index = self.log.persisted;
                 pr.recent_active = true;
@@ -1243,7 +1345,12 @@ impl Raft {
         // first leader of a new cluster makes it the bootstrap membership,
         // so a node that joins later learns the whole history from the log.
         if last == 0 {
-            let mut ops: Vec<ConfChangeOp> = self.conf.voters.iter().map(|&id| ConfChangeOp::AddVoter(id)).collect();
+            let conf = &self.conf;
+            let mut ops: Vec<ConfChangeOp> = conf
+                .voters
+                .iter()
+                .map(|&id| if conf.is_witness(id) { ConfChangeOp::AddWitness(id) } else { ConfChangeOp::AddVoter(id) })
+                .collect();
             ops.extend(self.conf.learners.iter().map(|&id| ConfChangeOp::AddLearner(id)));
             let data = ConfChange { ops }.encode();
             self.log.push(Entry { index: 1, term: self.term, kind: EntryKind::Config, data });
@@ -1326,7 +1433,8 @@ impl Raft {
     /// Advances the commit index to what a quorum has durably matched, but
     /// only by counting entries of the current term (Raft paper 5.4.2).
     fn maybe_commit(&mut self) -> bool {
-        let index = self.quorum_value(|id| self.progress.get(&id).map_or(0, |pr| pr.match_index));
+        let limit = self.witness_limit();
+        let index = self.quorum_value(|id| self.counted_match(id, limit));
         if index <= self.log.committed || self.log.term(index) != Some(self.term) {
             return false;
         }
@@ -1341,6 +1449,125 @@ impl Raft {
         }
         self.after_commit(old, index);
         true
+    }
+
+    /// What `id` has durably matched, as the commit rule counts it: a
+    /// witness's match is capped at `limit` ([`Raft::witness_limit`]).
+    fn counted_match(&self, id: NodeId, limit: Index) -> Index {
+        let matched = self.progress.get(&id).map_or(0, |pr| pr.match_index);
+        if self.conf.is_witness(id) {
+            matched.min(limit)
+        } else {
+            matched
+        }
+    }
+
+    /// How far a leader sends witnesses entries, and counts their
+    /// acknowledgements toward commit: the durability rule of witnesses.
+    ///
+    /// While another full voter is recently active (it answered within an
+    /// election timeout, the check-quorum notion, and is not being sent a
+    /// snapshot), the limit is the highest index such a follower has durably
+    /// matched. An entry a witness helps commit is then already on a second
+    /// full replica besides the leader, so no single failure loses it, and a
+    /// witness's log never runs ahead of every active full follower's, so
+    /// that follower can win the witness's vote if the leader fails.
+    ///
+    /// When no other full voter is active, the limit is what the leader
+    /// holds durably: the leader and the witnesses keep committing while the
+    /// other full replicas are down (2 full + 1 witness survive the loss of
+    /// the full follower). Not further: a witness holding an entry that no
+    /// full replica holds durably (the leader crashed before writing it)
+    /// would refuse its vote to every full voter, forever, since none can
+    /// ever get that entry; the randomized test found this. So every entry
+    /// a witness holds is durable on a full replica that is at least as up
+    /// to date as the witness (or was replaced there by a leader of a later
+    /// term, whose log is then more up to date). The cost: the leader's disk
+    /// write and the round trip to the witness run in series, not in
+    /// parallel, while the full followers are down.
+    ///
+    /// The price of committing without a full follower: entries committed
+    /// so are on one full replica only. If that leader then
+    /// fails too, the witness's log is ahead of every other full voter's, so
+    /// none of them can win its vote: the group waits, safely, until a full
+    /// replica holding those entries (the old leader) returns. Nothing
+    /// acknowledged is lost, because nothing is elected without it.
+    ///
+    /// A full follower receiving a snapshot counts as inactive: its match
+    /// index stays put for as long as the transfer takes, and writes would
+    /// stall with it.
+    pub(crate) fn witness_limit(&self) -> Index {
+        let window = u64::from(self.config.election_ticks_min);
+        let active_full = self.progress.iter().filter(|&(&id, pr)| {
+            id != self.id
+                && self.conf.is_full_voter(id)
+                && pr.state != ProgressState::Snapshot
+                && pr.heard_at.is_some_and(|at| self.now < at + window)
+        });
+        active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
+    }
+
+    /// The index of the configuration entry from which `id` is a witness
+    /// without a break in the configurations this log holds (the log's
+    /// start if all of them list it), or `None` if it is no witness now.
+    ///
+    /// Only entries after it reach `id` without payloads. `id` receives
+    /// those only after that entry, so it knows it is a witness (and stays
+    /// one, see `Raft::witness`) before it holds any; and if a new leader
+    /// truncates the entry, the stripped entries after it go with it. An
+    /// entry before it, stripped, could outlive the change that made `id`
+    /// a witness, in a log `id` then takes for a full one.
+    pub(crate) fn witness_since(&self, id: NodeId) -> Option<Index> {
+        let mut since = None;
+        for (index, conf) in self.conf_history.iter().rev() {
+            if !conf.is_witness(id) {
+                break;
+            }
+            since = Some(*index);
+        }
+        since
+    }
+
+    /// The batch to send witness `to` from `next`, ending at the witness
+    /// limit: entries after `since` (see [`Raft::witness_since`]) as
+    /// metadata, configuration entries whole and other payloads empty (see
+    /// [`EntryBatch::encode_metadata_from`]); entries up to `since` whole.
+    fn witness_batch(&self, next: Index, since: Index) -> Option<EntryBatch> {
+        let last = self.witness_limit().min(self.encoded_last);
+        if next > last {
+            return None;
+        }
+        if next <= since {
+            let whole = self.log.range(next, last.min(since), self.config.batch_bytes_max);
+            return (whole.len() > 0).then(|| EntryBatch::encode_from(whole));
+        }
+        // A metadata entry is its header (and a configuration entry its
+        // payload too): bound the batch by that, not by payload bytes it
+        // does not carry.
+        let bytes_max = self.config.batch_bytes_max;
+        let last = last.min(next.saturating_add((bytes_max / crate::batch::ENTRY_HEADER_SIZE) as u64));
+        let entries = self.log.range(next, last, usize::MAX);
+        let mut bytes = crate::batch::BATCH_HEADER_SIZE;
+        let count = entries
+            .clone()
+            .take_while(|entry| {
+                let payload = if entry.kind == EntryKind::Config { entry.data.len() } else { 0 };
+                bytes += crate::batch::ENTRY_HEADER_SIZE + payload;
+                bytes <= bytes_max
+            })
+            .count()
+            .max(1);
+        (entries.len() > 0).then(|| EntryBatch::encode_metadata_from(entries.take(count)))
+    }
+
+    /// Sends witnesses what a raised witness limit now allows: a full
+    /// follower acknowledged more.
+    fn send_witnesses(&mut self) {
+        let witnesses: Vec<NodeId> =
+            self.progress.keys().copied().filter(|&id| id != self.id && self.conf.is_witness(id)).collect();
+        for id in witnesses {
+            self.send_append(id);
+        }
     }
 
     /// Hook for membership changes that take effect on commit.
@@ -1711,7 +1938,12 @@ impl Raft {
             self.send_append_reject(from, check_index, hint);
             return Ok(());
         }
-        if let Some(batch) = batch {
+        if let Some(mut batch) = batch {
+            if self.witness {
+                // A leader sends a witness metadata only; a witness keeps
+                // it so even if an older or confused sender did not.
+                batch = batch.metadata_only();
+            }
             // Raft paper 5.3: skip entries we already hold, truncate at the
             // first conflict, append the rest.
             let conflict = batch
@@ -1824,8 +2056,10 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(Ignored("an answer to a leader while not leader"));
         }
+        let now = self.now;
         let pr = self.progress.get_mut(&from).ok_or(Ignored("an answer from a non-member"))?;
         pr.recent_active = true;
+        pr.heard_at = Some(now);
         Ok(pr)
     }
 
@@ -1861,7 +2095,15 @@ impl Raft {
         if response.index > self.log.last_index() {
             return Err(Ignored("acknowledges entries the leader never had"));
         }
+        let witness = self.conf.is_witness(from);
         let pr = self.progress.get_mut(&from).expect("present");
+        if witness && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
+            // A witness held back by its limit is probed with an empty
+            // append, whose acceptance matches nothing new: it still proves
+            // the logs agree, so replicate, or the witness would wait for the
+            // next heartbeat each time its limit moves.
+            pr.become_replicate();
+        }
         if pr.maybe_update(response.index) {
             match pr.state {
                 ProgressState::Probe => pr.become_replicate(),
@@ -1871,6 +2113,9 @@ impl Raft {
             self.maybe_commit();
             if from == self.transfer_target && self.progress[&from].match_index == self.log.last_index() {
                 self.send_timeout_now(from);
+            }
+            if self.conf.is_full_voter(from) {
+                self.send_witnesses();
             }
         }
         self.send_append(from);
@@ -1940,6 +2185,7 @@ impl Raft {
         assert!(log.persisted <= log.handed, "persisted {} > handed {}", log.persisted, log.handed);
         assert!(log.handed <= log.last_index(), "handed {} > last {}", log.handed, log.last_index());
         assert!(self.encoded_last <= log.last_index() || self.role != Role::Leader);
+        assert!(!self.witness || self.role != Role::Leader, "a witness never leads");
         if let Some(target) = self.repair {
             assert!(target > log.committed, "repair target {target} <= committed {}", log.committed);
             assert_ne!(self.role, Role::Leader, "a replica in repair never leads");

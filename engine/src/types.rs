@@ -80,33 +80,92 @@ pub struct HardState {
 /// during one, decisions need a majority of `voters` and of `voters_outgoing`
 /// (Raft thesis 4.3).
 ///
-/// Invariant: the three lists are sorted, deduplicated, and a learner is not a
-/// voter of the incoming configuration.
+/// Invariant: the lists are sorted, deduplicated, a learner is not a voter
+/// of the incoming configuration, and every witness is a voter of one half
+/// (see [`ConfState::normalize`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConfState {
     pub voters: Vec<NodeId>,
     pub voters_outgoing: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// The voters (of either half) that are witnesses: they vote and count
+    /// toward the commit quorum but hold only entry metadata (index, term,
+    /// kind, and configuration entries whole), never normal payloads or the
+    /// state machine, and never lead. One list for both halves: a node is a
+    /// witness or a full replica for its whole membership, never one in
+    /// the outgoing half and the other in the incoming one.
+    pub witnesses: Vec<NodeId>,
 }
 
 impl ConfState {
     /// A plain (non-joint) configuration; the lists are sorted and deduplicated.
     pub fn new(voters: impl IntoIterator<Item = NodeId>, learners: impl IntoIterator<Item = NodeId>) -> ConfState {
+        ConfState::with_witnesses(voters, [], learners)
+    }
+
+    /// A plain configuration whose `witnesses` vote as witnesses; they need
+    /// not be repeated in `voters`.
+    pub fn with_witnesses(
+        voters: impl IntoIterator<Item = NodeId>,
+        witnesses: impl IntoIterator<Item = NodeId>,
+        learners: impl IntoIterator<Item = NodeId>,
+    ) -> ConfState {
+        let witnesses: Vec<NodeId> = witnesses.into_iter().collect();
         let mut conf = ConfState {
-            voters: voters.into_iter().collect(),
+            voters: voters.into_iter().chain(witnesses.iter().copied()).collect(),
             voters_outgoing: Vec::new(),
             learners: learners.into_iter().collect(),
+            witnesses,
         };
         conf.normalize();
         conf
     }
 
-    /// Sorts and deduplicates the lists so equal memberships compare equal.
+    /// Sorts and deduplicates the lists so equal memberships compare equal,
+    /// and drops witnesses that vote in neither half (a configuration read
+    /// from the network or a disk is made consistent, not trusted).
     pub fn normalize(&mut self) {
-        for list in [&mut self.voters, &mut self.voters_outgoing, &mut self.learners] {
+        for list in [&mut self.voters, &mut self.voters_outgoing, &mut self.learners, &mut self.witnesses] {
             list.sort_unstable();
             list.dedup();
         }
+        let (voters, outgoing) = (&self.voters, &self.voters_outgoing);
+        self.witnesses.retain(|id| voters.binary_search(id).is_ok() || outgoing.binary_search(id).is_ok());
+    }
+
+    /// Whether `id` is a witness voter.
+    pub fn is_witness(&self, id: NodeId) -> bool {
+        self.witnesses.binary_search(&id).is_ok() && self.is_voter(id)
+    }
+
+    /// Whether `id` is a voter that holds payloads (a voter, not a witness).
+    pub fn is_full_voter(&self, id: NodeId) -> bool {
+        self.is_voter(id) && !self.is_witness(id)
+    }
+
+    /// Refuses a membership whose witnesses could outweigh its full voters:
+    /// in each half, full voters must be a strict majority. Then the full
+    /// voters alone form a quorum (the group runs with every witness down),
+    /// a quorum never consists of witnesses alone, and at least one full
+    /// voter remains to lead and hold the payloads.
+    pub fn check_witnesses(&self) -> Result<(), String> {
+        for (name, half) in [("incoming", &self.voters), ("outgoing", &self.voters_outgoing)] {
+            let witnesses = half.iter().filter(|&&id| self.witnesses.binary_search(&id).is_ok()).count();
+            if witnesses == 0 {
+                continue;
+            }
+            let full = half.len() - witnesses;
+            if full == 0 {
+                return Err(format!("the {name} configuration would have no full voter, only witnesses"));
+            }
+            if full <= witnesses {
+                return Err(format!(
+                    "the {name} configuration would have {witnesses} witnesses and only {full} full voters: \
+                     full voters must be a majority, so that a quorum never depends on witnesses alone"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a joint change is in progress.

@@ -192,8 +192,15 @@ fn ids(arg: &str) -> Vec<NodeId> {
 
 impl Script {
     fn config(&self, id: NodeId, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Config {
-        let mut config = Config::new(id, voters);
+        // `witnesses=` names bootstrap voters that are witnesses; a node
+        // added later with an id listed there starts as one (`--witness`).
+        let witnesses = self.options.get("witnesses").map_or_else(Vec::new, |v| ids(v));
+        let mut config = Config::new(id, voters.clone());
         config.learners = learners;
+        config.witness = witnesses.contains(&id);
+        if !voters.is_empty() {
+            config.witnesses = witnesses;
+        }
         let flag = |name: &str, default: bool| self.options.get(name).map_or(default, |v| v == "true");
         config.pre_vote = flag("pre-vote", false);
         config.check_quorum = flag("check-quorum", false);
@@ -264,6 +271,7 @@ impl Script {
                             "add-voter" => ConfChangeOp::AddVoter(node),
                             "add-learner" => ConfChangeOp::AddLearner(node),
                             "remove" => ConfChangeOp::Remove(node),
+                            "add-witness" => ConfChangeOp::AddWitness(node),
                             other => panic!("unknown conf change op {other}"),
                         });
                     }
@@ -397,12 +405,16 @@ impl Script {
             }
             "conf" => {
                 let conf = self.cluster.node(id(0)).raft.conf().clone();
-                writeln!(
+                write!(
                     out,
                     "voters={:?} outgoing={:?} learners={:?}",
                     conf.voters, conf.voters_outgoing, conf.learners
                 )
                 .unwrap();
+                if !conf.witnesses.is_empty() {
+                    write!(out, " witnesses={:?}", conf.witnesses).unwrap();
+                }
+                writeln!(out).unwrap();
             }
             "log" => {
                 let raft = &self.cluster.node(id(0)).raft;
@@ -442,7 +454,13 @@ impl Script {
                         peer.match_index,
                         peer.next_index,
                         peer.inflight_batches,
-                        if peer.learner { " learner" } else { "" }
+                        if peer.learner {
+                            " learner"
+                        } else if peer.witness {
+                            " witness"
+                        } else {
+                            ""
+                        }
                     )
                     .unwrap();
                 }

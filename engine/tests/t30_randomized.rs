@@ -1,9 +1,12 @@
-//! Randomized in-memory clusters (3 and 5 nodes) under message loss,
+//! Randomized in-memory clusters (3 and 5 nodes, and the same sizes with
+//! witnesses: 2 full + 1 witness, 3 full + 2 witnesses) under message loss,
 //! duplication, reordering, partitions that heal, delayed disk writes and
 //! crashes that lose them. After every step the four safety properties of
-//! Raft paper Figure 3 are checked; after the faults heal, liveness.
+//! Raft paper Figure 3 are checked, and that no witness leads or holds a
+//! payload; after the faults heal, liveness.
 //!
-//! `ENGINE_SEEDS=N` runs N seeds per cluster size (default 2000);
+//! `ENGINE_SEEDS=N` runs N seeds per cluster size (default 2000; a quarter
+//! of that for the witness variants, to keep CI time bounded);
 //! `ENGINE_SEED=S` replays one seed. A failure prints the command that
 //! replays it.
 
@@ -39,6 +42,7 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
         }
         // Election safety: at most one leader per term.
         if raft.role() == Role::Leader {
+            assert!(!raft.is_witness(), "step {step}: witness {id} leads");
             let previous = observed.leaders.entry(raft.term()).or_insert(id);
             assert_eq!(
                 *previous,
@@ -73,6 +77,12 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
             );
         }
         checked.1 = node.applied.len();
+        if raft.is_witness() {
+            // A witness applies only configuration entries and holds no
+            // other payload.
+            check_witness_holds_no_payload(id, cluster, step);
+            continue;
+        }
         // Applied entries are in index order without gaps.
         for pair in node.applied.windows(2) {
             assert_eq!(pair[1].index, pair[0].index + 1, "step {step}: node {id} applied out of order");
@@ -84,17 +94,52 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
     check_log_matching(&rafts, &at);
 }
 
-fn run_seed(nodes: u64, seed: u64) {
+fn check_witness_holds_no_payload(id: NodeId, cluster: &Cluster, step: usize) {
+    let node = cluster.node(id);
+    for entry in &node.applied {
+        assert_eq!(
+            entry.kind,
+            EntryKind::Config,
+            "step {step}: witness {id} applied entry {} (restores {}, {:?})",
+            entry.index,
+            node.restores,
+            node.raft.status()
+        );
+    }
+    let raft = &node.raft;
+    for index in raft.first_index()..=raft.last_index() {
+        let entry = raft.entry(index).expect("held");
+        assert!(
+            entry.kind == EntryKind::Config || entry.data.is_empty(),
+            "step {step}: witness {id} holds a payload at {index}"
+        );
+    }
+    assert!(node.storage.snapshot_data().is_empty(), "step {step}: witness {id} stored a state machine image");
+}
+
+fn run_seed(nodes: u64, witnesses: &[NodeId], seed: u64) {
     let mut rng = Rng::new(seed);
     // One spare node starts outside the cluster; membership changes may add it.
     let ids: Vec<NodeId> = (1..=nodes + 1).collect();
     let voters: Vec<NodeId> = (1..=nodes).collect();
     let pre_vote = rng.range(0, 2) == 1;
     let check_quorum = rng.range(0, 2) == 1;
+    // With witnesses, the spare node is started as a witness (as a node
+    // started with --witness) half the time, and then only ever added as
+    // one: a witness's log lacks payloads, so a node that was one is never
+    // made a full member (the node layer must refuse that too).
+    let spare = nodes + 1;
+    let mut ever_witness: Vec<NodeId> = witnesses.to_vec();
+    if !witnesses.is_empty() && rng.range(0, 2) == 0 {
+        ever_witness.push(spare);
+    }
     let snapshot_entries = rng.range(4, 40);
     let mut cluster = Cluster::new(&ids, |id| {
         let members = if id <= nodes { voters.clone() } else { Vec::new() };
         let mut config = Config::new(id, members);
+        config.witnesses = if id <= nodes { witnesses.to_vec() } else { Vec::new() };
+        // As a node started with --witness would be.
+        config.witness = ever_witness.contains(&id);
         config.snapshot_entries = snapshot_entries;
         config.compaction_tail = snapshot_entries / 4;
         config.snapshot_chunk_bytes = 64;
@@ -183,11 +228,18 @@ fn run_seed(nodes: u64, seed: u64) {
                 if let Some(leader) = cluster.leader() {
                     let target = pick(&mut rng);
                     let conf = cluster.node(leader).raft.conf().clone();
-                    let op = if conf.is_learner(target) {
+                    // A witness joins directly or as a learner first (it
+                    // stores no payloads either way: it was started as one).
+                    let witness = ever_witness.contains(&target);
+                    let op = if conf.is_learner(target) && witness {
+                        ConfChangeOp::AddWitness(target)
+                    } else if conf.is_learner(target) {
                         ConfChangeOp::AddVoter(target)
                     } else if conf.is_voter(target) {
                         ConfChangeOp::Remove(target)
-                    } else if rng.range(0, 2) == 0 {
+                    } else if witness && rng.range(0, 2) == 0 {
+                        ConfChangeOp::AddWitness(target)
+                    } else if rng.range(0, 2) == 0 || witness {
                         ConfChangeOp::AddLearner(target)
                     } else {
                         ConfChangeOp::AddVoter(target)
@@ -328,24 +380,28 @@ fn run_seed(nodes: u64, seed: u64) {
     let members = cluster.node(leader).raft.conf().members();
     let reference = cluster.node(leader).applied.last().map(|e| e.index);
     for &id in &members {
-        assert_eq!(cluster.node(id).applied.last().map(|e| e.index), reference, "node {id} did not converge");
-        let _ = EntryKind::Config;
+        let node = cluster.node(id);
+        let applied =
+            if node.raft.is_witness() { Some(node.raft.applied()) } else { node.applied.last().map(|e| e.index) };
+        assert_eq!(applied, reference, "node {id} did not converge");
     }
 }
 
-fn run_many(nodes: u64) {
+fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
     if let Ok(seed) = std::env::var("ENGINE_SEED") {
-        run_seed(nodes, seed.parse().expect("ENGINE_SEED is a number"));
+        run_seed(nodes, witnesses, seed.parse().expect("ENGINE_SEED is a number"));
         return;
     }
     let seeds: u64 = std::env::var("ENGINE_SEEDS").map_or(2000, |s| s.parse().expect("ENGINE_SEEDS is a number"));
+    // The witness variants run a quarter of the seeds: they add coverage of
+    // one feature, not of the whole engine again.
+    let seeds = if witnesses.is_empty() { seeds } else { seeds.div_ceil(4) };
     for seed in 0..seeds {
-        let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, seed)));
+        let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, witnesses, seed)));
         if let Err(panic) = result {
             eprintln!(
-                "\nrandomized cluster test failed: {nodes} nodes, seed {seed}\n\
-                 replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {} --nocapture\n",
-                if nodes == 3 { "three_nodes" } else { "five_nodes" }
+                "\nrandomized cluster test failed: {nodes} nodes (witnesses {witnesses:?}), seed {seed}\n\
+                 replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {name} --nocapture\n"
             );
             std::panic::resume_unwind(panic);
         }
@@ -354,10 +410,22 @@ fn run_many(nodes: u64) {
 
 #[test]
 fn three_nodes() {
-    run_many(3);
+    run_many(3, &[], "three_nodes");
 }
 
 #[test]
 fn five_nodes() {
-    run_many(5);
+    run_many(5, &[], "five_nodes");
+}
+
+/// Two full replicas and a witness (node 3).
+#[test]
+fn three_nodes_with_a_witness() {
+    run_many(3, &[3], "three_nodes_with_a_witness");
+}
+
+/// Three full replicas and two witnesses (nodes 4 and 5).
+#[test]
+fn five_nodes_with_two_witnesses() {
+    run_many(5, &[4, 5], "five_nodes_with_two_witnesses");
 }

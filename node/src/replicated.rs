@@ -369,7 +369,9 @@ impl<S: StateMachine> NodeStateMachine<S> {
         let Ok(change) = engine::ConfChange::decode(data) else { return };
         for op in change.ops {
             match op {
-                engine::ConfChangeOp::AddVoter(id) | engine::ConfChangeOp::AddLearner(id) => {
+                engine::ConfChangeOp::AddVoter(id)
+                | engine::ConfChangeOp::AddLearner(id)
+                | engine::ConfChangeOp::AddWitness(id) => {
                     self.ids.high = self.ids.high.max(id);
                 }
                 engine::ConfChangeOp::Remove(id) => {

@@ -535,6 +535,9 @@ impl World {
                 }),
                 ConfChangeOp::AddVoter(id) => net::AdminRequest::Promote { id },
                 ConfChangeOp::Remove(id) => net::AdminRequest::Remove { id },
+                // Built above, which never picks a witness: the node layer
+                // has no admin request for one yet.
+                ConfChangeOp::AddWitness(_) => unreachable!("the simulator adds no witnesses"),
             };
             let waiter = Waiter { client: OPERATOR, operation: 0, attempt: 0 };
             let request = ClientRequest::plain(0, RequestBody::Admin(admin));

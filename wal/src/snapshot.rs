@@ -50,7 +50,11 @@ struct SnapshotHeader {
     voters: U32,
     voters_outgoing: U32,
     learners: U32,
-    reserved: U32,
+    /// How many witness ids follow the learners. This field was reserved
+    /// (always 0) before witnesses existed, so older files read as having
+    /// none; a file with witnesses is refused by an older build (its length
+    /// disagrees with the counts it knows) rather than read without them.
+    witnesses: U32,
 }
 
 const SNAPSHOT_HEADER_SIZE: usize = 64;
@@ -68,7 +72,7 @@ pub(crate) struct StoredSnapshot {
 /// [`seal_head`].
 fn encode_head(meta: &SnapshotMeta, segment_sequence_min: u64, data_length: u64) -> Vec<u8> {
     let conf = &meta.conf;
-    let members = conf.voters.len() + conf.voters_outgoing.len() + conf.learners.len();
+    let members = conf.voters.len() + conf.voters_outgoing.len() + conf.learners.len() + conf.witnesses.len();
     let mut raw = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + members * 8);
     let header = SnapshotHeader {
         crc: U32::new(0),
@@ -81,10 +85,10 @@ fn encode_head(meta: &SnapshotMeta, segment_sequence_min: u64, data_length: u64)
         voters: U32::new(conf.voters.len() as u32),
         voters_outgoing: U32::new(conf.voters_outgoing.len() as u32),
         learners: U32::new(conf.learners.len() as u32),
-        reserved: U32::new(0),
+        witnesses: U32::new(conf.witnesses.len() as u32),
     };
     raw.extend_from_slice(header.as_bytes());
-    for id in conf.voters.iter().chain(&conf.voters_outgoing).chain(&conf.learners) {
+    for id in conf.voters.iter().chain(&conf.voters_outgoing).chain(&conf.learners).chain(&conf.witnesses) {
         raw.extend_from_slice(&id.to_le_bytes());
     }
     raw
@@ -136,7 +140,7 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
             header.version.get().to_string(),
         ));
     }
-    let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get()];
+    let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get(), header.witnesses.get()];
     if counts.iter().any(|&count| count > MEMBERS_MAX) {
         return Err(WalError::corrupt(path, 40, format!("at most {MEMBERS_MAX} members"), format!("{counts:?}")));
     }
@@ -155,7 +159,15 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
         .chunks_exact(8)
         .map(|chunk| NodeId::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
     let mut take = |count: u32| -> Vec<NodeId> { ids.by_ref().take(count as usize).collect() };
-    let conf = ConfState { voters: take(counts[0]), voters_outgoing: take(counts[1]), learners: take(counts[2]) };
+    let mut conf = ConfState {
+        voters: take(counts[0]),
+        voters_outgoing: take(counts[1]),
+        learners: take(counts[2]),
+        witnesses: take(counts[3]),
+    };
+    // Only a voter is a witness: a list that says otherwise is made
+    // consistent, as a membership from the network is.
+    conf.normalize();
     let meta = SnapshotMeta { index: header.index.get(), term: header.term.get(), conf };
     let stored = StoredSnapshot { meta, segment_sequence_min: header.segment_sequence_min.get() };
     Ok((stored, raw.slice(data_start..)))
@@ -407,7 +419,7 @@ pub(crate) fn read_head(path: &Path, file: &std::fs::File) -> Result<SnapshotFil
             header.version.get().to_string(),
         ));
     }
-    let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get()];
+    let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get(), header.witnesses.get()];
     if counts.iter().any(|&count| count > MEMBERS_MAX) {
         return Err(WalError::corrupt(path, 40, format!("at most {MEMBERS_MAX} members"), format!("{counts:?}")));
     }
@@ -427,7 +439,15 @@ pub(crate) fn read_head(path: &Path, file: &std::fs::File) -> Result<SnapshotFil
         .map_err(|error| WalError::io("reading", path, error))?;
     let mut ids = ids_raw.chunks_exact(8).map(|chunk| NodeId::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
     let mut take = |count: u32| -> Vec<NodeId> { ids.by_ref().take(count as usize).collect() };
-    let conf = ConfState { voters: take(counts[0]), voters_outgoing: take(counts[1]), learners: take(counts[2]) };
+    let mut conf = ConfState {
+        voters: take(counts[0]),
+        voters_outgoing: take(counts[1]),
+        learners: take(counts[2]),
+        witnesses: take(counts[3]),
+    };
+    // Only a voter is a witness: a list that says otherwise is made
+    // consistent, as a membership from the network is.
+    conf.normalize();
     let meta = SnapshotMeta { index: header.index.get(), term: header.term.get(), conf };
     Ok(SnapshotFileHead {
         stored: StoredSnapshot { meta, segment_sequence_min: header.segment_sequence_min.get() },
@@ -551,6 +571,40 @@ mod tests {
             assert!(decode(Path::new("s"), &Bytes::from(damaged)).is_err(), "flip at {at} accepted");
         }
         assert!(decode(Path::new("s"), &raw.slice(..raw.len() - 1)).is_err());
+    }
+
+    /// A file written before witnesses existed (the field that now counts
+    /// them was reserved and zero) reads as a membership without witnesses;
+    /// one with witnesses round-trips.
+    #[test]
+    fn witnesses_extend_the_header_compatibly() {
+        // The version-1 layout as the build before witnesses wrote it.
+        let mut old = Vec::new();
+        old.extend_from_slice(&[0; 4]);
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(b"RAFTSNAP");
+        for value in [9u64, 3, 4, 5] {
+            old.extend_from_slice(&value.to_le_bytes());
+        }
+        for count in [3u32, 0, 1, 0] {
+            old.extend_from_slice(&count.to_le_bytes());
+        }
+        for id in [1u64, 2, 3, 7] {
+            old.extend_from_slice(&id.to_le_bytes());
+        }
+        old.extend_from_slice(b"state");
+        let crc = crc32c::crc32c(&old[4..]);
+        old[0..4].copy_from_slice(&crc.to_le_bytes());
+        let (stored, data) = decode(Path::new("old"), &Bytes::from(old)).unwrap();
+        assert_eq!(stored.meta, SnapshotMeta { index: 9, term: 3, conf: ConfState::new([1, 2, 3], [7]) });
+        assert_eq!(&data[..], b"state");
+
+        let meta = SnapshotMeta { index: 9, term: 3, conf: ConfState::with_witnesses([1, 2], [3], [7]) };
+        let raw = Bytes::from(encode(&meta, 4, b"state"));
+        let (stored, data) = decode(Path::new("new"), &raw).unwrap();
+        assert_eq!(stored.meta, meta);
+        assert!(stored.meta.conf.is_witness(3));
+        assert_eq!(&data[..], b"state");
     }
 
     #[test]

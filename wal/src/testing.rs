@@ -96,6 +96,7 @@ pub async fn suite<S: LogStore>(open: Opener<'_, S>) {
     bad_positions_are_refused::<S>(open).await;
     hard_state_round_trips::<S>(open).await;
     snapshot_keeps_an_agreeing_suffix::<S>(open).await;
+    snapshot_membership_keeps_witnesses::<S>(open).await;
     snapshot_that_disagrees_discards_the_log::<S>(open).await;
     snapshot_past_the_end_restarts_the_log::<S>(open).await;
     compaction_does_not_change_recovery::<S>(open).await;
@@ -283,6 +284,26 @@ pub async fn snapshot_keeps_an_agreeing_suffix<S: LogStore>(open: Opener<'_, S>)
     assert_eq!(shape(&recovered.entries), range(13, 20, 2));
     let (loaded, data) = store.load_snapshot().await.expect("load").expect("stored");
     assert_eq!((loaded, &data[..]), (meta, &b"machine state"[..]));
+    store.close().await.expect("close");
+}
+
+/// A witness is a witness after a restart: the snapshot's membership keeps
+/// its witness list (a joint one here, the witness voting in both halves),
+/// as recovery and the snapshot loader read it.
+pub async fn snapshot_membership_keeps_witnesses<S: LogStore>(open: Opener<'_, S>) {
+    let (store, _) = S::open(open("witnesses")).await.expect("open");
+    store.append(batch(1, &[1; 4])).expect("append");
+    let mut conf = ConfState::with_witnesses([1, 2, 4], [3], [5]);
+    conf.voters_outgoing = vec![1, 2, 3];
+    let meta = SnapshotMeta { index: 4, term: 1, conf };
+    store.save_snapshot(meta.clone(), Bytes::new()).await.expect("snapshot");
+    let (store, recovered) = reopen(open, "witnesses", store).await;
+    let recovered_conf = &recovered.snapshot.as_ref().expect("snapshot recovered").conf;
+    assert_eq!(recovered_conf.witnesses, vec![3]);
+    assert!(recovered_conf.is_witness(3) && !recovered_conf.is_witness(4));
+    assert_eq!(recovered.snapshot, Some(meta.clone()));
+    let (loaded, data) = store.load_snapshot().await.expect("load").expect("stored");
+    assert_eq!((loaded, data.len()), (meta, 0));
     store.close().await.expect("close");
 }
 

@@ -126,6 +126,13 @@ impl Raft {
     }
 
     pub(super) fn start_snapshot(&mut self, to: NodeId) {
+        // Only a snapshot whose membership lists it as a witness goes to a
+        // witness without its image: then it knows it is one, and the
+        // change that made it one is committed (see `Raft::witness_since`).
+        if self.conf.is_witness(to) && self.snapshot.index > 0 && self.snapshot.conf.is_witness(to) {
+            self.send_witness_snapshot(to);
+            return;
+        }
         if self.snapshot.index == 0 || self.snapshot_size == 0 {
             // Compacted entries are always covered by a snapshot, but its
             // size is unknown after a restart until the shell reports it:
@@ -139,6 +146,18 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&to) else { return };
         pr.become_snapshot(index, size);
         self.request_snapshot_reads(to);
+    }
+
+    /// A witness behind the compaction point gets the snapshot's metadata
+    /// (index, term, membership) in one chunk of no data: it holds no state
+    /// machine, so the image is empty, and the shell reads nothing. Its
+    /// size is 0 in the progress, which the first answer completes.
+    fn send_witness_snapshot(&mut self, to: NodeId) {
+        let meta = self.snapshot.clone();
+        let Some(pr) = self.progress.get_mut(&to) else { return };
+        pr.become_snapshot(meta.index, 0);
+        let chunk = SnapshotChunk { meta, offset: 0, data: Bytes::new(), done: true };
+        self.send(Message { from: self.id, to, term: self.term, body: MessageBody::InstallSnapshot(chunk) });
     }
 
     /// Asks the shell for chunks up to the window ahead of the acknowledged
@@ -162,7 +181,16 @@ impl Raft {
     /// A heartbeat answer from a follower in `Snapshot`: if chunks stopped
     /// being acknowledged for a few rounds, resend from the last ack.
     pub(super) fn snapshot_heartbeat(&mut self, from: NodeId) {
+        let witness = self.conf.is_witness(from);
         let Some(pr) = self.progress.get_mut(&from) else { return };
+        if witness && pr.snapshot_size == 0 {
+            // Its one metadata chunk was lost, or its answer: resend it.
+            pr.snapshot_stalled_rounds += 1;
+            if pr.snapshot_stalled_rounds >= SNAPSHOT_STALL_ROUNDS {
+                self.send_witness_snapshot(from);
+            }
+            return;
+        }
         if pr.snapshot_read_offset <= pr.snapshot_acked {
             return;
         }
@@ -266,10 +294,17 @@ impl Raft {
             return Err(Ignored("snapshot chunk out of order"));
         }
         let end = expected + data.len() as u64;
-        self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset, data, done });
+        if !self.witness {
+            self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset, data, done });
+        } else if done {
+            // A witness keeps no state machine image, not even of a snapshot
+            // that reached it whole (one taken before the change that made
+            // it a witness): it stores the metadata alone, once all arrived.
+            self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset: 0, data: Bytes::new(), done });
+        }
         if done {
             self.incoming = None;
-            self.install_snapshot(meta.clone(), end);
+            self.install_snapshot(meta.clone(), if self.witness { 0 } else { end });
         } else {
             self.incoming = Some((meta.clone(), end));
         }

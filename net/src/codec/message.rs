@@ -88,7 +88,9 @@ struct SnapshotBody {
     voters_outgoing_count: U32,
     learners_count: U32,
     done: u8,
-    reserved: [u8; 3],
+    /// Witness ids, after the learners (0 from a build without witnesses).
+    witnesses_count: u8,
+    reserved: [u8; 2],
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -212,12 +214,14 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
                 voters_outgoing_count: list_count(&conf.voters_outgoing),
                 learners_count: list_count(&conf.learners),
                 done: u8::from(chunk.done),
-                reserved: [0; 3],
+                witnesses_count: u8::try_from(conf.witnesses.len()).expect("witnesses are voters: a few"),
+                reserved: [0; 2],
             };
             out.put_slice(body.as_bytes());
             put_list(out, &conf.voters);
             put_list(out, &conf.voters_outgoing);
             put_list(out, &conf.learners);
+            put_list(out, &conf.witnesses);
             chunk.data.clone()
         }
         MessageBody::InstallSnapshotResponse { index, term, next_offset, rejected } => {
@@ -332,7 +336,8 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
             let voters = reader.u64_list(fixed.voters_count.get() as usize)?;
             let voters_outgoing = reader.u64_list(fixed.voters_outgoing_count.get() as usize)?;
             let learners = reader.u64_list(fixed.learners_count.get() as usize)?;
-            let conf = ConfState { voters, voters_outgoing, learners };
+            let witnesses = reader.u64_list(usize::from(fixed.witnesses_count))?;
+            let conf = ConfState { voters, voters_outgoing, learners, witnesses };
             MessageBody::InstallSnapshot(SnapshotChunk {
                 meta: SnapshotMeta { index: fixed.index.get(), term: fixed.term.get(), conf },
                 offset: fixed.offset.get(),

@@ -75,10 +75,14 @@ pub fn message_body() -> impl Strategy<Value = MessageBody> {
         ),
         (any::<u64>(), any::<u64>()).prop_map(|(commit, read_context)| MessageBody::Heartbeat { commit, read_context }),
         any::<u64>().prop_map(|read_context| MessageBody::HeartbeatResponse { read_context }),
-        (any::<u64>(), any::<u64>(), ids(), ids(), ids(), any::<u64>(), bytes(600), any::<bool>()).prop_map(
-            |(index, term, voters, voters_outgoing, learners, offset, data, done)| {
+        (any::<u64>(), any::<u64>(), ids(), ids(), ids(), ids(), any::<u64>(), bytes(600), any::<bool>()).prop_map(
+            |(index, term, voters, voters_outgoing, learners, witnesses, offset, data, done)| {
                 MessageBody::InstallSnapshot(SnapshotChunk {
-                    meta: SnapshotMeta { index, term, conf: ConfState { voters, voters_outgoing, learners } },
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        conf: ConfState { voters, voters_outgoing, learners, witnesses },
+                    },
                     offset,
                     data,
                     done,
