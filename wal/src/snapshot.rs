@@ -132,6 +132,19 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
             format!("{:#010x}", header.crc.get()),
         ));
     }
+    let (counts, data_start) = check_header(path, header, raw.len() as u64)?;
+    let meta = meta_from(header, counts, &raw[SNAPSHOT_HEADER_SIZE..data_start]);
+    let stored = StoredSnapshot { meta, segment_sequence_min: header.segment_sequence_min.get() };
+    Ok((stored, raw.slice(data_start..)))
+}
+
+/// The checks a header passes whether the file is read whole or streamed:
+/// magic, version, member counts, and the file length they and the data
+/// length imply. Returns the member counts and where the data starts.
+fn check_header(path: &Path, header: &SnapshotHeader, file_length: u64) -> Result<([u32; 4], usize), WalError> {
+    if header.magic != SNAPSHOT_MAGIC {
+        return Err(WalError::corrupt(path, 8, "magic RAFTSNAP", format!("{:?}", header.magic)));
+    }
     if header.version.get() != SNAPSHOT_VERSION {
         return Err(WalError::corrupt(
             path,
@@ -147,17 +160,21 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
     let members: usize = counts.iter().map(|&count| count as usize).sum();
     let data_start = SNAPSHOT_HEADER_SIZE + members * 8;
     let expected_length = (data_start as u64).checked_add(header.data_length.get());
-    if expected_length != Some(raw.len() as u64) {
+    if expected_length != Some(file_length) {
         return Err(WalError::corrupt(
             path,
             0,
             format!("a file of {expected_length:?} bytes"),
-            format!("{} bytes", raw.len()),
+            format!("{file_length} bytes"),
         ));
     }
-    let mut ids = raw[SNAPSHOT_HEADER_SIZE..data_start]
-        .chunks_exact(8)
-        .map(|chunk| NodeId::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
+    Ok((counts, data_start))
+}
+
+/// The snapshot's metadata from a checked header and the member ids after
+/// it (`counts` of them, in the header's order).
+fn meta_from(header: &SnapshotHeader, counts: [u32; 4], ids_raw: &[u8]) -> SnapshotMeta {
+    let mut ids = ids_raw.chunks_exact(8).map(|chunk| NodeId::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
     let mut take = |count: u32| -> Vec<NodeId> { ids.by_ref().take(count as usize).collect() };
     let mut conf = ConfState {
         voters: take(counts[0]),
@@ -168,9 +185,7 @@ pub(crate) fn decode(path: &Path, raw: &Bytes) -> Result<(StoredSnapshot, Bytes)
     // Only a voter is a witness: a list that says otherwise is made
     // consistent, as a membership from the network is.
     conf.normalize();
-    let meta = SnapshotMeta { index: header.index.get(), term: header.term.get(), conf };
-    let stored = StoredSnapshot { meta, segment_sequence_min: header.segment_sequence_min.get() };
-    Ok((stored, raw.slice(data_start..)))
+    SnapshotMeta { index: header.index.get(), term: header.term.get(), conf }
 }
 
 /// Reads the whole snapshot file on the io_uring runtime, refusing files
@@ -408,51 +423,15 @@ pub(crate) fn read_head(path: &Path, file: &std::fs::File) -> Result<SnapshotFil
     let mut raw = [0u8; SNAPSHOT_HEADER_SIZE];
     file.read_exact_at(&mut raw, 0).map_err(|error| WalError::io("reading", path, error))?;
     let header = SnapshotHeader::read_from_bytes(&raw).expect("the header's size");
-    if header.magic != SNAPSHOT_MAGIC {
-        return Err(WalError::corrupt(path, 8, "magic RAFTSNAP", format!("{:?}", header.magic)));
-    }
-    if header.version.get() != SNAPSHOT_VERSION {
-        return Err(WalError::corrupt(
-            path,
-            4,
-            format!("version {SNAPSHOT_VERSION}"),
-            header.version.get().to_string(),
-        ));
-    }
-    let counts = [header.voters.get(), header.voters_outgoing.get(), header.learners.get(), header.witnesses.get()];
-    if counts.iter().any(|&count| count > MEMBERS_MAX) {
-        return Err(WalError::corrupt(path, 40, format!("at most {MEMBERS_MAX} members"), format!("{counts:?}")));
-    }
-    let members: usize = counts.iter().map(|&count| count as usize).sum();
-    let data_start = (SNAPSHOT_HEADER_SIZE + members * 8) as u64;
-    let expected_length = data_start.checked_add(header.data_length.get());
-    if expected_length != Some(file_length) {
-        return Err(WalError::corrupt(
-            path,
-            0,
-            format!("a file of {expected_length:?} bytes"),
-            format!("{file_length} bytes"),
-        ));
-    }
-    let mut ids_raw = vec![0u8; members * 8];
+    let (counts, data_start) = check_header(path, &header, file_length)?;
+    let mut ids_raw = vec![0u8; data_start - SNAPSHOT_HEADER_SIZE];
     file.read_exact_at(&mut ids_raw, SNAPSHOT_HEADER_SIZE as u64)
         .map_err(|error| WalError::io("reading", path, error))?;
-    let mut ids = ids_raw.chunks_exact(8).map(|chunk| NodeId::from_le_bytes(chunk.try_into().expect("8-byte chunk")));
-    let mut take = |count: u32| -> Vec<NodeId> { ids.by_ref().take(count as usize).collect() };
-    let mut conf = ConfState {
-        voters: take(counts[0]),
-        voters_outgoing: take(counts[1]),
-        learners: take(counts[2]),
-        witnesses: take(counts[3]),
-    };
-    // Only a voter is a witness: a list that says otherwise is made
-    // consistent, as a membership from the network is.
-    conf.normalize();
-    let meta = SnapshotMeta { index: header.index.get(), term: header.term.get(), conf };
+    let meta = meta_from(&header, counts, &ids_raw);
     Ok(SnapshotFileHead {
         stored: StoredSnapshot { meta, segment_sequence_min: header.segment_sequence_min.get() },
         crc: header.crc.get(),
-        data_start,
+        data_start: data_start as u64,
         data_length: header.data_length.get(),
     })
 }
