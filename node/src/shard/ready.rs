@@ -170,7 +170,10 @@ where
             self.repair_progress =
                 Some(super::RepairProgress::new(&self.raft, self.clock.now(), self.stats.snapshots_installed));
         }
-        if unknown_started {
+        // One that started and ended within a Ready (a new cluster's first
+        // append, or a leader that sent everything at once) lost nothing
+        // worth a warning.
+        if unknown_started && now == Some(engine::REPAIR_UNKNOWN) {
             tracing::warn!(
                 shard,
                 leader = self.raft.leader(),
@@ -191,7 +194,9 @@ where
         }
         if now.is_none() {
             self.repair_progress = None;
-            tracing::warn!(shard, last_index = self.raft.last_index(), "repaired: this replica votes again");
+            if before.is_some() {
+                tracing::warn!(shard, last_index = self.raft.last_index(), "repaired: this replica votes again");
+            }
         }
         Ok(())
     }
