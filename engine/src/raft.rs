@@ -265,6 +265,15 @@ pub struct Raft {
     /// The snapshot being received from the leader, and how much of it.
     incoming: Option<(SnapshotMeta, u64)>,
     snapshot_install: Option<SnapshotMeta>,
+    /// A received snapshot whose last chunk is in `snapshot_writes` (the
+    /// sender, the metadata, its stored size, the end offset to
+    /// acknowledge), then, once a Ready handed that chunk to the shell, in
+    /// `install_on_advance`: it is installed when the shell advances past
+    /// that Ready, so that every chunk is written before the log is
+    /// replaced, and a shell that could not write one can still drop the
+    /// snapshot (`abandon_incoming_snapshot`).
+    received_complete: Option<(NodeId, SnapshotMeta, u64, u64)>,
+    install_on_advance: Option<(NodeId, SnapshotMeta, u64, u64)>,
     snapshot_writes: Vec<SnapshotWrite>,
     snapshot_reads: Vec<SnapshotRead>,
     compact_to: Option<Index>,
@@ -402,6 +411,8 @@ impl Raft {
             incoming: None,
             snapshot_install: None,
             snapshot_writes: Vec::new(),
+            received_complete: None,
+            install_on_advance: None,
             snapshot_reads: Vec::new(),
             compact_to: None,
             repair,
@@ -1028,6 +1039,9 @@ impl Raft {
         ready.dropped_reads = std::mem::take(&mut self.dropped_reads);
         ready.snapshot_install = self.snapshot_install.take();
         ready.snapshot_writes = std::mem::take(&mut self.snapshot_writes);
+        if let Some(complete) = self.received_complete.take() {
+            self.install_on_advance = Some(complete);
+        }
         ready.snapshot_reads = std::mem::take(&mut self.snapshot_reads);
         ready.compact_to = self.compact_to.take();
         if self.snapshot_due {
@@ -1046,6 +1060,7 @@ impl Raft {
         debug_assert!(ready.committed_entries.last().is_none_or(|entry| entry.index <= applying));
         debug_assert!(self.witness || ready.committed_entries.last().map_or(applying, |e| e.index) == applying);
         self.advance_applied(applying);
+        self.install_received();
     }
 
     fn advance_applied(&mut self, applied: Index) {

@@ -369,6 +369,11 @@ impl Sample {
             ("raft_node_log_bytes_written", "Entry batch bytes appended to the shard's log.", "log_bytes_appended"),
             ("raft_node_snapshots_taken", "Snapshots this shard took of its state.", "snapshots_taken"),
             ("raft_node_snapshots_installed", "Snapshots this shard installed from a leader.", "snapshots_installed"),
+            (
+                "raft_node_snapshot_chunks_no_space",
+                "Received snapshot chunks a full disk could not take (the snapshot is received anew).",
+                "snapshot_chunks_no_space",
+            ),
             ("raft_node_writes_applied", "Client writes applied by this shard.", "writes_applied"),
             ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
             ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),

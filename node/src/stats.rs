@@ -108,6 +108,9 @@ pub struct ShardStats {
     pub disk_full: bool,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Received snapshot chunks that a full disk could not take (the
+    /// snapshot was dropped and received anew).
+    pub snapshot_chunks_no_space: u64,
     /// Snapshot chunks read from the stored snapshot and sent to followers.
     pub snapshot_chunks_sent: u64,
     /// Snapshots installed while reads waited for the state machine (they
@@ -147,6 +150,7 @@ impl ShardStats {
             disk_full: false,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            snapshot_chunks_no_space: 0,
             snapshot_chunks_sent: 0,
             installs_with_reads_waiting: 0,
             forwards_redirected: 0,
@@ -179,6 +183,7 @@ impl ShardStats {
             "no_space": self.no_space,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,
+            "snapshot_chunks_no_space": self.snapshot_chunks_no_space,
             "snapshot_chunks_sent": self.snapshot_chunks_sent,
             "installs_with_reads_waiting": self.installs_with_reads_waiting,
             "forwards_redirected": self.forwards_redirected,

@@ -185,6 +185,20 @@ impl Cluster {
     }
 
     /// SIGKILL: no clean shutdown.
+    /// Mounts a tmpfs of `size` on each node's data directory and starts
+    /// the nodes; `None` when a mount fails (not root). The caller keeps the
+    /// mounts alive for longer than the cluster.
+    fn start_on_tmpfs(&mut self, size: &str) -> Option<Vec<Tmpfs>> {
+        let mut mounts = Vec::new();
+        for id in self.all() {
+            mounts.push(Tmpfs::mount(&self.data_dir(id), size)?);
+        }
+        for id in self.all() {
+            self.spawn(id);
+        }
+        Some(mounts)
+    }
+
     fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.remove(&id) {
             let _ = child.kill();
@@ -757,19 +771,14 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     // Declared first, so the file systems go after the nodes using them.
-    let mut mounts = Vec::new();
+    let mounts;
     let mut cluster = Cluster::stopped(binary, 3, 24_500, None, false, 1);
-    for id in cluster.all() {
-        match Tmpfs::mount(&cluster.data_dir(id), "100m") {
-            Some(mount) => mounts.push(mount),
-            None => {
-                eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
-                return;
-            }
+    match cluster.start_on_tmpfs("100m") {
+        Some(mounted) => mounts = mounted,
+        None => {
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            return;
         }
-    }
-    for id in cluster.all() {
-        cluster.spawn(id);
     }
     let leader = cluster.leader();
     // Only the leader's disk stays small: a follower with a full disk
@@ -831,6 +840,99 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     assert_eq!(status["disk_full"], serde_json::Value::Bool(false), "{status}");
     drop(cluster);
     drop(mounts);
+}
+
+/// Issue 16: a follower whose disk cannot hold the snapshot its leader
+/// sends (a wiped follower, cut off while the leader compacted, restarted
+/// with 1 MiB free). Before, the chunk that did not fit failed with ENOSPC
+/// and the follower's shard stopped for good. Now it drops the partial
+/// snapshot (freeing what it held), counts it, and receives it anew when
+/// the leader resends, until space is freed; then it installs it and
+/// catches up.
+#[test]
+fn follower_receiving_a_snapshot_on_a_full_disk_waits_for_space() {
+    let _serial = serial();
+    let Some(binary) = io_uring_or_skip() else { return };
+    if let Err(reason) = iptables_usable() {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    // Declared first, so the file systems go after the nodes using them.
+    let mounts;
+    let mut cluster = Cluster::stopped(binary, 3, 24_700, Some(40), false, 1);
+    match cluster.start_on_tmpfs("300m") {
+        Some(mounted) => mounts = mounted,
+        None => {
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            return;
+        }
+    }
+    let leader = cluster.leader();
+    let follower = cluster.all().into_iter().find(|&id| id != leader).expect("a follower");
+    let others: Vec<u64> = cluster.all().into_iter().filter(|&id| id != follower).collect();
+    // The follower falls behind the leader's compaction point.
+    cluster.isolate(follower);
+    let mut client = BlockingClient::new(&cluster.client(&others, Duration::from_secs(10))).expect("a client");
+    for number in 0..256u32 {
+        let command = KvOp::Put { key: Bytes::from(format!("k{number}")), value: Bytes::from(vec![7u8; 64 << 10]) };
+        let answer = client.call(RequestBody::Write { command: command.encode() });
+        assert!(matches!(answer, Ok(ResponseStatus::Ok(_))), "write {number}: {answer:?}");
+    }
+    // The leader's snapshot (stored in the background, paced) compacts its
+    // log; the follower, still cut off, loses its data directory and
+    // restarts, so it can only catch up through that snapshot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.status(leader).and_then(|status| status["first_index"].as_u64()).is_none_or(|first| first <= 2) {
+        assert!(Instant::now() < deadline, "the leader never compacted its log\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.kill(follower);
+    for entry in std::fs::read_dir(cluster.data_dir(follower)).expect("the follower's directory") {
+        let path = entry.expect("an entry").path();
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+    cluster.spawn(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.status(follower).is_none() {
+        assert!(Instant::now() < deadline, "the wiped follower did not start\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its file system keeps only 1 MiB free: the leader's snapshot (a few
+    // MiB of 64 KiB values) does not fit.
+    let mount = &mounts[(follower - 1) as usize];
+    mount.resize(&format!("{}k", used_kib(&cluster.data_dir(follower)) + 1024));
+    cluster.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let refused = cluster.stats(follower).and_then(|stats| stats["stats"]["snapshot_chunks_no_space"].as_u64());
+        if refused.is_some_and(|count| count >= 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never reported a snapshot it could not store ({refused:?})\n{}",
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(cluster.dir.join(format!("node-{follower}.log"))).unwrap_or_default();
+    assert!(log.contains("disk full while receiving a snapshot"), "the follower did not say why\n{log}");
+    // Space comes back: it installs the snapshot and catches up by itself.
+    mount.resize("300m");
+    cluster.converge();
+    let installed = cluster.stats(follower).and_then(|stats| stats["stats"]["snapshots_installed"].as_u64());
+    assert!(installed.is_some_and(|count| count >= 1), "{installed:?}");
+    drop(cluster);
+    drop(mounts);
+}
+
+/// Kibibytes in use on the file system holding `path`.
+fn used_kib(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0, "statvfs");
+    (stat.f_blocks - stat.f_bfree) as u64 * stat.f_frsize as u64 / 1024
 }
 
 #[test]

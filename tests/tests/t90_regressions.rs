@@ -150,7 +150,9 @@ fn ask_vote(replica: &mut Raft, from: u64, term: u64, request: engine::VoteReque
 ///
 /// Fixed in engine/src/raft/snapshot.rs `handle_snapshot_chunk`: while an
 /// install waits for the shell, further chunks are ignored (the leader
-/// resends them after its stall timeout).
+/// resends them after its stall timeout). Since issue 16's full-disk work
+/// the install itself waits one Ready more, until the last chunk's write is
+/// done.
 #[test]
 fn no_snapshot_chunk_follows_a_pending_install_in_one_ready() {
     use engine::{ConfState, SnapshotChunk, SnapshotMeta};
@@ -169,11 +171,18 @@ fn no_snapshot_chunk_follows_a_pending_install_in_one_ready() {
     };
     let _ = follower.step(chunk(5, b"first snapshot", true));
     let _ = follower.step(chunk(8, b"second", false));
+    // The last chunk's write comes first; the install in the Ready after
+    // the shell advanced past it (so a shell that could not write it can
+    // still drop the snapshot).
+    let written = follower.ready();
+    let writes = written.snapshot_writes.clone();
+    assert!(written.snapshot_install.is_none(), "installed before its last chunk was written");
+    follower.advance(written);
     let ready = follower.ready();
     let installed = ready.snapshot_install.clone().expect("the first snapshot is complete");
     // Assemble the file the way a shell does: offset 0 starts a new one.
     let mut file = Vec::new();
-    for write in &ready.snapshot_writes {
+    for write in writes.iter().chain(&ready.snapshot_writes) {
         if write.offset == 0 {
             file.clear();
         }

@@ -267,7 +267,7 @@ impl Raft {
         if meta.term > self.term {
             return Err(Ignored("snapshot from a term after the sender's"));
         }
-        if self.snapshot_install.is_some() {
+        if self.snapshot_install.is_some() || self.received_complete.is_some() || self.install_on_advance.is_some() {
             // The shell has not yet taken the install of a completed
             // snapshot: a chunk of another one written in the same Ready
             // would replace the file it is about to install. The leader
@@ -303,13 +303,37 @@ impl Raft {
             self.snapshot_writes.push(SnapshotWrite { meta: meta.clone(), offset: 0, data: Bytes::new(), done });
         }
         if done {
+            // Installed (and acknowledged) once the shell wrote the chunk:
+            // see `received_complete`.
             self.incoming = None;
-            self.install_snapshot(meta.clone(), if self.witness { 0 } else { end });
-        } else {
-            self.incoming = Some((meta.clone(), end));
+            self.received_complete = Some((from, meta, if self.witness { 0 } else { end }, end));
+            return Ok(());
         }
+        self.incoming = Some((meta.clone(), end));
         self.respond_snapshot(from, &meta, end, false);
         Ok(())
+    }
+
+    /// Installs the received snapshot whose last chunk the shell has now
+    /// written (see `received_complete`), and acknowledges it.
+    pub(super) fn install_received(&mut self) {
+        if let Some((from, meta, size, end)) = self.install_on_advance.take() {
+            self.install_snapshot(meta.clone(), size);
+            self.respond_snapshot(from, &meta, end, false);
+        }
+    }
+
+    /// The shell could not write a chunk of the snapshot being received
+    /// (its disk is full) and dropped what it had of it, and the chunk's
+    /// acknowledgement with it. The snapshot is received anew from offset 0:
+    /// the leader, hearing nothing, resends after its stall timeout and is
+    /// answered with where to start. Also for the last chunk: the engine
+    /// installs a snapshot only when the shell advances past the Ready that
+    /// carried it.
+    pub fn abandon_incoming_snapshot(&mut self) {
+        self.incoming = None;
+        self.received_complete = None;
+        self.install_on_advance = None;
     }
 
     /// Replaces the log's prefix with a received snapshot (Raft paper 7):

@@ -121,6 +121,11 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
         draft.append_durable(write.data).await
     }
 
+    fn abandon_received_snapshot(&mut self) {
+        // The draft removes its temporary file when dropped.
+        self.receiving = None;
+    }
+
     async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), WalError> {
         match self.receiving.take() {
             Some(draft) if *draft.meta() == meta => self.log.save_snapshot_draft(draft).await,

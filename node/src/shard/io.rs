@@ -83,6 +83,10 @@ pub trait ShardStorage {
     /// resolves once stored.
     async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), WalError>;
 
+    /// Drops the snapshot being received (its temporary file included):
+    /// a chunk could not be written because the disk is full.
+    fn abandon_received_snapshot(&mut self) {}
+
     /// Serializes a captured local snapshot into a file and stores it, in
     /// the background (serializing a large state takes tens of
     /// milliseconds). The outcome must come back through

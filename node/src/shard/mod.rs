@@ -119,6 +119,9 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     repair_seen: Option<Index>,
     /// `Raft::unknown_repairs` as of the last Ready.
     unknown_repairs_seen: u64,
+    /// A received snapshot was dropped on a full disk since the last
+    /// install (its warning is logged once per episode).
+    snapshot_no_space: bool,
     /// While repairing: where it started, for `admin status`.
     repair_progress: Option<RepairProgress>,
     stats: ShardStats,
@@ -243,6 +246,7 @@ where
             repair_seen,
             unknown_repairs_seen: 0,
             repair_progress,
+            snapshot_no_space: false,
             stats: ShardStats::new(now),
             last_sweep: now,
             envelope_arena: BytesMut::new(),

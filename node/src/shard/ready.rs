@@ -82,9 +82,7 @@ where
             // acknowledgement waits in `messages_after_persist`); the last
             // one installed and the state machine restored, before the
             // entries that follow it are appended or applied.
-            for write in std::mem::take(&mut ready.snapshot_writes) {
-                self.storage.write_snapshot_chunk(write).await.map_err(|source| self.storage_error(source))?;
-            }
+            self.write_snapshot_chunks(&mut ready).await?;
             if let Some(meta) = ready.snapshot_install.take() {
                 self.install_snapshot(meta).await?;
             }
@@ -150,6 +148,51 @@ where
         #[cfg(debug_assertions)]
         if let Err(broken) = self.check_invariants() {
             panic!("shard {}: {broken}", self.ctx.shard_id);
+        }
+        Ok(())
+    }
+
+    /// Writes the received snapshot chunks of a Ready, each durably. A full
+    /// disk is not fatal: the snapshot is dropped (its file too, freeing the
+    /// space it held), its chunks' acknowledgements in this Ready are
+    /// withdrawn, and the engine receives it anew when the leader resends;
+    /// the shard goes on meanwhile. (The engine installs a snapshot only
+    /// after the Ready carrying its last chunk, so that chunk may fail too.)
+    async fn write_snapshot_chunks(&mut self, ready: &mut engine::Ready) -> Result<(), ShardError> {
+        let mut abandoned: Option<engine::SnapshotMeta> = None;
+        for write in std::mem::take(&mut ready.snapshot_writes) {
+            if abandoned.as_ref().is_some_and(|meta| *meta == write.meta) {
+                continue;
+            }
+            let meta = write.meta.clone();
+            match self.storage.write_snapshot_chunk(write).await {
+                Ok(()) => {}
+                Err(error @ wal::WalError::NoSpace { .. }) => {
+                    if !self.snapshot_no_space {
+                        tracing::warn!(
+                            shard = self.ctx.shard_id,
+                            index = meta.index,
+                            "disk full while receiving a snapshot: dropped it; it is received anew when the leader \
+                             resends (this repeats until space is freed)"
+                        );
+                    }
+                    self.snapshot_no_space = true;
+                    self.stats.snapshot_chunks_no_space += 1;
+                    self.storage.abandon_received_snapshot();
+                    self.raft.abandon_incoming_snapshot();
+                    tracing::debug!(shard = self.ctx.shard_id, %error, "snapshot chunk not written");
+                    abandoned = Some(meta);
+                }
+                Err(source) => return Err(self.storage_error(source)),
+            }
+        }
+        if let Some(meta) = abandoned {
+            let acknowledges = |message: &engine::Message| {
+                matches!(message.body, engine::MessageBody::InstallSnapshotResponse { index, term, rejected: false, .. }
+                    if index == meta.index && term == meta.term)
+            };
+            ready.messages.retain(|message| !acknowledges(message));
+            ready.messages_after_persist.retain(|message| !acknowledges(message));
         }
         Ok(())
     }

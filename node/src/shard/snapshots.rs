@@ -159,6 +159,7 @@ where
         self.snapshots.current = Some((meta, size));
         self.snapshots.recent.clear();
         self.stats.snapshots_installed += 1;
+        self.snapshot_no_space = false;
         if self.requests.reads_waiting() {
             self.stats.installs_with_reads_waiting += 1;
         }
