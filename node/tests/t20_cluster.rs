@@ -13,9 +13,10 @@ use bytes::Bytes;
 use net::session::Session;
 use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
 use node::client_cmd::{call, BlockingClient};
-use node::config::{ClientConfig, Token};
-use node::discovery::HostPort;
+use node::config::ClientConfig;
 use node::kv::{KvOp, KvResponse};
+
+mod common;
 
 const TOKEN: &str = "test-cluster-token";
 
@@ -91,14 +92,7 @@ impl TestCluster {
     }
 
     fn client(&self, ids: &[u64]) -> ClientConfig {
-        ClientConfig {
-            addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
-            cluster_id: 9,
-            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
-            tls: None,
-            timeout: Duration::from_secs(15),
-            shard: 0,
-        }
+        common::local_client(ids.iter().map(|id| self.client_port(*id)), 9, TOKEN)
     }
 
     fn live(&self) -> Vec<u64> {
@@ -106,12 +100,7 @@ impl TestCluster {
     }
 
     fn status(&self, id: u64) -> Option<serde_json::Value> {
-        let mut client = self.client(&[id]);
-        client.timeout = Duration::from_secs(2);
-        match call(&client, RequestBody::Status) {
-            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
-            _ => None,
-        }
+        common::status(self.client(&[id]))
     }
 
     /// Waits until a live node reports itself leader and returns it.
@@ -453,14 +442,7 @@ fn sigterm_stops_the_node_cleanly_and_closes_its_logs() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start node");
-    let config = ClientConfig {
-        addrs: vec![HostPort { host: "127.0.0.1".into(), port: 21801 }],
-        cluster_id: 9,
-        token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
-        tls: None,
-        timeout: Duration::from_secs(15),
-        shard: 0,
-    };
+    let config = common::local_client([21801], 9, TOKEN);
     let mut client = BlockingClient::new(&config).expect("a client");
     let mut session = client.open_session().expect("the single node opens a session");
     let put = KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") };

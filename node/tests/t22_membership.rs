@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
 use node::client_cmd::{call, BlockingClient};
-use node::config::{ClientConfig, Token};
-use node::discovery::HostPort;
+use node::config::ClientConfig;
 use node::kv::{KvOp, KvResponse};
+
+mod common;
 
 const TOKEN: &str = "membership-test-token";
 const CLUSTER: u64 = 9;
@@ -99,23 +100,11 @@ impl Cluster {
     }
 
     fn client(&self, slots: &[u64]) -> ClientConfig {
-        ClientConfig {
-            addrs: slots.iter().map(|s| HostPort { host: "127.0.0.1".into(), port: self.client_port(*s) }).collect(),
-            cluster_id: CLUSTER,
-            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
-            tls: None,
-            timeout: Duration::from_secs(15),
-            shard: 0,
-        }
+        common::local_client(slots.iter().map(|slot| self.client_port(*slot)), CLUSTER, TOKEN)
     }
 
     fn status(&self, slot: u64) -> Option<serde_json::Value> {
-        let mut client = self.client(&[slot]);
-        client.timeout = Duration::from_secs(2);
-        match call(&client, RequestBody::Status) {
-            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
-            _ => None,
-        }
+        common::status(self.client(&[slot]))
     }
 
     /// The slot of the node that reports itself leader.

@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use net::{AdminRequest, RequestBody, ResponseStatus};
 use node::client_cmd::{call, BlockingClient};
-use node::config::{ClientConfig, Token};
-use node::discovery::HostPort;
+use node::config::ClientConfig;
 use node::kv::{KvOp, KvResponse};
+
+mod common;
 
 const TOKEN: &str = "test-cluster-token";
 const BASE_PORT: u16 = 23100;
@@ -89,26 +90,11 @@ impl Cluster {
     }
 
     fn client(&self, ids: &[u64]) -> ClientConfig {
-        ClientConfig {
-            addrs: ids
-                .iter()
-                .map(|id| HostPort { host: "127.0.0.1".into(), port: Cluster::client_port(*id) })
-                .collect(),
-            cluster_id: 9,
-            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
-            tls: None,
-            timeout: Duration::from_secs(15),
-            shard: 0,
-        }
+        common::local_client(ids.iter().map(|id| Cluster::client_port(*id)), 9, TOKEN)
     }
 
     fn status(&self, id: u64) -> Option<serde_json::Value> {
-        let mut client = self.client(&[id]);
-        client.timeout = Duration::from_secs(2);
-        match call(&client, RequestBody::Status) {
-            Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
-            _ => None,
-        }
+        common::status(self.client(&[id]))
     }
 
     fn leader(&self, among: &[u64]) -> u64 {
