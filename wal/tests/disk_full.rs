@@ -3,40 +3,50 @@
 //! nothing is reported durable that is not. The test mounts a small tmpfs, so it needs root (as in
 //! CI); without the privilege it says so and checks nothing.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use wal::testing::{batch, shape};
 use wal::{LogStore, Wal, WalConfig};
 
-struct Mount<'a>(&'a Path);
+/// A 256 KiB tmpfs, unmounted and removed when dropped.
+struct Mount(PathBuf);
 
-impl Drop for Mount<'_> {
+impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0).status();
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
     }
+}
+
+/// A 256 KiB tmpfs named after `name`, holding a log directory configured
+/// with 64 KiB segments and 16 KiB writes; `None` (said loudly) without the
+/// privilege to mount.
+fn small_disk(name: &str) -> Option<(Mount, WalConfig)> {
+    wal::io_uring_available().expect("these tests need io_uring");
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&dir).status();
+    if !mounted.is_ok_and(|status| status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs at {} (needs root)", dir.display());
+        return None;
+    }
+    std::fs::create_dir_all(dir.join("log")).unwrap();
+    let mut config = WalConfig::new(dir.join("log"), 1, 1);
+    config.segment_bytes = 64 << 10;
+    config.write_bytes_max = 16 << 10;
+    config.batch_bytes_max = 16 << 10;
+    Some((Mount(dir), config))
 }
 
 /// Issue 16: before, a full disk stopped the log for good ("disk full while
 /// preallocating"), and the node answered `Busy` until restarted.
 #[test]
 fn disk_full_waits_for_space_and_resumes_by_itself() {
-    wal::io_uring_available().expect("these tests need io_uring");
-    let dir = std::env::temp_dir().join(format!("wal-full-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&dir).status();
-    if !mounted.is_ok_and(|status| status.success()) {
-        eprintln!("SKIPPED: cannot mount a tmpfs at {} (needs root)", dir.display());
-        return;
-    }
-    let mount = Mount(&dir);
+    let Some((mount, config)) = small_disk("wal-full") else { return };
+    let dir = mount.0.clone();
     let ballast = dir.join("ballast");
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    let mut config = WalConfig::new(dir.join("log"), 1, 1);
-    config.segment_bytes = 64 << 10;
-    config.write_bytes_max = 16 << 10;
-    config.batch_bytes_max = 16 << 10;
     let durable_index = tokio_uring::start(async {
         let (wal, _) = Wal::open(config.clone()).await.unwrap();
         // The active segment and its spare take 128 KiB; the ballast leaves
@@ -77,7 +87,6 @@ fn disk_full_waits_for_space_and_resumes_by_itself() {
     let entries = shape(&recovered.entries);
     assert_eq!(entries.len() as u64, durable_index);
     drop(mount);
-    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Issue 16: a local snapshot that does not fit on a full disk stopped the
@@ -86,21 +95,9 @@ fn disk_full_waits_for_space_and_resumes_by_itself() {
 /// snapshot is stored.
 #[test]
 fn a_snapshot_that_does_not_fit_is_given_up_and_the_log_goes_on() {
-    wal::io_uring_available().expect("these tests need io_uring");
-    let dir = std::env::temp_dir().join(format!("wal-full-snapshot-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&dir).status();
-    if !mounted.is_ok_and(|status| status.success()) {
-        eprintln!("SKIPPED: cannot mount a tmpfs at {} (needs root)", dir.display());
-        return;
-    }
-    let mount = Mount(&dir);
+    let Some((mount, config)) = small_disk("wal-full-snapshot") else { return };
+    let dir = mount.0.clone();
     let ballast = dir.join("ballast");
-    std::fs::create_dir_all(dir.join("log")).unwrap();
-    let mut config = WalConfig::new(dir.join("log"), 1, 1);
-    config.segment_bytes = 64 << 10;
-    config.write_bytes_max = 16 << 10;
-    config.batch_bytes_max = 16 << 10;
     tokio_uring::start(async {
         let (wal, _) = Wal::open(config.clone()).await.unwrap();
         let ticket = wal.append(batch(1, &[1; 20])).unwrap();
@@ -124,5 +121,4 @@ fn a_snapshot_that_does_not_fit_is_given_up_and_the_log_goes_on() {
         wal.close().await.unwrap();
     });
     drop(mount);
-    let _ = std::fs::remove_dir(&dir);
 }
