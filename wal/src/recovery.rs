@@ -207,25 +207,24 @@ impl Replay {
         self.snapshot_index + self.entries.len() as u64
     }
 
-    /// Applies one record: truncate from its first index, then append what
-    /// lies after the snapshot.
-    pub(crate) fn apply(&mut self, batch: &EntryBatch, path: &Path, offset: usize) -> Result<(), WalError> {
+    /// The term of the entry at `index`, if the log holds it (entries the
+    /// snapshot covers are not held).
+    pub(crate) fn term(&self, index: Index) -> Option<u64> {
+        let offset = index.checked_sub(self.snapshot_index + 1)?;
+        self.entries.get(offset as usize).map(|entry| entry.term)
+    }
+
+    /// Applies one record that does not leave a gap (see [`misplaced`]):
+    /// truncate from its first index, then append what lies after the
+    /// snapshot.
+    pub(crate) fn apply(&mut self, batch: &EntryBatch) {
         let first = batch.first_index();
-        let last = self.last_index();
-        if first > last + 1 {
-            return Err(WalError::corrupt(
-                path,
-                offset as u64,
-                format!("a batch starting at or before index {}", last + 1),
-                format!("a batch starting at index {first} (a gap: a record is missing)"),
-            ));
-        }
+        debug_assert!(first <= self.last_index() + 1, "checked by `misplaced`");
         let keep = first.max(self.snapshot_index + 1) - self.snapshot_index - 1;
         self.entries.truncate(keep as usize);
         let snapshot_index = self.snapshot_index;
         self.entries.extend(batch.entries().filter(|entry| entry.index > snapshot_index));
         debug_assert!(self.entries.first().is_none_or(|entry| entry.index == self.snapshot_index + 1));
-        Ok(())
     }
 }
 
@@ -275,16 +274,12 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         sync_dir_blocking(dir)?;
     }
     let sequence_floor = snapshot.map_or(1, |stored| stored.segment_sequence_min);
-    let mut replay = Replay { snapshot_index: snapshot.map_or(0, |stored| stored.meta.index), entries: Vec::new() };
-    let mut tail_offset = 0;
-    let mut previous_tail_offset = 0;
-    let mut damage = None;
-    let mut damage_index_max = 0;
-    let segment_count = segments.len();
+    let names: Vec<(&Path, Index)> =
+        segments.iter().map(|segment| (segment.path.as_path(), segment.first_index)).collect();
     // A thread reads the next segment while this one is checked and
     // decoded: reading and checking overlap instead of taking turns.
     let paths: Vec<PathBuf> = segments.iter().map(|segment| segment.path.clone()).collect();
-    std::thread::scope(|scope| -> Result<(), WalError> {
+    let plan = std::thread::scope(|scope| -> Result<Plan, WalError> {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || {
             for path in paths {
@@ -293,79 +288,200 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
                 }
             }
         });
-        for (position, segment) in segments.iter_mut().enumerate() {
-            let is_newest = position + 1 == segment_count;
-            let raw = receiver.recv().expect("the reader sends one result per segment")?;
-            let scan =
-                scan(&segment.path, &raw, is_newest, config.tail_window_bytes() as usize, config.batch_bytes_max)?;
-            if scan.torn {
-                zero_tail(&segment.path, scan.end as u64, raw.len() as u64)?;
-            }
-            // Entries borrow this buffer for as long as the engine holds them;
-            // when most of it is preallocated zeros after the records (the
-            // newest segment), keep a copy of the records only.
-            let bytes =
-                if scan.end < raw.len() / 2 { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw.slice(..scan.end) };
-            for (number, span) in scan.records.iter().enumerate() {
-                let batch =
-                    EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), config.batch_bytes_max)
-                        .map_err(|error| {
-                            WalError::corrupt(&segment.path, span.offset as u64, "a valid batch", error.to_string())
-                        })?;
-                if number == 0 && batch.first_index() != segment.first_index {
-                    return Err(WalError::corrupt(
-                        &segment.path,
-                        0,
-                        format!("a first record at index {} (the file's name)", segment.first_index),
-                        format!("index {}", batch.first_index()),
-                    ));
-                }
-                segment.index_max = segment.index_max.max(batch.last_index());
-                replay.apply(&batch, &segment.path, span.offset)?;
-            }
-            previous_tail_offset = tail_offset;
-            tail_offset = scan.end as u64;
-            if scan.damage.is_some() {
-                damage_index_max = damage_index_max.max(scan.index_after_damage.unwrap_or(0));
-                damage = scan.damage.map(|error| (error, position));
-                break;
-            }
-        }
-        Ok(())
+        let read = || receiver.recv().expect("the reader sends one result per segment");
+        plan(&names, read, snapshot.map_or(0, |stored| stored.meta.index), config)
     })?;
-    // Damage that is not a torn tail: the log keeps its good prefix, up to
-    // the damaged record, and the rest (later segments included) goes; the
-    // replica fetches it again from its peers. Refusing to start instead
-    // would need an operator to wipe the replica (issue 16).
-    if let Some((_, position)) = &damage {
-        for later in segments.drain(position + 1..) {
-            // What the cut loses from later segments counts as possibly
-            // acknowledged too.
-            let raw = Bytes::from(read_segment(&later.path)?);
-            damage_index_max = damage_index_max.max(last_index_after(&raw, 0, config.batch_bytes_max).unwrap_or(0));
-            fs::remove_file(&later.path).map_err(|error| WalError::io("removing", &later.path, error))?;
+    // The plan's effects on the files: cut tails are zeroed durably, and
+    // damage that is not a torn tail removes every later segment (the log
+    // keeps its good prefix and the replica fetches the rest again from its
+    // peers; refusing to start instead would need an operator to wipe the
+    // replica, issue 16).
+    for &(position, from, to) in &plan.torn {
+        zero_tail(&segments[position].path, from as u64, to as u64)?;
+    }
+    for (segment, index_max) in segments.iter_mut().zip(&plan.index_max) {
+        segment.index_max = *index_max;
+    }
+    if plan.kept < segments.len() {
+        for removed in segments.drain(plan.kept..) {
+            fs::remove_file(&removed.path).map_err(|error| WalError::io("removing", &removed.path, error))?;
         }
         sync_dir_blocking(dir)?;
-    }
-    // A segment without records (renamed into place, then a crash before its
-    // first record) would name a first index the next append may not have.
-    // It holds nothing, so it goes; the next append opens a fresh segment.
-    // Only the newest segment can be empty (every other one received the
-    // record that made the writer switch to it).
-    if segments.last().is_some_and(|segment| segment.index_max == 0) {
-        let empty = segments.pop().expect("checked").path;
-        fs::remove_file(&empty).map_err(|error| WalError::io("removing", &empty, error))?;
-        sync_dir_blocking(dir)?;
-        tail_offset = previous_tail_offset;
     }
     Ok(RecoveredLog {
-        damage: damage.map(|(error, _)| error),
-        damage_index_max,
-        entries: replay.entries,
+        damage: plan.damage,
+        damage_index_max: plan.damage_index_max,
+        entries: plan.replay.entries,
         segments,
-        tail_offset,
+        tail_offset: plan.tail_offset,
         sequence_next: (sequence_seen + 1).max(sequence_floor),
     })
+}
+
+/// What reading a log's segments decided, before any file is touched: the
+/// pure part of recovery, which the simulator runs on its disk images too.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub replay: Replay,
+    /// The highest index in each segment read (0 when it holds no record).
+    pub index_max: Vec<Index>,
+    /// Cut tails to zero: (segment position, from, to).
+    pub torn: Vec<(usize, usize, usize)>,
+    /// How many segments stay; the rest are removed.
+    pub kept: usize,
+    /// Damage that is not a torn tail.
+    pub damage: Option<WalError>,
+    /// The highest index of the valid records the cut removed (0 if none).
+    pub damage_index_max: Index,
+    /// The write position in the last kept segment.
+    pub tail_offset: u64,
+}
+
+/// Reads the segments named in `names` (path and first index, in sequence
+/// order) one `read` at a time, verifies and replays their records on top
+/// of a snapshot at `snapshot_index`, and decides what to cut.
+///
+/// A record that is whole but out of place is damage too, not a reason to
+/// refuse the log: a misdirected write can put a valid record at another
+/// record's offset (TigerBeetle's fault model), so a record that leaves a
+/// gap, repeats an entry the log holds with the same term (a Raft
+/// truncation record always starts at a conflicting term), or opens a
+/// segment under another first index cuts the log before it.
+pub(crate) fn plan(
+    names: &[(&Path, Index)],
+    mut read: impl FnMut() -> Result<Bytes, WalError>,
+    snapshot_index: Index,
+    config: &WalConfig,
+) -> Result<Plan, WalError> {
+    let (window, batch_limit) = (config.tail_window_bytes() as usize, config.batch_bytes_max);
+    let mut plan = Plan {
+        replay: Replay { snapshot_index, entries: Vec::new() },
+        index_max: Vec::new(),
+        torn: Vec::new(),
+        kept: names.len(),
+        damage: None,
+        damage_index_max: 0,
+        tail_offset: 0,
+    };
+    let mut previous_tail_offset = 0;
+    for (position, &(path, first_index)) in names.iter().enumerate() {
+        let raw = read()?;
+        if plan.damage.is_some() {
+            // What the cut loses from later segments counts as possibly
+            // acknowledged too.
+            plan.damage_index_max = plan.damage_index_max.max(last_index_after(&raw, 0, batch_limit).unwrap_or(0));
+            continue;
+        }
+        let is_newest = position + 1 == names.len();
+        let mut scan = scan(path, &raw, is_newest, window, batch_limit)?;
+        // Entries borrow this buffer for as long as the engine holds them;
+        // when most of it is preallocated zeros after the records (the
+        // newest segment), keep a copy of the records only.
+        let bytes =
+            if scan.end < raw.len() / 2 { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw.slice(..scan.end) };
+        let mut index_max = 0;
+        for (number, span) in scan.records.iter().enumerate() {
+            let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), batch_limit)
+                .map_err(|error| WalError::corrupt(path, span.offset as u64, "a valid batch", error.to_string()))?;
+            if let Some((expected, found)) = misplaced(&plan.replay, &batch, (number == 0).then_some(first_index)) {
+                // Everything from this record on is lost, itself included.
+                scan.end = span.offset;
+                scan.torn = true;
+                scan.index_after_damage = last_index_after(&raw, span.offset, batch_limit);
+                scan.damage = Some(WalError::corrupt(path, span.offset as u64, expected, found));
+                break;
+            }
+            index_max = index_max.max(batch.last_index());
+            plan.replay.apply(&batch);
+        }
+        if scan.torn {
+            plan.torn.push((position, scan.end, raw.len()));
+        }
+        plan.index_max.push(index_max);
+        previous_tail_offset = plan.tail_offset;
+        plan.tail_offset = scan.end as u64;
+        if scan.damage.is_some() {
+            plan.damage_index_max = scan.index_after_damage.unwrap_or(0);
+            plan.damage = scan.damage;
+            plan.kept = position + 1;
+        }
+    }
+    // A segment without records (renamed into place, then a crash before its
+    // first record, or cut whole) would name a first index the next append
+    // may not have. It holds nothing, so it goes; the next append opens a
+    // fresh segment. Without damage only the newest segment can be empty
+    // (every other one received the record that made the writer switch).
+    if plan.kept > 0 && plan.index_max[plan.kept - 1] == 0 {
+        plan.kept -= 1;
+        plan.tail_offset = previous_tail_offset;
+    }
+    Ok(plan)
+}
+
+/// What recovery makes of a log given as in-memory segment images.
+#[derive(Debug)]
+pub struct ImageRecovery {
+    /// The recovered entries after the snapshot.
+    pub entries: Vec<Entry>,
+    /// Damage that is not a torn tail, if any.
+    pub damage: Option<WalError>,
+    /// At least what the recovered log claims to have acknowledged because
+    /// of the damage (see [`claimed_after_damage`]); 0 without damage.
+    pub acknowledged: Index,
+    /// How many segments stay (the rest are removed).
+    pub kept: usize,
+    /// Where each kept segment's records end; bytes after it are zeroed.
+    pub ends: Vec<usize>,
+}
+
+/// Runs recovery's decisions (the same code a [`crate::Wal`] runs on open)
+/// over segment images `(first index, bytes)` in sequence order, on top of a
+/// snapshot at `snapshot_index`: for a simulator that keeps the log's bytes
+/// in memory and damages them (issue 16).
+pub fn recover_images(
+    images: &[(Index, Bytes)],
+    snapshot_index: Index,
+    config: &WalConfig,
+) -> Result<ImageRecovery, WalError> {
+    let names: Vec<(&Path, Index)> = images.iter().map(|(first, _)| (Path::new("image"), *first)).collect();
+    let mut next = images.iter().map(|(_, raw)| raw.clone());
+    let plan = plan(&names, || Ok(next.next().expect("one image per name")), snapshot_index, config)?;
+    let mut ends: Vec<usize> = images.iter().take(plan.kept).map(|(_, raw)| raw.len()).collect();
+    for &(position, from, _) in &plan.torn {
+        if let Some(end) = ends.get_mut(position) {
+            *end = from;
+        }
+    }
+    let log_last = snapshot_index + plan.replay.entries.len() as u64;
+    let acknowledged = if plan.damage.is_some() { claimed_after_damage(log_last, plan.damage_index_max) } else { 0 };
+    Ok(ImageRecovery { entries: plan.replay.entries, damage: plan.damage, acknowledged, kept: plan.kept, ends })
+}
+
+/// What a log cut by damage (not a torn tail) claims to have acknowledged:
+/// at least the entry after its good prefix, and everything the valid
+/// records after the damage held.
+pub fn claimed_after_damage(log_last: Index, damage_index_max: Index) -> Index {
+    (log_last + 1).max(damage_index_max)
+}
+
+/// Why a verified record cannot follow the records replayed before it, if it
+/// cannot: (what was expected, what was found).
+fn misplaced(replay: &Replay, batch: &EntryBatch, segment_first: Option<Index>) -> Option<(String, String)> {
+    let (first, last) = (batch.first_index(), replay.last_index());
+    if let Some(named) = segment_first.filter(|&named| named != first) {
+        return Some((format!("a first record at index {named} (the file's name)"), format!("index {first}")));
+    }
+    if first > last + 1 {
+        return Some((
+            format!("a batch starting at or before index {}", last + 1),
+            format!("a batch starting at index {first} (a gap: a record is missing)"),
+        ));
+    }
+    let held = replay.term(first).filter(|&term| term == batch.first_term())?;
+    Some((
+        format!("a batch at index {first} with a term other than {held} (a truncation)"),
+        format!("entry {first} of term {held} again: a record out of place"),
+    ))
 }
 
 /// Bytes per read of a segment with `O_DIRECT`.
@@ -644,14 +760,53 @@ mod tests {
         scan(Path::new("s"), &Bytes::copy_from_slice(raw), false, 64, LIMIT).unwrap().damage.expect("damage")
     }
 
+    /// Plans recovery of in-memory segment images with a default config.
+    fn plan_of(images: &[(Index, Vec<u8>)]) -> Plan {
+        let names: Vec<(&Path, Index)> = images.iter().map(|(first, _)| (Path::new("s"), *first)).collect();
+        let mut next = images.iter().map(|(_, raw)| Bytes::from(raw.clone()));
+        let config = WalConfig::new("unused", 1, 1);
+        plan(&names, || Ok(next.next().expect("one per name")), 0, &config).unwrap()
+    }
+
+    #[test]
+    fn a_record_written_over_another_is_damage_not_a_refusal() {
+        let (first, second, third) = (batch(1, 3, 1), batch(4, 3, 1), batch(7, 3, 1));
+        // The third record's write landed on the second's place (the
+        // same length, so the third place keeps a valid copy): entry 7
+        // follows entry 3, a gap.
+        let raw = segment(&[first.clone(), third.clone(), third.clone()], 2000);
+        let plan = plan_of(&[(1, raw)]);
+        assert_eq!(plan.replay.last_index(), 3, "the good prefix is kept");
+        assert!(plan.damage.is_some());
+        assert_eq!(plan.damage_index_max, 9, "what the cut removed counts as acknowledged");
+        // A stale copy of the first record written over the last one: a
+        // replay would silently truncate to entry 3.
+        let raw = segment(&[first.clone(), second.clone(), first.clone()], 2000);
+        let plan = plan_of(&[(1, raw)]);
+        assert_eq!(plan.replay.last_index(), 6);
+        assert!(plan.damage.is_some(), "entry 1 of term 1 again is out of place");
+        // A segment whose first record is not its name's: cut whole, and
+        // the damage removes the later segments, whose entries count.
+        let older = segment(std::slice::from_ref(&first), 2000);
+        let moved = segment(std::slice::from_ref(&third), 2000);
+        let later = segment(&[batch(10, 2, 1)], 2000);
+        let plan = plan_of(&[(1, older), (4, moved), (10, later)]);
+        assert_eq!((plan.replay.last_index(), plan.kept), (3, 1), "the empty cut segment goes too");
+        assert_eq!(plan.damage_index_max, 11);
+    }
+
     #[test]
     fn replay_truncates_conflicting_suffix_and_skips_snapshot() {
         let mut replay = Replay { snapshot_index: 2, entries: Vec::new() };
         let decode = |raw: Vec<u8>| EntryBatch::decode(&Bytes::from(raw), LIMIT).unwrap();
-        replay.apply(&decode(batch(1, 5, 1)), Path::new("s"), 0).unwrap();
+        replay.apply(&decode(batch(1, 5, 1)));
         assert_eq!(replay.last_index(), 5);
-        replay.apply(&decode(batch(4, 1, 2)), Path::new("s"), 0).unwrap();
+        assert!(misplaced(&replay, &decode(batch(4, 1, 1)), None).is_some(), "entry 4 of term 1 again");
+        assert!(misplaced(&replay, &decode(batch(4, 1, 2)), None).is_none(), "a truncation");
+        replay.apply(&decode(batch(4, 1, 2)));
         assert_eq!(replay.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(3, 1), (4, 2)]);
-        assert!(replay.apply(&decode(batch(6, 1, 2)), Path::new("s"), 0).is_err());
+        assert!(misplaced(&replay, &decode(batch(6, 1, 2)), None).is_some(), "a gap");
+        assert!(misplaced(&replay, &decode(batch(5, 1, 2)), Some(4)).is_some(), "not the segment's first index");
+        assert!(misplaced(&replay, &decode(batch(5, 1, 2)), Some(5)).is_none());
     }
 }

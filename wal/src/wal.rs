@@ -190,8 +190,11 @@ impl LogStore for Wal {
         }
         // Damage below the tail lost at least the entry after the good
         // prefix, which this replica may have acknowledged.
-        let damage_floor =
-            if recovered.damage.is_some() { (log.last_index + 1).max(recovered.damage_index_max) } else { 0 };
+        let damage_floor = if recovered.damage.is_some() {
+            recovery::claimed_after_damage(log.last_index, recovered.damage_index_max)
+        } else {
+            0
+        };
         let damage = recovered.damage.clone().or(hard_state_damage.clone()).or(snapshot_damage.clone()).map(Box::new);
         let mut acknowledged = acknowledged.max(damage_floor);
         // A damaged snapshot took the state before the log with it: the

@@ -226,6 +226,34 @@ fn bit_flip_far_before_the_newest_tail_cuts_the_log_and_reports_it() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Issue 16 item 5, misdirected writes: a whole valid record written at
+/// another record's place. Before, a record that left a gap refused the log
+/// (an operator had to wipe the replica), and a stale copy landing on the
+/// last record silently truncated it; now both cut the log before the
+/// misplaced record and claim what the cut removed.
+#[test]
+fn a_record_written_at_another_records_place_is_damage_not_a_refusal() {
+    for (tag, source, target) in [("gap", 10, 5), ("stale", 0, 0)] {
+        let dir = scratch(&format!("misdirected-{tag}"));
+        let expected = build(&dir, 20);
+        let newest = segments(&dir).pop().unwrap();
+        let mut raw = std::fs::read(&newest).unwrap();
+        let offsets = record_offsets(&raw);
+        // Records are the same length; the stale case overwrites the last.
+        let target = if tag == "stale" { offsets.len() - 2 } else { target };
+        let length = offsets[1] - offsets[0];
+        let record = raw[offsets[source]..offsets[source] + length].to_vec();
+        raw[offsets[target]..offsets[target] + length].copy_from_slice(&record);
+        std::fs::write(&newest, raw).unwrap();
+        let (recovered, damage) = open_reporting(&dir).unwrap_or_else(|error| panic!("{tag}: refused: {error}"));
+        let text = damage.unwrap_or_else(|| panic!("{tag}: the misplaced record is reported")).to_string();
+        assert!(text.contains("out of place") || text.contains("a gap"), "{tag}: {text}");
+        assert_eq!(shape(&recovered.entries), expected[..target * 3], "{tag}: the good prefix is kept");
+        assert_eq!(recovered.acknowledged, expected.len() as u64, "{tag}: the rest is claimed and repaired");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 /// Issue 16: a torn-looking tail is a torn write only when it holds nothing
 /// this replica may have acknowledged. The hard state's `acknowledged`
 /// (the durable end of the log at its last save) tells the two apart.
