@@ -23,6 +23,7 @@ pub mod checks;
 pub mod client;
 pub mod disk;
 pub mod effects;
+pub mod image;
 pub mod network;
 pub mod node;
 
@@ -177,7 +178,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
     let clock = Rc::new(Cell::new(0));
     let base = Instant::now();
     let effects = Rc::new(RefCell::new(WriteEffects::default()));
-    let nodes = ids
+    let mut nodes: BTreeMap<NodeId, SimNode> = ids
         .iter()
         .map(|&id| {
             let mut config = Config::new(id, if id <= voters { members.clone() } else { Vec::new() });
@@ -226,6 +227,9 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
     } else {
         Vec::new()
     };
+    for id in &faulty {
+        nodes.get_mut(id).expect("a member").make_faulty();
+    }
     let mut world = World {
         faulty,
         rng,
@@ -648,7 +652,8 @@ impl World {
                 let snapshot = replica(id).shard.state_machine().snapshot();
                 assert!(
                     snapshot == reference,
-                    "state machine safety: shard {shard}: node {id}'s state differs from leader {leader}'s at index {commit}"
+                    "state machine safety: shard {shard}: node {id}'s state differs from leader {leader}'s at index {commit}\n{}",
+                    self.describe()
                 );
             }
         }

@@ -325,6 +325,8 @@ pub(crate) struct Plan {
     pub replay: Replay,
     /// The highest index in each segment read (0 when it holds no record).
     pub index_max: Vec<Index>,
+    /// Where the records of each segment read end.
+    pub ends: Vec<usize>,
     /// Cut tails to zero: (segment position, from, to).
     pub torn: Vec<(usize, usize, usize)>,
     /// How many segments stay; the rest are removed.
@@ -344,9 +346,10 @@ pub(crate) struct Plan {
 /// A record that is whole but out of place is damage too, not a reason to
 /// refuse the log: a misdirected write can put a valid record at another
 /// record's offset (TigerBeetle's fault model), so a record that leaves a
-/// gap, repeats an entry the log holds with the same term (a Raft
-/// truncation record always starts at a conflicting term), or opens a
-/// segment under another first index cuts the log before it.
+/// gap, starts with an entry the log holds with the same term (a Raft
+/// truncation record always starts at a conflicting entry), follows an
+/// entry of a later term, or opens a segment under another first index cuts
+/// the log before it.
 pub(crate) fn plan(
     names: &[(&Path, Index)],
     mut read: impl FnMut() -> Result<Bytes, WalError>,
@@ -357,6 +360,7 @@ pub(crate) fn plan(
     let mut plan = Plan {
         replay: Replay { snapshot_index, entries: Vec::new() },
         index_max: Vec::new(),
+        ends: Vec::new(),
         torn: Vec::new(),
         kept: names.len(),
         damage: None,
@@ -374,30 +378,12 @@ pub(crate) fn plan(
         }
         let is_newest = position + 1 == names.len();
         let mut scan = scan(path, &raw, is_newest, window, batch_limit)?;
-        // Entries borrow this buffer for as long as the engine holds them;
-        // when most of it is preallocated zeros after the records (the
-        // newest segment), keep a copy of the records only.
-        let bytes =
-            if scan.end < raw.len() / 2 { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw.slice(..scan.end) };
-        let mut index_max = 0;
-        for (number, span) in scan.records.iter().enumerate() {
-            let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), batch_limit)
-                .map_err(|error| WalError::corrupt(path, span.offset as u64, "a valid batch", error.to_string()))?;
-            if let Some((expected, found)) = misplaced(&plan.replay, &batch, (number == 0).then_some(first_index)) {
-                // Everything from this record on is lost, itself included.
-                scan.end = span.offset;
-                scan.torn = true;
-                scan.index_after_damage = last_index_after(&raw, span.offset, batch_limit);
-                scan.damage = Some(WalError::corrupt(path, span.offset as u64, expected, found));
-                break;
-            }
-            index_max = index_max.max(batch.last_index());
-            plan.replay.apply(&batch);
-        }
+        let index_max = replay_segment(&mut plan.replay, (path, first_index), &raw, &mut scan, batch_limit)?;
         if scan.torn {
             plan.torn.push((position, scan.end, raw.len()));
         }
         plan.index_max.push(index_max);
+        plan.ends.push(scan.end);
         previous_tail_offset = plan.tail_offset;
         plan.tail_offset = scan.end as u64;
         if scan.damage.is_some() {
@@ -418,6 +404,38 @@ pub(crate) fn plan(
     Ok(plan)
 }
 
+/// Replays the records `scan` found in one segment's bytes `raw`; a record
+/// out of place (see [`plan`]) turns into damage in `scan`, cutting it and
+/// everything after it. Returns the highest index replayed from it.
+fn replay_segment(
+    replay: &mut Replay,
+    (path, first_index): (&Path, Index),
+    raw: &Bytes,
+    scan: &mut Scan,
+    batch_limit: usize,
+) -> Result<Index, WalError> {
+    // Entries borrow this buffer for as long as the engine holds them;
+    // when most of it is preallocated zeros after the records (the newest
+    // segment), keep a copy of the records only.
+    let bytes = if scan.end < raw.len() / 2 { Bytes::copy_from_slice(&raw[..scan.end]) } else { raw.slice(..scan.end) };
+    let mut index_max = 0;
+    for (number, span) in scan.records.iter().enumerate() {
+        let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), batch_limit)
+            .map_err(|error| WalError::corrupt(path, span.offset as u64, "a valid batch", error.to_string()))?;
+        if let Some((expected, found)) = misplaced(replay, &batch, (number == 0).then_some(first_index)) {
+            // Everything from this record on is lost, itself included.
+            scan.end = span.offset;
+            scan.torn = true;
+            scan.index_after_damage = last_index_after(raw, span.offset, batch_limit);
+            scan.damage = Some(WalError::corrupt(path, span.offset as u64, expected, found));
+            break;
+        }
+        index_max = index_max.max(batch.last_index());
+        replay.apply(&batch);
+    }
+    Ok(index_max)
+}
+
 /// What recovery makes of a log given as in-memory segment images.
 #[derive(Debug)]
 pub struct ImageRecovery {
@@ -430,8 +448,11 @@ pub struct ImageRecovery {
     pub acknowledged: Index,
     /// How many segments stay (the rest are removed).
     pub kept: usize,
-    /// Where each kept segment's records end; bytes after it are zeroed.
+    /// Where each kept segment's records end: writing resumes at the next
+    /// aligned offset of the last, and a cut tail is zeroed.
     pub ends: Vec<usize>,
+    /// The highest index in each kept segment.
+    pub index_max: Vec<Index>,
 }
 
 /// Runs recovery's decisions (the same code a [`crate::Wal`] runs on open)
@@ -446,15 +467,18 @@ pub fn recover_images(
     let names: Vec<(&Path, Index)> = images.iter().map(|(first, _)| (Path::new("image"), *first)).collect();
     let mut next = images.iter().map(|(_, raw)| raw.clone());
     let plan = plan(&names, || Ok(next.next().expect("one image per name")), snapshot_index, config)?;
-    let mut ends: Vec<usize> = images.iter().take(plan.kept).map(|(_, raw)| raw.len()).collect();
-    for &(position, from, _) in &plan.torn {
-        if let Some(end) = ends.get_mut(position) {
-            *end = from;
-        }
-    }
+    let ends = plan.ends[..plan.kept].to_vec();
     let log_last = snapshot_index + plan.replay.entries.len() as u64;
     let acknowledged = if plan.damage.is_some() { claimed_after_damage(log_last, plan.damage_index_max) } else { 0 };
-    Ok(ImageRecovery { entries: plan.replay.entries, damage: plan.damage, acknowledged, kept: plan.kept, ends })
+    let index_max = plan.index_max[..plan.kept].to_vec();
+    Ok(ImageRecovery {
+        entries: plan.replay.entries,
+        damage: plan.damage,
+        acknowledged,
+        kept: plan.kept,
+        ends,
+        index_max,
+    })
 }
 
 /// What a log cut by damage (not a torn tail) claims to have acknowledged:
@@ -477,10 +501,22 @@ fn misplaced(replay: &Replay, batch: &EntryBatch, segment_first: Option<Index>) 
             format!("a batch starting at index {first} (a gap: a record is missing)"),
         ));
     }
-    let held = replay.term(first).filter(|&term| term == batch.first_term())?;
+    // A Raft truncation record starts at a conflicting entry (the engine
+    // skips the entries it holds). A record that starts with an entry the
+    // log holds with the same term is a stale copy out of place, and
+    // replaying it would bring back entries the log had replaced (or lose
+    // the ones after it).
+    if let Some(held) = replay.term(first).filter(|&term| term == batch.first_term()) {
+        return Some((
+            format!("a batch at index {first} with a term other than {held} (a truncation)"),
+            format!("entry {first} of term {held} again: a record out of place"),
+        ));
+    }
+    // The engine never makes its log's terms decrease.
+    let before = replay.term(first - 1).filter(|&term| term > batch.first_term())?;
     Some((
-        format!("a batch at index {first} with a term other than {held} (a truncation)"),
-        format!("entry {first} of term {held} again: a record out of place"),
+        format!("a batch at index {first} of term {before} or later"),
+        format!("term {} after term {before}: a record out of place", batch.first_term()),
     ))
 }
 
@@ -803,9 +839,11 @@ mod tests {
         assert_eq!(replay.last_index(), 5);
         assert!(misplaced(&replay, &decode(batch(4, 1, 1)), None).is_some(), "entry 4 of term 1 again");
         assert!(misplaced(&replay, &decode(batch(4, 1, 2)), None).is_none(), "a truncation");
+        assert!(misplaced(&replay, &decode(batch(6, 1, 0)), None).is_some(), "terms never decrease");
         replay.apply(&decode(batch(4, 1, 2)));
         assert_eq!(replay.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(3, 1), (4, 2)]);
         assert!(misplaced(&replay, &decode(batch(6, 1, 2)), None).is_some(), "a gap");
+        assert!(misplaced(&replay, &decode(batch(4, 1, 1)), None).is_none(), "a truncation to an older term");
         assert!(misplaced(&replay, &decode(batch(5, 1, 2)), Some(4)).is_some(), "not the segment's first index");
         assert!(misplaced(&replay, &decode(batch(5, 1, 2)), Some(5)).is_none());
     }

@@ -16,19 +16,19 @@
 //! This disk reproduces exactly those guarantees and no more: appends and
 //! snapshots become durable in submission order, the lazy hard state at any
 //! moment, and a crash loses whatever was not durable, except that a prefix
-//! of the unsynced appends may have reached the platter, the last of them
-//! torn (a suffix of its entries missing), and a local snapshot in that
-//! prefix may be missing (later appends can land before its file).
+//! of the unsynced appends may have reached the platter, the next one torn
+//! after any number of its bytes, and a local snapshot in that prefix may be
+//! missing (later appends can land before its file).
 //!
-//! In the storage-fault mode ([`SimDisk::damage`]) a stopped node's disk
-//! also loses durable entries, as the WAL's recovery reports them (issue 16):
-//! damage to any written record (a flipped bit, a latent sector error, a
-//! misdirected write, a torn write of any length) cuts the log before it and
-//! claims everything the valid records after it held as acknowledged; a lost
-//! durable suffix (a lost fsync) is detected only through the hard state's
-//! acknowledged index, so it strikes here only when that index covers the
-//! whole log (losing entries beyond it is undetectable, and no replica can
-//! vote safely after it).
+//! The log's entries also live as bytes ([`LogImage`]), and a restart
+//! recovers them with the WAL's own recovery code; without a fault, what it
+//! recovers must equal what became durable, entry for entry. In the
+//! storage-fault mode ([`SimDisk::damage`]) a stopped node's bytes are
+//! damaged (see [`super::image`]) and recovery decides what was lost and
+//! what this replica claims to have acknowledged. A fault whose loss
+//! recovery cannot detect (a lost durable tail beyond the hard state's
+//! acknowledged index with nothing valid after it, or stale entries brought
+//! back) is undone: no replica can vote safely after it.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -44,6 +44,8 @@ use engine::{Entry, HardState, Index, SnapshotMeta};
 use node::shard::{ShardStorage, StoredSnapshot};
 use node::SnapshotImage;
 use wal::{AppendTicket, SnapshotReader, WalError};
+
+use super::image::LogImage;
 
 /// One write in the ordered queue.
 #[derive(Debug)]
@@ -82,6 +84,23 @@ pub struct SimDisk {
     acknowledged: Index,
     /// What the log must reach after a start that found it short.
     repair_floor: Index,
+    /// The log's bytes, as the WAL lays them out: what a restart recovers
+    /// the entries from.
+    image: LogImage,
+    /// Recovery may report damage: a fault struck, or a crash landed a
+    /// group after one that did not land.
+    damaged: bool,
+    /// A crash may land the second of two groups in flight without the
+    /// first. The WAL cannot tell that from damage to a durable group (the
+    /// second may then have been acknowledged), so it repairs: a storage
+    /// fault as far as liveness goes, injected on faulty nodes only (a
+    /// majority repairing at once waits, by design).
+    pub out_of_order_tails: bool,
+}
+
+/// `(index, term)` of each entry: what identifies an entry in one log.
+fn shape(entries: &[Entry]) -> Vec<(Index, engine::Term)> {
+    entries.iter().map(|entry| (entry.index, entry.term)).collect()
 }
 
 /// Appends a batch to storage, skipping the part a stored snapshot covers (a
@@ -186,39 +205,78 @@ impl SimDisk {
         std::mem::take(&mut self.stored)
     }
 
-    /// What a restarting node recovers from this disk.
+    /// What a restarting node recovers from this disk: the entries are what
+    /// the WAL's recovery makes of the log's bytes.
     pub fn recovered(&mut self) -> engine::Recovered {
+        let snapshot_index = self.durable.snapshot_meta().index;
+        let described = self.image.to_string();
+        let recovery = self.image.recover(snapshot_index);
+        let recovered_entries = recovery.entries;
+        let held = self.durable.entries(self.durable.first_index(), self.durable.last_index() + 1).unwrap_or_default();
+        if !self.damaged {
+            // Without a fault, the bytes and the model agree exactly.
+            assert!(
+                recovery.damage.is_none(),
+                "recovery reports damage on an undamaged log: {:?} in {described}",
+                recovery.damage
+            );
+            assert!(recovered_entries == held, "payloads differ in {described}");
+            assert_eq!(
+                shape(&recovered_entries),
+                shape(&held),
+                "recovery disagrees with what became durable (snapshot {snapshot_index}) in {described}"
+            );
+        }
+        self.damaged = false;
+        self.acknowledged = self.acknowledged.max(recovery.acknowledged);
+        self.durable = self.rebuilt(&recovered_entries);
         if self.acknowledged > self.durable.last_index() {
             self.repair_floor = self.acknowledged;
         }
         engine::Recovered { acknowledged: self.acknowledged, ..self.durable.recovered() }
     }
 
-    /// A storage fault while the node is stopped (see the module
-    /// documentation); returns whether any entry was lost.
-    pub fn damage(&mut self, rng: &mut Rng) -> bool {
-        let (first, last) = (self.durable.first_index(), self.durable.last_index());
-        let detected_by_checksum = rng.range(0, 2) == 0;
-        if first > last || (!detected_by_checksum && self.acknowledged < last) {
-            return false;
-        }
-        let cut = rng.range(first, last + 1);
-        let kept = self.durable.entries(first, cut).expect("a range of the log");
-        let mut damaged = MemStorage::new();
-        damaged.set_hard_state(self.durable.hard_state());
+    /// The durable state with the log replaced by `entries` (after the
+    /// snapshot).
+    fn rebuilt(&self, entries: &[Entry]) -> MemStorage {
+        let mut rebuilt = MemStorage::new();
+        rebuilt.set_hard_state(self.durable.hard_state());
         let meta = self.durable.snapshot_meta().clone();
         if meta.index > 0 {
-            damaged.apply_snapshot(meta, self.durable.snapshot_data().clone());
+            rebuilt.apply_snapshot(meta, self.durable.snapshot_data().clone());
         }
-        if !kept.is_empty() {
-            damaged.append(&EntryBatch::encode(&kept)).expect("a contiguous prefix");
+        if !entries.is_empty() {
+            rebuilt.append(&EntryBatch::encode(entries)).expect("recovery replays a contiguous log");
         }
-        self.durable = damaged;
-        if detected_by_checksum {
-            // Recovery reads the valid records after the damage: up to `last`.
-            self.acknowledged = self.acknowledged.max(last);
+        rebuilt
+    }
+
+    /// Storage faults while the node is stopped (see [`LogImage::damage`]);
+    /// returns whether any entry was lost. A fault whose loss recovery
+    /// cannot detect is outside the model and is undone: a log that ends
+    /// early, or holds entries it had replaced, with no damage found and
+    /// the hard state's acknowledged index short of the durable log's end
+    /// (no replica could vote safely after it; see the module documentation).
+    pub fn damage(&mut self, rng: &mut Rng) -> bool {
+        let before = self.image.clone();
+        for _ in 0..rng.range(1, 3) {
+            self.image.damage(rng);
         }
-        true
+        let snapshot_index = self.durable.snapshot_meta().index;
+        let plan = self.image.plan(snapshot_index);
+        let last = self.durable.last_index();
+        let held = self.durable.entries(self.durable.first_index(), last + 1).unwrap_or_default();
+        let recovered = shape(&plan.entries);
+        let prefix = recovered.len() <= held.len() && recovered == shape(&held[..recovered.len()]);
+        let lost = !prefix || recovered.len() < held.len();
+        let claimed = self.acknowledged.max(plan.acknowledged);
+        let detected = plan.damage.is_some() || (prefix && claimed >= last);
+        if lost && !detected {
+            self.image = before;
+            return false;
+        }
+        self.damaged = true;
+        lost
     }
 
     /// How many writes are queued.
@@ -231,11 +289,16 @@ impl SimDisk {
             DiskWrite::Entries { batch, sequence } => {
                 let entries: Vec<Entry> = batch.entries().collect();
                 append_after_snapshot(&mut self.durable, &entries);
+                self.image.write(&batch, None);
                 self.durable_sequence = sequence;
                 None
             }
             DiskWrite::Snapshot { meta, data, local } => {
                 if meta.index > self.durable.snapshot_meta().index {
+                    // A received snapshot the log disagrees with voids it.
+                    if !local && self.durable.term(meta.index).ok() != Some(meta.term) {
+                        self.image.void();
+                    }
                     self.durable.apply_snapshot(meta.clone(), data.clone());
                 }
                 local.then_some(SnapshotStored { meta, data })
@@ -264,7 +327,8 @@ impl SimDisk {
             return;
         }
         let landed = rng.range(0, pending.len() as u64 + 1) as usize;
-        for (position, write) in pending.into_iter().enumerate() {
+        let mut writes = pending.into_iter().enumerate();
+        while let Some((position, write)) = writes.next() {
             if position < landed {
                 // A local snapshot agrees with the log, so the WAL lets later
                 // appends land before its file does: it may be missing from
@@ -275,15 +339,29 @@ impl SimDisk {
                 }
                 continue;
             }
-            // The first write that did not fully land is torn: a prefix of
-            // its entries made it (a WAL that cuts a torn batch whole is the
-            // special case of an empty prefix).
-            if let DiskWrite::Entries { batch, .. } = write {
-                let kept = rng.range(0, u64::from(batch.count()) + 1) as usize;
-                // A batch replacing a suffix of the log truncates first.
-                let entries: Vec<Entry> = batch.entries().take(kept).collect();
-                if !entries.is_empty() {
-                    append_after_snapshot(&mut self.durable, &entries);
+            // The first write that did not fully land is torn after any
+            // number of its bytes, and recovery cuts it whole; the WAL has
+            // two groups in flight, so the one after it may have landed.
+            if let DiskWrite::Entries { batch, sequence } = write {
+                let landed = rng.range(0, batch.len_bytes() as u64) as usize;
+                if trace() {
+                    eprintln!("torn write of {}..={} at a crash", batch.first_index(), batch.last_index());
+                }
+                if batch.as_bytes()[landed..].iter().all(|&byte| byte == 0) {
+                    // What did not land is zeros, as the file already was:
+                    // the record is whole.
+                    self.make_durable(DiskWrite::Entries { batch, sequence });
+                } else {
+                    self.image.write(&batch, Some(landed));
+                }
+                if let Some((_, DiskWrite::Entries { batch: next, .. })) = writes.next() {
+                    if self.out_of_order_tails && rng.range(0, 4) == 0 {
+                        if trace() {
+                            eprintln!("{}..={} landed after a torn write", next.first_index(), next.last_index());
+                        }
+                        self.image.write(&next, None);
+                        self.damaged = true;
+                    }
                 }
             }
             break;
@@ -432,7 +510,9 @@ impl ShardStorage for SimStorage {
     }
 
     fn compact(&mut self, index: Index) {
-        self.disk.borrow_mut().durable.compact(index).expect("compaction stays below the stored snapshot");
+        let mut disk = self.disk.borrow_mut();
+        disk.durable.compact(index).expect("compaction stays below the stored snapshot");
+        disk.image.compact(index);
     }
 }
 

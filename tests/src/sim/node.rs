@@ -237,6 +237,10 @@ impl SimNode {
         };
         for shard_id in 0..shards {
             let disk = Rc::new(RefCell::new(SimDisk::default()));
+            // `SIM_OUT_OF_ORDER_TAILS=1` gives every node's disk out-of-order
+            // tails (see `SimDisk::out_of_order_tails`), for diagnosis: the
+            // repairs they cause can stall a majority by design.
+            disk.borrow_mut().out_of_order_tails = std::env::var_os("SIM_OUT_OF_ORDER_TAILS").is_some();
             let shard = node.open(shard_id, shards, &disk);
             node.replicas.push(SimReplica {
                 shard,
@@ -292,6 +296,14 @@ impl SimNode {
         let mut outbox = self.outbox.borrow_mut();
         outbox.messages.clear();
         outbox.responses.clear();
+    }
+
+    /// Makes this node's disks faulty: crashes may also leave out-of-order
+    /// tails (see [`SimDisk::out_of_order_tails`]).
+    pub fn make_faulty(&mut self) {
+        for replica in &self.replicas {
+            replica.disk.borrow_mut().out_of_order_tails = true;
+        }
     }
 
     /// Storage faults on a stopped node's disks (see [`SimDisk::damage`]);
