@@ -192,6 +192,45 @@ fn no_snapshot_chunk_follows_a_pending_install_in_one_ready() {
     assert_eq!(file, b"first snapshot", "the shell would install other bytes than snapshot 5's");
 }
 
+/// Found by `t10_simulation` (seed 69 of `three_nodes` with
+/// `SIM_OUT_OF_ORDER_TAILS=1`, state machine safety): a follower holding
+/// entries 1..7 received a whole snapshot at 5 (its commit index was 3),
+/// then, before the Ready that wrote the snapshot's last chunk, an append
+/// that committed 7. That Ready handed entries 4..7 to apply, and the
+/// engine installed snapshot 5 when the shell advanced past it: the shell
+/// restored its state machine to 5 while the engine went on applying from
+/// 8, so entries 6 and 7 (a session's clock entry) were lost on that
+/// replica only.
+///
+/// Fixed in engine/src/raft/snapshot.rs `install_received`: a snapshot the
+/// log was committed up to meanwhile is acknowledged, not installed.
+#[test]
+fn received_snapshot_committed_past_before_its_install_is_not_installed() {
+    use engine::{ConfState, SnapshotChunk, SnapshotMeta};
+    let entries: Vec<Entry> = (1..=7)
+        .map(|index| Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from_static(b"x") })
+        .collect();
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: 0, commit: 3, ack_term: 1 },
+        entries,
+        ..Recovered::default()
+    };
+    let mut follower = Raft::new(Config::new(3, vec![1, 2, 3]), recovered).expect("valid config");
+    let meta = SnapshotMeta { index: 5, term: 1, conf: ConfState::new([1, 2, 3], []) };
+    let chunk = SnapshotChunk { meta, offset: 0, data: Bytes::from_static(b"state at 5"), done: true };
+    follower.step(Message { from: 1, to: 3, term: 1, body: MessageBody::InstallSnapshot(chunk) }).expect("accepted");
+    let heartbeat = AppendRequest { prev_index: 7, prev_term: 1, commit: 7, entries: None };
+    follower.step(Message { from: 1, to: 3, term: 1, body: MessageBody::Append(heartbeat) }).expect("accepted");
+    let ready = follower.ready();
+    assert_eq!(ready.committed_entries.last().map(|entry| entry.index), Some(7));
+    assert!(!ready.snapshot_writes.is_empty(), "the last chunk is written");
+    follower.advance(ready);
+    let next = follower.ready();
+    assert!(next.snapshot_install.is_none(), "snapshot 5 would rewind a state machine that applied 7");
+    assert_eq!(follower.applied(), 7);
+    assert_eq!(follower.last_index(), 7, "the log keeps its entries");
+}
+
 /// Protocol-Aware Recovery (FAST'18): a replica whose storage lost entries
 /// it acknowledged must not vote, or a candidate lacking a committed entry
 /// could win with its vote. Node 1 restarts with commit 5 saved but only

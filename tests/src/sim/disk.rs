@@ -377,15 +377,28 @@ pub struct SimStorage {
     /// Appends submitted since this store was opened (the last ticket's
     /// sequence).
     submitted: u64,
-    /// The node's id, for traces.
-    id: u64,
+    /// The node's id and the shard's, for traces.
+    id: (u64, u32),
     /// The snapshot arriving from the leader (its temporary file) and the
     /// crc32c of its chunks.
     receiving: Option<(SnapshotMeta, BytesMut, u32)>,
 }
 
 impl SimStorage {
-    pub fn new(disk: Rc<RefCell<SimDisk>>, id: u64) -> SimStorage {
+    /// With `SIM_TRACE`, says which snapshot this replica installs or takes.
+    fn trace_snapshot(&self, what: &str, meta: &SnapshotMeta, data: &Bytes) {
+        if trace() {
+            let (node, shard, crc) = (self.id.0, self.id.1, crc32c::crc32c(data));
+            eprintln!(
+                "node {node} shard {shard} {what} snapshot {}/{}: {} bytes, crc {crc:08x}",
+                meta.index,
+                meta.term,
+                data.len()
+            );
+        }
+    }
+
+    pub fn new(disk: Rc<RefCell<SimDisk>>, id: (u64, u32)) -> SimStorage {
         SimStorage { disk, submitted: 0, id, receiving: None }
     }
 }
@@ -461,9 +474,7 @@ impl ShardStorage for SimStorage {
             return Err(sim_error(format!("install of snapshot {} that does not match what was received", meta.index)));
         }
         let data = data.freeze();
-        if trace() {
-            eprintln!("node {} installs snapshot {}/{} of {} bytes", self.id, meta.index, meta.term, data.len());
-        }
+        self.trace_snapshot("installs", &meta, &data);
         let mut disk = self.disk.borrow_mut();
         disk.submit(DiskWrite::Snapshot { meta, data, local: false });
         disk.complete(usize::MAX);
@@ -474,16 +485,7 @@ impl ShardStorage for SimStorage {
         let mut out = Vec::new();
         image.write_to(&mut out).expect("writing to memory");
         let data = Bytes::from(out);
-        if trace() {
-            eprintln!(
-                "node {} takes snapshot {}/{}: {} bytes, crc {:08x}",
-                self.id,
-                meta.index,
-                meta.term,
-                data.len(),
-                crc32c::crc32c(&data)
-            );
-        }
+        self.trace_snapshot("takes", &meta, &data);
         self.disk.borrow_mut().submit(DiskWrite::Snapshot { meta, data, local: true });
     }
 

@@ -272,7 +272,7 @@ impl SimNode {
             config,
             RecoveredShard { recovered },
             ObservedKv::new(self.effects.clone(), self.clock.clone()),
-            SimStorage::new(disk.clone(), self.id),
+            SimStorage::new(disk.clone(), (self.id, shard_id)),
             SimTransport { shard_id, outbox: self.outbox.clone() },
             SimClock { base: self.base, now: self.clock.clone() },
         )
