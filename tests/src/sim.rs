@@ -110,6 +110,10 @@ pub struct Summary {
     /// that were members when the run converged.
     pub witness_nodes: u64,
     pub witnesses_at_end: u64,
+    /// Snapshots witnesses took (metadata, an empty image) and installed
+    /// (the leader's metadata-only ones).
+    pub witness_snapshots_taken: u64,
+    pub witness_snapshots_installed: u64,
 }
 
 /// Which nodes of a run are witnesses, drawn from a stream of their own so
@@ -696,6 +700,9 @@ impl World {
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
         self.summary.witnesses_at_end = self.witnesses_now();
+        let witnesses = || self.nodes.values().filter(|node| node.config.witness);
+        self.summary.witness_snapshots_taken = witnesses().map(SimNode::snapshots_taken).sum();
+        self.summary.witness_snapshots_installed = witnesses().map(SimNode::snapshots_installed).sum();
         for client in &self.clients {
             self.summary.sessions_opened += client.counts.sessions_opened;
             self.summary.sessions_expired += client.counts.sessions_expired;
