@@ -143,13 +143,15 @@ pub fn check_replica_kind(config: &ServeConfig) -> Result<(), JoinError> {
         (false, true) => Err(data_dir_error(
             dir,
             format!(
-                "it belongs to a witness ({} exists): start it with --witness; a witness cannot become a full                  replica in place (remove it from the cluster, wipe the data directory, and add the node again)",
+                "it belongs to a witness ({} exists): start it with --witness; a witness cannot become a full \
+                 replica in place (remove it from the cluster, wipe the data directory, and add the node again)",
                 marker.display()
             ),
         )),
         (true, false) if holds_a_log(dir) => Err(data_dir_error(
             dir,
-            "it holds the log of a full replica, which cannot become a witness in place: remove the node from the              cluster, wipe its data directory, and start it with --witness (it then joins as a new witness)"
+            "it holds the log of a full replica, which cannot become a witness in place: remove the node from the \
+             cluster, wipe its data directory, and start it with --witness (it then joins as a new witness)"
                 .into(),
         )),
         (true, false) => {
