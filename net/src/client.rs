@@ -95,6 +95,10 @@ pub enum AdminRequest {
     AddLearner { id: NodeId, addr: String },
     /// Make learner `id` a voter.
     Promote { id: NodeId },
+    /// Add `id`, reachable at `addr`, as a witness: a voter that keeps only
+    /// entry metadata (no payloads, no state machine), or make learner `id`
+    /// one. The node must run as a witness (`node serve --witness`).
+    AddWitness { id: NodeId, addr: String },
     /// Remove `id` from the cluster.
     Remove { id: NodeId },
     /// Hand leadership to `id`.
@@ -111,8 +115,8 @@ pub enum AdminRequest {
     /// reused) and answers `{"node_id": N}`; a retry with the same `nonce`
     /// gets the same id. With an id: the node's addresses are recorded
     /// through the log if they changed, and it is added as a learner unless
-    /// it is a member; a removed node is refused. Sent by `node serve
-    /// --join`.
+    /// it is a member (as a witness with [`JoinRequest::witness`]); a
+    /// removed node is refused. Sent by `node serve --join`.
     Join(JoinRequest),
 }
 
@@ -127,6 +131,9 @@ pub struct JoinRequest {
     pub peer_addr: String,
     /// Its client address, IP:PORT.
     pub client_addr: String,
+    /// It runs as a witness (`node serve --join ... --witness`): a node that
+    /// is not a member is added as a witness, not as a learner.
+    pub witness: bool,
 }
 
 /// The cluster's session settings: part of the replicated state, never a
@@ -161,6 +168,7 @@ impl AdminRequest {
             AdminRequest::Stats => 6,
             AdminRequest::SessionSettings(_) => 7,
             AdminRequest::Join(_) => 8,
+            AdminRequest::AddWitness { .. } => 9,
         }
     }
 }

@@ -299,6 +299,16 @@ pub struct ServeOptions {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub learner: Option<bool>,
 
+    /// Run as a witness: a voter that keeps only the hard state and entry
+    /// metadata (no payloads, no state machine) and serves no reads or
+    /// writes. Needs --join: with members' addresses the node joins as a
+    /// witness by itself; with bare --join (the manual way) it waits for
+    /// `node admin add-witness`. Recorded in the data directory: a restart
+    /// must give it again, and a data directory of a full replica refuses
+    /// it. [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub witness: Option<bool>,
+
     /// Pin core k's thread to CPU k (thread-per-core). Turn it off when
     /// several nodes share one machine (a local test cluster): they would all
     /// pin their first thread to CPU 0. [default: true]
@@ -456,7 +466,17 @@ pub enum AdminActionArgs {
         #[arg(value_name = "PEER_ADDR")]
         peer_addr: String,
     },
-    /// Make learner ID a voter.
+    /// Add node ID, reachable by peers at PEER_ADDR, as a witness (a voter
+    /// that keeps entry metadata only), or make learner ID one. The node
+    /// must run with `node serve --witness`.
+    AddWitness {
+        /// The witness's node id, never used before in this cluster.
+        id: u64,
+        /// The witness's peer address, HOST:PORT.
+        #[arg(value_name = "PEER_ADDR")]
+        peer_addr: String,
+    },
+    /// Make learner ID a (full) voter. A witness cannot be promoted.
     Promote {
         /// The learner's node id.
         id: u64,

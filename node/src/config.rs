@@ -78,6 +78,10 @@ pub enum ConfigError {
     TlsDirIncomplete { dir: PathBuf, file: PathBuf },
     #[error("--join HOST:PORT,... does not work with TLS yet (node certificates name their node, and the joining node's requests would need a client certificate): add the node the manual way, with --node-id, --peers, --join and `node admin add-learner`")]
     JoinWithTls,
+    #[error("--witness needs --join: a witness joins a running cluster (through members with --join HOST:PORT,..., or the manual way with --join and `node admin add-witness`); it cannot bootstrap one")]
+    WitnessWithoutJoin,
+    #[error("--witness and --learner exclude each other: a witness votes, a learner does not")]
+    WitnessAndLearner,
     #[error("--user {value:?}: {reason}")]
     BadUser { value: String, reason: String },
 }
@@ -202,6 +206,10 @@ pub struct ServeConfig {
     pub join_through: Vec<HostPort>,
     /// With `join_through`: stay a learner.
     pub learner: bool,
+    /// Run as a witness (see [`crate::membership::check_replica_kind`]):
+    /// entry metadata only, no state machine. Invariant: with `join`, and
+    /// not with `learner`.
+    pub witness: bool,
     /// Pin core k's thread to CPU k.
     pub pin_cores: bool,
     /// Followers forward session writes to the leader instead of
@@ -242,6 +250,7 @@ impl ServeConfig {
         // so their serializing and writing do not all land at once.
         config.snapshot_entries_jitter = config.snapshot_entries / 2;
         config.snapshot_log_factor = self.snapshot_log_factor;
+        config.witness = self.witness;
         config
     }
 }
@@ -346,6 +355,7 @@ impl DevConfig {
                     join: false,
                     join_through: Vec::new(),
                     learner: false,
+                    witness: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
                     forward_writes: self.forward_writes || self.resp,
@@ -490,6 +500,7 @@ impl ServeOptions {
             log_level,
             join,
             learner,
+            witness,
             pin_cores,
             forward_writes,
         )
@@ -626,6 +637,13 @@ impl ServeConfig {
             });
         }
         let read_consistency = options.read_consistency.unwrap_or(ReadConsistencyArg::Linearizable).into();
+        let (learner, witness) = (options.learner.unwrap_or(false), options.witness.unwrap_or(false));
+        if witness && !join {
+            return Err(ConfigError::WitnessWithoutJoin);
+        }
+        if witness && learner {
+            return Err(ConfigError::WitnessAndLearner);
+        }
         let log_level = options.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level)?;
         Ok(ServeConfig {
@@ -646,7 +664,8 @@ impl ServeConfig {
             log_level,
             join,
             join_through,
-            learner: options.learner.unwrap_or(false),
+            learner,
+            witness,
             pin_cores: options.pin_cores.unwrap_or(true),
             // The RESP front door's clients talk to one node: a follower
             // must take their writes (see `crate::resp::backend`).
@@ -937,6 +956,15 @@ impl AdminCommand {
                     reason: error.to_string(),
                 })?;
                 RequestBody::Admin(AdminRequest::AddLearner { id, addr: peer_addr })
+            }
+            AdminActionArgs::AddWitness { id, peer_addr } => {
+                positive("id", id)?;
+                peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
+                    option: "peer-addr",
+                    value: peer_addr.clone(),
+                    reason: error.to_string(),
+                })?;
+                RequestBody::Admin(AdminRequest::AddWitness { id, addr: peer_addr })
             }
             AdminActionArgs::Promote { id } => RequestBody::Admin(AdminRequest::Promote { id: positive("id", id)? }),
             AdminActionArgs::Remove { id } => RequestBody::Admin(AdminRequest::Remove { id: positive("id", id)? }),

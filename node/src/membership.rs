@@ -15,8 +15,12 @@
 //! `Join` with its id (its addresses go through the log if they changed,
 //! which is how a node that restarts with a new address announces it, and
 //! it is added as a learner unless it is a member), then, unless it stays a
-//! learner, `Promote` until the leader finds it caught up. A removed node is
-//! refused, and the node stops with that error.
+//! learner, `Promote` until the leader finds it caught up. A witness
+//! (`--witness`) says so in its `Join`, and the leader adds it as a witness
+//! at once (it needs no catching up before it counts: it holds metadata
+//! only, and the durability rule of witnesses never lets it commit an entry
+//! alone with the leader while a full follower is active). A removed node
+//! is refused, and the node stops with that error.
 //!
 //! Membership news then spreads with Raft itself: addresses and members
 //! are entries of the log, so every replica (and a node catching up from a
@@ -116,6 +120,50 @@ pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), JoinError> 
     std::fs::rename(&temporary, identity_path(dir)).map_err(fail)?;
     std::fs::File::open(dir).and_then(|directory| directory.sync_all()).map_err(fail)?;
     Ok(())
+}
+
+/// The file in the data directory that marks a witness's (see
+/// [`check_replica_kind`]).
+pub const WITNESS_FILE: &str = "witness";
+
+/// Checks that `--witness` agrees with what the data directory is, before
+/// the node opens its log, and records it on a witness's first start: a
+/// witness's data directory holds entry metadata only, so it must never be
+/// started as a full replica (it would serve an empty state machine and
+/// vote as if it held payloads), and a full replica's data directory must
+/// not become a witness's in place (the cluster counts it as a full voter).
+/// Both are refused, with the node exiting; neither is ever changed
+/// silently.
+pub fn check_replica_kind(config: &ServeConfig) -> Result<(), JoinError> {
+    let dir = &config.data_dir;
+    let marker = dir.join(WITNESS_FILE);
+    let marked = marker.exists();
+    match (config.witness, marked) {
+        (true, true) | (false, false) => Ok(()),
+        (false, true) => Err(data_dir_error(
+            dir,
+            format!(
+                "it belongs to a witness ({} exists): start it with --witness; a witness cannot become a full \
+                 replica in place (remove it from the cluster, wipe the data directory, and add the node again)",
+                marker.display()
+            ),
+        )),
+        (true, false) if holds_a_log(dir) => Err(data_dir_error(
+            dir,
+            "it holds the log of a full replica, which cannot become a witness in place: remove the node from the \
+             cluster, wipe its data directory, and start it with --witness (it then joins as a new witness)"
+                .into(),
+        )),
+        (true, false) => {
+            let fail = |error: std::io::Error| data_dir_error(dir, format!("cannot write {WITNESS_FILE}: {error}"));
+            std::fs::create_dir_all(dir).map_err(fail)?;
+            std::fs::write(&marker, "this data directory belongs to a witness: start the node with --witness\n")
+                .map_err(fail)?;
+            std::fs::File::open(&marker).and_then(|file| file.sync_all()).map_err(fail)?;
+            std::fs::File::open(dir).and_then(|directory| directory.sync_all()).map_err(fail)?;
+            Ok(())
+        }
+    }
 }
 
 /// Whether the data directory holds a log already (any shard directory with
@@ -224,6 +272,7 @@ fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
         nonce,
         peer_addr: config.peer_addr.to_string(),
         client_addr: config.client_addr.to_string(),
+        witness: config.witness,
     };
     let answer = match client.admin(AdminRequest::Join(request)) {
         Ok(answer) => answer,
@@ -303,6 +352,7 @@ fn drive(config: &ServeConfig, shutdown: &AtomicBool) -> Result<(), String> {
         nonce: 0,
         peer_addr: config.peer_addr.to_string(),
         client_addr: config.client_addr.to_string(),
+        witness: config.witness,
     };
     let started = Instant::now();
     for shard in 0..config.shards {
@@ -311,7 +361,9 @@ fn drive(config: &ServeConfig, shutdown: &AtomicBool) -> Result<(), String> {
         retry(&mut client, shutdown, &request, "joining")?;
         tracing::info!(shard, node = id, "member of the shard (its addresses are in the log)");
     }
-    if config.learner {
+    // A witness is added as one by its join (never as a learner to
+    // promote): it is done.
+    if config.learner || config.witness {
         return Ok(());
     }
     for shard in 0..config.shards {

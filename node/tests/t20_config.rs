@@ -368,6 +368,15 @@ fn kv_admin_and_dev_commands() {
         admin.body,
         net::RequestBody::Admin(net::AdminRequest::AddLearner { id: 4, addr: "127.0.0.1:7106".into() })
     );
+    let NodeCommand::Admin(admin) =
+        parse_from(["node", "admin", "--token", "t", "add-witness", "5", "127.0.0.1:7110"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        admin.body,
+        net::RequestBody::Admin(net::AdminRequest::AddWitness { id: 5, addr: "127.0.0.1:7110".into() })
+    );
     let NodeCommand::Admin(admin) = parse_from(["node", "admin", "--token", "t", "status"]).unwrap() else { panic!() };
     assert_eq!(admin.body, net::RequestBody::Status);
     assert!(matches!(parse_from(["node", "admin", "--token", "t", "remove", "0"]), Err(CliError::Config(_))));
@@ -501,6 +510,19 @@ fn join_through_members() {
     assert_eq!(config.join_through.len(), 2);
     assert_eq!(config.peers, PeerSource::Static(Vec::new()));
     assert!(parse(&["--join", "10.0.0.1:7001", "--learner"]).unwrap().learner);
+    // A witness joins (either way), never bootstraps, and is no learner.
+    let witness = parse(&["--join", "10.0.0.1:7001", "--witness"]).unwrap();
+    assert!(witness.witness && witness.engine_config(Vec::new()).witness);
+    assert!(!config.witness && !config.engine_config(Vec::new()).witness);
+    assert!(parse(&["--join", "--witness", "--node-id", "4", "--peers", "4=127.0.0.1:7108"]).unwrap().witness);
+    assert!(matches!(
+        config_error(parse(&["--node-id", "4", "--peers", "4=127.0.0.1:7108", "--witness"])),
+        ConfigError::WitnessWithoutJoin
+    ));
+    assert!(matches!(
+        config_error(parse(&["--join", "10.0.0.1:7001", "--witness", "--learner"])),
+        ConfigError::WitnessAndLearner
+    ));
     // The manual flow: --join without addresses still needs --node-id.
     assert!(matches!(config_error(parse(&["--join"])), ConfigError::Missing { option: "node-id" }));
     assert!(matches!(

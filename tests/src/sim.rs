@@ -107,6 +107,46 @@ pub struct Summary {
     /// that cannot vote safely: repairing, or with an empty log they cannot
     /// tell from a wiped one (storage-fault mode; see `majority_unsure`).
     pub stalled_unsure: u64,
+    /// Nodes run as witnesses (`node serve --witness`), and witnesses
+    /// that were members when the run converged.
+    pub witness_nodes: u64,
+    pub witnesses_at_end: u64,
+    /// Snapshots witnesses took (metadata, an empty image) and installed
+    /// (the leader's metadata-only ones).
+    pub witness_snapshots_taken: u64,
+    pub witness_snapshots_installed: u64,
+}
+
+/// Which nodes of a run are witnesses, drawn from a stream of their own so
+/// that every other choice of a seed (and the seeds recorded in
+/// t90_regressions) stays what it was. A quarter of the seeds bootstrap
+/// with the last initial voter a witness (2 full voters + 1 witness, or
+/// 4 + 1); another quarter run the spare node as a witness, which
+/// membership changes add as one (by the admin request, a witness's join,
+/// or the engine's change).
+struct Witnesses {
+    /// Witnesses of the bootstrap configuration.
+    bootstrap: Option<NodeId>,
+    /// The spare node, run as a witness.
+    spare: Option<NodeId>,
+}
+
+impl Witnesses {
+    fn draw(seed: u64, voters: u64) -> Witnesses {
+        match Rng::new(seed ^ 0x817_7E55_5EED).range(0, 4) {
+            0 => Witnesses { bootstrap: Some(voters), spare: None },
+            1 => Witnesses { bootstrap: None, spare: Some(voters + 1) },
+            _ => Witnesses { bootstrap: None, spare: None },
+        }
+    }
+
+    fn runs_as_witness(&self, id: NodeId) -> bool {
+        self.bootstrap == Some(id) || self.spare == Some(id)
+    }
+
+    fn nodes(&self) -> Vec<NodeId> {
+        self.bootstrap.into_iter().chain(self.spare).collect()
+    }
 }
 
 /// The whole simulated world.
@@ -175,6 +215,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         1 => 3,
         _ => 1,
     };
+    let witnesses = Witnesses::draw(seed, voters);
     let clock = Rc::new(Cell::new(0));
     let base = Instant::now();
     let effects = Rc::new(RefCell::new(WriteEffects::default()));
@@ -182,6 +223,10 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         .iter()
         .map(|&id| {
             let mut config = Config::new(id, if id <= voters { members.clone() } else { Vec::new() });
+            if id <= voters {
+                config.witnesses = witnesses.bootstrap.iter().copied().collect();
+            }
+            config.witness = witnesses.runs_as_witness(id);
             config.snapshot_entries = snapshot_entries;
             config.compaction_tail = snapshot_entries / 4;
             config.snapshot_chunk_bytes = chunk_bytes;
@@ -223,7 +268,17 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         // replica whose lost entries were never committed waits for a log
         // that may never grow that long (liveness, not safety: seen in
         // seed 117 of five nodes when tried).
-        vec![members[pick.range(0, members.len() as u64) as usize]]
+        let faulty = members[pick.range(0, members.len() as u64) as usize];
+        match witnesses.bootstrap {
+            // Two full voters and a witness commit with the leader and the
+            // witness alone while the full follower is down: a leader whose
+            // disk then loses those entries leaves no copy anywhere (two
+            // faults), and the group waits forever, by design (README,
+            // "Witnesses"). The witness's disk is the faulty one instead:
+            // it repairs its metadata from the leader.
+            Some(witness) if voters == 3 => vec![witness],
+            _ => vec![faulty],
+        }
     } else {
         Vec::new()
     };
@@ -246,7 +301,15 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         disk_speed,
         stalled_until: BTreeMap::new(),
         clocks,
-        summary: Summary { seed, voters, shards, lease_reads, forward_writes, ..Summary::default() },
+        summary: Summary {
+            seed,
+            voters,
+            shards,
+            lease_reads,
+            forward_writes,
+            witness_nodes: witnesses.nodes().len() as u64,
+            ..Summary::default()
+        },
         effects,
         settings: Some(settings),
     };
@@ -525,23 +588,36 @@ impl World {
         } else {
             ConfChangeOp::AddVoter(target)
         };
+        // A node run as a witness becomes a voter only as a witness (as an
+        // operator does it: `admin add-witness`, or its `--join --witness`).
+        let witness = self.nodes[&target].config.witness;
+        let op = match op {
+            ConfChangeOp::AddVoter(id) if witness => ConfChangeOp::AddWitness(id),
+            op => op,
+        };
         if self.rng.range(0, 2) == 0 {
             // Half the time as a joining node and an operator do it: admin
             // requests to the leader (join with an id, promote, remove; the
             // leader asked to remove itself hands leadership over first; a
             // removed node is refused).
-            let admin = match op {
-                ConfChangeOp::AddLearner(id) => net::AdminRequest::Join(net::JoinRequest {
+            let join = |id: NodeId| {
+                net::AdminRequest::Join(net::JoinRequest {
                     id,
                     nonce: 0,
                     peer_addr: format!("127.0.0.1:{}", 10_000 + id),
                     client_addr: format!("127.0.0.1:{}", 20_000 + id),
-                }),
+                    witness,
+                })
+            };
+            let admin = match op {
+                // A witness's join adds it as a witness at once.
+                ConfChangeOp::AddLearner(id) => join(id),
                 ConfChangeOp::AddVoter(id) => net::AdminRequest::Promote { id },
                 ConfChangeOp::Remove(id) => net::AdminRequest::Remove { id },
-                // Built above, which never picks a witness: the node layer
-                // has no admin request for one yet.
-                ConfChangeOp::AddWitness(_) => unreachable!("the simulator adds no witnesses"),
+                ConfChangeOp::AddWitness(id) if self.rng.range(0, 2) == 0 => join(id),
+                ConfChangeOp::AddWitness(id) => {
+                    net::AdminRequest::AddWitness { id, addr: format!("127.0.0.1:{}", 10_000 + id) }
+                }
             };
             let waiter = Waiter { client: OPERATOR, operation: 0, attempt: 0 };
             let request = ClientRequest::plain(0, RequestBody::Admin(admin));
@@ -627,6 +703,10 @@ impl World {
             self.nodes.values().map(|node| node.installs_with_reads_waiting()).sum();
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
+        self.summary.witnesses_at_end = self.witnesses_now();
+        let witnesses = || self.nodes.values().filter(|node| node.config.witness);
+        self.summary.witness_snapshots_taken = witnesses().map(SimNode::snapshots_taken).sum();
+        self.summary.witness_snapshots_installed = witnesses().map(SimNode::snapshots_installed).sum();
         for client in &self.clients {
             self.summary.sessions_opened += client.counts.sessions_opened;
             self.summary.sessions_expired += client.counts.sessions_expired;
@@ -649,6 +729,10 @@ impl World {
         if converged {
             let reference = replica(&leader).shard.state_machine().snapshot();
             for id in &members {
+                if replica(id).shard.raft().is_witness() {
+                    check_witness(*id, shard, replica(id));
+                    continue;
+                }
                 let snapshot = replica(id).shard.state_machine().snapshot();
                 assert!(
                     snapshot == reference,
@@ -658,6 +742,12 @@ impl World {
             }
         }
         converged
+    }
+
+    /// Witnesses that are members of some shard now.
+    fn witnesses_now(&self) -> u64 {
+        let witness = |node: &SimNode| (0..self.shards).any(|shard| node.raft(shard).conf().is_witness(node.id));
+        self.nodes.values().filter(|node| witness(node)).count() as u64
     }
 
     /// Whether, in the storage-fault mode, too many of some shard's voters
@@ -765,4 +855,29 @@ impl World {
             other => panic!("the client history is not linearizable: {other}\n{} keys; {:?}", self.keys, self.summary),
         }
     }
+}
+
+/// A converged witness: it applied up to the commit index without a state
+/// machine (its key-value store is empty: no command reached it), and its
+/// disk holds no payload but configuration entries', and snapshots without
+/// an image.
+fn check_witness(id: NodeId, shard: u32, replica: &node::SimReplica) {
+    let state = replica.shard.state_machine();
+    assert!(
+        state.app.is_empty() && state.sessions().is_empty(),
+        "witness {id} of shard {shard} has a state machine with data"
+    );
+    let disk = replica.disk.borrow();
+    let storage = &disk.durable;
+    let (first, last) = (storage.first_index(), storage.last_index());
+    if first <= last {
+        for entry in storage.entries(first, last).expect("stored entries") {
+            assert!(
+                entry.kind == engine::EntryKind::Config || entry.data.is_empty(),
+                "witness {id} of shard {shard} stored a payload at {}",
+                entry.index
+            );
+        }
+    }
+    assert!(storage.snapshot_data().is_empty(), "witness {id} of shard {shard} stored a snapshot image");
 }

@@ -65,6 +65,10 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.unknown_left += summary.unknown_left;
                 total.storage_faults += summary.storage_faults;
                 total.stalled_unsure += summary.stalled_unsure;
+                total.witness_nodes += summary.witness_nodes;
+                total.witnesses_at_end += summary.witnesses_at_end;
+                total.witness_snapshots_taken += summary.witness_snapshots_taken;
+                total.witness_snapshots_installed += summary.witness_snapshots_installed;
                 multi_shard_seeds += u64::from(summary.shards > 1);
             }
             Err(panic) => {
@@ -83,7 +87,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
          while reads waited, {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
-         {} seeds with several shards, {} crashes that lost durable entries ({:.0} seeds/s)",
+         {} seeds with several shards, {} crashes that lost durable entries, {} nodes run as witnesses ({} members \
+         at the end, {} snapshots taken and {} installed by witnesses) ({:.0} seeds/s)",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -109,6 +114,10 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.unknown_left,
         multi_shard_seeds,
         total.storage_faults,
+        total.witness_nodes,
+        total.witnesses_at_end,
+        total.witness_snapshots_taken,
+        total.witness_snapshots_installed,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
     // The simulator must actually exercise the faults it claims to.
@@ -139,6 +148,9 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         assert!(total.clean_stops > 0, "no node was stopped cleanly");
         assert!(total.completed > seeds, "clients completed almost nothing");
         assert!(multi_shard_seeds > 0, "no seed ran several shards per node");
+        assert!(total.witnesses_at_end > 0, "no run ended with a witness member");
+        assert!(total.witness_snapshots_taken > 0, "no witness took a snapshot");
+        assert!(total.witness_snapshots_installed > 0, "no witness installed a leader's snapshot");
     }
 }
 

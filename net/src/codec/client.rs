@@ -93,17 +93,25 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
         RequestBody::Admin(admin) => {
             let node_id = match admin {
                 AdminRequest::AddLearner { id, .. }
+                | AdminRequest::AddWitness { id, .. }
                 | AdminRequest::Promote { id }
                 | AdminRequest::Remove { id }
                 | AdminRequest::TransferLeader { id } => *id,
                 AdminRequest::Join(join) => join.id,
                 AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_) => NODE_NONE,
             };
-            out.put_slice(
-                AdminBody { operation: admin.code(), reserved: [0; 7], node_id: U64::new(node_id) }.as_bytes(),
-            );
+            // A join's first reserved byte says whether the node is a
+            // witness (1): 0 from a node that is not, or from an older build;
+            // an older leader refuses a witness's join (reserved not zero).
+            let mut reserved = [0; 7];
+            if let AdminRequest::Join(JoinRequest { witness: true, .. }) = admin {
+                reserved[0] = 1;
+            }
+            out.put_slice(AdminBody { operation: admin.code(), reserved, node_id: U64::new(node_id) }.as_bytes());
             match admin {
-                AdminRequest::AddLearner { addr, .. } => out.put_slice(addr.as_bytes()),
+                AdminRequest::AddLearner { addr, .. } | AdminRequest::AddWitness { addr, .. } => {
+                    out.put_slice(addr.as_bytes())
+                }
                 AdminRequest::Join(join) => {
                     out.put_u64_le(join.nonce);
                     out.put_slice(join.peer_addr.as_bytes());
@@ -131,7 +139,17 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
 /// An admin request's body: the operation, its node id and its tail.
 fn decode_admin(reader: &mut BodyReader<'_>) -> Result<AdminRequest, DecodeError> {
     let fixed = reader.fixed::<AdminBody>()?;
-    reader.reserved(&fixed.reserved)?;
+    // Operation 8 (join) uses the first reserved byte as its witness flag.
+    let witness = match fixed.operation {
+        8 if fixed.reserved[0] <= 1 => {
+            reader.reserved(&fixed.reserved[1..])?;
+            fixed.reserved[0] == 1
+        }
+        _ => {
+            reader.reserved(&fixed.reserved)?;
+            false
+        }
+    };
     let id = fixed.node_id.get();
     let admin = match fixed.operation {
         1 => AdminRequest::AddLearner { id, addr: reader.rest_utf8("address")? },
@@ -160,8 +178,10 @@ fn decode_admin(reader: &mut BodyReader<'_>) -> Result<AdminRequest, DecodeError
                 nonce,
                 peer_addr: peer_addr.to_string(),
                 client_addr: client_addr.to_string(),
+                witness,
             })
         }
+        9 => AdminRequest::AddWitness { id, addr: reader.rest_utf8("address")? },
         _ => return Err(reader.bad("operation", "unknown admin operation")),
     };
     if !matches!(

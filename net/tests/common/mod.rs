@@ -121,13 +121,14 @@ fn admin() -> impl Strategy<Value = AdminRequest> {
     prop_oneof![
         (1u64.., text(40)).prop_map(|(id, addr)| AdminRequest::AddLearner { id, addr }),
         (1u64..).prop_map(|id| AdminRequest::Promote { id }),
+        (1u64.., text(40)).prop_map(|(id, addr)| AdminRequest::AddWitness { id, addr }),
         (1u64..).prop_map(|id| AdminRequest::Remove { id }),
         (1u64..).prop_map(|id| AdminRequest::TransferLeader { id }),
         Just(AdminRequest::TakeSnapshot),
         Just(AdminRequest::Stats),
-        (any::<u64>(), any::<u64>(), "[0-9.:]{1,21}", "[0-9.:]{1,21}").prop_map(
-            |(id, nonce, peer_addr, client_addr)| {
-                AdminRequest::Join(net::JoinRequest { id, nonce, peer_addr, client_addr })
+        (any::<u64>(), any::<u64>(), "[0-9.:]{1,21}", "[0-9.:]{1,21}", any::<bool>()).prop_map(
+            |(id, nonce, peer_addr, client_addr, witness)| {
+                AdminRequest::Join(net::JoinRequest { id, nonce, peer_addr, client_addr, witness })
             }
         ),
         (any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(

@@ -242,6 +242,7 @@ where
 {
     wal::io_uring_available().map_err(|error| ServeError::IoUring(error.to_string()))?;
     let mut config = config;
+    check_replica_kind(&config, &storage)?;
     let members = resolve_members(&mut config)?;
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
@@ -297,6 +298,15 @@ where
         crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
     }
     Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
+}
+
+/// A data directory on disk must be what `--witness` says it is (see
+/// [`crate::membership::check_replica_kind`]).
+fn check_replica_kind(config: &ServeConfig, storage: &Storage) -> Result<(), ServeError> {
+    if matches!(storage, Storage::Wal) {
+        crate::membership::check_replica_kind(config).map_err(|error| ServeError::Join(error.0))?;
+    }
+    Ok(())
 }
 
 /// The members to connect to at start: from `--peers` or DNS; when

@@ -323,6 +323,7 @@ where
     fn announce_addresses(&mut self, now: Instant) {
         let me = self.ctx.node_id;
         if self.raft.leader() == engine::NODE_NONE
+            || self.raft.is_witness()
             || !self.raft.conf().members().contains(&me)
             || self.fsm.is_removed(me)
             || self.announced_at.is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_RETRY)
@@ -342,13 +343,30 @@ where
         }
     }
 
-    /// The node that should lead this shard when it is up: the voters in id
-    /// order, shard `s` preferring the `s mod n`-th. Every node computes the
-    /// same from the replicated configuration, so leaders spread evenly over
-    /// the voters (for as many shards as voters, one each) with no
-    /// coordination between shards.
+    /// A node run as a witness (`--witness`) that the configuration lists
+    /// as a full voter (made one by `add-learner` and `promote` instead of
+    /// `add-witness`): the leader counts its acknowledgements as a full
+    /// replica's though it keeps no payloads, so a commit may rest on the
+    /// leader's disk alone. The cluster cannot tell; this node says so.
+    fn warn_if_witness_counted_as_full(&self) {
+        if self.raft.is_witness() && self.raft.conf().is_full_voter(self.ctx.node_id) {
+            tracing::error!(
+                shard = self.ctx.shard_id,
+                node = self.ctx.node_id,
+                "this node runs as a witness (no payloads), but the configuration counts it as a full voter: \
+                 remove it (`node admin remove`) and add it with `node admin add-witness`"
+            );
+        }
+    }
+
+    /// The node that should lead this shard when it is up: the full voters
+    /// (witnesses never lead) in id order, shard `s` preferring the
+    /// `s mod n`-th. Every node computes the same from the replicated
+    /// configuration, so leaders spread evenly over the full voters (for as
+    /// many shards as voters, one each) with no coordination between shards.
     pub fn preferred_leader(&self) -> Option<NodeId> {
-        let voters = &self.raft.conf().voters;
+        let conf = self.raft.conf();
+        let voters: Vec<NodeId> = conf.voters.iter().copied().filter(|&id| !conf.is_witness(id)).collect();
         (!voters.is_empty()).then(|| voters[self.ctx.shard_id as usize % voters.len()])
     }
 
@@ -368,12 +386,9 @@ where
             return;
         }
         let last = self.raft.last_index();
-        let ready = self
-            .raft
-            .status()
-            .progress
-            .iter()
-            .any(|peer| peer.id == preferred && !peer.learner && peer.recent_active && peer.match_index == last);
+        let ready = self.raft.status().progress.iter().any(|peer| {
+            peer.id == preferred && !peer.learner && !peer.witness && peer.recent_active && peer.match_index == last
+        });
         if ready {
             self.balanced_at = Some(now);
             tracing::info!(shard = self.ctx.shard_id, to = preferred, "handing leadership to the preferred leader");

@@ -133,6 +133,12 @@ where
             let reads = std::mem::take(&mut ready.snapshot_reads);
             let compact_to = ready.compact_to;
             self.raft.advance(ready);
+            if self.raft.is_witness() {
+                // A witness applies by moving its applied index (the engine
+                // hands it configuration entries only): its state machine,
+                // which holds nothing else, follows.
+                self.fsm.skip(self.raft.applied());
+            }
             if snapshot_due {
                 if let Err(reason) = self.take_snapshot_now() {
                     tracing::debug!(shard = self.ctx.shard_id, reason, "snapshot skipped");
@@ -328,6 +334,7 @@ where
             }
             EntryKind::Config => {
                 self.fsm.apply_conf(index, &entry.data);
+                self.warn_if_witness_counted_as_full();
                 if self.fsm.is_removed(self.ctx.node_id) && !self.removed_reported {
                     self.removed_reported = true;
                     tracing::error!(

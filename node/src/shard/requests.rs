@@ -138,6 +138,22 @@ where
             self.transport.reply(reply, status);
             return;
         }
+        if self.raft.is_witness()
+            && matches!(
+                request.body,
+                RequestBody::Write { .. }
+                    | RequestBody::Read { .. }
+                    | RequestBody::OpenSession
+                    | RequestBody::CloseSession
+            )
+        {
+            // A witness holds no state machine (not even a stale one): the
+            // client asks the leader, as a follower's client would.
+            self.stats.not_leader += 1;
+            let redirect = self.leader_redirect();
+            self.transport.reply(reply, redirect);
+            return;
+        }
         match request.body {
             RequestBody::Write { command } => {
                 if command.len() > self.ctx.command_bytes_max {
@@ -519,7 +535,11 @@ where
                 return;
             }
             AdminRequest::AddLearner { id, addr } => {
-                self.add_learner(id, addr, reply, arrived);
+                self.add_member(ConfChangeOp::AddLearner(id), addr, reply, arrived);
+                return;
+            }
+            AdminRequest::AddWitness { id, addr } => {
+                self.add_member(ConfChangeOp::AddWitness(id), addr, reply, arrived);
                 return;
             }
             AdminRequest::Promote { id } => self.raft.propose_conf_change(change(ConfChangeOp::AddVoter(id))),
@@ -568,15 +588,30 @@ where
     }
 
     /// The answer to a membership request that needs no entry: a removed
-    /// node is never added or promoted again (ids are not reused); the
+    /// node is never added or promoted again (ids are not reused); a witness
+    /// is never promoted to a full voter (its log has no payloads); the
     /// leader asked to remove itself hands leadership to the most caught-up
     /// voter first (the client's retry reaches the new leader); promoting a
-    /// voter (a joining node that restarted) is done.
+    /// voter (a joining node that restarted) or adding a witness that is one
+    /// is done.
     fn membership_answer(&mut self, admin: &AdminRequest) -> Option<ResponseStatus> {
         let leader = self.raft.role() == Role::Leader;
         match *admin {
-            AdminRequest::AddLearner { id, .. } | AdminRequest::Promote { id } if self.fsm.is_removed(id) => {
+            AdminRequest::AddLearner { id, .. }
+            | AdminRequest::AddWitness { id, .. }
+            | AdminRequest::Promote { id }
+                if self.fsm.is_removed(id) =>
+            {
                 Some(ResponseStatus::BadRequest(removed_reason(id)))
+            }
+            AdminRequest::Promote { id } if self.raft.conf().is_witness(id) => {
+                Some(ResponseStatus::BadRequest(format!(
+                    "node {id} is a witness: it holds entry metadata only and cannot be promoted to a full voter \
+                     (remove it, wipe its data directory, and add the machine again as a full node)"
+                )))
+            }
+            AdminRequest::AddWitness { id, .. } if leader && self.raft.conf().is_witness(id) => {
+                Some(ResponseStatus::Ok(Bytes::new()))
             }
             AdminRequest::Remove { id } if id == self.ctx.node_id && leader => Some(self.hand_over_for_removal()),
             AdminRequest::Promote { id } if leader && self.raft.conf().voters.contains(&id) => {
@@ -586,12 +621,16 @@ where
         }
     }
 
-    /// `node admin add-learner ID ADDR`: the address through the log, then
-    /// the learner.
-    fn add_learner(&mut self, id: engine::NodeId, addr: String, reply: T::Reply, arrived: Instant) {
+    /// `node admin add-learner ID ADDR` and `node admin add-witness ID
+    /// ADDR` (`op` adds the learner or the witness): the address through the
+    /// log, then the change.
+    fn add_member(&mut self, op: ConfChangeOp, addr: String, reply: T::Reply, arrived: Instant) {
         let change = |op| ConfChange { ops: vec![op] };
         let Some(reply) = self.leader_with_addresses(&[&addr], reply) else {
             return;
+        };
+        let (ConfChangeOp::AddLearner(id) | ConfChangeOp::AddWitness(id)) = op else {
+            unreachable!("add_member adds a learner or a witness")
         };
         // The address goes through the log first, so every member
         // can reach the learner (and any later leader knows it).
@@ -601,14 +640,15 @@ where
             self.transport.reply(reply, status);
             return;
         }
-        let result = self.raft.propose_conf_change(change(ConfChangeOp::AddLearner(id)));
+        let result = self.raft.propose_conf_change(change(op));
         self.answer_when_applied(result, reply, arrived);
     }
 
     /// A node asks to be a member (`node serve --join`): with id 0, a fresh
     /// id through the log (shard 0); with its id, its addresses through the
     /// log when they changed and, unless it is a member, a place as a
-    /// learner. A removed node is refused.
+    /// learner (a witness: as a witness; a witness that is a learner is
+    /// made one). A removed node is refused.
     fn join(&mut self, join: JoinRequest, reply: T::Reply, arrived: Instant) {
         let Some(reply) = self.leader_with_addresses(&[&join.peer_addr, &join.client_addr], reply) else {
             return;
@@ -646,8 +686,15 @@ where
                 }
             }
         }
-        if !self.raft.conf().members().contains(&id) {
-            let result = self.raft.propose_conf_change(ConfChange { ops: vec![ConfChangeOp::AddLearner(id)] });
+        let conf = self.raft.conf();
+        let add = match (conf.members().contains(&id), join.witness) {
+            (false, false) => Some(ConfChangeOp::AddLearner(id)),
+            (false, true) => Some(ConfChangeOp::AddWitness(id)),
+            (true, true) if !conf.is_witness(id) => Some(ConfChangeOp::AddWitness(id)),
+            (true, _) => None,
+        };
+        if let Some(op) = add {
+            let result = self.raft.propose_conf_change(ConfChange { ops: vec![op] });
             self.answer_when_applied(result, reply, arrived);
             return;
         }
@@ -702,7 +749,11 @@ where
             .progress
             .iter()
             .filter(|peer| {
-                peer.id != me && !peer.learner && peer.recent_active && status.conf.voters.contains(&peer.id)
+                peer.id != me
+                    && !peer.learner
+                    && !peer.witness
+                    && peer.recent_active
+                    && status.conf.voters.contains(&peer.id)
             })
             .max_by_key(|peer| (peer.match_index, std::cmp::Reverse(peer.id)))
             .map(|peer| peer.id);
@@ -743,7 +794,13 @@ where
             .into_iter()
             .map(|id| {
                 let addresses = self.fsm.addresses(id);
-                let role = if conf.is_voter(id) { "voter" } else { "learner" };
+                let role = if conf.is_witness(id) {
+                    "witness"
+                } else if conf.is_voter(id) {
+                    "voter"
+                } else {
+                    "learner"
+                };
                 json!({
                     "id": id,
                     "role": role,
@@ -807,6 +864,11 @@ where
             "voters": status.conf.voters,
             "voters_outgoing": status.conf.voters_outgoing,
             "learners": status.conf.learners,
+            // Voters (listed above too) that keep entry metadata only.
+            "witnesses": status.conf.witnesses,
+            // Whether this node is a witness (no state machine: `applied`
+            // is the engine's, its reads and writes go to the leader).
+            "witness": self.raft.is_witness(),
             // Every member's addresses from the replicated address book, so
             // a client given one node learns the others.
             "members": self.members_json(&status.conf),
@@ -815,7 +877,7 @@ where
             "progress": status.progress.iter().map(|p| json!({
                 "id": p.id, "match": p.match_index, "next": p.next_index,
                 "state": format!("{:?}", p.state), "inflight": p.inflight_batches,
-                "active": p.recent_active, "learner": p.learner,
+                "active": p.recent_active, "learner": p.learner, "witness": p.witness,
             })).collect::<Vec<_>>(),
             "sessions": sessions_json(self.fsm.sessions().len(), self.fsm.sessions().settings(), self.fsm.sessions().time()),
             "pending_writes": self.requests.writes.len(),

@@ -14,7 +14,16 @@ use engine::{Index, SnapshotMeta};
 use wal::WalError;
 
 use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport, StoredSnapshot};
-use crate::app::StateMachine;
+use crate::app::{SnapshotImage, StateMachine};
+
+/// A witness's snapshot image: nothing (see `Shard::take_snapshot_now`).
+struct EmptyImage;
+
+impl SnapshotImage for EmptyImage {
+    fn write_to(self: Box<Self>, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 pub(super) struct Snapshots {
     /// The latest stored snapshot and its size, served to followers.
@@ -73,17 +82,19 @@ where
     /// Captures the state machine at the applied index and has storage
     /// serialize and store it; the engine hears of it once it is stored.
     /// Snapshots are normally taken when the engine asks; an admin request
-    /// takes one at once.
+    /// takes one at once. A witness runs no state machine: its snapshot is
+    /// the metadata at the engine's applied index with an empty image.
     pub(super) fn take_snapshot_now(&mut self) -> Result<Index, String> {
         if self.snapshots.storing.is_some() {
             return Err("a snapshot is being stored; retry in a moment".into());
         }
-        let index = self.fsm.applied();
+        let witness = self.raft.is_witness();
+        let index = if witness { self.raft.applied() } else { self.fsm.applied() };
         let meta = self.raft.snapshot_meta_at(index).ok_or("nothing applied since the last snapshot")?;
         // Only the capture runs on the driver; the bytes are produced in the
         // background while the shard goes on applying.
         let started = self.clock.now();
-        let image = self.fsm.snapshot_image();
+        let image: Box<dyn SnapshotImage> = if witness { Box::new(EmptyImage) } else { self.fsm.snapshot_image() };
         self.stats.snapshot_capture.record(self.clock.now().saturating_duration_since(started));
         self.snapshots.storing = Some(meta.clone());
         self.storage.store_snapshot(meta, image);
@@ -182,6 +193,13 @@ where
                     stored.index, stored.term, meta.index, meta.term
                 ),
             });
+        }
+        if self.raft.is_witness() {
+            // A witness's snapshot holds no image (the engine stores none):
+            // it has no state machine to restore, only the index to note.
+            self.fsm.skip(meta.index);
+            tracing::info!(shard, index = meta.index, "witness: snapshot metadata installed (no state machine)");
+            return Ok(size);
         }
         let started = self.clock.now();
         self.fsm.restore_from(&mut reader).map_err(|error| ShardError::Restore { shard, reason: error.0 })?;

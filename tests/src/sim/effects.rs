@@ -56,6 +56,11 @@ impl ObservedKv {
     pub fn new(effects: Rc<RefCell<WriteEffects>>, clock: Rc<Cell<u64>>) -> ObservedKv {
         ObservedKv { inner: KvStateMachine::default(), effects, clock }
     }
+
+    /// Whether the store holds no key (a witness's never does).
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
 }
 
 impl StateMachine for ObservedKv {

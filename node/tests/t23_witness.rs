@@ -1,0 +1,349 @@
+//! Witness replicas with the real `node` binary on loopback (issue 17 item
+//! 4): two full nodes bootstrap, a third joins with `--witness` through one
+//! of them. With the full follower down, writes still commit (leader +
+//! witness); the witness's data directory holds no value; with the leader
+//! down too the group waits instead of electing the follower that lacks
+//! those writes; once the leader is back the follower catches up with every
+//! acknowledged write from it. A witness serves no reads or writes, cannot be
+//! promoted, and its data directory refuses to start without `--witness`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net::{AdminRequest, CallError, ReadConsistency, RequestBody, ResponseStatus};
+use node::client_cmd::{call, BlockingClient};
+use node::config::ClientConfig;
+use node::kv::{KvOp, KvResponse};
+
+mod common;
+
+const TOKEN: &str = "witness-test-token";
+const CLUSTER: u64 = 11;
+/// Every value written holds this, so that a data directory holding any
+/// value is found by a byte search.
+const PROBE: &str = "witness-probe-value";
+
+/// Nodes by slot (the node id is the slot): slot `s` listens on
+/// `base + 2(s-1)` (peers) and the port after it (clients).
+struct Cluster {
+    dir: PathBuf,
+    base_port: u16,
+    nodes: BTreeMap<u64, Child>,
+}
+
+impl Cluster {
+    fn new(base_port: u16) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("node-witness-{}-{base_port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cluster { dir, base_port, nodes: BTreeMap::new() }
+    }
+
+    fn peer_port(&self, slot: u64) -> u16 {
+        self.base_port + 2 * (slot as u16 - 1)
+    }
+
+    fn client_port(&self, slot: u64) -> u16 {
+        self.peer_port(slot) + 1
+    }
+
+    fn data_dir(&self, slot: u64) -> PathBuf {
+        self.dir.join(format!("slot-{slot}"))
+    }
+
+    fn command(&self, slot: u64) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
+        command
+            .arg("serve")
+            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(slot))])
+            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(slot))])
+            .args(["--data-dir", &self.data_dir(slot).display().to_string()])
+            .args(["--cluster-id", &CLUSTER.to_string()])
+            .args(["--log-level", "warn", "--pin-cores", "false"])
+            // Small snapshots: the witness takes some (metadata only).
+            .args(["--snapshot-entries", "16", "--snapshot-log-factor", "0"])
+            .env("NODE_TOKEN", TOKEN)
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// The full nodes 1 and 2 (bootstrapped together with --peers).
+    fn full_command(&self, slot: u64) -> Command {
+        let peers: Vec<String> = (1..=2).map(|id| format!("{id}=127.0.0.1:{}", self.peer_port(id))).collect();
+        let mut command = self.command(slot);
+        command.args(["--node-id", &slot.to_string(), "--peers", &peers.join(",")]);
+        command
+    }
+
+    /// Slot 3 joins through slot 1 (the cluster assigns it id 3).
+    fn witness_command(&self, witness: bool) -> Command {
+        let mut command = self.command(3);
+        command.args(["--join", &format!("127.0.0.1:{}", self.client_port(1))]);
+        if witness {
+            command.arg("--witness");
+        }
+        command
+    }
+
+    fn start(&mut self, slot: u64, mut command: Command) {
+        self.nodes.insert(slot, command.spawn().expect("start node"));
+    }
+
+    fn kill(&mut self, slot: u64) {
+        if let Some(mut child) = self.nodes.remove(&slot) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, slots: &[u64]) -> ClientConfig {
+        common::local_client(slots.iter().map(|slot| self.client_port(*slot)), CLUSTER, TOKEN)
+    }
+
+    fn status(&self, slot: u64) -> Option<serde_json::Value> {
+        common::status(self.client(&[slot]))
+    }
+
+    /// Waits until the status of `slot` satisfies `done`; returns it.
+    fn wait_status(&self, slot: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(status) = self.status(slot) {
+                if done(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: not within 60 s; last status of slot {slot}: {last:?}");
+    }
+
+    /// The full node (1 or 2) that leads.
+    fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for slot in [1, 2] {
+                if self.status(slot).is_some_and(|status| status["role"] == "Leader") {
+                    return slot;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader within 30 s");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let slots: Vec<u64> = self.nodes.keys().copied().collect();
+        for slot in slots {
+            self.kill(slot);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u64> {
+    value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
+}
+
+fn value(index: usize) -> String {
+    format!("{PROBE}-{index:04}")
+}
+
+/// Writes keys `range` (each in a session of its own, answered once
+/// applied by the leader: acknowledged).
+fn write_keys(client: &mut BlockingClient, range: std::ops::Range<usize>) {
+    for index in range {
+        let op = KvOp::Put { key: Bytes::from(format!("key-{index}")), value: Bytes::from(value(index)) };
+        let mut session = client.open_session().expect("a session opens");
+        let answer = client.write(&mut session, op.encode()).expect("write answered");
+        assert_eq!(answer, KvResponse::Written.encode(), "put key-{index}");
+    }
+}
+
+/// Reads `key-index` from the node `client` names, from its own state
+/// machine (a stale read: what that replica applied).
+fn local_value(client: &ClientConfig, index: usize) -> Option<Bytes> {
+    let op = KvOp::Get { key: Bytes::from(format!("key-{index}")) };
+    let body = RequestBody::Read { query: op.encode(), consistency: ReadConsistency::Stale };
+    match call(client, body).expect("read answered") {
+        ResponseStatus::Ok(answer) => match KvResponse::decode(&answer).expect("decodes") {
+            KvResponse::Value(value) => value,
+            other => panic!("unexpected answer {other:?}"),
+        },
+        other => panic!("read refused: {other:?}"),
+    }
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("readable directory").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Has the node in `slot` take a snapshot now (a witness: of metadata),
+/// waiting for one being stored to finish first.
+fn take_snapshot(cluster: &Cluster, slot: u64) {
+    let mut client = BlockingClient::new(&cluster.client(&[slot])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.admin(AdminRequest::TakeSnapshot) {
+            Ok(_) => return,
+            Err(CallError::Refused(ResponseStatus::BadRequest(reason)))
+                if reason.contains("being stored") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(CallError::Refused(ResponseStatus::BadRequest(reason))) if reason.contains("nothing applied") => return,
+            other => panic!("slot {slot} takes no snapshot: {other:?}"),
+        }
+    }
+}
+
+/// Runs `command` to its end (it must fail) and returns what it printed.
+fn refused(mut command: Command) -> String {
+    let output = command.stderr(Stdio::piped()).output().expect("runs");
+    assert!(!output.status.success(), "the node started: {output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Starts 2 full nodes and a witness joined with `--witness`; returns once
+/// the witness is a voting witness of the configuration.
+fn two_full_and_a_witness(base_port: u16) -> Cluster {
+    let mut cluster = Cluster::new(base_port);
+    cluster.start(1, cluster.full_command(1));
+    cluster.start(2, cluster.full_command(2));
+    let leader = cluster.leader();
+    cluster.start(3, cluster.witness_command(true));
+    let status = cluster.wait_status(leader, "the witness joined", |status| {
+        ids(&status["witnesses"]) == [3]
+            && ids(&status["voters"]) == [1, 2, 3]
+            && status["voters_outgoing"] == serde_json::json!([])
+    });
+    let member = status["members"].as_array().unwrap().iter().find(|member| member["id"] == 3).cloned();
+    assert_eq!(member.expect("listed")["role"], "witness");
+    cluster.wait_status(3, "the witness knows it is one", |status| status["witness"] == true);
+    cluster
+}
+
+#[test]
+fn two_full_nodes_and_a_witness_lose_no_acknowledged_write() {
+    let mut cluster = two_full_and_a_witness(23400);
+    let full = cluster.client(&[1, 2]);
+    let mut client = BlockingClient::new(&full).unwrap();
+    write_keys(&mut client, 0..20);
+
+    // The full follower dies: the leader and the witness go on committing.
+    let leader = cluster.leader();
+    let follower = 3 - leader;
+    cluster.kill(follower);
+    write_keys(&mut client, 20..40);
+    let status = cluster.status(3).expect("the witness answers");
+    assert_eq!(status["witness"], true);
+    take_snapshot(&cluster, 3);
+
+    // The witness holds no value, the leader all of them.
+    let needle = PROBE.as_bytes();
+    assert_eq!(files_holding(&cluster.data_dir(3), needle), Vec::<PathBuf>::new(), "the witness stored values");
+    assert!(!files_holding(&cluster.data_dir(leader), needle).is_empty(), "the search finds values where they are");
+
+    // A witness serves no reads or writes: its clients go to the leader.
+    let op = KvOp::Get { key: Bytes::from("key-0") };
+    for consistency in [ReadConsistency::Stale, ReadConsistency::Linearizable] {
+        let mut only_witness = cluster.client(&[3]);
+        only_witness.timeout = Duration::from_secs(2);
+        let answer = BlockingClient::new(&only_witness).unwrap().read(op.encode(), consistency);
+        assert!(answer.is_err(), "a witness answered a {consistency:?} read: {answer:?}");
+    }
+    // It cannot be promoted.
+    match client.admin(AdminRequest::Promote { id: 3 }) {
+        Err(CallError::Refused(ResponseStatus::BadRequest(reason))) => assert!(reason.contains("witness"), "{reason}"),
+        other => panic!("promoting the witness: {other:?}"),
+    }
+
+    // The leader dies too: the follower comes back without the last writes,
+    // and the witness (whose log is ahead of it) never lets it lead.
+    cluster.kill(leader);
+    cluster.start(follower, cluster.full_command(follower));
+    cluster.wait_status(follower, "the follower restarted", |_| true);
+    std::thread::sleep(Duration::from_secs(4));
+    for slot in [follower, 3] {
+        let status = cluster.status(slot).expect("answers");
+        assert_ne!(status["role"], "Leader", "slot {slot} leads without the leader's writes: {status}");
+    }
+
+    // The leader returns: the follower catches up from it.
+    cluster.start(leader, cluster.full_command(leader));
+    let status = cluster.wait_status(leader, "the leader is back", |status| status["role"] == "Leader");
+    let commit = status["commit"].as_u64().unwrap();
+    cluster.wait_status(follower, "the follower caught up", |status| status["applied"].as_u64() >= Some(commit));
+    let follower_client = cluster.client(&[follower]);
+    for index in 0..40 {
+        assert_eq!(
+            local_value(&follower_client, index),
+            Some(Bytes::from(value(index))),
+            "key-{index} on the follower"
+        );
+    }
+    assert_eq!(files_holding(&cluster.data_dir(3), needle), Vec::<PathBuf>::new(), "the witness stored values");
+
+    // The witness's data directory is a witness's: without --witness it is
+    // refused. While it is down the full nodes commit on and compact their
+    // logs (and the leader restarts, dropping the messages its link held
+    // for the witness), so it comes back through a snapshot: metadata only.
+    cluster.kill(3);
+    write_keys(&mut client, 40..80);
+    for slot in [1, 2] {
+        take_snapshot(&cluster, slot);
+    }
+    let leader = cluster.leader();
+    cluster.kill(leader);
+    cluster.start(leader, cluster.full_command(leader));
+    let error = refused(cluster.witness_command(false));
+    assert!(error.contains("belongs to a witness"), "{error}");
+    cluster.leader();
+    cluster.start(3, cluster.witness_command(true));
+    let commit = cluster.wait_status(cluster.leader(), "leader", |_| true)["commit"].as_u64().unwrap();
+    cluster.wait_status(3, "the witness is back", |status| {
+        status["witness"] == true && status["applied"].as_u64() >= Some(commit)
+    });
+    let stats = BlockingClient::new(&cluster.client(&[3])).unwrap().admin(AdminRequest::Stats).expect("stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert!(stats["stats"]["snapshots_installed"].as_u64() > Some(0), "no snapshot reached the witness: {stats}");
+    assert_eq!(files_holding(&cluster.data_dir(3), needle), Vec::<PathBuf>::new(), "the witness stored values");
+}
+
+#[test]
+fn a_full_data_directory_cannot_become_a_witness() {
+    let mut cluster = Cluster::new(23420);
+    cluster.start(1, cluster.full_command(1));
+    cluster.start(2, cluster.full_command(2));
+    cluster.wait_status(cluster.leader(), "a leader", |_| true);
+    cluster.kill(2);
+    let mut command = cluster.full_command(2);
+    command.args(["--join", "--witness"]);
+    let error = refused(command);
+    assert!(error.contains("cannot become a witness in place"), "{error}");
+    // And --witness does not bootstrap a cluster.
+    let mut command = cluster.full_command(2);
+    command.arg("--witness");
+    let error = refused(command);
+    assert!(error.contains("--witness needs --join"), "{error}");
+}
