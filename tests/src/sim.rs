@@ -103,6 +103,14 @@ pub struct Summary {
     pub unknown_left: u64,
     /// Crashes after which a disk lost durable entries (storage-fault mode).
     pub storage_faults: u64,
+    /// Byte-level faults kept, by kind (`sim::image::FAULT_KINDS`), and
+    /// faults undone because recovery could not have detected them.
+    pub fault_kinds: [u64; 4],
+    pub faults_undone: u64,
+    /// Periods during which a faulty node's disk was full, and the requests
+    /// refused and snapshot chunks dropped with `NoSpace` meanwhile.
+    pub disks_full: u64,
+    pub no_space: u64,
     /// Seeds whose groups stalled after healing with a majority of voters
     /// that cannot vote safely: repairing, or with an empty log they cannot
     /// tell from a wiped one (storage-fault mode; see `majority_unsure`).
@@ -170,6 +178,8 @@ struct World {
     /// and snapshots wait, while the small hard-state file (a separate
     /// fdatasync, unordered with the appends) may still land.
     stalled_until: BTreeMap<NodeId, u64>,
+    /// Faulty nodes whose disk is full, until when.
+    full_until: BTreeMap<NodeId, u64>,
     /// Per node, its tick period and phase: clocks neither agree nor run at
     /// quite the same rate. The periods differ by at most 10%, within the
     /// drift the engine's lease reads assume (`lease_drift_ticks` of 2 per
@@ -269,15 +279,18 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         // that may never grow that long (liveness, not safety: seen in
         // seed 117 of five nodes when tried).
         let faulty = members[pick.range(0, members.len() as u64) as usize];
-        match witnesses.bootstrap {
+        match witnesses.nodes().first() {
             // Two full voters and a witness commit with the leader and the
             // witness alone while the full follower is down: a leader whose
             // disk then loses those entries leaves no copy anywhere (two
             // faults), and the group waits forever, by design (README,
-            // "Witnesses"). The witness's disk is the faulty one instead:
-            // it repairs its metadata from the leader.
-            Some(witness) if voters == 3 => vec![witness],
-            _ => vec![faulty],
+            // "Witnesses"). Any run with a witness can get there (membership
+            // changes shrink five voters to three: seeds 184 of three nodes
+            // and 180 of five, with byte-level faults). The witness's disk
+            // is the faulty one instead: it repairs its metadata from the
+            // leader.
+            Some(&witness) => vec![witness],
+            None => vec![faulty],
         }
     } else {
         Vec::new()
@@ -300,6 +313,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         keys,
         disk_speed,
         stalled_until: BTreeMap::new(),
+        full_until: BTreeMap::new(),
         clocks,
         summary: Summary {
             seed,
@@ -343,6 +357,7 @@ impl World {
     /// One time unit: deliveries, ticks, disks, Readies, clients.
     fn step(&mut self, clients_may_start: bool, disk_speed: u64) {
         self.clock.set(self.now);
+        self.free_disks(self.now);
         while let Some(packet) = self.network.next_due(self.now) {
             match (packet.to, packet.payload) {
                 (Endpoint::Node(id), Payload::Raft(shard, message)) => {
@@ -410,6 +425,16 @@ impl World {
             self.observers[shard as usize].check(&mut self.nodes, shard, self.now);
         }
         self.now += 1;
+    }
+
+    /// Frees the full disks whose time is up by `now`.
+    fn free_disks(&mut self, now: u64) {
+        let freed: Vec<NodeId> =
+            self.full_until.iter().filter(|(_, &until)| until <= now || now == u64::MAX).map(|(&id, _)| id).collect();
+        for id in freed {
+            self.full_until.remove(&id);
+            self.nodes.get_mut(&id).expect("known node").set_disk_full(false);
+        }
     }
 
     /// The operator sets the run's session settings through the leader (an
@@ -519,8 +544,17 @@ impl World {
                 12..=13 => {
                     let id = self.pick();
                     let until = self.now + self.rng.range(50, 1500);
-                    self.stalled_until.insert(id, until);
-                    self.summary.disk_stalls += 1;
+                    if self.faulty.contains(&id) && self.rng.range(0, 2) == 0 {
+                        // Its disk fills: writes wait and are refused with
+                        // `NoSpace`, snapshots are given up, until space
+                        // is freed.
+                        self.full_until.insert(id, until);
+                        self.nodes.get_mut(&id).expect("known node").set_disk_full(true);
+                        self.summary.disks_full += 1;
+                    } else {
+                        self.stalled_until.insert(id, until);
+                        self.summary.disk_stalls += 1;
+                    }
                 }
                 14 => {
                     // A clean stop (SIGTERM) with clients waiting: they are
@@ -638,6 +672,7 @@ impl World {
         self.network.cut.clear();
         self.network.faults = NetworkFaults::calm();
         self.stalled_until.clear();
+        self.free_disks(u64::MAX);
         for node in self.nodes.values_mut() {
             if !node.up {
                 node.restart();
@@ -703,6 +738,14 @@ impl World {
             self.nodes.values().map(|node| node.installs_with_reads_waiting()).sum();
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
+        self.summary.no_space = self.nodes.values().map(|node| node.no_space()).sum();
+        for node in self.nodes.values() {
+            let (kinds, undone) = node.fault_counts();
+            for (total, count) in self.summary.fault_kinds.iter_mut().zip(kinds) {
+                *total += count;
+            }
+            self.summary.faults_undone += undone;
+        }
         self.summary.witnesses_at_end = self.witnesses_now();
         let witnesses = || self.nodes.values().filter(|node| node.config.witness);
         self.summary.witness_snapshots_taken = witnesses().map(SimNode::snapshots_taken).sum();

@@ -64,6 +64,12 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.unknown_dropped += summary.unknown_dropped;
                 total.unknown_left += summary.unknown_left;
                 total.storage_faults += summary.storage_faults;
+                for (total, count) in total.fault_kinds.iter_mut().zip(summary.fault_kinds) {
+                    *total += count;
+                }
+                total.faults_undone += summary.faults_undone;
+                total.disks_full += summary.disks_full;
+                total.no_space += summary.no_space;
                 total.stalled_unsure += summary.stalled_unsure;
                 total.witness_nodes += summary.witness_nodes;
                 total.witnesses_at_end += summary.witnesses_at_end;
@@ -120,9 +126,28 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.witness_snapshots_installed,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
+    if storage_faults {
+        let kinds: Vec<String> = tests::sim::image::FAULT_KINDS
+            .iter()
+            .zip(total.fault_kinds)
+            .map(|(kind, count)| format!("{count} {kind}s"))
+            .collect();
+        eprintln!(
+            "{test_name}: storage faults kept: {}; {} undone (undetectable by design); {} full-disk periods, {} \
+             requests or snapshot chunks refused with NoSpace",
+            kinds.join(", "),
+            total.faults_undone,
+            total.disks_full,
+            total.no_space
+        );
+    }
     // The simulator must actually exercise the faults it claims to.
     if storage_faults && seeds >= 50 {
         assert!(total.storage_faults > 0, "no disk lost a durable entry");
+        for (kind, count) in tests::sim::image::FAULT_KINDS.iter().zip(total.fault_kinds) {
+            assert!(count > 0, "no {kind} injected");
+        }
+        assert!(total.disks_full > 0 && total.no_space > 0, "no disk filled, or no write met a full disk");
     }
     // A group whose voters are mostly repairing or cannot tell their empty
     // log from a wiped one may not elect a leader (by design); it must stay

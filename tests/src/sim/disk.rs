@@ -96,6 +96,15 @@ pub struct SimDisk {
     /// fault as far as liveness goes, injected on faulty nodes only (a
     /// majority repairing at once waits, by design).
     pub out_of_order_tails: bool,
+    /// The disk is full: appends wait, a local snapshot is given up and a
+    /// received chunk refused with `NoSpace`, as the WAL does.
+    pub full: bool,
+    /// Local snapshots given up on a full disk, for the shard to hear of.
+    given_up: usize,
+    /// Faults injected and kept, by kind ([`super::image::FAULT_KINDS`]),
+    /// and faults undone because recovery could not have detected them.
+    pub faults: [u64; 4],
+    pub faults_undone: u64,
 }
 
 /// `(index, term)` of each entry: what identifies an entry in one log.
@@ -176,6 +185,19 @@ impl SimDisk {
     /// submitted after a snapshot the shard has not heard of).
     pub fn complete_overtaking(&mut self, count: usize, overtake: bool) {
         for _ in 0..count {
+            if self.full {
+                // Nothing more fits: a local snapshot's file is given up,
+                // appends wait for space.
+                match self.pending.front() {
+                    Some(DiskWrite::Snapshot { local: true, .. }) => {
+                        self.pending.pop_front();
+                        self.given_up += 1;
+                        continue;
+                    }
+                    Some(DiskWrite::Entries { .. }) | None => break,
+                    Some(DiskWrite::Snapshot { local: false, .. }) => {}
+                }
+            }
             let local_snapshot_first = matches!(self.pending.front(), Some(DiskWrite::Snapshot { local: true, .. }));
             let append_next = matches!(self.pending.get(1), Some(DiskWrite::Entries { .. }));
             let write = if overtake && local_snapshot_first && append_next {
@@ -191,13 +213,22 @@ impl SimDisk {
     }
 
     /// The log closes cleanly (a node's clean stop): every queued write
-    /// lands, and the next store opened on this disk counts its appends
-    /// from 1 again.
+    /// lands (unless the disk is full), and the next store opened on this
+    /// disk counts its appends from 1 again.
     pub fn close(&mut self) {
         self.complete(usize::MAX);
+        // On a full disk the WAL cannot wait while closing: what did not
+        // land is lost, as in a crash (none of it was reported durable).
+        self.pending.clear();
         self.finish_lazy_hard_state();
         self.durable_sequence = 0;
         self.stored.clear();
+        self.given_up = 0;
+    }
+
+    /// The local snapshots given up on a full disk since the last call.
+    pub fn take_given_up(&mut self) -> usize {
+        std::mem::take(&mut self.given_up)
     }
 
     /// The local snapshots that became durable since the last call.
@@ -259,8 +290,9 @@ impl SimDisk {
     /// (no replica could vote safely after it; see the module documentation).
     pub fn damage(&mut self, rng: &mut Rng) -> bool {
         let before = self.image.clone();
+        let mut kinds = Vec::new();
         for _ in 0..rng.range(1, 3) {
-            self.image.damage(rng);
+            kinds.extend(self.image.damage(rng));
         }
         let snapshot_index = self.durable.snapshot_meta().index;
         let plan = self.image.plan(snapshot_index);
@@ -273,7 +305,11 @@ impl SimDisk {
         let detected = plan.damage.is_some() || (prefix && claimed >= last);
         if lost && !detected {
             self.image = before;
+            self.faults_undone += 1;
             return false;
+        }
+        for kind in kinds {
+            self.faults[kind] += 1;
         }
         self.damaged = true;
         lost
@@ -433,6 +469,14 @@ impl ShardStorage for SimStorage {
         self.disk.borrow().durable_sequence
     }
 
+    fn no_space(&self) -> bool {
+        self.disk.borrow().full
+    }
+
+    fn abandon_received_snapshot(&mut self) {
+        self.receiving = None;
+    }
+
     fn set_repair_floor(&mut self, index: Index) {
         self.disk.borrow_mut().repair_floor = index;
     }
@@ -449,6 +493,9 @@ impl ShardStorage for SimStorage {
     /// Durable at once (the driver awaits it); chunks must continue the
     /// snapshot being received, from offset 0.
     async fn write_snapshot_chunk(&mut self, write: SnapshotWrite) -> Result<(), WalError> {
+        if self.disk.borrow().full {
+            return Err(WalError::NoSpace { op: "writing a received snapshot chunk", path: Default::default() });
+        }
         if write.offset == 0 {
             self.receiving = Some((write.meta.clone(), BytesMut::new(), 0));
         }

@@ -23,6 +23,9 @@ use engine::config::Rng;
 use engine::{EntryBatch, Index};
 use wal::{ImageRecovery, WalConfig};
 
+/// The faults [`LogImage::damage`] injects, by kind.
+pub const FAULT_KINDS: [&str; 4] = ["bit flip", "lost write", "misdirected write", "torn write"];
+
 /// Small segments, so that logs span several and damage strikes older ones.
 const SEGMENT_BYTES: usize = 64 << 10;
 const ALIGN: usize = 4096;
@@ -112,16 +115,18 @@ impl LogImage {
         recovery
     }
 
-    /// One storage fault on a stopped disk (see the module documentation).
-    pub fn damage(&mut self, rng: &mut Rng) {
+    /// One storage fault on a stopped disk (see the module documentation);
+    /// returns its kind (an index into [`FAULT_KINDS`]), if it struck.
+    pub fn damage(&mut self, rng: &mut Rng) -> Option<usize> {
         let written: Vec<usize> = (0..self.segments.len()).filter(|&at| !self.segments[at].groups.is_empty()).collect();
         if written.is_empty() {
-            return;
+            return None;
         }
         let at = written[rng.range(0, written.len() as u64) as usize];
         let segment = &mut self.segments[at];
         let (start, end, _) = segment.groups[rng.range(0, segment.groups.len() as u64) as usize];
-        match rng.range(0, 4) {
+        let kind = rng.range(0, FAULT_KINDS.len() as u64) as usize;
+        match kind {
             0 => {
                 let byte = rng.range(0, segment.bytes.len() as u64) as usize;
                 segment.bytes[byte] ^= 1 << rng.range(0, 8);
@@ -144,6 +149,7 @@ impl LogImage {
                 segment.bytes[from..end].fill(0);
             }
         }
+        Some(kind)
     }
 }
 

@@ -108,6 +108,7 @@ struct Counts {
     forwarded_answered: u64,
     installs_with_reads_waiting: u64,
     forwards_redirected: u64,
+    no_space: u64,
 }
 
 impl Counts {
@@ -117,6 +118,7 @@ impl Counts {
         self.forwarded_answered += stats.forwarded_answered;
         self.installs_with_reads_waiting += stats.installs_with_reads_waiting;
         self.forwards_redirected += stats.forwards_redirected;
+        self.no_space += stats.no_space + stats.snapshot_chunks_no_space;
     }
 }
 
@@ -319,6 +321,27 @@ impl SimNode {
         }
     }
 
+    /// Fills this node's disks, or frees them.
+    pub fn set_disk_full(&mut self, full: bool) {
+        for replica in &self.replicas {
+            replica.disk.borrow_mut().full = full;
+        }
+    }
+
+    /// Faults kept by kind and faults undone, over this node's disks.
+    pub fn fault_counts(&self) -> ([u64; 4], u64) {
+        let mut kinds = [0; 4];
+        let mut undone = 0;
+        for replica in &self.replicas {
+            let disk = replica.disk.borrow();
+            for (total, count) in kinds.iter_mut().zip(disk.faults) {
+                *total += count;
+            }
+            undone += disk.faults_undone;
+        }
+        (kinds, undone)
+    }
+
     /// Storage faults on a stopped node's disks (see [`SimDisk::damage`]);
     /// returns whether any disk lost entries.
     pub fn damage(&mut self, rng: &mut Rng) -> bool {
@@ -409,6 +432,10 @@ impl SimNode {
             for done in replica.disk.borrow_mut().take_stored() {
                 replica.shard.snapshot_stored(Ok(stored(done)));
             }
+            for _ in 0..replica.disk.borrow_mut().take_given_up() {
+                let full = wal::WalError::NoSpace { op: "storing a snapshot", path: Default::default() };
+                replica.shard.snapshot_stored(Err(full));
+            }
             if let Err(error) = run_now(replica.shard.process()) {
                 panic!("node {}: the shard stopped: {error}", self.id);
             }
@@ -436,6 +463,7 @@ impl SimNode {
             total.forwarded_answered += counts.forwarded_answered;
             total.installs_with_reads_waiting += counts.installs_with_reads_waiting;
             total.forwards_redirected += counts.forwards_redirected;
+            total.no_space += counts.no_space;
         }
         total
     }
@@ -443,6 +471,12 @@ impl SimNode {
     /// Snapshots installed over all restarts.
     pub fn snapshots_installed(&self) -> u64 {
         self.counts().snapshots_installed
+    }
+
+    /// Requests refused and snapshot chunks dropped on a full disk, over all
+    /// restarts.
+    pub fn no_space(&self) -> u64 {
+        self.counts().no_space
     }
 
     /// Snapshots taken locally, over all restarts.
