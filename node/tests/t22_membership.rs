@@ -7,15 +7,11 @@
 //! leadership over first, a down member can be removed, and a removed node
 //! that comes back is refused. Each test uses its own port range.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
 use node::client_cmd::{call, BlockingClient};
-use node::config::ClientConfig;
 use node::kv::{KvOp, KvResponse};
 
 mod common;
@@ -23,47 +19,23 @@ mod common;
 const TOKEN: &str = "membership-test-token";
 const CLUSTER: u64 = 9;
 
-/// Nodes by slot: slot `s` listens on `base + 2s` (peers) and `base + 2s + 1`
-/// (clients). Slots 1-3 bootstrap with --peers; later slots join.
-struct Cluster {
-    dir: PathBuf,
-    base_port: u16,
-    nodes: BTreeMap<u64, Child>,
+/// This test's slots (see `common::SlotCluster`).
+type Cluster = common::SlotCluster;
+
+fn new_cluster(base_port: u16) -> Cluster {
+    common::SlotCluster::new("membership", base_port, CLUSTER, TOKEN)
 }
 
-impl Cluster {
-    fn new(base_port: u16) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("node-membership-{}-{base_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Cluster { dir, base_port, nodes: BTreeMap::new() }
-    }
+/// This test's ways to start its slots.
+trait Starts {
+    fn bootstrap(&mut self, count: u64);
+    fn join_command(&self, slot: u64, through: &[u64]) -> Command;
+    fn join_command_in(&self, slot: u64, through: &[u64], cluster_id: u64) -> Command;
+    fn join(&mut self, slot: u64, through: &[u64]);
+    fn leader(&self) -> u64;
+}
 
-    fn peer_port(&self, slot: u64) -> u16 {
-        self.base_port + 2 * (slot as u16 - 1)
-    }
-
-    fn client_port(&self, slot: u64) -> u16 {
-        self.peer_port(slot) + 1
-    }
-
-    fn data_dir(&self, slot: u64) -> PathBuf {
-        self.dir.join(format!("slot-{slot}"))
-    }
-
-    fn command(&self, slot: u64) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
-        command
-            .arg("serve")
-            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(slot))])
-            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(slot))])
-            .args(["--data-dir", &self.data_dir(slot).display().to_string()])
-            .args(["--log-level", "warn", "--pin-cores", "false"])
-            .env("NODE_TOKEN", TOKEN)
-            .stdout(Stdio::null());
-        command
-    }
-
+impl Starts for Cluster {
     /// Slots 1..=count bootstrap a cluster (node id = slot).
     fn bootstrap(&mut self, count: u64) {
         let peers: Vec<String> = (1..=count).map(|id| format!("{id}=127.0.0.1:{}", self.peer_port(id))).collect();
@@ -92,64 +64,11 @@ impl Cluster {
         self.nodes.insert(slot, child);
     }
 
-    fn kill(&mut self, slot: u64) {
-        if let Some(mut child) = self.nodes.remove(&slot) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn client(&self, slots: &[u64]) -> ClientConfig {
-        common::local_client(slots.iter().map(|slot| self.client_port(*slot)), CLUSTER, TOKEN)
-    }
-
-    fn status(&self, slot: u64) -> Option<serde_json::Value> {
-        common::status(self.client(&[slot]))
-    }
-
     /// The slot of the node that reports itself leader.
     fn leader(&self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            for &slot in self.nodes.keys() {
-                if self.status(slot).is_some_and(|status| status["role"] == "Leader") {
-                    return slot;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("no leader within 30 s");
-    }
-
-    /// Waits until the status of `slot` satisfies `done`; returns it.
-    fn wait_status(&self, slot: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(status) = self.status(slot) {
-                if done(&status) {
-                    return status;
-                }
-                last = Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("{what}: not within 60 s; last status of slot {slot}: {last:?}");
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
         let slots: Vec<u64> = self.nodes.keys().copied().collect();
-        for slot in slots {
-            self.kill(slot);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.leader_among(slots.into_iter())
     }
-}
-
-fn ids(value: &serde_json::Value) -> Vec<u64> {
-    value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
 }
 
 fn put(client: &mut BlockingClient, key: &str, value: &str) {
@@ -177,7 +96,7 @@ fn refused(mut command: Command) -> String {
 
 #[test]
 fn three_nodes_grow_to_five_through_one_member_which_then_dies() {
-    let mut cluster = Cluster::new(23100);
+    let mut cluster = new_cluster(23100);
     cluster.bootstrap(3);
     cluster.leader();
     // A client given node 1 only: it learns the members from it.
@@ -188,9 +107,9 @@ fn three_nodes_grow_to_five_through_one_member_which_then_dies() {
     cluster.join(4, &[1]);
     cluster.join(5, &[1]);
     let status = cluster.wait_status(1, "five voters", |status| {
-        ids(&status["voters"]).len() == 5 && ids(&status["learners"]).is_empty()
+        common::ids(&status["voters"]).len() == 5 && common::ids(&status["learners"]).is_empty()
     });
-    let voters = ids(&status["voters"]);
+    let voters = common::ids(&status["voters"]);
     assert_eq!(&voters[..3], &[1, 2, 3], "{status}");
     let new_ids: Vec<u64> = voters[3..].to_vec();
     assert!(new_ids.iter().all(|&id| id > 3), "fresh ids above the bootstrap ones: {new_ids:?}");
@@ -222,14 +141,14 @@ fn three_nodes_grow_to_five_through_one_member_which_then_dies() {
     let status = cluster.wait_status(4, "slot 4 back", |status| status["applied"].as_u64().unwrap_or(0) > 0);
     assert_eq!(status["node"].as_u64(), Some(id_of_slot_4));
     let status =
-        cluster.wait_status(2, "slot 4 a voter again", |status| ids(&status["voters"]).contains(&id_of_slot_4));
-    assert!(!ids(&status["voters"]).contains(&0));
+        cluster.wait_status(2, "slot 4 a voter again", |status| common::ids(&status["voters"]).contains(&id_of_slot_4));
+    assert!(!common::ids(&status["voters"]).contains(&0));
     assert_eq!(get(&mut through_new, "via"), Some(Bytes::from("five")));
 }
 
 #[test]
 fn joining_twice_the_wrong_cluster_or_token_is_refused() {
-    let mut cluster = Cluster::new(23200);
+    let mut cluster = new_cluster(23200);
     cluster.bootstrap(3);
     cluster.leader();
     // Wrong token.
@@ -246,7 +165,7 @@ fn joining_twice_the_wrong_cluster_or_token_is_refused() {
     let _ = std::fs::remove_dir_all(cluster.data_dir(4));
 
     cluster.join(4, &[2]);
-    cluster.wait_status(2, "four voters", |status| ids(&status["voters"]).len() == 4);
+    cluster.wait_status(2, "four voters", |status| common::ids(&status["voters"]).len() == 4);
     // The same data directory against another cluster id.
     cluster.kill(4);
     let error = refused(cluster.join_command_in(4, &[2], 77));
@@ -267,11 +186,11 @@ fn joining_twice_the_wrong_cluster_or_token_is_refused() {
 
 #[test]
 fn removing_the_leader_a_down_member_and_a_removed_node_coming_back() {
-    let mut cluster = Cluster::new(23300);
+    let mut cluster = new_cluster(23300);
     cluster.bootstrap(3);
     cluster.join(4, &[1]);
     cluster.join(5, &[1]);
-    cluster.wait_status(1, "five voters", |status| ids(&status["voters"]).len() == 5);
+    cluster.wait_status(1, "five voters", |status| common::ids(&status["voters"]).len() == 5);
     let admin = |cluster: &Cluster, request: AdminRequest| {
         let live: Vec<u64> = cluster.nodes.keys().copied().collect();
         call(&cluster.client(&live), RequestBody::Admin(request)).expect("admin answered")
@@ -283,7 +202,7 @@ fn removing_the_leader_a_down_member_and_a_removed_node_coming_back() {
     assert_eq!(admin(&cluster, AdminRequest::Remove { id: leader_id }), ResponseStatus::Ok(Bytes::new()));
     let other = *cluster.nodes.keys().find(|&&slot| slot != leader).unwrap();
     let status = cluster.wait_status(other, "the leader removed", |status| {
-        !ids(&status["voters"]).contains(&leader_id) && ids(&status["voters_outgoing"]).is_empty()
+        !common::ids(&status["voters"]).contains(&leader_id) && common::ids(&status["voters_outgoing"]).is_empty()
     });
     assert_ne!(status["leader"].as_u64(), Some(leader_id));
     cluster.kill(leader);
@@ -296,7 +215,7 @@ fn removing_the_leader_a_down_member_and_a_removed_node_coming_back() {
     assert_eq!(admin(&cluster, AdminRequest::Remove { id: down_id }), ResponseStatus::Ok(Bytes::new()));
     let live = *cluster.nodes.keys().next().unwrap();
     cluster.wait_status(live, "the down member removed", |status| {
-        !ids(&status["voters"]).contains(&down_id) && ids(&status["removed"]).contains(&down_id)
+        !common::ids(&status["voters"]).contains(&down_id) && common::ids(&status["removed"]).contains(&down_id)
     });
     let mut client = BlockingClient::new(&cluster.client(&[live])).expect("a client");
     put(&mut client, "three", "left");

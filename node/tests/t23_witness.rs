@@ -7,9 +7,8 @@
 //! acknowledged write from it. A witness serves no reads or writes, cannot be
 //! promoted, and its data directory refuses to start without `--witness`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,61 +25,43 @@ const CLUSTER: u64 = 11;
 /// value is found by a byte search.
 const PROBE: &str = "witness-probe-value";
 
-/// Nodes by slot (the node id is the slot): slot `s` listens on
-/// `base + 2(s-1)` (peers) and the port after it (clients).
-struct Cluster {
-    dir: PathBuf,
-    base_port: u16,
-    nodes: BTreeMap<u64, Child>,
+/// This test's slots (see `common::SlotCluster`).
+type Cluster = common::SlotCluster;
+
+fn new_cluster(base_port: u16) -> Cluster {
+    common::SlotCluster::new("witness", base_port, CLUSTER, TOKEN)
 }
 
-impl Cluster {
-    fn new(base_port: u16) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("node-witness-{}-{base_port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Cluster { dir, base_port, nodes: BTreeMap::new() }
-    }
+/// This test's ways to start its slots.
+trait Starts {
+    fn base_command(&self, slot: u64) -> Command;
+    fn full_command(&self, slot: u64) -> Command;
+    fn witness_command(&self, witness: bool) -> Command;
+    fn start(&mut self, slot: u64, command: Command);
+    fn leader(&self) -> u64;
+}
 
-    fn peer_port(&self, slot: u64) -> u16 {
-        self.base_port + 2 * (slot as u16 - 1)
-    }
-
-    fn client_port(&self, slot: u64) -> u16 {
-        self.peer_port(slot) + 1
-    }
-
-    fn data_dir(&self, slot: u64) -> PathBuf {
-        self.dir.join(format!("slot-{slot}"))
-    }
-
-    fn command(&self, slot: u64) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
+impl Starts for Cluster {
+    fn base_command(&self, slot: u64) -> Command {
+        let mut command = common::SlotCluster::command(self, slot);
         command
-            .arg("serve")
-            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(slot))])
-            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(slot))])
-            .args(["--data-dir", &self.data_dir(slot).display().to_string()])
             .args(["--cluster-id", &CLUSTER.to_string()])
-            .args(["--log-level", "warn", "--pin-cores", "false"])
             // Small snapshots: the witness takes some (metadata only).
-            .args(["--snapshot-entries", "16", "--snapshot-log-factor", "0"])
-            .env("NODE_TOKEN", TOKEN)
-            .stdout(Stdio::null());
+            .args(["--snapshot-entries", "16", "--snapshot-log-factor", "0"]);
         command
     }
 
     /// The full nodes 1 and 2 (bootstrapped together with --peers).
     fn full_command(&self, slot: u64) -> Command {
         let peers: Vec<String> = (1..=2).map(|id| format!("{id}=127.0.0.1:{}", self.peer_port(id))).collect();
-        let mut command = self.command(slot);
+        let mut command = self.base_command(slot);
         command.args(["--node-id", &slot.to_string(), "--peers", &peers.join(",")]);
         command
     }
 
     /// Slot 3 joins through slot 1 (the cluster assigns it id 3).
     fn witness_command(&self, witness: bool) -> Command {
-        let mut command = self.command(3);
+        let mut command = self.base_command(3);
         command.args(["--join", &format!("127.0.0.1:{}", self.client_port(1))]);
         if witness {
             command.arg("--witness");
@@ -92,64 +73,10 @@ impl Cluster {
         self.nodes.insert(slot, command.spawn().expect("start node"));
     }
 
-    fn kill(&mut self, slot: u64) {
-        if let Some(mut child) = self.nodes.remove(&slot) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn client(&self, slots: &[u64]) -> ClientConfig {
-        common::local_client(slots.iter().map(|slot| self.client_port(*slot)), CLUSTER, TOKEN)
-    }
-
-    fn status(&self, slot: u64) -> Option<serde_json::Value> {
-        common::status(self.client(&[slot]))
-    }
-
-    /// Waits until the status of `slot` satisfies `done`; returns it.
-    fn wait_status(&self, slot: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(status) = self.status(slot) {
-                if done(&status) {
-                    return status;
-                }
-                last = Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("{what}: not within 60 s; last status of slot {slot}: {last:?}");
-    }
-
     /// The full node (1 or 2) that leads.
     fn leader(&self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            for slot in [1, 2] {
-                if self.status(slot).is_some_and(|status| status["role"] == "Leader") {
-                    return slot;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("no leader within 30 s");
+        self.leader_among([1, 2].into_iter())
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let slots: Vec<u64> = self.nodes.keys().copied().collect();
-        for slot in slots {
-            self.kill(slot);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ids(value: &serde_json::Value) -> Vec<u64> {
-    value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
 }
 
 fn value(index: usize) -> String {
@@ -227,14 +154,14 @@ fn refused(mut command: Command) -> String {
 /// Starts 2 full nodes and a witness joined with `--witness`; returns once
 /// the witness is a voting witness of the configuration.
 fn two_full_and_a_witness(base_port: u16) -> Cluster {
-    let mut cluster = Cluster::new(base_port);
+    let mut cluster = new_cluster(base_port);
     cluster.start(1, cluster.full_command(1));
     cluster.start(2, cluster.full_command(2));
     let leader = cluster.leader();
     cluster.start(3, cluster.witness_command(true));
     let status = cluster.wait_status(leader, "the witness joined", |status| {
-        ids(&status["witnesses"]) == [3]
-            && ids(&status["voters"]) == [1, 2, 3]
+        common::ids(&status["witnesses"]) == [3]
+            && common::ids(&status["voters"]) == [1, 2, 3]
             && status["voters_outgoing"] == serde_json::json!([])
     });
     let member = status["members"].as_array().unwrap().iter().find(|member| member["id"] == 3).cloned();
@@ -332,7 +259,7 @@ fn two_full_nodes_and_a_witness_lose_no_acknowledged_write() {
 
 #[test]
 fn a_full_data_directory_cannot_become_a_witness() {
-    let mut cluster = Cluster::new(23420);
+    let mut cluster = new_cluster(23420);
     cluster.start(1, cluster.full_command(1));
     cluster.start(2, cluster.full_command(2));
     cluster.wait_status(cluster.leader(), "a leader", |_| true);

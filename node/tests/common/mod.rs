@@ -32,3 +32,109 @@ pub fn status(mut client: ClientConfig) -> Option<serde_json::Value> {
         _ => None,
     }
 }
+
+/// Local `node` processes by slot, each in its own data directory under a
+/// scratch directory: slot `s` listens on `base + 2(s-1)` (peers) and the
+/// port after it (clients). Killed and removed when dropped.
+pub struct SlotCluster {
+    pub dir: std::path::PathBuf,
+    pub base_port: u16,
+    pub nodes: std::collections::BTreeMap<u64, std::process::Child>,
+    pub cluster_id: u64,
+    pub token: &'static str,
+}
+
+impl SlotCluster {
+    pub fn new(name: &str, base_port: u16, cluster_id: u64, token: &'static str) -> SlotCluster {
+        let dir = std::env::temp_dir().join(format!("node-{name}-{}-{base_port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        SlotCluster { dir, base_port, nodes: Default::default(), cluster_id, token }
+    }
+
+    pub fn peer_port(&self, slot: u64) -> u16 {
+        self.base_port + 2 * (slot as u16 - 1)
+    }
+
+    pub fn client_port(&self, slot: u64) -> u16 {
+        self.peer_port(slot) + 1
+    }
+
+    pub fn data_dir(&self, slot: u64) -> std::path::PathBuf {
+        self.dir.join(format!("slot-{slot}"))
+    }
+
+    /// `node serve` for `slot`: its addresses, data directory and token.
+    pub fn command(&self, slot: u64) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_node"));
+        command
+            .arg("serve")
+            .args(["--peer-addr", &format!("127.0.0.1:{}", self.peer_port(slot))])
+            .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(slot))])
+            .args(["--data-dir", &self.data_dir(slot).display().to_string()])
+            .args(["--log-level", "warn", "--pin-cores", "false"])
+            .env("NODE_TOKEN", self.token)
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
+    pub fn kill(&mut self, slot: u64) {
+        if let Some(mut child) = self.nodes.remove(&slot) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn client(&self, slots: &[u64]) -> ClientConfig {
+        local_client(slots.iter().map(|slot| self.client_port(*slot)), self.cluster_id, self.token)
+    }
+
+    pub fn status(&self, slot: u64) -> Option<serde_json::Value> {
+        status(self.client(&[slot]))
+    }
+
+    /// Waits until the status of `slot` satisfies `done`; returns it.
+    pub fn wait_status(&self, slot: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.status(slot) {
+                if done(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: not within 60 s; last status of slot {slot}: {last:?}");
+    }
+
+    /// The one of `slots` that reports itself leader (within 30 s).
+    pub fn leader_among(&self, slots: impl Iterator<Item = u64> + Clone) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            for slot in slots.clone() {
+                if self.status(slot).is_some_and(|status| status["role"] == "Leader") {
+                    return slot;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader within 30 s");
+    }
+}
+
+impl Drop for SlotCluster {
+    fn drop(&mut self) {
+        let slots: Vec<u64> = self.nodes.keys().copied().collect();
+        for slot in slots {
+            self.kill(slot);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The ids in a JSON array of numbers.
+pub fn ids(value: &serde_json::Value) -> Vec<u64> {
+    value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
+}
