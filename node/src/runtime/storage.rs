@@ -214,6 +214,62 @@ type Serialized = std::io::Result<(SnapshotDraft, std::time::Duration)>;
 /// How much a snapshot thread gathers before each write into the draft.
 const SERIALIZE_BUFFER_BYTES: usize = 256 << 10;
 
+/// How much of a serialized snapshot is held in memory before the paced
+/// write into its file: a snapshot up to this size is serialized at CPU
+/// speed and its image released at once. The image of a copy-on-write
+/// state machine (the key-value store's buckets) shares the live state:
+/// while it is held, every write to a part it has not yet released copies
+/// that value (an allocation and a copy per write). Streaming straight into
+/// a file paced at `--snapshot-write-rate` held the image for seconds, long
+/// enough to cost about a tenth of the throughput at 256 writes in flight
+/// (bench/RESULTS.md, 2026-12-02). A larger snapshot streams through this
+/// buffer, so memory stays bounded (issue 20).
+const SERIALIZE_MEMORY_BYTES: usize = 16 << 20;
+
+/// A snapshot's bytes in memory up to [`SERIALIZE_MEMORY_BYTES`], then (for
+/// a larger one) through to the draft.
+struct Staged {
+    memory: Vec<u8>,
+    draft: SnapshotDraft,
+    through: bool,
+}
+
+impl Staged {
+    fn new(draft: SnapshotDraft) -> Staged {
+        Staged { memory: Vec::new(), draft, through: false }
+    }
+
+    /// Writes what memory holds into the draft (in pieces, so that the
+    /// draft syncs and paces as it goes) and hands the draft back.
+    fn finish(mut self) -> std::io::Result<SnapshotDraft> {
+        use std::io::Write;
+        for piece in self.memory.chunks(wal::snapshot::SAVE_CHUNK_BYTES) {
+            self.draft.write_all(piece)?;
+        }
+        Ok(self.draft)
+    }
+}
+
+impl std::io::Write for Staged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.through && self.memory.len() + buf.len() <= SERIALIZE_MEMORY_BYTES {
+            self.memory.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        if !self.through {
+            self.through = true;
+            for piece in std::mem::take(&mut self.memory).chunks(wal::snapshot::SAVE_CHUNK_BYTES) {
+                self.draft.write_all(piece)?;
+            }
+        }
+        self.draft.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Serializes a snapshot image into its draft on a thread of its own,
 /// allowed on every CPU (a thread inherits its creator's pinning, and the
 /// driver's core is the one that should not carry this work) and at a lower
@@ -225,10 +281,11 @@ fn serialize_in_background(image: Box<dyn SnapshotImage>, draft: SnapshotDraft) 
         super::threads::unpin_thread();
         super::threads::lower_thread_priority();
         let started = Instant::now();
-        let mut out = std::io::BufWriter::with_capacity(SERIALIZE_BUFFER_BYTES, draft);
+        let mut out = std::io::BufWriter::with_capacity(SERIALIZE_BUFFER_BYTES, Staged::new(draft));
         let result = image
             .write_to(&mut out)
             .and_then(|()| out.into_inner().map_err(|error| error.into_error()))
+            .and_then(Staged::finish)
             .map(|draft| (draft, started.elapsed()));
         let _ = sender.send(result);
     });
