@@ -943,28 +943,30 @@ impl KvCommand {
     }
 }
 
+/// The id and peer address of a member to add (`add-learner`,
+/// `add-witness`), checked: a positive id and a `HOST:PORT`.
+fn new_member(id: u64, peer_addr: String) -> Result<(u64, String), ConfigError> {
+    positive("id", id)?;
+    peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
+        option: "peer-addr",
+        value: peer_addr.clone(),
+        reason: error.to_string(),
+    })?;
+    Ok((id, peer_addr))
+}
+
 impl AdminCommand {
     pub fn from_args(args: AdminArgs) -> Result<AdminCommand, ConfigError> {
         let client = ClientConfig::from_args(args.client)?;
         let body = match args.action {
             AdminActionArgs::Status => RequestBody::Status,
             AdminActionArgs::AddLearner { id, peer_addr } => {
-                positive("id", id)?;
-                peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
-                    option: "peer-addr",
-                    value: peer_addr.clone(),
-                    reason: error.to_string(),
-                })?;
-                RequestBody::Admin(AdminRequest::AddLearner { id, addr: peer_addr })
+                let (id, addr) = new_member(id, peer_addr)?;
+                RequestBody::Admin(AdminRequest::AddLearner { id, addr })
             }
             AdminActionArgs::AddWitness { id, peer_addr } => {
-                positive("id", id)?;
-                peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
-                    option: "peer-addr",
-                    value: peer_addr.clone(),
-                    reason: error.to_string(),
-                })?;
-                RequestBody::Admin(AdminRequest::AddWitness { id, addr: peer_addr })
+                let (id, addr) = new_member(id, peer_addr)?;
+                RequestBody::Admin(AdminRequest::AddWitness { id, addr })
             }
             AdminActionArgs::Promote { id } => RequestBody::Admin(AdminRequest::Promote { id: positive("id", id)? }),
             AdminActionArgs::Remove { id } => RequestBody::Admin(AdminRequest::Remove { id: positive("id", id)? }),

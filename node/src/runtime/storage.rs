@@ -239,13 +239,19 @@ impl Staged {
         Staged { memory: Vec::new(), draft, through: false }
     }
 
-    /// Writes what memory holds into the draft (in pieces, so that the
-    /// draft syncs and paces as it goes) and hands the draft back.
-    fn finish(mut self) -> std::io::Result<SnapshotDraft> {
+    /// Writes what memory holds into the draft, in pieces so that the
+    /// draft syncs and paces as it goes.
+    fn drain(&mut self) -> std::io::Result<()> {
         use std::io::Write;
-        for piece in self.memory.chunks(wal::snapshot::SAVE_CHUNK_BYTES) {
+        for piece in std::mem::take(&mut self.memory).chunks(wal::snapshot::SAVE_CHUNK_BYTES) {
             self.draft.write_all(piece)?;
         }
+        Ok(())
+    }
+
+    /// Drains what memory holds and hands the draft back.
+    fn finish(mut self) -> std::io::Result<SnapshotDraft> {
+        self.drain()?;
         Ok(self.draft)
     }
 }
@@ -258,9 +264,7 @@ impl std::io::Write for Staged {
         }
         if !self.through {
             self.through = true;
-            for piece in std::mem::take(&mut self.memory).chunks(wal::snapshot::SAVE_CHUNK_BYTES) {
-                self.draft.write_all(piece)?;
-            }
+            self.drain()?;
         }
         self.draft.write(buf)
     }

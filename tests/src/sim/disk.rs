@@ -240,22 +240,24 @@ impl SimDisk {
     /// the WAL's recovery makes of the log's bytes.
     pub fn recovered(&mut self) -> engine::Recovered {
         let snapshot_index = self.durable.snapshot_meta().index;
-        let described = self.image.to_string();
         let recovery = self.image.recover(snapshot_index);
         let recovered_entries = recovery.entries;
         let held = self.durable.entries(self.durable.first_index(), self.durable.last_index() + 1).unwrap_or_default();
         if !self.damaged {
-            // Without a fault, the bytes and the model agree exactly.
+            // Without a fault, the bytes and the model agree exactly,
+            // payloads included.
             assert!(
                 recovery.damage.is_none(),
-                "recovery reports damage on an undamaged log: {:?} in {described}",
-                recovery.damage
+                "recovery reports damage on an undamaged log: {:?} in {}",
+                recovery.damage,
+                self.image
             );
-            assert!(recovered_entries == held, "payloads differ in {described}");
-            assert_eq!(
+            assert!(
+                recovered_entries == held,
+                "recovery disagrees with what became durable (snapshot {snapshot_index}): {:?} against {:?} in {}",
                 shape(&recovered_entries),
                 shape(&held),
-                "recovery disagrees with what became durable (snapshot {snapshot_index}) in {described}"
+                self.image
             );
         }
         self.damaged = false;
