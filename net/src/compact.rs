@@ -36,22 +36,27 @@ pub enum FormatError {
     Invalid { what: &'static str, reason: &'static str },
 }
 
-/// A cursor over an input buffer.
+/// A cursor over an input buffer. Its methods are `#[inline]`: they are called
+/// per field of every applied entry from other crates, and the release
+/// profile has no link-time optimization to inline them otherwise.
 pub struct Reader<'a> {
     input: &'a [u8],
     position: usize,
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub fn new(input: &'a [u8]) -> Reader<'a> {
         Reader { input, position: 0 }
     }
 
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.input.len() - self.position
     }
 
     /// The next `size` bytes.
+    #[inline]
     pub fn take_exact(&mut self, what: &'static str, size: usize) -> Result<&'a [u8], FormatError> {
         let remaining = self.remaining();
         if size > remaining {
@@ -62,26 +67,31 @@ impl<'a> Reader<'a> {
         Ok(&self.input[start..self.position])
     }
 
+    #[inline]
     pub fn u8(&mut self, what: &'static str) -> Result<u8, FormatError> {
         Ok(self.take_exact(what, 1)?[0])
     }
 
+    #[inline]
     pub fn u16(&mut self, what: &'static str) -> Result<u16, FormatError> {
         let bytes = self.take_exact(what, 2)?;
         Ok(u16::from_le_bytes(bytes.try_into().expect("take returned 2 bytes")))
     }
 
+    #[inline]
     pub fn u32(&mut self, what: &'static str) -> Result<u32, FormatError> {
         let bytes = self.take_exact(what, 4)?;
         Ok(u32::from_le_bytes(bytes.try_into().expect("take returned 4 bytes")))
     }
 
+    #[inline]
     pub fn u64(&mut self, what: &'static str) -> Result<u64, FormatError> {
         let bytes = self.take_exact(what, 8)?;
         Ok(u64::from_le_bytes(bytes.try_into().expect("take returned 8 bytes")))
     }
 
     /// A `u8` that must be 0 or 1.
+    #[inline]
     pub fn flag(&mut self, what: &'static str) -> Result<bool, FormatError> {
         match self.u8(what)? {
             0 => Ok(false),
@@ -91,6 +101,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `u32` length followed by that many bytes, at most `size_max`.
+    #[inline]
     pub fn bytes(&mut self, what: &'static str, size_max: usize) -> Result<&'a [u8], FormatError> {
         let size = self.u32(what)? as usize;
         if size > size_max {
@@ -100,6 +111,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An optional byte string: flag 0 for absent, or flag 1 and [`Reader::bytes`].
+    #[inline]
     pub fn optional_bytes(&mut self, what: &'static str, size_max: usize) -> Result<Option<&'a [u8]>, FormatError> {
         if self.flag(what)? {
             Ok(Some(self.bytes(what, size_max)?))
@@ -109,6 +121,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Everything that is left.
+    #[inline]
     pub fn rest(&mut self) -> &'a [u8] {
         let start = self.position;
         self.position = self.input.len();
@@ -116,6 +129,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails if bytes are left over.
+    #[inline]
     pub fn finish(&self, what: &'static str) -> Result<(), FormatError> {
         match self.remaining() {
             0 => Ok(()),
