@@ -154,6 +154,14 @@ pub struct ServeOptions {
     #[arg(long, value_name = "DURATION")]
     pub discovery_timeout: Option<String>,
 
+    /// How often a running node looks its --discovery-dns names up again,
+    /// such as `30s` or `1m`. A member whose address changed is reached at
+    /// the new one; a node newly found is added as a learner and promoted
+    /// by the leader once caught up; a name that disappears is never
+    /// removed (removal stays `node admin remove`). [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub discovery_interval: Option<String>,
+
     /// The directory for this node's logs, snapshots and metadata; created if
     /// missing (its parent must exist). Required.
     #[arg(long, value_name = "PATH")]
@@ -298,6 +306,18 @@ pub struct ServeOptions {
     /// being promoted to voter once caught up. [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub learner: Option<bool>,
+
+    /// With --join HOST:PORT,... and TLS: the client certificate (PEM,
+    /// naming `raft-client://CLUSTER_ID/USER?roles=...` with the admin role)
+    /// that the node presents to the members it joins through. Without it,
+    /// the token (--token, NODE_TOKEN or --token-file) must be an admin
+    /// client token.
+    #[arg(long, value_name = "PATH", requires = "join_tls_key")]
+    pub join_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --join-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "join_tls_cert")]
+    pub join_tls_key: Option<PathBuf>,
 
     /// Run as a witness: a voter that keeps only the hard state and entry
     /// metadata (no payloads, no state machine) and serves no reads or

@@ -134,6 +134,9 @@ pub struct DnsDiscovery {
     pub nameserver: Option<SocketAddr>,
     /// How long one query may take.
     pub timeout: Duration,
+    /// How often a running node looks the names up again (see
+    /// [`crate::dns_watch`]). Invariant: positive.
+    pub interval: Duration,
 }
 
 /// Where the members come from.

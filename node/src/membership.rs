@@ -168,7 +168,7 @@ pub fn check_replica_kind(config: &ServeConfig) -> Result<(), JoinError> {
 
 /// Whether the data directory holds a log already (any shard directory with
 /// files in it).
-fn holds_a_log(dir: &Path) -> bool {
+pub(crate) fn holds_a_log(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     entries.flatten().any(|entry| {
         entry.file_name().to_string_lossy().starts_with("shard-")
@@ -183,7 +183,26 @@ fn client_config(config: &ServeConfig, via_self: bool, timeout: Duration) -> Cli
     if via_self {
         addrs.push(HostPort { host: config.client_addr.ip().to_string(), port: config.client_addr.port() });
     }
-    ClientConfig { addrs, cluster_id: config.cluster_id, token: config.token.clone(), tls: None, timeout, shard: 0 }
+    ClientConfig {
+        addrs,
+        cluster_id: config.cluster_id,
+        token: config.token.clone(),
+        tls: client_tls(config),
+        timeout,
+        shard: 0,
+    }
+}
+
+/// With TLS on, the members are called over TLS: the node CA verifies
+/// them, and the node presents its admin client certificate
+/// (`--join-tls-cert`) or, without one, its token.
+fn client_tls(config: &ServeConfig) -> Option<net::ClientTlsFiles> {
+    let node_ca = config.security.tls.as_ref()?.node_ca.clone();
+    let (certificate, private_key) = match &config.join_tls {
+        Some((certificate, key)) => (Some(certificate.clone()), Some(key.clone())),
+        None => (None, None),
+    };
+    Some(net::ClientTlsFiles { node_ca, certificate, private_key })
 }
 
 /// Why asking the cluster failed, in words for the operator.
@@ -205,6 +224,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
     if config.join_through.is_empty() {
         return Ok(Vec::new());
     }
+    check_credentials(config)?;
     let dir = config.data_dir.clone();
     let mut identity = match read_identity(&dir)? {
         Some(identity) => {
@@ -253,18 +273,33 @@ fn nonzero_random() -> u64 {
     rand::random::<u64>().max(1)
 }
 
-/// Asks the members for an id (admin `Join` with id 0 on shard 0).
-fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
-    // A refused handshake (another cluster, a wrong token) is final: say so
-    // at once instead of retrying until the deadline.
+/// Calls the members once, so that a refused handshake (another cluster, a
+/// wrong token) or a failed TLS negotiation (another CA, a certificate the
+/// members do not accept) stops the node at once with the reason instead of
+/// being retried until a deadline. Members that do not answer at all are
+/// no error here: a restart needs none of them up.
+fn check_credentials(config: &ServeConfig) -> Result<(), JoinError> {
     let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(3)))
         .map_err(|e| ask_error(config, e))?
         .call(RequestBody::Status);
-    if let Err(CallError::Unreachable { last, .. }) = &probe {
-        if last.contains("handshake refused") {
-            return Err(ask_error(config, last));
+    match probe {
+        Err(CallError::Unreachable { last, .. }) if refused_credentials(&last) => Err(ask_error(config, last)),
+        Ok(ResponseStatus::Forbidden(reason)) | Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
+            Err(JoinError(format!("the cluster refused this node's credentials: {reason}")))
         }
+        _ => Ok(()),
     }
+}
+
+/// Whether a failed call got as far as a member and was refused for its
+/// credentials (rather than finding no one listening).
+fn refused_credentials(last: &str) -> bool {
+    let last = last.to_ascii_lowercase();
+    ["handshake refused", "tls", "certificate", "unknownissuer", "alert"].iter().any(|word| last.contains(word))
+}
+
+/// Asks the members for an id (admin `Join` with id 0 on shard 0).
+fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
     let mut client = crate::client_cmd::BlockingClient::new(&client_config(config, false, ASK_TIMEOUT))
         .map_err(|e| ask_error(config, e))?;
     let request = JoinRequest {

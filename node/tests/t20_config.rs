@@ -529,12 +529,25 @@ fn join_through_members() {
         config_error(parse(&["--join", "not an address"])),
         ConfigError::BadAddress { option: "join", .. }
     ));
-    // Not with TLS yet.
+    // With TLS: the id is the certificate's (--node-id), and the members
+    // are called with an admin client certificate or token.
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
-    for file in ["node-ca.pem", "node-0.pem", "node-0.key"] {
+    for file in ["node-ca.pem", "node-4.pem", "node-4.key"] {
         std::fs::write(tls.join(file), "x").unwrap();
     }
-    let error = config_error(parse(&["--join", "10.0.0.1:7001", "--tls-dir", tls.to_str().unwrap()]));
-    assert!(matches!(error, ConfigError::JoinWithTls), "{error}");
+    let tls_dir = tls.to_str().unwrap();
+    let error = config_error(parse(&["--join", "10.0.0.1:7001", "--tls-dir", tls_dir]));
+    assert!(matches!(error, ConfigError::JoinWithTlsNeedsId), "{error}");
+    // (`parse` gives a token: it is the credential without a certificate.)
+    let with_token = parse(&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir]);
+    assert_eq!(with_token.unwrap().join_tls, None);
+    let admin = ["--join-tls-cert", "admin.pem", "--join-tls-key", "admin.key"];
+    let with_certificate =
+        parse(&[&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir][..], &admin[..]].concat())
+            .unwrap();
+    assert_eq!(with_certificate.join_tls, Some(("admin.pem".into(), "admin.key".into())));
+    // A join certificate without --join HOST:PORT (or without TLS) is a mistake.
+    let error = config_error(parse(&[&["--node-id", "4", "--peers", "4=127.0.0.1:7108"][..], &admin[..]].concat()));
+    assert!(matches!(error, ConfigError::JoinTlsIncomplete { .. }), "{error}");
 }
