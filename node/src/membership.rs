@@ -208,9 +208,15 @@ fn client_tls(config: &ServeConfig) -> Option<net::ClientTlsFiles> {
 /// Why asking the cluster failed, in words for the operator.
 fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> JoinError {
     let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
+    let credential = if config.security.tls.is_some() {
+        "that the node CA (--tls-ca or --tls-dir) signed the members' certificates, and that the members accept \
+         --join-tls-cert (their client CA signed it) or the token"
+    } else {
+        "and that the token is the cluster's"
+    };
     JoinError(format!(
         "cannot join through {}: {error} (check that these are members' client addresses, that --cluster-id {} is \
-         the cluster's, and that the token is the cluster's)",
+         the cluster's, {credential})",
         through.join(","),
         config.cluster_id
     ))
@@ -224,7 +230,6 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
     if config.join_through.is_empty() {
         return Ok(Vec::new());
     }
-    check_credentials(config)?;
     let dir = config.data_dir.clone();
     let mut identity = match read_identity(&dir)? {
         Some(identity) => {
@@ -260,6 +265,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
             identity
         }
     };
+    check_credentials(config)?;
     if identity.node_id == 0 {
         identity.node_id = if config.node_id != 0 { config.node_id } else { ask_for_id(config, identity.nonce)? };
         write_identity(&dir, &identity)?;
@@ -428,7 +434,12 @@ fn retry(
             Err(CallError::Refused(ResponseStatus::BadRequest(reason))) if reason.contains("was removed") => {
                 return Err(reason)
             }
-            Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => return Err(reason),
+            Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
+                return Err(format!(
+                    "the cluster refused this node's credentials: {reason} (the token, or with TLS \
+                     --join-tls-cert, must carry the admin role)"
+                ))
+            }
             Err(error) => {
                 if last_logged.elapsed() > Duration::from_secs(5) {
                     tracing::info!(%error, "membership: {what} not done yet; retrying");
