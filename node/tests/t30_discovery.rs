@@ -318,6 +318,18 @@ fn a_running_cluster_follows_dns_a_member_moves_and_a_new_name_joins_as_a_voter(
     // leader adds it as a learner and promotes it once caught up.
     listed.push((4, cluster.peer_port(4)));
     server.set_zone(cluster_zone(&listed));
+    // A node that bootstrapped the cluster restarts meanwhile: its voters
+    // come from its log, not from the DNS answer that now lists node 4.
+    let bootstrapped = others.iter().copied().find(|id| !cluster.data_dir(*id).join("node-identity").exists());
+    let bootstrapped = bootstrapped.or((moved != 1).then_some(1)).unwrap_or(2);
+    cluster.kill(bootstrapped);
+    let child = dns_node(&cluster, bootstrapped, bootstrapped, &server).spawn().expect("restart");
+    cluster.nodes.insert(bootstrapped, child);
+    wait_any(&cluster, &[bootstrapped], "the restarted node following a leader", |status| {
+        status["leader"].as_u64().is_some_and(|leader| leader != 0)
+    });
+    let status = cluster.status(bootstrapped).expect("status");
+    assert_eq!(common::ids(&status["voters"]), [1, 2, 3], "{status}");
     let child = dns_node(&cluster, 4, 4, &server).spawn().expect("start node 4");
     cluster.nodes.insert(4, child);
     wait_any(&cluster, &others, "node 4 a voter", |status| {

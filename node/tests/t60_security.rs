@@ -422,17 +422,14 @@ impl TlsCluster {
     fn join_refused(&self, extra: &[&str]) -> String {
         let mut child = self.join_command(extra).spawn().expect("start node 4");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
+        while child.try_wait().unwrap().is_none() {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("node 4 did not exit with {extra:?}; its log:\n{}", self.log(4));
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(!status.success(), "node 4 started with {extra:?}");
+        }
+        assert!(!child.wait().unwrap().success(), "node 4 started with {extra:?}");
         let _ = std::fs::remove_dir_all(self.credentials.dir.join("data-4"));
         let log = self.log(4);
         eprintln!(

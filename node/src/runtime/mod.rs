@@ -615,12 +615,6 @@ where
         }
         Storage::Memory(disks) => LogOptions::Memory(disks.disk(config.node_id, shard_id)),
     };
-    // A joining node bootstraps nothing: it learns the membership from the
-    // leader's log (the first entry records the bootstrap membership).
-    let voters: Vec<u64> =
-        if config.join { Vec::new() } else { setup.members.iter().map(|member| member.id).collect() };
-    let mut engine_config = config.engine_config(voters);
-    engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
     let ctx = ShardContext {
         shard_id,
         shards: config.shards,
@@ -636,6 +630,8 @@ where
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;
+    let mut engine_config = config.engine_config(bootstrap_voters(setup, &recovered));
+    engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
     if let Some(damage) = log.recovery_damage() {
         tracing::warn!(shard = shard_id, %damage, "storage damage found (the log cut before it, or the hard state unreadable): repairing from the peers");
     }
@@ -647,6 +643,23 @@ where
     let shard = Shard::new(ctx, engine_config, recovered, app, storage, transport, SystemClock)?;
     let tick = config.timing.tick_interval;
     Ok(tokio_uring::spawn(run_shard(shard, inbox, snapshot_receiver, tick, setup.shutdown.clone())))
+}
+
+/// The voters a shard starts from before its log's configuration entries
+/// apply. A joining node bootstraps nothing: it learns the membership from
+/// the leader's log. Nor does a node whose log already records the
+/// membership (a snapshot, or the first entry, which the first leader of a
+/// cluster writes with the bootstrap membership): the members it is given
+/// now (`--peers`, or DNS, whose answer changes over time) must not add
+/// voters to what the log says, or its quorums would count nodes the
+/// others do not.
+fn bootstrap_voters<F>(setup: &NodeSetup<F>, recovered: &engine::Recovered) -> Vec<NodeId> {
+    let recorded = recovered.snapshot.is_some()
+        || recovered.entries.first().is_some_and(|entry| entry.index == 1 && entry.kind == engine::EntryKind::Config);
+    if setup.config.join || recorded {
+        return Vec::new();
+    }
+    setup.members.iter().map(|member| member.id).collect()
 }
 
 /// Routes what arrives at a core to its shards until shutdown: Raft
