@@ -295,7 +295,9 @@ pub struct ServeOptions {
     /// the node asks the cluster for an id (kept in the data directory: a
     /// restart needs the same command only), is added as a learner, catches
     /// up and is promoted to voter (unless --learner); no --node-id or
-    /// --peers needed. Without addresses (`--join`), the old manual way: the
+    /// --peers needed. With TLS, give --node-id (the id your CA issued this
+    /// node's certificate for) and --join-tls-cert/--join-tls-key (an admin
+    /// client certificate) or an admin token. Without addresses (`--join`), the old manual way: the
     /// node starts as a non-member with --node-id and --peers and waits for
     /// `node admin add-learner`.
     #[arg(long, value_name = "HOST:PORT,...", num_args = 0..=1, default_missing_value = "true",

@@ -51,6 +51,9 @@ pub struct JoinError(pub String);
 pub const IDENTITY_FILE: &str = "node-identity";
 /// How long a joining node keeps asking for its id.
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the credentials check at start waits for a member (a refusal
+/// arrives in milliseconds; this bounds a loaded member's TLS handshake).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between the driver's attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
@@ -285,7 +288,7 @@ fn nonzero_random() -> u64 {
 /// being retried until a deadline. Members that do not answer at all are
 /// no error here: a restart needs none of them up.
 fn check_credentials(config: &ServeConfig) -> Result<(), JoinError> {
-    let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(3)))
+    let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, CHECK_TIMEOUT))
         .map_err(|e| ask_error(config, e))?
         .call(RequestBody::Status);
     match probe {
@@ -301,7 +304,10 @@ fn check_credentials(config: &ServeConfig) -> Result<(), JoinError> {
 /// credentials (rather than finding no one listening).
 fn refused_credentials(last: &str) -> bool {
     let last = last.to_ascii_lowercase();
-    ["handshake refused", "tls", "certificate", "unknownissuer", "alert"].iter().any(|word| last.contains(word))
+    // A TLS failure counts only when a certificate was refused (an alert,
+    // or an invalid certificate), not when a connection broke or timed out.
+    last.contains("handshake refused")
+        || (last.contains("tls:") && (last.contains("alert") || last.contains("certificate")))
 }
 
 /// Asks the members for an id (admin `Join` with id 0 on shard 0).
@@ -439,6 +445,9 @@ fn retry(
                     "the cluster refused this node's credentials: {reason} (the token, or with TLS \
                      --join-tls-cert, must carry the admin role)"
                 ))
+            }
+            Err(CallError::Unreachable { last, .. }) if refused_credentials(&last) => {
+                return Err(format!("the cluster refused this node's credentials: {last}"))
             }
             Err(error) => {
                 if last_logged.elapsed() > Duration::from_secs(5) {

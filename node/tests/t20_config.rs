@@ -217,6 +217,13 @@ fn dns_discovery_options() {
         ConfigError::BadAddress { option: "discovery-nameserver", .. }
     ));
     assert!(matches!(config_error(serve(&dir, &["--discovery-dns", "bad name"])), ConfigError::Peers { .. }));
+    // Names are looked up again every 30 s unless told otherwise; never 0.
+    assert_eq!(dns.interval, Duration::from_secs(30));
+    let every = |interval: &str| serve(&dir, &["--discovery-dns", "cluster.local", "--discovery-interval", interval]);
+    let PeerSource::Dns(dns) = every("5s").unwrap().peers else { panic!("DNS discovery expected") };
+    assert_eq!(dns.interval, Duration::from_secs(5));
+    assert!(matches!(config_error(every("0s")), ConfigError::OutOfRange { option: "discovery-interval", .. }));
+    assert!(matches!(config_error(every("soon")), ConfigError::BadDuration { option: "discovery-interval", .. }));
 }
 
 #[test]
