@@ -78,10 +78,12 @@ pub enum ConfigError {
     TlsDirIncomplete { dir: PathBuf, file: PathBuf },
     #[error("--join HOST:PORT,... with TLS needs --node-id: node certificates name their node (`raft-node://CLUSTER_ID/NODE_ID`), so the id is the one your CA issued this node's certificate for, not one the cluster assigns")]
     JoinWithTlsNeedsId,
-    #[error("--join HOST:PORT,... with TLS needs a client credential with the admin role for the members it joins through: --join-tls-cert and --join-tls-key (a client certificate), or an admin client token (--token, NODE_TOKEN or --token-file)")]
+    #[error("--join HOST:PORT,... with TLS needs a client credential with the admin role for the members it joins through: --join-tls-cert and --join-tls-key (a client certificate), --join-token-file (an admin client token), or the cluster's shared token (--token, NODE_TOKEN or --token-file) if the members take it from clients")]
     JoinWithTlsNoCredential,
     #[error("--join-tls-cert and --join-tls-key go together, with --join HOST:PORT,... and TLS; {missing} is missing")]
     JoinTlsIncomplete { missing: &'static str },
+    #[error("give the joining node's credential once: --join-tls-cert and --join-tls-key, or --join-token-file")]
+    JoinCredentialTwice,
     #[error("--witness needs --join: a witness joins a running cluster (through members with --join HOST:PORT,..., or the manual way with --join and `node admin add-witness`); it cannot bootstrap one")]
     WitnessWithoutJoin,
     #[error("--witness and --learner exclude each other: a witness votes, a learner does not")]
@@ -210,9 +212,9 @@ pub struct ServeConfig {
     pub join_through: Vec<HostPort>,
     /// With `join_through`: stay a learner.
     pub learner: bool,
-    /// With `join_through` and TLS: the admin client certificate and key the
-    /// node presents to the members it joins through (`None`: the token).
-    pub join_tls: Option<(PathBuf, PathBuf)>,
+    /// With `join_through` and TLS: the admin client credential the node
+    /// presents to the members it joins through (`None`: the shared token).
+    pub join_credential: Option<JoinCredential>,
     /// Run as a witness (see [`crate::membership::check_replica_kind`]):
     /// entry metadata only, no state machine. Invariant: with `join`, and
     /// not with `learner`.
@@ -263,6 +265,16 @@ impl ServeConfig {
         config.witness = self.witness;
         config
     }
+}
+
+/// How a node that joins through members with TLS on proves to them that
+/// it may (the admin role).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinCredential {
+    /// A client certificate and its key (`--join-tls-cert`, `--join-tls-key`).
+    Certificate { certificate: PathBuf, private_key: PathBuf },
+    /// A client token (`--join-token-file`).
+    Token(Token),
 }
 
 /// How a command-line client reaches the cluster.
@@ -365,7 +377,7 @@ impl DevConfig {
                     join: false,
                     join_through: Vec::new(),
                     learner: false,
-                    join_tls: None,
+                    join_credential: None,
                     witness: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
@@ -514,6 +526,7 @@ impl ServeOptions {
             learner,
             join_tls_cert,
             join_tls_key,
+            join_token_file,
             witness,
             pin_cores,
             forward_writes,
@@ -612,7 +625,7 @@ impl ServeConfig {
         let timing = timing(&options)?;
         let security = security(node_id, &options)?;
         let has_token = options.token.is_some() || options.token_file.is_some();
-        let join_tls = join_tls(&options, &security, &join_through, has_token)?;
+        let join_credential = join_credential(&options, &security, &join_through, has_token)?;
         let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
         check_data_dir(&data_dir)?;
         let shards = options.shards.unwrap_or(1);
@@ -680,7 +693,7 @@ impl ServeConfig {
             join,
             join_through,
             learner,
-            join_tls,
+            join_credential,
             witness,
             pin_cores: options.pin_cores.unwrap_or(true),
             // The RESP front door's clients talk to one node: a follower
@@ -763,30 +776,37 @@ fn peer_source(node_id: NodeId, options: &ServeOptions) -> Result<PeerSource, Co
 }
 
 /// The client credential of a node that joins through members with TLS on:
-/// a certificate with the admin role, or else the token, which must then
-/// be given.
-fn join_tls(
+/// a certificate or a token with the admin role, or else the shared token,
+/// which must then be given.
+fn join_credential(
     options: &ServeOptions,
     security: &SecurityConfig,
     join_through: &[HostPort],
     has_token: bool,
-) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
-    let pair = match (&options.join_tls_cert, &options.join_tls_key) {
-        (Some(certificate), Some(key)) => Some((certificate.clone(), key.clone())),
+) -> Result<Option<JoinCredential>, ConfigError> {
+    let certificate = match (&options.join_tls_cert, &options.join_tls_key) {
+        (Some(certificate), Some(key)) => {
+            Some(JoinCredential::Certificate { certificate: certificate.clone(), private_key: key.clone() })
+        }
         (None, None) => None,
         (None, Some(_)) => return Err(ConfigError::JoinTlsIncomplete { missing: "--join-tls-cert" }),
         (Some(_), None) => return Err(ConfigError::JoinTlsIncomplete { missing: "--join-tls-key" }),
     };
+    let token = options.join_token_file.clone().map(|path| token(None, Some(path))).transpose()?;
+    let credential = match (certificate, token) {
+        (Some(_), Some(_)) => return Err(ConfigError::JoinCredentialTwice),
+        (certificate, token) => certificate.or(token.map(JoinCredential::Token)),
+    };
     if join_through.is_empty() || security.tls.is_none() {
-        return match pair {
+        return match credential {
             Some(_) => Err(ConfigError::JoinTlsIncomplete { missing: "--join HOST:PORT,... with TLS" }),
             None => Ok(None),
         };
     }
-    if pair.is_none() && !has_token {
+    if credential.is_none() && !has_token {
         return Err(ConfigError::JoinWithTlsNoCredential);
     }
-    Ok(pair)
+    Ok(credential)
 }
 
 fn check_data_dir(path: &Path) -> Result<(), ConfigError> {

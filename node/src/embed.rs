@@ -262,7 +262,7 @@ impl ServeConfig {
             join: false,
             join_through: Vec::new(),
             learner: false,
-            join_tls: None,
+            join_credential: None,
             witness: false,
             pin_cores: false,
             forward_writes: false,

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use engine::NodeId;
 use net::{AdminRequest, CallError, JoinRequest, RequestBody, ResponseStatus};
 
-use crate::config::{ClientConfig, ServeConfig};
+use crate::config::{ClientConfig, JoinCredential, ServeConfig};
 use crate::discovery::{HostPort, Peer};
 
 /// Why the node cannot take its place in the cluster; the reason says what
@@ -189,21 +189,32 @@ fn client_config(config: &ServeConfig, via_self: bool, timeout: Duration) -> Cli
     ClientConfig {
         addrs,
         cluster_id: config.cluster_id,
-        token: config.token.clone(),
+        token: client_token(config),
         tls: client_tls(config),
         timeout,
         shard: 0,
     }
 }
 
+/// The token the node presents to the members: its `--join-token-file`
+/// with TLS, else the shared token.
+fn client_token(config: &ServeConfig) -> Option<crate::config::Token> {
+    match &config.join_credential {
+        Some(JoinCredential::Token(token)) => Some(token.clone()),
+        _ => config.token.clone(),
+    }
+}
+
 /// With TLS on, the members are called over TLS: the node CA verifies
 /// them, and the node presents its admin client certificate
-/// (`--join-tls-cert`) or, without one, its token.
+/// (`--join-tls-cert`), if it has one.
 fn client_tls(config: &ServeConfig) -> Option<net::ClientTlsFiles> {
     let node_ca = config.security.tls.as_ref()?.node_ca.clone();
-    let (certificate, private_key) = match &config.join_tls {
-        Some((certificate, key)) => (Some(certificate.clone()), Some(key.clone())),
-        None => (None, None),
+    let (certificate, private_key) = match &config.join_credential {
+        Some(JoinCredential::Certificate { certificate, private_key }) => {
+            (Some(certificate.clone()), Some(private_key.clone()))
+        }
+        _ => (None, None),
     };
     Some(net::ClientTlsFiles { node_ca, certificate, private_key })
 }
@@ -213,7 +224,7 @@ fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> JoinError {
     let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
     let credential = if config.security.tls.is_some() {
         "that the node CA (--tls-ca or --tls-dir) signed the members' certificates, and that the members accept \
-         --join-tls-cert (their client CA signed it) or the token"
+         --join-tls-cert (their client CA signed it), --join-token-file or the token"
     } else {
         "and that the token is the cluster's"
     };

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::CommandFactory;
 use node::cli::Cli;
-use node::config::{parse_from, CliError, ConfigError, NodeCommand, ServeConfig};
+use node::config::{parse_from, CliError, ConfigError, JoinCredential, NodeCommand, ServeConfig, Token};
 use node::discovery::{DnsName, PeerSource, PeerSpecError};
 use node::kv::KvOp;
 
@@ -548,12 +549,24 @@ fn join_through_members() {
     assert!(matches!(error, ConfigError::JoinWithTlsNeedsId), "{error}");
     // (`parse` gives a token: it is the credential without a certificate.)
     let with_token = parse(&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir]);
-    assert_eq!(with_token.unwrap().join_tls, None);
+    assert_eq!(with_token.unwrap().join_credential, None);
     let admin = ["--join-tls-cert", "admin.pem", "--join-tls-key", "admin.key"];
     let with_certificate =
         parse(&[&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir][..], &admin[..]].concat())
             .unwrap();
-    assert_eq!(with_certificate.join_tls, Some(("admin.pem".into(), "admin.key".into())));
+    assert_eq!(
+        with_certificate.join_credential,
+        Some(JoinCredential::Certificate { certificate: "admin.pem".into(), private_key: "admin.key".into() })
+    );
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, "admin-secret\n").unwrap();
+    let token_file = token_file.to_str().unwrap();
+    let with_admin_token =
+        parse(&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir, "--join-token-file", token_file]);
+    assert_eq!(
+        with_admin_token.unwrap().join_credential,
+        Some(JoinCredential::Token(Token(Bytes::from_static(b"admin-secret"))))
+    );
     // A join certificate without --join HOST:PORT (or without TLS) is a mistake.
     let error = config_error(parse(&[&["--node-id", "4", "--peers", "4=127.0.0.1:7108"][..], &admin[..]].concat()));
     assert!(matches!(error, ConfigError::JoinTlsIncomplete { .. }), "{error}");
