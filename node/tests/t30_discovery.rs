@@ -352,3 +352,70 @@ fn a_running_cluster_follows_dns_a_member_moves_and_a_new_name_joins_as_a_voter(
         assert_eq!(failures, 1, "node {id} logs the failing lookups once:\n{}", log_of(&cluster, id));
     }
 }
+
+/// A `node serve` configuration of node 2 finding its members by DNS,
+/// with its data directory at `data_dir`.
+fn dns_serve_config(data_dir: &std::path::Path, cluster_id: u64) -> node::config::ServeConfig {
+    let args = [
+        "node",
+        "serve",
+        "--node-id",
+        "2",
+        "--cluster-id",
+        &cluster_id.to_string(),
+        "--peer-addr",
+        "127.0.0.1:7102",
+        "--client-addr",
+        "127.0.0.1:7103",
+        "--discovery-dns",
+        "grow.test",
+        "--token",
+        "t",
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ];
+    match node::config::parse_from(args) {
+        Ok(node::config::NodeCommand::Serve(config)) => *config,
+        other => panic!("not serve: {other:?}"),
+    }
+}
+
+#[test]
+fn a_fresh_node_joins_when_a_listed_node_answers_and_bootstraps_otherwise() {
+    use node::dns_watch::decide_start;
+    let dir = std::env::temp_dir().join(format!("node-t30-decide-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Node 1 listens on its peer port throughout; "alone" lists no other node.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let members = [peer(1, &listener.local_addr().unwrap().to_string()), peer(2, "127.0.0.1:7102")];
+    let alone = [peer(2, "127.0.0.1:7102")];
+
+    // No other listed node answers: it bootstraps, and records nothing.
+    let mut config = dns_serve_config(&dir.join("alone"), 12);
+    decide_start(&mut config, &alone).unwrap();
+    assert!(!config.join);
+    assert!(!dir.join("alone/node-identity").exists());
+
+    // Node 1 answers: it waits to be added, and says so in its data directory.
+    let mut config = dns_serve_config(&dir.join("late"), 12);
+    decide_start(&mut config, &members).unwrap();
+    assert!(config.join);
+    // Its restarts do the same though no one answers now.
+    let mut config = dns_serve_config(&dir.join("late"), 12);
+    decide_start(&mut config, &alone).unwrap();
+    assert!(config.join);
+    // Another cluster's data directory is refused.
+    let mut config = dns_serve_config(&dir.join("late"), 13);
+    let error = decide_start(&mut config, &members).unwrap_err();
+    assert!(error.to_string().contains("belongs to cluster 12"), "{error}");
+
+    // A data directory with a log (a node that bootstrapped) never joins.
+    std::fs::create_dir_all(dir.join("bootstrapped/shard-0")).unwrap();
+    std::fs::write(dir.join("bootstrapped/shard-0/segment"), "log").unwrap();
+    let mut config = dns_serve_config(&dir.join("bootstrapped"), 12);
+    decide_start(&mut config, &members).unwrap();
+    assert!(!config.join);
+    drop(listener);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
