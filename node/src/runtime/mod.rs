@@ -676,6 +676,7 @@ async fn dispatch<F>(
 ) {
     let mut ticker = tokio::time::interval(SHUTDOWN_POLL);
     let mut listening = true;
+    let mut watching = true;
     loop {
         tokio::select! {
             event = inbound.recv(), if listening => {
@@ -691,9 +692,12 @@ async fn dispatch<F>(
                     let _ = inbox.try_send(ShardEvent::Raft(message));
                 }
             }
-            Some(member) = queues.moved.recv() => {
-                if let PeerNet::Tcp(peers) = peers {
-                    peers.ensure(member.id, member.addr);
+            member = queues.moved.recv(), if watching => {
+                match (member, peers) {
+                    (Some(member), PeerNet::Tcp(peers)) => peers.ensure(member.id, member.addr),
+                    (Some(_), PeerNet::Local { .. }) => {}
+                    // No DNS watch (static members): nothing more comes.
+                    (None, _) => watching = false,
                 }
             }
             request = queues.forwarded.recv() => {
