@@ -154,6 +154,14 @@ pub struct ServeOptions {
     #[arg(long, value_name = "DURATION")]
     pub discovery_timeout: Option<String>,
 
+    /// How often a running node looks its --discovery-dns names up again,
+    /// such as `30s` or `1m`. A member whose address changed is reached at
+    /// the new one; a node newly found is added as a learner and promoted
+    /// by the leader once caught up; a name that disappears is never
+    /// removed (removal stays `node admin remove`). [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub discovery_interval: Option<String>,
+
     /// The directory for this node's logs, snapshots and metadata; created if
     /// missing (its parent must exist). Required.
     #[arg(long, value_name = "PATH")]
@@ -287,7 +295,9 @@ pub struct ServeOptions {
     /// the node asks the cluster for an id (kept in the data directory: a
     /// restart needs the same command only), is added as a learner, catches
     /// up and is promoted to voter (unless --learner); no --node-id or
-    /// --peers needed. Without addresses (`--join`), the old manual way: the
+    /// --peers needed. With TLS, give --node-id (the id your CA issued this
+    /// node's certificate for) and --join-tls-cert/--join-tls-key (an admin
+    /// client certificate) or --join-token-file (an admin token). Without addresses (`--join`), the old manual way: the
     /// node starts as a non-member with --node-id and --peers and waits for
     /// `node admin add-learner`.
     #[arg(long, value_name = "HOST:PORT,...", num_args = 0..=1, default_missing_value = "true",
@@ -298,6 +308,26 @@ pub struct ServeOptions {
     /// being promoted to voter once caught up. [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub learner: Option<bool>,
+
+    /// With --join HOST:PORT,... and TLS: the client certificate (PEM,
+    /// naming `raft-client://CLUSTER_ID/USER?roles=...` with the admin role)
+    /// that the node presents to the members it joins through. Without it
+    /// (or --join-token-file), the shared token (--token, NODE_TOKEN or
+    /// --token-file) is presented, which the members accept from clients
+    /// only without --client-tokens.
+    #[arg(long, value_name = "PATH", requires = "join_tls_key")]
+    pub join_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --join-tls-cert.
+    #[arg(long, value_name = "PATH", requires = "join_tls_cert")]
+    pub join_tls_key: Option<PathBuf>,
+
+    /// With --join HOST:PORT,... and TLS, instead of --join-tls-cert: a file
+    /// holding a client token with the admin role (such as a user's token
+    /// from the members' --client-tokens file) that the node presents to the
+    /// members it joins through.
+    #[arg(long, value_name = "PATH", conflicts_with = "join_tls_cert")]
+    pub join_token_file: Option<PathBuf>,
 
     /// Run as a witness: a voter that keeps only the hard state and entry
     /// metadata (no payloads, no state machine) and serves no reads or

@@ -76,8 +76,14 @@ pub enum ConfigError {
     TlsIncomplete { missing: &'static str },
     #[error("--tls-dir {dir}: {file} is missing (write the files with `node certs --dir {dir}`)")]
     TlsDirIncomplete { dir: PathBuf, file: PathBuf },
-    #[error("--join HOST:PORT,... does not work with TLS yet (node certificates name their node, and the joining node's requests would need a client certificate): add the node the manual way, with --node-id, --peers, --join and `node admin add-learner`")]
-    JoinWithTls,
+    #[error("--join HOST:PORT,... with TLS needs --node-id: node certificates name their node (`raft-node://CLUSTER_ID/NODE_ID`), so the id is the one your CA issued this node's certificate for, not one the cluster assigns")]
+    JoinWithTlsNeedsId,
+    #[error("--join HOST:PORT,... with TLS needs a client credential with the admin role for the members it joins through: --join-tls-cert and --join-tls-key (a client certificate), --join-token-file (an admin client token), or the cluster's shared token (--token, NODE_TOKEN or --token-file) if the members take it from clients")]
+    JoinWithTlsNoCredential,
+    #[error("--join-tls-cert and --join-tls-key go together, with --join HOST:PORT,... and TLS; {missing} is missing")]
+    JoinTlsIncomplete { missing: &'static str },
+    #[error("give the joining node's credential once: --join-tls-cert and --join-tls-key, or --join-token-file")]
+    JoinCredentialTwice,
     #[error("--witness needs --join: a witness joins a running cluster (through members with --join HOST:PORT,..., or the manual way with --join and `node admin add-witness`); it cannot bootstrap one")]
     WitnessWithoutJoin,
     #[error("--witness and --learner exclude each other: a witness votes, a learner does not")]
@@ -206,6 +212,9 @@ pub struct ServeConfig {
     pub join_through: Vec<HostPort>,
     /// With `join_through`: stay a learner.
     pub learner: bool,
+    /// With `join_through` and TLS: the admin client credential the node
+    /// presents to the members it joins through (`None`: the shared token).
+    pub join_credential: Option<JoinCredential>,
     /// Run as a witness (see [`crate::membership::check_replica_kind`]):
     /// entry metadata only, no state machine. Invariant: with `join`, and
     /// not with `learner`.
@@ -225,6 +234,9 @@ pub struct ServeConfig {
     pub snapshot_write_rate: u64,
 }
 
+/// The default of `--discovery-interval`: a moved or added member is
+/// noticed within half a minute, for a handful of DNS queries per node.
+pub const DISCOVERY_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 /// The default of `--snapshot-log-factor`.
 pub const SNAPSHOT_LOG_FACTOR_DEFAULT: u64 = 2;
 /// The default of `--snapshot-write-rate`: the WAL's own default.
@@ -253,6 +265,16 @@ impl ServeConfig {
         config.witness = self.witness;
         config
     }
+}
+
+/// How a node that joins through members with TLS on proves to them that
+/// it may (the admin role).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinCredential {
+    /// A client certificate and its key (`--join-tls-cert`, `--join-tls-key`).
+    Certificate { certificate: PathBuf, private_key: PathBuf },
+    /// A client token (`--join-token-file`).
+    Token(Token),
 }
 
 /// How a command-line client reaches the cluster.
@@ -355,6 +377,7 @@ impl DevConfig {
                     join: false,
                     join_through: Vec::new(),
                     learner: false,
+                    join_credential: None,
                     witness: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
@@ -474,6 +497,7 @@ impl ServeOptions {
             discovery_port,
             discovery_nameserver,
             discovery_timeout,
+            discovery_interval,
             data_dir,
             shards,
             token,
@@ -500,6 +524,9 @@ impl ServeOptions {
             log_level,
             join,
             learner,
+            join_tls_cert,
+            join_tls_key,
+            join_token_file,
             witness,
             pin_cores,
             forward_writes,
@@ -552,8 +579,10 @@ impl ServeConfig {
             }
         };
         // Joining through members, the cluster assigns the id (0 until then).
+        let tls_given = options.tls_dir.is_some() || options.tls_ca.is_some() || options.tls_cert.is_some();
         let node_id = match options.node_id {
             Some(id) => positive("node-id", id)?,
+            None if !join_through.is_empty() && tls_given => return Err(ConfigError::JoinWithTlsNeedsId),
             None if !join_through.is_empty() => 0,
             None => return Err(ConfigError::Missing { option: "node-id" }),
         };
@@ -595,9 +624,8 @@ impl ServeConfig {
         };
         let timing = timing(&options)?;
         let security = security(node_id, &options)?;
-        if security.tls.is_some() && !join_through.is_empty() {
-            return Err(ConfigError::JoinWithTls);
-        }
+        let has_token = options.token.is_some() || options.token_file.is_some();
+        let join_credential = join_credential(&options, &security, &join_through, has_token)?;
         let data_dir = options.data_dir.ok_or(ConfigError::Missing { option: "data-dir" })?;
         check_data_dir(&data_dir)?;
         let shards = options.shards.unwrap_or(1);
@@ -665,6 +693,7 @@ impl ServeConfig {
             join,
             join_through,
             learner,
+            join_credential,
             witness,
             pin_cores: options.pin_cores.unwrap_or(true),
             // The RESP front door's clients talk to one node: a follower
@@ -733,12 +762,51 @@ fn peer_source(node_id: NodeId, options: &ServeOptions) -> Result<PeerSource, Co
                 None => Duration::from_secs(2),
                 Some(value) => duration("discovery-timeout", value)?,
             };
+            let interval = positive_duration(
+                "discovery-interval",
+                options.discovery_interval.as_deref(),
+                DISCOVERY_INTERVAL_DEFAULT,
+            )?;
             if let Some(port) = options.discovery_port {
                 positive("discovery-port", port)?;
             }
-            Ok(PeerSource::Dns(DnsDiscovery { names, port: options.discovery_port, nameserver, timeout }))
+            Ok(PeerSource::Dns(DnsDiscovery { names, port: options.discovery_port, nameserver, timeout, interval }))
         }
     }
+}
+
+/// The client credential of a node that joins through members with TLS on:
+/// a certificate or a token with the admin role, or else the shared token,
+/// which must then be given.
+fn join_credential(
+    options: &ServeOptions,
+    security: &SecurityConfig,
+    join_through: &[HostPort],
+    has_token: bool,
+) -> Result<Option<JoinCredential>, ConfigError> {
+    let certificate = match (&options.join_tls_cert, &options.join_tls_key) {
+        (Some(certificate), Some(key)) => {
+            Some(JoinCredential::Certificate { certificate: certificate.clone(), private_key: key.clone() })
+        }
+        (None, None) => None,
+        (None, Some(_)) => return Err(ConfigError::JoinTlsIncomplete { missing: "--join-tls-cert" }),
+        (Some(_), None) => return Err(ConfigError::JoinTlsIncomplete { missing: "--join-tls-key" }),
+    };
+    let token = options.join_token_file.clone().map(|path| token(None, Some(path))).transpose()?;
+    let credential = match (certificate, token) {
+        (Some(_), Some(_)) => return Err(ConfigError::JoinCredentialTwice),
+        (certificate, token) => certificate.or(token.map(JoinCredential::Token)),
+    };
+    if join_through.is_empty() || security.tls.is_none() {
+        return match credential {
+            Some(_) => Err(ConfigError::JoinTlsIncomplete { missing: "--join HOST:PORT,... with TLS" }),
+            None => Ok(None),
+        };
+    }
+    if credential.is_none() && !has_token {
+        return Err(ConfigError::JoinWithTlsNoCredential);
+    }
+    Ok(credential)
 }
 
 fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
@@ -827,17 +895,7 @@ fn timing(options: &ServeOptions) -> Result<Timing, ConfigError> {
     if heartbeat_ticks == 0 || heartbeat_ticks >= election_ticks_min {
         return Err(ConfigError::HeartbeatTicks { heartbeat: heartbeat_ticks, election_min: election_ticks_min });
     }
-    let tick_interval = match &options.tick_interval {
-        None => defaults.tick_interval,
-        Some(value) => duration("tick-interval", value)?,
-    };
-    if tick_interval.is_zero() {
-        return Err(ConfigError::OutOfRange {
-            option: "tick-interval",
-            value: "0".into(),
-            reason: "it must be positive",
-        });
-    }
+    let tick_interval = positive_duration("tick-interval", options.tick_interval.as_deref(), defaults.tick_interval)?;
     Ok(Timing { election_ticks_min, election_ticks_max, heartbeat_ticks, tick_interval })
 }
 
@@ -854,6 +912,15 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
         _ => None,
     }
+}
+
+/// A duration option that must not be zero, or `default` when not given.
+fn positive_duration(option: &'static str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    let duration = value.map_or(Ok(default), |value| duration(option, value))?;
+    if duration.is_zero() {
+        return Err(ConfigError::OutOfRange { option, value: "0".into(), reason: "it must be positive" });
+    }
+    Ok(duration)
 }
 
 fn duration(option: &'static str, value: &str) -> Result<Duration, ConfigError> {

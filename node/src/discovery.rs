@@ -23,6 +23,10 @@
 //! A name that does not resolve, a DNS server that does not answer, a host
 //! name without an id, or two members with one id are errors that name the
 //! culprit: the node does not start with a partial membership.
+//!
+//! A running node looks the names up again every `--discovery-interval`
+//! and follows what changed ([`crate::dns_watch`]); there a failed lookup
+//! is logged and changes nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -134,6 +138,9 @@ pub struct DnsDiscovery {
     pub nameserver: Option<SocketAddr>,
     /// How long one query may take.
     pub timeout: Duration,
+    /// How often a running node looks the names up again (see
+    /// [`crate::dns_watch`]). Invariant: positive.
+    pub interval: Duration,
 }
 
 /// Where the members come from.
@@ -307,7 +314,8 @@ fn build_resolver(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<T
     let options = builder.options_mut();
     options.timeout = timeout;
     options.attempts = 2;
-    // Discovery runs once at start: a cache only hides a changed record.
+    // Every lookup must see the records as they are now (a changed
+    // address, a new name): a cache would only hide a change.
     options.cache_size = 0;
     Ok(builder.build())
 }

@@ -262,6 +262,7 @@ impl ServeConfig {
             join: false,
             join_through: Vec::new(),
             learner: false,
+            join_credential: None,
             witness: false,
             pin_cores: false,
             forward_writes: false,

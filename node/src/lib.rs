@@ -18,6 +18,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod dns_watch;
 pub mod kv;
 pub mod local;
 pub mod membership;

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use engine::NodeId;
 use net::{AdminRequest, CallError, JoinRequest, RequestBody, ResponseStatus};
 
-use crate::config::{ClientConfig, ServeConfig};
+use crate::config::{ClientConfig, JoinCredential, ServeConfig};
 use crate::discovery::{HostPort, Peer};
 
 /// Why the node cannot take its place in the cluster; the reason says what
@@ -51,6 +51,9 @@ pub struct JoinError(pub String);
 pub const IDENTITY_FILE: &str = "node-identity";
 /// How long a joining node keeps asking for its id.
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the credentials check at start waits for a member (a refusal
+/// arrives in milliseconds; this bounds a loaded member's TLS handshake).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between the driver's attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
@@ -168,7 +171,7 @@ pub fn check_replica_kind(config: &ServeConfig) -> Result<(), JoinError> {
 
 /// Whether the data directory holds a log already (any shard directory with
 /// files in it).
-fn holds_a_log(dir: &Path) -> bool {
+pub(crate) fn holds_a_log(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     entries.flatten().any(|entry| {
         entry.file_name().to_string_lossy().starts_with("shard-")
@@ -183,15 +186,51 @@ fn client_config(config: &ServeConfig, via_self: bool, timeout: Duration) -> Cli
     if via_self {
         addrs.push(HostPort { host: config.client_addr.ip().to_string(), port: config.client_addr.port() });
     }
-    ClientConfig { addrs, cluster_id: config.cluster_id, token: config.token.clone(), tls: None, timeout, shard: 0 }
+    ClientConfig {
+        addrs,
+        cluster_id: config.cluster_id,
+        token: client_token(config),
+        tls: client_tls(config),
+        timeout,
+        shard: 0,
+    }
+}
+
+/// The token the node presents to the members: its `--join-token-file`
+/// with TLS, else the shared token.
+fn client_token(config: &ServeConfig) -> Option<crate::config::Token> {
+    match &config.join_credential {
+        Some(JoinCredential::Token(token)) => Some(token.clone()),
+        _ => config.token.clone(),
+    }
+}
+
+/// With TLS on, the members are called over TLS: the node CA verifies
+/// them, and the node presents its admin client certificate
+/// (`--join-tls-cert`), if it has one.
+fn client_tls(config: &ServeConfig) -> Option<net::ClientTlsFiles> {
+    let node_ca = config.security.tls.as_ref()?.node_ca.clone();
+    let (certificate, private_key) = match &config.join_credential {
+        Some(JoinCredential::Certificate { certificate, private_key }) => {
+            (Some(certificate.clone()), Some(private_key.clone()))
+        }
+        _ => (None, None),
+    };
+    Some(net::ClientTlsFiles { node_ca, certificate, private_key })
 }
 
 /// Why asking the cluster failed, in words for the operator.
 fn ask_error(config: &ServeConfig, error: impl std::fmt::Display) -> JoinError {
     let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
+    let credential = if config.security.tls.is_some() {
+        "that the node CA (--tls-ca or --tls-dir) signed the members' certificates, and that the members accept \
+         --join-tls-cert (their client CA signed it), --join-token-file or the token"
+    } else {
+        "and that the token is the cluster's"
+    };
     JoinError(format!(
         "cannot join through {}: {error} (check that these are members' client addresses, that --cluster-id {} is \
-         the cluster's, and that the token is the cluster's)",
+         the cluster's, {credential})",
         through.join(","),
         config.cluster_id
     ))
@@ -240,6 +279,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
             identity
         }
     };
+    check_credentials(config)?;
     if identity.node_id == 0 {
         identity.node_id = if config.node_id != 0 { config.node_id } else { ask_for_id(config, identity.nonce)? };
         write_identity(&dir, &identity)?;
@@ -253,18 +293,36 @@ fn nonzero_random() -> u64 {
     rand::random::<u64>().max(1)
 }
 
-/// Asks the members for an id (admin `Join` with id 0 on shard 0).
-fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
-    // A refused handshake (another cluster, a wrong token) is final: say so
-    // at once instead of retrying until the deadline.
-    let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(3)))
+/// Calls the members once, so that a refused handshake (another cluster, a
+/// wrong token) or a failed TLS negotiation (another CA, a certificate the
+/// members do not accept) stops the node at once with the reason instead of
+/// being retried until a deadline. Members that do not answer at all are
+/// no error here: a restart needs none of them up.
+fn check_credentials(config: &ServeConfig) -> Result<(), JoinError> {
+    let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, CHECK_TIMEOUT))
         .map_err(|e| ask_error(config, e))?
         .call(RequestBody::Status);
-    if let Err(CallError::Unreachable { last, .. }) = &probe {
-        if last.contains("handshake refused") {
-            return Err(ask_error(config, last));
+    match probe {
+        Err(CallError::Unreachable { last, .. }) if refused_credentials(&last) => Err(ask_error(config, last)),
+        Ok(ResponseStatus::Forbidden(reason)) | Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
+            Err(JoinError(format!("the cluster refused this node's credentials: {reason}")))
         }
+        _ => Ok(()),
     }
+}
+
+/// Whether a failed call got as far as a member and was refused for its
+/// credentials (rather than finding no one listening).
+fn refused_credentials(last: &str) -> bool {
+    let last = last.to_ascii_lowercase();
+    // A TLS failure counts only when a certificate was refused (an alert,
+    // or an invalid certificate), not when a connection broke or timed out.
+    last.contains("handshake refused")
+        || (last.contains("tls:") && (last.contains("alert") || last.contains("certificate")))
+}
+
+/// Asks the members for an id (admin `Join` with id 0 on shard 0).
+fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
     let mut client = crate::client_cmd::BlockingClient::new(&client_config(config, false, ASK_TIMEOUT))
         .map_err(|e| ask_error(config, e))?;
     let request = JoinRequest {
@@ -393,7 +451,15 @@ fn retry(
             Err(CallError::Refused(ResponseStatus::BadRequest(reason))) if reason.contains("was removed") => {
                 return Err(reason)
             }
-            Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => return Err(reason),
+            Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
+                return Err(format!(
+                    "the cluster refused this node's credentials: {reason} (the token, or with TLS \
+                     --join-tls-cert, must carry the admin role)"
+                ))
+            }
+            Err(CallError::Unreachable { last, .. }) if refused_credentials(&last) => {
+                return Err(format!("the cluster refused this node's credentials: {last}"))
+            }
             Err(error) => {
                 if last_logged.elapsed() > Duration::from_secs(5) {
                     tracing::info!(%error, "membership: {what} not done yet; retrying");

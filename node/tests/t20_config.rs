@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::CommandFactory;
 use node::cli::Cli;
-use node::config::{parse_from, CliError, ConfigError, NodeCommand, ServeConfig};
+use node::config::{parse_from, CliError, ConfigError, JoinCredential, NodeCommand, ServeConfig, Token};
 use node::discovery::{DnsName, PeerSource, PeerSpecError};
 use node::kv::KvOp;
 
@@ -217,6 +218,13 @@ fn dns_discovery_options() {
         ConfigError::BadAddress { option: "discovery-nameserver", .. }
     ));
     assert!(matches!(config_error(serve(&dir, &["--discovery-dns", "bad name"])), ConfigError::Peers { .. }));
+    // Names are looked up again every 30 s unless told otherwise; never 0.
+    assert_eq!(dns.interval, Duration::from_secs(30));
+    let every = |interval: &str| serve(&dir, &["--discovery-dns", "cluster.local", "--discovery-interval", interval]);
+    let PeerSource::Dns(dns) = every("5s").unwrap().peers else { panic!("DNS discovery expected") };
+    assert_eq!(dns.interval, Duration::from_secs(5));
+    assert!(matches!(config_error(every("0s")), ConfigError::OutOfRange { option: "discovery-interval", .. }));
+    assert!(matches!(config_error(every("soon")), ConfigError::BadDuration { option: "discovery-interval", .. }));
 }
 
 #[test]
@@ -529,12 +537,37 @@ fn join_through_members() {
         config_error(parse(&["--join", "not an address"])),
         ConfigError::BadAddress { option: "join", .. }
     ));
-    // Not with TLS yet.
+    // With TLS: the id is the certificate's (--node-id), and the members
+    // are called with an admin client certificate or token.
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).unwrap();
-    for file in ["node-ca.pem", "node-0.pem", "node-0.key"] {
+    for file in ["node-ca.pem", "node-4.pem", "node-4.key"] {
         std::fs::write(tls.join(file), "x").unwrap();
     }
-    let error = config_error(parse(&["--join", "10.0.0.1:7001", "--tls-dir", tls.to_str().unwrap()]));
-    assert!(matches!(error, ConfigError::JoinWithTls), "{error}");
+    let tls_dir = tls.to_str().unwrap();
+    let error = config_error(parse(&["--join", "10.0.0.1:7001", "--tls-dir", tls_dir]));
+    assert!(matches!(error, ConfigError::JoinWithTlsNeedsId), "{error}");
+    // (`parse` gives a token: it is the credential without a certificate.)
+    let with_token = parse(&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir]);
+    assert_eq!(with_token.unwrap().join_credential, None);
+    let admin = ["--join-tls-cert", "admin.pem", "--join-tls-key", "admin.key"];
+    let with_certificate =
+        parse(&[&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir][..], &admin[..]].concat())
+            .unwrap();
+    assert_eq!(
+        with_certificate.join_credential,
+        Some(JoinCredential::Certificate { certificate: "admin.pem".into(), private_key: "admin.key".into() })
+    );
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, "admin-secret\n").unwrap();
+    let token_file = token_file.to_str().unwrap();
+    let with_admin_token =
+        parse(&["--join", "10.0.0.1:7001", "--node-id", "4", "--tls-dir", tls_dir, "--join-token-file", token_file]);
+    assert_eq!(
+        with_admin_token.unwrap().join_credential,
+        Some(JoinCredential::Token(Token(Bytes::from_static(b"admin-secret"))))
+    );
+    // A join certificate without --join HOST:PORT (or without TLS) is a mistake.
+    let error = config_error(parse(&[&["--node-id", "4", "--peers", "4=127.0.0.1:7108"][..], &admin[..]].concat()));
+    assert!(matches!(error, ConfigError::JoinTlsIncomplete { .. }), "{error}");
 }

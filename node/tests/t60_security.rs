@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use net::identity::ClientName;
-use net::tls::CertificateAuthority;
+use net::identity::{ClientName, NodeName};
+use net::tls::{CertificateAuthority, Validity};
 use net::{
     AdminRequest, ClientConfig as NetClientConfig, ClientConnection, ClientError, ClientTls, ClientTlsFiles, Handshake,
     HandshakeError, Payload, ReadConsistency, RefusalReason, RequestBody, ResponseStatus, Role, Roles,
@@ -28,9 +28,11 @@ use node::discovery::HostPort;
 use node::kv::{KvOp, KvResponse};
 use support::{expired, hostile_tls_call, peer_handshake, Credentials, HostileOutcome, CLUSTER};
 
-/// The first test's nodes use 26000-26005, the reload test's 26006-26011.
+/// The first test's nodes use 26000-26005, the reload test's 26006-26011,
+/// the join test's 26020-26029.
 const BASE_PORT: u16 = 26_000;
 const RELOAD_BASE_PORT: u16 = 26_006;
+const JOIN_BASE_PORT: u16 = 26_020;
 
 fn loopback(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
@@ -388,4 +390,130 @@ fn node_certs_writes_what_serve_tls_dir_reads() {
     };
     ClientTls::load(7, &client).expect("the admin client's files load");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+impl TlsCluster {
+    /// `node serve --join` through node 1's client address for node `id`
+    /// (on the `id`th slot's ports) with the cluster's TLS files, a
+    /// certificate for it from the node CA, and `extra`; its log goes to
+    /// `node-ID.log`.
+    fn join_command(&self, id: u64, extra: &[&str]) -> Command {
+        let credentials = &self.credentials;
+        let issued =
+            credentials.node_authority().issue_node(NodeName { cluster_id: CLUSTER, node_id: id }, Validity::days(1));
+        credentials.write(&format!("node-{id}"), &issued.unwrap());
+        let dir = &credentials.dir;
+        let log = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
+        command
+            .args(["serve", "--node-id", &id.to_string(), "--cluster-id", &CLUSTER.to_string()])
+            .args(["--join", &loopback(self.client_port(1)).to_string()])
+            .args(["--peer-addr", &loopback(self.peer_port(id)).to_string()])
+            .args(["--client-addr", &loopback(self.client_port(id)).to_string()])
+            .args(["--data-dir", &dir.join(format!("data-{id}")).display().to_string()])
+            .args(["--tls-dir", &dir.display().to_string()])
+            .args(["--log-level", "info", "--pin-cores", "false"])
+            .args(extra)
+            .env_remove("NODE_TOKEN")
+            .env_remove("NODE_TOKEN_FILE")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
+    }
+
+    /// Runs node 4's join command with `extra`; it must exit unsuccessfully
+    /// within 30 s. Returns its log.
+    fn join_refused(&self, extra: &[&str]) -> String {
+        let mut child = self.join_command(4, extra).spawn().expect("start node 4");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node 4 did not exit with {extra:?}; its log:\n{}", self.log(4));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!child.wait().unwrap().success(), "node 4 started with {extra:?}");
+        let _ = std::fs::remove_dir_all(self.credentials.dir.join("data-4"));
+        let log = self.log(4);
+        let errors: Vec<&str> = log.lines().filter(|line| line.contains("rror")).collect();
+        eprintln!("node 4 with {extra:?}: {}", errors.join("\n"));
+        log
+    }
+
+    /// Starts node `id` joining with `extra` and waits until node 1 lists
+    /// it as a voter.
+    fn join_as_voter(&mut self, id: u64, extra: &[&str]) {
+        let child = self.join_command(id, extra).spawn().expect("start node");
+        self.nodes.insert(id, child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = match call(&self.client_of("ops", 1), RequestBody::Status) {
+                Ok(ResponseStatus::Ok(answer)) => serde_json::from_slice::<serde_json::Value>(&answer).ok(),
+                _ => None,
+            };
+            let voters = status.as_ref().and_then(|status| status["voters"].as_array().cloned()).unwrap_or_default();
+            if voters.iter().any(|voter| voter.as_u64() == Some(id)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} not a voter within 60 s: {status:?}; its log:\n{}",
+                self.log(id)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn a_node_joins_through_a_member_over_tls_and_wrong_settings_are_clear_errors() {
+    let Some(mut cluster) = TlsCluster::start_with_leader("tls-join", JOIN_BASE_PORT) else { return };
+    let credentials = &cluster.credentials;
+    let ops = credentials.certificates.client_tls("ops").unwrap();
+    let (ops_certificate, ops_key) = (ops.certificate.unwrap(), ops.private_key.unwrap());
+    let reader = credentials.certificates.client_tls("reader").unwrap();
+    let (reader_certificate, reader_key) = (reader.certificate.unwrap(), reader.private_key.unwrap());
+    // A client certificate from a CA the cluster does not trust.
+    let stranger = CertificateAuthority::generate("stranger").unwrap();
+    let name = ClientName { cluster_id: CLUSTER, user: "ops".into(), roles: Roles::ALL };
+    let (stranger_certificate, stranger_key) =
+        credentials.write("stranger-ops", &stranger.issue_client(&name, Validity::days(1)).unwrap());
+    // The ops user's token from the members' client-tokens file.
+    let ops_token = credentials.dir.join("ops-token");
+    std::fs::write(&ops_token, &credentials.certificates.tokens["ops"]).unwrap();
+    let wrong_token = credentials.dir.join("wrong-token");
+    std::fs::write(&wrong_token, "not-a-token").unwrap();
+    let path = |path: &std::path::Path| path.display().to_string();
+
+    // Missing: no client credential for the members.
+    let log = cluster.join_refused(&[]);
+    assert!(log.contains("--join-tls-cert"), "{log}");
+    // Wrong: a certificate the members' client CA did not sign.
+    let stranger = [&path(&stranger_certificate), &path(&stranger_key)];
+    let log = cluster.join_refused(&["--join-tls-cert", stranger[0], "--join-tls-key", stranger[1]]);
+    assert!(log.contains("cannot join through"), "{log}");
+    // Wrong: a token the members do not know.
+    let log = cluster.join_refused(&["--join-token-file", &path(&wrong_token)]);
+    assert!(log.contains("cannot join through"), "{log}");
+    // Wrong: a certificate without the admin role.
+    let log =
+        cluster.join_refused(&["--join-tls-cert", &path(&reader_certificate), "--join-tls-key", &path(&reader_key)]);
+    assert!(log.contains("admin"), "{log}");
+
+    // Right: the admin client certificate (node 4) or an admin token (node 5).
+    cluster.join_as_voter(4, &["--join-tls-cert", &path(&ops_certificate), "--join-tls-key", &path(&ops_key)]);
+    cluster.join_as_voter(5, &["--join-token-file", &path(&ops_token)]);
+    // They serve: a write through the cluster is readable on each.
+    cluster.write_and_read("writer", "joined-over-tls", "yes");
+    let get = RequestBody::Read {
+        query: KvOp::Get { key: Bytes::from_static(b"joined-over-tls") }.encode(),
+        consistency: ReadConsistency::Linearizable,
+    };
+    for id in [4, 5] {
+        let answer = call(&cluster.client_of("reader", id), get.clone()).unwrap();
+        assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(Bytes::from_static(b"yes"))).encode()));
+    }
+    assert!(cluster.all_alive());
 }

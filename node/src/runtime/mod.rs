@@ -31,7 +31,7 @@ use wal::LogStore;
 
 use crate::app::StateMachine;
 use crate::config::ServeConfig;
-use crate::discovery::{self, Peer};
+use crate::discovery::{self, Peer, PeerSource};
 pub use crate::local::{Forwarded, Hub, HubMessage, NodeHandle};
 use crate::metrics::MetricsSources;
 use crate::replicated::Addresses;
@@ -244,6 +244,9 @@ where
     let mut config = config;
     check_replica_kind(&config, &storage)?;
     let members = resolve_members(&mut config)?;
+    if matches!(storage, Storage::Wal) && matches!(network, Network::Tcp) {
+        crate::dns_watch::decide_start(&mut config, &members).map_err(|error| ServeError::Join(error.0))?;
+    }
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
     }
@@ -257,10 +260,13 @@ where
     tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
     let mut forward = Vec::new();
     let mut receivers = Vec::new();
+    let mut moved = Vec::new();
     for _ in 0..cores {
         let (sender, receiver) = mpsc::channel::<Forwarded>(FORWARD_QUEUE_MAX);
+        let (moved_sender, moved_receiver) = mpsc::channel::<Peer>(crate::dns_watch::MOVED_QUEUE_MAX);
         forward.push(sender);
-        receivers.push(receiver);
+        moved.push(moved_sender);
+        receivers.push((receiver, moved_receiver));
     }
     let node_id = config.node_id;
     let pin = config.pin_cores;
@@ -279,8 +285,31 @@ where
         shutdown: shutdown.clone(),
     });
     let security = setup.security.clone();
+    let threads = spawn_cores(&setup, receivers, pin)?;
+    if let (PeerSource::Dns(dns), Network::Tcp) = (&setup.config.peers, &setup.network) {
+        crate::dns_watch::spawn(node_id, dns.clone(), handle.clone(), moved, shutdown.clone());
+    }
+    let fatal = crate::membership::Fatal::default();
+    if !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
+        crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
+    }
+    Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
+}
+
+/// One thread per core, each running its core's runtime with the queues
+/// that reach it.
+fn spawn_cores<S, F>(
+    setup: &Arc<NodeSetup<F>>,
+    queues: Vec<(mpsc::Receiver<Forwarded>, mpsc::Receiver<Peer>)>,
+    pin: bool,
+) -> Result<Vec<std::thread::JoinHandle<Result<(), ServeError>>>, ServeError>
+where
+    S: StateMachine + 'static,
+    F: Fn(u32) -> S + Send + Sync + 'static,
+{
+    let node_id = setup.config.node_id;
     let mut threads = Vec::new();
-    for (core, receiver) in receivers.into_iter().enumerate() {
+    for (core, (forwarded, moved)) in queues.into_iter().enumerate() {
         let setup = setup.clone();
         let thread = std::thread::Builder::new()
             .name(format!("node-{node_id}-core-{core}"))
@@ -288,16 +317,12 @@ where
                 if pin {
                     pin_to_cpu(core);
                 }
-                start_runtime(run_core(core, setup, receiver))
+                start_runtime(run_core(core, setup, CoreQueues { forwarded, moved }))
             })
             .map_err(|error| ServeError::Core { core, reason: error.to_string() })?;
         threads.push(thread);
     }
-    let fatal = crate::membership::Fatal::default();
-    if !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
-        crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
-    }
-    Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
+    Ok(threads)
 }
 
 /// A data directory on disk must be what `--witness` says it is (see
@@ -445,13 +470,17 @@ impl ShardTransport for NodeTransport {
     }
 }
 
+/// What reaches a core from outside it besides the network.
+struct CoreQueues {
+    /// Requests from other cores and from handles.
+    forwarded: mpsc::Receiver<Forwarded>,
+    /// Members' new peer addresses from the DNS watch ([`crate::dns_watch`]).
+    moved: mpsc::Receiver<Peer>,
+}
+
 /// One core: its network, its shards, and the dispatcher that routes what
 /// arrives to them until shutdown.
-async fn run_core<S, F>(
-    core: usize,
-    setup: Arc<NodeSetup<F>>,
-    mut forwarded: mpsc::Receiver<Forwarded>,
-) -> Result<(), ServeError>
+async fn run_core<S, F>(core: usize, setup: Arc<NodeSetup<F>>, mut queues: CoreQueues) -> Result<(), ServeError>
 where
     S: StateMachine + 'static,
     F: Fn(u32) -> S,
@@ -486,7 +515,7 @@ where
         start_front_doors(&setup, &listeners)?;
     }
     tracing::info!(core, shards = ?inboxes.keys().collect::<Vec<_>>(), "core serving");
-    dispatch(&setup, &mut inbound, &mut forwarded, from_hub.as_mut(), &inboxes).await;
+    dispatch(&setup, &mut inbound, &mut queues, &peers, from_hub.as_mut(), &inboxes).await;
     for listener in &listeners {
         listener.shutdown();
     }
@@ -586,12 +615,6 @@ where
         }
         Storage::Memory(disks) => LogOptions::Memory(disks.disk(config.node_id, shard_id)),
     };
-    // A joining node bootstraps nothing: it learns the membership from the
-    // leader's log (the first entry records the bootstrap membership).
-    let voters: Vec<u64> =
-        if config.join { Vec::new() } else { setup.members.iter().map(|member| member.id).collect() };
-    let mut engine_config = config.engine_config(voters);
-    engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
     let ctx = ShardContext {
         shard_id,
         shards: config.shards,
@@ -607,6 +630,8 @@ where
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;
+    let mut engine_config = config.engine_config(bootstrap_voters(setup, &recovered));
+    engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
     if let Some(damage) = log.recovery_damage() {
         tracing::warn!(shard = shard_id, %damage, "storage damage found (the log cut before it, or the hard state unreadable): repairing from the peers");
     }
@@ -620,18 +645,38 @@ where
     Ok(tokio_uring::spawn(run_shard(shard, inbox, snapshot_receiver, tick, setup.shutdown.clone())))
 }
 
+/// The voters a shard starts from before its log's configuration entries
+/// apply. A joining node bootstraps nothing: it learns the membership from
+/// the leader's log. Nor does a node whose log already records the
+/// membership (a snapshot, or the first entry, which the first leader of a
+/// cluster writes with the bootstrap membership): the members it is given
+/// now (`--peers`, or DNS, whose answer changes over time) must not add
+/// voters to what the log says, or its quorums would count nodes the
+/// others do not.
+fn bootstrap_voters<F>(setup: &NodeSetup<F>, recovered: &engine::Recovered) -> Vec<NodeId> {
+    let recorded = recovered.snapshot.is_some()
+        || recovered.entries.first().is_some_and(|entry| entry.index == 1 && entry.kind == engine::EntryKind::Config);
+    if setup.config.join || recorded {
+        return Vec::new();
+    }
+    setup.members.iter().map(|member| member.id).collect()
+}
+
 /// Routes what arrives at a core to its shards until shutdown: Raft
 /// messages and client requests from the network, requests from other
-/// cores and from handles.
+/// cores and from handles; points the core's link to a member that moved
+/// at its new address.
 async fn dispatch<F>(
     setup: &NodeSetup<F>,
     inbound: &mut InboundReceiver,
-    forwarded: &mut mpsc::Receiver<Forwarded>,
+    queues: &mut CoreQueues,
+    peers: &PeerNet,
     mut from_hub: Option<&mut mpsc::Receiver<HubMessage>>,
     inboxes: &HashMap<u32, mpsc::Sender<ShardEvent>>,
 ) {
     let mut ticker = tokio::time::interval(SHUTDOWN_POLL);
     let mut listening = true;
+    let mut watching = true;
     loop {
         tokio::select! {
             event = inbound.recv(), if listening => {
@@ -647,7 +692,15 @@ async fn dispatch<F>(
                     let _ = inbox.try_send(ShardEvent::Raft(message));
                 }
             }
-            request = forwarded.recv() => {
+            member = queues.moved.recv(), if watching => {
+                match (member, peers) {
+                    (Some(member), PeerNet::Tcp(peers)) => peers.ensure(member.id, member.addr),
+                    (Some(_), PeerNet::Local { .. }) => {}
+                    // No DNS watch (static members): nothing more comes.
+                    (None, _) => watching = false,
+                }
+            }
+            request = queues.forwarded.recv() => {
                 let Some(Forwarded { shard_id, request, reply, arrived }) = request else { continue };
                 deliver(inboxes, shard_id, request, Replier::Forwarded(reply), arrived);
             }
