@@ -1194,6 +1194,9 @@ impl Raft {
             let state = pr.state;
             let next = pr.next_index;
             let prev_index = next - 1;
+            // A follower that said its disk is full cannot take entries: it
+            // is probed without them until it answers otherwise.
+            let without_space = pr.no_space_at.is_some();
             let Some(prev_term) = self.log.term(prev_index) else {
                 // The follower needs entries that were compacted: it gets
                 // the snapshot instead.
@@ -1201,6 +1204,7 @@ impl Raft {
                 return;
             };
             let batch = match self.witness_since(to) {
+                _ if without_space => None,
                 Some(since) => self.witness_batch(next, since),
                 None => self.batch_from(next),
             };
@@ -1523,13 +1527,15 @@ impl Raft {
     ///
     /// A full follower receiving a snapshot counts as inactive: its match
     /// index stays put for as long as the transfer takes, and writes would
-    /// stall with it.
+    /// stall with it. So does one that reports a full disk (see
+    /// `raft/no_space.rs`): it takes nothing until it has room.
     pub(crate) fn witness_limit(&self) -> Index {
         let window = u64::from(self.config.election_ticks_min);
         let active_full = self.progress.iter().filter(|&(&id, pr)| {
             id != self.id
                 && self.conf.is_full_voter(id)
                 && pr.state != ProgressState::Snapshot
+                && !pr.reports_no_space(self.now, window)
                 && pr.heard_at.is_some_and(|at| self.now < at + window)
         });
         active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
@@ -1755,10 +1761,18 @@ impl Raft {
             }
         } else if message.term < self.term {
             match &message.body {
-                B::Append(_) | B::Heartbeat { .. } if self.config.check_quorum || self.config.pre_vote => {
+                B::Append(_) | B::Heartbeat { .. }
+                    if self.config.check_quorum || self.config.pre_vote || !self.promotable() =>
+                {
                     // A stale leader learns our term from this and steps down;
                     // without it a partitioned leader with check-quorum could
-                    // keep disrupting after the partition heals.
+                    // keep disrupting after the partition heals. A replica
+                    // that may not campaign (in repair, a witness) says so
+                    // in any configuration: it cannot make the stale leader
+                    // step down by an election of its own, and would ignore
+                    // it for ever (a replica whose stalled disk let it run
+                    // its term up while it was cut off did, in the
+                    // simulation, seed 118 of `three_nodes_with_storage_faults`).
                     let term = self.term;
                     self.send(Message {
                         from: self.id,

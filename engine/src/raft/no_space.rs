@@ -11,12 +11,15 @@
 //!
 //! A leader that hears this records when ([`Progress::no_space_at`]),
 //! counts nothing toward commit, keeps the follower's match index, and
-//! probes it again once per heartbeat (even when the follower has every
-//! entry), so the first probe after space returns is taken and the
-//! follower resumes by itself. While the leader and the voters with room
-//! make no quorum ([`Raft::quorum_lacks_space`]), the shell refuses new
-//! writes with a typed status instead of letting them time out, and it
-//! names the full peers ([`Raft::peers_no_space`]).
+//! probes it again once per heartbeat with an empty append at that match
+//! (even when the follower has every entry; no entries, as it could not
+//! take them), so the first probe after space returns is accepted, the
+//! leader replicates to it again and the follower resumes by itself.
+//! While the leader and the voters with room make no quorum
+//! ([`Raft::quorum_lacks_space`]), the shell refuses new writes with a
+//! typed status instead of letting them time out, and it names the full
+//! peers ([`Raft::peers_no_space`]). For the witnesses' limit a full
+//! follower counts as absent, as a down one does (`Raft::witness_limit`).
 //!
 //! [`Progress::no_space_at`]: crate::progress::Progress::no_space_at
 
