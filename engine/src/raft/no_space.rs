@@ -67,7 +67,9 @@ impl Raft {
     /// until a full voter has room again. The leader's own disk is the
     /// shell's to check.
     pub fn quorum_lacks_space(&self) -> bool {
-        if self.role != Role::Leader {
+        // The shell asks before every write: no quorum count when no peer
+        // has said its disk is full.
+        if self.role != Role::Leader || self.progress.values().all(|pr| pr.no_space_at.is_none()) {
             return false;
         }
         let window = self.no_space_window();
