@@ -116,6 +116,26 @@ pub struct AppendResponse {
     /// that the follower lost acknowledged entries (a damaged disk) and
     /// forgets its match instead of discarding the answer as stale.
     pub missing: bool,
+    /// With `reject`: the follower's disk is full, so it took nothing from
+    /// this append (`index` is the append's `prev_index`). It says nothing
+    /// about where the logs match: the leader neither counts it toward
+    /// commit nor backs off `next_index` below what the follower matched,
+    /// and keeps probing once per heartbeat until the follower has room.
+    pub no_space: bool,
+}
+
+impl AppendResponse {
+    /// A plain acknowledgement: the follower matches the leader through
+    /// `index`.
+    pub fn accepted(index: Index) -> AppendResponse {
+        AppendResponse { index, reject: false, hint_index: 0, hint_term: 0, missing: false, no_space: false }
+    }
+
+    /// The answer of a follower whose disk is full to an append at
+    /// `prev_index` (see [`AppendResponse::no_space`]).
+    pub fn without_space(prev_index: Index) -> AppendResponse {
+        AppendResponse { index: prev_index, reject: true, hint_index: 0, hint_term: 0, missing: false, no_space: true }
+    }
 }
 
 /// One chunk of a snapshot; chunks are sent in order by byte offset.

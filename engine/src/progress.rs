@@ -52,6 +52,10 @@ pub struct Progress {
     /// announced once rather than with every acknowledgement.
     pub commit_sent: Index,
     pub inflight: Inflight,
+    /// The leader's tick when this peer last answered an append with "my
+    /// disk is full" (`AppendResponse::no_space`); cleared by any other
+    /// answer to an append. See `Progress::reports_no_space`.
+    pub no_space_at: Option<u64>,
 }
 
 impl Progress {
@@ -71,7 +75,17 @@ impl Progress {
             snapshot_acked: 0,
             snapshot_stalled_rounds: 0,
             inflight: Inflight::default(),
+            no_space_at: None,
         }
+    }
+
+    /// Whether this peer said its disk is full within the last `window`
+    /// ticks before `now` and has not answered an append otherwise since.
+    /// A full follower says so in answer to every probe (one a heartbeat),
+    /// so the report stays fresh while it lasts; one that falls silent
+    /// stops counting as full after the window (it is then just absent).
+    pub fn reports_no_space(&self, now: u64, window: u64) -> bool {
+        self.no_space_at.is_some_and(|at| now < at + window)
     }
 
     pub fn become_probe(&mut self) {

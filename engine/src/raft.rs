@@ -15,6 +15,7 @@ use crate::progress::{Progress, ProgressState};
 use crate::storage::Recovered;
 use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term, NODE_NONE};
 
+mod no_space;
 mod snapshot;
 pub use snapshot::{SnapshotRead, SnapshotWrite};
 
@@ -180,6 +181,8 @@ pub struct PeerStatus {
     pub recent_active: bool,
     pub learner: bool,
     pub witness: bool,
+    /// It reported a full disk recently (see [`Raft::peers_no_space`]).
+    pub no_space: bool,
 }
 
 /// Encoded batches a leader keeps so that followers at the same point receive
@@ -317,6 +320,12 @@ pub struct Raft {
     repair_nudge: Index,
     /// See `HardState::ack_term`.
     ack_term: Term,
+    /// The shell reported this node's disk full (see `raft/no_space.rs`):
+    /// appends are answered with a no-space rejection, their entries not
+    /// taken.
+    no_space: bool,
+    /// Appends answered so, for the shell's statistics.
+    appends_refused_no_space: u64,
 }
 
 /// The repair target of a replica that cannot know what it acknowledged: it
@@ -423,6 +432,8 @@ impl Raft {
             unknown_repairs: 0,
             witness: config.witness || conf.is_witness(id),
             repair_nudge: 0,
+            no_space: false,
+            appends_refused_no_space: 0,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -597,6 +608,7 @@ impl Raft {
     }
 
     pub fn status(&self) -> Status {
+        let no_space = self.peers_no_space();
         Status {
             id: self.id,
             role: self.role,
@@ -622,6 +634,7 @@ impl Raft {
                     recent_active: pr.recent_active,
                     learner: self.conf.is_learner(id),
                     witness: self.conf.is_witness(id),
+                    no_space: no_space.contains(&id),
                 })
                 .collect(),
         }
@@ -1181,6 +1194,9 @@ impl Raft {
             let state = pr.state;
             let next = pr.next_index;
             let prev_index = next - 1;
+            // A follower that said its disk is full cannot take entries: it
+            // is probed without them until it answers otherwise.
+            let without_space = pr.no_space_at.is_some();
             let Some(prev_term) = self.log.term(prev_index) else {
                 // The follower needs entries that were compacted: it gets
                 // the snapshot instead.
@@ -1188,6 +1204,7 @@ impl Raft {
                 return;
             };
             let batch = match self.witness_since(to) {
+                _ if without_space => None,
                 Some(since) => self.witness_batch(next, since),
                 None => self.batch_from(next),
             };
@@ -1510,13 +1527,15 @@ impl Raft {
     ///
     /// A full follower receiving a snapshot counts as inactive: its match
     /// index stays put for as long as the transfer takes, and writes would
-    /// stall with it.
+    /// stall with it. So does one that reports a full disk (see
+    /// `raft/no_space.rs`): it takes nothing until it has room.
     pub(crate) fn witness_limit(&self) -> Index {
         let window = u64::from(self.config.election_ticks_min);
         let active_full = self.progress.iter().filter(|&(&id, pr)| {
             id != self.id
                 && self.conf.is_full_voter(id)
                 && pr.state != ProgressState::Snapshot
+                && !pr.reports_no_space(self.now, window)
                 && pr.heard_at.is_some_and(|at| self.now < at + window)
         });
         active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
@@ -1742,10 +1761,18 @@ impl Raft {
             }
         } else if message.term < self.term {
             match &message.body {
-                B::Append(_) | B::Heartbeat { .. } if self.config.check_quorum || self.config.pre_vote => {
+                B::Append(_) | B::Heartbeat { .. }
+                    if self.config.check_quorum || self.config.pre_vote || !self.promotable() =>
+                {
                     // A stale leader learns our term from this and steps down;
                     // without it a partitioned leader with check-quorum could
-                    // keep disrupting after the partition heals.
+                    // keep disrupting after the partition heals. A replica
+                    // that may not campaign (in repair, a witness) says so
+                    // in any configuration: it cannot make the stale leader
+                    // step down by an election of its own, and would ignore
+                    // it for ever (a replica whose stalled disk let it run
+                    // its term up while it was cut off did, in the
+                    // simulation, seed 118 of `three_nodes_with_storage_faults`).
                     let term = self.term;
                     self.send(Message {
                         from: self.id,
@@ -1757,6 +1784,7 @@ impl Raft {
                             hint_index: 0,
                             hint_term: 0,
                             missing: false,
+                            no_space: false,
                         }),
                     });
                 }
@@ -1935,6 +1963,12 @@ impl Raft {
                 return Err(Ignored("append entries have a term below prev_term"));
             }
         }
+        if self.no_space {
+            // It could not write the entries, nor anything it would
+            // acknowledge: it says so and changes nothing (see `no_space.rs`).
+            self.send_append_no_space(from, prev_index);
+            return Ok(());
+        }
         let last_new = prev_index + batch.as_ref().map_or(0, |batch| u64::from(batch.count()));
         // Entries at or below our commit index are known to match (Log
         // Matching): start the comparison after them instead of rejecting.
@@ -2037,25 +2071,20 @@ impl Raft {
             from: self.id,
             to,
             term,
-            body: MessageBody::AppendResponse(AppendResponse { index, reject: true, hint_index, hint_term, missing }),
+            body: MessageBody::AppendResponse(AppendResponse {
+                index,
+                reject: true,
+                hint_index,
+                hint_term,
+                missing,
+                no_space: false,
+            }),
         });
     }
 
     fn send_append_ack(&mut self, to: NodeId, index: Index) {
         self.note_ack();
-        let term = self.term;
-        self.send(Message {
-            from: self.id,
-            to,
-            term,
-            body: MessageBody::AppendResponse(AppendResponse {
-                index,
-                reject: false,
-                hint_index: 0,
-                hint_term: 0,
-                missing: false,
-            }),
-        });
+        self.send_to(to, MessageBody::AppendResponse(AppendResponse::accepted(index)));
     }
 
     /// This replica acknowledges something in the current term (see
@@ -2079,44 +2108,27 @@ impl Raft {
     }
 
     fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) -> Result<(), Ignored> {
-        self.answering_peer(from)?;
+        let pr = self.answering_peer(from)?;
+        if response.no_space {
+            return self.handle_no_space_response(from);
+        }
+        // Any other answer to an append means the follower takes them again.
+        let had_no_space = pr.no_space_at.take().is_some();
         if response.reject {
-            let next_probe = if response.hint_term > 0 {
-                self.log.find_conflict_by_term(response.hint_index, response.hint_term).0
-            } else {
-                response.hint_index
-            };
-            if response.index > self.log.last_index() {
-                self.nudge_repair();
-            }
-            let pr = self.progress.get_mut(&from).expect("present");
-            if response.missing && response.index <= pr.match_index {
-                // The follower lost entries it had acknowledged: what it
-                // holds is no longer known, so it counts for nothing until it
-                // acknowledges again (or this is a stale answer, and it will).
-                pr.forget_match(next_probe);
-                self.send_append(from);
-                return Ok(());
-            }
-            if pr.maybe_decrease_to(response.index, next_probe) {
-                if pr.state == ProgressState::Replicate {
-                    pr.become_probe();
-                }
-                self.send_append(from);
-                return Ok(());
-            }
-            return Err(Ignored("stale rejection"));
+            return self.handle_append_rejection(from, response);
         }
         if response.index > self.log.last_index() {
             return Err(Ignored("acknowledges entries the leader never had"));
         }
         let witness = self.conf.is_witness(from);
         let pr = self.progress.get_mut(&from).expect("present");
-        if witness && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
+        if (witness || had_no_space) && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
             // A witness held back by its limit is probed with an empty
             // append, whose acceptance matches nothing new: it still proves
             // the logs agree, so replicate, or the witness would wait for the
-            // next heartbeat each time its limit moves.
+            // next heartbeat each time its limit moves. The same holds for a
+            // follower that had no space and, holding every entry, took the
+            // empty probe that found it with room again.
             pr.become_replicate();
         }
         if pr.maybe_update(response.index) {
@@ -2146,6 +2158,36 @@ impl Raft {
                 && pr.match_index >= self.log.committed
         });
         Ok(())
+    }
+
+    /// A follower's log does not match at `response.index` (or it lost
+    /// entries it acknowledged): back off, using its hint, and probe again.
+    fn handle_append_rejection(&mut self, from: NodeId, response: AppendResponse) -> Result<(), Ignored> {
+        let next_probe = if response.hint_term > 0 {
+            self.log.find_conflict_by_term(response.hint_index, response.hint_term).0
+        } else {
+            response.hint_index
+        };
+        if response.index > self.log.last_index() {
+            self.nudge_repair();
+        }
+        let pr = self.progress.get_mut(&from).expect("present");
+        if response.missing && response.index <= pr.match_index {
+            // The follower lost entries it had acknowledged: what it
+            // holds is no longer known, so it counts for nothing until it
+            // acknowledges again (or this is a stale answer, and it will).
+            pr.forget_match(next_probe);
+            self.send_append(from);
+            return Ok(());
+        }
+        if pr.maybe_decrease_to(response.index, next_probe) {
+            if pr.state == ProgressState::Replicate {
+                pr.become_probe();
+            }
+            self.send_append(from);
+            return Ok(());
+        }
+        Err(Ignored("stale rejection"))
     }
 
     /// A follower asks for entries past the end of this leader's log: only
@@ -2184,7 +2226,9 @@ impl Raft {
         {
             pr.inflight.free_first();
         }
-        if pr.match_index < self.log.last_index() {
+        // A follower that said its disk is full is probed even when it has
+        // every entry: its answer tells when it has room again.
+        if pr.match_index < self.log.last_index() || pr.no_space_at.is_some() {
             self.send_append_or_empty(from);
         }
         self.release_reads();

@@ -100,6 +100,9 @@ fn fmt_message(message: &Message) -> String {
             r.commit,
             fmt_entries(r.entries.as_ref())
         ),
+        MessageBody::AppendResponse(AppendResponse { index, no_space: true, .. }) => {
+            format!("{head} AppendResponse no-space index={index}")
+        }
         MessageBody::AppendResponse(AppendResponse { index, reject: false, .. }) => {
             format!("{head} AppendResponse index={index}")
         }

@@ -250,6 +250,7 @@ fn leader_is_append_only() {
             hint_index: 0,
             hint_term: 0,
             missing: false,
+            no_space: false,
         }),
     });
     let after: Vec<_> =
@@ -342,7 +343,7 @@ fn a_forwarded_proposal_needs_a_known_leader_and_a_leader_to_take_it() {
 
 /// A follower's plain acknowledgement of entries up to `index`.
 fn accepted(index: u64) -> MessageBody {
-    MessageBody::AppendResponse(AppendResponse { index, reject: false, hint_index: 0, hint_term: 0, missing: false })
+    MessageBody::AppendResponse(AppendResponse::accepted(index))
 }
 
 /// Raft paper 5.3: followers learn the commit index from the leader's

@@ -50,9 +50,9 @@ fn any_body() -> impl Strategy<Value = MessageBody> {
                 MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries })
             }
         ),
-        (index.clone(), any::<bool>(), index.clone(), term.clone(), any::<bool>()).prop_map(
-            |(index, reject, hint_index, hint_term, missing)| {
-                MessageBody::AppendResponse(AppendResponse { index, reject, hint_index, hint_term, missing })
+        (index.clone(), any::<bool>(), index.clone(), term.clone(), any::<bool>(), any::<bool>()).prop_map(
+            |(index, reject, hint_index, hint_term, missing, no_space)| {
+                MessageBody::AppendResponse(AppendResponse { index, reject, hint_index, hint_term, missing, no_space })
             }
         ),
         (index.clone(), 0u64..20).prop_map(|(commit, read_context)| MessageBody::Heartbeat { commit, read_context }),

@@ -444,3 +444,45 @@ fn add_witness_encodes_as_kind_4_and_old_encodings_decode_unchanged() {
     assert_eq!(decoded.ops, vec![ConfChangeOp::AddVoter(1), ConfChangeOp::AddLearner(2), ConfChangeOp::Remove(3)]);
     assert_eq!(decoded.encode(), Bytes::from(old));
 }
+
+/// Raft paper 5.1: a server with a stale term rejects the request, and its
+/// answer carries its own term. Without check-quorum and pre-vote a voter
+/// that can campaign ignores a stale leader instead (its own election
+/// replaces it); one that may not campaign, like a witness or a replica in
+/// repair, must answer, or the stale leader would lead it for ever: the
+/// simulation found a repairing replica whose term ran ahead while its
+/// disk stalled, ignored by a leader of an older term (seed 118 of
+/// `three_nodes_with_storage_faults`).
+#[test]
+fn a_replica_that_may_not_campaign_tells_a_stale_leader_its_term() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| {
+        let mut config = witness_config(id, 9);
+        config.check_quorum = false;
+        config.pre_vote = false;
+        config
+    });
+    cluster.elect(1);
+    let term = cluster.node(1).raft.term();
+    // The witness hears of a later term (a vote request it refuses).
+    let request = engine::VoteRequest { last_log_index: 0, last_log_term: 0, transfer: false };
+    let _ = cluster.raft(WITNESS).step(engine::Message {
+        from: 2,
+        to: WITNESS,
+        term: term + 5,
+        body: MessageBody::Vote(request),
+    });
+    assert_eq!(cluster.node(WITNESS).raft.term(), term + 5);
+    cluster.process_ready(WITNESS);
+    cluster.network.clear();
+    let _ = cluster.raft(WITNESS).step(engine::Message {
+        from: 1,
+        to: WITNESS,
+        term,
+        body: MessageBody::Heartbeat { commit: 0, read_context: 0 },
+    });
+    let ready = cluster.process_ready(WITNESS).expect("an answer");
+    let answer = ready.messages.iter().find(|message| message.to == 1).expect("an answer to the stale leader");
+    assert_eq!(answer.term, term + 5);
+    cluster.deliver_all();
+    assert_ne!(cluster.node(1).raft.role(), Role::Leader, "the stale leader stepped down");
+}

@@ -355,6 +355,20 @@ impl Sample {
         self.gauge(encoder, "raft_node_leader_id", "The shard's leader as this node knows it (0: none).", "leader")?;
         self.per_shard(
             encoder,
+            "raft_node_disk_full",
+            "1 while this node's disk is full.",
+            MetricType::Gauge,
+            |sample| sample.status.as_ref()?["disk_full"].as_bool().map(i64::from),
+        )?;
+        self.per_shard(
+            encoder,
+            "raft_node_peers_disk_full",
+            "On a leader: peers that report a full disk (their ids are in `node admin status`).",
+            MetricType::Gauge,
+            |sample| Some(sample.status.as_ref()?["peers_disk_full"].as_array()?.len() as i64),
+        )?;
+        self.per_shard(
+            encoder,
             "raft_node_sessions",
             "Exactly-once client sessions the shard keeps.",
             MetricType::Gauge,
@@ -379,6 +393,12 @@ impl Sample {
             ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),
             ("raft_node_not_leader", "Requests answered NotLeader.", "not_leader"),
             ("raft_node_busy", "Requests answered Busy (a bound was reached).", "busy"),
+            ("raft_node_no_space", "Writes answered NoSpace (a full disk here or on too many peers).", "no_space"),
+            (
+                "raft_node_appends_no_space",
+                "Appends from the leader this follower answered \"no space\" (its disk was full).",
+                "appends_no_space",
+            ),
         ];
         for (name, help, field) in counters {
             self.counter(encoder, name, help, field)?;

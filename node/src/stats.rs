@@ -103,9 +103,15 @@ pub struct ShardStats {
     pub busy: u64,
     /// Writes refused because the disk was full.
     pub no_space: u64,
-    /// A write was refused for a full disk and the disk has not been seen
-    /// with room since (logged once per episode).
+    /// The disk was seen full and has not been seen with room since (logged
+    /// once per episode).
     pub disk_full: bool,
+    /// Appends from the leader this follower answered "no space" (its disk
+    /// was full): it took none of their entries.
+    pub appends_no_space: u64,
+    /// On a leader: the peers that report a full disk (logged when the set
+    /// changes).
+    pub peers_disk_full: Vec<engine::NodeId>,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
     /// Received snapshot chunks that a full disk could not take (the
@@ -148,6 +154,8 @@ impl ShardStats {
             busy: 0,
             no_space: 0,
             disk_full: false,
+            appends_no_space: 0,
+            peers_disk_full: Vec::new(),
             snapshots_taken: 0,
             snapshots_installed: 0,
             snapshot_chunks_no_space: 0,
@@ -181,6 +189,8 @@ impl ShardStats {
             "not_leader": self.not_leader,
             "busy": self.busy,
             "no_space": self.no_space,
+            "appends_no_space": self.appends_no_space,
+            "peers_disk_full": self.peers_disk_full,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,
             "snapshot_chunks_no_space": self.snapshot_chunks_no_space,

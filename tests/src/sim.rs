@@ -111,6 +111,8 @@ pub struct Summary {
     /// refused and snapshot chunks dropped with `NoSpace` meanwhile.
     pub disks_full: u64,
     pub no_space: u64,
+    /// Appends that followers on a full disk answered "no space".
+    pub appends_no_space: u64,
     /// Seeds whose groups stalled after healing with a majority of voters
     /// that cannot vote safely: repairing, or with an empty log they cannot
     /// tell from a wiped one (storage-fault mode; see `majority_unsure`).
@@ -739,6 +741,7 @@ impl World {
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
         self.summary.no_space = self.nodes.values().map(|node| node.no_space()).sum();
+        self.summary.appends_no_space = self.nodes.values().map(|node| node.appends_no_space()).sum();
         for node in self.nodes.values() {
             let (kinds, undone) = node.fault_counts();
             for (total, count) in self.summary.fault_kinds.iter_mut().zip(kinds) {

@@ -70,6 +70,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.faults_undone += summary.faults_undone;
                 total.disks_full += summary.disks_full;
                 total.no_space += summary.no_space;
+                total.appends_no_space += summary.appends_no_space;
                 total.stalled_unsure += summary.stalled_unsure;
                 total.witness_nodes += summary.witness_nodes;
                 total.witnesses_at_end += summary.witnesses_at_end;
@@ -134,11 +135,12 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
             .collect();
         eprintln!(
             "{test_name}: storage faults kept: {}; {} undone (undetectable by design); {} full-disk periods, {} \
-             requests or snapshot chunks refused with NoSpace",
+             requests or snapshot chunks refused with NoSpace, {} appends answered \"no space\" by full followers",
             kinds.join(", "),
             total.faults_undone,
             total.disks_full,
-            total.no_space
+            total.no_space,
+            total.appends_no_space
         );
     }
     // The simulator must actually exercise the faults it claims to.
@@ -148,6 +150,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
             assert!(count > 0, "no {kind} injected");
         }
         assert!(total.disks_full > 0 && total.no_space > 0, "no disk filled, or no write met a full disk");
+        assert!(total.appends_no_space > 0, "no full follower answered an append \"no space\"");
     }
     // A group whose voters are mostly repairing or cannot tell their empty
     // log from a wiped one may not elect a leader (by design); it must stay

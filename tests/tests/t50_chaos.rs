@@ -763,6 +763,52 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Three nodes each on a 100 MiB tmpfs, started; `None` (said loudly)
+/// without io_uring or the privilege to mount.
+fn three_on_small_tmpfs(base_port: u16) -> Option<(Vec<Tmpfs>, Cluster)> {
+    let binary = io_uring_or_skip()?;
+    let mut cluster = Cluster::stopped(binary, 3, base_port, None, false, 1);
+    let Some(mounts) = cluster.start_on_tmpfs("100m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return None;
+    };
+    Some((mounts, cluster))
+}
+
+/// The 512 KiB value of big write `number`, and the requests that write
+/// and read it, for filling a small disk.
+fn big_value(number: u32) -> Bytes {
+    Bytes::from(vec![number as u8; 512 << 10])
+}
+
+fn big_put(number: u32) -> RequestBody {
+    RequestBody::Write {
+        command: KvOp::Put { key: Bytes::from(format!("big-{number}")), value: big_value(number) }.encode(),
+    }
+}
+
+fn big_get(number: u32) -> RequestBody {
+    RequestBody::Read {
+        query: KvOp::Get { key: Bytes::from(format!("big-{number}")) }.encode(),
+        consistency: ReadConsistency::Linearizable,
+    }
+}
+
+/// Writes big write `number` once the disks have room again: `NoSpace`
+/// may still answer for up to 20 s, anything else fails the test.
+fn write_once_space_returns(client: &mut BlockingClient, cluster: &Cluster, number: u32) {
+    let resume_deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.call(big_put(number)) {
+            Ok(ResponseStatus::Ok(_)) => return,
+            Ok(ResponseStatus::NoSpace) if Instant::now() < resume_deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("after space returned: {other:?}\n{}", cluster.describe()),
+        }
+    }
+}
+
 /// Issue 16: three nodes, the leader on a 100 MiB file system, under
 /// writes of 512 KiB values. Before, every shard stopped on "disk full while
 /// preallocating" and the node answered `Busy` to everything until
@@ -774,35 +820,18 @@ impl Drop for Tmpfs {
 #[test]
 fn disk_full_refuses_writes_serves_reads_and_resumes() {
     let _serial = serial();
-    let Some(binary) = io_uring_or_skip() else { return };
-    // Declared first, so the file systems go after the nodes using them.
-    let mounts;
-    let mut cluster = Cluster::stopped(binary, 3, 24_500, None, false, 1);
-    match cluster.start_on_tmpfs("100m") {
-        Some(mounted) => mounts = mounted,
-        None => {
-            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
-            return;
-        }
-    }
+    // The cluster goes before the file systems it uses.
+    let Some((mounts, cluster)) = three_on_small_tmpfs(24_500) else { return };
     let leader = cluster.leader();
-    // Only the leader's disk stays small: a follower with a full disk
-    // cannot tell the leader, whose writes then time out instead (see the
-    // README's storage faults section).
+    // Only the leader's disk stays small (full followers are
+    // `full_followers_make_the_leader_refuse_writes_with_no_space`).
     for (id, mount) in cluster.all().into_iter().zip(&mounts) {
         if id != leader {
             mount.resize("400m");
         }
     }
     let mut client = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
-    let value = |number: u32| Bytes::from(vec![number as u8; 512 << 10]);
-    let put = |number: u32| RequestBody::Write {
-        command: KvOp::Put { key: Bytes::from(format!("big-{number}")), value: value(number) }.encode(),
-    };
-    let get = |number: u32| RequestBody::Read {
-        query: KvOp::Get { key: Bytes::from(format!("big-{number}")) }.encode(),
-        consistency: ReadConsistency::Linearizable,
-    };
+    let (value, put, get) = (big_value, big_put, big_get);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut written = 0;
     loop {
@@ -827,22 +856,100 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     for mount in &mounts {
         mount.resize("400m");
     }
-    let resume_deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match client.call(put(written)) {
-            Ok(ResponseStatus::Ok(_)) => break,
-            Ok(ResponseStatus::NoSpace) if Instant::now() < resume_deadline => {
-                std::thread::sleep(Duration::from_millis(200))
-            }
-            other => panic!("after space returned: {other:?}\n{}", cluster.describe()),
-        }
-    }
+    write_once_space_returns(&mut client, &cluster, written);
     for number in 0..=written {
         let answer = client.call(get(number)).expect("a read is answered");
         assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(value(number))).encode()), "read {number}");
     }
     let status = cluster.status(leader).expect("status");
     assert_eq!(status["disk_full"], serde_json::Value::Bool(false), "{status}");
+    drop(cluster);
+    drop(mounts);
+}
+
+/// Issue 16: three nodes, two followers on 100 MiB file systems (the
+/// leader's is larger), under writes of 512 KiB values. Before, a full
+/// follower's appends waited in its log's queue and it fell silent, so the
+/// leader, without a quorum that could write, let every write time out
+/// (`TimedOut` after 10 s each) and nobody said which replica was full.
+/// Now the followers answer appends "no space", the leader answers new
+/// writes `NoSpace` at once and names them in `peers_disk_full`, reads are
+/// served, and once the file systems grow the writes resume by themselves
+/// with every acknowledged write kept.
+#[test]
+fn full_followers_make_the_leader_refuse_writes_with_no_space() {
+    let _serial = serial();
+    // The cluster goes before the file systems it uses.
+    let Some((mounts, cluster)) = three_on_small_tmpfs(24_900) else { return };
+    let leader = cluster.leader();
+    let followers: Vec<u64> = cluster.all().into_iter().filter(|&id| id != leader).collect();
+    mounts[(leader - 1) as usize].resize("400m");
+    // Longer than the node's request timeout, so a write that cannot commit
+    // is answered `TimedOut` rather than cut off by the client.
+    let mut client = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(15))).expect("a client");
+    let (value, put, get) = (big_value, big_put, big_get);
+    let mut acknowledged: Vec<u32> = Vec::new();
+    let mut next = 0;
+    // The write in flight when the followers' disks fill cannot commit
+    // until they have room: it may time out (its outcome is unknown), by
+    // the node's answer or the client's wait.
+    let mut timed_out = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the disks never filled after {next} writes\n{}", cluster.describe());
+        let answer = client.call(put(next));
+        next += 1;
+        match answer {
+            Ok(ResponseStatus::Ok(_)) => acknowledged.push(next - 1),
+            Ok(ResponseStatus::NoSpace) => break,
+            Ok(ResponseStatus::TimedOut) | Err(CallError::Unreachable { .. }) if timed_out == 0 => timed_out += 1,
+            other => panic!(
+                "write {}: {other:?} (expected Ok, at most one TimedOut as the followers fill, then NoSpace)\n{}",
+                next - 1,
+                cluster.describe()
+            ),
+        }
+    }
+    assert!(acknowledged.len() > 50, "only {} writes before the disks were full", acknowledged.len());
+    eprintln!("{} writes acknowledged, {timed_out} timed out as the followers' disks filled", acknowledged.len());
+    // Full: new writes are refused at once, reads go on, and the leader
+    // says which peers are full.
+    let started = Instant::now();
+    assert_eq!(client.call(put(next)).expect("answered"), ResponseStatus::NoSpace);
+    assert!(started.elapsed() < Duration::from_secs(2), "refused in {:?}", started.elapsed());
+    next += 1;
+    for &number in [acknowledged[0], acknowledged[acknowledged.len() / 2], acknowledged[acknowledged.len() - 1]].iter()
+    {
+        let answer = client.call(get(number)).expect("a read is answered");
+        assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(value(number))).encode()), "read {number}");
+    }
+    let status = cluster.status(leader).expect("the leader answers its status");
+    assert_eq!(status["peers_disk_full"], serde_json::json!(followers), "{status}");
+    assert_eq!(status["disk_full"], serde_json::Value::Bool(false), "{status}");
+    assert_eq!(status["writes_refused_no_space"], serde_json::Value::Bool(true), "{status}");
+    for &id in &followers {
+        let status = cluster.status(id).expect("a full follower answers its status");
+        assert_eq!(status["disk_full"], serde_json::Value::Bool(true), "node {id}: {status}");
+    }
+    let log = std::fs::read_to_string(cluster.dir.join(format!("node-{leader}.log"))).unwrap_or_default();
+    assert!(log.contains("peers report a full disk"), "the leader did not say which peers are full\n{log}");
+    // Space comes back: writes resume without a restart.
+    for &id in &followers {
+        mounts[(id - 1) as usize].resize("400m");
+    }
+    write_once_space_returns(&mut client, &cluster, next);
+    acknowledged.push(next);
+    for &number in &acknowledged {
+        let answer = client.call(get(number)).expect("a read is answered");
+        assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(value(number))).encode()), "read {number}");
+    }
+    let status = cluster.status(leader).expect("status");
+    assert_eq!(status["peers_disk_full"], serde_json::json!([]), "{status}");
+    for &id in &followers {
+        let refused = cluster.stats(id).and_then(|stats| stats["stats"]["appends_no_space"].as_u64());
+        assert!(refused.is_some_and(|count| count > 0), "node {id} counted no refused append: {refused:?}");
+    }
+    cluster.converge();
     drop(cluster);
     drop(mounts);
 }

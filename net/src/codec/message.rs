@@ -55,7 +55,11 @@ struct AppendResponseBody {
     hint_term: U64,
     reject: u8,
     missing: u8,
-    reserved: [u8; 6],
+    /// The follower's disk is full (see `AppendResponse::no_space`). Was
+    /// reserved (zero) before: a node from before it refuses a message that
+    /// sets it, so a mixed cluster is upgraded followers first (README).
+    no_space: u8,
+    reserved: [u8; 5],
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -190,7 +194,8 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
                 hint_term: U64::new(response.hint_term),
                 reject: u8::from(response.reject),
                 missing: u8::from(response.missing),
-                reserved: [0; 6],
+                no_space: u8::from(response.no_space),
+                reserved: [0; 5],
             };
             out.put_slice(body.as_bytes());
             Bytes::new()
@@ -320,6 +325,7 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
                 hint_index: fixed.hint_index.get(),
                 hint_term: fixed.hint_term.get(),
                 missing: reader.flag(fixed.missing, "missing")?,
+                no_space: reader.flag(fixed.no_space, "no_space")?,
             })
         }
         FrameKind::Heartbeat => {

@@ -68,9 +68,9 @@ pub fn message_body() -> impl Strategy<Value = MessageBody> {
                 entries
             })
         ),
-        (any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
-            |(index, reject, hint_index, hint_term, missing)| {
-                MessageBody::AppendResponse(AppendResponse { index, reject, hint_index, hint_term, missing })
+        (any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(index, reject, hint_index, hint_term, missing, no_space)| {
+                MessageBody::AppendResponse(AppendResponse { index, reject, hint_index, hint_term, missing, no_space })
             }
         ),
         (any::<u64>(), any::<u64>()).prop_map(|(commit, read_context)| MessageBody::Heartbeat { commit, read_context }),

@@ -284,9 +284,11 @@ where
 
     /// A Raft message from a peer.
     pub fn step(&mut self, message: Message) {
+        self.note_disk_space();
         if let Err(ignored) = self.raft.step(message) {
             tracing::trace!(shard = self.ctx.shard_id, %ignored);
         }
+        self.stats.appends_no_space = self.raft.appends_refused_no_space();
     }
 
     /// A client request; `arrived` is when its connection decoded it (the
@@ -309,10 +311,8 @@ where
             self.storage.save_commit(hard_state);
         }
         self.advance_log_clock(now);
-        if self.stats.disk_full && !self.storage.no_space() {
-            tracing::warn!(shard = self.ctx.shard_id, "disk space available again: writes resume");
-            self.stats.disk_full = false;
-        }
+        self.note_disk_space();
+        self.note_peers_disk_space();
         self.balance_leadership(now);
         self.announce_addresses(now);
     }
@@ -387,7 +387,12 @@ where
         }
         let last = self.raft.last_index();
         let ready = self.raft.status().progress.iter().any(|peer| {
-            peer.id == preferred && !peer.learner && !peer.witness && peer.recent_active && peer.match_index == last
+            peer.id == preferred
+                && !peer.learner
+                && !peer.witness
+                && !peer.no_space
+                && peer.recent_active
+                && peer.match_index == last
         });
         if ready {
             self.balanced_at = Some(now);

@@ -769,22 +769,59 @@ where
         }
     }
 
-    /// Whether a new write must be refused because the disk is full; counts
-    /// the refusal and logs the first of each episode (the tick logs its
-    /// end). Reads go on: they need no disk.
+    /// Whether a new write must be refused because a disk is full: this
+    /// leader's, or those of so many voters that the rest make no quorum
+    /// (it could not commit). Counts the refusal. Reads go on: they need no
+    /// disk.
     fn refuse_for_no_space(&mut self) -> bool {
-        if !self.storage.no_space() {
+        self.note_disk_space();
+        if !self.storage.no_space() && !self.raft.quorum_lacks_space() {
             return false;
-        }
-        if !self.stats.disk_full {
-            tracing::warn!(
-                shard = self.ctx.shard_id,
-                "disk full: writes are refused with NoSpace until space is freed"
-            );
-            self.stats.disk_full = true;
         }
         self.stats.no_space += 1;
         true
+    }
+
+    /// Tells the engine whether this node's disk is full (a follower then
+    /// answers appends "no space" instead of queueing them) and logs when
+    /// it fills and when it has room again.
+    pub(super) fn note_disk_space(&mut self) {
+        let full = self.storage.no_space();
+        self.raft.set_no_space(full);
+        if full == self.stats.disk_full {
+            return;
+        }
+        self.stats.disk_full = full;
+        if full {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                "disk full: writes are refused with NoSpace (appends from a leader answered \"no space\") until \
+                 space is freed"
+            );
+        } else {
+            tracing::warn!(shard = self.ctx.shard_id, "disk space available again: writes resume");
+        }
+    }
+
+    /// On a leader, logs when the set of peers that report a full disk
+    /// changes, and whether writes are refused for it.
+    pub(super) fn note_peers_disk_space(&mut self) {
+        let full = self.raft.peers_no_space();
+        if full == self.stats.peers_disk_full {
+            return;
+        }
+        if full.is_empty() {
+            tracing::warn!(shard = self.ctx.shard_id, "no peer reports a full disk any more");
+        } else if self.raft.quorum_lacks_space() {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                peers = ?full,
+                "peers report a full disk, too many for a quorum: writes are refused with NoSpace until they have room"
+            );
+        } else {
+            tracing::warn!(shard = self.ctx.shard_id, peers = ?full, "peers report a full disk (writes go on without them)");
+        }
+        self.stats.peers_disk_full = full;
     }
 
     /// The configuration's members with their roles and addresses.
@@ -860,6 +897,12 @@ where
             }),
             "repair": self.repair_json(status.repair_target, status.last_index),
             "disk_full": self.storage.no_space(),
+            // Peers that answer this leader's appends "no space" (empty on
+            // followers); writes are refused with NoSpace while the rest
+            // make no quorum.
+            "peers_disk_full": self.raft.peers_no_space(),
+            "writes_refused_no_space": self.raft.role() == Role::Leader
+                && (self.storage.no_space() || self.raft.quorum_lacks_space()),
             "snapshot_index": self.raft.snapshot().index,
             "voters": status.conf.voters,
             "voters_outgoing": status.conf.voters_outgoing,
@@ -878,6 +921,7 @@ where
                 "id": p.id, "match": p.match_index, "next": p.next_index,
                 "state": format!("{:?}", p.state), "inflight": p.inflight_batches,
                 "active": p.recent_active, "learner": p.learner, "witness": p.witness,
+                "disk_full": p.no_space,
             })).collect::<Vec<_>>(),
             "sessions": sessions_json(self.fsm.sessions().len(), self.fsm.sessions().settings(), self.fsm.sessions().time()),
             "pending_writes": self.requests.writes.len(),

@@ -109,6 +109,7 @@ struct Counts {
     installs_with_reads_waiting: u64,
     forwards_redirected: u64,
     no_space: u64,
+    appends_no_space: u64,
 }
 
 impl Counts {
@@ -119,6 +120,7 @@ impl Counts {
         self.installs_with_reads_waiting += stats.installs_with_reads_waiting;
         self.forwards_redirected += stats.forwards_redirected;
         self.no_space += stats.no_space + stats.snapshot_chunks_no_space;
+        self.appends_no_space += stats.appends_no_space;
     }
 }
 
@@ -464,6 +466,7 @@ impl SimNode {
             total.installs_with_reads_waiting += counts.installs_with_reads_waiting;
             total.forwards_redirected += counts.forwards_redirected;
             total.no_space += counts.no_space;
+            total.appends_no_space += counts.appends_no_space;
         }
         total
     }
@@ -477,6 +480,12 @@ impl SimNode {
     /// restarts.
     pub fn no_space(&self) -> u64 {
         self.counts().no_space
+    }
+
+    /// Appends a follower answered "no space" on a full disk, over all
+    /// restarts.
+    pub fn appends_no_space(&self) -> u64 {
+        self.counts().appends_no_space
     }
 
     /// Snapshots taken locally, over all restarts.
