@@ -333,11 +333,19 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The cargo profile that builds into the target directory `dir_name`
+/// (`debug` is the `dev` profile's, built without a flag; every other
+/// profile's directory bears its name: `release`, `production`).
+fn cargo_profile(dir_name: &str) -> Option<&str> {
+    (dir_name != "debug").then_some(dir_name)
+}
+
 /// Finds the `node` binary: `explicit` if given; else next to this
 /// executable (the same cargo target directory, or its parent for test
 /// binaries in `deps/`). If `build` and this process runs under cargo
 /// (`cargo run` sets `CARGO`), it first builds the node binary with the same
-/// profile, so a changed node is never measured stale.
+/// profile (`release`, or `production` with link-time optimization), so a
+/// changed node is never measured stale nor measured in another build.
 pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf, ClusterError> {
     if let Some(path) = explicit {
         return if path.is_file() {
@@ -358,13 +366,16 @@ pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf,
         }
     }
     if let (true, Some(cargo)) = (build, std::env::var_os("CARGO")) {
-        let release = exe.parent().and_then(Path::file_name).is_some_and(|name| name == "release");
+        // A test binary runs from the profile directory's `deps/`.
+        let profile_dir = exe.parent().and_then(|dir| if dir.ends_with("deps") { dir.parent() } else { Some(dir) });
+        let profile = profile_dir.and_then(Path::file_name).and_then(|name| name.to_str()).and_then(cargo_profile);
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        eprintln!("building the node binary (cargo build{} -p node) ...", if release { " --release" } else { "" });
+        let flags = profile.map(|name| format!(" --profile {name}")).unwrap_or_default();
+        eprintln!("building the node binary (cargo build{flags} -p node) ...");
         let mut command = Command::new(cargo);
         command.args(["build", "--quiet", "-p", "node", "--bin", "node", "--manifest-path"]).arg(&manifest);
-        if release {
-            command.arg("--release");
+        if let Some(name) = profile {
+            command.args(["--profile", name]);
         }
         let status = command.status().map_err(|error| ClusterError::Build(error.to_string()))?;
         if !status.success() {
