@@ -286,10 +286,11 @@ impl SimDisk {
 
     /// Storage faults while the node is stopped (see [`LogImage::damage`]);
     /// returns whether any entry was lost. A fault whose loss recovery
-    /// cannot detect is outside the model and is undone: a log that ends
-    /// early, or holds entries it had replaced, with no damage found and
-    /// the hard state's acknowledged index short of the durable log's end
-    /// (no replica could vote safely after it; see the module documentation).
+    /// cannot detect is outside the model and is undone: a log that holds
+    /// entries it had replaced (whatever else recovery finds), or one that
+    /// ends early with no damage found and the hard state's acknowledged
+    /// index short of the durable log's end (no replica could vote safely
+    /// after it; see the module documentation).
     pub fn damage(&mut self, rng: &mut Rng) -> bool {
         let before = self.image.clone();
         let mut kinds = Vec::new();
@@ -304,7 +305,11 @@ impl SimDisk {
         let prefix = recovered.len() <= held.len() && recovered == shape(&held[..recovered.len()]);
         let lost = !prefix || recovered.len() < held.len();
         let claimed = self.acknowledged.max(plan.acknowledged);
-        let detected = plan.damage.is_some() || (prefix && claimed >= last);
+        // Entries the log had replaced, read back as valid before any damage
+        // recovery finds, are undetectable even when other damage is found
+        // after them (seed 6069 of five_nodes_with_storage_faults: a stale
+        // entry 1 of term 1 under an entry 2 of term 7).
+        let detected = prefix && (plan.damage.is_some() || claimed >= last);
         if lost && !detected {
             self.image = before;
             self.faults_undone += 1;
