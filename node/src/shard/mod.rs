@@ -288,7 +288,6 @@ where
         if let Err(ignored) = self.raft.step(message) {
             tracing::trace!(shard = self.ctx.shard_id, %ignored);
         }
-        self.stats.appends_no_space = self.raft.appends_refused_no_space();
     }
 
     /// A client request; `arrived` is when its connection decoded it (the
@@ -313,6 +312,8 @@ where
         self.advance_log_clock(now);
         self.note_disk_space();
         self.note_peers_disk_space();
+        // Copied once a tick for the statistics, not after every message.
+        self.stats.appends_no_space = self.raft.appends_refused_no_space();
         self.balance_leadership(now);
         self.announce_addresses(now);
     }
