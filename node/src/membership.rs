@@ -27,8 +27,11 @@
 //! snapshot, which carries the address book) learns them in log order, and
 //! a node that missed changes learns them when the leader catches it up.
 //! A node that is not a member yet learns them by asking a member
-//! (`node admin status` lists every member's addresses).
+//! (`node admin status` lists every member's addresses). So does a witness,
+//! all the time ([`spawn_witness_watch`]): the address book is made of
+//! ordinary entries, whose payloads a witness never receives.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -357,6 +360,19 @@ fn members_from(config: &ServeConfig) -> Vec<Peer> {
     else {
         return Vec::new();
     };
+    reported_members(&mut client, config.node_id).into_iter().map(|member| member.peer).collect()
+}
+
+/// A member as another member's status lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reported {
+    peer: Peer,
+    client: Option<HostPort>,
+}
+
+/// The members `client`'s node lists in its status, except `node_id`;
+/// empty when it does not answer.
+fn reported_members(client: &mut crate::client_cmd::BlockingClient, node_id: NodeId) -> Vec<Reported> {
     let Ok(ResponseStatus::Ok(bytes)) = client.call(RequestBody::Status) else { return Vec::new() };
     let Ok(status) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
     status["members"]
@@ -366,9 +382,67 @@ fn members_from(config: &ServeConfig) -> Vec<Peer> {
         .filter_map(|member| {
             let id = member["id"].as_u64()?;
             let addr: SocketAddr = member["peer_addr"].as_str()?.parse().ok()?;
-            (id != config.node_id).then_some(Peer { id, addr })
+            let client = member["client_addr"].as_str().and_then(|addr| addr.parse::<HostPort>().ok());
+            (id != node_id).then_some(Reported { peer: Peer { id, addr }, client })
         })
         .collect()
+}
+
+/// How often a witness asks the members for their addresses.
+const WITNESS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps a witness's links to the members current, on a thread of its own
+/// until `shutdown`. A witness applies no ordinary entry (it never receives
+/// their payloads), so the replicated address book, which is made of them,
+/// never reaches it: without this it would know only the members it was
+/// told at start, and could not answer (vote for, acknowledge) a full
+/// member added later once that member leads. Every
+/// [`WITNESS_WATCH_INTERVAL`] it asks a member (those given to `--join`,
+/// then those the members reported) for its status and points every
+/// core's links at the members' peer addresses (`moved`, as the DNS watch
+/// does). Cheap: one status call.
+pub fn spawn_witness_watch(config: ServeConfig, moved: Vec<crate::dns_watch::Moved>, shutdown: Arc<AtomicBool>) {
+    let name = format!("node-{}-witness-watch", config.node_id);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let mut known: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+        let mut asked = config.join_through.clone();
+        let mut silent = false;
+        while !shutdown.load(Ordering::Relaxed) {
+            let mut client_config = client_config(&config, false, WITNESS_WATCH_INTERVAL);
+            client_config.addrs = asked.clone();
+            let reported = match crate::client_cmd::BlockingClient::new(&client_config) {
+                Ok(mut client) => reported_members(&mut client, config.node_id),
+                Err(_) => Vec::new(),
+            };
+            if reported.is_empty() != silent {
+                silent = reported.is_empty();
+                if silent {
+                    tracing::warn!(asked = ?asked, "witness: no member answers with the members' addresses (asked again)");
+                }
+            }
+            for member in &reported {
+                if known.insert(member.peer.id, member.peer.addr) == Some(member.peer.addr) {
+                    continue;
+                }
+                tracing::info!(member = member.peer.id, addr = %member.peer.addr, "witness: linking to the member");
+                for core in &moved {
+                    if core.try_send(member.peer).is_err() {
+                        // Forgotten, so the next round sends it again.
+                        known.remove(&member.peer.id);
+                    }
+                }
+            }
+            for client in reported.into_iter().filter_map(|member| member.client) {
+                if !asked.contains(&client) {
+                    asked.push(client);
+                }
+            }
+            std::thread::sleep(WITNESS_WATCH_INTERVAL);
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the witness's member watch: members added later stay unknown to it");
+    }
 }
 
 /// A failure that stops the node (a removed node coming back).

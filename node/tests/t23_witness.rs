@@ -274,3 +274,46 @@ fn a_full_data_directory_cannot_become_a_witness() {
     let error = refused(command);
     assert!(error.contains("--witness needs --join"), "{error}");
 }
+
+/// A witness applies no ordinary entries, so the replicated address book
+/// never reaches it: a full member added after the witness started must
+/// still get its votes and acknowledgements once it leads. 1 and 2 full,
+/// witness 3; full node 4 joins through 1 (the cluster assigns it id 4);
+/// 2 is removed, then 1 dies: 4 can lead only with the witness's vote, sent
+/// over a link to an address the witness learned while running.
+#[test]
+fn a_full_member_added_after_the_witness_started_leads_with_its_vote() {
+    let mut cluster = two_full_and_a_witness(23440);
+    let mut client = BlockingClient::new(&cluster.client(&[1, 2])).unwrap();
+    write_keys(&mut client, 0..10);
+
+    let mut joining = cluster.base_command(4);
+    joining.args(["--join", &format!("127.0.0.1:{}", cluster.client_port(1))]);
+    cluster.start(4, joining);
+    let leader = cluster.leader();
+    cluster.wait_status(leader, "node 4 joined as a voter", |status| {
+        common::ids(&status["voters"]) == [1, 2, 3, 4] && status["voters_outgoing"] == serde_json::json!([])
+    });
+    // The witness asks the members for their addresses every 2 s: two
+    // rounds, and it links to node 4 (it was never told of it at start).
+    std::thread::sleep(Duration::from_secs(5));
+    match client.admin(AdminRequest::Remove { id: 2 }) {
+        Ok(_) => {}
+        other => panic!("removing node 2: {other:?}"),
+    }
+    let survivor = cluster.leader_among([1, 4].into_iter());
+    cluster.wait_status(survivor, "node 2 removed", |status| {
+        common::ids(&status["voters"]) == [1, 3, 4] && status["voters_outgoing"] == serde_json::json!([])
+    });
+    cluster.kill(2);
+    cluster.kill(1);
+
+    // Only the witness can give 4 the second vote of {1, 3, 4}.
+    cluster.wait_status(4, "node 4 leads with the witness's vote", |status| status["role"] == "Leader");
+    let mut client = BlockingClient::new(&cluster.client(&[4])).unwrap();
+    write_keys(&mut client, 10..20);
+    let four = cluster.client(&[4]);
+    for index in 0..20 {
+        assert_eq!(local_value(&four, index), Some(Bytes::from(value(index))), "key-{index} on node 4");
+    }
+}

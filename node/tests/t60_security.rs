@@ -29,10 +29,11 @@ use node::kv::{KvOp, KvResponse};
 use support::{expired, hostile_tls_call, peer_handshake, Credentials, HostileOutcome, CLUSTER};
 
 /// The first test's nodes use 26000-26005, the reload test's 26006-26011,
-/// the join test's 26020-26029.
+/// the join test's 26020-26029, the witness test's 26030-26037.
 const BASE_PORT: u16 = 26_000;
 const RELOAD_BASE_PORT: u16 = 26_006;
 const JOIN_BASE_PORT: u16 = 26_020;
+const WITNESS_BASE_PORT: u16 = 26_030;
 
 fn loopback(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
@@ -515,5 +516,51 @@ fn a_node_joins_through_a_member_over_tls_and_wrong_settings_are_clear_errors() 
         let answer = call(&cluster.client_of("reader", id), get.clone()).unwrap();
         assert_eq!(answer, ResponseStatus::Ok(KvResponse::Value(Some(Bytes::from_static(b"yes"))).encode()));
     }
+    assert!(cluster.all_alive());
+}
+
+/// A witness over TLS (issue 17): it joins through a member with the admin
+/// client certificate, learns the members' addresses by asking them over
+/// TLS, and, once node 3 is removed and the full follower dies, the leader
+/// commits with the witness's acknowledgements over the TLS peer links.
+#[test]
+fn a_witness_joins_and_acknowledges_over_tls() {
+    let Some(mut cluster) = TlsCluster::start_with_leader("tls-witness", WITNESS_BASE_PORT) else { return };
+    let ops = cluster.credentials.certificates.client_tls("ops").unwrap();
+    let (certificate, key) = (ops.certificate.unwrap(), ops.private_key.unwrap());
+    let (certificate, key) = (certificate.display().to_string(), key.display().to_string());
+    cluster.join_as_voter(4, &["--witness", "--join-tls-cert", &certificate, "--join-tls-key", &key]);
+    cluster.wait_for_log(4, "witness: linking to the member");
+    cluster.write_and_read("writer", "before", "1");
+
+    let mut ops = BlockingClient::new(&cluster.client("ops")).expect("a client");
+    ops.admin(AdminRequest::Remove { id: 3 }).expect("node 3 removed");
+    let status = |id: u64| match call(&cluster.client_of("ops", id), RequestBody::Status) {
+        Ok(ResponseStatus::Ok(answer)) => serde_json::from_slice::<serde_json::Value>(&answer).ok(),
+        _ => None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let leader = [1, 2].into_iter().find(|&id| {
+            status(id).is_some_and(|status| {
+                status["role"] == "Leader"
+                    && status["voters"] == serde_json::json!([1, 2, 4])
+                    && status["witnesses"] == serde_json::json!([4])
+                    && status["voters_outgoing"] == serde_json::json!([])
+            })
+        });
+        if let Some(leader) = leader {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "node 3 not removed within 30 s: {:?}", status(1));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for id in [3, 3 - leader] {
+        let mut child = cluster.nodes.remove(&id).expect("running");
+        child.kill().expect("killed");
+        child.wait().expect("reaped");
+    }
+    // Only the witness's acknowledgements make a quorum of {leader, 4}.
+    cluster.write_and_read("writer", "after", "2");
     assert!(cluster.all_alive());
 }

@@ -286,6 +286,9 @@ where
     });
     let security = setup.security.clone();
     let threads = spawn_cores(&setup, receivers, pin)?;
+    if setup.config.witness && !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
+        crate::membership::spawn_witness_watch(setup.config.clone(), moved.clone(), shutdown.clone());
+    }
     if let (PeerSource::Dns(dns), Network::Tcp) = (&setup.config.peers, &setup.network) {
         crate::dns_watch::spawn(node_id, dns.clone(), handle.clone(), moved, shutdown.clone());
     }
@@ -474,7 +477,8 @@ impl ShardTransport for NodeTransport {
 struct CoreQueues {
     /// Requests from other cores and from handles.
     forwarded: mpsc::Receiver<Forwarded>,
-    /// Members' new peer addresses from the DNS watch ([`crate::dns_watch`]).
+    /// Members' new peer addresses from the DNS watch ([`crate::dns_watch`])
+    /// or a witness's member watch ([`crate::membership::spawn_witness_watch`]).
     moved: mpsc::Receiver<Peer>,
 }
 
@@ -696,7 +700,7 @@ async fn dispatch<F>(
                 match (member, peers) {
                     (Some(member), PeerNet::Tcp(peers)) => peers.ensure(member.id, member.addr),
                     (Some(_), PeerNet::Local { .. }) => {}
-                    // No DNS watch (static members): nothing more comes.
+                    // No DNS or witness watch (static members): nothing more comes.
                     (None, _) => watching = false,
                 }
             }
