@@ -272,14 +272,21 @@ fn log_of(cluster: &common::SlotCluster, id: u64) -> String {
     std::fs::read_to_string(cluster.dir.join(format!("node-{id}.log"))).unwrap_or_default()
 }
 
-#[test]
-fn a_running_cluster_follows_dns_a_member_moves_and_a_new_name_joins_as_a_voter() {
+/// A cluster started from DNS: its slots, the listed (id, peer port)
+/// pairs, the DNS server and the first leader.
+type DnsCluster = (common::SlotCluster, Vec<(u64, u16)>, FakeDns, u64);
+
+/// Three nodes bootstrapped from `server`'s DNS on the ports from
+/// `base_port`, once one leads three voters: the cluster, the listed
+/// (id, peer port) pairs, the server and the leader. `None` (the test
+/// skips, saying why) without io_uring.
+fn three_from_dns(name: &str, base_port: u16) -> Option<DnsCluster> {
     if let Err(error) = wal::io_uring_available() {
         eprintln!("SKIPPED: io_uring is unavailable: {error}");
-        return;
+        return None;
     }
-    let mut cluster = common::SlotCluster::new("dns-follow", 27_100, CLUSTER, TOKEN);
-    let mut listed: Vec<(u64, u16)> = (1..=3).map(|id| (id, cluster.peer_port(id))).collect();
+    let mut cluster = common::SlotCluster::new(name, base_port, CLUSTER, TOKEN);
+    let listed: Vec<(u64, u16)> = (1..=3).map(|id| (id, cluster.peer_port(id))).collect();
     let server = FakeDns::start(cluster_zone(&listed));
     // A new cluster from DNS bootstraps as before (nodes started one after
     // the other: the later ones may find the first and wait to be added).
@@ -289,6 +296,12 @@ fn a_running_cluster_follows_dns_a_member_moves_and_a_new_name_joins_as_a_voter(
     }
     let leader = cluster.leader_among(1..=3);
     wait_any(&cluster, &[leader], "three voters", |status| common::ids(&status["voters"]) == [1, 2, 3]);
+    Some((cluster, listed, server, leader))
+}
+
+#[test]
+fn a_running_cluster_follows_dns_a_member_moves_and_a_new_name_joins_as_a_voter() {
+    let Some((mut cluster, mut listed, server, leader)) = three_from_dns("dns-follow", 27_100) else { return };
 
     // A follower moves: it restarts on other ports (slot 5's), and DNS says
     // so, after the nodes looked the names up once (at 1 s).
@@ -418,4 +431,63 @@ fn a_fresh_node_joins_when_a_listed_node_answers_and_bootstraps_otherwise() {
     assert!(!config.join);
     drop(listener);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A fresh node listed in DNS that starts while no listed node answers
+/// (the cluster is down) bootstraps with the members DNS lists, but it
+/// cannot take over: it holds no entry, so no member votes for it, and it
+/// writes none (only a leader writes the first entry). Once the cluster is
+/// back, the leader finds it in DNS, adds it as a learner whose log it
+/// fills from its own, and promotes it; nothing needs wiping.
+#[test]
+fn a_fresh_node_that_bootstrapped_while_the_cluster_was_down_joins_it_once_back() {
+    let Some((mut cluster, mut listed, server, _)) = three_from_dns("dns-late", 27_120) else { return };
+    let mut client = node::client_cmd::BlockingClient::new(&cluster.client(&[1, 2, 3])).unwrap();
+    let mut session = client.open_session().expect("a session opens");
+    let put = node::kv::KvOp::Put { key: "before".into(), value: "down".into() };
+    client.write(&mut session, put.encode()).expect("written");
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    // A killed node's listening socket can outlive it by a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (1..=3).any(|id| std::net::TcpStream::connect(("127.0.0.1", cluster.peer_port(id))).is_ok()) {
+        assert!(std::time::Instant::now() < deadline, "a killed node still listens");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Node 4 appears in DNS and starts while nothing answers: it bootstraps.
+    listed.push((4, cluster.peer_port(4)));
+    server.set_zone(cluster_zone(&listed));
+    let child = dns_node(&cluster, 4, 4, &server).spawn().expect("start node 4");
+    cluster.nodes.insert(4, child);
+    wait_any(&cluster, &[4], "node 4 up", |status| status["last_index"] == 0);
+    assert!(!cluster.data_dir(4).join("node-identity").exists(), "node 4 found no one and bootstraps");
+    std::thread::sleep(Duration::from_secs(2));
+    let status = cluster.status(4).expect("node 4 answers");
+    assert_ne!(status["role"], "Leader", "node 4 leads alone: {status}");
+    assert_eq!(status["last_index"], 0, "node 4 wrote entries of its own: {status}");
+
+    // The cluster returns: node 4 becomes one of its voters, with its data.
+    for id in 1..=3 {
+        let child = dns_node(&cluster, id, id, &server).spawn().expect("restart node");
+        cluster.nodes.insert(id, child);
+    }
+    wait_any(&cluster, &[1, 2, 3], "node 4 a voter", |status| {
+        status["role"] == "Leader" && common::ids(&status["voters"]) == [1, 2, 3, 4]
+    });
+    let leader = cluster.leader_among(1..=3);
+    let commit = cluster.status(leader).expect("leader answers")["commit"].as_u64().unwrap();
+    wait_any(&cluster, &[4], "node 4 caught up", |status| {
+        status["role"] == "Follower"
+            && common::ids(&status["voters"]) == [1, 2, 3, 4]
+            && status["applied"].as_u64() >= Some(commit)
+    });
+    let get = net::RequestBody::Read {
+        query: node::kv::KvOp::Get { key: "before".into() }.encode(),
+        consistency: net::ReadConsistency::Stale,
+    };
+    let answer = node::client_cmd::call(&cluster.client(&[4]), get).expect("node 4 reads");
+    let value = node::kv::KvResponse::Value(Some(bytes::Bytes::from_static(b"down"))).encode();
+    assert_eq!(answer, net::ResponseStatus::Ok(value), "node 4's copy of the cluster's data");
 }
