@@ -247,7 +247,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
         None => ClientConfig::new(settings.cluster_id, options.token.clone()),
     };
     client_config.connect_timeout = Duration::from_secs(2);
-    let total_shards = cluster_shards(&addrs, &client_config)?;
+    let (total_shards, connect_to) = cluster_shards_and_members(&addrs, &client_config)?;
     if settings.shards.is_empty() {
         settings.shards = (0..total_shards).collect();
     }
@@ -269,7 +269,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
         settings: settings.clone(),
         total_shards,
         client_config,
-        addrs,
+        addrs: connect_to,
         keys,
         start,
         warmup_end: start + warmup,
@@ -318,6 +318,8 @@ struct Shared {
     /// The cluster's shard count.
     total_shards: u32,
     client_config: ClientConfig,
+    /// The nodes to connect to: those given, then the members the first
+    /// that answered listed.
     addrs: Vec<SocketAddr>,
     keys: KeyChooser,
     start: Instant,
@@ -887,14 +889,27 @@ pub fn check_answer(op: OpKind, answer: &Bytes) -> Answer {
 }
 
 /// The cluster's shard count, as the first node that answers tells it in
-/// the handshake (1 when it does not say: an older node).
-fn cluster_shards(addrs: &[SocketAddr], config: &ClientConfig) -> Result<u32, RunError> {
-    let (addrs, config) = (addrs.to_vec(), config.clone());
+/// the handshake (1 when it does not say: an older node), and the nodes to
+/// connect to: `addrs` (those given), then the other members' client
+/// addresses as that node lists them, so that a run given one node spreads
+/// over the cluster and goes on when that node dies.
+fn cluster_shards_and_members(addrs: &[SocketAddr], config: &ClientConfig) -> Result<(u32, Vec<SocketAddr>), RunError> {
+    let (given, config) = (addrs.to_vec(), config.clone());
     let told = tokio_uring::start(async move {
         let mut last = String::new();
-        for addr in addrs {
+        for addr in given.iter().copied() {
             match ClientConnection::connect(addr, &config).await {
-                Ok(connection) => return Ok(connection.server_shards().max(1)),
+                Ok(mut connection) => {
+                    let shards = connection.server_shards().max(1);
+                    let status = ClientRequest::plain(u64::MAX, RequestBody::Status);
+                    let members = match connection.call(0, &status).await.map(|response| response.status) {
+                        Ok(ResponseStatus::Ok(bytes)) => net::session_client::member_client_addrs(&bytes),
+                        _ => Vec::new(),
+                    };
+                    let mut all = given.clone();
+                    all.extend(members.into_iter().filter(|member| !given.contains(member)));
+                    return Ok((shards, all));
+                }
                 Err(error) => last = format!("{addr}: {error}"),
             }
         }

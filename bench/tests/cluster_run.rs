@@ -23,6 +23,19 @@ fn node_binary(bench: &std::path::Path) -> Option<PathBuf> {
 
 fn run_bench(bench: &std::path::Path, cluster: &LocalCluster, out: &std::path::Path, extra: &[&str]) -> ResultFile {
     let addrs = cluster.client_addrs().iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    run_bench_at(bench, cluster, &addrs, &["--duration", "1s"], out, extra)
+}
+
+/// `bench run` given `addrs` for `duration` (its arguments) after half a
+/// second of warm-up.
+fn run_bench_at(
+    bench: &std::path::Path,
+    cluster: &LocalCluster,
+    addrs: &str,
+    duration: &[&str],
+    out: &std::path::Path,
+    extra: &[&str],
+) -> ResultFile {
     // A TLS cluster's client certificate, or the shared token.
     let auth: Vec<String> = match cluster.client_tls() {
         Some(tls) => {
@@ -39,10 +52,11 @@ fn run_bench(bench: &std::path::Path, cluster: &LocalCluster, out: &std::path::P
         None => vec!["--token".into(), LOCAL_TOKEN.into()],
     };
     let output = Command::new(bench)
-        .args(["run", "--addr", &addrs, "--quiet", "--out"])
+        .args(["run", "--addr", addrs, "--quiet", "--out"])
         .arg(out)
         .args(&auth)
-        .args(["--duration", "1s", "--warmup", "500ms", "--value-size", "64", "--keys", "1000"])
+        .args(duration)
+        .args(["--warmup", "500ms", "--value-size", "64", "--keys", "1000"])
         .args(extra)
         .env_remove("NODE_TOKEN_FILE")
         .output()
@@ -180,4 +194,57 @@ fn bench_run_against_a_tls_cluster() {
     let errors: u64 = result.errors.values().sum();
     assert_eq!(errors, 0, "{:?} {:?}", result.errors, result.error_examples);
     assert_eq!(result.cluster.as_ref().and_then(|status| status.as_object().map(|nodes| nodes.len())), Some(3));
+}
+
+/// The leader's index among the cluster's nodes (by its status).
+fn leader_of(cluster: &LocalCluster) -> usize {
+    let config = cluster.client_config().expect("a client configuration");
+    let addrs = cluster.client_addrs().to_vec();
+    tokio_uring::start(async move {
+        for _ in 0..100 {
+            for (index, addr) in addrs.iter().enumerate() {
+                let Ok(mut connection) = net::ClientConnection::connect(*addr, &config).await else { continue };
+                let status = net::ClientRequest::plain(1, net::RequestBody::Status);
+                if let Ok(net::ClientResponse { status: net::ResponseStatus::Ok(bytes), .. }) =
+                    connection.call(0, &status).await
+                {
+                    let status: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON status");
+                    if status["role"] == "Leader" {
+                        return index;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no leader");
+    })
+}
+
+/// Given the leader's address alone, the bench learns the other members
+/// from it and goes on writing through them when the leader dies (before,
+/// it knew no other node and every request failed from then on).
+#[test]
+fn bench_given_one_node_learns_the_members_and_outlives_it() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(spec) = three_nodes(&bench, false) else { return };
+    let mut cluster = LocalCluster::start(spec).expect("start the node processes");
+    cluster.wait_ready(Duration::from_secs(20)).expect("the cluster serves");
+    let leader = leader_of(&cluster);
+    let (addr, pid) = (cluster.client_addrs()[leader].to_string(), cluster.pids()[leader]);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill runs")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("failover.json");
+    let result = run_bench_at(&bench, &cluster, &addr, &["--duration", "5s"], &out, &["--inflight", "8", "--no-floor"]);
+    assert!(killer.join().unwrap().success(), "the leader was killed");
+    // Killed at 1.5 s of 5.5: an election, then writes go on.
+    let late: Vec<f64> =
+        result.timeline.iter().filter(|point| point.end_s > 4.0).map(|point| point.ops_per_second).collect();
+    assert!(
+        !late.is_empty() && late.iter().all(|&ops| ops > 0.0),
+        "no writes after the leader died: {:?}",
+        result.timeline
+    );
 }
