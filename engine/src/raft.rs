@@ -1940,7 +1940,7 @@ impl Raft {
     ///   is either that entry or never committed. Without this, a replica
     ///   whose `repair_term` is the term it led (it counts its own log from
     ///   its election on) but whose entries of that term all perished
-    ///   refuses every log, since no other replica may hold an entry of that
+    ///   refuses every candidate when no other voter holds an entry of that
     ///   term: seed 6339 of `three_nodes_with_storage_faults` stalled for
     ///   good that way, with every committed entry on two healthy replicas.
     fn repair_vote_allowed(&self, request: VoteRequest) -> bool {
