@@ -86,6 +86,10 @@ pub struct VoteRequest {
     /// Set when the election was started by a leader transfer; voters then
     /// ignore their leader lease (Raft thesis 4.2.3).
     pub transfer: bool,
+    /// The candidate's commit index: its log holds the committed entries
+    /// through it. A replica in repair may vote for a log it covers (see
+    /// `Raft::repair_vote_allowed`). 0 from a sender that predates it.
+    pub commit: Index,
 }
 
 /// AppendEntries: the entries after `prev_index` (if any) and the leader's

@@ -737,8 +737,7 @@ impl Raft {
         if !self.conf.is_voter(self.id) {
             return;
         }
-        let request =
-            VoteRequest { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), transfer: false };
+        let request = self.vote_request(false);
         let term = self.term + 1;
         let me = self.id;
         for to in self.voter_ids().into_iter().filter(|&to| to != me) {
@@ -766,8 +765,7 @@ impl Raft {
 
     fn run_election(&mut self, pre: bool, transfer: bool) {
         let term = if pre { self.term + 1 } else { self.term };
-        let request =
-            VoteRequest { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), transfer };
+        let request = self.vote_request(transfer);
         let voters: Vec<NodeId> = self.voter_ids();
         if self.poll(self.id, true) == VoteResult::Won {
             if pre {
@@ -782,6 +780,16 @@ impl Raft {
         for to in voters.into_iter().filter(|&to| to != me) {
             let body = if pre { MessageBody::PreVote(request) } else { MessageBody::Vote(request) };
             self.send(Message { from: self.id, to, term, body });
+        }
+    }
+
+    /// What this node's (pre-)vote requests say of its log.
+    fn vote_request(&self, transfer: bool) -> VoteRequest {
+        VoteRequest {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            transfer,
+            commit: self.log.committed,
         }
     }
 
@@ -1913,18 +1921,32 @@ impl Raft {
     }
 
     /// Whether a replica in repair may vote for a candidate with this log
-    /// (always true when not in repair). Only for one whose last entry has
-    /// a term at or above `repair_term` (the last term in which it
-    /// acknowledged anything) and an index at or above the
-    /// target: that entry came from the leader of its term, which held
-    /// every entry committed before (Leader Completeness), and Log Matching
-    /// gives the candidate that leader's log up to there, so it holds
-    /// everything this replica acknowledged. Without this, a replica that
-    /// repairs after a false alarm (a log legitimately shortened by a new
-    /// leader, then a crash) could leave a group with no majority to elect
-    /// anyone.
+    /// (always true when not in repair). Only for one that surely holds
+    /// every entry this replica acknowledged that is or may yet be
+    /// committed (all at or below the target), which it shows in one of
+    /// two ways:
+    ///
+    /// - Its last entry has a term at or above `repair_term` (the last term
+    ///   in which this replica acknowledged anything) and an index at or
+    ///   above the target: that entry came from the leader of its term,
+    ///   which held every entry committed before (Leader Completeness), and
+    ///   Log Matching gives the candidate that leader's log up to there.
+    ///   Without this, a replica that repairs after a false alarm (a log
+    ///   legitimately shortened by a new leader, then a crash) could leave a
+    ///   group with no majority to elect anyone.
+    /// - Its commit index is at or above the target: it holds the committed
+    ///   entry at every index up to the target, and one index never holds
+    ///   two committed entries, so whatever this replica acknowledged there
+    ///   is either that entry or never committed. Without this, a replica
+    ///   whose `repair_term` is the term it led (it counts its own log from
+    ///   its election on) but whose entries of that term all perished
+    ///   refuses every candidate when no other voter holds an entry of that
+    ///   term: seed 6339 of `three_nodes_with_storage_faults` stalled for
+    ///   good that way, with every committed entry on two healthy replicas.
     fn repair_vote_allowed(&self, request: VoteRequest) -> bool {
-        self.repair.is_none_or(|target| request.last_log_term >= self.repair_term && request.last_log_index >= target)
+        self.repair.is_none_or(|target| {
+            (request.last_log_term >= self.repair_term && request.last_log_index >= target) || request.commit >= target
+        })
     }
 
     fn handle_vote_response(&mut self, from: NodeId, granted: bool, pre: bool) -> Result<(), Ignored> {
@@ -2279,7 +2301,9 @@ fn fields_in_range(message: &Message) -> bool {
     let ok = |value: u64| value < TERM_INDEX_LIMIT;
     ok(message.term)
         && match &message.body {
-            MessageBody::PreVote(r) | MessageBody::Vote(r) => ok(r.last_log_index) && ok(r.last_log_term),
+            MessageBody::PreVote(r) | MessageBody::Vote(r) => {
+                ok(r.last_log_index) && ok(r.last_log_term) && ok(r.commit)
+            }
             MessageBody::Append(r) => {
                 ok(r.prev_index)
                     && ok(r.prev_term)

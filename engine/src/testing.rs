@@ -484,6 +484,15 @@ impl Cluster {
         *node = TestNode::new(config, storage);
     }
 
+    /// Proposes `count` one-byte commands (0, 1, ...) at the leader `id`,
+    /// stabilizing after each, so each is committed before the next.
+    pub fn commit_values(&mut self, id: NodeId, count: u8) {
+        for value in 0..count {
+            self.raft(id).propose(Bytes::from(vec![value])).expect("leader accepts");
+            self.stabilize();
+        }
+    }
+
     /// Elects `id`: campaigns and stabilizes. Panics if it did not win.
     pub fn elect(&mut self, id: NodeId) {
         self.raft(id).campaign();

@@ -31,7 +31,12 @@ fn vote(from: NodeId, to: NodeId, term: Term, last_index: u64, last_term: Term) 
         from,
         to,
         term,
-        body: MessageBody::Vote(VoteRequest { last_log_index: last_index, last_log_term: last_term, transfer: false }),
+        body: MessageBody::Vote(VoteRequest {
+            last_log_index: last_index,
+            last_log_term: last_term,
+            transfer: false,
+            commit: 0,
+        }),
     }
 }
 

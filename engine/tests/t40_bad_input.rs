@@ -32,16 +32,12 @@ fn any_body() -> impl Strategy<Value = MessageBody> {
     let index = prop_oneof![0u64..12, Just(u64::MAX), Just(u64::MAX - 1)];
     let term = prop_oneof![0u64..8, Just(u64::MAX)];
     prop_oneof![
-        (index.clone(), term.clone(), any::<bool>()).prop_map(|(i, t, transfer)| MessageBody::PreVote(VoteRequest {
-            last_log_index: i,
-            last_log_term: t,
-            transfer
-        })),
-        (index.clone(), term.clone(), any::<bool>()).prop_map(|(i, t, transfer)| MessageBody::Vote(VoteRequest {
-            last_log_index: i,
-            last_log_term: t,
-            transfer
-        })),
+        (index.clone(), term.clone(), any::<bool>(), index.clone()).prop_map(|(i, t, transfer, commit)| {
+            MessageBody::PreVote(VoteRequest { last_log_index: i, last_log_term: t, transfer, commit })
+        }),
+        (index.clone(), term.clone(), any::<bool>(), index.clone()).prop_map(|(i, t, transfer, commit)| {
+            MessageBody::Vote(VoteRequest { last_log_index: i, last_log_term: t, transfer, commit })
+        }),
         any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse { granted }),
         any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
         (0u64..12, 0u64..6, index.clone(), 1u64..12, proptest::collection::vec(0u64..6, 0..4)).prop_map(

@@ -464,7 +464,7 @@ fn a_replica_that_may_not_campaign_tells_a_stale_leader_its_term() {
     cluster.elect(1);
     let term = cluster.node(1).raft.term();
     // The witness hears of a later term (a vote request it refuses).
-    let request = engine::VoteRequest { last_log_index: 0, last_log_term: 0, transfer: false };
+    let request = engine::VoteRequest { last_log_index: 0, last_log_term: 0, transfer: false, commit: 0 };
     let _ = cluster.raft(WITNESS).step(engine::Message {
         from: 2,
         to: WITNESS,

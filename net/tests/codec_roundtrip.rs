@@ -146,3 +146,24 @@ fn a_batch_with_a_wrong_stored_crc_is_refused_inside_a_valid_frame() {
     let err = Frame::decode_bytes(&Bytes::from(raw), &Limits::default()).unwrap_err();
     assert!(matches!(err, net::DecodeError::BadField { field: "entries", .. }), "{err}");
 }
+
+/// A vote request from a build before the commit field (its body ends after
+/// the reserved bytes) still decodes, as commit 0, so that such a node's
+/// candidates keep their votes during a rolling upgrade.
+#[test]
+fn a_vote_request_without_the_commit_field_decodes_as_commit_zero() {
+    let request = engine::VoteRequest { last_log_index: 9, last_log_term: 4, transfer: true, commit: 7 };
+    let message = Message { from: 1, to: 2, term: 5, body: MessageBody::Vote(request) };
+    let mut raw = Frame { cluster_id: 1, shard_id: 0, payload: Payload::Raft(message) }.to_bytes().to_vec();
+    assert_eq!(raw.len(), 32 + 24 + 24 + 8, "header, message head, vote body, commit");
+    raw.truncate(raw.len() - 8);
+    let body_length = (raw.len() - 32) as u32;
+    raw[20..24].copy_from_slice(&body_length.to_le_bytes());
+    let body_crc = crc32c::crc32c(&raw[32..]);
+    raw[24..28].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&raw[..28]);
+    raw[28..32].copy_from_slice(&header_crc.to_le_bytes());
+    let (frame, _) = Frame::decode_bytes(&Bytes::from(raw), &Limits::default()).expect("an older sender's vote");
+    let Payload::Raft(decoded) = frame.payload else { panic!("a Raft message") };
+    assert_eq!(decoded.body, MessageBody::Vote(engine::VoteRequest { commit: 0, ..request }));
+}

@@ -26,6 +26,7 @@ pub mod effects;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod trace;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -195,6 +196,8 @@ struct World {
     /// The nodes whose disks may lose durable entries when they crash (the
     /// storage-fault mode; empty otherwise).
     faulty: Vec<NodeId>,
+    /// With `SIM_TRACE`, the replica states last printed.
+    traced: Option<trace::States>,
 }
 
 /// Runs one seed with `voters` initial voters (plus one spare node that
@@ -328,6 +331,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         },
         effects,
         settings: Some(settings),
+        traced: trace::enabled().then(trace::States::default),
     };
     world.chaos(voters);
     world.heal_and_converge();
@@ -363,6 +367,9 @@ impl World {
         while let Some(packet) = self.network.next_due(self.now) {
             match (packet.to, packet.payload) {
                 (Endpoint::Node(id), Payload::Raft(shard, message)) => {
+                    if self.traced.is_some() {
+                        trace::message(self.now, &message);
+                    }
                     if let Some(node) = self.nodes.get_mut(&id).filter(|node| node.up) {
                         node.step(shard, message);
                     }
@@ -402,6 +409,11 @@ impl World {
                 }
             }
             let output = node.process();
+            if let Some(traced) = &mut self.traced {
+                for shard in 0..self.shards {
+                    traced.replica(self.now, id, shard, node.raft(shard));
+                }
+            }
             self.send_all(id, output);
         }
         for index in 0..self.clients.len() {

@@ -73,10 +73,7 @@ fn hard_state_commit_never_covers_entries_not_yet_durable() {
 fn follower_that_lost_acknowledged_entries_catches_up() {
     let mut cluster = Cluster::with_voters(3, 7);
     cluster.elect(1);
-    for value in 0..5u8 {
-        cluster.raft(1).propose(Bytes::from(vec![value])).expect("leader accepts");
-        cluster.stabilize();
-    }
+    cluster.commit_values(1, 5);
     let last = cluster.node(1).raft.last_index();
     assert_eq!(cluster.node(3).raft.last_index(), last, "follower 3 holds everything before the crash");
     // Node 3 crashes and its last acknowledged entry is lost (a torn tail).
@@ -250,7 +247,7 @@ fn replica_that_lost_acknowledged_entries_grants_no_vote() {
     let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     assert_eq!(replica.repair_target(), Some(5));
     assert_eq!(replica.committed(), 0, "a possibly stale prefix is not committed until a leader verifies it");
-    let request = VoteRequest { last_log_index: 3, last_log_term: 1, transfer: false };
+    let request = VoteRequest { last_log_index: 3, last_log_term: 1, transfer: false, commit: 0 };
     for pre in [true, false] {
         let granted = ask_vote(&mut replica, 2, 2, request, pre);
         assert_eq!(granted, vec![false], "pre-vote {pre}: a replica in repair grants nothing");
@@ -278,10 +275,7 @@ fn wiped_voter_grants_no_vote_until_caught_up() {
     cluster.raft(1).propose(Bytes::from_static(b"early")).expect("leader accepts");
     cluster.stabilize();
     cluster.isolate(3);
-    for value in 0..5u8 {
-        cluster.raft(1).propose(Bytes::from(vec![value])).expect("leader accepts");
-        cluster.stabilize();
-    }
+    cluster.commit_values(1, 5);
     let committed = cluster.node(1).raft.committed();
     assert!(cluster.node(3).raft.last_index() < committed, "node 3 lags");
     // Node 2 loses its whole data directory; node 1 goes down.
@@ -320,7 +314,7 @@ fn wiped_voter_in_repair_refuses_votes() {
     assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
     let ready = replica.ready();
     replica.advance(ready);
-    let request = VoteRequest { last_log_index: 1_000, last_log_term: 4, transfer: true };
+    let request = VoteRequest { last_log_index: 1_000, last_log_term: 4, transfer: true, commit: 1_000 };
     assert_eq!(ask_vote(&mut replica, 3, 5, request, false), vec![false]);
 }
 
@@ -334,7 +328,7 @@ fn wiped_voter_votes_for_the_most_up_to_date_of_a_quorum_of_reports() {
     use engine::VoteRequest;
     let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), Recovered::default()).expect("valid config");
     let ask = |replica: &mut Raft, from, term, last_log_index, pre| {
-        let request = VoteRequest { last_log_index, last_log_term: 2, transfer: false };
+        let request = VoteRequest { last_log_index, last_log_term: 2, transfer: false, commit: 0 };
         ask_vote(replica, from, term, request, pre) == vec![true]
     };
     assert!(!ask(&mut replica, 3, 3, 5, true), "one report of two needed");
@@ -397,10 +391,7 @@ fn repair_ends_on_a_later_leaders_log_short_of_the_target() {
 fn leader_grows_its_log_for_a_replica_repairing_past_it() {
     let mut cluster = Cluster::with_voters(3, 5);
     cluster.elect(1);
-    for value in 0..3u8 {
-        cluster.raft(1).propose(Bytes::from(vec![value])).expect("leader accepts");
-        cluster.stabilize();
-    }
+    cluster.commit_values(1, 3);
     let last = cluster.node(1).raft.last_index();
     cluster.crash(3);
     cluster.restart(3);
@@ -443,9 +434,54 @@ fn replica_in_repair_after_failed_elections_votes_for_a_complete_log() {
     let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     assert_eq!(replica.repair_target(), Some(2));
     let vote = |replica: &mut Raft, term, last_log_index, last_log_term| {
-        let request = VoteRequest { last_log_index, last_log_term, transfer: false };
+        let request = VoteRequest { last_log_index, last_log_term, transfer: false, commit: 0 };
         ask_vote(replica, 2, term, request, false) == vec![true]
     };
     assert!(!vote(&mut replica, 41, 1, 3), "a log short of what it acknowledged");
     assert!(vote(&mut replica, 42, 6, 3), "a log through the target, of the term it acknowledged in");
+}
+
+/// Found by `t10_simulation` (seed 6339, three nodes with storage faults):
+/// a replica won term 8 with a log through 72 (term 6) and crashed before
+/// its first entry of term 8 reached its disk, which then lost 70..=72. It
+/// came back in repair (target 72) with `ack_term` 8, the term it led (a
+/// leader counts its own log from its election on), so it voted only for a
+/// log ending in an entry of term 8 or later: none survived anywhere that
+/// a voter could campaign with, both healthy replicas were refused, and the
+/// group stayed leaderless for good although both held every committed
+/// entry.
+///
+/// Fixed in engine/src/raft.rs `repair_vote_allowed`: vote requests carry
+/// the candidate's commit index, and a replica in repair also votes for a
+/// candidate whose commit index reaches its target (it holds the committed
+/// entry at every index the replica may have acknowledged).
+#[test]
+fn replica_in_repair_votes_for_a_candidate_that_committed_its_target() {
+    use engine::VoteRequest;
+    let entries = (70..=71)
+        .map(|index| Entry { index, term: 6, kind: EntryKind::Normal, data: Bytes::from_static(b"x") })
+        .collect();
+    let snapshot = engine::SnapshotMeta { index: 69, term: 6, conf: engine::ConfState::new(vec![1, 2, 3], vec![]) };
+    let recovered = Recovered {
+        hard_state: HardState { term: 8, vote: 2, commit: 72, ack_term: 8 },
+        snapshot: Some(snapshot),
+        entries,
+        acknowledged: 72,
+    };
+    let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), recovered).expect("valid config");
+    assert_eq!(replica.repair_target(), Some(72));
+    let request = |last_log_index, commit| VoteRequest { last_log_index, last_log_term: 6, transfer: false, commit };
+    for pre in [true, false] {
+        let term = if pre { 9 } else { 10 };
+        assert_eq!(
+            ask_vote(&mut replica, 3, term, request(76, 71), pre),
+            vec![false],
+            "pre-vote {pre}: a candidate that knows only 71 committed may lack what it acknowledged at 72"
+        );
+        assert_eq!(
+            ask_vote(&mut replica, 1, term, request(72, 72), pre),
+            vec![true],
+            "pre-vote {pre}: a candidate that committed 72 holds whatever of it was committed"
+        );
+    }
 }

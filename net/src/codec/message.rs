@@ -32,6 +32,15 @@ struct VoteBody {
     reserved: [u8; 7],
 }
 
+/// Follows a [`VoteBody`]: the candidate's commit index (see
+/// `VoteRequest::commit`). A build from before it sends a vote body
+/// without it, read as commit 0 (which helps no replica in repair to vote).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct VoteCommitBody {
+    commit: U64,
+}
+
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct GrantBody {
@@ -109,6 +118,7 @@ struct SnapshotResponseBody {
 
 const _: () = assert!(size_of::<MessageHead>() == 24);
 const _: () = assert!(size_of::<VoteBody>() == 24);
+const _: () = assert!(size_of::<VoteCommitBody>() == 8);
 const _: () = assert!(size_of::<GrantBody>() == 8);
 const _: () = assert!(size_of::<AppendBody>() == 24);
 const _: () = assert!(size_of::<AppendResponseBody>() == 32);
@@ -172,6 +182,7 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
                 reserved: [0; 7],
             };
             out.put_slice(body.as_bytes());
+            out.put_slice(VoteCommitBody { commit: U64::new(vote.commit) }.as_bytes());
             Bytes::new()
         }
         MessageBody::PreVoteResponse { granted } | MessageBody::VoteResponse { granted } => {
@@ -257,10 +268,14 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
 fn decode_vote(reader: &mut BodyReader<'_>) -> Result<VoteRequest, DecodeError> {
     let body = reader.fixed::<VoteBody>()?;
     reader.reserved(&body.reserved)?;
+    let transfer = reader.flag(body.transfer, "transfer")?;
+    // A sender from before the commit field ends the body here.
+    let commit = if reader.remaining() == 0 { 0 } else { reader.fixed::<VoteCommitBody>()?.commit.get() };
     Ok(VoteRequest {
         last_log_index: body.last_log_index.get(),
         last_log_term: body.last_log_term.get(),
-        transfer: reader.flag(body.transfer, "transfer")?,
+        transfer,
+        commit,
     })
 }
 

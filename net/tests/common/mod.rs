@@ -43,11 +43,14 @@ pub fn batch() -> impl Strategy<Value = EntryBatch> {
 }
 
 fn vote() -> impl Strategy<Value = VoteRequest> {
-    (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(last_log_index, last_log_term, transfer)| VoteRequest {
-        last_log_index,
-        last_log_term,
-        transfer,
-    })
+    (any::<u64>(), any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
+        |(last_log_index, last_log_term, transfer, commit)| VoteRequest {
+            last_log_index,
+            last_log_term,
+            transfer,
+            commit,
+        },
+    )
 }
 
 fn ids() -> impl Strategy<Value = Vec<u64>> {

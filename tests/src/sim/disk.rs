@@ -387,7 +387,7 @@ impl SimDisk {
             // two groups in flight, so the one after it may have landed.
             if let DiskWrite::Entries { batch, sequence } = write {
                 let landed = rng.range(0, batch.len_bytes() as u64) as usize;
-                if trace() {
+                if super::trace::enabled() {
                     eprintln!("torn write of {}..={} at a crash", batch.first_index(), batch.last_index());
                 }
                 if batch.as_bytes()[landed..].iter().all(|&byte| byte == 0) {
@@ -399,7 +399,7 @@ impl SimDisk {
                 }
                 if let Some((_, DiskWrite::Entries { batch: next, .. })) = writes.next() {
                     if self.out_of_order_tails && rng.range(0, 4) == 0 {
-                        if trace() {
+                        if super::trace::enabled() {
                             eprintln!("{}..={} landed after a torn write", next.first_index(), next.last_index());
                         }
                         self.image.write(&next, None);
@@ -430,7 +430,7 @@ pub struct SimStorage {
 impl SimStorage {
     /// With `SIM_TRACE`, says which snapshot this replica installs or takes.
     fn trace_snapshot(&self, what: &str, meta: &SnapshotMeta, data: &Bytes) {
-        if trace() {
+        if super::trace::enabled() {
             let (node, shard, crc) = (self.id.0, self.id.1, crc32c::crc32c(data));
             eprintln!(
                 "node {node} shard {shard} {what} snapshot {}/{}: {} bytes, crc {crc:08x}",
@@ -453,10 +453,6 @@ fn sim_error(what: String) -> WalError {
         path: Default::default(),
         source: std::sync::Arc::new(std::io::Error::other(what)),
     }
-}
-
-fn trace() -> bool {
-    std::env::var_os("SIM_TRACE").is_some()
 }
 
 impl ShardStorage for SimStorage {

@@ -361,7 +361,7 @@ impl SimNode {
         let shards = self.shards();
         for shard_id in 0..shards {
             let disk = self.replicas[shard_id as usize].disk.clone();
-            if std::env::var_os("SIM_TRACE").is_some() {
+            if super::trace::enabled() {
                 let disk = disk.borrow();
                 let durable = &disk.durable;
                 eprintln!(

@@ -1,0 +1,76 @@
+//! A replica whose storage lost entries it acknowledged (repair): it must
+//! not help elect a leader lacking them, and must not keep a group that
+//! holds them from electing one.
+
+use engine::testing::Cluster;
+use engine::{EntryBatch, MemStorage, Role};
+
+/// Seed 6339 of the simulation's `three_nodes_with_storage_faults`, reduced:
+/// node 2 wins a term with node 1's vote and records in its hard state
+/// that it acknowledged in that term (a leader counts its own log from its
+/// election on), but crashes before its first entry of the term is on its
+/// disk, and the disk then loses its last entries too. It comes back in
+/// repair, and with node 3 down node 1 needs its vote. Node 1 holds every
+/// committed entry, yet before the fix node 2 voted only for a log ending
+/// in an entry of the term it led, which no one has: no leader, for good
+/// (in the simulation a joint configuration made the healthy replicas
+/// need node 2's vote the same way). Now a vote request carries the
+/// candidate's commit index, and node 2 votes for a candidate whose commit
+/// index reaches its repair target.
+#[test]
+fn a_leader_that_lost_its_first_entry_and_more_lets_a_complete_log_win() {
+    let mut cluster = Cluster::with_voters(3, 3);
+    cluster.elect(1);
+    cluster.commit_values(1, 4);
+    let committed = cluster.node(1).raft.committed();
+    assert_eq!(cluster.node(2).raft.committed(), committed);
+    cluster.crash(3);
+    // Node 1 restarts (it no longer leads); node 2 wins the next term, and
+    // its writes stay in memory once it leads.
+    cluster.crash(1);
+    cluster.restart(1);
+    cluster.sync_writes = false;
+    cluster.raft(2).campaign();
+    for _ in 0..10 {
+        if cluster.node(2).raft.role() == Role::Leader {
+            break;
+        }
+        for id in [1, 2] {
+            cluster.process_ready(id);
+            cluster.persist(id, usize::MAX);
+        }
+        cluster.deliver_all();
+    }
+    assert_eq!(cluster.node(2).raft.role(), Role::Leader);
+    let led = cluster.node(2).raft.term();
+    // Its hard state (with the term it acknowledged in) reaches the disk,
+    // its first entry of the term does not, then it crashes.
+    cluster.process_ready(2);
+    let node = cluster.nodes.get_mut(&2).expect("node 2");
+    let write = node.pending_writes.pop_front().expect("the new leader's write");
+    let hard_state = write.hard_state.expect("the leader's hard state");
+    assert_eq!(hard_state.ack_term, led);
+    assert!(write.entries.iter().any(|batch| batch.last_term() == led), "its first entry of the term");
+    node.storage.set_hard_state(hard_state);
+    cluster.crash(2);
+    // Its disk also loses the last two entries it had acknowledged.
+    let old = std::mem::take(&mut cluster.nodes.get_mut(&2).expect("node 2").storage);
+    let mut damaged = MemStorage::new();
+    damaged.set_hard_state(old.hard_state());
+    let kept = old.entries(1, committed - 1).expect("entries");
+    damaged.append(&EntryBatch::encode(&kept)).expect("append");
+    cluster.nodes.get_mut(&2).expect("node 2").storage = damaged;
+    cluster.restart(2);
+    cluster.sync_writes = true;
+    assert_eq!(cluster.node(2).raft.repair_target(), Some(committed));
+    // Node 3 stays down: node 1 needs node 2's vote.
+    for _ in 0..200 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.leader(), Some(1), "node 1, holding every committed entry, was not elected");
+    assert_eq!(cluster.node(2).raft.repair_target(), None, "node 2 repaired from the new leader");
+    for index in 1..=committed {
+        assert_eq!(cluster.node(2).raft.entry(index), cluster.node(1).raft.entry(index));
+    }
+}
