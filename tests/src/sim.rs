@@ -818,23 +818,24 @@ impl World {
             return false;
         }
         (0..self.shards).any(|shard| {
-            let voters: Vec<NodeId> = self
+            let conf = self
                 .nodes
                 .values()
                 .map(|node| node.raft(shard))
                 .max_by_key(|raft| (raft.term(), raft.last_index()))
-                .map(|raft| raft.conf().voters.clone())
+                .map(|raft| raft.conf().clone())
                 .unwrap_or_default();
-            let unsure = voters
-                .iter()
-                .filter(|id| {
-                    let raft = self.nodes[*id].raft(shard);
-                    raft.repair_target().is_some() || raft.past_unknown()
-                })
-                .count();
-            // The others cannot make a majority (with four voters, two
-            // unsure ones are enough).
-            voters.len() - unsure < voters.len() / 2 + 1
+            let unsure = |id: &&NodeId| {
+                let raft = self.nodes[*id].raft(shard);
+                raft.repair_target().is_some() || raft.past_unknown()
+            };
+            // A half whose others cannot make a majority (with four voters,
+            // two unsure ones are enough); during a joint change an
+            // election needs a majority of both halves.
+            let lacks = |half: &[NodeId]| {
+                !half.is_empty() && half.len() - half.iter().filter(unsure).count() < half.len() / 2 + 1
+            };
+            lacks(&conf.voters) || lacks(&conf.voters_outgoing)
         })
     }
 
