@@ -82,7 +82,10 @@ pub trait StateMachine {
     /// at its end exactly when the snapshot's bytes end), or leaves the state
     /// untouched and says what is wrong with the bytes. Read it piece by
     /// piece: the snapshot may be much larger than memory allows twice.
-    /// (For an in-memory snapshot, `restore_from(&mut &bytes[..])`.)
+    /// (For an in-memory snapshot, `restore_from(&mut &bytes[..])`.) The
+    /// node calls it on the shard's driver: at start, and for a snapshot
+    /// received from the leader unless [`StateMachine::restorer`] offers a
+    /// restore off the driver.
     fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError>;
 
     /// Opt-in: a restorer that builds a new state from a snapshot on
