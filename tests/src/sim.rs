@@ -404,11 +404,11 @@ impl World {
                     let overtake = self.rng.range(0, 3) == 0;
                     node.disk_progress(shard, count, hard_state, overtake);
                 }
-                // A restore off the driver reports back after a while (50
-                // time units on average), the shard running on meanwhile.
-                // Drawn only while one runs, so that runs without one keep
-                // their schedules.
-                if node.restore_pending(shard) && self.rng.range(0, 50) == 0 {
+                // A restore off the driver reports back after a while
+                // (`SIM_RESTORE_DELAY` time units on average, default 50),
+                // the shard running on meanwhile. Drawn only while one runs,
+                // so that runs without one keep their schedules.
+                if node.restore_pending(shard) && self.rng.range(0, restore_delay()) == 0 {
                     node.finish_restore(shard);
                 }
             }
@@ -939,4 +939,10 @@ fn check_witness(id: NodeId, shard: u32, replica: &node::SimReplica) {
         }
     }
     assert!(storage.snapshot_data().is_empty(), "witness {id} of shard {shard} stored a snapshot image");
+}
+
+/// The mean delay before a restore off the driver reports back, in time
+/// units (`SIM_RESTORE_DELAY`, default 50).
+fn restore_delay() -> u64 {
+    std::env::var("SIM_RESTORE_DELAY").map_or(50, |delay| delay.parse().expect("SIM_RESTORE_DELAY is a number")).max(1)
 }

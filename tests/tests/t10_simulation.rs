@@ -6,7 +6,8 @@
 //!
 //! `SIM_SEEDS=N` runs N seeds per cluster size (default 1000, so 2000 runs
 //! in all; `SIM_FAULT_SEEDS=N`, default 150, for the storage-fault tests), starting at `SIM_SEED_START` (default 0); `SIM_SEED=S` replays
-//! one seed (`SIM_TRACE=1` adds what each restarting node found on disk). A failure prints the seed and the
+//! one seed (`SIM_TRACE=1` adds what each restarting node found on disk; `SIM_RESTORE_DELAY=N` makes a
+//! restore off the driver report back after N time units on average, default 50). A failure prints the seed and the
 //! command that replays it. Run it in release: the debug build is about ten
 //! times slower.
 
