@@ -11,6 +11,7 @@
 //! its driver would answer nothing until the test gave up.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,12 +24,13 @@ use node::{Rejection, RestoreError, RestoredState, Restorer, SerializedImage, Sn
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Holds every restore until the test opens it, and counts the restores
-/// that reached it.
+/// that reached it; with `refuse`, restores then fail.
 #[derive(Default)]
 struct Gate {
     /// (open, restores that reached the gate)
     state: Mutex<(bool, u32)>,
     changed: Condvar,
+    refuse: AtomicBool,
 }
 
 impl Gate {
@@ -50,6 +52,13 @@ impl Gate {
     fn open(&self) {
         self.state.lock().unwrap().0 = true;
         self.changed.notify_all();
+    }
+
+    fn check(&self) -> Result<(), RestoreError> {
+        match self.refuse.load(Ordering::SeqCst) {
+            true => Err(RestoreError("refused by the test".into())),
+            false => Ok(()),
+        }
     }
 }
 
@@ -104,17 +113,17 @@ struct SumRestorer(Arc<Gate>);
 impl Restorer for SumRestorer {
     fn restore(self: Box<Self>, snapshot: &mut dyn Read) -> Result<RestoredState, RestoreError> {
         self.0.pass();
+        self.0.check()?;
         Ok(RestoredState::new(read_total(snapshot)?))
     }
 }
 
+/// The in-process cluster of these tests.
+type Cluster = LocalCluster<Sum, Box<dyn Fn(u32) -> Sum + Send + Sync>>;
+
 /// Asks node `id` directly (not through a client that would try another
 /// node); `None` if it does not answer within [`PATIENCE`].
-fn ask<F: Fn(u32) -> Sum + Send + Sync + 'static>(
-    cluster: &LocalCluster<Sum, F>,
-    id: u64,
-    body: RequestBody,
-) -> Option<ResponseStatus> {
+fn ask(cluster: &Cluster, id: u64, body: RequestBody) -> Option<ResponseStatus> {
     let mut answer = cluster.handle(id)?.call(0, ClientRequest::plain(0, body));
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -128,14 +137,14 @@ fn ask<F: Fn(u32) -> Sum + Send + Sync + 'static>(
     }
 }
 
-fn status<F: Fn(u32) -> Sum + Send + Sync + 'static>(cluster: &LocalCluster<Sum, F>, id: u64) -> serde_json::Value {
+fn status(cluster: &Cluster, id: u64) -> serde_json::Value {
     match ask(cluster, id, RequestBody::Status) {
         Some(ResponseStatus::Ok(json)) => serde_json::from_slice(&json).expect("status is JSON"),
         other => panic!("node {id} did not answer its status while restoring: {other:?}"),
     }
 }
 
-fn stale_total<F: Fn(u32) -> Sum + Send + Sync + 'static>(cluster: &LocalCluster<Sum, F>, id: u64) -> u64 {
+fn stale_total(cluster: &Cluster, id: u64) -> u64 {
     let read = RequestBody::Read { query: Bytes::new(), consistency: ReadConsistency::Stale };
     match ask(cluster, id, read) {
         Some(ResponseStatus::Ok(total)) => u64::from_le_bytes(total[..].try_into().expect("8 bytes")),
@@ -144,12 +153,7 @@ fn stale_total<F: Fn(u32) -> Sum + Send + Sync + 'static>(cluster: &LocalCluster
 }
 
 /// Polls node `id`'s status until `done` holds (or [`PATIENCE`] passes).
-fn wait_status<F: Fn(u32) -> Sum + Send + Sync + 'static>(
-    cluster: &LocalCluster<Sum, F>,
-    id: u64,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+fn wait_status(cluster: &Cluster, id: u64, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let status = status(cluster, id);
@@ -161,25 +165,26 @@ fn wait_status<F: Fn(u32) -> Sum + Send + Sync + 'static>(
     }
 }
 
-#[test]
-fn a_follower_restoring_a_snapshot_keeps_answering_and_replicating() {
-    let gate = Arc::new(Gate::default());
+/// A cluster of three whose follower (returned with the leader) missed
+/// 100 writes of 1, made in `session` of `client`, and restarted: it
+/// catches up through a snapshot, whose restore has reached the gate.
+fn follower_catching_up(gate: &Arc<Gate>) -> (Cluster, u64, u64) {
     let make_gate = gate.clone();
+    let make: Box<dyn Fn(u32) -> Sum + Send + Sync> = Box::new(move |_shard| Sum { total: 0, gate: make_gate.clone() });
     let mut cluster = LocalCluster::start_with(
         3,
         |config| {
             config.snapshot_entries = Some(20);
             config.snapshot_log_factor = 0;
         },
-        move |_shard| Sum { total: 0, gate: make_gate.clone() },
+        make,
     )
     .expect("the cluster starts");
     let leader = cluster.wait_for_leader(0, PATIENCE).expect("a leader");
     let follower = cluster.ids().iter().copied().find(|&id| id != leader).expect("a follower");
     cluster.stop(follower).expect("the follower stops");
-
     // The leader snapshots and compacts its log past everything the
-    // follower holds: it catches up through a snapshot.
+    // follower holds.
     let mut client = cluster.client();
     let mut session = client.open_session().expect("a session");
     for _ in 0..100 {
@@ -187,12 +192,21 @@ fn a_follower_restoring_a_snapshot_keeps_answering_and_replicating() {
     }
     cluster.restart(follower).expect("the follower restarts");
     assert!(gate.wait_reached(), "the follower never restored a snapshot");
+    (cluster, leader, follower)
+}
+
+#[test]
+fn a_follower_restoring_a_snapshot_keeps_answering_and_replicating() {
+    let gate = Arc::new(Gate::default());
+    let (cluster, leader, follower) = follower_catching_up(&gate);
 
     // Its restore waits at the gate. The driver answers meanwhile.
     let restoring = status(&cluster, follower);
     assert_eq!(restoring["restoring"], true, "{restoring}");
     let applied = restoring["applied"].as_u64().expect("applied");
     assert_eq!(stale_total(&cluster, follower), 0, "reads see the state before the snapshot until it is adopted");
+    let mut client = cluster.client();
+    let mut session = client.open_session().expect("a session");
     for _ in 0..10 {
         client.write(&mut session, Bytes::from_static(&[2])).expect("a write while the follower restores");
     }
@@ -211,4 +225,27 @@ fn a_follower_restoring_a_snapshot_keeps_answering_and_replicating() {
     });
     assert_eq!(stale_total(&cluster, follower), 100 + 2 * 10, "every write applied once");
     cluster.shutdown().expect("a clean stop");
+}
+
+/// A snapshot the state machine cannot read stops the shard, and with it
+/// the node, with the state machine's reason: off the driver as on it.
+#[test]
+fn a_restore_refused_off_the_driver_stops_the_follower_with_the_reason() {
+    let gate = Arc::new(Gate::default());
+    gate.refuse.store(true, Ordering::SeqCst);
+    let (mut cluster, _leader, follower) = follower_catching_up(&gate);
+    gate.open();
+    let deadline = Instant::now() + PATIENCE;
+    // Its core answers `Busy` for a stopped shard.
+    while matches!(ask(&cluster, follower, RequestBody::Status), Some(ResponseStatus::Ok(_))) {
+        assert!(Instant::now() < deadline, "the follower's shard still runs after its restore failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let error = cluster.stop(follower).expect_err("the follower stopped with an error");
+    assert_eq!(
+        error.to_string(),
+        "shard 0: the state machine cannot restore a snapshot: refused by the test",
+        "the reason is the state machine's"
+    );
+    cluster.shutdown().expect("the others stop cleanly");
 }
