@@ -3,7 +3,10 @@
 //! the engine goes on replicating and committing but hands out nothing to
 //! apply; released, it hands out every committed entry after the snapshot
 //! once, in order. A Ready that installs a snapshot carries no entries to
-//! apply, so that the shell can hold them before any is handed out.
+//! apply, so that the shell can hold them before any is handed out (checked
+//! on the way; this scenario does not commit past the snapshot before the
+//! install, so it does not show that rule is needed: a new leader's append
+//! arriving between the last chunk's Ready and the install's would).
 
 use bytes::Bytes;
 use engine::testing::Cluster;
@@ -53,7 +56,7 @@ fn held_applies_are_handed_out_in_order_once_released() {
 }
 
 #[test]
-fn a_ready_that_installs_a_snapshot_hands_out_nothing_to_apply() {
+fn a_follower_that_holds_applies_from_its_install_catches_up_through_a_snapshot() {
     let mut cluster = Cluster::new(&[1, 2, 3], config);
     cluster.elect(1);
     cluster.isolate(3);
