@@ -258,7 +258,10 @@ where
         let (meta, size, started) = self.snapshots.restoring.take().expect("a reported restore was running");
         let shard = self.ctx.shard_id;
         let state = restored.result.map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
-        assert_eq!(state.applied(), meta.index, "the snapshot's state is at its index");
+        if state.applied() != meta.index {
+            let reason = format!("the snapshot at {} holds the state at {}", meta.index, state.applied());
+            return Err(ShardError::Restore { shard, reason });
+        }
         let adopting = self.clock.now();
         let replaced = self.fsm.adopt(state);
         self.storage.drop_replaced(replaced);
