@@ -116,7 +116,9 @@ pub struct Ready {
     /// A snapshot finished arriving from the leader: before anything else in
     /// this Ready, the shell installs it in storage (entries it covers are
     /// dropped, later ones kept only if they agree) and restores the state
-    /// machine from it.
+    /// machine from it. Such a Ready carries no `committed_entries`: a
+    /// shell that restores in the background holds them back first
+    /// ([`Raft::hold_apply`]).
     pub snapshot_install: Option<SnapshotMeta>,
     /// Chunks of an incoming snapshot to write, in order (offset 0 starts a
     /// new one). They are durable writes like `entries`.
@@ -252,6 +254,10 @@ pub struct Raft {
     previous_soft_state: SoftState,
     /// Set between `ready` and `advance`: the last index handed to apply.
     applying: Option<Index>,
+    /// Set by the shell while its state machine is being restored from an
+    /// installed snapshot in the background ([`Raft::hold_apply`]): no
+    /// committed entries are handed out, and the applied index stays.
+    apply_held: bool,
     /// The latest local snapshot and its size in bytes (0 when unknown).
     snapshot: SnapshotMeta,
     snapshot_size: u64,
@@ -411,6 +417,7 @@ impl Raft {
             persisted_hard_state: hard_state,
             previous_soft_state: SoftState { role: Role::Follower, leader: NODE_NONE },
             applying: None,
+            apply_held: false,
             snapshot: snapshot.clone().unwrap_or_default(),
             snapshot_size: 0,
             snapshot_requested: false,
@@ -989,7 +996,7 @@ impl Raft {
             || !self.unstable_batches.is_empty()
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
-            || self.log.committed > self.log.applied
+            || (self.log.committed > self.log.applied && !self.apply_held)
             || self.commit_owed
             || !self.read_states.is_empty()
             || !self.dropped_reads.is_empty()
@@ -1042,7 +1049,10 @@ impl Raft {
         ready.messages = std::mem::take(&mut self.messages);
         ready.messages_after_persist = std::mem::take(&mut self.messages_after_persist);
         let mut applying = self.log.applied;
-        if self.log.committed > self.log.applied {
+        // A Ready that installs a snapshot hands out no entries to apply:
+        // the shell may restore its state machine in the background and
+        // hold applying until then (`hold_apply`).
+        if self.log.committed > self.log.applied && !self.apply_held && self.snapshot_install.is_none() {
             ready.committed_entries =
                 self.log.slice(self.log.applied + 1, self.log.committed, self.config.apply_bytes_max);
             let bytes: usize = ready.committed_entries.iter().map(|entry| entry.data.len()).sum();
@@ -1082,6 +1092,24 @@ impl Raft {
         debug_assert!(self.witness || ready.committed_entries.last().map_or(applying, |e| e.index) == applying);
         self.advance_applied(applying);
         self.install_received();
+    }
+
+    /// Holds back (`true`) or releases (`false`) the committed entries to
+    /// apply. A shell that restores its state machine from an installed
+    /// snapshot off its driver holds them until the restore is done: the
+    /// engine meanwhile ticks, steps, appends, commits and answers as
+    /// usual, but hands out no committed entries and keeps its applied
+    /// index (so it asks for no snapshot either); once released, the
+    /// entries after the snapshot are handed out in order, each once. They
+    /// stay in the log meanwhile: the log is compacted only up to the
+    /// applied index.
+    pub fn hold_apply(&mut self, held: bool) {
+        self.apply_held = held;
+    }
+
+    /// Whether committed entries are held back (see [`Raft::hold_apply`]).
+    pub fn apply_held(&self) -> bool {
+        self.apply_held
     }
 
     fn advance_applied(&mut self, applied: Index) {

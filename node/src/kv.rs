@@ -29,7 +29,7 @@ use net::compact::{put_bytes, FormatError, Reader};
 pub use net::kv::{KvOp, KvOpRef, KvRefusal, KvResponse, SetCondition, COUNT_QUERY, KEY_SIZE_MAX, VALUE_SIZE_MAX};
 use rustc_hash::FxHasher;
 
-use crate::app::{Rejection, RestoreError, SnapshotImage, StateMachine};
+use crate::app::{Rejection, RestoreError, RestoredState, Restorer, SnapshotImage, StateMachine};
 
 /// One bucket of the key-value map: a hash map (an insert is one hash, not a
 /// dozen key comparisons: the B-tree cost a quarter of a node's CPU under
@@ -541,6 +541,26 @@ impl StateMachine for KvStateMachine {
     fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
         *self = KvStateMachine::decode_snapshot(snapshot)?;
         Ok(())
+    }
+
+    /// The map is built on the node's restore thread (it is `Send`) and
+    /// swapped in whole.
+    fn restorer(&self) -> Option<Box<dyn Restorer>> {
+        Some(Box::new(KvRestorer))
+    }
+
+    fn adopt(&mut self, restored: RestoredState) -> RestoredState {
+        let restored = restored.downcast::<KvStateMachine>().expect("the key-value restorer builds a key-value store");
+        RestoredState::new(std::mem::replace(self, restored))
+    }
+}
+
+/// Decodes a key-value snapshot into a new store, off the driver.
+struct KvRestorer;
+
+impl Restorer for KvRestorer {
+    fn restore(self: Box<Self>, snapshot: &mut dyn Read) -> Result<RestoredState, RestoreError> {
+        Ok(RestoredState::new(KvStateMachine::decode_snapshot(snapshot)?))
     }
 }
 

@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod session;
 pub mod testing;
 
-pub use app::{Rejection, RestoreError, SerializedImage, SnapshotImage, StateMachine};
+pub use app::{Rejection, RestoreError, RestoredState, Restorer, SerializedImage, SnapshotImage, StateMachine};
 pub use kv::{KvOp, KvResponse, KvStateMachine};
 pub use session::SessionTable;
 pub mod certs;

@@ -56,7 +56,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shard may take to answer a scrape's questions.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The stages of `crate::stats`, in its JSON's names.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 10] = [
     "queued",
     "wal_write_sync",
     "replication",
@@ -66,6 +66,7 @@ const STAGES: [&str; 9] = [
     "snapshot_capture",
     "snapshot_serialize",
     "snapshot_restore",
+    "snapshot_restore_blocked",
 ];
 
 /// What the endpoint reads besides the shards.
@@ -421,7 +422,7 @@ impl Sample {
         let mut stages = encoder.encode_descriptor(
             "raft_node_stage_duration",
             "Latency of each stage of a request (see node::stats): queued, wal_write_sync, replication, apply, \
-             total, read, snapshot_capture, snapshot_serialize, snapshot_restore.",
+             total, read, snapshot_capture, snapshot_serialize, snapshot_restore, snapshot_restore_blocked.",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;

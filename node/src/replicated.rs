@@ -45,7 +45,7 @@ use net::compact::{FormatError, Reader};
 use net::session::OpenedSession;
 use net::SessionSettings;
 
-use crate::app::{RestoreError, SnapshotImage, StateMachine};
+use crate::app::{RestoreError, RestoredState, Restorer, SnapshotImage, StateMachine};
 use crate::session::{validate_settings, Admission, Cached, Refusal, SessionTable};
 
 /// The first byte of a write's envelope.
@@ -575,60 +575,34 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// Reads the current format and version 2 (before snapshots were
     /// streamed; read whole, as it was written).
     pub fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
-        let bad = |what: String| RestoreError(format!("node snapshot: {what}"));
-        let mut fixed = [0u8; 24];
-        snapshot.read_exact(&mut fixed).map_err(|_| bad("missing header (not a node snapshot)".into()))?;
-        if &fixed[..4] != SNAPSHOT_MAGIC {
-            return Err(bad("missing header (not a node snapshot)".into()));
+        let (section, whole) = NodeSection::read(snapshot)?;
+        match whole {
+            Some(app) => self.app.restore_from(&mut &app[..])?,
+            None => self.app.restore_from(snapshot)?,
         }
-        let mut reader = Reader::new(&fixed[4..]);
-        let version = reader.u16("version").map_err(|error| bad(error.to_string()))?;
-        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WHOLE {
-            return Err(bad(format!(
-                "format version {version}; this node reads versions {SNAPSHOT_VERSION_WHOLE} and {SNAPSHOT_VERSION}"
-            )));
-        }
-        if reader.u16("reserved").map_err(|error| bad(error.to_string()))? != 0 {
-            return Err(bad("reserved header bytes are not zero".into()));
-        }
-        let applied = reader.u64("applied index").map_err(|error| bad(error.to_string()))?;
-        if version == SNAPSHOT_VERSION_WHOLE {
-            let mut rest = fixed[16..].to_vec();
-            snapshot.read_to_end(&mut rest)?;
-            let rest = Bytes::from(rest);
-            let mut reader = Reader::new(&rest);
-            let (sessions, addresses) = decode_node_section(&mut reader, &rest).map_err(bad)?;
-            let app = rest.slice(rest.len() - reader.remaining()..);
-            self.app.restore_from(&mut &app[..])?;
-            self.sessions = sessions;
-            self.addresses = addresses;
-            self.ids = MemberIds::default();
-            self.applied = applied;
-            return Ok(());
-        }
-        let section_len = reader.u64("node section length").map_err(|error| bad(error.to_string()))?;
-        if section_len > SNAPSHOT_NODE_SECTION_MAX {
-            return Err(bad(format!("a node section of {section_len} bytes")));
-        }
-        let mut section = Vec::new();
-        snapshot
-            .take(section_len)
-            .read_to_end(&mut section)
-            .map_err(|error| bad(format!("reading the node section: {error}")))?;
-        if section.len() as u64 != section_len {
-            return Err(bad("the node section ends early (truncated)".into()));
-        }
-        let section = Bytes::from(section);
-        let mut reader = Reader::new(&section);
-        let (sessions, addresses) = decode_node_section(&mut reader, &section).map_err(bad)?;
-        let ids = MemberIds::decode(&mut reader).map_err(|error| bad(error.to_string()))?;
-        reader.finish("node section").map_err(|error| bad(error.to_string()))?;
-        self.app.restore_from(snapshot)?;
-        self.sessions = sessions;
-        self.addresses = addresses;
-        self.ids = ids;
-        self.applied = applied;
+        self.install(section);
         Ok(())
+    }
+
+    /// The application's restorer, if it builds its state off the driver
+    /// (see [`StateMachine::restorer`]).
+    pub fn restorer(&self) -> Option<Box<dyn Restorer>> {
+        self.app.restorer()
+    }
+
+    /// Replaces the whole state with one restored off the driver (see
+    /// [`restore_with`]); returns the application state it replaced.
+    pub fn adopt(&mut self, restored: RestoredNode) -> RestoredState {
+        let replaced = self.app.adopt(restored.app);
+        self.install(restored.section);
+        replaced
+    }
+
+    fn install(&mut self, section: NodeSection) {
+        self.sessions = section.sessions;
+        self.addresses = section.addresses;
+        self.ids = section.ids;
+        self.applied = section.applied;
     }
 
     /// Checks the sessions' invariants; returns the first broken one.
@@ -683,6 +657,98 @@ impl MemberIds {
         }
         Ok(MemberIds { high, removed, joins })
     }
+}
+
+/// The node's part of a snapshot (sessions, address book, member ids) and
+/// its applied index.
+struct NodeSection {
+    applied: Index,
+    sessions: SessionTable,
+    addresses: BTreeMap<NodeId, Addresses>,
+    ids: MemberIds,
+}
+
+impl NodeSection {
+    /// Reads a node snapshot's header and node section from `snapshot`,
+    /// which is left at the application's part; for a version 2 snapshot
+    /// (read whole) it returns the application's part too.
+    fn read(snapshot: &mut dyn Read) -> Result<(NodeSection, Option<Bytes>), RestoreError> {
+        let bad = |what: String| RestoreError(format!("node snapshot: {what}"));
+        let mut fixed = [0u8; 24];
+        snapshot.read_exact(&mut fixed).map_err(|_| bad("missing header (not a node snapshot)".into()))?;
+        if &fixed[..4] != SNAPSHOT_MAGIC {
+            return Err(bad("missing header (not a node snapshot)".into()));
+        }
+        let mut reader = Reader::new(&fixed[4..]);
+        let version = reader.u16("version").map_err(|error| bad(error.to_string()))?;
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WHOLE {
+            return Err(bad(format!(
+                "format version {version}; this node reads versions {SNAPSHOT_VERSION_WHOLE} and {SNAPSHOT_VERSION}"
+            )));
+        }
+        if reader.u16("reserved").map_err(|error| bad(error.to_string()))? != 0 {
+            return Err(bad("reserved header bytes are not zero".into()));
+        }
+        let applied = reader.u64("applied index").map_err(|error| bad(error.to_string()))?;
+        if version == SNAPSHOT_VERSION_WHOLE {
+            let mut rest = fixed[16..].to_vec();
+            snapshot.read_to_end(&mut rest)?;
+            let rest = Bytes::from(rest);
+            let mut reader = Reader::new(&rest);
+            let (sessions, addresses) = decode_node_section(&mut reader, &rest).map_err(bad)?;
+            let app = rest.slice(rest.len() - reader.remaining()..);
+            let section = NodeSection { applied, sessions, addresses, ids: MemberIds::default() };
+            return Ok((section, Some(app)));
+        }
+        let section_len = reader.u64("node section length").map_err(|error| bad(error.to_string()))?;
+        if section_len > SNAPSHOT_NODE_SECTION_MAX {
+            return Err(bad(format!("a node section of {section_len} bytes")));
+        }
+        let mut section = Vec::new();
+        snapshot
+            .take(section_len)
+            .read_to_end(&mut section)
+            .map_err(|error| bad(format!("reading the node section: {error}")))?;
+        if section.len() as u64 != section_len {
+            return Err(bad("the node section ends early (truncated)".into()));
+        }
+        let section = Bytes::from(section);
+        let mut reader = Reader::new(&section);
+        let (sessions, addresses) = decode_node_section(&mut reader, &section).map_err(bad)?;
+        let ids = MemberIds::decode(&mut reader).map_err(|error| bad(error.to_string()))?;
+        reader.finish("node section").map_err(|error| bad(error.to_string()))?;
+        Ok((NodeSection { applied, sessions, addresses, ids }, None))
+    }
+}
+
+/// A whole replicated state restored off the driver, for
+/// [`NodeStateMachine::adopt`].
+pub struct RestoredNode {
+    section: NodeSection,
+    app: RestoredState,
+}
+
+impl RestoredNode {
+    /// The index the snapshot was taken at.
+    pub fn applied(&self) -> Index {
+        self.section.applied
+    }
+}
+
+/// Restores a whole node snapshot from `snapshot` with the application's
+/// `restorer`, as [`NodeStateMachine::restore_from`] does but into a new
+/// state: runs on a thread of its own, the node section included (a session
+/// table may hold many replies).
+pub fn restore_with(
+    restorer: Box<dyn Restorer>,
+    mut snapshot: Box<dyn Read + Send>,
+) -> Result<RestoredNode, RestoreError> {
+    let (section, whole) = NodeSection::read(&mut snapshot)?;
+    let app = match whole {
+        Some(app) => restorer.restore(&mut &app[..])?,
+        None => restorer.restore(&mut snapshot)?,
+    };
+    Ok(RestoredNode { section, app })
 }
 
 /// A [`NodeStateMachine`] captured for a snapshot: the encoded node state

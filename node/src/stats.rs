@@ -90,9 +90,15 @@ pub struct ShardStats {
     pub snapshot_capture: Stage,
     /// Serializing a captured snapshot, on a helper thread.
     pub snapshot_serialize: Stage,
-    /// Restoring the state machine from a snapshot file (start, install),
-    /// on the driver.
+    /// Restoring the state machine from a snapshot file: at start and, for
+    /// a state machine without a restorer, an install, on the driver; an
+    /// install with a restorer, on a helper thread.
     pub snapshot_restore: Stage,
+    /// The driver's own time for each step of an install's restore:
+    /// opening the file and handing it over, adopting the built state (or,
+    /// without a restorer, the whole restore). No ticks, messages or
+    /// answers happen meanwhile.
+    pub snapshot_restore_blocked: Stage,
     pub writes_applied: u64,
     /// Session writes this follower forwarded to the leader.
     pub writes_forwarded: u64,
@@ -119,6 +125,11 @@ pub struct ShardStats {
     pub snapshot_chunks_no_space: u64,
     /// Snapshot chunks read from the stored snapshot and sent to followers.
     pub snapshot_chunks_sent: u64,
+    /// Installed snapshots whose state machine was restored off the driver.
+    pub restores_off_driver: u64,
+    /// Snapshots installed while the state machine was being restored from
+    /// an earlier one (restored after it).
+    pub installs_while_restoring: u64,
     /// Snapshots installed while reads waited for the state machine (they
     /// are then served from the installed state).
     pub installs_with_reads_waiting: u64,
@@ -146,6 +157,7 @@ impl ShardStats {
             snapshot_capture: Stage::new(),
             snapshot_serialize: Stage::new(),
             snapshot_restore: Stage::new(),
+            snapshot_restore_blocked: Stage::new(),
             writes_applied: 0,
             writes_forwarded: 0,
             forwarded_answered: 0,
@@ -161,6 +173,8 @@ impl ShardStats {
             snapshot_chunks_no_space: 0,
             snapshot_chunks_sent: 0,
             installs_with_reads_waiting: 0,
+            restores_off_driver: 0,
+            installs_while_restoring: 0,
             forwards_redirected: 0,
             leader_changes: 0,
             log_bytes_appended: 0,
@@ -181,6 +195,7 @@ impl ShardStats {
                 "snapshot_capture": self.snapshot_capture.summary(),
                 "snapshot_serialize": self.snapshot_serialize.summary(),
                 "snapshot_restore": self.snapshot_restore.summary(),
+                "snapshot_restore_blocked": self.snapshot_restore_blocked.summary(),
             },
             "writes_applied": self.writes_applied,
             "writes_forwarded": self.writes_forwarded,
@@ -196,6 +211,8 @@ impl ShardStats {
             "snapshot_chunks_no_space": self.snapshot_chunks_no_space,
             "snapshot_chunks_sent": self.snapshot_chunks_sent,
             "installs_with_reads_waiting": self.installs_with_reads_waiting,
+            "restores_off_driver": self.restores_off_driver,
+            "installs_while_restoring": self.installs_while_restoring,
             "forwards_redirected": self.forwards_redirected,
             "leader_changes": self.leader_changes,
             "log_bytes_appended": self.log_bytes_appended,

@@ -23,6 +23,52 @@ pub fn state_machine_suite<S: StateMachine, F: Fn() -> S>(make: F, workload: &[B
     check_snapshot_round_trip(&make, workload);
     check_restore_rejects_corruption(&make, workload);
     check_snapshot_image(&make, workload);
+    check_restorer(&make, workload);
+}
+
+/// For a state machine that offers a restorer: what it builds from a
+/// snapshot, adopted over other state, is what `restore_from` leaves (the
+/// same snapshot bytes, the same answers to the rest of the workload), it
+/// refuses what `restore_from` refuses, and `adopt` hands back the state it
+/// replaced.
+pub fn check_restorer<S: StateMachine, F: Fn() -> S>(make: &F, workload: &[Bytes]) {
+    if make().restorer().is_none() {
+        return;
+    }
+    let restore = |machine: &S, bytes: &[u8]| machine.restorer().expect("a restorer").restore(&mut &bytes[..]);
+    for cut in cut_points(workload.len()) {
+        let mut original = make();
+        apply_all(&mut original, 1, &workload[..cut]);
+        let snapshot = original.snapshot();
+        let mut target = make();
+        apply_all(&mut target, 1, &workload[cut..]);
+        let before = target.snapshot();
+        let restored = restore(&target, &snapshot)
+            .unwrap_or_else(|error| panic!("the restorer refused the snapshot at {cut}: {error}"));
+        assert_eq!(target.snapshot(), before, "building a state at {cut} changed the live one");
+        let replaced = target.adopt(restored);
+        assert_eq!(target.snapshot(), snapshot, "the adopted state differs from the snapshot at {cut}");
+        let mut back = make();
+        back.adopt(replaced);
+        assert_eq!(back.snapshot(), before, "adopt at {cut} did not hand back the state it replaced");
+        let rest = &workload[cut..];
+        let first_index = cut as Index + 1;
+        let expected = apply_all(&mut original, first_index, rest);
+        assert_eq!(apply_all(&mut target, first_index, rest), expected, "the adopted state answers differently");
+    }
+    let mut source = make();
+    apply_all(&mut source, 1, workload);
+    let snapshot = source.snapshot();
+    let damaged = [snapshot.slice(..snapshot.len() / 2), Bytes::new(), {
+        let mut flipped = snapshot.to_vec();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 1;
+        Bytes::from(flipped)
+    }];
+    for bytes in damaged {
+        assert!(make().restore_from(&mut &bytes[..]).is_err(), "restore_from accepted a damaged snapshot");
+        assert!(restore(&make(), &bytes).is_err(), "the restorer accepted what restore_from refused");
+    }
 }
 
 /// An image captured at any point and serialized after the rest of the

@@ -10,7 +10,8 @@
 //!   is asked for again out again instead of reading a second copy);
 //! - the follower's peak (`VmHWM`) is at most the state it restores plus
 //!   [`BUDGET`] over an idle node (each chunk goes to a file as it arrives,
-//!   and the state machine is restored by streaming the file).
+//!   and the state machine is restored by streaming the file, on a thread
+//!   of its own: the follower's restores all ran off the driver).
 //!
 //! Buffering the snapshot whole on either side during the transfer costs
 //! the state's size again, [`STATE_MB_DEFAULT`] = 128 MiB > [`BUDGET`].
@@ -233,7 +234,7 @@ fn a_snapshot_larger_than_the_memory_budget_travels_through_disk() {
         "state {:.0} MiB ({count} values) loaded in {loaded:?}, transferred and restored in {transfer:?}; \
          leader: idle {:.0} MiB, before the follower's restart {:.0} MiB, at its first chunk {:.0} MiB, \
          peak from then on {:.0} MiB, {} chunks sent; \
-         follower: idle {:.0} MiB, peak {:.0} MiB; restore: {}",
+         follower: idle {:.0} MiB, peak {:.0} MiB; restore: {}; the driver's part of it: {}",
         mib(state_bytes),
         mib(leader_idle),
         mib(leader_before),
@@ -243,11 +244,14 @@ fn a_snapshot_larger_than_the_memory_budget_travels_through_disk() {
         mib(idle),
         mib(follower_peak),
         stats["stats"]["stages"]["snapshot_restore"],
+        stats["stats"]["stages"]["snapshot_restore_blocked"],
     );
     if std::env::var_os("SNAPSHOT_MEMORY_TEST_TIMELINE").is_some() {
         eprintln!("ms, leader MiB, follower MiB, received MiB: {timeline:?}");
     }
     assert!(installed >= 1, "the follower caught up without a snapshot: {stats}");
+    let off_driver = stats["stats"]["restores_off_driver"].as_u64().unwrap_or(0);
+    assert_eq!(off_driver, installed, "the key-value store restores off the driver: {stats}");
     let leader_start = leader_at_first_chunk.expect("the follower received chunks");
     assert!(
         leader_peak <= leader_start + BUDGET,

@@ -89,6 +89,10 @@ pub struct Summary {
     /// Shell events: snapshots installed while reads waited, forwarded
     /// writes redirected by a term change, clean stops.
     pub installs_with_reads_waiting: u64,
+    /// Snapshots restored off the driver (the shard running on meanwhile),
+    /// and snapshots installed while one was being restored.
+    pub restores_off_driver: u64,
+    pub installs_while_restoring: u64,
     pub forwards_redirected: u64,
     pub clean_stops: u64,
     pub sessions_opened: u64,
@@ -406,6 +410,13 @@ impl World {
                     let hard_state = self.rng.range(0, 2) == 0;
                     let overtake = self.rng.range(0, 3) == 0;
                     node.disk_progress(shard, count, hard_state, overtake);
+                }
+                // A restore off the driver reports back after a while
+                // (`SIM_RESTORE_DELAY` time units on average, default 50),
+                // the shard running on meanwhile. Drawn only while one runs,
+                // so that runs without one keep their schedules.
+                if node.restore_pending(shard) && self.rng.range(0, restore_delay()) == 0 {
+                    node.finish_restore(shard);
                 }
             }
             let output = node.process();
@@ -750,6 +761,8 @@ impl World {
         self.summary.forwarded_answered = self.nodes.values().map(|node| node.forwarded_answered()).sum();
         self.summary.installs_with_reads_waiting =
             self.nodes.values().map(|node| node.installs_with_reads_waiting()).sum();
+        self.summary.restores_off_driver = self.nodes.values().map(|node| node.restores_off_driver().0).sum();
+        self.summary.installs_while_restoring = self.nodes.values().map(|node| node.restores_off_driver().1).sum();
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
         self.summary.no_space = self.nodes.values().map(|node| node.no_space()).sum();
@@ -939,4 +952,10 @@ fn check_witness(id: NodeId, shard: u32, replica: &node::SimReplica) {
         }
     }
     assert!(storage.snapshot_data().is_empty(), "witness {id} of shard {shard} stored a snapshot image");
+}
+
+/// The mean delay before a restore off the driver reports back, in time
+/// units (`SIM_RESTORE_DELAY`, default 50).
+fn restore_delay() -> u64 {
+    std::env::var("SIM_RESTORE_DELAY").map_or(50, |delay| delay.parse().expect("SIM_RESTORE_DELAY is a number")).max(1)
 }

@@ -6,7 +6,8 @@
 //!
 //! `SIM_SEEDS=N` runs N seeds per cluster size (default 1000, so 2000 runs
 //! in all; `SIM_FAULT_SEEDS=N`, default 150, for the storage-fault tests), starting at `SIM_SEED_START` (default 0); `SIM_SEED=S` replays
-//! one seed (`SIM_TRACE=1` adds every delivered Raft message, every change of a replica's role, term, log end, commit or repair, and what each restarting node found on disk: see `tests::sim::trace`). A failure prints the seed and the
+//! one seed (`SIM_TRACE=1` adds every delivered Raft message, every change of a replica's role, term, log end, commit or repair, and what each restarting node found on disk: see `tests::sim::trace`; `SIM_RESTORE_DELAY=N` makes a
+//! restore off the driver report back after N time units on average, default 50). A failure prints the seed and the
 //! command that replays it. Run it in release: the debug build is about ten
 //! times slower.
 
@@ -55,6 +56,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.forwarded_answered += summary.forwarded_answered;
                 total.sessions_opened += summary.sessions_opened;
                 total.installs_with_reads_waiting += summary.installs_with_reads_waiting;
+                total.restores_off_driver += summary.restores_off_driver;
+                total.installs_while_restoring += summary.installs_while_restoring;
                 total.forwards_redirected += summary.forwards_redirected;
                 total.clean_stops += summary.clean_stops;
                 total.sessions_expired += summary.sessions_expired;
@@ -92,7 +95,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
          {} membership changes ({} more asked through the admin path), {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
          {} entries committed, {} forwarded writes answered; sessions: {} opened, {} found expired or evicted, \
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
-         while reads waited, {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
+         while reads waited, {} restored off the driver ({} installed while one was), {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
          {} seeds with several shards, {} crashes that lost durable entries, {} nodes run as witnesses ({} members \
          at the end, {} snapshots taken and {} installed by witnesses) ({:.0} seeds/s)",
@@ -114,6 +117,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.sessions_refused,
         total.writes_given_up,
         total.installs_with_reads_waiting,
+        total.restores_off_driver,
+        total.installs_while_restoring,
         total.forwards_redirected,
         total.clean_stops,
         total.unknown_placed,
@@ -172,6 +177,10 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         assert!(total.sessions_expired > 0, "no session ever expired or was evicted under a client");
         assert!(total.sessions_refused > 0, "no session opening was ever refused for a full table");
         assert!(total.installs_with_reads_waiting > 0, "no snapshot was installed while reads waited");
+        assert!(total.restores_off_driver > 0, "no snapshot was restored off the driver");
+        if seeds >= 200 {
+            assert!(total.installs_while_restoring > 0, "no snapshot was installed while another was restored");
+        }
         assert!(total.forwards_redirected > 0, "no forwarded write crossed a term change");
         assert!(total.clean_stops > 0, "no node was stopped cleanly");
         assert!(total.completed > seeds, "clients completed almost nothing");

@@ -1,6 +1,6 @@
 //! The loop that runs one shard on its core's tokio-uring runtime: it waits
 //! for the next event (a Raft message or client request in the shard's
-//! inbox, storage's progress, a tick, a stored snapshot), hands it to the
+//! inbox, storage's progress, a tick, a stored or restored snapshot), hands it to the
 //! [`Shard`], and awaits [`Shard::process`]. All decisions are the shard's;
 //! this loop only waits.
 
@@ -75,7 +75,10 @@ where
                     break Err(shard.storage_error(error));
                 }
             }
-            Some(done) = snapshots.recv() => shard.snapshot_stored(done),
+            Some(done) = snapshots.recv() => match done {
+                SnapshotDone::Stored(stored) => shard.snapshot_stored(stored),
+                SnapshotDone::Restored(restored) => shard.snapshot_restored(restored),
+            },
             _ = ticker.tick() => {
                 shard.tick();
                 if shutdown.load(Ordering::Relaxed) {

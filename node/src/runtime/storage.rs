@@ -2,8 +2,8 @@
 //! `wal::LogStore` (the io_uring WAL, or the in-memory `MemLog`), on a
 //! tokio-uring runtime. Background work (the commit-only hard state, local
 //! snapshots, compaction) runs in tasks of the shard's core; a snapshot is
-//! serialized into its file on a helper thread so that the core keeps
-//! applying.
+//! serialized into its file, and a received one restored, on a helper
+//! thread so that the core keeps going.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -15,11 +15,15 @@ use engine::{EntryBatch, HardState, Index, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot};
 use wal::{AppendTicket, LogStore, SnapshotDraft, SnapshotReader, WalError};
 
-use crate::app::SnapshotImage;
-use crate::shard::{ShardStorage, StoredSnapshot};
+use crate::app::{RestoredState, SnapshotImage};
+use crate::shard::{RestoreJob, RestoredSnapshot, ShardStorage, StoredSnapshot};
 
-/// The outcome of a local snapshot, sent back to the shard's driver loop.
-pub type SnapshotDone = Result<StoredSnapshot, WalError>;
+/// Background snapshot work that finished, sent back to the shard's driver
+/// loop: a local snapshot stored, or a received one restored.
+pub enum SnapshotDone {
+    Stored(Result<StoredSnapshot, WalError>),
+    Restored(RestoredSnapshot),
+}
 
 /// A [`ShardStorage`] over a shared log store.
 pub struct LogStorage<L> {
@@ -145,7 +149,7 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
         let draft = match log.snapshot_draft(meta.clone(), false) {
             Ok(draft) => draft,
             Err(error) => {
-                let _ = done.send(Err(error));
+                let _ = done.send(SnapshotDone::Stored(Err(error)));
                 return;
             }
         };
@@ -169,7 +173,7 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
                     source: std::sync::Arc::new(std::io::Error::other("the snapshot thread failed")),
                 }),
             };
-            let _ = done.send(result);
+            let _ = done.send(SnapshotDone::Stored(result));
         });
     }
 
@@ -180,6 +184,37 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
     /// The WAL checked the stored file whole when it opened or stored it.
     fn open_snapshot(&mut self) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
         self.log.open_snapshot(false)
+    }
+
+    /// On a thread of its own, like serializing (see
+    /// [`serialize_in_background`]); the outcome goes to the driver loop. A
+    /// shard that stopped meanwhile drops it there.
+    fn restore_snapshot(&mut self, job: RestoreJob) {
+        let done = self.snapshot_done.clone();
+        let meta = job.meta.clone();
+        let spawned = std::thread::Builder::new().name("restore".into()).spawn(move || {
+            super::threads::unpin_thread();
+            super::threads::lower_thread_priority();
+            let _ = done.send(SnapshotDone::Restored(job.run()));
+        });
+        if let Err(error) = spawned {
+            let reason = format!("could not start a restore thread: {error}");
+            let failed = RestoredSnapshot::failed(meta, reason);
+            let _ = self.snapshot_done.send(SnapshotDone::Restored(failed));
+        }
+    }
+
+    /// A large state is freed on a thread of its own, as it was built.
+    fn drop_replaced(&mut self, replaced: RestoredState) {
+        let spawned = std::thread::Builder::new().name("restore-drop".into()).spawn(move || {
+            super::threads::unpin_thread();
+            super::threads::lower_thread_priority();
+            drop(replaced);
+        });
+        if let Err(error) = spawned {
+            // The state went with the closure, and was dropped here.
+            tracing::warn!(%error, "could not start a thread to free a replaced state; freed on the driver");
+        }
     }
 
     fn compact(&mut self, index: Index) {

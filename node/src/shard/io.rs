@@ -24,7 +24,8 @@
 //! Snapshots go through storage, never whole through memory: the driver
 //! hands over a captured image to be streamed into a file, reads one chunk
 //! at a time to send, writes each received chunk as it arrives, and
-//! restores the state machine from a reader of the stored file.
+//! restores the state machine from a reader of the stored file (off the
+//! driver, for a state machine that offers a restorer).
 
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,8 @@ use engine::{EntryBatch, HardState, Index, Message, NodeId, SnapshotMeta};
 use net::ResponseStatus;
 use wal::{AppendTicket, SnapshotReader, WalError};
 
-use crate::app::SnapshotImage;
-use crate::replicated::Addresses;
+use crate::app::{RestoreError, RestoredState, SnapshotImage};
+use crate::replicated::{Addresses, RestoredNode};
 
 /// The durable log of one shard, as its driver uses it. Durability is
 /// reported strictly in submission order (see `wal::LogStore`).
@@ -105,6 +106,59 @@ pub trait ShardStorage {
     /// Frees log space up to `index` (covered by the stored snapshot), in the
     /// background. A failure stops the log; the next append reports it.
     fn compact(&mut self, index: Index);
+
+    /// Runs a restore of the state machine from a received snapshot off
+    /// the driver (a large state takes a fraction of a second per hundred
+    /// megabytes to build), at most one at a time. The outcome must come
+    /// back through [`crate::shard::Shard::snapshot_restored`], unless the
+    /// shard stopped meanwhile.
+    fn restore_snapshot(&mut self, job: RestoreJob);
+
+    /// Drops the state a restore replaced, off the driver where that is
+    /// possible (freeing a large state takes time too).
+    fn drop_replaced(&mut self, replaced: RestoredState) {
+        drop(replaced);
+    }
+}
+
+/// A restore of the state machine from a stored snapshot, to run off the
+/// driver ([`ShardStorage::restore_snapshot`]): the snapshot's reader and
+/// the state machine's restorer, which build a new state that the driver
+/// then adopts.
+pub struct RestoreJob {
+    pub meta: SnapshotMeta,
+    run: Box<dyn FnOnce() -> Result<RestoredNode, RestoreError> + Send>,
+}
+
+impl RestoreJob {
+    pub(crate) fn new(
+        meta: SnapshotMeta,
+        run: Box<dyn FnOnce() -> Result<RestoredNode, RestoreError> + Send>,
+    ) -> RestoreJob {
+        RestoreJob { meta, run }
+    }
+
+    /// Runs the restore (blocking: reads the file, builds the state).
+    pub fn run(self) -> RestoredSnapshot {
+        let started = Instant::now();
+        let result = (self.run)();
+        RestoredSnapshot { meta: self.meta, result, restore_time: started.elapsed() }
+    }
+}
+
+/// What a [`RestoreJob`] built, for [`crate::shard::Shard::snapshot_restored`].
+pub struct RestoredSnapshot {
+    pub meta: SnapshotMeta,
+    pub(crate) result: Result<RestoredNode, RestoreError>,
+    /// How long the restore took, off the driver.
+    pub restore_time: Duration,
+}
+
+impl RestoredSnapshot {
+    /// A restore that could not run: the shard stops with `reason`.
+    pub fn failed(meta: SnapshotMeta, reason: String) -> RestoredSnapshot {
+        RestoredSnapshot { meta, result: Err(RestoreError(reason)), restore_time: Duration::ZERO }
+    }
 }
 
 /// A local snapshot serialized and stored by [`ShardStorage::store_snapshot`].

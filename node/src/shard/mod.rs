@@ -8,7 +8,8 @@
 //! users run.
 //!
 //! The shell feeds it events ([`Shard::step`], [`Shard::request`],
-//! [`Shard::tick`], [`Shard::snapshot_stored`]) and then awaits
+//! [`Shard::tick`], [`Shard::snapshot_stored`],
+//! [`Shard::snapshot_restored`]) and then awaits
 //! [`Shard::process`], which reports durability to the engine and executes
 //! every `Ready`. For each `Ready` the driver, in this order: installs a
 //! received snapshot; hands the entry batches to storage without waiting for
@@ -39,7 +40,7 @@ use engine::{Entry, Index, Message, NodeId, Raft, Recovered, Term};
 use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use wal::WalError;
 
-pub use io::{Clock, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
+pub use io::{Clock, RestoreJob, RestoredSnapshot, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
 
 use crate::app::StateMachine;
 use crate::replicated::{NodeCommand, NodeStateMachine};
@@ -517,7 +518,7 @@ where
         self.requests.check_invariants(applied)?;
         self.fsm.check_invariants()?;
         self.persist.check_invariants(self.storage.durable_sequence())?;
-        self.snapshots.check_invariants(applied)?;
+        self.snapshots.check_invariants(applied, self.raft.apply_held())?;
         Ok(())
     }
 

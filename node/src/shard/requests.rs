@@ -885,6 +885,9 @@ where
             "leader": status.leader,
             "commit": status.commit,
             "applied": self.fsm.applied(),
+            // Restoring the state machine from a snapshot off the driver
+            // (`applied` jumps to the snapshot's index when done).
+            "restoring": self.restoring(),
             "first_index": status.first_index,
             "last_index": status.last_index,
             "persisted": status.persisted,

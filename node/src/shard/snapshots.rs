@@ -3,18 +3,21 @@
 //! it (in the background); serving chunks of the stored file to followers
 //! that need it, one positioned read each; and receiving a leader's
 //! snapshot chunk by chunk into a file (each durable as it arrives),
-//! installing it by rename and restoring the state machine from the file.
-//! No step holds the whole snapshot in memory.
+//! installing it by rename and restoring the state machine from the file
+//! (off the driver when the state machine offers a restorer: the engine
+//! holds committed entries back meanwhile, and the driver adopts the built
+//! state when it is done). No step holds the whole snapshot in memory.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use engine::raft::SnapshotRead;
 use engine::{Index, SnapshotMeta};
-use wal::WalError;
+use wal::{SnapshotReader, WalError};
 
-use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport, StoredSnapshot};
-use crate::app::{SnapshotImage, StateMachine};
+use super::{Clock, RestoreJob, RestoredSnapshot, Shard, ShardError, ShardStorage, ShardTransport, StoredSnapshot};
+use crate::app::{Restorer, SnapshotImage, StateMachine};
 
 /// A witness's snapshot image: nothing (see `Shard::take_snapshot_now`).
 struct EmptyImage;
@@ -38,6 +41,16 @@ pub(super) struct Snapshots {
     /// of a second copy, so the chunks a leader holds stay bounded by this
     /// and the engine's window, whatever the resends.
     recent: VecDeque<(Index, u64, u64, Bytes)>,
+    /// A received snapshot whose state machine is being restored off the
+    /// driver: its metadata and size, and when the install started.
+    /// Invariant: set exactly when the engine holds applies back.
+    restoring: Option<(SnapshotMeta, u64, Instant)>,
+    /// A newer snapshot installed while one was being restored: restored
+    /// next. Invariant: set only while `restoring` is.
+    restore_next: Option<SnapshotMeta>,
+    /// The finished restore, adopted at the next `process`.
+    /// Invariant: set only while `restoring` is.
+    restored: Option<RestoredSnapshot>,
 }
 
 /// Chunks kept for resends: twice the engine's default window.
@@ -45,7 +58,14 @@ const RECENT_CHUNKS_MAX: usize = 8;
 
 impl Snapshots {
     pub(super) fn new(current: Option<(SnapshotMeta, u64)>) -> Snapshots {
-        Snapshots { current, storing: None, recent: VecDeque::new() }
+        Snapshots {
+            current,
+            storing: None,
+            recent: VecDeque::new(),
+            restoring: None,
+            restore_next: None,
+            restored: None,
+        }
     }
 
     fn recent_chunk(&self, read: &SnapshotRead) -> Option<Bytes> {
@@ -62,7 +82,16 @@ impl Snapshots {
         self.recent.push_back((read.index, read.offset, read.len, data.clone()));
     }
 
-    pub(super) fn check_invariants(&self, applied: Index) -> Result<(), String> {
+    pub(super) fn check_invariants(&self, applied: Index, apply_held: bool) -> Result<(), String> {
+        if self.restoring.is_some() != apply_held {
+            return Err(format!(
+                "restoring a snapshot: {}, but the engine holds applies: {apply_held}",
+                self.restoring.is_some()
+            ));
+        }
+        if self.restoring.is_none() && (self.restore_next.is_some() || self.restored.is_some()) {
+            return Err("a snapshot restore is queued or finished while none runs".into());
+        }
         if let Some((meta, _)) = &self.current {
             if meta.index > applied {
                 return Err(format!("the stored snapshot at {} is beyond the applied index {applied}", meta.index));
@@ -87,6 +116,9 @@ where
     pub(super) fn take_snapshot_now(&mut self) -> Result<Index, String> {
         if self.snapshots.storing.is_some() {
             return Err("a snapshot is being stored; retry in a moment".into());
+        }
+        if self.snapshots.restoring.is_some() {
+            return Err("the state machine is being restored from a snapshot; retry in a moment".into());
         }
         let witness = self.raft.is_witness();
         let index = if witness { self.raft.applied() } else { self.fsm.applied() };
@@ -161,28 +193,126 @@ where
 
     /// Stores the snapshot whose chunks all arrived (verified, then renamed
     /// into place) and restores the state machine from it, streaming the
-    /// file. The restore runs on the driver: see README, "Snapshots".
+    /// file: off the driver when the state machine offers a restorer (the
+    /// engine holds committed entries back until it is adopted, see
+    /// [`Shard::adopt_restored`]), else on the driver. See README,
+    /// "Snapshots".
     pub(super) async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), ShardError> {
         self.storage.install_snapshot(meta.clone()).await.map_err(|source| self.storage_error(source))?;
+        self.snapshot_no_space = false;
+        if self.snapshots.restoring.is_some() {
+            // One restore at a time: this newer one follows (an older one
+            // waiting is dropped: the stored snapshot is this one now).
+            self.snapshots.restore_next = Some(meta);
+            self.stats.installs_while_restoring += 1;
+            return Ok(());
+        }
+        if !self.raft.is_witness() {
+            if let Some(restorer) = self.fsm.restorer() {
+                return self.start_restore(meta, restorer);
+            }
+        }
+        let started = self.clock.now();
         let size = self.restore_stored(&meta)?;
+        self.stats.snapshot_restore_blocked.record(self.clock.now().saturating_duration_since(started));
+        self.installed(meta, size);
+        Ok(())
+    }
+
+    /// Hands storage a restore of the stored snapshot, described by
+    /// `meta`, to run off the driver, and holds committed entries back
+    /// until it is adopted.
+    fn start_restore(&mut self, meta: SnapshotMeta, restorer: Box<dyn Restorer>) -> Result<(), ShardError> {
+        let started = self.clock.now();
+        let (size, reader) = self.open_stored(&meta)?;
+        let job = RestoreJob::new(meta.clone(), Box::new(move || crate::replicated::restore_with(restorer, reader)));
+        self.storage.restore_snapshot(job);
+        self.raft.hold_apply(true);
+        self.snapshots.restoring = Some((meta, size, started));
+        self.stats.snapshot_restore_blocked.record(self.clock.now().saturating_duration_since(started));
+        Ok(())
+    }
+
+    /// Storage finished the restore [`ShardStorage::restore_snapshot`] was
+    /// given: its state is adopted when the driver next processes.
+    pub fn snapshot_restored(&mut self, restored: RestoredSnapshot) {
+        let expected = self.snapshots.restoring.as_ref().map(|(meta, _, _)| meta);
+        if expected != Some(&restored.meta) || self.snapshots.restored.is_some() {
+            tracing::error!(
+                shard = self.ctx.shard_id,
+                index = restored.meta.index,
+                "a snapshot restore was reported that was not running; ignored"
+            );
+            return;
+        }
+        self.snapshots.restored = Some(restored);
+    }
+
+    /// Adopts the state a restore off the driver built (an O(1) swap; the
+    /// replaced state is dropped off the driver), then starts the restore
+    /// of a newer snapshot installed meanwhile, or lets the engine hand out
+    /// the entries it held back. A state machine that cannot read the
+    /// snapshot stops the shard, as a restore on the driver does.
+    pub(super) fn adopt_restored(&mut self) -> Result<(), ShardError> {
+        let Some(restored) = self.snapshots.restored.take() else { return Ok(()) };
+        let (meta, size, started) = self.snapshots.restoring.take().expect("a reported restore was running");
+        let shard = self.ctx.shard_id;
+        let state = restored.result.map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
+        if state.applied() != meta.index {
+            let reason = format!("the snapshot at {} holds the state at {}", meta.index, state.applied());
+            return Err(ShardError::Restore { shard, reason });
+        }
+        let adopting = self.clock.now();
+        let replaced = self.fsm.adopt(state);
+        self.storage.drop_replaced(replaced);
+        self.stats.snapshot_restore.record(restored.restore_time);
+        let took = self.clock.now().saturating_duration_since(started);
+        tracing::info!(
+            shard,
+            index = meta.index,
+            size,
+            ?took,
+            "state machine restored from the snapshot (off the driver)"
+        );
+        self.installed(meta, size);
+        self.stats.restores_off_driver += 1;
+        self.stats.snapshot_restore_blocked.record(self.clock.now().saturating_duration_since(adopting));
+        match self.snapshots.restore_next.take() {
+            Some(next) => {
+                let restorer = self.fsm.restorer().expect("the state machine still offers a restorer");
+                self.start_restore(next, restorer)
+            }
+            None => {
+                self.raft.hold_apply(false);
+                Ok(())
+            }
+        }
+    }
+
+    /// The state machine holds the snapshot described by `meta`, of `size`
+    /// bytes: it is the one served to followers from now on.
+    fn installed(&mut self, meta: SnapshotMeta, size: u64) {
         self.fsm.note_members(&meta.conf.members());
         self.links_from_address_book();
         self.snapshots.current = Some((meta, size));
         self.snapshots.recent.clear();
         self.stats.snapshots_installed += 1;
-        self.snapshot_no_space = false;
         if self.requests.reads_waiting() {
             self.stats.installs_with_reads_waiting += 1;
         }
-        Ok(())
     }
 
-    /// Restores the state machine from the stored snapshot, which must be
-    /// the one described by `meta`; returns its size.
-    pub(super) fn restore_stored(&mut self, meta: &SnapshotMeta) -> Result<u64, ShardError> {
+    /// Whether the state machine is being restored off the driver.
+    pub fn restoring(&self) -> bool {
+        self.snapshots.restoring.is_some()
+    }
+
+    /// The stored snapshot's size and a reader of its data; it must be the
+    /// one described by `meta`.
+    fn open_stored(&mut self, meta: &SnapshotMeta) -> Result<(u64, SnapshotReader), ShardError> {
         let shard = self.ctx.shard_id;
         let opened = self.storage.open_snapshot().map_err(|source| ShardError::Wal { shard, source })?;
-        let Some((stored, size, mut reader)) = opened else {
+        let Some((stored, size, reader)) = opened else {
             return Err(ShardError::Restore { shard, reason: format!("the snapshot at {} is not stored", meta.index) });
         };
         if stored.index != meta.index || stored.term != meta.term {
@@ -194,6 +324,14 @@ where
                 ),
             });
         }
+        Ok((size, reader))
+    }
+
+    /// Restores the state machine from the stored snapshot on the driver;
+    /// it must be the one described by `meta`; returns its size.
+    pub(super) fn restore_stored(&mut self, meta: &SnapshotMeta) -> Result<u64, ShardError> {
+        let shard = self.ctx.shard_id;
+        let (size, mut reader) = self.open_stored(meta)?;
         if self.raft.is_witness() {
             // A witness's snapshot holds no image (the engine stores none):
             // it has no state machine to restore, only the index to note.

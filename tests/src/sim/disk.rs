@@ -12,7 +12,9 @@
 //! written chunk by chunk into a temporary file (each chunk durable when the
 //! write returns; the temporary file means nothing to a restarted node, so
 //! it lives in [`SimStorage`]), checked against the checksum of its chunks
-//! and installed, and a restore reads the stored snapshot as a stream.
+//! and installed, and a restore reads the stored snapshot as a stream (one
+//! off the driver runs at once but reports back later, at a time the world
+//! draws).
 //! This disk reproduces exactly those guarantees and no more: appends and
 //! snapshots become durable in submission order, the lazy hard state at any
 //! moment, and a crash loses whatever was not durable, except that a prefix
@@ -41,7 +43,7 @@ use engine::config::Rng;
 use engine::raft::SnapshotWrite;
 use engine::storage::MemStorage;
 use engine::{Entry, HardState, Index, SnapshotMeta};
-use node::shard::{ShardStorage, StoredSnapshot};
+use node::shard::{RestoreJob, RestoredSnapshot, ShardStorage, StoredSnapshot};
 use node::SnapshotImage;
 use wal::{AppendTicket, SnapshotReader, WalError};
 
@@ -425,6 +427,11 @@ pub struct SimStorage {
     /// The snapshot arriving from the leader (its temporary file) and the
     /// crc32c of its chunks.
     receiving: Option<(SnapshotMeta, BytesMut, u32)>,
+    /// A restore off the driver: run at once (deterministically), its
+    /// outcome handed to the shard when the world decides
+    /// ([`SimStorage::take_restored`]), so that the shard runs on with its
+    /// state machine being restored for a while.
+    restored: Option<RestoredSnapshot>,
 }
 
 impl SimStorage {
@@ -442,7 +449,17 @@ impl SimStorage {
     }
 
     pub fn new(disk: Rc<RefCell<SimDisk>>, id: (u64, u32)) -> SimStorage {
-        SimStorage { disk, submitted: 0, id, receiving: None }
+        SimStorage { disk, submitted: 0, id, receiving: None, restored: None }
+    }
+
+    /// Whether a restore's outcome waits to be handed to the shard.
+    pub fn restore_pending(&self) -> bool {
+        self.restored.is_some()
+    }
+
+    /// The finished restore, for `Shard::snapshot_restored`.
+    pub fn take_restored(&mut self) -> Option<RestoredSnapshot> {
+        self.restored.take()
     }
 }
 
@@ -559,6 +576,11 @@ impl ShardStorage for SimStorage {
         }
         let data = disk.durable.snapshot_data().clone();
         Ok(Some((meta.clone(), data.len() as u64, Box::new(data.reader()))))
+    }
+
+    fn restore_snapshot(&mut self, job: RestoreJob) {
+        assert!(self.restored.is_none(), "one restore at a time");
+        self.restored = Some(job.run());
     }
 
     fn compact(&mut self, index: Index) {

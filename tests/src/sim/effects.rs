@@ -25,7 +25,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use engine::Index;
 use net::kv::{KvOpRef, KvResponse};
-use node::{KvStateMachine, Rejection, RestoreError, SnapshotImage, StateMachine};
+use node::{KvStateMachine, Rejection, RestoreError, RestoredState, Restorer, SnapshotImage, StateMachine};
 
 use crate::linearizability::{NodeKvInput, NodeKvOutput, Operation, Returned};
 
@@ -97,6 +97,16 @@ impl StateMachine for ObservedKv {
 
     fn restore_from(&mut self, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
         self.inner.restore_from(snapshot)
+    }
+
+    /// The key-value store's restorer: the simulator restores off the
+    /// driver as the node does (its storage delivers the outcome later).
+    fn restorer(&self) -> Option<Box<dyn Restorer>> {
+        self.inner.restorer()
+    }
+
+    fn adopt(&mut self, restored: RestoredState) -> RestoredState {
+        self.inner.adopt(restored)
     }
 }
 

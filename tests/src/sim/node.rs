@@ -107,6 +107,8 @@ struct Counts {
     snapshots_taken: u64,
     forwarded_answered: u64,
     installs_with_reads_waiting: u64,
+    restores_off_driver: u64,
+    installs_while_restoring: u64,
     forwards_redirected: u64,
     no_space: u64,
     appends_no_space: u64,
@@ -118,6 +120,8 @@ impl Counts {
         self.snapshots_taken += stats.snapshots_taken;
         self.forwarded_answered += stats.forwarded_answered;
         self.installs_with_reads_waiting += stats.installs_with_reads_waiting;
+        self.restores_off_driver += stats.restores_off_driver;
+        self.installs_while_restoring += stats.installs_while_restoring;
         self.forwards_redirected += stats.forwards_redirected;
         self.no_space += stats.no_space + stats.snapshot_chunks_no_space;
         self.appends_no_space += stats.appends_no_space;
@@ -393,6 +397,21 @@ impl SimNode {
         disk.complete_overtaking(count, overtake);
     }
 
+    /// Whether shard `shard` has a restore off the driver whose outcome it
+    /// has not heard of.
+    pub fn restore_pending(&self, shard: u32) -> bool {
+        self.replicas[shard as usize].shard.storage().restore_pending()
+    }
+
+    /// Shard `shard`'s restore off the driver reports back (the driver
+    /// adopts the state at its next `process`).
+    pub fn finish_restore(&mut self, shard: u32) {
+        let replica = &mut self.replicas[shard as usize];
+        if let Some(restored) = replica.shard.storage_mut().take_restored() {
+            replica.shard.snapshot_restored(restored);
+        }
+    }
+
     /// A clean stop, as on SIGTERM: each driver answers its waiting clients
     /// and saves the hard state, then the logs close (every queued write
     /// lands). Returns what the drivers sent.
@@ -464,6 +483,8 @@ impl SimNode {
             total.snapshots_taken += counts.snapshots_taken;
             total.forwarded_answered += counts.forwarded_answered;
             total.installs_with_reads_waiting += counts.installs_with_reads_waiting;
+            total.restores_off_driver += counts.restores_off_driver;
+            total.installs_while_restoring += counts.installs_while_restoring;
             total.forwards_redirected += counts.forwards_redirected;
             total.no_space += counts.no_space;
             total.appends_no_space += counts.appends_no_space;
@@ -501,6 +522,13 @@ impl SimNode {
     /// Snapshots installed while reads waited, over all restarts.
     pub fn installs_with_reads_waiting(&self) -> u64 {
         self.counts().installs_with_reads_waiting
+    }
+
+    /// Snapshots restored off the driver, and snapshots installed while
+    /// one was being restored, over all restarts.
+    pub fn restores_off_driver(&self) -> (u64, u64) {
+        let counts = self.counts();
+        (counts.restores_off_driver, counts.installs_while_restoring)
     }
 
     /// Forwarded writes redirected by a term change, over all restarts.
