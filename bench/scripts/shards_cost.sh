@@ -1,9 +1,10 @@
 #!/bin/bash
 # writes/s, disk writes per client write, and node CPU per write at 256 in flight with S shards.
-S=$1; B=/work/main/target/production
+# usage (from the repository root, after `cargo build --profile production -p node -p bench`): bench/scripts/shards_cost.sh SHARDS
+S=$1; B=${BIN_DIR:-target/production}
 timeout 120 $B/bench sweep --node-bin $B/node --node-shards $S --threads 2 --inflight 256 --duration 16s --warmup 2s --no-floor > /tmp/sh-$S.out 2>&1 &
 sleep 7
-pids=$(pgrep -f "target/production/node serve")
+pids=$(pgrep -f "$B/node serve")
 cpu() { set -- $(cut -d' ' -f14,15 /proc/$1/stat); echo $(($1+$2)); }
 declare -A c; for p in $pids; do c[$p]=$(cpu $p); done
 a=$(awk '$3=="vda"{print $8}' /proc/diskstats); sleep 8; b=$(awk '$3=="vda"{print $8}' /proc/diskstats)
