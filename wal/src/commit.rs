@@ -399,13 +399,20 @@ async fn switch_segment(
     first_index: Index,
 ) -> Result<(), WalError> {
     let config = &shared.config;
-    let ready = match spare.take() {
-        Some(handle) => handle.await.map_err(|error| WalError::Io {
+    let made = match spare.take() {
+        Some(handle) => Some(handle.await.map_err(|error| WalError::Io {
             op: "preallocating a segment in",
             path: config.dir.clone(),
             source: std::sync::Arc::new(std::io::Error::other(error.to_string())),
-        })??,
-        None => {
+        })?),
+        None => None,
+    };
+    let ready = match made {
+        Some(Ok(ready)) => ready,
+        Some(Err(error)) if !matches!(error, WalError::NoSpace { .. }) => return Err(error),
+        // No spare, or one given up when it did not fit (perhaps long ago):
+        // the disk may have room now, so make one before saying it is full.
+        _ => {
             let sequence = take_sequence(shared);
             segment::create_spare(config.dir.clone(), sequence, config.segment_bytes).await?
         }

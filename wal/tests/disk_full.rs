@@ -13,6 +13,13 @@ use wal::{LogStore, Wal, WalConfig};
 /// A 256 KiB tmpfs, unmounted and removed when dropped.
 struct Mount(PathBuf);
 
+impl Mount {
+    /// Where a test puts the file that fills the disk.
+    fn ballast(&self) -> PathBuf {
+        self.0.join("ballast")
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
@@ -45,8 +52,7 @@ fn small_disk(name: &str) -> Option<(Mount, WalConfig)> {
 #[test]
 fn disk_full_waits_for_space_and_resumes_by_itself() {
     let Some((mount, config)) = small_disk("wal-full") else { return };
-    let dir = mount.0.clone();
-    let ballast = dir.join("ballast");
+    let ballast = mount.ballast();
     let durable_index = tokio_uring::start(async {
         let (wal, _) = Wal::open(config.clone()).await.unwrap();
         // The active segment and its spare take 128 KiB; the ballast leaves
@@ -97,7 +103,7 @@ fn disk_full_waits_for_space_and_resumes_by_itself() {
 fn a_snapshot_that_does_not_fit_is_given_up_and_the_log_goes_on() {
     let Some((mount, config)) = small_disk("wal-full-snapshot") else { return };
     let dir = mount.0.clone();
-    let ballast = dir.join("ballast");
+    let ballast = mount.ballast();
     tokio_uring::start(async {
         let (wal, _) = Wal::open(config.clone()).await.unwrap();
         let ticket = wal.append(batch(1, &[1; 20])).unwrap();
@@ -118,6 +124,58 @@ fn a_snapshot_that_does_not_fit_is_given_up_and_the_log_goes_on() {
             .expect("the log did not stop");
         std::fs::remove_file(&ballast).unwrap();
         wal.save_snapshot(meta, bytes::Bytes::from(vec![5u8; 32 << 10])).await.expect("stored once there is room");
+        wal.close().await.unwrap();
+    });
+    drop(mount);
+}
+
+/// A spare segment given up while the disk was full, with space freed
+/// before the log needs it: the switch makes a new spare instead of
+/// reporting the old failure. Before, the log said "disk full" for at
+/// least one retry interval (500 ms) on a disk with room, and a leader
+/// refused writes with `NoSpace` meanwhile (seen in `t50_chaos`
+/// `full_followers_make_the_leader_refuse_writes_with_no_space`, whose
+/// leader's file system was grown just after the log opened).
+#[test]
+fn a_spare_given_up_earlier_is_made_anew_when_space_returned() {
+    let Some((mount, config)) = small_disk("wal-full-spare") else { return };
+    let (log_dir, ballast) = (config.dir.clone(), mount.ballast());
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config).await.unwrap();
+        let mut next = 1;
+        // Appends until the log switched segments `switches` times, checking
+        // that it never says its disk is full meanwhile.
+        let mut fill_until = async |switches: u64| {
+            while wal.stats().segment_switches < switches {
+                let ticket = wal.append(batch(next, &[1; 20])).unwrap();
+                next = ticket.last_index + 1;
+                let mut durable = std::pin::pin!(wal.wait_durable(ticket.sequence));
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(1), &mut durable).await {
+                        Ok(result) => break result.expect("durable"),
+                        Err(_) => assert!(
+                            !wal.no_space(),
+                            "the log says its disk is full at index {}, before switch {switches}",
+                            ticket.last_index
+                        ),
+                    }
+                }
+            }
+        };
+        // The first segment and its spare.
+        fill_until(1).await;
+        // The ballast leaves no room for the spare made at the next switch.
+        std::fs::write(&ballast, vec![1u8; 96 << 10]).unwrap();
+        fill_until(2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spares = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().ends_with(".prealloc"))
+            .count();
+        assert_eq!(spares, 0, "the spare that did not fit is given up");
+        // Space comes back before the log needs the spare.
+        std::fs::remove_file(&ballast).unwrap();
+        fill_until(3).await;
         wal.close().await.unwrap();
     });
     drop(mount);
