@@ -16,6 +16,8 @@
 //! same rename that makes the snapshot durable.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use engine::{ConfState, NodeId, SnapshotMeta};
@@ -260,7 +262,38 @@ struct FileSink {
     rate: u64,
     started: std::time::Instant,
     unsynced: usize,
+    /// The log's appended-bytes counter and its value when the draft
+    /// started: the pacing never lets the draft fall behind the log.
+    log: Option<(Arc<AtomicU64>, u64)>,
 }
+
+impl FileSink {
+    /// Sleeps while the draft is ahead of its rate and of the log's growth
+    /// since it started, re-checking the log every [`PACE_STEP`].
+    fn pace(&self, written: u64) {
+        while let Some(pause) = self.pause(written) {
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// How long to sleep now, having written `written` bytes: `None` once
+    /// the draft is not ahead of its rate, or the log grew at least as much.
+    fn pause(&self, written: u64) -> Option<std::time::Duration> {
+        if self.rate == 0 {
+            return None;
+        }
+        let due = std::time::Duration::from_secs_f64(written as f64 / self.rate as f64);
+        let ahead = due.checked_sub(self.started.elapsed()).filter(|ahead| !ahead.is_zero())?;
+        let appended = self.log.as_ref().map(|(counter, start)| counter.load(Ordering::Relaxed) - start);
+        if appended.is_some_and(|appended| appended >= written) {
+            return None;
+        }
+        Some(ahead.min(PACE_STEP))
+    }
+}
+
+/// How long a paced draft sleeps before it looks at the log's growth again.
+const PACE_STEP: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl SnapshotDraft {
     /// A draft in a temporary file of `dir` (a received snapshot has its own,
@@ -276,8 +309,19 @@ impl SnapshotDraft {
             .map_err(|error| WalError::io("creating", &path, error))?;
         let data_start = encode_head(&meta, 0, 0).len() as u64;
         let discard = Discard(Some(path.clone()));
-        let sink = FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0 };
+        let sink =
+            FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0, log: None };
         Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink), discard })
+    }
+
+    /// Paces the draft no slower than `counter` (bytes appended to the log)
+    /// grows from now on.
+    pub(crate) fn keeping_up_with(mut self, counter: Arc<AtomicU64>) -> SnapshotDraft {
+        if let Sink::File(sink) = &mut self.sink {
+            let start = counter.load(Ordering::Relaxed);
+            sink.log = Some((counter, start));
+        }
+        self
     }
 
     /// A draft in memory.
@@ -339,13 +383,7 @@ impl std::io::Write for SnapshotDraft {
                 if sink.unsynced >= SAVE_CHUNK_BYTES {
                     sink.unsynced = 0;
                     sink.file.sync_data()?;
-                    if sink.rate > 0 {
-                        let written = self.length + buf.len() as u64;
-                        let due = std::time::Duration::from_secs_f64(written as f64 / sink.rate as f64);
-                        if let Some(ahead) = due.checked_sub(sink.started.elapsed()) {
-                            std::thread::sleep(ahead);
-                        }
-                    }
+                    sink.pace(self.length + buf.len() as u64);
                 }
             }
         }
@@ -584,6 +622,25 @@ mod tests {
         assert_eq!(stored.meta, meta);
         assert!(stored.meta.conf.is_witness(3));
         assert_eq!(&data[..], b"state");
+    }
+
+    #[test]
+    fn a_paced_draft_never_falls_behind_the_log() {
+        let dir = std::env::temp_dir().join(format!("wal-snapshot-pace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SnapshotMeta { index: 9, term: 1, conf: ConfState::new([1], []) };
+        // 1 KiB/s: 1 MiB written is 17 minutes ahead of the rate.
+        let counter = Arc::new(AtomicU64::new(500));
+        let draft = SnapshotDraft::create(&dir, meta, false, 1 << 10).unwrap().keeping_up_with(counter.clone());
+        let Sink::File(sink) = &draft.sink else { panic!("a file draft") };
+        assert_eq!(sink.pause(1 << 20), Some(PACE_STEP), "ahead of its rate and of the log");
+        counter.fetch_add((1 << 20) - 1, Ordering::Relaxed);
+        assert!(sink.pause(1 << 20).is_some(), "the log grew a byte less than the draft");
+        counter.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(sink.pause(1 << 20), None, "the log grew as much as the draft: no sleeping");
+        assert!(sink.pause(2 << 20).is_some(), "ahead of the log again");
+        drop(draft);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
