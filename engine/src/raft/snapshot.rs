@@ -134,6 +134,23 @@ impl Raft {
         self.send(Message { from: self.id, to, term: self.term, body: MessageBody::InstallSnapshot(chunk) });
     }
 
+    /// The shell found the stored snapshot damaged (its bytes no longer
+    /// match the checksum they were stored with): none of it may be sent.
+    /// Followers being sent it start over, and the shell is asked for a new
+    /// snapshot to replace it, as after a restart (its size unknown).
+    pub fn snapshot_damaged(&mut self) {
+        self.snapshot_size = 0;
+        for pr in self.progress.values_mut() {
+            if pr.state == ProgressState::Snapshot {
+                pr.become_probe();
+                pr.next_index = pr.match_index + 1;
+            }
+        }
+        if !self.snapshot_requested {
+            self.snapshot_due = true;
+        }
+    }
+
     /// The shell could not read the snapshot a [`SnapshotRead`] named (a
     /// newer one replaced it): the follower starts over with the latest.
     pub fn snapshot_unavailable(&mut self, to: NodeId) {
