@@ -521,7 +521,12 @@ fn misplaced(replay: &Replay, batch: &EntryBatch, segment_first: Option<Index>) 
 }
 
 /// Bytes per read of a segment with `O_DIRECT`.
-const READ_CHUNK: usize = 8 << 20;
+const READ_CHUNK: usize = 1 << 20;
+/// Reads of a segment in flight, each on its own thread. One large read at a
+/// time left the disk idle while the kernel faulted in and cleared the next
+/// read's fresh pages; with several in flight, one thread's page clearing
+/// overlaps the others' transfers and the disk queue never empties.
+const READS_IN_FLIGHT: usize = 8;
 
 /// A segment's bytes, read with `O_DIRECT` into page-aligned memory that
 /// the recovered entries then borrow (through [`Bytes::from_owner`]).
@@ -532,8 +537,62 @@ struct AlignedBytes {
     len: usize,
 }
 
-// SAFETY: the buffer is owned and never aliased mutably once built.
+// SAFETY: the buffer is owned; while it is being filled, the reading threads
+// write disjoint ranges of it (see `read_chunks`), and once built it is never
+// written again.
 unsafe impl Send for AlignedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBytes {}
+
+impl AlignedBytes {
+    /// An uninitialised buffer of `capacity` bytes (a positive multiple of
+    /// the direct I/O alignment), aligned for direct I/O. Its pages are
+    /// faulted in by the reads that fill them, on the reading threads.
+    fn new(capacity: usize) -> AlignedBytes {
+        let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN).expect("a valid layout");
+        // SAFETY: the layout's size is not zero.
+        let pointer = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBytes { pointer, layout, len: 0 }
+    }
+
+    /// Reads `[at, at + want)` of the file into the same range of the
+    /// buffer, until it is full or the file ends; returns the bytes read.
+    ///
+    /// # Safety
+    ///
+    /// No other thread reads or writes that range of the buffer meanwhile,
+    /// and `at + want` is at most the buffer's size.
+    unsafe fn read_at(&self, file: &fs::File, at: usize, want: usize) -> std::io::Result<usize> {
+        use std::os::unix::io::AsRawFd;
+        let mut done = 0;
+        while done < want {
+            // SAFETY: the destination lies inside the allocation (the
+            // caller's promise), and `pread` writes at most `want - done`
+            // bytes there.
+            let read = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    self.pointer.as_ptr().add(at + done).cast(),
+                    want - done,
+                    (at + done) as libc::off_t,
+                )
+            };
+            if read < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            if read == 0 {
+                break;
+            }
+            done += read as usize;
+        }
+        Ok(done)
+    }
+}
 
 impl AsRef<[u8]> for AlignedBytes {
     fn as_ref(&self) -> &[u8] {
@@ -544,7 +603,7 @@ impl AsRef<[u8]> for AlignedBytes {
 
 impl Drop for AlignedBytes {
     fn drop(&mut self) {
-        // SAFETY: allocated in `read_segment_bytes` with this layout.
+        // SAFETY: allocated in `AlignedBytes::new` with this layout.
         unsafe { std::alloc::dealloc(self.pointer.as_ptr(), self.layout) };
     }
 }
@@ -552,10 +611,10 @@ impl Drop for AlignedBytes {
 /// Reads a whole segment, as [`read_segment`] does, but with `O_DIRECT`
 /// where the file system allows it: the disk writes straight into the
 /// buffer instead of the page cache and a copy (the copy was a quarter of
-/// recovery's CPU), in large reads. Falls back to a buffered read.
+/// recovery's CPU), in [`READ_CHUNK`] reads, [`READS_IN_FLIGHT`] at a time.
+/// Falls back to a buffered read.
 fn read_segment_bytes(path: &Path) -> Result<Bytes, WalError> {
     use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
     let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
         Ok(file) => file,
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return read_segment(path).map(Bytes::from),
@@ -566,38 +625,60 @@ fn read_segment_bytes(path: &Path) -> Result<Bytes, WalError> {
     if size == 0 {
         return Ok(Bytes::new());
     }
-    let capacity = segment::align_up(size as u64) as usize;
-    let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN).expect("a valid layout");
-    // SAFETY: the layout's size is not zero.
-    let pointer = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
-        .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-    let mut buffer = AlignedBytes { pointer, layout, len: 0 };
-    while buffer.len < capacity {
-        let want = READ_CHUNK.min(capacity - buffer.len);
-        // SAFETY: the destination lies inside the allocation; `pread` writes
-        // at most `want` bytes there.
-        let read = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buffer.pointer.as_ptr().add(buffer.len).cast(),
-                want,
-                buffer.len as libc::off_t,
-            )
-        };
-        if read < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+    let mut buffer = AlignedBytes::new(segment::align_up(size as u64) as usize);
+    let read = read_chunks(&file, &buffer).map_err(|error| WalError::io("reading", path, error))?;
+    buffer.len = read.min(size);
+    Ok(Bytes::from_owner(buffer))
+}
+
+/// Fills `buffer` from the start of `file` in [`READ_CHUNK`] reads, up to
+/// [`READS_IN_FLIGHT`] threads each taking the next chunk not yet taken.
+/// Returns how many bytes from the start were read: all of them, or up to
+/// the first chunk the end of the file cut short.
+fn read_chunks(file: &fs::File, buffer: &AlignedBytes) -> std::io::Result<usize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let capacity = buffer.layout.size();
+    let chunks = capacity.div_ceil(READ_CHUNK);
+    let next = AtomicUsize::new(0);
+    // Each thread's chunks, as (chunk, bytes read).
+    let read_some = || -> std::io::Result<Vec<(usize, usize)>> {
+        let mut done = Vec::new();
+        loop {
+            let chunk = next.fetch_add(1, Ordering::Relaxed);
+            if chunk >= chunks {
+                return Ok(done);
             }
-            return Err(WalError::io("reading", path, error));
+            let at = chunk * READ_CHUNK;
+            let want = READ_CHUNK.min(capacity - at);
+            // SAFETY: `next` hands each chunk, inside the buffer, to one
+            // thread only.
+            done.push((chunk, unsafe { buffer.read_at(file, at, want)? }));
         }
-        buffer.len += read as usize;
-        if (read as usize) < want {
+    };
+    let threads = READS_IN_FLIGHT.min(chunks);
+    let mut results = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(read_some)).collect();
+        let mine = read_some();
+        helpers
+            .into_iter()
+            .map(|helper| helper.join().expect("a reading thread panicked"))
+            .chain([mine])
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .collect::<std::io::Result<Vec<_>>>()?
+    .concat();
+    results.sort_unstable();
+    // The bytes read form a prefix: a chunk cut short ends it.
+    let mut total = 0;
+    for (chunk, read) in results {
+        debug_assert_eq!(chunk * READ_CHUNK, total);
+        total += read;
+        if read < READ_CHUNK.min(capacity - chunk * READ_CHUNK) {
             break;
         }
     }
-    buffer.len = buffer.len.min(size);
-    Ok(Bytes::from_owner(buffer))
+    Ok(total)
 }
 
 /// Reads a whole segment once no dead process's write to it is still in
