@@ -610,13 +610,20 @@ const SEGMENTS_AHEAD: usize = 2;
 /// order, across segment boundaries, so the disk queue stays full from the
 /// first byte to the last.
 fn read_segments<T>(paths: Vec<PathBuf>, consume: impl FnOnce(&mut dyn FnMut() -> Result<Bytes, WalError>) -> T) -> T {
+    // No more reading threads than chunks (a small log needs few), and one
+    // at least, however the files change after this look.
+    let chunks: usize = paths
+        .iter()
+        .map(|path| fs::metadata(path).map_or(1, |metadata| (metadata.len() as usize).div_ceil(READ_CHUNK)))
+        .sum();
+    let threads = READS_IN_FLIGHT.min(chunks).max(1);
     let reads = SegmentReads::default();
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let _leave = Leave { reads: &reads, consumer: false };
             reads.open_all(paths);
         });
-        for _ in 0..READS_IN_FLIGHT {
+        for _ in 0..threads {
             scope.spawn(|| {
                 let _leave = Leave { reads: &reads, consumer: false };
                 reads.read_chunks();
