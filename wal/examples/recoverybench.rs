@@ -65,6 +65,7 @@ fn main() {
     }
     println!("log: {} in {} segment files, {} B entries", gib(bytes), segments(&args.dir).len(), args.value_bytes);
     let mut ratios = Vec::new();
+    let mut open_ratios = Vec::new();
     for round in 1..=args.rounds {
         drop_caches();
         let strict = read_floor_strict(&args.dir);
@@ -85,6 +86,9 @@ fn main() {
         let recovery = started.elapsed();
         let ratio = recovery.as_secs_f64() / floor.as_secs_f64();
         ratios.push(ratio);
+        // The measure: opening the log (a node answers once open
+        // returns; it neither drops its entries nor closes right away).
+        open_ratios.push(parts[0].as_secs_f64() / floor.as_secs_f64());
         println!(
             "round {round}: direct read {:.2?} ({:.0} MB/s), recovery {:.2?} ({:.0} MB/s, {entries} entries, {:.2} s/GiB): {ratio:.2}x the read floor",
             floor,
@@ -95,14 +99,22 @@ fn main() {
         );
         // Close waits for the spare segment that open starts preallocating.
         let [open, dropping, close] = parts.map(|part| format!("{part:.2?}"));
-        println!("  recovery's parts: open {open}, dropping the entries {dropping}, close {close}");
+        println!(
+            "  recovery's parts: open {open} ({:.2}x the read floor), dropping the entries {dropping}, close {close}",
+            open_ratios[open_ratios.len() - 1]
+        );
         println!(
             "  strict floor (no pause between files, {STRICT_FLOOR_READERS} reads in flight): {strict:.2?}, recovery {:.2}x that",
             recovery.as_secs_f64() / strict.as_secs_f64()
         );
     }
     ratios.sort_by(f64::total_cmp);
-    println!("median: recovery {:.2}x the direct sequential read of the same bytes", ratios[ratios.len() / 2]);
+    open_ratios.sort_by(f64::total_cmp);
+    println!(
+        "median: opening {:.2}x the direct sequential read of the same bytes (open, drop and close {:.2}x)",
+        open_ratios[open_ratios.len() / 2],
+        ratios[ratios.len() / 2]
+    );
     if args.remove {
         std::fs::remove_dir_all(&args.dir).expect("remove the directory");
     }
