@@ -103,12 +103,13 @@ pub const BATCH_OPS_MAX: usize = 4096;
 /// If `ops` is empty or longer than [`BATCH_OPS_MAX`].
 pub fn encode_batch(ops: &[KvOp]) -> Bytes {
     assert!(!ops.is_empty() && ops.len() <= BATCH_OPS_MAX, "a batch holds 1 to {BATCH_OPS_MAX} ops");
-    let encoded: Vec<Bytes> = ops.iter().map(KvOp::encode).collect();
-    let mut out = BytesMut::with_capacity(5 + encoded.iter().map(|op| 4 + op.len()).sum::<usize>());
+    let mut out = BytesMut::with_capacity(5 + ops.iter().map(batch_op_size).sum::<usize>());
     out.put_u8(BATCH_TAG);
     out.put_u32_le(ops.len() as u32);
-    for op in &encoded {
-        put_bytes(&mut out, op);
+    for op in ops {
+        // The same bytes as `put_bytes(&op.encode())`: its length, then it.
+        out.put_u32_le(op.encode_len() as u32);
+        op.encode_into(&mut out);
     }
     out.freeze()
 }
@@ -234,48 +235,56 @@ impl KvOp {
     }
 
     pub fn encode(&self) -> Bytes {
-        let size = self.encode_len();
-        let mut out = BytesMut::with_capacity(size);
+        let mut out = BytesMut::with_capacity(self.encode_len());
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the encoding of [`KvOp::encode`] (exactly
+    /// [`KvOp::encode_len`] bytes) to `out`: a batch is written in place,
+    /// without a buffer per op (issue 19: a front door's pipeline of
+    /// sixteen small writes paid sixteen allocations and copies for them).
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        let start = out.len();
         match self {
             KvOp::Get { key } => {
                 out.put_u8(1);
-                put_bytes(&mut out, key);
+                put_bytes(out, key);
             }
             KvOp::Put { key, value } => {
                 out.put_u8(2);
-                put_bytes(&mut out, key);
-                put_bytes(&mut out, value);
+                put_bytes(out, key);
+                put_bytes(out, value);
             }
             KvOp::Delete { key } => {
                 out.put_u8(3);
-                put_bytes(&mut out, key);
+                put_bytes(out, key);
             }
             KvOp::Cas { key, expected, new } => {
                 out.put_u8(4);
-                put_bytes(&mut out, key);
-                put_optional_bytes(&mut out, expected.as_deref());
-                put_optional_bytes(&mut out, new.as_deref());
+                put_bytes(out, key);
+                put_optional_bytes(out, expected.as_deref());
+                put_optional_bytes(out, new.as_deref());
             }
             KvOp::Increment { key, delta } => {
                 out.put_u8(5);
-                put_bytes(&mut out, key);
+                put_bytes(out, key);
                 out.put_i64_le(*delta);
             }
             KvOp::Append { key, value } => {
                 out.put_u8(6);
-                put_bytes(&mut out, key);
-                put_bytes(&mut out, value);
+                put_bytes(out, key);
+                put_bytes(out, value);
             }
             KvOp::Set { key, value, condition, get } => {
                 out.put_u8(7);
-                put_bytes(&mut out, key);
-                put_bytes(&mut out, value);
+                put_bytes(out, key);
+                put_bytes(out, value);
                 out.put_u8(*condition as u8);
                 out.put_u8(u8::from(*get));
             }
         }
-        debug_assert_eq!(out.len(), size);
-        out.freeze()
+        debug_assert_eq!(out.len() - start, self.encode_len());
     }
 
     /// Reads an op; keys and values are slices of `bytes` (no copy).
@@ -567,9 +576,26 @@ mod tests {
             KvOp::Put { key: Bytes::from_static(b"a"), value: Bytes::from_static(b"1") },
             KvOp::Increment { key: Bytes::from_static(b"a"), delta: 2 },
             KvOp::Delete { key: Bytes::from_static(b"b") },
+            KvOp::Cas { key: Bytes::from_static(b"c"), expected: None, new: Some(Bytes::from_static(b"3")) },
+            KvOp::Append { key: Bytes::from_static(b"d"), value: Bytes::from_static(b"tail") },
+            KvOp::Set {
+                key: Bytes::from_static(b"e"),
+                value: Bytes::from_static(b"v"),
+                condition: SetCondition::IfAbsent,
+                get: true,
+            },
         ];
         let batch = encode_batch(&ops);
         assert_eq!(batch.len(), 5 + ops.iter().map(batch_op_size).sum::<usize>());
+        // Written in place, a batch is byte for byte each op's own encoding
+        // behind its length (the log's format: replicas of any version agree).
+        let mut expected = BytesMut::new();
+        expected.put_u8(BATCH_TAG);
+        expected.put_u32_le(ops.len() as u32);
+        for op in &ops {
+            put_bytes(&mut expected, &op.encode());
+        }
+        assert_eq!(batch, expected.freeze());
         let decoded = decode_batch(&batch).expect("a batch").expect("well formed");
         let encoded: Vec<Bytes> = ops.iter().map(KvOp::encode).collect();
         assert_eq!(decoded, encoded.iter().map(|op| KvOpRef::decode(op).unwrap()).collect::<Vec<_>>());
