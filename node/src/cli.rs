@@ -279,8 +279,9 @@ pub struct ServeOptions {
     pub snapshot_log_bytes: Option<u64>,
 
     /// Write a local snapshot at most this many bytes per second (unless
-    /// that takes over 4 s; 0: at disk speed). Paced, its writes stay out of
-    /// the way of the log's fdatasyncs. [default: 8388608, 8 MiB/s]
+    /// that takes over 4 s, or the log outgrows the snapshot by half of
+    /// `snapshot-log-bytes` meanwhile; 0: at disk speed). Paced, its writes
+    /// stay out of the way of the log's fdatasyncs. [default: 8388608, 8 MiB/s]
     #[arg(long, value_name = "BYTES")]
     pub snapshot_write_rate: Option<u64>,
 

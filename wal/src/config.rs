@@ -47,12 +47,23 @@ pub struct WalConfig {
     /// long as they take. A received snapshot is written at full speed: the
     /// follower waits for it. 0: no limit.
     pub snapshot_write_rate: u64,
+    /// How far the log may grow past a paced local snapshot's bytes while
+    /// it is written before the pacing gives way and the draft keeps up
+    /// with the log. Without any, a busy log sped every snapshot up to the
+    /// log's own pace: with small values (a 28 MB state, 55 MB/s of log per
+    /// node) each node rewrote its state every second, 3.5 times as often
+    /// as at the set rate, for 7 % fewer writes/s and a higher p99. Without
+    /// the bound, large values grew the in-memory log to gigabytes while
+    /// one snapshot was written. The node sets half of its
+    /// `snapshot_log_bytes`.
+    pub snapshot_log_slack: u64,
 }
 
 impl WalConfig {
     /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
     /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots written at
-    /// 8 MiB/s (or in 4 s, for a larger one).
+    /// 8 MiB/s (or in 4 s, for a larger one), faster once the log outgrew
+    /// one by 128 MiB.
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
         WalConfig {
             dir: dir.into(),
@@ -64,6 +75,7 @@ impl WalConfig {
             batch_bytes_max: 1 << 20,
             snapshot_bytes_max: 4 << 30,
             snapshot_write_rate: 8 << 20,
+            snapshot_log_slack: 128 << 20,
         }
     }
 

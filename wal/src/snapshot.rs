@@ -263,7 +263,8 @@ struct FileSink {
     started: std::time::Instant,
     unsynced: usize,
     /// The log's appended-bytes counter and its value when the draft
-    /// started: the pacing never lets the draft fall behind the log.
+    /// started, counted from `slack` bytes ahead: the pacing never lets the
+    /// draft fall further behind the log than that.
     log: Option<(Arc<AtomicU64>, u64)>,
 }
 
@@ -284,7 +285,7 @@ impl FileSink {
         }
         let due = std::time::Duration::from_secs_f64(written as f64 / self.rate as f64);
         let ahead = due.checked_sub(self.started.elapsed()).filter(|ahead| !ahead.is_zero())?;
-        let appended = self.log.as_ref().map(|(counter, start)| counter.load(Ordering::Relaxed) - start);
+        let appended = self.log.as_ref().map(|(counter, start)| counter.load(Ordering::Relaxed).saturating_sub(*start));
         if appended.is_some_and(|appended| appended >= written) {
             return None;
         }
@@ -315,10 +316,10 @@ impl SnapshotDraft {
     }
 
     /// Paces the draft no slower than `counter` (bytes appended to the log)
-    /// grows from now on.
-    pub(crate) fn keeping_up_with(mut self, counter: Arc<AtomicU64>) -> SnapshotDraft {
+    /// grows from now on, once it grew `slack` bytes more than the draft.
+    pub(crate) fn keeping_up_with(mut self, counter: Arc<AtomicU64>, slack: u64) -> SnapshotDraft {
         if let Sink::File(sink) = &mut self.sink {
-            let start = counter.load(Ordering::Relaxed);
+            let start = counter.load(Ordering::Relaxed).saturating_add(slack);
             sink.log = Some((counter, start));
         }
         self
@@ -683,13 +684,14 @@ mod tests {
         let meta = SnapshotMeta { index: 9, term: 1, conf: ConfState::new([1], []) };
         // 1 KiB/s: 1 MiB written is 17 minutes ahead of the rate.
         let counter = Arc::new(AtomicU64::new(500));
-        let draft = SnapshotDraft::create(&dir, meta, false, 1 << 10).unwrap().keeping_up_with(counter.clone());
+        let slack = 3 << 20;
+        let draft = SnapshotDraft::create(&dir, meta, false, 1 << 10).unwrap().keeping_up_with(counter.clone(), slack);
         let Sink::File(sink) = &draft.sink else { panic!("a file draft") };
         assert_eq!(sink.pause(1 << 20), Some(PACE_STEP), "ahead of its rate and of the log");
-        counter.fetch_add((1 << 20) - 1, Ordering::Relaxed);
-        assert!(sink.pause(1 << 20).is_some(), "the log grew a byte less than the draft");
+        counter.fetch_add(slack + (1 << 20) - 1, Ordering::Relaxed);
+        assert!(sink.pause(1 << 20).is_some(), "the log grew a byte less than the draft and the slack");
         counter.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(sink.pause(1 << 20), None, "the log grew as much as the draft: no sleeping");
+        assert_eq!(sink.pause(1 << 20), None, "the log grew as much as the draft and the slack: no sleeping");
         assert!(sink.pause(2 << 20).is_some(), "ahead of the log again");
         drop(draft);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -364,9 +364,10 @@ impl LogStore for Wal {
     /// with) holds no append back, so it is paced at `snapshot_write_rate`,
     /// unless a snapshot as large as the stored one would then take longer
     /// than `SNAPSHOT_WRITE_SECONDS_MAX`, and never slower than the log
-    /// grows meanwhile (the in-memory log it lets the node compact would
-    /// otherwise outgrow the snapshot: gigabytes with large values); a
-    /// received one is written at full speed (the follower waits for it).
+    /// grows meanwhile beyond `snapshot_log_slack` (the in-memory log it
+    /// lets the node compact would otherwise outgrow the snapshot:
+    /// gigabytes with large values); a received one is written at full
+    /// speed (the follower waits for it).
     fn snapshot_draft(&self, meta: SnapshotMeta, received: bool) -> Result<SnapshotDraft, WalError> {
         let config = &self.shared.config;
         Self::check_usable(&self.shared.state.borrow())?;
@@ -376,7 +377,7 @@ impl LogStore for Wal {
             0
         };
         let draft = SnapshotDraft::create(&config.dir, meta, received, rate)?;
-        Ok(draft.keeping_up_with(self.appended_bytes.clone()))
+        Ok(draft.keeping_up_with(self.appended_bytes.clone(), config.snapshot_log_slack))
     }
 
     async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError> {
