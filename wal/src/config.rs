@@ -14,6 +14,13 @@ pub const WRITE_BYTES_MAX_LIMIT: usize = 16 << 20;
 /// does not grow for minutes meanwhile.
 pub const SNAPSHOT_WRITE_SECONDS_MAX: u64 = 4;
 
+/// The default `recycled_segments_max`. A snapshot, and the compaction
+/// after it, frees in one go the segments written since the last one; a pool
+/// too small for them deletes the rest, and as many switches then zero-fill
+/// fresh spares again. Four covers a snapshot every 256 MiB of log at the
+/// default segment size (64 MiB), for 256 MiB of disk.
+pub const RECYCLED_SEGMENTS_MAX_DEFAULT: usize = 4;
+
 /// How to open a WAL directory.
 #[derive(Clone, Debug)]
 pub struct WalConfig {
@@ -47,12 +54,19 @@ pub struct WalConfig {
     /// long as they take. A received snapshot is written at full speed: the
     /// follower waits for it. 0: no limit.
     pub snapshot_write_rate: u64,
+    /// The most segments compaction keeps as spares to reuse instead of
+    /// deleting them (see `segment`, "Recycling"): each one the next switch
+    /// reuses saves writing a segment's worth of zeros. Beyond it freed
+    /// segments are deleted. The pool holds its files' space: at most this
+    /// many segments more than the log needs. 0: never recycle.
+    pub recycled_segments_max: usize,
 }
 
 impl WalConfig {
     /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
     /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots written at
-    /// 8 MiB/s (or in 4 s, for a larger one).
+    /// 8 MiB/s (or in 4 s, for a larger one), and up to
+    /// [`RECYCLED_SEGMENTS_MAX_DEFAULT`] recycled segments.
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
         WalConfig {
             dir: dir.into(),
@@ -64,6 +78,7 @@ impl WalConfig {
             batch_bytes_max: 1 << 20,
             snapshot_bytes_max: 4 << 30,
             snapshot_write_rate: 8 << 20,
+            recycled_segments_max: RECYCLED_SEGMENTS_MAX_DEFAULT,
         }
     }
 

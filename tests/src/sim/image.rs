@@ -2,7 +2,7 @@
 //! level (issue 16 item 5).
 //!
 //! Each durable append is one group: the entry batch, byte for byte as the
-//! WAL writes it, from a 4 KiB-aligned offset, padded with zeros to the next
+//! WAL writes it (its stored crc salted with the segment's salt), from a 4 KiB-aligned offset, padded with zeros to the next
 //! boundary, in segments that switch when the next group does not fit (or
 //! after a snapshot voided the log). A restart runs the WAL's own recovery
 //! decisions ([`wal::recover_images`]) over these bytes, so a fault is
@@ -21,7 +21,7 @@
 use bytes::Bytes;
 use engine::config::Rng;
 use engine::{EntryBatch, Index};
-use wal::{ImageRecovery, WalConfig};
+use wal::{ImageRecovery, SegmentImage, WalConfig};
 
 /// The faults [`LogImage::damage`] injects, by kind.
 pub const FAULT_KINDS: [&str; 4] = ["bit flip", "lost write", "misdirected write", "torn write"];
@@ -30,11 +30,13 @@ pub const FAULT_KINDS: [&str; 4] = ["bit flip", "lost write", "misdirected write
 const SEGMENT_BYTES: usize = 64 << 10;
 const ALIGN: usize = 4096;
 
-/// One segment file: its name's first index and its written bytes (the rest
-/// of the file reads as zeros).
+/// One segment file: its name's first index and salt, and its written bytes
+/// (the rest of the file reads as zeros).
 #[derive(Clone, Debug)]
 struct Segment {
     first_index: Index,
+    /// Each record's stored crc is XORed with it, as the WAL writes.
+    salt: u32,
     bytes: Vec<u8>,
     /// Where each group's record starts and ends, and its last index.
     groups: Vec<(usize, usize, Index)>,
@@ -46,7 +48,12 @@ pub struct LogImage {
     segments: Vec<Segment>,
     /// The next group opens a new segment.
     switch: bool,
+    /// The sequence of the last segment opened (its salt's input).
+    sequence: u64,
 }
+
+/// The salt key of every simulated log (any value: see [`wal::segment::salt`]).
+const SALT_KEY: u32 = 0x5A17_5EED;
 
 fn config() -> WalConfig {
     WalConfig::new("sim", 1, 1)
@@ -60,12 +67,22 @@ impl LogImage {
         let fits = self.segments.last().is_some_and(|last| last.bytes.len() + record.len() <= SEGMENT_BYTES);
         if self.switch || !fits {
             self.switch = false;
-            self.segments.push(Segment { first_index: batch.first_index(), bytes: Vec::new(), groups: Vec::new() });
+            self.sequence += 1;
+            let salt = wal::segment::salt(self.sequence, SALT_KEY);
+            self.segments.push(Segment {
+                first_index: batch.first_index(),
+                salt,
+                bytes: Vec::new(),
+                groups: Vec::new(),
+            });
         }
         let segment = self.segments.last_mut().expect("just ensured");
         let start = segment.bytes.len();
         let landed = landed.unwrap_or(record.len()).min(record.len());
-        segment.bytes.extend_from_slice(&record[..landed]);
+        let mut salted = record.to_vec();
+        let crc = u32::from_le_bytes(salted[..4].try_into().expect("a batch header")) ^ segment.salt;
+        salted[..4].copy_from_slice(&crc.to_le_bytes());
+        segment.bytes.extend_from_slice(&salted[..landed]);
         segment.bytes.resize((start + record.len()).next_multiple_of(ALIGN), 0);
         segment.groups.push((start, start + record.len(), batch.last_index()));
     }
@@ -88,7 +105,7 @@ impl LogImage {
     /// What the WAL's recovery makes of these bytes on top of a snapshot at
     /// `snapshot_index`, without changing them.
     pub fn plan(&self, snapshot_index: Index) -> ImageRecovery {
-        let images: Vec<(Index, Bytes)> = self
+        let images: Vec<SegmentImage> = self
             .segments
             .iter()
             .map(|segment| {
@@ -96,7 +113,7 @@ impl LogImage {
                 // group written.
                 let mut bytes = segment.bytes.clone();
                 bytes.resize(bytes.len().next_multiple_of(ALIGN) + ALIGN, 0);
-                (segment.first_index, Bytes::from(bytes))
+                SegmentImage { first_index: segment.first_index, salt: Some(segment.salt), bytes: Bytes::from(bytes) }
             })
             .collect();
         wal::recover_images(&images, snapshot_index, &config()).expect("recovery decides, it does not fail")

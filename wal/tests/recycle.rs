@@ -1,0 +1,136 @@
+//! Segment recycling (see `wal::segment`, "Recycling"): segments that
+//! compaction frees become the next spares instead of new zero-filled files,
+//! and a log written into recycled files, full of their earlier lives'
+//! records, reopens to exactly what was written.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use engine::{ConfState, Index, SnapshotMeta};
+use wal::testing::{batch, shape};
+use wal::{LogStore, Wal, WalConfig};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wal-recycle-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(dir: &Path) -> WalConfig {
+    let mut config = WalConfig::new(dir, 1, 1);
+    config.segment_bytes = 64 << 10;
+    config.write_bytes_max = 16 << 10;
+    config.batch_bytes_max = 16 << 10;
+    config.recycled_segments_max = 2;
+    config
+}
+
+/// The inode numbers of the directory's segment and spare files, and the
+/// files held open: a deleted file's inode number is not reused while it is
+/// open, so a new inode number means a new file.
+fn inodes(dir: &Path) -> (BTreeSet<u64>, Vec<std::fs::File>) {
+    let files: Vec<std::fs::File> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            name.ends_with(".wal") || name.ends_with(".prealloc")
+        })
+        .map(|entry| std::fs::File::open(entry.path()).unwrap())
+        .collect();
+    (files.iter().map(|file| file.metadata().unwrap().ino()).collect(), files)
+}
+
+/// Appends batches of 100 entries of term `term` from `next` until the log
+/// switched segments `switches` times in all; returns the next index.
+async fn fill(wal: &Wal, mut next: Index, term: u64, switches: u64) -> Index {
+    while wal.stats().segment_switches < switches {
+        let ticket = wal.append(batch(next, &[term; 100])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        next = ticket.last_index + 1;
+    }
+    next
+}
+
+/// Takes a snapshot at `index` (term 1) and compacts the log up to it.
+async fn snapshot_and_compact(wal: &Wal, index: Index) {
+    let meta = SnapshotMeta { index, term: 1, conf: ConfState::new([1], []) };
+    wal.save_snapshot(meta, bytes::Bytes::from(vec![7u8; 100])).await.unwrap();
+    wal.compact(index).await.unwrap();
+}
+
+#[test]
+fn compacted_segments_become_the_next_spares_and_the_log_reopens_exactly() {
+    wal::io_uring_available().expect("these tests need io_uring");
+    let dir = scratch("reuse");
+    let (snapshot_index, last) = tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let next = fill(&wal, 1, 1, 6).await;
+        // Wait for the spare made at the last switch.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (seen, _held) = inodes(&dir);
+        let snapshot_index = next - 1;
+        snapshot_and_compact(&wal, snapshot_index).await;
+        let pooled = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().ends_with(".recycled.prealloc"))
+            .count();
+        assert_eq!(pooled, 2, "the pool keeps recycled_segments_max of the freed segments");
+        // Entries of a later term, at higher indexes than the recycled
+        // files' records: the spare made ahead, then the two recycled ones.
+        let switches = wal.stats().segment_switches;
+        let last = fill(&wal, next, 2, switches + 3).await - 1;
+        assert_eq!(wal.stats().recycled_switches, 2, "both pooled files were reused");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (now, _) = inodes(&dir);
+        let created: Vec<&u64> = now.difference(&seen).collect();
+        // One new file: the spare made at the switch after the pool ran dry.
+        assert_eq!(created.len(), 1, "{seen:?} then {now:?}");
+        wal.close().await.unwrap();
+        (snapshot_index, last)
+    });
+    let expected: Vec<(Index, u64)> = (snapshot_index + 1..=last).map(|index| (index, 2)).collect();
+    let recovered = tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
+        assert!(wal.recovery_damage().is_none(), "{:?}", wal.recovery_damage());
+        wal.close().await.unwrap();
+        recovered
+    });
+    assert_eq!(recovered.snapshot.map(|meta| meta.index), Some(snapshot_index));
+    assert_eq!(shape(&recovered.entries), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A log truncated back into a recycled segment, so that the file's
+/// earlier life holds records of higher indexes than the log's end, and
+/// records of this life past the truncation point too.
+#[test]
+fn a_truncation_inside_a_recycled_segment_reopens_exactly() {
+    wal::io_uring_available().expect("these tests need io_uring");
+    let dir = scratch("truncate");
+    let expected = tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let next = fill(&wal, 1, 1, 6).await;
+        snapshot_and_compact(&wal, next - 1).await;
+        let switches = wal.stats().segment_switches;
+        let next_again = fill(&wal, next, 1, switches + 2).await;
+        assert!(wal.stats().recycled_switches >= 1);
+        // Replace the last 150 entries with one batch of a later term.
+        let ticket = wal.append(batch(next_again - 150, &[3; 10])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        wal.close().await.unwrap();
+        let mut expected: Vec<(Index, u64)> = (next..next_again - 150).map(|index| (index, 1)).collect();
+        expected.extend((next_again - 150..next_again - 140).map(|index| (index, 3)));
+        expected
+    });
+    let recovered = tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
+        assert!(wal.recovery_damage().is_none(), "{:?}", wal.recovery_damage());
+        wal.close().await.unwrap();
+        recovered
+    });
+    assert_eq!(shape(&recovered.entries), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
