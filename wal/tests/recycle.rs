@@ -54,9 +54,10 @@ async fn fill(wal: &Wal, mut next: Index, term: u64, switches: u64) -> Index {
     next
 }
 
-/// Takes a snapshot at `index` (term 1) and compacts the log up to it.
-async fn snapshot_and_compact(wal: &Wal, index: Index) {
-    let meta = SnapshotMeta { index, term: 1, conf: ConfState::new([1], []) };
+/// Takes a snapshot at `index` (of term `term`, the log's: it keeps the
+/// log) and compacts the log up to it.
+async fn snapshot_and_compact(wal: &Wal, index: Index, term: u64) {
+    let meta = SnapshotMeta { index, term, conf: ConfState::new([1], []) };
     wal.save_snapshot(meta, bytes::Bytes::from(vec![7u8; 100])).await.unwrap();
     wal.compact(index).await.unwrap();
 }
@@ -72,7 +73,7 @@ fn compacted_segments_become_the_next_spares_and_the_log_reopens_exactly() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let (seen, _held) = inodes(&dir);
         let snapshot_index = next - 1;
-        snapshot_and_compact(&wal, snapshot_index).await;
+        snapshot_and_compact(&wal, snapshot_index, 1).await;
         let pooled = std::fs::read_dir(&dir)
             .unwrap()
             .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().ends_with(".recycled.prealloc"))
@@ -113,7 +114,7 @@ fn a_truncation_inside_a_recycled_segment_reopens_exactly() {
     let expected = tokio_uring::start(async {
         let (wal, _) = Wal::open(config(&dir)).await.unwrap();
         let next = fill(&wal, 1, 1, 6).await;
-        snapshot_and_compact(&wal, next - 1).await;
+        snapshot_and_compact(&wal, next - 1, 1).await;
         let switches = wal.stats().segment_switches;
         let next_again = fill(&wal, next, 1, switches + 2).await;
         assert!(wal.stats().recycled_switches >= 1);
@@ -132,5 +133,95 @@ fn a_truncation_inside_a_recycled_segment_reopens_exactly() {
         recovered
     });
     assert_eq!(shape(&recovered.entries), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The names of the directory's files that end in `suffix`, sorted.
+fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|name| name.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Turns a salted segment into the format written before salting: plain
+/// checksums, and a name without a salt. Walks the records as the writer
+/// lays them (groups from aligned offsets), in a file that was never
+/// recycled (zeros after its records).
+fn unsalt(dir: &Path, name: &str) {
+    let parsed = wal::segment::parse_segment(name).unwrap();
+    let path = dir.join(name);
+    let mut raw = std::fs::read(&path).unwrap();
+    let mut at = 0;
+    while at + 40 <= raw.len() {
+        if raw[at + 36..at + 38] != engine::batch::BATCH_MAGIC.to_le_bytes() {
+            let next = (at + 1).next_multiple_of(4096);
+            if next + 40 > raw.len() || raw[next + 36..next + 38] != engine::batch::BATCH_MAGIC.to_le_bytes() {
+                break;
+            }
+            at = next;
+            continue;
+        }
+        let crc = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) ^ parsed.salt.unwrap();
+        raw[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        at += u32::from_le_bytes(raw[at + 4..at + 8].try_into().unwrap()) as usize;
+    }
+    std::fs::write(&path, raw).unwrap();
+    let legacy = wal::segment::segment_file_name(parsed.sequence, parsed.first_index);
+    std::fs::rename(&path, dir.join(legacy)).unwrap();
+}
+
+/// Data directories written before salting keep working: their unsalted
+/// segments recover, the newest goes on being written unsalted, and once
+/// compacted they are removed, never recycled (their zeros after the
+/// records are what tells their end).
+#[test]
+fn unsalted_segments_from_before_salting_recover_and_are_never_recycled() {
+    wal::io_uring_available().expect("these tests need io_uring");
+    let dir = scratch("unsalted");
+    let next = tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir)).await.unwrap();
+        let next = fill(&wal, 1, 1, 3).await;
+        wal.close().await.unwrap();
+        next
+    });
+    for name in names_ending(&dir, ".wal") {
+        unsalt(&dir, &name);
+    }
+    assert!(names_ending(&dir, ".wal").iter().all(|name| wal::segment::parse_segment(name).unwrap().salt.is_none()));
+    let last = tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
+        assert!(wal.recovery_damage().is_none(), "{:?}", wal.recovery_damage());
+        assert_eq!(shape(&recovered.entries), (1..next).map(|index| (index, 1)).collect::<Vec<_>>());
+        // Appends go on into the unsalted newest segment, then salted ones.
+        let switches = wal.stats().segment_switches;
+        let last = fill(&wal, next, 2, switches + 2).await - 1;
+        wal.close().await.unwrap();
+        last
+    });
+    let mut expected: Vec<(Index, u64)> = (1..next).map(|index| (index, 1)).collect();
+    expected.extend((next..=last).map(|index| (index, 2)));
+    tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
+        assert!(wal.recovery_damage().is_none(), "{:?}", wal.recovery_damage());
+        assert_eq!(shape(&recovered.entries), expected);
+        let salted = names_ending(&dir, ".wal").iter().filter(|name| name.len() > 36).count();
+        assert_eq!(salted, 2, "{:?}", names_ending(&dir, ".wal"));
+        snapshot_and_compact(&wal, last, 2).await;
+        let pooled = names_ending(&dir, ".recycled.prealloc");
+        assert_eq!(pooled.len(), 1, "only the sealed salted segment is pooled: {pooled:?}");
+        wal.close().await.unwrap();
+    });
+    let recovered = tokio_uring::start(async {
+        let (wal, recovered) = Wal::open(config(&dir)).await.unwrap();
+        assert!(wal.recovery_damage().is_none(), "{:?}", wal.recovery_damage());
+        wal.close().await.unwrap();
+        recovered
+    });
+    assert_eq!(recovered.snapshot.map(|meta| meta.index), Some(last));
+    assert!(recovered.entries.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
