@@ -41,10 +41,10 @@
 //! records end at the first offset where no valid record (under the
 //! segment's salt) starts, whatever the bytes, with two exceptions that
 //! keep damage detectable:
-//! - a valid record after that point is damage (or a torn write, in the
-//!   newest segment), exactly as in an unsalted segment: only this
-//!   segment's own writes can leave one there, and a cut after damage
-//!   zeroes the whole rest of the segment so that none survives it;
+//! - a valid record after that point is damage, exactly as in an unsalted
+//!   segment: only this segment's own writes can leave one there, and a cut
+//!   after damage zeroes the whole rest of the segment so that none
+//!   survives it;
 //! - the writer pads each group's last block with zeros, so anything but
 //!   zeros from the end of the last record to the next aligned offset is a
 //!   damaged (or, in the newest segment, torn) record, never an earlier
