@@ -572,6 +572,9 @@ pub struct ImageRecovery {
     pub ends: Vec<usize>,
     /// The highest index in each kept segment.
     pub index_max: Vec<Index>,
+    /// The kept segments (positions) whose bytes after `ends` are zeroed;
+    /// the others keep them (a salted segment's earlier lives, say).
+    pub zeroed: Vec<usize>,
 }
 
 /// One segment file's bytes and what its name says, for [`recover_images`].
@@ -603,6 +606,7 @@ pub fn recover_images(
     let log_last = snapshot_index + plan.replay.entries.len() as u64;
     let acknowledged = if plan.damage.is_some() { claimed_after_damage(log_last, plan.damage_index_max) } else { 0 };
     let index_max = plan.index_max[..plan.kept].to_vec();
+    let zeroed = plan.torn.iter().map(|&(position, _, _)| position).filter(|&position| position < plan.kept).collect();
     Ok(ImageRecovery {
         entries: plan.replay.entries,
         damage: plan.damage,
@@ -610,6 +614,7 @@ pub fn recover_images(
         kept: plan.kept,
         ends,
         index_max,
+        zeroed,
     })
 }
 
