@@ -52,12 +52,15 @@
 //!
 //! The newest segment, where writing resumes, has everything after its
 //! records zeroed on open (as a cut tail is), whatever was there: it then
-//! reads as a fresh segment would, so no byte of an earlier life (or of a
-//! torn write) can come to lie after records written later, and a crash
-//! before the next open finds the usual zeros. That costs at most one
-//! segment of zeros per open (the spare that open makes costs as much);
-//! sealed segments are never written again and keep their earlier lives'
-//! bytes.
+//! reads as a fresh segment would, and a crash before the next open finds
+//! the usual zeros. That costs at most one segment of zeros per open (the
+//! spare that open makes costs as much). Sealed segments keep their earlier
+//! lives' bytes; when the newest segment holds no record and is dropped,
+//! writing resumes in the sealed one before it, after its last group's zero
+//! padding, and the rules above still tell its records from those bytes.
+//! Nothing depends on the zeros for correctness: no valid record of a
+//! segment's own salt is left after its end (a cut after damage zeroes the
+//! rest), and whatever else lies there stays garbage to a later recovery.
 //!
 //! What this cannot see inside one segment is a group lost whole at its
 //! end (its blocks still hold an earlier life's bytes). In a sealed segment
