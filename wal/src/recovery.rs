@@ -58,9 +58,11 @@
 //! lives' bytes; when the newest segment holds no record and is dropped,
 //! writing resumes in the sealed one before it, after its last group's zero
 //! padding, and the rules above still tell its records from those bytes.
-//! Nothing depends on the zeros for correctness: no valid record of a
-//! segment's own salt is left after its end (a cut after damage zeroes the
-//! rest), and whatever else lies there stays garbage to a later recovery.
+//! Past the block where the records end (whose rest the writer pads, or a
+//! cut zeroes), nothing depends on those zeros for correctness: no valid
+//! record of a segment's own salt is left after its end (a cut after damage
+//! zeroes the rest), and whatever else lies there stays garbage to a later
+//! recovery.
 //!
 //! What this cannot see inside one segment is a group lost whole at its
 //! end (its blocks still hold an earlier life's bytes). In a sealed segment
