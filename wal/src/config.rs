@@ -29,7 +29,14 @@ pub const SNAPSHOT_WRITE_SECONDS_MAX: u64 = 4;
 /// most live segments since open (plus the spare). What it does cost is that
 /// the space stays taken after a burst, until the log needs it or a restart
 /// deletes the pool: up to this many segments per log.
-pub const RECYCLED_SEGMENTS_MAX_DEFAULT: usize = 8;
+///
+/// Off (0) by default for now: with 8, `t50_chaos`
+/// `five_nodes_partitioned_minority_and_wiped_follower` failed in 5 of 6
+/// runs (the wiped follower kept installing snapshots and never ended its
+/// repair), against 0 of 6 with recycling off (salting on) or before this
+/// change; the cause is not yet known. The measurements above were made with
+/// 8.
+pub const RECYCLED_SEGMENTS_MAX_DEFAULT: usize = 0;
 
 /// How to open a WAL directory.
 #[derive(Clone, Debug)]
@@ -75,7 +82,7 @@ pub struct WalConfig {
 impl WalConfig {
     /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
     /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots written at
-    /// 8 MiB/s (or in 4 s, for a larger one), and up to
+    /// 8 MiB/s (or in 4 s, for a larger one), and
     /// [`RECYCLED_SEGMENTS_MAX_DEFAULT`] recycled segments.
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
         WalConfig {
