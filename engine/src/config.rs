@@ -70,6 +70,13 @@ pub struct Config {
     /// with a large state and small writes, snapshots do not rewrite the
     /// whole state more often than the log grows by that much. 0: off.
     pub snapshot_log_factor: u64,
+    /// A snapshot is also due once the entries applied since the last one
+    /// hold this many payload bytes, however few they are (the factor rule
+    /// still applies), and the tail kept below a snapshot holds at most a
+    /// quarter of it: counted in entries alone, the in-memory log would grow
+    /// to `snapshot_entries` times the value size (6.4 GiB of 64 KiB
+    /// values). 0: off.
+    pub snapshot_log_bytes: u64,
     /// Entries kept in the log below a new snapshot, so a follower that is
     /// only a little behind catches up from the log instead of a snapshot.
     pub compaction_tail: u64,
@@ -106,6 +113,7 @@ impl Config {
             snapshot_entries: 100_000,
             snapshot_entries_jitter: 0,
             snapshot_log_factor: 0,
+            snapshot_log_bytes: 0,
             compaction_tail: 5_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_inflight_max: 4,

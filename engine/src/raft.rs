@@ -1122,7 +1122,9 @@ impl Raft {
             applied >= self.snapshot_requested_at + interval
         } else {
             let factor = self.config.snapshot_log_factor;
-            applied >= self.snapshot.index + interval + self.snapshot_jitter()
+            let log_bytes = self.config.snapshot_log_bytes;
+            (applied >= self.snapshot.index + interval + self.snapshot_jitter()
+                || (log_bytes > 0 && self.applied_bytes_since_snapshot >= log_bytes))
                 && (factor == 0 || self.applied_bytes_since_snapshot >= factor.saturating_mul(self.snapshot_size))
         };
         if due {

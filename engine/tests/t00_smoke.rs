@@ -109,6 +109,53 @@ fn snapshots_wait_for_the_log_to_outgrow_the_state_and_are_jittered() {
     assert_eq!(jittered, snapshot_points(config, 200, 10, 100));
 }
 
+/// Large entries: the entry count alone would let the in-memory log grow to
+/// `snapshot_entries` times their size; `snapshot_log_bytes` takes a
+/// snapshot once that many payload bytes were applied, and the tail kept
+/// below it holds at most a quarter of them.
+#[test]
+fn snapshots_of_large_entries_are_due_by_bytes_and_keep_a_tail_of_bounded_bytes() {
+    let mut config = engine::Config::new(1, vec![1]);
+    config.snapshot_entries = 1_000;
+    config.compaction_tail = 500;
+    assert!(snapshot_points(config.clone(), 100, 10_000, 1_000).is_empty(), "by entries alone: none in 100");
+    config.snapshot_log_bytes = 100_000;
+    let by_bytes = snapshot_points(config.clone(), 100, 10_000, 1_000);
+    assert!(by_bytes.len() >= 5, "{by_bytes:?}");
+    assert!(by_bytes.windows(2).all(|pair| pair[1] - pair[0] == 10), "{by_bytes:?}");
+    // The factor rule still holds them back until the log outgrows the state.
+    config.snapshot_log_factor = 2;
+    let factored = snapshot_points(config.clone(), 100, 10_000, 100_000);
+    assert!(factored.windows(2).all(|pair| pair[1] - pair[0] == 20), "{factored:?}");
+
+    let mut raft = engine::Raft::new(config, engine::Recovered::default()).unwrap();
+    raft.tick();
+    let mut compacted = Vec::new();
+    for _ in 0..60 {
+        if raft.role() == Role::Leader {
+            raft.propose(Bytes::from(vec![7u8; 10_000])).unwrap();
+        }
+        while raft.has_ready() {
+            let ready = raft.ready();
+            if let Some((index, term)) = ready.last_entry() {
+                raft.persisted(index, term);
+            }
+            compacted.extend(ready.compact_to);
+            let due = ready.snapshot_due;
+            raft.advance(ready);
+            if due {
+                let meta = raft.snapshot_meta_at(raft.applied()).expect("applied entries");
+                raft.snapshot_created(meta, 1_000);
+            }
+        }
+    }
+    // A quarter of 100,000 bytes: the two entries below the snapshot, not
+    // the 500 entries of `compaction_tail`.
+    let last = *compacted.last().expect("compacted");
+    assert!(raft.applied() - last <= 2 + 20, "compacted to {last} of {}", raft.applied());
+    assert!(compacted.iter().all(|&at| at > 0), "{compacted:?}");
+}
+
 /// Two single-node clusters that each committed a different entry at the same
 /// index and term: what the shared safety checks must refuse.
 fn diverged_pair() -> (engine::Raft, engine::Raft) {

@@ -269,6 +269,15 @@ pub struct ServeOptions {
     #[arg(long, value_name = "FACTOR")]
     pub snapshot_log_factor: Option<u64>,
 
+    /// Also take a snapshot once the entries applied since the last one hold
+    /// this many bytes, however few they are (the factor still applies), and
+    /// keep at most a quarter of it in the log below a snapshot: with large
+    /// values, counting entries alone lets the in-memory log grow to
+    /// `snapshot-entries` times the value size (0: entries only).
+    /// [default: 268435456, 256 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub snapshot_log_bytes: Option<u64>,
+
     /// Write a local snapshot at most this many bytes per second (unless
     /// that takes over 4 s; 0: at disk speed). Paced, its writes stay out of
     /// the way of the log's fdatasyncs. [default: 8388608, 8 MiB/s]

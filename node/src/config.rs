@@ -230,6 +230,9 @@ pub struct ServeConfig {
     /// A snapshot waits until the entries applied since the last one hold
     /// this many times its bytes (0: off).
     pub snapshot_log_factor: u64,
+    /// A snapshot is also due once the entries applied since the last one
+    /// hold this many bytes (0: off).
+    pub snapshot_log_bytes: u64,
     /// Bytes per second for writing a local snapshot (0: no pacing).
     pub snapshot_write_rate: u64,
 }
@@ -239,6 +242,8 @@ pub struct ServeConfig {
 pub const DISCOVERY_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 /// The default of `--snapshot-log-factor`.
 pub const SNAPSHOT_LOG_FACTOR_DEFAULT: u64 = 2;
+/// The default of `--snapshot-log-bytes`.
+pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
 /// The default of `--snapshot-write-rate`: the WAL's own default.
 pub const SNAPSHOT_WRITE_RATE_DEFAULT: u64 = 8 << 20;
 
@@ -262,6 +267,7 @@ impl ServeConfig {
         // so their serializing and writing do not all land at once.
         config.snapshot_entries_jitter = config.snapshot_entries / 2;
         config.snapshot_log_factor = self.snapshot_log_factor;
+        config.snapshot_log_bytes = self.snapshot_log_bytes;
         config.witness = self.witness;
         config
     }
@@ -384,6 +390,7 @@ impl DevConfig {
                     forward_writes: self.forward_writes || self.resp,
                     snapshot_entries: None,
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
+                    snapshot_log_bytes: SNAPSHOT_LOG_BYTES_DEFAULT,
                     snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
                 }
             })
@@ -519,6 +526,7 @@ impl ServeOptions {
             tick_interval,
             snapshot_entries,
             snapshot_log_factor,
+            snapshot_log_bytes,
             snapshot_write_rate,
             read_consistency,
             log_level,
@@ -704,6 +712,7 @@ impl ServeConfig {
                 .map(|entries| positive("snapshot-entries", entries))
                 .transpose()?,
             snapshot_log_factor: options.snapshot_log_factor.unwrap_or(SNAPSHOT_LOG_FACTOR_DEFAULT),
+            snapshot_log_bytes: options.snapshot_log_bytes.unwrap_or(SNAPSHOT_LOG_BYTES_DEFAULT),
             snapshot_write_rate: options.snapshot_write_rate.unwrap_or(SNAPSHOT_WRITE_RATE_DEFAULT),
         })
     }

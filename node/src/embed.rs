@@ -268,6 +268,7 @@ impl ServeConfig {
             forward_writes: false,
             snapshot_entries: None,
             snapshot_log_factor: crate::config::SNAPSHOT_LOG_FACTOR_DEFAULT,
+            snapshot_log_bytes: crate::config::SNAPSHOT_LOG_BYTES_DEFAULT,
             snapshot_write_rate: 0,
         }
     }

@@ -389,6 +389,11 @@ impl Sample {
                 "Received snapshot chunks a full disk could not take (the snapshot is received anew).",
                 "snapshot_chunks_no_space",
             ),
+            (
+                "raft_node_snapshots_damaged",
+                "Stored snapshots found damaged on disk while sent to a follower (a new one replaced each).",
+                "snapshots_damaged",
+            ),
             ("raft_node_writes_applied", "Client writes applied by this shard.", "writes_applied"),
             ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
             ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),

@@ -125,6 +125,9 @@ pub struct ShardStats {
     pub snapshot_chunks_no_space: u64,
     /// Snapshot chunks read from the stored snapshot and sent to followers.
     pub snapshot_chunks_sent: u64,
+    /// Stored snapshots found damaged while being sent to a follower (its
+    /// bytes no longer matched their checksum): a new one replaced each.
+    pub snapshots_damaged: u64,
     /// Installed snapshots whose state machine was restored off the driver.
     pub restores_off_driver: u64,
     /// Snapshots installed while the state machine was being restored from
@@ -172,6 +175,7 @@ impl ShardStats {
             snapshots_installed: 0,
             snapshot_chunks_no_space: 0,
             snapshot_chunks_sent: 0,
+            snapshots_damaged: 0,
             installs_with_reads_waiting: 0,
             restores_off_driver: 0,
             installs_while_restoring: 0,
@@ -210,6 +214,7 @@ impl ShardStats {
             "snapshots_installed": self.snapshots_installed,
             "snapshot_chunks_no_space": self.snapshot_chunks_no_space,
             "snapshot_chunks_sent": self.snapshot_chunks_sent,
+            "snapshots_damaged": self.snapshots_damaged,
             "installs_with_reads_waiting": self.installs_with_reads_waiting,
             "restores_off_driver": self.restores_off_driver,
             "installs_while_restoring": self.installs_while_restoring,

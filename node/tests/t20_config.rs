@@ -127,6 +127,8 @@ fn a_full_serve_command_line() {
             "5000",
             "--snapshot-log-factor",
             "3",
+            "--snapshot-log-bytes",
+            "1000000",
             "--snapshot-write-rate",
             "1048576",
         ],
@@ -147,7 +149,7 @@ fn a_full_serve_command_line() {
     assert_eq!(config.snapshot_write_rate, 1 << 20);
     let engine = config.engine_config(vec![1, 2, 3]);
     assert_eq!(engine.heartbeat_ticks, 3);
-    assert_eq!((engine.snapshot_entries, engine.snapshot_log_factor), (5000, 3));
+    assert_eq!((engine.snapshot_entries, engine.snapshot_log_factor, engine.snapshot_log_bytes), (5000, 3, 1_000_000));
     assert_eq!(engine.snapshot_entries_jitter, 2500, "replicas spread their snapshots over half an interval");
     engine.validate().unwrap();
 }

@@ -358,21 +358,11 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
         .iter()
         .map(|segment| SegmentInput { path: &segment.path, first_index: segment.first_index, salt: segment.salt })
         .collect();
-    // A thread reads the next segment while this one is checked and
-    // decoded: reading and checking overlap instead of taking turns.
+    // Threads read the next segments while this one is checked and decoded:
+    // reading and checking overlap instead of taking turns.
     let paths: Vec<PathBuf> = segments.iter().map(|segment| segment.path.clone()).collect();
-    let plan = std::thread::scope(|scope| -> Result<Plan, WalError> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        scope.spawn(move || {
-            for path in paths {
-                if sender.send(read_segment_bytes(&path)).is_err() {
-                    break;
-                }
-            }
-        });
-        let read = || receiver.recv().expect("the reader sends one result per segment");
-        plan(&names, read, snapshot.map_or(0, |stored| stored.meta.index), config)
-    })?;
+    let snapshot_index = snapshot.map_or(0, |stored| stored.meta.index);
+    let plan = read_segments(paths, |read| plan(&names, read, snapshot_index, config))?;
     // The plan's effects on the files: cut tails are zeroed durably, and
     // damage that is not a torn tail removes every later segment (the log
     // keeps its good prefix and the replica fetches the rest again from its
@@ -663,7 +653,12 @@ fn misplaced(replay: &Replay, batch: &EntryBatch, segment_first: Option<Index>) 
 }
 
 /// Bytes per read of a segment with `O_DIRECT`.
-const READ_CHUNK: usize = 8 << 20;
+const READ_CHUNK: usize = 1 << 20;
+/// Reads of a segment in flight, each on its own thread. One large read at a
+/// time left the disk idle while the kernel faulted in and cleared the next
+/// read's fresh pages; with several in flight, one thread's page clearing
+/// overlaps the others' transfers and the disk queue never empties.
+const READS_IN_FLIGHT: usize = 8;
 
 /// A segment's bytes, read with `O_DIRECT` into page-aligned memory that
 /// the recovered entries then borrow (through [`Bytes::from_owner`]).
@@ -674,8 +669,62 @@ struct AlignedBytes {
     len: usize,
 }
 
-// SAFETY: the buffer is owned and never aliased mutably once built.
+// SAFETY: the buffer is owned; while it is being filled, the reading threads
+// write disjoint ranges of it (see `read_chunks`), and once built it is never
+// written again.
 unsafe impl Send for AlignedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBytes {}
+
+impl AlignedBytes {
+    /// An uninitialised buffer of `capacity` bytes (a positive multiple of
+    /// the direct I/O alignment), aligned for direct I/O. Its pages are
+    /// faulted in by the reads that fill them, on the reading threads.
+    fn new(capacity: usize) -> AlignedBytes {
+        let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN).expect("a valid layout");
+        // SAFETY: the layout's size is not zero.
+        let pointer = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBytes { pointer, layout, len: 0 }
+    }
+
+    /// Reads `[at, at + want)` of the file into the same range of the
+    /// buffer, until it is full or the file ends; returns the bytes read.
+    ///
+    /// # Safety
+    ///
+    /// No other thread reads or writes that range of the buffer meanwhile,
+    /// and `at + want` is at most the buffer's size.
+    unsafe fn read_at(&self, file: &fs::File, at: usize, want: usize) -> std::io::Result<usize> {
+        use std::os::unix::io::AsRawFd;
+        let mut done = 0;
+        while done < want {
+            // SAFETY: the destination lies inside the allocation (the
+            // caller's promise), and `pread` writes at most `want - done`
+            // bytes there.
+            let read = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    self.pointer.as_ptr().add(at + done).cast(),
+                    want - done,
+                    (at + done) as libc::off_t,
+                )
+            };
+            if read < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            if read == 0 {
+                break;
+            }
+            done += read as usize;
+        }
+        Ok(done)
+    }
+}
 
 impl AsRef<[u8]> for AlignedBytes {
     fn as_ref(&self) -> &[u8] {
@@ -686,60 +735,256 @@ impl AsRef<[u8]> for AlignedBytes {
 
 impl Drop for AlignedBytes {
     fn drop(&mut self) {
-        // SAFETY: allocated in `read_segment_bytes` with this layout.
+        // SAFETY: allocated in `AlignedBytes::new` with this layout.
         unsafe { std::alloc::dealloc(self.pointer.as_ptr(), self.layout) };
     }
 }
 
-/// Reads a whole segment, as [`read_segment`] does, but with `O_DIRECT`
+/// How many segments may wait, opened, ahead of the one being checked.
+const SEGMENTS_AHEAD: usize = 2;
+
+/// Runs `consume` with a function that returns the segments at `paths`, in
+/// order, each read whole as [`read_segment`] does, but with `O_DIRECT`
 /// where the file system allows it: the disk writes straight into the
 /// buffer instead of the page cache and a copy (the copy was a quarter of
-/// recovery's CPU), in large reads. Falls back to a buffered read.
-fn read_segment_bytes(path: &Path) -> Result<Bytes, WalError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(file) => file,
-        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return read_segment(path).map(Bytes::from),
-        Err(error) => return Err(WalError::io("opening", path, error)),
-    };
-    segment::lock_segment(&file, path, libc::LOCK_SH)?;
-    let size = file.metadata().map_err(|error| WalError::io("reading", path, error))?.len() as usize;
-    if size == 0 {
-        return Ok(Bytes::new());
+/// recovery's CPU). A thread opens the segments ahead of need and
+/// [`READS_IN_FLIGHT`] threads read them in [`READ_CHUNK`] reads in file
+/// order, across segment boundaries, so the disk queue stays full from the
+/// first byte to the last.
+fn read_segments<T>(paths: Vec<PathBuf>, consume: impl FnOnce(&mut dyn FnMut() -> Result<Bytes, WalError>) -> T) -> T {
+    // No more reading threads than chunks (a small log needs few), and one
+    // at least, however the files change after this look.
+    let chunks: usize = paths
+        .iter()
+        .map(|path| fs::metadata(path).map_or(1, |metadata| (metadata.len() as usize).div_ceil(READ_CHUNK)))
+        .sum();
+    let threads = READS_IN_FLIGHT.min(chunks).max(1);
+    let reads = SegmentReads::default();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _leave = Leave { reads: &reads, consumer: false };
+            reads.open_all(paths);
+        });
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let _leave = Leave { reads: &reads, consumer: false };
+                reads.read_chunks();
+            });
+        }
+        // Ends the threads however `consume` returns, unwinding included.
+        let _leave = Leave { reads: &reads, consumer: true };
+        consume(&mut || reads.next())
+    })
+}
+
+/// The segments being read, shared by the opening thread, the reading
+/// threads and the consumer.
+#[derive(Default)]
+struct SegmentReads {
+    state: std::sync::Mutex<ReadsState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct ReadsState {
+    /// Segments opened and not yet taken by the consumer, in order.
+    queue: std::collections::VecDeque<Opened>,
+    /// How many segments the consumer took: the first queued segment's
+    /// number.
+    taken: usize,
+    /// Whether every segment has been opened (or opening stopped).
+    opened_all: bool,
+    /// Whether the consumer is gone: the threads end.
+    stopped: bool,
+    /// Whether a thread panicked: the consumer must not wait for it.
+    panicked: bool,
+}
+
+/// A segment as opened: read already, or being read chunk by chunk.
+enum Opened {
+    Done(Result<Bytes, WalError>),
+    Reading(Reading),
+}
+
+/// A segment being read in [`READ_CHUNK`] reads.
+struct Reading {
+    path: PathBuf,
+    segment: std::sync::Arc<DirectSegment>,
+    chunks: usize,
+    /// Chunks handed to reading threads, and of those not finished.
+    taken: usize,
+    pending: usize,
+    /// Where the bytes read end: the end of the first chunk the end of the
+    /// file cut short, if any.
+    end: usize,
+    error: Option<std::io::Error>,
+}
+
+/// A segment file opened with `O_DIRECT`, and the buffer it is read into.
+struct DirectSegment {
+    file: fs::File,
+    buffer: AlignedBytes,
+    size: usize,
+}
+
+/// Tells the others, when a thread of [`read_segments`] leaves, that the
+/// consumer is gone or that a thread panicked.
+struct Leave<'a> {
+    reads: &'a SegmentReads,
+    consumer: bool,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        if self.consumer || panicked {
+            let mut state = self.reads.lock();
+            state.stopped = true;
+            state.panicked |= panicked;
+            self.reads.changed.notify_all();
+        }
     }
-    let capacity = segment::align_up(size as u64) as usize;
-    let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN).expect("a valid layout");
-    // SAFETY: the layout's size is not zero.
-    let pointer = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
-        .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-    let mut buffer = AlignedBytes { pointer, layout, len: 0 };
-    while buffer.len < capacity {
-        let want = READ_CHUNK.min(capacity - buffer.len);
-        // SAFETY: the destination lies inside the allocation; `pread` writes
-        // at most `want` bytes there.
-        let read = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buffer.pointer.as_ptr().add(buffer.len).cast(),
-                want,
-                buffer.len as libc::off_t,
-            )
-        };
-        if read < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+}
+
+impl SegmentReads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadsState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, state: std::sync::MutexGuard<'a, ReadsState>) -> std::sync::MutexGuard<'a, ReadsState> {
+        self.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens the segments in order, at most [`SEGMENTS_AHEAD`] ahead of the
+    /// consumer.
+    fn open_all(&self, paths: Vec<PathBuf>) {
+        for path in paths {
+            let mut state = self.lock();
+            while state.queue.len() >= SEGMENTS_AHEAD && !state.stopped {
+                state = self.wait(state);
             }
-            return Err(WalError::io("reading", path, error));
+            if state.stopped {
+                break;
+            }
+            drop(state);
+            let opened = open_direct_segment(path);
+            self.lock().queue.push_back(opened);
+            self.changed.notify_all();
         }
-        buffer.len += read as usize;
-        if (read as usize) < want {
-            break;
+        self.lock().opened_all = true;
+        self.changed.notify_all();
+    }
+
+    /// Reads chunks, the first not yet taken each time, until every
+    /// segment is read or the consumer is gone.
+    fn read_chunks(&self) {
+        let mut state = self.lock();
+        loop {
+            if state.stopped {
+                return;
+            }
+            let next = state.queue.iter_mut().enumerate().find_map(|(position, opened)| match opened {
+                Opened::Reading(reading) if reading.taken < reading.chunks => Some((position, reading)),
+                _ => None,
+            });
+            let Some((position, reading)) = next else {
+                if state.opened_all {
+                    return;
+                }
+                state = self.wait(state);
+                continue;
+            };
+            let (segment, chunk) = (reading.segment.clone(), reading.taken);
+            reading.taken += 1;
+            // The consumer may take earlier segments meanwhile, not this one.
+            let number = state.taken + position;
+            drop(state);
+            let at = chunk * READ_CHUNK;
+            let want = READ_CHUNK.min(segment.buffer.layout.size() - at);
+            // SAFETY: each chunk, inside the buffer, is handed to one thread
+            // only, and the buffer is not read before every chunk is done.
+            let read = unsafe { segment.buffer.read_at(&segment.file, at, want) };
+            drop(segment);
+            state = self.lock();
+            let position = number - state.taken;
+            let Opened::Reading(reading) = &mut state.queue[position] else { unreachable!("a segment being read") };
+            reading.pending -= 1;
+            match read {
+                Ok(read) if read < want => reading.end = reading.end.min(at + read),
+                Ok(_) => {}
+                Err(error) => reading.error = reading.error.take().or(Some(error)),
+            }
+            if reading.pending == 0 && reading.taken == reading.chunks {
+                self.changed.notify_all();
+            }
         }
     }
-    buffer.len = buffer.len.min(size);
-    Ok(Bytes::from_owner(buffer))
+
+    /// The next segment's bytes, once read.
+    fn next(&self) -> Result<Bytes, WalError> {
+        let mut state = self.lock();
+        let opened = loop {
+            let ready = match state.queue.front() {
+                Some(Opened::Reading(reading)) => reading.pending == 0 && reading.taken == reading.chunks,
+                Some(Opened::Done(_)) => true,
+                None => false,
+            };
+            if ready {
+                state.taken += 1;
+                break state.queue.pop_front().expect("a segment");
+            }
+            assert!(!state.panicked, "a thread reading the segments panicked");
+            assert!(!(state.opened_all && state.queue.is_empty()), "no more segments than paths");
+            state = self.wait(state);
+        };
+        self.changed.notify_all();
+        drop(state);
+        match opened {
+            Opened::Done(result) => result,
+            Opened::Reading(reading) => reading.finish(),
+        }
+    }
+}
+
+impl Reading {
+    /// The segment's bytes, from a reading whose chunks are all done.
+    fn finish(self) -> Result<Bytes, WalError> {
+        if let Some(error) = self.error {
+            return Err(WalError::io("reading", &self.path, error));
+        }
+        let Ok(DirectSegment { mut buffer, size, .. }) = std::sync::Arc::try_unwrap(self.segment) else {
+            unreachable!("the reading threads let go of a segment before they finish its chunks")
+        };
+        buffer.len = self.end.min(size);
+        Ok(Bytes::from_owner(buffer))
+    }
+}
+
+/// Opens a segment for [`SegmentReads`] once no dead process's write to it
+/// is still in flight; a file system without `O_DIRECT` reads it buffered.
+fn open_direct_segment(path: PathBuf) -> Opened {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path) {
+        Ok(file) => file,
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            return Opened::Done(read_segment(&path).map(Bytes::from))
+        }
+        Err(error) => return Opened::Done(Err(WalError::io("opening", &path, error))),
+    };
+    let size = match segment::lock_segment(&file, &path, libc::LOCK_SH)
+        .and_then(|()| file.metadata().map_err(|error| WalError::io("reading", &path, error)))
+    {
+        Ok(metadata) => metadata.len() as usize,
+        Err(error) => return Opened::Done(Err(error)),
+    };
+    if size == 0 {
+        return Opened::Done(Ok(Bytes::new()));
+    }
+    let buffer = AlignedBytes::new(segment::align_up(size as u64) as usize);
+    let chunks = buffer.layout.size().div_ceil(READ_CHUNK);
+    let end = buffer.layout.size();
+    let segment = std::sync::Arc::new(DirectSegment { file, buffer, size });
+    Opened::Reading(Reading { path, segment, chunks, taken: 0, pending: chunks, end, error: None })
 }
 
 /// Reads a whole segment once no dead process's write to it is still in
@@ -932,6 +1177,36 @@ mod tests {
         assert_eq!(read_segment(&path).unwrap(), b"early-late");
         drop(other);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn segments_are_read_whole_and_in_order_across_chunks_and_threads() {
+        let dir = std::env::temp_dir().join(format!("wal-read-segments-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Sizes around the chunk and alignment boundaries, an empty file and
+        // a missing one, more files than may wait ahead.
+        let sizes = [3 * READ_CHUNK + 100, 0, READ_CHUNK, 4096, 5, READ_CHUNK - 1, 2 * READ_CHUNK + 4096];
+        let mut paths = Vec::new();
+        for (number, &size) in sizes.iter().enumerate() {
+            let path = dir.join(format!("{number}.wal"));
+            let bytes: Vec<u8> = (0..size).map(|at| (at * 7 + number * 13 + at / 4096) as u8).collect();
+            std::fs::write(&path, &bytes).unwrap();
+            paths.push((path, Some(bytes)));
+        }
+        paths.insert(3, (dir.join("missing.wal"), None));
+        let read = read_segments(paths.iter().map(|(path, _)| path.clone()).collect(), |read| {
+            paths.iter().map(|_| read()).collect::<Vec<_>>()
+        });
+        for ((path, expected), read) in paths.iter().zip(read) {
+            match expected {
+                Some(bytes) => assert!(read.unwrap() == bytes[..], "{} read back differently", path.display()),
+                None => assert!(matches!(read, Err(WalError::Io { .. })), "{} is missing", path.display()),
+            }
+        }
+        // A consumer that stops early ends the reading threads.
+        let first = read_segments(paths.iter().map(|(path, _)| path.clone()).collect(), |read| read());
+        assert_eq!(first.unwrap().len(), sizes[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn scan_error(raw: &[u8]) -> WalError {

@@ -16,6 +16,8 @@
 //! same rename that makes the snapshot durable.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use engine::{ConfState, NodeId, SnapshotMeta};
@@ -260,7 +262,38 @@ struct FileSink {
     rate: u64,
     started: std::time::Instant,
     unsynced: usize,
+    /// The log's appended-bytes counter and its value when the draft
+    /// started: the pacing never lets the draft fall behind the log.
+    log: Option<(Arc<AtomicU64>, u64)>,
 }
+
+impl FileSink {
+    /// Sleeps while the draft is ahead of its rate and of the log's growth
+    /// since it started, re-checking the log every [`PACE_STEP`].
+    fn pace(&self, written: u64) {
+        while let Some(pause) = self.pause(written) {
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// How long to sleep now, having written `written` bytes: `None` once
+    /// the draft is not ahead of its rate, or the log grew at least as much.
+    fn pause(&self, written: u64) -> Option<std::time::Duration> {
+        if self.rate == 0 {
+            return None;
+        }
+        let due = std::time::Duration::from_secs_f64(written as f64 / self.rate as f64);
+        let ahead = due.checked_sub(self.started.elapsed()).filter(|ahead| !ahead.is_zero())?;
+        let appended = self.log.as_ref().map(|(counter, start)| counter.load(Ordering::Relaxed) - start);
+        if appended.is_some_and(|appended| appended >= written) {
+            return None;
+        }
+        Some(ahead.min(PACE_STEP))
+    }
+}
+
+/// How long a paced draft sleeps before it looks at the log's growth again.
+const PACE_STEP: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl SnapshotDraft {
     /// A draft in a temporary file of `dir` (a received snapshot has its own,
@@ -276,8 +309,19 @@ impl SnapshotDraft {
             .map_err(|error| WalError::io("creating", &path, error))?;
         let data_start = encode_head(&meta, 0, 0).len() as u64;
         let discard = Discard(Some(path.clone()));
-        let sink = FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0 };
+        let sink =
+            FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0, log: None };
         Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink), discard })
+    }
+
+    /// Paces the draft no slower than `counter` (bytes appended to the log)
+    /// grows from now on.
+    pub(crate) fn keeping_up_with(mut self, counter: Arc<AtomicU64>) -> SnapshotDraft {
+        if let Sink::File(sink) = &mut self.sink {
+            let start = counter.load(Ordering::Relaxed);
+            sink.log = Some((counter, start));
+        }
+        self
     }
 
     /// A draft in memory.
@@ -339,13 +383,7 @@ impl std::io::Write for SnapshotDraft {
                 if sink.unsynced >= SAVE_CHUNK_BYTES {
                     sink.unsynced = 0;
                     sink.file.sync_data()?;
-                    if sink.rate > 0 {
-                        let written = self.length + buf.len() as u64;
-                        let due = std::time::Duration::from_secs_f64(written as f64 / sink.rate as f64);
-                        if let Some(ahead) = due.checked_sub(sink.started.elapsed()) {
-                            std::thread::sleep(ahead);
-                        }
-                    }
+                    sink.pace(self.length + buf.len() as u64);
                 }
             }
         }
@@ -493,16 +531,35 @@ pub(crate) fn open_reader(dir: &Path, verify: bool) -> Result<Option<(SnapshotMe
 }
 
 /// The stored snapshot file, open for serving chunks to followers.
+///
+/// The file was checked whole when it was stored or loaded, but its bytes
+/// may rot on disk since: before its first chunk is served, it is read
+/// whole again and checked against the header's crc32c. A damaged file
+/// serves nothing, so no follower receives a chunk of it (a follower keeps
+/// the chunks it received and resumes where it stopped, so a check at the
+/// last chunk would be too late); the node takes a new snapshot instead
+/// (`engine::Raft::snapshot_damaged`). It costs one more read of the file
+/// per snapshot sent, on the io_uring runtime between other work.
 pub(crate) struct OpenSnapshot {
     pub index: engine::Index,
     data_start: u64,
     data_length: u64,
+    /// The header's crc32c, of the file's bytes from offset 4 on.
+    crc: u32,
+    check: std::cell::Cell<Check>,
     file: std::rc::Rc<tokio_uring::fs::File>,
 }
 
+/// Whether the file was found to match its checksum since it was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    Unchecked,
+    Verified,
+    Damaged,
+}
+
 impl OpenSnapshot {
-    /// Opens the stored snapshot file (its header is checked; the whole was
-    /// checked when it was stored or loaded).
+    /// Opens the stored snapshot file (its header is checked).
     pub(crate) fn open(dir: &Path) -> Result<Option<OpenSnapshot>, WalError> {
         let path = dir.join(SNAPSHOT_FILE);
         let file = match std::fs::File::open(&path) {
@@ -515,21 +572,54 @@ impl OpenSnapshot {
             index: head.stored.meta.index,
             data_start: head.data_start,
             data_length: head.data_length,
+            crc: head.crc,
+            check: std::cell::Cell::new(Check::Unchecked),
             file: std::rc::Rc::new(tokio_uring::fs::File::from_std(file)),
         }))
     }
 
     /// Reads `len` bytes of data at `offset` (fewer at the end) with one
-    /// positioned read on the io_uring runtime.
+    /// positioned read on the io_uring runtime, once the whole file was
+    /// checked (see the type's documentation).
     pub(crate) async fn read_chunk(&self, dir: &Path, offset: u64, len: u64) -> Result<Bytes, WalError> {
+        let path = dir.join(SNAPSHOT_FILE);
+        if self.check.get() == Check::Unchecked {
+            self.check.set(self.verify_whole(&path).await?);
+        }
+        if self.check.get() == Check::Damaged {
+            return Err(WalError::corrupt(
+                &path,
+                0,
+                format!("bytes matching the header's crc32c {:#010x}", self.crc),
+                "other bytes: the file changed on disk since it was stored",
+            ));
+        }
         let len = len.min(self.data_length.saturating_sub(offset)) as usize;
         if len == 0 {
             return Ok(Bytes::new());
         }
+        self.read_at(&path, self.data_start + offset, len).await
+    }
+
+    async fn read_at(&self, path: &Path, position: u64, len: usize) -> Result<Bytes, WalError> {
         let file = self.file.clone();
-        let (result, buffer) = file.read_exact_at(Vec::with_capacity(len), self.data_start + offset).await;
-        result.map_err(|error| WalError::io("reading", &dir.join(SNAPSHOT_FILE), error))?;
+        let (result, buffer) = file.read_exact_at(Vec::with_capacity(len), position).await;
+        result.map_err(|error| WalError::io("reading", path, error))?;
         Ok(Bytes::from(buffer))
+    }
+
+    /// Reads the file from offset 4 to its end in [`SAVE_CHUNK_BYTES`]
+    /// pieces and checks them against the header's crc32c.
+    async fn verify_whole(&self, path: &Path) -> Result<Check, WalError> {
+        let end = self.data_start + self.data_length;
+        let mut computed = 0;
+        let mut position = 4;
+        while position < end {
+            let piece = (end - position).min(SAVE_CHUNK_BYTES as u64) as usize;
+            computed = crc32c::crc32c_append(computed, &self.read_at(path, position, piece).await?);
+            position += piece as u64;
+        }
+        Ok(if computed == self.crc { Check::Verified } else { Check::Damaged })
     }
 }
 
@@ -584,6 +674,65 @@ mod tests {
         assert_eq!(stored.meta, meta);
         assert!(stored.meta.conf.is_witness(3));
         assert_eq!(&data[..], b"state");
+    }
+
+    #[test]
+    fn a_paced_draft_never_falls_behind_the_log() {
+        let dir = std::env::temp_dir().join(format!("wal-snapshot-pace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SnapshotMeta { index: 9, term: 1, conf: ConfState::new([1], []) };
+        // 1 KiB/s: 1 MiB written is 17 minutes ahead of the rate.
+        let counter = Arc::new(AtomicU64::new(500));
+        let draft = SnapshotDraft::create(&dir, meta, false, 1 << 10).unwrap().keeping_up_with(counter.clone());
+        let Sink::File(sink) = &draft.sink else { panic!("a file draft") };
+        assert_eq!(sink.pause(1 << 20), Some(PACE_STEP), "ahead of its rate and of the log");
+        counter.fetch_add((1 << 20) - 1, Ordering::Relaxed);
+        assert!(sink.pause(1 << 20).is_some(), "the log grew a byte less than the draft");
+        counter.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(sink.pause(1 << 20), None, "the log grew as much as the draft: no sleeping");
+        assert!(sink.pause(2 << 20).is_some(), "ahead of the log again");
+        drop(draft);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A stored snapshot whose data rotted on disk since it was checked
+    /// serves no chunk at all, whichever is asked for first; an intact one
+    /// serves every chunk.
+    #[test]
+    fn a_snapshot_damaged_on_disk_serves_no_chunk() {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let dir = std::env::temp_dir().join(format!("wal-snapshot-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SnapshotMeta { index: 90, term: 4, conf: ConfState::new([1, 2, 3], []) };
+        let stored = StoredSnapshot { meta: meta.clone(), segment_sequence_min: 2 };
+        let data: Bytes = (0..SAVE_CHUNK_BYTES * 2 + 1000).map(|at| (at % 251) as u8).collect::<Vec<u8>>().into();
+        let chunk = 100_000u64;
+        let chunks = data.len() as u64 / chunk + 1;
+        tokio_uring::start(async {
+            let mut draft = SnapshotDraft::create(&dir, meta.clone(), false, 0).unwrap();
+            draft.write_all(&data).unwrap();
+            seal(&dir, &stored, draft).await.unwrap();
+            let open = OpenSnapshot::open(&dir).unwrap().expect("saved");
+            for at in (0..chunks).rev() {
+                let end = ((at + 1) * chunk).min(data.len() as u64) as usize;
+                assert_eq!(
+                    open.read_chunk(&dir, at * chunk, chunk).await.unwrap(),
+                    data.slice((at * chunk) as usize..end)
+                );
+            }
+            let path = dir.join(SNAPSHOT_FILE);
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let position = file.metadata().unwrap().len() - 1000;
+            file.write_all_at(&[data[data.len() - 1000] ^ 0x10], position).unwrap();
+            for first in [0, chunks - 1] {
+                let open = OpenSnapshot::open(&dir).unwrap().expect("saved");
+                for at in std::iter::once(first).chain(0..chunks) {
+                    assert!(open.read_chunk(&dir, at * chunk, chunk).await.is_err(), "chunk {at} served");
+                }
+            }
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

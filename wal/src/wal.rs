@@ -37,6 +37,9 @@ pub struct Wal {
     /// The stored snapshot's data length (the next local one is paced as if
     /// it were as large).
     snapshot_length: std::cell::Cell<u64>,
+    /// Record bytes appended since the log was opened, for a paced snapshot
+    /// writer on another thread to keep up with.
+    appended_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Holds the directory's `flock` for as long as the log is open.
     _lock: std::fs::File,
 }
@@ -292,6 +295,7 @@ impl LogStore for Wal {
             damage,
             snapshot_open: RefCell::new(None),
             snapshot_length: std::cell::Cell::new(snapshot_length),
+            appended_bytes: Default::default(),
             _lock: lock,
         };
         let recovered = Recovered {
@@ -332,6 +336,7 @@ impl LogStore for Wal {
         }
         state.log.append(&batch);
         state.submitted = Mark { sequence, index: batch.last_index(), bytes: state.submitted.bytes + length as u64 };
+        self.appended_bytes.fetch_add(length as u64, std::sync::atomic::Ordering::Relaxed);
         let ticket =
             AppendTicket { sequence, first_index: first, last_index: batch.last_index(), last_term: batch.last_term() };
         state.queue.push_back(Queued { sequence, batch });
@@ -385,8 +390,10 @@ impl LogStore for Wal {
     /// A draft in the log's directory. A local snapshot (one the log agrees
     /// with) holds no append back, so it is paced at `snapshot_write_rate`,
     /// unless a snapshot as large as the stored one would then take longer
-    /// than `SNAPSHOT_WRITE_SECONDS_MAX`; a received one is written at full
-    /// speed (the follower waits for it).
+    /// than `SNAPSHOT_WRITE_SECONDS_MAX`, and never slower than the log
+    /// grows meanwhile (the in-memory log it lets the node compact would
+    /// otherwise outgrow the snapshot: gigabytes with large values); a
+    /// received one is written at full speed (the follower waits for it).
     fn snapshot_draft(&self, meta: SnapshotMeta, received: bool) -> Result<SnapshotDraft, WalError> {
         let config = &self.shared.config;
         Self::check_usable(&self.shared.state.borrow())?;
@@ -395,7 +402,8 @@ impl LogStore for Wal {
         } else {
             0
         };
-        SnapshotDraft::create(&config.dir, meta, received, rate)
+        let draft = SnapshotDraft::create(&config.dir, meta, received, rate)?;
+        Ok(draft.keeping_up_with(self.appended_bytes.clone()))
     }
 
     async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError> {

@@ -1,13 +1,15 @@
 //! Snapshots and log compaction (Raft paper 7), without I/O.
 //!
 //! Taking one: when `snapshot_entries` entries (plus this replica's jitter,
-//! `snapshot_entries_jitter`) were applied since the last snapshot, and,
+//! `snapshot_entries_jitter`), or entries of `snapshot_log_bytes` payload
+//! bytes, were applied since the last snapshot, and,
 //! with `snapshot_log_factor`, they hold that many times the last snapshot's
 //! bytes, a Ready sets `snapshot_due`; the shell snapshots its state
 //! machine at its applied index (metadata from [`Raft::snapshot_meta_at`]),
 //! stores it, and reports it with [`Raft::snapshot_created`]; the engine then
-//! compacts its log, keeping `compaction_tail` entries for followers that are
-//! only a little behind, and tells the shell how far storage may compact.
+//! compacts its log, keeping `compaction_tail` entries (of at most a quarter
+//! of `snapshot_log_bytes`) for followers that are only a little behind, and
+//! tells the shell how far storage may compact.
 //!
 //! Sending one: a follower whose next entry was compacted moves to the
 //! `Snapshot` state. The leader asks the shell (through `snapshot_reads`) to
@@ -85,7 +87,7 @@ impl Raft {
         self.snapshot = meta;
         self.snapshot_size = size;
         let (offset, _) = self.log.offset();
-        let compact = self.snapshot.index.saturating_sub(self.config.compaction_tail).min(self.log.applied);
+        let compact = self.compaction_point();
         if compact > offset {
             if let Some(term) = self.log.term(compact) {
                 self.log.compact_to(compact, term);
@@ -95,6 +97,27 @@ impl Raft {
                 self.compact_to = Some(compact);
             }
         }
+    }
+
+    /// Where the log is compacted below the current snapshot: keeping
+    /// `compaction_tail` entries, but no more than a quarter of
+    /// `snapshot_log_bytes` of payload (when set), and nothing not applied.
+    fn compaction_point(&self) -> Index {
+        let mut compact = self.snapshot.index.saturating_sub(self.config.compaction_tail).min(self.log.applied);
+        let tail_bytes_max = self.config.snapshot_log_bytes / 4;
+        if tail_bytes_max > 0 {
+            let mut kept = 0u64;
+            let mut index = self.snapshot.index.min(self.log.applied);
+            while index > compact {
+                kept += self.log.entry(index).map_or(0, |entry| entry.data.len() as u64);
+                if kept > tail_bytes_max {
+                    compact = index;
+                    break;
+                }
+                index -= 1;
+            }
+        }
+        compact
     }
 
     /// Hands back a chunk read for a [`SnapshotRead`].
@@ -109,6 +132,23 @@ impl Raft {
         let done = offset + data.len() as u64 >= pr.snapshot_size;
         let chunk = SnapshotChunk { meta: self.snapshot.clone(), offset, data, done };
         self.send(Message { from: self.id, to, term: self.term, body: MessageBody::InstallSnapshot(chunk) });
+    }
+
+    /// The shell found the stored snapshot damaged (its bytes no longer
+    /// match the checksum they were stored with): none of it may be sent.
+    /// Followers being sent it start over, and the shell is asked for a new
+    /// snapshot to replace it, as after a restart (its size unknown).
+    pub fn snapshot_damaged(&mut self) {
+        self.snapshot_size = 0;
+        for pr in self.progress.values_mut() {
+            if pr.state == ProgressState::Snapshot {
+                pr.become_probe();
+                pr.next_index = pr.match_index + 1;
+            }
+        }
+        if !self.snapshot_requested {
+            self.snapshot_due = true;
+        }
     }
 
     /// The shell could not read the snapshot a [`SnapshotRead`] named (a

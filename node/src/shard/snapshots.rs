@@ -175,6 +175,17 @@ where
                         }
                         chunk
                     }
+                    Err(error @ WalError::Corrupt { .. }) => {
+                        tracing::error!(
+                            shard = self.ctx.shard_id,
+                            %error,
+                            "the stored snapshot is damaged: not sent; taking a new one"
+                        );
+                        self.stats.snapshots_damaged += 1;
+                        self.snapshots.recent.clear();
+                        self.raft.snapshot_damaged();
+                        return;
+                    }
                     Err(error) => {
                         tracing::error!(shard = self.ctx.shard_id, %error, "reading the snapshot for a follower failed");
                         None
