@@ -27,10 +27,11 @@
 //!
 //! Zero-filling still writes every segment's bytes twice (once as zeros,
 //! once as records): on a disk shared by a cluster's nodes that was half the
-//! log's bandwidth. So a segment that compaction frees is not deleted but
-//! renamed into a pool of spares (`{sequence:010}.recycled.prealloc`, at
-//! most `WalConfig::recycled_segments_max`), and the next switch reuses one:
-//! its extents are written ones already, so it needs neither zeros nor
+//! log's bandwidth. So a segment that compaction frees (or a snapshot
+//! voids) is not deleted but renamed into a pool of spares
+//! (`{sequence:010}.recycled.prealloc`, at most
+//! `WalConfig::recycled_segments_max`), and the next switch reuses one: its
+//! extents are written ones already, so it needs neither zeros nor
 //! conversions (RocksDB's `recycle_log_file_num`). Like a fresh spare, a
 //! recycled one gets its live name, durably, before any record goes in; a
 //! pooled file left at a crash ends in `.prealloc` and recovery deletes it
@@ -181,11 +182,11 @@ pub(crate) async fn reuse_spare(path: PathBuf, sequence: u64) -> Result<Spare, W
     Ok(Spare { sequence, path, file, direct, recycled: true })
 }
 
-/// Takes a segment compaction freed out of the log by renaming it to a
-/// pooled spare's name, and returns that name. The rename needs no
-/// directory sync of its own: should a crash undo it, the segment is back
-/// with the records it always had, which the snapshot covers (as after an
-/// interrupted removal), and the switch that reuses the file syncs the
+/// Takes a segment compaction freed (or a snapshot voided) out of the log
+/// by renaming it to a pooled spare's name, and returns that name. The
+/// rename needs no directory sync of its own: should a crash undo it, the
+/// segment is back with the records it always had, which the snapshot
+/// covers or voids (as after an interrupted removal), and the switch that reuses the file syncs the
 /// directory before it writes a record.
 pub(crate) async fn recycle(meta: &SegmentMeta) -> Result<PathBuf, WalError> {
     let pooled = meta.path.with_file_name(format!("{:010}{RECYCLED_SUFFIX}", meta.sequence));

@@ -126,18 +126,23 @@ impl Wal {
                 // The durable log now ends at the snapshot.
                 state.durable.index = meta.index;
                 state.started.index = meta.index;
-                state.segments.drain(..).map(|segment| segment.path).collect()
+                state.segments.drain(..).collect()
             }
         };
-        segment::remove(&config.dir, &removed, false).await
+        // Into the pool too: a follower chasing a busy leader's snapshots
+        // voids its log at every install, and the switch that starts the
+        // log anew would otherwise wait for a zero-filled spare each time
+        // (see `RECYCLED_SEGMENTS_MAX_DEFAULT`).
+        self.recycle_or_remove(removed, false).await
     }
 }
 
 impl Wal {
-    /// Puts segments compaction freed into the pool of recycled spares, as
-    /// many as it has room for (only salted ones: see `segment`,
-    /// "Recycling"), and removes the rest, paced.
-    async fn recycle_or_remove(&self, freed: Vec<segment::SegmentMeta>) -> Result<(), WalError> {
+    /// Puts segments compaction or a snapshot freed into the pool of
+    /// recycled spares, as many as it has room for (only salted ones: see
+    /// `segment`, "Recycling"), and removes the rest (`paced`: see
+    /// [`segment::remove`]).
+    async fn recycle_or_remove(&self, freed: Vec<segment::SegmentMeta>, paced: bool) -> Result<(), WalError> {
         let pooled = self.shared.state.borrow().recycled.len();
         let mut room = self.shared.config.recycled_segments_max.saturating_sub(pooled);
         let mut removed = Vec::new();
@@ -152,7 +157,7 @@ impl Wal {
             self.shared.state.borrow_mut().recycled.push(path);
             room -= 1;
         }
-        segment::remove(&self.shared.config.dir, &removed, true).await
+        segment::remove(&self.shared.config.dir, &removed, paced).await
     }
 }
 
@@ -497,7 +502,7 @@ impl LogStore for Wal {
             let count = state.segments[..candidates].iter().take_while(|segment| segment.index_max <= index).count();
             state.segments.drain(..count).collect()
         };
-        let result = self.recycle_or_remove(freed).await;
+        let result = self.recycle_or_remove(freed, true).await;
         if let Err(error) = &result {
             self.shared.fail(error.clone());
         }

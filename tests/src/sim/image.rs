@@ -9,10 +9,10 @@
 //! whatever that code makes of it: the simulator does not decide what a
 //! flipped bit or a misdirected write costs, the WAL does.
 //!
-//! Segments that compaction frees are recycled as the WAL recycles them (a
-//! small pool, deleted at a restart): a new segment may start as an old
-//! one's bytes, and wherever a write did not land (lost, torn) the disk
-//! holds those earlier bytes, or zeros in a fresh file.
+//! Segments that compaction frees, or a snapshot voids, are recycled as the
+//! WAL recycles them (a small pool, deleted at a restart): a new segment may
+//! start as an old one's bytes, and wherever a write did not land (lost,
+//! torn) the disk holds those earlier bytes, or zeros in a fresh file.
 //!
 //! Faults ([`LogImage::damage`]), on a stopped node: a bit flipped in any
 //! written byte (a latent sector error), a group that never reached the disk
@@ -127,9 +127,11 @@ impl LogImage {
         segment.groups.push((start, start + record.len(), batch.last_index()));
     }
 
-    /// A snapshot that disagrees with the log voids every segment.
+    /// A snapshot that disagrees with the log voids every segment; they
+    /// are recycled as the WAL recycles them.
     pub fn void(&mut self) {
-        self.segments.clear();
+        let voided = self.segments.len();
+        self.free(voided);
         self.switch = true;
     }
 
@@ -139,7 +141,13 @@ impl LogImage {
         let candidates = self.segments.len().saturating_sub(1);
         let covered =
             self.segments[..candidates].iter().take_while(|segment| segment_index_max(segment) <= index).count();
-        for segment in self.segments.drain(..covered) {
+        self.free(covered);
+    }
+
+    /// Takes the first `count` segments out of the log, into the pool while
+    /// it has room.
+    fn free(&mut self, count: usize) {
+        for segment in self.segments.drain(..count) {
             if self.pool.len() < POOL_MAX {
                 self.pool.push(segment.image());
             }
