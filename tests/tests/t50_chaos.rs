@@ -610,13 +610,45 @@ fn newest_segment(dir: &Path) -> Option<(PathBuf, usize)> {
     }
     let mut segments = Vec::new();
     walk(dir, &mut segments);
-    let newest = segments.into_iter().max_by_key(|path| {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        wal::segment::parse_segment_name(&name).map_or(0, |(sequence, _)| sequence)
-    })?;
+    let (newest, name) = segments
+        .into_iter()
+        .filter_map(|path| {
+            let name = wal::segment::parse_segment(&path.file_name()?.to_string_lossy())?;
+            Some((path, name))
+        })
+        .max_by_key(|(_, name)| name.sequence)?;
     let bytes = std::fs::read(&newest).ok()?;
-    let end = bytes.iter().rposition(|&byte| byte != 0)? + 1;
-    Some((newest, end))
+    let end = records_end(&bytes, name.salt.unwrap_or(0));
+    (end > 0).then_some((newest, end))
+}
+
+/// Where the records of a segment salted with `salt` end (0 for none):
+/// after the last one whose checksum holds, walking groups as the WAL lays them (records
+/// end to end from aligned offsets, zeros to the next). Not the last
+/// non-zero byte: a recycled segment holds its earlier life after its
+/// records (see `wal::segment`, "Recycling").
+fn records_end(bytes: &[u8], salt: u32) -> usize {
+    const ALIGN: usize = 4096;
+    let valid = |at: usize| -> Option<usize> {
+        let header = bytes.get(at..at + 40)?;
+        let length = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+        let stored = u32::from_le_bytes(header[..4].try_into().ok()?) ^ salt;
+        (length >= 40 && crc32c::crc32c(bytes.get(at + 4..at + length)?) == stored).then_some(length)
+    };
+    let mut at = 0;
+    loop {
+        if let Some(length) = valid(at) {
+            at += length;
+            continue;
+        }
+        let aligned = at.next_multiple_of(ALIGN);
+        let padded = bytes.get(at..aligned).is_some_and(|padding| padding.iter().all(|&byte| byte == 0));
+        if aligned > at && padded && valid(aligned).is_some() {
+            at = aligned;
+            continue;
+        }
+        return at;
+    }
 }
 
 /// Tears the last batch of the newest WAL segment: the last few written

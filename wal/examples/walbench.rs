@@ -273,6 +273,7 @@ async fn wal_run(dir: &Path, appenders: usize, warmup: Duration, duration: Durat
     let stats = wal::WalStats {
         writes: stats_after.writes - stats_before.writes,
         segment_switches: stats_after.segment_switches - stats_before.segment_switches,
+        recycled_switches: stats_after.recycled_switches - stats_before.recycled_switches,
         write_micros: stats_after.write_micros - stats_before.write_micros,
         write_bytes: stats_after.write_bytes - stats_before.write_bytes,
         direct_io: stats_after.direct_io,

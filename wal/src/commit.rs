@@ -73,6 +73,9 @@ pub(crate) struct Active {
     pub file: Rc<tokio_uring::fs::File>,
     /// Where the next group goes: a multiple of [`DIRECT_IO_ALIGN`].
     pub offset: u64,
+    /// XORed into each record's stored crc (see `segment`, "Recycling"); 0
+    /// in an unsalted segment.
+    pub salt: u32,
 }
 
 /// State shared by the API, the writer and the write tasks.
@@ -105,6 +108,13 @@ pub(crate) struct State {
     pub write_limit: Option<u64>,
     /// The sequence the next spare segment gets.
     pub sequence_next: u64,
+    /// Segments compaction freed, renamed to pooled spares' names, for the
+    /// next spares to reuse (see `segment`, "Recycling").
+    ///
+    /// Invariant: at most `recycled_segments_max` files.
+    pub recycled: Vec<std::path::PathBuf>,
+    /// The directory's salt key (see [`segment::salt`]).
+    pub salt_key: u32,
     pub failed: Option<WalError>,
     /// Set while the disk is full: the writer could not open the next
     /// segment and tries again every [`NO_SPACE_RETRY`]; appends stay queued
@@ -189,6 +199,8 @@ pub struct WalStats {
     pub writes: u64,
     /// Segment switches.
     pub segment_switches: u64,
+    /// Segment switches into a recycled segment (no zero-fill was needed).
+    pub recycled_switches: u64,
     /// Time spent in group writes, submission to completion (the sync
     /// included).
     pub write_micros: u64,
@@ -282,6 +294,7 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
     buffer.reserve(config.write_bytes_max + 2 * DIRECT_IO_ALIGN);
     let start = segment::aligned_start(&buffer);
     buffer.resize(start, 0);
+    let salt = state.active.as_ref().map_or(0, |active| active.salt);
     let mut end = state.started;
     let mut index_max = 0;
     while let Some(next) = state.queue.front() {
@@ -292,7 +305,7 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
             break;
         }
         let next = state.queue.pop_front().expect("front exists");
-        buffer.extend_from_slice(next.batch.as_bytes());
+        extend_salted(&mut buffer, next.batch.as_bytes(), salt);
         index_max = index_max.max(next.batch.last_index());
         end = Mark { sequence: next.sequence, index: next.batch.last_index(), bytes: end.bytes + length };
     }
@@ -310,6 +323,16 @@ fn plan(state: &mut State, config: &WalConfig) -> Plan {
     state.in_flight.push_back((end, false));
     assert!(state.started.bytes - state.durable.bytes <= window, "unsynced bytes exceed the torn-tail window");
     Plan::Write(GroupWrite { file, offset, buffer, start, length, end })
+}
+
+/// Appends a record to a group's buffer with its stored crc XORed with the
+/// segment's salt: the copy the group needs anyway, so salting costs no
+/// extra pass (the batch itself keeps its plain crc for the wire).
+fn extend_salted(buffer: &mut Vec<u8>, record: &[u8], salt: u32) {
+    let at = buffer.len();
+    buffer.extend_from_slice(record);
+    let crc = u32::from_le_bytes(buffer[at..at + 4].try_into().expect("a batch header"));
+    buffer[at..at + 4].copy_from_slice(&(crc ^ salt).to_le_bytes());
 }
 
 /// How long the writer waits before trying again to open the next segment
@@ -411,23 +434,37 @@ async fn switch_segment(
         Some(Ok(ready)) => ready,
         Some(Err(error)) if !matches!(error, WalError::NoSpace { .. }) => return Err(error),
         // No spare, or one given up when it did not fit (perhaps long ago):
-        // the disk may have room now, so make one before saying it is full.
-        _ => {
-            let sequence = take_sequence(shared);
-            segment::create_spare(config.dir.clone(), sequence, config.segment_bytes).await?
-        }
+        // the disk may have room now (or a recycled file), so make one
+        // before saying it is full.
+        _ => next_spare(shared).await?,
     };
-    let (meta, file, direct) = segment::activate(&config.dir, ready, first_index).await?;
-    let next_sequence = take_sequence(shared);
-    *spare = Some(tokio_uring::spawn(segment::create_spare(config.dir.clone(), next_sequence, config.segment_bytes)));
+    let recycled = ready.recycled;
+    let salt = segment::salt(ready.sequence, shared.state.borrow().salt_key);
+    let (meta, file, direct) = segment::activate(&config.dir, ready, first_index, salt).await?;
+    *spare = Some(tokio_uring::spawn(next_spare(shared)));
     let mut state = shared.state.borrow_mut();
     assert_eq!(state.started.bytes, state.durable.bytes, "switch only with nothing unsynced");
     state.segments.push(meta);
-    state.active = Some(Active { file: Rc::new(file), offset: 0 });
+    state.active = Some(Active { file: Rc::new(file), offset: 0, salt });
     state.stats.direct_io = direct;
     state.force_switch = false;
     state.stats.segment_switches += 1;
+    state.stats.recycled_switches += u64::from(recycled);
     Ok(())
+}
+
+/// Makes the next spare: a recycled segment from the pool when there is
+/// one, else a new zero-filled file. Takes its sequence now.
+fn next_spare(shared: &Shared) -> impl std::future::Future<Output = Result<Spare, WalError>> + 'static {
+    let sequence = take_sequence(shared);
+    let pooled = shared.state.borrow_mut().recycled.pop();
+    let (dir, segment_bytes) = (shared.config.dir.clone(), shared.config.segment_bytes);
+    async move {
+        match pooled {
+            Some(path) => segment::reuse_spare(path, sequence).await,
+            None => segment::create_spare(dir, sequence, segment_bytes).await,
+        }
+    }
 }
 
 fn take_sequence(shared: &Shared) -> u64 {
@@ -453,11 +490,19 @@ mod tests {
             durable: Mark::default(),
             log: TermLog::default(),
             snapshot: None,
-            segments: vec![SegmentMeta { sequence: 1, first_index: 1, path: dir.join("segment"), index_max: 0 }],
-            active: Some(Active { file, offset: 0 }),
+            segments: vec![SegmentMeta {
+                sequence: 1,
+                first_index: 1,
+                path: dir.join("segment"),
+                index_max: 0,
+                salt: Some(7),
+            }],
+            active: Some(Active { file, offset: 0, salt: 7 }),
             force_switch: false,
             write_limit: None,
             sequence_next: 2,
+            recycled: Vec::new(),
+            salt_key: 0,
             failed: None,
             no_space: None,
             truncations: VecDeque::new(),
@@ -508,6 +553,9 @@ mod tests {
             let written = &first.buffer[first.start..first.start + first.length];
             assert_eq!(written.as_ptr() as usize % DIRECT_IO_ALIGN, 0, "an aligned buffer");
             assert!(written[record_bytes..].iter().all(|&byte| byte == 0), "zero padding");
+            let stored = u32::from_le_bytes(written[..4].try_into().unwrap());
+            assert_eq!(stored ^ 7, batch(1, &[1]).crc(), "the stored crc is salted with the segment's salt");
+            assert_eq!(&written[4..record_bytes / 3], &batch(1, &[1]).as_bytes()[4..], "the rest is the batch");
             // Group 1 is in flight (written and syncing, nothing durable
             // yet): new appends are written at once, not held for it, from
             // the next aligned offset.

@@ -36,7 +36,7 @@ pub use commit::WalStats;
 pub use config::WalConfig;
 pub use error::WalError;
 pub use mem::{MemDisk, MemLog};
-pub use recovery::{claimed_after_damage, recover_images, ImageRecovery};
+pub use recovery::{claimed_after_damage, recover_images, ImageRecovery, SegmentImage};
 pub use snapshot::{SnapshotDraft, SnapshotReader};
 pub use store::{AppendTicket, LogStore};
 pub use wal::Wal;

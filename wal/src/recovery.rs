@@ -32,7 +32,44 @@
 //! such a cut removed entries this replica may have acknowledged. Either way
 //! the engine starts in repair and fetches the lost range from its peers
 //! (see `engine::Raft::repair_target`).
-
+//!
+//! # Salted segments
+//!
+//! A salted segment (see `segment`, "Recycling") may be a recycled file:
+//! after its records lie whatever its earlier lives left, records among
+//! them, which fail their checksum under this segment's salt. So there the
+//! records end at the first offset where no valid record (under the
+//! segment's salt) starts, whatever the bytes, with two exceptions that
+//! keep damage detectable:
+//! - a valid record after that point is damage, exactly as in an unsalted
+//!   segment: only this segment's own writes can leave one there, and a cut
+//!   after damage zeroes the whole rest of the segment so that none
+//!   survives it;
+//! - the writer pads each group's last block with zeros, so anything but
+//!   zeros from the end of the last record to the next aligned offset is a
+//!   damaged (or, in the newest segment, torn) record, never an earlier
+//!   life's bytes.
+//!
+//! The newest segment, where writing resumes, has everything after its
+//! records zeroed on open (as a cut tail is), whatever was there: it then
+//! reads as a fresh segment would, and a crash before the next open finds
+//! the usual zeros. That costs at most one segment of zeros per open (the
+//! spare that open makes costs as much). Sealed segments keep their earlier
+//! lives' bytes; when the newest segment holds no record and is dropped,
+//! writing resumes in the sealed one before it, after its last group's zero
+//! padding, and the rules above still tell its records from those bytes.
+//! Past the block where the records end (whose rest the writer pads, or a
+//! cut zeroes), nothing depends on those zeros for correctness: no valid
+//! record of a segment's own salt is left after its end (a cut after damage
+//! zeroes the rest), and whatever else lies there stays garbage to a later
+//! recovery.
+//!
+//! What this cannot see inside one segment is a group lost whole at its
+//! end (its blocks still hold an earlier life's bytes). In a sealed segment
+//! the next segment's name then starts after a gap, which replay reports as
+//! damage (a lost tail with zeros after it looks alike in an unsalted
+//! segment); in the newest segment it is a torn tail.
+//!
 //! # Replay
 //!
 //! Records are applied in segment-sequence order. A record whose first index is
@@ -44,13 +81,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use engine::batch::{peek_batch_length, BATCH_HEADER_SIZE, BATCH_MAGIC, BATCH_VERSION};
+use engine::batch::{peek_batch_length, BatchError, BATCH_HEADER_SIZE, BATCH_MAGIC, BATCH_VERSION};
 use engine::{Entry, EntryBatch, Index};
 
 use crate::config::WalConfig;
 use crate::dir::{list_with_suffix, sync_dir_blocking};
 use crate::error::WalError;
-use crate::segment::{self, parse_segment_name, SegmentMeta, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
+use crate::segment::{self, parse_segment, SegmentMeta, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
 use crate::snapshot::StoredSnapshot;
 
 /// Where a record lies in a segment buffer.
@@ -76,15 +113,18 @@ pub(crate) struct Scan {
     pub index_after_damage: Option<Index>,
 }
 
-/// Scans a segment's bytes. `is_newest` selects the torn-tail rule (see the
-/// module documentation); `window` is the unsynced-bytes bound.
+/// Scans a segment's bytes. `salt` is the segment's (`None`: unsalted);
+/// `is_newest` selects the torn-tail rule (see the module documentation);
+/// `window` is the unsynced-bytes bound.
 pub(crate) fn scan(
     path: &Path,
     buf: &Bytes,
-    is_newest: bool,
+    (salt, is_newest): (Option<u32>, bool),
     window: usize,
     batch_limit: usize,
 ) -> Result<Scan, WalError> {
+    let salted = salt.is_some();
+    let salt = salt.unwrap_or(0);
     let mut records = Vec::new();
     let mut position = 0;
     let (expected, found) = loop {
@@ -96,7 +136,7 @@ pub(crate) fn scan(
         let aligned = (segment::align_up(position as u64) as usize).min(buf.len());
         if aligned > position
             && buf[position..aligned].iter().all(|&byte| byte == 0)
-            && valid_batch_length(buf, position, batch_limit).is_none()
+            && valid_batch_length(buf, position, salt, batch_limit).is_none()
         {
             position = aligned;
             continue;
@@ -128,7 +168,7 @@ pub(crate) fn scan(
         if length > rest.len() {
             break (format!("a batch of {length} bytes"), format!("the file ends after {} bytes", rest.len()));
         }
-        if let Err(error) = EntryBatch::decode(&buf.slice(position..position + length), batch_limit) {
+        if let Err(error) = verify_record(buf, position, length, salt, batch_limit) {
             break (format!("a valid batch of {length} bytes"), error.to_string());
         }
         records.push(RecordSpan { offset: position, length });
@@ -136,10 +176,20 @@ pub(crate) fn scan(
     };
     // Valid records after the damage were written after it and may have
     // been acknowledged, so the cut loses them too: a torn write leaves none.
-    let index_after_damage = last_index_after(buf, position + 1, batch_limit);
+    let index_after_damage = last_index_after(buf, position + 1, salt, batch_limit);
+    if salted && index_after_damage.is_none() && ends_block(buf, position) {
+        // What follows is no record of this segment's: zeros, or a recycled
+        // file's earlier lives (or, in the newest segment, a group torn from
+        // its first block). See "Salted segments" in the module
+        // documentation.
+        let torn = is_newest && buf[position..].iter().any(|&byte| byte != 0);
+        return Ok(Scan { records, end: position, torn, damage: None, index_after_damage: None });
+    }
     let damage = if !is_newest {
         Some(WalError::corrupt(path, position as u64, expected, found))
-    } else if let Some(valid) = find_valid_batch(buf, position.saturating_add(window).saturating_add(1), batch_limit) {
+    } else if let Some(valid) =
+        find_valid_batch(buf, position.saturating_add(window).saturating_add(1), salt, batch_limit)
+    {
         Some(WalError::corrupt(
             path,
             position as u64,
@@ -159,6 +209,34 @@ pub(crate) fn scan(
     Ok(Scan { records, end: position, torn: true, damage, index_after_damage })
 }
 
+/// Whether `position` is where a block written by a group ends or may end:
+/// aligned, or followed by zeros only up to the next aligned offset (the
+/// writer pads every group's last block with zeros, so anything else there
+/// is damage, or a torn write, and no earlier life's bytes).
+fn ends_block(buf: &[u8], position: usize) -> bool {
+    let aligned = (segment::align_up(position as u64) as usize).min(buf.len());
+    buf[position.min(aligned)..aligned].iter().all(|&byte| byte == 0)
+}
+
+/// Checks the record of `length` bytes at `at`: its stored crc XORed with
+/// `salt` (0 for an unsalted segment) must be its crc32c, and its fields
+/// must agree.
+fn verify_record(
+    buf: &Bytes,
+    at: usize,
+    length: usize,
+    salt: u32,
+    batch_limit: usize,
+) -> Result<EntryBatch, BatchError> {
+    let record = &buf[at..at + length];
+    let stored = u32::from_le_bytes(record[..4].try_into().expect("a batch header")) ^ salt;
+    let computed = crc32c::crc32c(&record[4..]);
+    if stored != computed {
+        return Err(BatchError::Checksum { stored, computed });
+    }
+    EntryBatch::decode_checksummed_elsewhere(&buf.slice(at..at + length), batch_limit)
+}
+
 /// The offset of the first non-zero byte of `bytes`, if any. Checks 64
 /// bytes at a time (the compiler vectorizes the OR), then finds the byte:
 /// the newest segment's preallocated tail is tens of megabytes of zeros,
@@ -172,33 +250,35 @@ fn first_non_zero(bytes: &[u8]) -> Option<usize> {
 
 /// The highest last index of the valid batches found at or after `from`
 /// (byte by byte, skipping each one found): what a cut before `from` loses.
-pub(crate) fn last_index_after(buf: &Bytes, mut from: usize, batch_limit: usize) -> Option<Index> {
+pub(crate) fn last_index_after(buf: &Bytes, mut from: usize, salt: u32, batch_limit: usize) -> Option<Index> {
     let mut highest = None;
-    while let Some(at) = find_valid_batch(buf, from, batch_limit) {
-        let length = valid_batch_length(buf, at, batch_limit).expect("found valid");
-        let batch = EntryBatch::decode(&buf.slice(at..at + length), batch_limit).expect("found valid");
+    while let Some(at) = find_valid_batch(buf, from, salt, batch_limit) {
+        let length = valid_batch_length(buf, at, salt, batch_limit).expect("found valid");
+        let batch = verify_record(buf, at, length, salt, batch_limit).expect("found valid");
         highest = highest.max(Some(batch.last_index()));
         from = at + length;
     }
     highest
 }
 
-/// The first offset at or after `from` where a whole valid batch starts.
-fn find_valid_batch(buf: &Bytes, from: usize, batch_limit: usize) -> Option<usize> {
+/// The first offset at or after `from` where a whole valid batch (under
+/// `salt`) starts.
+fn find_valid_batch(buf: &Bytes, from: usize, salt: u32, batch_limit: usize) -> Option<usize> {
     let magic = BATCH_MAGIC.to_le_bytes();
     let last_start = buf.len().checked_sub(BATCH_HEADER_SIZE)?;
     (from..=last_start).find(|&at| {
         buf[at + 36..at + 38] == magic
             && buf[at + 38] == BATCH_VERSION
-            && valid_batch_length(buf, at, batch_limit).is_some()
+            && valid_batch_length(buf, at, salt, batch_limit).is_some()
     })
 }
 
-/// The length of the whole valid batch starting at `at`, if one does.
-fn valid_batch_length(buf: &Bytes, at: usize, batch_limit: usize) -> Option<usize> {
+/// The length of the whole valid batch (under `salt`) starting at `at`, if
+/// one does.
+fn valid_batch_length(buf: &Bytes, at: usize, salt: u32, batch_limit: usize) -> Option<usize> {
     match peek_batch_length(&buf[at..], batch_limit) {
         Ok(Some(length)) if at + length <= buf.len() => {
-            EntryBatch::decode(&buf.slice(at..at + length), batch_limit).is_ok().then_some(length)
+            verify_record(buf, at, length, salt, batch_limit).is_ok().then_some(length)
         }
         _ => None,
     }
@@ -268,8 +348,8 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     let mut sequence_seen = 0;
     for path in list_with_suffix(dir, SEGMENT_SUFFIX)? {
         let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
-        let Some((sequence, first_index)) = parse_segment_name(name) else {
-            return Err(WalError::corrupt(&path, 0, "a segment name SEQUENCE-FIRSTINDEX.wal", name.to_string()));
+        let Some(segment::SegmentName { sequence, first_index, salt }) = parse_segment(name) else {
+            return Err(WalError::corrupt(&path, 0, "a segment name SEQUENCE-FIRSTINDEX[-SALT].wal", name.to_string()));
         };
         sequence_seen = sequence_seen.max(sequence);
         if snapshot.is_some_and(|stored| sequence < stored.segment_sequence_min) {
@@ -279,14 +359,16 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
             directory_changed = true;
             continue;
         }
-        segments.push(SegmentMeta { sequence, first_index, path, index_max: 0 });
+        segments.push(SegmentMeta { sequence, first_index, path, index_max: 0, salt });
     }
     if directory_changed {
         sync_dir_blocking(dir)?;
     }
     let sequence_floor = snapshot.map_or(1, |stored| stored.segment_sequence_min);
-    let names: Vec<(&Path, Index)> =
-        segments.iter().map(|segment| (segment.path.as_path(), segment.first_index)).collect();
+    let names: Vec<SegmentInput> = segments
+        .iter()
+        .map(|segment| SegmentInput { path: &segment.path, first_index: segment.first_index, salt: segment.salt })
+        .collect();
     // Threads read the next segments while this one is checked and decoded:
     // reading and checking overlap instead of taking turns.
     let paths: Vec<PathBuf> = segments.iter().map(|segment| segment.path.clone()).collect();
@@ -340,8 +422,18 @@ pub(crate) struct Plan {
     pub tail_offset: u64,
 }
 
-/// Reads the segments named in `names` (path and first index, in sequence
-/// order) one `read` at a time, verifies and replays their records on top
+/// One segment as recovery's decisions see it: its path (for messages) and
+/// what its name says.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SegmentInput<'a> {
+    pub path: &'a Path,
+    pub first_index: Index,
+    /// `None` for an unsalted segment.
+    pub salt: Option<u32>,
+}
+
+/// Reads the segments named in `names` (in sequence order) one `read` at a
+/// time, verifies and replays their records on top
 /// of a snapshot at `snapshot_index`, and decides what to cut.
 ///
 /// A record that is whole but out of place is damage too, not a reason to
@@ -352,7 +444,7 @@ pub(crate) struct Plan {
 /// entry of a later term, or opens a segment under another first index cuts
 /// the log before it.
 pub(crate) fn plan(
-    names: &[(&Path, Index)],
+    names: &[SegmentInput],
     mut read: impl FnMut() -> Result<Bytes, WalError>,
     snapshot_index: Index,
     config: &WalConfig,
@@ -369,17 +461,19 @@ pub(crate) fn plan(
         tail_offset: 0,
     };
     let mut previous_tail_offset = 0;
-    for (position, &(path, first_index)) in names.iter().enumerate() {
+    for (position, &input) in names.iter().enumerate() {
         let raw = read()?;
+        let salt = input.salt.unwrap_or(0);
         if plan.damage.is_some() {
             // What the cut loses from later segments counts as possibly
             // acknowledged too.
-            plan.damage_index_max = plan.damage_index_max.max(last_index_after(&raw, 0, batch_limit).unwrap_or(0));
+            let lost = last_index_after(&raw, 0, salt, batch_limit).unwrap_or(0);
+            plan.damage_index_max = plan.damage_index_max.max(lost);
             continue;
         }
         let is_newest = position + 1 == names.len();
-        let mut scan = scan(path, &raw, is_newest, window, batch_limit)?;
-        let index_max = replay_segment(&mut plan.replay, (path, first_index), &raw, &mut scan, batch_limit)?;
+        let mut scan = scan(input.path, &raw, (input.salt, is_newest), window, batch_limit)?;
+        let index_max = replay_segment(&mut plan.replay, input, &raw, &mut scan, batch_limit)?;
         if scan.torn {
             plan.torn.push((position, scan.end, raw.len()));
         }
@@ -406,15 +500,32 @@ pub(crate) fn plan(
 }
 
 /// Replays the records `scan` found in one segment's bytes `raw`; a record
-/// out of place (see [`plan`]) turns into damage in `scan`, cutting it and
-/// everything after it. Returns the highest index replayed from it.
+/// out of place (see [`plan`]), or a segment whose name starts after a gap,
+/// turns into damage in `scan`, cutting it and everything after it. Returns
+/// the highest index replayed from it.
 fn replay_segment(
     replay: &mut Replay,
-    (path, first_index): (&Path, Index),
+    SegmentInput { path, first_index, salt }: SegmentInput,
     raw: &Bytes,
     scan: &mut Scan,
     batch_limit: usize,
 ) -> Result<Index, WalError> {
+    let salt = salt.unwrap_or(0);
+    if first_index > replay.last_index() + 1 {
+        // The segment before lost its tail (even when this one has no
+        // record yet): the switch to this one came after a record at the
+        // index before its first.
+        let found = format!("a segment named to start at index {first_index} (a gap: records are missing)");
+        cut(
+            scan,
+            (path, 0),
+            raw,
+            salt,
+            batch_limit,
+            (format!("a segment starting at or before index {}", replay.last_index() + 1), found),
+        );
+        return Ok(0);
+    }
     // Entries borrow this buffer for as long as the engine holds them;
     // when most of it is preallocated zeros after the records (the newest
     // segment), keep a copy of the records only.
@@ -423,18 +534,31 @@ fn replay_segment(
     for (number, span) in scan.records.iter().enumerate() {
         let batch = EntryBatch::decode_checksummed_elsewhere(&bytes.slice(span.offset..), batch_limit)
             .map_err(|error| WalError::corrupt(path, span.offset as u64, "a valid batch", error.to_string()))?;
-        if let Some((expected, found)) = misplaced(replay, &batch, (number == 0).then_some(first_index)) {
-            // Everything from this record on is lost, itself included.
-            scan.end = span.offset;
-            scan.torn = true;
-            scan.index_after_damage = last_index_after(raw, span.offset, batch_limit);
-            scan.damage = Some(WalError::corrupt(path, span.offset as u64, expected, found));
+        if let Some(reason) = misplaced(replay, &batch, (number == 0).then_some(first_index)) {
+            cut(scan, (path, span.offset), raw, salt, batch_limit, reason);
             break;
         }
         index_max = index_max.max(batch.last_index());
         replay.apply(&batch);
     }
     Ok(index_max)
+}
+
+/// Cuts a segment's records at `offset`, as damage: everything from there
+/// on is lost.
+fn cut(
+    scan: &mut Scan,
+    (path, offset): (&Path, usize),
+    raw: &Bytes,
+    salt: u32,
+    batch_limit: usize,
+    (expected, found): (String, String),
+) {
+    scan.records.retain(|span| span.offset < offset);
+    scan.end = offset;
+    scan.torn = true;
+    scan.index_after_damage = last_index_after(raw, offset, salt, batch_limit);
+    scan.damage = Some(WalError::corrupt(path, offset as u64, expected, found));
 }
 
 /// What recovery makes of a log given as in-memory segment images.
@@ -454,24 +578,41 @@ pub struct ImageRecovery {
     pub ends: Vec<usize>,
     /// The highest index in each kept segment.
     pub index_max: Vec<Index>,
+    /// The kept segments (positions) whose bytes after `ends` are zeroed;
+    /// the others keep them (a salted segment's earlier lives, say).
+    pub zeroed: Vec<usize>,
+}
+
+/// One segment file's bytes and what its name says, for [`recover_images`].
+#[derive(Clone, Debug)]
+pub struct SegmentImage {
+    pub first_index: Index,
+    /// The salt of its records' checksums (see [`crate::segment::salt`]);
+    /// `None` for an unsalted segment.
+    pub salt: Option<u32>,
+    pub bytes: Bytes,
 }
 
 /// Runs recovery's decisions (the same code a [`crate::Wal`] runs on open)
-/// over segment images `(first index, bytes)` in sequence order, on top of a
-/// snapshot at `snapshot_index`: for a simulator that keeps the log's bytes
-/// in memory and damages them (issue 16).
+/// over segment images in sequence order, on top of a snapshot at
+/// `snapshot_index`: for a simulator that keeps the log's bytes in memory
+/// and damages them (issue 16).
 pub fn recover_images(
-    images: &[(Index, Bytes)],
+    images: &[SegmentImage],
     snapshot_index: Index,
     config: &WalConfig,
 ) -> Result<ImageRecovery, WalError> {
-    let names: Vec<(&Path, Index)> = images.iter().map(|(first, _)| (Path::new("image"), *first)).collect();
-    let mut next = images.iter().map(|(_, raw)| raw.clone());
+    let names: Vec<SegmentInput> = images
+        .iter()
+        .map(|image| SegmentInput { path: Path::new("image"), first_index: image.first_index, salt: image.salt })
+        .collect();
+    let mut next = images.iter().map(|image| image.bytes.clone());
     let plan = plan(&names, || Ok(next.next().expect("one image per name")), snapshot_index, config)?;
     let ends = plan.ends[..plan.kept].to_vec();
     let log_last = snapshot_index + plan.replay.entries.len() as u64;
     let acknowledged = if plan.damage.is_some() { claimed_after_damage(log_last, plan.damage_index_max) } else { 0 };
     let index_max = plan.index_max[..plan.kept].to_vec();
+    let zeroed = plan.torn.iter().map(|&(position, _, _)| position).filter(|&position| position < plan.kept).collect();
     Ok(ImageRecovery {
         entries: plan.replay.entries,
         damage: plan.damage,
@@ -479,6 +620,7 @@ pub fn recover_images(
         kept: plan.kept,
         ends,
         index_max,
+        zeroed,
     })
 }
 
@@ -926,7 +1068,7 @@ mod tests {
     #[test]
     fn clean_segment_ends_at_zeros() {
         let raw = segment(&[batch(1, 3, 1), batch(4, 2, 1)], 1000);
-        let scan = scan(Path::new("s"), &Bytes::from(raw), false, 64, LIMIT).unwrap();
+        let scan = scan(Path::new("s"), &Bytes::from(raw), (None, false), 64, LIMIT).unwrap();
         assert_eq!(scan.records.len(), 2);
         assert!(!scan.torn);
     }
@@ -937,9 +1079,9 @@ mod tests {
         let mut raw = segment(&[first.clone(), batch(4, 2, 1)], 1000);
         raw[first.len() + 50] ^= 0xff;
         let raw = Bytes::from(raw);
-        let scan_newest = scan(Path::new("s"), &raw, true, 4096, LIMIT).unwrap();
+        let scan_newest = scan(Path::new("s"), &raw, (None, true), 4096, LIMIT).unwrap();
         assert_eq!((scan_newest.records.len(), scan_newest.end, scan_newest.torn), (1, first.len(), true));
-        let older = scan(Path::new("s"), &raw, false, 4096, LIMIT).unwrap();
+        let older = scan(Path::new("s"), &raw, (None, false), 4096, LIMIT).unwrap();
         assert_eq!((older.records.len(), older.end), (1, first.len()), "the good prefix is kept");
         let error = older.damage.expect("damage in an older segment is never a torn write");
         assert!(matches!(error, WalError::Corrupt { offset, .. } if offset == first.len() as u64), "{error}");
@@ -951,11 +1093,11 @@ mod tests {
         let mut raw = segment(&records, 8000);
         raw[10] ^= 0x01;
         let raw = Bytes::from(raw);
-        let error = scan(Path::new("s"), &raw, true, 256, LIMIT).unwrap().damage.expect("corruption");
+        let error = scan(Path::new("s"), &raw, (None, true), 256, LIMIT).unwrap().damage.expect("corruption");
         assert!(matches!(error, WalError::Corrupt { offset: 0, .. }), "{error}");
         // Even within the window, valid records after the damage make it
         // damage, not a torn write, and say what the cut loses.
-        let within = scan(Path::new("s"), &raw, true, 8000, LIMIT).unwrap();
+        let within = scan(Path::new("s"), &raw, (None, true), 8000, LIMIT).unwrap();
         assert!(within.damage.is_some());
         assert_eq!(within.index_after_damage, Some(60));
     }
@@ -995,7 +1137,7 @@ mod tests {
         assert_eq!(second.len(), align - 10);
         let third = batch(index + 1, 2, 1);
         let raw = Bytes::from(padded(&[first, second, third], 6 * align));
-        let scan = scan(Path::new("s"), &raw, false, 64, LIMIT).unwrap();
+        let scan = scan(Path::new("s"), &raw, (None, false), 64, LIMIT).unwrap();
         let offsets: Vec<usize> = scan.records.iter().map(|span| span.offset).collect();
         assert_eq!(offsets.len(), 2 + (index as usize - 6 + 1) + 1, "{offsets:?}");
         assert_eq!((offsets[2], *offsets.last().unwrap()), (align, 2 * align), "groups start aligned");
@@ -1025,7 +1167,7 @@ mod tests {
             .find(|bytes| bytes[..2] == [0, 0])
             .expect("some payload gives a crc with two low zero bytes");
         let raw = Bytes::from(padded(&[[first, second].concat()], 3 * align));
-        let scan = scan(Path::new("s"), &raw, false, 64, LIMIT).unwrap();
+        let scan = scan(Path::new("s"), &raw, (None, false), 64, LIMIT).unwrap();
         let offsets: Vec<usize> = scan.records.iter().map(|span| span.offset).collect();
         assert_eq!(offsets, vec![0, align - 2], "the second record is read, not skipped as padding");
     }
@@ -1094,12 +1236,15 @@ mod tests {
     }
 
     fn scan_error(raw: &[u8]) -> WalError {
-        scan(Path::new("s"), &Bytes::copy_from_slice(raw), false, 64, LIMIT).unwrap().damage.expect("damage")
+        scan(Path::new("s"), &Bytes::copy_from_slice(raw), (None, false), 64, LIMIT).unwrap().damage.expect("damage")
     }
 
     /// Plans recovery of in-memory segment images with a default config.
     fn plan_of(images: &[(Index, Vec<u8>)]) -> Plan {
-        let names: Vec<(&Path, Index)> = images.iter().map(|(first, _)| (Path::new("s"), *first)).collect();
+        let names: Vec<SegmentInput> = images
+            .iter()
+            .map(|(first_index, _)| SegmentInput { path: Path::new("s"), first_index: *first_index, salt: None })
+            .collect();
         let mut next = images.iter().map(|(_, raw)| Bytes::from(raw.clone()));
         let config = WalConfig::new("unused", 1, 1);
         plan(&names, || Ok(next.next().expect("one per name")), 0, &config).unwrap()
@@ -1130,6 +1275,161 @@ mod tests {
         let plan = plan_of(&[(1, older), (4, moved), (10, later)]);
         assert_eq!((plan.replay.last_index(), plan.kept), (3, 1), "the empty cut segment goes too");
         assert_eq!(plan.damage_index_max, 11);
+    }
+
+    /// A record as the writer lays it in a segment salted with `salt`.
+    fn salted(record: &[u8], salt: u32) -> Vec<u8> {
+        let mut record = record.to_vec();
+        let crc = u32::from_le_bytes(record[..4].try_into().unwrap()) ^ salt;
+        record[..4].copy_from_slice(&crc.to_le_bytes());
+        record
+    }
+
+    /// Groups of records salted with `salt`, each group padded as the
+    /// writer pads it, written over `old` (a recycled file's bytes).
+    fn salted_over(old: &[u8], groups: &[Vec<Vec<u8>>], salt: u32) -> Vec<u8> {
+        let groups: Vec<Vec<u8>> =
+            groups.iter().map(|group| group.iter().flat_map(|record| salted(record, salt)).collect()).collect();
+        let length = groups.iter().map(|group| group.len().next_multiple_of(segment::DIRECT_IO_ALIGN)).sum();
+        let new = padded(&groups, length);
+        let mut raw = old.to_vec();
+        raw[..new.len()].copy_from_slice(&new);
+        raw
+    }
+
+    const OLD_SALT: u32 = 0x1111_2222;
+    const NEW_SALT: u32 = 0x3333_4444;
+
+    /// A recycled file's earlier life: a group at every aligned offset, of
+    /// records valid under [`OLD_SALT`], from index `first` on.
+    fn earlier_life(first: Index, blocks: usize) -> Vec<u8> {
+        let groups: Vec<Vec<u8>> =
+            (0..blocks as u64).map(|at| salted(&batch(first + 2 * at, 2, 1), OLD_SALT)).collect();
+        padded(&groups, blocks * segment::DIRECT_IO_ALIGN)
+    }
+
+    fn scan_salted(raw: &[u8], salt: u32, is_newest: bool, window: usize) -> Scan {
+        scan(Path::new("s"), &Bytes::copy_from_slice(raw), (Some(salt), is_newest), window, LIMIT).unwrap()
+    }
+
+    /// Plans recovery of salted segment images `(first index, bytes)` on
+    /// top of a snapshot at the index before the first.
+    fn plan_salted(images: &[(Index, Vec<u8>)], salt: u32) -> Plan {
+        let names: Vec<SegmentInput> = images
+            .iter()
+            .map(|(first_index, _)| SegmentInput { path: Path::new("s"), first_index: *first_index, salt: Some(salt) })
+            .collect();
+        let mut next = images.iter().map(|(_, raw)| Bytes::from(raw.clone()));
+        let config = WalConfig::new("unused", 1, 1);
+        let snapshot_index = images.first().map_or(0, |(first_index, _)| first_index - 1);
+        plan(&names, || Ok(next.next().expect("one per name")), snapshot_index, &config).unwrap()
+    }
+
+    #[test]
+    fn a_recycled_segments_earlier_records_are_not_read_as_records() {
+        let align = segment::DIRECT_IO_ALIGN;
+        for earlier_first in [1, 5, 1000] {
+            // Lower, overlapping and higher indexes than the new records'.
+            let old = earlier_life(earlier_first, 8);
+            let raw = salted_over(&old, &[vec![batch(5, 3, 2), batch(8, 1, 2)], vec![batch(9, 2, 2)]], NEW_SALT);
+            for is_newest in [false, true] {
+                let scan = scan_salted(&raw, NEW_SALT, is_newest, 2 * align);
+                assert_eq!(scan.records.len(), 3, "from {earlier_first}");
+                assert_eq!((scan.end, scan.torn), (2 * align, is_newest), "zeroed where writing resumes");
+                assert!(scan.damage.is_none() && scan.index_after_damage.is_none());
+            }
+            let plan = plan_salted(&[(5, raw.clone())], NEW_SALT);
+            assert!(plan.damage.is_none(), "an earlier life is no damage");
+            assert_eq!(plan.torn, vec![(0, 2 * align, raw.len())]);
+            assert_eq!(
+                plan.replay.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+                [5, 6, 7, 8, 9, 10].map(|i| (i, 2))
+            );
+            // The same bytes read under the earlier salt are records: the
+            // salt, not their content, tells the lives apart.
+            assert_eq!(scan_salted(&raw, OLD_SALT, false, 0).records.len(), 0, "the new first record fails");
+            assert_eq!(scan_salted(&old, OLD_SALT, false, 0).records.len(), 8);
+        }
+    }
+
+    #[test]
+    fn a_valid_record_beyond_the_window_in_a_recycled_segment_is_corruption() {
+        let align = segment::DIRECT_IO_ALIGN;
+        let old = earlier_life(1, 16);
+        let mut groups: Vec<Vec<Vec<u8>>> = (0..8).map(|at| vec![batch(1 + at, 1, 1)]).collect();
+        let mut raw = salted_over(&old, &groups, NEW_SALT);
+        // A block in the middle reads as an earlier life's (a lost write).
+        raw[3 * align..4 * align].copy_from_slice(&old[3 * align..4 * align]);
+        let scan = scan_salted(&raw, NEW_SALT, true, align);
+        assert_eq!((scan.records.len(), scan.end), (3, 3 * align));
+        let error = scan.damage.expect("a valid record of this life lies beyond the window");
+        assert!(matches!(error, WalError::Corrupt { offset, .. } if offset == 3 * align as u64), "{error}");
+        assert!(error.to_string().contains("beyond"), "{error}");
+        assert_eq!(scan.index_after_damage, Some(8));
+        // Sealed: the same is damage, and so is any valid record after it.
+        groups.truncate(5);
+        let mut raw = salted_over(&old, &groups, NEW_SALT);
+        raw[3 * align..4 * align].copy_from_slice(&old[3 * align..4 * align]);
+        assert!(scan_salted(&raw, NEW_SALT, false, align).damage.is_some());
+        // The cut zeroes the whole rest: the valid records after it must
+        // not come back after the records written over the cut.
+        let plan = plan_salted(&[(1, raw.clone())], NEW_SALT);
+        assert_eq!(plan.torn, vec![(0, 3 * align, raw.len())]);
+    }
+
+    #[test]
+    fn a_torn_tail_in_a_recycled_newest_segment_is_cut() {
+        let align = segment::DIRECT_IO_ALIGN;
+        let old = earlier_life(100, 8);
+        let raw = salted_over(&old, &[vec![batch(1, 2, 1)], vec![batch(3, 2, 1), batch(5, 2, 1)]], NEW_SALT);
+        let second = batch(3, 2, 1).len();
+        // The second group's write stopped inside its second record.
+        let mut torn = raw.clone();
+        torn[align + second + 30..2 * align].copy_from_slice(&old[align + second + 30..2 * align]);
+        let scan = scan_salted(&torn, NEW_SALT, true, 2 * align);
+        assert_eq!((scan.records.len(), scan.end, scan.torn), (2, align + second, true));
+        assert!(scan.damage.is_none(), "a torn write, not damage");
+        let plan = plan_salted(&[(1, torn.clone())], NEW_SALT);
+        assert_eq!(plan.replay.last_index(), 4);
+        assert_eq!(plan.torn, vec![(0, align + second, torn.len())], "the rest is zeroed");
+        // Sealed, the same bytes are damage: a group's last block ends in
+        // zeros, never in an earlier life's bytes.
+        let sealed = scan_salted(&torn, NEW_SALT, false, 2 * align);
+        assert!(sealed.damage.is_some());
+        // The second group lost from its first byte: the records end at
+        // its aligned offset, nothing to zero.
+        let mut lost = raw.clone();
+        lost[align..2 * align].copy_from_slice(&old[align..2 * align]);
+        let scan = scan_salted(&lost, NEW_SALT, true, 2 * align);
+        assert_eq!((scan.records.len(), scan.end, scan.torn), (1, align, true));
+        assert!(scan.damage.is_none());
+    }
+
+    #[test]
+    fn a_sealed_recycled_segment_that_lost_its_last_record_is_damage() {
+        let align = segment::DIRECT_IO_ALIGN;
+        let old = earlier_life(50, 4);
+        let full = salted_over(&old, &[vec![batch(1, 2, 1)], vec![batch(3, 2, 1)]], NEW_SALT);
+        let mut lost = full.clone();
+        lost[align..2 * align].copy_from_slice(&old[align..2 * align]);
+        let next = salted_over(&old, &[vec![batch(5, 2, 1)]], NEW_SALT);
+        let plan = plan_salted(&[(1, full.clone()), (5, next.clone())], NEW_SALT);
+        assert!(plan.damage.is_none());
+        assert_eq!(plan.replay.last_index(), 6);
+        let plan = plan_salted(&[(1, lost.clone()), (5, next.clone())], NEW_SALT);
+        assert_eq!((plan.replay.last_index(), plan.kept), (2, 1), "the next segment's records would leave a gap");
+        assert!(plan.damage.is_some());
+        assert_eq!(plan.damage_index_max, 6);
+        // The newest segment renamed into place, then a crash before its
+        // first record: its name alone shows the gap.
+        let plan = plan_salted(&[(1, lost), (5, old.clone())], NEW_SALT);
+        assert_eq!((plan.replay.last_index(), plan.kept), (2, 1));
+        let error = plan.damage.expect("a lost tail");
+        assert!(error.to_string().contains("gap"), "{error}");
+        // With its tail, the empty newest segment is simply dropped.
+        let plan = plan_salted(&[(1, full), (5, old)], NEW_SALT);
+        assert!(plan.damage.is_none());
+        assert_eq!((plan.replay.last_index(), plan.kept), (4, 1));
     }
 
     #[test]

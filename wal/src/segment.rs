@@ -22,6 +22,30 @@
 //! 2.5 times the CPU. Writing 64 MiB of zeros once per segment, in the
 //! background, is far cheaper than paying the conversion on every group
 //! write.
+//!
+//! # Recycling
+//!
+//! Zero-filling still writes every segment's bytes twice (once as zeros,
+//! once as records): on a disk shared by a cluster's nodes that was half the
+//! log's bandwidth. So a segment that compaction frees (or a snapshot
+//! voids) is not deleted but renamed into a pool of spares
+//! (`{sequence:010}.recycled.prealloc`, at most
+//! `WalConfig::recycled_segments_max`), and the next switch reuses one: its
+//! extents are written ones already, so it needs neither zeros nor
+//! conversions (RocksDB's `recycle_log_file_num`). Like a fresh spare, a
+//! recycled one gets its live name, durably, before any record goes in; a
+//! pooled file left at a crash ends in `.prealloc` and recovery deletes it
+//! (only its reuse is lost).
+//!
+//! A recycled file still holds its earlier lives' records after the new
+//! end, and recovery must never read them as records. So every segment
+//! written by this code is *salted*: each record's stored crc32c is XORed
+//! with the segment's salt, and the salt is part of the segment's name,
+//! `{sequence:010}-{first_index:020}-{salt:08x}.wal`. A record of an earlier
+//! life carries another salt (see [`salt`]) and fails its checksum: to
+//! recovery it is garbage, never a record. Segments named without a salt
+//! (written before salting) are read with plain checksums and the old rules
+//! (zeros after the last record), and are never recycled.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -35,20 +59,79 @@ pub const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of a preallocated segment not yet in use.
 pub const PREALLOC_SUFFIX: &str = ".prealloc";
 
-/// A live segment's name.
+/// Ends the name of a spare that was a segment before (see the module
+/// documentation); a `PREALLOC_SUFFIX`, so recovery deletes it.
+const RECYCLED_SUFFIX: &str = ".recycled.prealloc";
+
+/// An unsalted segment's name: the format written before salting (see the
+/// module documentation), still read.
 pub fn segment_file_name(sequence: u64, first_index: Index) -> String {
     format!("{sequence:010}-{first_index:020}{SEGMENT_SUFFIX}")
+}
+
+/// A salted segment's name: every segment this code starts is one.
+pub fn salted_segment_file_name(sequence: u64, first_index: Index, salt: u32) -> String {
+    format!("{sequence:010}-{first_index:020}-{salt:08x}{SEGMENT_SUFFIX}")
+}
+
+/// What a segment's name says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentName {
+    pub sequence: u64,
+    pub first_index: Index,
+    /// The salt of its records' checksums; `None` for an unsalted segment.
+    pub salt: Option<u32>,
 }
 
 /// The sequence and first index in a segment's name, or `None` for a name
 /// that is not a segment's.
 pub fn parse_segment_name(name: &str) -> Option<(u64, Index)> {
+    parse_segment(name).map(|parsed| (parsed.sequence, parsed.first_index))
+}
+
+/// Parses a salted or unsalted segment's name; `None` for a name that is
+/// not a segment's.
+pub fn parse_segment(name: &str) -> Option<SegmentName> {
     let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
-    let (sequence, first_index) = stem.split_once('-')?;
-    if sequence.len() != 10 || first_index.len() != 20 {
+    let mut parts = stem.split('-');
+    let (sequence, first_index) = (parts.next()?, parts.next()?);
+    let salt = match parts.next() {
+        Some(salt) if salt.len() == 8 => Some(u32::from_str_radix(salt, 16).ok()?),
+        Some(_) => return None,
+        None => None,
+    };
+    if sequence.len() != 10 || first_index.len() != 20 || parts.next().is_some() {
         return None;
     }
-    Some((sequence.parse().ok()?, first_index.parse().ok()?))
+    Some(SegmentName { sequence: sequence.parse().ok()?, first_index: first_index.parse().ok()?, salt })
+}
+
+/// The salt of segment `sequence` in a directory whose salt key is `key`.
+///
+/// Why this function: multiplying by an odd constant is a bijection on
+/// `u32`, and so is XOR with the key, so two segments whose sequences differ
+/// by less than 2^32 never share a salt, and a record from any earlier life
+/// of a recycled file fails its checksum deterministically. The key (one
+/// random value per directory, recovered from the names of its segments)
+/// keeps the salts unpredictable: a client cannot craft a value whose bytes,
+/// left behind in a recycled file, pass for a future segment's record.
+pub fn salt(sequence: u64, key: u32) -> u32 {
+    (sequence as u32).wrapping_mul(0x9E37_79B1) ^ key
+}
+
+/// The salt key of a directory whose segments are `segments` (see [`salt`]):
+/// the one its salted segments were written with, or a new random one when
+/// it has none (then no file holds records of an earlier salt: spares and
+/// pooled files are deleted on open).
+pub(crate) fn salt_key(segments: &[SegmentMeta]) -> u32 {
+    let inherited = segments.iter().rev().find_map(|meta| Some(meta.salt? ^ salt(meta.sequence, 0)));
+    inherited.unwrap_or_else(|| {
+        let mut key = [0u8; 4];
+        // SAFETY: getrandom writes at most 4 bytes into the 4-byte buffer.
+        let read = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+        assert_eq!(read, 4, "getrandom: {}", std::io::Error::last_os_error());
+        u32::from_ne_bytes(key)
+    })
 }
 
 /// What the log keeps in memory about each segment.
@@ -62,6 +145,9 @@ pub(crate) struct SegmentMeta {
     pub first_index: Index,
     pub path: PathBuf,
     pub index_max: Index,
+    /// The salt of its records' checksums; `None` for an unsalted segment
+    /// (never recycled).
+    pub salt: Option<u32>,
 }
 
 /// A preallocated file waiting to become the next segment.
@@ -71,6 +157,8 @@ pub(crate) struct Spare {
     pub file: tokio_uring::fs::File,
     /// Whether `file` was opened `O_DIRECT`.
     pub direct: bool,
+    /// Whether the file is a recycled segment (not zero-filled).
+    pub recycled: bool,
 }
 
 /// Creates, preallocates, zero-fills and durably records the spare segment
@@ -84,7 +172,26 @@ pub(crate) async fn create_spare(dir: PathBuf, sequence: u64, segment_bytes: u64
         return Err(error);
     }
     let (file, direct) = open_log_file(&path)?;
-    Ok(Spare { sequence, path, file, direct })
+    Ok(Spare { sequence, path, file, direct, recycled: false })
+}
+
+/// Takes a pooled recycled file (see [`recycle`]) as the spare segment
+/// `sequence`: its extents are written already, so it is only opened.
+pub(crate) async fn reuse_spare(path: PathBuf, sequence: u64) -> Result<Spare, WalError> {
+    let (file, direct) = open_log_file(&path)?;
+    Ok(Spare { sequence, path, file, direct, recycled: true })
+}
+
+/// Takes a segment compaction freed (or a snapshot voided) out of the log
+/// by renaming it to a pooled spare's name, and returns that name. The
+/// rename needs no directory sync of its own: should a crash undo it, the
+/// segment is back with the records it always had, which the snapshot
+/// covers or voids (as after an interrupted removal), and the switch that reuses the file syncs the
+/// directory before it writes a record.
+pub(crate) async fn recycle(meta: &SegmentMeta) -> Result<PathBuf, WalError> {
+    let pooled = meta.path.with_file_name(format!("{:010}{RECYCLED_SUFFIX}", meta.sequence));
+    tokio_uring::fs::rename(&meta.path, &pooled).await.map_err(|error| WalError::io("renaming", &meta.path, error))?;
+    Ok(pooled)
 }
 
 /// Creates, preallocates, zero-fills and syncs a spare segment file.
@@ -262,16 +369,19 @@ async fn write_zeros(path: &Path, length: u64) -> Result<(), WalError> {
 }
 
 /// Turns a spare into the live segment starting at `first_index`: rename, then
-/// directory sync, both before any record is written into it.
+/// directory sync, both before any record is written into it. Its records
+/// are salted with `salt` (see the module documentation), which its name
+/// records.
 pub(crate) async fn activate(
     dir: &Path,
     spare: Spare,
     first_index: Index,
+    salt: u32,
 ) -> Result<(SegmentMeta, tokio_uring::fs::File, bool), WalError> {
-    let path = dir.join(segment_file_name(spare.sequence, first_index));
+    let path = dir.join(salted_segment_file_name(spare.sequence, first_index, salt));
     tokio_uring::fs::rename(&spare.path, &path).await.map_err(|error| WalError::io("renaming", &spare.path, error))?;
     crate::dir::sync_dir(dir).await?;
-    let meta = SegmentMeta { sequence: spare.sequence, first_index, path, index_max: 0 };
+    let meta = SegmentMeta { sequence: spare.sequence, first_index, path, index_max: 0, salt: Some(salt) };
     Ok((meta, spare.file, spare.direct))
 }
 

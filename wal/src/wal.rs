@@ -126,10 +126,38 @@ impl Wal {
                 // The durable log now ends at the snapshot.
                 state.durable.index = meta.index;
                 state.started.index = meta.index;
-                state.segments.drain(..).map(|segment| segment.path).collect()
+                state.segments.drain(..).collect()
             }
         };
-        segment::remove(&config.dir, &removed, false).await
+        // Into the pool too: a follower chasing a busy leader's snapshots
+        // voids its log at every install, and the switch that starts the
+        // log anew would otherwise wait for a zero-filled spare each time
+        // (see `RECYCLED_SEGMENTS_MAX_DEFAULT`).
+        self.recycle_or_remove(removed, false).await
+    }
+}
+
+impl Wal {
+    /// Puts segments compaction or a snapshot freed into the pool of
+    /// recycled spares, as many as it has room for (only salted ones: see
+    /// `segment`, "Recycling"), and removes the rest (`paced`: see
+    /// [`segment::remove`]).
+    async fn recycle_or_remove(&self, freed: Vec<segment::SegmentMeta>, paced: bool) -> Result<(), WalError> {
+        let pooled = self.shared.state.borrow().recycled.len();
+        let mut room = self.shared.config.recycled_segments_max.saturating_sub(pooled);
+        let mut removed = Vec::new();
+        for meta in freed {
+            if room == 0 || meta.salt.is_none() {
+                removed.push(meta.path);
+                continue;
+            }
+            let path = segment::recycle(&meta).await?;
+            // The writer only takes from the pool, so the room counted
+            // above is still there.
+            self.shared.state.borrow_mut().recycled.push(path);
+            room -= 1;
+        }
+        segment::remove(&self.shared.config.dir, &removed, paced).await
     }
 }
 
@@ -224,11 +252,13 @@ impl LogStore for Wal {
                 stats.direct_io = direct;
                 // Groups start aligned; recovery checked that the bytes up to
                 // there are zeros (or zeroed a cut tail).
-                Some(Active { file: Rc::new(file), offset: segment::align_up(recovered.tail_offset) })
+                let (offset, salt) = (segment::align_up(recovered.tail_offset), last.salt.unwrap_or(0));
+                Some(Active { file: Rc::new(file), offset, salt })
             }
             None => None,
         };
         let start = Mark { sequence: 0, index: log.last_index, bytes: 0 };
+        let salt_key = segment::salt_key(&recovered.segments);
         let state = State {
             queue: VecDeque::new(),
             submitted: start,
@@ -242,6 +272,8 @@ impl LogStore for Wal {
             force_switch: false,
             write_limit: None,
             sequence_next: recovered.sequence_next + 1,
+            recycled: Vec::new(),
+            salt_key,
             failed: None,
             no_space: None,
             truncations: VecDeque::new(),
@@ -459,7 +491,7 @@ impl LogStore for Wal {
 
     async fn compact(&self, index: Index) -> Result<(), WalError> {
         let _exclusive = self.exclusive.lock().await;
-        let removed: Vec<std::path::PathBuf> = {
+        let freed: Vec<segment::SegmentMeta> = {
             let mut state = self.shared.state.borrow_mut();
             Self::check_usable(&state)?;
             if index > state.log.snapshot_index {
@@ -469,9 +501,9 @@ impl LogStore for Wal {
             // what stays must still replay without a gap.
             let candidates = state.segments.len().saturating_sub(1);
             let count = state.segments[..candidates].iter().take_while(|segment| segment.index_max <= index).count();
-            state.segments.drain(..count).map(|segment| segment.path).collect()
+            state.segments.drain(..count).collect()
         };
-        let result = segment::remove(&self.shared.config.dir, &removed, true).await;
+        let result = self.recycle_or_remove(freed, true).await;
         if let Err(error) = &result {
             self.shared.fail(error.clone());
         }

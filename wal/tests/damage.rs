@@ -107,14 +107,18 @@ fn log_spans_segments_named_by_first_index_with_a_spare_ready() {
     let names: Vec<String> =
         segments(&dir).iter().map(|path| path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert!(names.len() >= 3, "{names:?}");
-    assert!(names[0].ends_with("-00000000000000000001.wal"), "{names:?}");
+    assert!(names[0].starts_with("0000000001-00000000000000000001-"), "{names:?}");
     for path in segments(&dir) {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 512 << 10, "preallocated to segment_bytes");
     }
-    let (_, first_index) = names[1].trim_end_matches(".wal").split_once('-').unwrap();
+    let name = wal::segment::parse_segment(&names[1]).unwrap();
     let raw = std::fs::read(segments(&dir)[1].clone()).unwrap();
     let stored_first = u64::from_le_bytes(raw[8..16].try_into().unwrap());
-    assert_eq!(first_index.parse::<u64>().unwrap(), stored_first, "name carries the first record's index");
+    assert_eq!(name.first_index, stored_first, "name carries the first record's index");
+    // And the salt of the record's stored crc (see `wal::segment::salt`).
+    let stored_crc = u32::from_le_bytes(raw[..4].try_into().unwrap());
+    let length = u32::from_le_bytes(raw[4..8].try_into().unwrap()) as usize;
+    assert_eq!(stored_crc ^ name.salt.unwrap(), crc32c::crc32c(&raw[4..length]), "{names:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

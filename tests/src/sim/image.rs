@@ -2,12 +2,17 @@
 //! level (issue 16 item 5).
 //!
 //! Each durable append is one group: the entry batch, byte for byte as the
-//! WAL writes it, from a 4 KiB-aligned offset, padded with zeros to the next
+//! WAL writes it (its stored crc salted with the segment's salt), from a 4 KiB-aligned offset, padded with zeros to the next
 //! boundary, in segments that switch when the next group does not fit (or
 //! after a snapshot voided the log). A restart runs the WAL's own recovery
 //! decisions ([`wal::recover_images`]) over these bytes, so a fault is
 //! whatever that code makes of it: the simulator does not decide what a
 //! flipped bit or a misdirected write costs, the WAL does.
+//!
+//! Segments that compaction frees, or a snapshot voids, are recycled as the
+//! WAL recycles them (a small pool, deleted at a restart): a new segment may
+//! start as an old one's bytes, and wherever a write did not land (lost,
+//! torn) the disk holds those earlier bytes, or zeros in a fresh file.
 //!
 //! Faults ([`LogImage::damage`]), on a stopped node: a bit flipped in any
 //! written byte (a latent sector error), a group that never reached the disk
@@ -21,7 +26,7 @@
 use bytes::Bytes;
 use engine::config::Rng;
 use engine::{EntryBatch, Index};
-use wal::{ImageRecovery, WalConfig};
+use wal::{ImageRecovery, SegmentImage, WalConfig};
 
 /// The faults [`LogImage::damage`] injects, by kind.
 pub const FAULT_KINDS: [&str; 4] = ["bit flip", "lost write", "misdirected write", "torn write"];
@@ -30,15 +35,41 @@ pub const FAULT_KINDS: [&str; 4] = ["bit flip", "lost write", "misdirected write
 const SEGMENT_BYTES: usize = 64 << 10;
 const ALIGN: usize = 4096;
 
-/// One segment file: its name's first index and its written bytes (the rest
-/// of the file reads as zeros).
+/// One segment file: its name's first index and salt, and its written bytes
+/// (the rest of the file reads as zeros).
 #[derive(Clone, Debug)]
 struct Segment {
     first_index: Index,
+    /// Each record's stored crc is XORed with it, as the WAL writes.
+    salt: u32,
     bytes: Vec<u8>,
     /// Where each group's record starts and ends, and its last index.
     groups: Vec<(usize, usize, Index)>,
+    /// A recycled file's earlier life: what reads where this life wrote
+    /// nothing (zeros beyond it).
+    stale: Vec<u8>,
 }
+
+impl Segment {
+    /// `range` as the disk holds it where this life did not write: the
+    /// earlier life's bytes, or zeros.
+    fn underneath(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        range.map(|at| self.stale.get(at).copied().unwrap_or(0)).collect()
+    }
+
+    /// The whole file's bytes up to its last non-zero one, about.
+    fn image(&self) -> Vec<u8> {
+        let mut bytes = self.bytes.clone();
+        if self.stale.len() > bytes.len() {
+            bytes.extend_from_slice(&self.stale[bytes.len()..]);
+        }
+        bytes
+    }
+}
+
+/// The most compacted segments kept to recycle, as the WAL's pool (small,
+/// so that many new segments are fresh too).
+const POOL_MAX: usize = 2;
 
 /// The segments of one replica's log, in sequence order.
 #[derive(Clone, Debug, Default)]
@@ -46,7 +77,15 @@ pub struct LogImage {
     segments: Vec<Segment>,
     /// The next group opens a new segment.
     switch: bool,
+    /// The sequence of the last segment opened (its salt's input).
+    sequence: u64,
+    /// Compacted segments' bytes, for new segments to reuse (see
+    /// `wal::segment`, "Recycling"); a restart deletes them.
+    pool: Vec<Vec<u8>>,
 }
+
+/// The salt key of every simulated log (any value: see [`wal::segment::salt`]).
+const SALT_KEY: u32 = 0x5A17_5EED;
 
 fn config() -> WalConfig {
     WalConfig::new("sim", 1, 1)
@@ -60,19 +99,39 @@ impl LogImage {
         let fits = self.segments.last().is_some_and(|last| last.bytes.len() + record.len() <= SEGMENT_BYTES);
         if self.switch || !fits {
             self.switch = false;
-            self.segments.push(Segment { first_index: batch.first_index(), bytes: Vec::new(), groups: Vec::new() });
+            self.sequence += 1;
+            let salt = wal::segment::salt(self.sequence, SALT_KEY);
+            let stale = self.pool.pop().unwrap_or_default();
+            self.segments.push(Segment {
+                first_index: batch.first_index(),
+                salt,
+                bytes: Vec::new(),
+                groups: Vec::new(),
+                stale,
+            });
         }
         let segment = self.segments.last_mut().expect("just ensured");
         let start = segment.bytes.len();
         let landed = landed.unwrap_or(record.len()).min(record.len());
-        segment.bytes.extend_from_slice(&record[..landed]);
-        segment.bytes.resize((start + record.len()).next_multiple_of(ALIGN), 0);
+        let mut salted = record.to_vec();
+        let crc = u32::from_le_bytes(salted[..4].try_into().expect("a batch header")) ^ segment.salt;
+        salted[..4].copy_from_slice(&crc.to_le_bytes());
+        segment.bytes.extend_from_slice(&salted[..landed]);
+        let aligned_end = (start + record.len()).next_multiple_of(ALIGN);
+        if landed < record.len() {
+            // The rest of the write never landed: the file's earlier bytes.
+            let underneath = segment.underneath(start + landed..aligned_end);
+            segment.bytes.extend_from_slice(&underneath);
+        }
+        segment.bytes.resize(aligned_end, 0);
         segment.groups.push((start, start + record.len(), batch.last_index()));
     }
 
-    /// A snapshot that disagrees with the log voids every segment.
+    /// A snapshot that disagrees with the log voids every segment; they
+    /// are recycled as the WAL recycles them.
     pub fn void(&mut self) {
-        self.segments.clear();
+        let voided = self.segments.len();
+        self.free(voided);
         self.switch = true;
     }
 
@@ -82,21 +141,31 @@ impl LogImage {
         let candidates = self.segments.len().saturating_sub(1);
         let covered =
             self.segments[..candidates].iter().take_while(|segment| segment_index_max(segment) <= index).count();
-        self.segments.drain(..covered);
+        self.free(covered);
+    }
+
+    /// Takes the first `count` segments out of the log, into the pool while
+    /// it has room.
+    fn free(&mut self, count: usize) {
+        for segment in self.segments.drain(..count) {
+            if self.pool.len() < POOL_MAX {
+                self.pool.push(segment.image());
+            }
+        }
     }
 
     /// What the WAL's recovery makes of these bytes on top of a snapshot at
     /// `snapshot_index`, without changing them.
     pub fn plan(&self, snapshot_index: Index) -> ImageRecovery {
-        let images: Vec<(Index, Bytes)> = self
+        let images: Vec<SegmentImage> = self
             .segments
             .iter()
             .map(|segment| {
-                // The file goes on with zeros (preallocated) after the last
-                // group written.
-                let mut bytes = segment.bytes.clone();
+                // The file goes on with its earlier life's bytes, if it was
+                // recycled, then zeros (preallocated).
+                let mut bytes = segment.image();
                 bytes.resize(bytes.len().next_multiple_of(ALIGN) + ALIGN, 0);
-                (segment.first_index, Bytes::from(bytes))
+                SegmentImage { first_index: segment.first_index, salt: Some(segment.salt), bytes: Bytes::from(bytes) }
             })
             .collect();
         wal::recover_images(&images, snapshot_index, &config()).expect("recovery decides, it does not fail")
@@ -107,10 +176,14 @@ impl LogImage {
     pub fn recover(&mut self, snapshot_index: Index) -> ImageRecovery {
         let recovery = self.plan(snapshot_index);
         self.segments.truncate(recovery.kept);
-        for (segment, &end) in self.segments.iter_mut().zip(&recovery.ends) {
+        self.pool.clear();
+        for (position, (segment, &end)) in self.segments.iter_mut().zip(&recovery.ends).enumerate() {
             segment.bytes.truncate(end);
             segment.bytes.resize(end.next_multiple_of(ALIGN), 0);
             segment.groups.retain(|&(_, group_end, _)| group_end <= end);
+            if recovery.zeroed.contains(&position) {
+                segment.stale.clear();
+            }
         }
         recovery
     }
@@ -131,22 +204,28 @@ impl LogImage {
                 let byte = rng.range(0, segment.bytes.len() as u64) as usize;
                 segment.bytes[byte] ^= 1 << rng.range(0, 8);
             }
-            1 => segment.bytes[start..end].fill(0),
+            1 => {
+                let underneath = segment.underneath(start..end);
+                segment.bytes[start..end].copy_from_slice(&underneath);
+            }
             2 => {
                 let record = segment.bytes[start..end].to_vec();
-                segment.bytes[start..end].fill(0);
+                let underneath = segment.underneath(start..end);
+                segment.bytes[start..end].copy_from_slice(&underneath);
                 let target = &mut self.segments[written[rng.range(0, written.len() as u64) as usize]];
                 let slots = target.bytes.len().div_ceil(ALIGN) + 1;
                 let offset = rng.range(0, slots as u64) as usize * ALIGN;
                 let needed = (offset + record.len()).next_multiple_of(ALIGN);
                 if target.bytes.len() < needed {
-                    target.bytes.resize(needed, 0);
+                    let underneath = target.underneath(target.bytes.len()..needed);
+                    target.bytes.extend_from_slice(&underneath);
                 }
                 target.bytes[offset..offset + record.len()].copy_from_slice(&record);
             }
             _ => {
                 let from = rng.range(start as u64, end as u64) as usize;
-                segment.bytes[from..end].fill(0);
+                let underneath = segment.underneath(from..end);
+                segment.bytes[from..end].copy_from_slice(&underneath);
             }
         }
         Some(kind)
