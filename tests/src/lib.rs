@@ -63,7 +63,7 @@
 //! | `t90_regressions` | the smallest reproductions of what the simulator and the chaos tests found | instant |
 //!
 //! ```text
-//! cargo build --release -p node            # t50 and t60 use target/release/node
+//! cargo build --release -p node            # t50 and t60 use target/release/node (and refuse a stale one)
 //! cargo test --release -p tests
 //! SIM_SEEDS=20000 cargo test --release -p tests --test t10_simulation     # more seeds
 //! SIM_SEED=26 cargo test --release -p tests --test t10_simulation -- three_nodes --exact --nocapture
@@ -77,3 +77,86 @@
 
 pub mod linearizability;
 pub mod sim;
+
+/// The `node` binary next to the running test's executable
+/// (`target/<profile>/deps/<test>-*`), or `None` when there is none.
+///
+/// A binary older than any source file it is built from panics, naming
+/// the file: `cargo test -p tests` does not rebuild the `node` package's
+/// binary, so after an edit the real-process tests would otherwise test
+/// the code from before it, and pass or fail for the wrong reason.
+/// `cargo test --workspace` builds it first.
+pub fn node_binary() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let binary = exe.parent()?.parent()?.join("node");
+    let built = std::fs::metadata(&binary).ok()?.modified().ok()?;
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    if let Some((source, _)) = newer_sources(workspace, built).first() {
+        panic!(
+            "{} is older than {}: rebuild it (cargo build --release -p node), or run the whole workspace's tests",
+            binary.display(),
+            source.display()
+        );
+    }
+    Some(binary)
+}
+
+/// The Rust sources and manifests of the crates the `node` binary is built
+/// from that were modified after `built`, newest first.
+fn newer_sources(
+    workspace: &std::path::Path,
+    built: std::time::SystemTime,
+) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    fn walk(
+        dir: &std::path::Path,
+        built: std::time::SystemTime,
+        out: &mut Vec<(std::path::PathBuf, std::time::SystemTime)>,
+    ) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, built, out);
+            } else if path.extension().is_some_and(|ext| ext == "rs" || ext == "toml") {
+                if let Ok(modified) = entry.metadata().and_then(|meta| meta.modified()) {
+                    if modified > built {
+                        out.push((path, modified));
+                    }
+                }
+            }
+        }
+    }
+    let mut newer = Vec::new();
+    for krate in ["node", "engine", "wal", "net"] {
+        walk(&workspace.join(krate).join("src"), built, &mut newer);
+        let manifest = workspace.join(krate).join("Cargo.toml");
+        if let Ok(modified) = std::fs::metadata(&manifest).and_then(|meta| meta.modified()) {
+            if modified > built {
+                newer.push((manifest, modified));
+            }
+        }
+    }
+    newer.sort_by_key(|(_, modified)| std::cmp::Reverse(*modified));
+    newer
+}
+
+#[cfg(test)]
+mod binary_tests {
+    use std::time::{Duration, SystemTime};
+
+    /// A source edited after the binary was built is named; none is when
+    /// the binary is newer than every source.
+    #[test]
+    fn sources_newer_than_the_binary_are_found() {
+        let workspace = std::env::temp_dir().join(format!("tests-newer-sources-{}", std::process::id()));
+        std::fs::create_dir_all(workspace.join("wal/src/deep")).unwrap();
+        std::fs::write(workspace.join("wal/src/deep/edited.rs"), "// edited").unwrap();
+        std::fs::write(workspace.join("wal/src/notes.txt"), "not a source").unwrap();
+        let now = SystemTime::now();
+        let newer = super::newer_sources(&workspace, now - Duration::from_secs(60));
+        let names: Vec<_> = newer.iter().map(|(path, _)| path.strip_prefix(&workspace).unwrap().to_owned()).collect();
+        assert_eq!(names, [std::path::PathBuf::from("wal/src/deep/edited.rs")]);
+        assert!(super::newer_sources(&workspace, now + Duration::from_secs(60)).is_empty());
+        std::fs::remove_dir_all(&workspace).unwrap();
+    }
+}

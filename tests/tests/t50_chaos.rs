@@ -45,14 +45,6 @@ const KEYS: u8 = 4;
 
 type History = HistoryRecorder<NodeKvInput<u8, u64>, NodeKvOutput<u64>>;
 
-/// The `node` binary next to this test's executable (`target/<profile>/deps/t50_chaos-*`).
-fn node_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let binary = profile_dir.join("node");
-    binary.is_file().then_some(binary)
-}
-
 fn chaos_duration() -> Duration {
     Duration::from_secs(std::env::var("CHAOS_SECONDS").map_or(12, |s| s.parse().expect("CHAOS_SECONDS is a number")))
 }
@@ -689,7 +681,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn io_uring_or_skip() -> Option<PathBuf> {
-    let Some(binary) = node_binary() else {
+    let Some(binary) = tests::node_binary() else {
         eprintln!(
             "SKIPPED: no node binary next to {:?}; build it first (cargo build --release -p node)",
             std::env::current_exe().ok()

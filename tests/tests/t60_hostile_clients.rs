@@ -38,15 +38,9 @@ const CLIENT_PORT: u16 = 24_201;
 const MEMORY_PEER_PORT: u16 = 24_210;
 const MEMORY_CLIENT_PORT: u16 = 24_211;
 
-fn node_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let binary = exe.parent()?.parent()?.join("node");
-    binary.is_file().then_some(binary)
-}
-
 /// The node binary, or `None` after saying why the test skips.
 fn runnable_node_binary() -> Option<PathBuf> {
-    let Some(binary) = node_binary() else {
+    let Some(binary) = tests::node_binary() else {
         eprintln!(
             "SKIPPED: no node binary next to the test executable; build it first (cargo build --release -p node)"
         );
