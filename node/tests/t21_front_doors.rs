@@ -154,7 +154,7 @@ fn error_text<T: std::fmt::Debug>(result: RedisResult<T>) -> String {
 /// followers), with keys on both shards.
 #[test]
 fn every_command_through_every_node() {
-    let cluster = RespCluster::start(24_100, 2);
+    let cluster = RespCluster::start(28_100, 2);
     let leader = cluster.wait_ready();
     for id in 1..=3 {
         let role = if id == leader { "leader" } else { "follower" };
@@ -285,7 +285,7 @@ fn every_command_through_every_node() {
 /// clients, and bad input that closes only its own connection.
 #[test]
 fn auth_pipelines_atomicity_and_bad_input() {
-    let cluster = RespCluster::start(24_200, 1);
+    let cluster = RespCluster::start(28_200, 1);
     cluster.wait_ready();
     let port = cluster.resp_port(2);
     let anonymous = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
@@ -356,7 +356,7 @@ fn auth_pipelines_atomicity_and_bad_input() {
 /// land on their own shard.
 #[test]
 fn pipelined_writes_are_batched_in_order() {
-    let cluster = RespCluster::start(24_900, 2);
+    let cluster = RespCluster::start(28_900, 2);
     let leader = cluster.wait_ready();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let mut c = cluster.connect(follower);
@@ -411,7 +411,7 @@ fn pipelined_writes_are_batched_in_order() {
 fn per_user_tokens_and_roles() {
     const WRITER: &str = "writer-token-0123456789";
     const READER: &str = "reader-token-0123456789";
-    let cluster = RespCluster::start_with(25_000, 1, format!("writer:{WRITER}"), |dir| {
+    let cluster = RespCluster::start_with(29_000, 1, format!("writer:{WRITER}"), |dir| {
         let file = dir.join("client-tokens");
         std::fs::write(&file, format!("writer:read,write:{WRITER}\nreader:read:{READER}\n")).unwrap();
         vec!["--client-tokens".into(), file.display().to_string()]
@@ -449,7 +449,7 @@ fn per_user_tokens_and_roles() {
 /// acknowledged is lost.
 #[test]
 fn leader_killed_mid_stream() {
-    let mut cluster = RespCluster::start(24_300, 1);
+    let mut cluster = RespCluster::start(28_300, 1);
     let leader = cluster.wait_ready();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let survivor = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
@@ -487,7 +487,7 @@ fn leader_killed_mid_stream() {
 /// acknowledged and at most that plus the outcomes left unknown.
 #[test]
 fn leader_killed_under_pipelined_writes() {
-    let mut cluster = RespCluster::start(24_600, 1);
+    let mut cluster = RespCluster::start(28_600, 1);
     let leader = cluster.wait_ready();
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -563,7 +563,7 @@ fn redis_benchmark_runs_clean() {
         return;
     };
     assert!(version.status.success());
-    let cluster = RespCluster::start(24_400, 1);
+    let cluster = RespCluster::start(28_400, 1);
     let leader = cluster.wait_ready();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let requests = 2_000;
@@ -639,7 +639,7 @@ fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
 /// the stage histograms in seconds and the front door's connections.
 #[test]
 fn metrics_and_health_endpoints() {
-    let mut cluster = RespCluster::start(24_500, 2);
+    let mut cluster = RespCluster::start(28_500, 2);
     // Node 1 alone first: it answers /livez but is not ready.
     cluster.kill(2);
     cluster.kill(3);
