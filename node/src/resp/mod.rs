@@ -261,7 +261,10 @@ impl Connection {
                 Slot::Write { count, finish } => order.push(Some((count, finish))),
             }
         }
-        let writes = std::mem::take(&mut self.writes);
+        // The next pipeline is likely as long: its ops go into a vector of
+        // this one's size instead of one regrown from empty.
+        let next = Vec::with_capacity(self.writes.len());
+        let writes = std::mem::replace(&mut self.writes, next);
         let backend = self.server.backend.clone();
         let written = async move {
             if writes.is_empty() {
