@@ -392,9 +392,10 @@ impl SimDisk {
                 if super::trace::enabled() {
                     eprintln!("torn write of {}..={} at a crash", batch.first_index(), batch.last_index());
                 }
-                if batch.as_bytes()[landed..].iter().all(|&byte| byte == 0) {
-                    // What did not land is zeros, as the file already was:
-                    // the record is whole.
+                if self.image.torn_write_is_whole(&batch, landed) {
+                    // What did not land is what the file already held
+                    // there (zeros, or a recycled file's same record from
+                    // before a void): the record is whole.
                     self.make_durable(DiskWrite::Entries { batch, sequence });
                 } else {
                     self.image.write(&batch, Some(landed));

@@ -127,6 +127,30 @@ impl LogImage {
         segment.groups.push((start, start + record.len(), batch.last_index()));
     }
 
+    /// Whether a write of `batch` torn after `landed` bytes leaves the
+    /// whole record on the disk anyway: what did not land is what the file
+    /// already held there (zeros in a fresh file; a recycled file's earlier
+    /// life, which may be the same entry at the same offset, written before
+    /// a snapshot voided the log). Such a record is durable: recovery finds
+    /// it whole.
+    pub fn torn_write_is_whole(&self, batch: &EntryBatch, landed: usize) -> bool {
+        let record = batch.as_bytes();
+        let fits = self.segments.last().is_some_and(|last| last.bytes.len() + record.len() <= SEGMENT_BYTES);
+        let (salt, underneath): (u32, Vec<u8>) = if self.switch || !fits {
+            let stale = self.pool.last().cloned().unwrap_or_default();
+            let salt = wal::segment::salt(self.sequence + 1, SALT_KEY);
+            (salt, (landed..record.len()).map(|at| stale.get(at).copied().unwrap_or(0)).collect())
+        } else {
+            let last = self.segments.last().expect("fits implies a segment");
+            let start = last.bytes.len();
+            (last.salt, last.underneath(start + landed..start + record.len()))
+        };
+        let mut salted = record.to_vec();
+        let crc = u32::from_le_bytes(salted[..4].try_into().expect("a batch header")) ^ salt;
+        salted[..4].copy_from_slice(&crc.to_le_bytes());
+        salted[landed..] == underneath[..]
+    }
+
     /// A snapshot that disagrees with the log voids every segment; they
     /// are recycled as the WAL recycles them.
     pub fn void(&mut self) {
