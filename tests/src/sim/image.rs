@@ -96,8 +96,7 @@ impl LogImage {
     /// bytes reach the disk (a torn write).
     pub fn write(&mut self, batch: &EntryBatch, landed: Option<usize>) {
         let record = batch.as_bytes();
-        let fits = self.segments.last().is_some_and(|last| last.bytes.len() + record.len() <= SEGMENT_BYTES);
-        if self.switch || !fits {
+        if self.opens_segment(record.len()) {
             self.switch = false;
             self.sequence += 1;
             let salt = wal::segment::salt(self.sequence, SALT_KEY);
@@ -113,9 +112,7 @@ impl LogImage {
         let segment = self.segments.last_mut().expect("just ensured");
         let start = segment.bytes.len();
         let landed = landed.unwrap_or(record.len()).min(record.len());
-        let mut salted = record.to_vec();
-        let crc = u32::from_le_bytes(salted[..4].try_into().expect("a batch header")) ^ segment.salt;
-        salted[..4].copy_from_slice(&crc.to_le_bytes());
+        let salted = salted(record, segment.salt);
         segment.bytes.extend_from_slice(&salted[..landed]);
         let aligned_end = (start + record.len()).next_multiple_of(ALIGN);
         if landed < record.len() {
@@ -135,8 +132,7 @@ impl LogImage {
     /// it whole.
     pub fn torn_write_is_whole(&self, batch: &EntryBatch, landed: usize) -> bool {
         let record = batch.as_bytes();
-        let fits = self.segments.last().is_some_and(|last| last.bytes.len() + record.len() <= SEGMENT_BYTES);
-        let (salt, underneath): (u32, Vec<u8>) = if self.switch || !fits {
+        let (salt, underneath): (u32, Vec<u8>) = if self.opens_segment(record.len()) {
             let stale = self.pool.last().cloned().unwrap_or_default();
             let salt = wal::segment::salt(self.sequence + 1, SALT_KEY);
             (salt, (landed..record.len()).map(|at| stale.get(at).copied().unwrap_or(0)).collect())
@@ -145,10 +141,12 @@ impl LogImage {
             let start = last.bytes.len();
             (last.salt, last.underneath(start + landed..start + record.len()))
         };
-        let mut salted = record.to_vec();
-        let crc = u32::from_le_bytes(salted[..4].try_into().expect("a batch header")) ^ salt;
-        salted[..4].copy_from_slice(&crc.to_le_bytes());
-        salted[landed..] == underneath[..]
+        salted(record, salt)[landed..] == underneath[..]
+    }
+
+    /// Whether the next group, of `length` bytes, opens a new segment.
+    fn opens_segment(&self, length: usize) -> bool {
+        self.switch || self.segments.last().is_none_or(|last| last.bytes.len() + length > SEGMENT_BYTES)
     }
 
     /// A snapshot that disagrees with the log voids every segment; they
@@ -272,4 +270,13 @@ impl std::fmt::Display for LogImage {
 
 fn segment_index_max(segment: &Segment) -> Index {
     segment.groups.iter().map(|&(_, _, last)| last).max().unwrap_or(0)
+}
+
+/// `record` as the WAL stores it in a segment salted with `salt`: its
+/// stored crc XORed with the salt.
+fn salted(record: &[u8], salt: u32) -> Vec<u8> {
+    let mut salted = record.to_vec();
+    let crc = u32::from_le_bytes(salted[..4].try_into().expect("a batch header")) ^ salt;
+    salted[..4].copy_from_slice(&crc.to_le_bytes());
+    salted
 }
