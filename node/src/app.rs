@@ -22,6 +22,12 @@ pub trait StateMachine {
     /// the client that wrote it. `Err` refuses the command: the state must
     /// be unchanged, and the client gets `BadRequest` with the reason (every
     /// replica refuses it alike).
+    ///
+    /// Indexes never decrease, but several commands may share one: a leader
+    /// proposes the writes it takes at once as one log entry, whose commands
+    /// are applied in order at that entry's index. So an index tells where
+    /// the state is in the log (a snapshot is never taken between commands
+    /// of one entry), not which command this is.
     fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection>;
 
     /// Answers a read-only `query` from the applied state, without the log.

@@ -396,6 +396,12 @@ impl Sample {
             ),
             ("raft_node_writes_applied", "Client writes applied by this shard.", "writes_applied"),
             ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
+            (
+                "raft_node_groups_proposed",
+                "Log entries this leader proposed holding several writes.",
+                "groups_proposed",
+            ),
+            ("raft_node_writes_grouped", "Client writes this leader proposed in groups.", "writes_grouped"),
             ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),
             ("raft_node_not_leader", "Requests answered NotLeader.", "not_leader"),
             ("raft_node_busy", "Requests answered Busy (a bound was reached).", "busy"),

@@ -17,6 +17,21 @@
 //! | 8 | `ack`: 1 to `sequence` in a session, 0 outside |
 //! | rest | the application's command |
 //!
+//! A **group** is several writes proposed as one entry (the writes a
+//! leader took in one turn of its shard's loop), each applied as if it were
+//! an entry of its own, in order, at the group's index:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | [`GROUP_FORMAT`] |
+//! | 4 | count of writes, at least 2 |
+//! | then, per write | u32 length, then a write as above |
+//!
+//! A leader groups writes only once every member of the configuration that
+//! applies payloads has said its build reads groups (node command kind 7),
+//! so no replica of an older build ever applies a group as malformed while
+//! the others apply its writes.
+//!
 //! A **node command** starts with [`NODE_COMMAND_FORMAT`] and a kind byte:
 //!
 //! | kind | command | then |
@@ -27,6 +42,7 @@
 //! | 4 | the log's clock | milliseconds u64 |
 //! | 5 | session settings | sessions_max u32, timeout_ms u64, replies_max u32, reply_bytes_max u32 |
 //! | 6 | assign a joining node an id | nonce u64, peer and client addresses as in kind 1 (both present) |
+//! | 7 | member `id`'s build reads groups | id u64 |
 //!
 //! Configuration entries are applied too ([`NodeStateMachine::apply_conf`]):
 //! the state machine keeps the highest node id any configuration named and
@@ -52,6 +68,17 @@ use crate::session::{validate_settings, Admission, Cached, Refusal, SessionTable
 pub const WRITE_FORMAT: u8 = 2;
 /// Bytes of a write's envelope before the application's command.
 pub const WRITE_HEADER_SIZE: usize = 25;
+/// The first byte of a group of writes.
+pub const GROUP_FORMAT: u8 = 3;
+/// Bytes of a group before its first write's length: format and count.
+pub const GROUP_HEADER_SIZE: usize = 5;
+/// The most bytes of a group entry, header included; a write that would take
+/// a group past it starts the next one, and a larger write is an entry of
+/// its own. Small enough that a group's buffer comes from the allocator's
+/// heap, never a fresh mapping whose every page faults in on first touch (a
+/// 1 MiB bound made 4 KiB values slower), and large enough for a turn's
+/// worth of small writes (about 200 of 256 bytes).
+pub const GROUP_BYTES_MAX: usize = 64 << 10;
 /// The first byte of a node command entry.
 pub const NODE_COMMAND_FORMAT: u8 = 0x80;
 /// The longest address accepted in the address book.
@@ -73,6 +100,7 @@ const KIND_CLOSE_SESSION: u8 = 3;
 const KIND_CLOCK: u8 = 4;
 const KIND_SESSION_SETTINGS: u8 = 5;
 const KIND_ASSIGN_ID: u8 = 6;
+const KIND_READS_GROUPS: u8 = 7;
 
 /// A write as it travels through the log: its session and the
 /// application's command (borrowed from the entry).
@@ -148,6 +176,81 @@ pub fn encode_write_in(arena: &mut BytesMut, write: &Write<'_>) -> Bytes {
     arena.split().freeze()
 }
 
+/// The writes of a group entry (each a write's bytes), as far as its framing
+/// holds; for reading a group outside `apply` (prefetch, tools).
+pub fn group_writes(group: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut reader = Reader::new(group.get(GROUP_HEADER_SIZE..).unwrap_or_default());
+    std::iter::from_fn(move || {
+        let len = reader.u32("write length").ok()?;
+        reader.take_exact("write", len as usize).ok()
+    })
+}
+
+/// Gathers writes into one log entry: a group when there are several, the
+/// write's own envelope when there is one (so a lone write, as at one write
+/// in flight, is the entry it always was). Bytes are carved from a shared
+/// buffer, as [`encode_write_in`]'s are, and each write of a group can be
+/// taken out again without a copy ([`GroupBuilder::finish`] with `split`).
+#[derive(Default)]
+pub struct GroupBuilder {
+    buffer: BytesMut,
+    count: u32,
+}
+
+impl GroupBuilder {
+    /// Writes gathered so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes the group would take.
+    pub fn len_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Adds a write. The caller proposes the group first when this write
+    /// would take it past [`GROUP_BYTES_MAX`] (a group's buffer then never
+    /// grows: each group starts with room for the largest one).
+    pub fn push(&mut self, write: &Write<'_>) {
+        let size = 4 + WRITE_HEADER_SIZE + write.command.len();
+        if self.count == 0 {
+            let room = GROUP_BYTES_MAX.max(GROUP_HEADER_SIZE + size);
+            if self.buffer.capacity() < room {
+                self.buffer = BytesMut::with_capacity(room);
+            }
+            self.buffer.put_u8(GROUP_FORMAT);
+            self.buffer.put_u32_le(0);
+        }
+        self.buffer.put_u32_le((WRITE_HEADER_SIZE + write.command.len()) as u32);
+        write.encode_into(&mut self.buffer);
+        self.count += 1;
+    }
+
+    /// The gathered writes as entries, and the builder emptied: one entry
+    /// (a group, or a lone write's envelope) unless `split`, which gives
+    /// each write its own entry, in order.
+    pub fn finish(&mut self, split: bool) -> Vec<Bytes> {
+        let count = std::mem::take(&mut self.count);
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut group = self.buffer.split();
+        group[1..GROUP_HEADER_SIZE].copy_from_slice(&count.to_le_bytes());
+        let group = group.freeze();
+        if count > 1 && !split {
+            return vec![group];
+        }
+        let mut writes = Vec::with_capacity(count as usize);
+        let mut at = GROUP_HEADER_SIZE;
+        while at < group.len() {
+            let len = u32::from_le_bytes(group[at..at + 4].try_into().expect("four bytes")) as usize;
+            writes.push(group.slice(at + 4..at + 4 + len));
+            at += 4 + len;
+        }
+        writes
+    }
+}
+
 /// A node command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeCommand {
@@ -171,6 +274,10 @@ pub enum NodeCommand {
         nonce: u64,
         peer: String,
         client: String,
+    },
+    /// Member `id` runs a build that reads groups of writes.
+    ReadsGroups {
+        id: NodeId,
     },
 }
 
@@ -226,6 +333,10 @@ impl NodeCommand {
                 out.put_u8(KIND_CLOCK);
                 out.put_u64_le(*millis);
             }
+            NodeCommand::ReadsGroups { id } => {
+                out.put_u8(KIND_READS_GROUPS);
+                out.put_u64_le(*id);
+            }
             NodeCommand::SessionSettings(settings) => {
                 out.put_u8(KIND_SESSION_SETTINGS);
                 out.put_u32_le(settings.sessions_max);
@@ -269,6 +380,7 @@ impl NodeCommand {
             }
             KIND_CLOSE_SESSION => NodeCommand::CloseSession { client_id: reader.u64("client id").ok()? },
             KIND_CLOCK => NodeCommand::Clock { millis: reader.u64("millis").ok()? },
+            KIND_READS_GROUPS => NodeCommand::ReadsGroups { id: reader.u64("id").ok()? },
             KIND_SESSION_SETTINGS => NodeCommand::SessionSettings(SessionSettings {
                 sessions_max: reader.u32("sessions_max").ok()?,
                 timeout_ms: reader.u64("timeout").ok()?,
@@ -305,6 +417,9 @@ pub enum Applied {
     AddressesSet { id: NodeId },
     /// A joining node was given an id (or refused one).
     IdAssigned { result: Result<NodeId, String> },
+    /// A group's writes, each an [`Applied::Write`], in the group's order; a
+    /// group that does not decode at all is one malformed `Write`.
+    Group(Vec<Applied>),
     /// Another node command (or a malformed entry): nothing for a client
     /// beyond an empty `Ok`, or the refusal.
     Node(Result<(), String>),
@@ -333,6 +448,12 @@ pub struct NodeStateMachine<S> {
     /// The last index applied (application or node command, no-op or
     /// configuration). Invariant: never decreases, except by a restore.
     applied: Index,
+    /// Members that said their build reads groups (kind 7), as applied
+    /// since this process started or restored. Not replicated state: it
+    /// only tells a leader whether it may group writes (how a group is
+    /// applied does not depend on it), so it stays out of snapshots, and
+    /// members say it again to every new leader.
+    group_readers: BTreeSet<NodeId>,
 }
 
 impl<S: StateMachine> NodeStateMachine<S> {
@@ -343,7 +464,23 @@ impl<S: StateMachine> NodeStateMachine<S> {
             addresses: BTreeMap::new(),
             ids: MemberIds::default(),
             applied: 0,
+            group_readers: BTreeSet::new(),
         }
+    }
+
+    /// Whether member `id` said its build reads groups of writes.
+    pub fn reads_groups(&self, id: NodeId) -> bool {
+        self.group_readers.contains(&id)
+    }
+
+    /// Whether every member of `conf` that applies payloads (all but
+    /// witnesses) reads groups: a leader may then propose them.
+    pub fn all_read_groups(&self, conf: &engine::ConfState) -> bool {
+        conf.voters
+            .iter()
+            .chain(&conf.voters_outgoing)
+            .chain(&conf.learners)
+            .all(|&id| conf.is_witness(id) || self.group_readers.contains(&id))
     }
 
     /// Whether node `id` was removed from the cluster (it is never a member
@@ -425,8 +562,41 @@ impl<S: StateMachine> NodeStateMachine<S> {
         self.applied = index;
         match data.first() {
             Some(&NODE_COMMAND_FORMAT) => self.apply_node_command(index, data),
+            Some(&GROUP_FORMAT) => self.apply_group(index, data),
             _ => self.apply_write(index, data),
         }
+    }
+
+    /// Applies a group's writes in order, each as if it were an entry of its
+    /// own (its session admission, answer and refusal), at the group's
+    /// index. A write whose length does not fit is malformed, and so is
+    /// every write after it.
+    fn apply_group(&mut self, index: Index, data: &[u8]) -> Applied {
+        let malformed = |reason: String| Applied::Write { session: None, outcome: Outcome::Malformed(reason) };
+        let mut reader = Reader::new(&data[1..]);
+        let count = match reader.u32("group count") {
+            // Each write takes at least its length and header, so a count
+            // the bytes cannot hold is refused before anything is allocated.
+            Ok(count) if (count as usize) <= reader.remaining() / (4 + WRITE_HEADER_SIZE) => count,
+            Ok(count) => return malformed(format!("bad group: {count} writes in {} bytes", data.len())),
+            Err(error) => return malformed(format!("bad group: {error}")),
+        };
+        let mut applied = Vec::with_capacity(count as usize);
+        let mut broken = None;
+        for _ in 0..count {
+            if broken.is_none() {
+                let framed = reader.u32("write length").and_then(|len| reader.take_exact("write", len as usize));
+                match framed {
+                    Ok(write) => {
+                        applied.push(self.apply_write(index, write));
+                        continue;
+                    }
+                    Err(error) => broken = Some(format!("bad group: {error}")),
+                }
+            }
+            applied.push(malformed(broken.clone().unwrap_or_default()));
+        }
+        Applied::Group(applied)
     }
 
     fn apply_write(&mut self, index: Index, data: &[u8]) -> Applied {
@@ -483,6 +653,10 @@ impl<S: StateMachine> NodeStateMachine<S> {
                 self.sessions.advance(millis);
                 Applied::Node(Ok(()))
             }
+            NodeCommand::ReadsGroups { id } => {
+                self.group_readers.insert(id);
+                Applied::Node(Ok(()))
+            }
             NodeCommand::SessionSettings(settings) => match validate_settings(&settings) {
                 Ok(()) => {
                     self.sessions.set_settings(settings);
@@ -524,11 +698,15 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// Hands the application the commands of a committed batch (see
     /// [`StateMachine::prefetch`]).
     pub fn prefetch(&self, entries: &[engine::Entry]) {
-        let commands: Vec<&[u8]> = entries
-            .iter()
-            .filter(|entry| entry.kind == engine::EntryKind::Normal)
-            .filter_map(|entry| Write::decode(&entry.data).ok().map(|write| write.command))
-            .collect();
+        let mut commands: Vec<&[u8]> = Vec::with_capacity(entries.len());
+        for entry in entries.iter().filter(|entry| entry.kind == engine::EntryKind::Normal) {
+            if entry.data.first() == Some(&GROUP_FORMAT) {
+                commands
+                    .extend(group_writes(&entry.data).filter_map(|write| Write::decode(write).ok()).map(|w| w.command));
+            } else if let Ok(write) = Write::decode(&entry.data) {
+                commands.push(write.command);
+            }
+        }
         if !commands.is_empty() {
             self.app.prefetch(&commands);
         }

@@ -102,6 +102,10 @@ pub struct ShardStats {
     pub writes_applied: u64,
     /// Session writes this follower forwarded to the leader.
     pub writes_forwarded: u64,
+    /// Group entries this leader proposed (several writes each).
+    pub groups_proposed: u64,
+    /// The writes in those groups.
+    pub writes_grouped: u64,
     /// Forwarded writes answered here when their entry was applied.
     pub forwarded_answered: u64,
     pub reads_served: u64,
@@ -163,6 +167,8 @@ impl ShardStats {
             snapshot_restore_blocked: Stage::new(),
             writes_applied: 0,
             writes_forwarded: 0,
+            groups_proposed: 0,
+            writes_grouped: 0,
             forwarded_answered: 0,
             reads_served: 0,
             not_leader: 0,
@@ -203,6 +209,8 @@ impl ShardStats {
             },
             "writes_applied": self.writes_applied,
             "writes_forwarded": self.writes_forwarded,
+            "groups_proposed": self.groups_proposed,
+            "writes_grouped": self.writes_grouped,
             "forwarded_answered": self.forwarded_answered,
             "reads_served": self.reads_served,
             "not_leader": self.not_leader,

@@ -539,3 +539,52 @@ fn keys_spread_over_four_shards_and_read_back_through_any_node() {
         other => panic!("a misrouted read answered {other:?}"),
     }
 }
+
+/// Writes that reach the leader in one turn of its shard's loop are proposed
+/// as one log entry (a group of writes); each client still gets its own
+/// answer, in its session, and every write is applied exactly once.
+#[test]
+fn concurrent_writers_are_grouped_and_each_gets_its_own_answer() {
+    const WRITERS: u64 = 24;
+    const WRITES: u64 = 50;
+    const COUNTERS: u64 = 4;
+    let cluster = TestCluster::start(3, 22000);
+    let leader = cluster.leader();
+    let config = cluster.client(&[leader]);
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let config = config.clone();
+            scope.spawn(move || {
+                let mut client = BlockingClient::new(&config).expect("a client");
+                let session = client.open_session().expect("a session").client_id();
+                let key = Bytes::from(format!("counter-{}", writer % COUNTERS));
+                let mut last = 0;
+                for sequence in 1..=WRITES {
+                    let op = KvOp::Increment { key: key.clone(), delta: 1 };
+                    let answer = client
+                        .call_in_session(session, sequence, sequence, RequestBody::Write { command: op.encode() })
+                        .expect("write answered");
+                    let ResponseStatus::Ok(body) = answer else { panic!("writer {writer}: {answer:?}") };
+                    // The answer is this write's own: the counter after it,
+                    // higher than after this writer's previous increment.
+                    let Ok(KvResponse::Integer(value)) = KvResponse::decode(&body) else { panic!("{body:?}") };
+                    assert!(value > last, "writer {writer}: {value} after {last}");
+                    last = value;
+                }
+            });
+        }
+    });
+    for counter in 0..COUNTERS {
+        let value = cluster.get(&[leader], &format!("counter-{counter}"), ReadConsistency::Linearizable);
+        let expected = (WRITERS / COUNTERS * WRITES).to_string();
+        assert_eq!(value, Some(Bytes::from(expected)), "counter-{counter}: every increment applied once");
+    }
+    let stats = call(&config, RequestBody::Admin(AdminRequest::Stats)).expect("stats");
+    let ResponseStatus::Ok(json) = stats else { panic!("{stats:?}") };
+    let stats: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let grouped = stats["stats"]["writes_grouped"].as_u64().unwrap();
+    let groups = stats["stats"]["groups_proposed"].as_u64().unwrap();
+    eprintln!("{grouped} of {} writes proposed in {groups} groups", WRITERS * WRITES);
+    assert!(grouped > 0 && groups > 0, "{WRITERS} concurrent writers, and no two writes shared an entry: {stats}");
+    assert!(grouped >= 2 * groups, "a group holds at least two writes");
+}

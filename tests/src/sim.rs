@@ -94,6 +94,8 @@ pub struct Summary {
     pub restores_off_driver: u64,
     pub installs_while_restoring: u64,
     pub forwards_redirected: u64,
+    /// Writes leaders proposed in groups of several per entry.
+    pub writes_grouped: u64,
     pub clean_stops: u64,
     pub sessions_opened: u64,
     pub sessions_expired: u64,
@@ -764,6 +766,7 @@ impl World {
         self.summary.restores_off_driver = self.nodes.values().map(|node| node.restores_off_driver().0).sum();
         self.summary.installs_while_restoring = self.nodes.values().map(|node| node.restores_off_driver().1).sum();
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
+        self.summary.writes_grouped = self.nodes.values().map(|node| node.writes_grouped()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
         self.summary.no_space = self.nodes.values().map(|node| node.no_space()).sum();
         self.summary.appends_no_space = self.nodes.values().map(|node| node.appends_no_space()).sum();

@@ -59,6 +59,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.restores_off_driver += summary.restores_off_driver;
                 total.installs_while_restoring += summary.installs_while_restoring;
                 total.forwards_redirected += summary.forwards_redirected;
+                total.writes_grouped += summary.writes_grouped;
                 total.clean_stops += summary.clean_stops;
                 total.sessions_expired += summary.sessions_expired;
                 total.sessions_refused += summary.sessions_refused;
@@ -95,7 +96,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
          {} membership changes ({} more asked through the admin path), {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
          {} entries committed, {} forwarded writes answered; sessions: {} opened, {} found expired or evicted, \
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
-         while reads waited, {} restored off the driver ({} installed while one was), {} forwarded writes redirected by a term change, {} clean stops; unknown outcomes: {} \
+         while reads waited, {} restored off the driver ({} installed while one was), {} forwarded writes redirected by a term change, {} writes proposed in groups, {} clean stops; unknown outcomes: {} \
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
          {} seeds with several shards, {} crashes that lost durable entries, {} nodes run as witnesses ({} members \
          at the end, {} snapshots taken and {} installed by witnesses) ({:.0} seeds/s)",
@@ -120,6 +121,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.restores_off_driver,
         total.installs_while_restoring,
         total.forwards_redirected,
+        total.writes_grouped,
         total.clean_stops,
         total.unknown_placed,
         total.unknown_dropped,
@@ -182,6 +184,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
             assert!(total.installs_while_restoring > 0, "no snapshot was installed while another was restored");
         }
         assert!(total.forwards_redirected > 0, "no forwarded write crossed a term change");
+        assert!(total.writes_grouped > 0, "no leader proposed several writes as one entry");
         assert!(total.clean_stops > 0, "no node was stopped cleanly");
         assert!(total.completed > seeds, "clients completed almost nothing");
         assert!(multi_shard_seeds > 0, "no seed ran several shards per node");

@@ -129,6 +129,9 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     last_sweep: Instant,
     /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
     envelope_arena: BytesMut,
+    /// Groups of writes: what is gathered, and this node's word that it
+    /// reads them.
+    groups: Groups,
     /// Entries applied since the last [`Shard::take_applied`], when tracing
     /// is on (the simulator's state machine safety check).
     applied_trace: Option<Vec<Entry>>,
@@ -251,6 +254,7 @@ where
             stats: ShardStats::new(now),
             last_sweep: now,
             envelope_arena: BytesMut::new(),
+            groups: Groups::default(),
             applied_trace: None,
             log_clock: LogClock::default(),
             balanced_at: None,
@@ -317,6 +321,32 @@ where
         self.stats.appends_no_space = self.raft.appends_refused_no_space();
         self.balance_leadership(now);
         self.announce_addresses(now);
+        self.announce_reads_groups(now);
+    }
+
+    /// Says, through the leader, that this node's build reads groups of
+    /// writes (see `replicated`): once in each term with a leader, since a
+    /// new leader may not have applied the earlier word (it is kept in no
+    /// snapshot), and again while this node has not applied its own.
+    fn announce_reads_groups(&mut self, now: Instant) {
+        let me = self.ctx.node_id;
+        let term = self.raft.term();
+        if self.raft.leader() == engine::NODE_NONE
+            || self.raft.is_witness()
+            || !self.raft.conf().members().contains(&me)
+            || self.fsm.is_removed(me)
+            || (self.groups.announced_term == term && self.fsm.reads_groups(me))
+            || self.groups.announced_at.is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_RETRY)
+        {
+            return;
+        }
+        match self.raft.forward_proposal(crate::replicated::NodeCommand::ReadsGroups { id: me }.encode()) {
+            Ok(()) => {
+                self.groups.announced_term = term;
+                self.groups.announced_at = Some(now);
+            }
+            Err(error) => tracing::debug!(shard = self.ctx.shard_id, %error, "group reading not announced"),
+        }
     }
 
     /// A member whose replicated addresses are missing or not its own (it
@@ -526,4 +556,16 @@ where
     pub fn applied(&self) -> Index {
         self.fsm.applied()
     }
+}
+
+/// A shard's groups of writes (see `replicated`).
+#[derive(Default)]
+struct Groups {
+    /// The writes gathered as leader since the last proposal (their clients
+    /// wait in `requests.gathered`).
+    builder: crate::replicated::GroupBuilder,
+    /// The term in which this node last said its build reads groups, and
+    /// when.
+    announced_term: engine::Term,
+    announced_at: Option<Instant>,
 }

@@ -66,6 +66,7 @@ where
     /// Returns an error when storage failed: the shard must stop rather than
     /// report something durable that is not.
     pub async fn process(&mut self) -> Result<(), ShardError> {
+        self.propose_gathered();
         self.adopt_restored()?;
         self.on_durable();
         while self.raft.has_ready() {

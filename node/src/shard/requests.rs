@@ -14,7 +14,9 @@ use serde_json::json;
 
 use super::{Clock, Shard, ShardStorage, ShardTransport, REQUEST_TIMEOUT};
 use crate::app::{Rejection, StateMachine};
-use crate::replicated::{encode_write_in, Applied, NodeCommand, Outcome, SetAddresses, Write};
+use crate::replicated::{
+    encode_write_in, Applied, NodeCommand, Outcome, SetAddresses, Write, GROUP_BYTES_MAX, WRITE_HEADER_SIZE,
+};
 use crate::session::{merge_settings, validate_settings, Cached, Refusal};
 
 /// Forwarded writes (and session openings) waiting at once; more are
@@ -32,6 +34,15 @@ struct PendingWrite<R> {
     term: Term,
     reply: R,
     arrived: Instant,
+    proposed: Instant,
+}
+
+/// The writes of a group this leader proposed, answered in the group's
+/// order when its index is applied.
+struct PendingGroup<R> {
+    term: Term,
+    /// Each write's client and when it arrived.
+    clients: Vec<(R, Instant)>,
     proposed: Instant,
 }
 
@@ -57,6 +68,13 @@ pub(super) struct Requests<R> {
     /// Writes this leader proposed, by log index. Invariant: every index is
     /// above the applied index (an applied write is answered and removed).
     writes: HashMap<Index, PendingWrite<R>>,
+    /// Groups of writes this leader proposed, by log index; the same
+    /// invariant.
+    groups: HashMap<Index, PendingGroup<R>>,
+    /// The clients of the writes gathered since the last
+    /// [`Shard::propose_gathered`], in order (their bytes are in the shard's
+    /// group builder).
+    gathered: Vec<(R, Instant)>,
     /// Writes forwarded to the leader, by client id and sequence (a session
     /// close by its id and [`CLOSE_SEQUENCE`]), all forwarded in
     /// `forwarded_term`.
@@ -79,6 +97,8 @@ impl<R> Requests<R> {
     pub(super) fn new(nonce_salt: u64) -> Requests<R> {
         Requests {
             writes: HashMap::default(),
+            groups: HashMap::default(),
+            gathered: Vec::new(),
             forwarded: HashMap::default(),
             openings: HashMap::default(),
             forwarded_term: 0,
@@ -98,15 +118,20 @@ impl<R> Requests<R> {
     pub(super) fn drain_all(&mut self) -> Vec<R> {
         self.reads_waiting.clear();
         let writes = self.writes.drain().map(|(_, write)| write.reply);
+        let groups = self.groups.drain().flat_map(|(_, group)| group.clients).map(|(reply, _)| reply);
+        let gathered = self.gathered.drain(..).map(|(reply, _)| reply);
         let forwarded = self.forwarded.drain().map(|(_, write)| write.reply);
         let openings = self.openings.drain().map(|(_, write)| write.reply);
         let reads = self.reads.drain().map(|(_, read)| read.reply);
-        writes.chain(forwarded).chain(openings).chain(reads).collect()
+        writes.chain(groups).chain(gathered).chain(forwarded).chain(openings).chain(reads).collect()
     }
 
     pub(super) fn check_invariants(&self, applied: Index) -> Result<(), String> {
-        if let Some(index) = self.writes.keys().find(|&&index| index <= applied) {
+        if let Some(index) = self.writes.keys().chain(self.groups.keys()).find(|&&index| index <= applied) {
             return Err(format!("a write at index {index} waits, but {applied} is applied"));
+        }
+        if let Some((index, _)) = self.groups.iter().find(|(_, group)| group.clients.len() < 2) {
+            return Err(format!("the group at index {index} waits for fewer than two writes"));
         }
         if let Some((_, context)) = self.reads_waiting.iter().find(|(_, context)| !self.reads.contains_key(context)) {
             return Err(format!("read context {context} waits for its index but has no client"));
@@ -154,29 +179,16 @@ where
             self.transport.reply(reply, redirect);
             return;
         }
+        if !matches!(request.body, RequestBody::Write { .. }) {
+            // Whatever this request proposes goes after the writes that
+            // arrived before it.
+            self.propose_gathered();
+        }
         match request.body {
-            RequestBody::Write { command } => {
-                if command.len() > self.ctx.command_bytes_max {
-                    let status = ResponseStatus::BadRequest(format!(
-                        "command of {} bytes exceeds the limit of {} bytes",
-                        command.len(),
-                        self.ctx.command_bytes_max
-                    ));
-                    self.transport.reply(reply, status);
-                    return;
-                }
-                let write = Write {
-                    client_id: request.client_id,
-                    sequence: request.sequence,
-                    ack: request.ack,
-                    command: &command,
-                };
-                if let Err(reason) = write.check() {
-                    self.transport.reply(reply, ResponseStatus::BadRequest(reason.into()));
-                    return;
-                }
-                let data = encode_write_in(&mut self.envelope_arena, &write);
-                self.propose(data, (request.client_id, request.sequence), reply, arrived);
+            RequestBody::Write { ref command } => {
+                let write =
+                    Write { client_id: request.client_id, sequence: request.sequence, ack: request.ack, command };
+                self.write(write, reply, arrived);
             }
             RequestBody::Read { query, consistency } => self.read(query, consistency, reply, arrived),
             RequestBody::Status => {
@@ -195,6 +207,29 @@ where
                 self.propose(data, (request.client_id, CLOSE_SEQUENCE), reply, arrived);
             }
         }
+    }
+
+    /// A client's write: checked, then gathered (as leader), forwarded or
+    /// proposed.
+    fn write(&mut self, write: Write<'_>, reply: T::Reply, arrived: Instant) {
+        if write.command.len() > self.ctx.command_bytes_max {
+            let status = ResponseStatus::BadRequest(format!(
+                "command of {} bytes exceeds the limit of {} bytes",
+                write.command.len(),
+                self.ctx.command_bytes_max
+            ));
+            self.transport.reply(reply, status);
+            return;
+        }
+        if let Err(reason) = write.check() {
+            self.transport.reply(reply, ResponseStatus::BadRequest(reason.into()));
+            return;
+        }
+        if self.raft.role() == Role::Leader {
+            return self.gather(&write, reply, arrived);
+        }
+        let data = encode_write_in(&mut self.envelope_arena, &write);
+        self.propose(data, (write.client_id, write.sequence), reply, arrived);
     }
 
     /// Proposes a session opening (forwarding it from a follower when the
@@ -295,6 +330,70 @@ where
         }
     }
 
+    /// As leader, gathers a write into the group that the next
+    /// [`Shard::propose_gathered`] proposes (at the latest when the shard
+    /// processes its Ready, in the same turn of its loop): so the writes a
+    /// turn takes become one log entry, with one entry's cost in the
+    /// engine, the log, the messages and the apply loop, and no write
+    /// waits longer than it did alone.
+    fn gather(&mut self, write: &Write<'_>, reply: T::Reply, arrived: Instant) {
+        if self.refuse_for_no_space() {
+            self.transport.reply(reply, ResponseStatus::NoSpace);
+            return;
+        }
+        let size = 4 + WRITE_HEADER_SIZE + write.command.len();
+        if self.groups.builder.count() > 0 && self.groups.builder.len_bytes() + size > GROUP_BYTES_MAX {
+            self.propose_gathered();
+        }
+        self.groups.builder.push(write);
+        self.requests.gathered.push((reply, arrived));
+    }
+
+    /// Proposes the gathered writes: as one group entry when every member
+    /// that applies payloads reads groups (see `replicated`), else one
+    /// entry each, as before groups existed.
+    pub(super) fn propose_gathered(&mut self) {
+        if self.requests.gathered.is_empty() {
+            return;
+        }
+        let clients = std::mem::take(&mut self.requests.gathered);
+        let groups = self.fsm.all_read_groups(self.raft.conf());
+        let entries = self.groups.builder.finish(!groups);
+        let now = self.clock.now();
+        if entries.len() == 1 && clients.len() > 1 {
+            let data = entries.into_iter().next().expect("one entry");
+            match self.raft.propose(data) {
+                Ok((index, term)) => {
+                    for (_, arrived) in &clients {
+                        self.stats.queued.record(now.saturating_duration_since(*arrived));
+                    }
+                    self.stats.groups_proposed += 1;
+                    self.stats.writes_grouped += clients.len() as u64;
+                    self.requests.groups.insert(index, PendingGroup { term, clients, proposed: now });
+                }
+                Err(error) => {
+                    let status = self.refusal(error);
+                    for (reply, _) in clients {
+                        self.transport.reply(reply, status.clone());
+                    }
+                }
+            }
+            return;
+        }
+        for (data, (reply, arrived)) in entries.into_iter().zip(clients) {
+            match self.raft.propose(data) {
+                Ok((index, term)) => {
+                    self.stats.queued.record(now.saturating_duration_since(arrived));
+                    self.requests.writes.insert(index, PendingWrite { term, reply, arrived, proposed: now });
+                }
+                Err(error) => {
+                    let status = self.refusal(error);
+                    self.transport.reply(reply, status);
+                }
+            }
+        }
+    }
+
     /// Sends a session write to the leader; the entry's client id and
     /// sequence find the client again when it is applied here. A retry of a
     /// write still waiting replaces the first wait (the session applies the
@@ -352,6 +451,11 @@ where
         let redirect = self.leader_redirect();
         for (_, write) in self.requests.writes.drain() {
             self.transport.reply(write.reply, redirect.clone());
+        }
+        for (_, group) in self.requests.groups.drain() {
+            for (reply, _) in group.clients {
+                self.transport.reply(reply, redirect.clone());
+            }
         }
     }
 
@@ -442,6 +546,9 @@ where
     /// (`None` for a no-op or configuration entry); `committed` is when its
     /// batch was handed over.
     pub(super) fn answer_applied(&mut self, index: Index, term: Term, applied: Option<&Applied>, committed: Instant) {
+        if let Some(Applied::Group(writes)) = applied {
+            return self.answer_group(index, term, writes, committed);
+        }
         let forwarded = match applied {
             Some(Applied::Write { session: Some(key), .. }) => self.requests.forwarded.remove(key),
             Some(Applied::SessionClosed { client_id }) => self.requests.forwarded.remove(&(*client_id, CLOSE_SEQUENCE)),
@@ -475,6 +582,49 @@ where
         self.transport.reply(write.reply, status);
     }
 
+    /// Answers the clients of an applied group: each write's client here,
+    /// and any client of one of its writes that this node forwarded (a
+    /// retry sent to the leader directly may land in a group).
+    fn answer_group(&mut self, index: Index, term: Term, writes: &[Applied], committed: Instant) {
+        if !self.requests.forwarded.is_empty() {
+            for write in writes {
+                let Applied::Write { session: Some(key), .. } = write else { continue };
+                if let Some(forwarded) = self.requests.forwarded.remove(key) {
+                    let now = self.clock.now();
+                    self.stats.total.record(now.saturating_duration_since(forwarded.arrived));
+                    self.stats.writes_applied += 1;
+                    self.stats.forwarded_answered += 1;
+                    let status = self.applied_status(Some(write));
+                    self.transport.reply(forwarded.reply, status);
+                }
+            }
+        }
+        let Some(group) = self.requests.groups.remove(&index) else { return };
+        if group.term != term {
+            // Another leader's entry replaced ours at this index.
+            let redirect = self.leader_redirect();
+            for (reply, _) in group.clients {
+                self.transport.reply(reply, redirect.clone());
+            }
+            return;
+        }
+        let now = self.clock.now();
+        let replication = committed.saturating_duration_since(group.proposed);
+        self.stats.replication.record_n(replication, group.clients.len() as u64);
+        for (at, (reply, arrived)) in group.clients.into_iter().enumerate() {
+            // Every replica decodes the same bytes, so a group this leader
+            // built has as many answers as writes; were it not so, the
+            // clients without one hear that their write was malformed.
+            let status = match writes.get(at) {
+                Some(write) => self.applied_status(Some(write)),
+                None => ResponseStatus::BadRequest("the write's group entry did not decode".into()),
+            };
+            self.stats.total.record(now.saturating_duration_since(arrived));
+            self.stats.writes_applied += 1;
+            self.transport.reply(reply, status);
+        }
+    }
+
     /// The client's answer for an applied entry.
     fn applied_status(&self, applied: Option<&Applied>) -> ResponseStatus {
         let Some(applied) = applied else { return ResponseStatus::Ok(Bytes::new()) };
@@ -502,6 +652,7 @@ where
                 ResponseStatus::Ok(Bytes::from(json!({ "node_id": id }).to_string()))
             }
             Applied::IdAssigned { result: Err(reason) } => ResponseStatus::BadRequest(reason.clone()),
+            Applied::Group(_) => ResponseStatus::BadRequest("a group has an answer per write".into()),
         }
     }
 
@@ -509,6 +660,11 @@ where
     pub(super) fn sweep_timeouts(&mut self, now: Instant) {
         for (_, write) in take_expired(&mut self.requests.writes, now, REQUEST_TIMEOUT, |write| write.arrived) {
             self.transport.reply(write.reply, ResponseStatus::TimedOut);
+        }
+        for (_, group) in take_expired(&mut self.requests.groups, now, REQUEST_TIMEOUT, |group| group.clients[0].1) {
+            for (reply, _) in group.clients {
+                self.transport.reply(reply, ResponseStatus::TimedOut);
+            }
         }
         self.drop_stale_forwards();
         for (_, write) in take_expired(&mut self.requests.forwarded, now, FORWARD_TIMEOUT, |write| write.arrived) {
@@ -927,7 +1083,8 @@ where
                 "disk_full": p.no_space,
             })).collect::<Vec<_>>(),
             "sessions": sessions_json(self.fsm.sessions().len(), self.fsm.sessions().settings(), self.fsm.sessions().time()),
-            "pending_writes": self.requests.writes.len(),
+            "pending_writes": self.requests.writes.len()
+                + self.requests.groups.values().map(|group| group.clients.len()).sum::<usize>(),
             "forwarded_writes_waiting": self.requests.forwarded.len(),
             "writes_forwarded": self.stats.writes_forwarded,
             "pending_reads": self.requests.reads.len(),

@@ -110,6 +110,7 @@ struct Counts {
     restores_off_driver: u64,
     installs_while_restoring: u64,
     forwards_redirected: u64,
+    writes_grouped: u64,
     no_space: u64,
     appends_no_space: u64,
 }
@@ -123,6 +124,7 @@ impl Counts {
         self.restores_off_driver += stats.restores_off_driver;
         self.installs_while_restoring += stats.installs_while_restoring;
         self.forwards_redirected += stats.forwards_redirected;
+        self.writes_grouped += stats.writes_grouped;
         self.no_space += stats.no_space + stats.snapshot_chunks_no_space;
         self.appends_no_space += stats.appends_no_space;
     }
@@ -486,6 +488,7 @@ impl SimNode {
             total.restores_off_driver += counts.restores_off_driver;
             total.installs_while_restoring += counts.installs_while_restoring;
             total.forwards_redirected += counts.forwards_redirected;
+            total.writes_grouped += counts.writes_grouped;
             total.no_space += counts.no_space;
             total.appends_no_space += counts.appends_no_space;
         }
@@ -532,6 +535,11 @@ impl SimNode {
     }
 
     /// Forwarded writes redirected by a term change, over all restarts.
+    /// Writes leaders proposed in groups (several writes per entry).
+    pub fn writes_grouped(&self) -> u64 {
+        self.counts().writes_grouped
+    }
+
     pub fn forwards_redirected(&self) -> u64 {
         self.counts().forwards_redirected
     }
