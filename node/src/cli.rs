@@ -273,7 +273,8 @@ pub struct ServeOptions {
     /// this many bytes, however few they are (the factor still applies), and
     /// keep at most a quarter of it in the log below a snapshot: with large
     /// values, counting entries alone lets the in-memory log grow to
-    /// `snapshot-entries` times the value size (0: entries only).
+    /// `snapshot-entries` times the value size (0: entries only). A budget
+    /// for the node: each of its shards gets an even part.
     /// [default: 268435456, 256 MiB]
     #[arg(long, value_name = "BYTES")]
     pub snapshot_log_bytes: Option<u64>,

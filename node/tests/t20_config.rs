@@ -149,7 +149,8 @@ fn a_full_serve_command_line() {
     assert_eq!(config.snapshot_write_rate, 1 << 20);
     let engine = config.engine_config(vec![1, 2, 3]);
     assert_eq!(engine.heartbeat_ticks, 3);
-    assert_eq!((engine.snapshot_entries, engine.snapshot_log_factor, engine.snapshot_log_bytes), (5000, 3, 1_000_000));
+    // The node's budget of log bytes is split over its four shards.
+    assert_eq!((engine.snapshot_entries, engine.snapshot_log_factor, engine.snapshot_log_bytes), (5000, 3, 250_000));
     assert_eq!(engine.snapshot_entries_jitter, 2500, "replicas spread their snapshots over half an interval");
     engine.validate().unwrap();
 }

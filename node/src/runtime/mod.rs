@@ -615,7 +615,7 @@ where
             wal_config.batch_bytes_max = batch_limit;
             wal_config.snapshot_write_rate = config.snapshot_write_rate;
             if config.snapshot_log_bytes > 0 {
-                wal_config.snapshot_log_slack = config.snapshot_log_bytes / 2;
+                wal_config.snapshot_log_slack = config.shard_snapshot_log_bytes() / 2;
             }
             wal_config.write_bytes_max = wal_config.write_bytes_max.max(batch_limit);
             LogOptions::Wal(Box::new(wal_config))
