@@ -705,6 +705,9 @@ impl World {
                 node.restart();
             }
         }
+        for client in &mut self.clients {
+            client.pauses = false;
+        }
         let healed_at = self.now;
         let baseline: Vec<u64> = self.clients.iter().map(|client| client.completed).collect();
         let deadline = healed_at + HEAL_TIME_MAX;
