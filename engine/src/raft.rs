@@ -305,8 +305,8 @@ pub struct Raft {
     /// has an empty log and no snapshot and has not yet heard from a leader:
     /// either a new cluster is bootstrapping or its data directory was wiped
     /// (see [`REPAIR_UNKNOWN`]). It votes for an empty log (a new cluster's
-    /// first election needs that) and otherwise only as
-    /// `unknown_past_vote_allowed` says.
+    /// first election needs that) while no voter reported a log that is not
+    /// empty, and otherwise only as `unknown_past_vote_allowed` says.
     unverified: bool,
     /// While `unverified` or repairing to [`REPAIR_UNKNOWN`]: the most up
     /// to date (last log term, last log index) and the highest current term
@@ -1893,9 +1893,16 @@ impl Raft {
             self.note_report(from, term, request);
         }
         // A replica with an empty log may be a wiped one: it votes freely
-        // only for an empty log (a cluster's first election).
+        // only for an empty log (a cluster's first election), and only
+        // while no voter reported a log that is not empty. Once one has,
+        // the cluster has a history that an empty log may lack (seed 132274
+        // of five_nodes_with_storage_faults: a witness in repair to an
+        // unknown target, whose entries were lost, helped elect an empty
+        // log that lacked two entries it had helped commit), and the
+        // reports rule below decides.
         let can_vote = if past_unknown {
-            request.last_log_index == 0 || self.unknown_past_vote_allowed(term, request, pre)
+            let no_history_reported = self.reports.values().all(|&(_, last_index, _)| last_index == 0);
+            (request.last_log_index == 0 && no_history_reported) || self.unknown_past_vote_allowed(term, request, pre)
         } else {
             self.repair_vote_allowed(request)
         } && (self.vote == from

@@ -318,6 +318,66 @@ fn wiped_voter_in_repair_refuses_votes() {
     assert_eq!(ask_vote(&mut replica, 3, 5, request, false), vec![false]);
 }
 
+/// Found by `t10_simulation` (seed 132274 of five_nodes_with_storage_faults,
+/// on 1a44944): witness 5 helped commit entries 1-2 of term 2 with nodes 1
+/// and 4, then came back in repair to [`engine::REPAIR_UNKNOWN`] without
+/// them. Nodes 2 and 3 had never received an entry. The witness granted
+/// node 2 its vote because node 2's log was empty (the rule that lets a new
+/// cluster hold its first election), and node 2 led term 3 without the
+/// committed entries. (The cause of that seed, a stale unknown target, is
+/// `the_end_of_an_unknown_repair_survives_a_crash`; this is the vote.)
+///
+/// Fixed in engine/src/raft.rs `handle_vote_request`: a replica with an
+/// unknown past votes freely for an empty log only while no voter reported
+/// a log that is not empty; once one has, the cluster has a history, and
+/// only the reports rule can let it vote.
+#[test]
+fn replica_with_an_unknown_past_refuses_an_empty_log_once_a_history_was_reported() {
+    use engine::VoteRequest;
+    let empty = VoteRequest { last_log_index: 0, last_log_term: 0, transfer: false, commit: 0 };
+    let history = VoteRequest { last_log_index: 21, last_log_term: 2, transfer: false, commit: 2 };
+    // It heard a leader after starting empty.
+    let heard = || {
+        let mut replica = Raft::new(Config::new(5, vec![1, 2, 3, 4, 5]), Recovered::default()).expect("valid config");
+        replica
+            .step(Message { from: 4, to: 5, term: 2, body: MessageBody::Heartbeat { commit: 0, read_context: 0 } })
+            .expect("accepted");
+        assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
+        let ready = replica.ready();
+        replica.advance(ready);
+        // Node 4 is gone: its lease runs out (a replica in repair starts
+        // no election meanwhile).
+        for _ in 0..100 {
+            replica.tick();
+        }
+        replica
+    };
+    // Its storage found its hard state damaged (the write-ahead log reports
+    // that as an unknown acknowledgement).
+    let damaged = || {
+        let recovered = Recovered {
+            hard_state: HardState { term: 2, vote: 4, commit: 0, ack_term: 2 },
+            acknowledged: engine::REPAIR_UNKNOWN,
+            ..Recovered::default()
+        };
+        let replica = Raft::new(Config::new(5, vec![1, 2, 3, 4, 5]), recovered).expect("valid config");
+        assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
+        replica
+    };
+    for (name, make) in [("heard a leader", &heard as &dyn Fn() -> Raft), ("damaged hard state", &damaged)] {
+        // With no history reported, an empty log gets its vote (a cluster
+        // whose first leader left nothing durable anywhere must elect).
+        let mut replica = make();
+        assert_eq!(ask_vote(&mut replica, 2, 3, empty, true), vec![true], "{name}: nothing reported");
+        // Node 1 reports entries up to 21 of term 2 (its own campaign: one
+        // report of the three needed, so refused).
+        let mut replica = make();
+        assert_eq!(ask_vote(&mut replica, 1, 3, history, true), vec![false], "{name}: one report of three");
+        assert_eq!(ask_vote(&mut replica, 2, 3, empty, true), vec![false], "{name}: pre-vote for an empty log");
+        assert_eq!(ask_vote(&mut replica, 2, 3, empty, false), vec![false], "{name}: vote for an empty log");
+    }
+}
+
 /// A wiped replica (empty log, no vote remembered) may vote again once it
 /// heard vote requests from enough other voters (2 of 3) that one of them
 /// held every committed entry, for the most up-to-date of them, in a term
@@ -484,4 +544,122 @@ fn replica_in_repair_votes_for_a_candidate_that_committed_its_target() {
             "pre-vote {pre}: a candidate that committed 72 holds whatever of it was committed"
         );
     }
+}
+
+/// Found by `t10_simulation` (seed 132285 of three_nodes_with_storage_faults):
+/// node 2 restarted empty, heard leader 1 and repaired to
+/// [`engine::REPAIR_UNKNOWN`]; the commit index reached it while it still
+/// repaired, so the last hard-state save recorded that unknown target as
+/// acknowledged. Its repair then ended with no later save (the commit index
+/// stayed put), so after a crash it came back in repair with every entry it
+/// had, unable to campaign. Leader 1 had lost its unsynced entries 8-9 in
+/// the same crash and could not win the witness's vote: no leader, forever.
+///
+/// Fixed in node/src/shard/ready.rs `save_unknown_repair_end`: the end of
+/// an unknown repair whose start was saved is saved too, once the log that
+/// ended it is durable.
+#[test]
+fn the_end_of_an_unknown_repair_survives_a_crash() {
+    // Crashed with everything durable: whole.
+    let mut node = repaired_from_an_unknown_past();
+    settle(&mut node);
+    crash_and_restart(&mut node);
+    assert_eq!(node.raft(0).last_index(), 3);
+    assert_eq!(
+        node.raft(0).repair_target(),
+        None,
+        "a replica that finished its repair and crashed with everything durable is in repair again"
+    );
+    // Crashed before the entry that ended the repair was durable: in repair
+    // to the unknown target again, not to an index that may exist nowhere.
+    let mut node = repaired_from_an_unknown_past();
+    crash_and_restart(&mut node);
+    assert_eq!(node.raft(0).last_index(), 2);
+    assert_eq!(node.raft(0).repair_target(), Some(engine::REPAIR_UNKNOWN));
+}
+
+/// Found by `t10_simulation` (seed 133695 of three_nodes): a replica whose
+/// repair to the unknown target started and ended in one Ready (its first
+/// append from a leader, in a new term) had the log's end recorded as
+/// acknowledged by that Ready's hard-state save, before the entry was
+/// durable. The crash lost the entry, which no one else had either, and the
+/// replica stayed in repair for it: with a witness, no one could be elected.
+///
+/// Fixed in node/src/shard/ready.rs `repair_changed`: such a repair records
+/// nothing, so a crash brings the replica back as it started: with an empty
+/// log and no repair target (unverified, which a leader's log of any length
+/// ends).
+#[test]
+fn a_repair_started_and_ended_at_once_waits_for_no_lost_entry() {
+    let mut node = sim_node();
+    node.step(0, from_leader_1(1, append(0, 0, 0, &[entry(1, 1)])));
+    node.process();
+    assert_eq!(node.raft(0).repair_target(), None, "started and ended within one Ready");
+    crash_and_restart(&mut node);
+    assert_eq!(node.raft(0).last_index(), 0, "the entry was never durable");
+    assert_eq!(node.raft(0).repair_target(), None, "in repair for an entry that may exist nowhere");
+    assert!(node.raft(0).past_unknown(), "it starts again as an empty replica does");
+    // Once durable, it stays.
+    let mut node = sim_node();
+    node.step(0, from_leader_1(1, append(0, 0, 0, &[entry(1, 1)])));
+    settle(&mut node);
+    crash_and_restart(&mut node);
+    assert_eq!((node.raft(0).last_index(), node.raft(0).repair_target()), (1, None));
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() }
+}
+
+fn append(prev_index: u64, prev_term: u64, commit: u64, entries: &[Entry]) -> MessageBody {
+    MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: Some(EntryBatch::encode(entries)) })
+}
+
+/// A message from node 1 to node 2 in `term`.
+fn from_leader_1(term: u64, body: MessageBody) -> Message {
+    Message { from: 1, to: 2, term, body }
+}
+
+/// Node 2 of three, a simulated node over a simulated disk.
+fn sim_node() -> tests::sim::node::SimNode {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    let effects = Rc::new(RefCell::new(tests::sim::effects::WriteEffects::default()));
+    let clock = Rc::new(Cell::new(0));
+    tests::sim::node::SimNode::new(Config::new(2, vec![1, 2, 3]), 1, clock, std::time::Instant::now(), false, effects)
+}
+
+/// Every queued write lands, and the driver hears of it.
+fn settle(node: &mut tests::sim::node::SimNode) {
+    for _ in 0..4 {
+        node.process();
+        node.disk_progress(0, usize::MAX, true, false);
+    }
+}
+
+/// A crash that lands none of the queued writes, and a restart.
+fn crash_and_restart(node: &mut tests::sim::node::SimNode) {
+    // Seed 7's first draws (see `SimDisk::lose_unsynced`) land nothing.
+    node.crash(&mut engine::config::Rng::new(7));
+    node.restart();
+}
+
+/// Node 2 started empty, heard leader 1 (its past unknown, saved), took
+/// entries 1-2 of term 1 with commit index 2 from the leader of term 2 (the
+/// repair goes on: no entry of the leader's term yet; the commit index is
+/// saved with the unknown target), then entry 3 of term 2 with the same
+/// commit index, which ends the repair; that last entry is not durable yet.
+fn repaired_from_an_unknown_past() -> tests::sim::node::SimNode {
+    let mut node = sim_node();
+    node.step(0, from_leader_1(1, MessageBody::Heartbeat { commit: 0, read_context: 0 }));
+    settle(&mut node);
+    assert_eq!(node.raft(0).repair_target(), Some(engine::REPAIR_UNKNOWN));
+    node.step(0, from_leader_1(2, append(0, 0, 2, &[entry(1, 1), entry(2, 1)])));
+    settle(&mut node);
+    assert_eq!(node.raft(0).committed(), 2);
+    assert_eq!(node.raft(0).repair_target(), Some(engine::REPAIR_UNKNOWN));
+    node.step(0, from_leader_1(2, append(2, 1, 2, &[entry(3, 2)])));
+    node.process();
+    assert_eq!(node.raft(0).repair_target(), None, "repaired");
+    node
 }

@@ -120,6 +120,10 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     repair_seen: Option<Index>,
     /// `Raft::unknown_repairs` as of the last Ready.
     unknown_repairs_seen: u64,
+    /// A repair to `engine::REPAIR_UNKNOWN` whose start was saved ended
+    /// with the log at this index: its end is saved once that is durable
+    /// (see `save_unknown_repair_end`).
+    unknown_repair_end: Option<Index>,
     /// A received snapshot was dropped on a full disk since the last
     /// install (its warning is logged once per episode).
     snapshot_no_space: bool,
@@ -249,6 +253,7 @@ where
             leader_seen: engine::NODE_NONE,
             repair_seen,
             unknown_repairs_seen: 0,
+            unknown_repair_end: None,
             repair_progress,
             snapshot_no_space: false,
             stats: ShardStats::new(now),

@@ -69,6 +69,7 @@ where
         self.propose_gathered();
         self.adopt_restored()?;
         self.on_durable();
+        self.save_unknown_repair_end().await?;
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
             if let Some(soft) = ready.soft_state {
@@ -209,8 +210,8 @@ where
     /// empty log and heard a leader (`engine::REPAIR_UNKNOWN`: its data
     /// directory may have been wiped) records that durably at once, so a
     /// crash during its repair cannot bring it back as a whole voter with a
-    /// partial log; when that repair ends, the floor becomes the log's end,
-    /// which the store keeps until it is durable.
+    /// partial log; when that repair ends, the end is saved once the log
+    /// that ended it is durable (see `save_unknown_repair_end`).
     async fn repair_changed(&mut self) -> Result<(), ShardError> {
         let (before, now) = (self.repair_seen, self.raft.repair_target());
         self.repair_seen = now;
@@ -238,11 +239,25 @@ where
                 let hard_state = self.raft.hard_state();
                 self.storage.save_hard_state(hard_state).await.map_err(|source| self.storage_error(source))?;
             }
-        } else if before == Some(engine::REPAIR_UNKNOWN) || unknown_started {
-            // Ended (maybe within the Ready it started in): what it holds
-            // now counts as acknowledged until it is durable.
-            self.storage.set_repair_floor(self.raft.last_index());
+        } else if before == Some(engine::REPAIR_UNKNOWN) {
+            // Ended, and its start was saved: the store keeps the unknown
+            // target until the entries that ended the repair are durable,
+            // then the end is saved (see `save_unknown_repair_end`).
+            self.unknown_repair_end = Some(self.raft.last_index());
         }
+        // One that started and ended within this Ready (a new cluster's
+        // first append) saved nothing and records nothing: a crash before
+        // its entries are durable brings it back as it started (an empty
+        // or shorter log, which a leader's log extends). Recording the
+        // log's end as acknowledged would hold it in repair for entries
+        // that, lost in the crash, may exist nowhere (seed 133695 of
+        // three_nodes: the term's save in the same Ready recorded it, and
+        // with a witness no one could be elected); saving the unknown
+        // target instead made two replicas of three repair at once after
+        // crashes in that window, and they never vote for anyone (seed
+        // 134546 of three_nodes). What that gives up: a wiped replica that
+        // crashes again before its first entries are durable comes back as
+        // a new one, two faults in a row.
         if now.is_none() {
             self.repair_progress = None;
             if before.is_some() {
@@ -250,6 +265,33 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Saves the end of a repair to an unknown target once the log that
+    /// ended it is durable: the store's floor drops from the unknown target
+    /// to that log's end, which the durable log covers, so the save records
+    /// what the log holds as acknowledged.
+    ///
+    /// Not before: a floor above the durable log, saved and then lost in a
+    /// crash, holds the replica in repair for entries that may exist
+    /// nowhere (seed 133695 of three_nodes stalled so with a witness).
+    /// And not never: the last save would keep the unknown target, and a
+    /// crash after the repair would bring the replica back in repair with
+    /// every entry it had, unable to campaign (seed 132285 of
+    /// three_nodes_with_storage_faults: no leader, forever), or, if a
+    /// storage fault then took its entries, voting as one that knows
+    /// nothing (seed 132274 of five_nodes_with_storage_faults: a leader
+    /// elected without two committed entries).
+    pub(crate) async fn save_unknown_repair_end(&mut self) -> Result<(), ShardError> {
+        let Some(end) = self.unknown_repair_end else { return Ok(()) };
+        let end = end.min(self.raft.last_index());
+        if self.raft.persisted_index() < end {
+            return Ok(());
+        }
+        self.unknown_repair_end = None;
+        self.storage.set_repair_floor(end);
+        let hard_state = self.raft.hard_state();
+        self.storage.save_hard_state(hard_state).await.map_err(|source| self.storage_error(source))
     }
 
     /// The error that stops the shard after storage failed.
