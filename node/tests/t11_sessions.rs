@@ -8,34 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
 use net::SessionSettings;
-use node::kv::{KvOp, KvResponse, KvStateMachine};
-use node::replicated::{encode_write_in, Applied, NodeCommand, NodeStateMachine, Outcome, Write, WRITE_ARENA_BYTES};
+use node::kv::{KvOp, KvResponse};
+use node::replicated::{encode_write_in, Applied, NodeCommand, Outcome, Write, WRITE_ARENA_BYTES};
 use node::session::{Admission, Cached, Refusal, SessionTable, SETTINGS_DEFAULT};
 use proptest::prelude::*;
 
-/// A node state machine with its next log index.
-struct Replica {
-    machine: NodeStateMachine<KvStateMachine>,
-    index: u64,
-}
+#[path = "common/replica.rs"]
+mod replica;
+use replica::Replica;
 
 impl Replica {
-    fn new() -> Replica {
-        Replica { machine: NodeStateMachine::new(KvStateMachine::new()), index: 0 }
-    }
-
-    fn apply(&mut self, data: &[u8]) -> Applied {
-        self.index += 1;
-        self.machine.apply(self.index, data)
-    }
-
-    fn open(&mut self) -> u64 {
-        match self.apply(&NodeCommand::OpenSession { proposer: 1, nonce: self.index }.encode()) {
-            Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
-            other => panic!("opening a session: {other:?}"),
-        }
-    }
-
     fn write(&mut self, client_id: u64, sequence: u64, ack: u64, op: &KvOp) -> Outcome {
         let command = op.encode();
         match self.apply(&Write { client_id, sequence, ack, command: &command }.encode()) {

@@ -7,27 +7,16 @@
 
 use bytes::Bytes;
 use engine::{ConfChange, ConfChangeOp};
-use node::replicated::{Applied, NodeCommand, NodeStateMachine, SetAddresses};
-use node::KvStateMachine;
+use node::replicated::{Applied, NodeCommand, SetAddresses};
 
-struct Replica {
-    machine: NodeStateMachine<KvStateMachine>,
-    index: u64,
-}
+#[path = "common/replica.rs"]
+mod replica;
+use replica::Replica;
 
 impl Replica {
-    fn new() -> Replica {
-        Replica { machine: NodeStateMachine::new(KvStateMachine::new()), index: 0 }
-    }
-
     fn conf(&mut self, ops: Vec<ConfChangeOp>) {
         self.index += 1;
         self.machine.apply_conf(self.index, &ConfChange { ops }.encode());
-    }
-
-    fn command(&mut self, command: NodeCommand) -> Applied {
-        self.index += 1;
-        self.machine.apply(self.index, &command.encode())
     }
 
     fn assign(&mut self, nonce: u64, peer: &str) -> Result<u64, String> {

@@ -7,11 +7,15 @@
 
 use bytes::{Bytes, BytesMut};
 use engine::ConfState;
-use node::kv::{KvOp, KvStateMachine};
+use node::kv::KvOp;
 use node::replicated::{
-    group_writes, Applied, GroupBuilder, NodeCommand, NodeStateMachine, Outcome, Write, GROUP_FORMAT, GROUP_HEADER_SIZE,
+    group_writes, Applied, GroupBuilder, NodeCommand, Outcome, Write, GROUP_FORMAT, GROUP_HEADER_SIZE,
 };
 use proptest::prelude::*;
+
+#[path = "common/replica.rs"]
+mod replica;
+use replica::Replica;
 
 fn put(key: &str, value: &str) -> Bytes {
     KvOp::Put { key: Bytes::copy_from_slice(key.as_bytes()), value: Bytes::copy_from_slice(value.as_bytes()) }.encode()
@@ -19,31 +23,6 @@ fn put(key: &str, value: &str) -> Bytes {
 
 fn increment(key: &str) -> Bytes {
     KvOp::Increment { key: Bytes::copy_from_slice(key.as_bytes()), delta: 1 }.encode()
-}
-
-/// A replica: the node's state machine around the key-value store, with its
-/// next log index.
-struct Replica {
-    machine: NodeStateMachine<KvStateMachine>,
-    index: u64,
-}
-
-impl Replica {
-    fn new() -> Replica {
-        Replica { machine: NodeStateMachine::new(KvStateMachine::new()), index: 0 }
-    }
-
-    fn apply(&mut self, data: &[u8]) -> Applied {
-        self.index += 1;
-        self.machine.apply(self.index, data)
-    }
-
-    fn open(&mut self) -> u64 {
-        match self.apply(&NodeCommand::OpenSession { proposer: 1, nonce: self.index }.encode()) {
-            Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
-            other => panic!("opening a session: {other:?}"),
-        }
-    }
 }
 
 /// The writes of a mixed turn: new writes in two sessions, a retry of an
