@@ -336,12 +336,8 @@ where
     fn announce_reads_groups(&mut self, now: Instant) {
         let me = self.ctx.node_id;
         let term = self.raft.term();
-        if self.raft.leader() == engine::NODE_NONE
-            || self.raft.is_witness()
-            || !self.raft.conf().members().contains(&me)
-            || self.fsm.is_removed(me)
+        if !self.may_announce(self.groups.announced_at, now)
             || (self.groups.announced_term == term && self.fsm.reads_groups(me))
-            || self.groups.announced_at.is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_RETRY)
         {
             return;
         }
@@ -354,17 +350,26 @@ where
         }
     }
 
+    /// Whether this node may send an announcement about itself through the
+    /// leader now: a leader is known, this node is a member that applies
+    /// payloads (a witness's announcements would change nothing), not
+    /// removed, and its last announcement of this kind (sent at `last`) is
+    /// at least [`ANNOUNCE_RETRY`] old.
+    fn may_announce(&self, last: Option<Instant>, now: Instant) -> bool {
+        let me = self.ctx.node_id;
+        self.raft.leader() != engine::NODE_NONE
+            && !self.raft.is_witness()
+            && self.raft.conf().members().contains(&me)
+            && !self.fsm.is_removed(me)
+            && last.is_none_or(|at| now.saturating_duration_since(at) >= ANNOUNCE_RETRY)
+    }
+
     /// A member whose replicated addresses are missing or not its own (it
     /// never led, or restarted on a new address) sends them through the
     /// leader, so that every member and client learns where it is.
     fn announce_addresses(&mut self, now: Instant) {
         let me = self.ctx.node_id;
-        if self.raft.leader() == engine::NODE_NONE
-            || self.raft.is_witness()
-            || !self.raft.conf().members().contains(&me)
-            || self.fsm.is_removed(me)
-            || self.announced_at.is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_RETRY)
-        {
+        if !self.may_announce(self.announced_at, now) {
             return;
         }
         let peer = self.ctx.peer_addr.to_string();
