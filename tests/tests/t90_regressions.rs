@@ -302,18 +302,24 @@ fn wiped_voter_grants_no_vote_until_caught_up() {
     }
 }
 
+/// Replica `id` of `voters`, started with an empty log, after a heartbeat
+/// from leader `leader` of `term`: in repair to [`engine::REPAIR_UNKNOWN`].
+fn empty_replica_that_heard_a_leader(id: u64, voters: Vec<u64>, leader: u64, term: u64) -> Raft {
+    let mut replica = Raft::new(Config::new(id, voters), Recovered::default()).expect("valid config");
+    let heartbeat = MessageBody::Heartbeat { commit: 0, read_context: 0 };
+    replica.step(Message { from: leader, to: id, term, body: heartbeat }).expect("accepted");
+    assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+}
+
 /// A wiped replica that heard a leader is in repair with an unknown target,
 /// and a candidate's log does not talk it out of it.
 #[test]
 fn wiped_voter_in_repair_refuses_votes() {
     use engine::VoteRequest;
-    let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), Recovered::default()).expect("valid config");
-    replica
-        .step(Message { from: 1, to: 2, term: 4, body: MessageBody::Heartbeat { commit: 0, read_context: 0 } })
-        .expect("accepted");
-    assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
-    let ready = replica.ready();
-    replica.advance(ready);
+    let mut replica = empty_replica_that_heard_a_leader(2, vec![1, 2, 3], 1, 4);
     let request = VoteRequest { last_log_index: 1_000, last_log_term: 4, transfer: true, commit: 1_000 };
     assert_eq!(ask_vote(&mut replica, 3, 5, request, false), vec![false]);
 }
@@ -338,13 +344,7 @@ fn replica_with_an_unknown_past_refuses_an_empty_log_once_a_history_was_reported
     let history = VoteRequest { last_log_index: 21, last_log_term: 2, transfer: false, commit: 2 };
     // It heard a leader after starting empty.
     let heard = || {
-        let mut replica = Raft::new(Config::new(5, vec![1, 2, 3, 4, 5]), Recovered::default()).expect("valid config");
-        replica
-            .step(Message { from: 4, to: 5, term: 2, body: MessageBody::Heartbeat { commit: 0, read_context: 0 } })
-            .expect("accepted");
-        assert_eq!(replica.repair_target(), Some(engine::REPAIR_UNKNOWN));
-        let ready = replica.ready();
-        replica.advance(ready);
+        let mut replica = empty_replica_that_heard_a_leader(5, vec![1, 2, 3, 4, 5], 4, 2);
         // Node 4 is gone: its lease runs out (a replica in repair starts
         // no election meanwhile).
         for _ in 0..100 {

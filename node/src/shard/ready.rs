@@ -69,7 +69,9 @@ where
         self.propose_gathered();
         self.adopt_restored()?;
         self.on_durable();
-        self.save_unknown_repair_end().await?;
+        if self.unknown_repair_end.is_some() {
+            self.save_unknown_repair_end().await?;
+        }
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
             if let Some(soft) = ready.soft_state {
