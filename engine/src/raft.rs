@@ -657,10 +657,14 @@ impl Raft {
         if self.witness || self.conf_at(self.log.committed).is_witness(self.id) {
             return false;
         }
-        // A replica repairing to an unknown target may still campaign with
-        // an empty log: it can win only among empty logs, as in a new
-        // cluster's first election.
-        if self.repair.is_some_and(|target| target != REPAIR_UNKNOWN || self.log.last_index() > 0) {
+        // A replica repairing to an unknown target may still campaign: it
+        // votes for itself only as it would for another candidate with its
+        // log (see `self_vote_allowed`), so it wins only with votes that
+        // the reports rule allows. Without this, two replicas of three in
+        // such a repair, holding the only copies of committed entries,
+        // could elect no one (seed 161021 of `three_nodes`). One repairing
+        // to a known target knows its log lacks entries it acknowledged.
+        if self.repair.is_some_and(|target| target != REPAIR_UNKNOWN) {
             return false;
         }
         self.conf.is_voter(self.id) || self.conf_at(self.log.committed).is_voter(self.id)
@@ -690,8 +694,15 @@ impl Raft {
                 // witness ignore the candidates that replace it.
                 self.election_elapsed = 0;
                 self.leader = NODE_NONE;
-                self.witness_report();
+                self.report_log();
             }
+            return;
+        }
+        if !self.promotable() && self.repair.is_some() && self.election_elapsed >= self.election_timeout {
+            // A voter in repair does not campaign, but the others may need
+            // its log to decide (see `report_log`).
+            self.election_elapsed = 0;
+            self.report_log();
             return;
         }
         // Single-node bootstrap: nobody else can win, so do not wait.
@@ -731,16 +742,18 @@ impl Raft {
         }
     }
 
-    /// A witness never campaigns, but once per election timeout without a
-    /// leader it tells the other voters its log position in pre-vote
-    /// requests, whose answers it ignores. A voter that cannot know what it
-    /// acknowledged votes only after hearing the logs of enough voters (see
+    /// A witness, or a voter in repair to a known target, never campaigns,
+    /// but once per election timeout without a leader it tells the other
+    /// voters its log position in pre-vote requests, whose answers it
+    /// ignores. A voter that cannot know what it acknowledged votes only
+    /// after hearing the logs of enough voters (see
     /// `unknown_past_vote_allowed`), and hears them only in such requests:
     /// without these, a configuration that needs that voter's vote (the
     /// incoming half of a change removing the witness, say) could elect no
-    /// one. A pre-vote changes no term and no vote, so the requests disturb
-    /// nobody.
-    fn witness_report(&mut self) {
+    /// one, and neither could three voters of which two are in repair (seed
+    /// 161021 of `three_nodes`). A pre-vote changes no term and no vote, so
+    /// the requests disturb nobody.
+    fn report_log(&mut self) {
         if !self.conf.is_voter(self.id) {
             return;
         }
@@ -774,7 +787,8 @@ impl Raft {
         let term = if pre { self.term + 1 } else { self.term };
         let request = self.vote_request(transfer);
         let voters: Vec<NodeId> = self.voter_ids();
-        if self.poll(self.id, true) == VoteResult::Won {
+        let self_vote = self.self_vote_allowed(term, request, pre);
+        if self.poll(self.id, self_vote) == VoteResult::Won {
             if pre {
                 self.become_candidate();
                 self.run_election(false, transfer);
@@ -1901,8 +1915,7 @@ impl Raft {
         // log that lacked two entries it had helped commit), and the
         // reports rule below decides.
         let can_vote = if past_unknown {
-            let no_history_reported = self.reports.values().all(|&(_, last_index, _)| last_index == 0);
-            (request.last_log_index == 0 && no_history_reported) || self.unknown_past_vote_allowed(term, request, pre)
+            self.unknown_past_vote_for(term, request, pre)
         } else {
             self.repair_vote_allowed(request)
         } && (self.vote == from
@@ -1917,6 +1930,24 @@ impl Raft {
         let body = if pre { MessageBody::PreVoteResponse { granted } } else { MessageBody::VoteResponse { granted } };
         self.send(Message { from: self.id, to: from, term: response_term, body });
         Ok(())
+    }
+
+    /// Whether a replica with an unknown past may vote for a candidate with
+    /// this log: an empty one while no voter reported a log that is not
+    /// empty, otherwise as `unknown_past_vote_allowed` says.
+    fn unknown_past_vote_for(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
+        let no_history_reported = self.reports.values().all(|&(_, last_index, _)| last_index == 0);
+        (request.last_log_index == 0 && no_history_reported) || self.unknown_past_vote_allowed(term, request, pre)
+    }
+
+    /// Whether this candidate counts its own (pre-)vote: always, unless it
+    /// cannot know what it acknowledged or whom it voted for, and then only
+    /// as it would vote for another candidate with its log. Without the
+    /// vote it can still win with the others', which each voter grants by
+    /// its own rules.
+    fn self_vote_allowed(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
+        let past_unknown = self.unverified || self.repair == Some(REPAIR_UNKNOWN);
+        !past_unknown || self.unknown_past_vote_for(term, request, pre)
     }
 
     /// Records what a candidate's request says of its log and term.

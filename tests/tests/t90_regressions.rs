@@ -607,6 +607,67 @@ fn a_repair_started_and_ended_at_once_waits_for_no_lost_entry() {
     assert_eq!((node.raft(0).last_index(), node.raft(0).repair_target()), (1, None));
 }
 
+/// Found by `t10_simulation` (seed 161021 of three_nodes, two shards):
+/// leader 3 of term 2 lost its unsynced entries in a crash, and nodes 1 and
+/// 2, both of which had started empty, heard it and took those entries,
+/// crashed before the ends of their repairs were saved: both came back in
+/// repair to the unknown target, holding the only copies of entries that may
+/// be committed. A replica in such a repair with a log did not campaign,
+/// and voted only after hearing vote requests from both other voters; node
+/// 3 alone campaigned, so no one was ever elected. (On the build before the
+/// end of an unknown repair was saved late, node 1 came back in repair to a
+/// known index instead, with the same outcome.)
+///
+/// Fixed in engine/src/raft.rs: a replica in repair to the unknown target
+/// campaigns, counting its own vote only as it would vote for another
+/// candidate with its log (`self_vote_allowed`), and a voter in repair to a
+/// known target, which may not campaign, reports its log as a witness does
+/// (`report_log`), so the other can count its own vote.
+#[test]
+fn two_replicas_of_three_in_repair_elect_the_one_that_may_hold_committed_entries() {
+    let log = |last: u64| {
+        let mut storage = MemStorage::new();
+        storage.append(&engine::testing::batch_of_terms(1, &vec![2; last as usize])).expect("appends");
+        storage.set_hard_state(HardState { term: 2, vote: 3, commit: 2.min(last), ack_term: 2 });
+        storage
+    };
+    // Node 2 in repair to the unknown target, or to entry 6 (which it
+    // acknowledged and lost; no one else has it, so it is not committed).
+    for node_2_target in [engine::REPAIR_UNKNOWN, 6] {
+        let mut cluster = Cluster::with_voters(3, 161_021);
+        for (id, last) in [(1, 5), (2, 4), (3, 2)] {
+            cluster.nodes.get_mut(&id).expect("node").storage = log(last);
+            cluster.crash(id);
+            cluster.restart(id);
+        }
+        for (id, target) in [(1, engine::REPAIR_UNKNOWN), (2, node_2_target)] {
+            let node = cluster.nodes.get_mut(&id).expect("node");
+            let recovered = Recovered { acknowledged: target, ..node.storage.recovered() };
+            node.raft = Raft::new(node.config.clone(), recovered).expect("valid config");
+            assert_eq!(node.raft.repair_target(), Some(target));
+        }
+        let mut leader = None;
+        for _ in 0..2_000 {
+            cluster.tick_all();
+            cluster.stabilize();
+            leader = cluster.leader();
+            if leader.is_some() {
+                break;
+            }
+        }
+        let leader = leader.unwrap_or_else(|| panic!("target {node_2_target}: no leader in 2,000 ticks"));
+        // Nodes 2 and 3 lack entry 5, which node 1 may have helped commit.
+        assert_eq!(leader, 1, "target {node_2_target}");
+        cluster.commit_values(leader, 1);
+        for id in 1..=3 {
+            let raft = &cluster.node(id).raft;
+            // Entry 6 is the new leader's empty entry, 7 the value.
+            let state = (raft.last_index(), raft.committed(), raft.repair_target());
+            assert_eq!(state, (7, 7, None), "target {node_2_target}: node {id}");
+        }
+    }
+}
+
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() }
 }
