@@ -115,6 +115,10 @@ pub struct ResultFile {
     /// Failed requests by type during the warm-up.
     #[serde(default)]
     pub warmup_errors: BTreeMap<String, u64>,
+    /// Refusals (`not_leader`, `busy`) retried and then answered or failed,
+    /// by type, in the measured window (see `Recorder::retried`).
+    #[serde(default)]
+    pub retried: BTreeMap<String, u64>,
     /// Throughput and latency second by second (warm-up included).
     #[serde(default)]
     pub timeline: Vec<crate::progress::TimelinePoint>,
@@ -165,6 +169,7 @@ impl ResultFile {
             error_examples: recorder.error_examples.clone(),
             warmup_completed: recorder.warmup_completed,
             warmup_errors: recorder.warmup_errors.clone(),
+            retried: recorder.retried.clone(),
             timeline: Vec::new(),
             histogram_unit: "ns".to_string(),
             protocol: None,
@@ -258,6 +263,13 @@ impl ResultFile {
                 format_percent(ratios.bandwidth_ratio),
                 crate::floor::format_bandwidth(ratios.bandwidth_floor),
             );
+        }
+        if !self.retried.is_empty() {
+            let _ = write!(out, "refused and sent again (latency counts from the first try):");
+            for (kind, count) in &self.retried {
+                let _ = write!(out, " {kind}={count}");
+            }
+            out.push('\n');
         }
         if !self.warmup_errors.is_empty() {
             let _ = write!(out, "during warm-up (not counted):");

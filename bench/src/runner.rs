@@ -20,7 +20,7 @@
 //! leader changes, and is closed when the run ends. Reads carry none.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before reconnecting after a failure, doubled up to the maximum.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A request refused `busy` is sent again after this long times its tries
+/// so far (at most [`BUSY_RETRY_PAUSE_MAX`]): the node sheds load, so the
+/// retry must not come straight back.
+const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(1);
+const BUSY_RETRY_PAUSE_MAX: Duration = Duration::from_millis(20);
 
 /// How fresh reads must be (the wire's [`net::ReadConsistency`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -413,6 +418,16 @@ struct Pending {
     sent: Instant,
     /// A write's session and sequence.
     write: Option<(u64, u64)>,
+    /// What was asked, to ask again after a refusal.
+    body: RequestBody,
+    /// Times it was refused and sent again.
+    retries: u32,
+}
+
+/// A refused request waiting to be sent again (see [`retry_pause`]).
+struct Retry {
+    pending: Pending,
+    due: Instant,
 }
 
 /// Why a connection's drive ended.
@@ -446,6 +461,8 @@ struct Slot {
     session: Option<Session>,
     /// The open loop's next request number.
     next_scheduled: u64,
+    /// Refused requests to send again, on this connection or the next.
+    retries: VecDeque<Retry>,
 }
 
 impl Slot {
@@ -466,6 +483,7 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
             .routed(plan.shard, shared.total_shards),
         session: None,
         next_scheduled: 0,
+        retries: VecDeque::new(),
     }));
     let mut next_addr = plan.index % shared.addrs.len();
     let mut backoff = RECONNECT_BACKOFF_MIN;
@@ -524,10 +542,37 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
             Outcome::SessionLost => slot.borrow_mut().session = None,
         }
     }
+    let unsent: Vec<Retry> = slot.borrow_mut().retries.drain(..).collect();
+    for retry in unsent {
+        record_error(&shared, &recorder, retry.pending.intended, "unanswered", || {
+            "refused, and the run ended before it was sent again".to_string()
+        });
+    }
     let session = slot.borrow_mut().session.take();
     if let Some(session) = session {
         close_session(&shared, &plan, session).await;
     }
+}
+
+/// How long a request refused with `status` waits before it is sent again,
+/// or `None` when it is not retried: only refusals that say the request was
+/// not taken (`not_leader`: to the leader, on the next connection; `busy`:
+/// after a pause) and only while the run and the request's timeout last. A
+/// write goes again under its session sequence, so it applies at most once
+/// even if the refusing leader had proposed it before it stepped down.
+fn retry_pause(
+    status: &ResponseStatus,
+    pending: &Pending,
+    now: Instant,
+    timeout: Duration,
+    end: Instant,
+) -> Option<Duration> {
+    let pause = match status {
+        ResponseStatus::NotLeader { .. } => Duration::ZERO,
+        ResponseStatus::Busy => (BUSY_RETRY_PAUSE * (pending.retries + 1)).min(BUSY_RETRY_PAUSE_MAX),
+        _ => return None,
+    };
+    (now + pause < end && now + pause < pending.intended + timeout).then_some(pause)
 }
 
 /// How long opening or closing a session may take.
@@ -662,9 +707,10 @@ async fn send_loop(
         if stop(&conn) {
             break;
         }
-        // Queue every request that is due and has a permit.
+        // Queue every request that is due and has a permit: refused ones
+        // first.
         let now = Instant::now();
-        let mut next_due = None;
+        let mut next_due = queue_retries(&shared, &slot, &conn, &mut sender, &permits, &recorder, plan.shard, now);
         while sender.queued() < SEND_BATCH_MAX {
             let intended = match plan.schedule {
                 None => now,
@@ -685,7 +731,7 @@ async fn send_loop(
                 break 'run;
             }
             if intended > now {
-                next_due = Some(intended);
+                next_due = Some(next_due.map_or(intended, |due: Instant| due.min(intended)));
                 break;
             }
             if slot.borrow().session.as_ref().is_some_and(|session| !session.can_start()) {
@@ -715,9 +761,11 @@ async fn send_loop(
             let mut conn = conn.borrow_mut();
             let request_id = conn.next_request_id;
             conn.next_request_id += 1;
-            sender.queue(plan.shard, &ClientRequest { request_id, client_id, sequence, ack, body });
+            let request = ClientRequest { request_id, client_id, sequence, ack, body };
+            sender.queue(plan.shard, &request);
             let write = (op == OpKind::Write).then_some((client_id, sequence));
-            conn.inflight.insert(request_id, Pending { op, intended, sent: Instant::now(), write });
+            let pending = Pending { op, intended, sent: Instant::now(), write, body: request.body, retries: 0 };
+            conn.inflight.insert(request_id, pending);
         }
         if sender.queued() > 0 {
             let flushed = sender.flush().await;
@@ -762,6 +810,58 @@ async fn send_loop(
     conn.borrow_mut().sender_done = true;
     wake_receiver.notify_one();
     sender
+}
+
+/// Queues the refused requests that are due (each under a permit), and
+/// returns when the next of the others is.
+#[allow(clippy::too_many_arguments)]
+fn queue_retries(
+    shared: &Shared,
+    slot: &RefCell<Slot>,
+    conn: &RefCell<Conn>,
+    sender: &mut ClientSender,
+    permits: &Semaphore,
+    recorder: &RefCell<Recorder>,
+    shard: u32,
+    now: Instant,
+) -> Option<Instant> {
+    while sender.queued() < SEND_BATCH_MAX {
+        let due = slot.borrow().retries.front().map(|retry| retry.due)?;
+        if due > now {
+            return Some(due);
+        }
+        let Ok(permit) = permits.try_acquire() else { return None };
+        permit.forget();
+        let mut slot = slot.borrow_mut();
+        let Retry { mut pending, .. } = slot.retries.pop_front()?;
+        let (client_id, sequence, ack) = match pending.write {
+            None => (0, 0, 0),
+            Some((client_id, sequence)) => {
+                match slot.session.as_ref().filter(|session| session.client_id() == client_id) {
+                    Some(session) => (client_id, sequence, session.ack()),
+                    None => {
+                        // Its session is gone (expired and replaced): it
+                        // cannot be sent again safely.
+                        permits.add_permits(1);
+                        record_error(shared, recorder, pending.intended, "session_expired", || {
+                            "refused, then its session expired before it was sent again".to_string()
+                        });
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut conn = conn.borrow_mut();
+        let request_id = conn.next_request_id;
+        conn.next_request_id += 1;
+        let request = ClientRequest { request_id, client_id, sequence, ack, body: pending.body };
+        sender.queue(shard, &request);
+        pending.body = request.body;
+        pending.sent = Instant::now();
+        pending.retries += 1;
+        conn.inflight.insert(request_id, pending);
+    }
+    None
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -822,9 +922,10 @@ async fn receive_loop(
             continue;
         };
         permits.add_permits(1);
-        if let Some((client_id, sequence)) = pending.write {
-            // Answered (or refused): never retried, its answer not needed;
-            // the window may have room again.
+        let retry = retry_pause(&response.status, &pending, now, request_timeout, shared.end);
+        if let (Some((client_id, sequence)), None) = (pending.write, retry) {
+            // Answered (or refused for good): its answer is not needed any
+            // more; the window may have room again.
             slot.borrow_mut().finish(client_id, sequence);
             wake_sender.notify_one();
         }
@@ -853,7 +954,10 @@ async fn receive_loop(
                 conn.borrow_mut().outcome.get_or_insert(outcome);
                 wake_sender.notify_one();
             }
-            ResponseStatus::Busy => failure = Some(("busy", "the node is overloaded".into())),
+            ResponseStatus::Busy => {
+                failure = Some(("busy", "the node is overloaded".into()));
+                wake_sender.notify_one();
+            }
             ResponseStatus::NoSpace => failure = Some(("no_space", "the node's disk is full".into())),
             ResponseStatus::TimedOut => failure = Some(("timed_out", "the node timed the request out".into())),
             ResponseStatus::SessionExpired => {
@@ -865,8 +969,15 @@ async fn receive_loop(
             ResponseStatus::BadRequest(reason) => failure = Some(("bad_request", reason)),
             ResponseStatus::Forbidden(reason) => failure = Some(("forbidden", reason)),
         }
-        if let Some((kind, reason)) = failure {
-            record_error(shared, recorder, pending.intended, kind, || reason);
+        match (failure, retry) {
+            (Some((kind, _)), Some(pause)) => {
+                if pending.intended >= shared.warmup_end {
+                    *recorder.borrow_mut().retried.entry(kind.to_string()).or_default() += 1;
+                }
+                slot.borrow_mut().retries.push_back(Retry { pending, due: now + pause });
+            }
+            (Some((kind, reason)), None) => record_error(shared, recorder, pending.intended, kind, || reason),
+            (None, _) => {}
         }
     }
 }

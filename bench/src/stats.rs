@@ -173,6 +173,11 @@ pub struct Recorder {
     /// Failed requests by type during the warm-up (leader discovery shows
     /// here as `not_leader`), not in `errors`.
     pub warmup_errors: BTreeMap<String, u64>,
+    /// Refusals that were retried (a `not_leader` or `busy` answer, sent
+    /// again under the same session sequence), by type, in the measured
+    /// window: the request's latency runs from its first intended start, so
+    /// the retry shows there; only one that ran out of time is an error.
+    pub retried: BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -217,6 +222,9 @@ impl Recorder {
         self.warmup_completed += other.warmup_completed;
         for (kind, count) in other.warmup_errors {
             *self.warmup_errors.entry(kind).or_default() += count;
+        }
+        for (kind, count) in other.retried {
+            *self.retried.entry(kind).or_default() += count;
         }
     }
 

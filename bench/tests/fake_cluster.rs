@@ -4,12 +4,13 @@
 //! with only its id), the leader answers every request at once, opens
 //! sessions with ids it assigns, and checks that every write names an open
 //! session, a sequence never used before in it, and an acknowledgement that
-//! never goes backwards nor past the sequence.
+//! never goes backwards nor past the sequence. A leader that refuses some
+//! writes `Busy` checks that each comes back under its session sequence.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bench::progress::ProgressStyleKind;
@@ -28,11 +29,30 @@ enum Role {
     FollowerWithAddress,
     /// Names only the leader's node id (1).
     FollowerWithId,
+    /// A leader that refuses every `n`-th write `Busy` (not taking it).
+    LeaderRefusingEvery(u64),
+}
+
+/// What a refusing leader saw: writes refused and not yet sent again (by
+/// session and sequence), and how many came back.
+#[derive(Default)]
+struct Refusals {
+    waiting: BTreeSet<(u64, u64)>,
+    came_back: u64,
 }
 
 /// Starts a fake node on its own thread and returns its address and the
 /// count of requests it answered.
 fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> (SocketAddr, Arc<AtomicU64>) {
+    spawn_node_with(node_id, role, leader, Arc::default())
+}
+
+fn spawn_node_with(
+    node_id: u64,
+    role: Role,
+    leader: Option<SocketAddr>,
+    refusals: Arc<Mutex<Refusals>>,
+) -> (SocketAddr, Arc<AtomicU64>) {
     let (sender, receiver) = mpsc::channel();
     let answered = Arc::new(AtomicU64::new(0));
     let counter = answered.clone();
@@ -46,9 +66,27 @@ fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> (SocketAd
             // Per open session: the highest ack seen and the sequences used.
             let mut sessions: HashMap<u64, (u64, BTreeSet<u64>)> = HashMap::new();
             let mut next_session = 100;
+            let mut writes = 0;
             while let Some(event) = inbound.recv().await {
                 let Inbound::Request { request, reply, .. } = event else { continue };
                 counter.fetch_add(1, Ordering::Relaxed);
+                let refuse_every = match role {
+                    Role::LeaderRefusingEvery(n) => Some(n),
+                    _ => None,
+                };
+                let role = if refuse_every.is_some() { Role::Leader } else { role };
+                if let (Some(n), RequestBody::Write { .. }) = (refuse_every, &request.body) {
+                    writes += 1;
+                    let mut refusals = refusals.lock().unwrap();
+                    let key = (request.client_id, request.sequence);
+                    if refusals.waiting.remove(&key) {
+                        refusals.came_back += 1;
+                    } else if writes % n == 0 {
+                        refusals.waiting.insert(key);
+                        let _ = reply.send(ResponseStatus::Busy);
+                        continue;
+                    }
+                }
                 let status = match (role, &request.body) {
                     (Role::FollowerWithAddress, _) => {
                         ResponseStatus::NotLeader { leader_id: Some(1), leader_addr: leader.map(|a| a.to_string()) }
@@ -80,6 +118,7 @@ fn spawn_node(node_id: u64, role: Role, leader: Option<SocketAddr>) -> (SocketAd
                     },
                     (Role::Leader, RequestBody::Read { .. }) => ResponseStatus::Ok(KvResponse::Value(None).encode()),
                     (Role::Leader, _) => ResponseStatus::Ok(Bytes::from_static(b"{\"fake\":true}")),
+                    (Role::LeaderRefusingEvery(_), _) => unreachable!("served as a leader"),
                 };
                 let _ = reply.send(status);
             }
@@ -143,4 +182,34 @@ fn open_loop_sends_on_schedule() {
     assert_eq!(result.total.count, 1_000, "{:?}", result.errors);
     assert!(result.errors.is_empty(), "{:?}", result.errors);
     assert!((result.throughput_per_second - 2_000.0).abs() < 100.0, "{}", result.throughput_per_second);
+}
+
+/// A write refused `Busy` (the node did not take it) is sent again after a
+/// pause under its session sequence, not counted as an error: a leader
+/// hands leadership over on its own (shards balance their leaders) and
+/// sheds load, and neither should fail a client's request.
+#[test]
+fn refused_writes_are_sent_again_under_their_sequence() {
+    let refusals = Arc::new(Mutex::new(Refusals::default()));
+    let (leader, _) = spawn_node_with(1, Role::LeaderRefusingEvery(7), None, refusals.clone());
+    let mut settings = settings(vec![leader], LoadMode::Closed { inflight: 32 });
+    settings.workload.read_fraction = 0.0;
+    let result = run(&options(settings)).unwrap();
+    let refusals = refusals.lock().unwrap();
+    let retried = result.retried.get("busy").copied().unwrap_or(0);
+    assert!(retried > 10, "retried {:?}, errors {:?}", result.retried, result.errors);
+    assert!(refusals.came_back > 10, "{} came back", refusals.came_back);
+    // Only the refusals of the run's last moments (no time left to send
+    // them again before it ends) are errors; every other refused write came
+    // back with its sequence.
+    let failed =
+        result.errors.get("busy").copied().unwrap_or(0) + result.errors.get("unanswered").copied().unwrap_or(0);
+    assert!(failed * 10 <= retried, "{:?} {:?}, retried {retried}", result.errors, result.error_examples);
+    assert!(refusals.waiting.len() as u64 <= failed, "{} never came back", refusals.waiting.len());
+    assert_eq!(
+        result.errors.keys().filter(|kind| *kind != "busy" && *kind != "unanswered").count(),
+        0,
+        "{:?}",
+        result.errors
+    );
 }
