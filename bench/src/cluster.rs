@@ -76,6 +76,27 @@ pub struct ClusterSpec {
     pub tls: bool,
 }
 
+impl ClusterSpec {
+    /// The core threads each node runs: `--cores` from `extra_args`, or the
+    /// machine's CPUs divided among the nodes (at least 1, at most the
+    /// shard count). The nodes share this machine: with a thread per CPU
+    /// each, three nodes make three threads per CPU, and their switches
+    /// cost about a fifth more CPU per write with 4 shards on 2 CPUs
+    /// (bench/RESULTS.md, "Shards per node").
+    pub fn cores(&self) -> u32 {
+        let given = self.extra_args.iter().position(|arg| arg == "--cores");
+        if let Some(cores) = given.and_then(|at| self.extra_args.get(at + 1)).and_then(|value| value.parse().ok()) {
+            return cores;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        (cpus / self.nodes.max(1)).clamp(1, self.shards.max(1))
+    }
+
+    fn cores_given(&self) -> bool {
+        self.extra_args.iter().any(|arg| arg == "--cores")
+    }
+}
+
 /// A running local cluster.
 pub struct LocalCluster {
     children: Vec<(u64, Child)>,
@@ -92,7 +113,7 @@ impl LocalCluster {
     pub fn start(spec: ClusterSpec) -> Result<LocalCluster, ClusterError> {
         let dir = tempfile::Builder::new().prefix("raft-bench-").tempdir().map_err(ClusterError::TempDir)?;
         let path = dir.path().to_path_buf();
-        let cores = spec.shards.min(std::thread::available_parallelism().map_or(1, |n| n.get() as u32)).max(1);
+        let cores = spec.cores();
         // Each node listens on its peer and client ports plus each core.
         let stride = u16::try_from(cores).expect("at most 1024 shards");
         let ports = free_port_block(2 * spec.nodes as u16 * stride).ok_or(ClusterError::NoPorts)?;
@@ -138,6 +159,7 @@ impl LocalCluster {
                 .args(["--peers", &peers])
                 .args(["--data-dir", &data_dir.display().to_string()])
                 .args(["--shards", &spec.shards.to_string()])
+                .args(if spec.cores_given() { Vec::new() } else { vec!["--cores".to_string(), cores.to_string()] })
                 .args(["--log-level", &spec.log_level])
                 // Three nodes share this machine: pinning would put every
                 // node's first thread on CPU 0.
@@ -387,4 +409,31 @@ pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf,
     }
     let looked = candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
     Err(ClusterError::NodeBinaryMissing { looked })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: u32, shards: u32, extra_args: &[&str]) -> ClusterSpec {
+        ClusterSpec {
+            node_binary: PathBuf::from("node"),
+            nodes,
+            shards,
+            extra_args: extra_args.iter().map(ToString::to_string).collect(),
+            log_level: "warn".into(),
+            keep: false,
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn nodes_divide_the_machines_cpus_unless_told() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert_eq!(spec(3, 4, &[]).cores(), (cpus / 3).clamp(1, 4));
+        assert_eq!(spec(1, 64, &[]).cores(), cpus.min(64));
+        assert_eq!(spec(3, 1, &[]).cores(), 1, "never more cores than shards");
+        let told = spec(3, 4, &["--batch-bytes-max", "65536", "--cores", "2"]);
+        assert_eq!((told.cores(), told.cores_given()), (2, true));
+    }
 }

@@ -172,6 +172,15 @@ pub struct ServeOptions {
     #[arg(long, value_name = "COUNT")]
     pub shards: Option<u32>,
 
+    /// The threads (one io_uring runtime each) the shards run on: shard s
+    /// on core s mod cores. Equal on every node: core k talks to core k of
+    /// the others. Give fewer when several nodes share one machine (a local
+    /// test cluster does: the machine's CPUs divided by its nodes), or the
+    /// nodes' threads outnumber the CPUs. [default: the smaller of the shard
+    /// count and the machine's CPUs]
+    #[arg(long, value_name = "COUNT")]
+    pub cores: Option<u32>,
+
     /// The cluster's shared secret, which peers and clients present in the
     /// handshake. Prefer --token-file or the environment: a flag is visible
     /// to other users in the process list.

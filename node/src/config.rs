@@ -194,6 +194,10 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Invariant: `1..=SHARDS_MAX`.
     pub shards: u32,
+    /// Core threads to run the shards on; `None`: the smaller of the shard
+    /// count and the machine's CPUs (see [`ServeConfig::cores`]).
+    /// Invariant: 1 to `shards`.
+    pub core_threads: Option<u32>,
     /// The shared secret: the peers' credential without TLS (then
     /// required), checked in addition to certificates with TLS, and the
     /// clients' credential unless [`SecurityConfig::client_tokens`] names a
@@ -250,6 +254,15 @@ pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
 pub const SNAPSHOT_WRITE_RATE_DEFAULT: u64 = 8 << 20;
 
 impl ServeConfig {
+    /// The core threads the node runs: `core_threads`, or the smaller of
+    /// the shard count and the machine's CPUs.
+    pub fn cores(&self) -> usize {
+        match self.core_threads {
+            Some(cores) => cores as usize,
+            None => (self.shards as usize).min(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1),
+        }
+    }
+
     /// The engine configuration for one shard of this node, given the voters
     /// found by discovery.
     pub fn engine_config(&self, voters: Vec<NodeId>) -> engine::Config {
@@ -390,6 +403,8 @@ impl DevConfig {
                     peers: PeerSource::Static(members.clone()),
                     data_dir: root.join(format!("node-{id}")),
                     shards: self.shards,
+                    // The nodes share this machine's CPUs.
+                    core_threads: Some(shared_machine_cores(self.shards, self.nodes)),
                     token: Some(Token(Bytes::from_static(DEV_TOKEN))),
                     security: SecurityConfig::default(),
                     limits: FlowLimits::default(),
@@ -523,6 +538,7 @@ impl ServeOptions {
             discovery_interval,
             data_dir,
             shards,
+            cores,
             token,
             token_file,
             tls_dir,
@@ -660,6 +676,7 @@ impl ServeConfig {
                 reason: "the number of shards is 1 to 1024",
             });
         }
+        let cores = options.cores.map(|cores| check_cores(cores, shards)).transpose()?;
         let token = match token(options.token, options.token_file) {
             // With TLS, certificates authenticate peers: the token is optional.
             Err(ConfigError::TokenMissing) if security.tls.is_some() => None,
@@ -708,6 +725,7 @@ impl ServeConfig {
             peers,
             data_dir,
             shards,
+            core_threads: cores,
             token,
             security,
             limits,
@@ -1138,4 +1156,27 @@ impl DevConfig {
             metrics: !args.no_metrics,
         })
     }
+}
+
+/// `--cores`: 1 to the shard count (a core without a shard would idle).
+fn check_cores(cores: u32, shards: u32) -> Result<u32, ConfigError> {
+    if cores == 0 || cores > shards {
+        return Err(ConfigError::OutOfRange {
+            option: "cores",
+            value: cores.to_string(),
+            reason: "the number of cores is 1 to the number of shards",
+        });
+    }
+    Ok(cores)
+}
+
+/// The cores each of `nodes` nodes on this one machine runs for `shards`
+/// shards: the machine's CPUs divided among the nodes (at least 1, at most
+/// the shard count). Thread-per-core means one busy thread per CPU; three
+/// nodes with a thread per CPU each make three threads per CPU, whose
+/// switches cost about a fifth more CPU per write with 4 shards on 2 CPUs
+/// (bench/RESULTS.md, "Shards per node").
+pub fn shared_machine_cores(shards: u32, nodes: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (cpus / nodes.max(1)).clamp(1, shards.max(1))
 }

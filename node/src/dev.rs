@@ -47,6 +47,8 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
         config.data_dir.display().to_string(),
         "--shards".into(),
         config.shards.to_string(),
+        "--cores".into(),
+        config.cores().to_string(),
         "--log-level".into(),
         config.log_level.clone(),
         "--pin-cores".into(),

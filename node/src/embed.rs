@@ -253,6 +253,7 @@ impl ServeConfig {
             peers: PeerSource::Static(peers),
             data_dir: std::env::temp_dir(),
             shards: 1,
+            core_threads: None,
             token: Some(crate::config::Token(Bytes::from_static(b"in-process"))),
             security: crate::config::SecurityConfig::default(),
             limits: crate::config::FlowLimits::default(),

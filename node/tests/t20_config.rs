@@ -234,6 +234,15 @@ fn dns_discovery_options() {
 fn other_serve_mistakes() {
     let dir = scratch("mistakes");
     assert!(matches!(config_error(serve(&dir, &["--shards", "0"])), ConfigError::OutOfRange { option: "shards", .. }));
+    // Cores: 1 to the shard count; without the flag, at most the CPUs.
+    for (shards, cores) in [("4", "0"), ("2", "3")] {
+        let result = serve(&dir, &["--shards", shards, "--cores", cores]);
+        assert!(matches!(config_error(result), ConfigError::OutOfRange { option: "cores", .. }), "{shards} {cores}");
+    }
+    let config = serve(&dir, &["--shards", "4", "--cores", "1"]).unwrap();
+    assert_eq!((config.core_threads, config.cores()), (Some(1), 1));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(serve(&dir, &["--shards", "4"]).unwrap().cores(), cpus.min(4));
     assert!(matches!(
         config_error(serve(&dir, &["--node-id", "0"])),
         ConfigError::OutOfRange { option: "node-id", .. }

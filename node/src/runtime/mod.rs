@@ -5,7 +5,7 @@
 //! Core `k` listens on the peer and client ports plus `1000 * k`, and talks to core
 //! `k` of the other nodes; shard `s` lives on core `s % cores`. Every node of
 //! a cluster must therefore run the same number of shards and cores (cores =
-//! min(shards, available CPUs)). A client request that arrives on the wrong
+//! `--cores`, or min(shards, available CPUs)). A client request that arrives on the wrong
 //! core is forwarded over a bounded channel to the core that owns its shard.
 //!
 //! [`start`] runs a node with any state machine, on the WAL or in memory
@@ -250,7 +250,7 @@ where
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
     }
-    let cores = (config.shards as usize).min(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let cores = config.cores();
     if matches!(network, Network::Tcp) {
         check_ports(&config, cores)?;
     }
