@@ -423,6 +423,52 @@ fn cli_puts_from_fresh_pid_namespaces_are_never_lost() {
     assert!(lost.is_empty(), "{} of 60 acknowledged puts were lost:\n{}", lost.len(), lost.join("\n"));
 }
 
+/// Core k of a node talks to core k of its peers, so every node must run
+/// the same number of cores: a node that runs 2 for its 2 shards (the
+/// default on a 2-CPU machine) and a peer told `--cores 1` (or one on a
+/// 1-CPU machine) never replicate shard 1 between them. The messages used to
+/// be dropped without a word; the node that gets them on the wrong core now
+/// says what is wrong.
+#[test]
+fn a_peer_with_another_core_count_is_reported() {
+    let dir = std::env::temp_dir().join(format!("node-test-{}-cores", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let peers = "1=127.0.0.1:25100,2=127.0.0.1:25102,3=127.0.0.1:25104";
+    let start = |id: u64, cores: &str| {
+        let stderr = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+        let (peer, client) = (25_100 + 2 * (id - 1), 25_101 + 2 * (id - 1));
+        Command::new(env!("CARGO_BIN_EXE_node"))
+            .args(["serve", "--node-id", &id.to_string(), "--cluster-id", "9", "--peers", peers])
+            .args(["--peer-addr", &format!("127.0.0.1:{peer}"), "--client-addr", &format!("127.0.0.1:{client}")])
+            .args(["--shards", "2", "--cores", cores, "--pin-cores", "false"])
+            .args(["--data-dir", &dir.join(format!("node-{id}")).display().to_string()])
+            .env("NODE_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start node")
+    };
+    let mut nodes = [start(1, "2"), start(2, "1")];
+    // Node 2 sends shard 1's vote requests from its only core to node 1's
+    // core 0, which runs shard 0 only.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(dir.join("node-1.log")).unwrap_or_default();
+        if log.contains("a shard this core does not run") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for node in &mut nodes {
+        let _ = node.kill();
+        let _ = node.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(log.contains("a shard this core does not run"), "node 1 did not report the mismatch:\n{log}");
+    assert!(log.contains("same --shards and --cores"), "{log}");
+}
+
 /// SIGTERM stops a node cleanly and promptly: waiting clients are
 /// answered, the hard state saved, and every shard's log closed (a log
 /// still held by the driver loop once made shutdown wait its full 5 s and

@@ -684,11 +684,12 @@ async fn dispatch<F>(
     let mut ticker = tokio::time::interval(SHUTDOWN_POLL);
     let mut listening = true;
     let mut watching = true;
+    let mut misrouted = Misrouted::default();
     loop {
         tokio::select! {
             event = inbound.recv(), if listening => {
                 match event {
-                    Some(event) => route(event, setup.cores, inboxes, &setup.forward),
+                    Some(event) => route(event, setup, inboxes, &mut misrouted),
                     // No listeners (an in-process node): only the hub.
                     None => listening = false,
                 }
@@ -728,19 +729,51 @@ async fn recv_hub(from_hub: &mut Option<&mut mpsc::Receiver<HubMessage>>) -> Opt
     }
 }
 
-fn route(
+/// Raft messages this core got for shards it does not run, and when it
+/// last said so.
+#[derive(Default)]
+struct Misrouted {
+    count: u64,
+    logged_at: Option<Instant>,
+}
+
+/// How often a core logs the Raft messages it got for shards it does not run.
+const MISROUTED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+fn route<F>(
     event: Inbound,
-    cores: usize,
+    setup: &NodeSetup<F>,
     inboxes: &HashMap<u32, mpsc::Sender<ShardEvent>>,
-    forward: &[mpsc::Sender<Forwarded>],
+    misrouted: &mut Misrouted,
 ) {
+    let (cores, forward) = (setup.cores, &setup.forward);
     match event {
-        Inbound::Raft { shard_id, message, .. } => {
-            if let Some(inbox) = inboxes.get(&shard_id) {
-                // A full inbox drops the message: Raft resends.
-                let _ = inbox.try_send(ShardEvent::Raft(message));
+        Inbound::Raft { from_node, shard_id, message } => match inboxes.get(&shard_id) {
+            // A full inbox drops the message: Raft resends.
+            Some(inbox) => drop(inbox.try_send(ShardEvent::Raft(message))),
+            None => {
+                // Core k of a peer sends a shard's messages to core k here:
+                // a shard that is not on this core means the peer runs
+                // another number of cores or shards, and those shards never
+                // replicate between the two. Say so, loudly but not for
+                // every message.
+                misrouted.count += 1;
+                let now = Instant::now();
+                if misrouted.logged_at.is_none_or(|at| now.duration_since(at) >= MISROUTED_LOG_INTERVAL) {
+                    misrouted.logged_at = Some(now);
+                    tracing::error!(
+                        peer = from_node,
+                        shard = shard_id,
+                        messages = misrouted.count,
+                        cores,
+                        shards = setup.config.shards,
+                        "a peer sent Raft messages for a shard this core does not run: every node must run the \
+                         same --shards and --cores (core k talks to core k of the others); those shards do \
+                         not replicate between these nodes"
+                    );
+                }
             }
-        }
+        },
         Inbound::Request { shard_id, request, reply, .. } => {
             let arrived = reply.received();
             if inboxes.contains_key(&shard_id) {
