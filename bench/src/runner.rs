@@ -740,6 +740,11 @@ async fn send_loop(
                 window_full = true;
                 break;
             }
+            if !slot.borrow().retries.is_empty() {
+                // Refused requests go first: with them, at most `inflight`
+                // requests are outstanding, sent or waiting to be sent again.
+                break;
+            }
             let Ok(permit) = permits.try_acquire() else { break };
             permit.forget();
             let mut slot = slot.borrow_mut();
