@@ -397,6 +397,11 @@ pub(crate) mod tests {
         assert!(lines[0].starts_with("op") && lines[0].contains("p99.99") && lines[0].ends_with("max"), "{table}");
         assert!(lines[2].starts_with("write") && lines[2].contains("500"), "{table}");
         assert!(table.contains("errors: busy=1"), "{table}");
+        assert!(!table.contains("sent again"), "nothing was retried: {table}");
+        let mut retried = sample_result("a", 1);
+        retried.retried.insert("not_leader".into(), 7);
+        let table = retried.percentile_table();
+        assert!(table.contains("refused and sent again (latency counts from the first try): not_leader=7"), "{table}");
     }
 
     #[test]
