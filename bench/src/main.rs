@@ -323,9 +323,10 @@ struct ClusterArgs {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: u32,
-    /// Shards per node (`node serve --shards`).
-    #[arg(long = "node-shards", default_value_t = 1)]
-    node_shards: u32,
+    /// Shards per node (`node serve --shards`). `bench sweep` takes a list,
+    /// one cluster each, to compare shard counts in one run (`1,2,4`).
+    #[arg(long = "node-shards", value_delimiter = ',', default_value = "1")]
+    node_shards: Vec<u32>,
     /// The nodes' log filter.
     #[arg(long, default_value = "warn")]
     node_log_level: String,
@@ -343,7 +344,7 @@ impl ClusterArgs {
         Ok(ClusterSpec {
             node_binary,
             nodes: self.nodes,
-            shards: self.node_shards,
+            shards: self.node_shards.first().copied().unwrap_or(1),
             extra_args: Vec::new(),
             log_level: self.node_log_level.clone(),
             keep: self.keep_cluster,
@@ -563,6 +564,9 @@ fn command_compare(args: CompareArgs) -> Result<(), String> {
 
 fn command_sweep(args: SweepArgs) -> Result<(), String> {
     let spec = args.cluster.spec()?;
+    if args.cluster.node_shards.contains(&0) {
+        return Err("--node-shards: a node runs at least one shard".into());
+    }
     let node_options = if args.node_option.is_empty() {
         vec![Vec::new()]
     } else {
@@ -576,6 +580,7 @@ fn command_sweep(args: SweepArgs) -> Result<(), String> {
         value_sizes: args.value_size.clone(),
         node_options,
         tls_modes: args.tls.iter().map(|mode| *mode == TlsMode::On).collect(),
+        shard_counts: args.cluster.node_shards.clone(),
         cluster: spec,
         out_dir: args.out_dir.clone().unwrap_or_else(|| default_out_dir(Path::new("bench-results"), "sweep")),
         progress: args.load.progress(),
@@ -595,6 +600,9 @@ fn command_sweep(args: SweepArgs) -> Result<(), String> {
 
 fn command_demo(args: DemoArgs) -> Result<(), String> {
     let spec = args.cluster.spec()?;
+    if args.cluster.node_shards.len() != 1 {
+        return Err("--node-shards: the demo runs one shard count (bench sweep compares several)".into());
+    }
     let temporary = match &args.out_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("raft-bench-demo-").tempdir().map_err(|e| e.to_string())?),
@@ -621,6 +629,7 @@ fn command_demo(args: DemoArgs) -> Result<(), String> {
         value_sizes: vec![args.value_size],
         node_options: vec![Vec::new()],
         tls_modes: vec![false],
+        shard_counts: vec![spec.shards],
         cluster: spec,
         out_dir: out_dir.clone(),
         progress: load.progress(),

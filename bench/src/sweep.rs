@@ -47,6 +47,10 @@ pub struct SweepPlan {
     /// Whether each cluster runs TLS: one cluster per node option and mode
     /// (`[false, true]` measures what TLS costs in one run).
     pub tls_modes: Vec<bool>,
+    /// Shards per node: one cluster per count, node option and mode
+    /// (`[1, 2, 4]` compares shard counts in one run); `cluster.shards` is
+    /// replaced by each.
+    pub shard_counts: Vec<u32>,
     pub cluster: ClusterSpec,
     /// Where result files, the comparison and the plot go.
     pub out_dir: PathBuf,
@@ -73,14 +77,17 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|source| ResultFileError::Write { path: plan.out_dir.clone(), source })?;
     let mut results = Vec::new();
-    let clusters = plan.node_options.iter().flat_map(|option| plan.tls_modes.iter().map(move |&tls| (option, tls)));
-    for (node_option, tls) in clusters {
-        let spec = ClusterSpec { extra_args: node_option.clone(), tls, ..plan.cluster.clone() };
+    let clusters = plan.shard_counts.iter().flat_map(|&shards| {
+        plan.node_options.iter().flat_map(move |option| plan.tls_modes.iter().map(move |&tls| (shards, option, tls)))
+    });
+    for (shards, node_option, tls) in clusters {
+        let spec = ClusterSpec { extra_args: node_option.clone(), tls, shards, ..plan.cluster.clone() };
         eprintln!(
-            "starting a {}-node {} cluster{} ...",
+            "starting a {}-node {} cluster with {shards} shard{}{} ...",
             spec.nodes,
             if tls { "TLS" } else { "plaintext" },
-            if node_option.is_empty() { String::new() } else { format!(" with `{}`", node_option.join(" ")) }
+            if shards == 1 { "" } else { "s" },
+            if node_option.is_empty() { String::new() } else { format!(" and `{}`", node_option.join(" ")) }
         );
         let mut cluster = LocalCluster::start(spec)?;
         cluster.wait_ready(Duration::from_secs(30))?;
@@ -104,6 +111,9 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                 if plan.tls_modes.len() > 1 {
                     label.push_str(if tls { " tls=on" } else { " tls=off" });
                 }
+                if plan.shard_counts.len() > 1 {
+                    label.push_str(&format!(" shards={shards}"));
+                }
                 let options = RunOptions {
                     settings,
                     // With TLS the bench's certificate authenticates it.
@@ -124,7 +134,7 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                 }
                 result.local_cluster = Some(serde_json::json!({
                     "nodes": plan.cluster.nodes,
-                    "shards": plan.cluster.shards,
+                    "shards": shards,
                     "node_serve_extra_args": node_option,
                     "tls": tls,
                     "node_binary": plan.cluster.node_binary,

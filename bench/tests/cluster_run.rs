@@ -26,6 +26,16 @@ fn run_bench(bench: &std::path::Path, cluster: &LocalCluster, out: &std::path::P
     run_bench_at(bench, cluster, &addrs, &["--duration", "1s"], out, extra)
 }
 
+/// Runs the bench binary (without a token file from the environment) and
+/// returns its stdout and stderr, failing the test if it failed.
+fn bench_succeeds(mut command: Command) -> (String, String) {
+    let output = command.env_remove("NODE_TOKEN_FILE").output().expect("run the bench binary");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{command:?} failed ({}):\n{stdout}\n{stderr}", output.status);
+    (stdout, stderr)
+}
+
 /// `bench run` given `addrs` for `duration` (its arguments) after half a
 /// second of warm-up.
 fn run_bench_at(
@@ -51,19 +61,15 @@ fn run_bench_at(
         }
         None => vec!["--token".into(), LOCAL_TOKEN.into()],
     };
-    let output = Command::new(bench)
+    let mut command = Command::new(bench);
+    command
         .args(["run", "--addr", addrs, "--quiet", "--out"])
         .arg(out)
         .args(&auth)
         .args(duration)
         .args(["--warmup", "500ms", "--value-size", "64", "--keys", "1000"])
-        .args(extra)
-        .env_remove("NODE_TOKEN_FILE")
-        .output()
-        .expect("run the bench binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench run failed ({}):\n{stdout}\n{stderr}", output.status);
+        .args(extra);
+    let (stdout, _) = bench_succeeds(command);
     assert!(stdout.contains("p99.99") && stdout.contains("result file:"), "no percentile table:\n{stdout}");
     ResultFile::load(out).expect("a readable result file")
 }
@@ -247,4 +253,36 @@ fn bench_given_one_node_learns_the_members_and_outlives_it() {
         "no writes after the leader died: {:?}",
         result.timeline
     );
+}
+
+/// `bench sweep --node-shards 1,2` compares shard counts in one run: a
+/// cluster per count, each result labelled and recorded with its count.
+#[test]
+fn a_sweep_compares_shard_counts() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(spec) = three_nodes(&bench, false) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(&bench);
+    command
+        .args(["sweep", "--node-bin"])
+        .arg(&spec.node_binary)
+        .args(["--node-shards", "1,2", "--inflight", "8", "--duration", "1s", "--warmup", "500ms", "--no-floor"])
+        .args(["--value-size", "64", "--keys", "1000", "--quiet", "--out-dir"])
+        .arg(dir.path());
+    let (stdout, stderr) = bench_succeeds(command);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json") && path.file_name().unwrap() != "floor.json")
+        .collect();
+    files.sort();
+    let results: Vec<ResultFile> = files.iter().map(|file| ResultFile::load(file).expect("a result file")).collect();
+    assert_eq!(results.len(), 2, "{files:?}\n{stdout}\n{stderr}");
+    for (result, shards) in results.iter().zip([1, 2]) {
+        assert!(result.label.ends_with(&format!("shards={shards}")), "{}", result.label);
+        let local = result.local_cluster.as_ref().expect("the local cluster's settings");
+        assert_eq!(local["shards"], shards, "{local}");
+        assert!(result.operations["write"].count > 0, "{}: no writes", result.label);
+        assert!(result.errors.is_empty(), "{}: {:?} {:?}", result.label, result.errors, result.error_examples);
+    }
 }
