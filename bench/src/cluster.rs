@@ -77,19 +77,15 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    /// The core threads each node runs: `--cores` from `extra_args`, or the
-    /// machine's CPUs divided among the nodes (at least 1, at most the
-    /// shard count). The nodes share this machine: with a thread per CPU
-    /// each, three nodes make three threads per CPU, and their switches
-    /// cost about a fifth more CPU per write with 4 shards on 2 CPUs
-    /// (bench/RESULTS.md, "Shards per node").
+    /// The core threads each node runs: `--cores` from `extra_args`, or
+    /// the machine's CPUs divided among the nodes
+    /// ([`net::runtime::shared_machine_cores`]).
     pub fn cores(&self) -> u32 {
         let given = self.extra_args.iter().position(|arg| arg == "--cores");
-        if let Some(cores) = given.and_then(|at| self.extra_args.get(at + 1)).and_then(|value| value.parse().ok()) {
-            return cores;
-        }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        (cpus / self.nodes.max(1)).clamp(1, self.shards.max(1))
+        given
+            .and_then(|at| self.extra_args.get(at + 1))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| net::runtime::shared_machine_cores(self.shards, self.nodes))
     }
 
     fn cores_given(&self) -> bool {

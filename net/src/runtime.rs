@@ -17,3 +17,25 @@ pub fn start_runtime<F: std::future::Future>(future: F) -> F::Output {
     }
     tokio_uring::builder().uring_builder(&ring).start(future)
 }
+
+/// The machine's CPUs, as the process may use them.
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// A node's core threads for `shards` shards when it has the machine to
+/// itself: one per shard, at most one per CPU (`node serve`'s default).
+pub fn default_cores(shards: u32) -> u32 {
+    shards.min(cpus()).max(1)
+}
+
+/// The core threads each of `nodes` nodes sharing this one machine runs for
+/// `shards` shards (a local cluster: `node dev`, the bench): the CPUs
+/// divided among the nodes, at least 1 and at most the shard count.
+/// Thread-per-core means one busy thread per CPU; three nodes with a thread
+/// per CPU each make three per CPU, whose switches cost about a fifth more
+/// CPU per write with 4 shards on 2 CPUs (bench/RESULTS.md, "Local clusters
+/// divide the CPUs").
+pub fn shared_machine_cores(shards: u32, nodes: u32) -> u32 {
+    (cpus() / nodes.max(1)).clamp(1, shards.max(1))
+}

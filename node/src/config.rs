@@ -259,7 +259,7 @@ impl ServeConfig {
     pub fn cores(&self) -> usize {
         match self.core_threads {
             Some(cores) => cores as usize,
-            None => (self.shards as usize).min(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1),
+            None => net::runtime::default_cores(self.shards) as usize,
         }
     }
 
@@ -404,7 +404,7 @@ impl DevConfig {
                     data_dir: root.join(format!("node-{id}")),
                     shards: self.shards,
                     // The nodes share this machine's CPUs.
-                    core_threads: Some(shared_machine_cores(self.shards, self.nodes)),
+                    core_threads: Some(net::runtime::shared_machine_cores(self.shards, self.nodes)),
                     token: Some(Token(Bytes::from_static(DEV_TOKEN))),
                     security: SecurityConfig::default(),
                     limits: FlowLimits::default(),
@@ -1168,15 +1168,4 @@ fn check_cores(cores: u32, shards: u32) -> Result<u32, ConfigError> {
         });
     }
     Ok(cores)
-}
-
-/// The cores each of `nodes` nodes on this one machine runs for `shards`
-/// shards: the machine's CPUs divided among the nodes (at least 1, at most
-/// the shard count). Thread-per-core means one busy thread per CPU; three
-/// nodes with a thread per CPU each make three threads per CPU, whose
-/// switches cost about a fifth more CPU per write with 4 shards on 2 CPUs
-/// (bench/RESULTS.md, "Shards per node").
-pub fn shared_machine_cores(shards: u32, nodes: u32) -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    (cpus / nodes.max(1)).clamp(1, shards.max(1))
 }
