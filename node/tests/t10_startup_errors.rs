@@ -1,6 +1,7 @@
 //! Bad starts end with a clear error and a non-zero exit: a peer list without
 //! this node, a port in use, a data directory of another cluster or node, an
-//! unresolvable DNS name, invalid flags.
+//! unresolvable DNS name, invalid flags. A data directory on a file system
+//! that loses it on a restart (or costs synced writes) starts with a warning.
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -128,4 +129,64 @@ fn invalid_flags_are_refused_with_usage() {
     let help = node(&["serve", "--help"]);
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--data-dir"));
+}
+
+/// Runs a single-node `serve` on `dir` for a moment at log level `warn`
+/// and returns what it logged.
+fn serve_briefly(dir: &std::path::Path, peer: &str, client: &str) -> String {
+    let mut args = serve_args("1", peer, client, "", dir.to_str().unwrap(), "1");
+    let peers = format!("1={peer}");
+    args[10] = &peers;
+    let level = args.len() - 1;
+    args[level] = "warn";
+    let child = Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(&args)
+        .env("NODE_TOKEN", "t")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "a clean shutdown exits 0: {}", stderr(&output));
+    stderr(&output)
+}
+
+#[test]
+fn a_data_directory_in_memory_is_warned_about() {
+    let mount_point = std::env::temp_dir().join(format!("node-start-{}-tmpfs", std::process::id()));
+    std::fs::create_dir_all(&mount_point).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&mount_point).status();
+    if !mounted.is_ok_and(|status| status.success()) {
+        // CI runs as root, where this never happens.
+        eprintln!("SKIPPED: cannot mount a tmpfs at {} (needs root)", mount_point.display());
+        let _ = std::fs::remove_dir(&mount_point);
+        return;
+    }
+    let text = serve_briefly(&mount_point.join("node"), "127.0.0.1:22540", "127.0.0.1:22541");
+    let _ = Command::new("umount").arg(&mount_point).status();
+    let _ = std::fs::remove_dir(&mount_point);
+    assert!(text.contains("is on tmpfs") && text.contains("empties it"), "{text}");
+}
+
+#[test]
+fn the_data_directory_s_file_system_is_checked_at_start() {
+    // Whatever this machine's temporary directory is on, the node says
+    // what the check finds there (on the project's machine: ext4 without a
+    // journal), and nothing when it finds nothing.
+    let dir = std::env::temp_dir().join(format!("node-start-{}-fs", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mount, finding) = node::data_fs::check(&dir).expect("the temporary directory's mount is known");
+    let text = serve_briefly(&dir, "127.0.0.1:22550", "127.0.0.1:22551");
+    let _ = std::fs::remove_dir_all(&dir);
+    match finding {
+        Some(finding) => {
+            let warning = finding.warning(&dir, &mount);
+            let start = &warning[..warning.find(':').unwrap()];
+            assert!(text.contains(start), "expected {warning:?} in {text}");
+        }
+        None => assert!(!text.contains("the data directory"), "{text}"),
+    }
 }

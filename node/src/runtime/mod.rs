@@ -249,6 +249,7 @@ where
     }
     if matches!(storage, Storage::Wal) {
         prepare_data_dir(&config.data_dir, config.shards)?;
+        check_data_fs(&config.data_dir);
     }
     let cores = config.cores();
     if matches!(network, Network::Tcp) {
@@ -434,6 +435,22 @@ fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     std::fs::write(&probe, b"probe").map_err(|error| fail(format!("not writable: {error}")))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// Says which file system holds the data directory, and warns when it
+/// loses data on a restart or costs synced writes ([`crate::data_fs`]).
+fn check_data_fs(dir: &Path) {
+    let Some((mount, finding)) = crate::data_fs::check(dir) else { return };
+    tracing::info!(
+        data_dir = %dir.display(),
+        fs = %mount.fs_type,
+        source = %mount.source,
+        mount_point = %mount.mount_point.display(),
+        "data directory's file system"
+    );
+    if let Some(finding) = finding {
+        tracing::warn!(fs = %mount.fs_type, "{}", finding.warning(dir, &mount));
+    }
 }
 
 /// How a core's shards reach their peers: TCP links, or the hub.
