@@ -182,7 +182,31 @@ pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>, y_scale: Y
         );
         table.push_str(&floors);
     }
+    table.push_str(&file_system_note(&results));
     Ok(table)
+}
+
+/// A note when the runs' floors were measured on different file systems
+/// (their ratios then compare machines as much as configurations); empty
+/// otherwise.
+pub fn file_system_note(results: &[ResultFile]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for result in results {
+        let Some(floor) = &result.floor else { continue };
+        if !floor.file_system.is_empty() && !seen.contains(&floor.file_system.as_str()) {
+            seen.push(&floor.file_system);
+        }
+    }
+    if seen.len() < 2 {
+        return String::new();
+    }
+    let mut note = String::from("\nnote: the floors were measured on different file systems:\n");
+    for result in results {
+        if let Some(floor) = result.floor.as_ref().filter(|floor| !floor.file_system.is_empty()) {
+            note.push_str(&format!("  {}: {}\n", result.label, floor.file_system));
+        }
+    }
+    note
 }
 
 /// Writes the percentile-distribution plot of `results` to `svg`.
@@ -236,6 +260,7 @@ mod tests {
             measured_at: String::new(),
             dir: PathBuf::new(),
             direct_io: true,
+            file_system: String::new(),
             notes: Vec::new(),
             synced_write_1: latency(130.0, 400.0),
             synced_write_n: latency(300.0, 800.0),
@@ -253,8 +278,20 @@ mod tests {
         assert_eq!(ratios.write_bytes_per_second, 500.0 * 256.0);
         assert_eq!(ratios.bandwidth_floor, 1e6);
         assert!((ratios.bandwidth_ratio - 0.128).abs() < 1e-9);
-        let table = floor_table(&[result]).unwrap();
+        let table = floor_table(std::slice::from_ref(&result)).unwrap();
         assert!(table.lines().nth(2).unwrap().contains("1.25") && table.contains("12.8%"), "{table}");
+        // Floors from two file systems are pointed out; from one, not.
+        let mut other = result.clone();
+        other.label = "other machine".into();
+        assert_eq!(file_system_note(&[result.clone(), other.clone()]), "");
+        let floor = |result: &mut ResultFile, text: &str| result.floor.as_mut().unwrap().file_system = text.into();
+        floor(&mut result, "ext4 on /dev/vda (mounted at /), no journal");
+        floor(&mut other, "xfs on /dev/nvme0n1 (mounted at /data)");
+        let note = file_system_note(&[result.clone(), other.clone()]);
+        assert!(note.contains("different file systems") && note.contains("in-flight 1: ext4"), "{note}");
+        assert!(note.contains("other machine: xfs"), "{note}");
+        floor(&mut other, "ext4 on /dev/vda (mounted at /), no journal");
+        assert_eq!(file_system_note(&[result, other]), "");
     }
 
     #[test]

@@ -131,6 +131,12 @@ pub struct Floor {
     pub dir: PathBuf,
     /// Whether the writes and the read were direct (`O_DIRECT`).
     pub direct_io: bool,
+    /// The file system measured, as `TYPE on SOURCE (mounted at PATH)`,
+    /// and `, no journal` for a journal-less ext4 (which writes each synced
+    /// file's inode once per clock tick: `wal::filesystem`); empty when it
+    /// could not be told (and in floors recorded before it was kept).
+    #[serde(default)]
+    pub file_system: String,
     /// What differs from the plan (direct I/O refused, ...).
     pub notes: Vec<String>,
     /// Synced 4 KiB writes, one writer.
@@ -222,6 +228,9 @@ impl Floor {
             "-".into(),
         ]);
         let mut out = render_table(&rows);
+        if !self.file_system.is_empty() {
+            out.push_str(&format!("file system: {}\n", self.file_system));
+        }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -246,6 +255,7 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
         tempfile::Builder::new().prefix("bench-floor-").tempdir_in(&parent).map_err(io_error("create", &parent))?;
     let case = Duration::from_secs_f64(options.case_seconds.max(0.05));
     let mut notes = Vec::new();
+    let file_system = describe_file_system(&parent, &mut notes);
 
     // One zero-filled file per writer, so that writes land in written
     // extents, as the WAL's segments are.
@@ -274,6 +284,7 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
         measured_at: rfc3339(SystemTime::now()),
         dir: dir_path,
         direct_io,
+        file_system,
         notes,
         synced_write_1,
         synced_write_n,
@@ -283,6 +294,20 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
         loopback_round_trip,
         seconds: began.elapsed().as_secs_f64(),
     })
+}
+
+/// The file system holding `dir` for [`Floor::file_system`]; what it is
+/// worth a warning for goes into `notes`.
+fn describe_file_system(dir: &Path, notes: &mut Vec<String>) -> String {
+    let Some((mount, finding)) = wal::filesystem::check(dir) else { return String::new() };
+    let mut text = format!("{} on {} (mounted at {})", mount.fs_type, mount.source, mount.mount_point.display());
+    if let Some(finding) = finding {
+        if finding == wal::filesystem::Finding::Ext4WithoutJournal {
+            text.push_str(", no journal");
+        }
+        notes.push(finding.warning(dir, &mount));
+    }
+    text
 }
 
 /// A buffer of `length` bytes at a [`BLOCK_BYTES`]-aligned address, inside
@@ -500,6 +525,8 @@ mod tests {
         assert!(!floor.dir.exists(), "the scratch directory is removed");
         let table = floor.table();
         assert!(table.contains("2 writers") && table.contains("MB/s") && table.contains("loopback"), "{table}");
+        // The file system of the temporary directory, whatever it is here.
+        assert!(floor.file_system.contains(" on ") && table.contains("file system: "), "{table}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("floor.json");
         floor.save(&path).unwrap();
@@ -507,6 +534,7 @@ mod tests {
         let loaded = Floor::load(&path).unwrap();
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
         assert_eq!((loaded.writers, loaded.direct_io, &loaded.notes), (floor.writers, floor.direct_io, &floor.notes));
+        assert_eq!(loaded.file_system, floor.file_system);
         assert_eq!(loaded.synced_write_n.count, floor.synced_write_n.count);
         assert!(close(loaded.write_bytes_per_second, floor.write_bytes_per_second), "{loaded:?}");
         assert!(close(loaded.loopback_round_trip.p99_us, floor.loopback_round_trip.p99_us), "{loaded:?}");
@@ -523,6 +551,7 @@ mod tests {
             measured_at: String::new(),
             dir: PathBuf::new(),
             direct_io: true,
+            file_system: String::new(),
             notes: Vec::new(),
             synced_write_1: latency(130.0, 400.0),
             synced_write_n: latency(300.0, 900.0),

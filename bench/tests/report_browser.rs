@@ -34,6 +34,7 @@ fn synthetic_floor() -> Floor {
         measured_at: "2026-12-02T07:00:00Z".into(),
         dir: PathBuf::from("/tmp/bench-floor-synthetic"),
         direct_io: true,
+        file_system: "ext4 on /dev/vda (mounted at /)".into(),
         notes: Vec::new(),
         synced_write_1: latency(120.0, 400.0),
         synced_write_n: latency(260.0, 900.0),

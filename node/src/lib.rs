@@ -17,7 +17,6 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod data_fs;
 pub mod discovery;
 pub mod dns_watch;
 pub mod kv;

@@ -178,7 +178,7 @@ fn the_data_directory_s_file_system_is_checked_at_start() {
     // journal), and nothing when it finds nothing.
     let dir = std::env::temp_dir().join(format!("node-start-{}-fs", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (mount, finding) = node::data_fs::check(&dir).expect("the temporary directory's mount is known");
+    let (mount, finding) = wal::filesystem::check(&dir).expect("the temporary directory's mount is known");
     let text = serve_briefly(&dir, "127.0.0.1:22550", "127.0.0.1:22551");
     let _ = std::fs::remove_dir_all(&dir);
     match finding {

@@ -22,6 +22,7 @@ mod commit;
 pub mod config;
 pub mod dir;
 pub mod error;
+pub mod filesystem;
 pub mod hard_state;
 pub mod mem;
 mod recovery;

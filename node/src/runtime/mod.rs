@@ -438,9 +438,9 @@ fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
 }
 
 /// Says which file system holds the data directory, and warns when it
-/// loses data on a restart or costs synced writes ([`crate::data_fs`]).
+/// loses data on a restart or costs synced writes ([`wal::filesystem`]).
 fn check_data_fs(dir: &Path) {
-    let Some((mount, finding)) = crate::data_fs::check(dir) else { return };
+    let Some((mount, finding)) = wal::filesystem::check(dir) else { return };
     tracing::info!(
         data_dir = %dir.display(),
         fs = %mount.fs_type,

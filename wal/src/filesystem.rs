@@ -1,7 +1,8 @@
-//! What the data directory's file system means for durability and speed,
-//! checked once at start: a node warns when its log and snapshots sit
-//! where they do not survive what the operator likely expects them to, or
-//! where every synced write costs more than it should.
+//! What the file system holding a log directory means for durability and
+//! speed: the node checks its data directory once at start and warns when
+//! its log and snapshots sit where they do not survive what the operator
+//! likely expects them to, or where every synced write costs more than it
+//! should; `bench floor` records it with the machine's floor.
 //!
 //! - **tmpfs or ramfs** (memory): a restart of the machine empties the
 //!   directory. One replica coming back empty repairs from its peers, but
@@ -51,18 +52,18 @@ pub enum Finding {
 }
 
 impl Finding {
-    /// The warning to log for `dir` on `mount`.
+    /// The warning for `dir` on `mount`.
     pub fn warning(&self, dir: &Path, mount: &Mount) -> String {
         let (dir, fs_type, point) = (dir.display(), &mount.fs_type, mount.mount_point.display());
         match self {
             Finding::Memory => format!(
                 "the data directory {dir} is on {fs_type} (memory, mounted at {point}): a restart of the machine \
                  empties it. A replica that comes back empty repairs from its peers, but machines that restart \
-                 together lose acknowledged writes. Put --data-dir on a disk"
+                 together lose acknowledged writes. Put the data directory on a disk"
             ),
             Finding::ContainerLayer => format!(
                 "the data directory {dir} is on overlayfs (a container's writable layer, mounted at {point}): it \
-                 is removed with the container. Mount a volume at --data-dir"
+                 is removed with the container. Mount a volume there"
             ),
             Finding::Ext4WithoutJournal => format!(
                 "the data directory {dir} is on ext4 without a journal ({}, mounted at {point}): each synced log \
