@@ -347,42 +347,14 @@ fn open(path: &Path, write: bool, flags: libc::c_int, direct: bool) -> Result<st
 
 /// Whether the file system takes 4 KiB-aligned direct I/O on `path`: the
 /// open succeeds and `statx(STATX_DIOALIGN)`, where the kernel reports it,
-/// asks for no larger alignment. The same rule as the WAL's
-/// (`wal/src/segment.rs`, `open_direct`), whose helpers are private to it.
+/// asks for no larger alignment: the WAL's own rule
+/// ([`wal::segment::direct_io_alignment_fits`]).
 fn probe_direct(path: &Path) -> Result<bool, FloorError> {
     match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(file) => Ok(direct_io_alignment(&file).is_none_or(|(memory, offset)| {
-            let fits = |align: u32| align.is_power_of_two() && align as usize <= BLOCK_BYTES;
-            fits(memory) && fits(offset)
-        })),
+        Ok(file) => Ok(wal::segment::direct_io_alignment_fits(&file)),
         Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(false),
         Err(error) => Err(FloorError::Io { action: "open", path: path.to_path_buf(), source: error }),
     }
-}
-
-/// `statx(STATX_DIOALIGN)`'s (memory, offset) alignment, if reported.
-fn direct_io_alignment(file: &std::fs::File) -> Option<(u32, u32)> {
-    const STATX_DIOALIGN: libc::c_uint = 0x2000;
-    /// `struct statx` is 256 bytes; `stx_mask` is at 0, `stx_dio_mem_align`
-    /// and `stx_dio_offset_align` at 0x98 and 0x9c.
-    #[repr(C, align(8))]
-    struct Statx([u8; 256]);
-    let mut buffer = Statx([0; 256]);
-    // SAFETY: statx writes at most 256 bytes into the buffer, which is that
-    // large and outlives the call; the path is a valid empty C string and
-    // AT_EMPTY_PATH makes the call read the descriptor.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_statx,
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            STATX_DIOALIGN,
-            buffer.0.as_mut_ptr(),
-        )
-    };
-    let field = |at: usize| u32::from_ne_bytes(buffer.0[at..at + 4].try_into().expect("4 bytes"));
-    (result == 0 && field(0) & STATX_DIOALIGN != 0).then(|| (field(0x98), field(0x9c)))
 }
 
 /// One thread per file, each writing synced 4 KiB blocks in sequence for

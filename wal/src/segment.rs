@@ -308,7 +308,7 @@ pub(crate) fn open_direct(path: &Path, flags: libc::c_int) -> std::io::Result<(s
 
 /// Whether direct I/O on `file` accepts [`DIRECT_IO_ALIGN`]-aligned memory,
 /// offsets and lengths (see [`alignment_fits`]).
-fn direct_io_alignment_fits(file: &std::fs::File) -> bool {
+pub fn direct_io_alignment_fits(file: &std::fs::File) -> bool {
     alignment_fits(direct_io_alignment(file))
 }
 
