@@ -23,7 +23,7 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use net::resp::{encode_command, Reply, ReplyParser};
@@ -31,9 +31,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use crate::progress::{watch, Live};
 use crate::result::ResultFile;
-use crate::runner::{check_io_uring, plan_connections, resolve, ConnectionPlan, RunError, RunOptions, RunSettings};
+use crate::runner::{check_io_uring, resolve, run_workers, ConnectionPlan, RunError, RunOptions, RunSettings, Window};
 use crate::signal;
 use crate::stats::{duration_nanos, OpKind, Recorder};
 use crate::workload::{KeyChooser, KeyValueOp, Workload};
@@ -59,45 +58,9 @@ pub fn run_resp(options: &RunOptions) -> Result<ResultFile, RunError> {
     let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
     let info = options.fetch_status.then(|| ask_each(&settings.addrs, &addrs, &["INFO", "server"]));
     let keys = KeyChooser::new(settings.workload.keys, settings.workload.distribution)?;
-    let start = Instant::now() + Duration::from_millis(20);
-    let warmup = Duration::from_secs_f64(settings.warmup_s);
-    let duration = Duration::from_secs_f64(settings.duration_s);
-    let shared = Arc::new(Shared {
-        settings: settings.clone(),
-        addrs,
-        keys,
-        start,
-        warmup_end: start + warmup,
-        end: start + warmup + duration,
-        live: Live::default(),
-    });
-    let mut per_thread: Vec<Vec<ConnectionPlan>> = vec![Vec::new(); settings.threads];
-    for plan in plan_connections(&settings) {
-        per_thread[plan.index % settings.threads].push(plan);
-    }
-    let workers: Vec<_> = per_thread
-        .into_iter()
-        .enumerate()
-        .map(|(thread, plans)| {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("bench-resp-{thread}"))
-                .spawn(move || tokio_uring::start(worker(shared, plans)))
-                .expect("spawn a worker thread")
-        })
-        .collect();
-    let started_at = SystemTime::now() + warmup;
-    let timeline = watch(&shared.live, options.progress, &options.label, start, warmup, duration, || {
-        workers.iter().all(|worker| worker.is_finished())
-    });
-    let stopped = Instant::now().min(shared.end);
-    let mut recorder = Recorder::default();
-    for worker in workers {
-        recorder.merge(worker.join().map_err(|_| RunError::WorkerPanicked)?);
-    }
-    let measured = stopped.saturating_duration_since(shared.warmup_end).max(Duration::from_millis(1));
-    let mut result = ResultFile::new(options.label.clone(), settings.clone(), info, &recorder, measured, started_at)?;
-    result.timeline = timeline;
+    let shared = Arc::new(Shared { settings: settings.clone(), addrs, keys, window: Window::new(&settings) });
+    let finished = run_workers(&shared, &shared.settings, &shared.window, options, "bench-resp", connection)?;
+    let mut result = finished.result(options, settings.clone(), info)?;
     result.protocol = Some("resp".to_string());
     // The server's own per-command counts and times (`cmdstat_set:calls=...`).
     result.cluster_stats =
@@ -110,22 +73,17 @@ struct Shared {
     settings: RunSettings,
     addrs: Vec<SocketAddr>,
     keys: KeyChooser,
-    start: Instant,
-    /// Answers to requests intended before this are warm-up.
-    warmup_end: Instant,
-    /// No request is intended at or after this.
-    end: Instant,
-    live: Live,
+    window: Window,
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
-        signal::stop_requested() || Instant::now() >= self.end
+        self.window.stopping()
     }
 
     /// Counts an error of a request intended at `intended`.
     fn error(&self, recorder: &RefCell<Recorder>, intended: Instant, kind: &str, example: impl FnOnce() -> String) {
-        self.errors(recorder, intended, kind, 1, example);
+        self.window.errors(recorder, intended, kind, 1, example);
     }
 
     fn errors(
@@ -136,24 +94,8 @@ impl Shared {
         count: u64,
         example: impl FnOnce() -> String,
     ) {
-        self.live.errors.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-        let mut recorder = recorder.borrow_mut();
-        if intended >= self.warmup_end {
-            recorder.errors_n(kind, count, example);
-        } else {
-            *recorder.warmup_errors.entry(kind.to_string()).or_default() += count;
-        }
+        self.window.errors(recorder, intended, kind, count, example);
     }
-}
-
-async fn worker(shared: Arc<Shared>, plans: Vec<ConnectionPlan>) -> Recorder {
-    let recorder = Rc::new(RefCell::new(Recorder::default()));
-    let tasks: Vec<_> =
-        plans.into_iter().map(|plan| tokio_uring::spawn(connection(shared.clone(), plan, recorder.clone()))).collect();
-    for task in tasks {
-        task.await.expect("connection tasks do not panic");
-    }
-    Rc::try_unwrap(recorder).map(RefCell::into_inner).unwrap_or_else(|shared| shared.borrow().clone())
 }
 
 /// What lives across reconnections of one connection slot.
@@ -217,7 +159,7 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
 
 /// Sleeps for `pause`, but not past the end of the run.
 async fn pause(shared: &Shared, pause: Duration) {
-    let until = (Instant::now() + pause).min(shared.end);
+    let until = (Instant::now() + pause).min(shared.window.end);
     tokio::time::sleep_until(until.into()).await;
 }
 
@@ -280,17 +222,17 @@ async fn send_loop(
         while queued < SEND_BATCH_MAX {
             let intended = match plan.schedule {
                 None => now,
-                Some(schedule) => shared.start + schedule.due(slot.borrow().next_scheduled),
+                Some(schedule) => shared.window.start + schedule.due(slot.borrow().next_scheduled),
             };
-            if intended >= shared.end || (plan.schedule.is_none() && now >= shared.end) {
+            if intended >= shared.window.end || (plan.schedule.is_none() && now >= shared.window.end) {
                 break 'run;
             }
-            if let (Some(schedule), true) = (plan.schedule, now >= shared.end + DRAIN_TIMEOUT) {
+            if let (Some(schedule), true) = (plan.schedule, now >= shared.window.end + DRAIN_TIMEOUT) {
                 // Too far behind the schedule to catch up: what was never
                 // sent failed.
-                let due = schedule.count_before(shared.end - shared.start);
+                let due = schedule.count_before(shared.window.end - shared.window.start);
                 let unsent = due.saturating_sub(slot.borrow().next_scheduled);
-                shared.errors(&recorder, shared.warmup_end, "unsent", unsent, || {
+                shared.errors(&recorder, shared.window.warmup_end, "unsent", unsent, || {
                     format!("the open loop fell more than {DRAIN_TIMEOUT:?} behind its schedule")
                 });
                 break 'run;
@@ -336,7 +278,7 @@ async fn send_loop(
                 tokio::select! {
                     permit = permits.acquire() => drop(permit),
                     _ = wake_sender.notified() => {}
-                    _ = tokio::time::sleep_until(shared.end.into()) => {}
+                    _ = tokio::time::sleep_until(shared.window.end.into()) => {}
                 }
             }
         }
@@ -386,9 +328,9 @@ async fn receive_loop(
             wake_sender.notify_one();
             match check_reply(pending.op, &reply) {
                 Ok(()) => {
-                    shared.live.record(duration_nanos(now - pending.intended));
+                    shared.window.live.record(duration_nanos(now - pending.intended));
                     let mut recorder = recorder.borrow_mut();
-                    if pending.intended >= shared.warmup_end {
+                    if pending.intended >= shared.window.warmup_end {
                         recorder.record(pending.op, now - pending.intended, now - pending.sent);
                     } else {
                         recorder.warmup_completed += 1;
@@ -408,7 +350,7 @@ async fn receive_loop(
             wake_receiver.notified().await;
             continue;
         }
-        let deadline = (Instant::now() + request_timeout).min(shared.end + DRAIN_TIMEOUT);
+        let deadline = (Instant::now() + request_timeout).min(shared.window.end + DRAIN_TIMEOUT);
         buf.reserve(READ_SIZE);
         let start = buf.len();
         let end = buf.capacity();
@@ -429,7 +371,7 @@ async fn receive_loop(
                 // The read's buffer went with the dropped operation; whatever
                 // is in flight is not answered in time.
                 let mut conn = conn.borrow_mut();
-                let past_end = Instant::now() >= shared.end;
+                let past_end = Instant::now() >= shared.window.end;
                 let kind = if past_end { "unanswered" } else { "timeout" };
                 for pending in conn.inflight.drain(..) {
                     shared.error(recorder, pending.intended, kind, || {

@@ -267,52 +267,20 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     let cluster = options.fetch_status.then(|| ask(RequestBody::Status));
     let keys = KeyChooser::new(settings.workload.keys, settings.workload.distribution)?;
 
-    let start = Instant::now() + Duration::from_millis(20);
-    let warmup = Duration::from_secs_f64(settings.warmup_s);
-    let duration = Duration::from_secs_f64(settings.duration_s);
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         total_shards,
         client_config,
         addrs: connect_to,
         keys,
-        start,
-        warmup_end: start + warmup,
-        end: start + warmup + duration,
-        live: Live::default(),
+        window: Window::new(&settings),
         leaders: Mutex::new(HashMap::new()),
         node_addrs: Mutex::new(HashMap::new()),
     });
-    let plans = plan_connections(&settings);
-    let mut per_thread: Vec<Vec<ConnectionPlan>> = vec![Vec::new(); settings.threads];
-    for plan in plans {
-        per_thread[plan.index % settings.threads].push(plan);
-    }
-    let workers: Vec<_> = per_thread
-        .into_iter()
-        .enumerate()
-        .map(|(thread, plans)| {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("bench-worker-{thread}"))
-                .spawn(move || net::runtime::start_runtime(worker(shared, plans)))
-                .expect("spawn a worker thread")
-        })
-        .collect();
-    let started_at = SystemTime::now() + warmup;
-    let timeline = watch(&shared.live, options.progress, &options.label, start, warmup, duration, || {
-        workers.iter().all(|worker| worker.is_finished())
-    });
-    let stopped = Instant::now().min(shared.end);
-    let mut recorder = Recorder::default();
-    for worker in workers {
-        recorder.merge(worker.join().map_err(|_| RunError::WorkerPanicked)?);
-    }
-    let measured = stopped.saturating_duration_since(shared.warmup_end).max(Duration::from_millis(1));
-    let mut result = ResultFile::new(options.label.clone(), settings, cluster, &recorder, measured, started_at)?;
+    let finished = run_workers(&shared, &shared.settings, &shared.window, options, "bench-worker", connection)?;
+    let mut result = finished.result(options, settings, cluster)?;
     // The nodes' own counters and per-stage latencies, which explain where
     // the time of this run (and those before it on the same cluster) went.
-    result.timeline = timeline;
     result.cluster_stats = options.fetch_status.then(|| ask(RequestBody::Admin(net::AdminRequest::Stats)));
     Ok(result)
 }
@@ -327,12 +295,7 @@ struct Shared {
     /// that answered listed.
     addrs: Vec<SocketAddr>,
     keys: KeyChooser,
-    start: Instant,
-    /// Answers to requests intended before this are warm-up.
-    warmup_end: Instant,
-    /// No request is intended at or after this.
-    end: Instant,
-    live: Live,
+    window: Window,
     /// The leader each shard is believed to have, learnt from `NotLeader`.
     leaders: Mutex<HashMap<u32, SocketAddr>>,
     /// Node ids, from handshakes, to the addresses they answered on: a
@@ -364,8 +327,148 @@ impl Shared {
     }
 
     fn stopping(&self) -> bool {
+        self.window.stopping()
+    }
+}
+
+/// When a run's load starts, when its measured window begins and when no
+/// request is intended any more, with the live counters: what the worker
+/// threads of both runners (this one and [`crate::resp_runner`]) share
+/// besides their protocol's own state.
+pub(crate) struct Window {
+    pub start: Instant,
+    /// Answers to requests intended before this are warm-up.
+    pub warmup_end: Instant,
+    /// No request is intended at or after this.
+    pub end: Instant,
+    pub live: Live,
+}
+
+impl Window {
+    /// The window of a run with `settings` starting in 20 ms (the threads'
+    /// start-up).
+    pub fn new(settings: &RunSettings) -> Window {
+        let start = Instant::now() + Duration::from_millis(20);
+        let warmup_end = start + Duration::from_secs_f64(settings.warmup_s);
+        let end = warmup_end + Duration::from_secs_f64(settings.duration_s);
+        Window { start, warmup_end, end, live: Live::default() }
+    }
+
+    /// The run is over (its time is up, or a signal asked it to stop).
+    pub fn stopping(&self) -> bool {
         signal::stop_requested() || Instant::now() >= self.end
     }
+
+    /// Counts `count` errors of kind `kind` of requests intended at
+    /// `intended`: as warm-up errors before the measured window, else with
+    /// an example.
+    pub fn errors(
+        &self,
+        recorder: &RefCell<Recorder>,
+        intended: Instant,
+        kind: &str,
+        count: u64,
+        example: impl FnOnce() -> String,
+    ) {
+        if count == 0 {
+            return;
+        }
+        self.live.errors.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        let mut recorder = recorder.borrow_mut();
+        if intended >= self.warmup_end {
+            recorder.errors_n(kind, count, example);
+        } else {
+            *recorder.warmup_errors.entry(kind.to_string()).or_default() += count;
+        }
+    }
+}
+
+/// What the worker threads of a run recorded, and when.
+pub(crate) struct Finished {
+    pub recorder: Recorder,
+    pub timeline: Vec<crate::progress::TimelinePoint>,
+    /// The measured window's length (shorter when stopped early).
+    pub measured: Duration,
+    /// When the measured window began, by the wall clock.
+    pub started_at: SystemTime,
+}
+
+impl Finished {
+    /// The run's result file, before the runner adds what is its own.
+    pub fn result(
+        &self,
+        options: &RunOptions,
+        settings: RunSettings,
+        cluster: Option<serde_json::Value>,
+    ) -> Result<ResultFile, RunError> {
+        let mut result =
+            ResultFile::new(options.label.clone(), settings, cluster, &self.recorder, self.measured, self.started_at)?;
+        result.timeline = self.timeline.clone();
+        Ok(result)
+    }
+}
+
+/// Runs `connection` once per planned connection of `settings`, given
+/// `shared`, over `settings.threads` worker threads (each its own io_uring runtime,
+/// threads named `NAME-K`), shows the run's progress until they are done,
+/// and merges what they recorded.
+pub(crate) fn run_workers<S, C, F>(
+    shared: &Arc<S>,
+    settings: &RunSettings,
+    window: &Window,
+    options: &RunOptions,
+    name: &str,
+    connection: C,
+) -> Result<Finished, RunError>
+where
+    S: Send + Sync + 'static,
+    C: Fn(Arc<S>, ConnectionPlan, Rc<RefCell<Recorder>>) -> F + Copy + Send + 'static,
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let mut per_thread: Vec<Vec<ConnectionPlan>> = vec![Vec::new(); settings.threads];
+    for plan in plan_connections(settings) {
+        per_thread[plan.index % settings.threads].push(plan);
+    }
+    let workers: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(thread, plans)| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{thread}"))
+                .spawn(move || net::runtime::start_runtime(worker(shared, plans, connection)))
+                .expect("spawn a worker thread")
+        })
+        .collect();
+    let warmup = window.warmup_end.saturating_duration_since(window.start);
+    let duration = window.end.saturating_duration_since(window.warmup_end);
+    let started_at = SystemTime::now() + warmup;
+    let timeline = watch(&window.live, options.progress, &options.label, window.start, warmup, duration, || {
+        workers.iter().all(|worker| worker.is_finished())
+    });
+    let stopped = Instant::now().min(window.end);
+    let mut recorder = Recorder::default();
+    for worker in workers {
+        recorder.merge(worker.join().map_err(|_| RunError::WorkerPanicked)?);
+    }
+    let measured = stopped.saturating_duration_since(window.warmup_end).max(Duration::from_millis(1));
+    Ok(Finished { recorder, timeline, measured, started_at })
+}
+
+/// One worker thread: its connections' tasks until they end, and what they
+/// recorded.
+async fn worker<S, C, F>(shared: Arc<S>, plans: Vec<ConnectionPlan>, connection: C) -> Recorder
+where
+    C: Fn(Arc<S>, ConnectionPlan, Rc<RefCell<Recorder>>) -> F,
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let recorder = Rc::new(RefCell::new(Recorder::default()));
+    let tasks: Vec<_> =
+        plans.into_iter().map(|plan| tokio_uring::spawn(connection(shared.clone(), plan, recorder.clone()))).collect();
+    for task in tasks {
+        task.await.expect("connection tasks do not panic");
+    }
+    Rc::try_unwrap(recorder).map(RefCell::into_inner).unwrap_or_else(|shared| shared.borrow().clone())
 }
 
 /// One connection's part of the load.
@@ -399,16 +502,6 @@ pub fn plan_connections(settings: &RunSettings) -> Vec<ConnectionPlan> {
             ConnectionPlan { index, shard, inflight, schedule }
         })
         .collect()
-}
-
-async fn worker(shared: Arc<Shared>, plans: Vec<ConnectionPlan>) -> Recorder {
-    let recorder = Rc::new(RefCell::new(Recorder::default()));
-    let tasks: Vec<_> =
-        plans.into_iter().map(|plan| tokio_uring::spawn(connection(shared.clone(), plan, recorder.clone()))).collect();
-    for task in tasks {
-        task.await.expect("connection tasks do not panic");
-    }
-    Rc::try_unwrap(recorder).map(RefCell::into_inner).unwrap_or_else(|shared| shared.borrow().clone())
 }
 
 /// A request waiting for its answer.
@@ -620,12 +713,12 @@ async fn close_session(shared: &Shared, plan: &ConnectionPlan, session: Session)
 
 /// Sleeps for `pause`, but not past the end of the run.
 async fn pause(shared: &Shared, pause: Duration) {
-    let until = (Instant::now() + pause).min(shared.end);
+    let until = (Instant::now() + pause).min(shared.window.end);
     tokio::time::sleep_until(until.into()).await;
 }
 
-/// Counts an error of a request intended at `intended`, if it falls in the
-/// measured window.
+/// Counts an error of a request intended at `intended` (see
+/// [`Window::errors`]).
 fn record_error(
     shared: &Shared,
     recorder: &RefCell<Recorder>,
@@ -633,13 +726,7 @@ fn record_error(
     kind: &str,
     example: impl FnOnce() -> String,
 ) {
-    shared.live.error();
-    let mut recorder = recorder.borrow_mut();
-    if intended >= shared.warmup_end {
-        recorder.error(kind, example);
-    } else {
-        *recorder.warmup_errors.entry(kind.to_string()).or_default() += 1;
-    }
+    shared.window.errors(recorder, intended, kind, 1, example);
 }
 
 /// Runs the load over one connection until the run ends or the connection
@@ -714,17 +801,17 @@ async fn send_loop(
         while sender.queued() < SEND_BATCH_MAX {
             let intended = match plan.schedule {
                 None => now,
-                Some(schedule) => shared.start + schedule.due(slot.borrow().next_scheduled),
+                Some(schedule) => shared.window.start + schedule.due(slot.borrow().next_scheduled),
             };
-            if intended >= shared.end || (plan.schedule.is_none() && now >= shared.end) {
+            if intended >= shared.window.end || (plan.schedule.is_none() && now >= shared.window.end) {
                 break 'run;
             }
-            if let (Some(schedule), true) = (plan.schedule, now >= shared.end + DRAIN_TIMEOUT) {
+            if let (Some(schedule), true) = (plan.schedule, now >= shared.window.end + DRAIN_TIMEOUT) {
                 // Too far behind the schedule to catch up: what was never
                 // sent failed, at least as late as now.
-                let due = schedule.count_before(shared.end - shared.start);
+                let due = schedule.count_before(shared.window.end - shared.window.start);
                 let unsent = due.saturating_sub(slot.borrow().next_scheduled);
-                shared.live.errors.fetch_add(unsent, std::sync::atomic::Ordering::Relaxed);
+                shared.window.live.errors.fetch_add(unsent, std::sync::atomic::Ordering::Relaxed);
                 recorder.borrow_mut().errors_n("unsent", unsent, || {
                     format!("the open loop fell more than {DRAIN_TIMEOUT:?} behind its schedule")
                 });
@@ -785,7 +872,7 @@ async fn send_loop(
         // Nothing to send now: wait for the next due time or a free slot.
         if window_full {
             window_full = false;
-            let until = shared.end;
+            let until = shared.window.end;
             tokio::select! {
                 _ = wake_sender.notified() => {}
                 _ = tokio::time::sleep_until(until.into()) => {}
@@ -800,7 +887,7 @@ async fn send_loop(
                 }
             }
             None => {
-                let until = shared.end;
+                let until = shared.window.end;
                 tokio::select! {
                     permit = permits.acquire() => drop(permit),
                     _ = wake_sender.notified() => {}
@@ -893,7 +980,7 @@ async fn receive_loop(
             wake_receiver.notified().await;
             continue;
         }
-        let drain_deadline = shared.end + DRAIN_TIMEOUT;
+        let drain_deadline = shared.window.end + DRAIN_TIMEOUT;
         let deadline = (Instant::now() + request_timeout).min(drain_deadline);
         let response = match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
             Ok(Ok(response)) => response,
@@ -904,7 +991,7 @@ async fn receive_loop(
             }
             Err(_elapsed) => {
                 let mut conn = conn.borrow_mut();
-                let past_end = Instant::now() >= shared.end;
+                let past_end = Instant::now() >= shared.window.end;
                 let kind = if past_end { "unanswered" } else { "timeout" };
                 let pending: Vec<Pending> = conn.inflight.drain().map(|(_, pending)| pending).collect();
                 for pending in pending {
@@ -927,7 +1014,7 @@ async fn receive_loop(
             continue;
         };
         permits.add_permits(1);
-        let retry = retry_pause(&response.status, &pending, now, request_timeout, shared.end);
+        let retry = retry_pause(&response.status, &pending, now, request_timeout, shared.window.end);
         if let (Some((client_id, sequence)), None) = (pending.write, retry) {
             // Answered (or refused for good): its answer is not needed any
             // more; the window may have room again.
@@ -938,9 +1025,9 @@ async fn receive_loop(
         match response.status {
             ResponseStatus::Ok(answer) => match check_answer(pending.op, &answer) {
                 Answer::Done => {
-                    shared.live.record(duration_nanos(now - pending.intended));
+                    shared.window.live.record(duration_nanos(now - pending.intended));
                     let mut recorder = recorder.borrow_mut();
-                    if pending.intended >= shared.warmup_end {
+                    if pending.intended >= shared.window.warmup_end {
                         recorder.record(pending.op, now - pending.intended, now - pending.sent);
                     } else {
                         recorder.warmup_completed += 1;
@@ -976,7 +1063,7 @@ async fn receive_loop(
         }
         match (failure, retry) {
             (Some((kind, _)), Some(pause)) => {
-                if pending.intended >= shared.warmup_end {
+                if pending.intended >= shared.window.warmup_end {
                     *recorder.borrow_mut().retried.entry(kind.to_string()).or_default() += 1;
                 }
                 slot.borrow_mut().retries.push_back(Retry { pending, due: now + pause });
