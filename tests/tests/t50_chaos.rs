@@ -38,7 +38,16 @@ use node::kv::{KvOp, KvResponse};
 use tests::linearizability::{check, CheckOptions, HistoryRecorder, NodeKvInput, NodeKvModel, NodeKvOutput, Verdict};
 use tests::sim::client::{key_bytes, value_bytes, value_of, write_op};
 
-const TOKEN: &str = "chaos-cluster-token";
+/// The clusters' token, unique to this test process. Two runs of this suite
+/// on one machine use the same ports and cluster ids: with one token, a
+/// client of one run could reach a node of the other and record the other
+/// cluster's values, which the checker then reports as a linearizability
+/// violation (it happened once, with two runs started by mistake). With a
+/// token per process such a connection is refused instead.
+fn token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("chaos-cluster-token-{}", std::process::id()))
+}
 const CLUSTER_ID: u64 = 24;
 /// Keys the linearizability history is about (few, so operations collide).
 const KEYS: u8 = 4;
@@ -169,7 +178,7 @@ impl Cluster {
             .args(["--peers", &list.join(",")])
             .args(["--data-dir", &data_dir.display().to_string()])
             .args(["--log-level", "warn", "--pin-cores", "false"])
-            .env("NODE_TOKEN", TOKEN)
+            .env("NODE_TOKEN", token())
             .stdout(Stdio::null())
             .stderr(self.log_file(id));
         if let Some(entries) = self.snapshot_entries {
@@ -222,7 +231,7 @@ impl Cluster {
         ClientConfig {
             addrs: ids.iter().map(|id| HostPort { host: "127.0.0.1".into(), port: self.client_port(*id) }).collect(),
             cluster_id: CLUSTER_ID,
-            token: Some(Token(Bytes::from_static(TOKEN.as_bytes()))),
+            token: Some(Token(Bytes::from_static(token().as_bytes()))),
             tls: None,
             timeout,
             shard,
@@ -578,7 +587,7 @@ fn finish_and_check(cluster: &Cluster, shared: Arc<Shared>, handles: Vec<std::th
 /// One request to one node, no redirects; `None` if no answer in `wait`.
 fn single_call(port: u16, request: ClientRequest, wait: Duration) -> Option<ResponseStatus> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = NetClientConfig::new(CLUSTER_ID, Bytes::from_static(TOKEN.as_bytes()));
+    let config = NetClientConfig::new(CLUSTER_ID, Bytes::from_static(token().as_bytes()));
     tokio_uring::start(async move {
         let attempt = async {
             let mut connection = ClientConnection::connect(addr, &config).await.ok()?;
