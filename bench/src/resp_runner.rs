@@ -80,22 +80,6 @@ impl Shared {
     fn stopping(&self) -> bool {
         self.window.stopping()
     }
-
-    /// Counts an error of a request intended at `intended`.
-    fn error(&self, recorder: &RefCell<Recorder>, intended: Instant, kind: &str, example: impl FnOnce() -> String) {
-        self.window.errors(recorder, intended, kind, 1, example);
-    }
-
-    fn errors(
-        &self,
-        recorder: &RefCell<Recorder>,
-        intended: Instant,
-        kind: &str,
-        count: u64,
-        example: impl FnOnce() -> String,
-    ) {
-        self.window.errors(recorder, intended, kind, count, example);
-    }
 }
 
 /// What lives across reconnections of one connection slot.
@@ -140,7 +124,7 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
                     Ok(Err(error)) => error.to_string(),
                     _ => "timed out".to_string(),
                 };
-                shared.error(&recorder, Instant::now(), "connect", || format!("{addr}: {reason}"));
+                shared.window.error(&recorder, Instant::now(), "connect", || format!("{addr}: {reason}"));
                 next_addr = (next_addr + 1) % shared.addrs.len();
                 pause(&shared, backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
@@ -194,7 +178,7 @@ async fn drive(
     let broken = conn.broken.unwrap_or(false);
     let kind = if broken { "connection_lost" } else { "unanswered" };
     for pending in conn.inflight.drain(..) {
-        shared.error(recorder, pending.intended, kind, || "no answer before the connection ended".into());
+        shared.window.error(recorder, pending.intended, kind, || "no answer before the connection ended".into());
     }
     broken
 }
@@ -232,7 +216,7 @@ async fn send_loop(
                 // sent failed.
                 let due = schedule.count_before(shared.window.end - shared.window.start);
                 let unsent = due.saturating_sub(slot.borrow().next_scheduled);
-                shared.errors(&recorder, shared.window.warmup_end, "unsent", unsent, || {
+                shared.window.errors(&recorder, shared.window.warmup_end, "unsent", unsent, || {
                     format!("the open loop fell more than {DRAIN_TIMEOUT:?} behind its schedule")
                 });
                 break 'run;
@@ -261,7 +245,7 @@ async fn send_loop(
             out = returned;
             out.clear();
             if let Err(error) = written {
-                shared.error(&recorder, Instant::now(), "send", || error.to_string());
+                shared.window.error(&recorder, Instant::now(), "send", || error.to_string());
                 conn.borrow_mut().broken.get_or_insert(true);
                 break;
             }
@@ -287,7 +271,7 @@ async fn send_loop(
         // Requests queued when the run ended are in flight: send them.
         let (written, _) = stream.write_all(out).await;
         if let Err(error) = written {
-            shared.error(&recorder, Instant::now(), "send", || error.to_string());
+            shared.window.error(&recorder, Instant::now(), "send", || error.to_string());
             conn.borrow_mut().broken.get_or_insert(true);
         }
     }
@@ -313,14 +297,16 @@ async fn receive_loop(
                 Ok(Some(reply)) => reply,
                 Ok(None) => break,
                 Err(error) => {
-                    shared.error(recorder, Instant::now(), "bad_reply", || error.to_string());
+                    shared.window.error(recorder, Instant::now(), "bad_reply", || error.to_string());
                     conn.borrow_mut().broken.get_or_insert(true);
                     return;
                 }
             };
             let now = Instant::now();
             let Some(pending) = conn.borrow_mut().inflight.pop_front() else {
-                shared.error(recorder, now, "unexpected_answer", || format!("{reply:?} with no request in flight"));
+                shared
+                    .window
+                    .error(recorder, now, "unexpected_answer", || format!("{reply:?} with no request in flight"));
                 conn.borrow_mut().broken.get_or_insert(true);
                 return;
             };
@@ -336,7 +322,7 @@ async fn receive_loop(
                         recorder.warmup_completed += 1;
                     }
                 }
-                Err((kind, example)) => shared.error(recorder, pending.intended, kind, || example),
+                Err((kind, example)) => shared.window.error(recorder, pending.intended, kind, || example),
             }
         }
         let (empty, sender_done) = {
@@ -357,13 +343,15 @@ async fn receive_loop(
         let read = tokio::time::timeout_at(deadline.into(), stream.read(std::mem::take(&mut buf).slice(start..end)));
         match read.await {
             Ok((Ok(0), _)) => {
-                shared.error(recorder, Instant::now(), "connection", || "the server closed the connection".into());
+                shared
+                    .window
+                    .error(recorder, Instant::now(), "connection", || "the server closed the connection".into());
                 conn.borrow_mut().broken.get_or_insert(true);
                 return;
             }
             Ok((Ok(_), slice)) => buf = slice.into_inner(),
             Ok((Err(error), _)) => {
-                shared.error(recorder, Instant::now(), "connection", || error.to_string());
+                shared.window.error(recorder, Instant::now(), "connection", || error.to_string());
                 conn.borrow_mut().broken.get_or_insert(true);
                 return;
             }
@@ -374,7 +362,7 @@ async fn receive_loop(
                 let past_end = Instant::now() >= shared.window.end;
                 let kind = if past_end { "unanswered" } else { "timeout" };
                 for pending in conn.inflight.drain(..) {
-                    shared.error(recorder, pending.intended, kind, || {
+                    shared.window.error(recorder, pending.intended, kind, || {
                         format!("no answer within {:?}", deadline.saturating_duration_since(pending.sent))
                     });
                 }

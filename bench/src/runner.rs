@@ -359,6 +359,12 @@ impl Window {
         signal::stop_requested() || Instant::now() >= self.end
     }
 
+    /// Counts an error of kind `kind` of a request intended at `intended`
+    /// (see [`Window::errors`]).
+    pub fn error(&self, recorder: &RefCell<Recorder>, intended: Instant, kind: &str, example: impl FnOnce() -> String) {
+        self.errors(recorder, intended, kind, 1, example);
+    }
+
     /// Counts `count` errors of kind `kind` of requests intended at
     /// `intended`: as warm-up errors before the measured window, else with
     /// an example.
@@ -585,7 +591,7 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
         let mut connection = match ClientConnection::connect(addr, &shared.client_config).await {
             Ok(connection) => connection,
             Err(error) => {
-                record_error(&shared, &recorder, Instant::now(), "connect", || format!("{addr}: {error}"));
+                shared.window.error(&recorder, Instant::now(), "connect", || format!("{addr}: {error}"));
                 shared.forget_leader(plan.shard, addr);
                 next_addr = (next_addr + 1) % shared.addrs.len();
                 pause(&shared, backoff).await;
@@ -637,7 +643,7 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
     }
     let unsent: Vec<Retry> = slot.borrow_mut().retries.drain(..).collect();
     for retry in unsent {
-        record_error(&shared, &recorder, retry.pending.intended, "unanswered", || {
+        shared.window.error(&recorder, retry.pending.intended, "unanswered", || {
             "refused, and the run ended before it was sent again".to_string()
         });
     }
@@ -717,18 +723,6 @@ async fn pause(shared: &Shared, pause: Duration) {
     tokio::time::sleep_until(until.into()).await;
 }
 
-/// Counts an error of a request intended at `intended` (see
-/// [`Window::errors`]).
-fn record_error(
-    shared: &Shared,
-    recorder: &RefCell<Recorder>,
-    intended: Instant,
-    kind: &str,
-    example: impl FnOnce() -> String,
-) {
-    shared.window.errors(recorder, intended, kind, 1, example);
-}
-
 /// Runs the load over one connection until the run ends or the connection
 /// must be replaced.
 async fn drive(
@@ -770,7 +764,7 @@ async fn drive(
         if let Some((client_id, sequence)) = pending.write {
             slot.borrow_mut().finish(client_id, sequence);
         }
-        record_error(shared, recorder, pending.intended, kind, || format!("no answer before {outcome:?}"));
+        shared.window.error(recorder, pending.intended, kind, || format!("no answer before {outcome:?}"));
     }
     outcome
 }
@@ -863,7 +857,7 @@ async fn send_loop(
             let flushed = sender.flush().await;
             wake_receiver.notify_one();
             if let Err(error) = flushed {
-                record_error(&shared, &recorder, Instant::now(), "send", || error.to_string());
+                shared.window.error(&recorder, Instant::now(), "send", || error.to_string());
                 conn.borrow_mut().outcome.get_or_insert(Outcome::Broken);
                 break;
             }
@@ -935,7 +929,7 @@ fn queue_retries(
                         // Its session is gone (expired and replaced): it
                         // cannot be sent again safely.
                         permits.add_permits(1);
-                        record_error(shared, recorder, pending.intended, "session_expired", || {
+                        shared.window.error(recorder, pending.intended, "session_expired", || {
                             "refused, then its session expired before it was sent again".to_string()
                         });
                         continue;
@@ -985,7 +979,7 @@ async fn receive_loop(
         let response = match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                record_error(shared, recorder, Instant::now(), "connection", || error.to_string());
+                shared.window.error(recorder, Instant::now(), "connection", || error.to_string());
                 conn.borrow_mut().outcome.get_or_insert(Outcome::Broken);
                 return;
             }
@@ -998,7 +992,7 @@ async fn receive_loop(
                     if let Some((client_id, sequence)) = pending.write {
                         slot.borrow_mut().finish(client_id, sequence);
                     }
-                    record_error(shared, recorder, pending.intended, kind, || {
+                    shared.window.error(recorder, pending.intended, kind, || {
                         format!("no answer within {:?}", deadline.saturating_duration_since(pending.sent))
                     });
                 }
@@ -1008,7 +1002,7 @@ async fn receive_loop(
         };
         let now = Instant::now();
         let Some(pending) = conn.borrow_mut().inflight.remove(&response.request_id) else {
-            record_error(shared, recorder, now, "unknown_request_id", || {
+            shared.window.error(recorder, now, "unknown_request_id", || {
                 format!("an answer to request {} that is not in flight", response.request_id)
             });
             continue;
@@ -1068,7 +1062,7 @@ async fn receive_loop(
                 }
                 slot.borrow_mut().retries.push_back(Retry { pending, due: now + pause });
             }
-            (Some((kind, reason)), None) => record_error(shared, recorder, pending.intended, kind, || reason),
+            (Some((kind, reason)), None) => shared.window.error(recorder, pending.intended, kind, || reason),
             (None, _) => {}
         }
     }
