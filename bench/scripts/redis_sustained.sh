@@ -7,7 +7,9 @@
 # port and against Redis in turn, and prints the CSV lines prefixed with
 # round, system and key mode. REQUESTS defaults to 2,000,000 (about 7 s per
 # test here): a run of 100,000 lasts a fraction of a second and measures
-# mostly its start. Needs redis-server and redis-tools.
+# mostly its start. Needs redis-server and redis-tools. RESULTS_DIR (default
+# /tmp/redis-sustained) holds both systems' data: put it on the file system
+# to compare on (bench/RESULTS.md compares a journaled ext4 with the root one).
 NODE=${1:?usage: redis_sustained.sh NODE [REQUESTS] [ROUNDS]}; N=${2:-2000000}; ROUNDS=${3:-3}
 R=${RESULTS_DIR:-/tmp/redis-sustained}; pkill -f "node dev --base-port 25100"; pkill -f "redis-server.*25500"; sleep 1
 rm -rf "$R" && mkdir -p "$R/redis"
