@@ -155,7 +155,18 @@ impl Data {
     /// each key's bucket in a first pass gained nothing more.)
     fn prefetch(&self, key: &[u8]) {
         if let Some(value) = self.get(key) {
-            prefetch_line(value.as_ptr());
+            // Every line an overwrite touches: the reference counts before
+            // the bytes (`Arc::get_mut` reads them) and each line of the
+            // bytes, up to a bound (a large value streams anyway).
+            let start = value.as_ptr();
+            prefetch_line(start.wrapping_sub(2 * size_of::<usize>()));
+            let len = value.len().min(PREFETCH_VALUE_BYTES_MAX);
+            for offset in (0..len).step_by(CACHE_LINE_BYTES) {
+                prefetch_line(start.wrapping_add(offset));
+            }
+            if len > 0 {
+                prefetch_line(start.wrapping_add(len - 1));
+            }
         }
     }
 
@@ -182,6 +193,13 @@ fn for_each_key(command: &[u8], key: &mut dyn FnMut(&[u8])) {
         }
     }
 }
+
+/// The cache line size the prefetch steps by.
+const CACHE_LINE_BYTES: usize = 64;
+
+/// The most of a value [`Data::prefetch`] asks for: the 256-byte values of
+/// the load generator's default and a little more, not a 64 KiB one.
+const PREFETCH_VALUE_BYTES_MAX: usize = 1024;
 
 /// Asks the CPU to load the cache line at `address`; nothing else happens.
 fn prefetch_line(address: *const u8) {
