@@ -155,17 +155,14 @@ impl Data {
     /// each key's bucket in a first pass gained nothing more.)
     fn prefetch(&self, key: &[u8]) {
         if let Some(value) = self.get(key) {
-            // Every line an overwrite touches: the reference counts before
-            // the bytes (`Arc::get_mut` reads them) and each line of the
-            // bytes, up to a bound (a large value streams anyway).
-            let start = value.as_ptr();
-            prefetch_line(start.wrapping_sub(2 * size_of::<usize>()));
+            // Every line an overwrite touches, each once: from the
+            // reference counts before the bytes (`Arc::get_mut` reads them)
+            // to the last byte, up to a bound (a large value streams anyway).
             let len = value.len().min(PREFETCH_VALUE_BYTES_MAX);
-            for offset in (0..len).step_by(CACHE_LINE_BYTES) {
-                prefetch_line(start.wrapping_add(offset));
-            }
-            if len > 0 {
-                prefetch_line(start.wrapping_add(len - 1));
+            let first = (value.as_ptr() as usize - 2 * size_of::<usize>()) & !(CACHE_LINE_BYTES - 1);
+            let end = value.as_ptr() as usize + len;
+            for line in (first..end).step_by(CACHE_LINE_BYTES) {
+                prefetch_line(line as *const u8);
             }
         }
     }
