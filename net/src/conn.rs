@@ -26,6 +26,17 @@ use crate::tls::verify::ServerIdentityError;
 
 /// Bytes asked of the kernel per read when no larger frame is pending.
 pub const READ_SIZE_DEFAULT: usize = 64 << 10;
+/// The read size of a connection from a peer node ([`FrameReader::keep_frames`]):
+/// its appends' entries stay in the follower's log until a snapshot, each
+/// keeping its receive buffer alive, so the buffers are larger (less of each
+/// is the start of a frame that did not fit) but under glibc's threshold for
+/// allocating with `mmap` (128 KiB), whose `munmap` for every buffer cost
+/// system time.
+pub const PEER_READ_SIZE: usize = 120 << 10;
+/// The least room a receive buffer whose frames are kept must have left for
+/// a read into it when no frame is partly read; with less, a fresh buffer is
+/// taken. Bounds the unused end of each such buffer.
+pub const READ_SPARE_MIN: usize = 8 << 10;
 /// A frame tail (entry batch, command) at most this long is copied into the
 /// write buffer; a longer one goes out as its own iovec. Copying a few hundred
 /// bytes is cheaper than another segment; copying a batch is not.
@@ -68,16 +79,33 @@ impl From<io::Error> for ConnError {
 /// Reads frames from a stream into one reusable buffer. Each frame's body is
 /// split off the buffer (`BytesMut::split_to`), so payloads are slices of the
 /// bytes the kernel wrote, and the buffer's spare capacity serves the next
-/// read. A new allocation happens only when frames still hold the old one.
+/// reads until half of it (by default) or nearly all of it
+/// ([`FrameReader::keep_frames`]) is used. A new allocation happens only
+/// then, and only when frames still hold the old one; so frames hold at most
+/// about twice their bytes of memory, and frames that are kept (a follower's
+/// log entries) little more than their bytes (`net/tests/receive_memory.rs`).
 pub struct FrameReader {
     buf: BytesMut,
     limits: Limits,
     read_size: usize,
+    /// The size of the last frame returned, header included.
+    last_frame_size: usize,
+    /// The least room left in the buffer for a read into it (when no frame
+    /// is partly read): half a read for a connection whose frames are
+    /// soon dropped (a larger read costs less than a second one), and
+    /// [`READ_SPARE_MIN`] for one whose frames are kept.
+    spare_min: usize,
 }
 
 impl FrameReader {
     pub fn new(limits: Limits) -> FrameReader {
-        FrameReader { buf: BytesMut::with_capacity(READ_SIZE_DEFAULT), limits, read_size: READ_SIZE_DEFAULT }
+        FrameReader {
+            buf: BytesMut::with_capacity(READ_SIZE_DEFAULT),
+            limits,
+            read_size: READ_SIZE_DEFAULT,
+            last_frame_size: 0,
+            spare_min: READ_SIZE_DEFAULT / 2,
+        }
     }
 
     /// A reader whose first bytes were already received by someone else.
@@ -85,6 +113,17 @@ impl FrameReader {
         let mut reader = FrameReader::new(limits);
         reader.buf.extend_from_slice(received);
         reader
+    }
+
+    /// For a connection whose frames are kept long (a follower's appends,
+    /// kept in its log until a snapshot): fresh buffers of `read_size`
+    /// bytes, each filled to within [`READ_SPARE_MIN`] of its end, so that
+    /// the frames hold little more memory than their bytes. (By default a
+    /// buffer is given up once half of it is used: frames that are soon
+    /// dropped keep it alive only briefly, and larger reads are fewer.)
+    pub fn keep_frames(&mut self, read_size: usize) {
+        self.read_size = read_size.max(FRAME_HEADER_SIZE);
+        self.spare_min = READ_SPARE_MIN;
     }
 
     /// Bytes received and not yet returned as frames.
@@ -103,15 +142,26 @@ impl FrameReader {
     pub async fn next<S: FrameIo + ?Sized>(&mut self, stream: &S) -> Result<Option<RawFrame>, ConnError> {
         loop {
             if let Some(frame) = split_frame(&mut self.buf, &self.limits)? {
+                self.last_frame_size = FRAME_HEADER_SIZE + frame.body.len();
                 return Ok(Some(frame));
             }
             // The header (if present) passed the limits, so its length may be
             // reserved; otherwise ask for at least a header's worth.
-            let wanted = match check_header(&self.buf, &self.limits)? {
-                Some((_, frame_length)) => frame_length,
-                None => FRAME_HEADER_SIZE,
+            let (wanted, room_enough) = match check_header(&self.buf, &self.limits)? {
+                Some((_, frame_length)) => (frame_length, frame_length - self.buf.len()),
+                // The next frame is likely the size of the last: with less
+                // room than that, its start would be read here only to be
+                // copied into the next buffer (a second read and a copy).
+                None => (FRAME_HEADER_SIZE, self.spare_min.max(self.last_frame_size)),
             };
-            self.buf.reserve(wanted.saturating_sub(self.buf.len()).max(self.read_size));
+            // Frames split off earlier are slices of this buffer and keep all
+            // of it alive (a follower keeps its appends' entries until a
+            // snapshot), so the buffer is filled before another is taken:
+            // a fresh one only when what is left cannot hold the rest of the
+            // frame being read, or is too small to be worth a read.
+            if self.buf.capacity() - self.buf.len() < room_enough {
+                self.buf.reserve(wanted.saturating_sub(self.buf.len()).max(self.read_size));
+            }
             let (result, buf) = stream.read_append(mem::take(&mut self.buf)).await;
             self.buf = buf;
             match result? {
