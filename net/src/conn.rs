@@ -116,13 +116,14 @@ impl FrameReader {
     }
 
     /// For a connection whose frames are kept long (a follower's appends,
-    /// kept in its log until a snapshot): fresh buffers of `read_size`
-    /// bytes, each filled to within [`READ_SPARE_MIN`] of its end, so that
-    /// the frames hold little more memory than their bytes. (By default a
-    /// buffer is given up once half of it is used: frames that are soon
-    /// dropped keep it alive only briefly, and larger reads are fewer.)
-    pub fn keep_frames(&mut self, read_size: usize) {
-        self.read_size = read_size.max(FRAME_HEADER_SIZE);
+    /// kept in its log until a snapshot): fresh buffers of
+    /// [`PEER_READ_SIZE`] bytes, each filled to within [`READ_SPARE_MIN`] of
+    /// its end, so that the frames hold little more memory than their bytes.
+    /// (By default a buffer is given up once half of it is used: frames that
+    /// are soon dropped keep it alive only briefly, and larger reads are
+    /// fewer.)
+    pub fn keep_frames(&mut self) {
+        self.read_size = PEER_READ_SIZE;
         self.spare_min = READ_SPARE_MIN;
     }
 

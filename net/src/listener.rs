@@ -921,7 +921,7 @@ async fn serve_peer(
 ) -> Result<(), ConnError> {
     let cluster_id = shared.config.security.cluster_id();
     // A peer's appends are kept (in the log) until a snapshot.
-    reader.keep_frames(crate::conn::PEER_READ_SIZE);
+    reader.keep_frames();
     loop {
         let raw = match next_or_idle(reader, stream, shared.config.idle_timeout, || true).await? {
             Next::Frame(raw) => raw,

@@ -77,7 +77,7 @@ fn frames(count: usize, size: usize) -> (Bytes, usize) {
 
 /// Reads every frame and keeps them all; returns the bytes the kept frames
 /// hold alive beyond their own size, as a fraction of it.
-fn overhead_of_kept_frames(count: usize, size: usize, chunk: usize, read_size: Option<usize>) -> f64 {
+fn overhead_of_kept_frames(count: usize, size: usize, chunk: usize, keep_frames: bool) -> f64 {
     // One measurement at a time: the count is the whole process's.
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -86,8 +86,8 @@ fn overhead_of_kept_frames(count: usize, size: usize, chunk: usize, read_size: O
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let kept = tokio_uring::start(async {
         let mut reader = FrameReader::new(Limits::default());
-        if let Some(read_size) = read_size {
-            reader.keep_frames(read_size);
+        if keep_frames {
+            reader.keep_frames();
         }
         let mut kept = Vec::with_capacity(count);
         while let Some(frame) = reader.next(&stream).await.expect("frames decode") {
@@ -116,17 +116,17 @@ const CASES: [(usize, usize); 6] =
 /// one write in flight).
 const OVERHEAD_MAX: f64 = 1.0;
 
-/// Reads every case through a reader (`keep_frames(read_size)` when given)
+/// Reads every case through a reader (`keep_frames()` when asked)
 /// and fails with every case whose kept frames hold more than `max` beyond
 /// their bytes.
-fn check_every_case(read_size: Option<usize>, max: f64) {
+fn check_every_case(keep_frames: bool, max: f64) {
     let mut too_much = Vec::new();
     for (size, chunk) in CASES {
         // Enough frames that the last buffer (alive with the last frames)
         // is a small part of the whole.
-        let overhead = overhead_of_kept_frames((16 << 20) / size, size, chunk, read_size);
+        let overhead = overhead_of_kept_frames((16 << 20) / size, size, chunk, keep_frames);
         println!(
-            "reader {read_size:?}, frames of {size} bytes, reads of at most {chunk}: the kept frames hold {:.0} % more",
+            "keep_frames {keep_frames}, frames of {size} bytes, reads of at most {chunk}: the kept frames hold {:.0} % more",
             overhead * 100.0
         );
         if overhead > max {
@@ -139,16 +139,16 @@ fn check_every_case(read_size: Option<usize>, max: f64) {
 /// A default reader (a client's connection): at most `OVERHEAD_MAX` more.
 #[test]
 fn kept_frames_hold_at_most_twice_their_bytes() {
-    check_every_case(None, OVERHEAD_MAX);
+    check_every_case(false, OVERHEAD_MAX);
 }
 
-/// A peer connection's reader (`keep_frames(PEER_READ_SIZE)`): the kept
+/// A peer connection's reader (`keep_frames()`, `PEER_READ_SIZE` buffers): the kept
 /// frames hold at most `PEER_OVERHEAD_MAX` more than their bytes: a buffer's
 /// unused end (under `READ_SPARE_MIN`, or under the last frame's size) and
 /// the start of a frame that did not fit (copied into the next buffer).
 #[test]
 fn a_peer_connections_kept_frames_hold_little_more_than_their_bytes() {
-    check_every_case(Some(net::conn::PEER_READ_SIZE), PEER_OVERHEAD_MAX);
+    check_every_case(true, PEER_OVERHEAD_MAX);
 }
 
 const PEER_OVERHEAD_MAX: f64 = 0.35;
