@@ -29,8 +29,9 @@
 //! damaged (see [`super::image`]) and recovery decides what was lost and
 //! what this replica claims to have acknowledged. A fault whose loss
 //! recovery cannot detect (a lost durable tail beyond the hard state's
-//! acknowledged index with nothing valid after it, or stale entries brought
-//! back) is undone: no replica can vote safely after it.
+//! acknowledged index with nothing valid after it, even when damage found
+//! before it claims less, or stale entries brought back) is undone: no
+//! replica can vote safely after it.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -290,9 +291,10 @@ impl SimDisk {
     /// returns whether any entry was lost. A fault whose loss recovery
     /// cannot detect is outside the model and is undone: a log that holds
     /// entries it had replaced (whatever else recovery finds), or one that
-    /// ends early with no damage found and the hard state's acknowledged
-    /// index short of the durable log's end (no replica could vote safely
-    /// after it; see the module documentation).
+    /// lost entries beyond what recovery claims as acknowledged (the hard
+    /// state's index, or what damage it found implies), damage found or not
+    /// (no replica could vote safely after it; see the module
+    /// documentation).
     pub fn damage(&mut self, rng: &mut Rng) -> bool {
         let before = self.image.clone();
         let mut kinds = Vec::new();
@@ -311,7 +313,14 @@ impl SimDisk {
         // recovery finds, are undetectable even when other damage is found
         // after them (seed 6069 of five_nodes_with_storage_faults: a stale
         // entry 1 of term 1 under an entry 2 of term 7).
-        let detected = prefix && (plan.damage.is_some() || claimed >= last);
+        // Found damage does not make the loss of a tail after it detectable:
+        // the claim must reach the durable log's end (seed 241921 of
+        // three_nodes_with_storage_faults: a group moved out of the newest
+        // segment left it reading as empty, so entries 33 to 38 of term 16
+        // were gone, while the damage found in the segment before claimed
+        // only 32, and this witness's vote then elected a leader without
+        // them).
+        let detected = prefix && claimed >= last;
         if lost && !detected {
             self.image = before;
             self.faults_undone += 1;
