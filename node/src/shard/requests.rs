@@ -60,6 +60,10 @@ struct PendingRead<R> {
     arrived: Instant,
 }
 
+/// Emptied client lists a shard keeps for its next groups: about as many
+/// groups as are in flight at once (one per turn until they commit).
+const SPARE_CLIENT_LISTS: usize = 8;
+
 /// The clients a shard owes an answer. The maps hash with a fixed hasher,
 /// so that their order (the order in which clients are answered when many
 /// are at once) is the same in every run: the simulator replays a seed
@@ -75,6 +79,10 @@ pub(super) struct Requests<R> {
     /// [`Shard::propose_gathered`], in order (their bytes are in the shard's
     /// group builder).
     gathered: Vec<(R, Instant)>,
+    /// Emptied client lists of answered groups, for the next groups (a
+    /// list grown anew each turn cost several reallocations per turn).
+    /// At most [`SPARE_CLIENT_LISTS`].
+    spare_clients: Vec<Vec<(R, Instant)>>,
     /// Writes forwarded to the leader, by client id and sequence (a session
     /// close by its id and [`CLOSE_SEQUENCE`]), all forwarded in
     /// `forwarded_term`.
@@ -99,6 +107,7 @@ impl<R> Requests<R> {
             writes: HashMap::default(),
             groups: HashMap::default(),
             gathered: Vec::new(),
+            spare_clients: Vec::new(),
             forwarded: HashMap::default(),
             openings: HashMap::default(),
             forwarded_term: 0,
@@ -356,11 +365,8 @@ where
         if self.requests.gathered.is_empty() {
             return;
         }
-        // The next turn's list starts with room for as many as this one's
-        // (grown from empty, about seven reallocations per turn at 256
-        // writes in flight).
-        let room = self.requests.gathered.len();
-        let clients = std::mem::replace(&mut self.requests.gathered, Vec::with_capacity(room));
+        let next = self.requests.spare_clients.pop().unwrap_or_default();
+        let clients = std::mem::replace(&mut self.requests.gathered, next);
         let groups = self.fsm.all_read_groups(self.raft.conf());
         let entries = self.groups.builder.finish(!groups);
         let now = self.clock.now();
@@ -615,7 +621,8 @@ where
         let now = self.clock.now();
         let replication = committed.saturating_duration_since(group.proposed);
         self.stats.replication.record_n(replication, group.clients.len() as u64);
-        for (at, (reply, arrived)) in group.clients.into_iter().enumerate() {
+        let mut clients = group.clients;
+        for (at, (reply, arrived)) in clients.drain(..).enumerate() {
             // Every replica decodes the same bytes, so a group this leader
             // built has as many answers as writes; were it not so, the
             // clients without one hear that their write was malformed.
@@ -626,6 +633,9 @@ where
             self.stats.total.record(now.saturating_duration_since(arrived));
             self.stats.writes_applied += 1;
             self.transport.reply(reply, status);
+        }
+        if self.requests.spare_clients.len() < SPARE_CLIENT_LISTS {
+            self.requests.spare_clients.push(clients);
         }
     }
 
