@@ -54,8 +54,10 @@ pub trait StateMachine {
     /// applied: start loading what applying them will touch. A large state
     /// lives mostly outside the CPU's caches, and each lookup is a chain of
     /// dependent cache misses; started for the whole batch first, those
-    /// chains overlap instead of running one after another. Must not change
-    /// the state. The default does nothing.
+    /// chains overlap instead of running one after another. A large batch
+    /// comes in several calls of up to 64 commands each, in order, all
+    /// before the batch's first `apply`. Must not change the state. The
+    /// default does nothing.
     fn prefetch(&self, commands: &[&[u8]]) {
         let _ = commands;
     }
