@@ -18,7 +18,7 @@
 //! The map is written in a canonical order, so equal states give equal
 //! bytes (a snapshot transfer resumed from another leader relies on it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
@@ -37,13 +37,59 @@ use crate::app::{Rejection, RestoreError, RestoredState, Restorer, SnapshotImage
 /// outside: the snapshot sorts the keys (see [`snapshot_order_code`]).
 type DataMap = HashMap<Key, Value, BuildHasherDefault<FxHasher>>;
 
-/// A stored value. Reference counted, so that a snapshot image shares it
-/// instead of copying it; a write of the same length into a value no image
-/// shares overwrites it in place. Most writes overwrite a key with a value of
-/// the same size, and replacing the allocation instead cost a `malloc` and a
-/// `free` whose chunk header (and its neighbours, when glibc coalesces) sit in
-/// cold memory: `free` alone was 7% of the machine's CPU at 256 in flight.
-type Value = Arc<[u8]>;
+/// A stored value: a copy of its own, or, for a large one, a slice of the
+/// log entry it was written in.
+///
+/// A copy is reference counted, so that a snapshot image shares it instead
+/// of copying it; a write of the same length into a copy no image shares
+/// overwrites it in place (replacing the allocation cost a `malloc` and a
+/// `free` whose chunk headers sit in cold memory: `free` alone was 7 % of
+/// the machine's CPU at 256 in flight).
+///
+/// A slice costs no copy of the value's bytes on any replica: writing it is
+/// one reference count on the entry's buffer, where a copy reads and writes
+/// every line of the value (4 KiB values over 1,000 keys: 0.85x CPU per
+/// write, 1.16x writes/s; bench/RESULTS.md). A slice keeps its whole entry buffer
+/// alive, so slices do not stay (see [`Slices`]); a slice that stays is
+/// copied once, later, from cold memory, which costs more than the copy it
+/// saved. So a key whose value had to be copied keeps copies from then on
+/// (overwritten in place: with 1 KiB values over 100,000 keys, most values
+/// outlive the window, and slicing them all cost 1.1x CPU per write), and
+/// values shorter than [`SLICE_VALUE_BYTES_MIN`] are always copied: for
+/// them the copy is cheap and what a slice adds is not.
+#[derive(Clone)]
+enum Value {
+    Copy(Arc<[u8]>),
+    Slice(Bytes),
+}
+
+/// The shortest value kept as a slice of its entry.
+const SLICE_VALUE_BYTES_MIN: usize = 1024;
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Copy(bytes) => bytes,
+            Value::Slice(bytes) => bytes,
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Value {}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", &**self)
+    }
+}
 
 /// The longest key stored inside the table itself.
 const KEY_INLINE_MAX: usize = 30;
@@ -112,15 +158,59 @@ const BUCKET_BITS: u32 = 10;
 /// holds copies that bucket first (copy-on-write, about a thousandth of the
 /// map). So the state is serialized on another thread while writes go on,
 /// instead of stalling the shard's driver for tens of milliseconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Data {
     buckets: Vec<Arc<DataMap>>,
     len: usize,
+    slices: Slices,
 }
+
+/// Equal when they hold the same pairs: whether a value is a copy or a
+/// slice is not part of the state.
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        self.len == other.len && self.buckets == other.buckets
+    }
+}
+
+impl Eq for Data {}
+
+/// The values kept as slices of log entries, oldest first, so that none
+/// pins its entry's buffer for long: once [`SLICE_KEEP_BYTES`] more bytes
+/// of commands have been applied, a slice still stored is copied. So slices
+/// pin at most the buffers that the last 64 MiB of applied commands
+/// arrived in (most of which the node's in-memory log holds anyway). A
+/// value overwritten sooner (most, under load) is never copied; one that
+/// stays is copied once.
+#[derive(Clone, Debug)]
+struct Slices {
+    /// Each slice's key, the address of its bytes (which tells it from a
+    /// later slice under the same key) and the applied position it was
+    /// written at.
+    written: VecDeque<(Key, usize, u64)>,
+    /// Bytes of commands applied through `apply_in`.
+    applied: u64,
+    /// How long a slice may stay: [`SLICE_KEEP_BYTES`] (tests use less).
+    keep: u64,
+}
+
+impl Default for Slices {
+    fn default() -> Slices {
+        Slices { written: VecDeque::new(), applied: 0, keep: SLICE_KEEP_BYTES }
+    }
+}
+
+/// How many bytes of commands may be applied after a slice was written
+/// before it is copied.
+const SLICE_KEEP_BYTES: u64 = 64 << 20;
 
 impl Data {
     fn new() -> Data {
-        Data { buckets: (0..1 << BUCKET_BITS).map(|_| Arc::new(DataMap::default())).collect(), len: 0 }
+        Data {
+            buckets: (0..1 << BUCKET_BITS).map(|_| Arc::new(DataMap::default())).collect(),
+            len: 0,
+            slices: Slices::default(),
+        }
     }
 
     fn bucket(key: &[u8]) -> usize {
@@ -131,20 +221,51 @@ impl Data {
         self.buckets[Data::bucket(key)].get(key).map(|value| &**value)
     }
 
-    /// Stores a copy of `value` under a copy of `key`; an existing key keeps
-    /// its stored key, and its stored value too when the length matches and
-    /// no snapshot image shares it (see [`Value`]).
-    fn insert(&mut self, key: &[u8], value: &[u8]) {
+    /// Stores `value` under a copy of `key`: as a slice of `entry` when
+    /// given (`value` lies in it), the value is large and the key holds no
+    /// copy, else as a copy. An existing key keeps its stored key, and its
+    /// stored copy when the length matches and no snapshot image shares it
+    /// (see [`Value`]).
+    fn insert(&mut self, key: &[u8], value: &[u8], entry: Option<&Bytes>) {
         let bucket = Arc::make_mut(&mut self.buckets[Data::bucket(key)]);
-        match bucket.get_mut(key) {
-            Some(stored) => match Arc::get_mut(stored) {
-                Some(bytes) if bytes.len() == value.len() => bytes.copy_from_slice(value),
-                _ => *stored = Value::from(value),
+        let new = match (bucket.get_mut(key), entry) {
+            (Some(Value::Copy(copy)), _) => match Arc::get_mut(copy).filter(|bytes| bytes.len() == value.len()) {
+                Some(bytes) => return bytes.copy_from_slice(value),
+                None => Value::Copy(Arc::from(value)),
             },
+            (_, Some(entry)) if value.len() >= SLICE_VALUE_BYTES_MIN => {
+                let slice = entry.slice_ref(value);
+                self.slices.written.push_back((Key::new(key), slice.as_ptr() as usize, self.slices.applied));
+                Value::Slice(slice)
+            }
+            _ => Value::Copy(Arc::from(value)),
+        };
+        match bucket.get_mut(key) {
+            Some(stored) => *stored = new,
             None => {
-                bucket.insert(Key::new(key), Value::from(value));
+                bucket.insert(Key::new(key), new);
                 self.len += 1;
             }
+        }
+    }
+
+    /// Counts `applied` bytes of commands, and copies every slice written
+    /// more than [`Slices::keep`] bytes of commands ago that is still
+    /// stored.
+    fn applied(&mut self, applied: usize) {
+        self.slices.applied += applied as u64;
+        while let Some((key, address, at)) = self.slices.written.front() {
+            if at + self.slices.keep > self.slices.applied {
+                break;
+            }
+            let bucket = Data::bucket(key.as_slice());
+            let stays = |value: Option<&Value>| matches!(value, Some(Value::Slice(slice)) if slice.as_ptr() as usize == *address);
+            if stays(self.buckets[bucket].get(key.as_slice())) {
+                let stored =
+                    Arc::make_mut(&mut self.buckets[bucket]).get_mut(key.as_slice()).expect("the slice is stored");
+                *stored = Value::Copy(Arc::from(&**stored));
+            }
+            self.slices.written.pop_front();
         }
     }
 
@@ -154,7 +275,8 @@ impl Data {
     /// misses; the later writes then find everything in cache. (Prefetching
     /// each key's bucket in a first pass gained nothing more.)
     fn prefetch(&self, key: &[u8]) {
-        if let Some(value) = self.get(key) {
+        let stored = self.buckets[Data::bucket(key)].get(key);
+        if let Some(Value::Copy(value)) = stored {
             // Every line an overwrite touches, each once: from the
             // reference counts before the bytes (`Arc::get_mut` reads them)
             // to the last byte, up to a bound (a large value streams anyway).
@@ -259,9 +381,11 @@ impl From<SnapshotError> for RestoreError {
 
 /// The key-value state machine.
 ///
-/// Keys and values are copied out of the log entries (and snapshots) they
-/// arrive in, so a small stored value does not keep a large receive buffer
-/// alive.
+/// Keys are copied out of the log entries (and snapshots) they arrive in.
+/// Values written through [`StateMachine::apply_in`] (the node's path) are
+/// kept as slices of their entries when they are large, until the ones
+/// that stay are copied (see [`Value`] and [`Slices`]); values restored
+/// from a snapshot, or written through [`StateMachine::apply`], are copied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStateMachine {
     data: Data,
@@ -296,12 +420,12 @@ impl KvStateMachine {
         self.data.len == 0
     }
 
-    /// Applies one op to the map.
-    fn execute(&mut self, op: KvOpRef<'_>) -> KvResponse {
+    /// Applies one op to the map; its values lie in `entry` when given.
+    fn execute(&mut self, op: KvOpRef<'_>, entry: Option<&Bytes>) -> KvResponse {
         match op {
             KvOpRef::Get { key } => KvResponse::Value(self.data.get(key).map(Bytes::copy_from_slice)),
             KvOpRef::Put { key, value } => {
-                self.data.insert(key, value);
+                self.data.insert(key, value, entry);
                 KvResponse::Written
             }
             KvOpRef::Delete { key } => KvResponse::Deleted { existed: self.data.remove(key).is_some() },
@@ -312,7 +436,7 @@ impl KvStateMachine {
                 }
                 match new {
                     Some(new) => {
-                        self.data.insert(key, new);
+                        self.data.insert(key, new, entry);
                     }
                     None => {
                         self.data.remove(key);
@@ -331,7 +455,7 @@ impl KvStateMachine {
                 let Some(new) = current.checked_add(delta) else {
                     return KvResponse::Refused(KvRefusal::Overflow);
                 };
-                self.data.insert(key, new.to_string().as_bytes());
+                self.data.insert(key, new.to_string().as_bytes(), None);
                 KvResponse::Integer(new)
             }
             KvOpRef::Append { key, value } => {
@@ -345,7 +469,7 @@ impl KvStateMachine {
                 let mut joined = Vec::with_capacity(current.len() + value.len());
                 joined.extend_from_slice(current);
                 joined.extend_from_slice(value);
-                self.data.insert(key, &joined);
+                self.data.insert(key, &joined, None);
                 KvResponse::Integer(joined.len() as i64)
             }
             KvOpRef::Set { key, value, condition, get } => {
@@ -357,7 +481,7 @@ impl KvStateMachine {
                 };
                 let previous = if get { current.map(Bytes::copy_from_slice) } else { None };
                 if write {
-                    self.data.insert(key, value);
+                    self.data.insert(key, value, entry);
                 }
                 KvResponse::SetDone { written: write, previous }
             }
@@ -424,7 +548,7 @@ impl KvStateMachine {
             if last_key.as_ref().is_some_and(|(last_code, last)| (*last_code, last.as_slice()) >= (code, &key[..])) {
                 return Err(SnapshotError::Invalid("keys are not in strictly increasing snapshot order"));
             }
-            restored.data.insert(&key, &value);
+            restored.data.insert(&key, &value, None);
             match &mut last_key {
                 Some((last_code, last)) => {
                     *last_code = code;
@@ -510,16 +634,16 @@ impl StateMachine for KvStateMachine {
     /// malformed command is refused, not applied: every replica decodes the
     /// same bytes the same way, so they all agree.
     fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection> {
-        // The writes of one group entry share its index.
-        assert!(index >= self.applied_index, "apply at index {index} after {}", self.applied_index);
-        self.applied_index = index;
-        if let Some(batch) = net::kv::decode_batch(command) {
-            let ops = batch.map_err(|error| Rejection(format!("bad batch: {error}")))?;
-            let answers = ops.into_iter().map(|op| self.execute(op)).collect();
-            return Ok(KvResponse::Batch(answers).encode());
-        }
-        let op = KvOpRef::decode(command).map_err(|error| Rejection(format!("bad command: {error}")))?;
-        Ok(self.execute(op).to_bytes())
+        self.apply_values_in(index, command, None)
+    }
+
+    /// Keeps the values of puts as slices of the entry (see [`Value`]).
+    fn apply_in(&mut self, index: Index, command: &[u8], entry: &Bytes) -> Result<Bytes, Rejection> {
+        let within = entry.as_ptr_range();
+        let inside = within.start <= command.as_ptr() && command.as_ptr_range().end <= within.end;
+        let answer = self.apply_values_in(index, command, inside.then_some(entry));
+        self.data.applied(command.len());
+        answer
     }
 
     /// Serves a read (`Get`) from the applied state, without the log; the
@@ -568,6 +692,22 @@ impl StateMachine for KvStateMachine {
     fn adopt(&mut self, restored: RestoredState) -> RestoredState {
         let restored = restored.downcast::<KvStateMachine>().expect("the key-value restorer builds a key-value store");
         RestoredState::new(std::mem::replace(self, restored))
+    }
+}
+
+impl KvStateMachine {
+    /// Applies a command whose values lie in `entry` when given.
+    fn apply_values_in(&mut self, index: Index, command: &[u8], entry: Option<&Bytes>) -> Result<Bytes, Rejection> {
+        // The writes of one group entry share its index.
+        assert!(index >= self.applied_index, "apply at index {index} after {}", self.applied_index);
+        self.applied_index = index;
+        if let Some(batch) = net::kv::decode_batch(command) {
+            let ops = batch.map_err(|error| Rejection(format!("bad batch: {error}")))?;
+            let answers = ops.into_iter().map(|op| self.execute(op, entry)).collect();
+            return Ok(KvResponse::Batch(answers).encode());
+        }
+        let op = KvOpRef::decode(command).map_err(|error| Rejection(format!("bad command: {error}")))?;
+        Ok(self.execute(op, entry).to_bytes())
     }
 }
 
@@ -663,6 +803,126 @@ impl CrcWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry buffer that counts how many such buffers are alive.
+    struct Counted(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AsRef<[u8]> for Counted {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A put of `value` under `key` in an entry buffer of its own, with
+    /// bytes before and after the command (as in a group or a receive
+    /// buffer), applied through `apply_in`.
+    fn put_in_entry(
+        kv: &mut KvStateMachine,
+        index: Index,
+        key: &[u8],
+        value: &[u8],
+        alive: &Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let command = KvOp::Put { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value) }.encode();
+        let mut buffer = vec![0xAA; 16];
+        buffer.extend_from_slice(&command);
+        buffer.extend_from_slice(&[0xBB; 16]);
+        alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let entry = Bytes::from_owner(Counted(buffer, alive.clone()));
+        let answer = kv.apply_in(index, &entry[16..16 + command.len()], &entry).expect("applied");
+        assert_eq!(KvResponse::decode(&answer), Ok(KvResponse::Written));
+    }
+
+    fn alive(count: &Arc<std::sync::atomic::AtomicUsize>) -> usize {
+        count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Large values kept as slices pin their entry buffers for no longer
+    /// than [`Slices::keep`] bytes of applied commands: keys written once
+    /// and never again (the worst case for slices) do not keep their
+    /// entries alive, and the buffers alive at any time stay within what
+    /// that many bytes of commands arrived in. The values read back
+    /// unchanged after they were copied.
+    #[test]
+    fn slices_release_their_entries_in_time() {
+        let mut kv = KvStateMachine::new();
+        kv.data.slices.keep = 256 << 10;
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cold: Vec<(Vec<u8>, Vec<u8>)> =
+            (0..50u8).map(|i| (format!("cold-{i}").into_bytes(), vec![i; SLICE_VALUE_BYTES_MIN])).collect();
+        let mut index = 0;
+        for (key, value) in &cold {
+            index += 1;
+            put_in_entry(&mut kv, index, key, value, &count);
+        }
+        assert_eq!(alive(&count), cold.len(), "each cold value keeps its entry while it is a slice");
+        let hot_value = vec![7u8; 2000];
+        let per_keep = (256 << 10) / 2000 + 1;
+        let mut most_alive = 0;
+        for i in 0..3 * per_keep {
+            index += 1;
+            put_in_entry(&mut kv, index, format!("hot-{}", i % 4).as_bytes(), &hot_value, &count);
+            most_alive = most_alive.max(alive(&count));
+        }
+        assert!(
+            most_alive <= per_keep + cold.len() + 1,
+            "{most_alive} entry buffers alive at once, {per_keep} per keep"
+        );
+        assert_eq!(alive(&count), 4, "only the four hot keys' latest entries stay alive");
+        for (key, value) in &cold {
+            assert_eq!(kv.get(key), Some(&value[..]), "{:?} changed when it was copied", String::from_utf8_lossy(key));
+        }
+        // Small values are copied at once, and so are values of a key that
+        // holds a copy (overwritten in place).
+        put_in_entry(&mut kv, index + 1, b"small", &[1; SLICE_VALUE_BYTES_MIN - 1], &count);
+        assert_eq!(alive(&count), 4);
+        let before = kv.data.buckets[Data::bucket(b"cold-3")]["cold-3".as_bytes()].as_ptr();
+        put_in_entry(&mut kv, index + 2, b"cold-3", &[9; SLICE_VALUE_BYTES_MIN], &count);
+        assert_eq!(alive(&count), 4);
+        assert_eq!(kv.get(b"cold-3"), Some(&[9; SLICE_VALUE_BYTES_MIN][..]));
+        assert_eq!(kv.data.buckets[Data::bucket(b"cold-3")]["cold-3".as_bytes()].as_ptr(), before, "not in place");
+        drop(kv);
+        assert_eq!(alive(&count), 0);
+    }
+
+    /// A snapshot image captured while values are slices keeps the bytes it
+    /// captured, and copying the slices leaves the state (and its snapshot)
+    /// as it was.
+    #[test]
+    fn copying_slices_changes_no_snapshot() {
+        let mut kv = KvStateMachine::new();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for i in 0..300u64 {
+            let value = vec![i as u8; SLICE_VALUE_BYTES_MIN + i as usize];
+            put_in_entry(&mut kv, i + 1, format!("key-{}", i % 150).as_bytes(), &value, &count);
+        }
+        let before = kv.snapshot();
+        let image = kv.snapshot_image();
+        let mut copied = kv.clone();
+        copied.data.applied(SLICE_KEEP_BYTES as usize);
+        assert!(copied.data.buckets.iter().all(|bucket| bucket.values().all(|value| matches!(value, Value::Copy(_)))));
+        assert!(copied.data.slices.written.is_empty());
+        assert_eq!(copied.snapshot(), before);
+        assert_eq!(copied, kv);
+        drop(kv);
+        let mut out = Vec::new();
+        image.write_to(&mut out).expect("writing to memory");
+        assert_eq!(Bytes::from(out), before);
+    }
+
+    /// A stored value is no larger than a `Bytes`, so the map's slots did
+    /// not grow for slices (a larger slot costs cache misses on every
+    /// lookup of a large map).
+    #[test]
+    fn a_value_is_one_bytes_wide() {
+        assert_eq!(size_of::<Value>(), size_of::<Bytes>());
+    }
 
     #[test]
     fn integers_parse_as_redis_does() {

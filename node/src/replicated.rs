@@ -561,13 +561,13 @@ impl<S: StateMachine> NodeStateMachine<S> {
     }
 
     /// Applies a committed normal entry at `index`.
-    pub fn apply(&mut self, index: Index, data: &[u8]) -> Applied {
+    pub fn apply(&mut self, index: Index, data: &Bytes) -> Applied {
         assert!(index > self.applied, "apply at index {index} after {}", self.applied);
         self.applied = index;
         match data.first() {
             Some(&NODE_COMMAND_FORMAT) => self.apply_node_command(index, data),
             Some(&GROUP_FORMAT) => self.apply_group(index, data),
-            _ => self.apply_write(index, data),
+            _ => self.apply_write(index, data, data),
         }
     }
 
@@ -575,7 +575,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// own (its session admission, answer and refusal), at the group's
     /// index. A write whose length does not fit is malformed, and so is
     /// every write after it.
-    fn apply_group(&mut self, index: Index, data: &[u8]) -> Applied {
+    fn apply_group(&mut self, index: Index, data: &Bytes) -> Applied {
         let malformed = |reason: String| Applied::Write { session: None, outcome: Outcome::Malformed(reason) };
         let mut reader = Reader::new(&data[1..]);
         let count = match reader.u32("group count") {
@@ -592,7 +592,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
                 let framed = reader.u32("write length").and_then(|len| reader.take_exact("write", len as usize));
                 match framed {
                     Ok(write) => {
-                        applied.push(self.apply_write(index, write));
+                        applied.push(self.apply_write(index, write, data));
                         continue;
                     }
                     Err(error) => broken = Some(format!("bad group: {error}")),
@@ -603,14 +603,15 @@ impl<S: StateMachine> NodeStateMachine<S> {
         Applied::Group(applied)
     }
 
-    fn apply_write(&mut self, index: Index, data: &[u8]) -> Applied {
+    /// Applies one write, `data`, which lies in the entry buffer `entry`.
+    fn apply_write(&mut self, index: Index, data: &[u8], entry: &Bytes) -> Applied {
         let write = match Write::decode(data) {
             Ok(write) => write,
             Err(error) => {
                 return Applied::Write { session: None, outcome: Outcome::Malformed(format!("bad write: {error}")) }
             }
         };
-        let execute = |app: &mut S| match app.apply(index, write.command) {
+        let execute = |app: &mut S| match app.apply_in(index, write.command, entry) {
             Ok(answer) => Cached::Applied(answer),
             Err(refusal) => Cached::Refused(refusal.0),
         };

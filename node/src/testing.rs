@@ -81,7 +81,9 @@ pub fn check_snapshot_image<S: StateMachine, F: Fn() -> S>(make: &F, workload: &
         let expected = machine.snapshot();
         let image = machine.snapshot_image();
         let second = machine.snapshot_image();
-        apply_all(&mut machine, cut as Index + 1, &workload[cut..]);
+        for (index, command) in (cut as Index + 1..).zip(&workload[cut..]) {
+            let _ = apply_in_entry(&mut machine, index, command);
+        }
         let mut out = Vec::new();
         image.write_to(&mut out).expect("writing to memory");
         assert_eq!(Bytes::from(out), expected, "an image captured at {cut} changed with later writes");
@@ -101,15 +103,29 @@ pub fn apply_all<S: StateMachine>(
     commands.iter().zip(first_index..).map(|(command, index)| machine.apply(index, command)).collect()
 }
 
-/// Two instances given the same commands give the same responses and the same
-/// snapshot bytes after every command, and taking a snapshot changes nothing.
+/// Applies `command` at `index` through [`StateMachine::apply_in`], inside an
+/// entry buffer with other bytes before and after it (as the node's group
+/// entries and receive buffers hold commands).
+pub fn apply_in_entry<S: StateMachine>(machine: &mut S, index: Index, command: &[u8]) -> Result<Bytes, Rejection> {
+    let mut buffer = Vec::with_capacity(command.len() + 16);
+    buffer.extend_from_slice(&[0xA5; 8]);
+    buffer.extend_from_slice(command);
+    buffer.extend_from_slice(&[0x5A; 8]);
+    let entry = Bytes::from(buffer);
+    machine.apply_in(index, &entry[8..8 + command.len()], &entry)
+}
+
+/// Two instances given the same commands, one through
+/// [`StateMachine::apply`] and one through [`StateMachine::apply_in`] (the
+/// node's path), give the same responses and the same snapshot bytes after
+/// every command, and taking a snapshot changes nothing.
 pub fn check_determinism<S: StateMachine, F: Fn() -> S>(make: &F, workload: &[Bytes]) {
     let mut first = make();
     let mut second = make();
     assert_eq!(first.snapshot(), second.snapshot(), "two fresh instances have different snapshots");
     for (index, command) in (1..).zip(workload) {
         let response_first = first.apply(index, command);
-        let response_second = second.apply(index, command);
+        let response_second = apply_in_entry(&mut second, index, command);
         assert_eq!(response_first, response_second, "responses differ at index {index}");
         let snapshot = first.snapshot();
         assert_eq!(snapshot, first.snapshot(), "two snapshots in a row differ at index {index}");
@@ -218,7 +234,12 @@ pub fn kv_workload(seed: u64, count: usize) -> Vec<Bytes> {
             0 => Bytes::from(format!("a-key-long-enough-not-to-fit-inline-{}", random.next() % 3)),
             _ => Bytes::from(format!("key-{}", random.next() % 6)),
         };
-        let value = |random: &mut SplitMix64| Bytes::from(format!("value-{}", random.next() % 4));
+        // Some values long enough that the key-value store keeps them as
+        // slices of their entries (1 KiB or more).
+        let value = |random: &mut SplitMix64| {
+            let value = format!("value-{}", random.next() % 4);
+            Bytes::from(if random.next().is_multiple_of(3) { value.repeat(150) } else { value })
+        };
         let op = match random.next() % 5 {
             0 => KvOp::Get { key },
             1 | 2 => KvOp::Put { key, value: value(&mut random) },

@@ -17,10 +17,11 @@ impl Replica {
         Replica { machine: NodeStateMachine::new(KvStateMachine::new()), index: 0 }
     }
 
-    /// Applies `data` as the next entry.
+    /// Applies `data` as the next entry (in a buffer of its own, as the
+    /// shard's entries are).
     pub fn apply(&mut self, data: &[u8]) -> Applied {
         self.index += 1;
-        self.machine.apply(self.index, data)
+        self.machine.apply(self.index, &bytes::Bytes::copy_from_slice(data))
     }
 
     /// Applies a node command as the next entry.

@@ -63,19 +63,33 @@ impl ObservedKv {
     }
 }
 
-impl StateMachine for ObservedKv {
-    fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection> {
-        let answer = self.inner.apply(index, command)?;
+impl ObservedKv {
+    /// Notes the value a put or a successful compare-and-swap stored.
+    fn observe(&self, command: &[u8], answer: &Bytes) {
         let stored = match KvOpRef::decode(command) {
             Ok(KvOpRef::Put { value, .. }) => Some(value),
             Ok(KvOpRef::Cas { new: Some(new), .. }) => {
-                matches!(KvResponse::decode(&answer), Ok(KvResponse::CasSucceeded)).then_some(new)
+                matches!(KvResponse::decode(answer), Ok(KvResponse::CasSucceeded)).then_some(new)
             }
             _ => None,
         };
         if let Some(value) = stored {
             self.effects.borrow_mut().stored(value, self.clock.get());
         }
+    }
+}
+
+impl StateMachine for ObservedKv {
+    fn apply(&mut self, index: Index, command: &[u8]) -> Result<Bytes, Rejection> {
+        let answer = self.inner.apply(index, command)?;
+        self.observe(command, &answer);
+        Ok(answer)
+    }
+
+    /// The node's path: the store keeps values as slices of the entry.
+    fn apply_in(&mut self, index: Index, command: &[u8], entry: &Bytes) -> Result<Bytes, Rejection> {
+        let answer = self.inner.apply_in(index, command, entry)?;
+        self.observe(command, &answer);
         Ok(answer)
     }
 
