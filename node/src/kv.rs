@@ -176,10 +176,12 @@ impl PartialEq for Data {
 impl Eq for Data {}
 
 /// The values kept as slices of log entries, oldest first, so that none
-/// pins its entry's buffer for long: once [`SLICE_KEEP_BYTES`] more bytes
-/// of commands have been applied, a slice still stored is copied. So slices
-/// pin at most the buffers that the last 64 MiB of applied commands
-/// arrived in (most of which the node's in-memory log holds anyway). A
+/// pins its entry's buffer for long: once `keep` more bytes of commands
+/// have been applied (64 MiB, or a quarter of the shard's log budget when
+/// that is smaller: [`KvStateMachine::slice_keep_for_log_budget`]), a
+/// slice still stored is copied. So slices pin at most the buffers that
+/// the last `keep` bytes of applied commands arrived in (most of which the
+/// node's in-memory log holds anyway). A
 /// value overwritten sooner (most, under load) is never copied; one that
 /// stays is copied once.
 #[derive(Clone, Debug)]
@@ -192,11 +194,13 @@ struct Slices {
     applied: u64,
     /// How long a slice may stay: [`SLICE_KEEP_BYTES`] (tests use less).
     keep: u64,
+    /// Slices copied because they stayed that long.
+    copied: u64,
 }
 
 impl Default for Slices {
     fn default() -> Slices {
-        Slices { written: VecDeque::new(), applied: 0, keep: SLICE_KEEP_BYTES }
+        Slices { written: VecDeque::new(), applied: 0, keep: SLICE_KEEP_BYTES, copied: 0 }
     }
 }
 
@@ -264,6 +268,7 @@ impl Data {
                 let stored =
                     Arc::make_mut(&mut self.buckets[bucket]).get_mut(key.as_slice()).expect("the slice is stored");
                 *stored = Value::Copy(Arc::from(&**stored));
+                self.slices.copied += 1;
             }
             self.slices.written.pop_front();
         }
@@ -402,6 +407,34 @@ impl Default for KvStateMachine {
 impl KvStateMachine {
     pub fn new() -> KvStateMachine {
         KvStateMachine { data: Data::new(), applied_index: 0 }
+    }
+
+    /// A store whose slices are copied once `keep` more bytes of commands
+    /// have been applied instead of 64 MiB (see [`Slices`]): less memory
+    /// pinned, more values copied. The simulator uses a small one, so that
+    /// its short runs copy slices too. Kept across restores.
+    pub fn with_slice_keep_bytes(keep: u64) -> KvStateMachine {
+        let mut store = KvStateMachine::new();
+        store.data.slices.keep = keep;
+        store
+    }
+
+    /// The slice window (see [`KvStateMachine::with_slice_keep_bytes`])
+    /// for a shard whose part of the node's log budget
+    /// (`--snapshot-log-bytes`) is `log_bytes`: a quarter of it, at most
+    /// 64 MiB (and 64 MiB without a budget), so that what slices pin stays
+    /// small beside the log the shard holds in memory anyway.
+    pub fn slice_keep_for_log_budget(log_bytes: u64) -> u64 {
+        match log_bytes {
+            0 => SLICE_KEEP_BYTES,
+            bytes => (bytes / 4).clamp(1, SLICE_KEEP_BYTES),
+        }
+    }
+
+    /// How many values kept as slices were copied because they stayed
+    /// (see [`Slices`]).
+    pub fn slices_copied(&self) -> u64 {
+        self.data.slices.copied
     }
 
     pub fn applied_index(&self) -> Index {
@@ -679,7 +712,9 @@ impl StateMachine for KvStateMachine {
     /// Replaces the state with the snapshot's, or leaves it untouched and
     /// says what is wrong with the snapshot.
     fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
+        let keep = self.data.slices.keep;
         *self = KvStateMachine::decode_snapshot(snapshot)?;
+        self.data.slices.keep = keep;
         Ok(())
     }
 
@@ -690,7 +725,9 @@ impl StateMachine for KvStateMachine {
     }
 
     fn adopt(&mut self, restored: RestoredState) -> RestoredState {
-        let restored = restored.downcast::<KvStateMachine>().expect("the key-value restorer builds a key-value store");
+        let mut restored =
+            restored.downcast::<KvStateMachine>().expect("the key-value restorer builds a key-value store");
+        restored.data.slices.keep = self.data.slices.keep;
         RestoredState::new(std::mem::replace(self, restored))
     }
 }
@@ -914,6 +951,16 @@ mod tests {
         let mut out = Vec::new();
         image.write_to(&mut out).expect("writing to memory");
         assert_eq!(Bytes::from(out), before);
+    }
+
+    #[test]
+    fn the_slice_window_is_a_quarter_of_the_log_budget_at_most_64_mib() {
+        let window = KvStateMachine::slice_keep_for_log_budget;
+        assert_eq!(window(0), 64 << 20, "no budget");
+        assert_eq!(window(256 << 20), 64 << 20, "the default budget, one shard");
+        assert_eq!(window(64 << 20), 16 << 20, "the default budget over four shards");
+        assert_eq!(window(1 << 30), 64 << 20);
+        assert_eq!(window(3), 1);
     }
 
     /// A stored value is no larger than a `Bytes`, so the map's slots did

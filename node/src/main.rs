@@ -21,7 +21,9 @@ fn main() -> ExitCode {
     let result: Result<(), String> = match command {
         NodeCommand::Serve(config) => {
             init_logging(&config.log_level);
-            node::runtime::serve(*config, |_| node::KvStateMachine::new()).map_err(|e| e.to_string())
+            let keep = node::KvStateMachine::slice_keep_for_log_budget(config.shard_snapshot_log_bytes());
+            node::runtime::serve(*config, move |_| node::KvStateMachine::with_slice_keep_bytes(keep))
+                .map_err(|e| e.to_string())
         }
         NodeCommand::Kv(command) => node::client_cmd::run_kv(command).map_err(|e| e.to_string()),
         NodeCommand::Admin(command) => node::client_cmd::run_admin(command).map_err(|e| e.to_string()),

@@ -132,6 +132,11 @@ pub struct Summary {
     /// (the leader's metadata-only ones).
     pub witness_snapshots_taken: u64,
     pub witness_snapshots_installed: u64,
+    /// Whether the run wrote large values (see `client::value_bytes`), and
+    /// how many of them replicas' stores copied after keeping them as
+    /// slices of their log entries.
+    pub large_values: bool,
+    pub slices_copied: u64,
 }
 
 /// Which nodes of a run are witnesses, drawn from a stream of their own so
@@ -237,6 +242,11 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
         _ => 1,
     };
     let witnesses = Witnesses::draw(seed, voters);
+    // A quarter of the seeds write large values (every third one 1 KiB
+    // longer), which the store keeps as slices of their log entries; drawn
+    // from its own stream too.
+    let large_values = Rng::new(seed ^ 0x01A2_6E0A_10E5).range(0, 4) == 0;
+    client::set_large_values(large_values);
     let clock = Rc::new(Cell::new(0));
     let base = Instant::now();
     let effects = Rc::new(RefCell::new(WriteEffects::default()));
@@ -333,6 +343,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
             lease_reads,
             forward_writes,
             witness_nodes: witnesses.nodes().len() as u64,
+            large_values,
             ..Summary::default()
         },
         effects,
@@ -911,6 +922,7 @@ impl World {
         self.summary.unknown_placed = resolved.placed;
         self.summary.unknown_dropped = resolved.dropped;
         self.summary.unknown_left = resolved.left;
+        self.summary.slices_copied = self.effects.borrow().slices_copied;
         if std::env::var_os("SIM_DUMP").is_some() {
             let mut sorted: Vec<_> = operations.iter().collect();
             sorted.sort_by_key(|operation| operation.call);

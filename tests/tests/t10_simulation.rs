@@ -36,6 +36,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
     let started = Instant::now();
     let mut total = Summary::default();
     let mut multi_shard_seeds = 0;
+    let mut large_value_seeds = 0;
     for seed in first..first + seeds {
         let result = catch_unwind(AssertUnwindSafe(|| run(seed, voters)));
         match result {
@@ -81,6 +82,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.witness_snapshots_taken += summary.witness_snapshots_taken;
                 total.witness_snapshots_installed += summary.witness_snapshots_installed;
                 multi_shard_seeds += u64::from(summary.shards > 1);
+                large_value_seeds += u64::from(summary.large_values);
+                total.slices_copied += summary.slices_copied;
             }
             Err(panic) => {
                 eprintln!(
@@ -99,7 +102,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
          while reads waited, {} restored off the driver ({} installed while one was), {} forwarded writes redirected by a term change, {} writes proposed in groups, {} clean stops; unknown outcomes: {} \
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
          {} seeds with several shards, {} crashes that lost durable entries, {} nodes run as witnesses ({} members \
-         at the end, {} snapshots taken and {} installed by witnesses) ({:.0} seeds/s)",
+         at the end, {} snapshots taken and {} installed by witnesses), {} seeds with large values ({} kept as \
+         slices and copied later) ({:.0} seeds/s)",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -132,6 +136,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.witnesses_at_end,
         total.witness_snapshots_taken,
         total.witness_snapshots_installed,
+        large_value_seeds,
+        total.slices_copied,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
     if storage_faults {
@@ -201,6 +207,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         assert!(total.witnesses_at_end > 0, "no run ended with a witness member");
         assert!(total.witness_snapshots_taken > 0, "no witness took a snapshot");
         assert!(total.witness_snapshots_installed > 0, "no witness installed a leader's snapshot");
+        assert!(total.slices_copied > 0, "no store copied a large value it had kept as a slice of its entry");
     }
 }
 

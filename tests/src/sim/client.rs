@@ -56,8 +56,46 @@ pub fn shard_of(key: u8, shards: u32) -> u32 {
     net::kv::shard_for_key(&key_bytes(key), shards)
 }
 
+thread_local! {
+    /// Whether this thread's run writes large values (see [`value_bytes`]).
+    static LARGE_VALUES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets whether the runs on this thread write large values.
+pub fn set_large_values(on: bool) {
+    LARGE_VALUES.with(|large| large.set(on));
+}
+
+/// What follows a large value's 8 bytes: enough that the key-value store
+/// keeps the value as a slice of its log entry.
+const LARGE_VALUE_PADDING: usize = 1024;
+
+/// The key-value encoding of a simulator value: its 8 bytes; in a run with
+/// large values, every third value is followed by [`LARGE_VALUE_PADDING`]
+/// bytes made from it, so that the store's slices of log entries (and their
+/// copies) are in the history too, and [`value_id`] catches any damage to
+/// them.
 pub fn value_bytes(value: u64) -> Bytes {
-    Bytes::copy_from_slice(&value.to_le_bytes())
+    let mut bytes = value.to_le_bytes().to_vec();
+    if LARGE_VALUES.with(|large| large.get()) && value.is_multiple_of(3) {
+        bytes.extend((0..LARGE_VALUE_PADDING).map(|at| padding_byte(value, at)));
+    }
+    Bytes::from(bytes)
+}
+
+fn padding_byte(value: u64, at: usize) -> u8 {
+    (value.wrapping_mul(31).wrapping_add(at as u64 * 7) % 251) as u8
+}
+
+/// The simulator value `bytes` encode (see [`value_bytes`]), or `None` for
+/// bytes it never writes.
+pub fn value_id(bytes: &[u8]) -> Option<u64> {
+    let value = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let padding = &bytes[8..];
+    let intact = padding.is_empty()
+        || padding.len() == LARGE_VALUE_PADDING
+            && padding.iter().enumerate().all(|(at, &byte)| byte == padding_byte(value, at));
+    intact.then_some(value)
 }
 
 /// The key-value write an input stands for; `None` for a read.
@@ -73,7 +111,7 @@ pub fn write_op(input: &NodeKvInput<u8, u64>) -> Option<KvOp> {
 }
 
 pub fn value_of(bytes: &Bytes) -> u64 {
-    u64::from_le_bytes(bytes.as_ref().try_into().expect("simulator values are 8 bytes"))
+    value_id(bytes).unwrap_or_else(|| panic!("a read returned bytes the simulator never wrote: {bytes:?}"))
 }
 
 /// An operation a slot is working on.

@@ -34,12 +34,15 @@ use crate::linearizability::{NodeKvInput, NodeKvOutput, Operation, Returned};
 #[derive(Default)]
 pub struct WriteEffects {
     first_stored: HashMap<u64, u64>,
+    /// Values that replicas' stores copied after keeping them as slices of
+    /// their log entries (see `KvStateMachine::slices_copied`).
+    pub slices_copied: u64,
 }
 
 impl WriteEffects {
     fn stored(&mut self, value: &[u8], now: u64) {
-        if let Ok(bytes) = <[u8; 8]>::try_from(value) {
-            self.first_stored.entry(u64::from_le_bytes(bytes)).or_insert(now);
+        if let Some(value) = super::client::value_id(value) {
+            self.first_stored.entry(value).or_insert(now);
         }
     }
 }
@@ -54,7 +57,9 @@ pub struct ObservedKv {
 
 impl ObservedKv {
     pub fn new(effects: Rc<RefCell<WriteEffects>>, clock: Rc<Cell<u64>>) -> ObservedKv {
-        ObservedKv { inner: KvStateMachine::default(), effects, clock }
+        // Slices copied after 4 KiB of commands, so that short runs copy
+        // them too.
+        ObservedKv { inner: KvStateMachine::with_slice_keep_bytes(4096), effects, clock }
     }
 
     /// Whether the store holds no key (a witness's never does).
@@ -88,7 +93,10 @@ impl StateMachine for ObservedKv {
 
     /// The node's path: the store keeps values as slices of the entry.
     fn apply_in(&mut self, index: Index, command: &[u8], entry: &Bytes) -> Result<Bytes, Rejection> {
-        let answer = self.inner.apply_in(index, command, entry)?;
+        let copied = self.inner.slices_copied();
+        let answer = self.inner.apply_in(index, command, entry);
+        self.effects.borrow_mut().slices_copied += self.inner.slices_copied() - copied;
+        let answer = answer?;
         self.observe(command, &answer);
         Ok(answer)
     }
