@@ -48,8 +48,8 @@ type DataMap = HashMap<Key, Value, BuildHasherDefault<FxHasher>>;
 ///
 /// A slice costs no copy of the value's bytes on any replica: writing it is
 /// one reference count on the entry's buffer, where a copy reads and writes
-/// every line of the value (4 KiB values over 1,000 keys: 0.85x CPU per
-/// write, 1.16x writes/s; bench/RESULTS.md). A slice keeps its whole entry buffer
+/// every line of the value (4 KiB values over 1,000 keys: 0.85-0.88x CPU
+/// per write, 1.11-1.16x writes/s; bench/RESULTS.md). A slice keeps its whole entry buffer
 /// alive, so slices do not stay (see [`Slices`]); a slice that stays is
 /// copied once, later, from cold memory, which costs more than the copy it
 /// saved. So a key whose value had to be copied keeps copies from then on
@@ -60,7 +60,10 @@ type DataMap = HashMap<Key, Value, BuildHasherDefault<FxHasher>>;
 #[derive(Clone)]
 enum Value {
     Copy(Arc<[u8]>),
-    Slice(Bytes),
+    /// Boxed, so that a value takes 16 bytes, not a `Bytes`'s 32: every
+    /// map slot holds one, and with small values (never slices) the larger
+    /// slot cost 3 % more CPU per write at 256 in flight (bench/RESULTS.md).
+    Slice(Box<Bytes>),
 }
 
 /// The shortest value kept as a slice of its entry.
@@ -240,7 +243,7 @@ impl Data {
             (_, Some(entry)) if value.len() >= SLICE_VALUE_BYTES_MIN => {
                 let slice = entry.slice_ref(value);
                 self.slices.written.push_back((Key::new(key), slice.as_ptr() as usize, self.slices.applied));
-                Value::Slice(slice)
+                Value::Slice(Box::new(slice))
             }
             _ => Value::Copy(Arc::from(value)),
         };
@@ -963,12 +966,12 @@ mod tests {
         assert_eq!(window(3), 1);
     }
 
-    /// A stored value is no larger than a `Bytes`, so the map's slots did
-    /// not grow for slices (a larger slot costs cache misses on every
-    /// lookup of a large map).
+    /// A stored value is no larger than a copy's pointer, so the map's
+    /// slots did not grow for slices (a larger slot costs cache misses on
+    /// every lookup of a large map).
     #[test]
-    fn a_value_is_one_bytes_wide() {
-        assert_eq!(size_of::<Value>(), size_of::<Bytes>());
+    fn a_value_is_one_pointer_wide() {
+        assert_eq!(size_of::<Value>(), size_of::<Arc<[u8]>>());
     }
 
     #[test]
