@@ -724,3 +724,69 @@ fn repaired_from_an_unknown_past() -> tests::sim::node::SimNode {
     assert_eq!(node.raft(0).repair_target(), None, "repaired");
     node
 }
+
+/// Found by `node/tests/t23_witness.rs` (one failure in a loaded run): an
+/// operator's `admin remove` reached a node that had just become the leader
+/// (the old leader, asked to remove itself, had handed leadership over and
+/// the client retried) before it had applied what was committed, so the
+/// engine refused the change as one "in progress". The shard answered that
+/// as a bad request, which the client reports and does not retry, although
+/// the change would go through a moment later: the operator's command
+/// failed. The same happens to two changes sent at once by two operators.
+///
+/// Fixed in node/src/shard/requests.rs `refusal`: a change refused because
+/// another is in progress is answered `Busy`, which clients retry until
+/// their deadline, as they do for a leader transfer in progress.
+#[test]
+fn a_membership_change_behind_another_is_answered_busy_and_goes_through_after_it() {
+    use net::{AdminRequest, ClientRequest, RequestBody, ResponseStatus};
+    use tests::sim::node::{Request, Waiter};
+    let mut node = {
+        use std::cell::{Cell, RefCell};
+        use std::rc::Rc;
+        let effects = Rc::new(RefCell::new(tests::sim::effects::WriteEffects::default()));
+        let clock = Rc::new(Cell::new(0));
+        tests::sim::node::SimNode::new(Config::new(2, vec![2]), 1, clock, std::time::Instant::now(), false, effects)
+    };
+    for _ in 0..100 {
+        if node.is_leader(0) {
+            break;
+        }
+        node.tick();
+        settle(&mut node);
+    }
+    assert!(node.is_leader(0), "a single voter elects itself");
+    settle(&mut node);
+    let admin = |operation, admin| Request {
+        waiter: Waiter { client: 0, operation, attempt: 0 },
+        shard: 0,
+        request: ClientRequest::plain(0, RequestBody::Admin(admin)),
+    };
+    // The first change is proposed and not yet applied when the second
+    // arrives.
+    node.request(admin(1, AdminRequest::AddLearner { id: 3, addr: "127.0.0.1:10003".into() }));
+    node.request(admin(2, AdminRequest::AddLearner { id: 4, addr: "127.0.0.1:10004".into() }));
+    let mut answers = node.process().responses;
+    for _ in 0..4 {
+        node.disk_progress(0, usize::MAX, true, false);
+        answers.extend(node.process().responses);
+    }
+    let answer = |answers: &[tests::sim::node::Response], operation| {
+        answers.iter().find(|answer| answer.waiter.operation == operation).map(|answer| answer.status.clone())
+    };
+    assert!(matches!(answer(&answers, 1), Some(ResponseStatus::Ok(_))), "{:?}", answer(&answers, 1));
+    assert!(
+        matches!(answer(&answers, 2), Some(ResponseStatus::Busy)),
+        "a change behind another is refused for good: {:?}",
+        answer(&answers, 2)
+    );
+    // The client's retry, once the first is applied, goes through.
+    node.request(admin(3, AdminRequest::AddLearner { id: 4, addr: "127.0.0.1:10004".into() }));
+    let mut answers = node.process().responses;
+    for _ in 0..4 {
+        node.disk_progress(0, usize::MAX, true, false);
+        answers.extend(node.process().responses);
+    }
+    assert!(matches!(answer(&answers, 3), Some(ResponseStatus::Ok(_))), "{:?}", answer(&answers, 3));
+    assert_eq!(node.raft(0).conf().learners, [3, 4]);
+}

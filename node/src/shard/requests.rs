@@ -475,12 +475,17 @@ where
                 self.stats.not_leader += 1;
                 self.leader_redirect()
             }
-            ProposeError::Busy { .. } | ProposeError::TooManyReads { .. } | ProposeError::TransferInProgress { .. } => {
+            // A membership change behind another one (two operators at
+            // once, or a leader that has not yet applied what it committed,
+            // as right after a handover) goes through once that one is
+            // applied, usually within milliseconds: busy, so the client
+            // retries until its deadline, as for a transfer in progress.
+            ProposeError::Busy { .. }
+            | ProposeError::TooManyReads { .. }
+            | ProposeError::TransferInProgress { .. }
+            | ProposeError::ChangeInProgress(_) => {
                 self.stats.busy += 1;
                 ResponseStatus::Busy
-            }
-            ProposeError::ChangeInProgress(_) => {
-                ResponseStatus::BadRequest("a membership change is in progress; retry when it completes".into())
             }
             ProposeError::NotVoter(id) => ResponseStatus::BadRequest(format!("node {id} is not a voter")),
             ProposeError::InvalidChange(reason) => ResponseStatus::BadRequest(reason),
