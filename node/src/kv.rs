@@ -207,6 +207,22 @@ impl Default for Slices {
     }
 }
 
+impl Slices {
+    /// `value` to store under `key`, which holds no copy: a slice of
+    /// `entry` when given (`value` lies in it) and the value is large
+    /// (queued to be copied if it stays), else a copy.
+    fn value(&mut self, key: &[u8], value: &[u8], entry: Option<&Bytes>) -> Value {
+        match entry {
+            Some(entry) if value.len() >= SLICE_VALUE_BYTES_MIN => {
+                let slice = entry.slice_ref(value);
+                self.written.push_back((Key::new(key), slice.as_ptr() as usize, self.applied));
+                Value::Slice(Box::new(slice))
+            }
+            _ => Value::Copy(Arc::from(value)),
+        }
+    }
+}
+
 /// How many bytes of commands may be applied after a slice was written
 /// before it is copied.
 const SLICE_KEEP_BYTES: u64 = 64 << 20;
@@ -235,22 +251,14 @@ impl Data {
     /// (see [`Value`]).
     fn insert(&mut self, key: &[u8], value: &[u8], entry: Option<&Bytes>) {
         let bucket = Arc::make_mut(&mut self.buckets[Data::bucket(key)]);
-        let new = match (bucket.get_mut(key), entry) {
-            (Some(Value::Copy(copy)), _) => match Arc::get_mut(copy).filter(|bytes| bytes.len() == value.len()) {
-                Some(bytes) => return bytes.copy_from_slice(value),
-                None => Value::Copy(Arc::from(value)),
-            },
-            (_, Some(entry)) if value.len() >= SLICE_VALUE_BYTES_MIN => {
-                let slice = entry.slice_ref(value);
-                self.slices.written.push_back((Key::new(key), slice.as_ptr() as usize, self.slices.applied));
-                Value::Slice(Box::new(slice))
-            }
-            _ => Value::Copy(Arc::from(value)),
-        };
         match bucket.get_mut(key) {
-            Some(stored) => *stored = new,
+            Some(Value::Copy(copy)) => match Arc::get_mut(copy).filter(|bytes| bytes.len() == value.len()) {
+                Some(bytes) => bytes.copy_from_slice(value),
+                None => *copy = Arc::from(value),
+            },
+            Some(stored) => *stored = self.slices.value(key, value, entry),
             None => {
-                bucket.insert(Key::new(key), new);
+                bucket.insert(Key::new(key), self.slices.value(key, value, entry));
                 self.len += 1;
             }
         }
@@ -434,6 +442,20 @@ impl KvStateMachine {
         }
     }
 
+    /// Applies a command whose values lie in `entry` when given.
+    fn apply_values_in(&mut self, index: Index, command: &[u8], entry: Option<&Bytes>) -> Result<Bytes, Rejection> {
+        // The writes of one group entry share its index.
+        assert!(index >= self.applied_index, "apply at index {index} after {}", self.applied_index);
+        self.applied_index = index;
+        if let Some(batch) = net::kv::decode_batch(command) {
+            let ops = batch.map_err(|error| Rejection(format!("bad batch: {error}")))?;
+            let answers = ops.into_iter().map(|op| self.execute(op, entry)).collect();
+            return Ok(KvResponse::Batch(answers).encode());
+        }
+        let op = KvOpRef::decode(command).map_err(|error| Rejection(format!("bad command: {error}")))?;
+        Ok(self.execute(op, entry).to_bytes())
+    }
+
     /// How many values kept as slices were copied because they stayed
     /// (see [`Slices`]).
     pub fn slices_copied(&self) -> u64 {
@@ -528,7 +550,7 @@ impl KvStateMachine {
     /// checked as the bytes go by; a snapshot that fails to decode is read
     /// to its end, so that damage anywhere is reported as a checksum
     /// mismatch rather than as whatever the damaged bytes decoded to.
-    fn decode_snapshot(snapshot: &mut dyn Read) -> Result<KvStateMachine, SnapshotError> {
+    fn decode_snapshot(snapshot: &mut dyn Read, keep: u64) -> Result<KvStateMachine, SnapshotError> {
         let mut tracked = CrcTail::new(snapshot);
         let mut input = BufReader::with_capacity(RESTORE_BUFFER_BYTES, &mut tracked);
         let decoded = KvStateMachine::decode_pairs(&mut input);
@@ -546,7 +568,8 @@ impl KvStateMachine {
         if stored != computed {
             return Err(SnapshotError::Checksum { stored, computed });
         }
-        let restored = decoded?;
+        let mut restored = decoded?;
+        restored.data.slices.keep = keep;
         match trailing? {
             4 => Ok(restored),
             _ => Err(SnapshotError::Invalid("bytes after the last pair")),
@@ -715,48 +738,31 @@ impl StateMachine for KvStateMachine {
     /// Replaces the state with the snapshot's, or leaves it untouched and
     /// says what is wrong with the snapshot.
     fn restore_from(&mut self, snapshot: &mut dyn Read) -> Result<(), RestoreError> {
-        let keep = self.data.slices.keep;
-        *self = KvStateMachine::decode_snapshot(snapshot)?;
-        self.data.slices.keep = keep;
+        *self = KvStateMachine::decode_snapshot(snapshot, self.data.slices.keep)?;
         Ok(())
     }
 
     /// The map is built on the node's restore thread (it is `Send`) and
     /// swapped in whole.
     fn restorer(&self) -> Option<Box<dyn Restorer>> {
-        Some(Box::new(KvRestorer))
+        Some(Box::new(KvRestorer { keep: self.data.slices.keep }))
     }
 
     fn adopt(&mut self, restored: RestoredState) -> RestoredState {
-        let mut restored =
-            restored.downcast::<KvStateMachine>().expect("the key-value restorer builds a key-value store");
-        restored.data.slices.keep = self.data.slices.keep;
+        let restored = restored.downcast::<KvStateMachine>().expect("the key-value restorer builds a key-value store");
         RestoredState::new(std::mem::replace(self, restored))
     }
 }
 
-impl KvStateMachine {
-    /// Applies a command whose values lie in `entry` when given.
-    fn apply_values_in(&mut self, index: Index, command: &[u8], entry: Option<&Bytes>) -> Result<Bytes, Rejection> {
-        // The writes of one group entry share its index.
-        assert!(index >= self.applied_index, "apply at index {index} after {}", self.applied_index);
-        self.applied_index = index;
-        if let Some(batch) = net::kv::decode_batch(command) {
-            let ops = batch.map_err(|error| Rejection(format!("bad batch: {error}")))?;
-            let answers = ops.into_iter().map(|op| self.execute(op, entry)).collect();
-            return Ok(KvResponse::Batch(answers).encode());
-        }
-        let op = KvOpRef::decode(command).map_err(|error| Rejection(format!("bad command: {error}")))?;
-        Ok(self.execute(op, entry).to_bytes())
-    }
+/// Decodes a key-value snapshot into a new store, off the driver, with
+/// the slice window of the store it replaces.
+struct KvRestorer {
+    keep: u64,
 }
-
-/// Decodes a key-value snapshot into a new store, off the driver.
-struct KvRestorer;
 
 impl Restorer for KvRestorer {
     fn restore(self: Box<Self>, snapshot: &mut dyn Read) -> Result<RestoredState, RestoreError> {
-        Ok(RestoredState::new(KvStateMachine::decode_snapshot(snapshot)?))
+        Ok(RestoredState::new(KvStateMachine::decode_snapshot(snapshot, self.keep)?))
     }
 }
 
@@ -954,6 +960,23 @@ mod tests {
         let mut out = Vec::new();
         image.write_to(&mut out).expect("writing to memory");
         assert_eq!(Bytes::from(out), before);
+    }
+
+    /// A store's slice window survives both ways of restoring a snapshot
+    /// (in place, and built off the driver then adopted).
+    #[test]
+    fn the_slice_window_is_kept_across_restores() {
+        let mut kv = KvStateMachine::with_slice_keep_bytes(4096);
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        put_in_entry(&mut kv, 1, b"key", &[3; SLICE_VALUE_BYTES_MIN], &count);
+        let snapshot = KvStateMachine::new().snapshot();
+        kv.restore_from(&mut &snapshot[..]).expect("restored in place");
+        assert_eq!(kv.data.slices.keep, 4096);
+        let restored = kv.restorer().expect("a restorer").restore(&mut &snapshot[..]).expect("restored");
+        let mut other = KvStateMachine::with_slice_keep_bytes(8192);
+        other.adopt(restored);
+        assert_eq!(other.data.slices.keep, 4096, "the restorer builds the window of the store that made it");
+        assert_eq!(kv.get(b"key"), None);
     }
 
     #[test]
