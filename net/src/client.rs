@@ -190,7 +190,9 @@ pub enum ResponseStatus {
     Ok(Bytes),
     /// This node is not the leader. Retry at the leader if it is known.
     NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
-    /// The node is overloaded (a bound is full). Retry later.
+    /// The node is overloaded (a bound is full), or it is handing
+    /// leadership over, or another membership change is being made (for an
+    /// admin request). Retry later.
     Busy,
     /// The request did not complete in time; a write may still be applied,
     /// so retry it with the same sequence number.

@@ -311,7 +311,13 @@ impl<C: Connector> Client<C> {
             }
             match status {
                 ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
-                    last = format!("{addr}: {status:?}");
+                    last = match status {
+                        ResponseStatus::Busy => format!(
+                            "{addr}: busy (a bound is full, leadership is being handed over, or another \
+                             membership change is being made)"
+                        ),
+                        status => format!("{addr}: {status:?}"),
+                    };
                     self.target = None;
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
