@@ -400,8 +400,15 @@ const WITNESS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// [`WITNESS_WATCH_INTERVAL`] it asks a member (those given to `--join`,
 /// then those the members reported) for its status and points every
 /// core's links at the members' peer addresses (`moved`, as the DNS watch
-/// does). Cheap: one status call.
-pub fn spawn_witness_watch(config: ServeConfig, moved: Vec<crate::dns_watch::Moved>, shutdown: Arc<AtomicBool>) {
+/// does). The reported addresses also go to `learned`, so the witness's
+/// shards can send a client to the leader and list the members in their
+/// status. Cheap: one status call.
+pub fn spawn_witness_watch(
+    config: ServeConfig,
+    moved: Vec<crate::dns_watch::Moved>,
+    learned: crate::shard::LearnedAddresses,
+    shutdown: Arc<AtomicBool>,
+) {
     let name = format!("node-{}-witness-watch", config.node_id);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let mut known: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
@@ -430,6 +437,16 @@ pub fn spawn_witness_watch(config: ServeConfig, moved: Vec<crate::dns_watch::Mov
                         // Forgotten, so the next round sends it again.
                         known.remove(&member.peer.id);
                     }
+                }
+            }
+            {
+                let mut learned = learned.lock().expect("not poisoned");
+                for member in &reported {
+                    let addresses = crate::replicated::Addresses {
+                        peer: Some(member.peer.addr.to_string()),
+                        client: member.client.as_ref().map(ToString::to_string),
+                    };
+                    learned.insert(member.peer.id, addresses);
                 }
             }
             for client in reported.into_iter().filter_map(|member| member.client) {

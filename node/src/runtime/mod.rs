@@ -225,6 +225,8 @@ struct NodeSetup<F> {
     /// How the front doors on core 0 reach every shard.
     handle: NodeHandle,
     shutdown: Arc<AtomicBool>,
+    /// Members' addresses a witness learns outside the log, for its shards.
+    learned_addresses: crate::shard::LearnedAddresses,
 }
 
 /// Starts a node: checks its configuration and ports, then runs one thread
@@ -284,11 +286,13 @@ where
         forward,
         handle: handle.clone(),
         shutdown: shutdown.clone(),
+        learned_addresses: Default::default(),
     });
     let security = setup.security.clone();
     let threads = spawn_cores(&setup, receivers, pin)?;
     if setup.config.witness && !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
-        crate::membership::spawn_witness_watch(setup.config.clone(), moved.clone(), shutdown.clone());
+        let learned = setup.learned_addresses.clone();
+        crate::membership::spawn_witness_watch(setup.config.clone(), moved.clone(), learned, shutdown.clone());
     }
     if let (PeerSource::Dns(dns), Network::Tcp) = (&setup.config.peers, &setup.network) {
         crate::dns_watch::spawn(node_id, dns.clone(), handle.clone(), moved, shutdown.clone());
@@ -651,6 +655,7 @@ where
         command_bytes_max: command_bytes_max(config),
         balance_leaders: config.shards > 1,
         nonce_salt: rand::random(),
+        learned_addresses: setup.learned_addresses.clone(),
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;

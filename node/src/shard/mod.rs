@@ -43,7 +43,7 @@ use wal::WalError;
 pub use io::{Clock, RestoreJob, RestoredSnapshot, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
 
 use crate::app::StateMachine;
-use crate::replicated::{NodeCommand, NodeStateMachine};
+use crate::replicated::{Addresses, NodeCommand, NodeStateMachine};
 use crate::stats::ShardStats;
 use ready::Persistence;
 use requests::Requests;
@@ -82,7 +82,18 @@ pub struct ShardContext {
     /// so an opening proposed before a crash never answers a client of the
     /// restarted node (determined by the seed in the simulator).
     pub nonce_salt: u64,
+    /// Members' addresses learned outside the log (see [`LearnedAddresses`]).
+    pub learned_addresses: LearnedAddresses,
 }
+
+/// Members' addresses learned outside the log, shared by a node's shards: a
+/// witness's member watch fills it (`membership::spawn_witness_watch`),
+/// because a witness applies no ordinary entry and so never receives the
+/// replicated address book. A shard uses it only where its book has no
+/// address for a member: to send a client to the leader, and in the
+/// status's member list (from which clients learn the members). Empty on
+/// every other node.
+pub type LearnedAddresses = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, Addresses>>>;
 
 /// Why a shard stopped.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engine::raft::ReadMode;
-use engine::{ConfChange, ConfChangeOp, Index, ProposeError, Role, Term};
+use engine::{ConfChange, ConfChangeOp, Index, NodeId, ProposeError, Role, Term};
 use net::{AdminRequest, ClientRequest, JoinRequest, ReadConsistency, RequestBody, ResponseStatus, SessionSettings};
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
@@ -15,7 +15,7 @@ use serde_json::json;
 use super::{Clock, Shard, ShardStorage, ShardTransport, REQUEST_TIMEOUT};
 use crate::app::{Rejection, StateMachine};
 use crate::replicated::{
-    encode_write_in, Applied, NodeCommand, Outcome, SetAddresses, Write, GROUP_BYTES_MAX, WRITE_HEADER_SIZE,
+    encode_write_in, Addresses, Applied, NodeCommand, Outcome, SetAddresses, Write, GROUP_BYTES_MAX, WRITE_HEADER_SIZE,
 };
 use crate::session::{merge_settings, validate_settings, Cached, Refusal};
 
@@ -305,7 +305,7 @@ where
         if leader == engine::NODE_NONE {
             return ResponseStatus::NotLeader { leader_id: None, leader_addr: None };
         }
-        let addr = self.fsm.addresses(leader).and_then(|a| a.client.clone()).and_then(|base| {
+        let addr = self.member_addresses(leader).and_then(|a| a.client).and_then(|base| {
             let base: SocketAddr = base.parse().ok()?;
             crate::topology::core_addr(base, self.ctx.core).map(|addr| addr.to_string())
         });
@@ -1000,12 +1000,22 @@ where
     }
 
     /// The configuration's members with their roles and addresses.
+    /// A member's addresses: from the replicated address book, else (a
+    /// witness's) as learned outside the log.
+    fn member_addresses(&self, id: NodeId) -> Option<Addresses> {
+        if let Some(addresses) = self.fsm.addresses(id) {
+            return Some(addresses.clone());
+        }
+        self.ctx.learned_addresses.lock().expect("not poisoned").get(&id).cloned()
+    }
+
     fn members_json(&self, conf: &engine::ConfState) -> serde_json::Value {
         let members: Vec<serde_json::Value> = conf
             .members()
             .into_iter()
             .map(|id| {
-                let addresses = self.fsm.addresses(id);
+                let addresses = self.member_addresses(id);
+                let addresses = addresses.as_ref();
                 let role = if conf.is_witness(id) {
                     "witness"
                 } else if conf.is_voter(id) {

@@ -232,6 +232,7 @@ fn shard_context(id: NodeId, shard_id: u32, shards: u32, forward_writes: bool, n
         // leadership transfers for the simulator to check.
         balance_leaders: shards > 1,
         nonce_salt,
+        learned_addresses: Default::default(),
     }
 }
 
