@@ -314,6 +314,23 @@ impl NodeSecurity {
         self.inner.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// The stream of a connection accepted by another front door (the RESP
+    /// port), under the current credentials: TLS as on the client listener
+    /// (a client certificate is optional; the protocol's own `AUTH` names
+    /// the user) when the node has TLS, else the socket itself. A
+    /// plaintext caller at a TLS port is sent `plaintext_answer` first.
+    pub async fn accept_front_door(
+        &self,
+        tcp: tokio_uring::net::TcpStream,
+        plaintext_answer: &[u8],
+    ) -> Result<crate::stream::Stream, String> {
+        let acceptor = match &self.current().tls {
+            None => return Ok(crate::stream::Stream::Plain(tcp)),
+            Some(tls) => tls.client_acceptor.clone(),
+        };
+        crate::stream::accept_tls(tcp, acceptor, plaintext_answer).await
+    }
+
     /// The identity a client token stands for under the current
     /// credentials (the shared token or the token file), if any: for
     /// front doors whose clients present a token in their own protocol

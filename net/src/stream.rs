@@ -166,6 +166,36 @@ pub(crate) enum TlsHandshakeError {
 /// The first byte of every frame ("RNET"); a TLS record starts with its
 /// content type (22 for a handshake).
 const FRAME_FIRST_BYTE: u8 = b'R';
+/// The first byte of a TLS handshake record (a ClientHello's).
+const TLS_HANDSHAKE_CONTENT_TYPE: u8 = 22;
+
+/// Accepts TLS on a socket of a front door whose clients speak another
+/// protocol (RESP): runs the handshake. A caller whose bytes are not TLS
+/// (a plaintext client at a TLS port) is sent `plaintext_answer` in
+/// plaintext first, so that it can tell its user why it was refused.
+pub(crate) async fn accept_tls(
+    tcp: TcpStream,
+    acceptor: std::sync::Arc<rustls::ServerConfig>,
+    plaintext_answer: &[u8],
+) -> Result<Stream, String> {
+    let session = rustls::ServerConnection::new(acceptor).map_err(|error| format!("TLS: {error}"))?;
+    let tls = TlsStream::new(tcp, rustls::Connection::Server(session));
+    // Looked at before rustls sees the bytes: rustls would answer them
+    // with an alert, which a plaintext client cannot read.
+    match tls.fill().await {
+        Ok(0) => return Err("closed before the TLS handshake".into()),
+        Ok(_) => {}
+        Err(error) => return Err(format!("reading the TLS handshake: {error}")),
+    }
+    if tls.first_received_byte() != Some(TLS_HANDSHAKE_CONTENT_TYPE) {
+        let _ = tls.tcp.write_all(plaintext_answer.to_vec()).await;
+        return Err("a plaintext client at a TLS port".into());
+    }
+    match tls.handshake().await {
+        Ok(()) => Ok(Stream::Tls(Box::new(tls))),
+        Err(error) => Err(format!("TLS handshake failed: {error:?}")),
+    }
+}
 
 /// Ciphertext read from the socket and not yet given to rustls.
 ///

@@ -196,10 +196,12 @@ fn two_full_nodes_and_a_witness_lose_no_acknowledged_write() {
     // leader, whose address it learned outside the log (the replicated
     // address book never reaches it), and lists the members with their
     // addresses, so a client given only the witness still reaches the data.
-    let leader_client_addr = format!("127.0.0.1:{}", cluster.client_port(leader));
-    cluster.wait_status(3, "the witness lists the leader's client address", |status| {
+    let client_addr = |slot: u64| format!("127.0.0.1:{}", cluster.client_port(slot));
+    cluster.wait_status(3, "the witness lists the leader's and its own client address", |status| {
         status["members"].as_array().is_some_and(|members| {
-            members.iter().any(|member| member["id"] == leader && member["client_addr"] == leader_client_addr.as_str())
+            [leader, 3].iter().all(|&slot| {
+                members.iter().any(|member| member["id"] == slot && member["client_addr"] == client_addr(slot).as_str())
+            })
         })
     });
     let op = KvOp::Get { key: Bytes::from("key-0") };

@@ -29,11 +29,13 @@ use node::kv::{KvOp, KvResponse};
 use support::{expired, hostile_tls_call, peer_handshake, Credentials, HostileOutcome, CLUSTER};
 
 /// The first test's nodes use 26000-26005, the reload test's 26006-26011,
-/// the join test's 26020-26029, the witness test's 26030-26037.
+/// the join test's 26020-26029, the witness test's 26030-26037, the RESP
+/// test's 26040-26045; each cluster's RESP ports are its base + 60 + id.
 const BASE_PORT: u16 = 26_000;
 const RELOAD_BASE_PORT: u16 = 26_006;
 const JOIN_BASE_PORT: u16 = 26_020;
 const WITNESS_BASE_PORT: u16 = 26_030;
+const RESP_BASE_PORT: u16 = 26_040;
 
 fn loopback(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
@@ -59,6 +61,7 @@ impl TlsCluster {
                 .args(["serve", "--node-id", &id.to_string(), "--cluster-id", &CLUSTER.to_string()])
                 .args(["--peer-addr", &loopback(peer_port(id)).to_string()])
                 .args(["--client-addr", &loopback(peer_port(id) + 1).to_string()])
+                .args(["--resp-addr", &loopback(base_port + 60 + id as u16).to_string()])
                 .args(["--peers", &peers.join(",")])
                 .args(["--data-dir", &dir.join(format!("data-{id}")).display().to_string()])
                 // The files `node certs` writes; no shared token at all.
@@ -94,6 +97,10 @@ impl TlsCluster {
 
     fn client_port(&self, id: u64) -> u16 {
         self.peer_port(id) + 1
+    }
+
+    fn resp_port(&self, id: u64) -> u16 {
+        self.base_port + 60 + id as u16
     }
 
     /// [`TlsCluster::client`] of node `id` alone.
@@ -563,4 +570,41 @@ fn a_witness_joins_and_acknowledges_over_tls() {
     // Only the witness's acknowledgements make a quorum of {leader, 4}.
     cluster.write_and_read("writer", "after", "2");
     assert!(cluster.all_alive());
+}
+
+/// The RESP front door speaks TLS when the node does, with the client
+/// port's settings: `redis-cli --tls` trusting the node CA writes through
+/// one node and reads through another, authenticated by a user's token
+/// (`AUTH user token`); a plaintext client is told the port needs TLS; a
+/// wrong token is refused as before. (Until 2026-12-04 the RESP port was
+/// plaintext even on a TLS node, tokens included.)
+#[test]
+fn the_resp_port_speaks_tls_when_the_node_does() {
+    let Ok(version) = Command::new("redis-cli").arg("--version").output() else {
+        eprintln!("SKIPPED: redis-cli is not installed (Debian: apt-get install redis-tools)");
+        return;
+    };
+    eprintln!("using {}", String::from_utf8_lossy(&version.stdout).trim());
+    let Some(cluster) = TlsCluster::start_with_leader("resp-tls", RESP_BASE_PORT) else { return };
+    let ca = cluster.credentials.certificates.node_ca.certificate.display().to_string();
+    let token = cluster.credentials.certificates.tokens["writer"].clone();
+    let redis_cli = |id: u64, tls: bool, user: &str, token: &str, args: &[&str]| {
+        let mut command = Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p", &cluster.resp_port(id).to_string()]);
+        if tls {
+            command.args(["--tls", "--cacert", &ca]);
+        }
+        command.args(["--user", user, "--pass", token, "--no-auth-warning"]).args(args);
+        let output = command.output().expect("redis-cli runs");
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    let set = redis_cli(1, true, "writer", &token, &["SET", "tls-key", "tls-value"]);
+    assert_eq!(set.trim(), "OK", "SET over TLS through node 1");
+    let get = redis_cli(2, true, "writer", &token, &["GET", "tls-key"]);
+    assert_eq!(get.trim(), "tls-value", "GET over TLS through node 2");
+    let plaintext = redis_cli(3, false, "writer", &token, &["GET", "tls-key"]);
+    assert!(plaintext.contains("this port needs TLS"), "a plaintext client at the TLS port: {plaintext}");
+    let wrong = redis_cli(1, true, "writer", "not-the-token", &["GET", "tls-key"]);
+    assert!(!wrong.contains("tls-value"), "a wrong token read the value: {wrong}");
+    cluster.wait_for_log(3, "RESP connection refused");
 }

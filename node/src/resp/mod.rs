@@ -46,7 +46,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use net::resp::{Command, CommandParser, Reply, RespLimits, Version};
-use tokio_uring::net::{TcpListener, TcpStream};
+use net::{FrameIo, Stream};
+use tokio_uring::net::TcpListener;
 
 use crate::local::NodeHandle;
 use backend::Backend;
@@ -60,6 +61,10 @@ pub const CONNECTIONS_MAX: usize = 1024;
 pub const PIPELINE_MAX: usize = 256;
 /// Bytes asked of the kernel per read.
 const READ_SIZE: usize = 16 << 10;
+/// How long a caller may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// What a plaintext client at a TLS RESP port is told before it is refused.
+const PLAINTEXT_AT_TLS: &[u8] = b"-ERR this port needs TLS (redis-cli --tls --cacert CA.pem)\r\n";
 /// Replies buffered before they are written even though more commands of
 /// the batch wait (a pipeline of large `GET`s).
 const OUTPUT_FLUSH_BYTES: usize = 256 << 10;
@@ -148,9 +153,22 @@ async fn accept_loop(listener: TcpListener, server: Rc<Server>) {
         server.next_client_id.set(id + 1);
         let server = server.clone();
         tokio_uring::spawn(async move {
-            let mut connection = Connection::new(server.clone(), id);
-            if let Err(reason) = connection.serve(&stream).await {
-                tracing::debug!(%remote, %reason, "RESP connection closed");
+            // TLS when the node has it (the client port's settings); the
+            // handshake is bounded, so a silent caller does not hold a place.
+            let security = &server.config.security;
+            let accepted =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, security.accept_front_door(stream, PLAINTEXT_AT_TLS))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")));
+            match accepted {
+                Ok(stream) => {
+                    let mut connection = Connection::new(server.clone(), id);
+                    if let Err(reason) = connection.serve(&stream).await {
+                        tracing::debug!(%remote, %reason, "RESP connection closed");
+                    }
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                Err(reason) => tracing::info!(%remote, %reason, "RESP connection refused"),
             }
             server.connections.set(server.connections.get() - 1);
         });
@@ -200,7 +218,7 @@ impl Connection {
     }
 
     /// Serves until the client leaves, quits, or sends what is not RESP.
-    async fn serve(&mut self, stream: &TcpStream) -> Result<(), String> {
+    async fn serve(&mut self, stream: &Stream) -> Result<(), String> {
         let parser = CommandParser::new(self.server.limits);
         let mut input = BytesMut::with_capacity(READ_SIZE);
         loop {
@@ -231,9 +249,8 @@ impl Connection {
             if input.capacity() - input.len() < READ_SIZE / 2 {
                 input.reserve(READ_SIZE);
             }
-            let (start, end) = (input.len(), input.capacity());
-            let (result, slice) = stream.read(tokio_uring::buf::BoundedBuf::slice(input, start..end)).await;
-            input = slice.into_inner();
+            let (result, buffer) = stream.read_append(input).await;
+            input = buffer;
             match result {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
@@ -285,12 +302,12 @@ impl Connection {
         self.writing = None;
     }
 
-    async fn flush(&mut self, stream: &TcpStream) -> Result<(), String> {
+    async fn flush(&mut self, stream: &Stream) -> Result<(), String> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let output = std::mem::take(&mut self.output);
-        let (result, _) = stream.write_all(output).await;
+        let output = std::mem::take(&mut self.output).freeze();
+        let (result, _) = stream.write_segments(vec![output]).await;
         result.map_err(|error| error.to_string())
     }
 

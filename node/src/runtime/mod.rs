@@ -290,18 +290,26 @@ where
     });
     let security = setup.security.clone();
     let threads = spawn_cores(&setup, receivers, pin)?;
-    if setup.config.witness && !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
-        let learned = setup.learned_addresses.clone();
-        crate::membership::spawn_witness_watch(setup.config.clone(), moved.clone(), learned, shutdown.clone());
-    }
-    if let (PeerSource::Dns(dns), Network::Tcp) = (&setup.config.peers, &setup.network) {
-        crate::dns_watch::spawn(node_id, dns.clone(), handle.clone(), moved, shutdown.clone());
-    }
+    spawn_watches(&setup, moved);
     let fatal = crate::membership::Fatal::default();
     if !setup.config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
         crate::membership::spawn_driver(setup.config.clone(), shutdown.clone(), fatal.clone());
     }
     Ok(RunningNode { node_id, handle, shutdown, security, threads, fatal })
+}
+
+/// The threads that point the cores' links at members that moved: a
+/// witness's member watch (which also fills the addresses its shards
+/// learn) and the DNS watch.
+fn spawn_watches<F>(setup: &NodeSetup<F>, moved: Vec<crate::dns_watch::Moved>) {
+    let (config, shutdown) = (&setup.config, &setup.shutdown);
+    if config.witness && !config.join_through.is_empty() && matches!(setup.network, Network::Tcp) {
+        let learned = setup.learned_addresses.clone();
+        crate::membership::spawn_witness_watch(config.clone(), moved.clone(), learned, shutdown.clone());
+    }
+    if let (PeerSource::Dns(dns), Network::Tcp) = (&config.peers, &setup.network) {
+        crate::dns_watch::spawn(config.node_id, dns.clone(), setup.handle.clone(), moved, shutdown.clone());
+    }
 }
 
 /// One thread per core, each running its core's runtime with the queues

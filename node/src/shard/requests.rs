@@ -1001,10 +1001,14 @@ where
 
     /// The configuration's members with their roles and addresses.
     /// A member's addresses: from the replicated address book, else (a
-    /// witness's) as learned outside the log.
+    /// witness's) this node's own or as learned outside the log.
     fn member_addresses(&self, id: NodeId) -> Option<Addresses> {
         if let Some(addresses) = self.fsm.addresses(id) {
             return Some(addresses.clone());
+        }
+        if id == self.ctx.node_id {
+            let (peer, client) = (self.ctx.peer_addr.to_string(), self.ctx.client_addr.to_string());
+            return Some(Addresses { peer: Some(peer), client: Some(client) });
         }
         self.ctx.learned_addresses.lock().expect("not poisoned").get(&id).cloned()
     }
