@@ -306,8 +306,13 @@ impl Connection {
         if self.output.is_empty() {
             return Ok(());
         }
-        let output = std::mem::take(&mut self.output).freeze();
-        let (result, _) = stream.write_segments(vec![output]).await;
+        let output = std::mem::take(&mut self.output);
+        let result = match stream {
+            // One write of the buffer, as before TLS existed here (no
+            // segment list to allocate per flush).
+            Stream::Plain(tcp) => tcp.write_all(output).await.0,
+            Stream::Tls(_) => stream.write_segments(vec![output.freeze()]).await.0,
+        };
         result.map_err(|error| error.to_string())
     }
 
