@@ -315,20 +315,43 @@ impl NodeSecurity {
     }
 
     /// The stream of a connection accepted by another front door (the RESP
-    /// port), under the current credentials: TLS as on the client listener
-    /// (a client certificate is optional; the protocol's own `AUTH` names
-    /// the user) when the node has TLS, else the socket itself. A
-    /// plaintext caller at a TLS port is sent `plaintext_answer` first.
+    /// port), under the current credentials, and who its client
+    /// certificate says the caller is: TLS as on the client listener when
+    /// the node has TLS (a client certificate is optional; without one the
+    /// protocol's own `AUTH` names the user), else the socket itself. A
+    /// plaintext caller at a TLS port is sent `plaintext_answer` first; a
+    /// certificate of another cluster or of a node is refused, as on the
+    /// client port.
     pub async fn accept_front_door(
         &self,
         tcp: tokio_uring::net::TcpStream,
         plaintext_answer: &[u8],
-    ) -> Result<crate::stream::Stream, String> {
-        let acceptor = match &self.current().tls {
-            None => return Ok(crate::stream::Stream::Plain(tcp)),
+    ) -> Result<(crate::stream::Stream, Option<Identity>), String> {
+        let credentials = self.current();
+        let acceptor = match &credentials.tls {
+            None => return Ok((crate::stream::Stream::Plain(tcp), None)),
             Some(tls) => tls.client_acceptor.clone(),
         };
-        crate::stream::accept_tls(tcp, acceptor, plaintext_answer).await
+        let stream = crate::stream::accept_tls(tcp, acceptor, plaintext_answer).await?;
+        let Some(der) = stream.peer_certificate() else { return Ok((stream, None)) };
+        match certificate_identity(&der) {
+            Ok(CertIdentity::Client(name)) if name.cluster_id == credentials.cluster_id => {
+                Ok((stream, Some(name.identity())))
+            }
+            Ok(CertIdentity::Client(name)) => {
+                Err(format!("the certificate names {}, a client of another cluster", name.uri()))
+            }
+            Ok(CertIdentity::Node(name)) => {
+                Err(format!("a node certificate ({}) cannot connect as a client", name.uri()))
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Whether clients can authenticate with a certificate (TLS with a
+    /// client CA).
+    pub fn accepts_client_certificates(&self) -> bool {
+        self.inner.config.tls.as_ref().is_some_and(|files| files.client_ca.is_some())
     }
 
     /// The identity a client token stands for under the current

@@ -575,9 +575,10 @@ fn a_witness_joins_and_acknowledges_over_tls() {
 /// The RESP front door speaks TLS when the node does, with the client
 /// port's settings: `redis-cli --tls` trusting the node CA writes through
 /// one node and reads through another, authenticated by a user's token
-/// (`AUTH user token`); a plaintext client is told the port needs TLS; a
-/// wrong token is refused as before. (Until 2026-12-04 the RESP port was
-/// plaintext even on a TLS node, tokens included.)
+/// (`AUTH user token`) or by a client certificate alone (its roles apply);
+/// a plaintext client is told the port needs TLS; a wrong token is refused
+/// as before. (Until 2026-12-04 the RESP port was plaintext even on a TLS
+/// node, tokens included, and knew no certificates.)
 #[test]
 fn the_resp_port_speaks_tls_when_the_node_does() {
     let Ok(version) = Command::new("redis-cli").arg("--version").output() else {
@@ -588,15 +589,21 @@ fn the_resp_port_speaks_tls_when_the_node_does() {
     let Some(cluster) = TlsCluster::start_with_leader("resp-tls", RESP_BASE_PORT) else { return };
     let ca = cluster.credentials.certificates.node_ca.certificate.display().to_string();
     let token = cluster.credentials.certificates.tokens["writer"].clone();
-    let redis_cli = |id: u64, tls: bool, user: &str, token: &str, args: &[&str]| {
+    let run = |id: u64, tls: bool, login: &[&str], args: &[&str]| {
         let mut command = Command::new("redis-cli");
         command.args(["-h", "127.0.0.1", "-p", &cluster.resp_port(id).to_string()]);
         if tls {
             command.args(["--tls", "--cacert", &ca]);
         }
-        command.args(["--user", user, "--pass", token, "--no-auth-warning"]).args(args);
-        let output = command.output().expect("redis-cli runs");
+        let output = command.args(login).args(args).output().expect("redis-cli runs");
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    let redis_cli = |id: u64, tls: bool, user: &str, token: &str, args: &[&str]| {
+        run(id, tls, &["--user", user, "--pass", token, "--no-auth-warning"], args)
+    };
+    let certificate = |user: &str| {
+        let files = &cluster.credentials.certificates.users[user];
+        [files.certificate.display().to_string(), files.private_key.display().to_string()]
     };
     let set = redis_cli(1, true, "writer", &token, &["SET", "tls-key", "tls-value"]);
     assert_eq!(set.trim(), "OK", "SET over TLS through node 1");
@@ -606,5 +613,14 @@ fn the_resp_port_speaks_tls_when_the_node_does() {
     assert!(plaintext.contains("this port needs TLS"), "a plaintext client at the TLS port: {plaintext}");
     let wrong = redis_cli(1, true, "writer", "not-the-token", &["GET", "tls-key"]);
     assert!(!wrong.contains("tls-value"), "a wrong token read the value: {wrong}");
+    // A client certificate is a login of its own, with its roles.
+    let [cert, key] = certificate("writer");
+    let set = run(2, true, &["--cert", &cert, "--key", &key], &["SET", "cert-key", "cert-value"]);
+    assert_eq!(set.trim(), "OK", "SET with the writer's certificate");
+    let [cert, key] = certificate("reader");
+    let get = run(3, true, &["--cert", &cert, "--key", &key], &["GET", "cert-key"]);
+    assert_eq!(get.trim(), "cert-value", "GET with the reader's certificate");
+    let refused = run(3, true, &["--cert", &cert, "--key", &key], &["SET", "cert-key", "other"]);
+    assert!(refused.contains("NOPERM"), "a reader's certificate wrote: {refused}");
     cluster.wait_for_log(3, "RESP connection refused");
 }

@@ -161,8 +161,11 @@ async fn accept_loop(listener: TcpListener, server: Rc<Server>) {
                     .await
                     .unwrap_or_else(|_| Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")));
             match accepted {
-                Ok(stream) => {
+                Ok((stream, certified)) => {
                     let mut connection = Connection::new(server.clone(), id);
+                    // A client certificate logs the connection in, as on the
+                    // client port; `AUTH` may still switch users.
+                    connection.identity = certified;
                     if let Err(reason) = connection.serve(&stream).await {
                         tracing::debug!(%remote, %reason, "RESP connection closed");
                     }

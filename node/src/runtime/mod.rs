@@ -84,11 +84,13 @@ pub enum ServeError {
     /// Joining the cluster (`--join`) failed; the text says why.
     #[error("{0}")]
     Join(String),
-    /// The RESP front door authenticates with tokens (`AUTH`), and has no
-    /// TLS: a cluster run on certificates alone has no token to check.
+    /// The RESP front door authenticates with tokens (`AUTH`), or with
+    /// client certificates over TLS: a node with neither has no way to
+    /// let a RESP client in.
     #[error(
-        "--resp-addr needs client tokens for RESP's AUTH: the cluster token (--token, NODE_TOKEN or --token-file) \
-         or per-user tokens (--client-tokens)"
+        "--resp-addr needs a way for RESP clients to authenticate: client tokens for AUTH (the cluster token: \
+         --token, NODE_TOKEN or --token-file; or per-user tokens: --client-tokens), or TLS with a client CA \
+         (--tls-client-ca) for client certificates"
     )]
     RespWithoutToken,
 }
@@ -379,7 +381,7 @@ fn load_security(config: &ServeConfig, network: &Network) -> Result<NodeSecurity
     }
     let security =
         NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
-    if config.resp_addr.is_some() && !security.accepts_client_tokens() {
+    if config.resp_addr.is_some() && !security.accepts_client_tokens() && !security.accepts_client_certificates() {
         return Err(ServeError::RespWithoutToken);
     }
     if matches!(network, Network::Tcp) {
