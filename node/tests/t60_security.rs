@@ -6,7 +6,7 @@
 //! The listener-level cases (every refusal reason, reloads, bounds) are
 //! tested in `net/tests/tls_auth.rs` and `net/tests/bounds.rs`; these check
 //! that the node wires them: its options, its listeners' roles, its client
-//! roles and its signal handling. Ports 26000-26009.
+//! roles and its signal handling. Ports 26000-26103 (see `BASE_PORT`).
 
 #[path = "../../net/tests/support/mod.rs"]
 mod support;
@@ -30,7 +30,8 @@ use support::{expired, hostile_tls_call, peer_handshake, Credentials, HostileOut
 
 /// The first test's nodes use 26000-26005, the reload test's 26006-26011,
 /// the join test's 26020-26029, the witness test's 26030-26037, the RESP
-/// test's 26040-26045; each cluster's RESP ports are its base + 60 + id.
+/// test's 26040-26045, the RESP start test's 26050-26052; each cluster's
+/// RESP ports are its base + 60 + id.
 const BASE_PORT: u16 = 26_000;
 const RELOAD_BASE_PORT: u16 = 26_006;
 const JOIN_BASE_PORT: u16 = 26_020;
@@ -623,4 +624,62 @@ fn the_resp_port_speaks_tls_when_the_node_does() {
     let refused = run(3, true, &["--cert", &cert, "--key", &key], &["SET", "cert-key", "other"]);
     assert!(refused.contains("NOPERM"), "a reader's certificate wrote: {refused}");
     cluster.wait_for_log(3, "RESP connection refused");
+}
+
+/// `--resp-addr` needs a way in for RESP clients: a TLS node with neither
+/// client tokens nor a client CA refuses to start and says what to add; a
+/// client CA alone is enough (client certificates log RESP clients in).
+#[test]
+fn a_resp_port_needs_client_tokens_or_a_client_ca() {
+    let dir = std::env::temp_dir().join(format!("node-t60-resp-auth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(["certs", "--dir", &dir.display().to_string(), "--cluster-id", "7", "--node-ids", "1"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::remove_file(dir.join("client-tokens")).unwrap();
+    let serve = |data: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
+        command
+            .args(["serve", "--node-id", "1", "--cluster-id", "7", "--peers", "1=127.0.0.1:26050"])
+            .args([
+                "--peer-addr",
+                "127.0.0.1:26050",
+                "--client-addr",
+                "127.0.0.1:26051",
+                "--resp-addr",
+                "127.0.0.1:26052",
+            ])
+            .args(["--data-dir", &dir.join(data).display().to_string(), "--tls-dir", &dir.display().to_string()])
+            .args(["--pin-cores", "false"])
+            .env_remove("NODE_TOKEN")
+            .env_remove("NODE_TOKEN_FILE")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    // A client CA and no tokens: the node serves RESP.
+    let mut child = serve("data-ca").spawn().expect("start node");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect("127.0.0.1:26052").is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut log = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+            panic!("the node exited ({status}) with a client CA and --resp-addr:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "no RESP port within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // Neither: refused, naming both ways.
+    std::fs::remove_file(dir.join("client-ca.pem")).unwrap();
+    let output = serve("data-none").output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started with no way for RESP clients to authenticate:\n{log}");
+    assert!(log.contains("--resp-addr needs a way for RESP clients to authenticate"), "{log}");
+    assert!(log.contains("--client-tokens") && log.contains("--tls-client-ca"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
