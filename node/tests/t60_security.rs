@@ -357,16 +357,22 @@ fn sighup_reloads_credentials_without_dropping_the_cluster() {
     cluster.write_and_read("writer", "after-reload", "4");
 }
 
-/// `node certs` writes the files `node serve --tls-dir` reads.
-#[test]
-fn node_certs_writes_what_serve_tls_dir_reads() {
-    let dir = std::env::temp_dir().join(format!("node-t60-certs-{}", std::process::id()));
+/// A fresh directory of `node certs` files for cluster 7 and `node_ids`.
+fn node_certs(name: &str, node_ids: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("node-t60-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let output = Command::new(env!("CARGO_BIN_EXE_node"))
-        .args(["certs", "--dir", &dir.display().to_string(), "--cluster-id", "7", "--node-ids", "1,2"])
+        .args(["certs", "--dir", &dir.display().to_string(), "--cluster-id", "7", "--node-ids", node_ids])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    dir
+}
+
+/// `node certs` writes the files `node serve --tls-dir` reads.
+#[test]
+fn node_certs_writes_what_serve_tls_dir_reads() {
+    let dir = node_certs("certs", "1,2");
     let NodeCommand::Serve(config) = node::config::parse_from([
         "node",
         "serve",
@@ -631,13 +637,7 @@ fn the_resp_port_speaks_tls_when_the_node_does() {
 /// client CA alone is enough (client certificates log RESP clients in).
 #[test]
 fn a_resp_port_needs_client_tokens_or_a_client_ca() {
-    let dir = std::env::temp_dir().join(format!("node-t60-resp-auth-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let output = Command::new(env!("CARGO_BIN_EXE_node"))
-        .args(["certs", "--dir", &dir.display().to_string(), "--cluster-id", "7", "--node-ids", "1"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let dir = node_certs("resp-auth", "1");
     std::fs::remove_file(dir.join("client-tokens")).unwrap();
     let serve = |data: &str| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_node"));
