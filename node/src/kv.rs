@@ -63,7 +63,20 @@ enum Value {
     /// Boxed, so that a value takes 16 bytes, not a `Bytes`'s 32: every
     /// map slot holds one, and with small values (never slices) the larger
     /// slot cost 3 % more CPU per write at 256 in flight (bench/RESULTS.md).
-    Slice(Box<Bytes>),
+    Slice(Box<Slice>),
+}
+
+/// A value kept as a slice of its entry, with the number [`Slices`] gave
+/// it when it was written, which tells it from a later slice under the
+/// same key. (Its address did not: once an entry is freed, a later entry
+/// can be allocated at the same address with the value at the same
+/// offset, and the old slice's turn copied the new one early; harmless to
+/// the state, but it made the simulator's runs differ with the
+/// allocator's choices.)
+#[derive(Clone)]
+struct Slice {
+    bytes: Bytes,
+    serial: u64,
 }
 
 /// The shortest value kept as a slice of its entry.
@@ -75,7 +88,7 @@ impl std::ops::Deref for Value {
     fn deref(&self) -> &[u8] {
         match self {
             Value::Copy(bytes) => bytes,
-            Value::Slice(bytes) => bytes,
+            Value::Slice(slice) => &slice.bytes,
         }
     }
 }
@@ -189,10 +202,11 @@ impl Eq for Data {}
 /// stays is copied once.
 #[derive(Clone, Debug)]
 struct Slices {
-    /// Each slice's key, the address of its bytes (which tells it from a
-    /// later slice under the same key) and the applied position it was
-    /// written at.
-    written: VecDeque<(Key, usize, u64)>,
+    /// Each slice's key, its serial number (see [`Slice`]) and the applied
+    /// position it was written at.
+    written: VecDeque<(Key, u64, u64)>,
+    /// The serial number of the next slice.
+    serial: u64,
     /// Bytes of commands applied through `apply_in`.
     applied: u64,
     /// How long a slice may stay: [`SLICE_KEEP_BYTES`] (tests use less).
@@ -203,7 +217,7 @@ struct Slices {
 
 impl Default for Slices {
     fn default() -> Slices {
-        Slices { written: VecDeque::new(), applied: 0, keep: SLICE_KEEP_BYTES, copied: 0 }
+        Slices { written: VecDeque::new(), serial: 0, applied: 0, keep: SLICE_KEEP_BYTES, copied: 0 }
     }
 }
 
@@ -214,9 +228,10 @@ impl Slices {
     fn value(&mut self, key: &[u8], value: &[u8], entry: Option<&Bytes>) -> Value {
         match entry {
             Some(entry) if value.len() >= SLICE_VALUE_BYTES_MIN => {
-                let slice = entry.slice_ref(value);
-                self.written.push_back((Key::new(key), slice.as_ptr() as usize, self.applied));
-                Value::Slice(Box::new(slice))
+                let serial = self.serial;
+                self.serial += 1;
+                self.written.push_back((Key::new(key), serial, self.applied));
+                Value::Slice(Box::new(Slice { bytes: entry.slice_ref(value), serial }))
             }
             _ => Value::Copy(Arc::from(value)),
         }
@@ -269,12 +284,12 @@ impl Data {
     /// stored.
     fn applied(&mut self, applied: usize) {
         self.slices.applied += applied as u64;
-        while let Some((key, address, at)) = self.slices.written.front() {
+        while let Some((key, serial, at)) = self.slices.written.front() {
             if at + self.slices.keep > self.slices.applied {
                 break;
             }
             let bucket = Data::bucket(key.as_slice());
-            let stays = |value: Option<&Value>| matches!(value, Some(Value::Slice(slice)) if slice.as_ptr() as usize == *address);
+            let stays = |value: Option<&Value>| matches!(value, Some(Value::Slice(slice)) if slice.serial == *serial);
             if stays(self.buckets[bucket].get(key.as_slice())) {
                 let stored =
                     Arc::make_mut(&mut self.buckets[bucket]).get_mut(key.as_slice()).expect("the slice is stored");
@@ -935,6 +950,43 @@ mod tests {
         assert_eq!(kv.data.buckets[Data::bucket(b"cold-3")]["cold-3".as_bytes()].as_ptr(), before, "not in place");
         drop(kv);
         assert_eq!(alive(&count), 0);
+    }
+
+    /// A slice is copied on its own turn, not on the turn of an earlier
+    /// slice under the same key at the same address. The simulator's
+    /// `a_seed_replays_exactly` failed in CI (seed 426 copied 0 slices in
+    /// one run and 1 in the other) when the allocator put a new entry where
+    /// a freed one had been; here the first entry's bytes come back at the
+    /// same address every time.
+    #[test]
+    fn a_slice_is_copied_on_its_own_turn_even_at_a_reused_address() {
+        let encoded = |value: u8| {
+            let command = KvOp::Put { key: Bytes::from_static(b"key"), value: Bytes::from(vec![value; 2000]) };
+            Bytes::from_static(Box::leak(command.encode().to_vec().into_boxed_slice()))
+        };
+        let (first, second) = (encoded(1), encoded(2));
+        // Room for two and a half commands: the first slice's turn comes
+        // after the third command.
+        let mut kv = KvStateMachine::with_slice_keep_bytes(first.len() as u64 * 5 / 2);
+        for (index, entry) in [&first, &second, &first].into_iter().enumerate() {
+            kv.apply_in(index as Index + 1, entry, entry).expect("applied");
+        }
+        assert_eq!(kv.get(b"key").map(|value| value.as_ptr()), Some(first[first.len() - 2000..].as_ptr()));
+        assert_eq!(kv.slices_copied(), 0, "the first slice's turn copied the third, written one command ago");
+        // Small puts under another key (copied, never slices) until the
+        // third slice's turn.
+        let filler = KvOp::Put { key: Bytes::from_static(b"other"), value: Bytes::from_static(b"v") }.encode();
+        let (command, keep) = (first.len() as u64, first.len() as u64 * 5 / 2);
+        let mut applied = 3 * command;
+        let mut index = 3;
+        while applied < 2 * command + keep {
+            assert_eq!(kv.slices_copied(), 0, "copied {} bytes before its turn", 2 * command + keep - applied);
+            index += 1;
+            kv.apply_in(index, &filler, &filler).expect("applied");
+            applied += filler.len() as u64;
+        }
+        assert_eq!(kv.slices_copied(), 1, "the third slice, copied on its turn");
+        assert_eq!(kv.get(b"key"), Some(&[1; 2000][..]));
     }
 
     /// A snapshot image captured while values are slices keeps the bytes it
