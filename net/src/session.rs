@@ -28,6 +28,7 @@
 //! | `SessionFull` | no | receive the answers on their way, then retry the same sequence |
 //! | `SessionExpired` | not now | open a new session and send the command there as a new write |
 //! | `BadRequest` | no (refused) | fix the request |
+//! | `Forbidden` | no | the caller may not write, or the session belongs to another user (a session is its opener's) |
 //!
 //! `SessionExpired` is certain ("this command was never applied") as long as
 //! the client stops retrying a write [`Session::retry_window`] after it first

@@ -57,7 +57,7 @@ fn apply_batch(c: &mut Criterion) {
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
         let at = index();
-        machine.apply(at, &NodeCommand::OpenSession { proposer: 1, nonce: at }.encode());
+        machine.apply(at, &NodeCommand::OpenSession { proposer: 1, nonce: at, owner: None }.encode());
         sessions.push((at, 0u64));
     }
     for key in 0..KEYS {

@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 pub struct Forwarded {
     pub shard_id: u32,
     pub request: ClientRequest,
+    /// The user of the connection it came on; `None` for the node's own
+    /// callers (a [`NodeHandle`]), who are [`crate::session::LOCAL_CALLER`].
+    pub caller: Option<Arc<str>>,
     pub reply: oneshot::Sender<ResponseStatus>,
     pub arrived: Instant,
 }
@@ -107,7 +110,7 @@ impl NodeHandle {
     pub fn call(&self, shard_id: u32, request: ClientRequest) -> oneshot::Receiver<ResponseStatus> {
         let (reply, answer) = oneshot::channel();
         let core = &self.cores[shard_id as usize % self.cores.len()];
-        let forwarded = Forwarded { shard_id, request, reply, arrived: Instant::now() };
+        let forwarded = Forwarded { shard_id, request, caller: None, reply, arrived: Instant::now() };
         if let Err(mpsc::error::TrySendError::Full(forwarded)) = core.try_send(forwarded) {
             let _ = forwarded.reply.send(ResponseStatus::Busy);
         }

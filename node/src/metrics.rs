@@ -407,6 +407,11 @@ impl Sample {
             ("raft_node_busy", "Requests answered Busy (a bound was reached).", "busy"),
             ("raft_node_no_space", "Writes answered NoSpace (a full disk here or on too many peers).", "no_space"),
             (
+                "raft_node_session_owner_refused",
+                "Writes and closes refused because their session belongs to another user.",
+                "session_owner_refused",
+            ),
+            (
                 "raft_node_appends_no_space",
                 "Appends from the leader this follower answered \"no space\" (its disk was full).",
                 "appends_no_space",

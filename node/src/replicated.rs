@@ -28,9 +28,10 @@
 //! | then, per write | u32 length, then a write as above |
 //!
 //! A leader groups writes only once every member of the configuration that
-//! applies payloads has said its build reads groups (node command kind 7),
-//! so no replica of an older build ever applies a group as malformed while
-//! the others apply its writes.
+//! applies payloads has said its build reads groups (node command kind 9,
+//! or 7 from older builds), so no replica of an older build ever applies a
+//! group as malformed while the others apply its writes. Sessions with
+//! owners (kind 8) wait the same way for every member to say it reads them.
 //!
 //! A **node command** starts with [`NODE_COMMAND_FORMAT`] and a kind byte:
 //!
@@ -42,7 +43,9 @@
 //! | 4 | the log's clock | milliseconds u64 |
 //! | 5 | session settings | sessions_max u32, timeout_ms u64, replies_max u32, reply_bytes_max u32 |
 //! | 6 | assign a joining node an id | nonce u64, peer and client addresses as in kind 1 (both present) |
-//! | 7 | member `id`'s build reads groups | id u64 |
+//! | 7 | member `id`'s build reads groups (older builds; still read) | id u64 |
+//! | 8 | open a session owned by a user (see [`crate::session`], "Owners") | as kind 2, then the owner: u8 length (at most 64) and the name |
+//! | 9 | what member `id`'s build reads | id u64, `FEATURE_*` bits u64 |
 //!
 //! Configuration entries are applied too ([`NodeStateMachine::apply_conf`]):
 //! the state machine keeps the highest node id any configuration named and
@@ -54,6 +57,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use engine::{Index, NodeId};
@@ -84,8 +88,13 @@ pub const NODE_COMMAND_FORMAT: u8 = 0x80;
 /// The longest address accepted in the address book.
 pub const ADDRESS_LEN_MAX: usize = 254;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"NDSN";
-/// The node snapshot format this code writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 3;
+/// The node snapshot format this code writes and reads when some session
+/// has an owner: version 3 with each session's owner after its floor.
+pub const SNAPSHOT_VERSION: u16 = 4;
+/// The format before sessions had owners, still written while none has
+/// one (so a cluster being upgraded sends its older members snapshots they
+/// read: owners appear only once every member runs this build) and read.
+const SNAPSHOT_VERSION_UNOWNED: u16 = 3;
 /// The format before snapshots were streamed (no node section length) and
 /// before membership bookkeeping (the id counter then starts above the
 /// address book's ids), still read.
@@ -101,7 +110,16 @@ const KIND_CLOCK: u8 = 4;
 const KIND_SESSION_SETTINGS: u8 = 5;
 const KIND_ASSIGN_ID: u8 = 6;
 const KIND_READS_GROUPS: u8 = 7;
+const KIND_OPEN_OWNED_SESSION: u8 = 8;
+const KIND_FEATURES: u8 = 9;
 
+/// What a member's build reads, as it says in a [`NodeCommand::Features`]:
+/// groups of writes (format 3).
+pub const FEATURE_GROUPS: u64 = 1;
+/// ... and sessions with owners (node command kind 8, snapshot version 4).
+pub const FEATURE_SESSION_OWNERS: u64 = 2;
+/// Everything this build reads.
+pub const FEATURES: u64 = FEATURE_GROUPS | FEATURE_SESSION_OWNERS;
 /// A write as it travels through the log: its session and the
 /// application's command (borrowed from the entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,10 +278,13 @@ impl GroupBuilder {
 pub enum NodeCommand {
     /// Set a member's addresses (an absent one is left as is).
     SetAddresses(SetAddresses),
-    /// Open a session; `proposer` and `nonce` find the waiting client.
+    /// Open a session for `owner` (see `session`, "Owners"; `None`: any
+    /// user, as older builds opened them); `proposer` and `nonce` find the
+    /// waiting client.
     OpenSession {
         proposer: NodeId,
         nonce: u64,
+        owner: Option<Arc<str>>,
     },
     CloseSession {
         client_id: u64,
@@ -279,9 +300,15 @@ pub enum NodeCommand {
         peer: String,
         client: String,
     },
-    /// Member `id` runs a build that reads groups of writes.
+    /// Member `id` runs a build that reads groups of writes (what builds
+    /// before [`NodeCommand::Features`] said; still read).
     ReadsGroups {
         id: NodeId,
+    },
+    /// Member `id` runs a build that reads `features` (`FEATURE_*` bits).
+    Features {
+        id: NodeId,
+        features: u64,
     },
 }
 
@@ -324,10 +351,13 @@ impl NodeCommand {
                 put_address(&mut out, Some(peer));
                 put_address(&mut out, Some(client));
             }
-            NodeCommand::OpenSession { proposer, nonce } => {
-                out.put_u8(KIND_OPEN_SESSION);
+            NodeCommand::OpenSession { proposer, nonce, owner } => {
+                out.put_u8(if owner.is_some() { KIND_OPEN_OWNED_SESSION } else { KIND_OPEN_SESSION });
                 out.put_u64_le(*proposer);
                 out.put_u64_le(*nonce);
+                if let Some(owner) = owner {
+                    crate::session::put_owner(&mut out, Some(owner));
+                }
             }
             NodeCommand::CloseSession { client_id } => {
                 out.put_u8(KIND_CLOSE_SESSION);
@@ -340,6 +370,11 @@ impl NodeCommand {
             NodeCommand::ReadsGroups { id } => {
                 out.put_u8(KIND_READS_GROUPS);
                 out.put_u64_le(*id);
+            }
+            NodeCommand::Features { id, features } => {
+                out.put_u8(KIND_FEATURES);
+                out.put_u64_le(*id);
+                out.put_u64_le(*features);
             }
             NodeCommand::SessionSettings(settings) => {
                 out.put_u8(KIND_SESSION_SETTINGS);
@@ -379,12 +414,20 @@ impl NodeCommand {
                 let client = read_address(&mut reader)??;
                 NodeCommand::AssignId { nonce, peer, client }
             }
-            KIND_OPEN_SESSION => {
-                NodeCommand::OpenSession { proposer: reader.u64("proposer").ok()?, nonce: reader.u64("nonce").ok()? }
+            kind @ (KIND_OPEN_SESSION | KIND_OPEN_OWNED_SESSION) => {
+                let (proposer, nonce) = (reader.u64("proposer").ok()?, reader.u64("nonce").ok()?);
+                let owner = match kind {
+                    KIND_OPEN_OWNED_SESSION => Some(crate::session::read_owner(&mut reader).ok()??),
+                    _ => None,
+                };
+                NodeCommand::OpenSession { proposer, nonce, owner }
             }
             KIND_CLOSE_SESSION => NodeCommand::CloseSession { client_id: reader.u64("client id").ok()? },
             KIND_CLOCK => NodeCommand::Clock { millis: reader.u64("millis").ok()? },
             KIND_READS_GROUPS => NodeCommand::ReadsGroups { id: reader.u64("id").ok()? },
+            KIND_FEATURES => {
+                NodeCommand::Features { id: reader.u64("id").ok()?, features: reader.u64("features").ok()? }
+            }
             KIND_SESSION_SETTINGS => NodeCommand::SessionSettings(SessionSettings {
                 sessions_max: reader.u32("sessions_max").ok()?,
                 timeout_ms: reader.u64("timeout").ok()?,
@@ -452,12 +495,14 @@ pub struct NodeStateMachine<S> {
     /// The last index applied (application or node command, no-op or
     /// configuration). Invariant: never decreases, except by a restore.
     applied: Index,
-    /// Members that said their build reads groups (kind 7), as applied
-    /// since this process started or restored. Not replicated state: it
-    /// only tells a leader whether it may group writes (how a group is
-    /// applied does not depend on it), so it stays out of snapshots, and
-    /// members say it again to every new leader.
-    group_readers: BTreeSet<NodeId>,
+    /// What members said their builds read (`FEATURE_*` bits, from node
+    /// commands kind 7 and 9), as applied since this process started or
+    /// restored. Not replicated state: it only tells a node whether it may
+    /// propose what every member must read (groups of writes, sessions
+    /// with owners; how those are applied does not depend on it), so it
+    /// stays out of snapshots, and members say it again to every new
+    /// leader.
+    features: BTreeMap<NodeId, u64>,
 }
 
 impl<S: StateMachine> NodeStateMachine<S> {
@@ -468,23 +513,51 @@ impl<S: StateMachine> NodeStateMachine<S> {
             addresses: BTreeMap::new(),
             ids: MemberIds::default(),
             applied: 0,
-            group_readers: BTreeSet::new(),
+            features: BTreeMap::new(),
         }
+    }
+
+    /// Whether member `id` said its build reads every feature of
+    /// `features`.
+    pub fn reads(&self, id: NodeId, features: u64) -> bool {
+        self.features.get(&id).is_some_and(|&has| has & features == features)
     }
 
     /// Whether member `id` said its build reads groups of writes.
     pub fn reads_groups(&self, id: NodeId) -> bool {
-        self.group_readers.contains(&id)
+        self.reads(id, FEATURE_GROUPS)
     }
 
     /// Whether every member of `conf` that applies payloads (all but
-    /// witnesses) reads groups: a leader may then propose them.
-    pub fn all_read_groups(&self, conf: &engine::ConfState) -> bool {
+    /// witnesses) reads `features`: entries that need them may then be
+    /// proposed.
+    pub fn all_read(&self, conf: &engine::ConfState, features: u64) -> bool {
         conf.voters
             .iter()
             .chain(&conf.voters_outgoing)
             .chain(&conf.learners)
-            .all(|&id| conf.is_witness(id) || self.group_readers.contains(&id))
+            .all(|&id| conf.is_witness(id) || self.reads(id, features))
+    }
+
+    /// Whether every member of `conf` that applies payloads reads groups: a
+    /// leader may then propose them.
+    pub fn all_read_groups(&self, conf: &engine::ConfState) -> bool {
+        self.all_read(conf, FEATURE_GROUPS)
+    }
+
+    /// Whether `caller` may write in (or close) session `client_id`, by the
+    /// sessions applied here: `Some(true)` when it is the session's owner,
+    /// the session has none, or the table does not hold it although its
+    /// opening index is applied (it expired, was closed or never opened:
+    /// applying the write says so); `Some(false)` when it belongs to another
+    /// user; `None` when its opening index is not applied here yet (ask
+    /// again later).
+    pub fn may_use_session(&self, client_id: u64, caller: &str) -> Option<bool> {
+        match self.sessions.owned_by(client_id, caller) {
+            Some(owned) => Some(owned),
+            None if client_id <= self.applied => Some(true),
+            None => None,
+        }
     }
 
     /// Whether node `id` was removed from the cluster (it is never a member
@@ -646,8 +719,8 @@ impl<S: StateMachine> NodeStateMachine<S> {
                 }
                 Applied::AddressesSet { id: set.id }
             }
-            NodeCommand::OpenSession { proposer, nonce } => {
-                let result = self.sessions.open(index);
+            NodeCommand::OpenSession { proposer, nonce, owner } => {
+                let result = self.sessions.open(index, owner);
                 Applied::SessionOpened { proposer, nonce, result }
             }
             NodeCommand::CloseSession { client_id } => {
@@ -659,7 +732,11 @@ impl<S: StateMachine> NodeStateMachine<S> {
                 Applied::Node(Ok(()))
             }
             NodeCommand::ReadsGroups { id } => {
-                self.group_readers.insert(id);
+                *self.features.entry(id).or_default() |= FEATURE_GROUPS;
+                Applied::Node(Ok(()))
+            }
+            NodeCommand::Features { id, features } => {
+                *self.features.entry(id).or_default() |= features;
                 Applied::Node(Ok(()))
             }
             NodeCommand::SessionSettings(settings) => match validate_settings(&settings) {
@@ -740,7 +817,8 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// application's part.
     pub fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
         let mut section = BytesMut::new();
-        self.sessions.encode(&mut section);
+        let owners = self.sessions.has_owners();
+        self.sessions.encode(&mut section, owners);
         section.put_u32_le(self.addresses.len() as u32);
         for (id, addresses) in &self.addresses {
             let set = SetAddresses { id: *id, peer: addresses.peer.clone(), client: addresses.client.clone() };
@@ -751,7 +829,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
         self.ids.encode(&mut section);
         let mut head = BytesMut::with_capacity(24 + section.len());
         head.put_slice(SNAPSHOT_MAGIC);
-        head.put_u16_le(SNAPSHOT_VERSION);
+        head.put_u16_le(if owners { SNAPSHOT_VERSION } else { SNAPSHOT_VERSION_UNOWNED });
         head.put_u16_le(0);
         head.put_u64_le(self.applied);
         head.put_u64_le(section.len() as u64);
@@ -877,9 +955,9 @@ impl NodeSection {
         }
         let mut reader = Reader::new(&fixed[4..]);
         let version = reader.u16("version").map_err(|error| bad(error.to_string()))?;
-        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_WHOLE {
+        if ![SNAPSHOT_VERSION_WHOLE, SNAPSHOT_VERSION_UNOWNED, SNAPSHOT_VERSION].contains(&version) {
             return Err(bad(format!(
-                "format version {version}; this node reads versions {SNAPSHOT_VERSION_WHOLE} and {SNAPSHOT_VERSION}"
+                "format version {version}; this node reads versions {SNAPSHOT_VERSION_WHOLE} to {SNAPSHOT_VERSION}"
             )));
         }
         if reader.u16("reserved").map_err(|error| bad(error.to_string()))? != 0 {
@@ -891,7 +969,7 @@ impl NodeSection {
             snapshot.read_to_end(&mut rest)?;
             let rest = Bytes::from(rest);
             let mut reader = Reader::new(&rest);
-            let (sessions, addresses) = decode_node_section(&mut reader, &rest).map_err(bad)?;
+            let (sessions, addresses) = decode_node_section(&mut reader, &rest, false).map_err(bad)?;
             let app = rest.slice(rest.len() - reader.remaining()..);
             let section = NodeSection { applied, sessions, addresses, ids: MemberIds::default() };
             return Ok((section, Some(app)));
@@ -910,7 +988,8 @@ impl NodeSection {
         }
         let section = Bytes::from(section);
         let mut reader = Reader::new(&section);
-        let (sessions, addresses) = decode_node_section(&mut reader, &section).map_err(bad)?;
+        let owners = version == SNAPSHOT_VERSION;
+        let (sessions, addresses) = decode_node_section(&mut reader, &section, owners).map_err(bad)?;
         let ids = MemberIds::decode(&mut reader).map_err(|error| bad(error.to_string()))?;
         reader.finish("node section").map_err(|error| bad(error.to_string()))?;
         Ok((NodeSection { applied, sessions, addresses, ids }, None))
@@ -954,12 +1033,14 @@ struct NodeImage {
     app: Box<dyn SnapshotImage>,
 }
 
-/// The session table and address book of a node snapshot.
+/// The session table (with `owners`: see [`SessionTable::encode`]) and
+/// address book of a node snapshot.
 fn decode_node_section(
     reader: &mut Reader<'_>,
     bytes: &Bytes,
+    owners: bool,
 ) -> Result<(SessionTable, BTreeMap<NodeId, Addresses>), String> {
-    let sessions = SessionTable::decode(reader, bytes).map_err(|error| error.to_string())?;
+    let sessions = SessionTable::decode(reader, bytes, owners).map_err(|error| error.to_string())?;
     let count = reader.u32("address count").map_err(|error| error.to_string())?;
     let mut addresses = BTreeMap::new();
     for _ in 0..count {

@@ -35,6 +35,17 @@
 //!   reply_bytes_max` bytes of them (each session may exceed its byte bound
 //!   by the answers that fill its gaps).
 //!
+//! - **Owners.** A session belongs to the user that opened it (the name of
+//!   its connection's identity; the empty name for the node's own callers,
+//!   such as the Redis front door, which no client can have: user names
+//!   are 1 to 64 characters). The owner is part of the opening entry and
+//!   of the table, so every replica knows it; the node that receives a
+//!   write or a close in a session checks it against the caller
+//!   ([`SessionTable::owned_by`]) before proposing or forwarding it, since
+//!   a forwarded write no longer carries its caller. A session opened by an
+//!   older build (or before every member ran this one) has no owner, and
+//!   any user with the write role may write in it, as before.
+//!
 //! Why eviction spares sessions with unacknowledged answers: such a session
 //! may have a retry on its way whose write was applied; evicting it would
 //! turn that retry's `SessionExpired` into a lie ("not applied"). A session
@@ -45,6 +56,7 @@
 //! time runs no faster than real time.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use net::compact::{put_bytes, FormatError, Reader};
@@ -96,7 +108,18 @@ pub struct Session {
     pub replies: Replies,
     /// Invariant: the sum of the sizes of `replies`.
     pub reply_bytes: usize,
+    /// The user that opened it; `None` when opened by an older build
+    /// (anyone may write in it). See the module's "Owners".
+    pub owner: Option<Arc<str>>,
 }
+
+/// The caller name of the node's own callers (the Redis front door, an
+/// embedding application's `NodeHandle`): the owner of the sessions they
+/// open. No client has it: user names are 1 to 64 characters.
+pub const LOCAL_CALLER: &str = "";
+
+/// The longest owner name a session keeps: a user name's bound.
+pub const OWNER_SIZE_MAX: usize = net::identity::USER_NAME_SIZE_MAX;
 
 /// Answers' room a session's ring keeps however empty it gets.
 const REPLIES_KEPT_ROOM: usize = 64;
@@ -266,10 +289,10 @@ impl SessionTable {
         self.sessions.iter().map(|(&id, session)| (id, session))
     }
 
-    /// Opens session `client_id` (the index of the entry opening it) at the
-    /// current log time with the current timeout and window, evicting an
-    /// idle session if the table is full.
-    pub fn open(&mut self, client_id: u64) -> Result<OpenedSession, String> {
+    /// Opens session `client_id` (the index of the entry opening it) for
+    /// `owner` at the current log time with the current timeout and window,
+    /// evicting an idle session if the table is full.
+    pub fn open(&mut self, client_id: u64, owner: Option<Arc<str>>) -> Result<OpenedSession, String> {
         assert!(client_id != 0 && !self.sessions.contains_key(&client_id), "session ids are unique log indexes");
         if self.sessions.len() >= self.settings.sessions_max as usize {
             let Some(&(_, victim)) = self.evictable.first() else {
@@ -288,12 +311,28 @@ impl SessionTable {
             floor: 1,
             replies: Replies::default(),
             reply_bytes: 0,
+            owner,
         };
         self.by_expiry.insert((session.expires_at(), client_id));
         self.evictable.insert((self.time, client_id));
         let opened = OpenedSession { client_id, timeout_ms: session.timeout_ms, window: session.window };
         self.sessions.insert(client_id, session);
         Ok(opened)
+    }
+
+    /// Whether `caller` may write in (or close) session `client_id`:
+    /// `None` when the table does not hold it (the caller learns why when
+    /// the write is applied), `Some(true)` when it is the owner or the
+    /// session has none.
+    pub fn owned_by(&self, client_id: u64, caller: &str) -> Option<bool> {
+        let session = self.sessions.get(&client_id)?;
+        Some(session.owner.as_deref().is_none_or(|owner| owner == caller))
+    }
+
+    /// Whether any session has an owner (a snapshot then needs the format
+    /// that carries owners, which older builds cannot read).
+    pub fn has_owners(&self) -> bool {
+        self.sessions.values().any(|session| session.owner.is_some())
     }
 
     /// Forgets a session; `false` if it was not there.
@@ -452,8 +491,9 @@ impl SessionTable {
     }
 
     /// Appends the table to a snapshot: settings, time, then each session
-    /// in id order with its answers in sequence order.
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// in id order with its answers in sequence order; with `owners`, each
+    /// session's owner after its floor (see [`put_owner`]).
+    pub fn encode(&self, out: &mut BytesMut, owners: bool) {
         let settings = self.settings;
         out.put_u32_le(settings.sessions_max);
         out.put_u64_le(settings.timeout_ms);
@@ -467,6 +507,9 @@ impl SessionTable {
             out.put_u64_le(session.timeout_ms);
             out.put_u32_le(session.window);
             out.put_u64_le(session.floor);
+            if owners {
+                put_owner(out, session.owner.as_deref());
+            }
             out.put_u32_le(session.replies.len() as u32);
             for (&sequence, answer) in session.replies.iter() {
                 out.put_u64_le(sequence);
@@ -484,9 +527,10 @@ impl SessionTable {
         }
     }
 
-    /// Reads a table written by [`SessionTable::encode`], checking every
-    /// bound and invariant (a snapshot may come from another node).
-    pub fn decode(reader: &mut Reader<'_>, snapshot: &Bytes) -> Result<SessionTable, FormatError> {
+    /// Reads a table written by [`SessionTable::encode`] (with `owners` as
+    /// it was written), checking every bound and invariant (a snapshot may
+    /// come from another node).
+    pub fn decode(reader: &mut Reader<'_>, snapshot: &Bytes, owners: bool) -> Result<SessionTable, FormatError> {
         let invalid = |reason| FormatError::Invalid { what: "session table", reason };
         let settings = SessionSettings {
             sessions_max: reader.u32("sessions_max")?,
@@ -512,6 +556,7 @@ impl SessionTable {
                 floor: reader.u64("floor")?,
                 replies: Replies::default(),
                 reply_bytes: 0,
+                owner: if owners { read_owner(reader)? } else { None },
             };
             let replies_count = reader.u32("answer count")?;
             if replies_count > session.window || session.window == 0 || session.floor == 0 {
@@ -542,6 +587,34 @@ impl SessionTable {
         table.check_invariants().map_err(|_| invalid("the table's invariants do not hold"))?;
         Ok(table)
     }
+}
+
+/// Writes a session's owner: a length byte and the name, or `0xFF` for
+/// none (a name is at most [`OWNER_SIZE_MAX`] bytes).
+pub fn put_owner(out: &mut BytesMut, owner: Option<&str>) {
+    match owner {
+        Some(name) => {
+            assert!(name.len() <= OWNER_SIZE_MAX, "an owner is a user name");
+            out.put_u8(name.len() as u8);
+            out.put_slice(name.as_bytes());
+        }
+        None => out.put_u8(0xFF),
+    }
+}
+
+/// Reads what [`put_owner`] wrote.
+pub fn read_owner(reader: &mut Reader<'_>) -> Result<Option<Arc<str>>, FormatError> {
+    let len = reader.u8("owner length")?;
+    if len == 0xFF {
+        return Ok(None);
+    }
+    if usize::from(len) > OWNER_SIZE_MAX {
+        return Err(FormatError::Invalid { what: "session owner", reason: "longer than a user name" });
+    }
+    let name = reader.take_exact("session owner", usize::from(len))?;
+    let name =
+        std::str::from_utf8(name).map_err(|_| FormatError::Invalid { what: "session owner", reason: "not UTF-8" })?;
+    Ok(Some(Arc::from(name)))
 }
 
 /// Checks settings an admin asks for (or a snapshot carries).

@@ -113,6 +113,9 @@ pub struct ShardStats {
     pub busy: u64,
     /// Writes refused because the disk was full.
     pub no_space: u64,
+    /// Writes and closes refused because their session belongs to another
+    /// user (see `session`, "Owners").
+    pub session_owner_refused: u64,
     /// The disk was seen full and has not been seen with room since (logged
     /// once per episode).
     pub disk_full: bool,
@@ -174,6 +177,7 @@ impl ShardStats {
             not_leader: 0,
             busy: 0,
             no_space: 0,
+            session_owner_refused: 0,
             disk_full: false,
             appends_no_space: 0,
             peers_disk_full: Vec::new(),
@@ -216,6 +220,7 @@ impl ShardStats {
             "not_leader": self.not_leader,
             "busy": self.busy,
             "no_space": self.no_space,
+            "session_owner_refused": self.session_owner_refused,
             "appends_no_space": self.appends_no_space,
             "peers_disk_full": self.peers_disk_full,
             "snapshots_taken": self.snapshots_taken,

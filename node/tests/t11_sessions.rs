@@ -138,7 +138,7 @@ fn eviction_takes_only_sessions_whose_answers_were_all_acknowledged() {
     assert!(replica.machine.sessions().get(a).is_some(), "a, with an answer in doubt, was not");
     replica.write(c, 1, 1, &put("c", "1"));
     // Both now hold an unacknowledged answer: a fourth session is refused.
-    match replica.apply(&NodeCommand::OpenSession { proposer: 1, nonce: 9 }.encode()) {
+    match replica.apply(&NodeCommand::OpenSession { proposer: 1, nonce: 9, owner: None }.encode()) {
         Applied::SessionOpened { result: Err(reason), .. } => assert!(reason.contains("2 sessions"), "{reason}"),
         other => panic!("{other:?}"),
     }
@@ -253,6 +253,102 @@ fn settings_travel_in_the_log_and_in_snapshots() {
     assert_eq!(leader.machine.sessions().settings(), settings);
 }
 
+impl Replica {
+    /// Opens a session owned by `owner`; returns its client id.
+    fn open_owned(&mut self, owner: &str) -> u64 {
+        let owner = Some(std::sync::Arc::from(owner));
+        match self.command(NodeCommand::OpenSession { proposer: 1, nonce: self.index, owner }) {
+            Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
+            other => panic!("opening a session: {other:?}"),
+        }
+    }
+}
+
+/// A session belongs to the user that opened it: every replica knows the
+/// owner from the opening entry, so the node a write arrives at can refuse
+/// another user's write; a session opened without an owner (by an older
+/// build) takes anyone's; an id not yet applied is not known either way.
+#[test]
+fn a_session_belongs_to_the_user_that_opened_it() {
+    let mut replica = Replica::new();
+    let alice = replica.open_owned("alice");
+    let local = replica.open_owned(node::session::LOCAL_CALLER);
+    let anyones = replica.open();
+    let may = |replica: &Replica, id, caller| replica.machine.may_use_session(id, caller);
+    assert_eq!(may(&replica, alice, "alice"), Some(true));
+    assert_eq!(may(&replica, alice, "bob"), Some(false));
+    assert_eq!(may(&replica, alice, node::session::LOCAL_CALLER), Some(false), "the node's own callers are not alice");
+    assert_eq!(may(&replica, local, node::session::LOCAL_CALLER), Some(true));
+    assert_eq!(may(&replica, local, "alice"), Some(false), "no client is the node's own caller");
+    assert_eq!(may(&replica, anyones, "bob"), Some(true));
+    assert_eq!(may(&replica, replica.index + 1, "alice"), None, "not applied here yet: ask again");
+    // Gone for good once applied and not held: the write is let through,
+    // and applying it says the session expired.
+    replica.command(NodeCommand::CloseSession { client_id: alice });
+    assert_eq!(may(&replica, alice, "bob"), Some(true));
+    assert_eq!(replica.write(alice, 1, 1, &put("k", "v")), Outcome::Refused(Refusal::Expired));
+}
+
+/// Owners travel in snapshots (format version 4), and a replica restored
+/// from one refuses the same callers; a state whose sessions have no owner
+/// is written in version 3, the bytes an older build reads, so a cluster
+/// being upgraded (whose sessions have no owner until every member runs
+/// this build) still sends its older members snapshots they read.
+#[test]
+fn owners_travel_in_snapshots_and_their_absence_keeps_the_older_format() {
+    let mut replica = Replica::new();
+    let anyones = replica.open();
+    replica.write(anyones, 1, 1, &put("k", "v"));
+    let unowned = replica.machine.snapshot();
+    assert_eq!(u16::from_le_bytes([unowned[4], unowned[5]]), 3, "no owner: the older format");
+    let alice = replica.open_owned("alice");
+    replica.write(alice, 1, 1, &put("a", "1"));
+    let owned = replica.machine.snapshot();
+    assert_eq!(u16::from_le_bytes([owned[4], owned[5]]), 4);
+    for (snapshot, sessions) in [(&unowned, 1), (&owned, 2)] {
+        let mut restored = Replica::new();
+        restored.machine.restore_from(&mut &snapshot[..]).unwrap();
+        assert_eq!(restored.machine.sessions().len(), sessions);
+        assert_eq!(&restored.machine.snapshot(), snapshot, "snapshots are deterministic");
+    }
+    let mut restored = Replica::new();
+    restored.machine.restore_from(&mut &owned[..]).unwrap();
+    assert_eq!(restored.machine.sessions(), replica.machine.sessions());
+    assert_eq!(restored.machine.may_use_session(alice, "bob"), Some(false));
+    assert_eq!(restored.machine.may_use_session(alice, "alice"), Some(true));
+    // An owner longer than a user name is damage.
+    let mut table = SessionTable::default();
+    table.open(7, Some(std::sync::Arc::from("alice"))).unwrap();
+    let mut encoded = BytesMut::new();
+    table.encode(&mut encoded, true);
+    let at = encoded.windows(6).position(|window| window == b"\x05alice").expect("the owner is encoded");
+    encoded[at] = 65;
+    let encoded = encoded.freeze();
+    assert!(SessionTable::decode(&mut net::compact::Reader::new(&encoded), &encoded, true).is_err());
+}
+
+/// Sessions get owners only once every member that applies payloads has
+/// said its build reads them (node command kind 9): an older build would
+/// apply an owned opening (kind 8) as malformed and open nothing, while
+/// the others opened a session.
+#[test]
+fn owners_wait_for_every_member_to_read_them() {
+    use node::replicated::{FEATURES, FEATURE_GROUPS, FEATURE_SESSION_OWNERS};
+    let mut replica = Replica::new();
+    let conf = engine::ConfState::new([1, 2, 3], [4]);
+    let owners = |replica: &Replica, conf| replica.machine.all_read(conf, FEATURE_SESSION_OWNERS);
+    for id in [1, 2, 3] {
+        assert!(matches!(replica.command(NodeCommand::Features { id, features: FEATURES }), Applied::Node(Ok(()))));
+    }
+    // Node 4 runs a build that said only that it reads groups.
+    replica.command(NodeCommand::ReadsGroups { id: 4 });
+    assert!(replica.machine.all_read_groups(&conf));
+    assert!(!owners(&replica, &conf), "learner 4 does not read owners");
+    replica.command(NodeCommand::Features { id: 4, features: FEATURE_GROUPS | FEATURE_SESSION_OWNERS });
+    assert!(owners(&replica, &conf));
+    assert!(replica.machine.reads(4, FEATURES));
+}
+
 #[test]
 fn malformed_entries_are_answered_identically_and_change_nothing() {
     let mut replica = Replica::new();
@@ -327,7 +423,10 @@ proptest! {
         prop_assert_eq!(Write::decode(&encoded), Ok(write));
         for node_command in [
             NodeCommand::Clock { millis },
-            NodeCommand::OpenSession { proposer: 3, nonce },
+            NodeCommand::OpenSession { proposer: 3, nonce, owner: None },
+            NodeCommand::OpenSession { proposer: 3, nonce, owner: Some(std::sync::Arc::from("writer-1")) },
+            NodeCommand::OpenSession { proposer: 3, nonce, owner: Some(std::sync::Arc::from(node::session::LOCAL_CALLER)) },
+            NodeCommand::Features { id: nonce, features: millis },
             NodeCommand::CloseSession { client_id },
         ] {
             prop_assert_eq!(NodeCommand::decode(&node_command.encode()), Some(node_command));
@@ -433,7 +532,7 @@ proptest! {
                     let id = next_id;
                     next_id += 1;
                     let full = model.len() >= settings.sessions_max as usize;
-                    match table.open(id) {
+                    match table.open(id, None) {
                         Ok(opened) => {
                             prop_assert_eq!(opened.client_id, id);
                             prop_assert_eq!(opened.window, settings.replies_max);

@@ -168,6 +168,38 @@ impl TlsCluster {
         }
     }
 
+    /// A session belongs to the user that opened it: `ops`, who may write,
+    /// can neither write in `writer`'s session nor close it, whichever node
+    /// it asks; `writer` writes on.
+    fn sessions_belong_to_their_users(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for id in 1..=3 {
+            // Every member says its build reads owners as it first sees a
+            // leader; until then sessions are anyone's (a rolling upgrade).
+            while !matches!(call(&self.client_of("ops", id), RequestBody::Status), Ok(ResponseStatus::Ok(answer))
+                if serde_json::from_slice::<serde_json::Value>(&answer).is_ok_and(|s| s["sessions"]["owned"] == true))
+            {
+                assert!(Instant::now() < deadline, "node {id} never opened sessions with owners");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let mut writer = BlockingClient::new(&self.client("writer")).expect("a client");
+        let mut session = writer.open_session().expect("a session opens");
+        let put = |value: &'static str| KvOp::Put { key: Bytes::from_static(b"owned"), value: Bytes::from(value) };
+        assert_eq!(writer.write(&mut session, put("mine").encode()).unwrap(), KvResponse::Written.encode());
+        for id in 1..=3 {
+            let mut ops = BlockingClient::new(&self.client_of("ops", id)).expect("a client");
+            let write = RequestBody::Write { command: put("theirs").encode() };
+            for (sequence, body) in [(1, write.clone()), (2, write), (0, RequestBody::CloseSession)] {
+                let status = ops.call_in_session(session.client_id(), sequence, sequence.min(1), body).unwrap();
+                let reason = forbidden(status);
+                assert!(reason.contains("belongs to another user"), "node {id}: {reason}");
+            }
+        }
+        assert_eq!(writer.write(&mut session, put("still mine").encode()).unwrap(), KvResponse::Written.encode());
+        writer.close_session(session).expect("the owner closes it");
+    }
+
     /// Writes `key` = `value` in a session of `user`'s and reads it back
     /// as `reader`.
     fn write_and_read(&self, user: &str, key: &str, value: &str) {
@@ -224,6 +256,7 @@ fn a_mutual_tls_cluster_serves_writes_and_refuses_what_it_must_with_logged_reaso
     for id in 1..=3 {
         assert!(!cluster.log(id).contains("TLS is off"), "node {id} warned of plaintext with TLS on");
     }
+    cluster.sessions_belong_to_their_users();
 
     let credentials = &cluster.credentials;
     let strangers = Credentials::new("node-t60-strangers");

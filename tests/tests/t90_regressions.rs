@@ -741,22 +741,7 @@ fn repaired_from_an_unknown_past() -> tests::sim::node::SimNode {
 fn a_membership_change_behind_another_is_answered_busy_and_goes_through_after_it() {
     use net::{AdminRequest, ClientRequest, RequestBody, ResponseStatus};
     use tests::sim::node::{Request, Waiter};
-    let mut node = {
-        use std::cell::{Cell, RefCell};
-        use std::rc::Rc;
-        let effects = Rc::new(RefCell::new(tests::sim::effects::WriteEffects::default()));
-        let clock = Rc::new(Cell::new(0));
-        tests::sim::node::SimNode::new(Config::new(2, vec![2]), 1, clock, std::time::Instant::now(), false, effects)
-    };
-    for _ in 0..100 {
-        if node.is_leader(0) {
-            break;
-        }
-        node.tick();
-        settle(&mut node);
-    }
-    assert!(node.is_leader(0), "a single voter elects itself");
-    settle(&mut node);
+    let mut node = single_voter_leader();
     let admin = |operation, admin| Request {
         waiter: Waiter { client: 0, operation, attempt: 0 },
         shard: 0,
@@ -789,4 +774,75 @@ fn a_membership_change_behind_another_is_answered_busy_and_goes_through_after_it
     }
     assert!(matches!(answer(&answers, 3), Some(ResponseStatus::Ok(_))), "{:?}", answer(&answers, 3));
     assert_eq!(node.raft(0).conf().learners, [3, 4]);
+}
+
+/// A one-node cluster (node 2) once it leads, over the simulator's disk.
+fn single_voter_leader() -> tests::sim::node::SimNode {
+    let mut node = {
+        use std::cell::{Cell, RefCell};
+        use std::rc::Rc;
+        let effects = Rc::new(RefCell::new(tests::sim::effects::WriteEffects::default()));
+        let clock = Rc::new(Cell::new(0));
+        tests::sim::node::SimNode::new(Config::new(2, vec![2]), 1, clock, std::time::Instant::now(), false, effects)
+    };
+    for _ in 0..100 {
+        if node.is_leader(0) {
+            break;
+        }
+        node.tick();
+        settle(&mut node);
+    }
+    assert!(node.is_leader(0), "a single voter elects itself");
+    settle(&mut node);
+    node
+}
+
+/// Sessions were not bound to the user that opened them (README "Limits"
+/// until this fix): a session's id is the index of its opening entry, easy
+/// to guess, and any client with the write role could write in another
+/// user's session (its writes then answered from that session's cache, or
+/// refused as stale, in the owner's name) or close it.
+///
+/// Fixed in node/src/shard/requests.rs `refuse_session_caller`: the node a
+/// write or close arrives at checks the caller against the session's owner,
+/// which the opening entry records on every replica. (The simulator's
+/// clients are users `client-N`; the node announces that it reads owners
+/// at its first tick as leader, which `single_voter_leader` includes.)
+#[test]
+fn a_write_in_another_users_session_is_refused_where_it_arrives() {
+    use net::session::OpenedSession;
+    use net::{ClientRequest, RequestBody, ResponseStatus};
+    use tests::sim::node::{Request, Waiter};
+    let mut node = single_voter_leader();
+    node.tick();
+    settle(&mut node);
+    let mut ask = |client: usize, operation: u64, client_id: u64, sequence: u64, body: RequestBody| {
+        let ack = sequence.min(1);
+        let request = ClientRequest { request_id: operation, client_id, sequence, ack, body };
+        node.request(Request { waiter: Waiter { client, operation, attempt: 0 }, shard: 0, request });
+        let mut answers = node.process().responses;
+        for _ in 0..4 {
+            node.disk_progress(0, usize::MAX, true, false);
+            answers.extend(node.process().responses);
+        }
+        let answer = answers.into_iter().find(|answer| answer.waiter.operation == operation);
+        answer.expect("an answer").status
+    };
+    let opened = match ask(0, 1, 0, 0, RequestBody::OpenSession) {
+        ResponseStatus::Ok(bytes) => OpenedSession::decode(&bytes).expect("an opened session"),
+        other => panic!("opening: {other:?}"),
+    };
+    let id = opened.client_id;
+    let put = |value: &'static str| RequestBody::Write {
+        command: node::kv::KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(value.as_bytes()) }
+            .encode(),
+    };
+    let status = ask(1, 2, id, 1, put("thief"));
+    assert!(matches!(status, ResponseStatus::Forbidden(_)), "another user wrote in the session: {status:?}");
+    assert!(matches!(ask(0, 3, id, 1, put("owner")), ResponseStatus::Ok(_)), "the owner's write");
+    let status = ask(1, 4, id, 1, put("thief"));
+    assert!(matches!(status, ResponseStatus::Forbidden(_)), "another user got the owner's answer: {status:?}");
+    let status = ask(1, 5, id, 0, RequestBody::CloseSession);
+    assert!(matches!(status, ResponseStatus::Forbidden(_)), "another user closed the session: {status:?}");
+    assert!(matches!(ask(0, 6, id, 0, RequestBody::CloseSession), ResponseStatus::Ok(_)), "the owner's close");
 }

@@ -22,7 +22,13 @@ use crate::shard::{Shard, ShardError, ShardTransport, SystemClock};
 /// Events a shard's inbox carries, bounded by [`SHARD_INBOX_MAX`].
 pub enum ShardEvent<R = Replier> {
     Raft(Message),
-    Request { request: ClientRequest, reply: R, arrived: Instant },
+    /// A client request from `caller` (see [`crate::local::Forwarded`]).
+    Request {
+        request: ClientRequest,
+        caller: Option<Arc<str>>,
+        reply: R,
+        arrived: Instant,
+    },
 }
 
 /// Events queued for a shard, at most; beyond it Raft messages are dropped
@@ -103,7 +109,10 @@ where
 {
     match event {
         ShardEvent::Raft(message) => shard.step(message),
-        ShardEvent::Request { request, reply, arrived } => shard.request(request, reply, arrived),
+        ShardEvent::Request { request, caller, reply, arrived } => {
+            let caller = caller.as_deref().unwrap_or(crate::session::LOCAL_CALLER);
+            shard.request(request, caller, reply, arrived)
+        }
     }
 }
 

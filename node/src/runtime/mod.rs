@@ -741,8 +741,8 @@ async fn dispatch<F>(
                 }
             }
             request = queues.forwarded.recv() => {
-                let Some(Forwarded { shard_id, request, reply, arrived }) = request else { continue };
-                deliver(inboxes, shard_id, request, Replier::Forwarded(reply), arrived);
+                let Some(Forwarded { shard_id, request, caller, reply, arrived }) = request else { continue };
+                deliver(inboxes, shard_id, request, caller, Replier::Forwarded(reply), arrived);
             }
             _ = ticker.tick() => {
                 if setup.shutdown.load(Ordering::Relaxed) {
@@ -806,10 +806,11 @@ fn route<F>(
                 }
             }
         },
-        Inbound::Request { shard_id, request, reply, .. } => {
+        Inbound::Request { shard_id, request, identity, reply } => {
             let arrived = reply.received();
+            let caller = Some(identity.user);
             if inboxes.contains_key(&shard_id) {
-                deliver(inboxes, shard_id, request, Replier::Local(reply), arrived);
+                deliver(inboxes, shard_id, request, caller, Replier::Local(reply), arrived);
                 return;
             }
             let Some(owner) = forward.get(shard_id as usize % cores) else {
@@ -817,7 +818,7 @@ fn route<F>(
                 return;
             };
             let (sender, receiver) = oneshot::channel();
-            match owner.try_send(Forwarded { shard_id, request, reply: sender, arrived }) {
+            match owner.try_send(Forwarded { shard_id, request, caller, reply: sender, arrived }) {
                 Ok(()) => {
                     tokio_uring::spawn(async move {
                         let status = receiver.await.unwrap_or(ResponseStatus::TimedOut);
@@ -834,6 +835,7 @@ fn deliver(
     inboxes: &HashMap<u32, mpsc::Sender<ShardEvent>>,
     shard_id: u32,
     request: net::ClientRequest,
+    caller: Option<Arc<str>>,
     reply: Replier,
     arrived: Instant,
 ) {
@@ -841,7 +843,7 @@ fn deliver(
         reply.send(ResponseStatus::BadRequest(format!("no shard {shard_id} on this node")));
         return;
     };
-    if let Err(error) = inbox.try_send(ShardEvent::Request { request, reply, arrived }) {
+    if let Err(error) = inbox.try_send(ShardEvent::Request { request, caller, reply, arrived }) {
         let event = match error {
             mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event) => event,
         };

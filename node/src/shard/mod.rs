@@ -311,10 +311,12 @@ where
         }
     }
 
-    /// A client request; `arrived` is when its connection decoded it (the
-    /// start of its latency stages).
-    pub fn request(&mut self, request: ClientRequest, reply: T::Reply, arrived: Instant) {
-        self.handle_request(request, reply, arrived);
+    /// A client request from `caller` (the user of its connection's
+    /// identity, or [`crate::session::LOCAL_CALLER`] for the node's own
+    /// callers: it owns the sessions it opens); `arrived` is when its
+    /// connection decoded it (the start of its latency stages).
+    pub fn request(&mut self, request: ClientRequest, caller: &str, reply: T::Reply, arrived: Instant) {
+        self.handle_request(request, caller, reply, arrived);
     }
 
     /// One tick of logical time: the engine's timers, and every second the
@@ -337,27 +339,29 @@ where
         self.stats.appends_no_space = self.raft.appends_refused_no_space();
         self.balance_leadership(now);
         self.announce_addresses(now);
-        self.announce_reads_groups(now);
+        self.announce_features(now);
     }
 
-    /// Says, through the leader, that this node's build reads groups of
-    /// writes (see `replicated`): once in each term with a leader, since a
-    /// new leader may not have applied the earlier word (it is kept in no
-    /// snapshot), and again while this node has not applied its own.
-    fn announce_reads_groups(&mut self, now: Instant) {
+    /// Says, through the leader, what this node's build reads (groups of
+    /// writes, sessions with owners: see `replicated`): once in each term
+    /// with a leader, since a new leader may not have applied the earlier
+    /// word (it is kept in no snapshot), and again while this node has not
+    /// applied its own.
+    fn announce_features(&mut self, now: Instant) {
+        use crate::replicated::{NodeCommand, FEATURES};
         let me = self.ctx.node_id;
         let term = self.raft.term();
         if !self.may_announce(self.groups.announced_at, now)
-            || (self.groups.announced_term == term && self.fsm.reads_groups(me))
+            || (self.groups.announced_term == term && self.fsm.reads(me, FEATURES))
         {
             return;
         }
-        match self.raft.forward_proposal(crate::replicated::NodeCommand::ReadsGroups { id: me }.encode()) {
+        match self.raft.forward_proposal(NodeCommand::Features { id: me, features: FEATURES }.encode()) {
             Ok(()) => {
                 self.groups.announced_term = term;
                 self.groups.announced_at = Some(now);
             }
-            Err(error) => tracing::debug!(shard = self.ctx.shard_id, %error, "group reading not announced"),
+            Err(error) => tracing::debug!(shard = self.ctx.shard_id, %error, "features not announced"),
         }
     }
 

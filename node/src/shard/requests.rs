@@ -3,12 +3,13 @@
 //! answers when an entry is applied or a read becomes safe.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engine::raft::ReadMode;
 use engine::{ConfChange, ConfChangeOp, Index, NodeId, ProposeError, Role, Term};
-use net::{AdminRequest, ClientRequest, JoinRequest, ReadConsistency, RequestBody, ResponseStatus, SessionSettings};
+use net::{AdminRequest, ClientRequest, JoinRequest, ReadConsistency, RequestBody, ResponseStatus};
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
 
@@ -163,7 +164,7 @@ where
     T: ShardTransport,
     C: Clock,
 {
-    pub(super) fn handle_request(&mut self, request: ClientRequest, reply: T::Reply, arrived: Instant) {
+    pub(super) fn handle_request(&mut self, request: ClientRequest, caller: &str, reply: T::Reply, arrived: Instant) {
         if let Some(owner) = self.misrouted(&request.body) {
             let status = ResponseStatus::BadRequest(format!(
                 "the key belongs to shard {owner} of {} (net::kv::shard_for_key), not to shard {}",
@@ -193,6 +194,12 @@ where
             // arrived before it.
             self.propose_gathered();
         }
+        if matches!(request.body, RequestBody::Write { .. } | RequestBody::CloseSession) {
+            if let Some(refused) = self.refuse_session_caller(request.client_id, caller) {
+                self.transport.reply(reply, refused);
+                return;
+            }
+        }
         match request.body {
             RequestBody::Write { ref command } => {
                 let write =
@@ -205,7 +212,7 @@ where
                 self.transport.reply(reply, ResponseStatus::Ok(Bytes::from(status.to_string())));
             }
             RequestBody::Admin(admin) => self.admin(admin, reply, arrived),
-            RequestBody::OpenSession => self.open_session(reply, arrived),
+            RequestBody::OpenSession => self.open_session(caller, reply, arrived),
             RequestBody::CloseSession => {
                 if request.client_id == 0 {
                     let status = ResponseStatus::BadRequest("closing a session needs its client id".into());
@@ -241,10 +248,42 @@ where
         self.propose(data, (write.client_id, write.sequence), reply, arrived);
     }
 
-    /// Proposes a session opening (forwarding it from a follower when the
-    /// node forwards); the applied entry's index is the session's id, and
-    /// the nonce finds this client again when it is applied here.
-    fn open_session(&mut self, reply: T::Reply, arrived: Instant) {
+    /// Refuses a write or close in session `client_id` (0: none) that
+    /// `caller` may not make (see `session`, "Owners"): `Forbidden` when
+    /// the session belongs to another user, `Busy` when the entry that
+    /// opened it is not applied here yet (the client retries; a session id
+    /// reaches a client only from a node that applied its opening, so this
+    /// node is behind). Checked only where the write is proposed or
+    /// forwarded, since a forwarded write no longer carries its caller; a
+    /// node that redirects the client leaves it to the node it goes to.
+    fn refuse_session_caller(&mut self, client_id: u64, caller: &str) -> Option<ResponseStatus> {
+        let proposes_here =
+            self.raft.role() == Role::Leader || (self.ctx.forward_writes && self.raft.leader() != engine::NODE_NONE);
+        if client_id == 0 || !proposes_here {
+            return None;
+        }
+        match self.fsm.may_use_session(client_id, caller) {
+            Some(true) => None,
+            Some(false) => {
+                self.stats.session_owner_refused += 1;
+                tracing::debug!(shard = self.ctx.shard_id, client_id, caller, "a session of another user refused");
+                Some(ResponseStatus::Forbidden(format!(
+                    "session {client_id} belongs to another user; open a session of your own"
+                )))
+            }
+            None => {
+                self.stats.busy += 1;
+                Some(ResponseStatus::Busy)
+            }
+        }
+    }
+
+    /// Proposes a session opening for `caller` (forwarding it from a
+    /// follower when the node forwards); the applied entry's index is the
+    /// session's id, and the nonce finds this client again when it is
+    /// applied here. The session is `caller`'s once every member reads
+    /// owners (see `replicated`), and anyone's before.
+    fn open_session(&mut self, caller: &str, reply: T::Reply, arrived: Instant) {
         let leader = self.raft.role() == Role::Leader;
         let forwards = self.ctx.forward_writes && self.raft.leader() != engine::NODE_NONE;
         if !(leader || forwards) {
@@ -264,7 +303,14 @@ where
         }
         let nonce = self.requests.nonce_next;
         self.requests.nonce_next = nonce.wrapping_add(1);
-        let data = NodeCommand::OpenSession { proposer: self.ctx.node_id, nonce }.encode();
+        if caller.len() > crate::session::OWNER_SIZE_MAX {
+            let status = ResponseStatus::BadRequest(format!("caller name {caller:?} is longer than a user name"));
+            self.transport.reply(reply, status);
+            return;
+        }
+        let owned = self.fsm.all_read(self.raft.conf(), crate::replicated::FEATURE_SESSION_OWNERS);
+        let owner = owned.then(|| Arc::from(caller));
+        let data = NodeCommand::OpenSession { proposer: self.ctx.node_id, nonce, owner }.encode();
         match self.raft.forward_proposal(data) {
             Ok(()) => {
                 self.requests.forwarded_term = self.raft.term();
@@ -1115,7 +1161,10 @@ where
                 "active": p.recent_active, "learner": p.learner, "witness": p.witness,
                 "disk_full": p.no_space,
             })).collect::<Vec<_>>(),
-            "sessions": sessions_json(self.fsm.sessions().len(), self.fsm.sessions().settings(), self.fsm.sessions().time()),
+            "sessions": sessions_json(
+                self.fsm.sessions(),
+                self.fsm.all_read(self.raft.conf(), crate::replicated::FEATURE_SESSION_OWNERS),
+            ),
             "pending_writes": self.requests.writes.len()
                 + self.requests.groups.values().map(|group| group.clients.len()).sum::<usize>(),
             "forwarded_writes_waiting": self.requests.forwarded.len(),
@@ -1150,10 +1199,14 @@ fn take_expired<K: Copy + Eq + std::hash::Hash, V>(
 }
 
 /// The sessions' part of the status document.
-fn sessions_json(count: usize, settings: SessionSettings, log_time_ms: u64) -> serde_json::Value {
+/// The status's `sessions`; `owned` says whether sessions opened here now
+/// belong to their users (every member's build reads owners).
+fn sessions_json(table: &crate::session::SessionTable, owned: bool) -> serde_json::Value {
+    let settings = table.settings();
     json!({
-        "count": count,
-        "log_time_ms": log_time_ms,
+        "count": table.len(),
+        "owned": owned,
+        "log_time_ms": table.time(),
         "sessions_max": settings.sessions_max,
         "timeout_ms": settings.timeout_ms,
         "replies_max": settings.replies_max,

@@ -31,7 +31,7 @@ impl Replica {
 
     /// Opens a session; returns its client id.
     pub fn open(&mut self) -> u64 {
-        match self.command(NodeCommand::OpenSession { proposer: 1, nonce: self.index }) {
+        match self.command(NodeCommand::OpenSession { proposer: 1, nonce: self.index, owner: None }) {
             Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
             other => panic!("opening a session: {other:?}"),
         }

@@ -435,11 +435,13 @@ impl SimNode {
         self.replicas[shard as usize].shard.step(message);
     }
 
-    /// A client request arrives.
+    /// A client request arrives, from the user its client is (each client
+    /// its own, so that sessions' owners are checked on every write).
     pub fn request(&mut self, request: Request) {
         let arrived = self.base + Duration::from_millis(self.clock.get());
         let replica = &mut self.replicas[request.shard as usize];
-        replica.shard.request(request.request, request.waiter, arrived);
+        let caller = format!("client-{}", request.waiter.client);
+        replica.shard.request(request.request, &caller, request.waiter, arrived);
     }
 
     /// One tick of the node's timer, for every shard.
