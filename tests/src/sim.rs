@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use engine::config::Rng;
 use engine::{ConfChange, ConfChangeOp, Config, NodeId};
-use net::{ClientRequest, ReadConsistency, RequestBody, SessionSettings};
+use net::{ClientRequest, ReadConsistency, RequestBody, ResponseStatus, SessionSettings};
 
 use crate::linearizability::{check, CheckOptions, NodeKvModel, Verdict};
 use checks::Observer;
@@ -46,6 +46,9 @@ use node::{Outbox, Request, SimNode, Waiter};
 
 /// The client index of the operator's admin requests (answers are dropped).
 const OPERATOR: usize = usize::MAX;
+/// The client index (and so the user, `client-N`) of a thief that writes in
+/// other clients' sessions (see `World::steal`).
+const THIEF: usize = usize::MAX - 1;
 
 /// Time units per engine tick: network delays are a fraction of a tick to a
 /// few ticks, like loopback or a LAN against a 10 ms tick.
@@ -137,6 +140,10 @@ pub struct Summary {
     /// slices of their log entries.
     pub large_values: bool,
     pub slices_copied: u64,
+    /// Writes a thief sent in sessions other clients own, and how many were
+    /// answered `Forbidden` (every answer that arrives must be).
+    pub thefts: u64,
+    pub thefts_refused: u64,
 }
 
 /// Which nodes of a run are witnesses, drawn from a stream of their own so
@@ -174,6 +181,8 @@ impl Witnesses {
 /// The whole simulated world.
 struct World {
     rng: Rng,
+    /// The thief's choices (see `World::steal`): a stream of its own.
+    thief_rng: Rng,
     /// The time, shared with every node's clock.
     clock: Rc<Cell<u64>>,
     now: u64,
@@ -322,6 +331,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
     let mut world = World {
         faulty,
         rng,
+        thief_rng: Rng::new(seed ^ 0x7E1E_F5EE_D000),
         clock,
         now: 0,
         nodes,
@@ -366,6 +376,16 @@ impl World {
         }
         for response in output.responses {
             if response.waiter.client == OPERATOR {
+                continue;
+            }
+            if response.waiter.client == THIEF {
+                assert!(
+                    matches!(response.status, ResponseStatus::Forbidden(_)),
+                    "seed {}: node {from} answered a write in another user's session with {:?}",
+                    self.summary.seed,
+                    response.status
+                );
+                self.summary.thefts_refused += 1;
                 continue;
             }
             let packet = Packet {
@@ -459,10 +479,64 @@ impl World {
             }
         }
         self.configure_sessions();
+        self.steal();
         for shard in 0..self.shards {
             self.observers[shard as usize].check(&mut self.nodes, shard, self.now);
         }
         self.now += 1;
+    }
+
+    /// Now and then a thief (a user with the write role, like every
+    /// client) writes in a session the leader's table says another client
+    /// owns, at a node that holds the session and would propose or forward
+    /// the write: that node must refuse it, `Forbidden` (checked in
+    /// `send_all`), whatever crashes, snapshots and restores its table went
+    /// through. Only such certain refusals are sent, straight to the node,
+    /// with choices from a stream of their own, so a seed runs as it did
+    /// without the thief.
+    fn steal(&mut self) {
+        if !self.now.is_multiple_of(97) {
+            return;
+        }
+        let shard = self.thief_rng.range(0, u64::from(self.shards)) as u32;
+        let Some(leader) = self.leader(shard) else { return };
+        fn sessions(node: &SimNode, shard: u32) -> &::node::session::SessionTable {
+            node.replicas[shard as usize].shard.state_machine().sessions()
+        }
+        let owned: Vec<u64> = sessions(&self.nodes[&leader], shard)
+            .iter()
+            .filter(|(_, session)| session.owner.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        let id = owned[self.thief_rng.range(0, owned.len() as u64) as usize];
+        let forward_writes = self.summary.forward_writes;
+        let targets: Vec<NodeId> = (self.nodes.values())
+            .filter(|node| node.up && sessions(node, shard).get(id).is_some())
+            .filter(|node| {
+                let raft = node.raft(shard);
+                raft.role() == engine::Role::Leader || (forward_writes && raft.leader() != engine::NODE_NONE)
+            })
+            .map(|node| node.id)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let target = targets[self.thief_rng.range(0, targets.len() as u64) as usize];
+        let Some(key) =
+            (0..=u8::MAX).map(client::key_bytes).find(|key| net::kv::shard_for_key(key, self.shards) == shard)
+        else {
+            return;
+        };
+        let command = net::kv::KvOp::Put { key, value: client::value_bytes(u64::MAX) }.encode();
+        let sequence = self.thief_rng.range(1, 4);
+        let request =
+            ClientRequest { request_id: 0, client_id: id, sequence, ack: 1, body: RequestBody::Write { command } };
+        let waiter = Waiter { client: THIEF, operation: self.now, attempt: 0 };
+        self.summary.thefts += 1;
+        self.nodes.get_mut(&target).expect("a node").request(Request { waiter, shard, request });
     }
 
     /// Frees the full disks whose time is up by `now`.

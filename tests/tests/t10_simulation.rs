@@ -84,6 +84,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 multi_shard_seeds += u64::from(summary.shards > 1);
                 large_value_seeds += u64::from(summary.large_values);
                 total.slices_copied += summary.slices_copied;
+                total.thefts += summary.thefts;
+                total.thefts_refused += summary.thefts_refused;
             }
             Err(panic) => {
                 eprintln!(
@@ -103,7 +105,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
          {} seeds with several shards, {} crashes that lost durable entries, {} nodes run as witnesses ({} members \
          at the end, {} snapshots taken and {} installed by witnesses), {} seeds with large values ({} kept as \
-         slices and copied later) ({:.0} seeds/s)",
+         slices and copied later), {} writes in other users' sessions ({} answered, all Forbidden) ({:.0} seeds/s)",
         started.elapsed(),
         total.operations,
         total.completed,
@@ -138,6 +140,8 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.witness_snapshots_installed,
         large_value_seeds,
         total.slices_copied,
+        total.thefts,
+        total.thefts_refused,
         seeds as f64 / started.elapsed().as_secs_f64(),
     );
     if storage_faults {
@@ -208,6 +212,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         assert!(total.witness_snapshots_taken > 0, "no witness took a snapshot");
         assert!(total.witness_snapshots_installed > 0, "no witness installed a leader's snapshot");
         assert!(total.slices_copied > 0, "no store copied a large value it had kept as a slice of its entry");
+        assert!(total.thefts_refused > 0, "no write in another user's session was refused");
     }
 }
 
