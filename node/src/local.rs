@@ -103,14 +103,39 @@ impl NodeHandle {
         self.shards
     }
 
-    /// Sends `request` to shard `shard_id`; the answer arrives on the
+    /// Sends `request` to shard `shard_id` as the node's own caller
+    /// ([`crate::session::LOCAL_CALLER`]: the sessions it opens are the
+    /// node's, which no network client may use); the answer arrives on the
     /// returned channel (any runtime can await it). A node whose core's
     /// queue is full answers `Busy` at once; the channel closes unanswered
     /// when the node is stopped or stops before answering.
     pub fn call(&self, shard_id: u32, request: ClientRequest) -> oneshot::Receiver<ResponseStatus> {
+        self.send(shard_id, request, None)
+    }
+
+    /// As [`NodeHandle::call`], on behalf of `user` (1 to 64 bytes): for an
+    /// application's own front door that authenticated its callers. The
+    /// sessions it opens belong to `user`, and a write or close in a
+    /// session of another user (or of the node's own callers) is answered
+    /// `Forbidden`, as for network clients (see `session`, "Owners").
+    pub fn call_as(&self, shard_id: u32, request: ClientRequest, user: Arc<str>) -> oneshot::Receiver<ResponseStatus> {
+        if user.is_empty() || user.len() > crate::session::OWNER_SIZE_MAX {
+            let (reply, answer) = oneshot::channel();
+            let _ = reply.send(ResponseStatus::BadRequest(format!("user name {user:?}: 1 to 64 bytes")));
+            return answer;
+        }
+        self.send(shard_id, request, Some(user))
+    }
+
+    fn send(
+        &self,
+        shard_id: u32,
+        request: ClientRequest,
+        caller: Option<Arc<str>>,
+    ) -> oneshot::Receiver<ResponseStatus> {
         let (reply, answer) = oneshot::channel();
         let core = &self.cores[shard_id as usize % self.cores.len()];
-        let forwarded = Forwarded { shard_id, request, caller: None, reply, arrived: Instant::now() };
+        let forwarded = Forwarded { shard_id, request, caller, reply, arrived: Instant::now() };
         if let Err(mpsc::error::TrySendError::Full(forwarded)) = core.try_send(forwarded) {
             let _ = forwarded.reply.send(ResponseStatus::Busy);
         }

@@ -242,3 +242,47 @@ fn the_readme_embedding_example_runs() -> Result<(), Box<dyn std::error::Error>>
     cluster.shutdown()?;
     Ok(())
 }
+
+/// An application's own front door sends its users' requests with
+/// `NodeHandle::call_as`: the sessions it opens for a user are that user's,
+/// and neither another user nor the node's own caller (`call`) may write in
+/// them.
+#[test]
+fn a_node_handle_calls_as_a_user_and_their_sessions_are_theirs() {
+    use std::sync::Arc;
+    let cluster = LocalCluster::start(1, |_shard| node::kv::KvStateMachine::new()).expect("the cluster starts");
+    let leader = cluster.wait_for_leader(0, Duration::from_secs(10)).expect("a leader");
+    let handle = cluster.handle(leader).expect("a running node");
+    let ask = |request: ClientRequest, user: Option<&str>| {
+        let answer = match user {
+            Some(user) => handle.call_as(0, request, Arc::from(user)),
+            None => handle.call(0, request),
+        };
+        answer.blocking_recv().expect("an answer")
+    };
+    // The node says it reads owners at its first tick as leader.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(ask(ClientRequest::plain(1, RequestBody::Status), None), ResponseStatus::Ok(status)
+        if serde_json::from_slice::<serde_json::Value>(&status).is_ok_and(|s| s["sessions"]["owned"] == true))
+    {
+        assert!(Instant::now() < deadline, "sessions never got owners");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = match ask(ClientRequest::plain(2, RequestBody::OpenSession), Some("alice")) {
+        ResponseStatus::Ok(bytes) => net::session::OpenedSession::decode(&bytes).expect("a session").client_id,
+        other => panic!("opening: {other:?}"),
+    };
+    let put = |sequence| {
+        let command = node::kv::KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") }.encode();
+        ClientRequest { request_id: 3, client_id: id, sequence, ack: 1, body: RequestBody::Write { command } }
+    };
+    for user in [Some("bob"), None] {
+        let status = ask(put(1), user);
+        assert!(matches!(status, ResponseStatus::Forbidden(_)), "{user:?} wrote in alice's session: {status:?}");
+    }
+    assert!(matches!(ask(put(1), Some("alice")), ResponseStatus::Ok(_)));
+    let status = ask(ClientRequest::plain(4, RequestBody::Status), Some(""));
+    assert!(matches!(status, ResponseStatus::BadRequest(_)), "an empty user name: {status:?}");
+    drop(handle);
+    cluster.shutdown().expect("a clean stop");
+}
