@@ -532,6 +532,17 @@ impl Raft {
         self.unknown_repairs
     }
 
+    /// Whether this replica runs as a witness but its configuration counts
+    /// it as a full voter (a node started as a witness and made a voter
+    /// with `AddVoter` instead of `AddWitness`; the cluster cannot tell how
+    /// a node runs). It then acknowledges no entry, so no commit rests on
+    /// its metadata-only log. As a learner it still does: a learner's
+    /// acknowledgements count toward no commit, and its promotion to a
+    /// witness (`AddWitness` of a learner) checks how far it has caught up.
+    pub fn witness_counted_as_full(&self) -> bool {
+        self.witness && self.conf.is_full_voter(self.id)
+    }
+
     /// Whether this replica is a witness: it holds entry metadata only,
     /// never leads, and hands out no normal entries to apply (see
     /// [`Ready::committed_entries`]); its shell runs no state machine.
@@ -2173,6 +2184,14 @@ impl Raft {
     }
 
     fn send_append_ack(&mut self, to: NodeId, index: Index) {
+        if self.witness_counted_as_full() {
+            // It keeps metadata only, and the leader would count its
+            // acknowledgement as a full replica's: a commit could then rest
+            // on the leader's disk alone. It acknowledges nothing (its
+            // heartbeat answers and votes stay: they carry no entry), so
+            // the group commits on its full replicas, or waits.
+            return;
+        }
         self.note_ack();
         self.send_to(to, MessageBody::AppendResponse(AppendResponse::accepted(index)));
     }

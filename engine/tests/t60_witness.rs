@@ -486,3 +486,45 @@ fn a_replica_that_may_not_campaign_tells_a_stale_leader_its_term() {
     cluster.deliver_all();
     assert_ne!(cluster.node(1).raft.role(), Role::Leader, "the stale leader stepped down");
 }
+
+/// A node run as a witness that a configuration counts as a full member
+/// (added with `add-learner` and `promote` instead of `add-witness`: the
+/// cluster cannot tell how a node runs) acknowledges no entry, so no commit
+/// ever rests on it. Before, it acknowledged the metadata it kept without
+/// the payloads, and the leader counted that as a full replica's: with the
+/// full follower down, an entry committed with its payload on the leader's
+/// disk alone.
+#[test]
+fn a_witness_counted_as_a_full_member_acknowledges_nothing() {
+    let make = |id: NodeId| {
+        let mut config = Config::new(id, if id <= 2 { vec![1, 2] } else { Vec::new() });
+        config.witness = id == WITNESS;
+        config
+    };
+    let mut cluster = Cluster::new(&[1, 2], make);
+    cluster.elect(1);
+    propose(&mut cluster, 1, "before");
+    cluster.stabilize();
+    cluster.add_node(make(WITNESS));
+    for op in [ConfChangeOp::AddLearner(WITNESS), ConfChangeOp::AddVoter(WITNESS)] {
+        cluster.raft(1).propose_conf_change(ConfChange { ops: vec![op] }).expect("the leader takes the change");
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(1).raft.conf(), &ConfState::new([1, 2, WITNESS], []), "counted as a full voter");
+    assert!(cluster.node(WITNESS).raft.is_witness(), "it runs as a witness all the same");
+    let committed = cluster.node(1).raft.committed();
+    cluster.crash(2);
+    let index = propose(&mut cluster, 1, "on the leader's disk alone");
+    cluster.stabilize();
+    assert!(
+        cluster.node(1).raft.committed() < index,
+        "committed at {} with the full follower down: the witness's acknowledgement counted as a full replica's",
+        cluster.node(1).raft.committed()
+    );
+    assert_eq!(cluster.node(1).raft.committed(), committed);
+    // The full follower back, the entry commits on two full replicas.
+    cluster.restart(2);
+    tick_checked(&mut cluster, 5);
+    assert!(cluster.node(1).raft.committed() >= index);
+    assert!(cluster.node(2).applied_commands().contains(&Bytes::from_static(b"on the leader's disk alone")));
+}

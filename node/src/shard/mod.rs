@@ -402,16 +402,19 @@ where
 
     /// A node run as a witness (`--witness`) that the configuration lists
     /// as a full voter (made one by `add-learner` and `promote` instead of
-    /// `add-witness`): the leader counts its acknowledgements as a full
-    /// replica's though it keeps no payloads, so a commit may rest on the
-    /// leader's disk alone. The cluster cannot tell; this node says so.
+    /// `add-witness`): the leader would count its acknowledgements as a
+    /// full replica's though it keeps no payloads, so the engine withholds
+    /// them ([`engine::Raft::witness_counted_as_full`]): for commits the
+    /// cluster then has one voter fewer. The cluster cannot tell; this node
+    /// says so.
     fn warn_if_witness_counted_as_full(&self) {
-        if self.raft.is_witness() && self.raft.conf().is_full_voter(self.ctx.node_id) {
+        if self.raft.witness_counted_as_full() {
             tracing::error!(
                 shard = self.ctx.shard_id,
                 node = self.ctx.node_id,
                 "this node runs as a witness (no payloads), but the configuration counts it as a full voter: \
-                 remove it (`node admin remove`) and add it with `node admin add-witness`"
+                 it acknowledges no entry (so no commit rests on it, and the group commits only on its full \
+                 replicas); remove it (`node admin remove`) and add it with `node admin add-witness`"
             );
         }
     }
