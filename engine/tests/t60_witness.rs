@@ -323,12 +323,9 @@ fn a_witness_behind_compaction_gets_a_metadata_only_snapshot() {
     check_witness_storage(&cluster);
 }
 
-/// A running pair of full voters adds a witness by a membership change: it
-/// joins empty, started as a witness (as `--witness` would), and from the
-/// change on receives metadata only. The entries before the change reach it
-/// whole (see `Raft::witness_since`), and it drops their payloads itself.
-#[test]
-fn a_witness_joins_a_running_cluster_by_a_change_and_leaves_by_one() {
+/// Full voters 1 and 2, leading with 1 and having committed `first`, and
+/// node 3 started as a witness (as `--witness` would) and not yet a member.
+fn full_pair_with_a_witness_to_add(first: &str) -> Cluster {
     let make = |id: NodeId| {
         let mut config = Config::new(id, if id <= 2 { vec![1, 2] } else { Vec::new() });
         config.witness = id == WITNESS;
@@ -336,9 +333,19 @@ fn a_witness_joins_a_running_cluster_by_a_change_and_leaves_by_one() {
     };
     let mut cluster = Cluster::new(&[1, 2], make);
     cluster.elect(1);
-    propose(&mut cluster, 1, "before the witness");
+    propose(&mut cluster, 1, first);
     stabilize_checked(&mut cluster);
     cluster.add_node(make(WITNESS));
+    cluster
+}
+
+/// A running pair of full voters adds a witness by a membership change: it
+/// joins empty, started as a witness (as `--witness` would), and from the
+/// change on receives metadata only. The entries before the change reach it
+/// whole (see `Raft::witness_since`), and it drops their payloads itself.
+#[test]
+fn a_witness_joins_a_running_cluster_by_a_change_and_leaves_by_one() {
+    let mut cluster = full_pair_with_a_witness_to_add("before the witness");
     cluster.raft(1).propose_conf_change(ConfChange { ops: vec![ConfChangeOp::AddWitness(WITNESS)] }).unwrap();
     cluster.stabilize();
     check_witness_storage(&cluster);
@@ -496,16 +503,7 @@ fn a_replica_that_may_not_campaign_tells_a_stale_leader_its_term() {
 /// disk alone.
 #[test]
 fn a_witness_counted_as_a_full_member_acknowledges_nothing() {
-    let make = |id: NodeId| {
-        let mut config = Config::new(id, if id <= 2 { vec![1, 2] } else { Vec::new() });
-        config.witness = id == WITNESS;
-        config
-    };
-    let mut cluster = Cluster::new(&[1, 2], make);
-    cluster.elect(1);
-    propose(&mut cluster, 1, "before");
-    cluster.stabilize();
-    cluster.add_node(make(WITNESS));
+    let mut cluster = full_pair_with_a_witness_to_add("before");
     for op in [ConfChangeOp::AddLearner(WITNESS), ConfChangeOp::AddVoter(WITNESS)] {
         cluster.raft(1).propose_conf_change(ConfChange { ops: vec![op] }).expect("the leader takes the change");
         cluster.stabilize();
