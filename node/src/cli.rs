@@ -349,13 +349,23 @@ pub struct ServeOptions {
     #[arg(long, value_name = "PATH", conflicts_with = "join_tls_cert")]
     pub join_token_file: Option<PathBuf>,
 
+    /// When bootstrapping a cluster with --peers: the members that are
+    /// witnesses, as IDs separated by commas (in a file, a list). Every
+    /// bootstrapping node must give the same list, and each listed node
+    /// runs with --witness; full voters must be a strict majority. Used
+    /// only until the first leader records the membership in the log.
+    /// [default: none]
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    pub witnesses: Option<Vec<u64>>,
+
     /// Run as a witness: a voter that keeps only the hard state and entry
     /// metadata (no payloads, no state machine) and serves no reads or
-    /// writes. Needs --join: with members' addresses the node joins as a
-    /// witness by itself; with bare --join (the manual way) it waits for
-    /// `node admin add-witness`. Recorded in the data directory: a restart
-    /// must give it again, and a data directory of a full replica refuses
-    /// it. [default: false]
+    /// writes. Needs --join (with members' addresses the node joins as a
+    /// witness by itself; with bare --join, the manual way, it waits for
+    /// `node admin add-witness`), or this node's id in --witnesses when
+    /// bootstrapping. Recorded in the data directory: a restart must give
+    /// it again, and a data directory of a full replica refuses it.
+    /// [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub witness: Option<bool>,
 

@@ -84,8 +84,12 @@ pub enum ConfigError {
     JoinTlsIncomplete { missing: &'static str },
     #[error("give the joining node's credential once: --join-tls-cert and --join-tls-key, or --join-token-file")]
     JoinCredentialTwice,
-    #[error("--witness needs --join: a witness joins a running cluster (through members with --join HOST:PORT,..., or the manual way with --join and `node admin add-witness`); it cannot bootstrap one")]
+    #[error("--witness needs --join, or this node's id in --witnesses when it bootstraps a cluster with --peers: a witness joins a running cluster (through members with --join HOST:PORT,..., or the manual way with --join and `node admin add-witness`) or is listed as one by every bootstrapping node")]
     WitnessWithoutJoin,
+    #[error("--witnesses lists node {id}, this node: start it with --witness too (it keeps no payloads, and the others count it as a witness)")]
+    ListedWitnessWithoutFlag { id: NodeId },
+    #[error("--witnesses {reason}")]
+    BadWitnesses { reason: String },
     #[error("--witness and --learner exclude each other: a witness votes, a learner does not")]
     WitnessAndLearner,
     #[error("--user {value:?}: {reason}")]
@@ -219,6 +223,10 @@ pub struct ServeConfig {
     /// With `join_through` and TLS: the admin client credential the node
     /// presents to the members it joins through (`None`: the shared token).
     pub join_credential: Option<JoinCredential>,
+    /// The members of the bootstrap configuration that are witnesses
+    /// (`--witnesses`; every bootstrapping node gives the same list): used
+    /// only while the log records no membership yet. Empty when joining.
+    pub bootstrap_witnesses: Vec<NodeId>,
     /// Run as a witness (see [`crate::membership::check_replica_kind`]):
     /// entry metadata only, no state machine. Invariant: with `join`, and
     /// not with `learner`.
@@ -284,6 +292,9 @@ impl ServeConfig {
         config.snapshot_log_factor = self.snapshot_log_factor;
         config.snapshot_log_bytes = self.shard_snapshot_log_bytes();
         config.witness = self.witness;
+        if !config.voters.is_empty() {
+            config.witnesses = self.bootstrap_witnesses.clone();
+        }
         config
     }
 
@@ -415,6 +426,7 @@ impl DevConfig {
                     join_through: Vec::new(),
                     learner: false,
                     join_credential: None,
+                    bootstrap_witnesses: Vec::new(),
                     witness: false,
                     // Several nodes on one machine: let the scheduler place them.
                     pin_cores: false,
@@ -567,6 +579,7 @@ impl ServeOptions {
             join_tls_cert,
             join_tls_key,
             join_token_file,
+            witnesses,
             witness,
             pin_cores,
             forward_writes,
@@ -707,8 +720,13 @@ impl ServeConfig {
         }
         let read_consistency = options.read_consistency.unwrap_or(ReadConsistencyArg::Linearizable).into();
         let (learner, witness) = (options.learner.unwrap_or(false), options.witness.unwrap_or(false));
-        if witness && !join {
+        let bootstrap_witnesses = bootstrap_witnesses(options.witnesses.clone(), &peers, join)?;
+        let listed = bootstrap_witnesses.contains(&node_id);
+        if witness && !join && !listed {
             return Err(ConfigError::WitnessWithoutJoin);
+        }
+        if listed && !witness {
+            return Err(ConfigError::ListedWitnessWithoutFlag { id: node_id });
         }
         if witness && learner {
             return Err(ConfigError::WitnessAndLearner);
@@ -736,6 +754,7 @@ impl ServeConfig {
             join_through,
             learner,
             join_credential,
+            bootstrap_witnesses,
             witness,
             pin_cores: options.pin_cores.unwrap_or(true),
             // The RESP front door's clients talk to one node: a follower
@@ -750,6 +769,44 @@ impl ServeConfig {
             snapshot_write_rate: options.snapshot_write_rate.unwrap_or(SNAPSHOT_WRITE_RATE_DEFAULT),
         })
     }
+}
+
+/// The bootstrap witnesses of `--witnesses`, checked: only when
+/// bootstrapping with a static `--peers` list, each one of those members,
+/// and full voters a strict majority (as the engine requires of every
+/// configuration: the full voters alone then form a quorum).
+fn bootstrap_witnesses(
+    witnesses: Option<Vec<NodeId>>,
+    peers: &PeerSource,
+    join: bool,
+) -> Result<Vec<NodeId>, ConfigError> {
+    let mut witnesses = witnesses.unwrap_or_default();
+    if witnesses.is_empty() {
+        return Ok(witnesses);
+    }
+    let bad = |reason: String| Err(ConfigError::BadWitnesses { reason });
+    if join {
+        return bad("names the witnesses of a cluster being bootstrapped; a joining node takes the cluster's \
+                    membership (join a witness with --join and --witness)"
+            .into());
+    }
+    let PeerSource::Static(members) = peers else {
+        return bad("needs a static --peers list (with DNS discovery, add witnesses by joining them)".into());
+    };
+    witnesses.sort_unstable();
+    witnesses.dedup();
+    if let Some(id) = witnesses.iter().find(|id| !members.iter().any(|member| member.id == **id)) {
+        return bad(format!("lists node {id}, which is not in --peers"));
+    }
+    let full = members.len() - witnesses.len();
+    if full <= witnesses.len() {
+        return bad(format!(
+            "makes {} of {} voters witnesses: full voters must be a strict majority",
+            witnesses.len(),
+            members.len()
+        ));
+    }
+    Ok(witnesses)
 }
 
 impl From<ReadConsistencyArg> for ReadConsistency {

@@ -264,6 +264,7 @@ impl ServeConfig {
             join_through: Vec::new(),
             learner: false,
             join_credential: None,
+            bootstrap_witnesses: Vec::new(),
             witness: false,
             pin_cores: false,
             forward_writes: false,

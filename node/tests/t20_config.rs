@@ -290,9 +290,9 @@ fn token_file_and_config_file() {
         &config_file,
         format!(
             "node-id = 3\npeer-addr = \"127.0.0.1:7104\"\nclient-addr = \"127.0.0.1:7105\"\n\
-             peers = \"1=127.0.0.1:7100,3=127.0.0.1:7104\"\ndata-dir = {:?}\ntoken-file = {:?}\n\
+             peers = \"1=127.0.0.1:7100,2=127.0.0.1:7102,3=127.0.0.1:7104\"\ndata-dir = {:?}\ntoken-file = {:?}\n\
              shards = 2\nread-consistency = \"stale\"\nresp-addr = \"127.0.0.1:7204\"\n\
-             metrics-addr = \"127.0.0.1:7304\"\n",
+             metrics-addr = \"127.0.0.1:7304\"\nwitnesses = [1]\n",
             dir.join("data"),
             token_file
         ),
@@ -306,6 +306,7 @@ fn token_file_and_config_file() {
     assert_eq!(config.resp_addr, Some("127.0.0.1:7204".parse().unwrap()));
     assert_eq!(config.metrics_addr, Some("127.0.0.1:7304".parse().unwrap()));
     assert!(config.forward_writes, "the RESP front door's followers forward writes");
+    assert_eq!(config.bootstrap_witnesses, [1]);
     let clash = parse_from(["node", "serve", "--config", &path, "--resp-addr", "127.0.0.1:7105"]);
     assert!(matches!(clash, Err(CliError::Config(ConfigError::BadAddress { option: "resp-addr", .. }))));
     let clash = parse_from(["node", "serve", "--config", &path, "--metrics-addr", "127.0.0.1:7204"]);
@@ -543,6 +544,31 @@ fn join_through_members() {
         config_error(parse(&["--join", "10.0.0.1:7001", "--witness", "--learner"])),
         ConfigError::WitnessAndLearner
     ));
+    // Or a bootstrap lists it (every node the same list): the engine's
+    // first membership then has it as a witness, on every node.
+    let peers = "4=127.0.0.1:7108,5=127.0.0.1:7110,6=127.0.0.1:7112";
+    let listed = parse(&["--node-id", "4", "--peers", peers, "--witnesses", "4", "--witness"]).unwrap();
+    assert_eq!(listed.bootstrap_witnesses, [4]);
+    let engine = listed.engine_config(vec![4, 5, 6]);
+    assert!(engine.witness);
+    assert_eq!(engine.witnesses, [4]);
+    assert_eq!(listed.engine_config(Vec::new()).witnesses, Vec::<u64>::new(), "not once the log has a membership");
+    let full = parse(&["--node-id", "5", "--peers", peers, "--witnesses", "4"]).unwrap();
+    assert!(!full.witness && full.engine_config(vec![4, 5, 6]).witnesses == [4]);
+    assert!(matches!(
+        config_error(parse(&["--node-id", "4", "--peers", peers, "--witnesses", "4"])),
+        ConfigError::ListedWitnessWithoutFlag { id: 4 }
+    ));
+    for (witnesses, reason) in [("5,6", "strict majority"), ("7", "not in --peers")] {
+        match config_error(parse(&["--node-id", "4", "--peers", peers, "--witnesses", witnesses])) {
+            ConfigError::BadWitnesses { reason: found } => assert!(found.contains(reason), "{found}"),
+            other => panic!("--witnesses {witnesses}: {other:?}"),
+        }
+    }
+    match config_error(parse(&["--join", "10.0.0.1:7001", "--witnesses", "4"])) {
+        ConfigError::BadWitnesses { reason } => assert!(reason.contains("joining"), "{reason}"),
+        other => panic!("--witnesses with --join: {other:?}"),
+    }
     // The manual flow: --join without addresses still needs --node-id.
     assert!(matches!(config_error(parse(&["--join"])), ConfigError::Missing { option: "node-id" }));
     assert!(matches!(

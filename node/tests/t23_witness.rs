@@ -332,3 +332,54 @@ fn a_full_member_added_after_the_witness_started_leads_with_its_vote() {
         assert_eq!(local_value(&four, index), Some(Bytes::from(value(index))), "key-{index} on node 4");
     }
 }
+
+/// Two full nodes and a witness bootstrap together: every node is given
+/// `--witnesses 3` with the three `--peers`, node 3 runs `--witness`. The
+/// first leader records the membership with the witness in it; with the
+/// full follower down the leader and the witness commit, and the witness
+/// stores no value. A listed node without `--witness`, and lists that are
+/// not the bootstrap's or leave witnesses a majority, are refused with the
+/// reason.
+#[test]
+fn a_cluster_bootstraps_with_a_witness() {
+    let mut cluster = new_cluster(23460);
+    let peers: Vec<String> = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", cluster.peer_port(id))).collect();
+    let bootstrap = |cluster: &Cluster, slot: u64, witnesses: &str| {
+        let mut command = cluster.base_command(slot);
+        command.args(["--node-id", &slot.to_string(), "--peers", &peers.join(","), "--witnesses", witnesses]);
+        command
+    };
+    let error = refused(bootstrap(&cluster, 3, "3"));
+    assert!(error.contains("start it with --witness too"), "{error}");
+    let error = refused(bootstrap(&cluster, 1, "2,3"));
+    assert!(error.contains("full voters must be a strict majority"), "{error}");
+    let error = refused(bootstrap(&cluster, 1, "4"));
+    assert!(error.contains("not in --peers"), "{error}");
+    for slot in [1, 2] {
+        cluster.start(slot, bootstrap(&cluster, slot, "3"));
+    }
+    let mut witness = bootstrap(&cluster, 3, "3");
+    witness.arg("--witness");
+    cluster.start(3, witness);
+    let leader = cluster.leader();
+    let status = cluster.wait_status(leader, "the bootstrap membership has the witness", |status| {
+        common::ids(&status["witnesses"]) == [3] && common::ids(&status["voters"]) == [1, 2, 3]
+    });
+    assert_eq!(status["role"], "Leader");
+    cluster.wait_status(3, "the witness knows it is one", |status| status["witness"] == true);
+    let mut client = BlockingClient::new(&cluster.client(&[1, 2])).unwrap();
+    write_keys(&mut client, 0..10);
+    let follower = 3 - leader;
+    cluster.kill(follower);
+    write_keys(&mut client, 10..20);
+    let needle = PROBE.as_bytes();
+    assert_eq!(files_holding(&cluster.data_dir(3), needle), Vec::<PathBuf>::new(), "the witness stored values");
+    assert!(!files_holding(&cluster.data_dir(leader), needle).is_empty(), "the search finds values where they are");
+    // Restarted, the witness keeps its kind from its data directory, and
+    // the membership from the log.
+    cluster.kill(3);
+    let mut without = cluster.base_command(3);
+    without.args(["--node-id", "3", "--peers", &peers.join(",")]);
+    let error = refused(without);
+    assert!(error.contains("belongs to a witness"), "{error}");
+}
