@@ -382,4 +382,16 @@ fn a_cluster_bootstraps_with_a_witness() {
     without.args(["--node-id", "3", "--peers", &peers.join(",")]);
     let error = refused(without);
     assert!(error.contains("belongs to a witness"), "{error}");
+    // The full nodes restarted without --witnesses take the membership,
+    // the witness included, from the log's first entry.
+    cluster.kill(leader);
+    for slot in [1, 2] {
+        let mut command = cluster.base_command(slot);
+        command.args(["--node-id", &slot.to_string(), "--peers", &peers.join(",")]);
+        cluster.start(slot, command);
+    }
+    let leader = cluster.leader();
+    cluster.wait_status(leader, "the log kept the witness", |status| {
+        common::ids(&status["witnesses"]) == [3] && common::ids(&status["voters"]) == [1, 2, 3]
+    });
 }
