@@ -531,7 +531,7 @@ fn join_through_members() {
     assert_eq!(config.join_through.len(), 2);
     assert_eq!(config.peers, PeerSource::Static(Vec::new()));
     assert!(parse(&["--join", "10.0.0.1:7001", "--learner"]).unwrap().learner);
-    // A witness joins (either way), never bootstraps, and is no learner.
+    // A witness joins (either way) or is listed by a bootstrap, and is no learner.
     let witness = parse(&["--join", "10.0.0.1:7001", "--witness"]).unwrap();
     assert!(witness.witness && witness.engine_config(Vec::new()).witness);
     assert!(!config.witness && !config.engine_config(Vec::new()).witness);

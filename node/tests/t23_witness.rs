@@ -7,6 +7,7 @@
 //! acknowledged write from it. A witness serves no reads or writes (it sends
 //! its clients to the leader, whose address it learned by asking), cannot be
 //! promoted, and its data directory refuses to start without `--witness`.
+//! A cluster also bootstraps with a witness (`--witnesses`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
