@@ -245,12 +245,15 @@ fn five_nodes_with_storage_faults() {
 /// without committed entries, because a fault the WAL cannot detect (a
 /// segment's entries gone with nothing valid after them) was counted as
 /// detected when other damage was found before it (see
-/// `tests::sim::disk::SimDisk::damage`).
+/// `tests::sim::disk::SimDisk::damage`); 320130 with three voters (no
+/// storage faults) left a client stuck for good, retrying a session write
+/// at a removed learner that never caught up to the session's opening and
+/// answered `Busy` each time (see `Shard::refuse_session_caller`).
 #[test]
 fn seeds_that_failed_once() {
-    const FAILED_ONCE: &[(u64, u64)] = &[(241921, 3)];
-    for &(seed, voters) in FAILED_ONCE {
-        let summary = run_with(seed, voters, true);
+    const FAILED_ONCE: &[(u64, u64, bool)] = &[(241921, 3, true), (320130, 3, false)];
+    for &(seed, voters, storage_faults) in FAILED_ONCE {
+        let summary = run_with(seed, voters, storage_faults);
         assert!(summary.committed > 0, "seed {seed} committed nothing: {summary:?}");
     }
 }

@@ -250,12 +250,17 @@ where
 
     /// Refuses a write or close in session `client_id` (0: none) that
     /// `caller` may not make (see `session`, "Owners"): `Forbidden` when
-    /// the session belongs to another user, `Busy` when the entry that
-    /// opened it is not applied here yet (the client retries; a session id
-    /// reaches a client only from a node that applied its opening, so this
-    /// node is behind). Checked only where the write is proposed or
-    /// forwarded, since a forwarded write no longer carries its caller; a
-    /// node that redirects the client leaves it to the node it goes to.
+    /// the session belongs to another user. When the entry that opened it
+    /// is not applied here yet (a session id reaches a client only from a
+    /// node that applied its opening, so this node is behind), a follower
+    /// sends the client to the leader, and the leader (which applies what
+    /// it committed soon) answers `Busy`, which clients retry: a follower
+    /// that stays behind (a learner removed while cut off never hears of
+    /// it) answering `Busy` held a client that kept retrying there for
+    /// good (simulator seed 320130 of three nodes). Checked only where the
+    /// write is proposed or forwarded, since a forwarded write no longer
+    /// carries its caller; a node that redirects the client leaves it to
+    /// the node it goes to.
     fn refuse_session_caller(&mut self, client_id: u64, caller: &str) -> Option<ResponseStatus> {
         let proposes_here =
             self.raft.role() == Role::Leader || (self.ctx.forward_writes && self.raft.leader() != engine::NODE_NONE);
@@ -271,9 +276,13 @@ where
                     "session {client_id} belongs to another user; open a session of your own"
                 )))
             }
-            None => {
+            None if self.raft.role() == Role::Leader => {
                 self.stats.busy += 1;
                 Some(ResponseStatus::Busy)
+            }
+            None => {
+                self.stats.not_leader += 1;
+                Some(self.leader_redirect())
             }
         }
     }
