@@ -503,6 +503,11 @@ pub struct NodeStateMachine<S> {
     /// stays out of snapshots, and members say it again to every new
     /// leader.
     features: BTreeMap<NodeId, u64>,
+    /// Whether this replica has seen a session with an owner, applied or
+    /// restored: the log's proof that every member read owners when it was
+    /// opened (see [`NodeStateMachine::sessions_get_owners`]). Never
+    /// cleared.
+    owners_seen: bool,
 }
 
 impl<S: StateMachine> NodeStateMachine<S> {
@@ -514,6 +519,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
             ids: MemberIds::default(),
             applied: 0,
             features: BTreeMap::new(),
+            owners_seen: false,
         }
     }
 
@@ -537,6 +543,16 @@ impl<S: StateMachine> NodeStateMachine<S> {
             .chain(&conf.voters_outgoing)
             .chain(&conf.learners)
             .all(|&id| conf.is_witness(id) || self.reads(id, features))
+    }
+
+    /// Whether sessions opened now get owners: every member of `conf` said
+    /// it reads them, or an owned session was seen already (announcements
+    /// are not replicated state: a replica restarted or restored from a
+    /// snapshot has not seen the ones made earlier in the term, and would
+    /// open sessions without owners until the next term's; an owned
+    /// session in its log or snapshot says the gate opened).
+    pub fn sessions_get_owners(&self, conf: &engine::ConfState) -> bool {
+        self.owners_seen || self.all_read(conf, FEATURE_SESSION_OWNERS)
     }
 
     /// Whether every member of `conf` that applies payloads reads groups: a
@@ -720,6 +736,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
                 Applied::AddressesSet { id: set.id }
             }
             NodeCommand::OpenSession { proposer, nonce, owner } => {
+                self.owners_seen |= owner.is_some();
                 let result = self.sessions.open(index, owner);
                 Applied::SessionOpened { proposer, nonce, result }
             }
@@ -873,6 +890,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
     }
 
     fn install(&mut self, section: NodeSection) {
+        self.owners_seen |= section.sessions.has_owners();
         self.sessions = section.sessions;
         self.addresses = section.addresses;
         self.ids = section.ids;

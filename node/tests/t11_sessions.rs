@@ -253,17 +253,6 @@ fn settings_travel_in_the_log_and_in_snapshots() {
     assert_eq!(leader.machine.sessions().settings(), settings);
 }
 
-impl Replica {
-    /// Opens a session owned by `owner`; returns its client id.
-    fn open_owned(&mut self, owner: &str) -> u64 {
-        let owner = Some(std::sync::Arc::from(owner));
-        match self.command(NodeCommand::OpenSession { proposer: 1, nonce: self.index, owner }) {
-            Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
-            other => panic!("opening a session: {other:?}"),
-        }
-    }
-}
-
 /// A session belongs to the user that opened it: every replica knows the
 /// owner from the opening entry, so the node a write arrives at can refuse
 /// another user's write; a session opened without an owner (by an older
@@ -271,8 +260,8 @@ impl Replica {
 #[test]
 fn a_session_belongs_to_the_user_that_opened_it() {
     let mut replica = Replica::new();
-    let alice = replica.open_owned("alice");
-    let local = replica.open_owned(node::session::LOCAL_CALLER);
+    let alice = replica.open_for(Some("alice"));
+    let local = replica.open_for(Some(node::session::LOCAL_CALLER));
     let anyones = replica.open();
     let may = |replica: &Replica, id, caller| replica.machine.may_use_session(id, caller);
     assert_eq!(may(&replica, alice, "alice"), Some(true));
@@ -301,7 +290,7 @@ fn owners_travel_in_snapshots_and_their_absence_keeps_the_older_format() {
     replica.write(anyones, 1, 1, &put("k", "v"));
     let unowned = replica.machine.snapshot();
     assert_eq!(u16::from_le_bytes([unowned[4], unowned[5]]), 3, "no owner: the older format");
-    let alice = replica.open_owned("alice");
+    let alice = replica.open_for(Some("alice"));
     replica.write(alice, 1, 1, &put("a", "1"));
     let owned = replica.machine.snapshot();
     assert_eq!(u16::from_le_bytes([owned[4], owned[5]]), 4);
@@ -347,6 +336,20 @@ fn owners_wait_for_every_member_to_read_them() {
     replica.command(NodeCommand::Features { id: 4, features: FEATURE_GROUPS | FEATURE_SESSION_OWNERS });
     assert!(owners(&replica, &conf));
     assert!(replica.machine.reads(4, FEATURES));
+    assert!(replica.machine.sessions_get_owners(&conf));
+    // Announcements are not replicated state: a replica that restarted or
+    // restored a snapshot after them has none, but an owned session in its
+    // log or snapshot says every member read owners when it was opened.
+    let mut restarted = Replica::new();
+    assert!(!restarted.machine.sessions_get_owners(&conf), "nothing says so yet");
+    restarted.open();
+    assert!(!restarted.machine.sessions_get_owners(&conf), "a session without an owner says nothing");
+    restarted.open_for(Some("alice"));
+    assert!(restarted.machine.sessions_get_owners(&conf), "replayed from the log");
+    let snapshot = restarted.machine.snapshot();
+    let mut restored = Replica::new();
+    restored.machine.restore_from(&mut &snapshot[..]).unwrap();
+    assert!(restored.machine.sessions_get_owners(&conf), "restored from a snapshot");
 }
 
 #[test]

@@ -310,14 +310,14 @@ where
             self.transport.reply(reply, ResponseStatus::NoSpace);
             return;
         }
-        let nonce = self.requests.nonce_next;
-        self.requests.nonce_next = nonce.wrapping_add(1);
         if caller.len() > crate::session::OWNER_SIZE_MAX {
             let status = ResponseStatus::BadRequest(format!("caller name {caller:?} is longer than a user name"));
             self.transport.reply(reply, status);
             return;
         }
-        let owned = self.fsm.all_read(self.raft.conf(), crate::replicated::FEATURE_SESSION_OWNERS);
+        let nonce = self.requests.nonce_next;
+        self.requests.nonce_next = nonce.wrapping_add(1);
+        let owned = self.fsm.sessions_get_owners(self.raft.conf());
         let owner = owned.then(|| Arc::from(caller));
         let data = NodeCommand::OpenSession { proposer: self.ctx.node_id, nonce, owner }.encode();
         match self.raft.forward_proposal(data) {
@@ -1172,7 +1172,7 @@ where
             })).collect::<Vec<_>>(),
             "sessions": sessions_json(
                 self.fsm.sessions(),
-                self.fsm.all_read(self.raft.conf(), crate::replicated::FEATURE_SESSION_OWNERS),
+                self.fsm.sessions_get_owners(self.raft.conf()),
             ),
             "pending_writes": self.requests.writes.len()
                 + self.requests.groups.values().map(|group| group.clients.len()).sum::<usize>(),

@@ -29,9 +29,17 @@ impl Replica {
         self.apply(&command.encode())
     }
 
-    /// Opens a session; returns its client id.
+    /// Opens a session without an owner (as older builds did); returns its
+    /// client id.
     pub fn open(&mut self) -> u64 {
-        match self.command(NodeCommand::OpenSession { proposer: 1, nonce: self.index, owner: None }) {
+        self.open_for(None)
+    }
+
+    /// Opens a session owned by `owner` (`None`: anyone's); returns its
+    /// client id.
+    pub fn open_for(&mut self, owner: Option<&str>) -> u64 {
+        let owner = owner.map(std::sync::Arc::from);
+        match self.command(NodeCommand::OpenSession { proposer: 1, nonce: self.index, owner }) {
             Applied::SessionOpened { result: Ok(opened), .. } => opened.client_id,
             other => panic!("opening a session: {other:?}"),
         }
