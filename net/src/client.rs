@@ -118,7 +118,25 @@ pub enum AdminRequest {
     /// it is a member (as a witness with [`JoinRequest::witness`]); a
     /// removed node is refused. Sent by `node serve --join`.
     Join(JoinRequest),
+    /// Where a backup of this shard's state starts (`node admin backup`):
+    /// with `at_least` 0, the node first confirms, as a linearizable read
+    /// does, what the cluster has committed, and takes what it has applied
+    /// then as the bar. Answers `Ok` with the JSON `{"index": I, "term": T,
+    /// "size": BYTES, "node": ID}` of a stored snapshot at or past the bar, or
+    /// `{"pending": BAR}` while one is being taken: the client asks again
+    /// with `at_least` BAR (no second barrier, so the bar does not move
+    /// under load). A witness keeps no state and refuses (`BadRequest`).
+    BackupBegin { at_least: u64 },
+    /// `len` bytes (at most [`BACKUP_CHUNK_BYTES_MAX`]; fewer at the end)
+    /// of the stored snapshot at `index` from `offset`. Answers `Ok` with a
+    /// first byte 0, the node's id (u64) and the bytes, or the single byte 1
+    /// when the node's stored snapshot is no longer the one at `index` (a
+    /// newer one replaced it: begin again).
+    BackupChunk { index: u64, offset: u64, len: u32 },
 }
+
+/// The most bytes one [`AdminRequest::BackupChunk`] asks for.
+pub const BACKUP_CHUNK_BYTES_MAX: u32 = 1 << 20;
 
 /// What a joining (or restarting) node tells the cluster about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +187,8 @@ impl AdminRequest {
             AdminRequest::SessionSettings(_) => 7,
             AdminRequest::Join(_) => 8,
             AdminRequest::AddWitness { .. } => 9,
+            AdminRequest::BackupBegin { .. } => 10,
+            AdminRequest::BackupChunk { .. } => 11,
         }
     }
 }

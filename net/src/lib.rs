@@ -76,7 +76,7 @@ pub mod tokens;
 
 pub use client::{
     AdminRequest, ClientRequest, ClientResponse, JoinRequest, ReadConsistency, RequestBody, ResponseStatus,
-    SessionSettings,
+    SessionSettings, BACKUP_CHUNK_BYTES_MAX,
 };
 pub use codec::{encode_message, encode_request, encode_response, Frame, Payload};
 pub use error::DecodeError;

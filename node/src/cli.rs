@@ -35,6 +35,32 @@ pub enum CliCommand {
     /// TLS: then `node serve --tls-dir DIR`. The CA keys are written next to
     /// the certificates: not for production (see net/README.md).
     Certs(CertsArgs),
+    /// Seed this node's data directory of a new cluster from a backup
+    /// (`node admin backup`), then start the node with `node serve` as
+    /// usual. Run it on every node of the new cluster with the same backup,
+    /// --peers and --cluster-id (another id than the backed-up cluster's).
+    Restore(RestoreArgs),
+}
+
+/// `node restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file `node admin backup` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub backup: PathBuf,
+    /// This node's data directory: new or empty.
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: PathBuf,
+    /// This node's id in the new cluster.
+    #[arg(long, value_name = "ID")]
+    pub node_id: u64,
+    /// The new cluster's members, as `node serve --peers` will be given
+    /// them (ID=HOST:PORT,...): every one a voter.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub peers: String,
+    /// The new cluster's id: another one than the backed-up cluster's.
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: u64,
 }
 
 /// `node certs`.
@@ -555,6 +581,15 @@ pub enum AdminActionArgs {
     Snapshot,
     /// Counters and per-stage latency histograms.
     Stats,
+    /// Copy every shard's state into FILE (a new file), as of a point
+    /// after every write acknowledged before it started: what `node
+    /// restore` makes a new cluster from. Needs the `admin` role; copies
+    /// from the node it reaches first (not a witness).
+    Backup {
+        /// Where to write the backup (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Change the cluster's client session settings (replicated: every
     /// node applies the same); options not given stay as they are. `admin
     /// status` shows the current ones.

@@ -17,7 +17,7 @@ use net::{AdminRequest, ReadConsistency, RequestBody};
 
 use crate::cli::{
     AdminActionArgs, AdminArgs, CertsArgs, Cli, CliCommand, ClientArgs, DevArgs, JoinArg, KvArgs, KvOpArgs,
-    ReadConsistencyArg, ServeArgs, ServeOptions,
+    ReadConsistencyArg, RestoreArgs, ServeArgs, ServeOptions,
 };
 use crate::discovery::{DnsDiscovery, DnsName, HostPort, PeerSource, PeerSpecError, StaticPeer};
 use crate::kv::KvOp;
@@ -483,6 +483,12 @@ pub enum NodeCommand {
     Admin(AdminCommand),
     Dev(DevConfig),
     Certs(CertsConfig),
+    /// `node admin backup`.
+    Backup {
+        client: ClientConfig,
+        out: PathBuf,
+    },
+    Restore(crate::backup::RestoreConfig),
 }
 
 /// Why the command line was not accepted.
@@ -512,11 +518,29 @@ impl TryFrom<CliCommand> for NodeCommand {
         Ok(match command {
             CliCommand::Serve(args) => NodeCommand::Serve(Box::new(ServeConfig::from_args(*args)?)),
             CliCommand::Kv(args) => NodeCommand::Kv(KvCommand::from_args(args)?),
+            CliCommand::Admin(AdminArgs { client, action: AdminActionArgs::Backup { out } }) => {
+                NodeCommand::Backup { client: ClientConfig::from_args(client)?, out }
+            }
             CliCommand::Admin(args) => NodeCommand::Admin(AdminCommand::from_args(args)?),
+            CliCommand::Restore(args) => NodeCommand::Restore(restore_config(args)?),
             CliCommand::Dev(args) => NodeCommand::Dev(DevConfig::from_args(args)?),
             CliCommand::Certs(args) => NodeCommand::Certs(CertsConfig::from_args(args)?),
         })
     }
+}
+
+/// `node restore`'s arguments, checked: positive ids, the peer list's
+/// syntax, this node among the voters.
+fn restore_config(args: RestoreArgs) -> Result<crate::backup::RestoreConfig, ConfigError> {
+    let node_id = positive("node-id", args.node_id)?;
+    let cluster_id = positive("cluster-id", args.cluster_id)?;
+    let peers = crate::discovery::parse_static_peers(&args.peers)
+        .map_err(|source| ConfigError::Peers { option: "peers", source })?;
+    let voters: Vec<NodeId> = peers.iter().map(|peer| peer.id).collect();
+    if !voters.contains(&node_id) {
+        return Err(ConfigError::SelfNotInPeers { node_id });
+    }
+    Ok(crate::backup::RestoreConfig { backup: args.backup, data_dir: args.data_dir, node_id, voters, cluster_id })
 }
 
 /// Reads a `serve` configuration file.
@@ -1142,6 +1166,7 @@ impl AdminCommand {
             }
             AdminActionArgs::Snapshot => RequestBody::Admin(AdminRequest::TakeSnapshot),
             AdminActionArgs::Stats => RequestBody::Admin(AdminRequest::Stats),
+            AdminActionArgs::Backup { .. } => unreachable!("`node admin backup` is its own command"),
             AdminActionArgs::Sessions { max, timeout, replies_max, reply_bytes_max } => {
                 let timeout_ms = match timeout {
                     Some(text) => {

@@ -15,6 +15,7 @@
 //!   [`discovery::discover`] and checks them with [`discovery::check_members`].
 
 pub mod app;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod discovery;

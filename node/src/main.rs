@@ -28,6 +28,22 @@ fn main() -> ExitCode {
         NodeCommand::Kv(command) => node::client_cmd::run_kv(command).map_err(|e| e.to_string()),
         NodeCommand::Admin(command) => node::client_cmd::run_admin(command).map_err(|e| e.to_string()),
         NodeCommand::Certs(config) => node::certs::run_certs(&config).map_err(|e| e.to_string()),
+        NodeCommand::Backup { client, out } => node::backup::run_backup(&client, &out, true)
+            .map(|summary| println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default()))
+            .map_err(|e| e.to_string()),
+        NodeCommand::Restore(config) => node::backup::run_restore(&config).map(|summary| {
+            println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            eprintln!(
+                "restored {} shard(s) into {}: start the node with `node serve --data-dir {} --node-id {} --cluster-id {} --peers ...` (and --shards {})",
+                summary.shards.len(),
+                config.data_dir.display(),
+                config.data_dir.display(),
+                config.node_id,
+                config.cluster_id,
+                summary.shards.len()
+            );
+        })
+        .map_err(|e| e.to_string()),
         NodeCommand::Dev(config) => {
             init_logging(&config.log_level);
             node::dev::run_dev(config).map_err(|e| e.to_string())

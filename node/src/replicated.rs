@@ -833,25 +833,8 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// lets a restore read the (small) node section whole and stream the
     /// application's part.
     pub fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
-        let mut section = BytesMut::new();
-        let owners = self.sessions.has_owners();
-        self.sessions.encode(&mut section, owners);
-        section.put_u32_le(self.addresses.len() as u32);
-        for (id, addresses) in &self.addresses {
-            let set = SetAddresses { id: *id, peer: addresses.peer.clone(), client: addresses.client.clone() };
-            let encoded = set.encode();
-            section.put_u16_le(encoded.len() as u16);
-            section.put_slice(&encoded);
-        }
-        self.ids.encode(&mut section);
-        let mut head = BytesMut::with_capacity(24 + section.len());
-        head.put_slice(SNAPSHOT_MAGIC);
-        head.put_u16_le(if owners { SNAPSHOT_VERSION } else { SNAPSHOT_VERSION_UNOWNED });
-        head.put_u16_le(0);
-        head.put_u64_le(self.applied);
-        head.put_u64_le(section.len() as u64);
-        head.put_slice(&section);
-        Box::new(NodeImage { head: head.freeze(), app: self.app.snapshot_image() })
+        let head = encode_snapshot_head(self.applied, &self.sessions, &self.addresses, &self.ids);
+        Box::new(NodeImage { head, app: self.app.snapshot_image() })
     }
 
     /// The snapshot's bytes now, in memory (tests and checks).
@@ -1012,6 +995,60 @@ impl NodeSection {
         reader.finish("node section").map_err(|error| bad(error.to_string()))?;
         Ok((NodeSection { applied, sessions, addresses, ids }, None))
     }
+}
+
+/// A node snapshot's header and node section (see
+/// [`NodeStateMachine::snapshot_image`]); the application's part follows.
+fn encode_snapshot_head(
+    applied: Index,
+    sessions: &SessionTable,
+    addresses: &BTreeMap<NodeId, Addresses>,
+    ids: &MemberIds,
+) -> Bytes {
+    let mut section = BytesMut::new();
+    let owners = sessions.has_owners();
+    sessions.encode(&mut section, owners);
+    section.put_u32_le(addresses.len() as u32);
+    for (id, addresses) in addresses {
+        let set = SetAddresses { id: *id, peer: addresses.peer.clone(), client: addresses.client.clone() };
+        let encoded = set.encode();
+        section.put_u16_le(encoded.len() as u16);
+        section.put_slice(&encoded);
+    }
+    ids.encode(&mut section);
+    let mut head = BytesMut::with_capacity(24 + section.len());
+    head.put_slice(SNAPSHOT_MAGIC);
+    head.put_u16_le(if owners { SNAPSHOT_VERSION } else { SNAPSHOT_VERSION_UNOWNED });
+    head.put_u16_le(0);
+    head.put_u64_le(applied);
+    head.put_u64_le(section.len() as u64);
+    head.put_slice(&section);
+    head.freeze()
+}
+
+/// Reads a node snapshot's header and node section from `snapshot` (left
+/// at the application's part, which is copied unchanged) and gives them
+/// back as a restored cluster of `voters` must start from (`node
+/// restore`): the address book emptied, since the old members' addresses
+/// are not the new ones and a member announces its own through the log
+/// once there is a leader (an old address would send the new members'
+/// messages to the old machines); the voters no longer counted as removed
+/// (an id the old cluster retired may name a member of the new one); the
+/// highest id used at least the highest voter's, so ids the cluster
+/// assigns later are new. Sessions stay: their ids are log indexes at or
+/// below the snapshot's, which the new cluster never reuses. A snapshot
+/// of the format read whole (version 2) is refused.
+pub fn restore_snapshot_head(snapshot: &mut dyn Read, voters: &[NodeId]) -> Result<Bytes, RestoreError> {
+    let (mut section, whole) = NodeSection::read(snapshot)?;
+    if whole.is_some() {
+        return Err(RestoreError("node snapshot: an older format (version 2); take a new backup".into()));
+    }
+    section.addresses.clear();
+    for voter in voters {
+        section.ids.removed.remove(voter);
+    }
+    section.ids.high = section.ids.high.max(voters.iter().copied().max().unwrap_or(0));
+    Ok(encode_snapshot_head(section.applied, &section.sessions, &section.addresses, &section.ids))
 }
 
 /// A whole replicated state restored off the driver, for

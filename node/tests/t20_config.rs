@@ -609,3 +609,47 @@ fn join_through_members() {
     let error = config_error(parse(&[&["--node-id", "4", "--peers", "4=127.0.0.1:7108"][..], &admin[..]].concat()));
     assert!(matches!(error, ConfigError::JoinTlsIncomplete { .. }), "{error}");
 }
+
+/// `node restore` and `node admin backup` on the command line: the
+/// configuration they make, and the mistakes refused before any file is
+/// touched.
+#[test]
+fn restore_and_backup_command_lines() {
+    let restore = |node_id: &str, peers: &str, cluster_id: &str| {
+        parse_from([
+            "node",
+            "restore",
+            "--backup",
+            "c.backup",
+            "--data-dir",
+            "d",
+            "--node-id",
+            node_id,
+            "--peers",
+            peers,
+            "--cluster-id",
+            cluster_id,
+        ])
+    };
+    let peers = "1=127.0.0.1:7000,2=127.0.0.1:7002,3=127.0.0.1:7004";
+    match restore("2", peers, "9").unwrap() {
+        NodeCommand::Restore(config) => {
+            assert_eq!((config.node_id, config.cluster_id, &config.voters[..]), (2, 9, &[1, 2, 3][..]));
+            assert_eq!((config.backup.to_str(), config.data_dir.to_str()), (Some("c.backup"), Some("d")));
+        }
+        other => panic!("{other:?}"),
+    }
+    let error = restore("4", peers, "9").unwrap_err().to_string();
+    assert!(error.contains("does not include this node's id 4"), "{error}");
+    let error = restore("2", peers, "0").unwrap_err().to_string();
+    assert!(error.contains("cluster-id") && error.contains("positive"), "{error}");
+    let error = restore("2", "1=nowhere", "9").unwrap_err().to_string();
+    assert!(error.contains("--peers"), "{error}");
+    let backup = ["node", "admin", "--addr", "127.0.0.1:7101", "--token", "t", "backup", "--out", "c.backup"];
+    match parse_from(backup).unwrap() {
+        NodeCommand::Backup { client, out } => {
+            assert_eq!((client.addrs.len(), out.to_str()), (1, Some("c.backup")));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -187,6 +187,11 @@ fn two_full_nodes_and_a_witness_lose_no_acknowledged_write() {
     let status = cluster.status(3).expect("the witness answers");
     assert_eq!(status["witness"], true);
     take_snapshot(&cluster, 3);
+    // It holds nothing to back up, and says so.
+    match BlockingClient::new(&cluster.client(&[3])).unwrap().admin(AdminRequest::BackupBegin { at_least: 0 }) {
+        Err(CallError::Refused(ResponseStatus::BadRequest(reason))) => assert!(reason.contains("witness"), "{reason}"),
+        other => panic!("a backup from the witness: {other:?}"),
+    }
 
     // The witness holds no value, the leader all of them.
     let needle = PROBE.as_bytes();

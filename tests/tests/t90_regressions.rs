@@ -846,3 +846,110 @@ fn a_write_in_another_users_session_is_refused_where_it_arrives() {
     assert!(matches!(status, ResponseStatus::Forbidden(_)), "another user closed the session: {status:?}");
     assert!(matches!(ask(0, 6, id, 0, RequestBody::CloseSession), ResponseStatus::Ok(_)), "the owner's close");
 }
+
+/// A backup (`node admin backup`, issue of no number: disaster recovery)
+/// must hold every write the cluster acknowledged before it started, on
+/// whichever node it is asked of. A follower's applied index may lag the
+/// leader's commit: a snapshot of what the follower applied would miss
+/// writes already acknowledged. So a backup begins with a linearizable
+/// barrier (node/src/shard/backup.rs): the follower asks the leader for
+/// the commit index, waits to apply it, and only then names the point a
+/// snapshot must reach.
+#[test]
+fn a_backup_asked_of_a_follower_behind_the_commit_waits_for_it() {
+    use net::{AdminRequest, ClientRequest, RequestBody, ResponseStatus};
+    use tests::sim::node::{Request, Waiter};
+    let mut node = sim_node();
+    let entries: Vec<Entry> = (1..=4).map(|index| entry(index, 1)).collect();
+    node.step(0, from_leader_1(1, append(0, 0, 2, &entries)));
+    settle(&mut node);
+    assert_eq!(node.raft(0).applied(), 2, "the follower applied what it knows committed");
+    let begin = |operation, at_least| Request {
+        waiter: Waiter { client: 0, operation, attempt: 0 },
+        shard: 0,
+        request: ClientRequest::plain(operation, RequestBody::Admin(AdminRequest::BackupBegin { at_least })),
+    };
+    node.request(begin(1, 0));
+    let out = node.process();
+    assert!(out.responses.is_empty(), "answered before the barrier: {:?}", out.responses);
+    let context = out
+        .messages
+        .iter()
+        .find_map(|(_, message)| match message.body {
+            MessageBody::ReadIndex { context } => Some(context),
+            _ => None,
+        })
+        .expect("the follower asks the leader for the commit index");
+    // The leader committed everything: reads (and backups) wait for 4.
+    node.step(0, from_leader_1(1, MessageBody::ReadIndexResponse { context, index: 4 }));
+    let early = node.process().responses;
+    assert!(early.is_empty(), "answered before applying the commit index: {early:?}");
+    node.step(0, from_leader_1(1, MessageBody::Heartbeat { commit: 4, read_context: 0 }));
+    let mut answers = node.process().responses;
+    for _ in 0..4 {
+        node.disk_progress(0, usize::MAX, true, false);
+        answers.extend(node.process().responses);
+    }
+    let point = |answers: &[tests::sim::node::Response], operation| -> serde_json::Value {
+        match answers.iter().find(|answer| answer.waiter.operation == operation).map(|answer| &answer.status) {
+            Some(ResponseStatus::Ok(bytes)) => serde_json::from_slice(bytes).expect("JSON"),
+            other => panic!("backup begin {operation}: {other:?}"),
+        }
+    };
+    assert_eq!(point(&answers, 1)["pending"], 4, "the bar is the commit index the leader confirmed");
+    // Asked again with the bar, it names a stored snapshot at or past it.
+    for operation in 2..20 {
+        node.request(begin(operation, 4));
+        let mut answers = node.process().responses;
+        for _ in 0..4 {
+            node.disk_progress(0, usize::MAX, true, false);
+            answers.extend(node.process().responses);
+        }
+        let answer = point(&answers, operation);
+        if let Some(index) = answer["index"].as_u64() {
+            assert!(index >= 4, "a backup point below the acknowledged writes: {answer}");
+            return backup_chunks_until_replaced(&mut node, index, answer["size"].as_u64().expect("a size"));
+        }
+        assert_eq!(answer["pending"], 4, "{answer}");
+    }
+    panic!("no snapshot at or past the bar was stored");
+}
+
+/// The stored snapshot at `index` (`size` bytes) is served in chunks; once
+/// a newer snapshot replaced it, a chunk of it is answered "replaced".
+fn backup_chunks_until_replaced(node: &mut tests::sim::node::SimNode, index: u64, size: u64) {
+    use net::{AdminRequest, ClientRequest, RequestBody, ResponseStatus};
+    use tests::sim::node::{Request, Waiter};
+    let ask = |node: &mut tests::sim::node::SimNode, operation, admin| {
+        let waiter = Waiter { client: 0, operation, attempt: 0 };
+        let request = ClientRequest::plain(operation, RequestBody::Admin(admin));
+        node.request(Request { waiter, shard: 0, request });
+        let mut answers = node.process().responses;
+        for _ in 0..4 {
+            node.disk_progress(0, usize::MAX, true, false);
+            answers.extend(node.process().responses);
+        }
+        answers.into_iter().find(|answer| answer.waiter.operation == operation).expect("an answer").status
+    };
+    let chunk = |offset, len| AdminRequest::BackupChunk { index, offset, len };
+    let whole = ask(node, 30, chunk(0, 1 << 20));
+    let tail = ask(node, 31, chunk(size - 3, 1 << 20));
+    match (whole, tail) {
+        (ResponseStatus::Ok(whole), ResponseStatus::Ok(tail)) => {
+            let head = node::shard::BACKUP_CHUNK_HEAD;
+            assert_eq!((whole[0], &whole[1..head]), (node::shard::BACKUP_CHUNK_DATA, &2u64.to_le_bytes()[..]));
+            assert_eq!(whole.len() - head, size as usize);
+            assert_eq!(&tail[..], &[&whole[..head], &whole[whole.len() - 3..]].concat()[..]);
+        }
+        other => panic!("chunks: {other:?}"),
+    }
+    let entries: Vec<Entry> = (5..=8).map(|index| entry(index, 1)).collect();
+    node.step(0, from_leader_1(1, append(4, 1, 8, &entries)));
+    settle(node);
+    assert!(matches!(ask(node, 32, AdminRequest::TakeSnapshot), ResponseStatus::Ok(_)));
+    settle(node);
+    match ask(node, 33, chunk(0, 1 << 20)) {
+        ResponseStatus::Ok(bytes) => assert_eq!(&bytes[..], [node::shard::BACKUP_CHUNK_REPLACED]),
+        other => panic!("a chunk of a replaced snapshot: {other:?}"),
+    }
+}

@@ -140,8 +140,15 @@ fn encode_slot(sequence: u64, hard_state: HardState, acknowledged: Index) -> Vec
 pub(crate) fn initialize(dir: &Path) -> Result<(), WalError> {
     // Sequence 1 lives in slot 1, the durable one, so the first save goes to
     // the empty slot 0 and never overwrites the only valid one.
+    write_initial(dir, HardState::default(), 0)
+}
+
+/// Creates the hard-state file holding `hard_state` with `acknowledged` as
+/// its only valid slot, the durable one (a seeded directory, see
+/// [`crate::seed`]). Blocking.
+pub(crate) fn write_initial(dir: &Path, hard_state: HardState, acknowledged: Index) -> Result<(), WalError> {
     let mut raw = vec![0u8; SLOT_SIZE];
-    raw.extend_from_slice(&encode_slot(1, HardState::default(), 0));
+    raw.extend_from_slice(&encode_slot(1, hard_state, acknowledged));
     crate::dir::write_file_atomically(dir, HARD_STATE_FILE, &raw)
 }
 

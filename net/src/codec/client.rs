@@ -98,7 +98,11 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
                 | AdminRequest::Remove { id }
                 | AdminRequest::TransferLeader { id } => *id,
                 AdminRequest::Join(join) => join.id,
-                AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_) => NODE_NONE,
+                AdminRequest::TakeSnapshot
+                | AdminRequest::Stats
+                | AdminRequest::SessionSettings(_)
+                | AdminRequest::BackupBegin { .. }
+                | AdminRequest::BackupChunk { .. } => NODE_NONE,
             };
             // A join's first reserved byte says whether the node is a
             // witness (1): 0 from a node that is not, or from an older build;
@@ -128,12 +132,32 @@ pub(crate) fn encode_request_body(request: &ClientRequest, out: &mut BytesMut) -
                     };
                     out.put_slice(body.as_bytes());
                 }
+                AdminRequest::BackupBegin { at_least } => out.put_u64_le(*at_least),
+                AdminRequest::BackupChunk { index, offset, len } => {
+                    out.put_u64_le(*index);
+                    out.put_u64_le(*offset);
+                    out.put_u32_le(*len);
+                    out.put_u32_le(0);
+                }
                 _ => {}
             }
             Bytes::new()
         }
         RequestBody::Status | RequestBody::OpenSession | RequestBody::CloseSession => Bytes::new(),
     }
+}
+
+/// A backup chunk request's body (after the admin body).
+fn decode_backup_chunk(reader: &mut BodyReader<'_>) -> Result<AdminRequest, DecodeError> {
+    let index = reader.fixed::<U64>()?.get();
+    let offset = reader.fixed::<U64>()?.get();
+    let len = reader.fixed::<U32>()?.get();
+    let reserved = reader.fixed::<U32>()?.get();
+    reader.reserved(&reserved.to_le_bytes())?;
+    if len == 0 || len > crate::client::BACKUP_CHUNK_BYTES_MAX {
+        return Err(reader.bad("len", "a backup chunk is 1 byte to 1 MiB"));
+    }
+    Ok(AdminRequest::BackupChunk { index, offset, len })
 }
 
 /// An admin request's body: the operation, its node id and its tail.
@@ -182,22 +206,22 @@ fn decode_admin(reader: &mut BodyReader<'_>) -> Result<AdminRequest, DecodeError
             })
         }
         9 => AdminRequest::AddWitness { id, addr: reader.rest_utf8("address")? },
+        10 => AdminRequest::BackupBegin { at_least: reader.fixed::<U64>()?.get() },
+        11 => decode_backup_chunk(reader)?,
         _ => return Err(reader.bad("operation", "unknown admin operation")),
     };
-    if !matches!(
+    let takes_no_id = matches!(
         admin,
-        AdminRequest::AddLearner { .. }
-            | AdminRequest::Join(_)
-            | AdminRequest::TakeSnapshot
+        AdminRequest::TakeSnapshot
             | AdminRequest::Stats
             | AdminRequest::SessionSettings(_)
-    ) && id == NODE_NONE
-    {
+            | AdminRequest::BackupBegin { .. }
+            | AdminRequest::BackupChunk { .. }
+    );
+    if !takes_no_id && !matches!(admin, AdminRequest::AddLearner { .. } | AdminRequest::Join(_)) && id == NODE_NONE {
         return Err(reader.bad("node_id", "the operation needs a node id"));
     }
-    if matches!(admin, AdminRequest::TakeSnapshot | AdminRequest::Stats | AdminRequest::SessionSettings(_))
-        && id != NODE_NONE
-    {
+    if takes_no_id && id != NODE_NONE {
         return Err(reader.bad("node_id", "the operation takes no node id"));
     }
     Ok(admin)

@@ -129,6 +129,9 @@ fn admin() -> impl Strategy<Value = AdminRequest> {
         (1u64..).prop_map(|id| AdminRequest::TransferLeader { id }),
         Just(AdminRequest::TakeSnapshot),
         Just(AdminRequest::Stats),
+        any::<u64>().prop_map(|at_least| AdminRequest::BackupBegin { at_least }),
+        (any::<u64>(), any::<u64>(), 1..=net::BACKUP_CHUNK_BYTES_MAX)
+            .prop_map(|(index, offset, len)| AdminRequest::BackupChunk { index, offset, len }),
         (any::<u64>(), any::<u64>(), "[0-9.:]{1,21}", "[0-9.:]{1,21}", any::<bool>()).prop_map(
             |(id, nonce, peer_addr, client_addr, witness)| {
                 AdminRequest::Join(net::JoinRequest { id, nonce, peer_addr, client_addr, witness })

@@ -441,6 +441,12 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     let fail = |reason: String| ServeError::DataDir { path: dir.display().to_string(), reason };
     std::fs::create_dir_all(dir).map_err(|error| fail(format!("cannot create it: {error}")))?;
+    if let Some(extra) = shard_logs_beyond(dir, shards) {
+        return Err(fail(format!(
+            "it holds the log of shard {extra}, but the node runs {shards} shard(s): run it with the shard count its \
+             cluster was created with (for a restored backup, the count `node restore` printed)"
+        )));
+    }
     for shard in 0..shards {
         let path = dir.join(format!("shard-{shard}"));
         std::fs::create_dir_all(&path).map_err(|error| fail(format!("cannot create {}: {error}", path.display())))?;
@@ -449,6 +455,21 @@ fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     std::fs::write(&probe, b"probe").map_err(|error| fail(format!("not writable: {error}")))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// The lowest shard number at or past `shards` whose directory holds
+/// files: a node started with fewer shards than its data has would route
+/// keys past them and never serve what they hold.
+fn shard_logs_beyond(dir: &Path, shards: u32) -> Option<u32> {
+    let listing = std::fs::read_dir(dir).ok()?;
+    listing
+        .flatten()
+        .filter_map(|entry| {
+            let shard: u32 = entry.file_name().to_str()?.strip_prefix("shard-")?.parse().ok()?;
+            let holds_files = std::fs::read_dir(entry.path()).is_ok_and(|mut files| files.next().is_some());
+            (shard >= shards && holds_files).then_some(shard)
+        })
+        .min()
 }
 
 /// Says which file system holds the data directory, and warns when it

@@ -25,8 +25,10 @@
 //!
 //! The code is split by concern: [`requests`] (client writes, reads, admin,
 //! forwarding, timeouts), [`ready`] (Ready execution and durability),
-//! [`snapshots`] (taking, storing, serving and installing snapshots).
+//! [`snapshots`] (taking, storing, serving and installing snapshots),
+//! [`backup`] (serving a backup of the state).
 
+mod backup;
 pub mod io;
 mod ready;
 mod requests;
@@ -40,6 +42,7 @@ use engine::{Entry, Index, Message, NodeId, Raft, Recovered, Term};
 use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use wal::WalError;
 
+pub use backup::{BACKUP_CHUNK_DATA, BACKUP_CHUNK_HEAD, BACKUP_CHUNK_REPLACED};
 pub use io::{Clock, RestoreJob, RestoredSnapshot, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
 
 use crate::app::StateMachine;
@@ -123,6 +126,8 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     /// Appends on their way to the disk and the messages waiting for them.
     persist: Persistence,
     snapshots: Snapshots,
+    /// Backup chunks to read from the stored snapshot at the next `process`.
+    backup_reads: Vec<backup::BackupRead<T::Reply>>,
     /// The term in which this node, as leader, last announced its addresses.
     announced_term: Term,
     /// The leader this shard last knew of, for counting leader changes.
@@ -207,6 +212,25 @@ const CLOCK_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// ... and this often at least.
 const CLOCK_INTERVAL_MIN: Duration = Duration::from_millis(10);
 
+/// Says what a shard recovered, and warns when it starts in repair.
+fn log_recovered(shard: u32, raft: &Raft) {
+    tracing::info!(
+        shard,
+        term = raft.term(),
+        last_index = raft.last_index(),
+        commit = raft.committed(),
+        "shard recovered"
+    );
+    if let Some(target) = raft.repair_target() {
+        tracing::warn!(
+            shard,
+            last_index = raft.last_index(),
+            acknowledged = target,
+            "the log lacks entries this replica may have acknowledged: it votes again once a leader resent them"
+        );
+    }
+}
+
 impl<S, D, T, C> Shard<S, D, T, C>
 where
     S: StateMachine,
@@ -232,21 +256,7 @@ where
         let snapshot = recovered.recovered.snapshot.clone();
         let raft = Raft::new(engine_config, recovered.recovered)
             .map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
-        tracing::info!(
-            shard,
-            term = raft.term(),
-            last_index = raft.last_index(),
-            commit = raft.committed(),
-            "shard recovered"
-        );
-        if let Some(target) = raft.repair_target() {
-            tracing::warn!(
-                shard,
-                last_index = raft.last_index(),
-                acknowledged = target,
-                "the log lacks entries this replica may have acknowledged: it votes again once a leader resent them"
-            );
-        }
+        log_recovered(shard, &raft);
         let now = clock.now();
         let repair_seen = raft.repair_target();
         let repair_progress = repair_seen.map(|_| RepairProgress::new(&raft, now, 0));
@@ -260,6 +270,7 @@ where
             requests: Requests::new(nonce_salt),
             persist: Persistence::default(),
             snapshots: Snapshots::new(None),
+            backup_reads: Vec::new(),
             announced_term: 0,
             leader_seen: engine::NODE_NONE,
             repair_seen,

@@ -72,6 +72,9 @@ where
         if self.unknown_repair_end.is_some() {
             self.save_unknown_repair_end().await?;
         }
+        if !self.backup_reads.is_empty() {
+            self.serve_backup_reads().await;
+        }
         while self.raft.has_ready() {
             let mut ready = self.raft.ready();
             if let Some(soft) = ready.soft_state {

@@ -56,7 +56,8 @@ struct ForwardedWrite<R> {
 }
 
 struct PendingRead<R> {
-    query: Bytes,
+    /// `None`: a backup's barrier (see `Shard::backup_begin`).
+    query: Option<Bytes>,
     reply: R,
     arrived: Instant,
 }
@@ -561,6 +562,12 @@ where
             ReadConsistency::Lease => ReadMode::Lease,
             ReadConsistency::Linearizable | ReadConsistency::NodeDefault => ReadMode::ReadIndex,
         };
+        self.read_barrier(mode, Some(query), reply, arrived);
+    }
+
+    /// Asks the engine for the index a read (or a backup's barrier, with
+    /// no query) must wait for; the read waits in `requests.reads`.
+    pub(super) fn read_barrier(&mut self, mode: ReadMode, query: Option<Bytes>, reply: T::Reply, arrived: Instant) {
         let context = self.requests.next_read_context;
         self.requests.next_read_context += 1;
         match self.raft.read_index(context, mode) {
@@ -603,9 +610,13 @@ where
             return;
         }
         for context in take_safe_reads(&mut self.requests.reads_waiting, self.fsm.applied()) {
-            if let Some(read) = self.requests.reads.remove(&context) {
-                let answer = self.fsm.query(&read.query);
-                self.finish_read(answer, read.reply, read.arrived);
+            let Some(read) = self.requests.reads.remove(&context) else { continue };
+            match read.query {
+                Some(query) => {
+                    let answer = self.fsm.query(&query);
+                    self.finish_read(answer, read.reply, read.arrived);
+                }
+                None => self.backup_point(self.fsm.applied(), read.reply),
             }
         }
     }
@@ -790,6 +801,8 @@ where
                 self.transport.reply(reply, status);
                 return;
             }
+            AdminRequest::BackupBegin { at_least } => return self.backup_begin(at_least, reply, arrived),
+            AdminRequest::BackupChunk { index, offset, len } => return self.backup_chunk(index, offset, len, reply),
             AdminRequest::Stats => {
                 let body = json!({ "shard": self.ctx.shard_id, "node": self.ctx.node_id,
                     "stats": self.stats.to_json(self.clock.now()) });

@@ -68,6 +68,16 @@ impl Snapshots {
         }
     }
 
+    /// The latest stored snapshot and its size.
+    pub(super) fn current(&self) -> Option<&(SnapshotMeta, u64)> {
+        self.current.as_ref()
+    }
+
+    /// Whether no snapshot is being stored or restored.
+    pub(super) fn idle(&self) -> bool {
+        self.storing.is_none() && self.restoring.is_none()
+    }
+
     fn recent_chunk(&self, read: &SnapshotRead) -> Option<Bytes> {
         self.recent
             .iter()

@@ -1,0 +1,178 @@
+//! Disaster recovery: a backup of a running two-shard cluster (`node admin
+//! backup`, the command line) restores into a new cluster (`node restore`
+//! on every node, then `node serve`) that holds every write acknowledged
+//! before the backup started, none made after it finished, and takes new
+//! writes. A restore is refused under the backed-up cluster's id, into a
+//! directory that holds anything, and from a damaged or truncated backup,
+//! which then leaves nothing behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use bytes::Bytes;
+use net::session::Session;
+use net::ReadConsistency;
+use node::client_cmd::BlockingClient;
+use node::kv::{KvOp, KvResponse};
+
+mod common;
+
+const TOKEN: &str = "backup-token";
+const CLUSTER: u64 = 13;
+const NEW_CLUSTER: u64 = 14;
+const BASE_PORT: u16 = 27_700;
+const NEW_BASE_PORT: u16 = 27_720;
+const SHARDS: &str = "2";
+/// About 2.5 MB of values: each shard's snapshot takes more than one
+/// chunk (1 MiB).
+const KEYS: u64 = 600;
+
+fn start(cluster: &mut common::SlotCluster, slot: u64) {
+    let peers = peers(cluster);
+    let mut command = cluster.command(slot);
+    command
+        .args(["--cluster-id", &cluster.cluster_id.to_string(), "--node-id", &slot.to_string(), "--peers", &peers])
+        .args(["--shards", SHARDS, "--snapshot-write-rate", "0"]);
+    cluster.nodes.insert(slot, command.spawn().expect("start node"));
+}
+
+fn peers(cluster: &common::SlotCluster) -> String {
+    (1..=3).map(|id| format!("{id}=127.0.0.1:{}", cluster.peer_port(id))).collect::<Vec<_>>().join(",")
+}
+
+fn key(key: u64) -> Bytes {
+    Bytes::from(format!("key-{key:04}"))
+}
+
+fn value(key: u64) -> Bytes {
+    (0..4096).map(|at| (at as u64 ^ key) as u8).collect::<Vec<u8>>().into()
+}
+
+/// Writes `keys` (each in a session of its shard) through `client`.
+fn put(client: &mut BlockingClient, keys: impl Iterator<Item = u64>, name: impl Fn(u64) -> Bytes) {
+    let mut sessions: Vec<Option<Session>> = vec![None, None];
+    for k in keys {
+        let shard = client.route_to_key(&name(k)).expect("the cluster's shards") as usize;
+        let session = sessions[shard].get_or_insert_with(|| client.open_session().expect("a session opens"));
+        let op = KvOp::Put { key: name(k), value: value(k) };
+        assert_eq!(client.write(session, op.encode()).expect("written"), KvResponse::Written.encode());
+    }
+}
+
+fn get(client: &mut BlockingClient, key: &Bytes) -> Bytes {
+    client.route_to_key(key).expect("the cluster's shards");
+    client.read(KvOp::Get { key: key.clone() }.encode(), ReadConsistency::Linearizable).expect("read")
+}
+
+fn node(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_node")).args(args).env("NODE_TOKEN", TOKEN).output().expect("run node")
+}
+
+fn restore(backup: &Path, data_dir: &Path, slot: u64, peers: &str, cluster_id: u64) -> Output {
+    let (backup, data_dir) = (backup.display().to_string(), data_dir.display().to_string());
+    let (slot, cluster_id) = (slot.to_string(), cluster_id.to_string());
+    node(&[
+        "restore",
+        "--backup",
+        &backup,
+        "--data-dir",
+        &data_dir,
+        "--node-id",
+        &slot,
+        "--peers",
+        peers,
+        "--cluster-id",
+        &cluster_id,
+    ])
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_backup_restores_into_a_new_cluster_with_every_acknowledged_write() {
+    let mut old = common::SlotCluster::new("backup-old", BASE_PORT, CLUSTER, TOKEN);
+    for slot in 1..=3 {
+        start(&mut old, slot);
+    }
+    old.leader_among(1..=3);
+    let mut client = BlockingClient::new(&old.client(&[1, 2, 3])).expect("a client");
+    put(&mut client, 0..KEYS, key);
+
+    // The backup, from a node that may be a follower: the barrier makes it
+    // hold every write above.
+    let file = old.dir.join("cluster.backup");
+    let file_arg = file.display().to_string();
+    let addr = format!("127.0.0.1:{}", old.client_port(2));
+    let cluster_arg = CLUSTER.to_string();
+    let backup_args = ["admin", "--addr", &addr, "--cluster-id", &cluster_arg, "backup", "--out", &file_arg];
+    let output = node(&backup_args);
+    assert!(output.status.success(), "backup failed: {}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(summary["shards"].as_array().map(Vec::len), Some(2), "{summary}");
+    assert!(!Path::new(&format!("{file_arg}.partial")).exists(), "the partial file stayed");
+    let again = node(&backup_args);
+    assert!(!again.status.success() && stderr(&again).contains("exists"), "{}", stderr(&again));
+    // Written after the backup finished: not in it.
+    put(&mut client, 0..20, |k| Bytes::from(format!("after-{k}")));
+    drop(client);
+    for slot in 1..=3 {
+        old.kill(slot);
+    }
+
+    let mut new = common::SlotCluster::new("backup-new", NEW_BASE_PORT, NEW_CLUSTER, TOKEN);
+    let new_peers = peers(&new);
+    let refused = restore(&file, &new.data_dir(1), 1, &new_peers, CLUSTER);
+    assert!(!refused.status.success() && stderr(&refused).contains("another --cluster-id"), "{}", stderr(&refused));
+    std::fs::create_dir_all(new.data_dir(1)).unwrap();
+    std::fs::write(new.data_dir(1).join("notes"), b"something").unwrap();
+    let refused = restore(&file, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
+    assert!(!refused.status.success() && stderr(&refused).contains("not empty"), "{}", stderr(&refused));
+    std::fs::remove_file(new.data_dir(1).join("notes")).unwrap();
+
+    let mut bytes = std::fs::read(&file).expect("the backup");
+    let damaged = new.dir.join("damaged.backup");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let refused = restore(&damaged, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
+    assert!(!refused.status.success() && stderr(&refused).contains("checksum"), "{}", stderr(&refused));
+    bytes[middle] ^= 0x10;
+    std::fs::write(&damaged, &bytes[..bytes.len() - 100]).unwrap();
+    let refused = restore(&damaged, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
+    assert!(!refused.status.success() && stderr(&refused).contains("truncated"), "{}", stderr(&refused));
+    let left: Vec<_> = std::fs::read_dir(new.data_dir(1)).unwrap().collect();
+    assert!(left.is_empty(), "a refused restore left {left:?}");
+
+    for slot in 1..=3 {
+        let output = restore(&file, &new.data_dir(slot), slot, &new_peers, NEW_CLUSTER);
+        assert!(output.status.success(), "restore of slot {slot} failed: {}", stderr(&output));
+    }
+    // Fewer shards than the backup's would never serve the others' keys.
+    let mut fewer = new.command(1);
+    fewer.args(["--cluster-id", &NEW_CLUSTER.to_string(), "--node-id", "1", "--peers", &new_peers, "--shards", "1"]);
+    let mut fewer = fewer.stderr(std::process::Stdio::piped()).spawn().expect("start node");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fewer.try_wait().expect("wait").is_none() {
+        assert!(std::time::Instant::now() < deadline, "a node with fewer shards than its data started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = fewer.wait_with_output().expect("its output");
+    assert!(!output.status.success() && stderr(&output).contains("shard count"), "{}", stderr(&output));
+    for slot in 1..=3 {
+        start(&mut new, slot);
+    }
+    new.leader_among(1..=3);
+    for slot in 1..=3 {
+        let mut reader = BlockingClient::new(&new.client(&[slot])).expect("a client");
+        for k in 0..KEYS {
+            assert_eq!(get(&mut reader, &key(k)), KvResponse::Value(Some(value(k))).encode(), "{k} at slot {slot}");
+        }
+        let after = get(&mut reader, &Bytes::from("after-3"));
+        assert_eq!(after, KvResponse::Value(None).encode(), "a write after the backup came back at slot {slot}");
+    }
+    let mut writer = BlockingClient::new(&new.client(&[1, 2, 3])).expect("a client");
+    put(&mut writer, 0..20, |k| Bytes::from(format!("new-{k}")));
+    assert_eq!(get(&mut writer, &Bytes::from("new-7")), KvResponse::Value(Some(value(7))).encode());
+}
