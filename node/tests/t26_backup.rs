@@ -149,17 +149,20 @@ fn a_backup_restores_into_a_new_cluster_with_every_acknowledged_write() {
         let output = restore(&file, &new.data_dir(slot), slot, &new_peers, NEW_CLUSTER);
         assert!(output.status.success(), "restore of slot {slot} failed: {}", stderr(&output));
     }
-    // Fewer shards than the backup's would never serve the others' keys.
-    let mut fewer = new.command(1);
-    fewer.args(["--cluster-id", &NEW_CLUSTER.to_string(), "--node-id", "1", "--peers", &new_peers, "--shards", "1"]);
-    let mut fewer = fewer.stderr(std::process::Stdio::piped()).spawn().expect("start node");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while fewer.try_wait().expect("wait").is_none() {
-        assert!(std::time::Instant::now() < deadline, "a node with fewer shards than its data started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    // Another shard count than the backup's would route keys to shards
+    // that do not hold them.
+    for shards in ["1", "4"] {
+        let mut other = new.command(1);
+        other.args(["--cluster-id", &NEW_CLUSTER.to_string(), "--node-id", "1", "--peers", &new_peers]);
+        let mut other = other.args(["--shards", shards]).stderr(std::process::Stdio::piped()).spawn().expect("start");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while other.try_wait().expect("wait").is_none() {
+            assert!(std::time::Instant::now() < deadline, "a node with {shards} shards started on 2 shards' data");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let output = other.wait_with_output().expect("its output");
+        assert!(!output.status.success() && stderr(&output).contains("shard count"), "{}", stderr(&output));
     }
-    let output = fewer.wait_with_output().expect("its output");
-    assert!(!output.status.success() && stderr(&output).contains("shard count"), "{}", stderr(&output));
     for slot in 1..=3 {
         start(&mut new, slot);
     }

@@ -441,10 +441,13 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     let fail = |reason: String| ServeError::DataDir { path: dir.display().to_string(), reason };
     std::fs::create_dir_all(dir).map_err(|error| fail(format!("cannot create it: {error}")))?;
-    if let Some(extra) = shard_logs_beyond(dir, shards) {
+    let holds_logs = crate::membership::holds_a_log(dir);
+    let missing = (0..shards).find(|shard| !dir.join(format!("shard-{shard}")).is_dir());
+    if let Some(shard) = shard_logs_beyond(dir, shards).or(missing.filter(|_| holds_logs)) {
         return Err(fail(format!(
-            "it holds the log of shard {extra}, but the node runs {shards} shard(s): run it with the shard count its \
-             cluster was created with (for a restored backup, the count `node restore` printed)"
+            "it holds the logs of another shard count than the {shards} this node runs (shard {shard} is there but \
+             should not be, or is missing): run it with the shard count its cluster was created with (for a \
+             restored backup, the count `node restore` printed)"
         )));
     }
     for shard in 0..shards {
