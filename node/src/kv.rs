@@ -54,7 +54,9 @@ type DataMap = HashMap<Key, Value, BuildHasherDefault<FxHasher>>;
 /// copied once, later, from cold memory, which costs more than the copy it
 /// saved. So a key whose value had to be copied keeps copies from then on
 /// (overwritten in place: with 1 KiB values over 100,000 keys, most values
-/// outlive the window, and slicing them all cost 1.1x CPU per write), and
+/// outlive the window, and slicing them all cost 1.1x CPU per write),
+/// except for values of [`SLICE_LARGE_BYTES_MIN`] or more while most large
+/// slices are overwritten in time (see [`LargeSlices`]), and
 /// values shorter than [`SLICE_VALUE_BYTES_MIN`] are always copied: for
 /// them the copy is cheap and what a slice adds is not.
 #[derive(Clone)]
@@ -81,6 +83,53 @@ struct Slice {
 
 /// The shortest value kept as a slice of its entry.
 const SLICE_VALUE_BYTES_MIN: usize = 1024;
+
+/// Values at least this long are kept as slices even under a key that
+/// holds a copy, while most such slices are overwritten before their turn
+/// to be copied (see [`LargeSlices`]): for them the copy a slice saves is
+/// the whole cost (64 KiB values over 1,000 keys: every key had become a
+/// copy key, a third of the slices outliving a 64 MiB window, and the
+/// in-place copy was about 7 % of the nodes' CPU).
+const SLICE_LARGE_BYTES_MIN: usize = 16 << 10;
+
+/// How the slices of large values fare: of those written lately, how many
+/// were copied on their turn (they outlived the window). A slice that is
+/// copied later costs about twice the copy it saved (its bytes are cold
+/// by then, and a new buffer is allocated), so slicing a large value under
+/// a copy key pays while fewer than half are copied; with more (a state
+/// much larger than the window, uniformly written), the key keeps its
+/// copy, overwritten in place. One write in [`LARGE_SLICE_PROBE`] slices
+/// anyway, so the estimate follows a workload that changes. Counts halve
+/// every [`LARGE_SLICE_HISTORY`] slices. Deterministic: replicas that
+/// apply the same commands decide the same.
+#[derive(Clone, Debug, Default)]
+struct LargeSlices {
+    sliced: u64,
+    copied: u64,
+    /// Large writes under copy keys, for the probes.
+    seen: u64,
+}
+
+/// See [`LargeSlices`].
+const LARGE_SLICE_PROBE: u64 = 16;
+/// See [`LargeSlices`].
+const LARGE_SLICE_HISTORY: u64 = 1024;
+
+impl LargeSlices {
+    /// Whether a large value written under a copy key becomes a slice.
+    fn slice_over_copy(&mut self) -> bool {
+        self.seen += 1;
+        self.copied * 2 < self.sliced || self.seen.is_multiple_of(LARGE_SLICE_PROBE)
+    }
+
+    fn note_sliced(&mut self) {
+        self.sliced += 1;
+        if self.sliced >= LARGE_SLICE_HISTORY {
+            self.sliced /= 2;
+            self.copied /= 2;
+        }
+    }
+}
 
 impl std::ops::Deref for Value {
     type Target = [u8];
@@ -213,11 +262,20 @@ struct Slices {
     keep: u64,
     /// Slices copied because they stayed that long.
     copied: u64,
+    /// How the slices of large values fare (see [`LargeSlices`]).
+    large: LargeSlices,
 }
 
 impl Default for Slices {
     fn default() -> Slices {
-        Slices { written: VecDeque::new(), serial: 0, applied: 0, keep: SLICE_KEEP_BYTES, copied: 0 }
+        Slices {
+            written: VecDeque::new(),
+            serial: 0,
+            applied: 0,
+            keep: SLICE_KEEP_BYTES,
+            copied: 0,
+            large: LargeSlices::default(),
+        }
     }
 }
 
@@ -231,6 +289,9 @@ impl Slices {
                 let serial = self.serial;
                 self.serial += 1;
                 self.written.push_back((Key::new(key), serial, self.applied));
+                if value.len() >= SLICE_LARGE_BYTES_MIN {
+                    self.large.note_sliced();
+                }
                 Value::Slice(Box::new(Slice { bytes: entry.slice_ref(value), serial }))
             }
             _ => Value::Copy(Arc::from(value)),
@@ -267,6 +328,11 @@ impl Data {
     fn insert(&mut self, key: &[u8], value: &[u8], entry: Option<&Bytes>) {
         let bucket = Arc::make_mut(&mut self.buckets[Data::bucket(key)]);
         match bucket.get_mut(key) {
+            Some(stored @ Value::Copy(_))
+                if entry.is_some() && value.len() >= SLICE_LARGE_BYTES_MIN && self.slices.large.slice_over_copy() =>
+            {
+                *stored = self.slices.value(key, value, entry)
+            }
             Some(Value::Copy(copy)) => match Arc::get_mut(copy).filter(|bytes| bytes.len() == value.len()) {
                 Some(bytes) => bytes.copy_from_slice(value),
                 None => *copy = Arc::from(value),
@@ -293,6 +359,9 @@ impl Data {
             if stays(self.buckets[bucket].get(key.as_slice())) {
                 let stored =
                     Arc::make_mut(&mut self.buckets[bucket]).get_mut(key.as_slice()).expect("the slice is stored");
+                if stored.len() >= SLICE_LARGE_BYTES_MIN {
+                    self.slices.large.copied += 1;
+                }
                 *stored = Value::Copy(Arc::from(&**stored));
                 self.slices.copied += 1;
             }
@@ -950,6 +1019,49 @@ mod tests {
         assert_eq!(kv.data.buckets[Data::bucket(b"cold-3")]["cold-3".as_bytes()].as_ptr(), before, "not in place");
         drop(kv);
         assert_eq!(alive(&count), 0);
+    }
+
+    /// A large value under a key that holds a copy becomes a slice while
+    /// most large slices are overwritten before their turn to be copied,
+    /// and stays a copy (overwritten in place) once most outlive it; one
+    /// write in [`LARGE_SLICE_PROBE`] probes anyway.
+    #[test]
+    fn large_values_under_copy_keys_are_sliced_while_slices_pay() {
+        let large = vec![5u8; SLICE_LARGE_BYTES_MIN];
+        let keep = 4 * large.len() as u64;
+        let mut kv = KvStateMachine::with_slice_keep_bytes(keep);
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let is_slice = |kv: &KvStateMachine, key: &[u8]| {
+            matches!(kv.data.buckets[Data::bucket(key)].get(key), Some(Value::Slice(_)))
+        };
+        // `cold` outlives the window: copied on its turn, a copy key.
+        let mut index = 1;
+        put_in_entry(&mut kv, index, b"cold", &large, &count);
+        for _ in 0..40 {
+            index += 1;
+            put_in_entry(&mut kv, index, b"hot", &large, &count);
+        }
+        assert!(!is_slice(&kv, b"cold") && kv.slices_copied() == 1);
+        // 41 large slices, one copied: `cold` is sliced again.
+        index += 1;
+        put_in_entry(&mut kv, index, b"cold", &large, &count);
+        assert!(is_slice(&kv, b"cold"), "a copy key's large value was copied while slices pay");
+        // Many keys, each outliving the window: most slices are copied, and
+        // copy keys keep their copies (in place) but for the probes.
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key-{i}").into_bytes()).collect();
+        for round in 0..4 {
+            for key in &keys {
+                index += 1;
+                put_in_entry(&mut kv, index, key, &[round; SLICE_LARGE_BYTES_MIN], &count);
+            }
+        }
+        let sliced = keys.iter().filter(|key| is_slice(&kv, key)).count();
+        let (large_sliced, large_copied) = (kv.data.slices.large.sliced, kv.data.slices.large.copied);
+        assert!(large_copied * 2 >= large_sliced, "{large_copied} of {large_sliced} copied");
+        assert!(sliced <= keys.len() / 4, "{sliced} of {} keys hold slices in a cold workload", keys.len());
+        for key in &keys {
+            assert_eq!(kv.get(key), Some(&[3u8; SLICE_LARGE_BYTES_MIN][..]));
+        }
     }
 
     /// A slice is copied on its own turn, not on the turn of an earlier
