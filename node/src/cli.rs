@@ -48,19 +48,23 @@ pub struct RestoreArgs {
     /// The backup file `node admin backup` wrote.
     #[arg(long, value_name = "FILE")]
     pub backup: PathBuf,
+    /// Only read the whole backup, check every checksum and print what it
+    /// holds (each shard's index, term and size); write nothing.
+    #[arg(long, conflicts_with_all = ["data_dir", "node_id", "peers", "cluster_id"])]
+    pub check: bool,
     /// This node's data directory: new or empty.
-    #[arg(long, value_name = "PATH")]
-    pub data_dir: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "check")]
+    pub data_dir: Option<PathBuf>,
     /// This node's id in the new cluster.
-    #[arg(long, value_name = "ID")]
-    pub node_id: u64,
+    #[arg(long, value_name = "ID", required_unless_present = "check")]
+    pub node_id: Option<u64>,
     /// The new cluster's members, as `node serve --peers` will be given
     /// them (ID=HOST:PORT,...): every one a voter.
-    #[arg(long, value_name = "ID=HOST:PORT,...")]
-    pub peers: String,
+    #[arg(long, value_name = "ID=HOST:PORT,...", required_unless_present = "check")]
+    pub peers: Option<String>,
     /// The new cluster's id: another one than the backed-up cluster's.
-    #[arg(long, value_name = "ID")]
-    pub cluster_id: u64,
+    #[arg(long, value_name = "ID", required_unless_present = "check")]
+    pub cluster_id: Option<u64>,
 }
 
 /// `node certs`.

@@ -489,6 +489,8 @@ pub enum NodeCommand {
         out: PathBuf,
     },
     Restore(crate::backup::RestoreConfig),
+    /// `node restore --check`: the backup file to check.
+    CheckBackup(PathBuf),
 }
 
 /// Why the command line was not accepted.
@@ -522,7 +524,7 @@ impl TryFrom<CliCommand> for NodeCommand {
                 NodeCommand::Backup { client: ClientConfig::from_args(client)?, out }
             }
             CliCommand::Admin(args) => NodeCommand::Admin(AdminCommand::from_args(args)?),
-            CliCommand::Restore(args) => NodeCommand::Restore(restore_config(args)?),
+            CliCommand::Restore(args) => restore_command(args)?,
             CliCommand::Dev(args) => NodeCommand::Dev(DevConfig::from_args(args)?),
             CliCommand::Certs(args) => NodeCommand::Certs(CertsConfig::from_args(args)?),
         })
@@ -530,17 +532,24 @@ impl TryFrom<CliCommand> for NodeCommand {
 }
 
 /// `node restore`'s arguments, checked: positive ids, the peer list's
-/// syntax, this node among the voters.
-fn restore_config(args: RestoreArgs) -> Result<crate::backup::RestoreConfig, ConfigError> {
-    let node_id = positive("node-id", args.node_id)?;
-    let cluster_id = positive("cluster-id", args.cluster_id)?;
-    let peers = crate::discovery::parse_static_peers(&args.peers)
+/// syntax, this node among the voters; or, with `--check`, the file only.
+fn restore_command(args: RestoreArgs) -> Result<NodeCommand, ConfigError> {
+    let (Some(data_dir), Some(node_id), Some(peers), Some(cluster_id)) =
+        (args.data_dir, args.node_id, args.peers, args.cluster_id)
+    else {
+        debug_assert!(args.check, "clap requires the restore options without --check");
+        return Ok(NodeCommand::CheckBackup(args.backup));
+    };
+    let node_id = positive("node-id", node_id)?;
+    let cluster_id = positive("cluster-id", cluster_id)?;
+    let peers = crate::discovery::parse_static_peers(&peers)
         .map_err(|source| ConfigError::Peers { option: "peers", source })?;
     let voters: Vec<NodeId> = peers.iter().map(|peer| peer.id).collect();
     if !voters.contains(&node_id) {
         return Err(ConfigError::SelfNotInPeers { node_id });
     }
-    Ok(crate::backup::RestoreConfig { backup: args.backup, data_dir: args.data_dir, node_id, voters, cluster_id })
+    let backup = args.backup;
+    Ok(NodeCommand::Restore(crate::backup::RestoreConfig { backup, data_dir, node_id, voters, cluster_id }))
 }
 
 /// Reads a `serve` configuration file.

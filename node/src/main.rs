@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         NodeCommand::Backup { client, out } => node::backup::run_backup(&client, &out, true)
             .map(|summary| println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default()))
             .map_err(|e| e.to_string()),
+        NodeCommand::CheckBackup(path) => node::backup::check_backup(&path)
+            .map(|summary| println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default()))
+            .map_err(|e| e.to_string()),
         NodeCommand::Restore(config) => node::backup::run_restore(&config).map(|summary| {
             println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
             eprintln!(

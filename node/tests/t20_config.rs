@@ -645,6 +645,12 @@ fn restore_and_backup_command_lines() {
     assert!(error.contains("cluster-id") && error.contains("positive"), "{error}");
     let error = restore("2", "1=nowhere", "9").unwrap_err().to_string();
     assert!(error.contains("--peers"), "{error}");
+    match parse_from(["node", "restore", "--backup", "c.backup", "--check"]).unwrap() {
+        NodeCommand::CheckBackup(path) => assert_eq!(path.to_str(), Some("c.backup")),
+        other => panic!("{other:?}"),
+    }
+    assert!(parse_from(["node", "restore", "--backup", "c.backup", "--check", "--node-id", "1"]).is_err());
+    assert!(parse_from(["node", "restore", "--backup", "c.backup", "--node-id", "1"]).is_err(), "options missing");
     let backup = ["node", "admin", "--addr", "127.0.0.1:7101", "--token", "t", "backup", "--out", "c.backup"];
     match parse_from(backup).unwrap() {
         NodeCommand::Backup { client, out } => {

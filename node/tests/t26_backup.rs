@@ -131,12 +131,18 @@ fn a_backup_restores_into_a_new_cluster_with_every_acknowledged_write() {
     assert!(!refused.status.success() && stderr(&refused).contains("not empty"), "{}", stderr(&refused));
     std::fs::remove_file(new.data_dir(1).join("notes")).unwrap();
 
+    let checked = node(&["restore", "--backup", &file_arg, "--check"]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let checked: serde_json::Value = serde_json::from_slice(&checked.stdout).expect("a JSON summary");
+    assert_eq!(checked, summary, "--check reads what the backup wrote");
     let mut bytes = std::fs::read(&file).expect("the backup");
     let damaged = new.dir.join("damaged.backup");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
     std::fs::write(&damaged, &bytes).unwrap();
     let refused = restore(&damaged, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
+    assert!(!refused.status.success() && stderr(&refused).contains("checksum"), "{}", stderr(&refused));
+    let refused = node(&["restore", "--backup", &damaged.display().to_string(), "--check"]);
     assert!(!refused.status.success() && stderr(&refused).contains("checksum"), "{}", stderr(&refused));
     bytes[middle] ^= 0x10;
     std::fs::write(&damaged, &bytes[..bytes.len() - 100]).unwrap();
