@@ -330,11 +330,21 @@ fn probe_write(
     })
 }
 
-/// The first of `count` consecutive loopback ports that are all free now.
+/// The first of `count` consecutive loopback ports that are all free now,
+/// below the kernel's ephemeral range: a port in it can be taken as the
+/// source port of any outgoing connection between this check and the
+/// node's bind (CI once saw a node of `a_sweep_compares_shard_counts` fail
+/// to listen on 49341, taken meanwhile by a connection of a test running
+/// beside it).
 fn free_port_block(count: u16) -> Option<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000, ephemeral_low.max(10_000 + 2 * count).saturating_sub(count));
     let mut rng = rand::rng();
     for _ in 0..200 {
-        let base: u16 = rng.random_range(20_000..(60_000 - count));
+        let base: u16 = rng.random_range(low..high);
         let listeners: Result<Vec<TcpListener>, _> =
             (0..count).map(|offset| TcpListener::bind(("127.0.0.1", base + offset))).collect();
         if listeners.is_ok() {
