@@ -421,6 +421,24 @@ pub fn find_node_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf,
 mod tests {
     use super::*;
 
+    /// A local cluster's ports lie below the ephemeral range, where no
+    /// outgoing connection takes them between the check and the nodes'
+    /// binds (they were drawn from 20,000-60,000 before, which this
+    /// machine's range, 32,768-60,999, overlaps).
+    #[test]
+    fn local_cluster_ports_lie_below_the_ephemeral_range() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("Linux");
+        let low: u16 = range.split_whitespace().next().and_then(|low| low.parse().ok()).expect("the range");
+        for _ in 0..50 {
+            let base = free_port_block(12).expect("a free block");
+            assert!(
+                base >= 10_000 && base + 12 <= low,
+                "ports {base}..{} reach the ephemeral range {low}..",
+                base + 12
+            );
+        }
+    }
+
     fn spec(nodes: u32, shards: u32, extra_args: &[&str]) -> ClusterSpec {
         ClusterSpec {
             node_binary: PathBuf::from("node"),
