@@ -129,9 +129,7 @@ where
                 Ok(None) => ResponseStatus::Ok(Bytes::from_static(&[BACKUP_CHUNK_REPLACED])),
                 Err(error) => {
                     if matches!(error, WalError::Corrupt { .. }) {
-                        tracing::error!(shard = self.ctx.shard_id, %error, "the stored snapshot is damaged: no backup from it; taking a new one");
-                        self.stats.snapshots_damaged += 1;
-                        self.raft.snapshot_damaged();
+                        self.stored_snapshot_damaged(&error, "no backup from it");
                     }
                     ResponseStatus::BadRequest(format!("reading the stored snapshot failed: {error}"))
                 }

@@ -186,14 +186,7 @@ where
                         chunk
                     }
                     Err(error @ WalError::Corrupt { .. }) => {
-                        tracing::error!(
-                            shard = self.ctx.shard_id,
-                            %error,
-                            "the stored snapshot is damaged: not sent; taking a new one"
-                        );
-                        self.stats.snapshots_damaged += 1;
-                        self.snapshots.recent.clear();
-                        self.raft.snapshot_damaged();
+                        self.stored_snapshot_damaged(&error, "not sent");
                         return;
                     }
                     Err(error) => {
@@ -210,6 +203,16 @@ where
                 None => self.raft.snapshot_unavailable(read.to),
             }
         }
+    }
+
+    /// The stored snapshot failed its checksum when read for a follower or
+    /// a backup (`what` says which was refused): counted, and the engine
+    /// takes a new one; no chunk of it is handed out again.
+    pub(super) fn stored_snapshot_damaged(&mut self, error: &WalError, what: &str) {
+        tracing::error!(shard = self.ctx.shard_id, %error, "the stored snapshot is damaged: {what}; taking a new one");
+        self.stats.snapshots_damaged += 1;
+        self.snapshots.recent.clear();
+        self.raft.snapshot_damaged();
     }
 
     /// Stores the snapshot whose chunks all arrived (verified, then renamed
