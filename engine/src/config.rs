@@ -77,6 +77,16 @@ pub struct Config {
     /// to `snapshot_entries` times the value size (6.4 GiB of 64 KiB
     /// values). 0: off.
     pub snapshot_log_bytes: u64,
+    /// The most payload bytes the in-memory log holds past what it must
+    /// (0: off, payloads go only with compaction). Beyond it the oldest
+    /// applied entries drop their payloads, except what a leader's
+    /// recently heard followers have yet to acknowledge or what follows a
+    /// snapshot being sent. A follower that then needs a dropped entry
+    /// gets a snapshot, a fresh one if the stored one is older. Without it
+    /// the log since a snapshot is held whole: with a large state, the
+    /// snapshot rule (`snapshot_log_factor`) lets that grow to several
+    /// times the state.
+    pub log_memory_bytes: u64,
     /// Entries kept in the log below a new snapshot, so a follower that is
     /// only a little behind catches up from the log instead of a snapshot.
     pub compaction_tail: u64,
@@ -114,6 +124,7 @@ impl Config {
             snapshot_entries_jitter: 0,
             snapshot_log_factor: 0,
             snapshot_log_bytes: 0,
+            log_memory_bytes: 0,
             compaction_tail: 5_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_inflight_max: 4,

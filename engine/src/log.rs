@@ -2,20 +2,27 @@
 //!
 //! Every entry after the latest snapshot is held in memory (payloads are
 //! slices of encoded batches, so a held entry costs its payload once); log
-//! compaction after a snapshot bounds it. Four cursors describe where each
+//! compaction after a snapshot bounds the entries. Their payloads are
+//! bounded apart from that: an applied entry's payload may be dropped
+//! (evicted) before any snapshot covers it, keeping its index, term and
+//! kind, so the log still matches and counts terms but can no longer send
+//! it (see `Raft::evict_payloads`). Four cursors describe where each
 //! entry is in its life: handed to the shell for persistence, durable,
-//! committed, handed to the shell to apply.
+//! committed, handed to the shell to apply; a fifth, `evicted`, where the
+//! payloads start.
 
 use std::collections::VecDeque;
 
 use crate::batch::EntryBatch;
-use crate::types::{Entry, Index, Term};
+use crate::types::{Entry, EntryKind, Index, Term};
 
 /// The log and its cursors.
 ///
 /// Invariants: `entries[i].index == offset_index + 1 + i`;
 /// `applied <= committed`; `committed <= last_index()`;
-/// `persisted <= handed <= last_index()`.
+/// `persisted <= handed <= last_index()`; `evicted <= applied`, and every
+/// entry at or below `evicted` holds no payload unless it is a
+/// configuration entry; `held_bytes` is the sum of the payloads held.
 #[derive(Clone, Debug)]
 pub struct RaftLog {
     /// Index and term of the entry just before `entries[0]`: the snapshot
@@ -31,6 +38,11 @@ pub struct RaftLog {
     pub persisted: Index,
     /// Highest index handed to the shell to persist.
     pub handed: Index,
+    /// Highest index whose payload was dropped (or the snapshot point, if
+    /// higher: see [`RaftLog::payloads_from`]).
+    evicted: Index,
+    /// Payload bytes of the entries held.
+    held_bytes: u64,
 }
 
 impl RaftLog {
@@ -41,6 +53,7 @@ impl RaftLog {
             assert_eq!(entry.index, offset_index + 1 + position as u64, "recovered entries must be contiguous");
         }
         let last = offset_index + entries.len() as u64;
+        let held_bytes = entries.iter().map(|entry| entry.data.len() as u64).sum();
         RaftLog {
             offset_index,
             offset_term,
@@ -49,6 +62,37 @@ impl RaftLog {
             applied: offset_index,
             persisted: last,
             handed: last,
+            evicted: offset_index,
+            held_bytes,
+        }
+    }
+
+    /// The first index whose entry the log can still send whole: after the
+    /// snapshot point and after every dropped payload.
+    pub fn payloads_from(&self) -> Index {
+        self.evicted.max(self.offset_index) + 1
+    }
+
+    /// Payload bytes the log holds.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
+    /// Drops the payloads of the oldest entries, up to `limit` (at most the
+    /// applied index), while the log holds more than `budget` payload bytes.
+    /// Configuration entries keep theirs (they are small, and membership is
+    /// read from them). Each entry is dropped once: amortized O(1).
+    pub fn evict(&mut self, limit: Index, budget: u64) {
+        let limit = limit.min(self.applied).min(self.last_index());
+        let mut index = self.payloads_from();
+        while self.held_bytes > budget && index <= limit {
+            let entry = &mut self.entries[(index - self.offset_index - 1) as usize];
+            if entry.kind != EntryKind::Config {
+                self.held_bytes -= entry.data.len() as u64;
+                entry.data = bytes::Bytes::new();
+            }
+            self.evicted = index;
+            index += 1;
         }
     }
 
@@ -138,6 +182,7 @@ impl RaftLog {
     pub fn push(&mut self, entry: Entry) {
         assert_eq!(entry.index, self.last_index() + 1, "appended entries must be contiguous");
         assert!(entry.term >= self.last_term(), "terms in the log never decrease");
+        self.held_bytes += entry.data.len() as u64;
         self.entries.push_back(entry);
     }
 
@@ -158,7 +203,9 @@ impl RaftLog {
         if index > self.last_index() {
             return;
         }
-        self.entries.truncate((index - self.offset_index - 1) as usize);
+        let keep = (index - self.offset_index - 1) as usize;
+        self.held_bytes -= self.entries.range(keep..).map(|entry| entry.data.len() as u64).sum::<u64>();
+        self.entries.truncate(keep);
         self.handed = self.handed.min(index - 1);
         self.persisted = self.persisted.min(index - 1);
     }
@@ -195,7 +242,7 @@ impl RaftLog {
         }
         assert!(index <= self.applied, "compacting past the applied index");
         let drop = ((index - self.offset_index) as usize).min(self.entries.len());
-        self.entries.drain(..drop);
+        self.held_bytes -= self.entries.drain(..drop).map(|entry| entry.data.len() as u64).sum::<u64>();
         self.offset_index = index;
         self.offset_term = term;
     }
@@ -205,16 +252,26 @@ impl RaftLog {
     pub fn restore(&mut self, index: Index, term: Term) {
         if self.matches(index, term) && index >= self.offset_index {
             let drop = (index - self.offset_index) as usize;
-            self.entries.drain(..drop);
+            self.held_bytes -= self.entries.drain(..drop).map(|entry| entry.data.len() as u64).sum::<u64>();
         } else {
             self.entries.clear();
+            self.held_bytes = 0;
         }
         self.offset_index = index;
         self.offset_term = term;
+        self.evicted = index;
         self.committed = self.committed.max(index);
         self.applied = self.applied.max(index);
         self.persisted = self.persisted.max(index).min(self.last_index());
         self.handed = self.handed.max(index).min(self.last_index());
+    }
+
+    /// Panics unless payloads were dropped only from applied entries (and
+    /// not from configuration entries) and `held_bytes` counts the rest.
+    pub fn check_payloads(&self) {
+        assert!(self.payloads_from() <= self.applied + 1, "payload dropped past applied {}", self.applied);
+        let held: u64 = self.entries.iter().map(|entry| entry.data.len() as u64).sum();
+        assert_eq!(held, self.held_bytes, "held payload bytes miscounted");
     }
 
     /// Payload bytes of entries in `(from, to]`.

@@ -165,6 +165,10 @@ pub struct Status {
     pub persisted: Index,
     pub first_index: Index,
     pub last_index: Index,
+    /// Payload bytes the in-memory log holds (see `Config::log_memory_bytes`).
+    pub log_held_bytes: u64,
+    /// The first entry the log holds with its payload.
+    pub payloads_from: Index,
     pub conf: ConfState,
     /// While this replica repairs a damaged log: the index it must reach.
     pub repair_target: Option<Index>,
@@ -267,6 +271,11 @@ pub struct Raft {
     /// skipped it (it may not be able to take one at that moment) is asked
     /// again an interval later, so the log never grows without bound.
     snapshot_requested_at: Index,
+    /// A follower waits for a fresh snapshot because the stored one ends
+    /// before the payloads the log still holds: dropping payloads stops at
+    /// `snapshot_requested_at` until the snapshot is reported, so the one
+    /// being taken is followed by entries the log can send.
+    snapshot_wanted: bool,
     /// Bytes of the entries handed to apply since a snapshot was last asked
     /// for (see `Config::snapshot_log_factor`).
     applied_bytes_since_snapshot: u64,
@@ -422,6 +431,7 @@ impl Raft {
             snapshot_size: 0,
             snapshot_requested: false,
             snapshot_requested_at: 0,
+            snapshot_wanted: false,
             applied_bytes_since_snapshot: 0,
             snapshot_due: false,
             incoming: None,
@@ -496,9 +506,19 @@ impl Raft {
     pub fn term_at(&self, index: Index) -> Option<Term> {
         self.log.term(index)
     }
-    /// The entry at `index`, if the in-memory log holds it.
+    /// The entry at `index`, if the in-memory log holds it (without its
+    /// payload below [`Raft::payloads_from`], unless a configuration entry).
     pub fn entry(&self, index: Index) -> Option<&Entry> {
         self.log.entry(index)
+    }
+    /// The first entry the in-memory log holds with its payload (see
+    /// `Config::log_memory_bytes`).
+    pub fn payloads_from(&self) -> Index {
+        self.log.payloads_from()
+    }
+    /// Payload bytes the in-memory log holds.
+    pub fn log_held_bytes(&self) -> u64 {
+        self.log.held_bytes()
     }
     /// The state to persist. Its commit index never exceeds the durable log
     /// (`persisted`): a shell may write the hard state before, and apart
@@ -638,6 +658,8 @@ impl Raft {
             persisted: self.log.persisted,
             first_index: self.log.first_index(),
             last_index: self.log.last_index(),
+            log_held_bytes: self.log.held_bytes(),
+            payloads_from: self.log.payloads_from(),
             conf: self.conf.clone(),
             repair_target: self.repair,
             progress: self
@@ -1117,6 +1139,39 @@ impl Raft {
         debug_assert!(self.witness || ready.committed_entries.last().map_or(applying, |e| e.index) == applying);
         self.advance_applied(applying);
         self.install_received();
+        self.evict_payloads();
+    }
+
+    /// Drops payloads the log need not hold (see `Config::log_memory_bytes`):
+    /// applied entries', oldest first, while it holds more than the budget.
+    /// A leader keeps what a follower it heard from lately has yet to
+    /// acknowledge, what follows a snapshot it is sending, and what follows
+    /// a snapshot it is taking for a follower (which matters when that
+    /// follower is heard only now and then): otherwise a follower slower to
+    /// catch up than the budget lasts would be sent one snapshot after
+    /// another. That keeps no more than compaction alone would: a snapshot
+    /// still compacts the log whoever lags, so a follower that is merely
+    /// slow holds at most the log since the last snapshot, as before.
+    fn evict_payloads(&mut self) {
+        let budget = self.config.log_memory_bytes;
+        if budget == 0 || self.log.held_bytes() <= budget {
+            return;
+        }
+        let mut limit = self.log.applied;
+        if self.role == Role::Leader {
+            if self.snapshot_wanted && self.snapshot_requested {
+                limit = limit.min(self.snapshot_requested_at);
+            }
+            let window = u64::from(self.config.election_ticks_min);
+            for (&id, pr) in &self.progress {
+                if id == self.id || pr.heard_at.is_none_or(|at| self.now >= at + window) {
+                    continue;
+                }
+                let needs = if pr.state == ProgressState::Snapshot { pr.pending_snapshot } else { pr.match_index };
+                limit = limit.min(needs);
+            }
+        }
+        self.log.evict(limit, budget);
     }
 
     /// Holds back (`true`) or releases (`false`) the committed entries to
@@ -1266,6 +1321,12 @@ impl Raft {
                 self.start_snapshot(to);
                 return;
             };
+            if self.needs_dropped_payloads(to, next) {
+                // The follower needs entries whose payloads were dropped
+                // (see `Raft::evict_payloads`).
+                self.start_snapshot(to);
+                return;
+            }
             let batch = match self.witness_since(to) {
                 _ if without_space => None,
                 Some(since) => self.witness_batch(next, since),
@@ -2354,6 +2415,7 @@ impl Raft {
         assert!(log.handed <= log.last_index(), "handed {} > last {}", log.handed, log.last_index());
         assert!(self.encoded_last <= log.last_index() || self.role != Role::Leader);
         assert!(!self.witness || self.role != Role::Leader, "a witness never leads");
+        log.check_payloads();
         if let Some(target) = self.repair {
             assert!(target > log.committed, "repair target {target} <= committed {}", log.committed);
             assert_ne!(self.role, Role::Leader, "a replica in repair never leads");

@@ -325,6 +325,17 @@ pub struct ServeOptions {
     #[arg(long, value_name = "BYTES")]
     pub snapshot_write_rate: Option<u64>,
 
+    /// The most payload bytes the node's in-memory logs hold beyond what
+    /// the followers it hears from still need (0: each log since its last
+    /// snapshot is held whole). Older applied entries keep their index and
+    /// term but drop their payloads (the WAL keeps them); a follower that
+    /// needs one gets a snapshot. Bounds memory with a large state, where
+    /// a snapshot comes only once the log grew to `snapshot-log-factor`
+    /// times the state. A budget for the node: each of its shards gets an
+    /// even part. [default: 268435456, 256 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub log_memory_bytes: Option<u64>,
+
     /// The length of a tick, such as `10ms`. [default: 10ms]
     #[arg(long, value_name = "DURATION")]
     pub tick_interval: Option<String>,

@@ -249,6 +249,10 @@ pub struct ServeConfig {
     pub snapshot_log_bytes: u64,
     /// Bytes per second for writing a local snapshot (0: no pacing).
     pub snapshot_write_rate: u64,
+    /// The node's budget of payload bytes its in-memory logs hold beyond
+    /// what followers still need, split evenly over its shards (0: off).
+    /// See `engine::Config::log_memory_bytes`.
+    pub log_memory_bytes: u64,
 }
 
 /// The default of `--discovery-interval`: a moved or added member is
@@ -258,6 +262,9 @@ pub const DISCOVERY_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 pub const SNAPSHOT_LOG_FACTOR_DEFAULT: u64 = 2;
 /// The default of `--snapshot-log-bytes`.
 pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 256 << 20;
+/// The default of `--log-memory-bytes`: as much as `--snapshot-log-bytes`,
+/// so a node holds about that much log whatever its state's size.
+pub const LOG_MEMORY_BYTES_DEFAULT: u64 = 256 << 20;
 /// The default of `--snapshot-write-rate`: the WAL's own default.
 pub const SNAPSHOT_WRITE_RATE_DEFAULT: u64 = 8 << 20;
 
@@ -291,6 +298,10 @@ impl ServeConfig {
         config.snapshot_entries_jitter = config.snapshot_entries / 2;
         config.snapshot_log_factor = self.snapshot_log_factor;
         config.snapshot_log_bytes = self.shard_snapshot_log_bytes();
+        config.log_memory_bytes = match self.log_memory_bytes {
+            0 => 0,
+            bytes => (bytes / u64::from(self.shards.max(1))).max(1),
+        };
         config.witness = self.witness;
         if !config.voters.is_empty() {
             config.witnesses = self.bootstrap_witnesses.clone();
@@ -435,6 +446,7 @@ impl DevConfig {
                     snapshot_log_factor: SNAPSHOT_LOG_FACTOR_DEFAULT,
                     snapshot_log_bytes: SNAPSHOT_LOG_BYTES_DEFAULT,
                     snapshot_write_rate: SNAPSHOT_WRITE_RATE_DEFAULT,
+                    log_memory_bytes: LOG_MEMORY_BYTES_DEFAULT,
                 }
             })
             .collect()
@@ -605,6 +617,7 @@ impl ServeOptions {
             snapshot_log_factor,
             snapshot_log_bytes,
             snapshot_write_rate,
+            log_memory_bytes,
             read_consistency,
             log_level,
             join,
@@ -800,6 +813,7 @@ impl ServeConfig {
             snapshot_log_factor: options.snapshot_log_factor.unwrap_or(SNAPSHOT_LOG_FACTOR_DEFAULT),
             snapshot_log_bytes: options.snapshot_log_bytes.unwrap_or(SNAPSHOT_LOG_BYTES_DEFAULT),
             snapshot_write_rate: options.snapshot_write_rate.unwrap_or(SNAPSHOT_WRITE_RATE_DEFAULT),
+            log_memory_bytes: options.log_memory_bytes.unwrap_or(LOG_MEMORY_BYTES_DEFAULT),
         })
     }
 }

@@ -272,6 +272,7 @@ impl ServeConfig {
             snapshot_log_factor: crate::config::SNAPSHOT_LOG_FACTOR_DEFAULT,
             snapshot_log_bytes: crate::config::SNAPSHOT_LOG_BYTES_DEFAULT,
             snapshot_write_rate: 0,
+            log_memory_bytes: crate::config::LOG_MEMORY_BYTES_DEFAULT,
         }
     }
 }

@@ -19,7 +19,8 @@
 //! # What it exports
 //!
 //! Per shard (label `shard`): the role (`raft_node_role{role=...} 1`), term,
-//! commit and applied indexes, the leader's id, leader changes, log bytes
+//! commit and applied indexes, the leader's id, the in-memory log's payload
+//! bytes, leader changes, log bytes
 //! appended, snapshots taken and installed, sessions, writes and reads
 //! served, and the per-stage latency histograms of `crate::stats` as
 //! `raft_node_stage_duration_seconds{stage=...}`. Per node: connections of
@@ -354,6 +355,12 @@ impl Sample {
         self.gauge(encoder, "raft_node_commit_index", "The shard's commit index as this node knows it.", "commit")?;
         self.gauge(encoder, "raft_node_applied_index", "The shard's applied index on this node.", "applied")?;
         self.gauge(encoder, "raft_node_leader_id", "The shard's leader as this node knows it (0: none).", "leader")?;
+        self.gauge(
+            encoder,
+            "raft_node_log_memory_bytes",
+            "Payload bytes the shard's in-memory log holds (bounded by --log-memory-bytes).",
+            "log_memory_bytes",
+        )?;
         self.per_shard(
             encoder,
             "raft_node_disk_full",

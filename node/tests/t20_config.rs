@@ -131,6 +131,8 @@ fn a_full_serve_command_line() {
             "1000000",
             "--snapshot-write-rate",
             "1048576",
+            "--log-memory-bytes",
+            "4000000",
         ],
     )
     .unwrap();
@@ -152,7 +154,14 @@ fn a_full_serve_command_line() {
     // The node's budget of log bytes is split over its four shards.
     assert_eq!((engine.snapshot_entries, engine.snapshot_log_factor, engine.snapshot_log_bytes), (5000, 3, 250_000));
     assert_eq!(engine.snapshot_entries_jitter, 2500, "replicas spread their snapshots over half an interval");
+    // So is its budget of payload bytes held in memory.
+    assert_eq!(engine.log_memory_bytes, 1_000_000);
     engine.validate().unwrap();
+    // By default 256 MiB for the node; 0 turns it off.
+    let defaults = serve(&dir, &["--shards", "2"]).unwrap().engine_config(vec![1, 2, 3]);
+    assert_eq!(defaults.log_memory_bytes, 128 << 20);
+    let off = serve(&dir, &["--log-memory-bytes", "0"]).unwrap().engine_config(vec![1, 2, 3]);
+    assert_eq!(off.log_memory_bytes, 0);
 }
 
 #[test]

@@ -256,6 +256,11 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
     // from its own stream too.
     let large_values = Rng::new(seed ^ 0x01A2_6E0A_10E5).range(0, 4) == 0;
     client::set_large_values(large_values);
+    // A third of the seeds drop applied payloads from the in-memory logs
+    // beyond a small budget (`--log-memory-bytes`), so lagging followers
+    // catch up through snapshots taken for them; its own stream too.
+    let mut memory = Rng::new(seed ^ 0x10C_3E30_4B17);
+    let log_memory_bytes = if memory.range(0, 3) == 0 { memory.range(1, 4096) } else { 0 };
     let clock = Rc::new(Cell::new(0));
     let base = Instant::now();
     let effects = Rc::new(RefCell::new(WriteEffects::default()));
@@ -271,6 +276,7 @@ pub fn run_with(seed: u64, voters: u64, storage_faults: bool) -> Summary {
             config.compaction_tail = snapshot_entries / 4;
             config.snapshot_chunk_bytes = chunk_bytes;
             config.snapshot_chunks_inflight_max = 2;
+            config.log_memory_bytes = log_memory_bytes;
             config.promotion_lag_max = 5;
             config.pre_vote = pre_vote;
             config.check_quorum = check_quorum;

@@ -81,6 +81,7 @@ impl Raft {
     /// it to followers. The log is compacted below it, keeping a tail.
     pub fn snapshot_created(&mut self, meta: SnapshotMeta, size: u64) {
         self.snapshot_requested = false;
+        let wanted = std::mem::take(&mut self.snapshot_wanted);
         if meta.index < self.snapshot.index || (meta.index == self.snapshot.index && self.snapshot_size != 0) {
             return;
         }
@@ -97,6 +98,36 @@ impl Raft {
                 self.compact_to = Some(compact);
             }
         }
+        if wanted {
+            self.send_wanted_snapshots();
+        }
+    }
+
+    /// Starts sending the new snapshot at once to the followers that wait
+    /// for one because their next entries lost their payloads: from then on
+    /// what follows it is kept for them (see `Raft::evict_payloads`), where
+    /// waiting for their next answer could find it dropped again.
+    fn send_wanted_snapshots(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let waiting: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|&(&id, pr)| {
+                id != self.id && pr.state != ProgressState::Snapshot && self.needs_dropped_payloads(id, pr.next_index)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in waiting {
+            self.start_snapshot(id);
+        }
+    }
+
+    /// Whether sending `to` its entries from `next` on needs payloads the
+    /// log dropped (a witness past the change that made it one needs none).
+    pub(super) fn needs_dropped_payloads(&self, to: NodeId, next: Index) -> bool {
+        next < self.log.payloads_from() && self.witness_since(to).is_none_or(|since| next <= since)
     }
 
     /// Where the log is compacted below the current snapshot: keeping
@@ -177,6 +208,17 @@ impl Raft {
             // Compacted entries are always covered by a snapshot, but its
             // size is unknown after a restart until the shell reports it:
             // ask for a fresh one.
+            if !self.snapshot_requested {
+                self.snapshot_due = true;
+            }
+            return;
+        }
+        if self.snapshot.index + 1 < self.log.payloads_from() {
+            // Entries after the stored snapshot lost their payloads (see
+            // `Raft::evict_payloads`): the follower could not go on from
+            // it. A fresh one is taken (one being taken may be too old as
+            // well: then the next call asks again).
+            self.snapshot_wanted = true;
             if !self.snapshot_requested {
                 self.snapshot_due = true;
             }

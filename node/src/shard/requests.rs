@@ -1147,6 +1147,11 @@ where
             "restoring": self.restoring(),
             "first_index": status.first_index,
             "last_index": status.last_index,
+            // The in-memory log's payload bytes, and its first entry that
+            // still holds its payload (older applied ones dropped theirs:
+            // `--log-memory-bytes`).
+            "log_memory_bytes": status.log_held_bytes,
+            "payloads_from": status.payloads_from,
             "persisted": status.persisted,
             // While the replica refetches entries its storage lost: the index
             // it must reach before it votes again (null when whole,
