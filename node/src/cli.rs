@@ -577,7 +577,8 @@ pub enum AdminActionArgs {
         #[arg(value_name = "PEER_ADDR")]
         peer_addr: String,
     },
-    /// Make learner ID a (full) voter. A witness cannot be promoted.
+    /// Make learner ID a (full) voter once it caught up. Refused for a node
+    /// that is not a learner (a witness cannot be promoted either).
     Promote {
         /// The learner's node id.
         id: u64,

@@ -295,6 +295,11 @@ fn membership_changes_and_leader_transfer() {
     let commit = cluster.status(leader).unwrap()["commit"].as_u64().unwrap();
     cluster.wait_applied(4, commit);
     assert_eq!(cluster.get(&[4], "before", ReadConsistency::Stale), Some(Bytes::from("join")));
+    // Only a learner is promoted: node 5 is no member at all.
+    match cluster.admin(AdminRequest::Promote { id: 5 }) {
+        ResponseStatus::BadRequest(reason) => assert!(reason.contains("node 5 is not a learner"), "{reason}"),
+        other => panic!("promoting a non-member: {other:?}"),
+    }
     assert_eq!(cluster.admin(AdminRequest::Promote { id: 4 }), ResponseStatus::Ok(Bytes::new()));
     let status = cluster.status(leader).unwrap();
     let voters: Vec<u64> = status["voters"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();

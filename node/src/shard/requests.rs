@@ -860,6 +860,19 @@ where
             AdminRequest::Promote { id } if leader && self.raft.conf().voters.contains(&id) => {
                 Some(ResponseStatus::Ok(Bytes::new()))
             }
+            // Only a learner is promoted, once it caught up (the engine
+            // checks the lag): a voter added with an empty log is needed
+            // for a majority before it holds anything, and one that lost its
+            // data cannot tell it never voted (the repair rules), so the
+            // group can be left without a leader until it catches up, or for
+            // good if it never comes (seeds 8822, 9901 and 26942 of the
+            // engine's `three_nodes` with 8,800-30,000 seeds).
+            AdminRequest::Promote { id } if leader && !self.raft.conf().is_learner(id) => {
+                Some(ResponseStatus::BadRequest(format!(
+                    "node {id} is not a learner: add it first (`node serve --join`, or `node admin add-learner {id} \
+                     ADDR`), and promote it once it caught up"
+                )))
+            }
             _ => None,
         }
     }
