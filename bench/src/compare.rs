@@ -122,6 +122,7 @@ pub fn floor_rows(results: &[ResultFile]) -> Option<Vec<Vec<String>>> {
         "floor/replica",
         "of floor",
         "CPU/write",
+        "RSS max",
     ];
     let mut rows = vec![header.iter().map(|name| name.to_string()).collect::<Vec<_>>()];
     for result in results {
@@ -149,6 +150,13 @@ pub fn floor_rows(results: &[ResultFile]) -> Option<Vec<Vec<String>>> {
                 .as_ref()
                 .and_then(|cpu| cpu.cpu_us_per_write)
                 .map_or("-".to_string(), |micros| format!("{micros:.1}us")),
+        );
+        row.push(
+            result
+                .cpu
+                .as_ref()
+                .and_then(|cpu| cpu.resident_bytes_max)
+                .map_or("-".to_string(), |bytes| format!("{} MiB", bytes >> 20)),
         );
         rows.push(row);
     }

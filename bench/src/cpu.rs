@@ -14,6 +14,13 @@
 //! on the `--addr` ports through `/proc/net/tcp` and `/proc/PID/fd` (only
 //! for servers on this machine, and only processes this user may inspect).
 //!
+//! Memory too: at the window's end the sampler reads each process's
+//! resident set (`VmRSS`) and its peak since it started (`VmHWM`) from
+//! `/proc/PID/status`, so a configuration that holds gigabytes more shows
+//! beside its writes/s (a 400 MB state held 5-7 GB per node with two
+//! shards before the in-memory log had a budget, and nothing in a result
+//! file said so).
+//!
 //! Resolution: the kernel counts in clock ticks (`sysconf(_SC_CLK_TCK)`,
 //! usually 100 per second), so a window should hold at least a few seconds
 //! of server CPU for the figure to be precise.
@@ -72,6 +79,29 @@ pub fn parse_stat(text: &str) -> Option<CpuTicks> {
     Some(CpuTicks { user, system })
 }
 
+/// `VmRSS` and `VmHWM` of a `/proc/PID/status` text, in bytes.
+pub fn parse_status_memory(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map(|kib| kib << 10)
+    };
+    Some((field("VmRSS")?, field("VmHWM")?))
+}
+
+/// The largest resident set and the largest peak resident set among
+/// `pids`, in bytes; `None` if any cannot be read.
+pub fn largest_memory(pids: &[u32]) -> Option<(u64, u64)> {
+    let mut largest = (0, 0);
+    for &pid in pids {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let (resident, peak) = parse_status_memory(&text)?;
+        largest = (largest.0.max(resident), largest.1.max(peak));
+    }
+    Some(largest)
+}
+
 /// The summed CPU time of `pids`.
 pub fn total_ticks(pids: &[u32]) -> Result<CpuTicks, CpuError> {
     let mut total = CpuTicks::default();
@@ -105,6 +135,13 @@ pub struct CpuAccounting {
     pub cpu_us_per_write: Option<f64>,
     /// Cores busy on average: `(user + system) / window`.
     pub cores_busy: f64,
+    /// The largest resident set of the processes at the window's end, in
+    /// bytes (absent in files written before it was recorded).
+    #[serde(default)]
+    pub resident_bytes_max: Option<u64>,
+    /// The largest peak resident set (`VmHWM`, since each process started).
+    #[serde(default)]
+    pub peak_resident_bytes_max: Option<u64>,
 }
 
 impl CpuAccounting {
@@ -123,15 +160,21 @@ impl CpuAccounting {
             writes,
             cpu_us_per_write: (writes > 0).then(|| total * 1e6 / writes as f64),
             cores_busy: total / window.as_secs_f64().max(1e-9),
+            resident_bytes_max: None,
+            peak_resident_bytes_max: None,
         }
     }
 }
+
+/// What the sampler measured: the CPU time used, the window's length, and
+/// the largest resident set and peak at its end.
+type Sampled = (CpuTicks, Duration, Option<(u64, u64)>);
 
 /// Samples the CPU of `pids` on its own thread at the two ends of a
 /// window: `window_start`, and `window_end` or a stop signal, whichever
 /// comes first. Join it after the run.
 pub struct WindowSampler {
-    handle: std::thread::JoinHandle<Result<(CpuTicks, Duration), CpuError>>,
+    handle: std::thread::JoinHandle<Result<Sampled, CpuError>>,
     pids: Vec<u32>,
     source: String,
 }
@@ -145,11 +188,12 @@ impl WindowSampler {
             let started = Instant::now();
             sleep_until(window_end, crate::signal::stop_requested);
             let after = total_ticks(&sampled)?;
+            let memory = largest_memory(&sampled);
             let used = CpuTicks {
                 user: after.user.saturating_sub(before.user),
                 system: after.system.saturating_sub(before.system),
             };
-            Ok((used, started.elapsed()))
+            Ok((used, started.elapsed(), memory))
         });
         WindowSampler { handle, pids, source: source.to_string() }
     }
@@ -165,8 +209,11 @@ impl WindowSampler {
 
     /// The accounting for `writes` writes answered in the window.
     pub fn finish(self, writes: u64) -> Result<CpuAccounting, CpuError> {
-        let (ticks, window) = self.handle.join().expect("the sampler does not panic")?;
-        Ok(CpuAccounting::new(self.pids, &self.source, window, ticks, writes))
+        let (ticks, window, memory) = self.handle.join().expect("the sampler does not panic")?;
+        let mut accounting = CpuAccounting::new(self.pids, &self.source, window, ticks, writes);
+        accounting.resident_bytes_max = memory.map(|(resident, _)| resident);
+        accounting.peak_resident_bytes_max = memory.map(|(_, peak)| peak);
+        Ok(accounting)
     }
 }
 
@@ -257,6 +304,17 @@ mod tests {
         let line = "4242 (node (core 1)) S 1 4242 4242 0 -1 4194560 500 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
         assert_eq!(parse_stat(line), Some(CpuTicks { user: 1234, system: 567 }));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn memory_fields_are_read_in_bytes() {
+        let status = "Name:\tnode\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\nThreads:\t9\n";
+        assert_eq!(parse_status_memory(status), Some((100 << 20, 200 << 20)));
+        assert_eq!(parse_status_memory("Name:\tnode\nVmRSS:\t1 kB\n"), None, "no peak");
+        // This process: resident, and its peak at least that.
+        let (resident, peak) = largest_memory(&[std::process::id()]).expect("readable");
+        assert!(resident > 0 && peak >= resident);
+        assert_eq!(largest_memory(&[u32::MAX]), None);
     }
 
     #[test]

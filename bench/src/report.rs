@@ -207,7 +207,8 @@ pub fn render(title: &str, results: &[ResultFile], floor: Option<&Floor>) -> Res
             "<h2>Against the machine's floor</h2>\n<p class=\"note\">x floor: write latency over the floor \
              (synced write with the cluster's writers on the disk plus two loopback round trips); of floor: \
              payload bytes per second as a share of the disk's synced write bandwidth per replica; CPU/write: \
-             the servers' user and system CPU time over the measured window divided by the writes.</p>\n",
+             the servers' user and system CPU time over the measured window divided by the writes; RSS max: the \
+             largest resident set among the servers at the window's end.</p>\n",
         );
         html.push_str(&html_table("floor-ratios", &rows));
     }

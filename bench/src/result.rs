@@ -251,6 +251,14 @@ impl ResultFile {
                 if cpu.pids.len() == 1 { "" } else { "es" },
                 cpu.source
             );
+            if let (Some(resident), Some(peak)) = (cpu.resident_bytes_max, cpu.peak_resident_bytes_max) {
+                let _ = writeln!(
+                    out,
+                    "server memory: {} MiB resident at most at the end, {} MiB at most at any time",
+                    resident >> 20,
+                    peak >> 20
+                );
+            }
         }
         if let Some(ratios) = crate::compare::FloorRatios::of(self) {
             let _ = writeln!(

@@ -145,6 +145,9 @@ fn bench_run_against_a_local_three_node_cluster() {
     assert_eq!(pids, node_pids, "the processes on the client ports are the cluster's nodes");
     assert_eq!(cpu.writes, writes.count);
     assert!(cpu.cpu_us_per_write.is_some_and(|micros| micros > 0.0), "{cpu:?}");
+    // And their memory: a node holds at least a few MiB, its peak at least that.
+    let resident = cpu.resident_bytes_max.expect("the nodes' resident memory");
+    assert!(resident > 1 << 20 && cpu.peak_resident_bytes_max.is_some_and(|peak| peak >= resident), "{cpu:?}");
 
     // Open loop at 200 requests/s for one second: 200 requests are due, and
     // each is either answered or counted as an error (a leader election on a
