@@ -71,6 +71,8 @@ struct Cluster {
     forward_writes: bool,
     /// Raft groups per node (`--shards`); keys are routed to them.
     shards: u32,
+    /// `--log-memory-bytes`, when not the default.
+    log_memory_bytes: Option<u64>,
     nodes: BTreeMap<u64, Child>,
     separate_uids: bool,
     /// iptables rules to delete when the cluster goes away.
@@ -104,10 +106,17 @@ impl Cluster {
             snapshot_entries,
             forward_writes,
             shards,
+            log_memory_bytes: None,
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
         }
+    }
+
+    /// Runs the nodes with `--log-memory-bytes BYTES`.
+    fn with_log_memory_bytes(mut self, bytes: u64) -> Cluster {
+        self.log_memory_bytes = Some(bytes);
+        self
     }
 
     /// Starts every node.
@@ -188,6 +197,9 @@ impl Cluster {
         }
         if self.forward_writes {
             command.arg("--forward-writes");
+        }
+        if let Some(bytes) = self.log_memory_bytes {
+            command.args(["--log-memory-bytes", &bytes.to_string()]);
         }
         if self.shards > 1 {
             command.args(["--shards", &self.shards.to_string()]);
@@ -709,8 +721,11 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     let _serial = serial();
     let Some(binary) = io_uring_or_skip() else { return };
     // Clients start at any node: followers forward their writes, so forwarded
-    // writes meet the leader's deaths too.
-    let mut cluster = Cluster::stopped(binary, 3, 24_000, None, true, 1).started();
+    // writes meet the leader's deaths too. The in-memory logs hold 4 KiB of
+    // payloads (`--log-memory-bytes`), so every node drops payloads all
+    // through the kills and torn tails (a restarted node further behind
+    // than that would get a snapshot taken for it).
+    let mut cluster = Cluster::stopped(binary, 3, 24_000, None, true, 1).with_log_memory_bytes(4 << 10).started();
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     let end = Instant::now() + chaos_duration();
@@ -747,7 +762,22 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     // forgets its stale match (issue 16; before, only a leader change
     // caught it up).
     cluster.converge();
-    eprintln!("three nodes: {kills} leader kills, {torn} torn WAL tails");
+    let installed: u64 = (1..=3)
+        .filter_map(|id| cluster.stats(id))
+        .map(|stats| stats["snapshots_installed"].as_u64().unwrap_or(0))
+        .sum();
+    let logs: Vec<String> = (1..=3)
+        .filter_map(|id| cluster.status(id))
+        .map(|s| {
+            format!(
+                "{}..{} payloads from {} snapshot {}",
+                s["first_index"], s["last_index"], s["payloads_from"], s["snapshot_index"]
+            )
+        })
+        .collect();
+    eprintln!(
+        "three nodes: {kills} leader kills, {torn} torn WAL tails, {installed} snapshots installed; logs {logs:?}"
+    );
     assert!(kills >= 2 && torn >= 1, "the fault schedule did not run");
     finish_and_check(&cluster, shared, handles, "three nodes, leader kills and torn WAL");
 }
