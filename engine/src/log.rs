@@ -266,8 +266,8 @@ impl RaftLog {
         self.handed = self.handed.max(index).min(self.last_index());
     }
 
-    /// Panics unless payloads were dropped only from applied entries (and
-    /// not from configuration entries) and `held_bytes` counts the rest.
+    /// Panics unless payloads were dropped only from applied entries and
+    /// `held_bytes` counts the rest.
     pub fn check_payloads(&self) {
         assert!(self.payloads_from() <= self.applied + 1, "payload dropped past applied {}", self.applied);
         let held: u64 = self.entries.iter().map(|entry| entry.data.len() as u64).sum();

@@ -298,10 +298,7 @@ impl ServeConfig {
         config.snapshot_entries_jitter = config.snapshot_entries / 2;
         config.snapshot_log_factor = self.snapshot_log_factor;
         config.snapshot_log_bytes = self.shard_snapshot_log_bytes();
-        config.log_memory_bytes = match self.log_memory_bytes {
-            0 => 0,
-            bytes => (bytes / u64::from(self.shards.max(1))).max(1),
-        };
+        config.log_memory_bytes = self.per_shard(self.log_memory_bytes);
         config.witness = self.witness;
         if !config.voters.is_empty() {
             config.witnesses = self.bootstrap_witnesses.clone();
@@ -317,7 +314,13 @@ impl ServeConfig {
     /// entry count (`--snapshot-entries`) counts groups, about a hundred
     /// writes each under load, so it is rarely reached.
     pub fn shard_snapshot_log_bytes(&self) -> u64 {
-        match self.snapshot_log_bytes {
+        self.per_shard(self.snapshot_log_bytes)
+    }
+
+    /// Each shard's even part of a node's budget of `bytes` (0 stays 0:
+    /// off; a budget never rounds down to off).
+    fn per_shard(&self, bytes: u64) -> u64 {
+        match bytes {
             0 => 0,
             bytes => (bytes / u64::from(self.shards.max(1))).max(1),
         }

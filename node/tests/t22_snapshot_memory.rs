@@ -36,6 +36,7 @@ use node::config::ClientConfig;
 use node::kv::{KvOp, KvResponse};
 
 mod common;
+use common::proc_memory;
 
 const TOKEN: &str = "test-cluster-token";
 const BASE_PORT: u16 = 23100;
@@ -119,16 +120,6 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`).
-fn proc_memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib << 10)
 }
 
 fn mib(bytes: u64) -> f64 {

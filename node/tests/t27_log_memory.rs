@@ -22,7 +22,7 @@ use node::client_cmd::BlockingClient;
 use node::kv::{KvOp, KvResponse};
 
 mod common;
-use common::SlotCluster;
+use common::{proc_memory, SlotCluster};
 
 const TOKEN: &str = "test-cluster-token";
 const BASE_PORT: u16 = 27_740;
@@ -37,16 +37,6 @@ const KEYS: u64 = 8;
 /// leader's cache of encoded batches for followers (64 MiB), the WAL's
 /// queue and receive buffers.
 const SLACK: u64 = 128 << 20;
-
-/// A field of `/proc/PID/status` in bytes (`VmRSS`).
-fn proc_memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib << 10)
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)

@@ -134,6 +134,17 @@ impl Drop for SlotCluster {
     }
 }
 
+/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`); 0 if the
+/// process is gone.
+pub fn proc_memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10)
+}
+
 /// The ids in a JSON array of numbers.
 pub fn ids(value: &serde_json::Value) -> Vec<u64> {
     value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
