@@ -17,7 +17,7 @@ use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, Snapsh
 
 mod no_space;
 mod snapshot;
-pub use snapshot::{SnapshotRead, SnapshotWrite};
+pub use snapshot::{SnapshotRead, SnapshotWrite, SNAPSHOT_RETRY_TICKS_MAX, SNAPSHOT_RETRY_TICKS_MIN};
 
 /// A node's role in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -268,9 +268,15 @@ pub struct Raft {
     /// A snapshot was asked of the shell and not yet reported.
     snapshot_requested: bool,
     /// The applied index when the snapshot was last asked for: a shell that
-    /// skipped it (it may not be able to take one at that moment) is asked
-    /// again an interval later, so the log never grows without bound.
+    /// neither took it nor said so is asked again an interval later, so the
+    /// log never grows without bound.
     snapshot_requested_at: Index,
+    /// A snapshot asked for was not taken ([`Raft::snapshot_not_taken`]):
+    /// it is asked again at this tick.
+    snapshot_retry_at: Option<u64>,
+    /// Snapshots asked for and not taken since the last one taken: each
+    /// doubles the pause before asking again.
+    snapshot_misses: u32,
     /// A follower waits for a fresh snapshot because the stored one ends
     /// before the payloads the log still holds: dropping payloads stops at
     /// `snapshot_requested_at` until the snapshot is reported, so the one
@@ -431,6 +437,8 @@ impl Raft {
             snapshot_size: 0,
             snapshot_requested: false,
             snapshot_requested_at: 0,
+            snapshot_retry_at: None,
+            snapshot_misses: 0,
             snapshot_wanted: false,
             applied_bytes_since_snapshot: 0,
             snapshot_due: false,
@@ -712,6 +720,7 @@ impl Raft {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.now += 1;
+        self.retry_snapshot();
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),

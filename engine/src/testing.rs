@@ -357,6 +357,8 @@ impl Cluster {
                 let size = data.len() as u64;
                 node.storage.apply_snapshot(meta.clone(), data);
                 node.raft.snapshot_created(meta, size);
+            } else {
+                node.raft.snapshot_not_taken();
             }
         }
         for read in reads {

@@ -43,17 +43,87 @@ fn a_skipped_snapshot_is_asked_for_again() {
         if raft.role() == Role::Leader {
             raft.propose(Bytes::from(i.to_le_bytes().to_vec())).unwrap();
         }
-        while raft.has_ready() {
-            let ready = raft.ready();
-            if let Some((index, term)) = ready.last_entry() {
-                raft.persisted(index, term);
-            }
-            asked += u32::from(ready.snapshot_due);
-            raft.advance(ready); // and never report a snapshot
-        }
+        // Never reporting a snapshot, taken or not.
+        asked += drain_readies(&mut raft, &mut |_| {});
     }
     assert!(raft.applied() >= 40);
     assert!(asked >= 6, "asked {asked} times over 40 applied entries with an interval of 5");
+}
+
+/// Handles every Ready of a single-node engine: its entries durable at
+/// once, and `on_due` called after the `advance` of each that asks for a
+/// snapshot. Returns how many asked for one.
+fn drain_readies(raft: &mut engine::Raft, on_due: &mut dyn FnMut(&mut engine::Raft)) -> u32 {
+    let mut asked = 0;
+    while raft.has_ready() {
+        let ready = raft.ready();
+        if let Some((index, term)) = ready.last_entry() {
+            raft.persisted(index, term);
+        }
+        let due = ready.snapshot_due;
+        raft.advance(ready);
+        if due {
+            asked += 1;
+            on_due(raft);
+        }
+    }
+    asked
+}
+
+/// Takes the snapshot asked for, at the applied index, reported with `size`
+/// bytes; returns that index.
+fn take_snapshot(raft: &mut engine::Raft, size: u64) -> u64 {
+    let applied = raft.applied();
+    let meta = raft.snapshot_meta_at(applied).expect("applied entries");
+    raft.snapshot_created(meta, size);
+    applied
+}
+
+#[test]
+fn a_snapshot_not_taken_is_asked_for_again_after_a_pause_that_doubles() {
+    // A shell that could not take a snapshot (storing it failed on a full
+    // disk, say) says so: the engine asks again after a pause, doubled by
+    // each miss in a row up to a bound, and from the start after one is
+    // taken. Without the call it would wait `snapshot_entries` entries.
+    let mut config = engine::Config::new(1, vec![1]);
+    config.snapshot_entries = 1_000_000;
+    config.snapshot_log_bytes = 100;
+    config.snapshot_log_factor = 0;
+    let mut raft = engine::Raft::new(config, engine::Recovered::default()).unwrap();
+    let mut not_taken = |raft: &mut engine::Raft| raft.snapshot_not_taken();
+    let mut taken = |raft: &mut engine::Raft| {
+        take_snapshot(raft, 100);
+    };
+    raft.tick();
+    drain_readies(&mut raft, &mut not_taken);
+    assert_eq!(raft.role(), Role::Leader);
+    raft.propose(Bytes::from(vec![7u8; 200])).unwrap();
+    assert_eq!(drain_readies(&mut raft, &mut not_taken), 1, "200 bytes applied ask for a snapshot");
+    let mut pauses = Vec::new();
+    for take in [false, false, false, false, false, false, false, false, false, true] {
+        let mut ticks = 0;
+        loop {
+            raft.tick();
+            ticks += 1;
+            if drain_readies(&mut raft, if take { &mut taken } else { &mut not_taken }) > 0 {
+                break;
+            }
+            assert!(ticks <= engine::SNAPSHOT_RETRY_TICKS_MAX, "not asked again within the longest pause");
+        }
+        pauses.push(ticks);
+    }
+    let min = engine::SNAPSHOT_RETRY_TICKS_MIN;
+    let expected: Vec<u64> = (0..10).map(|misses| (min << misses).min(engine::SNAPSHOT_RETRY_TICKS_MAX)).collect();
+    assert_eq!(pauses, expected);
+    assert_eq!(raft.snapshot().index, raft.applied(), "the last retry was taken");
+    // Taken: the next miss pauses the shortest time again.
+    raft.propose(Bytes::from(vec![7u8; 200])).unwrap();
+    assert_eq!(drain_readies(&mut raft, &mut not_taken), 1);
+    let ticks = (1..).find(|_| {
+        raft.tick();
+        drain_readies(&mut raft, &mut taken) > 0
+    });
+    assert_eq!(ticks, Some(min));
 }
 
 /// Drives a single-node engine through `count` proposals of `size` bytes,
@@ -67,20 +137,7 @@ fn snapshot_points(config: engine::Config, count: u32, size: usize, snapshot_siz
         if raft.role() == Role::Leader {
             raft.propose(Bytes::from(vec![7u8; size])).unwrap();
         }
-        while raft.has_ready() {
-            let ready = raft.ready();
-            if let Some((index, term)) = ready.last_entry() {
-                raft.persisted(index, term);
-            }
-            let due = ready.snapshot_due;
-            raft.advance(ready);
-            if due {
-                let applied = raft.applied();
-                points.push(applied);
-                let meta = raft.snapshot_meta_at(applied).expect("applied entries");
-                raft.snapshot_created(meta, snapshot_size);
-            }
-        }
+        drain_readies(&mut raft, &mut |raft| points.push(take_snapshot(raft, snapshot_size)));
     }
     points
 }

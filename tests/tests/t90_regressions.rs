@@ -778,12 +778,17 @@ fn a_membership_change_behind_another_is_answered_busy_and_goes_through_after_it
 
 /// A one-node cluster (node 2) once it leads, over the simulator's disk.
 fn single_voter_leader() -> tests::sim::node::SimNode {
+    single_voter_leader_with(Config::new(2, vec![2]))
+}
+
+/// Node 2 leading a group of itself alone, with this engine configuration.
+fn single_voter_leader_with(config: Config) -> tests::sim::node::SimNode {
     let mut node = {
         use std::cell::{Cell, RefCell};
         use std::rc::Rc;
         let effects = Rc::new(RefCell::new(tests::sim::effects::WriteEffects::default()));
         let clock = Rc::new(Cell::new(0));
-        tests::sim::node::SimNode::new(Config::new(2, vec![2]), 1, clock, std::time::Instant::now(), false, effects)
+        tests::sim::node::SimNode::new(config, 1, clock, std::time::Instant::now(), false, effects)
     };
     for _ in 0..100 {
         if node.is_leader(0) {
@@ -952,4 +957,61 @@ fn backup_chunks_until_replaced(node: &mut tests::sim::node::SimNode, index: u64
         ResponseStatus::Ok(bytes) => assert_eq!(&bytes[..], [node::shard::BACKUP_CHUNK_REPLACED]),
         other => panic!("a chunk of a replaced snapshot: {other:?}"),
     }
+}
+
+/// Found reading the snapshot path while bounding the in-memory log
+/// (2026-12-05): when the shell did not take a snapshot the engine asked
+/// for (storing it failed, on a full disk say, or another was being stored
+/// or restored), nothing told the engine, which still counted the snapshot
+/// as asked for and asked again only after `snapshot_entries` more applied
+/// entries (100,000 groups of writes in the node). Until then the log was
+/// never compacted however many bytes it grew by, and a follower that
+/// needed a fresh snapshot waited as long.
+///
+/// Fixed in engine/src/raft/snapshot.rs `Raft::snapshot_not_taken`, which
+/// the shard calls for a skipped or failed snapshot (node/src/shard/ready.rs,
+/// node/src/shard/snapshots.rs): the engine asks again after a pause that
+/// doubles with each miss in a row.
+#[test]
+fn a_snapshot_that_failed_to_store_is_taken_again() {
+    use net::{ClientRequest, RequestBody};
+    use tests::sim::node::{Request, Waiter};
+    let mut config = Config::new(2, vec![2]);
+    // A snapshot once 4 KiB of entries were applied; the count rule far off.
+    config.snapshot_log_bytes = 4096;
+    config.snapshot_log_factor = 0;
+    config.snapshot_entries = 1_000_000;
+    let mut node = single_voter_leader_with(config);
+    let write = |node: &mut tests::sim::node::SimNode, operation: u64| {
+        let command =
+            node::kv::KvOp::Put { key: Bytes::from(format!("k{operation}")), value: Bytes::from(vec![7; 5000]) };
+        let request = ClientRequest::plain(operation, RequestBody::Write { command: command.encode() });
+        node.request(Request { waiter: Waiter { client: 0, operation, attempt: 0 }, shard: 0, request });
+        node.process();
+        node.disk_progress(0, usize::MAX, true, false);
+    };
+    // The write is durable; applying it asks for a snapshot, whose store
+    // meets a full disk and is given up.
+    write(&mut node, 1);
+    node.set_disk_full(true);
+    for _ in 0..3 {
+        node.process();
+        node.disk_progress(0, usize::MAX, true, false);
+    }
+    assert_eq!(node.snapshots_taken(), 0, "the snapshot met a full disk");
+    node.set_disk_full(false);
+    // Room again: after a pause, with nothing more written, it is asked for
+    // and taken again.
+    for _ in 0..engine::SNAPSHOT_RETRY_TICKS_MIN * 2 {
+        node.tick();
+        settle(&mut node);
+    }
+    assert_eq!(node.snapshots_taken(), 1, "the snapshot was not taken again once the disk had room");
+    assert_eq!(node.raft(0).snapshot().index, node.raft(0).applied());
+    // And the byte rule goes on as before.
+    for operation in 2..5 {
+        write(&mut node, operation);
+        settle(&mut node);
+    }
+    assert!(node.snapshots_taken() >= 2, "no snapshot after the next 4 KiB");
 }

@@ -58,6 +58,14 @@ pub struct SnapshotWrite {
 const COMPLETE: u64 = u64::MAX;
 /// Heartbeat rounds without an acknowledgement before chunks are resent.
 const SNAPSHOT_STALL_ROUNDS: u32 = 3;
+/// The pause before asking again for a snapshot that was not taken: a
+/// tenth of a second in the node (10 ms ticks), long enough for one being
+/// stored to finish if it was small.
+pub const SNAPSHOT_RETRY_TICKS_MIN: u64 = 10;
+/// The longest such pause, reached after seven misses in a row: about ten
+/// seconds in the node, so that a snapshot that keeps failing (a disk that
+/// stays full) costs one attempt to serialize the state every ten seconds.
+pub const SNAPSHOT_RETRY_TICKS_MAX: u64 = 1 << 10;
 
 impl Raft {
     /// The metadata a snapshot of the state machine at `index` must carry:
@@ -81,6 +89,8 @@ impl Raft {
     /// it to followers. The log is compacted below it, keeping a tail.
     pub fn snapshot_created(&mut self, meta: SnapshotMeta, size: u64) {
         self.snapshot_requested = false;
+        self.snapshot_retry_at = None;
+        self.snapshot_misses = 0;
         let wanted = std::mem::take(&mut self.snapshot_wanted);
         if meta.index < self.snapshot.index || (meta.index == self.snapshot.index && self.snapshot_size != 0) {
             return;
@@ -100,6 +110,43 @@ impl Raft {
         }
         if wanted {
             self.send_wanted_snapshots();
+        }
+    }
+
+    /// The shell did not take the snapshot a Ready asked for
+    /// (`Ready::snapshot_due`): it was busy with another, or storing it
+    /// failed (a full disk, say). It is asked for again after a pause of
+    /// [`SNAPSHOT_RETRY_TICKS_MIN`] ticks, doubled by each miss in a row up
+    /// to [`SNAPSHOT_RETRY_TICKS_MAX`]. Without this call the engine would
+    /// wait `snapshot_entries` more applied entries (a hundred thousand
+    /// groups of writes in the node) before asking again, neither
+    /// compacting its log nor serving a follower that needs a fresh
+    /// snapshot meanwhile. Does nothing when no snapshot was asked for (one
+    /// the shell took on its own, such as an operator's).
+    pub fn snapshot_not_taken(&mut self) {
+        if !self.snapshot_requested {
+            return;
+        }
+        self.snapshot_requested = false;
+        let pause = (SNAPSHOT_RETRY_TICKS_MIN << self.snapshot_misses.min(16)).min(SNAPSHOT_RETRY_TICKS_MAX);
+        self.snapshot_retry_at = Some(self.now + pause);
+        self.snapshot_misses = self.snapshot_misses.saturating_add(1);
+    }
+
+    /// At each tick: asks again for a snapshot that was not taken, once its
+    /// pause is over (see [`Raft::snapshot_not_taken`]).
+    pub(super) fn retry_snapshot(&mut self) {
+        if self.snapshot_retry_at.is_some_and(|at| self.now >= at) {
+            self.snapshot_retry_at = None;
+            self.ask_snapshot();
+        }
+    }
+
+    /// Asks the shell for a snapshot unless one is asked for already or a
+    /// retry is waiting out its pause (which then asks).
+    fn ask_snapshot(&mut self) {
+        if !self.snapshot_requested && self.snapshot_retry_at.is_none() {
+            self.snapshot_due = true;
         }
     }
 
@@ -177,9 +224,7 @@ impl Raft {
                 pr.next_index = pr.match_index + 1;
             }
         }
-        if !self.snapshot_requested {
-            self.snapshot_due = true;
-        }
+        self.ask_snapshot();
     }
 
     /// The shell could not read the snapshot a [`SnapshotRead`] named (a
@@ -191,8 +236,8 @@ impl Raft {
                 pr.next_index = pr.match_index + 1;
             }
         }
-        if self.snapshot_size == 0 && !self.snapshot_requested {
-            self.snapshot_due = true;
+        if self.snapshot_size == 0 {
+            self.ask_snapshot();
         }
     }
 
@@ -208,9 +253,7 @@ impl Raft {
             // Compacted entries are always covered by a snapshot, but its
             // size is unknown after a restart until the shell reports it:
             // ask for a fresh one.
-            if !self.snapshot_requested {
-                self.snapshot_due = true;
-            }
+            self.ask_snapshot();
             return;
         }
         if self.snapshot.index + 1 < self.log.payloads_from() {
@@ -219,9 +262,7 @@ impl Raft {
             // it. A fresh one is taken (one being taken may be too old as
             // well: then the next call asks again).
             self.snapshot_wanted = true;
-            if !self.snapshot_requested {
-                self.snapshot_due = true;
-            }
+            self.ask_snapshot();
             return;
         }
         let (index, size) = (self.snapshot.index, self.snapshot_size);

@@ -149,7 +149,8 @@ where
             }
             if snapshot_due {
                 if let Err(reason) = self.take_snapshot_now() {
-                    tracing::debug!(shard = self.ctx.shard_id, reason, "snapshot skipped");
+                    tracing::debug!(shard = self.ctx.shard_id, reason, "snapshot skipped; asked again shortly");
+                    self.raft.snapshot_not_taken();
                 }
             }
             self.serve_snapshot_reads(reads).await;

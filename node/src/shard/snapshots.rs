@@ -163,7 +163,10 @@ where
                     self.snapshots.recent.clear();
                 }
             }
-            Err(error) => tracing::error!(shard = self.ctx.shard_id, %error, "storing a snapshot failed"),
+            Err(error) => {
+                tracing::error!(shard = self.ctx.shard_id, %error, "storing a snapshot failed; it is taken again later");
+                self.raft.snapshot_not_taken();
+            }
         }
     }
 
