@@ -71,8 +71,8 @@ struct Cluster {
     forward_writes: bool,
     /// Raft groups per node (`--shards`); keys are routed to them.
     shards: u32,
-    /// `--log-memory-bytes`, when not the default.
-    log_memory_bytes: Option<u64>,
+    /// More `node serve` options, after the ones every node gets.
+    extra_args: Vec<String>,
     nodes: BTreeMap<u64, Child>,
     separate_uids: bool,
     /// iptables rules to delete when the cluster goes away.
@@ -106,16 +106,16 @@ impl Cluster {
             snapshot_entries,
             forward_writes,
             shards,
-            log_memory_bytes: None,
+            extra_args: Vec::new(),
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
         }
     }
 
-    /// Runs the nodes with `--log-memory-bytes BYTES`.
-    fn with_log_memory_bytes(mut self, bytes: u64) -> Cluster {
-        self.log_memory_bytes = Some(bytes);
+    /// Runs the nodes with these more options.
+    fn with_args(mut self, args: &[&str]) -> Cluster {
+        self.extra_args.extend(args.iter().map(|arg| arg.to_string()));
         self
     }
 
@@ -198,9 +198,7 @@ impl Cluster {
         if self.forward_writes {
             command.arg("--forward-writes");
         }
-        if let Some(bytes) = self.log_memory_bytes {
-            command.args(["--log-memory-bytes", &bytes.to_string()]);
-        }
+        command.args(&self.extra_args);
         if self.shards > 1 {
             command.args(["--shards", &self.shards.to_string()]);
         }
@@ -725,7 +723,8 @@ fn three_nodes_leader_killed_repeatedly_and_torn_wal() {
     // payloads (`--log-memory-bytes`), so every node drops payloads all
     // through the kills and torn tails (a restarted node further behind
     // than that would get a snapshot taken for it).
-    let mut cluster = Cluster::stopped(binary, 3, 24_000, None, true, 1).with_log_memory_bytes(4 << 10).started();
+    let mut cluster =
+        Cluster::stopped(binary, 3, 24_000, None, true, 1).with_args(&["--log-memory-bytes", "4096"]).started();
     cluster.leader();
     let (shared, handles) = start_load(&cluster, 3);
     let end = Instant::now() + chaos_duration();
@@ -857,8 +856,14 @@ impl Drop for Tmpfs {
 /// without io_uring or the privilege to mount.
 fn three_on_small_tmpfs(base_port: u16) -> Option<(Vec<Tmpfs>, Cluster)> {
     let binary = io_uring_or_skip()?;
-    let mut cluster = Cluster::stopped(binary, 3, base_port, None, false, 1);
-    let Some(mounts) = cluster.start_on_tmpfs("100m") else {
+    started_on_tmpfs(Cluster::stopped(binary, 3, base_port, None, false, 1), "100m")
+}
+
+/// Starts `cluster` with each node's data directory on a tmpfs of `size`;
+/// `None` (said loudly) without the privilege to mount. Bound as one pair,
+/// the cluster goes before the file systems it uses.
+fn started_on_tmpfs(mut cluster: Cluster, size: &str) -> Option<(Vec<Tmpfs>, Cluster)> {
+    let Some(mounts) = cluster.start_on_tmpfs(size) else {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return None;
     };
@@ -953,6 +958,79 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     }
     let status = cluster.status(leader).expect("status");
     assert_eq!(status["disk_full"], serde_json::Value::Bool(false), "{status}");
+    drop(cluster);
+    drop(mounts);
+}
+
+/// The bytes a file system holds (`df`).
+fn used_bytes(path: &Path) -> u64 {
+    let out = Command::new("df").args(["-B1", "--output=used"]).arg(path).output().expect("df runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).and_then(|line| line.trim().parse().ok()).expect("df prints the used bytes")
+}
+
+/// A local snapshot that did not fit on a full disk was asked for again
+/// only after `--snapshot-entries` (100,000) more entries: the log went
+/// uncompacted that long, whatever room came back. Three nodes on tmpfs, a
+/// snapshot every 32 MiB of log; the leader's file system is shrunk to
+/// what it holds (its WAL segment is already allocated, so writes go on)
+/// while the writes that make a snapshot due arrive: the leader's snapshot
+/// fails. Once the file system grows again, the leader stores one within
+/// the retry pause (at most about 10 s), with no more writes.
+#[test]
+fn a_snapshot_that_met_a_full_disk_is_taken_once_there_is_room() {
+    let _serial = serial();
+    let Some(binary) = io_uring_or_skip() else { return };
+    let cluster = Cluster::stopped(binary, 3, 24_600, None, false, 1).with_args(&[
+        "--snapshot-log-bytes",
+        "33554432",
+        "--snapshot-log-factor",
+        "0",
+    ]);
+    let Some((mounts, cluster)) = started_on_tmpfs(cluster, "400m") else { return };
+    let leader = cluster.leader();
+    let mut client = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
+    for number in 0..10 {
+        let answer = client.call(big_put(number));
+        assert!(matches!(answer, Ok(ResponseStatus::Ok(_))), "write {number}: {answer:?}\n{}", cluster.describe());
+    }
+    let leader_mount = &mounts[(leader - 1) as usize];
+    let room = used_bytes(&cluster.data_dir(leader)) / 1024 + 1024;
+    assert!(leader_mount.try_resize(&format!("{room}k")), "shrink the leader's file system to {room} KiB");
+    // 35 MiB more: past the 32 MiB that make a snapshot due, within the
+    // WAL's 64 MiB segment. Writes may meet the full disk too (a spare
+    // segment, the hard state): then they stop.
+    let log_path = cluster.dir.join(format!("node-{leader}.log"));
+    let failed = || std::fs::read_to_string(&log_path).unwrap_or_default().contains("storing a snapshot failed");
+    for number in 10..80 {
+        if failed() {
+            break;
+        }
+        match client.call(big_put(number)) {
+            Ok(ResponseStatus::Ok(_)) => {}
+            Ok(ResponseStatus::NoSpace) => break,
+            other => panic!("write {number}: {other:?}\n{}", cluster.describe()),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failed() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(failed(), "the leader's snapshot did not meet the full disk\n{}", cluster.describe());
+    let snapshot_index =
+        |cluster: &Cluster| cluster.status(leader).and_then(|status| status["snapshot_index"].as_u64());
+    assert_eq!(snapshot_index(&cluster), Some(0), "{}", cluster.describe());
+    leader_mount.resize("400m");
+    let started = Instant::now();
+    while snapshot_index(&cluster).unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no snapshot 30 s after the disk had room again\n{}",
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("the leader stored a snapshot {:?} after the disk had room", started.elapsed());
     drop(cluster);
     drop(mounts);
 }
@@ -1065,16 +1143,8 @@ fn full_followers_make_the_leader_refuse_writes_with_no_space() {
 fn follower_receiving_a_snapshot_on_a_full_disk_waits_for_space() {
     let _serial = serial();
     let Some(binary) = iptables_or_skip() else { return };
-    // Declared first, so the file systems go after the nodes using them.
-    let mounts;
-    let mut cluster = Cluster::stopped(binary, 3, 24_700, Some(40), false, 1);
-    match cluster.start_on_tmpfs("300m") {
-        Some(mounted) => mounts = mounted,
-        None => {
-            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
-            return;
-        }
-    }
+    let cluster = Cluster::stopped(binary, 3, 24_700, Some(40), false, 1);
+    let Some((mounts, mut cluster)) = started_on_tmpfs(cluster, "300m") else { return };
     let leader = cluster.leader();
     let follower = cluster.all().into_iter().find(|&id| id != leader).expect("a follower");
     let others: Vec<u64> = cluster.all().into_iter().filter(|&id| id != follower).collect();
