@@ -1216,7 +1216,9 @@ impl Raft {
                 || (log_bytes > 0 && self.applied_bytes_since_snapshot >= log_bytes))
                 && (factor == 0 || self.applied_bytes_since_snapshot >= factor.saturating_mul(self.snapshot_size))
         };
-        if due {
+        // A snapshot not taken is asked for again when its pause is over
+        // (`retry_snapshot`), not at every apply meanwhile.
+        if due && self.snapshot_retry_at.is_none() {
             self.snapshot_due = true;
         }
         if self.pending_conf_index != 0 && applied >= self.pending_conf_index {
