@@ -9,7 +9,9 @@
 //! stores it, and reports it with [`Raft::snapshot_created`]; the engine then
 //! compacts its log, keeping `compaction_tail` entries (of at most a quarter
 //! of `snapshot_log_bytes`) for followers that are only a little behind, and
-//! tells the shell how far storage may compact.
+//! tells the shell how far storage may compact. A shell that cannot take or
+//! store it says so with [`Raft::snapshot_not_taken`], and is asked again
+//! after a pause that doubles with each miss in a row.
 //!
 //! Sending one: a follower whose next entry was compacted moves to the
 //! `Snapshot` state. The leader asks the shell (through `snapshot_reads`) to
