@@ -331,9 +331,6 @@ pub struct Raft {
     /// How many times this replica started a repair to [`REPAIR_UNKNOWN`]
     /// (a shell may miss one that started and ended between two Readies).
     unknown_repairs: u64,
-    /// When this replica last told a pre-vote asker its campaigns do not
-    /// reach its log (see `report_to_asker`).
-    report_sent_at: Option<u64>,
     /// This replica is a witness: configured as one, or listed as one by a
     /// configuration it installed since it started. Sticky: a witness's log
     /// lacks payloads, so a later configuration that drops it (a removal,
@@ -458,7 +455,6 @@ impl Raft {
             unverified,
             reports: BTreeMap::new(),
             unknown_repairs: 0,
-            report_sent_at: None,
             witness: config.witness || conf.is_witness(id),
             repair_nudge: 0,
             no_space: false,
@@ -2016,37 +2012,7 @@ impl Raft {
         }
         let body = if pre { MessageBody::PreVoteResponse { granted } } else { MessageBody::VoteResponse { granted } };
         self.send(Message { from: self.id, to: from, term: response_term, body });
-        self.report_to_asker(from);
         Ok(())
-    }
-
-    /// A replica asked for a (pre-)vote by a node its own campaigns would not
-    /// reach (the asker is not a voter in this replica's configuration, or
-    /// this replica is not a voter in it: removed, or a learner) tells the
-    /// asker its log, in a pre-vote request of its own (which changes no
-    /// term and no vote, so it disturbs nobody), at most once per
-    /// election timeout. The asker's configuration lists this replica as a
-    /// voter, and a replica that cannot know its past (see
-    /// `unknown_past_vote_allowed`) votes only after hearing the logs of
-    /// enough voters of its own configuration, which may be an old one:
-    /// without this it could wait forever for a node that has left that
-    /// configuration or moved on to a later one (seeds 8822, 42312 and
-    /// others of `three_nodes`: a wiped voter still listing a node being
-    /// removed, needed for the vote of a joint configuration, left the
-    /// group with no leader for good). The report is the one a voter sends
-    /// when it campaigns, and the rule that counts it is unchanged. The
-    /// answer to it (a pre-vote response) is ignored.
-    fn report_to_asker(&mut self, to: NodeId) {
-        if self.conf.is_voter(self.id) && self.conf.is_voter(to) {
-            return;
-        }
-        let window = u64::from(self.config.election_ticks_min);
-        if self.report_sent_at.is_some_and(|at| self.now < at + window) {
-            return;
-        }
-        self.report_sent_at = Some(self.now);
-        let request = self.vote_request(false);
-        self.send(Message { from: self.id, to, term: self.term + 1, body: MessageBody::PreVote(request) });
     }
 
     /// Whether a replica with an unknown past may vote for a candidate with

@@ -408,39 +408,14 @@ fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
     let start: u64 =
         std::env::var("ENGINE_SEED_START").map_or(0, |s| s.parse().expect("ENGINE_SEED_START is a number"));
     for seed in start..start + seeds {
-        run_reporting(nodes, witnesses, seed, name);
-    }
-}
-
-/// Runs one seed; a failure prints the command that replays it.
-fn run_reporting(nodes: u64, witnesses: &[NodeId], seed: u64, name: &str) {
-    let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, witnesses, seed)));
-    if let Err(panic) = result {
-        eprintln!(
-            "\nrandomized cluster test failed: {nodes} nodes (witnesses {witnesses:?}), seed {seed}\n\
-             replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {name} --nocapture\n"
-        );
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Seeds beyond the 2,000 every run covers that once failed, run every
-/// time.
-///
-/// `three_nodes` 8822, 9901, 26942, 30441, 42312, 42795 and 45040 (found by
-/// campaigns of up to 100,000 seeds, 2026-12-05): no leader, ever. A voter
-/// that cannot know its past (its storage was wiped: an empty log, or in
-/// repair to an unknown target) votes only after hearing the logs of
-/// enough voters of its own configuration, which was the starting one
-/// listing a node since removed; the group's joint configuration needed
-/// its vote, and the removed node, no longer a voter in its own eyes,
-/// never campaigned, so its log was never heard. Fixed in
-/// engine/src/raft.rs `report_to_asker`: a replica that is not a voter in
-/// its own configuration answers a pre-vote request with its log.
-#[test]
-fn seeds_that_failed_once() {
-    for seed in [8822, 9901, 26942, 30441, 42312, 42795, 45040] {
-        run_reporting(3, &[], seed, "three_nodes");
+        let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, witnesses, seed)));
+        if let Err(panic) = result {
+            eprintln!(
+                "\nrandomized cluster test failed: {nodes} nodes (witnesses {witnesses:?}), seed {seed}\n\
+                 replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {name} --nocapture\n"
+            );
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
