@@ -158,11 +158,16 @@ impl Cluster {
         std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the node's log file")
     }
 
+    /// What node `id` logged so far (empty before it starts).
+    fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
     /// The tail of every node's log and its status, for a failure message.
     fn describe(&self) -> String {
         let mut out = String::new();
         for id in self.all() {
-            let log = std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
+            let log = self.log_text(id);
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             out += &format!(
@@ -962,13 +967,6 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     drop(mounts);
 }
 
-/// The bytes a file system holds (`df`).
-fn used_bytes(path: &Path) -> u64 {
-    let out = Command::new("df").args(["-B1", "--output=used"]).arg(path).output().expect("df runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().nth(1).and_then(|line| line.trim().parse().ok()).expect("df prints the used bytes")
-}
-
 /// A local snapshot that did not fit on a full disk was asked for again
 /// only after `--snapshot-entries` (100,000) more entries: the log went
 /// uncompacted that long, whatever room came back. Three nodes on tmpfs, a
@@ -995,13 +993,12 @@ fn a_snapshot_that_met_a_full_disk_is_taken_once_there_is_room() {
         assert!(matches!(answer, Ok(ResponseStatus::Ok(_))), "write {number}: {answer:?}\n{}", cluster.describe());
     }
     let leader_mount = &mounts[(leader - 1) as usize];
-    let room = used_bytes(&cluster.data_dir(leader)) / 1024 + 1024;
+    let room = used_kib(&cluster.data_dir(leader)) + 1024;
     assert!(leader_mount.try_resize(&format!("{room}k")), "shrink the leader's file system to {room} KiB");
     // 35 MiB more: past the 32 MiB that make a snapshot due, within the
     // WAL's 64 MiB segment. Writes may meet the full disk too (a spare
     // segment, the hard state): then they stop.
-    let log_path = cluster.dir.join(format!("node-{leader}.log"));
-    let failed = || std::fs::read_to_string(&log_path).unwrap_or_default().contains("storing a snapshot failed");
+    let failed = || cluster.log_text(leader).contains("storing a snapshot failed");
     for number in 10..80 {
         if failed() {
             break;
@@ -1099,7 +1096,7 @@ fn full_followers_make_the_leader_refuse_writes_with_no_space() {
         let status = cluster.status(id).expect("a full follower answers its status");
         assert_eq!(status["disk_full"], serde_json::Value::Bool(true), "node {id}: {status}");
     }
-    let log = std::fs::read_to_string(cluster.dir.join(format!("node-{leader}.log"))).unwrap_or_default();
+    let log = cluster.log_text(leader);
     assert!(log.contains("peers report a full disk"), "the leader did not say which peers are full\n{log}");
     // Space comes back: writes resume without a restart.
     for &id in &followers {
