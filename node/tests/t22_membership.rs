@@ -99,7 +99,16 @@ fn three_nodes_grow_to_five_through_one_member_which_then_dies() {
     let mut cluster = new_cluster(23100);
     cluster.bootstrap(3);
     cluster.leader();
-    // A client given node 1 only: it learns the members from it.
+    // A client given node 1 only: it learns the members from it, at its
+    // first call, so only once node 1 knows their client addresses (each
+    // member announces its own once there is a leader; under CI's load that
+    // came after the first call once, and the client, knowing node 1
+    // alone, had nowhere to go when it died).
+    cluster.wait_status(1, "the members' client addresses", |status| {
+        status["members"]
+            .as_array()
+            .is_some_and(|members| members.len() == 3 && members.iter().all(|member| member["client_addr"].is_string()))
+    });
     let mut client = BlockingClient::new(&cluster.client(&[1])).expect("a client");
     put(&mut client, "before", "growing");
 
