@@ -23,6 +23,12 @@ use crate::session::{OpenedSession, Session};
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Pause after a failed connection before trying the next node.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// How often a client that keeps calling asks again who the members are: a
+/// node answers with the members whose client addresses it knows, and right
+/// after a start or a membership change that may be only itself, so one
+/// question at the first answer is not enough to fail over later. One status
+/// request a second per busy client.
+const RELEARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a call gave up or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -168,8 +174,11 @@ pub struct Client<C: Connector = TcpConnector> {
     next_request_id: u64,
     /// The cluster's shard count, once a node told it.
     shards: Option<u32>,
-    /// Whether the members were asked for since the last failed connection.
-    learned: bool,
+    /// When the members were last asked for; `None` after a failed
+    /// connection (ask the next node that answers).
+    learned_at: Option<Instant>,
+    /// How long an answer to that question stays fresh ([`RELEARN_EVERY`]).
+    relearn_every: Duration,
     /// How many of `addrs` were given; the rest were learned, and are tried
     /// once a connection failed (until then the client behaves as if it
     /// knew the given nodes only).
@@ -200,7 +209,8 @@ impl<C: Connector> Client<C> {
             attempt: 0,
             next_request_id: 1,
             shards: None,
-            learned: false,
+            learned_at: None,
+            relearn_every: RELEARN_EVERY,
             given: addrs_len,
             widened: false,
         }
@@ -287,7 +297,7 @@ impl<C: Connector> Client<C> {
                     self.target = None;
                     // Ask the next node that answers who the members are now,
                     // and try the learned ones too.
-                    self.learned = false;
+                    self.learned_at = None;
                     self.widened = true;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
@@ -298,7 +308,7 @@ impl<C: Connector> Client<C> {
                     break;
                 }
             };
-            if !self.learned {
+            if self.learned_at.is_none_or(|at| at.elapsed() >= self.relearn_every) {
                 self.learn_members(&addr).await;
             }
             if let Some(leader) = self.connector.leader(&status) {
@@ -330,7 +340,7 @@ impl<C: Connector> Client<C> {
     /// Adds the members the node at `addr` knows to the nodes this client
     /// tries, so that it goes on when the nodes it was given fail.
     async fn learn_members(&mut self, addr: &C::Address) {
-        self.learned = true;
+        self.learned_at = Some(Instant::now());
         match self.connector.members(addr).await {
             Ok(members) => {
                 for member in members {
@@ -434,5 +444,76 @@ impl<C: Connector> Client<C> {
             ResponseStatus::Ok(answer) => Ok(answer),
             other => Err(CallError::Refused(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// Nodes named by number: each answers every request with `Ok` while it
+    /// runs, and names the members it knows when asked.
+    #[derive(Default)]
+    struct Nodes {
+        running: BTreeMap<u32, Vec<u32>>,
+    }
+
+    struct FakeConnector(Rc<RefCell<Nodes>>);
+
+    impl Connector for FakeConnector {
+        type Address = u32;
+
+        async fn exchange(&mut self, node: &u32, _: u32, _: &ClientRequest) -> Result<ResponseStatus, String> {
+            match self.0.borrow().running.contains_key(node) {
+                true => Ok(ResponseStatus::Ok(Bytes::from_static(b"done"))),
+                false => Err(format!("node {node} is down")),
+            }
+        }
+
+        fn leader(&self, _: &ResponseStatus) -> Option<u32> {
+            None
+        }
+
+        fn forget(&mut self, _: &u32) {}
+
+        async fn shards(&mut self, _: &u32) -> Result<u32, String> {
+            Ok(1)
+        }
+
+        async fn members(&mut self, node: &u32) -> Result<Vec<u32>, String> {
+            self.0.borrow().running.get(node).cloned().ok_or_else(|| format!("node {node} is down"))
+        }
+    }
+
+    /// A node that knew only itself when the client first asked (it had not
+    /// heard the others' client addresses yet) must not leave the client
+    /// unable to fail over for the rest of its life: the client asks again
+    /// while it keeps calling, and so reaches node 2 once node 1 is gone.
+    #[test]
+    fn a_client_asks_again_who_the_members_are_and_fails_over_to_one_learned_later() {
+        tokio_uring::start(async {
+            let nodes = Rc::new(RefCell::new(Nodes::default()));
+            nodes.borrow_mut().running.insert(1, vec![1]);
+            nodes.borrow_mut().running.insert(2, vec![1, 2]);
+            let mut client = Client::with_connector(FakeConnector(nodes.clone()), vec![1], 0, Duration::from_secs(1));
+            client.relearn_every = Duration::ZERO;
+            client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.expect("node 1 answers");
+            assert_eq!(client.known_nodes(), &[1], "node 1 knew only itself at first");
+
+            nodes.borrow_mut().running.insert(1, vec![1, 2]);
+            client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.expect("node 1 answers");
+            assert_eq!(client.known_nodes(), &[1, 2], "asked again at the next answer");
+
+            nodes.borrow_mut().running.remove(&1);
+            let answer = client
+                .read(Bytes::from_static(b"k"), ReadConsistency::Linearizable)
+                .await
+                .expect("node 2 answers once node 1 is gone");
+            assert_eq!(answer, Bytes::from_static(b"done"));
+        });
     }
 }
