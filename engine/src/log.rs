@@ -96,6 +96,19 @@ impl RaftLog {
         }
     }
 
+    /// Marks the payloads up to `index` (at most the applied index) as
+    /// dropped: a store that recovered them without payloads (see
+    /// `Recovered::applied`).
+    pub fn payloads_dropped_to(&mut self, index: Index) {
+        debug_assert!(index <= self.applied, "only applied entries lose their payloads");
+        debug_assert!(self
+            .entries
+            .iter()
+            .take_while(|entry| entry.index <= index)
+            .all(|entry| { entry.data.is_empty() || entry.kind == EntryKind::Config }));
+        self.evicted = self.evicted.max(index.min(self.applied));
+    }
+
     pub fn first_index(&self) -> Index {
         self.offset_index + 1
     }

@@ -361,7 +361,7 @@ impl Raft {
     /// Builds an engine from what the node recovered from its storage.
     pub fn new(config: Config, recovered: Recovered) -> Result<Raft, ConfigError> {
         config.validate()?;
-        let Recovered { hard_state, snapshot, entries, acknowledged } = recovered;
+        let Recovered { hard_state, snapshot, entries, acknowledged, applied, applied_bytes } = recovered;
         let (offset_index, offset_term, conf) = match &snapshot {
             Some(meta) => (meta.index, meta.term, meta.conf.clone()),
             None => (
@@ -388,6 +388,14 @@ impl Raft {
             Some(_) => offset_index,
             None => hard_state.commit.clamp(offset_index, log.last_index()),
         };
+        if applied > offset_index && (repair.is_some() || applied > log.committed) {
+            return Err(ConfigError(format!(
+                "the store dropped the payloads of entries up to {applied}, beyond what counts as committed \
+                 ({}{}): they cannot be applied",
+                log.committed,
+                if repair.is_some() { ", repairing" } else { "" }
+            )));
+        }
         // Only a member of its own starting configuration (a node that
         // bootstraps a cluster, not one started to join it) is presumed to
         // have been a voter before.
@@ -462,6 +470,13 @@ impl Raft {
             config,
         };
         raft.encoded_last = raft.log.last_index();
+        if applied > offset_index {
+            // Applied by the shell before its first Ready (see
+            // `Recovered::applied`); the snapshot rules see them as applied.
+            raft.applied_bytes_since_snapshot = applied_bytes;
+            raft.advance_applied(applied);
+            raft.log.payloads_dropped_to(applied);
+        }
         raft.reset_election_timeout();
         // The latest configuration entry in the log is in force (thesis 4.1).
         crate::membership::conf_after_append(&mut raft, offset_index + 1);

@@ -26,6 +26,15 @@ pub struct Recovered {
     /// been counted for, and the engine starts in repair (see
     /// [`crate::Raft::repair_target`]).
     pub acknowledged: Index,
+    /// The entries up to this index (committed, after the snapshot) hold no
+    /// payload: the store dropped them while it read them (to bound the
+    /// memory of a restart) and the shell applies them itself, read again
+    /// from the store, before its first `Ready`; the engine counts them as
+    /// applied. 0 (or the snapshot's index): none.
+    pub applied: Index,
+    /// The payload bytes of those entries (the snapshot rules count them as
+    /// applied since the last snapshot).
+    pub applied_bytes: u64,
 }
 
 /// Why a log operation cannot be done. These are caller errors against the
@@ -158,6 +167,8 @@ impl MemStorage {
             snapshot: (self.snapshot_meta.index > 0).then(|| self.snapshot_meta.clone()),
             entries: self.entries.clone(),
             acknowledged: 0,
+            applied: 0,
+            applied_bytes: 0,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use engine::testing::Cluster;
-use engine::Role;
+use engine::{Index, Role};
 
 #[test]
 fn three_nodes_elect_and_commit() {
@@ -256,4 +256,42 @@ fn the_committed_log_refuses_a_different_committed_entry() {
 fn log_matching_refuses_logs_that_match_at_an_index_but_differ_below() {
     let (left, right) = diverged_pair();
     engine::testing::check_log_matching(&[(1, &left), (2, &right)], "test");
+}
+
+/// A store that recovered the oldest committed entries without their
+/// payloads (to bound a restart's memory) hands them to the shell to apply
+/// itself: the engine counts them as applied, hands out only the committed
+/// entries after them, and its snapshot rules count their bytes. It refuses
+/// such a log when those entries do not count as committed.
+#[test]
+fn entries_recovered_without_payloads_count_as_applied() {
+    use engine::{Entry, EntryKind, HardState, Recovered};
+    let recovered = |applied: Index, acknowledged: Index| Recovered {
+        hard_state: HardState { term: 1, vote: 1, commit: 8, ack_term: 1 },
+        snapshot: None,
+        entries: (1..=10)
+            .map(|index| {
+                let data = if index <= applied { Bytes::new() } else { Bytes::from(vec![index as u8; 100]) };
+                Entry { index, term: 1, kind: EntryKind::Normal, data }
+            })
+            .collect(),
+        acknowledged,
+        applied,
+        applied_bytes: applied * 100,
+    };
+    let mut config = engine::Config::new(1, vec![1]);
+    config.snapshot_log_bytes = 500;
+    let mut raft = engine::Raft::new(config.clone(), recovered(6, 0)).unwrap();
+    assert_eq!(raft.applied(), 6);
+    let ready = raft.ready();
+    let handed: Vec<Index> = ready.committed_entries.iter().map(|entry| entry.index).collect();
+    assert_eq!(handed, vec![7, 8], "only the committed entries after those the shell applied");
+    assert!(ready.snapshot_due, "600 bytes applied since the last snapshot, beyond the 500 the rule allows");
+    raft.advance(ready);
+    assert_eq!(raft.applied(), 8);
+
+    let beyond_commit = engine::Raft::new(config.clone(), recovered(9, 0));
+    assert!(beyond_commit.is_err(), "entry 9 is not known committed: the shell cannot apply it");
+    let in_repair = engine::Raft::new(config, recovered(6, 20));
+    assert!(in_repair.is_err(), "a replica in repair counts nothing as committed");
 }

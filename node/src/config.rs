@@ -298,7 +298,7 @@ impl ServeConfig {
         config.snapshot_entries_jitter = config.snapshot_entries / 2;
         config.snapshot_log_factor = self.snapshot_log_factor;
         config.snapshot_log_bytes = self.shard_snapshot_log_bytes();
-        config.log_memory_bytes = self.per_shard(self.log_memory_bytes);
+        config.log_memory_bytes = self.shard_log_memory_bytes();
         config.witness = self.witness;
         if !config.voters.is_empty() {
             config.witnesses = self.bootstrap_witnesses.clone();
@@ -319,6 +319,13 @@ impl ServeConfig {
 
     /// Each shard's even part of a node's budget of `bytes` (0 stays 0:
     /// off; a budget never rounds down to off).
+    /// The in-memory log budget of one shard (`--log-memory-bytes` split
+    /// over the shards; 0: no bound): the engine's, and the WAL's while it
+    /// recovers.
+    pub fn shard_log_memory_bytes(&self) -> u64 {
+        self.per_shard(self.log_memory_bytes)
+    }
+
     fn per_shard(&self, bytes: u64) -> u64 {
         match bytes {
             0 => 0,

@@ -32,6 +32,7 @@ fn hard_state_commit_never_covers_entries_not_yet_durable() {
         snapshot: None,
         entries: vec![entry(1, 1, b"a"), entry(2, 1, b"stale")],
         acknowledged: 0,
+        ..Recovered::default()
     };
     let mut follower = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     let append = AppendRequest {
@@ -243,6 +244,7 @@ fn replica_that_lost_acknowledged_entries_grants_no_vote() {
         snapshot: None,
         entries,
         acknowledged: 0,
+        ..Recovered::default()
     };
     let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     assert_eq!(replica.repair_target(), Some(5));
@@ -417,6 +419,7 @@ fn repair_ends_on_a_later_leaders_log_short_of_the_target() {
             snapshot: None,
             entries: (1..=3).map(|index| entry(index, 1)).collect(),
             acknowledged: 5,
+            ..Recovered::default()
         };
         let replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
         assert_eq!(replica.repair_target(), Some(5), "it lost acknowledged entries 4 and 5");
@@ -490,6 +493,7 @@ fn replica_in_repair_after_failed_elections_votes_for_a_complete_log() {
         snapshot: None,
         entries,
         acknowledged: 2,
+        ..Recovered::default()
     };
     let mut replica = Raft::new(Config::new(1, vec![1, 2, 3]), recovered).expect("valid config");
     assert_eq!(replica.repair_target(), Some(2));
@@ -527,6 +531,7 @@ fn replica_in_repair_votes_for_a_candidate_that_committed_its_target() {
         snapshot: Some(snapshot),
         entries,
         acknowledged: 72,
+        ..Recovered::default()
     };
     let mut replica = Raft::new(Config::new(2, vec![1, 2, 3]), recovered).expect("valid config");
     assert_eq!(replica.repair_target(), Some(72));

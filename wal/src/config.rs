@@ -92,6 +92,15 @@ pub struct WalConfig {
     /// segments are deleted. The pool holds its files' space: at most this
     /// many segments more than the log needs. 0: never recycle.
     pub recycled_segments_max: usize,
+    /// The most payload bytes of committed entries recovery holds while it
+    /// reads the log (0: no bound). Beyond it the oldest committed entries'
+    /// payloads are dropped as the log is read (their index, term and kind
+    /// stay; configuration entries keep theirs) and read again, record by
+    /// record, with [`crate::Wal::read_recovered`], for the shell to apply
+    /// them before it serves: a log since the last snapshot of gigabytes
+    /// then costs a restart this bound plus a few segments of memory, not
+    /// its size. The node sets its per-shard `--log-memory-bytes`.
+    pub recovery_payload_bytes: u64,
 }
 
 impl WalConfig {
@@ -113,6 +122,7 @@ impl WalConfig {
             snapshot_write_rate: 8 << 20,
             snapshot_log_slack: 128 << 20,
             recycled_segments_max: RECYCLED_SEGMENTS_MAX_DEFAULT,
+            recovery_payload_bytes: 0,
         }
     }
 

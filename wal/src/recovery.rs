@@ -77,12 +77,13 @@
 //! conflict truncation is just such a record, so it is durable exactly when the
 //! record is). Entries at or below the snapshot index are dropped.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use engine::batch::{peek_batch_length, BatchError, BATCH_HEADER_SIZE, BATCH_MAGIC, BATCH_VERSION};
-use engine::{Entry, EntryBatch, Index};
+use engine::{Entry, EntryBatch, EntryKind, Index};
 
 use crate::config::WalConfig;
 use crate::dir::{list_with_suffix, sync_dir_blocking};
@@ -286,14 +287,50 @@ fn valid_batch_length(buf: &Bytes, at: usize, salt: u32, batch_limit: usize) -> 
 
 /// The log being rebuilt from records.
 ///
-/// Invariant: `entries[i].index == snapshot_index + 1 + i`.
+/// Invariants: `entries[i].index == snapshot_index + 1 + i`; the entries up
+/// to `dropped_to` hold no payload unless they are configuration entries,
+/// and `records` name, in log order, the records the entries after the
+/// snapshot came from (their `first..=last` cover the log without gaps);
+/// `held` is the sum of the payloads held.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
     pub snapshot_index: Index,
     pub entries: Vec<Entry>,
+    /// See [`WalConfig::recovery_payload_bytes`] (0: no bound).
+    pub payload_budget: u64,
+    /// The highest index whose payload may be dropped: the saved commit
+    /// index (an entry above it may yet be replaced, and is applied through
+    /// the engine).
+    pub drop_limit: Index,
+    pub held: u64,
+    /// The highest index whose payload was dropped (the snapshot index when
+    /// none was).
+    pub dropped_to: Index,
+    /// The payload bytes dropped (entries a later record replaced
+    /// included: a count for the snapshot rules, not an exact one).
+    pub dropped_bytes: u64,
+    pub records: VecDeque<RecordAt>,
+}
+
+/// Where the entries `first..=last` of the log were read: the record at
+/// `offset` (`length` bytes) of the segment at `segment` (its position in
+/// the segments read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordAt {
+    pub segment: usize,
+    pub offset: usize,
+    pub length: usize,
+    pub first: Index,
+    pub last: Index,
 }
 
 impl Replay {
+    /// An empty log after a snapshot at `snapshot_index`, holding at most
+    /// `payload_budget` payload bytes of entries up to `drop_limit`.
+    pub(crate) fn new(snapshot_index: Index, drop_limit: Index, payload_budget: u64) -> Replay {
+        Replay { snapshot_index, drop_limit, payload_budget, dropped_to: snapshot_index, ..Replay::default() }
+    }
+
     pub(crate) fn last_index(&self) -> Index {
         self.snapshot_index + self.entries.len() as u64
     }
@@ -305,17 +342,63 @@ impl Replay {
         self.entries.get(offset as usize).map(|entry| entry.term)
     }
 
-    /// Applies one record that does not leave a gap (see [`misplaced`]):
-    /// truncate from its first index, then append what lies after the
-    /// snapshot.
-    pub(crate) fn apply(&mut self, batch: &EntryBatch) {
+    /// Applies one record, read from `segment` at `span`, that does not
+    /// leave a gap (see [`misplaced`]): truncate from its first index, then
+    /// append what lies after the snapshot, and drop the oldest committed
+    /// payloads beyond the budget.
+    pub(crate) fn apply(&mut self, batch: &EntryBatch, segment: usize, span: RecordSpan) {
         let first = batch.first_index();
         debug_assert!(first <= self.last_index() + 1, "checked by `misplaced`");
         let keep = first.max(self.snapshot_index + 1) - self.snapshot_index - 1;
+        self.held -= self.entries[keep as usize..].iter().map(|entry| entry.data.len() as u64).sum::<u64>();
         self.entries.truncate(keep as usize);
+        let last_kept = self.last_index();
+        self.dropped_to = self.dropped_to.min(last_kept);
+        while self.records.back().is_some_and(|record| record.first > last_kept) {
+            self.records.pop_back();
+        }
+        if let Some(record) = self.records.back_mut() {
+            record.last = record.last.min(last_kept);
+        }
         let snapshot_index = self.snapshot_index;
+        let before = self.entries.len();
         self.entries.extend(batch.entries().filter(|entry| entry.index > snapshot_index));
+        self.held += self.entries[before..].iter().map(|entry| entry.data.len() as u64).sum::<u64>();
+        if self.entries.len() > before {
+            let (offset, length) = (span.offset, span.length);
+            let (first, last) = (self.entries[before].index, self.last_index());
+            self.records.push_back(RecordAt { segment, offset, length, first, last });
+        }
         debug_assert!(self.entries.first().is_none_or(|entry| entry.index == self.snapshot_index + 1));
+        self.drop_payloads();
+    }
+
+    /// Drops the payloads of the oldest entries up to the drop limit while
+    /// more than the budget is held. A dropped payload frees its segment's
+    /// buffer once no other entry holds a slice of it: with the oldest
+    /// dropped first, the buffers go in the order they were read.
+    fn drop_payloads(&mut self) {
+        if self.payload_budget == 0 {
+            return;
+        }
+        let limit = self.drop_limit.min(self.last_index());
+        while self.held > self.payload_budget && self.dropped_to < limit {
+            let entry = &mut self.entries[(self.dropped_to - self.snapshot_index) as usize];
+            if entry.kind != EntryKind::Config {
+                self.held -= entry.data.len() as u64;
+                self.dropped_bytes += entry.data.len() as u64;
+                entry.data = Bytes::new();
+            }
+            self.dropped_to += 1;
+        }
+    }
+
+    /// The records that hold the dropped payloads, in log order; the others
+    /// are forgotten.
+    pub(crate) fn dropped_records(&mut self) -> Vec<RecordAt> {
+        let dropped_to = self.dropped_to;
+        let records = std::mem::take(&mut self.records);
+        records.into_iter().take_while(|record| record.first <= dropped_to).collect()
     }
 }
 
@@ -326,6 +409,15 @@ pub(crate) struct RecoveredLog {
     /// The highest index of the valid records the cut removed (0 if none).
     pub damage_index_max: Index,
     pub entries: Vec<Entry>,
+    /// The entries up to this index hold no payload (unless configuration
+    /// entries): see [`WalConfig::recovery_payload_bytes`]. The snapshot's
+    /// index (or 0) when none was dropped.
+    pub dropped_to: Index,
+    /// Their payload bytes (see `Replay::dropped_bytes`).
+    pub dropped_bytes: u64,
+    /// The records that hold the dropped payloads, in log order, with the
+    /// position of their segment in `segments`.
+    pub dropped_records: Vec<RecordAt>,
     /// Live segments in sequence order; the last is where writing resumes.
     pub segments: Vec<SegmentMeta>,
     /// The write position in the last segment.
@@ -336,14 +428,15 @@ pub(crate) struct RecoveredLog {
 
 /// Recovers the log in `config.dir` on top of the stored snapshot. Blocking:
 /// this is start-up work, done before the shard serves.
-pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> Result<RecoveredLog, WalError> {
+/// Payloads of entries up to `commit` (the saved commit index) may be
+/// dropped as [`WalConfig::recovery_payload_bytes`] says.
+pub(crate) fn recover(
+    config: &WalConfig,
+    head: Option<&StoredSnapshot>,
+    commit: Index,
+) -> Result<RecoveredLog, WalError> {
     let dir = &config.dir;
-    let mut directory_changed = false;
-    // Spares and temporaries from an earlier run are never part of the log.
-    for leftover in list_with_suffix(dir, PREALLOC_SUFFIX)?.into_iter().chain(list_with_suffix(dir, ".tmp")?) {
-        fs::remove_file(&leftover).map_err(|error| WalError::io("removing", &leftover, error))?;
-        directory_changed = true;
-    }
+    let mut directory_changed = remove_leftovers(dir)?;
     let mut segments = Vec::new();
     let mut sequence_seen = 0;
     for path in list_with_suffix(dir, SEGMENT_SUFFIX)? {
@@ -352,7 +445,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
             return Err(WalError::corrupt(&path, 0, "a segment name SEQUENCE-FIRSTINDEX[-SALT].wal", name.to_string()));
         };
         sequence_seen = sequence_seen.max(sequence);
-        if snapshot.is_some_and(|stored| sequence < stored.segment_sequence_min) {
+        if head.is_some_and(|stored| sequence < stored.segment_sequence_min) {
             // Voided by a snapshot that disagreed with the log; its removal was
             // interrupted.
             fs::remove_file(&path).map_err(|error| WalError::io("removing", &path, error))?;
@@ -364,7 +457,7 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     if directory_changed {
         sync_dir_blocking(dir)?;
     }
-    let sequence_floor = snapshot.map_or(1, |stored| stored.segment_sequence_min);
+    let sequence_floor = head.map_or(1, |stored| stored.segment_sequence_min);
     let names: Vec<SegmentInput> = segments
         .iter()
         .map(|segment| SegmentInput { path: &segment.path, first_index: segment.first_index, salt: segment.salt })
@@ -372,8 +465,8 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     // Threads read the next segments while this one is checked and decoded:
     // reading and checking overlap instead of taking turns.
     let paths: Vec<PathBuf> = segments.iter().map(|segment| segment.path.clone()).collect();
-    let snapshot_index = snapshot.map_or(0, |stored| stored.meta.index);
-    let plan = read_segments(paths, |read| plan(&names, read, snapshot_index, config))?;
+    let snapshot_index = head.map_or(0, |stored| stored.meta.index);
+    let mut plan = read_segments(paths, |read| plan(&names, read, (snapshot_index, commit), config))?;
     // The plan's effects on the files: cut tails are zeroed durably, and
     // damage that is not a torn tail removes every later segment (the log
     // keeps its good prefix and the replica fetches the rest again from its
@@ -394,11 +487,128 @@ pub(crate) fn recover(config: &WalConfig, snapshot: Option<&StoredSnapshot>) -> 
     Ok(RecoveredLog {
         damage: plan.damage,
         damage_index_max: plan.damage_index_max,
+        dropped_to: plan.replay.dropped_to,
+        dropped_bytes: plan.replay.dropped_bytes,
+        dropped_records: plan.replay.dropped_records(),
         entries: plan.replay.entries,
         segments,
         tail_offset: plan.tail_offset,
         sequence_next: (sequence_seen + 1).max(sequence_floor),
     })
+}
+
+/// Reads again, record by record, the payloads recovery dropped (see
+/// [`WalConfig::recovery_payload_bytes`]): from the segment files, or from
+/// the images [`recover_images`] was given.
+pub struct DroppedReader {
+    source: Source,
+    records: VecDeque<RecordAt>,
+    /// The last index whose payload was dropped.
+    to: Index,
+    batch_limit: usize,
+}
+
+/// Where the segments' bytes are read again: each segment's file or image,
+/// by position, with its salt.
+enum Source {
+    Files {
+        segments: Vec<(PathBuf, u32)>,
+        /// The segment file last read (records come in file order).
+        open: Option<(usize, fs::File)>,
+    },
+    Images(Vec<(Bytes, u32)>),
+}
+
+impl std::fmt::Debug for DroppedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DroppedReader").field("records", &self.records.len()).field("to", &self.to).finish()
+    }
+}
+
+impl DroppedReader {
+    pub(crate) fn new(segments: &[SegmentMeta], log: &RecoveredLog, batch_limit: usize) -> DroppedReader {
+        let segments = segments.iter().map(|segment| (segment.path.clone(), segment.salt.unwrap_or(0))).collect();
+        DroppedReader {
+            source: Source::Files { segments, open: None },
+            records: log.dropped_records.iter().copied().collect(),
+            to: log.dropped_to,
+            batch_limit,
+        }
+    }
+
+    /// The entries from `from` up to the last dropped one, whole records
+    /// until they hold `bytes_max` payload bytes (one record at least): the
+    /// records are read again and their checksums checked again. Empty once
+    /// past the last dropped entry.
+    pub fn read(&mut self, mut from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        while let Some(&record) = self.records.front() {
+            if record.last < from {
+                self.records.pop_front();
+                continue;
+            }
+            if record.first > self.to || (bytes >= bytes_max && !entries.is_empty()) {
+                break;
+            }
+            let batch = self.read_record(&record)?;
+            let (low, high) = (from.max(record.first), record.last.min(self.to));
+            for entry in batch.entries().filter(|entry| (low..=high).contains(&entry.index)) {
+                bytes += entry.data.len();
+                entries.push(entry);
+            }
+            if entries.last().is_none_or(|entry: &Entry| entry.index != high) {
+                let found = format!("entries up to {:?}", entries.last().map(|entry| entry.index));
+                return Err(self.corrupt(&record, format!("entries {low} to {high}"), found));
+            }
+            from = high + 1;
+            self.records.pop_front();
+        }
+        Ok(entries)
+    }
+
+    fn read_record(&mut self, record: &RecordAt) -> Result<EntryBatch, WalError> {
+        let (bytes, salt) = match &mut self.source {
+            Source::Files { segments, open } => {
+                use std::os::unix::fs::FileExt;
+                let (path, salt) = &segments[record.segment];
+                if open.as_ref().is_none_or(|(segment, _)| *segment != record.segment) {
+                    let file = fs::File::open(path).map_err(|error| WalError::io("opening", path, error))?;
+                    *open = Some((record.segment, file));
+                }
+                let (_, file) = open.as_ref().expect("opened above");
+                let mut buf = vec![0; record.length];
+                file.read_exact_at(&mut buf, record.offset as u64)
+                    .map_err(|error| WalError::io("reading", path, error))?;
+                (Bytes::from(buf), *salt)
+            }
+            Source::Images(images) => {
+                let (image, salt) = &images[record.segment];
+                (image.slice(record.offset..record.offset + record.length), *salt)
+            }
+        };
+        verify_record(&bytes, 0, record.length, salt, self.batch_limit)
+            .map_err(|error| self.corrupt(record, "the record recovery read there", error.to_string()))
+    }
+
+    fn corrupt(&self, record: &RecordAt, expected: impl Into<String>, found: impl Into<String>) -> WalError {
+        let path = match &self.source {
+            Source::Files { segments, .. } => segments[record.segment].0.clone(),
+            Source::Images(_) => PathBuf::from("image"),
+        };
+        WalError::corrupt(&path, record.offset as u64, expected, found)
+    }
+}
+
+/// Removes spares and temporaries from an earlier run (never part of the
+/// log); returns whether there were any.
+fn remove_leftovers(dir: &Path) -> Result<bool, WalError> {
+    let mut removed = false;
+    for leftover in list_with_suffix(dir, PREALLOC_SUFFIX)?.into_iter().chain(list_with_suffix(dir, ".tmp")?) {
+        fs::remove_file(&leftover).map_err(|error| WalError::io("removing", &leftover, error))?;
+        removed = true;
+    }
+    Ok(removed)
 }
 
 /// What reading a log's segments decided, before any file is touched: the
@@ -434,7 +644,9 @@ pub(crate) struct SegmentInput<'a> {
 
 /// Reads the segments named in `names` (in sequence order) one `read` at a
 /// time, verifies and replays their records on top
-/// of a snapshot at `snapshot_index`, and decides what to cut.
+/// of a snapshot at `snapshot_index`, and decides what to cut. Payloads of
+/// entries up to `commit` may be dropped (see
+/// [`WalConfig::recovery_payload_bytes`]).
 ///
 /// A record that is whole but out of place is damage too, not a reason to
 /// refuse the log: a misdirected write can put a valid record at another
@@ -446,12 +658,12 @@ pub(crate) struct SegmentInput<'a> {
 pub(crate) fn plan(
     names: &[SegmentInput],
     mut read: impl FnMut() -> Result<Bytes, WalError>,
-    snapshot_index: Index,
+    (snapshot_index, commit): (Index, Index),
     config: &WalConfig,
 ) -> Result<Plan, WalError> {
     let (window, batch_limit) = (config.tail_window_bytes() as usize, config.batch_bytes_max);
     let mut plan = Plan {
-        replay: Replay { snapshot_index, entries: Vec::new() },
+        replay: Replay::new(snapshot_index, commit, config.recovery_payload_bytes),
         index_max: Vec::new(),
         ends: Vec::new(),
         torn: Vec::new(),
@@ -473,7 +685,7 @@ pub(crate) fn plan(
         }
         let is_newest = position + 1 == names.len();
         let mut scan = scan(input.path, &raw, (input.salt, is_newest), window, batch_limit)?;
-        let index_max = replay_segment(&mut plan.replay, input, &raw, &mut scan, batch_limit)?;
+        let index_max = replay_segment(&mut plan.replay, (position, input), &raw, &mut scan, batch_limit)?;
         if scan.torn {
             plan.torn.push((position, scan.end, raw.len()));
         }
@@ -505,7 +717,7 @@ pub(crate) fn plan(
 /// the highest index replayed from it.
 fn replay_segment(
     replay: &mut Replay,
-    SegmentInput { path, first_index, salt }: SegmentInput,
+    (position, SegmentInput { path, first_index, salt }): (usize, SegmentInput),
     raw: &Bytes,
     scan: &mut Scan,
     batch_limit: usize,
@@ -539,7 +751,7 @@ fn replay_segment(
             break;
         }
         index_max = index_max.max(batch.last_index());
-        replay.apply(&batch);
+        replay.apply(&batch, position, *span);
     }
     Ok(index_max)
 }
@@ -581,6 +793,27 @@ pub struct ImageRecovery {
     /// The kept segments (positions) whose bytes after `ends` are zeroed;
     /// the others keep them (a salted segment's earlier lives, say).
     pub zeroed: Vec<usize>,
+    /// The entries up to this index hold no payload (unless configuration
+    /// entries): see [`WalConfig::recovery_payload_bytes`]; the snapshot's
+    /// index when none was dropped.
+    pub dropped_to: Index,
+    /// Their payload bytes (a count for the snapshot rules).
+    pub dropped_bytes: u64,
+    dropped_records: Vec<RecordAt>,
+    images: Vec<(Bytes, u32)>,
+    batch_limit: usize,
+}
+
+impl ImageRecovery {
+    /// Reads the dropped payloads again from the images recovery was given.
+    pub fn dropped_reader(&self) -> DroppedReader {
+        DroppedReader {
+            source: Source::Images(self.images.clone()),
+            records: self.dropped_records.iter().copied().collect(),
+            to: self.dropped_to,
+            batch_limit: self.batch_limit,
+        }
+    }
 }
 
 /// One segment file's bytes and what its name says, for [`recover_images`].
@@ -595,11 +828,13 @@ pub struct SegmentImage {
 
 /// Runs recovery's decisions (the same code a [`crate::Wal`] runs on open)
 /// over segment images in sequence order, on top of a snapshot at
-/// `snapshot_index`: for a simulator that keeps the log's bytes in memory
-/// and damages them (issue 16).
+/// `snapshot_index`, with `commit` the saved commit index (payloads up to it
+/// may be dropped: see [`WalConfig::recovery_payload_bytes`]): for a
+/// simulator that keeps the log's bytes in memory and damages them (issue
+/// 16).
 pub fn recover_images(
     images: &[SegmentImage],
-    snapshot_index: Index,
+    (snapshot_index, commit): (Index, Index),
     config: &WalConfig,
 ) -> Result<ImageRecovery, WalError> {
     let names: Vec<SegmentInput> = images
@@ -607,7 +842,8 @@ pub fn recover_images(
         .map(|image| SegmentInput { path: Path::new("image"), first_index: image.first_index, salt: image.salt })
         .collect();
     let mut next = images.iter().map(|image| image.bytes.clone());
-    let plan = plan(&names, || Ok(next.next().expect("one image per name")), snapshot_index, config)?;
+    let mut plan = plan(&names, || Ok(next.next().expect("one image per name")), (snapshot_index, commit), config)?;
+    let dropped_records = plan.replay.dropped_records();
     let ends = plan.ends[..plan.kept].to_vec();
     let log_last = snapshot_index + plan.replay.entries.len() as u64;
     let acknowledged = if plan.damage.is_some() { claimed_after_damage(log_last, plan.damage_index_max) } else { 0 };
@@ -621,6 +857,11 @@ pub fn recover_images(
         ends,
         index_max,
         zeroed,
+        dropped_to: plan.replay.dropped_to,
+        dropped_bytes: plan.replay.dropped_bytes,
+        dropped_records,
+        images: images.iter().map(|image| (image.bytes.clone(), image.salt.unwrap_or(0))).collect(),
+        batch_limit: config.batch_bytes_max,
     })
 }
 
@@ -1247,7 +1488,7 @@ mod tests {
             .collect();
         let mut next = images.iter().map(|(_, raw)| Bytes::from(raw.clone()));
         let config = WalConfig::new("unused", 1, 1);
-        plan(&names, || Ok(next.next().expect("one per name")), 0, &config).unwrap()
+        plan(&names, || Ok(next.next().expect("one per name")), (0, 0), &config).unwrap()
     }
 
     #[test]
@@ -1322,7 +1563,7 @@ mod tests {
         let mut next = images.iter().map(|(_, raw)| Bytes::from(raw.clone()));
         let config = WalConfig::new("unused", 1, 1);
         let snapshot_index = images.first().map_or(0, |(first_index, _)| first_index - 1);
-        plan(&names, || Ok(next.next().expect("one per name")), snapshot_index, &config).unwrap()
+        plan(&names, || Ok(next.next().expect("one per name")), (snapshot_index, 0), &config).unwrap()
     }
 
     #[test]
@@ -1434,18 +1675,52 @@ mod tests {
 
     #[test]
     fn replay_truncates_conflicting_suffix_and_skips_snapshot() {
-        let mut replay = Replay { snapshot_index: 2, entries: Vec::new() };
+        let mut replay = Replay::new(2, 0, 0);
         let decode = |raw: Vec<u8>| EntryBatch::decode(&Bytes::from(raw), LIMIT).unwrap();
-        replay.apply(&decode(batch(1, 5, 1)));
+        let span = RecordSpan { offset: 0, length: 0 };
+        replay.apply(&decode(batch(1, 5, 1)), 0, span);
         assert_eq!(replay.last_index(), 5);
         assert!(misplaced(&replay, &decode(batch(4, 1, 1)), None).is_some(), "entry 4 of term 1 again");
         assert!(misplaced(&replay, &decode(batch(4, 1, 2)), None).is_none(), "a truncation");
         assert!(misplaced(&replay, &decode(batch(6, 1, 0)), None).is_some(), "terms never decrease");
-        replay.apply(&decode(batch(4, 1, 2)));
+        replay.apply(&decode(batch(4, 1, 2)), 0, span);
         assert_eq!(replay.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(3, 1), (4, 2)]);
         assert!(misplaced(&replay, &decode(batch(6, 1, 2)), None).is_some(), "a gap");
         assert!(misplaced(&replay, &decode(batch(4, 1, 1)), None).is_none(), "a truncation to an older term");
         assert!(misplaced(&replay, &decode(batch(5, 1, 2)), Some(4)).is_some(), "not the segment's first index");
         assert!(misplaced(&replay, &decode(batch(5, 1, 2)), Some(5)).is_none());
+    }
+
+    /// Payloads beyond the budget are dropped oldest first, only up to the
+    /// saved commit index, and the records they came from are named so that
+    /// they can be read again; a truncation (a later record replacing
+    /// entries) forgets what it replaced, records included.
+    #[test]
+    fn replay_drops_the_oldest_committed_payloads_beyond_its_budget_and_names_their_records() {
+        let decode = |raw: Vec<u8>| EntryBatch::decode(&Bytes::from(raw), LIMIT).unwrap();
+        let at = |offset| RecordSpan { offset, length: 100 };
+        // Entries of 20 bytes; 50 bytes held at most; commit 8.
+        let mut replay = Replay::new(0, 8, 50);
+        replay.apply(&decode(batch(1, 4, 1)), 0, at(0));
+        assert_eq!((replay.dropped_to, replay.held), (2, 40));
+        replay.apply(&decode(batch(5, 4, 1)), 0, at(100));
+        replay.apply(&decode(batch(9, 3, 1)), 1, at(0));
+        // Entries above the commit index keep their payloads whatever the budget.
+        assert_eq!((replay.dropped_to, replay.held), (8, 60));
+        let holding: Vec<Index> = replay.entries.iter().filter(|e| !e.data.is_empty()).map(|e| e.index).collect();
+        assert_eq!(holding, vec![9, 10, 11]);
+        // A new leader's record replaces entries from 7 on (they were not
+        // committed when the hard state was saved: the commit index counts
+        // the durable log only when saved after it).
+        replay.apply(&decode(batch(7, 2, 2)), 1, at(100));
+        assert_eq!((replay.dropped_to, replay.held), (6, 40), "the new 7 and 8 are held, 9 to 11 gone");
+        let records: Vec<(usize, usize, Index, Index)> =
+            replay.records.iter().map(|r| (r.segment, r.offset, r.first, r.last)).collect();
+        assert_eq!(records, vec![(0, 0, 1, 4), (0, 100, 5, 6), (1, 100, 7, 8)]);
+        assert_eq!(replay.dropped_records().len(), 2, "the records of 1 to 6");
+        // Budget 0: nothing dropped.
+        let mut replay = Replay::new(0, 8, 0);
+        replay.apply(&decode(batch(1, 8, 1)), 0, at(0));
+        assert_eq!((replay.dropped_to, replay.held), (0, 160));
     }
 }

@@ -8,7 +8,7 @@
 //! order: when ticket *n* is durable, so is every ticket before it.
 
 use bytes::Bytes;
-use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta, Term};
+use engine::{Entry, EntryBatch, HardState, Index, Recovered, SnapshotMeta, Term};
 
 use crate::error::WalError;
 use crate::snapshot::{SnapshotDraft, SnapshotReader};
@@ -55,6 +55,16 @@ pub trait LogStore: Sized {
 
     /// Opens the store and recovers what it holds.
     async fn open(options: Self::Options) -> Result<(Self, Recovered), WalError>;
+
+    /// The entries from `from` on whose payloads `open` dropped
+    /// (`Recovered::applied`), read again: whole records, up to about
+    /// `bytes_max` payload bytes (one record at least), and none once past
+    /// the last such entry. The shell applies them before its first
+    /// `Ready`. A store that drops nothing returns none.
+    fn read_recovered(&self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        let _ = (from, bytes_max);
+        Ok(Vec::new())
+    }
 
     /// Queues `batch` for durable append and returns at once. Errors leave the
     /// log unchanged: a bad position ([`WalError::Gap`],

@@ -7,7 +7,7 @@ use std::pin::pin;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use engine::{EntryBatch, HardState, Index, Recovered, SnapshotMeta};
+use engine::{Entry, EntryBatch, HardState, Index, Recovered, SnapshotMeta};
 use tokio::sync::{Mutex, Notify};
 
 use crate::commit::{run_writer, Active, Mark, Queued, Shared, State, WalStats};
@@ -37,6 +37,9 @@ pub struct Wal {
     /// The stored snapshot's data length (the next local one is paced as if
     /// it were as large).
     snapshot_length: std::cell::Cell<u64>,
+    /// The payloads recovery dropped, to be read again by the shell before
+    /// it serves (see [`Wal::read_recovered`]); `None` once read.
+    recovered_reader: RefCell<Option<recovery::DroppedReader>>,
     /// Record bytes appended since the log was opened, for a paced snapshot
     /// writer on another thread to keep up with.
     appended_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -213,7 +216,8 @@ impl LogStore for Wal {
         };
         let snapshot_length = head.as_ref().map_or(0, |head| head.data_length);
         let stored = head.map(|head| head.stored);
-        let recovered = recovery::recover(&config, stored.as_ref())?;
+        let mut recovered = recovery::recover(&config, stored.as_ref(), hard_state.commit)?;
+        let mut dropped = recovery::DroppedReader::new(&recovered.segments, &recovered, config.batch_bytes_max);
 
         let mut log = stored.as_ref().map_or_else(TermLog::default, |s| TermLog::new(s.meta.index, s.meta.term));
         for entry in &recovered.entries {
@@ -245,6 +249,22 @@ impl LogStore for Wal {
             hard_state.commit = hard_state.commit.min(log.last_index);
         }
         let log_last = log.last_index;
+        let snapshot_index = stored.as_ref().map_or(0, |stored| stored.meta.index);
+        let (mut applied, mut applied_bytes) = (snapshot_index, 0);
+        if recovered.dropped_to > snapshot_index {
+            if acknowledged.max(hard_state.commit) > log_last {
+                // A replica in repair counts nothing past its snapshot as
+                // committed (see `engine::Raft::new`): it applies through the
+                // engine, which needs the payloads back. Repair is rare; its
+                // restart is not bounded.
+                for entry in dropped.read(snapshot_index + 1, usize::MAX)? {
+                    let at = (entry.index - snapshot_index - 1) as usize;
+                    recovered.entries[at] = entry;
+                }
+            } else {
+                (applied, applied_bytes) = (recovered.dropped_to, recovered.dropped_bytes);
+            }
+        }
         let mut stats = WalStats::default();
         let active = match recovered.segments.last() {
             Some(last) => {
@@ -300,6 +320,7 @@ impl LogStore for Wal {
             damage,
             snapshot_open: RefCell::new(None),
             snapshot_length: std::cell::Cell::new(snapshot_length),
+            recovered_reader: RefCell::new((applied > snapshot_index).then_some(dropped)),
             appended_bytes: Default::default(),
             _lock: lock,
         };
@@ -308,6 +329,8 @@ impl LogStore for Wal {
             snapshot: stored.map(|stored| stored.meta),
             entries: recovered.entries,
             acknowledged,
+            applied,
+            applied_bytes,
         };
         Ok((wal, recovered))
     }
@@ -516,6 +539,16 @@ impl LogStore for Wal {
 
     fn recovery_damage(&self) -> Option<&WalError> {
         self.damage.as_deref()
+    }
+
+    fn read_recovered(&self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        let mut reader = self.recovered_reader.borrow_mut();
+        let Some(dropped) = reader.as_mut() else { return Ok(Vec::new()) };
+        let entries = dropped.read(from, bytes_max)?;
+        if entries.is_empty() {
+            *reader = None;
+        }
+        Ok(entries)
     }
 
     async fn close(self) -> Result<(), WalError> {

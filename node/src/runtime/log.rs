@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use engine::{EntryBatch, HardState, Index, NodeId, Recovered, SnapshotMeta};
+use engine::{Entry, EntryBatch, HardState, Index, NodeId, Recovered, SnapshotMeta};
 use wal::{AppendTicket, LogStore, MemDisk, MemLog, SnapshotDraft, SnapshotReader, Wal, WalConfig, WalError};
 
 /// The disks of an in-process cluster's nodes, by node and shard. They
@@ -134,6 +134,10 @@ impl LogStore for NodeLog {
 
     fn recovery_damage(&self) -> Option<&WalError> {
         delegate!(self, log => log.recovery_damage())
+    }
+
+    fn read_recovered(&self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        delegate!(self, log => log.read_recovered(from, bytes_max))
     }
 
     async fn close(self) -> Result<(), WalError> {

@@ -673,6 +673,7 @@ where
                 wal_config.snapshot_log_slack = config.shard_snapshot_log_bytes() / 2;
             }
             wal_config.write_bytes_max = wal_config.write_bytes_max.max(batch_limit);
+            wal_config.recovery_payload_bytes = config.shard_log_memory_bytes();
             LogOptions::Wal(Box::new(wal_config))
         }
         Storage::Memory(disks) => LogOptions::Memory(disks.disk(config.node_id, shard_id)),

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use engine::raft::SnapshotWrite;
-use engine::{EntryBatch, HardState, Index, SnapshotMeta};
+use engine::{Entry, EntryBatch, HardState, Index, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot};
 use wal::{AppendTicket, LogStore, SnapshotDraft, SnapshotReader, WalError};
 
@@ -74,6 +74,10 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
 
     fn durable_sequence(&self) -> u64 {
         self.log.durable_sequence()
+    }
+
+    fn read_recovered(&mut self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        self.log.read_recovered(from, bytes_max)
     }
 
     fn no_space(&self) -> bool {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use engine::raft::SnapshotWrite;
-use engine::{EntryBatch, HardState, Index, Message, NodeId, SnapshotMeta};
+use engine::{Entry, EntryBatch, HardState, Index, Message, NodeId, SnapshotMeta};
 use net::ResponseStatus;
 use wal::{AppendTicket, SnapshotReader, WalError};
 
@@ -60,6 +60,13 @@ pub trait ShardStorage {
     /// `engine::REPAIR_UNKNOWN`, and when such a repair ends.
     fn set_repair_floor(&mut self, index: Index) {
         let _ = index;
+    }
+
+    /// See `wal::LogStore::read_recovered`: entries whose payloads the log
+    /// dropped at recovery, read again, for the driver to apply at start.
+    fn read_recovered(&mut self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        let _ = (from, bytes_max);
+        Ok(Vec::new())
     }
 
     /// Durably replaces the hard state; resolves once it is synced.

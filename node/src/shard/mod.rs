@@ -254,6 +254,7 @@ where
         let nonce_salt = ctx.nonce_salt;
         let fsm = NodeStateMachine::new(app);
         let snapshot = recovered.recovered.snapshot.clone();
+        let log_start = snapshot.as_ref().map_or(0, |meta| meta.index) + 1;
         let raft = Raft::new(engine_config, recovered.recovered)
             .map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
         log_recovered(shard, &raft);
@@ -295,6 +296,7 @@ where
             driver.fsm.note_members(&meta.conf.members());
             driver.snapshots = Snapshots::new(Some((meta, size)));
         }
+        driver.apply_recovered(log_start)?;
         driver.links_from_address_book();
         Ok(driver)
     }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use engine::{EntryKind, HardState, Message, Role};
+use engine::{EntryKind, HardState, Index, Message, Role};
 use wal::AppendTicket;
 
 use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport};
@@ -356,6 +356,36 @@ where
             };
             let _ = self.raft.propose(set.encode());
         }
+    }
+
+    /// Applies the committed entries from `from` whose payloads the log
+    /// dropped at recovery (`engine::Recovered::applied`: the engine counts
+    /// them as applied already), read again a batch at a time: a restart
+    /// holds a bounded part of a long log at once, not all of it.
+    pub(super) fn apply_recovered(&mut self, from: Index) -> Result<(), ShardError> {
+        let (shard, to) = (self.ctx.shard_id, self.raft.applied());
+        if to < from {
+            return Ok(());
+        }
+        let started = self.clock.now();
+        let mut next = from;
+        while next <= to {
+            let bytes_max = self.raft.config().apply_bytes_max;
+            let entries = self.storage.read_recovered(next, bytes_max).map_err(|error| self.storage_error(error))?;
+            let (first, last) = match (entries.first(), entries.last()) {
+                (Some(first), Some(last)) => (first.index, last.index),
+                _ => (0, 0),
+            };
+            if first != next || last > to || last - first + 1 != entries.len() as u64 {
+                let reason = format!("the log gave back entries {first} to {last} when {next} to {to} were due");
+                return Err(ShardError::Restore { shard, reason });
+            }
+            next = last + 1;
+            self.apply_committed(entries);
+        }
+        let took = self.clock.now().saturating_duration_since(started);
+        tracing::info!(shard, from, to, ?took, "applied the committed log read again from disk");
+        Ok(())
     }
 
     /// Applies a committed batch in order and answers the writers.

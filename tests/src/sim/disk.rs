@@ -108,6 +108,12 @@ pub struct SimDisk {
     /// and faults undone because recovery could not have detected them.
     pub faults: [u64; 4],
     pub faults_undone: u64,
+    /// Restarts so far: each recovers with the next payload budget (see
+    /// `image::RECOVERY_BUDGETS`).
+    restarts: usize,
+    /// The payloads the last recovery dropped, for the driver to read again
+    /// (`ShardStorage::read_recovered`).
+    dropped: Option<wal::DroppedReader>,
 }
 
 /// `(index, term)` of each entry: what identifies an entry in one log.
@@ -243,8 +249,16 @@ impl SimDisk {
     /// the WAL's recovery makes of the log's bytes.
     pub fn recovered(&mut self) -> engine::Recovered {
         let snapshot_index = self.durable.snapshot_meta().index;
-        let recovery = self.image.recover(snapshot_index);
-        let recovered_entries = recovery.entries;
+        let commit = self.durable.hard_state().commit;
+        self.restarts += 1;
+        let recovery = self.image.recover(snapshot_index, commit, self.restarts);
+        // The dropped payloads read again from the images: they must be the
+        // very entries the model holds.
+        let mut recovered_entries = recovery.entries.clone();
+        for entry in recovery.dropped_reader().read(snapshot_index + 1, usize::MAX).expect("read again") {
+            let at = (entry.index - snapshot_index - 1) as usize;
+            recovered_entries[at] = entry;
+        }
         let held = self.durable.entries(self.durable.first_index(), self.durable.last_index() + 1).unwrap_or_default();
         if !self.damaged {
             // Without a fault, the bytes and the model agree exactly,
@@ -269,7 +283,30 @@ impl SimDisk {
         if self.acknowledged > self.durable.last_index() {
             self.repair_floor = self.acknowledged;
         }
-        engine::Recovered { acknowledged: self.acknowledged, ..self.durable.recovered() }
+        let recovered = engine::Recovered { acknowledged: self.acknowledged, ..self.durable.recovered() };
+        self.dropped = None;
+        let repair = self.acknowledged.max(recovered.hard_state.commit) > self.durable.last_index();
+        if recovery.dropped_to == snapshot_index || repair {
+            // As the WAL does: a replica in repair gets every payload back.
+            return recovered;
+        }
+        // The driver applies the entries whose payloads were dropped itself,
+        // read again (`Shard::apply_recovered`).
+        self.dropped = Some(recovery.dropped_reader());
+        engine::Recovered {
+            entries: recovery.entries,
+            applied: recovery.dropped_to,
+            applied_bytes: recovery.dropped_bytes,
+            ..recovered
+        }
+    }
+
+    /// See `ShardStorage::read_recovered`.
+    pub fn read_recovered(&mut self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        match &mut self.dropped {
+            Some(dropped) => dropped.read(from, bytes_max),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The durable state with the log replaced by `entries` (after the
@@ -302,7 +339,7 @@ impl SimDisk {
             kinds.extend(self.image.damage(rng));
         }
         let snapshot_index = self.durable.snapshot_meta().index;
-        let plan = self.image.plan(snapshot_index);
+        let plan = self.image.plan(snapshot_index, 0, 0);
         let last = self.durable.last_index();
         let held = self.durable.entries(self.durable.first_index(), last + 1).unwrap_or_default();
         let recovered = shape(&plan.entries);
@@ -497,6 +534,10 @@ impl ShardStorage for SimStorage {
 
     fn durable_sequence(&self) -> u64 {
         self.disk.borrow().durable_sequence
+    }
+
+    fn read_recovered(&mut self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
+        self.disk.borrow_mut().read_recovered(from, bytes_max)
     }
 
     fn no_space(&self) -> bool {

@@ -91,6 +91,12 @@ fn config() -> WalConfig {
     WalConfig::new("sim", 1, 1)
 }
 
+/// The payload budgets recovery runs with, in turn at each restart of a
+/// disk (`WalConfig::recovery_payload_bytes`): none; a few entries' worth,
+/// so that nearly every committed payload is dropped and read again; a few
+/// dozen entries'.
+const RECOVERY_BUDGETS: [u64; 3] = [0, 64, 2048];
+
 impl LogImage {
     /// Writes `batch` as one group; with `landed`, only that many of its
     /// bytes reach the disk (a torn write).
@@ -177,8 +183,10 @@ impl LogImage {
     }
 
     /// What the WAL's recovery makes of these bytes on top of a snapshot at
-    /// `snapshot_index`, without changing them.
-    pub fn plan(&self, snapshot_index: Index) -> ImageRecovery {
+    /// `snapshot_index`, without changing them; payloads of entries up to
+    /// `commit` are dropped beyond the `budget`th of [`RECOVERY_BUDGETS`]
+    /// (taken modulo their count).
+    pub fn plan(&self, snapshot_index: Index, commit: Index, budget: usize) -> ImageRecovery {
         let images: Vec<SegmentImage> = self
             .segments
             .iter()
@@ -190,13 +198,15 @@ impl LogImage {
                 SegmentImage { first_index: segment.first_index, salt: Some(segment.salt), bytes: Bytes::from(bytes) }
             })
             .collect();
-        wal::recover_images(&images, snapshot_index, &config()).expect("recovery decides, it does not fail")
+        let mut config = config();
+        config.recovery_payload_bytes = RECOVERY_BUDGETS[budget % RECOVERY_BUDGETS.len()];
+        wal::recover_images(&images, (snapshot_index, commit), &config).expect("recovery decides, it does not fail")
     }
 
     /// Recovers (see [`LogImage::plan`]) and applies the decision as the WAL
     /// does: cut tails zeroed, segments after damage removed.
-    pub fn recover(&mut self, snapshot_index: Index) -> ImageRecovery {
-        let recovery = self.plan(snapshot_index);
+    pub fn recover(&mut self, snapshot_index: Index, commit: Index, budget: usize) -> ImageRecovery {
+        let recovery = self.plan(snapshot_index, commit, budget);
         self.segments.truncate(recovery.kept);
         self.pool.clear();
         for (position, (segment, &end)) in self.segments.iter_mut().zip(&recovery.ends).enumerate() {
