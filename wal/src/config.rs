@@ -107,8 +107,8 @@ impl WalConfig {
     /// A configuration with the defaults: 64 MiB segments, 1 MiB group writes,
     /// 64 MiB of queued appends, 1 MiB batches, 4 GiB snapshots written at
     /// 8 MiB/s (or in 4 s, for a larger one; faster once the log outgrew
-    /// one by 128 MiB), and [`RECYCLED_SEGMENTS_MAX_DEFAULT`] recycled
-    /// segments.
+    /// one by 128 MiB), [`RECYCLED_SEGMENTS_MAX_DEFAULT`] recycled
+    /// segments, and no bound on the payloads recovery holds.
     pub fn new(dir: impl Into<PathBuf>, cluster_id: u64, node_id: u64) -> WalConfig {
         WalConfig {
             dir: dir.into(),

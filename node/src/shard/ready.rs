@@ -367,6 +367,7 @@ where
         if to < from {
             return Ok(());
         }
+        tracing::info!(shard, from, to, "applying the committed log whose payloads recovery left on disk");
         let started = self.clock.now();
         let mut next = from;
         while next <= to {
