@@ -126,19 +126,40 @@ pub struct AppendResponse {
     /// commit nor backs off `next_index` below what the follower matched,
     /// and keeps probing once per heartbeat until the follower has room.
     pub no_space: bool,
+    /// With `no_space`: not a full disk, but a follower whose applying is
+    /// held (it restores a snapshot) while the entries it has not applied
+    /// hold more payload bytes than its log budget: it takes nothing more
+    /// until it applies, so that what arrives during a restore does not
+    /// grow its memory without bound. The leader treats it as a full
+    /// disk for replication, not in what it reports or refuses.
+    pub applying: bool,
 }
 
 impl AppendResponse {
     /// A plain acknowledgement: the follower matches the leader through
     /// `index`.
     pub fn accepted(index: Index) -> AppendResponse {
-        AppendResponse { index, reject: false, hint_index: 0, hint_term: 0, missing: false, no_space: false }
+        AppendResponse {
+            index,
+            reject: false,
+            hint_index: 0,
+            hint_term: 0,
+            missing: false,
+            no_space: false,
+            applying: false,
+        }
     }
 
     /// The answer of a follower whose disk is full to an append at
     /// `prev_index` (see [`AppendResponse::no_space`]).
     pub fn without_space(prev_index: Index) -> AppendResponse {
-        AppendResponse { index: prev_index, reject: true, hint_index: 0, hint_term: 0, missing: false, no_space: true }
+        AppendResponse { no_space: true, reject: true, ..AppendResponse::accepted(prev_index) }
+    }
+
+    /// The answer of a follower that takes no entries until it applies
+    /// (see [`AppendResponse::applying`]) to an append at `prev_index`.
+    pub fn while_applying(prev_index: Index) -> AppendResponse {
+        AppendResponse { applying: true, ..AppendResponse::without_space(prev_index) }
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Progress {
     /// disk is full" (`AppendResponse::no_space`); cleared by any other
     /// answer to an append. See `Progress::reports_no_space`.
     pub no_space_at: Option<u64>,
+    /// That answer was not about a full disk but about applying
+    /// (`AppendResponse::applying`).
+    pub no_space_applying: bool,
 }
 
 impl Progress {
@@ -76,6 +79,7 @@ impl Progress {
             snapshot_stalled_rounds: 0,
             inflight: Inflight::default(),
             no_space_at: None,
+            no_space_applying: false,
         }
     }
 
@@ -85,6 +89,12 @@ impl Progress {
     /// so the report stays fresh while it lasts; one that falls silent
     /// stops counting as full after the window (it is then just absent).
     pub fn reports_no_space(&self, now: u64, window: u64) -> bool {
+        self.refuses_entries(now, window) && !self.no_space_applying
+    }
+
+    /// Whether this peer takes no entries, as [`Progress::reports_no_space`]
+    /// says, for a full disk or while it applies.
+    pub fn refuses_entries(&self, now: u64, window: u64) -> bool {
         self.no_space_at.is_some_and(|at| now < at + window)
     }
 

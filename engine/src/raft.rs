@@ -347,6 +347,8 @@ pub struct Raft {
     no_space: bool,
     /// Appends answered so, for the shell's statistics.
     appends_refused_no_space: u64,
+    /// Appends refused while applying (`raft/no_space.rs`), likewise.
+    appends_refused_applying: u64,
 }
 
 /// The repair target of a replica that cannot know what it acknowledged: it
@@ -467,6 +469,7 @@ impl Raft {
             repair_nudge: 0,
             no_space: false,
             appends_refused_no_space: 0,
+            appends_refused_applying: 0,
             config,
         };
         raft.encoded_last = raft.log.last_index();
@@ -1685,7 +1688,7 @@ impl Raft {
             id != self.id
                 && self.conf.is_full_voter(id)
                 && pr.state != ProgressState::Snapshot
-                && !pr.reports_no_space(self.now, window)
+                && !pr.refuses_entries(self.now, window)
                 && pr.heard_at.is_some_and(|at| self.now < at + window)
         });
         active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
@@ -1929,12 +1932,8 @@ impl Raft {
                         to: message.from,
                         term,
                         body: MessageBody::AppendResponse(AppendResponse {
-                            index: 0,
                             reject: true,
-                            hint_index: 0,
-                            hint_term: 0,
-                            missing: false,
-                            no_space: false,
+                            ..AppendResponse::accepted(0)
                         }),
                     });
                 }
@@ -2157,6 +2156,10 @@ impl Raft {
             self.send_append_no_space(from, prev_index);
             return Ok(());
         }
+        if self.refuses_while_applying() {
+            self.send_append_while_applying(from, prev_index);
+            return Ok(());
+        }
         let last_new = prev_index + batch.as_ref().map_or(0, |batch| u64::from(batch.count()));
         // Entries at or below our commit index are known to match (Log
         // Matching): start the comparison after them instead of rejecting.
@@ -2260,12 +2263,11 @@ impl Raft {
             to,
             term,
             body: MessageBody::AppendResponse(AppendResponse {
-                index,
                 reject: true,
                 hint_index,
                 hint_term,
                 missing,
-                no_space: false,
+                ..AppendResponse::accepted(index)
             }),
         });
     }
@@ -2306,7 +2308,7 @@ impl Raft {
     fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) -> Result<(), Ignored> {
         let pr = self.answering_peer(from)?;
         if response.no_space {
-            return self.handle_no_space_response(from);
+            return self.handle_no_space_response(from, response.applying);
         }
         // Any other answer to an append means the follower takes them again.
         let had_no_space = pr.no_space_at.take().is_some();

@@ -249,14 +249,7 @@ fn leader_is_append_only() {
         from: 2,
         to: 1,
         term,
-        body: MessageBody::AppendResponse(AppendResponse {
-            index: 2,
-            reject: true,
-            hint_index: 0,
-            hint_term: 0,
-            missing: false,
-            no_space: false,
-        }),
+        body: MessageBody::AppendResponse(AppendResponse { reject: true, ..AppendResponse::accepted(2) }),
     });
     let after: Vec<_> =
         (1..=cluster.node(1).raft.last_index()).map(|i| cluster.node(1).raft.entry(i).cloned()).collect();

@@ -46,11 +46,18 @@ fn any_body() -> impl Strategy<Value = MessageBody> {
                 MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries })
             }
         ),
-        (index.clone(), any::<bool>(), index.clone(), term.clone(), any::<bool>(), any::<bool>()).prop_map(
-            |(index, reject, hint_index, hint_term, missing, no_space)| {
-                MessageBody::AppendResponse(AppendResponse { index, reject, hint_index, hint_term, missing, no_space })
-            }
-        ),
+        (index.clone(), any::<bool>(), index.clone(), term.clone(), any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(index, reject, hint_index, hint_term, missing, no_space, applying)| {
+                MessageBody::AppendResponse(AppendResponse {
+                    index,
+                    reject,
+                    hint_index,
+                    hint_term,
+                    missing,
+                    no_space,
+                    applying,
+                })
+            }),
         (index.clone(), 0u64..20).prop_map(|(commit, read_context)| MessageBody::Heartbeat { commit, read_context }),
         prop_oneof![0u64..20, Just(u64::MAX)].prop_map(|read_context| MessageBody::HeartbeatResponse { read_context }),
         Just(MessageBody::TimeoutNow),

@@ -182,3 +182,35 @@ fn a_follower_gone_quiet_catches_up_through_one_snapshot_taken_for_it() {
     assert_eq!(cluster.node(3).restores, 1);
     same_state(&cluster, 3);
 }
+
+/// A follower whose applying is held (its shell restores a snapshot) cannot
+/// drop the payloads of what arrives meanwhile: once the entries it has not
+/// applied hold more than its budget it takes no more, answering as a full
+/// disk does but saying why (`AppendResponse::applying`), so the leader
+/// probes it once per heartbeat without reporting a full disk or refusing
+/// writes. Once applying resumes it catches up from the log.
+#[test]
+fn a_follower_that_cannot_apply_takes_no_more_than_its_budget_and_catches_up_after() {
+    let mut cluster = cluster(BUDGET);
+    cluster.elect(1);
+    propose(&mut cluster, 0, 5);
+    cluster.raft(2).hold_apply(true);
+    propose(&mut cluster, 5, 60);
+    let held = cluster.node(2).raft.log_held_bytes();
+    assert!(held <= 2 * BUDGET + VALUE as u64, "the held follower holds {held} payload bytes (budget {BUDGET})");
+    assert!(cluster.node(2).raft.appends_refused_applying() > 0, "it refused appends");
+    assert!(cluster.node(2).raft.last_index() < cluster.node(1).raft.last_index(), "it took fewer entries");
+    let leader = &cluster.node(1).raft;
+    assert_eq!(leader.committed(), leader.last_index(), "the leader and node 3 commit without it");
+    assert!(leader.peers_no_space().is_empty(), "not reported as a full disk");
+    assert!(!leader.quorum_lacks_space(), "writes are not refused for it");
+
+    cluster.raft(2).hold_apply(false);
+    for _ in 0..20 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(2).raft.last_index(), cluster.node(1).raft.last_index(), "caught up from the log");
+    same_state(&cluster, 2);
+    assert_eq!(cluster.node(2).raft.snapshot().index, 0, "no snapshot was needed");
+}

@@ -423,6 +423,12 @@ impl Sample {
                 "Appends from the leader this follower answered \"no space\" (its disk was full).",
                 "appends_no_space",
             ),
+            (
+                "raft_node_appends_refused_applying",
+                "Appends from the leader this follower refused while it restored a snapshot with more unapplied \
+                 log in memory than its budget.",
+                "appends_refused_applying",
+            ),
         ];
         for (name, help, field) in counters {
             self.counter(encoder, name, help, field)?;

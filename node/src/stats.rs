@@ -122,6 +122,10 @@ pub struct ShardStats {
     /// Appends from the leader this follower answered "no space" (its disk
     /// was full): it took none of their entries.
     pub appends_no_space: u64,
+    /// Appends from the leader this follower refused while it restored a
+    /// snapshot with more unapplied log in memory than its budget
+    /// (`engine::AppendResponse::applying`).
+    pub appends_refused_applying: u64,
     /// On a leader: the peers that report a full disk (logged when the set
     /// changes).
     pub peers_disk_full: Vec<engine::NodeId>,
@@ -180,6 +184,7 @@ impl ShardStats {
             session_owner_refused: 0,
             disk_full: false,
             appends_no_space: 0,
+            appends_refused_applying: 0,
             peers_disk_full: Vec::new(),
             snapshots_taken: 0,
             snapshots_installed: 0,
@@ -222,6 +227,7 @@ impl ShardStats {
             "no_space": self.no_space,
             "session_owner_refused": self.session_owner_refused,
             "appends_no_space": self.appends_no_space,
+            "appends_refused_applying": self.appends_refused_applying,
             "peers_disk_full": self.peers_disk_full,
             "snapshots_taken": self.snapshots_taken,
             "snapshots_installed": self.snapshots_installed,

@@ -94,15 +94,41 @@ impl Raft {
         self.send_to(to, MessageBody::AppendResponse(AppendResponse::without_space(prev_index)));
     }
 
+    /// Whether this follower takes no entries until it applies: its applying
+    /// is held (the shell restores a snapshot) and the entries it has not
+    /// applied hold more than its log budget (`Config::log_memory_bytes`),
+    /// which they cannot drop before they are applied. A restore of a large
+    /// state under load otherwise holds everything that arrives meanwhile
+    /// (964 MB in 10 s with 4 KiB values: bench/RESULTS.md, "Recovery
+    /// within the log budget").
+    pub(super) fn refuses_while_applying(&self) -> bool {
+        let budget = self.config.log_memory_bytes;
+        self.apply_held && budget > 0 && self.log.held_bytes() > budget.saturating_mul(2)
+    }
+
+    /// Answers an append at `prev_index` while applying refuses it (see
+    /// [`Raft::refuses_while_applying`]): like a full disk, it takes nothing.
+    pub(super) fn send_append_while_applying(&mut self, to: NodeId, prev_index: Index) {
+        self.appends_refused_applying += 1;
+        self.send_to(to, MessageBody::AppendResponse(AppendResponse::while_applying(prev_index)));
+    }
+
+    /// How many appends this node refused while applying (see
+    /// [`Raft::refuses_while_applying`]) since it was built.
+    pub fn appends_refused_applying(&self) -> u64 {
+        self.appends_refused_applying
+    }
+
     /// A leader hears that `from`'s disk is full. Nothing it sent since the
     /// follower's match point was taken, so the follower is probed from
     /// there (its match index stays: the answer is not about the logs), and
     /// not before the next heartbeat's answer, which keeps the exchange at
     /// one probe per heartbeat for as long as the disk stays full.
-    pub(super) fn handle_no_space_response(&mut self, from: NodeId) -> Result<(), Ignored> {
+    pub(super) fn handle_no_space_response(&mut self, from: NodeId, applying: bool) -> Result<(), Ignored> {
         let now = self.now;
         let pr = self.progress.get_mut(&from).expect("an answering peer has progress");
         pr.no_space_at = Some(now);
+        pr.no_space_applying = applying;
         match pr.state {
             ProgressState::Replicate => {
                 pr.become_probe();

@@ -68,7 +68,10 @@ struct AppendResponseBody {
     /// reserved (zero) before: a node from before it refuses a message that
     /// sets it, so a mixed cluster is upgraded followers first (README).
     no_space: u8,
-    reserved: [u8; 5],
+    /// With `no_space`: the follower refuses while it applies (see
+    /// `AppendResponse::applying`). Reserved before, as `no_space` was.
+    applying: u8,
+    reserved: [u8; 4],
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -206,7 +209,8 @@ pub(crate) fn encode_body(message: &Message, out: &mut BytesMut) -> Bytes {
                 reject: u8::from(response.reject),
                 missing: u8::from(response.missing),
                 no_space: u8::from(response.no_space),
-                reserved: [0; 5],
+                applying: u8::from(response.applying),
+                reserved: [0; 4],
             };
             out.put_slice(body.as_bytes());
             Bytes::new()
@@ -341,6 +345,7 @@ pub(crate) fn decode(kind: FrameKind, body: &Bytes, body_crc: u32) -> Result<Mes
                 hint_term: fixed.hint_term.get(),
                 missing: reader.flag(fixed.missing, "missing")?,
                 no_space: reader.flag(fixed.no_space, "no_space")?,
+                applying: reader.flag(fixed.applying, "applying")?,
             })
         }
         FrameKind::Heartbeat => {

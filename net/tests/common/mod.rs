@@ -71,11 +71,18 @@ pub fn message_body() -> impl Strategy<Value = MessageBody> {
                 entries
             })
         ),
-        (any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
-            |(index, reject, hint_index, hint_term, missing, no_space)| {
-                MessageBody::AppendResponse(AppendResponse { index, reject, hint_index, hint_term, missing, no_space })
-            }
-        ),
+        (any::<u64>(), any::<bool>(), any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(index, reject, hint_index, hint_term, missing, no_space, applying)| {
+                MessageBody::AppendResponse(AppendResponse {
+                    index,
+                    reject,
+                    hint_index,
+                    hint_term,
+                    missing,
+                    no_space,
+                    applying,
+                })
+            }),
         (any::<u64>(), any::<u64>()).prop_map(|(commit, read_context)| MessageBody::Heartbeat { commit, read_context }),
         any::<u64>().prop_map(|read_context| MessageBody::HeartbeatResponse { read_context }),
         (any::<u64>(), any::<u64>(), ids(), ids(), ids(), ids(), any::<u64>(), bytes(600), any::<bool>()).prop_map(

@@ -350,6 +350,7 @@ where
         self.note_peers_disk_space();
         // Copied once a tick for the statistics, not after every message.
         self.stats.appends_no_space = self.raft.appends_refused_no_space();
+        self.stats.appends_refused_applying = self.raft.appends_refused_applying();
         self.balance_leadership(now);
         self.announce_addresses(now);
         self.announce_features(now);
