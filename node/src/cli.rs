@@ -331,8 +331,11 @@ pub struct ServeOptions {
     /// term but drop their payloads (the WAL keeps them); a follower that
     /// needs one gets a snapshot. Bounds memory with a large state, where
     /// a snapshot comes only once the log grew to `snapshot-log-factor`
-    /// times the state. A budget for the node: each of its shards gets an
-    /// even part. [default: 268435456, 256 MiB]
+    /// times the state. Recovery after a restart holds no more either: the
+    /// oldest committed entries beyond it are read again from the WAL to be
+    /// applied. A shard restoring a received snapshot takes no more entries
+    /// once twice this is waiting to be applied. A budget for the node: each
+    /// of its shards gets an even part. [default: 268435456, 256 MiB]
     #[arg(long, value_name = "BYTES")]
     pub log_memory_bytes: Option<u64>,
 
