@@ -217,7 +217,6 @@ impl LogStore for Wal {
         let snapshot_length = head.as_ref().map_or(0, |head| head.data_length);
         let stored = head.map(|head| head.stored);
         let mut recovered = recovery::recover(&config, stored.as_ref(), hard_state.commit)?;
-        let mut dropped = recovery::DroppedReader::new(&recovered.segments, &recovered, config.batch_bytes_max);
 
         let mut log = stored.as_ref().map_or_else(TermLog::default, |s| TermLog::new(s.meta.index, s.meta.term));
         for entry in &recovered.entries {
@@ -250,8 +249,9 @@ impl LogStore for Wal {
         }
         let log_last = log.last_index;
         let snapshot_index = stored.as_ref().map_or(0, |stored| stored.meta.index);
-        let (mut applied, mut applied_bytes) = (snapshot_index, 0);
+        let (mut applied, mut applied_bytes, mut recovered_reader) = (snapshot_index, 0, None);
         if recovered.dropped_to > snapshot_index {
+            let mut dropped = recovery::DroppedReader::new(&recovered.segments, &recovered, config.batch_bytes_max);
             if acknowledged.max(hard_state.commit) > log_last {
                 // A replica in repair counts nothing past its snapshot as
                 // committed (see `engine::Raft::new`): it applies through the
@@ -263,6 +263,7 @@ impl LogStore for Wal {
                 }
             } else {
                 (applied, applied_bytes) = (recovered.dropped_to, recovered.dropped_bytes);
+                recovered_reader = Some(dropped);
             }
         }
         let mut stats = WalStats::default();
@@ -320,7 +321,7 @@ impl LogStore for Wal {
             damage,
             snapshot_open: RefCell::new(None),
             snapshot_length: std::cell::Cell::new(snapshot_length),
-            recovered_reader: RefCell::new((applied > snapshot_index).then_some(dropped)),
+            recovered_reader: RefCell::new(recovered_reader),
             appended_bytes: Default::default(),
             _lock: lock,
         };
