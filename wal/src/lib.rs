@@ -26,6 +26,7 @@ pub mod filesystem;
 pub mod hard_state;
 pub mod mem;
 mod recovery;
+mod reread;
 pub mod seed;
 pub mod segment;
 pub mod snapshot;

@@ -498,11 +498,14 @@ pub(crate) fn recover(
 }
 
 /// Reads again, record by record, the payloads recovery dropped (see
-/// [`WalConfig::recovery_payload_bytes`]): from the segment files, or from
-/// the images [`recover_images`] was given.
+/// [`WalConfig::recovery_payload_bytes`]): from the segment files (read
+/// ahead, see [`crate::reread`]), or from the images [`recover_images`] was
+/// given.
 pub struct DroppedReader {
     source: Source,
-    records: VecDeque<RecordAt>,
+    /// The records left to read, each with its window (see
+    /// [`crate::reread::windows`]; 0 for images).
+    records: VecDeque<(RecordAt, usize)>,
     /// The last index whose payload was dropped.
     to: Index,
     batch_limit: usize,
@@ -513,8 +516,10 @@ pub struct DroppedReader {
 enum Source {
     Files {
         segments: Vec<(PathBuf, u32)>,
-        /// The segment file last read (records come in file order).
-        open: Option<(usize, fs::File)>,
+        /// The windows the records lie in, until the reading starts.
+        windows: Vec<crate::reread::Window>,
+        /// Started at the first read, ended once every record is read.
+        prefetch: Option<crate::reread::Prefetch>,
     },
     Images(Vec<(Bytes, u32)>),
 }
@@ -528,9 +533,11 @@ impl std::fmt::Debug for DroppedReader {
 impl DroppedReader {
     pub(crate) fn new(segments: &[SegmentMeta], log: &RecoveredLog, batch_limit: usize) -> DroppedReader {
         let segments = segments.iter().map(|segment| (segment.path.clone(), segment.salt.unwrap_or(0))).collect();
+        let records: VecDeque<RecordAt> = log.dropped_records.iter().copied().collect();
+        let (windows, of_record) = crate::reread::windows(&records);
         DroppedReader {
-            source: Source::Files { segments, open: None },
-            records: log.dropped_records.iter().copied().collect(),
+            source: Source::Files { segments, windows, prefetch: None },
+            records: records.into_iter().zip(of_record).collect(),
             to: log.dropped_to,
             batch_limit,
         }
@@ -543,7 +550,7 @@ impl DroppedReader {
     pub fn read(&mut self, mut from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
         let mut entries = Vec::new();
         let mut bytes = 0;
-        while let Some(&record) = self.records.front() {
+        while let Some(&(record, window)) = self.records.front() {
             if record.last < from {
                 self.records.pop_front();
                 continue;
@@ -551,7 +558,7 @@ impl DroppedReader {
             if record.first > self.to || (bytes >= bytes_max && !entries.is_empty()) {
                 break;
             }
-            let batch = self.read_record(&record)?;
+            let batch = self.read_record(&record, window)?;
             let (low, high) = (from.max(record.first), record.last.min(self.to));
             for entry in batch.entries().filter(|entry| (low..=high).contains(&entry.index)) {
                 bytes += entry.data.len();
@@ -564,23 +571,23 @@ impl DroppedReader {
             from = high + 1;
             self.records.pop_front();
         }
+        if self.records.front().is_none_or(|(record, _)| record.first > self.to) {
+            // Nothing more to read: the reading threads end.
+            if let Source::Files { prefetch, .. } = &mut self.source {
+                *prefetch = None;
+            }
+        }
         Ok(entries)
     }
 
-    fn read_record(&mut self, record: &RecordAt) -> Result<EntryBatch, WalError> {
+    fn read_record(&mut self, record: &RecordAt, window: usize) -> Result<EntryBatch, WalError> {
         let (bytes, salt) = match &mut self.source {
-            Source::Files { segments, open } => {
-                use std::os::unix::fs::FileExt;
-                let (path, salt) = &segments[record.segment];
-                if open.as_ref().is_none_or(|(segment, _)| *segment != record.segment) {
-                    let file = fs::File::open(path).map_err(|error| WalError::io("opening", path, error))?;
-                    *open = Some((record.segment, file));
+            Source::Files { segments, windows, prefetch } => {
+                if prefetch.is_none() {
+                    *prefetch = Some(crate::reread::Prefetch::start(segments, std::mem::take(windows))?);
                 }
-                let (_, file) = open.as_ref().expect("opened above");
-                let mut buf = vec![0; record.length];
-                file.read_exact_at(&mut buf, record.offset as u64)
-                    .map_err(|error| WalError::io("reading", path, error))?;
-                (Bytes::from(buf), *salt)
+                let bytes = prefetch.as_mut().expect("started above").record(window, record)?;
+                (bytes, segments[record.segment].1)
             }
             Source::Images(images) => {
                 let (image, salt) = &images[record.segment];
@@ -809,7 +816,7 @@ impl ImageRecovery {
     pub fn dropped_reader(&self) -> DroppedReader {
         DroppedReader {
             source: Source::Images(self.images.clone()),
-            records: self.dropped_records.iter().copied().collect(),
+            records: self.dropped_records.iter().map(|record| (*record, 0)).collect(),
             to: self.dropped_to,
             batch_limit: self.batch_limit,
         }
@@ -905,20 +912,26 @@ fn misplaced(replay: &Replay, batch: &EntryBatch, segment_first: Option<Index>) 
 }
 
 /// Bytes per read of a segment with `O_DIRECT`.
-const READ_CHUNK: usize = 1 << 20;
+pub(crate) const READ_CHUNK: usize = 1 << 20;
 /// Reads of a segment in flight, each on its own thread. One large read at a
 /// time left the disk idle while the kernel faulted in and cleared the next
 /// read's fresh pages; with several in flight, one thread's page clearing
 /// overlaps the others' transfers and the disk queue never empties.
-const READS_IN_FLIGHT: usize = 8;
+pub(crate) const READS_IN_FLIGHT: usize = 8;
 
 /// A segment's bytes, read with `O_DIRECT` into page-aligned memory that
 /// the recovered entries then borrow (through [`Bytes::from_owner`]).
-struct AlignedBytes {
+///
+/// A mapping of its own rather than the allocator's: freed, it goes back to
+/// the system at once. With 1 MiB buffers from the allocator (the second
+/// pass, [`crate::reread`]), glibc kept the freed ones in its heap, and a
+/// restart settled 200 MB higher (2026-12-05).
+pub(crate) struct AlignedBytes {
     pointer: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-    /// Bytes read, at most `layout.size()`.
-    len: usize,
+    /// The mapping's size.
+    capacity: usize,
+    /// Bytes read, at most `capacity`.
+    pub(crate) len: usize,
 }
 
 // SAFETY: the buffer is owned; while it is being filled, the reading threads
@@ -932,12 +945,28 @@ impl AlignedBytes {
     /// An uninitialised buffer of `capacity` bytes (a positive multiple of
     /// the direct I/O alignment), aligned for direct I/O. Its pages are
     /// faulted in by the reads that fill them, on the reading threads.
-    fn new(capacity: usize) -> AlignedBytes {
-        let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN).expect("a valid layout");
-        // SAFETY: the layout's size is not zero.
-        let pointer = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBytes { pointer, layout, len: 0 }
+    pub(crate) fn new(capacity: usize) -> AlignedBytes {
+        assert!(capacity > 0 && capacity.is_multiple_of(segment::DIRECT_IO_ALIGN), "a buffer of whole blocks");
+        // SAFETY: an anonymous private mapping of a positive size, at an
+        // address of the kernel's choosing, has no preconditions.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                capacity,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let pointer = match std::ptr::NonNull::new(mapped.cast::<u8>()) {
+            Some(pointer) if mapped != libc::MAP_FAILED => pointer,
+            _ => {
+                let layout = std::alloc::Layout::from_size_align(capacity, segment::DIRECT_IO_ALIGN);
+                std::alloc::handle_alloc_error(layout.expect("a valid layout"))
+            }
+        };
+        AlignedBytes { pointer, capacity, len: 0 }
     }
 
     /// Reads `[at, at + want)` of the file into the same range of the
@@ -948,6 +977,24 @@ impl AlignedBytes {
     /// No other thread reads or writes that range of the buffer meanwhile,
     /// and `at + want` is at most the buffer's size.
     unsafe fn read_at(&self, file: &fs::File, at: usize, want: usize) -> std::io::Result<usize> {
+        // SAFETY: the caller's promise, with the file and buffer offsets equal.
+        unsafe { self.read_into(file, at as u64, at, want) }
+    }
+
+    /// Reads `want` bytes of the file from `file_at` into the buffer from
+    /// `at`, until they are read or the file ends; returns the bytes read.
+    ///
+    /// # Safety
+    ///
+    /// No other thread reads or writes `[at, at + want)` of the buffer
+    /// meanwhile, and `at + want` is at most the buffer's size.
+    pub(crate) unsafe fn read_into(
+        &self,
+        file: &fs::File,
+        file_at: u64,
+        at: usize,
+        want: usize,
+    ) -> std::io::Result<usize> {
         use std::os::unix::io::AsRawFd;
         let mut done = 0;
         while done < want {
@@ -959,7 +1006,7 @@ impl AlignedBytes {
                     file.as_raw_fd(),
                     self.pointer.as_ptr().add(at + done).cast(),
                     want - done,
-                    (at + done) as libc::off_t,
+                    (file_at + done as u64) as libc::off_t,
                 )
             };
             if read < 0 {
@@ -987,8 +1034,9 @@ impl AsRef<[u8]> for AlignedBytes {
 
 impl Drop for AlignedBytes {
     fn drop(&mut self) {
-        // SAFETY: allocated in `AlignedBytes::new` with this layout.
-        unsafe { std::alloc::dealloc(self.pointer.as_ptr(), self.layout) };
+        // SAFETY: mapped in `AlignedBytes::new` with this size, and no
+        // borrow of it outlives `self`.
+        unsafe { libc::munmap(self.pointer.as_ptr().cast(), self.capacity) };
     }
 }
 
@@ -1152,7 +1200,7 @@ impl SegmentReads {
             let number = state.taken + position;
             drop(state);
             let at = chunk * READ_CHUNK;
-            let want = READ_CHUNK.min(segment.buffer.layout.size() - at);
+            let want = READ_CHUNK.min(segment.buffer.capacity - at);
             // SAFETY: each chunk, inside the buffer, is handed to one thread
             // only, and the buffer is not read before every chunk is done.
             let read = unsafe { segment.buffer.read_at(&segment.file, at, want) };
@@ -1233,8 +1281,8 @@ fn open_direct_segment(path: PathBuf) -> Opened {
         return Opened::Done(Ok(Bytes::new()));
     }
     let buffer = AlignedBytes::new(segment::align_up(size as u64) as usize);
-    let chunks = buffer.layout.size().div_ceil(READ_CHUNK);
-    let end = buffer.layout.size();
+    let chunks = buffer.capacity.div_ceil(READ_CHUNK);
+    let end = buffer.capacity;
     let segment = std::sync::Arc::new(DirectSegment { file, buffer, size });
     Opened::Reading(Reading { path, segment, chunks, taken: 0, pending: chunks, end, error: None })
 }
