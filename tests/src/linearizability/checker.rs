@@ -424,44 +424,94 @@ impl EntryList {
 }
 
 /// The set of linearized operations of one partition.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bitset(Box<[u64]>);
+///
+/// Besides the bits it keeps where its full words end and where its last
+/// set bit lies, so that the memo can key on the part between
+/// ([`Bitset::window`]): a search linearizes roughly in call order, so that
+/// part is a few words however long the history. Keying on the whole set
+/// made each step cost the history's length (a copy and a hash of it), and a
+/// long chaos run's check (120,000 operations on one key) ran out of time.
+struct Bitset {
+    words: Box<[u64]>,
+    bits: usize,
+    /// Invariant: the words before it are full, and it is `words.len()` or
+    /// the first word that is not.
+    full_below: usize,
+    /// Invariant: the words from it on are zero, and it is 0 or one past the
+    /// last word that is not.
+    top: usize,
+}
 
 impl Bitset {
     fn new(size: usize) -> Self {
-        Self(vec![0; size.div_ceil(64)].into_boxed_slice())
+        Self { words: vec![0; size.div_ceil(64)].into_boxed_slice(), bits: size, full_below: 0, top: 0 }
+    }
+
+    /// The word `word` holds when all its bits are set.
+    fn full(&self, word: usize) -> u64 {
+        let used = (self.bits - word * 64).min(64);
+        if used == 64 {
+            u64::MAX
+        } else {
+            (1 << used) - 1
+        }
     }
 
     fn set(&mut self, bit: usize) {
-        self.0[bit / 64] |= 1 << (bit % 64);
+        let word = bit / 64;
+        self.words[word] |= 1 << (bit % 64);
+        self.top = self.top.max(word + 1);
+        while self.full_below < self.words.len() && self.words[self.full_below] == self.full(self.full_below) {
+            self.full_below += 1;
+        }
     }
 
     fn clear(&mut self, bit: usize) {
-        self.0[bit / 64] &= !(1 << (bit % 64));
+        let word = bit / 64;
+        self.words[word] &= !(1 << (bit % 64));
+        self.full_below = self.full_below.min(word);
+        while self.top > 0 && self.words[self.top - 1] == 0 {
+            self.top -= 1;
+        }
     }
 
     fn count(&self) -> usize {
-        self.0.iter().map(|word| word.count_ones() as usize).sum()
+        self.words.iter().map(|word| word.count_ones() as usize).sum()
+    }
+
+    /// Where the full words end, and the words from there to the last set
+    /// bit: equal for two sets exactly when the sets are equal.
+    fn window(&self) -> (usize, &[u64]) {
+        (self.full_below, &self.words[self.full_below..self.top.max(self.full_below)])
     }
 }
 
 /// Lowe's memo: the (linearized set, state) pairs already explored, in
-/// buckets by hash so a lookup allocates nothing.
+/// buckets by hash so a lookup allocates nothing; each set kept as its
+/// [`Bitset::window`].
 struct Memo<S> {
-    buckets: HashMap<u64, Vec<(Bitset, S)>>,
+    buckets: HashMap<u64, Vec<Seen<S>>>,
 }
+
+/// A memo entry: a set as its [`Bitset::window`], and a state.
+type Seen<S> = (usize, Box<[u64]>, S);
 
 impl<S: Clone + Eq + Hash> Memo<S> {
     /// Records the pair; false if it was already there.
     fn insert(&mut self, linearized: &Bitset, state: &S) -> bool {
+        let (full_below, window) = linearized.window();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        linearized.hash(&mut hasher);
+        full_below.hash(&mut hasher);
+        window.hash(&mut hasher);
         state.hash(&mut hasher);
         let bucket = self.buckets.entry(hasher.finish()).or_default();
-        if bucket.iter().any(|(seen_linearized, seen_state)| seen_linearized == linearized && seen_state == state) {
+        let seen = |(seen_full, seen_window, seen_state): &Seen<S>| {
+            *seen_full == full_below && seen_window[..] == *window && seen_state == state
+        };
+        if bucket.iter().any(seen) {
             return false;
         }
-        bucket.push((linearized.clone(), state.clone()));
+        bucket.push((full_below, window.into(), state.clone()));
         true
     }
 }
@@ -488,6 +538,10 @@ struct Search<'a, M: Model> {
     /// The lifted call entries, each with the state before it took effect.
     stack: Vec<(usize, M::State)>,
     deepest: Option<Deepest>,
+    /// How many entries of `stack` and of the deepest prefix recorded are
+    /// the same: a new deepest prefix copies only the rest (copying the
+    /// whole stack each time cost the history's length per backtrack).
+    agree: usize,
     /// The entry the walk looks at next.
     entry: usize,
 }
@@ -506,6 +560,7 @@ impl<'a, M: Model> Search<'a, M> {
             state: model.init(),
             stack: Vec::new(),
             deepest: None,
+            agree: 0,
             entry,
         }
     }
@@ -558,13 +613,19 @@ impl<'a, M: Model> Search<'a, M> {
         // could go first: record how far we got, then undo the last choice
         // and try the candidate after it.
         if self.deepest.as_ref().is_none_or(|deepest| self.stack.len() > deepest.prefix.len()) {
-            self.deepest =
-                Some(describe_position(self.model, self.partition, &self.list, &self.stack, entry, &self.state));
+            let mut prefix = self.deepest.take().map(|deepest| deepest.prefix).unwrap_or_default();
+            prefix.truncate(self.agree);
+            prefix.extend(
+                self.stack[self.agree..].iter().map(|&(call, _)| self.partition[self.list.entries[call].operation]),
+            );
+            self.agree = self.stack.len();
+            self.deepest = Some(describe_position(self.model, self.partition, &self.list, prefix, entry, &self.state));
         }
         let Some((call, previous_state)) = self.stack.pop() else {
             let deepest = self.deepest.take().expect("recorded just above");
             return Some(violation(self.model, self.history, self.partition, deepest));
         };
+        self.agree = self.agree.min(self.stack.len());
         self.state = previous_state;
         self.linearized.clear(self.list.entries[call].operation);
         self.list.unlift(call);
@@ -578,11 +639,10 @@ fn describe_position<M: Model>(
     model: &M,
     partition: &[usize],
     list: &EntryList,
-    stack: &[(usize, M::State)],
+    prefix: Vec<usize>,
     stuck_return: usize,
     state: &M::State,
 ) -> Deepest {
-    let prefix = stack.iter().map(|&(call, _)| partition[list.entries[call].operation]).collect();
     let mut candidates = Vec::new();
     let mut entry = list.first();
     while entry != stuck_return {
@@ -959,5 +1019,42 @@ mod tests {
         let mut operation = write(0, 1, 5, 6);
         operation.returned.as_mut().unwrap().time = 4;
         check_register(&[operation]);
+    }
+
+    /// Blocks of two overlapping writes and a read of the one called first,
+    /// which the search first linearizes in the wrong order and must back
+    /// out of: 3 * `blocks` operations on one register, as a long chaos
+    /// run gives (about 120,000 on one key at `CHAOS_SECONDS=100`; this one 180,000).
+    fn long_history(blocks: i64) -> Vec<RegisterOperation> {
+        let mut history = Vec::new();
+        for block in 0..blocks {
+            let (at, first) = (block as u64 * 10, block * 2);
+            history.push(write(0, first, at, at + 5));
+            history.push(write(1, first + 1, at + 1, at + 4));
+            history.push(read(2, Some(first), at + 6, at + 7));
+        }
+        history
+    }
+
+    /// Regression (2026-12-05): each step of the search copied and hashed
+    /// the whole set of linearized operations into the memo, and each
+    /// backtrack that went deeper copied the whole prefix, so the cost of
+    /// a step grew with the history: the five-node chaos test at
+    /// `CHAOS_SECONDS=100` (120,000 operations on one key) ended `Unknown`,
+    /// its 30 s exhausted 55,000 operations in, and this history too
+    /// (checked before the fix). The default options must decide it.
+    #[test]
+    fn a_long_history_is_decided_within_the_default_bounds() {
+        let history = long_history(60_000);
+        assert_eq!(check_register(&history), Verdict::Linearizable);
+        let mut broken = history;
+        let last = broken.len() - 1;
+        broken[last] = read(2, Some(-1), broken[last].call, broken[last].return_time().unwrap());
+        let violation = violation_of(check_register(&broken));
+        assert_eq!(violation.stuck, last);
+        assert_eq!(violation.longest_prefix.len(), last);
+        let mut prefix = violation.longest_prefix.clone();
+        prefix.sort_unstable();
+        assert_eq!(prefix, (0..last).collect::<Vec<_>>(), "the prefix is every operation but the bad read");
     }
 }
