@@ -14,6 +14,11 @@ use super::{Clock, Shard, ShardError, ShardStorage, ShardTransport};
 use crate::app::StateMachine;
 use crate::replicated::{Applied, SetAddresses};
 
+/// How often a long apply of the log read again at a restart says how far
+/// it got (one with gigabytes beyond the log budget takes seconds, and the
+/// node answers nothing until it is done).
+const RECOVERY_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Appends on their way to the disk and what waits for them.
 #[derive(Default)]
 pub(super) struct Persistence {
@@ -369,8 +374,15 @@ where
         }
         tracing::info!(shard, from, to, "applying the committed log whose payloads recovery left on disk");
         let started = self.clock.now();
+        let mut reported = started;
         let mut next = from;
         while next <= to {
+            let now = self.clock.now();
+            if now.saturating_duration_since(reported) >= RECOVERY_PROGRESS_EVERY {
+                reported = now;
+                let (done, left) = (next - from, to + 1 - next);
+                tracing::info!(shard, done, left, "applying the log read again from disk");
+            }
             let bytes_max = self.raft.config().apply_bytes_max;
             let entries = self.storage.read_recovered(next, bytes_max).map_err(|error| self.storage_error(error))?;
             let (first, last) = match (entries.first(), entries.last()) {
