@@ -162,7 +162,8 @@ impl Prefetch {
         for window in &windows {
             if files[window.segment].is_none() {
                 let path = &segments[window.segment].0;
-                let file = open_for_reading(path).map_err(|error| WalError::io("opening", path, error))?;
+                let (file, _) =
+                    crate::segment::open_direct_to_read(path).map_err(|error| WalError::io("opening", path, error))?;
                 files[window.segment] = Some((file, path.clone()));
             }
         }
@@ -235,16 +236,6 @@ impl Drop for Prefetch {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-    }
-}
-
-/// Opens a segment to read with `O_DIRECT`, or buffered where the file
-/// system refuses it (tmpfs before Linux 6.6).
-fn open_for_reading(path: &std::path::Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
-        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => fs::File::open(path),
-        opened => opened,
     }
 }
 

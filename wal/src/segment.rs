@@ -297,7 +297,20 @@ pub(crate) fn aligned_zeros(length: usize) -> (Vec<u8>, usize) {
 /// 6.6 refuses `O_DIRECT`; a device with larger blocks would need larger
 /// alignment), and says whether it did.
 pub(crate) fn open_direct(path: &Path, flags: libc::c_int) -> std::io::Result<(std::fs::File, bool)> {
-    let open = |flags| std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
+    open_direct_with(std::fs::OpenOptions::new().read(true).write(true), path, flags)
+}
+
+/// [`open_direct`] for reading only.
+pub(crate) fn open_direct_to_read(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    open_direct_with(std::fs::OpenOptions::new().read(true), path, 0)
+}
+
+fn open_direct_with(
+    options: &std::fs::OpenOptions,
+    path: &Path,
+    flags: libc::c_int,
+) -> std::io::Result<(std::fs::File, bool)> {
+    let open = |flags| options.clone().custom_flags(flags).open(path);
     match open(flags | libc::O_DIRECT) {
         Ok(file) if direct_io_alignment_fits(&file) => Ok((file, true)),
         Ok(_) => Ok((open(flags)?, false)),
