@@ -197,7 +197,22 @@ fn apply_op(op: ConfChangeOp, conf: &ConfState, next: &mut ConfState) -> Result<
 impl Raft {
     /// Proposes a membership change (leader only). Refused while another
     /// change is in progress, for a learner that lags too far to be promoted,
-    /// and for a change that would leave no voter.
+    /// for a full voter that is not a learner yet, and for a change that
+    /// would leave no voter.
+    ///
+    /// A full voter joins as a learner first and is promoted once it has
+    /// caught up (Raft thesis 4.2.1). Added directly, it would count toward
+    /// the quorum while it holds nothing, and it could not tell a lost
+    /// history from a new cluster: a replica with an empty log that was in
+    /// its starting configuration waits for the logs of that
+    /// configuration's voters before it votes (`Raft::unverified`), so one
+    /// added back directly after its configuration changed could wait for
+    /// members that have left and no longer campaign, and a group that
+    /// needs its vote had no leader for good (seeds 8822, 9901, 26942,
+    /// 30441, 42312, 42795, 45040, 101931 and 205173 of the randomized
+    /// `three_nodes`). A witness may still join directly: it holds entry
+    /// metadata only, and a node joins as a witness that way (`--join
+    /// --witness`).
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<(Index, u64), ProposeError> {
         if self.role() != Role::Leader {
             let leader = self.leader();
@@ -212,6 +227,13 @@ impl Raft {
         change.apply_to(self.conf()).map_err(|error| ProposeError::InvalidChange(error.0))?;
         let last = self.last_index();
         for op in &change.ops {
+            if let ConfChangeOp::AddVoter(id) = *op {
+                if !self.conf().is_voter(id) && !self.conf().is_learner(id) {
+                    return Err(ProposeError::InvalidChange(format!(
+                        "node {id} is not a learner: add it as one first, and promote it once it has caught up"
+                    )));
+                }
+            }
             if let ConfChangeOp::AddVoter(id) | ConfChangeOp::AddWitness(id) = *op {
                 if self.conf().is_learner(id) {
                     let matched = self.progress().get(&id).map_or(0, |pr| pr.match_index);

@@ -250,7 +250,15 @@ fn run_seed(nodes: u64, witnesses: &[NodeId], seed: u64) {
                     } else {
                         ConfChangeOp::AddVoter(target)
                     };
-                    let _ = cluster.raft(leader).propose_conf_change(ConfChange { ops: vec![op] });
+                    let direct = matches!(op, ConfChangeOp::AddVoter(id) if !conf.is_voter(id) && !conf.is_learner(id));
+                    let result = cluster.raft(leader).propose_conf_change(ConfChange { ops: vec![op] });
+                    // A full voter joins as a learner first (see
+                    // `propose_conf_change`): one added directly while its
+                    // log was empty could wait for members that had left.
+                    assert!(
+                        !direct || result.is_err(),
+                        "step {step}: {op:?} of a node that is no learner was not refused: {result:?}"
+                    );
                 }
             }
             88 => {
