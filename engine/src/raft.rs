@@ -572,6 +572,40 @@ impl Raft {
     pub fn past_unknown(&self) -> bool {
         self.unverified || self.repair == Some(REPAIR_UNKNOWN)
     }
+    /// The voters of this replica's configuration whose vote requests it
+    /// still waits for before it may vote, while it cannot know what it
+    /// acknowledged before (it started with an empty log: a wiped data
+    /// directory?); empty otherwise, and once it has heard enough of them
+    /// (see `unknown_past_vote_allowed`). A shell shows it to the operator:
+    /// a voter listed here that has left the cluster never campaigns, so if
+    /// the group needs this replica's vote it has no leader until the
+    /// replica is restarted with the current members (its starting
+    /// configuration is all it knows).
+    pub fn votes_wait_for(&self) -> Vec<NodeId> {
+        if !(self.unverified || self.repair == Some(REPAIR_UNKNOWN)) {
+            return Vec::new();
+        }
+        let mut waiting: Vec<NodeId> = self
+            .halves_short_of_reports()
+            .flat_map(|half| half.iter().copied().filter(|&id| id != self.id && !self.reports.contains_key(&id)))
+            .collect();
+        waiting.sort_unstable();
+        waiting.dedup();
+        waiting
+    }
+
+    /// The halves of the configuration (of a joint one, both) from whose
+    /// voters other than this replica it has fewer than `n - majority + 1`
+    /// reports (see `unknown_past_vote_allowed`).
+    fn halves_short_of_reports(&self) -> impl Iterator<Item = &Vec<NodeId>> {
+        let halves = [&self.conf.voters, &self.conf.voters_outgoing];
+        halves.into_iter().filter(|half| !half.is_empty()).filter(|half| {
+            let need = half.len() - (half.len() / 2 + 1) + 1;
+            let heard = half.iter().filter(|&&id| id != self.id && self.reports.contains_key(&id)).count();
+            heard < need
+        })
+    }
+
     /// How many repairs to [`REPAIR_UNKNOWN`] this replica started since it
     /// was built.
     pub fn unknown_repairs(&self) -> u64 {
@@ -2072,13 +2106,8 @@ impl Raft {
     /// election this replica may have voted in before, and this replica
     /// never votes twice in one term.
     fn unknown_past_vote_allowed(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
-        let halves = [&self.conf.voters, &self.conf.voters_outgoing];
-        for half in halves.into_iter().filter(|half| !half.is_empty()) {
-            let need = half.len() - (half.len() / 2 + 1) + 1;
-            let heard = half.iter().filter(|&&id| id != self.id && self.reports.contains_key(&id)).count();
-            if heard < need {
-                return false;
-            }
+        if self.halves_short_of_reports().next().is_some() {
+            return false;
         }
         self.reports.values().all(|&(last_term, last_index, reported_term)| {
             (request.last_log_term, request.last_log_index) >= (last_term, last_index) && (pre || term > reported_term)

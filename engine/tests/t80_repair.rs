@@ -3,7 +3,7 @@
 //! holds them from electing one.
 
 use engine::testing::Cluster;
-use engine::{EntryBatch, MemStorage, Role};
+use engine::{ConfChange, ConfChangeOp, ConfState, EntryBatch, MemStorage, Role};
 
 /// Seed 6339 of the simulation's `three_nodes_with_storage_faults`, reduced:
 /// node 2 wins a term with node 1's vote and records in its hard state
@@ -73,4 +73,56 @@ fn a_leader_that_lost_its_first_entry_and_more_lets_a_complete_log_win() {
     for index in 1..=committed {
         assert_eq!(cluster.node(2).raft.entry(index), cluster.node(1).raft.entry(index));
     }
+}
+
+/// Restarts `id` with an empty log (its data directory wiped) and the
+/// starting voters `voters` (what `--peers` would give it).
+fn wipe_and_restart(cluster: &mut Cluster, id: u64, voters: Vec<u64>) {
+    cluster.crash(id);
+    let node = cluster.nodes.get_mut(&id).expect("known node");
+    node.storage = MemStorage::new();
+    node.config.voters = voters;
+    cluster.restart(id);
+}
+
+/// A voter wiped and restarted with its old starting configuration after
+/// the group shrank to {1, 3}: it cannot know what it acknowledged, so it
+/// votes only after reports from two of {2, 3}, and removed node 2 never
+/// campaigns. Node 3 needs its vote, so there is no leader; the replica
+/// says whom it waits for (`votes_wait_for`, which the node shows in
+/// `admin status` and in a warning). Restarted with the current members,
+/// it hears enough from node 3 alone, a leader is elected, and the wiped
+/// replica gets every committed entry back.
+#[test]
+fn a_wiped_voter_with_a_stale_configuration_says_whom_it_waits_for() {
+    let mut cluster = Cluster::with_voters(3, 11);
+    cluster.elect(1);
+    cluster.commit_values(1, 3);
+    cluster.raft(1).propose_conf_change(ConfChange { ops: vec![ConfChangeOp::Remove(2)] }).expect("proposed");
+    cluster.stabilize();
+    cluster.commit_values(1, 2);
+    assert_eq!(cluster.node(3).raft.conf(), &ConfState::new([1, 3], []));
+    let committed = cluster.node(1).raft.committed();
+    cluster.crash(2);
+
+    wipe_and_restart(&mut cluster, 1, vec![1, 2, 3]);
+    for _ in 0..300 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.leader(), None, "node 3 cannot win {{1, 3}} without node 1's vote");
+    assert_eq!(cluster.node(1).raft.votes_wait_for(), vec![2]);
+    assert!(cluster.node(3).raft.votes_wait_for().is_empty(), "node 3 knows its past");
+
+    wipe_and_restart(&mut cluster, 1, vec![1, 3]);
+    for _ in 0..300 {
+        cluster.tick_all();
+        cluster.stabilize();
+        if cluster.leader().is_some() && cluster.node(1).raft.committed() >= committed {
+            break;
+        }
+    }
+    assert_eq!(cluster.leader(), Some(3));
+    assert!(cluster.node(1).raft.committed() >= committed, "the wiped replica caught up");
+    assert!(cluster.node(1).raft.votes_wait_for().is_empty());
 }

@@ -236,3 +236,63 @@ fn removing_the_leader_a_down_member_and_a_removed_node_coming_back() {
     let status = cluster.status(live).unwrap();
     assert!(status["next_id"].as_u64().unwrap() > 5, "{status}");
 }
+
+/// A voter whose data directory is wiped after the group shrank, restarted
+/// with its old `--peers`: it cannot know what it acknowledged, so it votes
+/// only once enough voters of that (stale) configuration ask, and the
+/// removed member never will. The group {1, 3} needs its vote, so there is
+/// no leader; the node says whom it waits for (`admin status`
+/// `votes_wait_for`, and a warning naming the way out), and restarted with
+/// the current members it votes, a leader is elected and the data reads
+/// back through it.
+#[test]
+fn a_wiped_voter_restarted_with_old_peers_says_so_and_recovers_with_the_current_ones() {
+    let mut cluster = new_cluster(23500);
+    cluster.bootstrap(3);
+    let leader = cluster.leader();
+    let mut client = BlockingClient::new(&cluster.client(&[1, 2, 3])).expect("a client");
+    put(&mut client, "kept", "through the wipe");
+    let answer = call(&cluster.client(&[leader]), RequestBody::Admin(AdminRequest::Remove { id: 2 }));
+    assert_eq!(answer.expect("admin answered"), ResponseStatus::Ok(Bytes::new()));
+    cluster.wait_status(1, "node 2 removed", |status| {
+        common::ids(&status["voters"]) == [1, 3] && common::ids(&status["voters_outgoing"]).is_empty()
+    });
+    cluster.wait_status(3, "node 2 removed", |status| common::ids(&status["voters"]) == [1, 3]);
+    cluster.kill(2);
+
+    let start = |cluster: &mut Cluster, peers: &[u64], log: &std::path::Path| {
+        let peers: Vec<String> = peers.iter().map(|id| format!("{id}=127.0.0.1:{}", cluster.peer_port(*id))).collect();
+        let mut command = cluster.command(1);
+        command.args(["--node-id", "1", "--cluster-id", &CLUSTER.to_string(), "--peers", &peers.join(",")]);
+        command.stderr(std::fs::File::create(log).expect("log file"));
+        cluster.nodes.insert(1, command.spawn().expect("start node"));
+    };
+    cluster.kill(1);
+    std::fs::remove_dir_all(cluster.data_dir(1)).expect("wipe node 1");
+    let stale_log = cluster.dir.join("stale-peers.log");
+    start(&mut cluster, &[1, 2, 3], &stale_log);
+    cluster.wait_status(1, "node 1 waits for node 2", |status| common::ids(&status["votes_wait_for"]) == [2]);
+    // The warning comes after 10 s without a leader.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let warned = loop {
+        let log = std::fs::read_to_string(&stale_log).unwrap_or_default();
+        if log.contains("withholds its vote") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(warned.contains("withholds its vote") && warned.contains("--peers"), "no warning: {warned}");
+    for slot in [1, 3] {
+        assert_eq!(cluster.status(slot).expect("status")["leader"], 0, "slot {slot} found a leader");
+    }
+
+    cluster.kill(1);
+    let current_log = cluster.dir.join("current-peers.log");
+    start(&mut cluster, &[1, 3], &current_log);
+    cluster.leader_among([1, 3].into_iter());
+    let mut client = BlockingClient::new(&cluster.client(&[1])).expect("a client");
+    assert_eq!(get(&mut client, "kept").as_deref(), Some(&b"through the wipe"[..]));
+    cluster.wait_status(1, "node 1 knows its past", |status| {
+        common::ids(&status["votes_wait_for"]).is_empty() && status["repair"].is_null()
+    });
+}

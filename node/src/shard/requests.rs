@@ -1174,6 +1174,11 @@ where
                 target => json!(target),
             }),
             "repair": self.repair_json(status.repair_target, status.last_index),
+            // A replica that started with an empty log votes only after vote
+            // requests from enough voters of its configuration: those it
+            // still waits for (empty once it has heard enough, or knows its
+            // past).
+            "votes_wait_for": self.raft.votes_wait_for(),
             "disk_full": self.storage.no_space(),
             // Peers that answer this leader's appends "no space" (empty on
             // followers); writes are refused with NoSpace while the rest
@@ -1195,12 +1200,7 @@ where
             "members": self.members_json(&status.conf),
             "removed": self.fsm.removed(),
             "next_id": self.fsm.next_id(),
-            "progress": status.progress.iter().map(|p| json!({
-                "id": p.id, "match": p.match_index, "next": p.next_index,
-                "state": format!("{:?}", p.state), "inflight": p.inflight_batches,
-                "active": p.recent_active, "learner": p.learner, "witness": p.witness,
-                "disk_full": p.no_space,
-            })).collect::<Vec<_>>(),
+            "progress": progress_json(&status.progress),
             "sessions": sessions_json(
                 self.fsm.sessions(),
                 self.fsm.sessions_get_owners(self.raft.conf()),
@@ -1212,6 +1212,21 @@ where
             "pending_reads": self.requests.reads.len(),
         })
     }
+}
+
+/// A leader's view of each member's replication (empty on followers).
+fn progress_json(progress: &[engine::raft::PeerStatus]) -> Vec<serde_json::Value> {
+    progress
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id, "match": p.match_index, "next": p.next_index,
+                "state": format!("{:?}", p.state), "inflight": p.inflight_batches,
+                "active": p.recent_active, "learner": p.learner, "witness": p.witness,
+                "disk_full": p.no_space,
+            })
+        })
+        .collect()
 }
 
 /// Why a removed node is refused.
