@@ -4,7 +4,7 @@
 //!
 //! What is shared with the native runner ([`crate::runner`]): the settings
 //! ([`RunSettings`]), the split of the load over connections
-//! ([`plan_connections`]), the workload's draws ([`Workload`], the same keys
+//! (`plan_connections`), the workload's draws ([`Workload`], the same keys
 //! and values in the same order for a seed), the closed and open loops (the
 //! open loop's [`crate::schedule::Schedule`], latency from the intended send
 //! time), the recording ([`Recorder`], HDR histograms), the live display and

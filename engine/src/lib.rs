@@ -3,7 +3,7 @@
 //!
 //! The engine does no I/O, reads no clock, starts no thread and uses no global
 //! randomness. A shell drives it with `tick`, `step` and `propose`, takes a
-//! [`Ready`](raft::Ready) of work (entries to persist, messages to send,
+//! [`Ready`] of work (entries to persist, messages to send,
 //! entries to apply) and hands it back with `advance`.
 
 pub mod batch;

@@ -22,7 +22,7 @@ pub const NODE_NONE: NodeId = 0;
 pub enum EntryKind {
     /// An application command for the state machine.
     Normal = 1,
-    /// A membership change (an encoded [`ConfChange`]).
+    /// A membership change (an encoded [`ConfChange`](crate::ConfChange)).
     Config = 2,
     /// The empty entry a new leader appends to commit its term (Raft thesis 6.4).
     Noop = 3,

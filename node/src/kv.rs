@@ -444,7 +444,7 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"KVSN";
 const SNAPSHOT_HEADER_SIZE: usize = 4 + 2 + 2 + 8;
 const SNAPSHOT_CHECKSUM_SIZE: usize = 4;
 
-/// A snapshot that [`KvStateMachine::restore`] refuses; turned into the
+/// A snapshot that `KvStateMachine::restore` refuses; turned into the
 /// engine's [`RestoreError`] with this message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
@@ -484,7 +484,7 @@ impl From<SnapshotError> for RestoreError {
 /// Keys are copied out of the log entries (and snapshots) they arrive in.
 /// Values written through [`StateMachine::apply_in`] (the node's path) are
 /// kept as slices of their entries when they are large, until the ones
-/// that stay are copied (see [`Value`] and [`Slices`]); values restored
+/// that stay are copied (see `Value` and `Slices`); values restored
 /// from a snapshot, or written through [`StateMachine::apply`], are copied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStateMachine {
@@ -505,7 +505,7 @@ impl KvStateMachine {
     }
 
     /// A store whose slices are copied once `keep` more bytes of commands
-    /// have been applied instead of 64 MiB (see [`Slices`]): less memory
+    /// have been applied instead of 64 MiB (see `Slices`): less memory
     /// pinned, more values copied. The simulator uses a small one, so that
     /// its short runs copy slices too. Kept across restores.
     pub fn with_slice_keep_bytes(keep: u64) -> KvStateMachine {
@@ -541,7 +541,7 @@ impl KvStateMachine {
     }
 
     /// How many values kept as slices were copied because they stayed
-    /// (see [`Slices`]).
+    /// (see `Slices`).
     pub fn slices_copied(&self) -> u64 {
         self.data.slices.copied
     }
@@ -780,7 +780,7 @@ impl StateMachine for KvStateMachine {
         self.apply_values_in(index, command, None)
     }
 
-    /// Keeps the values of puts as slices of the entry (see [`Value`]).
+    /// Keeps the values of puts as slices of the entry (see `Value`).
     fn apply_in(&mut self, index: Index, command: &[u8], entry: &Bytes) -> Result<Bytes, Rejection> {
         let within = entry.as_ptr_range();
         let inside = within.start <= command.as_ptr() && command.as_ptr_range().end <= within.end;

@@ -397,7 +397,7 @@ const WITNESS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// never reaches it: without this it would know only the members it was
 /// told at start, and could not answer (vote for, acknowledge) a full
 /// member added later once that member leads. Every
-/// [`WITNESS_WATCH_INTERVAL`] it asks a member (those given to `--join`,
+/// `WITNESS_WATCH_INTERVAL` it asks a member (those given to `--join`,
 /// then those the members reported) for its status and points every
 /// core's links at the members' peer addresses (`moved`, as the DNS watch
 /// does). The reported addresses also go to `learned`, so the witness's

@@ -96,7 +96,7 @@ pub struct WalConfig {
     /// reads the log (0: no bound). Beyond it the oldest committed entries'
     /// payloads are dropped as the log is read (their index, term and kind
     /// stay; configuration entries keep theirs) and read again, record by
-    /// record, with [`crate::Wal::read_recovered`], for the shell to apply
+    /// record, with `crate::Wal::read_recovered`, for the shell to apply
     /// them before it serves: a log since the last snapshot of gigabytes
     /// then costs a restart this bound plus a few segments of memory, not
     /// its size. The node sets its per-shard `--log-memory-bytes`.

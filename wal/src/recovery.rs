@@ -499,7 +499,7 @@ pub(crate) fn recover(
 
 /// Reads again, record by record, the payloads recovery dropped (see
 /// [`WalConfig::recovery_payload_bytes`]): from the segment files (read
-/// ahead, see [`crate::reread`]), or from the images [`recover_images`] was
+/// ahead, see `crate::reread`), or from the images [`recover_images`] was
 /// given.
 pub struct DroppedReader {
     source: Source,

@@ -320,7 +320,7 @@ fn open_direct_with(
 }
 
 /// Whether direct I/O on `file` accepts [`DIRECT_IO_ALIGN`]-aligned memory,
-/// offsets and lengths (see [`alignment_fits`]).
+/// offsets and lengths (see `alignment_fits`).
 pub fn direct_io_alignment_fits(file: &std::fs::File) -> bool {
     alignment_fits(direct_io_alignment(file))
 }

@@ -7,8 +7,8 @@
 //! serializer thread, or chunk by chunk, each durably, as it arrives from the
 //! leader), verified against the checksum computed on the way in, sealed with
 //! its header and renamed into place; followers are served one chunk at a
-//! time by position ([`read_chunk`]), and a restore reads it as a stream
-//! ([`open_reader`]).
+//! time by position (`read_chunk`), and a restore reads it as a stream
+//! (`open_reader`).
 //!
 //! The header also carries `segment_sequence_min`: segments with a lower
 //! sequence are void. A snapshot that disagrees with the log (or lies past its

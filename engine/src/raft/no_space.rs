@@ -114,7 +114,7 @@ impl Raft {
     }
 
     /// How many appends this node refused while applying (see
-    /// [`Raft::refuses_while_applying`]) since it was built.
+    /// `Raft::refuses_while_applying`) since it was built.
     pub fn appends_refused_applying(&self) -> u64 {
         self.appends_refused_applying
     }

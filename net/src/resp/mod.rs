@@ -19,7 +19,7 @@
 //! commands in one buffer (pipelining) come out one call at a time, and a
 //! command split across reads comes out once its last byte arrived.
 //!
-//! Zero copy: a parsed command's arguments are [`Bytes`] slices of the
+//! Zero copy: a parsed command's arguments are [`Bytes`](bytes::Bytes) slices of the
 //! receive buffer (split off and frozen, not copied); only inline arguments
 //! with quotes or escapes are rebuilt. Hostile input is bounded by
 //! [`RespLimits`]: a claimed length is checked against its bound before

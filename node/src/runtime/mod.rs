@@ -498,7 +498,7 @@ enum PeerNet {
     Local { hub: Hub, core: u16 },
 }
 
-/// A shard's transport: Raft messages over its core's [`PeerNet`], answers
+/// A shard's transport: Raft messages over its core's `PeerNet`, answers
 /// to whoever asked.
 pub struct NodeTransport {
     shard_id: u32,

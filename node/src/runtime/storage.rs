@@ -191,7 +191,7 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
     }
 
     /// On a thread of its own, like serializing (see
-    /// [`serialize_in_background`]); the outcome goes to the driver loop. A
+    /// `serialize_in_background`); the outcome goes to the driver loop. A
     /// shard that stopped meanwhile drops it there.
     fn restore_snapshot(&mut self, job: RestoreJob) {
         let done = self.snapshot_done.clone();

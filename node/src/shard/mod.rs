@@ -23,10 +23,10 @@
 //! and tell the engine, which then counts the leader's own log in the commit
 //! quorum.
 //!
-//! The code is split by concern: [`requests`] (client writes, reads, admin,
-//! forwarding, timeouts), [`ready`] (Ready execution and durability),
-//! [`snapshots`] (taking, storing, serving and installing snapshots),
-//! [`backup`] (serving a backup of the state).
+//! The code is split by concern: `requests` (client writes, reads, admin,
+//! forwarding, timeouts), `ready` (Ready execution and durability),
+//! `snapshots` (taking, storing, serving and installing snapshots),
+//! `backup` (serving a backup of the state).
 
 mod backup;
 pub mod io;

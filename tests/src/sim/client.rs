@@ -71,7 +71,7 @@ pub fn set_large_values(on: bool) {
 const LARGE_VALUE_PADDING: usize = 1024;
 
 /// The key-value encoding of a simulator value: its 8 bytes; in a run with
-/// large values, every third value is followed by [`LARGE_VALUE_PADDING`]
+/// large values, every third value is followed by `LARGE_VALUE_PADDING`
 /// bytes made from it, so that the store's slices of log entries (and their
 /// copies) are in the history too, and [`value_id`] catches any damage to
 /// them.

@@ -184,7 +184,7 @@ impl LogImage {
 
     /// What the WAL's recovery makes of these bytes on top of a snapshot at
     /// `snapshot_index`, without changing them; payloads of entries up to
-    /// `commit` are dropped beyond the `budget`th of [`RECOVERY_BUDGETS`]
+    /// `commit` are dropped beyond the `budget`th of `RECOVERY_BUDGETS`
     /// (taken modulo their count).
     pub fn plan(&self, snapshot_index: Index, commit: Index, budget: usize) -> ImageRecovery {
         let images: Vec<SegmentImage> = self
