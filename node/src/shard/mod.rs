@@ -394,8 +394,8 @@ where
             voters = ?self.raft.conf().voters,
             "no leader, and this replica withholds its vote: it started with an empty log (a new cluster, or a \
              wiped data directory) and votes only once enough voters of its configuration have asked for votes; \
-             if this is a new cluster, start those members; if they have left the cluster, restart this node \
-             with the current members in --peers"
+             start those members if they are down; if they have left the cluster, restart this node with the \
+             current members in --peers"
         );
     }
 
