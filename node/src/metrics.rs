@@ -377,6 +377,14 @@ impl Sample {
         )?;
         self.per_shard(
             encoder,
+            "raft_node_votes_wait_for",
+            "Voters whose vote requests this replica, started with an empty log, still waits for before it votes \
+             (their ids are in `node admin status`; 0 once it knows its past).",
+            MetricType::Gauge,
+            |sample| Some(sample.status.as_ref()?["votes_wait_for"].as_array()?.len() as i64),
+        )?;
+        self.per_shard(
+            encoder,
             "raft_node_sessions",
             "Exactly-once client sessions the shard keeps.",
             MetricType::Gauge,

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisResult, Value};
 
+mod common;
+use common::http_get;
+
 const TOKEN: &str = "resp-test-token";
 
 /// A cluster whose nodes serve RESP on `resp_port(id)`.
@@ -581,19 +584,6 @@ fn redis_benchmark_runs_clean() {
     }
     let counter: i64 = redis::cmd("GET").arg("counter:__rand_int__").query(&mut cluster.connect(leader)).unwrap();
     assert_eq!(counter, requests, "every INCR once");
-}
-
-/// A plain HTTP/1.1 `GET`: the status code and the body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).ok()?;
-    let answer = String::from_utf8(answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
 
 /// One sample of an exposition: name, labels, value.

@@ -260,18 +260,27 @@ fn a_wiped_voter_restarted_with_old_peers_says_so_and_recovers_with_the_current_
     cluster.wait_status(3, "node 2 removed", |status| common::ids(&status["voters"]) == [1, 3]);
     cluster.kill(2);
 
+    const METRICS_PORT: u16 = 23510;
     let start = |cluster: &mut Cluster, peers: &[u64], log: &std::path::Path| {
         let peers: Vec<String> = peers.iter().map(|id| format!("{id}=127.0.0.1:{}", cluster.peer_port(*id))).collect();
         let mut command = cluster.command(1);
         command.args(["--node-id", "1", "--cluster-id", &CLUSTER.to_string(), "--peers", &peers.join(",")]);
+        command.args(["--metrics-addr", &format!("127.0.0.1:{METRICS_PORT}")]);
         command.stderr(std::fs::File::create(log).expect("log file"));
         cluster.nodes.insert(1, command.spawn().expect("start node"));
     };
     cluster.kill(1);
     std::fs::remove_dir_all(cluster.data_dir(1)).expect("wipe node 1");
+    // Node 3, if it led, steps down without a quorum (check-quorum): a
+    // leader the wiped node hears would simply repair it.
+    cluster.wait_status(3, "node 3 without a leader", |status| status["leader"] == 0);
     let stale_log = cluster.dir.join("stale-peers.log");
     start(&mut cluster, &[1, 2, 3], &stale_log);
     cluster.wait_status(1, "node 1 waits for node 2", |status| common::ids(&status["votes_wait_for"]) == [2]);
+    let (code, metrics) = common::http_get(METRICS_PORT, "/metrics").expect("metrics answered");
+    assert_eq!(code, 200);
+    let gauge = metrics.lines().find(|line| line.starts_with("raft_node_votes_wait_for{")).expect("the gauge");
+    assert!(gauge.ends_with(" 1"), "{gauge}");
     // The warning comes after 10 s without a leader.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     let warned = loop {

@@ -149,3 +149,17 @@ pub fn proc_memory(pid: u32, field: &str) -> u64 {
 pub fn ids(value: &serde_json::Value) -> Vec<u64> {
     value.as_array().map(|list| list.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default()
 }
+
+/// A plain HTTP/1.1 `GET`: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8(answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
