@@ -727,6 +727,11 @@ impl World {
         let Some(leader) = self.leader(shard) else { return };
         let target = self.pick();
         let conf = self.nodes[&leader].raft(shard).conf().clone();
+        // A node run as a witness becomes a voter only as a witness (as an
+        // operator does it: `admin add-witness`, or its `--join --witness`),
+        // directly or from a learner; a full voter only from a learner (the
+        // engine refuses anything else).
+        let witness = self.nodes[&target].config.witness;
         let op = if conf.is_learner(target) {
             ConfChangeOp::AddVoter(target)
         } else if conf.is_voter(target) {
@@ -735,14 +740,11 @@ impl World {
                 return;
             }
             ConfChangeOp::Remove(target)
-        } else if self.rng.range(0, 2) == 0 {
+        } else if self.rng.range(0, 2) == 0 || !witness {
             ConfChangeOp::AddLearner(target)
         } else {
             ConfChangeOp::AddVoter(target)
         };
-        // A node run as a witness becomes a voter only as a witness (as an
-        // operator does it: `admin add-witness`, or its `--join --witness`).
-        let witness = self.nodes[&target].config.witness;
         let op = match op {
             ConfChangeOp::AddVoter(id) if witness => ConfChangeOp::AddWitness(id),
             op => op,
