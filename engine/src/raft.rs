@@ -184,6 +184,10 @@ pub struct PeerStatus {
     pub next_index: Index,
     pub state: ProgressState,
     pub inflight_batches: usize,
+    /// The leader heard from it within the last election timeout (a
+    /// sliding window: the check-quorum flag of the same name restarts
+    /// empty every election timeout, which would call every healthy peer
+    /// inactive until the next heartbeat's answers).
     pub recent_active: bool,
     pub learner: bool,
     pub witness: bool,
@@ -707,6 +711,7 @@ impl Raft {
 
     pub fn status(&self) -> Status {
         let no_space = self.peers_no_space();
+        let active_window = u64::from(self.config.election_ticks_min);
         Status {
             id: self.id,
             role: self.role,
@@ -731,7 +736,7 @@ impl Raft {
                     next_index: pr.next_index,
                     state: pr.state,
                     inflight_batches: pr.inflight.count(),
-                    recent_active: pr.recent_active,
+                    recent_active: id == self.id || pr.heard_at.is_some_and(|at| self.now < at + active_window),
                     learner: self.conf.is_learner(id),
                     witness: self.conf.is_witness(id),
                     no_space: no_space.contains(&id),

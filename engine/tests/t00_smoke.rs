@@ -295,3 +295,30 @@ fn entries_recovered_without_payloads_count_as_applied() {
     let in_repair = engine::Raft::new(config, recovered(6, 20));
     assert!(in_repair.is_err(), "a replica in repair counts nothing as committed");
 }
+
+/// `Status::progress` calls a peer active when the leader heard from it
+/// within the last election timeout. The check-quorum flag it was read from
+/// before restarts empty every election timeout, so for the ticks between a
+/// restart and the next heartbeat's answers every healthy peer looked
+/// inactive: the node refused `admin remove` of an idle leader ("no other
+/// voter is active to take over") about one time in ten with its 5-tick
+/// heartbeat and 50-tick timeout (a CI run of `t23_witness` met it).
+#[test]
+fn a_leaders_status_calls_peers_heard_within_an_election_timeout_active() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| {
+        let mut config = engine::Config::new(id, vec![1, 2, 3]);
+        config.heartbeat_ticks = 5;
+        config.election_ticks_min = 10;
+        config.election_ticks_max = 20;
+        config
+    });
+    cluster.elect(1);
+    for tick in 0..40 {
+        cluster.raft(1).tick();
+        let status = cluster.raft(1).status();
+        let inactive: Vec<_> = status.progress.iter().filter(|peer| !peer.recent_active).map(|peer| peer.id).collect();
+        assert!(inactive.is_empty(), "tick {tick}: peers {inactive:?} called inactive");
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(1).raft.role(), Role::Leader);
+}
