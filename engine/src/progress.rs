@@ -62,6 +62,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Whether this peer answered within the last `window` ticks before
+    /// `now` (see `heard_at`).
+    pub fn heard_within(&self, now: u64, window: u64) -> bool {
+        self.heard_at.is_some_and(|at| now < at + window)
+    }
+
     pub fn new(next_index: Index) -> Progress {
         Progress {
             match_index: 0,

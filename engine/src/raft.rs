@@ -586,7 +586,7 @@ impl Raft {
     /// replica is restarted with the current members (its starting
     /// configuration is all it knows).
     pub fn votes_wait_for(&self) -> Vec<NodeId> {
-        if !(self.unverified || self.repair == Some(REPAIR_UNKNOWN)) {
+        if !self.past_unknown() {
             return Vec::new();
         }
         let mut waiting: Vec<NodeId> = self
@@ -736,7 +736,7 @@ impl Raft {
                     next_index: pr.next_index,
                     state: pr.state,
                     inflight_batches: pr.inflight.count(),
-                    recent_active: id == self.id || pr.heard_at.is_some_and(|at| self.now < at + active_window),
+                    recent_active: id == self.id || pr.heard_within(self.now, active_window),
                     learner: self.conf.is_learner(id),
                     witness: self.conf.is_witness(id),
                     no_space: no_space.contains(&id),
@@ -1230,7 +1230,7 @@ impl Raft {
             }
             let window = u64::from(self.config.election_ticks_min);
             for (&id, pr) in &self.progress {
-                if id == self.id || pr.heard_at.is_none_or(|at| self.now >= at + window) {
+                if id == self.id || !pr.heard_within(self.now, window) {
                     continue;
                 }
                 let needs = if pr.state == ProgressState::Snapshot { pr.pending_snapshot } else { pr.match_index };
@@ -1728,7 +1728,7 @@ impl Raft {
                 && self.conf.is_full_voter(id)
                 && pr.state != ProgressState::Snapshot
                 && !pr.refuses_entries(self.now, window)
-                && pr.heard_at.is_some_and(|at| self.now < at + window)
+                && pr.heard_within(self.now, window)
         });
         active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
     }
@@ -2038,7 +2038,7 @@ impl Raft {
         // least as up to date as ours.
         // A replica in repair may have forgotten entries it acknowledged, so
         // its "up to date" check could pass a candidate lacking them.
-        let past_unknown = self.unverified || self.repair == Some(REPAIR_UNKNOWN);
+        let past_unknown = self.past_unknown();
         if past_unknown {
             self.note_report(from, term, request);
         }
@@ -2082,7 +2082,7 @@ impl Raft {
     /// vote it can still win with the others', which each voter grants by
     /// its own rules.
     fn self_vote_allowed(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
-        let past_unknown = self.unverified || self.repair == Some(REPAIR_UNKNOWN);
+        let past_unknown = self.past_unknown();
         !past_unknown || self.unknown_past_vote_for(term, request, pre)
     }
 
