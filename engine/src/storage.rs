@@ -146,6 +146,26 @@ impl MemStorage {
         Err(StorageError::Unavailable { index, last: self.snapshot_meta.index })
     }
 
+    /// Stores a snapshot this replica took of its own applied entries, as a
+    /// write-ahead log does (a record of the snapshot, then compaction): the
+    /// entries it covers are dropped and those after it kept, whatever their
+    /// term. Unlike a received snapshot ([`MemStorage::apply_snapshot`]), it
+    /// never voids the entries after it: the engine may take it while
+    /// writes it handed before are still pending (a snapshot may cover
+    /// applied entries not yet durable locally), one of them may extend a
+    /// branch that a later pending write replaces, and voiding would leave
+    /// that write a gap to append to. A snapshot older than the stored one
+    /// is ignored.
+    pub fn save_local_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
+        if meta.index <= self.snapshot_meta.index {
+            return;
+        }
+        let covered = (meta.index + 1 - self.first_index()).min(self.entries.len() as u64) as usize;
+        self.entries.drain(..covered);
+        self.snapshot_meta = meta;
+        self.snapshot_data = data;
+    }
+
     /// Installs a snapshot. Entries it covers are dropped; entries after it are
     /// kept only if the log agrees with the snapshot's last term (Raft paper 7).
     pub fn apply_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
@@ -197,5 +217,24 @@ mod tests {
         storage.apply_snapshot(SnapshotMeta { index: 3, term: 9, conf: Default::default() }, Bytes::new());
         assert_eq!((storage.first_index(), storage.last_index()), (4, 3));
         assert_eq!(storage.term(3), Ok(9));
+    }
+
+    /// A local snapshot compacts and keeps what follows, even a stale
+    /// branch: a write of that branch handed before the snapshot still
+    /// appends, and the later write that replaced the branch truncates it.
+    #[test]
+    fn a_local_snapshot_keeps_the_entries_after_it() {
+        let mut storage = MemStorage::new();
+        storage.append(&batch(1, &[1, 2, 2, 2])).unwrap();
+        storage.save_local_snapshot(SnapshotMeta { index: 2, term: 3, conf: Default::default() }, Bytes::new());
+        assert_eq!((storage.first_index(), storage.last_index(), storage.term(4)), (3, 4, Ok(2)));
+        storage.append(&batch(5, &[2])).expect("the stale branch's pending write appends");
+        storage.append(&batch(3, &[3])).expect("the write that replaced it truncates");
+        assert_eq!((storage.last_index(), storage.term(3)), (3, Ok(3)));
+        // Beyond the stored entries: all dropped; an older snapshot: ignored.
+        storage.save_local_snapshot(SnapshotMeta { index: 6, term: 3, conf: Default::default() }, Bytes::new());
+        assert_eq!((storage.first_index(), storage.last_index()), (7, 6));
+        storage.save_local_snapshot(SnapshotMeta { index: 5, term: 3, conf: Default::default() }, Bytes::new());
+        assert_eq!(storage.snapshot_meta().index, 6);
     }
 }

@@ -355,7 +355,7 @@ impl Cluster {
             if let Some(meta) = node.raft.snapshot_meta_at(index) {
                 let data = if witness { Bytes::new() } else { encode_state(&node.applied) };
                 let size = data.len() as u64;
-                node.storage.apply_snapshot(meta.clone(), data);
+                node.storage.save_local_snapshot(meta.clone(), data);
                 node.raft.snapshot_created(meta, size);
             } else {
                 node.raft.snapshot_not_taken();
