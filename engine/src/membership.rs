@@ -196,9 +196,11 @@ fn apply_op(op: ConfChangeOp, conf: &ConfState, next: &mut ConfState) -> Result<
 
 impl Raft {
     /// Proposes a membership change (leader only). Refused while another
-    /// change is in progress, for a learner that lags too far to be promoted,
-    /// for a full voter that is not a learner yet, and for a change that
-    /// would leave no voter.
+    /// change is in progress, for a learner that lags too far to be promoted
+    /// or that has acknowledged no entry yet (the lag bound alone let a young
+    /// cluster promote a learner it never heard from: a voter holding
+    /// nothing, perhaps not even running), for a full voter that is not a
+    /// learner yet, and for a change that would leave no voter.
     ///
     /// A full voter joins as a learner first and is promoted once it has
     /// caught up (Raft thesis 4.2.1). Added directly, it would count toward
@@ -242,6 +244,11 @@ impl Raft {
                             "learner {id} is {} entries behind (at most {} allowed for promotion)",
                             last - matched,
                             self.config().promotion_lag_max
+                        )));
+                    }
+                    if matched == 0 {
+                        return Err(ProposeError::InvalidChange(format!(
+                            "learner {id} has acknowledged no entry yet: promote it once it has caught up"
                         )));
                     }
                 }

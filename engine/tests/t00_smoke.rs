@@ -322,3 +322,35 @@ fn a_leaders_status_calls_peers_heard_within_an_election_timeout_active() {
     }
     assert_eq!(cluster.node(1).raft.role(), Role::Leader);
 }
+
+/// A learner is promoted only once it has acknowledged an entry: the lag
+/// bound alone (`promotion_lag_max`) let a young cluster promote a learner
+/// the leader had never heard from, a voter that holds nothing and may not
+/// even be running, counted toward every quorum from then on.
+#[test]
+fn a_learner_that_acknowledged_nothing_is_not_promoted() {
+    use engine::{ConfChange, ConfChangeOp, ProposeError};
+    let make = |id| engine::Config::new(id, if id <= 3 { vec![1, 2, 3] } else { Vec::new() });
+    let mut cluster = Cluster::new(&[1, 2, 3], make);
+    cluster.elect(1);
+    cluster.add_node(make(4));
+    cluster.isolate(4);
+    cluster.raft(1).propose_conf_change(ConfChange { ops: vec![ConfChangeOp::AddLearner(4)] }).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).raft.conf().is_learner(4));
+    let promote = ConfChange { ops: vec![ConfChangeOp::AddVoter(4)] };
+    let refused = cluster.raft(1).propose_conf_change(promote.clone());
+    assert!(
+        matches!(&refused, Err(ProposeError::InvalidChange(why)) if why.contains("acknowledged no entry")),
+        "the promotion of a learner never heard from was not refused: {refused:?}"
+    );
+    // Once it answers, it catches up and the promotion is taken.
+    cluster.heal();
+    for _ in 0..20 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    cluster.raft(1).propose_conf_change(promote).expect("the caught-up learner is promoted");
+    cluster.stabilize();
+    assert!(cluster.node(1).raft.conf().is_voter(4));
+}
