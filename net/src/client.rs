@@ -242,6 +242,31 @@ pub enum ResponseStatus {
     NoSpace,
 }
 
+/// What a person reads: the refusal's reason, without the type's spelling.
+impl std::fmt::Display for ResponseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseStatus::Ok(answer) => write!(f, "ok ({} bytes)", answer.len()),
+            ResponseStatus::NotLeader { leader_id: Some(id), leader_addr } => match leader_addr {
+                Some(addr) => write!(f, "not the leader (node {id} at {addr} is)"),
+                None => write!(f, "not the leader (node {id} is, its client address unknown here)"),
+            },
+            ResponseStatus::NotLeader { leader_id: None, .. } => f.write_str(
+                "no leader known (an election may be under way, or a majority of the voters is down or cut off)",
+            ),
+            ResponseStatus::Busy => f.write_str(
+                "busy (a bound is full, leadership is being handed over, or another membership change is being made)",
+            ),
+            ResponseStatus::TimedOut => f.write_str("timed out in the cluster (a write may still be applied)"),
+            ResponseStatus::SessionExpired => f.write_str("the session expired (or was closed)"),
+            ResponseStatus::BadRequest(reason) => write!(f, "bad request: {reason}"),
+            ResponseStatus::Forbidden(reason) => write!(f, "forbidden: {reason}"),
+            ResponseStatus::SessionFull(reason) => write!(f, "session full: {reason}"),
+            ResponseStatus::NoSpace => f.write_str("the node's disk is full (nothing applied; retry later)"),
+        }
+    }
+}
+
 impl ResponseStatus {
     /// The wire code of the status.
     pub(crate) fn code(&self) -> u8 {

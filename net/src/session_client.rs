@@ -29,6 +29,13 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 /// question at the first answer is not enough to fail over later. One status
 /// request a second per busy client.
 const RELEARN_EVERY: Duration = Duration::from_secs(1);
+/// The longest a client that knows other nodes waits for a connection (TCP,
+/// TLS and the handshake) to one node before it tries the next: a node that
+/// accepts but never answers (stopped, overloaded, cut off after the SYN)
+/// would otherwise take the whole deadline, and a call the healthy leader
+/// would answer in milliseconds failed (`node kv --addr A,B` with B
+/// stopped). Loopback and LAN connections take milliseconds.
+pub const CONNECT_PER_NODE: Duration = Duration::from_secs(1);
 
 /// Why a call gave up or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +50,7 @@ pub enum CallError {
     #[error("the session expired (or was closed); the write was not applied now")]
     SessionExpired,
     /// A definitive refusal (`BadRequest`, `SessionFull`): nothing applied.
-    #[error("refused: {0:?}")]
+    #[error("refused: {0}")]
     Refused(ResponseStatus),
     /// The answer did not have the expected form.
     #[error("unexpected answer: {0}")]
@@ -70,6 +77,13 @@ pub trait Connector {
 
     /// Forgets what it holds for `addr` (a connection that failed).
     fn forget(&mut self, addr: &Self::Address);
+
+    /// Bounds the next connection it opens (if the next call needs one) to
+    /// `limit`; a connection that takes longer fails, and the client tries
+    /// another node. Connectors without connections ignore it.
+    fn limit_connect(&mut self, limit: Duration) {
+        let _ = limit;
+    }
 
     /// The shard count of the node at `addr` (0 if it does not say).
     async fn shards(&mut self, addr: &Self::Address) -> Result<u32, String>;
@@ -99,11 +113,29 @@ pub fn member_client_addrs(status: &[u8]) -> Vec<SocketAddr> {
 pub struct TcpConnector {
     config: ClientConfig,
     connection: Option<(SocketAddr, ClientConnection)>,
+    /// See [`Connector::limit_connect`].
+    connect_limit: Duration,
 }
 
 impl TcpConnector {
     pub fn new(config: ClientConfig) -> TcpConnector {
-        TcpConnector { config, connection: None }
+        let connect_limit = config.connect_timeout;
+        TcpConnector { config, connection: None, connect_limit }
+    }
+
+    /// The connection to `addr`, opened if there is none (within the
+    /// connect limit).
+    async fn connection(&mut self, addr: &SocketAddr) -> Result<&mut ClientConnection, String> {
+        if self.connection.as_ref().is_none_or(|(connected, _)| connected != addr) {
+            self.connection = None;
+            let limit = self.connect_limit;
+            let connection = tokio::time::timeout(limit, ClientConnection::connect(*addr, &self.config))
+                .await
+                .map_err(|_| format!("no connection within {limit:.1?}"))?
+                .map_err(|error| error.to_string())?;
+            self.connection = Some((*addr, connection));
+        }
+        Ok(&mut self.connection.as_mut().expect("connected above").1)
     }
 }
 
@@ -116,11 +148,7 @@ impl Connector for TcpConnector {
         shard: u32,
         request: &ClientRequest,
     ) -> Result<ResponseStatus, String> {
-        if self.connection.as_ref().is_none_or(|(connected, _)| connected != addr) {
-            let connection = ClientConnection::connect(*addr, &self.config).await.map_err(|error| error.to_string())?;
-            self.connection = Some((*addr, connection));
-        }
-        let (_, connection) = self.connection.as_mut().expect("connected above");
+        let connection = self.connection(addr).await?;
         let response = connection.call(shard, request).await.map_err(|error| error.to_string())?;
         if response.request_id != request.request_id {
             return Err(format!("answer to request {} instead of {}", response.request_id, request.request_id));
@@ -141,13 +169,13 @@ impl Connector for TcpConnector {
         }
     }
 
+    fn limit_connect(&mut self, limit: Duration) {
+        self.connect_limit = limit.min(self.config.connect_timeout);
+    }
+
     /// Told in the handshake's answer.
     async fn shards(&mut self, addr: &SocketAddr) -> Result<u32, String> {
-        if self.connection.as_ref().is_none_or(|(connected, _)| connected != addr) {
-            let connection = ClientConnection::connect(*addr, &self.config).await.map_err(|error| error.to_string())?;
-            self.connection = Some((*addr, connection));
-        }
-        Ok(self.connection.as_ref().expect("connected above").1.server_shards())
+        Ok(self.connection(addr).await?.server_shards())
     }
 
     /// Asked with a status request (shard 0, every node has one).
@@ -155,8 +183,34 @@ impl Connector for TcpConnector {
         let request = ClientRequest::plain(u64::MAX, RequestBody::Status);
         match self.exchange(addr, 0, &request).await? {
             ResponseStatus::Ok(bytes) => Ok(member_client_addrs(&bytes)),
-            other => Err(format!("status refused: {other:?}")),
+            other => Err(format!("status refused: {other}")),
         }
+    }
+}
+
+/// What each node tried last said (or why it said nothing), in the order
+/// first tried: a call that gives up names them all, not just the last one
+/// (a refused connection to a down node hid that another had answered
+/// "no leader").
+#[derive(Default)]
+struct Outcomes(Vec<(String, String)>);
+
+impl Outcomes {
+    fn note(&mut self, addr: &impl std::fmt::Display, what: impl std::fmt::Display) {
+        let (addr, what) = (addr.to_string(), what.to_string());
+        match self.0.iter_mut().find(|(known, _)| *known == addr) {
+            Some(entry) => entry.1 = what,
+            None => self.0.push((addr, what)),
+        }
+    }
+
+    fn unreachable(self, timeout: Duration) -> CallError {
+        let last = if self.0.is_empty() {
+            String::from("no attempt")
+        } else {
+            self.0.iter().map(|(addr, what)| format!("{addr}: {what}")).collect::<Vec<_>>().join("; ")
+        };
+        CallError::Unreachable { timeout, last }
     }
 }
 
@@ -236,18 +290,41 @@ impl<C: Connector> Client<C> {
         if let Some(shards) = self.shards {
             return Ok(shards);
         }
-        let mut last = String::from("no node");
+        let deadline = Instant::now() + self.timeout;
+        let mut outcomes = Outcomes::default();
         for addr in self.addrs.clone() {
-            match self.connector.shards(&addr).await {
-                Ok(0) => last = format!("{addr} did not say how many shards it has"),
-                Ok(shards) => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            self.connector.limit_connect(self.connect_limit(remaining));
+            match tokio::time::timeout(remaining, self.connector.shards(&addr)).await {
+                Ok(Ok(0)) => outcomes.note(&addr, "did not say how many shards it has"),
+                Ok(Ok(shards)) => {
                     self.shards = Some(shards);
                     return Ok(shards);
                 }
-                Err(error) => last = format!("{addr}: {error}"),
+                Ok(Err(error)) => {
+                    self.connector.forget(&addr);
+                    outcomes.note(&addr, error);
+                }
+                Err(_) => {
+                    self.connector.forget(&addr);
+                    outcomes.note(&addr, "no answer");
+                }
             }
         }
-        Err(CallError::Unreachable { timeout: self.timeout, last })
+        Err(outcomes.unreachable(self.timeout))
+    }
+
+    /// How long the next connection may take: [`CONNECT_PER_NODE`] while
+    /// there are other nodes to try, else whatever is left of the deadline.
+    fn connect_limit(&self, remaining: Duration) -> Duration {
+        if self.addrs.len() > 1 {
+            remaining.min(CONNECT_PER_NODE)
+        } else {
+            remaining
+        }
     }
 
     /// Sends later calls to the shard that owns `key`
@@ -281,18 +358,19 @@ impl<C: Connector> Client<C> {
         ack: u64,
         body: RequestBody,
     ) -> Result<ResponseStatus, CallError> {
-        let mut last = String::from("no attempt");
+        let mut outcomes = Outcomes::default();
         while Instant::now() < deadline {
             let addr = self.next_addr();
             let request_id = self.next_request_id;
             self.next_request_id += 1;
             let request = ClientRequest { request_id, client_id, sequence, ack, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
+            self.connector.limit_connect(self.connect_limit(remaining));
             let answer = tokio::time::timeout(remaining, self.connector.exchange(&addr, self.shard, &request)).await;
             let status = match answer {
                 Ok(Ok(status)) => status,
                 Ok(Err(error)) => {
-                    last = format!("{addr}: {error}");
+                    outcomes.note(&addr, error);
                     self.connector.forget(&addr);
                     self.target = None;
                     // Ask the next node that answers who the members are now,
@@ -304,7 +382,7 @@ impl<C: Connector> Client<C> {
                 }
                 Err(_) => {
                     self.connector.forget(&addr);
-                    last = format!("{addr}: no answer");
+                    outcomes.note(&addr, "no answer");
                     break;
                 }
             };
@@ -316,25 +394,25 @@ impl<C: Connector> Client<C> {
                     self.addrs.push(leader.clone());
                 }
                 self.target = Some(leader);
-                last = format!("{addr} is not the leader");
+                outcomes.note(&addr, &status);
                 continue;
             }
             match status {
                 ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
-                    last = match status {
-                        ResponseStatus::Busy => format!(
-                            "{addr}: busy (a bound is full, leadership is being handed over, or another \
-                             membership change is being made)"
-                        ),
-                        status => format!("{addr}: {status:?}"),
-                    };
+                    outcomes.note(&addr, &status);
                     self.target = None;
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                status => return Ok(status),
+                status => {
+                    // The node that answered takes the next call too: going
+                    // round the given nodes instead sent every other call
+                    // to a stopped one.
+                    self.target = Some(addr);
+                    return Ok(status);
+                }
             }
         }
-        Err(CallError::Unreachable { timeout: self.timeout, last })
+        Err(outcomes.unreachable(self.timeout))
     }
 
     /// Adds the members the node at `addr` knows to the nodes this client
@@ -460,18 +538,38 @@ mod tests {
     #[derive(Default)]
     struct Nodes {
         running: BTreeMap<u32, Vec<u32>>,
+        /// Nodes that accept a connection and never answer (stopped).
+        hung: Vec<u32>,
+        /// Calls that reached each node.
+        calls: BTreeMap<u32, u32>,
     }
 
-    struct FakeConnector(Rc<RefCell<Nodes>>);
+    struct FakeConnector(Rc<RefCell<Nodes>>, Duration);
+
+    impl FakeConnector {
+        fn new(nodes: Rc<RefCell<Nodes>>) -> FakeConnector {
+            FakeConnector(nodes, Duration::from_secs(3600))
+        }
+    }
 
     impl Connector for FakeConnector {
         type Address = u32;
 
         async fn exchange(&mut self, node: &u32, _: u32, _: &ClientRequest) -> Result<ResponseStatus, String> {
+            *self.0.borrow_mut().calls.entry(*node).or_default() += 1;
+            if self.0.borrow().hung.contains(node) {
+                // As the TCP connector does: no connection within the limit.
+                tokio::time::sleep(self.1).await;
+                return Err(format!("no connection within {:?}", self.1));
+            }
             match self.0.borrow().running.contains_key(node) {
                 true => Ok(ResponseStatus::Ok(Bytes::from_static(b"done"))),
                 false => Err(format!("node {node} is down")),
             }
+        }
+
+        fn limit_connect(&mut self, limit: Duration) {
+            self.1 = limit;
         }
 
         fn leader(&self, _: &ResponseStatus) -> Option<u32> {
@@ -499,7 +597,8 @@ mod tests {
             let nodes = Rc::new(RefCell::new(Nodes::default()));
             nodes.borrow_mut().running.insert(1, vec![1]);
             nodes.borrow_mut().running.insert(2, vec![1, 2]);
-            let mut client = Client::with_connector(FakeConnector(nodes.clone()), vec![1], 0, Duration::from_secs(1));
+            let mut client =
+                Client::with_connector(FakeConnector::new(nodes.clone()), vec![1], 0, Duration::from_secs(1));
             client.relearn_every = Duration::ZERO;
             client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.expect("node 1 answers");
             assert_eq!(client.known_nodes(), &[1], "node 1 knew only itself at first");
@@ -514,6 +613,39 @@ mod tests {
                 .await
                 .expect("node 2 answers once node 1 is gone");
             assert_eq!(answer, Bytes::from_static(b"done"));
+        });
+    }
+    /// A stopped node (it accepts connections and never answers) must not
+    /// sink calls a healthy node answers: the client went round the given
+    /// nodes call by call, so every other call waited for the stopped one
+    /// until its deadline (`node kv --addr A,B` failed after 5 s with B
+    /// stopped), and one given it first waited on its connection as long.
+    #[test]
+    fn a_stopped_node_costs_at_most_a_connect_limit_and_the_answering_node_keeps_the_calls() {
+        tokio_uring::start(async {
+            let nodes = Rc::new(RefCell::new(Nodes::default()));
+            nodes.borrow_mut().running.insert(1, vec![1, 2]);
+            nodes.borrow_mut().running.insert(2, vec![1, 2]);
+            nodes.borrow_mut().hung.push(2);
+            let timeout = Duration::from_secs(3);
+            let mut client = Client::with_connector(FakeConnector::new(nodes.clone()), vec![1, 2], 0, timeout);
+            for call in 0..4 {
+                let answer = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await;
+                assert!(answer.is_ok(), "call {call} failed with node 2 stopped: {:?}", answer.err());
+            }
+            assert_eq!(nodes.borrow().calls.get(&2), None, "node 1 answered, and kept the calls");
+
+            // Given the stopped node first: it costs one connect limit.
+            let mut client = Client::with_connector(FakeConnector::new(nodes.clone()), vec![2, 1], 0, timeout);
+            let answer = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await;
+            assert!(answer.is_ok(), "failed with the stopped node first: {:?}", answer.err());
+            assert_eq!(nodes.borrow().calls.get(&2), Some(&1));
+
+            // With every node down, the error names each one's outcome.
+            nodes.borrow_mut().running.clear();
+            let error = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains("1: node 1 is down") && text.contains("2: no connection within"), "{text}");
         });
     }
 }

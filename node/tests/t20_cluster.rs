@@ -642,3 +642,47 @@ fn concurrent_writers_are_grouped_and_each_gets_its_own_answer() {
     assert!(grouped > 0 && groups > 0, "{WRITERS} concurrent writers, and no two writes shared an entry: {stats}");
     assert!(grouped >= 2 * groups, "a group holds at least two writes");
 }
+
+/// A stopped node (SIGSTOP: it accepts connections and never answers) among
+/// the addresses given to `node kv` must not sink a request the healthy
+/// leader answers. The client went round the given nodes call by call, so
+/// the session's write went to the stopped node and failed after the
+/// default 5 s (`no node answered within 5s: ...: handshake timed out`),
+/// and `--timeout 1s` against the stopped node alone still waited the
+/// handshake's fixed 5 s (the shard count was asked without a deadline).
+#[test]
+fn a_stopped_node_among_the_addresses_does_not_sink_the_cli() {
+    let mut cluster = TestCluster::start(3, 22300);
+    let leader = cluster.leader();
+    let stopped = if leader == 3 { 2 } else { 3 };
+    let pid = cluster.nodes[&stopped].id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let addr = |id: u64| format!("127.0.0.1:{}", cluster.client_port(id));
+    let run = |addrs: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_node"))
+            .arg("kv")
+            .args(["--addr", addrs, "--cluster-id", "9"])
+            .args(args)
+            .env("NODE_TOKEN", TOKEN)
+            .output()
+            .expect("run the CLI")
+    };
+    let healthy_first = format!("{},{}", addr(leader), addr(stopped));
+    let stopped_first = format!("{},{}", addr(stopped), addr(leader));
+    for (addrs, value) in [(&healthy_first, "a"), (&stopped_first, "b")] {
+        let put = run(addrs, &["put", "key", value]);
+        assert!(put.status.success(), "put via {addrs}: {}", String::from_utf8_lossy(&put.stderr));
+        let get = run(addrs, &["get", "key"]);
+        assert!(get.status.success(), "get via {addrs}: {}", String::from_utf8_lossy(&get.stderr));
+        assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), value);
+    }
+    // Alone, the stopped node fails within the timeout given, and says so.
+    let started = Instant::now();
+    let alone = run(&addr(stopped), &["--timeout", "1s", "get", "key"]);
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert!(!alone.status.success() && stderr.contains("within 1s"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(4), "--timeout 1s took {elapsed:?} (the handshake's own 5 s)");
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    cluster.kill(stopped);
+}

@@ -226,6 +226,16 @@ fn removing_the_leader_a_down_member_and_a_removed_node_coming_back() {
     cluster.wait_status(live, "the down member removed", |status| {
         !common::ids(&status["voters"]).contains(&down_id) && common::ids(&status["removed"]).contains(&down_id)
     });
+    // Removing it again (a retry) is done; removing an id that was never a
+    // member is refused and burns nothing (it printed OK and marked the id
+    // removed for good: a typo like `remove 33` for 3).
+    assert_eq!(admin(&cluster, AdminRequest::Remove { id: down_id }), ResponseStatus::Ok(Bytes::new()));
+    match admin(&cluster, AdminRequest::Remove { id: 33 }) {
+        ResponseStatus::BadRequest(reason) => assert!(reason.contains("node 33 is not a member"), "{reason}"),
+        other => panic!("removing a never-member answered {other:?}"),
+    }
+    let status = cluster.status(live).unwrap();
+    assert!(!common::ids(&status["removed"]).contains(&33), "{status}");
     let mut client = BlockingClient::new(&cluster.client(&[live])).expect("a client");
     put(&mut client, "three", "left");
 

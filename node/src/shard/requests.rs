@@ -857,6 +857,17 @@ where
                 Some(ResponseStatus::Ok(Bytes::new()))
             }
             AdminRequest::Remove { id } if id == self.ctx.node_id && leader => Some(self.hand_over_for_removal()),
+            // An id that is no member and was never removed: a typo, most
+            // likely. Taken, it was recorded as removed and never given out
+            // again. (Removing a removed one again is a retry: done.)
+            AdminRequest::Remove { id }
+                if leader && !self.raft.conf().members().contains(&id) && !self.fsm.is_removed(id) =>
+            {
+                Some(ResponseStatus::BadRequest(format!(
+                    "node {id} is not a member (members: {:?}): nothing removed",
+                    self.raft.conf().members()
+                )))
+            }
             AdminRequest::Promote { id } if leader && self.raft.conf().voters.contains(&id) => {
                 Some(ResponseStatus::Ok(Bytes::new()))
             }
