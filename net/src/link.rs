@@ -14,7 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::{Message, NodeId};
 use tokio::sync::Notify;
@@ -121,7 +121,17 @@ struct LinkShared {
     closed: Cell<bool>,
     wake: Notify,
     current: RefCell<Option<Rc<Stream>>>,
+    /// Since when no connection is up (None while one is), and whether that
+    /// was logged as a warning ([`LINK_DOWN_WARN_AFTER`]).
+    down: Cell<(Option<Instant>, bool)>,
 }
+
+/// How long a link stays down before it is logged as a warning: a peer
+/// that restarts, or one not yet listening while a cluster starts, is
+/// debug-level noise; one that cannot be reached for longer is what an
+/// operator looks for when a shard has no leader (only `role changed` lines
+/// said anything before).
+const LINK_DOWN_WARN_AFTER: Duration = Duration::from_secs(5);
 
 impl LinkShared {
     fn update(&self, change: impl FnOnce(&mut LinkStats)) {
@@ -171,6 +181,7 @@ impl Link {
             closed: Cell::new(false),
             wake: Notify::new(),
             current: RefCell::new(None),
+            down: Cell::new((None, false)),
         });
         tokio_uring::spawn(run(shared.clone()));
         Link { owner: Rc::new(LinkOwner { shared }) }
@@ -224,7 +235,10 @@ async fn run(shared: Rc<LinkShared>) {
                 shared.update(|stats| stats.handshake_refusals += 1);
                 warn!(peer = config.peer_id, addr = %config.peer_addr, %error, "could not authenticate with the peer");
             }
-            Err(error) => debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down"),
+            Err(error) => {
+                debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down");
+                note_down(&shared, &error);
+            }
         }
         if shared.closed.get() {
             break;
@@ -241,6 +255,25 @@ async fn run(shared: Rc<LinkShared>) {
     }
     let lost = shared.queue.drain() as u64;
     shared.update(|stats| stats.lost_on_disconnect += lost);
+}
+
+/// Notes a failed attempt or a lost connection; warns once the link has
+/// been down for [`LINK_DOWN_WARN_AFTER`] (once until it is back).
+fn note_down(shared: &LinkShared, error: &LinkError) {
+    let (since, warned) = shared.down.get();
+    let since = since.unwrap_or_else(Instant::now);
+    let due = !warned && since.elapsed() >= LINK_DOWN_WARN_AFTER;
+    shared.down.set((Some(since), warned || due));
+    if due {
+        let config = &shared.config;
+        warn!(
+            peer = config.peer_id,
+            addr = %config.peer_addr,
+            %error,
+            "cannot reach the peer for {}s; retrying (logged again when it is back)",
+            since.elapsed().as_secs()
+        );
+    }
 }
 
 /// One connection: connect, TLS and handshake, then write until something
@@ -284,6 +317,14 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
         stats.connected = true;
     });
     debug!(peer = config.peer_id, addr = %config.peer_addr, tls = stream.is_tls(), "link up");
+    if let (Some(since), true) = shared.down.replace((None, false)) {
+        tracing::info!(
+            peer = config.peer_id,
+            addr = %config.peer_addr,
+            after_secs = since.elapsed().as_secs(),
+            "reached the peer again"
+        );
+    }
     let written = |frames: usize| shared.update(|stats| stats.sent_frames += frames as u64);
     let result = tokio::select! {
         result = write_loop(&*stream, &shared.queue, credentials.cluster_id, config.write_bytes_max, written) => {

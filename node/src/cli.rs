@@ -90,6 +90,68 @@ pub struct CertsArgs {
     pub users: Vec<String>,
 }
 
+/// Parses a byte count: a number alone, or with a unit (`B`; `K`/`KiB`,
+/// `M`/`MiB`, `G`/`GiB`, `T`/`TiB` in powers of 1,024; `KB`, `MB`, `GB`,
+/// `TB` in powers of 1,000), a space allowed before it: `268435456`,
+/// `256MiB` and `256 MiB` are the same. The help shows defaults that way,
+/// and the options refused that very form before.
+pub fn parse_bytes(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{value:?} is not a byte count (a number, optionally with a unit such as MiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("{value:?}: unknown unit {other:?} (B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{value:?} is too large"))
+}
+
+/// A byte rate: a byte count, `/s` allowed after it (`8 MiB/s`).
+fn parse_rate(value: &str) -> Result<u64, String> {
+    parse_bytes(value.trim().strip_suffix("/s").unwrap_or(value))
+}
+
+fn parse_bytes_usize(value: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(value)?).map_err(|_| format!("{value:?} is too large"))
+}
+
+fn parse_bytes_u32(value: &str) -> Result<u32, String> {
+    u32::try_from(parse_bytes(value)?).map_err(|_| format!("{value:?} is too large (at most 4 GiB - 1)"))
+}
+
+/// A byte count in the configuration file: an integer, or a string with a
+/// unit as [`parse_bytes`] reads it (`log-memory-bytes = "512 MiB"`).
+fn de_bytes<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let bytes = match Raw::deserialize(deserializer)? {
+        Raw::Number(number) => number,
+        Raw::Text(text) => parse_bytes(&text).map_err(D::Error::custom)?,
+    };
+    T::try_from(bytes).map(Some).map_err(|_| D::Error::custom(format!("{bytes} is too large")))
+}
+
 /// `--join`: a flag (the manual flow) or members' addresses.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -259,7 +321,8 @@ pub struct ServeOptions {
     pub client_tokens: Option<PathBuf>,
 
     /// Bytes of entries in one replication batch, at most. [default: 1 MiB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes_usize)]
+    #[serde(default, deserialize_with = "de_bytes")]
     pub batch_bytes_max: Option<usize>,
 
     /// Replication batches in flight to one follower, at most (the window).
@@ -268,12 +331,14 @@ pub struct ServeOptions {
     pub inflight_batches_max: Option<usize>,
 
     /// Bytes in flight to one follower, at most. [default: 32 MiB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes_usize)]
+    #[serde(default, deserialize_with = "de_bytes")]
     pub inflight_bytes_max: Option<usize>,
 
     /// Proposed but uncommitted bytes a leader accepts before it answers
     /// Busy. [default: 256 MiB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes_usize)]
+    #[serde(default, deserialize_with = "de_bytes")]
     pub uncommitted_bytes_max: Option<usize>,
 
     /// Removed: session settings are part of the replicated state, so that
@@ -315,14 +380,16 @@ pub struct ServeOptions {
     /// `snapshot-entries` times the value size (0: entries only). A budget
     /// for the node: each of its shards gets an even part.
     /// [default: 268435456, 256 MiB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    #[serde(default, deserialize_with = "de_bytes")]
     pub snapshot_log_bytes: Option<u64>,
 
     /// Write a local snapshot at most this many bytes per second (unless
     /// that takes over 4 s, or the log outgrows the snapshot by half of
     /// `snapshot-log-bytes` meanwhile; 0: at disk speed). Paced, its writes
     /// stay out of the way of the log's fdatasyncs. [default: 8388608, 8 MiB/s]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
+    #[serde(default, deserialize_with = "de_bytes")]
     pub snapshot_write_rate: Option<u64>,
 
     /// The most payload bytes the node's in-memory logs hold beyond what
@@ -336,7 +403,8 @@ pub struct ServeOptions {
     /// applied. A shard restoring a received snapshot takes no more entries
     /// once twice this is waiting to be applied. A budget for the node: each
     /// of its shards gets an even part. [default: 268435456, 256 MiB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    #[serde(default, deserialize_with = "de_bytes")]
     pub log_memory_bytes: Option<u64>,
 
     /// The length of a tick, such as `10ms`. [default: 10ms]
@@ -625,7 +693,7 @@ pub enum AdminActionArgs {
         #[arg(long, value_name = "COUNT")]
         replies_max: Option<u32>,
         /// Bytes of such answers a session keeps. [default: 262144]
-        #[arg(long, value_name = "BYTES")]
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes_u32)]
         reply_bytes_max: Option<u32>,
     },
 }

@@ -282,6 +282,16 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
             identity
         }
     };
+    // Said before the calls: with no member answering they take up to
+    // CHECK_TIMEOUT + ASK_TIMEOUT, and nothing was logged meanwhile.
+    if identity.node_id == 0 && config.node_id == 0 {
+        let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            through = %through.join(","),
+            "joining: asking the members for an id (gives up after {} s if none answers)",
+            (CHECK_TIMEOUT + ASK_TIMEOUT).as_secs()
+        );
+    }
     check_credentials(config)?;
     if identity.node_id == 0 {
         identity.node_id = if config.node_id != 0 { config.node_id } else { ask_for_id(config, identity.nonce)? };

@@ -134,8 +134,13 @@ fn invalid_flags_are_refused_with_usage() {
 /// Runs a single-node `serve` on `dir` for a moment at log level `warn`
 /// and returns what it logged.
 fn serve_briefly(dir: &std::path::Path, peer: &str, client: &str) -> String {
+    serve_listed_briefly(dir, peer, peer, client)
+}
+
+/// The same, with `--peers` listing the node at `listed`.
+fn serve_listed_briefly(dir: &std::path::Path, peer: &str, listed: &str, client: &str) -> String {
     let mut args = serve_args("1", peer, client, "", dir.to_str().unwrap(), "1");
-    let peers = format!("1={peer}");
+    let peers = format!("1={listed}");
     args[10] = &peers;
     let level = args.len() - 1;
     args[level] = "warn";
@@ -189,4 +194,19 @@ fn the_data_directory_s_file_system_is_checked_at_start() {
         }
         None => assert!(!text.contains("the data directory"), "{text}"),
     }
+    assert!(!text.contains("--peers lists this node"), "{text}");
+}
+
+/// A node whose own `--peers` entry is not where it listens is warned
+/// about: the other members dial the entry, and a typo there left a
+/// cluster with no leader and nothing said.
+#[test]
+fn an_own_peers_entry_that_differs_from_the_peer_address_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!("node-start-{}-listed", std::process::id()));
+    let text = serve_listed_briefly(&dir, "127.0.0.1:22560", "127.0.0.1:22570", "127.0.0.1:22561");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        text.contains("--peers lists this node at 127.0.0.1:22570 but it listens for peers on 127.0.0.1:22560"),
+        "{text}"
+    );
 }

@@ -28,6 +28,9 @@ struct TestCluster {
     nodes: BTreeMap<u64, Child>,
     /// More `node serve` arguments for every node.
     extra_args: Vec<&'static str>,
+    /// Whether each node's log goes to `node-ID.log` in `dir` (see
+    /// [`TestCluster::log`]) instead of the test's output.
+    logged: bool,
 }
 
 impl TestCluster {
@@ -36,6 +39,10 @@ impl TestCluster {
     }
 
     fn start_with(count: u64, base_port: u16, extra_args: &[&'static str]) -> TestCluster {
+        TestCluster::start_opts(count, base_port, extra_args, false)
+    }
+
+    fn start_opts(count: u64, base_port: u16, extra_args: &[&'static str], logged: bool) -> TestCluster {
         let dir = std::env::temp_dir().join(format!("node-test-{}-{base_port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -45,6 +52,7 @@ impl TestCluster {
             peers: (1..=count).collect(),
             nodes: BTreeMap::new(),
             extra_args: extra_args.to_vec(),
+            logged,
         };
         for id in 1..=count {
             cluster.spawn(id, false);
@@ -73,15 +81,28 @@ impl TestCluster {
             .args(["--client-addr", &format!("127.0.0.1:{}", self.client_port(id))])
             .args(["--peers", &list.join(",")])
             .args(["--data-dir", &self.dir.join(format!("node-{id}")).display().to_string()])
-            .args(["--log-level", "warn", "--pin-cores", "false"])
+            .args(["--pin-cores", "false"])
             .args(&self.extra_args)
             .env("NODE_TOKEN", TOKEN)
             .stdout(Stdio::null());
         if join {
             command.arg("--join");
         }
+        if !self.extra_args.contains(&"--log-level") {
+            command.args(["--log-level", "warn"]);
+        }
+        if self.logged {
+            let path = self.dir.join(format!("node-{id}.log"));
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file");
+            command.stderr(file);
+        }
         let child = command.spawn().expect("start node");
         self.nodes.insert(id, child);
+    }
+
+    /// What node `id` logged (with `logged`).
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default()
     }
 
     fn kill(&mut self, id: u64) {
@@ -685,4 +706,42 @@ fn a_stopped_node_among_the_addresses_does_not_sink_the_cli() {
     assert!(elapsed < Duration::from_secs(4), "--timeout 1s took {elapsed:?} (the handshake's own 5 s)");
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
     cluster.kill(stopped);
+}
+
+/// A node left without a majority says so, and says which peers it cannot
+/// reach: the survivor of two killed members logged one `role changed` line
+/// and nothing more.
+#[test]
+fn a_node_without_a_majority_says_so_and_names_the_peers_it_cannot_reach() {
+    let mut cluster = TestCluster::start_opts(3, 22400, &["--log-level", "warn,net::link=info"], true);
+    let leader = cluster.leader();
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let gone: Vec<u64> = (1..=3).filter(|id| *id != survivor).collect();
+    for id in &gone {
+        cluster.kill(*id);
+    }
+    let names = |log: &str, id: u64| {
+        log.lines().any(|line| line.contains("cannot reach the peer") && line.contains(&format!(" peer={id} ")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let log = loop {
+        let log = cluster.log(survivor);
+        let unreachable = gone.iter().all(|id| names(&log, *id));
+        if (log.contains("no leader for") && unreachable) || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("no leader for"), "no warning of the missing leader:\n{log}");
+    for id in &gone {
+        assert!(names(&log, *id), "peer {id} not named:\n{log}");
+    }
+    // Once one comes back, the link says so and a leader is elected.
+    cluster.spawn(gone[0], false);
+    cluster.leader();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.log(survivor).contains("reached the peer again") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cluster.log(survivor).contains("reached the peer again"), "{}", cluster.log(survivor));
 }

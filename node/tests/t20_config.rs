@@ -668,3 +668,45 @@ fn restore_and_backup_command_lines() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Byte counts take the units the help shows their defaults in (`[default:
+/// 1 MiB]`): `--batch-bytes-max 1MiB` was refused with "invalid digit found
+/// in string". The configuration file takes them too.
+#[test]
+fn byte_counts_take_units() {
+    let dir = scratch("units");
+    let config = serve(
+        &dir,
+        &[
+            "--batch-bytes-max",
+            "1MiB",
+            "--log-memory-bytes",
+            "512 MiB",
+            "--snapshot-log-bytes",
+            "1GB",
+            "--snapshot-write-rate",
+            "8 MiB/s",
+            "--uncommitted-bytes-max",
+            "268_435_456",
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.limits.batch_bytes_max, 1 << 20);
+    assert_eq!(config.log_memory_bytes, 512 << 20);
+    assert_eq!(config.snapshot_log_bytes, 1_000_000_000);
+    assert_eq!(config.snapshot_write_rate, 8 << 20);
+    for bad in ["1 MiBs", "MiB", "1.5MiB", "99999999999TiB"] {
+        match serve(&dir, &["--log-memory-bytes", bad]) {
+            Err(CliError::Parse(error)) => assert!(error.to_string().contains("--log-memory-bytes"), "{error}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
+    let file = dir.join("units.toml");
+    std::fs::write(&file, "log-memory-bytes = \"64 MiB\"\nsnapshot-log-bytes = 1048576\n").unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let config = serve(&dir, &["--config", &path]).unwrap();
+    assert_eq!((config.log_memory_bytes, config.snapshot_log_bytes), (64 << 20, 1 << 20));
+    std::fs::write(&file, "log-memory-bytes = \"64 parsecs\"\n").unwrap();
+    let error = config_error(serve(&dir, &["--config", &path]));
+    assert!(error.to_string().contains("unknown unit"), "{error}");
+}

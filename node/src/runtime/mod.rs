@@ -263,6 +263,9 @@ where
     // and links share it.
     let security = load_security(&config, &network)?;
     tracing::info!(node = config.node_id, cores, shards = config.shards, members = ?members, "starting");
+    if matches!(network, Network::Tcp) {
+        warn_own_entry_differs(&config, &members);
+    }
     let mut forward = Vec::new();
     let mut receivers = Vec::new();
     let mut moved = Vec::new();
@@ -647,6 +650,25 @@ fn listen(
 /// batch with room for the entry and session envelopes.
 fn command_bytes_max(config: &ServeConfig) -> usize {
     config.limits.batch_bytes_max.saturating_sub(4096).max(1024)
+}
+
+/// Warns when the members dial this node somewhere it does not listen: its
+/// own `--peers` entry differs from `--peer-addr` (the port, or the address
+/// unless it listens on all of them). A port mapping or a proxy may forward
+/// one to the other, so it is no error; a typo left a cluster with no
+/// leader and nothing said (the others' links failed at debug level).
+fn warn_own_entry_differs(config: &ServeConfig, members: &[Peer]) {
+    let Some(own) = members.iter().find(|member| member.id == config.node_id) else { return };
+    let listen = config.peer_addr;
+    let differs = own.addr.port() != listen.port() || (!listen.ip().is_unspecified() && own.addr.ip() != listen.ip());
+    if differs {
+        tracing::warn!(
+            "--peers lists this node at {} but it listens for peers on {}: the other members dial the listed \
+             address, so unless a port mapping or proxy forwards it here they cannot reach this node",
+            own.addr,
+            listen
+        );
+    }
 }
 
 /// Opens shard `shard_id`'s log, rebuilds its driver, and spawns it.

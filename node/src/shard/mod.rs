@@ -145,10 +145,9 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     snapshot_no_space: bool,
     /// While repairing: where it started, for `admin status`.
     repair_progress: Option<RepairProgress>,
-    /// Since when this replica, not knowing its past, has waited for vote
-    /// requests from voters of its configuration with no leader in sight,
-    /// and when it last warned of that (see `note_votes_withheld`).
-    votes_withheld: Option<(Instant, Option<Instant>)>,
+    /// Since when this replica has known no leader, and when it last warned
+    /// of that (see `note_no_leader`).
+    no_leader: Option<(Instant, Option<Instant>)>,
     stats: ShardStats,
     last_sweep: Instant,
     /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
@@ -179,11 +178,11 @@ const ANNOUNCE_RETRY: Duration = Duration::from_secs(2);
 const BALANCE_HOLD: Duration = Duration::from_secs(5);
 /// A hand-over that did not happen is tried again after this long.
 const BALANCE_RETRY: Duration = Duration::from_secs(10);
-/// How long a replica withholds its vote with no leader before it says so
-/// (a new cluster's members may start seconds apart).
-const VOTES_WITHHELD_WARN_AFTER: Duration = Duration::from_secs(10);
+/// How long a replica goes without a leader before it says so (a new
+/// cluster's members may start seconds apart).
+const NO_LEADER_WARN_AFTER: Duration = Duration::from_secs(10);
 /// How often it says so again while nothing changes.
-const VOTES_WITHHELD_WARN_EVERY: Duration = Duration::from_secs(60);
+const NO_LEADER_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// How a leader advances the log's time: it proposes clock entries carrying
 /// the log time it found on taking office plus the time its monotonic clock
@@ -287,7 +286,7 @@ where
             unknown_repairs_seen: 0,
             unknown_repair_end: None,
             repair_progress,
-            votes_withheld: None,
+            no_leader: None,
             snapshot_no_space: false,
             stats: ShardStats::new(now),
             last_sweep: now,
@@ -364,30 +363,47 @@ where
         self.balance_leadership(now);
         self.announce_addresses(now);
         self.announce_features(now);
-        self.note_votes_withheld(now);
+        self.note_no_leader(now);
     }
 
-    /// Warns (after [`VOTES_WITHHELD_WARN_AFTER`] with no leader, then at
-    /// most once per [`VOTES_WITHHELD_WARN_EVERY`]) while this replica
-    /// withholds its vote for lack of requests from voters of its
-    /// configuration: it started with an empty log, so it cannot know what
-    /// it acknowledged before (see `engine::Raft::votes_wait_for`). Its
-    /// configuration is the starting one (`--peers`); a member listed there
-    /// that has left the cluster never asks, and a group that needs this
-    /// vote then has no leader until the node is restarted with the current
-    /// members.
-    fn note_votes_withheld(&mut self, now: Instant) {
-        let waiting = self.raft.votes_wait_for();
-        if waiting.is_empty() || self.raft.leader() != engine::NODE_NONE {
-            self.votes_withheld = None;
+    /// Warns (after [`NO_LEADER_WARN_AFTER`] with no leader, then at most
+    /// once per [`NO_LEADER_WARN_EVERY`]) while this replica knows no
+    /// leader. Before, a survivor of a lost majority logged one `role
+    /// changed` line and nothing more. The peer links say which members
+    /// cannot be reached (`cannot reach the peer`).
+    ///
+    /// When this replica withholds its vote for lack of requests from
+    /// voters of its configuration, it says so: it started with an empty
+    /// log, so it cannot know what it acknowledged before (see
+    /// `engine::Raft::votes_wait_for`). Its configuration is the starting
+    /// one (`--peers`); a member listed there that has left the cluster
+    /// never asks, and a group that needs this vote then has no leader
+    /// until the node is restarted with the current members.
+    fn note_no_leader(&mut self, now: Instant) {
+        if self.raft.leader() != engine::NODE_NONE {
+            self.no_leader = None;
             return;
         }
-        let (since, warned) = self.votes_withheld.get_or_insert((now, None));
-        let due = warned.is_none_or(|at| now.saturating_duration_since(at) >= VOTES_WITHHELD_WARN_EVERY);
-        if now.saturating_duration_since(*since) < VOTES_WITHHELD_WARN_AFTER || !due {
+        let (since, warned) = self.no_leader.get_or_insert((now, None));
+        let due = warned.is_none_or(|at| now.saturating_duration_since(at) >= NO_LEADER_WARN_EVERY);
+        let without = now.saturating_duration_since(*since);
+        if without < NO_LEADER_WARN_AFTER || !due {
             return;
         }
         *warned = Some(now);
+        let waiting = self.raft.votes_wait_for();
+        if waiting.is_empty() {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                term = self.raft.term(),
+                role = ?self.raft.role(),
+                voters = ?self.raft.conf().voters,
+                "no leader for {}s: a majority of the voters must be up and reach each other (the peer links say \
+                 which members this node cannot reach)",
+                without.as_secs()
+            );
+            return;
+        }
         tracing::warn!(
             shard = self.ctx.shard_id,
             waiting_for = ?waiting,
