@@ -92,6 +92,10 @@ pub enum ConfigError {
     BadWitnesses { reason: String },
     #[error("--witness and --learner exclude each other: a witness votes, a learner does not")]
     WitnessAndLearner,
+    #[error("--learner needs --join: it keeps a joining node a non-voting learner; a node that bootstraps a cluster with --peers is a voter")]
+    LearnerWithoutJoin,
+    #[error("--{option} needs --discovery-dns (it says how to find the members by DNS; with --peers it does nothing)")]
+    DiscoveryOptionWithoutDns { option: &'static str },
     #[error("--user {value:?}: {reason}")]
     BadUser { value: String, reason: String },
 }
@@ -787,6 +791,9 @@ impl ServeConfig {
         if witness && learner {
             return Err(ConfigError::WitnessAndLearner);
         }
+        if learner && !join {
+            return Err(ConfigError::LearnerWithoutJoin);
+        }
         let log_level = options.log_level.unwrap_or_else(|| "info".into());
         check_log_level(&log_level)?;
         Ok(ServeConfig {
@@ -851,7 +858,9 @@ fn bootstrap_witnesses(
         return bad("needs a static --peers list (with DNS discovery, add witnesses by joining them)".into());
     };
     witnesses.sort_unstable();
-    witnesses.dedup();
+    if let Some(pair) = witnesses.windows(2).find(|pair| pair[0] == pair[1]) {
+        return bad(format!("lists node {} twice", pair[0]));
+    }
     if let Some(id) = witnesses.iter().find(|id| !members.iter().any(|member| member.id == **id)) {
         return bad(format!("lists node {id}, which is not in --peers"));
     }
@@ -905,6 +914,15 @@ fn peer_source(node_id: NodeId, options: &ServeOptions) -> Result<PeerSource, Co
                 .map_err(|source| ConfigError::Peers { option: "peers", source })?;
             if !peers.iter().any(|peer| peer.id == node_id) {
                 return Err(ConfigError::SelfNotInPeers { node_id });
+            }
+            let dns_only = [
+                ("discovery-port", options.discovery_port.is_some()),
+                ("discovery-interval", options.discovery_interval.is_some()),
+                ("discovery-timeout", options.discovery_timeout.is_some()),
+                ("discovery-nameserver", options.discovery_nameserver.is_some()),
+            ];
+            if let Some((option, _)) = dns_only.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::DiscoveryOptionWithoutDns { option });
             }
             Ok(PeerSource::Static(peers))
         }
@@ -1053,6 +1071,15 @@ fn timing(options: &ServeOptions) -> Result<Timing, ConfigError> {
         return Err(ConfigError::HeartbeatTicks { heartbeat: heartbeat_ticks, election_min: election_ticks_min });
     }
     let tick_interval = positive_duration("tick-interval", options.tick_interval.as_deref(), defaults.tick_interval)?;
+    if tick_interval < Duration::from_millis(1) {
+        // Each tick is a timer wake-up of every shard: at 1us an idle node
+        // spent half a core on them.
+        return Err(ConfigError::OutOfRange {
+            option: "tick-interval",
+            value: format!("{tick_interval:?}"),
+            reason: "a tick must be at least 1ms (the default is 10ms)",
+        });
+    }
     Ok(Timing { election_ticks_min, election_ticks_max, heartbeat_ticks, tick_interval })
 }
 
@@ -1067,6 +1094,7 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         "ms" => Some(Duration::from_millis(number)),
         "s" => Some(Duration::from_secs(number)),
         "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
         _ => None,
     }
 }
@@ -1113,7 +1141,11 @@ impl ClientConfig {
                 value.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
                     option: "addr",
                     value: value.clone(),
-                    reason: error.to_string(),
+                    // The reason alone: the error names the value already.
+                    reason: match error {
+                        PeerSpecError::BadAddress { reason, .. } => reason.to_string(),
+                        other => other.to_string(),
+                    },
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -1131,7 +1163,7 @@ impl ClientConfig {
             certificate: args.tls_cert,
             private_key: args.tls_key,
         });
-        let timeout = duration("timeout", &args.timeout)?;
+        let timeout = positive_duration("timeout", Some(&args.timeout), Duration::ZERO)?;
         Ok(ClientConfig { addrs, cluster_id: args.cluster_id, token, tls, timeout, shard: args.shard })
     }
 }

@@ -168,6 +168,8 @@ pub enum PeerSpecError {
     BadId { entry: String },
     #[error("node id {id} appears twice")]
     DuplicateId { id: NodeId },
+    #[error("nodes {first} and {second} are both at {addr}: each member needs its own peer address")]
+    DuplicateAddress { first: NodeId, second: NodeId, addr: String },
     #[error("{entry:?} is not a DNS name or ID@NAME: {reason}")]
     BadName { entry: String, reason: &'static str },
     #[error("the list is empty")]
@@ -200,6 +202,11 @@ pub fn parse_static_peers(list: &str) -> Result<Vec<StaticPeer>, PeerSpecError> 
         let addr: HostPort = addr.trim().parse()?;
         if peers.iter().any(|peer| peer.id == id) {
             return Err(PeerSpecError::DuplicateId { id });
+        }
+        // Two members at one address: each dials the other and reaches
+        // itself or the wrong node, warning about it forever.
+        if let Some(other) = peers.iter().find(|peer| peer.addr == addr) {
+            return Err(PeerSpecError::DuplicateAddress { first: other.id, second: id, addr: addr.to_string() });
         }
         peers.push(StaticPeer { id, addr });
     }

@@ -194,6 +194,16 @@ fn peer_list_mistakes() {
         config_error(serve(&dir, &["--peers", "127.0.0.1:7100"])),
         ConfigError::Peers { source: PeerSpecError::BadEntry { .. }, .. }
     ));
+    // Two members at one address reach each other's listener, or their own.
+    assert!(matches!(
+        config_error(serve(&dir, &["--peers", "1=127.0.0.1:7102,2=127.0.0.1:7102"])),
+        ConfigError::Peers { source: PeerSpecError::DuplicateAddress { first: 1, second: 2, .. }, .. }
+    ));
+    // Options of DNS discovery do nothing with --peers: refused, not ignored.
+    for option in ["--discovery-port", "--discovery-interval"] {
+        let value = if option == "--discovery-port" { "7000" } else { "10s" };
+        assert!(matches!(config_error(serve(&dir, &[option, value])), ConfigError::DiscoveryOptionWithoutDns { .. }));
+    }
     assert!(matches!(
         config_error(serve(&dir, &["--peers", "2=127.0.0.1:7102", "--discovery-dns", "db.local"])),
         ConfigError::PeersAndDiscovery
@@ -280,6 +290,17 @@ fn other_serve_mistakes() {
         ConfigError::ElectionTicks { .. }
     ));
     assert!(matches!(config_error(serve(&dir, &["--tick-interval", "10"])), ConfigError::BadDuration { .. }));
+    // Below 1ms, ticks alone kept half a core busy.
+    assert!(matches!(
+        config_error(serve(&dir, &["--tick-interval", "1us"])),
+        ConfigError::OutOfRange { option: "tick-interval", .. }
+    ));
+    assert_eq!(serve(&dir, &["--tick-interval", "1h"]).unwrap().timing.tick_interval, Duration::from_secs(3600));
+    assert!(matches!(config_error(serve(&dir, &["--learner", "true"])), ConfigError::LearnerWithoutJoin));
+    assert!(matches!(
+        config_error(serve(&dir, &["--witnesses", "3,3"])),
+        ConfigError::BadWitnesses { reason } if reason.contains("twice")
+    ));
     assert!(matches!(config_error(serve(&dir, &["--log-level", "loud"])), ConfigError::BadLogLevel { .. }));
     assert!(matches!(config_error(serve(&dir, &["--batch-bytes-max", "0"])), ConfigError::OutOfRange { .. }));
     assert!(matches!(config_error(serve(&dir, &["--token", ""])), ConfigError::TokenEmpty));
