@@ -581,8 +581,14 @@ pub enum KvOpArgs {
     Put {
         /// The key (1 to 65536 bytes).
         key: String,
-        /// The value to store.
-        value: String,
+        /// The value to store (or --value-file).
+        #[arg(required_unless_present = "value_file")]
+        value: Option<String>,
+        /// Read the value from FILE instead, byte for byte (`-`: standard
+        /// input): for binary values, and values larger than a command line
+        /// takes (about 128 KiB).
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
     },
     /// Print KEY's value.
     Get {
@@ -591,6 +597,10 @@ pub enum KvOpArgs {
         /// How fresh the value must be. [default: the node's default]
         #[arg(long, value_name = "MODE")]
         consistency: Option<ReadConsistencyArg>,
+        /// Print the value's bytes as they are, with no newline; a key
+        /// with no value prints nothing and exits with status 1.
+        #[arg(long)]
+        raw: bool,
     },
     /// Remove KEY.
     Delete {

@@ -29,6 +29,10 @@ pub enum ClientCmdError {
     IoUring(String),
     #[error("TLS: {0}")]
     Tls(#[from] net::CredentialsError),
+    /// `get --raw` of a key that holds no value (exit status 1: a script
+    /// cannot tell an absent key from a stored "(absent)" otherwise).
+    #[error("the key is absent")]
+    Absent,
 }
 
 fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
@@ -172,8 +176,26 @@ pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
         }
         answer
     };
+    if command.raw {
+        return write_raw(&answer);
+    }
     print_kv(&command.op, &answer);
     Ok(())
+}
+
+/// `get --raw`: the value's bytes as they are, nothing added.
+fn write_raw(answer: &Bytes) -> Result<(), ClientCmdError> {
+    use std::io::Write;
+    match KvResponse::decode(answer) {
+        Ok(KvResponse::Value(Some(value))) => {
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head -c 10`) is the reader's choice, no error.
+            let _ = out.write_all(&value).and_then(|()| out.flush());
+            Ok(())
+        }
+        Ok(KvResponse::Value(None)) => Err(ClientCmdError::Absent),
+        other => Err(ClientCmdError::Call(CallError::Unexpected(format!("{other:?}")))),
+    }
 }
 
 fn show(value: &Bytes) -> String {

@@ -94,6 +94,8 @@ pub enum ConfigError {
     WitnessAndLearner,
     #[error("--learner needs --join: it keeps a joining node a non-voting learner; a node that bootstraps a cluster with --peers is a voter")]
     LearnerWithoutJoin,
+    #[error("cannot read the value from {path}: {source}")]
+    ValueFileUnreadable { path: PathBuf, source: std::io::Error },
     #[error("--{option} needs --discovery-dns (it says how to find the members by DNS; with --peers it does nothing)")]
     DiscoveryOptionWithoutDns { option: &'static str },
     #[error("--user {value:?}: {reason}")]
@@ -373,6 +375,8 @@ pub struct KvCommand {
     /// For a `Get`: the consistency asked for, or `None` for the node's
     /// default.
     pub consistency: Option<ReadConsistency>,
+    /// For a `Get`: print the value's bytes as they are (`--raw`).
+    pub raw: bool,
 }
 
 /// `node admin ...`: one request.
@@ -1168,6 +1172,17 @@ impl ClientConfig {
     }
 }
 
+/// The bytes of `--value-file` (`-`: standard input).
+fn read_value_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let read = if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|source| ConfigError::ValueFileUnreadable { path: path.to_owned(), source })
+}
+
 impl KvCommand {
     pub fn from_args(args: KvArgs) -> Result<KvCommand, ConfigError> {
         let client = ClientConfig::from_args(args.client)?;
@@ -1182,10 +1197,19 @@ impl KvCommand {
             Ok(Bytes::from(key))
         };
         let mut consistency = None;
+        let mut raw = false;
         let op = match args.op {
-            KvOpArgs::Put { key: name, value } => KvOp::Put { key: key(name)?, value: Bytes::from(value) },
-            KvOpArgs::Get { key: name, consistency: asked } => {
+            KvOpArgs::Put { key: name, value, value_file } => {
+                let value = match (value, value_file) {
+                    (Some(value), _) => Bytes::from(value),
+                    (None, Some(path)) => Bytes::from(read_value_file(&path)?),
+                    (None, None) => unreachable!("clap requires VALUE or --value-file"),
+                };
+                KvOp::Put { key: key(name)?, value }
+            }
+            KvOpArgs::Get { key: name, consistency: asked, raw: as_is } => {
                 consistency = asked.map(ReadConsistency::from);
+                raw = as_is;
                 KvOp::Get { key: key(name)? }
             }
             KvOpArgs::Delete { key: name } => KvOp::Delete { key: key(name)? },
@@ -1195,7 +1219,7 @@ impl KvCommand {
                 KvOp::Cas { key: key(name)?, expected: expected.map(Bytes::from), new: new.map(Bytes::from) }
             }
         };
-        Ok(KvCommand { client, op, consistency, at_least_once: args.at_least_once })
+        Ok(KvCommand { client, op, consistency, at_least_once: args.at_least_once, raw })
     }
 }
 

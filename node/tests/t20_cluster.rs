@@ -745,3 +745,47 @@ fn a_node_without_a_majority_says_so_and_names_the_peers_it_cannot_reach() {
     }
     assert!(cluster.log(survivor).contains("reached the peer again"), "{}", cluster.log(survivor));
 }
+
+/// Binary values and values beyond what a command line takes go in with
+/// `--value-file` (a file, or `-` for standard input) and come out byte for
+/// byte with `get --raw`; an absent key under `--raw` exits with status 1.
+#[test]
+fn binary_values_go_in_from_a_file_and_come_out_raw() {
+    let cluster = TestCluster::start(3, 22600);
+    cluster.leader();
+    let addrs: Vec<String> =
+        cluster.live().iter().map(|id| format!("127.0.0.1:{}", cluster.client_port(*id))).collect();
+    let addrs = addrs.join(",");
+    let kv = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_node"))
+            .arg("kv")
+            .args(["--addr", &addrs, "--cluster-id", "9"])
+            .args(args)
+            .env("NODE_TOKEN", TOKEN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the CLI");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            std::io::Write::write_all(&mut input, bytes).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    };
+    let value: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let file = cluster.dir.join("value.bin");
+    std::fs::write(&file, &value).unwrap();
+    let put = kv(&["put", "blob", "--value-file", &file.display().to_string()], None);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let get = kv(&["get", "blob", "--raw"], None);
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert!(get.stdout == value, "{} bytes came back, not the 300,000 put", get.stdout.len());
+    let put = kv(&["put", "nul", "--value-file", "-"], Some(b"a\0b\n"));
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(kv(&["get", "nul", "--raw"], None).stdout, b"a\0b\n");
+    let absent = kv(&["get", "never-written", "--raw"], None);
+    assert_eq!(absent.status.code(), Some(1));
+    assert!(absent.stdout.is_empty());
+}

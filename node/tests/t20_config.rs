@@ -392,6 +392,27 @@ fn kv_admin_and_dev_commands() {
     };
     assert_eq!(kv.op, KvOp::Put { key: "k".into(), value: "v".into() });
     assert_eq!(kv.client.addrs.len(), 2);
+    // A value from a file, byte for byte (binary, or beyond what argv takes).
+    let dir = scratch("value-file");
+    let file = dir.join("value");
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let NodeCommand::Kv(kv) = parse_from(["node", "kv", "--token", "t", "put", "k", "--value-file", &path]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(kv.op, KvOp::Put { key: "k".into(), value: bytes.into() });
+    assert!(matches!(parse_from(["node", "kv", "--token", "t", "put", "k"]), Err(CliError::Parse(_))));
+    assert!(matches!(
+        parse_from(["node", "kv", "--token", "t", "put", "k", "v", "--value-file", &path]),
+        Err(CliError::Parse(_))
+    ));
+    let missing = dir.join("missing").to_string_lossy().into_owned();
+    assert!(matches!(
+        parse_from(["node", "kv", "--token", "t", "put", "k", "--value-file", &missing]),
+        Err(CliError::Config(ConfigError::ValueFileUnreadable { .. }))
+    ));
     let NodeCommand::Kv(kv) =
         parse_from(["node", "kv", "--token", "t", "cas", "k", "--expect-absent", "--new", "v"]).unwrap()
     else {
