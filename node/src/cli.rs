@@ -691,18 +691,18 @@ pub enum AdminActionArgs {
     /// node applies the same); options not given stay as they are. `admin
     /// status` shows the current ones.
     Sessions {
-        /// Sessions kept at most. [default: 4096]
+        /// Sessions kept at most (a new cluster keeps 4096).
         #[arg(long, value_name = "COUNT")]
         max: Option<u32>,
-        /// A session without writes for this long expires, such as `10m`.
-        /// [default: 10m]
+        /// A session without writes for this long expires, such as `10m` (a
+        /// new cluster's: 10m).
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
-        /// Answers a session keeps that its client has not acknowledged.
-        /// [default: 1024]
+        /// Answers a session keeps that its client has not acknowledged (a
+        /// new cluster's: 1024).
         #[arg(long, value_name = "COUNT")]
         replies_max: Option<u32>,
-        /// Bytes of such answers a session keeps. [default: 262144]
+        /// Bytes of such answers a session keeps (a new cluster's: 256 KiB).
         #[arg(long, value_name = "BYTES", value_parser = parse_bytes_u32)]
         reply_bytes_max: Option<u32>,
     },

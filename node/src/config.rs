@@ -54,6 +54,8 @@ pub enum ConfigError {
     DiscoveryPortMissing,
     #[error("the data directory {path} cannot be created: its parent directory {parent} does not exist")]
     DataDirParentMissing { path: PathBuf, parent: PathBuf },
+    #[error("the data directory {path} cannot be created: {parent} is a file, not a directory")]
+    DataDirParentNotDirectory { path: PathBuf, parent: PathBuf },
     #[error("the data directory {path} exists and is not a directory")]
     DataDirNotDirectory { path: PathBuf },
     #[error("give the token once: either --token (or NODE_TOKEN) or --token-file (or NODE_TOKEN_FILE)")]
@@ -1000,6 +1002,9 @@ fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
         Some(parent) => parent,
         None => return Ok(()),
     };
+    if parent.exists() && !parent.is_dir() {
+        return Err(ConfigError::DataDirParentNotDirectory { path: path.to_owned(), parent: parent.to_owned() });
+    }
     if !parent.is_dir() {
         return Err(ConfigError::DataDirParentMissing { path: path.to_owned(), parent: parent.to_owned() });
     }

@@ -281,6 +281,11 @@ fn other_serve_mistakes() {
     std::fs::write(dir.join("file"), b"x").unwrap();
     let file = dir.join("file").to_string_lossy().into_owned();
     assert!(matches!(config_error(serve(&dir, &["--data-dir", &file])), ConfigError::DataDirNotDirectory { .. }));
+    let under_file = format!("{file}/sub");
+    assert!(matches!(
+        config_error(serve(&dir, &["--data-dir", &under_file])),
+        ConfigError::DataDirParentNotDirectory { .. }
+    ));
     assert!(matches!(
         config_error(serve(&dir, &["--heartbeat-ticks", "50"])),
         ConfigError::HeartbeatTicks { heartbeat: 50, election_min: 50 }

@@ -446,11 +446,12 @@ fn prepare_data_dir(dir: &Path, shards: u32) -> Result<(), ServeError> {
     std::fs::create_dir_all(dir).map_err(|error| fail(format!("cannot create it: {error}")))?;
     let holds_logs = crate::membership::holds_a_log(dir);
     let missing = (0..shards).find(|shard| !dir.join(format!("shard-{shard}")).is_dir());
-    if let Some(shard) = shard_logs_beyond(dir, shards).or(missing.filter(|_| holds_logs)) {
+    if shard_logs_beyond(dir, shards).or(missing.filter(|_| holds_logs)).is_some() {
+        let held = (0u32..).take_while(|shard| dir.join(format!("shard-{shard}")).is_dir()).count();
         return Err(fail(format!(
-            "it holds the logs of another shard count than the {shards} this node runs (shard {shard} is there but \
-             should not be, or is missing): run it with the shard count its cluster was created with (for a \
-             restored backup, the count `node restore` printed)"
+            "it holds the logs of {held} shard(s) and this node runs {shards} (--shards): the count cannot change; \
+             run it with --shards {held}, the count its cluster was created with (for a restored backup, the \
+             count `node restore` printed)"
         )));
     }
     for shard in 0..shards {
