@@ -67,6 +67,19 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
 
 /// Starts the members, waits for Ctrl-C, stops them and removes the data
 /// (unless asked to keep it).
+/// Copies a node's log to this process's, each line tagged with the node:
+/// the three nodes' lines interleave, and most do not name their node.
+fn prefix_log(id: u64, log: Option<std::process::ChildStderr>) {
+    let Some(log) = log else { return };
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(log).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[node {id}] {line}");
+        }
+    });
+}
+
 pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
     let root = config
         .data_root
@@ -83,8 +96,16 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
     let mut children: Vec<(u64, Child)> = Vec::new();
     let mut result = Ok(());
     for serve in config.serve_configs(&root) {
-        match Command::new(&exe).args(serve_args(&serve)).env("NODE_TOKEN", &token).spawn() {
-            Ok(child) => children.push((serve.node_id, child)),
+        let spawned = Command::new(&exe)
+            .args(serve_args(&serve))
+            .env("NODE_TOKEN", &token)
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                prefix_log(serve.node_id, child.stderr.take());
+                children.push((serve.node_id, child));
+            }
             Err(error) => {
                 result = Err(DevError::Spawn(serve.node_id, error));
                 break;
