@@ -34,8 +34,9 @@ const RELEARN_EVERY: Duration = Duration::from_secs(1);
 /// accepts but never answers (stopped, overloaded, cut off after the SYN)
 /// would otherwise take the whole deadline, and a call the healthy leader
 /// would answer in milliseconds failed (`node kv --addr A,B` with B
-/// stopped). Loopback and LAN connections take milliseconds.
-pub const CONNECT_PER_NODE: Duration = Duration::from_secs(1);
+/// stopped). Loopback and LAN connections take milliseconds; 2 s leaves
+/// room for a TLS connection over a long path (three round trips).
+pub const CONNECT_PER_NODE: Duration = Duration::from_secs(2);
 
 /// Why a call gave up or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -383,6 +384,9 @@ impl<C: Connector> Client<C> {
                 Err(_) => {
                     self.connector.forget(&addr);
                     outcomes.note(&addr, "no answer");
+                    // The next call starts from the given nodes, not from
+                    // one that just took a whole deadline.
+                    self.target = None;
                     break;
                 }
             };
