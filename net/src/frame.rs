@@ -23,9 +23,13 @@ pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of [`FrameHeader`] in bytes.
 pub const FRAME_HEADER_SIZE: usize = 32;
 /// The default bound on a whole frame (header and body). Large enough for an
-/// AppendEntries that carries a full default-sized entry batch, small enough
-/// that a hostile length cannot make a reader reserve much memory.
-pub const FRAME_SIZE_MAX_DEFAULT: usize = 16 << 20;
+/// AppendEntries that carries a full default-sized entry batch and for an
+/// answer that carries the largest value the key-value store keeps
+/// ([`crate::kv::VALUE_SIZE_MAX`], reached by `APPEND`: with a bound of 16
+/// MiB for the whole frame such a value was written but never read back),
+/// small enough that a hostile length cannot make a reader reserve much
+/// memory.
+pub const FRAME_SIZE_MAX_DEFAULT: usize = crate::kv::VALUE_SIZE_MAX + (64 << 10);
 
 /// The fixed header that opens every frame.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -246,3 +246,22 @@ fn a_dropped_reply_answers_timed_out_instead_of_nothing() {
         handle.shutdown();
     });
 }
+
+/// An answer that carries the largest value the key-value store keeps
+/// (`net::kv::VALUE_SIZE_MAX`, reached by `APPEND`) fits the frame bound a
+/// client reads with: it was 16 MiB for the whole frame, so such a value
+/// could be written but never read back through the native protocol.
+#[test]
+fn an_answer_with_the_largest_value_is_read() {
+    run(async {
+        let (handle, inbound) = start(ListenerConfig::clients(loopback(), plaintext(2)));
+        let value = net::kv::KvResponse::Value(Some(Bytes::from(vec![7u8; net::kv::VALUE_SIZE_MAX]))).encode();
+        let _delivered = answer_everything(inbound, value.clone());
+        let config = ClientConfig::new(CLUSTER, Bytes::from_static(TOKEN));
+        let mut client = ClientConnection::connect(handle.local_addr(), &config).await.unwrap();
+        client.send(0, &status(1)).await.unwrap();
+        let response = client.recv().await.expect("the answer is read");
+        assert_eq!(response.status, ResponseStatus::Ok(value));
+        handle.shutdown();
+    });
+}

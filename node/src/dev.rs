@@ -80,6 +80,28 @@ fn prefix_log(id: u64, log: Option<std::process::ChildStderr>) {
     });
 }
 
+/// Starts the dev cluster's nodes as child processes of this one, into
+/// `children` (those started before a failure are there to be stopped).
+fn spawn_nodes(
+    config: &DevConfig,
+    root: &std::path::Path,
+    token: &str,
+    children: &mut Vec<(u64, Child)>,
+) -> Result<(), DevError> {
+    let exe = std::env::current_exe().map_err(|error| DevError::Spawn(0, error))?;
+    for serve in config.serve_configs(root) {
+        let mut child = Command::new(&exe)
+            .args(serve_args(&serve))
+            .env("NODE_TOKEN", token)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|error| DevError::Spawn(serve.node_id, error))?;
+        prefix_log(serve.node_id, child.stderr.take());
+        children.push((serve.node_id, child));
+    }
+    Ok(())
+}
+
 pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
     let root = config
         .data_root
@@ -91,27 +113,9 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).map_err(|e| DevError::Signal(e.to_string()))?;
     }
-    let exe = std::env::current_exe().map_err(|error| DevError::Spawn(0, error))?;
     let token = String::from_utf8_lossy(DEV_TOKEN).to_string();
     let mut children: Vec<(u64, Child)> = Vec::new();
-    let mut result = Ok(());
-    for serve in config.serve_configs(&root) {
-        let spawned = Command::new(&exe)
-            .args(serve_args(&serve))
-            .env("NODE_TOKEN", &token)
-            .stderr(std::process::Stdio::piped())
-            .spawn();
-        match spawned {
-            Ok(mut child) => {
-                prefix_log(serve.node_id, child.stderr.take());
-                children.push((serve.node_id, child));
-            }
-            Err(error) => {
-                result = Err(DevError::Spawn(serve.node_id, error));
-                break;
-            }
-        }
-    }
+    let mut result = spawn_nodes(&config, &root, &token, &mut children);
     if result.is_ok() {
         let first_client = config.ports(1).1;
         println!("dev cluster: {} nodes on 127.0.0.1, data in {}", config.nodes, root.display());

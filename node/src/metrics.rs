@@ -48,7 +48,9 @@ use crate::local::NodeHandle;
 use crate::resp::RespStats;
 use crate::stats::BUCKET_BOUNDS_US;
 
-/// Scrapes served at once; more connections are closed unanswered.
+/// Connections served at once. A new one beyond it closes the one that has
+/// waited longest for its request head, or is closed unanswered while every
+/// one is being answered.
 pub const CONNECTIONS_MAX: usize = 16;
 /// The longest request head read; a longer one is answered 431.
 const REQUEST_HEAD_MAX: usize = 8 << 10;
@@ -83,6 +85,11 @@ struct Server {
     /// Each shard's commit index when the node started, once known.
     commit_at_start: RefCell<Vec<Option<u64>>>,
     connections: std::cell::Cell<usize>,
+    /// The connections still waiting for their request head, oldest first:
+    /// 16 idle connections held every slot for the request timeout, and
+    /// `/livez` failed meanwhile (a liveness probe restarting the node).
+    waiting: RefCell<std::collections::VecDeque<(u64, Rc<TcpStream>)>>,
+    next_connection: std::cell::Cell<u64>,
 }
 
 /// Binds `addr` and serves on the current tokio-uring runtime. The caller
@@ -90,8 +97,13 @@ struct Server {
 pub fn spawn(addr: SocketAddr, sources: MetricsSources) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     let shards = sources.handle.shards() as usize;
-    let server =
-        Rc::new(Server { sources, commit_at_start: RefCell::new(vec![None; shards]), connections: Default::default() });
+    let server = Rc::new(Server {
+        sources,
+        commit_at_start: RefCell::new(vec![None; shards]),
+        connections: Default::default(),
+        waiting: Default::default(),
+        next_connection: Default::default(),
+    });
     tracing::info!(%addr, "metrics endpoint listening");
     // Learn the commit indexes the node started with as soon as the shards
     // answer, not at the first probe.
@@ -111,24 +123,26 @@ pub fn spawn(addr: SocketAddr, sources: MetricsSources) -> std::io::Result<()> {
                 continue;
             };
             if server.connections.get() >= CONNECTIONS_MAX {
-                continue;
+                let oldest = server.waiting.borrow_mut().pop_front();
+                match oldest {
+                    // Its pending read ends, and its task frees the slot.
+                    Some((_, idle)) => {
+                        let _ = idle.shutdown(std::net::Shutdown::Both);
+                    }
+                    None => continue,
+                }
             }
             server.connections.set(server.connections.get() + 1);
             let server = server.clone();
-            tokio_uring::spawn(async move {
-                if let Ok(Ok(path)) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await {
-                    let response = server.respond(&path).await;
-                    let _ = stream.write_all(response).await;
-                }
-                server.connections.set(server.connections.get() - 1);
-            });
+            tokio_uring::spawn(async move { server.serve_connection(Rc::new(stream)).await });
         }
     });
     Ok(())
 }
 
-/// Reads a request head and returns its path (`GET` only).
-async fn read_request(stream: &TcpStream) -> Result<Result<String, Vec<u8>>, std::io::Error> {
+/// Reads a request head and returns whether it is a `HEAD` request and its
+/// path (`GET` and `HEAD` only: load balancers probe with either).
+async fn read_request(stream: &TcpStream) -> Result<(bool, Result<String, Vec<u8>>), std::io::Error> {
     let mut head = Vec::with_capacity(1024);
     loop {
         let buf = vec![0u8; 1024];
@@ -142,15 +156,16 @@ async fn read_request(stream: &TcpStream) -> Result<Result<String, Vec<u8>>, std
             break;
         }
         if head.len() > REQUEST_HEAD_MAX {
-            return Ok(Err(response(431, "text/plain", "request head too large\n")));
+            return Ok((false, Err(response(431, "text/plain", "request head too large\n"))));
         }
     }
     let line = head.split(|byte| *byte == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     match (parts.next(), parts.next()) {
-        (Some("GET"), Some(path)) => Ok(Ok(path.to_string())),
-        _ => Ok(Err(response(405, "text/plain", "only GET is served\n"))),
+        (Some("GET"), Some(path)) => Ok((false, Ok(path.to_string()))),
+        (Some("HEAD"), Some(path)) => Ok((true, Ok(path.to_string()))),
+        _ => Ok((false, Err(response(405, "text/plain", "only GET and HEAD are served\n")))),
     }
 }
 
@@ -170,6 +185,28 @@ fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
 }
 
 impl Server {
+    /// One connection: one request, one answer, closed.
+    async fn serve_connection(&self, stream: Rc<TcpStream>) {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        self.waiting.borrow_mut().push_back((id, stream.clone()));
+        let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await;
+        self.waiting.borrow_mut().retain(|(waiting, _)| *waiting != id);
+        if let Ok(Ok((head_only, path))) = request {
+            let mut answer = self.respond(&path).await;
+            if head_only {
+                let end = answer.windows(4).position(|window| window == b"\r\n\r\n").map_or(answer.len(), |at| at + 4);
+                answer.truncate(end);
+            }
+            let _ = stream.write_all(answer).await;
+        }
+        // Ends a read still in flight (one the timeout gave up on), so the
+        // descriptor is closed now and not when the client goes: idle
+        // connections kept theirs open for as long as they stayed.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        self.connections.set(self.connections.get() - 1);
+    }
+
     async fn respond(&self, request: &Result<String, Vec<u8>>) -> Vec<u8> {
         let path = match request {
             Ok(path) => path.split('?').next().unwrap_or_default(),

@@ -347,6 +347,18 @@ fn auth_pipelines_atomicity_and_bad_input() {
     let mut answer = Vec::new();
     raw.read_to_end(&mut answer).unwrap();
     assert!(String::from_utf8_lossy(&answer).contains("invalid bulk length"));
+    // The same with the whole value sent (as redis-cli -x does): the client
+    // finishes sending and reads the error; the node closed at once before,
+    // and the reset made the client's send fail (redis-cli died of SIGPIPE).
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut command = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8388608\r\n".to_vec();
+    command.resize(command.len() + (8 << 20), b'x');
+    command.extend_from_slice(b"\r\n");
+    raw.write_all(&command).expect("the whole command is sent: the node reads it before it closes");
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).expect("the node closes the connection after the error");
+    assert!(String::from_utf8_lossy(&answer).contains("invalid bulk length"));
     let still: i64 = redis::cmd("GET").arg("shared").query(&mut c).unwrap();
     assert_eq!(still, 900, "the other connection still works");
 }
@@ -647,6 +659,7 @@ fn metrics_and_health_endpoints() {
     assert_eq!(code, 503, "alone, node 1 knows no leader: {reason}");
     assert!(reason.contains("knows no leader"), "{reason}");
     assert_eq!(http_get(port, "/nothing-here").unwrap().0, 404);
+    idle_connections_neither_starve_the_probes_nor_stay_open(port);
     for id in 2..=3 {
         cluster.nodes[id as usize - 1] = Some(cluster.spawn(id));
     }
@@ -714,4 +727,35 @@ fn metrics_and_health_endpoints() {
     }
     assert!(checked > 0, "some shard applied entries on node 2");
     assert!(sample(samples, "raft_node_log_bytes_written_total", &[("shard", "0")]).unwrap() > 0.0);
+}
+
+/// More idle connections than the endpoint serves at once: `/livez` still
+/// answers (16 idle ones made it fail for the request timeout, a liveness
+/// probe's restart), `HEAD` is answered without a body, and the endpoint
+/// closes the idle ones itself (their descriptors stayed open for as long as
+/// the clients kept them).
+fn idle_connections_neither_starve_the_probes_nor_stay_open(port: u16) {
+    use std::io::{Read, Write};
+    let mut idle: Vec<std::net::TcpStream> =
+        (0..20).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, body) = http_get(port, "/livez").expect("/livez answers with 20 idle connections open");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let mut head = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    head.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    head.write_all(b"HEAD /livez HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    head.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\n"), "{answer:?}");
+    // Every idle connection is closed by the endpoint: evicted by the newer
+    // ones, or at the request timeout (5 s).
+    for (index, stream) in idle.iter_mut().enumerate() {
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut byte = [0u8; 1];
+        let read = stream.read(&mut byte);
+        assert!(
+            matches!(read, Ok(0) | Err(_)) && !matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "idle connection {index} was not closed: {read:?}"
+        );
+    }
 }

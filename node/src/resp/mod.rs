@@ -41,7 +41,7 @@ pub mod commands;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
@@ -168,6 +168,9 @@ async fn accept_loop(listener: TcpListener, server: Rc<Server>) {
                     connection.identity = certified;
                     if let Err(reason) = connection.serve(&stream).await {
                         tracing::debug!(%remote, %reason, "RESP connection closed");
+                        if reason.starts_with(PROTOCOL_ERROR) {
+                            linger(&stream).await;
+                        }
                     }
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                 }
@@ -175,6 +178,36 @@ async fn accept_loop(listener: TcpListener, server: Rc<Server>) {
             }
             server.connections.set(server.connections.get() - 1);
         });
+    }
+}
+
+/// How `Connection::serve` says the client broke the protocol.
+const PROTOCOL_ERROR: &str = "protocol error";
+/// After a protocol error: how long, and how many bytes, the rest of what
+/// the client is still sending is read and dropped before the socket closes.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Lets a client that broke the protocol read the error: the error is
+/// written, the socket's sending side closed, and what the client still
+/// sends (the rest of a bulk string over the limit) read and dropped, within
+/// bounds. Closed at once, the socket was reset under a client still
+/// sending a value of 1 MiB or more, which got EPIPE (redis-cli died of
+/// SIGPIPE) without the error.
+async fn linger(stream: &Stream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut dropped = 0;
+    let mut buffer = BytesMut::with_capacity(READ_SIZE);
+    while dropped < LINGER_BYTES {
+        buffer.clear();
+        match tokio::time::timeout_at(deadline, stream.read_append(buffer)).await {
+            Ok((Ok(read), returned)) if read > 0 => {
+                dropped += read;
+                buffer = returned;
+            }
+            _ => return,
+        }
     }
 }
 
@@ -243,7 +276,7 @@ impl Connection {
                         self.drain().await;
                         Reply::error(error.redis_message()).encode(self.version, &mut self.output);
                         self.flush(stream).await?;
-                        return Err(format!("protocol error: {error}"));
+                        return Err(format!("{PROTOCOL_ERROR}: {error}"));
                     }
                 }
             }
