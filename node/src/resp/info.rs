@@ -121,22 +121,79 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     }
 }
 
-/// `INFO`: the server, the front door, and each shard's Raft state as this
-/// node sees it (role, term, commit, applied, leader).
-pub async fn info(server: &Server) -> Reply {
-    let backend = &server.backend;
+/// The sections `INFO` was asked for: none, `all`, `everything` or
+/// `default` mean all of them; `replication` is the Raft section (it holds
+/// the role); an unknown one adds nothing, as in Redis (whose `INFO
+/// replication` returns that section alone: tools that read the role ask
+/// for it).
+pub struct Sections {
+    server: bool,
+    clients: bool,
+    raft: bool,
+}
+
+impl Sections {
+    pub fn asked(args: &[Bytes]) -> Sections {
+        if args.is_empty() {
+            return Sections { server: true, clients: true, raft: true };
+        }
+        let mut sections = Sections { server: false, clients: false, raft: false };
+        for arg in args {
+            match arg.to_ascii_lowercase().as_slice() {
+                b"all" | b"everything" | b"default" => return Sections::asked(&[]),
+                b"server" => sections.server = true,
+                b"clients" => sections.clients = true,
+                b"raft" | b"replication" => sections.raft = true,
+                _ => {}
+            }
+        }
+        sections
+    }
+}
+
+/// `INFO [SECTION ...]`: the server, the front door, and each shard's Raft
+/// state as this node sees it (role, term, commit, applied, leader).
+pub async fn info(server: &Server, sections: Sections) -> Reply {
     let mut text = String::new();
+    if sections.server {
+        info_server(server, &mut text);
+    }
+    if sections.clients {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        info_clients(server, &mut text);
+    }
+    if sections.raft {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        info_raft(server, &mut text).await;
+    }
+    Reply::Bulk(Bytes::from(text))
+}
+
+fn info_server(server: &Server, text: &mut String) {
+    let backend = &server.backend;
     text.push_str("# Server\r\n");
     text.push_str(&format!("redis_version:{REDIS_VERSION}\r\n"));
     text.push_str(&format!("raft_node_version:{}\r\n", env!("CARGO_PKG_VERSION")));
     text.push_str(&format!("node_id:{}\r\n", backend.node_id()));
     text.push_str(&format!("tcp_port:{}\r\n", server.config.addr.port()));
     text.push_str(&format!("uptime_in_seconds:{}\r\n", server.started.elapsed().as_secs()));
-    text.push_str("\r\n# Clients\r\n");
+}
+
+fn info_clients(server: &Server, text: &mut String) {
+    let backend = &server.backend;
+    text.push_str("# Clients\r\n");
     text.push_str(&format!("connected_clients:{}\r\n", server.connections.get()));
     text.push_str(&format!("total_connections_received:{}\r\n", server.connections_total.get()));
     text.push_str(&format!("front_door_sessions:{}\r\n", backend.sessions_open()));
-    text.push_str("\r\n# Raft\r\n");
+}
+
+async fn info_raft(server: &Server, text: &mut String) {
+    let backend = &server.backend;
+    text.push_str("# Raft\r\n");
     text.push_str(&format!("shards:{}\r\n", backend.shard_count()));
     for shard in 0..backend.shard_count() {
         match backend.status(shard).await {
@@ -156,7 +213,6 @@ pub async fn info(server: &Server) -> Reply {
             Err(failed) => text.push_str(&format!("shard{shard}:error={}\r\n", failed.0.replace(['\r', '\n'], " "))),
         }
     }
-    Reply::Bulk(Bytes::from(text))
 }
 
 #[cfg(test)]

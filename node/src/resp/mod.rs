@@ -431,7 +431,8 @@ impl Connection {
             "config" => Classified::Now(info::config(args)),
             "info" => {
                 let server = self.server.clone();
-                Classified::Read(Box::pin(async move { info::info(&server).await }))
+                let sections = info::Sections::asked(&args[1..]);
+                Classified::Read(Box::pin(async move { info::info(&server, sections).await }))
             }
             keyed => commands::plan(&self.server.backend, keyed, args),
         }
