@@ -41,7 +41,13 @@ pub struct LinkConfig {
     pub queue_frames_max: usize,
     /// The first reconnect delay; it doubles after each failure.
     pub backoff_min: Duration,
-    /// The longest reconnect delay.
+    /// The longest reconnect delay after a failed connection. 500 ms by
+    /// default, within an election timeout: a node that was alone for a
+    /// while hears the returning leader at once (over the leader's link)
+    /// but answers only once its own link reconnects, and with 2 s it had
+    /// acknowledged nothing seconds after the others were back. A peer that
+    /// refuses the handshake is retried at most every
+    /// [`REFUSED_BACKOFF_MAX`] (each refusal is logged).
     pub backoff_max: Duration,
     /// Bound on connect plus handshake.
     pub connect_timeout: Duration,
@@ -61,7 +67,7 @@ impl LinkConfig {
             peer_addr,
             queue_frames_max: 4096,
             backoff_min: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             write_bytes_max: 1 << 20,
             dead_peer_timeout: Duration::from_secs(15),
@@ -132,6 +138,10 @@ struct LinkShared {
 /// operator looks for when a shard has no leader (only `role changed` lines
 /// said anything before).
 const LINK_DOWN_WARN_AFTER: Duration = Duration::from_secs(5);
+
+/// The longest reconnect delay after the peer refused the handshake (a
+/// configuration error that a retry fixes only once an operator acts).
+pub const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl LinkShared {
     fn update(&self, change: impl FnOnce(&mut LinkStats)) {
@@ -223,15 +233,18 @@ async fn run(shared: Rc<LinkShared>) {
     let mut backoff = config.backoff_min;
     while !shared.closed.get() {
         let connects_before = shared.stats.get().connects;
+        let mut backoff_max = config.backoff_max;
         match session(&shared).await {
             Ok(()) => {}
             Err(LinkError::Handshake(HandshakeError::Refused { reason, message })) => {
+                backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
                 shared.update(|stats| stats.handshake_refusals += 1);
                 warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
             }
             Err(LinkError::Handshake(
                 error @ (HandshakeError::Tls(_) | HandshakeError::WrongNode { .. } | HandshakeError::Decode(_)),
             )) => {
+                backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
                 shared.update(|stats| stats.handshake_refusals += 1);
                 warn!(peer = config.peer_id, addr = %config.peer_addr, %error, "could not authenticate with the peer");
             }
@@ -251,7 +264,7 @@ async fn run(shared: Rc<LinkShared>) {
             _ = tokio::time::sleep(delay) => {}
             _ = shared.wake.notified() => {}
         }
-        backoff = (backoff * 2).min(config.backoff_max);
+        backoff = (backoff * 2).min(backoff_max);
     }
     let lost = shared.queue.drain() as u64;
     shared.update(|stats| stats.lost_on_disconnect += lost);
