@@ -77,6 +77,10 @@ struct Cluster {
     separate_uids: bool,
     /// iptables rules to delete when the cluster goes away.
     rules: Vec<Vec<String>>,
+    /// The file systems mounted on the nodes' data directories, by node
+    /// (`started_on_tmpfs`): unmounted after the nodes are gone and before
+    /// the cluster's directory is removed (a mount point cannot be).
+    mounts: Vec<Tmpfs>,
 }
 
 const UID_BASE: u32 = 62_000;
@@ -110,6 +114,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 
@@ -216,21 +221,27 @@ impl Cluster {
         self.nodes.insert(id, child);
     }
 
-    /// SIGKILL: no clean shutdown.
     /// Mounts a tmpfs of `size` on each node's data directory and starts
-    /// the nodes; `None` when a mount fails (not root). The caller keeps the
-    /// mounts alive for longer than the cluster.
-    fn start_on_tmpfs(&mut self, size: &str) -> Option<Vec<Tmpfs>> {
-        let mut mounts = Vec::new();
+    /// the nodes; false when a mount fails (not root).
+    fn start_on_tmpfs(&mut self, size: &str) -> bool {
         for id in self.all() {
-            mounts.push(Tmpfs::mount(&self.data_dir(id), size)?);
+            match Tmpfs::mount(&self.data_dir(id), size) {
+                Some(mount) => self.mounts.push(mount),
+                None => return false,
+            }
         }
         for id in self.all() {
             self.spawn(id);
         }
-        Some(mounts)
+        true
     }
 
+    /// The file system on node `id`'s data directory.
+    fn mount(&self, id: u64) -> &Tmpfs {
+        &self.mounts[(id - 1) as usize]
+    }
+
+    /// SIGKILL: no clean shutdown.
     fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes.remove(&id) {
             let _ = child.kill();
@@ -358,6 +369,7 @@ impl Drop for Cluster {
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
             self.kill(id);
         }
+        self.mounts.clear();
         // A failed test keeps the nodes' logs and data for a post-mortem.
         if std::thread::panicking() {
             eprintln!("the cluster's logs and data directories are kept in {}", self.dir.display());
@@ -859,20 +871,19 @@ impl Drop for Tmpfs {
 
 /// Three nodes each on a 100 MiB tmpfs, started; `None` (said loudly)
 /// without io_uring or the privilege to mount.
-fn three_on_small_tmpfs(base_port: u16) -> Option<(Vec<Tmpfs>, Cluster)> {
+fn three_on_small_tmpfs(base_port: u16) -> Option<Cluster> {
     let binary = io_uring_or_skip()?;
     started_on_tmpfs(Cluster::stopped(binary, 3, base_port, None, false, 1), "100m")
 }
 
 /// Starts `cluster` with each node's data directory on a tmpfs of `size`;
-/// `None` (said loudly) without the privilege to mount. Bound as one pair,
-/// the cluster goes before the file systems it uses.
-fn started_on_tmpfs(mut cluster: Cluster, size: &str) -> Option<(Vec<Tmpfs>, Cluster)> {
-    let Some(mounts) = cluster.start_on_tmpfs(size) else {
+/// `None` (said loudly) without the privilege to mount.
+fn started_on_tmpfs(mut cluster: Cluster, size: &str) -> Option<Cluster> {
+    if !cluster.start_on_tmpfs(size) {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return None;
-    };
-    Some((mounts, cluster))
+    }
+    Some(cluster)
 }
 
 /// The 512 KiB value of big write `number`, and the requests that write
@@ -921,11 +932,12 @@ fn write_once_space_returns(client: &mut BlockingClient, cluster: &Cluster, numb
 fn disk_full_refuses_writes_serves_reads_and_resumes() {
     let _serial = serial();
     // The cluster goes before the file systems it uses.
-    let Some((mounts, cluster)) = three_on_small_tmpfs(24_500) else { return };
+    let Some(cluster) = three_on_small_tmpfs(24_500) else { return };
     let leader = cluster.leader();
     // Only the leader's disk stays small (full followers are
     // `full_followers_make_the_leader_refuse_writes_with_no_space`).
-    for (id, mount) in cluster.all().into_iter().zip(&mounts) {
+    for id in cluster.all() {
+        let mount = cluster.mount(id);
         if id != leader {
             mount.resize("400m");
         }
@@ -953,7 +965,7 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     let status = cluster.status(leader).expect("the full leader answers its status");
     assert_eq!(status["disk_full"], serde_json::Value::Bool(true), "{status}");
     // Space comes back: writes resume without a restart.
-    for mount in &mounts {
+    for mount in &cluster.mounts {
         mount.resize("400m");
     }
     write_once_space_returns(&mut client, &cluster, written);
@@ -963,8 +975,6 @@ fn disk_full_refuses_writes_serves_reads_and_resumes() {
     }
     let status = cluster.status(leader).expect("status");
     assert_eq!(status["disk_full"], serde_json::Value::Bool(false), "{status}");
-    drop(cluster);
-    drop(mounts);
 }
 
 /// A local snapshot that did not fit on a full disk was asked for again
@@ -985,14 +995,14 @@ fn a_snapshot_that_met_a_full_disk_is_taken_once_there_is_room() {
         "--snapshot-log-factor",
         "0",
     ]);
-    let Some((mounts, cluster)) = started_on_tmpfs(cluster, "400m") else { return };
+    let Some(cluster) = started_on_tmpfs(cluster, "400m") else { return };
     let leader = cluster.leader();
     let mut client = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
     for number in 0..10 {
         let answer = client.call(big_put(number));
         assert!(matches!(answer, Ok(ResponseStatus::Ok(_))), "write {number}: {answer:?}\n{}", cluster.describe());
     }
-    let leader_mount = &mounts[(leader - 1) as usize];
+    let leader_mount = cluster.mount(leader);
     let room = used_kib(&cluster.data_dir(leader)) + 1024;
     assert!(leader_mount.try_resize(&format!("{room}k")), "shrink the leader's file system to {room} KiB");
     // 35 MiB more: past the 32 MiB that make a snapshot due, within the
@@ -1028,8 +1038,6 @@ fn a_snapshot_that_met_a_full_disk_is_taken_once_there_is_room() {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("the leader stored a snapshot {:?} after the disk had room", started.elapsed());
-    drop(cluster);
-    drop(mounts);
 }
 
 /// Issue 16: three nodes, two followers on 100 MiB file systems (the
@@ -1045,10 +1053,10 @@ fn a_snapshot_that_met_a_full_disk_is_taken_once_there_is_room() {
 fn full_followers_make_the_leader_refuse_writes_with_no_space() {
     let _serial = serial();
     // The cluster goes before the file systems it uses.
-    let Some((mounts, cluster)) = three_on_small_tmpfs(24_900) else { return };
+    let Some(cluster) = three_on_small_tmpfs(24_900) else { return };
     let leader = cluster.leader();
     let followers: Vec<u64> = cluster.all().into_iter().filter(|&id| id != leader).collect();
-    mounts[(leader - 1) as usize].resize("400m");
+    cluster.mount(leader).resize("400m");
     // Longer than the node's request timeout, so a write that cannot commit
     // is answered `TimedOut` rather than cut off by the client.
     let mut client = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(15))).expect("a client");
@@ -1100,7 +1108,7 @@ fn full_followers_make_the_leader_refuse_writes_with_no_space() {
     assert!(log.contains("peers report a full disk"), "the leader did not say which peers are full\n{log}");
     // Space comes back: writes resume without a restart.
     for &id in &followers {
-        mounts[(id - 1) as usize].resize("400m");
+        cluster.mount(id).resize("400m");
     }
     write_once_space_returns(&mut client, &cluster, next);
     acknowledged.push(next);
@@ -1125,8 +1133,6 @@ fn full_followers_make_the_leader_refuse_writes_with_no_space() {
         assert!(refused.is_some_and(|count| count > 0), "node {id} counted no refused append: {refused:?}");
     }
     cluster.converge();
-    drop(cluster);
-    drop(mounts);
 }
 
 /// Issue 16: a follower whose disk cannot hold the snapshot its leader
@@ -1141,7 +1147,7 @@ fn follower_receiving_a_snapshot_on_a_full_disk_waits_for_space() {
     let _serial = serial();
     let Some(binary) = iptables_or_skip() else { return };
     let cluster = Cluster::stopped(binary, 3, 24_700, Some(40), false, 1);
-    let Some((mounts, mut cluster)) = started_on_tmpfs(cluster, "300m") else { return };
+    let Some(mut cluster) = started_on_tmpfs(cluster, "300m") else { return };
     let leader = cluster.leader();
     let follower = cluster.all().into_iter().find(|&id| id != leader).expect("a follower");
     let others: Vec<u64> = cluster.all().into_iter().filter(|&id| id != follower).collect();
@@ -1176,9 +1182,8 @@ fn follower_receiving_a_snapshot_on_a_full_disk_waits_for_space() {
     // MiB of 64 KiB values) does not fit.
     // (The follower may still be preallocating its log: a size below what
     // it uses by the time of the remount is refused, so measure again.)
-    let mount = &mounts[(follower - 1) as usize];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !mount.try_resize(&format!("{}k", used_kib(&cluster.data_dir(follower)) + 1024)) {
+    while !cluster.mount(follower).try_resize(&format!("{}k", used_kib(&cluster.data_dir(follower)) + 1024)) {
         assert!(Instant::now() < deadline, "could not shrink the follower's file system");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1199,12 +1204,10 @@ fn follower_receiving_a_snapshot_on_a_full_disk_waits_for_space() {
     let log = std::fs::read_to_string(cluster.dir.join(format!("node-{follower}.log"))).unwrap_or_default();
     assert!(log.contains("disk full while receiving a snapshot"), "the follower did not say why\n{log}");
     // Space comes back: it installs the snapshot and catches up by itself.
-    mount.resize("300m");
+    cluster.mount(follower).resize("300m");
     cluster.converge();
     let installed = cluster.stats(follower).and_then(|stats| stats["stats"]["snapshots_installed"].as_u64());
     assert!(installed.is_some_and(|count| count >= 1), "{installed:?}");
-    drop(cluster);
-    drop(mounts);
 }
 
 /// Kibibytes in use on the file system holding `path`.
