@@ -18,7 +18,8 @@
 //!
 //! # What it exports
 //!
-//! Per shard (label `shard`): the role (`raft_node_role{role=...} 1`), term,
+//! Per shard (label `shard`): the role (`raft_node_role{role=...}`, 1 for
+//! the one it has and 0 for the others), term,
 //! commit and applied indexes, the leader's id, the in-memory log's payload
 //! bytes, leader changes, log bytes
 //! appended, snapshots taken and installed, sessions, writes and reads
@@ -56,6 +57,9 @@ pub const CONNECTIONS_MAX: usize = 16;
 const REQUEST_HEAD_MAX: usize = 8 << 10;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The values of `raft_node_role`'s `role` label: the engine's roles
+/// (`engine::Role`), as `node admin status` names them, in lower case.
+const ROLES: [&str; 4] = ["follower", "precandidate", "candidate", "leader"];
 /// How long a shard may take to answer a scrape's questions.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// The stages of `crate::stats`, in its JSON's names.
@@ -379,14 +383,20 @@ impl Sample {
     fn encode_state(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut roles = encoder.encode_descriptor(
             "raft_node_role",
-            "The shard's Raft role on this node (1 for the role it has).",
+            "The shard's Raft role on this node: 1 for the role it has, 0 for the others.",
             None,
             MetricType::Gauge,
         )?;
         for sample in &self.shards {
             let Some(role) = sample.status.as_ref().and_then(|status| status["role"].as_str()) else { continue };
-            let labels: Labels = vec![("shard", sample.shard.to_string()), ("role", role.to_ascii_lowercase())];
-            roles.encode_family(&labels)?.encode_gauge(&1i64)?;
+            // Every role is a series of its own, 0 or 1, so that a role
+            // the shard left reads 0 at once instead of going stale (a
+            // query for leaders would count it for five more minutes).
+            for candidate in ROLES {
+                let labels: Labels = vec![("shard", sample.shard.to_string()), ("role", candidate.to_string())];
+                let value = i64::from(role.eq_ignore_ascii_case(candidate));
+                roles.encode_family(&labels)?.encode_gauge(&value)?;
+            }
         }
         self.gauge(encoder, "raft_node_term", "The shard's current Raft term.", "term")?;
         self.gauge(encoder, "raft_node_commit_index", "The shard's commit index as this node knows it.", "commit")?;
@@ -465,7 +475,7 @@ impl Sample {
             ),
             (
                 "raft_node_appends_no_space",
-                "Appends from the leader this follower answered \"no space\" (its disk was full).",
+                "Appends from the leader this follower refused for want of space (its disk was full).",
                 "appends_no_space",
             ),
             (

@@ -502,6 +502,12 @@ fn leader_killed_mid_stream() {
     assert!(last <= 400 + unknown, "no INCR applied twice: last {last}, {unknown} unknown outcomes");
     let stored: i64 = redis::cmd("GET").arg("ledger").query(&mut cluster.connect(survivor)).unwrap();
     assert_eq!(stored, last, "the surviving nodes hold every acknowledged INCR");
+    // Alone, the survivor answers a read it cannot serve with TRYAGAIN,
+    // and does not say a write may have been applied.
+    cluster.kill(follower);
+    let error = error_text(redis::cmd("GET").arg("ledger").query::<i64>(&mut cluster.connect(survivor)));
+    assert!(error.to_uppercase().contains("TRYAGAIN") && error.contains("no answer"), "{error}");
+    assert!(!error.contains("write"), "a read's TRYAGAIN speaks of a write: {error}");
 }
 
 /// Pipelines of INCRs from a connection to each follower while the leader
@@ -612,6 +618,21 @@ type Sample = (String, Vec<(String, String)>, f64);
 /// The samples of an OpenMetrics text exposition.
 fn parse_exposition(text: &str) -> Vec<Sample> {
     assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
+    // OpenMetrics' escaped-string: a help text holds `"` and `\` only as
+    // `\"` and `\\` (a strict parser refuses the exposition otherwise).
+    for help in text.lines().filter_map(|line| line.strip_prefix("# HELP ")) {
+        let mut escaped = false;
+        for character in help.chars() {
+            match (escaped, character) {
+                (false, '\\') => escaped = true,
+                (false, '"') => panic!("an unescaped quote in a help text: {help}"),
+                (true, '\\' | '"' | 'n') => escaped = false,
+                (true, other) => panic!("a bad escape \\{other} in a help text: {help}"),
+                (false, _) => {}
+            }
+        }
+        assert!(!escaped, "a help text ends in a backslash: {help}");
+    }
     let mut samples = Vec::new();
     for line in text.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
@@ -692,6 +713,15 @@ fn metrics_and_health_endpoints() {
             .filter(|samples| sample(samples, "raft_node_role", &[("shard", shard), ("role", "leader")]) == Some(1.0))
             .count();
         assert_eq!(leaders, 1, "shard {shard} has one leader");
+        // Every role is a series on every node, 1 for the one it has.
+        for samples in &scrapes {
+            let roles: Vec<_> = ["follower", "precandidate", "candidate", "leader"]
+                .into_iter()
+                .map(|role| sample(samples, "raft_node_role", &[("shard", shard), ("role", role)]))
+                .collect();
+            assert!(roles.iter().all(|value| matches!(value, Some(v) if *v == 0.0 || *v == 1.0)), "{roles:?}");
+            assert_eq!(roles.iter().flatten().sum::<f64>(), 1.0, "shard {shard}: one role at a time: {roles:?}");
+        }
         let terms: Vec<_> =
             scrapes.iter().map(|samples| sample(samples, "raft_node_term", &[("shard", shard)]).unwrap()).collect();
         assert!(terms.iter().all(|term| *term == terms[0] && *term >= 1.0), "{terms:?}");

@@ -44,11 +44,23 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 pub struct CallFailed(pub String);
 
 impl CallFailed {
-    fn timed_out(last: &str) -> CallFailed {
-        CallFailed(format!(
-            "TRYAGAIN no outcome within {CALL_TIMEOUT:?} ({last}); a write may or may not have been applied"
-        ))
+    /// `TRYAGAIN` after [`CALL_TIMEOUT`] of retries, the last one's
+    /// outcome in words; for a write, that it may have been applied.
+    fn timed_out(last: &str, call: Call) -> CallFailed {
+        CallFailed(match call {
+            Call::Write => format!(
+                "TRYAGAIN no outcome within {CALL_TIMEOUT:?} ({last}); the write may or may not have been applied"
+            ),
+            Call::Read => format!("TRYAGAIN no answer within {CALL_TIMEOUT:?} ({last})"),
+        })
     }
+}
+
+/// What a retried call is, for its error's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Read,
+    Write,
 }
 
 /// One shard's sessions.
@@ -101,7 +113,7 @@ impl Backend {
             let body = RequestBody::Read { query: query.clone(), consistency: ReadConsistency::NodeDefault };
             match self.call(shard, 0, 0, 0, body).await {
                 ResponseStatus::Ok(bytes) => return decode(&bytes),
-                status => retry_or_fail(status, deadline).await?,
+                status => retry_or_fail(status, deadline, Call::Read).await?,
             }
         }
     }
@@ -225,7 +237,7 @@ impl Backend {
                 ResponseStatus::Ok(bytes) => return WriteOutcome::Done(decode(&bytes)),
                 ResponseStatus::SessionExpired => return WriteOutcome::SessionExpired,
                 status => {
-                    if let Err(failed) = retry_or_fail(status, deadline).await {
+                    if let Err(failed) = retry_or_fail(status, deadline, Call::Write).await {
                         return WriteOutcome::Done(Err(failed));
                     }
                 }
@@ -255,7 +267,7 @@ impl Backend {
                 continue;
             }
             if Instant::now() >= deadline {
-                return Err(CallFailed::timed_out("every session of the shard is full"));
+                return Err(CallFailed::timed_out("every session of the shard is full", Call::Write));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -268,7 +280,7 @@ impl Backend {
                     return OpenedSession::decode(&bytes)
                         .map_err(|error| CallFailed(format!("ERR undecodable session opening: {error}")))
                 }
-                status => retry_or_fail(status, deadline).await?,
+                status => retry_or_fail(status, deadline, Call::Write).await?,
             }
         }
     }
@@ -308,16 +320,16 @@ fn decode(bytes: &Bytes) -> Result<KvResponse, CallFailed> {
 /// what it means for the client: statuses that may change (no leader yet,
 /// busy, timed out, leadership moving) are retried until `deadline`; a
 /// refusal is final.
-async fn retry_or_fail(status: ResponseStatus, deadline: Instant) -> Result<(), CallFailed> {
+async fn retry_or_fail(status: ResponseStatus, deadline: Instant, call: Call) -> Result<(), CallFailed> {
     let last = match status {
         ResponseStatus::BadRequest(reason) => return Err(CallFailed(format!("ERR {reason}"))),
         ResponseStatus::Forbidden(reason) => return Err(CallFailed(format!("NOPERM {reason}"))),
         ResponseStatus::Ok(_) => unreachable!("an outcome is not retried"),
-        ResponseStatus::NotLeader { leader_id: None, .. } => "no leader is known".to_string(),
-        other => format!("{other:?}"),
+        ResponseStatus::TimedOut => "timed out in the cluster".to_string(),
+        other => other.to_string(),
     };
     if Instant::now() + RETRY_PAUSE >= deadline {
-        return Err(CallFailed::timed_out(&last));
+        return Err(CallFailed::timed_out(&last, call));
     }
     tokio::time::sleep(RETRY_PAUSE).await;
     Ok(())
