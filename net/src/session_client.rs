@@ -286,34 +286,43 @@ impl<C: Connector> Client<C> {
     }
 
     /// The cluster's shard count, asked of the nodes once (a node tells it
-    /// when a connection opens).
+    /// when a connection opens). Goes round the nodes until one tells or
+    /// the deadline passes, as a call does: a node restarting refuses
+    /// connections for a moment, and the command failed at once.
     pub async fn shards(&mut self) -> Result<u32, CallError> {
         if let Some(shards) = self.shards {
             return Ok(shards);
         }
         let deadline = Instant::now() + self.timeout;
         let mut outcomes = Outcomes::default();
-        for addr in self.addrs.clone() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+        'rounds: loop {
+            for addr in self.addrs.clone() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break 'rounds;
+                }
+                self.connector.limit_connect(self.connect_limit(remaining));
+                match tokio::time::timeout(remaining, self.connector.shards(&addr)).await {
+                    Ok(Ok(0)) => outcomes.note(&addr, "did not say how many shards it has"),
+                    Ok(Ok(shards)) => {
+                        self.shards = Some(shards);
+                        return Ok(shards);
+                    }
+                    Ok(Err(error)) => {
+                        self.connector.forget(&addr);
+                        outcomes.note(&addr, error);
+                    }
+                    Err(_) => {
+                        self.connector.forget(&addr);
+                        outcomes.note(&addr, "no answer");
+                    }
+                }
+            }
+            let pause = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
+            if pause.is_zero() {
                 break;
             }
-            self.connector.limit_connect(self.connect_limit(remaining));
-            match tokio::time::timeout(remaining, self.connector.shards(&addr)).await {
-                Ok(Ok(0)) => outcomes.note(&addr, "did not say how many shards it has"),
-                Ok(Ok(shards)) => {
-                    self.shards = Some(shards);
-                    return Ok(shards);
-                }
-                Ok(Err(error)) => {
-                    self.connector.forget(&addr);
-                    outcomes.note(&addr, error);
-                }
-                Err(_) => {
-                    self.connector.forget(&addr);
-                    outcomes.note(&addr, "no answer");
-                }
-            }
+            tokio::time::sleep(pause).await;
         }
         Err(outcomes.unreachable(self.timeout))
     }
@@ -582,8 +591,12 @@ mod tests {
 
         fn forget(&mut self, _: &u32) {}
 
-        async fn shards(&mut self, _: &u32) -> Result<u32, String> {
-            Ok(1)
+        async fn shards(&mut self, node: &u32) -> Result<u32, String> {
+            *self.0.borrow_mut().calls.entry(*node).or_default() += 1;
+            match self.0.borrow().running.contains_key(node) {
+                true => Ok(1),
+                false => Err(format!("node {node} is down")),
+            }
         }
 
         async fn members(&mut self, node: &u32) -> Result<Vec<u32>, String> {
@@ -650,6 +663,34 @@ mod tests {
             let error = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.unwrap_err();
             let text = error.to_string();
             assert!(text.contains("1: node 1 is down") && text.contains("2: no connection within"), "{text}");
+        });
+    }
+
+    /// A node that refuses connections for a moment (it is restarting)
+    /// must not fail a command at once: the shard count is asked again
+    /// until the deadline, as a call would be (`node kv` failed at its
+    /// first refused connection, saying no node answered "within 5s").
+    #[test]
+    fn the_shard_count_is_asked_again_until_the_deadline() {
+        tokio_uring::start(async {
+            let nodes = Rc::new(RefCell::new(Nodes::default()));
+            let mut client =
+                Client::with_connector(FakeConnector::new(nodes.clone()), vec![1], 0, Duration::from_secs(2));
+            let restarted = nodes.clone();
+            tokio_uring::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                restarted.borrow_mut().running.insert(1, vec![1]);
+            });
+            assert_eq!(client.shards().await.expect("node 1 tells once it is back"), 1);
+            assert!(nodes.borrow().calls[&1] > 1, "asked more than once");
+
+            // With no node ever back, the deadline ends it, naming why.
+            let mut client =
+                Client::with_connector(FakeConnector::new(nodes.clone()), vec![7], 0, Duration::from_millis(300));
+            let started = std::time::Instant::now();
+            let error = client.shards().await.unwrap_err().to_string();
+            assert!(started.elapsed() >= Duration::from_millis(300), "gave up before the deadline");
+            assert!(error.contains("7: node 7 is down"), "{error}");
         });
     }
 }

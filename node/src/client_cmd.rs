@@ -33,6 +33,10 @@ pub enum ClientCmdError {
     /// cannot tell an absent key from a stored "(absent)" otherwise).
     #[error("the key is absent")]
     Absent,
+    /// `cas` whose condition did not hold (exit status 1, as `get --raw`
+    /// of an absent key: a script tests the status, not the text).
+    #[error("not swapped: the key's value was not what the command expected; nothing was written")]
+    NotSwapped,
 }
 
 fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
@@ -180,7 +184,10 @@ pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
         return write_raw(&answer);
     }
     print_kv(&command.op, &answer);
-    Ok(())
+    match KvResponse::decode(&answer) {
+        Ok(KvResponse::CasFailed { .. }) => Err(ClientCmdError::NotSwapped),
+        _ => Ok(()),
+    }
 }
 
 /// `get --raw`: the value's bytes as they are, nothing added.

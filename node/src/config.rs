@@ -38,8 +38,14 @@ pub enum ConfigError {
     Missing { option: &'static str },
     #[error("--{option} must not be {value}: {reason}")]
     OutOfRange { option: &'static str, value: String, reason: &'static str },
+    /// A positional argument, named as the usage line names it (`<KEY>`).
+    #[error("{argument} must not be {value}: {reason}")]
+    ArgumentOutOfRange { argument: &'static str, value: String, reason: &'static str },
     #[error("--{option} {value:?} is not a valid address: {reason}")]
     BadAddress { option: &'static str, value: String, reason: String },
+    /// A positional address, named as the usage line names it.
+    #[error("{argument} {value:?} is not a valid address: {reason}")]
+    BadAddressArgument { argument: &'static str, value: String, reason: String },
     #[error("--{option} {value:?} is not a duration such as 500ms, 2s or 1m")]
     BadDuration { option: &'static str, value: String },
     #[error("--{option}: {source}")]
@@ -86,6 +92,10 @@ pub enum ConfigError {
     JoinTlsIncomplete { missing: &'static str },
     #[error("give the joining node's credential once: --join-tls-cert and --join-tls-key, or --join-token-file")]
     JoinCredentialTwice,
+    #[error("{given} is what a node joining through members with TLS presents to them; it needs {missing}")]
+    JoinCredentialUnused { given: &'static str, missing: &'static str },
+    #[error("--join (or `join` in the configuration file) lists no member: give the client addresses of members to join through (HOST:PORT,...), `true` for the manual way (`node admin add-learner`), or leave it out to bootstrap with --peers")]
+    JoinNoMembers,
     #[error("--witness needs --join, or this node's id in --witnesses when it bootstraps a cluster with --peers: a witness joins a running cluster (through members with --join HOST:PORT,..., or the manual way with --join and `node admin add-witness`) or is listed as one by every bootstrapping node")]
     WitnessWithoutJoin,
     #[error("--witnesses lists node {id}, this node: start it with --witness too (it keeps no payloads, and the others count it as a witness)")]
@@ -692,7 +702,7 @@ impl ServeConfig {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 if members.is_empty() {
-                    return Err(ConfigError::Missing { option: "join" });
+                    return Err(ConfigError::JoinNoMembers);
                 }
                 (true, members)
             }
@@ -898,6 +908,18 @@ fn positive<T: PartialEq + Default + ToString>(option: &'static str, value: T) -
     Ok(value)
 }
 
+/// The node id an admin action names (`<ID>`): positive.
+fn positive_id(id: u64) -> Result<u64, ConfigError> {
+    if id == 0 {
+        return Err(ConfigError::ArgumentOutOfRange {
+            argument: "<ID>",
+            value: "0".into(),
+            reason: "ids are positive",
+        });
+    }
+    Ok(id)
+}
+
 fn socket_addr(option: &'static str, value: Option<&str>) -> Result<SocketAddr, ConfigError> {
     let value = value.ok_or(ConfigError::Missing { option })?;
     let addr: SocketAddr = value.parse().map_err(|_| ConfigError::BadAddress {
@@ -979,10 +1001,19 @@ fn join_credential(
         (certificate, token) => certificate.or(token.map(JoinCredential::Token)),
     };
     if join_through.is_empty() || security.tls.is_none() {
-        return match credential {
-            Some(_) => Err(ConfigError::JoinTlsIncomplete { missing: "--join HOST:PORT,... with TLS" }),
-            None => Ok(None),
+        let Some(credential) = credential else { return Ok(None) };
+        let given = match credential {
+            JoinCredential::Certificate { .. } => "--join-tls-cert and --join-tls-key",
+            JoinCredential::Token(_) => "--join-token-file",
         };
+        let missing = match (join_through.is_empty(), security.tls.is_none()) {
+            (true, true) => "--join HOST:PORT,... and TLS (--tls-dir, or --tls-ca, --tls-cert and --tls-key)",
+            (true, false) => "--join HOST:PORT,... (the members' client addresses)",
+            (false, _) => {
+                "TLS (--tls-dir, or --tls-ca, --tls-cert and --tls-key); without it the node joins with the cluster's shared token"
+            }
+        };
+        return Err(ConfigError::JoinCredentialUnused { given, missing });
     }
     if credential.is_none() && !has_token {
         return Err(ConfigError::JoinWithTlsNoCredential);
@@ -1193,8 +1224,8 @@ impl KvCommand {
         let client = ClientConfig::from_args(args.client)?;
         let key = |key: String| -> Result<Bytes, ConfigError> {
             if key.is_empty() || key.len() > crate::kv::KEY_SIZE_MAX {
-                return Err(ConfigError::OutOfRange {
-                    option: "key",
+                return Err(ConfigError::ArgumentOutOfRange {
+                    argument: "<KEY>",
                     value: format!("{} bytes long", key.len()),
                     reason: "a key is 1 to 65536 bytes",
                 });
@@ -1231,9 +1262,9 @@ impl KvCommand {
 /// The id and peer address of a member to add (`add-learner`,
 /// `add-witness`), checked: a positive id and a `HOST:PORT`.
 fn new_member(id: u64, peer_addr: String) -> Result<(u64, String), ConfigError> {
-    positive("id", id)?;
-    peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
-        option: "peer-addr",
+    positive_id(id)?;
+    peer_addr.parse::<HostPort>().map_err(|error| ConfigError::BadAddressArgument {
+        argument: "<PEER_ADDR>",
         value: peer_addr.clone(),
         reason: error.to_string(),
     })?;
@@ -1253,10 +1284,10 @@ impl AdminCommand {
                 let (id, addr) = new_member(id, peer_addr)?;
                 RequestBody::Admin(AdminRequest::AddWitness { id, addr })
             }
-            AdminActionArgs::Promote { id } => RequestBody::Admin(AdminRequest::Promote { id: positive("id", id)? }),
-            AdminActionArgs::Remove { id } => RequestBody::Admin(AdminRequest::Remove { id: positive("id", id)? }),
+            AdminActionArgs::Promote { id } => RequestBody::Admin(AdminRequest::Promote { id: positive_id(id)? }),
+            AdminActionArgs::Remove { id } => RequestBody::Admin(AdminRequest::Remove { id: positive_id(id)? }),
             AdminActionArgs::TransferLeader { id } => {
-                RequestBody::Admin(AdminRequest::TransferLeader { id: positive("id", id)? })
+                RequestBody::Admin(AdminRequest::TransferLeader { id: positive_id(id)? })
             }
             AdminActionArgs::Snapshot => RequestBody::Admin(AdminRequest::TakeSnapshot),
             AdminActionArgs::Stats => RequestBody::Admin(AdminRequest::Stats),

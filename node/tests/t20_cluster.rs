@@ -419,7 +419,7 @@ fn cli_puts_from_fresh_pid_namespaces_are_never_lost() {
              running the CLI without namespaces instead ***\n"
         );
     }
-    let run = |args: &[&str]| -> String {
+    let output = |args: &[&str]| -> std::process::Output {
         let mut command = if namespaces {
             let mut command = std::process::Command::new("unshare");
             command.args(["--pid", "--fork", node]);
@@ -427,13 +427,16 @@ fn cli_puts_from_fresh_pid_namespaces_are_never_lost() {
         } else {
             std::process::Command::new(node)
         };
-        let output = command
+        command
             .arg("kv")
             .args(["--addr", &addrs, "--cluster-id", "9"])
             .args(args)
             .env("NODE_TOKEN", TOKEN)
             .output()
-            .expect("run the CLI");
+            .expect("run the CLI")
+    };
+    let run = |args: &[&str]| -> String {
+        let output = output(args);
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     };
@@ -447,6 +450,14 @@ fn cli_puts_from_fresh_pid_namespaces_are_never_lost() {
         }
     }
     assert!(lost.is_empty(), "{} of 60 acknowledged puts were lost:\n{}", lost.len(), lost.join("\n"));
+    // A compare-and-swap whose condition does not hold exits 1 (it exited
+    // 0, so a script could not tell it from a swap but by its text).
+    let refused = output(&["cas", "k", "--expected", "v1", "--new", "w"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "not swapped; current value: v60");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing was written"), "{refused:?}");
+    assert_eq!(run(&["cas", "k", "--expected", "v60", "--new", "w"]), "swapped");
+    assert_eq!(run(&["get", "k"]), "w");
 }
 
 /// Core k of a node talks to core k of its peers, so every node must run

@@ -434,7 +434,9 @@ fn kv_admin_and_dev_commands() {
         Err(CliError::Parse(_))
     ));
     assert!(matches!(parse_from(["node", "kv", "--token", "t", "cas", "k", "--new", "b"]), Err(CliError::Parse(_))));
-    assert!(matches!(parse_from(["node", "kv", "--token", "t", "get", ""]), Err(CliError::Config(_))));
+    // Positional arguments are named as the usage line names them.
+    let error = parse_from(["node", "kv", "--token", "t", "get", ""]).unwrap_err().to_string();
+    assert_eq!(error, "<KEY> must not be 0 bytes long: a key is 1 to 65536 bytes");
 
     let NodeCommand::Admin(admin) =
         parse_from(["node", "admin", "--token", "t", "add-learner", "4", "127.0.0.1:7106"]).unwrap()
@@ -456,7 +458,10 @@ fn kv_admin_and_dev_commands() {
     );
     let NodeCommand::Admin(admin) = parse_from(["node", "admin", "--token", "t", "status"]).unwrap() else { panic!() };
     assert_eq!(admin.body, net::RequestBody::Status);
-    assert!(matches!(parse_from(["node", "admin", "--token", "t", "remove", "0"]), Err(CliError::Config(_))));
+    let error = parse_from(["node", "admin", "--token", "t", "remove", "0"]).unwrap_err().to_string();
+    assert_eq!(error, "<ID> must not be 0: ids are positive");
+    let error = parse_from(["node", "admin", "--token", "t", "add-learner", "4", "nowhere"]).unwrap_err().to_string();
+    assert!(error.starts_with("<PEER_ADDR> \"nowhere\" is not a valid address"), "{error}");
 
     let NodeCommand::Dev(dev) = parse_from(["node", "dev"]).unwrap() else { panic!() };
     let configs = dev.serve_configs(std::path::Path::new("/tmp/dev"));
@@ -661,9 +666,21 @@ fn join_through_members() {
         with_admin_token.unwrap().join_credential,
         Some(JoinCredential::Token(Token(Bytes::from_static(b"admin-secret"))))
     );
-    // A join certificate without --join HOST:PORT (or without TLS) is a mistake.
+    // A join credential without --join HOST:PORT (or without TLS) is a
+    // mistake, and the error names what was given and what is missing.
     let error = config_error(parse(&[&["--node-id", "4", "--peers", "4=127.0.0.1:7108"][..], &admin[..]].concat()));
-    assert!(matches!(error, ConfigError::JoinTlsIncomplete { .. }), "{error}");
+    assert!(matches!(error, ConfigError::JoinCredentialUnused { .. }), "{error}");
+    assert!(error.to_string().starts_with("--join-tls-cert and --join-tls-key is what"), "{error}");
+    assert!(error.to_string().contains("needs --join HOST:PORT,... and TLS"), "{error}");
+    let error = config_error(parse(&["--join", "10.0.0.1:7001", "--join-token-file", token_file]));
+    assert!(error.to_string().starts_with("--join-token-file is what"), "{error}");
+    assert!(error.to_string().contains("needs TLS") && !error.to_string().contains("--join-tls-cert"), "{error}");
+    // `join = ""` in a configuration file lists no member (it read as a
+    // missing option).
+    let file = dir.join("join.toml");
+    std::fs::write(&file, "join = \"\"\nnode-id = 4\n").unwrap();
+    let error = config_error(parse(&["--config", file.to_str().unwrap()]));
+    assert!(matches!(error, ConfigError::JoinNoMembers), "{error}");
 }
 
 /// `node restore` and `node admin backup` on the command line: the
