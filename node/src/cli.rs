@@ -718,8 +718,9 @@ pub struct DevArgs {
     /// BASE_PORT + 2N - 1 (node 1: 7100 and 7101).
     #[arg(long, value_name = "PORT", default_value_t = 7100)]
     pub base_port: u16,
-    /// Where the nodes' data directories go. [default: a new temporary
-    /// directory]
+    /// Where the nodes' data directories go (`node-1` ... `node-N`; at exit
+    /// those are removed unless --keep-data, and the directory itself only
+    /// if this command created it). [default: a new temporary directory]
     #[arg(long, value_name = "PATH")]
     pub data_root: Option<PathBuf>,
     /// Keep the data directories on exit.

@@ -65,8 +65,6 @@ pub fn serve_args(config: &ServeConfig) -> Vec<String> {
     args
 }
 
-/// Starts the members, waits for Ctrl-C, stops them and removes the data
-/// (unless asked to keep it).
 /// Copies a node's log to this process's, each line tagged with the node:
 /// the three nodes' lines interleave, and most do not name their node.
 fn prefix_log(id: u64, log: Option<std::process::ChildStderr>) {
@@ -102,11 +100,14 @@ fn spawn_nodes(
     Ok(())
 }
 
+/// Starts the members, waits for Ctrl-C, stops them and removes the data
+/// (unless asked to keep it).
 pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
     let root = config
         .data_root
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("raft-node-dev-{}", std::process::id())));
+    let created_root = !root.exists();
     std::fs::create_dir_all(&root).map_err(|error| DevError::DataDir(root.clone(), error))?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -137,15 +138,7 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
         println!("try:  NODE_TOKEN={token} node kv --addr 127.0.0.1:{first_client} put hello world");
         println!("      NODE_TOKEN={token} node admin --addr 127.0.0.1:{first_client} status");
         println!("Ctrl-C stops the cluster.");
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-            if let Some((id, status)) =
-                children.iter_mut().find_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s)))
-            {
-                result = Err(DevError::Exited(id, status));
-                break;
-            }
-        }
+        result = watch(&mut children, &stop);
     }
     for (_, child) in &mut children {
         // SAFETY: sending a signal to a child we started.
@@ -157,7 +150,36 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
         let _ = child.wait();
     }
     if !config.keep_data {
-        let _ = std::fs::remove_dir_all(&root);
+        // Only what this command made: the nodes' directories, and the root
+        // if it created it and nothing else is left in it (`--data-root .`
+        // removed the whole working directory).
+        for serve in config.serve_configs(&root) {
+            let _ = std::fs::remove_dir_all(&serve.data_dir);
+        }
+        if created_root {
+            let _ = std::fs::remove_dir(&root);
+        }
     }
     result
+}
+
+/// Waits until `stop` is set (Ctrl-C or SIGTERM), or a node exits on its
+/// own: that is an error. A terminal's Ctrl-C reaches the nodes as well
+/// (they share its process group) and one may exit before this process's
+/// handler has run, so an exit is an error only if no stop follows soon.
+fn watch(children: &mut [(u64, Child)], stop: &AtomicBool) -> Result<(), DevError> {
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let exited = children.iter_mut().find_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s)));
+        if let Some((id, status)) = exited {
+            std::thread::sleep(Duration::from_millis(500));
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            return Err(DevError::Exited(id, status));
+        }
+    }
 }
