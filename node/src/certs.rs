@@ -5,6 +5,7 @@
 //! and a client CA (their keys beside them, which is why this is not for
 //! production), `node-ID.pem/.key` per node, `client-USER.pem/.key` per user
 //! and a `client-tokens` file giving each user the same roles as a token.
+//! Into a directory that holds CAs already (adding a node), it reuses them.
 
 use crate::config::CertsConfig;
 
@@ -14,8 +15,9 @@ pub fn run_certs(config: &CertsConfig) -> Result<(), net::tls::DevCertError> {
     let written = net::tls::dev_certificates(&config.dir, config.cluster_id, &config.node_ids, &users)?;
     let dir = config.dir.display();
     println!("wrote throwaway TLS credentials for cluster {} to {dir}:", config.cluster_id);
-    println!("  node CA        {}", written.node_ca.certificate.display());
-    println!("  client CA      {}", written.client_ca.certificate.display());
+    let ca = if written.reused_cas { " (already there: reused, so the members trust what is new)" } else { "" };
+    println!("  node CA        {}{ca}", written.node_ca.certificate.display());
+    println!("  client CA      {}{ca}", written.client_ca.certificate.display());
     for (id, files) in &written.nodes {
         println!("  node {id:<9} {} (key {})", files.certificate.display(), files.private_key.display());
     }
@@ -23,7 +25,8 @@ pub fn run_certs(config: &CertsConfig) -> Result<(), net::tls::DevCertError> {
         let Some(files) = written.users.get(name) else { continue };
         println!("  user {name} ({roles}): {} (key {})", files.certificate.display(), files.private_key.display());
     }
-    println!("  client tokens  {} (name:roles:token; mode 0600)", written.token_file.display());
+    let kept = if written.reused_cas { "; users already there keep their tokens" } else { "" };
+    println!("  client tokens  {} (name:roles:token; mode 0600{kept})", written.token_file.display());
     println!("serve with TLS:  node serve --tls-dir {dir} ...   (every node, its own --node-id)");
     if let Some((name, _)) = config.users.first() {
         println!(

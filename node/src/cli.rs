@@ -33,7 +33,8 @@ pub enum CliCommand {
     /// Write a throwaway CA and node and client certificates (and a client
     /// token file) to a directory, for a development or test cluster with
     /// TLS: then `node serve --tls-dir DIR`. The CA keys are written next to
-    /// the certificates: not for production (see net/README.md).
+    /// the certificates: not for production (see net/README.md). CAs already
+    /// in the directory are reused (adding a node: `--node-ids 4`).
     Certs(CertsArgs),
     /// Seed this node's data directory of a new cluster from a backup
     /// (`node admin backup`), then start the node with `node serve` as

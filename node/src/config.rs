@@ -68,6 +68,8 @@ pub enum ConfigError {
     TokenTwice,
     #[error("a token is required: --token, the NODE_TOKEN environment variable, or --token-file")]
     TokenMissing,
+    #[error("a credential is required: a token (--token, the NODE_TOKEN environment variable, or --token-file) or, against a cluster with TLS, a client certificate (--tls-cert and --tls-key, with --tls-ca)")]
+    ClientCredentialMissing,
     #[error("the token is empty")]
     TokenEmpty,
     #[error("cannot read the token file {path}: {source}")]
@@ -82,8 +84,8 @@ pub enum ConfigError {
     Removed { option: &'static str, instead: &'static str },
     #[error("TLS needs --tls-ca, --tls-cert and --tls-key (or --tls-dir); {missing} is missing")]
     TlsIncomplete { missing: &'static str },
-    #[error("--tls-dir {dir}: {file} is missing (write the files with `node certs --dir {dir}`)")]
-    TlsDirIncomplete { dir: PathBuf, file: PathBuf },
+    #[error("--tls-dir {dir}: {file} is missing (write the files with `node certs --dir {dir} --cluster-id {cluster_id} --node-ids {node_id}`, which reuses the CAs already there)")]
+    TlsDirIncomplete { dir: PathBuf, file: PathBuf, cluster_id: u64, node_id: NodeId },
     #[error("--join HOST:PORT,... with TLS needs --node-id: node certificates name their node (`raft-node://CLUSTER_ID/NODE_ID`), so the id is the one your CA issued this node's certificate for, not one the cluster assigns")]
     JoinWithTlsNeedsId,
     #[error("--join HOST:PORT,... with TLS needs a client credential with the admin role for the members it joins through: --join-tls-cert and --join-tls-key (a client certificate), --join-token-file (an admin client token), or the cluster's shared token (--token, NODE_TOKEN or --token-file) if the members take it from clients")]
@@ -1045,13 +1047,14 @@ fn check_data_dir(path: &Path) -> Result<(), ConfigError> {
 /// The TLS files and the client token file: single options over the files
 /// of `--tls-dir`.
 fn security(node_id: NodeId, options: &ServeOptions) -> Result<SecurityConfig, ConfigError> {
+    let cluster_id = options.cluster_id.unwrap_or(1);
     let from_dir = |name: String, required: bool| -> Result<Option<PathBuf>, ConfigError> {
         let Some(dir) = &options.tls_dir else { return Ok(None) };
         let file = dir.join(name);
         if file.is_file() {
             Ok(Some(file))
         } else if required {
-            Err(ConfigError::TlsDirIncomplete { dir: dir.clone(), file })
+            Err(ConfigError::TlsDirIncomplete { dir: dir.clone(), file, cluster_id, node_id })
         } else {
             Ok(None)
         }
@@ -1196,6 +1199,7 @@ impl ClientConfig {
         let token = match token(args.token, args.token_file) {
             // A client certificate is a credential of its own.
             Err(ConfigError::TokenMissing) if args.tls_cert.is_some() => None,
+            Err(ConfigError::TokenMissing) => return Err(ConfigError::ClientCredentialMissing),
             other => Some(other?),
         };
         let tls = args.tls_ca.map(|node_ca| net::ClientTlsFiles {

@@ -90,6 +90,18 @@ pub struct CertificateFiles {
     pub private_key: PathBuf,
 }
 
+impl CertificateFiles {
+    /// `dir/NAME.pem` and `dir/NAME.key`.
+    fn of(dir: &Path, name: &str) -> CertificateFiles {
+        CertificateFiles { certificate: dir.join(format!("{name}.pem")), private_key: dir.join(format!("{name}.key")) }
+    }
+
+    /// Whether both files are there.
+    fn exist(&self) -> bool {
+        self.certificate.is_file() && self.private_key.is_file()
+    }
+}
+
 impl IssuedCertificate {
     /// Writes the certificate (mode 0644) and the key (mode 0600).
     pub fn write(&self, certificate: &Path, private_key: &Path) -> Result<CertificateFiles, DevCertError> {
@@ -236,8 +248,10 @@ pub struct DevCertificates {
     /// `client-tokens`: a token file (`crate::tokens`) giving each user the
     /// same roles as its certificate, for clients without a certificate.
     pub token_file: PathBuf,
-    /// The tokens written to `token_file`, by user.
+    /// The tokens of the users asked for, by user.
     pub tokens: BTreeMap<String, String>,
+    /// The CAs were in the directory already and were reused.
+    pub reused_cas: bool,
 }
 
 impl DevCertificates {
@@ -273,7 +287,12 @@ impl DevCertificates {
 /// Writes a development cluster's credentials into `dir` (created if
 /// missing): a node CA and a client CA, a certificate per node naming its id,
 /// a certificate per user carrying its roles, and a token file for the same
-/// users. Existing files of these names are replaced.
+/// users. Existing certificates of these names are replaced, but CAs that
+/// `dir` already holds are reused, never replaced (adding a node to a
+/// running cluster must not replace the CA its members trust: the new
+/// CA's certificates were refused by them, and theirs by the new node), and
+/// a user already in the token file keeps its token (with the roles given
+/// now); other users there stay.
 pub fn dev_certificates(
     dir: &Path,
     cluster_id: u64,
@@ -282,14 +301,22 @@ pub fn dev_certificates(
 ) -> Result<DevCertificates, DevCertError> {
     std::fs::create_dir_all(dir).map_err(|source| DevCertError::Write { path: dir.to_path_buf(), source })?;
     let validity = Validity::days(DEV_VALIDITY_DAYS);
-    // A random tag tells CA generations apart (after a rotation, or two dev
-    // clusters with the same id): a certificate of the other is then refused
-    // as "unknown issuer", not as a bad signature from a namesake.
-    let tag = &generate_token()[..8];
-    let node_authority = CertificateAuthority::generate(&format!("node CA of cluster {cluster_id} ({tag})"))?;
-    let client_authority = CertificateAuthority::generate(&format!("client CA of cluster {cluster_id} ({tag})"))?;
-    let node_ca = node_authority.write(&dir.join("node-ca.pem"), &dir.join("node-ca.key"))?;
-    let client_ca = client_authority.write(&dir.join("client-ca.pem"), &dir.join("client-ca.key"))?;
+    let (node_ca, client_ca) = (CertificateFiles::of(dir, "node-ca"), CertificateFiles::of(dir, "client-ca"));
+    let reused_cas = node_ca.exist() && client_ca.exist();
+    let (node_authority, client_authority) = if reused_cas {
+        let load = |files: &CertificateFiles| CertificateAuthority::load(&files.certificate, &files.private_key);
+        (load(&node_ca)?, load(&client_ca)?)
+    } else {
+        // A random tag tells CA generations apart (after a rotation, or two
+        // dev clusters with the same id): a certificate of the other is then
+        // refused as "unknown issuer", not as a bad signature from a namesake.
+        let tag = &generate_token()[..8];
+        let node_authority = CertificateAuthority::generate(&format!("node CA of cluster {cluster_id} ({tag})"))?;
+        let client_authority = CertificateAuthority::generate(&format!("client CA of cluster {cluster_id} ({tag})"))?;
+        node_authority.write(&node_ca.certificate, &node_ca.private_key)?;
+        client_authority.write(&client_ca.certificate, &client_ca.private_key)?;
+        (node_authority, client_authority)
+    };
     let mut nodes = BTreeMap::new();
     for &node_id in node_ids {
         let issued = node_authority.issue_node(NodeName { cluster_id, node_id }, validity)?;
@@ -297,20 +324,50 @@ pub fn dev_certificates(
         nodes.insert(node_id, files);
     }
     let mut written_users = BTreeMap::new();
+    let token_file = dir.join("client-tokens");
+    // Users already in the file, in its order: (name, roles, token).
+    let mut lines: Vec<(String, String, String)> = match reused_cas {
+        true => std::fs::read_to_string(&token_file).map(|text| token_lines(&text)).unwrap_or_default(),
+        false => Vec::new(),
+    };
     let mut tokens = BTreeMap::new();
-    let mut token_text = String::from("# name:roles:token (net/src/tokens.rs)\n");
     for &(user, roles) in users {
         let name = ClientName { cluster_id, user: user.to_string(), roles };
         let issued = client_authority.issue_client(&name, validity)?;
         let files = issued.write(&dir.join(format!("client-{user}.pem")), &dir.join(format!("client-{user}.key")))?;
         written_users.insert(user.to_string(), files);
-        let token = generate_token();
-        token_text.push_str(&format!("{user}:{roles}:{token}\n"));
+        let token = match lines.iter_mut().find(|(known, _, _)| known == user) {
+            Some(line) => {
+                line.1 = roles.to_string();
+                line.2.clone()
+            }
+            None => {
+                let token = generate_token();
+                lines.push((user.to_string(), roles.to_string(), token.clone()));
+                token
+            }
+        };
         tokens.insert(user.to_string(), token);
     }
-    let token_file = dir.join("client-tokens");
+    let mut token_text = String::from("# name:roles:token (net/src/tokens.rs)\n");
+    for (user, roles, token) in &lines {
+        token_text.push_str(&format!("{user}:{roles}:{token}\n"));
+    }
     write_file(&token_file, token_text.as_bytes(), 0o600)?;
-    Ok(DevCertificates { cluster_id, node_ca, client_ca, nodes, users: written_users, token_file, tokens })
+    Ok(DevCertificates { cluster_id, node_ca, client_ca, nodes, users: written_users, token_file, tokens, reused_cas })
+}
+
+/// The `name:roles:token` lines of a token file, comments and blank lines
+/// left out.
+fn token_lines(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            Some((fields.next()?.to_string(), fields.next()?.to_string(), fields.next()?.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -357,6 +414,40 @@ mod tests {
         let reloaded = CertificateAuthority::load(&written.node_ca.certificate, &written.node_ca.private_key).unwrap();
         let third = reloaded.issue_node(NodeName { cluster_id: 5, node_id: 3 }, Validity::days(1)).unwrap();
         assert_eq!(identity_of(&third.certificate_pem), CertIdentity::Node(NodeName { cluster_id: 5, node_id: 3 }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Adding a node to a running cluster the way README says (`node certs
+    /// --dir tls --node-ids 4`, into the cluster's directory) must not
+    /// replace the CAs the members trust, nor the tokens clients use: both
+    /// were regenerated, so the members refused the new node and every
+    /// client token stopped working once the nodes reloaded the file.
+    #[test]
+    fn writing_into_a_directory_with_cas_reuses_them_and_keeps_the_tokens() {
+        let dir = std::env::temp_dir().join(format!("net-dev-certs-again-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = dev_certificates(&dir, 7, &[1, 2, 3], &[("admin", Roles::ALL), ("viewer", Roles::READ)]).unwrap();
+        assert!(!first.reused_cas);
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        let (node_ca, client_ca) = (read(&first.node_ca.certificate), read(&first.client_ca.certificate));
+        let second = dev_certificates(&dir, 7, &[4], &[("admin", Roles::ALL), ("ops", Roles::READ)]).unwrap();
+        assert!(second.reused_cas);
+        assert_eq!(read(&second.node_ca.certificate), node_ca, "the node CA was replaced");
+        assert_eq!(read(&second.client_ca.certificate), client_ca, "the client CA was replaced");
+        // Node 4's certificate is signed by the CA nodes 1-3 trust.
+        let roots = crate::tls::load_certificates(&first.node_ca.certificate).unwrap();
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root).unwrap();
+        }
+        let node_4 = CertificateDer::from_pem_slice(read(&second.nodes[&4].certificate).as_bytes()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(store)).build().unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        verifier.verify_client_cert(&node_4, &[], now).expect("node 4's certificate verifies against the old CA");
+        let tokens = crate::tokens::UserTokens::load(&second.token_file).unwrap();
+        assert_eq!(second.tokens["admin"], first.tokens["admin"], "admin's token changed");
+        assert!(tokens.authenticate(first.tokens["viewer"].as_bytes()).is_some(), "viewer's token is gone");
+        assert!(tokens.authenticate(second.tokens["ops"].as_bytes()).is_some(), "the new user has a token");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
