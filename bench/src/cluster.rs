@@ -34,7 +34,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(
-        "the node binary was not found (looked at {looked}); build it with `cargo build --release -p node`, \
+        "the node binary was not found (looked at {looked}); build it with the profile of this bench (`cargo build --profile production -p node`, as README does), \
          or give --node-bin PATH (or BENCH_NODE_BIN)"
     )]
     NodeBinaryMissing { looked: String },
@@ -77,6 +77,20 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// Three nodes of `node_binary`, one shard, default settings,
+    /// plaintext, removed when stopped.
+    pub fn three_nodes(node_binary: PathBuf) -> ClusterSpec {
+        ClusterSpec {
+            node_binary,
+            nodes: 3,
+            shards: 1,
+            extra_args: Vec::new(),
+            log_level: "warn".into(),
+            keep: false,
+            tls: false,
+        }
+    }
+
     /// The core threads each node runs: `--cores` from `extra_args`, or
     /// the machine's CPUs divided among the nodes
     /// ([`net::runtime::shared_machine_cores`]).

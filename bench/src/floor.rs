@@ -68,6 +68,8 @@ pub enum FloorError {
     Format { path: PathBuf, found: String },
     #[error("--writers must be at least 1")]
     NoWriters,
+    #[error("--dir {0}: no such directory (the floor is measured on the file system that holds it)")]
+    NoDir(PathBuf),
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FloorError + 'a {
@@ -249,6 +251,11 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
         return Err(FloorError::NoWriters);
     }
     let began = Instant::now();
+    // A given directory must exist: made here, a typo's directory measured
+    // the file system above it, not the disk meant.
+    if let Some(dir) = options.dir.as_ref().filter(|dir| !dir.is_dir()) {
+        return Err(FloorError::NoDir(dir.clone()));
+    }
     let parent = options.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
     let dir =
@@ -484,6 +491,16 @@ fn loopback(duration: Duration) -> std::io::Result<LatencyFloor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `--dir` that does not exist is refused, not made: made, a typo
+    /// measured the file system above it, and the directory stayed.
+    #[test]
+    fn a_missing_directory_is_refused_and_not_made() {
+        let missing = std::env::temp_dir().join(format!("bench-floor-missing-{}", std::process::id()));
+        let options = FloorOptions { dir: Some(missing.clone()), writers: 1, case_seconds: 0.1 };
+        assert!(matches!(measure(&options), Err(FloorError::NoDir(_))));
+        assert!(!missing.exists(), "the directory was made");
+    }
 
     #[test]
     fn a_short_floor_measures_every_case_and_round_trips_as_json() {

@@ -549,6 +549,13 @@ fn command_run(args: RunArgs) -> Result<(), String> {
     );
     print!("{}", result.percentile_table());
     println!("result file: {}", out.display());
+    // A run in which nothing succeeded measured nothing: a wrong token or
+    // address must not pass for a result in a script.
+    if result.total.count == 0 && !result.errors.is_empty() {
+        let errors: Vec<String> = result.errors.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+        let example = result.error_examples.values().next().map(|text| format!("; e.g. {text}")).unwrap_or_default();
+        return Err(format!("no request succeeded ({}){example}", errors.join(", ")));
+    }
     Ok(())
 }
 
@@ -639,8 +646,10 @@ fn command_demo(args: DemoArgs) -> Result<(), String> {
     let outcome = sweep(&plan).map_err(|error| error.to_string())?;
     println!("\nsummary ({} nodes on loopback, {}-byte values, writes):", plan.cluster.nodes, args.value_size);
     print!("{}", outcome.table);
-    if temporary.is_none() {
-        println!("results, plots and report.html: {}", out_dir.display());
+    match temporary {
+        None => println!("results, plots and report.html: {}", out_dir.display()),
+        // The paths printed with each run are gone once this returns.
+        Some(_) => println!("(result files were in a temporary directory, removed now: --out-dir DIR keeps them)"),
     }
     Ok(())
 }
@@ -661,7 +670,7 @@ fn command_floor(args: FloorArgs) -> Result<(), String> {
 fn command_report(args: ReportArgs) -> Result<(), String> {
     let out = args.out.unwrap_or_else(|| args.dir.join(bench::report::REPORT_HTML));
     let runs = bench::report::write_report(&args.dir, &out).map_err(|error| error.to_string())?;
-    println!("report of {runs} runs: {}", out.display());
+    println!("report of {runs} run{}: {}", if runs == 1 { "" } else { "s" }, out.display());
     Ok(())
 }
 

@@ -14,8 +14,11 @@
 //! requests by position instead of by request id, and there is no leader to
 //! follow: a broken connection reconnects to the next address.
 //!
-//! Settings that only the native protocol has (`--token`, `--cluster-id`,
-//! `--shards`, `--consistency`) are recorded but not used.
+//! The token (`--token`, `--token-file`) is sent with `AUTH` on every
+//! connection, as `redis-cli -a` does: the node's front door needs it; a
+//! `redis-server` without a password answers that it has none, which is
+//! not an error here. Settings that only the native protocol has
+//! (`--cluster-id`, `--shards`, `--consistency`) are recorded but not used.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -56,15 +59,18 @@ pub fn run_resp(options: &RunOptions) -> Result<ResultFile, RunError> {
     settings.validate()?;
     check_io_uring()?;
     let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
-    let info = options.fetch_status.then(|| ask_each(&settings.addrs, &addrs, &["INFO", "server"]));
+    let token = (!options.token.is_empty()).then(|| String::from_utf8_lossy(&options.token).into_owned());
+    let info = options.fetch_status.then(|| ask_each(&settings.addrs, &addrs, token.as_deref(), &["INFO", "server"]));
     let keys = KeyChooser::new(settings.workload.keys, settings.workload.distribution)?;
-    let shared = Arc::new(Shared { settings: settings.clone(), addrs, keys, window: Window::new(&settings) });
+    let window = Window::new(&settings);
+    let shared = Arc::new(Shared { settings: settings.clone(), addrs, keys, window, token: token.clone() });
     let finished = run_workers(&shared, &shared.settings, &shared.window, options, "bench-resp", connection)?;
     let mut result = finished.result(options, settings.clone(), info)?;
     result.protocol = Some("resp".to_string());
     // The server's own per-command counts and times (`cmdstat_set:calls=...`).
-    result.cluster_stats =
-        options.fetch_status.then(|| ask_each(&settings.addrs, &shared.addrs, &["INFO", "commandstats"]));
+    result.cluster_stats = options
+        .fetch_status
+        .then(|| ask_each(&settings.addrs, &shared.addrs, token.as_deref(), &["INFO", "commandstats"]));
     Ok(result)
 }
 
@@ -74,6 +80,8 @@ struct Shared {
     addrs: Vec<SocketAddr>,
     keys: KeyChooser,
     window: Window,
+    /// Sent with `AUTH` first on every connection.
+    token: Option<String>,
 }
 
 impl Shared {
@@ -132,12 +140,55 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(token) = &shared.token {
+            if let Err(reason) = authenticate(&stream, token).await {
+                shared.window.error(&recorder, Instant::now(), "auth", || format!("{addr}: {reason}"));
+                next_addr = (next_addr + 1) % shared.addrs.len();
+                pause(&shared, backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                continue;
+            }
+        }
         if !drive(&shared, &plan, &slot, &recorder, stream).await {
             break;
         }
         next_addr = (next_addr + 1) % shared.addrs.len();
         pause(&shared, backoff).await;
         backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+    }
+}
+
+/// Sends `AUTH token` and reads its answer: `Ok` for `+OK`, and for a
+/// server that has no password (a `redis-server` as installed).
+async fn authenticate(stream: &TcpStream, token: &str) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    encode_command(&["AUTH", token], &mut out);
+    let (written, _) = stream.write_all(out).await;
+    written.map_err(|error| format!("sending AUTH: {error}"))?;
+    let parser = ReplyParser::default();
+    let mut buf = BytesMut::new();
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        if let Some(reply) = parser.next(&mut buf).map_err(|error| error.to_string())? {
+            return auth_outcome(&reply);
+        }
+        let read = tokio::time::timeout_at(deadline.into(), stream.read(vec![0u8; 4096])).await;
+        match read {
+            Ok((Ok(0), _)) => return Err("the server closed the connection after AUTH".into()),
+            Ok((Ok(count), chunk)) => buf.extend_from_slice(&chunk[..count]),
+            Ok((Err(error), _)) => return Err(format!("reading AUTH's answer: {error}")),
+            Err(_) => return Err("no answer to AUTH".into()),
+        }
+    }
+}
+
+/// Whether `AUTH`'s reply lets the connection go on.
+fn auth_outcome(reply: &Reply) -> Result<(), String> {
+    match reply {
+        Reply::Simple(status) if &status[..] == b"OK" => Ok(()),
+        Reply::Error(message) if String::from_utf8_lossy(message).contains("without any password configured") => Ok(()),
+        Reply::Error(message) => Err(format!("AUTH refused: {}", String::from_utf8_lossy(message))),
+        other => Err(format!("AUTH answered {other:?}")),
     }
 }
 
@@ -387,17 +438,31 @@ pub fn check_reply(op: OpKind, reply: &Reply) -> Result<(), (&'static str, Strin
 /// Sends one command over a plain blocking connection and returns the
 /// reply: for the status and stats a result file records, and for tests.
 pub fn resp_call(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<Reply, String> {
+    resp_call_as(addr, None, args, timeout)
+}
+
+/// [`resp_call`] after `AUTH token` when a token is given.
+pub fn resp_call_as(addr: SocketAddr, token: Option<&str>, args: &[&str], timeout: Duration) -> Result<Reply, String> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|error| error.to_string())?;
     stream.set_read_timeout(Some(timeout)).map_err(|error| error.to_string())?;
     let mut out = BytesMut::new();
+    if let Some(token) = token {
+        encode_command(&["AUTH", token], &mut out);
+    }
     encode_command(args, &mut out);
     stream.write_all(&out).map_err(|error| error.to_string())?;
     let parser = ReplyParser::default();
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 16 << 10];
+    let mut authenticated = token.is_none();
     loop {
         if let Some(reply) = parser.next(&mut buf).map_err(|error| error.to_string())? {
-            return Ok(reply);
+            if authenticated {
+                return Ok(reply);
+            }
+            auth_outcome(&reply)?;
+            authenticated = true;
+            continue;
         }
         match stream.read(&mut chunk).map_err(|error| error.to_string())? {
             0 => return Err("the server closed the connection".into()),
@@ -424,12 +489,12 @@ pub fn info_fields(reply: &Reply) -> Result<serde_json::Value, String> {
 
 /// Asks every server `args` (an `INFO` section), answers keyed by address,
 /// `{"error": ...}` where one did not answer.
-fn ask_each(names: &[String], addrs: &[SocketAddr], args: &[&str]) -> serde_json::Value {
+fn ask_each(names: &[String], addrs: &[SocketAddr], token: Option<&str>, args: &[&str]) -> serde_json::Value {
     let answers: BTreeMap<String, serde_json::Value> = names
         .iter()
         .zip(addrs)
         .map(|(name, &addr)| {
-            let answer = resp_call(addr, args, Duration::from_secs(2)).and_then(|reply| info_fields(&reply));
+            let answer = resp_call_as(addr, token, args, Duration::from_secs(2)).and_then(|reply| info_fields(&reply));
             (name.clone(), answer.unwrap_or_else(|error| serde_json::json!({ "error": error })))
         })
         .collect();

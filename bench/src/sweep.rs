@@ -34,6 +34,21 @@ pub enum SweepError {
     Interrupted(usize),
 }
 
+impl SweepPlan {
+    /// The settings of the run with `inflight` requests of `value_size`
+    /// bytes against `addrs`.
+    fn run_settings(&self, addrs: Vec<String>, value_size: usize, inflight: usize) -> RunSettings {
+        let mut settings = self.base.clone();
+        settings.addrs = addrs;
+        settings.cluster_id = LOCAL_CLUSTER_ID;
+        settings.workload.value_size = value_size;
+        settings.load = LoadMode::Closed { inflight };
+        // (At least one, so that `--inflight 0` is refused for what it is.)
+        settings.connections = self.base.connections.min(inflight.max(1));
+        settings
+    }
+}
+
 /// The matrix: every in-flight count × value size × node option.
 #[derive(Clone, Debug)]
 pub struct SweepPlan {
@@ -74,6 +89,13 @@ pub struct SweepOutcome {
 /// Runs the matrix: for each node option a fresh cluster, then every
 /// in-flight count and value size against it.
 pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
+    // Every run's settings are checked before a cluster is started: a bad
+    // one (`--inflight 0`) failed only after the first cluster was up.
+    for &value_size in &plan.value_sizes {
+        for &inflight in &plan.inflight {
+            plan.run_settings(vec!["127.0.0.1:1".to_string()], value_size, inflight).validate()?;
+        }
+    }
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|source| ResultFileError::Write { path: plan.out_dir.clone(), source })?;
     let mut results = Vec::new();
@@ -97,12 +119,8 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepOutcome, SweepError> {
                 if signal::stop_requested() {
                     return Err(SweepError::Interrupted(results.len()));
                 }
-                let mut settings = plan.base.clone();
-                settings.addrs = cluster.client_addrs().iter().map(ToString::to_string).collect();
-                settings.cluster_id = LOCAL_CLUSTER_ID;
-                settings.workload.value_size = value_size;
-                settings.load = LoadMode::Closed { inflight };
-                settings.connections = plan.base.connections.min(inflight);
+                let addrs = cluster.client_addrs().iter().map(ToString::to_string).collect();
+                let settings = plan.run_settings(addrs, value_size, inflight);
                 let mut label = format!("inflight={inflight} value={value_size}B");
                 if plan.node_options.len() > 1 {
                     let option = if node_option.is_empty() { "defaults".to_string() } else { node_option.join(" ") };
@@ -218,5 +236,32 @@ mod tests {
             "inflight=16_value=256B_node_--batch-bytes-max_4096_"
         );
         assert_eq!(file_stem("../etc/passwd"), ".._etc_passwd");
+    }
+
+    /// A run that cannot be made is refused before any cluster starts (the
+    /// node binary here does not exist: reaching it would fail otherwise),
+    /// with the run's own reason.
+    #[test]
+    fn bad_settings_are_refused_before_a_cluster_starts() {
+        let out_dir = std::env::temp_dir().join(format!("bench-sweep-refused-{}", std::process::id()));
+        let plan = SweepPlan {
+            base: RunSettings::example(),
+            inflight: vec![1, 0],
+            value_sizes: vec![256],
+            node_options: vec![Vec::new()],
+            tls_modes: vec![false],
+            shard_counts: vec![1],
+            cluster: ClusterSpec::three_nodes(PathBuf::from("/nonexistent/node")),
+            out_dir: out_dir.clone(),
+            progress: ProgressStyleKind::Quiet,
+            print_each: false,
+            floor: None,
+        };
+        match sweep(&plan) {
+            Err(SweepError::Run(RunError::Settings(reason))) => assert!(reason.contains("in-flight"), "{reason}"),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a sweep with --inflight 0 ran"),
+        }
+        assert!(!out_dir.exists(), "the results directory was made for a refused sweep");
     }
 }

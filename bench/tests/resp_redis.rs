@@ -34,6 +34,10 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn start_redis(binary: &Path) -> Redis {
+    start_redis_with(binary, &[])
+}
+
+fn start_redis_with(binary: &Path, extra: &[&str]) -> Redis {
     let dir = tempfile::tempdir().unwrap();
     // A port that is free now; redis-server refuses to start if another
     // process takes it in between, which the wait below reports.
@@ -42,6 +46,7 @@ fn start_redis(binary: &Path) -> Redis {
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
         .arg(dir.path())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -50,9 +55,14 @@ fn start_redis(binary: &Path) -> Redis {
     let mut redis = Redis { child, addr, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(Reply::Simple(pong)) = resp_call(addr, &["PING"], Duration::from_millis(500)) {
-            assert_eq!(&pong[..], b"PONG");
-            return redis;
+        match resp_call(addr, &["PING"], Duration::from_millis(500)) {
+            Ok(Reply::Simple(pong)) => {
+                assert_eq!(&pong[..], b"PONG");
+                return redis;
+            }
+            // Up, with a password.
+            Ok(Reply::Error(message)) if message.starts_with(b"NOAUTH") => return redis,
+            _ => {}
         }
         if let Ok(Some(status)) = redis.child.try_wait() {
             panic!("redis-server exited with {status} before answering on {addr}");
@@ -62,15 +72,19 @@ fn start_redis(binary: &Path) -> Redis {
     }
 }
 
-fn bench_run(redis: &Redis, out: &Path, extra: &[&str]) -> ResultFile {
+fn bench_output(redis: &Redis, out: &Path, extra: &[&str]) -> std::process::Output {
     let bench = env!("CARGO_BIN_EXE_bench");
-    let output = Command::new(bench)
+    Command::new(bench)
         .args(["run", "--protocol", "resp", "--addr", &redis.addr.to_string(), "--quiet", "--no-floor", "--out"])
         .arg(out)
         .args(["--keys", "1000", "--value-size", "100", "--connections", "2", "--node-pids", "auto"])
         .args(extra)
         .output()
-        .expect("run the bench binary");
+        .expect("run the bench binary")
+}
+
+fn bench_run(redis: &Redis, out: &Path, extra: &[&str]) -> ResultFile {
+    let output = bench_output(redis, out, extra);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench run failed ({}):\n{stdout}\n{stderr}", output.status);
@@ -88,18 +102,25 @@ fn command_stats(redis: &Redis) -> serde_json::Value {
     info_fields(&resp_call(redis.addr, &["INFO", "commandstats"], Duration::from_secs(2)).unwrap()).unwrap()
 }
 
-#[test]
-fn bench_run_resp_against_redis_server() {
+/// `redis-server`, or the test's failure (or SKIPPED with
+/// `BENCH_SKIP_REDIS=1`).
+fn redis_binary() -> Option<PathBuf> {
     let Some(binary) = find_on_path("redis-server") else {
         if std::env::var("BENCH_SKIP_REDIS").is_ok_and(|value| value == "1") {
             eprintln!("SKIPPED (BENCH_SKIP_REDIS=1): redis-server is not installed; this test did not run");
-            return;
+            return None;
         }
         panic!(
             "redis-server is not on PATH: install it (Debian: apt-get install redis-server redis-tools; .ci/run \
              does), or set BENCH_SKIP_REDIS=1 to skip this test"
         );
     };
+    Some(binary)
+}
+
+#[test]
+fn bench_run_resp_against_redis_server() {
+    let Some(binary) = redis_binary() else { return };
     let redis = start_redis(&binary);
     let dir = tempfile::tempdir().unwrap();
 
@@ -137,4 +158,30 @@ fn bench_run_resp_against_redis_server() {
     assert_eq!(closed.total.count, writes + reads);
     let stats = command_stats(&redis);
     assert_eq!(calls(&stats, "set") + calls(&stats, "get"), closed.total.count + closed.warmup_completed, "{stats}");
+}
+
+/// A server with a password (as the node's front door always has): the
+/// bench sends its token with `AUTH` on every connection (it sent none, and
+/// every request was refused `NOAUTH`), and a run in which no request
+/// succeeded (a wrong token) fails instead of exiting 0 with an empty table.
+#[test]
+fn bench_run_resp_authenticates_and_a_run_without_a_success_fails() {
+    let Some(binary) = redis_binary() else { return };
+    let redis = start_redis_with(&binary, &["--requirepass", "bench-secret-token"]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = bench_run(
+        &redis,
+        &dir.path().join("auth.json"),
+        &["--token", "bench-secret-token", "--inflight", "4", "--duration", "500ms", "--warmup", "100ms"],
+    );
+    assert!(run.errors.is_empty(), "{:?} {:?}", run.errors, run.error_examples);
+    assert!(run.total.count > 0);
+    let status = run.cluster.as_ref().expect("INFO server before the run, authenticated");
+    assert!(status[redis.addr.to_string()]["process_id"].is_string(), "{status}");
+
+    let wrong = ["--token", "not-the-token", "--inflight", "4", "--duration", "300ms", "--warmup", "0s"];
+    let output = bench_output(&redis, &dir.path().join("wrong.json"), &wrong);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a run without one success exited 0:\n{stderr}");
+    assert!(stderr.contains("no request succeeded") && stderr.contains("auth"), "{stderr}");
 }

@@ -59,15 +59,7 @@ fn the_write_path_is_not_grossly_slower_than_the_machine_floor() {
         eprintln!("SKIPPED: no node binary next to {} (cargo build --release -p node)", bench.display());
         return;
     };
-    let spec = ClusterSpec {
-        node_binary: node,
-        nodes: 3,
-        shards: 1,
-        extra_args: Vec::new(),
-        log_level: "warn".into(),
-        keep: false,
-        tls: false,
-    };
+    let spec = ClusterSpec::three_nodes(node);
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     cluster.wait_ready(Duration::from_secs(30)).expect("a three-node cluster serves");
     let dir = tempfile::tempdir().unwrap();

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         NodeCommand::Restore(config) => node::backup::run_restore(&config).map(|summary| {
             println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
             eprintln!(
-                "restored {} shard(s) into {}: start the node with `node serve --data-dir {} --node-id {} --cluster-id {} --peers ...` (and --shards {})",
+                "restored {} shard(s) into {}: start the node with `node serve --data-dir {} --node-id {} --cluster-id {} --peers ...` (and --shards {}) once every node of the new cluster is restored: nodes started empty bootstrap an empty cluster, and this node's snapshot would replace what they acknowledged",
                 summary.shards.len(),
                 config.data_dir.display(),
                 config.data_dir.display(),
