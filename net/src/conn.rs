@@ -346,8 +346,10 @@ pub(crate) async fn call(
                         Some(ServerIdentityError::WrongNode { expected, found }) => {
                             HandshakeError::WrongNode { expected: *expected, found: *found }
                         }
-                        _ => HandshakeError::Tls(error),
-                    })
+                        // In words: rustls shows its own error's cause with `{:?}`.
+                        Some(other) => HandshakeError::ServerIdentity(other.to_string()),
+                        None => HandshakeError::Tls(error),
+                    });
                 }
                 Err(TlsHandshakeError::Closed) => return Err(HandshakeError::Closed),
                 Err(TlsHandshakeError::Io(error)) => return Err(HandshakeError::from(error)),

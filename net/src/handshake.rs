@@ -146,6 +146,10 @@ pub enum HandshakeError {
     /// untrusted, expired or wrongly named certificate on either side).
     #[error("TLS: {0}")]
     Tls(rustls::Error),
+    /// The acceptor's certificate is valid but names someone else (another
+    /// cluster, or a client): why, in words.
+    #[error("TLS: {0}")]
+    ServerIdentity(String),
     /// The remote end authenticated as another node than the one dialled
     /// (its certificate, or without TLS its accept frame, names `found`).
     #[error("reached node {found} where node {expected} was dialled")]

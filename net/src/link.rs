@@ -242,7 +242,10 @@ async fn run(shared: Rc<LinkShared>) {
                 warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
             }
             Err(LinkError::Handshake(
-                error @ (HandshakeError::Tls(_) | HandshakeError::WrongNode { .. } | HandshakeError::Decode(_)),
+                error @ (HandshakeError::Tls(_)
+                | HandshakeError::ServerIdentity(_)
+                | HandshakeError::WrongNode { .. }
+                | HandshakeError::Decode(_)),
             )) => {
                 backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
                 shared.update(|stats| stats.handshake_refusals += 1);

@@ -368,6 +368,29 @@ fn client_certificates_are_refused_on_the_peer_port_and_node_certificates_on_the
     });
 }
 
+/// A client told another cluster id than the node's certificate names is
+/// refused with the reason in words (it printed rustls's debug form,
+/// `Other(OtherError(OtherCluster { expected_cluster: .. }))`).
+#[test]
+fn a_client_of_another_cluster_id_is_told_in_words() {
+    let credentials = Credentials::new("other-cluster");
+    run(async {
+        let (clients, _inbound) = listener(ListenerRole::Clients, credentials.node(2));
+        let files = credentials.certificates.client_tls("ops").unwrap();
+        let other = CLUSTER + 1;
+        let client = ClientConfig::with_tls(other, ClientTls::load(other, &files).unwrap(), Bytes::new());
+        match ClientConnection::connect(clients.local_addr(), &client).await {
+            Err(ClientError::Handshake(error @ HandshakeError::ServerIdentity(_))) => {
+                let text = error.to_string();
+                assert!(text.contains(&format!("names node 2 of cluster {CLUSTER}, not a node of cluster {other}")));
+                assert!(!text.contains("OtherError") && !text.contains('{'), "{text}");
+            }
+            other => panic!("not refused for the cluster: {:?}", other.err()),
+        }
+        clients.shutdown();
+    });
+}
+
 #[test]
 fn plaintext_to_a_tls_port_and_tls_to_a_plaintext_port_are_refused_with_reasons() {
     let credentials = Credentials::new("mixed");

@@ -71,7 +71,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 
 /// Every certificate of a PEM file, in file order (a chain: leaf first).
 pub(crate) fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CredentialsError> {
-    let pem_error = |source: rustls::pki_types::pem::Error| CredentialsError::Pem { path: path.to_path_buf(), source };
+    let pem_error = |source| pem_error(path, source);
     let certificates =
         CertificateDer::pem_file_iter(path).map_err(pem_error)?.collect::<Result<Vec<_>, _>>().map_err(pem_error)?;
     if certificates.is_empty() {
@@ -84,8 +84,18 @@ pub(crate) fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
 pub(crate) fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CredentialsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
         rustls::pki_types::pem::Error::NoItemsFound => CredentialsError::NoPrivateKey { path: path.to_path_buf() },
-        source => CredentialsError::Pem { path: path.to_path_buf(), source },
+        source => pem_error(path, source),
     })
+}
+
+/// A file that could not be read is `Read` (a missing key file said "not
+/// valid PEM: I/O error: No such file or directory"); one that was read
+/// and is not PEM is `Pem`.
+fn pem_error(path: &Path, source: rustls::pki_types::pem::Error) -> CredentialsError {
+    match source {
+        rustls::pki_types::pem::Error::Io(source) => CredentialsError::Read { path: path.to_path_buf(), source },
+        source => CredentialsError::Pem { path: path.to_path_buf(), source },
+    }
 }
 
 /// The trust anchors of a CA file.
@@ -183,4 +193,27 @@ pub(crate) fn check_chain(
         provider().signature_verification_algorithms.all,
     )
     .map_err(|source| CredentialsError::Tls { what: what.to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing file is a file that cannot be read, not "not valid PEM:
+    /// I/O error" (what a user with a typo in a path was told).
+    #[test]
+    fn a_missing_file_cannot_be_read_and_a_file_of_other_bytes_is_no_pem() {
+        let missing = Path::new("/nonexistent/node-1.key");
+        let error = load_private_key(missing).unwrap_err();
+        assert!(matches!(error, CredentialsError::Read { .. }), "{error:?}");
+        assert!(error.to_string().starts_with("cannot read /nonexistent/node-1.key"), "{error}");
+        let error = load_certificates(Path::new("/nonexistent/node-1.pem")).unwrap_err();
+        assert!(matches!(error, CredentialsError::Read { .. }), "{error:?}");
+        let dir = std::env::temp_dir().join(format!("net-tls-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.key");
+        std::fs::write(&junk, "not a key\n").unwrap();
+        assert!(matches!(load_private_key(&junk), Err(CredentialsError::NoPrivateKey { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

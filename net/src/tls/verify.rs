@@ -16,7 +16,11 @@ use engine::NodeId;
 /// The acceptor's certificate is valid but names someone else.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ServerIdentityError {
-    #[error("the node certificate names {found:?}, not a node of cluster {expected_cluster}")]
+    #[error(
+        "the node's certificate names node {} of cluster {}, not a node of cluster {expected_cluster} (is --cluster-id right?)",
+        found.node_id,
+        found.cluster_id
+    )]
     OtherCluster { expected_cluster: u64, found: NodeName },
     #[error("reached node {found} (by its certificate) where node {expected} was dialled")]
     WrongNode { expected: NodeId, found: NodeId },
