@@ -289,7 +289,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 3)]
     floor_writers: usize,
     /// The servers' process ids, for CPU time per write; `auto` finds the
-    /// processes listening on the --addr ports (servers on this machine).
+    /// processes listening on every member's client port (servers on this
+    /// machine; with --protocol resp, the --addr ports).
     #[arg(long, value_delimiter = ',')]
     node_pids: Vec<String>,
 }
@@ -489,22 +490,6 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         Path::new("bench-results").join(format!("{}-{stamp}.json", file_stem(&label)))
     });
     let floor = args.floor.obtain(args.floor_writers)?;
-    let cpu_pids = match args.node_pids.as_slice() {
-        [] => None,
-        [auto] if auto == "auto" => match pids_for_addrs(&settings.addrs) {
-            Ok(pids) => Some((pids, "auto (ports)")),
-            Err(error) => {
-                eprintln!("warning: no CPU accounting: {error}");
-                None
-            }
-        },
-        pids => Some((
-            pids.iter()
-                .map(|pid| pid.trim().parse::<u32>().map_err(|_| format!("--node-pids: {pid:?} is not a process id")))
-                .collect::<Result<Vec<_>, _>>()?,
-            "--node-pids",
-        )),
-    };
     let tls = args.tls_ca.clone().map(|node_ca| net::ClientTlsFiles {
         node_ca,
         certificate: args.tls_cert.clone(),
@@ -523,6 +508,29 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         label: label.clone(),
         progress: args.load.progress(),
         fetch_status: !args.no_status,
+    };
+    let cpu_pids = match args.node_pids.as_slice() {
+        [] => None,
+        [auto] if auto == "auto" => {
+            // Every member a native run drives, not only those given.
+            let addrs = match args.protocol {
+                Protocol::Native => bench::runner::member_addrs(&options).unwrap_or(options.settings.addrs.clone()),
+                Protocol::Resp => options.settings.addrs.clone(),
+            };
+            match pids_for_addrs(&addrs) {
+                Ok(pids) => Some((pids, "auto (ports)")),
+                Err(error) => {
+                    eprintln!("warning: no CPU accounting: {error}");
+                    None
+                }
+            }
+        }
+        pids => Some((
+            pids.iter()
+                .map(|pid| pid.trim().parse::<u32>().map_err(|_| format!("--node-pids: {pid:?} is not a process id")))
+                .collect::<Result<Vec<_>, _>>()?,
+            "--node-pids",
+        )),
     };
     let sampler = cpu_pids.map(|(pids, source)| WindowSampler::for_run(pids, source, &options.settings));
     let mut result = match args.protocol {

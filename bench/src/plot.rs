@@ -85,8 +85,14 @@ pub fn plot_percentiles(series: &[Series], title: &str, y_scale: YScale, path: &
 }
 
 /// Writes a drawing to `path`.
+/// Writes `svg` to `path`, making its directory first as `bench run --out`
+/// does (`compare --svg plots/a.svg` failed, and printed no table either).
 pub fn write_svg(path: &Path, svg: &str) -> Result<(), PlotError> {
-    std::fs::write(path, svg).map_err(|error| PlotError::Draw { path: path.to_path_buf(), message: error.to_string() })
+    let failed = |error: std::io::Error| PlotError::Draw { path: path.to_path_buf(), message: error.to_string() };
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    std::fs::write(path, svg).map_err(failed)
 }
 
 /// The error of a drawing made in memory.
@@ -350,6 +356,15 @@ fn draw_timeline_panel(
 mod tests {
     use super::*;
     use crate::stats::new_histogram;
+
+    #[test]
+    fn an_svg_goes_into_a_directory_made_for_it() {
+        let dir = std::env::temp_dir().join(format!("bench-plot-dir-{}", std::process::id()));
+        let path = dir.join("plots").join("a.svg");
+        write_svg(&path, "<svg/>").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "<svg/>");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn labels_of_the_log_axis() {

@@ -219,7 +219,9 @@ impl ResultFile {
         rows.push(header);
         let mut row = |name: &str, op: &OpResult| {
             let mut row = vec![name.to_string(), op.count.to_string(), format_rate(op.throughput_per_second)];
-            row.extend(op.latency_us.values().iter().map(|&micros| format_micros(micros)));
+            // No operation, no latency: `-`, not a 0us that reads as fast.
+            let latency = |micros: f64| if op.count == 0 { "-".to_string() } else { format_micros(micros) };
+            row.extend(op.latency_us.values().iter().map(|&micros| latency(micros)));
             rows.push(row);
         };
         for (name, op) in &self.operations {
@@ -410,6 +412,12 @@ pub(crate) mod tests {
         retried.retried.insert("not_leader".into(), 7);
         let table = retried.percentile_table();
         assert!(table.contains("refused and sent again (latency counts from the first try): not_leader=7"), "{table}");
+        // A run that completed nothing shows no latency, not 0us.
+        let mut empty = sample_result("a", 1);
+        empty.operations.get_mut("write").unwrap().count = 0;
+        let table = empty.percentile_table();
+        let write = table.lines().find(|line| line.starts_with("write")).unwrap();
+        assert!(write.contains(" - ") && !write.contains("us"), "{table}");
     }
 
     #[test]

@@ -187,6 +187,9 @@ pub enum RunError {
     IoUringUnavailable(std::io::Error),
     #[error("a worker thread panicked; see the message above")]
     WorkerPanicked,
+    /// No given node answered the first question (each one's reason).
+    #[error("no node answered to say how many shards the cluster has: {0}")]
+    Unreachable(String),
     #[error(transparent)]
     Histogram(#[from] HistogramError),
 }
@@ -237,6 +240,30 @@ pub fn check_io_uring() -> Result<(), RunError> {
     Ok(())
 }
 
+/// The client configuration of a run: TLS files and token.
+fn client_config(options: &RunOptions) -> Result<ClientConfig, RunError> {
+    let cluster_id = options.settings.cluster_id;
+    let mut config = match &options.tls {
+        Some(files) => {
+            let tls = ClientTls::load(cluster_id, files).map_err(|error| RunError::Tls(error.to_string()))?;
+            ClientConfig::with_tls(cluster_id, tls, options.token.clone())
+        }
+        None => ClientConfig::new(cluster_id, options.token.clone()),
+    };
+    config.connect_timeout = Duration::from_secs(2);
+    Ok(config)
+}
+
+/// The client addresses of every member of the cluster (the given ones
+/// first), as a run learns them: the run drives all of them, so
+/// `--node-pids auto` measures all of them (it measured the `--addr` nodes
+/// only, and a run given one address reported a third of the CPU).
+pub fn member_addrs(options: &RunOptions) -> Result<Vec<String>, RunError> {
+    let addrs = options.settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
+    let (_, members) = cluster_shards_and_members(&addrs, &client_config(options)?)?;
+    Ok(members.iter().map(ToString::to_string).collect())
+}
+
 /// Makes one run and returns its result (also when stopped early by a
 /// signal: the measured window is then shorter).
 pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
@@ -244,14 +271,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
     settings.validate()?;
     check_io_uring()?;
     let addrs = settings.addrs.iter().map(|addr| resolve(addr)).collect::<Result<Vec<_>, _>>()?;
-    let mut client_config = match &options.tls {
-        Some(files) => {
-            let tls = ClientTls::load(settings.cluster_id, files).map_err(|error| RunError::Tls(error.to_string()))?;
-            ClientConfig::with_tls(settings.cluster_id, tls, options.token.clone())
-        }
-        None => ClientConfig::new(settings.cluster_id, options.token.clone()),
-    };
-    client_config.connect_timeout = Duration::from_secs(2);
+    let client_config = client_config(options)?;
     let (total_shards, connect_to) = cluster_shards_and_members(&addrs, &client_config)?;
     if settings.shards.is_empty() {
         settings.shards = (0..total_shards).collect();
@@ -1093,7 +1113,7 @@ pub fn check_answer(op: OpKind, answer: &Bytes) -> Answer {
 fn cluster_shards_and_members(addrs: &[SocketAddr], config: &ClientConfig) -> Result<(u32, Vec<SocketAddr>), RunError> {
     let (given, config) = (addrs.to_vec(), config.clone());
     let told = tokio_uring::start(async move {
-        let mut last = String::new();
+        let mut failures = Vec::new();
         for addr in given.iter().copied() {
             match ClientConnection::connect(addr, &config).await {
                 Ok(mut connection) => {
@@ -1107,14 +1127,12 @@ fn cluster_shards_and_members(addrs: &[SocketAddr], config: &ClientConfig) -> Re
                     all.extend(members.into_iter().filter(|member| !given.contains(member)));
                     return Ok((shards, all));
                 }
-                Err(error) => last = format!("{addr}: {error}"),
+                Err(error) => failures.push(format!("{addr}: {error}")),
             }
         }
-        Err(last)
+        Err(failures.join("; "))
     });
-    told.map_err(|reason| {
-        RunError::Settings(format!("no node answered to say how many shards the cluster has: {reason}"))
-    })
+    told.map_err(RunError::Unreachable)
 }
 
 /// Asks every node, for every shard in `shards`, the JSON request `body`

@@ -143,6 +143,20 @@ fn bench_run_against_a_local_three_node_cluster() {
     let mut node_pids = cluster.pids();
     node_pids.sort_unstable();
     assert_eq!(pids, node_pids, "the processes on the client ports are the cluster's nodes");
+    // Given one node, a run drives all three (it learns the members), and
+    // `auto` measures all three (it measured the one given: a third).
+    let first = cluster.client_addrs()[0].to_string();
+    let one = run_bench_at(
+        &bench,
+        &cluster,
+        &first,
+        &["--duration", "500ms"],
+        &dir.path().join("one-address.json"),
+        &["--inflight", "4", "--node-pids", "auto"],
+    );
+    let mut measured = one.cpu.as_ref().expect("CPU accounting").pids.clone();
+    measured.sort_unstable();
+    assert_eq!(measured, node_pids, "auto measures every member, not only the address given");
     assert_eq!(cpu.writes, writes.count);
     assert!(cpu.cpu_us_per_write.is_some_and(|micros| micros > 0.0), "{cpu:?}");
     // And their memory: a node holds at least a few MiB, its peak at least that.

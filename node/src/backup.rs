@@ -281,8 +281,10 @@ fn copy_shard(
 /// `net::AdminRequest::BackupBegin`).
 /// The node that named it comes with it: its chunks must come from it.
 fn backup_point(client: &mut BlockingClient, shard: u32, progress: bool) -> Result<(ShardPoint, u64), BackupError> {
-    let deadline = Instant::now() + SNAPSHOT_WAIT;
+    let started = Instant::now();
+    let deadline = started + SNAPSHOT_WAIT;
     let mut bar = 0;
+    let mut shown = started;
     loop {
         let answer = client.admin(AdminRequest::BackupBegin { at_least: bar })?;
         let value: serde_json::Value = serde_json::from_slice(&answer)
@@ -297,6 +299,14 @@ fn backup_point(client: &mut BlockingClient, shard: u32, progress: bool) -> Resu
         };
         if progress && bar == 0 {
             eprintln!("shard {shard}: waiting for a snapshot at or past index {pending}");
+        } else if progress && shown.elapsed() >= Duration::from_secs(1) {
+            // A snapshot is written at the node's --snapshot-write-rate: a
+            // large state takes seconds, which were silent.
+            shown = Instant::now();
+            eprintln!(
+                "shard {shard}: still waiting for the snapshot ({}s; the node writes it at its --snapshot-write-rate)",
+                started.elapsed().as_secs()
+            );
         }
         bar = pending;
         if Instant::now() > deadline {
@@ -382,6 +392,9 @@ pub fn run_restore(config: &RestoreConfig) -> Result<BackupSummary, BackupError>
         )));
     }
     let dir = &config.data_dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(BackupError::Refused(format!("data directory {} is a file, not a directory", dir.display())));
+    }
     if let Some(entry) = std::fs::read_dir(dir).ok().and_then(|mut listing| listing.next()) {
         let name = entry.map_or_else(|_| "?".into(), |entry| entry.file_name().to_string_lossy().into_owned());
         return Err(BackupError::Refused(format!(
@@ -400,6 +413,9 @@ pub fn run_restore(config: &RestoreConfig) -> Result<BackupSummary, BackupError>
 
 /// Reads the whole backup and checks every checksum; what it holds.
 pub fn check_backup(path: &Path) -> Result<BackupSummary, BackupError> {
+    if path.is_dir() {
+        return Err(BackupError::Refused(format!("{} is a directory, not a backup file", path.display())));
+    }
     let file = File::open(path).map_err(io_error("opening", path))?;
     let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let (cluster_id, shards) = read_file_head(path, &mut input)?;

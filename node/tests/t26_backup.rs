@@ -130,6 +130,24 @@ fn a_backup_restores_into_a_new_cluster_with_every_acknowledged_write() {
     let refused = restore(&file, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
     assert!(!refused.status.success() && stderr(&refused).contains("not empty"), "{}", stderr(&refused));
     std::fs::remove_file(new.data_dir(1).join("notes")).unwrap();
+    // A file where the data directory goes, and a directory given as the
+    // backup, are named as what they are (an I/O error deep in the restore,
+    // and "shorter than a backup's head", before).
+    let file_there = new.dir.join("a-file");
+    std::fs::write(&file_there, b"x").unwrap();
+    let refused = restore(&file, &file_there, 1, &new_peers, NEW_CLUSTER);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("is a file, not a directory"),
+        "{}",
+        stderr(&refused)
+    );
+    let directory = new.dir.to_string_lossy().into_owned();
+    let refused = node(&["restore", "--backup", &directory, "--check"]);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("is a directory, not a backup"),
+        "{}",
+        stderr(&refused)
+    );
 
     let checked = node(&["restore", "--backup", &file_arg, "--check"]);
     assert!(checked.status.success(), "{}", stderr(&checked));
