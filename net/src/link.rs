@@ -130,6 +130,10 @@ struct LinkShared {
     /// Since when no connection is up (None while one is), and whether that
     /// was logged as a warning ([`LINK_DOWN_WARN_AFTER`]).
     down: Cell<(Option<Instant>, bool)>,
+    /// [`Link::peer_is_up`] cut a wait short since the last connection:
+    /// once per down period, so a peer whose messages arrive while ours
+    /// cannot reach it (a one-way fault) never makes the link spin.
+    woken_early: Cell<bool>,
 }
 
 /// How long a link stays down before it is logged as a warning: a peer
@@ -192,6 +196,7 @@ impl Link {
             wake: Notify::new(),
             current: RefCell::new(None),
             down: Cell::new((None, false)),
+            woken_early: Cell::new(false),
         });
         tokio_uring::spawn(run(shared.clone()));
         Link { owner: Rc::new(LinkOwner { shared }) }
@@ -212,6 +217,19 @@ impl Link {
 
     pub fn peer_id(&self) -> NodeId {
         self.owner.shared.config.peer_id
+    }
+
+    /// Tells the link that the peer was just heard from (its own link
+    /// delivered a message here), so it is up: a link waiting out its
+    /// reconnect backoff tries at once, once per down period. A node that
+    /// had been alone heard a returning peer at once but answered it only
+    /// after up to `backoff_max`.
+    pub fn peer_is_up(&self) {
+        let shared = &self.owner.shared;
+        if shared.closed.get() || shared.current.borrow().is_some() || shared.woken_early.replace(true) {
+            return;
+        }
+        shared.wake.notify_one();
     }
 
     pub fn stats(&self) -> LinkStats {
@@ -261,6 +279,7 @@ async fn run(shared: Rc<LinkShared>) {
         }
         if shared.stats.get().connects != connects_before {
             backoff = config.backoff_min;
+            shared.woken_early.set(false);
         }
         let delay = rng.jittered(backoff);
         tokio::select! {

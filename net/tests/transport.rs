@@ -224,19 +224,7 @@ fn link_reconnects_after_the_peer_restarts() {
         wait_until("the link notices", || !link.stats().connected).await;
 
         // ...and comes back on the same port.
-        let deadline = Instant::now() + WAIT;
-        let (second, mut inbound) = loop {
-            match Listener::bind(ListenerConfig::peers(addr, security(2))) {
-                Ok(listener) => {
-                    let (sender, receiver) = mpsc::channel(1024);
-                    break (listener.spawn(sender), receiver);
-                }
-                Err(ListenError::AddrInUse { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Err(error) => panic!("rebind failed: {error}"),
-            }
-        };
+        let (second, mut inbound) = rebind(addr).await;
         // Messages sent while the link reconnects may be lost (Raft retries),
         // so keep sending until one arrives.
         let mut context = 100;
@@ -254,6 +242,60 @@ fn link_reconnects_after_the_peer_restarts() {
         link.close();
         second.shutdown();
     });
+}
+
+/// A link waiting out a long reconnect backoff tries at once when told the
+/// peer is up (the node tells it when the peer's messages arrive): a node
+/// that had been alone answered a returning peer only after up to the
+/// backoff's maximum.
+#[test]
+fn a_link_told_its_peer_is_up_reconnects_without_waiting_out_its_backoff() {
+    run(async {
+        // A port nothing listens on yet.
+        let addr = {
+            let (probe, _) = start_listener(loopback(), 2, ListenerRole::Peers);
+            let addr = probe.local_addr();
+            probe.shutdown();
+            addr
+        };
+        let link = link_to(addr, |config| {
+            config.backoff_min = Duration::from_secs(8);
+            config.backoff_max = Duration::from_secs(8);
+        });
+        // Its first attempt is refused; it now sleeps 4 to 8 s.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!link.stats().connected);
+        let (listener, _inbound) = rebind(addr).await;
+        let told = Instant::now();
+        link.peer_is_up();
+        while !link.stats().connected {
+            assert!(
+                told.elapsed() < Duration::from_secs(2),
+                "still waiting out the backoff after {:?}",
+                told.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        link.close();
+        listener.shutdown();
+    });
+}
+
+/// Node 2's peer listener on `addr` again, once the port is free.
+async fn rebind(addr: SocketAddr) -> (ListenerHandle, mpsc::Receiver<Inbound>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match Listener::bind(ListenerConfig::peers(addr, security(2))) {
+            Ok(listener) => {
+                let (sender, receiver) = mpsc::channel(1024);
+                return (listener.spawn(sender), receiver);
+            }
+            Err(ListenError::AddrInUse { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(error) => panic!("rebind failed: {error}"),
+        }
+    }
 }
 
 fn big_append(index: u64) -> Message {

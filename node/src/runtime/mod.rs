@@ -769,7 +769,14 @@ async fn dispatch<F>(
         tokio::select! {
             event = inbound.recv(), if listening => {
                 match event {
-                    Some(event) => route(event, setup, inboxes, &mut misrouted),
+                    Some(event) => {
+                        // A peer heard from is up: our link to it, if down,
+                        // need not wait out its backoff to answer.
+                        if let (Inbound::Raft { from_node, .. }, PeerNet::Tcp(peers)) = (&event, peers) {
+                            peers.peer_is_up(*from_node);
+                        }
+                        route(event, setup, inboxes, &mut misrouted)
+                    }
                     // No listeners (an in-process node): only the hub.
                     None => listening = false,
                 }

@@ -79,6 +79,13 @@ impl Peers {
         }
     }
 
+    /// Node `id` was just heard from: see [`Link::peer_is_up`].
+    pub fn peer_is_up(&self, id: NodeId) {
+        if let Some((_, link)) = self.links.borrow().get(&id) {
+            link.peer_is_up();
+        }
+    }
+
     pub fn close_all(&self) {
         for (_, (_, link)) in self.links.borrow_mut().drain() {
             link.close();
