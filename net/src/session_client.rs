@@ -412,6 +412,8 @@ impl<C: Connector> Client<C> {
             }
             match status {
                 ResponseStatus::NotLeader { .. } | ResponseStatus::Busy | ResponseStatus::TimedOut => {
+                    // One without a leader may be cut off or removed: try the members it named too.
+                    self.widened |= matches!(status, ResponseStatus::NotLeader { leader_id: None, .. });
                     outcomes.note(&addr, &status);
                     self.target = None;
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -553,6 +555,8 @@ mod tests {
         running: BTreeMap<u32, Vec<u32>>,
         /// Nodes that accept a connection and never answer (stopped).
         hung: Vec<u32>,
+        /// Running nodes that know no leader (cut off, or removed).
+        leaderless: Vec<u32>,
         /// Calls that reached each node.
         calls: BTreeMap<u32, u32>,
     }
@@ -574,6 +578,9 @@ mod tests {
                 // As the TCP connector does: no connection within the limit.
                 tokio::time::sleep(self.1).await;
                 return Err(format!("no connection within {:?}", self.1));
+            }
+            if self.0.borrow().leaderless.contains(node) {
+                return Ok(ResponseStatus::NotLeader { leader_id: None, leader_addr: None });
             }
             match self.0.borrow().running.contains_key(node) {
                 true => Ok(ResponseStatus::Ok(Bytes::from_static(b"done"))),
@@ -663,6 +670,25 @@ mod tests {
             let error = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.unwrap_err();
             let text = error.to_string();
             assert!(text.contains("1: node 1 is down") && text.contains("2: no connection within"), "{text}");
+        });
+    }
+
+    /// Given only a node that runs but knows no leader (removed, or cut
+    /// off from the others), the client tries the members it named: it
+    /// asked that node alone until the deadline (`node kv --addr` of a
+    /// removed leader failed after 5 s with "no leader known").
+    #[test]
+    fn a_node_without_a_leader_sends_the_client_to_the_members_it_named() {
+        tokio_uring::start(async {
+            let nodes = Rc::new(RefCell::new(Nodes::default()));
+            nodes.borrow_mut().running.insert(1, vec![1, 2]);
+            nodes.borrow_mut().running.insert(2, vec![1, 2]);
+            nodes.borrow_mut().leaderless.push(1);
+            let mut client =
+                Client::with_connector(FakeConnector::new(nodes.clone()), vec![1], 0, Duration::from_secs(2));
+            let answer = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await;
+            assert_eq!(answer.expect("node 2 answers"), Bytes::from_static(b"done"));
+            assert!(nodes.borrow().calls.contains_key(&2), "node 2 was tried");
         });
     }
 
