@@ -557,9 +557,12 @@ pub struct ClientArgs {
     pub timeout: String,
 
     /// The shard an admin request is for (`node kv` finds its key's shard
-    /// itself: keys map to shards by `net::kv::shard_for_key`).
-    #[arg(long, value_name = "SHARD", default_value_t = 0)]
-    pub shard: u32,
+    /// itself: keys map to shards by `net::kv::shard_for_key`). Without it,
+    /// membership changes (`add-learner`, `add-witness`, `promote`,
+    /// `remove`) go to every shard and `status` shows every shard; other
+    /// requests go to shard 0.
+    #[arg(long, value_name = "SHARD")]
+    pub shard: Option<u32>,
 }
 
 /// `node kv`.

@@ -37,6 +37,9 @@ pub enum ClientCmdError {
     /// of an absent key: a script tests the status, not the text).
     #[error("not swapped: the key's value was not what the command expected; nothing was written")]
     NotSwapped,
+    /// A change sent to every shard that some did not take.
+    #[error("{0}")]
+    Shards(String),
 }
 
 fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
@@ -205,6 +208,53 @@ fn write_raw(answer: &Bytes) -> Result<(), ClientCmdError> {
     }
 }
 
+/// Whether `body` changes a shard's membership: every shard of a node has
+/// the same members, so such a change goes to each (it went to shard 0
+/// only, and printed OK: a node removed there stayed a voter, even the
+/// leader, of the others, and could not be restarted, its id being
+/// removed).
+fn is_membership_change(body: &RequestBody) -> bool {
+    matches!(
+        body,
+        RequestBody::Admin(
+            AdminRequest::AddLearner { .. }
+                | AdminRequest::AddWitness { .. }
+                | AdminRequest::Promote { .. }
+                | AdminRequest::Remove { .. }
+        )
+    )
+}
+
+/// Sends a membership change to every shard of a sharded cluster in turn
+/// (each shard's own leader, through the client), printing each shard's
+/// outcome; an error names the shards that did not take it, after every
+/// shard was tried.
+fn change_every_shard(client: &mut BlockingClient, body: RequestBody) -> Result<(), ClientCmdError> {
+    let shards = client.shards()?;
+    let mut failed = Vec::new();
+    for shard in 0..shards {
+        client.set_shard(shard);
+        let outcome = match client.call(body.clone()) {
+            Ok(ResponseStatus::Ok(_)) => Ok(()),
+            Ok(other) => Err(other.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match outcome {
+            Ok(()) => println!("shard {shard}: OK"),
+            Err(reason) => {
+                println!("shard {shard}: {reason}");
+                failed.push(shard);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(ClientCmdError::Shards(format!(
+        "shards {failed:?} of {shards} did not take it (the others did; run it again for those with --shard N)"
+    )))
+}
+
 fn show(value: &Bytes) -> String {
     match std::str::from_utf8(value) {
         Ok(text) => text.to_string(),
@@ -233,7 +283,10 @@ fn print_kv(op: &KvOp, bytes: &Bytes) {
 /// shows every shard (each its own Raft group with its own leader).
 pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
     let mut client = BlockingClient::new(&command.client)?;
-    if command.body == RequestBody::Status {
+    if command.every_shard && is_membership_change(&command.body) && client.shards()? > 1 {
+        return change_every_shard(&mut client, command.body);
+    }
+    if command.body == RequestBody::Status && command.every_shard {
         let shards = client.shards()?;
         if shards > 1 {
             let mut statuses = Vec::new();

@@ -399,6 +399,9 @@ pub struct AdminCommand {
     pub client: ClientConfig,
     /// [`RequestBody::Status`] or [`RequestBody::Admin`].
     pub body: RequestBody,
+    /// No `--shard` was given: a membership change goes to every shard, and
+    /// `status` shows every shard.
+    pub every_shard: bool,
 }
 
 /// `node dev`: a local cluster on loopback.
@@ -1208,7 +1211,7 @@ impl ClientConfig {
             private_key: args.tls_key,
         });
         let timeout = positive_duration("timeout", Some(&args.timeout), Duration::ZERO)?;
-        Ok(ClientConfig { addrs, cluster_id: args.cluster_id, token, tls, timeout, shard: args.shard })
+        Ok(ClientConfig { addrs, cluster_id: args.cluster_id, token, tls, timeout, shard: args.shard.unwrap_or(0) })
     }
 }
 
@@ -1277,6 +1280,7 @@ fn new_member(id: u64, peer_addr: String) -> Result<(u64, String), ConfigError> 
 
 impl AdminCommand {
     pub fn from_args(args: AdminArgs) -> Result<AdminCommand, ConfigError> {
+        let every_shard = args.client.shard.is_none();
         let client = ClientConfig::from_args(args.client)?;
         let body = match args.action {
             AdminActionArgs::Status => RequestBody::Status,
@@ -1323,7 +1327,7 @@ impl AdminCommand {
                 RequestBody::Admin(AdminRequest::SessionSettings(settings))
             }
         };
-        Ok(AdminCommand { client, body })
+        Ok(AdminCommand { client, body, every_shard })
     }
 }
 

@@ -315,3 +315,58 @@ fn a_wiped_voter_restarted_with_old_peers_says_so_and_recovers_with_the_current_
         common::ids(&status["votes_wait_for"]).is_empty() && status["repair"].is_null()
     });
 }
+
+/// On a cluster with several shards, `node admin remove` (and the other
+/// membership changes) without `--shard` changes every shard: it changed
+/// shard 0 only and printed OK, leaving the removed node a voter (even the
+/// leader) of the others, and unable to restart, its id being removed.
+#[test]
+fn a_membership_change_without_a_shard_changes_every_shard() {
+    let mut cluster = new_cluster(23600);
+    let peers: Vec<String> = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", cluster.peer_port(id))).collect();
+    for id in 1..=3 {
+        let mut command = cluster.command(id);
+        command.args(["--node-id", &id.to_string(), "--cluster-id", &CLUSTER.to_string()]);
+        command.args(["--peers", &peers.join(","), "--shards", "2"]);
+        cluster.nodes.insert(id, command.spawn().expect("start node"));
+    }
+    let mut join = cluster.join_command(4, &[1]);
+    join.args(["--shards", "2"]);
+    cluster.nodes.insert(4, join.spawn().expect("start node"));
+    let shard_status = |cluster: &Cluster, shard: u32| {
+        let mut client = cluster.client(&[1]);
+        client.shard = shard;
+        common::status(client)
+    };
+    let wait_shard = |cluster: &Cluster, shard: u32, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = shard_status(cluster, shard);
+            if status.as_ref().is_some_and(done) {
+                return status.unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "shard {shard}: {what}: {status:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let four = |status: &serde_json::Value| common::ids(&status["voters"]).len() == 4;
+    let joined = wait_shard(&cluster, 1, "four voters", &four);
+    wait_shard(&cluster, 0, "four voters", &four);
+    let id = *common::ids(&joined["voters"]).iter().max().unwrap();
+    assert!(id > 3, "{joined}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(["admin", "--addr", &format!("127.0.0.1:{}", cluster.client_port(1)), "--cluster-id", "9"])
+        .args(["remove", &id.to_string()])
+        .env("NODE_TOKEN", TOKEN)
+        .output()
+        .expect("run node admin");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout.trim(), "shard 0: OK\nshard 1: OK", "{output:?}");
+    for shard in 0..2 {
+        wait_shard(&cluster, shard, "the node removed", &|status| {
+            !common::ids(&status["voters"]).contains(&id) && common::ids(&status["removed"]).contains(&id)
+        });
+    }
+}
