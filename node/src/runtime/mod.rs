@@ -493,6 +493,27 @@ fn check_data_fs(dir: &Path) {
     if let Some(finding) = finding {
         tracing::warn!(fs = %mount.fs_type, "{}", finding.warning(dir, &mount));
     }
+    let segment = wal::WalConfig::new(dir, 1, 1).segment_bytes;
+    if let Some(free) = free_bytes(dir).filter(|free| *free < segment) {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            free_bytes = free,
+            "the data directory's file system has {} MiB free: each shard's log takes {} MiB at a time (a segment, \
+             made in full), so writes are refused with NoSpace (\"disk full\") whenever a log needs a new one",
+            free >> 20,
+            segment >> 20
+        );
+    }
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a writable
+    // statvfs that outlives the call.
+    (unsafe { libc::statvfs(path.as_ptr(), &mut stat) } == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// How a core's shards reach their peers: TCP links, or the hub.
