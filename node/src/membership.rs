@@ -57,6 +57,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the credentials check at start waits for a member (a refusal
 /// arrives in milliseconds; this bounds a loaded member's TLS handshake).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a restarting joined node asks the members where they are.
+const RESTART_ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between the driver's attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
@@ -292,6 +294,10 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
             (CHECK_TIMEOUT + ASK_TIMEOUT).as_secs()
         );
     }
+    if identity.node_id != 0 && holds_a_log(&dir) {
+        config.node_id = identity.node_id;
+        return Ok(restart_members(config));
+    }
     check_credentials(config)?;
     if identity.node_id == 0 {
         identity.node_id = if config.node_id != 0 { config.node_id } else { ask_for_id(config, identity.nonce)? };
@@ -299,7 +305,22 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
         tracing::info!(node = identity.node_id, "the cluster assigned this node its id");
     }
     config.node_id = identity.node_id;
-    Ok(members_from(config))
+    Ok(members_from(config, Duration::from_secs(5)))
+}
+
+/// A joined node's restart: the data directory holds the log and the
+/// address book, so the members are asked only for where they are now,
+/// briefly. (The credentials probe and this query took 5 s each when the
+/// member given was down, before anything was logged.)
+fn restart_members(config: &ServeConfig) -> Vec<Peer> {
+    let through: Vec<String> = config.join_through.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        node = config.node_id,
+        through = %through.join(","),
+        "restarting a joined node: asking the members where they are now (at most {} s)",
+        RESTART_ASK_TIMEOUT.as_secs()
+    );
+    members_from(config, RESTART_ASK_TIMEOUT)
 }
 
 fn nonzero_random() -> u64 {
@@ -365,9 +386,8 @@ fn ask_for_id(config: &ServeConfig, nonce: u64) -> Result<NodeId, JoinError> {
 
 /// The members' peer addresses as a member reports them (best effort: the
 /// log tells them too).
-fn members_from(config: &ServeConfig) -> Vec<Peer> {
-    let Ok(mut client) = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(5)))
-    else {
+fn members_from(config: &ServeConfig, timeout: Duration) -> Vec<Peer> {
+    let Ok(mut client) = crate::client_cmd::BlockingClient::new(&client_config(config, false, timeout)) else {
         return Vec::new();
     };
     reported_members(&mut client, config.node_id).into_iter().map(|member| member.peer).collect()

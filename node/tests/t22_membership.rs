@@ -370,3 +370,27 @@ fn a_membership_change_without_a_shard_changes_every_shard() {
         });
     }
 }
+
+/// A joined node restarted while the member it joins through is stopped
+/// (it accepts connections and never answers) starts at once: its data
+/// directory holds what it needs. It probed that member's credentials and
+/// then asked it for the members, 5 s each, before serving or logging
+/// anything, and a group that needed it waited for them.
+#[test]
+fn a_joined_node_restarts_without_waiting_on_the_member_it_joined_through() {
+    let mut cluster = new_cluster(23700);
+    cluster.bootstrap(3);
+    cluster.join(4, &[1]);
+    cluster.wait_status(1, "four voters", |status| common::ids(&status["voters"]).len() == 4);
+    cluster.kill(4);
+    let stopped = cluster.nodes[&1].id() as i32;
+    // SAFETY: signalling a child this test started.
+    unsafe { libc::kill(stopped, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    cluster.join(4, &[1]);
+    let status = cluster.wait_status(4, "slot 4 serving", |status| status["node"].as_u64().is_some_and(|id| id > 3));
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
+    assert!(took < std::time::Duration::from_secs(8), "slot 4 served after {took:?}: {status}");
+}
