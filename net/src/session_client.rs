@@ -561,6 +561,14 @@ mod tests {
         calls: BTreeMap<u32, u32>,
     }
 
+    /// Nodes 1 and 2, running, each knowing both.
+    fn two_running_nodes() -> Rc<RefCell<Nodes>> {
+        let nodes = Rc::new(RefCell::new(Nodes::default()));
+        nodes.borrow_mut().running.insert(1, vec![1, 2]);
+        nodes.borrow_mut().running.insert(2, vec![1, 2]);
+        nodes
+    }
+
     struct FakeConnector(Rc<RefCell<Nodes>>, Duration);
 
     impl FakeConnector {
@@ -647,9 +655,7 @@ mod tests {
     #[test]
     fn a_stopped_node_costs_at_most_a_connect_limit_and_the_answering_node_keeps_the_calls() {
         tokio_uring::start(async {
-            let nodes = Rc::new(RefCell::new(Nodes::default()));
-            nodes.borrow_mut().running.insert(1, vec![1, 2]);
-            nodes.borrow_mut().running.insert(2, vec![1, 2]);
+            let nodes = two_running_nodes();
             nodes.borrow_mut().hung.push(2);
             let timeout = Duration::from_secs(3);
             let mut client = Client::with_connector(FakeConnector::new(nodes.clone()), vec![1, 2], 0, timeout);
@@ -680,9 +686,7 @@ mod tests {
     #[test]
     fn a_node_without_a_leader_sends_the_client_to_the_members_it_named() {
         tokio_uring::start(async {
-            let nodes = Rc::new(RefCell::new(Nodes::default()));
-            nodes.borrow_mut().running.insert(1, vec![1, 2]);
-            nodes.borrow_mut().running.insert(2, vec![1, 2]);
+            let nodes = two_running_nodes();
             nodes.borrow_mut().leaderless.push(1);
             let mut client =
                 Client::with_connector(FakeConnector::new(nodes.clone()), vec![1], 0, Duration::from_secs(2));
