@@ -156,6 +156,7 @@ fn ends(tls: bool) -> Ends {
             tls: certificates.node_tls(node_id),
             peer_token: None,
             client_tokens: ClientTokens::None,
+            history: net::History::FRESH,
         })
         .expect("node credentials")
     };

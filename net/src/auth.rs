@@ -91,6 +91,18 @@ fn authenticate_peer(
             return refuse(RefusalReason::BadToken, "the peer token does not match".into());
         }
     }
+    if handshake.history != credentials.history {
+        return refuse(
+            RefusalReason::OtherHistory,
+            format!(
+                "node {claimed}'s data continues {}, and this node's (node {}) continues {}: a node that was \
+                 restored from a backup works only with nodes restored from the same backup, and a node added to a \
+                 restored cluster joins it with --join (restore every node before starting any, or wipe the odd \
+                 ones out and restore them)",
+                handshake.history, credentials.node_id, credentials.history
+            ),
+        );
+    }
     Ok(Authenticated::Peer { node_id: claimed })
 }
 
@@ -123,6 +135,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::handshake::History;
     use crate::identity::{AuthMethod, Roles};
     use crate::identity::{ClientName, NodeName};
     use crate::security::{ClientAuth, ClientTokens, NodeSecurity, NodeSecurityConfig};
@@ -139,6 +152,7 @@ mod tests {
             peer_token: Some(Bytes::from_static(TOKEN)),
             client_auth,
             warnings: Vec::new(),
+            history: History::FRESH,
         }
     }
 
@@ -149,6 +163,7 @@ mod tests {
             role,
             protocol_version: u16::from(PROTOCOL_VERSION),
             token: Bytes::from_static(token),
+            history: History::FRESH,
         }
     }
 
@@ -179,6 +194,32 @@ mod tests {
         );
         assert_eq!(check(good.clone(), ListenerRole::Clients), RefusalReason::RoleNotAccepted);
         assert_eq!(check(handshake(Role::Peer, 0, TOKEN), ListenerRole::Peers), RefusalReason::Malformed);
+    }
+
+    /// A node restored from a backup and a node that started empty (or one
+    /// restored from another backup) refuse each other: see [`History`].
+    #[test]
+    fn peers_of_another_history_are_refused_with_both_histories_named() {
+        let restored = Credentials { history: History(0xfeed), ..plaintext(ClientAuth::None) };
+        let fresh = plaintext(ClientAuth::None);
+        let from = |history| Handshake { history: History(history), ..handshake(Role::Peer, 2, TOKEN) };
+        let accepted = Ok(Authenticated::Peer { node_id: 2 });
+        assert_eq!(authenticate(&from(0xfeed), ListenerRole::Peers, None, &restored), accepted);
+        assert_eq!(authenticate(&from(0), ListenerRole::Peers, None, &fresh), accepted);
+        for (caller, credentials) in [(0, &restored), (0xbeef, &restored), (0xfeed, &fresh)] {
+            let refusal = authenticate(&from(caller), ListenerRole::Peers, None, credentials).expect_err("refused");
+            assert_eq!(refusal.reason, RefusalReason::OtherHistory);
+            assert!(refusal.message.contains(&History(caller).to_string()), "{}", refusal.message);
+            assert!(refusal.message.contains(&credentials.history.to_string()), "{}", refusal.message);
+        }
+        // Clients carry no history.
+        let client = authenticate(
+            &handshake(Role::Client, 0, TOKEN),
+            ListenerRole::Clients,
+            None,
+            &Credentials { client_auth: ClientAuth::Shared(Bytes::from_static(TOKEN)), ..restored },
+        );
+        assert!(matches!(client, Ok(Authenticated::Client { .. })), "{client:?}");
     }
 
     #[test]
@@ -228,6 +269,7 @@ mod tests {
             tls: certificates.node_tls(1),
             peer_token: None,
             client_tokens: ClientTokens::None,
+            history: History::FRESH,
         })
         .unwrap();
         let current = security.current();
@@ -243,6 +285,7 @@ mod tests {
             peer_token: None,
             client_auth: ClientAuth::None,
             warnings: Vec::new(),
+            history: History::FRESH,
         };
         (credentials, dir)
     }

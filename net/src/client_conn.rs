@@ -108,6 +108,7 @@ impl ClientConnection {
             role: Role::Client,
             protocol_version: u16::from(PROTOCOL_VERSION),
             token: config.token.clone(),
+            history: crate::History::FRESH,
         };
         let tls = config.tls.as_ref().map(|tls| CallerTls {
             config: tls.config.clone(),

@@ -46,6 +46,37 @@ pub struct Handshake {
     /// node also asks for one), a client's per-user token, or empty when a
     /// certificate alone authenticates the caller.
     pub token: Bytes,
+    /// Peers: which history of the cluster the caller's data continues
+    /// ([`History`]). Clients send 0. On the wire only when not 0 (8 bytes
+    /// after the token), so nodes that never restored a backup speak the
+    /// handshake of the versions before it.
+    pub history: History,
+}
+
+/// Which history of a cluster a node's data continues: the one that began
+/// when its first nodes started empty ([`History::FRESH`]), or the one a
+/// backup began (`node restore` names it after the backup, so every node
+/// restored from the same backup has the same). Peers of different
+/// histories refuse each other's connections: otherwise a node restored
+/// alone, started after empty nodes had bootstrapped a cluster of their own
+/// and acknowledged writes, would be elected with its longer log and its
+/// snapshot would replace those writes on every node. A node that joins
+/// takes the history of the cluster it joins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct History(pub u64);
+
+impl History {
+    /// Started empty: every node before restores existed.
+    pub const FRESH: History = History(0);
+}
+
+impl std::fmt::Display for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => f.write_str("the history of a cluster that started empty"),
+            id => write!(f, "the history restored from backup {id:016x}"),
+        }
+    }
 }
 
 /// The acceptor's positive answer.
@@ -87,11 +118,15 @@ pub enum RefusalReason {
     /// plaintext right after the accept, before any TLS; retry later or
     /// elsewhere.
     Overloaded = 9,
+    /// The caller's data continues another history of the cluster than
+    /// this node's ([`History`]): one was restored from a backup that the
+    /// other was not, or from another backup.
+    OtherHistory = 10,
 }
 
 impl RefusalReason {
     /// Every reason, in wire order.
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 10] = [
         RefusalReason::ClusterMismatch,
         RefusalReason::VersionUnsupported,
         RefusalReason::BadToken,
@@ -101,6 +136,7 @@ impl RefusalReason {
         RefusalReason::TlsUnavailable,
         RefusalReason::IdentityMismatch,
         RefusalReason::Overloaded,
+        RefusalReason::OtherHistory,
     ];
 
     pub fn from_u8(value: u8) -> Option<RefusalReason> {
@@ -114,6 +150,7 @@ impl RefusalReason {
             7 => Some(RefusalReason::TlsUnavailable),
             8 => Some(RefusalReason::IdentityMismatch),
             9 => Some(RefusalReason::Overloaded),
+            10 => Some(RefusalReason::OtherHistory),
             _ => None,
         }
     }
@@ -212,6 +249,9 @@ impl Handshake {
         };
         out.put_slice(body.as_bytes());
         out.put_slice(&self.token);
+        if self.history != History::FRESH {
+            out.put_u64_le(self.history.0);
+        }
     }
 
     pub(crate) fn decode_body(body: &Bytes) -> Result<Handshake, DecodeError> {
@@ -228,6 +268,10 @@ impl Handshake {
             return Err(reader.bad("token_length", "over TOKEN_SIZE_MAX"));
         }
         let token = reader.bytes(token_length)?;
+        let history = match reader.remaining() {
+            0 => History::FRESH,
+            _ => History(reader.fixed::<U64>()?.get()),
+        };
         reader.finish()?;
         Ok(Handshake {
             cluster_id: fixed.cluster_id.get(),
@@ -235,6 +279,7 @@ impl Handshake {
             role,
             protocol_version: fixed.protocol_version.get(),
             token,
+            history,
         })
     }
 }
@@ -293,8 +338,31 @@ mod size_tests {
             role: Role::Peer,
             protocol_version: u16::from(PROTOCOL_VERSION),
             token: Bytes::from(vec![0xAB; TOKEN_SIZE_MAX]),
+            history: History(u64::MAX),
         };
         let frame = Frame { cluster_id: u64::MAX, shard_id: 0, payload: Payload::Handshake(handshake) };
         assert!(frame.to_bytes().len() <= HANDSHAKE_FRAME_SIZE_MAX);
+    }
+
+    /// Nodes that never restored a backup send the handshake of the versions
+    /// before histories, byte for byte; a restored node's adds 8 bytes.
+    #[test]
+    fn only_a_restored_history_lengthens_the_handshake() {
+        let fresh = Handshake {
+            cluster_id: 7,
+            node_id: 2,
+            role: Role::Peer,
+            protocol_version: u16::from(PROTOCOL_VERSION),
+            token: Bytes::from_static(b"token"),
+            history: History::FRESH,
+        };
+        let restored = Handshake { history: History(0x1234), ..fresh.clone() };
+        let (mut old, mut new) = (BytesMut::new(), BytesMut::new());
+        fresh.encode_body(&mut old);
+        restored.encode_body(&mut new);
+        assert_eq!(old.len(), size_of::<HandshakeBody>() + 5);
+        assert_eq!(new.len(), old.len() + 8);
+        assert_eq!(Handshake::decode_body(&old.freeze()).unwrap(), fresh);
+        assert_eq!(Handshake::decode_body(&new.freeze()).unwrap(), restored);
     }
 }

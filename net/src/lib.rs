@@ -84,8 +84,8 @@ pub use frame::{
     FrameHeader, FrameKind, Limits, RawFrame, FRAME_HEADER_SIZE, FRAME_SIZE_MAX_DEFAULT, PROTOCOL_VERSION,
 };
 pub use handshake::{
-    Handshake, HandshakeAccept, HandshakeError, HandshakeRefusal, RefusalReason, Role, HANDSHAKE_FRAME_SIZE_MAX,
-    TOKEN_SIZE_MAX,
+    Handshake, HandshakeAccept, HandshakeError, HandshakeRefusal, History, RefusalReason, Role,
+    HANDSHAKE_FRAME_SIZE_MAX, TOKEN_SIZE_MAX,
 };
 pub use identity::{AuthMethod, CertIdentity, ClientName, Forbidden, Identity, NodeName, Roles};
 pub use security::{

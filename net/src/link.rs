@@ -322,6 +322,7 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
         role: Role::Peer,
         protocol_version: u16::from(PROTOCOL_VERSION),
         token: credentials.peer_token.clone().unwrap_or_default(),
+        history: credentials.history,
     };
     let tls = credentials.tls.as_ref().map(|tls| CallerTls {
         config: tls.link_caller.clone(),

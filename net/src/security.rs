@@ -90,6 +90,9 @@ pub struct NodeSecurityConfig {
     /// checked in addition to the certificate.
     pub peer_token: Option<Bytes>,
     pub client_tokens: ClientTokens,
+    /// Which history of the cluster this node's data continues: peers of
+    /// another are refused ([`crate::History`]).
+    pub history: crate::History,
 }
 
 /// Something an operator should hear about at start and after a reload.
@@ -163,6 +166,7 @@ pub(crate) struct Credentials {
     pub(crate) peer_token: Option<Bytes>,
     pub(crate) client_auth: ClientAuth,
     pub(crate) warnings: Vec<SecurityWarning>,
+    pub(crate) history: crate::History,
 }
 
 impl Credentials {
@@ -209,6 +213,7 @@ impl Credentials {
             peer_token,
             client_auth,
             warnings,
+            history: config.history,
         })
     }
 }
@@ -291,6 +296,7 @@ impl NodeSecurity {
             tls: None,
             peer_token: Some(token.clone()),
             client_tokens: ClientTokens::Shared(token),
+            history: crate::History::FRESH,
         };
         match NodeSecurity::load(config) {
             Ok(security) => security,
@@ -388,6 +394,11 @@ impl NodeSecurity {
 
     pub fn node_id(&self) -> NodeId {
         self.inner.config.node_id
+    }
+
+    /// Which history of the cluster the node's data continues.
+    pub fn history(&self) -> crate::History {
+        self.inner.config.history
     }
 }
 

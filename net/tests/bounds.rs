@@ -97,6 +97,7 @@ fn flood_without_reading(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread
             role: Role::Client,
             protocol_version: u16::from(PROTOCOL_VERSION),
             token: Bytes::from_static(TOKEN),
+            history: net::History::FRESH,
         };
         socket
             .write_all(&Frame { cluster_id: CLUSTER, shard_id: 0, payload: Payload::Handshake(handshake) }.to_bytes())

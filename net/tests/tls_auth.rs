@@ -300,6 +300,7 @@ fn an_expired_certificate_is_refused_and_not_even_loaded() {
         }),
         peer_token: None,
         client_tokens: net::ClientTokens::None,
+        history: net::History::FRESH,
     };
     match NodeSecurity::load(config) {
         Err(CredentialsError::Tls { source: rustls::Error::InvalidCertificate(error), .. }) => {
@@ -546,6 +547,7 @@ fn a_reload_changes_the_credentials_of_new_connections_only() {
         }),
         peer_token: None,
         client_tokens: net::ClientTokens::File(live.join("tokens")),
+        history: net::History::FRESH,
     })
     .unwrap();
     assert!(!security.is_plaintext());
@@ -593,6 +595,7 @@ fn plaintext_mode_is_the_default_and_says_so() {
         tls: None,
         peer_token: None,
         client_tokens: net::ClientTokens::None,
+        history: net::History::FRESH,
     });
     assert!(matches!(missing, Err(CredentialsError::NoPeerCredentials)));
     let credentials = Credentials::new("wrong-node");
@@ -605,6 +608,7 @@ fn plaintext_mode_is_the_default_and_says_so() {
         tls: Some(files),
         peer_token: None,
         client_tokens: net::ClientTokens::None,
+        history: net::History::FRESH,
     });
     match wrong {
         Err(error @ CredentialsError::WrongIdentity { .. }) => assert!(error.to_string().contains("raft-node://42/1")),

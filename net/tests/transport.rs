@@ -530,6 +530,7 @@ fn a_peer_frame_for_another_cluster_closes_the_connection() {
                 role: net::Role::Peer,
                 protocol_version: u16::from(PROTOCOL_VERSION),
                 token: Bytes::from_static(TOKEN),
+                history: net::History::FRESH,
             };
             let frames = [
                 Frame { cluster_id: CLUSTER, shard_id: 0, payload: Payload::Handshake(handshake) },

@@ -17,7 +17,12 @@
 //! cluster's voters as its membership, the node section rewritten for them
 //! ([`crate::replicated::restore_snapshot_head`]), the state machine's bytes
 //! as they were. Every node of the new cluster is restored from the same
-//! file, then started with `node serve` as usual. The new cluster must have
+//! file, then started with `node serve` as usual. The restore records which
+//! backup the data continues ([`BackupSummary::history`], the
+//! `crate::membership::HISTORY_FILE`): peers of another history (nodes
+//! started empty, or restored from another backup) are refused at the
+//! handshake, so a node restored alone can never replace what empty nodes
+//! acknowledged meanwhile ([`net::History`]). The new cluster must have
 //! another cluster id than the backed-up one: a surviving member of the old
 //! cluster (same ids, perhaps the same addresses) holds log entries past the
 //! backup under terms the new cluster will use too, and Raft's log matching
@@ -402,13 +407,38 @@ pub fn run_restore(config: &RestoreConfig) -> Result<BackupSummary, BackupError>
             dir.display()
         )));
     }
-    let seeded = seed_shards(config, summary.shards.len() as u32);
+    // The history first: a data directory with shards and no history file
+    // would take part in a cluster that started empty.
+    let seeded = crate::membership::write_history(dir, summary.history())
+        .map_err(|error| BackupError::Refused(error.to_string()))
+        .and_then(|()| seed_shards(config, summary.shards.len() as u32));
     if seeded.is_err() {
         for shard in 0..summary.shards.len() {
             let _ = std::fs::remove_dir_all(dir.join(format!("shard-{shard}")));
         }
+        let _ = std::fs::remove_file(dir.join(crate::membership::HISTORY_FILE));
     }
     seeded.map(|()| summary)
+}
+
+impl BackupSummary {
+    /// The history of the cluster restored from this backup
+    /// ([`net::History`]): the same for every node restored from the same
+    /// file (a hash of its cluster id and its shards' snapshot points, so a
+    /// backup of another moment, or of another cluster, begins another),
+    /// never the fresh one.
+    pub fn history(&self) -> net::History {
+        const FNV_PRIME: u64 = 0x100_0000_01b3;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut fields = vec![self.cluster_id];
+        for point in &self.shards {
+            fields.extend([u64::from(point.shard), point.index, point.term, point.bytes]);
+        }
+        for byte in fields.iter().flat_map(|field| field.to_le_bytes()) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+        }
+        net::History(hash.max(1))
+    }
 }
 
 /// Reads the whole backup and checks every checksum; what it holds.

@@ -184,7 +184,13 @@ pub struct SecurityConfig {
 
 impl SecurityConfig {
     /// The credentials the node loads (and reloads on SIGHUP).
-    pub fn node_security(&self, cluster_id: u64, node_id: NodeId, token: Option<&Token>) -> net::NodeSecurityConfig {
+    pub fn node_security(
+        &self,
+        cluster_id: u64,
+        node_id: NodeId,
+        token: Option<&Token>,
+        history: net::History,
+    ) -> net::NodeSecurityConfig {
         let client_tokens = match (&self.client_tokens, token) {
             (Some(path), _) => net::ClientTokens::File(path.clone()),
             (None, Some(token)) => net::ClientTokens::Shared(token.0.clone()),
@@ -196,6 +202,7 @@ impl SecurityConfig {
             tls: self.tls.clone(),
             peer_token: token.map(|token| token.0.clone()),
             client_tokens,
+            history,
         }
     }
 }

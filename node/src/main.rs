@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         NodeCommand::Restore(config) => node::backup::run_restore(&config).map(|summary| {
             println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
             eprintln!(
-                "restored {} shard(s) into {}: start the node with `node serve --data-dir {} --node-id {} --cluster-id {} --peers ...` (and --shards {}) once every node of the new cluster is restored: nodes started empty bootstrap an empty cluster, and this node's snapshot would replace what they acknowledged",
+                "restored {} shard(s) into {}: start the node with `node serve --data-dir {} --node-id {} --cluster-id {} --peers ...` (and --shards {}) ; restore every node of the new cluster from this same backup: a node started empty, or restored from another backup, and this one refuse each other (a node added later joins with --join)",
                 summary.shards.len(),
                 config.data_dir.display(),
                 config.data_dir.display(),

@@ -116,18 +116,59 @@ pub fn read_identity(dir: &Path) -> Result<Option<Identity>, JoinError> {
 /// Writes the identity durably (a temporary file, synced, renamed, and the
 /// directory synced).
 pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), JoinError> {
-    let fail = |error: std::io::Error| data_dir_error(dir, format!("cannot write {IDENTITY_FILE}: {error}"));
+    write_durably(dir, IDENTITY_FILE, &identity.encode())
+}
+
+/// Writes `dir/name` durably: a temporary file, synced, renamed, and the
+/// directory synced.
+fn write_durably(dir: &Path, name: &str, contents: &str) -> Result<(), JoinError> {
+    let fail = |error: std::io::Error| data_dir_error(dir, format!("cannot write {name}: {error}"));
     std::fs::create_dir_all(dir).map_err(fail)?;
-    let temporary = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let temporary = dir.join(format!("{name}.tmp"));
     {
         use std::io::Write;
         let mut file = std::fs::File::create(&temporary).map_err(fail)?;
-        file.write_all(identity.encode().as_bytes()).map_err(fail)?;
+        file.write_all(contents.as_bytes()).map_err(fail)?;
         file.sync_all().map_err(fail)?;
     }
-    std::fs::rename(&temporary, identity_path(dir)).map_err(fail)?;
+    std::fs::rename(&temporary, dir.join(name)).map_err(fail)?;
     std::fs::File::open(dir).and_then(|directory| directory.sync_all()).map_err(fail)?;
     Ok(())
+}
+
+/// The file in the data directory that names the history of the cluster
+/// the node's data continues ([`net::History`]): written by `node restore`
+/// (the backup's) and by a first join (the cluster's, when not the fresh
+/// one); no file is the history of a cluster that started empty.
+pub const HISTORY_FILE: &str = "history";
+
+/// The history the data directory's data continues.
+pub fn read_history(dir: &Path) -> Result<net::History, JoinError> {
+    let path = dir.join(HISTORY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .strip_prefix("history=")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .map(net::History)
+            .ok_or_else(|| data_dir_error(dir, format!("{} is damaged: {text:?}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(net::History::FRESH),
+        Err(error) => Err(data_dir_error(dir, format!("cannot read {}: {error}", path.display()))),
+    }
+}
+
+/// Records `history` durably (for the fresh one, no file: what no file
+/// means, so data directories stay readable by versions before histories).
+pub fn write_history(dir: &Path, history: net::History) -> Result<(), JoinError> {
+    if history == net::History::FRESH {
+        return match std::fs::remove_file(dir.join(HISTORY_FILE)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(data_dir_error(dir, format!("cannot remove {HISTORY_FILE}: {error}")))
+            }
+            _ => Ok(()),
+        };
+    }
+    write_durably(dir, HISTORY_FILE, &format!("history={:016x}\n", history.0))
 }
 
 /// The file in the data directory that marks a witness's (see
@@ -305,7 +346,7 @@ pub fn resolve_identity(config: &mut ServeConfig) -> Result<Vec<Peer>, JoinError
         tracing::info!(node = identity.node_id, "the cluster assigned this node its id");
     }
     config.node_id = identity.node_id;
-    Ok(members_from(config, Duration::from_secs(5)))
+    first_join_status(config)
 }
 
 /// A joined node's restart: the data directory holds the log and the
@@ -403,8 +444,45 @@ struct Reported {
 /// The members `client`'s node lists in its status, except `node_id`;
 /// empty when it does not answer.
 fn reported_members(client: &mut crate::client_cmd::BlockingClient, node_id: NodeId) -> Vec<Reported> {
-    let Ok(ResponseStatus::Ok(bytes)) = client.call(RequestBody::Status) else { return Vec::new() };
-    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Vec::new() };
+    status_of(client).map(|status| members_in(&status, node_id)).unwrap_or_default()
+}
+
+/// The status of `client`'s node, or why there is none.
+fn status_of(client: &mut crate::client_cmd::BlockingClient) -> Result<serde_json::Value, String> {
+    match client.call(RequestBody::Status) {
+        Ok(ResponseStatus::Ok(bytes)) => serde_json::from_slice(&bytes).map_err(|error| error.to_string()),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A first join: the members' peer addresses (as [`members_from`]) and the
+/// history of the cluster, recorded in the data directory before the node
+/// opens its log, so that its peers take it for theirs ([`net::History`]).
+/// A member of a version before histories reports none: its cluster's is
+/// the fresh one.
+fn first_join_status(config: &ServeConfig) -> Result<Vec<Peer>, JoinError> {
+    let learned = crate::client_cmd::BlockingClient::new(&client_config(config, false, Duration::from_secs(5)))
+        .map_err(|error| error.to_string())
+        .and_then(|mut client| status_of(&mut client));
+    let status = learned.map_err(|error| {
+        JoinError(format!("cannot learn from the members which history the cluster continues (its status): {error}"))
+    })?;
+    let history = match status["history"].as_str() {
+        None => net::History::FRESH,
+        Some(hex) => u64::from_str_radix(hex, 16)
+            .map(net::History)
+            .map_err(|_| JoinError(format!("a member reported history {hex:?}, which is not 16 hex digits")))?,
+    };
+    if history != net::History::FRESH {
+        tracing::info!(%history, "joining a cluster restored from a backup");
+    }
+    write_history(&config.data_dir, history)?;
+    Ok(members_in(&status, config.node_id).into_iter().map(|member| member.peer).collect())
+}
+
+/// The members a status lists, except `node_id`.
+fn members_in(status: &serde_json::Value, node_id: NodeId) -> Vec<Reported> {
     status["members"]
         .as_array()
         .into_iter()

@@ -203,3 +203,80 @@ fn a_backup_restores_into_a_new_cluster_with_every_acknowledged_write() {
     put(&mut writer, 0..20, |k| Bytes::from(format!("new-{k}")));
     assert_eq!(get(&mut writer, &Bytes::from("new-7")), KvResponse::Value(Some(value(7))).encode());
 }
+
+const ALONE_BASE_PORT: u16 = 27_800;
+const ALONE_NEW_BASE_PORT: u16 = 27_820;
+
+/// The audit's sequence: a backup restored on node 1 only, nodes 2 and 3
+/// started empty (they bootstrap an empty cluster of their own and
+/// acknowledge a write), then node 1 started. Before the nodes knew which
+/// history their data continues, node 1's longer log won, its snapshot
+/// replaced what 2 and 3 held, and the acknowledged write was gone on all
+/// three. Now the nodes refuse each other's peer connections: the write
+/// stays, and restoring 2 and 3 from the same backup makes one cluster,
+/// which a node added with `--join` then joins (it learns the history from
+/// the members).
+#[test]
+fn a_node_restored_alone_never_replaces_writes_that_empty_nodes_acknowledged() {
+    let mut old = common::SlotCluster::new("backup-alone-old", ALONE_BASE_PORT, CLUSTER, TOKEN);
+    for slot in 1..=3 {
+        start(&mut old, slot);
+    }
+    // Terms well above a new cluster's, so that the restored log is the
+    // more up to date in any election it can take part in.
+    while old.status(old.leader_among(1..=3)).map_or(0, |status| status["term"].as_u64().unwrap_or(0)) < 6 {
+        let leader = old.leader_among(1..=3);
+        old.kill(leader);
+        old.leader_among((1..=3).filter(|slot| *slot != leader));
+        start(&mut old, leader);
+    }
+    let mut client = BlockingClient::new(&old.client(&[1, 2, 3])).expect("a client");
+    put(&mut client, 0..40, key);
+    let file = old.dir.join("cluster.backup");
+    let (file_arg, addr) = (file.display().to_string(), format!("127.0.0.1:{}", old.client_port(1)));
+    let output = node(&["admin", "--addr", &addr, "--cluster-id", &CLUSTER.to_string(), "backup", "--out", &file_arg]);
+    assert!(output.status.success(), "backup failed: {}", stderr(&output));
+    drop(client);
+    for slot in 1..=3 {
+        old.kill(slot);
+    }
+
+    let mut new = common::SlotCluster::new("backup-alone-new", ALONE_NEW_BASE_PORT, NEW_CLUSTER, TOKEN);
+    let new_peers = peers(&new);
+    let output = restore(&file, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
+    assert!(output.status.success(), "restore failed: {}", stderr(&output));
+    for slot in [2, 3] {
+        start(&mut new, slot);
+    }
+    new.leader_among(2..=3);
+    let mut fresh = BlockingClient::new(&new.client(&[2, 3])).expect("a client");
+    put(&mut fresh, 0..4, |k| Bytes::from(format!("fresh-{k}")));
+    drop(fresh);
+    start(&mut new, 1);
+    // Node 1's log is longer and its terms are higher: given an election
+    // (the leaders' spreading makes one soon), it wins with the others'
+    // votes.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    for slot in [2, 3] {
+        let mut reader = BlockingClient::new(&new.client(&[slot])).expect("a client");
+        let read = get(&mut reader, &Bytes::from("fresh-2"));
+        assert_eq!(read, KvResponse::Value(Some(value(2))).encode(), "an acknowledged write is gone at slot {slot}");
+    }
+
+    // The way out the refusal names: restore 2 and 3 from the same backup.
+    for slot in [2, 3] {
+        new.kill(slot);
+        std::fs::remove_dir_all(new.data_dir(slot)).unwrap();
+        let output = restore(&file, &new.data_dir(slot), slot, &new_peers, NEW_CLUSTER);
+        assert!(output.status.success(), "restore of slot {slot} failed: {}", stderr(&output));
+        start(&mut new, slot);
+    }
+    new.leader_among(1..=3);
+    let mut reader = BlockingClient::new(&new.client(&[1, 2, 3])).expect("a client");
+    assert_eq!(get(&mut reader, &key(7)), KvResponse::Value(Some(value(7))).encode());
+    let through = format!("127.0.0.1:{}", new.client_port(1));
+    let mut joiner = new.command(4);
+    joiner.args(["--join", &through, "--cluster-id", &NEW_CLUSTER.to_string(), "--shards", SHARDS]);
+    new.nodes.insert(4, joiner.spawn().expect("start node 4"));
+    new.wait_status(1, "the joined node a voter", |status| common::ids(&status["voters"]).len() == 4);
+}

@@ -427,7 +427,7 @@ fn node_certs_writes_what_serve_tls_dir_reads() {
     .unwrap() else {
         panic!()
     };
-    let security = config.security.node_security(7, 2, None);
+    let security = config.security.node_security(7, 2, None, net::History::FRESH);
     let loaded = net::NodeSecurity::load(security).expect("the written credentials load");
     assert!(!loaded.is_plaintext());
     assert!(loaded.warnings().is_empty(), "{:?}", loaded.warnings());

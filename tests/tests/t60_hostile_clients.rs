@@ -135,6 +135,7 @@ fn handshake_frame(token: &str) -> Bytes {
         role: Role::Client,
         protocol_version: u16::from(PROTOCOL_VERSION),
         token: Bytes::copy_from_slice(token.as_bytes()),
+        history: net::History::FRESH,
     };
     Frame { cluster_id: CLUSTER_ID, shard_id: 0, payload: Payload::Handshake(handshake) }.to_bytes()
 }

@@ -8,7 +8,7 @@ use engine::{
     SnapshotMeta, VoteRequest,
 };
 use net::{
-    AdminRequest, ClientRequest, ClientResponse, Frame, Handshake, HandshakeAccept, HandshakeRefusal, Payload,
+    AdminRequest, ClientRequest, ClientResponse, Frame, Handshake, HandshakeAccept, HandshakeRefusal, History, Payload,
     ReadConsistency, RefusalReason, RequestBody, ResponseStatus, Role,
 };
 use proptest::prelude::*;
@@ -198,18 +198,27 @@ fn refusal_reason() -> impl Strategy<Value = RefusalReason> {
         Just(RefusalReason::TlsUnavailable),
         Just(RefusalReason::IdentityMismatch),
         Just(RefusalReason::Overloaded),
+        Just(RefusalReason::OtherHistory),
     ]
 }
 
 pub fn payload() -> impl Strategy<Value = Payload> {
     prop_oneof![
-        1 => (any::<u64>(), any::<u64>(), prop_oneof![Just(Role::Peer), Just(Role::Client)], any::<u16>(), bytes(64))
-            .prop_map(|(cluster_id, node_id, role, protocol_version, token)| Payload::Handshake(Handshake {
+        1 => (
+            any::<u64>(),
+            any::<u64>(),
+            prop_oneof![Just(Role::Peer), Just(Role::Client)],
+            any::<u16>(),
+            bytes(64),
+            prop_oneof![Just(0), any::<u64>()]
+        )
+            .prop_map(|(cluster_id, node_id, role, protocol_version, token, history)| Payload::Handshake(Handshake {
                 cluster_id,
                 node_id,
                 role,
                 protocol_version,
-                token
+                token,
+                history: History(history),
             })),
         1 => (any::<u64>(), any::<u16>(), any::<u32>()).prop_map(|(node_id, protocol_version, shards)| {
             Payload::HandshakeAccept(HandshakeAccept { node_id, protocol_version, shards })

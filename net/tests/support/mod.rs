@@ -76,6 +76,7 @@ impl Credentials {
             tls: self.certificates.node_tls(node_id),
             peer_token: None,
             client_tokens: ClientTokens::File(self.certificates.token_file.clone()),
+            history: net::History::FRESH,
         })
         .expect("node credentials")
     }
@@ -124,6 +125,7 @@ pub fn peer_handshake(node_id: u64) -> Handshake {
         role: Role::Peer,
         protocol_version: u16::from(PROTOCOL_VERSION),
         token: Bytes::new(),
+        history: net::History::FRESH,
     }
 }
 

@@ -382,8 +382,16 @@ fn load_security(config: &ServeConfig, network: &Network) -> Result<NodeSecurity
     if config.token.is_none() && config.security.tls.is_none() {
         return Err(ServeError::NoCredentials);
     }
-    let security =
-        NodeSecurity::load(config.security.node_security(config.cluster_id, config.node_id, config.token.as_ref()))?;
+    let history = crate::membership::read_history(&config.data_dir).map_err(|error| ServeError::Join(error.0))?;
+    if history != net::History::FRESH {
+        tracing::info!(%history, "peers must continue the same history: a node of another is refused");
+    }
+    let security = NodeSecurity::load(config.security.node_security(
+        config.cluster_id,
+        config.node_id,
+        config.token.as_ref(),
+        history,
+    ))?;
     if config.resp_addr.is_some() && !security.accepts_client_tokens() && !security.accepts_client_certificates() {
         return Err(ServeError::RespWithoutToken);
     }
@@ -735,6 +743,7 @@ where
         balance_leaders: config.shards > 1,
         nonce_salt: rand::random(),
         learned_addresses: setup.learned_addresses.clone(),
+        history: setup.security.history(),
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;

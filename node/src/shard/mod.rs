@@ -87,6 +87,9 @@ pub struct ShardContext {
     pub nonce_salt: u64,
     /// Members' addresses learned outside the log (see [`LearnedAddresses`]).
     pub learned_addresses: LearnedAddresses,
+    /// The history of the cluster the node's data continues (in its status,
+    /// so that a joining node takes it).
+    pub history: net::History,
 }
 
 /// Members' addresses learned outside the log, shared by a node's shards: a

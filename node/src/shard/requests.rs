@@ -1211,6 +1211,10 @@ where
             "members": self.members_json(&status.conf),
             "removed": self.fsm.removed(),
             "next_id": self.fsm.next_id(),
+            // The history of the cluster this node's data continues (16 hex
+            // digits; zeros: a cluster that started empty), which a node
+            // joining through this one takes: `net::History`.
+            "history": format!("{:016x}", self.ctx.history.0),
             "progress": progress_json(&status.progress),
             "sessions": sessions_json(
                 self.fsm.sessions(),

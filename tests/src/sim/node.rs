@@ -233,6 +233,7 @@ fn shard_context(id: NodeId, shard_id: u32, shards: u32, forward_writes: bool, n
         balance_leaders: shards > 1,
         nonce_salt,
         learned_addresses: Default::default(),
+        history: net::History::FRESH,
     }
 }
 
