@@ -514,6 +514,13 @@ impl Raft {
     pub fn conf(&self) -> &ConfState {
         &self.conf
     }
+
+    /// The configuration in force at the commit index: committed, so no
+    /// later truncation brings back a member it leaves out (`conf` is the
+    /// latest appended one, which may yet be truncated).
+    pub fn committed_conf(&self) -> ConfState {
+        self.conf_at(self.log.committed)
+    }
     pub fn config(&self) -> &Config {
         &self.config
     }

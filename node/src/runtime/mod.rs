@@ -559,6 +559,12 @@ impl ShardTransport for NodeTransport {
             }
         }
     }
+
+    fn member_removed(&mut self, id: NodeId) {
+        if let PeerNet::Tcp(peers) = &self.peers {
+            peers.removed(self.shard_id, id);
+        }
+    }
 }
 
 /// What reaches a core from outside it besides the network.
@@ -583,7 +589,8 @@ where
     let (peers, listeners) = match &setup.network {
         Network::Tcp => {
             let listeners = listen(config, offset, &setup.security, &inbound_sender)?;
-            let peers = Rc::new(Peers::new(setup.security.clone(), offset));
+            let shards = (0..config.shards).filter(|shard| *shard as usize % setup.cores == core).count();
+            let peers = Rc::new(Peers::new(setup.security.clone(), offset, shards));
             for member in &setup.members {
                 peers.ensure(member.id, member.addr);
             }

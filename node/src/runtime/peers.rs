@@ -3,16 +3,12 @@
 //! to requests forwarded from another core.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::rc::Rc;
 
 use engine::{Message, NodeId};
 use net::{Link, LinkConfig, NodeSecurity, ReplyTo, ResponseStatus};
 use tokio::sync::oneshot;
-
-use crate::replicated::Addresses;
-use crate::shard::ShardTransport;
 
 /// Where a response goes: a connection on this core, or a request forwarded
 /// from another core (or from an in-process client handle).
@@ -45,16 +41,49 @@ pub struct Peers {
     security: NodeSecurity,
     core: u16,
     links: RefCell<HashMap<NodeId, (SocketAddr, Link)>>,
+    /// How many shards run on this core.
+    shards: usize,
+    /// Per removed node, the shards of this core that applied its removal:
+    /// once all have, its link is closed and never opened again (ids are
+    /// never reused). Before, members dialled a removed node, and warned
+    /// that they could not reach it, for as long as they ran.
+    removals: RefCell<HashMap<NodeId, BTreeSet<u32>>>,
 }
 
 impl Peers {
-    pub fn new(security: NodeSecurity, core: u16) -> Peers {
-        Peers { node_id: security.node_id(), security, core, links: RefCell::new(HashMap::new()) }
+    /// The links of core `core`, which runs `shards` shards.
+    pub fn new(security: NodeSecurity, core: u16, shards: usize) -> Peers {
+        Peers {
+            node_id: security.node_id(),
+            security,
+            core,
+            links: RefCell::new(HashMap::new()),
+            shards,
+            removals: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Whether every shard of this core removed node `id`.
+    fn removed_everywhere(&self, id: NodeId) -> bool {
+        self.removals.borrow().get(&id).is_some_and(|shards| shards.len() >= self.shards)
+    }
+
+    /// Shard `shard_id` (of this core) applied the removal of node `id`.
+    pub fn removed(&self, shard_id: u32, id: NodeId) {
+        if id == self.node_id || !self.removals.borrow_mut().entry(id).or_default().insert(shard_id) {
+            return;
+        }
+        if self.removed_everywhere(id) {
+            if let Some((addr, link)) = self.links.borrow_mut().remove(&id) {
+                link.close();
+                tracing::info!(peer = id, %addr, core = self.core, "node removed from the cluster: its link is closed");
+            }
+        }
     }
 
     /// Makes sure a link to `id` exists, given its base peer address (core 0).
     pub fn ensure(&self, id: NodeId, base: SocketAddr) {
-        if id == self.node_id {
+        if id == self.node_id || self.removed_everywhere(id) {
             return;
         }
         let Some(addr) = crate::topology::core_addr(base, self.core) else {
@@ -89,30 +118,6 @@ impl Peers {
     pub fn close_all(&self) {
         for (_, (_, link)) in self.links.borrow_mut().drain() {
             link.close();
-        }
-    }
-}
-
-/// One shard's view of its core's [`Peers`].
-pub struct TcpTransport {
-    pub shard_id: u32,
-    pub peers: Rc<Peers>,
-}
-
-impl ShardTransport for TcpTransport {
-    type Reply = Replier;
-
-    fn send(&mut self, message: Message) {
-        self.peers.send(self.shard_id, message);
-    }
-
-    fn reply(&mut self, to: Replier, status: ResponseStatus) {
-        to.send(status);
-    }
-
-    fn member_addresses(&mut self, id: NodeId, addresses: &Addresses) {
-        if let Some(addr) = addresses.peer.as_deref().and_then(|addr| addr.parse::<SocketAddr>().ok()) {
-            self.peers.ensure(id, addr);
         }
     }
 }

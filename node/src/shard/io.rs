@@ -194,6 +194,11 @@ pub trait ShardTransport {
     /// The replicated address book learned where member `id` is: make sure
     /// its Raft traffic can reach it.
     fn member_addresses(&mut self, id: NodeId, addresses: &Addresses);
+
+    /// Node `id` was removed from this shard for good (the removal is
+    /// committed and its configuration leaves `id` out): this shard sends
+    /// it nothing any more.
+    fn member_removed(&mut self, id: NodeId);
 }
 
 /// The driver's only source of time: latencies, request timeouts and the

@@ -326,6 +326,21 @@ where
                 self.transport.member_addresses(id, &addresses);
             }
         }
+        self.removals_to_transport();
+    }
+
+    /// Tells the transport every removed node that the committed
+    /// configuration leaves out (a removal is recorded when its joint
+    /// configuration is entered, while the node may still count in the
+    /// outgoing half; it is final once a committed configuration leaves it
+    /// out). Idempotent: called after each configuration entry applied and
+    /// after a snapshot replaced the state machine.
+    pub(crate) fn removals_to_transport(&mut self) {
+        let conf = self.raft.committed_conf().members();
+        let gone: Vec<NodeId> = self.fsm.removed().iter().copied().filter(|id| !conf.contains(id)).collect();
+        for id in gone {
+            self.transport.member_removed(id);
+        }
     }
 
     /// A Raft message from a peer.

@@ -427,6 +427,7 @@ where
             }
             EntryKind::Config => {
                 self.fsm.apply_conf(index, &entry.data);
+                self.removals_to_transport();
                 self.warn_if_witness_counted_as_full();
                 if self.fsm.is_removed(self.ctx.node_id) && !self.removed_reported {
                     self.removed_reported = true;

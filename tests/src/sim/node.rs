@@ -73,6 +73,8 @@ impl ShardTransport for SimTransport {
     }
 
     fn member_addresses(&mut self, _: NodeId, _: &Addresses) {}
+
+    fn member_removed(&mut self, _: NodeId) {}
 }
 
 /// The driver's clock: the world's time, one unit a millisecond.
