@@ -68,9 +68,15 @@ pub enum FloorError {
     Format { path: PathBuf, found: String },
     #[error("--writers must be at least 1")]
     NoWriters,
+    #[error("--case-seconds {0}: each case needs at least {CASE_SECONDS_MIN} s to measure anything")]
+    CaseTooShort(f64),
     #[error("--dir {0}: no such directory (the floor is measured on the file system that holds it)")]
     NoDir(PathBuf),
 }
+
+/// The shortest timed case: `--case-seconds 0` used to be taken and
+/// floored at 50 ms per case without a word.
+pub const CASE_SECONDS_MIN: f64 = 0.05;
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FloorError + 'a {
     move |source| FloorError::Io { action, path: path.to_path_buf(), source }
@@ -250,6 +256,10 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
     if options.writers == 0 {
         return Err(FloorError::NoWriters);
     }
+    // NaN is refused too (it compares false with everything).
+    if options.case_seconds.is_nan() || options.case_seconds < CASE_SECONDS_MIN {
+        return Err(FloorError::CaseTooShort(options.case_seconds));
+    }
     let began = Instant::now();
     // A given directory must exist: made here, a typo's directory measured
     // the file system above it, not the disk meant.
@@ -260,7 +270,7 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
     std::fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
     let dir =
         tempfile::Builder::new().prefix("bench-floor-").tempdir_in(&parent).map_err(io_error("create", &parent))?;
-    let case = Duration::from_secs_f64(options.case_seconds.max(0.05));
+    let case = Duration::from_secs_f64(options.case_seconds);
     let mut notes = Vec::new();
     let file_system = describe_file_system(&parent, &mut notes);
 
@@ -500,6 +510,16 @@ mod tests {
         let options = FloorOptions { dir: Some(missing.clone()), writers: 1, case_seconds: 0.1 };
         assert!(matches!(measure(&options), Err(FloorError::NoDir(_))));
         assert!(!missing.exists(), "the directory was made");
+    }
+
+    #[test]
+    fn a_case_too_short_to_measure_is_refused() {
+        for case_seconds in [0.0, -1.0, 0.01, f64::NAN] {
+            let options = FloorOptions { dir: None, writers: 1, case_seconds };
+            let refused = measure(&options).expect_err("refused");
+            assert!(matches!(refused, FloorError::CaseTooShort(_)), "{refused}");
+            assert!(refused.to_string().contains("at least 0.05 s"), "{refused}");
+        }
     }
 
     #[test]

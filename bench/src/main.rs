@@ -547,9 +547,7 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         }
     }
     result.save(&out).map_err(|error| error.to_string())?;
-    if bench::signal::stop_requested() {
-        eprintln!("stopped early by a signal: the measured window is {:.1}s", result.measured_seconds);
-    }
+    let stopped = bench::signal::stop_requested();
     println!(
         "{label}: {} ops/s over {:.1}s",
         bench::stats::format_rate(result.throughput_per_second),
@@ -563,6 +561,14 @@ fn command_run(args: RunArgs) -> Result<(), String> {
         let errors: Vec<String> = result.errors.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
         let example = result.error_examples.values().next().map(|text| format!("; e.g. {text}")).unwrap_or_default();
         return Err(format!("no request succeeded ({}){example}", errors.join(", ")));
+    }
+    // Said last and as a failure: a script must not take a run cut short
+    // for the length it asked for (it exited 0).
+    if stopped {
+        return Err(format!(
+            "stopped early by a signal: the measured window is {:.1}s (the result file holds that shorter run)",
+            result.measured_seconds
+        ));
     }
     Ok(())
 }

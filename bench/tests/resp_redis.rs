@@ -185,3 +185,31 @@ fn bench_run_resp_authenticates_and_a_run_without_a_success_fails() {
     assert!(!output.status.success(), "a run without one success exited 0:\n{stderr}");
     assert!(stderr.contains("no request succeeded") && stderr.contains("auth"), "{stderr}");
 }
+
+/// A run stopped by Ctrl-C keeps its result file and prints its table, but
+/// exits 1 saying it was cut short: it exited 0, so a script took the
+/// shorter run for the one it asked for.
+#[test]
+fn a_run_stopped_by_a_signal_keeps_its_result_and_fails() {
+    let Some(binary) = redis_binary() else { return };
+    let redis = start_redis(&binary);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stopped.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["run", "--protocol", "resp", "--addr", &redis.addr.to_string(), "--quiet", "--no-floor", "--out"])
+        .arg(&out)
+        .args(["--inflight", "4", "--duration", "60s", "--warmup", "0s", "--no-status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the bench binary");
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().expect("the bench's end");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a run stopped early exited 0:\n{stderr}");
+    assert!(stderr.contains("stopped early by a signal"), "{stderr}");
+    let result = ResultFile::load(&out).expect("the shorter run's result file");
+    assert!(result.measured_seconds < 30.0 && result.total.count > 0, "{}", result.measured_seconds);
+}

@@ -116,8 +116,9 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
     }
     let token = String::from_utf8_lossy(DEV_TOKEN).to_string();
     let mut children: Vec<(u64, Child)> = Vec::new();
-    let mut result = spawn_nodes(&config, &root, &token, &mut children);
-    if result.is_ok() {
+    let mut result = spawn_nodes(&config, &root, &token, &mut children)
+        .and_then(|()| wait_serving(&config, &root, &token, &mut children, &stop));
+    if result.is_ok() && !stop.load(Ordering::SeqCst) {
         let first_client = config.ports(1).1;
         println!("dev cluster: {} nodes on 127.0.0.1, data in {}", config.nodes, root.display());
         for id in 1..=u64::from(config.nodes) {
@@ -163,23 +164,75 @@ pub fn run_dev(config: DevConfig) -> Result<(), DevError> {
     result
 }
 
+/// How long `node dev` waits for its nodes to answer before it prints the
+/// banner anyway (with a warning).
+const SERVING_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until every node answers a status call on its client port, so
+/// that the banner is printed for a cluster that serves: it came before a
+/// node had failed on a busy port (found by an audit), and the failure
+/// followed the instructions. A node that exits meanwhile is the error it
+/// was; Ctrl-C ends the wait.
+fn wait_serving(
+    config: &DevConfig,
+    root: &std::path::Path,
+    token: &str,
+    children: &mut [(u64, Child)],
+    stop: &AtomicBool,
+) -> Result<(), DevError> {
+    let deadline = std::time::Instant::now() + SERVING_WAIT;
+    let mut waiting = config.serve_configs(root);
+    while !waiting.is_empty() && !stop.load(Ordering::SeqCst) {
+        if let Some(ended) = node_exited(children, stop) {
+            return ended;
+        }
+        waiting.retain(|serve| !answers_status(serve, token));
+        if std::time::Instant::now() >= deadline {
+            let ids: Vec<String> = waiting.iter().map(|serve| serve.node_id.to_string()).collect();
+            eprintln!(
+                "warning: node(s) {} do not answer after {}s; see their log",
+                ids.join(", "),
+                SERVING_WAIT.as_secs()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Whether the node answers a status call at its client address.
+fn answers_status(serve: &ServeConfig, token: &str) -> bool {
+    let client = crate::config::ClientConfig {
+        addrs: vec![crate::discovery::HostPort { host: "127.0.0.1".into(), port: serve.client_addr.port() }],
+        cluster_id: serve.cluster_id,
+        token: Some(crate::config::Token(bytes::Bytes::copy_from_slice(token.as_bytes()))),
+        tls: None,
+        timeout: Duration::from_millis(500),
+        shard: 0,
+    };
+    matches!(crate::client_cmd::call(&client, net::RequestBody::Status), Ok(net::ResponseStatus::Ok(_)))
+}
+
 /// Waits until `stop` is set (Ctrl-C or SIGTERM), or a node exits on its
-/// own: that is an error. A terminal's Ctrl-C reaches the nodes as well
-/// (they share its process group) and one may exit before this process's
-/// handler has run, so an exit is an error only if no stop follows soon.
+/// own: that is an error.
 fn watch(children: &mut [(u64, Child)], stop: &AtomicBool) -> Result<(), DevError> {
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let exited = children.iter_mut().find_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s)));
-        if let Some((id, status)) = exited {
-            std::thread::sleep(Duration::from_millis(500));
-            if stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            return Err(DevError::Exited(id, status));
+        if let Some(ended) = node_exited(children, stop) {
+            return ended;
         }
     }
+}
+
+/// If a node has exited: an error, unless a stop follows soon. A
+/// terminal's Ctrl-C reaches the nodes as well (they share its process
+/// group) and one may exit before this process's handler has run.
+fn node_exited(children: &mut [(u64, Child)], stop: &AtomicBool) -> Option<Result<(), DevError>> {
+    let (id, status) = children.iter_mut().find_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s)))?;
+    std::thread::sleep(Duration::from_millis(500));
+    Some(if stop.load(Ordering::SeqCst) { Ok(()) } else { Err(DevError::Exited(id, status)) })
 }

@@ -872,3 +872,22 @@ fn node_dev_stops_cleanly_on_ctrl_c_and_removes_only_what_it_made() {
     std::fs::remove_dir_all(&dir).unwrap();
     let _ = (std::fs::remove_file(&out), std::fs::remove_file(&err));
 }
+
+/// `node dev` prints its banner (addresses, commands to try) only once
+/// every node answers: with a port taken it printed the banner first and
+/// the failure after it (found by an audit). Now it fails without one.
+#[test]
+fn node_dev_with_a_busy_port_fails_without_printing_its_banner() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:29963").expect("node 2's client port");
+    let output = Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(["dev", "--base-port", "29960", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run node dev");
+    drop(taken);
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "node dev served with a port taken:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("node 2 exited early"), "{stderr}");
+    assert!(!stdout.contains("dev cluster:"), "the banner came before the failure:\n{stdout}");
+}
