@@ -122,11 +122,14 @@ pub enum RefusalReason {
     /// this node's ([`History`]): one was restored from a backup that the
     /// other was not, or from another backup.
     OtherHistory = 10,
+    /// The caller is a node removed from the cluster: it takes no part any
+    /// more (ids are never reused).
+    Removed = 11,
 }
 
 impl RefusalReason {
     /// Every reason, in wire order.
-    pub const ALL: [RefusalReason; 10] = [
+    pub const ALL: [RefusalReason; 11] = [
         RefusalReason::ClusterMismatch,
         RefusalReason::VersionUnsupported,
         RefusalReason::BadToken,
@@ -137,6 +140,7 @@ impl RefusalReason {
         RefusalReason::IdentityMismatch,
         RefusalReason::Overloaded,
         RefusalReason::OtherHistory,
+        RefusalReason::Removed,
     ];
 
     pub fn from_u8(value: u8) -> Option<RefusalReason> {
@@ -151,6 +155,7 @@ impl RefusalReason {
             8 => Some(RefusalReason::IdentityMismatch),
             9 => Some(RefusalReason::Overloaded),
             10 => Some(RefusalReason::OtherHistory),
+            11 => Some(RefusalReason::Removed),
             _ => None,
         }
     }

@@ -104,6 +104,6 @@ pub use conn::{Coalescer, ConnError, FrameReader};
 pub use link::{Link, LinkConfig, LinkStats, SendError};
 pub use listener::{
     inbound_channel, Inbound, InboundReceiver, InboundSender, ListenError, Listener, ListenerConfig, ListenerHandle,
-    ListenerRole, ListenerStats, Refusal, RefusalRecord, ReplyError, ReplyTo, TlsFailure,
+    ListenerRole, ListenerStats, Refusal, RefusalRecord, RemovedPeers, ReplyError, ReplyTo, TlsFailure,
 };
 pub use session_client::{CallError, Client, Connector, TcpConnector};

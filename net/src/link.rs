@@ -18,11 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::{Message, NodeId};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::conn::{call, CallError, CallerTls, ConnError, FrameReader};
 use crate::frame::{Limits, PROTOCOL_VERSION};
-use crate::handshake::{Handshake, HandshakeError, Role};
+use crate::handshake::{Handshake, HandshakeError, RefusalReason, Role};
 use crate::listener::write_loop;
 use crate::queue::{OutQueue, Outgoing};
 use crate::security::NodeSecurity;
@@ -134,6 +134,9 @@ struct LinkShared {
     /// once per down period, so a peer whose messages arrive while ours
     /// cannot reach it (a one-way fault) never makes the link spin.
     woken_early: Cell<bool>,
+    /// The peer said this node was removed from the cluster: said once at
+    /// error level, then at debug level.
+    told_removed: Cell<bool>,
 }
 
 /// How long a link stays down before it is logged as a warning: a peer
@@ -197,6 +200,7 @@ impl Link {
             current: RefCell::new(None),
             down: Cell::new((None, false)),
             woken_early: Cell::new(false),
+            told_removed: Cell::new(false),
         });
         tokio_uring::spawn(run(shared.clone()));
         Link { owner: Rc::new(LinkOwner { shared }) }
@@ -257,7 +261,13 @@ async fn run(shared: Rc<LinkShared>) {
             Err(LinkError::Handshake(HandshakeError::Refused { reason, message })) => {
                 backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
                 shared.update(|stats| stats.handshake_refusals += 1);
-                warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
+                if reason != RefusalReason::Removed {
+                    warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
+                } else if !shared.told_removed.replace(true) {
+                    error!(peer = config.peer_id, %message, "the peer refuses this node: it was removed from the cluster");
+                } else {
+                    debug!(peer = config.peer_id, %message, "peer refused our handshake");
+                }
             }
             Err(LinkError::Handshake(
                 error @ (HandshakeError::Tls(_)

@@ -25,12 +25,14 @@
 //!   connection that has something to deliver.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use engine::{Message, NodeId};
@@ -92,6 +94,38 @@ pub const REFUSAL_LINGER_BYTES_MAX: usize = 64 << 10;
 /// connection over the bound is closed at once without a refusal frame.
 pub const OVERLOAD_REFUSALS_IN_FLIGHT_MAX: usize = 64;
 
+/// Nodes removed from the cluster, whose peer connections a listener
+/// refuses ([`RefusalReason::Removed`]), so that a removed node that still
+/// runs is told instead of being ignored for as long as it runs. The owner
+/// adds ids (never removes one: ids are never reused); cheap to clone and
+/// shared with the owner.
+#[derive(Clone, Debug, Default)]
+pub struct RemovedPeers(Arc<RemovedInner>);
+
+#[derive(Debug, Default)]
+struct RemovedInner {
+    ids: RwLock<BTreeSet<NodeId>>,
+    /// Bumped by each insertion: a peer connection compares it per frame
+    /// (one relaxed load) and looks at the set only when it moved.
+    generation: AtomicU64,
+}
+
+impl RemovedPeers {
+    pub fn insert(&self, id: NodeId) {
+        if self.0.ids.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id) {
+            self.0.generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.0.ids.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&id)
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Relaxed)
+    }
+}
+
 /// How the listener is set up.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
@@ -127,6 +161,8 @@ pub struct ListenerConfig {
     /// The node's shard count, told to every caller in the handshake's
     /// answer (0: not said).
     pub shards: u32,
+    /// Peers refused as removed from the cluster (peer listeners).
+    pub removed_peers: RemovedPeers,
 }
 
 impl ListenerConfig {
@@ -150,6 +186,7 @@ impl ListenerConfig {
             write_bytes_max: 1 << 20,
             dead_peer_timeout: Duration::from_secs(15),
             shards: 0,
+            removed_peers: RemovedPeers::default(),
         }
     }
 
@@ -501,7 +538,13 @@ impl Shared {
                 Refusal::HandshakeTimeout(_) => stats.handshake_timeouts += 1,
             }
         });
-        warn!(%remote, role = ?self.config.role, %refusal, "caller refused");
+        if matches!(refusal, Refusal::Handshake { reason: RefusalReason::Removed, .. }) {
+            // Expected: a removed node that still runs keeps calling, and
+            // it is the one told (at error level, once).
+            debug!(%remote, role = ?self.config.role, %refusal, "caller refused");
+        } else {
+            warn!(%remote, role = ?self.config.role, %refusal, "caller refused");
+        }
         let mut recent = self.recent_refusals.borrow_mut();
         if recent.len() == RECENT_REFUSALS_MAX {
             recent.pop_front();
@@ -831,7 +874,16 @@ async fn establish(
         Ok(Some(raw)) => match Frame::decode(raw) {
             Ok(Frame { payload: Payload::Handshake(handshake), .. }) => {
                 let certificate = stream.peer_certificate().map(|certificate| certificate_identity(&certificate));
-                authenticate(&handshake, config.role, certificate, credentials)
+                match authenticate(&handshake, config.role, certificate, credentials) {
+                    Ok(Authenticated::Peer { node_id }) if config.removed_peers.contains(node_id) => Err(refusal(
+                        RefusalReason::Removed,
+                        format!(
+                            "node {node_id} was removed from the cluster: it takes no part any more; wipe its data \
+                             directory and start it with --join to add it again (under a new id)"
+                        ),
+                    )),
+                    verdict => verdict,
+                }
             }
             Ok(other) => {
                 Err(refusal(RefusalReason::Malformed, format!("expected a handshake, got {:?}", other.payload.kind())))
@@ -922,7 +974,18 @@ async fn serve_peer(
     let cluster_id = shared.config.security.cluster_id();
     // A peer's appends are kept (in the log) until a snapshot.
     reader.keep_frames();
+    let removed = &shared.config.removed_peers;
+    let mut removals_seen = removed.generation();
     loop {
+        // A connection made before its node was removed closes, so that
+        // the node's next handshake is refused and it is told.
+        if removed.generation() != removals_seen {
+            removals_seen = removed.generation();
+            if removed.contains(from_node) {
+                info!(peer = from_node, "connection of a node removed from the cluster closed");
+                return Ok(());
+            }
+        }
         let raw = match next_or_idle(reader, stream, shared.config.idle_timeout, || true).await? {
             Next::Frame(raw) => raw,
             Next::End => return Ok(()),

@@ -419,3 +419,39 @@ fn a_joined_node_restarts_without_waiting_on_the_member_it_joined_through() {
     unsafe { libc::kill(stopped, libc::SIGCONT) };
     assert!(took < std::time::Duration::from_secs(8), "slot 4 served after {took:?}: {status}");
 }
+
+/// A removed node that still runs is told: the members refuse its peer
+/// connections (closing one made before the removal), and it says so once,
+/// at error level. Before, nothing told it: it warned that it had no
+/// leader for as long as it ran (found by the membership audit).
+#[test]
+fn a_removed_node_that_still_runs_is_told() {
+    let mut cluster = new_cluster(23800);
+    let log = cluster.dir.join("node-3.log");
+    let peers: Vec<String> = (1..=3).map(|id| format!("{id}=127.0.0.1:{}", cluster.peer_port(id))).collect();
+    for id in 1..=3 {
+        let mut command = cluster.command(id);
+        command.args(["--node-id", &id.to_string(), "--cluster-id", &CLUSTER.to_string()]);
+        command.args(["--peers", &peers.join(",")]);
+        if id == 3 {
+            command.stderr(std::fs::File::create(&log).unwrap());
+        }
+        cluster.nodes.insert(id, command.spawn().expect("start node"));
+    }
+    cluster.leader();
+    let answer = call(&cluster.client(&[1, 2]), RequestBody::Admin(AdminRequest::Remove { id: 3 }));
+    assert_eq!(answer.expect("admin answered"), ResponseStatus::Ok(Bytes::new()));
+    cluster.wait_status(1, "node 3 removed", |status| {
+        !common::ids(&status["voters"]).contains(&3) && common::ids(&status["voters_outgoing"]).is_empty()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("the peer refuses this node: it was removed from the cluster") {
+            assert!(text.contains("wipe its data directory and start it with --join"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 3 was not told it was removed:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

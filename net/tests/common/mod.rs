@@ -199,6 +199,7 @@ fn refusal_reason() -> impl Strategy<Value = RefusalReason> {
         Just(RefusalReason::IdentityMismatch),
         Just(RefusalReason::Overloaded),
         Just(RefusalReason::OtherHistory),
+        Just(RefusalReason::Removed),
     ]
 }
 

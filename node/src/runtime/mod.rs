@@ -588,9 +588,10 @@ where
     let (inbound_sender, mut inbound) = inbound_channel(INBOUND_QUEUE_MAX);
     let (peers, listeners) = match &setup.network {
         Network::Tcp => {
-            let listeners = listen(config, offset, &setup.security, &inbound_sender)?;
+            let removed = net::RemovedPeers::default();
+            let listeners = listen(config, offset, &setup.security, &inbound_sender, &removed)?;
             let shards = (0..config.shards).filter(|shard| *shard as usize % setup.cores == core).count();
-            let peers = Rc::new(Peers::new(setup.security.clone(), offset, shards));
+            let peers = Rc::new(Peers::new(setup.security.clone(), offset, shards, removed));
             for member in &setup.members {
                 peers.ensure(member.id, member.addr);
             }
@@ -670,12 +671,14 @@ fn listen(
     core: u16,
     security: &NodeSecurity,
     inbound: &net::InboundSender,
+    removed: &net::RemovedPeers,
 ) -> Result<Vec<ListenerHandle>, ServeError> {
     let mut listeners = Vec::new();
     for (base, role) in [(config.peer_addr, ListenerRole::Peers), (config.client_addr, ListenerRole::Clients)] {
         let addr = core_addr(base, core).expect("checked at start");
         let mut listener_config = ListenerConfig::new(addr, role, security.clone());
         listener_config.shards = config.shards;
+        listener_config.removed_peers = removed.clone();
         let listener =
             Listener::bind(listener_config).map_err(|error| ServeError::Listen { addr, reason: error.to_string() })?;
         listeners.push(listener.spawn(inbound.clone()));

@@ -48,11 +48,16 @@ pub struct Peers {
     /// never reused). Before, members dialled a removed node, and warned
     /// that they could not reach it, for as long as they ran.
     removals: RefCell<HashMap<NodeId, BTreeSet<u32>>>,
+    /// The same nodes, once removed everywhere, for this core's listeners:
+    /// they refuse their connections, so a removed node that still runs
+    /// is told ([`net::RefusalReason::Removed`]).
+    refused: net::RemovedPeers,
 }
 
 impl Peers {
-    /// The links of core `core`, which runs `shards` shards.
-    pub fn new(security: NodeSecurity, core: u16, shards: usize) -> Peers {
+    /// The links of core `core`, which runs `shards` shards; `refused` is
+    /// shared with the core's listeners.
+    pub fn new(security: NodeSecurity, core: u16, shards: usize, refused: net::RemovedPeers) -> Peers {
         Peers {
             node_id: security.node_id(),
             security,
@@ -60,6 +65,7 @@ impl Peers {
             links: RefCell::new(HashMap::new()),
             shards,
             removals: RefCell::new(HashMap::new()),
+            refused,
         }
     }
 
@@ -74,6 +80,7 @@ impl Peers {
             return;
         }
         if self.removed_everywhere(id) {
+            self.refused.insert(id);
             if let Some((addr, link)) = self.links.borrow_mut().remove(&id) {
                 link.close();
                 tracing::info!(peer = id, %addr, core = self.core, "node removed from the cluster: its link is closed");
