@@ -874,16 +874,7 @@ async fn establish(
         Ok(Some(raw)) => match Frame::decode(raw) {
             Ok(Frame { payload: Payload::Handshake(handshake), .. }) => {
                 let certificate = stream.peer_certificate().map(|certificate| certificate_identity(&certificate));
-                match authenticate(&handshake, config.role, certificate, credentials) {
-                    Ok(Authenticated::Peer { node_id }) if config.removed_peers.contains(node_id) => Err(refusal(
-                        RefusalReason::Removed,
-                        format!(
-                            "node {node_id} was removed from the cluster: it takes no part any more; wipe its data \
-                             directory and start it with --join to add it again (under a new id)"
-                        ),
-                    )),
-                    verdict => verdict,
-                }
+                judge(&handshake, config, certificate, credentials)
             }
             Ok(other) => {
                 Err(refusal(RefusalReason::Malformed, format!("expected a handshake, got {:?}", other.payload.kind())))
@@ -913,6 +904,26 @@ async fn establish(
             write_frame(stream, &refusal_frame(refusal)).await?;
             Ok(Established::Refused)
         }
+    }
+}
+
+/// The credentials' verdict on a caller, and a peer removed from the
+/// cluster refused.
+fn judge(
+    handshake: &crate::handshake::Handshake,
+    config: &ListenerConfig,
+    certificate: Option<Result<crate::identity::CertIdentity, crate::identity::IdentityError>>,
+    credentials: &Credentials,
+) -> Result<Authenticated, HandshakeRefusal> {
+    match authenticate(handshake, config.role, certificate, credentials) {
+        Ok(Authenticated::Peer { node_id }) if config.removed_peers.contains(node_id) => Err(HandshakeRefusal {
+            reason: RefusalReason::Removed,
+            message: format!(
+                "node {node_id} was removed from the cluster: it takes no part any more; wipe its data directory \
+                 and start it with --join to add it again (under a new id)"
+            ),
+        }),
+        verdict => verdict,
     }
 }
 
