@@ -253,6 +253,17 @@ fn every_command_through_every_node() {
         assert!(server.starts_with("# Server") && !server.contains("# Raft"), "{server}");
         let nothing: String = redis::cmd("INFO").arg("bogus").query(&mut c).unwrap();
         assert_eq!(nothing, "");
+        // Redis's key count line, which `redis-cli --stat` reads (there was
+        // no Keyspace section); at least the three keys left above.
+        let keyspace: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+        let keys: u64 = keyspace
+            .strip_prefix("# Keyspace\r\ndb0:keys=")
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("no db0 line: {keyspace:?}"));
+        assert!(keys >= 3 && keyspace.ends_with(",expires=0,avg_ttl=0\r\n"), "{keyspace:?}");
+        let maxclients: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("maxclients").query(&mut c).unwrap();
+        assert_eq!(maxclients, ["maxclients", "1024"]);
         let commands: Vec<Value> = redis::cmd("COMMAND").query(&mut c).unwrap();
         assert!(commands.len() >= 25, "COMMAND lists every command");
         let docs: Value = redis::cmd("COMMAND").arg("DOCS").arg("get").query(&mut c).unwrap();
@@ -273,6 +284,12 @@ fn every_command_through_every_node() {
             .contains("not supported"));
         assert!(error_text(redis::cmd("SET").arg("k").arg("v").arg("NX").arg("XX").query::<()>(&mut c))
             .contains("syntax error"));
+        // Repeated options are taken, as Redis 7 takes them.
+        let _: () = redis::cmd("SET").arg(key("twice-opt")).arg("1").query(&mut c).unwrap();
+        let old: Option<String> =
+            redis::cmd("SET").arg(key("twice-opt")).arg("2").arg("GET").arg("XX").arg("GET").query(&mut c).unwrap();
+        assert_eq!(old.as_deref(), Some("1"));
+        let _: i64 = redis::cmd("DEL").arg(key("twice-opt")).query(&mut c).unwrap();
         assert!(error_text(redis::cmd("GET").arg("").query::<()>(&mut c)).contains("empty keys"));
         let long_key = "k".repeat(65 * 1024);
         assert!(error_text(redis::cmd("GET").arg(&long_key).query::<()>(&mut c)).contains("exceeds the limit"));

@@ -163,20 +163,9 @@ fn plan_read(backend: &Rc<Backend>, name: &str, args: &[Bytes]) -> Classified {
         }
         "dbsize" => {
             let backend = backend.clone();
-            read(async move {
-                let counts = (0..backend.shard_count())
-                    .map(|shard| backend.read(shard, Bytes::from_static(COUNT_QUERY)))
-                    .collect::<Vec<_>>();
-                let mut total = 0i64;
-                for count in join_all(counts).await {
-                    match count {
-                        Ok(KvResponse::Count(count)) => total += count as i64,
-                        Ok(other) => return unexpected(other),
-                        Err(failed) => return failed_reply(failed),
-                    }
-                }
-                Reply::Integer(total)
-            })
+            read(
+                async move { key_count(&backend).await.map_or_else(|error| error, |count| Reply::Integer(count as i64)) },
+            )
         }
         other => unreachable!("{other} is not a read"),
     }
@@ -285,11 +274,13 @@ fn check_value(op: &KvOp) -> Option<Reply> {
 /// store keeps no expiry times).
 fn plan_set(args: &[Bytes]) -> Classified {
     let (mut condition, mut get) = (SetCondition::Always, false);
+    // As Redis parses them: an option given twice is taken (`SET k v GET
+    // GET` was refused here); only NX with XX is a syntax error.
     for option in &args[3..] {
         match option.to_ascii_uppercase().as_slice() {
-            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
-            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
-            b"GET" if !get => get = true,
+            b"NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
+            b"XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
+            b"GET" => get = true,
             b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => {
                 return Classified::Now(Reply::error(
                     "ERR expiry (EX, PX, EXAT, PXAT, KEEPTTL) is not supported by this store",
@@ -342,6 +333,23 @@ fn integer_answer(response: KvResponse) -> Reply {
 
 /// An answer of the wrong kind: a bug somewhere, reported to the client
 /// rather than panicking the node.
+/// The keys of every shard (one read per shard, in parallel), or the
+/// error reply of the first that failed: `DBSIZE`, and `INFO keyspace`.
+pub(super) async fn key_count(backend: &Backend) -> Result<u64, Reply> {
+    let counts = (0..backend.shard_count())
+        .map(|shard| backend.read(shard, Bytes::from_static(COUNT_QUERY)))
+        .collect::<Vec<_>>();
+    let mut total = 0;
+    for count in join_all(counts).await {
+        match count {
+            Ok(KvResponse::Count(count)) => total += count,
+            Ok(other) => return Err(unexpected(other)),
+            Err(failed) => return Err(failed_reply(failed)),
+        }
+    }
+    Ok(total)
+}
+
 fn unexpected(response: KvResponse) -> Reply {
     Reply::error(format!("ERR unexpected answer from the state machine: {response:?}"))
 }

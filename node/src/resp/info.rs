@@ -87,8 +87,16 @@ pub fn command(args: &[Bytes]) -> Reply {
 /// for this store (every write is synced on a majority before it is
 /// answered, which is what `appendonly yes` with `appendfsync always` means
 /// to a Redis user).
-const CONFIG: &[(&str, &str)] =
-    &[("appendfsync", "always"), ("appendonly", "yes"), ("databases", "1"), ("maxmemory", "0"), ("save", "")];
+/// `maxclients` is the front door's connection bound, [`super::CONNECTIONS_MAX`]
+/// (it answered nothing, so a tool took the Redis default).
+const CONFIG: &[(&str, &str)] = &[
+    ("appendfsync", "always"),
+    ("appendonly", "yes"),
+    ("databases", "1"),
+    ("maxclients", "1024"),
+    ("maxmemory", "0"),
+    ("save", ""),
+];
 
 /// `CONFIG GET pattern...` (glob patterns with `*` and `?`); other `CONFIG`
 /// subcommands are refused.
@@ -130,20 +138,22 @@ pub struct Sections {
     server: bool,
     clients: bool,
     raft: bool,
+    keyspace: bool,
 }
 
 impl Sections {
     pub fn asked(args: &[Bytes]) -> Sections {
         if args.is_empty() {
-            return Sections { server: true, clients: true, raft: true };
+            return Sections { server: true, clients: true, raft: true, keyspace: true };
         }
-        let mut sections = Sections { server: false, clients: false, raft: false };
+        let mut sections = Sections { server: false, clients: false, raft: false, keyspace: false };
         for arg in args {
             match arg.to_ascii_lowercase().as_slice() {
                 b"all" | b"everything" | b"default" => return Sections::asked(&[]),
                 b"server" => sections.server = true,
                 b"clients" => sections.clients = true,
                 b"raft" | b"replication" => sections.raft = true,
+                b"keyspace" => sections.keyspace = true,
                 _ => {}
             }
         }
@@ -170,7 +180,27 @@ pub async fn info(server: &Server, sections: Sections) -> Reply {
         }
         info_raft(server, &mut text).await;
     }
+    if sections.keyspace {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        info_keyspace(server, &mut text).await;
+    }
     Reply::Bulk(Bytes::from(text))
+}
+
+/// Redis's `db0` line (omitted with no keys, as Redis does): tools such as
+/// `redis-cli --stat` read the key count there. Keys never expire here.
+async fn info_keyspace(server: &Server, text: &mut String) {
+    text.push_str("# Keyspace\r\n");
+    match super::commands::key_count(&server.backend).await {
+        Ok(0) => {}
+        Ok(keys) => text.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n")),
+        Err(Reply::Error(error)) => {
+            text.push_str(&format!("db0:error={}\r\n", String::from_utf8_lossy(&error).replace(['\r', '\n'], " ")))
+        }
+        Err(other) => text.push_str(&format!("db0:error={other:?}\r\n")),
+    }
 }
 
 fn info_server(server: &Server, text: &mut String) {
@@ -226,5 +256,12 @@ mod tests {
         assert!(glob(b"s?ve", b"save"));
         assert!(!glob(b"save", b"saves"));
         assert!(!glob(b"x*", b"save"));
+    }
+
+    #[test]
+    fn config_get_maxclients_is_the_connection_bound() {
+        let args = [Bytes::from_static(b"config"), Bytes::from_static(b"get"), Bytes::from_static(b"maxc*")];
+        let Reply::Map(pairs) = config(&args) else { panic!("CONFIG GET answers a map") };
+        assert_eq!(pairs, vec![(bulk("maxclients"), bulk(super::super::CONNECTIONS_MAX.to_string()))]);
     }
 }
