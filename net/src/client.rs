@@ -235,10 +235,10 @@ pub enum ResponseStatus {
     /// their way (the next request acknowledges them) and retry with the
     /// same sequence.
     SessionFull(String),
-    /// The node's disk is full: the write was not taken (nothing applied).
-    /// Reads are still served; writes resume by themselves once space is
-    /// freed, so retry later (or at another node if this one is a leader
-    /// that stays full).
+    /// The leader's disk is full, or those of so many voters that the rest
+    /// make no quorum: the write was not taken (nothing applied). Reads are
+    /// still served; writes resume by themselves once space is freed, so
+    /// retry later (another node would send the write to the same leader).
     NoSpace,
 }
 

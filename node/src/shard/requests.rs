@@ -1059,11 +1059,19 @@ where
             return;
         }
         self.stats.disk_full = full;
-        if full {
+        if full && self.raft.role() == Role::Leader {
+            // (A leader receives no appends: the follower's wording named
+            // them here too, found by the membership audit.)
             tracing::warn!(
                 shard = self.ctx.shard_id,
-                "disk full: writes are refused with NoSpace (appends from a leader answered \"no space\") until \
-                 space is freed"
+                "disk full on the leader: writes are refused with NoSpace until space is freed here (followers \
+                 send writes to the leader, so clients cannot go around it)"
+            );
+        } else if full {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                "disk full: the leader's appends are answered \"no space\" until space is freed (writes go on while \
+                 the other voters make a quorum)"
             );
         } else {
             tracing::warn!(shard = self.ctx.shard_id, "disk space available again: writes resume");
