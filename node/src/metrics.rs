@@ -1,5 +1,7 @@
 //! The Prometheus endpoint (`node serve --metrics-addr`): `/metrics` in the
-//! OpenMetrics text format (`prometheus-client`'s encoder), `/livez` and
+//! OpenMetrics text format (`prometheus-client`'s encoder), or in the
+//! Prometheus text format 0.0.4 for a scraper whose `Accept` asks for
+//! `text/plain` and not OpenMetrics ([`prometheus_text`]), `/livez` and
 //! `/readyz`.
 //!
 //! # Why a small HTTP server of our own
@@ -146,7 +148,29 @@ pub fn spawn(addr: SocketAddr, sources: MetricsSources) -> std::io::Result<()> {
 
 /// Reads a request head and returns whether it is a `HEAD` request and its
 /// path (`GET` and `HEAD` only: load balancers probe with either).
-async fn read_request(stream: &TcpStream) -> Result<(bool, Result<String, Vec<u8>>), std::io::Error> {
+/// What a request asked: `HEAD` (the head only), the path or the refusal
+/// to send, and whether the Prometheus text format 0.0.4 is wanted.
+struct Request {
+    head_only: bool,
+    path: Result<String, Vec<u8>>,
+    plain_text: bool,
+}
+
+/// Whether an `Accept` header asks for the Prometheus text format rather
+/// than OpenMetrics: it names `text/plain` and not
+/// `application/openmetrics-text`. Prometheus itself offers both (and gets
+/// OpenMetrics); `*/*` or no header gets OpenMetrics, as before.
+fn wants_plain_text(head: &str) -> bool {
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
+        .any(|(_, value)| {
+            let value = value.to_ascii_lowercase();
+            value.contains("text/plain") && !value.contains("application/openmetrics-text")
+        })
+}
+
+async fn read_request(stream: &TcpStream) -> Result<Request, std::io::Error> {
     let mut head = Vec::with_capacity(1024);
     loop {
         let buf = vec![0u8; 1024];
@@ -160,17 +184,49 @@ async fn read_request(stream: &TcpStream) -> Result<(bool, Result<String, Vec<u8
             break;
         }
         if head.len() > REQUEST_HEAD_MAX {
-            return Ok((false, Err(response(431, "text/plain", "request head too large\n"))));
+            let refusal = response(431, "text/plain", "request head too large\n");
+            return Ok(Request { head_only: false, path: Err(refusal), plain_text: false });
         }
     }
-    let line = head.split(|byte| *byte == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some(path)) => Ok((false, Ok(path.to_string()))),
-        (Some("HEAD"), Some(path)) => Ok((true, Ok(path.to_string()))),
-        _ => Ok((false, Err(response(405, "text/plain", "only GET and HEAD are served\n")))),
+    let head = String::from_utf8_lossy(&head);
+    let plain_text = wants_plain_text(&head);
+    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
+    let (head_only, path) = match (parts.next(), parts.next()) {
+        (Some("GET"), Some(path)) => (false, Ok(path.to_string())),
+        (Some("HEAD"), Some(path)) => (true, Ok(path.to_string())),
+        _ => (false, Err(response(405, "text/plain", "only GET and HEAD are served\n"))),
+    };
+    Ok(Request { head_only, path, plain_text })
+}
+
+/// The OpenMetrics exposition in the Prometheus text format 0.0.4: no
+/// `# EOF` or `# UNIT` lines, a counter's `# HELP` and `# TYPE` name its
+/// `_total` series, and no `_created` series (OpenMetrics counters keep
+/// their family name there, which a 0.0.4 parser reads as an untyped
+/// series).
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> =
+        openmetrics.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let name = rest.split(' ').next()?;
+            counters.contains(&name).then(|| format!("{prefix}{name}_total{}", &rest[name.len()..]))
+        });
+        if let Some(described) = described {
+            text.push_str(&described);
+        } else if counters.iter().any(|name| line.strip_prefix(name).is_some_and(|rest| rest.starts_with("_created"))) {
+            continue;
+        } else {
+            text.push_str(line);
+        }
+        text.push('\n');
     }
+    text
 }
 
 fn response(code: u16, content_type: &str, body: &str) -> Vec<u8> {
@@ -196,8 +252,8 @@ impl Server {
         self.waiting.borrow_mut().push_back((id, stream.clone()));
         let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await;
         self.waiting.borrow_mut().retain(|(waiting, _)| *waiting != id);
-        if let Ok(Ok((head_only, path))) = request {
-            let mut answer = self.respond(&path).await;
+        if let Ok(Ok(Request { head_only, path, plain_text })) = request {
+            let mut answer = self.respond(&path, plain_text).await;
             if head_only {
                 let end = answer.windows(4).position(|window| window == b"\r\n\r\n").map_or(answer.len(), |at| at + 4);
                 answer.truncate(end);
@@ -211,7 +267,7 @@ impl Server {
         self.connections.set(self.connections.get() - 1);
     }
 
-    async fn respond(&self, request: &Result<String, Vec<u8>>) -> Vec<u8> {
+    async fn respond(&self, request: &Result<String, Vec<u8>>, plain_text: bool) -> Vec<u8> {
         let path = match request {
             Ok(path) => path.split('?').next().unwrap_or_default(),
             Err(refusal) => return refusal.clone(),
@@ -222,6 +278,10 @@ impl Server {
                 Ok(()) => response(200, "text/plain", "ready\n"),
                 Err(reason) => response(503, "text/plain", &format!("not ready: {reason}\n")),
             },
+            "/metrics" if plain_text => {
+                let text = prometheus_text(&self.metrics().await);
+                response(200, "text/plain; version=0.0.4; charset=utf-8", &text)
+            }
             "/metrics" => {
                 let text = self.metrics().await;
                 response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", &text)
@@ -524,5 +584,42 @@ impl Sample {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `prometheus-client` writes for a counter, a gauge and a
+    /// histogram, and what a 0.0.4 parser must get instead.
+    #[test]
+    fn openmetrics_becomes_the_prometheus_text_format() {
+        let openmetrics = "# HELP raft_node_writes Writes served.\n# TYPE raft_node_writes counter\n\
+                           raft_node_writes_total{shard=\"0\"} 7\nraft_node_writes_created{shard=\"0\"} 1.5\n\
+                           # HELP raft_node_term The term.\n# TYPE raft_node_term gauge\n# UNIT raft_node_term terms\n\
+                           raft_node_term{shard=\"0\"} 3\n# TYPE raft_node_stage_duration_seconds histogram\n\
+                           raft_node_stage_duration_seconds_bucket{le=\"+Inf\"} 2\n\
+                           raft_node_stage_duration_seconds_count 2\n# EOF\n";
+        let expected = "# HELP raft_node_writes_total Writes served.\n# TYPE raft_node_writes_total counter\n\
+                        raft_node_writes_total{shard=\"0\"} 7\n\
+                        # HELP raft_node_term The term.\n# TYPE raft_node_term gauge\n\
+                        raft_node_term{shard=\"0\"} 3\n# TYPE raft_node_stage_duration_seconds histogram\n\
+                        raft_node_stage_duration_seconds_bucket{le=\"+Inf\"} 2\n\
+                        raft_node_stage_duration_seconds_count 2\n";
+        assert_eq!(prometheus_text(openmetrics), expected);
+    }
+
+    #[test]
+    fn only_an_accept_for_plain_text_without_openmetrics_gets_it() {
+        let head = |accept: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n\r\n");
+        assert!(wants_plain_text(&head("Accept: text/plain; version=0.0.4")));
+        assert!(wants_plain_text(&head("accept: text/plain;version=0.0.4;q=0.3,*/*;q=0.1")));
+        // What Prometheus sends: it takes OpenMetrics.
+        assert!(!wants_plain_text(&head(
+            "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        )));
+        assert!(!wants_plain_text(&head("Accept: */*")));
+        assert!(!wants_plain_text(&head("User-Agent: curl")));
     }
 }

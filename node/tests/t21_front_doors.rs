@@ -716,6 +716,21 @@ fn metrics_and_health_endpoints() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // A scraper that asks for the Prometheus text format 0.0.4 gets it
+    // (everyone got OpenMetrics, whose counters a 0.0.4 parser misreads).
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", cluster.metrics_port(1))).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = "GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: text/plain;version=0.0.4;q=0.9,*/*;q=0.1\r\n\r\n";
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+        assert!(body.contains("# TYPE raft_node_leader_changes_total counter\n"), "{body}");
+        assert!(!body.contains("# EOF") && !body.contains("# UNIT"), "{body}");
+    }
     let _resp_client = cluster.connect(2);
     let scrapes: Vec<_> = (1..=3)
         .map(|id| {
