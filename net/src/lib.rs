@@ -106,4 +106,4 @@ pub use listener::{
     inbound_channel, Inbound, InboundReceiver, InboundSender, ListenError, Listener, ListenerConfig, ListenerHandle,
     ListenerRole, ListenerStats, Refusal, RefusalRecord, RemovedPeers, ReplyError, ReplyTo, TlsFailure,
 };
-pub use session_client::{CallError, Client, Connector, TcpConnector};
+pub use session_client::{refused_credentials, CallError, Client, Connector, TcpConnector};

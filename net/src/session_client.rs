@@ -44,8 +44,13 @@ pub enum CallError {
     /// No node answered with an outcome within the deadline. For a write in
     /// a session the outcome is unknown: retry the same sequence
     /// ([`Client::write_again`]) or give it up ([`Session::finish`]).
-    #[error("no node answered within {timeout:?}: {last}")]
-    Unreachable { timeout: Duration, last: String },
+    ///
+    /// `refused`: every node tried refused this client's credentials or
+    /// settings (a wrong token, cluster id or certificate, another protocol
+    /// version): the call gave up without waiting out the deadline, since
+    /// asking again cannot help, and says so instead of "no node answered".
+    #[error("{}", unreachable_text(.timeout, .last, *.refused))]
+    Unreachable { timeout: Duration, last: String, refused: bool },
     /// The session is unknown, expired or closed: the write was not applied
     /// by this attempt. Open a new session and send the command there.
     #[error("the session expired (or was closed); the write was not applied now")]
@@ -206,13 +211,44 @@ impl Outcomes {
     }
 
     fn unreachable(self, timeout: Duration) -> CallError {
+        let refused = !self.0.is_empty() && self.0.iter().all(|(_, what)| refused_credentials(what));
         let last = if self.0.is_empty() {
             String::from("no attempt")
         } else {
             self.0.iter().map(|(addr, what)| format!("{addr}: {what}")).collect::<Vec<_>>().join("; ")
         };
-        CallError::Unreachable { timeout, last }
+        CallError::Unreachable { timeout, last, refused }
     }
+
+    /// Whether every one of `addrs` refused this client's credentials at
+    /// its last attempt: then no later attempt can do better.
+    fn all_refused<A: std::fmt::Display>(&self, addrs: &[A]) -> bool {
+        addrs.iter().all(|addr| {
+            let addr = addr.to_string();
+            self.0.iter().any(|(known, what)| *known == addr && refused_credentials(what))
+        })
+    }
+}
+
+fn unreachable_text(timeout: &Duration, last: &str, refused: bool) -> String {
+    match refused {
+        true => format!(
+            "every node refused this client: {last} (check the token, --cluster-id, and with TLS the CA and the \
+             client certificate)"
+        ),
+        false => format!("no node answered within {timeout:?}: {last}"),
+    }
+}
+
+/// Whether a failed exchange was a node refusing this client's credentials
+/// or settings (its handshake, or with TLS a certificate: an alert or an
+/// invalid one), rather than no one listening or a broken connection. A
+/// node at its connection bound (`Overloaded`) may take the next attempt,
+/// so that refusal does not count.
+pub fn refused_credentials(outcome: &str) -> bool {
+    let outcome = outcome.to_ascii_lowercase();
+    (outcome.contains("handshake refused") && !outcome.contains("(overloaded)"))
+        || (outcome.contains("tls:") && (outcome.contains("alert") || outcome.contains("certificate")))
 }
 
 /// A client of one shard of a cluster.
@@ -311,6 +347,9 @@ impl<C: Connector> Client<C> {
                     Ok(Err(error)) => {
                         self.connector.forget(&addr);
                         outcomes.note(&addr, error);
+                        if outcomes.all_refused(&self.addrs) {
+                            break 'rounds;
+                        }
                     }
                     Err(_) => {
                         self.connector.forget(&addr);
@@ -382,6 +421,9 @@ impl<C: Connector> Client<C> {
                 Ok(Err(error)) => {
                     outcomes.note(&addr, error);
                     self.connector.forget(&addr);
+                    if outcomes.all_refused(&self.addrs) {
+                        break;
+                    }
                     self.target = None;
                     // Ask the next node that answers who the members are now,
                     // and try the learned ones too.
@@ -557,6 +599,8 @@ mod tests {
         hung: Vec<u32>,
         /// Running nodes that know no leader (cut off, or removed).
         leaderless: Vec<u32>,
+        /// Nodes that refuse this client's handshake (a wrong token).
+        refusing: Vec<u32>,
         /// Calls that reached each node.
         calls: BTreeMap<u32, u32>,
     }
@@ -590,6 +634,9 @@ mod tests {
             if self.0.borrow().leaderless.contains(node) {
                 return Ok(ResponseStatus::NotLeader { leader_id: None, leader_addr: None });
             }
+            if self.0.borrow().refusing.contains(node) {
+                return Err("handshake refused by the remote end (BadToken): no valid token".into());
+            }
             match self.0.borrow().running.contains_key(node) {
                 true => Ok(ResponseStatus::Ok(Bytes::from_static(b"done"))),
                 false => Err(format!("node {node} is down")),
@@ -608,6 +655,9 @@ mod tests {
 
         async fn shards(&mut self, node: &u32) -> Result<u32, String> {
             *self.0.borrow_mut().calls.entry(*node).or_default() += 1;
+            if self.0.borrow().refusing.contains(node) {
+                return Err("handshake refused by the remote end (BadToken): no valid token".into());
+            }
             match self.0.borrow().running.contains_key(node) {
                 true => Ok(1),
                 false => Err(format!("node {node} is down")),
@@ -721,6 +771,35 @@ mod tests {
             let error = client.shards().await.unwrap_err().to_string();
             assert!(started.elapsed() >= Duration::from_millis(300), "gave up before the deadline");
             assert!(error.contains("7: node 7 is down"), "{error}");
+        });
+    }
+
+    /// Nodes that all refuse the client's credentials answer at once: the
+    /// call says they refused, without waiting out its deadline ("no node
+    /// answered within 5s" after 5 s, found by an audit). A down node among
+    /// them keeps the call going until the deadline, as before.
+    #[test]
+    fn nodes_that_all_refuse_the_credentials_end_the_call_at_once() {
+        tokio_uring::start(async {
+            let nodes = two_running_nodes();
+            nodes.borrow_mut().refusing.extend([1, 2]);
+            let mut client =
+                Client::with_connector(FakeConnector::new(nodes.clone()), vec![1, 2], 0, Duration::from_secs(5));
+            let started = std::time::Instant::now();
+            let error = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+            assert!(matches!(error, CallError::Unreachable { refused: true, .. }), "{error:?}");
+            let text = error.to_string();
+            assert!(text.starts_with("every node refused this client: 1: handshake refused"), "{text}");
+            assert!(client.shards().await.unwrap_err().to_string().starts_with("every node refused"));
+
+            nodes.borrow_mut().running.remove(&2);
+            nodes.borrow_mut().refusing.retain(|node| *node == 1);
+            let mut client =
+                Client::with_connector(FakeConnector::new(nodes.clone()), vec![1, 2], 0, Duration::from_millis(600));
+            let error = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await.unwrap_err();
+            assert!(matches!(error, CallError::Unreachable { refused: false, .. }), "{error:?}");
+            assert!(error.to_string().starts_with("no node answered within"), "{error}");
         });
     }
 }

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::NodeId;
-use net::{AdminRequest, CallError, JoinRequest, RequestBody, ResponseStatus};
+use net::{refused_credentials, AdminRequest, CallError, JoinRequest, RequestBody, ResponseStatus};
 
 use crate::config::{ClientConfig, JoinCredential, ServeConfig};
 use crate::discovery::{HostPort, Peer};
@@ -384,16 +384,6 @@ fn check_credentials(config: &ServeConfig) -> Result<(), JoinError> {
         }
         _ => Ok(()),
     }
-}
-
-/// Whether a failed call got as far as a member and was refused for its
-/// credentials (rather than finding no one listening).
-fn refused_credentials(last: &str) -> bool {
-    let last = last.to_ascii_lowercase();
-    // A TLS failure counts only when a certificate was refused (an alert,
-    // or an invalid certificate), not when a connection broke or timed out.
-    last.contains("handshake refused")
-        || (last.contains("tls:") && (last.contains("alert") || last.contains("certificate")))
 }
 
 /// Asks the members for an id (admin `Join` with id 0 on shard 0).
