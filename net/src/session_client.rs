@@ -399,6 +399,24 @@ impl<C: Connector> Client<C> {
         self.call_until(Instant::now() + self.timeout, client_id, sequence, ack, body).await
     }
 
+    fn take_request_id(&mut self) -> u64 {
+        self.next_request_id += 1;
+        self.next_request_id - 1
+    }
+
+    /// `addr` could not be asked (`error`): its connection is forgotten,
+    /// and the next node that answers is asked who the members are now (the
+    /// learned ones are tried too). Whether to give up: every node refused
+    /// this client's credentials.
+    fn could_not_ask(&mut self, addr: &C::Address, error: String, outcomes: &mut Outcomes) -> bool {
+        outcomes.note(addr, error);
+        self.connector.forget(addr);
+        self.target = None;
+        self.learned_at = None;
+        self.widened = true;
+        outcomes.all_refused(&self.addrs)
+    }
+
     async fn call_until(
         &mut self,
         deadline: Instant,
@@ -410,25 +428,17 @@ impl<C: Connector> Client<C> {
         let mut outcomes = Outcomes::default();
         while Instant::now() < deadline {
             let addr = self.next_addr();
-            let request_id = self.next_request_id;
-            self.next_request_id += 1;
-            let request = ClientRequest { request_id, client_id, sequence, ack, body: body.clone() };
+            let request =
+                ClientRequest { request_id: self.take_request_id(), client_id, sequence, ack, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
             self.connector.limit_connect(self.connect_limit(remaining));
             let answer = tokio::time::timeout(remaining, self.connector.exchange(&addr, self.shard, &request)).await;
             let status = match answer {
                 Ok(Ok(status)) => status,
                 Ok(Err(error)) => {
-                    outcomes.note(&addr, error);
-                    self.connector.forget(&addr);
-                    if outcomes.all_refused(&self.addrs) {
+                    if self.could_not_ask(&addr, error, &mut outcomes) {
                         break;
                     }
-                    self.target = None;
-                    // Ask the next node that answers who the members are now,
-                    // and try the learned ones too.
-                    self.learned_at = None;
-                    self.widened = true;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
                 }
