@@ -1906,6 +1906,13 @@ impl Raft {
                 if !self.conf.members().contains(&from) {
                     return Err(Ignored("proposal forwarded by a non-member"));
                 }
+                // As the shell refuses its own clients' writes then: a full
+                // leader that took forwarded commands filled its log's queue
+                // with writes its disk could not take, and its driver
+                // stopped. Dropped, the follower's caller times out.
+                if self.no_space || self.quorum_lacks_space() {
+                    return Err(Ignored("forwarded proposal refused: no disk space"));
+                }
                 self.propose(command)
                     .map(|_| ())
                     .map_err(|_| Ignored("forwarded proposal refused (busy or transferring)"))

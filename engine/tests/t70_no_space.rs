@@ -210,3 +210,27 @@ fn with_a_witness_a_full_follower_is_treated_as_absent() {
     run_ticks(&mut cluster, ticks);
     assert_eq!(cluster.node(2).raft.committed(), second, "the full follower catches up once it has room");
 }
+
+/// A leader whose own disk is full takes no command forwarded by a
+/// follower: it appended them (its shell refused only its own clients'
+/// writes), its log's queue filled with writes the disk could not take, and
+/// its shard driver stopped for good (found by the fifth audit, writing
+/// through a follower's Redis port). Now the forwarded command is dropped,
+/// as one forwarded to a busy leader is (the follower's caller times out),
+/// and taken again once the disk has room.
+#[test]
+fn a_full_leader_takes_no_forwarded_command() {
+    let mut cluster = Cluster::with_voters(3, 5);
+    cluster.elect(1);
+    cluster.stabilize();
+    cluster.raft(1).set_no_space(true);
+    let last = cluster.node(1).raft.last_index();
+    cluster.raft(2).forward_proposal(Bytes::from_static(b"via 2")).expect("node 2 knows the leader");
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).raft.last_index(), last, "the full leader appended a forwarded command");
+
+    cluster.raft(1).set_no_space(false);
+    cluster.raft(2).forward_proposal(Bytes::from_static(b"via 2 again")).expect("node 2 knows the leader");
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).raft.last_index(), last + 1, "with room, it takes it");
+}
