@@ -324,6 +324,11 @@ async fn retry_or_fail(status: ResponseStatus, deadline: Instant, call: Call) ->
     let last = match status {
         ResponseStatus::BadRequest(reason) => return Err(CallFailed(format!("ERR {reason}"))),
         ResponseStatus::Forbidden(reason) => return Err(CallFailed(format!("NOPERM {reason}"))),
+        // Final too: nothing was applied. Retried, the client waited 10 s
+        // for `TRYAGAIN ... may or may not have been applied` (fifth audit).
+        ResponseStatus::NoSpace => {
+            return Err(CallFailed("ERR the leader's disk is full: nothing applied; retry later".into()))
+        }
         ResponseStatus::Ok(_) => unreachable!("an outcome is not retried"),
         ResponseStatus::TimedOut => "timed out in the cluster".to_string(),
         other => other.to_string(),
@@ -333,4 +338,20 @@ async fn retry_or_fail(status: ResponseStatus, deadline: Instant, call: Call) ->
     }
     tokio::time::sleep(RETRY_PAUSE).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_final_refusal_not_a_retry() {
+        tokio_uring::start(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let started = Instant::now();
+            let failed = retry_or_fail(ResponseStatus::NoSpace, deadline, Call::Write).await.unwrap_err();
+            assert!(started.elapsed() < RETRY_PAUSE, "it waited to retry");
+            assert!(failed.0.starts_with("ERR the leader's disk is full: nothing applied"), "{}", failed.0);
+        });
+    }
 }
