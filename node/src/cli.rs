@@ -139,6 +139,25 @@ where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64>,
 {
+    de_count(deserializer, parse_bytes)
+}
+
+/// A rate in the configuration file: a byte count, optionally ending in
+/// `/s` as on the command line (`snapshot-write-rate = "8 MiB/s"` was
+/// refused in the file while the flag took it).
+fn de_rate<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    de_count(deserializer, parse_rate)
+}
+
+fn de_count<'de, D, T>(deserializer: D, parse: fn(&str) -> Result<u64, String>) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
     use serde::de::Error;
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -148,7 +167,7 @@ where
     }
     let bytes = match Raw::deserialize(deserializer)? {
         Raw::Number(number) => number,
-        Raw::Text(text) => parse_bytes(&text).map_err(D::Error::custom)?,
+        Raw::Text(text) => parse(&text).map_err(D::Error::custom)?,
     };
     T::try_from(bytes).map(Some).map_err(|_| D::Error::custom(format!("{bytes} is too large")))
 }
@@ -390,7 +409,7 @@ pub struct ServeOptions {
     /// `snapshot-log-bytes` meanwhile; 0: at disk speed). Paced, its writes
     /// stay out of the way of the log's fdatasyncs. [default: 8388608, 8 MiB/s]
     #[arg(long, value_name = "BYTES", value_parser = parse_rate)]
-    #[serde(default, deserialize_with = "de_bytes")]
+    #[serde(default, deserialize_with = "de_rate")]
     pub snapshot_write_rate: Option<u64>,
 
     /// The most payload bytes the node's in-memory logs hold beyond what

@@ -327,7 +327,7 @@ fn token_file_and_config_file() {
             "node-id = 3\npeer-addr = \"127.0.0.1:7104\"\nclient-addr = \"127.0.0.1:7105\"\n\
              peers = \"1=127.0.0.1:7100,2=127.0.0.1:7102,3=127.0.0.1:7104\"\ndata-dir = {:?}\ntoken-file = {:?}\n\
              shards = 2\nread-consistency = \"stale\"\nresp-addr = \"127.0.0.1:7204\"\n\
-             metrics-addr = \"127.0.0.1:7304\"\nwitnesses = [1]\n",
+             metrics-addr = \"127.0.0.1:7304\"\nwitnesses = [1]\nsnapshot-write-rate = \"8 MiB/s\"\n",
             dir.join("data"),
             token_file
         ),
@@ -342,6 +342,9 @@ fn token_file_and_config_file() {
     assert_eq!(config.metrics_addr, Some("127.0.0.1:7304".parse().unwrap()));
     assert!(config.forward_writes, "the RESP front door's followers forward writes");
     assert_eq!(config.bootstrap_witnesses, [1]);
+    // A rate as README writes it, as the flag takes it (the file refused
+    // it: `unknown unit "mib/s"`).
+    assert_eq!(config.snapshot_write_rate, 8 << 20);
     let clash = parse_from(["node", "serve", "--config", &path, "--resp-addr", "127.0.0.1:7105"]);
     assert!(matches!(clash, Err(CliError::Config(ConfigError::BadAddress { option: "resp-addr", .. }))));
     let clash = parse_from(["node", "serve", "--config", &path, "--metrics-addr", "127.0.0.1:7204"]);
