@@ -6,10 +6,11 @@
 //! arguments.
 //!
 //! Multi-key commands (`MGET`, `MSET`, `DEL`, `EXISTS` with several keys)
-//! run one op per key, each on its key's shard: they are atomic within a
-//! shard (one batch) but not across shards (another client may see some of
-//! an `MSET`'s keys written and not others), as in Redis Cluster across
-//! slots. Read-modify-write commands
+//! run one op per key, each on its key's shard, as in Redis Cluster across
+//! slots: a write's ops on one shard are one batch, applied atomically, but
+//! not across shards (another client may see some of an `MSET`'s keys
+//! written and not others); a read's are one linearizable read each, so
+//! they are not one snapshot even within a shard. Read-modify-write commands
 //! (`INCR`, `APPEND`, `SET NX/XX/GET`, `SETNX`, `GETSET`) are single ops
 //! that the state machine applies in one step.
 
