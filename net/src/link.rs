@@ -137,7 +137,15 @@ struct LinkShared {
     /// The peer said this node was removed from the cluster: said once at
     /// error level, then at debug level.
     told_removed: Cell<bool>,
+    /// The last refusal logged at warning level, and when: the same one is
+    /// logged again at most once a minute (the link retries every 2 s; a
+    /// restored node beside empty ones logged three a second with its
+    /// peers', found by the fifth audit).
+    refusal_logged: RefCell<Option<(RefusalReason, Instant)>>,
 }
+
+/// How often the same refusal is logged again at warning level.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a link stays down before it is logged as a warning: a peer
 /// that restarts, or one not yet listening while a cluster starts, is
@@ -201,6 +209,7 @@ impl Link {
             down: Cell::new((None, false)),
             woken_early: Cell::new(false),
             told_removed: Cell::new(false),
+            refusal_logged: RefCell::new(None),
         });
         tokio_uring::spawn(run(shared.clone()));
         Link { owner: Rc::new(LinkOwner { shared }) }
@@ -262,7 +271,16 @@ async fn run(shared: Rc<LinkShared>) {
                 backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
                 shared.update(|stats| stats.handshake_refusals += 1);
                 if reason != RefusalReason::Removed {
-                    warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake");
+                    let due = shared
+                        .refusal_logged
+                        .borrow()
+                        .is_none_or(|(last, at)| last != reason || at.elapsed() >= REFUSAL_LOG_EVERY);
+                    if due {
+                        *shared.refusal_logged.borrow_mut() = Some((reason, Instant::now()));
+                        warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake (logged again at most once a minute)");
+                    } else {
+                        debug!(peer = config.peer_id, ?reason, %message, "peer refused our handshake");
+                    }
                 } else if !shared.told_removed.replace(true) {
                     error!(peer = config.peer_id, %message, "the peer refuses this node: it was removed from the cluster");
                 } else {

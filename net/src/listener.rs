@@ -519,9 +519,57 @@ struct Shared {
     overload_refusals: Cell<usize>,
     /// The refusal frame sent to a caller over the connection bound.
     overloaded_frame: bytes::Bytes,
+    /// When a refusal of each kind was last logged at warning level, per
+    /// caller address (without its port): a caller refused for good
+    /// retries every few hundred milliseconds, and each refusal was a
+    /// warning (three a second for a restored node beside empty ones, found
+    /// by the fifth audit). Bounded by [`REFUSAL_LOG_KEYS_MAX`].
+    refusals_logged: RefCell<WarnedRefusals>,
 }
 
+/// When a refusal of each kind was last logged at warning level, per caller
+/// address (see [`Shared::refusals_logged`]).
+#[derive(Default)]
+struct WarnedRefusals(HashMap<(std::net::IpAddr, String), Instant>);
+
+impl WarnedRefusals {
+    /// Whether a refusal of `kind` of a caller at `ip` is due a warning at
+    /// `now` (and if so, notes it).
+    fn due(&mut self, ip: std::net::IpAddr, kind: String, now: Instant) -> bool {
+        if self.0.len() >= REFUSAL_LOG_KEYS_MAX {
+            self.0.retain(|_, at| now.saturating_duration_since(*at) < REFUSAL_LOG_EVERY);
+        }
+        if self.0.len() >= REFUSAL_LOG_KEYS_MAX {
+            // Many callers within the minute: forget them all (they are
+            // warned about again) rather than grow.
+            self.0.clear();
+        }
+        match self.0.get(&(ip, kind.clone())) {
+            Some(at) if now.saturating_duration_since(*at) < REFUSAL_LOG_EVERY => false,
+            _ => {
+                self.0.insert((ip, kind), now);
+                true
+            }
+        }
+    }
+}
+
+/// How often the same refusal of the same caller is logged at warning
+/// level; the others go to debug level (every refusal is counted).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Callers whose last refusal is remembered for that.
+const REFUSAL_LOG_KEYS_MAX: usize = 1024;
+
 impl Shared {
+    /// Whether this refusal of `remote` is due a warning (see
+    /// [`Shared::refusals_logged`]).
+    fn refusal_warning_due(&self, remote: SocketAddr, refusal: &Refusal) -> bool {
+        // The refusal's text: each distinct refusal of a caller is warned
+        // about, the same one again only after a minute.
+        let kind = refusal.to_string();
+        self.refusals_logged.borrow_mut().due(remote.ip(), kind, Instant::now())
+    }
+
     fn update(&self, change: impl FnOnce(&mut ListenerStats)) {
         let mut stats = self.stats.get();
         change(&mut stats);
@@ -538,12 +586,13 @@ impl Shared {
                 Refusal::HandshakeTimeout(_) => stats.handshake_timeouts += 1,
             }
         });
-        if matches!(refusal, Refusal::Handshake { reason: RefusalReason::Removed, .. }) {
-            // Expected: a removed node that still runs keeps calling, and
-            // it is the one told (at error level, once).
-            debug!(%remote, role = ?self.config.role, %refusal, "caller refused");
+        // A removed node that still runs keeps calling, and it is the one
+        // told (at error level, once).
+        let removed = matches!(refusal, Refusal::Handshake { reason: RefusalReason::Removed, .. });
+        if !removed && self.refusal_warning_due(remote, &refusal) {
+            warn!(%remote, role = ?self.config.role, %refusal, "caller refused (the same refusal of this caller is logged again at most once a minute)");
         } else {
-            warn!(%remote, role = ?self.config.role, %refusal, "caller refused");
+            debug!(%remote, role = ?self.config.role, %refusal, "caller refused");
         }
         let mut recent = self.recent_refusals.borrow_mut();
         if recent.len() == RECENT_REFUSALS_MAX {
@@ -608,6 +657,7 @@ impl Listener {
             clients: RefCell::new(HashMap::new()),
             recent_refusals: RefCell::new(VecDeque::with_capacity(RECENT_REFUSALS_MAX)),
             overload_refusals: Cell::new(0),
+            refusals_logged: RefCell::new(WarnedRefusals::default()),
             overloaded_frame,
         });
         Ok(Listener { listener, local_addr, shared })
@@ -1163,4 +1213,28 @@ pub(crate) async fn write_loop<S: FrameIo + ?Sized>(
         on_written(frames);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller refused for good is warned about once a minute per kind of
+    /// refusal (every refusal was a warning: three a second).
+    #[test]
+    fn the_same_refusal_of_the_same_caller_is_warned_about_once_a_minute() {
+        let mut warned = WarnedRefusals::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        let start = Instant::now();
+        assert!(warned.due(a, "BadToken".into(), start));
+        assert!(!warned.due(a, "BadToken".into(), start + Duration::from_secs(59)));
+        assert!(warned.due(a, "OtherHistory".into(), start + Duration::from_secs(1)), "another reason");
+        assert!(warned.due(b, "BadToken".into(), start + Duration::from_secs(1)), "another caller");
+        assert!(warned.due(a, "BadToken".into(), start + REFUSAL_LOG_EVERY));
+        for n in 0..(3 * REFUSAL_LOG_KEYS_MAX as u32) {
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(n));
+            warned.due(ip, "BadToken".into(), start + REFUSAL_LOG_EVERY * 3);
+            assert!(warned.0.len() <= REFUSAL_LOG_KEYS_MAX, "{} remembered", warned.0.len());
+        }
+    }
 }
