@@ -1,7 +1,7 @@
 //! The Prometheus endpoint (`node serve --metrics-addr`): `/metrics` in the
 //! OpenMetrics text format (`prometheus-client`'s encoder), or in the
 //! Prometheus text format 0.0.4 for a scraper whose `Accept` asks for
-//! `text/plain` and not OpenMetrics ([`prometheus_text`]), `/livez` and
+//! `text/plain` and not OpenMetrics (`prometheus_text`), `/livez` and
 //! `/readyz`.
 //!
 //! # Why a small HTTP server of our own
@@ -516,7 +516,11 @@ impl Sample {
                 "Stored snapshots found damaged on disk while sent to a follower (a new one replaced each).",
                 "snapshots_damaged",
             ),
-            ("raft_node_writes_applied", "Client writes applied by this shard.", "writes_applied"),
+            (
+                "raft_node_writes_applied",
+                "Client writes this node answered once applied (its own clients' and those it forwarded).",
+                "writes_applied",
+            ),
             ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
             (
                 "raft_node_groups_proposed",

@@ -99,6 +99,9 @@ pub struct ShardStats {
     /// without a restorer, the whole restore). No ticks, messages or
     /// answers happen meanwhile.
     pub snapshot_restore_blocked: Stage,
+    /// Client writes this node answered once applied: its own clients'
+    /// (as leader) and those it forwarded (as follower); not every write
+    /// the shard applied.
     pub writes_applied: u64,
     /// Session writes this follower forwarded to the leader.
     pub writes_forwarded: u64,

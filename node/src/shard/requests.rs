@@ -1168,7 +1168,8 @@ where
             "node": self.ctx.node_id,
             "shard": self.ctx.shard_id,
             "shards": self.ctx.shards,
-            "preferred_leader": self.preferred_leader(),
+            // Null when leaders are not balanced (one shard).
+            "preferred_leader": self.preferred_leader().filter(|_| self.ctx.balance_leaders),
             "role": format!("{:?}", status.role),
             "term": status.term,
             "leader": status.leader,
