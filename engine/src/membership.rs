@@ -206,8 +206,9 @@ impl Raft {
     /// caught up (Raft thesis 4.2.1). Added directly, it would count toward
     /// the quorum while it holds nothing, and it could not tell a lost
     /// history from a new cluster: a replica with an empty log that was in
-    /// its starting configuration waits for the logs of that
-    /// configuration's voters before it votes (`Raft::unverified`), so one
+    /// its starting configuration waits for requests with an empty log
+    /// from that configuration's voters before it votes
+    /// (`Raft::unverified`), so one
     /// added back directly after its configuration changed could wait for
     /// members that have left and no longer campaign, and a group that
     /// needs its vote had no leader for good (seeds 8822, 9901, 26942,

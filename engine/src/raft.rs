@@ -321,17 +321,32 @@ pub struct Raft {
     /// replica with an unknown past first heard a leader).
     repair_term: Term,
     /// Set while this replica, a voter of its starting configuration,
-    /// has an empty log and no snapshot and has not yet heard from a leader:
-    /// either a new cluster is bootstrapping or its data directory was wiped
-    /// (see [`REPAIR_UNKNOWN`]). It votes for an empty log (a new cluster's
-    /// first election needs that) while no voter reported a log that is not
-    /// empty, and otherwise only as `unknown_past_vote_allowed` says.
+    /// has an empty log and no snapshot and has heard neither a leader nor
+    /// a log that is not empty: either a new cluster is bootstrapping or its
+    /// data directory was wiped, and it cannot tell which. It votes only as
+    /// `unknown_past_vote_allowed` says until every other voter of its
+    /// configuration has asked for a vote with an empty log (see
+    /// `note_evidence`): then no history exists that it could have helped
+    /// make, and it votes as any voter does, in terms above `vote_fence`.
     unverified: bool,
-    /// While `unverified` or repairing to [`REPAIR_UNKNOWN`]: the most up
-    /// to date (last log term, last log index) and the highest current term
-    /// each peer reported in its vote or pre-vote requests (see
-    /// `unknown_past_vote_allowed`).
-    reports: BTreeMap<NodeId, (Term, Index, Term)>,
+    /// While `unverified`: the voters that asked for a (pre-)vote with an
+    /// empty log, each with the highest term it asked in.
+    evidence: BTreeMap<NodeId, Term>,
+    /// This replica votes only in terms above it: the highest term in which
+    /// the voters that asked, in the evidence that ended `unverified`, were
+    /// at. Any term in which a wiped replica may have voted before is at or
+    /// below it (every candidate it could have voted for was at that term or
+    /// a later one when it asked).
+    vote_fence: Term,
+    /// When this unverified replica last told the voters its (empty) log
+    /// (`report_log`), so that a new cluster's voters learn each other's
+    /// logs in one round instead of one election timeout each, or this
+    /// non-voter told an asking voter its log (`answer_new_voter`).
+    reported_at: Option<u64>,
+    /// The log must be durable up to here before the hard state says
+    /// `verified`: the end of the entries that ended a repair to
+    /// [`REPAIR_UNKNOWN`].
+    verified_from: Index,
     /// How many times this replica started a repair to [`REPAIR_UNKNOWN`]
     /// (a shell may miss one that started and ended between two Readies).
     unknown_repairs: u64,
@@ -357,10 +372,12 @@ pub struct Raft {
 
 /// The repair target of a replica that cannot know what it acknowledged: it
 /// started with an empty log (its data directory may have been wiped) and
-/// then heard from a leader, so the cluster has a history it may have been
-/// counted for. It repairs until it holds the leader's log up to an entry of
-/// the leader's term and up to the leader's commit index, which then covers
-/// every committed entry (see `Raft::handle_append`).
+/// then heard from a leader, or a candidate whose log is not empty, so the
+/// cluster has a history it may have been counted for. It repairs until it
+/// holds the leader's log up to an entry of the leader's term and up to the
+/// leader's commit index, which then covers every committed entry (see
+/// `Raft::handle_append`), and votes meanwhile only in a group of two (see
+/// `Raft::unknown_past_vote_allowed`).
 pub const REPAIR_UNKNOWN: Index = Index::MAX;
 
 impl Raft {
@@ -405,8 +422,14 @@ impl Raft {
         // Only a member of its own starting configuration (a node that
         // bootstraps a cluster, not one started to join it) is presumed to
         // have been a voter before.
-        let unverified =
-            repair.is_none() && log.last_index() == 0 && snapshot.is_none() && conf.voters.contains(&config.id);
+        // A sole voter has no one to ask: nothing could have been committed
+        // without it.
+        let unverified = repair.is_none()
+            && !hard_state.verified
+            && log.last_index() == 0
+            && snapshot.is_none()
+            && conf.voters.contains(&config.id)
+            && conf.voters.len() > 1;
         let rng = Rng::new(config.seed);
         let id = config.id;
         let mut raft = Raft {
@@ -467,7 +490,10 @@ impl Raft {
             repair_term: hard_state.ack_term,
             ack_term: hard_state.ack_term,
             unverified,
-            reports: BTreeMap::new(),
+            evidence: BTreeMap::new(),
+            vote_fence: 0,
+            reported_at: None,
+            verified_from: 0,
             unknown_repairs: 0,
             witness: config.witness || conf.is_witness(id),
             repair_nudge: 0,
@@ -569,6 +595,9 @@ impl Raft {
             vote: self.vote,
             commit: self.log.committed.min(self.log.persisted),
             ack_term: self.ack_term,
+            // A repair that ended on entries not yet durable is not over for
+            // a restart: those entries may be lost with it.
+            verified: !self.past_unknown() && self.log.persisted >= self.verified_from,
         }
     }
     /// The index this replica's log must reach, verified by a leader, before
@@ -578,43 +607,31 @@ impl Raft {
         self.repair
     }
     /// Whether this replica cannot know what it acknowledged or whom it
-    /// voted for: it started with an empty log as a voter and has not caught
-    /// up with a leader since (see [`REPAIR_UNKNOWN`]).
+    /// voted for: it started with an empty log as a voter of its
+    /// configuration (its hard state not `verified`: a new cluster, or a
+    /// wiped data directory), and has neither heard every other voter ask
+    /// with an empty log nor been caught up by a leader since (see
+    /// [`REPAIR_UNKNOWN`]), or its hard state was damaged.
     pub fn past_unknown(&self) -> bool {
         self.unverified || self.repair == Some(REPAIR_UNKNOWN)
     }
-    /// The voters of this replica's configuration whose vote requests it
-    /// still waits for before it may vote, while it cannot know what it
-    /// acknowledged before (it started with an empty log: a wiped data
-    /// directory?); empty otherwise, and once it has heard enough of them
-    /// (see `unknown_past_vote_allowed`). A shell shows it to the operator:
-    /// a voter listed here that has left the cluster never campaigns, so if
-    /// the group needs this replica's vote it has no leader until the
-    /// replica is restarted with the current members (its starting
-    /// configuration is all it knows).
+    /// The voters of this replica's configuration whose vote requests with
+    /// an empty log it still waits for before it votes as any voter does,
+    /// while it is `unverified` (it started with an empty log: a new
+    /// cluster, or a wiped data directory?); empty otherwise. A shell shows
+    /// it to the operator: a new cluster elects its first leader once every
+    /// node of its starting configuration has started, and a voter listed
+    /// here that has left the cluster never asks (its starting
+    /// configuration is all this replica knows).
     pub fn votes_wait_for(&self) -> Vec<NodeId> {
-        if !self.past_unknown() {
+        if !self.unverified {
             return Vec::new();
         }
-        let mut waiting: Vec<NodeId> = self
-            .halves_short_of_reports()
-            .flat_map(|half| half.iter().copied().filter(|&id| id != self.id && !self.reports.contains_key(&id)))
-            .collect();
+        let mut waiting: Vec<NodeId> = self.voter_ids();
+        waiting.retain(|id| *id != self.id && !self.evidence.contains_key(id));
         waiting.sort_unstable();
         waiting.dedup();
         waiting
-    }
-
-    /// The halves of the configuration (of a joint one, both) from whose
-    /// voters other than this replica it has fewer than `n - majority + 1`
-    /// reports (see `unknown_past_vote_allowed`).
-    fn halves_short_of_reports(&self) -> impl Iterator<Item = &Vec<NodeId>> {
-        let halves = [&self.conf.voters, &self.conf.voters_outgoing];
-        halves.into_iter().filter(|half| !half.is_empty()).filter(|half| {
-            let need = half.len() - (half.len() / 2 + 1) + 1;
-            let heard = half.iter().filter(|&&id| id != self.id && self.reports.contains_key(&id)).count();
-            heard < need
-        })
     }
 
     /// How many repairs to [`REPAIR_UNKNOWN`] this replica started since it
@@ -763,12 +780,10 @@ impl Raft {
             return false;
         }
         // A replica repairing to an unknown target may still campaign: it
-        // votes for itself only as it would for another candidate with its
-        // log (see `self_vote_allowed`), so it wins only with votes that
-        // the reports rule allows. Without this, two replicas of three in
-        // such a repair, holding the only copies of committed entries,
-        // could elect no one (seed 161021 of `three_nodes`). One repairing
-        // to a known target knows its log lacks entries it acknowledged.
+        // does not count its own vote (see `self_vote_allowed`), so it wins
+        // only with a majority of the others, each voting by its own rules.
+        // One repairing to a known target knows its log lacks entries it
+        // acknowledged.
         if self.repair.is_some_and(|target| target != REPAIR_UNKNOWN) {
             return false;
         }
@@ -851,15 +866,15 @@ impl Raft {
     /// A witness, or a voter in repair to a known target, never campaigns,
     /// but once per election timeout without a leader it tells the other
     /// voters its log position in pre-vote requests, whose answers it
-    /// ignores. A voter that cannot know what it acknowledged votes only
-    /// after hearing the logs of enough voters (see
-    /// `unknown_past_vote_allowed`), and hears them only in such requests:
-    /// without these, a configuration that needs that voter's vote (the
-    /// incoming half of a change removing the witness, say) could elect no
-    /// one, and neither could three voters of which two are in repair (seed
-    /// 161021 of `three_nodes`). A pre-vote changes no term and no vote, so
-    /// the requests disturb nobody.
-    fn report_log(&mut self) {
+    /// ignores. A voter that started with an empty log votes only once every
+    /// other voter of its configuration has asked with an empty log (see
+    /// `note_evidence`), and a witness hears another's log only in such
+    /// requests: without these, a new cluster with a witness could elect no
+    /// one. An unverified voter also sends them when it first hears another
+    /// one ask, so that a new cluster's voters learn of each other in one
+    /// round. A pre-vote changes no term and no vote, so the requests
+    /// disturb nobody.
+    pub(crate) fn report_log(&mut self) {
         if !self.conf.is_voter(self.id) {
             return;
         }
@@ -893,7 +908,7 @@ impl Raft {
         let term = if pre { self.term + 1 } else { self.term };
         let request = self.vote_request(transfer);
         let voters: Vec<NodeId> = self.voter_ids();
-        let self_vote = self.self_vote_allowed(term, request, pre);
+        let self_vote = self.self_vote_allowed(term);
         if self.poll(self.id, self_vote) == VoteResult::Won {
             if pre {
                 self.become_candidate();
@@ -1157,7 +1172,8 @@ impl Raft {
         if hard_state != self.persisted_hard_state {
             ready.hard_state_must_sync = hard_state.term != self.persisted_hard_state.term
                 || hard_state.vote != self.persisted_hard_state.vote
-                || hard_state.ack_term != self.persisted_hard_state.ack_term;
+                || hard_state.ack_term != self.persisted_hard_state.ack_term
+                || hard_state.verified != self.persisted_hard_state.verified;
             ready.hard_state = Some(hard_state);
             self.persisted_hard_state = hard_state;
         }
@@ -1540,6 +1556,7 @@ impl Raft {
         self.unverified = false;
         if self.repair == Some(REPAIR_UNKNOWN) {
             self.repair = None;
+            self.verified_from = self.log.last_index();
         }
         self.leader = self.id;
         let last = self.log.last_index();
@@ -1836,6 +1853,16 @@ impl Raft {
         if !fields_in_range(&message) {
             return Err(Ignored("a term or index beyond any real cluster's (forged or corrupt)"));
         }
+        match message.body {
+            // Whatever its term: an empty log asked for a vote is evidence
+            // even in a request too old to answer.
+            MessageBody::PreVote(request) => self.note_evidence(message.from, message.term, request, true),
+            MessageBody::Vote(request) => self.note_evidence(message.from, message.term, request, false),
+            _ => {}
+        }
+        if let MessageBody::PreVote(request) | MessageBody::Vote(request) = message.body {
+            self.answer_new_voter(message.from, request);
+        }
         self.step_term(&message)?;
         let from = message.from;
         match message.body {
@@ -2051,26 +2078,15 @@ impl Raft {
         // Raft paper 5.2 and 5.4.1: one vote per term, only for a log at
         // least as up to date as ours.
         // A replica in repair may have forgotten entries it acknowledged, so
-        // its "up to date" check could pass a candidate lacking them.
-        let past_unknown = self.past_unknown();
-        if past_unknown {
-            self.note_report(from, term, request);
-        }
-        // A replica with an empty log may be a wiped one: it votes freely
-        // only for an empty log (a cluster's first election), and only
-        // while no voter reported a log that is not empty. Once one has,
-        // the cluster has a history that an empty log may lack (seed 132274
-        // of five_nodes_with_storage_faults: a witness in repair to an
-        // unknown target, whose entries were lost, helped elect an empty
-        // log that lacked two entries it had helped commit), and the
-        // reports rule below decides.
-        let can_vote = if past_unknown {
-            self.unknown_past_vote_for(term, request, pre)
-        } else {
-            self.repair_vote_allowed(request)
-        } && (self.vote == from
-            || (self.vote == NODE_NONE && self.leader == NODE_NONE)
-            || (pre && term > self.term));
+        // its "up to date" check could pass a candidate lacking them; one
+        // whose past is unknown votes only as `unknown_past_vote_allowed`
+        // says.
+        let can_vote =
+            if self.past_unknown() { self.unknown_past_vote_allowed(from) } else { self.repair_vote_allowed(request) }
+                && term > self.vote_fence
+                && (self.vote == from
+                    || (self.vote == NODE_NONE && self.leader == NODE_NONE)
+                    || (pre && term > self.term));
         let granted = can_vote && self.log.is_up_to_date(request.last_log_index, request.last_log_term);
         let response_term = if pre && granted { term } else { self.term };
         if granted && !pre {
@@ -2082,55 +2098,118 @@ impl Raft {
         Ok(())
     }
 
-    /// Whether a replica with an unknown past may vote for a candidate with
-    /// this log: an empty one while no voter reported a log that is not
-    /// empty, otherwise as `unknown_past_vote_allowed` says.
-    fn unknown_past_vote_for(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
-        let no_history_reported = self.reports.values().all(|&(_, last_index, _)| last_index == 0);
-        (request.last_log_index == 0 && no_history_reported) || self.unknown_past_vote_allowed(term, request, pre)
+    /// Whether this candidate counts its own (pre-)vote: not while it cannot
+    /// know what it acknowledged or whom it voted for (no candidate's own
+    /// request can vouch for it; see `unknown_past_vote_allowed`), nor in a
+    /// term at or below `vote_fence`. Without its own vote it can still win
+    /// with the others', which each voter grants by its own rules.
+    fn self_vote_allowed(&self, term: Term) -> bool {
+        !self.past_unknown() && term > self.vote_fence
     }
 
-    /// Whether this candidate counts its own (pre-)vote: always, unless it
-    /// cannot know what it acknowledged or whom it voted for, and then only
-    /// as it would vote for another candidate with its log. Without the
-    /// vote it can still win with the others', which each voter grants by
-    /// its own rules.
-    fn self_vote_allowed(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
-        let past_unknown = self.past_unknown();
-        !past_unknown || self.unknown_past_vote_for(term, request, pre)
-    }
-
-    /// Records what a candidate's request says of its log and term.
-    fn note_report(&mut self, from: NodeId, term: Term, request: VoteRequest) {
-        let report = self.reports.entry(from).or_insert((0, 0, 0));
-        if (request.last_log_term, request.last_log_index) > (report.0, report.1) {
-            (report.0, report.1) = (request.last_log_term, request.last_log_index);
+    /// Notes what a (pre-)vote request tells an `unverified` replica (one
+    /// that started with an empty log as a voter of its configuration: a new
+    /// cluster, or a wiped data directory?).
+    ///
+    /// - A log that is not empty: the cluster has a history, which this
+    ///   replica may have helped make before it lost its data. It repairs
+    ///   as one that heard a leader does (see [`REPAIR_UNKNOWN`]), and
+    ///   votes again once a leader has caught it up.
+    /// - An empty log, from every other voter of its configuration: then it
+    ///   can have acknowledged nothing that was ever committed (an entry it
+    ///   acknowledged came from a leader, whose log still holds it, so that
+    ///   leader could not ask with an empty log afterwards), and every
+    ///   candidate it may have voted for before asked here in a term at
+    ///   least as high as that vote. It votes from then on as any voter,
+    ///   in terms above the highest term the askers were at (`vote_fence`),
+    ///   which its hard state keeps across a restart.
+    ///
+    /// This holds only for requests sent after this replica lost its data:
+    /// links deliver in order and never deliver across a restart of the
+    /// receiver, which the node's transport guarantees (a request sent
+    /// before the wipe reached the old process or no one).
+    fn note_evidence(&mut self, from: NodeId, term: Term, request: VoteRequest, pre: bool) {
+        if !self.unverified {
+            return;
         }
-        // A (pre-)vote request for `term` comes from a node whose term was
-        // `term - 1`: at least every term in which it voted before.
-        report.2 = report.2.max(term.saturating_sub(1));
+        if request.last_log_index > 0 {
+            self.unverified = false;
+            self.evidence.clear();
+            self.repair = Some(REPAIR_UNKNOWN);
+            self.repair_term = self.term.max(term);
+            self.unknown_repairs += 1;
+            return;
+        }
+        // The asker's own term: a pre-vote asks for the term after it.
+        let asker_term = if pre { term.saturating_sub(1) } else { term };
+        let asked = self.evidence.entry(from).or_insert(0);
+        *asked = (*asked).max(asker_term);
+        if !self.votes_wait_for().is_empty() {
+            // Tell the voters this replica's empty log at once: a new
+            // cluster's voters would otherwise each wait for the others'
+            // election timeouts before the first election could succeed.
+            if self.reported_at.is_none_or(|at| self.now >= at + u64::from(self.config.election_ticks_min)) {
+                self.reported_at = Some(self.now);
+                self.report_log();
+            }
+            return;
+        }
+        let fence = self.evidence.values().copied().max().unwrap_or(0);
+        self.unverified = false;
+        self.evidence.clear();
+        self.vote_fence = fence;
+        // The hard state carries the fence across a restart: its term, with
+        // the term's vote spent.
+        if self.term < fence {
+            self.become_follower(fence, NODE_NONE);
+        }
+        if self.term == fence && self.vote == NODE_NONE {
+            self.vote = self.id;
+        }
+    }
+
+    /// A node that is no voter of its own configuration (one started to
+    /// join, waiting to be added) tells a voter that asks with an empty log
+    /// what its own log holds, once per election timeout: that voter may be
+    /// starting a new cluster whose configuration lists this node, and
+    /// votes only once every voter listed there has told it (see
+    /// `note_evidence`). Without this, a node that bootstrapped a cluster
+    /// from DNS while the other listed nodes found it and chose to join
+    /// would wait for them for ever.
+    fn answer_new_voter(&mut self, from: NodeId, request: VoteRequest) {
+        if request.last_log_index > 0 || self.conf.is_voter(self.id) {
+            return;
+        }
+        if self.reported_at.is_some_and(|at| self.now < at + u64::from(self.config.election_ticks_min)) {
+            return;
+        }
+        self.reported_at = Some(self.now);
+        let request = self.vote_request(false);
+        let term = self.term + 1;
+        self.send(Message { from: self.id, to: from, term, body: MessageBody::PreVote(request) });
     }
 
     /// Whether a replica that does not know what it acknowledged or whom it
-    /// voted for (it started with an empty log: a wiped data directory?)
-    /// may vote for this candidate. Only when, in each half of its
-    /// configuration of `n` voters, it has heard requests from at least
-    /// `n - majority + 1` voters other than itself, and the candidate's log
-    /// is at least as up to date as every log they reported: a committed
-    /// entry is on a majority, so at least one of them held it (even if
-    /// this replica was in that majority), and a log at least as up to date
-    /// as one holding a committed entry holds it (the Leader Completeness
-    /// argument). A vote (not a pre-vote) also needs a term above every
-    /// term they reported, so that among them is one that voted in any
-    /// election this replica may have voted in before, and this replica
-    /// never votes twice in one term.
-    fn unknown_past_vote_allowed(&self, term: Term, request: VoteRequest, pre: bool) -> bool {
-        if self.halves_short_of_reports().next().is_some() {
-            return false;
-        }
-        self.reports.values().all(|&(last_term, last_index, reported_term)| {
-            (request.last_log_term, request.last_log_index) >= (last_term, last_index) && (pre || term > reported_term)
-        })
+    /// voted for (it started with an empty log: a wiped data directory?) may
+    /// vote for this candidate. Only when, in every half of its
+    /// configuration that it is a voter of, the candidate is the one other
+    /// voter (a group of two).
+    ///
+    /// A report from another voter of what its log holds, or of its term,
+    /// cannot vouch for such a vote: the voter may acknowledge an entry, or
+    /// vote, after its report, and this replica's lost acknowledgement or
+    /// vote may complete a majority with it (engine test
+    /// `t81_stale_report`). Only a candidate's own vote request vouches for
+    /// something: it has moved to the request's term, so its log holds
+    /// every entry it acknowledged in an earlier term, and it voted for
+    /// itself in this one. In a group of two, that is every other voter of
+    /// any majority this replica could have completed. In a larger group a
+    /// majority of the others would have to vouch, and they would then
+    /// elect the candidate without this replica: so it never votes there,
+    /// and waits for a leader to catch it up.
+    fn unknown_past_vote_allowed(&self, from: NodeId) -> bool {
+        let halves = [&self.conf.voters, &self.conf.voters_outgoing];
+        halves.into_iter().filter(|half| half.contains(&self.id)).all(|half| half.len() == 2 && half.contains(&from))
     }
 
     /// Whether a replica in repair may vote for a candidate with this log
@@ -2296,6 +2375,7 @@ impl Raft {
         // only the leader advances.
         if self.repair == Some(REPAIR_UNKNOWN) && last_new >= commit && self.log.term(last_new) == Some(self.term) {
             self.repair = None;
+            self.verified_from = last_new;
         }
         self.send_append_ack(from, last_new);
         Ok(())

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::batch::EntryBatch;
 use crate::config::Config;
-use crate::message::Message;
+use crate::message::{Message, MessageBody, VoteRequest};
 use crate::raft::{Raft, ReadState, Ready, Role};
 use crate::storage::MemStorage;
 use crate::types::{Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
@@ -244,6 +244,15 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster whose members get `make_config(id)`; `ids` are the members.
     pub fn new(ids: &[NodeId], make_config: impl Fn(NodeId) -> Config) -> Cluster {
+        let mut cluster = Cluster::starting(ids, make_config);
+        cluster.introduce();
+        cluster
+    }
+
+    /// The nodes as they first start, each unsure whether its empty log
+    /// is a new cluster's or a wiped one (`Raft::unverified`), before they
+    /// have heard each other.
+    pub fn starting(ids: &[NodeId], make_config: impl Fn(NodeId) -> Config) -> Cluster {
         let nodes = ids.iter().map(|&id| (id, TestNode::new(make_config(id), MemStorage::new()))).collect();
         Cluster { nodes, network: Vec::new(), cut: BTreeSet::new(), down: BTreeSet::new(), sync_writes: true }
     }
@@ -492,6 +501,17 @@ impl Cluster {
         *node = TestNode::new(config, storage);
     }
 
+    /// Crashes `id`, wipes its storage (an empty data directory) and
+    /// restarts it with the starting voters `voters` (what `--peers` would
+    /// give it).
+    pub fn wipe_and_restart(&mut self, id: NodeId, voters: Vec<NodeId>) {
+        self.crash(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.storage = MemStorage::new();
+        node.config.voters = voters;
+        self.restart(id);
+    }
+
     /// Proposes `count` one-byte commands (0, 1, ...) at the leader `id`,
     /// stabilizing after each, so each is committed before the next.
     pub fn commit_values(&mut self, id: NodeId, count: u8) {
@@ -501,10 +521,38 @@ impl Cluster {
         }
     }
 
+    /// Every voter tells the others its empty log, as the voters of a new
+    /// cluster do when they first hear each other: each then knows that no
+    /// history exists that it could have helped make, and votes (see
+    /// `Raft::unverified`). `new` does this, so that tests of anything else
+    /// start from a cluster that can elect at once.
+    pub fn introduce(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.raft.report_log();
+        }
+        self.stabilize();
+    }
+
     /// Elects `id`: campaigns and stabilizes. Panics if it did not win.
     pub fn elect(&mut self, id: NodeId) {
         self.raft(id).campaign();
         self.stabilize();
         assert_eq!(self.nodes[&id].raft.role(), Role::Leader, "node {id} failed to win the election");
     }
+}
+
+/// Steps into a replica that starts a new cluster's log (`Raft::unverified`)
+/// what it hears once every other voter of its configuration has started:
+/// their pre-vote requests with an empty log, asked from term 0. Then it
+/// votes as any voter does. What it sent meanwhile, and what it must save,
+/// is taken and advanced past.
+pub fn introduce_peers(raft: &mut Raft) {
+    let me = raft.id();
+    let voters: Vec<NodeId> = raft.conf().voters.clone();
+    for from in voters.into_iter().filter(|&id| id != me) {
+        let request = VoteRequest { last_log_index: 0, last_log_term: 0, transfer: false, commit: 0 };
+        let _ = raft.step(Message { from, to: me, term: 1, body: MessageBody::PreVote(request) });
+    }
+    let ready = raft.ready();
+    raft.advance(ready);
 }

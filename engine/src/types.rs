@@ -74,6 +74,13 @@ pub struct HardState {
     /// after elections that no one won. 0 for none; a store that predates
     /// it reports the term.
     pub ack_term: Term,
+    /// This replica knows its past: it never lost its data, or it has
+    /// learnt since that it could have acknowledged nothing committed and
+    /// voted in no term it might vote in again, or a leader caught it up.
+    /// False in a new store, so that a replica whose data directory was
+    /// wiped cannot be told from one that crashed after it had voted (see
+    /// `Raft::past_unknown`). A store that predates it reports false.
+    pub verified: bool,
 }
 
 /// A cluster membership. Outside a joint change `voters_outgoing` is empty;

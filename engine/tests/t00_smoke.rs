@@ -267,7 +267,7 @@ fn log_matching_refuses_logs_that_match_at_an_index_but_differ_below() {
 fn entries_recovered_without_payloads_count_as_applied() {
     use engine::{Entry, EntryKind, HardState, Recovered};
     let recovered = |applied: Index, acknowledged: Index| Recovered {
-        hard_state: HardState { term: 1, vote: 1, commit: 8, ack_term: 1 },
+        hard_state: HardState { term: 1, vote: 1, commit: 8, ack_term: 1, verified: false },
         snapshot: None,
         entries: (1..=10)
             .map(|index| {

@@ -11,7 +11,9 @@ fn raft(id: NodeId, voters: &[NodeId]) -> Raft {
     let mut config = Config::new(id, voters.to_vec());
     config.pre_vote = false;
     config.check_quorum = false;
-    Raft::new(config, Recovered::default()).unwrap()
+    let mut raft = Raft::new(config, Recovered::default()).unwrap();
+    engine::testing::introduce_peers(&mut raft);
+    raft
 }
 
 fn raft_with_log(id: NodeId, voters: &[NodeId], terms: &[Term], current_term: Term) -> Raft {
@@ -19,7 +21,7 @@ fn raft_with_log(id: NodeId, voters: &[NodeId], terms: &[Term], current_term: Te
     if !terms.is_empty() {
         storage.append(&batch(1, terms)).unwrap();
     }
-    storage.set_hard_state(engine::HardState { term: current_term, vote: 0, commit: 0, ack_term: 0 });
+    storage.set_hard_state(engine::HardState { term: current_term, vote: 0, commit: 0, ack_term: 0, verified: false });
     let mut config = Config::new(id, voters.to_vec());
     config.pre_vote = false;
     config.check_quorum = false;

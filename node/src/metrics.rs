@@ -485,10 +485,18 @@ impl Sample {
         self.per_shard(
             encoder,
             "raft_node_votes_wait_for",
-            "Voters whose vote requests this replica, started with an empty log, still waits for before it votes \
-             (their ids are in `node admin status`; 0 once it knows its past).",
+            "Voters whose vote requests with an empty log this replica, started with an empty log, still waits \
+             for before it votes (their ids are in `node admin status`; 0 once it heard them all or a history).",
             MetricType::Gauge,
             |sample| Some(sample.status.as_ref()?["votes_wait_for"].as_array()?.len() as i64),
+        )?;
+        self.per_shard(
+            encoder,
+            "raft_node_past_unknown",
+            "1 while this replica, started with an empty log in a cluster that has data (a wiped data directory?), \
+             withholds its vote until a leader has caught it up (`repair` in `node admin status`).",
+            MetricType::Gauge,
+            |sample| Some(i64::from(sample.status.as_ref()?["repair_target"] == "unknown")),
         )?;
         self.per_shard(
             encoder,

@@ -208,14 +208,17 @@ const ALONE_BASE_PORT: u16 = 27_800;
 const ALONE_NEW_BASE_PORT: u16 = 27_820;
 
 /// The audit's sequence: a backup restored on node 1 only, nodes 2 and 3
-/// started empty (they bootstrap an empty cluster of their own and
-/// acknowledge a write), then node 1 started. Before the nodes knew which
+/// started empty (they bootstrapped an empty cluster of their own and
+/// acknowledged a write), then node 1 started. Before the nodes knew which
 /// history their data continues, node 1's longer log won, its snapshot
 /// replaced what 2 and 3 held, and the acknowledged write was gone on all
-/// three. Now the nodes refuse each other's peer connections: the write
-/// stays, and restoring 2 and 3 from the same backup makes one cluster,
-/// which a node added with `--join` then joins (it learns the history from
-/// the members).
+/// three. Since a new cluster's nodes vote only once every node has asked
+/// with an empty log, 2 and 3 alone no longer elect a leader, so here the
+/// three start empty, acknowledge writes, and node 1 is then wiped and
+/// restored from the backup (the same mistake, made later). The nodes
+/// refuse each other's peer connections: the writes stay, and restoring 2
+/// and 3 from the same backup makes one cluster, which a node added with
+/// `--join` then joins (it learns the history from the members).
 #[test]
 fn a_node_restored_alone_never_replaces_writes_that_empty_nodes_acknowledged() {
     let mut old = common::SlotCluster::new("backup-alone-old", ALONE_BASE_PORT, CLUSTER, TOKEN);
@@ -243,15 +246,17 @@ fn a_node_restored_alone_never_replaces_writes_that_empty_nodes_acknowledged() {
 
     let mut new = common::SlotCluster::new("backup-alone-new", ALONE_NEW_BASE_PORT, NEW_CLUSTER, TOKEN);
     let new_peers = peers(&new);
-    let output = restore(&file, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
-    assert!(output.status.success(), "restore failed: {}", stderr(&output));
-    for slot in [2, 3] {
+    for slot in 1..=3 {
         start(&mut new, slot);
     }
-    new.leader_among(2..=3);
-    let mut fresh = BlockingClient::new(&new.client(&[2, 3])).expect("a client");
+    new.leader_among(1..=3);
+    let mut fresh = BlockingClient::new(&new.client(&[1, 2, 3])).expect("a client");
     put(&mut fresh, 0..4, |k| Bytes::from(format!("fresh-{k}")));
     drop(fresh);
+    new.kill(1);
+    std::fs::remove_dir_all(new.data_dir(1)).unwrap();
+    let output = restore(&file, &new.data_dir(1), 1, &new_peers, NEW_CLUSTER);
+    assert!(output.status.success(), "restore failed: {}", stderr(&output));
     start(&mut new, 1);
     // Node 1's log is longer and its terms are higher: given an election
     // (the leaders' spreading makes one soon), it wins with the others'

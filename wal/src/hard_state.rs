@@ -39,7 +39,7 @@ const SLOT_MAGIC: [u8; 8] = *b"RAFTHARD";
 #[repr(C)]
 struct SlotRecord {
     /// crc32c over bytes 4 to the end of the record of the slot's layout
-    /// (56 bytes for layout 0, 64 for layout 1).
+    /// (56 bytes for layout 0, 64 for layout 1, 72 for layout 2).
     crc: U32,
     /// 0: written before `ack_term` existed (the record ends before it,
     /// and the term stands in for it on load); 1: with `ack_term`.
@@ -52,14 +52,19 @@ struct SlotRecord {
     commit: U64,
     /// The durable log's last index when this slot was written.
     acknowledged: U64,
-    /// `HardState::ack_term` (layout 1 only).
+    /// `HardState::ack_term` (layouts 1 and 2).
     ack_term: U64,
+    /// Bit 0: `HardState::verified` (layout 2 only).
+    flags: U64,
 }
 
-const SLOT_RECORD_SIZE: usize = 64;
+const SLOT_RECORD_SIZE: usize = 72;
 /// Where a layout-0 record (no `ack_term`) ends.
 const SLOT_RECORD_SIZE_V0: usize = 56;
-const SLOT_LAYOUT: u32 = 1;
+/// Where a layout-1 record (no flags) ends.
+const SLOT_RECORD_SIZE_V1: usize = 64;
+const SLOT_LAYOUT: u32 = 2;
+const FLAG_VERIFIED: u64 = 1;
 const _: () = assert!(size_of::<SlotRecord>() == SLOT_RECORD_SIZE);
 const _: () = assert!(SLOT_RECORD_SIZE <= SLOT_SIZE);
 
@@ -89,6 +94,7 @@ fn decode_slot(raw: &[u8]) -> Slot {
     let (record, _) = SlotRecord::ref_from_prefix(raw).expect("a slot holds a record");
     let end = match record.layout.get() {
         0 => SLOT_RECORD_SIZE_V0,
+        1 => SLOT_RECORD_SIZE_V1,
         SLOT_LAYOUT => SLOT_RECORD_SIZE,
         other => return Slot::Damaged { reason: format!("unknown layout {other}") },
     };
@@ -104,7 +110,10 @@ fn decode_slot(raw: &[u8]) -> Slot {
     }
     // A layout-0 slot: the replica may have acknowledged in any term up to
     // its current one.
-    let ack_term = if end == SLOT_RECORD_SIZE { record.ack_term.get() } else { record.term.get() };
+    let ack_term = if end >= SLOT_RECORD_SIZE_V1 { record.ack_term.get() } else { record.term.get() };
+    // A slot written before the flag existed: the replica's past counts as
+    // unknown only if its log is empty, which then it learns again.
+    let flags = if end == SLOT_RECORD_SIZE { record.flags.get() } else { 0 };
     Slot::Valid {
         sequence: record.sequence.get(),
         hard_state: HardState {
@@ -112,6 +121,7 @@ fn decode_slot(raw: &[u8]) -> Slot {
             vote: record.vote.get(),
             commit: record.commit.get(),
             ack_term,
+            verified: flags & FLAG_VERIFIED != 0,
         },
         acknowledged: record.acknowledged.get(),
     }
@@ -128,6 +138,7 @@ fn encode_slot(sequence: u64, hard_state: HardState, acknowledged: Index) -> Vec
         commit: U64::new(hard_state.commit),
         acknowledged: U64::new(acknowledged),
         ack_term: U64::new(hard_state.ack_term),
+        flags: U64::new(if hard_state.verified { FLAG_VERIFIED } else { 0 }),
     };
     record.crc = U32::new(crc32c::crc32c(&record.as_bytes()[4..]));
     let mut slot = vec![0u8; SLOT_SIZE];
@@ -235,6 +246,7 @@ pub fn is_overtaken(hard_state: HardState, durable: HardState) -> bool {
     hard_state.term < durable.term
         || (hard_state.term == durable.term && durable.vote != 0 && hard_state.vote != durable.vote)
         || hard_state.ack_term < durable.ack_term
+        || (durable.verified && !hard_state.verified)
 }
 
 /// Writes hard states into the slots.
@@ -320,10 +332,11 @@ mod tests {
 
     /// A slot written before `ack_term` existed (layout 0: a 56-byte
     /// record) still reads, with its term standing in for `ack_term`; the
-    /// current layout keeps `ack_term` as saved.
+    /// current layout keeps `ack_term` and `verified` as saved, and a
+    /// layout-1 slot (64 bytes, no flags) reads as not verified.
     #[test]
     fn a_slot_without_ack_term_reads_with_its_term() {
-        let hard_state = HardState { term: 9, vote: 2, commit: 4, ack_term: 3 };
+        let hard_state = HardState { term: 9, vote: 2, commit: 4, ack_term: 3, verified: false };
         let current = encode_slot(5, hard_state, 4);
         match decode_slot(&current) {
             Slot::Valid { hard_state: read, .. } => assert_eq!(read, hard_state),
@@ -339,6 +352,22 @@ mod tests {
                 assert_eq!(read, HardState { ack_term: 9, ..hard_state });
                 assert_eq!(acknowledged, 4);
             }
+            other => panic!("{other:?}"),
+        }
+        // Layout 1 (no flags): read as not verified, whatever follows it.
+        let verified = HardState { verified: true, ..hard_state };
+        let current = encode_slot(6, verified, 4);
+        match decode_slot(&current) {
+            Slot::Valid { hard_state: read, .. } => assert_eq!(read, verified),
+            other => panic!("{other:?}"),
+        }
+        let mut layout_1 = current.clone();
+        layout_1[4..8].copy_from_slice(&1u32.to_le_bytes());
+        layout_1[SLOT_RECORD_SIZE_V1..SLOT_RECORD_SIZE].fill(0);
+        let crc = crc32c::crc32c(&layout_1[4..SLOT_RECORD_SIZE_V1]);
+        layout_1[..4].copy_from_slice(&crc.to_le_bytes());
+        match decode_slot(&layout_1) {
+            Slot::Valid { hard_state: read, .. } => assert_eq!(read, hard_state),
             other => panic!("{other:?}"),
         }
         // A layout this build does not know is damage, not a guess.
@@ -363,8 +392,8 @@ mod tests {
 
     #[test]
     fn newest_valid_slot_wins_and_a_torn_newer_slot_falls_back() {
-        let old = HardState { term: 3, vote: 1, commit: 7, ack_term: 0 };
-        let new = HardState { term: 4, vote: 2, commit: 9, ack_term: 0 };
+        let old = HardState { term: 3, vote: 1, commit: 7, ack_term: 0, verified: false };
+        let new = HardState { term: 4, vote: 2, commit: 9, ack_term: 0, verified: false };
         let mut raw = file_with([Some((2, new)), Some((1, old))]);
         assert_eq!(decode_file(Path::new("h"), &raw).unwrap(), (new, 0, 2, 0));
         raw[20] ^= 0x10;
@@ -381,8 +410,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wal-hard-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         initialize(&dir).unwrap();
-        let voted = HardState { term: 2, vote: 3, commit: 5, ack_term: 0 };
-        let new_term = HardState { term: 3, vote: 0, commit: 9, ack_term: 0 };
+        let voted = HardState { term: 2, vote: 3, commit: 5, ack_term: 0, verified: false };
+        let new_term = HardState { term: 3, vote: 0, commit: 9, ack_term: 0, verified: false };
         tokio_uring::start(async {
             let (hard_state, _, sequence, slot) = load(&dir).unwrap();
             let mut writer = HardStateWriter::open(&dir, hard_state, sequence, slot).unwrap();

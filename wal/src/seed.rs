@@ -68,7 +68,8 @@ impl Seed {
         let meta = draft.meta().clone();
         let stored = StoredSnapshot { meta: meta.clone(), segment_sequence_min: 0 };
         let length = tokio_uring::start(snapshot::seal(&dir, &stored, draft))?;
-        let hard_state = HardState { term: meta.term, vote: 0, commit: meta.index, ack_term: meta.term };
+        let hard_state =
+            HardState { term: meta.term, vote: 0, commit: meta.index, ack_term: meta.term, verified: true };
         hard_state::write_initial(&dir, hard_state, meta.index)?;
         dir::write_identity(&dir, cluster_id, node_id)?;
         // Read back whole, as a node's open will.

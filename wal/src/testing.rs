@@ -245,30 +245,35 @@ pub async fn bad_positions_are_refused<S: LogStore>(open: Opener<'_, S>) {
     assert_eq!(shape(&recovered.entries), vec![(3, 1)]);
 }
 
+/// A hard state without an acknowledged term, for the round-trip checks.
+fn hard(term: u64, vote: u64, commit: u64, verified: bool) -> HardState {
+    HardState { term, vote, commit, ack_term: 0, verified }
+}
+
 pub async fn hard_state_round_trips<S: LogStore>(open: Opener<'_, S>) {
     let (store, recovered) = S::open(open("hard")).await.expect("open");
     assert_eq!(recovered.hard_state, HardState::default());
     for term in 1..=5 {
-        store.save_hard_state(HardState { term, vote: term % 3, commit: term * 2, ack_term: 0 }).await.expect("save");
+        store.save_hard_state(hard(term, term % 3, term * 2, term % 2 == 1)).await.expect("save");
     }
     let (store, recovered) = reopen(open, "hard", store).await;
-    assert_eq!(recovered.hard_state, HardState { term: 5, vote: 2, commit: 10, ack_term: 0 });
-    store.save_hard_state(HardState { term: 6, vote: 1, commit: 10, ack_term: 0 }).await.expect("save");
+    assert_eq!(recovered.hard_state, hard(5, 2, 10, true));
+    store.save_hard_state(hard(6, 1, 10, false)).await.expect("save");
     let (store, recovered) = reopen(open, "hard", store).await;
-    assert_eq!(recovered.hard_state, HardState { term: 6, vote: 1, commit: 10, ack_term: 0 });
+    assert_eq!(recovered.hard_state, hard(6, 1, 10, false));
     // Commit-only saves, and one that changes the term through save_commit
     // (saved durably), are all found after a clean reopen.
     for commit in 11..=13 {
-        store.save_commit(HardState { term: 6, vote: 1, commit, ack_term: 0 }).await.expect("save commit");
+        store.save_commit(hard(6, 1, commit, false)).await.expect("save commit");
     }
-    store.save_commit(HardState { term: 7, vote: 0, commit: 14, ack_term: 0 }).await.expect("save commit");
-    store.save_commit(HardState { term: 7, vote: 0, commit: 15, ack_term: 0 }).await.expect("save commit");
+    store.save_commit(hard(7, 0, 14, false)).await.expect("save commit");
+    store.save_commit(hard(7, 0, 15, false)).await.expect("save commit");
     // A background save overtaken by a durable one does not undo it.
-    store.save_hard_state(HardState { term: 7, vote: 2, commit: 15, ack_term: 0 }).await.expect("save");
-    store.save_commit(HardState { term: 7, vote: 0, commit: 16, ack_term: 0 }).await.expect("save commit");
-    store.save_commit(HardState { term: 6, vote: 1, commit: 17, ack_term: 0 }).await.expect("save commit");
+    store.save_hard_state(hard(7, 2, 15, false)).await.expect("save");
+    store.save_commit(hard(7, 0, 16, false)).await.expect("save commit");
+    store.save_commit(hard(6, 1, 17, false)).await.expect("save commit");
     let (_, recovered) = reopen(open, "hard", store).await;
-    assert_eq!(recovered.hard_state, HardState { term: 7, vote: 2, commit: 15, ack_term: 0 });
+    assert_eq!(recovered.hard_state, hard(7, 2, 15, false));
 }
 
 pub async fn snapshot_keeps_an_agreeing_suffix<S: LogStore>(open: Opener<'_, S>) {

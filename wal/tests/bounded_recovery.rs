@@ -47,7 +47,7 @@ fn write_log(dir: &std::path::Path, last: Index, commit: Index) {
             ticket = Some(wal.append(EntryBatch::encode(&entries)).unwrap());
         }
         wal.wait_durable(ticket.unwrap().sequence).await.unwrap();
-        wal.save_hard_state(HardState { term: 1, vote: 1, commit, ack_term: 1 }).await.unwrap();
+        wal.save_hard_state(HardState { term: 1, vote: 1, commit, ack_term: 1, verified: false }).await.unwrap();
         wal.close().await.unwrap();
     });
 }

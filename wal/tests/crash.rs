@@ -154,7 +154,7 @@ fn crash_child() {
             if child.rng.random_bool(0.05) {
                 hard_term += 1;
                 writeln!(child.out, "@h {hard_term}").unwrap();
-                wal.save_hard_state(HardState { term: hard_term, vote: 1, commit: 0, ack_term: 0 })
+                wal.save_hard_state(HardState { term: hard_term, vote: 1, commit: 0, ack_term: 0, verified: false })
                     .await
                     .expect("hard state");
                 writeln!(child.out, "@H {hard_term}").unwrap();

@@ -52,8 +52,8 @@ fn build(dir: &Path, batches: u64) -> Vec<(Index, Term)> {
             let ticket = wal.append(batch(1 + number * 3, &[1 + number / 50; 3])).unwrap();
             wal.wait_durable(ticket.sequence).await.unwrap();
         }
-        wal.save_hard_state(HardState { term: 1, vote: 2, commit: 3, ack_term: 0 }).await.unwrap();
-        wal.save_hard_state(HardState { term: 2, vote: 2, commit: 4, ack_term: 0 }).await.unwrap();
+        wal.save_hard_state(HardState { term: 1, vote: 2, commit: 3, ack_term: 0, verified: false }).await.unwrap();
+        wal.save_hard_state(HardState { term: 2, vote: 2, commit: 4, ack_term: 0, verified: false }).await.unwrap();
         wal.close().await.unwrap();
     });
     (0..batches).flat_map(|number| (0..3).map(move |k| (1 + number * 3 + k, 1 + number / 50))).collect()
@@ -136,7 +136,7 @@ fn torn_tail_is_cut_and_the_log_continues() {
     std::fs::write(&newest, &torn).unwrap();
     let recovered = open(&dir).unwrap();
     assert_eq!(shape(&recovered.entries), expected[..expected.len() - 3]);
-    assert_eq!(recovered.hard_state, HardState { term: 2, vote: 2, commit: 4, ack_term: 0 });
+    assert_eq!(recovered.hard_state, HardState { term: 2, vote: 2, commit: 4, ack_term: 0, verified: false });
     // The cut is durable and the log goes on from it.
     let after = std::fs::read(&newest).unwrap();
     assert!(after[last_start..].iter().all(|&byte| byte == 0), "cut tail zeroed");
@@ -200,7 +200,7 @@ fn bit_flip_in_an_older_segment_cuts_the_log_before_it_and_reports_it() {
         let ticket = wal.append(batch(damaged as u64 * 3 + 1, &[7])).unwrap();
         wal.wait_durable(ticket.sequence).await.unwrap();
         // A save while still short of what it acknowledged keeps the claim.
-        wal.save_hard_state(HardState { term: 7, vote: 0, commit: 0, ack_term: 0 }).await.unwrap();
+        wal.save_hard_state(HardState { term: 7, vote: 0, commit: 0, ack_term: 0, verified: false }).await.unwrap();
         wal.close().await.unwrap();
     });
     let recovered = open(&dir).unwrap();
@@ -307,7 +307,7 @@ fn hard_state_damage_is_repaired_from_the_peers() {
     // the newest (term 2) is in slot 1, the previous (term 1) in slot 0.
     flip(&path, wal::hard_state::SLOT_SIZE + 30);
     let (recovered, damage) = open_reporting(&dir).unwrap();
-    assert_eq!(recovered.hard_state, HardState { term: 1, vote: 2, commit: 3, ack_term: 1 });
+    assert_eq!(recovered.hard_state, HardState { term: 1, vote: 2, commit: 3, ack_term: 1, verified: false });
     assert_eq!(recovered.acknowledged, engine::REPAIR_UNKNOWN, "the lost slot may have held a newer vote");
     assert!(matches!(damage, Some(WalError::Corrupt { ref file, .. }) if *file == path), "{damage:?}");
     flip(&path, 30);

@@ -390,13 +390,16 @@ where
     /// changed` line and nothing more. The peer links say which members
     /// cannot be reached (`cannot reach the peer`).
     ///
-    /// When this replica withholds its vote for lack of requests from
-    /// voters of its configuration, it says so: it started with an empty
-    /// log, so it cannot know what it acknowledged before (see
-    /// `engine::Raft::votes_wait_for`). Its configuration is the starting
-    /// one (`--peers`); a member listed there that has left the cluster
-    /// never asks, and a group that needs this vote then has no leader
-    /// until the node is restarted with the current members.
+    /// When this replica withholds its vote, it says why (see
+    /// `engine::Raft::past_unknown`). It started with an empty log, so it
+    /// cannot know what it acknowledged before: either it still waits for
+    /// every other voter of its configuration to ask for a vote with an
+    /// empty log (a new cluster; `votes_wait_for` names them), or it heard
+    /// a history and votes only once a leader has caught it up. Its
+    /// configuration is the starting one (`--peers`); a member listed there
+    /// that has left the cluster never asks, and a group that needs this
+    /// vote then has no leader until the node is restarted with the current
+    /// members.
     fn note_no_leader(&mut self, now: Instant) {
         if self.raft.leader() != engine::NODE_NONE {
             self.no_leader = None;
@@ -410,27 +413,39 @@ where
         }
         *warned = Some(now);
         let waiting = self.raft.votes_wait_for();
-        if waiting.is_empty() {
+        let voters = &self.raft.conf().voters;
+        if !waiting.is_empty() {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                waiting_for = ?waiting,
+                ?voters,
+                "no leader, and this replica withholds its vote: it started with an empty log (a new cluster, or a \
+                 wiped data directory) and votes only once every other voter of its configuration has asked for a \
+                 vote with an empty log, so a new cluster elects its first leader once all its nodes have started; \
+                 start those members; if they have left the cluster, restart this node with the current members in \
+                 --peers"
+            );
+        } else if self.raft.past_unknown() {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                ?voters,
+                "no leader, and this replica withholds its vote: it started with an empty log in a cluster that has \
+                 data (a wiped data directory?), so it cannot know what it acknowledged before, and it votes only \
+                 once a leader has caught it up (in a group of two voters, for the other one): the other voters \
+                 must elect a leader without it. If its --peers are not the cluster's current members, restart it \
+                 with the current members in --peers"
+            );
+        } else {
             tracing::warn!(
                 shard = self.ctx.shard_id,
                 term = self.raft.term(),
                 role = ?self.raft.role(),
-                voters = ?self.raft.conf().voters,
+                ?voters,
                 "no leader for {}s: a majority of the voters must be up and reach each other (the peer links say \
                  which members this node cannot reach)",
                 without.as_secs()
             );
-            return;
         }
-        tracing::warn!(
-            shard = self.ctx.shard_id,
-            waiting_for = ?waiting,
-            voters = ?self.raft.conf().voters,
-            "no leader, and this replica withholds its vote: it started with an empty log (a new cluster, or a \
-             wiped data directory) and votes only once enough voters of its configuration have asked for votes; \
-             start those members if they are down; if they have left the cluster, restart this node with the \
-             current members in --peers"
-        );
     }
 
     /// Says, through the leader, what this node's build reads (groups of

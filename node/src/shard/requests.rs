@@ -1194,10 +1194,11 @@ where
                 target => json!(target),
             }),
             "repair": self.repair_json(status.repair_target, status.last_index),
-            // A replica that started with an empty log votes only after vote
-            // requests from enough voters of its configuration: those it
-            // still waits for (empty once it has heard enough, or knows its
-            // past).
+            // A replica that started with an empty log votes only after every
+            // other voter of its configuration asked for a vote with an empty
+            // log: those it still waits for (empty once it has heard them
+            // all, knows its past, or heard a history: then "repair" says
+            // so).
             "votes_wait_for": self.raft.votes_wait_for(),
             "disk_full": self.storage.no_space(),
             // Peers that answer this leader's appends "no space" (empty on
