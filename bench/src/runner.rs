@@ -1064,7 +1064,7 @@ async fn receive_loop(
                 failure = Some(("busy", "the node is overloaded".into()));
                 wake_sender.notify_one();
             }
-            ResponseStatus::NoSpace => failure = Some(("no_space", "the node's disk is full".into())),
+            ResponseStatus::NoSpace => failure = Some(("no_space", "a disk the write needs is full".into())),
             ResponseStatus::TimedOut => failure = Some(("timed_out", "the node timed the request out".into())),
             ResponseStatus::SessionExpired => {
                 conn.borrow_mut().outcome.get_or_insert(Outcome::SessionLost);

@@ -235,10 +235,13 @@ pub enum ResponseStatus {
     /// their way (the next request acknowledges them) and retry with the
     /// same sequence.
     SessionFull(String),
-    /// The leader's disk is full, or those of so many voters that the rest
-    /// make no quorum: the write was not taken (nothing applied). Reads are
-    /// still served; writes resume by themselves once space is freed, so
-    /// retry later (another node would send the write to the same leader).
+    /// A disk the write needs is full: the leader's, those of so many
+    /// voters that the rest make no quorum, or that of the follower the
+    /// write was sent to (which forwards a write only while it can log it):
+    /// the write was not taken (nothing applied). Reads are still served;
+    /// writes resume by themselves once space is freed, so retry later.
+    /// Another node helps only in the last case: it sends the write to the
+    /// same leader.
     NoSpace,
 }
 
@@ -262,7 +265,10 @@ impl std::fmt::Display for ResponseStatus {
             ResponseStatus::BadRequest(reason) => write!(f, "bad request: {reason}"),
             ResponseStatus::Forbidden(reason) => write!(f, "forbidden: {reason}"),
             ResponseStatus::SessionFull(reason) => write!(f, "session full: {reason}"),
-            ResponseStatus::NoSpace => f.write_str("the node's disk is full (nothing applied; retry later)"),
+            ResponseStatus::NoSpace => f.write_str(
+                "a disk the write needs is full: the leader's, a quorum's, or the answering follower's own (nothing \
+                 applied; retry later)",
+            ),
         }
     }
 }

@@ -1135,6 +1135,107 @@ fn full_followers_make_the_leader_refuse_writes_with_no_space() {
     cluster.converge();
 }
 
+/// A follower whose own disk is full, beside a leader and a follower with
+/// room (fifth audit, F6). It answers a write it forwards (a session write
+/// or opening: `--forward-writes`, and every write through the Redis front
+/// door) only once it has applied it from its own log, which it cannot
+/// write: the client waited out its whole timeout although the leader had
+/// room. Now it refuses at once with `NoSpace` (nothing applied), writes
+/// through the other nodes go on, and once it has room it forwards again.
+#[test]
+fn a_full_follower_refuses_the_writes_it_would_forward_at_once() {
+    let _serial = serial();
+    let Some(binary) = io_uring_or_skip() else { return };
+    let Some(cluster) = started_on_tmpfs(Cluster::stopped(binary, 3, 25_300, None, true, 1), "100m") else {
+        return;
+    };
+    let leader = cluster.leader();
+    let full = cluster.all().into_iter().find(|&id| id != leader).expect("a follower");
+    for id in cluster.all().into_iter().filter(|&id| id != full) {
+        cluster.mount(id).resize("400m");
+    }
+    // What the node's log does not take, a file does: the follower stays
+    // full (its own snapshots cannot free segments) until it goes.
+    let filler = cluster.data_dir(full).join("filler");
+    fill(&filler);
+    let mut client = BlockingClient::new(&cluster.client(&[leader], Duration::from_secs(15))).expect("a client");
+    // A session every node applied before the disk filled.
+    let mut known = client.open_session().expect("a session");
+    cluster.converge();
+    let mut next = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cluster.status(full).is_some_and(|status| status["disk_full"] == serde_json::Value::Bool(true)) {
+        assert!(
+            Instant::now() < deadline,
+            "node {full}'s disk never filled after {next} writes\n{}",
+            cluster.describe()
+        );
+        let answer = client.call(big_put(next)).expect("answered");
+        assert!(matches!(answer, ResponseStatus::Ok(_)), "write {next}: {answer:?}\n{}", cluster.describe());
+        next += 1;
+    }
+    eprintln!("node {full}'s disk is full after {next} writes");
+
+    let mut via_full = BlockingClient::new(&cluster.client(&[full], Duration::from_secs(15))).expect("a client");
+    let started = Instant::now();
+    let opened = via_full.open_session();
+    assert!(matches!(opened, Err(CallError::Refused(ResponseStatus::NoSpace))), "{opened:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused in {:?}", started.elapsed());
+    let command = KvOp::Put { key: Bytes::from_static(b"through-the-full-one"), value: big_value(1) }.encode();
+    let started = Instant::now();
+    let written = via_full.write(&mut known, command.clone());
+    assert!(matches!(written, Err(CallError::Refused(ResponseStatus::NoSpace))), "{written:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused in {:?}", started.elapsed());
+    // A session it has not applied (opened after its disk filled) is one
+    // it does not know: it sends the client to the leader, which takes
+    // the write.
+    let mut unknown = client.open_session().expect("a session through the leader");
+    let written = via_full.write(&mut unknown, command.clone());
+    assert!(written.is_ok(), "{written:?}");
+    // The leader and the other follower go on.
+    assert!(matches!(client.call(big_put(next)).expect("answered"), ResponseStatus::Ok(_)));
+    // What a linearizable read through it does meanwhile (reported, not
+    // asserted: it needs the entries it cannot take).
+    let started = Instant::now();
+    let read = via_full.call(big_get(0));
+    eprintln!(
+        "a read through the full follower: {:?} in {:?}",
+        read.map(|status| status.to_string()),
+        started.elapsed()
+    );
+    let stats = cluster.stats(full).expect("the full follower answers");
+    assert!(stats["stats"]["no_space"].as_u64().is_some_and(|count| count >= 2), "{stats}");
+
+    // Room for the log's next 64 MiB segment.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    cluster.mount(full).resize("400m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match via_full.write(&mut known, command.clone()) {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "no write through node {full} 30 s after it had room: {error}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let read = client.call(RequestBody::Read {
+        query: KvOp::Get { key: Bytes::from_static(b"through-the-full-one") }.encode(),
+        consistency: ReadConsistency::Linearizable,
+    });
+    assert_eq!(read.expect("read"), ResponseStatus::Ok(KvResponse::Value(Some(big_value(1))).encode()));
+    cluster.converge();
+}
+
+/// Writes zeros to `path` until its file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let block = vec![0u8; 1 << 20];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
 /// Issue 16: a follower whose disk cannot hold the snapshot its leader
 /// sends (a wiped follower, cut off while the leader compacted, restarted
 /// with 1 MiB free). Before, the chunk that did not fit failed with ENOSPC

@@ -327,7 +327,11 @@ async fn retry_or_fail(status: ResponseStatus, deadline: Instant, call: Call) ->
         // Final too: nothing was applied. Retried, the client waited 10 s
         // for `TRYAGAIN ... may or may not have been applied` (fifth audit).
         ResponseStatus::NoSpace => {
-            return Err(CallFailed("ERR the leader's disk is full: nothing applied; retry later".into()))
+            return Err(CallFailed(
+                "ERR a disk this write needs is full (the leader's, or this node's own): nothing applied; retry \
+                 later"
+                    .into(),
+            ))
         }
         ResponseStatus::Ok(_) => unreachable!("an outcome is not retried"),
         ResponseStatus::TimedOut => "timed out in the cluster".to_string(),
@@ -351,7 +355,7 @@ mod tests {
             let started = Instant::now();
             let failed = retry_or_fail(ResponseStatus::NoSpace, deadline, Call::Write).await.unwrap_err();
             assert!(started.elapsed() < RETRY_PAUSE, "it waited to retry");
-            assert!(failed.0.starts_with("ERR the leader's disk is full: nothing applied"), "{}", failed.0);
+            assert!(failed.0.starts_with("ERR a disk this write needs is full"), "{}", failed.0);
         });
     }
 }

@@ -301,6 +301,10 @@ where
             self.transport.reply(reply, redirect);
             return;
         }
+        if !leader && self.full_follower_refuses() {
+            self.transport.reply(reply, ResponseStatus::NoSpace);
+            return;
+        }
         self.drop_stale_forwards();
         if self.requests.forwarded.len() + self.requests.openings.len() >= FORWARDED_MAX {
             self.stats.busy += 1;
@@ -376,6 +380,9 @@ where
             && self.raft.role() != Role::Leader
             && self.raft.leader() != engine::NODE_NONE
         {
+            if self.full_follower_refuses() {
+                return self.transport.reply(reply, ResponseStatus::NoSpace);
+            }
             return self.forward(data, session, reply, arrived);
         }
         if self.raft.role() == Role::Leader && self.refuse_for_no_space() {
@@ -1040,6 +1047,21 @@ where
     /// leader's, or those of so many voters that the rest make no quorum
     /// (it could not commit). Counts the refusal. Reads go on: they need no
     /// disk.
+    /// Whether this follower, whose own disk is full, refuses a write it
+    /// would forward (counted with the leader's refusals). It answers a
+    /// forwarded write only once it has applied it from its own log, which
+    /// it cannot write: the client waited out its whole timeout (10 s
+    /// through the Redis front door) although the leader had room (fifth
+    /// audit, F6). Refused at once, nothing was applied, and the client
+    /// can write through another node.
+    fn full_follower_refuses(&mut self) -> bool {
+        if !self.storage.no_space() {
+            return false;
+        }
+        self.stats.no_space += 1;
+        true
+    }
+
     fn refuse_for_no_space(&mut self) -> bool {
         self.note_disk_space();
         if !self.storage.no_space() && !self.raft.quorum_lacks_space() {
