@@ -18,6 +18,16 @@ use net::{
 use crate::config::{AdminCommand, ClientConfig, KvCommand};
 use crate::kv::{KvOp, KvResponse};
 
+/// `println!` to standard output that ignores a closed pipe: `node admin
+/// status | head` or `node kv get k | head -c 3` is the reader's choice,
+/// and `println!` panicked on it (fifth audit).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Why a command-line request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientCmdError {
@@ -29,8 +39,9 @@ pub enum ClientCmdError {
     IoUring(String),
     #[error("TLS: {0}")]
     Tls(#[from] net::CredentialsError),
-    /// `get --raw` of a key that holds no value (exit status 1: a script
-    /// cannot tell an absent key from a stored "(absent)" otherwise).
+    /// `get` of a key that holds no value (exit status 1: a script cannot
+    /// tell an absent key from a stored "(absent)" otherwise; with and
+    /// without `--raw`, as `git config` does).
     #[error("the key is absent")]
     Absent,
     /// `cas` whose condition did not hold (exit status 1, as `get --raw`
@@ -189,6 +200,7 @@ pub fn run_kv(command: KvCommand) -> Result<(), ClientCmdError> {
     print_kv(&command.op, &answer);
     match KvResponse::decode(&answer) {
         Ok(KvResponse::CasFailed { .. }) => Err(ClientCmdError::NotSwapped),
+        Ok(KvResponse::Value(None)) => Err(ClientCmdError::Absent),
         _ => Ok(()),
     }
 }
@@ -240,9 +252,9 @@ fn change_every_shard(client: &mut BlockingClient, body: RequestBody) -> Result<
             Err(error) => Err(error.to_string()),
         };
         match outcome {
-            Ok(()) => println!("shard {shard}: OK"),
+            Ok(()) => out!("shard {shard}: OK"),
             Err(reason) => {
-                println!("shard {shard}: {reason}");
+                out!("shard {shard}: {reason}");
                 failed.push(shard);
             }
         }
@@ -264,18 +276,18 @@ fn show(value: &Bytes) -> String {
 
 fn print_kv(op: &KvOp, bytes: &Bytes) {
     match KvResponse::decode(bytes) {
-        Ok(KvResponse::Value(Some(value))) => println!("{}", show(&value)),
-        Ok(KvResponse::Value(None)) => println!("(absent)"),
-        Ok(KvResponse::Written) => println!("OK"),
-        Ok(KvResponse::Deleted { existed }) => println!("{}", if existed { "deleted" } else { "(was absent)" }),
-        Ok(KvResponse::CasSucceeded) => println!("swapped"),
+        Ok(KvResponse::Value(Some(value))) => out!("{}", show(&value)),
+        Ok(KvResponse::Value(None)) => out!("(absent)"),
+        Ok(KvResponse::Written) => out!("OK"),
+        Ok(KvResponse::Deleted { existed }) => out!("{}", if existed { "deleted" } else { "(was absent)" }),
+        Ok(KvResponse::CasSucceeded) => out!("swapped"),
         Ok(KvResponse::CasFailed { current }) => {
-            println!("not swapped; current value: {}", current.as_ref().map_or("(absent)".to_string(), show))
+            out!("not swapped; current value: {}", current.as_ref().map_or("(absent)".to_string(), show))
         }
         // The CLI sends none of the RESP front door's ops; a newer node's
         // answer is still shown.
-        Ok(other) => println!("{other:?}"),
-        Err(error) => println!("{op:?}: undecodable answer: {error}"),
+        Ok(other) => out!("{other:?}"),
+        Err(error) => out!("{op:?}: undecodable answer: {error}"),
     }
 }
 
@@ -299,19 +311,19 @@ pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
                     other => return Err(ClientCmdError::Call(CallError::Refused(other))),
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
+            out!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
             return Ok(());
         }
     }
     match client.call(command.body)? {
         ResponseStatus::Ok(bytes) if bytes.is_empty() => {
-            println!("OK");
+            out!("OK");
             Ok(())
         }
         ResponseStatus::Ok(bytes) => {
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(value) => println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
-                Err(_) => println!("{}", show(&bytes)),
+                Ok(value) => out!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+                Err(_) => out!("{}", show(&bytes)),
             }
             Ok(())
         }

@@ -1192,7 +1192,9 @@ impl ClientConfig {
             .iter()
             .map(|value| {
                 value.parse::<HostPort>().map_err(|error| ConfigError::BadAddress {
-                    option: "addr",
+                    // The value may come from the environment: name both
+                    // (an audit took the error to be about the flag).
+                    option: "addr (or NODE_ADDR)",
                     value: value.clone(),
                     // The reason alone: the error names the value already.
                     reason: match error {

@@ -42,7 +42,15 @@ fn main() -> ExitCode {
             .map(|summary| println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default()))
             .map_err(|e| e.to_string()),
         NodeCommand::Restore(config) => node::backup::run_restore(&config).map(|summary| {
-            println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            // The new cluster's id, not the backed-up one's: an operator
+            // copied the printed id into the next commands (fifth audit).
+            let mut shown = serde_json::to_value(&summary).unwrap_or_default();
+            if let Some(fields) = shown.as_object_mut() {
+                let backed_up = fields.remove("cluster_id").unwrap_or_default();
+                fields.insert("backup_cluster_id".into(), backed_up);
+                fields.insert("cluster_id".into(), config.cluster_id.into());
+            }
+            println!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
             eprintln!(
                 "restored {} shard(s) into {}: start the node with `node serve --data-dir {} --node-id {} --cluster-id {} --peers ...` (and --shards {}) ; restore every node of the new cluster from this same backup: a node started empty, or restored from another backup, and this one refuse each other (a node added later joins with --join)",
                 summary.shards.len(),

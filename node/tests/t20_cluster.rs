@@ -759,7 +759,8 @@ fn a_node_without_a_majority_says_so_and_names_the_peers_it_cannot_reach() {
 
 /// Binary values and values beyond what a command line takes go in with
 /// `--value-file` (a file, or `-` for standard input) and come out byte for
-/// byte with `get --raw`; an absent key under `--raw` exits with status 1.
+/// byte with `get --raw`; an absent key exits with status 1, and a closed
+/// standard output is no crash.
 #[test]
 fn binary_values_go_in_from_a_file_and_come_out_raw() {
     let cluster = TestCluster::start(3, 22600);
@@ -799,6 +800,24 @@ fn binary_values_go_in_from_a_file_and_come_out_raw() {
     let absent = kv(&["get", "never-written", "--raw"], None);
     assert_eq!(absent.status.code(), Some(1));
     assert!(absent.stdout.is_empty());
+    // Without `--raw` too (it exited 0: fifth audit).
+    let absent = kv(&["get", "never-written"], None);
+    assert_eq!(absent.status.code(), Some(1), "{absent:?}");
+    assert_eq!(String::from_utf8_lossy(&absent.stdout).trim(), "(absent)");
+    // A reader that closed the pipe before the answer came (`| head`) is
+    // the reader's choice: no panic (it panicked: "failed printing to
+    // stdout: Broken pipe", exit status 101).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_node"))
+        .arg("kv")
+        .args(["--addr", &addrs, "--cluster-id", "9", "get", "nul"])
+        .env("NODE_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    assert!(closed.status.success(), "{closed:?}: {}", String::from_utf8_lossy(&closed.stderr));
 }
 
 /// `node dev` stopped the way a terminal's Ctrl-C stops it (SIGINT to its

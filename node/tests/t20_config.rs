@@ -400,6 +400,10 @@ fn kv_admin_and_dev_commands() {
     };
     assert_eq!(kv.op, KvOp::Put { key: "k".into(), value: "v".into() });
     assert_eq!(kv.client.addrs.len(), 2);
+    // A bad address names the environment variable too, where it may have
+    // come from (it named the flag only).
+    let error = parse_from(["node", "kv", "--token", "t", "--addr", "garbage", "get", "k"]).unwrap_err().to_string();
+    assert!(error.starts_with("--addr (or NODE_ADDR) \"garbage\" is not a valid address"), "{error}");
     // A value from a file, byte for byte (binary, or beyond what argv takes).
     let dir = scratch("value-file");
     let file = dir.join("value");

@@ -172,6 +172,10 @@ fn a_backup_restores_into_a_new_cluster_with_every_acknowledged_write() {
     for slot in 1..=3 {
         let output = restore(&file, &new.data_dir(slot), slot, &new_peers, NEW_CLUSTER);
         assert!(output.status.success(), "restore of slot {slot} failed: {}", stderr(&output));
+        // It names the new cluster's id (it printed the backed-up one's).
+        let restored: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+        assert_eq!(restored["cluster_id"], NEW_CLUSTER, "{restored}");
+        assert_eq!(restored["backup_cluster_id"], CLUSTER, "{restored}");
     }
     // Another shard count than the backup's would route keys to shards
     // that do not hold them.
