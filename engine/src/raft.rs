@@ -329,8 +329,9 @@ pub struct Raft {
     /// `note_evidence`): then no history exists that it could have helped
     /// make, and it votes as any voter does, in terms above `vote_fence`.
     unverified: bool,
-    /// While `unverified`: the voters that asked for a (pre-)vote with an
-    /// empty log, each with the highest term it asked in.
+    /// While its past is unknown (`unverified`, or in a repair to
+    /// [`REPAIR_UNKNOWN`]): the voters that asked for a (pre-)vote with an
+    /// empty log since it started, each with the highest term it asked in.
     evidence: BTreeMap<NodeId, Term>,
     /// This replica votes only in terms above it: the highest term in which
     /// the voters that asked, in the evidence that ended `unverified`, were
@@ -377,7 +378,9 @@ pub struct Raft {
 /// holds the leader's log up to an entry of the leader's term and up to the
 /// leader's commit index, which then covers every committed entry (see
 /// `Raft::handle_append`), and votes meanwhile only in a group of two (see
-/// `Raft::unknown_past_vote_allowed`).
+/// `Raft::unknown_past_vote_allowed`). The repair also ends once every
+/// other voter of its configuration has asked it for a vote with an empty
+/// log since it started (see `Raft::note_evidence`).
 pub const REPAIR_UNKNOWN: Index = Index::MAX;
 
 impl Raft {
@@ -627,11 +630,7 @@ impl Raft {
         if !self.unverified {
             return Vec::new();
         }
-        let mut waiting: Vec<NodeId> = self.voter_ids();
-        waiting.retain(|id| *id != self.id && !self.evidence.contains_key(id));
-        waiting.sort_unstable();
-        waiting.dedup();
-        waiting
+        self.evidence_missing()
     }
 
     /// How many repairs to [`REPAIR_UNKNOWN`] this replica started since it
@@ -2107,14 +2106,15 @@ impl Raft {
         !self.past_unknown() && term > self.vote_fence
     }
 
-    /// Notes what a (pre-)vote request tells an `unverified` replica (one
-    /// that started with an empty log as a voter of its configuration: a new
-    /// cluster, or a wiped data directory?).
+    /// Notes what a (pre-)vote request tells a replica whose past is
+    /// unknown (one that started with an empty log as a voter of its
+    /// configuration: a new cluster, or a wiped data directory?).
     ///
     /// - A log that is not empty: the cluster has a history, which this
     ///   replica may have helped make before it lost its data. It repairs
     ///   as one that heard a leader does (see [`REPAIR_UNKNOWN`]), and
-    ///   votes again once a leader has caught it up.
+    ///   votes again once a leader has caught it up, or once the evidence
+    ///   below is complete, in whatever order it came.
     /// - An empty log, from every other voter of its configuration: then it
     ///   can have acknowledged nothing that was ever committed (an entry it
     ///   acknowledged came from a leader, whose log still holds it, so that
@@ -2124,31 +2124,40 @@ impl Raft {
     ///   in terms above the highest term the askers were at (`vote_fence`),
     ///   which its hard state keeps across a restart.
     ///
-    /// This holds only for requests sent after this replica lost its data:
-    /// links deliver in order and never deliver across a restart of the
-    /// receiver, which the node's transport guarantees (a request sent
-    /// before the wipe reached the old process or no one).
+    /// This needs each link to deliver in order (or to lose what it does
+    /// not deliver in order): a request sent before this replica lost its
+    /// data then never arrives after the messages its sender sent later,
+    /// such as the entries this replica acknowledged. The node's peer links
+    /// keep order and drop what a down link would send; the simulator's
+    /// network reorders, but loses every packet to a node that crashes.
     fn note_evidence(&mut self, from: NodeId, term: Term, request: VoteRequest, pre: bool) {
-        if !self.unverified {
+        if !self.past_unknown() {
             return;
         }
         if request.last_log_index > 0 {
-            self.unverified = false;
-            self.evidence.clear();
-            self.repair = Some(REPAIR_UNKNOWN);
-            self.repair_term = self.term.max(term);
-            self.unknown_repairs += 1;
+            if std::mem::take(&mut self.unverified) {
+                self.repair = Some(REPAIR_UNKNOWN);
+                self.repair_term = self.term.max(term);
+                self.unknown_repairs += 1;
+            }
+            // The evidence gathered so far stays: it is about what the
+            // askers held after this replica lost its data, whatever came
+            // since (a voter that missed a new cluster's first round, cut
+            // off, still completes it once the others that lack its vote
+            // ask again; simulator seed 600021 of `five_nodes`).
             return;
         }
         // The asker's own term: a pre-vote asks for the term after it.
         let asker_term = if pre { term.saturating_sub(1) } else { term };
         let asked = self.evidence.entry(from).or_insert(0);
         *asked = (*asked).max(asker_term);
-        if !self.votes_wait_for().is_empty() {
+        if !self.evidence_missing().is_empty() {
             // Tell the voters this replica's empty log at once: a new
             // cluster's voters would otherwise each wait for the others'
             // election timeouts before the first election could succeed.
-            if self.reported_at.is_none_or(|at| self.now >= at + u64::from(self.config.election_ticks_min)) {
+            if self.unverified
+                && self.reported_at.is_none_or(|at| self.now >= at + u64::from(self.config.election_ticks_min))
+            {
                 self.reported_at = Some(self.now);
                 self.report_log();
             }
@@ -2157,6 +2166,10 @@ impl Raft {
         let fence = self.evidence.values().copied().max().unwrap_or(0);
         self.unverified = false;
         self.evidence.clear();
+        if self.repair == Some(REPAIR_UNKNOWN) {
+            self.repair = None;
+            self.verified_from = self.log.last_index();
+        }
         self.vote_fence = fence;
         // The hard state carries the fence across a restart: its term, with
         // the term's vote spent.
@@ -2166,6 +2179,22 @@ impl Raft {
         if self.term == fence && self.vote == NODE_NONE {
             self.vote = self.id;
         }
+        // The others may still wait for this replica's empty log (a
+        // message of the round may have been lost): tell them once more.
+        if self.log.last_index() == 0 {
+            self.reported_at = Some(self.now);
+            self.report_log();
+        }
+    }
+
+    /// The voters of this replica's configuration, other than itself, that
+    /// have not asked it for a vote with an empty log since it started.
+    fn evidence_missing(&self) -> Vec<NodeId> {
+        let mut missing: Vec<NodeId> = self.voter_ids();
+        missing.retain(|id| *id != self.id && !self.evidence.contains_key(id));
+        missing.sort_unstable();
+        missing.dedup();
+        missing
     }
 
     /// A node that is no voter of its own configuration (one started to

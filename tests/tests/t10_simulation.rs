@@ -248,10 +248,16 @@ fn five_nodes_with_storage_faults() {
 /// `tests::sim::disk::SimDisk::damage`); 320130 with three voters (no
 /// storage faults) left a client stuck for good, retrying a session write
 /// at a removed learner that never caught up to the session's opening and
-/// answered `Busy` each time (see `Shard::refuse_session_caller`).
+/// answered `Busy` each time (see `Shard::refuse_session_caller`);
+/// 600021 with five voters (no storage faults) stalled for good: two
+/// voters of a new cluster, cut off during its first round, heard a log
+/// that was not empty before every other voter had told them its empty
+/// one, took their pasts for unknown, and a joint configuration needed
+/// one of their votes (see `Raft::note_evidence`: the evidence now keeps
+/// counting in that repair).
 #[test]
 fn seeds_that_failed_once() {
-    const FAILED_ONCE: &[(u64, u64, bool)] = &[(241921, 3, true), (320130, 3, false)];
+    const FAILED_ONCE: &[(u64, u64, bool)] = &[(241921, 3, true), (320130, 3, false), (600021, 5, false)];
     for &(seed, voters, storage_faults) in FAILED_ONCE {
         let summary = run_with(seed, voters, storage_faults);
         assert!(summary.committed > 0, "seed {seed} committed nothing: {summary:?}");
