@@ -37,6 +37,9 @@ const RELEARN_EVERY: Duration = Duration::from_secs(1);
 /// stopped). Loopback and LAN connections take milliseconds; 2 s leaves
 /// room for a TLS connection over a long path (three round trips).
 pub const CONNECT_PER_NODE: Duration = Duration::from_secs(2);
+/// The least time one node gets to answer a request while another node is
+/// known (see `Client::answer_limit`).
+const ANSWER_PER_NODE_MIN: Duration = Duration::from_secs(1);
 
 /// Why a call gave up or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +371,25 @@ impl<C: Connector> Client<C> {
 
     /// How long the next connection may take: [`CONNECT_PER_NODE`] while
     /// there are other nodes to try, else whatever is left of the deadline.
+    /// How long the node asked gets to answer `body`: half of what is left
+    /// (at least `ANSWER_PER_NODE_MIN`) while another node is known, for a
+    /// request that another node may take again (a read, a status, a write
+    /// in a session, whose retried sequence is applied once; a write
+    /// outside any session may be applied twice on any retry, as
+    /// documented). A node that accepts a connection and never answers (a
+    /// stopped or wedged process) took the whole deadline, and the call
+    /// failed with healthy nodes listed (fifth audit, F2). Admin requests
+    /// keep the whole deadline: a backup waits inside one call for a
+    /// snapshot, and a membership change sent twice is answered as done
+    /// or in progress.
+    fn answer_limit(&self, remaining: Duration, body: &RequestBody) -> Duration {
+        if self.addrs.len() > 1 && !matches!(body, RequestBody::Admin(_)) {
+            remaining.min((remaining / 2).max(ANSWER_PER_NODE_MIN))
+        } else {
+            remaining
+        }
+    }
+
     fn connect_limit(&self, remaining: Duration) -> Duration {
         if self.addrs.len() > 1 {
             remaining.min(CONNECT_PER_NODE)
@@ -432,7 +454,8 @@ impl<C: Connector> Client<C> {
                 ClientRequest { request_id: self.take_request_id(), client_id, sequence, ack, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
             self.connector.limit_connect(self.connect_limit(remaining));
-            let answer = tokio::time::timeout(remaining, self.connector.exchange(&addr, self.shard, &request)).await;
+            let limit = self.answer_limit(remaining, &body);
+            let answer = tokio::time::timeout(limit, self.connector.exchange(&addr, self.shard, &request)).await;
             let status = match answer {
                 Ok(Ok(status)) => status,
                 Ok(Err(error)) => {
@@ -445,9 +468,12 @@ impl<C: Connector> Client<C> {
                 Err(_) => {
                     self.connector.forget(&addr);
                     outcomes.note(&addr, "no answer");
-                    // The next call starts from the given nodes, not from
-                    // one that just took a whole deadline.
+                    // The next attempt, or the next call, starts from the
+                    // given nodes, not from one that did not answer.
                     self.target = None;
+                    if limit < remaining {
+                        continue;
+                    }
                     break;
                 }
             };
@@ -607,6 +633,8 @@ mod tests {
         running: BTreeMap<u32, Vec<u32>>,
         /// Nodes that accept a connection and never answer (stopped).
         hung: Vec<u32>,
+        /// Nodes connected that never answer a request (wedged).
+        silent: Vec<u32>,
         /// Running nodes that know no leader (cut off, or removed).
         leaderless: Vec<u32>,
         /// Nodes that refuse this client's handshake (a wrong token).
@@ -640,6 +668,9 @@ mod tests {
                 // As the TCP connector does: no connection within the limit.
                 tokio::time::sleep(self.1).await;
                 return Err(format!("no connection within {:?}", self.1));
+            }
+            if self.0.borrow().silent.contains(node) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             if self.0.borrow().leaderless.contains(node) {
                 return Ok(ResponseStatus::NotLeader { leader_id: None, leader_addr: None });
@@ -677,6 +708,26 @@ mod tests {
         async fn members(&mut self, node: &u32) -> Result<Vec<u32>, String> {
             self.0.borrow().running.get(node).cloned().ok_or_else(|| format!("node {node} is down"))
         }
+    }
+
+    /// A node that accepts the connection and never answers (a stopped or
+    /// wedged process) must not sink a call another node answers: it took
+    /// the whole deadline, and the call failed (fifth audit, F2). Now it
+    /// gets half of it, and the next node the rest.
+    #[test]
+    fn a_node_that_never_answers_costs_half_the_deadline_and_the_next_node_answers() {
+        tokio_uring::start(async {
+            let nodes = two_running_nodes();
+            nodes.borrow_mut().silent.push(1);
+            let timeout = Duration::from_secs(3);
+            let mut client = Client::with_connector(FakeConnector::new(nodes.clone()), vec![1, 2], 0, timeout);
+            let started = Instant::now();
+            let answer = client.read(Bytes::from_static(b"k"), ReadConsistency::Linearizable).await;
+            assert_eq!(answer.expect("node 2 answers"), Bytes::from_static(b"done"));
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(2500), "the call took {took:?} of its {timeout:?}");
+            assert_eq!(nodes.borrow().calls.get(&1), Some(&1), "node 1 was asked once");
+        });
     }
 
     /// A node that knew only itself when the client first asked (it had not
