@@ -255,6 +255,13 @@ impl Link {
     pub fn close(&self) {
         self.owner.shared.close();
     }
+
+    /// Whether the peer refused this node's handshake because this node
+    /// was removed from the cluster (`RefusalReason::Removed`): whatever
+    /// this node's own state says, its view of the cluster is stale.
+    pub fn told_removed(&self) -> bool {
+        self.owner.shared.told_removed.get()
+    }
 }
 
 /// The reconnect loop.

@@ -311,6 +311,7 @@ pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
                     other => return Err(ClientCmdError::Call(CallError::Refused(other))),
                 }
             }
+            statuses.iter().for_each(warn_if_removed);
             out!("{}", serde_json::to_string_pretty(&statuses).unwrap_or_default());
             return Ok(());
         }
@@ -322,11 +323,29 @@ pub fn run_admin(command: AdminCommand) -> Result<(), ClientCmdError> {
         }
         ResponseStatus::Ok(bytes) => {
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(value) => out!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+                Ok(value) => {
+                    warn_if_removed(&value);
+                    out!("{}", serde_json::to_string_pretty(&value).unwrap_or_default())
+                }
                 Err(_) => out!("{}", show(&bytes)),
             }
             Ok(())
         }
         other => Err(ClientCmdError::Call(CallError::Refused(other))),
+    }
+}
+
+/// Says on standard error when a status came from a node that its peers
+/// refuse as removed: a removed node that still runs answers with its own
+/// stale view (`PreCandidate`, no leader), which read like the cluster's
+/// (fifth audit, F3).
+fn warn_if_removed(status: &serde_json::Value) {
+    let refusing = status["refused_as_removed_by"].as_array().map_or(0, Vec::len);
+    if refusing > 0 {
+        eprintln!(
+            "warning: node {} was removed from the cluster (peers {} refuse it): this status is its own stale view, \
+             not the cluster's; ask a member (--addr)",
+            status["node"], status["refused_as_removed_by"]
+        );
     }
 }

@@ -455,4 +455,17 @@ fn a_removed_node_that_still_runs_is_told() {
         assert!(std::time::Instant::now() < deadline, "node 3 was not told it was removed:\n{text}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Its status says so, and `node admin status` through it warns that
+    // this is not the cluster's view (it read as the cluster's: fifth
+    // audit, F3).
+    let status = cluster.status(3).expect("the removed node answers its status");
+    assert!(!common::ids(&status["refused_as_removed_by"]).is_empty(), "{status}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(["admin", "--addr", &format!("127.0.0.1:{}", cluster.client_port(3))])
+        .args(["--cluster-id", &CLUSTER.to_string(), "status"])
+        .env("NODE_TOKEN", TOKEN)
+        .output()
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("was removed from the cluster"), "{stderr}");
 }

@@ -565,6 +565,13 @@ impl ShardTransport for NodeTransport {
             peers.removed(self.shard_id, id);
         }
     }
+
+    fn refusing_as_removed(&self) -> Vec<NodeId> {
+        match &self.peers {
+            PeerNet::Tcp(peers) => peers.refusing_as_removed(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What reaches a core from outside it besides the network.

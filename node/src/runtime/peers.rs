@@ -74,6 +74,15 @@ impl Peers {
         self.removals.borrow().get(&id).is_some_and(|shards| shards.len() >= self.shards)
     }
 
+    /// The peers that refused this node's handshake because it was
+    /// removed from the cluster.
+    pub fn refusing_as_removed(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> =
+            self.links.borrow().iter().filter(|(_, (_, link))| link.told_removed()).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Shard `shard_id` (of this core) applied the removal of node `id`.
     pub fn removed(&self, shard_id: u32, id: NodeId) {
         if id == self.node_id || !self.removals.borrow_mut().entry(id).or_default().insert(shard_id) {

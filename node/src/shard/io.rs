@@ -199,6 +199,12 @@ pub trait ShardTransport {
     /// committed and its configuration leaves `id` out): this shard sends
     /// it nothing any more.
     fn member_removed(&mut self, id: NodeId);
+
+    /// The peers that refuse this node as removed from the cluster (see
+    /// `net::Link::told_removed`); none for transports without handshakes.
+    fn refusing_as_removed(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
 }
 
 /// The driver's only source of time: latencies, request timeouts and the

@@ -1242,6 +1242,8 @@ where
             // a client given one node learns the others.
             "members": self.members_json(&status.conf),
             "removed": self.fsm.removed(),
+            // Peers that refuse this node as removed: its view is stale.
+            "refused_as_removed_by": self.transport.refusing_as_removed(),
             "next_id": self.fsm.next_id(),
             // The history of the cluster this node's data continues (16 hex
             // digits; zeros: a cluster that started empty), which a node
