@@ -261,26 +261,28 @@ impl Raft {
     }
 
     /// Refuses a change whose new voters hold no majority of replicas that
-    /// have acknowledged an entry of this leader (as etcd's strict
-    /// reconfiguration check does). Such a change could not commit until
-    /// the others answer, and a voter that never heard a leader may have
-    /// to take its past for unknown (a new cluster's voter cut off during
-    /// its first round: `Raft::note_evidence`) and withhold the vote the
-    /// new configuration then needs (engine randomized seed 103059 of
-    /// `three_nodes`: removing node 2 of {1, 2, 3} left {1, 3}, and node 3
-    /// had never been reached).
+    /// have caught up with this leader (`Progress::caught_up`), as etcd's
+    /// strict reconfiguration check does. Such a change could not commit
+    /// until the others answer, and a voter that has not caught up may be
+    /// one that took its past for unknown (a new cluster's voter cut off
+    /// during its first round: `Raft::note_evidence`) and withholds the
+    /// vote the new configuration then needs. Engine randomized seeds of
+    /// `three_nodes`: in 103059, removing node 2 of {1, 2, 3} left {1, 3},
+    /// and node 3 had never been reached; in 303508, node 3 had
+    /// acknowledged entries, but only part of the way to the commit index,
+    /// so it was still in that repair.
     fn check_new_voters_heard(&self, voters: &[NodeId]) -> Result<(), ProposeError> {
         let heard: Vec<NodeId> = voters
             .iter()
             .copied()
-            .filter(|&id| id == self.id() || self.progress().get(&id).is_some_and(|pr| pr.match_index > 0))
+            .filter(|&id| id == self.id() || self.progress().get(&id).is_some_and(|pr| pr.caught_up))
             .collect();
         let majority = voters.len() / 2 + 1;
         if heard.len() >= majority {
             return Ok(());
         }
         Err(ProposeError::InvalidChange(format!(
-            "the new voters {voters:?} would hold {} that acknowledged this leader ({heard:?}), fewer than a \
+            "the new voters {voters:?} would hold {} that caught up with this leader ({heard:?}), fewer than a \
              majority ({majority}): start the others, or let them catch up, first",
             heard.len()
         )))

@@ -59,6 +59,16 @@ pub struct Progress {
     /// That answer was not about a full disk but about applying
     /// (`AppendResponse::applying`).
     pub no_space_applying: bool,
+    /// Acknowledged, in this leader's term, an append through an entry of
+    /// the term and at least the leader's commit index at the time the
+    /// answer came (so at least the commit the append carried). A replica
+    /// that took its past for unknown (`REPAIR_UNKNOWN`) ends its repair on
+    /// such an append, so once this is set it votes (until a wipe, a
+    /// failure like any other). The leader's strict reconfiguration check
+    /// counts these, not every peer that acknowledged something: a
+    /// follower partly caught up in that repair acknowledges entries and
+    /// still withholds its vote (engine randomized seed 303508).
+    pub caught_up: bool,
 }
 
 impl Progress {
@@ -86,6 +96,7 @@ impl Progress {
             inflight: Inflight::default(),
             no_space_at: None,
             no_space_applying: false,
+            caught_up: false,
         }
     }
 
@@ -181,6 +192,7 @@ impl Progress {
     /// probe again from after `hint`, its last entry that may match.
     pub fn forget_match(&mut self, hint: Index) {
         self.match_index = 0;
+        self.caught_up = false;
         self.state = ProgressState::Probe;
         self.next_index = hint + 1;
         self.pending_snapshot = 0;

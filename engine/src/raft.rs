@@ -2476,7 +2476,10 @@ impl Raft {
             return Err(Ignored("acknowledges entries the leader never had"));
         }
         let witness = self.conf.is_witness(from);
+        // Before this answer moves the commit index (see `Progress::caught_up`).
+        let caught_up = response.index >= self.log.committed && self.log.term(response.index) == Some(self.term);
         let pr = self.progress.get_mut(&from).expect("present");
+        pr.caught_up |= caught_up;
         if (witness || had_no_space) && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
             // A witness held back by its limit is probed with an empty
             // append, whose acceptance matches nothing new: it still proves
