@@ -1852,14 +1852,11 @@ impl Raft {
         if !fields_in_range(&message) {
             return Err(Ignored("a term or index beyond any real cluster's (forged or corrupt)"));
         }
-        match message.body {
+        if let MessageBody::PreVote(request) | MessageBody::Vote(request) = message.body {
             // Whatever its term: an empty log asked for a vote is evidence
             // even in a request too old to answer.
-            MessageBody::PreVote(request) => self.note_evidence(message.from, message.term, request, true),
-            MessageBody::Vote(request) => self.note_evidence(message.from, message.term, request, false),
-            _ => {}
-        }
-        if let MessageBody::PreVote(request) | MessageBody::Vote(request) = message.body {
+            let pre = matches!(message.body, MessageBody::PreVote(_));
+            self.note_evidence(message.from, message.term, request, pre);
             self.answer_new_voter(message.from, request);
         }
         self.step_term(&message)?;
@@ -2190,10 +2187,8 @@ impl Raft {
     /// The voters of this replica's configuration, other than itself, that
     /// have not asked it for a vote with an empty log since it started.
     fn evidence_missing(&self) -> Vec<NodeId> {
-        let mut missing: Vec<NodeId> = self.voter_ids();
+        let mut missing = self.voter_ids(); // sorted, each once
         missing.retain(|id| *id != self.id && !self.evidence.contains_key(id));
-        missing.sort_unstable();
-        missing.dedup();
         missing
     }
 
