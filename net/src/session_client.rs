@@ -371,19 +371,22 @@ impl<C: Connector> Client<C> {
 
     /// How long the next connection may take: [`CONNECT_PER_NODE`] while
     /// there are other nodes to try, else whatever is left of the deadline.
-    /// How long the node asked gets to answer `body`: half of what is left
-    /// (at least `ANSWER_PER_NODE_MIN`) while another node is known, for a
-    /// request that another node may take again (a read, a status, a write
-    /// in a session, whose retried sequence is applied once; a write
-    /// outside any session may be applied twice on any retry, as
-    /// documented). A node that accepts a connection and never answers (a
-    /// stopped or wedged process) took the whole deadline, and the call
-    /// failed with healthy nodes listed (fifth audit, F2). Admin requests
-    /// keep the whole deadline: a backup waits inside one call for a
-    /// snapshot, and a membership change sent twice is answered as done
-    /// or in progress.
-    fn answer_limit(&self, remaining: Duration, body: &RequestBody) -> Duration {
-        if self.addrs.len() > 1 && !matches!(body, RequestBody::Admin(_)) {
+    /// How long the node asked gets to answer: half of what is left (at
+    /// least `ANSWER_PER_NODE_MIN`) while another node is known. A node that
+    /// accepts a connection and never answers (a stopped or wedged process)
+    /// took the whole deadline, and the call failed with healthy nodes
+    /// listed (fifth audit, F2).
+    ///
+    /// Every request may be asked again of another node, as it already is
+    /// after a lost connection: a read or a status; a write in a session,
+    /// whose retried sequence is applied once (one outside any session may
+    /// be applied twice on any retry, as documented); and every admin
+    /// request, which a node answers without waiting on anything but a
+    /// commit or a read barrier (a backup's start answers `pending` while
+    /// its snapshot is taken). A membership change or a join sent twice is
+    /// answered as done or in progress; a second snapshot is merely taken.
+    fn answer_limit(&self, remaining: Duration) -> Duration {
+        if self.addrs.len() > 1 {
             remaining.min((remaining / 2).max(ANSWER_PER_NODE_MIN))
         } else {
             remaining
@@ -454,7 +457,7 @@ impl<C: Connector> Client<C> {
                 ClientRequest { request_id: self.take_request_id(), client_id, sequence, ack, body: body.clone() };
             let remaining = deadline.saturating_duration_since(Instant::now());
             self.connector.limit_connect(self.connect_limit(remaining));
-            let limit = self.answer_limit(remaining, &body);
+            let limit = self.answer_limit(remaining);
             let answer = tokio::time::timeout(limit, self.connector.exchange(&addr, self.shard, &request)).await;
             let status = match answer {
                 Ok(Ok(status)) => status,
@@ -727,6 +730,15 @@ mod tests {
             let took = started.elapsed();
             assert!(took < Duration::from_millis(2500), "the call took {took:?} of its {timeout:?}");
             assert_eq!(nodes.borrow().calls.get(&1), Some(&1), "node 1 was asked once");
+
+            // An admin request as well: it kept the whole deadline.
+            let mut client = Client::with_connector(FakeConnector::new(nodes.clone()), vec![1, 2], 0, timeout);
+            let started = Instant::now();
+            let answer = client.admin(AdminRequest::Stats).await;
+            assert_eq!(answer.expect("node 2 answers"), Bytes::from_static(b"done"));
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(2500), "the admin call took {took:?} of its {timeout:?}");
+            assert_eq!(nodes.borrow().calls.get(&1), Some(&2), "node 1 was asked once more");
         });
     }
 
