@@ -39,6 +39,11 @@ pub enum ClientCmdError {
     IoUring(String),
     #[error("TLS: {0}")]
     Tls(#[from] net::CredentialsError),
+    /// A TLS file that could not be used, named by the option (or
+    /// environment variable) that gave it: a path set in the environment
+    /// and forgotten is otherwise hard to trace.
+    #[error("TLS: {option}: {source}")]
+    TlsFile { option: &'static str, source: net::CredentialsError },
     /// `get` of a key that holds no value (exit status 1: a script cannot
     /// tell an absent key from a stored "(absent)" otherwise; with and
     /// without `--raw`, as `git config` does).
@@ -66,6 +71,26 @@ fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
     Ok(addrs)
 }
 
+/// Names the option behind a TLS file the client could not use.
+fn name_tls_option(files: &net::ClientTlsFiles, error: net::CredentialsError) -> ClientCmdError {
+    use net::CredentialsError::{NoCertificate, NoPrivateKey, Pem, Read, WrongIdentity};
+    let path = match &error {
+        Read { path, .. } | Pem { path, .. } | NoCertificate { path } | NoPrivateKey { path } => path,
+        WrongIdentity { path, .. } => path,
+        _ => return ClientCmdError::Tls(error),
+    };
+    let option = if *path == files.node_ca {
+        "--tls-ca (or NODE_TLS_CA)"
+    } else if files.certificate.as_ref() == Some(path) {
+        "--tls-cert (or NODE_TLS_CERT)"
+    } else if files.private_key.as_ref() == Some(path) {
+        "--tls-key (or NODE_TLS_KEY)"
+    } else {
+        return ClientCmdError::Tls(error);
+    };
+    ClientCmdError::TlsFile { option, source: error }
+}
+
 /// The cluster's client on a runtime of its own: every call blocks the
 /// calling thread until it has an outcome or gives up. Over TCP by default;
 /// an in-process cluster's client reaches its nodes through channels
@@ -82,7 +107,8 @@ impl BlockingClient<TcpConnector> {
         let token = client.token.as_ref().map(|token| token.0.clone()).unwrap_or_default();
         let config = match &client.tls {
             Some(files) => {
-                NetClientConfig::with_tls(client.cluster_id, ClientTls::load(client.cluster_id, files)?, token)
+                let tls = ClientTls::load(client.cluster_id, files).map_err(|error| name_tls_option(files, error))?;
+                NetClientConfig::with_tls(client.cluster_id, tls, token)
             }
             None => NetClientConfig::new(client.cluster_id, token),
         };

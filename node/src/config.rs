@@ -66,13 +66,13 @@ pub enum ConfigError {
     DataDirNotDirectory { path: PathBuf },
     #[error("give the token once: either --token (or NODE_TOKEN) or --token-file (or NODE_TOKEN_FILE)")]
     TokenTwice,
-    #[error("a token is required: --token, the NODE_TOKEN environment variable, or --token-file")]
+    #[error("a token is required: --token, the NODE_TOKEN environment variable, or --token-file (or NODE_TOKEN_FILE)")]
     TokenMissing,
-    #[error("a credential is required: a token (--token, the NODE_TOKEN environment variable, or --token-file) or, against a cluster with TLS, a client certificate (--tls-cert and --tls-key, with --tls-ca)")]
+    #[error("a credential is required: a token (--token, the NODE_TOKEN environment variable, or --token-file or NODE_TOKEN_FILE) or, against a cluster with TLS, a client certificate (--tls-cert and --tls-key, with --tls-ca)")]
     ClientCredentialMissing,
     #[error("the token is empty")]
     TokenEmpty,
-    #[error("cannot read the token file {path}: {source}")]
+    #[error("cannot read the token file {path} (--token-file or NODE_TOKEN_FILE): {source}")]
     TokenFileUnreadable { path: PathBuf, source: std::io::Error },
     #[error("election timeout ticks: min {min} must be at least 2 and less than max {max}")]
     ElectionTicks { min: u32, max: u32 },

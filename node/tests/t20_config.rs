@@ -389,6 +389,24 @@ fn token_file_and_config_file() {
         }),
     );
     assert!(matches!(error, ConfigError::TokenFileUnreadable { .. }), "{error}");
+    // It names the environment variable the path may have come from.
+    assert!(error.to_string().contains("(--token-file or NODE_TOKEN_FILE)"), "{error}");
+}
+
+/// A client's TLS file that cannot be read is named by its option and
+/// environment variable (the error gave only the path).
+#[test]
+fn an_unreadable_client_tls_file_names_its_option() {
+    let dir = scratch("client-tls");
+    let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+    let NodeCommand::Kv(kv) =
+        parse_from(["node", "kv", "--token", "t", "--addr", "127.0.0.1:1", "--tls-ca", &missing, "get", "k"]).unwrap()
+    else {
+        panic!()
+    };
+    let error = node::client_cmd::BlockingClient::new(&kv.client).err().expect("the CA cannot be read").to_string();
+    assert!(error.starts_with("TLS: --tls-ca (or NODE_TLS_CA): cannot read "), "{error}");
+    assert!(error.contains("missing.pem"), "{error}");
 }
 
 #[test]
