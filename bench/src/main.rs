@@ -467,7 +467,9 @@ fn main() -> ExitCode {
 fn command_run(args: RunArgs) -> Result<(), String> {
     let token = match &args.token_file {
         Some(path) => {
-            let text = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            let text = std::fs::read(path).map_err(|error| {
+                format!("cannot read the token file {} (--token-file or NODE_TOKEN_FILE): {error}", path.display())
+            })?;
             let end = text.iter().rposition(|&byte| byte != b'\n' && byte != b'\r').map_or(0, |last| last + 1);
             Bytes::from(text[..end].to_vec())
         }

@@ -245,7 +245,10 @@ fn client_config(options: &RunOptions) -> Result<ClientConfig, RunError> {
     let cluster_id = options.settings.cluster_id;
     let mut config = match &options.tls {
         Some(files) => {
-            let tls = ClientTls::load(cluster_id, files).map_err(|error| RunError::Tls(error.to_string()))?;
+            let tls = ClientTls::load(cluster_id, files).map_err(|error| match files.option_of(&error) {
+                Some(option) => RunError::Tls(format!("{option}: {error}")),
+                None => RunError::Tls(error.to_string()),
+            })?;
             ClientConfig::with_tls(cluster_id, tls, options.token.clone())
         }
         None => ClientConfig::new(cluster_id, options.token.clone()),

@@ -213,3 +213,14 @@ fn refused_writes_are_sent_again_under_their_sequence() {
         result.errors
     );
 }
+
+/// A TLS file the load generator cannot read is named by its option and
+/// environment variable, as the CLI's are (the error gave only the path).
+#[test]
+fn an_unreadable_tls_file_names_its_option() {
+    let missing = std::env::temp_dir().join(format!("bench-missing-ca-{}.pem", std::process::id()));
+    let mut options = options(settings(vec!["127.0.0.1:1".parse().unwrap()], LoadMode::Closed { inflight: 1 }));
+    options.tls = Some(net::ClientTlsFiles { node_ca: missing, certificate: None, private_key: None });
+    let error = run(&options).expect_err("the CA cannot be read").to_string();
+    assert!(error.contains("--tls-ca (or NODE_TLS_CA): cannot read "), "{error}");
+}

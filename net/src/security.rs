@@ -413,6 +413,37 @@ pub struct ClientTlsFiles {
     pub private_key: Option<PathBuf>,
 }
 
+impl ClientTlsFiles {
+    /// The command-line option (and environment variable) that gave the
+    /// file `error` is about, as the `node` and `bench` clients name them:
+    /// a path set in the environment and forgotten is hard to trace from
+    /// the path alone.
+    pub fn option_of(&self, error: &CredentialsError) -> Option<&'static str> {
+        let path = error.path()?;
+        if path == self.node_ca {
+            Some("--tls-ca (or NODE_TLS_CA)")
+        } else if self.certificate.as_deref() == Some(path) {
+            Some("--tls-cert (or NODE_TLS_CERT)")
+        } else if self.private_key.as_deref() == Some(path) {
+            Some("--tls-key (or NODE_TLS_KEY)")
+        } else {
+            None
+        }
+    }
+}
+
+impl CredentialsError {
+    /// The file this error is about, if it is about one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        use CredentialsError::{NoCertificate, NoPrivateKey, Pem, Read, TokenFile, WrongIdentity};
+        match self {
+            Read { path, .. } | Pem { path, .. } | NoCertificate { path } | NoPrivateKey { path } => Some(path),
+            TokenFile { path, .. } | WrongIdentity { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// A client's TLS settings, built once and shared by its connections.
 #[derive(Clone, Debug)]
 pub struct ClientTls {

@@ -73,22 +73,10 @@ fn resolve(client: &ClientConfig) -> Result<Vec<SocketAddr>, ClientCmdError> {
 
 /// Names the option behind a TLS file the client could not use.
 fn name_tls_option(files: &net::ClientTlsFiles, error: net::CredentialsError) -> ClientCmdError {
-    use net::CredentialsError::{NoCertificate, NoPrivateKey, Pem, Read, WrongIdentity};
-    let path = match &error {
-        Read { path, .. } | Pem { path, .. } | NoCertificate { path } | NoPrivateKey { path } => path,
-        WrongIdentity { path, .. } => path,
-        _ => return ClientCmdError::Tls(error),
-    };
-    let option = if *path == files.node_ca {
-        "--tls-ca (or NODE_TLS_CA)"
-    } else if files.certificate.as_ref() == Some(path) {
-        "--tls-cert (or NODE_TLS_CERT)"
-    } else if files.private_key.as_ref() == Some(path) {
-        "--tls-key (or NODE_TLS_KEY)"
-    } else {
-        return ClientCmdError::Tls(error);
-    };
-    ClientCmdError::TlsFile { option, source: error }
+    match files.option_of(&error) {
+        Some(option) => ClientCmdError::TlsFile { option, source: error },
+        None => ClientCmdError::Tls(error),
+    }
 }
 
 /// The cluster's client on a runtime of its own: every call blocks the
