@@ -504,6 +504,8 @@ fn a_peer_with_another_core_count_is_reported() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(log.contains("a shard this core does not run"), "node 1 did not report the mismatch:\n{log}");
     assert!(log.contains("same --shards and --cores"), "{log}");
+    // It says where its own count came from (node 1 was given it).
+    assert!(log.contains("given with --cores"), "{log}");
 }
 
 /// SIGTERM stops a node cleanly and promptly: waiting clients are

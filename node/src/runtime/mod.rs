@@ -895,11 +895,22 @@ fn route<F>(
                 let now = Instant::now();
                 if misrouted.logged_at.is_none_or(|at| now.duration_since(at) >= MISROUTED_LOG_INTERVAL) {
                     misrouted.logged_at = Some(now);
+                    // A default core count differs between machines with
+                    // different CPU counts: say which this one is, or
+                    // "the same --cores" misleads a user who never gave it.
+                    let cores_from = match setup.config.core_threads {
+                        Some(_) => "given with --cores",
+                        None => {
+                            "the default, the smaller of --shards and this machine's CPUs: give --cores on \
+                                 every node when their machines differ in CPUs"
+                        }
+                    };
                     tracing::error!(
                         peer = from_node,
                         shard = shard_id,
                         messages = misrouted.count,
                         cores,
+                        cores_from,
                         shards = setup.config.shards,
                         "a peer sent Raft messages for a shard this core does not run: every node must run the \
                          same --shards and --cores (core k talks to core k of the others); those shards do \
