@@ -16,7 +16,7 @@
 //! same rename that makes the snapshot durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -266,9 +266,16 @@ struct FileSink {
     /// started, counted from `slack` bytes ahead: the pacing never lets the
     /// draft fall further behind the log than that.
     log: Option<(Arc<AtomicU64>, u64)>,
+    /// Set when the node stops: the draft is given up at its next write
+    /// (see [`SnapshotDraft::given_up_when`]).
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl FileSink {
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed))
+    }
+
     /// Sleeps while the draft is ahead of its rate and of the log's growth
     /// since it started, re-checking the log every [`PACE_STEP`].
     fn pace(&self, written: u64) {
@@ -280,7 +287,7 @@ impl FileSink {
     /// How long to sleep now, having written `written` bytes: `None` once
     /// the draft is not ahead of its rate, or the log grew at least as much.
     fn pause(&self, written: u64) -> Option<std::time::Duration> {
-        if self.rate == 0 {
+        if self.rate == 0 || self.stopping() {
             return None;
         }
         let due = std::time::Duration::from_secs_f64(written as f64 / self.rate as f64);
@@ -310,8 +317,16 @@ impl SnapshotDraft {
             .map_err(|error| WalError::io("creating", &path, error))?;
         let data_start = encode_head(&meta, 0, 0).len() as u64;
         let discard = Discard(Some(path.clone()));
-        let sink =
-            FileSink { file, path, data_start, rate, started: std::time::Instant::now(), unsynced: 0, log: None };
+        let sink = FileSink {
+            file,
+            path,
+            data_start,
+            rate,
+            started: std::time::Instant::now(),
+            unsynced: 0,
+            log: None,
+            stop: None,
+        };
         Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink), discard })
     }
 
@@ -321,6 +336,19 @@ impl SnapshotDraft {
         if let Sink::File(sink) = &mut self.sink {
             let start = counter.load(Ordering::Relaxed).saturating_add(slack);
             sink.log = Some((counter, start));
+        }
+        self
+    }
+
+    /// Gives the draft up at its next write once `stop` is set: its writes
+    /// then fail, and the dropped draft removes its file. A paced local
+    /// snapshot takes up to `SNAPSHOT_WRITE_SECONDS_MAX` seconds and holds
+    /// the log meanwhile, so a node asked to stop waited for it, and past
+    /// its wait left the log unclosed. Nothing is lost by giving it up: the
+    /// log it would have let the node compact is still there.
+    pub fn given_up_when(mut self, stop: Arc<AtomicBool>) -> SnapshotDraft {
+        if let Sink::File(sink) = &mut self.sink {
+            sink.stop = Some(stop);
         }
         self
     }
@@ -379,6 +407,10 @@ impl std::io::Write for SnapshotDraft {
         match &mut self.sink {
             Sink::Memory(buffer) => buffer.extend_from_slice(buf),
             Sink::File(sink) => {
+                if sink.stopping() {
+                    // Not `Interrupted`: `write_all` would retry it forever.
+                    return Err(std::io::Error::other("the node is stopping: the snapshot being written is given up"));
+                }
                 sink.file.write_all_at(buf, sink.data_start + self.length)?;
                 sink.unsynced += buf.len();
                 if sink.unsynced >= SAVE_CHUNK_BYTES {

@@ -129,6 +129,7 @@ where
         if let Err(error) = shard.shut_down().await {
             tracing::warn!(shard = shard_id, %error, "saving the hard state at shutdown failed");
         }
+        shard.storage().stop_background();
         let log = shard.storage().log().clone();
         drop(shard);
         // Background work (a paced compaction, a snapshot being stored)

@@ -7,6 +7,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -38,6 +40,9 @@ pub struct LogStorage<L> {
     commit_next: Rc<RefCell<Option<HardState>>>,
     /// The snapshot arriving from the leader, written chunk by chunk.
     receiving: Option<SnapshotDraft>,
+    /// Set when the shard stops: a local snapshot being written is given
+    /// up (see `SnapshotDraft::given_up_when`).
+    stopping: Arc<AtomicBool>,
 }
 
 impl<L: LogStore + 'static> LogStorage<L> {
@@ -49,12 +54,21 @@ impl<L: LogStore + 'static> LogStorage<L> {
             commit_saving: Rc::new(Cell::new(false)),
             commit_next: Rc::new(RefCell::new(None)),
             receiving: None,
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// The log store, for the driver loop's durability waits and shutdown.
     pub fn log(&self) -> &Rc<L> {
         &self.log
+    }
+
+    /// Gives up the local snapshot being written, if any, so that the log
+    /// it holds is released at once when the shard stops: a paced one
+    /// takes seconds (`sigterm_stops_promptly_while_a_snapshot_is_written`
+    /// in `t20_cluster`).
+    pub fn stop_background(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 }
 
@@ -149,9 +163,9 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
     }
 
     fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>) {
-        let (log, done) = (self.log.clone(), self.snapshot_done.clone());
+        let (log, done, stopping) = (self.log.clone(), self.snapshot_done.clone(), self.stopping.clone());
         let draft = match log.snapshot_draft(meta.clone(), false) {
-            Ok(draft) => draft,
+            Ok(draft) => draft.given_up_when(stopping.clone()),
             Err(error) => {
                 let _ = done.send(SnapshotDone::Stored(Err(error)));
                 return;
@@ -162,6 +176,12 @@ impl<L: LogStore + 'static> ShardStorage for LogStorage<L> {
         // is reported once durable.
         tokio_uring::spawn(async move {
             let result = match serialized.await {
+                // Sealing reads the whole draft back: not while stopping.
+                Ok(Ok(_)) if stopping.load(Ordering::Relaxed) => Err(WalError::Io {
+                    op: "storing a snapshot (given up: the node is stopping)",
+                    path: Default::default(),
+                    source: std::sync::Arc::new(std::io::Error::other("the node is stopping")),
+                }),
                 Ok(Ok((draft, serialize_time))) => {
                     let size = draft.length();
                     log.save_snapshot_draft(draft).await.map(|()| StoredSnapshot { meta, size, serialize_time })
