@@ -59,16 +59,21 @@ pub struct Progress {
     /// That answer was not about a full disk but about applying
     /// (`AppendResponse::applying`).
     pub no_space_applying: bool,
-    /// Acknowledged, in this leader's term, an append through an entry of
-    /// the term and at least the leader's commit index at the time the
-    /// answer came (so at least the commit the append carried). A replica
-    /// that took its past for unknown (`REPAIR_UNKNOWN`) ends its repair on
-    /// such an append, so once this is set it votes (until a wipe, a
-    /// failure like any other). The leader's strict reconfiguration check
-    /// counts these, not every peer that acknowledged something: a
-    /// follower partly caught up in that repair acknowledges entries and
-    /// still withholds its vote (engine randomized seed 303508).
+    /// Acknowledged, in this leader's term, an append that ended at an
+    /// entry of the term and at or past the commit index it carried (see
+    /// [`Progress::commit_carried`]). A replica that took its past for
+    /// unknown (`REPAIR_UNKNOWN`) ends its repair on such an append, so
+    /// once this is set it votes (until a wipe, a failure like any other).
+    /// The leader's strict reconfiguration check counts these, not every
+    /// peer that acknowledged something: a follower partly caught up in
+    /// that repair acknowledges entries and still withholds its vote
+    /// (engine randomized seed 303508). Every append at the tail of the
+    /// leader's log qualifies (a leader's commit index is never past its
+    /// last entry), so a follower that keeps up gets it under any load.
     pub caught_up: bool,
+    /// In `Probe`, the outstanding probe's last index and the commit index
+    /// it carried (in `Replicate` the window keeps them).
+    probe_carried: Option<(Index, Index)>,
 }
 
 impl Progress {
@@ -97,6 +102,7 @@ impl Progress {
             no_space_at: None,
             no_space_applying: false,
             caught_up: false,
+            probe_carried: None,
         }
     }
 
@@ -209,41 +215,64 @@ impl Progress {
         }
     }
 
-    /// Records that an append ending at `last_index` with `bytes` left.
-    pub fn sent(&mut self, last_index: Index, bytes: usize) {
+    /// Records that an append ending at `last_index` with `bytes` left,
+    /// carrying the commit index `commit`.
+    pub fn sent(&mut self, last_index: Index, bytes: usize, commit: Index) {
         match self.state {
             ProgressState::Replicate => {
                 self.next_index = last_index + 1;
-                self.inflight.add(last_index, bytes);
+                self.inflight.add(last_index, bytes, commit);
             }
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe => {
+                self.probe_sent = true;
+                self.probe_carried = Some((last_index, commit));
+            }
             ProgressState::Snapshot => {}
+        }
+    }
+
+    /// The commit index that the append this peer acknowledges up to
+    /// `index` carried, if that append is still known: one in the window,
+    /// or the outstanding probe.
+    pub fn commit_carried(&self, index: Index) -> Option<Index> {
+        match self.state {
+            ProgressState::Replicate => self.inflight.commit_carried(index),
+            ProgressState::Probe => self.probe_carried.filter(|&(last, _)| last == index).map(|(_, commit)| commit),
+            ProgressState::Snapshot => None,
         }
     }
 }
 
 /// The append messages sent to one follower and not yet acknowledged, by
-/// their last index, with their byte sizes.
+/// their last index, with their byte sizes and the commit index each
+/// carried.
 ///
 /// Invariant: last indices strictly increase; `bytes` is their sum.
 #[derive(Clone, Debug, Default)]
 pub struct Inflight {
-    batches: VecDeque<(Index, usize)>,
+    batches: VecDeque<(Index, usize, Index)>,
     bytes: usize,
 }
 
 impl Inflight {
-    pub fn add(&mut self, last_index: Index, bytes: usize) {
-        if let Some(&(back, _)) = self.batches.back() {
+    pub fn add(&mut self, last_index: Index, bytes: usize, commit: Index) {
+        if let Some(&(back, _, _)) = self.batches.back() {
             debug_assert!(last_index > back, "in-flight batches must advance");
         }
-        self.batches.push_back((last_index, bytes));
+        self.batches.push_back((last_index, bytes, commit));
         self.bytes += bytes;
+    }
+
+    /// The commit index carried by the batch ending at `index`, if it is
+    /// in flight.
+    pub fn commit_carried(&self, index: Index) -> Option<Index> {
+        let position = self.batches.partition_point(|&(last, _, _)| last < index);
+        self.batches.get(position).filter(|&&(last, _, _)| last == index).map(|&(_, _, commit)| commit)
     }
 
     /// Frees every batch acknowledged by a match up to `index`.
     pub fn free_to(&mut self, index: Index) {
-        while let Some(&(last, bytes)) = self.batches.front() {
+        while let Some(&(last, bytes, _)) = self.batches.front() {
             if last > index {
                 break;
             }
@@ -255,7 +284,7 @@ impl Inflight {
     /// Frees the oldest batch: a heartbeat answer proves the follower is
     /// reachable, so one slot is released to keep a lossy link moving.
     pub fn free_first(&mut self) {
-        if let Some((_, bytes)) = self.batches.pop_front() {
+        if let Some((_, bytes, _)) = self.batches.pop_front() {
             self.bytes -= bytes;
         }
     }

@@ -1437,7 +1437,7 @@ impl Raft {
             let commit = self.log.committed;
             self.send_to(to, MessageBody::Append(AppendRequest { prev_index, prev_term, commit, entries: batch }));
             let pr = self.progress.get_mut(&to).expect("present");
-            pr.sent(last, bytes);
+            pr.sent(last, bytes, commit);
             pr.commit_sent = pr.commit_sent.max(commit.min(last));
             if state != ProgressState::Replicate {
                 return;
@@ -2317,6 +2317,12 @@ impl Raft {
         let committed = self.log.committed;
         let (check_index, check_term) = if prev_index < committed {
             if last_new <= committed {
+                // It holds the leader's log through `last_new` (committed
+                // entries match): a repair to an unknown target ends here
+                // as below, or the leader, which infers the end from such
+                // an append (`Progress::caught_up`), would count a voter
+                // still in it.
+                self.end_unknown_repair(last_new, commit);
                 self.send_append_ack(from, committed);
                 return Ok(());
             }
@@ -2391,18 +2397,23 @@ impl Raft {
         {
             self.repair = None;
         }
-        // A replica that does not know what it acknowledged (a wiped one) is
-        // whole once it holds the leader's log through an entry of the
-        // leader's term and its commit index: every entry committed in an
-        // earlier term precedes that entry (Leader Completeness), and every
-        // one of this term is at or below the leader's commit index, which
-        // only the leader advances.
+        // A replica that does not know what it acknowledged (a wiped one).
+        self.end_unknown_repair(last_new, commit);
+        self.send_append_ack(from, last_new);
+        Ok(())
+    }
+
+    /// Ends a repair to an unknown target once this replica holds the
+    /// leader's log through `last_new`, an entry of the leader's term, and
+    /// `last_new` is at or past the leader's commit index `commit`: every
+    /// entry committed in an earlier term precedes that entry (Leader
+    /// Completeness), and every one of this term is at or below the
+    /// leader's commit index, which only the leader advances.
+    fn end_unknown_repair(&mut self, last_new: Index, commit: Index) {
         if self.repair == Some(REPAIR_UNKNOWN) && last_new >= commit && self.log.term(last_new) == Some(self.term) {
             self.repair = None;
             self.verified_from = last_new;
         }
-        self.send_append_ack(from, last_new);
-        Ok(())
     }
 
     /// Rejects an append at `index` (its `prev_index`) with the back-tracking
@@ -2471,10 +2482,10 @@ impl Raft {
             return Err(Ignored("acknowledges entries the leader never had"));
         }
         let witness = self.conf.is_witness(from);
-        // Before this answer moves the commit index (see `Progress::caught_up`).
-        let caught_up = response.index >= self.log.committed && self.log.term(response.index) == Some(self.term);
+        let in_term = self.log.term(response.index) == Some(self.term);
         let pr = self.progress.get_mut(&from).expect("present");
-        pr.caught_up |= caught_up;
+        // Before the window frees the batch (see `Progress::caught_up`).
+        pr.caught_up |= in_term && pr.commit_carried(response.index).is_some_and(|commit| response.index >= commit);
         if (witness || had_no_space) && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
             // A witness held back by its limit is probed with an empty
             // append, whose acceptance matches nothing new: it still proves

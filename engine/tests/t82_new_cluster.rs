@@ -18,6 +18,15 @@ fn starting(count: u64) -> Cluster {
     })
 }
 
+/// Three voters, node 3 down, node 1 elected and `values` writes committed.
+fn led_by_1_while_3_is_down(values: u8) -> Cluster {
+    let mut cluster = Cluster::with_voters(3, 5);
+    cluster.crash(3);
+    cluster.elect(1);
+    cluster.commit_values(1, values);
+    cluster
+}
+
 fn run(cluster: &mut Cluster, rounds: usize) {
     for _ in 0..rounds {
         cluster.tick_all();
@@ -110,10 +119,7 @@ fn voters_of_a_new_cluster_hear_a_listed_node_that_started_to_join() {
 /// leader, the same change is taken.
 #[test]
 fn a_change_needing_a_voter_the_leader_never_heard_is_refused() {
-    let mut cluster = Cluster::with_voters(3, 5);
-    cluster.crash(3);
-    cluster.elect(1);
-    cluster.commit_values(1, 2);
+    let mut cluster = led_by_1_while_3_is_down(2);
     let remove = || engine::ConfChange { ops: vec![engine::ConfChangeOp::Remove(2)] };
     let refused = cluster.raft(1).propose_conf_change(remove()).expect_err("refused");
     assert!(refused.to_string().contains("fewer than a majority"), "{refused}");
@@ -171,4 +177,45 @@ fn a_change_needing_a_voter_still_catching_up_from_an_unknown_past_is_refused() 
     assert!(!cluster.node(3).raft.past_unknown(), "the leader caught node 3 up");
     assert_eq!(cluster.leader(), Some(1));
     cluster.raft(1).propose_conf_change(remove()).expect("taken once node 3 caught up");
+}
+
+/// Under steady load, a follower whose answers always come after the other
+/// follower's still counts once it reaches the tail of the leader's log:
+/// an append at the tail carries a commit index no later than its own
+/// last entry, and the follower's repair would end on it. The first form
+/// of the check (an answer at or past the leader's commit index when it
+/// arrived) never counted it, since by then the other follower had moved
+/// the commit index on: removing node 2 was refused for as long as the
+/// load lasted.
+#[test]
+fn a_follower_always_answering_second_under_load_counts_once_at_the_tail() {
+    let mut cluster = led_by_1_while_3_is_down(3);
+    cluster.restart(3);
+    // Each round: a new write at the leader; what goes to or comes from
+    // node 3 is delivered a round late, after node 2's answers.
+    let mut late: Vec<engine::Message> = Vec::new();
+    for round in 0..40u8 {
+        cluster.tick_all();
+        cluster.raft(1).propose(Bytes::from(vec![round])).expect("the leader takes a write");
+        for message in std::mem::take(&mut late) {
+            cluster.deliver(message);
+        }
+        for _ in 0..3 {
+            for id in 1..=3 {
+                cluster.process_ready(id);
+                cluster.persist(id, usize::MAX);
+            }
+            for message in std::mem::take(&mut cluster.network) {
+                if message.to == 3 || message.from == 3 {
+                    late.push(message);
+                } else {
+                    cluster.deliver(message);
+                }
+            }
+        }
+    }
+    assert_eq!(cluster.leader(), Some(1));
+    assert!(cluster.node(3).raft.last_index() > 40, "node 3 keeps up, a round behind");
+    let remove = engine::ConfChange { ops: vec![engine::ConfChangeOp::Remove(2)] };
+    cluster.raft(1).propose_conf_change(remove).expect("node 3 counts as caught up");
 }
