@@ -228,7 +228,7 @@ impl Raft {
             return Err(ProposeError::ChangeInProgress(self.pending_conf_index.max(self.applied())));
         }
         let next = change.apply_to(self.conf()).map_err(|error| ProposeError::InvalidChange(error.0))?;
-        self.check_new_voters_heard(&next.voters)?;
+        self.check_new_voters_caught_up(&next.voters)?;
         let last = self.last_index();
         for op in &change.ops {
             if let ConfChangeOp::AddVoter(id) = *op {
@@ -271,20 +271,20 @@ impl Raft {
     /// and node 3 had never been reached; in 303508, node 3 had
     /// acknowledged entries, but only part of the way to the commit index,
     /// so it was still in that repair.
-    fn check_new_voters_heard(&self, voters: &[NodeId]) -> Result<(), ProposeError> {
-        let heard: Vec<NodeId> = voters
+    fn check_new_voters_caught_up(&self, voters: &[NodeId]) -> Result<(), ProposeError> {
+        let caught_up: Vec<NodeId> = voters
             .iter()
             .copied()
             .filter(|&id| id == self.id() || self.progress().get(&id).is_some_and(|pr| pr.caught_up))
             .collect();
         let majority = voters.len() / 2 + 1;
-        if heard.len() >= majority {
+        if caught_up.len() >= majority {
             return Ok(());
         }
         Err(ProposeError::InvalidChange(format!(
-            "the new voters {voters:?} would hold {} that caught up with this leader ({heard:?}), fewer than a \
+            "the new voters {voters:?} would hold {} that caught up with this leader ({caught_up:?}), fewer than a \
              majority ({majority}): start the others, or let them catch up, first",
-            heard.len()
+            caught_up.len()
         )))
     }
 }

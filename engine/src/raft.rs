@@ -2482,10 +2482,13 @@ impl Raft {
             return Err(Ignored("acknowledges entries the leader never had"));
         }
         let witness = self.conf.is_witness(from);
-        let in_term = self.log.term(response.index) == Some(self.term);
         let pr = self.progress.get_mut(&from).expect("present");
-        // Before the window frees the batch (see `Progress::caught_up`).
-        pr.caught_up |= in_term && pr.commit_carried(response.index).is_some_and(|commit| response.index >= commit);
+        // Before the window frees the batch (see `Progress::caught_up`);
+        // once per term, not on every answer.
+        if !pr.caught_up {
+            pr.caught_up = self.log.term(response.index) == Some(self.term)
+                && pr.commit_carried(response.index).is_some_and(|commit| response.index >= commit);
+        }
         if (witness || had_no_space) && pr.state == ProgressState::Probe && response.index + 1 >= pr.next_index {
             // A witness held back by its limit is probed with an empty
             // append, whose acceptance matches nothing new: it still proves

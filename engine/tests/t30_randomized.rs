@@ -443,7 +443,7 @@ fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
 /// introduced): node 3 of a new cluster, cut off during its first round,
 /// took its past for unknown, and the leader then removed node 2, leaving
 /// {1, 3} needing node 3's vote: no leader after healing (membership's
-/// `check_new_voters_heard` now refuses such a change). 303508
+/// `check_new_voters_caught_up` now refuses such a change). 303508
 /// (`three_nodes`, not introduced): the same, with node 3 partly caught up
 /// in that repair, so the check, which then counted any voter that had
 /// acknowledged something, let the change through.

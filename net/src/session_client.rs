@@ -369,8 +369,6 @@ impl<C: Connector> Client<C> {
         Err(outcomes.unreachable(self.timeout))
     }
 
-    /// How long the next connection may take: [`CONNECT_PER_NODE`] while
-    /// there are other nodes to try, else whatever is left of the deadline.
     /// How long the node asked gets to answer: half of what is left (at
     /// least `ANSWER_PER_NODE_MIN`) while another node is known. A node that
     /// accepts a connection and never answers (a stopped or wedged process)
@@ -393,6 +391,8 @@ impl<C: Connector> Client<C> {
         }
     }
 
+    /// How long the next connection may take: [`CONNECT_PER_NODE`] while
+    /// there are other nodes to try, else whatever is left of the deadline.
     fn connect_limit(&self, remaining: Duration) -> Duration {
         if self.addrs.len() > 1 {
             remaining.min(CONNECT_PER_NODE)
