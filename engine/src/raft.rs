@@ -807,22 +807,23 @@ impl Raft {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.witness {
+        if !self.promotable() {
             if self.election_elapsed >= self.election_timeout {
                 // The leader is silent: forget it, as a follower that
-                // campaigns would, so the lease no longer makes this
-                // witness ignore the candidates that replace it.
+                // campaigns would (`become_pre_candidate`). A replica that
+                // never campaigns (a learner, a witness, a voter in repair)
+                // otherwise named a dead leader for good: its status, and
+                // the `NotLeader` answers that send clients there. For a
+                // witness it also ends the lease that made it ignore the
+                // candidates that replace the leader.
                 self.election_elapsed = 0;
                 self.leader = NODE_NONE;
-                self.report_log();
+                if self.witness || self.repair.is_some() {
+                    // It does not campaign, but the others may need its
+                    // log to decide (see `report_log`).
+                    self.report_log();
+                }
             }
-            return;
-        }
-        if !self.promotable() && self.repair.is_some() && self.election_elapsed >= self.election_timeout {
-            // A voter in repair does not campaign, but the others may need
-            // its log to decide (see `report_log`).
-            self.election_elapsed = 0;
-            self.report_log();
             return;
         }
         // Single-node bootstrap: nobody else can win, so do not wait.

@@ -354,3 +354,39 @@ fn a_learner_that_acknowledged_nothing_is_not_promoted() {
     cluster.stabilize();
     assert!(cluster.node(1).raft.conf().is_voter(4));
 }
+
+/// A replica that never campaigns forgets a leader it has not heard from
+/// for an election timeout, as a campaigning follower does. A learner used
+/// to name a silent (dead, or cut off) leader for good: in its status and
+/// in the `NotLeader` answers that send clients to that leader.
+#[test]
+fn a_learner_forgets_a_silent_leader() {
+    use engine::{ConfChange, ConfChangeOp, NODE_NONE};
+    let make = |id| engine::Config::new(id, if id <= 3 { vec![1, 2, 3] } else { Vec::new() });
+    let mut cluster = Cluster::new(&[1, 2, 3], make);
+    cluster.elect(1);
+    cluster.add_node(make(4));
+    cluster.raft(1).propose_conf_change(ConfChange { ops: vec![ConfChangeOp::AddLearner(4)] }).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(4).raft.conf().is_learner(4));
+    assert_eq!(cluster.node(4).raft.leader(), 1, "the learner heard the leader");
+    cluster.isolate(4);
+    let timeout_max = cluster.node(4).raft.config().election_ticks_max;
+    for _ in 0..timeout_max {
+        cluster.raft(4).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(4).raft.leader(), NODE_NONE, "the learner still names a leader it has not heard from");
+    let refused = cluster.raft(4).propose(bytes::Bytes::from_static(b"x"));
+    assert!(
+        matches!(refused, Err(engine::ProposeError::NotLeader { leader: None })),
+        "the learner sends a client to a silent leader: {refused:?}"
+    );
+    // The leader's next message makes it the learner's leader again.
+    cluster.heal();
+    for _ in 0..20 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(4).raft.leader(), 1, "the learner did not take its leader back");
+}
