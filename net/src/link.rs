@@ -56,6 +56,11 @@ pub struct LinkConfig {
     /// How long a silent peer (no FIN, no RST) takes to be declared dead.
     pub dead_peer_timeout: Duration,
     pub limits: Limits,
+    /// This node's shard count, which the peer must run too (its accept
+    /// frame says its own): a link to a peer with another count is closed
+    /// at once and retried like a refused handshake, logged as an error
+    /// (see [`LinkStats::shard_count_mismatches`]). 0: not checked.
+    pub shards: u32,
 }
 
 impl LinkConfig {
@@ -72,6 +77,7 @@ impl LinkConfig {
             write_bytes_max: 1 << 20,
             dead_peer_timeout: Duration::from_secs(15),
             limits: Limits::default(),
+            shards: 0,
         }
     }
 }
@@ -94,6 +100,9 @@ pub struct LinkStats {
     /// that turned out to be another node (a configuration error or an
     /// impostor: logged as a warning).
     pub handshake_refusals: u64,
+    /// Connections closed because the peer runs another shard count than
+    /// this node ([`LinkConfig::shards`]).
+    pub shard_count_mismatches: u64,
     /// Whether a connection is up now.
     pub connected: bool,
 }
@@ -118,6 +127,11 @@ enum LinkError {
     Conn(#[from] ConnError),
     #[error("the peer closed the connection")]
     PeerClosed,
+    #[error(
+        "the peer runs {theirs} shard(s) and this node {ours}: every node of a cluster must run the same --shards \
+         (a key's shard depends on the count); not linking to it"
+    )]
+    OtherShardCount { ours: u32, theirs: u32 },
 }
 
 struct LinkShared {
@@ -142,6 +156,8 @@ struct LinkShared {
     /// restored node beside empty ones logged three a second with its
     /// peers', found by the fifth audit).
     refusal_logged: RefCell<Option<(RefusalReason, Instant)>>,
+    /// When a shard count mismatch was last logged.
+    mismatch_logged: Cell<Option<Instant>>,
 }
 
 /// How often the same refusal is logged again at warning level.
@@ -210,6 +226,7 @@ impl Link {
             woken_early: Cell::new(false),
             told_removed: Cell::new(false),
             refusal_logged: RefCell::new(None),
+            mismatch_logged: Cell::new(None),
         });
         tokio_uring::spawn(run(shared.clone()));
         Link { owner: Rc::new(LinkOwner { shared }) }
@@ -304,6 +321,14 @@ async fn run(shared: Rc<LinkShared>) {
                 shared.update(|stats| stats.handshake_refusals += 1);
                 warn!(peer = config.peer_id, addr = %config.peer_addr, %error, "could not authenticate with the peer");
             }
+            Err(error @ LinkError::OtherShardCount { .. }) => {
+                backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
+                shared.update(|stats| stats.shard_count_mismatches += 1);
+                if shared.mismatch_logged.get().is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                    shared.mismatch_logged.set(Some(Instant::now()));
+                    error!(peer = config.peer_id, addr = %config.peer_addr, "{error} (logged again at most once a minute)");
+                }
+            }
             Err(error) => {
                 debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down");
                 note_down(&shared, &error);
@@ -363,7 +388,7 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
         config: tls.link_caller.clone(),
         server_name: crate::tls::server_name(credentials.cluster_id, Some(config.peer_id)),
     });
-    let (stream, mut reader, _) = call(
+    let (stream, mut reader, accept) = call(
         config.peer_addr,
         tls,
         handshake,
@@ -377,6 +402,11 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
         CallError::Connect(error) => LinkError::Connect(error),
         CallError::Handshake(error) => LinkError::Handshake(error),
     })?;
+    // A peer of a build that does not say its count (0) is not checked.
+    if config.shards != 0 && accept.shards != 0 && accept.shards != config.shards {
+        let _ = stream.shutdown(Shutdown::Both);
+        return Err(LinkError::OtherShardCount { ours: config.shards, theirs: accept.shards });
+    }
     let stream = Rc::new(stream);
     if shared.closed.get() {
         let _ = stream.shutdown(Shutdown::Both);

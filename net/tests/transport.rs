@@ -558,3 +558,42 @@ fn a_peer_frame_for_another_cluster_closes_the_connection() {
         handle.shutdown();
     });
 }
+
+/// A peer that runs another shard count is not linked to: a key's shard
+/// depends on the count, so two nodes that disagree about it would put one
+/// key's writes in two groups. The link closes the connection as soon as
+/// the accept frame tells the peer's count and retries like a refused
+/// handshake; a peer with the same count (or one that does not say) links.
+#[test]
+fn a_link_refuses_a_peer_with_another_shard_count() {
+    run(async {
+        let listener_with = |shards: u32| {
+            let mut config = ListenerConfig::new(loopback(), ListenerRole::Peers, security(2));
+            config.shards = shards;
+            let (sender, receiver) = mpsc::channel(1024);
+            (Listener::bind(config).expect("bind").spawn(sender), receiver)
+        };
+        let (other, mut other_inbound) = listener_with(2);
+        let link = link_to(other.local_addr(), |config| config.shards = 4);
+        link.send(0, heartbeat(1)).unwrap();
+        wait_until("the mismatch is noticed twice", || link.stats().shard_count_mismatches >= 2).await;
+        let stats = link.stats();
+        assert_eq!((stats.connects, stats.connected, stats.sent_frames), (0, false, 0), "{stats:?}");
+        assert!(other_inbound.try_recv().is_err(), "a message reached a peer with another shard count");
+        link.close();
+        other.shutdown();
+
+        for peer_says in [4, 0] {
+            let (same, mut inbound) = listener_with(peer_says);
+            let link = link_to(same.local_addr(), |config| config.shards = 4);
+            link.send(0, heartbeat(1)).unwrap();
+            match next_inbound(&mut inbound).await {
+                Inbound::Raft { message, .. } => assert_eq!(message, heartbeat(1)),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(link.stats().shard_count_mismatches, 0);
+            link.close();
+            same.shutdown();
+        }
+    });
+}

@@ -372,18 +372,38 @@ fn nonzero_random() -> u64 {
 /// wrong token) or a failed TLS negotiation (another CA, a certificate the
 /// members do not accept) stops the node at once with the reason instead of
 /// being retried until a deadline. Members that do not answer at all are
-/// no error here: a restart needs none of them up.
+/// no error here: a restart needs none of them up. A member that answers
+/// also tells the cluster's shard count, which must be this node's
+/// ([`check_shard_count`]).
 fn check_credentials(config: &ServeConfig) -> Result<(), JoinError> {
-    let probe = crate::client_cmd::BlockingClient::new(&client_config(config, false, CHECK_TIMEOUT))
-        .map_err(|e| ask_error(config, e))?
-        .call(RequestBody::Status);
-    match probe {
+    let mut client = crate::client_cmd::BlockingClient::new(&client_config(config, false, CHECK_TIMEOUT))
+        .map_err(|e| ask_error(config, e))?;
+    match client.call(RequestBody::Status) {
         Err(CallError::Unreachable { last, .. }) if refused_credentials(&last) => Err(ask_error(config, last)),
         Ok(ResponseStatus::Forbidden(reason)) | Err(CallError::Refused(ResponseStatus::Forbidden(reason))) => {
             Err(JoinError(format!("the cluster refused this node's credentials: {reason}")))
         }
+        Ok(_) => match client.shards() {
+            Ok(shards) => check_shard_count(shards, config.shards),
+            Err(_) => Ok(()),
+        },
         _ => Ok(()),
     }
+}
+
+/// Every node of a cluster runs the same shard count: a key's shard is a
+/// function of the count (`net::kv::shard_for_key`), so a node with
+/// another count would send a key's writes to another group than the
+/// members do, and the same key would hold two values depending on the
+/// node asked. A joining node is told the count when it connects.
+fn check_shard_count(cluster: u32, this_node: u32) -> Result<(), JoinError> {
+    if cluster == this_node {
+        return Ok(());
+    }
+    Err(JoinError(format!(
+        "the cluster runs {cluster} shard(s) and this node was started with --shards {this_node}: every node of a \
+         cluster runs the same count; start it with --shards {cluster}"
+    )))
 }
 
 /// Asks the members for an id (admin `Join` with id 0 on shard 0).

@@ -466,26 +466,127 @@ fn cli_puts_from_fresh_pid_namespaces_are_never_lost() {
 /// 1-CPU machine) never replicate shard 1 between them. The messages used to
 /// be dropped without a word; the node that gets them on the wrong core now
 /// says what is wrong.
+/// Node `id` of a three-node cluster (cluster id 9) on the ports from
+/// `base` (peer `base + 2 (id - 1)`, client one above), `--shards
+/// shards --cores cores`, its data directory and log (`node-ID.log`) in
+/// `dir`: for tests that give nodes different settings.
+fn start_node_with(dir: &std::path::Path, base: u16, id: u64, shards: &str, cores: &str) -> Child {
+    let stderr = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
+    let peers: Vec<String> = (1..=3u16).map(|peer| format!("{peer}=127.0.0.1:{}", base + 2 * (peer - 1))).collect();
+    let (peer, client) = (base + 2 * (id as u16 - 1), base + 1 + 2 * (id as u16 - 1));
+    Command::new(env!("CARGO_BIN_EXE_node"))
+        .args(["serve", "--node-id", &id.to_string(), "--cluster-id", "9", "--peers", &peers.join(",")])
+        .args(["--peer-addr", &format!("127.0.0.1:{peer}"), "--client-addr", &format!("127.0.0.1:{client}")])
+        .args(["--shards", shards, "--cores", cores, "--pin-cores", "false"])
+        .args(["--data-dir", &dir.join(format!("node-{id}")).display().to_string()])
+        .env("NODE_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start node")
+}
+
+/// Nodes that run different shard counts do not link: a key's shard is a
+/// function of the count, so a node with 4 shards among nodes with 2 sent
+/// some keys' writes to another group than the others did. Before, with
+/// node 1 leading shard 1, a write of such a key through node 1 was
+/// acknowledged and read back there, and node 2 answered that the key was
+/// absent. Now every node names the mismatch and node 1 links to no one:
+/// what it acknowledges (nothing, here) every node reads. Started again
+/// with the others' count, it joins them.
+#[test]
+fn nodes_with_different_shard_counts_do_not_link() {
+    let dir = std::env::temp_dir().join(format!("node-test-{}-shard-counts", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let client_addr = |id: u64| format!("127.0.0.1:{}", 25_151 + 2 * (id - 1));
+    let start = |id: u64, shards: &str| start_node_with(&dir, 25_150, id, shards, "1");
+    // `kv` or `admin`, its options, then the rest.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_node"))
+            .arg(args[0])
+            .args(["--cluster-id", "9", "--timeout", "2s"])
+            .args(&args[1..])
+            .env("NODE_TOKEN", TOKEN)
+            .output()
+            .expect("run the CLI")
+    };
+    let mut nodes = [start(1, "4"), start(2, "2"), start(3, "2")];
+    let log = |id: u64| std::fs::read_to_string(dir.join(format!("node-{id}.log"))).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let named = |id: u64, text: &str| log(id).contains(text);
+    while !(named(1, "the peer runs 2 shard(s) and this node 4")
+        && named(2, "the peer runs 4 shard(s) and this node 2"))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Hand shard 1 to node 1 (before, this made node 1 take writes for it);
+    // now node 1 never leads, and this gives up after 5 s.
+    let node_1_leads_shard_1 = || {
+        let status = cli(&["admin", "--addr", &client_addr(1), "--shard", "1", "status"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        status.pointer("/0/leader").or(status.get("leader")).and_then(serde_json::Value::as_u64) == Some(1)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node_1_leads_shard_1() && Instant::now() < deadline {
+        let _ = cli(&["admin", "--addr", &client_addr(2), "--shard", "1", "transfer-leader", "1"]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Keys that 4 shards put in shard 1 and 2 shards in shard 0.
+    let keys: Vec<String> = (0..400)
+        .map(|i| format!("key{i}"))
+        .filter(|key| net::kv::shard_for_key(key.as_bytes(), 4) == 1 && net::kv::shard_for_key(key.as_bytes(), 2) == 0)
+        .take(4)
+        .collect();
+    let mut unseen = Vec::new();
+    for key in &keys {
+        if cli(&["kv", "--addr", &client_addr(1), "put", key, "through-node-1"]).status.success() {
+            let read = cli(&["kv", "--addr", &client_addr(2), "get", key]);
+            if String::from_utf8_lossy(&read.stdout).trim() != "through-node-1" {
+                unseen.push(key.clone());
+            }
+        }
+    }
+    let logs = (log(1), log(2), log(3));
+    // The fix: node 1 started again, empty, with the others' count. (A new
+    // cluster's first election needs every listed node, so until then
+    // there was no leader at all.)
+    let _ = nodes[0].kill();
+    let _ = nodes[0].wait();
+    std::fs::remove_dir_all(dir.join("node-1")).unwrap();
+    nodes[0] = start(1, "2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let put = loop {
+        let put = cli(&["kv", "--addr", &client_addr(2), "put", "shared", "yes"]);
+        if put.status.success() || Instant::now() > deadline {
+            break put;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let got = cli(&["kv", "--addr", &client_addr(1), "get", "shared"]);
+    for node in &mut nodes {
+        let _ = node.kill();
+        let _ = node.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(keys.len(), 4);
+    assert!(unseen.is_empty(), "writes acknowledged through node 1 that node 2 does not read: {unseen:?}");
+    for (id, log, theirs, ours) in [(1, &logs.0, 2, 4), (2, &logs.1, 4, 2), (3, &logs.2, 4, 2)] {
+        let text = format!("the peer runs {theirs} shard(s) and this node {ours}");
+        assert!(log.contains(&text), "node {id} did not name the mismatch ({text}):\n{log}");
+        assert!(log.contains("same --shards"), "{log}");
+    }
+    assert!(put.status.success(), "no write taken once node 1 runs 2 shards: {}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "yes");
+}
+
 #[test]
 fn a_peer_with_another_core_count_is_reported() {
     let dir = std::env::temp_dir().join(format!("node-test-{}-cores", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let peers = "1=127.0.0.1:25100,2=127.0.0.1:25102,3=127.0.0.1:25104";
-    let start = |id: u64, cores: &str| {
-        let stderr = std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap();
-        let (peer, client) = (25_100 + 2 * (id - 1), 25_101 + 2 * (id - 1));
-        Command::new(env!("CARGO_BIN_EXE_node"))
-            .args(["serve", "--node-id", &id.to_string(), "--cluster-id", "9", "--peers", peers])
-            .args(["--peer-addr", &format!("127.0.0.1:{peer}"), "--client-addr", &format!("127.0.0.1:{client}")])
-            .args(["--shards", "2", "--cores", cores, "--pin-cores", "false"])
-            .args(["--data-dir", &dir.join(format!("node-{id}")).display().to_string()])
-            .env("NODE_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start node")
-    };
+    let start = |id: u64, cores: &str| start_node_with(&dir, 25_100, id, "2", cores);
     let mut nodes = [start(1, "2"), start(2, "1")];
     // Node 2 sends shard 1's vote requests from its only core to node 1's
     // core 0, which runs shard 0 only.

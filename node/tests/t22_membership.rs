@@ -87,11 +87,34 @@ fn get(client: &mut BlockingClient, key: &str) -> Option<Bytes> {
     }
 }
 
-/// Runs `command` to its end (it must fail) and returns what it printed.
+/// Runs `command` to its end (it must fail, within a minute) and returns
+/// what it printed.
 fn refused(mut command: Command) -> String {
-    let output = command.stderr(Stdio::piped()).output().expect("runs");
-    assert!(!output.status.success(), "the node started: {output:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("runs");
+    let mut stderr = child.stderr.take().expect("piped");
+    let printed = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waits") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let printed = printed.join().expect("read its output");
+    match status {
+        Some(status) => assert!(!status.success(), "the node started: {printed}"),
+        None => panic!("the node was not refused: it still ran after a minute:\n{printed}"),
+    }
+    printed
 }
 
 #[test]
@@ -171,6 +194,14 @@ fn joining_twice_the_wrong_cluster_or_token_is_refused() {
     let error = refused(cluster.join_command_in(4, &[2], 77));
     eprintln!("wrong cluster: {error}");
     assert!(error.contains("cannot join through"), "{error}");
+    let _ = std::fs::remove_dir_all(cluster.data_dir(4));
+    // Another shard count: the node would put keys in other shards than
+    // the members do.
+    let mut command = cluster.join_command(4, &[2]);
+    command.args(["--shards", "2"]);
+    let error = refused(command);
+    eprintln!("wrong shard count: {error}");
+    assert!(error.contains("the cluster runs 1 shard(s) and this node was started with --shards 2"), "{error}");
     let _ = std::fs::remove_dir_all(cluster.data_dir(4));
 
     cluster.join(4, &[2]);

@@ -598,7 +598,7 @@ where
             let removed = net::RemovedPeers::default();
             let listeners = listen(config, offset, &setup.security, &inbound_sender, &removed)?;
             let shards = (0..config.shards).filter(|shard| *shard as usize % setup.cores == core).count();
-            let peers = Rc::new(Peers::new(setup.security.clone(), offset, shards, removed));
+            let peers = Rc::new(Peers::new(setup.security.clone(), offset, shards, config.shards, removed));
             for member in &setup.members {
                 peers.ensure(member.id, member.addr);
             }

@@ -43,6 +43,9 @@ pub struct Peers {
     links: RefCell<HashMap<NodeId, (SocketAddr, Link)>>,
     /// How many shards run on this core.
     shards: usize,
+    /// How many shards the node runs: every peer must run as many
+    /// ([`net::LinkConfig::shards`]).
+    node_shards: u32,
     /// Per removed node, the shards of this core that applied its removal:
     /// once all have, its link is closed and never opened again (ids are
     /// never reused). Before, members dialled a removed node, and warned
@@ -55,15 +58,22 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The links of core `core`, which runs `shards` shards; `refused` is
-    /// shared with the core's listeners.
-    pub fn new(security: NodeSecurity, core: u16, shards: usize, refused: net::RemovedPeers) -> Peers {
+    /// The links of core `core`, which runs `shards` of the node's
+    /// `node_shards` shards; `refused` is shared with the core's listeners.
+    pub fn new(
+        security: NodeSecurity,
+        core: u16,
+        shards: usize,
+        node_shards: u32,
+        refused: net::RemovedPeers,
+    ) -> Peers {
         Peers {
             node_id: security.node_id(),
             security,
             core,
             links: RefCell::new(HashMap::new()),
             shards,
+            node_shards,
             removals: RefCell::new(HashMap::new()),
             refused,
         }
@@ -113,7 +123,9 @@ impl Peers {
         if let Some((_, old)) = links.remove(&id) {
             old.close();
         }
-        let link = Link::spawn(LinkConfig::new(self.security.clone(), id, addr));
+        let mut config = LinkConfig::new(self.security.clone(), id, addr);
+        config.shards = self.node_shards;
+        let link = Link::spawn(config);
         links.insert(id, (addr, link));
     }
 
