@@ -158,6 +158,9 @@ struct LinkShared {
     refusal_logged: RefCell<Option<(RefusalReason, Instant)>>,
     /// When a shard count mismatch was last logged.
     mismatch_logged: Cell<Option<Instant>>,
+    /// Why the last attempt or connection failed, until a connection is
+    /// up again ([`Link::problem`]).
+    problem: RefCell<Option<String>>,
 }
 
 /// How often the same refusal is logged again at warning level.
@@ -227,6 +230,7 @@ impl Link {
             told_removed: Cell::new(false),
             refusal_logged: RefCell::new(None),
             mismatch_logged: Cell::new(None),
+            problem: RefCell::new(None),
         });
         tokio_uring::spawn(run(shared.clone()));
         Link { owner: Rc::new(LinkOwner { shared }) }
@@ -267,6 +271,15 @@ impl Link {
         LinkStats { queued: shared.queue.len(), ..shared.stats.get() }
     }
 
+    /// Why the link is down, in words (a refused handshake, another shard
+    /// count, a connect error, a lost connection): the last failure since a
+    /// connection was last up; `None` while one is up or before the first
+    /// attempt ends. For the node's status, so an operator sees why a peer
+    /// is unreachable without reading the log.
+    pub fn problem(&self) -> Option<String> {
+        self.owner.shared.problem.borrow().clone()
+    }
+
     /// Stops the link: queued frames are written if the connection is up, and
     /// no reconnect follows.
     pub fn close(&self) {
@@ -289,49 +302,10 @@ async fn run(shared: Rc<LinkShared>) {
     while !shared.closed.get() {
         let connects_before = shared.stats.get().connects;
         let mut backoff_max = config.backoff_max;
-        match session(&shared).await {
-            Ok(()) => {}
-            Err(LinkError::Handshake(HandshakeError::Refused { reason, message })) => {
+        if let Err(error) = session(&shared).await {
+            *shared.problem.borrow_mut() = Some(error.to_string());
+            if note_failure(&shared, error) {
                 backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
-                shared.update(|stats| stats.handshake_refusals += 1);
-                if reason != RefusalReason::Removed {
-                    let due = shared
-                        .refusal_logged
-                        .borrow()
-                        .is_none_or(|(last, at)| last != reason || at.elapsed() >= REFUSAL_LOG_EVERY);
-                    if due {
-                        *shared.refusal_logged.borrow_mut() = Some((reason, Instant::now()));
-                        warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake (logged again at most once a minute)");
-                    } else {
-                        debug!(peer = config.peer_id, ?reason, %message, "peer refused our handshake");
-                    }
-                } else if !shared.told_removed.replace(true) {
-                    error!(peer = config.peer_id, %message, "the peer refuses this node: it was removed from the cluster");
-                } else {
-                    debug!(peer = config.peer_id, %message, "peer refused our handshake");
-                }
-            }
-            Err(LinkError::Handshake(
-                error @ (HandshakeError::Tls(_)
-                | HandshakeError::ServerIdentity(_)
-                | HandshakeError::WrongNode { .. }
-                | HandshakeError::Decode(_)),
-            )) => {
-                backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
-                shared.update(|stats| stats.handshake_refusals += 1);
-                warn!(peer = config.peer_id, addr = %config.peer_addr, %error, "could not authenticate with the peer");
-            }
-            Err(error @ LinkError::OtherShardCount { .. }) => {
-                backoff_max = backoff_max.max(REFUSED_BACKOFF_MAX);
-                shared.update(|stats| stats.shard_count_mismatches += 1);
-                if shared.mismatch_logged.get().is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
-                    shared.mismatch_logged.set(Some(Instant::now()));
-                    error!(peer = config.peer_id, addr = %config.peer_addr, "{error} (logged again at most once a minute)");
-                }
-            }
-            Err(error) => {
-                debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down");
-                note_down(&shared, &error);
             }
         }
         if shared.closed.get() {
@@ -350,6 +324,59 @@ async fn run(shared: Rc<LinkShared>) {
     }
     let lost = shared.queue.drain() as u64;
     shared.update(|stats| stats.lost_on_disconnect += lost);
+}
+
+/// Counts and logs a failed attempt or a lost connection. `true` when the
+/// peer refused this node (its handshake, its identity, its shard count):
+/// a configuration error that only an operator fixes, retried at most every
+/// [`REFUSED_BACKOFF_MAX`].
+fn note_failure(shared: &LinkShared, error: LinkError) -> bool {
+    let config = &shared.config;
+    match error {
+        LinkError::Handshake(HandshakeError::Refused { reason, message }) => {
+            shared.update(|stats| stats.handshake_refusals += 1);
+            if reason != RefusalReason::Removed {
+                let due = shared
+                    .refusal_logged
+                    .borrow()
+                    .is_none_or(|(last, at)| last != reason || at.elapsed() >= REFUSAL_LOG_EVERY);
+                if due {
+                    *shared.refusal_logged.borrow_mut() = Some((reason, Instant::now()));
+                    warn!(peer = config.peer_id, addr = %config.peer_addr, ?reason, %message, "peer refused our handshake (logged again at most once a minute)");
+                } else {
+                    debug!(peer = config.peer_id, ?reason, %message, "peer refused our handshake");
+                }
+            } else if !shared.told_removed.replace(true) {
+                error!(peer = config.peer_id, %message, "the peer refuses this node: it was removed from the cluster");
+            } else {
+                debug!(peer = config.peer_id, %message, "peer refused our handshake");
+            }
+            true
+        }
+        LinkError::Handshake(
+            error @ (HandshakeError::Tls(_)
+            | HandshakeError::ServerIdentity(_)
+            | HandshakeError::WrongNode { .. }
+            | HandshakeError::Decode(_)),
+        ) => {
+            shared.update(|stats| stats.handshake_refusals += 1);
+            warn!(peer = config.peer_id, addr = %config.peer_addr, %error, "could not authenticate with the peer");
+            true
+        }
+        error @ LinkError::OtherShardCount { .. } => {
+            shared.update(|stats| stats.shard_count_mismatches += 1);
+            if shared.mismatch_logged.get().is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                shared.mismatch_logged.set(Some(Instant::now()));
+                error!(peer = config.peer_id, addr = %config.peer_addr, "{error} (logged again at most once a minute)");
+            }
+            true
+        }
+        error => {
+            debug!(peer = config.peer_id, addr = %config.peer_addr, %error, "link down");
+            note_down(shared, &error);
+            false
+        }
+    }
 }
 
 /// Notes a failed attempt or a lost connection; warns once the link has
@@ -417,6 +444,7 @@ async fn session(shared: &LinkShared) -> Result<(), LinkError> {
         stats.connects += 1;
         stats.connected = true;
     });
+    *shared.problem.borrow_mut() = None;
     debug!(peer = config.peer_id, addr = %config.peer_addr, tls = stream.is_tls(), "link up");
     if let (Some(since), true) = shared.down.replace((None, false)) {
         tracing::info!(

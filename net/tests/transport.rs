@@ -580,6 +580,8 @@ fn a_link_refuses_a_peer_with_another_shard_count() {
         let stats = link.stats();
         assert_eq!((stats.connects, stats.connected, stats.sent_frames), (0, false, 0), "{stats:?}");
         assert!(other_inbound.try_recv().is_err(), "a message reached a peer with another shard count");
+        let problem = link.problem().unwrap_or_default();
+        assert!(problem.contains("the peer runs 2 shard(s) and this node 4"), "{problem}");
         link.close();
         other.shutdown();
 
@@ -592,6 +594,7 @@ fn a_link_refuses_a_peer_with_another_shard_count() {
                 other => panic!("unexpected {other:?}"),
             }
             assert_eq!(link.stats().shard_count_mismatches, 0);
+            assert_eq!(link.problem(), None, "a link that is up has no problem");
             link.close();
             same.shutdown();
         }

@@ -462,6 +462,7 @@ impl Sample {
         self.gauge(encoder, "raft_node_commit_index", "The shard's commit index as this node knows it.", "commit")?;
         self.gauge(encoder, "raft_node_applied_index", "The shard's applied index on this node.", "applied")?;
         self.gauge(encoder, "raft_node_leader_id", "The shard's leader as this node knows it (0: none).", "leader")?;
+        self.encode_links(encoder)?;
         self.gauge(
             encoder,
             "raft_node_log_memory_bytes",
@@ -569,6 +570,26 @@ impl Sample {
         for (listener, count) in &self.connections {
             let labels: Labels = vec![("listener", listener.to_string())];
             connections.encode_family(&labels)?.encode_gauge(&(*count as i64))?;
+        }
+        Ok(())
+    }
+
+    /// Whether each shard's core has a connection up to each peer.
+    fn encode_links(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut links = encoder.encode_descriptor(
+            "raft_node_peer_link_up",
+            "1 while the shard's core has a connection up to the peer, 0 while it cannot reach it or the peer \
+             refuses it (`links` in `node admin status` says why).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sample in &self.shards {
+            let Some(status) = &sample.status else { continue };
+            for link in status["links"].as_array().into_iter().flatten() {
+                let (Some(peer), Some(up)) = (link["peer"].as_u64(), link["connected"].as_bool()) else { continue };
+                let labels: Labels = vec![("shard", sample.shard.to_string()), ("peer", peer.to_string())];
+                links.encode_family(&labels)?.encode_gauge(&i64::from(up))?;
+            }
         }
         Ok(())
     }

@@ -549,6 +549,14 @@ fn nodes_with_different_shard_counts_do_not_link() {
         }
     }
     let logs = (log(1), log(2), log(3));
+    // Node 1's status says why its links are down (each shard of its one
+    // core reports the core's links).
+    let links = |id: u64| {
+        let status = cli(&["admin", "--addr", &client_addr(id), "--shard", "0", "status"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        status.pointer("/0/links").or(status.get("links")).cloned().unwrap_or_default()
+    };
+    let links_while_apart = links(1);
     // The fix: node 1 started again, empty, with the others' count. (A new
     // cluster's first election needs every listed node, so until then
     // there was no leader at all.)
@@ -565,6 +573,7 @@ fn nodes_with_different_shard_counts_do_not_link() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let got = cli(&["kv", "--addr", &client_addr(1), "get", "shared"]);
+    let links_after = links(1);
     for node in &mut nodes {
         let _ = node.kill();
         let _ = node.wait();
@@ -577,8 +586,21 @@ fn nodes_with_different_shard_counts_do_not_link() {
         assert!(log.contains(&text), "node {id} did not name the mismatch ({text}):\n{log}");
         assert!(log.contains("same --shards"), "{log}");
     }
+    let peers_of = |links: &serde_json::Value| -> Vec<u64> {
+        links.as_array().map_or_else(Vec::new, |links| links.iter().filter_map(|l| l["peer"].as_u64()).collect())
+    };
+    assert_eq!(peers_of(&links_while_apart), [2, 3], "{links_while_apart}");
+    for link in links_while_apart.as_array().unwrap() {
+        assert_eq!(link["connected"], false, "{link}");
+        assert!(link["problem"].as_str().is_some_and(|why| why.contains("runs 2 shard(s)")), "{link}");
+        assert!(link["shard_count_mismatches"].as_u64() > Some(0), "{link}");
+    }
     assert!(put.status.success(), "no write taken once node 1 runs 2 shards: {}", String::from_utf8_lossy(&put.stderr));
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "yes");
+    assert_eq!(peers_of(&links_after), [2, 3], "{links_after}");
+    for link in links_after.as_array().unwrap() {
+        assert_eq!((link["connected"].as_bool(), link["problem"].as_str()), (Some(true), None), "{link}");
+    }
 }
 
 #[test]

@@ -757,6 +757,14 @@ fn metrics_and_health_endpoints() {
         let terms: Vec<_> =
             scrapes.iter().map(|samples| sample(samples, "raft_node_term", &[("shard", shard)]).unwrap()).collect();
         assert!(terms.iter().all(|term| *term == terms[0] && *term >= 1.0), "{terms:?}");
+        // Every node's links to the two others are up.
+        for (index, samples) in scrapes.iter().enumerate() {
+            let me = index as u64 + 1;
+            for peer in (1..=3u64).filter(|&peer| peer != me) {
+                let up = sample(samples, "raft_node_peer_link_up", &[("shard", shard), ("peer", &peer.to_string())]);
+                assert_eq!(up, Some(1.0), "node {me}, shard {shard}: the link to node {peer}");
+            }
+        }
         for samples in &scrapes {
             let applied = sample(samples, "raft_node_applied_index", &[("shard", shard)]).unwrap();
             assert!(

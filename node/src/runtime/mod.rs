@@ -572,6 +572,13 @@ impl ShardTransport for NodeTransport {
             _ => Vec::new(),
         }
     }
+
+    fn links(&self) -> Vec<crate::shard::LinkReport> {
+        match &self.peers {
+            PeerNet::Tcp(peers) => peers.links(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What reaches a core from outside it besides the network.

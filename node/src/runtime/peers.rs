@@ -93,6 +93,29 @@ impl Peers {
         ids
     }
 
+    /// Each link's state, by peer id.
+    pub fn links(&self) -> Vec<crate::shard::LinkReport> {
+        let mut reports: Vec<crate::shard::LinkReport> = self
+            .links
+            .borrow()
+            .iter()
+            .map(|(&peer, (addr, link))| {
+                let stats = link.stats();
+                crate::shard::LinkReport {
+                    peer,
+                    addr: addr.to_string(),
+                    connected: stats.connected,
+                    problem: if stats.connected { None } else { link.problem() },
+                    connects: stats.connects,
+                    handshake_refusals: stats.handshake_refusals,
+                    shard_count_mismatches: stats.shard_count_mismatches,
+                }
+            })
+            .collect();
+        reports.sort_unstable_by_key(|report| report.peer);
+        reports
+    }
+
     /// Shard `shard_id` (of this core) applied the removal of node `id`.
     pub fn removed(&self, shard_id: u32, id: NodeId) {
         if id == self.node_id || !self.removals.borrow_mut().entry(id).or_default().insert(shard_id) {

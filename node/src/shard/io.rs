@@ -205,6 +205,33 @@ pub trait ShardTransport {
     fn refusing_as_removed(&self) -> Vec<NodeId> {
         Vec::new()
     }
+
+    /// The state of this shard's link to each peer, by peer id; none for
+    /// transports without connections.
+    fn links(&self) -> Vec<LinkReport> {
+        Vec::new()
+    }
+}
+
+/// How a link to a peer fares, for the node's status (`links`): whether a
+/// connection is up, and if not, why the last attempt failed, so that an
+/// operator whose shard has no leader sees which peers this node cannot
+/// reach and why (a refused handshake, another shard count, a connect
+/// error) without reading the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkReport {
+    pub peer: NodeId,
+    /// The address dialled (this core's port of the peer).
+    pub addr: String,
+    pub connected: bool,
+    /// Why the link is down (`net::Link::problem`); `None` while it is up.
+    pub problem: Option<String>,
+    /// Connections made since the link started.
+    pub connects: u64,
+    /// Handshakes the peer refused, or failed TLS handshakes.
+    pub handshake_refusals: u64,
+    /// Connections closed because the peer runs another shard count.
+    pub shard_count_mismatches: u64,
 }
 
 /// The driver's only source of time: latencies, request timeouts and the

@@ -43,7 +43,9 @@ use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use wal::WalError;
 
 pub use backup::{BACKUP_CHUNK_DATA, BACKUP_CHUNK_HEAD, BACKUP_CHUNK_REPLACED};
-pub use io::{Clock, RestoreJob, RestoredSnapshot, ShardStorage, ShardTransport, StoredSnapshot, SystemClock};
+pub use io::{
+    Clock, LinkReport, RestoreJob, RestoredSnapshot, ShardStorage, ShardTransport, StoredSnapshot, SystemClock,
+};
 
 use crate::app::StateMachine;
 use crate::replicated::{Addresses, NodeCommand, NodeStateMachine};

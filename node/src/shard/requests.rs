@@ -1135,6 +1135,22 @@ where
         self.ctx.learned_addresses.lock().expect("not poisoned").get(&id).cloned()
     }
 
+    /// This core's links to the peers (see [`crate::shard::LinkReport`]).
+    fn links_json(&self) -> serde_json::Value {
+        let links = self.transport.links().into_iter().map(|link| {
+            json!({
+                "peer": link.peer,
+                "addr": link.addr,
+                "connected": link.connected,
+                "problem": link.problem,
+                "connects": link.connects,
+                "handshake_refusals": link.handshake_refusals,
+                "shard_count_mismatches": link.shard_count_mismatches,
+            })
+        });
+        serde_json::Value::Array(links.collect())
+    }
+
     fn members_json(&self, conf: &engine::ConfState) -> serde_json::Value {
         let members: Vec<serde_json::Value> = conf
             .members()
@@ -1244,6 +1260,8 @@ where
             "removed": self.fsm.removed(),
             // Peers that refuse this node as removed: its view is stale.
             "refused_as_removed_by": self.transport.refusing_as_removed(),
+            // This core's link to each peer: up, or why not.
+            "links": self.links_json(),
             "next_id": self.fsm.next_id(),
             // The history of the cluster this node's data continues (16 hex
             // digits; zeros: a cluster that started empty), which a node
