@@ -1076,6 +1076,30 @@ impl Raft {
         self.now < sent + lease
     }
 
+    /// The tick (see [`Raft::ticks`]) at which the heartbeat round the
+    /// lease rests on was sent, while [`Raft::lease_valid`] holds; `None`
+    /// when it does not. The engine counts the lease in ticks only: a shell
+    /// whose ticks can fall behind real time (a timer that fires late after
+    /// the process was paused, and does not fire what it missed) checks
+    /// the lease's age in real time as well before it asks for a lease read
+    /// (the node does: `Shard::lease_holds_in_real_time`). A sole voter's
+    /// lease rests on no round: it holds as of every tick (`Some(now)`).
+    pub fn lease_sent_at(&self) -> Option<u64> {
+        if !self.lease_valid() {
+            return None;
+        }
+        if self.sole_voter() {
+            return Some(self.now);
+        }
+        let acked = self.quorum_acked_round();
+        self.round_ticks.iter().find(|(round, _)| *round == acked).map(|&(_, sent)| sent)
+    }
+
+    /// Ticks since this engine was created (its lease clock).
+    pub fn ticks(&self) -> u64 {
+        self.now
+    }
+
     /// Hands leadership to `target` (Raft thesis 3.10): proposals are refused
     /// while the target is caught up and told to campaign at once.
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), ProposeError> {

@@ -390,3 +390,26 @@ fn a_learner_forgets_a_silent_leader() {
     }
     assert_eq!(cluster.node(4).raft.leader(), 1, "the learner did not take its leader back");
 }
+
+/// The lease's start, for a shell that checks its age in real time: the
+/// tick of the heartbeat round a quorum acknowledged, while the lease
+/// holds; nothing once it has run out in ticks.
+#[test]
+fn the_lease_names_the_tick_its_round_was_sent_at() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| engine::Config::new(id, vec![1, 2, 3]));
+    cluster.elect(1);
+    for _ in 0..3 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    let sent = cluster.node(1).raft.lease_sent_at().expect("a lease right after acknowledged heartbeats");
+    assert!(sent <= cluster.node(1).raft.ticks(), "sent at {sent}");
+    // Cut off, the leader's lease runs out in ticks.
+    cluster.isolate(1);
+    let lease = cluster.node(1).raft.config().election_ticks_min;
+    for _ in 0..lease {
+        cluster.raft(1).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(1).raft.lease_sent_at(), None);
+}

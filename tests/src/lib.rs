@@ -57,7 +57,7 @@
 //! | test | what | how long |
 //! |---|---|---|
 //! | `t10_simulation` | [`sim`]: 2,000 seeded runs of 3- and 5-node clusters of real engines and state machines over a simulated disk and network with every fault; Raft safety after every event, liveness after healing, linearizability of the client history | about 20 s in release on 2 cores |
-//! | `t50_chaos` | real `node` processes: repeated leader SIGKILLs, torn WAL tails, an iptables minority partition, a wiped follower rejoining by snapshot; history checked, acknowledged writes read back | about 30 s |
+//! | `t50_chaos` | real `node` processes: repeated leader SIGKILLs, torn WAL tails, an iptables minority partition, a wiped follower rejoining by snapshot, a leader paused (SIGSTOP) past its lease asked for a lease read; history checked, acknowledged writes read back | about 30 s |
 //! | `t60_hostile_clients` | random bytes, oversized frames, a wrong token, connections that never read, against a real node serving a good client | about 12 s |
 //! | `t85_linearizability_checker` | the checker against histories with known verdicts | seconds |
 //! | `t90_regressions` | the smallest reproductions of what the simulator and the chaos tests found | instant |

@@ -1509,3 +1509,57 @@ fn three_nodes_four_shards_leaders_killed_in_turn() {
     assert!(kills >= 2, "the fault schedule did not run");
     finish_and_check(&cluster, shared, handles, "three nodes, four shards, leaders killed in turn");
 }
+
+/// A lease read is served only while the lease holds in real time. The
+/// leader's lease was counted in ticks of its driver's timer, and a timer
+/// that fires late does not fire the ticks it missed: a leader paused
+/// (SIGSTOP here; a frozen VM, a container paused, a process stalled by its
+/// machine alike) for longer than an election timeout resumed with its
+/// lease seemingly fresh, and served the value a new leader had replaced
+/// meanwhile. Now each lease read also checks the wall time since the
+/// heartbeat round its lease rests on was sent, and falls back to a quorum
+/// read (ReadIndex) when that is longer than the lease.
+#[test]
+fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
+    let _serial = serial();
+    let Some(binary) = iptables_or_skip() else { return };
+    let mut cluster = Cluster::stopped(binary, 3, 25_400, None, false, 1).started();
+    let old = cluster.leader();
+    let key = Bytes::from_static(b"leased");
+    let put = |value: &'static [u8]| KvOp::Put { key: key.clone(), value: Bytes::from_static(value) }.encode();
+    let mut everyone = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
+    let mut session = everyone.open_session().expect("a session");
+    assert_eq!(everyone.write(&mut session, put(b"before")).expect("written"), KvResponse::Written.encode());
+    let lease_read = |port: u16| {
+        let body =
+            RequestBody::Read { query: KvOp::Get { key: key.clone() }.encode(), consistency: ReadConsistency::Lease };
+        single_call(port, ClientRequest::plain(1, body), Duration::from_secs(3))
+    };
+    // Once the old leader has applied the write, pause it and cut it off.
+    let before = KvResponse::Value(Some(Bytes::from_static(b"before"))).encode();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lease_read(cluster.client_port(old)) != Some(ResponseStatus::Ok(before.clone())) {
+        assert!(Instant::now() < deadline, "the leader never served the first value\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = cluster.nodes[&old].id().to_string();
+    cluster.isolate(old);
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // The others elect a leader and replace the value.
+    let others: Vec<u64> = cluster.all().into_iter().filter(|&id| id != old).collect();
+    let new = cluster.leader_among(&others, Duration::from_secs(20));
+    let mut majority = BlockingClient::new(&cluster.client(&others, Duration::from_secs(10))).expect("a client");
+    let mut session = majority.open_session();
+    let replaced = session.as_mut().ok().map(|session| majority.write(session, put(b"after")));
+    // The old leader resumes, still cut off, and is asked at once.
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let answer = lease_read(cluster.client_port(old));
+    cluster.heal();
+    assert!(new.is_some(), "the majority elected no leader\n{}", cluster.describe());
+    assert_eq!(replaced.map(|written| written.ok()), Some(Some(KvResponse::Written.encode())), "the majority's write");
+    assert_ne!(
+        answer,
+        Some(ResponseStatus::Ok(before)),
+        "node {old}, paused past its lease while node {new:?} took a write, served the value before it"
+    );
+}

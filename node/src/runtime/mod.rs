@@ -768,6 +768,7 @@ where
         nonce_salt: rand::random(),
         learned_addresses: setup.learned_addresses.clone(),
         history: setup.security.history(),
+        tick_interval: config.timing.tick_interval,
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;

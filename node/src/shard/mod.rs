@@ -34,6 +34,7 @@ mod ready;
 mod requests;
 mod snapshots;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,9 @@ pub struct ShardContext {
     /// The history of the cluster the node's data continues (in its status,
     /// so that a joining node takes it).
     pub history: net::History,
+    /// How often the driver calls [`Shard::tick`]: a lease of N ticks lasts
+    /// N of these in real time (see `Shard::lease_holds_in_real_time`).
+    pub tick_interval: Duration,
 }
 
 /// Members' addresses learned outside the log, shared by a node's shards: a
@@ -155,6 +159,10 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     no_leader: Option<(Instant, Option<Instant>)>,
     stats: ShardStats,
     last_sweep: Instant,
+    /// When each of the latest ticks ran, oldest first, one entry per tick
+    /// (the engine's tick count, the clock): a lease read checks the age of
+    /// the heartbeat round its lease rests on in real time.
+    tick_times: VecDeque<(u64, Instant)>,
     /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
     envelope_arena: BytesMut,
     /// Groups of writes: what is gathered, and this node's word that it
@@ -295,6 +303,7 @@ where
             snapshot_no_space: false,
             stats: ShardStats::new(now),
             last_sweep: now,
+            tick_times: VecDeque::new(),
             envelope_arena: BytesMut::new(),
             groups: Groups::default(),
             applied_trace: None,
@@ -367,6 +376,7 @@ where
     pub fn tick(&mut self) {
         self.raft.tick();
         let now = self.clock.now();
+        self.note_tick_time(now);
         if now.saturating_duration_since(self.last_sweep) >= SWEEP_INTERVAL {
             self.last_sweep = now;
             self.sweep_timeouts(now);
@@ -384,6 +394,38 @@ where
         self.announce_addresses(now);
         self.announce_features(now);
         self.note_no_leader(now);
+    }
+
+    /// Remembers when the engine's latest tick ran: as many ticks back as
+    /// the longest election timeout, which a valid lease never exceeds.
+    fn note_tick_time(&mut self, now: Instant) {
+        self.tick_times.push_back((self.raft.ticks(), now));
+        let kept = usize::try_from(self.raft.config().election_ticks_max).unwrap_or(usize::MAX).saturating_add(1);
+        while self.tick_times.len() > kept {
+            self.tick_times.pop_front();
+        }
+    }
+
+    /// Whether the leader's lease also holds in real time: the heartbeat
+    /// round it rests on was sent less than the lease's ticks times the
+    /// tick interval ago. The engine counts the lease in ticks, and the
+    /// driver's timer does not fire the ticks it missed (a process paused,
+    /// or starved of CPU, resumes with its ticks behind): a leader paused
+    /// for longer than an election timeout resumed with a lease that
+    /// looked fresh while another leader had taken writes. The round's tick
+    /// ran no later than the round was sent, so its time is a safe start.
+    /// `false` when the round's tick is no longer remembered, or when no
+    /// lease holds (the read then goes through a quorum, ReadIndex).
+    fn lease_holds_in_real_time(&self) -> bool {
+        let Some(sent) = self.raft.lease_sent_at() else { return false };
+        let Some(&(first, _)) = self.tick_times.front() else { return false };
+        let Some(&(tick, at)) = sent.checked_sub(first).and_then(|offset| self.tick_times.get(offset as usize)) else {
+            return false;
+        };
+        debug_assert_eq!(tick, sent, "one entry per tick");
+        let config = self.raft.config();
+        let lease = self.ctx.tick_interval * (config.election_ticks_min - config.lease_drift_ticks);
+        tick == sent && self.clock.now().saturating_duration_since(at) < lease
     }
 
     /// Warns (after [`NO_LEADER_WARN_AFTER`] with no leader, then at most

@@ -566,8 +566,12 @@ where
                 self.finish_read(answer, reply, arrived);
                 return;
             }
-            ReadConsistency::Lease => ReadMode::Lease,
-            ReadConsistency::Linearizable | ReadConsistency::NodeDefault => ReadMode::ReadIndex,
+            // Past its lease in real time (see `lease_holds_in_real_time`),
+            // a leader confirms with a quorum instead.
+            ReadConsistency::Lease if self.lease_holds_in_real_time() => ReadMode::Lease,
+            ReadConsistency::Lease | ReadConsistency::Linearizable | ReadConsistency::NodeDefault => {
+                ReadMode::ReadIndex
+            }
         };
         self.read_barrier(mode, Some(query), reply, arrived);
     }

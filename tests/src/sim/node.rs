@@ -236,6 +236,7 @@ fn shard_context(id: NodeId, shard_id: u32, shards: u32, forward_writes: bool, n
         nonce_salt,
         learned_addresses: Default::default(),
         history: net::History::FRESH,
+        tick_interval: Duration::from_millis(crate::sim::TICK),
     }
 }
 
