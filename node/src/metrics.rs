@@ -398,6 +398,60 @@ impl CountedHistogram {
     }
 }
 
+/// The counters per shard: name, help, and the field of `node admin stats`
+/// each counts.
+const COUNTERS: [(&str, &str, &str); 19] = [
+    ("raft_node_leader_changes", "Leaders this shard learned of.", "leader_changes"),
+    ("raft_node_log_bytes_written", "Entry batch bytes appended to the shard's log.", "log_bytes_appended"),
+    ("raft_node_snapshots_taken", "Snapshots this shard took of its state.", "snapshots_taken"),
+    ("raft_node_snapshots_installed", "Snapshots this shard installed from a leader.", "snapshots_installed"),
+    (
+        "raft_node_snapshot_chunks_no_space",
+        "Received snapshot chunks a full disk could not take (the snapshot is received anew).",
+        "snapshot_chunks_no_space",
+    ),
+    (
+        "raft_node_snapshots_damaged",
+        "Stored snapshots found damaged on disk while sent to a follower (a new one replaced each).",
+        "snapshots_damaged",
+    ),
+    (
+        "raft_node_writes_applied",
+        "Client writes this node answered once applied (its own clients' and those it forwarded).",
+        "writes_applied",
+    ),
+    ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
+    ("raft_node_groups_proposed", "Log entries this leader proposed holding several writes.", "groups_proposed"),
+    ("raft_node_writes_grouped", "Client writes this leader proposed in groups.", "writes_grouped"),
+    ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),
+    ("raft_node_lease_reads", "Lease reads served under this leader's lease.", "lease_reads"),
+    (
+        "raft_node_lease_reads_late",
+        "Lease reads asked while the lease held in ticks but not in real time (this leader's ticks fell \
+         behind), confirmed with a quorum instead.",
+        "lease_reads_late",
+    ),
+    ("raft_node_not_leader", "Requests answered NotLeader.", "not_leader"),
+    ("raft_node_busy", "Requests answered Busy (a bound was reached).", "busy"),
+    ("raft_node_no_space", "Writes answered NoSpace (a full disk here or on too many peers).", "no_space"),
+    (
+        "raft_node_session_owner_refused",
+        "Writes and closes refused because their session belongs to another user.",
+        "session_owner_refused",
+    ),
+    (
+        "raft_node_appends_no_space",
+        "Appends from the leader this follower refused for want of space (its disk was full).",
+        "appends_no_space",
+    ),
+    (
+        "raft_node_appends_refused_applying",
+        "Appends from the leader this follower refused while it restored a snapshot with more unapplied \
+         log in memory than its budget.",
+        "appends_refused_applying",
+    ),
+];
+
 impl Sample {
     fn gauge(&self, encoder: &mut DescriptorEncoder, name: &str, help: &str, field: &str) -> std::fmt::Result {
         self.per_shard(encoder, name, help, MetricType::Gauge, |sample| sample.status.as_ref()?[field].as_i64())
@@ -510,55 +564,7 @@ impl Sample {
 
     /// Counters per shard, and the connections per listener.
     fn encode_counters(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let counters = [
-            ("raft_node_leader_changes", "Leaders this shard learned of.", "leader_changes"),
-            ("raft_node_log_bytes_written", "Entry batch bytes appended to the shard's log.", "log_bytes_appended"),
-            ("raft_node_snapshots_taken", "Snapshots this shard took of its state.", "snapshots_taken"),
-            ("raft_node_snapshots_installed", "Snapshots this shard installed from a leader.", "snapshots_installed"),
-            (
-                "raft_node_snapshot_chunks_no_space",
-                "Received snapshot chunks a full disk could not take (the snapshot is received anew).",
-                "snapshot_chunks_no_space",
-            ),
-            (
-                "raft_node_snapshots_damaged",
-                "Stored snapshots found damaged on disk while sent to a follower (a new one replaced each).",
-                "snapshots_damaged",
-            ),
-            (
-                "raft_node_writes_applied",
-                "Client writes this node answered once applied (its own clients' and those it forwarded).",
-                "writes_applied",
-            ),
-            ("raft_node_writes_forwarded", "Client writes this follower forwarded to the leader.", "writes_forwarded"),
-            (
-                "raft_node_groups_proposed",
-                "Log entries this leader proposed holding several writes.",
-                "groups_proposed",
-            ),
-            ("raft_node_writes_grouped", "Client writes this leader proposed in groups.", "writes_grouped"),
-            ("raft_node_reads_served", "Client reads served by this shard.", "reads_served"),
-            ("raft_node_not_leader", "Requests answered NotLeader.", "not_leader"),
-            ("raft_node_busy", "Requests answered Busy (a bound was reached).", "busy"),
-            ("raft_node_no_space", "Writes answered NoSpace (a full disk here or on too many peers).", "no_space"),
-            (
-                "raft_node_session_owner_refused",
-                "Writes and closes refused because their session belongs to another user.",
-                "session_owner_refused",
-            ),
-            (
-                "raft_node_appends_no_space",
-                "Appends from the leader this follower refused for want of space (its disk was full).",
-                "appends_no_space",
-            ),
-            (
-                "raft_node_appends_refused_applying",
-                "Appends from the leader this follower refused while it restored a snapshot with more unapplied \
-                 log in memory than its budget.",
-                "appends_refused_applying",
-            ),
-        ];
-        for (name, help, field) in counters {
+        for (name, help, field) in COUNTERS {
             self.counter(encoder, name, help, field)?;
         }
         let mut connections = encoder.encode_descriptor(

@@ -112,6 +112,12 @@ pub struct ShardStats {
     /// Forwarded writes answered here when their entry was applied.
     pub forwarded_answered: u64,
     pub reads_served: u64,
+    /// Lease reads served under the leader's lease (no quorum round).
+    pub lease_reads: u64,
+    /// Lease reads asked while the lease held in ticks but not in real
+    /// time (this leader's ticks fell behind: a pause), confirmed with a
+    /// quorum instead (see `Shard::lease_holds_in_real_time`).
+    pub lease_reads_late: u64,
     pub not_leader: u64,
     pub busy: u64,
     /// Writes refused because the disk was full.
@@ -181,6 +187,8 @@ impl ShardStats {
             writes_grouped: 0,
             forwarded_answered: 0,
             reads_served: 0,
+            lease_reads: 0,
+            lease_reads_late: 0,
             not_leader: 0,
             busy: 0,
             no_space: 0,
@@ -225,6 +233,8 @@ impl ShardStats {
             "writes_grouped": self.writes_grouped,
             "forwarded_answered": self.forwarded_answered,
             "reads_served": self.reads_served,
+            "lease_reads": self.lease_reads,
+            "lease_reads_late": self.lease_reads_late,
             "not_leader": self.not_leader,
             "busy": self.busy,
             "no_space": self.no_space,

@@ -1542,6 +1542,12 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
         assert!(Instant::now() < deadline, "the leader never served the first value\n{}", cluster.describe());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Healthy, the leader serves lease reads under its lease.
+    let counter = |cluster: &Cluster, name: &str| {
+        cluster.stats(old).and_then(|stats| stats["stats"][name].as_u64()).unwrap_or_default()
+    };
+    assert!(counter(&cluster, "lease_reads") > 0, "no read served under the lease\n{}", cluster.describe());
+    let late_before = counter(&cluster, "lease_reads_late");
     let pid = cluster.nodes[&old].id().to_string();
     cluster.isolate(old);
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
@@ -1554,6 +1560,7 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
     // The old leader resumes, still cut off, and is asked at once.
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     let answer = lease_read(cluster.client_port(old));
+    let late = counter(&cluster, "lease_reads_late") - late_before;
     cluster.heal();
     assert!(new.is_some(), "the majority elected no leader\n{}", cluster.describe());
     assert_eq!(replaced.map(|written| written.ok()), Some(Some(KvResponse::Written.encode())), "the majority's write");
@@ -1562,4 +1569,5 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
         Some(ResponseStatus::Ok(before)),
         "node {old}, paused past its lease while node {new:?} took a write, served the value before it"
     );
+    assert!(late >= 1, "the lease read after the pause was not found late: {answer:?}");
 }

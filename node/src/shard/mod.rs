@@ -414,18 +414,19 @@ where
     /// for longer than an election timeout resumed with a lease that
     /// looked fresh while another leader had taken writes. The round's tick
     /// ran no later than the round was sent, so its time is a safe start.
-    /// `false` when the round's tick is no longer remembered, or when no
-    /// lease holds (the read then goes through a quorum, ReadIndex).
-    fn lease_holds_in_real_time(&self) -> bool {
-        let Some(sent) = self.raft.lease_sent_at() else { return false };
-        let Some(&(first, _)) = self.tick_times.front() else { return false };
-        let Some(&(tick, at)) = sent.checked_sub(first).and_then(|offset| self.tick_times.get(offset as usize)) else {
-            return false;
-        };
-        debug_assert_eq!(tick, sent, "one entry per tick");
+    /// `None` when no lease holds even in ticks; `Some(false)` when it
+    /// holds in ticks only, or its round's tick is no longer remembered
+    /// (the read then goes through a quorum, ReadIndex, either way).
+    fn lease_holds_in_real_time(&self) -> Option<bool> {
+        let sent = self.raft.lease_sent_at()?;
+        let remembered = self.tick_times.front().and_then(|&(first, _)| {
+            let &(tick, at) = self.tick_times.get(usize::try_from(sent.checked_sub(first)?).ok()?)?;
+            debug_assert_eq!(tick, sent, "one entry per tick");
+            (tick == sent).then_some(at)
+        });
         let config = self.raft.config();
         let lease = self.ctx.tick_interval * (config.election_ticks_min - config.lease_drift_ticks);
-        tick == sent && self.clock.now().saturating_duration_since(at) < lease
+        Some(remembered.is_some_and(|at| self.clock.now().saturating_duration_since(at) < lease))
     }
 
     /// Warns (after [`NO_LEADER_WARN_AFTER`] with no leader, then at most

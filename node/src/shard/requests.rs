@@ -568,10 +568,18 @@ where
             }
             // Past its lease in real time (see `lease_holds_in_real_time`),
             // a leader confirms with a quorum instead.
-            ReadConsistency::Lease if self.lease_holds_in_real_time() => ReadMode::Lease,
-            ReadConsistency::Lease | ReadConsistency::Linearizable | ReadConsistency::NodeDefault => {
-                ReadMode::ReadIndex
-            }
+            ReadConsistency::Lease => match self.lease_holds_in_real_time() {
+                Some(true) => {
+                    self.stats.lease_reads += 1;
+                    ReadMode::Lease
+                }
+                Some(false) => {
+                    self.stats.lease_reads_late += 1;
+                    ReadMode::ReadIndex
+                }
+                None => ReadMode::ReadIndex,
+            },
+            ReadConsistency::Linearizable | ReadConsistency::NodeDefault => ReadMode::ReadIndex,
         };
         self.read_barrier(mode, Some(query), reply, arrived);
     }
