@@ -53,7 +53,11 @@ pub struct Config {
     /// Lease reads are served for `election_ticks_min - lease_drift_ticks`
     /// after a heartbeat round that a quorum acknowledged. The clock
     /// assumption: no node's tick runs more than `lease_drift_ticks` per
-    /// election timeout slower than the leader's.
+    /// election timeout faster than the leader's (a follower whose ticks run
+    /// fast votes before the leader's lease has run out; one whose ticks run
+    /// slow, or fall behind, only refuses votes for longer). A shell whose
+    /// ticks can fall behind real time checks the lease in real time too
+    /// ([`crate::Raft::lease_sent_at`]).
     pub lease_drift_ticks: u32,
     /// A learner is promoted only if its log is within this many entries of
     /// the leader's.
