@@ -1524,7 +1524,6 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
     let _serial = serial();
     let Some(binary) = iptables_or_skip() else { return };
     let mut cluster = Cluster::stopped(binary, 3, 25_400, None, false, 1).started();
-    let old = cluster.leader();
     let key = Bytes::from_static(b"leased");
     let put = |value: &'static [u8]| KvOp::Put { key: key.clone(), value: Bytes::from_static(value) }.encode();
     let mut everyone = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
@@ -1535,19 +1534,24 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
             RequestBody::Read { query: KvOp::Get { key: key.clone() }.encode(), consistency: ReadConsistency::Lease };
         single_call(port, ClientRequest::plain(1, body), Duration::from_secs(3))
     };
-    // Once the old leader has applied the write, pause it and cut it off.
+    // Healthy, the leader serves lease reads under its lease. Once it has
+    // served the value so, pause it and cut it off. (Leadership may move
+    // while the cluster starts: ask whoever leads now.)
     let before = KvResponse::Value(Some(Bytes::from_static(b"before"))).encode();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lease_read(cluster.client_port(old)) != Some(ResponseStatus::Ok(before.clone())) {
-        assert!(Instant::now() < deadline, "the leader never served the first value\n{}", cluster.describe());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Healthy, the leader serves lease reads under its lease.
-    let counter = |cluster: &Cluster, name: &str| {
-        cluster.stats(old).and_then(|stats| stats["stats"][name].as_u64()).unwrap_or_default()
+    let counter = |cluster: &Cluster, id: u64, name: &str| {
+        cluster.stats(id).and_then(|stats| stats["stats"][name].as_u64()).unwrap_or_default()
     };
-    assert!(counter(&cluster, "lease_reads") > 0, "no read served under the lease\n{}", cluster.describe());
-    let late_before = counter(&cluster, "lease_reads_late");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let old = loop {
+        let leader = cluster.leader();
+        let served = lease_read(cluster.client_port(leader)) == Some(ResponseStatus::Ok(before.clone()));
+        if served && counter(&cluster, leader, "lease_reads") > 0 {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no leader served the value under its lease\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let late_before = counter(&cluster, old, "lease_reads_late");
     let pid = cluster.nodes[&old].id().to_string();
     cluster.isolate(old);
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
@@ -1560,7 +1564,7 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
     // The old leader resumes, still cut off, and is asked at once.
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     let answer = lease_read(cluster.client_port(old));
-    let late = counter(&cluster, "lease_reads_late") - late_before;
+    let late = counter(&cluster, old, "lease_reads_late") - late_before;
     cluster.heal();
     assert!(new.is_some(), "the majority elected no leader\n{}", cluster.describe());
     assert_eq!(replaced.map(|written| written.ok()), Some(Some(KvResponse::Written.encode())), "the majority's write");
