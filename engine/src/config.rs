@@ -48,7 +48,8 @@ pub struct Config {
     pub pre_vote: bool,
     /// Check-quorum: a leader that has not heard from a quorum within an
     /// election timeout steps down, and followers that heard from a leader
-    /// recently refuse votes. Lease reads require it.
+    /// recently, or restarted recently, refuse votes. Lease reads require
+    /// it.
     pub check_quorum: bool,
     /// Lease reads are served for `election_ticks_min - lease_drift_ticks`
     /// after a heartbeat round that a quorum acknowledged. The clock

@@ -225,8 +225,21 @@ pub struct Raft {
     election_timeout: u32,
     /// Ticks since this engine was created: the leader's lease clock.
     now: u64,
+    /// Whether this replica was created with a term (a restart, not a
+    /// first start): it may then have acknowledged a leader's heartbeat
+    /// round just before, and forgot whom it heard. It refuses votes for
+    /// `election_ticks_min` ticks after it starts (see `in_lease`).
+    started_with_term: bool,
     rng: Rng,
     transfer_target: NodeId,
+    /// Whether this leader started a leader transfer in its term. Its lease
+    /// is gone for the rest of the term, even once the transfer is aborted:
+    /// the target may still act on a `TimeoutNow` sent before the abort
+    /// (delivered late), and voters grant a transfer's votes inside a
+    /// lease. Before, an aborted transfer revived the lease, resting on
+    /// acknowledgements from before the transfer, while the target had won
+    /// with those very voters (engine randomized seed 1855).
+    lease_forfeited: bool,
     /// Entries up to this index are encoded into batches (leader only).
     /// Invariant: `encoded_last <= log.last_index()`.
     encoded_last: Index,
@@ -449,6 +462,8 @@ impl Raft {
             heartbeat_elapsed: 0,
             election_timeout: config.election_ticks_min,
             now: 0,
+            started_with_term: hard_state.term > 0,
+            lease_forfeited: false,
             rng,
             transfer_target: NODE_NONE,
             encoded_last: 0,
@@ -1059,10 +1074,19 @@ impl Raft {
     }
 
     /// Whether the leader's lease holds now: a quorum acknowledged a heartbeat
-    /// round sent less than `election_ticks_min - lease_drift_ticks` ago, and
-    /// no leader transfer (which tells voters to ignore the lease) is running.
+    /// round sent less than `election_ticks_min - lease_drift_ticks` ago, no
+    /// leader transfer (which tells voters to ignore the lease) was started
+    /// in this term, and this leader is a voter of its configuration (not
+    /// leaving).
     pub fn lease_valid(&self) -> bool {
-        if self.role != Role::Leader || !self.config.check_quorum || self.transfer_target != NODE_NONE {
+        if self.role != Role::Leader || !self.config.check_quorum || self.lease_forfeited {
+            return false;
+        }
+        if !self.conf.voters.contains(&self.id) {
+            // A leader that is leaving (its removal appended, not yet
+            // committed) holds no lease: the voters that remain may elect
+            // one of their own without asking anyone (a sole voter does so
+            // at its next tick), and this leader would not know.
             return false;
         }
         if self.sole_voter() {
@@ -1119,6 +1143,7 @@ impl Raft {
             return Ok(());
         }
         self.transfer_target = target;
+        self.lease_forfeited = true;
         self.election_elapsed = 0;
         if self.progress[&target].match_index == self.log.last_index() {
             self.send_timeout_now(target);
@@ -1575,6 +1600,7 @@ impl Raft {
         let answered: Vec<NodeId> = self.votes.keys().copied().collect();
         self.reset(self.term);
         self.role = Role::Leader;
+        self.lease_forfeited = false;
         // Its own durable entries count toward commitment in this term.
         self.note_ack();
         self.unverified = false;
@@ -1988,6 +2014,22 @@ impl Raft {
         }
     }
 
+    /// Whether this replica refuses to help elect a new leader because a
+    /// leader's lease may rest on its acknowledgement (thesis 4.2.3 and
+    /// 6.4.1): it heard a leader less than `election_ticks_min` ago, or it
+    /// restarted less than `election_ticks_min` ago. A restarted replica
+    /// forgot whom it heard, and may have acknowledged the round a leader's
+    /// lease rests on just before it went down: voting at once, it let a
+    /// voter cut off from that leader win while the leader still served
+    /// lease reads that could not see the new leader's writes (the hazard
+    /// of TiKV issue 15035). A first start (term 0) acknowledged nothing.
+    fn in_lease(&self) -> bool {
+        let min = self.config.election_ticks_min;
+        let heard = self.leader != NODE_NONE && self.election_elapsed < min;
+        let restarted = self.started_with_term && self.now < u64::from(min);
+        self.config.check_quorum && (heard || restarted)
+    }
+
     /// The term rules of Raft paper 5.1 and thesis 9.6 (pre-vote) and 6.2
     /// (leases): adopt a newer term, reject a stale one.
     fn step_term(&mut self, message: &Message) -> Result<(), Ignored> {
@@ -1996,10 +2038,7 @@ impl Raft {
             let is_vote_request = matches!(message.body, B::PreVote(_) | B::Vote(_));
             if is_vote_request {
                 let transfer = matches!(message.body, B::PreVote(r) | B::Vote(r) if r.transfer);
-                let in_lease = self.config.check_quorum
-                    && self.leader != NODE_NONE
-                    && self.election_elapsed < self.config.election_ticks_min;
-                if in_lease && !transfer {
+                if self.in_lease() && !transfer {
                     // Thesis 4.2.3: a node that heard from a leader recently
                     // does not help depose it.
                     return Err(Ignored("vote request while a leader's lease holds"));

@@ -413,3 +413,155 @@ fn the_lease_names_the_tick_its_round_was_sent_at() {
     }
     assert_eq!(cluster.node(1).raft.lease_sent_at(), None);
 }
+
+/// A voter that restarts must not help elect a new leader while the lease
+/// of the leader it acknowledged may still hold (the hazard of TiKV issue
+/// 15035). Node 2 is cut off from leader 1, whose lease then rests on node
+/// 3's acknowledgements alone; node 3 restarts, forgetting it heard leader
+/// 1, and node 2's timeout fires. Before the fix, node 3 voted for node 2
+/// at once: node 2 led and committed a write while node 1 still served
+/// lease reads that could not see it.
+#[test]
+fn a_restarted_voter_does_not_elect_a_leader_inside_an_acknowledged_lease() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| engine::Config::new(id, vec![1, 2, 3]));
+    cluster.elect(1);
+    cluster.commit_values(1, 1);
+    cluster.partition(&[1], &[2]);
+    let timeout_min = cluster.node(2).raft.config().election_ticks_min;
+    // Node 1 renews its lease through node 3; node 2 hears nothing (its
+    // randomized timeout may fire meanwhile: its pre-votes fail on node 3,
+    // which hears leader 1).
+    for _ in 0..timeout_min - 1 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert!(cluster.node(1).raft.lease_valid(), "node 1's lease, renewed through node 3");
+    cluster.crash(3);
+    cluster.restart(3);
+    cluster.stabilize();
+    // Node 2's timeout fires now (a timeout of election_ticks_min is one
+    // it may draw), then time runs on for every node alike.
+    cluster.raft(2).campaign();
+    let lease_term = cluster.node(1).raft.term();
+    let check = |cluster: &Cluster, at: &str| {
+        let newer = [2, 3].into_iter().find(|&id| {
+            let raft = &cluster.node(id).raft;
+            raft.role() == Role::Leader && raft.term() > lease_term
+        });
+        if let Some(leader) = newer {
+            assert!(
+                !cluster.node(1).raft.lease_valid(),
+                "{at}: node {leader} leads term {} while node 1's lease of term {lease_term} holds",
+                cluster.node(leader).raft.term()
+            );
+        }
+    };
+    cluster.stabilize();
+    check(&cluster, "right after the restart");
+    // Node 1 is cut off from both now, so that another leader must come.
+    cluster.isolate(1);
+    let timeout_max = cluster.node(2).raft.config().election_ticks_max;
+    for tick in 0..4 * timeout_max {
+        cluster.tick_all();
+        cluster.stabilize();
+        check(&cluster, &format!("tick {tick} after the restart"));
+    }
+    let leader = [2, 3].into_iter().find(|&id| cluster.node(id).raft.role() == Role::Leader);
+    assert!(leader.is_some(), "nodes 2 and 3 elected no leader once node 1 was cut off");
+}
+
+/// Node 2 leads now and commits a write; node 1, which led `term`, must
+/// then hold no lease (a lease read there would miss the write).
+fn assert_no_lease_beside_node_2(cluster: &mut Cluster, term: engine::Term) {
+    assert_eq!(cluster.node(1).raft.role(), Role::Leader, "node 1 has not learned of the new leader");
+    assert!(cluster.node(2).raft.term() > term);
+    cluster.commit_values(2, 1);
+    assert!(!cluster.node(1).raft.lease_valid(), "node 1 holds a lease in term {term} while node 2 leads and commits");
+}
+
+/// A transfer that was aborted leaves no lease for the rest of the term. Its
+/// `TimeoutNow` may still arrive (late), and voters grant a transfer's
+/// votes inside a lease. Before, the abort revived the leader's lease
+/// while the target, told late, won with the very voters whose
+/// acknowledgements it rested on (engine randomized seed 1855).
+#[test]
+fn an_aborted_transfer_leaves_no_lease_in_its_term() {
+    use engine::MessageBody;
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| engine::Config::new(id, vec![1, 2, 3]));
+    cluster.elect(1);
+    cluster.commit_values(1, 1);
+    cluster.raft(1).transfer_leader(2).expect("a caught-up voter");
+    cluster.process_ready(1);
+    let position = cluster
+        .network
+        .iter()
+        .position(|m| m.to == 2 && matches!(m.body, MessageBody::TimeoutNow))
+        .expect("node 2 is caught up: told to campaign at once");
+    let late = cluster.network.remove(position);
+    // An election timeout passes: the transfer is aborted, and heartbeats
+    // are acknowledged again.
+    let timeout_min = cluster.node(1).raft.config().election_ticks_min;
+    for _ in 0..timeout_min + 2 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(1).raft.role(), Role::Leader);
+    assert!(cluster.raft(1).propose(Bytes::from_static(b"after the abort")).is_ok(), "the transfer was not aborted");
+    cluster.stabilize();
+    let term = cluster.node(1).raft.term();
+    // The late TimeoutNow arrives; node 1 is cut off from then on.
+    assert!(cluster.deliver(late));
+    cluster.isolate(1);
+    cluster.stabilize();
+    assert_eq!(cluster.node(2).raft.role(), Role::Leader, "node 2 won with node 3's vote, as a transfer does");
+    assert_no_lease_beside_node_2(&mut cluster, term);
+}
+
+/// A leader that removes itself holds no lease while the removal is on its
+/// way: the voters that remain may elect one of their own without it (a
+/// sole voter does so at its next tick). Before, leader 3 of seed 955
+/// (engine randomized) served lease reads on node 1's acknowledgements
+/// while node 1, sole voter of the new configuration, led and committed.
+#[test]
+fn a_leader_leaving_the_configuration_holds_no_lease() {
+    use engine::{ConfChange, ConfChangeOp};
+    let mut cluster = Cluster::new(&[1, 2], |id| engine::Config::new(id, vec![1, 2]));
+    cluster.elect(1);
+    cluster.commit_values(1, 1);
+    for _ in 0..2 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    assert!(cluster.node(1).raft.lease_valid());
+    let term = cluster.node(1).raft.term();
+    cluster.raft(1).propose_conf_change(ConfChange { ops: vec![ConfChangeOp::Remove(1)] }).expect("removal");
+    // The removal goes through a joint configuration; once node 2 has the
+    // final one (in force once appended) its answers are lost: node 1
+    // leads on, its removal uncommitted.
+    for _ in 0..100 {
+        if cluster.node(2).raft.conf().voters_outgoing.is_empty() && cluster.node(2).raft.conf().voters == vec![2] {
+            break;
+        }
+        for id in [1, 2] {
+            cluster.process_ready(id);
+            cluster.persist(id, usize::MAX);
+        }
+        if let Some(message) = (!cluster.network.is_empty()).then(|| cluster.network.remove(0)) {
+            cluster.deliver(message);
+        }
+    }
+    assert_eq!(cluster.node(2).raft.conf().voters, vec![2], "node 2 has the final configuration");
+    assert!(cluster.node(2).raft.conf().voters_outgoing.is_empty());
+    assert_eq!(cluster.node(1).raft.role(), Role::Leader, "node 1 has not stepped down yet");
+    cluster.network.clear();
+    cluster.isolate(1);
+    cluster.raft(2).tick();
+    cluster.stabilize();
+    assert_eq!(
+        cluster.node(2).raft.role(),
+        Role::Leader,
+        "node 2, the sole voter, elected itself: {:?}",
+        cluster.node(2).raft.status()
+    );
+    assert_no_lease_beside_node_2(&mut cluster, term);
+}
