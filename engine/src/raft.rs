@@ -1015,6 +1015,14 @@ impl Raft {
             // witness applies nothing: the client asks the leader instead.
             return Err(ProposeError::NotLeader { leader: (self.leader != NODE_NONE).then_some(self.leader) });
         }
+        self.forward_announcement(command)
+    }
+
+    /// As [`Raft::forward_proposal`], for a command whose sender waits for
+    /// nothing (a member's word about itself, which the replicas that apply
+    /// it keep): a witness may send one too, since it votes, and what it
+    /// says about its votes matters to the leaders it may elect.
+    pub fn forward_announcement(&mut self, command: Bytes) -> Result<(), ProposeError> {
         match self.role {
             Role::Leader => self.propose(command).map(|_| ()),
             _ if self.leader != NODE_NONE => {

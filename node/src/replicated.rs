@@ -46,11 +46,18 @@
 //! | 7 | member `id`'s build reads groups (older builds; still read) | id u64 |
 //! | 8 | open a session owned by a user (see [`crate::session`], "Owners") | as kind 2, then the owner: u8 length (at most 64) and the name |
 //! | 9 | what member `id`'s build reads | id u64, `FEATURE_*` bits u64 |
+//! | 10 | how long member `id` refuses votes after it hears a leader | id u64, microseconds u64 |
 //!
 //! Configuration entries are applied too ([`NodeStateMachine::apply_conf`]):
 //! the state machine keeps the highest node id any configuration named and
 //! the ids removed, so that id assignment (kind 6) never hands out an id
 //! that was used, and a removed node is refused when it comes back.
+//!
+//! Kinds 9 and 10 change no replicated state: they tell the replicas that
+//! apply them about a member (what its build reads, how long a leader's
+//! lease may last, see [`NodeStateMachine::votes_held`]), kept in memory
+//! only and said again to every new leader. An older build answers kind 10
+//! as malformed and is none the worse.
 //!
 //! Anything else is answered as malformed, identically on every replica.
 //! Node commands never reach the application.
@@ -58,6 +65,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use engine::{Index, NodeId};
@@ -112,6 +120,7 @@ const KIND_ASSIGN_ID: u8 = 6;
 const KIND_READS_GROUPS: u8 = 7;
 const KIND_OPEN_OWNED_SESSION: u8 = 8;
 const KIND_FEATURES: u8 = 9;
+const KIND_VOTES_HELD: u8 = 10;
 
 /// What a member's build reads, as it says in a [`NodeCommand::Features`]:
 /// groups of writes (format 3).
@@ -310,6 +319,14 @@ pub enum NodeCommand {
         id: NodeId,
         features: u64,
     },
+    /// Member `id` refuses votes for `micros` after it hears a leader, or
+    /// after it starts (its `--election-ticks-min` times its
+    /// `--tick-interval`): no leader's lease may last longer in real time
+    /// (see [`NodeStateMachine::votes_held`]).
+    VotesHeld {
+        id: NodeId,
+        micros: u64,
+    },
 }
 
 /// A member's addresses, as a node command.
@@ -376,6 +393,11 @@ impl NodeCommand {
                 out.put_u64_le(*id);
                 out.put_u64_le(*features);
             }
+            NodeCommand::VotesHeld { id, micros } => {
+                out.put_u8(KIND_VOTES_HELD);
+                out.put_u64_le(*id);
+                out.put_u64_le(*micros);
+            }
             NodeCommand::SessionSettings(settings) => {
                 out.put_u8(KIND_SESSION_SETTINGS);
                 out.put_u32_le(settings.sessions_max);
@@ -427,6 +449,9 @@ impl NodeCommand {
             KIND_READS_GROUPS => NodeCommand::ReadsGroups { id: reader.u64("id").ok()? },
             KIND_FEATURES => {
                 NodeCommand::Features { id: reader.u64("id").ok()?, features: reader.u64("features").ok()? }
+            }
+            KIND_VOTES_HELD => {
+                NodeCommand::VotesHeld { id: reader.u64("id").ok()?, micros: reader.u64("micros").ok()? }
             }
             KIND_SESSION_SETTINGS => NodeCommand::SessionSettings(SessionSettings {
                 sessions_max: reader.u32("sessions_max").ok()?,
@@ -503,6 +528,10 @@ pub struct NodeStateMachine<S> {
     /// stays out of snapshots, and members say it again to every new
     /// leader.
     features: BTreeMap<NodeId, u64>,
+    /// How long each member said it refuses votes after it hears a leader
+    /// (node command kind 10): not replicated state either, like
+    /// `features`, and said again to every new leader.
+    votes_held: BTreeMap<NodeId, Duration>,
     /// Whether this replica has seen a session with an owner, applied or
     /// restored: the log's proof that every member read owners when it was
     /// opened (see [`NodeStateMachine::sessions_get_owners`]). Never
@@ -519,6 +548,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
             ids: MemberIds::default(),
             applied: 0,
             features: BTreeMap::new(),
+            votes_held: BTreeMap::new(),
             owners_seen: false,
         }
     }
@@ -532,6 +562,16 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// Whether member `id` said its build reads groups of writes.
     pub fn reads_groups(&self, id: NodeId) -> bool {
         self.reads(id, FEATURE_GROUPS)
+    }
+
+    /// How long member `id` said it refuses votes after it hears a leader
+    /// or starts, as applied here since this process started; `None` when
+    /// it has not said (an older build, or not yet in this process's life).
+    /// A leader's lease rests on its voters refusing votes while it holds,
+    /// so it may last no longer than the shortest of these, whatever this
+    /// node's own settings (`Shard::lease_length`).
+    pub fn votes_held(&self, id: NodeId) -> Option<Duration> {
+        self.votes_held.get(&id).copied()
     }
 
     /// Whether every member of `conf` that applies payloads (all but
@@ -754,6 +794,12 @@ impl<S: StateMachine> NodeStateMachine<S> {
             }
             NodeCommand::Features { id, features } => {
                 *self.features.entry(id).or_default() |= features;
+                Applied::Node(Ok(()))
+            }
+            NodeCommand::VotesHeld { id, micros } => {
+                // The latest word replaces the last: a member restarted with
+                // other settings says so again.
+                self.votes_held.insert(id, Duration::from_micros(micros));
                 Applied::Node(Ok(()))
             }
             NodeCommand::SessionSettings(settings) => match validate_settings(&settings) {

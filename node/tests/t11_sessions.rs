@@ -414,6 +414,22 @@ fn writes_carved_from_an_arena_equal_standalone_ones() {
     }
 }
 
+/// What a member says of its votes (node command kind 10) is kept per
+/// member, the latest word replacing the last (a member restarted with
+/// other settings says so again), and nothing else changes.
+#[test]
+fn a_members_vote_hold_is_kept_and_replaced() {
+    use std::time::Duration;
+    let mut replica = Replica::new();
+    assert_eq!(replica.machine.votes_held(2), None);
+    let applied = replica.command(NodeCommand::VotesHeld { id: 2, micros: 500_000 });
+    assert!(matches!(applied, Applied::Node(Ok(()))));
+    assert_eq!(replica.machine.votes_held(2), Some(Duration::from_millis(500)));
+    replica.command(NodeCommand::VotesHeld { id: 2, micros: 300_000 });
+    assert_eq!(replica.machine.votes_held(2), Some(Duration::from_millis(300)));
+    assert_eq!(replica.machine.votes_held(3), None);
+}
+
 proptest! {
     #[test]
     fn write_envelopes_and_node_commands_round_trip(
@@ -430,6 +446,7 @@ proptest! {
             NodeCommand::OpenSession { proposer: 3, nonce, owner: Some(std::sync::Arc::from("writer-1")) },
             NodeCommand::OpenSession { proposer: 3, nonce, owner: Some(std::sync::Arc::from(node::session::LOCAL_CALLER)) },
             NodeCommand::Features { id: nonce, features: millis },
+            NodeCommand::VotesHeld { id: nonce, micros: millis },
             NodeCommand::CloseSession { client_id },
         ] {
             prop_assert_eq!(NodeCommand::decode(&node_command.encode()), Some(node_command));

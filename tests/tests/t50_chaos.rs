@@ -73,6 +73,8 @@ struct Cluster {
     shards: u32,
     /// More `node serve` options, after the ones every node gets.
     extra_args: Vec<String>,
+    /// More options for one node, after `extra_args`.
+    node_args: BTreeMap<u64, Vec<String>>,
     nodes: BTreeMap<u64, Child>,
     separate_uids: bool,
     /// iptables rules to delete when the cluster goes away.
@@ -111,6 +113,7 @@ impl Cluster {
             forward_writes,
             shards,
             extra_args: Vec::new(),
+            node_args: BTreeMap::new(),
             nodes: BTreeMap::new(),
             separate_uids,
             rules: Vec::new(),
@@ -121,6 +124,12 @@ impl Cluster {
     /// Runs the nodes with these more options.
     fn with_args(mut self, args: &[&str]) -> Cluster {
         self.extra_args.extend(args.iter().map(|arg| arg.to_string()));
+        self
+    }
+
+    /// Runs node `id` with these more options.
+    fn with_node_args(mut self, id: u64, args: &[&str]) -> Cluster {
+        self.node_args.entry(id).or_default().extend(args.iter().map(|arg| arg.to_string()));
         self
     }
 
@@ -209,6 +218,7 @@ impl Cluster {
             command.arg("--forward-writes");
         }
         command.args(&self.extra_args);
+        command.args(self.node_args.get(&id).into_iter().flatten());
         if self.shards > 1 {
             command.args(["--shards", &self.shards.to_string()]);
         }
@@ -1510,6 +1520,28 @@ fn three_nodes_four_shards_leaders_killed_in_turn() {
     finish_and_check(&cluster, shared, handles, "three nodes, four shards, leaders killed in turn");
 }
 
+/// A put of `value` to the key the lease tests read.
+fn leased_put(value: &'static [u8]) -> Bytes {
+    KvOp::Put { key: Bytes::from_static(b"leased"), value: Bytes::from_static(value) }.encode()
+}
+
+/// A lease read of the lease tests' key, asked of the node at client port
+/// `port` alone; `None` when it gives no answer within 3 s.
+fn leased_read(port: u16) -> Option<ResponseStatus> {
+    let query = KvOp::Get { key: Bytes::from_static(b"leased") }.encode();
+    let body = RequestBody::Read { query, consistency: ReadConsistency::Lease };
+    single_call(port, ClientRequest::plain(1, body), Duration::from_secs(3))
+}
+
+/// Writes `before` to the lease tests' key through any node; its answer
+/// to a read.
+fn write_leased_before(cluster: &Cluster) -> Bytes {
+    let mut everyone = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
+    let mut session = everyone.open_session().expect("a session");
+    assert_eq!(everyone.write(&mut session, leased_put(b"before")).expect("written"), KvResponse::Written.encode());
+    KvResponse::Value(Some(Bytes::from_static(b"before"))).encode()
+}
+
 /// A lease read is served only while the lease holds in real time. The
 /// leader's lease was counted in ticks of its driver's timer, and a timer
 /// that fires late does not fire the ticks it missed: a leader paused
@@ -1524,27 +1556,17 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
     let _serial = serial();
     let Some(binary) = iptables_or_skip() else { return };
     let mut cluster = Cluster::stopped(binary, 3, 25_400, None, false, 1).started();
-    let key = Bytes::from_static(b"leased");
-    let put = |value: &'static [u8]| KvOp::Put { key: key.clone(), value: Bytes::from_static(value) }.encode();
-    let mut everyone = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
-    let mut session = everyone.open_session().expect("a session");
-    assert_eq!(everyone.write(&mut session, put(b"before")).expect("written"), KvResponse::Written.encode());
-    let lease_read = |port: u16| {
-        let body =
-            RequestBody::Read { query: KvOp::Get { key: key.clone() }.encode(), consistency: ReadConsistency::Lease };
-        single_call(port, ClientRequest::plain(1, body), Duration::from_secs(3))
-    };
+    let before = write_leased_before(&cluster);
     // Healthy, the leader serves lease reads under its lease. Once it has
     // served the value so, pause it and cut it off. (Leadership may move
     // while the cluster starts: ask whoever leads now.)
-    let before = KvResponse::Value(Some(Bytes::from_static(b"before"))).encode();
     let counter = |cluster: &Cluster, id: u64, name: &str| {
         cluster.stats(id).and_then(|stats| stats["stats"][name].as_u64()).unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let old = loop {
         let leader = cluster.leader();
-        let served = lease_read(cluster.client_port(leader)) == Some(ResponseStatus::Ok(before.clone()));
+        let served = leased_read(cluster.client_port(leader)) == Some(ResponseStatus::Ok(before.clone()));
         if served && counter(&cluster, leader, "lease_reads") > 0 {
             break leader;
         }
@@ -1560,10 +1582,10 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
     let new = cluster.leader_among(&others, Duration::from_secs(20));
     let mut majority = BlockingClient::new(&cluster.client(&others, Duration::from_secs(10))).expect("a client");
     let mut session = majority.open_session();
-    let replaced = session.as_mut().ok().map(|session| majority.write(session, put(b"after")));
+    let replaced = session.as_mut().ok().map(|session| majority.write(session, leased_put(b"after")));
     // The old leader resumes, still cut off, and is asked at once.
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
-    let answer = lease_read(cluster.client_port(old));
+    let answer = leased_read(cluster.client_port(old));
     let late = counter(&cluster, old, "lease_reads_late") - late_before;
     cluster.heal();
     assert!(new.is_some(), "the majority elected no leader\n{}", cluster.describe());
@@ -1574,4 +1596,71 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
         "node {old}, paused past its lease while node {new:?} took a write, served the value before it"
     );
     assert!(late >= 1, "the lease read after the pause was not found late: {answer:?}");
+}
+
+/// Nodes that disagree on how long they refuse votes after hearing a
+/// leader: node 1, made leader, for 4 s (`--election-ticks-min 400`), nodes
+/// 2 and 3 for 300 ms. Before, node 1's leases lasted its own 4 s less 2
+/// ticks: cut off, it served a lease read of the value nodes 2 and 3 had
+/// replaced after electing a leader of their own well inside that time.
+/// Now every voter says how long it holds its vote, and a lease lasts no
+/// longer than the shortest hold (`shard::lease`).
+#[test]
+fn a_leader_with_a_longer_election_timeout_serves_no_stale_lease_read() {
+    let _serial = serial();
+    let Some(binary) = iptables_or_skip() else { return };
+    let short = ["--election-ticks-min", "30", "--election-ticks-max", "60"];
+    let mut cluster = Cluster::stopped(binary, 3, 25_420, None, false, 1)
+        .with_node_args(1, &["--election-ticks-min", "400", "--election-ticks-max", "500"])
+        .with_node_args(2, &short)
+        .with_node_args(3, &short)
+        .started();
+    let before = write_leased_before(&cluster);
+    let lease_reads = |cluster: &Cluster| {
+        cluster.stats(1).and_then(|stats| stats["stats"]["lease_reads"].as_u64()).unwrap_or_default()
+    };
+    // Node 1 leads (by transfer) and serves the value under its lease,
+    // which the others' shorter hold bounds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader();
+        if leader != 1 {
+            let body = RequestBody::Admin(net::AdminRequest::TransferLeader { id: 1 });
+            let _ = call(&cluster.client(&[leader], Duration::from_secs(2)), body);
+        } else if leased_read(cluster.client_port(1)) == Some(ResponseStatus::Ok(before.clone()))
+            && lease_reads(&cluster) > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 did not come to serve lease reads\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lease = cluster.status(1).expect("node 1's status")["lease"].clone();
+    assert!(
+        lease["bounded_by"] == 2 || lease["bounded_by"] == 3,
+        "node 1's lease is not bounded by the others' shorter hold: {lease}"
+    );
+    assert!(lease["length_ms"].as_f64().is_some_and(|ms| ms < 300.0), "{lease}");
+    assert!(
+        cluster.log_text(1).contains("after it hears a leader, this node for 4s"),
+        "node 1 did not warn of the shorter hold\n{}",
+        cluster.describe()
+    );
+    // Cut off, node 1 still leads in its own eyes for its 4 s election
+    // timeout; the others elect one of their own well within it.
+    cluster.isolate(1);
+    let new = cluster.leader_among(&[2, 3], Duration::from_secs(20));
+    let mut majority = BlockingClient::new(&cluster.client(&[2, 3], Duration::from_secs(10))).expect("a client");
+    let mut session = majority.open_session();
+    let replaced = session.as_mut().ok().map(|session| majority.write(session, leased_put(b"after")));
+    let answer = leased_read(cluster.client_port(1));
+    let status = cluster.status(1);
+    cluster.heal();
+    assert!(new.is_some(), "nodes 2 and 3 elected no leader\n{}", cluster.describe());
+    assert_eq!(replaced.map(|written| written.ok()), Some(Some(KvResponse::Written.encode())), "the majority's write");
+    assert_ne!(
+        answer,
+        Some(ResponseStatus::Ok(before)),
+        "node 1, cut off while node {new:?} took a write, served the value before it (its status then: {status:?})"
+    );
 }

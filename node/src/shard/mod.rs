@@ -30,11 +30,11 @@
 
 mod backup;
 pub mod io;
+mod lease;
 mod ready;
 mod requests;
 mod snapshots;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -159,10 +159,8 @@ pub struct Shard<S, D, T: ShardTransport, C> {
     no_leader: Option<(Instant, Option<Instant>)>,
     stats: ShardStats,
     last_sweep: Instant,
-    /// When each of the latest ticks ran, oldest first, one entry per tick
-    /// (the engine's tick count, the clock): a lease read checks the age of
-    /// the heartbeat round its lease rests on in real time.
-    tick_times: VecDeque<(u64, Instant)>,
+    /// Lease reads in real time, and what this node says of its votes.
+    lease: lease::Lease,
     /// Where proposals' envelopes are encoded (see `encode_envelope_in`).
     envelope_arena: BytesMut,
     /// Groups of writes: what is gathered, and this node's word that it
@@ -303,7 +301,7 @@ where
             snapshot_no_space: false,
             stats: ShardStats::new(now),
             last_sweep: now,
-            tick_times: VecDeque::new(),
+            lease: lease::Lease::default(),
             envelope_arena: BytesMut::new(),
             groups: Groups::default(),
             applied_trace: None,
@@ -393,40 +391,9 @@ where
         self.balance_leadership(now);
         self.announce_addresses(now);
         self.announce_features(now);
+        self.announce_votes_held(now);
+        self.note_short_vote_hold();
         self.note_no_leader(now);
-    }
-
-    /// Remembers when the engine's latest tick ran: as many ticks back as
-    /// the longest election timeout, which a valid lease never exceeds.
-    fn note_tick_time(&mut self, now: Instant) {
-        self.tick_times.push_back((self.raft.ticks(), now));
-        let kept = usize::try_from(self.raft.config().election_ticks_max).unwrap_or(usize::MAX).saturating_add(1);
-        while self.tick_times.len() > kept {
-            self.tick_times.pop_front();
-        }
-    }
-
-    /// Whether the leader's lease also holds in real time: the heartbeat
-    /// round it rests on was sent less than the lease's ticks times the
-    /// tick interval ago. The engine counts the lease in ticks, and the
-    /// driver's timer does not fire the ticks it missed (a process paused,
-    /// or starved of CPU, resumes with its ticks behind): a leader paused
-    /// for longer than an election timeout resumed with a lease that
-    /// looked fresh while another leader had taken writes. The round's tick
-    /// ran no later than the round was sent, so its time is a safe start.
-    /// `None` when no lease holds even in ticks; `Some(false)` when it
-    /// holds in ticks only, or its round's tick is no longer remembered
-    /// (the read then goes through a quorum, ReadIndex, either way).
-    fn lease_holds_in_real_time(&self) -> Option<bool> {
-        let sent = self.raft.lease_sent_at()?;
-        let remembered = self.tick_times.front().and_then(|&(first, _)| {
-            let &(tick, at) = self.tick_times.get(usize::try_from(sent.checked_sub(first)?).ok()?)?;
-            debug_assert_eq!(tick, sent, "one entry per tick");
-            (tick == sent).then_some(at)
-        });
-        let config = self.raft.config();
-        let lease = self.ctx.tick_interval * (config.election_ticks_min - config.lease_drift_ticks);
-        Some(remembered.is_some_and(|at| self.clock.now().saturating_duration_since(at) < lease))
     }
 
     /// Warns (after [`NO_LEADER_WARN_AFTER`] with no leader, then at most

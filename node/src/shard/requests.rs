@@ -1274,6 +1274,10 @@ where
             "refused_as_removed_by": self.transport.refusing_as_removed(),
             // This core's link to each peer: up, or why not.
             "links": self.links_json(),
+            // How long this node's leases last in real time: the shortest
+            // time any voter refuses votes after it hears a leader, less
+            // the drift allowance (see `shard::lease`).
+            "lease": self.lease_json(),
             "next_id": self.fsm.next_id(),
             // The history of the cluster this node's data continues (16 hex
             // digits; zeros: a cluster that started empty), which a node

@@ -1,0 +1,193 @@
+//! Lease reads in real time, and what every voter says of its votes.
+//!
+//! The engine counts a leader's lease in its own ticks: a quorum
+//! acknowledged a heartbeat round sent less than `election_ticks_min -
+//! lease_drift_ticks` ticks ago ([`engine::Raft::lease_sent_at`]). That is
+//! safe only while no voter that acknowledged the round can help elect
+//! another leader before the lease runs out, and two things here make it
+//! so in real time:
+//!
+//! - **The leader's ticks may fall behind.** The driver's timer does not
+//!   fire the ticks it missed (a process paused, or starved of CPU, resumes
+//!   with its ticks behind), so the shard remembers when each recent tick
+//!   ran and measures the round's age on the clock.
+//! - **The voters' settings may differ.** A voter refuses votes for its own
+//!   `--election-ticks-min` times its own `--tick-interval` after it hears a
+//!   leader (or starts). Each member says how long that is through the log
+//!   ([`NodeCommand::VotesHeld`], once in each term with a leader), and the
+//!   lease lasts no longer than the shortest hold among the voters, less
+//!   the drift allowance. Until every voter has said, no lease read is
+//!   served from the lease (each goes through a quorum), so a voter of an
+//!   older build, or one whose word has not been applied here yet, costs a
+//!   round trip and never a stale read. Before, a leader with a longer
+//!   election timeout than its followers served reads from a lease they no
+//!   longer honoured.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use engine::{NodeId, Term};
+use serde_json::json;
+
+use super::{Clock, Shard, ShardStorage, ShardTransport, ANNOUNCE_RETRY};
+use crate::app::StateMachine;
+use crate::replicated::NodeCommand;
+
+/// A shard's lease bookkeeping.
+#[derive(Default)]
+pub(super) struct Lease {
+    /// When each of the latest ticks ran, oldest first, one entry per tick
+    /// (the engine's tick count, the clock).
+    tick_times: VecDeque<(u64, Instant)>,
+    /// The term in which this node last said how long it holds its vote,
+    /// and when.
+    announced_term: Term,
+    announced_at: Option<Instant>,
+    /// The voter with the shortest hold below this node's own, as last
+    /// logged (a warning when it changes).
+    warned: Option<(NodeId, Duration)>,
+}
+
+/// Why a leader's lease cannot be used in real time now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LeaseLength {
+    /// It lasts this long after its round was sent; `shortest` is the voter
+    /// whose hold bounds it (this node, when none is shorter).
+    Known { length: Duration, shortest: NodeId },
+    /// This voter has not said how long it holds its vote.
+    Unknown(NodeId),
+}
+
+impl<S, D, T, C> Shard<S, D, T, C>
+where
+    S: StateMachine,
+    D: ShardStorage,
+    T: ShardTransport,
+    C: Clock,
+{
+    /// Remembers when the engine's latest tick ran: as many ticks back as
+    /// the longest election timeout, which a valid lease never exceeds.
+    pub(super) fn note_tick_time(&mut self, now: Instant) {
+        let times = &mut self.lease.tick_times;
+        times.push_back((self.raft.ticks(), now));
+        let kept = usize::try_from(self.raft.config().election_ticks_max).unwrap_or(usize::MAX).saturating_add(1);
+        while times.len() > kept {
+            times.pop_front();
+        }
+    }
+
+    /// How long this node refuses votes after it hears a leader or starts:
+    /// its `--election-ticks-min` times its `--tick-interval`.
+    fn votes_held_here(&self) -> Duration {
+        self.ctx.tick_interval * self.raft.config().election_ticks_min
+    }
+
+    /// How long a lease lasts after its round was sent: the shortest hold
+    /// of any voter (both halves of a joint configuration, witnesses
+    /// included, this node's own), less `lease_drift_ticks` of this node's
+    /// ticks.
+    pub(super) fn lease_length(&self) -> LeaseLength {
+        let me = self.ctx.node_id;
+        let conf = self.raft.conf();
+        let mut shortest = (self.votes_held_here(), me);
+        for &id in conf.voters.iter().chain(&conf.voters_outgoing).filter(|&&id| id != me) {
+            match self.fsm.votes_held(id) {
+                Some(held) if held < shortest.0 => shortest = (held, id),
+                Some(_) => {}
+                None => return LeaseLength::Unknown(id),
+            }
+        }
+        let drift = self.ctx.tick_interval * self.raft.config().lease_drift_ticks;
+        LeaseLength::Known { length: shortest.0.saturating_sub(drift), shortest: shortest.1 }
+    }
+
+    /// Whether the leader's lease also holds in real time: the heartbeat
+    /// round it rests on was sent less than [`Shard::lease_length`] ago
+    /// (the round's tick ran no later than the round was sent, so its time
+    /// is a safe start). `None` when no lease holds even in ticks, or a
+    /// voter has not said how long it holds its vote; `Some(false)` when it
+    /// holds in ticks only, or its round's tick is no longer remembered
+    /// (the read then goes through a quorum, ReadIndex, either way).
+    pub(super) fn lease_holds_in_real_time(&self) -> Option<bool> {
+        let sent = self.raft.lease_sent_at()?;
+        let LeaseLength::Known { length, .. } = self.lease_length() else { return None };
+        let times = &self.lease.tick_times;
+        let remembered = times.front().and_then(|&(first, _)| {
+            let &(tick, at) = times.get(usize::try_from(sent.checked_sub(first)?).ok()?)?;
+            debug_assert_eq!(tick, sent, "one entry per tick");
+            (tick == sent).then_some(at)
+        });
+        Some(remembered.is_some_and(|at| self.clock.now().saturating_duration_since(at) < length))
+    }
+
+    /// The status's `lease`: how long this node's leases last in real time
+    /// and which voter's hold bounds them, or which voter has not said yet
+    /// (no lease read is served from the lease until it has).
+    pub(super) fn lease_json(&self) -> serde_json::Value {
+        match self.lease_length() {
+            LeaseLength::Known { length, shortest } => json!({
+                "length_ms": length.as_secs_f64() * 1000.0,
+                "bounded_by": shortest,
+                "unknown_voter": null,
+            }),
+            LeaseLength::Unknown(id) => json!({ "length_ms": null, "bounded_by": null, "unknown_voter": id }),
+        }
+    }
+
+    /// Says, through the leader, how long this node refuses votes (node
+    /// command kind 10): once in each term with a leader, since a new
+    /// leader may not have applied the earlier word (it is kept in no
+    /// snapshot), and again while this node has applied another value. A
+    /// witness says it too (it votes), though it applies nothing.
+    pub(super) fn announce_votes_held(&mut self, now: Instant) {
+        let me = self.ctx.node_id;
+        let term = self.raft.term();
+        let held = self.votes_held_here();
+        let conf = self.raft.conf();
+        let voter = conf.voters.contains(&me) || conf.voters_outgoing.contains(&me);
+        let applied_here = self.raft.is_witness() || self.fsm.votes_held(me) == Some(held);
+        let retry = self.lease.announced_at.is_none_or(|at| now.saturating_duration_since(at) >= ANNOUNCE_RETRY);
+        if !voter
+            || self.raft.leader() == engine::NODE_NONE
+            || self.fsm.is_removed(me)
+            || !retry
+            || (self.lease.announced_term == term && applied_here)
+        {
+            return;
+        }
+        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        match self.raft.forward_announcement(NodeCommand::VotesHeld { id: me, micros }.encode()) {
+            Ok(()) => {
+                self.lease.announced_term = term;
+                self.lease.announced_at = Some(now);
+            }
+            Err(error) => tracing::debug!(shard = self.ctx.shard_id, %error, "vote hold not announced"),
+        }
+    }
+
+    /// Warns, once each time it changes, when a voter holds its vote for
+    /// less time than this node: this node's leases are then shorter than
+    /// its own settings say (lease reads more often go through a quorum).
+    pub(super) fn note_short_vote_hold(&mut self) {
+        let here = self.votes_held_here();
+        let shorter = match self.lease_length() {
+            LeaseLength::Known { shortest, .. } if shortest != self.ctx.node_id => {
+                self.fsm.votes_held(shortest).map(|held| (shortest, held))
+            }
+            _ => None,
+        };
+        if shorter == self.lease.warned {
+            return;
+        }
+        self.lease.warned = shorter;
+        if let Some((id, held)) = shorter {
+            tracing::warn!(
+                shard = self.ctx.shard_id,
+                member = id,
+                "member {id} refuses votes for {held:?} after it hears a leader, this node for {here:?} \
+                 (--election-ticks-min times --tick-interval): this node's leases last no longer than the \
+                 shorter, so run every node with the same settings"
+            );
+        }
+    }
+}
