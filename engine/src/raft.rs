@@ -1127,6 +1127,12 @@ impl Raft {
         self.round_ticks.iter().find(|(round, _)| *round == acked).map(|&(_, sent)| sent)
     }
 
+    /// Whether this leader started a leader transfer in its term, which
+    /// ended its lease for the rest of the term (see [`Raft::lease_valid`]).
+    pub fn lease_forfeited(&self) -> bool {
+        self.role == Role::Leader && self.lease_forfeited
+    }
+
     /// Ticks since this engine was created (its lease clock).
     pub fn ticks(&self) -> u64 {
         self.now

@@ -507,6 +507,7 @@ fn an_aborted_transfer_leaves_no_lease_in_its_term() {
     }
     assert_eq!(cluster.node(1).raft.role(), Role::Leader);
     assert!(cluster.raft(1).propose(Bytes::from_static(b"after the abort")).is_ok(), "the transfer was not aborted");
+    assert!(cluster.node(1).raft.lease_forfeited(), "the status says why lease reads go through a quorum");
     cluster.stabilize();
     let term = cluster.node(1).raft.term();
     // The late TimeoutNow arrives; node 1 is cut off from then on.

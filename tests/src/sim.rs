@@ -82,6 +82,8 @@ pub struct Summary {
     pub terms_with_leader: usize,
     pub committed: usize,
     pub lease_reads: bool,
+    /// Reads leaders served under their lease (no quorum round).
+    pub lease_reads_served: u64,
     /// Whether followers forwarded session writes to the leader, and how
     /// many forwarded writes were answered when applied.
     pub forward_writes: bool,
@@ -863,6 +865,7 @@ impl World {
         self.summary.installs_while_restoring = self.nodes.values().map(|node| node.restores_off_driver().1).sum();
         self.summary.forwards_redirected = self.nodes.values().map(|node| node.forwards_redirected()).sum();
         self.summary.writes_grouped = self.nodes.values().map(|node| node.writes_grouped()).sum();
+        self.summary.lease_reads_served = self.nodes.values().map(|node| node.lease_reads_served()).sum();
         self.summary.clean_stops = self.nodes.values().map(|node| node.clean_stops).sum();
         self.summary.no_space = self.nodes.values().map(|node| node.no_space()).sum();
         self.summary.appends_no_space = self.nodes.values().map(|node| node.appends_no_space()).sum();

@@ -51,6 +51,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
                 total.state_machine_rebuilds += summary.state_machine_rebuilds;
                 total.disk_stalls += summary.disk_stalls;
                 total.lease_reads |= summary.lease_reads;
+                total.lease_reads_served += summary.lease_reads_served;
                 total.terms_with_leader += summary.terms_with_leader;
                 total.committed += summary.committed;
                 total.forward_writes |= summary.forward_writes;
@@ -101,7 +102,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
          {} membership changes ({} more asked through the admin path), {} disk stalls, {} snapshots installed, {} state machines rebuilt, {} terms with a leader, \
          {} entries committed, {} forwarded writes answered; sessions: {} opened, {} found expired or evicted, \
          {} openings refused (table full), {} writes given up past the retry window; shell: {} snapshots installed \
-         while reads waited, {} restored off the driver ({} installed while one was), {} forwarded writes redirected by a term change, {} writes proposed in groups, {} clean stops; unknown outcomes: {} \
+         while reads waited, {} restored off the driver ({} installed while one was), {} forwarded writes redirected by a term change, {} writes proposed in groups, {} reads served under a lease, {} clean stops; unknown outcomes: {} \
          placed where their value was first stored, {} dropped (never stored, or reads), {} left to the checker; \
          {} seeds with several shards, {} crashes that lost durable entries, {} nodes run as witnesses ({} members \
          at the end, {} snapshots taken and {} installed by witnesses), {} seeds with large values ({} kept as \
@@ -128,6 +129,7 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         total.installs_while_restoring,
         total.forwards_redirected,
         total.writes_grouped,
+        total.lease_reads_served,
         total.clean_stops,
         total.unknown_placed,
         total.unknown_dropped,
@@ -196,6 +198,9 @@ fn run_many_with(voters: u64, test_name: &str, storage_faults: bool) {
         assert!(total.disk_stalls > 0, "no disk stalls");
         assert!(total.forwarded_answered > 0, "no follower forwarded a write that was then answered");
         assert!(total.lease_reads, "no run used lease reads");
+        // Every voter must say how long it holds its vote before a leader
+        // serves from its lease (`shard::lease`): some leader must get there.
+        assert!(total.lease_reads_served > 0, "no leader served a read under its lease");
         assert!(total.sessions_expired > 0, "no session ever expired or was evicted under a client");
         assert!(total.sessions_refused > 0, "no session opening was ever refused for a full table");
         assert!(total.installs_with_reads_waiting > 0, "no snapshot was installed while reads waited");

@@ -122,16 +122,22 @@ where
 
     /// The status's `lease`: how long this node's leases last in real time
     /// and which voter's hold bounds them, or which voter has not said yet
-    /// (no lease read is served from the lease until it has).
+    /// (no lease read is served from the lease until it has);
+    /// `holds`: whether this leader's lease holds now, in ticks and in
+    /// real time; `forfeited_by_transfer`: this leader started a transfer
+    /// in its term, so it serves no lease read until the next term.
     pub(super) fn lease_json(&self) -> serde_json::Value {
-        match self.lease_length() {
-            LeaseLength::Known { length, shortest } => json!({
-                "length_ms": length.as_secs_f64() * 1000.0,
-                "bounded_by": shortest,
-                "unknown_voter": null,
-            }),
-            LeaseLength::Unknown(id) => json!({ "length_ms": null, "bounded_by": null, "unknown_voter": id }),
-        }
+        let (length_ms, bounded_by, unknown_voter) = match self.lease_length() {
+            LeaseLength::Known { length, shortest } => (Some(length.as_secs_f64() * 1000.0), Some(shortest), None),
+            LeaseLength::Unknown(id) => (None, None, Some(id)),
+        };
+        json!({
+            "length_ms": length_ms,
+            "bounded_by": bounded_by,
+            "unknown_voter": unknown_voter,
+            "holds": self.lease_holds_in_real_time() == Some(true),
+            "forfeited_by_transfer": self.raft.lease_forfeited(),
+        })
     }
 
     /// Says, through the leader, how long this node refuses votes (node

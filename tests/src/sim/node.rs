@@ -113,6 +113,7 @@ struct Counts {
     installs_while_restoring: u64,
     forwards_redirected: u64,
     writes_grouped: u64,
+    lease_reads: u64,
     no_space: u64,
     appends_no_space: u64,
 }
@@ -127,6 +128,7 @@ impl Counts {
         self.installs_while_restoring += stats.installs_while_restoring;
         self.forwards_redirected += stats.forwards_redirected;
         self.writes_grouped += stats.writes_grouped;
+        self.lease_reads += stats.lease_reads;
         self.no_space += stats.no_space + stats.snapshot_chunks_no_space;
         self.appends_no_space += stats.appends_no_space;
     }
@@ -496,6 +498,7 @@ impl SimNode {
             total.installs_while_restoring += counts.installs_while_restoring;
             total.forwards_redirected += counts.forwards_redirected;
             total.writes_grouped += counts.writes_grouped;
+            total.lease_reads += counts.lease_reads;
             total.no_space += counts.no_space;
             total.appends_no_space += counts.appends_no_space;
         }
@@ -545,6 +548,11 @@ impl SimNode {
     /// Writes leaders proposed in groups (several writes per entry).
     pub fn writes_grouped(&self) -> u64 {
         self.counts().writes_grouped
+    }
+
+    /// Reads leaders served under their lease, over all restarts.
+    pub fn lease_reads_served(&self) -> u64 {
+        self.counts().lease_reads
     }
 
     pub fn forwards_redirected(&self) -> u64 {
