@@ -520,9 +520,10 @@ fn an_aborted_transfer_leaves_no_lease_in_its_term() {
 
 /// A leader that removes itself holds no lease while the removal is on its
 /// way: the voters that remain may elect one of their own without it (a
-/// sole voter does so at its next tick). Before, leader 3 of seed 955
-/// (engine randomized) served lease reads on node 1's acknowledgements
-/// while node 1, sole voter of the new configuration, led and committed.
+/// sole voter does so at its next tick). Before, leader 3 of `three_nodes`
+/// seed 955 of the randomized engine test (2019 once that test also asked
+/// lease reads) served lease reads on node 1's acknowledgements while node
+/// 1, sole voter of the new configuration, led and committed.
 #[test]
 fn a_leader_leaving_the_configuration_holds_no_lease() {
     use engine::{ConfChange, ConfChangeOp};

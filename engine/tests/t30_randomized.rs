@@ -8,8 +8,10 @@
 //! asked; in the seeds whose ticks keep pace, a leader whose lease holds
 //! must hold every committed entry. After the faults heal, liveness.
 //! With the engine of b001437 (before this file's lease checks), the lease
-//! check failed `three_nodes` seed 955 and the read check seed 12097, a
-//! lease read answered below an index committed before it was asked.
+//! check fails `three_nodes` seeds 1855 (an aborted transfer) and 2019 (a
+//! leader leaving the configuration) and `five_nodes` seed 2206 (a
+//! transfer); the read check alone fails `three_nodes` seed 12097, a lease
+//! read answered below an index committed before it was asked.
 //!
 //! `ENGINE_SEEDS=N` runs N seeds per cluster size (default 2000; a quarter
 //! of that for the witness variants, to keep CI time bounded);
@@ -500,13 +502,19 @@ fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
 /// acknowledged something, let the change through. 2206 (`five_nodes`,
 /// lockstep ticks): a leader whose transfer was aborted served lease reads
 /// again, on acknowledgements from before the transfer, while the target,
-/// told late, led a newer term (`Raft::lease_forfeited`).
+/// told late, led a newer term (`Raft::lease_forfeited`). 2019
+/// (`three_nodes`, lockstep): a leader leaving the configuration kept its
+/// lease while the sole remaining voter elected itself. 12097
+/// (`three_nodes`, lockstep): a lease read answered below an index
+/// committed before it was asked (the same bugs, seen by the read check).
 #[test]
 fn seeds_that_failed_before() {
     run_seed(3, &[], 349_237);
     run_seed(3, &[], 103_059);
     run_seed(3, &[], 303_508);
     run_seed(5, &[], 2_206);
+    run_seed(3, &[], 2_019);
+    run_seed(3, &[], 12_097);
 }
 
 #[test]
