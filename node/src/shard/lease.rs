@@ -48,7 +48,7 @@ pub(super) struct Lease {
     warned: Option<(NodeId, Duration)>,
 }
 
-/// Why a leader's lease cannot be used in real time now.
+/// How long a lease lasts in real time, or which voter keeps that unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum LeaseLength {
     /// It lasts this long after its round was sent; `shortest` is the voter
@@ -138,6 +138,13 @@ where
             "holds": self.lease_holds_in_real_time() == Some(true),
             "forfeited_by_transfer": self.raft.lease_forfeited(),
         })
+    }
+
+    /// Whether a lease read asked now would be served from the lease, with
+    /// no quorum round: the simulator checks that such a leader holds every
+    /// entry any node has seen committed.
+    pub fn lease_serves_now(&self) -> bool {
+        self.lease_holds_in_real_time() == Some(true)
     }
 
     /// Says, through the leader, how long this node refuses votes (node

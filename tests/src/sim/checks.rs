@@ -61,6 +61,15 @@ impl Observer {
             // said before.
             self.committed.record(id, raft, &at);
         }
+        // Lease safety: a leader that would serve a read from its lease now
+        // holds every entry any node saw committed (the nodes' clocks keep
+        // within the drift the lease allows, see `World::clocks`).
+        for (&id, node) in nodes.iter() {
+            let replica = &node.replicas[shard as usize];
+            if node.up && replica.shard.lease_serves_now() {
+                self.committed.check_lease_holder_holds(id, replica.shard.raft(), &at);
+            }
+        }
         // Log matching: two logs that hold an entry with the same index and
         // term are identical up to it.
         let rafts: Vec<(NodeId, &engine::Raft)> = nodes.iter().map(|(&id, node)| (id, node.raft(shard))).collect();
