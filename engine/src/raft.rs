@@ -230,6 +230,10 @@ pub struct Raft {
     /// round just before, and forgot whom it heard. It refuses votes for
     /// `election_ticks_min` ticks after it starts (see `in_lease`).
     started_with_term: bool,
+    /// How many ticks this replica refuses votes (and waits before it
+    /// campaigns) after it hears a leader or starts: `election_ticks_min`,
+    /// unless its node raised it ([`Raft::set_vote_hold_ticks`]).
+    vote_hold_ticks: u32,
     rng: Rng,
     transfer_target: NodeId,
     /// Whether this leader started a leader transfer in its term. Its lease
@@ -463,6 +467,7 @@ impl Raft {
             election_timeout: config.election_ticks_min,
             now: 0,
             started_with_term: hard_state.term > 0,
+            vote_hold_ticks: config.election_ticks_min,
             lease_forfeited: false,
             rng,
             transfer_target: NODE_NONE,
@@ -1133,6 +1138,29 @@ impl Raft {
         self.role == Role::Leader && self.lease_forfeited
     }
 
+    /// Holds this replica's vote for `ticks` (at least
+    /// `election_ticks_min`) after it hears a leader or starts: it refuses
+    /// vote requests and does not campaign for that long. A node raises it
+    /// when a leader may still size its lease by a longer hold this replica
+    /// said it kept before a restart with shorter settings, and lowers it
+    /// again once its new word is in force. A raised hold also delays the
+    /// next election timeout: campaigning is voting for oneself.
+    pub fn set_vote_hold_ticks(&mut self, ticks: u32) {
+        let ticks = ticks.max(self.config.election_ticks_min);
+        if ticks == self.vote_hold_ticks {
+            return;
+        }
+        let spread = self.election_timeout.saturating_sub(self.vote_hold_ticks);
+        self.vote_hold_ticks = ticks;
+        self.election_timeout = ticks.saturating_add(spread);
+    }
+
+    /// How many ticks this replica holds its vote after it hears a leader
+    /// or starts (see [`Raft::set_vote_hold_ticks`]).
+    pub fn vote_hold_ticks(&self) -> u32 {
+        self.vote_hold_ticks
+    }
+
     /// Ticks since this engine was created (its lease clock).
     pub fn ticks(&self) -> u64 {
         self.now
@@ -1584,8 +1612,9 @@ impl Raft {
     }
 
     fn reset_election_timeout(&mut self) {
-        self.election_timeout =
-            self.rng.range(u64::from(self.config.election_ticks_min), u64::from(self.config.election_ticks_max)) as u32;
+        let spread = self.config.election_ticks_max - self.config.election_ticks_min;
+        let min = self.vote_hold_ticks;
+        self.election_timeout = self.rng.range(u64::from(min), u64::from(min) + u64::from(spread)) as u32;
     }
 
     fn become_follower(&mut self, term: Term, leader: NodeId) {
@@ -2038,7 +2067,7 @@ impl Raft {
     /// lease reads that could not see the new leader's writes (the hazard
     /// of TiKV issue 15035). A first start (term 0) acknowledged nothing.
     fn in_lease(&self) -> bool {
-        let min = self.config.election_ticks_min;
+        let min = self.vote_hold_ticks;
         let heard = self.leader != NODE_NONE && self.election_elapsed < min;
         let restarted = self.started_with_term && self.now < u64::from(min);
         self.config.check_quorum && (heard || restarted)

@@ -470,6 +470,57 @@ fn a_restarted_voter_does_not_elect_a_leader_inside_an_acknowledged_lease() {
     assert!(leader.is_some(), "nodes 2 and 3 elected no leader once node 1 was cut off");
 }
 
+/// A replica whose node raised its vote hold (restarted with shorter
+/// settings than it said before: a leader may still size its lease by the
+/// old word) neither votes for another candidate nor campaigns itself
+/// until the raised hold has passed since it heard its leader; lowered
+/// again, it elects within its own settings.
+#[test]
+fn a_raised_vote_hold_refuses_votes_and_delays_the_campaign() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| engine::Config::new(id, vec![1, 2, 3]));
+    cluster.elect(1);
+    cluster.commit_values(1, 1);
+    let config = cluster.node(2).raft.config().clone();
+    let hold = 3 * config.election_ticks_max;
+    for id in [2, 3] {
+        cluster.raft(id).set_vote_hold_ticks(hold);
+        assert_eq!(cluster.node(id).raft.vote_hold_ticks(), hold);
+    }
+    let term = cluster.node(1).raft.term();
+    cluster.isolate(1);
+    for tick in 1..hold {
+        cluster.tick_all();
+        cluster.stabilize();
+        if tick == hold / 2 {
+            // Past its own settings' timeout, node 2 is told to campaign:
+            // node 3 still holds its vote.
+            cluster.raft(2).campaign();
+            cluster.stabilize();
+        }
+        for id in [2, 3] {
+            let raft = &cluster.node(id).raft;
+            assert!(
+                raft.role() != Role::Leader && (raft.term() == term || tick >= hold / 2),
+                "tick {tick} of a hold of {hold}: node {id} is {:?} in term {} (the lease's term is {term})",
+                raft.role(),
+                raft.term()
+            );
+        }
+    }
+    // The hold lowered to the settings' own: a leader comes within the
+    // settings' timeouts.
+    for id in [2, 3] {
+        cluster.raft(id).set_vote_hold_ticks(0);
+        assert_eq!(cluster.node(id).raft.vote_hold_ticks(), config.election_ticks_min);
+    }
+    for _ in 0..4 * config.election_ticks_max {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    let leader = [2, 3].into_iter().find(|&id| cluster.node(id).raft.role() == Role::Leader);
+    assert!(leader.is_some(), "nodes 2 and 3 elected no leader with their holds lowered");
+}
+
 /// Node 2 leads now and commits a write; node 1, which led `term`, must
 /// then hold no lease (a lease read there would miss the write).
 fn assert_no_lease_beside_node_2(cluster: &mut Cluster, term: engine::Term) {

@@ -41,3 +41,4 @@ pub mod shard;
 pub mod signals;
 pub mod stats;
 pub mod topology;
+pub mod vote_hold;

@@ -97,7 +97,7 @@ fn identity_path(dir: &Path) -> PathBuf {
     dir.join(IDENTITY_FILE)
 }
 
-fn data_dir_error(dir: &Path, reason: String) -> JoinError {
+pub(crate) fn data_dir_error(dir: &Path, reason: String) -> JoinError {
     JoinError(format!("data directory {}: {reason}", dir.display()))
 }
 
@@ -121,7 +121,7 @@ pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), JoinError> 
 
 /// Writes `dir/name` durably: a temporary file, synced, renamed, and the
 /// directory synced.
-fn write_durably(dir: &Path, name: &str, contents: &str) -> Result<(), JoinError> {
+pub(crate) fn write_durably(dir: &Path, name: &str, contents: &str) -> Result<(), JoinError> {
     let fail = |error: std::io::Error| data_dir_error(dir, format!("cannot write {name}: {error}"));
     std::fs::create_dir_all(dir).map_err(fail)?;
     let temporary = dir.join(format!("{name}.tmp"));

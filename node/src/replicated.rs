@@ -530,8 +530,9 @@ pub struct NodeStateMachine<S> {
     features: BTreeMap<NodeId, u64>,
     /// How long each member said it refuses votes after it hears a leader
     /// (node command kind 10): not replicated state either, like
-    /// `features`, and said again to every new leader.
-    votes_held: BTreeMap<NodeId, Duration>,
+    /// `features`, and said again to every new leader. With the index of
+    /// the entry that said it.
+    votes_held: BTreeMap<NodeId, (Duration, Index)>,
     /// Whether this replica has seen a session with an owner, applied or
     /// restored: the log's proof that every member read owners when it was
     /// opened (see [`NodeStateMachine::sessions_get_owners`]). Never
@@ -571,6 +572,12 @@ impl<S: StateMachine> NodeStateMachine<S> {
     /// so it may last no longer than the shortest of these, whatever this
     /// node's own settings (`Shard::lease_length`).
     pub fn votes_held(&self, id: NodeId) -> Option<Duration> {
+        self.votes_held.get(&id).map(|&(held, _)| held)
+    }
+
+    /// [`NodeStateMachine::votes_held`] with the index of the entry that
+    /// said it.
+    pub fn votes_held_said_at(&self, id: NodeId) -> Option<(Duration, Index)> {
         self.votes_held.get(&id).copied()
     }
 
@@ -799,7 +806,7 @@ impl<S: StateMachine> NodeStateMachine<S> {
             NodeCommand::VotesHeld { id, micros } => {
                 // The latest word replaces the last: a member restarted with
                 // other settings says so again.
-                self.votes_held.insert(id, Duration::from_micros(micros));
+                self.votes_held.insert(id, (Duration::from_micros(micros), index));
                 Applied::Node(Ok(()))
             }
             NodeCommand::SessionSettings(settings) => match validate_settings(&settings) {

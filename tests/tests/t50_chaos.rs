@@ -1598,6 +1598,48 @@ fn a_leader_paused_past_its_lease_serves_no_stale_lease_read() {
     assert!(late >= 1, "the lease read after the pause was not found late: {answer:?}");
 }
 
+/// Makes node 1 the leader (by transfer) and waits until it serves
+/// `before`, the lease tests' value, from its lease.
+fn node_1_serves_lease_reads(cluster: &Cluster, before: &Bytes, wait: Duration) {
+    let lease_reads = |cluster: &Cluster| {
+        cluster.stats(1).and_then(|stats| stats["stats"]["lease_reads"].as_u64()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        let leader = cluster.leader();
+        if leader != 1 {
+            let body = RequestBody::Admin(net::AdminRequest::TransferLeader { id: 1 });
+            let _ = call(&cluster.client(&[leader], Duration::from_secs(2)), body);
+        } else if leased_read(cluster.client_port(1)) == Some(ResponseStatus::Ok(before.clone()))
+            && lease_reads(cluster) > 0
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node 1 did not come to serve lease reads\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Node 1 is cut off: once nodes 2 and 3 have a leader (within `wait`)
+/// and it takes a write, node 1 must not serve `before` from its lease.
+/// Heals the cluster.
+fn node_1_serves_no_stale_read_beside_2_and_3(cluster: &mut Cluster, before: Bytes, wait: Duration) {
+    let new = cluster.leader_among(&[2, 3], wait);
+    let mut majority = BlockingClient::new(&cluster.client(&[2, 3], Duration::from_secs(10))).expect("a client");
+    let mut session = majority.open_session();
+    let replaced = session.as_mut().ok().map(|session| majority.write(session, leased_put(b"after")));
+    let answer = leased_read(cluster.client_port(1));
+    let status = cluster.status(1);
+    cluster.heal();
+    assert!(new.is_some(), "nodes 2 and 3 elected no leader\n{}", cluster.describe());
+    assert_eq!(replaced.map(|written| written.ok()), Some(Some(KvResponse::Written.encode())), "the majority's write");
+    assert_ne!(
+        answer,
+        Some(ResponseStatus::Ok(before)),
+        "node 1, cut off while node {new:?} took a write, served the value before it (its status then: {status:?})"
+    );
+}
+
 /// Nodes that disagree on how long they refuse votes after hearing a
 /// leader: node 1, made leader, for 4 s (`--election-ticks-min 400`), nodes
 /// 2 and 3 for 300 ms. Before, node 1's leases lasted its own 4 s less 2
@@ -1616,25 +1658,9 @@ fn a_leader_with_a_longer_election_timeout_serves_no_stale_lease_read() {
         .with_node_args(3, &short)
         .started();
     let before = write_leased_before(&cluster);
-    let lease_reads = |cluster: &Cluster| {
-        cluster.stats(1).and_then(|stats| stats["stats"]["lease_reads"].as_u64()).unwrap_or_default()
-    };
     // Node 1 leads (by transfer) and serves the value under its lease,
     // which the others' shorter hold bounds.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let leader = cluster.leader();
-        if leader != 1 {
-            let body = RequestBody::Admin(net::AdminRequest::TransferLeader { id: 1 });
-            let _ = call(&cluster.client(&[leader], Duration::from_secs(2)), body);
-        } else if leased_read(cluster.client_port(1)) == Some(ResponseStatus::Ok(before.clone()))
-            && lease_reads(&cluster) > 0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 1 did not come to serve lease reads\n{}", cluster.describe());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    node_1_serves_lease_reads(&cluster, &before, Duration::from_secs(30));
     let lease = cluster.status(1).expect("node 1's status")["lease"].clone();
     assert!(
         lease["bounded_by"] == 2 || lease["bounded_by"] == 3,
@@ -1649,18 +1675,67 @@ fn a_leader_with_a_longer_election_timeout_serves_no_stale_lease_read() {
     // Cut off, node 1 still leads in its own eyes for its 4 s election
     // timeout; the others elect one of their own well within it.
     cluster.isolate(1);
-    let new = cluster.leader_among(&[2, 3], Duration::from_secs(20));
-    let mut majority = BlockingClient::new(&cluster.client(&[2, 3], Duration::from_secs(10))).expect("a client");
-    let mut session = majority.open_session();
-    let replaced = session.as_mut().ok().map(|session| majority.write(session, leased_put(b"after")));
-    let answer = leased_read(cluster.client_port(1));
-    let status = cluster.status(1);
-    cluster.heal();
-    assert!(new.is_some(), "nodes 2 and 3 elected no leader\n{}", cluster.describe());
-    assert_eq!(replaced.map(|written| written.ok()), Some(Some(KvResponse::Written.encode())), "the majority's write");
-    assert_ne!(
-        answer,
-        Some(ResponseStatus::Ok(before)),
-        "node 1, cut off while node {new:?} took a write, served the value before it (its status then: {status:?})"
-    );
+    node_1_serves_no_stale_read_beside_2_and_3(&mut cluster, before, Duration::from_secs(20));
+}
+
+/// Voters restarted with shorter settings than they said before keep the
+/// old hold until their new word is in force. All three nodes start
+/// refusing votes for 6 s after they hear a leader; node 1 leads and
+/// serves lease reads sized by that. Cut off from it, nodes 2 and 3 are
+/// restarted with a 300 ms hold. Before, they held only the new 300 ms
+/// after the restart, elected a leader of their own, took a write, and node
+/// 1 still served the value before it from its lease (its leases were
+/// sized by their old word, 6 s). Now each keeps the hold it recorded in
+/// its data directory (`vote_hold`) until its new word is applied, so no
+/// leader comes before node 1's lease is over.
+#[test]
+fn voters_restarted_with_a_shorter_hold_serve_no_stale_lease_read() {
+    let _serial = serial();
+    let Some(binary) = iptables_or_skip() else { return };
+    let long = ["--election-ticks-min", "600", "--election-ticks-max", "700"];
+    let mut cluster = Cluster::stopped(binary, 3, 25_440, None, false, 1)
+        .with_node_args(1, &long)
+        .with_node_args(2, &long)
+        .with_node_args(3, &long)
+        .started();
+    let before = write_leased_before(&cluster);
+    node_1_serves_lease_reads(&cluster, &before, Duration::from_secs(60));
+    let lease = cluster.status(1).expect("node 1's status")["lease"].clone();
+    assert!(lease["length_ms"].as_f64().is_some_and(|ms| ms > 5_000.0), "node 1's lease: {lease}");
+    // Cut off node 1, and restart the others with a hold of 300 ms.
+    cluster.isolate(1);
+    let short = ["--election-ticks-min", "30", "--election-ticks-max", "60"];
+    for id in [2, 3] {
+        cluster.kill(id);
+        cluster.node_args.insert(id, short.iter().map(|arg| arg.to_string()).collect());
+        cluster.spawn(id);
+    }
+    node_1_serves_no_stale_read_beside_2_and_3(&mut cluster, before, Duration::from_secs(30));
+    for id in [2, 3] {
+        assert!(
+            cluster.log_text(id).contains("it keeps the longer hold until its new word is in force"),
+            "node {id} did not say it keeps its old hold\n{}",
+            cluster.describe()
+        );
+    }
+    // Healed, each new word comes into force in a later term: the holds
+    // fall to 300 ms, and the data directories record it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = |id: u64| cluster.status(id).map(|status| status["lease"]["vote_hold_ms"].clone());
+        let recorded = |id: u64| std::fs::read_to_string(cluster.data_dir(id).join("votes-held")).unwrap_or_default();
+        if [2, 3].iter().all(|&id| held(id) == Some(serde_json::json!(300.0)) && recorded(id) == "micros=300000\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new holds did not come into force: {:?} {:?}, {:?} {:?}\n{}",
+            held(2),
+            recorded(2),
+            held(3),
+            recorded(3),
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -229,6 +229,8 @@ struct NodeSetup<F> {
     shutdown: Arc<AtomicBool>,
     /// Members' addresses a witness learns outside the log, for its shards.
     learned_addresses: crate::shard::LearnedAddresses,
+    /// A longer vote hold the node said before it restarted.
+    said_hold: Option<Arc<crate::vote_hold::SaidHold>>,
 }
 
 /// Starts a node: checks its configuration and ports, then runs one thread
@@ -251,10 +253,7 @@ where
     if matches!(storage, Storage::Wal) && matches!(network, Network::Tcp) {
         crate::dns_watch::decide_start(&mut config, &members).map_err(|error| ServeError::Join(error.0))?;
     }
-    if matches!(storage, Storage::Wal) {
-        prepare_data_dir(&config.data_dir, config.shards)?;
-        check_data_fs(&config.data_dir);
-    }
+    let said_hold = prepare_storage(&config, &storage)?;
     let cores = config.cores();
     if matches!(network, Network::Tcp) {
         check_ports(&config, cores)?;
@@ -292,6 +291,7 @@ where
         handle: handle.clone(),
         shutdown: shutdown.clone(),
         learned_addresses: Default::default(),
+        said_hold,
     });
     let security = setup.security.clone();
     let threads = spawn_cores(&setup, receivers, pin)?;
@@ -374,6 +374,22 @@ fn resolve_members(config: &mut ServeConfig) -> Result<Vec<Peer>, ServeError> {
         members
     };
     Ok(members)
+}
+
+/// Prepares the data directory of a node that keeps its log on disk, and
+/// reads from it a longer vote hold the node said before it restarted.
+fn prepare_storage(
+    config: &ServeConfig,
+    storage: &Storage,
+) -> Result<Option<Arc<crate::vote_hold::SaidHold>>, ServeError> {
+    if !matches!(storage, Storage::Wal) {
+        return Ok(None);
+    }
+    prepare_data_dir(&config.data_dir, config.shards)?;
+    check_data_fs(&config.data_dir);
+    let hold = config.timing.tick_interval * config.timing.election_ticks_min;
+    crate::vote_hold::SaidHold::at_start(&config.data_dir, hold, config.shards)
+        .map_err(|error| ServeError::Join(error.0))
 }
 
 /// One set of credentials for the whole process: every core's listeners and
@@ -769,6 +785,7 @@ where
         learned_addresses: setup.learned_addresses.clone(),
         history: setup.security.history(),
         tick_interval: config.timing.tick_interval,
+        said_hold: setup.said_hold.clone(),
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
     let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;

@@ -26,10 +26,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use engine::{NodeId, Term};
+use engine::{Index, NodeId, Term};
 use serde_json::json;
 
-use super::{Clock, Shard, ShardStorage, ShardTransport, ANNOUNCE_RETRY};
+use super::{Clock, Shard, ShardStorage, ShardTransport};
 use crate::app::StateMachine;
 use crate::replicated::NodeCommand;
 
@@ -46,6 +46,18 @@ pub(super) struct Lease {
     /// The voter with the shortest hold below this node's own, as last
     /// logged (a warning when it changes).
     warned: Option<(NodeId, Duration)>,
+    /// A longer hold said before this node's restart, which the engine
+    /// keeps until this node's new word is in force (see
+    /// [`crate::vote_hold`]): the term the shard started in, and the index
+    /// of the first entry of a later term applied here.
+    raised: Option<RaisedHold>,
+}
+
+/// See [`Lease::raised`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RaisedHold {
+    started_in: Term,
+    later_term_from: Option<Index>,
 }
 
 /// How long a lease lasts in real time, or which voter keeps that unknown.
@@ -109,15 +121,38 @@ where
     /// holds in ticks only, or its round's tick is no longer remembered
     /// (the read then goes through a quorum, ReadIndex, either way).
     pub(super) fn lease_holds_in_real_time(&self) -> Option<bool> {
-        let sent = self.raft.lease_sent_at()?;
+        self.raft.lease_sent_at()?;
         let LeaseLength::Known { length, .. } = self.lease_length() else { return None };
+        let remembered = self.lease_round_time();
+        Some(remembered.is_some_and(|at| self.clock.now().saturating_duration_since(at) < length))
+    }
+
+    /// When the tick of the heartbeat round the leader's lease rests on
+    /// ran (no later than the round was sent); `None` without a lease in
+    /// ticks, or when that tick is no longer remembered.
+    pub(super) fn lease_round_time(&self) -> Option<Instant> {
+        let sent = self.raft.lease_sent_at()?;
         let times = &self.lease.tick_times;
-        let remembered = times.front().and_then(|&(first, _)| {
+        times.front().and_then(|&(first, _)| {
             let &(tick, at) = times.get(usize::try_from(sent.checked_sub(first)?).ok()?)?;
             debug_assert_eq!(tick, sent, "one entry per tick");
             (tick == sent).then_some(at)
-        });
-        Some(remembered.is_some_and(|at| self.clock.now().saturating_duration_since(at) < length))
+        })
+    }
+
+    /// Whether a read asked at `asked` under a lease whose round's tick ran
+    /// at `round` is still within the lease as the words applied now size
+    /// it. It is served once this node has applied everything committed
+    /// when it was asked: a voter's shorter word committed by then (a voter
+    /// restarted with shorter settings holds its old, longer hold only
+    /// until it has applied that word, see [`crate::vote_hold`]) may have
+    /// been applied here only since, when a long apply was split over
+    /// turns.
+    pub(super) fn lease_held_for(&self, asked: Instant, round: Instant) -> bool {
+        match self.lease_length() {
+            LeaseLength::Known { length, .. } => asked.saturating_duration_since(round) < length,
+            LeaseLength::Unknown(_) => false,
+        }
     }
 
     /// The status's `lease`: how long this node's leases last in real time
@@ -125,7 +160,10 @@ where
     /// (no lease read is served from the lease until it has);
     /// `holds`: whether this leader's lease holds now, in ticks and in
     /// real time; `forfeited_by_transfer`: this leader started a transfer
-    /// in its term, so it serves no lease read until the next term.
+    /// in its term, so it serves no lease read until the next term;
+    /// `vote_hold_ms`: how long this node refuses votes after it hears a
+    /// leader, `vote_hold_raised` when that is a longer hold it said before
+    /// its restart (see [`crate::vote_hold`]).
     pub(super) fn lease_json(&self) -> serde_json::Value {
         let (length_ms, bounded_by, unknown_voter) = match self.lease_length() {
             LeaseLength::Known { length, shortest } => (Some(length.as_secs_f64() * 1000.0), Some(shortest), None),
@@ -137,6 +175,8 @@ where
             "unknown_voter": unknown_voter,
             "holds": self.lease_holds_in_real_time() == Some(true),
             "forfeited_by_transfer": self.raft.lease_forfeited(),
+            "vote_hold_ms": (self.ctx.tick_interval * self.raft.vote_hold_ticks()).as_secs_f64() * 1000.0,
+            "vote_hold_raised": self.lease.raised.is_some(),
         })
     }
 
@@ -159,11 +199,8 @@ where
         let conf = self.raft.conf();
         let voter = conf.voters.contains(&me) || conf.voters_outgoing.contains(&me);
         let applied_here = self.raft.is_witness() || self.fsm.votes_held(me) == Some(held);
-        let retry = self.lease.announced_at.is_none_or(|at| now.saturating_duration_since(at) >= ANNOUNCE_RETRY);
         if !voter
-            || self.raft.leader() == engine::NODE_NONE
-            || self.fsm.is_removed(me)
-            || !retry
+            || !self.may_speak(self.lease.announced_at, now)
             || (self.lease.announced_term == term && applied_here)
         {
             return;
@@ -175,6 +212,59 @@ where
                 self.lease.announced_at = Some(now);
             }
             Err(error) => tracing::debug!(shard = self.ctx.shard_id, %error, "vote hold not announced"),
+        }
+    }
+
+    /// Keeps the longer vote hold this node said before its restart, if
+    /// any (see [`crate::vote_hold`]): leaders may size their leases by
+    /// that word until this node's new one is applied there.
+    pub(super) fn raise_vote_hold(&mut self) {
+        let Some(said) = &self.ctx.said_hold else { return };
+        let ticks = said.before().as_micros().div_ceil(self.ctx.tick_interval.as_micros().max(1));
+        self.raft.set_vote_hold_ticks(u32::try_from(ticks).unwrap_or(u32::MAX));
+        self.lease.raised = Some(RaisedHold { started_in: self.raft.term(), later_term_from: None });
+        tracing::info!(
+            shard = self.ctx.shard_id,
+            ticks = self.raft.vote_hold_ticks(),
+            "holding votes as long as this node said before its restart, until its new word is in force"
+        );
+    }
+
+    /// Notes an applied entry's term while the hold is raised: the first
+    /// entry of a term after the one the shard started in comes after any
+    /// word this node said before its restart, in every log that holds it
+    /// (an older word has an older term, and terms never fall along a log).
+    pub(super) fn note_applied_term(&mut self, index: Index, term: Term) {
+        if let Some(raised) = &mut self.lease.raised {
+            if raised.later_term_from.is_none() && term > raised.started_in {
+                raised.later_term_from = Some(index);
+            }
+        }
+    }
+
+    /// Lowers the raised hold once this node's new word is in force: the
+    /// latest word applied here is its settings', from an entry past the
+    /// first of a later term (so after any older, longer word that may
+    /// still have committed). A leader that has applied it sizes its leases
+    /// by it; one that has committed but not yet applied it checks each
+    /// lease read again when it serves it (`Shard::serve_reads`). A witness
+    /// applies no word and keeps the raised hold for this process's life.
+    pub(super) fn release_vote_hold(&mut self) {
+        let Some(raised) = self.lease.raised else { return };
+        let Some(from) = raised.later_term_from else { return };
+        let said = self.fsm.votes_held_said_at(self.ctx.node_id);
+        if !said.is_some_and(|(held, at)| held == self.votes_held_here() && at >= from) {
+            return;
+        }
+        self.lease.raised = None;
+        self.raft.set_vote_hold_ticks(0);
+        tracing::info!(
+            shard = self.ctx.shard_id,
+            ticks = self.raft.vote_hold_ticks(),
+            "this node's new vote hold is in force"
+        );
+        if let Some(said) = &self.ctx.said_hold {
+            said.shard_released();
         }
     }
 

@@ -96,6 +96,9 @@ pub struct ShardContext {
     /// How often the driver calls [`Shard::tick`]: a lease of N ticks lasts
     /// N of these in real time (see `Shard::lease_holds_in_real_time`).
     pub tick_interval: Duration,
+    /// A longer vote hold this node said before it restarted, which the
+    /// shard keeps until its new word is in force ([`crate::vote_hold`]).
+    pub said_hold: Option<std::sync::Arc<crate::vote_hold::SaidHold>>,
 }
 
 /// Members' addresses learned outside the log, shared by a node's shards: a
@@ -317,6 +320,7 @@ where
             driver.fsm.note_members(&meta.conf.members());
             driver.snapshots = Snapshots::new(Some((meta, size)));
         }
+        driver.raise_vote_hold();
         driver.apply_recovered(log_start)?;
         driver.links_from_address_book();
         Ok(driver)
@@ -392,6 +396,7 @@ where
         self.announce_addresses(now);
         self.announce_features(now);
         self.announce_votes_held(now);
+        self.release_vote_hold();
         self.note_short_vote_hold();
         self.note_no_leader(now);
     }
@@ -484,16 +489,20 @@ where
     }
 
     /// Whether this node may send an announcement about itself through the
-    /// leader now: a leader is known, this node is a member that applies
-    /// payloads (a witness's announcements would change nothing), not
-    /// removed, and its last announcement of this kind (sent at `last`) is
-    /// at least [`ANNOUNCE_RETRY`] old.
+    /// leader now: it [may speak](Self::may_speak), and it is a member that
+    /// applies payloads (a witness's announcements of its addresses or
+    /// features would change nothing).
     fn may_announce(&self, last: Option<Instant>, now: Instant) -> bool {
-        let me = self.ctx.node_id;
+        !self.raft.is_witness() && self.raft.conf().members().contains(&self.ctx.node_id) && self.may_speak(last, now)
+    }
+
+    /// What every announcement about this node needs, whoever may make it:
+    /// a leader is known to forward it to, this node is not removed, and
+    /// its last announcement of this kind (sent at `last`) is at least
+    /// [`ANNOUNCE_RETRY`] old.
+    fn may_speak(&self, last: Option<Instant>, now: Instant) -> bool {
         self.raft.leader() != engine::NODE_NONE
-            && !self.raft.is_witness()
-            && self.raft.conf().members().contains(&me)
-            && !self.fsm.is_removed(me)
+            && !self.fsm.is_removed(self.ctx.node_id)
             && last.is_none_or(|at| now.saturating_duration_since(at) >= ANNOUNCE_RETRY)
     }
 

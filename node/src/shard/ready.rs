@@ -419,6 +419,7 @@ where
     /// `committed`, and answers its writer.
     fn apply(&mut self, entry: engine::Entry, committed: Instant) {
         let index = entry.index;
+        self.note_applied_term(index, entry.term);
         let applied = match entry.kind {
             EntryKind::Normal => Some(self.fsm.apply(index, &entry.data)),
             EntryKind::Noop => {

@@ -60,6 +60,10 @@ struct PendingRead<R> {
     query: Option<Bytes>,
     reply: R,
     arrived: Instant,
+    /// A read served from the lease: when it was asked, and when the round
+    /// the lease rested on was sent. Checked again when it is served
+    /// (`Shard::lease_held_for`).
+    lease: Option<(Instant, Instant)>,
 }
 
 /// Emptied client lists a shard keeps for its next groups: about as many
@@ -571,7 +575,8 @@ where
             ReadConsistency::Lease => match self.lease_holds_in_real_time() {
                 Some(true) => {
                     self.stats.lease_reads += 1;
-                    ReadMode::Lease
+                    let lease = self.lease_round_time().map(|round| (self.clock.now(), round));
+                    return self.read_pending(ReadMode::Lease, Some(query), reply, arrived, lease);
                 }
                 Some(false) => {
                     self.stats.lease_reads_late += 1;
@@ -587,11 +592,23 @@ where
     /// Asks the engine for the index a read (or a backup's barrier, with
     /// no query) must wait for; the read waits in `requests.reads`.
     pub(super) fn read_barrier(&mut self, mode: ReadMode, query: Option<Bytes>, reply: T::Reply, arrived: Instant) {
+        self.read_pending(mode, query, reply, arrived, None);
+    }
+
+    /// [`Shard::read_barrier`] for a read served from the lease too.
+    fn read_pending(
+        &mut self,
+        mode: ReadMode,
+        query: Option<Bytes>,
+        reply: T::Reply,
+        arrived: Instant,
+        lease: Option<(Instant, Instant)>,
+    ) {
         let context = self.requests.next_read_context;
         self.requests.next_read_context += 1;
         match self.raft.read_index(context, mode) {
             Ok(()) => {
-                self.requests.reads.insert(context, PendingRead { query, reply, arrived });
+                self.requests.reads.insert(context, PendingRead { query, reply, arrived, lease });
             }
             Err(error) => {
                 let status = self.refusal(error);
@@ -630,6 +647,14 @@ where
         }
         for context in take_safe_reads(&mut self.requests.reads_waiting, self.fsm.applied()) {
             let Some(read) = self.requests.reads.remove(&context) else { continue };
+            if read.lease.is_some_and(|(asked, round)| !self.lease_held_for(asked, round)) {
+                // A word applied since it was asked (committed before it)
+                // shortens the lease it was asked under: a quorum confirms.
+                self.stats.lease_reads = self.stats.lease_reads.saturating_sub(1);
+                self.stats.lease_reads_late += 1;
+                self.read_barrier(ReadMode::ReadIndex, read.query, read.reply, read.arrived);
+                continue;
+            }
             match read.query {
                 Some(query) => {
                     let answer = self.fsm.query(&query);

@@ -239,6 +239,7 @@ fn shard_context(id: NodeId, shard_id: u32, shards: u32, forward_writes: bool, n
         learned_addresses: Default::default(),
         history: net::History::FRESH,
         tick_interval: Duration::from_millis(crate::sim::TICK),
+        said_hold: None,
     }
 }
 
