@@ -366,6 +366,21 @@ impl Cluster {
         }
     }
 
+    /// Cuts the peer links between nodes `a` and `b` both ways (each node
+    /// sends its messages over the link it dialed); their links to others
+    /// stay up.
+    fn cut(&mut self, a: u64, b: u64) {
+        for (from, to) in [(a, b), (b, a)] {
+            let uid = self.uid(from).to_string();
+            let port = self.peer_port(to).to_string();
+            let rule = ["OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", &uid, "--dport", &port, "-j", "DROP"];
+            let rule: Vec<String> = rule.into_iter().map(String::from).collect();
+            let status = Command::new("iptables").arg("-I").args(&rule).status().expect("run iptables");
+            assert!(status.success(), "iptables -I {rule:?} failed");
+            self.rules.push(rule);
+        }
+    }
+
     fn heal(&mut self) {
         for rule in self.rules.drain(..) {
             let _ = Command::new("iptables").arg("-D").args(&rule).status();
@@ -1533,12 +1548,15 @@ fn leased_read(port: u16) -> Option<ResponseStatus> {
     single_call(port, ClientRequest::plain(1, body), Duration::from_secs(3))
 }
 
-/// Writes `before` to the lease tests' key through any node; its answer
-/// to a read.
+/// Writes `before` to the lease tests' key through any node, in a session
+/// it then closes; its answer to a read.
 fn write_leased_before(cluster: &Cluster) -> Bytes {
     let mut everyone = BlockingClient::new(&cluster.client(&cluster.all(), Duration::from_secs(10))).expect("a client");
     let mut session = everyone.open_session().expect("a session");
     assert_eq!(everyone.write(&mut session, leased_put(b"before")).expect("written"), KvResponse::Written.encode());
+    // With no session open, the leader appends no clock entries: the
+    // followers' logs stay level while nothing is written.
+    everyone.close_session(session).expect("the session closed");
     KvResponse::Value(Some(Bytes::from_static(b"before"))).encode()
 }
 
@@ -1738,4 +1756,55 @@ fn voters_restarted_with_a_shorter_hold_serve_no_stale_lease_read() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A voter that restarts does not vote at once: it may have acknowledged
+/// the round its leader's lease rests on just before it went down (the
+/// hazard of TiKV issue 15035; the engine's directed test is
+/// `t00_smoke::a_restarted_voter_does_not_elect_a_leader_inside_an_acknowledged_lease`).
+/// Votes are held for 6 s here, so the vote can be timed: node 1 leads,
+/// node 2 is cut off from it (node 1's lease then rests on node 3 alone),
+/// and 3 s before node 2's election timeout node 3 is restarted with node 1
+/// cut off from everyone. Before stop 52 (b001437's node), node 3
+/// voted for node 2 as soon as it was up, node 2 took a write, and node 1
+/// served the value before it from its lease. Now node 3 holds its vote
+/// for an election timeout after it starts.
+#[test]
+fn a_restarted_voter_does_not_help_elect_a_leader_inside_a_lease() {
+    let _serial = serial();
+    let Some(binary) = iptables_or_skip() else { return };
+    let long = ["--election-ticks-min", "600", "--election-ticks-max", "700"];
+    let mut cluster = Cluster::stopped(binary, 3, 25_460, None, false, 1).with_args(&long).started();
+    let before = write_leased_before(&cluster);
+    node_1_serves_lease_reads(&cluster, &before, Duration::from_secs(60));
+    // Node 2 must be as up to date as node 3, or node 3 would refuse it
+    // for that alone: wait until the logs are level and nothing has been
+    // appended for 3 s (a new leader's term brings announcements, each
+    // retried after 2 s until it is applied).
+    let level = |cluster: &Cluster| {
+        let ends: BTreeSet<Option<u64>> =
+            cluster.all().iter().map(|&id| cluster.status(id).and_then(|s| s["last_index"].as_u64())).collect();
+        (ends.len() == 1).then(|| ends.into_iter().next()).flatten().flatten()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut steady = (None, Instant::now());
+    loop {
+        let end = level(&cluster);
+        if end != steady.0 || end.is_none() {
+            steady = (end, Instant::now());
+        } else if steady.1.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the logs did not level\n{}", cluster.describe());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Node 2 stops hearing node 1 now, and asks for votes 6 to 7 s later;
+    // node 3 restarts well before that (its links must be up again), and
+    // node 1's lease then lasts until 6 s after node 3 went down.
+    cluster.cut(1, 2);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.kill(3);
+    cluster.isolate(1);
+    cluster.spawn(3);
+    node_1_serves_no_stale_read_beside_2_and_3(&mut cluster, before, Duration::from_secs(30));
 }
