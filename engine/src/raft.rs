@@ -1092,25 +1092,7 @@ impl Raft {
     /// in this term, and this leader is a voter of its configuration (not
     /// leaving).
     pub fn lease_valid(&self) -> bool {
-        if self.role != Role::Leader || !self.config.check_quorum || self.lease_forfeited {
-            return false;
-        }
-        if !self.conf.voters.contains(&self.id) {
-            // A leader that is leaving (its removal appended, not yet
-            // committed) holds no lease: the voters that remain may elect
-            // one of their own without asking anyone (a sole voter does so
-            // at its next tick), and this leader would not know.
-            return false;
-        }
-        if self.sole_voter() {
-            return true;
-        }
-        let acked = self.quorum_acked_round();
-        let Some(&(_, sent)) = self.round_ticks.iter().find(|(round, _)| *round == acked) else {
-            return false;
-        };
-        let lease = u64::from(self.config.election_ticks_min - self.config.lease_drift_ticks);
-        self.now < sent + lease
+        self.lease_sent_at().is_some()
     }
 
     /// The tick (see [`Raft::ticks`]) at which the heartbeat round the
@@ -1122,14 +1104,25 @@ impl Raft {
     /// (the node does: `Shard::lease_holds_in_real_time`). A sole voter's
     /// lease rests on no round: it holds as of every tick (`Some(now)`).
     pub fn lease_sent_at(&self) -> Option<u64> {
-        if !self.lease_valid() {
+        if self.role != Role::Leader || !self.config.check_quorum || self.lease_forfeited {
+            return None;
+        }
+        if !self.conf.voters.contains(&self.id) {
+            // A leader that is leaving (its removal appended, not yet
+            // committed) holds no lease: the voters that remain may elect
+            // one of their own without asking anyone (a sole voter does so
+            // at its next tick), and this leader would not know.
             return None;
         }
         if self.sole_voter() {
             return Some(self.now);
         }
+        // Computed once per call: every lease read asks (the quorum's
+        // round takes a sort of the voters' acknowledgements).
         let acked = self.quorum_acked_round();
-        self.round_ticks.iter().find(|(round, _)| *round == acked).map(|&(_, sent)| sent)
+        let &(_, sent) = self.round_ticks.iter().find(|(round, _)| *round == acked)?;
+        let lease = u64::from(self.config.election_ticks_min - self.config.lease_drift_ticks);
+        (self.now < sent + lease).then_some(sent)
     }
 
     /// Whether this leader started a leader transfer in its term, which

@@ -366,7 +366,11 @@ pub struct ServeOptions {
     #[arg(long, value_name = "COUNT", hide = true)]
     pub sessions_max: Option<usize>,
 
-    /// Election timeout, lower bound, in ticks. [default: 50]
+    /// Election timeout, lower bound, in ticks. Times `--tick-interval`, it
+    /// is also how long the node refuses votes after it hears a leader,
+    /// which leaders' leases rest on: after a restart with a shorter value,
+    /// the node keeps the longer hold it said before until its new word is
+    /// in force. [default: 50]
     #[arg(long, value_name = "TICKS")]
     pub election_ticks_min: Option<u32>,
 

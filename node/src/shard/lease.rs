@@ -60,6 +60,18 @@ pub(super) struct RaisedHold {
     later_term_from: Option<Index>,
 }
 
+/// Whether a leader's lease holds for a read asked now.
+pub(super) enum LeaseNow {
+    /// No lease in ticks, or a voter has not said how long it holds its
+    /// vote.
+    None,
+    /// It holds in ticks only, or its round's tick is no longer remembered.
+    Late,
+    /// It holds in real time: its round's tick ran at `round`, and the read
+    /// is asked at `asked`.
+    Holds { round: Instant, asked: Instant },
+}
+
 /// How long a lease lasts in real time, or which voter keeps that unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum LeaseLength {
@@ -121,23 +133,30 @@ where
     /// holds in ticks only, or its round's tick is no longer remembered
     /// (the read then goes through a quorum, ReadIndex, either way).
     pub(super) fn lease_holds_in_real_time(&self) -> Option<bool> {
-        self.raft.lease_sent_at()?;
-        let LeaseLength::Known { length, .. } = self.lease_length() else { return None };
-        let remembered = self.lease_round_time();
-        Some(remembered.is_some_and(|at| self.clock.now().saturating_duration_since(at) < length))
+        match self.lease_now() {
+            LeaseNow::None => None,
+            LeaseNow::Late => Some(false),
+            LeaseNow::Holds { .. } => Some(true),
+        }
     }
 
-    /// When the tick of the heartbeat round the leader's lease rests on
-    /// ran (no later than the round was sent); `None` without a lease in
-    /// ticks, or when that tick is no longer remembered.
-    pub(super) fn lease_round_time(&self) -> Option<Instant> {
-        let sent = self.raft.lease_sent_at()?;
+    /// [`Shard::lease_holds_in_real_time`], with the times a lease read
+    /// asked now keeps when it holds: the engine's lease is looked up once
+    /// (each lookup sorts the voters' acknowledgements).
+    pub(super) fn lease_now(&self) -> LeaseNow {
+        let Some(sent) = self.raft.lease_sent_at() else { return LeaseNow::None };
+        let LeaseLength::Known { length, .. } = self.lease_length() else { return LeaseNow::None };
         let times = &self.lease.tick_times;
-        times.front().and_then(|&(first, _)| {
+        let remembered = times.front().and_then(|&(first, _)| {
             let &(tick, at) = times.get(usize::try_from(sent.checked_sub(first)?).ok()?)?;
             debug_assert_eq!(tick, sent, "one entry per tick");
             (tick == sent).then_some(at)
-        })
+        });
+        let now = self.clock.now();
+        match remembered {
+            Some(round) if now.saturating_duration_since(round) < length => LeaseNow::Holds { round, asked: now },
+            _ => LeaseNow::Late,
+        }
     }
 
     /// Whether a read asked at `asked` under a lease whose round's tick ran

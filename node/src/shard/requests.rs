@@ -13,6 +13,7 @@ use net::{AdminRequest, ClientRequest, JoinRequest, ReadConsistency, RequestBody
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
 
+use super::lease::LeaseNow;
 use super::{Clock, Shard, ShardStorage, ShardTransport, REQUEST_TIMEOUT};
 use crate::app::{Rejection, StateMachine};
 use crate::replicated::{
@@ -572,17 +573,16 @@ where
             }
             // Past its lease in real time (see `lease_holds_in_real_time`),
             // a leader confirms with a quorum instead.
-            ReadConsistency::Lease => match self.lease_holds_in_real_time() {
-                Some(true) => {
+            ReadConsistency::Lease => match self.lease_now() {
+                LeaseNow::Holds { round, asked } => {
                     self.stats.lease_reads += 1;
-                    let lease = self.lease_round_time().map(|round| (self.clock.now(), round));
-                    return self.read_pending(ReadMode::Lease, Some(query), reply, arrived, lease);
+                    return self.read_pending(ReadMode::Lease, Some(query), reply, arrived, Some((asked, round)));
                 }
-                Some(false) => {
+                LeaseNow::Late => {
                     self.stats.lease_reads_late += 1;
                     ReadMode::ReadIndex
                 }
-                None => ReadMode::ReadIndex,
+                LeaseNow::None => ReadMode::ReadIndex,
             },
             ReadConsistency::Linearizable | ReadConsistency::NodeDefault => ReadMode::ReadIndex,
         };
