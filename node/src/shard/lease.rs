@@ -67,9 +67,24 @@ pub(super) enum LeaseNow {
     None,
     /// It holds in ticks only, or its round's tick is no longer remembered.
     Late,
-    /// It holds in real time: its round's tick ran at `round`, and the read
-    /// is asked at `asked`.
-    Holds { round: Instant, asked: Instant },
+    /// It holds in real time for a read asked now.
+    Holds(LeaseRead),
+}
+
+/// A read asked under a lease: when the tick of the round the lease rests
+/// on ran, and when the read was asked. Checked again when it is served
+/// (`Shard::lease_held_for`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LeaseRead {
+    round: Instant,
+    asked: Instant,
+}
+
+impl LeaseRead {
+    /// Whether the read was asked less than `length` after its round.
+    fn within(self, length: Duration) -> bool {
+        self.asked.saturating_duration_since(self.round) < length
+    }
 }
 
 /// How long a lease lasts in real time, or which voter keeps that unknown.
@@ -136,7 +151,7 @@ where
         match self.lease_now() {
             LeaseNow::None => None,
             LeaseNow::Late => Some(false),
-            LeaseNow::Holds { .. } => Some(true),
+            LeaseNow::Holds(_) => Some(true),
         }
     }
 
@@ -152,24 +167,22 @@ where
             debug_assert_eq!(tick, sent, "one entry per tick");
             (tick == sent).then_some(at)
         });
-        let now = self.clock.now();
-        match remembered {
-            Some(round) if now.saturating_duration_since(round) < length => LeaseNow::Holds { round, asked: now },
+        match remembered.map(|round| LeaseRead { round, asked: self.clock.now() }) {
+            Some(read) if read.within(length) => LeaseNow::Holds(read),
             _ => LeaseNow::Late,
         }
     }
 
-    /// Whether a read asked at `asked` under a lease whose round's tick ran
-    /// at `round` is still within the lease as the words applied now size
-    /// it. It is served once this node has applied everything committed
+    /// Whether a read asked under a lease is still within the lease as the
+    /// words applied now size it. It is served once this node has applied everything committed
     /// when it was asked: a voter's shorter word committed by then (a voter
     /// restarted with shorter settings holds its old, longer hold only
     /// until it has applied that word, see [`crate::vote_hold`]) may have
     /// been applied here only since, when a long apply was split over
     /// turns.
-    pub(super) fn lease_held_for(&self, asked: Instant, round: Instant) -> bool {
+    pub(super) fn lease_held_for(&self, read: LeaseRead) -> bool {
         match self.lease_length() {
-            LeaseLength::Known { length, .. } => asked.saturating_duration_since(round) < length,
+            LeaseLength::Known { length, .. } => read.within(length),
             LeaseLength::Unknown(_) => false,
         }
     }

@@ -13,7 +13,7 @@ use net::{AdminRequest, ClientRequest, JoinRequest, ReadConsistency, RequestBody
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
 
-use super::lease::LeaseNow;
+use super::lease::{LeaseNow, LeaseRead};
 use super::{Clock, Shard, ShardStorage, ShardTransport, REQUEST_TIMEOUT};
 use crate::app::{Rejection, StateMachine};
 use crate::replicated::{
@@ -61,10 +61,8 @@ struct PendingRead<R> {
     query: Option<Bytes>,
     reply: R,
     arrived: Instant,
-    /// A read served from the lease: when it was asked, and when the round
-    /// the lease rested on was sent. Checked again when it is served
-    /// (`Shard::lease_held_for`).
-    lease: Option<(Instant, Instant)>,
+    /// A read served from the lease, checked again when it is served.
+    lease: Option<LeaseRead>,
 }
 
 /// Emptied client lists a shard keeps for its next groups: about as many
@@ -574,9 +572,9 @@ where
             // Past its lease in real time (see `lease_holds_in_real_time`),
             // a leader confirms with a quorum instead.
             ReadConsistency::Lease => match self.lease_now() {
-                LeaseNow::Holds { round, asked } => {
+                LeaseNow::Holds(lease) => {
                     self.stats.lease_reads += 1;
-                    return self.read_pending(ReadMode::Lease, Some(query), reply, arrived, Some((asked, round)));
+                    return self.read_pending(ReadMode::Lease, Some(query), reply, arrived, Some(lease));
                 }
                 LeaseNow::Late => {
                     self.stats.lease_reads_late += 1;
@@ -602,7 +600,7 @@ where
         query: Option<Bytes>,
         reply: T::Reply,
         arrived: Instant,
-        lease: Option<(Instant, Instant)>,
+        lease: Option<LeaseRead>,
     ) {
         let context = self.requests.next_read_context;
         self.requests.next_read_context += 1;
@@ -647,7 +645,7 @@ where
         }
         for context in take_safe_reads(&mut self.requests.reads_waiting, self.fsm.applied()) {
             let Some(read) = self.requests.reads.remove(&context) else { continue };
-            if read.lease.is_some_and(|(asked, round)| !self.lease_held_for(asked, round)) {
+            if read.lease.is_some_and(|lease| !self.lease_held_for(lease)) {
                 // A word applied since it was asked (committed before it)
                 // shortens the lease it was asked under: a quorum confirms.
                 self.stats.lease_reads = self.stats.lease_reads.saturating_sub(1);
