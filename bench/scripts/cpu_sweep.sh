@@ -5,7 +5,8 @@
 # usage: bench/scripts/cpu_sweep.sh BENCH NODE OUT_DIR [more `bench sweep` arguments]
 #   e.g. bench/scripts/cpu_sweep.sh target/production/bench target/production/node /tmp/run1 --no-floor
 # Samples every process whose executable is NODE every 20 ms (/proc/PID/stat
-# utime, stime, minflt), keeping each pid's last values, during
+# utime, stime, minflt; the processes are found with `pidof` every 0.5 s),
+# keeping each pid's last values, during
 # `BENCH sweep --inflight 256 --duration 10s --warmup 0s`; prints the nodes'
 # minor faults, then CPU over their whole life divided by the writes in the
 # result file (`total.count`), split into user and system time, and the
@@ -15,14 +16,20 @@ real=$(readlink -f "$node")
 declare -A total user faults
 "$bench" sweep --node-bin "$node" --inflight 256 --duration 10s --warmup 0s --out-dir "$out" --quiet "$@" > "$out.log" 2>&1 &
 bench_pid=$!
+# The sampling forks nothing but one `pidof` every 25 samples (the nodes
+# start once per sweep), and waits with a builtin `read -t` rather than
+# `sleep`: an earlier version forked `readlink` for every process every
+# 20 ms, which took about a quarter of the two cores it was measuring.
+exec {wait_fd}<> <(:)
+pids=(); sample=0
 while kill -0 $bench_pid 2>/dev/null; do
-  for p in /proc/[0-9]*; do
-    [ "$(readlink $p/exe 2>/dev/null)" = "$real" ] || continue
-    read -r -a f < $p/stat 2>/dev/null || continue
-    pid=${p#/proc/}
+  if [ $((sample % 25)) = 0 ]; then read -r -a pids < <(pidof -- "$real"); fi
+  sample=$((sample + 1))
+  for pid in "${pids[@]}"; do
+    read -r -a f 2>/dev/null < /proc/$pid/stat || continue
     total[$pid]=$(( f[13] + f[14] )); user[$pid]=${f[13]}; faults[$pid]=${f[9]}
   done
-  sleep 0.02
+  read -r -t 0.02 -u $wait_fd
 done
 sum() { local s=0 v; for v in "$@"; do s=$((s + v)); done; echo $s; }
 echo "nodes: ${#total[@]}, minor faults: $(sum "${faults[@]}")"

@@ -13,15 +13,17 @@ real=$(readlink -f "$node")
 "$bench" sweep --node-bin "$node" --inflight 256 --duration "${duration}s" --warmup "${warmup}s" --out-dir "$out" --quiet "$@" > "$out.log" 2>&1 &
 bench_pid=$!
 : > "$out.samples"
+# Forks one `pidof` per sample and nothing else (see cpu_sweep.sh).
+exec {wait_fd}<> <(:)
 while kill -0 $bench_pid 2>/dev/null; do
   u=0; s=0; n=0
-  for p in /proc/[0-9]*; do
-    [ "$(readlink $p/exe 2>/dev/null)" = "$real" ] || continue
-    read -r -a f < $p/stat 2>/dev/null || continue
+  read -r -a pids < <(pidof -- "$real")
+  for pid in "${pids[@]}"; do
+    read -r -a f 2>/dev/null < /proc/$pid/stat || continue
     u=$((u + f[13])); s=$((s + f[14])); n=$((n + 1))
   done
-  [ $n -gt 0 ] && echo "$(date +%s.%N) $u $s $n" >> "$out.samples"
-  sleep 0.25
+  [ $n -gt 0 ] && echo "$EPOCHREALTIME $u $s $n" >> "$out.samples"
+  read -r -t 0.25 -u $wait_fd
 done
 python3 - "$out" "$duration" "$(getconf CLK_TCK)" <<'PY'
 import glob, json, sys
