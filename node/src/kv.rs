@@ -18,8 +18,7 @@
 //! The map is written in a canonical order, so equal states give equal
 //! bytes (a snapshot transfer resumed from another leader relies on it).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 
@@ -27,15 +26,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 use engine::Index;
 use net::compact::{put_bytes, FormatError, Reader};
 pub use net::kv::{KvOp, KvOpRef, KvRefusal, KvResponse, SetCondition, COUNT_QUERY, KEY_SIZE_MAX, VALUE_SIZE_MAX};
-use rustc_hash::FxHasher;
 
 use crate::app::{Rejection, RestoreError, RestoredState, Restorer, SnapshotImage, StateMachine};
+use crate::kv_table::{self, Table};
 
-/// One bucket of the key-value map: a hash map (an insert is one hash, not a
-/// dozen key comparisons: the B-tree cost a quarter of a node's CPU under
-/// load), with a fixed, seedless hasher. Iteration order never reaches the
-/// outside: the snapshot sorts the keys (see [`snapshot_order_code`]).
-type DataMap = HashMap<Key, Value, BuildHasherDefault<FxHasher>>;
+/// One bucket of the key-value map: a hash table (an insert is one hash, not
+/// a dozen key comparisons: the B-tree cost a quarter of a node's CPU under
+/// load) whose lookups can be started a step at a time for a whole batch
+/// (see [`Table`]). Iteration order never reaches the outside: the snapshot
+/// sorts the keys (see [`snapshot_order_code`]).
+type DataMap = Table<Key, Value>;
 
 /// A stored value: a copy of its own, or, for a large one, a slice of the
 /// log entry it was written in.
@@ -339,7 +339,7 @@ impl Data {
             },
             Some(stored) => *stored = self.slices.value(key, value, entry),
             None => {
-                bucket.insert(Key::new(key), self.slices.value(key, value, entry));
+                bucket.insert_new(Key::new(key), self.slices.value(key, value, entry));
                 self.len += 1;
             }
         }
@@ -369,22 +369,35 @@ impl Data {
         }
     }
 
-    /// Starts loading each key's value into the cache (see
-    /// [`StateMachine::prefetch`]). The lookups' own loads miss as well, but
-    /// no lookup depends on another, so the CPU overlaps several keys'
-    /// misses; the later writes then find everything in cache. (Prefetching
-    /// each key's bucket in a first pass gained nothing more.)
-    fn prefetch(&self, key: &[u8]) {
-        let stored = self.buckets[Data::bucket(key)].get(key);
-        if let Some(Value::Copy(value)) = stored {
-            // Every line an overwrite touches, each once: from the
-            // reference counts before the bytes (`Arc::get_mut` reads them)
-            // to the last byte, up to a bound (a large value streams anyway).
-            let len = value.len().min(PREFETCH_VALUE_BYTES_MAX);
-            let first = (value.as_ptr() as usize - 2 * size_of::<usize>()) & !(CACHE_LINE_BYTES - 1);
-            let end = value.as_ptr() as usize + len;
-            for line in (first..end).step_by(CACHE_LINE_BYTES) {
-                prefetch_line(line as *const u8);
+    /// Starts loading the cache lines that applying writes to `keys` will
+    /// touch (see [`StateMachine::prefetch`]): a step of every key's lookup
+    /// at a time, so that the loads of one step overlap across the keys
+    /// instead of waiting one after another (see [`Table`]). The steps: the
+    /// bucket's table; its tags; the entry; the value.
+    fn prefetch(&self, keys: &[&[u8]]) {
+        let mut tags = [0u32; PREFETCH_KEYS];
+        for (key, tag) in keys.iter().zip(&mut tags) {
+            *tag = kv_table::tag(key);
+            prefetch_line(Arc::as_ptr(&self.buckets[Data::bucket(key)]).cast());
+        }
+        for (key, tag) in keys.iter().zip(&tags) {
+            self.buckets[Data::bucket(key)].prefetch_tags(*tag);
+        }
+        for (key, tag) in keys.iter().zip(&tags) {
+            self.buckets[Data::bucket(key)].prefetch_entry(*tag);
+        }
+        for (key, tag) in keys.iter().zip(&tags) {
+            if let Some(Value::Copy(value)) = self.buckets[Data::bucket(key)].get_tagged(key, *tag) {
+                // Every line an overwrite touches, each once: from the
+                // reference counts before the bytes (`Arc::get_mut` reads
+                // them) to the last byte, up to a bound (a large value
+                // streams anyway).
+                let len = value.len().min(PREFETCH_VALUE_BYTES_MAX);
+                let first = (value.as_ptr() as usize - 2 * size_of::<usize>()) & !(CACHE_LINE_BYTES - 1);
+                let end = value.as_ptr() as usize + len;
+                for line in (first..end).step_by(CACHE_LINE_BYTES) {
+                    prefetch_line(line as *const u8);
+                }
             }
         }
     }
@@ -401,7 +414,7 @@ impl Data {
 
 /// Calls `key` with the key of a command's op, or of each op of a batch;
 /// with nothing for a command that does not decode (apply refuses it).
-fn for_each_key(command: &[u8], key: &mut dyn FnMut(&[u8])) {
+fn for_each_key<'c>(command: &'c [u8], key: &mut dyn FnMut(&'c [u8])) {
     match net::kv::decode_batch(command) {
         Some(Ok(ops)) => ops.iter().for_each(|op| key(op.key())),
         Some(Err(_)) => {}
@@ -420,8 +433,11 @@ const CACHE_LINE_BYTES: usize = 64;
 /// the load generator's default and a little more, not a 64 KiB one.
 const PREFETCH_VALUE_BYTES_MAX: usize = 1024;
 
+/// Keys whose lookups [`Data::prefetch`] runs side by side.
+const PREFETCH_KEYS: usize = 64;
+
 /// Asks the CPU to load the cache line at `address`; nothing else happens.
-fn prefetch_line(address: *const u8) {
+pub(crate) fn prefetch_line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults, and reads nothing the
     // program can observe, whatever the address.
@@ -804,15 +820,25 @@ impl StateMachine for KvStateMachine {
 
     /// Every op is about one key; a batch about each of its ops' keys.
     fn routing_keys(command: &[u8], key: &mut dyn FnMut(&[u8])) {
-        for_each_key(command, key);
+        for_each_key(command, &mut |k| key(k));
     }
 
     /// Starts loading each key's value into the cache before the batch is
     /// applied.
     fn prefetch(&self, commands: &[&[u8]]) {
+        let mut keys: [&[u8]; PREFETCH_KEYS] = [&[]; PREFETCH_KEYS];
+        let mut len = 0;
         for command in commands {
-            for_each_key(command, &mut |key| self.data.prefetch(key));
+            for_each_key(command, &mut |key| {
+                if len == PREFETCH_KEYS {
+                    self.data.prefetch(&keys);
+                    len = 0;
+                }
+                keys[len] = key;
+                len += 1;
+            });
         }
+        self.data.prefetch(&keys[..len]);
     }
 
     fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
@@ -1012,11 +1038,15 @@ mod tests {
         // holds a copy (overwritten in place).
         put_in_entry(&mut kv, index + 1, b"small", &[1; SLICE_VALUE_BYTES_MIN - 1], &count);
         assert_eq!(alive(&count), 4);
-        let before = kv.data.buckets[Data::bucket(b"cold-3")]["cold-3".as_bytes()].as_ptr();
+        let before = kv.data.buckets[Data::bucket(b"cold-3")].get(b"cold-3").expect("stored").as_ptr();
         put_in_entry(&mut kv, index + 2, b"cold-3", &[9; SLICE_VALUE_BYTES_MIN], &count);
         assert_eq!(alive(&count), 4);
         assert_eq!(kv.get(b"cold-3"), Some(&[9; SLICE_VALUE_BYTES_MIN][..]));
-        assert_eq!(kv.data.buckets[Data::bucket(b"cold-3")]["cold-3".as_bytes()].as_ptr(), before, "not in place");
+        assert_eq!(
+            kv.data.buckets[Data::bucket(b"cold-3")].get(b"cold-3").expect("stored").as_ptr(),
+            before,
+            "not in place"
+        );
         drop(kv);
         assert_eq!(alive(&count), 0);
     }

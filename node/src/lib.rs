@@ -21,6 +21,7 @@ pub mod config;
 pub mod discovery;
 pub mod dns_watch;
 pub mod kv;
+mod kv_table;
 pub mod local;
 pub mod membership;
 pub mod metrics;
