@@ -8,7 +8,7 @@
 //! whole committed batch before applying it ([`KvStateMachine::prefetch`]),
 //! and with the standard map the only way to do that is one lookup per key,
 //! so those waits overlap only as far as the CPU runs ahead on its own
-//! (a profile at 256 writes in flight put a fifth of the nodes' CPU in
+//! (a profile at 256 writes in flight put a quarter of the nodes' CPU in
 //! them). Here every step of a lookup can be asked for by position before it
 //! is needed ([`Table::prefetch_tags`], [`Table::prefetch_entry`]), so the
 //! batch's loads are issued a step at a time for all its keys, and each
