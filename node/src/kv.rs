@@ -375,19 +375,21 @@ impl Data {
     /// instead of waiting one after another (see [`Table`]). The steps: the
     /// bucket's table; its tags; the entry; the value.
     fn prefetch(&self, keys: &[&[u8]]) {
-        let mut tags = [0u32; PREFETCH_KEYS];
-        for (key, tag) in keys.iter().zip(&mut tags) {
-            *tag = kv_table::tag(key);
-            prefetch_line(Arc::as_ptr(&self.buckets[Data::bucket(key)]).cast());
+        // Each key's bucket and tag, hashed once for the four steps.
+        let mut homes = [(0usize, 0u32); PREFETCH_KEYS];
+        for (key, home) in keys.iter().zip(&mut homes) {
+            *home = (Data::bucket(key), kv_table::tag(key));
+            prefetch_line(Arc::as_ptr(&self.buckets[home.0]).cast());
         }
-        for (key, tag) in keys.iter().zip(&tags) {
-            self.buckets[Data::bucket(key)].prefetch_tags(*tag);
+        let homes = &homes[..keys.len().min(PREFETCH_KEYS)];
+        for &(bucket, tag) in homes {
+            self.buckets[bucket].prefetch_tags(tag);
         }
-        for (key, tag) in keys.iter().zip(&tags) {
-            self.buckets[Data::bucket(key)].prefetch_entry(*tag);
+        for &(bucket, tag) in homes {
+            self.buckets[bucket].prefetch_entry(tag);
         }
-        for (key, tag) in keys.iter().zip(&tags) {
-            if let Some(Value::Copy(value)) = self.buckets[Data::bucket(key)].get_tagged(key, *tag) {
+        for (key, &(bucket, tag)) in keys.iter().zip(homes) {
+            if let Some(Value::Copy(value)) = self.buckets[bucket].get_tagged(key, tag) {
                 // Every line an overwrite touches, each once: from the
                 // reference counts before the bytes (`Arc::get_mut` reads
                 // them) to the last byte, up to a bound (a large value
