@@ -10,7 +10,13 @@
 //! - `apply_batch/in_sessions`: as `with_prefetch`, but every write in one
 //!   of 64 exactly-once sessions, each acknowledging the answers before it
 //!   (the load generator's pattern), so the session table's bookkeeping is
-//!   measured too.
+//!   measured too;
+//! - `after_image/first_writes`: a snapshot image is taken, then 32 batches
+//!   as in `with_prefetch` (4,096 writes, enough to reach nearly every one
+//!   of the map's 1,024 buckets), then the image is dropped: the first write
+//!   to each bucket copies it, as on a node right after it starts a
+//!   snapshot. Per write, against `with_prefetch`, it shows what the copies
+//!   cost.
 //!
 //! The map is far larger than the CPU's caches only in a real node's
 //! company (three nodes and the bench on one machine); alone here it partly
@@ -136,7 +142,33 @@ fn apply_batch(c: &mut Criterion) {
         )
     });
     group.finish();
+    let mut group = c.benchmark_group("after_image");
+    group.throughput(Throughput::Elements((IMAGE_BATCHES * BATCH) as u64));
+    group.bench_function("first_writes", |b| {
+        b.iter_batched(
+            || {
+                (0..IMAGE_BATCHES)
+                    .map(|_| batch().iter().map(|command| entry(index(), plain(command))).collect())
+                    .collect::<Vec<Vec<Entry>>>()
+            },
+            |batches| {
+                let image = machine.snapshot_image();
+                for entries in &batches {
+                    machine.prefetch(entries);
+                    for entry in entries {
+                        std::hint::black_box(machine.apply(entry.index, &entry.data));
+                    }
+                }
+                drop(image);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
 }
+
+/// Batches applied after each image in `after_image`.
+const IMAGE_BATCHES: usize = 32;
 
 criterion_group!(benches, apply_batch);
 criterion_main!(benches);
