@@ -429,10 +429,11 @@ impl Data {
     /// to each of the table's values, and their counts lie on lines of
     /// their own, cold. Right after an image is taken, every bucket is
     /// copied at its first write, all within a few milliseconds at 256 in
-    /// flight; one miss after another, the copies stalled the shard for
-    /// about as long (a 1-shard cluster's p99.9 at more than three times its
-    /// p99, bench/RESULTS.md). So every value's line is asked for before
-    /// the copy, and the misses overlap.
+    /// flight: one burst of misses, one after another, about 12 ms for
+    /// 100,000 keys (the kv bench's `after_image`), which put a 1-shard
+    /// cluster's p99.9 past three times its p99 (bench/RESULTS.md). So
+    /// every value's line is asked for before the copy, and the misses
+    /// overlap (0.85x of the burst; the references themselves remain).
     fn bucket_mut(buckets: &mut [Arc<DataMap>], bucket: usize) -> &mut DataMap {
         let table = &mut buckets[bucket];
         if Arc::strong_count(table) > 1 {
