@@ -11,12 +11,14 @@
 //!   of 64 exactly-once sessions, each acknowledging the answers before it
 //!   (the load generator's pattern), so the session table's bookkeeping is
 //!   measured too;
-//! - `after_image/first_writes`: a snapshot image is taken, then 32 batches
-//!   as in `with_prefetch` (4,096 writes, enough to reach nearly every one
-//!   of the map's 1,024 buckets), then the image is dropped: the first write
-//!   to each bucket copies it, as on a node right after it starts a
-//!   snapshot. Per write, against `with_prefetch`, it shows what the copies
-//!   cost.
+//! - `after_image/first_writes`: a snapshot image is taken as the shard
+//!   takes it (`before_image` first), then 32 batches as in
+//!   `with_prefetch` (4,096 writes, enough to reach nearly every one of the
+//!   map's 1,024 buckets), then the image is dropped, as on a node right
+//!   after it starts a snapshot. Per write, against `with_prefetch`, it
+//!   shows what writing beside an image costs: the changes kept beside
+//!   each shared table, and folding them in at the next image (a build
+//!   before 2026-12-07 copied each bucket at its first write instead).
 //!
 //! The map is far larger than the CPU's caches only in a real node's
 //! company (three nodes and the bench on one machine); alone here it partly
@@ -143,15 +145,16 @@ fn apply_batch(c: &mut Criterion) {
     });
     group.finish();
     let mut group = c.benchmark_group("after_image");
-    group.throughput(Throughput::Elements((IMAGE_BATCHES * BATCH) as u64));
+    group.throughput(Throughput::Elements((image_batches() * BATCH) as u64));
     group.bench_function("first_writes", |b| {
         b.iter_batched(
             || {
-                (0..IMAGE_BATCHES)
+                (0..image_batches())
                     .map(|_| batch().iter().map(|command| entry(index(), plain(command))).collect())
                     .collect::<Vec<Vec<Entry>>>()
             },
             |batches| {
+                machine.before_image();
                 let image = machine.snapshot_image();
                 for entries in &batches {
                     machine.prefetch(entries);
@@ -169,6 +172,15 @@ fn apply_batch(c: &mut Criterion) {
 
 /// Batches applied after each image in `after_image`.
 const IMAGE_BATCHES: usize = 32;
+
+/// Batches written while the image lives: [`IMAGE_BATCHES`], or
+/// `KV_BENCH_IMAGE_BATCHES` (a snapshot of a large state lives long).
+fn image_batches() -> usize {
+    match std::env::var("KV_BENCH_IMAGE_BATCHES") {
+        Ok(batches) => batches.parse().expect("KV_BENCH_IMAGE_BATCHES is a number of batches"),
+        Err(_) => IMAGE_BATCHES,
+    }
+}
 
 criterion_group!(benches, apply_batch);
 criterion_main!(benches);

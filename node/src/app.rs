@@ -94,6 +94,15 @@ pub trait StateMachine {
     /// the snapshot's memory bounded too.
     fn snapshot_image(&self) -> Box<dyn SnapshotImage>;
 
+    /// Called on the driver right before the node captures an image
+    /// ([`StateMachine::snapshot_image`]), with the state mutable; the node
+    /// stores one snapshot at a time, so by then the last image it took is
+    /// gone. A state machine whose images share its structure can settle
+    /// it here, so that the next image shares less: the key-value store
+    /// folds in the changes it kept beside the tables an earlier image
+    /// shared. Must not change the state. The default does nothing.
+    fn before_image(&mut self) {}
+
     /// The snapshot's bytes now, in memory (tests, small states).
     fn snapshot(&self) -> Bytes {
         let mut out = Vec::new();

@@ -132,8 +132,9 @@ impl LargeSlices {
 }
 
 impl Value {
-    /// Asks for the line a clone of this value writes: a copy's reference
-    /// counts (just before its bytes), a slice's box.
+    /// Asks for the line that cloning or dropping this value writes
+    /// first: a copy's reference counts (just before its bytes), a slice's
+    /// box.
     fn prefetch_counts(&self) {
         match self {
             Value::Copy(bytes) => prefetch_line(bytes.as_ptr().wrapping_sub(2 * size_of::<usize>())),
@@ -229,20 +230,21 @@ impl std::fmt::Debug for Key {
 const BUCKET_BITS: u32 = 10;
 
 /// The key-value map, split by the top bits of each key's snapshot order
-/// code into buckets, each behind an `Arc`. A snapshot captures the map by
-/// cloning the bucket pointers; a later write to a bucket the snapshot still
-/// holds copies that bucket first (copy-on-write, about a thousandth of the
-/// map). So the state is serialized on another thread while writes go on,
-/// instead of stalling the shard's driver for tens of milliseconds.
+/// code into buckets (see [`Bucket`]). A snapshot image captures the map by
+/// cloning each bucket's table pointer (and copying the few changes a
+/// bucket may hold beside it), so the state is serialized on another
+/// thread while writes go on, instead of stalling the shard's driver for
+/// tens of milliseconds.
 #[derive(Clone, Debug)]
 struct Data {
-    buckets: Vec<Arc<DataMap>>,
+    buckets: Vec<Bucket>,
     len: usize,
     slices: Slices,
 }
 
 /// Equal when they hold the same pairs: whether a value is a copy or a
-/// slice is not part of the state.
+/// slice, or sits in a bucket's table or beside it, is not part of the
+/// state.
 impl PartialEq for Data {
     fn eq(&self, other: &Data) -> bool {
         self.len == other.len && self.buckets == other.buckets
@@ -250,6 +252,156 @@ impl PartialEq for Data {
 }
 
 impl Eq for Data {}
+
+/// One bucket of the map: its table, shared (`Arc`) with the snapshot
+/// images taken since it last changed, and the changes made while an image
+/// shared it.
+///
+/// Why changes beside the table, not a copy of it: a copy (`Arc::make_mut`,
+/// as before) takes a reference to every value in the table, each on a cold
+/// line of its own, and right after an image is taken every bucket is
+/// first written within a few milliseconds at 256 in flight, so the whole
+/// state's references were taken in one burst on the shard's thread (about
+/// 9-12 ms per 100,000 keys; it put a 1-shard cluster's p99.9 past three
+/// times its p99, bench/RESULTS.md). Changes beside the table cost only
+/// what is changed. The table is changed in place again once no image
+/// holds it: the first change after that folds the changes into it
+/// ([`Bucket::own`]).
+#[derive(Clone, Debug, Default)]
+struct Bucket {
+    table: Arc<DataMap>,
+    changes: Option<Box<Changes>>,
+}
+
+/// Changes to a bucket made while a snapshot image shared its table: each
+/// changed key's value, or `None` where the key was removed.
+type Changes = Table<Key, Option<Value>>;
+
+/// See [`Bucket::settle`].
+const CHANGES_PER_COPY: usize = 16;
+
+impl Bucket {
+    fn get(&self, key: &[u8]) -> Option<&Value> {
+        self.get_tagged(key, kv_table::tag(key))
+    }
+
+    /// As [`Bucket::get`], with the key's tag already computed.
+    fn get_tagged(&self, key: &[u8], tag: u32) -> Option<&Value> {
+        match self.changes.as_ref().and_then(|changes| changes.get_tagged(key, tag)) {
+            Some(change) => change.as_ref(),
+            None => self.table.get_tagged(key, tag),
+        }
+    }
+
+    /// The table, to change in place; `None` while an image shares it.
+    /// Folds in the changes kept while one did first.
+    #[inline]
+    fn own(&mut self) -> Option<&mut DataMap> {
+        let table = Arc::get_mut(&mut self.table)?;
+        if self.changes.is_some() {
+            Bucket::fold(table, self.changes.take());
+        }
+        Some(table)
+    }
+
+    /// Folds `changes` into `table`. Kept out of line: the write path
+    /// through [`Bucket::own`] rarely needs it.
+    #[cold]
+    #[inline(never)]
+    fn fold(table: &mut DataMap, changes: Option<Box<Changes>>) {
+        let Some(changes) = changes else { return };
+        // The changed keys' lookups a step at a time, as a batch's (see
+        // `Data::prefetch`): their slots and the values they replace are
+        // cold by now.
+        let tags = || changes.iter().take(PREFETCH_KEYS).map(|(key, _)| kv_table::tag(key.as_slice()));
+        tags().for_each(|tag| table.prefetch_tags(tag));
+        tags().for_each(|tag| table.prefetch_entry(tag));
+        for ((key, _), tag) in changes.iter().zip(tags()) {
+            table.get_tagged(key.as_slice(), tag).into_iter().for_each(Value::prefetch_counts);
+        }
+        for (key, change) in changes.into_entries() {
+            match change {
+                Some(value) => match table.get_mut(key.as_slice()) {
+                    Some(stored) => *stored = value,
+                    None => table.insert_new(key, value),
+                },
+                None => {
+                    table.remove(key.as_slice());
+                }
+            }
+        }
+    }
+
+    /// The table as the images share it, and the changes to add to (made
+    /// at the first change).
+    fn changes(&mut self) -> (&DataMap, &mut Changes) {
+        (&self.table, self.changes.get_or_insert_with(Box::default))
+    }
+
+    /// Stores `value` under `key`, which the bucket holds.
+    fn replace(&mut self, key: &[u8], value: Value) {
+        match self.own() {
+            Some(table) => *table.get_mut(key).expect("a replaced key is stored") = value,
+            None => {
+                match self.changes().1.get_mut(key) {
+                    Some(change) => *change = Some(value),
+                    None => self.changes().1.insert_new(Key::new(key), Some(value)),
+                }
+                self.settle();
+            }
+        }
+    }
+
+    /// Stops keeping changes beside a table an image shares once they
+    /// number a [`CHANGES_PER_COPY`]th of its entries: copies the table (a
+    /// reference per value, their lines asked for first so that the misses
+    /// overlap), folds the changes into the copy and changes that in place
+    /// from then on. An image can live for seconds under load (it is
+    /// written out while the shard goes on), and each change kept beside
+    /// costs every later lookup in its bucket a second one, and the fold;
+    /// past that many, the copy costs less. Buckets reach it each at its
+    /// own time, so the copies do not come in one burst.
+    fn settle(&mut self) {
+        let Some(changes) = &self.changes else { return };
+        if changes.len() * CHANGES_PER_COPY < self.table.len() {
+            return;
+        }
+        self.table.iter().for_each(|(_, value)| value.prefetch_counts());
+        Arc::make_mut(&mut self.table);
+        self.own();
+    }
+
+    /// Every pair the bucket holds, in no order.
+    fn pairs(&self) -> impl Iterator<Item = (&Key, &Value)> {
+        let changes = self.changes.as_deref();
+        let unchanged = self
+            .table
+            .iter()
+            .filter(move |(key, _)| changes.is_none_or(|changes| changes.get(key.as_slice()).is_none()));
+        let changed = changes.into_iter().flat_map(Table::iter).filter_map(|(key, value)| Some((key, value.as_ref()?)));
+        unchanged.chain(changed)
+    }
+
+    /// Step zero of a lookup ahead of time (see [`Data::prefetch`]): the
+    /// tables' headers.
+    fn prefetch_tables(&self) {
+        prefetch_line(Arc::as_ptr(&self.table).cast());
+        if let Some(changes) = &self.changes {
+            prefetch_line(std::ptr::from_ref::<Changes>(changes).cast());
+        }
+    }
+}
+
+/// Equal when they hold the same pairs.
+impl PartialEq for Bucket {
+    fn eq(&self, other: &Bucket) -> bool {
+        if self.changes.is_none() && other.changes.is_none() {
+            return self.table == other.table;
+        }
+        self.pairs().count() == other.pairs().count()
+            && self.pairs().all(|(key, value)| other.get(key.as_slice()) == Some(value))
+    }
+}
 
 /// The values kept as slices of log entries, oldest first, so that none
 /// pins its entry's buffer for long: once `keep` more bytes of commands
@@ -308,6 +460,41 @@ impl Slices {
             _ => Value::Copy(Arc::from(value)),
         }
     }
+
+    /// Whether `value`, written over `old`, becomes a slice although `old`
+    /// is a copy (see [`LargeSlices`]). Asked only then, wherever `old`
+    /// lies, so the counts move alike on every replica.
+    fn slices_over_copy(&mut self, old: &Value, value: &[u8], entry: Option<&Bytes>) -> bool {
+        matches!(old, Value::Copy(_))
+            && entry.is_some()
+            && value.len() >= SLICE_LARGE_BYTES_MIN
+            && self.large.slice_over_copy()
+    }
+
+    /// Stores `value` over `stored`, `key`'s value: into the copy itself
+    /// when it stays a copy of the same length that nothing else shares
+    /// (see [`Value`]).
+    fn overwrite(&mut self, stored: &mut Value, key: &[u8], value: &[u8], entry: Option<&Bytes>) {
+        if !self.slices_over_copy(stored, value, entry) {
+            if let Value::Copy(copy) = stored {
+                match Arc::get_mut(copy).filter(|bytes| bytes.len() == value.len()) {
+                    Some(bytes) => bytes.copy_from_slice(value),
+                    None => *copy = Arc::from(value),
+                }
+                return;
+            }
+        }
+        *stored = self.value(key, value, entry);
+    }
+
+    /// `key`'s new value `value`, to store beside `old`, which stays (a
+    /// snapshot image holds it).
+    fn replacement(&mut self, old: &Value, key: &[u8], value: &[u8], entry: Option<&Bytes>) -> Value {
+        match old {
+            Value::Copy(_) if !self.slices_over_copy(old, value, entry) => Value::Copy(Arc::from(value)),
+            _ => self.value(key, value, entry),
+        }
+    }
 }
 
 /// How many bytes of commands may be applied after a slice was written
@@ -316,11 +503,7 @@ const SLICE_KEEP_BYTES: u64 = 64 << 20;
 
 impl Data {
     fn new() -> Data {
-        Data {
-            buckets: (0..1 << BUCKET_BITS).map(|_| Arc::new(DataMap::default())).collect(),
-            len: 0,
-            slices: Slices::default(),
-        }
+        Data { buckets: (0..1 << BUCKET_BITS).map(|_| Bucket::default()).collect(), len: 0, slices: Slices::default() }
     }
 
     fn bucket(key: &[u8]) -> usize {
@@ -335,25 +518,40 @@ impl Data {
     /// given (`value` lies in it), the value is large and the key holds no
     /// copy, else as a copy. An existing key keeps its stored key, and its
     /// stored copy when the length matches and no snapshot image shares it
-    /// (see [`Value`]).
+    /// (see [`Value`]); while an image shares the key's bucket, the new
+    /// value goes beside it (see [`Bucket`]).
     fn insert(&mut self, key: &[u8], value: &[u8], entry: Option<&Bytes>) {
-        let bucket = Data::bucket_mut(&mut self.buckets, Data::bucket(key));
-        match bucket.get_mut(key) {
-            Some(stored @ Value::Copy(_))
-                if entry.is_some() && value.len() >= SLICE_LARGE_BYTES_MIN && self.slices.large.slice_over_copy() =>
-            {
-                *stored = self.slices.value(key, value, entry)
+        let slices = &mut self.slices;
+        let bucket = &mut self.buckets[Data::bucket(key)];
+        if let Some(table) = bucket.own() {
+            match table.get_mut(key) {
+                Some(stored) => slices.overwrite(stored, key, value, entry),
+                None => {
+                    table.insert_new(Key::new(key), slices.value(key, value, entry));
+                    self.len += 1;
+                }
             }
-            Some(Value::Copy(copy)) => match Arc::get_mut(copy).filter(|bytes| bytes.len() == value.len()) {
-                Some(bytes) => bytes.copy_from_slice(value),
-                None => *copy = Arc::from(value),
-            },
-            Some(stored) => *stored = self.slices.value(key, value, entry),
-            None => {
-                bucket.insert_new(Key::new(key), self.slices.value(key, value, entry));
+            return;
+        }
+        let (table, changes) = bucket.changes();
+        match changes.get_mut(key) {
+            Some(Some(stored)) => slices.overwrite(stored, key, value, entry),
+            Some(removed) => {
+                *removed = Some(slices.value(key, value, entry));
                 self.len += 1;
             }
+            None => {
+                let value = match table.get(key) {
+                    Some(old) => slices.replacement(old, key, value, entry),
+                    None => {
+                        self.len += 1;
+                        slices.value(key, value, entry)
+                    }
+                };
+                changes.insert_new(Key::new(key), Some(value));
+            }
         }
+        bucket.settle();
     }
 
     /// Counts `applied` bytes of commands, and copies every slice written
@@ -365,16 +563,17 @@ impl Data {
             if at + self.slices.keep > self.slices.applied {
                 break;
             }
-            let bucket = Data::bucket(key.as_slice());
-            let stays = |value: Option<&Value>| matches!(value, Some(Value::Slice(slice)) if slice.serial == *serial);
-            if stays(self.buckets[bucket].get(key.as_slice())) {
-                let stored =
-                    Data::bucket_mut(&mut self.buckets, bucket).get_mut(key.as_slice()).expect("the slice is stored");
-                if stored.len() >= SLICE_LARGE_BYTES_MIN {
-                    self.slices.large.copied += 1;
+            let bucket = &mut self.buckets[Data::bucket(key.as_slice())];
+            match bucket.get(key.as_slice()) {
+                Some(Value::Slice(slice)) if slice.serial == *serial => {
+                    let copy = Value::Copy(Arc::from(&slice.bytes[..]));
+                    if copy.len() >= SLICE_LARGE_BYTES_MIN {
+                        self.slices.large.copied += 1;
+                    }
+                    bucket.replace(key.as_slice(), copy);
+                    self.slices.copied += 1;
                 }
-                *stored = Value::Copy(Arc::from(&**stored));
-                self.slices.copied += 1;
+                _ => {}
             }
             self.slices.written.pop_front();
         }
@@ -384,20 +583,25 @@ impl Data {
     /// touch (see [`StateMachine::prefetch`]): a step of every key's lookup
     /// at a time, so that the loads of one step overlap across the keys
     /// instead of waiting one after another (see [`Table`]). The steps: the
-    /// bucket's table; its tags; the entry; the value.
+    /// bucket's table (and its changes, if it has any: see [`Bucket`]); its
+    /// tags; the entry; the value.
     fn prefetch(&self, keys: &[&[u8]]) {
         // Each key's bucket and tag, hashed once for the four steps.
         let mut homes = [(0usize, 0u32); PREFETCH_KEYS];
         for (key, home) in keys.iter().zip(&mut homes) {
             *home = (Data::bucket(key), kv_table::tag(key));
-            prefetch_line(Arc::as_ptr(&self.buckets[home.0]).cast());
+            self.buckets[home.0].prefetch_tables();
         }
         let homes = &homes[..keys.len().min(PREFETCH_KEYS)];
         for &(bucket, tag) in homes {
-            self.buckets[bucket].prefetch_tags(tag);
+            let bucket = &self.buckets[bucket];
+            bucket.table.prefetch_tags(tag);
+            bucket.changes.iter().for_each(|changes| changes.prefetch_tags(tag));
         }
         for &(bucket, tag) in homes {
-            self.buckets[bucket].prefetch_entry(tag);
+            let bucket = &self.buckets[bucket];
+            bucket.table.prefetch_entry(tag);
+            bucket.changes.iter().for_each(|changes| changes.prefetch_entry(tag));
         }
         for (key, &(bucket, tag)) in keys.iter().zip(homes) {
             if let Some(Value::Copy(value)) = self.buckets[bucket].get_tagged(key, tag) {
@@ -415,31 +619,26 @@ impl Data {
         }
     }
 
+    /// Takes `key`'s value out: from its bucket's table, or, while an image
+    /// shares that, by a removal kept beside it (see [`Bucket`]).
     fn remove(&mut self, key: &[u8]) -> Option<Value> {
-        let bucket = Data::bucket(key);
-        if !self.buckets[bucket].contains_key(key) {
-            return None;
-        }
+        let bucket = &mut self.buckets[Data::bucket(key)];
+        bucket.get(key)?;
         self.len -= 1;
-        Data::bucket_mut(&mut self.buckets, bucket).remove(key)
-    }
-
-    /// Bucket `bucket`'s table, to change: its own, or a copy when a
-    /// snapshot image shares it (`Arc::make_mut`). A copy takes a reference
-    /// to each of the table's values, and their counts lie on lines of
-    /// their own, cold. Right after an image is taken, every bucket is
-    /// copied at its first write, all within a few milliseconds at 256 in
-    /// flight: one burst of misses, one after another, about 12 ms for
-    /// 100,000 keys (the kv bench's `after_image`), which put a 1-shard
-    /// cluster's p99.9 past three times its p99 (bench/RESULTS.md). So
-    /// every value's line is asked for before the copy, and the misses
-    /// overlap (0.85x of the burst; the references themselves remain).
-    fn bucket_mut(buckets: &mut [Arc<DataMap>], bucket: usize) -> &mut DataMap {
-        let table = &mut buckets[bucket];
-        if Arc::strong_count(table) > 1 {
-            table.iter().for_each(|(_, value)| value.prefetch_counts());
+        if let Some(table) = bucket.own() {
+            return table.remove(key);
         }
-        Arc::make_mut(table)
+        let (table, changes) = bucket.changes();
+        let removed = match changes.get_mut(key) {
+            Some(change) => change.take(),
+            None => {
+                let old = table.get(key).cloned();
+                changes.insert_new(Key::new(key), None);
+                old
+            }
+        };
+        bucket.settle();
+        removed
     }
 }
 
@@ -907,6 +1106,18 @@ impl StateMachine for KvStateMachine {
         self.data.prefetch(&keys[..len]);
     }
 
+    /// Folds the changes kept beside each table an earlier image shared
+    /// into it (see `Bucket`), where no image shares it any more, so that
+    /// the image does not copy them. A bucket written since its image let
+    /// go of it has folded them already; under load, nearly all have.
+    fn before_image(&mut self) {
+        for bucket in &mut self.data.buckets {
+            if bucket.changes.is_some() {
+                bucket.own();
+            }
+        }
+    }
+
     fn snapshot_image(&self) -> Box<dyn SnapshotImage> {
         Box::new(KvImage { buckets: self.data.buckets.clone(), len: self.data.len, applied_index: self.applied_index })
     }
@@ -958,10 +1169,11 @@ pub fn parse_redis_integer(value: &[u8]) -> Option<i64> {
     text.parse().ok()
 }
 
-/// The store as of one applied index: the bucket pointers, serialized on
-/// whatever thread the node chooses.
+/// The store as of one applied index: the buckets (each table's pointer,
+/// and a copy of the changes beside it, if any), serialized on whatever
+/// thread the node chooses.
 struct KvImage {
-    buckets: Vec<Arc<DataMap>>,
+    buckets: Vec<Bucket>,
     len: usize,
     applied_index: Index,
 }
@@ -981,11 +1193,11 @@ impl SnapshotImage for KvImage {
         // the heap (sorting by the keys alone cost ~60 ms of cache misses per
         // 100,000 keys).
         // Each bucket is released as soon as it is written: while the image
-        // holds a bucket, the next write to it copies it.
+        // holds a bucket's table, changes to it are kept beside it.
         let KvImage { buckets, .. } = *self;
         for bucket in buckets {
             let mut pairs: Vec<(u32, &[u8], &Value)> = bucket
-                .iter()
+                .pairs()
                 .map(|(key, value)| (snapshot_order_code(key.as_slice()), key.as_slice(), value))
                 .collect();
             pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
@@ -1234,7 +1446,11 @@ mod tests {
         let image = kv.snapshot_image();
         let mut copied = kv.clone();
         copied.data.applied(SLICE_KEEP_BYTES as usize);
-        assert!(copied.data.buckets.iter().all(|bucket| bucket.values().all(|value| matches!(value, Value::Copy(_)))));
+        assert!(copied
+            .data
+            .buckets
+            .iter()
+            .all(|bucket| bucket.pairs().all(|(_, value)| matches!(value, Value::Copy(_)))));
         assert!(copied.data.slices.written.is_empty());
         assert_eq!(copied.snapshot(), before);
         assert_eq!(copied, kv);
@@ -1245,10 +1461,10 @@ mod tests {
     }
 
     /// Every way of changing a bucket that a snapshot image shares (an
-    /// overwrite in place, a new key, a removal, a slice's copy on its
-    /// turn) copies the bucket first (`Data::bucket_mut`): the image still
-    /// writes the state it was taken of, and the live state has every
-    /// change.
+    /// overwrite, a new key, a removal, a slice's copy on its turn) is
+    /// kept beside its table (see `Bucket`): the image still writes the
+    /// state it was taken of, and the live state has every change, also
+    /// once the image is gone and the changes are folded in.
     #[test]
     fn changes_after_an_image_leave_it_as_taken() {
         let mut kv = KvStateMachine::new();
@@ -1274,7 +1490,7 @@ mod tests {
             }
         }
         kv.data.applied(SLICE_KEEP_BYTES as usize);
-        assert!(kv.data.buckets.iter().all(|bucket| bucket.values().all(|value| matches!(value, Value::Copy(_)))));
+        assert!(kv.data.buckets.iter().all(|bucket| bucket.pairs().all(|(_, value)| matches!(value, Value::Copy(_)))));
         let mut out = Vec::new();
         image.write_to(&mut out).expect("writing to memory");
         assert_eq!(Bytes::from(out), before);
@@ -1287,6 +1503,169 @@ mod tests {
             }
         }
         assert_eq!(kv.get(b"big-3"), Some(&[3; SLICE_VALUE_BYTES_MIN][..]));
+    }
+
+    /// A snapshot image takes no reference to any value: a write to every
+    /// bucket while it lives leaves each untouched value held once, by the
+    /// table the image shares (copying each bucket at its first write took
+    /// one per value, all within milliseconds: see `Bucket`). A bucket whose
+    /// changes reach a quarter of its table is copied then, with its
+    /// changes (`Bucket::settle`). The image writes the state it was taken
+    /// of; once it is gone, the next change to a bucket folds the changes
+    /// into its table.
+    #[test]
+    fn an_image_takes_no_reference_per_value() {
+        let mut kv = KvStateMachine::new();
+        for i in 0..50_000u64 {
+            kv.data.insert(format!("key-{i}").as_bytes(), &[i as u8; 64], None);
+        }
+        let before = kv.snapshot();
+        let image = kv.snapshot_image();
+        let mut written = vec![false; kv.data.buckets.len()];
+        for i in 0.. {
+            let key = format!("new-{i}");
+            if !std::mem::replace(&mut written[Data::bucket(key.as_bytes())], true) {
+                kv.data.insert(key.as_bytes(), &[1; 8], None);
+            }
+            if written.iter().all(|&written| written) {
+                break;
+            }
+        }
+        assert!(kv.data.buckets.iter().all(|bucket| bucket.changes.is_some()), "every bucket was written");
+        let held_once = |kv: &KvStateMachine| {
+            let mut counts =
+                kv.data.buckets.iter().flat_map(|bucket| bucket.table.iter()).map(|(_, value)| match value {
+                    Value::Copy(bytes) => Arc::strong_count(bytes),
+                    Value::Slice(_) => unreachable!("no slices written"),
+                });
+            counts.all(|count| count == 1)
+        };
+        assert!(held_once(&kv), "a value the image can see is held once");
+        let busy = Data::bucket(b"key-1");
+        let keys = (0..50_000u64).map(|i| format!("key-{i}")).filter(|key| Data::bucket(key.as_bytes()) == busy);
+        for key in keys.collect::<Vec<_>>() {
+            kv.data.insert(key.as_bytes(), &[9; 64], None);
+        }
+        assert!(kv.data.buckets[busy].changes.is_none(), "a bucket changed through is copied");
+        assert_eq!(Arc::strong_count(&kv.data.buckets[busy].table), 1);
+        let mut out = Vec::new();
+        image.write_to(&mut out).expect("writing to memory");
+        assert_eq!(Bytes::from(out), before);
+        kv.data.insert(b"key-2", &[7; 64], None);
+        assert!(kv.data.buckets[Data::bucket(b"key-2")].changes.is_none(), "folded at the first change");
+        assert!(held_once(&kv));
+        assert_eq!(
+            (kv.get(b"key-1"), kv.get(b"key-2"), kv.get(b"key-3"), kv.get(b"new-7")),
+            (Some(&[9; 64][..]), Some(&[7; 64][..]), Some(&[3; 64][..]), Some(&[1; 8][..]))
+        );
+        assert_eq!(kv.len(), 50_000 + kv.data.buckets.len());
+    }
+
+    /// Keys that all land in one bucket, so that its table and the changes
+    /// beside it grow and shift runs.
+    fn keys_of_one_bucket(count: usize) -> Vec<Vec<u8>> {
+        let bucket = Data::bucket(b"k0");
+        (0..).map(|i: u64| format!("k{i}").into_bytes()).filter(|key| Data::bucket(key) == bucket).take(count).collect()
+    }
+
+    #[derive(Clone, Debug)]
+    enum ImageOp {
+        /// Key, value length (0: small copy, 1: a slice, 2: a large slice
+        /// or copy, 3: a value written without its entry), fill byte.
+        Put(usize, u8, u8),
+        Remove(usize),
+        /// The turn of every slice (see `Slices`).
+        Turn,
+        /// An image, taken as the shard takes it (after
+        /// [`StateMachine::before_image`]) or without it.
+        Image(bool),
+        /// Writes out the image of that rank (modulo how many live).
+        Write(usize),
+    }
+
+    fn image_op() -> impl proptest::strategy::Strategy<Value = ImageOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (0..80usize, 0..4u8, any::<u8>()).prop_map(|(key, size, fill)| ImageOp::Put(key, size, fill)),
+            3 => (0..80usize).prop_map(ImageOp::Remove),
+            1 => Just(ImageOp::Turn),
+            1 => any::<bool>().prop_map(ImageOp::Image),
+            1 => (0..8usize).prop_map(ImageOp::Write),
+        ]
+    }
+
+    /// The store built afresh from `model`: a store no image ever shared.
+    fn fresh_store(model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>, applied_index: Index) -> KvStateMachine {
+        let mut fresh = KvStateMachine::new();
+        for (key, value) in model {
+            fresh.data.insert(key, value, None);
+        }
+        fresh.applied_index = applied_index;
+        fresh
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any mix of changes, images taken and images written (several
+        /// alive at once, each written whenever): every image writes the
+        /// state it was taken of, and the live store equals, at every
+        /// image and at the end, a store built afresh from a model.
+        #[test]
+        fn images_write_the_state_they_were_taken_of(ops in proptest::collection::vec(image_op(), 1..300)) {
+            let keys: Vec<Vec<u8>> = keys_of_one_bucket(40).into_iter().chain((0..40).map(|i| format!("spread-{i}").into_bytes())).collect();
+            let mut kv = KvStateMachine::with_slice_keep_bytes(64 << 10);
+            let alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut model = std::collections::BTreeMap::new();
+            let mut images: Vec<(Box<dyn SnapshotImage>, Bytes)> = Vec::new();
+            let mut index = 0;
+            for op in ops {
+                match op {
+                    ImageOp::Put(key, size, fill) => {
+                        let len = [8, SLICE_VALUE_BYTES_MIN, SLICE_LARGE_BYTES_MIN, 64][usize::from(size)];
+                        let value = vec![fill; len + key];
+                        if size == 3 {
+                            kv.data.insert(&keys[key], &value, None);
+                        } else {
+                            index += 1;
+                            put_in_entry(&mut kv, index, &keys[key], &value, &alive);
+                        }
+                        model.insert(keys[key].clone(), value);
+                    }
+                    ImageOp::Remove(key) => {
+                        let removed = kv.data.remove(&keys[key]).map(|value| value.to_vec());
+                        proptest::prop_assert_eq!(removed, model.remove(&keys[key]));
+                    }
+                    ImageOp::Turn => kv.data.applied(64 << 10),
+                    ImageOp::Image(before) => {
+                        if before {
+                            kv.before_image();
+                        }
+                        let fresh = fresh_store(&model, kv.applied_index);
+                        proptest::prop_assert_eq!(&kv, &fresh);
+                        images.push((kv.snapshot_image(), fresh.snapshot()));
+                    }
+                    ImageOp::Write(rank) => {
+                        if !images.is_empty() {
+                            let (image, expected) = images.remove(rank % images.len());
+                            let mut out = Vec::new();
+                            image.write_to(&mut out).expect("writing to memory");
+                            proptest::prop_assert_eq!(Bytes::from(out), expected);
+                        }
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(kv.len(), model.len());
+            for key in &keys {
+                proptest::prop_assert_eq!(kv.get(key), model.get(key).map(Vec::as_slice));
+            }
+            proptest::prop_assert_eq!(&kv, &fresh_store(&model, kv.applied_index));
+            for (image, expected) in images {
+                let mut out = Vec::new();
+                image.write_to(&mut out).expect("writing to memory");
+                proptest::prop_assert_eq!(Bytes::from(out), expected);
+            }
+        }
     }
 
     /// A store's slice window survives both ways of restoring a snapshot

@@ -56,7 +56,6 @@ impl<K, V> Default for Table<K, V> {
 }
 
 impl<K: Borrow<[u8]>, V> Table<K, V> {
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -102,6 +101,7 @@ impl<K: Borrow<[u8]>, V> Table<K, V> {
         self.entries[slot].as_mut().map(|(_, value)| value)
     }
 
+    #[cfg(test)]
     pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
         self.find(key, tag(key)).is_some()
     }
@@ -172,9 +172,9 @@ impl<K: Borrow<[u8]>, V> Table<K, V> {
         self.entries.iter().flatten().map(|(key, value)| (key, value))
     }
 
-    #[cfg(test)]
-    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.iter().map(|(_, value)| value)
+    /// The entries, taken out in no order.
+    pub(crate) fn into_entries(self) -> impl Iterator<Item = (K, V)> {
+        self.entries.into_vec().into_iter().flatten()
     }
 
     /// Step one of a lookup ahead of time: asks the CPU for the line of

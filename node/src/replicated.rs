@@ -890,6 +890,12 @@ impl<S: StateMachine> NodeStateMachine<S> {
         Box::new(NodeImage { head, app: self.app.snapshot_image() })
     }
 
+    /// See [`StateMachine::before_image`]: the shard calls it right before
+    /// [`NodeStateMachine::snapshot_image`].
+    pub fn before_image(&mut self) {
+        self.app.before_image()
+    }
+
     /// The snapshot's bytes now, in memory (tests and checks).
     pub fn snapshot(&self) -> Bytes {
         let mut out = Vec::new();

@@ -136,7 +136,12 @@ where
         // Only the capture runs on the driver; the bytes are produced in the
         // background while the shard goes on applying.
         let started = self.clock.now();
-        let image: Box<dyn SnapshotImage> = if witness { Box::new(EmptyImage) } else { self.fsm.snapshot_image() };
+        let image: Box<dyn SnapshotImage> = if witness {
+            Box::new(EmptyImage)
+        } else {
+            self.fsm.before_image();
+            self.fsm.snapshot_image()
+        };
         self.stats.snapshot_capture.record(self.clock.now().saturating_duration_since(started));
         self.snapshots.storing = Some(meta.clone());
         self.storage.store_snapshot(meta, image);

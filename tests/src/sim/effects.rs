@@ -117,6 +117,10 @@ impl StateMachine for ObservedKv {
         self.inner.snapshot_image()
     }
 
+    fn before_image(&mut self) {
+        self.inner.before_image()
+    }
+
     fn restore_from(&mut self, snapshot: &mut dyn std::io::Read) -> Result<(), RestoreError> {
         self.inner.restore_from(snapshot)
     }
