@@ -264,9 +264,12 @@ impl Eq for Data {}
 /// state's references were taken in one burst on the shard's thread (about
 /// 9-12 ms per 100,000 keys; it put a 1-shard cluster's p99.9 past three
 /// times its p99, bench/RESULTS.md). Changes beside the table cost only
-/// what is changed. The table is changed in place again once no image
-/// holds it: the first change after that folds the changes into it
-/// ([`Bucket::own`]).
+/// what is changed, each a second lookup for later writes to its bucket.
+/// The table is changed in place again once no image holds it: the first
+/// change after that folds the changes into it ([`Bucket::own`]). An image
+/// that lives long (a large snapshot is written out over seconds) still
+/// gets each table copied, once its changes reach a sixteenth of it
+/// ([`Bucket::settle`]), each bucket at its own time.
 #[derive(Clone, Debug, Default)]
 struct Bucket {
     table: Arc<DataMap>,
