@@ -57,7 +57,39 @@ pub enum DiskWrite {
     Entries { batch: EntryBatch, sequence: u64 },
     /// A snapshot, either taken locally (`local`: reported to the shard with
     /// `snapshot_stored` once durable) or received from a leader.
-    Snapshot { meta: SnapshotMeta, data: Bytes, local: bool },
+    Snapshot { meta: SnapshotMeta, data: SnapshotBytes, local: bool },
+}
+
+/// A snapshot's bytes: a received one's, or a local one's image, written
+/// out only when its write lands. The node's snapshot thread writes an
+/// image while the shard goes on applying, so the shard's writes meet a
+/// live image (the key-value store keeps them beside the tables the image
+/// shares); writing it out at once would never let them.
+pub enum SnapshotBytes {
+    Data(Bytes),
+    Image(Box<dyn SnapshotImage>),
+}
+
+impl SnapshotBytes {
+    fn into_bytes(self) -> Bytes {
+        match self {
+            SnapshotBytes::Data(data) => data,
+            SnapshotBytes::Image(image) => {
+                let mut out = Vec::new();
+                image.write_to(&mut out).expect("writing to memory");
+                Bytes::from(out)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotBytes::Data(data) => write!(f, "{} bytes", data.len()),
+            SnapshotBytes::Image(_) => write!(f, "an image not yet written"),
+        }
+    }
 }
 
 /// A local snapshot that became durable, for the shard to hear of.
@@ -385,6 +417,16 @@ impl SimDisk {
                 None
             }
             DiskWrite::Snapshot { meta, data, local } => {
+                let data = data.into_bytes();
+                if super::trace::enabled() && local {
+                    eprintln!(
+                        "snapshot {}/{} taken lands: {} bytes, crc {:08x}",
+                        meta.index,
+                        meta.term,
+                        data.len(),
+                        crc32c::crc32c(&data)
+                    );
+                }
                 if meta.index > self.durable.snapshot_meta().index {
                     // A received snapshot the log disagrees with voids it.
                     if !local && self.durable.term(meta.index).ok() != Some(meta.term) {
@@ -594,17 +636,19 @@ impl ShardStorage for SimStorage {
         let data = data.freeze();
         self.trace_snapshot("installs", &meta, &data);
         let mut disk = self.disk.borrow_mut();
-        disk.submit(DiskWrite::Snapshot { meta, data, local: false });
+        disk.submit(DiskWrite::Snapshot { meta, data: SnapshotBytes::Data(data), local: false });
         disk.complete(usize::MAX);
         Ok(())
     }
 
+    /// The image is written out when the write lands (see
+    /// [`SnapshotBytes`]).
     fn store_snapshot(&mut self, meta: SnapshotMeta, image: Box<dyn SnapshotImage>) {
-        let mut out = Vec::new();
-        image.write_to(&mut out).expect("writing to memory");
-        let data = Bytes::from(out);
-        self.trace_snapshot("takes", &meta, &data);
-        self.disk.borrow_mut().submit(DiskWrite::Snapshot { meta, data, local: true });
+        if super::trace::enabled() {
+            let (node, shard) = (self.id.0, self.id.1);
+            eprintln!("node {node} shard {shard} takes snapshot {}/{}", meta.index, meta.term);
+        }
+        self.disk.borrow_mut().submit(DiskWrite::Snapshot { meta, data: SnapshotBytes::Image(image), local: true });
     }
 
     /// A chunk of the durable snapshot, if it is still the one at `index`.
