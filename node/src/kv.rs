@@ -301,8 +301,8 @@ impl Bucket {
     #[inline]
     fn own(&mut self) -> Option<&mut DataMap> {
         let table = Arc::get_mut(&mut self.table)?;
-        if self.changes.is_some() {
-            Bucket::fold(table, self.changes.take());
+        if let Some(changes) = self.changes.take() {
+            Bucket::fold(table, *changes);
         }
         Some(table)
     }
@@ -311,8 +311,7 @@ impl Bucket {
     /// through [`Bucket::own`] rarely needs it.
     #[cold]
     #[inline(never)]
-    fn fold(table: &mut DataMap, changes: Option<Box<Changes>>) {
-        let Some(changes) = changes else { return };
+    fn fold(table: &mut DataMap, changes: Changes) {
         // The changed keys' lookups a step at a time, as a batch's (see
         // `Data::prefetch`): their slots and the values they replace are
         // cold by now.
