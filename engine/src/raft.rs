@@ -87,7 +87,9 @@ pub struct SoftState {
 /// is durable — this is how the leader writes its disk in parallel with
 /// replication); send `messages_after_persist` only after `hard_state` and
 /// `entries` are durable; apply `committed_entries`; serve `read_states`;
-/// then call `advance`.
+/// then call `advance`. A Ready's hard state must be durable no later than
+/// its entries are reported durable ([`Raft::persisted`]): a leader elected
+/// by its own vote counts its term durable from then on.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// The hard state to persist, if it changed.
@@ -244,6 +246,16 @@ pub struct Raft {
     /// acknowledgements from before the transfer, while the target had won
     /// with those very voters (engine randomized seed 1855).
     lease_forfeited: bool,
+    /// Whether this leader won its term by its own vote alone (a sole
+    /// voter) and no entry of the term is reported durable yet. Its new term
+    /// and vote may then be lost by a crash (a candidate that asked others
+    /// made them durable before its requests left), after which it may vote
+    /// for another candidate in the same term: two leaders of one term. So
+    /// until then everything it sends waits for the local write
+    /// (`messages_after_persist`), and nothing of its term reaches a learner
+    /// that the other leader could contradict at the same index and term
+    /// (engine randomized seed 954552).
+    term_unsynced: bool,
     /// Entries up to this index are encoded into batches (leader only).
     /// Invariant: `encoded_last <= log.last_index()`.
     encoded_last: Index,
@@ -469,6 +481,7 @@ impl Raft {
             started_with_term: hard_state.term > 0,
             vote_hold_ticks: config.election_ticks_min,
             lease_forfeited: false,
+            term_unsynced: false,
             rng,
             transfer_target: NODE_NONE,
             encoded_last: 0,
@@ -1199,6 +1212,9 @@ impl Raft {
             return;
         }
         self.log.persisted = index;
+        if term == self.term {
+            self.term_unsynced = false;
+        }
         if self.role == Role::Leader {
             if let Some(pr) = self.progress.get_mut(&self.id) {
                 pr.maybe_update(index);
@@ -1550,7 +1566,9 @@ impl Raft {
     }
 
     /// Queues a message in the right group: votes and acknowledgements must
-    /// wait for the local write; everything else may leave at once.
+    /// wait for the local write, and so does everything a leader elected by
+    /// its own vote sends before its term is durable (see
+    /// `term_unsynced`); everything else may leave at once.
     /// Sends `body` to `to` in the current term.
     fn send_to(&mut self, to: NodeId, body: MessageBody) {
         self.send(Message { from: self.id, to, term: self.term, body });
@@ -1558,12 +1576,13 @@ impl Raft {
 
     fn send(&mut self, message: Message) {
         debug_assert_ne!(message.to, self.id, "no messages to self");
-        let after_persist = match &message.body {
-            MessageBody::Vote(_) | MessageBody::VoteResponse { .. } => true,
-            MessageBody::AppendResponse(response) => !response.reject,
-            MessageBody::InstallSnapshotResponse { .. } => true,
-            _ => false,
-        };
+        let after_persist = self.term_unsynced
+            || match &message.body {
+                MessageBody::Vote(_) | MessageBody::VoteResponse { .. } => true,
+                MessageBody::AppendResponse(response) => !response.reject,
+                MessageBody::InstallSnapshotResponse { .. } => true,
+                _ => false,
+            };
         if after_persist {
             self.messages_after_persist.push(message);
         } else {
@@ -1583,6 +1602,7 @@ impl Raft {
             self.term = term;
             self.vote = NODE_NONE;
         }
+        self.term_unsynced = false;
         self.leader = NODE_NONE;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
@@ -1634,8 +1654,10 @@ impl Raft {
         // Voters that answered the election are alive now (a witness's
         // limit depends on it, see `witness_limit`).
         let answered: Vec<NodeId> = self.votes.keys().copied().collect();
+        let self_elected = !self.votes.iter().any(|(&id, &granted)| granted && id != self.id);
         self.reset(self.term);
         self.role = Role::Leader;
+        self.term_unsynced = self_elected;
         self.lease_forfeited = false;
         // Its own durable entries count toward commitment in this term.
         self.note_ack();
@@ -1667,14 +1689,10 @@ impl Raft {
         }
         self.encoded_last = last;
         // A configuration entry not yet applied may still be pending.
-        self.pending_conf_index = self.log.committed.max(self.log.applied);
-        let mut index = self.log.applied + 1;
-        while index <= last {
-            if self.log.entry(index).is_some_and(|entry| entry.kind == EntryKind::Config) {
-                self.pending_conf_index = index;
-            }
-            index += 1;
-        }
+        let unapplied_conf = (self.log.applied + 1..=last)
+            .rev()
+            .find(|&index| self.log.entry(index).is_some_and(|entry| entry.kind == EntryKind::Config));
+        self.pending_conf_index = unapplied_conf.unwrap_or(self.log.committed.max(self.log.applied));
         // Raft thesis 6.4 / paper 5.4.2: commit an entry of the new term. The
         // first leader of a new cluster makes it the bootstrap membership,
         // so a node that joins later learns the whole history from the log.

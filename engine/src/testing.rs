@@ -49,6 +49,32 @@ pub struct TestNode {
     pub restore_failures: u64,
 }
 
+/// Checks what leaves a node at once (`Ready::messages`, before its writes
+/// are durable): no message only a leader sends (a read's answer with an
+/// index: any replica answers 0, "ask again") may carry a term above the
+/// node's durable one. A leader whose term a crash could still take back may
+/// find it voting for another leader of that term after the crash, and
+/// whatever it sent first (entries of that term, a commit index) would
+/// contradict what the other one sends.
+fn check_leader_term_durable(id: NodeId, storage: &MemStorage, messages: &[Message]) {
+    let durable = storage.hard_state().term;
+    for message in messages {
+        let leaders_only = matches!(
+            message.body,
+            MessageBody::Append(_)
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot(_)
+                | MessageBody::TimeoutNow
+                | MessageBody::ReadIndexResponse { index: 1.., .. }
+        );
+        assert!(
+            !leaders_only || message.term <= durable,
+            "node {id} sent a leader's message of term {} while its durable term was {durable}: {message:?}",
+            message.term
+        );
+    }
+}
+
 /// A batch of empty normal entries from `first`, one per term in `terms`
 /// (non-decreasing): the shape tests of logs care about.
 pub fn batch_of_terms(first: Index, terms: &[Term]) -> EntryBatch {
@@ -323,6 +349,7 @@ impl Cluster {
             return None;
         }
         let mut ready = node.raft.ready();
+        check_leader_term_durable(id, &node.storage, &ready.messages);
         self.network.extend(ready.messages.iter().cloned());
         for write in &ready.snapshot_writes {
             if write.offset == 0 {
