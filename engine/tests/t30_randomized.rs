@@ -513,6 +513,11 @@ fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
 /// lease while the sole remaining voter elected itself. 12097
 /// (`three_nodes`, lockstep): a lease read answered below an index
 /// committed before it was asked (the same bugs, seen by the read check).
+/// 965226 (`five_nodes_with_two_witnesses`): a witness removed and added
+/// again was sent a snapshot from before its removal, whose entries after
+/// it needed whole and the leader had dropped from memory: it asked again
+/// and was sent the same snapshot for ever (`start_snapshot` now takes a
+/// fresh one).
 #[test]
 fn seeds_that_failed_before() {
     run_seed(3, &[], 349_237);
@@ -521,6 +526,7 @@ fn seeds_that_failed_before() {
     run_seed(5, &[], 2_206);
     run_seed(3, &[], 2_019);
     run_seed(3, &[], 12_097);
+    run_seed(5, &[4, 5], 965_226);
 }
 
 #[test]

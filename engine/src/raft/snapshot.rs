@@ -248,6 +248,17 @@ impl Raft {
         // witness without its image: then it knows it is one, and the
         // change that made it one is committed (see `Raft::witness_since`).
         if self.conf.is_witness(to) && self.snapshot.index > 0 && self.snapshot.conf.is_witness(to) {
+            if self.needs_dropped_payloads(to, self.snapshot.index + 1) {
+                // It was not a witness for a while after this snapshot
+                // (removed, then added as one again), so it needs those
+                // entries whole, and their payloads are gone: sent this
+                // snapshot, it would only ask for them again, and be sent
+                // it again, for ever (engine randomized seed 965226). A
+                // fresh one is taken, as for a full follower below.
+                self.snapshot_wanted = true;
+                self.ask_snapshot();
+                return;
+            }
             self.send_witness_snapshot(to);
             return;
         }
