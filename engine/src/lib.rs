@@ -26,6 +26,6 @@ pub mod testing;
 pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, ConfChangeOp};
 pub use raft::{
-    Ignored, ProposeError, Raft, ReadMode, ReadState, Ready, Role, SoftState, Status, REPAIR_UNKNOWN,
-    SNAPSHOT_RETRY_TICKS_MAX, SNAPSHOT_RETRY_TICKS_MIN,
+    Ignored, ProposeError, Raft, ReadMode, ReadState, Ready, Role, SoftState, Status, LEARNER_PATIENCE_ROUNDS,
+    REPAIR_UNKNOWN, SNAPSHOT_RETRY_TICKS_MAX, SNAPSHOT_RETRY_TICKS_MIN,
 };

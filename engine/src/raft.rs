@@ -15,8 +15,10 @@ use crate::progress::{Progress, ProgressState};
 use crate::storage::Recovered;
 use crate::types::{ConfState, Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term, NODE_NONE};
 
+mod learner;
 mod no_space;
 mod snapshot;
+pub use learner::LEARNER_PATIENCE_ROUNDS;
 pub use snapshot::{SnapshotRead, SnapshotWrite, SNAPSHOT_RETRY_TICKS_MAX, SNAPSHOT_RETRY_TICKS_MIN};
 
 /// A node's role in its current term.
@@ -223,6 +225,10 @@ pub struct Raft {
     /// Votes received in the current (pre-)election.
     votes: BTreeMap<NodeId, bool>,
     election_elapsed: u32,
+    /// For a replica that does not campaign as a voter: how many election
+    /// timeouts in a row passed without a leader's message (a learner
+    /// campaigns only after several, see `raft/learner.rs`).
+    leaderless_rounds: u32,
     heartbeat_elapsed: u32,
     election_timeout: u32,
     /// Ticks since this engine was created: the leader's lease clock.
@@ -475,6 +481,7 @@ impl Raft {
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             election_elapsed: 0,
+            leaderless_rounds: 0,
             heartbeat_elapsed: 0,
             election_timeout: config.election_ticks_min,
             now: 0,
@@ -844,17 +851,23 @@ impl Raft {
             if self.election_elapsed >= self.election_timeout {
                 // The leader is silent: forget it, as a follower that
                 // campaigns would (`become_pre_candidate`). A replica that
-                // never campaigns (a learner, a witness, a voter in repair)
-                // otherwise named a dead leader for good: its status, and
+                // does not campaign as a voter (a learner, a witness, a
+                // voter in repair) otherwise named a dead leader for good:
+                // its status, and
                 // the `NotLeader` answers that send clients there. For a
                 // witness it also ends the lease that made it ignore the
                 // candidates that replace the leader.
                 self.election_elapsed = 0;
+                self.note_leaderless_round();
                 self.leader = NODE_NONE;
                 if self.witness || self.repair.is_some() {
                     // It does not campaign, but the others may need its
                     // log to decide (see `report_log`).
                     self.report_log();
+                } else if self.learner_last_resort() {
+                    // The voters had their rounds; its log may be the one
+                    // they need (see `raft/learner.rs`).
+                    self.hup(false);
                 }
             }
             return;
@@ -890,6 +903,7 @@ impl Raft {
                 self.transfer_target = NODE_NONE;
             }
         }
+        self.learner_hand_over();
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
@@ -925,7 +939,7 @@ impl Raft {
     }
 
     fn hup(&mut self, transfer: bool) {
-        if self.role == Role::Leader || !self.promotable() {
+        if self.role == Role::Leader || !(self.promotable() || self.learner_last_resort()) {
             return;
         }
         if self.config.pre_vote && !transfer {
@@ -1858,7 +1872,11 @@ impl Raft {
                 && !pr.refuses_entries(self.now, window)
                 && pr.heard_within(self.now, window)
         });
-        active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(self.log.persisted)
+        // A leader that is no voter (a learner leading as a last resort, or
+        // one finishing its removal) is no replica the witnesses' rule may
+        // lean on: without an active full voter they get nothing new.
+        let own = if self.conf.is_voter(self.id) { self.log.persisted } else { self.log.committed };
+        active_full.map(|(_, pr)| pr.match_index).max().unwrap_or(own)
     }
 
     /// The index of the configuration entry from which `id` is a witness

@@ -3,7 +3,24 @@
 //! holds them from electing one.
 
 use engine::testing::Cluster;
-use engine::{ConfChange, ConfChangeOp, ConfState, EntryBatch, MemStorage, Role};
+use engine::{ConfChange, ConfChangeOp, ConfState, EntryBatch, MemStorage, NodeId, Role};
+
+/// `candidate` campaigns and wins with `voter`'s vote, the two handling
+/// their Readies and writes by hand (the caller may hold writes back with
+/// `sync_writes`), so that the caller can act the moment it leads.
+fn campaign_step_by_step(cluster: &mut Cluster, candidate: NodeId, voter: NodeId) {
+    cluster.raft(candidate).campaign();
+    for _ in 0..10 {
+        if cluster.node(candidate).raft.role() == Role::Leader {
+            break;
+        }
+        for id in [voter, candidate] {
+            cluster.process_ready(id);
+            cluster.persist(id, usize::MAX);
+        }
+        cluster.deliver_all();
+    }
+}
 
 /// Seed 6339 of the simulation's `three_nodes_with_storage_faults`, reduced:
 /// node 2 wins a term with node 1's vote and records in its hard state
@@ -35,17 +52,7 @@ fn a_leader_that_lost_its_first_entry_and_more_lets_a_complete_log_win() {
         cluster.raft(1).tick();
     }
     cluster.sync_writes = false;
-    cluster.raft(2).campaign();
-    for _ in 0..10 {
-        if cluster.node(2).raft.role() == Role::Leader {
-            break;
-        }
-        for id in [1, 2] {
-            cluster.process_ready(id);
-            cluster.persist(id, usize::MAX);
-        }
-        cluster.deliver_all();
-    }
+    campaign_step_by_step(&mut cluster, 2, 1);
     assert_eq!(cluster.node(2).raft.role(), Role::Leader);
     let led = cluster.node(2).raft.term();
     // Its hard state (with the term it acknowledged in) reaches the disk,
@@ -124,4 +131,89 @@ fn a_wiped_voter_with_a_stale_configuration_withholds_its_vote_and_votes_with_th
     assert_eq!(cluster.leader(), Some(3));
     assert!(cluster.node(1).raft.committed() >= committed, "the wiped replica caught up");
     assert!(!cluster.node(1).raft.past_unknown());
+}
+
+/// Seed 771904 of the simulation's `five_nodes_with_storage_faults`, in
+/// small: node 2 leads a term whose entries reach only learner 4 (node 1 is
+/// cut off, node 3 is down), then crashes and its disk loses them. It comes
+/// back in repair and votes only for a candidate holding them; node 1 needs
+/// its vote (node 3 stays down) and lacks them; learner 4 holds them. Before,
+/// a learner never campaigned, and there was no leader for good. Now the
+/// learner campaigns once the voters have had their rounds, wins with both
+/// voters, and once an entry of its term is committed (nodes 1 and 2 then
+/// hold what only it held) hands leadership to a voter.
+#[test]
+fn a_learner_holding_what_a_repairing_voter_lost_leads_then_hands_over() {
+    use engine::{Config, Raft, LEARNER_PATIENCE_ROUNDS};
+    let make = |id| Config::new(id, if id <= 3 { vec![1, 2, 3] } else { Vec::new() });
+    let mut cluster = Cluster::new(&[1, 2, 3], make);
+    cluster.elect(1);
+    cluster.add_node(make(4));
+    cluster.raft(1).propose_conf_change(ConfChange { ops: vec![ConfChangeOp::AddLearner(4)] }).expect("proposed");
+    cluster.stabilize();
+    cluster.commit_values(1, 3);
+    let committed = cluster.node(1).raft.committed();
+    assert!(cluster.node(4).raft.conf().is_learner(4));
+
+    // Node 3 goes down for good; node 2 wins the next term with node 1's
+    // vote, and is cut off from node 1 as soon as it leads.
+    cluster.crash(3);
+    cluster.crash(1);
+    cluster.restart(1);
+    for _ in 0..cluster.node(1).raft.config().election_ticks_min {
+        cluster.raft(1).tick();
+    }
+    campaign_step_by_step(&mut cluster, 2, 1);
+    assert_eq!(cluster.node(2).raft.role(), Role::Leader);
+    let led = cluster.node(2).raft.term();
+    cluster.partition(&[1], &[2, 4]);
+    cluster.stabilize();
+    for value in 0..2u8 {
+        cluster.raft(2).propose(bytes::Bytes::from(vec![value])).expect("leader accepts");
+        cluster.stabilize();
+    }
+    let acknowledged = cluster.node(2).raft.last_index();
+    assert_eq!(cluster.node(4).raft.last_index(), acknowledged, "the learner holds node 2's entries");
+    assert_eq!(cluster.node(4).raft.entry(acknowledged).expect("entry").term, led);
+    assert_eq!(cluster.node(1).raft.committed(), committed, "nothing of node 2's term committed");
+
+    // Node 2 crashes; its disk keeps only the entries from before its term,
+    // and its store reports that it acknowledged up to `acknowledged`.
+    cluster.crash(2);
+    let node = cluster.nodes.get_mut(&2).expect("node 2");
+    let old = std::mem::take(&mut node.storage);
+    let mut damaged = MemStorage::new();
+    damaged.set_hard_state(old.hard_state());
+    damaged.append(&EntryBatch::encode(&old.entries(1, committed).expect("entries"))).expect("append");
+    node.storage = damaged;
+    cluster.restart(2);
+    let node = cluster.nodes.get_mut(&2).expect("node 2");
+    let mut recovered = node.storage.recovered();
+    recovered.acknowledged = acknowledged;
+    node.raft = Raft::new(node.config.clone(), recovered).expect("valid config");
+    assert_eq!(cluster.node(2).raft.repair_target(), Some(acknowledged));
+    cluster.heal();
+
+    // The learner waits its rounds, leads, and hands over.
+    let rounds = u64::from(LEARNER_PATIENCE_ROUNDS + 2);
+    let mut learner_led = false;
+    for _ in 0..rounds * u64::from(cluster.node(4).raft.config().election_ticks_max) * 3 {
+        cluster.tick_all();
+        cluster.stabilize();
+        learner_led |= cluster.node(4).raft.role() == Role::Leader;
+        if learner_led && matches!(cluster.leader(), Some(1 | 2)) && cluster.node(2).raft.repair_target().is_none() {
+            break;
+        }
+    }
+    assert!(learner_led, "the learner never led; leader {:?}", cluster.leader());
+    let leader = cluster.leader().expect("a leader after the learner's turn");
+    assert!(leader == 1 || leader == 2, "the learner handed leadership to a voter, not to {leader}");
+    assert!(cluster.node(4).raft.conf().is_learner(4), "still a learner");
+    assert_eq!(cluster.node(2).raft.repair_target(), None, "node 2 repaired");
+    for index in committed + 1..=acknowledged {
+        let held = cluster.node(4).raft.entry(index);
+        assert_eq!(cluster.node(1).raft.entry(index), held, "node 1 at {index}");
+        assert_eq!(cluster.node(2).raft.entry(index), held, "node 2 at {index}");
+    }
+    assert!(cluster.node(1).raft.committed() > acknowledged, "the voters committed past the learner's entries");
 }
