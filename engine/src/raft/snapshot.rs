@@ -244,21 +244,23 @@ impl Raft {
     }
 
     pub(super) fn start_snapshot(&mut self, to: NodeId) {
+        if self.snapshot.index > 0 && self.needs_dropped_payloads(to, self.snapshot.index + 1) {
+            // Entries after the stored snapshot lost their payloads (see
+            // `Raft::evict_payloads`) and `to` needs them whole: a full
+            // follower, or a witness that was none for a while after this
+            // snapshot (removed, then added as one again). Sent this
+            // snapshot, it could not go on from it: it would ask for those
+            // entries again and be sent it again, for ever (engine
+            // randomized seed 965226). A fresh one is taken (one being
+            // taken may be too old as well: then the next call asks again).
+            self.snapshot_wanted = true;
+            self.ask_snapshot();
+            return;
+        }
         // Only a snapshot whose membership lists it as a witness goes to a
         // witness without its image: then it knows it is one, and the
         // change that made it one is committed (see `Raft::witness_since`).
         if self.conf.is_witness(to) && self.snapshot.index > 0 && self.snapshot.conf.is_witness(to) {
-            if self.needs_dropped_payloads(to, self.snapshot.index + 1) {
-                // It was not a witness for a while after this snapshot
-                // (removed, then added as one again), so it needs those
-                // entries whole, and their payloads are gone: sent this
-                // snapshot, it would only ask for them again, and be sent
-                // it again, for ever (engine randomized seed 965226). A
-                // fresh one is taken, as for a full follower below.
-                self.snapshot_wanted = true;
-                self.ask_snapshot();
-                return;
-            }
             self.send_witness_snapshot(to);
             return;
         }
@@ -266,15 +268,6 @@ impl Raft {
             // Compacted entries are always covered by a snapshot, but its
             // size is unknown after a restart until the shell reports it:
             // ask for a fresh one.
-            self.ask_snapshot();
-            return;
-        }
-        if self.snapshot.index + 1 < self.log.payloads_from() {
-            // Entries after the stored snapshot lost their payloads (see
-            // `Raft::evict_payloads`): the follower could not go on from
-            // it. A fresh one is taken (one being taken may be too old as
-            // well: then the next call asks again).
-            self.snapshot_wanted = true;
             self.ask_snapshot();
             return;
         }
