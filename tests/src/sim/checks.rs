@@ -46,9 +46,18 @@ impl Observer {
                 continue;
             }
             let raft = replica.shard.raft();
-            if raft.role() == Role::Leader {
+            // Election safety counts a leader once its term is durable: a
+            // sole voter elects itself in memory before its term and vote
+            // are on disk, and sends nothing of that term until they are
+            // (`Ready`'s contract); a crash before then takes the term back,
+            // and the restarted replica may vote for another candidate of
+            // that term, which is no second leader.
+            let term_durable = replica.disk.borrow().durable.hard_state().term >= raft.term();
+            if raft.role() == Role::Leader && term_durable {
                 let previous = self.leaders.entry(raft.term()).or_insert(id);
                 assert_eq!(*previous, id, "{at}: two leaders in term {}", raft.term());
+            }
+            if raft.role() == Role::Leader {
                 // Leader completeness: a leader holds every entry committed
                 // in an earlier term (checked when it is first seen, and for
                 // entries committed since).
