@@ -420,12 +420,18 @@ impl World {
                     }
                 }
                 (Endpoint::Node(id), Payload::Request(request)) => {
+                    if self.traced.is_some() {
+                        trace::request(self.now, id, &request);
+                    }
                     if let Some(node) = self.nodes.get_mut(&id).filter(|node| node.up) {
                         node.request(request);
                     }
                 }
                 (Endpoint::Client(index), Payload::Response(response)) => {
                     let Endpoint::Node(from) = packet.from else { unreachable!("responses come from nodes") };
+                    if self.traced.is_some() {
+                        trace::response(self.now, from, &response);
+                    }
                     self.clients[index].on_response(self.now, response, from, &mut self.history, &mut self.rng);
                 }
                 (to, payload) => unreachable!("misrouted packet to {to:?}: {payload:?}"),

@@ -262,11 +262,14 @@ fn five_nodes_with_storage_faults() {
 /// counting in that repair); 771904 with five voters and storage faults
 /// stayed leaderless after healing: a voter in repair waited for entries
 /// only a learner held, and the learner never campaigned (see
-/// `engine/src/raft/learner.rs`).
+/// `engine/src/raft/learner.rs`); 776682 with three voters and storage
+/// faults: a simulated client took a duplicated answer to its previous
+/// session opening for its new one, reused a session it had written in,
+/// and got another write's answer (see `tests::sim::client`'s `Opening`).
 #[test]
 fn seeds_that_failed_once() {
     const FAILED_ONCE: &[(u64, u64, bool)] =
-        &[(241921, 3, true), (320130, 3, false), (600021, 5, false), (771904, 5, true)];
+        &[(241921, 3, true), (320130, 3, false), (600021, 5, false), (771904, 5, true), (776682, 3, true)];
     for &(seed, voters, storage_faults) in FAILED_ONCE {
         let summary = run_with(seed, voters, storage_faults);
         assert!(summary.committed > 0, "seed {seed} committed nothing: {summary:?}");

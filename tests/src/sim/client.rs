@@ -136,6 +136,10 @@ struct Outstanding {
 /// Opening a session: waiting for the answer, or to send again.
 #[derive(Clone, Copy, Debug)]
 struct Opening {
+    /// This opening's first attempt: an answer to an attempt before it
+    /// answers an earlier opening (delayed or duplicated by the network),
+    /// whose session is in use already or was given up, and is ignored.
+    first_attempt: u32,
     attempt: u32,
     deadline: u64,
     resend_at: Option<u64>,
@@ -155,6 +159,10 @@ pub struct ClientCounts {
 struct ShardView {
     session: Option<Session>,
     opening: Option<Opening>,
+    /// Opening attempts sent so far, over every opening: the attempt
+    /// numbers never repeat, so no answer can be taken for another
+    /// opening's.
+    opening_attempts: u32,
     /// The node the client believes leads the shard.
     target: NodeId,
     /// The last redirect named no leader: pick a node at random.
@@ -182,7 +190,9 @@ impl ShardView {
 
     fn start_opening(&mut self, now: u64) {
         if self.opening.is_none() && self.session.is_none() {
-            self.opening = Some(Opening { attempt: 0, deadline: now, resend_at: Some(now) });
+            let last = self.opening_attempts;
+            self.opening =
+                Some(Opening { first_attempt: last + 1, attempt: last, deadline: now, resend_at: Some(now) });
         }
     }
 
@@ -217,8 +227,9 @@ impl SimClient {
     pub fn new(index: usize, rng: &mut Rng, read_consistency: ReadConsistency, shards: u32) -> SimClient {
         assert!((1..=SHARDS_MAX).contains(&shards), "{shards} shards");
         let slots = rng.range(1, SLOTS_MAX + 1) as usize;
-        let views =
-            (0..shards).map(|_| ShardView { session: None, opening: None, target: 1, target_random: false }).collect();
+        let views = (0..shards)
+            .map(|_| ShardView { session: None, opening: None, opening_attempts: 0, target: 1, target_random: false })
+            .collect();
         SimClient {
             index,
             slots: vec![None; slots],
@@ -281,6 +292,7 @@ impl SimClient {
         opening.attempt += 1;
         opening.deadline = now + REQUEST_TIMEOUT;
         let attempt = opening.attempt;
+        view.opening_attempts = attempt;
         view.pick_target(rng, nodes, timed_out);
         let waiter = Waiter { client: self.index, operation: OPENING - u64::from(shard), attempt };
         let request = ClientRequest::plain(0, RequestBody::OpenSession);
@@ -539,6 +551,13 @@ impl SimClient {
     fn on_opening_answer(&mut self, shard: u32, now: u64, attempt: u32, status: ResponseStatus, from: NodeId) {
         let view = &mut self.shards[shard as usize];
         let Some(opening) = &mut view.opening else { return };
+        if attempt < opening.first_attempt {
+            // Seed 776682: the answer to an earlier opening, duplicated by
+            // the network, once opened a session the client had used
+            // already, and its next write took that session's answer to
+            // another write.
+            return;
+        }
         let latest = attempt == opening.attempt && opening.resend_at.is_none();
         match status {
             ResponseStatus::Ok(bytes) => {
