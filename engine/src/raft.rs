@@ -853,10 +853,9 @@ impl Raft {
                 // campaigns would (`become_pre_candidate`). A replica that
                 // does not campaign as a voter (a learner, a witness, a
                 // voter in repair) otherwise named a dead leader for good:
-                // its status, and
-                // the `NotLeader` answers that send clients there. For a
-                // witness it also ends the lease that made it ignore the
-                // candidates that replace the leader.
+                // its status, and the `NotLeader` answers that send clients
+                // there. For a witness it also ends the lease that made it
+                // ignore the candidates that replace the leader.
                 self.election_elapsed = 0;
                 self.note_leaderless_round();
                 self.leader = NODE_NONE;
