@@ -52,8 +52,9 @@ pub struct TestNode {
 /// Checks what leaves a node at once (`Ready::messages`, before its writes
 /// are durable): no message that only a leader sends may carry a term above
 /// the node's durable one. A read's answer counts only when it carries an
-/// index: any replica may answer 0 ("ask again"). A leader whose term a crash could still take back may
-/// find it voting for another leader of that term after the crash, and
+/// index: any replica may answer 0 ("ask again"). A leader whose term a
+/// crash could still take back may find it voting for another leader of
+/// that term after the crash, and
 /// whatever it sent first (entries of that term, a commit index) would
 /// contradict what the other one sends.
 fn check_leader_term_durable(id: NodeId, storage: &MemStorage, messages: &[Message]) {

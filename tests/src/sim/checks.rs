@@ -52,12 +52,11 @@ impl Observer {
             // (`Ready`'s contract); a crash before then takes the term back,
             // and the restarted replica may vote for another candidate of
             // that term, which is no second leader.
-            let term_durable = replica.disk.borrow().durable.hard_state().term >= raft.term();
-            if raft.role() == Role::Leader && term_durable {
-                let previous = self.leaders.entry(raft.term()).or_insert(id);
-                assert_eq!(*previous, id, "{at}: two leaders in term {}", raft.term());
-            }
             if raft.role() == Role::Leader {
+                if replica.disk.borrow().durable.hard_state().term >= raft.term() {
+                    let previous = self.leaders.entry(raft.term()).or_insert(id);
+                    assert_eq!(*previous, id, "{at}: two leaders in term {}", raft.term());
+                }
                 // Leader completeness: a leader holds every entry committed
                 // in an earlier term (checked when it is first seen, and for
                 // entries committed since).
