@@ -51,6 +51,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before reconnecting after a failure, doubled up to the maximum.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How often a run asks the cluster for its members again: a run given one
+/// node of a cluster whose address book was not yet complete (members
+/// announce their client addresses once a leader exists), or whose
+/// membership changed, would otherwise know too few nodes to go on when
+/// those it knows fail.
+const RELEARN_EVERY: Duration = Duration::from_secs(1);
 /// A request refused `busy` is sent again after this long times its tries
 /// so far (at most [`BUSY_RETRY_PAUSE_MAX`]): the node sheds load, so the
 /// retry must not come straight back.
@@ -294,7 +300,7 @@ pub fn run(options: &RunOptions) -> Result<ResultFile, RunError> {
         settings: settings.clone(),
         total_shards,
         client_config,
-        addrs: connect_to,
+        addrs: Mutex::new(connect_to),
         keys,
         window: Window::new(&settings),
         leaders: Mutex::new(HashMap::new()),
@@ -315,8 +321,8 @@ struct Shared {
     total_shards: u32,
     client_config: ClientConfig,
     /// The nodes to connect to: those given, then the members the first
-    /// that answered listed.
-    addrs: Vec<SocketAddr>,
+    /// that answered listed, then those learnt since ([`learn_members`]).
+    addrs: Mutex<Vec<SocketAddr>>,
     keys: KeyChooser,
     window: Window,
     /// The leader each shard is believed to have, learnt from `NotLeader`.
@@ -342,6 +348,22 @@ impl Shared {
         let mut leaders = self.leaders.lock().expect("not poisoned");
         if leaders.get(&shard) == Some(&addr) {
             leaders.remove(&shard);
+        }
+    }
+
+    /// The `index`th node to connect to, counting round the known nodes.
+    fn addr(&self, index: usize) -> SocketAddr {
+        let addrs = self.addrs.lock().expect("not poisoned");
+        addrs[index % addrs.len()]
+    }
+
+    /// Adds the members not known yet to the nodes to connect to.
+    fn add_addrs(&self, members: Vec<SocketAddr>) {
+        let mut addrs = self.addrs.lock().expect("not poisoned");
+        for member in members {
+            if !addrs.contains(&member) {
+                addrs.push(member);
+            }
         }
     }
 
@@ -607,16 +629,19 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
         next_scheduled: 0,
         retries: VecDeque::new(),
     }));
-    let mut next_addr = plan.index % shared.addrs.len();
+    if plan.index == 0 {
+        tokio_uring::spawn(learn_members(shared.clone()));
+    }
+    let mut next_addr = plan.index;
     let mut backoff = RECONNECT_BACKOFF_MIN;
     while !shared.stopping() {
-        let addr = shared.leader(plan.shard).unwrap_or(shared.addrs[next_addr]);
+        let addr = shared.leader(plan.shard).unwrap_or_else(|| shared.addr(next_addr));
         let mut connection = match ClientConnection::connect(addr, &shared.client_config).await {
             Ok(connection) => connection,
             Err(error) => {
                 shared.window.error(&recorder, Instant::now(), "connect", || format!("{addr}: {error}"));
                 shared.forget_leader(plan.shard, addr);
-                next_addr = (next_addr + 1) % shared.addrs.len();
+                next_addr = next_addr.wrapping_add(1);
                 pause(&shared, backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 continue;
@@ -631,7 +656,7 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
                         Outcome::Redirect(leader) => shared.set_leader(plan.shard, leader),
                         _ => {
                             shared.forget_leader(plan.shard, addr);
-                            next_addr = (next_addr + 1) % shared.addrs.len();
+                            next_addr = next_addr.wrapping_add(1);
                         }
                     }
                     pause(&shared, backoff).await;
@@ -652,12 +677,12 @@ async fn connection(shared: Arc<Shared>, plan: ConnectionPlan, recorder: Rc<RefC
             }
             Outcome::LeaderUnknown => {
                 shared.forget_leader(plan.shard, addr);
-                next_addr = (next_addr + 1) % shared.addrs.len();
+                next_addr = next_addr.wrapping_add(1);
                 pause(&shared, Duration::from_millis(20)).await;
             }
             Outcome::Broken => {
                 shared.forget_leader(plan.shard, addr);
-                next_addr = (next_addr + 1) % shared.addrs.len();
+                next_addr = next_addr.wrapping_add(1);
                 pause(&shared, backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
@@ -725,7 +750,7 @@ async fn open_session(
 /// Closes a session at the end of the run, so the cluster forgets it now
 /// instead of at its timeout (best effort: the leader if known).
 async fn close_session(shared: &Shared, plan: &ConnectionPlan, session: Session) {
-    let addr = shared.leader(plan.shard).unwrap_or(shared.addrs[plan.index % shared.addrs.len()]);
+    let addr = shared.leader(plan.shard).unwrap_or_else(|| shared.addr(plan.index));
     let close = async {
         let mut connection = ClientConnection::connect(addr, &shared.client_config).await.ok()?;
         let request = ClientRequest {
@@ -738,6 +763,44 @@ async fn close_session(shared: &Shared, plan: &ConnectionPlan, session: Session)
         connection.call(plan.shard, &request).await.ok()
     };
     let _ = tokio::time::timeout(SESSION_CALL_TIMEOUT, close).await;
+}
+
+/// Asks a node for the cluster's members every [`RELEARN_EVERY`] while the
+/// run lasts (the leader of shard 0 if known, else the known nodes in
+/// turn, over one connection kept while it works) and adds those not known
+/// yet to the nodes the connections try.
+async fn learn_members(shared: Arc<Shared>) {
+    let mut connection: Option<(SocketAddr, ClientConnection)> = None;
+    let mut next = 0usize;
+    loop {
+        pause(&shared, RELEARN_EVERY).await;
+        if shared.stopping() {
+            return;
+        }
+        let addr = shared.leader(0).unwrap_or_else(|| {
+            next = next.wrapping_add(1);
+            shared.addr(next)
+        });
+        if connection.as_ref().is_some_and(|(connected, _)| *connected != addr) {
+            connection = None;
+        }
+        let members = tokio::time::timeout(SESSION_CALL_TIMEOUT, async {
+            if connection.is_none() {
+                connection = Some((addr, ClientConnection::connect(addr, &shared.client_config).await.ok()?));
+            }
+            let (_, open) = connection.as_mut()?;
+            let status = ClientRequest::plain(u64::MAX, RequestBody::Status);
+            match open.call(0, &status).await.ok()?.status {
+                ResponseStatus::Ok(bytes) => Some(net::session_client::member_client_addrs(&bytes)),
+                _ => None,
+            }
+        })
+        .await;
+        match members {
+            Ok(Some(members)) => shared.add_addrs(members),
+            _ => connection = None,
+        }
+    }
 }
 
 /// Sleeps for `pause`, but not past the end of the run.

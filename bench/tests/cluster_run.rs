@@ -3,8 +3,9 @@
 //! loop, each checked through its result file.
 //!
 //! The node binary comes from the same target directory (or
-//! `BENCH_NODE_BIN`); when it is missing or does not serve, the test says so
-//! and passes, so the bench can be tested before the server is ready.
+//! `BENCH_NODE_BIN`); when it is missing (`cargo test -p bench` alone does
+//! not build it) each test says SKIPPED and passes; the workspace's test
+//! command, which CI runs, builds it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -100,10 +101,7 @@ fn bench_run_against_a_local_three_node_cluster() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
     let Some(spec) = three_nodes(&bench, false) else { return };
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
-    if let Err(error) = cluster.wait_ready(Duration::from_secs(20)) {
-        eprintln!("SKIPPED: the node binary does not serve a three-node cluster yet: {error}");
-        return;
-    }
+    cluster.wait_ready(Duration::from_secs(20)).expect("the cluster serves");
     let dir = tempfile::tempdir().unwrap();
 
     // Closed loop, a read/write mix over a zipfian key space; the floor is
@@ -221,8 +219,12 @@ fn bench_run_against_a_tls_cluster() {
 
 /// The leader's index among the cluster's nodes (by its status).
 fn leader_of(cluster: &LocalCluster) -> usize {
-    let config = cluster.client_config().expect("a client configuration");
-    let addrs = cluster.client_addrs().to_vec();
+    leader_among(&cluster.client_config().expect("a client configuration"), cluster.client_addrs())
+}
+
+/// The index in `addrs` of the node whose status says it leads.
+fn leader_among(config: &net::ClientConfig, addrs: &[std::net::SocketAddr]) -> usize {
+    let (config, addrs) = (config.clone(), addrs.to_vec());
     tokio_uring::start(async move {
         for _ in 0..100 {
             for (index, addr) in addrs.iter().enumerate() {
@@ -249,7 +251,9 @@ fn leader_of(cluster: &LocalCluster) -> usize {
 #[test]
 fn bench_given_one_node_learns_the_members_and_outlives_it() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
-    let Some(spec) = three_nodes(&bench, false) else { return };
+    let Some(mut spec) = three_nodes(&bench, false) else { return };
+    // Role changes are logged at `info`: a failure shows the elections.
+    spec.log_level = "info".into();
     let mut cluster = LocalCluster::start(spec).expect("start the node processes");
     cluster.wait_ready(Duration::from_secs(20)).expect("the cluster serves");
     let leader = leader_of(&cluster);
@@ -260,16 +264,101 @@ fn bench_given_one_node_learns_the_members_and_outlives_it() {
     });
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("failover.json");
-    let result = run_bench_at(&bench, &cluster, &addr, &["--duration", "5s"], &out, &["--inflight", "8", "--no-floor"]);
+    let result = run_bench_at(&bench, &cluster, &addr, &["--duration", "8s"], &out, &["--inflight", "8", "--no-floor"]);
     assert!(killer.join().unwrap().success(), "the leader was killed");
-    // Killed at 1.5 s of 5.5: an election, then writes go on.
+    // Killed about 1 s into the measured 8: an election (about 1 s here),
+    // then writes go on. The last seconds must have writes; the margin
+    // before them is for a loaded machine (CI once saw no write for 3 s
+    // after the kill, cause unknown: the message then carries the logs).
+    assert_writes_after(&result, 6.0, &cluster);
+}
+
+/// Fails unless every second of the timeline that ends after `after_s` had
+/// writes, with the timeline, the errors and the nodes' logs.
+fn assert_writes_after(result: &ResultFile, after_s: f64, cluster: &LocalCluster) {
+    eprintln!("timeline: {:?}", result.timeline);
     let late: Vec<f64> =
-        result.timeline.iter().filter(|point| point.end_s > 4.0).map(|point| point.ops_per_second).collect();
+        result.timeline.iter().filter(|point| point.end_s > after_s).map(|point| point.ops_per_second).collect();
     assert!(
         !late.is_empty() && late.iter().all(|&ops| ops > 0.0),
-        "no writes after the leader died: {:?}",
-        result.timeline
+        "no writes after the nodes died: {:?}\nerrors {:?} {:?}\n{}",
+        result.timeline,
+        result.errors,
+        result.error_examples,
+        node_logs(cluster)
     );
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to the processes `pids`.
+fn signal(signal: &str, pids: &[u32]) {
+    for pid in pids {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        assert!(status.expect("kill runs").success(), "kill -{signal} {pid}");
+    }
+}
+
+/// A run given one node before the cluster's address book lists the other
+/// members learns them later, and goes on when the nodes it knew die (it
+/// learnt the members once, at its start: CI saw a run stuck on a dead
+/// leader for good). Five nodes; all but the first are stopped at once, so
+/// no leader (and no address) exists when the run starts; they resume,
+/// then the first node and the leader are killed: three of five remain.
+#[test]
+fn bench_given_one_node_before_the_others_announce_learns_them_later() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let Some(mut spec) = three_nodes(&bench, false) else { return };
+    spec.nodes = 5;
+    spec.log_level = "info".into();
+    let cluster = LocalCluster::start(spec).expect("start the node processes");
+    // Stopped well inside the first election timeout (0.5 s at least).
+    let pids = cluster.pids();
+    signal("STOP", &pids[1..]);
+    let first = cluster.client_addrs()[0];
+    let listening = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect(first).is_ok()
+    });
+    assert!(listening, "the first node listens on {first}");
+    let addr = first.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("late-members.json");
+    let resumer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1000));
+        signal("CONT", &pids[1..]);
+    });
+    let killer = {
+        let config = cluster.client_config().expect("a client configuration");
+        let addrs = cluster.client_addrs().to_vec();
+        let pids = cluster.pids();
+        std::thread::spawn(move || {
+            resumer.join().expect("the nodes resumed");
+            std::thread::sleep(Duration::from_millis(3500));
+            let leader = leader_among(&config, &addrs);
+            let mut doomed = vec![pids[0]];
+            if leader != 0 {
+                doomed.push(pids[leader]);
+            }
+            signal("KILL", &doomed);
+        })
+    };
+    let result =
+        run_bench_at(&bench, &cluster, &addr, &["--duration", "11s"], &out, &["--inflight", "8", "--no-floor"]);
+    killer.join().expect("the first node and the leader were killed");
+    // Killed about 4 s into the measured 11.
+    assert_writes_after(&result, 9.0, &cluster);
+}
+
+/// Every node's log, for a failure's message.
+fn node_logs(cluster: &LocalCluster) -> String {
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(cluster.path()).expect("the cluster's directory").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            logs.push_str(&format!("--- {}\n{text}\n", path.display()));
+        }
+    }
+    logs
 }
 
 /// `bench sweep --node-shards 1,2` compares shard counts in one run: a
