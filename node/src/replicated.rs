@@ -755,10 +755,11 @@ impl<S: StateMachine> NodeStateMachine<S> {
             return Applied::Write { session: None, outcome: Outcome::Done(execute(&mut self.app)) };
         }
         let session = Some((write.client_id, write.sequence));
-        let outcome = match self.sessions.admit(write.client_id, write.sequence, write.ack) {
+        let fingerprint = crate::session::fingerprint(write.command);
+        let outcome = match self.sessions.admit(write.client_id, write.sequence, write.ack, fingerprint) {
             Admission::Apply => {
                 let answer = execute(&mut self.app);
-                self.sessions.record(write.client_id, write.sequence, answer.clone());
+                self.sessions.record(write.client_id, write.sequence, answer.clone(), fingerprint);
                 Outcome::Done(answer)
             }
             Admission::Duplicate(answer) => Outcome::Done(answer),

@@ -46,6 +46,21 @@
 //!   older build (or before every member ran this one) has no owner, and
 //!   any user with the write role may write in it, as before.
 //!
+//! - **Fingerprints.** Each kept answer carries the crc32c of the command
+//!   it answers, computed when this replica applied the write. A write
+//!   that reuses a kept sequence with another command is refused
+//!   ([`Refusal::Reused`]) instead of being told the earlier command's
+//!   answer: a client that reuses a sequence is buggy, and without the
+//!   check it would believe a write applied that never was (the Raft
+//!   thesis trusts the client here; this is defense in depth). They are
+//!   not replicated state: snapshots do not carry them (a snapshot's bytes
+//!   must be the same on every replica, and a replica's fingerprints
+//!   depend on which writes it applied itself), so an answer restored from
+//!   a snapshot has none and is given to any retry, as before. A
+//!   fingerprint decides only the answer to such a retry, never the state:
+//!   the session's bookkeeping is the same whether it is answered or
+//!   refused, and tables compare equal whatever fingerprints they hold.
+//!
 //! Why eviction spares sessions with unacknowledged answers: such a session
 //! may have a retry on its way whose write was applied; evicting it would
 //! turn that retry's `SessionExpired` into a lie ("not applied"). A session
@@ -121,6 +136,12 @@ pub const LOCAL_CALLER: &str = "";
 /// The longest owner name a session keeps: a user name's bound.
 pub const OWNER_SIZE_MAX: usize = net::identity::USER_NAME_SIZE_MAX;
 
+/// The fingerprint of a write's command, which a session keeps beside its
+/// answer (see the module's "Fingerprints").
+pub fn fingerprint(command: &[u8]) -> u32 {
+    crc32c::crc32c(command)
+}
+
 /// Answers' room a session's ring keeps however empty it gets.
 const REPLIES_KEPT_ROOM: usize = 64;
 
@@ -131,8 +152,19 @@ const REPLIES_KEPT_ROOM: usize = 64;
 /// at 256 writes in flight), where a ring keeps its buffer. Answers arrive
 /// in sequence order but for retries, so an insert is nearly always a push
 /// at the back.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replies(VecDeque<(u64, Cached)>);
+///
+/// Each answer has the fingerprint of its command, or none when restored
+/// from a snapshot; equality ignores them (they are no replicated state).
+#[derive(Clone, Debug, Default)]
+pub struct Replies(VecDeque<(u64, Cached, Option<u32>)>);
+
+impl PartialEq for Replies {
+    fn eq(&self, other: &Replies) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Replies {}
 
 impl Replies {
     pub fn is_empty(&self) -> bool {
@@ -145,15 +177,24 @@ impl Replies {
 
     /// The answer to write `sequence`, if kept.
     pub fn get(&self, sequence: u64) -> Option<&Cached> {
-        self.position(sequence).ok().map(|at| &self.0[at].1)
+        self.get_fingerprinted(sequence).map(|(answer, _)| answer)
     }
 
-    /// Keeps `answer` for `sequence`; returns the answer it replaces.
-    pub fn insert(&mut self, sequence: u64, answer: Cached) -> Option<Cached> {
+    /// The answer to write `sequence` and its command's fingerprint, if kept.
+    pub fn get_fingerprinted(&self, sequence: u64) -> Option<(&Cached, Option<u32>)> {
+        self.position(sequence).ok().map(|at| (&self.0[at].1, self.0[at].2))
+    }
+
+    /// Keeps `answer` for `sequence` with its command's `fingerprint`;
+    /// returns the answer it replaces.
+    pub fn insert(&mut self, sequence: u64, answer: Cached, fingerprint: Option<u32>) -> Option<Cached> {
         match self.position(sequence) {
-            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, answer)),
+            Ok(at) => {
+                self.0[at].2 = fingerprint;
+                Some(std::mem::replace(&mut self.0[at].1, answer))
+            }
             Err(at) => {
-                self.0.insert(at, (sequence, answer));
+                self.0.insert(at, (sequence, answer, fingerprint));
                 None
             }
         }
@@ -162,7 +203,7 @@ impl Replies {
     /// Drops the answers below `sequence`; returns their total size.
     fn drop_below(&mut self, sequence: u64) -> usize {
         let mut size = 0;
-        while self.0.front().is_some_and(|(kept, _)| *kept < sequence) {
+        while self.0.front().is_some_and(|(kept, _, _)| *kept < sequence) {
             size += self.0.pop_front().expect("a front").1.size();
         }
         // A session that once held many answers does not keep their room
@@ -175,27 +216,27 @@ impl Replies {
 
     /// The highest sequence kept.
     pub fn last_key(&self) -> Option<u64> {
-        self.0.back().map(|(sequence, _)| *sequence)
+        self.0.back().map(|(sequence, _, _)| *sequence)
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &u64> + Clone {
-        self.0.iter().map(|(sequence, _)| sequence)
+        self.0.iter().map(|(sequence, _, _)| sequence)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Cached> {
-        self.0.iter().map(|(_, answer)| answer)
+        self.0.iter().map(|(_, answer, _)| answer)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &Cached)> {
-        self.0.iter().map(|(sequence, answer)| (sequence, answer))
+        self.0.iter().map(|(sequence, answer, _)| (sequence, answer))
     }
 
     /// Where `sequence` is, or where it goes; checks the back first.
     fn position(&self, sequence: u64) -> Result<usize, usize> {
         match self.0.back() {
             None => Err(0),
-            Some((last, _)) if *last < sequence => Err(self.0.len()),
-            _ => self.0.binary_search_by_key(&sequence, |(kept, _)| *kept),
+            Some((last, _, _)) if *last < sequence => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&sequence, |(kept, _, _)| *kept),
         }
     }
 }
@@ -227,6 +268,9 @@ pub enum Refusal {
     Stale { floor: u64 },
     /// Beyond the session's window, or past its byte bound.
     Full(String),
+    /// The session kept an answer for this sequence, to another command
+    /// (its fingerprint differs): a client that reused a sequence.
+    Reused { sequence: u64 },
 }
 
 /// The sessions of a shard: bounded, deterministic, part of its replicated
@@ -351,9 +395,10 @@ impl SessionTable {
     }
 
     /// Decides whether write `sequence` of session `client_id`, sent with
-    /// `ack` (at most `sequence`), must be applied. Any write in a live
+    /// `ack` (at most `sequence`), whose command has fingerprint
+    /// `fingerprint` ([`fingerprint`]), must be applied. Any write in a live
     /// session marks it active and drops the answers below `ack`.
-    pub fn admit(&mut self, client_id: u64, sequence: u64, ack: u64) -> Admission {
+    pub fn admit(&mut self, client_id: u64, sequence: u64, ack: u64, fingerprint: u32) -> Admission {
         debug_assert!(sequence >= 1 && ack >= 1 && ack <= sequence, "the envelope's decoder checks these");
         let time = self.time;
         let reply_bytes_max = self.settings.reply_bytes_max as usize;
@@ -369,8 +414,12 @@ impl SessionTable {
         let highest = session.replies.last_key();
         let admission = if sequence < session.floor {
             Admission::Refuse(Refusal::Stale { floor: session.floor })
-        } else if let Some(cached) = session.replies.get(sequence) {
-            Admission::Duplicate(cached.clone())
+        } else if let Some((cached, kept)) = session.replies.get_fingerprinted(sequence) {
+            if kept.is_some_and(|kept| kept != fingerprint) {
+                Admission::Refuse(Refusal::Reused { sequence })
+            } else {
+                Admission::Duplicate(cached.clone())
+            }
         } else if sequence - session.floor >= u64::from(session.window) {
             Admission::Refuse(Refusal::Full(format!(
                 "sequence {sequence} is beyond the session's window: at most {} writes above the lowest one \
@@ -396,13 +445,13 @@ impl SessionTable {
     }
 
     /// Keeps the answer to write `sequence`, which [`SessionTable::admit`]
-    /// allowed.
-    pub fn record(&mut self, client_id: u64, sequence: u64, answer: Cached) {
+    /// allowed, with its command's `fingerprint`.
+    pub fn record(&mut self, client_id: u64, sequence: u64, answer: Cached, fingerprint: u32) {
         let session = self.sessions.get_mut(&client_id).expect("admit allowed a write of a live session");
         assert!(sequence >= session.floor, "record of a write below the floor");
         let before = (session.expires_at(), session.last_active, session.replies.is_empty());
         session.reply_bytes += answer.size();
-        let previous = session.replies.insert(sequence, answer);
+        let previous = session.replies.insert(sequence, answer, Some(fingerprint));
         assert!(previous.is_none(), "sequence {sequence} of session {client_id} applied twice");
         let after = (session.expires_at(), session.last_active, false);
         if before != after {
@@ -491,7 +540,8 @@ impl SessionTable {
     }
 
     /// Appends the table to a snapshot: settings, time, then each session
-    /// in id order with its answers in sequence order; with `owners`, each
+    /// in id order with its answers in sequence order (without their
+    /// fingerprints, see the module's "Fingerprints"); with `owners`, each
     /// session's owner after its floor (see [`put_owner`]).
     pub fn encode(&self, out: &mut BytesMut, owners: bool) {
         let settings = self.settings;
@@ -574,7 +624,7 @@ impl SessionTable {
                     tag => return Err(FormatError::UnknownTag { what: "cached answer", tag }),
                 };
                 session.reply_bytes += answer.size();
-                if session.replies.insert(sequence, answer).is_some() {
+                if session.replies.insert(sequence, answer, None).is_some() {
                     return Err(invalid("an answer appears twice"));
                 }
             }

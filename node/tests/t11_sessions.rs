@@ -74,13 +74,15 @@ fn a_retry_is_answered_from_the_cache_and_not_applied_again() {
 fn pipelined_writes_keep_every_unacknowledged_answer() {
     let mut replica = Replica::new();
     let session = replica.open();
-    // Five writes in flight (ack 1), applied out of order after a failover.
+    // Five writes in flight (ack 1), applied out of order after a failover
+    // (increments: applying one twice would show).
+    let increment = |sequence: u64| KvOp::Increment { key: format!("k{sequence}").into(), delta: 1 };
     for sequence in [2, 1, 4, 3, 5] {
-        assert_eq!(replica.write(session, sequence, 1, &put(&format!("k{sequence}"), "1")), done(KvResponse::Written));
+        assert_eq!(replica.write(session, sequence, 1, &increment(sequence)), done(KvResponse::Integer(1)));
     }
     // Retries of any of them, in any order, get their answers, applied once.
     for sequence in [5, 1, 3] {
-        assert_eq!(replica.write(session, sequence, 1, &put(&format!("k{sequence}"), "2")), done(KvResponse::Written));
+        assert_eq!(replica.write(session, sequence, 1, &increment(sequence)), done(KvResponse::Integer(1)));
         assert_eq!(replica.value(&format!("k{sequence}")), Some(Bytes::from("1")), "sequence {sequence} applied twice");
     }
     // The client received 1 to 3: the next write says so, and the table
@@ -89,7 +91,7 @@ fn pipelined_writes_keep_every_unacknowledged_answer() {
     let kept: Vec<u64> = replica.machine.sessions().get(session).unwrap().replies.keys().copied().collect();
     assert_eq!(kept, vec![4, 5, 6]);
     // A delayed copy of write 2 (sent with ack 1) arrives now.
-    assert_eq!(replica.write(session, 2, 1, &put("k2", "3")), Outcome::Refused(Refusal::Stale { floor: 4 }));
+    assert_eq!(replica.write(session, 2, 1, &increment(2)), Outcome::Refused(Refusal::Stale { floor: 4 }));
     assert_eq!(replica.value("k2"), Some(Bytes::from("1")));
 }
 
@@ -220,7 +222,8 @@ fn settings_travel_in_the_log_and_in_snapshots() {
     let session = leader.open();
     leader.clock(1_234);
     leader.write(session, 1, 1, &put("k", "v"));
-    leader.write(session, 2, 1, &KvOp::Cas { key: "k".into(), expected: Some("x".into()), new: None });
+    let cas = KvOp::Cas { key: "k".into(), expected: Some("x".into()), new: None };
+    leader.write(session, 2, 1, &cas);
     let snapshot = leader.machine.snapshot();
     let mut follower = Replica::new();
     follower.machine.restore_from(&mut &snapshot[..]).unwrap();
@@ -243,10 +246,7 @@ fn settings_travel_in_the_log_and_in_snapshots() {
     assert_eq!(upgraded.machine.snapshot(), snapshot, "a version 2 snapshot restores the same state");
     // The follower answers a retry exactly as the leader would.
     follower.index = leader.index;
-    assert_eq!(
-        follower.write(session, 2, 1, &KvOp::Put { key: "k".into(), value: "other".into() }),
-        done(KvResponse::CasFailed { current: Some("v".into()) })
-    );
+    assert_eq!(follower.write(session, 2, 1, &cas), done(KvResponse::CasFailed { current: Some("v".into()) }));
     // Out-of-range settings are refused identically everywhere.
     let bad = SessionSettings { sessions_max: 0, ..settings };
     assert!(matches!(leader.apply(&NodeCommand::SessionSettings(bad).encode()), Applied::Node(Err(_))));
@@ -314,6 +314,51 @@ fn owners_travel_in_snapshots_and_their_absence_keeps_the_older_format() {
     encoded[at] = 65;
     let encoded = encoded.freeze();
     assert!(SessionTable::decode(&mut net::compact::Reader::new(&encoded), &encoded, true).is_err());
+}
+
+/// A client that reuses a sequence for another command (a client bug) is
+/// refused, and the command is not applied: before, it was given the
+/// earlier command's answer and believed its write applied. The retry of
+/// the first command still gets its answer.
+#[test]
+fn a_sequence_reused_for_another_command_is_refused_and_not_applied() {
+    let mut replica = Replica::new();
+    let session = replica.open();
+    assert_eq!(replica.write(session, 1, 1, &put("k", "first")), done(KvResponse::Written));
+    let delete = KvOp::Delete { key: "k".into() };
+    assert_eq!(replica.write(session, 1, 1, &delete), Outcome::Refused(Refusal::Reused { sequence: 1 }));
+    assert_eq!(replica.value("k"), Some(Bytes::from("first")), "the other command was not applied");
+    assert_eq!(replica.write(session, 1, 1, &put("k", "first")), done(KvResponse::Written), "the first answer");
+    assert_eq!(
+        replica.write(session, 2, 1, &delete),
+        done(KvResponse::Deleted { existed: true }),
+        "a sequence of its own"
+    );
+}
+
+/// The answers' fingerprints are no replicated state: snapshots do not
+/// carry them (their bytes must be the same on every replica), so a
+/// replica restored from one gives a kept answer to any retry, as before
+/// fingerprints, while the replica that applied the write refuses another
+/// command; both hold the same state, and their tables compare equal.
+#[test]
+fn fingerprints_stay_out_of_snapshots_and_the_state() {
+    let mut replica = Replica::new();
+    let session = replica.open();
+    replica.write(session, 1, 1, &put("k", "v"));
+    let snapshot = replica.machine.snapshot();
+    let mut restored = Replica::new();
+    restored.machine.restore_from(&mut &snapshot[..]).unwrap();
+    restored.index = replica.index;
+    assert_eq!(restored.machine.sessions(), replica.machine.sessions(), "equal whatever their fingerprints");
+    let reuse = KvOp::Delete { key: "k".into() };
+    assert_eq!(replica.write(session, 1, 1, &reuse), Outcome::Refused(Refusal::Reused { sequence: 1 }));
+    assert_eq!(restored.write(session, 1, 1, &reuse), done(KvResponse::Written), "no fingerprint: the kept answer");
+    assert_eq!(restored.machine.snapshot(), replica.machine.snapshot(), "the same state either way");
+    assert_eq!(restored.value("k"), Some(Bytes::from("v")));
+    // A write the restored replica applies itself has a fingerprint there.
+    assert_eq!(restored.write(session, 2, 1, &reuse), done(KvResponse::Deleted { existed: true }));
+    assert_eq!(restored.write(session, 2, 1, &put("k", "w")), Outcome::Refused(Refusal::Reused { sequence: 2 }));
 }
 
 /// Sessions get owners only once every member that applies payloads has
@@ -469,12 +514,15 @@ proptest! {
 enum Step {
     Open,
     /// Write of session `slot` (modulo the open ones) with `sequence`
-    /// (relative to the session's next) and an ack `ack_back` below it.
+    /// (relative to the session's next) and an ack `ack_back` below it;
+    /// with `other_command`, a command other than the one first sent under
+    /// that sequence (a client that reuses sequences).
     Write {
         slot: usize,
         sequence_back: u64,
         ack_back: u64,
         size: usize,
+        other_command: bool,
     },
     Close {
         slot: usize,
@@ -492,7 +540,7 @@ enum Step {
 fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => Just(Step::Open),
-        10 => (0usize..8, 0u64..4, 0u64..4, 0usize..40).prop_map(|(slot, sequence_back, ack_back, size)| Step::Write { slot, sequence_back, ack_back, size }),
+        10 => (0usize..8, 0u64..4, 0u64..4, 0usize..40, proptest::bool::weighted(0.2)).prop_map(|(slot, sequence_back, ack_back, size, other_command)| Step::Write { slot, sequence_back, ack_back, size, other_command }),
         1 => (0usize..8).prop_map(|slot| Step::Close { slot }),
         2 => (0u64..700).prop_map(|advance| Step::Clock { advance }),
         1 => (1u32..5, 1u32..5, 1u32..120).prop_map(|(sessions_max, replies_max, reply_bytes_max)| Step::Settings { sessions_max, replies_max, reply_bytes_max }),
@@ -504,6 +552,8 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 struct ModelSession {
     /// Every sequence ever applied, with its answer.
     applied: BTreeMap<u64, Cached>,
+    /// ... and its command's fingerprint.
+    commands: BTreeMap<u64, u32>,
     /// The highest ack seen.
     floor: u64,
     last_active: u64,
@@ -572,14 +622,17 @@ proptest! {
                         }
                     }
                 }
-                Step::Write { slot, sequence_back, ack_back, size: answer_size } => {
+                Step::Write { slot, sequence_back, ack_back, size: answer_size, other_command } => {
                     let ids: Vec<u64> = model.keys().copied().chain(gone.iter().copied()).collect();
                     if ids.is_empty() { continue; }
                     let id = ids[slot % ids.len()];
                     let next = model.get(&id).map_or(1, |s| s.next);
                     let sequence = next.saturating_sub(sequence_back).max(1);
                     let ack = sequence.saturating_sub(ack_back).max(1);
-                    let admission = table.admit(id, sequence, ack);
+                    // Each sequence's own command, or another.
+                    let command = (id << 20 | sequence) as u32;
+                    let fingerprint = if other_command { !command } else { command };
+                    let admission = table.admit(id, sequence, ack, fingerprint);
                     let Some(session) = model.get_mut(&id) else {
                         prop_assert_eq!(admission, Admission::Refuse(Refusal::Expired));
                         continue;
@@ -597,13 +650,20 @@ proptest! {
                             prop_assert!(sequence >= session.floor, "a stale sequence applied");
                             prop_assert!(!beyond_window && !over_bytes, "applied beyond a bound");
                             let answer = Cached::Applied(Bytes::from(vec![sequence as u8; answer_size]));
-                            table.record(id, sequence, answer.clone());
+                            table.record(id, sequence, answer.clone(), fingerprint);
                             session.applied.insert(sequence, answer);
+                            session.commands.insert(sequence, fingerprint);
                             session.next = session.next.max(sequence + 1);
                         }
                         Admission::Duplicate(answer) => {
                             prop_assert_eq!(Some(&answer), session.applied.get(&sequence), "a duplicate with another answer");
+                            prop_assert_eq!(session.commands.get(&sequence), Some(&fingerprint), "another command's answer");
                             prop_assert!(sequence >= session.floor);
+                        }
+                        Admission::Refuse(Refusal::Reused { sequence: reused }) => {
+                            prop_assert_eq!(reused, sequence);
+                            prop_assert!(session.applied.contains_key(&sequence) && sequence >= session.floor);
+                            prop_assert_ne!(session.commands.get(&sequence), Some(&fingerprint), "its own command refused");
                         }
                         Admission::Refuse(Refusal::Stale { floor }) => {
                             prop_assert_eq!(floor, session.floor);

@@ -380,9 +380,11 @@ fn a_follower_forwards_session_writes_to_the_leader_when_asked() {
     let status = cluster.status(follower).expect("status");
     assert!(status["writes_forwarded"].as_u64() >= Some(1), "{status}");
     assert_eq!(status["forwarded_writes_waiting"], 0, "{status}");
-    // A retry of the same sequence is answered from the session and not
-    // applied again; the next sequence is.
-    assert_eq!(put(1, "retry with another value"), ResponseStatus::Ok(KvResponse::Written.encode()));
+    // A retry of the same sequence is answered from the session; another
+    // command under it is refused (the session keeps each answer's command
+    // fingerprint); neither is applied again; the next sequence is.
+    assert_eq!(put(1, "first"), ResponseStatus::Ok(KvResponse::Written.encode()));
+    assert!(matches!(put(1, "another value"), ResponseStatus::BadRequest(_)));
     assert_eq!(cluster.get(&[leader], "forwarded", ReadConsistency::Linearizable), Some(Bytes::from("first")));
     assert_eq!(put(2, "second"), ResponseStatus::Ok(KvResponse::Written.encode()));
     assert_eq!(cluster.get(&[follower], "forwarded", ReadConsistency::Linearizable), Some(Bytes::from("second")));

@@ -286,3 +286,41 @@ fn a_node_handle_calls_as_a_user_and_their_sessions_are_theirs() {
     drop(handle);
     cluster.shutdown().expect("a clean stop");
 }
+
+/// A request that reuses a session's sequence for another command (a
+/// client bug) is refused with `BadRequest` and not applied; before, the
+/// node answered it with the earlier command's answer, so the client
+/// believed a write applied that never was. The same command under the
+/// same sequence still gets its answer.
+#[test]
+fn a_sequence_reused_for_another_command_is_refused_with_bad_request() {
+    use node::kv::{KvOp, KvResponse};
+    let cluster = LocalCluster::start(1, |_shard| node::kv::KvStateMachine::new()).expect("the cluster starts");
+    let leader = cluster.wait_for_leader(0, Duration::from_secs(10)).expect("a leader");
+    let handle = cluster.handle(leader).expect("a running node");
+    let ask = |request: ClientRequest| handle.call(0, request).blocking_recv().expect("an answer");
+    let id = match ask(ClientRequest::plain(1, RequestBody::OpenSession)) {
+        ResponseStatus::Ok(bytes) => net::session::OpenedSession::decode(&bytes).expect("a session").client_id,
+        other => panic!("opening: {other:?}"),
+    };
+    let write = |op: KvOp| ClientRequest {
+        request_id: 2,
+        client_id: id,
+        sequence: 1,
+        ack: 1,
+        body: RequestBody::Write { command: op.encode() },
+    };
+    let put = || KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") };
+    let written = ResponseStatus::Ok(KvResponse::Written.encode());
+    assert_eq!(ask(write(put())), written);
+    match ask(write(KvOp::Delete { key: Bytes::from_static(b"k") })) {
+        ResponseStatus::BadRequest(reason) => assert!(reason.contains("used for another command"), "{reason}"),
+        other => panic!("a reused sequence answered {other:?}"),
+    }
+    let get = KvOp::Get { key: Bytes::from_static(b"k") }.encode();
+    let read = ClientRequest::plain(3, RequestBody::Read { query: get, consistency: ReadConsistency::Linearizable });
+    assert_eq!(ask(read), ResponseStatus::Ok(KvResponse::Value(Some(Bytes::from_static(b"v"))).encode()));
+    assert_eq!(ask(write(put())), written, "the retry of the first command");
+    drop(handle);
+    cluster.shutdown().expect("a clean stop");
+}

@@ -767,6 +767,12 @@ where
                     session.map_or(0, |(client_id, _)| client_id),
                 )),
                 Outcome::Refused(Refusal::Full(reason)) => ResponseStatus::SessionFull(reason.clone()),
+                Outcome::Refused(Refusal::Reused { sequence }) => ResponseStatus::BadRequest(format!(
+                    "sequence {sequence} of session {} was used for another command, whose answer the session \
+                     keeps; this command is not applied (a client sends each command under a sequence of its \
+                     own, and a retry with the same command)",
+                    session.map_or(0, |(client_id, _)| client_id),
+                )),
                 Outcome::Malformed(reason) => ResponseStatus::BadRequest(reason.clone()),
             },
             Applied::SessionOpened { result: Ok(opened), .. } => ResponseStatus::Ok(opened.encode()),
