@@ -18,7 +18,7 @@
 //! `ENGINE_SEED=S` replays one seed. A failure prints the command that
 //! replays it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
@@ -31,6 +31,10 @@ use engine::{ConfChange, ConfChangeOp, Config, EntryKind, Index, NodeId, ReadMod
 struct Observed {
     /// Election safety: the leader seen in each term.
     leaders: BTreeMap<Term, NodeId>,
+    /// The terms whose leader was a learner of its configuration (a
+    /// learner's last resort, `engine/src/raft/learner.rs`): counted, so a
+    /// run shows that the path is exercised.
+    learner_terms: BTreeSet<Term>,
     /// Every index any node has seen committed, and in which lowest term.
     committed: CommittedLog,
     /// Every index any node has applied, with its term and payload.
@@ -81,6 +85,9 @@ fn check_safety(cluster: &Cluster, observed: &mut Observed, step: usize) {
         if raft.role() == Role::Leader {
             assert!(!raft.is_witness(), "step {step}: witness {id} leads");
             let previous = if term_durable { *observed.leaders.entry(raft.term()).or_insert(id) } else { id };
+            if term_durable && raft.conf().is_learner(id) {
+                observed.learner_terms.insert(raft.term());
+            }
             assert_eq!(
                 previous,
                 id,
@@ -163,7 +170,8 @@ fn check_witness_holds_no_payload(id: NodeId, cluster: &Cluster, step: usize) {
     assert!(node.storage.snapshot_data().is_empty(), "step {step}: witness {id} stored a state machine image");
 }
 
-fn run_seed(nodes: u64, witnesses: &[NodeId], seed: u64) {
+/// Runs one seed; returns how many terms a learner led.
+fn run_seed(nodes: u64, witnesses: &[NodeId], seed: u64) -> usize {
     let mut rng = Rng::new(seed);
     // One spare node starts outside the cluster; membership changes may add it.
     let ids: Vec<NodeId> = (1..=nodes + 1).collect();
@@ -467,11 +475,13 @@ fn run_seed(nodes: u64, witnesses: &[NodeId], seed: u64) {
             if node.raft.is_witness() { Some(node.raft.applied()) } else { node.applied.last().map(|e| e.index) };
         assert_eq!(applied, reference, "node {id} did not converge");
     }
+    observed.learner_terms.len()
 }
 
 fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
     if let Ok(seed) = std::env::var("ENGINE_SEED") {
-        run_seed(nodes, witnesses, seed.parse().expect("ENGINE_SEED is a number"));
+        let learner_terms = run_seed(nodes, witnesses, seed.parse().expect("ENGINE_SEED is a number"));
+        eprintln!("a learner led {learner_terms} terms");
         return;
     }
     let seeds: u64 = std::env::var("ENGINE_SEEDS").map_or(2000, |s| s.parse().expect("ENGINE_SEEDS is a number"));
@@ -480,16 +490,24 @@ fn run_many(nodes: u64, witnesses: &[NodeId], name: &str) {
     let seeds = if witnesses.is_empty() { seeds } else { seeds.div_ceil(4) };
     let start: u64 =
         std::env::var("ENGINE_SEED_START").map_or(0, |s| s.parse().expect("ENGINE_SEED_START is a number"));
+    let (mut learner_seeds, mut learner_terms) = (0, 0);
     for seed in start..start + seeds {
-        let result = catch_unwind(AssertUnwindSafe(|| run_seed(nodes, witnesses, seed)));
-        if let Err(panic) = result {
-            eprintln!(
-                "\nrandomized cluster test failed: {nodes} nodes (witnesses {witnesses:?}), seed {seed}\n\
-                 replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {name} --nocapture\n"
-            );
-            std::panic::resume_unwind(panic);
+        match catch_unwind(AssertUnwindSafe(|| run_seed(nodes, witnesses, seed))) {
+            Ok(terms) => {
+                learner_seeds += usize::from(terms > 0);
+                learner_terms += terms;
+            }
+            Err(panic) => {
+                eprintln!(
+                    "\nrandomized cluster test failed: {nodes} nodes (witnesses {witnesses:?}), seed {seed}\n\
+                     replay: ENGINE_SEED={seed} cargo test --release -p engine --test t30_randomized -- {name} --nocapture\n"
+                );
+                std::panic::resume_unwind(panic);
+            }
         }
     }
+    // Shown with --nocapture: how often the learner's last resort ran.
+    eprintln!("{name}: seeds {start}..{}: a learner led {learner_terms} terms in {learner_seeds} seeds", start + seeds);
 }
 
 /// Seeds outside the default range that once failed, replayed on every run.
