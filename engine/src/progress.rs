@@ -51,6 +51,10 @@ pub struct Progress {
     /// The highest commit index sent to this peer, so a commit advance is
     /// announced once rather than with every acknowledgement.
     pub commit_sent: Index,
+    /// The last index of a command this peer forwarded to the leader
+    /// (`MessageBody::Propose`): the peer answers its caller once it applies
+    /// it, so the commit that covers it is sent at once.
+    pub forwarded_last: Index,
     pub inflight: Inflight,
     /// The leader's tick when this peer last answered an append with "my
     /// disk is full" (`AppendResponse::no_space`); cleared by any other
@@ -77,6 +81,16 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Whether this peer waits to hear of the commit index `committed`: it
+    /// holds the entries through it, was not told it, and forwarded a
+    /// command it was not told is committed. (Only the last forwarded index
+    /// is kept, so while later ones are uncommitted every advance is told:
+    /// an earlier one may be among those it covers.) Whether the peer is
+    /// replicating is the caller's to check.
+    pub fn awaits_commit(&self, committed: Index) -> bool {
+        self.commit_sent < committed && self.match_index >= committed && self.commit_sent < self.forwarded_last
+    }
+
     /// Whether this peer answered within the last `window` ticks before
     /// `now` (see `heard_at`).
     pub fn heard_within(&self, now: u64, window: u64) -> bool {
@@ -94,6 +108,7 @@ impl Progress {
             acked_round: 0,
             pending_snapshot: 0,
             commit_sent: 0,
+            forwarded_last: 0,
             snapshot_size: 0,
             snapshot_read_offset: 0,
             snapshot_acked: 0,

@@ -503,6 +503,19 @@ impl Cluster {
         panic!("cluster did not stabilize");
     }
 
+    /// Ticks every live node until the leader's next heartbeat has gone
+    /// out, and stabilizes: the followers then know the commit index. (A
+    /// commit advance travels with the next append or heartbeat; only a
+    /// follower that forwarded a command the advance covers is told at
+    /// once, see `Raft::send_commit`.)
+    pub fn heartbeat(&mut self) {
+        let ticks = self.leader().map_or(1, |id| self.nodes[&id].config.heartbeat_ticks);
+        for _ in 0..ticks {
+            self.tick_all();
+        }
+        self.stabilize();
+    }
+
     /// Ticks every live node once.
     pub fn tick_all(&mut self) {
         for (id, node) in self.nodes.iter_mut() {

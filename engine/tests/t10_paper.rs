@@ -311,13 +311,22 @@ fn a_forwarded_proposal_is_committed_and_applied_everywhere() {
     cluster.elect(2);
     cluster.raft(1).forward_proposal(Bytes::from_static(b"from-follower")).unwrap();
     cluster.stabilize();
+    let applied_on = |cluster: &Cluster, id: NodeId| {
+        cluster.node(id).applied_commands().iter().filter(|command| &command[..] == b"from-follower").count()
+    };
+    // The follower that forwarded it is told the commit at once (its caller
+    // waits for it to apply there); node 3 learns it with the next
+    // heartbeat.
+    assert_eq!(applied_on(&cluster, 1), 1);
+    assert_eq!(applied_on(&cluster, 2), 1);
+    cluster.heartbeat();
     for id in 1..=3 {
-        let applied = cluster.node(id).applied_commands();
-        assert_eq!(applied.iter().filter(|command| &command[..] == b"from-follower").count(), 1, "node {id}");
+        assert_eq!(applied_on(&cluster, id), 1, "node {id}");
     }
     // On the leader, forwarding is proposing.
     cluster.raft(2).forward_proposal(Bytes::from_static(b"on-leader")).unwrap();
     cluster.stabilize();
+    cluster.heartbeat();
     assert!(cluster.node(3).applied_commands().iter().any(|command| &command[..] == b"on-leader"));
 }
 
@@ -347,16 +356,65 @@ fn accepted(index: u64) -> MessageBody {
 }
 
 /// Raft paper 5.3: followers learn the commit index from the leader's
-/// AppendEntries. A follower whose acknowledgement arrives after the commit
-/// advanced (its ack was not needed for the quorum) is told at the next
-/// Ready, not at the next heartbeat: a follower that forwarded a client's
-/// write answers it only once it applies it. (Before, nothing made a Ready
-/// and the follower waited up to a heartbeat interval, 50 ms by default.)
+/// AppendEntries. A follower that forwarded a client's write answers it
+/// only once it applies it, so when its acknowledgement arrives after the
+/// commit advanced (it was not needed for the quorum) it is told at the
+/// next Ready, not at the next heartbeat. (Before, nothing made a Ready and
+/// the follower waited up to a heartbeat interval, 50 ms by default.)
 #[test]
 fn a_late_acknowledgement_is_answered_with_the_commit_index() {
     let mut cluster = Cluster::with_voters(3, 7);
     cluster.elect(1);
+    let index = forwarded_by_3_then_late(&mut cluster);
+    // 3's acknowledgement arrived after the commit: the leader owes it the
+    // commit index, with no tick and no new proposal.
+    assert!(cluster.raft(1).has_ready(), "the leader has the commit index to send");
+    cluster.process_ready(1);
+    let to_3: Vec<&Message> = cluster.network.iter().filter(|message| message.to == 3).collect();
+    assert!(
+        to_3.iter().any(
+            |message| matches!(&message.body, MessageBody::Append(AppendRequest { commit, .. }) if *commit == index)
+        ),
+        "{to_3:?}"
+    );
+}
+
+/// A commit advance no follower waits for is not sent on its own: an empty
+/// append would cost each follower a wake-up, an apply and an
+/// acknowledgement per write. It travels with the next append or
+/// heartbeat.
+#[test]
+fn a_commit_no_follower_waits_for_travels_with_the_next_append_or_heartbeat() {
+    let mut cluster = Cluster::with_voters(3, 7);
+    cluster.elect(1);
     let index = cluster.raft(1).propose(Bytes::from_static(b"x")).unwrap().0;
+    cluster.stabilize();
+    assert_eq!(cluster.raft(1).committed(), index);
+    for id in [2, 3] {
+        assert_eq!(cluster.raft(id).last_index(), index, "node {id} holds the entry");
+        assert!(cluster.raft(id).committed() < index, "node {id} was not sent the commit on its own");
+    }
+    // The next append carries it.
+    let next = cluster.raft(1).propose(Bytes::from_static(b"y")).unwrap().0;
+    cluster.stabilize();
+    for id in [2, 3] {
+        assert_eq!(cluster.raft(id).committed(), index, "node {id} learnt it with the next append");
+    }
+    // With nothing more to write, the next heartbeat carries it.
+    cluster.heartbeat();
+    for id in [2, 3] {
+        assert_eq!(cluster.raft(id).committed(), next, "node {id} learnt it with the heartbeat");
+    }
+}
+
+/// Node 3 forwards a command to leader 1; both followers store it, the
+/// leader commits on node 2's acknowledgement, and node 3's arrives after.
+/// Returns the command's index.
+fn forwarded_by_3_then_late(cluster: &mut Cluster) -> u64 {
+    cluster.raft(3).forward_proposal(Bytes::from_static(b"x")).unwrap();
+    cluster.process_ready(3);
+    cluster.deliver_all();
+    let index = cluster.raft(1).last_index();
     cluster.process_ready(1);
     // Both followers store the entry; only 2's acknowledgement arrives.
     for message in std::mem::take(&mut cluster.network) {
@@ -372,18 +430,8 @@ fn a_late_acknowledgement_is_answered_with_the_commit_index() {
     cluster.process_ready(1);
     assert_eq!(cluster.raft(1).committed(), index);
     cluster.network.clear();
-    // 3's acknowledgement arrives after the commit: the leader owes it the
-    // commit index, with no tick and no new proposal.
     for message in late {
         cluster.deliver(message);
     }
-    assert!(cluster.raft(1).has_ready(), "the leader has the commit index to send");
-    cluster.process_ready(1);
-    let to_3: Vec<&Message> = cluster.network.iter().filter(|message| message.to == 3).collect();
-    assert!(
-        to_3.iter().any(
-            |message| matches!(&message.body, MessageBody::Append(AppendRequest { commit, .. }) if *commit == index)
-        ),
-        "{to_3:?}"
-    );
+    index
 }
