@@ -145,6 +145,16 @@ impl Ready {
     }
 }
 
+/// Which followers `Raft::send_commit` tells of a commit advance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitTo {
+    /// Only one that waits for it (it forwarded a command the advance
+    /// covers): in every Ready.
+    Awaited,
+    /// Any caught-up follower not told yet: at a tick.
+    Owed,
+}
+
 /// A leader's pending ReadIndex request.
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
@@ -907,6 +917,14 @@ impl Raft {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
+        // A commit advance that no append carried since is told at the next
+        // tick: a replica's saved commit index is what shows, after a crash
+        // that lost the tail of its log, that it lost entries it
+        // acknowledged (repair), so it must not trail for long.
+        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        for id in peers {
+            self.send_commit(id, CommitTo::Owed);
+        }
     }
 
     /// A witness, or a voter in repair to a known target, never campaigns,
@@ -1437,22 +1455,26 @@ impl Raft {
         let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
         for id in peers {
             self.send_append(id);
-            self.send_commit(id);
+            self.send_commit(id, CommitTo::Awaited);
         }
     }
 
-    /// Tells a caught-up follower about a commit advance with an empty append
-    /// (at most one per Ready) when it waits for it: a command it forwarded
-    /// is now committed, and its caller is answered only when that follower
-    /// applies it ([`Progress::awaits_commit`]). Any other commit advance
-    /// rides on the next append or heartbeat (at most `heartbeat_ticks`
-    /// later): an empty append of its own costs each follower a wake-up, an
-    /// apply and an acknowledgement per write, a sixth of the cluster's CPU
-    /// per write at one write in flight (RESULTS.md, 2026-12-07).
-    fn send_commit(&mut self, to: NodeId) {
+    /// Tells a caught-up follower about a commit advance with an empty
+    /// append. In a Ready (at most one per Ready) only when it waits for it:
+    /// a command it forwarded is now committed, and its caller is answered
+    /// only when that follower applies it ([`Progress::awaits_commit`]).
+    /// Any other advance rides on the next append, or is told at the next
+    /// tick (`CommitTo::Owed`): an empty append per write cost each follower
+    /// a wake-up, an apply and an acknowledgement, a sixth of the cluster's
+    /// CPU per write at one write in flight (RESULTS.md, 2026-12-07).
+    fn send_commit(&mut self, to: NodeId, which: CommitTo) {
         let committed = self.log.committed;
         let Some(pr) = self.progress.get(&to) else { return };
-        if pr.state != ProgressState::Replicate || !pr.awaits_commit(committed) {
+        let owed = match which {
+            CommitTo::Awaited => pr.awaits_commit(committed),
+            CommitTo::Owed => pr.commit_sent < committed && pr.match_index >= committed,
+        };
+        if pr.state != ProgressState::Replicate || !owed {
             return;
         }
         let prev_index = pr.next_index - 1;
@@ -1578,6 +1600,9 @@ impl Raft {
         for (to, match_index) in peers {
             let commit = match_index.min(self.log.committed);
             self.send_to(to, MessageBody::Heartbeat { commit, read_context: self.round });
+            if let Some(pr) = self.progress.get_mut(&to) {
+                pr.commit_sent = pr.commit_sent.max(commit);
+            }
         }
         // A lone voter's round is acknowledged by itself.
         self.release_reads();

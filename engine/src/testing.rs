@@ -503,16 +503,13 @@ impl Cluster {
         panic!("cluster did not stabilize");
     }
 
-    /// Ticks every live node until the leader's next heartbeat has gone
-    /// out, and stabilizes: the followers then know the commit index. (A
-    /// commit advance travels with the next append or heartbeat; only a
-    /// follower that forwarded a command the advance covers is told at
-    /// once, see `Raft::send_commit`.)
-    pub fn heartbeat(&mut self) {
-        let ticks = self.leader().map_or(1, |id| self.nodes[&id].config.heartbeat_ticks);
-        for _ in 0..ticks {
-            self.tick_all();
-        }
+    /// Ticks every live node once and stabilizes: the caught-up followers
+    /// then know the leader's commit index. (A commit advance travels with
+    /// the next append, or the leader's next tick tells it; only a follower
+    /// that forwarded a command the advance covers is told at once, see
+    /// `Raft::send_commit`.)
+    pub fn tell_commit(&mut self) {
+        self.tick_all();
         self.stabilize();
     }
 

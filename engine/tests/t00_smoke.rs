@@ -11,8 +11,8 @@ fn three_nodes_elect_and_commit() {
     let (index, _) = cluster.raft(1).propose(Bytes::from_static(b"x=1")).unwrap();
     cluster.stabilize();
     assert!(cluster.node(1).raft.committed() >= index, "the leader commits");
-    // The followers learn the commit index with the next heartbeat.
-    cluster.heartbeat();
+    // The followers learn the commit index at the leader's next tick.
+    cluster.tell_commit();
     for id in 1..=3 {
         let node = cluster.node(id);
         assert!(node.raft.committed() >= index, "node {id} commit {}", node.raft.committed());

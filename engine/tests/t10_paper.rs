@@ -319,14 +319,14 @@ fn a_forwarded_proposal_is_committed_and_applied_everywhere() {
     // heartbeat.
     assert_eq!(applied_on(&cluster, 1), 1);
     assert_eq!(applied_on(&cluster, 2), 1);
-    cluster.heartbeat();
+    cluster.tell_commit();
     for id in 1..=3 {
         assert_eq!(applied_on(&cluster, id), 1, "node {id}");
     }
     // On the leader, forwarding is proposing.
     cluster.raft(2).forward_proposal(Bytes::from_static(b"on-leader")).unwrap();
     cluster.stabilize();
-    cluster.heartbeat();
+    cluster.tell_commit();
     assert!(cluster.node(3).applied_commands().iter().any(|command| &command[..] == b"on-leader"));
 }
 
@@ -381,11 +381,17 @@ fn a_late_acknowledgement_is_answered_with_the_commit_index() {
 
 /// A commit advance no follower waits for is not sent on its own: an empty
 /// append would cost each follower a wake-up, an apply and an
-/// acknowledgement per write. It travels with the next append or
-/// heartbeat.
+/// acknowledgement per write. It travels with the next append, or the
+/// leader's next tick tells it.
 #[test]
-fn a_commit_no_follower_waits_for_travels_with_the_next_append_or_heartbeat() {
-    let mut cluster = Cluster::with_voters(3, 7);
+fn a_commit_no_follower_waits_for_travels_with_the_next_append_or_tick() {
+    // Heartbeats every third tick, so that a tick without one shows.
+    let mut cluster = Cluster::new(&[1, 2, 3], |id| {
+        let mut config = Config::new(id, vec![1, 2, 3]);
+        config.heartbeat_ticks = 3;
+        config.seed = 7 * 31 + id;
+        config
+    });
     cluster.elect(1);
     let index = cluster.raft(1).propose(Bytes::from_static(b"x")).unwrap().0;
     cluster.stabilize();
@@ -400,10 +406,17 @@ fn a_commit_no_follower_waits_for_travels_with_the_next_append_or_heartbeat() {
     for id in [2, 3] {
         assert_eq!(cluster.raft(id).committed(), index, "node {id} learnt it with the next append");
     }
-    // With nothing more to write, the next heartbeat carries it.
-    cluster.heartbeat();
+    // With nothing more to write, the leader's next tick tells it, whether
+    // or not a heartbeat is due.
+    cluster.raft(1).tick();
+    let sent: Vec<Message> = cluster.raft(1).ready().messages;
+    assert!(!sent.iter().any(|message| matches!(message.body, MessageBody::Heartbeat { .. })), "{sent:?}");
     for id in [2, 3] {
-        assert_eq!(cluster.raft(id).committed(), next, "node {id} learnt it with the heartbeat");
+        assert!(
+            sent.iter().any(|message| message.to == id
+                && matches!(&message.body, MessageBody::Append(AppendRequest { commit, entries: None, .. }) if *commit == next)),
+            "node {id} is told the commit: {sent:?}"
+        );
     }
 }
 

@@ -143,7 +143,7 @@ fn leader_and_witness_commit_while_the_full_follower_is_down() {
         propose(&mut cluster, 1, &format!("before {i}"));
     }
     stabilize_checked(&mut cluster);
-    // The next heartbeat tells the followers the commit index.
+    // The leader's next tick tells the followers the commit index.
     tick_checked(&mut cluster, 1);
     let before = cluster.node(1).raft.committed();
     assert_eq!(cluster.node(2).raft.committed(), before);

@@ -120,7 +120,7 @@ fn followers_without_space_say_so_and_resume_by_themselves() {
     assert_eq!(cluster.node(1).raft.committed(), index, "the waiting entry commits by itself");
     assert!(cluster.node(1).raft.peers_no_space().is_empty());
     assert!(!cluster.node(1).raft.quorum_lacks_space());
-    // The next heartbeat tells the followers the commit index.
+    // The leader's next tick tells the followers the commit index.
     run_ticks(&mut cluster, ticks);
     for id in [2, 3] {
         assert!(cluster.node(id).applied.iter().any(|entry| entry.data == Bytes::from_static(b"while full")));
@@ -154,7 +154,7 @@ fn one_full_follower_is_named_and_writes_go_on() {
     let (next, _) = cluster.raft(1).propose(Bytes::from_static(b"y")).expect("taken");
     cluster.stabilize();
     assert_eq!(cluster.node(3).raft.last_index(), next);
-    cluster.heartbeat();
+    cluster.tell_commit();
     assert_eq!(cluster.node(3).raft.committed(), next);
 }
 

@@ -39,7 +39,7 @@ fn a_leader_that_lost_its_first_entry_and_more_lets_a_complete_log_win() {
     let mut cluster = Cluster::with_voters(3, 3);
     cluster.elect(1);
     cluster.commit_values(1, 4);
-    cluster.heartbeat();
+    cluster.tell_commit();
     let committed = cluster.node(1).raft.committed();
     assert_eq!(cluster.node(2).raft.committed(), committed);
     cluster.crash(3);
