@@ -2681,12 +2681,12 @@ impl Raft {
             }
         }
         self.send_append(from);
-        // A follower whose acknowledgement came after the commit advanced is
-        // owed the commit index: the next Ready tells it (`send_commit`, or
-        // the entries proposed meanwhile, which carry it). Without this
-        // nothing may make a Ready before the next heartbeat, up to
-        // `heartbeat_ticks` later, and a follower that forwarded a write
-        // answers its client only when it applies it.
+        // A follower that forwarded a command and whose acknowledgement came
+        // after the commit that covers it is owed the commit index: the next
+        // Ready tells it (`send_commit`, or the entries proposed meanwhile,
+        // which carry it). Without this nothing may make a Ready before the
+        // next tick, and such a follower answers its client only when it
+        // applies the command. Any other follower hears it at the tick.
         self.commit_owed |= self
             .progress
             .get(&from)
