@@ -406,8 +406,8 @@ fn a_commit_no_follower_waits_for_travels_with_the_next_append_or_tick() {
     for id in [2, 3] {
         assert_eq!(cluster.raft(id).committed(), index, "node {id} learnt it with the next append");
     }
-    // With nothing more to write, the leader's next tick tells it, whether
-    // or not a heartbeat is due.
+    // With nothing more to write, the leader's next tick tells it, though no
+    // heartbeat is due at that tick.
     cluster.raft(1).tick();
     let sent: Vec<Message> = cluster.raft(1).ready().messages;
     assert!(!sent.iter().any(|message| matches!(message.body, MessageBody::Heartbeat { .. })), "{sent:?}");
