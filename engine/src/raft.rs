@@ -1465,8 +1465,9 @@ impl Raft {
     /// only when that follower applies it ([`Progress::awaits_commit`]).
     /// Any other advance rides on the next append, or is told at the next
     /// tick (`CommitTo::Owed`): an empty append per write cost each follower
-    /// a wake-up, an apply and an acknowledgement, a sixth of the cluster's
-    /// CPU per write at one write in flight (RESULTS.md, 2026-12-07).
+    /// a message to read, an apply and an acknowledgement to send, a sixth
+    /// of the cluster's CPU per write at one write in flight (RESULTS.md,
+    /// 2026-12-07; mostly system calls, not extra wake-ups).
     fn send_commit(&mut self, to: NodeId, which: CommitTo) {
         let committed = self.log.committed;
         let Some(pr) = self.progress.get(&to) else { return };

@@ -380,8 +380,8 @@ fn a_late_acknowledgement_is_answered_with_the_commit_index() {
 }
 
 /// A commit advance no follower waits for is not sent on its own: an empty
-/// append would cost each follower a wake-up, an apply and an
-/// acknowledgement per write. It travels with the next append, or the
+/// append would cost each follower a message to read, an apply and an
+/// acknowledgement to send per write. It travels with the next append, or the
 /// leader's next tick tells it.
 #[test]
 fn a_commit_no_follower_waits_for_travels_with_the_next_append_or_tick() {
