@@ -81,14 +81,20 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Whether this peer waits to hear of the commit index `committed`: it
-    /// holds the entries through it, was not told it, and forwarded a
-    /// command it was not told is committed. (Only the last forwarded index
-    /// is kept, so while later ones are uncommitted every advance is told:
-    /// an earlier one may be among those it covers.) Whether the peer is
-    /// replicating is the caller's to check.
+    /// Whether this peer should hear of the commit index `committed` at the
+    /// next chance (a tick): it holds the entries through it and was not
+    /// told it. Whether the peer is replicating is the caller's to check.
+    pub fn owes_commit(&self, committed: Index) -> bool {
+        self.commit_sent < committed && self.match_index >= committed
+    }
+
+    /// Whether this peer waits to hear of the commit index `committed` now:
+    /// it is owed it ([`Progress::owes_commit`]) and forwarded a command it
+    /// was not told is committed. (Only the last forwarded index is kept,
+    /// so while later ones are uncommitted every advance is told: an
+    /// earlier one may be among those it covers.)
     pub fn awaits_commit(&self, committed: Index) -> bool {
-        self.commit_sent < committed && self.match_index >= committed && self.commit_sent < self.forwarded_last
+        self.owes_commit(committed) && self.commit_sent < self.forwarded_last
     }
 
     /// Whether this peer answered within the last `window` ticks before

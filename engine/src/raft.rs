@@ -1473,7 +1473,7 @@ impl Raft {
         let Some(pr) = self.progress.get(&to) else { return };
         let owed = match which {
             CommitTo::Awaited => pr.awaits_commit(committed),
-            CommitTo::Owed => pr.commit_sent < committed && pr.match_index >= committed,
+            CommitTo::Owed => pr.owes_commit(committed),
         };
         if pr.state != ProgressState::Replicate || !owed {
             return;
