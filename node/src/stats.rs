@@ -164,6 +164,17 @@ pub struct ShardStats {
     pub leader_changes: u64,
     /// Entry batch bytes handed to the log for durable appends.
     pub log_bytes_appended: u64,
+    /// Committed entries this start applied while recovery read the log
+    /// (their payloads beyond `--log-memory-bytes`; see
+    /// `crate::shard::RecoveringState`): read once.
+    pub recovered_early: u64,
+    /// Committed entries this start read again from disk to apply them (the
+    /// path when recovery could not hand them over as it read).
+    pub recovered_read_again: u64,
+    /// Entries this start applied while recovery read the log and then
+    /// discarded (a later record replaced one, or the replica repairs):
+    /// the state machine started again from the snapshot.
+    pub recovered_discarded: u64,
     started: Instant,
 }
 
@@ -208,6 +219,9 @@ impl ShardStats {
             forwards_redirected: 0,
             leader_changes: 0,
             log_bytes_appended: 0,
+            recovered_early: 0,
+            recovered_read_again: 0,
+            recovered_discarded: 0,
             started: now,
         }
     }
@@ -253,6 +267,9 @@ impl ShardStats {
             "forwards_redirected": self.forwards_redirected,
             "leader_changes": self.leader_changes,
             "log_bytes_appended": self.log_bytes_appended,
+            "recovered_early": self.recovered_early,
+            "recovered_read_again": self.recovered_read_again,
+            "recovered_discarded": self.recovered_discarded,
         })
     }
 }

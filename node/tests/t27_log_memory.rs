@@ -17,8 +17,8 @@
 //! `LOG_MEMORY_TEST_MB` sets the log's size.
 
 use bytes::Bytes;
-use net::ReadConsistency;
-use node::client_cmd::BlockingClient;
+use net::{AdminRequest, ReadConsistency, RequestBody, ResponseStatus};
+use node::client_cmd::{call, BlockingClient};
 use node::kv::{KvOp, KvResponse};
 
 mod common;
@@ -149,8 +149,10 @@ const RESTART_SLACK: u64 = 320 << 20;
 /// A follower killed and restarted on that log (no snapshot: its whole log
 /// since index 1 is to be applied) recovers within its budget too
 /// (`wal::WalConfig::recovery_payload_bytes`): the oldest committed
-/// payloads are read again from disk when it applies them, and the values
-/// they wrote are served.
+/// payloads are applied as recovery reads them, not read again afterwards
+/// (`node::shard::RecoveringState`; until 2026-12-07 they were read twice,
+/// and this test's count of entries read again was the log's length), and
+/// the values they wrote are served.
 fn restart_within_the_budget(cluster: &mut SlotCluster, leader: u64, committed: u64, budget: u64, log_mb: u64) {
     let follower = (1..=3).find(|&slot| slot != leader).expect("a follower");
     cluster.kill(follower);
@@ -160,6 +162,13 @@ fn restart_within_the_budget(cluster: &mut SlotCluster, leader: u64, committed: 
         status["applied"].as_u64().is_some_and(|applied| applied >= committed)
     });
     let peak = proc_memory(pid, "VmHWM");
+    let stats = call(&cluster.client(&[follower]), RequestBody::Admin(AdminRequest::Stats)).expect("stats");
+    let ResponseStatus::Ok(json) = stats else { panic!("{stats:?}") };
+    let stats: serde_json::Value = serde_json::from_slice(&json).expect("stats are JSON");
+    let (early, again) = (&stats["stats"]["recovered_early"], &stats["stats"]["recovered_read_again"]);
+    eprintln!("restarted node {follower}: {early} entries applied while the log was read, {again} read again");
+    assert!(early.as_u64().is_some_and(|early| early > 0), "nothing applied as the log was read: {stats}");
+    assert_eq!(again.as_u64(), Some(0), "entries read twice: {stats}");
     eprintln!(
         "restarted node {follower}: peak {} MiB on a {log_mb} MiB log (budget {} MiB); {} payload bytes held",
         peak >> 20,

@@ -142,6 +142,10 @@ pub struct Summary {
     /// slices of their log entries.
     pub large_values: bool,
     pub slices_copied: u64,
+    /// Shard starts that kept what they applied while recovery read the
+    /// log, and starts that discarded it (see `effects::WriteEffects`).
+    pub recovered_early: u64,
+    pub recovered_discarded: u64,
     /// Writes a thief sent in sessions other clients own, and how many were
     /// answered `Forbidden` (every answer that arrives must be).
     pub thefts: u64,
@@ -1014,6 +1018,8 @@ impl World {
         self.summary.unknown_dropped = resolved.dropped;
         self.summary.unknown_left = resolved.left;
         self.summary.slices_copied = self.effects.borrow().slices_copied;
+        self.summary.recovered_early = self.effects.borrow().recovered_early;
+        self.summary.recovered_discarded = self.effects.borrow().recovered_discarded;
         if std::env::var_os("SIM_DUMP").is_some() {
             let mut sorted: Vec<_> = operations.iter().collect();
             sorted.sort_by_key(|operation| operation.call);

@@ -563,6 +563,15 @@ pub(crate) fn open_reader(dir: &Path, verify: bool) -> Result<Option<(SnapshotMe
     Ok(Some((head.stored.meta, head.data_length, Box::new(reader))))
 }
 
+/// Opens the snapshot stored in `dir` for a streaming read of its data,
+/// without checking it again: for a taker of recovery's entries
+/// ([`crate::RecoveryApply`]), which restores it while
+/// [`crate::Wal::open_applying`] runs, after the open checked it (or set a
+/// damaged one aside). Blocking.
+pub fn open_checked(dir: &Path) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
+    open_reader(dir, false)
+}
+
 /// The stored snapshot file, open for serving chunks to followers.
 ///
 /// The file was checked whole when it was stored or loaded, but its bytes

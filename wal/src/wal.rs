@@ -179,13 +179,16 @@ fn set_aside_damaged_snapshot(dir: &std::path::Path) -> Result<(), WalError> {
     dir::sync_dir_blocking(dir)
 }
 
-impl LogStore for Wal {
-    type Options = WalConfig;
-
-    /// Opens (initializing when empty) the data directory, recovers the log,
-    /// and starts the commit pipeline. Must run inside a tokio-uring runtime;
-    /// check [`crate::io_uring_available`] before starting one.
-    async fn open(config: WalConfig) -> Result<(Wal, Recovered), WalError> {
+impl Wal {
+    /// [`LogStore::open`], handing the committed entries recovery drops for
+    /// its payload budget to `taker` as the log is read (see
+    /// [`crate::RecoveryApply`]): then, unless it was told to discard them,
+    /// nothing is read twice and [`LogStore::read_recovered`] has nothing to
+    /// give.
+    pub async fn open_applying(
+        config: WalConfig,
+        mut taker: Option<&mut dyn crate::RecoveryApply>,
+    ) -> Result<(Wal, Recovered), WalError> {
         config.validate()?;
         let lock = dir::lock_dir(&config.dir)?;
         if !dir::check_identity(&config.dir, config.cluster_id, config.node_id)? {
@@ -216,7 +219,8 @@ impl LogStore for Wal {
         };
         let snapshot_length = head.as_ref().map_or(0, |head| head.data_length);
         let stored = head.map(|head| head.stored);
-        let mut recovered = recovery::recover(&config, stored.as_ref(), hard_state.commit)?;
+        let mut recovered =
+            recovery::recover(&config, stored.as_ref(), hard_state.commit, recovery::reborrow(&mut taker))?;
 
         let mut log = stored.as_ref().map_or_else(TermLog::default, |s| TermLog::new(s.meta.index, s.meta.term));
         for entry in &recovered.entries {
@@ -250,9 +254,14 @@ impl LogStore for Wal {
         let log_last = log.last_index;
         let snapshot_index = stored.as_ref().map_or(0, |stored| stored.meta.index);
         let (mut applied, mut applied_bytes, mut recovered_reader) = (snapshot_index, 0, None);
+        let in_repair = acknowledged.max(hard_state.commit) > log_last;
+        let handed_over = recovered.handed_over && !in_repair && recovered.dropped_to > snapshot_index;
+        if let Some(taker) = taker.filter(|_| !handed_over) {
+            taker.discard();
+        }
         if recovered.dropped_to > snapshot_index {
             let mut dropped = recovery::DroppedReader::new(&recovered.segments, &recovered, config.batch_bytes_max);
-            if acknowledged.max(hard_state.commit) > log_last {
+            if in_repair {
                 // A replica in repair counts nothing past its snapshot as
                 // committed (see `engine::Raft::new`): it applies through the
                 // engine, which needs the payloads back. Repair is rare; its
@@ -263,7 +272,8 @@ impl LogStore for Wal {
                 }
             } else {
                 (applied, applied_bytes) = (recovered.dropped_to, recovered.dropped_bytes);
-                recovered_reader = Some(dropped);
+                // The taker applied them all: nothing to read again.
+                recovered_reader = (!handed_over).then_some(dropped);
             }
         }
         let mut stats = WalStats::default();
@@ -334,6 +344,17 @@ impl LogStore for Wal {
             applied_bytes,
         };
         Ok((wal, recovered))
+    }
+}
+
+impl LogStore for Wal {
+    type Options = WalConfig;
+
+    /// Opens (initializing when empty) the data directory, recovers the log,
+    /// and starts the commit pipeline. Must run inside a tokio-uring runtime;
+    /// check [`crate::io_uring_available`] before starting one.
+    async fn open(config: WalConfig) -> Result<(Wal, Recovered), WalError> {
+        Wal::open_applying(config, None).await
     }
 
     fn set_repair_floor(&self, index: Index) {

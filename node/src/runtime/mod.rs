@@ -36,7 +36,7 @@ pub use crate::local::{Forwarded, Hub, HubMessage, NodeHandle};
 use crate::metrics::MetricsSources;
 use crate::replicated::Addresses;
 use crate::resp::RespConfig;
-use crate::shard::{RecoveredShard, Shard, ShardContext, ShardTransport, SystemClock};
+use crate::shard::{RecoveredShard, RecoveringState, Shard, ShardContext, ShardTransport, SnapshotOpener, SystemClock};
 use crate::signals::Signal;
 use crate::topology::{core_addr, CORE_PORT_STRIDE};
 use driver::{run_shard, ShardEvent, SHARD_INBOX_MAX};
@@ -788,7 +788,8 @@ where
         said_hold: setup.said_hold.clone(),
     };
     let fail = |source| ServeError::Shard(crate::shard::ShardError::Wal { shard: shard_id, source });
-    let (log, recovered) = NodeLog::open(options).await.map_err(fail)?;
+    let (log, recovered, state) =
+        open_log(options, || (setup.make_app)(shard_id), config.witness).await.map_err(fail)?;
     let mut engine_config = config.engine_config(bootstrap_voters(setup, &recovered));
     engine_config.seed = config.node_id.wrapping_mul(1_000_003) ^ u64::from(shard_id) ^ rand::random::<u64>();
     if let Some(damage) = log.recovery_damage() {
@@ -798,10 +799,32 @@ where
     let storage = LogStorage::new(Rc::new(log), shard_id, snapshot_sender);
     let transport = NodeTransport { shard_id, peers };
     let recovered = RecoveredShard { recovered };
-    let app = (setup.make_app)(shard_id);
-    let shard = Shard::new(ctx, engine_config, recovered, app, storage, transport, SystemClock)?;
+    let shard = Shard::new(ctx, engine_config, recovered, state, storage, transport, SystemClock)?;
     let tick = config.timing.tick_interval;
     Ok(tokio_uring::spawn(run_shard(shard, inbox, snapshot_receiver, tick, setup.shutdown.clone())))
+}
+
+/// Opens a shard's log with the state machine it starts with: a log
+/// beyond its payload budget is applied as it is read, not read again
+/// afterwards (see [`RecoveringState`]; a witness applies no payload).
+async fn open_log<S: StateMachine>(
+    options: LogOptions,
+    make_app: impl Fn() -> S,
+    witness: bool,
+) -> Result<(NodeLog, engine::Recovered, RecoveringState<S>), wal::WalError> {
+    match options {
+        LogOptions::Wal(wal_config) if wal_config.recovery_payload_bytes > 0 && !witness => {
+            let dir = wal_config.dir.clone();
+            let opener: SnapshotOpener = Box::new(move || wal::snapshot::open_checked(&dir));
+            let mut state = RecoveringState::new(make_app(), make_app(), opener);
+            let (log, recovered) = wal::Wal::open_applying(*wal_config, Some(&mut state)).await?;
+            Ok((NodeLog::Wal(log), recovered, state))
+        }
+        options => {
+            let (log, recovered) = NodeLog::open(options).await?;
+            Ok((log, recovered, RecoveringState::from(make_app())))
+        }
+    }
 }
 
 /// The voters a shard starts from before its log's configuration entries

@@ -29,6 +29,7 @@
 //! `backup` (serving a backup of the state).
 
 mod backup;
+mod early;
 pub mod io;
 mod lease;
 mod ready;
@@ -44,6 +45,7 @@ use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use wal::WalError;
 
 pub use backup::{BACKUP_CHUNK_DATA, BACKUP_CHUNK_HEAD, BACKUP_CHUNK_REPLACED};
+pub use early::{RecoveringState, SnapshotOpener};
 pub use io::{
     Clock, LinkReport, RestoreJob, RestoredSnapshot, ShardStorage, ShardTransport, StoredSnapshot, SystemClock,
 };
@@ -261,22 +263,25 @@ where
     C: Clock,
 {
     /// Rebuilds the engine and the state machine from what storage recovered
-    /// and returns the driver, ready for events.
+    /// and returns the driver, ready for events. `state` is a fresh state
+    /// machine, or one that applied the committed log as recovery read it
+    /// ([`RecoveringState`]), which the driver adopts if recovery did not
+    /// tell it to discard that.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ctx: ShardContext,
         engine_config: engine::Config,
         recovered: RecoveredShard,
-        app: S,
+        state: RecoveringState<S>,
         storage: D,
         transport: T,
         clock: C,
     ) -> Result<Self, ShardError> {
         let shard = ctx.shard_id;
         let nonce_salt = ctx.nonce_salt;
-        let fsm = NodeStateMachine::new(app);
         let snapshot = recovered.recovered.snapshot.clone();
         let log_start = snapshot.as_ref().map_or(0, |meta| meta.index) + 1;
+        let (fsm, applied_early) = state.into_start(log_start - 1, recovered.recovered.applied);
         let raft = Raft::new(engine_config, recovered.recovered)
             .map_err(|error| ShardError::Restore { shard, reason: error.0 })?;
         log_recovered(shard, &raft);
@@ -313,17 +318,70 @@ where
             removed_reported: false,
             announced_at: None,
         };
-        // The state machine streams the stored snapshot from its file.
-        if let Some(meta) = snapshot {
-            let size = driver.restore_stored(&meta)?;
-            driver.raft.snapshot_created(meta.clone(), size);
-            driver.fsm.note_members(&meta.conf.members());
-            driver.snapshots = Snapshots::new(Some((meta, size)));
+        match applied_early {
+            Err(discarded) => driver.restore_and_apply(snapshot, discarded)?,
+            Ok(applied) => driver.adopt_applied_early(snapshot, applied),
         }
-        driver.raise_vote_hold();
-        driver.apply_recovered(log_start)?;
         driver.links_from_address_book();
         Ok(driver)
+    }
+
+    /// The start from a fresh state machine: restores the stored snapshot
+    /// and applies the committed log after it (the payloads recovery
+    /// dropped read again). `discarded` counts the entries a
+    /// [`RecoveringState`] applied in vain.
+    fn restore_and_apply(&mut self, snapshot: Option<engine::SnapshotMeta>, discarded: u64) -> Result<(), ShardError> {
+        if discarded > 0 {
+            self.stats.recovered_discarded = discarded;
+            tracing::info!(
+                shard = self.ctx.shard_id,
+                discarded,
+                "the entries applied while the log was read are discarded (a later record replaced one, \
+                 or the replica repairs): starting again from the snapshot"
+            );
+        }
+        let log_start = snapshot.as_ref().map_or(0, |meta| meta.index) + 1;
+        // The state machine streams the stored snapshot from its file.
+        if let Some(meta) = snapshot {
+            let size = self.restore_stored(&meta)?;
+            self.raft.snapshot_created(meta.clone(), size);
+            self.fsm.note_members(&meta.conf.members());
+            self.snapshots = Snapshots::new(Some((meta, size)));
+        }
+        self.raise_vote_hold();
+        self.apply_recovered(log_start)
+    }
+
+    /// Takes over a state machine that applied the committed log while
+    /// recovery read it ([`RecoveringState`]): what applying an entry does
+    /// besides the state machine (the vote hold's notes, removals, the
+    /// reports) is done here, from the final state, as the shard's own
+    /// applies would have left it.
+    fn adopt_applied_early(&mut self, snapshot: Option<engine::SnapshotMeta>, applied: early::AppliedStart) {
+        if let (Some(meta), Some(size)) = (snapshot, applied.snapshot_size) {
+            if let Some(took) = applied.restore_took {
+                self.stats.snapshot_restore.record(took);
+            }
+            self.raft.snapshot_created(meta.clone(), size);
+            self.snapshots = Snapshots::new(Some((meta, size)));
+        }
+        self.raise_vote_hold();
+        for &(index, term) in &applied.term_starts {
+            self.note_applied_term(index, term);
+        }
+        if applied.configs {
+            self.removals_to_transport();
+            self.warn_if_witness_counted_as_full();
+            self.report_if_removed();
+        }
+        self.stats.recovered_early = applied.count;
+        tracing::info!(
+            shard = self.ctx.shard_id,
+            entries = applied.count,
+            to = self.raft.applied(),
+            took = ?applied.took,
+            "applied the committed log while reading it (the log read once)"
+        );
     }
 
     /// Tells the transport every address the replicated address book holds

@@ -394,6 +394,7 @@ where
                 return Err(ShardError::Restore { shard, reason });
             }
             next = last + 1;
+            self.stats.recovered_read_again += entries.len() as u64;
             self.apply_committed(entries);
         }
         let took = self.clock.now().saturating_duration_since(started);
@@ -415,6 +416,19 @@ where
         self.stats.apply.record_n(elapsed / count as u32, count);
     }
 
+    /// Says once, loudly, that the configuration applied removed this node.
+    pub(super) fn report_if_removed(&mut self) {
+        if self.fsm.is_removed(self.ctx.node_id) && !self.removed_reported {
+            self.removed_reported = true;
+            tracing::error!(
+                shard = self.ctx.shard_id,
+                node = self.ctx.node_id,
+                "this node was removed from the cluster: it takes no part any more; \
+                 wipe its data directory and start it with --join to add it again (under a new id)"
+            );
+        }
+    }
+
     /// Applies one entry of a committed batch whose application started at
     /// `committed`, and answers its writer.
     fn apply(&mut self, entry: engine::Entry, committed: Instant) {
@@ -430,15 +444,7 @@ where
                 self.fsm.apply_conf(index, &entry.data);
                 self.removals_to_transport();
                 self.warn_if_witness_counted_as_full();
-                if self.fsm.is_removed(self.ctx.node_id) && !self.removed_reported {
-                    self.removed_reported = true;
-                    tracing::error!(
-                        shard = self.ctx.shard_id,
-                        node = self.ctx.node_id,
-                        "this node was removed from the cluster: it takes no part any more; \
-                         wipe its data directory and start it with --join to add it again (under a new id)"
-                    );
-                }
+                self.report_if_removed();
                 None
             }
         };

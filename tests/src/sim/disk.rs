@@ -278,12 +278,14 @@ impl SimDisk {
     }
 
     /// What a restarting node recovers from this disk: the entries are what
-    /// the WAL's recovery makes of the log's bytes.
-    pub fn recovered(&mut self) -> engine::Recovered {
+    /// the WAL's recovery makes of the log's bytes. A `taker` gets the
+    /// dropped entries as they are read, as `wal::Wal::open_applying` gives
+    /// them.
+    pub fn recovered(&mut self, mut taker: Option<&mut dyn wal::RecoveryApply>) -> engine::Recovered {
         let snapshot_index = self.durable.snapshot_meta().index;
         let commit = self.durable.hard_state().commit;
         self.restarts += 1;
-        let recovery = self.image.recover(snapshot_index, commit, self.restarts);
+        let recovery = self.image.recover(snapshot_index, commit, self.restarts, taker.as_mut().map(|t| &mut **t as _));
         // The dropped payloads read again from the images: they must be the
         // very entries the model holds.
         let mut recovered_entries = recovery.entries.clone();
@@ -318,19 +320,37 @@ impl SimDisk {
         let recovered = engine::Recovered { acknowledged: self.acknowledged, ..self.durable.recovered() };
         self.dropped = None;
         let repair = self.acknowledged.max(recovered.hard_state.commit) > self.durable.last_index();
+        // As the WAL does: the taker keeps what it applied only when it got
+        // every dropped entry and the replica is not in repair.
+        let handed_over = recovery.handed_over && !repair && recovery.dropped_to > snapshot_index;
+        if let Some(taker) = taker.filter(|_| !handed_over) {
+            taker.discard();
+        }
         if recovery.dropped_to == snapshot_index || repair {
             // As the WAL does: a replica in repair gets every payload back.
             return recovered;
         }
-        // The driver applies the entries whose payloads were dropped itself,
-        // read again (`Shard::apply_recovered`).
-        self.dropped = Some(recovery.dropped_reader());
+        // Otherwise the driver applies the entries whose payloads were
+        // dropped itself, read again (`Shard::apply_recovered`), unless the
+        // taker applied them.
+        self.dropped = (!handed_over).then(|| recovery.dropped_reader());
         engine::Recovered {
             entries: recovery.entries,
             applied: recovery.dropped_to,
             applied_bytes: recovery.dropped_bytes,
             ..recovered
         }
+    }
+
+    /// The durable snapshot's metadata and size, with a reader of its data
+    /// (`ShardStorage::open_snapshot`).
+    pub fn snapshot_reader(&self) -> Option<(SnapshotMeta, u64, SnapshotReader)> {
+        let meta = self.durable.snapshot_meta();
+        if meta.index == 0 {
+            return None;
+        }
+        let data = self.durable.snapshot_data().clone();
+        Some((meta.clone(), data.len() as u64, Box::new(data.reader())))
     }
 
     /// See `ShardStorage::read_recovered`.
@@ -371,7 +391,7 @@ impl SimDisk {
             kinds.extend(self.image.damage(rng));
         }
         let snapshot_index = self.durable.snapshot_meta().index;
-        let plan = self.image.plan(snapshot_index, 0, 0);
+        let plan = self.image.plan(snapshot_index, 0, 0, None);
         let last = self.durable.last_index();
         let held = self.durable.entries(self.durable.first_index(), last + 1).unwrap_or_default();
         let recovered = shape(&plan.entries);
@@ -664,13 +684,7 @@ impl ShardStorage for SimStorage {
     }
 
     fn open_snapshot(&mut self) -> Result<Option<(SnapshotMeta, u64, SnapshotReader)>, WalError> {
-        let disk = self.disk.borrow();
-        let meta = disk.durable.snapshot_meta();
-        if meta.index == 0 {
-            return Ok(None);
-        }
-        let data = disk.durable.snapshot_data().clone();
-        Ok(Some((meta.clone(), data.len() as u64, Box::new(data.reader()))))
+        Ok(self.disk.borrow().snapshot_reader())
     }
 
     fn restore_snapshot(&mut self, job: RestoreJob) {

@@ -37,15 +37,35 @@ pub struct WriteEffects {
     /// Values that replicas' stores copied after keeping them as slices of
     /// their log entries (see `KvStateMachine::slices_copied`).
     pub slices_copied: u64,
+    /// Shard starts that kept the state machine built while recovery read
+    /// the log (`node::shard::RecoveringState`), and starts that discarded
+    /// it (a later record replaced an entry applied, or repair).
+    pub recovered_early: u64,
+    pub recovered_discarded: u64,
 }
 
 impl WriteEffects {
-    fn stored(&mut self, value: &[u8], now: u64) {
-        if let Some(value) = super::client::value_id(value) {
-            self.first_stored.entry(value).or_insert(now);
+    fn stored(&mut self, value: u64, now: u64) {
+        self.first_stored.entry(value).or_insert(now);
+    }
+
+    /// Takes the observations `held` kept back, if `keep` (see
+    /// [`HeldEffects`]), and lets later ones through.
+    pub fn release(&mut self, held: &HeldEffects, keep: bool) {
+        for (value, now) in held.borrow_mut().take().unwrap_or_default() {
+            if keep {
+                self.stored(value, now);
+            }
         }
     }
 }
+
+/// Observations a state machine keeps back while it may yet be discarded:
+/// a restart applies the committed log as recovery reads it
+/// (`node::shard::RecoveringState`), optimistically; an entry applied that
+/// a later record replaces was never committed, and its value must not
+/// count as stored. `None` once released.
+pub type HeldEffects = Rc<RefCell<Option<Vec<(u64, u64)>>>>;
 
 /// The real key-value state machine, telling [`WriteEffects`] when each
 /// value is first stored. Everything else is the inner machine's.
@@ -53,13 +73,20 @@ pub struct ObservedKv {
     inner: KvStateMachine,
     effects: Rc<RefCell<WriteEffects>>,
     clock: Rc<Cell<u64>>,
+    held: HeldEffects,
 }
 
 impl ObservedKv {
     pub fn new(effects: Rc<RefCell<WriteEffects>>, clock: Rc<Cell<u64>>) -> ObservedKv {
         // Slices copied after 4 KiB of commands, so that short runs copy
         // them too.
-        ObservedKv { inner: KvStateMachine::with_slice_keep_bytes(4096), effects, clock }
+        ObservedKv::holding(effects, clock, Rc::new(RefCell::new(None)))
+    }
+
+    /// One whose observations wait in `held` until it is released (see
+    /// [`HeldEffects`]).
+    pub fn holding(effects: Rc<RefCell<WriteEffects>>, clock: Rc<Cell<u64>>, held: HeldEffects) -> ObservedKv {
+        ObservedKv { inner: KvStateMachine::with_slice_keep_bytes(4096), effects, clock, held }
     }
 
     /// Whether the store holds no key (a witness's never does).
@@ -78,7 +105,10 @@ impl ObservedKv {
             }
             _ => None,
         };
-        if let Some(value) = stored {
+        let Some(value) = stored.and_then(super::client::value_id) else { return };
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.push((value, self.clock.get()));
+        } else {
             self.effects.borrow_mut().stored(value, self.clock.get());
         }
     }

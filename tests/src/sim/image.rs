@@ -186,7 +186,13 @@ impl LogImage {
     /// `snapshot_index`, without changing them; payloads of entries up to
     /// `commit` are dropped beyond the `budget`th of `RECOVERY_BUDGETS`
     /// (taken modulo their count).
-    pub fn plan(&self, snapshot_index: Index, commit: Index, budget: usize) -> ImageRecovery {
+    pub fn plan(
+        &self,
+        snapshot_index: Index,
+        commit: Index,
+        budget: usize,
+        taker: Option<&mut dyn wal::RecoveryApply>,
+    ) -> ImageRecovery {
         let images: Vec<SegmentImage> = self
             .segments
             .iter()
@@ -200,13 +206,22 @@ impl LogImage {
             .collect();
         let mut config = config();
         config.recovery_payload_bytes = RECOVERY_BUDGETS[budget % RECOVERY_BUDGETS.len()];
-        wal::recover_images(&images, (snapshot_index, commit), &config).expect("recovery decides, it does not fail")
+        wal::recover_images(&images, (snapshot_index, commit), &config, taker)
+            .expect("recovery decides, it does not fail")
     }
 
     /// Recovers (see [`LogImage::plan`]) and applies the decision as the WAL
     /// does: cut tails zeroed, segments after damage removed.
-    pub fn recover(&mut self, snapshot_index: Index, commit: Index, budget: usize) -> ImageRecovery {
-        let recovery = self.plan(snapshot_index, commit, budget);
+    /// With a `taker`, the dropped entries are handed to it as they are read
+    /// (see `wal::RecoveryApply`).
+    pub fn recover(
+        &mut self,
+        snapshot_index: Index,
+        commit: Index,
+        budget: usize,
+        taker: Option<&mut dyn wal::RecoveryApply>,
+    ) -> ImageRecovery {
+        let recovery = self.plan(snapshot_index, commit, budget, taker);
         self.segments.truncate(recovery.kept);
         self.pool.clear();
         for (position, (segment, &end)) in self.segments.iter_mut().zip(&recovery.ends).enumerate() {

@@ -16,10 +16,10 @@ use engine::config::Rng;
 use engine::{Config, Entry, Message, NodeId, Role};
 use net::{ClientRequest, ReadConsistency, ResponseStatus};
 use node::replicated::Addresses;
-use node::shard::{Clock, RecoveredShard, Shard, ShardContext, ShardTransport};
+use node::shard::{Clock, RecoveredShard, RecoveringState, Shard, ShardContext, ShardTransport};
 
 use super::disk::{stored, SimDisk, SimStorage};
-use super::effects::{ObservedKv, WriteEffects};
+use super::effects::{HeldEffects, ObservedKv, WriteEffects};
 
 /// Who waits for an answer: a client, and which attempt of which of its
 /// operations.
@@ -292,7 +292,20 @@ impl SimNode {
     /// A driver of shard `shard_id` over what its disk holds durably, as the
     /// node's start does.
     fn open(&self, shard_id: u32, shards: u32, disk: &Rc<RefCell<SimDisk>>) -> SimShard {
-        let recovered = disk.borrow_mut().recovered();
+        // The node's start: the committed log beyond the payload budget is
+        // applied as recovery reads it (a witness applies no payload); the
+        // values it stores count once the shard keeps what it applied.
+        let held: HeldEffects = Rc::new(RefCell::new(Some(Vec::new())));
+        let app = ObservedKv::holding(self.effects.clone(), self.clock.clone(), held.clone());
+        let (mut state, witness) = if self.config.witness {
+            (RecoveringState::from(app), true)
+        } else {
+            let mut snapshot = disk.borrow().snapshot_reader();
+            let spare = ObservedKv::new(self.effects.clone(), self.clock.clone());
+            (RecoveringState::new(app, spare, Box::new(move || Ok(snapshot.take()))), false)
+        };
+        let taker: Option<&mut dyn wal::RecoveryApply> = (!witness).then_some(&mut state);
+        let recovered = disk.borrow_mut().recovered(taker);
         let mut config = self.config.clone();
         config.seed = config.seed.wrapping_add(u64::from(shard_id).wrapping_mul(0x9E37_79B9));
         // Each start of the node its own nonces, as the real node's random
@@ -302,12 +315,18 @@ impl SimNode {
             shard_context(self.id, shard_id, shards, self.forward_writes, salt),
             config,
             RecoveredShard { recovered },
-            ObservedKv::new(self.effects.clone(), self.clock.clone()),
+            state,
             SimStorage::new(disk.clone(), (self.id, shard_id)),
             SimTransport { shard_id, outbox: self.outbox.clone() },
             SimClock { base: self.base, now: self.clock.clone() },
         )
         .expect("a simulated disk always recovers");
+        let (early, discarded) = (shard.stats().recovered_early, shard.stats().recovered_discarded);
+        let mut effects = self.effects.borrow_mut();
+        effects.release(&held, discarded == 0);
+        effects.recovered_early += u64::from(early > 0);
+        effects.recovered_discarded += u64::from(discarded > 0);
+        drop(effects);
         shard.trace_applied();
         shard
     }
