@@ -95,11 +95,14 @@ pub struct WalConfig {
     /// The most payload bytes of committed entries recovery holds while it
     /// reads the log (0: no bound). Beyond it the oldest committed entries'
     /// payloads are dropped as the log is read (their index, term and kind
-    /// stay; configuration entries keep theirs) and read again, record by
-    /// record, with `crate::Wal::read_recovered`, for the shell to apply
-    /// them before it serves: a log since the last snapshot of gigabytes
-    /// then costs a restart this bound plus a few segments of memory, not
-    /// its size. The node sets its per-shard `--log-memory-bytes`.
+    /// stay; configuration entries keep theirs): handed to a taker that
+    /// applies them as they are read (`crate::Wal::open_applying`, see
+    /// `crate::RecoveryApply`), or, without one or when it must discard
+    /// them, read again, record by record, with `crate::Wal::read_recovered`,
+    /// for the shell to apply them before it serves. A log since the last
+    /// snapshot of gigabytes then costs a restart this bound plus a few
+    /// segments of memory, not its size. The node sets its per-shard
+    /// `--log-memory-bytes`.
     pub recovery_payload_bytes: u64,
 }
 
