@@ -60,7 +60,9 @@ pub trait LogStore: Sized {
     /// (`Recovered::applied`), read again: whole records, up to about
     /// `bytes_max` payload bytes (one record at least), and none once past
     /// the last such entry. The shell applies them before its first
-    /// `Ready`. A store that drops nothing returns none.
+    /// `Ready`. A store that drops nothing returns none, and so does a
+    /// [`crate::Wal`] whose taker applied them as it read them and was not
+    /// told to discard them ([`crate::Wal::open_applying`]).
     fn read_recovered(&self, from: Index, bytes_max: usize) -> Result<Vec<Entry>, WalError> {
         let _ = (from, bytes_max);
         Ok(Vec::new())
