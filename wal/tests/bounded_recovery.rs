@@ -2,7 +2,8 @@
 //! (`WalConfig::recovery_payload_bytes`): the oldest committed entries come
 //! back without payloads, counted as `Recovered::applied`, and
 //! `read_recovered` reads them again, whole and checked, for the shell to
-//! apply.
+//! apply; or a taker (`Wal::open_applying`) gets them as they are read, and
+//! nothing is read again unless it is told to discard them.
 
 use bytes::Bytes;
 use engine::{Entry, EntryBatch, EntryKind, HardState, Index};
@@ -92,19 +93,27 @@ fn the_oldest_committed_payloads_beyond_the_budget_are_read_again_on_demand() {
 
 /// A replica in repair (its saved commit index lies beyond its log) counts
 /// nothing past the snapshot as committed, so nothing can be applied before
-/// the engine runs: every payload comes back.
+/// the engine runs: every payload comes back, and a taker given entries as
+/// the log was read is told to discard them.
 #[test]
 fn a_log_in_repair_gets_every_payload_back() {
     let dir = scratch("bounded-recovery-repair");
     write_log(&dir, 120, 200);
-    tokio_uring::start(async {
-        let (wal, recovered) = Wal::open(config(&dir, 8 * PAYLOAD as u64)).await.unwrap();
-        assert_eq!(recovered.applied, 0);
-        assert_eq!(recovered.entries.len(), 120);
-        assert!(recovered.entries.iter().all(|entry| entry.data == payload(entry.index)));
-        assert!(wal.read_recovered(1, usize::MAX).unwrap().is_empty());
-        wal.close().await.unwrap();
-    });
+    for with_taker in [false, true] {
+        tokio_uring::start(async {
+            let mut taker = Taker::default();
+            let taken = with_taker.then_some(&mut taker as &mut dyn wal::RecoveryApply);
+            let (wal, recovered) = Wal::open_applying(config(&dir, 8 * PAYLOAD as u64), taken).await.unwrap();
+            assert_eq!(recovered.applied, 0);
+            assert_eq!(recovered.entries.len(), 120);
+            assert!(recovered.entries.iter().all(|entry| entry.data == payload(entry.index)));
+            assert!(wal.read_recovered(1, usize::MAX).unwrap().is_empty());
+            wal.close().await.unwrap();
+            if with_taker {
+                assert!(!taker.entries.is_empty() && taker.discards >= 1, "entries handed over, then discarded");
+            }
+        });
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -117,6 +126,81 @@ fn without_a_budget_recovery_keeps_every_payload() {
         let (wal, recovered) = Wal::open(config(&dir, 0)).await.unwrap();
         assert_eq!((recovered.applied, recovered.applied_bytes), (0, 0));
         assert!(recovered.entries.iter().all(|entry| entry.data == payload(entry.index)));
+        wal.close().await.unwrap();
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A taker of recovery's dropped entries (`wal::RecoveryApply`): what it
+/// was given, and how often it was told to discard.
+#[derive(Default)]
+struct Taker {
+    entries: Vec<Entry>,
+    discards: usize,
+}
+
+impl wal::RecoveryApply for Taker {
+    fn apply(&mut self, entries: &[Entry]) {
+        self.entries.extend_from_slice(entries);
+    }
+
+    fn discard(&mut self) {
+        self.discards += 1;
+    }
+}
+
+/// With a taker, each dropped entry is handed over once, in order, payload
+/// included, as the log is read: nothing is left to read again.
+#[test]
+fn a_taker_gets_the_dropped_entries_as_they_are_read_and_nothing_is_read_again() {
+    let dir = scratch("bounded-recovery-taker");
+    write_log(&dir, 320, 300);
+    tokio_uring::start(async {
+        let mut taker = Taker::default();
+        let (wal, recovered) = Wal::open_applying(config(&dir, 32 * PAYLOAD as u64), Some(&mut taker)).await.unwrap();
+        assert_eq!(recovered.applied, 289, "the same entries dropped as without a taker");
+        assert_eq!(taker.discards, 0);
+        let given: Vec<(Index, Bytes)> = taker.entries.iter().map(|entry| (entry.index, entry.data.clone())).collect();
+        let expected: Vec<(Index, Bytes)> = (1..=289).map(|index| (index, payload(index))).collect();
+        assert!(given == expected, "entries 1 to 289 with their payloads, in order");
+        assert_eq!(taker.entries[9].kind, EntryKind::Config, "configuration entries too");
+        assert!(wal.read_recovered(1, usize::MAX).unwrap().is_empty(), "nothing to read again");
+        wal.close().await.unwrap();
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A later record that replaces entries already handed over (a follower's
+/// uncommitted tail that a new leader overwrote) makes the taker discard:
+/// what it applied was not the committed log. The dropped entries are read
+/// again instead, in their final versions.
+#[test]
+fn a_taker_whose_entries_a_later_record_replaces_discards_and_the_log_is_read_again() {
+    let dir = scratch("bounded-recovery-taker-replaced");
+    write_log(&dir, 200, 0);
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config(&dir, 0)).await.unwrap();
+        let replacing: Vec<Entry> = (50..=60)
+            .map(|index| Entry { index, term: 2, kind: EntryKind::Normal, data: payload(index + 1) })
+            .collect();
+        let ticket = wal.append(EntryBatch::encode(&replacing)).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        wal.save_hard_state(HardState { term: 2, vote: 1, commit: 60, ack_term: 2, verified: false }).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    tokio_uring::start(async {
+        let mut taker = Taker::default();
+        let (wal, recovered) = Wal::open_applying(config(&dir, 4 * PAYLOAD as u64), Some(&mut taker)).await.unwrap();
+        assert_eq!(recovered.entries.len(), 60, "the log ends with the replacing record");
+        assert!(taker.entries.iter().any(|entry| entry.index >= 50 && entry.term == 1), "handed over before replaced");
+        assert!(taker.discards >= 1, "told to discard");
+        let again = wal.read_recovered(1, usize::MAX).unwrap();
+        assert_eq!(again.len() as u64, recovered.applied, "every dropped entry read again");
+        for entry in &again {
+            let (term, data) =
+                if entry.index >= 50 { (2, payload(entry.index + 1)) } else { (1, payload(entry.index)) };
+            assert_eq!((entry.term, &entry.data), (term, &data), "entry {} in its final version", entry.index);
+        }
         wal.close().await.unwrap();
     });
     std::fs::remove_dir_all(&dir).unwrap();
