@@ -288,7 +288,7 @@ fn valid_batch_length(buf: &Bytes, at: usize, salt: u32, batch_limit: usize) -> 
 /// Takes the committed entries recovery would otherwise drop for its
 /// payload budget ([`WalConfig::recovery_payload_bytes`]) as the log is
 /// read, to apply them then instead of reading them again afterwards (a
-/// restart of a log beyond the budget read its dropped part twice: 1.5-1.7x
+/// restart of a log beyond the budget read its dropped part twice: 1.5-2.1x
 /// the direct read of the log, against 0.8-1.1x within the budget; issue 21
 /// item 4).
 ///

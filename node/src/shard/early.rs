@@ -3,7 +3,7 @@
 //!
 //! A log longer than its payload budget (`--log-memory-bytes`) used to be
 //! read twice at a restart: recovery dropped the oldest committed payloads
-//! as it read, and the shard read them again to apply them (1.5-1.7x the
+//! as it read, and the shard read them again to apply them (1.5-2.1x the
 //! direct read of the log, against 0.8-1.1x within the budget). A
 //! [`RecoveringState`] given to recovery ([`wal::RecoveryApply`]) restores
 //! the stored snapshot at the first entry handed over and applies each
