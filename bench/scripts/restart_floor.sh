@@ -5,6 +5,7 @@
 # read, against the machine's direct sequential read of the same bytes
 # (`bench floor`'s read bandwidth). Drops the page cache (root).
 # usage: bench/scripts/restart_floor.sh NODE_BIN [ROUNDS] [DIR]
+# (NODE_ARGS: more `node serve` options, e.g. NODE_ARGS="--shards 4")
 set -e
 node=$1; rounds=${2:-3}; dir=${3:-/work/restart-floor}
 bench=${BENCH_BIN:-$(dirname "$0")/../../target/production/bench}
@@ -14,7 +15,7 @@ by_bytes=""; "$node" serve --help | grep -q snapshot-log-bytes && by_bytes="--sn
 serve() {
   "$node" serve --node-id 1 --cluster-id 1 --peers 1=127.0.0.1:28000 --peer-addr 127.0.0.1:28000 \
     --client-addr $addr --data-dir "$dir" --snapshot-entries 100000000 $by_bytes \
-    --log-level error --pin-cores false > "$dir.log" 2>&1 &
+    --log-level error --pin-cores false $NODE_ARGS > "$dir.log" 2>&1 &
   echo $!
 }
 rm -rf "$dir" && mkdir -p "$dir"
