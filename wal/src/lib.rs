@@ -39,7 +39,9 @@ pub use commit::WalStats;
 pub use config::WalConfig;
 pub use error::WalError;
 pub use mem::{MemDisk, MemLog};
-pub use recovery::{claimed_after_damage, recover_images, DroppedReader, ImageRecovery, RecoveryApply, SegmentImage};
+pub use recovery::{
+    claimed_after_damage, recover_images, settle_taker, DroppedReader, ImageRecovery, RecoveryApply, SegmentImage,
+};
 pub use seed::Seed;
 pub use snapshot::{SnapshotDraft, SnapshotReader};
 pub use store::{AppendTicket, LogStore};

@@ -320,6 +320,27 @@ pub(crate) fn reborrow<'s>(taker: &'s mut Option<&mut dyn RecoveryApply>) -> Opt
     }
 }
 
+/// Settles a recovery's taker once the open knows whether the replica is in
+/// repair, and says whether the taker keeps what it applied: only when it
+/// got every dropped entry, only committed versions (`handed_over`), some
+/// were dropped (`dropped_to` past the snapshot at `snapshot_index`), and
+/// the replica is not in repair (it then applies through the engine, which
+/// gets every payload back). Otherwise the taker is told to discard. One
+/// rule for [`crate::Wal::open_applying`] and a simulator's disk
+/// ([`recover_images`]), so both decide alike.
+pub fn settle_taker(
+    taker: Option<&mut dyn RecoveryApply>,
+    handed_over: bool,
+    in_repair: bool,
+    (dropped_to, snapshot_index): (Index, Index),
+) -> bool {
+    let keeps = handed_over && !in_repair && dropped_to > snapshot_index;
+    if let Some(taker) = taker.filter(|_| !keeps) {
+        taker.discard();
+    }
+    keeps
+}
+
 /// The log being rebuilt from records.
 ///
 /// Invariants: `entries[i].index == snapshot_index + 1 + i`; the entries up
@@ -1904,5 +1925,26 @@ mod tests {
         replay.hand_over(&mut taken);
         assert_eq!((taken.entries.len(), taken.discards), (6, 1), "nothing after the discard");
         assert_eq!(replay.dropped_to, 8, "dropping goes on without a taker");
+    }
+
+    /// The taker keeps what it applied only when every dropped entry was
+    /// handed over, some were dropped, and the replica is not in repair;
+    /// in every other case it is told to discard (the WAL's open and the
+    /// simulator's disk both decide with this).
+    #[test]
+    fn a_taker_keeps_its_applies_only_when_it_got_them_all_outside_repair() {
+        for handed_over in [false, true] {
+            for in_repair in [false, true] {
+                for dropped_to in [10, 11] {
+                    let mut taken = Taken::default();
+                    let keeps = settle_taker(Some(&mut taken), handed_over, in_repair, (dropped_to, 10));
+                    let expected = handed_over && !in_repair && dropped_to == 11;
+                    let case = format!("handed over {handed_over}, in repair {in_repair}, dropped to {dropped_to}");
+                    assert_eq!(keeps, expected, "{case}");
+                    assert_eq!(taken.discards, usize::from(!expected), "{case}");
+                }
+            }
+        }
+        assert!(settle_taker(None, true, false, (11, 10)), "without a taker the rule still says what was handed over");
     }
 }

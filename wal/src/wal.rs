@@ -255,10 +255,8 @@ impl Wal {
         let snapshot_index = stored.as_ref().map_or(0, |stored| stored.meta.index);
         let (mut applied, mut applied_bytes, mut recovered_reader) = (snapshot_index, 0, None);
         let in_repair = acknowledged.max(hard_state.commit) > log_last;
-        let handed_over = recovered.handed_over && !in_repair && recovered.dropped_to > snapshot_index;
-        if let Some(taker) = taker.filter(|_| !handed_over) {
-            taker.discard();
-        }
+        let handed_over =
+            recovery::settle_taker(taker, recovered.handed_over, in_repair, (recovered.dropped_to, snapshot_index));
         if recovered.dropped_to > snapshot_index {
             let mut dropped = recovery::DroppedReader::new(&recovered.segments, &recovered, config.batch_bytes_max);
             if in_repair {

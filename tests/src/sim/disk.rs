@@ -320,12 +320,9 @@ impl SimDisk {
         let recovered = engine::Recovered { acknowledged: self.acknowledged, ..self.durable.recovered() };
         self.dropped = None;
         let repair = self.acknowledged.max(recovered.hard_state.commit) > self.durable.last_index();
-        // As the WAL does: the taker keeps what it applied only when it got
+        // The WAL's rule: the taker keeps what it applied only when it got
         // every dropped entry and the replica is not in repair.
-        let handed_over = recovery.handed_over && !repair && recovery.dropped_to > snapshot_index;
-        if let Some(taker) = taker.filter(|_| !handed_over) {
-            taker.discard();
-        }
+        let handed_over = wal::settle_taker(taker, recovery.handed_over, repair, (recovery.dropped_to, snapshot_index));
         if recovery.dropped_to == snapshot_index || repair {
             // As the WAL does: a replica in repair gets every payload back.
             return recovered;
