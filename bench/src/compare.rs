@@ -274,6 +274,7 @@ mod tests {
             synced_write_n: latency(300.0, 800.0),
             writers: 3,
             write_bytes_per_second: 3e6,
+            write_bandwidth_writers: 3,
             read_bytes_per_second: 6e6,
             loopback_round_trip: latency(50.0, 100.0),
             seconds: 3.0,

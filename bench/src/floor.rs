@@ -12,10 +12,16 @@
 //!   zero-filled file, as the WAL writes), p50 and p99, with 1 writer and
 //!   with N concurrent writers, each on its own file (N = the nodes sharing
 //!   the disk: a local cluster's nodes all write to it);
-//! - synced sequential write bandwidth: 1 MiB `O_DIRECT | O_DSYNC` writes;
-//! - direct sequential read bandwidth: the file just written, read back
-//!   with `O_DIRECT` in 1 MiB reads (no page cache in between, so its size
-//!   does not matter);
+//! - synced sequential write bandwidth: 1 MiB `O_DIRECT | O_DSYNC` writes
+//!   by the same N writers at once, each into its own file, summed (a
+//!   cluster's replicas write the disk together; until 2026-12-07 one
+//!   writer measured it, and a disk that takes more with several writes
+//!   queued, as a virtio or NVMe disk does, showed clusters above their
+//!   "floor");
+//! - direct sequential read bandwidth: the files just written, read back
+//!   one after another by one reader with `O_DIRECT` in 1 MiB reads (no
+//!   page cache in between, so their size does not matter; one reader, as
+//!   a restarting node reads its log);
 //! - the loopback TCP round trip: 64 bytes echoed over 127.0.0.1, p50 and
 //!   p99 (a plain blocking echo: the floor under any client library).
 //!
@@ -89,7 +95,8 @@ pub struct FloorOptions {
     /// `None`: the system's temporary directory, where the bench's local
     /// clusters keep their data.
     pub dir: Option<PathBuf>,
-    /// Concurrent writers of the second case: the nodes sharing the disk.
+    /// Concurrent writers of the second case and of the bandwidth case:
+    /// the nodes sharing the disk.
     pub writers: usize,
     /// Seconds for each timed case (five cases; zero-filling and the read
     /// back come on top, a fraction of a second on a usual disk).
@@ -153,9 +160,14 @@ pub struct Floor {
     /// over all of them, ops/s summed).
     pub synced_write_n: LatencyFloor,
     pub writers: usize,
-    /// Synced sequential writes of 1 MiB.
+    /// Synced sequential writes of 1 MiB, by [`Floor::write_bandwidth_writers`]
+    /// writers at once, summed.
     pub write_bytes_per_second: f64,
-    /// Sequential reads of 1 MiB of the file just written.
+    /// How many wrote at once in the bandwidth case: [`Floor::writers`];
+    /// 1 in floors recorded before 2026-12-07, when one writer measured it.
+    #[serde(default = "one_writer")]
+    pub write_bandwidth_writers: usize,
+    /// Sequential reads of 1 MiB of the files just written, one reader.
     pub read_bytes_per_second: f64,
     /// 64-byte echo over 127.0.0.1.
     pub loopback_round_trip: LatencyFloor,
@@ -175,7 +187,8 @@ impl Floor {
     }
 
     /// The payload bandwidth floor of the cluster: the disk's synced write
-    /// bandwidth shared by the replicas writing to it.
+    /// bandwidth (with the replicas' writers at once, in floors since
+    /// 2026-12-07) shared by the replicas writing to it.
     pub fn write_bandwidth_share(&self) -> f64 {
         self.write_bytes_per_second / self.writers.max(1) as f64
     }
@@ -216,7 +229,10 @@ impl Floor {
             vec!["floor".to_string(), "rate".into(), "p50".into(), "p99".into()],
             latency(format!("synced 4 KiB write, 1 writer ({direct})"), &self.synced_write_1),
             latency(format!("synced 4 KiB write, {} writers", self.writers), &self.synced_write_n),
-            bandwidth("synced sequential write, 1 MiB", self.write_bytes_per_second),
+            bandwidth(
+                &format!("synced sequential write, 1 MiB, {}", writers(self.write_bandwidth_writers)),
+                self.write_bytes_per_second,
+            ),
             bandwidth(if self.direct_io { "direct sequential read, 1 MiB" } else { "sequential read, 1 MiB" }, {
                 self.read_bytes_per_second
             }),
@@ -244,6 +260,16 @@ impl Floor {
         }
         out
     }
+}
+
+/// The bandwidth case's writers in floors that do not say: one.
+fn one_writer() -> usize {
+    1
+}
+
+/// `1 writer`, `3 writers`.
+fn writers(count: usize) -> String {
+    format!("{count} writer{}", if count == 1 { "" } else { "s" })
 }
 
 /// Bytes per second as `123.4 MB/s` (decimal megabytes, as disks are sold).
@@ -291,8 +317,9 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
     }
     let synced_write_1 = synced_writes(&files[..1], direct_io, case)?;
     let synced_write_n = synced_writes(&files, direct_io, case)?;
-    let (write_bytes_per_second, read_bytes_per_second) =
-        sequential(&dir.path().join("sequential.dat"), direct_io, case, &mut notes)?;
+    let sequential_files: Vec<PathBuf> =
+        (0..options.writers).map(|index| dir.path().join(format!("sequential-{index}.dat"))).collect();
+    let (write_bytes_per_second, read_bytes_per_second) = sequential(&sequential_files, direct_io, case, &mut notes)?;
     let loopback_round_trip = loopback(case).map_err(FloorError::Loopback)?;
     let dir_path = dir.path().to_path_buf();
     drop(dir);
@@ -307,6 +334,7 @@ pub fn measure(options: &FloorOptions) -> Result<Floor, FloorError> {
         synced_write_n,
         writers: options.writers,
         write_bytes_per_second,
+        write_bandwidth_writers: options.writers,
         read_bytes_per_second,
         loopback_round_trip,
         seconds: began.elapsed().as_secs_f64(),
@@ -412,54 +440,85 @@ fn synced_writes(files: &[PathBuf], direct: bool, duration: Duration) -> Result<
     Ok(LatencyFloor::of(&merged, duration))
 }
 
-/// Synced 1 MiB sequential writes for about `duration` (at most
-/// [`SEQUENTIAL_BYTES_MAX`]), then the same bytes read back: both in bytes
-/// per second.
+/// Synced 1 MiB sequential writes by one thread per file, all at once, for
+/// about `duration` (each at most [`SEQUENTIAL_BYTES_MAX`]), then the same
+/// bytes read back by one reader: both in bytes per second.
 fn sequential(
-    path: &Path,
+    files: &[PathBuf],
     direct: bool,
     duration: Duration,
     notes: &mut Vec<String>,
 ) -> Result<(f64, f64), FloorError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DSYNC | if direct { libc::O_DIRECT } else { 0 })
-        .open(path)
-        .map_err(io_error("create", path))?;
-    // SAFETY: fallocate on a descriptor we own; failure is only reported.
-    let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SEQUENTIAL_BYTES_MAX as libc::off_t) };
-    if allocated != 0 {
-        notes.push("fallocate is refused here: the sequential writes also extend the file".into());
-    }
-    let mut storage = Vec::new();
-    let chunk = aligned(&mut storage, CHUNK_BYTES, 0xa5);
+    let barrier = std::sync::Barrier::new(files.len());
     let started = Instant::now();
-    let mut written = 0u64;
-    while written < SEQUENTIAL_BYTES_MAX && (started.elapsed() < duration || written == 0) {
-        file.write_all_at(&storage[chunk.clone()], written).map_err(io_error("write", path))?;
-        written += CHUNK_BYTES as u64;
+    let results: Vec<Result<(u64, bool), FloorError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|path| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .custom_flags(libc::O_DSYNC | if direct { libc::O_DIRECT } else { 0 })
+                        .open(path)
+                        .map_err(io_error("create", path))?;
+                    // SAFETY: fallocate on a descriptor we own; failure is
+                    // only reported.
+                    let allocated =
+                        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SEQUENTIAL_BYTES_MAX as libc::off_t) } == 0;
+                    let mut storage = Vec::new();
+                    let chunk = aligned(&mut storage, CHUNK_BYTES, 0xa5);
+                    barrier.wait();
+                    let began = Instant::now();
+                    let mut written = 0u64;
+                    while written < SEQUENTIAL_BYTES_MAX && (began.elapsed() < duration || written == 0) {
+                        file.write_all_at(&storage[chunk.clone()], written).map_err(io_error("write", path))?;
+                        written += CHUNK_BYTES as u64;
+                    }
+                    Ok((written, allocated))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("a floor writer does not panic")).collect()
+    });
+    // Until the last writer finished: the bytes of all over the time all took.
+    let write_seconds = started.elapsed().as_secs_f64();
+    let mut written = Vec::new();
+    for result in results {
+        let (bytes, allocated) = result?;
+        if !allocated && written.is_empty() {
+            notes.push("fallocate is refused here: the sequential writes also extend the files".into());
+        }
+        written.push(bytes);
     }
-    let write_rate = written as f64 / started.elapsed().as_secs_f64();
-    drop(file);
+    let write_rate = written.iter().sum::<u64>() as f64 / write_seconds;
 
-    let file = open(path, false, 0, direct)?;
-    if !direct {
-        // Without direct I/O the pages just written would be read from
-        // memory: drop them first.
-        // SAFETY: posix_fadvise only advises the kernel about our descriptor.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        notes.push("the read went through the page cache after POSIX_FADV_DONTNEED".into());
-    }
+    let mut storage = Vec::new();
+    let chunk = aligned(&mut storage, CHUNK_BYTES, 0);
     let started = Instant::now();
     let mut read = 0u64;
-    while read < written {
-        let got = file.read_at(&mut storage[chunk.clone()], read).map_err(io_error("read", path))?;
-        if got == 0 {
-            break;
+    for (path, &length) in files.iter().zip(&written) {
+        let file = open(path, false, 0, direct)?;
+        if !direct {
+            // Without direct I/O the pages just written would be read from
+            // memory: drop them first.
+            // SAFETY: posix_fadvise only advises the kernel about our descriptor.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
-        read += got as u64;
+        let mut at = 0u64;
+        while at < length {
+            let got = file.read_at(&mut storage[chunk.clone()], at).map_err(io_error("read", path))?;
+            if got == 0 {
+                break;
+            }
+            at += got as u64;
+        }
+        read += at;
+    }
+    if !direct {
+        notes.push("the read went through the page cache after POSIX_FADV_DONTNEED".into());
     }
     let read_rate = read as f64 / started.elapsed().as_secs_f64();
     Ok((write_rate, read_rate))
@@ -534,6 +593,8 @@ mod tests {
         assert!(!floor.dir.exists(), "the scratch directory is removed");
         let table = floor.table();
         assert!(table.contains("2 writers") && table.contains("MB/s") && table.contains("loopback"), "{table}");
+        assert_eq!(floor.write_bandwidth_writers, 2, "the bandwidth case writes with the cluster's writers");
+        assert!(table.contains("1 MiB, 2 writers"), "{table}");
         // The file system of the temporary directory, whatever it is here.
         assert!(floor.file_system.contains(" on ") && table.contains("file system: "), "{table}");
         let dir = tempfile::tempdir().unwrap();
@@ -548,6 +609,14 @@ mod tests {
         assert!(close(loaded.write_bytes_per_second, floor.write_bytes_per_second), "{loaded:?}");
         assert!(close(loaded.loopback_round_trip.p99_us, floor.loopback_round_trip.p99_us), "{loaded:?}");
         assert_eq!(loaded.table(), floor.table());
+        // A floor recorded before the bandwidth case had several writers
+        // says nothing of them: it had one.
+        let mut old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("write_bandwidth_writers");
+        std::fs::write(&path, old.to_string()).unwrap();
+        let old = Floor::load(&path).unwrap();
+        assert_eq!(old.write_bandwidth_writers, 1);
+        assert!(old.table().contains("1 MiB, 1 writer "), "{}", old.table());
         std::fs::write(&path, r#"{"format": "other/1"}"#).unwrap();
         assert!(matches!(Floor::load(&path), Err(FloorError::Format { .. })));
     }
@@ -566,6 +635,7 @@ mod tests {
             synced_write_n: latency(300.0, 900.0),
             writers: 3,
             write_bytes_per_second: 210e6,
+            write_bandwidth_writers: 3,
             read_bytes_per_second: 600e6,
             loopback_round_trip: latency(15.0, 40.0),
             seconds: 3.0,

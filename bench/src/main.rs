@@ -115,7 +115,7 @@ struct FloorArgs {
     /// temporary directory]
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Concurrent writers of the second case: the nodes sharing the disk.
+    /// Concurrent writers of the second case and of the bandwidth case: the nodes sharing the disk.
     #[arg(long, default_value_t = 3)]
     writers: usize,
     /// Seconds of each of the five timed cases.

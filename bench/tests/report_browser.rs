@@ -40,6 +40,7 @@ fn synthetic_floor() -> Floor {
         synced_write_n: latency(260.0, 900.0),
         writers: 3,
         write_bytes_per_second: 200e6,
+        write_bandwidth_writers: 3,
         read_bytes_per_second: 650e6,
         loopback_round_trip: latency(12.0, 40.0),
         seconds: 3.2,
