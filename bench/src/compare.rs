@@ -191,6 +191,7 @@ pub fn compare_files(paths: &[PathBuf], op: &str, svg: Option<&Path>, y_scale: Y
         table.push_str(&floors);
     }
     table.push_str(&file_system_note(&results));
+    table.push_str(&bandwidth_writers_note(&results));
     Ok(table)
 }
 
@@ -213,6 +214,29 @@ pub fn file_system_note(results: &[ResultFile]) -> String {
         if let Some(floor) = result.floor.as_ref().filter(|floor| !floor.file_system.is_empty()) {
             note.push_str(&format!("  {}: {}\n", result.label, floor.file_system));
         }
+    }
+    note
+}
+
+/// A note when the runs' bandwidth floors were measured with different
+/// writer counts: floors recorded before 2026-12-07 measured the synced
+/// sequential write with one writer, later ones with the cluster's N at
+/// once (1.0-1.7x higher on that day's disk), so their `of floor` ratios do
+/// not compare; empty otherwise.
+pub fn bandwidth_writers_note(results: &[ResultFile]) -> String {
+    let counts: Vec<(&str, usize)> = results
+        .iter()
+        .filter_map(|result| result.floor.as_ref().map(|floor| (result.label.as_str(), floor.write_bandwidth_writers)))
+        .collect();
+    if counts.iter().all(|&(_, count)| count == counts[0].1) {
+        return String::new();
+    }
+    let mut note = String::from(
+        "\nnote: the bandwidth floors were measured with different numbers of writers (one writer before \
+         2026-12-07), so their `of floor` ratios do not compare:\n",
+    );
+    for (label, count) in counts {
+        note.push_str(&format!("  {label}: {count} writer{}\n", if count == 1 { "" } else { "s" }));
     }
     note
 }
@@ -300,7 +324,14 @@ mod tests {
         assert!(note.contains("different file systems") && note.contains("in-flight 1: ext4"), "{note}");
         assert!(note.contains("other machine: xfs"), "{note}");
         floor(&mut other, "ext4 on /dev/vda (mounted at /), no journal");
-        assert_eq!(file_system_note(&[result, other]), "");
+        assert_eq!(file_system_note(&[result.clone(), other.clone()]), "");
+        // So are bandwidth floors of one writer (before 2026-12-07) beside
+        // ones of the cluster's writers.
+        assert_eq!(bandwidth_writers_note(&[result.clone(), other.clone()]), "");
+        other.floor.as_mut().unwrap().write_bandwidth_writers = 1;
+        let note = bandwidth_writers_note(&[result, other]);
+        assert!(note.contains("different numbers of writers"), "{note}");
+        assert!(note.contains("in-flight 1: 3 writers") && note.contains("other machine: 1 writer\n"), "{note}");
     }
 
     #[test]
