@@ -282,27 +282,16 @@ mod tests {
 
     #[test]
     fn floor_ratios_follow_the_documented_formulas() {
-        use crate::floor::{Floor, LatencyFloor, FLOOR_FORMAT};
+        use crate::floor::LatencyFloor;
         let latency = |p50_us, p99_us| LatencyFloor { count: 1, ops_per_second: 1.0, p50_us, p99_us, mean_us: p50_us };
         let mut result = sample_result("in-flight 1", 1);
         assert_eq!(FloorRatios::of(&result), None);
         assert_eq!(floor_table(std::slice::from_ref(&result)), None);
-        result.floor = Some(Floor {
-            format: FLOOR_FORMAT.into(),
-            measured_at: String::new(),
-            dir: PathBuf::new(),
-            direct_io: true,
-            file_system: String::new(),
-            notes: Vec::new(),
-            synced_write_1: latency(130.0, 400.0),
-            synced_write_n: latency(300.0, 800.0),
-            writers: 3,
-            write_bytes_per_second: 3e6,
-            write_bandwidth_writers: 3,
-            read_bytes_per_second: 6e6,
-            loopback_round_trip: latency(50.0, 100.0),
-            seconds: 3.0,
-        });
+        let mut floor = crate::floor::sample_floor();
+        floor.synced_write_n = latency(300.0, 800.0);
+        floor.loopback_round_trip = latency(50.0, 100.0);
+        (floor.write_bytes_per_second, floor.read_bytes_per_second) = (3e6, 6e6);
+        result.floor = Some(floor);
         // 1,000 writes of 1..=1000 us over 2 s, 256-byte values.
         let ratios = FloorRatios::of(&result).unwrap();
         assert_eq!((ratios.p50_floor_us, ratios.p99_floor_us), (400.0, 1_000.0));

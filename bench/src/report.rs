@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::compare::{compare_rows, floor_rows, op_result};
+use crate::compare::{bandwidth_writers_note, compare_rows, file_system_note, floor_rows, op_result};
 use crate::floor::{Floor, FLOOR_FORMAT};
 use crate::plot::{
     percentiles_svg, throughput_latency_svg, timeline_svg, PlotError, Series, ThroughputLine, TimelineLine, YScale,
@@ -211,6 +211,11 @@ pub fn render(title: &str, results: &[ResultFile], floor: Option<&Floor>) -> Res
              largest resident set among the servers at the window's end.</p>\n",
         );
         html.push_str(&html_table("floor-ratios", &rows));
+        for note in [file_system_note(results), bandwidth_writers_note(results)] {
+            if !note.is_empty() {
+                let _ = writeln!(html, "<pre class=\"note\">{}</pre>", escape(note.trim()));
+            }
+        }
     }
     if let Some(floor) = floor {
         let _ =
@@ -341,6 +346,21 @@ mod tests {
         }
         assert_eq!(html.matches("<svg").count(), 2, "percentiles and throughput (no timeline recorded)");
         assert!(html.contains("id=\"chart-timeline\" class=\"note\""));
+    }
+
+    /// Runs whose floors differ in what they measured say so on the page,
+    /// as `bench compare` does under its table.
+    #[test]
+    fn floors_of_different_writer_counts_are_pointed_out() {
+        let mut results = vec![sample_result("before", 1), sample_result("after", 1)];
+        for result in &mut results {
+            result.floor = Some(crate::floor::sample_floor());
+        }
+        let html = render("runs", &results, None).unwrap();
+        assert!(html.contains("id=\"floor-ratios\"") && !html.contains("different numbers of writers"), "{html}");
+        results[0].floor.as_mut().unwrap().write_bandwidth_writers = 1;
+        let html = render("runs", &results, None).unwrap();
+        assert!(html.contains("different numbers of writers") && html.contains("before: 1 writer"), "{html}");
     }
 
     #[test]
