@@ -412,12 +412,16 @@ fn synced_writes(files: &[PathBuf], direct: bool, duration: Duration) -> Result<
             .map(|path| {
                 let barrier = &barrier;
                 scope.spawn(move || {
-                    let file = open(path, true, libc::O_DSYNC, direct)?;
+                    // Every writer reaches the barrier, whether its file
+                    // opened or not: one that returned before it left the
+                    // others waiting for good.
+                    let opened = open(path, true, libc::O_DSYNC, direct);
                     let mut storage = Vec::new();
                     let block = aligned(&mut storage, BLOCK_BYTES, 0x5a);
                     let mut histogram = new_histogram();
                     let mut offset = 0u64;
                     barrier.wait();
+                    let file = opened?;
                     let started = Instant::now();
                     while started.elapsed() < CASE_WARMUP + duration {
                         let begin = Instant::now();
@@ -450,50 +454,60 @@ fn sequential(
     notes: &mut Vec<String>,
 ) -> Result<(f64, f64), FloorError> {
     let barrier = std::sync::Barrier::new(files.len());
-    let started = Instant::now();
-    let results: Vec<Result<(u64, bool), FloorError>> = std::thread::scope(|scope| {
+    type Written = (u64, bool, Instant, Instant);
+    let results: Vec<Result<Written, FloorError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .iter()
             .map(|path| {
                 let barrier = &barrier;
                 scope.spawn(move || {
-                    let file = std::fs::OpenOptions::new()
+                    let opened = std::fs::OpenOptions::new()
                         .write(true)
                         .create(true)
                         .truncate(true)
                         .custom_flags(libc::O_DSYNC | if direct { libc::O_DIRECT } else { 0 })
                         .open(path)
-                        .map_err(io_error("create", path))?;
+                        .map_err(io_error("create", path));
                     // SAFETY: fallocate on a descriptor we own; failure is
                     // only reported.
-                    let allocated =
-                        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SEQUENTIAL_BYTES_MAX as libc::off_t) } == 0;
+                    let allocated = opened.as_ref().is_ok_and(|file| unsafe {
+                        libc::fallocate(file.as_raw_fd(), 0, 0, SEQUENTIAL_BYTES_MAX as libc::off_t) == 0
+                    });
                     let mut storage = Vec::new();
                     let chunk = aligned(&mut storage, CHUNK_BYTES, 0xa5);
+                    // Every writer reaches the barrier (see `synced_writes`).
                     barrier.wait();
+                    let file = opened?;
                     let began = Instant::now();
                     let mut written = 0u64;
                     while written < SEQUENTIAL_BYTES_MAX && (began.elapsed() < duration || written == 0) {
                         file.write_all_at(&storage[chunk.clone()], written).map_err(io_error("write", path))?;
                         written += CHUNK_BYTES as u64;
                     }
-                    Ok((written, allocated))
+                    Ok((written, allocated, began, Instant::now()))
                 })
             })
             .collect();
         handles.into_iter().map(|handle| handle.join().expect("a floor writer does not panic")).collect()
     });
-    // Until the last writer finished: the bytes of all over the time all took.
-    let write_seconds = started.elapsed().as_secs_f64();
     let mut written = Vec::new();
+    let (mut first_began, mut last_ended) = (None::<Instant>, None::<Instant>);
     for result in results {
-        let (bytes, allocated) = result?;
+        let (bytes, allocated, began, ended) = result?;
         if !allocated && written.is_empty() {
             notes.push("fallocate is refused here: the sequential writes also extend the files".into());
         }
         written.push(bytes);
+        first_began = Some(first_began.map_or(began, |first| first.min(began)));
+        last_ended = Some(last_ended.map_or(ended, |last| last.max(ended)));
     }
-    let write_rate = written.iter().sum::<u64>() as f64 / write_seconds;
+    // From the first writer's start to the last one's end: the bytes of all
+    // over the time all took (opening and allocating the files not counted).
+    let write_seconds = match (first_began, last_ended) {
+        (Some(began), Some(ended)) => (ended - began).as_secs_f64(),
+        _ => 0.0,
+    };
+    let write_rate = written.iter().sum::<u64>() as f64 / write_seconds.max(1e-9);
 
     let mut storage = Vec::new();
     let chunk = aligned(&mut storage, CHUNK_BYTES, 0);
@@ -593,6 +607,28 @@ mod tests {
         let options = FloorOptions { dir: Some(missing.clone()), writers: 1, case_seconds: 0.1 };
         assert!(matches!(measure(&options), Err(FloorError::NoDir(_))));
         assert!(!missing.exists(), "the directory was made");
+    }
+
+    /// A writer whose file cannot be opened fails its case: it used to
+    /// return before the barrier the others wait at, and the floor hung.
+    #[test]
+    fn a_writer_that_cannot_open_its_file_fails_the_case_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![dir.path().join("good.dat"), dir.path().join("missing").join("bad.dat")];
+        std::fs::write(&files[0], vec![0u8; BLOCK_BYTES]).unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let case = Duration::from_millis(50);
+            let latency = synced_writes(&files, false, case).map(|_| ());
+            let bandwidth = sequential(&files, false, case, &mut Vec::new()).map(|_| ());
+            let _ = sender.send((latency, bandwidth));
+        });
+        let (latency, bandwidth) =
+            receiver.recv_timeout(Duration::from_secs(30)).expect("the cases end (a writer left the others waiting)");
+        for (case, result) in [("synced writes", latency), ("sequential", bandwidth)] {
+            let error = result.expect_err(case).to_string();
+            assert!(error.contains("bad.dat"), "{case}: {error}");
+        }
     }
 
     #[test]
