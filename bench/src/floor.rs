@@ -402,41 +402,58 @@ fn probe_direct(path: &Path) -> Result<bool, FloorError> {
     }
 }
 
-/// One thread per file, each writing synced 4 KiB blocks in sequence for
-/// `duration`, all starting together.
-fn synced_writes(files: &[PathBuf], direct: bool, duration: Duration) -> Result<LatencyFloor, FloorError> {
+/// Runs `write` on one thread per file, all starting together: each thread
+/// first opens its file with `open`, waits for the others, then writes.
+/// A thread whose file did not open still reaches the barrier and only then
+/// fails (one that returned before it left the others waiting for good).
+fn at_once<F, T>(
+    files: &[PathBuf],
+    open: impl Fn(&Path) -> Result<F, FloorError> + Sync,
+    write: impl Fn(&Path, F) -> Result<T, FloorError> + Sync,
+) -> Vec<Result<T, FloorError>>
+where
+    T: Send,
+{
     let barrier = std::sync::Barrier::new(files.len());
-    let results: Vec<Result<Histogram<u64>, FloorError>> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .iter()
             .map(|path| {
-                let barrier = &barrier;
+                let (barrier, open, write) = (&barrier, &open, &write);
                 scope.spawn(move || {
-                    // Every writer reaches the barrier, whether its file
-                    // opened or not: one that returned before it left the
-                    // others waiting for good.
-                    let opened = open(path, true, libc::O_DSYNC, direct);
-                    let mut storage = Vec::new();
-                    let block = aligned(&mut storage, BLOCK_BYTES, 0x5a);
-                    let mut histogram = new_histogram();
-                    let mut offset = 0u64;
+                    let opened = open(path);
                     barrier.wait();
-                    let file = opened?;
-                    let started = Instant::now();
-                    while started.elapsed() < CASE_WARMUP + duration {
-                        let begin = Instant::now();
-                        file.write_all_at(&storage[block.clone()], offset).map_err(io_error("write", path))?;
-                        if begin >= started + CASE_WARMUP {
-                            histogram.saturating_record(begin.elapsed().as_nanos() as u64);
-                        }
-                        offset = (offset + BLOCK_BYTES as u64) % BLOCK_FILE_BYTES;
-                    }
-                    Ok(histogram)
+                    write(path, opened?)
                 })
             })
             .collect();
         handles.into_iter().map(|handle| handle.join().expect("a floor writer does not panic")).collect()
-    });
+    })
+}
+
+/// One thread per file, each writing synced 4 KiB blocks in sequence for
+/// `duration`, all starting together.
+fn synced_writes(files: &[PathBuf], direct: bool, duration: Duration) -> Result<LatencyFloor, FloorError> {
+    let results = at_once(
+        files,
+        |path| open(path, true, libc::O_DSYNC, direct),
+        |path, file| {
+            let mut storage = Vec::new();
+            let block = aligned(&mut storage, BLOCK_BYTES, 0x5a);
+            let mut histogram = new_histogram();
+            let mut offset = 0u64;
+            let started = Instant::now();
+            while started.elapsed() < CASE_WARMUP + duration {
+                let begin = Instant::now();
+                file.write_all_at(&storage[block.clone()], offset).map_err(io_error("write", path))?;
+                if begin >= started + CASE_WARMUP {
+                    histogram.saturating_record(begin.elapsed().as_nanos() as u64);
+                }
+                offset = (offset + BLOCK_BYTES as u64) % BLOCK_FILE_BYTES;
+            }
+            Ok(histogram)
+        },
+    );
     let mut merged = new_histogram();
     for histogram in results {
         merged.add(histogram?).expect("equal bounds");
@@ -453,49 +470,36 @@ fn sequential(
     duration: Duration,
     notes: &mut Vec<String>,
 ) -> Result<(f64, f64), FloorError> {
-    let barrier = std::sync::Barrier::new(files.len());
-    type Written = (u64, bool, Instant, Instant);
-    let results: Vec<Result<Written, FloorError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .iter()
-            .map(|path| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let opened = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .custom_flags(libc::O_DSYNC | if direct { libc::O_DIRECT } else { 0 })
-                        .open(path)
-                        .map_err(io_error("create", path));
-                    // SAFETY: fallocate on a descriptor we own; failure is
-                    // only reported.
-                    let allocated = opened.as_ref().is_ok_and(|file| unsafe {
-                        libc::fallocate(file.as_raw_fd(), 0, 0, SEQUENTIAL_BYTES_MAX as libc::off_t) == 0
-                    });
-                    let mut storage = Vec::new();
-                    let chunk = aligned(&mut storage, CHUNK_BYTES, 0xa5);
-                    // Every writer reaches the barrier (see `synced_writes`).
-                    barrier.wait();
-                    let file = opened?;
-                    let began = Instant::now();
-                    let mut written = 0u64;
-                    while written < SEQUENTIAL_BYTES_MAX && (began.elapsed() < duration || written == 0) {
-                        file.write_all_at(&storage[chunk.clone()], written).map_err(io_error("write", path))?;
-                        written += CHUNK_BYTES as u64;
-                    }
-                    Ok((written, allocated, began, Instant::now()))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|handle| handle.join().expect("a floor writer does not panic")).collect()
+    let create = |path: &Path| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DSYNC | if direct { libc::O_DIRECT } else { 0 })
+            .open(path)
+            .map_err(io_error("create", path))?;
+        // SAFETY: fallocate on a descriptor we own; failure is only reported.
+        let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SEQUENTIAL_BYTES_MAX as libc::off_t) } == 0;
+        Ok((file, allocated))
+    };
+    let results = at_once(files, create, |path, (file, allocated): (std::fs::File, bool)| {
+        let mut storage = Vec::new();
+        let chunk = aligned(&mut storage, CHUNK_BYTES, 0xa5);
+        let began = Instant::now();
+        let mut written = 0u64;
+        while written < SEQUENTIAL_BYTES_MAX && (began.elapsed() < duration || written == 0) {
+            file.write_all_at(&storage[chunk.clone()], written).map_err(io_error("write", path))?;
+            written += CHUNK_BYTES as u64;
+        }
+        Ok((written, allocated, began, Instant::now()))
     });
     let mut written = Vec::new();
     let (mut first_began, mut last_ended) = (None::<Instant>, None::<Instant>);
     for result in results {
         let (bytes, allocated, began, ended) = result?;
-        if !allocated && written.is_empty() {
-            notes.push("fallocate is refused here: the sequential writes also extend the files".into());
+        let refused = "fallocate is refused here: the sequential writes also extend the files";
+        if !allocated && !notes.iter().any(|note| note == refused) {
+            notes.push(refused.into());
         }
         written.push(bytes);
         first_began = Some(first_began.map_or(began, |first| first.min(began)));
