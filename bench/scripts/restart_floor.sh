@@ -5,7 +5,10 @@
 # read, against the machine's direct sequential read of the same bytes
 # (`bench floor`'s read bandwidth). Drops the page cache (root).
 # usage: bench/scripts/restart_floor.sh NODE_BIN [ROUNDS] [DIR]
-# (NODE_ARGS: more `node serve` options, e.g. NODE_ARGS="--shards 4")
+# (NODE_ARGS: more `node serve` options, e.g. NODE_ARGS="--shards 4";
+# LOAD: the `bench run` load that writes the log, by default 64 KiB values
+# in an open loop, e.g. LOAD="--value-size 256 --keys 100000 --inflight 256
+# --duration 25s" for about 1.8 GB of small writes)
 set -e
 node=$1; rounds=${2:-3}; dir=${3:-/work/restart-floor}
 bench=${BENCH_BIN:-$(dirname "$0")/../../target/production/bench}
@@ -23,7 +26,8 @@ pid=$(serve)
 sleep 1
 # An open loop at a fixed rate, so the log is about 1.1 GB however fast
 # the node is (a closed loop for 6 s wrote 3-4 GB by 2026-12-05).
-"$bench" run --addr $addr --value-size 65536 --keys 1000 --rate 2800 --inflight-max 64 --duration 6s --warmup 0s --quiet --no-floor > /dev/null
+load=${LOAD:-"--value-size 65536 --keys 1000 --rate 2800 --inflight-max 64 --duration 6s"}
+"$bench" run --addr $addr $load --warmup 0s --quiet --no-floor > /dev/null
 "$node" kv --addr $addr put restart-probe present > /dev/null
 stop() { kill "$1"; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }
 stop $pid
