@@ -1,17 +1,18 @@
 #!/bin/bash
 # Steady-state bytes per second with node options: `bench sweep` of one
-# cluster, VALUE (default 65536) bytes on 1,000 keys at 256 in flight, 14 s
-# of warm-up (past the first snapshots and compactions, so the log reuses
-# its segments as it does in a long run) then 10 s measured; the disk's
+# cluster, VALUE (default 65536) bytes on KEYS (default 1,000) keys at 256
+# in flight, WARMUP (default 14) s of warm-up (past the first snapshots and
+# compactions, so the log reuses its segments as it does in a long run),
+# then 10 s measured; the disk's
 # bytes over 5 s inside the measured part, and disk bytes per log byte
 # (three replicas' values).
 # usage: bench/scripts/steady_bytes.sh NODE_BIN OUT_DIR "NODE OPTIONS"
 # e.g.   bench/scripts/steady_bytes.sh target/production/node /tmp/s1 "--snapshot-log-bytes 1GiB"
 bin=$1; out=$2; opt=$3
 rm -rf $out
-${BENCH_BIN:-$(dirname "$0")/../../target/production/bench} sweep --node-bin $bin --node-option "$opt" --inflight 256 --value-size ${VALUE:-65536} --keys 1000 --duration 10s --warmup 14s --no-floor --out-dir $out > $out.log 2>&1 &
+${BENCH_BIN:-$(dirname "$0")/../../target/production/bench} sweep --node-bin $bin --node-option "$opt" --inflight 256 --value-size ${VALUE:-65536} --keys ${KEYS:-1000} --duration 10s --warmup ${WARMUP:-14}s --no-floor --out-dir $out > $out.log 2>&1 &
 p=$!
-sleep 20; a=$(awk -v d=${DISK:-vda} '$3==d' /proc/diskstats); sleep 5; b=$(awk -v d=${DISK:-vda} '$3==d' /proc/diskstats)
+sleep $(( ${WARMUP:-14} + 6 )); a=$(awk -v d=${DISK:-vda} '$3==d' /proc/diskstats); sleep 5; b=$(awk -v d=${DISK:-vda} '$3==d' /proc/diskstats)
 wait $p
 f=$(ls $out/0*.json)
 python3 - "$a" "$b" "$f" "$opt" "$bin" ${VALUE:-65536} <<'PY'

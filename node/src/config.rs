@@ -351,26 +351,6 @@ impl ServeConfig {
         self.per_shard(self.log_memory_bytes)
     }
 
-    /// The spare segments each shard's log keeps for reuse (the WAL's
-    /// `recycled_segments_max`): at least the segments the compaction after
-    /// a snapshot frees at once, which are the log since the snapshot
-    /// before (its shard's `--snapshot-log-bytes`, plus the half more it may
-    /// grow while the snapshot is written) and a part-filled one. A pool
-    /// smaller than that deletes the rest, and as many later switches each
-    /// write a fresh segment's worth of zeros first (`wal::segment`): with
-    /// `--snapshot-log-bytes 1GiB` and the WAL's default 8 spares, three
-    /// nodes under 64 KiB values wrote 1.48-1.52 disk bytes per log byte
-    /// and made 0.78-0.82x the default interval's writes/s; with the pool
-    /// sized so, 1.12-1.18 and 1.13-1.29x (bench/RESULTS.md, 2026-12-08).
-    /// Never fewer than the WAL's default, which covers the default
-    /// interval. The pool costs no disk beyond the log's own peak (see
-    /// `wal::config::RECYCLED_SEGMENTS_MAX_DEFAULT`).
-    pub fn shard_recycled_segments_max(&self, segment_bytes: u64) -> usize {
-        let interval = self.shard_snapshot_log_bytes();
-        let freed = (interval + interval / 2).div_ceil(segment_bytes.max(1)) + 1;
-        usize::try_from(freed).unwrap_or(usize::MAX).max(wal::config::RECYCLED_SEGMENTS_MAX_DEFAULT)
-    }
-
     /// Each shard's even part of a node's budget of `bytes` (0 stays 0:
     /// off; a budget never rounds down to off).
     fn per_shard(&self, bytes: u64) -> u64 {

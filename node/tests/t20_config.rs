@@ -164,28 +164,6 @@ fn a_full_serve_command_line() {
     assert_eq!(off.log_memory_bytes, 0);
 }
 
-/// The spare segments a shard's log keeps cover what the compaction after a
-/// snapshot frees: the WAL's default for the default interval, more for a
-/// longer one (or a freed segment would be deleted, and a fresh one
-/// zero-filled later), per shard.
-#[test]
-fn recycled_segments_follow_the_snapshot_interval() {
-    let dir = scratch("recycled");
-    let segment = 64 << 20;
-    let defaults = serve(&dir, &[]).unwrap();
-    assert_eq!(defaults.shard_recycled_segments_max(segment), wal::config::RECYCLED_SEGMENTS_MAX_DEFAULT);
-    // 1 GiB and half as much again while a snapshot is written: 24
-    // segments of 64 MiB, and the part-filled one.
-    let longer = serve(&dir, &["--snapshot-log-bytes", "1GiB"]).unwrap();
-    assert_eq!(longer.shard_recycled_segments_max(segment), 25);
-    // The interval is the node's, split over its shards.
-    let sharded = serve(&dir, &["--snapshot-log-bytes", "4GiB", "--shards", "4"]).unwrap();
-    assert_eq!(sharded.shard_recycled_segments_max(segment), 25);
-    // Snapshots by log bytes off: the default pool.
-    let off = serve(&dir, &["--snapshot-log-bytes", "0"]).unwrap();
-    assert_eq!(off.shard_recycled_segments_max(segment), wal::config::RECYCLED_SEGMENTS_MAX_DEFAULT);
-}
-
 #[test]
 fn peer_list_mistakes() {
     let dir = scratch("peers");

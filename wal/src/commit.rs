@@ -111,7 +111,8 @@ pub(crate) struct State {
     /// Segments compaction freed, renamed to pooled spares' names, for the
     /// next spares to reuse (see `segment`, "Recycling").
     ///
-    /// Invariant: at most `recycled_segments_max` files.
+    /// Invariant: at most `recycled_segments_max` files, or as many as
+    /// the freeing that last filled it gave back when that was more.
     pub recycled: Vec<std::path::PathBuf>,
     /// The directory's salt key (see [`segment::salt`]).
     pub salt_key: u32,

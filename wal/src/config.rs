@@ -23,6 +23,15 @@ pub const SNAPSHOT_WRITE_SECONDS_MAX: u64 = 4;
 /// with a pool of 4, 3.6 to 3.8 with 8 (the floor, the log and snapshots
 /// without zeros, is about 3.75).
 ///
+/// A longer interval frees more at once, so a pool bounded by this alone
+/// deleted the rest and zero-filled as many spares again: three nodes with
+/// `--snapshot-log-bytes 1GiB` (64 KiB values) wrote 1.48-1.52 disk bytes
+/// per log byte and made 0.78-0.82x the default interval's writes/s, and
+/// with a 400 MB state (4 KiB values on 100,000 keys, a snapshot every
+/// 800 MB of log by the size factor) 1.85-2.23, against 1.42 with a pool
+/// as large as one interval. So the pool may also hold as many as the
+/// freeing that fills it gave back (bench/RESULTS.md, 2026-12-08).
+///
 /// The pool costs no disk beyond what the log itself took: it only holds
 /// files that were live segments, and each switch takes one from it as the
 /// log grows by one, so live segments and pool together never exceed the
@@ -86,11 +95,17 @@ pub struct WalConfig {
     /// one snapshot was written. The node sets half of its
     /// `snapshot_log_bytes`.
     pub snapshot_log_slack: u64,
-    /// The most segments compaction keeps as spares to reuse instead of
-    /// deleting them (see `segment`, "Recycling"): each one the next switch
-    /// reuses saves writing a segment's worth of zeros. Beyond it freed
-    /// segments are deleted. The pool holds its files' space: at most this
-    /// many segments more than the log needs. 0: never recycle.
+    /// The pool of spares compaction (or a voiding snapshot) keeps to reuse
+    /// instead of deleting the segments it frees (see `segment`,
+    /// "Recycling"): each one the next switch reuses saves writing a
+    /// segment's worth of zeros. The pool holds at most this many, or as
+    /// many as the freeing that fills it gave back when that is more: a
+    /// compaction frees the log since the snapshot before, and the log
+    /// grows through as many segments again before the next, however long
+    /// the interval (`snapshot-log-bytes`, or a multiple of a large state's
+    /// size). Beyond it freed segments are deleted. The pool holds its
+    /// files' space: this many segments, or no more than the log held
+    /// just before the freeing. 0: never recycle.
     pub recycled_segments_max: usize,
     /// The most payload bytes of committed entries recovery holds while it
     /// reads the log (0: no bound). Beyond it the oldest committed entries'

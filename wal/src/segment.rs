@@ -30,7 +30,8 @@
 //! log's bandwidth. So a segment that compaction frees (or a snapshot
 //! voids) is not deleted but renamed into a pool of spares
 //! (`{sequence:010}.recycled.prealloc`, at most
-//! `WalConfig::recycled_segments_max`), and the next switch reuses one: its
+//! `WalConfig::recycled_segments_max`, or as many as one freeing gave back
+//! when that is more), and the next switch reuses one: its
 //! extents are written ones already, so it needs neither zeros nor
 //! conversions (RocksDB's `recycle_log_file_num`). Like a fresh spare, a
 //! recycled one gets its live name, durably, before any record goes in; a

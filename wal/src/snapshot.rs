@@ -269,11 +269,24 @@ struct FileSink {
     /// Set when the node stops: the draft is given up at its next write
     /// (see [`SnapshotDraft::given_up_when`]).
     stop: Option<Arc<AtomicBool>>,
+    /// Set here when a write finds the disk full (see
+    /// [`SnapshotDraft::wanting_space`]).
+    space_wanted: Option<Arc<AtomicBool>>,
 }
 
 impl FileSink {
     fn stopping(&self) -> bool {
         self.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed))
+    }
+
+    /// `error`, after noting a full disk where the log will see it.
+    fn noting_full(&self, error: std::io::Error) -> std::io::Error {
+        if error.raw_os_error() == Some(libc::ENOSPC) {
+            if let Some(flag) = &self.space_wanted {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+        error
     }
 
     /// Sleeps while the draft is ahead of its rate and of the log's growth
@@ -326,6 +339,7 @@ impl SnapshotDraft {
             unsynced: 0,
             log: None,
             stop: None,
+            space_wanted: None,
         };
         Ok(SnapshotDraft { meta, length: 0, crc: 0, sink: Sink::File(sink), discard })
     }
@@ -336,6 +350,16 @@ impl SnapshotDraft {
         if let Sink::File(sink) = &mut self.sink {
             let start = counter.load(Ordering::Relaxed).saturating_add(slack);
             sink.log = Some((counter, start));
+        }
+        self
+    }
+
+    /// Sets `flag` when a write of the draft finds the disk full, for the
+    /// log to make room before the next snapshot (it lets its pool of
+    /// recycled spares go).
+    pub(crate) fn wanting_space(mut self, flag: Arc<AtomicBool>) -> SnapshotDraft {
+        if let Sink::File(sink) = &mut self.sink {
+            sink.space_wanted = Some(flag);
         }
         self
     }
@@ -411,11 +435,12 @@ impl std::io::Write for SnapshotDraft {
                     // Not `Interrupted`: `write_all` would retry it forever.
                     return Err(std::io::Error::other("the node is stopping: the snapshot being written is given up"));
                 }
-                sink.file.write_all_at(buf, sink.data_start + self.length)?;
+                let at = sink.data_start + self.length;
+                sink.file.write_all_at(buf, at).map_err(|error| sink.noting_full(error))?;
                 sink.unsynced += buf.len();
                 if sink.unsynced >= SAVE_CHUNK_BYTES {
                     sink.unsynced = 0;
-                    sink.file.sync_data()?;
+                    sink.file.sync_data().map_err(|error| sink.noting_full(error))?;
                     sink.pace(self.length + buf.len() as u64);
                 }
             }

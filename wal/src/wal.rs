@@ -43,6 +43,10 @@ pub struct Wal {
     /// Record bytes appended since the log was opened, for a paced snapshot
     /// writer on another thread to keep up with.
     appended_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set when a snapshot did not fit (its draft's write, on whatever
+    /// thread, or its sealing): the next snapshot lets the pool of
+    /// recycled spares go first (see [`Wal::release_pool`]).
+    space_wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Holds the directory's `flock` for as long as the log is open.
     _lock: std::fs::File,
 }
@@ -144,10 +148,16 @@ impl Wal {
     /// Puts segments compaction or a snapshot freed into the pool of
     /// recycled spares, as many as it has room for (only salted ones: see
     /// `segment`, "Recycling"), and removes the rest (`paced`: see
-    /// [`segment::remove`]).
+    /// [`segment::remove`]). The room is `recycled_segments_max`, or as
+    /// many as this freeing gave back when that is more: the log will grow
+    /// through about as many before the next compaction.
     async fn recycle_or_remove(&self, freed: Vec<segment::SegmentMeta>, paced: bool) -> Result<(), WalError> {
         let pooled = self.shared.state.borrow().recycled.len();
-        let mut room = self.shared.config.recycled_segments_max.saturating_sub(pooled);
+        let bound = match self.shared.config.recycled_segments_max {
+            0 => 0,
+            max => max.max(freed.len()),
+        };
+        let mut room = bound.saturating_sub(pooled);
         let mut removed = Vec::new();
         for meta in freed {
             if room == 0 || meta.salt.is_none() {
@@ -161,6 +171,25 @@ impl Wal {
             room -= 1;
         }
         segment::remove(&self.shared.config.dir, &removed, paced).await
+    }
+
+    /// Deletes the pooled spares once a snapshot did not fit, before the
+    /// next one: on a full disk their space is worth more than the zeros
+    /// they would save, and the next snapshot (which frees the log's
+    /// segments once stored) needs it. The pool may hold as many segments
+    /// as the last compaction freed (a whole snapshot interval), so without
+    /// this a disk that filled up kept every later snapshot out while the
+    /// log went on into the pooled files until it too was full. Blocking
+    /// removals, on a full disk only. Best effort: a file that cannot be
+    /// removed stays (recovery deletes leftover spares).
+    fn release_pool(&self) {
+        if !self.space_wanted.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let pooled = std::mem::take(&mut self.shared.state.borrow_mut().recycled);
+        for path in pooled {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -331,6 +360,7 @@ impl Wal {
             snapshot_length: std::cell::Cell::new(snapshot_length),
             recovered_reader: RefCell::new(recovered_reader),
             appended_bytes: Default::default(),
+            space_wanted: Default::default(),
             _lock: lock,
         };
         let recovered = Recovered {
@@ -446,13 +476,16 @@ impl LogStore for Wal {
     fn snapshot_draft(&self, meta: SnapshotMeta, received: bool) -> Result<SnapshotDraft, WalError> {
         let config = &self.shared.config;
         Self::check_usable(&self.shared.state.borrow())?;
+        self.release_pool();
         let rate = if !received && config.snapshot_write_rate > 0 {
             config.snapshot_write_rate.max(self.snapshot_length.get() / crate::config::SNAPSHOT_WRITE_SECONDS_MAX)
         } else {
             0
         };
         let draft = SnapshotDraft::create(&config.dir, meta, received, rate)?;
-        Ok(draft.keeping_up_with(self.appended_bytes.clone(), config.snapshot_log_slack))
+        Ok(draft
+            .keeping_up_with(self.appended_bytes.clone(), config.snapshot_log_slack)
+            .wanting_space(self.space_wanted.clone()))
     }
 
     async fn save_snapshot_draft(&self, draft: SnapshotDraft) -> Result<(), WalError> {
@@ -493,6 +526,7 @@ impl LogStore for Wal {
                 if let Some(previous) = previous {
                     self.shared.state.borrow_mut().log.put_back_prefix(previous, index);
                 }
+                self.space_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             // The submitted log already reflects a snapshot that voids it: a
             // failure here must stop the log rather than leave the two

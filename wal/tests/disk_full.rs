@@ -180,3 +180,50 @@ fn a_spare_given_up_earlier_is_made_anew_when_space_returned() {
     });
     drop(mount);
 }
+
+/// A snapshot that does not fit while the pool of recycled spares holds
+/// space: the pool is let go before the next try, which fits. The pool may hold a
+/// whole snapshot interval's segments (as many as the last compaction
+/// freed); before, their space stayed taken, the next snapshot failed
+/// again, and the log went on into the pooled files until the disk was
+/// full for it too.
+#[test]
+fn a_snapshot_that_does_not_fit_lets_the_pool_go_and_the_next_try_fits() {
+    let Some((mount, config)) = small_disk("wal-full-pool") else { return };
+    let log_dir = config.dir.clone();
+    let pooled = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().ends_with(".recycled.prealloc"))
+            .count()
+    };
+    tokio_uring::start(async {
+        let (wal, _) = Wal::open(config).await.unwrap();
+        // One sealed segment, the active one and a spare: 192 KiB of 256.
+        let mut next = 1;
+        while wal.stats().segment_switches < 2 {
+            let ticket = wal.append(batch(next, &[1; 20])).unwrap();
+            wal.wait_durable(ticket.sequence).await.unwrap();
+            next = ticket.last_index + 1;
+        }
+        let sealed_last = next - 1;
+        let ticket = wal.append(batch(next, &[1; 5])).unwrap();
+        wal.wait_durable(ticket.sequence).await.unwrap();
+        // A small snapshot, and the compaction pools the sealed segment.
+        let meta = |index| engine::SnapshotMeta { index, term: 1, conf: engine::ConfState::new([1], []) };
+        wal.save_snapshot(meta(sealed_last), bytes::Bytes::from(vec![5u8; 4 << 10])).await.unwrap();
+        wal.compact(sealed_last).await.unwrap();
+        assert_eq!(pooled(&log_dir), 1, "the compacted segment is pooled");
+        // A snapshot larger than the room left (about 60 KiB) but not than
+        // the room the pooled segment holds besides.
+        let large = bytes::Bytes::from(vec![6u8; 100 << 10]);
+        match wal.save_snapshot(meta(ticket.last_index), large.clone()).await {
+            Err(wal::WalError::NoSpace { .. }) => {}
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        wal.save_snapshot(meta(ticket.last_index), large).await.expect("the next try fits");
+        assert_eq!(pooled(&log_dir), 0, "the pool was let go for the snapshot's sake");
+        wal.close().await.unwrap();
+    });
+    drop(mount);
+}

@@ -766,7 +766,6 @@ where
             }
             wal_config.write_bytes_max = wal_config.write_bytes_max.max(batch_limit);
             wal_config.recovery_payload_bytes = config.shard_log_memory_bytes();
-            wal_config.recycled_segments_max = config.shard_recycled_segments_max(wal_config.segment_bytes);
             LogOptions::Wal(Box::new(wal_config))
         }
         Storage::Memory(disks) => LogOptions::Memory(disks.disk(config.node_id, shard_id)),
