@@ -26,11 +26,13 @@ pub const SNAPSHOT_WRITE_SECONDS_MAX: u64 = 4;
 /// A longer interval frees more at once, so a pool bounded by this alone
 /// deleted the rest and zero-filled as many spares again: three nodes with
 /// `--snapshot-log-bytes 1GiB` (64 KiB values) wrote 1.48-1.52 disk bytes
-/// per log byte and made 0.78-0.82x the default interval's writes/s, and
-/// with a 400 MB state (4 KiB values on 100,000 keys, a snapshot every
-/// 800 MB of log by the size factor) 1.85-2.23, against 1.42 with a pool
-/// as large as one interval. So the pool may also hold as many as the
-/// freeing that fills it gave back (bench/RESULTS.md, 2026-12-08).
+/// per log byte and made 0.78-0.82x the default interval's writes/s. So
+/// the pool may also hold as many as the freeing that fills it gave back.
+/// Measured against the bound alone, same runs (bench/RESULTS.md,
+/// 2026-12-08): the default interval with 64 KiB values 1.17-1.19x the
+/// writes/s (1.19-1.20 disk bytes per log byte against 1.25-1.29), a
+/// 400 MB state (4 KiB values on 100,000 keys, a snapshot every 800 MB of
+/// log by the size factor) 1.12-1.20x (1.46-1.62 against 1.89-1.94).
 ///
 /// The pool costs no disk beyond what the log itself took: it only holds
 /// files that were live segments, and each switch takes one from it as the
